@@ -1,0 +1,437 @@
+"""``RaggedAtlas``: a LanceDB database of cells plus one zarr group per dataset, each with its own panel."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import obstore
+import obstore.store as obs_store
+import pandas as pd
+import pyarrow as pa
+import zarr
+from lancedb.pydantic import LanceModel
+
+from lancell.errors import (
+    AtlasExistsError,
+    AtlasNotFoundError,
+    FormatVersionError,
+    IngestError,
+    ReadOnlyAtlasError,
+    SchemaError,
+    ValidationError,
+)
+from lancell.feature_spaces import (
+    FEATURE_SPACES_SCHEMA,
+    FEATURE_SPACES_TABLE,
+    FeatureSpace,
+    build_feature_spaces,
+    feature_spaces_from_table,
+    feature_spaces_table,
+    resolve_feature_space,
+)
+from lancell.groups import FORMAT_VERSION
+from lancell.locks import atlas_lock
+from lancell.query import AtlasQuery
+from lancell.registry import (
+    LAYOUTS_SCHEMA,
+    LAYOUTS_TABLE,
+    assign_new_features,
+    number_unindexed,
+    prepare_features,
+    sql_literal,
+)
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
+from lancell.stores import (
+    delete_prefix,
+    describe_store,
+    is_local,
+    local_path,
+    open_store,
+    public_store_config,
+    read_json,
+    write_json,
+    zarr_store,
+)
+from lancell.tables import DATASETS_TABLE, AtlasTables, connect, create_tables, table_names
+from lancell.validation import find_problems
+from lancell.versions import (
+    VERSIONS_SCHEMA,
+    VERSIONS_TABLE,
+    list_snapshots,
+    next_version,
+    read_version,
+    record_snapshot,
+    tag_tables,
+)
+
+__all__ = ["RaggedAtlas"]
+
+META_PATH = "_lancell/atlas.json"
+StoreLike = obs_store.ObjectStore | str
+
+
+class RaggedAtlas:
+    """A cell atlas whose datasets keep their own feature panels; reconstructed at query time.
+
+    Create one with :meth:`create`, reopen it writable with :meth:`open`, or read a frozen snapshot with
+    :meth:`checkout` / :meth:`checkout_latest`. Checked-out handles are read-only.
+    """
+
+    def __init__(
+        self,
+        *,
+        db_uri: str,
+        meta: dict[str, Any],
+        tables: AtlasTables,
+        store: obs_store.ObjectStore,
+        meta_store: obs_store.ObjectStore,
+        dataset_schema: type[DatasetRecord],
+        read_only: bool,
+        snapshot_version: int | None,
+        storage_options: Mapping[str, str] | None,
+    ) -> None:
+        self.db_uri = db_uri
+        self._meta = meta
+        self._tables = tables
+        self.store = store
+        self._meta_store = meta_store
+        self.dataset_schema = dataset_schema
+        self.read_only = read_only
+        self.snapshot_version = snapshot_version
+        self._storage_options = dict(storage_options or {})
+        self.feature_spaces: dict[str, FeatureSpace] = feature_spaces_from_table(
+            tables.handles[FEATURE_SPACES_TABLE].to_arrow()
+        )
+        self._cell_arrow: pa.Schema = tables.cells.schema
+        self._dataset_arrow: pa.Schema = tables.datasets.schema
+        mode = "r" if read_only else "a"
+        self._zarr_root = zarr.open_group(zarr_store(store, read_only=read_only), mode=mode)
+
+    # ----------------------------------------------------------------------------------- construction
+    @classmethod
+    def create(
+        cls,
+        db_uri: str,
+        cell_table_name: str,
+        cell_schema: type[LancellBaseSchema],
+        *,
+        store: StoreLike | None = None,
+        registry_schemas: Mapping[str, type[FeatureBaseSchema]],
+        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        layers: Mapping[str, Sequence[str]] | None = None,
+        store_kwargs: dict[str, Any] | None = None,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> RaggedAtlas:
+        """Create an empty atlas.
+
+        Parameters
+        ----------
+        db_uri
+            LanceDB location (directory or object-store URL).
+        cell_table_name
+            Name of the cell table.
+        cell_schema
+            A :class:`LancellBaseSchema` subclass; each pointer field declares a feature space.
+        store
+            The obstore store (or URL) of the zarr arrays; ``<db_uri>/_zarr`` by default.
+        registry_schemas
+            One :class:`FeatureBaseSchema` subclass per feature space.
+        dataset_schema
+            The :class:`DatasetRecord` subclass of dataset rows.
+        layers
+            Allowed layer names per feature space (defaults in ``lancell.feature_spaces.DEFAULT_LAYERS``).
+
+        Raises
+        ------
+        SchemaError
+            Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
+        """
+        pointers = pointer_fields(cell_schema)
+        for name, schema in registry_schemas.items():
+            if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
+                raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
+        if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
+            raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
+        spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
+        meta_store = open_store(db_uri, store_kwargs)
+        store = cls._resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+        db = connect(db_uri, storage_options)
+        meta = {
+            "lancell_format": FORMAT_VERSION,
+            "cell_table_name": cell_table_name,
+            "store_url": describe_store(store),
+            "store_config": public_store_config(store),
+            "registries": {name: space.registry_table for name, space in spaces.items()},
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
+            raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
+        schemas = {
+            cell_table_name: cell_schema.to_arrow_schema(),
+            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+            VERSIONS_TABLE: VERSIONS_SCHEMA,
+        } | {spaces[name].registry_table: schema.to_arrow_schema() for name, schema in registry_schemas.items()}
+        create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+        root = zarr.open_group(zarr_store(store), mode="a")
+        root.attrs.update({"lancell_format": FORMAT_VERSION})
+        try:
+            write_json(meta_store, META_PATH, meta, create=True)
+        except FileExistsError:
+            raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
+
+    @classmethod
+    def open(
+        cls,
+        db_uri: str,
+        *,
+        store: StoreLike | None = None,
+        store_kwargs: dict[str, Any] | None = None,
+        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> RaggedAtlas:
+        """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
+        meta, meta_store = cls._read_meta(db_uri, store_kwargs)
+        store = cls._resolve_store(store, meta["store_url"], store_kwargs)
+        db = connect(db_uri, storage_options)
+        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
+
+    @classmethod
+    def checkout(
+        cls,
+        db_uri: str,
+        version: int,
+        *,
+        store: StoreLike | None = None,
+        store_kwargs: dict[str, Any] | None = None,
+        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        storage_options: Mapping[str, str] | None = None,
+    ) -> RaggedAtlas:
+        """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded."""
+        meta, meta_store = cls._read_meta(db_uri, store_kwargs)
+        db = connect(db_uri, storage_options)
+        row = read_version(db, version)
+        store = cls._resolve_store(store, row["store_url"], store_kwargs)
+        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, row, storage_options)
+
+    @classmethod
+    def checkout_latest(
+        cls,
+        db_uri: str,
+        store: StoreLike | None = None,
+        store_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RaggedAtlas:
+        """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
+        db = connect(db_uri, kwargs.get("storage_options"))
+        row = read_version(db, None)
+        return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
+
+    @staticmethod
+    def list_versions(db_uri: str, storage_options: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """Every snapshot: version, table versions, cell and dataset counts, store URL, note."""
+        return list_snapshots(connect(db_uri, storage_options))
+
+    @staticmethod
+    def _resolve_store(
+        store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
+    ) -> obs_store.ObjectStore:
+        if store is None:
+            return open_store(default_url, store_kwargs)
+        if isinstance(store, str):
+            return open_store(store, store_kwargs)
+        return store
+
+    @staticmethod
+    def _read_meta(
+        db_uri: str, store_kwargs: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], obs_store.ObjectStore]:
+        if is_local(db_uri) and not local_path(db_uri).exists():
+            raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
+        meta_store = open_store(db_uri, store_kwargs)
+        meta = read_json(meta_store, META_PATH)
+        if meta is None:
+            raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
+        if meta.get("lancell_format") != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; this lancell reads {FORMAT_VERSION}"
+            )
+        return meta, meta_store
+
+    @classmethod
+    def _from_meta(
+        cls,
+        db_uri: str,
+        meta: dict[str, Any],
+        meta_store: obs_store.ObjectStore,
+        db: Any,
+        store: obs_store.ObjectStore,
+        dataset_schema: type[DatasetRecord],
+        snapshot: dict[str, Any] | None,
+        storage_options: Mapping[str, str] | None,
+    ) -> RaggedAtlas:
+        pinned = None if snapshot is None else snapshot["tables"]
+        tables = AtlasTables.open(db, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
+        return cls(
+            db_uri=db_uri,
+            meta=meta,
+            tables=tables,
+            store=store,
+            meta_store=meta_store,
+            dataset_schema=dataset_schema,
+            read_only=snapshot is not None,
+            snapshot_version=None if snapshot is None else int(snapshot["version"]),
+            storage_options=storage_options,
+        )
+
+    # ----------------------------------------------------------------------------------- writing
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyAtlasError(
+                f"this handle is checked out at snapshot {self.snapshot_version} and is read-only; "
+                "use RaggedAtlas.open() to write"
+            )
+
+    def _lock(self, name: str) -> AbstractContextManager[None]:
+        return atlas_lock(self._meta_store, name)
+
+    def register_features(
+        self, feature_space: str, features: Sequence[LanceModel] | pd.DataFrame | pa.Table
+    ) -> int:
+        """Add features to a registry; uids already registered are skipped. Returns how many were new."""
+        self._require_writable()
+        space = resolve_feature_space(self.feature_spaces, feature_space)
+        table = self._tables.registry(space.name)
+        prepared = prepare_features(space.name, features, table.schema)
+        with self._lock(f"registry-{space.name}"):
+            return assign_new_features(table, prepared)
+
+    def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
+        """Compact every table, prune old *untagged* versions, and number unindexed features.
+
+        Snapshot versions are tagged, so no cleanup setting can make a snapshot un-checkout-able.
+        Returns each table's version after optimizing.
+        """
+        self._require_writable()
+        for space in self.feature_spaces.values():
+            with self._lock(f"registry-{space.name}"):
+                number_unindexed(self._tables.registry(space.name))
+        with self._lock("optimize"):
+            for handle in self._tables.handles.values():
+                handle.optimize(cleanup_older_than=cleanup_older_than)
+        return self._tables.versions()
+
+    def validate(self) -> list[str]:
+        """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent."""
+        return find_problems(self)
+
+    def snapshot(self, note: str | None = None) -> int:
+        """Validate and record the current version of every table; return the new snapshot number.
+
+        Raises
+        ------
+        ValidationError
+            The atlas is inconsistent (nothing is recorded).
+        """
+        self._require_writable()
+        with self._lock("snapshot"):
+            pinned = self._tables.versions()
+            view = self._pinned_view(pinned)
+            problems = find_problems(view)
+            if problems:
+                raise ValidationError(problems)
+            versions = self._tables.db.open_table(VERSIONS_TABLE)
+            version = next_version(versions)
+            tag_tables(self._tables.handles, pinned, version)
+            record_snapshot(
+                versions,
+                version,
+                pinned,
+                total_cells=view._tables.cells.count_rows(),
+                n_datasets=view._tables.datasets.count_rows(),
+                store_url=describe_store(self.store),
+                store_config=public_store_config(self.store),
+                lancell_format=FORMAT_VERSION,
+                note=note,
+            )
+        return version
+
+    def _pinned_view(self, pinned: dict[str, int]) -> RaggedAtlas:
+        tables = AtlasTables.open(self._tables.db, self._tables.cell_table_name, self._tables.registry_names, pinned)
+        return RaggedAtlas(
+            db_uri=self.db_uri, meta=self._meta, tables=tables, store=self.store, meta_store=self._meta_store,
+            dataset_schema=self.dataset_schema, read_only=True, snapshot_version=None,
+            storage_options=self._storage_options,
+        )
+
+    def delete_dataset(self, uid: str) -> None:
+        """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
+        self._require_writable()
+        where = f"uid = {sql_literal(uid)}"
+        if self._tables.datasets.count_rows(where) == 0:
+            raise IngestError(f"no dataset {uid!r} in the atlas")
+        self._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+        self._tables.datasets.delete(where)
+
+    def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
+        """Delete zarr groups no live dataset and no snapshot references, once older than ``grace``.
+
+        Cell rows of datasets that never got a dataset record (an interrupted ingestion) go too.
+        Returns counts of what was removed.
+        """
+        self._require_writable()
+        referenced = set(self._tables.datasets.to_arrow().column("zarr_group").to_pylist())
+        for version in list_snapshots(self._tables.db)["version"]:
+            view = self._pinned_view(read_version(self._tables.db, int(version))["tables"])
+            referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
+        cutoff = datetime.now(UTC) - grace
+        listing = obstore.list_with_delimiter(self.store)
+        removed_groups = removed_cells = 0
+        for prefix in listing["common_prefixes"]:
+            group = prefix.rstrip("/")
+            if group in referenced or group.startswith("_"):
+                continue
+            head = obstore.list(self.store, prefix=group + "/").collect()
+            if any(meta["last_modified"] > cutoff for meta in head):
+                continue
+            dataset = group.rsplit("-", 1)[0]
+            if self._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") == 0:
+                where = f"dataset_uid = {sql_literal(dataset)}"
+                removed_cells += self._tables.cells.count_rows(where)
+                self._tables.cells.delete(where)
+            delete_prefix(self.store, group)
+            removed_groups += 1
+        return {"groups": removed_groups, "cells": removed_cells}
+
+    def _delete_group(self, zarr_group: str) -> None:
+        delete_prefix(self.store, zarr_group)
+
+    # ----------------------------------------------------------------------------------- reading
+    def _group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
+        try:
+            return dict(zarr.open_group(self._zarr_root.store, path=zarr_group, mode="r").attrs)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            return None
+
+    def list_datasets(self) -> pd.DataFrame:
+        """The dataset records."""
+        return self._tables.datasets.to_arrow().to_pandas()
+
+    def feature_registry(self, feature_space: str) -> pd.DataFrame:
+        """The registry of ``feature_space`` sorted by global index."""
+        space = resolve_feature_space(self.feature_spaces, feature_space)
+        frame = self._tables.registry(space.name).to_arrow().to_pandas()
+        return frame.sort_values("global_index").reset_index(drop=True)
+
+    def query(self) -> AtlasQuery:
+        """A lazy query over the cells (see :class:`lancell.query.AtlasQuery`)."""
+        return AtlasQuery(self)
+
+    def __repr__(self) -> str:
+        state = f"snapshot {self.snapshot_version}" if self.read_only else "live"
+        return f"RaggedAtlas({self.db_uri!r}, {state}, feature spaces {sorted(self.feature_spaces)})"

@@ -1,0 +1,119 @@
+"""The one error hierarchy lancell raises.
+
+Every error names *what* went wrong and *where* (dataset, column, feature, value) so that a user can fix the
+input without reading our code. Errors raised during ingestion are raised before anything is written, or the
+partial write is rolled back, so the atlas is left as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _preview(values: Sequence[object], n: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:n])
+    more = f", ... ({len(values)} in all)" if len(values) > n else ""
+    return f"[{shown}{more}]"
+
+
+class LancellError(Exception):
+    """Base class of every error lancell raises."""
+
+
+class SchemaError(LancellError):
+    """A schema class is malformed (unknown feature space in a pointer field, missing required fields)."""
+
+
+class CodecError(LancellError):
+    """An encoded chunk is malformed or a codec configuration is invalid."""
+
+
+class ChecksumError(CodecError):
+    """Stored bytes do not match their checksum (a corrupted shard index or chunk)."""
+
+
+class StoreError(LancellError):
+    """The object store or database cannot be reached or holds something unexpected."""
+
+
+class AtlasExistsError(LancellError):
+    """``RaggedAtlas.create`` was asked to create an atlas where one already exists."""
+
+
+class AtlasNotFoundError(LancellError):
+    """No atlas (or no snapshot) exists at the given location."""
+
+
+class FormatVersionError(LancellError):
+    """The atlas was written by an incompatible on-disk format version."""
+
+
+class ReadOnlyAtlasError(LancellError):
+    """A write was attempted on a checked-out (read-only) atlas handle."""
+
+
+class VersionNotFoundError(AtlasNotFoundError):
+    """A snapshot version that was never taken was asked for."""
+
+
+class ValidationError(LancellError):
+    """``validate()`` or ``snapshot()`` found the atlas inconsistent."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"atlas is inconsistent ({len(problems)} problems): " + "; ".join(problems[:10]))
+
+
+class FeatureSpaceError(LancellError):
+    """An unknown feature space, or a layer the feature space does not allow."""
+
+
+class FeatureRegistryError(LancellError):
+    """Features given to ``register_features`` are malformed (duplicates, missing uid, wrong columns)."""
+
+
+class IngestError(LancellError):
+    """Input to ingestion is invalid; nothing was written."""
+
+
+class UnknownFeaturesError(IngestError):
+    """The input names features that are not in the feature registry."""
+
+    def __init__(self, dataset: str, feature_space: str, missing: Sequence[str]) -> None:
+        self.missing = list(missing)
+        super().__init__(
+            f"dataset {dataset!r}: {len(missing)} features are not in the {feature_space!r} registry, "
+            f"e.g. {_preview(missing)}; register them with atlas.register_features() first"
+        )
+
+
+class DuplicateFeaturesError(IngestError):
+    """The input names the same feature more than once."""
+
+    def __init__(self, dataset: str, duplicates: Sequence[str]) -> None:
+        self.duplicates = list(duplicates)
+        super().__init__(f"dataset {dataset!r}: duplicate feature ids in var {_preview(duplicates)}")
+
+
+class ObsConversionError(IngestError):
+    """An obs column cannot be converted to the type the cell schema declares."""
+
+    def __init__(self, dataset: str, column: str, reason: str) -> None:
+        self.column = column
+        super().__init__(f"dataset {dataset!r}, obs column {column!r}: {reason}")
+
+
+class DataValueError(IngestError):
+    """The matrix holds values the target layer cannot store (negative counts, NaN, unsupported dtype)."""
+
+
+class ShapeMismatchError(IngestError):
+    """The matrix, obs and var disagree on their sizes."""
+
+
+class DuplicateDatasetError(IngestError):
+    """A dataset with this uid is already in the atlas."""
+
+
+class QueryError(LancellError):
+    """A query is malformed (bad SQL filter, unknown column, unknown feature)."""

@@ -1,0 +1,216 @@
+"""Dataset zarr groups: creation, shard-aligned streaming writes, and the attributes that describe them.
+
+Layout of one group (see DESIGN §2)::
+
+    <group>/csr/indices          uint32 local feature index, 1-D, sharded
+    <group>/csr/indptr           int64 (n_cells + 1)
+    <group>/csr/layers/<layer>   uint32 counts or float32 values, 1-D, sharded
+    <group>/layers/<layer>       dense (n_cells, n_features), chunks of whole rows
+
+Writes are buffered to whole shards so that zarr never reads-modifies-writes a shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from lancell.schema import PointerKind
+
+__all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "value_codecs"]
+
+FORMAT_VERSION = 1
+ENCODING_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class GroupGeometry:
+    """Chunk and shard sizes of a group's arrays, in elements (sparse) or rows (dense)."""
+
+    sparse_chunk: int = 16_384
+    sparse_shard: int = 16_384 * 64
+    dense_chunk_elements: int = 65_536
+    dense_chunks_per_shard: int = 16
+
+    def dense_shape(self, n_features: int) -> tuple[int, int]:
+        """``(chunk_rows, shard_rows)``; the shard is a whole number of chunks (zarr requires it)."""
+        chunk_rows = max(1, self.dense_chunk_elements // max(n_features, 1))
+        return chunk_rows, chunk_rows * self.dense_chunks_per_shard
+
+    def as_attrs(self) -> dict[str, int]:
+        return {
+            "sparse_chunk": self.sparse_chunk,
+            "sparse_shard": self.sparse_shard,
+            "dense_chunk_elements": self.dense_chunk_elements,
+            "dense_chunks_per_shard": self.dense_chunks_per_shard,
+        }
+
+
+DEFAULT_GEOMETRY = GroupGeometry()
+
+
+def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
+    """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values)."""
+    del role  # every role uses zstd until the BP-128 codec becomes the integer default
+    return {"compressors": [zarr.codecs.ZstdCodec(level=3)]}
+
+
+class _ShardBuffer:
+    """Append-only writer of a 1-D sharded array that only ever writes whole shards (and the tail)."""
+
+    def __init__(self, array: zarr.Array, shard: int) -> None:
+        self.array = array
+        self.shard = shard
+        self.parts: list[np.ndarray] = []
+        self.buffered = 0
+        self.written = 0
+
+    def append(self, values: np.ndarray) -> None:
+        self.parts.append(values)
+        self.buffered += values.size
+        if self.buffered >= self.shard:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        if not self.parts:
+            return
+        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        n = data.size if final else (data.size // self.shard) * self.shard
+        if n:
+            self.array[self.written : self.written + n] = data[:n]
+            self.written += n
+        rest = data[n:]
+        self.parts = [rest] if rest.size else []
+        self.buffered = rest.size
+
+    def close(self) -> int:
+        self._flush(final=True)
+        return self.written
+
+
+def _base_attrs(kind: PointerKind, layer: str, dtype: np.dtype, geometry: GroupGeometry) -> dict[str, Any]:
+    return {
+        "lancell_format": FORMAT_VERSION,
+        "lancell-encoding": "csr_matrix" if kind == "sparse" else "dense_matrix",
+        "lancell-encoding-version": ENCODING_VERSION,
+        "layers": {layer: np.dtype(dtype).name},
+        "geometry": geometry.as_attrs(),
+    }
+
+
+class SparseGroupWriter:
+    """Stream CSR row blocks of one dataset into ``<group>/csr/...``."""
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        path: str,
+        *,
+        n_cells: int,
+        n_features: int,
+        nnz: int,
+        layer: str,
+        dtype: np.dtype,
+        geometry: GroupGeometry = DEFAULT_GEOMETRY,
+    ) -> None:
+        self.group = root.create_group(path)
+        self.nnz = nnz
+        self.n_cells = n_cells
+        chunk = min(geometry.sparse_chunk, max(nnz, 1))
+        shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
+        csr = self.group.create_group("csr")
+        indices = csr.create_array(
+            "indices", shape=(nnz,), dtype="uint32", chunks=(chunk,), shards=(shard,),
+            **value_codecs(np.dtype("uint32"), "indices"),
+        )
+        values = csr.create_group("layers").create_array(
+            layer, shape=(nnz,), dtype=dtype, chunks=(chunk,), shards=(shard,),
+            **value_codecs(np.dtype(dtype), "values"),
+        )
+        self.indptr = csr.create_array(
+            "indptr", shape=(n_cells + 1,), dtype="int64", chunks=(min(n_cells + 1, 65_536),),
+            compressors=[zarr.codecs.ZstdCodec(level=3)],
+        )
+        self._indices = _ShardBuffer(indices, shard)
+        self._values = _ShardBuffer(values, shard)
+        self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
+        self._offset = 0
+        self.group.attrs.update(
+            {**_base_attrs("sparse", layer, dtype, geometry), "chunk": chunk, "shard": shard}
+        )
+
+    def append(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        """Append a block of rows given as a local CSR triple (``indptr[0] == 0``)."""
+        self._indices.append(indices)
+        self._values.append(values)
+        self._indptr_parts.append(indptr[1:].astype(np.int64) + self._offset)
+        self._offset += int(indptr[-1])
+
+    def close(self, extra_attrs: dict[str, Any]) -> np.ndarray:
+        """Flush, write indptr and attributes; return the full indptr."""
+        self._indices.close()
+        self._values.close()
+        indptr = np.concatenate(self._indptr_parts)
+        self.indptr[:] = indptr
+        self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
+        return indptr
+
+
+class DenseGroupWriter:
+    """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``."""
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        path: str,
+        *,
+        n_cells: int,
+        n_features: int,
+        layer: str,
+        dtype: np.dtype,
+        geometry: GroupGeometry = DEFAULT_GEOMETRY,
+    ) -> None:
+        self.group = root.create_group(path)
+        self.n_cells = n_cells
+        chunk_rows, shard_rows = geometry.dense_shape(n_features)
+        chunk_rows = min(chunk_rows, max(n_cells, 1))
+        shard_rows = chunk_rows * max(1, min(geometry.dense_chunks_per_shard, -(-n_cells // chunk_rows)))
+        self.array = self.group.create_group("layers").create_array(
+            layer, shape=(n_cells, n_features), dtype=dtype, chunks=(chunk_rows, n_features),
+            shards=(shard_rows, n_features), **value_codecs(np.dtype(dtype), "values"),
+        )
+        self.shard_rows = shard_rows
+        self._parts: list[np.ndarray] = []
+        self._buffered = 0
+        self._written = 0
+        self.group.attrs.update(
+            {**_base_attrs("dense", layer, dtype, geometry), "chunk_rows": chunk_rows, "shard_rows": shard_rows}
+        )
+
+    def append(self, rows: np.ndarray) -> None:
+        """Append a block of dense rows."""
+        self._parts.append(rows)
+        self._buffered += rows.shape[0]
+        if self._buffered >= self.shard_rows:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._parts:
+            return
+        data = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        n = data.shape[0] if final else (data.shape[0] // self.shard_rows) * self.shard_rows
+        if n:
+            self.array[self._written : self._written + n] = data[:n]
+            self._written += n
+        rest = data[n:]
+        self._parts = [rest] if rest.shape[0] else []
+        self._buffered = rest.shape[0]
+
+    def close(self, extra_attrs: dict[str, Any]) -> None:
+        """Flush the tail and write the attributes."""
+        self._flush(final=True)
+        self.group.attrs.update({"n_cells": self.n_cells, "nnz": int(np.prod(self.array.shape)), **extra_attrs})

@@ -1,0 +1,341 @@
+"""Atomic ingestion of AnnData into a :class:`~lancell.atlas.RaggedAtlas`.
+
+Order (DESIGN §4): validate everything that can be checked up front (feature space and layer, shapes,
+dtypes, obs -> Arrow, feature uids against the registry, dataset uid), then stream the matrix into a zarr
+group under a fresh unique name (values are checked block by block; a bad block deletes the group), then the
+feature layout, the cell rows (one commit) and the dataset row (one commit). Any failure removes what this
+call wrote, so readers, ``validate()`` and ``snapshot()`` see the atlas exactly as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lancell.errors import (
+    DataValueError,
+    DuplicateDatasetError,
+    DuplicateFeaturesError,
+    IngestError,
+    LancellError,
+    ShapeMismatchError,
+    UnknownFeaturesError,
+)
+from lancell.feature_spaces import FeatureSpace, resolve_feature_space
+from lancell.groups import DenseGroupWriter, SparseGroupWriter
+from lancell.obs import obs_to_arrow
+from lancell.registry import ensure_layout, layout_uid_for, registry_index, sql_literal
+from lancell.schema import DatasetRecord, obs_fields, pointer_arrow_type, pointer_fields_from_arrow
+from lancell.sources import MatrixSource, matrix_source
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["add_from_anndata"]
+
+log = logging.getLogger(__name__)
+
+_UINT32_MAX = np.iinfo(np.uint32).max
+
+
+def add_from_anndata(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData | str | os.PathLike[str],
+    *,
+    feature_space: str,
+    zarr_layer: str,
+    dataset_record: DatasetRecord | None = None,
+    layer: str | None = None,
+    var_uid_column: str | None = None,
+    progress: bool = True,
+) -> DatasetRecord:
+    """Ingest one AnnData (in memory, backed, or a path to ``.h5ad`` read in backed mode) as one dataset.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    adata
+        The data; a path is opened with ``backed="r"`` and streamed in bounded memory.
+    feature_space
+        The feature space (pointer field) the matrix belongs to.
+    zarr_layer
+        The layer name to store the matrix under (must be allowed by the feature space).
+    dataset_record
+        Provenance and the dataset uid; storage fields are filled in. A fresh record if omitted.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X``.
+    var_uid_column
+        The ``var`` column holding registry uids; the var index by default.
+    progress
+        Show a progress bar while the matrix is written.
+
+    Returns
+    -------
+    DatasetRecord
+        The stored record (``zarr_group``, ``n_cells``, ``nnz``, ``layout_uid`` filled in).
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which); the atlas is unchanged.
+    """
+    atlas._require_writable()
+    if isinstance(adata, str | os.PathLike):
+        path = Path(adata)
+        if not path.exists():
+            raise IngestError(f"no such file: {path}")
+        try:
+            adata = ad.read_h5ad(path, backed="r")
+        except (OSError, KeyError, ValueError) as exc:
+            raise IngestError(f"cannot read {path} as .h5ad: {exc}") from exc
+    record = (dataset_record or atlas.dataset_schema()).model_copy()
+    space = resolve_feature_space(atlas.feature_spaces, feature_space)
+    space.check_layer(zarr_layer)
+    plan = _plan(atlas, adata, space, zarr_layer, record, layer, var_uid_column)
+    started = time.perf_counter()
+    zarr_group = f"{record.uid}-{uuid.uuid4().hex[:8]}"
+    cells_written = False
+    try:
+        indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
+        with atlas._lock("layouts"):
+            ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
+        cells = _cell_rows(atlas, plan, space, zarr_group, indptr)
+        atlas._tables.cells.add(cells)
+        cells_written = True
+        record = record.model_copy(
+            update={
+                "zarr_group": zarr_group,
+                "feature_space": space.name,
+                "layer": zarr_layer,
+                "n_cells": plan.n_cells,
+                "n_features": len(plan.feature_uids),
+                "nnz": plan.nnz,
+                "layout_uid": plan.layout_uid,
+            }
+        )
+        atlas._tables.datasets.add(pa.Table.from_pylist([record.model_dump()], schema=atlas._dataset_arrow))
+    except BaseException:
+        _roll_back(atlas, record.uid, zarr_group, cells_written)
+        raise
+    elapsed = time.perf_counter() - started
+    log.info(
+        "ingested %s: %d cells, %d nnz in %.2f s (%.0f cells/s)",
+        record.uid, plan.n_cells, plan.nnz, elapsed, plan.n_cells / max(elapsed, 1e-9),
+    )
+    return record
+
+
+class _Plan:
+    """Everything validated before the first write."""
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+    source: MatrixSource
+    obs: dict[str, pa.Array]
+    cell_uids: list[str]
+    feature_uids: list[str]
+    global_index: np.ndarray
+    layout_uid: str
+    n_cells: int
+    nnz: int
+    dataset: str
+    store_dtype: np.dtype
+
+
+def _plan(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData,
+    space: FeatureSpace,
+    zarr_layer: str,
+    record: DatasetRecord,
+    layer: str | None,
+    var_uid_column: str | None,
+) -> _Plan:
+    dataset = record.uid
+    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") > 0:
+        raise DuplicateDatasetError(f"dataset {dataset!r} is already in the atlas")
+    n_obs, n_vars = adata.n_obs, adata.n_vars
+    if n_obs == 0:
+        raise IngestError(f"dataset {dataset!r} has no cells")
+    if n_vars == 0:
+        raise IngestError(f"dataset {dataset!r} has no features")
+    if layer is None:
+        matrix = adata.X
+        where = "X"
+    else:
+        if layer not in adata.layers:
+            raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
+        matrix = adata.layers[layer]
+        where = f"layers[{layer!r}]"
+    if matrix is None:
+        raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")
+    source = matrix_source(dataset, matrix)
+    if source.shape != (n_obs, n_vars):
+        raise ShapeMismatchError(
+            f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is {(n_obs, n_vars)}"
+        )
+    if var_uid_column is None:
+        feature_uids = adata.var_names.astype(str).tolist()
+    elif var_uid_column not in adata.var.columns:
+        raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
+    else:
+        column = adata.var[var_uid_column]
+        if column.isna().any():
+            raise IngestError(f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN")
+        feature_uids = column.astype(str).tolist()
+    uids = pd.Index(feature_uids)
+    if uids.has_duplicates:
+        raise DuplicateFeaturesError(dataset, uids[uids.duplicated()].unique().tolist())
+    registry = registry_index(atlas._tables.registry(space.name))
+    known = uids.isin(registry.index)
+    if not known.all():
+        raise UnknownFeaturesError(dataset, space.name, uids[~known].tolist())
+    global_index = registry.reindex(uids).to_numpy()
+    if pd.isna(global_index).any():
+        raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
+    obs_names = adata.obs_names
+    if obs_names.has_duplicates:
+        raise IngestError(
+            f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
+            "call adata.obs_names_make_unique() first"
+        )
+    obs = obs_to_arrow(dataset, adata.obs, obs_fields(atlas._cell_arrow))
+    store_dtype = np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+    return _Plan(
+        source=source,
+        obs=obs,
+        cell_uids=[f"{dataset}:{name}" for name in obs_names],
+        feature_uids=feature_uids,
+        global_index=global_index.astype(np.int64),
+        layout_uid=layout_uid_for(feature_uids),
+        n_cells=n_obs,
+        nnz=source.nnz if space.kind == "sparse" else n_obs * n_vars,
+        dataset=dataset,
+        store_dtype=store_dtype,
+    )
+
+
+def _checked_values(plan: _Plan, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
+    """Check one block of values and convert it to the stored dtype."""
+    if values.size == 0:
+        return values.astype(plan.store_dtype)
+    if values.dtype.kind in "iu":
+        low, high = values.min(), values.max()
+        if low < 0 or high > _UINT32_MAX:
+            bad = "negative" if low < 0 else "above 2**32-1"
+            raise DataValueError(
+                f"dataset {plan.dataset!r}, layer {zarr_layer!r}: {bad} integer value "
+                f"{low if low < 0 else high} in the rows from {row0}; counts must be in [0, 2**32)"
+            )
+        return values.astype(np.uint32)
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise DataValueError(
+            f"dataset {plan.dataset!r}, layer {zarr_layer!r}: non-finite value "
+            f"{values[~finite][0]} in the rows from {row0}"
+        )
+    if zarr_layer == "counts":
+        if values.min() < 0:
+            raise DataValueError(f"dataset {plan.dataset!r}, layer 'counts': negative value {values.min()}")
+        fractional = values != np.floor(values)
+        if fractional.any():
+            raise DataValueError(
+                f"dataset {plan.dataset!r}, layer 'counts': non-integer value {values[fractional][0]} in the "
+                f"rows from {row0}; store normalized values under another layer name"
+            )
+    return values.astype(np.float32)
+
+
+def _write_group(
+    atlas: RaggedAtlas, plan: _Plan, space: FeatureSpace, zarr_layer: str, zarr_group: str, progress: bool
+) -> np.ndarray:
+    """Stream the matrix into a new zarr group; return the per-cell element offsets (indptr)."""
+    n_features = len(plan.feature_uids)
+    bar = tqdm(total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False)
+    with bar:
+        if space.kind == "sparse":
+            writer = SparseGroupWriter(
+                atlas._zarr_root, zarr_group, n_cells=plan.n_cells, n_features=n_features, nnz=plan.nnz,
+                layer=zarr_layer, dtype=plan.store_dtype,
+            )
+            for row0, block in plan.source.csr_blocks():
+                values = _checked_values(plan, zarr_layer, block.data, row0)
+                writer.append(block.indptr, block.indices.astype(np.uint32), values)
+                bar.update(block.shape[0])
+            indptr = writer.close(_group_attrs(plan, space))
+        else:
+            writer = DenseGroupWriter(
+                atlas._zarr_root, zarr_group, n_cells=plan.n_cells, n_features=n_features,
+                layer=zarr_layer, dtype=plan.store_dtype,
+            )
+            for row0, block in plan.source.dense_blocks():
+                writer.append(_checked_values(plan, zarr_layer, block.ravel(), row0).reshape(block.shape))
+                bar.update(block.shape[0])
+            writer.close(_group_attrs(plan, space))
+            indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
+    if int(indptr[-1]) != plan.nnz:
+        raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
+    return indptr
+
+
+def _group_attrs(plan: _Plan, space: FeatureSpace) -> dict[str, object]:
+    return {
+        "feature_space": space.name,
+        "layout_uid": plan.layout_uid,
+        "n_features": len(plan.feature_uids),
+        "dataset_uid": plan.dataset,
+    }
+
+
+def _cell_rows(atlas: RaggedAtlas, plan: _Plan, space: FeatureSpace, zarr_group: str, indptr: np.ndarray) -> pa.Table:
+    schema = atlas._cell_arrow
+    n = plan.n_cells
+    columns: dict[str, pa.Array] = {
+        "uid": pa.array(plan.cell_uids, pa.string()),
+        "dataset_uid": pa.array([plan.dataset] * n, pa.string()),
+    }
+    for name, kind in pointer_fields_from_arrow(schema).items():
+        if name != space.name:
+            columns[name] = pa.nulls(n, schema.field(name).type)
+            continue
+        fields = {
+            "feature_space": pa.array([space.name] * n, pa.string()),
+            "zarr_group": pa.array([zarr_group] * n, pa.string()),
+        }
+        if kind == "sparse":
+            fields |= {
+                "start": pa.array(indptr[:-1], pa.int64()),
+                "end": pa.array(indptr[1:], pa.int64()),
+                "zarr_row": pa.array(np.arange(n), pa.int64()),
+            }
+        else:
+            fields["position"] = pa.array(np.arange(n), pa.int64())
+        struct_type = pointer_arrow_type(kind)
+        columns[name] = pa.StructArray.from_arrays(
+            [fields[struct_type.field(i).name] for i in range(struct_type.num_fields)],
+            fields=[struct_type.field(i) for i in range(struct_type.num_fields)],
+        )
+    columns |= plan.obs
+    return pa.table([columns[f.name] for f in schema], schema=schema)
+
+
+def _roll_back(atlas: RaggedAtlas, dataset: str, zarr_group: str, cells_written: bool) -> None:
+    """Undo what a failed ingestion wrote; the original error is re-raised by the caller."""
+    try:
+        if cells_written:
+            atlas._tables.cells.delete(f"dataset_uid = {sql_literal(dataset)}")
+        atlas._delete_group(zarr_group)
+    except (LancellError, OSError) as exc:
+        log.error("roll-back of dataset %s left debris (vacuum() removes it): %s", dataset, exc)

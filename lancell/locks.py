@@ -1,0 +1,68 @@
+"""Cross-process locks built on the object store's atomic create (``put(mode="create")``).
+
+Works wherever the store supports conditional puts: local disk (O_EXCL-style create) and S3-compatible
+servers (``If-None-Match``). A lock whose holder died is broken after ``stale_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import obstore
+import obstore.store as obs_store
+
+from lancell.errors import StoreError
+from lancell.stores import read_json, write_json
+
+__all__ = ["atlas_lock"]
+
+_LOCK_PREFIX = "_lancell/locks"
+
+
+@contextmanager
+def atlas_lock(
+    store: obs_store.ObjectStore, name: str, *, timeout: float = 120.0, stale_after: float = 600.0
+) -> Iterator[None]:
+    """Hold the lock ``name`` for the duration of the ``with`` block.
+
+    Raises
+    ------
+    StoreError
+        If the lock cannot be taken within ``timeout`` seconds.
+    """
+    path = f"{_LOCK_PREFIX}/{name}.lock"
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        body = {"token": token, "pid": os.getpid(), "host": socket.gethostname(), "taken_at": time.time()}
+        try:
+            write_json(store, path, body, create=True)
+            break
+        except FileExistsError:
+            holder = read_json(store, path)
+            if holder is not None and time.time() - float(holder.get("taken_at", 0)) > stale_after:
+                _release(store, path)
+                continue
+        if time.monotonic() > deadline:
+            raise StoreError(f"could not take lock {name!r} within {timeout:.0f} s (held at {path})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    try:
+        yield
+    finally:
+        holder = read_json(store, path)
+        if holder is not None and holder.get("token") == token:
+            _release(store, path)
+
+
+def _release(store: obs_store.ObjectStore, path: str) -> None:
+    try:
+        obstore.delete(store, path)
+    except FileNotFoundError:
+        pass

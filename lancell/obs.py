@@ -1,0 +1,94 @@
+"""obs <-> Arrow: convert an AnnData ``obs`` frame to the cell table's declared column types, and back.
+
+Conversion happens before anything is written; every failure names the dataset, the column and an offending
+value, so a NaN hidden in a categorical or an integer column is reported, not discovered after the write.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lancell.errors import ObsConversionError
+
+__all__ = ["arrow_to_obs", "obs_to_arrow"]
+
+log = logging.getLogger(__name__)
+
+
+def _first_bad(series: pd.Series, mask: np.ndarray) -> str:
+    position = int(np.flatnonzero(mask)[0])
+    return f"row {position} (obs name {series.index[position]!r}, value {series.iloc[position]!r})"
+
+
+def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Array:
+    values = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+    missing = pd.isna(values).to_numpy(dtype=bool) if len(values) else np.zeros(0, dtype=bool)
+    if missing.any() and not field.nullable:
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"{int(missing.sum())} missing values (NaN/None) but the schema field is not nullable, "
+            f"first at {_first_bad(series, missing)}",
+        )
+    target = field.type
+    if pa.types.is_integer(target):
+        numeric = pd.to_numeric(values, errors="coerce")
+        bad = ~missing & pd.isna(numeric).to_numpy(dtype=bool)
+        if bad.any():
+            raise ObsConversionError(dataset, field.name, f"non-numeric value at {_first_bad(series, bad)}")
+        as_float = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+        fractional = ~missing & (np.floor(as_float) != as_float)
+        if fractional.any():
+            raise ObsConversionError(
+                dataset, field.name, f"non-integer value at {_first_bad(series, fractional)}"
+            )
+        values = pd.array(numeric, dtype="Int64")
+    elif pa.types.is_string(target) or pa.types.is_large_string(target):
+        values = pd.Series(
+            [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
+        )
+    try:
+        return pa.array(values, type=target, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise ObsConversionError(dataset, field.name, f"cannot convert to {target}: {exc}") from exc
+
+
+def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dict[str, pa.Array]:
+    """Convert the ``obs`` columns named like ``fields`` to Arrow arrays of the declared types.
+
+    Columns the schema declares but ``obs`` lacks become nulls (an error if the field is not nullable);
+    obs columns the schema does not declare are left out (logged).
+
+    Raises
+    ------
+    ObsConversionError
+        A value that cannot be stored in its declared type (NaN in a non-nullable or integer column,
+        text in a numeric column, a fractional value in an integer column).
+    """
+    out: dict[str, pa.Array] = {}
+    for field in fields:
+        if field.name in obs.columns:
+            out[field.name] = _column_to_arrow(dataset, obs[field.name], field)
+        elif field.nullable:
+            out[field.name] = pa.nulls(len(obs), field.type)
+        else:
+            raise ObsConversionError(dataset, field.name, "required by the cell schema but absent from obs")
+    ignored = sorted(set(obs.columns) - {f.name for f in fields})
+    if ignored:
+        log.info("dataset %s: obs columns not in the cell schema are not stored: %s", dataset, ignored)
+    return out
+
+
+def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
+    """Build an AnnData ``obs`` frame: string columns become categoricals, integers keep nullability."""
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+    for name in frame.columns:
+        field = table.schema.field(name)
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            frame[name] = frame[name].astype("category")
+    frame.index = pd.Index(table.column(index_column).to_pylist(), name=None).astype(str)
+    return frame.drop(columns=[index_column])

@@ -1,0 +1,177 @@
+"""Schemas: the Arrow contract between the cell table, the feature registries and the dataset records.
+
+A user describes cells by subclassing :class:`LancellBaseSchema` (at any depth). Every field typed
+``SparseZarrPointer | None`` or ``DenseZarrPointer | None`` declares a *feature space* of the same name; the
+remaining fields are obs columns. Feature registries subclass :class:`FeatureBaseSchema`, dataset records
+:class:`DatasetRecord`.
+
+Pointer fields are found from pydantic's ``model_fields``, which merges the whole MRO, so a
+sub-subclass sees the pointers of every ancestor (upstream read one class's ``__annotations__`` and broke).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+from lancedb.pydantic import LanceModel
+from pydantic import BaseModel, Field
+
+from lancell.errors import SchemaError
+
+__all__ = [
+    "DatasetRecord",
+    "DenseZarrPointer",
+    "FeatureBaseSchema",
+    "LancellBaseSchema",
+    "SparseZarrPointer",
+    "pointer_fields",
+    "pointer_fields_from_arrow",
+]
+
+PointerKind = Literal["sparse", "dense"]
+
+
+class SparseZarrPointer(BaseModel):
+    """Where one cell's sparse row lives: element range ``[start, end)`` of its group's flat CSR arrays.
+
+    ``zarr_row`` is the cell's row number inside the group (used by CSC reads and dense lookups).
+    """
+
+    feature_space: str
+    zarr_group: str
+    start: int
+    end: int
+    zarr_row: int
+
+
+class DenseZarrPointer(BaseModel):
+    """Where one cell's dense row lives: row ``position`` of its group's 2-D layer arrays."""
+
+    feature_space: str
+    zarr_group: str
+    position: int
+
+
+_POINTER_KINDS: dict[type[BaseModel], PointerKind] = {SparseZarrPointer: "sparse", DenseZarrPointer: "dense"}
+_POINTER_ARROW: dict[PointerKind, pa.DataType] = {
+    "sparse": pa.struct(
+        [
+            pa.field("feature_space", pa.string(), nullable=False),
+            pa.field("zarr_group", pa.string(), nullable=False),
+            pa.field("start", pa.int64(), nullable=False),
+            pa.field("end", pa.int64(), nullable=False),
+            pa.field("zarr_row", pa.int64(), nullable=False),
+        ]
+    ),
+    "dense": pa.struct(
+        [
+            pa.field("feature_space", pa.string(), nullable=False),
+            pa.field("zarr_group", pa.string(), nullable=False),
+            pa.field("position", pa.int64(), nullable=False),
+        ]
+    ),
+}
+
+
+class LancellBaseSchema(LanceModel):
+    """Base of every cell schema: one row per cell.
+
+    ``uid`` is unique over the atlas (``"<dataset_uid>:<obs_name>"`` when ingested from AnnData) and
+    ``dataset_uid`` names the :class:`DatasetRecord` the cell came from.
+    """
+
+    uid: str
+    dataset_uid: str
+
+
+class FeatureBaseSchema(LanceModel):
+    """Base of every feature registry schema: one row per feature of a feature space.
+
+    ``uid`` is the stable identifier matched against the input's var names; ``global_index`` is assigned
+    once (max + 1) when the feature is registered and is never reused.
+    """
+
+    uid: str
+    global_index: int | None = None
+
+
+def _new_dataset_uid() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class DatasetRecord(LanceModel):
+    """One row per ingested dataset group. Ingestion fills the storage fields; users fill provenance."""
+
+    uid: str = Field(default_factory=_new_dataset_uid)
+    name: str | None = None
+    zarr_group: str = ""
+    feature_space: str = ""
+    layer: str = ""
+    n_cells: int = 0
+    n_features: int = 0
+    nnz: int = 0
+    layout_uid: str = ""
+    source: str | None = None
+    accession: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+def _pointer_kind(annotation: object) -> PointerKind | None:
+    """Return the pointer kind of a field annotation (``X | None``, ``Optional[X]`` or ``X``), else None."""
+    if isinstance(annotation, type) and annotation in _POINTER_KINDS:
+        return _POINTER_KINDS[annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_pointer_kind(arg) for arg in typing.get_args(annotation)} - {None}
+        if len(kinds) > 1:
+            raise SchemaError(f"a field cannot be both a sparse and a dense pointer: {annotation!r}")
+        return kinds.pop() if kinds else None
+    return None
+
+
+def pointer_fields(cell_schema: type[LancellBaseSchema]) -> dict[str, PointerKind]:
+    """Map each pointer field of ``cell_schema`` (all ancestors included) to its kind.
+
+    Raises
+    ------
+    SchemaError
+        If ``cell_schema`` does not derive from :class:`LancellBaseSchema`.
+    """
+    if not (isinstance(cell_schema, type) and issubclass(cell_schema, LancellBaseSchema)):
+        raise SchemaError(f"cell schema must subclass LancellBaseSchema, got {cell_schema!r}")
+    found: dict[str, PointerKind] = {}
+    for name, field in cell_schema.model_fields.items():
+        kind = _pointer_kind(field.annotation)
+        if kind is not None:
+            found[name] = kind
+    return found
+
+
+def pointer_arrow_type(kind: PointerKind) -> pa.DataType:
+    """The Arrow struct type a pointer of ``kind`` is stored as."""
+    return _POINTER_ARROW[kind]
+
+
+def pointer_fields_from_arrow(schema: pa.Schema) -> dict[str, PointerKind]:
+    """Recover pointer fields from a stored cell table schema (no Python class needed)."""
+    found: dict[str, PointerKind] = {}
+    for field in schema:
+        if not pa.types.is_struct(field.type):
+            continue
+        names = {field.type.field(i).name for i in range(field.type.num_fields)}
+        if names == {"feature_space", "zarr_group", "start", "end", "zarr_row"}:
+            found[field.name] = "sparse"
+        elif names == {"feature_space", "zarr_group", "position"}:
+            found[field.name] = "dense"
+    return found
+
+
+def obs_fields(schema: pa.Schema) -> list[pa.Field]:
+    """The cell table's free obs columns: everything but ``uid``, ``dataset_uid`` and pointer structs."""
+    pointers = pointer_fields_from_arrow(schema)
+    return [f for f in schema if f.name not in ("uid", "dataset_uid") and f.name not in pointers]

@@ -1,0 +1,114 @@
+"""Matrix sources for ingestion: row blocks of an in-memory or backed AnnData matrix, in bounded memory.
+
+A source knows its shape, its dtype and its total number of stored values before any row is read, so the
+zarr arrays can be sized up front; it then yields CSR (or dense) row blocks of roughly ``target_nnz``
+values each. Backed CSR ``.h5ad`` matrices are read block by block; nothing holds the whole matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+from anndata._core.sparse_dataset import BaseCompressedSparseDataset
+
+from lancell.errors import DataValueError, IngestError
+
+__all__ = ["MatrixSource", "matrix_source"]
+
+TARGET_BLOCK_VALUES = 2_000_000
+
+
+@dataclass
+class MatrixSource:
+    """Row-block access to a matrix. ``indptr`` is known for sparse inputs (None for dense ones)."""
+
+    matrix: object
+    shape: tuple[int, int]
+    dtype: np.dtype
+    sparse: bool
+    indptr: np.ndarray | None
+
+    @property
+    def nnz(self) -> int:
+        """Stored values if the matrix is sparse, else the number of nonzeros (counted by a pass)."""
+        if self.indptr is not None:
+            return int(self.indptr[-1])
+        return sum(int(np.count_nonzero(block)) for _, block in self.dense_blocks())
+
+    def row_ranges(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, int]]:
+        """Consecutive ``[start, stop)`` row ranges holding about ``target_values`` stored values each."""
+        n_rows = self.shape[0]
+        if self.indptr is None:
+            step = max(1, target_values // max(self.shape[1], 1))
+            for start in range(0, n_rows, step):
+                yield start, min(start + step, n_rows)
+            return
+        start = 0
+        while start < n_rows:
+            limit = self.indptr[start] + target_values
+            stop = int(np.searchsorted(self.indptr, limit, side="right")) - 1
+            stop = min(max(stop, start + 1), n_rows)
+            yield start, stop
+            start = stop
+
+    def csr_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """Yield ``(row_start, csr_block)`` with sorted indices and no explicit zeros."""
+        for start, stop in self.row_ranges(target_values):
+            block = self.matrix[start:stop]
+            block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+            block.eliminate_zeros()
+            if not block.has_sorted_indices:
+                block = block.sorted_indices()
+            yield start, block
+
+    def dense_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(row_start, dense_block)``."""
+        step = max(1, target_values // max(self.shape[1], 1))
+        for start in range(0, self.shape[0], step):
+            block = self.matrix[start : start + step]
+            yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
+
+
+def matrix_source(dataset: str, matrix: object) -> MatrixSource:
+    """Wrap AnnData's ``X`` or a layer (numpy, scipy sparse, backed CSR/dense) as a :class:`MatrixSource`.
+
+    Raises
+    ------
+    IngestError
+        Backed CSC matrices (they cannot be streamed by cell) and unknown matrix types.
+    DataValueError
+        Unsupported value dtypes (float16, complex, object, bool, strings).
+    """
+    if isinstance(matrix, BaseCompressedSparseDataset):
+        if matrix.format != "csr":
+            raise IngestError(
+                f"dataset {dataset!r}: backed {matrix.format.upper()} matrices cannot be streamed by cell; "
+                "read the file without backed mode or convert X to CSR"
+            )
+        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:])
+    elif isinstance(matrix, h5py.Dataset):
+        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None)
+    elif sp.issparse(matrix):
+        csr = matrix.tocsr() if matrix.format != "csr" else matrix
+        source = MatrixSource(csr, tuple(csr.shape), np.dtype(csr.dtype), True, np.asarray(csr.indptr))
+    elif isinstance(matrix, np.ndarray):
+        if matrix.ndim != 2:
+            raise IngestError(f"dataset {dataset!r}: matrix must be 2-D, got shape {matrix.shape}")
+        source = MatrixSource(matrix, tuple(matrix.shape), matrix.dtype, False, None)
+    else:
+        raise IngestError(f"dataset {dataset!r}: unsupported matrix type {type(matrix).__name__}")
+    check_dtype(dataset, source.dtype)
+    return source
+
+
+def check_dtype(dataset: str, dtype: np.dtype) -> None:
+    """Accept integer and float32/float64 values; reject what we cannot store faithfully."""
+    if dtype.kind in "iu" or dtype in (np.float32, np.float64):
+        return
+    raise DataValueError(
+        f"dataset {dataset!r}: unsupported matrix dtype {dtype}; use an integer type, float32 or float64"
+    )

@@ -1,0 +1,66 @@
+"""Consistency checks of an atlas: tables against each other and against the zarr groups' attributes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow.compute as pc
+
+from lancell.groups import FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["find_problems"]
+
+
+def find_problems(atlas: RaggedAtlas) -> list[str]:
+    """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
+
+    Checks: every dataset's zarr group exists with matching attributes and its layout is stored; cell counts
+    per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
+    registry uids and global indices are unique and assigned.
+    """
+    problems: list[str] = []
+    tables = atlas._tables
+    datasets = tables.datasets.to_arrow()
+    cells = tables.cells.to_arrow().select(["uid", "dataset_uid"])
+    counts = dict(
+        zip(*[c.to_pylist() for c in pc.value_counts(cells.column("dataset_uid")).flatten()], strict=True)
+    )
+    layouts = tables.layouts.to_arrow().select(["layout_uid"])
+    layout_sizes = dict(
+        zip(*[c.to_pylist() for c in pc.value_counts(layouts.column("layout_uid")).flatten()], strict=True)
+    )
+    known = set()
+    for row in datasets.to_pylist():
+        uid = row["uid"]
+        known.add(uid)
+        if counts.get(uid, 0) != row["n_cells"]:
+            problems.append(f"dataset {uid!r}: record says {row['n_cells']} cells, table has {counts.get(uid, 0)}")
+        if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
+            problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
+        attrs = atlas._group_attrs(row["zarr_group"])
+        if attrs is None:
+            problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
+            continue
+        if attrs.get("lancell_format") != FORMAT_VERSION:
+            problems.append(f"dataset {uid!r}: zarr group format {attrs.get('lancell_format')!r}")
+        for key in ("n_cells", "nnz", "layout_uid", "feature_space"):
+            if attrs.get(key) != row[key]:
+                problems.append(f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}")
+    orphans = sorted(set(counts) - known)
+    if orphans:
+        problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
+    if pc.count_distinct(cells.column("uid")).as_py() != cells.num_rows:
+        problems.append("cell uids are not unique")
+    for space in atlas.feature_spaces:
+        registry = tables.registry(space).to_arrow().select(["uid", "global_index"])
+        if pc.count_distinct(registry.column("uid")).as_py() != registry.num_rows:
+            problems.append(f"registry {space!r}: feature uids are not unique")
+        index = registry.column("global_index")
+        if index.null_count:
+            problems.append(f"registry {space!r}: {index.null_count} features without global_index")
+        elif pc.count_distinct(index).as_py() != registry.num_rows:
+            problems.append(f"registry {space!r}: global_index values are not unique")
+    return problems
