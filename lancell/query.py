@@ -114,7 +114,7 @@ class AtlasQuery:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
         ``X`` is CSR for sparse feature spaces and dense for dense ones; ``var`` comes from the registry;
-        ``uns["lancell"]["presence"]`` says which features each dataset measured.
+        ``varm["presence"]`` says which features each dataset measured.
         """
         space = self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas._cell_arrow)))
         return reconstruct(self._atlas, self.to_arrow(), space, self._layer, self._join)

@@ -3,12 +3,13 @@
 Each group has its own local feature order (its layout). The output columns are the union (or intersection)
 of the groups' global feature indices, ordered by global index. Each group's rows are read in one batched
 pass, their local indices remapped to output columns, and scattered into one CSR matrix whose rows follow the
-query order. ``adata.uns["lancell"]["presence"]`` records which features each dataset measured, so an
-unmeasured gene is distinguishable from a measured zero (see :func:`presence_matrix`).
+query order. ``adata.varm["presence"]`` (features x datasets, booleans) records which features each dataset
+measured, so an unmeasured gene is distinguishable from a measured zero (see :func:`presence_matrix`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -32,6 +33,8 @@ __all__ = ["presence_matrix", "reconstruct"]
 
 Join = Literal["union", "intersection"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Group:
@@ -42,21 +45,32 @@ class _Group:
     rows: np.ndarray
 
 
-def _groups(atlas: RaggedAtlas, groups: np.ndarray, rows_of: dict[str, np.ndarray], layer: str) -> list[_Group]:
+def _groups(atlas: RaggedAtlas, groups: np.ndarray, rows_of: dict[str, np.ndarray], layer: str | None) -> tuple[list[_Group], str | None]:
+    """Describe the selected groups; a group without ``layer`` is left out (its cells measured nothing)."""
     datasets = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group", "layout_uid"]).to_pylist()
     by_group = {d["zarr_group"]: d for d in datasets}
+    layers_of = {}
+    for name in groups:
+        if name not in by_group:
+            raise QueryError(f"zarr group {name!r} has no dataset record (an interrupted ingestion?)")
+        layers_of[name] = (atlas._group_attrs(name) or {}).get("layers", {})
+    if layer is None:
+        present = {lay for layers in layers_of.values() for lay in layers}
+        if len(present) > 1:
+            per_dataset = {by_group[n]["uid"]: sorted(layers_of[n]) for n in groups}
+            raise QueryError(
+                f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
+            )
+        layer = present.pop() if present else None
     out = []
     for name in groups:
-        record = by_group.get(name)
-        if record is None:
-            raise QueryError(f"zarr group {name!r} has no dataset record (an interrupted ingestion?)")
-        attrs = atlas._group_attrs(name) or {}
-        layers = attrs.get("layers", {})
-        if layer not in layers:
-            raise QueryError(f"dataset {record['uid']!r} has no layer {layer!r} (it has {sorted(layers)})")
+        record = by_group[name]
+        if layer not in layers_of[name]:
+            log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)
+            continue
         _, global_index = read_layout(atlas._tables.layouts, record["layout_uid"])
-        out.append(_Group(name, record["uid"], global_index, np.dtype(layers[layer]), rows_of[name]))
-    return out
+        out.append(_Group(name, record["uid"], global_index, np.dtype(layers_of[name][layer]), rows_of[name]))
+    return out, layer
 
 
 def _output_dtype(groups: list[_Group]) -> np.dtype:
@@ -76,27 +90,17 @@ def _join_columns(groups: list[_Group], join: Join) -> np.ndarray:
     return np.unique(common)
 
 
-def default_layer(atlas: RaggedAtlas, feature_space: str) -> str:
-    """The layer most datasets of ``feature_space`` have (the first allowed one on ties)."""
-    frame = atlas._tables.datasets.to_arrow().select(["feature_space", "layer"]).to_pandas()
-    layers = frame.loc[frame["feature_space"] == feature_space, "layer"].value_counts()
-    if layers.empty:
-        return atlas.feature_spaces[feature_space].layers[0]
-    return str(layers.index[0])
-
-
 def reconstruct(
     atlas: RaggedAtlas, cells: pa.Table, feature_space: str, layer: str | None, join: Join = "union"
 ) -> ad.AnnData:
     """Build the AnnData of ``cells`` (rows in the given order) for one feature space."""
     space = atlas.feature_spaces[feature_space]
-    layer = layer or default_layer(atlas, feature_space)
     pointer = cells.column(feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
     group_of = pc.struct_field(pointer, "zarr_group").fill_null("").to_numpy(zero_copy_only=False)
     names = np.unique(group_of[valid])
     rows_of = {name: np.flatnonzero(valid & (group_of == name)) for name in names}
-    groups = _groups(atlas, names, rows_of, layer)
+    groups, layer = _groups(atlas, names, rows_of, layer)
     columns = _join_columns(groups, join)
     dtype = _output_dtype(groups)
     n_cells = cells.num_rows
@@ -109,13 +113,10 @@ def reconstruct(
         matrix = _dense(atlas, groups, columns, positions, layer, dtype, n_cells)
     pointer_names = list(pointer_fields_from_arrow(cells.schema))
     obs = arrow_to_obs(cells.drop_columns(pointer_names))
-    adata = ad.AnnData(X=matrix, obs=obs, var=_var(atlas, feature_space, columns))
-    adata.uns["lancell"] = {
-        "feature_space": feature_space,
-        "layer": layer,
-        "join": join,
-        "presence": _presence(groups, columns),
-    }
+    var = _var(atlas, feature_space, columns)
+    adata = ad.AnnData(X=matrix, obs=obs, var=var)
+    adata.varm["presence"] = _presence(groups, columns, var.index)
+    adata.uns["lancell"] = {"feature_space": feature_space, "layer": layer or "", "join": join}
     return adata
 
 
@@ -181,30 +182,20 @@ def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.Data
     return frame
 
 
-def _presence(groups: list[_Group], columns: np.ndarray) -> dict[str, object]:
-    datasets = [g.dataset_uid for g in groups]
-    rows, cols = [], []
-    for i, g in enumerate(groups):
-        hit = np.flatnonzero(np.isin(columns, g.global_index))
-        rows.append(np.full(hit.size, i))
-        cols.append(hit)
-    mask = sp.csr_matrix(
-        (np.ones(sum(r.size for r in rows), dtype=bool), (np.concatenate(rows or [[]]), np.concatenate(cols or [[]]))),
-        shape=(len(groups), columns.size),
-    )
-    return {"dataset_uid": np.asarray(datasets, dtype=object), "mask": mask}
+def _presence(groups: list[_Group], columns: np.ndarray, var_names: pd.Index) -> pd.DataFrame:
+    """features x datasets booleans: True where the dataset's panel has the feature."""
+    mask = {g.dataset_uid: np.isin(columns, g.global_index) for g in groups}
+    return pd.DataFrame(mask, index=var_names, dtype=bool)
 
 
 def presence_matrix(adata: ad.AnnData) -> sp.csr_matrix:
     """Boolean cells x features matrix: True where the cell's dataset measured the feature.
 
     A zero in ``adata.X`` at a True position is a measured zero; at a False position the feature was not
-    part of that dataset's panel.
+    part of that dataset's panel. Built from ``adata.varm["presence"]`` (features x datasets) and
+    ``adata.obs["dataset_uid"]``, both of which follow AnnData subsetting.
     """
-    presence = adata.uns["lancell"]["presence"]
-    datasets = list(presence["dataset_uid"])
-    mask = sp.csr_matrix(presence["mask"])
-    row_of = pd.Index(datasets).get_indexer(adata.obs["dataset_uid"].astype(str))
-    empty = sp.csr_matrix((1, adata.n_vars), dtype=bool)
-    stacked = sp.vstack([mask, empty]).tocsr()
-    return stacked[np.where(row_of < 0, len(datasets), row_of)]
+    presence = adata.varm["presence"]
+    by_dataset = sp.csr_matrix(np.vstack([presence.to_numpy(dtype=bool).T, np.zeros((1, adata.n_vars), bool)]))
+    row_of = pd.Index(presence.columns).get_indexer(adata.obs["dataset_uid"].astype(str))
+    return by_dataset[np.where(row_of < 0, len(presence.columns), row_of)]

@@ -1,0 +1,44 @@
+# lancell: the two newcomer commands are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+export LANCE_LOG ?= error
+export PYTHONWARNINGS ?= ignore::UserWarning:anndata
+
+.PHONY: venv demo test test-all lint format bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned, so that nothing pulls a CUDA build; then the project with every extra.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[ml,bio,bench,dev]"
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m lancell.demo demo_atlas
+
+test: venv
+	$(PY) -m pytest -n 2 -m "not slow" -q
+
+test-all: venv
+	$(PY) -m pytest -n 2 -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: venv
+	$(PY) benchmarks/codec.py
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) demo_atlas .pytest_cache .ruff_cache

@@ -1,0 +1,47 @@
+"""Helpers shared by the tests (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+
+
+def read_10x_v3_h5(path: Path) -> ad.AnnData:
+    """The bundled 10x v3 HDF5 as AnnData (cells x genes, int32 counts, var index = symbol)."""
+    with h5py.File(path) as f:
+        m = f["matrix"]
+        n_genes, n_cells = m["shape"][:]
+        x = sp.csr_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=(n_cells, n_genes))
+        var = pd.DataFrame(
+            {"gene_symbol": m["features/name"][:].astype(str), "gene_ids": m["features/id"][:].astype(str)},
+            index=m["features/name"][:].astype(str),
+        )
+        obs = pd.DataFrame(index=m["barcodes"][:].astype(str))
+    obs["organism"] = "Homo sapiens"
+    return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def visible_state(atlas: RaggedAtlas) -> dict[str, object]:
+    """What readers see: every table's rows (sorted, without timestamps), validate(), the zarr groups."""
+    state: dict[str, object] = {}
+    for name, handle in atlas._tables.handles.items():
+        table = handle.to_arrow()
+        if "created_at" in table.column_names:
+            table = table.drop_columns(["created_at"])
+        keys = [c for c in ("uid", "layout_uid", "local_index", "name") if c in table.column_names]
+        state[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist() if keys else table.to_pylist()
+    state["validate"] = atlas.validate()
+    state["groups"] = sorted(p for p in os.listdir(atlas.store.prefix) if not p.startswith("zarr"))
+    return state
+
+
+def dense(x: object) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
