@@ -70,6 +70,8 @@ from lancell.versions import (
 __all__ = ["RaggedAtlas"]
 
 META_PATH = "_lancell/atlas.json"
+_DEFAULT_RETENTION = timedelta(days=7)
+_NEVER = timedelta(days=365 * 100)
 StoreLike = obs_store.ObjectStore | str
 
 
@@ -321,9 +323,13 @@ class RaggedAtlas:
         for space in self.feature_spaces.values():
             with self._lock(f"registry-{space.name}"):
                 number_unindexed(self._tables.registry(space.name))
+        keep_for = _DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
         with self._lock("optimize"):
             for handle in self._tables.handles.values():
-                handle.optimize(cleanup_older_than=cleanup_older_than)
+                # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
+                # then prune untagged versions with pylance, which skips tagged ones.
+                handle.optimize(cleanup_older_than=_NEVER)
+                handle.to_lance().cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)
         return self._tables.versions()
 
     def validate(self) -> list[str]:

@@ -1,0 +1,111 @@
+"""Snapshots: tagged so cleanup never loses them, unique under concurrency, read-only checkouts."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, ingest_bundled
+from lancell.errors import ReadOnlyAtlasError, VersionNotFoundError
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord
+
+
+def test_snapshot_survives_optimize_cleanup_and_later_ingestion(atlas, pbmc, celltypist):
+    ingest_bundled(atlas, BUNDLED[0])
+    v0 = atlas.snapshot(note="pbmc only")
+    before = RaggedAtlas.checkout(atlas.db_uri, v0).query().to_anndata()
+
+    atlas.optimize(cleanup_older_than=timedelta(0))
+    ingest_bundled(atlas, BUNDLED[1])
+    atlas.optimize(cleanup_older_than=timedelta(0))
+    v1 = atlas.snapshot()
+    atlas.optimize(cleanup_older_than=timedelta(0))
+
+    assert v1 == v0 + 1
+    old = RaggedAtlas.checkout(atlas.db_uri, v0)
+    assert old.query().count() == pbmc.n_obs
+    after = old.query().to_anndata()
+    assert list(after.obs_names) == list(before.obs_names)
+    assert (after.X != before.X).nnz == 0
+    assert list(after.var_names) == list(before.var_names)
+    assert RaggedAtlas.checkout(atlas.db_uri, v1).query().count() == pbmc.n_obs + celltypist.n_obs
+    versions = RaggedAtlas.list_versions(atlas.db_uri)
+    assert versions["version"].tolist() == [v0, v1]
+    assert versions["total_cells"].tolist() == [pbmc.n_obs, pbmc.n_obs + celltypist.n_obs]
+
+
+def test_checked_out_handle_is_read_only_and_frozen(atlas, celltypist):
+    ingest_bundled(atlas, BUNDLED[1])
+    v = atlas.snapshot()
+    frozen = RaggedAtlas.checkout(atlas.db_uri, v)
+    with pytest.raises(ReadOnlyAtlasError):
+        add_from_anndata(frozen, celltypist, feature_space="gene_expression", zarr_layer="counts")
+    for call in (
+        lambda: frozen.snapshot(),
+        lambda: frozen.optimize(),
+        lambda: frozen.register_features("gene_expression", [] ),
+        lambda: frozen.delete_dataset("celltypist_sample"),
+        lambda: frozen.vacuum(),
+    ):
+        with pytest.raises(ReadOnlyAtlasError):
+            call()
+    ingest_bundled(atlas, BUNDLED[0])
+    assert frozen.query().count() == celltypist.n_obs
+    assert atlas.query().count() == celltypist.n_obs + 700
+
+
+def test_unknown_version(atlas):
+    with pytest.raises(VersionNotFoundError):
+        RaggedAtlas.checkout_latest(atlas.db_uri)
+    atlas.snapshot()
+    with pytest.raises(VersionNotFoundError):
+        RaggedAtlas.checkout(atlas.db_uri, 5)
+
+
+def _take_snapshots(db_uri: str, n: int, queue: mp.Queue) -> None:
+    atlas = RaggedAtlas.open(db_uri)
+    queue.put([atlas.snapshot(note="concurrent") for _ in range(n)])
+
+
+def test_concurrent_snapshots_get_distinct_numbers(atlas):
+    ingest_bundled(atlas, BUNDLED[0])
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [ctx.Process(target=_take_snapshots, args=(atlas.db_uri, 3, queue)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    numbers = queue.get(timeout=120) + queue.get(timeout=120)
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert sorted(numbers) == list(range(6))
+    assert sorted(RaggedAtlas.list_versions(atlas.db_uri)["version"]) == list(range(6))
+
+
+def test_delete_dataset_and_vacuum_keep_snapshot_groups(atlas, pbmc):
+    ingest_bundled(atlas, BUNDLED[0])
+    record = ingest_bundled(atlas, BUNDLED[1])
+    v = atlas.snapshot()
+    atlas.delete_dataset(record.uid)
+    assert atlas.query().count() == pbmc.n_obs
+    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 0, "cells": 0}
+    assert RaggedAtlas.checkout(atlas.db_uri, v).query().where(f"dataset_uid = '{record.uid}'").count() == 559
+    snap = RaggedAtlas.checkout(atlas.db_uri, v).query().where(f"dataset_uid = '{record.uid}'").to_anndata()
+    assert snap.X.sum() == BUNDLED[1].read().X.sum()
+    atlas.snapshot()
+    assert atlas.validate() == []
+
+
+def test_vacuum_removes_unreferenced_groups(atlas):
+    ingest_bundled(atlas, BUNDLED[0])
+    debris = atlas._zarr_root.create_group("orphan-deadbeef")
+    debris.create_array("x", shape=(4,), dtype="int32")[:] = np.arange(4)
+    assert atlas.vacuum(grace=timedelta(hours=1)) == {"groups": 0, "cells": 0}
+    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 1, "cells": 0}
+    assert atlas.validate() == []
+    assert atlas.query().count() == 700
