@@ -82,9 +82,10 @@ class BitpackingCodec(BytesBytesCodec):
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         """Build the codec from its JSON form ``{"name": ..., "configuration": {...}}``."""
         try:
-            _, config = parse_named_configuration(data, CODEC_NAME)
+            _, config = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
         except (TypeError, ValueError) as e:
             raise CodecError(f"not a {CODEC_NAME} codec configuration: {data!r} ({e})") from e
+        config = config or {}
         unknown = sorted(set(config) - {"transform", "element_size"})
         if unknown:
             raise CodecError(f"{CODEC_NAME}: unknown configuration keys {unknown}")

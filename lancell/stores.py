@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -107,4 +108,7 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
     paths = [meta["path"] for batch in obstore.list(store, prefix=prefix.rstrip("/") + "/") for meta in batch]
     if paths:
         obstore.delete(store, paths)
+    if isinstance(store, obs_store.LocalStore) and store.prefix is not None:
+        # object semantics leave empty directories behind on a local disk
+        shutil.rmtree(Path(store.prefix) / prefix.strip("/"), ignore_errors=True)
     return len(paths)
