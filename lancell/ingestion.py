@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ __all__ = ["add_from_anndata"]
 log = logging.getLogger(__name__)
 
 _UINT32_MAX = np.iinfo(np.uint32).max
+CELL_BATCH = 65_536
 
 
 def add_from_anndata(
@@ -110,8 +112,8 @@ def add_from_anndata(
         indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
         with atlas._lock("layouts"):
             ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
-        cells = _cell_rows(atlas, plan, space, zarr_group, indptr)
-        atlas._tables.cells.add(cells)
+        batches = _cell_batches(atlas, plan, space, zarr_group, indptr)
+        atlas._tables.cells.add(pa.RecordBatchReader.from_batches(atlas._cell_arrow, batches))
         cells_written = True
         record = record.model_copy(
             update={
@@ -143,8 +145,8 @@ class _Plan:
         self.__dict__.update(fields)
 
     source: MatrixSource
-    obs: dict[str, pa.Array]
-    cell_uids: list[str]
+    obs: pd.DataFrame
+    obs_names: pd.Index
     feature_uids: list[str]
     global_index: np.ndarray
     layout_uid: str
@@ -211,12 +213,14 @@ def _plan(
             f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
             "call adata.obs_names_make_unique() first"
         )
-    obs = obs_to_arrow(dataset, adata.obs, obs_fields(atlas._cell_arrow))
+    fields = obs_fields(atlas._cell_arrow)
+    for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
+        obs_to_arrow(dataset, adata.obs.iloc[start : start + CELL_BATCH], fields)
     store_dtype = np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
     return _Plan(
         source=source,
-        obs=obs,
-        cell_uids=[f"{dataset}:{name}" for name in obs_names],
+        obs=adata.obs,
+        obs_names=obs_names,
         feature_uids=feature_uids,
         global_index=global_index.astype(np.int64),
         layout_uid=layout_uid_for(feature_uids),
@@ -299,36 +303,42 @@ def _group_attrs(plan: _Plan, space: FeatureSpace) -> dict[str, object]:
     }
 
 
-def _cell_rows(atlas: RaggedAtlas, plan: _Plan, space: FeatureSpace, zarr_group: str, indptr: np.ndarray) -> pa.Table:
+def _cell_batches(
+    atlas: RaggedAtlas, plan: _Plan, space: FeatureSpace, zarr_group: str, indptr: np.ndarray
+) -> Iterator[pa.RecordBatch]:
+    """Cell rows in batches of ``CELL_BATCH`` (streamed into one commit, so memory stays flat)."""
     schema = atlas._cell_arrow
-    n = plan.n_cells
-    columns: dict[str, pa.Array] = {
-        "uid": pa.array(plan.cell_uids, pa.string()),
-        "dataset_uid": pa.array([plan.dataset] * n, pa.string()),
-    }
-    for name, kind in pointer_fields_from_arrow(schema).items():
-        if name != space.name:
-            columns[name] = pa.nulls(n, schema.field(name).type)
-            continue
-        fields = {
-            "feature_space": pa.array([space.name] * n, pa.string()),
-            "zarr_group": pa.array([zarr_group] * n, pa.string()),
+    fields = obs_fields(schema)
+    pointers = pointer_fields_from_arrow(schema)
+    for start in range(0, plan.n_cells, CELL_BATCH):
+        stop = min(start + CELL_BATCH, plan.n_cells)
+        n = stop - start
+        names = plan.obs_names[start:stop]
+        columns: dict[str, pa.Array] = {
+            "uid": pa.array((plan.dataset + ":" + names.astype(str)).tolist(), pa.string()),
+            "dataset_uid": pa.array(np.full(n, plan.dataset, dtype=object), pa.string()),
         }
-        if kind == "sparse":
-            fields |= {
-                "start": pa.array(indptr[:-1], pa.int64()),
-                "end": pa.array(indptr[1:], pa.int64()),
-                "zarr_row": pa.array(np.arange(n), pa.int64()),
+        for name, kind in pointers.items():
+            if name != space.name:
+                columns[name] = pa.nulls(n, schema.field(name).type)
+                continue
+            fields_of = {
+                "feature_space": pa.array(np.full(n, space.name, dtype=object), pa.string()),
+                "zarr_group": pa.array(np.full(n, zarr_group, dtype=object), pa.string()),
             }
-        else:
-            fields["position"] = pa.array(np.arange(n), pa.int64())
-        struct_type = pointer_arrow_type(kind)
-        columns[name] = pa.StructArray.from_arrays(
-            [fields[struct_type.field(i).name] for i in range(struct_type.num_fields)],
-            fields=[struct_type.field(i) for i in range(struct_type.num_fields)],
-        )
-    columns |= plan.obs
-    return pa.table([columns[f.name] for f in schema], schema=schema)
+            if kind == "sparse":
+                fields_of |= {
+                    "start": pa.array(indptr[start:stop], pa.int64()),
+                    "end": pa.array(indptr[start + 1 : stop + 1], pa.int64()),
+                    "zarr_row": pa.array(np.arange(start, stop), pa.int64()),
+                }
+            else:
+                fields_of["position"] = pa.array(np.arange(start, stop), pa.int64())
+            struct_type = pointer_arrow_type(kind)
+            children = [struct_type.field(i) for i in range(struct_type.num_fields)]
+            columns[name] = pa.StructArray.from_arrays([fields_of[c.name] for c in children], fields=children)
+        columns |= obs_to_arrow(plan.dataset, plan.obs.iloc[start:stop], fields)
+        yield pa.record_batch([columns[f.name] for f in schema], schema=schema)
 
 
 def _roll_back(atlas: RaggedAtlas, dataset: str, zarr_group: str, cells_written: bool) -> None:

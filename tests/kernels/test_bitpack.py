@@ -213,7 +213,9 @@ def test_random_bytes_never_crash(data: bytes) -> None:
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
     st.integers(-8, 8),
 )
-def test_corrupted_buffers_never_crash(n: int, transform: int, edits: list[tuple[int, int]], cut: int) -> None:
+def test_corrupted_buffers_never_crash(
+    n: int, transform: int, edits: list[tuple[int, int]], cut: int
+) -> None:
     buf = encoded(n, transform, seed=n)
     for position, value in edits:
         buf[position % buf.size] = value
