@@ -154,7 +154,9 @@ class RaggedAtlas:
         pointers = pointer_fields(cell_schema)
         for name, schema in registry_schemas.items():
             if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
-                raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
+                raise SchemaError(
+                    f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}"
+                )
         if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
             raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
         spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
@@ -177,7 +179,9 @@ class RaggedAtlas:
             LAYOUTS_TABLE: LAYOUTS_SCHEMA,
             FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
             VERSIONS_TABLE: VERSIONS_SCHEMA,
-        } | {spaces[name].registry_table: schema.to_arrow_schema() for name, schema in registry_schemas.items()}
+        } | {
+            spaces[name].registry_table: schema.to_arrow_schema() for name, schema in registry_schemas.items()
+        }
         create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
         root = zarr.open_group(zarr_store(store), mode="a")
         root.attrs.update({"lancell_format": FORMAT_VERSION})
@@ -261,7 +265,8 @@ class RaggedAtlas:
             raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
         if meta.get("lancell_format") != FORMAT_VERSION:
             raise FormatVersionError(
-                f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; this lancell reads {FORMAT_VERSION}"
+                f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; "
+                f"this lancell reads {FORMAT_VERSION}"
             )
         return meta, meta_store
 
@@ -329,7 +334,9 @@ class RaggedAtlas:
                 # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
                 # then prune untagged versions with pylance, which skips tagged ones.
                 handle.optimize(cleanup_older_than=_NEVER)
-                handle.to_lance().cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)
+                handle.to_lance().cleanup_old_versions(
+                    older_than=keep_for, error_if_tagged_old_versions=False
+                )
         return self._tables.versions()
 
     def validate(self) -> list[str]:
@@ -368,10 +375,18 @@ class RaggedAtlas:
         return version
 
     def _pinned_view(self, pinned: dict[str, int]) -> RaggedAtlas:
-        tables = AtlasTables.open(self._tables.db, self._tables.cell_table_name, self._tables.registry_names, pinned)
+        tables = AtlasTables.open(
+            self._tables.db, self._tables.cell_table_name, self._tables.registry_names, pinned
+        )
         return RaggedAtlas(
-            db_uri=self.db_uri, meta=self._meta, tables=tables, store=self.store, meta_store=self._meta_store,
-            dataset_schema=self.dataset_schema, read_only=True, snapshot_version=None,
+            db_uri=self.db_uri,
+            meta=self._meta,
+            tables=tables,
+            store=self.store,
+            meta_store=self._meta_store,
+            dataset_schema=self.dataset_schema,
+            read_only=True,
+            snapshot_version=None,
             storage_options=self._storage_options,
         )
 

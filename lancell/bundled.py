@@ -64,15 +64,27 @@ class BundledDataset:
 
 BUNDLED: tuple[BundledDataset, ...] = (
     BundledDataset(
-        "pbmc68k", "pbmc68k_reduced.h5ad", "log_normalized", "Homo sapiens", None,
+        "pbmc68k",
+        "pbmc68k_reduced.h5ad",
+        "log_normalized",
+        "Homo sapiens",
+        None,
         "PBMC 68k reduced (scanpy), 700 cells x 765 genes, log1p-normalized float32",
     ),
     BundledDataset(
-        "celltypist_sample", "celltypist_sample.h5ad", "counts", "Homo sapiens", None,
+        "celltypist_sample",
+        "celltypist_sample.h5ad",
+        "counts",
+        "Homo sapiens",
+        None,
         "celltypist sample, 559 cells x 32,786 genes, integer UMI counts",
     ),
     BundledDataset(
-        "mouse_10k", "mouse_10k_subset.h5ad", "counts", "Mus musculus", "gene_ids",
+        "mouse_10k",
+        "mouse_10k_subset.h5ad",
+        "counts",
+        "Mus musculus",
+        "gene_ids",
         "10x mouse 10k subset (scanpy tests), 10,000 cells x 1,000 genes, dense integer-valued float32",
     ),
 )
@@ -86,7 +98,11 @@ def gene_features(datasets: tuple[BundledDataset, ...] = BUNDLED) -> pd.DataFram
         uids = var.index if dataset.var_uid_column is None else var[dataset.var_uid_column]
         frames.append(
             pd.DataFrame(
-                {"uid": uids.astype(str), "gene_symbol": var["gene_symbol"].astype(str), "organism": dataset.organism}
+                {
+                    "uid": uids.astype(str),
+                    "gene_symbol": var["gene_symbol"].astype(str),
+                    "organism": dataset.organism,
+                }
             )
         )
     return pd.concat(frames).drop_duplicates("uid").reset_index(drop=True)

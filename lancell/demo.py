@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     print(RaggedAtlas.list_versions(str(args.root / "db"))[["version", "total_cells", "n_datasets", "note"]])
     atlas = RaggedAtlas.checkout_latest(str(args.root / "db"))
     print(atlas.list_datasets()[["uid", "n_cells", "n_features", "nnz", "layer"]].to_string(index=False))
-    print("cells per organism:", atlas.query().where("organism = 'Homo sapiens'").count(), "human,",
-          atlas.query().where("organism = 'Mus musculus'").count(), "mouse")
+    print(
+        "cells per organism:",
+        atlas.query().where("organism = 'Homo sapiens'").count(),
+        "human,",
+        atlas.query().where("organism = 'Mus musculus'").count(),
+        "mouse",
+    )
     query = "cell_type = 'CD14+ Monocyte'"
     adata = atlas.query().where(query).to_anndata()
     print(f"\nquery {query!r} ->\n{adata}")

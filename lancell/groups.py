@@ -124,15 +124,26 @@ class SparseGroupWriter:
         shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
         csr = self.group.create_group("csr")
         indices = csr.create_array(
-            "indices", shape=(nnz,), dtype="uint32", chunks=(chunk,), shards=(shard,),
+            "indices",
+            shape=(nnz,),
+            dtype="uint32",
+            chunks=(chunk,),
+            shards=(shard,),
             **value_codecs(np.dtype("uint32"), "indices"),
         )
         values = csr.create_group("layers").create_array(
-            layer, shape=(nnz,), dtype=dtype, chunks=(chunk,), shards=(shard,),
+            layer,
+            shape=(nnz,),
+            dtype=dtype,
+            chunks=(chunk,),
+            shards=(shard,),
             **value_codecs(np.dtype(dtype), "values"),
         )
         self.indptr = csr.create_array(
-            "indptr", shape=(n_cells + 1,), dtype="int64", chunks=(min(n_cells + 1, 65_536),),
+            "indptr",
+            shape=(n_cells + 1,),
+            dtype="int64",
+            chunks=(min(n_cells + 1, 65_536),),
             compressors=[zarr.codecs.ZstdCodec(level=3)],
         )
         self._indices = _ShardBuffer(indices, shard)
@@ -180,15 +191,23 @@ class DenseGroupWriter:
         chunk_rows = min(chunk_rows, max(n_cells, 1))
         shard_rows = chunk_rows * max(1, min(geometry.dense_chunks_per_shard, -(-n_cells // chunk_rows)))
         self.array = self.group.create_group("layers").create_array(
-            layer, shape=(n_cells, n_features), dtype=dtype, chunks=(chunk_rows, n_features),
-            shards=(shard_rows, n_features), **value_codecs(np.dtype(dtype), "values"),
+            layer,
+            shape=(n_cells, n_features),
+            dtype=dtype,
+            chunks=(chunk_rows, n_features),
+            shards=(shard_rows, n_features),
+            **value_codecs(np.dtype(dtype), "values"),
         )
         self.shard_rows = shard_rows
         self._parts: list[np.ndarray] = []
         self._buffered = 0
         self._written = 0
         self.group.attrs.update(
-            {**_base_attrs("dense", layer, dtype, geometry), "chunk_rows": chunk_rows, "shard_rows": shard_rows}
+            {
+                **_base_attrs("dense", layer, dtype, geometry),
+                "chunk_rows": chunk_rows,
+                "shard_rows": shard_rows,
+            }
         )
 
     def append(self, rows: np.ndarray) -> None:
@@ -213,4 +232,6 @@ class DenseGroupWriter:
     def close(self, extra_attrs: dict[str, Any]) -> None:
         """Flush the tail and write the attributes."""
         self._flush(final=True)
-        self.group.attrs.update({"n_cells": self.n_cells, "nnz": int(np.prod(self.array.shape)), **extra_attrs})
+        self.group.attrs.update(
+            {"n_cells": self.n_cells, "nnz": int(np.prod(self.array.shape)), **extra_attrs}
+        )

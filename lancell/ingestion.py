@@ -133,7 +133,11 @@ def add_from_anndata(
     elapsed = time.perf_counter() - started
     log.info(
         "ingested %s: %d cells, %d nnz in %.2f s (%.0f cells/s)",
-        record.uid, plan.n_cells, plan.nnz, elapsed, plan.n_cells / max(elapsed, 1e-9),
+        record.uid,
+        plan.n_cells,
+        plan.nnz,
+        elapsed,
+        plan.n_cells / max(elapsed, 1e-9),
     )
     return record
 
@@ -195,7 +199,9 @@ def _plan(
     else:
         column = adata.var[var_uid_column]
         if column.isna().any():
-            raise IngestError(f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN")
+            raise IngestError(
+                f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
+            )
         feature_uids = column.astype(str).tolist()
     uids = pd.Index(feature_uids)
     if uids.has_duplicates:
@@ -267,12 +273,19 @@ def _write_group(
 ) -> np.ndarray:
     """Stream the matrix into a new zarr group; return the per-cell element offsets (indptr)."""
     n_features = len(plan.feature_uids)
-    bar = tqdm(total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False)
+    bar = tqdm(
+        total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
+    )
     with bar:
         if space.kind == "sparse":
             writer = SparseGroupWriter(
-                atlas._zarr_root, zarr_group, n_cells=plan.n_cells, n_features=n_features, nnz=plan.nnz,
-                layer=zarr_layer, dtype=plan.store_dtype,
+                atlas._zarr_root,
+                zarr_group,
+                n_cells=plan.n_cells,
+                n_features=n_features,
+                nnz=plan.nnz,
+                layer=zarr_layer,
+                dtype=plan.store_dtype,
             )
             for row0, block in plan.source.csr_blocks():
                 values = _checked_values(plan, zarr_layer, block.data, row0)
@@ -281,8 +294,12 @@ def _write_group(
             indptr = writer.close(_group_attrs(plan, space))
         else:
             writer = DenseGroupWriter(
-                atlas._zarr_root, zarr_group, n_cells=plan.n_cells, n_features=n_features,
-                layer=zarr_layer, dtype=plan.store_dtype,
+                atlas._zarr_root,
+                zarr_group,
+                n_cells=plan.n_cells,
+                n_features=n_features,
+                layer=zarr_layer,
+                dtype=plan.store_dtype,
             )
             for row0, block in plan.source.dense_blocks():
                 writer.append(_checked_values(plan, zarr_layer, block.ravel(), row0).reshape(block.shape))

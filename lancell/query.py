@@ -53,7 +53,9 @@ class AtlasQuery:
         """Keep only these obs columns (``uid``, ``dataset_uid`` and pointers are always kept)."""
         unknown = sorted(set(columns) - set(self._atlas._cell_arrow.names))
         if unknown:
-            raise QueryError(f"unknown cell columns {unknown}; the cell table has {self._atlas._cell_arrow.names}")
+            raise QueryError(
+                f"unknown cell columns {unknown}; the cell table has {self._atlas._cell_arrow.names}"
+            )
         self._columns = list(columns)
         return self
 
@@ -97,7 +99,7 @@ class AtlasQuery:
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
 
-    def to_pandas(self):  # noqa: ANN201 - pandas is the obvious return type
+    def to_pandas(self):
         """The matching cell rows as a pandas frame."""
         return self.to_arrow().to_pandas()
 

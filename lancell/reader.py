@@ -23,9 +23,7 @@ def coalesce(starts: np.ndarray, ends: np.ndarray, max_gap: int) -> tuple[np.nda
     return run_starts, run_ends
 
 
-def gather_ranges(
-    buffer: np.ndarray, buffer_offsets: np.ndarray, lengths: np.ndarray
-) -> np.ndarray:
+def gather_ranges(buffer: np.ndarray, buffer_offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate ``buffer[o:o+n]`` for each ``(o, n)`` in order, without a Python loop."""
     total = int(lengths.sum())
     if total == 0:
@@ -61,7 +59,9 @@ def read_element_ranges(
     buffer = np.concatenate(parts) if len(parts) > 1 else parts[0]
     run_base = np.concatenate(([0], np.cumsum(run_ends - run_starts)[:-1]))
     run_of = np.searchsorted(run_starts, starts, side="right") - 1
-    offsets = np.where(nonempty, run_base[np.maximum(run_of, 0)] + starts - run_starts[np.maximum(run_of, 0)], 0)
+    offsets = np.where(
+        nonempty, run_base[np.maximum(run_of, 0)] + starts - run_starts[np.maximum(run_of, 0)], 0
+    )
     return gather_ranges(buffer, offsets, lengths), lengths
 
 

@@ -45,7 +45,9 @@ class _Group:
     rows: np.ndarray
 
 
-def _groups(atlas: RaggedAtlas, groups: np.ndarray, rows_of: dict[str, np.ndarray], layer: str | None) -> tuple[list[_Group], str | None]:
+def _groups(
+    atlas: RaggedAtlas, groups: np.ndarray, rows_of: dict[str, np.ndarray], layer: str | None
+) -> tuple[list[_Group], str | None]:
     """Describe the selected groups; a group without ``layer`` is left out (its cells measured nothing)."""
     datasets = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group", "layout_uid"]).to_pylist()
     by_group = {d["zarr_group"]: d for d in datasets}
@@ -137,7 +139,9 @@ def _sparse(
         idx, lengths = read_element_ranges(root["csr/indices"], starts[g.rows], ends[g.rows])
         vals, _ = read_element_ranges(root[f"csr/layers/{layer}"], starts[g.rows], ends[g.rows])
         out_col = np.searchsorted(columns, g.global_index)
-        keep_feature = (out_col < columns.size) & (columns[np.minimum(out_col, columns.size - 1)] == g.global_index)
+        keep_feature = (out_col < columns.size) & (
+            columns[np.minimum(out_col, columns.size - 1)] == g.global_index
+        )
         keep = keep_feature[idx] if columns.size else np.zeros(idx.size, dtype=bool)
         row_local = np.repeat(np.arange(g.rows.size), lengths)
         kept_per_row = np.bincount(row_local[keep], minlength=g.rows.size)
@@ -147,7 +151,9 @@ def _sparse(
     indices = np.empty(int(indptr[-1]), dtype=np.int64)
     data = np.empty(int(indptr[-1]), dtype=dtype)
     for rows, kept, cols, vals in pieces:
-        dest = np.repeat(indptr[rows], kept) + (np.arange(cols.size) - np.repeat(np.cumsum(kept) - kept, kept))
+        dest = np.repeat(indptr[rows], kept) + (
+            np.arange(cols.size) - np.repeat(np.cumsum(kept) - kept, kept)
+        )
         indices[dest] = cols
         data[dest] = vals
     index_dtype = np.int32 if columns.size < np.iinfo(np.int32).max and indices.size < 2**31 else np.int64
@@ -169,7 +175,9 @@ def _dense(
     for g in groups:
         block = read_rows(atlas._zarr_root[g.zarr_group][f"layers/{layer}"], positions[g.rows])
         out_col = np.searchsorted(columns, g.global_index)
-        keep = (out_col < columns.size) & (columns[np.minimum(out_col, max(columns.size - 1, 0))] == g.global_index)
+        keep = (out_col < columns.size) & (
+            columns[np.minimum(out_col, max(columns.size - 1, 0))] == g.global_index
+        )
         out[np.ix_(g.rows, out_col[keep])] = block[:, keep]
     return out
 
@@ -196,6 +204,8 @@ def presence_matrix(adata: ad.AnnData) -> sp.csr_matrix:
     ``adata.obs["dataset_uid"]``, both of which follow AnnData subsetting.
     """
     presence = adata.varm["presence"]
-    by_dataset = sp.csr_matrix(np.vstack([presence.to_numpy(dtype=bool).T, np.zeros((1, adata.n_vars), bool)]))
+    by_dataset = sp.csr_matrix(
+        np.vstack([presence.to_numpy(dtype=bool).T, np.zeros((1, adata.n_vars), bool)])
+    )
     row_of = pd.Index(presence.columns).get_indexer(adata.obs["dataset_uid"].astype(str))
     return by_dataset[np.where(row_of < 0, len(presence.columns), row_of)]

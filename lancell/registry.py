@@ -134,7 +134,9 @@ def layout_uid_for(feature_uids: Sequence[str]) -> str:
     return digest[:24]
 
 
-def ensure_layout(table: Table, layout_uid: str, feature_uids: Sequence[str], global_index: np.ndarray) -> bool:
+def ensure_layout(
+    table: Table, layout_uid: str, feature_uids: Sequence[str], global_index: np.ndarray
+) -> bool:
     """Store the layout unless it exists; the caller holds the layouts lock. True if it was written."""
     if table.count_rows(f"layout_uid = {sql_literal(layout_uid)}") > 0:
         return False

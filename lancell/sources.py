@@ -89,7 +89,9 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
                 f"dataset {dataset!r}: backed {matrix.format.upper()} matrices cannot be streamed by cell; "
                 "read the file without backed mode or convert X to CSR"
             )
-        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:])
+        source = MatrixSource(
+            matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:]
+        )
     elif isinstance(matrix, h5py.Dataset):
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None)
     elif sp.issparse(matrix):

@@ -94,7 +94,9 @@ def read_json(store: obs_store.ObjectStore, path: str) -> dict[str, Any] | None:
         return None
 
 
-def write_json(store: obs_store.ObjectStore, path: str, value: dict[str, Any], *, create: bool = False) -> None:
+def write_json(
+    store: obs_store.ObjectStore, path: str, value: dict[str, Any], *, create: bool = False
+) -> None:
     """Write a JSON object at ``path``; with ``create=True`` fail with FileExistsError if it exists."""
     body = json.dumps(value, sort_keys=True, default=str).encode()
     try:

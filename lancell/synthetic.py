@@ -20,7 +20,7 @@ __all__ = ["synthetic_counts", "write_synthetic_h5ad"]
 def synthetic_counts(
     n_cells: int, n_genes: int, nnz_per_cell: int, rng: np.random.Generator
 ) -> sp.csr_matrix:
-    """A CSR int32 block: ``nnz_per_cell`` (+/- 25 %) distinct sorted genes per cell, NB(2, 0.5) + 1 counts."""
+    """A CSR int32 block: ``nnz_per_cell`` (+/- 25 %) sorted genes per cell, NB(2, 0.5) + 1 counts."""
     sizes = np.clip(rng.integers(int(nnz_per_cell * 0.75), int(nnz_per_cell * 1.25) + 1, n_cells), 1, n_genes)
     indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
     indices = np.empty(int(indptr[-1]), dtype=np.int32)

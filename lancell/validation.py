@@ -37,7 +37,9 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
         uid = row["uid"]
         known.add(uid)
         if counts.get(uid, 0) != row["n_cells"]:
-            problems.append(f"dataset {uid!r}: record says {row['n_cells']} cells, table has {counts.get(uid, 0)}")
+            problems.append(
+                f"dataset {uid!r}: record says {row['n_cells']} cells, table has {counts.get(uid, 0)}"
+            )
         if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
             problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
         attrs = atlas._group_attrs(row["zarr_group"])
@@ -48,7 +50,9 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
             problems.append(f"dataset {uid!r}: zarr group format {attrs.get('lancell_format')!r}")
         for key in ("n_cells", "nnz", "layout_uid", "feature_space"):
             if attrs.get(key) != row[key]:
-                problems.append(f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}")
+                problems.append(
+                    f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
+                )
     orphans = sorted(set(counts) - known)
     if orphans:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")

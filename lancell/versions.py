@@ -50,7 +50,7 @@ def next_version(versions: Table) -> int:
 
 
 def tag_tables(handles: dict[str, Table], pinned: dict[str, int], version: int) -> None:
-    """Tag ``pinned[name]`` of every table; a tag left by a crashed snapshot of the same number is replaced."""
+    """Tag ``pinned[name]`` of every table, replacing a tag a crashed snapshot of this number left."""
     name = tag_name(version)
     for table_name, table_version in pinned.items():
         tags = handles[table_name].tags

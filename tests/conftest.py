@@ -11,10 +11,10 @@ import pytest
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-from lancell.atlas import RaggedAtlas  # noqa: E402
-from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features  # noqa: E402
+from helpers import read_10x_v3_h5
 
-from helpers import read_10x_v3_h5  # noqa: E402
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -37,7 +37,9 @@ def visible_state(atlas: RaggedAtlas) -> dict[str, object]:
         if "created_at" in table.column_names:
             table = table.drop_columns(["created_at"])
         keys = [c for c in ("uid", "layout_uid", "local_index", "name") if c in table.column_names]
-        state[name] = table.sort_by([(k, "ascending") for k in keys]).to_pylist() if keys else table.to_pylist()
+        state[name] = (
+            table.sort_by([(k, "ascending") for k in keys]).to_pylist() if keys else table.to_pylist()
+        )
     state["validate"] = atlas.validate()
     state["groups"] = sorted(p for p in os.listdir(atlas.store.prefix) if not p.startswith("zarr"))
     return state

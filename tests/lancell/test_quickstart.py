@@ -48,9 +48,14 @@ def test_quickstart_runs_as_written(tmp_path, celltypist, tenx, mouse, pbmc):
     atlas.register_features("gene_expression", features)
     for uid, adata in inputs.items():
         record = DatasetRecord(uid=uid)
-        add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts", dataset_record=record)
+        add_from_anndata(
+            atlas, adata, feature_space="gene_expression", zarr_layer="counts", dataset_record=record
+        )
     add_from_anndata(
-        atlas, pbmc, feature_space="gene_expression", zarr_layer="log_normalized",
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
         dataset_record=DatasetRecord(uid="pbmc"),
     )
     atlas.optimize()
@@ -91,8 +96,11 @@ def test_quickstart_runs_as_written(tmp_path, celltypist, tenx, mouse, pbmc):
 
 def test_checkout_latest_needs_no_schema_or_store(tmp_path, celltypist):
     atlas = RaggedAtlas.create(
-        str(tmp_path / "db"), "cells", CellSchema,
-        store=str(tmp_path / "arrays"), registry_schemas={"gene_expression": GeneFeature},
+        str(tmp_path / "db"),
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
     )
     atlas.register_features(
         "gene_expression", pd.DataFrame({"uid": celltypist.var_names, "gene_symbol": celltypist.var_names})

@@ -1,4 +1,4 @@
-"""Exact round trips: integer and float layers, sparse and dense feature spaces, in-memory and backed input."""
+"""Exact round trips: integer and float layers, sparse and dense spaces, in-memory and backed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from helpers import dense
 
 from lancell.atlas import RaggedAtlas
 from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, DenseZarrPointer, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.schema import (
+    DatasetRecord,
+    DenseZarrPointer,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
 
 
 class Gene(FeatureBaseSchema):
@@ -40,7 +46,10 @@ class MultiCells(MidCells):
 
 def _atlas(tmp_path, genes) -> RaggedAtlas:
     atlas = RaggedAtlas.create(
-        str(tmp_path / "db"), "cells", MultiCells, store=str(tmp_path / "arrays"),
+        str(tmp_path / "db"),
+        "cells",
+        MultiCells,
+        store=str(tmp_path / "arrays"),
         registry_schemas={"gene_expression": Gene, "expression_dense": Gene},
     )
     frame = pd.DataFrame({"uid": genes, "gene_symbol": genes})
@@ -50,7 +59,9 @@ def _atlas(tmp_path, genes) -> RaggedAtlas:
 
 
 def _round_trip(atlas, adata, space, layer, uid):
-    out = atlas.query().where(f"dataset_uid = '{uid}'").feature_spaces(space).layers(space, layer).to_anndata()
+    out = (
+        atlas.query().where(f"dataset_uid = '{uid}'").feature_spaces(space).layers(space, layer).to_anndata()
+    )
     assert list(out.obs_names) == [f"{uid}:{n}" for n in adata.obs_names]
     return out[:, adata.var_names]
 
@@ -58,12 +69,16 @@ def _round_trip(atlas, adata, space, layer, uid):
 @pytest.mark.parametrize("form", ["csr", "csc", "dense"])
 def test_integer_counts_exact_any_input_form(tmp_path, celltypist, form):
     adata = celltypist.copy()
-    adata.X = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": lambda x: x.toarray()}[
-        form
-    ](adata.X)
+    adata.X = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": lambda x: x.toarray()}[form](adata.X)
     atlas = _atlas(tmp_path, celltypist.var_names)
-    add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts",
-                     dataset_record=DatasetRecord(uid="ct"), progress=False)
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="ct"),
+        progress=False,
+    )
     out = _round_trip(atlas, celltypist, "gene_expression", "counts", "ct")
     assert out.X.dtype.kind == "i"
     assert (out.X != celltypist.X).nnz == 0
@@ -72,8 +87,14 @@ def test_integer_counts_exact_any_input_form(tmp_path, celltypist, form):
 
 def test_float_layer_kept_float_and_exact(tmp_path, pbmc):
     atlas = _atlas(tmp_path, pbmc.var_names)
-    add_from_anndata(atlas, pbmc, feature_space="gene_expression", zarr_layer="log_normalized",
-                     dataset_record=DatasetRecord(uid="pbmc"), progress=False)
+    add_from_anndata(
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        dataset_record=DatasetRecord(uid="pbmc"),
+        progress=False,
+    )
     out = _round_trip(atlas, pbmc, "gene_expression", "log_normalized", "pbmc")
     assert out.X.dtype == np.float32
     np.testing.assert_array_equal(out.X.toarray(), pbmc.X.toarray())
@@ -84,19 +105,33 @@ def test_float_layer_kept_float_and_exact(tmp_path, pbmc):
 
 def test_dense_feature_space_round_trip(tmp_path, mouse):
     atlas = _atlas(tmp_path, mouse.var_names)
-    add_from_anndata(atlas, mouse, feature_space="expression_dense", zarr_layer="counts",
-                     dataset_record=DatasetRecord(uid="mouse"), progress=False)
+    add_from_anndata(
+        atlas,
+        mouse,
+        feature_space="expression_dense",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="mouse"),
+        progress=False,
+    )
     out = _round_trip(atlas, mouse, "expression_dense", "counts", "mouse")
     assert isinstance(out.X, np.ndarray) and out.X.dtype == np.float32
     np.testing.assert_array_equal(out.X, mouse.X)
-    some = atlas.query().where("dataset_uid = 'mouse'").feature_spaces("expression_dense").limit(7).to_anndata()
+    some = (
+        atlas.query().where("dataset_uid = 'mouse'").feature_spaces("expression_dense").limit(7).to_anndata()
+    )
     np.testing.assert_array_equal(some[:, mouse.var_names].X, mouse.X[:7])
 
 
 def test_sparse_space_from_dense_float_input(tmp_path, mouse):
     atlas = _atlas(tmp_path, mouse.var_names)
-    add_from_anndata(atlas, mouse, feature_space="gene_expression", zarr_layer="counts",
-                     dataset_record=DatasetRecord(uid="mouse"), progress=False)
+    add_from_anndata(
+        atlas,
+        mouse,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="mouse"),
+        progress=False,
+    )
     out = _round_trip(atlas, mouse, "gene_expression", "counts", "mouse")
     assert out.X.dtype == np.float32
     np.testing.assert_array_equal(out.X.toarray(), mouse.X)
@@ -106,10 +141,22 @@ def test_backed_h5ad_and_path_input(tmp_path, celltypist, pbmc):
     atlas = _atlas(tmp_path, celltypist.var_names.union(pbmc.var_names))
     path = tmp_path / "ct.h5ad"
     celltypist.write_h5ad(path)
-    add_from_anndata(atlas, path, feature_space="gene_expression", zarr_layer="counts",
-                     dataset_record=DatasetRecord(uid="from_path"), progress=False)
-    add_from_anndata(atlas, ad.read_h5ad(path, backed="r"), feature_space="gene_expression",
-                     zarr_layer="counts", dataset_record=DatasetRecord(uid="backed"), progress=False)
+    add_from_anndata(
+        atlas,
+        path,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="from_path"),
+        progress=False,
+    )
+    add_from_anndata(
+        atlas,
+        ad.read_h5ad(path, backed="r"),
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="backed"),
+        progress=False,
+    )
     for uid in ("from_path", "backed"):
         out = _round_trip(atlas, celltypist, "gene_expression", "counts", uid)
         assert (out.X != celltypist.X).nnz == 0
@@ -120,9 +167,16 @@ def test_named_layer_and_var_uid_column(tmp_path, pbmc):
     adata = ad.AnnData(X=np.zeros(pbmc.shape, np.float32), obs=pbmc.obs.copy(), var=pbmc.var.copy())
     adata.layers["lognorm"] = pbmc.X.copy()
     adata.var["registry_uid"] = [f"g{i}" for i in range(pbmc.n_vars)]
-    add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="log_normalized",
-                     layer="lognorm", var_uid_column="registry_uid",
-                     dataset_record=DatasetRecord(uid="p"), progress=False)
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        layer="lognorm",
+        var_uid_column="registry_uid",
+        dataset_record=DatasetRecord(uid="p"),
+        progress=False,
+    )
     out = atlas.query().to_anndata()
     assert list(out.var_names) == list(adata.var["registry_uid"])
     np.testing.assert_array_equal(dense(out.X), dense(pbmc.X))
@@ -133,10 +187,15 @@ def test_large_dataset_spans_several_shards_and_blocks(tmp_path):
     n_cells, n_genes = 3000, 2000
     x = sp.random(n_cells, n_genes, density=0.4, format="csr", random_state=rng, dtype=np.float64)
     x.data = rng.negative_binomial(2, 0.5, size=x.nnz).astype(np.int64) + 1
-    adata = ad.AnnData(X=x, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
-                       var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+    adata = ad.AnnData(
+        X=x,
+        obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]),
+    )
     atlas = _atlas(tmp_path, adata.var_names)
-    record = add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts", progress=False)
+    record = add_from_anndata(
+        atlas, adata, feature_space="gene_expression", zarr_layer="counts", progress=False
+    )
     assert record.nnz == x.nnz > 2_000_000  # more than one shard and more than one source block
     picks = rng.choice(n_cells, 300, replace=False)
     names = ", ".join(f"'{record.uid}:c{i}'" for i in picks)

@@ -34,7 +34,9 @@ SCRIPT = textwrap.dedent(
     atlas = RaggedAtlas.create(root + "/db", "cells", Cells, store=root + "/arrays",
                                registry_schemas={"gene_expression": Gene})
     atlas.register_features("gene_expression", pd.DataFrame({"uid": [f"gene{i}" for i in range(3000)]}))
-    record = add_from_anndata(atlas, path, feature_space="gene_expression", zarr_layer="counts", progress=False)
+    record = add_from_anndata(
+        atlas, path, feature_space="gene_expression", zarr_layer="counts", progress=False
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"peak": peak, "nnz": record.nnz, "cells": record.n_cells}))
     """

@@ -12,7 +12,6 @@ from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
 from lancell.errors import ReadOnlyAtlasError, VersionNotFoundError
 from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
 
 
 def test_snapshot_survives_optimize_cleanup_and_later_ingestion(atlas, pbmc, celltypist):
@@ -48,7 +47,7 @@ def test_checked_out_handle_is_read_only_and_frozen(atlas, celltypist):
     for call in (
         lambda: frozen.snapshot(),
         lambda: frozen.optimize(),
-        lambda: frozen.register_features("gene_expression", [] ),
+        lambda: frozen.register_features("gene_expression", []),
         lambda: frozen.delete_dataset("celltypist_sample"),
         lambda: frozen.vacuum(),
     ):
