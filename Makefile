@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export LANCE_LOG ?= error
 export PYTHONWARNINGS ?= ignore::UserWarning:anndata
 
-.PHONY: venv demo test test-all lint format bench clean
+.PHONY: venv demo ui test test-all lint format bench clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[ml,bio,bench,dev]"
+	$(PIP) install --quiet -e ".[ml,bio,bench,dev,platform]"
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m lancell.demo demo_atlas
+	$(PY) -m lancell_assets.demo demo_atlas
+
+ui: venv
+	DAGSTER_HOME=$(CURDIR)/.dagster_home LANCELL_ROOT=$(CURDIR)/demo_atlas $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: venv
 	$(PY) -m pytest -n 2 -m "not slow" -q
@@ -41,4 +44,4 @@ bench: venv
 	$(PY) benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) demo_atlas .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_atlas .dagster_home .pytest_cache .ruff_cache

@@ -244,6 +244,13 @@ class RaggedAtlas:
         return list_snapshots(connect(db_uri, storage_options))
 
     @staticmethod
+    def find_snapshot(db_uri: str, note: str, storage_options: Mapping[str, str] | None = None) -> int | None:
+        """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None."""
+        frame = list_snapshots(connect(db_uri, storage_options))
+        match = frame[frame["note"] == note]
+        return None if match.empty else int(match["version"].iloc[-1])
+
+    @staticmethod
     def _resolve_store(
         store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
     ) -> obs_store.ObjectStore:
@@ -325,9 +332,7 @@ class RaggedAtlas:
         Returns each table's version after optimizing.
         """
         self._require_writable()
-        for space in self.feature_spaces.values():
-            with self._lock(f"registry-{space.name}"):
-                number_unindexed(self._tables.registry(space.name))
+        self.assign_global_indices()
         keep_for = _DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
         with self._lock("optimize"):
             for handle in self._tables.handles.values():
@@ -338,6 +343,15 @@ class RaggedAtlas:
                     older_than=keep_for, error_if_tagged_old_versions=False
                 )
         return self._tables.versions()
+
+    def assign_global_indices(self) -> dict[str, int]:
+        """Number features that have no global index yet (rows added by hand); return counts per space."""
+        self._require_writable()
+        numbered = {}
+        for space in self.feature_spaces.values():
+            with self._lock(f"registry-{space.name}"):
+                numbered[space.name] = number_unindexed(self._tables.registry(space.name))
+        return numbered
 
     def validate(self) -> list[str]:
         """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent."""

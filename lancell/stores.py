@@ -114,3 +114,10 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
         # object semantics leave empty directories behind on a local disk
         shutil.rmtree(Path(store.prefix) / prefix.strip("/"), ignore_errors=True)
     return len(paths)
+
+
+def prefix_nbytes(store: obs_store.ObjectStore, prefix: str) -> int:
+    """Total size in bytes of the objects under ``prefix``."""
+    return sum(
+        meta["size"] for batch in obstore.list(store, prefix=prefix.rstrip("/") + "/") for meta in batch
+    )

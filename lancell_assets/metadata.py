@@ -1,0 +1,35 @@
+"""Materialization metadata shared by the assets: cells, nnz, bytes, bytes/nnz, durations, Lance versions."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from lancell.atlas import RaggedAtlas
+from lancell.schema import DatasetRecord
+from lancell.stores import prefix_nbytes
+
+
+def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | None) -> dict[str, object]:
+    """Metadata of one dataset group."""
+    nbytes = prefix_nbytes(atlas.store, record.zarr_group)
+    out: dict[str, object] = {
+        "dataset_uid": record.uid,
+        "zarr_group": record.zarr_group,
+        "layer": record.layer,
+        "cells": dg.MetadataValue.int(record.n_cells),
+        "features": dg.MetadataValue.int(record.n_features),
+        "nnz": dg.MetadataValue.int(record.nnz),
+        "bytes": dg.MetadataValue.int(nbytes),
+        "bytes_per_nnz": dg.MetadataValue.float(round(nbytes / max(record.nnz, 1), 3)),
+        "lance_versions": dg.MetadataValue.json(atlas._tables.versions()),
+    }
+    if seconds is not None:
+        out["duration_s"] = dg.MetadataValue.float(round(seconds, 3))
+        out["cells_per_s"] = dg.MetadataValue.float(round(record.n_cells / max(seconds, 1e-9), 1))
+    return out
+
+
+def datasets_table(atlas: RaggedAtlas) -> dg.MetadataValue:
+    """A markdown table of the atlas' datasets."""
+    frame = atlas.list_datasets()[["uid", "layer", "n_cells", "n_features", "nnz"]]
+    return dg.MetadataValue.md(frame.to_markdown(index=False))

@@ -1,0 +1,55 @@
+"""``AtlasResource``: where the atlas lives (LanceDB URI + zarr store URL/config) and how to open it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import AtlasNotFoundError
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class AtlasResource(dg.ConfigurableResource):
+    """A lancell atlas. Local paths by default; ``s3://`` URLs with ``store_config`` for object storage."""
+
+    db_uri: str = Field(description="LanceDB location (directory or s3:// URL)")
+    store_url: str | None = Field(default=None, description="zarr store URL; <db_uri>/_zarr when unset")
+    store_config: dict[str, str] = Field(
+        default_factory=dict, description="obstore config (endpoint, region)"
+    )
+    cell_schema: str = Field(
+        default="lancell.bundled:CellSchema", description="module:Class of the cell schema"
+    )
+    feature_schema: str = Field(default="lancell.bundled:GeneFeature", description="module:Class of genes")
+    feature_space: str = Field(default="gene_expression", description="the feature space of feature_schema")
+
+    def _store_kwargs(self) -> dict[str, Any] | None:
+        return {"config": dict(self.store_config)} if self.store_config else None
+
+    def open(self) -> RaggedAtlas:
+        """The live atlas, created (empty) on first use."""
+        try:
+            return RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
+        except AtlasNotFoundError:
+            return RaggedAtlas.create(
+                self.db_uri,
+                "cells",
+                _import(self.cell_schema),
+                store=self.store_url,
+                registry_schemas={self.feature_space: _import(self.feature_schema)},
+                store_kwargs=self._store_kwargs(),
+            )
+
+    def checkout(self, version: int) -> RaggedAtlas:
+        """Snapshot ``version``, read-only."""
+        return RaggedAtlas.checkout(
+            self.db_uri, version, store=self.store_url, store_kwargs=self._store_kwargs()
+        )
