@@ -36,6 +36,9 @@ __all__ = ["CODEC_NAME", "BitpackingCodec"]
 CODEC_NAME = "lancell.bitpacking"
 ELEMENT_SIZE = 4
 _TRANSFORMS = {"none": bitpack.TRANSFORM_NONE, "delta": bitpack.TRANSFORM_DELTA}
+# Chunks up to this many bytes are coded on the event loop: that takes tens of microseconds, less than a
+# hand-off to a worker thread costs. Larger chunks go to a thread (the kernels release the GIL).
+_INLINE_BYTES = 256 * 1024
 
 
 def parse_transform(data: JSON) -> Literal["none", "delta"]:
@@ -114,6 +117,8 @@ class BitpackingCodec(BytesBytesCodec):
         return chunk_spec.prototype.buffer.from_array_like(values.view(np.uint8))
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
+        if len(chunk_bytes) <= _INLINE_BYTES:
+            return self._decode_sync(chunk_bytes, chunk_spec)
         return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def _encode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -124,6 +129,8 @@ class BitpackingCodec(BytesBytesCodec):
         return chunk_spec.prototype.buffer.from_array_like(encoded)
 
     async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
+        if len(chunk_bytes) <= _INLINE_BYTES:
+            return self._encode_sync(chunk_bytes, chunk_spec)
         return await asyncio.to_thread(self._encode_sync, chunk_bytes, chunk_spec)
 
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:

@@ -1,6 +1,9 @@
 """BP-128 kernels: exact round trips over lengths, widths and transforms; malformed buffers are rejected."""
 
 import struct
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -224,3 +227,22 @@ def test_corrupted_buffers_never_crash(
     elif cut > 0:
         buf = np.concatenate([buf, np.full(cut, 0xAB, np.uint8)])
     decode_or_reject(buf)
+
+
+def test_threads_decode_concurrently() -> None:
+    """The kernels release the GIL; concurrent decodes of shared buffers stay exact."""
+    chunks = [
+        np.sort(np.random.default_rng(i).integers(0, 30_000, 20_000)).astype(np.uint32) for i in range(8)
+    ]
+    encoded_chunks = [bp.encode(c, bp.TRANSFORM_DELTA) for c in chunks]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        decoded = list(pool.map(bp.decode, encoded_chunks * 4))
+    assert all(np.array_equal(d, c) for d, c in zip(decoded, chunks * 4, strict=True))
+
+
+def test_kernels_import_neither_zarr_nor_lancell() -> None:
+    code = "import sys, kernels.bitpack; print([m for m in ('zarr', 'lancell', 'h5py') if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"

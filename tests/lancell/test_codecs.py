@@ -153,3 +153,14 @@ def test_fresh_process_reads_without_importing_lancell(tmp_path: Path) -> None:
         for name, x in (("plain.zarr", plain), ("sharded.zarr", indices))
     ]
     assert result.stdout.split("\n")[:2] == expected
+
+
+def test_large_chunks_round_trip(tmp_path: Path) -> None:
+    """Chunks above the inline threshold are coded on worker threads."""
+    x = np.random.default_rng(2).integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32)
+    store = zarr.storage.LocalStore(tmp_path / "a.zarr")
+    arr = zarr.create_array(
+        store, shape=x.shape, dtype="uint32", chunks=(100_000,), compressors=[BitpackingCodec()]
+    )
+    arr[:] = x
+    assert np.array_equal(zarr.open_array(store, mode="r")[:], x)

@@ -1,0 +1,105 @@
+"""The Dagster platform: definitions load, the graph's shape, partitioned materializations, sensor, checks."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from helpers import visible_state
+
+import definitions
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED
+from lancell_assets import dataset_partitions, landing_zone_sensor, snapshot_partitions
+from lancell_assets.demo import land_bundled_data
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture
+def platform(tmp_path: Path):
+    land_bundled_data(tmp_path / "landing")
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        yield defs, instance, tmp_path
+
+
+def _materialize(defs, instance, selection, partition_key=None, raise_on_error=True):
+    return dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources=defs.resources,
+        run_config=QUIET,
+        raise_on_error=raise_on_error,
+    )
+
+
+def test_definitions_load_and_graph_shape():
+    dg.Definitions.validate_loadable(definitions.defs)
+    graph = definitions.defs.resolve_asset_graph()
+    deps = {
+        key.to_user_string(): sorted(p.to_user_string() for p in graph.get(key).parent_keys)
+        for key in graph.get_all_asset_keys()
+    }
+    assert deps == {
+        "dataset_group": [],
+        "feature_registry": ["dataset_group"],
+        "optimized_atlas": ["feature_registry"],
+        "atlas_snapshot": ["optimized_atlas"],
+    } | ({"cell_type_classifier": ["atlas_snapshot"]} if "cell_type_classifier" in deps else {})
+    assert graph.get(dg.AssetKey("dataset_group")).partitions_def == dataset_partitions
+    assert graph.get(dg.AssetKey("atlas_snapshot")).partitions_def == snapshot_partitions
+    for name in ("dataset_group", "feature_registry", "optimized_atlas", "atlas_snapshot"):
+        assert graph.get(dg.AssetKey(name)).pools == {"lancedb_writer"}
+
+
+def test_sensor_then_materialize_partitions_registry_optimize_snapshot(platform):
+    defs, instance, root = platform
+    context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+    first = landing_zone_sensor(context)
+    assert sorted(r.partition_key for r in first.run_requests) == sorted(d.uid for d in BUNDLED)
+    for request in first.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    again = landing_zone_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert again.run_requests == []  # already known partitions are not requested again
+
+    for uid in ("pbmc68k", "celltypist_sample"):
+        result = _materialize(defs, instance, ["dataset_group"], uid)
+        checks = result.get_asset_check_evaluations()
+        assert checks and all(c.passed for c in checks)
+        metadata = result.asset_materializations_for_node("dataset_group")[0].metadata
+        assert metadata["cells"].value == {"pbmc68k": 700, "celltypist_sample": 559}[uid]
+        assert metadata["bytes_per_nnz"].value > 0
+    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["snap-a"])
+    result = _materialize(defs, instance, ["atlas_snapshot"], "snap-a")
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    metadata = result.asset_materializations_for_node("atlas_snapshot")[0].metadata
+    version = metadata["snapshot_version"].value
+    assert metadata["cells"].value == 1259
+    atlas = RaggedAtlas.checkout(str(root / "db"), version)
+    assert atlas.query().count() == 1259
+    # re-materializing the same snapshot partition is idempotent: same version
+    again = _materialize(defs, instance, ["atlas_snapshot"], "snap-a")
+    assert (
+        again.asset_materializations_for_node("atlas_snapshot")[0].metadata["snapshot_version"].value
+        == version
+    )
+
+
+def test_bad_file_fails_its_blocking_check_and_leaves_atlas_unchanged(platform):
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "broken"])
+    _materialize(defs, instance, ["dataset_group"], "pbmc68k")
+    atlas = RaggedAtlas.open(str(root / "db"))
+    before = visible_state(atlas)
+    shutil.copyfile(BUNDLED[0].path, root / "landing" / "broken.h5ad")
+    (root / "landing" / "broken.json").write_text(json.dumps({"zarr_layer": "counts"}))  # floats: not counts
+    result = _materialize(defs, instance, ["dataset_group"], "broken", raise_on_error=False)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["ingested_cleanly"] is False
+    assert visible_state(atlas) == before
+    atlas.snapshot()
