@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from lancell.codecs import BitpackingCodec
 from lancell.schema import PointerKind
 
 __all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "value_codecs"]
@@ -54,8 +55,13 @@ DEFAULT_GEOMETRY = GroupGeometry()
 
 
 def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
-    """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values)."""
-    del role  # every role uses zstd until the BP-128 codec becomes the integer default
+    """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values).
+
+    Integer counts: BP-128 plain; sorted CSR indices: BP-128 delta (resets at cell boundaries cost one
+    32-bit block); floats: zstd (never cast to integers).
+    """
+    if np.dtype(dtype) == np.uint32:
+        return {"compressors": [BitpackingCodec(transform="delta" if role == "indices" else "none")]}
     return {"compressors": [zarr.codecs.ZstdCodec(level=3)]}
 
 
