@@ -6,19 +6,27 @@ the order the cell table returns them for the filter (scan order), never regroup
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import anndata as ad
+import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lancell.errors import QueryError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.reconstruct import Join, reconstruct
+from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
 from lancell.schema import pointer_fields_from_arrow
 
 if TYPE_CHECKING:
+    import polars as pl
+    from lancedb.query import LanceQueryBuilder
+
     from lancell.atlas import RaggedAtlas
+    from lancell.dataloader import CellDataset
+    from lancell.dataloader.features import FeatureSelection
 
 __all__ = ["AtlasQuery"]
 
@@ -34,6 +42,7 @@ class AtlasQuery:
         self._feature_space: str | None = None
         self._layer: str | None = None
         self._join: Join = "union"
+        self._features: tuple[str, list[str]] | None = None
 
     def where(self, sql: str) -> AtlasQuery:
         """Add a SQL filter on cell columns (ANDed with earlier filters)."""
@@ -71,6 +80,19 @@ class AtlasQuery:
         self._feature_space, self._layer = feature_space, layer
         return self
 
+    def features(self, names_or_uids: Sequence[str], feature_space: str) -> AtlasQuery:
+        """Only these features, as columns in the order given (registry uids, or symbols where not a uid).
+
+        A symbol shared by several registry features (e.g. a duplicated mouse symbol) yields all of them.
+        Combined with ``feature_join("intersection")``, features not measured by every dataset are dropped.
+        """
+        if isinstance(names_or_uids, str) or not len(names_or_uids):
+            raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
+        resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        self._features = (feature_space, list(names_or_uids))
+        self._feature_space = feature_space
+        return self
+
     def feature_join(self, join: Join) -> AtlasQuery:
         """``"union"`` (every feature any selected dataset measured) or ``"intersection"`` (shared by all)."""
         if join not in ("union", "intersection"):
@@ -82,8 +104,7 @@ class AtlasQuery:
     def _filter(self) -> str | None:
         return " AND ".join(f"({f})" for f in self._filters) if self._filters else None
 
-    def to_arrow(self) -> pa.Table:
-        """The matching cell rows (metadata and pointers), in query order."""
+    def _builder(self) -> LanceQueryBuilder:
         builder = self._atlas._tables.cells.search()
         where = self._filter()
         if where is not None:
@@ -94,23 +115,85 @@ class AtlasQuery:
             builder = builder.select([n for n in schema.names if n in keep])
         if self._limit is not None:
             builder = builder.limit(self._limit)
+        return builder
+
+    def to_arrow(self) -> pa.Table:
+        """The matching cell rows (metadata and pointers), in query order."""
         try:
-            return builder.to_arrow()
+            return self._builder().to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
+            raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
 
     def to_pandas(self):
         """The matching cell rows as a pandas frame."""
         return self.to_arrow().to_pandas()
 
-    def count(self) -> int:
-        """Number of matching cells (``count_rows``; no column is read)."""
+    def to_polars(self) -> pl.DataFrame:
+        """The matching cell rows as a polars frame."""
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
+
+    def count(self, group_by: str | None = None) -> int | pd.Series:
+        """Number of matching cells, or cells per value of ``group_by``.
+
+        Without ``group_by`` this is LanceDB's ``count_rows`` (no column is read); with it only the grouping
+        column is read.
+        """
         where = self._filter()
-        try:
-            n = self._atlas._tables.cells.count_rows(where)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
-        return min(n, self._limit) if self._limit is not None else n
+        if group_by is None:
+            try:
+                n = self._atlas._tables.cells.count_rows(where)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
+            return min(n, self._limit) if self._limit is not None else n
+        if group_by not in self._atlas._cell_arrow.names:
+            raise QueryError(f"cannot group by unknown column {group_by!r}")
+        builder = self._atlas._tables.cells.search().select([group_by])
+        if where is not None:
+            builder = builder.where(where)
+        if self._limit is not None:
+            builder = builder.limit(self._limit)
+        column = builder.to_arrow().column(group_by)
+        counts = pc.value_counts(column).flatten()
+        series = pd.Series(
+            counts[1].to_numpy(), index=pd.Index(counts[0].to_pylist(), name=group_by), name="cells"
+        )
+        return series.sort_values(ascending=False)
+
+    def _space(self) -> str:
+        return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas._cell_arrow)))
+
+    def _feature_indices(self, feature_space: str) -> np.ndarray | None:
+        if self._features is None:
+            return None
+        space, names = self._features
+        if space != feature_space:
+            raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
+        registry = self._atlas._tables.registry(space).to_arrow().to_pandas()
+        by_uid = pd.Series(registry["global_index"].to_numpy(), index=registry["uid"].astype(str))
+        by_symbol = (
+            registry.groupby(registry["gene_symbol"].astype(str))["global_index"].apply(list)
+            if "gene_symbol" in registry.columns
+            else pd.Series(dtype=object)
+        )
+        indices, unknown = [], []
+        for name in names:
+            if name in by_uid.index:
+                indices.append(int(by_uid[name]))
+            elif name in by_symbol.index:
+                indices.extend(sorted(int(i) for i in by_symbol[name]))
+            else:
+                unknown.append(name)
+        if unknown:
+            raise QueryError(f"{len(unknown)} features are not in the {space!r} registry: {unknown[:10]}")
+        return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+
+    def _plan(self, pointers: pa.Array) -> ReconstructionPlan:
+        space = self._space()
+        return plan_reconstruction(
+            self._atlas, pointers, space, self._layer, self._join, self._feature_indices(space)
+        )
 
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
@@ -118,5 +201,54 @@ class AtlasQuery:
         ``X`` is CSR for sparse feature spaces and dense for dense ones; ``var`` comes from the registry;
         ``varm["presence"]`` says which features each dataset measured.
         """
-        space = self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas._cell_arrow)))
-        return reconstruct(self._atlas, self.to_arrow(), space, self._layer, self._join)
+        cells = self.to_arrow()
+        return reconstruct(self._atlas, cells, self._plan(cells.column(self._space())))
+
+    def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
+        """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
+
+        Only the pointer column is read up front (to plan the columns, registry and layouts read once);
+        metadata and matrix values are read batch by batch, so memory is bounded by the batch.
+        """
+        if batch_size < 1:
+            raise QueryError(f"batch_size must be positive, got {batch_size}")
+        space = self._space()
+        pointers = AtlasQuery(self._atlas)
+        pointers._filters, pointers._limit, pointers._columns = self._filters, self._limit, []
+        plan = self._plan(pointers.to_arrow().column(space))
+        pending: list[pa.RecordBatch] = []
+        buffered = 0
+        for batch in self._builder().to_batches(batch_size):
+            pending.append(batch)
+            buffered += batch.num_rows
+            while buffered >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield reconstruct(self._atlas, table.slice(0, batch_size), plan)
+                rest = table.slice(batch_size)
+                pending, buffered = rest.to_batches(), rest.num_rows
+        if buffered:
+            yield reconstruct(self._atlas, pa.Table.from_batches(pending), plan)
+
+    def to_cell_dataset(
+        self,
+        feature_space: str,
+        layer: str,
+        metadata_columns: Sequence[str] = (),
+        features: FeatureSelection = None,
+    ) -> CellDataset:
+        """A map-style PyTorch dataset of the matching cells (positions follow the query order).
+
+        ``features`` fixes the output columns: ``None`` (registry global index space), ``"union"``,
+        ``"intersection"`` or a list of registry uids. See :class:`lancell.dataloader.CellDataset`.
+        """
+        from lancell.dataloader import CellDataset  # torch is an optional dependency
+
+        return CellDataset.from_atlas(
+            self._atlas,
+            feature_space,
+            layer,
+            where=self._filter(),
+            limit=self._limit,
+            metadata_columns=metadata_columns,
+            features=features,
+        )

@@ -10,7 +10,7 @@ measured, so an unmeasured gene is distinguishable from a measured zero (see :fu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
@@ -29,7 +29,7 @@ from lancell.schema import pointer_fields_from_arrow
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["presence_matrix", "reconstruct"]
+__all__ = ["ReconstructionPlan", "plan_reconstruction", "presence_matrix", "reconstruct"]
 
 Join = Literal["union", "intersection"]
 
@@ -38,47 +38,61 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Group:
+    """One selected zarr group: its dataset, its local -> output column map and its stored dtype."""
+
     zarr_group: str
     dataset_uid: str
     global_index: np.ndarray
     layer_dtype: np.dtype
-    rows: np.ndarray
+    out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _groups(
-    atlas: RaggedAtlas, groups: np.ndarray, rows_of: dict[str, np.ndarray], layer: str | None
-) -> tuple[list[_Group], str | None]:
+@dataclass
+class ReconstructionPlan:
+    """Everything a query's reconstruction needs that does not depend on which cells a batch holds.
+
+    Computed once per query (registry and layouts read once), then applied to any batch of its cells.
+    """
+
+    feature_space: str
+    kind: str
+    layer: str | None
+    join: Join
+    columns: np.ndarray
+    dtype: np.dtype
+    groups: dict[str, _Group]
+    var: pd.DataFrame
+    presence: pd.DataFrame
+
+
+def _describe_groups(
+    atlas: RaggedAtlas, names: np.ndarray, layer: str | None
+) -> tuple[dict[str, _Group], str | None]:
     """Describe the selected groups; a group without ``layer`` is left out (its cells measured nothing)."""
     datasets = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group", "layout_uid"]).to_pylist()
     by_group = {d["zarr_group"]: d for d in datasets}
     layers_of = {}
-    for name in groups:
+    for name in names:
         if name not in by_group:
             raise QueryError(f"zarr group {name!r} has no dataset record (an interrupted ingestion?)")
         layers_of[name] = (atlas._group_attrs(name) or {}).get("layers", {})
     if layer is None:
         present = {lay for layers in layers_of.values() for lay in layers}
         if len(present) > 1:
-            per_dataset = {by_group[n]["uid"]: sorted(layers_of[n]) for n in groups}
+            per_dataset = {by_group[n]["uid"]: sorted(layers_of[n]) for n in names}
             raise QueryError(
                 f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
             )
         layer = present.pop() if present else None
-    out = []
-    for name in groups:
+    groups = {}
+    for name in names:
         record = by_group[name]
         if layer not in layers_of[name]:
             log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)
             continue
         _, global_index = read_layout(atlas._tables.layouts, record["layout_uid"])
-        out.append(_Group(name, record["uid"], global_index, np.dtype(layers_of[name][layer]), rows_of[name]))
-    return out, layer
-
-
-def _output_dtype(groups: list[_Group]) -> np.dtype:
-    if any(g.layer_dtype.kind == "f" for g in groups):
-        return np.dtype(np.float32)
-    return np.dtype(np.int64)
+        groups[name] = _Group(name, record["uid"], global_index, np.dtype(layers_of[name][layer]))
+    return groups, layer
 
 
 def _join_columns(groups: list[_Group], join: Join) -> np.ndarray:
@@ -92,93 +106,123 @@ def _join_columns(groups: list[_Group], join: Join) -> np.ndarray:
     return np.unique(common)
 
 
-def reconstruct(
-    atlas: RaggedAtlas, cells: pa.Table, feature_space: str, layer: str | None, join: Join = "union"
-) -> ad.AnnData:
-    """Build the AnnData of ``cells`` (rows in the given order) for one feature space."""
+def plan_reconstruction(
+    atlas: RaggedAtlas,
+    pointers: pa.Array,
+    feature_space: str,
+    layer: str | None,
+    join: Join = "union",
+    features: np.ndarray | None = None,
+) -> ReconstructionPlan:
+    """Plan the output columns and dtypes for the cells whose pointers are ``pointers``.
+
+    ``features`` (global indices, in output order) restricts the columns; with ``join="intersection"`` only
+    those every selected dataset measured are kept.
+    """
     space = atlas.feature_spaces[feature_space]
-    pointer = cells.column(feature_space).combine_chunks()
+    pointers = pointers.combine_chunks() if isinstance(pointers, pa.ChunkedArray) else pointers
+    names = pc.unique(pc.struct_field(pointers.filter(pointers.is_valid()), "zarr_group")).to_numpy(
+        zero_copy_only=False
+    )
+    groups, layer = _describe_groups(atlas, np.sort(names), layer)
+    joined = _join_columns(list(groups.values()), join)
+    if features is None:
+        columns = joined
+    elif join == "intersection":
+        columns = features[np.isin(features, joined)]
+    else:  # explicitly requested features are output even where no selected dataset measured them
+        columns = np.asarray(features, dtype=np.int64)
+    width = max(
+        [int(columns.max(initial=-1)), *(int(g.global_index.max(initial=-1)) for g in groups.values())]
+    )
+    position = np.full(width + 1, -1, dtype=np.int64)
+    position[columns] = np.arange(columns.size)
+    for g in groups.values():
+        g.out_col = position[g.global_index]
+    is_float = any(g.layer_dtype.kind == "f" for g in groups.values())
+    dtype = np.dtype(np.float32) if is_float else np.dtype(np.int64)
+    var = _var(atlas, feature_space, columns)
+    presence = pd.DataFrame(
+        {g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values()},
+        index=var.index,
+        dtype=bool,
+    )
+    return ReconstructionPlan(feature_space, space.kind, layer, join, columns, dtype, groups, var, presence)
+
+
+def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -> ad.AnnData:
+    """Build the AnnData of ``cells`` (rows in the given order) following ``plan``."""
+    pointer = cells.column(plan.feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
     group_of = pc.struct_field(pointer, "zarr_group").fill_null("").to_numpy(zero_copy_only=False)
-    names = np.unique(group_of[valid])
-    rows_of = {name: np.flatnonzero(valid & (group_of == name)) for name in names}
-    groups, layer = _groups(atlas, names, rows_of, layer)
-    columns = _join_columns(groups, join)
-    dtype = _output_dtype(groups)
+    rows_of = {
+        name: rows
+        for name in np.unique(group_of[valid])
+        if name in plan.groups and (rows := np.flatnonzero(valid & (group_of == name))).size
+    }
     n_cells = cells.num_rows
-    if space.kind == "sparse":
+    if plan.kind == "sparse":
         starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
         ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
-        matrix = _sparse(atlas, groups, columns, starts, ends, layer, dtype, n_cells)
+        matrix = _sparse(atlas, plan, rows_of, starts, ends, n_cells)
     else:
         positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
-        matrix = _dense(atlas, groups, columns, positions, layer, dtype, n_cells)
-    pointer_names = list(pointer_fields_from_arrow(cells.schema))
-    obs = arrow_to_obs(cells.drop_columns(pointer_names))
-    var = _var(atlas, feature_space, columns)
-    adata = ad.AnnData(X=matrix, obs=obs, var=var)
-    adata.varm["presence"] = _presence(groups, columns, var.index)
-    adata.uns["lancell"] = {"feature_space": feature_space, "layer": layer or "", "join": join}
+        matrix = _dense(atlas, plan, rows_of, positions, n_cells)
+    obs = arrow_to_obs(cells.drop_columns(list(pointer_fields_from_arrow(cells.schema))))
+    adata = ad.AnnData(X=matrix, obs=obs, var=plan.var.copy())
+    adata.varm["presence"] = plan.presence.copy()
+    adata.uns["lancell"] = {"feature_space": plan.feature_space, "layer": plan.layer or "", "join": plan.join}
     return adata
 
 
 def _sparse(
     atlas: RaggedAtlas,
-    groups: list[_Group],
-    columns: np.ndarray,
+    plan: ReconstructionPlan,
+    rows_of: dict[str, np.ndarray],
     starts: np.ndarray,
     ends: np.ndarray,
-    layer: str,
-    dtype: np.dtype,
     n_cells: int,
 ) -> sp.csr_matrix:
     row_nnz = np.zeros(n_cells, dtype=np.int64)
     pieces = []
-    for g in groups:
-        root = atlas._zarr_root[g.zarr_group]
-        idx, lengths = read_element_ranges(root["csr/indices"], starts[g.rows], ends[g.rows])
-        vals, _ = read_element_ranges(root[f"csr/layers/{layer}"], starts[g.rows], ends[g.rows])
-        out_col = np.searchsorted(columns, g.global_index)
-        keep_feature = (out_col < columns.size) & (
-            columns[np.minimum(out_col, columns.size - 1)] == g.global_index
-        )
-        keep = keep_feature[idx] if columns.size else np.zeros(idx.size, dtype=bool)
-        row_local = np.repeat(np.arange(g.rows.size), lengths)
-        kept_per_row = np.bincount(row_local[keep], minlength=g.rows.size)
-        row_nnz[g.rows] = kept_per_row
-        pieces.append((g.rows, kept_per_row, out_col[idx[keep]], vals[keep]))
+    for name, rows in rows_of.items():
+        g = plan.groups[name]
+        root = atlas._zarr_root[name]
+        idx, lengths = read_element_ranges(root["csr/indices"], starts[rows], ends[rows])
+        vals, _ = read_element_ranges(root[f"csr/layers/{plan.layer}"], starts[rows], ends[rows])
+        cols = g.out_col[idx]
+        keep = cols >= 0
+        row_local = np.repeat(np.arange(rows.size), lengths)
+        kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
+        row_nnz[rows] = kept_per_row
+        pieces.append((rows, kept_per_row, cols[keep], vals[keep]))
     indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(np.int64)
     indices = np.empty(int(indptr[-1]), dtype=np.int64)
-    data = np.empty(int(indptr[-1]), dtype=dtype)
+    data = np.empty(int(indptr[-1]), dtype=plan.dtype)
     for rows, kept, cols, vals in pieces:
         dest = np.repeat(indptr[rows], kept) + (
             np.arange(cols.size) - np.repeat(np.cumsum(kept) - kept, kept)
         )
         indices[dest] = cols
         data[dest] = vals
-    index_dtype = np.int32 if columns.size < np.iinfo(np.int32).max and indices.size < 2**31 else np.int64
-    return sp.csr_matrix(
-        (data, indices.astype(index_dtype), indptr.astype(index_dtype)), shape=(n_cells, columns.size)
-    )
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(n_cells, plan.columns.size))
+    matrix.sort_indices()  # requested feature order need not follow each group's local order
+    return matrix
 
 
 def _dense(
     atlas: RaggedAtlas,
-    groups: list[_Group],
-    columns: np.ndarray,
+    plan: ReconstructionPlan,
+    rows_of: dict[str, np.ndarray],
     positions: np.ndarray,
-    layer: str,
-    dtype: np.dtype,
     n_cells: int,
 ) -> np.ndarray:
-    out = np.zeros((n_cells, columns.size), dtype=dtype)
-    for g in groups:
-        block = read_rows(atlas._zarr_root[g.zarr_group][f"layers/{layer}"], positions[g.rows])
-        out_col = np.searchsorted(columns, g.global_index)
-        keep = (out_col < columns.size) & (
-            columns[np.minimum(out_col, max(columns.size - 1, 0))] == g.global_index
-        )
-        out[np.ix_(g.rows, out_col[keep])] = block[:, keep]
+    out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtype)
+    for name, rows in rows_of.items():
+        g = plan.groups[name]
+        block = read_rows(atlas._zarr_root[name][f"layers/{plan.layer}"], positions[rows])
+        keep = g.out_col >= 0
+        out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
     return out
 
 
@@ -188,12 +232,6 @@ def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.Data
     frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
     frame["global_index"] = columns
     return frame
-
-
-def _presence(groups: list[_Group], columns: np.ndarray, var_names: pd.Index) -> pd.DataFrame:
-    """features x datasets booleans: True where the dataset's panel has the feature."""
-    mask = {g.dataset_uid: np.isin(columns, g.global_index) for g in groups}
-    return pd.DataFrame(mask, index=var_names, dtype=bool)
 
 
 def presence_matrix(adata: ad.AnnData) -> sp.csr_matrix:

@@ -1,0 +1,96 @@
+"""The query builder on the bundled atlas: filters, features(), joins, batches, counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, build_bundled_atlas
+from lancell.errors import QueryError
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> RaggedAtlas:
+    root = tmp_path_factory.mktemp("bundled")
+    build_bundled_atlas(root)
+    return RaggedAtlas.checkout_latest(str(root / "db"))
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    return BUNDLED[0].read()
+
+
+def test_where_calls_combine_with_and_and_keep_scan_order(bundled, pbmc):
+    q = bundled.query().where("dataset_uid = 'pbmc68k'").where("cell_type = 'Dendritic'")
+    out = q.to_anndata()
+    expected = pbmc.obs_names[pbmc.obs["cell_type"] == "Dendritic"]
+    assert list(out.obs_names) == [f"pbmc68k:{n}" for n in expected]
+    assert q.count() == 240
+    assert bundled.query().where("cell_type = 'Dendritic'").limit(7).count() == 7
+
+
+def test_features_in_requested_order_with_symbols_and_uids(bundled, pbmc):
+    genes = ["LYZ", "CD3D", "MS4A1"]
+    out = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, "gene_expression").to_anndata()
+    assert list(out.var_names) == genes
+    np.testing.assert_array_equal(out.X.toarray(), pbmc[:, genes].X.toarray())
+    mouse = bundled.query().where("dataset_uid = 'mouse_10k'").features(["Rp1"], "gene_expression")
+    assert mouse.to_anndata().n_vars == 2  # the duplicated mouse symbol names two Ensembl genes
+
+
+def test_unknown_features_are_listed(bundled):
+    with pytest.raises(QueryError, match="NOT_A_GENE"):
+        bundled.query().features(["CD3D", "NOT_A_GENE"], "gene_expression").to_anndata()
+
+
+def test_features_with_intersection_drop_unshared(bundled):
+    q = bundled.query().where("organism = 'Homo sapiens'").layers("gene_expression", "counts")
+    # pbmc68k has no counts layer, so only celltypist is measured; request genes inside and outside its panel
+    out = q.features(["CD3D", "ENSMUSG00000051951"], "gene_expression").to_anndata()
+    assert list(out.var_names) == ["CD3D", "ENSMUSG00000051951"]
+    assert not out.varm["presence"].loc["ENSMUSG00000051951"].any()
+    shared = (
+        bundled.query()
+        .where("dataset_uid IN ('celltypist_sample', 'mouse_10k')")
+        .layers("gene_expression", "counts")
+        .features(["CD3D", "ENSMUSG00000051951"], "gene_expression")
+        .feature_join("intersection")
+        .to_anndata()
+    )
+    assert shared.n_vars == 0
+
+
+def test_to_batches_equal_to_anndata(bundled):
+    q = bundled.query().where("organism = 'Mus musculus'").layers("gene_expression", "counts")
+    full = q.to_anndata()
+    batches = list(q.to_batches(3000))
+    assert [b.n_obs for b in batches] == [3000, 3000, 3000, 1000]
+    assert all(list(b.var_names) == list(full.var_names) for b in batches)
+    assert (sp.vstack([b.X for b in batches]) != full.X).nnz == 0
+    assert [n for b in batches for n in b.obs_names] == list(full.obs_names)
+
+
+def test_count_group_by_and_frames(bundled):
+    per_dataset = bundled.query().count(group_by="dataset_uid")
+    assert per_dataset.to_dict() == {"mouse_10k": 10000, "pbmc68k": 700, "celltypist_sample": 559}
+    per_type = bundled.query().where("dataset_uid = 'pbmc68k'").count(group_by="cell_type")
+    assert per_type["Dendritic"] == 240 and per_type.sum() == 700
+    with pytest.raises(QueryError):
+        bundled.query().count(group_by="no_such_column")
+    assert bundled.query().limit(4).to_polars().height == 4
+    assert list(bundled.query().select(["cell_type"]).limit(2).to_pandas().columns) == [
+        "uid",
+        "dataset_uid",
+        "cell_type",
+        "gene_expression",
+    ]
+
+
+def test_bad_filter_is_a_query_error(bundled):
+    with pytest.raises(QueryError):
+        bundled.query().where("no_such_column = 3").to_arrow()
+    with pytest.raises(QueryError, match="different layers"):
+        bundled.query().to_anndata()
