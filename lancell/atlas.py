@@ -33,6 +33,7 @@ from lancell.feature_spaces import (
     resolve_feature_space,
 )
 from lancell.groups import FORMAT_VERSION
+from lancell.indexes import build_indexes
 from lancell.locks import atlas_lock
 from lancell.query import AtlasQuery
 from lancell.registry import (
@@ -124,6 +125,7 @@ class RaggedAtlas:
         registry_schemas: Mapping[str, type[FeatureBaseSchema]],
         dataset_schema: type[DatasetRecord] = DatasetRecord,
         layers: Mapping[str, Sequence[str]] | None = None,
+        fts_columns: Sequence[str] = (),
         store_kwargs: dict[str, Any] | None = None,
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
@@ -145,6 +147,8 @@ class RaggedAtlas:
             The :class:`DatasetRecord` subclass of dataset rows.
         layers
             Allowed layer names per feature space (defaults in ``lancell.feature_spaces.DEFAULT_LAYERS``).
+        fts_columns
+            String cell columns that ``optimize()`` indexes for full-text ``search(text)``.
 
         Raises
         ------
@@ -160,6 +164,10 @@ class RaggedAtlas:
         if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
             raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
         spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
+        cell_arrow = cell_schema.to_arrow_schema()
+        for column in fts_columns:
+            if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
+                raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
         meta_store = open_store(db_uri, store_kwargs)
         store = cls._resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
         db = connect(db_uri, storage_options)
@@ -169,12 +177,13 @@ class RaggedAtlas:
             "store_url": describe_store(store),
             "store_config": public_store_config(store),
             "registries": {name: space.registry_table for name, space in spaces.items()},
+            "fts_columns": list(fts_columns),
             "created_at": datetime.now(UTC).isoformat(),
         }
         if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
             raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
         schemas = {
-            cell_table_name: cell_schema.to_arrow_schema(),
+            cell_table_name: cell_arrow,
             DATASETS_TABLE: dataset_schema.to_arrow_schema(),
             LAYOUTS_TABLE: LAYOUTS_SCHEMA,
             FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
@@ -342,6 +351,7 @@ class RaggedAtlas:
                 handle.to_lance().cleanup_old_versions(
                     older_than=keep_for, error_if_tagged_old_versions=False
                 )
+            build_indexes(self._tables.cells, self._meta.get("fts_columns", []))
         return self._tables.versions()
 
     def assign_global_indices(self) -> dict[str, int]:

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,13 @@ from lancell.feature_spaces import FeatureSpace, resolve_feature_space
 from lancell.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.obs import obs_to_arrow
 from lancell.registry import ensure_layout, layout_uid_for, registry_index, sql_literal
-from lancell.schema import DatasetRecord, obs_fields, pointer_arrow_type, pointer_fields_from_arrow
+from lancell.schema import (
+    DatasetRecord,
+    obs_fields,
+    pointer_arrow_type,
+    pointer_fields_from_arrow,
+    vector_fields,
+)
 from lancell.sources import MatrixSource, matrix_source
 
 if TYPE_CHECKING:
@@ -59,6 +65,7 @@ def add_from_anndata(
     dataset_record: DatasetRecord | None = None,
     layer: str | None = None,
     var_uid_column: str | None = None,
+    obsm_columns: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> DatasetRecord:
     """Ingest one AnnData (in memory, backed, or a path to ``.h5ad`` read in backed mode) as one dataset.
@@ -79,6 +86,9 @@ def add_from_anndata(
         Read ``adata.layers[layer]`` instead of ``adata.X``.
     var_uid_column
         The ``var`` column holding registry uids; the var index by default.
+    obsm_columns
+        ``{obsm key: vector column}``: embeddings stored as ``FixedSizeList<float32>`` cell columns (found
+        with ``query().search(vector)``).
     progress
         Show a progress bar while the matrix is written.
 
@@ -105,6 +115,7 @@ def add_from_anndata(
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     space.check_layer(zarr_layer)
     plan = _plan(atlas, adata, space, zarr_layer, record, layer, var_uid_column)
+    plan.vectors = _vectors(atlas, adata, record.uid, obsm_columns or {})
     started = time.perf_counter()
     zarr_group = f"{record.uid}-{uuid.uuid4().hex[:8]}"
     cells_written = False
@@ -158,6 +169,7 @@ class _Plan:
     nnz: int
     dataset: str
     store_dtype: np.dtype
+    vectors: dict[str, np.ndarray]
 
 
 def _plan(
@@ -235,6 +247,31 @@ def _plan(
         dataset=dataset,
         store_dtype=store_dtype,
     )
+
+
+def _vectors(
+    atlas: RaggedAtlas, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Check and convert the embeddings named by ``obsm_columns`` (float32, finite, the declared width)."""
+    declared = vector_fields(atlas._cell_arrow)
+    vectors = {}
+    for key, column in obsm_columns.items():
+        if key not in adata.obsm:
+            raise IngestError(f"dataset {dataset!r}: no obsm[{key!r}] (obsm has {list(adata.obsm)})")
+        if column not in declared:
+            raise IngestError(
+                f"dataset {dataset!r}: {column!r} is not a vector column of the cell schema {declared}"
+            )
+        values = np.asarray(adata.obsm[key])
+        if values.ndim != 2 or values.shape != (adata.n_obs, declared[column]):
+            raise ShapeMismatchError(
+                f"dataset {dataset!r}: obsm[{key!r}] has shape {values.shape}, "
+                f"column {column!r} needs ({adata.n_obs}, {declared[column]})"
+            )
+        if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
+            raise DataValueError(f"dataset {dataset!r}: obsm[{key!r}] must be finite numbers")
+        vectors[column] = values.astype(np.float32)
+    return vectors
 
 
 def _checked_values(plan: _Plan, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
@@ -355,6 +392,12 @@ def _cell_batches(
             children = [struct_type.field(i) for i in range(struct_type.num_fields)]
             columns[name] = pa.StructArray.from_arrays([fields_of[c.name] for c in children], fields=children)
         columns |= obs_to_arrow(plan.dataset, plan.obs.iloc[start:stop], fields)
+        for name, width in vector_fields(schema).items():
+            if name in plan.vectors:
+                flat = pa.array(plan.vectors[name][start:stop].ravel(), pa.float32())
+                columns[name] = pa.FixedSizeListArray.from_arrays(flat, width).cast(schema.field(name).type)
+            else:
+                columns[name] = pa.nulls(n, schema.field(name).type)
         yield pa.record_batch([columns[f.name] for f in schema], schema=schema)
 
 

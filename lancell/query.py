@@ -6,8 +6,9 @@ the order the cell table returns them for the filter (scan order), never regroup
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from lancell.errors import QueryError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
-from lancell.schema import pointer_fields_from_arrow
+from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
     import polars as pl
@@ -43,12 +44,51 @@ class AtlasQuery:
         self._layer: str | None = None
         self._join: Join = "union"
         self._features: tuple[str, list[str]] | None = None
+        self._search: dict[str, object] | None = None
 
     def where(self, sql: str) -> AtlasQuery:
         """Add a SQL filter on cell columns (ANDed with earlier filters)."""
         if not isinstance(sql, str) or not sql.strip():
             raise QueryError(f"where() needs a non-empty SQL string, got {sql!r}")
         self._filters.append(sql)
+        return self
+
+    def search(
+        self,
+        query: str | Sequence[float] | np.ndarray,
+        *,
+        vector_column_name: str | None = None,
+        query_type: Literal["auto", "vector", "fts", "hybrid"] = "auto",
+        fts_columns: str | Sequence[str] | None = None,
+    ) -> AtlasQuery:
+        """Rank cells by vector similarity (an embedding) or full-text relevance (a string).
+
+        Rows come back in rank order, with a ``distance`` (vector) or ``score`` (text) column. Vector and
+        hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns every
+        match unless limited. ``where()`` filters are applied before ranking.
+        """
+        vectors = vector_fields(self._atlas._cell_arrow)
+        if query_type == "auto":
+            query_type = "fts" if isinstance(query, str) else "vector"
+        if query_type not in ("vector", "fts", "hybrid"):
+            raise QueryError(f"query_type must be auto, vector, fts or hybrid, got {query_type!r}")
+        if query_type in ("vector", "hybrid"):
+            if vector_column_name is None:
+                if len(vectors) != 1:
+                    raise QueryError(f"name the vector column to search (vector columns: {sorted(vectors)})")
+                vector_column_name = next(iter(vectors))
+            if vector_column_name not in vectors:
+                raise QueryError(
+                    f"{vector_column_name!r} is not a vector column (vector columns: {sorted(vectors)})"
+                )
+        if query_type == "vector" and isinstance(query, str):
+            raise QueryError("vector search needs an embedding, got a string (use query_type='fts')")
+        self._search = {
+            "query": query,
+            "query_type": query_type,
+            "vector_column_name": vector_column_name,
+            "fts_columns": fts_columns,
+        }
         return self
 
     def limit(self, n: int) -> AtlasQuery:
@@ -105,24 +145,46 @@ class AtlasQuery:
         return " AND ".join(f"({f})" for f in self._filters) if self._filters else None
 
     def _builder(self) -> LanceQueryBuilder:
-        builder = self._atlas._tables.cells.search()
+        cells = self._atlas._tables.cells
+        limit = self._limit
+        if self._search is None:
+            builder = cells.search()
+        else:
+            kind = self._search["query_type"]
+            if kind != "fts" and limit is None:
+                raise QueryError(
+                    f"{kind} search needs an explicit .limit(n): results are never capped silently"
+                )
+            query = self._search["query"]
+            if kind in ("vector", "hybrid") and not isinstance(query, str):
+                query = np.asarray(query, dtype=np.float32)
+            builder = cells.search(
+                query,
+                query_type=kind,
+                vector_column_name=self._search["vector_column_name"],
+                fts_columns=self._search["fts_columns"],
+            )
+            if limit is None:  # text search: every match, not lancedb's default of 10
+                limit = max(cells.count_rows(), 1)
         where = self._filter()
         if where is not None:
-            builder = builder.where(where)
+            builder = builder.where(where, prefilter=True) if self._search else builder.where(where)
         if self._columns is not None:
             schema = self._atlas._cell_arrow
             keep = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *self._columns}
             builder = builder.select([n for n in schema.names if n in keep])
-        if self._limit is not None:
-            builder = builder.limit(self._limit)
+        if limit is not None:
+            builder = builder.limit(limit)
         return builder
 
     def to_arrow(self) -> pa.Table:
-        """The matching cell rows (metadata and pointers), in query order."""
+        """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
         try:
-            return self._builder().to_arrow()
+            table = self._builder().to_arrow()
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
+        renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
+        return table.rename_columns([renames.get(n, n) for n in table.column_names])
 
     def to_pandas(self):
         """The matching cell rows as a pandas frame."""
@@ -213,8 +275,8 @@ class AtlasQuery:
         if batch_size < 1:
             raise QueryError(f"batch_size must be positive, got {batch_size}")
         space = self._space()
-        pointers = AtlasQuery(self._atlas)
-        pointers._filters, pointers._limit, pointers._columns = self._filters, self._limit, []
+        pointers = copy.copy(self)
+        pointers._columns = []  # the same rows (search and limit included), pointer columns only
         plan = self._plan(pointers.to_arrow().column(space))
         pending: list[pa.RecordBatch] = []
         buffered = 0

@@ -24,7 +24,7 @@ from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
 from lancell.reader import read_element_ranges, read_rows
 from lancell.registry import read_layout
-from lancell.schema import pointer_fields_from_arrow
+from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -168,8 +168,11 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     else:
         positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
         matrix = _dense(atlas, plan, rows_of, positions, n_cells)
-    obs = arrow_to_obs(cells.drop_columns(list(pointer_fields_from_arrow(cells.schema))))
+    vectors = vector_fields(cells.schema)
+    obs = arrow_to_obs(cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]))
     adata = ad.AnnData(X=matrix, obs=obs, var=plan.var.copy())
+    for name, width in vectors.items():
+        adata.obsm[name] = _vector_matrix(cells.column(name).combine_chunks(), width)
     adata.varm["presence"] = plan.presence.copy()
     adata.uns["lancell"] = {"feature_space": plan.feature_space, "layer": plan.layer or "", "join": plan.join}
     return adata
@@ -223,6 +226,15 @@ def _dense(
         block = read_rows(atlas._zarr_root[name][f"layers/{plan.layer}"], positions[rows])
         keep = g.out_col >= 0
         out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
+    return out
+
+
+def _vector_matrix(column: pa.FixedSizeListArray, width: int) -> np.ndarray:
+    """(n_cells, width) float32; rows of cells without the embedding are NaN."""
+    out = np.full((len(column), width), np.nan, dtype=np.float32)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        out[valid] = column.filter(column.is_valid()).flatten().to_numpy().reshape(-1, width)
     return out
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "SparseZarrPointer",
     "pointer_fields",
     "pointer_fields_from_arrow",
+    "vector_fields",
 ]
 
 PointerKind = Literal["sparse", "dense"]
@@ -171,7 +172,16 @@ def pointer_fields_from_arrow(schema: pa.Schema) -> dict[str, PointerKind]:
     return found
 
 
+def vector_fields(schema: pa.Schema) -> dict[str, int]:
+    """Embedding columns (``FixedSizeList<float>``, e.g. ``lancedb.pydantic.Vector(d)``) and their widths."""
+    return {
+        f.name: f.type.list_size
+        for f in schema
+        if pa.types.is_fixed_size_list(f.type) and pa.types.is_floating(f.type.value_type)
+    }
+
+
 def obs_fields(schema: pa.Schema) -> list[pa.Field]:
-    """The cell table's free obs columns: everything but ``uid``, ``dataset_uid`` and pointer structs."""
-    pointers = pointer_fields_from_arrow(schema)
-    return [f for f in schema if f.name not in ("uid", "dataset_uid") and f.name not in pointers]
+    """The free obs columns: everything but ``uid``, ``dataset_uid``, pointer structs and vector columns."""
+    skip = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *vector_fields(schema)}
+    return [f for f in schema if f.name not in skip]

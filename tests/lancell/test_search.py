@@ -1,0 +1,141 @@
+"""Vector and full-text search: exact neighbours, rank order, embeddings in obsm, no silent cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lancedb.pydantic import Vector
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, GeneFeature
+from lancell.errors import IngestError, QueryError, ShapeMismatchError
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
+
+
+class EmbeddedCells(LancellBaseSchema):
+    cell_type: str | None = None
+    embedding: Vector(16) | None = None
+    gene_expression: SparseZarrPointer | None = None
+
+
+@pytest.fixture(scope="module")
+def searchable(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    pbmc = BUNDLED[0].read()
+    rng = np.random.default_rng(3)
+    pbmc.obsm["X_emb"] = rng.normal(size=(pbmc.n_obs, 16)).astype(np.float32)
+    atlas = RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        EmbeddedCells,
+        store=str(root / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+        fts_columns=["cell_type"],
+    )
+    atlas.register_features(
+        "gene_expression", pd.DataFrame({"uid": pbmc.var_names, "gene_symbol": pbmc.var_names})
+    )
+    add_from_anndata(
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        dataset_record=DatasetRecord(uid="pbmc"),
+        obsm_columns={"X_emb": "embedding"},
+        progress=False,
+    )
+    atlas.optimize()
+    atlas.snapshot()
+    return RaggedAtlas.checkout_latest(str(root / "db")), pbmc
+
+
+def test_vector_search_returns_exact_nearest_neighbours(searchable):
+    atlas, pbmc = searchable
+    emb = pbmc.obsm["X_emb"]
+    probe = emb[17] + 0.01
+    out = atlas.query().search(probe).limit(25).to_anndata()
+    expected = np.argsort(((emb - probe) ** 2).sum(axis=1), kind="stable")[:25]
+    assert list(out.obs_names) == [f"pbmc:{pbmc.obs_names[i]}" for i in expected]
+    assert np.all(np.diff(out.obs["distance"].to_numpy()) >= 0)
+    np.testing.assert_array_equal(out.obsm["embedding"], emb[expected])
+    np.testing.assert_array_equal(out[:, pbmc.var_names].X.toarray(), pbmc.X[expected].toarray())
+
+
+def test_vector_search_with_filter_and_required_limit(searchable):
+    atlas, pbmc = searchable
+    emb = pbmc.obsm["X_emb"]
+    mask = (pbmc.obs["cell_type"] == "Dendritic").to_numpy()
+    probe = emb[0]
+    out = atlas.query().where("cell_type = 'Dendritic'").search(probe).limit(5).to_arrow()
+    candidates = np.flatnonzero(mask)
+    expected = candidates[np.argsort(((emb[candidates] - probe) ** 2).sum(axis=1), kind="stable")[:5]]
+    assert out.column("uid").to_pylist() == [f"pbmc:{pbmc.obs_names[i]}" for i in expected]
+    with pytest.raises(QueryError, match="limit"):
+        atlas.query().search(probe).to_arrow()
+    with pytest.raises(QueryError):
+        atlas.query().search("monocyte", query_type="vector")
+
+
+def test_full_text_search_finds_cells_by_word(searchable):
+    atlas, pbmc = searchable
+    hits = atlas.query().search("monocyte").to_arrow()
+    expected = int(pbmc.obs["cell_type"].str.contains("Monocyte").sum())
+    assert hits.num_rows == expected > 10  # every match, not lancedb's default 10
+    assert set(hits.column("cell_type").to_pylist()) == {"CD14+ Monocyte"}
+    assert "score" in hits.column_names
+
+
+def test_bad_embeddings_are_rejected(tmp_path):
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        EmbeddedCells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    pbmc = BUNDLED[0].read()
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": pbmc.var_names, "gene_symbol": "x"}))
+    pbmc.obsm["X_bad"] = np.zeros((pbmc.n_obs, 3), np.float32)
+    with pytest.raises(ShapeMismatchError):
+        add_from_anndata(
+            atlas,
+            pbmc,
+            feature_space="gene_expression",
+            zarr_layer="log_normalized",
+            obsm_columns={"X_bad": "embedding"},
+        )
+    with pytest.raises(IngestError, match="X_missing"):
+        add_from_anndata(
+            atlas,
+            pbmc,
+            feature_space="gene_expression",
+            zarr_layer="log_normalized",
+            obsm_columns={"X_missing": "embedding"},
+        )
+    assert atlas.query().count() == 0
+
+
+def test_ann_index_built_above_threshold(searchable, tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    from lancell.indexes import build_indexes
+
+    _, pbmc = searchable
+    emb = np.tile(pbmc.obsm["X_emb"], (10, 1))
+    table = lancedb.connect(str(tmp_path)).create_table(
+        "cells",
+        data=pa.table(
+            {
+                "cell_type": ["x"] * len(emb),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), 16),
+            }
+        ),
+    )
+    assert build_indexes(table, [], vector_min_rows=len(emb) + 1) == []
+    assert build_indexes(table, ["cell_type"], vector_min_rows=len(emb)) == ["cell_type", "embedding"]
+    assert {i.index_type for i in table.list_indices()} == {"FTS", "IvfPq"}
+    hits = table.search(emb[3], vector_column_name="embedding").limit(10).to_arrow()
+    assert hits.num_rows == 10
