@@ -35,6 +35,7 @@ from lancell.feature_spaces import (
 from lancell.groups import FORMAT_VERSION
 from lancell.indexes import build_indexes
 from lancell.locks import atlas_lock
+from lancell.modalities import detach_pointers
 from lancell.query import AtlasQuery
 from lancell.registry import (
     LAYOUTS_SCHEMA,
@@ -418,9 +419,15 @@ class RaggedAtlas:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
         self._require_writable()
         where = f"uid = {sql_literal(uid)}"
-        if self._tables.datasets.count_rows(where) == 0:
+        rows = self._tables.datasets.search().where(where).to_arrow().to_pylist()
+        if not rows:
             raise IngestError(f"no dataset {uid!r} in the atlas")
-        self._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+        record = rows[0]
+        if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
+            detach_pointers(self, record["feature_space"], record["zarr_group"])
+        else:  # the cells go, with every modality attached to them
+            self._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+            self._tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
         self._tables.datasets.delete(where)
 
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:

@@ -24,6 +24,7 @@ from lancell.schema import pointer_fields_from_arrow, vector_fields
 if TYPE_CHECKING:
     import polars as pl
     from lancedb.query import LanceQueryBuilder
+    from mudata import MuData
 
     from lancell.atlas import RaggedAtlas
     from lancell.dataloader import CellDataset
@@ -186,7 +187,7 @@ class AtlasQuery:
         renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
         return table.rename_columns([renames.get(n, n) for n in table.column_names])
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame."""
         return self.to_arrow().to_pandas()
 
@@ -265,6 +266,26 @@ class AtlasQuery:
         """
         cells = self.to_arrow()
         return reconstruct(self._atlas, cells, self._plan(cells.column(self._space())))
+
+    def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
+        """One AnnData per feature space (every pointer field by default), cells aligned by uid.
+
+        Each modality holds the matching cells that carry that modality; ``mdata.obsm[<space>]`` (a MuData
+        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred.
+        """
+        from mudata import MuData
+
+        spaces = list(feature_spaces or pointer_fields_from_arrow(self._atlas._cell_arrow))
+        cells = self.to_arrow()
+        modalities = {}
+        for space in spaces:
+            resolve_feature_space(self._atlas.feature_spaces, space)
+            has = cells.filter(pc.is_valid(cells.column(space)))
+            layer = self._layer if space == self._feature_space else None
+            features = self._feature_indices(space) if self._features and self._features[0] == space else None
+            plan = plan_reconstruction(self._atlas, has.column(space), space, layer, self._join, features)
+            modalities[space] = reconstruct(self._atlas, has, plan)
+        return MuData(modalities)
 
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.

@@ -106,7 +106,10 @@ def _new_dataset_uid() -> str:
 
 
 class DatasetRecord(LanceModel):
-    """One row per ingested dataset group. Ingestion fills the storage fields; users fill provenance."""
+    """One row per ingested dataset group. Ingestion fills the storage fields; users fill provenance.
+
+    ``cells_of`` is set on a further modality of existing cells: the dataset whose cell rows it points from.
+    """
 
     uid: str = Field(default_factory=_new_dataset_uid)
     name: str | None = None
@@ -119,6 +122,7 @@ class DatasetRecord(LanceModel):
     layout_uid: str = ""
     source: str | None = None
     accession: str | None = None
+    cells_of: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.groups import FORMAT_VERSION
@@ -12,6 +13,11 @@ if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
 __all__ = ["find_problems"]
+
+
+def _value_counts(column: pa.Array | pa.ChunkedArray) -> dict[object, int]:
+    values, counts = pc.value_counts(column).flatten()
+    return dict(zip(values.to_pylist(), counts.to_pylist(), strict=True))
 
 
 def find_problems(atlas: RaggedAtlas) -> list[str]:
@@ -24,21 +30,22 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
     problems: list[str] = []
     tables = atlas._tables
     datasets = tables.datasets.to_arrow()
-    cells = tables.cells.to_arrow().select(["uid", "dataset_uid"])
-    counts = dict(
-        zip(*[c.to_pylist() for c in pc.value_counts(cells.column("dataset_uid")).flatten()], strict=True)
-    )
-    layouts = tables.layouts.to_arrow().select(["layout_uid"])
-    layout_sizes = dict(
-        zip(*[c.to_pylist() for c in pc.value_counts(layouts.column("layout_uid")).flatten()], strict=True)
-    )
+    cells = tables.cells.to_arrow().select(["uid", "dataset_uid", *atlas.feature_spaces])
+    counts = _value_counts(cells.column("dataset_uid"))
+    per_group = {}
+    for space in atlas.feature_spaces:
+        pointer = cells.column(space).combine_chunks()
+        per_group |= _value_counts(pc.struct_field(pointer.filter(pointer.is_valid()), "zarr_group"))
+    layout_sizes = _value_counts(tables.layouts.to_arrow().column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
         uid = row["uid"]
-        known.add(uid)
-        if counts.get(uid, 0) != row["n_cells"]:
+        if not row.get("cells_of"):
+            known.add(uid)
+        if per_group.get(row["zarr_group"], 0) != row["n_cells"]:
             problems.append(
-                f"dataset {uid!r}: record says {row['n_cells']} cells, table has {counts.get(uid, 0)}"
+                f"dataset {uid!r}: record says {row['n_cells']} cells, "
+                f"{per_group.get(row['zarr_group'], 0)} cells point into {row['zarr_group']!r}"
             )
         if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
             problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
@@ -53,6 +60,9 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
                 problems.append(
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
+    dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
+    if dangling:
+        problems.append(f"cells point into zarr groups without a dataset record: {dangling[:5]}")
     orphans = sorted(set(counts) - known)
     if orphans:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")

@@ -1,0 +1,130 @@
+"""Several modalities per cell: attach, reconstruct with to_mudata, delete, roll back."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import visible_state
+from mudata import MuData
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED
+from lancell.errors import IngestError
+from lancell.ingestion import add_from_anndata
+from lancell.modalities import add_from_mudata, attach_modality
+from lancell.schema import (
+    DatasetRecord,
+    DenseZarrPointer,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
+
+
+class Feature(FeatureBaseSchema):
+    pass
+
+
+class TwoModalities(LancellBaseSchema):
+    cell_type: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+    programs: DenseZarrPointer | None = None
+
+
+def _programs(pbmc: ad.AnnData) -> ad.AnnData:
+    """A dense second modality derived from the real data: mean expression of 8 gene blocks per cell."""
+    x = pbmc.X.toarray()
+    blocks = np.array_split(np.arange(pbmc.n_vars), 8)
+    scores = np.stack([x[:, b].mean(axis=1) for b in blocks], axis=1).astype(np.float32)
+    return ad.AnnData(
+        X=scores, obs=pd.DataFrame(index=pbmc.obs_names), var=pd.DataFrame(index=[f"p{i}" for i in range(8)])
+    )
+
+
+@pytest.fixture
+def two(tmp_path):
+    pbmc = BUNDLED[0].read()
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        TwoModalities,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Feature, "programs": Feature},
+        layers={"gene_expression": ["log_normalized"], "programs": ["scores"]},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": pbmc.var_names}))
+    atlas.register_features("programs", pd.DataFrame({"uid": [f"p{i}" for i in range(8)]}))
+    return atlas, pbmc
+
+
+def test_mudata_round_trip_aligned_by_uid(two):
+    atlas, pbmc = two
+    programs = _programs(pbmc)
+    subset = programs[::3].copy()  # only every third cell has the second modality
+    mdata = MuData({"rna": pbmc, "prog": subset})
+    records = add_from_mudata(
+        atlas,
+        mdata,
+        {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")},
+        dataset_record=DatasetRecord(uid="pbmc"),
+        progress=False,
+    )
+    assert [r.uid for r in records] == ["pbmc", "pbmc/programs"]
+    assert atlas.validate() == []
+    atlas.snapshot()
+    out = atlas.query().to_mudata()
+    assert set(out.mod) == {"gene_expression", "programs"}
+    rna, prog = out["gene_expression"], out["programs"]
+    assert rna.n_obs == pbmc.n_obs and prog.n_obs == subset.n_obs
+    assert set(prog.obs_names) <= set(rna.obs_names)
+    order = [n.split(":", 1)[1] for n in prog.obs_names]
+    np.testing.assert_array_equal(prog[:, subset.var_names].X, subset[order].X)
+    aligned = rna[[f"pbmc:{n}" for n in pbmc.obs_names], pbmc.var_names]  # attaching rewrote row order
+    np.testing.assert_array_equal(aligned.X.toarray(), pbmc.X.toarray())
+    assert out.n_obs == pbmc.n_obs
+    assert atlas.query().where("programs IS NOT NULL").count() == subset.n_obs
+
+
+def test_attach_errors_leave_atlas_unchanged(two):
+    atlas, pbmc = two
+    add_from_anndata(
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        dataset_record=DatasetRecord(uid="pbmc"),
+        progress=False,
+    )
+    before = visible_state(atlas)
+    programs = _programs(pbmc)
+    strangers = programs.copy()
+    strangers.obs_names = [f"x{i}" for i in range(strangers.n_obs)]
+    with pytest.raises(IngestError, match="not cells of"):
+        attach_modality(atlas, strangers, cells_of="pbmc", feature_space="programs", zarr_layer="scores")
+    with pytest.raises(IngestError, match="no dataset"):
+        attach_modality(atlas, programs, cells_of="nope", feature_space="programs", zarr_layer="scores")
+    assert visible_state(atlas) == before
+    attach_modality(
+        atlas, programs, cells_of="pbmc", feature_space="programs", zarr_layer="scores", progress=False
+    )
+    with pytest.raises(IngestError, match="already carry"):
+        attach_modality(
+            atlas,
+            programs,
+            cells_of="pbmc",
+            feature_space="programs",
+            zarr_layer="scores",
+            dataset_record=DatasetRecord(uid="again"),
+        )
+    atlas.delete_dataset("pbmc/programs")
+    assert atlas.query().where("programs IS NOT NULL").count() == 0
+    assert atlas.query().count() == pbmc.n_obs
+    assert atlas.validate() == []
+    attach_modality(
+        atlas, programs, cells_of="pbmc", feature_space="programs", zarr_layer="scores", progress=False
+    )
+    atlas.delete_dataset("pbmc")
+    assert atlas.query().count() == 0 and atlas.list_datasets().empty
+    assert atlas.validate() == []
