@@ -65,7 +65,7 @@ def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
     return {"compressors": [zarr.codecs.ZstdCodec(level=3)]}
 
 
-class _ShardBuffer:
+class ShardBuffer:
     """Append-only writer of a 1-D sharded array that only ever writes whole shards (and the tail)."""
 
     def __init__(self, array: zarr.Array, shard: int) -> None:
@@ -152,8 +152,8 @@ class SparseGroupWriter:
             chunks=(min(n_cells + 1, 65_536),),
             compressors=[zarr.codecs.ZstdCodec(level=3)],
         )
-        self._indices = _ShardBuffer(indices, shard)
-        self._values = _ShardBuffer(values, shard)
+        self._indices = ShardBuffer(indices, shard)
+        self._values = ShardBuffer(values, shard)
         self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self._offset = 0
         self.group.attrs.update(

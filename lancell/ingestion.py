@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from lancell.csc import CSC_MIN_CELLS, write_csc
 from lancell.errors import (
     DataValueError,
     DuplicateDatasetError,
@@ -66,6 +67,7 @@ def add_from_anndata(
     layer: str | None = None,
     var_uid_column: str | None = None,
     obsm_columns: Mapping[str, str] | None = None,
+    csc: bool | None = None,
     progress: bool = True,
 ) -> DatasetRecord:
     """Ingest one AnnData (in memory, backed, or a path to ``.h5ad`` read in backed mode) as one dataset.
@@ -89,6 +91,9 @@ def add_from_anndata(
     obsm_columns
         ``{obsm key: vector column}``: embeddings stored as ``FixedSizeList<float32>`` cell columns (found
         with ``query().search(vector)``).
+    csc
+        Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
+        datasets of at least ``lancell.csc.CSC_MIN_CELLS`` cells (``lancell.csc.add_csc`` adds it later).
     progress
         Show a progress bar while the matrix is written.
 
@@ -121,6 +126,8 @@ def add_from_anndata(
     cells_written = False
     try:
         indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
+        if space.kind == "sparse" and (plan.n_cells >= CSC_MIN_CELLS if csc is None else csc):
+            write_csc(atlas._zarr_root[zarr_group], zarr_layer)
         with atlas._lock("layouts"):
             ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
         batches = _cell_batches(atlas, plan, space, zarr_group, indptr)

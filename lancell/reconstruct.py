@@ -19,7 +19,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+import zarr
 
+from lancell.csc import read_csc_features
 from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
 from lancell.reader import read_element_ranges, read_rows
@@ -45,6 +47,7 @@ class _Group:
     global_index: np.ndarray
     layer_dtype: np.dtype
     out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    csc_counts: np.ndarray | None = None
 
 
 @dataclass
@@ -164,7 +167,8 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     if plan.kind == "sparse":
         starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
         ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
-        matrix = _sparse(atlas, plan, rows_of, starts, ends, n_cells)
+        zarr_rows = pc.struct_field(pointer, "zarr_row").fill_null(0).to_numpy()
+        matrix = _sparse(atlas, plan, rows_of, starts, ends, zarr_rows, n_cells)
     else:
         positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
         matrix = _dense(atlas, plan, rows_of, positions, n_cells)
@@ -178,12 +182,40 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     return adata
 
 
+def _csc_is_cheaper(root: zarr.Group, g: _Group, layer: str, csr_values: int) -> bool:
+    """Plan by values read: the CSC copy when the kept features hold fewer values than the cells' rows."""
+    if layer not in root.attrs.get("csc_layers", []) or (g.out_col >= 0).all():
+        return False
+    if g.csc_counts is None:
+        g.csc_counts = np.diff(np.asarray(root["csc/indptr"][:]))
+    return int(g.csc_counts[g.out_col >= 0].sum()) < csr_values
+
+
+def _read_by_feature(
+    root: zarr.Group, g: _Group, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells' kept features from the CSC copy: (sorted output rows, per-row counts, cols, vals)."""
+    local = np.flatnonzero(g.out_col >= 0)
+    group_rows, features, values = read_csc_features(root, layer, local)
+    out_row = np.full(int(root.attrs["n_cells"]), -1, dtype=np.int64)
+    out_row[zarr_rows] = rows
+    mapped = out_row[group_rows]
+    keep = mapped >= 0
+    mapped, cols, values = mapped[keep], g.out_col[features[keep]], values[keep]
+    order = np.lexsort((cols, mapped))
+    mapped, cols, values = mapped[order], cols[order], values[order]
+    rows = np.sort(rows)
+    per_row = np.bincount(mapped, minlength=int(rows.max(initial=-1)) + 1)[rows]
+    return rows, per_row, cols, values
+
+
 def _sparse(
     atlas: RaggedAtlas,
     plan: ReconstructionPlan,
     rows_of: dict[str, np.ndarray],
     starts: np.ndarray,
     ends: np.ndarray,
+    zarr_rows: np.ndarray,
     n_cells: int,
 ) -> sp.csr_matrix:
     row_nnz = np.zeros(n_cells, dtype=np.int64)
@@ -191,14 +223,18 @@ def _sparse(
     for name, rows in rows_of.items():
         g = plan.groups[name]
         root = atlas._zarr_root[name]
-        idx, lengths = read_element_ranges(root["csr/indices"], starts[rows], ends[rows])
-        vals, _ = read_element_ranges(root[f"csr/layers/{plan.layer}"], starts[rows], ends[rows])
-        cols = g.out_col[idx]
-        keep = cols >= 0
-        row_local = np.repeat(np.arange(rows.size), lengths)
-        kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
+        if _csc_is_cheaper(root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
+            rows, kept_per_row, cols, vals = _read_by_feature(root, g, plan.layer, rows, zarr_rows[rows])
+        else:
+            idx, lengths = read_element_ranges(root["csr/indices"], starts[rows], ends[rows])
+            vals, _ = read_element_ranges(root[f"csr/layers/{plan.layer}"], starts[rows], ends[rows])
+            cols = g.out_col[idx]
+            keep = cols >= 0
+            row_local = np.repeat(np.arange(rows.size), lengths)
+            kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
+            cols, vals = cols[keep], vals[keep]
         row_nnz[rows] = kept_per_row
-        pieces.append((rows, kept_per_row, cols[keep], vals[keep]))
+        pieces.append((rows, kept_per_row, cols, vals))
     indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(np.int64)
     indices = np.empty(int(indptr[-1]), dtype=np.int64)
     data = np.empty(int(indptr[-1]), dtype=plan.dtype)

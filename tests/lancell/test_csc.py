@@ -1,0 +1,94 @@
+"""The CSC copy: exact for integer and float layers, chosen by values read, equal to the CSR path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lancell.reconstruct as reconstruct_module
+from lancell.csc import add_csc, write_csc
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = []
+    original = reconstruct_module.read_csc_features
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reconstruct_module, "read_csc_features", counting)
+    return calls
+
+
+@pytest.mark.parametrize("uid", ["celltypist", "mouse"])
+def test_feature_reads_via_csc_equal_reference_in_requested_order(atlas, celltypist, mouse, spy, uid):
+    adata = {"celltypist": celltypist, "mouse": mouse}[uid]
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid=uid),
+        csc=True,
+        progress=False,
+    )
+    rng = np.random.default_rng(1)
+    genes = list(rng.choice(adata.var_names, 20, replace=False))
+    query = atlas.query().where(f"dataset_uid = '{uid}'").features(genes, "gene_expression")
+    out = query.to_anndata()
+    assert spy == ["counts"]  # 20 genes read fewer values through the CSC copy
+    assert list(out.var_names) == genes
+    expected = adata[:, genes].X
+    expected = expected.toarray() if hasattr(expected, "toarray") else expected
+    np.testing.assert_array_equal(out.X.toarray(), expected)
+    subset = query.where("uid LIKE '%1'").to_anndata()  # a cell subset, still by feature
+    rows = [n.split(":", 1)[1] for n in subset.obs_names]
+    np.testing.assert_array_equal(
+        subset.X.toarray(),
+        np.asarray(adata[rows, genes].X.todense() if uid == "celltypist" else adata[rows, genes].X),
+    )
+
+
+def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
+    add_from_anndata(
+        atlas,
+        celltypist,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="ct"),
+        progress=False,
+    )
+    assert "csc_layers" not in atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    column_nnz = np.diff(celltypist.X.tocsc().indptr)
+    genes = list(celltypist.var_names[np.argsort(-column_nnz)[:5]])  # the five most often detected genes
+    before = atlas.query().where("dataset_uid = 'ct'").features(genes, "gene_expression").to_anndata()
+    assert spy == []
+    add_csc(atlas, "ct")
+    after = atlas.query().where("dataset_uid = 'ct'").features(genes, "gene_expression").to_anndata()
+    assert spy == ["counts"]
+    assert (after.X != before.X).nnz == 0
+    one_cell = atlas.query().where("uid = 'ct:Cell_3'").features(genes, "gene_expression").to_anndata()
+    assert len(spy) == 1  # one cell's row is cheaper than 5 whole columns
+    np.testing.assert_array_equal(one_cell.X.toarray(), celltypist[["Cell_3"], genes].X.toarray())
+
+
+def test_csc_built_in_several_feature_ranges(atlas, celltypist):
+    record = add_from_anndata(
+        atlas,
+        celltypist,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="ct"),
+        progress=False,
+    )
+    group = atlas._zarr_root[record.zarr_group]
+    write_csc(group, "counts", budget=50_000)  # about 20 passes over the rows
+    csc = celltypist.X.tocsc()
+    np.testing.assert_array_equal(group["csc/indptr"][:], csc.indptr)
+    np.testing.assert_array_equal(group["csc/indices"][:], csc.indices)
+    np.testing.assert_array_equal(group["csc/layers/counts"][:], csc.data)
+    assert group["csc/layers/counts"].dtype == np.uint32
