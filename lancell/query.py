@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from lancell.errors import QueryError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
+from lancell.registry import sql_literal
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
@@ -233,11 +234,24 @@ class AtlasQuery:
         space, names = self._features
         if space != feature_space:
             raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
-        registry = self._atlas._tables.registry(space).to_arrow().to_pandas()
-        by_uid = pd.Series(registry["global_index"].to_numpy(), index=registry["uid"].astype(str))
+        table = self._atlas._tables.registry(space)
+        quoted = ", ".join(sql_literal(n) for n in dict.fromkeys(names))
+        where = f"uid IN ({quoted})"
+        if "gene_symbol" in table.schema.names:
+            where += f" OR gene_symbol IN ({quoted})"
+        rows = (
+            table.search()
+            .where(where)
+            .select(
+                ["uid", "global_index", *(["gene_symbol"] if "gene_symbol" in table.schema.names else [])]
+            )
+            .to_arrow()
+            .to_pandas()
+        )
+        by_uid = pd.Series(rows["global_index"].to_numpy(), index=rows["uid"].astype(str))
         by_symbol = (
-            registry.groupby(registry["gene_symbol"].astype(str))["global_index"].apply(list)
-            if "gene_symbol" in registry.columns
+            rows.groupby(rows["gene_symbol"].astype(str))["global_index"].agg(list)
+            if "gene_symbol" in rows.columns
             else pd.Series(dtype=object)
         )
         indices, unknown = [], []

@@ -275,7 +275,13 @@ def _vector_matrix(column: pa.FixedSizeListArray, width: int) -> np.ndarray:
 
 
 def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
-    registry = atlas._tables.registry(feature_space).to_arrow()
+    """Registry rows of ``columns`` in output order (a filtered read when only a few are needed)."""
+    table = atlas._tables.registry(feature_space)
+    if columns.size <= 2_000:
+        listed = ", ".join(str(int(c)) for c in columns) or "-1"
+        registry = table.search().where(f"global_index IN ({listed})").to_arrow()
+    else:
+        registry = table.to_arrow()
     frame = registry.to_pandas().set_index("global_index").reindex(columns)
     frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
     frame["global_index"] = columns
