@@ -32,6 +32,14 @@ class ChecksumError(CodecError):
     """Stored bytes do not match their checksum (a corrupted shard index or chunk)."""
 
 
+class ShardFormatError(CodecError):
+    """A sharded array's metadata or shard index describes a layout the batched reader cannot read."""
+
+
+class OutOfBoundsError(LancellError, IndexError):
+    """A read asked for elements or rows outside an array."""
+
+
 class StoreError(LancellError):
     """The object store or database cannot be reached or holds something unexpected."""
 
@@ -117,3 +125,23 @@ class DuplicateDatasetError(IngestError):
 
 class QueryError(LancellError):
     """A query is malformed (bad SQL filter, unknown column, unknown feature)."""
+
+
+class TenxFormatError(IngestError):
+    """A 10x Genomics output (Matrix Market folder or HDF5 file) is missing a file or is malformed."""
+
+
+class GeoError(IngestError):
+    """A GEO SOFT file cannot be parsed, or one of its supplementary files cannot be fetched."""
+
+
+class StandardizationError(LancellError):
+    """Gene or ontology standardization cannot run (unknown organism, missing reference or backend)."""
+
+
+class UnknownOrganismError(StandardizationError):
+    """The organism is not covered by the gene reference, or cannot be inferred from the input."""
+
+
+class OntologyBackendError(StandardizationError):
+    """An ontology backend is unavailable (bionty not installed) or does not know the asked ontology."""

@@ -1,0 +1,239 @@
+"""Standardize an AnnData before ingestion: genes -> Ensembl ids, metadata labels -> ontology term ids.
+
+:func:`standardize_anndata` returns a copy with ``var["ensembl_id"]`` and ``obs["<field>_ontology_term_id"]``
+filled, and a :class:`StandardizationReport` that lists every distinct input with what it resolved to and how
+(:mod:`lancell.genes` and :mod:`lancell.ontology` describe the match kinds). Nothing is dropped: values that
+could not be resolved stay in the report (and are missing in the new columns), so the caller decides whether
+to ingest by Ensembl id, by symbol, or to curate first::
+
+    standardized, report = standardize_anndata(adata, organism="Homo sapiens")
+    logger.info(report.summary())
+    add_from_anndata(atlas, standardized, ..., var_uid_column="ensembl_id")
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anndata as ad
+import pandas as pd
+
+from lancell.errors import StandardizationError, UnknownOrganismError
+from lancell.genes import GENE_MATCH_KINDS, RESOLVED_KINDS, GeneReference, canonical_organism, infer_organism
+from lancell.ontology import FIELD_ONTOLOGY, OntologyBackend, TermMatch, resolve_terms
+
+__all__ = ["DEFAULT_OBS_COLUMNS", "StandardizationReport", "standardize_anndata"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBS_COLUMNS: Mapping[str, str] = {
+    "cell_type": "cell_type_ontology_term_id",
+    "tissue": "tissue_ontology_term_id",
+    "disease": "disease_ontology_term_id",
+    "organism": "organism_ontology_term_id",
+    "assay": "assay_ontology_term_id",
+}
+TERM_SUFFIX = "_ontology_term_id"
+
+
+@dataclass
+class StandardizationReport:
+    """What :func:`standardize_anndata` resolved, per distinct input value.
+
+    Attributes
+    ----------
+    organism
+        The organism the genes were resolved for (None when genes were not standardized).
+    genes
+        One row per var entry: ``input``, ``ensembl_id``, ``symbol``, ``match``, ``candidates``,
+        ``duplicate`` (see :meth:`lancell.genes.GeneReference.resolve`).
+    terms
+        obs column -> one :class:`~lancell.ontology.TermMatch` per distinct value.
+    skipped_columns
+        Requested obs columns that ``obs`` does not have.
+    """
+
+    organism: str | None = None
+    genes: pd.DataFrame | None = None
+    terms: dict[str, list[TermMatch]] = field(default_factory=dict)
+    skipped_columns: list[str] = field(default_factory=list)
+
+    def gene_counts(self) -> dict[str, int]:
+        """Number of var entries per match kind (every kind present, zeros included)."""
+        if self.genes is None:
+            return {}
+        counts = self.genes["match"].value_counts()
+        return {kind: int(counts.get(kind, 0)) for kind in GENE_MATCH_KINDS}
+
+    def gene_resolution_rate(self) -> float:
+        """Fraction of var entries that got an Ensembl id (NaN when genes were not standardized)."""
+        if self.genes is None or self.genes.empty:
+            return float("nan")
+        return float(self.genes["match"].isin(RESOLVED_KINDS).mean())
+
+    def term_counts(self, column: str) -> dict[str, int]:
+        """Number of distinct values of ``column`` per match kind (only kinds that occur)."""
+        counts: dict[str, int] = {}
+        for match in self.terms[column]:
+            counts[match.match] = counts.get(match.match, 0) + 1
+        return counts
+
+    def term_table(self, column: str) -> pd.DataFrame:
+        """The matches of ``column`` as a frame (value, term_id, name, match, ontology, candidates)."""
+        rows = [
+            {
+                "value": m.value,
+                "term_id": m.term_id,
+                "name": m.name,
+                "match": m.match,
+                "ontology": m.ontology,
+                "candidates": ";".join(m.candidates),
+            }
+            for m in self.terms[column]
+        ]
+        return pd.DataFrame(rows, columns=["value", "term_id", "name", "match", "ontology", "candidates"])
+
+    def unresolved(self) -> dict[str, list[str]]:
+        """Inputs without a result: ``"var"`` -> gene inputs, obs column -> values."""
+        out: dict[str, list[str]] = {}
+        if self.genes is not None:
+            out["var"] = self.genes.loc[self.genes["match"] == "unresolved", "input"].tolist()
+        for column, matches in self.terms.items():
+            out[column] = [m.value for m in matches if m.match == "unresolved"]
+        return out
+
+    def as_metadata(self) -> dict[str, object]:
+        """Flat counts for logs and Dagster metadata."""
+        meta: dict[str, object] = {"organism": self.organism}
+        if self.genes is not None:
+            meta["gene_resolution_rate"] = round(self.gene_resolution_rate(), 4)
+            meta |= {f"genes_{kind}": n for kind, n in self.gene_counts().items()}
+            meta["genes_duplicate_ids"] = int(self.genes["duplicate"].sum())
+        for column in self.terms:
+            meta |= {f"{column}_{kind}": n for kind, n in self.term_counts(column).items()}
+        if self.skipped_columns:
+            meta["skipped_columns"] = ", ".join(self.skipped_columns)
+        return meta
+
+    def summary(self) -> str:
+        """One line per part: gene resolution rate and counts, term counts per obs column."""
+        lines = []
+        if self.genes is not None:
+            counts = ", ".join(f"{k} {n}" for k, n in self.gene_counts().items() if n)
+            lines.append(
+                f"genes ({self.organism}): {self.gene_resolution_rate():.1%} of {len(self.genes)} resolved "
+                f"({counts}; {int(self.genes['duplicate'].sum())} share an id)"
+            )
+        for column in self.terms:
+            counts = ", ".join(f"{k} {n}" for k, n in self.term_counts(column).items())
+            lines.append(f"{column}: {len(self.terms[column])} distinct values ({counts})")
+        if self.skipped_columns:
+            lines.append(f"obs columns absent: {self.skipped_columns}")
+        return "\n".join(lines)
+
+
+def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str]) -> str:
+    if organism is not None:
+        return canonical_organism(organism)
+    if "organism" in adata.obs.columns:
+        values = pd.unique(adata.obs["organism"].dropna().astype(str))
+        if len(values) == 1:
+            return canonical_organism(values[0])
+        if len(values) > 1:
+            raise UnknownOrganismError(
+                f"obs['organism'] holds several organisms {list(values)}; pass organism="
+            )
+    inferred = infer_organism(gene_values)
+    if inferred is None:
+        raise UnknownOrganismError(
+            "cannot infer the organism: no organism=, no single-valued obs['organism'], no Ensembl ids in var"
+        )
+    return inferred
+
+
+def standardize_anndata(
+    adata: ad.AnnData,
+    *,
+    organism: str | None = None,
+    obs_columns: Mapping[str, str] = DEFAULT_OBS_COLUMNS,
+    gene_column: str | None = None,
+    genes: bool = True,
+    backend: OntologyBackend | None = None,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
+    allow_broader: bool = True,
+) -> tuple[ad.AnnData, StandardizationReport]:
+    """A copy of ``adata`` with ``var["ensembl_id"]`` and ontology term id obs columns, and a report.
+
+    Parameters
+    ----------
+    adata
+        In memory or backed (a backed AnnData is loaded into memory for the copy).
+    organism
+        Scientific or common name or NCBITaxon id; else the single value of ``obs["organism"]``, else
+        inferred from Ensembl ids in the genes.
+    obs_columns
+        obs column -> term id column to fill; the target's name (``<field>_ontology_term_id``) picks the
+        ontology (see :data:`lancell.ontology.FIELD_ONTOLOGY`). Absent obs columns are skipped and reported.
+    gene_column
+        The var column holding gene symbols or ids (the var index by default).
+    genes
+        Standardize genes (False: obs only).
+    backend
+        Ontology backend (``CellxgeneOntologyBackend`` by default).
+    overrides
+        obs column -> {value: term id}: curated mappings applied before text matching.
+    allow_broader
+        Accept less specific cell types (match kind ``broader``).
+
+    Returns
+    -------
+    (AnnData, StandardizationReport)
+        Unresolved genes have a missing ``ensembl_id``; unresolved labels a missing term id.
+
+    Raises
+    ------
+    UnknownOrganismError
+        The organism is unknown, has no gene reference, or cannot be inferred.
+    StandardizationError
+        A target column not named ``<field>_ontology_term_id`` for a known field, a missing ``gene_column``,
+        or an override naming a term the ontology lacks.
+    """
+    targets: dict[str, str] = {}
+    for column, target in obs_columns.items():
+        name = target.removesuffix(TERM_SUFFIX)
+        if not target.endswith(TERM_SUFFIX) or name not in FIELD_ONTOLOGY:
+            raise StandardizationError(
+                f"obs column {column!r} -> {target!r}: the target must be one of "
+                f"{[f + TERM_SUFFIX for f in FIELD_ONTOLOGY]}"
+            )
+        targets[column] = name
+    if gene_column is not None and gene_column not in adata.var.columns:
+        raise StandardizationError(f"var has no column {gene_column!r}")
+    report = StandardizationReport()
+    out = adata.to_memory() if adata.isbacked else adata.copy()
+    if genes:
+        values = (out.var.index if gene_column is None else out.var[gene_column]).astype(str).tolist()
+        report.organism = _organism_for(out, organism, values)
+        table = GeneReference.load(report.organism).resolve(values)
+        report.genes = table
+        out.var["ensembl_id"] = pd.array(table["ensembl_id"].to_numpy(), dtype="string")
+    for column, name in targets.items():
+        if column not in out.obs.columns:
+            report.skipped_columns.append(column)
+            continue
+        matches = resolve_terms(
+            out.obs[column].tolist(),
+            name,
+            backend=backend,
+            overrides=(overrides or {}).get(column),
+            allow_broader=allow_broader,
+        )
+        report.terms[column] = matches
+        mapping = {m.value: m.term_id for m in matches}
+        ids = out.obs[column].astype(object).map(lambda v, mapping=mapping: mapping.get(str(v)))
+        out.obs[obs_columns[column]] = ids.astype("category")
+    if report.skipped_columns:
+        log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
+    return out, report

@@ -1,0 +1,348 @@
+"""Readers for 10x Genomics Cell Ranger outputs, and their ingestion into an atlas.
+
+Two layouts, two versions each:
+
+* Matrix Market folders: ``matrix.mtx``, ``genes.tsv`` (gene id, symbol) and ``barcodes.tsv`` (v2), or
+  ``matrix.mtx.gz``, ``features.tsv.gz`` (id, name, feature type) and ``barcodes.tsv.gz`` (v3). Files are
+  recognised as gzip by their first bytes, not by their names.
+* HDF5 files: ``/matrix`` with a ``features`` group (v3, ``filtered_feature_bc_matrix.h5``) or one group per
+  genome with ``genes`` / ``gene_names`` (v2, ``filtered_gene_bc_matrices_h5.h5``).
+
+Every reader gives cells x features CSR (sorted indices, no explicit zeros) with ``var`` columns
+``gene_ids``, ``gene_symbol`` and ``feature_type`` (v2 features are all ``"Gene Expression"``).
+
+Memory: barcodes, features and one offset per cell are held, O(n_cells + n_features); values are read in
+row blocks of about ``TARGET_BLOCK_VALUES`` stored values (:mod:`lancell.tenx_h5` and
+:mod:`lancell.tenx_mtx` say how; an ``.mtx`` not ordered by barcode is the one O(nnz) case).
+
+:func:`add_from_10x` streams the blocks into one temporary backed ``.h5ad`` per feature space and hands each
+to :func:`lancell.ingestion.add_from_anndata`, so ingestion also runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import sparse_dataset, write_elem
+from tqdm.auto import tqdm
+
+from lancell.errors import (
+    DuplicateDatasetError,
+    FeatureSpaceError,
+    IngestError,
+    LancellError,
+    TenxFormatError,
+    UnknownFeaturesError,
+)
+from lancell.feature_spaces import resolve_feature_space
+from lancell.ingestion import add_from_anndata
+from lancell.registry import layout_uid_for, registry_index, sql_literal
+from lancell.tenx_h5 import open_h5
+from lancell.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
+from lancell.tenx_mtx import mtx_folder, open_mtx
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.schema import DatasetRecord
+
+__all__ = [
+    "DEFAULT_FEATURE_TYPES",
+    "TARGET_BLOCK_VALUES",
+    "TenxMatrix",
+    "add_from_10x",
+    "open_10x",
+    "read_10x",
+    "read_10x_h5",
+    "read_10x_mtx",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FEATURE_TYPES: Mapping[str, str] = {
+    "Gene Expression": "gene_expression",
+    "Antibody Capture": "protein",
+}
+
+
+def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> TenxMatrix:
+    """Open a 10x output: a Matrix Market folder (or its ``matrix.mtx[.gz]``) or an ``.h5`` file.
+
+    Parameters
+    ----------
+    path
+        The folder, a file inside it, or the HDF5 file. A v2 folder holding one genome sub-folder
+        (``filtered_gene_bc_matrices/hg19``) is accepted too.
+    genome
+        The genome to read: the group of a v2 HDF5 file or sub-folder, or a value of ``features/genome`` of a
+        v3 file (the other features are left out). Needed only when the file holds several genomes.
+
+    Raises
+    ------
+    TenxFormatError
+        A missing file, mismatched sizes, a malformed or corrupt file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TenxFormatError(f"no such 10x output: {path}")
+    if path.is_file() and path.name.startswith("matrix.mtx"):
+        path = path.parent
+    if path.is_dir():
+        return open_mtx(mtx_folder(path, genome))
+    return open_h5(path, genome)
+
+
+def read_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x folder or HDF5 file into memory; see :func:`open_10x`."""
+    return open_10x(path, genome=genome).to_anndata()
+
+
+def read_10x_mtx(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x Matrix Market folder (v2 or v3) into memory as cells x features CSR.
+
+    Raises
+    ------
+    TenxFormatError
+        ``path`` is not a folder, or see :func:`open_10x`.
+    """
+    if Path(path).is_file() and not Path(path).name.startswith("matrix.mtx"):
+        raise TenxFormatError(f"{path} is a file; read_10x_mtx wants the folder holding matrix.mtx")
+    return read_10x(path, genome=genome)
+
+
+def read_10x_h5(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x HDF5 file (v2 with genome groups, or v3) into memory as cells x features CSR.
+
+    Raises
+    ------
+    TenxFormatError
+        ``path`` is a folder, or see :func:`open_10x`.
+    """
+    if Path(path).is_dir():
+        raise TenxFormatError(f"{path} is a folder; read_10x_h5 wants an .h5 file")
+    return read_10x(path, genome=genome)
+
+
+# ------------------------------------------------------------------------------------------------- ingestion
+
+
+def add_from_10x(
+    atlas: RaggedAtlas,
+    path: str | os.PathLike[str],
+    *,
+    feature_space: str | None = None,
+    zarr_layer: str = "counts",
+    dataset_record: DatasetRecord | None = None,
+    feature_types: Mapping[str, str] = DEFAULT_FEATURE_TYPES,
+    var_uid_column: str = "gene_ids",
+    genome: str | None = None,
+    obs: pd.DataFrame | Mapping[str, object] | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> list[DatasetRecord]:
+    """Ingest a 10x output, one dataset per feature space, all or nothing.
+
+    Feature types are routed to feature spaces by ``feature_types``; a type with no entry there, or whose
+    feature space the atlas lacks, is skipped with a logged note. Each feature space gets its own dataset
+    record; with several, their uids are ``"<uid>-<feature_space>"``.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas whose registries already hold the features (by ``var_uid_column``).
+    path
+        A Matrix Market folder or an ``.h5`` file (see :func:`open_10x`).
+    feature_space
+        Ingest only the feature types routed to this feature space (all routed types by default).
+    zarr_layer
+        The layer to store the values under.
+    dataset_record
+        Provenance and the base uid; ``source`` defaults to ``path``.
+    feature_types
+        10x feature type -> feature space.
+    var_uid_column
+        The ``var`` column matched against the registries: ``gene_ids`` or ``gene_symbol``.
+    genome
+        See :func:`open_10x`.
+    obs
+        Extra cell columns: a mapping of constants, a one-row frame (broadcast to every cell; its dtypes are
+        kept, e.g. the row of a GEO sample table), or a frame indexed by barcode.
+    scratch_dir
+        Where the temporary ``.h5ad`` files go (the system temporary directory by default).
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    list of DatasetRecord
+        The stored records, in the order of ``feature_types``.
+
+    Raises
+    ------
+    FeatureSpaceError
+        No feature type of the file maps to a feature space of the atlas, or ``zarr_layer`` is not allowed.
+    TenxFormatError
+        The input is malformed (see :func:`open_10x`).
+    IngestError
+        Any other invalid input; the atlas is left unchanged.
+    """
+    atlas._require_writable()
+    matrix = open_10x(path, genome=genome)
+    plan = _route_feature_types(atlas, matrix, feature_space, feature_types)
+    if var_uid_column not in matrix.var.columns:
+        raise IngestError(
+            f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
+        )
+    base = (dataset_record or atlas.dataset_schema()).model_copy()
+    if base.source is None:
+        base = base.model_copy(update={"source": str(matrix.path)})
+    records = {
+        space: base.model_copy(update={"uid": base.uid if len(plan) == 1 else f"{base.uid}-{space}"})
+        for space in plan
+    }
+    for space, columns in plan.items():
+        _check_space(atlas, space, zarr_layer, records[space].uid, matrix.var.iloc[columns][var_uid_column])
+    cell_obs = _cell_obs(matrix, obs)
+    layouts = [layout_uid_for(matrix.var.iloc[c][var_uid_column].astype(str).tolist()) for c in plan.values()]
+    new_layouts = [uid for uid in layouts if not _layout_exists(atlas, uid)]
+    stored: list[DatasetRecord] = []
+    with tempfile.TemporaryDirectory(prefix="lancell-10x-", dir=scratch_dir) as scratch:
+        files = {space: Path(scratch) / f"{space}.h5ad" for space in plan}
+        _write_h5ads(matrix, cell_obs, {files[s]: columns for s, columns in plan.items()}, progress)
+        try:
+            for space in plan:
+                adata = ad.read_h5ad(files[space], backed="r")
+                try:
+                    stored.append(
+                        add_from_anndata(
+                            atlas,
+                            adata,
+                            feature_space=space,
+                            zarr_layer=zarr_layer,
+                            dataset_record=records[space],
+                            var_uid_column=var_uid_column,
+                            progress=progress,
+                        )
+                    )
+                finally:
+                    adata.file.close()
+        except BaseException:
+            _roll_back(atlas, stored, new_layouts)
+            raise
+    return stored
+
+
+def _layout_exists(atlas: RaggedAtlas, layout_uid: str) -> bool:
+    return atlas._tables.layouts.count_rows(f"layout_uid = {sql_literal(layout_uid)}") > 0
+
+
+def _roll_back(atlas: RaggedAtlas, stored: list[DatasetRecord], new_layouts: list[str]) -> None:
+    """Remove the datasets this call stored, and the layouts it created that nothing references now."""
+    try:
+        for record in stored:
+            atlas.delete_dataset(record.uid)
+            atlas._delete_group(record.zarr_group)
+        with atlas._lock("layouts"):
+            for layout_uid in new_layouts:
+                where = f"layout_uid = {sql_literal(layout_uid)}"
+                if atlas._tables.datasets.count_rows(where) == 0:
+                    atlas._tables.layouts.delete(where)
+    except (LancellError, OSError) as exc:
+        log.error("roll-back of %s left debris (vacuum() removes it): %s", [r.uid for r in stored], exc)
+
+
+def _route_feature_types(
+    atlas: RaggedAtlas, matrix: TenxMatrix, feature_space: str | None, feature_types: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Feature space -> positions of its features in ``matrix.var`` (in ``feature_types`` order)."""
+    present = matrix.var["feature_type"].to_numpy()
+    spaces: list[str] = []
+    for kind in pd.unique(present):
+        space = feature_types.get(kind)
+        n = int((present == kind).sum())
+        if space is None:
+            log.info("%s: %d %r features skipped: no feature space in feature_types", matrix.path, n, kind)
+        elif space not in atlas.feature_spaces:
+            log.info(
+                "%s: %d %r features skipped: the atlas has no feature space %r", matrix.path, n, kind, space
+            )
+        elif (feature_space is None or space == feature_space) and space not in spaces:
+            spaces.append(space)
+    if not spaces:
+        restricted = f" restricted to {feature_space!r}" if feature_space else ""
+        raise FeatureSpaceError(
+            f"{matrix.path}: none of the feature types {sorted(set(present))} maps to a feature space of the "
+            f"atlas {sorted(atlas.feature_spaces)}{restricted} (feature_types={dict(feature_types)})"
+        )
+    order = list(dict.fromkeys(feature_types.values()))
+    spaces.sort(key=order.index)
+    return {
+        space: np.flatnonzero(np.isin(present, [k for k, s in feature_types.items() if s == space]))
+        for space in spaces
+    }
+
+
+def _check_space(atlas: RaggedAtlas, space: str, zarr_layer: str, uid: str, uids: pd.Series) -> None:
+    """The checks that must pass for every feature space before the first one is written."""
+    resolve_feature_space(atlas.feature_spaces, space).check_layer(zarr_layer)
+    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
+        raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
+    known = uids.isin(registry_index(atlas._tables.registry(space)).index)
+    if not known.all():
+        raise UnknownFeaturesError(uid, space, uids[~known].astype(str).tolist())
+
+
+def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None) -> pd.DataFrame:
+    frame = matrix.obs.copy()
+    if obs is None:
+        return frame
+    if not isinstance(obs, pd.DataFrame):
+        for name, value in obs.items():
+            frame[name] = value
+        return frame
+    if len(obs) == 1:
+        extra = obs.iloc[np.zeros(len(frame), dtype=np.int64)]
+    else:
+        missing = frame.index.difference(obs.index)
+        if len(missing):
+            raise IngestError(
+                f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])}"
+            )
+        extra = obs.loc[frame.index]
+    extra = extra.set_axis(frame.index)
+    return pd.concat([frame, extra], axis=1)
+
+
+def _write_h5ads(
+    matrix: TenxMatrix, obs: pd.DataFrame, outputs: Mapping[Path, np.ndarray], progress: bool
+) -> None:
+    """Write one backed-readable ``.h5ad`` per column subset, streaming the row blocks once."""
+    handles = {out: h5py.File(out, "w") for out in outputs}
+    bar = tqdm(
+        total=len(obs), desc=f"read {matrix.path.name}", unit="cell", disable=not progress, leave=False
+    )
+    try:
+        datasets = {}
+        for out, columns in outputs.items():
+            handle = handles[out]
+            write_elem(handle, "obs", obs)
+            write_elem(handle, "var", matrix.var.iloc[columns])
+            write_elem(handle, "X", sp.csr_matrix((0, len(columns)), dtype=matrix.dtype))
+            datasets[out] = sparse_dataset(handle["X"])
+        for _, block in matrix.csr_blocks():
+            for out, columns in outputs.items():
+                datasets[out].append(block[:, columns])
+            bar.update(block.shape[0])
+    finally:
+        bar.close()
+        for handle in handles.values():
+            handle.close()

@@ -1,0 +1,337 @@
+"""10x readers and add_from_10x on the bundled Cell Ranger outputs: exact against scipy.io.mmread."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import scipy.sparse as sp
+from helpers import visible_state
+
+from lancell import tenx_mtx
+from lancell.atlas import RaggedAtlas
+from lancell.errors import DataValueError, FeatureSpaceError, TenxFormatError, UnknownFeaturesError
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+V3_DIR = DATA / "10x_v3" / "filtered_feature_bc_matrix"
+V3_H5 = DATA / "10x_v3" / "filtered_feature_bc_matrix.h5"
+V2_DIR = DATA / "10x_v2" / "hg19_chr21"
+V2_H5 = DATA / "10x_v2" / "filtered_gene_bc_matrices_h5.h5"
+
+
+class Feature(FeatureBaseSchema):
+    gene_symbol: str | None = None
+
+
+class TenxCells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+    protein: SparseZarrPointer | None = None
+
+
+class GeneOnlyCells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+def _mmread(folder: Path) -> sp.csr_matrix:
+    name = "matrix.mtx.gz" if (folder / "matrix.mtx.gz").exists() else "matrix.mtx"
+    return sp.csr_matrix(scipy.io.mmread(folder / name).T)
+
+
+def _lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return fh.read().splitlines()
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _make_atlas(root: Path, schema: type[LancellBaseSchema], var: pd.DataFrame) -> RaggedAtlas:
+    spaces = [n for n in ("gene_expression", "protein") if n in schema.model_fields]
+    atlas = RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        schema,
+        store=str(root / "arrays"),
+        registry_schemas=dict.fromkeys(spaces, Feature),
+    )
+    features = pd.DataFrame({"uid": var["gene_ids"].to_numpy(), "gene_symbol": var["gene_symbol"].to_numpy()})
+    for space in spaces:
+        atlas.register_features(space, features)
+    return atlas
+
+
+def _read_back(atlas: RaggedAtlas, uid: str, space: str, var_uids: pd.Index):
+    out = (
+        atlas.query()
+        .where(f"dataset_uid = '{uid}'")
+        .feature_spaces(space)
+        .layers(space, "counts")
+        .to_anndata()
+    )
+    return out[:, var_uids]
+
+
+@pytest.fixture(scope="module")
+def v3_reference() -> sp.csr_matrix:
+    return _mmread(V3_DIR)
+
+
+def test_v3_folder_matches_mmread(v3_reference):
+    adata = read_10x_mtx(V3_DIR)
+    assert adata.shape == (1107, 507)
+    assert isinstance(adata.X, sp.csr_matrix) and adata.X.has_sorted_indices
+    assert adata.X.dtype == np.int32
+    assert (adata.X != v3_reference).nnz == 0
+    assert adata.X.nnz == 23866
+    assert list(adata.var.columns) == ["gene_ids", "gene_symbol", "feature_type"]
+    assert adata.var.iloc[0].tolist() == ["ENSG00000279493", "CH507-9B2.2", "Gene Expression"]
+    assert list(adata.obs_names) == _lines(V3_DIR / "barcodes.tsv.gz")
+
+
+def test_v3_h5_agrees_with_folder(v3_reference):
+    folder, h5 = read_10x_mtx(V3_DIR), read_10x_h5(V3_H5)
+    assert (h5.X != v3_reference).nnz == 0
+    assert h5.X.has_sorted_indices  # the file's rows are not sorted; the reader sorts them
+    assert list(h5.obs_names) == list(folder.obs_names)
+    pd.testing.assert_frame_equal(h5.var.drop(columns="genome"), folder.var)
+    assert set(h5.var["genome"]) == {"GRCh38_chr21"}
+    only = read_10x(V3_H5, genome="GRCh38_chr21")
+    assert (only.X != v3_reference).nnz == 0
+
+
+def test_v2_folder_and_h5_agree():
+    folder, h5 = read_10x(V2_DIR), read_10x_h5(V2_H5)
+    reference = _mmread(V2_DIR)
+    assert folder.shape == h5.shape == (12, 343)
+    assert (folder.X != reference).nnz == 0 and (h5.X != reference).nnz == 0
+    assert set(folder.var["feature_type"]) == {"Gene Expression"}
+    assert folder.var["gene_ids"].tolist() == h5.var["gene_ids"].tolist()
+    assert h5.var["genome"].iloc[0] == "hg19_chr21"
+    assert list(folder.obs_names) == list(h5.obs_names)
+    assert read_10x(V2_DIR.parent / "hg19_chr21" / "matrix.mtx").shape == (12, 343)
+
+
+@pytest.mark.parametrize("path", [V3_DIR, V3_H5])
+def test_row_blocks_are_bounded_and_exact(path, v3_reference, monkeypatch):
+    monkeypatch.setattr(tenx_mtx, "CHUNK_LINES", 1000)  # many chunks: blocks must stitch across chunk edges
+    blocks = list(open_10x(path).csr_blocks(target_values=500))
+    assert len(blocks) > 40
+    starts = [start for start, _ in blocks]
+    assert starts == sorted(starts) and starts[0] == 0
+    per_cell = np.diff(v3_reference.indptr).max()
+    assert all(block.nnz <= 500 + per_cell for _, block in blocks)
+    assert (sp.vstack([b for _, b in blocks], format="csr") != v3_reference).nnz == 0
+
+
+def test_unordered_triplets_read_whole(tmp_path, v3_reference, caplog):
+    folder = tmp_path / "shuffled"
+    shutil.copytree(V3_DIR, folder)
+    lines = _lines(folder / "matrix.mtx.gz")
+    header, body = lines[:3], lines[3:]
+    order = np.random.default_rng(0).permutation(len(body))
+    _write_lines(folder / "matrix.mtx.gz", header + [body[i] for i in order])
+    with caplog.at_level(logging.WARNING, logger="lancell.tenx"):
+        adata = read_10x(folder)
+    assert "not ordered by barcode" in caplog.text
+    assert (adata.X != v3_reference).nnz == 0
+
+
+@pytest.mark.parametrize("path", [V3_DIR, V3_H5, V2_DIR, V2_H5], ids=["v3-mtx", "v3-h5", "v2-mtx", "v2-h5"])
+def test_add_from_10x_round_trip(tmp_path, path):
+    reference = read_10x(path)
+    atlas = _make_atlas(tmp_path, GeneOnlyCells, reference.var)
+    (record,) = add_from_10x(
+        atlas,
+        path,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="tenx", name="10x test"),
+        progress=False,
+    )
+    assert (record.uid, record.feature_space, record.n_cells) == ("tenx", "gene_expression", reference.n_obs)
+    assert record.nnz == reference.X.nnz and record.source == str(path)
+    out = _read_back(atlas, "tenx", "gene_expression", pd.Index(reference.var["gene_ids"]))
+    assert list(out.obs_names) == [f"tenx:{b}" for b in reference.obs_names]
+    mm = _mmread(path if path.is_dir() else (V3_DIR if "v3" in str(path) else V2_DIR))
+    assert out.X.dtype.kind in "iu" and (out.X != mm).nnz == 0
+    assert atlas.validate() == []
+
+
+@pytest.fixture
+def with_antibodies(tmp_path) -> Path:
+    """The v3 folder with its last 7 features relabelled as antibody captures."""
+    folder = tmp_path / "multi"
+    shutil.copytree(V3_DIR, folder)
+    rows = [line.split("\t") for line in _lines(folder / "features.tsv.gz")]
+    for row in rows[-7:]:
+        row[2] = "Antibody Capture"
+    _write_lines(folder / "features.tsv.gz", ["\t".join(r) for r in rows])
+    return folder
+
+
+def test_feature_types_split_into_feature_spaces(tmp_path, with_antibodies, v3_reference):
+    var = read_10x(with_antibodies).var
+    atlas = _make_atlas(tmp_path / "atlas", TenxCells, var)
+    records = add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
+    assert [(r.uid, r.feature_space, r.n_features) for r in records] == [
+        ("s1-gene_expression", "gene_expression", 500),
+        ("s1-protein", "protein", 7),
+    ]
+    for record, columns in zip(records, (slice(0, 500), slice(500, 507)), strict=True):
+        uids = pd.Index(var["gene_ids"].iloc[columns])
+        out = _read_back(atlas, record.uid, record.feature_space, uids)
+        assert (out.X != v3_reference[:, columns]).nnz == 0
+    assert atlas.validate() == []
+
+
+def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference, caplog):
+    var = read_10x(with_antibodies).var
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, var)
+    with caplog.at_level(logging.INFO, logger="lancell.tenx"):
+        (record,) = add_from_10x(
+            atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False
+        )
+    assert "7 'Antibody Capture' features skipped" in caplog.text
+    assert (record.uid, record.n_features) == ("s1", 500)
+
+
+def test_no_matching_feature_space_is_an_error(tmp_path):
+    atlas = _make_atlas(tmp_path, GeneOnlyCells, read_10x(V2_DIR).var)
+    before = visible_state(atlas)
+    with pytest.raises(FeatureSpaceError, match="none of the feature types"):
+        add_from_10x(atlas, V2_DIR, feature_types={"Gene Expression": "rna"}, progress=False)
+    with pytest.raises(FeatureSpaceError, match="restricted to 'protein'"):
+        add_from_10x(atlas, V2_DIR, feature_space="protein", progress=False)
+    assert visible_state(atlas) == before
+
+
+def test_failure_in_second_feature_space_rolls_back_the_first(tmp_path, with_antibodies):
+    matrix = with_antibodies / "matrix.mtx.gz"
+    lines = _lines(matrix)
+    for i, line in enumerate(lines[3:], start=3):
+        gene, cell, value = line.split()
+        if int(gene) > 500:  # antibody counts made negative: the protein space fails while being written
+            lines[i] = f"{gene} {cell} -{value}"
+    _write_lines(matrix, lines)
+    atlas = _make_atlas(tmp_path / "atlas", TenxCells, read_10x(with_antibodies).var)
+    before = visible_state(atlas)
+    with pytest.raises(DataValueError, match="negative"):
+        add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
+    assert visible_state(atlas) == before
+    with pytest.raises(FeatureSpaceError, match="layer 'raw'"):
+        add_from_10x(atlas, V3_DIR, zarr_layer="raw", progress=False)
+    atlas._tables.registry("gene_expression").delete("uid = 'ENSG00000279493'")
+    before = visible_state(atlas)
+    with pytest.raises(UnknownFeaturesError):
+        add_from_10x(atlas, V3_DIR, progress=False)
+    assert visible_state(atlas) == before
+
+
+def _corrupt(kind: str, root: Path) -> Path:
+    if kind.startswith("h5"):
+        path = root / "bad.h5"
+        shutil.copy(V3_H5, path)
+        with h5py.File(path, "r+") as f:
+            m = f["matrix"]
+            if kind == "h5-short-barcodes":
+                barcodes = m["barcodes"][:-1]
+                del m["barcodes"]
+                m["barcodes"] = barcodes
+            elif kind == "h5-bad-index":
+                indices = m["indices"][:]
+                indices[5] = 10_000
+                m["indices"][:] = indices
+            elif kind == "h5-truncated-data":
+                data = m["data"][:-3]
+                del m["data"]
+                m["data"] = data
+        if kind == "h5-not-hdf5":
+            path.write_bytes(b"not an hdf5 file at all")
+        return path
+    folder = root / "bad"
+    shutil.copytree(V3_DIR, folder)
+    matrix, barcodes = folder / "matrix.mtx.gz", folder / "barcodes.tsv.gz"
+    if kind == "missing-barcodes":
+        barcodes.unlink()
+    elif kind == "short-barcodes":
+        _write_lines(barcodes, _lines(barcodes)[:-1])
+    elif kind == "corrupt-gzip":
+        blob = matrix.read_bytes()
+        matrix.write_bytes(blob[: len(blob) // 2])
+    elif kind == "corrupt-gzip-features":
+        (folder / "features.tsv.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    elif kind == "nnz-mismatch":
+        _write_lines(matrix, _lines(matrix)[:-1])
+    elif kind == "index-out-of-range":
+        lines = _lines(matrix)
+        lines[10] = "9999 1 1"
+        _write_lines(matrix, lines)
+    elif kind == "duplicate-entry":
+        lines = _lines(matrix)
+        header = lines[2].split()
+        lines[2] = f"{header[0]} {header[1]} {int(header[2]) + 1}"
+        _write_lines(matrix, [*lines[:4], lines[3], *lines[4:]])
+    elif kind == "not-integer":
+        lines = _lines(matrix)
+        lines[7] = lines[7].rsplit(" ", 1)[0] + " 2.5"
+        _write_lines(matrix, lines)
+    elif kind == "bad-banner":
+        lines = _lines(matrix)
+        lines[0] = "%%MatrixMarket matrix array integer general"
+        _write_lines(matrix, lines)
+    return folder
+
+
+BAD_INPUTS = [
+    ("missing-barcodes", "no barcodes file"),
+    ("short-barcodes", "has 1106"),
+    ("corrupt-gzip", "cannot read"),
+    ("corrupt-gzip-features", "cannot read"),
+    ("nnz-mismatch", "says 23866 entries but the file holds 23865"),
+    ("index-out-of-range", "feature index 9999 outside 1..507"),
+    ("duplicate-entry", "duplicate"),
+    ("not-integer", "cannot read"),
+    ("bad-banner", "unsupported Matrix Market layout"),
+    ("h5-short-barcodes", "1106 barcodes"),
+    ("h5-bad-index", "feature index outside"),
+    ("h5-truncated-data", "data has 23863"),
+    ("h5-not-hdf5", "cannot open"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), BAD_INPUTS, ids=[k for k, _ in BAD_INPUTS])
+def test_bad_input_is_a_typed_error_and_atlas_unchanged(tmp_path, kind, message):
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
+    before = visible_state(atlas)
+    path = _corrupt(kind, tmp_path)
+    with pytest.raises(TenxFormatError, match=re.escape(message)):
+        add_from_10x(atlas, path, dataset_record=DatasetRecord(uid="bad"), progress=False)
+    assert visible_state(atlas) == before
+    add_from_10x(atlas, V3_H5, dataset_record=DatasetRecord(uid="bad"), progress=False)  # then a retry works
+
+
+def test_missing_and_wrong_kind_of_path(tmp_path):
+    with pytest.raises(TenxFormatError, match="no such"):
+        open_10x(tmp_path / "nope")
+    with pytest.raises(TenxFormatError, match=r"no matrix\.mtx"):
+        open_10x(tmp_path)
+    with pytest.raises(TenxFormatError, match="is a folder"):
+        read_10x_h5(V3_DIR)
+    with pytest.raises(TenxFormatError, match="no genome 'mm10'"):
+        read_10x_h5(V2_H5, genome="mm10")
+    with pytest.raises(TenxFormatError, match="no features of genome 'mm10'"):
+        read_10x_h5(V3_H5, genome="mm10")
