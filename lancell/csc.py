@@ -25,7 +25,7 @@ __all__ = ["CSC_MIN_CELLS", "add_csc", "write_csc"]
 
 log = logging.getLogger(__name__)
 
-CSC_MIN_CELLS = 10_000
+CSC_MIN_CELLS = 5_000
 _ROW_BLOCK_VALUES = 4_000_000
 
 
