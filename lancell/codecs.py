@@ -1,8 +1,10 @@
 """``lancell.bitpacking``: the BP-128 codec as a zarr v3 bytes-to-bytes codec.
 
 It sits after the ``bytes`` serializer (inside the sharding codec's inner chain for sharded arrays) and treats
-the chunk's bytes as little-endian 4-byte words: ``transform="none"`` for counts, ``"delta"`` for sorted
-indices. The work is done by :mod:`kernels.bitpack`; this module validates configuration and maps kernel
+the chunk's bytes as little-endian 4-byte words: ``transform="none"`` for counts, ``"delta"`` for CSR
+indices (sorted runs, one per cell). Each 128-value block picks its own width and mode; rare wide values
+(a count outlier, the negative step at a cell boundary) are patched exceptions rather than widening the
+block. The work is done by :mod:`kernels.bitpack`; this module validates configuration and maps kernel
 errors to :class:`lancell.errors.CodecError`.
 
 The class is registered with zarr through the ``zarr.codecs`` entry point of the installed package, so any
@@ -62,7 +64,8 @@ class BitpackingCodec(BytesBytesCodec):
     Parameters
     ----------
     transform : {"none", "delta"}
-        ``"delta"`` packs differences between neighbours (sorted CSR indices); ``"none"`` packs the values.
+        ``"delta"`` packs differences between neighbours (CSR indices: sorted runs that restart at every
+        cell), or offsets from the block minimum where runs are very short; ``"none"`` packs the values.
     element_size : int
         Bytes per element; must be 4.
 
