@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[ml,bio,bench,dev,platform]"
+	$(PIP) install --quiet -e ".[ml,bio,dev,platform]"
 	touch $(STAMP)
 
 demo: venv
@@ -40,8 +40,13 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 bench: venv
+	$(PIP) install --quiet -e ".[ml,bio,bench,dev,platform]"
 	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/reader.py
+	$(PY) benchmarks/query.py
+	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) demo_atlas .dagster_home .pytest_cache .ruff_cache

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from lancell_assets import ASSETS, JOBS, landing_zone_sensor, nightly_snapshot_schedule
-from resources import AtlasResource, LandingZone
+from lancell_assets import ASSETS, JOBS, SENSORS, nightly_snapshot_schedule
+from resources import AtlasResource, LandingZone, ModelStore
 
 ROOT = Path(os.environ.get("LANCELL_ROOT", Path(__file__).resolve().parent / "demo_atlas"))
 
@@ -23,14 +23,18 @@ def build_definitions(root: Path = ROOT) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         jobs=JOBS,
-        sensors=[landing_zone_sensor],
+        sensors=SENSORS,
         schedules=[nightly_snapshot_schedule],
         resources={
             "atlas": AtlasResource(
                 db_uri=os.environ.get("LANCELL_DB_URI", str(root / "db")),
                 store_url=os.environ.get("LANCELL_STORE_URL", str(root / "arrays")),
             ),
-            "landing_zone": LandingZone(path=os.environ.get("LANCELL_LANDING", str(root / "landing"))),
+            "landing_zone": LandingZone(
+                path=os.environ.get("LANCELL_LANDING", str(root / "landing")),
+                geo_mirror=os.environ.get("LANCELL_GEO_MIRROR"),
+            ),
+            "model_store": ModelStore(path=os.environ.get("LANCELL_MODELS", str(root / "models"))),
         },
     )
 

@@ -50,6 +50,7 @@ from lancell.stores import (
     delete_prefix,
     describe_store,
     is_local,
+    lancedb_storage_options,
     local_path,
     open_store,
     public_store_config,
@@ -75,6 +76,13 @@ META_PATH = "_lancell/atlas.json"
 _DEFAULT_RETENTION = timedelta(days=7)
 _NEVER = timedelta(days=365 * 100)
 StoreLike = obs_store.ObjectStore | str
+
+
+def _db_options(
+    db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
+) -> Mapping[str, str] | None:
+    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``."""
+    return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
 
 
 class RaggedAtlas:
@@ -150,6 +158,11 @@ class RaggedAtlas:
             Allowed layer names per feature space (defaults in ``lancell.feature_spaces.DEFAULT_LAYERS``).
         fts_columns
             String cell columns that ``optimize()`` indexes for full-text ``search(text)``.
+        store_kwargs
+            Keyword arguments of :func:`obstore.store.from_url` for the store and the database's side files
+            (credentials stay in memory: only the URL and non-secret settings are persisted).
+        storage_options
+            LanceDB options; derived from ``store_kwargs`` when None (:func:`lancedb_storage_options`).
 
         Raises
         ------
@@ -171,6 +184,7 @@ class RaggedAtlas:
                 raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
         meta_store = open_store(db_uri, store_kwargs)
         store = cls._resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+        storage_options = _db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         meta = {
             "lancell_format": FORMAT_VERSION,
@@ -214,6 +228,7 @@ class RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
         meta, meta_store = cls._read_meta(db_uri, store_kwargs)
         store = cls._resolve_store(store, meta["store_url"], store_kwargs)
+        storage_options = _db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
 
@@ -230,6 +245,7 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded."""
         meta, meta_store = cls._read_meta(db_uri, store_kwargs)
+        storage_options = _db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         row = read_version(db, version)
         store = cls._resolve_store(store, row["store_url"], store_kwargs)
@@ -244,19 +260,30 @@ class RaggedAtlas:
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
-        db = connect(db_uri, kwargs.get("storage_options"))
+        db = connect(db_uri, _db_options(db_uri, store_kwargs, kwargs.get("storage_options")))
         row = read_version(db, None)
         return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
 
     @staticmethod
-    def list_versions(db_uri: str, storage_options: Mapping[str, str] | None = None) -> pd.DataFrame:
+    def list_versions(
+        db_uri: str,
+        storage_options: Mapping[str, str] | None = None,
+        *,
+        store_kwargs: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
         """Every snapshot: version, table versions, cell and dataset counts, store URL, note."""
-        return list_snapshots(connect(db_uri, storage_options))
+        return list_snapshots(connect(db_uri, _db_options(db_uri, store_kwargs, storage_options)))
 
     @staticmethod
-    def find_snapshot(db_uri: str, note: str, storage_options: Mapping[str, str] | None = None) -> int | None:
+    def find_snapshot(
+        db_uri: str,
+        note: str,
+        storage_options: Mapping[str, str] | None = None,
+        *,
+        store_kwargs: dict[str, Any] | None = None,
+    ) -> int | None:
         """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None."""
-        frame = list_snapshots(connect(db_uri, storage_options))
+        frame = list_snapshots(connect(db_uri, _db_options(db_uri, store_kwargs, storage_options)))
         match = frame[frame["note"] == note]
         return None if match.empty else int(match["version"].iloc[-1])
 

@@ -26,6 +26,7 @@ __all__ = ["CSC_MIN_CELLS", "add_csc", "write_csc"]
 log = logging.getLogger(__name__)
 
 CSC_MIN_CELLS = 5_000
+CSC_BUDGET = 16_000_000
 _ROW_BLOCK_VALUES = 4_000_000
 
 
@@ -40,8 +41,12 @@ def _row_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
     return blocks
 
 
-def write_csc(group: zarr.Group, layer: str, *, budget: int = 50_000_000) -> None:
-    """Write the CSC copy of ``group``'s CSR ``layer`` (overwriting an earlier one)."""
+def write_csc(group: zarr.Group, layer: str, *, budget: int = CSC_BUDGET) -> None:
+    """Write the CSC copy of ``group``'s CSR ``layer`` (overwriting an earlier one).
+
+    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one row block; a dataset with
+    more nonzeros than ``budget`` is read ``ceil(nnz / budget)`` times.
+    """
     csr = group["csr"]
     indptr = np.asarray(csr["indptr"][:])
     n_features = int(group.attrs["n_features"])

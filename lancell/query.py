@@ -333,19 +333,13 @@ class AtlasQuery:
         metadata_columns: Sequence[str] = (),
         features: FeatureSelection = None,
     ) -> CellDataset:
-        """A map-style PyTorch dataset of the matching cells (positions follow the query order).
+        """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
 
         ``features`` fixes the output columns: ``None`` (registry global index space), ``"union"``,
         ``"intersection"`` or a list of registry uids. See :class:`lancell.dataloader.CellDataset`.
         """
         from lancell.dataloader import CellDataset  # torch is an optional dependency
 
-        return CellDataset.from_atlas(
-            self._atlas,
-            feature_space,
-            layer,
-            where=self._filter(),
-            limit=self._limit,
-            metadata_columns=metadata_columns,
-            features=features,
+        return CellDataset.from_query(
+            self, feature_space, layer, metadata_columns=metadata_columns, features=features
         )

@@ -1,15 +1,75 @@
 """Read many element ranges of a 1-D zarr array (or many rows of a 2-D one) in one pass.
 
-Ranges are sorted, coalesced into runs (ranges closer than ``max_gap`` elements share one read), each run is
-read once, and the requested slices are gathered back in request order into one flat buffer.
+Arrays in an obstore-backed store (``zarr.storage.ObjectStore``) are read by the batched
+:class:`lancell.shard_reader.ShardedArrayReader`; one reader per (store, array path) is kept in a small LRU so
+that repeated queries reuse its metadata and shard indices. Other stores, and layouts that reader does not
+handle, take the zarr-python path: ranges are sorted, coalesced into runs (ranges closer than ``max_gap``
+elements share one read), each run is read once, and the requested slices are gathered back in request order.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import zarr
+import zarr.storage
 
-__all__ = ["gather_ranges", "read_element_ranges", "read_rows"]
+from lancell.errors import ShardFormatError
+from lancell.shard_reader import ShardedArrayReader
+
+__all__ = ["array_reader", "gather_ranges", "read_element_ranges", "read_rows"]
+
+log = logging.getLogger(__name__)
+
+# Enough for every array of a few hundred dataset groups; a reader holds its shard indices (16 B per chunk).
+_MAX_READERS = 512
+# (id(obstore store), array path) -> (the store, its reader or None when the layout is not supported). The
+# entry holds the store itself, so its id cannot be reused by another store while the entry lives.
+_READERS: OrderedDict[tuple[int, str], tuple[object, ShardedArrayReader | None]] = OrderedDict()
+_READERS_LOCK = threading.Lock()
+
+
+def _matches(reader: ShardedArrayReader, array: zarr.Array) -> bool:
+    """Whether ``reader`` still describes ``array`` (an array re-created at the same path does not)."""
+    layout = reader.layout
+    return (
+        layout.shape == tuple(array.shape)
+        and layout.dtype == array.dtype
+        and layout.chunk_shape == tuple(array.chunks)
+        and layout.shard_shape == tuple(array.shards or ())
+    )
+
+
+def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
+    """The cached batched reader of ``array``, or None when it must be read through zarr-python.
+
+    None for arrays outside a ``zarr.storage.ObjectStore`` and for layouts the batched reader does not handle
+    (unsharded arrays, unsupported codecs).
+    """
+    store = array.store
+    if not isinstance(store, zarr.storage.ObjectStore):
+        return None
+    inner = store.store
+    key = (id(inner), array.path)
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is not None and entry[0] is inner and (entry[1] is None or _matches(entry[1], array)):
+            _READERS.move_to_end(key)
+            return entry[1]
+    try:
+        reader: ShardedArrayReader | None = ShardedArrayReader(inner, array.path)
+    except ShardFormatError as e:
+        log.debug("reading %s through zarr-python: %s", array.path, e)
+        reader = None
+    with _READERS_LOCK:
+        _READERS[key] = (inner, reader)
+        _READERS.move_to_end(key)
+        while len(_READERS) > _MAX_READERS:
+            _READERS.popitem(last=False)
+    return reader
 
 
 def coalesce(starts: np.ndarray, ends: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +105,17 @@ def read_element_ranges(
     starts, ends
         int64 arrays of equal length, ``0 <= start <= end <= array.shape[0]``.
     max_gap
-        Ranges whose gap is smaller are read together (default: one inner chunk).
+        Ranges whose gap is smaller are read together (default: one inner chunk); only used by the
+        zarr-python path, the batched reader reads each needed chunk once whatever the gaps.
+
+    Raises
+    ------
+    lancell.errors.OutOfBoundsError
+        If a range lies outside the array (batched path).
     """
+    reader = array_reader(array)
+    if reader is not None:
+        return reader.read_ranges(starts, ends)
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
     lengths = ends - starts
@@ -66,7 +135,10 @@ def read_element_ranges(
 
 
 def read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
-    """Rows of a 2-D zarr array in request order (each distinct row read once)."""
+    """Rows of a 2-D zarr array in request order (each distinct row's chunk decoded once)."""
+    reader = array_reader(array)
+    if reader is not None:
+        return reader.read_rows(rows)
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
         return np.zeros((0, array.shape[1]), dtype=array.dtype)

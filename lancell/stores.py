@@ -18,9 +18,28 @@ import zarr.storage
 
 from lancell.errors import StoreError
 
-__all__ = ["describe_store", "open_store", "read_json", "write_json", "zarr_store"]
+__all__ = [
+    "describe_store",
+    "lancedb_storage_options",
+    "open_store",
+    "public_store_config",
+    "read_json",
+    "write_json",
+    "zarr_store",
+]
 
-_SECRET_WORDS = ("secret", "token", "password", "key_id", "access_key", "session", "credential", "sas")
+# Any config key containing one of these is a credential (S3 access/secret keys and session tokens, Azure
+# account/SAS keys and client secrets, GCS service-account keys) and is never persisted.
+_SECRET_WORDS = ("secret", "token", "password", "key", "session", "credential", "sas", "service_account")
+# Client options that can carry credentials (an Authorization header, a proxy URL with user:password).
+_SECRET_CLIENT_OPTIONS = ("default_headers", "proxy_url")
+# obstore's S3 config names -> the names the LanceDB (lance) docs use for the same settings.
+_LANCE_S3_NAMES = {
+    "access_key_id": "aws_access_key_id",
+    "secret_access_key": "aws_secret_access_key",
+    "session_token": "aws_session_token",
+    "token": "aws_session_token",
+}
 
 
 def is_local(uri: str) -> bool:
@@ -75,10 +94,49 @@ def public_store_config(store: obs_store.ObjectStore) -> dict[str, Any]:
     public = {k: v for k, v in config.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
     public.pop("bucket", None)
     public.pop("container_name", None)
-    client = dict(getattr(store, "client_options", {}) or {})
+    client = {
+        k: v
+        for k, v in (getattr(store, "client_options", {}) or {}).items()
+        if k not in _SECRET_CLIENT_OPTIONS
+    }
     if client:
         public["client_options"] = client
     return public
+
+
+def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) -> dict[str, str] | None:
+    """LanceDB ``storage_options`` equivalent to obstore ``store_kwargs``, so one set of settings serves both.
+
+    ``store_kwargs["config"]`` and ``store_kwargs["client_options"]`` are flattened into one mapping of
+    strings (LanceDB rejects non-string values; booleans become ``"true"``/``"false"``). S3 credential names
+    become LanceDB's ``aws_*`` names and an ``aws_`` prefix on other keys is dropped (``aws_endpoint`` ->
+    ``endpoint``); other keys pass through, since lance and obstore share object_store's names.
+
+    Parameters
+    ----------
+    db_uri
+        The LanceDB location; a local path needs no options.
+    store_kwargs
+        Keyword arguments of :func:`obstore.store.from_url`; only ``config`` and ``client_options`` are used
+        (a ``credential_provider`` cannot be passed to LanceDB).
+
+    Returns
+    -------
+    dict of str to str or None
+        None when ``db_uri`` is local or there is nothing to pass (LanceDB then reads the environment).
+    """
+    if is_local(db_uri) or not store_kwargs:
+        return None
+    is_s3 = db_uri.startswith(("s3://", "s3a://"))
+    flat = {**dict(store_kwargs.get("config") or {}), **dict(store_kwargs.get("client_options") or {})}
+    options: dict[str, str] = {}
+    for key, value in flat.items():
+        name = str(key).lower()
+        if is_s3:
+            name = name.removeprefix("aws_")
+            name = _LANCE_S3_NAMES.get(name, name)
+        options[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return options or None
 
 
 def zarr_store(store: obs_store.ObjectStore, *, read_only: bool = False) -> zarr.storage.ObjectStore:

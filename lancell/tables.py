@@ -12,7 +12,7 @@ import pyarrow as pa
 from lancedb.db import DBConnection
 from lancedb.table import Table
 
-from lancell.errors import AtlasNotFoundError
+from lancell.errors import AtlasNotFoundError, StoreError
 from lancell.feature_spaces import FEATURE_SPACES_TABLE
 from lancell.registry import LAYOUTS_TABLE
 
@@ -22,10 +22,21 @@ DATASETS_TABLE = "datasets"
 
 
 def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DBConnection:
-    """Connect so that every read sees the latest committed version (other processes included)."""
-    return lancedb.connect(
-        db_uri, read_consistency_interval=timedelta(0), storage_options=dict(storage_options or {}) or None
-    )
+    """Connect so that every read sees the latest committed version (other processes included).
+
+    Raises
+    ------
+    StoreError
+        The database cannot be reached (a wrong endpoint, credentials or ``allow_http``, a missing bucket).
+    """
+    try:
+        return lancedb.connect(
+            db_uri,
+            read_consistency_interval=timedelta(0),
+            storage_options=dict(storage_options or {}) or None,
+        )
+    except (ValueError, OSError) as exc:
+        raise StoreError(f"cannot connect to the LanceDB database at {db_uri!r}: {exc}") from exc
 
 
 def table_names(db: DBConnection) -> set[str]:

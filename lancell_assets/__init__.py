@@ -9,15 +9,20 @@ from lancell_assets.automation import (
     snapshot_job,
 )
 from lancell_assets.datasets import dataset_group
+from lancell_assets.geo import geo_series, geo_series_job, geo_series_partitions, geo_series_sensor
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
+from lancell_assets.training import cell_type_classifier
 
-ASSETS = [dataset_group, feature_registry, optimized_atlas, atlas_snapshot]
-JOBS = [ingest_dataset_job, rebuild_atlas_job, snapshot_job]
+ASSETS = [geo_series, dataset_group, feature_registry, optimized_atlas, atlas_snapshot, cell_type_classifier]
+JOBS = [geo_series_job, ingest_dataset_job, rebuild_atlas_job, snapshot_job]
+SENSORS = [geo_series_sensor, landing_zone_sensor]
 
 __all__ = [
     "ASSETS",
     "JOBS",
+    "SENSORS",
     "dataset_partitions",
+    "geo_series_partitions",
     "landing_zone_sensor",
     "nightly_snapshot_schedule",
     "snapshot_partitions",

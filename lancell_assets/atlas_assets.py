@@ -4,7 +4,6 @@ import time
 
 import dagster as dg
 
-from lancell.atlas import RaggedAtlas
 from lancell_assets.datasets import dataset_group
 from lancell_assets.metadata import datasets_table
 from lancell_assets.partitions import snapshot_partitions
@@ -59,7 +58,7 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
 def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
     """A frozen, tagged atlas version; the partition key is the snapshot's label (its note)."""
     label = context.partition_key
-    version = RaggedAtlas.find_snapshot(atlas.db_uri, label)
+    version = atlas.find_snapshot(label)
     if version is None:
         version = atlas.open().snapshot(note=label)
         context.log.info(f"took snapshot {version} for partition {label!r}")

@@ -1,5 +1,7 @@
 """``dataset_group``: one partition per dataset; validate, register its features, ingest its zarr group."""
 
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -47,7 +49,9 @@ def dataset_group(
     problems = [p for p in handle.validate() if record.uid in p]
     source_cells = _source_cells(spec.path)
     return dg.MaterializeResult(
-        metadata=group_metadata(handle, record, seconds if fresh else None),
+        # which host/process ingested it (with a Dask or Kubernetes executor: which worker or pod)
+        metadata=group_metadata(handle, record, seconds if fresh else None)
+        | {"worker": f"{socket.gethostname()}:{os.getpid()}"},
         check_results=[
             dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),
             dg.AssetCheckResult(

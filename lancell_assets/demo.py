@@ -75,10 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     defs = build_definitions(root)
     with dg.DagsterInstance.get() as instance:
         materialize_graph(defs, instance, args.snapshot)
+        event = instance.get_latest_materialization_event(dg.AssetKey("cell_type_classifier"))
+        classifier = {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else None
     print(f"materialized the asset graph in {time.perf_counter() - started:.1f} s (DAGSTER_HOME={home})")
     from lancell_assets.summary import print_summary
 
-    print_summary(root, args.snapshot)
+    print_summary(root, args.snapshot, classifier)
 
 
 if __name__ == "__main__":

@@ -2,5 +2,6 @@
 
 from resources.atlas import AtlasResource
 from resources.landing import LandingZone
+from resources.models import ModelStore
 
-__all__ = ["AtlasResource", "LandingZone"]
+__all__ = ["AtlasResource", "LandingZone", "ModelStore"]

@@ -23,7 +23,10 @@ class AtlasResource(dg.ConfigurableResource):
     db_uri: str = Field(description="LanceDB location (directory or s3:// URL)")
     store_url: str | None = Field(default=None, description="zarr store URL; <db_uri>/_zarr when unset")
     store_config: dict[str, str] = Field(
-        default_factory=dict, description="obstore config (endpoint, region)"
+        default_factory=dict, description="obstore config (endpoint, region); credentials from AWS_* env vars"
+    )
+    client_options: dict[str, str] = Field(
+        default_factory=dict, description='obstore client options, e.g. {"allow_http": "true"} for http://'
     )
     cell_schema: str = Field(
         default="lancell.bundled:CellSchema", description="module:Class of the cell schema"
@@ -32,7 +35,13 @@ class AtlasResource(dg.ConfigurableResource):
     feature_space: str = Field(default="gene_expression", description="the feature space of feature_schema")
 
     def _store_kwargs(self) -> dict[str, Any] | None:
-        return {"config": dict(self.store_config)} if self.store_config else None
+        """obstore ``from_url`` kwargs; LanceDB's storage options are derived from the same settings."""
+        kwargs: dict[str, Any] = {}
+        if self.store_config:
+            kwargs["config"] = dict(self.store_config)
+        if self.client_options:
+            kwargs["client_options"] = dict(self.client_options)
+        return kwargs or None
 
     def open(self) -> RaggedAtlas:
         """The live atlas, created (empty) on first use."""
@@ -53,3 +62,7 @@ class AtlasResource(dg.ConfigurableResource):
         return RaggedAtlas.checkout(
             self.db_uri, version, store=self.store_url, store_kwargs=self._store_kwargs()
         )
+
+    def find_snapshot(self, label: str) -> int | None:
+        """The latest snapshot labelled ``label`` (its note), or None."""
+        return RaggedAtlas.find_snapshot(self.db_uri, label, store_kwargs=self._store_kwargs())

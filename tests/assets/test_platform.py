@@ -45,6 +45,7 @@ def test_definitions_load_and_graph_shape():
         for key in graph.get_all_asset_keys()
     }
     assert deps == {
+        "geo_series": [],
         "dataset_group": [],
         "feature_registry": ["dataset_group"],
         "optimized_atlas": ["feature_registry"],
@@ -103,3 +104,40 @@ def test_bad_file_fails_its_blocking_check_and_leaves_atlas_unchanged(platform):
     assert checks["ingested_cleanly"] is False
     assert visible_state(atlas) == before
     atlas.snapshot()
+
+
+def test_training_partition_names_snapshot_and_reproduces_after_more_data(platform):
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "celltypist_sample"])
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["s1"])
+    _materialize(defs, instance, ["dataset_group"], "pbmc68k")
+    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    _materialize(defs, instance, ["atlas_snapshot"], "s1")
+    first = _materialize(defs, instance, ["cell_type_classifier"], "s1")
+    meta = {
+        k: v.value
+        for k, v in first.asset_materializations_for_node("cell_type_classifier")[0].metadata.items()
+    }
+    assert meta["snapshot_version"] == RaggedAtlas.find_snapshot(str(root / "db"), "s1")
+    assert meta["datasets"] == ["pbmc68k"] and meta["loader_seed"] == 0
+    assert meta["n_train"] + meta["n_test"] == 700
+    assert meta["test_accuracy"] > 0.6  # ten PBMC types, chance is ~0.34 for the largest class
+    assert Path(meta["model_path"]).exists()
+
+    _materialize(defs, instance, ["dataset_group"], "celltypist_sample")  # more data after the snapshot
+    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    again = _materialize(defs, instance, ["cell_type_classifier"], "s1")
+    repeat = {
+        k: v.value
+        for k, v in again.asset_materializations_for_node("cell_type_classifier")[0].metadata.items()
+    }
+    for key in (
+        "snapshot_version",
+        "datasets",
+        "n_train",
+        "n_test",
+        "batch_order_sha256",
+        "test_accuracy",
+        "train_loss",
+    ):
+        assert repeat[key] == meta[key], key

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
                                registry_schemas={"gene_expression": Gene})
     atlas.register_features("gene_expression", pd.DataFrame({"uid": [f"gene{i}" for i in range(3000)]}))
     record = add_from_anndata(
-        atlas, path, feature_space="gene_expression", zarr_layer="counts", progress=False
+        atlas, path, feature_space="gene_expression", zarr_layer="counts", csc=False, progress=False
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"peak": peak, "nnz": record.nnz, "cells": record.n_cells}))

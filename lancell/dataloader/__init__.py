@@ -1,0 +1,33 @@
+"""Training data loading (DESIGN §6): a map-style dataset with batched reads, a sampler, collates, a loader.
+
+Typical use::
+
+    dataset = atlas.query().where("organism = 'Homo sapiens'").to_cell_dataset(
+        "gene_expression", "counts", metadata_columns=["cell_type"], features="union"
+    )
+    sampler = CellSampler(dataset, 256, mode="locality", seed=0)
+    loader = make_loader(dataset, sampler, num_workers=2, collate_fn=DenseCollate(normalize=True))
+    for epoch in range(10):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            ...  # batch["X"], batch["cell_type"], batch["index"]
+"""
+
+from lancell.dataloader.batch import CellBatch
+from lancell.dataloader.collate import DenseCollate, SparseCollate, collate_dense, collate_sparse
+from lancell.dataloader.dataset import CellDataset, DatasetSource
+from lancell.dataloader.loader import make_loader
+from lancell.dataloader.sampler import CellSampler, batch_entropy
+
+__all__ = [
+    "CellBatch",
+    "CellDataset",
+    "CellSampler",
+    "DatasetSource",
+    "DenseCollate",
+    "SparseCollate",
+    "batch_entropy",
+    "collate_dense",
+    "collate_sparse",
+    "make_loader",
+]

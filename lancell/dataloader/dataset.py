@@ -1,0 +1,374 @@
+"""``CellDataset``: a map-style PyTorch dataset over the cells of an atlas query, one batched read per batch.
+
+Per cell it holds only a pointer: group code (int32) + element start (int64) + nnz (int32) = 16 bytes for a
+sparse feature space, group code (int32) + row position (int64) = 12 bytes for a dense one. Metadata columns
+are kept as compact codes (see :mod:`lancell.dataloader.metadata`; reported separately by :meth:`nbytes`).
+Everything per group (zarr path, layer dtype, feature lookup table, presence row) is a few small arrays.
+
+No database or store handle is pickled: the dataset records the database URI, the snapshot version (if the
+atlas was checked out), the cell table's Lance version and the store's URL and client settings, and opens the
+obstore store and the zarr arrays lazily in whichever process reads (each DataLoader worker opens its own).
+Workers never touch LanceDB (unpickling does not even import it): the pointers were read once, in the
+process that built the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import obstore.store as obs_store
+import pyarrow.compute as pc
+import zarr
+import zarr.storage
+
+from lancell.dataloader.batch import CellBatch, read_dense, read_sparse
+from lancell.dataloader.features import FeatureSelection, GroupTable, build_group_table, output_dtype
+from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
+from lancell.errors import OutOfBoundsError, QueryError
+from lancell.stores import describe_store, open_store, public_store_config
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.query import AtlasQuery
+
+__all__ = ["CellDataset", "DatasetSource"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's cells came from and how a worker reopens the arrays (no open handles)."""
+
+    db_uri: str
+    snapshot_version: int | None
+    cell_table_version: int
+    store_url: str
+    store_kwargs: dict[str, Any]
+
+    def open_store(self) -> obs_store.ObjectStore:
+        """A fresh obstore store for :attr:`store_url`."""
+        return open_store(self.store_url, self.store_kwargs)
+
+
+def _store_kwargs(store: obs_store.ObjectStore) -> dict[str, Any]:
+    if isinstance(store, obs_store.LocalStore):
+        return {}
+    config = public_store_config(store)
+    client_options = config.pop("client_options", None)
+    kwargs: dict[str, Any] = {"config": config} if config else {}
+    if client_options:
+        kwargs["client_options"] = client_options
+    return kwargs
+
+
+class CellDataset:
+    """Map-style dataset of the cells of a query, for one feature space and layer.
+
+    Build it with :meth:`lancell.query.AtlasQuery.to_cell_dataset` (or :meth:`from_query`,
+    :meth:`from_atlas`). Positions ``0 .. len - 1`` follow the query's row order (the rows of
+    ``to_anndata()``). Use
+    :meth:`__getitems__` (what PyTorch's fetcher calls with a batch sampler) to read a whole batch at once.
+
+    Attributes
+    ----------
+    kind
+        ``"sparse"`` or ``"dense"``, the kind of the feature space.
+    feature_space, layer
+        What is read.
+    feature_uids
+        object (n_features,): registry uid of each output column.
+    feature_index
+        int64 (n_features,): registry global index of each output column.
+    categories
+        ``column -> labels`` of each categorical metadata column (batches carry codes).
+    groups
+        The :class:`GroupTable` (group code -> zarr group, dataset uid, lookup table, presence row).
+    source
+        The :class:`DatasetSource` (database URI, snapshot version, cell table version, store URL).
+    dtype
+        dtype of the values in batches: the stored dtype when all datasets share it (uint32 counts, float32
+        values), else float32 (integer counts are exact in float32 up to 2**24).
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: Literal["sparse", "dense"],
+        feature_space: str,
+        layer: str,
+        group: np.ndarray,
+        position: np.ndarray,
+        nnz: np.ndarray | None,
+        groups: GroupTable,
+        feature_index: np.ndarray,
+        feature_uids: np.ndarray,
+        metadata: EncodedMetadata,
+        source: DatasetSource,
+        store: obs_store.ObjectStore | None = None,
+    ) -> None:
+        self.kind = kind
+        self.feature_space = feature_space
+        self.layer = layer
+        self._group = group
+        self._position = position
+        self._nnz = nnz
+        self.groups = groups
+        self.feature_index = feature_index
+        self.feature_uids = feature_uids
+        self.metadata = metadata
+        self.source = source
+        self.dtype = output_dtype(groups)
+        self._store = store
+        self._owner_pid = os.getpid()
+        self._root: zarr.Group | None = None
+        self._arrays: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_atlas(
+        cls,
+        atlas: RaggedAtlas,
+        feature_space: str,
+        layer: str,
+        *,
+        where: str | None = None,
+        limit: int | None = None,
+        metadata_columns: Sequence[str] = (),
+        features: FeatureSelection = None,
+        store_kwargs: dict[str, Any] | None = None,
+    ) -> CellDataset:
+        """The cells of ``atlas`` matching ``where`` (at most ``limit``); see :meth:`from_query`."""
+        query = atlas.query()
+        if where is not None:
+            query = query.where(where)
+        if limit is not None:
+            query = query.limit(limit)
+        return cls.from_query(
+            query,
+            feature_space,
+            layer,
+            metadata_columns=metadata_columns,
+            features=features,
+            store_kwargs=store_kwargs,
+        )
+
+    @classmethod
+    def from_query(
+        cls,
+        query: AtlasQuery,
+        feature_space: str,
+        layer: str,
+        *,
+        metadata_columns: Sequence[str] = (),
+        features: FeatureSelection = None,
+        store_kwargs: dict[str, Any] | None = None,
+    ) -> CellDataset:
+        """Read the pointers (and metadata columns) of the query's cells once and build the dataset.
+
+        Parameters
+        ----------
+        query
+            An :class:`~lancell.query.AtlasQuery` on a live or checked-out atlas (a checkout's snapshot
+            version is recorded in :attr:`source`); its filter, limit and search (rank order) apply.
+        feature_space, layer
+            The feature space (pointer field) and the layer to read.
+        metadata_columns
+            Cell columns to carry in every batch (strings become categorical codes).
+        features
+            Output columns: ``None`` (registry global index space), ``"union"``, ``"intersection"`` or a list
+            of registry uids (see :mod:`lancell.dataloader.features`).
+        store_kwargs
+            Client settings (e.g. credentials) workers use to reopen the store; default: the atlas store's
+            non-secret settings, with credentials taken from the environment.
+
+        Raises
+        ------
+        QueryError
+            Bad filter, unknown metadata column or feature. ``FeatureSpaceError`` for an unknown feature
+            space or a layer it does not allow.
+        """
+        from lancell.feature_spaces import resolve_feature_space  # lancedb: never imported by workers
+
+        atlas = query._atlas
+        space = resolve_feature_space(atlas.feature_spaces, feature_space)
+        space.check_layer(layer)
+        metadata_columns = tuple(metadata_columns)
+        builder = query._builder().select(list(dict.fromkeys([feature_space, *metadata_columns])))
+        try:
+            cells = builder.to_arrow()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise QueryError(f"query failed for filter {query._filter()!r}: {exc}") from exc
+        pointer = cells.column(feature_space).combine_chunks()
+        valid = pointer.is_valid().to_numpy(zero_copy_only=False)
+        encoded = pc.dictionary_encode(pc.struct_field(pointer, "zarr_group"))
+        group = np.where(valid, encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), -1)
+        group = group.astype(np.int32)
+        names = [str(x) for x in encoded.dictionary.to_pylist()]
+        groups, columns, uids = build_group_table(atlas, feature_space, layer, names, features)
+        unmeasured = (group < 0) | ~np.append(groups.measured, False)[group]
+        if space.kind == "sparse":
+            position = pc.struct_field(pointer, "start").fill_null(0).to_numpy().astype(np.int64)
+            end = pc.struct_field(pointer, "end").fill_null(0).to_numpy().astype(np.int64)
+            lengths = end - position
+            if lengths.size and int(lengths.max()) > np.iinfo(np.int32).max:
+                raise QueryError("a cell has more than 2**31 stored values")
+            nnz = np.where(unmeasured, 0, lengths).astype(np.int32)
+        else:
+            position = pc.struct_field(pointer, "position").fill_null(0).to_numpy().astype(np.int64)
+            nnz = None
+        source = DatasetSource(
+            db_uri=atlas.db_uri,
+            snapshot_version=atlas.snapshot_version,
+            cell_table_version=int(atlas._tables.cells.version),
+            store_url=describe_store(atlas.store),
+            store_kwargs=dict(store_kwargs) if store_kwargs is not None else _store_kwargs(atlas.store),
+        )
+        return cls(
+            kind=space.kind,
+            feature_space=feature_space,
+            layer=layer,
+            group=group,
+            position=position,
+            nnz=nnz,
+            groups=groups,
+            feature_index=columns,
+            feature_uids=uids,
+            metadata=encode_metadata(cells, metadata_columns),
+            source=source,
+            store=atlas.store,
+        )
+
+    # ------------------------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_store=None, _root=None, _arrays={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._owner_pid = os.getpid()
+
+    # ------------------------------------------------------------------------------------ size
+    def __len__(self) -> int:
+        return int(self._group.size)
+
+    @property
+    def n_features(self) -> int:
+        """Number of output columns."""
+        return int(self.feature_index.size)
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Labels of each categorical metadata column."""
+        return self.metadata.categories
+
+    @property
+    def cell_groups(self) -> np.ndarray:
+        """int32 (n_cells,): group code of every cell (``-1``: no data); one code per dataset."""
+        return self._group
+
+    @property
+    def cell_positions(self) -> np.ndarray:
+        """int64 (n_cells,): element start (sparse) or row (dense) of every cell inside its group."""
+        return self._position
+
+    @property
+    def cell_nnz(self) -> np.ndarray:
+        """int32 (n_cells,): stored values per cell (sparse; 0 for unmeasured cells).
+
+        Raises
+        ------
+        TypeError
+            For a dense feature space.
+        """
+        if self._nnz is None:
+            raise TypeError("cell_nnz is defined for sparse feature spaces only")
+        return self._nnz
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held: ``pointers`` and ``metadata`` (per cell, all cells), ``groups`` (per group tables)."""
+        pointers = self._group.nbytes + self._position.nbytes + (0 if self._nnz is None else self._nnz.nbytes)
+        return {
+            "pointers": int(pointers),
+            "metadata": int(sum(v.nbytes for v in self.metadata.values.values())),
+            "groups": int(self.groups.nbytes + self.feature_index.nbytes),
+        }
+
+    def locality_order(self) -> np.ndarray:
+        """int64 positions sorted by (group, position in group): cells stored together become adjacent."""
+        return np.lexsort((self._position, self._group)).astype(np.int64)
+
+    # ------------------------------------------------------------------------------------ reading
+    def _root_group(self) -> zarr.Group:
+        if self._owner_pid != os.getpid():  # inherited through fork: never reuse the parent's handles
+            self._store, self._root, self._arrays = None, None, {}
+            self._owner_pid = os.getpid()
+        if self._root is None:
+            if self._store is None:
+                self._store = self.source.open_store()
+            self._root = zarr.open_group(zarr.storage.ObjectStore(self._store, read_only=True), mode="r")
+        return self._root
+
+    def _group_arrays(self, codes: np.ndarray) -> dict[int, Any]:
+        root = self._root_group()
+        for code in codes:
+            code = int(code)
+            if code < 0 or not self.groups.measured[code] or code in self._arrays:
+                continue
+            group = root[self.groups.names[code]]
+            if self.kind == "sparse":
+                self._arrays[code] = (group["csr/indices"], group[f"csr/layers/{self.layer}"])
+            else:
+                self._arrays[code] = group[f"layers/{self.layer}"]
+        return self._arrays
+
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> CellBatch:
+        """Read the cells at ``indices`` (dataset positions) as one :class:`CellBatch`, in that order.
+
+        Raises
+        ------
+        OutOfBoundsError
+            A position outside ``[-len, len)``.
+        """
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if index.size and (index.min() < -n or index.max() >= n):
+            raise OutOfBoundsError(f"dataset positions must lie in [-{n}, {n}); got {indices!r}")
+        index = np.where(index < 0, index + n, index)
+        group = self._group[index]
+        position = self._position[index]
+        arrays = self._group_arrays(np.unique(group))
+        batch = CellBatch(
+            kind=self.kind,
+            index=index,
+            group=group,
+            n_features=self.n_features,
+            presence_table=self.groups.presence,
+            metadata=self.metadata.take(index),
+        )
+        if self.kind == "sparse":
+            batch.offsets, batch.indices, batch.values = read_sparse(
+                arrays, self.groups, group, position, self._nnz[index], self.dtype
+            )
+        else:
+            batch.dense = read_dense(arrays, self.groups, group, position, self.n_features, self.dtype)
+        return batch
+
+    def __getitem__(self, index: int) -> CellBatch:
+        """One cell as a batch of one."""
+        return self.__getitems__([index])
+
+    def __repr__(self) -> str:
+        where = (
+            f"snapshot {self.source.snapshot_version}" if self.source.snapshot_version is not None else "live"
+        )
+        return (
+            f"CellDataset({len(self)} cells x {self.n_features} features, {self.kind} "
+            f"{self.feature_space}/{self.layer}, {len(self.groups.names)} groups, {where})"
+        )

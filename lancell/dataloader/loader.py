@@ -1,0 +1,106 @@
+"""``make_loader``: a PyTorch DataLoader wired for :class:`CellDataset` and :class:`CellSampler`.
+
+- The sampler is the ``batch_sampler``, so PyTorch's map-style fetcher calls ``dataset.__getitems__(batch)``
+  (torch >= 2.1 does when the dataset defines it): one batched read per batch, and the collate receives the
+  already-batched :class:`CellBatch`.
+- Workers are started with ``forkserver`` (or ``spawn``), never ``fork``: lancedb, obstore (tokio) and
+  numba's threading layer hang or crash in forked children once the parent has used them. They are
+  ``persistent_workers`` (opened once, reused every epoch) and each opens its own store handles lazily. The
+  forkserver preloads the main module and ``lancell.dataloader`` (torch, zarr, numba; not lancedb), so
+  workers start fast. As with any forkserver/spawn program, the main module must guard its entry point with
+  ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from multiprocessing import spawn
+from typing import Any, Literal
+
+from torch.utils.data import DataLoader
+
+from lancell.dataloader.collate import DenseCollate, SparseCollate
+from lancell.dataloader.dataset import CellDataset
+from lancell.dataloader.sampler import CellSampler
+
+__all__ = ["make_loader"]
+
+MAIN_ENV = "LANCELL_FORKSERVER_MAIN"
+
+
+def _main_path() -> str | None:
+    """The main module's path as workers compare it (None when the main module has no file)."""
+    return spawn.get_preparation_data("lancell").get("init_main_from_path")
+
+
+def make_loader(
+    dataset: CellDataset,
+    sampler: CellSampler,
+    *,
+    num_workers: int = 0,
+    collate_fn: Callable[[Any], Any] | None = None,
+    pin_memory: bool = False,
+    prefetch_factor: int = 4,
+    multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+    timeout: float = 0,
+) -> DataLoader:
+    """A DataLoader that yields one collated batch per sampler batch.
+
+    Parameters
+    ----------
+    dataset, sampler
+        The :class:`CellDataset` and its :class:`CellSampler` (call ``sampler.set_epoch(e)`` before epochs).
+    num_workers
+        Worker processes (0: read in the calling process).
+    collate_fn
+        Turns a :class:`CellBatch` into what the model takes (picklable for workers). Default:
+        :class:`SparseCollate` for sparse feature spaces, :class:`DenseCollate` for dense ones.
+    pin_memory
+        Pin the output tensors (for a GPU).
+    prefetch_factor
+        Batches each worker keeps in flight (only with workers).
+    multiprocessing_context
+        ``"forkserver"`` (default) or ``"spawn"``; ``fork`` is refused.
+    timeout
+        Seconds to wait for a batch from a worker before raising (0: wait forever).
+
+    Raises
+    ------
+    ValueError
+        ``fork`` asked for, or a negative number of workers.
+    """
+    if multiprocessing_context not in ("forkserver", "spawn"):
+        raise ValueError(
+            f"multiprocessing_context must be 'forkserver' or 'spawn', got {multiprocessing_context!r}: "
+            "forked workers hang once the parent has used lancedb, obstore or numba"
+        )
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if collate_fn is None:
+        collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        context = multiprocessing.get_context(multiprocessing_context)
+        if multiprocessing_context == "forkserver":
+            # the server imports the main module, torch and lancell once and workers fork from it, instead of
+            # each worker re-running the main module and re-importing everything
+            path = _main_path()
+            if path is not None:
+                os.environ[MAIN_ENV] = path
+            context.set_forkserver_preload(["lancell.dataloader._forkserver", "lancell.dataloader"])
+        kwargs = {
+            "multiprocessing_context": context,
+            "persistent_workers": True,
+            "prefetch_factor": prefetch_factor,
+            "timeout": timeout,
+        }
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

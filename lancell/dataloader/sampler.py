@@ -1,0 +1,191 @@
+"""``CellSampler``: a seeded, epoch-aware, DDP-aware batch sampler for :class:`CellDataset`.
+
+Two modes:
+
+- ``"random"``: every epoch is a uniform random permutation of all cells of the dataset (truly random
+  access; every batch draws from the whole atlas).
+- ``"locality"``: the cells of each zarr group, in storage order, are cut into blocks of ``block_size``
+  contiguous cells (contiguous element ranges, so one block is one coalesced read). Every epoch the blocks of
+  *all* groups are shuffled together and concatenated, the sequence is cut into batches, and the cells of each
+  batch are shuffled. A batch is thus ``batch_size / block_size`` blocks drawn from the whole atlas (mostly
+  from different datasets), and which blocks share a batch changes every epoch.
+
+Distributed training: ``num_replicas`` / ``rank`` default to ``torch.distributed``'s world size and rank
+when a process group is initialized (else 1 / 0). Every rank computes the same epoch order (same ``seed``),
+then takes its contiguous share. Every rank gets the same number of batches and, per epoch, every cell is
+seen exactly once across ranks, except that
+
+- with ``drop_last=True`` the order is truncated to a multiple of ``num_replicas * batch_size`` (at most that
+  many cells minus one are skipped this epoch; which ones changes every epoch), and
+- with ``drop_last=False`` the order is padded to a multiple of ``num_replicas`` by repeating cells from its
+  start, as ``torch.utils.data.DistributedSampler`` does (at most ``num_replicas - 1`` cells are seen twice);
+  each rank's last batch may then be smaller than ``batch_size`` (the same size on every rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from lancell.dataloader.dataset import CellDataset
+
+__all__ = ["CellSampler", "batch_entropy"]
+
+SamplerMode = Literal["locality", "random"]
+
+
+def _blocks(order: np.ndarray, group: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start (into ``order``) and length of each block: a new block at a group change or every block_size."""
+    n = order.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    sorted_group = group[order]
+    run_start = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    run_of = np.repeat(np.arange(run_start.size), np.diff(np.r_[run_start, n]))
+    within = np.arange(n) - run_start[run_of]
+    starts = np.flatnonzero(within % block_size == 0)
+    return starts, np.diff(np.r_[starts, n])
+
+
+def _expand(order: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``order[s:s+l]`` for every block ``(s, l)``, concatenated."""
+    if lengths.size == 0:
+        return order[:0]
+    out_start = np.cumsum(lengths) - lengths
+    return order[np.arange(int(lengths.sum())) + np.repeat(starts - out_start, lengths)]
+
+
+class CellSampler(Sampler[list[int]]):
+    """Yield lists of dataset positions, one list per batch (pass it as the DataLoader's ``batch_sampler``).
+
+    Parameters
+    ----------
+    dataset
+        The :class:`CellDataset` (only its length and per-cell group/position arrays are used).
+    batch_size
+        Cells per batch.
+    mode
+        ``"locality"`` (default) or ``"random"``; see the module docstring.
+    seed
+        Base seed; epoch ``e`` uses ``(seed, e)``. Use the same seed on every rank.
+    drop_last
+        Drop cells that do not fill a whole batch on every rank (see the module docstring).
+    num_replicas, rank
+        Distributed world size and this process's rank (default: from ``torch.distributed``).
+    block_size
+        Locality mode: contiguous cells per block (default ``max(1, batch_size // 8)``, so a batch mixes
+        about eight blocks).
+
+    Raises
+    ------
+    ValueError
+        A non-positive batch or block size, an unknown mode, or a rank outside ``[0, num_replicas)``.
+    """
+
+    def __init__(
+        self,
+        dataset: CellDataset,
+        batch_size: int,
+        *,
+        mode: SamplerMode = "locality",
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        block_size: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if mode not in ("locality", "random"):
+            raise ValueError(f"mode must be 'locality' or 'random', got {mode!r}")
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.block_size = max(1, batch_size // 8) if block_size is None else int(block_size)
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.n_cells = len(dataset)
+        self.batch_size = int(batch_size)
+        self.mode = mode
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.epoch = 0
+        self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if mode == "locality":
+            order = dataset.locality_order()
+            self._blocks = (order, *_blocks(order, dataset.cell_groups, self.block_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    @property
+    def cells_per_rank(self) -> int:
+        """Positions each rank yields per epoch (padding included)."""
+        if self.drop_last:
+            return self.n_cells // (self.num_replicas * self.batch_size) * self.batch_size
+        return -(-self.n_cells // self.num_replicas)
+
+    def __len__(self) -> int:
+        return -(-self.cells_per_rank // self.batch_size)
+
+    def epoch_order(self) -> np.ndarray:
+        """int64: every rank's positions of this epoch, concatenated (rank ``r`` has the ``r``-th share)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self._blocks is None:
+            order = rng.permutation(self.n_cells)
+        else:
+            cells, starts, lengths = self._blocks
+            permutation = rng.permutation(starts.size)
+            order = _expand(cells, starts[permutation], lengths[permutation])
+        total = self.cells_per_rank * self.num_replicas
+        order = order[:total] if total <= order.size else np.resize(order, total)
+        if self._blocks is not None and order.size:
+            # shuffle cells inside each batch: key = batch number + a uniform fraction
+            batch_of = (np.arange(order.size) % self.cells_per_rank) // self.batch_size
+            rank_of = np.arange(order.size) // max(self.cells_per_rank, 1)
+            keys = (rank_of * len(self) + batch_of) + rng.random(order.size)
+            order = order[np.argsort(keys, kind="stable")]
+        return order.astype(np.int64, copy=False)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.epoch_order()[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
+        for begin in range(0, share.size, self.batch_size):
+            yield share[begin : begin + self.batch_size].tolist()
+
+
+def batch_entropy(
+    dataset: CellDataset, batches: Sequence[Sequence[int]] | CellSampler, column: str | None = None
+) -> float:
+    """Mean Shannon entropy (bits) of the dataset labels inside each batch.
+
+    0 means every batch comes from one dataset; ``log2(k)`` means every batch is spread evenly over ``k``
+    datasets. Compare with the entropy of the labels over the whole dataset (what uniform random batches
+    approach).
+
+    Parameters
+    ----------
+    dataset
+        The dataset the positions refer to.
+    batches
+        Lists of positions (or a sampler, iterated once for its current epoch).
+    column
+        A categorical metadata column to use as labels instead of the dataset (group) of each cell.
+    """
+    labels = dataset.cell_groups if column is None else dataset.metadata.values[column]
+    entropies = []
+    for batch in batches:
+        _, counts = np.unique(labels[np.asarray(batch, dtype=np.int64)], return_counts=True)
+        p = counts / counts.sum()
+        entropies.append(float(-(p * np.log2(p)).sum()))
+    return float(np.mean(entropies)) if entropies else 0.0

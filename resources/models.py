@@ -1,0 +1,22 @@
+"""``ModelStore``: where trained models are saved, one file per model and snapshot partition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import torch
+from pydantic import Field
+
+
+class ModelStore(dg.ConfigurableResource):
+    """A local folder of ``<model>/<partition>.pt`` files."""
+
+    path: str = Field(description="folder for trained model weights")
+
+    def save(self, model: str, partition: str, state: dict[str, torch.Tensor]) -> Path:
+        """Save ``state`` for ``model`` trained on snapshot partition ``partition``; return the file."""
+        target = Path(self.path) / model / f"{partition}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target)
+        return target

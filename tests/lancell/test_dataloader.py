@@ -1,0 +1,309 @@
+"""CellDataset, CellSampler and collates on real bundled data, in one process (workers: *_workers.py)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import build_bundled_atlas
+from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, batch_entropy, make_loader
+from lancell.errors import FeatureSpaceError, OutOfBoundsError, QueryError
+from lancell.ingestion import add_from_anndata
+from lancell.reconstruct import presence_matrix
+from lancell.schema import (
+    DatasetRecord,
+    DenseZarrPointer,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
+
+SPACE = "gene_expression"
+
+
+class Gene(FeatureBaseSchema):
+    pass
+
+
+class SplitCells(LancellBaseSchema):
+    cell_type: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+    expression_dense: DenseZarrPointer | None = None
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> RaggedAtlas:
+    root = tmp_path_factory.mktemp("bundled")
+    build_bundled_atlas(root)
+    return RaggedAtlas.checkout_latest(str(root / "db"))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, mouse) -> RaggedAtlas:
+    """Two datasets of the mouse data with overlapping panels (the second in a shuffled gene order), stored
+    in a sparse and a dense feature space."""
+    root = tmp_path_factory.mktemp("split")
+    atlas = RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        SplitCells,
+        store=str(root / "arrays"),
+        registry_schemas={SPACE: Gene, "expression_dense": Gene},
+    )
+    genes = pd.DataFrame({"uid": mouse.var_names})
+    atlas.register_features(SPACE, genes)
+    atlas.register_features("expression_dense", genes)
+    rng = np.random.default_rng(0)
+    parts = {
+        "a": mouse[:300, :600].copy(),
+        "b": mouse[300:700, 400 + rng.permutation(600)].copy(),
+    }
+    for uid, part in parts.items():
+        part.obs["cell_type"] = np.where(np.arange(part.n_obs) % 5 == 0, None, f"type_{uid}")
+        for space in (SPACE, "expression_dense"):
+            part.obs_names = [f"{space}-{n}" for n in part.obs_names]
+            add_from_anndata(
+                atlas,
+                part,
+                feature_space=space,
+                zarr_layer="counts",
+                dataset_record=DatasetRecord(uid=f"{uid}_{space}"),
+                progress=False,
+            )
+    atlas.optimize()
+    atlas.snapshot()
+    return RaggedAtlas.checkout_latest(str(root / "db"))
+
+
+def _in_registry_columns(adata, width: int) -> sp.csr_matrix:
+    """``adata.X`` as CSR with each column moved to its registry global index."""
+    x = sp.coo_matrix(adata.X)
+    columns = adata.var["global_index"].to_numpy()
+    return sp.csr_matrix((x.data, (x.row, columns[x.col])), shape=(adata.n_obs, width))
+
+
+def _csr(batch) -> sp.csr_matrix:
+    return sp.csr_matrix((batch.values, batch.indices, batch.offsets), shape=(len(batch), batch.n_features))
+
+
+def _assert_same(actual: sp.csr_matrix, expected: sp.csr_matrix) -> None:
+    assert actual.shape == expected.shape
+    assert actual.has_sorted_indices
+    expected.sort_indices()
+    np.testing.assert_array_equal(actual.indptr, expected.indptr)
+    np.testing.assert_array_equal(actual.indices, expected.indices)
+    np.testing.assert_array_equal(actual.data, expected.data)
+
+
+def _epoch_matrix(loader, n_cells: int, n_features: int) -> sp.csr_matrix:
+    """Reassemble one epoch of collated sparse batches into a CSR in dataset order; every cell once."""
+    rows, parts = [], []
+    for out in loader:
+        x = out["X"]
+        parts.append(
+            sp.csr_matrix(
+                (x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()), shape=tuple(x.shape)
+            )
+        )
+        rows.append(out["index"].numpy())
+    order = np.concatenate(rows)
+    assert np.array_equal(np.sort(order), np.arange(n_cells))
+    stacked = sp.vstack(parts).tocsr()
+    return sp.csr_matrix(stacked[np.argsort(order)], shape=(n_cells, n_features))
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+def test_batch_in_request_order_equals_to_anndata(bundled):
+    query = bundled.query().layers(SPACE, "counts")
+    dataset = query.to_cell_dataset(SPACE, "counts")
+    reference = query.to_anndata()
+    assert len(dataset) == reference.n_obs == 11259
+    assert dataset.source.snapshot_version == 0 and dataset.source.db_uri == bundled.db_uri
+    order = np.random.default_rng(1).permutation(len(dataset))[:3000]
+    batch = dataset.__getitems__(order)
+    np.testing.assert_array_equal(batch.index, order)
+    assert batch.values.dtype == reference.X.dtype
+    _assert_same(_csr(batch), _in_registry_columns(reference, dataset.n_features)[order])
+    # pbmc68k stores no "counts": its cells read as empty rows with an all-False presence mask
+    pbmc = reference.obs["dataset_uid"].to_numpy()[order] == "pbmc68k"
+    assert pbmc.any() and not np.diff(batch.offsets)[pbmc].any() and not batch.presence[pbmc].any()
+    single = dataset[int(order[0])]
+    np.testing.assert_array_equal(single.indices, batch.indices[: batch.offsets[1]])
+    with pytest.raises(OutOfBoundsError):
+        dataset.__getitems__([len(dataset)])
+
+
+def test_zero_worker_epoch_equals_to_anndata(bundled):
+    query = bundled.query().where("dataset_uid != 'mouse_10k'")
+    dataset = query.to_cell_dataset(SPACE, "log_normalized", features="union")
+    reference = query.layers(SPACE, "log_normalized").to_anndata()
+    assert list(dataset.feature_uids) == list(reference.var_names)
+    sampler = CellSampler(dataset, 100, mode="random", seed=0)
+    actual = _epoch_matrix(make_loader(dataset, sampler), len(dataset), dataset.n_features)
+    _assert_same(actual, sp.csr_matrix(reference.X))
+
+
+@pytest.mark.parametrize("features", ["union", "intersection", "list"])
+@pytest.mark.parametrize("space", [SPACE, "expression_dense"])
+def test_fixed_feature_sets_sparse_and_dense(split, mouse, features, space):
+    query = split.query().where(f"dataset_uid LIKE '%{space}'").feature_spaces(space).layers(space, "counts")
+    if features == "list":
+        uids = list(mouse.var_names[[999, 5, 450, 0, 700]])  # not in global order; 0 and 5 only in "a"
+        dataset = query.to_cell_dataset(space, "counts", features=uids)
+        reference = query.to_anndata()[:, uids]
+    else:
+        dataset = query.to_cell_dataset(space, "counts", features=features)
+        reference = query.feature_join(features).to_anndata()
+    assert dataset.kind == ("sparse" if space == SPACE else "dense")
+    assert list(dataset.feature_uids) == list(reference.var_names)
+    assert dataset.n_features == {"union": 1000, "intersection": 200, "list": 5}[features]
+    order = np.random.default_rng(2).permutation(len(dataset))
+    batch = dataset.__getitems__(order)
+    if space == SPACE:
+        _assert_same(_csr(batch), sp.csr_matrix(reference.X)[order])
+    else:
+        np.testing.assert_array_equal(batch.dense, reference.X[order])
+        assert dataset.nbytes()["pointers"] == 12 * len(dataset)
+    np.testing.assert_array_equal(batch.presence, presence_matrix(reference).toarray()[order])
+
+
+def test_dense_collate_normalizes_like_scanpy(split):
+    query = split.query().where(f"dataset_uid LIKE '%{SPACE}'").layers(SPACE, "counts")
+    reference = query.feature_join("union").to_anndata()
+    counts = reference.X.toarray().astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    expected = np.log1p(np.divide(1e4 * counts, totals, out=np.zeros_like(counts), where=totals > 0))
+    for space in (SPACE, "expression_dense"):
+        dataset = (
+            split.query()
+            .where(f"dataset_uid LIKE '%{space}'")
+            .to_cell_dataset(space, "counts", features="union")
+        )
+        rows = np.arange(len(dataset))[::-1]
+        out = DenseCollate(normalize=True, presence=True)(dataset.__getitems__(rows))
+        assert out["X"].dtype == torch.float32 and out["presence"].dtype == torch.bool
+        np.testing.assert_allclose(out["X"].numpy(), expected[rows], rtol=1e-5, atol=1e-6)
+        raw = DenseCollate()(dataset.__getitems__(rows))["X"].numpy()
+        np.testing.assert_array_equal(raw, counts[rows].astype(np.float32))
+
+
+def test_metadata_codes_and_categories(bundled):
+    query = bundled.query()
+    dataset = query.to_cell_dataset(
+        SPACE, "counts", metadata_columns=["cell_type", "n_counts", "dataset_uid"]
+    )
+    obs = query.to_pandas()
+    rows = np.arange(0, len(dataset), 7)
+    out = SparseCollate()(dataset.__getitems__(rows))
+    assert out["X"].layout == torch.sparse_csr and out["cell_type"].dtype == torch.int64
+    labels = np.asarray(dataset.categories["cell_type"] + [None], dtype=object)
+    assert list(labels[out["cell_type"].numpy()]) == list(obs["cell_type"].iloc[rows])
+    np.testing.assert_array_equal(out["n_counts"].numpy(), obs["n_counts"].to_numpy()[rows])
+    datasets = np.asarray(dataset.categories["dataset_uid"])
+    assert list(datasets[out["dataset_uid"].numpy()]) == list(obs["dataset_uid"].iloc[rows])
+    assert dataset.metadata.bytes_per_cell == 1 + 8 + 1  # int8 codes, float64, int8 codes
+    with pytest.raises(QueryError):
+        query.to_cell_dataset(SPACE, "counts", metadata_columns=["no_such_column"])
+    with pytest.raises(QueryError):
+        query.to_cell_dataset(SPACE, "counts", features=["NOT_A_GENE"])
+    with pytest.raises(FeatureSpaceError):
+        query.to_cell_dataset(SPACE, "raw_spliced")
+
+
+def test_pickle_holds_no_handles_and_16_bytes_per_cell(bundled):
+    small = bundled.query().limit(2000).to_cell_dataset(SPACE, "counts")
+    large = bundled.query().to_cell_dataset(SPACE, "counts")
+    assert len(large.groups.names) == len(small.groups.names) == 3
+    sizes = large.nbytes()
+    assert sizes["pointers"] / len(large) == 16 and sizes["metadata"] == 0
+    before = large.__getitems__(np.arange(0, len(large), 11))
+    blob = pickle.dumps(large)
+    assert large._root is not None and large._store is not None
+    marginal = (len(blob) - len(pickle.dumps(small))) / (len(large) - len(small))
+    assert marginal <= 16.01
+    clone = pickle.loads(blob)
+    assert clone._root is None and clone._store is None and clone._arrays == {}
+    after = clone.__getitems__(np.arange(0, len(large), 11))
+    _assert_same(_csr(after), _csr(before))
+
+
+def test_live_atlas_records_no_snapshot(atlas, celltypist):
+    record = DatasetRecord(uid="ct")
+    part = celltypist[:50]
+    add_from_anndata(
+        atlas, part, feature_space=SPACE, zarr_layer="counts", dataset_record=record, progress=False
+    )
+    dataset = atlas.query().to_cell_dataset(SPACE, "counts")
+    assert dataset.source.snapshot_version is None and len(dataset) == 50
+    assert dataset.source.cell_table_version == atlas._tables.cells.version
+    expected = _in_registry_columns(atlas.query().to_anndata(), dataset.n_features)
+    _assert_same(_csr(pickle.loads(pickle.dumps(dataset)).__getitems__(np.arange(50))), expected)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def _flatten(sampler) -> np.ndarray:
+    return np.concatenate([np.asarray(b) for b in sampler])
+
+
+@pytest.mark.parametrize("mode", ["random", "locality"])
+def test_sampler_seeded_epochs_cover_every_cell_once(bundled, mode):
+    dataset = bundled.query().to_cell_dataset(SPACE, "counts")
+    sampler = CellSampler(dataset, 256, mode=mode, seed=7)
+    first = list(sampler)
+    assert len(first) == len(sampler) == -(-len(dataset) // 256)
+    assert all(len(b) == 256 for b in first[:-1])
+    assert np.array_equal(np.sort(_flatten(first)), np.arange(len(dataset)))
+    assert list(CellSampler(dataset, 256, mode=mode, seed=7)) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and np.array_equal(np.sort(_flatten(second)), np.arange(len(dataset)))
+    assert list(CellSampler(dataset, 256, mode=mode, seed=8)) != first
+    dropped = CellSampler(dataset, 256, mode=mode, seed=7, drop_last=True)
+    assert len(dropped) == len(dataset) // 256 and all(len(b) == 256 for b in dropped)
+
+
+def test_locality_batches_are_few_contiguous_blocks_that_mix(bundled):
+    dataset = bundled.query().to_cell_dataset(SPACE, "counts")
+    locality = CellSampler(dataset, 256, mode="locality", seed=0)
+    random = CellSampler(dataset, 256, mode="random", seed=0)
+    rank_in_storage = np.empty(len(dataset), dtype=np.int64)
+    rank_in_storage[dataset.locality_order()] = np.arange(len(dataset))
+    runs = [np.count_nonzero(np.diff(np.sort(rank_in_storage[b])) != 1) + 1 for b in locality]
+    assert locality.block_size == 32 and np.mean(runs) <= 256 // 32 + 1 and max(runs) <= 256 // 32 + 4
+    assert np.median([len(np.unique(dataset.cell_groups[b])) for b in locality]) >= 2
+    groups = dataset.cell_groups
+    p = np.bincount(groups) / groups.size
+    overall = float(-(p * np.log2(p)).sum())
+    e_random, e_locality = batch_entropy(dataset, random), batch_entropy(dataset, locality)
+    assert 0.8 * overall < e_random <= overall + 0.05
+    assert 0.1 < e_locality < e_random
+    first = {tuple(sorted(b)) for b in locality}
+    locality.set_epoch(1)
+    assert len(first & {tuple(sorted(b)) for b in locality}) <= 1  # blocks are re-drawn into new batches
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("mode", ["random", "locality"])
+def test_sampler_shards_equal_disjoint_complete(bundled, mode, drop_last):
+    dataset = bundled.query().limit(1000).to_cell_dataset(SPACE, "counts")
+    world = 3
+    shares = [
+        list(CellSampler(dataset, 64, mode=mode, seed=5, drop_last=drop_last, num_replicas=world, rank=r))
+        for r in range(world)
+    ]
+    assert len({len(s) for s in shares}) == 1
+    assert len({tuple(len(b) for b in s) for s in shares}) == 1
+    cells = np.concatenate([_flatten(s) for s in shares])
+    if drop_last:
+        assert cells.size == 1000 // (world * 64) * world * 64 and np.unique(cells).size == cells.size
+    else:
+        assert cells.size == -(-1000 // world) * world  # padded by repeating, like DistributedSampler
+        assert np.array_equal(np.unique(cells), np.arange(1000))
+    with pytest.raises(ValueError):
+        CellSampler(dataset, 64, num_replicas=2, rank=2)

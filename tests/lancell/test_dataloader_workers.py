@@ -1,0 +1,141 @@
+"""The loader with real worker processes, after the parent used the atlas, and under torch.distributed."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch.distributed as dist
+import torch.multiprocessing as tmp
+
+from lancell.dataloader import CellDataset, CellSampler, DenseCollate, make_loader
+
+if TYPE_CHECKING:  # the DDP ranks import this module: keep lancedb out of their start-up
+    from lancell.atlas import RaggedAtlas
+
+SPACE = "gene_expression"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> RaggedAtlas:
+    from lancell.atlas import RaggedAtlas
+    from lancell.bundled import build_bundled_atlas
+
+    root = tmp_path_factory.mktemp("bundled")
+    build_bundled_atlas(root)
+    return RaggedAtlas.checkout_latest(str(root / "db"))
+
+
+def _epoch(loader, n_cells: int) -> tuple[np.ndarray, sp.csr_matrix]:
+    """One epoch: the order cells came in, and the rows reassembled in dataset order (each cell once)."""
+    rows, parts = [], []
+    for out in loader:
+        x = out["X"]
+        crow, col, values = x.crow_indices().numpy(), x.col_indices().numpy(), x.values().numpy()
+        parts.append(sp.csr_matrix((values, col, crow), shape=tuple(x.shape)))
+        rows.append(out["index"].numpy())
+    order = np.concatenate(rows)
+    assert np.array_equal(np.sort(order), np.arange(n_cells))
+    return order, sp.csr_matrix(sp.vstack(parts).tocsr()[np.argsort(order)])
+
+
+def _reference(query, n_features: int) -> sp.csr_matrix:
+    adata = query.to_anndata()
+    x = sp.coo_matrix(adata.X)
+    columns = adata.var["global_index"].to_numpy()
+    out = sp.csr_matrix((x.data.astype(np.float32), (x.row, columns[x.col])), shape=(adata.n_obs, n_features))
+    out.sort_indices()
+    return out
+
+
+def _assert_same(actual: sp.csr_matrix, expected: sp.csr_matrix) -> None:
+    assert actual.shape == expected.shape
+    np.testing.assert_array_equal(actual.indptr, expected.indptr)
+    np.testing.assert_array_equal(actual.indices, expected.indices)
+    np.testing.assert_array_equal(actual.data, expected.data)
+
+
+def test_two_workers_after_parent_used_the_atlas(bundled):
+    """Fork hazard (DESIGN §6): the parent has used lancedb, obstore and numba; 2 workers must still run."""
+    query = bundled.query().layers(SPACE, "counts")
+    expected = _reference(query, n_features=bundled.feature_registry(SPACE).shape[0])  # parent reads
+    dataset = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
+    assert dataset.n_features == expected.shape[1]
+    sampler = CellSampler(dataset, 512, mode="random", seed=11)
+    loader = make_loader(dataset, sampler, num_workers=2, timeout=120)
+    orders = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        order, actual = _epoch(loader, len(dataset))
+        _assert_same(actual, expected)
+        orders.append(order)
+    assert not np.array_equal(orders[0], orders[1])
+    sampler.set_epoch(0)
+    np.testing.assert_array_equal(_epoch(loader, len(dataset))[0], orders[0])  # same workers, same order
+
+
+def test_two_workers_locality_dense_collate(bundled):
+    registry = bundled.feature_registry(SPACE)
+    human = registry["uid"][registry["organism"] == "Homo sapiens"].iloc[:200]
+    mouse = registry["uid"][registry["organism"] == "Mus musculus"].iloc[:200]
+    features = [*mouse, *human]
+    query = bundled.query().where("dataset_uid != 'pbmc68k'")
+    dataset = query.to_cell_dataset(SPACE, "counts", features=features)
+    reference = query.layers(SPACE, "counts").to_anndata()[:, features]
+    expected = reference.X.toarray().astype(np.float32)
+    sampler = CellSampler(dataset, 512, mode="locality", seed=3)
+    collate = DenseCollate(presence=True)
+    loader = make_loader(dataset, sampler, num_workers=2, collate_fn=collate, timeout=120)
+    seen = np.zeros(len(dataset), dtype=bool)
+    for out in loader:
+        index = out["index"].numpy()
+        np.testing.assert_array_equal(out["X"].numpy(), expected[index])
+        mouse_cell = reference.obs["dataset_uid"].to_numpy()[index] == "mouse_10k"
+        np.testing.assert_array_equal(out["presence"].numpy()[:, :200].all(axis=1), mouse_cell)
+        np.testing.assert_array_equal(out["presence"].numpy()[:, 200:].all(axis=1), ~mouse_cell)
+        seen[index] = True
+    assert seen.all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_rank(rank: int, world: int, port: int, blob: bytes, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        dataset: CellDataset = pickle.loads(blob)
+        result = {}
+        for mode in ("random", "locality"):
+            for drop_last in (False, True):
+                sampler = CellSampler(dataset, 200, mode=mode, seed=21, drop_last=drop_last)
+                seen = [out["index"].numpy() for out in make_loader(dataset, sampler)]
+                result[f"{mode}-{drop_last}"] = (len(sampler), seen)
+        with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
+            pickle.dump(result, f)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_equal_batches_disjoint_complete(bundled, tmp_path):
+    dataset = bundled.query().where("dataset_uid != 'mouse_10k'").to_cell_dataset(SPACE, "log_normalized")
+    n = len(dataset)
+    tmp.spawn(_ddp_rank, args=(2, _free_port(), pickle.dumps(dataset), str(tmp_path)), nprocs=2, join=True)
+    ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]
+    for key in ranks[0]:
+        (n0, seen0), (n1, seen1) = ranks[0][key], ranks[1][key]
+        assert n0 == n1 == len(seen0) == len(seen1)
+        assert [b.size for b in seen0] == [b.size for b in seen1]
+        a, b = np.concatenate(seen0), np.concatenate(seen1)
+        if key.endswith("True"):
+            assert np.intersect1d(a, b).size == 0 and a.size + b.size == n // 400 * 400
+        else:
+            assert np.array_equal(np.union1d(a, b), np.arange(n)) and a.size + b.size == n + n % 2

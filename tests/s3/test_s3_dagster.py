@@ -1,0 +1,67 @@
+"""The Dagster asset graph with the atlas on S3: credentials only in the environment, as in a deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from s3server import ACCESS_KEY, SECRET_KEY, Seaweed
+
+import definitions
+from lancell.atlas import RaggedAtlas
+from lancell_assets import dataset_partitions, snapshot_partitions
+from lancell_assets.demo import land_bundled_data
+from resources import AtlasResource
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_ENDPOINT_URL": seaweed.endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    land_bundled_data(tmp_path / "landing")
+    defs = definitions.build_definitions(tmp_path)
+    atlas = AtlasResource(
+        db_uri=f"{s3_root}/db",
+        store_url=f"{s3_root}/arrays",
+        store_config={"endpoint": seaweed.endpoint, "region": "us-east-1"},
+        client_options={"allow_http": "true"},
+    )
+    resources = dict(defs.resources) | {"atlas": atlas}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "celltypist_sample"])
+        instance.add_dynamic_partitions(snapshot_partitions.name, ["s3-snap"])
+
+        def materialize(selection: list[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
+            return dg.materialize(
+                list(defs.assets),
+                selection=selection,
+                partition_key=partition,
+                instance=instance,
+                resources=resources,
+                run_config=QUIET,
+            )
+
+        for partition in ("pbmc68k", "celltypist_sample"):
+            result = materialize(["dataset_group"], partition)
+            assert all(c.passed for c in result.get_asset_check_evaluations())
+        materialize(["feature_registry", "optimized_atlas"])
+        result = materialize(["atlas_snapshot"], "s3-snap")
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        version = (
+            result.asset_materializations_for_node("atlas_snapshot")[0].metadata["snapshot_version"].value
+        )
+    assert atlas.find_snapshot("s3-snap") == version
+    frozen = atlas.checkout(version)
+    assert frozen.store.config["bucket"] == s3_root.split("/")[2]
+    assert frozen.query().count() == 700 + 559
+    assert (
+        RaggedAtlas.checkout_latest(f"{s3_root}/db").query().where("dataset_uid = 'pbmc68k'").count() == 700
+    )

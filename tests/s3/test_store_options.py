@@ -1,0 +1,103 @@
+"""Store settings without a server: LanceDB options derived from obstore kwargs, secrets never persisted."""
+
+from types import SimpleNamespace
+
+import obstore.store as obs_store
+
+from lancell.stores import lancedb_storage_options, open_store, public_store_config
+
+KWARGS = {
+    "config": {
+        "endpoint": "http://127.0.0.1:8333",
+        "region": "us-east-1",
+        "access_key_id": "AKIAEXAMPLE",
+        "secret_access_key": "s3cr3t",
+    },
+    "client_options": {"allow_http": True},
+}
+
+
+def test_lancedb_options_from_store_kwargs():
+    assert lancedb_storage_options("s3://bucket/atlas/db", KWARGS) == {
+        "endpoint": "http://127.0.0.1:8333",
+        "region": "us-east-1",
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "s3cr3t",
+        "allow_http": "true",
+    }
+
+
+def test_lancedb_options_accept_aws_prefixed_names_and_stringify():
+    kwargs = {
+        "config": {
+            "aws_endpoint": "http://h:1",
+            "aws_access_key_id": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "aws_session_token": "t",
+            "aws_skip_signature": False,
+            "aws_virtual_hosted_style_request": "false",
+        },
+        "client_options": {"allow_http": False, "timeout": "30s"},
+    }
+    assert lancedb_storage_options("s3://b/db", kwargs) == {
+        "endpoint": "http://h:1",
+        "aws_access_key_id": "k",
+        "aws_secret_access_key": "s",
+        "aws_session_token": "t",
+        "skip_signature": "false",
+        "virtual_hosted_style_request": "false",
+        "allow_http": "false",
+        "timeout": "30s",
+    }
+    assert all(isinstance(v, str) for v in lancedb_storage_options("s3://b/db", kwargs).values())
+
+
+def test_lancedb_options_none_for_local_or_empty():
+    assert lancedb_storage_options("/tmp/atlas/db", KWARGS) is None
+    assert lancedb_storage_options("file:///tmp/atlas/db", KWARGS) is None
+    assert lancedb_storage_options("s3://b/db", None) is None
+    assert lancedb_storage_options("s3://b/db", {}) is None
+    # other clouds: names pass through unchanged (lance and obstore share object_store's names)
+    gcs = {"config": {"service_account_key": "{...}"}}
+    assert lancedb_storage_options("gs://b/db", gcs) == {"service_account_key": "{...}"}
+
+
+def test_skip_signature_passes_through_to_both_clients():
+    public = {
+        "config": {"endpoint": "http://h:1", "skip_signature": True},
+        "client_options": {"allow_http": True},
+    }
+    store = open_store("s3://public-bucket/atlas/arrays", public)
+    assert store.config["skip_signature"] == "true"
+    assert public_store_config(store) == {
+        "endpoint": "http://h:1",
+        "skip_signature": "true",
+        "client_options": {"allow_http": "true"},
+    }
+    assert lancedb_storage_options("s3://public-bucket/atlas/db", public) == {
+        "endpoint": "http://h:1",
+        "skip_signature": "true",
+        "allow_http": "true",
+    }
+
+
+def test_public_store_config_drops_every_credential():
+    s3 = obs_store.from_url(
+        "s3://b/p",
+        config=KWARGS["config"] | {"session_token": "tok"},
+        client_options={"allow_http": True, "default_headers": {"authorization": "Bearer x"}},
+    )
+    assert public_store_config(s3) == {
+        "endpoint": "http://127.0.0.1:8333",
+        "region": "us-east-1",
+        "client_options": {"allow_http": "true"},
+    }
+    azure = obs_store.from_url(
+        "az://container/p", config={"account_name": "acct", "account_key": "c2VjcmV0", "sas_token": "sig=x"}
+    )
+    assert public_store_config(azure) == {"account_name": "acct"}
+    # obstore validates a GCS key when the store is built: check the filter on the config alone
+    gcs = SimpleNamespace(
+        config={"bucket": "b", "service_account_key": "{...}", "service_account": "/k.json"}
+    )
+    assert public_store_config(gcs) == {}
