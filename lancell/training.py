@@ -95,7 +95,7 @@ def train_cell_type_classifier(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
     correct = total = 0
     with torch.no_grad():
         evaluation = CellSampler(dataset, 256, mode="random", seed=seed)

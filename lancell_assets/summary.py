@@ -15,7 +15,7 @@ def print_loader_summary(atlas: RaggedAtlas) -> None:
     """One truly random epoch over every counts cell of the snapshot, in this process."""
     dataset = (
         atlas.query()
-        .where("organism IS NOT NULL")
+        .where("dataset_uid IN ('celltypist_sample', 'mouse_10k')")
         .to_cell_dataset("gene_expression", "counts", features="union")
     )
     sampler = CellSampler(dataset, 256, mode="random", seed=0)
