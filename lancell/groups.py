@@ -32,8 +32,10 @@ ENCODING_VERSION = "1"
 class GroupGeometry:
     """Chunk and shard sizes of a group's arrays, in elements (sparse) or rows (dense)."""
 
-    sparse_chunk: int = 16_384
-    sparse_shard: int = 16_384 * 64
+    # chosen by benchmarks/reader.py (RESULTS.md "Batched reader"): a ~2,000-value cell decodes 3x what it
+    # needs at 4,096 (9x at 16,384), 2.9x fewer bytes fetched; 4 Mi-element shards: 960 objects per 1M cells
+    sparse_chunk: int = 4_096
+    sparse_shard: int = 4_096 * 1_024
     dense_chunk_elements: int = 65_536
     dense_chunks_per_shard: int = 16
 
@@ -121,8 +123,9 @@ class SparseGroupWriter:
         nnz: int,
         layer: str,
         dtype: np.dtype,
-        geometry: GroupGeometry = DEFAULT_GEOMETRY,
+        geometry: GroupGeometry | None = None,
     ) -> None:
+        geometry = geometry or DEFAULT_GEOMETRY  # looked up per call, so it can be configured
         self.group = root.create_group(path)
         self.nnz = nnz
         self.n_cells = n_cells

@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 from s3server import ARRAYS_BUCKET, BUCKET, Seaweed
 
+from lancell import groups
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
+from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
 from lancell.reader import array_reader
 from lancell.schema import DatasetRecord
@@ -45,13 +47,15 @@ def sharded_atlas(seaweed: Seaweed) -> dict[str, object]:
     x = synthetic_counts(N_CELLS, N_GENES, NNZ_PER_CELL, np.random.default_rng(0))
     obs = pd.DataFrame(index=[f"c{i}" for i in range(N_CELLS)])
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
-    record = add_from_anndata(
-        atlas,
-        adata,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="s"),
-    )
+    with pytest.MonkeyPatch.context() as patch:  # a geometry that gives this small atlas three shards
+        patch.setattr(groups, "DEFAULT_GEOMETRY", GroupGeometry(sparse_chunk=16_384, sparse_shard=2**20))
+        record = add_from_anndata(
+            atlas,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="s"),
+        )
     atlas.optimize()
     atlas.snapshot()
     return {"db_uri": db_uri, "group": record.zarr_group, "expected": x}
