@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import obstore
 import obstore.store as obs_store
 import pandas as pd
 import pyarrow as pa
@@ -18,7 +17,6 @@ from lancell.errors import (
     AtlasExistsError,
     AtlasNotFoundError,
     FormatVersionError,
-    IngestError,
     ReadOnlyAtlasError,
     SchemaError,
     ValidationError,
@@ -35,7 +33,7 @@ from lancell.feature_spaces import (
 from lancell.groups import FORMAT_VERSION
 from lancell.indexes import build_indexes
 from lancell.locks import atlas_lock
-from lancell.modalities import detach_pointers
+from lancell.maintenance import remove_dataset, remove_debris
 from lancell.query import AtlasQuery
 from lancell.registry import (
     LAYOUTS_SCHEMA,
@@ -43,7 +41,6 @@ from lancell.registry import (
     assign_new_features,
     number_unindexed,
     prepare_features,
-    sql_literal,
 )
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
 from lancell.stores import (
@@ -445,17 +442,7 @@ class RaggedAtlas:
     def delete_dataset(self, uid: str) -> None:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
         self._require_writable()
-        where = f"uid = {sql_literal(uid)}"
-        rows = self._tables.datasets.search().where(where).to_arrow().to_pylist()
-        if not rows:
-            raise IngestError(f"no dataset {uid!r} in the atlas")
-        record = rows[0]
-        if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
-            detach_pointers(self, record["feature_space"], record["zarr_group"])
-        else:  # the cells go, with every modality attached to them
-            self._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
-            self._tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
-        self._tables.datasets.delete(where)
+        remove_dataset(self, uid)
 
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
         """Delete zarr groups no live dataset and no snapshot references, once older than ``grace``.
@@ -464,28 +451,7 @@ class RaggedAtlas:
         Returns counts of what was removed.
         """
         self._require_writable()
-        referenced = set(self._tables.datasets.to_arrow().column("zarr_group").to_pylist())
-        for version in list_snapshots(self._tables.db)["version"]:
-            view = self._pinned_view(read_version(self._tables.db, int(version))["tables"])
-            referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
-        cutoff = datetime.now(UTC) - grace
-        listing = obstore.list_with_delimiter(self.store)
-        removed_groups = removed_cells = 0
-        for prefix in listing["common_prefixes"]:
-            group = prefix.rstrip("/")
-            if group in referenced or group.startswith("_"):
-                continue
-            head = obstore.list(self.store, prefix=group + "/").collect()
-            if any(meta["last_modified"] > cutoff for meta in head):
-                continue
-            dataset = group.rsplit("-", 1)[0]
-            if self._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") == 0:
-                where = f"dataset_uid = {sql_literal(dataset)}"
-                removed_cells += self._tables.cells.count_rows(where)
-                self._tables.cells.delete(where)
-            delete_prefix(self.store, group)
-            removed_groups += 1
-        return {"groups": removed_groups, "cells": removed_cells}
+        return remove_debris(self, grace)
 
     def _delete_group(self, zarr_group: str) -> None:
         delete_prefix(self.store, zarr_group)

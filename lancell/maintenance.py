@@ -1,0 +1,70 @@
+"""Removing things from an atlas: a dataset (with its attached modalities) and debris no snapshot needs.
+
+Zarr groups are append-only: deleting a dataset removes its rows in new table versions and leaves its group
+for :func:`remove_debris`, which keeps every group the live tables or any tagged snapshot still reference.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import obstore
+
+from lancell.errors import IngestError
+from lancell.modalities import detach_pointers
+from lancell.registry import sql_literal
+from lancell.stores import delete_prefix
+from lancell.versions import list_snapshots, read_version
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["remove_dataset", "remove_debris"]
+
+
+def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
+    """Delete dataset ``uid``: a further modality loses its pointers, a dataset its cells and modalities.
+
+    Raises
+    ------
+    IngestError
+        No such dataset.
+    """
+    where = f"uid = {sql_literal(uid)}"
+    rows = atlas._tables.datasets.search().where(where).to_arrow().to_pylist()
+    if not rows:
+        raise IngestError(f"no dataset {uid!r} in the atlas")
+    record = rows[0]
+    if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
+        detach_pointers(atlas, record["feature_space"], record["zarr_group"])
+    else:  # the cells go, with every modality attached to them
+        atlas._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+        atlas._tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
+    atlas._tables.datasets.delete(where)
+
+
+def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
+    """Delete unreferenced zarr groups older than ``grace`` and the orphan cell rows of their datasets."""
+    tables = atlas._tables
+    referenced = set(tables.datasets.to_arrow().column("zarr_group").to_pylist())
+    for version in list_snapshots(tables.db)["version"]:
+        view = atlas._pinned_view(read_version(tables.db, int(version))["tables"])
+        referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
+    cutoff = datetime.now(UTC) - grace
+    removed_groups = removed_cells = 0
+    for prefix in obstore.list_with_delimiter(atlas.store)["common_prefixes"]:
+        group = prefix.rstrip("/")
+        if group in referenced or group.startswith("_"):
+            continue
+        objects = obstore.list(atlas.store, prefix=group + "/").collect()
+        if any(meta["last_modified"] > cutoff for meta in objects):
+            continue
+        dataset = group.rsplit("-", 1)[0]
+        if tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") == 0:
+            where = f"dataset_uid = {sql_literal(dataset)}"
+            removed_cells += tables.cells.count_rows(where)
+            tables.cells.delete(where)
+        delete_prefix(atlas.store, group)
+        removed_groups += 1
+    return {"groups": removed_groups, "cells": removed_cells}
