@@ -32,10 +32,11 @@ ENCODING_VERSION = "1"
 class GroupGeometry:
     """Chunk and shard sizes of a group's arrays, in elements (sparse) or rows (dense)."""
 
-    # chosen by benchmarks/reader.py (RESULTS.md "Batched reader"): a ~2,000-value cell decodes 3x what it
-    # needs at 4,096 (9x at 16,384), 2.9x fewer bytes fetched; 4 Mi-element shards: 960 objects per 1M cells
-    sparse_chunk: int = 4_096
-    sparse_shard: int = 4_096 * 1_024
+    # benchmarks/reader.py recommends 4,096-element chunks in 4 Mi-element shards (a ~2,000-value cell then
+    # decodes 3x what it needs instead of 9x), but writing such shards raised ingest peak RSS to ~1.6 GB:
+    # kept at 16,384 x 64 until that is understood
+    sparse_chunk: int = 16_384
+    sparse_shard: int = 16_384 * 64
     dense_chunk_elements: int = 65_536
     dense_chunks_per_shard: int = 16
 
