@@ -36,9 +36,10 @@ SCRIPT = textwrap.dedent(
                                registry_schemas={"gene_expression": Gene})
     atlas.register_features("gene_expression", pd.DataFrame({"uid": [f"gene{i}" for i in range(3000)]}))
     # warm-up: compile (or load) every numba kernel first, so compilation memory is not counted
-    tiny = ad.AnnData(X=sp.random(50, 3000, density=0.1, format="csr", dtype=np.float64).ceil().astype(np.int32),
-                      var=pd.DataFrame(index=[f"gene{i}" for i in range(3000)]))
-    add_from_anndata(atlas, tiny, feature_space="gene_expression", zarr_layer="counts", csc=False, progress=False)
+    x = sp.random(50, 3000, density=0.1, format="csr", dtype=np.float64).ceil().astype(np.int32)
+    tiny = ad.AnnData(X=x, var=pd.DataFrame(index=[f"gene{i}" for i in range(3000)]))
+    add_from_anndata(atlas, tiny, feature_space="gene_expression", zarr_layer="counts",
+                     csc=False, progress=False)
     process, samples, done = psutil.Process(), [], threading.Event()
 
     def sample():
