@@ -32,11 +32,10 @@ ENCODING_VERSION = "1"
 class GroupGeometry:
     """Chunk and shard sizes of a group's arrays, in elements (sparse) or rows (dense)."""
 
-    # benchmarks/reader.py recommends 4,096-element chunks in 4 Mi-element shards (a ~2,000-value cell then
-    # decodes 3x what it needs instead of 9x), but writing such shards raised ingest peak RSS to ~1.6 GB:
-    # kept at 16,384 x 64 until that is understood
-    sparse_chunk: int = 16_384
-    sparse_shard: int = 16_384 * 64
+    # chosen by benchmarks/reader.py (RESULTS.md "Batched reader"): a ~2,000-value cell decodes 3x what it
+    # needs at 4,096 (9x at 16,384), 2.9x fewer bytes fetched; 4 Mi-element shards: 960 objects per 1M cells
+    sparse_chunk: int = 4_096
+    sparse_shard: int = 4_096 * 1_024
     dense_chunk_elements: int = 65_536
     dense_chunks_per_shard: int = 16
 
@@ -69,7 +68,7 @@ def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
 
 
 class ShardBuffer:
-    """Append-only writer of a 1-D sharded array that only ever writes whole shards (and the tail)."""
+    """Append-only writer of a sharded array (1-D, or 2-D by rows) that writes whole shards and the tail."""
 
     def __init__(self, array: zarr.Array, shard: int) -> None:
         self.array = array
@@ -80,24 +79,31 @@ class ShardBuffer:
 
     def append(self, values: np.ndarray) -> None:
         self.parts.append(values)
-        self.buffered += values.size
-        if self.buffered >= self.shard:
-            self._flush(final=False)
+        self.buffered += values.shape[0]
+        while self.buffered >= self.shard:
+            self._write(self._take(self.shard))
 
-    def _flush(self, *, final: bool) -> None:
-        if not self.parts:
-            return
-        data = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        n = data.size if final else (data.size // self.shard) * self.shard
-        if n:
-            self.array[self.written : self.written + n] = data[:n]
-            self.written += n
-        rest = data[n:]
-        self.parts = [rest] if rest.size else []
-        self.buffered = rest.size
+    def _take(self, n: int) -> np.ndarray:
+        """Remove the first ``n`` buffered rows: one copy of at most a shard, never of the whole buffer."""
+        taken, size = [], 0
+        while size < n:
+            part = self.parts.pop(0)
+            need = n - size
+            if part.shape[0] > need:
+                self.parts.insert(0, part[need:])
+                part = part[:need]
+            taken.append(part)
+            size += part.shape[0]
+        self.buffered -= n
+        return np.concatenate(taken) if len(taken) > 1 else taken[0]
+
+    def _write(self, data: np.ndarray) -> None:
+        self.array[self.written : self.written + data.shape[0]] = data
+        self.written += data.shape[0]
 
     def close(self) -> int:
-        self._flush(final=True)
+        if self.buffered:
+            self._write(self._take(self.buffered))
         return self.written
 
 
@@ -208,10 +214,7 @@ class DenseGroupWriter:
             shards=(shard_rows, n_features),
             **value_codecs(np.dtype(dtype), "values"),
         )
-        self.shard_rows = shard_rows
-        self._parts: list[np.ndarray] = []
-        self._buffered = 0
-        self._written = 0
+        self.rows = ShardBuffer(self.array, shard_rows)
         self.group.attrs.update(
             {
                 **_base_attrs("dense", layer, dtype, geometry),
@@ -222,26 +225,11 @@ class DenseGroupWriter:
 
     def append(self, rows: np.ndarray) -> None:
         """Append a block of dense rows."""
-        self._parts.append(rows)
-        self._buffered += rows.shape[0]
-        if self._buffered >= self.shard_rows:
-            self._flush(final=False)
-
-    def _flush(self, *, final: bool) -> None:
-        if not self._parts:
-            return
-        data = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
-        n = data.shape[0] if final else (data.shape[0] // self.shard_rows) * self.shard_rows
-        if n:
-            self.array[self._written : self._written + n] = data[:n]
-            self._written += n
-        rest = data[n:]
-        self._parts = [rest] if rest.shape[0] else []
-        self._buffered = rest.shape[0]
+        self.rows.append(rows)
 
     def close(self, extra_attrs: dict[str, Any]) -> None:
         """Flush the tail and write the attributes."""
-        self._flush(final=True)
+        self.rows.close()
         self.group.attrs.update(
             {"n_cells": self.n_cells, "nnz": int(np.prod(self.array.shape)), **extra_attrs}
         )
