@@ -18,6 +18,8 @@ __all__ = ["arrow_to_obs", "obs_to_arrow"]
 
 log = logging.getLogger(__name__)
 
+_NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
+
 
 def _first_bad(series: pd.Series, mask: np.ndarray) -> str:
     position = int(np.flatnonzero(mask)[0])
@@ -36,25 +38,59 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         )
     target = field.type
     if pa.types.is_integer(target):
-        numeric = pd.to_numeric(values, errors="coerce")
-        bad = ~missing & pd.isna(numeric).to_numpy(dtype=bool)
-        if bad.any():
-            raise ObsConversionError(dataset, field.name, f"non-numeric value at {_first_bad(series, bad)}")
-        as_float = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
-        fractional = ~missing & (np.floor(as_float) != as_float)
-        if fractional.any():
-            raise ObsConversionError(
-                dataset, field.name, f"non-integer value at {_first_bad(series, fractional)}"
-            )
-        values = pd.array(numeric, dtype="Int64")
+        values = _to_integers(dataset, series, values, missing, field)
     elif pa.types.is_string(target) or pa.types.is_large_string(target):
         values = pd.Series(
             [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
         )
     try:
         return pa.array(values, type=target, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ObsConversionError(dataset, field.name, f"cannot convert to {target}: {exc}") from exc
+
+
+def _to_integers(
+    dataset: str, series: pd.Series, values: pd.Series, missing: np.ndarray, field: pa.Field
+) -> pd.api.extensions.ExtensionArray:
+    """Integer values of ``values`` (nulls where ``missing``) that fit ``field``'s type, else an error.
+
+    Booleans, datetimes and timedeltas are refused rather than silently stored as 0/1 or nanoseconds.
+    """
+    dtype = series.cat.categories.dtype if isinstance(series.dtype, pd.CategoricalDtype) else series.dtype
+    if dtype.kind in _NOT_INTEGERS:
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"{_NOT_INTEGERS[dtype.kind]} values (dtype {dtype}) cannot be stored as {field.type}; "
+            "convert the column explicitly",
+        )
+    if dtype.kind == "O":
+        flags = np.fromiter((isinstance(v, bool | np.bool_) for v in values), dtype=bool, count=len(values))
+        if flags.any():
+            raise ObsConversionError(dataset, field.name, f"boolean value at {_first_bad(series, flags)}")
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = ~missing & pd.isna(numeric).to_numpy(dtype=bool)
+    if bad.any():
+        raise ObsConversionError(dataset, field.name, f"non-numeric value at {_first_bad(series, bad)}")
+    as_float = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    fractional = ~missing & (np.floor(as_float) != as_float)
+    if fractional.any():
+        raise ObsConversionError(
+            dataset, field.name, f"non-integer value at {_first_bad(series, fractional)}"
+        )
+    info = np.iinfo(field.type.to_pandas_dtype())
+    outside = ~missing & ((as_float < info.min) | (as_float > info.max))
+    if outside.any():
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"value outside the {field.type} range [{info.min}, {info.max}] at {_first_bad(series, outside)}",
+        )
+    nullable = f"{'UInt' if pa.types.is_unsigned_integer(field.type) else 'Int'}{field.type.bit_width}"
+    try:
+        return pd.array(numeric, dtype=nullable)
+    except (TypeError, ValueError, OverflowError) as exc:  # at the very edge of the range, beyond float64
+        raise ObsConversionError(dataset, field.name, f"cannot convert to {field.type}: {exc}") from exc
 
 
 def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dict[str, pa.Array]:
@@ -66,9 +102,16 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
     Raises
     ------
     ObsConversionError
-        A value that cannot be stored in its declared type (NaN in a non-nullable or integer column,
-        text in a numeric column, a fractional value in an integer column).
+        A value that cannot be stored in its declared type (NaN in a non-nullable column, text in a numeric
+        column, a fractional, out-of-range, boolean or datetime value in an integer column), or a declared
+        column that appears more than once in ``obs``.
     """
+    repeated = obs.columns[obs.columns.duplicated()]
+    for field in fields:
+        if field.name in repeated:
+            raise ObsConversionError(
+                dataset, field.name, f"obs has {int((obs.columns == field.name).sum())} columns of this name"
+            )
     out: dict[str, pa.Array] = {}
     for field in fields:
         if field.name in obs.columns:
