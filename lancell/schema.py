@@ -14,14 +14,15 @@ from __future__ import annotations
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
 import pyarrow as pa
-from lancedb.pydantic import LanceModel
-from pydantic import BaseModel, Field
+from lancedb.pydantic import LanceModel, pydantic_to_schema
+from pydantic import BaseModel, Field, create_model
 
-from lancell.errors import SchemaError
+from lancell.errors import IngestError, SchemaError
 
 __all__ = [
     "DatasetRecord",
@@ -29,12 +30,14 @@ __all__ = [
     "FeatureBaseSchema",
     "LancellBaseSchema",
     "SparseZarrPointer",
+    "check_dataset_uid",
     "pointer_fields",
     "pointer_fields_from_arrow",
     "vector_fields",
 ]
 
 PointerKind = Literal["sparse", "dense"]
+_UID_FORBIDDEN = frozenset(":\\")
 
 
 class SparseZarrPointer(BaseModel):
@@ -79,6 +82,37 @@ _POINTER_ARROW: dict[PointerKind, pa.DataType] = {
 }
 
 
+def _unconvertible_field(model: type[BaseModel]) -> str:
+    """Name the first field of ``model`` that lancedb cannot give an Arrow type."""
+    for name, info in model.model_fields.items():
+        try:
+            pydantic_to_schema(create_model("_Probe", **{name: (info.annotation, None)}))
+        except (TypeError, ValueError, NotImplementedError):
+            return f"field {name!r} ({info.annotation})"
+    return "a field"
+
+
+def _checked_arrow_schema(
+    model: type[BaseModel], role: str, convert: Callable[[], pa.Schema], string_keys: tuple[str, ...]
+) -> pa.Schema:
+    """``convert()``, with a :class:`SchemaError` naming the field that has no Arrow type or a key field
+    (``string_keys``) that is not a non-optional ``str``."""
+    try:
+        schema = convert()
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise SchemaError(
+            f"{role} {model.__name__}: {_unconvertible_field(model)} has no Arrow type: {exc}"
+        ) from exc
+    for key in string_keys:
+        field = schema.field(key)
+        if not pa.types.is_string(field.type) or field.nullable:
+            raise SchemaError(
+                f"{role} {model.__name__}: field {key!r} must be a non-optional str, "
+                f"got {field.type}{' (optional)' if field.nullable else ''}"
+            )
+    return schema
+
+
 class LancellBaseSchema(LanceModel):
     """Base of every cell schema: one row per cell.
 
@@ -88,6 +122,17 @@ class LancellBaseSchema(LanceModel):
 
     uid: str
     dataset_uid: str
+
+    @classmethod
+    def to_arrow_schema(cls) -> pa.Schema:
+        """The cell table's Arrow schema.
+
+        Raises
+        ------
+        SchemaError
+            A field has no Arrow type, or ``uid`` / ``dataset_uid`` is redeclared as something but ``str``.
+        """
+        return _checked_arrow_schema(cls, "cell schema", super().to_arrow_schema, ("uid", "dataset_uid"))
 
 
 class FeatureBaseSchema(LanceModel):
@@ -99,6 +144,17 @@ class FeatureBaseSchema(LanceModel):
 
     uid: str
     global_index: int | None = None
+
+    @classmethod
+    def to_arrow_schema(cls) -> pa.Schema:
+        """The registry table's Arrow schema.
+
+        Raises
+        ------
+        SchemaError
+            A field has no Arrow type, or ``uid`` is redeclared as something but ``str``.
+        """
+        return _checked_arrow_schema(cls, "registry schema", super().to_arrow_schema, ("uid",))
 
 
 def _new_dataset_uid() -> str:
@@ -125,6 +181,42 @@ class DatasetRecord(LanceModel):
     cells_of: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
+    @classmethod
+    def to_arrow_schema(cls) -> pa.Schema:
+        """The dataset table's Arrow schema.
+
+        Raises
+        ------
+        SchemaError
+            A field has no Arrow type, or ``uid`` is redeclared as something but ``str``.
+        """
+        return _checked_arrow_schema(cls, "dataset schema", super().to_arrow_schema, ("uid",))
+
+
+def check_dataset_uid(dataset: str) -> None:
+    """Refuse uids that would make cell uids (``<dataset uid>:<obs name>``) ambiguous or that are not a
+    path of the object store (the zarr group is ``<dataset uid>-<random>``; ``/`` nests it).
+
+    Raises
+    ------
+    IngestError
+        The uid is empty, has surrounding spaces, contains ``:``, ``\\`` or a control character, starts
+        with ``_``, or has an empty or dot-led ``/``-separated part.
+    """
+    if not isinstance(dataset, str) or not dataset or dataset != dataset.strip():
+        raise IngestError(f"dataset uid {dataset!r} must be a non-empty string without surrounding spaces")
+    bad = sorted({c for c in dataset if c in _UID_FORBIDDEN or not c.isprintable()})
+    if bad:
+        raise IngestError(
+            f"dataset uid {dataset!r} contains {bad}: ':' would make cell uids ('<dataset uid>:<obs name>') "
+            "ambiguous; '\\' and control characters are not allowed in store paths"
+        )
+    if dataset.startswith("_") or any(not part or part.startswith(".") for part in dataset.split("/")):
+        raise IngestError(
+            f"dataset uid {dataset!r} is not a valid zarr group path: it may not start with '_' (reserved), "
+            "and every '/'-separated part must be non-empty and not start with '.'"
+        )
+
 
 def _pointer_kind(annotation: object) -> PointerKind | None:
     """Return the pointer kind of a field annotation (``X | None``, ``Optional[X]`` or ``X``), else None."""
@@ -145,15 +237,23 @@ def pointer_fields(cell_schema: type[LancellBaseSchema]) -> dict[str, PointerKin
     Raises
     ------
     SchemaError
-        If ``cell_schema`` does not derive from :class:`LancellBaseSchema`.
+        If ``cell_schema`` does not derive from :class:`LancellBaseSchema`, or a pointer field is not
+        optional (cells of the other feature spaces carry no pointer in it).
     """
     if not (isinstance(cell_schema, type) and issubclass(cell_schema, LancellBaseSchema)):
         raise SchemaError(f"cell schema must subclass LancellBaseSchema, got {cell_schema!r}")
     found: dict[str, PointerKind] = {}
     for name, field in cell_schema.model_fields.items():
         kind = _pointer_kind(field.annotation)
-        if kind is not None:
-            found[name] = kind
+        if kind is None:
+            continue
+        if type(None) not in typing.get_args(field.annotation):
+            pointer = "SparseZarrPointer" if kind == "sparse" else "DenseZarrPointer"
+            raise SchemaError(
+                f"cell schema {cell_schema.__name__}: pointer field {name!r} must be optional "
+                f"({name}: {pointer} | None = None): cells of other feature spaces have no {name!r} pointer"
+            )
+        found[name] = kind
     return found
 
 
