@@ -3,6 +3,8 @@
 A source knows its shape, its dtype and its total number of stored values before any row is read, so the
 zarr arrays can be sized up front; it then yields CSR (or dense) row blocks of roughly ``target_nnz``
 values each. Backed CSR ``.h5ad`` matrices are read block by block; nothing holds the whole matrix.
+Explicitly stored zeros are kept (they are counted in the sparse ``nnz`` the arrays were sized for);
+column indices outside the matrix or repeated within a row are refused.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class MatrixSource:
     dtype: np.dtype
     sparse: bool
     indptr: np.ndarray | None
+    dataset: str
 
     @property
     def nnz(self) -> int:
@@ -56,14 +59,37 @@ class MatrixSource:
             start = stop
 
     def csr_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """Yield ``(row_start, csr_block)`` with sorted indices and no explicit zeros."""
+        """Yield ``(row_start, csr_block)`` with sorted indices, each checked by :meth:`check_indices`."""
         for start, stop in self.row_ranges(target_values):
             block = self.matrix[start:stop]
             block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
-            block.eliminate_zeros()
             if not block.has_sorted_indices:
                 block = block.sorted_indices()
+            self.check_indices(start, block)
             yield start, block
+
+    def check_indices(self, start: int, block: sp.csr_matrix) -> None:
+        """Raise :class:`DataValueError` unless the sorted column indices of a block (rows from ``start``)
+        lie in ``[0, n_features)`` and no row repeats one (a stored duplicate has no single value)."""
+        indices, n_features = block.indices, self.shape[1]
+        if indices.size == 0:
+            return
+        outside = (indices < 0) | (indices >= n_features)
+        repeated = np.zeros(indices.size, dtype=bool)
+        repeated[1:] = indices[1:] == indices[:-1]
+        firsts = block.indptr[:-1]
+        repeated[firsts[firsts < indices.size]] = False  # a row's first value repeats nothing
+        problems = (
+            (outside, f"outside [0, {n_features}): the matrix and var disagree"),
+            (repeated, "repeated within its row: call X.sum_duplicates() first"),
+        )
+        for mask, what in problems:
+            if mask.any():
+                position = int(np.flatnonzero(mask)[0])
+                row = start + int(np.searchsorted(block.indptr, position, side="right")) - 1
+                raise DataValueError(
+                    f"dataset {self.dataset!r}: column index {int(indices[position])} of row {row} is {what}"
+                )
 
     def dense_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(row_start, dense_block)``."""
@@ -81,7 +107,8 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
     IngestError
         Backed CSC matrices (they cannot be streamed by cell) and unknown matrix types.
     DataValueError
-        Unsupported value dtypes (float16, complex, object, bool, strings).
+        Unsupported value dtypes (float16, complex, object, bool, strings); malformed column indices are
+        reported later, by the block that holds them.
     """
     if isinstance(matrix, BaseCompressedSparseDataset):
         if matrix.format != "csr":
@@ -90,17 +117,19 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
                 "read the file without backed mode or convert X to CSR"
             )
         source = MatrixSource(
-            matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:]
+            matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:], dataset
         )
     elif isinstance(matrix, h5py.Dataset):
-        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None)
+        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None, dataset)
     elif sp.issparse(matrix):
         csr = matrix.tocsr() if matrix.format != "csr" else matrix
-        source = MatrixSource(csr, tuple(csr.shape), np.dtype(csr.dtype), True, np.asarray(csr.indptr))
+        source = MatrixSource(
+            csr, tuple(csr.shape), np.dtype(csr.dtype), True, np.asarray(csr.indptr), dataset
+        )
     elif isinstance(matrix, np.ndarray):
         if matrix.ndim != 2:
             raise IngestError(f"dataset {dataset!r}: matrix must be 2-D, got shape {matrix.shape}")
-        source = MatrixSource(matrix, tuple(matrix.shape), matrix.dtype, False, None)
+        source = MatrixSource(matrix, tuple(matrix.shape), matrix.dtype, False, None, dataset)
     else:
         raise IngestError(f"dataset {dataset!r}: unsupported matrix type {type(matrix).__name__}")
     check_dtype(dataset, source.dtype)
