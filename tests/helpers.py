@@ -29,9 +29,16 @@ def read_10x_v3_h5(path: Path) -> ad.AnnData:
     return ad.AnnData(X=x, obs=obs, var=var)
 
 
-def visible_state(atlas: RaggedAtlas) -> dict[str, object]:
-    """What readers see: every table's rows (sorted, without timestamps), validate(), the zarr groups."""
+def visible_state(atlas: RaggedAtlas, *, versions: bool = False) -> dict[str, object]:
+    """What readers see: every table's rows (sorted, without timestamps), validate(), the zarr groups.
+
+    With ``versions`` also every table's Lance version and the snapshot list: a call that fails before its
+    first commit must not even create a table version.
+    """
     state: dict[str, object] = {}
+    if versions:
+        state["versions"] = atlas._tables.versions()
+        state["snapshots"] = RaggedAtlas.list_versions(atlas.db_uri)["version"].tolist()
     for name, handle in atlas._tables.handles.items():
         table = handle.to_arrow()
         if "created_at" in table.column_names:
