@@ -14,16 +14,19 @@ zarr-python process that has lancell installed can read the arrays without impor
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import crc32c
+import numcodecs.zstd
 import numpy as np
 from zarr.abc.codec import BytesBytesCodec
 from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 from kernels import bitpack
-from lancell.errors import CodecError
+from lancell.errors import ChecksumError, CodecError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from zarr.core.chunk_grids import ChunkGrid
     from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
-__all__ = ["CODEC_NAME", "BitpackingCodec"]
+__all__ = ["BYTES_DECODERS", "CODEC_NAME", "BitpackingCodec"]
 
 CODEC_NAME = "lancell.bitpacking"
 ELEMENT_SIZE = 4
@@ -139,6 +142,43 @@ class BitpackingCodec(BytesBytesCodec):
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         """Not available: the encoded size depends on the data."""
         raise NotImplementedError
+
+
+def _zstd(data: np.ndarray) -> np.ndarray:
+    try:
+        return np.frombuffer(numcodecs.zstd.decompress(data), np.uint8)
+    except (RuntimeError, ValueError) as e:
+        raise CodecError(f"zstd cannot decode the chunk ({e})") from e
+
+
+def _bitpacking(data: np.ndarray) -> np.ndarray:
+    try:
+        return bitpack.decode(data).view(np.uint8)
+    except bitpack.BitpackError as e:
+        raise CodecError(f"{CODEC_NAME} cannot decode the chunk ({e})") from e
+
+
+# crc32c over bytes followed by their own crc32c (little-endian) is always this: one call checks a chunk.
+_CRC32C_RESIDUE = 0x48674BC7
+
+
+def _crc32c(data: np.ndarray) -> np.ndarray:
+    if data.size < 4:
+        raise ChecksumError(f"the chunk is {data.size} bytes, too short for its crc32c")
+    if crc32c.crc32c(data) != _CRC32C_RESIDUE:
+        stored, computed = int.from_bytes(data[-4:].tobytes(), "little"), crc32c.crc32c(data[:-4])
+        raise ChecksumError(f"chunk checksum {computed:#010x} != stored {stored:#010x}")
+    return data[:-4]
+
+
+# Decoders of the bytes-to-bytes codecs that lancell writes, by zarr codec name, for readers that decode
+# chunks without zarr-python (lancell.shard_reader): each takes a chunk's bytes (1-D uint8) and returns the
+# decoded bytes, or raises CodecError (ChecksumError when a crc32c does not match).
+BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "zstd": _zstd,
+    CODEC_NAME: _bitpacking,
+    "crc32c": _crc32c,
+}
 
 
 # zarr finds the codec through the entry point; registering here too covers a source checkout that is on

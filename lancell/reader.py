@@ -9,13 +9,17 @@ elements share one read), each run is read once, and the requested slices are ga
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 
 import numpy as np
+import obstore
 import zarr
 import zarr.storage
+from obstore.store import ObjectStore
 
 from lancell.errors import ShardFormatError
 from lancell.shard_reader import ShardedArrayReader
@@ -30,6 +34,30 @@ _MAX_READERS = 512
 # entry holds the store itself, so its id cannot be reused by another store while the entry lives.
 _READERS: OrderedDict[tuple[int, str], tuple[object, ShardedArrayReader | None]] = OrderedDict()
 _READERS_LOCK = threading.Lock()
+
+
+# The sharded arrays of a dataset group (lancell.groups, lancell.csc): <group>/csr|csc/indices,
+# <group>/csr|csc/layers/<layer> and the dense <group>/layers/<layer>.
+_DATASET_ARRAY = re.compile(r"(?P<group>.+?)/(?:(?:csr|csc)/(?:indices|layers/[^/]+)|layers/[^/]+)")
+
+
+def _written_whole(store: ObjectStore, reader: ShardedArrayReader) -> bool:
+    """Whether every shard of the reader's array was written, so that a missing one is damage, not fill.
+
+    True for the arrays of a lancell dataset group whose attributes say it holds values (``nnz > 0``) when
+    they are 1-D (CSR / CSC: stored values and their indices, never a whole shard equal to the fill value)
+    or their chunks carry a crc32c (written with every chunk, see :func:`lancell.groups.value_codecs`);
+    the dense layers of older atlases may have left an all-zero shard unwritten.
+    """
+    match = _DATASET_ARRAY.fullmatch(reader.path)
+    if match is None or not (len(reader.shape) == 1 or reader.layout.chunk_crc):
+        return False
+    try:
+        group = json.loads(bytes(obstore.get(store, f"{match['group']}/zarr.json").bytes()))
+        attrs = group.get("attributes", {})
+        return "lancell_format" in attrs and int(attrs.get("nnz", 0)) > 0
+    except (FileNotFoundError, ValueError, TypeError, AttributeError):
+        return False
 
 
 def _matches(reader: ShardedArrayReader, array: zarr.Array) -> bool:
@@ -47,7 +75,8 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
     """The cached batched reader of ``array``, or None when it must be read through zarr-python.
 
     None for arrays outside a ``zarr.storage.ObjectStore`` and for layouts the batched reader does not handle
-    (unsharded arrays, unsupported codecs).
+    (unsharded arrays, unsupported codecs). The reader of a dataset array every shard of which was written
+    is ``complete``: it raises ``ShardFormatError`` on a missing shard object instead of returning zeros.
     """
     store = array.store
     if not isinstance(store, zarr.storage.ObjectStore):
@@ -61,6 +90,7 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
             return entry[1]
     try:
         reader: ShardedArrayReader | None = ShardedArrayReader(inner, array.path)
+        reader.complete = _written_whole(inner, reader)
     except ShardFormatError as e:
         log.debug("reading %s through zarr-python: %s", array.path, e)
         reader = None

@@ -3,15 +3,15 @@
 Many ``[start, end)`` element ranges of one array are cut at inner-chunk boundaries (:mod:`kernels.gather`);
 each touched shard's index is read once and cached; all needed chunks of a shard come back from **one**
 ``obstore.get_ranges`` call; shards are fetched concurrently on a thread pool, and each task decodes its
-shard's chunks (zstd, BP-128 and crc32c all release the GIL) and scatters them into one flat output in request
-order right after decoding. Threads with blocking calls beat obstore's asyncio calls here: each awaited call
-costs event-loop wake-ups, about twice the time of a local ``get_ranges`` itself.
+shard's chunks (:data:`lancell.codecs.BYTES_DECODERS`: zstd and BP-128 release the GIL, a chunk's crc32c takes
+well under a microsecond) and scatters them into one flat output in request order right after decoding.
+Threads with blocking calls beat obstore's asyncio calls here: each awaited call costs event-loop wake-ups,
+about twice the time of a local ``get_ranges`` itself.
 
-Format facts (zarr v3 ``sharding_indexed``): a shard object holds its chunks' encoded bytes and an index of
-``chunks_per_shard`` pairs ``(offset, nbytes)`` (little-endian uint64, offsets from the start of the object),
-followed by a crc32c under zarr's default index codecs, stored at the end (default) or the start of the
-object. A pair of ``2**64 - 1`` marks a chunk that was never written (it reads as the fill value); a missing
-shard object means every chunk of it is missing. Edge chunks are stored at full chunk size.
+Format facts (zarr v3 ``sharding_indexed``): a shard object holds its chunks' encoded bytes and an index
+(:mod:`lancell.shard_index`, checked completely before any chunk is fetched). A missing shard object means
+every chunk of it is missing and reads as the fill value, unless the reader is told the array was written
+``complete``: then it is an error. Edge chunks are stored at full chunk size.
 """
 
 from __future__ import annotations
@@ -24,52 +24,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import crc32c
-import numcodecs.zstd
 import numpy as np
 import obstore
 from obstore.store import ObjectStore
 
-from kernels import bitpack, gather
-from lancell.errors import ChecksumError, CodecError, OutOfBoundsError, ShardFormatError
+from kernels import gather
+from lancell.codecs import BYTES_DECODERS
+from lancell.errors import CodecError, OutOfBoundsError, ShardFormatError
+from lancell.shard_index import MISSING, index_nbytes, parse_index
 
-__all__ = ["ShardedArrayReader"]
+__all__ = ["MISSING", "ShardedArrayReader"]
 
-MISSING = np.uint64(2**64 - 1)
 # A decode task takes at least this many chunks of one shard, so that small tasks do not drown in overhead.
 _MIN_CHUNKS_PER_TASK = 4
 # Requests in flight per process (local disk on 2 cores: 8-16 is best; remote stores hide latency with them).
 READ_THREADS = 16
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FLOAT_WORDS = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
-
-
-def _zstd_stage(data: np.ndarray) -> np.ndarray:
-    try:
-        return np.frombuffer(numcodecs.zstd.decompress(data), np.uint8)
-    except (RuntimeError, ValueError) as e:
-        raise CodecError(f"zstd cannot decode the chunk ({e})") from e
-
-
-def _bitpacking_stage(data: np.ndarray) -> np.ndarray:
-    try:
-        return bitpack.decode(data).view(np.uint8)
-    except bitpack.BitpackError as e:
-        raise CodecError(f"lancell.bitpacking cannot decode the chunk ({e})") from e
-
-
-def _crc32c_stage(data: np.ndarray) -> np.ndarray:
-    if data.size < 4 or crc32c.crc32c(data[:-4]) != int.from_bytes(data[-4:].tobytes(), "little"):
-        raise ChecksumError("chunk checksum mismatch")
-    return data[:-4]
-
-
-# Bytes-to-bytes decoders by codec name; each returns the decoded bytes (uint8) or raises CodecError.
-_STAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "zstd": _zstd_stage,
-    "lancell.bitpacking": _bitpacking_stage,
-    "crc32c": _crc32c_stage,
-}
 
 
 @dataclass(frozen=True)
@@ -91,7 +62,12 @@ class _Layout:
 
     @property
     def index_nbytes(self) -> int:
-        return 16 * self.chunks_per_shard + (4 if self.index_crc else 0)
+        return index_nbytes(self.chunks_per_shard, self.index_crc)
+
+    @property
+    def chunk_crc(self) -> bool:
+        """Whether every chunk's stored bytes end in a crc32c (checked before anything decodes them)."""
+        return self.stages[:1] == (BYTES_DECODERS["crc32c"],)
 
     def shard_key(self, path: str, shard: int) -> str:
         """The object key of shard ``shard`` (along the first axis) of the array at ``path``."""
@@ -159,7 +135,7 @@ def parse_layout(meta: dict[str, Any], path: str) -> _Layout:
     for chain in (inner, index):
         if not chain or chain[0][0] != "bytes" or chain[0][1].get("endian", "little") != "little":
             raise ShardFormatError(f"{path}: codecs {chain} do not start with a little-endian 'bytes'")
-    unknown = [name for name, _ in inner[1:] if name not in _STAGES]
+    unknown = [name for name, _ in inner[1:] if name not in BYTES_DECODERS]
     index_rest = [name for name, _ in index[1:]]
     if unknown or index_rest not in ([], ["crc32c"]):
         raise ShardFormatError(
@@ -178,7 +154,7 @@ def parse_layout(meta: dict[str, Any], path: str) -> _Layout:
         shard_shape=shard_shape,
         chunk_len=int(np.prod(chunk_shape)),
         chunks_per_shard=shard_shape[0] // chunk_shape[0],
-        stages=tuple(_STAGES[name] for name, _ in reversed(inner[1:])),
+        stages=tuple(BYTES_DECODERS[name] for name, _ in reversed(inner[1:])),
         index_crc=bool(index_rest),
         index_at_end=location == "end",
         key_prefix=f"c{separator}" if key_name == "default" else "",
@@ -220,9 +196,14 @@ class ShardedArrayReader:
         The obstore store holding the zarr hierarchy (the ``store.store`` of a ``zarr.storage.ObjectStore``).
     path
         The array's path inside the store (``zarr.Array.path``); ``<path>/zarr.json`` is read once.
+    complete
+        Whether every shard of the array was written (lancell's dataset arrays): a missing shard object is
+        then an error rather than fill values.
 
     Attributes
     ----------
+    complete : bool
+        As the parameter; :func:`lancell.reader.array_reader` sets it for dataset arrays.
     get_ranges_calls, index_reads, shards_touched, chunks_decoded, bytes_fetched : int
         Cumulative request accounting (exact when calls do not overlap): one ``get_ranges`` per touched
         shard that holds a needed chunk, one index read per shard over the reader's life.
@@ -231,16 +212,18 @@ class ShardedArrayReader:
     ------
     ShardFormatError
         If ``zarr.json`` is missing or describes a layout this reader does not handle (see
-        :func:`parse_layout`).
+        :func:`parse_layout`); when reading, if a shard index is malformed or a shard of a ``complete`` array
+        is missing.
 
     Notes
     -----
     Parsed shard indices are cached for the reader's life: lancell writes each array once.
     """
 
-    def __init__(self, store: ObjectStore, path: str) -> None:
+    def __init__(self, store: ObjectStore, path: str, *, complete: bool = False) -> None:
         self.store = store
         self.path = path.strip("/")
+        self.complete = complete
         try:
             meta = json.loads(bytes(obstore.get(store, f"{self.path}/zarr.json").bytes()))
         except FileNotFoundError as e:
@@ -364,45 +347,40 @@ class ShardedArrayReader:
         return out
 
     def _load_index(self, shard: int) -> np.ndarray | None:
-        """The shard's index (``(chunks_per_shard, 2)`` uint64), None when the shard object is missing."""
+        """The shard's checked index (``(chunks_per_shard, 2)`` uint64), None if the shard object is missing.
+
+        Raises
+        ------
+        ShardFormatError, ChecksumError
+            A missing object of a ``complete`` array; else see :func:`lancell.shard_index.parse_index`.
+        """
         layout = self.layout
         key = layout.shard_key(self.path, shard)
         nbytes = layout.index_nbytes
-        try:
-            if layout.index_at_end:
-                result = obstore.get(self.store, key, options={"range": {"suffix": nbytes}})
-                raw, data_end = result.bytes(), int(result.meta["size"]) - nbytes
-            else:
-                raw, data_end = obstore.get_range(self.store, key, start=0, end=nbytes), None
-        except FileNotFoundError:
-            return None
-        return self._parse_index(np.frombuffer(raw, np.uint8), key, data_end)
-
-    def _parse_index(self, raw: np.ndarray, key: str, data_end: int | None) -> np.ndarray:
-        layout = self.layout
         where = f"array {self.path!r}, shard {key!r}"
-        if raw.size != layout.index_nbytes:
-            raise ShardFormatError(f"{where}: index is {raw.size} bytes, expected {layout.index_nbytes}")
-        if layout.index_crc:
-            stored = int.from_bytes(raw[-4:].tobytes(), "little")
-            computed = crc32c.crc32c(raw[:-4])
-            if stored != computed:
-                raise ChecksumError(f"{where}: index checksum {computed:#010x} != stored {stored:#010x}")
-        entries = raw[: 16 * layout.chunks_per_shard].view("<u8").reshape(-1, 2).astype(np.uint64)
-        missing = entries[:, 0] == MISSING
-        if not np.array_equal(missing, entries[:, 1] == MISSING):
-            raise ShardFormatError(f"{where}: index marks a chunk half missing")
-        present = entries[~missing]
-        if data_end is not None and present.size and int((present[:, 0] + present[:, 1]).max()) > data_end:
-            raise ShardFormatError(f"{where}: index points past the end of the shard's chunk data")
-        return entries
+        try:
+            result = obstore.get(
+                self.store, key, options={"range": {"suffix": nbytes} if layout.index_at_end else (0, nbytes)}
+            )
+            raw, size = np.frombuffer(result.bytes(), np.uint8), int(result.meta["size"])
+        except FileNotFoundError:
+            if self.complete:
+                raise ShardFormatError(
+                    f"{where}: the shard object is missing, but every shard of this array was written"
+                ) from None
+            return None
+        data = (0, size - nbytes) if layout.index_at_end else (nbytes, size)
+        return parse_index(raw, layout.chunks_per_shard, crc=layout.index_crc, data=data, where=where)
 
     def _fetch(self, shard: int, slots: np.ndarray, entries: np.ndarray, plan: tuple) -> list[Future]:
         """Fetch a shard's needed chunks with one ``get_ranges``; decode them (runs on a pool thread)."""
         key = self.layout.shard_key(self.path, shard)
         starts = entries[:, 0].astype(np.int64)
         ends = starts + entries[:, 1].astype(np.int64)
-        buffers = obstore.get_ranges(self.store, key, starts=starts.tolist(), ends=ends.tolist())
+        try:
+            buffers = obstore.get_ranges(self.store, key, starts=starts.tolist(), ends=ends.tolist())
+        except FileNotFoundError:
+            raise ShardFormatError(f"array {self.path!r}, shard {key!r}: the shard object is gone") from None
         step = max(_MIN_CHUNKS_PER_TASK, -(-slots.size // _CORES))
         pool = _pool()
         others = [
