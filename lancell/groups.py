@@ -60,11 +60,20 @@ def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
     """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values).
 
     Integer counts: BP-128 plain; sorted CSR indices: BP-128 delta (resets at cell boundaries cost one
-    32-bit block); floats: zstd (never cast to integers).
+    32-bit block); floats: zstd (never cast to integers). Every chunk ends in a crc32c of its encoded bytes,
+    checked before anything decodes them (docs/integrity.md: a flipped bit in a BP-128 or zstd chunk
+    otherwise decodes to wrong but valid-looking numbers), and every chunk is written, even one equal to the
+    fill value, so that the reader can take a missing shard object for damage, not zeros.
     """
-    if np.dtype(dtype) == np.uint32:
-        return {"compressors": [BitpackingCodec(transform="delta" if role == "indices" else "none")]}
-    return {"compressors": [zarr.codecs.ZstdCodec(level=3)]}
+    compressor = (
+        BitpackingCodec(transform="delta" if role == "indices" else "none")
+        if np.dtype(dtype) == np.uint32
+        else zarr.codecs.ZstdCodec(level=3)
+    )
+    return {
+        "compressors": [compressor, zarr.codecs.Crc32cCodec()],
+        "config": {"write_empty_chunks": True},
+    }
 
 
 class ShardBuffer:
