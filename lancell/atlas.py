@@ -66,6 +66,7 @@ from lancell.versions import (
     record_snapshot,
     tag_tables,
 )
+from lancell.visibility import committed_cells
 
 __all__ = ["RaggedAtlas"]
 
@@ -414,7 +415,7 @@ class RaggedAtlas:
                 versions,
                 version,
                 pinned,
-                total_cells=view._tables.cells.count_rows(),
+                total_cells=committed_cells(view)[1],
                 n_datasets=view._tables.datasets.count_rows(),
                 store_url=describe_store(self.store),
                 store_config=public_store_config(self.store),

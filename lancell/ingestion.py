@@ -45,6 +45,7 @@ from lancell.schema import (
     vector_fields,
 )
 from lancell.sources import MatrixSource, matrix_source
+from lancell.visibility import claim_dataset
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -124,30 +125,32 @@ def add_from_anndata(
     started = time.perf_counter()
     zarr_group = f"{record.uid}-{uuid.uuid4().hex[:8]}"
     cells_written = False
-    try:
-        indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
-        if space.kind == "sparse" and (plan.n_cells >= CSC_MIN_CELLS if csc is None else csc):
-            write_csc(atlas._zarr_root[zarr_group], zarr_layer)
-        with atlas._lock("layouts"):
-            ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
-        batches = _cell_batches(atlas, plan, space, zarr_group, indptr)
-        atlas._tables.cells.add(pa.RecordBatchReader.from_batches(atlas._cell_arrow, batches))
-        cells_written = True
-        record = record.model_copy(
-            update={
-                "zarr_group": zarr_group,
-                "feature_space": space.name,
-                "layer": zarr_layer,
-                "n_cells": plan.n_cells,
-                "n_features": len(plan.feature_uids),
-                "nnz": plan.nnz,
-                "layout_uid": plan.layout_uid,
-            }
-        )
-        atlas._tables.datasets.add(pa.Table.from_pylist([record.model_dump()], schema=atlas._dataset_arrow))
-    except BaseException:
-        _roll_back(atlas, record.uid, zarr_group, cells_written)
-        raise
+    with claim_dataset(atlas, record.uid):
+        try:
+            indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
+            if space.kind == "sparse" and (plan.n_cells >= CSC_MIN_CELLS if csc is None else csc):
+                write_csc(atlas._zarr_root[zarr_group], zarr_layer)
+            with atlas._lock("layouts"):
+                ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
+            batches = _cell_batches(atlas, plan, space, zarr_group, indptr)
+            atlas._tables.cells.add(pa.RecordBatchReader.from_batches(atlas._cell_arrow, batches))
+            cells_written = True
+            record = record.model_copy(
+                update={
+                    "zarr_group": zarr_group,
+                    "feature_space": space.name,
+                    "layer": zarr_layer,
+                    "n_cells": plan.n_cells,
+                    "n_features": len(plan.feature_uids),
+                    "nnz": plan.nnz,
+                    "layout_uid": plan.layout_uid,
+                }
+            )
+            row = pa.Table.from_pylist([record.model_dump()], schema=atlas._dataset_arrow)
+            atlas._tables.datasets.add(row)  # the commit point (lancell.visibility)
+        except BaseException:
+            _roll_back(atlas, record.uid, zarr_group, cells_written)
+            raise
     elapsed = time.perf_counter() - started
     log.info(
         "ingested %s: %d cells, %d nnz in %.2f s (%.0f cells/s)",

@@ -1,7 +1,8 @@
 """Cross-process locks built on the object store's atomic create (``put(mode="create")``).
 
 Works wherever the store supports conditional puts: local disk (O_EXCL-style create) and S3-compatible
-servers (``If-None-Match``). A lock whose holder died is broken after ``stale_after`` seconds.
+servers (``If-None-Match``). A lock whose holder died is broken at once when the holder ran on this host
+(its pid is gone), otherwise after ``stale_after`` seconds.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def atlas_lock(
             break
         except FileExistsError:
             holder = read_json(store, path)
-            if holder is not None and time.time() - float(holder.get("taken_at", 0)) > stale_after:
+            age = time.time() - float(holder.get("taken_at", 0)) if holder is not None else 0.0
+            if holder is not None and (_holder_died(holder) or age > stale_after):
                 _release(store, path)
                 continue
         if time.monotonic() > deadline:
@@ -59,6 +61,19 @@ def atlas_lock(
         holder = read_json(store, path)
         if holder is not None and holder.get("token") == token:
             _release(store, path)
+
+
+def _holder_died(holder: dict[str, object]) -> bool:
+    """Whether the holder ran on this host and its process no longer exists (killed, crashed)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 def _release(store: obs_store.ObjectStore, path: str) -> None:

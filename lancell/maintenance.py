@@ -16,6 +16,7 @@ from lancell.modalities import detach_pointers
 from lancell.registry import sql_literal
 from lancell.stores import delete_prefix
 from lancell.versions import list_snapshots, read_version
+from lancell.visibility import committed_cells, committed_filter
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -45,13 +46,18 @@ def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
 
 
 def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
-    """Delete unreferenced zarr groups older than ``grace`` and the orphan cell rows of their datasets."""
+    """Delete unreferenced zarr groups older than ``grace`` and the uncommitted cell rows pointing into them.
+
+    Committed cells that point into such a group (a modality whose attachment never committed) lose that
+    pointer instead.
+    """
     tables = atlas._tables
     referenced = set(tables.datasets.to_arrow().column("zarr_group").to_pylist())
     for version in list_snapshots(tables.db)["version"]:
         view = atlas._pinned_view(read_version(tables.db, int(version))["tables"])
         referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
     cutoff = datetime.now(UTC) - grace
+    owners, _ = committed_cells(atlas)
     removed_groups = removed_cells = 0
     for prefix in obstore.list_with_delimiter(atlas.store)["common_prefixes"]:
         group = prefix.rstrip("/")
@@ -60,11 +66,13 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
         objects = obstore.list(atlas.store, prefix=group + "/").collect()
         if any(meta["last_modified"] > cutoff for meta in objects):
             continue
-        dataset = group.rsplit("-", 1)[0]
-        if tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") == 0:
-            where = f"dataset_uid = {sql_literal(dataset)}"
-            removed_cells += tables.cells.count_rows(where)
-            tables.cells.delete(where)
+        for space in atlas.feature_spaces:
+            where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
+            removed = tables.cells.count_rows(where)
+            if removed:
+                tables.cells.delete(where)
+                removed_cells += removed
+            detach_pointers(atlas, space, group)
         delete_prefix(atlas.store, group)
         removed_groups += 1
     return {"groups": removed_groups, "cells": removed_cells}

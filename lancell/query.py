@@ -21,6 +21,7 @@ from lancell.feature_spaces import resolve_feature_space
 from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
 from lancell.registry import sql_literal
 from lancell.schema import pointer_fields_from_arrow, vector_fields
+from lancell.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
     import polars as pl
@@ -144,7 +145,9 @@ class AtlasQuery:
 
     # ------------------------------------------------------------------------------ terminals
     def _filter(self) -> str | None:
-        return " AND ".join(f"({f})" for f in self._filters) if self._filters else None
+        """The user's filters, ANDed, plus the one hiding uncommitted cell rows when there are any."""
+        filters = [*self._filters, visible_cells_filter(self._atlas)]
+        return " AND ".join(f"({f})" for f in filters if f is not None) or None
 
     def _builder(self) -> LanceQueryBuilder:
         cells = self._atlas._tables.cells

@@ -76,19 +76,20 @@ def _describe_groups(
     by_group = {d["zarr_group"]: d for d in datasets}
     layers_of = {}
     for name in names:
-        if name not in by_group:
-            raise QueryError(f"zarr group {name!r} has no dataset record (an interrupted ingestion?)")
+        if name not in by_group:  # pointers of a modality whose attachment never committed: not measured
+            log.warning("zarr group %s has no dataset record (an interrupted ingestion); unmeasured", name)
+            continue
         layers_of[name] = (atlas._group_attrs(name) or {}).get("layers", {})
     if layer is None:
         present = {lay for layers in layers_of.values() for lay in layers}
         if len(present) > 1:
-            per_dataset = {by_group[n]["uid"]: sorted(layers_of[n]) for n in names}
+            per_dataset = {by_group[n]["uid"]: sorted(layers) for n, layers in layers_of.items()}
             raise QueryError(
                 f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
             )
         layer = present.pop() if present else None
     groups = {}
-    for name in names:
+    for name in layers_of:
         record = by_group[name]
         if layer not in layers_of[name]:
             log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.groups import FORMAT_VERSION
+from lancell.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
 __all__ = ["find_problems"]
+
+log = logging.getLogger(__name__)
 
 
 def _value_counts(column: pa.Array | pa.ChunkedArray) -> dict[object, int]:
@@ -25,12 +29,16 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
 
     Checks: every dataset's zarr group exists with matching attributes and its layout is stored; cell counts
     per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
-    registry uids and global indices are unique and assigned.
+    registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record
+    commits (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.visibility`).
     """
     problems: list[str] = []
     tables = atlas._tables
     datasets = tables.datasets.to_arrow()
-    cells = tables.cells.to_arrow().select(["uid", "dataset_uid", *atlas.feature_spaces])
+    columns = ["uid", "dataset_uid", *atlas.feature_spaces]
+    hidden = visible_cells_filter(atlas)  # rows of an interrupted ingestion are debris, not a problem
+    scan = tables.cells.search().where(hidden) if hidden else tables.cells.search()
+    cells = scan.select(columns).to_arrow()
     counts = _value_counts(cells.column("dataset_uid"))
     per_group = {}
     for space in atlas.feature_spaces:
@@ -61,8 +69,8 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
     dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
-    if dangling:
-        problems.append(f"cells point into zarr groups without a dataset record: {dangling[:5]}")
+    if dangling:  # an attachment interrupted before its commit: readers treat these cells as unmeasured
+        log.warning("cells point into zarr groups without a dataset record (vacuum() detaches): %s", dangling)
     orphans = sorted(set(counts) - known)
     if orphans:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")

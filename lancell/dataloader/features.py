@@ -147,16 +147,21 @@ def build_group_table(
     Raises
     ------
     QueryError
-        A group without a dataset record, an unknown ``features`` value or uid.
+        An unknown ``features`` value or uid.
     """
     from lancell.registry import read_layout  # lancedb: only where the dataset is built, never in workers
 
     records = _dataset_rows(atlas)
     dataset_uids, dtypes, measured, layouts = [], [], [], []
     for name in group_names:
-        if name not in records:
-            raise QueryError(f"zarr group {name!r} has no dataset record (an interrupted ingestion?)")
-        record = records[name]
+        record = records.get(name)
+        if record is None:  # pointers of a modality whose attachment never committed: not measured
+            log.warning("zarr group %s has no dataset record (an interrupted ingestion); unmeasured", name)
+            dataset_uids.append("")
+            dtypes.append("")
+            measured.append(False)
+            layouts.append(np.zeros(0, dtype=np.int64))
+            continue
         stored = (atlas._group_attrs(name) or {}).get("layers", {})
         dataset_uids.append(record["uid"])
         dtypes.append(stored.get(layer, ""))

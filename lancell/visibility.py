@@ -1,0 +1,71 @@
+"""Which cell rows readers see (only those whose dataset record is committed) and the ingestion claim.
+
+Ingestion commits in two LanceDB transactions: the cell rows, then the dataset record. The dataset record is
+the commit point. A process killed between the two (or a roll-back that could not finish) leaves cell rows
+that no dataset record owns; they stay invisible to every reader (queries, counts, loaders, ``validate()``,
+snapshots) until ``vacuum()`` removes them or a re-ingestion of the same dataset replaces them.
+
+Checking costs one ``count_rows()`` (table metadata only) and a read of the small dataset table: when the
+committed records account for every cell row, which is the normal state, no filter is added at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from lancell.errors import DuplicateDatasetError
+from lancell.registry import sql_literal
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["claim_dataset", "committed_cells", "committed_filter", "visible_cells_filter"]
+
+
+def committed_cells(atlas: RaggedAtlas) -> tuple[list[str], int]:
+    """``(uids of datasets that own cells, number of cells their records commit)``.
+
+    Records of further modalities (``cells_of`` set) own no cell rows and are left out.
+    """
+    rows = atlas._tables.datasets.to_arrow().select(["uid", "n_cells", "cells_of"]).to_pylist()
+    owners = [row for row in rows if not row["cells_of"]]
+    return [row["uid"] for row in owners], sum(int(row["n_cells"]) for row in owners)
+
+
+def committed_filter(owners: list[str]) -> str:
+    """A SQL predicate selecting the cell rows of the datasets ``owners``."""
+    if not owners:
+        return "false"
+    return f"dataset_uid IN ({', '.join(sql_literal(uid) for uid in owners)})"
+
+
+def visible_cells_filter(atlas: RaggedAtlas) -> str | None:
+    """A SQL predicate that hides uncommitted cell rows, or ``None`` when there are none to hide."""
+    owners, committed = committed_cells(atlas)
+    if atlas._tables.cells.count_rows() == committed:
+        return None
+    return committed_filter(owners)
+
+
+@contextmanager
+def claim_dataset(atlas: RaggedAtlas, uid: str) -> Iterator[None]:
+    """Hold the right to ingest dataset ``uid``: one process at a time, and never twice.
+
+    Inside the claim no other process writes rows of ``uid``, so rows of ``uid`` without a record can only be
+    debris of an interrupted ingestion: they are deleted before the new rows are written.
+
+    Raises
+    ------
+    DuplicateDatasetError
+        A dataset ``uid`` was committed (possibly by another process since the caller checked).
+    """
+    with atlas._lock(f"dataset-{hashlib.sha1(uid.encode()).hexdigest()[:20]}"):
+        if atlas._tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
+            raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
+        debris = f"dataset_uid = {sql_literal(uid)}"
+        if atlas._tables.cells.count_rows(debris):
+            atlas._tables.cells.delete(debris)
+        yield
