@@ -39,6 +39,7 @@ from lancell.obs import obs_to_arrow
 from lancell.registry import ensure_layout, layout_uid_for, registry_index, sql_literal
 from lancell.schema import (
     DatasetRecord,
+    check_dataset_uid,
     obs_fields,
     pointer_arrow_type,
     pointer_fields_from_arrow,
@@ -55,6 +56,7 @@ __all__ = ["add_from_anndata"]
 log = logging.getLogger(__name__)
 
 _UINT32_MAX = np.iinfo(np.uint32).max
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 CELL_BATCH = 65_536
 
 
@@ -192,6 +194,7 @@ def _plan(
     var_uid_column: str | None,
 ) -> _Plan:
     dataset = record.uid
+    check_dataset_uid(dataset)
     if atlas._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") > 0:
         raise DuplicateDatasetError(f"dataset {dataset!r} is already in the atlas")
     n_obs, n_vars = adata.n_obs, adata.n_vars
@@ -199,14 +202,15 @@ def _plan(
         raise IngestError(f"dataset {dataset!r} has no cells")
     if n_vars == 0:
         raise IngestError(f"dataset {dataset!r} has no features")
-    if layer is None:
-        matrix = adata.X
-        where = "X"
-    else:
-        if layer not in adata.layers:
-            raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
-        matrix = adata.layers[layer]
-        where = f"layers[{layer!r}]"
+    if layer is not None and layer not in adata.layers:
+        raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
+    where = "X" if layer is None else f"layers[{layer!r}]"
+    try:  # a backed file opens its matrix only now
+        matrix = adata.X if layer is None else adata.layers[layer]
+    except (KeyError, OSError) as exc:
+        raise IngestError(
+            f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: {exc}"
+        ) from exc
     if matrix is None:
         raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")
     source = matrix_source(dataset, matrix)
@@ -302,6 +306,12 @@ def _checked_values(plan: _Plan, zarr_layer: str, values: np.ndarray, row0: int)
         raise DataValueError(
             f"dataset {plan.dataset!r}, layer {zarr_layer!r}: non-finite value "
             f"{values[~finite][0]} in the rows from {row0}"
+        )
+    largest = np.abs(values).max()
+    if largest > _FLOAT32_MAX:
+        raise DataValueError(
+            f"dataset {plan.dataset!r}, layer {zarr_layer!r}: value {largest} in the rows from {row0} "
+            "does not fit float32 (values are stored as float32)"
         )
     if zarr_layer == "counts":
         if values.min() < 0:
