@@ -35,6 +35,25 @@ if TYPE_CHECKING:
 __all__ = ["AtlasQuery"]
 
 
+def _unbalanced(sql: str) -> str | None:
+    """Why ``sql`` cannot be wrapped in parentheses and ANDed with other filters, or None if it can."""
+    depth, quote = 0, ""
+    for char in sql:
+        if quote:
+            quote = "" if char == quote else quote  # a doubled quote closes and reopens: still balanced
+        elif char in "'\"`":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                return "a ')' closes a parenthesis it did not open"
+    if quote:
+        return f"an unclosed {quote}"
+    return "an unclosed '('" if depth else None
+
+
 class AtlasQuery:
     """Builder returned by :meth:`RaggedAtlas.query`; every method returns the same builder."""
 
@@ -50,9 +69,26 @@ class AtlasQuery:
         self._search: dict[str, object] | None = None
 
     def where(self, sql: str) -> AtlasQuery:
-        """Add a SQL filter on cell columns (ANDed with earlier filters)."""
+        """Add a SQL filter on cell columns (ANDed with earlier filters), checked against the cell table now.
+
+        Raises
+        ------
+        QueryError
+            ``sql`` is empty, does not parse as one whole expression (Lance would silently drop a trailing
+            ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks.
+        """
         if not isinstance(sql, str) or not sql.strip():
             raise QueryError(f"where() needs a non-empty SQL string, got {sql!r}")
+        problem = _unbalanced(sql)
+        if problem is not None:
+            raise QueryError(f"where({sql!r}) is not one SQL expression: {problem}")
+        cells = self._atlas._tables.cells
+        try:  # plans without reading rows; inside parentheses, trailing tokens are an error, not ignored
+            cells.search().where(f"({sql})").explain_plan()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise QueryError(
+                f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}: {exc}"
+            ) from exc
         self._filters.append(sql)
         return self
 
