@@ -25,7 +25,7 @@ from lancell.csc import read_csc_features
 from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
 from lancell.reader import read_element_ranges, read_rows
-from lancell.registry import read_layout
+from lancell.registry import read_global_indices
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
@@ -88,13 +88,16 @@ def _describe_groups(
                 f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
             )
         layer = present.pop() if present else None
+    for name in [n for n in layers_of if layer not in layers_of[n]]:
+        log.warning(
+            "dataset %s has no layer %r; its cells are returned unmeasured", by_group[name]["uid"], layer
+        )
+    kept = [name for name in layers_of if layer in layers_of[name]]
+    layouts = read_global_indices(atlas, [by_group[name]["layout_uid"] for name in kept])
     groups = {}
-    for name in layers_of:
+    for name in kept:
         record = by_group[name]
-        if layer not in layers_of[name]:
-            log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)
-            continue
-        _, global_index = read_layout(atlas._tables.layouts, record["layout_uid"])
+        global_index = layouts[record["layout_uid"]]
         groups[name] = _Group(name, record["uid"], global_index, np.dtype(layers_of[name][layer]))
     return groups, layer
 

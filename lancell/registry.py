@@ -8,7 +8,9 @@ as max + 1 under a cross-process lock). A dataset's ordered panel of features is
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,10 @@ from lancedb.table import Table
 
 from lancell.errors import FeatureRegistryError
 
-__all__ = ["layout_uid_for", "prepare_features", "read_layout", "registry_index"]
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["layout_uid_for", "prepare_features", "read_global_indices", "registry_index"]
 
 LAYOUTS_TABLE = "_feature_layouts"
 
@@ -154,16 +159,43 @@ def ensure_layout(
     return True
 
 
-def read_layout(table: Table, layout_uid: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(feature_uids, global_index)`` of a layout, ordered by local index."""
-    rows = (
-        table.search()
-        .where(f"layout_uid = {sql_literal(layout_uid)}")
-        .select(["feature_uid", "local_index", "global_index"])
-        .to_arrow()
-        .sort_by("local_index")
-    )
-    return (
-        np.asarray(rows.column("feature_uid").to_pylist(), dtype=object),
-        rows.column("global_index").to_numpy(),
-    )
+_GLOBAL_INDEX_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_GLOBAL_INDEX_CACHE_SIZE = 256  # layouts; ~160 KB each for a 20k-gene panel
+
+
+def read_global_indices(atlas: RaggedAtlas, layout_uids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The global index (read-only int64, by local index) of every feature of each layout, in one scan.
+
+    A stored layout never changes (its uid is a content hash and global indices are assigned once), so
+    results are kept in a per-process LRU cache keyed by the atlas's location and creation time (an atlas
+    re-created at the same location gets new entries). Only layouts not cached are read.
+    """
+    atlas_key = f"{atlas.db_uri}@{atlas._meta.get('created_at')}"
+    table = atlas._tables.layouts
+    wanted = list(dict.fromkeys(layout_uids))
+    missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]
+    if missing:
+        rows = (
+            table.search()
+            .where(f"layout_uid IN ({', '.join(sql_literal(uid) for uid in missing)})")
+            .select(["layout_uid", "local_index", "global_index"])
+            .to_arrow()
+            .sort_by([("layout_uid", "ascending"), ("local_index", "ascending")])
+        )
+        uids = rows.column("layout_uid").to_numpy(zero_copy_only=False)
+        index = rows.column("global_index").to_numpy().astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if uids.size else np.zeros(0, int)
+        for start, stop in zip(starts, [*starts[1:], uids.size], strict=True):
+            layout = index[start:stop].copy()
+            layout.flags.writeable = False
+            _GLOBAL_INDEX_CACHE[(atlas_key, str(uids[start]))] = layout
+        while len(_GLOBAL_INDEX_CACHE) > _GLOBAL_INDEX_CACHE_SIZE:
+            _GLOBAL_INDEX_CACHE.popitem(last=False)
+    found = {}
+    for uid in wanted:
+        cached = _GLOBAL_INDEX_CACHE.get((atlas_key, uid))
+        if cached is None:
+            raise FeatureRegistryError(f"layout {uid!r} is not stored in {LAYOUTS_TABLE!r}")
+        _GLOBAL_INDEX_CACHE.move_to_end((atlas_key, uid))
+        found[uid] = cached
+    return found

@@ -149,9 +149,12 @@ def build_group_table(
     QueryError
         An unknown ``features`` value or uid.
     """
-    from lancell.registry import read_layout  # lancedb: only where the dataset is built, never in workers
+    from lancell.registry import read_global_indices  # lancedb: only when the dataset is built
 
     records = _dataset_rows(atlas)
+    stored_layouts = read_global_indices(
+        atlas, [r["layout_uid"] for n, r in records.items() if n in group_names]
+    )
     dataset_uids, dtypes, measured, layouts = [], [], [], []
     for name in group_names:
         record = records.get(name)
@@ -168,7 +171,7 @@ def build_group_table(
         measured.append(layer in stored)
         if layer not in stored:
             log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)
-        layouts.append(read_layout(atlas._tables.layouts, record["layout_uid"])[1].astype(np.int64))
+        layouts.append(stored_layouts[record["layout_uid"]])
     panels = [p for p, m in zip(layouts, measured, strict=True) if m]
     columns, feature_uids = _output_columns(atlas, feature_space, panels, features)
     width = int(max(columns.max(initial=-1), max((p.max(initial=-1) for p in layouts), default=-1))) + 1

@@ -94,3 +94,41 @@ def test_bad_filter_is_a_query_error(bundled):
         bundled.query().where("no_such_column = 3").to_arrow()
     with pytest.raises(QueryError, match="different layers"):
         bundled.query().to_anndata()
+
+
+def test_layout_cache_does_not_leak_into_an_atlas_recreated_at_the_same_path(tmp_path):
+    """Layouts are cached per process; an atlas re-created at the same path numbers its genes differently."""
+    import shutil
+
+    import anndata as ad
+    import pandas as pd
+
+    from lancell.bundled import CellSchema, GeneFeature
+    from lancell.ingestion import add_from_anndata
+    from lancell.schema import DatasetRecord
+
+    genes = [f"g{i}" for i in range(50)]
+    x = sp.random(30, 50, density=0.3, format="csr", random_state=0, dtype=np.float64)
+    x.data = np.ceil(x.data * 9)
+    adata = ad.AnnData(X=x.astype(np.int32), var=pd.DataFrame(index=genes))
+    for registration_order in (genes, genes[::-1]):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        atlas = RaggedAtlas.create(
+            str(tmp_path / "db"),
+            "cells",
+            CellSchema,
+            store=str(tmp_path / "arrays"),
+            registry_schemas={"gene_expression": GeneFeature},
+        )
+        frame = pd.DataFrame({"uid": registration_order, "gene_symbol": registration_order})
+        atlas.register_features("gene_expression", frame)
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="d"),
+            progress=False,
+        )
+        out = atlas.query().to_anndata()
+        np.testing.assert_array_equal(out[:, genes].X.toarray(), x.toarray())
