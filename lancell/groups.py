@@ -12,6 +12,7 @@ Writes are buffered to whole shards so that zarr never reads-modifies-writes a s
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import zarr.codecs
 from lancell.codecs import BitpackingCodec
 from lancell.schema import PointerKind
 
-__all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "value_codecs"]
+__all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "new_group_name", "value_codecs"]
 
 FORMAT_VERSION = 1
 ENCODING_VERSION = "1"
@@ -74,6 +75,11 @@ def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
         "compressors": [compressor, zarr.codecs.Crc32cCodec()],
         "config": {"write_empty_chunks": True},
     }
+
+
+def new_group_name(dataset_uid: str) -> str:
+    """A fresh, unique, top-level zarr group name for a dataset (a ``/`` in the uid must not nest it)."""
+    return f"{dataset_uid.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
 
 
 class ShardBuffer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +33,7 @@ from lancell.errors import (
     UnknownFeaturesError,
 )
 from lancell.feature_spaces import FeatureSpace, resolve_feature_space
-from lancell.groups import DenseGroupWriter, SparseGroupWriter
+from lancell.groups import DenseGroupWriter, SparseGroupWriter, new_group_name
 from lancell.obs import obs_to_arrow
 from lancell.registry import ensure_layout, layout_uid_for, registry_index, sql_literal
 from lancell.schema import (
@@ -125,7 +124,7 @@ def add_from_anndata(
     plan = _plan(atlas, adata, space, zarr_layer, record, layer, var_uid_column)
     plan.vectors = _vectors(atlas, adata, record.uid, obsm_columns or {})
     started = time.perf_counter()
-    zarr_group = f"{record.uid}-{uuid.uuid4().hex[:8]}"
+    zarr_group = new_group_name(record.uid)
     cells_written = False
     with claim_dataset(atlas, record.uid):
         try:

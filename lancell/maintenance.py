@@ -56,12 +56,13 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
     for version in list_snapshots(tables.db)["version"]:
         view = atlas._pinned_view(read_version(tables.db, int(version))["tables"])
         referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
+    top_level = {name.split("/", 1)[0] for name in referenced}  # groups of older atlases could nest
     cutoff = datetime.now(UTC) - grace
     owners, _ = committed_cells(atlas)
     removed_groups = removed_cells = 0
     for prefix in obstore.list_with_delimiter(atlas.store)["common_prefixes"]:
         group = prefix.rstrip("/")
-        if group in referenced or group.startswith("_"):
+        if group in top_level or group.startswith("_"):
             continue
         objects = obstore.list(atlas.store, prefix=group + "/").collect()
         if any(meta["last_modified"] > cutoff for meta in objects):

@@ -9,7 +9,6 @@ written puts the pointers back to null, so readers see the atlas as it was.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import IngestError, LancellError
 from lancell.feature_spaces import resolve_feature_space
+from lancell.groups import new_group_name
 from lancell.ingestion import CELL_BATCH, _plan, _write_group, add_from_anndata
 from lancell.registry import ensure_layout, sql_literal
 from lancell.schema import DatasetRecord, pointer_arrow_type
@@ -80,7 +80,7 @@ def attach_modality(
     taken = existing.filter(pc.is_valid(existing.column(feature_space)))
     if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
         raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
-    zarr_group = f"{record.uid.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
+    zarr_group = new_group_name(record.uid)
     pointers_written = False
     try:
         indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)

@@ -628,11 +628,6 @@ def test_explicitly_stored_zeros_are_accepted(corpus_atlas: RaggedAtlas, tmp_pat
     assert corpus_atlas.validate() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remove_debris() lists top-level prefixes only: a group nested by a '/' in the dataset uid (e.g. "
-    "attach_modality's default '<cells_of>/<feature_space>') looks unreferenced and is deleted",
-)
 def test_vacuum_keeps_the_group_of_a_dataset_uid_with_a_slash(tmp_path: Path) -> None:
     atlas = new_atlas(tmp_path)
     ingest(atlas, good(), "pbmc/programs")
