@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from lancell.groups import DEFAULT_GEOMETRY, ShardBuffer, value_codecs
+from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
 from lancell.reader import read_element_ranges
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def write_csc(group: zarr.Group, layer: str, *, budget: int = CSC_BUDGET) -> Non
         shape=csc_indptr.shape,
         dtype="int64",
         chunks=(min(csc_indptr.size, 65_536),),
-        compressors=[zarr.codecs.ZstdCodec(level=3)],
+        compressors=INDPTR_CODECS,
         overwrite=True,
     )[:] = csc_indptr
     group.attrs["csc_layers"] = sorted({*group.attrs.get("csc_layers", []), layer})

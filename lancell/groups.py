@@ -57,6 +57,10 @@ class GroupGeometry:
 DEFAULT_GEOMETRY = GroupGeometry()
 
 
+# row (or feature) offsets: zstd, then a crc32c so that a flipped bit cannot shift every later range
+INDPTR_CODECS = (zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec())
+
+
 def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
     """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values).
 
@@ -175,7 +179,7 @@ class SparseGroupWriter:
             shape=(n_cells + 1,),
             dtype="int64",
             chunks=(min(n_cells + 1, 65_536),),
-            compressors=[zarr.codecs.ZstdCodec(level=3)],
+            compressors=INDPTR_CODECS,
         )
         self._indices = ShardBuffer(indices, shard)
         self._values = ShardBuffer(values, shard)
