@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from kernels.scatter import scatter_rows_by_column
 from lancell.csc import CSC_MIN_CELLS, write_csc
 from lancell.errors import (
     DataValueError,
@@ -173,8 +174,9 @@ class _Plan:
     source: MatrixSource
     obs: pd.DataFrame
     obs_names: pd.Index
-    feature_uids: list[str]
+    feature_uids: list[str]  # in stored (local) order: increasing global index
     global_index: np.ndarray
+    stored_column: np.ndarray | None  # var column -> stored local index; None when var is in that order
     layout_uid: str
     n_cells: int
     nnz: int
@@ -248,12 +250,21 @@ def _plan(
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, adata.obs.iloc[start : start + CELL_BATCH], fields)
     store_dtype = np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+    # features are stored in global-index order, so that a row read back maps to increasing output columns
+    # and queries never sort rows (var order is only how the input happened to list them)
+    order = np.argsort(global_index.astype(np.int64), kind="stable")
+    stored_column = None
+    if (order != np.arange(order.size)).any():
+        stored_column = np.empty(order.size, dtype=np.int64)
+        stored_column[order] = np.arange(order.size)
+    feature_uids = [feature_uids[i] for i in order]
     return _Plan(
         source=source,
         obs=adata.obs,
         obs_names=obs_names,
         feature_uids=feature_uids,
-        global_index=global_index.astype(np.int64),
+        global_index=global_index.astype(np.int64)[order],
+        stored_column=stored_column,
         layout_uid=layout_uid_for(feature_uids),
         n_cells=n_obs,
         nnz=source.nnz if space.kind == "sparse" else n_obs * n_vars,
@@ -345,7 +356,8 @@ def _write_group(
             )
             for row0, block in plan.source.csr_blocks():
                 values = _checked_values(plan, zarr_layer, block.data, row0)
-                writer.append(block.indptr, block.indices.astype(np.uint32), values)
+                indices, values = _stored_order(plan, block.indptr, block.indices, values)
+                writer.append(block.indptr, indices, values)
                 bar.update(block.shape[0])
             indptr = writer.close(_group_attrs(plan, space))
         else:
@@ -358,13 +370,32 @@ def _write_group(
                 dtype=plan.store_dtype,
             )
             for row0, block in plan.source.dense_blocks():
-                writer.append(_checked_values(plan, zarr_layer, block.ravel(), row0).reshape(block.shape))
+                values = _checked_values(plan, zarr_layer, block.ravel(), row0).reshape(block.shape)
+                if plan.stored_column is not None:
+                    values = values[:, np.argsort(plan.stored_column)]
+                writer.append(values)
                 bar.update(block.shape[0])
             writer.close(_group_attrs(plan, space))
             indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
     if int(indptr[-1]) != plan.nnz:
         raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
     return indptr
+
+
+def _stored_order(
+    plan: _Plan, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR block's ``(indices, values)`` renumbered to stored feature order, each row sorted again."""
+    if plan.stored_column is None:
+        return indices.astype(np.uint32), values
+    rows = np.arange(indptr.size - 1, dtype=np.int64)
+    counts = np.diff(indptr).astype(np.int64)
+    out_indices = np.empty(indices.size, dtype=np.int64)
+    out_values = np.empty_like(values)
+    local = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+    columns, n_features = plan.stored_column[indices], len(plan.feature_uids)
+    scatter_rows_by_column(local, rows, counts, columns, values, n_features, out_indices, out_values)
+    return out_indices.astype(np.uint32), out_values
 
 
 def _group_attrs(plan: _Plan, space: FeatureSpace) -> dict[str, object]:

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError
 
@@ -128,10 +129,25 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
 
 def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
     """Build an AnnData ``obs`` frame: string columns become categoricals, integers keep nullability."""
-    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
-    for name in frame.columns:
-        field = table.schema.field(name)
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            frame[name] = frame[name].astype("category")
-    frame.index = pd.Index(table.column(index_column).to_pylist(), name=None).astype(str)
-    return frame.drop(columns=[index_column])
+    names = [name for name in table.column_names if name != index_column]
+    text = (pa.string(), pa.large_string())
+    strings = [name for name in names if table.schema.field(name).type in text]
+    rest = table.select([n for n in names if n not in strings])
+    frame = rest.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+    for name in strings:
+        frame[name] = _categorical(table.column(name))
+    frame = frame[names] if names else frame
+    frame.index = pd.Index(table.column(index_column).to_numpy(zero_copy_only=False).astype(str), name=None)
+    return frame
+
+
+def _categorical(column: pa.ChunkedArray) -> pd.Categorical:
+    """A string column as a categorical with sorted categories, built from Arrow's dictionary encoding."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    categories = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    order = np.argsort(categories)
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = np.where(codes < 0, -1, rank[np.maximum(codes, 0)]) if rank.size else codes
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories[order], dtype=object))

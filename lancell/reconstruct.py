@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import zarr
 
+from kernels.scatter import scatter_rows, scatter_rows_by_column
 from lancell.csc import read_csc_features
 from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
@@ -229,27 +230,40 @@ def _sparse(
         root = atlas._zarr_root[name]
         if _csc_is_cheaper(root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
             rows, kept_per_row, cols, vals = _read_by_feature(root, g, plan.layer, rows, zarr_rows[rows])
+            in_order = True  # sorted by (row, column)
         else:
             idx, lengths = read_element_ranges(root["csr/indices"], starts[rows], ends[rows])
             vals, _ = read_element_ranges(root[f"csr/layers/{plan.layer}"], starts[rows], ends[rows])
             cols = g.out_col[idx]
-            keep = cols >= 0
-            row_local = np.repeat(np.arange(rows.size), lengths)
-            kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
-            cols, vals = cols[keep], vals[keep]
+            kept_per_row = lengths
+            if (g.out_col < 0).any():
+                keep = cols >= 0
+                row_local = np.repeat(np.arange(rows.size), lengths)
+                kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
+                cols, vals = cols[keep], vals[keep]
+            kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
+            in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
         row_nnz[rows] = kept_per_row
-        pieces.append((rows, kept_per_row, cols, vals))
-    indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(np.int64)
-    indices = np.empty(int(indptr[-1]), dtype=np.int64)
+        pieces.append((rows, kept_per_row, cols, vals, in_order))
+    total = int(row_nnz.sum())
+    index_dtype = np.int32 if max(total, plan.columns.size) < np.iinfo(np.int32).max else np.int64
+    indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(index_dtype)  # scipy's own choice: no copy
+    indices = np.empty(total, dtype=index_dtype)
     data = np.empty(int(indptr[-1]), dtype=plan.dtype)
-    for rows, kept, cols, vals in pieces:
-        dest = np.repeat(indptr[rows], kept) + (
-            np.arange(cols.size) - np.repeat(np.cumsum(kept) - kept, kept)
+    for rows, kept, cols, vals, in_order in pieces:
+        args = (
+            indptr,
+            rows.astype(np.int64, copy=False),
+            kept.astype(np.int64, copy=False),
+            cols.astype(np.int64, copy=False),
+            vals.astype(data.dtype, copy=False),
         )
-        indices[dest] = cols
-        data[dest] = vals
+        if in_order:
+            scatter_rows(*args, indices, data)
+        else:  # the output feature order differs from this group's local order: sort every row
+            scatter_rows_by_column(*args, plan.columns.size, indices, data)
     matrix = sp.csr_matrix((data, indices, indptr), shape=(n_cells, plan.columns.size))
-    matrix.sort_indices()  # requested feature order need not follow each group's local order
+    matrix.has_sorted_indices = True
     return matrix
 
 

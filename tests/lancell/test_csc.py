@@ -87,7 +87,9 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist):
     )
     group = atlas._zarr_root[record.zarr_group]
     write_csc(group, "counts", budget=50_000)  # about 20 passes over the rows
-    csc = celltypist.X.tocsc()
+    registry = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]
+    stored_order = np.argsort(registry.loc[celltypist.var_names].to_numpy(), kind="stable")  # as ingested
+    csc = celltypist.X[:, stored_order].tocsc()
     np.testing.assert_array_equal(group["csc/indptr"][:], csc.indptr)
     np.testing.assert_array_equal(group["csc/indices"][:], csc.indices)
     np.testing.assert_array_equal(group["csc/layers/counts"][:], csc.data)
