@@ -119,6 +119,7 @@ class RaggedAtlas:
         self._dataset_arrow: pa.Schema = tables.datasets.schema
         mode = "r" if read_only else "a"
         self._zarr_root = zarr.open_group(zarr_store(store, read_only=read_only), mode=mode)
+        self._nodes: dict[str, zarr.Group | zarr.Array] = {}
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -458,6 +459,13 @@ class RaggedAtlas:
         delete_prefix(self.store, zarr_group)
 
     # ----------------------------------------------------------------------------------- reading
+    def _node(self, path: str) -> zarr.Group | zarr.Array:
+        """A zarr group or array of a committed dataset, opened once per handle (read path only)."""
+        node = self._nodes.get(path)
+        if node is None:
+            node = self._nodes[path] = self._zarr_root[path]
+        return node
+
     def _group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
         try:
             return dict(zarr.open_group(self._zarr_root.store, path=zarr_group, mode="r").attrs)

@@ -134,6 +134,7 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> None:
     group = atlas._zarr_root[record["zarr_group"]]
     for layer in (atlas._group_attrs(record["zarr_group"]) or {}).get("layers", {}):
         write_csc(group, layer)
+    atlas._nodes.clear()  # this handle's opened groups predate the copy
     log.info("wrote the CSC copy of %s", dataset_uid)
 
 

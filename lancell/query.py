@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from lancell.errors import QueryError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
-from lancell.registry import sql_literal
+from lancell.registry_view import registry_view
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 from lancell.visibility import visible_cells_filter
 
@@ -273,32 +273,13 @@ class AtlasQuery:
         space, names = self._features
         if space != feature_space:
             raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
-        table = self._atlas._tables.registry(space)
-        quoted = ", ".join(sql_literal(n) for n in dict.fromkeys(names))
-        where = f"uid IN ({quoted})"
-        if "gene_symbol" in table.schema.names:
-            where += f" OR gene_symbol IN ({quoted})"
-        rows = (
-            table.search()
-            .where(where)
-            .select(
-                ["uid", "global_index", *(["gene_symbol"] if "gene_symbol" in table.schema.names else [])]
-            )
-            .to_arrow()
-            .to_pandas()
-        )
-        by_uid = pd.Series(rows["global_index"].to_numpy(), index=rows["uid"].astype(str))
-        by_symbol = (
-            rows.groupby(rows["gene_symbol"].astype(str))["global_index"].agg(list)
-            if "gene_symbol" in rows.columns
-            else pd.Series(dtype=object)
-        )
+        view = registry_view(self._atlas, space)
         indices, unknown = [], []
         for name in names:
-            if name in by_uid.index:
-                indices.append(int(by_uid[name]))
-            elif name in by_symbol.index:
-                indices.extend(sorted(int(i) for i in by_symbol[name]))
+            if name in view.by_uid.index:
+                indices.append(int(view.by_uid[name]))
+            elif name in view.by_symbol:
+                indices.extend(view.by_symbol[name])
             else:
                 unknown.append(name)
         if unknown:

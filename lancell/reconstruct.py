@@ -27,6 +27,7 @@ from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
 from lancell.reader import read_element_ranges, read_rows
 from lancell.registry import read_global_indices
+from lancell.registry_view import registry_view
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
@@ -133,11 +134,10 @@ def plan_reconstruction(
         zero_copy_only=False
     )
     groups, layer = _describe_groups(atlas, np.sort(names), layer)
-    joined = _join_columns(list(groups.values()), join)
     if features is None:
-        columns = joined
+        columns = _join_columns(list(groups.values()), join)
     elif join == "intersection":
-        columns = features[np.isin(features, joined)]
+        columns = features[np.isin(features, _join_columns(list(groups.values()), join))]
     else:  # explicitly requested features are output even where no selected dataset measured them
         columns = np.asarray(features, dtype=np.int64)
     width = max(
@@ -227,13 +227,14 @@ def _sparse(
     pieces = []
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        root = atlas._zarr_root[name]
+        root = atlas._node(name)
         if _csc_is_cheaper(root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
             rows, kept_per_row, cols, vals = _read_by_feature(root, g, plan.layer, rows, zarr_rows[rows])
             in_order = True  # sorted by (row, column)
         else:
-            idx, lengths = read_element_ranges(root["csr/indices"], starts[rows], ends[rows])
-            vals, _ = read_element_ranges(root[f"csr/layers/{plan.layer}"], starts[rows], ends[rows])
+            idx, lengths = read_element_ranges(atlas._node(f"{name}/csr/indices"), starts[rows], ends[rows])
+            values = atlas._node(f"{name}/csr/layers/{plan.layer}")
+            vals, _ = read_element_ranges(values, starts[rows], ends[rows])
             cols = g.out_col[idx]
             kept_per_row = lengths
             if (g.out_col < 0).any():
@@ -277,7 +278,7 @@ def _dense(
     out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtype)
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        block = read_rows(atlas._zarr_root[name][f"layers/{plan.layer}"], positions[rows])
+        block = read_rows(atlas._node(f"{name}/layers/{plan.layer}"), positions[rows])
         keep = g.out_col >= 0
         out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
     return out
@@ -293,14 +294,8 @@ def _vector_matrix(column: pa.FixedSizeListArray, width: int) -> np.ndarray:
 
 
 def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
-    """Registry rows of ``columns`` in output order (a filtered read when only a few are needed)."""
-    table = atlas._tables.registry(feature_space)
-    if columns.size <= 2_000:
-        listed = ", ".join(str(int(c)) for c in columns) or "-1"
-        registry = table.search().where(f"global_index IN ({listed})").to_arrow()
-    else:
-        registry = table.to_arrow()
-    frame = registry.to_pandas().set_index("global_index").reindex(columns)
+    """Registry rows of ``columns`` in output order."""
+    frame = registry_view(atlas, feature_space).frame.reindex(columns)
     frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
     frame["global_index"] = columns
     return frame

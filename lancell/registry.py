@@ -19,6 +19,7 @@ from lancedb.pydantic import LanceModel
 from lancedb.table import Table
 
 from lancell.errors import FeatureRegistryError
+from lancell.registry_view import atlas_identity
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -170,7 +171,7 @@ def read_global_indices(atlas: RaggedAtlas, layout_uids: Sequence[str]) -> dict[
     results are kept in a per-process LRU cache keyed by the atlas's location and creation time (an atlas
     re-created at the same location gets new entries). Only layouts not cached are read.
     """
-    atlas_key = f"{atlas.db_uri}@{atlas._meta.get('created_at')}"
+    atlas_key = atlas_identity(atlas)
     table = atlas._tables.layouts
     wanted = list(dict.fromkeys(layout_uids))
     missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]

@@ -82,12 +82,10 @@ def _dataset_rows(atlas: RaggedAtlas) -> dict[str, dict[str, str]]:
 
 def _registry(atlas: RaggedAtlas, feature_space: str) -> tuple[np.ndarray, np.ndarray]:
     """``(uids, global_index)`` of every numbered feature of the registry."""
-    table = atlas._tables.registry(feature_space).to_arrow().select(["uid", "global_index"])
-    table = table.filter(table.column("global_index").is_valid())
-    return (
-        np.asarray(table.column("uid").to_pylist(), dtype=object),
-        table.column("global_index").to_numpy().astype(np.int64),
-    )
+    from lancell.registry_view import registry_view  # lancedb: only when the dataset is built
+
+    view = registry_view(atlas, feature_space)
+    return view.frame["uid"].to_numpy(dtype=object), view.frame.index.to_numpy(dtype=np.int64)
 
 
 def _output_columns(

@@ -1,0 +1,71 @@
+"""A per-process, version-keyed in-memory view of a feature registry for the read path.
+
+Queries and loaders resolve feature names and build ``var`` from the registry on every call; reading the
+table each time costs two LanceDB scans per query. A Lance table version never changes once written, so
+the view is cached under (atlas identity, feature space, table version): a write makes a new version and
+therefore a new view, and a checked-out snapshot keeps its own.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["RegistryView", "atlas_identity", "registry_view"]
+
+_VIEWS: OrderedDict[tuple[str, str, int], RegistryView] = OrderedDict()
+_MAX_VIEWS = 8
+
+
+@dataclass(frozen=True)
+class RegistryView:
+    """The numbered features of one registry version.
+
+    Attributes
+    ----------
+    frame
+        Registry rows indexed by ``global_index`` (every column but ``global_index``).
+    by_uid
+        ``uid -> global_index``.
+    by_symbol
+        ``gene_symbol -> global indices`` (sorted), empty when the registry has no ``gene_symbol``.
+    """
+
+    frame: pd.DataFrame
+    by_uid: pd.Series
+    by_symbol: dict[str, list[int]]
+
+
+def atlas_identity(atlas: RaggedAtlas) -> str:
+    """The atlas's location and creation time: differs for an atlas re-created at the same location."""
+    return f"{atlas.db_uri}@{atlas._meta.get('created_at')}"
+
+
+def registry_view(atlas: RaggedAtlas, feature_space: str) -> RegistryView:
+    """The (cached) view of ``feature_space``'s registry at the version the atlas handle reads."""
+    table = atlas._tables.registry(feature_space)
+    key = (atlas_identity(atlas), feature_space, int(table.version))
+    view = _VIEWS.get(key)
+    if view is None:
+        frame = table.to_arrow().to_pandas()
+        frame = frame[frame["global_index"].notna()]
+        frame = frame.set_index(frame.pop("global_index").astype(np.int64)).sort_index()
+        frame.index.name = None
+        by_uid = pd.Series(frame.index.to_numpy(), index=pd.Index(frame["uid"].astype(str)))
+        by_symbol: dict[str, list[int]] = {}
+        if "gene_symbol" in frame.columns:
+            symbols = frame["gene_symbol"].dropna().astype(str)
+            by_symbol = {s: sorted(int(i) for i in idx) for s, idx in symbols.groupby(symbols).groups.items()}
+        view = RegistryView(frame, by_uid, by_symbol)
+        _VIEWS[key] = view
+        while len(_VIEWS) > _MAX_VIEWS:
+            _VIEWS.popitem(last=False)
+    _VIEWS.move_to_end(key)
+    return view
