@@ -468,7 +468,7 @@ class RaggedAtlas:
 
     def _group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
         try:
-            return dict(zarr.open_group(self._zarr_root.store, path=zarr_group, mode="r").attrs)
+            return dict(self._node(zarr_group).attrs)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
             return None
 
