@@ -72,3 +72,29 @@ def scatter_rows_by_column(
         out_indices[dst] = cols[k]
         out_data[dst] = vals[k]
         written[i] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def keep_mapped(
+    lengths: np.ndarray, local: np.ndarray, vals: np.ndarray, out_col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the values whose local feature maps to an output column (``out_col >= 0``), in one pass.
+
+    ``lengths`` gives the number of values of each row, back to back in ``local``/``vals``. Returns the
+    kept count of each row and the kept values' output columns (int64) and values.
+    """
+    counts = np.zeros(lengths.size, np.int64)
+    cols = np.empty(local.size, np.int64)
+    kept = np.empty(local.size, vals.dtype)
+    n = 0
+    src = 0
+    for i in range(lengths.size):
+        for k in range(src, src + lengths[i]):
+            col = out_col[local[k]]
+            if col >= 0:
+                cols[n] = col
+                kept[n] = vals[k]
+                n += 1
+                counts[i] += 1
+        src += lengths[i]
+    return counts, cols[:n], kept[:n]

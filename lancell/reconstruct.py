@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 import zarr
 
-from kernels.scatter import scatter_rows, scatter_rows_by_column
+from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
 from lancell.csc import read_csc_features
 from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
@@ -235,13 +235,10 @@ def _sparse(
             idx, lengths = read_element_ranges(atlas._node(f"{name}/csr/indices"), starts[rows], ends[rows])
             values = atlas._node(f"{name}/csr/layers/{plan.layer}")
             vals, _ = read_element_ranges(values, starts[rows], ends[rows])
-            cols = g.out_col[idx]
-            kept_per_row = lengths
             if (g.out_col < 0).any():
-                keep = cols >= 0
-                row_local = np.repeat(np.arange(rows.size), lengths)
-                kept_per_row = np.bincount(row_local[keep], minlength=rows.size)
-                cols, vals = cols[keep], vals[keep]
+                kept_per_row, cols, vals = keep_mapped(lengths.astype(np.int64), idx, vals, g.out_col)
+            else:
+                kept_per_row, cols = lengths, g.out_col[idx]
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
         row_nnz[rows] = kept_per_row

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from kernels.scatter import scatter_rows, scatter_rows_by_column
+from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
 
 
 def _case(seed: int, n_out: int = 300, n_cols: int = 500) -> tuple[sp.csr_matrix, np.ndarray, sp.csr_matrix]:
@@ -47,3 +47,17 @@ def test_scatter_rows_copies_sorted_rows_in_place():
     scatter_rows(indptr, rows.astype(np.int64), counts, cols, part.data, indices, data)
     np.testing.assert_array_equal(indices, expected.indices)
     np.testing.assert_array_equal(data, expected.data)
+
+
+def test_keep_mapped_keeps_only_mapped_features_per_row():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 30, size=50)
+    local = rng.integers(0, 100, size=int(lengths.sum())).astype(np.uint32)
+    vals = rng.integers(1, 9, size=local.size).astype(np.uint32)
+    out_col = np.where(rng.random(100) < 0.2, rng.permutation(100), -1).astype(np.int64)
+    counts, cols, kept = keep_mapped(lengths.astype(np.int64), local, vals, out_col)
+    mapped = out_col[local]
+    rows = np.repeat(np.arange(lengths.size), lengths)
+    np.testing.assert_array_equal(counts, np.bincount(rows[mapped >= 0], minlength=lengths.size))
+    np.testing.assert_array_equal(cols, mapped[mapped >= 0])
+    np.testing.assert_array_equal(kept, vals[mapped >= 0])
