@@ -3,7 +3,10 @@
 Each case runs in a fresh subprocess (so peak RSS is that ingestion's own) from a backed ``.h5ad``:
 the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,000 nnz/cell).
 
-    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000]
+    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc]
+
+By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
+``lancell.csc.CSC_MIN_CELLS`` cells (here: the synthetic one); ``--no-csc`` measures the CSR write alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ RUN = textwrap.dedent(
     from lancell.bundled import CellSchema, GeneFeature
     from lancell.ingestion import add_from_anndata
     root, path, layer, uid_col = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] or None
+    csc = None if sys.argv[5] == "default" else sys.argv[5] == "on"
     var = ad.read_h5ad(path, backed="r").var
     uids = (var.index if uid_col is None else var[uid_col]).astype(str).unique()
     atlas = RaggedAtlas.create(root + "/db", "cells", CellSchema, store=root + "/arrays",
@@ -37,7 +41,7 @@ RUN = textwrap.dedent(
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
     record = add_from_anndata(atlas, path, feature_space="gene_expression", zarr_layer=layer,
-                              var_uid_column=uid_col, progress=False)
+                              var_uid_column=uid_col, csc=csc, progress=False)
     seconds = time.perf_counter() - started
     group = os.path.join(root, "arrays", record.zarr_group)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(group) for f in fs)
@@ -53,10 +57,12 @@ RUN = textwrap.dedent(
 )
 
 
-def run_case(name: str, path: Path, layer: str, uid_column: str | None) -> dict[str, object]:
+def run_case(
+    name: str, path: Path, layer: str, uid_column: str | None, csc: str = "default"
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as root:
         done = subprocess.run(
-            [sys.executable, "-c", RUN, root, str(path), layer, uid_column or ""],
+            [sys.executable, "-c", RUN, root, str(path), layer, uid_column or "", csc],
             capture_output=True,
             text=True,
             check=True,
@@ -71,10 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--synthetic-cells", type=int, default=50_000)
     parser.add_argument("--nnz-per-cell", type=int, default=2_000)
+    parser.add_argument("--no-csc", action="store_true", help="never write the CSC copy")
     args = parser.parse_args()
     results = []
+    csc = "off" if args.no_csc else "default"
     for dataset in BUNDLED:
-        results.append(run_case(dataset.uid, dataset.path, dataset.zarr_layer, dataset.var_uid_column))
+        results.append(run_case(dataset.uid, dataset.path, dataset.zarr_layer, dataset.var_uid_column, csc))
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "synthetic.h5ad"
         started = time.perf_counter()
@@ -84,7 +92,7 @@ def main() -> None:
             f"synthetic: {args.synthetic_cells} cells x 30,000 genes, NB(2, 0.5)+1 counts, "
             f"~{args.nnz_per_cell} nnz/cell (nnz {nnz:,}), seed 42, written in {time.perf_counter() - started:.1f} s"
         )
-        results.append(run_case("synthetic", path, "counts", None))
+        results.append(run_case("synthetic", path, "counts", None, csc))
     header = f"{'dataset':<18}{'cells':>9}{'nnz':>13}{'s':>8}{'cells/s':>10}{'Mnnz/s':>8}{'B/nnz':>7}{'peak MiB':>10}{'+ingest MiB':>12}"
     print(header)
     for r in results:

@@ -11,6 +11,9 @@ time ratios are printed.
 
     .venv/bin/python benchmarks/scale.py                    # 100k and 200k cells, 20 datasets
     .venv/bin/python benchmarks/scale.py --cells 1000000    # the full run (500k and 1M)
+
+The per-stage results go to ``--json`` and a plot of peak RSS and cells/s per stage against the cell count to
+``--plot`` (default ``benchmarks/scale.png``).
 """
 
 from __future__ import annotations
@@ -168,6 +171,7 @@ def stage_query(spec: dict[str, Any]) -> dict[str, Any]:
             "nnz": int(adata.X.nnz),
             "seconds": times[0],
             "warm": min(times[1:]),
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the process's so far
         }
     return {
         "queries": out,
@@ -227,6 +231,40 @@ def _child(stage: str, spec: dict[str, Any]) -> None:
     print(json.dumps(result))
 
 
+# ----------------------------------------------------------------------------------------- output
+def plot(summary: dict[str, dict[str, dict[str, Any]]], sizes: list[int], path: Path, title: str) -> None:
+    """Peak RSS and cells/s of each stage against the number of cells (one line per stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(summary[f"local {sizes[0]:,}"])
+    fig, (rss, rate) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for stage in stages:
+        runs = [summary[f"local {n:,}"][stage] for n in sizes]
+        rss.plot(sizes, [r["peak_mib"] for r in runs], marker="o", label=stage)
+        rate.plot(sizes, [r["cells"] / r["seconds"] for r in runs], marker="o", label=stage)
+    base = min(summary[f"local {n:,}"][s]["base_mib"] for n in sizes for s in stages)
+    rss.axhline(base, color="grey", linestyle=":", linewidth=1, label="after imports (no torch)")
+    rss.set(xlabel="cells in the atlas", ylabel="peak RSS of the stage's process (MiB)", title="peak RSS")
+    rss.set_ylim(0, None)
+    rate.set(
+        xlabel="cells in the atlas",
+        ylabel="cells/s (optimize, snapshot: atlas cells / s)",
+        title="throughput",
+        yscale="log",
+    )
+    for ax in (rss, rate):
+        ax.set_xticks(sizes, [f"{n / 1e6:g}M" if n >= 1e6 else f"{n // 1000}k" for n in sizes])
+        ax.grid(alpha=0.3)
+    rss.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> dict[str, dict[str, Any]]:
     results = {}
@@ -242,6 +280,7 @@ def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> di
         for name, q in r.get("queries", {}).items():
             print(
                 f"  {'':<24}{name:<28}{q['cells']:>7,} cells {q['seconds']:>7.3f} s cold, {q['warm']:.3f} s warm"
+                f"   peak RSS so far {q.get('peak_mib', float('nan')):,.0f} MiB"
             )
     return results
 
@@ -259,6 +298,8 @@ def main() -> None:
     parser.add_argument("--s3-load-datasets", type=int, default=4, help="datasets in the S3 vs local epoch")
     parser.add_argument("--data", type=Path, default=None, help="keep generated files here (reused)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, default=None, help="write every stage's results here")
+    parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scale.png", help="'' for none")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -296,6 +337,17 @@ def main() -> None:
         print(
             f"  {stage:<10}{large[stage]['peak_mib']:>7,.0f} / {small[stage]['peak_mib']:>7,.0f} MiB = {large[stage]['peak_mib'] / small[stage]['peak_mib']:.2f}"
         )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    if str(args.plot) not in ("", "."):
+        plot(
+            summary,
+            [args.cells // 2, args.cells],
+            args.plot,
+            f"benchmarks/scale.py --cells {args.cells:,}: {args.datasets} datasets, ~{args.nnz_per_cell:,} "
+            f"nnz/cell of {args.genes:,} genes, each stage in a fresh process, local disk",
+        )
+        print(f"plot: {args.plot}")
 
     weed = Path(sys.executable).parent / "weed"
     if args.no_s3 or not weed.exists():
@@ -335,6 +387,10 @@ def main() -> None:
         f"  load ({args.s3_load_datasets} datasets)    {remote['load']['seconds'] / local['load']['seconds']:>6.2f}x"
     )
     print(f"  requests to the arrays bucket over all S3 stages: {dict(sorted(requests.items()))}")
+    if args.json:
+        summary[f"s3 {n_cells:,}"] = remote
+        summary[f"local {n_cells:,} (S3 comparison)"] = local
+        args.json.write_text(json.dumps(summary | {"s3 requests": dict(requests)}, indent=1))
 
 
 if __name__ == "__main__":
