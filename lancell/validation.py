@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -18,10 +20,41 @@ __all__ = ["find_problems"]
 
 log = logging.getLogger(__name__)
 
+_BATCH = 65_536
+
 
 def _value_counts(column: pa.Array | pa.ChunkedArray) -> dict[object, int]:
     values, counts = pc.value_counts(column).flatten()
     return dict(zip(values.to_pylist(), counts.to_pylist(), strict=True))
+
+
+def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
+    """Cells per dataset, cells per zarr group, and whether cell uids are unique, in bounded memory.
+
+    The visible cell rows are streamed in batches; uniqueness is checked on 64-bit hashes of the uids
+    (8 bytes per cell), and only a hash collision triggers an exact check of the colliding uids.
+    """
+    import polars as pl  # hashing only; not needed on import
+
+    hidden = visible_cells_filter(atlas)  # rows of an interrupted ingestion are debris, not a problem
+    scan = atlas._tables.cells.search().where(hidden) if hidden else atlas._tables.cells.search()
+    per_dataset: Counter = Counter()
+    per_group: Counter = Counter()
+    hashes = []
+    for batch in scan.select(["uid", "dataset_uid", *atlas.feature_spaces]).to_batches(_BATCH):
+        per_dataset.update(_value_counts(batch.column("dataset_uid")))
+        for space in atlas.feature_spaces:
+            pointer = batch.column(space)
+            per_group.update(_value_counts(pc.struct_field(pointer.filter(pointer.is_valid()), "zarr_group")))
+        hashes.append(pl.from_arrow(batch.column("uid")).hash(seed=0).to_numpy())
+    hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+    values, seen = np.unique(hashes, return_counts=True)
+    colliding = values[seen > 1]
+    if not colliding.size:
+        return per_dataset, per_group, True
+    uids = scan.select(["uid"]).to_arrow().column("uid")
+    suspects = uids.filter(pa.array(np.isin(hashes, colliding)))
+    return per_dataset, per_group, pc.count_distinct(suspects).as_py() == len(suspects)
 
 
 def find_problems(atlas: RaggedAtlas) -> list[str]:
@@ -35,15 +68,7 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
     problems: list[str] = []
     tables = atlas._tables
     datasets = tables.datasets.to_arrow()
-    columns = ["uid", "dataset_uid", *atlas.feature_spaces]
-    hidden = visible_cells_filter(atlas)  # rows of an interrupted ingestion are debris, not a problem
-    scan = tables.cells.search().where(hidden) if hidden else tables.cells.search()
-    cells = scan.select(columns).to_arrow()
-    counts = _value_counts(cells.column("dataset_uid"))
-    per_group = {}
-    for space in atlas.feature_spaces:
-        pointer = cells.column(space).combine_chunks()
-        per_group |= _value_counts(pc.struct_field(pointer.filter(pointer.is_valid()), "zarr_group"))
+    counts, per_group, uids_unique = _cell_tallies(atlas)
     layout_sizes = _value_counts(tables.layouts.to_arrow().column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
@@ -74,7 +99,7 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
     orphans = sorted(set(counts) - known)
     if orphans:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
-    if pc.count_distinct(cells.column("uid")).as_py() != cells.num_rows:
+    if not uids_unique:
         problems.append("cell uids are not unique")
     for space in atlas.feature_spaces:
         registry = tables.registry(space).to_arrow().select(["uid", "global_index"])
