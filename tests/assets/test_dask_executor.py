@@ -4,7 +4,7 @@ A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1; one ru
 ``ingest_on_dask_job`` (:mod:`lancell_assets.dask_jobs`), submitted concurrently from three processes; each
 run's step executes on a worker. The atlas they build must equal a serial in-process build: same cells,
 values, registry uids (global indices depend on arrival order, so values are compared by gene uid).
-About 70 s on two busy cores, hence ``slow``.
+About 70 s on two busy cores; it runs in ``make test`` (CI) all the same.
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ def _values(atlas: RaggedAtlas, dataset: str, layer: str) -> tuple[list[str], li
     return list(adata.obs_names[rows]), list(adata.var_names[cols]), sp.csr_matrix(adata.X)[rows][:, cols]
 
 
-@pytest.mark.slow
 def test_partitions_ingest_concurrently_on_two_dask_workers_and_match_a_serial_build(
     tmp_path: Path, dask_cluster: tuple[str, distributed.Client]
 ) -> None:
