@@ -157,6 +157,7 @@ def build_synthetic(root: Path, n_cells: int, n_datasets: int, nnz: int) -> dict
                 feature_space=SPACE,
                 zarr_layer="counts",
                 dataset_record=DatasetRecord(uid=f"syn{i:02d}"),
+                csc=False,  # the loader reads cells, never the feature-major copy
                 progress=False,
             )
             parts.append((path, panel))
