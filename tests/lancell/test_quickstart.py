@@ -92,6 +92,15 @@ def test_quickstart_runs_as_written(tmp_path, celltypist, tenx, mouse, pbmc):
     assert set(shared.var_names) == set(celltypist.var_names) & set(tenx.var_names)
     assert shared.n_vars == 418
     assert union.n_vars > shared.n_vars
+    inner = ad.concat(  # values equal anndata's inner join of the same cells
+        [a.copy() for a in (celltypist, tenx)], join="inner", keys=None, index_unique=None
+    )
+    inner.obs_names = [
+        f"{uid}:{n}" for uid, a in (("celltypist", celltypist), ("tenx", tenx)) for n in a.obs_names
+    ]
+    assert list(shared.obs_names) == list(inner.obs_names)
+    got = sp.csr_matrix(shared[:, inner.var_names].X, dtype=np.float64)
+    assert (got != sp.csr_matrix(inner.X, dtype=np.float64)).nnz == 0
 
 
 def test_checkout_latest_needs_no_schema_or_store(tmp_path, celltypist):
