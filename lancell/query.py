@@ -94,17 +94,18 @@ class AtlasQuery:
 
     def search(
         self,
-        query: str | Sequence[float] | np.ndarray,
+        query: str | Sequence[float] | np.ndarray | tuple[Sequence[float] | np.ndarray, str],
         *,
         vector_column_name: str | None = None,
         query_type: Literal["auto", "vector", "fts", "hybrid"] = "auto",
         fts_columns: str | Sequence[str] | None = None,
     ) -> AtlasQuery:
-        """Rank cells by vector similarity (an embedding) or full-text relevance (a string).
+        """Rank cells by vector similarity (an embedding), full-text relevance (a string), or both.
 
-        Rows come back in rank order, with a ``distance`` (vector) or ``score`` (text) column. Vector and
-        hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns every
-        match unless limited. ``where()`` filters are applied before ranking.
+        Rows come back in rank order, with a ``distance`` (vector) or ``score`` (text, hybrid) column.
+        Hybrid search takes ``(embedding, text)`` and fuses both rankings (reciprocal rank fusion). Vector
+        and hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns
+        every match unless limited. ``where()`` filters are applied before ranking.
         """
         vectors = vector_fields(self._atlas._cell_arrow)
         if query_type == "auto":
@@ -122,6 +123,10 @@ class AtlasQuery:
                 )
         if query_type == "vector" and isinstance(query, str):
             raise QueryError("vector search needs an embedding, got a string (use query_type='fts')")
+        if query_type == "hybrid" and not (
+            isinstance(query, tuple) and len(query) == 2 and isinstance(query[1], str)
+        ):
+            raise QueryError("hybrid search needs (embedding, text), e.g. search((vector, 'monocyte'), ...)")
         self._search = {
             "query": query,
             "query_type": query_type,
@@ -197,14 +202,18 @@ class AtlasQuery:
                     f"{kind} search needs an explicit .limit(n): results are never capped silently"
                 )
             query = self._search["query"]
-            if kind in ("vector", "hybrid") and not isinstance(query, str):
-                query = np.asarray(query, dtype=np.float32)
-            builder = cells.search(
-                query,
-                query_type=kind,
-                vector_column_name=self._search["vector_column_name"],
-                fts_columns=self._search["fts_columns"],
-            )
+            options = {
+                "vector_column_name": self._search["vector_column_name"],
+                "fts_columns": self._search["fts_columns"],
+            }
+            if kind == "hybrid":
+                vector, text = query
+                builder = cells.search(query_type="hybrid", **options)
+                builder = builder.vector(np.asarray(vector, dtype=np.float32)).text(text)
+            else:
+                if kind == "vector":
+                    query = np.asarray(query, dtype=np.float32)
+                builder = cells.search(query, query_type=kind, **options)
             if limit is None:  # text search: every match, not lancedb's default of 10
                 limit = max(cells.count_rows(), 1)
         where = self._filter()

@@ -139,3 +139,22 @@ def test_ann_index_built_above_threshold(searchable, tmp_path):
     assert {i.index_type for i in table.list_indices()} == {"FTS", "IvfPq"}
     hits = table.search(emb[3], vector_column_name="embedding").limit(10).to_arrow()
     assert hits.num_rows == 10
+
+
+def test_hybrid_search_fuses_vector_and_text_rankings(searchable):
+    atlas, pbmc = searchable
+    emb = pbmc.obsm["X_emb"]
+    out = atlas.query().search((emb[3], "monocyte"), query_type="hybrid").limit(10).to_arrow()
+    uids = out.column("uid").to_pylist()
+    assert out.num_rows == 10 and len(set(uids)) == 10
+    assert uids[0] == f"pbmc:{pbmc.obs_names[3]}"  # the exact vector match ranks first in both lists' fusion
+    nearest = {f"pbmc:{pbmc.obs_names[i]}" for i in np.argsort(((emb - emb[3]) ** 2).sum(axis=1))[:10]}
+    types = out.column("cell_type").to_pylist()
+    from_text = [t for uid, t in zip(uids, types, strict=True) if uid not in nearest]
+    assert from_text and set(from_text) == {"CD14+ Monocyte"}  # the rest come from the text ranking
+    assert np.all(np.diff(out.column("score").to_numpy()) <= 0)
+    filtered = atlas.query().where("cell_type = 'Dendritic'")
+    filtered = filtered.search((emb[3], "monocyte"), query_type="hybrid")
+    assert set(filtered.limit(10).to_arrow().column("cell_type").to_pylist()) == {"Dendritic"}
+    with pytest.raises(QueryError, match="embedding, text"):
+        atlas.query().search("monocyte", query_type="hybrid")
