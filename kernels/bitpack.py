@@ -52,6 +52,7 @@ import numpy as np
 
 from kernels.bitpack_blocks import BLOCK, MODE_DELTA, MODE_EXCEPTIONS, WIDTH_MASK, walk
 from kernels.bitpack_blocks import decode_kernel as _decode_kernel
+from kernels.bitpack_blocks import encode_chunks_kernel as _encode_chunks_kernel
 from kernels.bitpack_blocks import encode_kernel as _encode_kernel
 
 HEADER_BYTES = 16
@@ -74,6 +75,7 @@ __all__ = [
     "decode",
     "decode_into",
     "encode",
+    "encode_chunks",
     "max_encoded_size",
     "validate",
 ]
@@ -124,6 +126,50 @@ def encode(values: np.ndarray, transform: int = TRANSFORM_NONE) -> np.ndarray:
     heads = raw[HEADER_BYTES : HEADER_BYTES + -(-n // BLOCK)]
     used = _encode_kernel(np.ascontiguousarray(values), words, heads, bases, packed)
     return raw[: 4 * used]
+
+
+def encode_chunks(
+    values: np.ndarray, chunk: int, transform: int = TRANSFORM_NONE, trailer: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode ``values`` chunk by chunk, in one call: each chunk of ``chunk`` values exactly as
+    :func:`encode` would, followed by ``trailer`` bytes for the caller (a checksum), back to back.
+
+    Parameters
+    ----------
+    values
+        1-D uint32 array holding a whole number of chunks.
+    chunk
+        Values per chunk (at least 1).
+    transform
+        ``TRANSFORM_NONE`` or ``TRANSFORM_DELTA``, for every chunk.
+    trailer
+        Bytes left after each encoded chunk (uninitialized); a multiple of 4 keeps every chunk 4-byte aligned.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        ``(buffer, ends)``: uint8 bytes, and the int64 offset where each chunk's trailer ends (chunk ``i``
+        is ``buffer[ends[i - 1] : ends[i] - trailer]``, with ``ends[-1] == 0``).
+
+    Raises
+    ------
+    BitpackError
+        If ``values`` is not a 1-D uint32 array of whole chunks, or ``transform`` is unknown.
+    """
+    if not isinstance(values, np.ndarray) or values.dtype != np.uint32 or values.ndim != 1:
+        raise BitpackError(f"expected a 1-D uint32 array, got {getattr(values, 'dtype', type(values))}")
+    if chunk < 1 or values.size % chunk:
+        raise BitpackError(f"{values.size} values are not a whole number of {chunk}-value chunks")
+    if transform not in (TRANSFORM_NONE, TRANSFORM_DELTA):
+        raise BitpackError(f"unknown transform {transform!r}")
+    n_chunks = values.size // chunk
+    header = np.frombuffer(_HEADER.pack(MAGIC, FORMAT_VERSION, transform, b"\0\0\0", chunk), np.uint8)
+    bases, packed = _sections(chunk, transform)
+    out = np.empty(n_chunks * (max_encoded_size(chunk) + trailer), np.uint8)
+    ends = np.empty(n_chunks, np.int64)
+    words = max_encoded_size(chunk) // 4
+    _encode_chunks_kernel(np.ascontiguousarray(values), header, bases, packed, words, trailer, out, ends)
+    return out[: ends[-1]] if n_chunks else out, ends
 
 
 _WALK_ERRORS = {

@@ -371,3 +371,23 @@ def walk(raw: np.ndarray, n: int, packed: int, flags: int) -> tuple:
         for i in range(k, e):
             e += list_bytes(np.uint64(raw[i]))
     return np.int64((e + np.uint64(3)) // U4) - packed, 0, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_chunks_kernel(
+    values: np.ndarray, header: np.ndarray, bases: int, packed: int, n_words: int, trailer: int, out, ends
+) -> None:
+    """Encode ``values`` as ``ends.size`` chunks of equal length, each a whole buffer (``header``: its
+    16 bytes; ``n_words``: its maximal size in words) followed by ``trailer`` untouched bytes, back to back
+    in ``out``; ``ends[i]`` is where chunk ``i``'s trailer ends."""
+    chunk = values.size // ends.size
+    heads_end = 16 + (chunk + BLOCK - 1) // BLOCK
+    pos = 0
+    for i in range(ends.size):
+        words = np.zeros(n_words, np.uint32)
+        raw = words.view(np.uint8)
+        raw[:16] = header
+        size = 4 * encode_kernel(values[i * chunk : (i + 1) * chunk], words, raw[16:heads_end], bases, packed)
+        out[pos : pos + size] = raw[:size]
+        pos += size + trailer
+        ends[i] = pos

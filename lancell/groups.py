@@ -22,6 +22,7 @@ import zarr.codecs
 
 from lancell.codecs import BitpackingCodec
 from lancell.schema import PointerKind
+from lancell.shard_writer import ShardWriter
 
 __all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "new_group_name", "value_codecs"]
 
@@ -87,42 +88,53 @@ def new_group_name(dataset_uid: str) -> str:
 
 
 class ShardBuffer:
-    """Append-only writer of a sharded array (1-D, or 2-D by rows) that writes whole shards and the tail."""
+    """Append-only writer of a sharded array (1-D, or 2-D by rows) that writes whole shards and the tail.
+
+    Rows are copied into one reused shard-sized buffer; each full shard is stored by a
+    :class:`~lancell.shard_writer.ShardWriter` when the array's codecs allow, else through zarr-python.
+    """
 
     def __init__(self, array: zarr.Array, shard: int) -> None:
         self.array = array
         self.shard = shard
-        self.parts: list[np.ndarray] = []
         self.buffered = 0
         self.written = 0
+        self._buffer: np.ndarray | None = None
+        self._direct = ShardWriter.for_array(array) if array.shards and array.shards[0] == shard else None
 
     def append(self, values: np.ndarray) -> None:
-        self.parts.append(values)
-        self.buffered += values.shape[0]
-        while self.buffered >= self.shard:
-            self._write(self._take(self.shard))
+        if self.written + self.buffered + values.shape[0] > self.array.shape[0]:
+            raise ValueError(
+                f"{self.array.path}: appending {values.shape[0]} rows after {self.written + self.buffered} "
+                f"overflows the array's {self.array.shape[0]}"
+            )
+        while values.shape[0]:
+            if self._buffer is None:  # allocated on first use: a tail shard of a small array stays small
+                rows = min(self.shard, self.array.shape[0] - self.written)
+                self._buffer = np.empty((rows, *self.array.shape[1:]), self.array.dtype)
+            take = min(self._buffer.shape[0] - self.buffered, values.shape[0])
+            self._buffer[self.buffered : self.buffered + take] = values[:take]
+            self.buffered += take
+            values = values[take:]
+            if self.buffered == self._buffer.shape[0]:
+                self._flush()
 
-    def _take(self, n: int) -> np.ndarray:
-        """Remove the first ``n`` buffered rows: one copy of at most a shard, never of the whole buffer."""
-        taken, size = [], 0
-        while size < n:
-            part = self.parts.pop(0)
-            need = n - size
-            if part.shape[0] > need:
-                self.parts.insert(0, part[need:])
-                part = part[:need]
-            taken.append(part)
-            size += part.shape[0]
-        self.buffered -= n
-        return np.concatenate(taken) if len(taken) > 1 else taken[0]
+    def _flush(self) -> None:
+        if self.buffered and self._buffer is not None:
+            self._write(self._buffer[: self.buffered])
+            self.buffered = 0
+            if self._buffer.shape[0] > self.array.shape[0] - self.written:
+                self._buffer = None  # the next shard is the shorter last one
 
     def _write(self, data: np.ndarray) -> None:
-        self.array[self.written : self.written + data.shape[0]] = data
+        if self._direct is not None:  # every write starts a shard
+            self._direct.write(self.written // self.shard, data)
+        else:
+            self.array[self.written : self.written + data.shape[0]] = data
         self.written += data.shape[0]
 
     def close(self) -> int:
-        if self.buffered:
-            self._write(self._take(self.buffered))
+        self._flush()
         return self.written
 
 
