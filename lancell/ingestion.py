@@ -22,8 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from kernels.scatter import scatter_rows_by_column
-from lancell.csc import CSC_MIN_CELLS, write_csc
+from lancell.csc import CSC_BUDGET, CSC_MIN_CELLS, CsrBlocks, write_csc
 from lancell.errors import (
     DataValueError,
     DuplicateDatasetError,
@@ -35,6 +34,7 @@ from lancell.errors import (
 )
 from lancell.feature_spaces import FeatureSpace, resolve_feature_space
 from lancell.groups import DenseGroupWriter, SparseGroupWriter, new_group_name
+from lancell.ingest_blocks import checked_values, stored_csr_blocks
 from lancell.obs import obs_to_arrow
 from lancell.registry import ensure_layout, layout_uid_for, registry_index, sql_literal
 from lancell.schema import (
@@ -55,8 +55,6 @@ __all__ = ["add_from_anndata"]
 
 log = logging.getLogger(__name__)
 
-_UINT32_MAX = np.iinfo(np.uint32).max
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 CELL_BATCH = 65_536
 
 
@@ -129,9 +127,13 @@ def add_from_anndata(
     cells_written = False
     with claim_dataset(atlas, record.uid):
         try:
-            indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)
+            written = None
             if space.kind == "sparse" and (plan.n_cells >= CSC_MIN_CELLS if csc is None else csc):
-                write_csc(atlas._zarr_root[zarr_group], zarr_layer)
+                written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
+            indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress, written)
+            if written is not None:
+                write_csc(atlas._zarr_root[zarr_group], zarr_layer, written=written)
+                del written  # the kept blocks
             with atlas._lock("layouts"):
                 ensure_layout(atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index)
             batches = _cell_batches(atlas, plan, space, zarr_group, indptr)
@@ -298,47 +300,17 @@ def _vectors(
     return vectors
 
 
-def _checked_values(plan: _Plan, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
-    """Check one block of values and convert it to the stored dtype."""
-    if values.size == 0:
-        return values.astype(plan.store_dtype)
-    if values.dtype.kind in "iu":
-        low, high = values.min(), values.max()
-        if low < 0 or high > _UINT32_MAX:
-            bad = "negative" if low < 0 else "above 2**32-1"
-            raise DataValueError(
-                f"dataset {plan.dataset!r}, layer {zarr_layer!r}: {bad} integer value "
-                f"{low if low < 0 else high} in the rows from {row0}; counts must be in [0, 2**32)"
-            )
-        return values.astype(np.uint32)
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise DataValueError(
-            f"dataset {plan.dataset!r}, layer {zarr_layer!r}: non-finite value "
-            f"{values[~finite][0]} in the rows from {row0}"
-        )
-    largest = np.abs(values).max()
-    if largest > _FLOAT32_MAX:
-        raise DataValueError(
-            f"dataset {plan.dataset!r}, layer {zarr_layer!r}: value {largest} in the rows from {row0} "
-            "does not fit float32 (values are stored as float32)"
-        )
-    if zarr_layer == "counts":
-        if values.min() < 0:
-            raise DataValueError(f"dataset {plan.dataset!r}, layer 'counts': negative value {values.min()}")
-        fractional = values != np.floor(values)
-        if fractional.any():
-            raise DataValueError(
-                f"dataset {plan.dataset!r}, layer 'counts': non-integer value {values[fractional][0]} in the "
-                f"rows from {row0}; store normalized values under another layer name"
-            )
-    return values.astype(np.float32)
-
-
 def _write_group(
-    atlas: RaggedAtlas, plan: _Plan, space: FeatureSpace, zarr_layer: str, zarr_group: str, progress: bool
+    atlas: RaggedAtlas,
+    plan: _Plan,
+    space: FeatureSpace,
+    zarr_layer: str,
+    zarr_group: str,
+    progress: bool,
+    written: CsrBlocks | None = None,
 ) -> np.ndarray:
-    """Stream the matrix into a new zarr group; return the per-cell element offsets (indptr)."""
+    """Stream the matrix into a new zarr group; return the per-cell element offsets (indptr). Sparse blocks
+    are also recorded in ``written`` (for the CSC copy) when given."""
     n_features = len(plan.feature_uids)
     bar = tqdm(
         total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
@@ -354,11 +326,11 @@ def _write_group(
                 layer=zarr_layer,
                 dtype=plan.store_dtype,
             )
-            for row0, block in plan.source.csr_blocks():
-                values = _checked_values(plan, zarr_layer, block.data, row0)
-                indices, values = _stored_order(plan, block.indptr, block.indices, values)
-                writer.append(block.indptr, indices, values)
-                bar.update(block.shape[0])
+            for _, indptr, indices, values in stored_csr_blocks(plan.source, zarr_layer, plan.stored_column):
+                writer.append(indptr, indices, values)
+                if written is not None:
+                    written.add(indptr, indices, values)
+                bar.update(indptr.size - 1)
             indptr = writer.close(_group_attrs(plan, space))
         else:
             writer = DenseGroupWriter(
@@ -370,7 +342,7 @@ def _write_group(
                 dtype=plan.store_dtype,
             )
             for row0, block in plan.source.dense_blocks():
-                values = _checked_values(plan, zarr_layer, block.ravel(), row0).reshape(block.shape)
+                values = checked_values(plan.dataset, zarr_layer, block.ravel(), row0).reshape(block.shape)
                 if plan.stored_column is not None:
                     values = values[:, np.argsort(plan.stored_column)]
                 writer.append(values)
@@ -380,22 +352,6 @@ def _write_group(
     if int(indptr[-1]) != plan.nnz:
         raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
     return indptr
-
-
-def _stored_order(
-    plan: _Plan, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A CSR block's ``(indices, values)`` renumbered to stored feature order, each row sorted again."""
-    if plan.stored_column is None:
-        return indices.astype(np.uint32), values
-    rows = np.arange(indptr.size - 1, dtype=np.int64)
-    counts = np.diff(indptr).astype(np.int64)
-    out_indices = np.empty(indices.size, dtype=np.int64)
-    out_values = np.empty_like(values)
-    local = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
-    columns, n_features = plan.stored_column[indices], len(plan.feature_uids)
-    scatter_rows_by_column(local, rows, counts, columns, values, n_features, out_indices, out_values)
-    return out_indices.astype(np.uint32), out_values
 
 
 def _group_attrs(plan: _Plan, space: FeatureSpace) -> dict[str, object]:

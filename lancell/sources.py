@@ -4,7 +4,8 @@ A source knows its shape, its dtype and its total number of stored values before
 zarr arrays can be sized up front; it then yields CSR (or dense) row blocks of roughly ``target_nnz``
 values each. Backed CSR ``.h5ad`` matrices are read block by block; nothing holds the whole matrix.
 Explicitly stored zeros are kept (they are counted in the sparse ``nnz`` the arrays were sized for);
-column indices outside the matrix or repeated within a row are refused.
+:meth:`MatrixSource.check_indices` refuses column indices outside the matrix or repeated within a row
+(:mod:`lancell.ingest_blocks` checks every block).
 """
 
 from __future__ import annotations
@@ -58,26 +59,55 @@ class MatrixSource:
             yield start, stop
             start = stop
 
-    def csr_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """Yield ``(row_start, csr_block)`` with sorted indices, each checked by :meth:`check_indices`."""
-        for start, stop in self.row_ranges(target_values):
-            block = self.matrix[start:stop]
-            block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
-            if not block.has_sorted_indices:
-                block = block.sorted_indices()
-            self.check_indices(start, block)
-            yield start, block
+    def csr_blocks(
+        self, target_values: int = TARGET_BLOCK_VALUES
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield unchecked ``(row_start, indptr, indices, data)`` row blocks (``indptr`` int64 from 0).
 
-    def check_indices(self, start: int, block: sp.csr_matrix) -> None:
-        """Raise :class:`DataValueError` unless the sorted column indices of a block (rows from ``start``)
-        lie in ``[0, n_features)`` and no row repeats one (a stored duplicate has no single value)."""
-        indices, n_features = block.indices, self.shape[1]
+        A backed ``.h5ad`` block is read into two buffers reused by the next block, so a caller keeps only
+        what it converts; an in-memory matrix yields views of its own arrays.
+        """
+        if isinstance(self.matrix, BaseCompressedSparseDataset) and isinstance(self.matrix.group, h5py.Group):
+            yield from self._h5_csr_blocks(target_values)
+            return
+        csr = self.matrix if sp.issparse(self.matrix) else None
+        for start, stop in self.row_ranges(target_values):
+            if csr is None:  # another backed store: through anndata
+                block = self.matrix[start:stop]
+                block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+                yield start, block.indptr.astype(np.int64), block.indices, block.data
+                continue
+            lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+            indptr = np.asarray(self.indptr[start : stop + 1], dtype=np.int64) - lo
+            yield start, indptr, csr.indices[lo:hi], csr.data[lo:hi]
+
+    def _h5_csr_blocks(self, target_values: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        group = self.matrix.group
+        data, indices = group["data"], group["indices"]
+        buffers: tuple[np.ndarray, np.ndarray] | None = None
+        for start, stop in self.row_ranges(target_values):
+            lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+            if buffers is None or buffers[0].size < hi - lo:
+                size = max(hi - lo, target_values)
+                buffers = np.empty(size, data.dtype), np.empty(size, indices.dtype)
+            block_data, block_indices = buffers[0][: hi - lo], buffers[1][: hi - lo]
+            if hi > lo:
+                data.read_direct(block_data, np.s_[lo:hi])
+                indices.read_direct(block_indices, np.s_[lo:hi])
+            indptr = np.asarray(self.indptr[start : stop + 1], dtype=np.int64) - lo
+            yield start, indptr, block_indices, block_data
+
+    def check_indices(self, start: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+        """Raise :class:`DataValueError` unless the sorted column indices of a block (rows from ``start``,
+        ``indptr`` from 0) lie in ``[0, n_features)`` and no row repeats one (a stored duplicate has no single
+        value)."""
+        n_features = self.shape[1]
         if indices.size == 0:
             return
         outside = (indices < 0) | (indices >= n_features)
         repeated = np.zeros(indices.size, dtype=bool)
         repeated[1:] = indices[1:] == indices[:-1]
-        firsts = block.indptr[:-1]
+        firsts = indptr[:-1]
         repeated[firsts[firsts < indices.size]] = False  # a row's first value repeats nothing
         problems = (
             (outside, f"outside [0, {n_features}): the matrix and var disagree"),
@@ -86,7 +116,7 @@ class MatrixSource:
         for mask, what in problems:
             if mask.any():
                 position = int(np.flatnonzero(mask)[0])
-                row = start + int(np.searchsorted(block.indptr, position, side="right")) - 1
+                row = start + int(np.searchsorted(indptr, position, side="right")) - 1
                 raise DataValueError(
                     f"dataset {self.dataset!r}: column index {int(indices[position])} of row {row} is {what}"
                 )

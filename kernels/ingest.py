@@ -1,0 +1,110 @@
+"""One pass per CSR block over what ingestion checks and converts: column indices and values.
+
+Each kernel returns 0 when every element passes (the outputs then hold the converted block) and 1 at the
+first element that does not (the outputs are then incomplete): the caller re-checks that block with numpy to
+name the problem, so the kernels never build messages.
+"""
+
+import numba
+import numpy as np
+
+_UINT32_MAX = 4_294_967_295
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@numba.njit(cache=True, nogil=True)
+def map_indices(
+    indptr: np.ndarray, indices: np.ndarray, column_map: np.ndarray, out: np.ndarray, counts: np.ndarray
+) -> int:
+    """``out[k] = column_map[indices[k]]`` if every row's indices strictly increase within
+    ``[0, column_map.size)``; ``counts[out[k]] += 1`` as well unless ``counts`` is empty."""
+    n_features = column_map.size
+    count = counts.size > 0
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        previous = np.int64(-1)
+        for k in range(indptr[r] - base, indptr[r + 1] - base):
+            column = np.int64(indices[k])
+            if column <= previous or column >= n_features:
+                return 1
+            previous = column
+            stored = column_map[column]
+            out[k] = stored
+            if count:
+                counts[stored] += 1
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def integer_values(values: np.ndarray, out: np.ndarray) -> int:
+    """``out = values`` (uint32) if every value lies in ``[0, 2**32)``."""
+    for k in range(values.size):
+        value = values[k]
+        if value < 0 or value > _UINT32_MAX:
+            return 1
+        out[k] = value
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def float_values(values: np.ndarray, integral: bool, out: np.ndarray) -> int:
+    """``out = values`` (float32) if every value is finite and fits float32, and, when ``integral``, is a
+    non-negative whole number."""
+    for k in range(values.size):
+        value = values[k]
+        if not np.isfinite(value) or abs(value) > _FLOAT32_MAX:
+            return 1
+        if integral and (value < 0 or value != np.floor(value)):
+            return 1
+        out[k] = value
+    return 0
+
+
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_LOWEST_BIT = np.zeros(64, np.uint8)  # position of a word's lowest set bit, by de Bruijn hash of that bit
+for _bit in range(64):
+    _LOWEST_BIT[((1 << _bit) * int(_DE_BRUIJN) % 2**64) >> 58] = _bit
+
+
+@numba.njit(cache=True, nogil=True)
+def sort_rows(
+    indptr: np.ndarray,
+    columns: np.ndarray,
+    values: np.ndarray,
+    n_columns: int,
+    out_columns: np.ndarray,
+    out_values: np.ndarray,
+) -> None:
+    """Every row of ``(columns, values)`` (distinct columns below ``n_columns``) sorted by column into
+    ``out_*``: a row marks its columns in a bitmap and reads them back in order, a short row (fewer
+    values than a sixteenth of the bitmap's words) is insertion-sorted."""
+    bits = np.zeros((n_columns + 63) // 64, np.uint64)
+    dense = np.empty(n_columns, values.dtype)
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        lo, hi = indptr[r] - base, indptr[r + 1] - base
+        if 16 * (hi - lo) < bits.size:
+            for k in range(lo, hi):
+                column, value, j = columns[k], values[k], k
+                while j > lo and out_columns[j - 1] > column:
+                    out_columns[j], out_values[j] = out_columns[j - 1], out_values[j - 1]
+                    j -= 1
+                out_columns[j], out_values[j] = column, value
+            continue
+        first, last = bits.size, 0
+        for k in range(lo, hi):
+            column = np.int64(columns[k])
+            w = column >> 6
+            bits[w] |= np.uint64(1) << np.uint64(column & 63)
+            dense[column] = values[k]
+            first, last = min(first, w), max(last, w)
+        k = lo
+        for w in range(first, last + 1):
+            word = bits[w]
+            while word:
+                lowest = (word & (~word + np.uint64(1))) * _DE_BRUIJN
+                column = 64 * w + np.int64(_LOWEST_BIT[lowest >> np.uint64(58)])
+                out_columns[k], out_values[k] = column, dense[column]
+                k += 1
+                word &= word - np.uint64(1)
+            bits[w] = 0

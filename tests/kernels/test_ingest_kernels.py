@@ -1,0 +1,137 @@
+"""The per-block kernels of ingestion (checks, renumbering, row sorts, CSC fill) against numpy references."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from kernels import bitpack as bp
+from kernels.ingest import float_values, integer_values, map_indices, sort_rows
+from kernels.transpose import count_features, fill_feature_runs
+
+NO_COUNTS = np.zeros(0, np.int64)
+
+
+def _block(seed: int, n_rows: int = 200, n_cols: int = 3_000, density: float = 0.05) -> sp.csr_matrix:
+    block = sp.random(n_rows, n_cols, density=density, format="csr", random_state=seed, dtype=np.float64)
+    block.sort_indices()
+    return block
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_map_indices_renumbers_and_counts(seed: int) -> None:
+    block = _block(seed)
+    column_map = np.random.default_rng(seed).permutation(block.shape[1]).astype(np.uint32)
+    out = np.empty(block.nnz, np.uint32)
+    counts = np.zeros(block.shape[1], np.int64)
+    assert map_indices(block.indptr.astype(np.int64), block.indices, column_map, out, counts) == 0
+    np.testing.assert_array_equal(out, column_map[block.indices])
+    np.testing.assert_array_equal(counts, np.bincount(out, minlength=block.shape[1]))
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [([3, 3, 5], "repeated"), ([5, 3], "unsorted"), ([-1, 2], "negative"), ([1, 10], "outside")],
+)
+def test_map_indices_rejects(row: list[int], why: str) -> None:
+    indices = np.array([0, 4, *row], np.int64)
+    indptr = np.array([0, 2, indices.size], np.int64)
+    out = np.empty(indices.size, np.uint32)
+    assert map_indices(indptr, indices, np.arange(10, dtype=np.uint32), out, NO_COUNTS) == 1, why
+
+
+def test_map_indices_restarts_at_each_row() -> None:
+    indices = np.array([5, 7, 1, 2], np.int32)  # a smaller index after a row boundary is fine
+    out = np.empty(4, np.uint32)
+    assert map_indices(np.array([0, 2, 4]), indices, np.arange(8, dtype=np.uint32), out, NO_COUNTS) == 0
+
+
+@pytest.mark.parametrize(
+    ("values", "bad"),
+    [
+        (np.array([0, 1, 2**32 - 1], np.int64), 0),
+        (np.array([0, 2**32], np.int64), 1),
+        (np.array([3, -1], np.int32), 1),
+        (np.array([2**32 - 1, 2**63], np.uint64), 1),
+        (np.array([7, 200], np.uint8), 0),
+    ],
+)
+def test_integer_values(values: np.ndarray, bad: int) -> None:
+    out = np.empty(values.size, np.uint32)
+    assert integer_values(values, out) == bad
+    if not bad:
+        np.testing.assert_array_equal(out, values.astype(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("values", "integral", "bad"),
+    [
+        (np.array([0.5, -2.0, 1e30]), False, 0),
+        (np.array([1.0, np.nan]), False, 1),
+        (np.array([1.0, -np.inf]), False, 1),
+        (np.array([1e39]), False, 1),
+        (np.array([0.0, 3.0, 1e7], np.float32), True, 0),
+        (np.array([2.0, 0.5]), True, 1),
+        (np.array([2.0, -1.0]), True, 1),
+    ],
+)
+def test_float_values(values: np.ndarray, integral: bool, bad: int) -> None:
+    out = np.empty(values.size, np.float32)
+    assert float_values(values, integral, out) == bad
+    if not bad:
+        np.testing.assert_array_equal(out, values.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("n_cols", "sizes"), [(30_000, [0, 1, 5, 100, 2_000, 30_000, 3]), (65, [65, 64, 0, 1, 2])]
+)
+def test_sort_rows(n_cols: int, sizes: list[int]) -> None:
+    rng = np.random.default_rng(n_cols)
+    indptr = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    columns = np.concatenate([rng.permutation(n_cols)[:size] for size in sizes]).astype(np.uint32)
+    values = rng.random(columns.size).astype(np.float32)
+    out_columns, out_values = np.empty_like(columns), np.empty_like(values)
+    sort_rows(indptr, columns, values, n_cols, out_columns, out_values)
+    for lo, hi in itertools.pairwise(indptr):
+        order = np.argsort(columns[lo:hi])
+        np.testing.assert_array_equal(out_columns[lo:hi], columns[lo:hi][order])
+        np.testing.assert_array_equal(out_values[lo:hi], values[lo:hi][order])
+
+
+@pytest.mark.parametrize("ranges", [[(0, 3_000)], [(0, 1_000), (1_000, 2_990), (2_990, 3_000)]])
+def test_fill_feature_runs_is_the_csc_of_row_blocks(ranges: list[tuple[int, int]]) -> None:
+    matrix = _block(4, n_rows=500)
+    expected = matrix.tocsc()
+    counts = np.zeros(matrix.shape[1], np.int64)
+    count_features(matrix.indices, counts)
+    np.testing.assert_array_equal(counts, np.diff(expected.indptr))
+    rows = np.empty(matrix.nnz, np.uint32)
+    values = np.empty(matrix.nnz, np.float64)
+    indptr = matrix.indptr.astype(np.int64)
+    for first, stop in ranges:
+        fill = expected.indptr[first:stop].astype(np.int64)
+        for row0 in range(0, 500, 128):  # row blocks with their global indptr slices
+            block = indptr[row0 : min(row0 + 128, 500) + 1]
+            lo, hi = block[0], block[-1]
+            indices, data = matrix.indices[lo:hi], matrix.data[lo:hi]
+            fill_feature_runs(block, indices, data, row0, first, stop, fill, rows, values)
+    np.testing.assert_array_equal(rows, expected.indices)
+    np.testing.assert_array_equal(values, expected.data)
+
+
+@pytest.mark.parametrize("transform", [bp.TRANSFORM_NONE, bp.TRANSFORM_DELTA])
+def test_encode_chunks_equals_encode_per_chunk(transform: int) -> None:
+    values = np.random.default_rng(5).negative_binomial(2, 0.2, 7 * 300).astype(np.uint32)
+    values[::50] = 2**31  # exceptions
+    buffer, ends = bp.encode_chunks(values, 300, transform, trailer=4)
+    starts = np.concatenate(([0], ends[:-1]))
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        np.testing.assert_array_equal(
+            buffer[start : end - 4], bp.encode(values[300 * i : 300 * (i + 1)], transform)
+        )
+    assert ends[-1] == buffer.size
+    with pytest.raises(bp.BitpackError, match="whole number"):
+        bp.encode_chunks(values[:-1], 300)

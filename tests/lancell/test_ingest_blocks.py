@@ -1,0 +1,84 @@
+"""The blocks ingestion stores: backed reads into reused buffers, renumbering, rows given out of order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lancell.errors import DataValueError
+from lancell.ingest_blocks import stored_csr_blocks
+from lancell.sources import MatrixSource, matrix_source
+
+
+def _matrix(seed: int = 0, n_rows: int = 400, n_cols: int = 700) -> sp.csr_matrix:
+    matrix = sp.random(n_rows, n_cols, density=0.03, format="csr", random_state=seed, dtype=np.float64)
+    matrix.data = np.ceil(matrix.data * 50).astype(np.int32)
+    return sp.csr_matrix(matrix, dtype=np.int32)
+
+
+def _stored(matrix: sp.csr_matrix, stored_column: np.ndarray | None) -> sp.csr_matrix:
+    """The reference: columns renumbered to stored order and sorted, values as uint32."""
+    mapped = matrix.tocoo()
+    columns = mapped.col if stored_column is None else stored_column[mapped.col]
+    out = sp.csr_matrix((mapped.data.astype(np.uint32), (mapped.row, columns)), shape=matrix.shape)
+    out.sort_indices()
+    return out
+
+
+def _collect(source: MatrixSource, stored_column: np.ndarray | None) -> sp.csr_matrix:
+    blocks = list(stored_csr_blocks(source, "counts", stored_column))  # kept across blocks: never reused
+    assert all(b[2].dtype == np.uint32 and b[3].dtype == np.uint32 for b in blocks)
+    indptr = np.concatenate([[0]] + [block[1][1:] + offset for block, offset in _offsets(blocks)])
+    return sp.csr_matrix(
+        (np.concatenate([b[3] for b in blocks]), np.concatenate([b[2] for b in blocks]), indptr),
+        shape=source.shape,
+    )
+
+
+def _offsets(blocks: list) -> list:
+    offsets, total = [], 0
+    for block in blocks:
+        offsets.append((block, total))
+        total += int(block[1][-1])
+    return offsets
+
+
+@pytest.mark.parametrize("backed", [False, True])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_blocks_equal_the_reference(tmp_path: Path, monkeypatch, backed: bool, shuffled: bool) -> None:
+    monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (1_000,))  # about 10 blocks
+    matrix = _matrix()
+    stored_column = np.random.default_rng(1).permutation(matrix.shape[1]) if shuffled else None
+    if backed:
+        ad.AnnData(X=matrix).write_h5ad(tmp_path / "x.h5ad")
+        source = matrix_source("d", ad.read_h5ad(tmp_path / "x.h5ad", backed="r").X)
+    else:
+        source = matrix_source("d", matrix)
+    result = _collect(source, stored_column)
+    expected = _stored(matrix, stored_column)
+    np.testing.assert_array_equal(result.indptr, expected.indptr)
+    np.testing.assert_array_equal(result.indices, expected.indices)
+    np.testing.assert_array_equal(result.data, expected.data)
+
+
+def test_rows_out_of_order_are_sorted_and_repeats_refused() -> None:
+    matrix = _matrix(2)
+    unsorted = matrix.copy()
+    for row in range(0, unsorted.shape[0], 3):  # reverse every third row
+        lo, hi = unsorted.indptr[row], unsorted.indptr[row + 1]
+        unsorted.indices[lo:hi] = unsorted.indices[lo:hi][::-1].copy()
+        unsorted.data[lo:hi] = unsorted.data[lo:hi][::-1].copy()
+    unsorted.has_sorted_indices = False
+    result = _collect(matrix_source("d", unsorted), None)
+    np.testing.assert_array_equal(result.indices, matrix.indices)
+    np.testing.assert_array_equal(result.data, matrix.data)
+    row = int(np.flatnonzero(np.diff(matrix.indptr) >= 2)[0])
+    lo = matrix.indptr[row]
+    repeated = matrix.copy()
+    repeated.indices[lo + 1] = repeated.indices[lo]
+    with pytest.raises(DataValueError, match=f"of row {row} is repeated within its row"):
+        _collect(matrix_source("d", repeated), None)
