@@ -51,6 +51,7 @@ import struct
 import numpy as np
 
 from kernels.bitpack_blocks import BLOCK, MODE_DELTA, MODE_EXCEPTIONS, WIDTH_MASK, walk
+from kernels.bitpack_blocks import decode_chunks_kernel as _decode_chunks_kernel
 from kernels.bitpack_blocks import decode_kernel as _decode_kernel
 from kernels.bitpack_blocks import encode_chunks_kernel as _encode_chunks_kernel
 from kernels.bitpack_blocks import encode_kernel as _encode_kernel
@@ -73,6 +74,7 @@ __all__ = [
     "WIDTH_MASK",
     "BitpackError",
     "decode",
+    "decode_chunks",
     "decode_into",
     "encode",
     "encode_chunks",
@@ -256,3 +258,35 @@ def decode(buf: np.ndarray) -> np.ndarray:
     out = np.empty(n, np.uint32)
     _decode_kernel(words, heads, bases, packed, out)
     return out
+
+
+_CHUNK_ERRORS = {1: "bad header", 2: "bad block head", 3: "wrong size"}
+
+
+def decode_chunks(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> None:
+    """Decode the encoded buffers ``buf[offsets[i] : offsets[i] + sizes[i]]``, each of ``out.size //
+    offsets.size`` values, into consecutive slices of ``out``, in one call; each is checked as ``validate``
+    checks a buffer before it is decoded.
+
+    Raises
+    ------
+    BitpackError
+        If ``buf`` is not 1-D uint8, ``out`` not a writeable contiguous 1-D uint32 array of whole chunks,
+        an offset or size runs out of ``buf``, or a buffer is malformed (the first one is named).
+    """
+    offsets = np.asarray(offsets, np.int64)
+    sizes = np.asarray(sizes, np.int64)
+    if type(buf) is not np.ndarray or buf.ndim != 1 or buf.dtype != _U8:
+        raise BitpackError(f"expected a 1-D uint8 array, got {getattr(buf, 'dtype', type(buf))}")
+    if type(out) is not np.ndarray or out.ndim != 1 or out.dtype != _U32 or not out.flags.c_contiguous:
+        raise BitpackError("out must be a contiguous 1-D uint32 array")
+    if not out.flags.writeable or offsets.shape != sizes.shape or out.size % max(offsets.size, 1):
+        raise BitpackError(f"out must be writeable and hold {offsets.size} chunks of equal length")
+    if offsets.size and (offsets.min() < 0 or sizes.min() < 0 or (offsets + sizes).max() > buf.size):
+        raise BitpackError(f"chunk bytes beyond the {buf.size}-byte buffer")
+    if offsets.size == 0:
+        return
+    header = np.frombuffer(MAGIC + bytes([FORMAT_VERSION]), np.uint8)
+    code, chunk = _decode_chunks_kernel(np.ascontiguousarray(buf), offsets, sizes, header, out)
+    if code:
+        raise BitpackError(f"chunk {chunk} is malformed ({_CHUNK_ERRORS[code]})")

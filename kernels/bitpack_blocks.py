@@ -391,3 +391,41 @@ def encode_chunks_kernel(
         out[pos : pos + size] = raw[:size]
         pos += size + trailer
         ends[i] = pos
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_chunks_kernel(buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, header, out) -> tuple:
+    """Check and decode the buffers ``buf[offsets[i] : offsets[i] + sizes[i]]`` of ``out.size //
+    offsets.size`` values each into consecutive slices of ``out`` (``header``: the magic bytes and the
+    newest version). Returns ``(0, 0)``, or ``(code, i)`` for the first malformed buffer ``i``: 1 a bad
+    header, 2 a bad block head, 3 a wrong size; the checks are those of ``kernels.bitpack.validate``."""
+    m = out.size // offsets.size
+    nb = (m + BLOCK - 1) // BLOCK
+    first = 4 + (nb + 3) // 4  # words before the bases (delta) or the packed blocks (plain)
+    for i in range(offsets.size):
+        size = sizes[i]
+        if size < 16 or size % 4:
+            return 3, i
+        words = np.empty(size // 4, np.uint32)
+        raw = words.view(np.uint8)
+        raw[:] = buf[offsets[i] : offsets[i] + size]
+        n = words[2] | np.uint64(words[3]) << U32
+        version, delta = raw[3], raw[4] == 1
+        if raw[0] != header[0] or raw[1] != header[1] or raw[2] != header[2] or not 1 <= version <= header[3]:
+            return 1, i
+        if raw[4] > 1 or raw[5] or raw[6] or raw[7] or n != m:
+            return 1, i
+        bases, packed = (first, first + nb) if delta else (-1, first)
+        if size < 4 * packed:
+            return 3, i
+        flags = (MODE_EXCEPTIONS | (MODE_DELTA if delta else 0)) if version > 1 else 0
+        used, code, _ = walk(raw, m, packed, flags)
+        if code:
+            return 2, i
+        if size != 4 * (packed + used):
+            return 3, i
+        heads = raw[16 : 16 + nb]
+        if version == 1 and delta:
+            heads = heads | np.uint8(MODE_DELTA)
+        decode_kernel(words, heads, bases, packed, out[i * m : (i + 1) * m])
+    return 0, 0

@@ -17,13 +17,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
+from kernels import bitpack
 from kernels.transpose import count_features, fill_feature_runs
+from lancell.codecs import BYTES_DECODERS, CODEC_NAME
+from lancell.errors import ChecksumError, CodecError, ShardFormatError
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
 from lancell.reader import read_element_ranges
+from lancell.shard_index import MISSING, parse_index
+from lancell.shard_reader import parse_layout
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
+    from lancell.shard_reader import _Layout
 
 __all__ = ["CSC_MIN_CELLS", "CsrBlocks", "add_csc", "write_csc"]
 
@@ -31,10 +39,11 @@ log = logging.getLogger(__name__)
 
 CSC_MIN_CELLS = 5_000
 CSC_BUDGET = 16_000_000
-_ROW_BLOCK_VALUES = 4_000_000
+_READ_VALUES = 4_000_000  # elements per read of an unsharded (or otherwise laid out) array
+_CRC_BP128 = (BYTES_DECODERS["crc32c"], BYTES_DECODERS[CODEC_NAME])  # decoding stages, in order
 
-# (first row, indptr of the block's rows, their column indices, their values)
-Block = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+# (first element, the column indices and the values of the elements from there)
+Block = tuple[int, np.ndarray, np.ndarray]
 
 
 class CsrBlocks:
@@ -52,37 +61,85 @@ class CsrBlocks:
     def __init__(self, n_features: int, *, keep: bool) -> None:
         self.counts = np.zeros(n_features, dtype=np.int64)
         self.blocks: list[Block] | None = [] if keep else None
-        self.rows = 0
+        self.nnz = 0
 
-    def add(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
-        """Record the next block of rows: a local CSR triple (``indptr[0] == 0``) as stored."""
+    def add(self, indices: np.ndarray, values: np.ndarray) -> None:
+        """Record the next block of rows: column indices (sorted within each row) and values as stored."""
         count_features(indices, self.counts)
         if self.blocks is not None:
-            self.blocks.append((self.rows, indptr.astype(np.int64, copy=False), indices, values))
-        self.rows += indptr.size - 1
+            self.blocks.append((self.nnz, indices, values))
+        self.nnz += indices.size
 
 
-def _row_blocks(indptr: np.ndarray) -> list[tuple[int, int]]:
-    blocks, start = [], 0
-    n = indptr.size - 1
-    while start < n:
-        stop = int(np.searchsorted(indptr, indptr[start] + _ROW_BLOCK_VALUES, side="right")) - 1
-        stop = min(max(stop, start + 1), n)
-        blocks.append((start, stop))
-        start = stop
-    return blocks
+def _read_shard(array: zarr.Array, layout: _Layout, shard: int) -> np.ndarray:
+    """Every element of shard ``shard`` of a 1-D array: its object fetched once, its chunks checked and
+    decoded one after another (``layout``: :func:`lancell.shard_reader.parse_layout` of the array)."""
+    key = array.metadata.encode_chunk_key((shard,))
+    where = f"array {array.path!r}, shard {key!r}"
+    buffer = sync((array.store_path / key).get(prototype=default_buffer_prototype()))
+    if buffer is None:
+        raise ShardFormatError(f"{where}: the shard object is missing")
+    raw = buffer.as_numpy_array().view(np.uint8)
+    size = raw.size - layout.index_nbytes
+    entries = parse_index(
+        raw[size:], layout.chunks_per_shard, crc=layout.index_crc, data=(0, size), where=where
+    )
+    chunk = layout.chunk_len
+    length = min(layout.shard_shape[0], layout.shape[0] - shard * layout.shard_shape[0])
+    n_chunks = -(-length // chunk)
+    offsets, sizes = entries[:n_chunks, 0], entries[:n_chunks, 1]
+    if layout.stages == _CRC_BP128 and (offsets != MISSING).all():  # lancell's integer arrays
+        check = _CRC_BP128[0]
+        for c, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
+            try:
+                check(raw[offset : offset + size])
+            except ChecksumError as e:
+                raise ChecksumError(f"{where}, chunk {c}: {e}") from e
+        out = np.empty(n_chunks * chunk, np.uint32)
+        try:
+            bitpack.decode_chunks(raw, offsets, sizes - 4, out)
+        except bitpack.BitpackError as e:
+            raise CodecError(f"{where}: {e}") from e
+        return out[:length].view(layout.dtype)
+    out = np.full(n_chunks * chunk, layout.fill_value, layout.dtype)
+    for c in range(n_chunks):
+        if offsets[c] == MISSING:
+            continue
+        data = raw[int(offsets[c]) : int(offsets[c] + sizes[c])]
+        try:
+            for stage in layout.stages:
+                data = stage(data)
+            if data.size != chunk * layout.dtype.itemsize:
+                raise CodecError(
+                    f"the chunk decodes to {data.size} bytes, expected {chunk * layout.dtype.itemsize}"
+                )
+        except CodecError as e:
+            raise type(e)(f"{where}, chunk {c}: {e}") from e
+        out[c * chunk : (c + 1) * chunk] = data.view(layout.dtype)
+    return out[:length]
 
 
-def _read(array: zarr.Array, start: int, stop: int) -> np.ndarray:
-    """``array[start:stop]`` through the batched shard reader where it applies."""
-    return read_element_ranges(array, np.array([start], np.int64), np.array([stop], np.int64))[0]
-
-
-def _stored_blocks(indptr: np.ndarray, indices: zarr.Array, values: zarr.Array) -> Iterator[Block]:
-    """The stored CSR arrays, read back row block by row block."""
-    for start, stop in _row_blocks(indptr):
-        lo, hi = int(indptr[start]), int(indptr[stop])
-        yield start, indptr[start : stop + 1], _read(indices, lo, hi), _read(values, lo, hi)
+def _stored_blocks(indices: zarr.Array, values: zarr.Array | None) -> Iterator[Block]:
+    """The stored CSR arrays (``values`` None: the indices alone), read back shard by shard where both are
+    laid out as lancell writes them, else in ranges of ``_READ_VALUES`` through :mod:`lancell.reader`."""
+    arrays = [a for a in (indices, values) if a is not None]
+    try:
+        layouts = [parse_layout(a.metadata.to_dict(), a.path) for a in arrays]
+    except ShardFormatError:
+        layouts = []
+    whole_shards = len(layouts) == len(arrays) and all(
+        lay.index_at_end and lay.shard_shape == layouts[0].shard_shape for lay in layouts
+    )
+    step = layouts[0].shard_shape[0] if whole_shards else _READ_VALUES
+    nnz = indices.shape[0]
+    for start in range(0, nnz, step):
+        stop = min(start + step, nnz)
+        if whole_shards:
+            parts = [_read_shard(a, lay, start // step) for a, lay in zip(arrays, layouts, strict=True)]
+        else:
+            bounds = np.array([start], np.int64), np.array([stop], np.int64)
+            parts = [read_element_ranges(a, *bounds)[0] for a in arrays]
+        yield start, parts[0], parts[1] if values is not None else parts[0]
 
 
 def write_csc(
@@ -90,28 +147,26 @@ def write_csc(
 ) -> None:
     """Write the CSC copy of ``group``'s CSR ``layer`` (overwriting an earlier one).
 
-    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one row block; a dataset with
-    more nonzeros than ``budget`` is read ``ceil(nnz / budget)`` times (from ``written.blocks`` when they
-    were kept, else from the stored arrays). ``written``: what ingestion recorded while writing the CSR
-    arrays (the feature counts, and the blocks when kept); without it the stored arrays are read once more
-    to count.
+    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one shard of each CSR array; a
+    dataset with more nonzeros than ``budget`` is read ``ceil(nnz / budget)`` times (from
+    ``written.blocks`` when they were kept, else from the stored arrays). ``written``: what ingestion
+    recorded while writing the CSR arrays (the feature counts, and the blocks when kept); without it the
+    stored indices are read once more to count.
     """
     csr = group["csr"]
-    indptr = np.asarray(csr["indptr"][:])
+    indptr = np.asarray(csr["indptr"][:], dtype=np.int64)
     n_features = int(group.attrs["n_features"])
     indices_array, values_array = csr["indices"], csr[f"layers/{layer}"]
     if written is None:
         counts = np.zeros(n_features, dtype=np.int64)
-        for start, stop in _row_blocks(indptr):
-            counts += np.bincount(
-                _read(indices_array, int(indptr[start]), int(indptr[stop])), minlength=n_features
-            )
+        for _, indices, _ in _stored_blocks(indices_array, None):
+            count_features(indices, counts)
     else:
         counts = written.counts
     kept = None if written is None else written.blocks
 
     def blocks() -> Iterator[Block]:
-        return iter(kept) if kept is not None else _stored_blocks(indptr, indices_array, values_array)
+        return iter(kept) if kept is not None else _stored_blocks(indices_array, values_array)
 
     csc_indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     nnz = int(csc_indptr[-1])
@@ -152,8 +207,11 @@ def write_csc(
         rows = np.empty(size, dtype=np.uint32)
         vals = np.empty(size, dtype=values_array.dtype)
         fill = csc_indptr[feature:stop] - base
-        for row0, block_indptr, indices, values in blocks():  # rows stay increasing within each feature
-            fill_feature_runs(block_indptr, indices, values, row0, feature, stop, fill, rows, vals)
+        for start, indices, values in blocks():  # rows stay increasing within each feature
+            # ingestion writes rows sorted; an older group's rows are scanned whole
+            fill_feature_runs(
+                indptr, start, indices, values, feature, stop, written is not None, fill, rows, vals
+            )
         rows_out.append(rows)
         vals_out.append(vals)
         feature = stop

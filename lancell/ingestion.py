@@ -329,7 +329,7 @@ def _write_group(
             for _, indptr, indices, values in stored_csr_blocks(plan.source, zarr_layer, plan.stored_column):
                 writer.append(indptr, indices, values)
                 if written is not None:
-                    written.add(indptr, indices, values)
+                    written.add(indices, values)
                 bar.update(indptr.size - 1)
             indptr = writer.close(_group_attrs(plan, space))
         else:

@@ -101,23 +101,35 @@ def test_sort_rows(n_cols: int, sizes: list[int]) -> None:
         np.testing.assert_array_equal(out_values[lo:hi], values[lo:hi][order])
 
 
+@pytest.mark.parametrize("sorted_rows", [True, False])
 @pytest.mark.parametrize("ranges", [[(0, 3_000)], [(0, 1_000), (1_000, 2_990), (2_990, 3_000)]])
-def test_fill_feature_runs_is_the_csc_of_row_blocks(ranges: list[tuple[int, int]]) -> None:
-    matrix = _block(4, n_rows=500)
+def test_fill_feature_runs_is_the_csc_of_element_ranges(
+    ranges: list[tuple[int, int]], sorted_rows: bool
+) -> None:
+    keep = np.ones(500)
+    keep[100:110] = 0  # empty rows, one of them where an element range starts
+    matrix = sp.csr_matrix(sp.diags(keep) @ _block(4, n_rows=500))
+    matrix.sort_indices()
     expected = matrix.tocsc()
+    if not sorted_rows:  # the kernel scans unsorted rows whole
+        for r in range(0, 500, 2):
+            lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
+            matrix.indices[lo:hi], matrix.data[lo:hi] = (
+                matrix.indices[lo:hi][::-1].copy(),
+                matrix.data[lo:hi][::-1].copy(),
+            )
     counts = np.zeros(matrix.shape[1], np.int64)
     count_features(matrix.indices, counts)
     np.testing.assert_array_equal(counts, np.diff(expected.indptr))
     rows = np.empty(matrix.nnz, np.uint32)
     values = np.empty(matrix.nnz, np.float64)
     indptr = matrix.indptr.astype(np.int64)
+    bounds = sorted({0, 1, int(indptr[100]), 777, 778, 30_000, matrix.nnz})  # ranges that split rows
     for first, stop in ranges:
         fill = expected.indptr[first:stop].astype(np.int64)
-        for row0 in range(0, 500, 128):  # row blocks with their global indptr slices
-            block = indptr[row0 : min(row0 + 128, 500) + 1]
-            lo, hi = block[0], block[-1]
+        for lo, hi in itertools.pairwise(bounds):
             indices, data = matrix.indices[lo:hi], matrix.data[lo:hi]
-            fill_feature_runs(block, indices, data, row0, first, stop, fill, rows, values)
+            fill_feature_runs(indptr, lo, indices, data, first, stop, sorted_rows, fill, rows, values)
     np.testing.assert_array_equal(rows, expected.indices)
     np.testing.assert_array_equal(values, expected.data)
 
@@ -135,3 +147,22 @@ def test_encode_chunks_equals_encode_per_chunk(transform: int) -> None:
     assert ends[-1] == buffer.size
     with pytest.raises(bp.BitpackError, match="whole number"):
         bp.encode_chunks(values[:-1], 300)
+
+
+def test_decode_chunks_equals_decode_and_names_a_bad_chunk() -> None:
+    values = np.random.default_rng(6).negative_binomial(2, 0.2, 5 * 1_000).astype(np.uint32)
+    chunks = [bp.encode(values[i : i + 1_000], bp.TRANSFORM_DELTA) for i in range(0, values.size, 1_000)]
+    gap = np.zeros(4, np.uint8)  # the shard's crc32c trailers
+    buf = np.concatenate([part for chunk in chunks for part in (chunk, gap)])
+    sizes = np.array([c.size for c in chunks])
+    offsets = np.concatenate(([0], np.cumsum(sizes + 4)[:-1]))
+    out = np.empty(values.size, np.uint32)
+    bp.decode_chunks(buf, offsets, sizes, out)
+    np.testing.assert_array_equal(out, values)
+    with pytest.raises(bp.BitpackError, match="chunk 2 is malformed"):
+        bp.decode_chunks(buf, offsets, np.where(np.arange(5) == 2, sizes - 4, sizes), out)
+    buf[offsets[3] + 16] = 60  # a block head wider than 32 bits
+    with pytest.raises(bp.BitpackError, match="chunk 3 is malformed \\(bad block head\\)"):
+        bp.decode_chunks(buf, offsets, sizes, out)
+    with pytest.raises(bp.BitpackError, match="beyond"):
+        bp.decode_chunks(buf, offsets + 10_000, sizes, out)

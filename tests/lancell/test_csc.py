@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
+import lancell.csc as csc_module
+import lancell.ingestion as ingestion
 import lancell.reconstruct as reconstruct_module
-from lancell.csc import add_csc, write_csc
+from lancell import groups
+from lancell.csc import add_csc
+from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
 
@@ -76,17 +82,26 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
     np.testing.assert_array_equal(one_cell.X.toarray(), celltypist[["Cell_3"], genes].X.toarray())
 
 
-def test_csc_built_in_several_feature_ranges(atlas, celltypist):
+@pytest.mark.parametrize("source", ["stored, after ingestion", "kept blocks", "read back while ingesting"])
+def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, source):
+    monkeypatch.setattr(groups, "DEFAULT_GEOMETRY", GroupGeometry(sparse_shard=4_096 * 16))  # 16 shards
+    several_passes = functools.partial(csc_module.write_csc, budget=50_000)  # about 20 passes over the rows
+    if source != "stored, after ingestion":
+        monkeypatch.setattr(ingestion, "write_csc", several_passes)
+    if source == "read back while ingesting":
+        monkeypatch.setattr(ingestion, "CSC_BUDGET", 0)  # keeps no block
     record = add_from_anndata(
         atlas,
         celltypist,
         feature_space="gene_expression",
         zarr_layer="counts",
         dataset_record=DatasetRecord(uid="ct"),
+        csc=source != "stored, after ingestion",
         progress=False,
     )
     group = atlas._zarr_root[record.zarr_group]
-    write_csc(group, "counts", budget=50_000)  # about 20 passes over the rows
+    if source == "stored, after ingestion":
+        several_passes(group, "counts")
     registry = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]
     stored_order = np.argsort(registry.loc[celltypist.var_names].to_numpy(), kind="stable")  # as ingested
     csc = celltypist.X[:, stored_order].tocsc()

@@ -3,11 +3,11 @@
 BP-128 (extending ``tests/kernels/test_bitpack.py``, which throws random bytes and byte edits at
 ``bitpack.decode``): single-bit flips, truncations and extensions of valid encodings, and buffers that pass
 ``validate`` with adversarial contents (random block widths, exception info bytes and lists), through every
-entry point (``bitpack.decode``, ``decode_into``, ``validate``, the zarr codec and the batched reader's
-decoder). Each must raise its typed error or decode to exactly the header's count of values. The numba kernels
-do no bounds checks, so these run in a child process (a segfault fails the test instead of killing pytest),
-on buffers that end exactly where an unreadable page begins: a kernel that reads past the end of its input
-faults there instead of reading garbage.
+entry point (``bitpack.decode``, ``decode_into``, ``decode_chunks``, ``validate``, the zarr codec and the
+batched reader's decoder). Each must raise its typed error or decode to exactly the header's count of values.
+The numba kernels do no bounds checks, so these run in a child process (a segfault fails the test instead of
+killing pytest), on buffers that end exactly where an unreadable page begins: a kernel that reads past the end
+of its input faults there instead of reading garbage.
 
 Shard indexes: random and structured index bytes, with valid or invalid crc32c, offsets and sizes past the end
 of the shard, overlapping chunks, ``2**64 - 1`` sentinels, half sentinels and values that are negative as
@@ -103,6 +103,15 @@ def decode_everywhere(buf: np.ndarray) -> None:
         for wrong in (np.empty(n + 1, np.uint32), np.empty(n - 1, np.uint32) if n else np.empty(n, np.int32)):
             with pytest.raises(bp.BitpackError):
                 bp.decode_into(buf, wrong)
+    n_header = struct.unpack_from("<Q", buf.tobytes(), 8)[0] if buf.size >= 16 else 0
+    if n_header <= 1 << 20:  # the batch decoder of whole shards, on one chunk of the header's length
+        out = np.empty(n_header, np.uint32)
+        try:
+            bp.decode_chunks(buf, np.zeros(1, np.int64), np.array([buf.size]), out)
+        except bp.BitpackError:
+            assert expected is None
+        else:
+            assert expected is not None and np.array_equal(out, expected)
     prototype = default_buffer_prototype()
     codecs = [
         BYTES_DECODERS["lancell.bitpacking"],
