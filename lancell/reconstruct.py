@@ -39,6 +39,8 @@ Join = Literal["union", "intersection"]
 
 log = logging.getLogger(__name__)
 
+_FILTER_SLICE = 8_000_000  # stored values read at once when most of them are dropped
+
 
 @dataclass
 class _Group:
@@ -214,6 +216,30 @@ def _read_by_feature(
     return rows, per_row, cols, values
 
 
+def _read_filtered(
+    atlas: RaggedAtlas, name: str, layer: str, g: _Group, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows' kept values from the CSR copy, read ``_FILTER_SLICE`` stored values at a time.
+
+    Returns the kept count of each row and the kept values' output columns and values.
+    """
+    indices, values = atlas._node(f"{name}/csr/indices"), atlas._node(f"{name}/csr/layers/{layer}")
+    reach = np.cumsum(ends - starts)
+    marks = np.arange(_FILTER_SLICE, int(reach[-1]) if reach.size else 0, _FILTER_SLICE)
+    bounds = np.unique(np.concatenate(([0], np.searchsorted(reach, marks, side="right"), [starts.size])))
+    counts, cols, vals = [], [], []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        idx, lengths = read_element_ranges(indices, starts[lo:hi], ends[lo:hi])
+        stored, _ = read_element_ranges(values, starts[lo:hi], ends[lo:hi])
+        kept = keep_mapped(lengths.astype(np.int64), idx, stored, g.out_col)
+        counts.append(kept[0])
+        cols.append(kept[1])
+        vals.append(kept[2])
+    if not counts:
+        return np.zeros(starts.size, np.int64), np.zeros(0, np.int64), np.zeros(0, g.layer_dtype)
+    return np.concatenate(counts), np.concatenate(cols), np.concatenate(vals)
+
+
 def _sparse(
     atlas: RaggedAtlas,
     plan: ReconstructionPlan,
@@ -232,13 +258,13 @@ def _sparse(
             rows, kept_per_row, cols, vals = _read_by_feature(root, g, plan.layer, rows, zarr_rows[rows])
             in_order = True  # sorted by (row, column)
         else:
-            idx, lengths = read_element_ranges(atlas._node(f"{name}/csr/indices"), starts[rows], ends[rows])
-            values = atlas._node(f"{name}/csr/layers/{plan.layer}")
-            vals, _ = read_element_ranges(values, starts[rows], ends[rows])
-            if (g.out_col < 0).any():
-                kept_per_row, cols, vals = keep_mapped(lengths.astype(np.int64), idx, vals, g.out_col)
+            lo, hi = starts[rows], ends[rows]
+            if (g.out_col < 0).any():  # some features dropped: read in slices, memory follows the result
+                kept_per_row, cols, vals = _read_filtered(atlas, name, plan.layer, g, lo, hi)
             else:
-                kept_per_row, cols = lengths, g.out_col[idx]
+                idx, kept_per_row = read_element_ranges(atlas._node(f"{name}/csr/indices"), lo, hi)
+                vals, _ = read_element_ranges(atlas._node(f"{name}/csr/layers/{plan.layer}"), lo, hi)
+                cols = g.out_col[idx]
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
         row_nnz[rows] = kept_per_row

@@ -132,3 +132,12 @@ def test_layout_cache_does_not_leak_into_an_atlas_recreated_at_the_same_path(tmp
         )
         out = atlas.query().to_anndata()
         np.testing.assert_array_equal(out[:, genes].X.toarray(), x.toarray())
+
+
+def test_feature_filtered_reads_in_slices_equal_the_reference(bundled, pbmc, monkeypatch):
+    from lancell import reconstruct
+
+    genes = ["LYZ", "CD3D", "MS4A1"]
+    query = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, "gene_expression")
+    monkeypatch.setattr(reconstruct, "_FILTER_SLICE", 1_000)  # ~250 slices of stored values
+    np.testing.assert_array_equal(query.to_anndata().X.toarray(), pbmc[:, genes].X.toarray())
