@@ -194,24 +194,25 @@ class RaggedAtlas:
             "fts_columns": list(fts_columns),
             "created_at": datetime.now(UTC).isoformat(),
         }
-        if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
-            raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
-        schemas = {
-            cell_table_name: cell_arrow,
-            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
-            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
-            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
-            VERSIONS_TABLE: VERSIONS_SCHEMA,
-        } | {
-            spaces[name].registry_table: schema.to_arrow_schema() for name, schema in registry_schemas.items()
-        }
-        create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
-        root = zarr.open_group(zarr_store(store), mode="a")
-        root.attrs.update({"lancell_format": FORMAT_VERSION})
-        try:
-            write_json(meta_store, META_PATH, meta, create=True)
-        except FileExistsError:
-            raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+        with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
+            if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
+                raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
+            schemas = {
+                cell_table_name: cell_arrow,
+                DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+                LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+                FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+                VERSIONS_TABLE: VERSIONS_SCHEMA,
+            }
+            for name, schema in registry_schemas.items():
+                schemas[spaces[name].registry_table] = schema.to_arrow_schema()
+            create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+            root = zarr.open_group(zarr_store(store), mode="a")
+            root.attrs.update({"lancell_format": FORMAT_VERSION})
+            try:
+                write_json(meta_store, META_PATH, meta, create=True)
+            except FileExistsError:
+                raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
 
     @classmethod

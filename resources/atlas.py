@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import AtlasNotFoundError
+from lancell.errors import AtlasExistsError, AtlasNotFoundError
+
+_CREATE_WAIT_S = 60.0
 
 
 def _import(path: str) -> Any:
@@ -44,18 +47,29 @@ class AtlasResource(dg.ConfigurableResource):
         return kwargs or None
 
     def open(self) -> RaggedAtlas:
-        """The live atlas, created (empty) on first use."""
-        try:
-            return RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
-        except AtlasNotFoundError:
-            return RaggedAtlas.create(
-                self.db_uri,
-                "cells",
-                _import(self.cell_schema),
-                store=self.store_url,
-                registry_schemas={self.feature_space: _import(self.feature_schema)},
-                store_kwargs=self._store_kwargs(),
-            )
+        """The live atlas, created (empty) on first use.
+
+        Runs of several partitions may start at once: the one that loses the race to create the atlas
+        waits until the winner has finished creating it, then opens it.
+        """
+        deadline = time.monotonic() + _CREATE_WAIT_S
+        while True:
+            try:
+                return RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
+            except AtlasNotFoundError:
+                try:
+                    return RaggedAtlas.create(
+                        self.db_uri,
+                        "cells",
+                        _import(self.cell_schema),
+                        store=self.store_url,
+                        registry_schemas={self.feature_space: _import(self.feature_schema)},
+                        store_kwargs=self._store_kwargs(),
+                    )
+                except AtlasExistsError:  # another run is creating it right now
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
     def checkout(self, version: int) -> RaggedAtlas:
         """Snapshot ``version``, read-only."""
