@@ -27,11 +27,11 @@ from lancell.errors import ChecksumError, CodecError, ShardFormatError
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
 from lancell.reader import read_element_ranges
 from lancell.shard_index import MISSING, parse_index
-from lancell.shard_reader import parse_layout
+from lancell.shard_layout import parse_layout
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
-    from lancell.shard_reader import _Layout
+    from lancell.shard_layout import ShardLayout
 
 __all__ = ["CSC_MIN_CELLS", "CsrBlocks", "add_csc", "write_csc"]
 
@@ -71,9 +71,9 @@ class CsrBlocks:
         self.nnz += indices.size
 
 
-def _read_shard(array: zarr.Array, layout: _Layout, shard: int) -> np.ndarray:
+def _read_shard(array: zarr.Array, layout: ShardLayout, shard: int) -> np.ndarray:
     """Every element of shard ``shard`` of a 1-D array: its object fetched once, its chunks checked and
-    decoded one after another (``layout``: :func:`lancell.shard_reader.parse_layout` of the array)."""
+    decoded one after another (``layout``: :func:`lancell.shard_layout.parse_layout` of the array)."""
     key = array.metadata.encode_chunk_key((shard,))
     where = f"array {array.path!r}, shard {key!r}"
     buffer = sync((array.store_path / key).get(prototype=default_buffer_prototype()))

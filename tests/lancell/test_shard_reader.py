@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from kernels import gather
 from lancell import reader as lancell_reader
+from lancell import shard_reader
 from lancell.bundled import build_bundled_atlas
 from lancell.codecs import BitpackingCodec
 from lancell.errors import ChecksumError, CodecError, OutOfBoundsError, ShardFormatError
@@ -58,6 +59,14 @@ def _random_ranges(n: int, count: int, rng: np.random.Generator) -> tuple[np.nda
     duplicated = rng.integers(0, count, count // 10)
     starts[: duplicated.size], ends[: duplicated.size] = starts[duplicated], ends[duplicated]
     return starts, ends
+
+
+@pytest.fixture(autouse=True, params=["pread", "obstore"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: local files read with pread, and the same store read through obstore calls."""
+    if request.param == "obstore":
+        monkeypatch.setattr(shard_reader, "local_path", lambda store, key: None)
+    return request.param
 
 
 def _local_root(path: Path) -> tuple[obstore.store.LocalStore, zarr.Group]:
@@ -178,17 +187,28 @@ def test_missing_chunks_and_shards_read_as_fill_value(tmp_path: Path) -> None:
     np.testing.assert_array_equal(flat, [7, 7, 7, 7, 7, 7, 0, 1])
 
 
-def test_one_get_ranges_per_shard_touched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_get_ranges_per_shard_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_path: str
+) -> None:
     store, root = _local_root(tmp_path)
     array = _array(root, "a", _values("uint32", N, np.random.default_rng(5)), "uint32-zstd")
     calls: list[str] = []
-    original = obstore.get_ranges
+    if read_path == "obstore":
+        original = obstore.get_ranges
 
-    def counting(store: object, path: str, **kwargs: object) -> object:
-        calls.append(path)
-        return original(store, path, **kwargs)
+        def counting(store: object, path: str, **kwargs: object) -> object:
+            calls.append(path)
+            return original(store, path, **kwargs)
 
-    monkeypatch.setattr(obstore, "get_ranges", counting)
+        monkeypatch.setattr(obstore, "get_ranges", counting)
+    else:
+        original_pread = shard_reader.pread_ranges
+
+        def counting_pread(path: str, starts: np.ndarray, ends: np.ndarray) -> list:
+            calls.append(Path(path).relative_to(tmp_path).as_posix())
+            return original_pread(path, starts, ends)
+
+        monkeypatch.setattr(shard_reader, "pread_ranges", counting_pread)
     reader = ShardedArrayReader(store, "a")
     # Shard 0: chunks 0, 1 and 5; shard 2: chunk 0 (twice); shard 3: chunks 7 and its neighbour in shard 4.
     starts = np.array([5 * CHUNK + 3, 10, 2 * SHARD, 2 * SHARD + 1, 4 * SHARD - 10, CHUNK + 1, 77])
