@@ -4,7 +4,7 @@ A read asks for many element ranges ``[start, end)`` of one array stored in equa
 elements. :func:`plan_pieces` cuts every range at chunk boundaries into *pieces*; each piece copies
 ``length`` elements from offset ``src`` of chunk ``chunk`` to offset ``dst`` of the flat output, where the
 ranges lie back to back in request order. :func:`sort_pieces` groups the pieces by chunk, so that each chunk
-is decoded once and scattered by :func:`copy_pieces` straight after decoding, while it is still in cache.
+is decoded once; :func:`copy_chunk_pieces` scatters the pieces of a run of decoded chunks in one call.
 
 The kernels do no bounds checks: callers validate ``0 <= start <= end <= size`` first.
 """
@@ -113,13 +113,27 @@ def sort_pieces(
 
 
 @numba.njit(cache=True, nogil=True)
-def copy_pieces(
-    chunk: np.ndarray, out: np.ndarray, src: np.ndarray, dst: np.ndarray, length: np.ndarray, lo: int, hi: int
+def copy_chunk_pieces(
+    decoded: np.ndarray,
+    chunk_len: int,
+    slots: np.ndarray,
+    bounds: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    length: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """``out[dst[p] : dst[p] + length[p]] = chunk[src[p] : src[p] + length[p]]`` for ``p`` in ``lo:hi``."""
-    for p in range(lo, hi):
-        # Unsigned indices: numba wraps negative signed indices, and that check stops LLVM vectorizing.
-        s = np.uint64(src[p])
-        d = np.uint64(dst[p])
-        for i in range(np.uint64(length[p])):
-            out[d + i] = chunk[s + i]
+    """Scatter the pieces of several decoded chunks, laid back to back in ``decoded``, into ``out``.
+
+    Chunk ``k`` of ``decoded`` (``decoded[k * chunk_len : (k + 1) * chunk_len]``) is the chunk of position
+    ``slots[k]`` of :func:`sort_pieces`' output, whose pieces are ``bounds[slots[k]] : bounds[slots[k] + 1]``:
+    ``out[dst[p] : dst[p] + length[p]] = chunk[src[p] : src[p] + length[p]]``.
+    """
+    for k in range(slots.size):
+        base = np.uint64(k) * np.uint64(chunk_len)
+        for p in range(bounds[slots[k]], bounds[slots[k] + 1]):
+            # Unsigned indices: numba wraps negative signed indices, and that check stops LLVM vectorizing.
+            s = base + np.uint64(src[p])
+            d = np.uint64(dst[p])
+            for i in range(np.uint64(length[p])):
+                out[d + i] = decoded[s + i]

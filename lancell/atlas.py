@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import obstore.store as obs_store
 import pandas as pd
 import pyarrow as pa
@@ -119,7 +120,7 @@ class RaggedAtlas:
         self._dataset_arrow: pa.Schema = tables.datasets.schema
         mode = "r" if read_only else "a"
         self._zarr_root = zarr.open_group(zarr_store(store, read_only=read_only), mode=mode)
-        self._nodes: dict[str, zarr.Group | zarr.Array] = {}
+        self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -466,6 +467,13 @@ class RaggedAtlas:
         if node is None:
             node = self._nodes[path] = self._zarr_root[path]
         return node
+
+    def _node_values(self, path: str) -> np.ndarray:
+        """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
+        key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
+        if key not in self._nodes:
+            self._nodes[key] = np.asarray(self._node(path)[:])
+        return self._nodes[key]
 
     def _group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
         try:

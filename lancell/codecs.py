@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from zarr.core.chunk_grids import ChunkGrid
     from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
-__all__ = ["BYTES_DECODERS", "CODEC_NAME", "BitpackingCodec"]
+__all__ = ["BYTES_DECODERS", "CODEC_NAME", "CRC32C_RESIDUE", "CRC_BP128", "BitpackingCodec"]
 
 CODEC_NAME = "lancell.bitpacking"
 ELEMENT_SIZE = 4
@@ -159,13 +159,13 @@ def _bitpacking(data: np.ndarray) -> np.ndarray:
 
 
 # crc32c over bytes followed by their own crc32c (little-endian) is always this: one call checks a chunk.
-_CRC32C_RESIDUE = 0x48674BC7
+CRC32C_RESIDUE = 0x48674BC7
 
 
 def _crc32c(data: np.ndarray) -> np.ndarray:
     if data.size < 4:
         raise ChecksumError(f"the chunk is {data.size} bytes, too short for its crc32c")
-    if crc32c.crc32c(data) != _CRC32C_RESIDUE:
+    if crc32c.crc32c(data) != CRC32C_RESIDUE:
         stored, computed = int.from_bytes(data[-4:].tobytes(), "little"), crc32c.crc32c(data[:-4])
         raise ChecksumError(f"chunk checksum {computed:#010x} != stored {stored:#010x}")
     return data[:-4]
@@ -179,6 +179,8 @@ BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     CODEC_NAME: _bitpacking,
     "crc32c": _crc32c,
 }
+# The decoding stages of lancell's checksummed integer arrays, in order: one crc32c check, then BP-128.
+CRC_BP128 = (_crc32c, _bitpacking)
 
 
 # zarr finds the codec through the entry point; registering here too covers a source checkout that is on

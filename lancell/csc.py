@@ -22,7 +22,7 @@ from zarr.core.sync import sync
 
 from kernels import bitpack
 from kernels.transpose import count_features, fill_feature_runs
-from lancell.codecs import BYTES_DECODERS, CODEC_NAME
+from lancell.codecs import CRC_BP128
 from lancell.errors import ChecksumError, CodecError, ShardFormatError
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
 from lancell.reader import read_element_ranges
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 CSC_MIN_CELLS = 5_000
 CSC_BUDGET = 16_000_000
 _READ_VALUES = 4_000_000  # elements per read of an unsharded (or otherwise laid out) array
-_CRC_BP128 = (BYTES_DECODERS["crc32c"], BYTES_DECODERS[CODEC_NAME])  # decoding stages, in order
 
 # (first element, the column indices and the values of the elements from there)
 Block = tuple[int, np.ndarray, np.ndarray]
@@ -88,8 +87,8 @@ def _read_shard(array: zarr.Array, layout: ShardLayout, shard: int) -> np.ndarra
     length = min(layout.shard_shape[0], layout.shape[0] - shard * layout.shard_shape[0])
     n_chunks = -(-length // chunk)
     offsets, sizes = entries[:n_chunks, 0], entries[:n_chunks, 1]
-    if layout.stages == _CRC_BP128 and (offsets != MISSING).all():  # lancell's integer arrays
-        check = _CRC_BP128[0]
+    if layout.stages == CRC_BP128 and (offsets != MISSING).all():  # lancell's integer arrays
+        check = CRC_BP128[0]
         for c, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
             try:
                 check(raw[offset : offset + size])
@@ -240,12 +239,14 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> None:
 
 
 def read_csc_features(
-    group: zarr.Group, layer: str, local_features: np.ndarray
+    atlas: RaggedAtlas, zarr_group: str, layer: str, local_features: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows, local_feature, values)`` of every stored value of ``local_features`` (group-local rows)."""
-    indptr = group["csc/indptr"]
-    starts = np.asarray(indptr.get_coordinate_selection(local_features))
-    ends = np.asarray(indptr.get_coordinate_selection(local_features + 1))
-    rows, lengths = read_element_ranges(group["csc/indices"], starts, ends)
-    values, _ = read_element_ranges(group[f"csc/layers/{layer}"], starts, ends)
+    """``(rows, local_feature, values)`` of every stored value of ``local_features`` (group-local rows).
+
+    The CSC ``indptr`` is read whole once per atlas handle (8 bytes per feature of the group).
+    """
+    indptr = atlas._node_values(f"{zarr_group}/csc/indptr")
+    starts, ends = indptr[local_features], indptr[local_features + 1]
+    rows, lengths = read_element_ranges(atlas._node(f"{zarr_group}/csc/indices"), starts, ends)
+    values, _ = read_element_ranges(atlas._node(f"{zarr_group}/csc/layers/{layer}"), starts, ends)
     return rows.astype(np.int64), np.repeat(local_features, lengths), values

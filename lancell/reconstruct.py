@@ -51,7 +51,6 @@ class _Group:
     global_index: np.ndarray
     layer_dtype: np.dtype
     out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    csc_counts: np.ndarray | None = None
 
 
 @dataclass
@@ -164,12 +163,7 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     """Build the AnnData of ``cells`` (rows in the given order) following ``plan``."""
     pointer = cells.column(plan.feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
-    group_of = pc.struct_field(pointer, "zarr_group").fill_null("").to_numpy(zero_copy_only=False)
-    rows_of = {
-        name: rows
-        for name in np.unique(group_of[valid])
-        if name in plan.groups and (rows := np.flatnonzero(valid & (group_of == name))).size
-    }
+    rows_of = _rows_by_group(pointer, valid, plan)
     n_cells = cells.num_rows
     if plan.kind == "sparse":
         starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
@@ -189,21 +183,37 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     return adata
 
 
-def _csc_is_cheaper(root: zarr.Group, g: _Group, layer: str, csr_values: int) -> bool:
+def _rows_by_group(
+    pointer: pa.StructArray, valid: np.ndarray, plan: ReconstructionPlan
+) -> dict[str, np.ndarray]:
+    """Positions of the cells of each planned zarr group (increasing), from the pointers' group names."""
+    encoded = pc.dictionary_encode(pc.struct_field(pointer, "zarr_group"))
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes[~valid] = -1
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+    rows_of = {}
+    for code, name in enumerate(encoded.dictionary.to_pylist()):
+        if name in plan.groups and bounds[code + 1] > bounds[code]:
+            rows_of[name] = order[bounds[code] : bounds[code + 1]]
+    return dict(sorted(rows_of.items()))
+
+
+def _csc_is_cheaper(atlas: RaggedAtlas, root: zarr.Group, g: _Group, layer: str, csr_values: int) -> bool:
     """Plan by values read: the CSC copy when the kept features hold fewer values than the cells' rows."""
     if layer not in root.attrs.get("csc_layers", []) or (g.out_col >= 0).all():
         return False
-    if g.csc_counts is None:
-        g.csc_counts = np.diff(np.asarray(root["csc/indptr"][:]))
-    return int(g.csc_counts[g.out_col >= 0].sum()) < csr_values
+    indptr = atlas._node_values(f"{g.zarr_group}/csc/indptr")
+    kept = np.flatnonzero(g.out_col >= 0)
+    return int((indptr[kept + 1] - indptr[kept]).sum()) < csr_values
 
 
 def _read_by_feature(
-    root: zarr.Group, g: _Group, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
+    atlas: RaggedAtlas, root: zarr.Group, g: _Group, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cells' kept features from the CSC copy: (sorted output rows, per-row counts, cols, vals)."""
     local = np.flatnonzero(g.out_col >= 0)
-    group_rows, features, values = read_csc_features(root, layer, local)
+    group_rows, features, values = read_csc_features(atlas, g.zarr_group, layer, local)
     out_row = np.full(int(root.attrs["n_cells"]), -1, dtype=np.int64)
     out_row[zarr_rows] = rows
     mapped = out_row[group_rows]
@@ -254,8 +264,10 @@ def _sparse(
     for name, rows in rows_of.items():
         g = plan.groups[name]
         root = atlas._node(name)
-        if _csc_is_cheaper(root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
-            rows, kept_per_row, cols, vals = _read_by_feature(root, g, plan.layer, rows, zarr_rows[rows])
+        if _csc_is_cheaper(atlas, root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
+            rows, kept_per_row, cols, vals = _read_by_feature(
+                atlas, root, g, plan.layer, rows, zarr_rows[rows]
+            )
             in_order = True  # sorted by (row, column)
         else:
             lo, hi = starts[rows], ends[rows]

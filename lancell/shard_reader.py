@@ -27,12 +27,14 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import crc32c
 import numpy as np
 import obstore
 from obstore.store import ObjectStore
 
-from kernels import gather
+from kernels import bitpack, gather
 from lancell.byte_ranges import local_path, pread_edge, pread_ranges
+from lancell.codecs import CRC32C_RESIDUE, CRC_BP128
 from lancell.errors import CodecError, OutOfBoundsError, ShardFormatError
 from lancell.shard_index import MISSING, parse_index
 from lancell.shard_layout import parse_layout
@@ -261,17 +263,18 @@ class ShardedArrayReader:
             other.result()
 
     def _read_run(self, requests: list[tuple], plan: tuple) -> None:
-        """Fetch and decode the needed chunks of some local shards, one after another."""
-        for shard, slots, entries in requests:
+        """Fetch the needed chunks of some local shards, one shard after another, then decode them all."""
+        buffers = []
+        for shard, _, entries in requests:
             key = self.layout.shard_key(self.path, shard)
             starts = entries[:, 0].astype(np.int64)
             try:
-                buffers = pread_ranges(self._file(key), starts, starts + entries[:, 1].astype(np.int64))
+                buffers += pread_ranges(self._file(key), starts, starts + entries[:, 1].astype(np.int64))
             except FileNotFoundError:
                 raise ShardFormatError(
                     f"array {self.path!r}, shard {key!r}: the shard object is gone"
                 ) from None
-            self._decode(buffers, slots, key, plan)
+        self._decode(buffers, np.concatenate([slots for _, slots, _ in requests]), plan)
 
     def _file(self, key: str) -> str:
         """The local file of shard object ``key`` (only when ``self._files`` is set)."""
@@ -318,25 +321,55 @@ class ShardedArrayReader:
         step = max(_MIN_CHUNKS_PER_TASK, -(-slots.size // _CORES))
         pool = _pool()
         others = [
-            pool.submit(self._decode, buffers[i : i + step], slots[i : i + step], key, plan)
+            pool.submit(self._decode, buffers[i : i + step], slots[i : i + step], plan)
             for i in range(step, slots.size, step)
         ]
-        self._decode(buffers[:step], slots[:step], key, plan)
+        self._decode(buffers[:step], slots[:step], plan)
         return others
 
-    def _decode(self, buffers: list, slots: np.ndarray, key: str, plan: tuple) -> None:
-        """Decode chunks of one shard and scatter their pieces into the output (runs on a pool thread)."""
+    def _decode(self, buffers: list, slots: np.ndarray, plan: tuple) -> None:
+        """Decode chunks (``buffers[k]``: the chunk of ``slots[k]``) and scatter their pieces into the output.
+
+        The chunks are decoded back to back into one buffer and scattered by one kernel call; checksummed
+        BP-128 chunks (lancell's integer arrays) are also decoded by one kernel call.
+        """
         layout = self.layout
         chunks, bounds, src, dst, length, out = plan
-        nbytes = layout.chunk_len * layout.dtype.itemsize
-        for buffer, slot in zip(buffers, slots.tolist(), strict=True):
-            data = np.frombuffer(buffer, np.uint8)
-            try:
-                for stage in layout.stages:
-                    data = stage(data)
-                if data.size != nbytes:
-                    raise CodecError(f"the chunk decodes to {data.size} bytes, expected {nbytes}")
-            except CodecError as e:
-                chunk = chunks[slot] % layout.chunks_per_shard
-                raise type(e)(f"array {self.path!r}, shard {key!r}, chunk {chunk}: {e}") from e
-            gather.copy_pieces(data.view(layout.dtype), out, src, dst, length, bounds[slot], bounds[slot + 1])
+        decoded = None
+        if layout.stages == CRC_BP128:
+            decoded = _decode_bitpacked(buffers, layout.chunk_len)
+        if decoded is None:  # other codecs, or a damaged chunk: one chunk at a time, errors name the chunk
+            decoded = np.empty(len(buffers) * layout.chunk_len, layout.dtype)
+            nbytes = layout.chunk_len * layout.dtype.itemsize
+            for k, (buffer, slot) in enumerate(zip(buffers, slots.tolist(), strict=True)):
+                data = np.frombuffer(buffer, np.uint8)
+                try:
+                    for stage in layout.stages:
+                        data = stage(data)
+                    if data.size != nbytes:
+                        raise CodecError(f"the chunk decodes to {data.size} bytes, expected {nbytes}")
+                except CodecError as e:
+                    shard, chunk = divmod(int(chunks[slot]), layout.chunks_per_shard)
+                    key = layout.shard_key(self.path, shard)
+                    raise type(e)(f"array {self.path!r}, shard {key!r}, chunk {chunk}: {e}") from e
+                decoded[k * layout.chunk_len : (k + 1) * layout.chunk_len] = data.view(layout.dtype)
+        gather.copy_chunk_pieces(
+            decoded.view(layout.dtype), layout.chunk_len, slots, bounds, src, dst, length, out
+        )
+
+
+def _decode_bitpacked(buffers: list, chunk_len: int) -> np.ndarray | None:
+    """Check the crc32c of each chunk and decode all of them with one kernel call (uint32, back to back).
+
+    None when a chunk is damaged: the caller then decodes chunk by chunk and raises the precise error.
+    """
+    raws = [np.frombuffer(buffer, np.uint8) for buffer in buffers]
+    if not all(raw.size >= 4 and crc32c.crc32c(raw) == CRC32C_RESIDUE for raw in raws):
+        return None
+    sizes = np.fromiter((raw.size for raw in raws), np.int64, len(raws))
+    decoded = np.empty(len(raws) * chunk_len, np.uint32)
+    try:
+        bitpack.decode_chunks(np.concatenate(raws), np.cumsum(sizes) - sizes, sizes - 4, decoded)
+    except bitpack.BitpackError:
+        return None
+    return decoded

@@ -23,7 +23,7 @@ def spy(monkeypatch):
     original = reconstruct_module.read_csc_features
 
     def counting(*args, **kwargs):
-        calls.append(args[1])
+        calls.append(args[2])
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reconstruct_module, "read_csc_features", counting)

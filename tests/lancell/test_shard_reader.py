@@ -343,7 +343,11 @@ def test_plan_pieces_cover_each_range_in_order(ranges: list[tuple[int, int]], ch
     out = np.full(int((ends - starts).sum()), -1, np.int64)
     chunks, bounds, s_src, s_dst, s_len = gather.sort_pieces(chunk, src, dst, length)
     assert np.all(np.diff(chunks) > 0) and bounds[-1] == chunk.size
-    for k, c in enumerate(chunks.tolist()):
-        gather.copy_pieces(source[c * chunk_len :], out, s_src, s_dst, s_len, bounds[k], bounds[k + 1])
+    padded = np.concatenate([source, np.zeros(chunk_len, source.dtype)])
+    slots = np.arange(chunks.size)[::-1].copy()  # decoded chunks in any order: here reversed
+    decoded = np.concatenate(
+        [padded[c * chunk_len : (c + 1) * chunk_len] for c in chunks[slots]] + [source[:0]]
+    )
+    gather.copy_chunk_pieces(decoded, chunk_len, slots, bounds, s_src, s_dst, s_len, out)
     np.testing.assert_array_equal(out, _expected(source, starts, ends))
     assert np.all((src + length <= chunk_len) & (length > 0))
