@@ -34,6 +34,15 @@ if TYPE_CHECKING:
 
 __all__ = ["AtlasQuery"]
 
+# Rows per batch of a plain scan: lancedb's default (1,024) costs a round trip per batch, which made reading
+# 100k cell rows 3.5x slower than one pass.
+_SCAN_BATCH = 8192
+
+
+def _scan(builder: LanceQueryBuilder) -> pa.Table:
+    """All rows of a plain (no search) query builder, read in batches of ``_SCAN_BATCH`` rows."""
+    return builder.to_batches(batch_size=_SCAN_BATCH).read_all()
+
 
 def _unbalanced(sql: str) -> str | None:
     """Why ``sql`` cannot be wrapped in parentheses and ANDed with other filters, or None if it can."""
@@ -227,10 +236,14 @@ class AtlasQuery:
             builder = builder.limit(limit)
         return builder
 
+    def _rows(self, builder: LanceQueryBuilder) -> pa.Table:
+        """The rows of a builder made by :meth:`_builder`: a search as lancedb ranks it, else a scan."""
+        return _scan(builder) if self._search is None else builder.to_arrow()
+
     def to_arrow(self) -> pa.Table:
         """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
         try:
-            table = self._builder().to_arrow()
+            table = self._rows(self._builder())
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
         renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
@@ -266,7 +279,7 @@ class AtlasQuery:
             builder = builder.where(where)
         if self._limit is not None:
             builder = builder.limit(self._limit)
-        column = builder.to_arrow().column(group_by)
+        column = _scan(builder).column(group_by)
         counts = pc.value_counts(column).flatten()
         series = pd.Series(
             counts[1].to_numpy(), index=pd.Index(counts[0].to_pylist(), name=group_by), name="cells"

@@ -201,7 +201,7 @@ class CellDataset:
         metadata_columns = tuple(metadata_columns)
         builder = query._builder().select(list(dict.fromkeys([feature_space, *metadata_columns])))
         try:
-            cells = builder.to_arrow()
+            cells = query._rows(builder)
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {query._filter()!r}: {exc}") from exc
         pointer = cells.column(feature_space).combine_chunks()
