@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import obstore.store as obs_store
@@ -71,6 +71,8 @@ from lancell.visibility import committed_cells
 
 __all__ = ["RaggedAtlas"]
 
+T = TypeVar("T")
+
 META_PATH = "_lancell/atlas.json"
 _DEFAULT_RETENTION = timedelta(days=7)
 _NEVER = timedelta(days=365 * 100)
@@ -121,6 +123,7 @@ class RaggedAtlas:
         mode = "r" if read_only else "a"
         self._zarr_root = zarr.open_group(zarr_store(store, read_only=read_only), mode=mode)
         self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
+        self._pinned_values: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -467,6 +470,14 @@ class RaggedAtlas:
         if node is None:
             node = self._nodes[path] = self._zarr_root[path]
         return node
+
+    def _pinned(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, kept for the handle's life when it is checked out at a snapshot (tables pinned)."""
+        if self.snapshot_version is None:
+            return compute()
+        if key not in self._pinned_values:
+            self._pinned_values[key] = compute()
+        return self._pinned_values[key]
 
     def _node_values(self, path: str) -> np.ndarray:
         """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""

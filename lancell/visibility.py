@@ -43,11 +43,18 @@ def committed_filter(owners: list[str]) -> str:
 
 
 def visible_cells_filter(atlas: RaggedAtlas) -> str | None:
-    """A SQL predicate that hides uncommitted cell rows, or ``None`` when there are none to hide."""
-    owners, committed = committed_cells(atlas)
-    if atlas._tables.cells.count_rows() == committed:
-        return None
-    return committed_filter(owners)
+    """A SQL predicate that hides uncommitted cell rows, or ``None`` when there are none to hide.
+
+    Worked out once per snapshot-pinned handle, on every call for a live one.
+    """
+
+    def compute() -> str | None:
+        owners, committed = committed_cells(atlas)
+        if atlas._tables.cells.count_rows() == committed:
+            return None
+        return committed_filter(owners)
+
+    return atlas._pinned("visible_cells_filter", compute)
 
 
 @contextmanager

@@ -199,9 +199,8 @@ class CellDataset:
         space = resolve_feature_space(atlas.feature_spaces, feature_space)
         space.check_layer(layer)
         metadata_columns = tuple(metadata_columns)
-        builder = query._builder().select(list(dict.fromkeys([feature_space, *metadata_columns])))
         try:
-            cells = query._rows(builder)
+            cells = query._rows(list(dict.fromkeys([feature_space, *metadata_columns])))
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {query._filter()!r}: {exc}") from exc
         pointer = cells.column(feature_space).combine_chunks()
