@@ -6,7 +6,7 @@ the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,0
     .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
-``lancell.csc.CSC_MIN_CELLS`` cells (here: the synthetic one); ``--no-csc`` measures the CSR write alone.
+``lancell.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from lancell.csc import CSC_BUDGET, CSC_MIN_CELLS, CsrBlocks, write_csc
+from lancell.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
 from lancell.errors import (
     DataValueError,
     DuplicateDatasetError,
@@ -94,7 +94,8 @@ def add_from_anndata(
         with ``query().search(vector)``).
     csc
         Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
-        datasets of at least ``lancell.csc.CSC_MIN_CELLS`` cells (``lancell.csc.add_csc`` adds it later).
+        datasets of at least ``lancell.csc.CSC_MIN_VALUES`` stored values (``lancell.csc.add_csc`` adds it
+        later).
     progress
         Show a progress bar while the matrix is written.
 
@@ -128,7 +129,7 @@ def add_from_anndata(
     with claim_dataset(atlas, record.uid):
         try:
             written = None
-            if space.kind == "sparse" and (plan.n_cells >= CSC_MIN_CELLS if csc is None else csc):
+            if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if csc is None else csc):
                 written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
             indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress, written)
             if written is not None:

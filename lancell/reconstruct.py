@@ -29,6 +29,7 @@ from lancell.reader import read_element_ranges, read_rows
 from lancell.registry import read_global_indices
 from lancell.registry_view import registry_view
 from lancell.schema import pointer_fields_from_arrow, vector_fields
+from lancell.tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -75,7 +76,10 @@ def _describe_groups(
     atlas: RaggedAtlas, names: np.ndarray, layer: str | None
 ) -> tuple[dict[str, _Group], str | None]:
     """Describe the selected groups; a group without ``layer`` is left out (its cells measured nothing)."""
-    datasets = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group", "layout_uid"]).to_pylist()
+    datasets = atlas._pinned(
+        "dataset_groups",
+        lambda: read_columns(atlas._tables.datasets, ["uid", "zarr_group", "layout_uid"]).to_pylist(),
+    )
     by_group = {d["zarr_group"]: d for d in datasets}
     layers_of = {}
     for name in names:

@@ -51,7 +51,8 @@ def atlas_identity(atlas: RaggedAtlas) -> str:
 def registry_view(atlas: RaggedAtlas, feature_space: str) -> RegistryView:
     """The (cached) view of ``feature_space``'s registry at the version the atlas handle reads."""
     table = atlas._tables.registry(feature_space)
-    key = (atlas_identity(atlas), feature_space, int(table.version))
+    version = atlas._pinned(f"registry_version/{feature_space}", lambda: int(table.version))
+    key = (atlas_identity(atlas), feature_space, version)
     view = _VIEWS.get(key)
     if view is None:
         frame = table.to_arrow().to_pandas()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from lancell.errors import DuplicateDatasetError
 from lancell.registry import sql_literal
+from lancell.tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -30,7 +31,7 @@ def committed_cells(atlas: RaggedAtlas) -> tuple[list[str], int]:
 
     Records of further modalities (``cells_of`` set) own no cell rows and are left out.
     """
-    rows = atlas._tables.datasets.to_arrow().select(["uid", "n_cells", "cells_of"]).to_pylist()
+    rows = read_columns(atlas._tables.datasets, ["uid", "n_cells", "cells_of"]).to_pylist()
     owners = [row for row in rows if not row["cells_of"]]
     return [row["uid"] for row in owners], sum(int(row["n_cells"]) for row in owners)
 

@@ -66,6 +66,7 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
         feature_space="gene_expression",
         zarr_layer="counts",
         dataset_record=DatasetRecord(uid="ct"),
+        csc=False,
         progress=False,
     )
     assert "csc_layers" not in atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
@@ -80,6 +81,22 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
     one_cell = atlas.query().where("uid = 'ct:Cell_3'").features(genes, "gene_expression").to_anndata()
     assert len(spy) == 1  # one cell's row is cheaper than 5 whole columns
     np.testing.assert_array_equal(one_cell.X.toarray(), celltypist[["Cell_3"], genes].X.toarray())
+
+
+@pytest.mark.parametrize("threshold", [1_027_859, 1_027_860])
+def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, threshold):
+    assert celltypist.X.nnz == 1_027_859
+    monkeypatch.setattr(ingestion, "CSC_MIN_VALUES", threshold)
+    record = add_from_anndata(
+        atlas,
+        celltypist,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="ct"),
+        progress=False,
+    )
+    layers = atlas._group_attrs(record.zarr_group).get("csc_layers")
+    assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)
 
 
 @pytest.mark.parametrize("source", ["stored, after ingestion", "kept blocks", "read back while ingesting"])
