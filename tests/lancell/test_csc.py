@@ -17,6 +17,19 @@ from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
 
 
+def _ingest(atlas, adata, uid: str, **kwargs):
+    """Ingest ``adata`` as dataset ``uid`` into the counts layer."""
+    return add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid=uid),
+        progress=False,
+        **kwargs,
+    )
+
+
 @pytest.fixture
 def spy(monkeypatch):
     calls = []
@@ -33,15 +46,7 @@ def spy(monkeypatch):
 @pytest.mark.parametrize("uid", ["celltypist", "mouse"])
 def test_feature_reads_via_csc_equal_reference_in_requested_order(atlas, celltypist, mouse, spy, uid):
     adata = {"celltypist": celltypist, "mouse": mouse}[uid]
-    add_from_anndata(
-        atlas,
-        adata,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid=uid),
-        csc=True,
-        progress=False,
-    )
+    _ingest(atlas, adata, uid, csc=True)
     rng = np.random.default_rng(1)
     genes = list(rng.choice(adata.var_names, 20, replace=False))
     query = atlas.query().where(f"dataset_uid = '{uid}'").features(genes, "gene_expression")
@@ -60,15 +65,7 @@ def test_feature_reads_via_csc_equal_reference_in_requested_order(atlas, celltyp
 
 
 def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
-    add_from_anndata(
-        atlas,
-        celltypist,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="ct"),
-        csc=False,
-        progress=False,
-    )
+    _ingest(atlas, celltypist, "ct", csc=False)
     assert "csc_layers" not in atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
     column_nnz = np.diff(celltypist.X.tocsc().indptr)
     genes = list(celltypist.var_names[np.argsort(-column_nnz)[:5]])  # the five most often detected genes
@@ -87,14 +84,7 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
 def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, threshold):
     assert celltypist.X.nnz == 1_027_859
     monkeypatch.setattr(ingestion, "CSC_MIN_VALUES", threshold)
-    record = add_from_anndata(
-        atlas,
-        celltypist,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="ct"),
-        progress=False,
-    )
+    record = _ingest(atlas, celltypist, "ct")
     layers = atlas._group_attrs(record.zarr_group).get("csc_layers")
     assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)
 
@@ -107,15 +97,7 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
         monkeypatch.setattr(ingestion, "write_csc", several_passes)
     if source == "read back while ingesting":
         monkeypatch.setattr(ingestion, "CSC_BUDGET", 0)  # keeps no block
-    record = add_from_anndata(
-        atlas,
-        celltypist,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="ct"),
-        csc=source != "stored, after ingestion",
-        progress=False,
-    )
+    record = _ingest(atlas, celltypist, "ct", csc=source != "stored, after ingestion")
     group = atlas._zarr_root[record.zarr_group]
     if source == "stored, after ingestion":
         several_passes(group, "counts")
