@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import zarr
 
+from kernels.scatter import scatter_rows
 from lancell.dataloader.features import GroupTable
 from lancell.reader import read_element_ranges, read_rows
 
@@ -120,10 +121,15 @@ def read_sparse(
     out_columns = np.empty(int(offsets[-1]), dtype=np.int32)
     out_values = np.empty(int(offsets[-1]), dtype=dtype)
     for rows, lengths, columns, values in pieces:
-        shift = offsets[rows] - (np.cumsum(lengths) - lengths)  # piece position -> batch position, per row
-        destination = np.arange(columns.size, dtype=np.int64) + np.repeat(shift, lengths)
-        out_columns[destination] = columns
-        out_values[destination] = values
+        scatter_rows(
+            offsets,
+            rows,
+            lengths.astype(np.int64, copy=False),
+            columns.astype(np.int32, copy=False),
+            values.astype(dtype, copy=False),
+            out_columns,
+            out_values,
+        )
     return offsets, out_columns, out_values
 
 
