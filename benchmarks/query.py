@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=20)
     parser.add_argument("--nnz-per-cell", type=int, default=500)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--plot", type=Path, default=RESULTS / "query.png")
     args = parser.parse_args()
     # the two human datasets (PBMC 68k carries the cell-type labels) in one layer, ragged panels
     bundled = {d.uid: d.read() for d in BUNDLED if d.organism == "Homo sapiens"}
@@ -199,7 +200,7 @@ def main() -> None:
         f"syn{i}": a for i, a in enumerate(synthetic_datasets(args.cells, args.datasets, args.nnz_per_cell))
     }
     rows += run("synthetic", synthetic, "monocyte", args.reps)
-    plot(rows, RESULTS / "query.png")
+    plot(rows, args.plot)
 
 
 if __name__ == "__main__":
