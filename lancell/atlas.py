@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
@@ -14,21 +14,12 @@ import pyarrow as pa
 import zarr
 from lancedb.pydantic import LanceModel
 
-from lancell.errors import (
-    AtlasExistsError,
-    AtlasNotFoundError,
-    FormatVersionError,
-    ReadOnlyAtlasError,
-    SchemaError,
-    ValidationError,
-)
+from lancell.atlas_meta import StoreLike, create_storage, db_options, read_meta, resolve_store
+from lancell.errors import ReadOnlyAtlasError, ValidationError
 from lancell.feature_spaces import (
-    FEATURE_SPACES_SCHEMA,
     FEATURE_SPACES_TABLE,
     FeatureSpace,
-    build_feature_spaces,
     feature_spaces_from_table,
-    feature_spaces_table,
     resolve_feature_space,
 )
 from lancell.groups import FORMAT_VERSION
@@ -36,30 +27,12 @@ from lancell.indexes import build_indexes
 from lancell.locks import atlas_lock
 from lancell.maintenance import remove_dataset, remove_debris
 from lancell.query import AtlasQuery
-from lancell.registry import (
-    LAYOUTS_SCHEMA,
-    LAYOUTS_TABLE,
-    assign_new_features,
-    number_unindexed,
-    prepare_features,
-)
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
-from lancell.stores import (
-    delete_prefix,
-    describe_store,
-    is_local,
-    lancedb_storage_options,
-    local_path,
-    open_store,
-    public_store_config,
-    read_json,
-    write_json,
-    zarr_store,
-)
-from lancell.tables import DATASETS_TABLE, AtlasTables, connect, create_tables, table_names
+from lancell.registry import assign_new_features, number_unindexed, prepare_features
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
+from lancell.stores import delete_prefix, describe_store, public_store_config, zarr_store
+from lancell.tables import AtlasTables, connect
 from lancell.validation import find_problems
 from lancell.versions import (
-    VERSIONS_SCHEMA,
     VERSIONS_TABLE,
     list_snapshots,
     next_version,
@@ -73,17 +46,8 @@ __all__ = ["RaggedAtlas"]
 
 T = TypeVar("T")
 
-META_PATH = "_lancell/atlas.json"
 _DEFAULT_RETENTION = timedelta(days=7)
 _NEVER = timedelta(days=365 * 100)
-StoreLike = obs_store.ObjectStore | str
-
-
-def _db_options(
-    db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
-) -> Mapping[str, str] | None:
-    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``."""
-    return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
 
 
 class RaggedAtlas:
@@ -172,51 +136,18 @@ class RaggedAtlas:
         SchemaError
             Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
         """
-        pointers = pointer_fields(cell_schema)
-        for name, schema in registry_schemas.items():
-            if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
-                raise SchemaError(
-                    f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}"
-                )
-        if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
-            raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
-        spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
-        cell_arrow = cell_schema.to_arrow_schema()
-        for column in fts_columns:
-            if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
-                raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
-        meta_store = open_store(db_uri, store_kwargs)
-        store = cls._resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
-        storage_options = _db_options(db_uri, store_kwargs, storage_options)
-        db = connect(db_uri, storage_options)
-        meta = {
-            "lancell_format": FORMAT_VERSION,
-            "cell_table_name": cell_table_name,
-            "store_url": describe_store(store),
-            "store_config": public_store_config(store),
-            "registries": {name: space.registry_table for name, space in spaces.items()},
-            "fts_columns": list(fts_columns),
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-        with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
-            if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
-                raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
-            schemas = {
-                cell_table_name: cell_arrow,
-                DATASETS_TABLE: dataset_schema.to_arrow_schema(),
-                LAYOUTS_TABLE: LAYOUTS_SCHEMA,
-                FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
-                VERSIONS_TABLE: VERSIONS_SCHEMA,
-            }
-            for name, schema in registry_schemas.items():
-                schemas[spaces[name].registry_table] = schema.to_arrow_schema()
-            create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
-            root = zarr.open_group(zarr_store(store), mode="a")
-            root.attrs.update({"lancell_format": FORMAT_VERSION})
-            try:
-                write_json(meta_store, META_PATH, meta, create=True)
-            except FileExistsError:
-                raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+        meta, meta_store, db, store, storage_options = create_storage(
+            db_uri,
+            cell_table_name,
+            cell_schema,
+            store=store,
+            registry_schemas=registry_schemas,
+            dataset_schema=dataset_schema,
+            layers=layers,
+            fts_columns=fts_columns,
+            store_kwargs=store_kwargs,
+            storage_options=storage_options,
+        )
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
 
     @classmethod
@@ -230,9 +161,9 @@ class RaggedAtlas:
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
-        meta, meta_store = cls._read_meta(db_uri, store_kwargs)
-        store = cls._resolve_store(store, meta["store_url"], store_kwargs)
-        storage_options = _db_options(db_uri, store_kwargs, storage_options)
+        meta, meta_store = read_meta(db_uri, store_kwargs)
+        store = resolve_store(store, meta["store_url"], store_kwargs)
+        storage_options = db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
 
@@ -248,11 +179,11 @@ class RaggedAtlas:
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
         """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded."""
-        meta, meta_store = cls._read_meta(db_uri, store_kwargs)
-        storage_options = _db_options(db_uri, store_kwargs, storage_options)
+        meta, meta_store = read_meta(db_uri, store_kwargs)
+        storage_options = db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         row = read_version(db, version)
-        store = cls._resolve_store(store, row["store_url"], store_kwargs)
+        store = resolve_store(store, row["store_url"], store_kwargs)
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, row, storage_options)
 
     @classmethod
@@ -264,7 +195,7 @@ class RaggedAtlas:
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
-        db = connect(db_uri, _db_options(db_uri, store_kwargs, kwargs.get("storage_options")))
+        db = connect(db_uri, db_options(db_uri, store_kwargs, kwargs.get("storage_options")))
         row = read_version(db, None)
         return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
 
@@ -276,7 +207,7 @@ class RaggedAtlas:
         store_kwargs: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Every snapshot: version, table versions, cell and dataset counts, store URL, note."""
-        return list_snapshots(connect(db_uri, _db_options(db_uri, store_kwargs, storage_options)))
+        return list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
 
     @staticmethod
     def find_snapshot(
@@ -287,36 +218,9 @@ class RaggedAtlas:
         store_kwargs: dict[str, Any] | None = None,
     ) -> int | None:
         """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None."""
-        frame = list_snapshots(connect(db_uri, _db_options(db_uri, store_kwargs, storage_options)))
+        frame = list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
         match = frame[frame["note"] == note]
         return None if match.empty else int(match["version"].iloc[-1])
-
-    @staticmethod
-    def _resolve_store(
-        store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
-    ) -> obs_store.ObjectStore:
-        if store is None:
-            return open_store(default_url, store_kwargs)
-        if isinstance(store, str):
-            return open_store(store, store_kwargs)
-        return store
-
-    @staticmethod
-    def _read_meta(
-        db_uri: str, store_kwargs: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], obs_store.ObjectStore]:
-        if is_local(db_uri) and not local_path(db_uri).exists():
-            raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
-        meta_store = open_store(db_uri, store_kwargs)
-        meta = read_json(meta_store, META_PATH)
-        if meta is None:
-            raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
-        if meta.get("lancell_format") != FORMAT_VERSION:
-            raise FormatVersionError(
-                f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; "
-                f"this lancell reads {FORMAT_VERSION}"
-            )
-        return meta, meta_store
 
     @classmethod
     def _from_meta(

@@ -1,0 +1,160 @@
+"""Where an atlas lives: creating its tables, zarr root and metadata file, and reading the metadata back.
+
+The metadata file (``_lancell/atlas.json`` next to the LanceDB tables) records the on-disk format, the cell
+table and registry table names, the zarr store's URL and non-secret settings, the full-text columns and the
+creation time. It is written last, under the "create" lock, so an atlas without it does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import obstore.store as obs_store
+import pyarrow as pa
+import zarr
+from lancedb.db import DBConnection
+
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError
+from lancell.feature_spaces import (
+    FEATURE_SPACES_SCHEMA,
+    FEATURE_SPACES_TABLE,
+    build_feature_spaces,
+    feature_spaces_table,
+)
+from lancell.groups import FORMAT_VERSION
+from lancell.locks import atlas_lock
+from lancell.registry import LAYOUTS_SCHEMA, LAYOUTS_TABLE
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
+from lancell.stores import (
+    describe_store,
+    is_local,
+    lancedb_storage_options,
+    local_path,
+    open_store,
+    public_store_config,
+    read_json,
+    write_json,
+    zarr_store,
+)
+from lancell.tables import DATASETS_TABLE, connect, create_tables, table_names
+from lancell.versions import VERSIONS_SCHEMA, VERSIONS_TABLE
+
+__all__ = ["META_PATH", "StoreLike", "create_storage", "db_options", "read_meta", "resolve_store"]
+
+META_PATH = "_lancell/atlas.json"
+StoreLike = obs_store.ObjectStore | str
+
+
+def db_options(
+    db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
+) -> Mapping[str, str] | None:
+    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``."""
+    return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
+
+
+def resolve_store(
+    store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
+) -> obs_store.ObjectStore:
+    """``store`` itself, or the store at that URL (``default_url`` when None)."""
+    if store is None:
+        return open_store(default_url, store_kwargs)
+    if isinstance(store, str):
+        return open_store(store, store_kwargs)
+    return store
+
+
+def read_meta(
+    db_uri: str, store_kwargs: dict[str, Any] | None
+) -> tuple[dict[str, Any], obs_store.ObjectStore]:
+    """The atlas's metadata file and the store it lives in.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        Nothing at ``db_uri``. :class:`FormatVersionError` for another on-disk format.
+    """
+    if is_local(db_uri) and not local_path(db_uri).exists():
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
+    meta_store = open_store(db_uri, store_kwargs)
+    meta = read_json(meta_store, META_PATH)
+    if meta is None:
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
+    if meta.get("lancell_format") != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; "
+            f"this lancell reads {FORMAT_VERSION}"
+        )
+    return meta, meta_store
+
+
+def create_storage(
+    db_uri: str,
+    cell_table_name: str,
+    cell_schema: type[LancellBaseSchema],
+    *,
+    store: StoreLike | None,
+    registry_schemas: Mapping[str, type[FeatureBaseSchema]],
+    dataset_schema: type[DatasetRecord],
+    layers: Mapping[str, Sequence[str]] | None,
+    fts_columns: Sequence[str],
+    store_kwargs: dict[str, Any] | None,
+    storage_options: Mapping[str, str] | None,
+) -> tuple[
+    dict[str, Any], obs_store.ObjectStore, DBConnection, obs_store.ObjectStore, Mapping[str, str] | None
+]:
+    """Create the empty tables, zarr root and metadata file of a new atlas (see ``RaggedAtlas.create``).
+
+    Nothing is opened or written before the schemas are checked. Returns ``(meta, meta_store, db, store,
+    storage_options)``; ``store`` is ``<db_uri>/_zarr`` when None.
+
+    Raises
+    ------
+    SchemaError
+        Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
+    """
+    pointers = pointer_fields(cell_schema)
+    for name, schema in registry_schemas.items():
+        if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
+            raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
+    if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
+        raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
+    spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
+    cell_arrow = cell_schema.to_arrow_schema()
+    for column in fts_columns:
+        if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
+            raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
+    meta_store = open_store(db_uri, store_kwargs)
+    store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+    storage_options = db_options(db_uri, store_kwargs, storage_options)
+    db = connect(db_uri, storage_options)
+    meta = {
+        "lancell_format": FORMAT_VERSION,
+        "cell_table_name": cell_table_name,
+        "store_url": describe_store(store),
+        "store_config": public_store_config(store),
+        "registries": {name: space.registry_table for name, space in spaces.items()},
+        "fts_columns": list(fts_columns),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
+        if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
+            raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
+        schemas = {
+            cell_table_name: cell_arrow,
+            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+            VERSIONS_TABLE: VERSIONS_SCHEMA,
+        }
+        for name, schema in registry_schemas.items():
+            schemas[spaces[name].registry_table] = schema.to_arrow_schema()
+        create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+        root = zarr.open_group(zarr_store(store), mode="a")
+        root.attrs.update({"lancell_format": FORMAT_VERSION})
+        try:
+            write_json(meta_store, META_PATH, meta, create=True)
+        except FileExistsError:
+            raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+    return meta, meta_store, db, store, storage_options
