@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from zarr.core.chunk_grids import ChunkGrid
     from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 
-__all__ = ["BYTES_DECODERS", "CODEC_NAME", "CRC32C_RESIDUE", "CRC_BP128", "BitpackingCodec"]
+__all__ = [
+    "BYTES_DECODERS",
+    "CODEC_NAME",
+    "CRC32C_RESIDUE",
+    "CRC_BP128",
+    "BitpackingCodec",
+    "decode_checked_bitpacked",
+]
 
 CODEC_NAME = "lancell.bitpacking"
 ELEMENT_SIZE = 4
@@ -181,6 +188,24 @@ BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 # The decoding stages of lancell's checksummed integer arrays, in order: one crc32c check, then BP-128.
 CRC_BP128 = (_crc32c, _bitpacking)
+
+
+def decode_checked_bitpacked(buffers: list, chunk_len: int) -> np.ndarray | None:
+    """Check the crc32c of chunks stored as :data:`CRC_BP128` and decode all of them with one kernel call.
+
+    Returns the ``chunk_len`` values of each chunk back to back (uint32), or None when a chunk is damaged:
+    the caller then decodes chunk by chunk through the stages, which raise the precise error.
+    """
+    raws = [np.frombuffer(buffer, np.uint8) for buffer in buffers]
+    if not all(raw.size >= 4 and crc32c.crc32c(raw) == CRC32C_RESIDUE for raw in raws):
+        return None
+    sizes = np.fromiter((raw.size for raw in raws), np.int64, len(raws))
+    decoded = np.empty(len(raws) * chunk_len, np.uint32)
+    try:
+        bitpack.decode_chunks(np.concatenate(raws), np.cumsum(sizes) - sizes, sizes - 4, decoded)
+    except bitpack.BitpackError:
+        return None
+    return decoded
 
 
 # zarr finds the codec through the entry point; registering here too covers a source checkout that is on

@@ -20,10 +20,9 @@ import zarr.codecs
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from kernels import bitpack
 from kernels.transpose import count_features, fill_feature_runs
-from lancell.codecs import CRC_BP128
-from lancell.errors import ChecksumError, CodecError, ShardFormatError
+from lancell.codecs import CRC_BP128, decode_checked_bitpacked
+from lancell.errors import CodecError, ShardFormatError
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
 from lancell.reader import read_element_ranges
 from lancell.shard_index import MISSING, parse_index
@@ -91,18 +90,10 @@ def _read_shard(array: zarr.Array, layout: ShardLayout, shard: int) -> np.ndarra
     n_chunks = -(-length // chunk)
     offsets, sizes = entries[:n_chunks, 0], entries[:n_chunks, 1]
     if layout.stages == CRC_BP128 and (offsets != MISSING).all():  # lancell's integer arrays
-        check = CRC_BP128[0]
-        for c, (offset, size) in enumerate(zip(offsets.tolist(), sizes.tolist(), strict=True)):
-            try:
-                check(raw[offset : offset + size])
-            except ChecksumError as e:
-                raise ChecksumError(f"{where}, chunk {c}: {e}") from e
-        out = np.empty(n_chunks * chunk, np.uint32)
-        try:
-            bitpack.decode_chunks(raw, offsets, sizes - 4, out)
-        except bitpack.BitpackError as e:
-            raise CodecError(f"{where}: {e}") from e
-        return out[:length].view(layout.dtype)
+        chunks = [raw[o : o + n] for o, n in zip(offsets.tolist(), sizes.tolist(), strict=True)]
+        decoded = decode_checked_bitpacked(chunks, chunk)
+        if decoded is not None:  # else a damaged chunk: the loop below names it
+            return decoded[:length].view(layout.dtype)
     out = np.full(n_chunks * chunk, layout.fill_value, layout.dtype)
     for c in range(n_chunks):
         if offsets[c] == MISSING:

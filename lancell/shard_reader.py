@@ -2,10 +2,10 @@
 
 Many ``[start, end)`` element ranges of one array are cut at inner-chunk boundaries (:mod:`kernels.gather`);
 each touched shard's index is read once and cached; all needed chunks of a shard come back from **one**
-``obstore.get_ranges`` call (``pread`` on local disk,
-:mod:`lancell.byte_ranges`); shards are fetched concurrently on a thread pool, and each task decodes its
-shard's chunks (:data:`lancell.codecs.BYTES_DECODERS`: zstd and BP-128 release the GIL, a chunk's crc32c takes
-well under a microsecond) and scatters them into one flat output in request order right after decoding.
+``obstore.get_ranges`` call (``pread`` on local disk, :mod:`lancell.byte_ranges`); shards are fetched
+concurrently on a thread pool, and each task decodes its shard's chunks
+(:data:`lancell.codecs.BYTES_DECODERS`: zstd and BP-128 release the GIL, a chunk's crc32c takes well under a
+microsecond) and scatters them into one flat output in request order right after decoding.
 Threads with blocking calls beat obstore's asyncio calls here: each awaited call costs event-loop wake-ups,
 about twice the time of a local ``get_ranges`` itself. On local disk, where a read takes microseconds, one
 task per shard costs more in thread hand-offs and GIL contention than the reads (a random training batch
@@ -27,14 +27,13 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import crc32c
 import numpy as np
 import obstore
 from obstore.store import ObjectStore
 
-from kernels import bitpack, gather
+from kernels import gather
 from lancell.byte_ranges import local_path, pread_edge, pread_ranges
-from lancell.codecs import CRC32C_RESIDUE, CRC_BP128
+from lancell.codecs import CRC_BP128, decode_checked_bitpacked
 from lancell.errors import CodecError, OutOfBoundsError, ShardFormatError
 from lancell.shard_index import MISSING, parse_index
 from lancell.shard_layout import parse_layout
@@ -337,7 +336,7 @@ class ShardedArrayReader:
         chunks, bounds, src, dst, length, out = plan
         decoded = None
         if layout.stages == CRC_BP128:
-            decoded = _decode_bitpacked(buffers, layout.chunk_len)
+            decoded = decode_checked_bitpacked(buffers, layout.chunk_len)
         if decoded is None:  # other codecs, or a damaged chunk: one chunk at a time, errors name the chunk
             decoded = np.empty(len(buffers) * layout.chunk_len, layout.dtype)
             nbytes = layout.chunk_len * layout.dtype.itemsize
@@ -356,20 +355,3 @@ class ShardedArrayReader:
         gather.copy_chunk_pieces(
             decoded.view(layout.dtype), layout.chunk_len, slots, bounds, src, dst, length, out
         )
-
-
-def _decode_bitpacked(buffers: list, chunk_len: int) -> np.ndarray | None:
-    """Check the crc32c of each chunk and decode all of them with one kernel call (uint32, back to back).
-
-    None when a chunk is damaged: the caller then decodes chunk by chunk and raises the precise error.
-    """
-    raws = [np.frombuffer(buffer, np.uint8) for buffer in buffers]
-    if not all(raw.size >= 4 and crc32c.crc32c(raw) == CRC32C_RESIDUE for raw in raws):
-        return None
-    sizes = np.fromiter((raw.size for raw in raws), np.int64, len(raws))
-    decoded = np.empty(len(raws) * chunk_len, np.uint32)
-    try:
-        bitpack.decode_chunks(np.concatenate(raws), np.cumsum(sizes) - sizes, sizes - 4, decoded)
-    except bitpack.BitpackError:
-        return None
-    return decoded
