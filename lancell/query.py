@@ -233,20 +233,20 @@ class AtlasQuery:
         keep = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *self._columns}
         return [n for n in schema.names if n in keep]
 
-    def _scan(self, columns: list[str] | None) -> pa.Table:
-        """The filtered rows of the cell table, read by pylance in one pass (no search).
+    def _scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
+        """The rows of the cell table matching ``where`` (:meth:`_filter`), read by pylance in one pass.
 
         lancedb's query path costs ~5 ms per call and a round trip per 1,024-row batch; the Lance dataset
         underneath (opened once per snapshot-pinned handle) answers the same filter directly.
         """
         cells = self._atlas._pinned("cells_dataset", self._atlas._tables.cells.to_lance)
-        return cells.to_table(columns=columns, filter=self._filter(), limit=self._limit)
+        return cells.to_table(columns=columns, filter=where, limit=self._limit)
 
     def _rows(self, columns: list[str] | None = None) -> pa.Table:
         """The matching rows (``columns``, else those of :meth:`select`): a search in rank order, or scan."""
         columns = self._selected_columns() if columns is None else columns
         if self._search is None:
-            return self._scan(columns)
+            return self._scan(columns, self._filter())
         builder = self._builder()
         return (builder if columns is None else builder.select(columns)).to_arrow()
 
@@ -285,7 +285,7 @@ class AtlasQuery:
         if group_by not in self._atlas._cell_arrow.names:
             raise QueryError(f"cannot group by unknown column {group_by!r}")
         try:
-            column = self._scan([group_by]).column(group_by)
+            column = self._scan([group_by], where).column(group_by)
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
         counts = pc.value_counts(column).flatten()
