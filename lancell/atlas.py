@@ -195,6 +195,7 @@ class RaggedAtlas:
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
+        read_meta(db_uri, store_kwargs)  # a missing atlas is an error before anything is opened or created
         db = connect(db_uri, db_options(db_uri, store_kwargs, kwargs.get("storage_options")))
         row = read_version(db, None)
         return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
@@ -206,7 +207,14 @@ class RaggedAtlas:
         *,
         store_kwargs: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """Every snapshot: version, table versions, cell and dataset counts, store URL, note."""
+        """Every snapshot: version, table versions, cell and dataset counts, store URL, note.
+
+        Raises
+        ------
+        AtlasNotFoundError
+            No atlas at ``db_uri`` (nothing is created there).
+        """
+        read_meta(db_uri, store_kwargs)
         return list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
 
     @staticmethod
@@ -217,7 +225,14 @@ class RaggedAtlas:
         *,
         store_kwargs: dict[str, Any] | None = None,
     ) -> int | None:
-        """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None."""
+        """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None.
+
+        Raises
+        ------
+        AtlasNotFoundError
+            No atlas at ``db_uri`` (nothing is created there).
+        """
+        read_meta(db_uri, store_kwargs)
         frame = list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
         match = frame[frame["note"] == note]
         return None if match.empty else int(match["version"].iloc[-1])

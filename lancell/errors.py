@@ -3,6 +3,11 @@
 Every error names *what* went wrong and *where* (dataset, column, feature, value) so that a user can fix the
 input without reading our code. Errors raised during ingestion are raised before anything is written, or the
 partial write is rolled back, so the atlas is left as it was.
+
+Every class also derives from the builtin a Python user would catch for that kind of failure (``ValueError``
+for bad input, ``FileNotFoundError`` for a missing atlas or group, ``FileExistsError``, ``PermissionError``,
+``TimeoutError``, ``KeyError``, ``IndexError``), so ``except ValueError`` written against upstream code keeps
+working. Warnings about inputs that were accepted but not used derive from :class:`LancellWarning`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,23 @@ def _preview(values: Sequence[object], n: int = 5) -> str:
 class LancellError(Exception):
     """Base class of every error lancell raises."""
 
+    def __str__(self) -> str:  # KeyError would show its message quoted, as repr()
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
-class SchemaError(LancellError):
+
+class LancellWarning(UserWarning):
+    """Base class of the warnings lancell emits: an input was accepted but not (entirely) used."""
+
+
+class DroppedColumnsWarning(LancellWarning):
+    """Obs columns that the cell schema does not declare were not stored."""
+
+
+class SchemaError(LancellError, ValueError):
     """A schema class is malformed (unknown feature space in a pointer field, missing required fields)."""
 
 
-class CodecError(LancellError):
+class CodecError(LancellError, ValueError):
     """An encoded chunk is malformed or a codec configuration is invalid."""
 
 
@@ -40,31 +56,46 @@ class OutOfBoundsError(LancellError, IndexError):
     """A read asked for elements or rows outside an array."""
 
 
-class StoreError(LancellError):
+class StoreError(LancellError, OSError):
     """The object store or database cannot be reached or holds something unexpected."""
 
 
-class AtlasExistsError(LancellError):
+class LockTimeoutError(StoreError, TimeoutError):
+    """A cross-process lock could not be taken in time (another process holds it)."""
+
+
+class LockLostError(StoreError):
+    """A lock's lease was taken over by another process while its holder was still working.
+
+    Raised before the late holder commits anything (fencing), so the work it guarded is not recorded.
+    """
+
+
+class GroupNotFoundError(StoreError, FileNotFoundError):
+    """A dataset's zarr group is missing from the store, or belongs to another atlas."""
+
+
+class AtlasExistsError(LancellError, FileExistsError):
     """``RaggedAtlas.create`` was asked to create an atlas where one already exists."""
 
 
-class AtlasNotFoundError(LancellError):
+class AtlasNotFoundError(LancellError, FileNotFoundError):
     """No atlas (or no snapshot) exists at the given location."""
 
 
-class FormatVersionError(LancellError):
+class FormatVersionError(LancellError, ValueError):
     """The atlas was written by an incompatible on-disk format version."""
 
 
-class ReadOnlyAtlasError(LancellError):
+class ReadOnlyAtlasError(LancellError, PermissionError):
     """A write was attempted on a checked-out (read-only) atlas handle."""
 
 
-class VersionNotFoundError(AtlasNotFoundError):
+class VersionNotFoundError(AtlasNotFoundError, KeyError):
     """A snapshot version that was never taken was asked for."""
 
 
-class ValidationError(LancellError):
+class ValidationError(LancellError, ValueError):
     """``validate()`` or ``snapshot()`` found the atlas inconsistent."""
 
     def __init__(self, problems: Sequence[str]) -> None:
@@ -72,15 +103,19 @@ class ValidationError(LancellError):
         super().__init__(f"atlas is inconsistent ({len(problems)} problems): " + "; ".join(problems[:10]))
 
 
-class FeatureSpaceError(LancellError):
+class FeatureSpaceError(LancellError, KeyError):
     """An unknown feature space, or a layer the feature space does not allow."""
 
 
-class FeatureRegistryError(LancellError):
+class FeatureRegistryError(LancellError, ValueError):
     """Features given to ``register_features`` are malformed (duplicates, missing uid, wrong columns)."""
 
 
-class IngestError(LancellError):
+class FeatureConflictError(FeatureRegistryError):
+    """``register_features`` met registered uids whose other attributes differ (``on_conflict="error"``)."""
+
+
+class IngestError(LancellError, ValueError):
     """Input to ingestion is invalid; nothing was written."""
 
 
@@ -123,8 +158,17 @@ class DuplicateDatasetError(IngestError):
     """A dataset with this uid is already in the atlas."""
 
 
-class QueryError(LancellError):
+class DuplicateContentError(IngestError):
+    """The input's content (matrix, obs names, layer) is already in the atlas as another dataset."""
+
+
+class QueryError(LancellError, ValueError):
     """A query is malformed (bad SQL filter, unknown column, unknown feature)."""
+
+
+class UnmeasuredDataError(QueryError):
+    """The query selects cells of datasets that did not measure what it asks for (a layer or the joined
+    features); choose ``on_unmeasured("drop")`` or ``on_unmeasured("keep")`` to have them anyway."""
 
 
 class TenxFormatError(IngestError):
@@ -135,7 +179,7 @@ class GeoError(IngestError):
     """A GEO SOFT file cannot be parsed, or one of its supplementary files cannot be fetched."""
 
 
-class StandardizationError(LancellError):
+class StandardizationError(LancellError, ValueError):
     """Gene or ontology standardization cannot run (unknown organism, missing reference or backend)."""
 
 
