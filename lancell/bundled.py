@@ -8,6 +8,8 @@ its symbols repeat).
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,15 @@ from lancell.atlas import RaggedAtlas
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
-__all__ = ["BUNDLED", "BundledDataset", "CellSchema", "GeneFeature", "build_bundled_atlas", "gene_features"]
+__all__ = [
+    "BUNDLED",
+    "BundledDataset",
+    "CellSchema",
+    "GeneFeature",
+    "build_bundled_atlas",
+    "gene_features",
+    "land_bundled_data",
+]
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -119,6 +129,21 @@ def ingest_bundled(atlas: RaggedAtlas, dataset: BundledDataset, *, backed: bool 
         dataset_record=record,
         var_uid_column=dataset.var_uid_column,
     )
+
+
+def land_bundled_data(landing: Path) -> None:
+    """Copy the bundled datasets into a landing folder, each ``<uid>.h5ad`` with its JSON sidecar."""
+    landing.mkdir(parents=True, exist_ok=True)
+    for dataset in BUNDLED:
+        shutil.copyfile(dataset.path, landing / f"{dataset.uid}.h5ad")
+        spec = {
+            "zarr_layer": dataset.zarr_layer,
+            "var_uid_column": dataset.var_uid_column,
+            "organism": dataset.organism,
+            "name": dataset.description,
+            "source": f"data/{dataset.filename}",
+        }
+        (landing / f"{dataset.uid}.json").write_text(json.dumps(spec, indent=2))
 
 
 def build_bundled_atlas(root: Path, datasets: tuple[BundledDataset, ...] = BUNDLED) -> RaggedAtlas:

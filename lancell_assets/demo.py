@@ -7,7 +7,6 @@ partitions and the lineage. Run as ``python -m lancell_assets.demo [ROOT]`` (def
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -15,24 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from lancell.bundled import BUNDLED
+from lancell.bundled import land_bundled_data
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def land_bundled_data(landing: Path) -> None:
-    """Copy the bundled datasets into the landing zone, each with its JSON sidecar."""
-    landing.mkdir(parents=True, exist_ok=True)
-    for dataset in BUNDLED:
-        shutil.copyfile(dataset.path, landing / f"{dataset.uid}.h5ad")
-        spec = {
-            "zarr_layer": dataset.zarr_layer,
-            "var_uid_column": dataset.var_uid_column,
-            "organism": dataset.organism,
-            "name": dataset.description,
-            "source": f"data/{dataset.filename}",
-        }
-        (landing / f"{dataset.uid}.json").write_text(json.dumps(spec, indent=2))
 
 
 def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance, snapshot_label: str) -> None:

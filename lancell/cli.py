@@ -1,0 +1,240 @@
+"""The ``lancell`` command: build, inspect, snapshot and query an atlas without writing Python.
+
+Every command takes the atlas's database location (a path or an object-store URL) first. Errors are printed
+as one line naming what went wrong and where, with exit status 1 (2 for a malformed command line); a
+``validate`` that finds problems also exits 1. Heavy modules are imported by the command that needs them, so
+``lancell --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _load_class(spec: str) -> type:
+    """``module:Class`` -> the class (a schema given on the command line)."""
+    from lancell.errors import SchemaError
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SchemaError(f"schema {spec!r} must be written module:Class (e.g. lancell.bundled:CellSchema)")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SchemaError(f"cannot load schema {spec!r}: {exc}") from exc
+
+
+def _init(args: argparse.Namespace) -> int:
+    from lancell.atlas import RaggedAtlas
+
+    cell_schema = _load_class(args.schema)
+    registries = {}
+    for item in args.registry:
+        space, _, schema = item.partition("=")
+        registries[space] = _load_class(schema)
+    atlas = RaggedAtlas.create(
+        args.db,
+        args.cell_table,
+        cell_schema,
+        store=args.store,
+        registry_schemas=registries,
+    )
+    print(f"created {atlas!r}; arrays in {atlas.store!r}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lancell.atlas import RaggedAtlas
+    from lancell.errors import IngestError
+    from lancell.landing import ingest_landing_file, read_landing_spec
+
+    if args.uid is not None and len(args.paths) > 1:
+        raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
+    atlas = RaggedAtlas.open(args.db)
+    overrides = {
+        name: value
+        for name, value in {
+            "uid": args.uid,
+            "feature_space": args.feature_space,
+            "zarr_layer": args.layer,
+            "var_uid_column": args.var_uid_column,
+            "organism": args.organism,
+        }.items()
+        if value is not None
+    }
+    for path in args.paths:
+        spec = replace(read_landing_spec(Path(path)), **overrides)
+        record, new = ingest_landing_file(atlas, spec)
+        state = "ingested" if new else "already in the atlas"
+        print(f"{record.uid}: {state} ({record.n_cells} cells, {record.nnz} values, layer {record.layer})")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    atlas = _open_for_reading(args)
+    columns = ["uid", "feature_space", "layer", "n_cells", "n_features", "nnz", "cells_of"]
+    frame = atlas.list_datasets()
+    print(frame[[c for c in columns if c in frame.columns]].to_string(index=False))
+    print(f"{len(frame)} datasets, {int(frame['n_cells'][frame['cells_of'].isna()].sum())} cells")
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from lancell.atlas import RaggedAtlas
+
+    atlas = RaggedAtlas.open(args.db)
+    if args.optimize:
+        atlas.optimize()
+    version = atlas.snapshot(note=args.note)
+    print(f"snapshot {version}")
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from lancell.atlas import RaggedAtlas
+
+    frame = RaggedAtlas.list_versions(args.db)
+    columns = ["version", "created_at", "total_cells", "n_datasets", "note"]
+    print(frame[columns].to_string(index=False) if len(frame) else "no snapshot yet")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    atlas = _open_for_reading(args)
+    query = atlas.query()
+    for sql in args.where:
+        query = query.where(sql)
+    if args.layer is not None:
+        space, _, layer = args.layer.rpartition(":")
+        query = query.layers(space or "gene_expression", layer)
+    if args.features:
+        names = [name for item in args.features for name in item.split(",") if name]
+        query = query.features(names, args.feature_space)
+    query = query.feature_join(args.join)
+    adata = query.to_anndata()
+    adata.write_h5ad(args.output)
+    print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
+    return 0
+
+
+def _vacuum(args: argparse.Namespace) -> int:
+    from lancell.atlas import RaggedAtlas
+
+    removed = RaggedAtlas.open(args.db).vacuum(grace=timedelta(hours=args.grace_hours))
+    print(", ".join(f"{name}: {count}" for name, count in removed.items()))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    problems = _open_for_reading(args).validate()
+    for problem in problems:
+        print(problem)
+    print("consistent" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+def _open_for_reading(args: argparse.Namespace) -> Any:
+    from lancell.atlas import RaggedAtlas
+
+    if args.version is None:
+        return RaggedAtlas.open(args.db)
+    return RaggedAtlas.checkout(args.db, args.version)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from lancell.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lancell", description="Build, inspect, snapshot and query a lancell atlas."
+    )
+    parser.add_argument("--version", action="version", version=f"lancell {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.add_argument("db", help="the atlas's database location (a path or an object-store URL)")
+        sub.set_defaults(run=run)
+        return sub
+
+    init = command("init", _init, "create an empty atlas")
+    init.add_argument("--store", help="where the zarr arrays live (default: <db>/_zarr)")
+    init.add_argument("--cell-table", default="cells", help="name of the cell table (default: cells)")
+    init.add_argument(
+        "--schema",
+        default="lancell.bundled:CellSchema",
+        help="cell schema as module:Class (default: %(default)s)",
+    )
+    init.add_argument(
+        "--registry",
+        action="append",
+        default=None,
+        metavar="SPACE=module:Class",
+        help="registry schema of a feature space (default: gene_expression=lancell.bundled:GeneFeature)",
+    )
+
+    ingest = command("ingest", _ingest, "ingest .h5ad files (each with an optional JSON sidecar)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help=".h5ad files")
+    ingest.add_argument("--uid", help="dataset uid (one file only; default: the sidecar's or the file stem)")
+    ingest.add_argument("--layer", help="stored layer name (default: the sidecar's, else counts)")
+    ingest.add_argument(
+        "--feature-space", help="feature space (default: the sidecar's, else gene_expression)"
+    )
+    ingest.add_argument("--var-uid-column", help="var column holding the registry uids (default: var index)")
+    ingest.add_argument("--organism", help="organism recorded for the cells and new features")
+
+    command("ls", _ls, "list the datasets").add_argument("--version", type=int, help="read this snapshot")
+
+    snapshot = command("snapshot", _snapshot, "validate and record a snapshot of the atlas")
+    snapshot.add_argument("--note", help="a label stored with the snapshot")
+    snapshot.add_argument("--optimize", action="store_true", help="compact the tables first")
+
+    command("versions", _versions, "list the snapshots")
+
+    query = command("query", _query, "write the cells a query selects to an .h5ad file")
+    query.add_argument("--version", type=int, help="read this snapshot (default: the live tables)")
+    query.add_argument(
+        "--where", action="append", default=[], metavar="SQL", help="a filter (repeatable: AND)"
+    )
+    query.add_argument(
+        "--layer", metavar="[SPACE:]LAYER", help="the layer to read, e.g. gene_expression:counts"
+    )
+    query.add_argument("--features", action="append", metavar="A,B,...", help="feature symbols or uids")
+    query.add_argument("--feature-space", default="gene_expression", help="feature space of --features")
+    query.add_argument("--join", choices=["union", "intersection"], default="union")
+    query.add_argument("-o", "--output", required=True, help="the .h5ad file to write")
+
+    vacuum = command("vacuum", _vacuum, "delete zarr groups no dataset and no snapshot references")
+    vacuum.add_argument("--grace-hours", type=float, default=1.0, help="keep groups younger than this")
+
+    command("validate", _validate, "check tables and zarr groups agree").add_argument(
+        "--version", type=int, help="check this snapshot"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "registry", False) is None:
+        args.registry = ["gene_expression=lancell.bundled:GeneFeature"]
+    from lancell.errors import LancellError
+
+    try:
+        return args.run(args)
+    except LancellError as exc:
+        print(f"lancell {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
