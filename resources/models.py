@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ModelStore(dg.ConfigurableResource):
@@ -16,6 +19,8 @@ class ModelStore(dg.ConfigurableResource):
 
     def save(self, model: str, partition: str, state: dict[str, torch.Tensor]) -> Path:
         """Save ``state`` for ``model`` trained on snapshot partition ``partition``; return the file."""
+        import torch  # at first use: loading the definitions must not pay for torch
+
         target = Path(self.path) / model / f"{partition}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, target)
