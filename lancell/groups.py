@@ -1,6 +1,6 @@
 """Dataset zarr groups: creation, shard-aligned streaming writes, and the attributes that describe them.
 
-Layout of one group (see DESIGN §2)::
+Layout of one group (docs/architecture.md, "A dataset's zarr group")::
 
     <group>/csr/indices          uint32 local feature index, 1-D, sharded
     <group>/csr/indptr           int64 (n_cells + 1)

@@ -1,4 +1,4 @@
-"""Batched reads of sharded zarr v3 arrays straight from an obstore store (DESIGN §2, "Reading").
+"""Batched reads of sharded zarr v3 arrays straight from an obstore store (docs/architecture.md, "Reading").
 
 Many ``[start, end)`` element ranges of one array are cut at inner-chunk boundaries (:mod:`kernels.gather`);
 each touched shard's index is read once and cached; all needed chunks of a shard come back from **one**

@@ -1,4 +1,6 @@
-"""Snapshots: numbered, tagged, append-only records of every table's Lance version (DESIGN §3).
+"""Snapshots: numbered, tagged, append-only records of every table's Lance version.
+
+See docs/architecture.md, "Versioning".
 
 A snapshot tags each table's current version ``snapshot-<v>`` so that ``optimize()`` and version cleanup can
 never delete it, and appends one row to ``atlas_versions``. Numbers are taken under a cross-process lock, so

@@ -1,4 +1,6 @@
-"""Training data loading (DESIGN §6): a map-style dataset with batched reads, a sampler, collates, a loader.
+"""Training data loading: a map-style dataset with batched reads, a sampler, collates, a loader.
+
+See docs/architecture.md, "Training data loading".
 
 Typical use::
 

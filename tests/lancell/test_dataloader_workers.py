@@ -61,7 +61,10 @@ def _assert_same(actual: sp.csr_matrix, expected: sp.csr_matrix) -> None:
 
 
 def test_two_workers_after_parent_used_the_atlas(bundled):
-    """Fork hazard (DESIGN §6): the parent has used lancedb, obstore and numba; 2 workers must still run."""
+    """Fork hazard: the parent has used lancedb, obstore and numba; 2 workers must still run.
+
+    See docs/architecture.md, "Training data loading".
+    """
     query = bundled.query().layers(SPACE, "counts")
     expected = _reference(query, n_features=bundled.feature_registry(SPACE).shape[0])  # parent reads
     dataset = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
