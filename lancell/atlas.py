@@ -27,7 +27,7 @@ from lancell.indexes import build_indexes
 from lancell.locks import atlas_lock
 from lancell.maintenance import remove_dataset, remove_debris
 from lancell.query import AtlasQuery
-from lancell.registry import assign_new_features, number_unindexed, prepare_features
+from lancell.registry import OnConflict, number_unindexed, prepare_features, register_prepared
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 from lancell.stores import delete_prefix, describe_store, public_store_config, zarr_store
 from lancell.tables import AtlasTables, connect
@@ -275,15 +275,26 @@ class RaggedAtlas:
         return atlas_lock(self._meta_store, name)
 
     def register_features(
-        self, feature_space: str, features: Sequence[LanceModel] | pd.DataFrame | pa.Table
+        self,
+        feature_space: str,
+        features: Sequence[LanceModel] | pd.DataFrame | pa.Table,
+        on_conflict: OnConflict = "error",
     ) -> int:
-        """Add features to a registry; uids already registered are skipped. Returns how many were new."""
+        """Add features to a registry; returns how many were new.
+
+        A uid registered again with the same values in the given columns changes nothing. One registered
+        with other values (a mouse ``C3`` given where a human ``C3`` is registered) is a conflict:
+        ``on_conflict="error"`` raises :class:`~lancell.errors.FeatureConflictError` listing uid, column,
+        registered and given value, and registers nothing; ``"keep"`` keeps the registered values and warns
+        (:class:`~lancell.errors.FeatureConflictWarning`); ``"update"`` writes the given values. A feature's
+        ``global_index`` never changes.
+        """
         self._require_writable()
         space = resolve_feature_space(self.feature_spaces, feature_space)
         table = self._tables.registry(space.name)
-        prepared = prepare_features(space.name, features, table.schema)
+        prepared, given = prepare_features(space.name, features, table.schema)
         with self._lock(f"registry-{space.name}"):
-            return assign_new_features(table, prepared)
+            return register_prepared(table, space.name, prepared, given, on_conflict)
 
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
         """Compact every table, prune old *untagged* versions, and number unindexed features.

@@ -36,6 +36,14 @@ class DroppedColumnsWarning(LancellWarning):
     """Obs columns that the cell schema does not declare were not stored."""
 
 
+class FeatureConflictWarning(LancellWarning):
+    """``register_features(on_conflict="keep")`` kept registered attributes that differ from the given ones."""
+
+
+class DuplicateContentWarning(LancellWarning):
+    """``add_from_anndata(on_duplicate="skip")`` met content already in the atlas and ingested nothing."""
+
+
 class SchemaError(LancellError, ValueError):
     """A schema class is malformed (unknown feature space in a pointer field, missing required fields)."""
 

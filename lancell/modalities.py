@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from lancell.errors import IngestError, LancellError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.groups import new_group_name
-from lancell.ingestion import CELL_BATCH, _plan, _write_group, add_from_anndata
+from lancell.ingest_plan import CELL_BATCH, plan_ingest
+from lancell.ingestion import _write_group, add_from_anndata
 from lancell.registry import ensure_layout, sql_literal
 from lancell.schema import DatasetRecord, pointer_arrow_type
 
@@ -54,13 +55,15 @@ def attach_modality(
     """Store ``adata`` as feature space ``feature_space`` of the cells of dataset ``cells_of``.
 
     ``adata.obs_names`` must be obs names of that dataset (any subset, any order); those cells must not
-    already carry a pointer in ``feature_space``.
+    already carry a pointer in ``feature_space``. ``dataset_record`` gives provenance and the uid; the fields
+    lancell assigns (``zarr_group``, ...) must be unset and ``cells_of`` unset or equal to ``cells_of``.
 
     Raises
     ------
     IngestError
-        Unknown dataset, cells not in it, cells that already have this modality, or any input error that
-        :func:`~lancell.ingestion.add_from_anndata` would raise. The atlas is unchanged.
+        Unknown dataset, cells not in it, cells that already have this modality, a record that sets a field
+        lancell assigns, or any input error that :func:`~lancell.ingestion.add_from_anndata` would raise. The
+        atlas is unchanged.
     """
     atlas._require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
@@ -68,7 +71,7 @@ def attach_modality(
     if atlas._tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
         raise IngestError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
     record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
-    plan = _plan(atlas, adata, space, zarr_layer, record, layer, var_uid_column)
+    plan = plan_ingest(atlas, adata, space, zarr_layer, record, layer, var_uid_column, cells_of=cells_of)
     existing = _existing_cells(atlas, cells_of, feature_space)
     wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))

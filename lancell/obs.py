@@ -6,8 +6,6 @@ value, so a NaN hidden in a categorical or an integer column is reported, not di
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -15,9 +13,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError
 
-__all__ = ["arrow_to_obs", "obs_to_arrow"]
-
-log = logging.getLogger(__name__)
+__all__ = ["arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 
@@ -98,7 +94,7 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
     """Convert the ``obs`` columns named like ``fields`` to Arrow arrays of the declared types.
 
     Columns the schema declares but ``obs`` lacks become nulls (an error if the field is not nullable);
-    obs columns the schema does not declare are left out (logged).
+    obs columns the schema does not declare are left out (:func:`undeclared_obs_columns` names them).
 
     Raises
     ------
@@ -121,10 +117,14 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
             out[field.name] = pa.nulls(len(obs), field.type)
         else:
             raise ObsConversionError(dataset, field.name, "required by the cell schema but absent from obs")
-    ignored = sorted(set(obs.columns) - {f.name for f in fields})
-    if ignored:
-        log.info("dataset %s: obs columns not in the cell schema are not stored: %s", dataset, ignored)
     return out
+
+
+def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
+    """The obs columns (as strings, sorted) that no field of ``fields`` declares: ingestion does not store
+    them."""
+    declared = {f.name for f in fields}
+    return sorted({str(c) for c in obs.columns if c not in declared})
 
 
 def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:

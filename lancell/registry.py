@@ -3,28 +3,44 @@
 Each feature space has a registry table (one row per feature, ``uid`` stable, ``global_index`` assigned once
 as max + 1 under a cross-process lock). A dataset's ordered panel of features is a *layout*, stored once in
 ``_feature_layouts`` under a content hash, however many datasets share it.
+
+Registering a uid again with the same attributes changes nothing; with different attributes (a mouse ``C3``
+given where a human ``C3`` is registered) it is a conflict, which :func:`register_prepared` reports, keeps or
+writes as the caller chose (``on_conflict``); a ``global_index`` never changes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.pydantic import LanceModel
 from lancedb.table import Table
 
-from lancell.errors import FeatureRegistryError
+from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.registry_view import atlas_identity
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["layout_uid_for", "prepare_features", "read_global_indices", "registry_index"]
+__all__ = [
+    "OnConflict",
+    "layout_uid_for",
+    "prepare_features",
+    "read_global_indices",
+    "register_prepared",
+    "registry_index",
+]
+
+OnConflict = Literal["error", "keep", "update"]
+_SHOWN_CONFLICTS = 5
 
 LAYOUTS_TABLE = "_feature_layouts"
 
@@ -40,8 +56,9 @@ LAYOUTS_SCHEMA = pa.schema(
 
 def prepare_features(
     feature_space: str, features: Sequence[LanceModel] | pd.DataFrame | pa.Table, schema: pa.Schema
-) -> pa.Table:
-    """Convert user-given features to an Arrow table of the registry schema, checking uids.
+) -> tuple[pa.Table, list[str]]:
+    """Convert user-given features to an Arrow table of the registry schema, checking uids; return it and
+    the names of the attribute columns the caller gave (not ``uid``, not ``global_index``).
 
     Raises
     ------
@@ -87,7 +104,92 @@ def prepare_features(
             columns[field.name] = pa.nulls(len(frame), field.type)
         else:
             raise FeatureRegistryError(f"{feature_space}: required column {field.name!r} is missing")
-    return pa.table(columns, schema=schema.remove_metadata())
+    given = [name for name in schema.names if name in frame.columns and name not in ("uid", "global_index")]
+    return pa.table(columns, schema=schema.remove_metadata()), given
+
+
+def register_prepared(
+    table: Table, feature_space: str, prepared: pa.Table, given: Sequence[str], on_conflict: OnConflict
+) -> int:
+    """Add the new features of ``prepared`` and deal with registered ones whose ``given`` columns differ.
+
+    The caller holds the registry lock. ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
+    values and warns, ``"update"`` writes the given values (``global_index`` stays). Returns the number of
+    features added.
+
+    Raises
+    ------
+    FeatureConflictError
+        ``on_conflict="error"`` and a registered uid has another value in a given column (nothing written).
+    FeatureRegistryError
+        ``on_conflict`` is not one of the three choices.
+    """
+    if on_conflict not in ("error", "keep", "update"):
+        raise FeatureRegistryError(
+            f"{feature_space}: on_conflict must be 'error', 'keep' or 'update', got {on_conflict!r}"
+        )
+    registered, conflicts = _conflicts(table, prepared, given)
+    if conflicts:
+        listed = "; ".join(
+            f"uid {uid!r} column {column!r}: registered {old!r}, given {new!r}"
+            for uid, column, old, new in conflicts[:_SHOWN_CONFLICTS]
+        )
+        more = f" ... ({len(conflicts)} conflicts in all)" if len(conflicts) > _SHOWN_CONFLICTS else ""
+        if on_conflict == "error":
+            raise FeatureConflictError(
+                f"{feature_space}: registered features differ from the given ones: {listed}{more}; pass "
+                "on_conflict='keep' to keep the registered values or on_conflict='update' to overwrite them"
+            )
+        if on_conflict == "keep":
+            warnings.warn(
+                f"{feature_space}: kept the registered values of features that differ from the given ones: "
+                f"{listed}{more}",
+                FeatureConflictWarning,
+                stacklevel=3,
+            )
+        else:
+            _update(table, registered, prepared, given, sorted({uid for uid, *_ in conflicts}))
+    return assign_new_features(table, prepared)
+
+
+def _conflicts(
+    table: Table, prepared: pa.Table, given: Sequence[str]
+) -> tuple[pa.Table, list[tuple[str, str, object, object]]]:
+    """The registered rows of ``prepared``'s uids, and ``(uid, column, registered, given)`` for every
+    given column whose value differs (null equals null only)."""
+    if not given:
+        return prepared.slice(0, 0), []
+    everything = table.to_arrow()
+    uids = prepared.column("uid")
+    registered = everything.filter(pc.is_in(everything.column("uid"), value_set=uids))
+    if registered.num_rows == 0:
+        return prepared.slice(0, 0), []
+    position = {uid: i for i, uid in enumerate(uids.to_pylist())}
+    rows = [position[uid] for uid in registered.column("uid").to_pylist()]
+    conflicts = []
+    for column in given:
+        old_values = registered.column(column).to_pylist()
+        new_values = prepared.column(column).take(rows).to_pylist()
+        registered_uids = registered.column("uid").to_pylist()
+        for uid, old, new in zip(registered_uids, old_values, new_values, strict=True):
+            if old != new and not (old != old and new != new):  # NaN equals NaN here
+                conflicts.append((uid, column, old, new))
+    conflicts.sort(key=lambda c: (str(c[0]), c[1]))
+    return registered, conflicts
+
+
+def _update(
+    table: Table, registered: pa.Table, prepared: pa.Table, given: Sequence[str], uids: list[str]
+) -> None:
+    """Overwrite the ``given`` columns of registered ``uids`` with the prepared values (other columns and
+    ``global_index`` kept)."""
+    wanted = pa.array(uids, pa.string())
+    old = registered.filter(pc.is_in(registered.column("uid"), value_set=wanted)).sort_by("uid")
+    new = prepared.filter(pc.is_in(prepared.column("uid"), value_set=wanted)).sort_by("uid")
+    for column in given:
+        position = old.schema.get_field_index(column)
+        old = old.set_column(position, old.schema.field(position), new.column(column))
+    table.merge_insert("uid").when_matched_update_all().execute(old)
 
 
 def registry_index(table: Table) -> pd.Series:

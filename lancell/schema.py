@@ -25,11 +25,13 @@ from pydantic import BaseModel, Field, create_model
 from lancell.errors import IngestError, SchemaError
 
 __all__ = [
+    "ASSIGNED_FIELDS",
     "DatasetRecord",
     "DenseZarrPointer",
     "FeatureBaseSchema",
     "LancellBaseSchema",
     "SparseZarrPointer",
+    "check_assigned_fields",
     "check_dataset_uid",
     "pointer_fields",
     "pointer_fields_from_arrow",
@@ -165,6 +167,9 @@ class DatasetRecord(LanceModel):
     """One row per ingested dataset group. Ingestion fills the storage fields; users fill provenance.
 
     ``cells_of`` is set on a further modality of existing cells: the dataset whose cell rows it points from.
+    ``dropped_obs_columns`` lists the obs columns of the input that the cell schema does not declare (not
+    stored); ``content_fingerprint`` identifies the stored content (:mod:`lancell.fingerprint`).
+    The storage fields (:data:`ASSIGNED_FIELDS`) are assigned by lancell: a caller who sets one is refused.
     """
 
     uid: str = Field(default_factory=_new_dataset_uid)
@@ -179,6 +184,8 @@ class DatasetRecord(LanceModel):
     source: str | None = None
     accession: str | None = None
     cells_of: str | None = None
+    dropped_obs_columns: list[str] = Field(default_factory=list)
+    content_fingerprint: str = ""
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -191,6 +198,44 @@ class DatasetRecord(LanceModel):
             A field has no Arrow type, or ``uid`` is redeclared as something but ``str``.
         """
         return _checked_arrow_schema(cls, "dataset schema", super().to_arrow_schema, ("uid",))
+
+
+ASSIGNED_FIELDS = (
+    "zarr_group",
+    "feature_space",
+    "layer",
+    "n_cells",
+    "n_features",
+    "nnz",
+    "layout_uid",
+    "dropped_obs_columns",
+    "content_fingerprint",
+)
+
+
+def check_assigned_fields(record: DatasetRecord, cells_of: str | None = None) -> None:
+    """Refuse a caller's record that sets a field lancell assigns (:data:`ASSIGNED_FIELDS`), or a
+    ``cells_of`` other than ``cells_of`` (the dataset a further modality is attached to; None otherwise).
+
+    Raises
+    ------
+    IngestError
+        Naming the dataset and each such field with the value given.
+    """
+    fields = type(record).model_fields
+    given = {
+        name: getattr(record, name)
+        for name in ASSIGNED_FIELDS
+        if getattr(record, name) != fields[name].get_default(call_default_factory=True)
+    }
+    if record.cells_of not in (None, cells_of):
+        given["cells_of"] = record.cells_of
+    if given:
+        shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise IngestError(
+            f"dataset {record.uid!r}: DatasetRecord fields {shown} are assigned by lancell at ingestion; "
+            "leave them unset (pass a fresh DatasetRecord with only uid and provenance)"
+        )
 
 
 def check_dataset_uid(dataset: str) -> None:

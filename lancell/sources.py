@@ -5,12 +5,15 @@ zarr arrays can be sized up front; it then yields CSR (or dense) row blocks of r
 values each. Backed CSR ``.h5ad`` matrices are read block by block; nothing holds the whole matrix.
 Explicitly stored zeros are kept (they are counted in the sparse ``nnz`` the arrays were sized for);
 :meth:`MatrixSource.check_indices` refuses column indices outside the matrix or repeated within a row
-(:mod:`lancell.ingest_blocks` checks every block).
+(:mod:`lancell.ingest_blocks` checks every block). A read error of a backed file (a corrupted chunk, a
+truncated file, a vanished mount) becomes an :class:`~lancell.errors.IngestError` naming the dataset, the
+file and the rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import h5py
@@ -18,11 +21,37 @@ import numpy as np
 import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
-from lancell.errors import DataValueError, IngestError
+from lancell.errors import DataValueError, IngestError, LancellError
 
-__all__ = ["MatrixSource", "matrix_source"]
+__all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
 TARGET_BLOCK_VALUES = 2_000_000
+
+# what h5py (and anndata's backed readers) raise when stored bytes cannot be read
+_READ_ERRORS = (OSError, KeyError, RuntimeError)
+
+
+def matrix_location(matrix: object) -> str:
+    """Where a backed matrix is read from: its file (and object path), else its type."""
+    node = matrix.group if isinstance(matrix, BaseCompressedSparseDataset) else matrix
+    if isinstance(node, h5py.Group | h5py.Dataset):
+        return f"{node.file.filename} ({node.name})"
+    return f"a {type(matrix).__name__}"
+
+
+@contextmanager
+def reading(dataset: str, matrix: object, what: str) -> Iterator[None]:
+    """Turn a read error of ``matrix`` into an :class:`IngestError` naming ``dataset``, the file and
+    ``what`` was being read (lancell's own errors pass through)."""
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        if isinstance(exc, LancellError):
+            raise
+        raise IngestError(
+            f"dataset {dataset!r}: cannot read {what} from {matrix_location(matrix)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @dataclass
@@ -73,7 +102,8 @@ class MatrixSource:
         csr = self.matrix if sp.issparse(self.matrix) else None
         for start, stop in self.row_ranges(target_values):
             if csr is None:  # another backed store: through anndata
-                block = self.matrix[start:stop]
+                with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
+                    block = self.matrix[start:stop]
                 block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
                 yield start, block.indptr.astype(np.int64), block.indices, block.data
                 continue
@@ -92,8 +122,9 @@ class MatrixSource:
                 buffers = np.empty(size, data.dtype), np.empty(size, indices.dtype)
             block_data, block_indices = buffers[0][: hi - lo], buffers[1][: hi - lo]
             if hi > lo:
-                data.read_direct(block_data, np.s_[lo:hi])
-                indices.read_direct(block_indices, np.s_[lo:hi])
+                with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
+                    data.read_direct(block_data, np.s_[lo:hi])
+                    indices.read_direct(block_indices, np.s_[lo:hi])
             indptr = np.asarray(self.indptr[start : stop + 1], dtype=np.int64) - lo
             yield start, indptr, block_indices, block_data
 
@@ -125,7 +156,8 @@ class MatrixSource:
         """Yield ``(row_start, dense_block)``."""
         step = max(1, target_values // max(self.shape[1], 1))
         for start in range(0, self.shape[0], step):
-            block = self.matrix[start : start + step]
+            with reading(self.dataset, self.matrix, f"rows {start}-{min(start + step, self.shape[0]) - 1}"):
+                block = self.matrix[start : start + step]
             yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
 
 
@@ -146,9 +178,9 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
                 f"dataset {dataset!r}: backed {matrix.format.upper()} matrices cannot be streamed by cell; "
                 "read the file without backed mode or convert X to CSR"
             )
-        source = MatrixSource(
-            matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, matrix.group["indptr"][:], dataset
-        )
+        with reading(dataset, matrix, "indptr"):
+            indptr = matrix.group["indptr"][:]
+        source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, indptr, dataset)
     elif isinstance(matrix, h5py.Dataset):
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None, dataset)
     elif sp.issparse(matrix):

@@ -47,6 +47,7 @@ from lancell.errors import (
 from lancell.feature_spaces import resolve_feature_space
 from lancell.ingestion import add_from_anndata
 from lancell.registry import layout_uid_for, registry_index, sql_literal
+from lancell.schema import check_assigned_fields
 from lancell.tenx_h5 import open_h5
 from lancell.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.tenx_mtx import mtx_folder, open_mtx
@@ -166,7 +167,8 @@ def add_from_10x(
     zarr_layer
         The layer to store the values under.
     dataset_record
-        Provenance and the base uid; ``source`` defaults to ``path``.
+        Provenance and the base uid; ``source`` defaults to ``path``. The fields lancell assigns
+        (``zarr_group``, ...) must be unset.
     feature_types
         10x feature type -> feature space.
     var_uid_column
@@ -203,6 +205,7 @@ def add_from_10x(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
         )
     base = (dataset_record or atlas.dataset_schema()).model_copy()
+    check_assigned_fields(base)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})
     records = {

@@ -155,6 +155,7 @@ def test_backed_h5ad_and_path_input(tmp_path, celltypist, pbmc):
         feature_space="gene_expression",
         zarr_layer="counts",
         dataset_record=DatasetRecord(uid="backed"),
+        on_duplicate="allow",  # the same content again, read another way
         progress=False,
     )
     for uid in ("from_path", "backed"):

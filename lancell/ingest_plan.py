@@ -1,0 +1,184 @@
+"""What ingestion validates before its first write: the :class:`IngestPlan` of one dataset.
+
+Feature space and layer, the caller's record (fields lancell assigns must be unset), shapes, dtypes, obs ->
+Arrow (every batch converted once), feature uids against the registry, the dataset uid, embeddings. Obs
+columns the cell schema does not declare are listed on the plan (``dropped_obs_columns``): ingestion
+stores them on the record and warns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from lancell.errors import (
+    DataValueError,
+    DuplicateDatasetError,
+    DuplicateFeaturesError,
+    IngestError,
+    ShapeMismatchError,
+    UnknownFeaturesError,
+)
+from lancell.feature_spaces import FeatureSpace
+from lancell.obs import obs_to_arrow, undeclared_obs_columns
+from lancell.registry import layout_uid_for, registry_index, sql_literal
+from lancell.schema import DatasetRecord, check_assigned_fields, check_dataset_uid, obs_fields, vector_fields
+from lancell.sources import MatrixSource, matrix_source
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["CELL_BATCH", "IngestPlan", "embedding_vectors", "plan_ingest"]
+
+CELL_BATCH = 65_536
+
+
+class IngestPlan:
+    """Everything validated before the first write."""
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+    source: MatrixSource
+    obs: pd.DataFrame
+    obs_names: pd.Index
+    feature_uids: list[str]  # in stored (local) order: increasing global index
+    global_index: np.ndarray
+    stored_column: np.ndarray | None  # var column -> stored local index; None when var is in that order
+    layout_uid: str
+    n_cells: int
+    nnz: int
+    dataset: str
+    store_dtype: np.dtype
+    dropped_obs_columns: list[str]  # obs columns the cell schema does not declare: not stored
+    vectors: dict[str, np.ndarray]
+
+
+def plan_ingest(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData,
+    space: FeatureSpace,
+    zarr_layer: str,
+    record: DatasetRecord,
+    layer: str | None,
+    var_uid_column: str | None,
+    cells_of: str | None = None,
+) -> IngestPlan:
+    """Validate everything about ``adata`` that can be checked before writing; ``vectors`` is left empty.
+
+    ``cells_of`` is the dataset a further modality is attached to (None for new cells).
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which), including a record that sets a field lancell assigns.
+    """
+    dataset = record.uid
+    check_dataset_uid(dataset)
+    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") > 0:
+        raise DuplicateDatasetError(f"dataset {dataset!r} is already in the atlas")
+    check_assigned_fields(record, cells_of)
+    n_obs, n_vars = adata.n_obs, adata.n_vars
+    if n_obs == 0:
+        raise IngestError(f"dataset {dataset!r} has no cells")
+    if n_vars == 0:
+        raise IngestError(f"dataset {dataset!r} has no features")
+    if layer is not None and layer not in adata.layers:
+        raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
+    where = "X" if layer is None else f"layers[{layer!r}]"
+    try:  # a backed file opens its matrix only now
+        matrix = adata.X if layer is None else adata.layers[layer]
+    except (KeyError, OSError) as exc:
+        raise IngestError(
+            f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: {exc}"
+        ) from exc
+    if matrix is None:
+        raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")
+    source = matrix_source(dataset, matrix)
+    if source.shape != (n_obs, n_vars):
+        raise ShapeMismatchError(
+            f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is {(n_obs, n_vars)}"
+        )
+    if var_uid_column is None:
+        feature_uids = adata.var_names.astype(str).tolist()
+    elif var_uid_column not in adata.var.columns:
+        raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
+    else:
+        column = adata.var[var_uid_column]
+        if column.isna().any():
+            raise IngestError(
+                f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
+            )
+        feature_uids = column.astype(str).tolist()
+    uids = pd.Index(feature_uids)
+    if uids.has_duplicates:
+        raise DuplicateFeaturesError(dataset, uids[uids.duplicated()].unique().tolist())
+    registry = registry_index(atlas._tables.registry(space.name))
+    known = uids.isin(registry.index)
+    if not known.all():
+        raise UnknownFeaturesError(dataset, space.name, uids[~known].tolist())
+    global_index = registry.reindex(uids).to_numpy()
+    if pd.isna(global_index).any():
+        raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
+    obs_names = adata.obs_names
+    if obs_names.has_duplicates:
+        raise IngestError(
+            f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
+            "call adata.obs_names_make_unique() first"
+        )
+    fields = obs_fields(atlas._cell_arrow)
+    for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
+        obs_to_arrow(dataset, adata.obs.iloc[start : start + CELL_BATCH], fields)
+    store_dtype = np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+    # features are stored in global-index order, so that a row read back maps to increasing output columns
+    # and queries never sort rows (var order is only how the input happened to list them)
+    order = np.argsort(global_index.astype(np.int64), kind="stable")
+    stored_column = None
+    if (order != np.arange(order.size)).any():
+        stored_column = np.empty(order.size, dtype=np.int64)
+        stored_column[order] = np.arange(order.size)
+    feature_uids = [feature_uids[i] for i in order]
+    return IngestPlan(
+        source=source,
+        obs=adata.obs,
+        obs_names=obs_names,
+        feature_uids=feature_uids,
+        global_index=global_index.astype(np.int64)[order],
+        stored_column=stored_column,
+        layout_uid=layout_uid_for(feature_uids),
+        n_cells=n_obs,
+        nnz=source.nnz if space.kind == "sparse" else n_obs * n_vars,
+        dataset=dataset,
+        store_dtype=store_dtype,
+        dropped_obs_columns=undeclared_obs_columns(adata.obs, fields),
+        vectors={},
+    )
+
+
+def embedding_vectors(
+    atlas: RaggedAtlas, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Check and convert the embeddings named by ``obsm_columns`` (float32, finite, the declared width)."""
+    declared = vector_fields(atlas._cell_arrow)
+    vectors = {}
+    for key, column in obsm_columns.items():
+        if key not in adata.obsm:
+            raise IngestError(f"dataset {dataset!r}: no obsm[{key!r}] (obsm has {list(adata.obsm)})")
+        if column not in declared:
+            raise IngestError(
+                f"dataset {dataset!r}: {column!r} is not a vector column of the cell schema {declared}"
+            )
+        values = np.asarray(adata.obsm[key])
+        if values.ndim != 2 or values.shape != (adata.n_obs, declared[column]):
+            raise ShapeMismatchError(
+                f"dataset {dataset!r}: obsm[{key!r}] has shape {values.shape}, "
+                f"column {column!r} needs ({adata.n_obs}, {declared[column]})"
+            )
+        if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
+            raise DataValueError(f"dataset {dataset!r}: obsm[{key!r}] must be finite numbers")
+        vectors[column] = values.astype(np.float32)
+    return vectors
