@@ -14,7 +14,14 @@ import pyarrow as pa
 import zarr
 from lancedb.pydantic import LanceModel
 
-from lancell.atlas_meta import StoreLike, create_storage, db_options, read_meta, resolve_store
+from lancell.atlas_meta import (
+    StoreLike,
+    create_storage,
+    db_options,
+    ensure_atlas_id,
+    read_meta,
+    resolve_store,
+)
 from lancell.errors import ReadOnlyAtlasError, ValidationError
 from lancell.feature_spaces import (
     FEATURE_SPACES_TABLE,
@@ -22,14 +29,15 @@ from lancell.feature_spaces import (
     feature_spaces_from_table,
     resolve_feature_space,
 )
+from lancell.group_claims import GroupClaims
 from lancell.groups import FORMAT_VERSION
 from lancell.indexes import build_indexes
-from lancell.locks import atlas_lock
-from lancell.maintenance import remove_dataset, remove_debris
+from lancell.locks import Lease, atlas_lock
+from lancell.maintenance import remove_dataset, remove_debris, remove_group
 from lancell.query import AtlasQuery
 from lancell.registry import OnConflict, number_unindexed, prepare_features, register_prepared
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
-from lancell.stores import delete_prefix, describe_store, public_store_config, zarr_store
+from lancell.stores import describe_store, public_store_config, zarr_store
 from lancell.tables import AtlasTables, connect
 from lancell.validation import find_problems
 from lancell.versions import (
@@ -162,6 +170,7 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
         meta, meta_store = read_meta(db_uri, store_kwargs)
+        meta = ensure_atlas_id(meta_store, meta)
         store = resolve_store(store, meta["store_url"], store_kwargs)
         storage_options = db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
@@ -271,7 +280,7 @@ class RaggedAtlas:
                 "use RaggedAtlas.open() to write"
             )
 
-    def _lock(self, name: str) -> AbstractContextManager[None]:
+    def _lock(self, name: str) -> AbstractContextManager[Lease]:
         return atlas_lock(self._meta_store, name)
 
     def register_features(
@@ -301,18 +310,25 @@ class RaggedAtlas:
 
         Snapshot versions are tagged, so no cleanup setting can make a snapshot un-checkout-able.
         Returns each table's version after optimizing.
+
+        Raises
+        ------
+        LockLostError
+            Another process took the optimize lock over; the tables not yet optimized are left as they are.
         """
         self._require_writable()
         self.assign_global_indices()
         keep_for = _DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
-        with self._lock("optimize"):
+        with self._lock("optimize") as lease:
             for handle in self._tables.handles.values():
                 # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
                 # then prune untagged versions with pylance, which skips tagged ones.
+                lease.check()
                 handle.optimize(cleanup_older_than=_NEVER)
                 handle.to_lance().cleanup_old_versions(
                     older_than=keep_for, error_if_tagged_old_versions=False
                 )
+            lease.check()
             build_indexes(self._tables.cells, self._meta.get("fts_columns", []))
         return self._tables.versions()
 
@@ -336,9 +352,11 @@ class RaggedAtlas:
         ------
         ValidationError
             The atlas is inconsistent (nothing is recorded).
+        LockLostError
+            Another process took the snapshot lock over while this one validated (nothing is recorded).
         """
         self._require_writable()
-        with self._lock("snapshot"):
+        with self._lock("snapshot") as lease:
             pinned = self._tables.versions()
             view = self._pinned_view(pinned)
             problems = find_problems(view)
@@ -346,6 +364,7 @@ class RaggedAtlas:
                 raise ValidationError(problems)
             versions = self._tables.db.open_table(VERSIONS_TABLE)
             version = next_version(versions)
+            lease.check()  # a process that took the lock over may be taking this same version
             tag_tables(self._tables.handles, pinned, version)
             record_snapshot(
                 versions,
@@ -382,16 +401,45 @@ class RaggedAtlas:
         remove_dataset(self, uid)
 
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
-        """Delete zarr groups no live dataset and no snapshot references, once older than ``grace``.
+        """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
 
-        Cell rows of datasets that never got a dataset record (an interrupted ingestion) go too.
-        Returns counts of what was removed.
+        Only groups this atlas claimed when it wrote them and whose attributes carry its id, older than
+        ``grace``, are considered; the store is never listed, so nothing else in it is ever deleted (see
+        :func:`lancell.maintenance.remove_debris`). Cell rows of datasets that never got a dataset record
+        (an interrupted ingestion) pointing into a deleted group go too.
+
+        Returns
+        -------
+        dict of str to int
+            ``groups`` and ``cells`` deleted; ``unclaimed`` and ``foreign``: groups left in place because
+            this atlas cannot prove them its own.
         """
         self._require_writable()
         return remove_debris(self, grace)
 
+    @property
+    def atlas_id(self) -> str | None:
+        """This atlas's id; every zarr group it writes carries it. None only on a read-only handle of an
+        atlas created before lancell recorded ids (:meth:`open` gives such an atlas one)."""
+        return self._meta.get("atlas_id")
+
+    @property
+    def group_claims(self) -> GroupClaims:
+        """The claims of the zarr groups this atlas wrote (:mod:`lancell.group_claims`); writable only.
+
+        Raises
+        ------
+        ReadOnlyAtlasError
+            The handle is checked out at a snapshot.
+        """
+        self._require_writable()
+        return GroupClaims(
+            atlas_id=self._meta["atlas_id"], meta_store=self._meta_store, store=self.store, db_uri=self.db_uri
+        )
+
     def _delete_group(self, zarr_group: str) -> None:
-        delete_prefix(self.store, zarr_group)
+        """Delete a failed write's own group (roll-back); kept if referenced or not provably this atlas's."""
+        remove_group(self, zarr_group)
 
     # ----------------------------------------------------------------------------------- reading
     def _node(self, path: str) -> zarr.Group | zarr.Array:

@@ -22,8 +22,15 @@ from lancell.tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
+    from lancell.locks import Lease
 
-__all__ = ["claim_dataset", "committed_cells", "committed_filter", "visible_cells_filter"]
+__all__ = [
+    "claim_dataset",
+    "committed_cells",
+    "committed_filter",
+    "dataset_lock_name",
+    "visible_cells_filter",
+]
 
 
 def committed_cells(atlas: RaggedAtlas) -> tuple[list[str], int]:
@@ -58,22 +65,28 @@ def visible_cells_filter(atlas: RaggedAtlas) -> str | None:
     return atlas._pinned("visible_cells_filter", compute)
 
 
+def dataset_lock_name(uid: str) -> str:
+    """The name of the lock an ingestion of dataset ``uid`` holds from its first write to its commit."""
+    return f"dataset-{hashlib.sha1(uid.encode()).hexdigest()[:20]}"
+
+
 @contextmanager
-def claim_dataset(atlas: RaggedAtlas, uid: str) -> Iterator[None]:
+def claim_dataset(atlas: RaggedAtlas, uid: str) -> Iterator[Lease]:
     """Hold the right to ingest dataset ``uid``: one process at a time, and never twice.
 
     Inside the claim no other process writes rows of ``uid``, so rows of ``uid`` without a record can only be
-    debris of an interrupted ingestion: they are deleted before the new rows are written.
+    debris of an interrupted ingestion: they are deleted before the new rows are written. The claim yields
+    its lock's lease: call ``lease.check()`` right before committing the dataset record.
 
     Raises
     ------
     DuplicateDatasetError
         A dataset ``uid`` was committed (possibly by another process since the caller checked).
     """
-    with atlas._lock(f"dataset-{hashlib.sha1(uid.encode()).hexdigest()[:20]}"):
+    with atlas._lock(dataset_lock_name(uid)) as lease:
         if atlas._tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
             raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
         debris = f"dataset_uid = {sql_literal(uid)}"
         if atlas._tables.cells.count_rows(debris):
             atlas._tables.cells.delete(debris)
-        yield
+        yield lease

@@ -1,0 +1,111 @@
+"""Cross-process locks on local disk: exclusive under racing breakers, kept by renewal, fenced when lost.
+
+The S3 variants are in ``tests/s3/test_s3_locks.py``; both start the processes of ``tests/lock_race.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import obstore
+import pytest
+from lock_race import STALE_AFTER, assert_exclusive, finish_waiter, race, start_waiter
+
+import lancell.atlas
+from lancell.atlas import RaggedAtlas
+from lancell.errors import LockLostError, LockTimeoutError
+from lancell.locks import atlas_lock
+from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.stores import open_store
+
+
+class Gene(FeatureBaseSchema):
+    pass
+
+
+class Cell(LancellBaseSchema):
+    genes: SparseZarrPointer | None = None
+
+
+def _heartbeats() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("lancell-lock-")]
+
+
+def _steal(store: obstore.store.LocalStore, name: str) -> bytes:
+    """Overwrite lock ``name`` as a process that judged it stale and took it over would; return its bytes."""
+    body = {"token": "thief", "host": "another-host.invalid", "pid": 1, "renewed_at": time.time()}
+    data = json.dumps(body | {"taken_at": time.time(), "stale_after": 0.5}).encode()
+    obstore.put(store, f"_lancell/locks/{name}.lock", data)
+    return data
+
+
+def test_racing_breakers_of_a_dead_lock_hold_it_one_at_a_time(tmp_path: Path) -> None:
+    intervals = race(str(tmp_path / "store"), {}, tmp_path, n=8, rounds=3)
+    for held in intervals:
+        assert len(held) == 8
+        assert_exclusive(held)
+
+
+def test_a_holder_renewing_past_stale_after_keeps_the_lock(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    with atlas_lock(open_store(url), "long", stale_after=STALE_AFTER) as lease:
+        waiter, out = start_waiter(url, {}, "long", tmp_path)
+        time.sleep(2.5 * STALE_AFTER)  # the waiter tries all along
+        lease.check()
+        released = time.monotonic()
+    assert finish_waiter(waiter, out) > released
+
+
+def test_a_stolen_lease_fails_its_check_and_release_leaves_the_thief_alone(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    with atlas_lock(store, "stolen", stale_after=STALE_AFTER) as lease:
+        lease.check()
+        thief = _steal(store, "stolen")
+        with pytest.raises(
+            LockLostError, match=r"lock 'stolen' at file://.*stolen\.lock was lost \(taken over"
+        ):
+            lease.check()
+    assert (tmp_path / "store" / "_lancell" / "locks" / "stolen.lock").read_bytes() == thief
+
+
+def test_timeout_raises_lock_timeout_error_naming_the_lock(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    with atlas_lock(store, "busy"):
+        with pytest.raises(LockTimeoutError, match=r"could not take lock 'busy' within 0\.2 s") as caught:
+            with atlas_lock(store, "busy", timeout=0.2):
+                pass
+    assert isinstance(caught.value, TimeoutError)
+
+
+def test_release_deletes_the_lock_file_and_joins_the_heartbeat(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    with atlas_lock(store, "tidy"):
+        (beat,) = _heartbeats()
+        assert beat.daemon
+    assert not beat.is_alive() and _heartbeats() == []
+    assert not (tmp_path / "store" / "_lancell" / "locks" / "tidy.lock").exists()
+
+
+def test_snapshot_records_nothing_when_its_lock_is_taken_over(tmp_path: Path, monkeypatch) -> None:
+    db = str(tmp_path / "db")
+    atlas = RaggedAtlas.create(
+        db, "cells", Cell, store=str(tmp_path / "arrays"), registry_schemas={"genes": Gene}
+    )
+    assert atlas.snapshot() == 0
+    validate = lancell.atlas.find_problems
+
+    def taken_over_while_validating(view: RaggedAtlas) -> list[str]:  # another process breaks the lock here
+        _steal(atlas._meta_store, "snapshot")
+        return validate(view)
+
+    monkeypatch.setattr(lancell.atlas, "find_problems", taken_over_while_validating)
+    with pytest.raises(LockLostError, match="lock 'snapshot'"):
+        atlas.snapshot()
+    monkeypatch.undo()
+    assert RaggedAtlas.list_versions(db)["version"].tolist() == [0]
+    time.sleep(0.6)  # the thief's lease (stale_after 0.5) goes stale; the next snapshot takes number 1
+    assert atlas.snapshot() == 1
+    assert RaggedAtlas.list_versions(db)["version"].tolist() == [0, 1]
