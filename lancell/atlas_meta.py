@@ -1,12 +1,14 @@
 """Where an atlas lives: creating its tables, zarr root and metadata file, and reading the metadata back.
 
-The metadata file (``_lancell/atlas.json`` next to the LanceDB tables) records the on-disk format, the cell
-table and registry table names, the zarr store's URL and non-secret settings, the full-text columns and the
+The metadata file (``_lancell/atlas.json`` next to the LanceDB tables) records the atlas's id (a uuid: the
+groups this atlas writes carry it, see :mod:`lancell.group_claims`), the on-disk format, the cell table and
+registry table names, the zarr store's URL and non-secret settings, the full-text columns and the
 creation time. It is written last, under the "create" lock, so an atlas without it does not exist.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +18,7 @@ import pyarrow as pa
 import zarr
 from lancedb.db import DBConnection
 
-from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
 from lancell.feature_spaces import (
     FEATURE_SPACES_SCHEMA,
     FEATURE_SPACES_TABLE,
@@ -32,6 +34,7 @@ from lancell.stores import (
     is_local,
     lancedb_storage_options,
     local_path,
+    location_in_store,
     open_store,
     public_store_config,
     read_json,
@@ -41,7 +44,15 @@ from lancell.stores import (
 from lancell.tables import DATASETS_TABLE, connect, create_tables, table_names
 from lancell.versions import VERSIONS_SCHEMA, VERSIONS_TABLE
 
-__all__ = ["META_PATH", "StoreLike", "create_storage", "db_options", "read_meta", "resolve_store"]
+__all__ = [
+    "META_PATH",
+    "StoreLike",
+    "create_storage",
+    "db_options",
+    "ensure_atlas_id",
+    "read_meta",
+    "resolve_store",
+]
 
 META_PATH = "_lancell/atlas.json"
 StoreLike = obs_store.ObjectStore | str
@@ -89,6 +100,21 @@ def read_meta(
     return meta, meta_store
 
 
+def ensure_atlas_id(meta_store: obs_store.ObjectStore, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with an ``atlas_id``: one is added to the metadata file of an atlas created without it.
+
+    Taken under the "create" lock and read again there, so two processes opening such an atlas agree.
+    """
+    if meta.get("atlas_id"):
+        return meta
+    with atlas_lock(meta_store, "create"):
+        current = read_json(meta_store, META_PATH) or meta
+        if not current.get("atlas_id"):
+            current = {**current, "atlas_id": uuid.uuid4().hex}
+            write_json(meta_store, META_PATH, current)
+    return current
+
+
 def create_storage(
     db_uri: str,
     cell_table_name: str,
@@ -113,6 +139,8 @@ def create_storage(
     ------
     SchemaError
         Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
+        :class:`StoreError` if the store's root is ``db_uri`` itself (every group would lie in the database
+        directory).
     """
     pointers = pointer_fields(cell_schema)
     for name, schema in registry_schemas.items():
@@ -127,9 +155,15 @@ def create_storage(
             raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
     meta_store = open_store(db_uri, store_kwargs)
     store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+    if location_in_store(store, db_uri) == "":
+        raise StoreError(
+            f"the zarr store {describe_store(store)} is the database directory {db_uri!r} itself; give a "
+            "store beside or inside it (the default is <db_uri>/_zarr)"
+        )
     storage_options = db_options(db_uri, store_kwargs, storage_options)
     db = connect(db_uri, storage_options)
     meta = {
+        "atlas_id": uuid.uuid4().hex,
         "lancell_format": FORMAT_VERSION,
         "cell_table_name": cell_table_name,
         "store_url": describe_store(store),

@@ -222,9 +222,19 @@ def write_csc(
 
 
 def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> None:
-    """Write the CSC copy of every stored layer of a dataset (for datasets ingested without one)."""
+    """Write the CSC copy of every stored layer of a dataset (for datasets ingested without one).
+
+    An earlier copy is overwritten (its objects deleted), so the group must be this atlas's own.
+
+    Raises
+    ------
+    GroupNotFoundError
+        The dataset's group is missing, or this atlas cannot prove it its own (no claim, or its attributes
+        name another atlas or none).
+    """
     atlas._require_writable()
     record = atlas.list_datasets().set_index("uid").loc[dataset_uid]
+    atlas.group_claims.require_own(record["zarr_group"], dataset_uid)
     group = atlas._zarr_root[record["zarr_group"]]
     for layer in (atlas._group_attrs(record["zarr_group"]) or {}).get("layers", {}):
         write_csc(group, layer)

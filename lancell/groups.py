@@ -24,10 +24,20 @@ from lancell.codecs import BitpackingCodec
 from lancell.schema import PointerKind
 from lancell.shard_writer import ShardWriter
 
-__all__ = ["DenseGroupWriter", "GroupGeometry", "SparseGroupWriter", "new_group_name", "value_codecs"]
+__all__ = [
+    "ATLAS_ID_ATTR",
+    "DenseGroupWriter",
+    "GroupGeometry",
+    "SparseGroupWriter",
+    "new_group_name",
+    "value_codecs",
+]
 
 FORMAT_VERSION = 1
 ENCODING_VERSION = "1"
+# The group attribute naming the atlas that wrote the group; written with the group's first object, so that
+# a group of this atlas is never without it (lancell.group_claims deletes only groups that carry it).
+ATLAS_ID_ATTR = "lancell_atlas_id"
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,10 @@ def _base_attrs(kind: PointerKind, layer: str, dtype: np.dtype, geometry: GroupG
 
 
 class SparseGroupWriter:
-    """Stream CSR row blocks of one dataset into ``<group>/csr/...``."""
+    """Stream CSR row blocks of one dataset into ``<group>/csr/...``.
+
+    ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
+    """
 
     def __init__(
         self,
@@ -161,10 +174,11 @@ class SparseGroupWriter:
         nnz: int,
         layer: str,
         dtype: np.dtype,
+        atlas_id: str,
         geometry: GroupGeometry | None = None,
     ) -> None:
         geometry = geometry or DEFAULT_GEOMETRY  # looked up per call, so it can be configured
-        self.group = root.create_group(path)
+        self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
         self.nnz = nnz
         self.n_cells = n_cells
         chunk = min(geometry.sparse_chunk, max(nnz, 1))
@@ -219,7 +233,10 @@ class SparseGroupWriter:
 
 
 class DenseGroupWriter:
-    """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``."""
+    """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``.
+
+    ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
+    """
 
     def __init__(
         self,
@@ -230,9 +247,10 @@ class DenseGroupWriter:
         n_features: int,
         layer: str,
         dtype: np.dtype,
+        atlas_id: str,
         geometry: GroupGeometry = DEFAULT_GEOMETRY,
     ) -> None:
-        self.group = root.create_group(path)
+        self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
         self.n_cells = n_cells
         chunk_rows, shard_rows = geometry.dense_shape(n_features)
         chunk_rows = min(chunk_rows, max(n_cells, 1))

@@ -28,7 +28,7 @@ from lancell.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
 from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
 from lancell.feature_spaces import FeatureSpace, resolve_feature_space
 from lancell.fingerprint import ContentHasher, OnDuplicate, check_on_duplicate, content_claim
-from lancell.groups import DenseGroupWriter, SparseGroupWriter, new_group_name
+from lancell.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.ingest_blocks import checked_values, stored_csr_blocks
 from lancell.ingest_plan import CELL_BATCH, IngestPlan, embedding_vectors, plan_ingest
 from lancell.obs import obs_to_arrow
@@ -132,7 +132,7 @@ def add_from_anndata(
     plan.vectors = embedding_vectors(atlas, adata, record.uid, obsm_columns or {})
     duplicate_of = None
     started = time.perf_counter()
-    zarr_group = new_group_name(record.uid)
+    zarr_group = atlas.group_claims.claim_new(record.uid)
     cells_written = False
     with claim_dataset(atlas, record.uid):
         try:
@@ -230,6 +230,7 @@ def _write_group(
                 nnz=plan.nnz,
                 layer=zarr_layer,
                 dtype=plan.store_dtype,
+                atlas_id=atlas.group_claims.atlas_id,
             )
             for _, indptr, indices, values in stored_csr_blocks(plan.source, zarr_layer, plan.stored_column):
                 writer.append(indptr, indices, values)
@@ -247,6 +248,7 @@ def _write_group(
                 n_features=n_features,
                 layer=zarr_layer,
                 dtype=plan.store_dtype,
+                atlas_id=atlas.group_claims.atlas_id,
             )
             for row0, block in plan.source.dense_blocks():
                 values = checked_values(plan.dataset, zarr_layer, block.ravel(), row0).reshape(block.shape)

@@ -1,31 +1,45 @@
-"""Removing things from an atlas: a dataset (with its attached modalities) and debris no snapshot needs.
+"""Removing things from an atlas: a dataset (with its attached modalities), and groups nothing needs.
 
 Zarr groups are append-only: deleting a dataset removes its rows in new table versions and leaves its group
-for :func:`remove_debris`, which keeps every group the live tables or any tagged snapshot still reference.
+for :func:`remove_debris`. What may be deleted from the store is decided here and nowhere else: a group this
+atlas provably owns (:mod:`lancell.group_claims`: its claim and its id in the group's attributes) that no
+live dataset record and no snapshot references, and that does not nest with a group that is referenced.
+The store is never listed to find candidates: groups another atlas, another program or an older lancell
+wrote are never deleted.
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import obstore
+import pyarrow.compute as pc
 
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LockTimeoutError
+from lancell.locks import atlas_lock
 from lancell.modalities import detach_pointers
 from lancell.registry import sql_literal
-from lancell.stores import delete_prefix
+from lancell.tables import read_columns
 from lancell.versions import list_snapshots, read_version
-from lancell.visibility import committed_cells, committed_filter
+from lancell.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["remove_dataset", "remove_debris"]
+__all__ = ["remove_dataset", "remove_debris", "remove_group"]
+
+log = logging.getLogger(__name__)
 
 
 def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
     """Delete dataset ``uid``: a further modality loses its pointers, a dataset its cells and modalities.
+
+    Only table rows are deleted (new table versions); the zarr group stays for :func:`remove_debris`.
 
     Raises
     ------
@@ -45,35 +59,125 @@ def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
     atlas._tables.datasets.delete(where)
 
 
-def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
-    """Delete unreferenced zarr groups older than ``grace`` and the uncommitted cell rows pointing into them.
+def remove_group(atlas: RaggedAtlas, group: str) -> bool:
+    """Delete ``group`` (a roll-back's own group) if this atlas owns it and nothing references it.
 
-    Committed cells that point into such a group (a modality whose attachment never committed) lose that
-    pointer instead.
+    Returns whether a stored group was deleted. A group a live record or a snapshot references (a commit
+    that went through although its call failed, a snapshot taken meanwhile) is kept, as is one this atlas
+    cannot prove its own; :meth:`RaggedAtlas.vacuum` looks at it again later.
     """
-    tables = atlas._tables
-    referenced = set(tables.datasets.to_arrow().column("zarr_group").to_pylist())
-    for version in list_snapshots(tables.db)["version"]:
-        view = atlas._pinned_view(read_version(tables.db, int(version))["tables"])
-        referenced |= set(view._tables.datasets.to_arrow().column("zarr_group").to_pylist())
-    top_level = {name.split("/", 1)[0] for name in referenced}  # groups of older atlases could nest
+    if _nests(group, _live_groups(atlas) | _snapshot_groups(atlas, {})):
+        log.warning("zarr group %r is referenced by a dataset record or a snapshot: not deleted", group)
+        return False
+    return atlas.group_claims.delete(group) == "own"
+
+
+def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
+    """Delete this atlas's claimed groups that nothing references, once older than ``grace``.
+
+    A candidate is a group claimed by this atlas (claim older than ``grace``) that no live dataset record
+    and no snapshot references. It is deleted, with the uncommitted cell rows pointing into it (and the
+    pointers of committed cells into it: a modality whose attachment never committed), only while no
+    ingestion of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced,
+    nothing under it was written within ``grace``, and its attributes carry this atlas's id (or nothing is
+    stored). Then its claim goes.
+
+    Returns
+    -------
+    dict of str to int
+        ``groups``: groups deleted; ``cells``: cell rows deleted; ``unclaimed``: groups that uncommitted cell
+        rows point into but this atlas never claimed (an older lancell wrote them), left in place;
+        ``foreign``: claimed groups whose attributes name another atlas or none, left in place.
+    """
+    claims = atlas.group_claims
+    snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace
     owners, _ = committed_cells(atlas)
-    removed_groups = removed_cells = 0
-    for prefix in obstore.list_with_delimiter(atlas.store)["common_prefixes"]:
-        group = prefix.rstrip("/")
-        if group in top_level or group.startswith("_"):
+    mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
+    claimed = {claim.group for claim in mine}
+    referenced = _live_groups(atlas) | _snapshot_groups(atlas, snapshots)
+    counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+    counts["unclaimed"] = sum(
+        1 for group in _uncommitted_groups(atlas, owners) if group not in claimed | referenced
+    )
+    for claim in mine:
+        group = claim.group
+        if claim.created_at > cutoff or _nests(group, referenced | (claimed - {group})):
             continue
-        objects = obstore.list(atlas.store, prefix=group + "/").collect()
-        if any(meta["last_modified"] > cutoff for meta in objects):
-            continue
-        for space in atlas.feature_spaces:
-            where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
-            removed = tables.cells.count_rows(where)
-            if removed:
-                tables.cells.delete(where)
-                removed_cells += removed
-            detach_pointers(atlas, space, group)
-        delete_prefix(atlas.store, group)
-        removed_groups += 1
-    return {"groups": removed_groups, "cells": removed_cells}
+        with ExitStack() as held:
+            try:  # an ingestion of this dataset still running holds it; its group is not debris
+                held.enter_context(
+                    atlas_lock(claims.meta_store, dataset_lock_name(claim.dataset_uid), timeout=0)
+                )
+            except LockTimeoutError:
+                continue
+            if _nests(group, _live_groups(atlas) | _snapshot_groups(atlas, snapshots)):
+                continue  # committed, or snapshotted, since the lists above were read
+            if _written_since(atlas, group, cutoff):
+                continue
+            ownership = claims.ownership(group)
+            if ownership == "foreign":
+                counts["foreign"] += 1
+                log.warning("claimed zarr group %r carries another atlas's id (or none): not deleted", group)
+                continue
+            if ownership == "unclaimed":  # released by another vacuum meanwhile
+                continue
+            counts["cells"] += _drop_pointers(atlas, group, owners)
+            if claims.delete(group) == "own":
+                counts["groups"] += 1
+    return counts
+
+
+def _nests(group: str, others: Iterable[str]) -> bool:
+    """Whether ``group`` equals, contains or lies under one of ``others``."""
+    return any(
+        other == group or other.startswith(group + "/") or group.startswith(other + "/") for other in others
+    )
+
+
+def _live_groups(atlas: RaggedAtlas) -> set[str]:
+    return set(read_columns(atlas._tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
+
+
+def _snapshot_groups(atlas: RaggedAtlas, known: dict[int, set[str]]) -> set[str]:
+    """The groups every snapshot references; ``known`` caches them per snapshot (a snapshot never changes)."""
+    for version in list_snapshots(atlas._tables.db)["version"]:
+        if int(version) not in known:
+            view = atlas._pinned_view(read_version(atlas._tables.db, int(version))["tables"])
+            known[int(version)] = _live_groups(view)
+    return set().union(*known.values())
+
+
+def _uncommitted_groups(atlas: RaggedAtlas, owners: list[str]) -> set[str]:
+    """The groups that cell rows without a committed dataset record point into."""
+    cells = atlas._tables.cells
+    where = f"NOT ({committed_filter(owners)})"
+    if not cells.count_rows(where):
+        return set()
+    groups: set[str] = set()
+    for space in atlas.feature_spaces:
+        pointer = cells.search().where(where).select([space]).to_arrow().column(space)
+        names = pc.struct_field(pointer.filter(pc.is_valid(pointer)), "zarr_group")
+        groups |= set(pc.unique(names).to_pylist())
+    return groups
+
+
+def _written_since(atlas: RaggedAtlas, group: str, cutoff: datetime) -> bool:
+    return any(
+        meta["last_modified"] > cutoff
+        for batch in obstore.list(atlas.store, prefix=group + "/")
+        for meta in batch
+    )
+
+
+def _drop_pointers(atlas: RaggedAtlas, group: str, owners: list[str]) -> int:
+    """Delete uncommitted cell rows pointing into ``group``, null committed cells' pointers into it."""
+    removed = 0
+    for space in atlas.feature_spaces:
+        where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
+        count = atlas._tables.cells.count_rows(where)
+        if count:
+            atlas._tables.cells.delete(where)
+            removed += count
+        detach_pointers(atlas, space, group)
+    return removed

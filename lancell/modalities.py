@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 
 from lancell.errors import IngestError, LancellError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.groups import new_group_name
 from lancell.ingest_plan import CELL_BATCH, plan_ingest
 from lancell.ingestion import _write_group, add_from_anndata
 from lancell.registry import ensure_layout, sql_literal
@@ -83,7 +82,7 @@ def attach_modality(
     taken = existing.filter(pc.is_valid(existing.column(feature_space)))
     if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
         raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
-    zarr_group = new_group_name(record.uid)
+    zarr_group = atlas.group_claims.claim_new(record.uid)
     pointers_written = False
     try:
         indptr = _write_group(atlas, plan, space, zarr_layer, zarr_group, progress)

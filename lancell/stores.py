@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,10 @@ import zarr.storage
 from lancell.errors import StoreError
 
 __all__ = [
+    "delete_prefix",
     "describe_store",
     "lancedb_storage_options",
+    "location_in_store",
     "open_store",
     "public_store_config",
     "read_json",
@@ -33,6 +34,8 @@ __all__ = [
 _SECRET_WORDS = ("secret", "token", "password", "key", "session", "credential", "sas", "service_account")
 # Client options that can carry credentials (an Authorization header, a proxy URL with user:password).
 _SECRET_CLIENT_OPTIONS = ("default_headers", "proxy_url")
+# URL schemes of the object stores, by the kind of namespace (bucket or container) they name.
+_URL_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "memory": "mem"}
 # obstore's S3 config names -> the names the LanceDB (lance) docs use for the same settings.
 _LANCE_S3_NAMES = {
     "access_key_id": "aws_access_key_id",
@@ -164,14 +167,77 @@ def write_json(
 
 
 def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
-    """Delete every object under ``prefix``; return how many were deleted."""
-    paths = [meta["path"] for batch in obstore.list(store, prefix=prefix.rstrip("/") + "/") for meta in batch]
-    if paths:
-        obstore.delete(store, paths)
+    """Delete every object under ``prefix``; return how many were deleted.
+
+    The objects directly under ``prefix`` (a zarr group's ``zarr.json``, which says whose the group is) go
+    last, so that a delete interrupted half-way leaves them and can be finished. On a local disk the
+    directories left empty are removed (only empty ones: nothing else is ever removed).
+
+    Raises
+    ------
+    StoreError
+        ``prefix`` is empty or has an empty, ``.`` or ``..`` segment (it would reach the store's root or
+        outside ``prefix``).
+    """
+    key = prefix.strip("/")
+    if not key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StoreError(f"refusing to delete prefix {prefix!r} of {describe_store(store)}: not a plain path")
+    paths = [meta["path"] for batch in obstore.list(store, prefix=key + "/") for meta in batch]
+    own = [path for path in paths if "/" not in path[len(key) + 1 :]]
+    for chunk in ([path for path in paths if path not in own], own):
+        if chunk:
+            obstore.delete(store, chunk)
     if isinstance(store, obs_store.LocalStore) and store.prefix is not None:
         # object semantics leave empty directories behind on a local disk
-        shutil.rmtree(Path(store.prefix) / prefix.strip("/"), ignore_errors=True)
+        top = Path(store.prefix) / key
+        for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: something was written there since
+                pass
     return len(paths)
+
+
+def location_in_store(store: obs_store.ObjectStore, uri: str) -> str | None:
+    """Where ``uri`` lies in ``store``'s namespace: its path from the store's root (``""`` for the root).
+
+    None when ``uri`` cannot be reached through ``store``: another disk location, scheme or bucket, or a
+    location that contains the store's root (a store inside the database directory, such as the default
+    ``<db_uri>/_zarr``). Local paths are compared resolved (symbolic links followed).
+
+    Raises
+    ------
+    StoreError
+        The relation cannot be worked out: an unknown URL scheme, or a store of a type lancell cannot
+        describe.
+    """
+    if is_local(uri):
+        if not isinstance(store, obs_store.LocalStore):
+            return None
+        root = Path(store.prefix).resolve() if store.prefix else Path(os.sep)
+        return _relative(local_path(uri).parts, root.parts)
+    scheme, _, rest = uri.partition("://")
+    kind = _URL_SCHEMES.get(scheme.lower())
+    if kind is None:
+        raise StoreError(
+            f"cannot tell whether {uri!r} lies in the store {describe_store(store)}: "
+            f"unknown URL scheme {scheme!r} (known: {sorted(_URL_SCHEMES)})"
+        )
+    if isinstance(store, obs_store.LocalStore | obs_store.MemoryStore):
+        return None
+    store_scheme, _, store_rest = describe_store(store).partition("://")
+    if _URL_SCHEMES[store_scheme] != kind:
+        return None
+    return _relative(
+        tuple(part for part in rest.split("/") if part), tuple(part for part in store_rest.split("/") if part)
+    )
+
+
+def _relative(target: tuple[str, ...], root: tuple[str, ...]) -> str | None:
+    """``target`` below ``root`` as a ``/``-joined path, or None when it is not at or below it."""
+    if target[: len(root)] != root:
+        return None
+    return "/".join(target[len(root) :])
 
 
 def prefix_nbytes(store: obs_store.ObjectStore, prefix: str) -> int:

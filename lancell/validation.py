@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.groups import FORMAT_VERSION
+from lancell.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
 def find_problems(atlas: RaggedAtlas) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
-    Checks: every dataset's zarr group exists with matching attributes and its layout is stored; cell counts
+    Checks: every dataset's zarr group exists with matching attributes (and carries this atlas's id, when the
+    group and the atlas record one) and its layout is stored; cell counts
     per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
     registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record
     commits (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.visibility`).
@@ -86,6 +87,12 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
         if attrs is None:
             problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
             continue
+        owner = attrs.get(ATLAS_ID_ATTR)
+        if owner is not None and atlas.atlas_id is not None and owner != atlas.atlas_id:
+            problems.append(
+                f"dataset {uid!r}: zarr group {row['zarr_group']!r} belongs to another atlas "
+                f"(its attributes name atlas {owner!r}, this atlas is {atlas.atlas_id!r})"
+            )
         if attrs.get("lancell_format") != FORMAT_VERSION:
             problems.append(f"dataset {uid!r}: zarr group format {attrs.get('lancell_format')!r}")
         for key in ("n_cells", "nnz", "layout_uid", "feature_space"):

@@ -92,7 +92,7 @@ def test_delete_dataset_and_vacuum_keep_snapshot_groups(atlas, pbmc):
     v = atlas.snapshot()
     atlas.delete_dataset(record.uid)
     assert atlas.query().count() == pbmc.n_obs
-    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 0, "cells": 0}
+    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
     assert RaggedAtlas.checkout(atlas.db_uri, v).query().where(f"dataset_uid = '{record.uid}'").count() == 559
     snap = RaggedAtlas.checkout(atlas.db_uri, v).query().where(f"dataset_uid = '{record.uid}'").to_anndata()
     assert snap.X.sum() == BUNDLED[1].read().X.sum()
@@ -100,11 +100,16 @@ def test_delete_dataset_and_vacuum_keep_snapshot_groups(atlas, pbmc):
     assert atlas.validate() == []
 
 
-def test_vacuum_removes_unreferenced_groups(atlas):
+def test_vacuum_removes_unreferenced_own_groups_only(atlas):
     ingest_bundled(atlas, BUNDLED[0])
-    debris = atlas._zarr_root.create_group("orphan-deadbeef")
-    debris.create_array("x", shape=(4,), dtype="int32")[:] = np.arange(4)
-    assert atlas.vacuum(grace=timedelta(hours=1)) == {"groups": 0, "cells": 0}
-    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 1, "cells": 0}
+    gone = ingest_bundled(atlas, BUNDLED[1])
+    atlas.delete_dataset(gone.uid)
+    orphan = atlas._zarr_root.create_group("orphan-deadbeef")  # no claim: not provably this atlas's
+    orphan.create_array("x", shape=(4,), dtype="int32")[:] = np.arange(4)
+    nothing = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+    assert atlas.vacuum(grace=timedelta(hours=1)) == nothing
+    assert atlas.vacuum(grace=timedelta(0)) == {**nothing, "groups": 1}
+    assert gone.zarr_group not in atlas._zarr_root
+    np.testing.assert_array_equal(atlas._zarr_root["orphan-deadbeef/x"][:], np.arange(4))
     assert atlas.validate() == []
     assert atlas.query().count() == 700
