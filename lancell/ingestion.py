@@ -134,7 +134,7 @@ def add_from_anndata(
     started = time.perf_counter()
     zarr_group = atlas.group_claims.claim_new(record.uid)
     cells_written = False
-    with claim_dataset(atlas, record.uid):
+    with claim_dataset(atlas, record.uid) as claim:
         try:
             written = None
             if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if csc is None else csc):
@@ -171,6 +171,7 @@ def add_from_anndata(
             row = pa.Table.from_pylist([record.model_dump()], schema=atlas._dataset_arrow)
             with content_claim(atlas, record.uid, fingerprint, on_duplicate) as duplicate_of:
                 if duplicate_of is None:
+                    claim.check()  # LockLostError if another process took the claim over
                     atlas._tables.datasets.add(row)  # the commit point (lancell.visibility)
         except BaseException:
             _roll_back(atlas, record.uid, zarr_group, cells_written)
