@@ -7,7 +7,9 @@
      "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null}
 
 :func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
-ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls.
+ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
+already in the atlas (the same file landed again under another name) is not ingested again: the outcome says
+``"duplicate"`` and names the dataset that holds it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import anndata as ad
 import pandas as pd
@@ -25,7 +28,9 @@ from lancell.ingestion import add_from_anndata
 from lancell.registry import registry_index, sql_literal
 from lancell.schema import DatasetRecord
 
-__all__ = ["LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
+__all__ = ["LandingOutcome", "LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
+
+LandingOutcome = Literal["ingested", "present", "duplicate"]
 
 
 @dataclass(frozen=True)
@@ -81,14 +86,23 @@ def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.Da
     return frame.drop_duplicates("uid")
 
 
-def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetRecord, bool]:
-    """Register the file's features and ingest it; return ``(record, newly_ingested)``.
+def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetRecord, LandingOutcome]:
+    """Register the file's features and ingest it; return ``(record, outcome)``.
 
-    A dataset already in the atlas is not ingested again (re-materializing a partition is idempotent).
+    ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
+    (re-materializing a partition is idempotent); ``"duplicate"`` when the file's content is already in the
+    atlas as another dataset, whose record is returned (nothing is ingested; see
+    :mod:`lancell.fingerprint`).
+
+    Raises
+    ------
+    IngestError
+        The file is missing or invalid, or its features conflict with registered ones
+        (:class:`~lancell.errors.FeatureConflictError`); the atlas is unchanged.
     """
     existing = atlas._tables.datasets.search().where(f"uid = {sql_literal(spec.uid)}").to_arrow().to_pylist()
     if existing:
-        return atlas.dataset_schema(**existing[0]), False
+        return atlas.dataset_schema(**existing[0]), "present"
     if not spec.path.exists():
         raise IngestError(f"landing file {spec.path} does not exist")
     try:
@@ -113,6 +127,7 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
             zarr_layer=spec.zarr_layer,
             dataset_record=record,
             var_uid_column=spec.var_uid_column,
+            on_duplicate="skip",
         )
     except BaseException:
         # the features were registered for this file only: take them back so the atlas is as it was
@@ -120,4 +135,4 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
             chunk = ", ".join(sql_literal(u) for u in new_uids[start : start + 1000])
             registry.delete(f"uid IN ({chunk})")
         raise
-    return stored, True
+    return stored, "ingested" if stored.uid == spec.uid else "duplicate"

@@ -27,12 +27,17 @@ CHECKS = ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_cons
 def dataset_group(
     context: dg.AssetExecutionContext, atlas: AtlasResource, landing_zone: LandingZone
 ) -> dg.MaterializeResult:
-    """A dataset's zarr group, its feature layout, its cell rows and its dataset record."""
+    """A dataset's zarr group, its feature layout, its cell rows and its dataset record.
+
+    A file whose content is already in the atlas as another dataset is not ingested again: the metadata
+    says ``outcome: duplicate`` and ``duplicate_of`` names that dataset. ``dropped_obs_columns`` lists the
+    obs columns the cell schema does not declare (not stored).
+    """
     spec = landing_zone.spec(context.partition_key)
     handle = atlas.open()
     started = time.perf_counter()
     try:
-        record, fresh = ingest_landing_file(handle, spec)
+        record, outcome = ingest_landing_file(handle, spec)
     except LancellError as exc:
         context.log.error(f"{spec.path.name}: {exc}")
         failed = dg.AssetCheckResult(
@@ -44,14 +49,27 @@ def dataset_group(
         ]
         return dg.MaterializeResult(metadata={"error": str(exc)}, check_results=[failed, *skipped])
     seconds = time.perf_counter() - started
-    context.log.info(f"{record.uid}: {record.n_cells} cells, {record.nnz} nnz ({'new' if fresh else 'kept'})")
+    fresh = outcome == "ingested"
+    if outcome == "duplicate":
+        context.log.warning(f"{spec.path.name}: same content as dataset {record.uid!r}; not ingested again")
+    else:
+        context.log.info(f"{record.uid}: {record.n_cells} cells, {record.nnz} nnz ({outcome})")
+    if record.dropped_obs_columns:
+        context.log.warning(
+            f"{record.uid}: obs columns not in the cell schema, not stored: {record.dropped_obs_columns}"
+        )
     attrs = handle._group_attrs(record.zarr_group) or {}
     problems = [p for p in handle.validate() if record.uid in p]
     source_cells = _source_cells(spec.path)
     return dg.MaterializeResult(
         # which host/process ingested it (with a Dask or Kubernetes executor: which worker or pod)
         metadata=group_metadata(handle, record, seconds if fresh else None)
-        | {"worker": f"{socket.gethostname()}:{os.getpid()}"},
+        | {
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+            "outcome": outcome,
+            "dropped_obs_columns": dg.MetadataValue.json(list(record.dropped_obs_columns)),
+        }
+        | ({"duplicate_of": record.uid} if outcome == "duplicate" else {}),
         check_results=[
             dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),
             dg.AssetCheckResult(

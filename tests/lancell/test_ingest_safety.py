@@ -1,0 +1,355 @@
+"""No input silently ignored, no content ingested twice, read errors named.
+
+A record that sets a field lancell assigns is refused; obs columns the schema does not declare are warned and
+listed on the record; ``register_features`` reports attributes that differ from the registered ones; the same
+content under another dataset uid is refused, skipped or allowed; a read error while streaming a backed
+``.h5ad`` names the dataset and the file. Every refusal leaves the atlas as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from helpers import visible_state
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import (
+    DroppedColumnsWarning,
+    DuplicateContentError,
+    DuplicateContentWarning,
+    FeatureConflictError,
+    FeatureConflictWarning,
+    IngestError,
+)
+from lancell.ingestion import add_from_anndata
+from lancell.landing import ingest_landing_file, read_landing_spec
+from lancell.modalities import attach_modality
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.sources import MatrixSource
+from lancell.tenx import add_from_10x
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+GENES = [f"G{i}" for i in range(60)]
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str | None = None
+    organism: str | None = None
+
+
+class Cells(LancellBaseSchema):
+    cell_type: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+
+
+@pytest.fixture
+def atlas(tmp_path: Path) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        Cells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES, "gene_symbol": GENES}))
+    return atlas
+
+
+def _adata(n_cells: int = 200, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    x = sp.random(n_cells, len(GENES), density=0.3, format="csr", random_state=rng)
+    x.data = rng.integers(1, 50, size=x.nnz).astype(np.float64)
+    obs = pd.DataFrame(
+        {"cell_type": rng.choice(["T", "B"], n_cells)}, index=[f"cell{i}" for i in range(n_cells)]
+    )
+    return ad.AnnData(X=x.astype(np.int32), obs=obs, var=pd.DataFrame(index=GENES))
+
+
+def _ingest(atlas: RaggedAtlas, data: object, uid: str, **kwargs: object) -> DatasetRecord:
+    return add_from_anndata(
+        atlas,
+        data,
+        feature_space="gene_expression",
+        zarr_layer=kwargs.pop("zarr_layer", "counts"),
+        dataset_record=kwargs.pop("record", None) or DatasetRecord(uid=uid),
+        progress=False,
+        **kwargs,
+    )
+
+
+def _cells(atlas: RaggedAtlas) -> int:
+    return atlas.query().count()
+
+
+# ------------------------------------------------------------------------------------ assigned fields
+
+
+def test_record_with_zarr_group_is_refused_and_nothing_written(atlas):
+    before = visible_state(atlas, versions=True)
+    with pytest.raises(IngestError) as caught:
+        _ingest(atlas, _adata(), "a", record=DatasetRecord(uid="a", zarr_group="my_group"))
+    assert type(caught.value) is IngestError
+    assert str(caught.value) == (
+        "dataset 'a': DatasetRecord fields zarr_group='my_group' are assigned by lancell at ingestion; "
+        "leave them unset (pass a fresh DatasetRecord with only uid and provenance)"
+    )
+    assert visible_state(atlas, versions=True) == before
+
+
+def test_every_assigned_field_and_cells_of_are_refused(atlas):
+    record = DatasetRecord(uid="a", n_cells=5, layout_uid="x", cells_of="other")
+    with pytest.raises(IngestError, match=r"fields n_cells=5, layout_uid='x', cells_of='other' are assigned"):
+        _ingest(atlas, _adata(), "a", record=record)
+    assert atlas.list_datasets().empty
+
+
+def test_attach_modality_and_10x_refuse_a_zarr_group(atlas):
+    _ingest(atlas, _adata(), "a")
+    before = visible_state(atlas, versions=True)
+    with pytest.raises(IngestError, match=r"dataset 'a/extra': DatasetRecord fields zarr_group='g' are"):
+        attach_modality(
+            atlas,
+            _adata(),
+            cells_of="a",
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="a/extra", zarr_group="g"),
+            progress=False,
+        )
+    with pytest.raises(IngestError, match=r"dataset 'tenx': DatasetRecord fields zarr_group='g' are"):
+        add_from_10x(
+            atlas,
+            DATA / "10x_v3" / "filtered_feature_bc_matrix.h5",
+            dataset_record=DatasetRecord(uid="tenx", zarr_group="g"),
+            progress=False,
+        )
+    assert visible_state(atlas, versions=True) == before
+
+
+# ------------------------------------------------------------------------------------ dropped obs columns
+
+
+def test_dropped_obs_columns_are_warned_and_recorded(atlas):
+    adata = _adata()
+    adata.obs["qc_pass"] = True
+    adata.obs["batch"] = "b1"
+    with pytest.warns(DroppedColumnsWarning) as caught:
+        record = _ingest(atlas, adata, "a")
+    assert [str(w.message) for w in caught] == [
+        "dataset 'a': obs columns ['batch', 'qc_pass'] are not in the cell schema and were not stored "
+        "(listed on the record as dropped_obs_columns)"
+    ]
+    assert record.dropped_obs_columns == ["batch", "qc_pass"]
+    assert atlas.list_datasets()["dropped_obs_columns"].iloc[0].tolist() == ["batch", "qc_pass"]
+
+
+def test_no_warning_when_every_obs_column_is_stored(atlas):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record = _ingest(atlas, _adata(), "a")
+    assert record.dropped_obs_columns == []
+
+
+# ------------------------------------------------------------------------------------ feature conflicts
+
+
+@pytest.fixture
+def human_c3(atlas: RaggedAtlas) -> RaggedAtlas:
+    human = pd.DataFrame({"uid": ["C3", "C4"], "gene_symbol": ["C3", "C4"], "organism": "Homo sapiens"})
+    assert atlas.register_features("gene_expression", human) == 2
+    return atlas
+
+
+MOUSE = pd.DataFrame({"uid": ["C3", "Mnew"], "gene_symbol": ["C3", "Mnew"], "organism": "Mus musculus"})
+
+
+def _registry(atlas: RaggedAtlas) -> list[dict[str, object]]:
+    return atlas.feature_registry("gene_expression").to_dict("records")
+
+
+def test_conflicting_attributes_raise_by_default(human_c3):
+    before = _registry(human_c3)
+    with pytest.raises(FeatureConflictError) as caught:
+        human_c3.register_features("gene_expression", MOUSE)
+    assert str(caught.value) == (
+        "gene_expression: registered features differ from the given ones: uid 'C3' column 'organism': "
+        "registered 'Homo sapiens', given 'Mus musculus'; pass on_conflict='keep' to keep the registered "
+        "values or on_conflict='update' to overwrite them"
+    )
+    assert _registry(human_c3) == before  # not even the new feature
+
+
+def test_keep_warns_and_keeps_registered_values(human_c3):
+    with pytest.warns(FeatureConflictWarning, match="uid 'C3' column 'organism': registered 'Homo sapiens'"):
+        assert human_c3.register_features("gene_expression", MOUSE, on_conflict="keep") == 1
+    rows = {r["uid"]: r for r in _registry(human_c3)}
+    assert rows["C3"]["organism"] == "Homo sapiens"
+    assert rows["Mnew"]["organism"] == "Mus musculus"
+    assert rows["Mnew"]["global_index"] == len(GENES) + 2
+
+
+def test_update_overwrites_values_but_never_the_global_index(human_c3):
+    index = {r["uid"]: r["global_index"] for r in _registry(human_c3)}
+    assert human_c3.register_features("gene_expression", MOUSE, on_conflict="update") == 1
+    rows = {r["uid"]: r for r in _registry(human_c3)}
+    assert rows["C3"]["organism"] == "Mus musculus"
+    assert rows["C3"]["global_index"] == index["C3"] == len(GENES)
+    assert rows["C4"]["organism"] == "Homo sapiens"
+    assert {u: rows[u]["global_index"] for u in index} == index
+
+
+def test_identical_or_partial_re_registration_is_silent(human_c3):
+    before = _registry(human_c3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = pd.DataFrame({"uid": ["C3", "C4"], "gene_symbol": ["C3", "C4"], "organism": "Homo sapiens"})
+        assert human_c3.register_features("gene_expression", same, on_conflict="error") == 0
+        # a column not given is not compared: only uid and symbol
+        assert (
+            human_c3.register_features(
+                "gene_expression", pd.DataFrame({"uid": ["C3"], "gene_symbol": ["C3"]}), on_conflict="error"
+            )
+            == 0
+        )
+    assert _registry(human_c3) == before
+
+
+def test_many_conflicts_are_counted(atlas):
+    renamed = pd.DataFrame({"uid": GENES[:7], "gene_symbol": [f"new{i}" for i in range(7)]})
+    with pytest.raises(FeatureConflictError, match=r"given 'new4' \.\.\. \(7 conflicts in all\); pass"):
+        atlas.register_features("gene_expression", renamed)
+
+
+def test_unknown_on_conflict_is_refused(human_c3):
+    with pytest.raises(ValueError, match="on_conflict must be 'error', 'keep' or 'update', got 'replace'"):
+        human_c3.register_features("gene_expression", MOUSE, on_conflict="replace")
+
+
+# ------------------------------------------------------------------------------------ duplicate content
+
+
+def test_identical_content_under_another_uid_is_refused(atlas):
+    first = _ingest(atlas, _adata(), "a")
+    assert len(first.content_fingerprint) == 64
+    before = visible_state(atlas)
+    with pytest.raises(DuplicateContentError) as caught:
+        _ingest(atlas, _adata(), "b")
+    assert str(caught.value) == (
+        "dataset 'b': the same content (matrix, obs names, layer 'counts', feature panel) is already in the "
+        "atlas as dataset 'a'; pass on_duplicate='skip' to get that dataset's record or on_duplicate='allow' "
+        "to store it again"
+    )
+    assert visible_state(atlas) == before
+    assert _cells(atlas) == 200
+
+
+def test_skip_returns_the_existing_record(atlas):
+    first = _ingest(atlas, _adata(), "a")
+    before = visible_state(atlas)
+    with pytest.warns(
+        DuplicateContentWarning, match="dataset 'b': the same content is already in the atlas as dataset 'a'"
+    ):
+        skipped = _ingest(atlas, _adata(), "b", on_duplicate="skip")
+    assert skipped.uid == "a"
+    assert skipped.zarr_group == first.zarr_group
+    assert skipped.content_fingerprint == first.content_fingerprint
+    assert visible_state(atlas) == before
+
+
+def test_allow_ingests_again(atlas):
+    first = _ingest(atlas, _adata(), "a")
+    second = _ingest(atlas, _adata(), "b", on_duplicate="allow")
+    assert second.content_fingerprint == first.content_fingerprint
+    assert atlas.list_datasets()["uid"].tolist() == ["a", "b"]
+    assert _cells(atlas) == 400
+
+
+def test_one_changed_value_obs_name_or_layer_is_new_content(atlas):
+    first = _ingest(atlas, _adata(), "a")
+    changed = _adata()
+    changed.X.data[17] += 1
+    renamed = _adata()
+    renamed.obs_names = [*renamed.obs_names[:-1], "another"]
+    fingerprints = {
+        _ingest(atlas, changed, "value").content_fingerprint,
+        _ingest(atlas, renamed, "obs_name").content_fingerprint,
+        _ingest(atlas, _adata(), "layer", zarr_layer="normalized").content_fingerprint,
+        first.content_fingerprint,
+    }
+    assert len(fingerprints) == 4
+    assert _cells(atlas) == 800
+
+
+def test_same_content_in_another_form_is_a_duplicate(atlas, tmp_path, monkeypatch):
+    """Var order, backed file and row blocking do not change what is stored, so not the fingerprint."""
+    _ingest(atlas, _adata(), "a")
+    shuffled = _adata()[:, GENES[::-1]].copy()
+    with pytest.raises(DuplicateContentError, match="as dataset 'a'"):
+        _ingest(atlas, shuffled, "shuffled")
+    path = tmp_path / "a.h5ad"
+    _adata().write_h5ad(path)
+    monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (500,))  # many small blocks
+    with pytest.raises(DuplicateContentError, match="as dataset 'a'"):
+        _ingest(atlas, path, "from_file")
+    assert atlas.list_datasets()["uid"].tolist() == ["a"]
+
+
+def test_unknown_on_duplicate_is_refused_before_writing(atlas):
+    before = visible_state(atlas, versions=True)
+    with pytest.raises(IngestError, match="on_duplicate must be 'error', 'skip' or 'allow', got 'ignore'"):
+        _ingest(atlas, _adata(), "a", on_duplicate="ignore")
+    assert visible_state(atlas, versions=True) == before
+
+
+def test_landing_the_same_file_twice_is_skipped(atlas, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _adata().write_h5ad(landing / "first.h5ad")
+    shutil.copyfile(landing / "first.h5ad", landing / "again.h5ad")
+    record, outcome = ingest_landing_file(atlas, read_landing_spec(landing / "first.h5ad"))
+    assert (record.uid, outcome) == ("first", "ingested")
+    with pytest.warns(DuplicateContentWarning):
+        record, outcome = ingest_landing_file(atlas, read_landing_spec(landing / "again.h5ad"))
+    assert (record.uid, outcome) == ("first", "duplicate")
+    assert ingest_landing_file(atlas, read_landing_spec(landing / "first.h5ad"))[1] == "present"
+    assert atlas.list_datasets()["uid"].tolist() == ["first"]
+    assert _cells(atlas) == 200
+
+
+# ------------------------------------------------------------------------------------ streaming read errors
+
+
+def _corrupt_last_chunk(path: Path, dataset: str) -> None:
+    """Overwrite the middle of the last stored chunk of ``dataset`` (gzip) with garbage."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(f[dataset].id.get_num_chunks() - 1)
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset + info.size // 4)
+        raw.write(b"\xff" * (info.size // 2))
+
+
+def test_a_corrupted_chunk_raises_ingest_error_naming_dataset_and_file(atlas, tmp_path, monkeypatch):
+    _ingest(atlas, _adata(seed=1), "kept")
+    path = tmp_path / "broken.h5ad"
+    big = _adata(n_cells=4_000)
+    big.write_h5ad(path, compression="gzip", compression_opts=1)
+    with h5py.File(path, "r") as f:
+        assert f["X/data"].id.get_num_chunks() > 1
+    _corrupt_last_chunk(path, "X/data")
+    monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (5_000,))  # good blocks are written first
+    before = visible_state(atlas, versions=True)
+    with pytest.raises(IngestError) as caught:
+        _ingest(atlas, path, "broken")
+    message = str(caught.value)
+    assert message.startswith("dataset 'broken': cannot read rows ")
+    assert f"from {path} (/X): OSError: " in message
+    assert isinstance(caught.value.__cause__, OSError)
+    assert visible_state(atlas, versions=True) == before
