@@ -16,10 +16,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import QueryError
+from lancell.cell_table_query import SearchSpec, check_filter, search_builder, search_spec
+from lancell.errors import LancellError, QueryError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.reconstruct import Join, ReconstructionPlan, plan_reconstruction, reconstruct
-from lancell.registry_view import registry_view
+from lancell.plan import (
+    ON_UNMEASURED,
+    Join,
+    OnUnmeasured,
+    PlannedCells,
+    plan_reconstruction,
+    registry_columns,
+    resolve_features,
+)
+from lancell.reconstruct import reconstruct
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 from lancell.visibility import visible_cells_filter
 
@@ -30,28 +39,8 @@ if TYPE_CHECKING:
 
     from lancell.atlas import RaggedAtlas
     from lancell.dataloader import CellDataset
-    from lancell.dataloader.features import FeatureSelection
 
 __all__ = ["AtlasQuery"]
-
-
-def _unbalanced(sql: str) -> str | None:
-    """Why ``sql`` cannot be wrapped in parentheses and ANDed with other filters, or None if it can."""
-    depth, quote = 0, ""
-    for char in sql:
-        if quote:
-            quote = "" if char == quote else quote  # a doubled quote closes and reopens: still balanced
-        elif char in "'\"`":
-            quote = char
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                return "a ')' closes a parenthesis it did not open"
-    if quote:
-        return f"an unclosed {quote}"
-    return "an unclosed '('" if depth else None
 
 
 class AtlasQuery:
@@ -64,9 +53,20 @@ class AtlasQuery:
         self._columns: list[str] | None = None
         self._feature_space: str | None = None
         self._layer: str | None = None
-        self._join: Join = "union"
-        self._features: tuple[str, list[str]] | None = None
-        self._search: dict[str, object] | None = None
+        self._join: Join | None = None  # None: "union", not chosen
+        self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
+        self._on_unmeasured: OnUnmeasured = "error"
+        self._search: SearchSpec | None = None
+
+    @property
+    def atlas(self) -> RaggedAtlas:
+        """The atlas handle this query reads."""
+        return self._atlas
+
+    def _copy(self) -> AtlasQuery:
+        query = copy.copy(self)
+        query._filters = list(self._filters)
+        return query
 
     def where(self, sql: str) -> AtlasQuery:
         """Add a SQL filter on cell columns (ANDed with earlier filters), checked against the cell table now.
@@ -77,18 +77,7 @@ class AtlasQuery:
             ``sql`` is empty, does not parse as one whole expression (Lance would silently drop a trailing
             ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks.
         """
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError(f"where() needs a non-empty SQL string, got {sql!r}")
-        problem = _unbalanced(sql)
-        if problem is not None:
-            raise QueryError(f"where({sql!r}) is not one SQL expression: {problem}")
-        cells = self._atlas._tables.cells
-        try:  # plans without reading rows; inside parentheses, trailing tokens are an error, not ignored
-            cells.search().where(f"({sql})").explain_plan()
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(
-                f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}: {exc}"
-            ) from exc
+        check_filter(self._atlas._tables.cells, sql)
         self._filters.append(sql)
         return self
 
@@ -107,32 +96,9 @@ class AtlasQuery:
         and hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns
         every match unless limited. ``where()`` filters are applied before ranking.
         """
-        vectors = vector_fields(self._atlas._cell_arrow)
-        if query_type == "auto":
-            query_type = "fts" if isinstance(query, str) else "vector"
-        if query_type not in ("vector", "fts", "hybrid"):
-            raise QueryError(f"query_type must be auto, vector, fts or hybrid, got {query_type!r}")
-        if query_type in ("vector", "hybrid"):
-            if vector_column_name is None:
-                if len(vectors) != 1:
-                    raise QueryError(f"name the vector column to search (vector columns: {sorted(vectors)})")
-                vector_column_name = next(iter(vectors))
-            if vector_column_name not in vectors:
-                raise QueryError(
-                    f"{vector_column_name!r} is not a vector column (vector columns: {sorted(vectors)})"
-                )
-        if query_type == "vector" and isinstance(query, str):
-            raise QueryError("vector search needs an embedding, got a string (use query_type='fts')")
-        if query_type == "hybrid" and not (
-            isinstance(query, tuple) and len(query) == 2 and isinstance(query[1], str)
-        ):
-            raise QueryError("hybrid search needs (embedding, text), e.g. search((vector, 'monocyte'), ...)")
-        self._search = {
-            "query": query,
-            "query_type": query_type,
-            "vector_column_name": vector_column_name,
-            "fts_columns": fts_columns,
-        }
+        self._search = search_spec(
+            vector_fields(self._atlas._cell_arrow), query, vector_column_name, query_type, fts_columns
+        )
         return self
 
     def limit(self, n: int) -> AtlasQuery:
@@ -177,11 +143,36 @@ class AtlasQuery:
         self._feature_space = feature_space
         return self
 
+    def all_features(self, feature_space: str) -> AtlasQuery:
+        """Every numbered registry feature as a column: column ``j`` is the feature of global index ``j``.
+
+        The columns then do not depend on which datasets are selected (stable across snapshots, as token
+        models want); features a dataset did not measure have presence False.
+        """
+        resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        self._features = (feature_space, None)
+        self._feature_space = feature_space
+        return self
+
     def feature_join(self, join: Join) -> AtlasQuery:
         """``"union"`` (every feature any selected dataset measured) or ``"intersection"`` (shared by all)."""
         if join not in ("union", "intersection"):
             raise QueryError(f"feature_join must be 'union' or 'intersection', got {join!r}")
         self._join = join
+        return self
+
+    def on_unmeasured(self, policy: OnUnmeasured) -> AtlasQuery:
+        """What every reader does with selected cells that did not measure the reconstructed layer.
+
+        A cell is unmeasured when its dataset lacks the layer (or has no data in the feature space at all).
+        ``"error"`` (default): raise :class:`~lancell.errors.UnmeasuredDataError` naming the datasets;
+        ``"drop"``: leave those cells out; ``"keep"``: return them as empty rows whose presence is False for
+        every feature. Joins are computed over the measured datasets. ``adata.uns["lancell"]`` records the
+        policy and the unmeasured datasets.
+        """
+        if policy not in ON_UNMEASURED:
+            raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
+        self._on_unmeasured = policy
         return self
 
     # ------------------------------------------------------------------------------ terminals
@@ -196,26 +187,7 @@ class AtlasQuery:
         if self._search is None:
             builder = cells.search()
         else:
-            kind = self._search["query_type"]
-            if kind != "fts" and limit is None:
-                raise QueryError(
-                    f"{kind} search needs an explicit .limit(n): results are never capped silently"
-                )
-            query = self._search["query"]
-            options = {
-                "vector_column_name": self._search["vector_column_name"],
-                "fts_columns": self._search["fts_columns"],
-            }
-            if kind == "hybrid":
-                vector, text = query
-                builder = cells.search(query_type="hybrid", **options)
-                builder = builder.vector(np.asarray(vector, dtype=np.float32)).text(text)
-            else:
-                if kind == "vector":
-                    query = np.asarray(query, dtype=np.float32)
-                builder = cells.search(query, query_type=kind, **options)
-            if limit is None:  # text search: every match, not lancedb's default of 10
-                limit = max(cells.count_rows(), 1)
+            builder, limit = search_builder(cells, self._search, limit)
         where = self._filter()
         if where is not None:
             builder = builder.where(where, prefilter=True) if self._search else builder.where(where)
@@ -250,14 +222,20 @@ class AtlasQuery:
         builder = self._builder()
         return (builder if columns is None else builder.select(columns)).to_arrow()
 
-    def to_arrow(self) -> pa.Table:
-        """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
+    def _read(self, columns: list[str] | None = None) -> pa.Table:
+        """:meth:`_rows` with Lance's errors named as a failed query and search columns renamed."""
         try:
-            table = self._rows()
+            table = self._rows(columns)
+        except LancellError:
+            raise
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
         renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
         return table.rename_columns([renames.get(n, n) for n in table.column_names])
+
+    def to_arrow(self) -> pa.Table:
+        """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
+        return self._read()
 
     def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame."""
@@ -303,39 +281,58 @@ class AtlasQuery:
         space, names = self._features
         if space != feature_space:
             raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
-        view = registry_view(self._atlas, space)
-        indices, unknown = [], []
-        for name in names:
-            if name in view.by_uid.index:
-                indices.append(int(view.by_uid[name]))
-            elif name in view.by_symbol:
-                indices.extend(view.by_symbol[name])
-            else:
-                unknown.append(name)
-        if unknown:
-            raise QueryError(f"{len(unknown)} features are not in the {space!r} registry: {unknown[:10]}")
-        return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+        if names is None:
+            return registry_columns(self._atlas, space)
+        return resolve_features(self._atlas, space, names)
 
-    def _plan(self, pointers: pa.Array) -> ReconstructionPlan:
+    def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
+        """The matching cells and the read plan that every reader of this query executes.
+
+        The plan fixes the output features (``features()``, ``feature_join()``), the measured datasets and
+        their local -> output column maps, and applies :meth:`on_unmeasured`.
+
+        Parameters
+        ----------
+        columns
+            Cell columns to read besides ``uid``, ``dataset_uid`` and the reconstructed pointer column;
+            None: those of :meth:`select` (every column by default).
+
+        Raises
+        ------
+        UnmeasuredDataError
+            Unmeasured cells under the default policy ``"error"``.
+        GroupNotFoundError
+            A selected dataset's zarr group is missing from the store.
+        """
         space = self._space()
-        return plan_reconstruction(
-            self._atlas, pointers, space, self._layer, self._join, self._feature_indices(space)
-        )
+        if columns is not None:
+            columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
+        cells = self._read(columns)
+        return self._planned(cells, space, self._layer, self._feature_indices(space))
+
+    def _planned(
+        self, cells: pa.Table, space: str, layer: str | None, features: np.ndarray | None
+    ) -> PlannedCells:
+        join = self._join or "union"
+        plan = plan_reconstruction(self._atlas, cells, space, layer, join, features, self._on_unmeasured)
+        return PlannedCells(plan.select(cells), plan)
 
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
         ``X`` is CSR for sparse feature spaces and dense for dense ones; ``var`` comes from the registry;
-        ``varm["presence"]`` says which features each dataset measured.
+        ``varm["presence"]`` says which features each dataset measured; ``uns["lancell"]`` records the
+        feature space, layer, join, unmeasured-cell policy and the unmeasured datasets.
         """
-        cells = self.to_arrow()
-        return reconstruct(self._atlas, cells, self._plan(cells.column(self._space())))
+        planned = self.plan()
+        return reconstruct(self._atlas, planned.cells, planned.plan)
 
     def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
         """One AnnData per feature space (every pointer field by default), cells aligned by uid.
 
         Each modality holds the matching cells that carry that modality; ``mdata.obsm[<space>]`` (a MuData
-        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred.
+        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred; cells
+        whose dataset lacks the layer follow :meth:`on_unmeasured`.
         """
         from mudata import MuData
 
@@ -347,25 +344,23 @@ class AtlasQuery:
             has = cells.filter(pc.is_valid(cells.column(space)))
             layer = self._layer if space == self._feature_space else None
             features = self._feature_indices(space) if self._features and self._features[0] == space else None
-            plan = plan_reconstruction(self._atlas, has.column(space), space, layer, self._join, features)
-            modalities[space] = reconstruct(self._atlas, has, plan)
+            planned = self._planned(has, space, layer, features)
+            modalities[space] = reconstruct(self._atlas, planned.cells, planned.plan)
         return MuData(modalities)
 
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 
-        Only the pointer column is read up front (to plan the columns, registry and layouts read once);
+        Only the pointer columns are read up front (to plan the columns, registry and layouts read once);
         metadata and matrix values are read batch by batch, so memory is bounded by the batch.
         """
         if batch_size < 1:
             raise QueryError(f"batch_size must be positive, got {batch_size}")
-        space = self._space()
-        pointers = copy.copy(self)
-        pointers._columns = []  # the same rows (search and limit included), pointer columns only
-        plan = self._plan(pointers.to_arrow().column(space))
+        plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
         pending: list[pa.RecordBatch] = []
         buffered = 0
         for batch in self._builder().to_batches(batch_size):
+            batch = plan.select(batch)
             pending.append(batch)
             buffered += batch.num_rows
             while buffered >= batch_size:
@@ -376,17 +371,60 @@ class AtlasQuery:
         if buffered:
             yield reconstruct(self._atlas, pa.Table.from_batches(pending), plan)
 
+    def reading(
+        self, feature_space: str, layer: str, features: Sequence[str] | str | None = None
+    ) -> AtlasQuery:
+        """A copy of this query reading ``layer`` of ``feature_space``, ``features`` added to its selection.
+
+        ``features``: None (the query's own selection), ``"union"`` / ``"intersection"`` (as
+        :meth:`feature_join`), ``"registry"`` (as :meth:`all_features`) or names / uids (as :meth:`features`).
+
+        Raises
+        ------
+        QueryError
+            A feature space, layer, join or feature list that contradicts what the query already chose.
+        """
+        query = self._copy()
+        for what, chosen, given in (
+            ("feature space", self._feature_space, feature_space),
+            ("layer", self._layer, layer),
+        ):
+            if chosen is not None and chosen != given:
+                raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
+        query.layers(feature_space, layer)
+        if features is None:
+            return query
+        if features in ("union", "intersection"):
+            if self._join not in (None, features):
+                raise QueryError(f"the query joins by {self._join!r}, the loader was asked for {features!r}")
+            return query.feature_join(features)
+        if isinstance(features, str) and features != "registry":
+            raise QueryError(
+                f"features must be 'union', 'intersection', 'registry' or a list of names, got {features!r}"
+            )
+        wanted = (feature_space, None if features == "registry" else list(features))
+        if self._features is not None and self._features != wanted:
+            raise QueryError(
+                f"the query selects features {self._features[1]!r}, the loader was asked for {features!r}"
+            )
+        return (
+            query.all_features(feature_space)
+            if wanted[1] is None
+            else query.features(wanted[1], feature_space)
+        )
+
     def to_cell_dataset(
         self,
         feature_space: str,
         layer: str,
         metadata_columns: Sequence[str] = (),
-        features: FeatureSelection = None,
+        features: Sequence[str] | str | None = None,
     ) -> CellDataset:
         """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
 
-        ``features`` fixes the output columns: ``None`` (registry global index space), ``"union"``,
-        ``"intersection"`` or a list of registry uids. See :class:`lancell.dataloader.CellDataset`.
+        Its output columns and cells are those of ``to_anndata()`` for the same query: ``features()``,
+        ``feature_join()`` and ``on_unmeasured()`` apply. ``features`` adds to them as :meth:`reading` says.
+        See :class:`lancell.dataloader.CellDataset`.
         """
         from lancell.dataloader import CellDataset  # torch is an optional dependency
 

@@ -9,9 +9,7 @@ measured, so an unmeasured gene is distinguishable from a measured zero (see :fu
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -23,144 +21,17 @@ import zarr
 
 from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
 from lancell.csc import read_csc_features
-from lancell.errors import QueryError
 from lancell.obs import arrow_to_obs
+from lancell.plan import PlannedGroup, ReconstructionPlan
 from lancell.reader import read_element_ranges, read_rows
-from lancell.registry import read_global_indices
-from lancell.registry_view import registry_view
 from lancell.schema import pointer_fields_from_arrow, vector_fields
-from lancell.tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["ReconstructionPlan", "plan_reconstruction", "presence_matrix", "reconstruct"]
-
-Join = Literal["union", "intersection"]
-
-log = logging.getLogger(__name__)
+__all__ = ["presence_matrix", "reconstruct"]
 
 _FILTER_SLICE = 8_000_000  # stored values read at once when most of them are dropped
-
-
-@dataclass
-class _Group:
-    """One selected zarr group: its dataset, its local -> output column map and its stored dtype."""
-
-    zarr_group: str
-    dataset_uid: str
-    global_index: np.ndarray
-    layer_dtype: np.dtype
-    out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
-@dataclass
-class ReconstructionPlan:
-    """Everything a query's reconstruction needs that does not depend on which cells a batch holds.
-
-    Computed once per query (registry and layouts read once), then applied to any batch of its cells.
-    """
-
-    feature_space: str
-    kind: str
-    layer: str | None
-    join: Join
-    columns: np.ndarray
-    dtype: np.dtype
-    groups: dict[str, _Group]
-    var: pd.DataFrame
-    presence: pd.DataFrame
-
-
-def _describe_groups(
-    atlas: RaggedAtlas, names: np.ndarray, layer: str | None
-) -> tuple[dict[str, _Group], str | None]:
-    """Describe the selected groups; a group without ``layer`` is left out (its cells measured nothing)."""
-    datasets = atlas._pinned(
-        "dataset_groups",
-        lambda: read_columns(atlas._tables.datasets, ["uid", "zarr_group", "layout_uid"]).to_pylist(),
-    )
-    by_group = {d["zarr_group"]: d for d in datasets}
-    layers_of = {}
-    for name in names:
-        if name not in by_group:  # pointers of a modality whose attachment never committed: not measured
-            log.warning("zarr group %s has no dataset record (an interrupted ingestion); unmeasured", name)
-            continue
-        layers_of[name] = (atlas._group_attrs(name) or {}).get("layers", {})
-    if layer is None:
-        present = {lay for layers in layers_of.values() for lay in layers}
-        if len(present) > 1:
-            per_dataset = {by_group[n]["uid"]: sorted(layers) for n, layers in layers_of.items()}
-            raise QueryError(
-                f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
-            )
-        layer = present.pop() if present else None
-    for name in [n for n in layers_of if layer not in layers_of[n]]:
-        log.warning(
-            "dataset %s has no layer %r; its cells are returned unmeasured", by_group[name]["uid"], layer
-        )
-    kept = [name for name in layers_of if layer in layers_of[name]]
-    layouts = read_global_indices(atlas, [by_group[name]["layout_uid"] for name in kept])
-    groups = {}
-    for name in kept:
-        record = by_group[name]
-        global_index = layouts[record["layout_uid"]]
-        groups[name] = _Group(name, record["uid"], global_index, np.dtype(layers_of[name][layer]))
-    return groups, layer
-
-
-def _join_columns(groups: list[_Group], join: Join) -> np.ndarray:
-    if not groups:
-        return np.zeros(0, dtype=np.int64)
-    if join == "union":
-        return np.unique(np.concatenate([g.global_index for g in groups]))
-    common = groups[0].global_index
-    for g in groups[1:]:
-        common = np.intersect1d(common, g.global_index)
-    return np.unique(common)
-
-
-def plan_reconstruction(
-    atlas: RaggedAtlas,
-    pointers: pa.Array,
-    feature_space: str,
-    layer: str | None,
-    join: Join = "union",
-    features: np.ndarray | None = None,
-) -> ReconstructionPlan:
-    """Plan the output columns and dtypes for the cells whose pointers are ``pointers``.
-
-    ``features`` (global indices, in output order) restricts the columns; with ``join="intersection"`` only
-    those every selected dataset measured are kept.
-    """
-    space = atlas.feature_spaces[feature_space]
-    pointers = pointers.combine_chunks() if isinstance(pointers, pa.ChunkedArray) else pointers
-    names = pc.unique(pc.struct_field(pointers.filter(pointers.is_valid()), "zarr_group")).to_numpy(
-        zero_copy_only=False
-    )
-    groups, layer = _describe_groups(atlas, np.sort(names), layer)
-    if features is None:
-        columns = _join_columns(list(groups.values()), join)
-    elif join == "intersection":
-        columns = features[np.isin(features, _join_columns(list(groups.values()), join))]
-    else:  # explicitly requested features are output even where no selected dataset measured them
-        columns = np.asarray(features, dtype=np.int64)
-    width = max(
-        [int(columns.max(initial=-1)), *(int(g.global_index.max(initial=-1)) for g in groups.values())]
-    )
-    position = np.full(width + 1, -1, dtype=np.int64)
-    position[columns] = np.arange(columns.size)
-    for g in groups.values():
-        g.out_col = position[g.global_index]
-    is_float = any(g.layer_dtype.kind == "f" for g in groups.values())
-    dtype = np.dtype(np.float32) if is_float else np.dtype(np.int64)
-    var = _var(atlas, feature_space, columns)
-    presence = pd.DataFrame(
-        {g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values()},
-        index=var.index,
-        dtype=bool,
-    )
-    return ReconstructionPlan(feature_space, space.kind, layer, join, columns, dtype, groups, var, presence)
 
 
 def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -> ad.AnnData:
@@ -183,7 +54,7 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     for name, width in vectors.items():
         adata.obsm[name] = _vector_matrix(cells.column(name).combine_chunks(), width)
     adata.varm["presence"] = plan.presence.copy()
-    adata.uns["lancell"] = {"feature_space": plan.feature_space, "layer": plan.layer or "", "join": plan.join}
+    adata.uns["lancell"] = plan.uns()
     return adata
 
 
@@ -203,7 +74,9 @@ def _rows_by_group(
     return dict(sorted(rows_of.items()))
 
 
-def _csc_is_cheaper(atlas: RaggedAtlas, root: zarr.Group, g: _Group, layer: str, csr_values: int) -> bool:
+def _csc_is_cheaper(
+    atlas: RaggedAtlas, root: zarr.Group, g: PlannedGroup, layer: str, csr_values: int
+) -> bool:
     """Plan by values read: the CSC copy when the kept features hold fewer values than the cells' rows."""
     if layer not in root.attrs.get("csc_layers", []) or (g.out_col >= 0).all():
         return False
@@ -213,7 +86,7 @@ def _csc_is_cheaper(atlas: RaggedAtlas, root: zarr.Group, g: _Group, layer: str,
 
 
 def _read_by_feature(
-    atlas: RaggedAtlas, root: zarr.Group, g: _Group, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
+    atlas: RaggedAtlas, root: zarr.Group, g: PlannedGroup, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cells' kept features from the CSC copy: (sorted output rows, per-row counts, cols, vals)."""
     local = np.flatnonzero(g.out_col >= 0)
@@ -231,7 +104,7 @@ def _read_by_feature(
 
 
 def _read_filtered(
-    atlas: RaggedAtlas, name: str, layer: str, g: _Group, starts: np.ndarray, ends: np.ndarray
+    atlas: RaggedAtlas, name: str, layer: str, g: PlannedGroup, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows' kept values from the CSR copy, read ``_FILTER_SLICE`` stored values at a time.
 
@@ -330,14 +203,6 @@ def _vector_matrix(column: pa.FixedSizeListArray, width: int) -> np.ndarray:
     if valid.any():
         out[valid] = column.filter(column.is_valid()).flatten().to_numpy().reshape(-1, width)
     return out
-
-
-def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
-    """Registry rows of ``columns`` in output order."""
-    frame = registry_view(atlas, feature_space).frame.reindex(columns)
-    frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
-    frame["global_index"] = columns
-    return frame
 
 
 def presence_matrix(adata: ad.AnnData) -> sp.csr_matrix:

@@ -27,7 +27,7 @@ import zarr
 import zarr.storage
 
 from lancell.dataloader.batch import CellBatch, read_dense, read_sparse
-from lancell.dataloader.features import FeatureSelection, GroupTable, build_group_table, output_dtype
+from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
 from lancell.errors import OutOfBoundsError, QueryError
 from lancell.stores import describe_store, open_store, public_store_config
@@ -91,6 +91,8 @@ class CellDataset:
         The :class:`GroupTable` (group code -> zarr group, dataset uid, lookup table, presence row).
     source
         The :class:`DatasetSource` (database URI, snapshot version, cell table version, store URL).
+    on_unmeasured, unmeasured
+        The query's unmeasured-cell policy and ``dataset uid -> cells`` it dropped or kept as empty rows.
     dtype
         dtype of the values in batches: the stored dtype when all datasets share it (uint32 counts, float32
         values), else float32 (integer counts are exact in float32 up to 2**24).
@@ -110,6 +112,8 @@ class CellDataset:
         feature_uids: np.ndarray,
         metadata: EncodedMetadata,
         source: DatasetSource,
+        on_unmeasured: str = "error",
+        unmeasured: dict[str, int] | None = None,
         store: obs_store.ObjectStore | None = None,
     ) -> None:
         self.kind = kind
@@ -123,6 +127,8 @@ class CellDataset:
         self.feature_uids = feature_uids
         self.metadata = metadata
         self.source = source
+        self.on_unmeasured = on_unmeasured
+        self.unmeasured = dict(unmeasured or {})
         self.dtype = output_dtype(groups)
         self._store = store
         self._owner_pid = os.getpid()
@@ -140,7 +146,7 @@ class CellDataset:
         where: str | None = None,
         limit: int | None = None,
         metadata_columns: Sequence[str] = (),
-        features: FeatureSelection = None,
+        features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
     ) -> CellDataset:
         """The cells of ``atlas`` matching ``where`` (at most ``limit``); see :meth:`from_query`."""
@@ -166,7 +172,7 @@ class CellDataset:
         layer: str,
         *,
         metadata_columns: Sequence[str] = (),
-        features: FeatureSelection = None,
+        features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
     ) -> CellDataset:
         """Read the pointers (and metadata columns) of the query's cells once and build the dataset.
@@ -181,8 +187,10 @@ class CellDataset:
         metadata_columns
             Cell columns to carry in every batch (strings become categorical codes).
         features
-            Output columns: ``None`` (registry global index space), ``"union"``, ``"intersection"`` or a list
-            of registry uids (see :mod:`lancell.dataloader.features`).
+            Added to the query's own feature selection (see :meth:`lancell.query.AtlasQuery.reading`): None
+            (the query's ``features()`` and ``feature_join()``, the columns of its ``to_anndata()``),
+            ``"union"`` / ``"intersection"``, ``"registry"`` (column ``j`` is global index ``j``), or
+            registry uids / symbols.
         store_kwargs
             Client settings (e.g. credentials) workers use to reopen the store; default: the atlas store's
             non-secret settings, with credentials taken from the environment.
@@ -190,28 +198,23 @@ class CellDataset:
         Raises
         ------
         QueryError
-            Bad filter, unknown metadata column or feature. ``FeatureSpaceError`` for an unknown feature
-            space or a layer it does not allow.
+            Bad filter, unknown metadata column or feature, or a ``features`` that contradicts the query's.
+            ``UnmeasuredDataError`` for unmeasured cells under the query's default policy,
+            ``GroupNotFoundError`` for a dataset whose zarr group is missing, ``FeatureSpaceError`` for an
+            unknown feature space or a layer it does not allow.
         """
-        from lancell.feature_spaces import resolve_feature_space  # lancedb: never imported by workers
-
-        atlas = query._atlas
-        space = resolve_feature_space(atlas.feature_spaces, feature_space)
-        space.check_layer(layer)
+        atlas = query.atlas
         metadata_columns = tuple(metadata_columns)
-        try:
-            cells = query._rows(list(dict.fromkeys([feature_space, *metadata_columns])))
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"query failed for filter {query._filter()!r}: {exc}") from exc
+        planned = query.reading(feature_space, layer, features).plan(metadata_columns)
+        cells, plan = planned.cells, planned.plan
         pointer = cells.column(feature_space).combine_chunks()
         valid = pointer.is_valid().to_numpy(zero_copy_only=False)
         encoded = pc.dictionary_encode(pc.struct_field(pointer, "zarr_group"))
         group = np.where(valid, encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), -1)
         group = group.astype(np.int32)
-        names = [str(x) for x in encoded.dictionary.to_pylist()]
-        groups, columns, uids = build_group_table(atlas, feature_space, layer, names, features)
+        groups = group_table(plan, [str(x) for x in encoded.dictionary.to_pylist()])
         unmeasured = (group < 0) | ~np.append(groups.measured, False)[group]
-        if space.kind == "sparse":
+        if plan.kind == "sparse":
             position = pc.struct_field(pointer, "start").fill_null(0).to_numpy().astype(np.int64)
             end = pc.struct_field(pointer, "end").fill_null(0).to_numpy().astype(np.int64)
             lengths = end - position
@@ -229,15 +232,17 @@ class CellDataset:
             store_kwargs=dict(store_kwargs) if store_kwargs is not None else _store_kwargs(atlas.store),
         )
         return cls(
-            kind=space.kind,
+            kind=plan.kind,
             feature_space=feature_space,
             layer=layer,
             group=group,
             position=position,
             nnz=nnz,
             groups=groups,
-            feature_index=columns,
-            feature_uids=uids,
+            feature_index=plan.columns,
+            feature_uids=plan.var.index.to_numpy(dtype=object),
+            on_unmeasured=plan.on_unmeasured,
+            unmeasured=plan.unmeasured,
             metadata=encode_metadata(cells, metadata_columns),
             source=source,
             store=atlas.store,

@@ -1,38 +1,24 @@
 """Per-group tables of a :class:`~lancell.dataloader.CellDataset`: which zarr group, which layer dtype, and
 how its local feature indices map to the dataset's output columns.
 
-Every zarr group (one per dataset) keeps its own panel. The dataset chooses one output feature set for all
-batches (``features=``):
-
-- ``None``: the registry's global index space (column ``j`` is the feature with ``global_index == j``), stable
-  across snapshots, as token models want;
-- ``"union"`` / ``"intersection"``: the features any / every selected dataset measured, ordered by global
-  index (the columns ``to_anndata()`` returns with the same join);
-- a list of registry uids: exactly those columns, in that order.
-
-Each group gets a lookup table ``local index -> output column`` (``-1``: dropped), and a presence row that
-says which output columns its dataset measured.
+They are read off the query's :class:`~lancell.plan.ReconstructionPlan` (the one ``to_anndata()`` executes),
+so the loader's output columns, measured groups and unmeasured cells are those of ``to_anndata()``. Each group
+gets a lookup table ``local index -> output column`` (``-1``: dropped), and a presence row that says which
+output columns its dataset measured.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lancell.errors import QueryError
-
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.plan import ReconstructionPlan
 
-__all__ = ["FeatureSelection", "GroupTable", "build_group_table", "output_dtype"]
-
-log = logging.getLogger(__name__)
-
-FeatureSelection = Literal["union", "intersection"] | Sequence[str] | None
+__all__ = ["GroupTable", "group_table", "output_dtype"]
 
 
 @dataclass
@@ -44,7 +30,7 @@ class GroupTable:
     names
         Zarr group path of each group code.
     dataset_uids
-        Dataset uid of each group code.
+        Dataset uid of each group code (``""`` for a group that is not measured).
     measured
         bool (n_groups,): the group stores the requested layer (otherwise its cells read as empty rows).
     dtypes
@@ -75,126 +61,35 @@ class GroupTable:
         return int(sum(lut.nbytes for lut in self.luts) + self.presence.nbytes)
 
 
-def _dataset_rows(atlas: RaggedAtlas) -> dict[str, dict[str, str]]:
-    table = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group", "layout_uid"])
-    return {row["zarr_group"]: row for row in table.to_pylist()}
+def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
+    """The :class:`GroupTable` of the zarr groups ``names`` (group code ``i`` is ``names[i]``) under ``plan``.
 
-
-def _registry(atlas: RaggedAtlas, feature_space: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(uids, global_index)`` of every numbered feature of the registry."""
-    from lancell.registry_view import registry_view  # lancedb: only when the dataset is built
-
-    view = registry_view(atlas, feature_space)
-    return view.frame["uid"].to_numpy(dtype=object), view.frame.index.to_numpy(dtype=np.int64)
-
-
-def _output_columns(
-    atlas: RaggedAtlas,
-    feature_space: str,
-    panels: list[np.ndarray],
-    features: FeatureSelection,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global index and uid of each output column."""
-    uids, global_index = _registry(atlas, feature_space)
-    uid_of = np.full(int(global_index.max()) + 1 if global_index.size else 0, "", dtype=object)
-    uid_of[global_index] = uids
-    if features is None:
-        columns = np.arange(uid_of.size, dtype=np.int64)
-    elif isinstance(features, str):
-        if features not in ("union", "intersection"):
-            raise QueryError(
-                f"features must be 'union', 'intersection', a list of uids or None, got {features!r}"
-            )
-        if not panels:
-            columns = np.zeros(0, dtype=np.int64)
-        elif features == "union":
-            columns = np.unique(np.concatenate(panels))
-        else:
-            columns = panels[0]
-            for panel in panels[1:]:
-                columns = np.intersect1d(columns, panel)
-            columns = np.unique(columns)
-    else:
-        wanted = [str(u) for u in features]
-        index_of = {u: int(g) for u, g in zip(uids, global_index, strict=True)}
-        missing = [u for u in wanted if u not in index_of]
-        if missing:
-            raise QueryError(
-                f"{len(missing)} features are not in the {feature_space!r} registry, e.g. {missing[:5]}"
-            )
-        columns = np.asarray([index_of[u] for u in wanted], dtype=np.int64)
-        if np.unique(columns).size != columns.size:
-            raise QueryError("features lists a uid more than once")
-    return columns, uid_of[columns]
-
-
-def build_group_table(
-    atlas: RaggedAtlas,
-    feature_space: str,
-    layer: str,
-    group_names: Sequence[str],
-    features: FeatureSelection,
-) -> tuple[GroupTable, np.ndarray, np.ndarray]:
-    """Describe ``group_names`` and choose the output columns.
-
-    Returns
-    -------
-    table, columns, feature_uids
-        The :class:`GroupTable`, the global index of each output column (int64) and its registry uid.
-
-    Raises
-    ------
-    QueryError
-        An unknown ``features`` value or uid.
+    A group the plan does not measure (it lacks the layer) gets an empty lookup table and an all-False
+    presence row.
     """
-    from lancell.registry import read_global_indices  # lancedb: only when the dataset is built
-
-    records = _dataset_rows(atlas)
-    stored_layouts = read_global_indices(
-        atlas, [r["layout_uid"] for n, r in records.items() if n in group_names]
-    )
-    dataset_uids, dtypes, measured, layouts = [], [], [], []
-    for name in group_names:
-        record = records.get(name)
-        if record is None:  # pointers of a modality whose attachment never committed: not measured
-            log.warning("zarr group %s has no dataset record (an interrupted ingestion); unmeasured", name)
-            dataset_uids.append("")
-            dtypes.append("")
-            measured.append(False)
-            layouts.append(np.zeros(0, dtype=np.int64))
-            continue
-        stored = (atlas._group_attrs(name) or {}).get("layers", {})
-        dataset_uids.append(record["uid"])
-        dtypes.append(stored.get(layer, ""))
-        measured.append(layer in stored)
-        if layer not in stored:
-            log.warning("dataset %s has no layer %r; its cells are returned unmeasured", record["uid"], layer)
-        layouts.append(stored_layouts[record["layout_uid"]])
-    panels = [p for p, m in zip(layouts, measured, strict=True) if m]
-    columns, feature_uids = _output_columns(atlas, feature_space, panels, features)
-    width = int(max(columns.max(initial=-1), max((p.max(initial=-1) for p in layouts), default=-1))) + 1
-    column_of_global = np.full(width, -1, dtype=np.int32)
-    column_of_global[columns] = np.arange(columns.size, dtype=np.int32)
-    presence = np.zeros((len(group_names) + 1, columns.size), dtype=bool)
-    luts, keeps_all, monotonic = [], [], []
-    for g, (panel, is_measured) in enumerate(zip(layouts, measured, strict=True)):
-        lut = column_of_global[panel] if is_measured else np.full(panel.size, -1, dtype=np.int32)
+    n_features = plan.columns.size
+    presence = np.zeros((len(names) + 1, n_features), dtype=bool)
+    dataset_uids, dtypes, luts, keeps_all, monotonic = [], [], [], [], []
+    for code, name in enumerate(names):
+        planned = plan.groups.get(name)
+        lut = np.full(0, -1, np.int32) if planned is None else planned.out_col.astype(np.int32)
         kept = lut[lut >= 0]
-        presence[g, kept] = True
-        luts.append(np.ascontiguousarray(lut, dtype=np.int32))
+        presence[code, kept] = True
+        dataset_uids.append("" if planned is None else planned.dataset_uid)
+        dtypes.append("" if planned is None else planned.layer_dtype.name)
+        luts.append(np.ascontiguousarray(lut))
         keeps_all.append(bool(kept.size == lut.size))
         monotonic.append(bool(np.all(np.diff(kept) > 0)))
-    table = GroupTable(
-        names=list(group_names),
+    return GroupTable(
+        names=list(names),
         dataset_uids=dataset_uids,
-        measured=np.asarray(measured, dtype=bool),
+        measured=np.asarray([name in plan.groups for name in names], dtype=bool),
         dtypes=dtypes,
         luts=luts,
         keeps_all=np.asarray(keeps_all, dtype=bool),
         monotonic=np.asarray(monotonic, dtype=bool),
         presence=presence,
     )
-    return table, columns, np.asarray(feature_uids, dtype=object)
 
 
 def output_dtype(table: GroupTable) -> np.dtype:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import torch
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
 from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, batch_entropy, make_loader
-from lancell.errors import FeatureSpaceError, OutOfBoundsError, QueryError
+from lancell.errors import FeatureSpaceError, OutOfBoundsError, QueryError, UnmeasuredDataError
 from lancell.ingestion import add_from_anndata
 from lancell.reconstruct import presence_matrix
 from lancell.schema import (
@@ -120,9 +121,10 @@ def _epoch_matrix(loader, n_cells: int, n_features: int) -> sp.csr_matrix:
 
 # ------------------------------------------------------------------------------------------------ dataset
 def test_batch_in_request_order_equals_to_anndata(bundled):
-    query = bundled.query().layers(SPACE, "counts")
-    dataset = query.to_cell_dataset(SPACE, "counts")
+    query = bundled.query().layers(SPACE, "counts").on_unmeasured("keep")
+    dataset = query.to_cell_dataset(SPACE, "counts", features="registry")
     reference = query.to_anndata()
+    assert list(dataset.feature_uids) == list(query.all_features(SPACE).to_anndata().var_names)
     assert len(dataset) == reference.n_obs == 11259
     assert dataset.source.snapshot_version == 0 and dataset.source.db_uri == bundled.db_uri
     order = np.random.default_rng(1).permutation(len(dataset))[:3000]
@@ -140,7 +142,7 @@ def test_batch_in_request_order_equals_to_anndata(bundled):
 
 
 def test_zero_worker_epoch_equals_to_anndata(bundled):
-    query = bundled.query().where("dataset_uid != 'mouse_10k'")
+    query = bundled.query().where("dataset_uid != 'mouse_10k'").on_unmeasured("keep")
     dataset = query.to_cell_dataset(SPACE, "log_normalized", features="union")
     reference = query.layers(SPACE, "log_normalized").to_anndata()
     assert list(dataset.feature_uids) == list(reference.var_names)
@@ -155,11 +157,11 @@ def test_fixed_feature_sets_sparse_and_dense(split, mouse, features, space):
     query = split.query().where(f"dataset_uid LIKE '%{space}'").feature_spaces(space).layers(space, "counts")
     if features == "list":
         uids = list(mouse.var_names[[999, 5, 450, 0, 700]])  # not in global order; 0 and 5 only in "a"
-        dataset = query.to_cell_dataset(space, "counts", features=uids)
-        reference = query.to_anndata()[:, uids]
+        query = query.features(uids, space)
     else:
-        dataset = query.to_cell_dataset(space, "counts", features=features)
-        reference = query.feature_join(features).to_anndata()
+        query = query.feature_join(features)
+    dataset = query.to_cell_dataset(space, "counts")  # the query's features() and feature_join() apply
+    reference = query.to_anndata()
     assert dataset.kind == ("sparse" if space == SPACE else "dense")
     assert list(dataset.feature_uids) == list(reference.var_names)
     assert dataset.n_features == {"union": 1000, "intersection": 200, "list": 5}[features]
@@ -171,6 +173,60 @@ def test_fixed_feature_sets_sparse_and_dense(split, mouse, features, space):
         np.testing.assert_array_equal(batch.dense, reference.X[order])
         assert dataset.nbytes()["pointers"] == 12 * len(dataset)
     np.testing.assert_array_equal(batch.presence, presence_matrix(reference).toarray()[order])
+
+
+def test_loader_honours_query_features_by_symbol_and_uid(bundled):
+    genes = ["LYZ", "CD3D", "MS4A1"]
+    query = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, SPACE)
+    dataset = query.to_cell_dataset(SPACE, "log_normalized")
+    reference = query.to_anndata()
+    assert reference.shape == (700, 3) and dataset.n_features == 3
+    assert list(dataset.feature_uids) == genes
+    _assert_same(_csr(dataset.__getitems__(np.arange(700))), sp.csr_matrix(reference.X))
+    mouse = bundled.query().where("dataset_uid = 'mouse_10k'")
+    by_symbol = mouse.to_cell_dataset(SPACE, "counts", features=["Rp1"])  # two Ensembl genes share it
+    by_uid = mouse.to_cell_dataset(SPACE, "counts", features=list(by_symbol.feature_uids))
+    assert by_symbol.n_features == 2 and list(by_uid.feature_uids) == list(by_symbol.feature_uids)
+    assert list(by_symbol.feature_uids) == list(mouse.features(["Rp1"], SPACE).to_anndata().var_names)
+    assert query.to_cell_dataset(SPACE, "log_normalized", features=genes).n_features == 3  # same: fine
+    with pytest.raises(QueryError, match="the query selects features"):
+        query.to_cell_dataset(SPACE, "log_normalized", features=["CD3D"])
+    with pytest.raises(QueryError, match="the query joins by 'intersection'"):
+        bundled.query().feature_join("intersection").to_cell_dataset(SPACE, "counts", features="union")
+    with pytest.raises(QueryError, match="the query reads layer 'counts'"):
+        bundled.query().layers(SPACE, "counts").to_cell_dataset(SPACE, "log_normalized")
+
+
+def test_loader_columns_and_values_equal_to_anndata(bundled):
+    query = bundled.query().where("dataset_uid != 'pbmc68k'").layers(SPACE, "counts")
+    reference = query.to_anndata()
+    dataset = query.to_cell_dataset(SPACE, "counts")
+    assert dataset.n_features == reference.n_vars == 32786 + 1000  # the union of both panels
+    assert list(dataset.feature_uids) == list(reference.var_names)
+    np.testing.assert_array_equal(dataset.feature_index, reference.var["global_index"].to_numpy())
+    rows = np.array([10558, 0, 100, 558, 559, 5000])
+    np.testing.assert_array_equal(_csr(dataset.__getitems__(rows)).toarray(), reference.X[rows].toarray())
+
+
+def test_loader_unmeasured_policies(bundled):
+    query = bundled.query().where("organism = 'Homo sapiens'").layers(SPACE, "counts")
+    message = "700 of the 1259 selected cells did not measure layer 'counts' of 'gene_expression': "
+    message += "dataset 'pbmc68k': 700 cells (their group has no layer 'counts')"
+    with pytest.raises(UnmeasuredDataError, match=re.escape(message)):
+        query.to_cell_dataset(SPACE, "counts")
+    query.on_unmeasured("drop")
+    dropped = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
+    assert len(dropped) == 559 and dropped.unmeasured == {"pbmc68k": 700}
+    assert dropped.categories["dataset_uid"] == ["celltypist_sample"]
+    assert dropped.groups.dataset_uids == ["celltypist_sample"]
+    _assert_same(_csr(dropped.__getitems__(np.arange(559))), sp.csr_matrix(query.to_anndata().X))
+    kept = query.on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
+    assert len(kept) == 1259 and kept.on_unmeasured == "keep" and kept.unmeasured == {"pbmc68k": 700}
+    pbmc = query.to_pandas()["dataset_uid"].to_numpy() == "pbmc68k"
+    batch = kept.__getitems__(np.arange(1259))
+    assert pbmc.sum() == 700 and not np.diff(batch.offsets)[pbmc].any()
+    assert not batch.presence[pbmc].any() and batch.presence[~pbmc].all()
+    _assert_same(_csr(batch), sp.csr_matrix(query.to_anndata().X))
 
 
 def test_dense_collate_normalizes_like_scanpy(split):
@@ -194,7 +250,7 @@ def test_dense_collate_normalizes_like_scanpy(split):
 
 
 def test_metadata_codes_and_categories(bundled):
-    query = bundled.query()
+    query = bundled.query().on_unmeasured("keep")
     dataset = query.to_cell_dataset(
         SPACE, "counts", metadata_columns=["cell_type", "n_counts", "dataset_uid"]
     )
@@ -217,8 +273,8 @@ def test_metadata_codes_and_categories(bundled):
 
 
 def test_pickle_holds_no_handles_and_16_bytes_per_cell(bundled):
-    small = bundled.query().limit(2000).to_cell_dataset(SPACE, "counts")
-    large = bundled.query().to_cell_dataset(SPACE, "counts")
+    small = bundled.query().on_unmeasured("keep").limit(2000).to_cell_dataset(SPACE, "counts")
+    large = bundled.query().on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
     assert len(large.groups.names) == len(small.groups.names) == 3
     sizes = large.nbytes()
     assert sizes["pointers"] / len(large) == 16 and sizes["metadata"] == 0
@@ -242,7 +298,7 @@ def test_live_atlas_records_no_snapshot(atlas, celltypist):
     dataset = atlas.query().to_cell_dataset(SPACE, "counts")
     assert dataset.source.snapshot_version is None and len(dataset) == 50
     assert dataset.source.cell_table_version == atlas._tables.cells.version
-    expected = _in_registry_columns(atlas.query().to_anndata(), dataset.n_features)
+    expected = sp.csr_matrix(atlas.query().to_anndata().X)
     _assert_same(_csr(pickle.loads(pickle.dumps(dataset)).__getitems__(np.arange(50))), expected)
 
 
@@ -253,7 +309,7 @@ def _flatten(sampler) -> np.ndarray:
 
 @pytest.mark.parametrize("mode", ["random", "locality"])
 def test_sampler_seeded_epochs_cover_every_cell_once(bundled, mode):
-    dataset = bundled.query().to_cell_dataset(SPACE, "counts")
+    dataset = bundled.query().on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
     sampler = CellSampler(dataset, 256, mode=mode, seed=7)
     first = list(sampler)
     assert len(first) == len(sampler) == -(-len(dataset) // 256)
@@ -269,7 +325,7 @@ def test_sampler_seeded_epochs_cover_every_cell_once(bundled, mode):
 
 
 def test_locality_batches_are_few_contiguous_blocks_that_mix(bundled):
-    dataset = bundled.query().to_cell_dataset(SPACE, "counts")
+    dataset = bundled.query().on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
     locality = CellSampler(dataset, 256, mode="locality", seed=0)
     random = CellSampler(dataset, 256, mode="random", seed=0)
     rank_in_storage = np.empty(len(dataset), dtype=np.int64)
@@ -291,7 +347,7 @@ def test_locality_batches_are_few_contiguous_blocks_that_mix(bundled):
 @pytest.mark.parametrize("drop_last", [False, True])
 @pytest.mark.parametrize("mode", ["random", "locality"])
 def test_sampler_shards_equal_disjoint_complete(bundled, mode, drop_last):
-    dataset = bundled.query().limit(1000).to_cell_dataset(SPACE, "counts")
+    dataset = bundled.query().on_unmeasured("keep").limit(1000).to_cell_dataset(SPACE, "counts")
     world = 3
     shares = [
         list(CellSampler(dataset, 64, mode=mode, seed=5, drop_last=drop_last, num_replicas=world, rank=r))

@@ -65,9 +65,9 @@ def test_two_workers_after_parent_used_the_atlas(bundled):
 
     See docs/architecture.md, "Training data loading".
     """
-    query = bundled.query().layers(SPACE, "counts")
+    query = bundled.query().layers(SPACE, "counts").on_unmeasured("keep")
     expected = _reference(query, n_features=bundled.feature_registry(SPACE).shape[0])  # parent reads
-    dataset = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
+    dataset = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"], features="registry")
     assert dataset.n_features == expected.shape[1]
     sampler = CellSampler(dataset, 512, mode="random", seed=11)
     loader = make_loader(dataset, sampler, num_workers=2, timeout=120)
@@ -129,7 +129,8 @@ def _ddp_rank(rank: int, world: int, port: int, blob: bytes, out_dir: str) -> No
 
 
 def test_ddp_two_ranks_equal_batches_disjoint_complete(bundled, tmp_path):
-    dataset = bundled.query().where("dataset_uid != 'mouse_10k'").to_cell_dataset(SPACE, "log_normalized")
+    query = bundled.query().where("dataset_uid != 'mouse_10k'").on_unmeasured("keep")
+    dataset = query.to_cell_dataset(SPACE, "log_normalized")
     n = len(dataset)
     tmp.spawn(_ddp_rank, args=(2, _free_port(), pickle.dumps(dataset), str(tmp_path)), nprocs=2, join=True)
     ranks = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(2)]

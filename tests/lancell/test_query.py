@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas
-from lancell.errors import QueryError
+from lancell.errors import QueryError, UnmeasuredDataError
+from lancell.reconstruct import presence_matrix
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,7 @@ def test_unknown_features_are_listed(bundled):
 
 def test_features_with_intersection_drop_unshared(bundled):
     q = bundled.query().where("organism = 'Homo sapiens'").layers("gene_expression", "counts")
+    q = q.on_unmeasured("drop")
     # pbmc68k has no counts layer, so only celltypist is measured; request genes inside and outside its panel
     out = q.features(["CD3D", "ENSMUSG00000051951"], "gene_expression").to_anndata()
     assert list(out.var_names) == ["CD3D", "ENSMUSG00000051951"]
@@ -141,3 +145,74 @@ def test_feature_filtered_reads_in_slices_equal_the_reference(bundled, pbmc, mon
     query = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, "gene_expression")
     monkeypatch.setattr(reconstruct, "_FILTER_SLICE", 1_000)  # ~250 slices of stored values
     np.testing.assert_array_equal(query.to_anndata().X.toarray(), pbmc[:, genes].X.toarray())
+
+
+# ------------------------------------------------------------------------------------ unmeasured cells
+HUMAN_COUNTS = "organism = 'Homo sapiens'"  # pbmc68k (700 cells) stores no "counts", celltypist (559) does
+UNMEASURED = (
+    "700 of the 1259 selected cells did not measure layer 'counts' of 'gene_expression': "
+    "dataset 'pbmc68k': 700 cells (their group has no layer 'counts'). Choose .on_unmeasured('drop')"
+)
+
+
+def _human_counts(bundled: RaggedAtlas):
+    return bundled.query().where(HUMAN_COUNTS).layers("gene_expression", "counts")
+
+
+def test_unmeasured_cells_are_an_error_by_default_in_every_reader(bundled):
+    readers = {
+        "to_anndata": lambda q: q.to_anndata(),
+        "to_batches": lambda q: next(q.to_batches(100)),
+        "to_mudata": lambda q: q.to_mudata(["gene_expression"]),
+        "intersection": lambda q: q.feature_join("intersection").to_anndata(),
+    }
+    for read in readers.values():
+        with pytest.raises(UnmeasuredDataError, match=re.escape(UNMEASURED)):
+            read(_human_counts(bundled))
+    with pytest.raises(QueryError, match="on_unmeasured must be 'error', 'drop' or 'keep', got 'ignore'"):
+        bundled.query().on_unmeasured("ignore")
+
+
+def test_drop_removes_exactly_the_unmeasured_cells(bundled, celltypist):
+    genes = ["CD3D", "LYZ", "MS4A1"]
+    expected_names = [f"celltypist_sample:{n}" for n in celltypist.obs_names]
+    out = _human_counts(bundled).on_unmeasured("drop").feature_join("intersection").to_anndata()
+    assert out.shape == (559, 32786)  # the intersection is over the measured dataset only
+    assert list(out.obs_names) == expected_names
+    np.testing.assert_array_equal(out[:, genes].X.toarray(), celltypist[:, genes].X.toarray())
+    assert list(out.varm["presence"].columns) == ["celltypist_sample"]
+    assert out.uns["lancell"] == {
+        "feature_space": "gene_expression",
+        "layer": "counts",
+        "join": "intersection",
+        "on_unmeasured": "drop",
+        "unmeasured_datasets": ["pbmc68k"],
+    }
+    batches = list(_human_counts(bundled).on_unmeasured("drop").to_batches(200))
+    assert [b.n_obs for b in batches] == [200, 200, 159]
+    assert [n for b in batches for n in b.obs_names] == expected_names
+    assert all(b.uns["lancell"]["unmeasured_datasets"] == ["pbmc68k"] for b in batches)
+    modality = _human_counts(bundled).on_unmeasured("drop").to_mudata(["gene_expression"])["gene_expression"]
+    assert list(modality.obs_names) == expected_names
+
+
+def test_keep_returns_empty_rows_with_presence_false(bundled, celltypist):
+    out = _human_counts(bundled).on_unmeasured("keep").feature_join("intersection").to_anndata()
+    assert out.shape == (1259, 32786)  # every selected cell; the intersection is over measured datasets
+    pbmc = (out.obs["dataset_uid"] == "pbmc68k").to_numpy()
+    assert pbmc.sum() == 700 and out.X[pbmc].nnz == 0
+    presence = out.varm["presence"]
+    assert list(presence.columns) == ["celltypist_sample", "pbmc68k"]
+    assert presence["celltypist_sample"].all() and not presence["pbmc68k"].any()
+    measured = presence_matrix(out)
+    assert measured[pbmc].nnz == 0 and measured[~pbmc].nnz == 559 * 32786
+    np.testing.assert_array_equal(out[~pbmc, ["CD3D"]].X.toarray(), celltypist[:, ["CD3D"]].X.toarray())
+    assert out.uns["lancell"]["on_unmeasured"] == "keep"
+    assert out.uns["lancell"]["unmeasured_datasets"] == ["pbmc68k"]
+    batches = list(_human_counts(bundled).on_unmeasured("keep").to_batches(500))
+    assert [b.n_obs for b in batches] == [500, 500, 259]
+    assert (
+        sp.vstack([b.X for b in batches]) != _human_counts(bundled).on_unmeasured("keep").to_anndata().X
+    ).nnz == 0
+    modality = _human_counts(bundled).on_unmeasured("keep").to_mudata(["gene_expression"])["gene_expression"]
+    assert modality.n_obs == 1259 and not modality.varm["presence"]["pbmc68k"].any()
