@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import GroupNotFoundError, QueryError, UnmeasuredDataError
+from lancell.groups import ATLAS_ID_ATTR
 from lancell.registry import read_global_indices
 from lancell.registry_view import registry_view
 from lancell.stores import describe_store
@@ -138,13 +139,20 @@ def dataset_group_attrs(atlas: RaggedAtlas, zarr_group: str, dataset_uid: str) -
     Raises
     ------
     GroupNotFoundError
-        The dataset record names a group that is absent from the store.
+        The dataset record names a group that is absent from the store, or one whose attributes say another
+        atlas wrote it (a foreign group at that path is never read as this dataset's data).
     """
     attrs = atlas._group_attrs(zarr_group)
     if attrs is None:
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
             f"{describe_store(atlas.store)} (atlas.validate() lists every such problem)"
+        )
+    owner = attrs.get(ATLAS_ID_ATTR)
+    if owner is not None and atlas.atlas_id is not None and owner != atlas.atlas_id:
+        raise GroupNotFoundError(
+            f"dataset {dataset_uid!r}: zarr group {zarr_group!r} in the store {describe_store(atlas.store)} "
+            f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {atlas.atlas_id!r})"
         )
     return attrs
 
