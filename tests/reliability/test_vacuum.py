@@ -1,0 +1,302 @@
+"""vacuum() and the other delete paths delete only this atlas's own groups, under any store layout.
+
+Every case ends by checking out every snapshot taken (and the live atlas) and comparing each dataset's
+matrix from ``to_anndata()`` with the matrix that was ingested, value for value.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import obstore
+import obstore.store
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import zarr
+
+from lancell.atlas import RaggedAtlas
+from lancell.csc import add_csc
+from lancell.errors import DuplicateContentError, GroupNotFoundError, StoreError
+from lancell.groups import ATLAS_ID_ATTR, SparseGroupWriter
+from lancell.ingestion import add_from_anndata
+from lancell.locks import atlas_lock
+from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.stores import delete_prefix, location_in_store
+from lancell.synthetic import synthetic_counts
+from lancell.visibility import dataset_lock_name
+
+GENES = [f"g{i}" for i in range(40)]
+NOTHING = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+
+Store = obstore.store.LocalStore | str
+
+
+class Gene(FeatureBaseSchema):
+    pass
+
+
+class Cell(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+def new_atlas(db_uri: Path, store: Store) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(db_uri), "cells", Cell, store=store, registry_schemas={"gene_expression": Gene}
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES}))
+    return atlas
+
+
+def counts(seed: int, n_cells: int = 30) -> sp.csr_matrix:
+    return synthetic_counts(n_cells, len(GENES), 8, np.random.default_rng(seed))
+
+
+def ingest(atlas: RaggedAtlas, uid: str, x: sp.csr_matrix) -> DatasetRecord:
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(x.shape[0])])
+    return add_from_anndata(
+        atlas,
+        ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=GENES)),
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid=uid),
+        progress=False,
+    )
+
+
+def assert_exact(atlas: RaggedAtlas, expected: dict[str, sp.csr_matrix]) -> None:
+    """The atlas holds exactly ``expected``: dataset uid -> matrix as ingested (rows in obs order)."""
+    assert atlas.validate() == []
+    adata = atlas.query().to_anndata()
+    assert list(adata.var_names) == GENES
+    datasets = adata.obs["dataset_uid"].to_numpy()
+    assert sorted(set(datasets)) == sorted(expected)
+    for uid, x in expected.items():
+        rows = np.flatnonzero(datasets == uid)
+        order = np.argsort([int(name.rsplit(":", 1)[1][1:]) for name in adata.obs_names[rows]])
+        got = sp.csr_matrix(adata.X[rows[order]])
+        assert got.shape == x.shape, uid
+        assert (got != x.astype(got.dtype)).nnz == 0, uid
+
+
+def assert_snapshots(db_uri: Path, snapshots: dict[int, dict[str, sp.csr_matrix]]) -> None:
+    """Every snapshot checks out and holds exactly what it held when it was taken."""
+    assert RaggedAtlas.list_versions(str(db_uri))["version"].tolist() == sorted(snapshots)
+    for version, expected in snapshots.items():
+        assert_exact(RaggedAtlas.checkout(str(db_uri), version), expected)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_foreign(root: Path) -> None:
+    """Things in the store that no atlas wrote: a note, and another project's zarr group."""
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "readme.txt").write_text("not lancell's")
+    other = zarr.open_group(str(root / "other_project" / "x.zarr"), mode="w")
+    other.attrs["lancell_format"] = 1  # looks like a lancell group, carries no atlas id
+    other.create_array("values", shape=(5,), dtype="int32")[:] = np.arange(5)
+
+
+def test_store_root_one_level_above_db_uri(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    db_uri = root / "atlas.lancedb"
+    atlas = new_atlas(db_uri, obstore.store.LocalStore(prefix=root))
+    x = {uid: counts(seed) for seed, uid in enumerate(["a", "b", "c", "d"])}
+    ingest(atlas, "a", x["a"])
+    ingest(atlas, "b", x["b"])
+    v0 = atlas.snapshot()
+    atlas.delete_dataset("b")
+    ingest(atlas, "c", x["c"])
+    v1 = atlas.snapshot()
+    gone = ingest(atlas, "d", x["d"])
+    atlas.delete_dataset("d")  # in no snapshot: its group is debris
+
+    assert location_in_store(atlas.store, str(db_uri)) == "atlas.lancedb"
+    assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+    assert atlas.vacuum(grace=timedelta(0)) == NOTHING
+    assert (root / "atlas.lancedb" / "_lancell" / "atlas.json").is_file()
+    assert not (root / gone.zarr_group).exists()
+    assert [claim.dataset_uid for claim in atlas.group_claims.list()] == ["a", "b", "c"]
+    assert_exact(RaggedAtlas.open(str(db_uri)), {"a": x["a"], "c": x["c"]})
+    assert_snapshots(db_uri, {v0: {"a": x["a"], "b": x["b"]}, v1: {"a": x["a"], "c": x["c"]}})
+
+
+def test_foreign_folders_in_the_store_survive(tmp_path: Path) -> None:
+    arrays = tmp_path / "arrays"
+    atlas = new_atlas(tmp_path / "db", str(arrays))
+    write_foreign(arrays)
+    foreign = tree(arrays / "notes") | tree(arrays / "other_project")
+    x = {uid: counts(seed) for seed, uid in enumerate(["a", "b"])}
+    ingest(atlas, "a", x["a"])
+    v0 = atlas.snapshot()
+    ingest(atlas, "b", x["b"])
+    atlas.delete_dataset("b")
+
+    assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+    assert tree(arrays / "notes") | tree(arrays / "other_project") == foreign
+    assert sorted(p.name for p in arrays.iterdir()) == sorted(
+        ["zarr.json", "notes", "other_project", *atlas.list_datasets()["zarr_group"]]
+    )
+    assert_snapshots(tmp_path / "db", {v0: {"a": x["a"]}})
+
+
+def test_two_atlases_sharing_one_store_prefix(tmp_path: Path) -> None:
+    store = obstore.store.LocalStore(prefix=tmp_path / "arrays", mkdir=True)
+    first, second = new_atlas(tmp_path / "first", store), new_atlas(tmp_path / "second", store)
+    assert first.atlas_id != second.atlas_id
+    x = {uid: counts(seed) for seed, uid in enumerate(["a1", "a2", "b1", "b2", "b3", "b4"])}
+    ingest(first, "a1", x["a1"])
+    ingest(first, "a2", x["a2"])
+    a0 = first.snapshot()
+    first.delete_dataset("a2")  # deleted, kept for snapshot a0
+    ingest(second, "b1", x["b1"])
+    ingest(second, "b2", x["b2"])
+    b0 = second.snapshot()
+    second.delete_dataset("b2")  # deleted, kept for snapshot b0
+    ingest(second, "b3", x["b3"])
+    b4 = ingest(second, "b4", x["b4"])
+    second.delete_dataset("b4")  # deleted, in no snapshot: the second atlas's debris
+    second_files = tree(tmp_path / "arrays")
+
+    assert first.vacuum(grace=timedelta(0)) == NOTHING
+    assert tree(tmp_path / "arrays") == second_files
+    assert_snapshots(tmp_path / "second", {b0: {"b1": x["b1"], "b2": x["b2"]}})
+    assert_exact(second, {"b1": x["b1"], "b3": x["b3"]})
+
+    assert second.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+    assert not (tmp_path / "arrays" / b4.zarr_group).exists()
+    assert_snapshots(tmp_path / "first", {a0: {"a1": x["a1"], "a2": x["a2"]}})
+    assert_exact(first, {"a1": x["a1"]})
+    assert_snapshots(tmp_path / "second", {b0: {"b1": x["b1"], "b2": x["b2"]}})
+    assert_exact(second, {"b1": x["b1"], "b3": x["b3"]})
+
+
+def test_debris_goes_after_grace_and_snapshot_groups_stay(tmp_path: Path) -> None:
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    x = {uid: counts(seed) for seed, uid in enumerate(["a", "b", "d", "e"])}
+    ingest(atlas, "a", x["a"])
+    kept = ingest(atlas, "b", x["b"])
+    v0 = atlas.snapshot()
+    atlas.delete_dataset("b")  # v0 references its group
+    deleted = ingest(atlas, "d", x["d"])
+    atlas.delete_dataset("d")
+    # an interrupted ingestion: the claim, a group written half-way, no record
+    interrupted = atlas.group_claims.claim_new("e")
+    writer = SparseGroupWriter(
+        atlas._zarr_root,
+        interrupted,
+        n_cells=30,
+        n_features=len(GENES),
+        nnz=x["e"].nnz,
+        layer="counts",
+        dtype=np.dtype("uint32"),
+        atlas_id=atlas.atlas_id,
+    )
+    writer.append(x["e"].indptr[:11], x["e"].indices[: x["e"].indptr[10]], x["e"].data[: x["e"].indptr[10]])
+    never_written = atlas.group_claims.claim_new("f")  # killed before the group's first object
+    arrays = tmp_path / "arrays"
+    assert (arrays / interrupted).is_dir() and not (arrays / never_written).exists()
+
+    assert atlas.vacuum(grace=timedelta(hours=1)) == NOTHING
+    with atlas_lock(atlas.group_claims.meta_store, dataset_lock_name("e")):  # "e" is being ingested
+        assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+    assert (arrays / interrupted).is_dir()
+    assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+
+    assert not (arrays / deleted.zarr_group).exists() and not (arrays / interrupted).exists()
+    assert (arrays / kept.zarr_group / "zarr.json").is_file()
+    assert sorted(claim.group for claim in atlas.group_claims.list()) == sorted(
+        [*atlas.list_datasets()["zarr_group"].tolist(), kept.zarr_group]
+    )
+    assert_exact(atlas, {"a": x["a"]})
+    assert_snapshots(tmp_path / "db", {v0: {"a": x["a"], "b": x["b"]}})
+
+
+def test_roll_back_deletes_only_its_own_group(tmp_path: Path) -> None:
+    store = obstore.store.LocalStore(prefix=tmp_path / "arrays", mkdir=True)
+    write_foreign(tmp_path / "arrays")
+    first, second = new_atlas(tmp_path / "first", store), new_atlas(tmp_path / "second", store)
+    x = {uid: counts(seed) for seed, uid in enumerate(["a", "b"])}
+    ingest(first, "a", x["a"])
+    v0 = first.snapshot()
+    ingest(second, "b", x["b"])
+    before = tree(tmp_path / "arrays")
+
+    with pytest.raises(DuplicateContentError):  # fails at the commit point: group and cell rows written
+        ingest(first, "a-again", x["a"])
+
+    assert tree(tmp_path / "arrays") == before
+    assert [claim.dataset_uid for claim in first.group_claims.list()] == ["a"]
+    assert [claim.dataset_uid for claim in second.group_claims.list()] == ["b"]
+    assert first.vacuum(grace=timedelta(0)) == NOTHING
+    assert_exact(first, {"a": x["a"]})
+    assert_snapshots(tmp_path / "first", {v0: {"a": x["a"]}})
+    assert_exact(second, {"b": x["b"]})
+
+
+def test_groups_not_provably_this_atlas_are_reported_and_kept(tmp_path: Path) -> None:
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    arrays = tmp_path / "arrays"
+    x = {uid: counts(seed) for seed, uid in enumerate(["a", "b", "d", "e"])}
+    ingest(atlas, "a", x["a"])
+    b = ingest(atlas, "b", x["b"])
+    v0 = atlas.snapshot()
+    zarr.open_group(str(arrays / b.zarr_group), mode="a").attrs[ATLAS_ID_ATTR] = "someone-else"
+    problem = (
+        f"dataset 'b': zarr group {b.zarr_group!r} belongs to another atlas (its attributes name atlas "
+        f"'someone-else', this atlas is {atlas.atlas_id!r})"
+    )
+    assert atlas.validate() == [problem]
+    with pytest.raises(GroupNotFoundError, match="not this atlas's"):
+        add_csc(atlas, "b")
+    d = ingest(atlas, "d", x["d"])  # deleted, then its group found carrying another atlas's id
+    atlas.delete_dataset("d")
+    zarr.open_group(str(arrays / d.zarr_group), mode="a").attrs[ATLAS_ID_ATTR] = "someone-else"
+    e = ingest(atlas, "e", x["e"])  # as an older lancell leaves it: cell rows, no record, no claim
+    atlas._tables.datasets.delete("uid = 'e'")
+    atlas.group_claims.release(e.zarr_group)
+    files = {name: tree(arrays / name) for name in (d.zarr_group, e.zarr_group)}
+
+    assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "unclaimed": 1, "foreign": 1}
+    assert {name: tree(arrays / name) for name in files} == files
+    assert atlas._tables.cells.count_rows("dataset_uid = 'e'") == x["e"].shape[0]
+    add_csc(atlas, "a")  # its own group: the CSC copy is rewritten
+    assert atlas.validate() == [problem]
+    # the read path refuses b's group while it names another atlas; given back its id, it reads as ingested
+    zarr.open_group(str(arrays / b.zarr_group), mode="a").attrs[ATLAS_ID_ATTR] = atlas.atlas_id
+    assert_exact(RaggedAtlas.open(str(tmp_path / "db")), {"a": x["a"], "b": x["b"]})  # a fresh handle
+    assert_snapshots(tmp_path / "db", {v0: {"a": x["a"], "b": x["b"]}})
+
+
+def test_store_locations_and_refusals(tmp_path: Path) -> None:
+    s3 = obstore.store.S3Store("bucket", prefix="lab/arrays", region="us-east-1", skip_signature=True)
+    assert location_in_store(s3, "s3://bucket/lab/arrays/db") == "db"
+    assert location_in_store(s3, "s3://bucket/lab/arrays") == ""
+    assert location_in_store(s3, "s3://bucket/lab") is None  # contains the store's root
+    assert location_in_store(s3, "s3://other/lab/arrays/db") is None
+    assert location_in_store(s3, str(tmp_path)) is None
+    with pytest.raises(StoreError, match="unknown URL scheme 'abfss'"):
+        location_in_store(s3, "abfss://container@account.dfs.core.windows.net/db")
+    local = obstore.store.LocalStore(prefix=tmp_path)
+    assert location_in_store(local, str(tmp_path / "a" / ".." / "db")) == "db"
+    assert (
+        location_in_store(
+            obstore.store.LocalStore(prefix=tmp_path / "db" / "_zarr", mkdir=True), str(tmp_path / "db")
+        )
+        is None
+    )
+
+    (tmp_path / "keep.txt").write_text("x")
+    for prefix in ("", "/", "a/../..", "./b"):
+        with pytest.raises(StoreError, match="refusing to delete prefix"):
+            delete_prefix(local, prefix)
+    assert (tmp_path / "keep.txt").read_text() == "x"
+    with pytest.raises(StoreError, match="is the database directory"):
+        new_atlas(tmp_path / "same", obstore.store.LocalStore(prefix=tmp_path / "same", mkdir=True))
