@@ -102,7 +102,7 @@ def _race(url: str, kwargs: str, barrier: str, n: str, rounds: str, out: str) ->
     for r in range(int(rounds)):
         (Path(barrier) / f"{r}-{me}").touch()
         while len(list(Path(barrier).glob(f"{r}-*"))) < int(n):
-            time.sleep(0.002)
+            time.sleep(0.01)
         with atlas_lock(store, f"race-{r}", timeout=60, stale_after=STALE_AFTER) as lease:
             enter = time.monotonic()
             time.sleep(HOLD)

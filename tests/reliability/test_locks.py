@@ -71,6 +71,19 @@ def test_a_stolen_lease_fails_its_check_and_release_leaves_the_thief_alone(tmp_p
     assert (tmp_path / "store" / "_lancell" / "locks" / "stolen.lock").read_bytes() == thief
 
 
+def test_the_heartbeat_stops_at_a_takeover_even_if_the_object_is_put_back(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    file = tmp_path / "store" / "_lancell" / "locks" / "beat.lock"
+    with atlas_lock(store, "beat", stale_after=STALE_AFTER) as lease:
+        ours = file.read_bytes()
+        _steal(store, "beat")
+        time.sleep(0.6 * STALE_AFTER)  # at least two renewals are due
+        assert _heartbeats() == []  # the renewal failed its condition: the heartbeat stopped
+        file.write_bytes(ours)
+        with pytest.raises(LockLostError, match=r"lock 'beat' .* was lost \(taken over by another process\)"):
+            lease.check()
+
+
 def test_timeout_raises_lock_timeout_error_naming_the_lock(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"))
     with atlas_lock(store, "busy"):
