@@ -85,7 +85,7 @@ def install(point: str, nth: int) -> None:
     elif name == "ensure_layout":
         on_call(lancell.ingestion, "ensure_layout", nth, when)
     elif name == "plan":
-        on_call(lancell.ingestion, "_plan", nth, when)
+        on_call(lancell.ingestion, "plan_ingest", nth, when)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
