@@ -4,6 +4,9 @@ Everything that decides the result is fixed by the snapshot and the seed: the ce
 never changes), the held-out split (a hash of each cell's uid), the batch order (a seeded sampler) and the
 weights (``torch.manual_seed``). Re-running on the same snapshot therefore reproduces the same batches and
 the same metric, however much data was ingested since.
+
+Only cells measured in the training layer are used (the query's ``on_unmeasured("drop")``): a dataset that
+does not store the layer contributes no all-zero rows, and the report says how many cells each dataset gave.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from lancell.dataloader import CellSampler, DenseCollate, make_loader
+from lancell.errors import UnmeasuredDataError
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -31,6 +35,8 @@ class TrainingReport:
     snapshot_version: int | None
     seed: int
     datasets: list[str]
+    cells_per_dataset: dict[str, int]
+    unmeasured_per_dataset: dict[str, int]
     n_train: int
     n_test: int
     n_features: int
@@ -62,17 +68,30 @@ def train_cell_type_classifier(
     normalize: bool = False,
     num_workers: int = 0,
 ) -> TrainingReport:
-    """Train a softmax classifier of ``label_column`` on the labelled cells of ``atlas``.
+    """Train a softmax classifier of ``label_column`` on the labelled cells measured in ``layer``.
 
-    Cells without a label are left out. Returns held-out accuracy, the final training loss, the dataset
-    list and a SHA-256 of the exact sequence of training batches.
+    Cells without a label, and cells whose dataset does not store ``layer``, are left out. Returns held-out
+    accuracy, the final training loss, the cells used and left out per dataset and a SHA-256 of the exact
+    sequence of training batches.
+
+    Raises
+    ------
+    UnmeasuredDataError
+        No labelled cell is measured in ``layer``: there is nothing to train on.
     """
     started = time.perf_counter()
     torch.manual_seed(seed)
-    query = atlas.query().where(f"{label_column} IS NOT NULL")
-    dataset = query.to_cell_dataset(feature_space, layer, metadata_columns=[label_column])
-    cells = query.select([label_column]).to_arrow()
-    test = _held_out(cells.column("uid").to_pylist(), test_fraction)
+    query = atlas.query().where(f"{label_column} IS NOT NULL").on_unmeasured("drop")
+    dataset = query.to_cell_dataset(feature_space, layer, metadata_columns=[label_column, "uid"])
+    if len(dataset) == 0:
+        raise UnmeasuredDataError(
+            f"no cell with a {label_column!r} label is measured in layer {layer!r} of {feature_space!r} "
+            f"(labelled cells per dataset without it: {dataset.unmeasured}); nothing to train on"
+        )
+    uids = np.asarray(dataset.categories["uid"], dtype=object)[dataset.metadata.values["uid"]]
+    test = _held_out(uids.tolist(), test_fraction)
+    per_group = np.bincount(dataset.cell_groups, minlength=len(dataset.groups.names))
+    used = {uid: int(n) for uid, n in zip(dataset.groups.dataset_uids, per_group, strict=True) if n}
     classes = dataset.categories[label_column]
     model = torch.nn.Linear(dataset.n_features, len(classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
@@ -110,7 +129,9 @@ def train_cell_type_classifier(
     return TrainingReport(
         snapshot_version=atlas.snapshot_version,
         seed=seed,
-        datasets=sorted(set(cells.column("dataset_uid").to_pylist())),
+        datasets=sorted(used),
+        cells_per_dataset=dict(sorted(used.items())),
+        unmeasured_per_dataset=dict(dataset.unmeasured),
         n_train=int((~test).sum()),
         n_test=int(test.sum()),
         n_features=dataset.n_features,

@@ -19,7 +19,11 @@ LOADER_SEED = 0
 def cell_type_classifier(
     context: dg.AssetExecutionContext, atlas: AtlasResource, model_store: ModelStore
 ) -> dg.MaterializeResult:
-    """A softmax cell-type classifier trained with the lancell loader on this snapshot's labelled cells."""
+    """A softmax cell-type classifier trained with the lancell loader on this snapshot's labelled cells.
+
+    Only cells measured in the training layer are used; with none the run fails (``UnmeasuredDataError``)
+    instead of training on empty rows. The metadata lists the cells used and left out per dataset.
+    """
     version = atlas.find_snapshot(context.partition_key)
     if version is None:
         raise dg.Failure(f"no snapshot labelled {context.partition_key!r}; materialize atlas_snapshot first")
@@ -33,6 +37,8 @@ def cell_type_classifier(
             "snapshot_version": dg.MetadataValue.int(version),
             "loader_seed": dg.MetadataValue.int(report.seed),
             "datasets": dg.MetadataValue.json(report.datasets),
+            "cells_per_dataset": dg.MetadataValue.json(report.cells_per_dataset),
+            "unmeasured_per_dataset": dg.MetadataValue.json(report.unmeasured_per_dataset),
             "test_accuracy": dg.MetadataValue.float(round(report.test_accuracy, 4)),
             "train_loss": dg.MetadataValue.float(round(report.train_loss, 5)),
             "n_train": dg.MetadataValue.int(report.n_train),

@@ -121,6 +121,7 @@ def test_training_partition_names_snapshot_and_reproduces_after_more_data(platfo
     assert meta["snapshot_version"] == RaggedAtlas.find_snapshot(str(root / "db"), "s1")
     assert meta["datasets"] == ["pbmc68k"] and meta["loader_seed"] == 0
     assert meta["n_train"] + meta["n_test"] == 700
+    assert meta["cells_per_dataset"] == {"pbmc68k": 700} and meta["unmeasured_per_dataset"] == {}
     assert meta["test_accuracy"] > 0.6  # ten PBMC types, chance is ~0.34 for the largest class
     assert Path(meta["model_path"]).exists()
 
@@ -134,6 +135,7 @@ def test_training_partition_names_snapshot_and_reproduces_after_more_data(platfo
     for key in (
         "snapshot_version",
         "datasets",
+        "cells_per_dataset",
         "n_train",
         "n_test",
         "batch_order_sha256",
@@ -141,3 +143,17 @@ def test_training_partition_names_snapshot_and_reproduces_after_more_data(platfo
         "train_loss",
     ):
         assert repeat[key] == meta[key], key
+
+
+def test_classifier_fails_when_no_labelled_cell_is_measured(platform):
+    defs, instance, _ = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["celltypist_sample"])  # counts, no labels
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["s0"])
+    _materialize(defs, instance, ["dataset_group"], "celltypist_sample")
+    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    _materialize(defs, instance, ["atlas_snapshot"], "s0")
+    result = _materialize(defs, instance, ["cell_type_classifier"], "s0", raise_on_error=False)
+    assert not result.success and not result.asset_materializations_for_node("cell_type_classifier")
+    error = result.get_step_failure_events()[0].event_specific_data.error.cause  # the asset's own error
+    assert error.cls_name == "UnmeasuredDataError"
+    assert "no cell with a 'cell_type' label is measured in layer 'log_normalized'" in error.message

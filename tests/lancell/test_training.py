@@ -1,0 +1,46 @@
+"""The built-in classifier trains only on cells measured in its layer and refuses when there are none."""
+
+from __future__ import annotations
+
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import UnmeasuredDataError
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord
+from lancell.training import train_cell_type_classifier
+
+
+def _add(atlas: RaggedAtlas, uid: str, adata, layer: str) -> None:
+    add_from_anndata(
+        atlas, adata, feature_space="gene_expression", zarr_layer=layer, dataset_record=DatasetRecord(uid=uid)
+    )
+
+
+@pytest.fixture
+def counts_only(atlas: RaggedAtlas, celltypist) -> RaggedAtlas:
+    """120 labelled celltypist cells stored as counts only (no log_normalized layer)."""
+    part = celltypist[:120].copy()
+    part.obs["cell_type"] = "T cell"
+    _add(atlas, "ct", part, "counts")
+    return atlas
+
+
+def test_trains_only_on_cells_measured_in_its_layer(counts_only, pbmc):
+    _add(counts_only, "pb", pbmc[:200].copy(), "log_normalized")
+    report = train_cell_type_classifier(counts_only, epochs=1)
+    assert report.cells_per_dataset == {"pb": 200}
+    assert report.unmeasured_per_dataset == {"ct": 120}
+    assert report.datasets == ["pb"] and report.n_train + report.n_test == 200
+    assert report.n_features == 765  # the PBMC panel only
+    assert report.classes == sorted(pbmc[:200].obs["cell_type"].astype(str).unique())
+
+
+def test_refuses_when_no_cell_is_measured(counts_only):
+    message = (
+        "no cell with a 'cell_type' label is measured in layer 'log_normalized' of 'gene_expression' "
+        "(labelled cells per dataset without it: {'ct': 120}); nothing to train on"
+    )
+    with pytest.raises(UnmeasuredDataError) as raised:
+        train_cell_type_classifier(counts_only, epochs=1)
+    assert str(raised.value) == message
