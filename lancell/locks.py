@@ -161,9 +161,7 @@ class Lease:
         while not self._stop.wait(self.stale_after / 4):
             try:
                 self._renew()
-            except (
-                Exception
-            ) as exc:  # store unreachable: try again at the next beat; check() tells the holder
+            except Exception as exc:  # store unreachable: retry at the next beat; check() tells the holder
                 log.warning("lock %r at %s: renewal failed: %s", self.name, self.where, exc)
             if self._lost is not None:
                 return
