@@ -76,7 +76,7 @@ def describe_store(store: obs_store.ObjectStore) -> str:
     """A credential-free URL for ``store``, suitable for persisting in the atlas."""
     if isinstance(store, obs_store.LocalStore):
         return Path(store.prefix).resolve().as_uri() if store.prefix else Path(os.sep).as_uri()
-    prefix = str(store.prefix or "").strip("/")
+    prefix = str(getattr(store, "prefix", None) or "").strip("/")  # MemoryStore has no prefix
     config = dict(getattr(store, "config", {}) or {})
     if isinstance(store, obs_store.S3Store):
         base = f"s3://{config.get('bucket', '')}"

@@ -122,3 +122,12 @@ def test_snapshot_records_nothing_when_its_lock_is_taken_over(tmp_path: Path, mo
     time.sleep(0.6)  # the thief's lease (stale_after 0.5) goes stale; the next snapshot takes number 1
     assert atlas.snapshot() == 1
     assert RaggedAtlas.list_versions(db)["version"].tolist() == [0, 1]
+
+
+def test_locks_work_on_a_memory_store() -> None:
+    store = obstore.store.MemoryStore()
+    with atlas_lock(store, "m", stale_after=0.4) as lease:
+        time.sleep(0.5)  # renewed meanwhile
+        lease.check()
+    with atlas_lock(store, "m", timeout=0.5) as lease:  # the tombstone is taken over at once
+        assert lease.where == "memory:///_lancell/locks/m.lock"
