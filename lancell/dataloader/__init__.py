@@ -2,11 +2,11 @@
 
 See docs/architecture.md, "Training data loading".
 
-Typical use::
+The dataset's cells and output columns are those of ``to_anndata()`` for the same query: its
+``features()``, ``feature_join()`` and ``on_unmeasured()`` apply. Typical use::
 
-    dataset = atlas.query().where("organism = 'Homo sapiens'").to_cell_dataset(
-        "gene_expression", "counts", metadata_columns=["cell_type"], features="union"
-    )
+    query = atlas.query().where("organism = 'Homo sapiens'").on_unmeasured("drop")  # no counts: left out
+    dataset = query.to_cell_dataset("gene_expression", "counts", metadata_columns=["cell_type"])
     sampler = CellSampler(dataset, 256, mode="locality", seed=0)
     loader = make_loader(dataset, sampler, num_workers=2, collate_fn=DenseCollate(normalize=True))
     for epoch in range(10):
