@@ -6,6 +6,7 @@ matrix from ``to_anndata()`` with the matrix that was ingested, value for value.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -300,3 +301,38 @@ def test_store_locations_and_refusals(tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "x"
     with pytest.raises(StoreError, match="is the database directory"):
         new_atlas(tmp_path / "same", obstore.store.LocalStore(prefix=tmp_path / "same", mkdir=True))
+
+
+def test_an_atlas_written_before_atlas_ids_gets_one_and_keeps_its_old_groups(tmp_path: Path) -> None:
+    db, arrays = tmp_path / "db", tmp_path / "arrays"
+    atlas = new_atlas(db, str(arrays))
+    x = {uid: counts(seed) for seed, uid in enumerate(["old", "stale", "new"])}
+    old, stale = ingest(atlas, "old", x["old"]), ingest(atlas, "stale", x["stale"])
+    # as an older lancell left them: no atlas id in atlas.json or in the groups, no claims
+    meta_path = db / "_lancell" / "atlas.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["atlas_id"]
+    meta_path.write_text(json.dumps(meta))
+    for record in (old, stale):
+        del zarr.open_group(str(arrays / record.zarr_group), mode="a").attrs[ATLAS_ID_ATTR]
+        atlas.group_claims.release(record.zarr_group)
+
+    reopened = RaggedAtlas.open(str(db))
+    assert (
+        reopened.atlas_id
+        == json.loads(meta_path.read_text())["atlas_id"]
+        == RaggedAtlas.open(str(db)).atlas_id
+    )
+    assert reopened.atlas_id != atlas.atlas_id
+    reopened.delete_dataset("stale")  # unreferenced, but not provably this atlas's: never deleted
+    v0 = reopened.snapshot()
+    new = ingest(reopened, "new", x["new"])
+    reopened.delete_dataset("new")
+    v1 = reopened.snapshot()
+    stale_files = tree(arrays / stale.zarr_group)
+
+    assert reopened.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}  # the claimed one only
+    assert not (arrays / new.zarr_group).exists()
+    assert tree(arrays / stale.zarr_group) == stale_files
+    assert_exact(reopened, {"old": x["old"]})
+    assert_snapshots(db, {v0: {"old": x["old"]}, v1: {"old": x["old"]}})
