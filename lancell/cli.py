@@ -74,9 +74,14 @@ def _ingest(args: argparse.Namespace) -> int:
     }
     for path in args.paths:
         spec = replace(read_landing_spec(Path(path)), **overrides)
-        record, new = ingest_landing_file(atlas, spec)
-        state = "ingested" if new else "already in the atlas"
-        print(f"{record.uid}: {state} ({record.n_cells} cells, {record.nnz} values, layer {record.layer})")
+        record, outcome = ingest_landing_file(atlas, spec)
+        summary = f"{record.n_cells} cells, {record.nnz} values, layer {record.layer}"
+        if outcome == "ingested":
+            print(f"{record.uid}: ingested ({summary})")
+        elif outcome == "present":
+            print(f"{spec.uid}: already in the atlas ({summary})")
+        else:
+            print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
     return 0
 
 
@@ -120,7 +125,7 @@ def _query(args: argparse.Namespace) -> int:
     if args.features:
         names = [name for item in args.features for name in item.split(",") if name]
         query = query.features(names, args.feature_space)
-    query = query.feature_join(args.join)
+    query = query.feature_join(args.join).on_unmeasured(args.on_unmeasured)
     adata = query.to_anndata()
     adata.write_h5ad(args.output)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
@@ -211,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--features", action="append", metavar="A,B,...", help="feature symbols or uids")
     query.add_argument("--feature-space", default="gene_expression", help="feature space of --features")
     query.add_argument("--join", choices=["union", "intersection"], default="union")
+    query.add_argument(
+        "--on-unmeasured",
+        choices=["error", "drop", "keep"],
+        default="error",
+        help="cells whose dataset lacks the layer: an error (default), left out, or kept as empty rows",
+    )
     query.add_argument("-o", "--output", required=True, help="the .h5ad file to write")
 
     vacuum = command("vacuum", _vacuum, "delete zarr groups no dataset and no snapshot references")

@@ -91,6 +91,16 @@ def test_query_with_features_by_symbol(built: Path) -> None:
     assert ad.read_h5ad(out).var["gene_symbol"].tolist() == ["CD3E", "MS4A1", "LYZ"]
 
 
+def test_query_unmeasured_cells_are_an_error_unless_dropped(built: Path) -> None:
+    db, out = str(built / "db"), built / "counts.h5ad"
+    refused = run("query", db, "--layer", "counts", "-o", str(out), check=False)
+    assert refused.returncode == 1 and "pbmc68k" in refused.stderr and not out.exists()
+    run("query", db, "--layer", "counts", "--on-unmeasured", "drop", "-o", str(out))
+    dropped = ad.read_h5ad(out)
+    assert dropped.n_obs == 559 + 10_000
+    assert set(dropped.obs["dataset_uid"]) == {"celltypist_sample", "mouse_10k"}
+
+
 def test_errors_are_one_line_naming_what_and_where(tmp_path: Path, built: Path) -> None:
     missing = run("ls", str(tmp_path / "nowhere"), check=False)
     assert missing.returncode == 1
@@ -110,5 +120,8 @@ def test_errors_are_one_line_naming_what_and_where(tmp_path: Path, built: Path) 
     assert not (tmp_path / "q.h5ad").exists()
     again = run("ingest", str(built / "db"), str(built / "landing" / "pbmc68k.h5ad"))
     assert again.stdout.strip().startswith("pbmc68k: already in the atlas")
+    renamed = run("ingest", str(built / "db"), str(built / "landing" / "pbmc68k.h5ad"), "--uid", "pbmc_again")
+    assert renamed.stdout.strip().endswith("holds the same content as dataset pbmc68k")
+    assert "pbmc_again" not in run("ls", str(built / "db")).stdout
     usage = run("ingest", str(built / "db"), check=False)
     assert usage.returncode == 2
