@@ -29,7 +29,7 @@ import zarr.storage
 from lancell.dataloader.batch import CellBatch, read_dense, read_sparse
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
-from lancell.errors import OutOfBoundsError, QueryError
+from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
 from lancell.stores import describe_store, open_store, public_store_config
 
 if TYPE_CHECKING:
@@ -325,7 +325,14 @@ class CellDataset:
             code = int(code)
             if code < 0 or not self.groups.measured[code] or code in self._arrays:
                 continue
-            group = root[self.groups.names[code]]
+            name = self.groups.names[code]
+            try:
+                group = root[name]
+            except KeyError as exc:  # removed from the store after the dataset was built
+                raise GroupNotFoundError(
+                    f"dataset {self.groups.dataset_uids[code]!r}: zarr group {name!r} is missing from the "
+                    f"store {self.source.store_url}"
+                ) from exc
             if self.kind == "sparse":
                 self._arrays[code] = (group["csr/indices"], group[f"csr/layers/{self.layer}"])
             else:
@@ -339,6 +346,8 @@ class CellDataset:
         ------
         OutOfBoundsError
             A position outside ``[-len, len)``.
+        GroupNotFoundError
+            A dataset's zarr group was removed from the store after this dataset was built.
         """
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -60,3 +62,12 @@ def test_group_of_another_atlas_raises_in_every_read_path(two_datasets, reader):
     message = f"dataset 'b': zarr group '{group}' in the store"
     with pytest.raises(GroupNotFoundError, match=re.escape(message) + ".*belongs to another atlas"):
         READERS[reader](fresh.query())
+
+
+def test_group_removed_after_the_loader_was_built_raises_on_read(two_datasets):
+    atlas, arrays, group = two_datasets
+    dataset = atlas.query().to_cell_dataset(SPACE, "counts")
+    shutil.rmtree(arrays / group)
+    clone = pickle.loads(pickle.dumps(dataset))  # a worker's copy: opens the store afresh
+    with pytest.raises(GroupNotFoundError, match=re.escape(f"dataset 'b': zarr group '{group}' is missing")):
+        clone.__getitems__(np.arange(80))
