@@ -66,7 +66,7 @@ def remove_group(atlas: RaggedAtlas, group: str) -> bool:
     that went through although its call failed, a snapshot taken meanwhile) is kept, as is one this atlas
     cannot prove its own; :meth:`RaggedAtlas.vacuum` looks at it again later.
     """
-    if _nests(group, _live_groups(atlas) | _snapshot_groups(atlas, {})):
+    if _Names(_live_groups(atlas) | _snapshot_groups(atlas, {})).nests(group):
         log.warning("zarr group %r is referenced by a dataset record or a snapshot: not deleted", group)
         return False
     return atlas.group_claims.delete(group) == "own"
@@ -96,13 +96,16 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
     mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
     claimed = {claim.group for claim in mine}
     referenced = _live_groups(atlas) | _snapshot_groups(atlas, snapshots)
+    referenced_names, claimed_names = _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
-    counts["unclaimed"] = sum(
-        1 for group in _uncommitted_groups(atlas, owners) if group not in claimed | referenced
-    )
+    counts["unclaimed"] = len(_uncommitted_groups(atlas, owners) - claimed - referenced)
     for claim in mine:
         group = claim.group
-        if claim.created_at > cutoff or _nests(group, referenced | (claimed - {group})):
+        if (
+            claim.created_at > cutoff
+            or referenced_names.nests(group)
+            or claimed_names.nests(group, strictly=True)
+        ):
             continue
         with ExitStack() as held:
             try:  # an ingestion of this dataset still running holds it; its group is not debris
@@ -111,7 +114,7 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
                 )
             except LockTimeoutError:
                 continue
-            if _nests(group, _live_groups(atlas) | _snapshot_groups(atlas, snapshots)):
+            if _Names(_live_groups(atlas) | _snapshot_groups(atlas, snapshots)).nests(group):
                 continue  # committed, or snapshotted, since the lists above were read
             if _written_since(atlas, group, cutoff):
                 continue
@@ -128,11 +131,26 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
     return counts
 
 
-def _nests(group: str, others: Iterable[str]) -> bool:
-    """Whether ``group`` equals, contains or lies under one of ``others``."""
-    return any(
-        other == group or other.startswith(group + "/") or group.startswith(other + "/") for other in others
-    )
+class _Names:
+    """Group names, asked whether a group equals, contains or lies under one of them (in O(depth))."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = set(names)
+        self.inner = {prefix for name in self.names for prefix in _ancestors(name)}
+
+    def nests(self, group: str, *, strictly: bool = False) -> bool:
+        """Whether ``group`` contains or lies under one of the names (or, unless ``strictly``, is one)."""
+        return (
+            (not strictly and group in self.names)
+            or group in self.inner
+            or any(prefix in self.names for prefix in _ancestors(group))
+        )
+
+
+def _ancestors(name: str) -> list[str]:
+    """The proper prefixes of a ``/``-separated name: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _live_groups(atlas: RaggedAtlas) -> set[str]:
