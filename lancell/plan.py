@@ -157,10 +157,14 @@ def dataset_group_attrs(atlas: RaggedAtlas, zarr_group: str, dataset_uid: str) -
     return attrs
 
 
-def resolve_features(atlas: RaggedAtlas, feature_space: str, names_or_uids: Sequence[str]) -> np.ndarray:
+def resolve_features(
+    atlas: RaggedAtlas, feature_space: str, names_or_uids: Sequence[str], *, case_sensitive: bool = True
+) -> np.ndarray:
     """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
 
-    A symbol shared by several registry features yields all of them; repeats are kept once.
+    A symbol shared by several registry features yields all of them; repeats are kept once. With
+    ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
+    (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
 
     Raises
     ------
@@ -168,11 +172,19 @@ def resolve_features(atlas: RaggedAtlas, feature_space: str, names_or_uids: Sequ
         Names that are neither a uid nor a symbol of the registry.
     """
     view = registry_view(atlas, feature_space)
+    folded: dict[str, list[int]] = {}
+    if not case_sensitive:
+        for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
+            folded.setdefault(name.casefold(), []).append(int(index))
+        for symbol, indices in view.by_symbol.items():
+            folded.setdefault(symbol.casefold(), []).extend(indices)
     indices, unknown = [], []
     for name in names_or_uids:
-        if name in view.by_uid.index:
+        if not case_sensitive and name.casefold() in folded:
+            indices.extend(sorted(set(folded[name.casefold()])))
+        elif case_sensitive and name in view.by_uid.index:
             indices.append(int(view.by_uid[name]))
-        elif name in view.by_symbol:
+        elif case_sensitive and name in view.by_symbol:
             indices.extend(view.by_symbol[name])
         else:
             unknown.append(name)

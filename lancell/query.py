@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.cell_table_query import SearchSpec, check_filter, search_builder, search_spec
+from lancell.cell_table_query import SearchSpec, check_filter, keyword_filter, search_builder, search_spec
 from lancell.errors import LancellError, QueryError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.plan import (
@@ -56,6 +56,7 @@ class AtlasQuery:
         self._join: Join | None = None  # None: "union", not chosen
         self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
         self._on_unmeasured: OnUnmeasured = "error"
+        self._case_sensitive = True  # how features() names are matched
         self._search: SearchSpec | None = None
 
     @property
@@ -68,17 +69,28 @@ class AtlasQuery:
         query._filters = list(self._filters)
         return query
 
-    def where(self, sql: str) -> AtlasQuery:
-        """Add a SQL filter on cell columns (ANDed with earlier filters), checked against the cell table now.
+    def where(self, sql: str | None = None, /, **conditions: object) -> AtlasQuery:
+        """Add a filter on cell columns (ANDed with earlier filters), checked against the cell table now.
+
+        Either Lance SQL (``where("cell_type IN ('T cell', 'B cell') AND n_counts >= 200")``) or keyword
+        conditions, or both: ``where(cell_type=["T cell", "B cell"], n_counts=(200, None))`` means
+        membership for a list, an inclusive range for a ``(low, high)`` tuple (None: open end), equality
+        for a value and a missing value for None; strings are quoted for you.
 
         Raises
         ------
         QueryError
             ``sql`` is empty, does not parse as one whole expression (Lance would silently drop a trailing
-            ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks.
+            ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks; a SOMA/Census-style
+            ``in [...]`` or ``"string"`` (the message shows the SQL to write); a keyword naming an unknown
+            column or a value that does not fit its column's type.
         """
-        check_filter(self._atlas._tables.cells, sql)
-        self._filters.append(sql)
+        filters = [] if sql is None else [sql]
+        if conditions or sql is None:
+            filters.append(keyword_filter(self._atlas._cell_arrow, conditions))
+        for text in filters:
+            check_filter(self._atlas._tables.cells, text)
+        self._filters.extend(filters)
         return self
 
     def search(
@@ -130,16 +142,21 @@ class AtlasQuery:
         self._feature_space, self._layer = feature_space, layer
         return self
 
-    def features(self, names_or_uids: Sequence[str], feature_space: str) -> AtlasQuery:
+    def features(
+        self, names_or_uids: Sequence[str], feature_space: str, *, case_sensitive: bool = True
+    ) -> AtlasQuery:
         """Only these features, as columns in the order given (registry uids, or symbols where not a uid).
 
         A symbol shared by several registry features (e.g. a duplicated mouse symbol) yields all of them.
         Combined with ``feature_join("intersection")``, features not measured by every dataset are dropped.
+        ``case_sensitive=False`` matches uids and symbols ignoring case (see
+        :func:`lancell.plan.resolve_features`); the loader reads the same selection.
         """
         if isinstance(names_or_uids, str) or not len(names_or_uids):
             raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
         self._features = (feature_space, list(names_or_uids))
+        self._case_sensitive = case_sensitive
         self._feature_space = feature_space
         return self
 
@@ -283,7 +300,7 @@ class AtlasQuery:
             raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
         if names is None:
             return registry_columns(self._atlas, space)
-        return resolve_features(self._atlas, space, names)
+        return resolve_features(self._atlas, space, names, case_sensitive=self._case_sensitive)
 
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.

@@ -14,7 +14,7 @@ os.environ.setdefault("LANCE_LOG", "error")
 from helpers import read_10x_v3_h5
 
 from lancell.atlas import RaggedAtlas
-from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
+from lancell.bundled import BUNDLED, CellSchema, GeneFeature, build_bundled_atlas, gene_features
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -61,3 +61,11 @@ def atlas(tmp_path: Path, all_genes: pd.DataFrame) -> RaggedAtlas:
     )
     atlas.register_features("gene_expression", all_genes)
     return atlas
+
+
+@pytest.fixture(scope="session")
+def bundled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the bundled atlas (``db/``, ``arrays/``), built once per session; read it only."""
+    root = tmp_path_factory.mktemp("bundled_atlas")
+    build_bundled_atlas(root)
+    return root

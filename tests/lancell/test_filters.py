@@ -1,0 +1,119 @@
+"""Filters people write: keyword conditions, SOMA/Census-style filters refused with the SQL to write, and
+features named ignoring case (query and loader), on the bundled atlas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED
+from lancell.cell_table_query import keyword_filter, sql_suggestion
+from lancell.errors import QueryError
+
+
+@pytest.fixture(scope="module")
+def bundled(bundled_root) -> RaggedAtlas:
+    return RaggedAtlas.checkout_latest(str(bundled_root / "db"))
+
+
+@pytest.fixture(scope="module")
+def pbmc_obs():
+    return BUNDLED[0].read(backed=True).obs
+
+
+def _uids(query) -> list[str]:
+    return query.to_pandas()["uid"].tolist()
+
+
+def test_keyword_conditions_equal_the_sql_they_stand_for(bundled, pbmc_obs):
+    keyword = bundled.query().where(cell_type=["Dendritic", "CD56+ NK"], n_counts=(2000.0, None))
+    sql = bundled.query().where("cell_type IN ('Dendritic', 'CD56+ NK') AND n_counts >= 2000.0")
+    expected = pbmc_obs[
+        pbmc_obs["cell_type"].isin(["Dendritic", "CD56+ NK"]).to_numpy() & (pbmc_obs["n_counts"] >= 2000.0)
+    ]
+    assert _uids(keyword) == _uids(sql)
+    assert len(_uids(keyword)) == len(expected) > 0
+    closed = bundled.query().where(n_counts=(1500.0, 2500.0)).count()
+    assert closed == int(pbmc_obs["n_counts"].between(1500.0, 2500.0).sum())
+
+
+def test_keyword_and_sql_combine_with_and(bundled, pbmc_obs):
+    q = bundled.query().where("dataset_uid = 'pbmc68k'", cell_type="Dendritic").where(louvain="1")
+    expected = ((pbmc_obs["cell_type"] == "Dendritic") & (pbmc_obs["louvain"] == "1")).sum()
+    assert q.count() == int(expected) > 0
+    assert bundled.query().where(cell_type=None).count() == 559 + 10_000  # celltypist and mouse: no label
+
+
+def test_keyword_values_are_quoted_safely(bundled):
+    schema = bundled._tables.cells.schema
+    sql = keyword_filter(schema, {"cell_type": "O'Brien cell) OR (1 = 1"})
+    assert sql == "(cell_type = 'O''Brien cell) OR (1 = 1')"
+    assert bundled.query().where(cell_type="O'Brien cell) OR (1 = 1").count() == 0
+    assert keyword_filter(schema, {"n_counts": (None, 3.5)}) == "(n_counts <= 3.5)"
+
+
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        ({"celltype": "T cell"}, r"unknown cell columns \['celltype'\]"),
+        ({"n_counts": "many"}, r"'many' \(str\) cannot be compared with the cell column 'n_counts'"),
+        ({"cell_type": 3}, r"3 \(int\) cannot be compared with the cell column 'cell_type'"),
+        ({"cell_type": []}, r"empty list matches no cell"),
+        ({"n_counts": (1.0, 2.0, 3.0)}, r"a range is \(low, high\)"),
+        ({"n_counts": (None, None)}, r"a range is \(low, high\)"),
+        ({"n_counts": float("nan")}, r"nan is not a finite number"),
+        ({}, r"needs a SQL string or column=value conditions"),
+    ],
+)
+def test_bad_keyword_conditions_are_named(bundled, conditions, message):
+    query = bundled.query()
+    with pytest.raises(QueryError, match=message):
+        query.where(**conditions)
+    assert query._filters == []  # nothing was added
+
+
+@pytest.mark.parametrize(
+    ("census", "sql"),
+    [
+        ("cell_type in ['Dendritic','CD56+ NK']", "cell_type IN ('Dendritic', 'CD56+ NK')"),
+        ('cell_type == "Dendritic"', "cell_type == 'Dendritic'"),
+        ("cell_type not in ['a]', \"b's\"]", "cell_type NOT IN ('a]', 'b''s')"),
+    ],
+)
+def test_census_style_filters_show_the_sql_to_write(bundled, census, sql):
+    assert sql_suggestion(census, bundled._tables.cells.schema.names) == sql
+    with pytest.raises(QueryError) as info:
+        bundled.query().where(census)
+    assert f"write {sql} (SQL: lists as IN (...), strings in single quotes)" in str(info.value)
+    bundled.query().where(sql).count()  # the suggestion is valid as written
+
+
+def test_valid_double_quoted_identifier_is_left_alone(bundled):
+    assert sql_suggestion("\"cell_type\" = 'x'", ["cell_type"]) is None
+    assert bundled.query().where("\"cell_type\" = 'Dendritic'").count() == 240
+
+
+def test_features_ignoring_case_in_query_and_loader(bundled, pbmc_obs):
+    exact = bundled.query().where(dataset_uid="pbmc68k").features(["LYZ", "CD3D"], "gene_expression")
+    with pytest.raises(QueryError, match=r"\['lyz', 'cd3d'\]"):
+        bundled.query().features(["lyz", "cd3d"], "gene_expression").to_anndata()
+    folded = (
+        bundled.query()
+        .where(dataset_uid="pbmc68k")
+        .features(["lyz", "cd3d"], "gene_expression", case_sensitive=False)
+    )
+    a, b = exact.to_anndata(), folded.to_anndata()
+    assert list(b.var_names) == ["LYZ", "CD3D"]
+    np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
+    both = bundled.query().layers("gene_expression", "counts").on_unmeasured("drop")
+    both = both.features(["sox17"], "gene_expression", case_sensitive=False).to_anndata()
+    assert sorted(both.var["gene_symbol"]) == ["SOX17", "Sox17"]
+
+    dataset = folded.to_cell_dataset("gene_expression", "log_normalized")
+    assert list(dataset.feature_uids) == ["LYZ", "CD3D"]
+    batch = dataset.__getitems__(np.arange(len(dataset)))
+    dense = np.zeros((len(batch), batch.n_features), dtype=np.float32)
+    rows = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
+    dense[rows, batch.indices] = batch.values
+    np.testing.assert_array_equal(dense, a.X.toarray())
