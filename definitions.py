@@ -1,34 +1,59 @@
-"""The Dagster code location of lancell: ``defs`` (loaded by ``workspace.yaml``, ``dagster dev`` and ``dg``).
+"""The Dagster code location of lancell: ``defs`` (loaded by ``workspace.yaml`` and ``dagster dev``).
 
-Paths come from the environment so one definition serves the demo, the tests and a deployment:
-``LANCELL_DB_URI`` (default ``demo_atlas/db``), ``LANCELL_STORE_URL`` (default ``<db>/../arrays``) and
-``LANCELL_LANDING`` (default ``demo_atlas/landing``).
+Configuration comes from the environment so one definition serves the demo, the tests and a deployment:
+
+- ``LANCELL_ROOT`` (default ``demo_atlas/``): the folder holding ``db/``, ``arrays/``, ``landing/`` and
+  ``models/``; ``LANCELL_DB_URI``, ``LANCELL_STORE_URL``, ``LANCELL_LANDING`` and ``LANCELL_MODELS``
+  override each path.
+- ``LANCELL_CELL_SCHEMA`` (``module:Class``, default ``lancell.bundled:CellSchema``): the cell schema a new
+  atlas is created with; an existing atlas must have its columns. ``LANCELL_FEATURE_SCHEMA`` likewise for
+  the gene registry (default ``lancell.bundled:GeneFeature``).
+- ``LANCELL_EXECUTOR``: ``in_process`` (default: a run's steps share one process, so the imports are paid
+  once per run) or ``multiprocess``.
+
+Loading this module imports Dagster only: lancell (LanceDB, zarr, numba, torch) is imported by the runs.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dagster as dg
 
-from lancell_assets import ASSETS, JOBS, SENSORS, nightly_snapshot_schedule
+from lancell_assets import ASSETS, JOBS, SENSORS
 from resources import AtlasResource, LandingZone, ModelStore
+from resources.atlas import DEFAULT_CELL_SCHEMA, DEFAULT_FEATURE_SCHEMA
 
-ROOT = Path(os.environ.get("LANCELL_ROOT", Path(__file__).resolve().parent / "demo_atlas"))
+REPO = Path(__file__).resolve().parent
+ROOT = Path(os.environ.get("LANCELL_ROOT", REPO / "demo_atlas"))
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
+
+def _executor() -> dg.ExecutorDefinition:
+    name = os.environ.get("LANCELL_EXECUTOR", "in_process")
+    if name not in EXECUTORS:
+        raise ValueError(f"LANCELL_EXECUTOR={name!r}: must be one of {sorted(EXECUTORS)}")
+    return EXECUTORS[name]
 
 
 def build_definitions(root: Path = ROOT) -> dg.Definitions:
     """Definitions over the atlas and landing zone under ``root`` (env variables override each path)."""
+    with warnings.catch_warnings():  # code references are a Dagster beta feature; say so once, here
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        assets = dg.with_source_code_references(ASSETS)  # the UI links each asset to its code
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets,
         jobs=JOBS,
         sensors=SENSORS,
-        schedules=[nightly_snapshot_schedule],
+        executor=_executor(),
         resources={
             "atlas": AtlasResource(
                 db_uri=os.environ.get("LANCELL_DB_URI", str(root / "db")),
                 store_url=os.environ.get("LANCELL_STORE_URL", str(root / "arrays")),
+                cell_schema=os.environ.get("LANCELL_CELL_SCHEMA", DEFAULT_CELL_SCHEMA),
+                feature_schema=os.environ.get("LANCELL_FEATURE_SCHEMA", DEFAULT_FEATURE_SCHEMA),
             ),
             "landing_zone": LandingZone(
                 path=os.environ.get("LANCELL_LANDING", str(root / "landing")),

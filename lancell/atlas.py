@@ -474,6 +474,11 @@ class RaggedAtlas:
         """The dataset records."""
         return self._tables.datasets.to_arrow().to_pandas()
 
+    @property
+    def cell_arrow_schema(self) -> pa.Schema:
+        """The cell table's Arrow schema: every stored cell column and its type."""
+        return self._cell_arrow
+
     def feature_registry(self, feature_space: str) -> pd.DataFrame:
         """The registry of ``feature_space`` sorted by global index."""
         space = resolve_feature_space(self.feature_spaces, feature_space)

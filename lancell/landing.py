@@ -1,10 +1,36 @@
 """Landing-zone files: an ``.h5ad`` plus an optional JSON sidecar saying how to ingest it.
 
-``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar ``<stem>.json`` says otherwise::
+``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar ``<stem>.json`` says otherwise. Every key is
+optional; an unknown key is an error naming the sidecar (the file is not ingested)::
 
     {"uid": "pbmc68k", "feature_space": "gene_expression", "zarr_layer": "log_normalized",
      "var_uid_column": null, "symbol_column": "gene_symbol", "organism": "Homo sapiens",
-     "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null}
+     "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null,
+     "obs_columns": {"celltype_fine": "cell_type"}, "layers": {"counts": "raw_counts"},
+     "standardize": false}
+
+``uid``
+    The dataset uid (default: the file stem).
+``feature_space``, ``zarr_layer``
+    The feature space and the name the matrix is stored under (``counts`` by default).
+``var_uid_column``, ``symbol_column``
+    The ``var`` columns holding the registry uids (default: the var index) and the gene symbols.
+``organism``
+    Recorded on the new features and, when ``obs`` has no ``organism`` column, on the cells.
+``name``, ``source``, ``accession``
+    Provenance on the dataset record (``source`` defaults to the file's path).
+``obs_columns``
+    ``{column in the file: cell schema column}``: obs columns renamed before ingestion, so a file's own
+    names (``celltype_fine``, ``donor``) land in the schema's columns. A source column the file lacks or a
+    target the cell schema does not declare is an error. Other undeclared columns are not stored and are
+    listed as ``dropped_obs_columns`` on the dataset record.
+``layers``
+    ``{stored name: AnnData source}`` with one entry: store ``adata.layers[source]`` (or ``"X"``) under that
+    name, instead of ``X`` under ``zarr_layer`` (give one of the two keys, not both).
+``standardize``
+    ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
+    (:func:`lancell.standardize.standardize_anndata`; loads the file into memory). The term id columns are
+    stored where the cell schema declares them.
 
 :func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
 ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
@@ -15,9 +41,10 @@ already in the atlas (the same file landed again under another name) is not inge
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import pandas as pd
@@ -26,7 +53,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError
 from lancell.ingestion import add_from_anndata
 from lancell.registry import registry_index, sql_literal
-from lancell.schema import DatasetRecord
+from lancell.schema import DatasetRecord, obs_fields
 
 __all__ = ["LandingOutcome", "LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
 
@@ -47,22 +74,55 @@ class LandingSpec:
     name: str | None = None
     source: str | None = None
     accession: str | None = None
+    obs_columns: Mapping[str, str] = field(default_factory=dict)
+    source_layer: str | None = None  # an ``adata.layers`` key (sidecar ``layers``); None: ``X``
+    standardize: bool = False
+
+
+_SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path", "source_layer"} | {"layers"})
+
+
+def _sidecar_options(sidecar: Path) -> dict[str, Any]:
+    """The sidecar's keys, type-checked, with ``layers`` turned into ``zarr_layer``/``source_layer``."""
+    try:
+        options = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{sidecar}: not valid JSON ({exc})") from exc
+    if not isinstance(options, dict):
+        raise IngestError(f"{sidecar}: must hold a JSON object, not {type(options).__name__}")
+    unknown = sorted(set(options) - _SIDECAR_KEYS)
+    if unknown:
+        raise IngestError(f"{sidecar}: unknown keys {unknown} (known: {sorted(_SIDECAR_KEYS)})")
+    renames = options.get("obs_columns", {})
+    if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
+        raise IngestError(f"{sidecar}: obs_columns must map file columns to cell schema columns")
+    if not isinstance(options.get("standardize", False), bool):
+        raise IngestError(f"{sidecar}: standardize must be true or false")
+    if "layers" in options:
+        layers = options.pop("layers")
+        if not isinstance(layers, dict) or len(layers) != 1:
+            raise IngestError(
+                f"{sidecar}: layers must map one stored layer name to its AnnData source, got {layers!r}"
+            )
+        if "zarr_layer" in options:
+            raise IngestError(f"{sidecar}: give layers or zarr_layer, not both")
+        ((stored, source),) = layers.items()
+        options["zarr_layer"] = stored
+        options["source_layer"] = None if source == "X" else source
+    return options
 
 
 def read_landing_spec(path: Path) -> LandingSpec:
-    """The spec of ``path`` (defaults overridden by its ``.json`` sidecar, if any)."""
+    """The spec of ``path`` (defaults overridden by its ``.json`` sidecar, if any; keys in the module doc).
+
+    Raises
+    ------
+    IngestError
+        The sidecar is not a JSON object, has an unknown key or a malformed value; the message names it.
+    """
     path = Path(path)
     sidecar = path.with_suffix(".json")
-    options: dict[str, object] = {}
-    if sidecar.exists():
-        try:
-            options = json.loads(sidecar.read_text())
-        except json.JSONDecodeError as exc:
-            raise IngestError(f"{sidecar}: not valid JSON ({exc})") from exc
-        unknown = sorted(set(options) - {f.name for f in fields(LandingSpec)} - {"path"})
-        if unknown:
-            raise IngestError(f"{sidecar}: unknown keys {unknown}")
-        options.pop("path", None)
+    options = _sidecar_options(sidecar) if sidecar.exists() else {}
     options.setdefault("uid", path.stem)
     return LandingSpec(path=path, **options)
 
@@ -84,6 +144,33 @@ def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.Da
     for name in columns & set(var.columns) - set(frame.columns):
         frame[name] = var[name].to_numpy()
     return frame.drop_duplicates("uid")
+
+
+def _prepared(atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` with the sidecar's obs renames, organism column and standardization applied."""
+    declared = {f.name for f in obs_fields(atlas.cell_arrow_schema)}
+    missing = sorted(set(spec.obs_columns) - set(adata.obs.columns))
+    if missing:
+        raise IngestError(f"{spec.path}: obs_columns renames {missing}, which obs does not have")
+    undeclared = sorted(set(spec.obs_columns.values()) - declared)
+    if undeclared:
+        raise IngestError(
+            f"{spec.path}: obs_columns targets {undeclared} are not columns of the cell schema "
+            f"(declared: {sorted(declared)})"
+        )
+    clashes = sorted(set(spec.obs_columns.values()) & (set(adata.obs.columns) - set(spec.obs_columns)))
+    if clashes:
+        raise IngestError(f"{spec.path}: obs_columns targets {clashes} are already columns of obs")
+    if spec.source_layer is not None and spec.source_layer not in adata.layers:
+        raise IngestError(f"{spec.path}: layers names {spec.source_layer!r}, not in {list(adata.layers)}")
+    adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
+    if spec.organism is not None and "organism" not in adata.obs.columns:
+        adata.obs["organism"] = spec.organism
+    if spec.standardize:
+        from lancell.standardize import standardize_anndata
+
+        adata, _ = standardize_anndata(adata, organism=spec.organism)
+    return adata
 
 
 def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetRecord, LandingOutcome]:
@@ -109,8 +196,7 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
         adata = ad.read_h5ad(spec.path, backed="r")
     except (OSError, KeyError, ValueError) as exc:
         raise IngestError(f"cannot read {spec.path} as .h5ad: {exc}") from exc
-    if spec.organism is not None and "organism" not in adata.obs.columns:
-        adata.obs["organism"] = spec.organism
+    adata = _prepared(atlas, spec, adata)
     features = _features(atlas, spec, adata.var)
     registry = atlas._tables.registry(spec.feature_space)
     known = set(registry_index(registry).index)
@@ -126,6 +212,7 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
             feature_space=spec.feature_space,
             zarr_layer=spec.zarr_layer,
             dataset_record=record,
+            layer=spec.source_layer,
             var_uid_column=spec.var_uid_column,
             on_duplicate="skip",
         )

@@ -1,10 +1,14 @@
-"""Dagster assets, checks, partitions, sensors, schedules and jobs of the lancell platform."""
+"""Dagster assets, checks, partitions, sensors and jobs of the lancell platform.
+
+Only Dagster is imported here: lancell modules are imported inside the asset bodies and resource methods,
+so loading the definitions stays fast (see docs/architecture.md, "Dagster platform").
+"""
 
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.automation import (
     ingest_dataset_job,
     landing_zone_sensor,
-    nightly_snapshot_schedule,
+    nightly_snapshot_sensor,
     rebuild_atlas_job,
     snapshot_job,
 )
@@ -15,7 +19,7 @@ from lancell_assets.training import cell_type_classifier
 
 ASSETS = [geo_series, dataset_group, feature_registry, optimized_atlas, atlas_snapshot, cell_type_classifier]
 JOBS = [geo_series_job, ingest_dataset_job, rebuild_atlas_job, snapshot_job]
-SENSORS = [geo_series_sensor, landing_zone_sensor]
+SENSORS = [geo_series_sensor, landing_zone_sensor, nightly_snapshot_sensor]
 
 __all__ = [
     "ASSETS",
@@ -24,6 +28,6 @@ __all__ = [
     "dataset_partitions",
     "geo_series_partitions",
     "landing_zone_sensor",
-    "nightly_snapshot_schedule",
+    "nightly_snapshot_sensor",
     "snapshot_partitions",
 ]

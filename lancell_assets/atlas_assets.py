@@ -1,16 +1,31 @@
-"""Atlas-wide assets: the feature registry, the optimized atlas, and snapshot partitions."""
+"""Atlas-wide assets: the feature registry, the optimized atlas, and snapshot partitions.
+
+``feature_registry`` and ``optimized_atlas`` refresh on their own after new datasets (declarative
+automation, evaluated by Dagster's default automation sensor); snapshots stay explicit (the nightly sensor,
+``python -m lancell_assets.snapshot LABEL`` or the UI). See docs/architecture.md, "Dagster platform".
+"""
 
 import time
 
 import dagster as dg
 
 from lancell_assets.datasets import dataset_group
-from lancell_assets.metadata import datasets_table
+from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import snapshot_partitions
 from resources import AtlasResource
 
+# eager, except that a dataset partition that failed (so is missing) does not hold back the others' refresh
+REFRESH_AFTER_NEW_DATA = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
 
-@dg.asset(deps=[dataset_group], pool="lancedb_writer", group_name="atlas", kinds={"lancedb"})
+
+@dg.asset(
+    deps=[dataset_group],
+    pool="lancedb_writer",
+    group_name="atlas",
+    kinds={"lancedb"},
+    owners=OWNERS,
+    automation_condition=REFRESH_AFTER_NEW_DATA,
+)
 def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
     """Every feature space's registry, each feature with its permanent global index."""
     handle = atlas.open()
@@ -19,6 +34,7 @@ def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) ->
     context.log.info(f"registry sizes {sizes}; newly numbered {numbered}")
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": dg.MetadataValue.int(sum(sizes.values())),
             "features": dg.MetadataValue.json(sizes),
             "newly_numbered": dg.MetadataValue.json(numbered),
             "lance_versions": dg.MetadataValue.json(handle._tables.versions()),
@@ -26,17 +42,29 @@ def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) ->
     )
 
 
-@dg.asset(deps=[feature_registry], pool="lancedb_writer", group_name="atlas", kinds={"lancedb"})
+@dg.asset(
+    deps=[feature_registry],
+    pool="lancedb_writer",
+    group_name="atlas",
+    kinds={"lancedb"},
+    owners=OWNERS,
+    automation_condition=REFRESH_AFTER_NEW_DATA,
+)
 def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
     """The atlas with compacted tables and untagged old versions pruned (snapshots are tagged, so kept)."""
+    from lancell_assets.metadata import column_schema, datasets_table
+
     handle = atlas.open()
     started = time.perf_counter()
     versions = handle.optimize()
     seconds = time.perf_counter() - started
     context.log.info(f"optimized in {seconds:.2f} s")
+    cells = handle.query().count()
     return dg.MaterializeResult(
         metadata={
-            "cells": dg.MetadataValue.int(handle.query().count()),
+            "dagster/row_count": dg.MetadataValue.int(cells),
+            "dagster/column_schema": column_schema(handle),
+            "cells": dg.MetadataValue.int(cells),
             "datasets": datasets_table(handle),
             "duration_s": dg.MetadataValue.float(round(seconds, 3)),
             "lance_versions": dg.MetadataValue.json(versions),
@@ -50,13 +78,33 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
     pool="lancedb_writer",
     group_name="atlas",
     kinds={"lancedb"},
+    owners=OWNERS,
     check_specs=[
-        dg.AssetCheckSpec("snapshot_valid", asset="atlas_snapshot", blocking=True),
-        dg.AssetCheckSpec("cells_equal_dataset_sum", asset="atlas_snapshot", blocking=True),
+        dg.AssetCheckSpec(
+            "snapshot_valid",
+            asset="atlas_snapshot",
+            blocking=True,
+            partitions_def=snapshot_partitions,
+            description="atlas.validate() finds no problem in the frozen snapshot.",
+        ),
+        dg.AssetCheckSpec(
+            "cells_equal_dataset_sum",
+            asset="atlas_snapshot",
+            blocking=True,
+            partitions_def=snapshot_partitions,
+            description="Cells in the snapshot = the sum of its datasets' n_cells.",
+        ),
     ],
 )
 def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
-    """A frozen, tagged atlas version; the partition key is the snapshot's label (its note)."""
+    """A frozen, tagged atlas version; the partition key is the snapshot's label (its note).
+
+    The metadata shows what changed since the previous snapshot (datasets added and removed, cells and
+    features added).
+    """
+    from lancell_assets.metadata import column_schema, datasets_table
+    from lancell_assets.snapshot_diff import snapshot_diff
+
     label = context.partition_key
     version = atlas.find_snapshot(label)
     if version is None:
@@ -69,13 +117,18 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     return dg.MaterializeResult(
         metadata={
             "snapshot_version": dg.MetadataValue.int(version),
+            "dagster/row_count": dg.MetadataValue.int(cells),
+            "dagster/column_schema": column_schema(frozen),
             "cells": dg.MetadataValue.int(cells),
             "datasets": datasets_table(frozen),
             "lance_versions": dg.MetadataValue.json(frozen._tables.versions()),
-        },
+        }
+        | snapshot_diff(atlas, frozen),
         check_results=[
             dg.AssetCheckResult(
-                check_name="snapshot_valid", passed=not problems, metadata={"problems": len(problems)}
+                check_name="snapshot_valid",
+                passed=not problems,
+                metadata={"problems": len(problems), "first": "; ".join(problems[:5])},
             ),
             dg.AssetCheckResult(
                 check_name="cells_equal_dataset_sum",

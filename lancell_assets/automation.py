@@ -1,4 +1,13 @@
-"""Jobs, the landing-zone sensor and the nightly snapshot schedule."""
+"""Jobs, the landing-zone sensor and the nightly snapshot sensor.
+
+Sensors add dynamic partitions only through the result they return (``SensorResult``'s
+``dynamic_partitions_requests``), which Dagster applies when it commits the tick: evaluating or previewing
+a sensor in the UI changes nothing on the instance.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -8,7 +17,9 @@ from lancell_assets.partitions import dataset_partitions, snapshot_partitions
 from resources import LandingZone
 
 ingest_dataset_job = dg.define_asset_job(
-    "ingest_dataset_job", selection=[dataset_group], partitions_def=dataset_partitions
+    "ingest_dataset_job",
+    selection=[dataset_group],
+    description="Ingest one landed file as a dataset partition (launched by the landing-zone sensor).",
 )
 rebuild_atlas_job = dg.define_asset_job(
     "rebuild_atlas_job",
@@ -18,26 +29,50 @@ rebuild_atlas_job = dg.define_asset_job(
 snapshot_job = dg.define_asset_job(
     "snapshot_job",
     selection=dg.AssetSelection.assets(feature_registry, optimized_atlas, atlas_snapshot).downstream(),
-    partitions_def=snapshot_partitions,
+    description="Re-number, optimize, take the snapshot named by the partition and train on it.",
 )
+
+NIGHTLY_HOUR_UTC = 2
 
 
 @dg.sensor(job=ingest_dataset_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZone) -> dg.SensorResult:
-    """A new ``.h5ad`` in the landing zone becomes a dataset partition and one ingestion run."""
+    """Each new ``.h5ad`` in the landing zone becomes a dataset partition and one ingestion run.
+
+    Files are read one by one: a file whose sidecar is malformed still gets its partition and run, which
+    fails naming the sidecar's problem; every other file proceeds. Fix the sidecar, then re-materialize
+    that partition.
+    """
     known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [spec.uid for spec in landing_zone.specs() if spec.uid not in known]
-    if new:
-        context.log.info(f"new landing files: {new}")
+    new = [entry for entry in landing_zone.entries() if entry.uid not in known]
+    for entry in new:
+        if entry.error is not None:
+            context.log.warning(f"{entry.path.name}: {entry.error} (its run will fail; other files proceed)")
+    uids = list(dict.fromkeys(entry.uid for entry in new))
+    if uids:
+        context.log.info(f"new landing files: {uids}")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"dataset:{uid}", partition_key=uid) for uid in new],
-        dynamic_partitions_requests=[dataset_partitions.build_add_request(new)] if new else [],
+        run_requests=[dg.RunRequest(run_key=f"dataset:{uid}", partition_key=uid) for uid in uids],
+        dynamic_partitions_requests=[dataset_partitions.build_add_request(uids)] if uids else [],
     )
 
 
-@dg.schedule(job=snapshot_job, cron_schedule="0 2 * * *", execution_timezone="UTC")
-def nightly_snapshot_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Every night: re-number, optimize and take a snapshot labelled ``nightly-YYYY-MM-DD``."""
-    label = f"nightly-{context.scheduled_execution_time:%Y-%m-%d}"
-    context.instance.add_dynamic_partitions(snapshot_partitions.name, [label])
-    return dg.RunRequest(run_key=label, partition_key=label)
+def nightly_label(now: datetime) -> str:
+    """``nightly-YYYY-MM-DD`` of the latest nightly tick (02:00 UTC) at or before ``now``."""
+    return f"nightly-{(now.astimezone(UTC) - timedelta(hours=NIGHTLY_HOUR_UTC)):%Y-%m-%d}"
+
+
+@dg.sensor(job=snapshot_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
+def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """Every night after 02:00 UTC: re-number, optimize and take a snapshot labelled ``nightly-YYYY-MM-DD``.
+
+    A sensor rather than a schedule because a schedule cannot add the snapshot partition through its
+    result. Started, it takes the latest tick's snapshot if that partition does not exist yet.
+    """
+    label = nightly_label(datetime.now(UTC))
+    if context.instance.has_dynamic_partition(snapshot_partitions.name, label):
+        return dg.SkipReason(f"snapshot partition {label!r} exists already")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=label, partition_key=label)],
+        dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],
+    )

@@ -20,24 +20,27 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance, snapshot_label: str) -> None:
-    """Run the sensor, ingest each new dataset partition, then registry, optimize, snapshot, training."""
-    from lancell_assets import landing_zone_sensor, snapshot_partitions
+    """Evaluate the landing sensor and run the named jobs it and a person would launch.
 
-    resources = defs.resources
-    assets = list(defs.assets)
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    common = {"instance": instance, "resources": resources, "run_config": quiet}
-    context = dg.build_sensor_context(instance=instance, resources=resources)
+    The sensor's partition requests are applied as the daemon applies them when it commits a tick; then
+    ``ingest_dataset_job`` per new dataset, ``rebuild_atlas_job``, and ``snapshot_job`` (with training)
+    through :func:`lancell_assets.take_snapshot.take_snapshot`, so the UI shows each run under its job.
+    """
+    from lancell_assets import landing_zone_sensor
+    from lancell_assets.take_snapshot import QUIET, take_snapshot
+
+    context = dg.build_sensor_context(instance=instance, resources=defs.resources)
     result = landing_zone_sensor(context)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    ingest = defs.resolve_job_def("ingest_dataset_job")
     for run in result.run_requests:
         print(f"  sensor -> ingest partition {run.partition_key}")
-        dg.materialize(assets, selection=["dataset_group"], partition_key=run.partition_key, **common)
-    dg.materialize(assets, selection=["feature_registry", "optimized_atlas"], **common)
-    instance.add_dynamic_partitions(snapshot_partitions.name, [snapshot_label])
-    snapshot_assets = [a.key.to_user_string() for a in assets if a.partitions_def == snapshot_partitions]
-    dg.materialize(assets, selection=snapshot_assets, partition_key=snapshot_label, **common)
+        ingest.execute_in_process(run_config=QUIET, instance=instance, partition_key=run.partition_key)
+    defs.resolve_job_def("rebuild_atlas_job").execute_in_process(run_config=QUIET, instance=instance)
+    snapshot = take_snapshot(defs, instance, snapshot_label)
+    if not snapshot.success:
+        raise SystemExit(f"snapshot_job for {snapshot_label!r} failed (run {snapshot.run_id})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,15 +6,17 @@ zone; the landing-zone sensor then turns each into a ``dataset_group`` partition
 
 import dagster as dg
 
-from lancell.geo_landing import land_geo_series
+from lancell_assets.metadata import OWNERS
 from resources import LandingZone
 
 geo_series_partitions = dg.DynamicPartitionsDefinition(name="lancell_geo_series")
 
 
-@dg.asset(partitions_def=geo_series_partitions, group_name="ingest", kinds={"geo"})
+@dg.asset(partitions_def=geo_series_partitions, group_name="ingest", kinds={"geo"}, owners=OWNERS)
 def geo_series(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> dg.MaterializeResult:
     """The landing files of one GEO series (one per sample with a 10x supplementary file)."""
+    from lancell.geo_landing import land_geo_series
+
     soft = landing_zone.soft_files()[context.partition_key]
     landed = land_geo_series(soft, landing_zone.path, mirror=landing_zone.geo_mirror)
     context.log.info(f"{context.partition_key}: landed {landed}")
@@ -24,7 +26,9 @@ def geo_series(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> 
 
 
 geo_series_job = dg.define_asset_job(
-    "geo_series_job", selection=[geo_series], partitions_def=geo_series_partitions
+    "geo_series_job",
+    selection=[geo_series],
+    description="Land one GEO series' samples as .h5ad files (the landing-zone sensor ingests them).",
 )
 
 

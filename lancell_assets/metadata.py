@@ -1,16 +1,23 @@
-"""Materialization metadata shared by the assets: cells, nnz, bytes, bytes/nnz, durations, Lance versions."""
+"""Materialization metadata shared by the assets: cells, nnz, bytes, bytes/nnz, durations, Lance versions,
+the cell table's column schema, and the owners every asset names."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
-from lancell.atlas import RaggedAtlas
-from lancell.schema import DatasetRecord
-from lancell.stores import prefix_nbytes
+if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions must stay fast
+    from lancell.atlas import RaggedAtlas
+    from lancell.schema import DatasetRecord
+
+OWNERS = ["team:atlas"]
 
 
 def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | None) -> dict[str, object]:
     """Metadata of one dataset group."""
+    from lancell.stores import prefix_nbytes
+
     nbytes = prefix_nbytes(atlas.store, record.zarr_group)
     out: dict[str, object] = {
         "dataset_uid": record.uid,
@@ -33,3 +40,9 @@ def datasets_table(atlas: RaggedAtlas) -> dg.MetadataValue:
     """A markdown table of the atlas' datasets."""
     frame = atlas.list_datasets()[["uid", "layer", "n_cells", "n_features", "nnz"]]
     return dg.MetadataValue.md(frame.to_markdown(index=False))
+
+
+def column_schema(atlas: RaggedAtlas) -> dg.TableSchemaMetadataValue:
+    """The cell table's columns and Arrow types (shown as ``dagster/column_schema``)."""
+    columns = [dg.TableColumn(name=f.name, type=str(f.type)) for f in atlas.cell_arrow_schema]
+    return dg.MetadataValue.table_schema(dg.TableSchema(columns=columns))

@@ -6,8 +6,8 @@ atlas version it was trained on.
 
 import dagster as dg
 
-from lancell.training import train_cell_type_classifier
 from lancell_assets.atlas_assets import atlas_snapshot
+from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import snapshot_partitions
 from resources import AtlasResource
 from resources.models import ModelStore
@@ -15,7 +15,13 @@ from resources.models import ModelStore
 LOADER_SEED = 0
 
 
-@dg.asset(deps=[atlas_snapshot], partitions_def=snapshot_partitions, group_name="models", kinds={"pytorch"})
+@dg.asset(
+    deps=[atlas_snapshot],
+    partitions_def=snapshot_partitions,
+    group_name="models",
+    kinds={"pytorch"},
+    owners=OWNERS,
+)
 def cell_type_classifier(
     context: dg.AssetExecutionContext, atlas: AtlasResource, model_store: ModelStore
 ) -> dg.MaterializeResult:
@@ -24,6 +30,8 @@ def cell_type_classifier(
     Only cells measured in the training layer are used; with none the run fails (``UnmeasuredDataError``)
     instead of training on empty rows. The metadata lists the cells used and left out per dataset.
     """
+    from lancell.training import train_cell_type_classifier  # torch: imported by the run, not the definitions
+
     version = atlas.find_snapshot(context.partition_key)
     if version is None:
         raise dg.Failure(f"no snapshot labelled {context.partition_key!r}; materialize atlas_snapshot first")

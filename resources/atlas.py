@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
 
-from lancell.atlas import RaggedAtlas
-from lancell.errors import AtlasExistsError, AtlasNotFoundError
+if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions must stay fast
+    import pandas as pd
+
+    from lancell.atlas import RaggedAtlas
 
 _CREATE_WAIT_S = 60.0
+DEFAULT_CELL_SCHEMA = "lancell.bundled:CellSchema"
+DEFAULT_FEATURE_SCHEMA = "lancell.bundled:GeneFeature"
 
 
 def _import(path: str) -> Any:
+    """``module:Class`` -> the class."""
+    from lancell.errors import SchemaError
+
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    if not module or not name:
+        raise SchemaError(f"schema {path!r} must be written module:Class (e.g. {DEFAULT_CELL_SCHEMA})")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SchemaError(f"cannot load schema {path!r}: {exc}") from exc
 
 
 class AtlasResource(dg.ConfigurableResource):
@@ -32,9 +44,11 @@ class AtlasResource(dg.ConfigurableResource):
         default_factory=dict, description='obstore client options, e.g. {"allow_http": "true"} for http://'
     )
     cell_schema: str = Field(
-        default="lancell.bundled:CellSchema", description="module:Class of the cell schema"
+        default=DEFAULT_CELL_SCHEMA,
+        description="module:Class of the cell schema a new atlas is created with (LANCELL_CELL_SCHEMA); an "
+        "existing atlas must have every column it declares",
     )
-    feature_schema: str = Field(default="lancell.bundled:GeneFeature", description="module:Class of genes")
+    feature_schema: str = Field(default=DEFAULT_FEATURE_SCHEMA, description="module:Class of genes")
     feature_space: str = Field(default="gene_expression", description="the feature space of feature_schema")
 
     def _store_kwargs(self) -> dict[str, Any] | None:
@@ -52,10 +66,13 @@ class AtlasResource(dg.ConfigurableResource):
         Runs of several partitions may start at once: the one that loses the race to create the atlas
         waits until the winner has finished creating it, then opens it.
         """
+        from lancell.atlas import RaggedAtlas
+        from lancell.errors import AtlasExistsError, AtlasNotFoundError
+
         deadline = time.monotonic() + _CREATE_WAIT_S
         while True:
             try:
-                return RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
+                atlas = RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
             except AtlasNotFoundError:
                 try:
                     return RaggedAtlas.create(
@@ -70,13 +87,38 @@ class AtlasResource(dg.ConfigurableResource):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
+            else:
+                self._check_cell_schema(atlas)
+                return atlas
+
+    def _check_cell_schema(self, atlas: RaggedAtlas) -> None:
+        """An existing atlas must store every column of the configured cell schema (else it is ignored)."""
+        from lancell.errors import SchemaError
+
+        schema = _import(self.cell_schema)
+        missing = sorted(set(schema.model_fields) - set(atlas.cell_arrow_schema.names))
+        if missing:
+            raise SchemaError(
+                f"cell schema {self.cell_schema} declares {missing}, which the cell table of the atlas at "
+                f"{self.db_uri} does not have (it was created with another schema)"
+            )
 
     def checkout(self, version: int) -> RaggedAtlas:
         """Snapshot ``version``, read-only."""
+        from lancell.atlas import RaggedAtlas
+
         return RaggedAtlas.checkout(
             self.db_uri, version, store=self.store_url, store_kwargs=self._store_kwargs()
         )
 
     def find_snapshot(self, label: str) -> int | None:
         """The latest snapshot labelled ``label`` (its note), or None."""
+        from lancell.atlas import RaggedAtlas
+
         return RaggedAtlas.find_snapshot(self.db_uri, label, store_kwargs=self._store_kwargs())
+
+    def list_versions(self) -> pd.DataFrame:
+        """Every snapshot: version, cell and dataset counts, note (see ``RaggedAtlas.list_versions``)."""
+        from lancell.atlas import RaggedAtlas
+
+        return RaggedAtlas.list_versions(self.db_uri, store_kwargs=self._store_kwargs())

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from lancell.landing import LandingSpec, landing_files, read_landing_spec
+if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions must stay fast
+    from lancell.landing import LandingSpec
+
+
+@dataclass(frozen=True)
+class LandingEntry:
+    """One landing file: its dataset uid and either its spec or why its sidecar cannot be read."""
+
+    uid: str
+    path: Path
+    spec: LandingSpec | None
+    error: str | None
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -24,14 +37,39 @@ class LandingZone(dg.ConfigurableResource):
         files = sorted(folder.glob("*.soft")) + sorted(folder.glob("*.soft.gz")) if folder.exists() else []
         return {f.name.split("_family")[0].split(".soft")[0]: f for f in files}
 
-    def specs(self) -> list[LandingSpec]:
-        """Every landing file with its ingestion spec."""
+    def entries(self) -> list[LandingEntry]:
+        """Every landing file (sorted by name), each read on its own: a bad sidecar marks only its file.
+
+        A file whose sidecar cannot be read keeps its file stem as uid and carries the error.
+        """
+        from lancell.errors import IngestError
+        from lancell.landing import read_landing_spec
+
         folder = Path(self.path)
-        return landing_files(folder) if folder.exists() else []
+        out = []
+        for path in sorted(folder.glob("*.h5ad")) if folder.exists() else []:
+            try:
+                spec = read_landing_spec(path)
+            except IngestError as exc:
+                out.append(LandingEntry(uid=path.stem, path=path, spec=None, error=str(exc)))
+            else:
+                out.append(LandingEntry(uid=spec.uid, path=path, spec=spec, error=None))
+        return out
 
     def spec(self, dataset_uid: str) -> LandingSpec:
-        """The spec of the file whose dataset uid is ``dataset_uid``."""
-        for spec in self.specs():
-            if spec.uid == dataset_uid:
-                return spec
+        """The spec of the file whose dataset uid is ``dataset_uid``.
+
+        Raises
+        ------
+        IngestError
+            That file's sidecar cannot be read (the message names it), or no file has that uid.
+        """
+        from lancell.errors import IngestError
+        from lancell.landing import read_landing_spec
+
+        for entry in self.entries():
+            if entry.uid == dataset_uid:
+                if entry.spec is None:
+                    raise IngestError(entry.error)
+                return entry.spec
         return read_landing_spec(Path(self.path) / f"{dataset_uid}.h5ad")

@@ -2,26 +2,14 @@
 and the obs columns the cell schema does not declare."""
 
 import shutil
-from pathlib import Path
 
 import dagster as dg
-import pytest
 
-import definitions
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema
 from lancell_assets import dataset_partitions
-from lancell_assets.demo import land_bundled_data
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-@pytest.fixture
-def platform(tmp_path: Path):
-    land_bundled_data(tmp_path / "landing")
-    defs = definitions.build_definitions(tmp_path)
-    with dg.instance_for_test() as instance:
-        yield defs, instance, tmp_path
 
 
 def _metadata(defs: dg.Definitions, instance: dg.DagsterInstance, partition: str) -> dict[str, object]:

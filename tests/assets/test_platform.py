@@ -5,24 +5,14 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from helpers import visible_state
 
 import definitions
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
 from lancell_assets import dataset_partitions, landing_zone_sensor, snapshot_partitions
-from lancell_assets.demo import land_bundled_data
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-@pytest.fixture
-def platform(tmp_path: Path):
-    land_bundled_data(tmp_path / "landing")
-    defs = definitions.build_definitions(tmp_path)
-    with dg.instance_for_test() as instance:
-        yield defs, instance, tmp_path
 
 
 def _materialize(defs, instance, selection, partition_key=None, raise_on_error=True):
@@ -46,7 +36,7 @@ def test_definitions_load_and_graph_shape():
     }
     assert deps == {
         "geo_series": [],
-        "dataset_group": [],
+        "dataset_group": ["geo_series"],
         "feature_registry": ["dataset_group"],
         "optimized_atlas": ["feature_registry"],
         "atlas_snapshot": ["optimized_atlas"],
@@ -55,6 +45,23 @@ def test_definitions_load_and_graph_shape():
     assert graph.get(dg.AssetKey("atlas_snapshot")).partitions_def == snapshot_partitions
     for name in ("dataset_group", "feature_registry", "optimized_atlas", "atlas_snapshot"):
         assert graph.get(dg.AssetKey(name)).pools == {"lancedb_writer"}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).owners == ["team:atlas"], key
+    eager = {
+        key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).automation_condition
+    }
+    assert eager == {"feature_registry", "optimized_atlas"}  # snapshots stay explicit
+    specs = [spec for asset in definitions.defs.assets for spec in asset.check_specs]
+    checks = {(c.key.name, c.partitions_def) for c in specs}
+    assert checks == {
+        ("ingested_cleanly", dataset_partitions),
+        ("cell_count_matches", dataset_partitions),
+        ("nnz_matches", dataset_partitions),
+        ("dataset_consistent", dataset_partitions),
+        ("snapshot_valid", snapshot_partitions),
+        ("cells_equal_dataset_sum", snapshot_partitions),
+    }
+    assert all(c.description for c in specs)
 
 
 def test_sensor_then_materialize_partitions_registry_optimize_snapshot(platform):
@@ -91,7 +98,7 @@ def test_sensor_then_materialize_partitions_registry_optimize_snapshot(platform)
     )
 
 
-def test_bad_file_fails_its_blocking_check_and_leaves_atlas_unchanged(platform):
+def test_bad_file_fails_its_run_and_checks_and_leaves_atlas_unchanged(platform):
     defs, instance, root = platform
     instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "broken"])
     _materialize(defs, instance, ["dataset_group"], "pbmc68k")
@@ -100,8 +107,19 @@ def test_bad_file_fails_its_blocking_check_and_leaves_atlas_unchanged(platform):
     shutil.copyfile(BUNDLED[0].path, root / "landing" / "broken.h5ad")
     (root / "landing" / "broken.json").write_text(json.dumps({"zarr_layer": "counts"}))  # floats: not counts
     result = _materialize(defs, instance, ["dataset_group"], "broken", raise_on_error=False)
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks["ingested_cleanly"] is False
+    assert not result.success and not result.asset_materializations_for_node("dataset_group")
+    checks = {c.check_name: (c.passed, c.partition) for c in result.get_asset_check_evaluations()}
+    assert checks == {
+        name: (False, "broken")
+        for name in ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent")
+    }
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure.description.startswith("dataset broken was not ingested: ")
+    assert failure.metadata["error"].value.startswith("DataValueError: ")
+    findings = failure.metadata["checks"].value
+    assert findings["ingested_cleanly"].startswith("failed: ")
+    assert findings["nnz_matches"] == "not evaluated: ingestion failed"
+    assert instance.get_materialized_partitions(dg.AssetKey("dataset_group")) == {"pbmc68k"}
     assert visible_state(atlas) == before
     atlas.snapshot()
 

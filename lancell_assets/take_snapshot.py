@@ -1,0 +1,73 @@
+"""Snapshot on demand: add the snapshot partition and run ``snapshot_job`` for it, from a shell or CI.
+
+``python -m lancell_assets.take_snapshot LABEL [--no-train]`` uses the Dagster instance of
+``DAGSTER_HOME`` and the atlas of ``LANCELL_ROOT`` (or ``LANCELL_DB_URI`` ...; see ``definitions.py``),
+so the run, its partition and its metadata (including what changed since the previous snapshot) appear in
+the UI like the nightly ones. ``dagster asset materialize --partition LABEL`` alone cannot do this: it
+refuses a snapshot partition that does not exist yet. Exit status 0 when the run succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import dagster as dg
+
+from lancell_assets.partitions import snapshot_partitions
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def take_snapshot(
+    defs: dg.Definitions, instance: dg.DagsterInstance, label: str, *, train: bool = True
+) -> dg.ExecuteInProcessResult:
+    """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
+
+    ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier).
+    """
+    if not instance.has_dynamic_partition(snapshot_partitions.name, label):
+        instance.add_dynamic_partitions(snapshot_partitions.name, [label])
+    job = defs.resolve_job_def("snapshot_job")
+    selection = None
+    if not train:
+        selection = [dg.AssetKey(name) for name in ("feature_registry", "optimized_atlas", "atlas_snapshot")]
+    return job.execute_in_process(
+        run_config=QUIET,
+        instance=instance,
+        partition_key=label,
+        raise_on_error=False,
+        asset_selection=selection,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("label", help="the snapshot's label (its partition key and note)")
+    parser.add_argument("--no-train", action="store_true", help="do not train the models on the snapshot")
+    args = parser.parse_args(argv)
+    from definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        result = take_snapshot(defs, instance, args.label, train=not args.no_train)
+        if not result.success:
+            errors = [e.event_specific_data.error.message.strip() for e in result.get_step_failure_events()]
+            print(
+                f"snapshot {args.label!r}: run {result.run_id} failed: {'; '.join(errors)}", file=sys.stderr
+            )
+            return 1
+        event = result.asset_materializations_for_node("atlas_snapshot")[0]
+        meta = {key: value.value for key, value in event.metadata.items()}
+        print(
+            f"snapshot {args.label!r}: version {meta['snapshot_version']}, {meta['cells']} cells "
+            f"(run {result.run_id}); since snapshot {meta['previous_snapshot']}: "
+            f"datasets added {meta['datasets_added']}, removed {meta['datasets_removed']}, "
+            f"cells added {meta['cells_added']}, features added {meta['features_added']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

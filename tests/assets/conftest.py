@@ -1,0 +1,18 @@
+"""The Dagster test platform: bundled files landed under a temporary root, definitions, an instance."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+from lancell.bundled import land_bundled_data
+
+
+@pytest.fixture
+def platform(tmp_path: Path):
+    """``(defs, instance, root)``: definitions over ``root`` (files landed) and an ephemeral instance."""
+    land_bundled_data(tmp_path / "landing")
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        yield defs, instance, tmp_path

@@ -1,0 +1,245 @@
+"""What a data engineer relies on: failed ingestion is red and stays red per partition, sensors change the
+instance only through their committed result, one bad sidecar marks one file, a custom schema with an
+``obs_columns`` map lands a file's own columns, snapshots on demand from the command line show the diff
+since the previous one, and loading the definitions imports Dagster only."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, GeneFeature
+from lancell.errors import IngestError
+from lancell.landing import ingest_landing_file, read_landing_spec
+from lancell.schema import LancellBaseSchema, SparseZarrPointer
+from lancell_assets import (
+    dataset_partitions,
+    landing_zone_sensor,
+    nightly_snapshot_sensor,
+    snapshot_partitions,
+)
+from lancell_assets.automation import nightly_label
+from lancell_assets.demo import land_bundled_data
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+CHECKS = ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent")
+
+
+class RenamedCells(LancellBaseSchema):
+    """A lab's own cell schema: other names than the bundled one."""
+
+    cell_label: str | None = None
+    cluster: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+
+
+def _ingest(defs: dg.Definitions, instance: dg.DagsterInstance, uid: str) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("ingest_dataset_job")
+    return job.execute_in_process(
+        run_config=QUIET, instance=instance, partition_key=uid, raise_on_error=False
+    )
+
+
+def _latest_check_status(instance: dg.DagsterInstance, check: str, partition: str) -> str:
+    key = dg.AssetCheckKey(dg.AssetKey("dataset_group"), check)
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
+    return next(record.status.value for record in history if record.partition == partition)
+
+
+def test_a_later_good_partition_leaves_the_bad_partitions_checks_failed(platform):
+    defs, instance, root = platform
+    shutil.copyfile(BUNDLED[0].path, root / "landing" / "broken.h5ad")
+    (root / "landing" / "broken.json").write_text(json.dumps({"zarr_layer": "counts"}))  # floats: not counts
+    instance.add_dynamic_partitions(dataset_partitions.name, ["broken", "pbmc68k"])
+    bad = _ingest(defs, instance, "broken")
+    assert not bad.success
+    good = _ingest(defs, instance, "pbmc68k")
+    assert good.success and all(c.passed for c in good.get_asset_check_evaluations())
+    for check in CHECKS:
+        assert _latest_check_status(instance, check, "broken") == "FAILED"
+        assert _latest_check_status(instance, check, "pbmc68k") == "SUCCEEDED"
+    assert instance.get_materialized_partitions(dg.AssetKey("dataset_group")) == {"pbmc68k"}
+    run = instance.get_run_by_id(bad.run_id)
+    assert (run.job_name, run.status) == ("ingest_dataset_job", dg.DagsterRunStatus.FAILURE)
+
+
+def test_nightly_sensor_adds_its_partition_only_through_its_result(platform):
+    defs, instance, _ = platform
+    label = nightly_label(datetime.now(UTC))
+    assert nightly_label(datetime(2026, 5, 4, 1, 59, tzinfo=UTC)) == "nightly-2026-05-03"
+    assert nightly_label(datetime(2026, 5, 4, 2, 0, tzinfo=UTC)) == "nightly-2026-05-04"
+    result = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert [r.partition_key for r in result.run_requests] == [label]
+    assert [(r.partitions_def_name, list(r.partition_keys)) for r in result.dynamic_partitions_requests] == [
+        (snapshot_partitions.name, [label])
+    ]
+    assert instance.get_dynamic_partitions(snapshot_partitions.name) == []  # evaluating changed nothing
+    instance.add_dynamic_partitions(snapshot_partitions.name, [label])  # what committing the tick does
+    again = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert isinstance(again, dg.SkipReason)
+
+
+def test_one_bad_sidecar_marks_its_file_only(platform):
+    defs, instance, root = platform
+    shutil.copyfile(BUNDLED[0].path, root / "landing" / "odd.h5ad")
+    (root / "landing" / "odd.json").write_text(json.dumps({"zarr_layr": "counts"}))
+    result = landing_zone_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert [r.partition_key for r in result.run_requests] == [
+        "celltypist_sample",
+        "mouse_10k",
+        "odd",
+        "pbmc68k",
+    ]
+    assert instance.get_dynamic_partitions(dataset_partitions.name) == []
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    odd = _ingest(defs, instance, "odd")
+    failure = odd.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure.metadata["error"].value == (
+        f"IngestError: {root / 'landing' / 'odd.json'}: unknown keys ['zarr_layr'] (known: {_sidecar_keys()})"
+    )
+    assert _ingest(defs, instance, "pbmc68k").success
+    assert RaggedAtlas.open(str(root / "db")).list_datasets()["uid"].tolist() == ["pbmc68k"]
+
+
+def _sidecar_keys() -> list[str]:
+    return [
+        "accession",
+        "feature_space",
+        "layers",
+        "name",
+        "obs_columns",
+        "organism",
+        "source",
+        "standardize",
+        "symbol_column",
+        "uid",
+        "var_uid_column",
+        "zarr_layer",
+    ]
+
+
+def test_custom_schema_and_obs_columns_land_the_files_own_columns(platform, monkeypatch):
+    _, instance, root = platform
+    monkeypatch.setenv("LANCELL_CELL_SCHEMA", f"{__name__}:RenamedCells")
+    defs = definitions.build_definitions(root)
+    sidecar = root / "landing" / "pbmc68k.json"
+    options = json.loads(sidecar.read_text()) | {
+        "obs_columns": {"cell_type": "cell_label", "louvain": "cluster"}
+    }
+    sidecar.write_text(json.dumps(options))
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k"])
+    result = _ingest(defs, instance, "pbmc68k")
+    assert result.success
+    meta = {
+        k: v.value for k, v in result.asset_materializations_for_node("dataset_group")[0].metadata.items()
+    }
+    assert meta["obs_columns"] == {"cell_type": "cell_label", "louvain": "cluster"}
+    assert meta["dropped_obs_columns"] == ["n_counts", "organism"]
+    assert meta["dagster/row_count"] == 700
+    columns = [c.name for c in meta["dagster/column_schema"].columns]
+    assert "cell_label" in columns and "cluster" in columns and "cell_type" not in columns
+    atlas = RaggedAtlas.open(str(root / "db"))
+    source = BUNDLED[0].read()
+    cells = atlas.query().to_pandas()
+    assert cells["cell_label"].astype(str).tolist() == source.obs["cell_type"].astype(str).tolist()
+    assert cells["cluster"].astype(str).tolist() == source.obs["louvain"].astype(str).tolist()
+
+
+def test_sidecar_layers_and_renames_are_checked(tmp_path: Path):
+    path = tmp_path / "a.h5ad"
+    (tmp_path / "a.json").write_text(json.dumps({"layers": {"counts": "raw"}}))
+    spec = read_landing_spec(path)
+    assert (spec.zarr_layer, spec.source_layer) == ("counts", "raw")
+    (tmp_path / "a.json").write_text(json.dumps({"layers": {"counts": "X"}, "zarr_layer": "counts"}))
+    with pytest.raises(IngestError, match=r"a\.json: give layers or zarr_layer, not both"):
+        read_landing_spec(path)
+    (tmp_path / "a.json").write_text(json.dumps({"obs_columns": ["cell_type"]}))
+    with pytest.raises(IngestError, match="obs_columns must map file columns to cell schema columns"):
+        read_landing_spec(path)
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        RenamedCells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    land_bundled_data(tmp_path / "landing")
+    spec = read_landing_spec(tmp_path / "landing" / "pbmc68k.h5ad")
+    bad = type(spec)(**{**spec.__dict__, "obs_columns": {"cell_type": "cell_type"}})
+    with pytest.raises(
+        IngestError, match=r"obs_columns targets \['cell_type'\] are not columns of the cell schema"
+    ):
+        ingest_landing_file(atlas, bad)
+    assert atlas.list_datasets().empty
+
+
+def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path):
+    home, root = tmp_path / "dagster_home", tmp_path / "atlas"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    land_bundled_data(root / "landing")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LANCELL_ROOT": str(root), "LANCE_LOG": "error"}
+    atlas = definitions.build_definitions(root).resources["atlas"].open()
+
+    def take(label: str) -> str:
+        command = [sys.executable, "-m", "lancell_assets.take_snapshot", label, "--no-train"]
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().split(" (run ")[0] + done.stdout.strip().split(")")[-1]
+
+    ingest_landing_file(atlas, read_landing_spec(root / "landing" / "pbmc68k.h5ad"))
+    assert take("first") == (
+        "snapshot 'first': version 0, 700 cells; since snapshot None: datasets added ['pbmc68k'], "
+        "removed [], cells added 700, features added {'gene_expression': 765}"
+    )
+    ingest_landing_file(atlas, read_landing_spec(root / "landing" / "celltypist_sample.h5ad"))
+    new_features = len(atlas.feature_registry("gene_expression")) - 765
+    assert take("second") == (
+        "snapshot 'second': version 1, 1259 cells; since snapshot 0: datasets added ['celltypist_sample'], "
+        f"removed [], cells added 559, features added {{'gene_expression': {new_features}}}"
+    )
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+        assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["first", "second"]
+        runs = instance.get_runs()
+        assert {(r.job_name, r.tags["dagster/partition"], r.status) for r in runs} == {
+            ("snapshot_job", "first", dg.DagsterRunStatus.SUCCESS),
+            ("snapshot_job", "second", dg.DagsterRunStatus.SUCCESS),
+        }
+
+
+def test_loading_the_definitions_imports_dagster_only():
+    code = (
+        "import sys, time\n"
+        "started = time.perf_counter()\n"
+        "import definitions\n"
+        "seconds = time.perf_counter() - started\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'lancell', 'lancedb', 'lance', 'torch', 'zarr', 'numba', 'anndata', 'obstore'})\n"
+        "print(f'{seconds:.2f}', heavy)\n"
+    )
+    seconds = []
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        value, heavy = done.stdout.split(" ", 1)
+        assert heavy.strip() == "[]"
+        seconds.append(float(value))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import dagster"], cwd=REPO, check=True)
+    dagster_alone = time.perf_counter() - started
+    print(
+        f"\n`import definitions` in a fresh process: {', '.join(f'{s:.2f}' for s in seconds)} s; "
+        f"`import dagster` alone (process included): {dagster_alone:.2f} s"
+    )
