@@ -8,7 +8,9 @@ Each field has one ontology (:data:`FIELD_ONTOLOGY`). A value is matched, in thi
 * ``synonym``: equal to a synonym of exactly one term (several: the lowest id, candidates reported);
 * ``normalized``: equal to a label or synonym after rewriting marker notation (``CD14+`` ->
   ``CD14-positive``, ``/`` -> ``, ``) and, for cell types, adding ``cell`` (``Dendritic`` ->
-  ``dendritic cell``);
+  ``dendritic cell``), reading plurals as singular (``monocytes`` -> ``monocyte``, ``Tregs`` -> the
+  synonym ``Treg``) and expanding the common abbreviations of :data:`CELL_TYPE_ABBREVIATIONS` (``DCs``
+  -> ``dendritic cell``);
 * ``broader``: cell types only, matched once the markers are dropped (``CD56+ NK`` -> ``NK cell``): a
   correct but less specific term;
 * ``unresolved``: nothing matched; the value is reported, never dropped.
@@ -31,6 +33,7 @@ from typing import Literal, Protocol
 from lancell.errors import OntologyBackendError, StandardizationError
 
 __all__ = [
+    "CELL_TYPE_ABBREVIATIONS",
     "FIELD_ONTOLOGY",
     "ORGANISMS",
     "BiontyBackend",
@@ -84,6 +87,27 @@ ORGANISMS: Mapping[str, OrganismTerm] = {
 
 # cellxgene's convention for healthy samples: PATO "normal" in the disease field
 _DISEASE_EXTRA = {"PATO:0000461": ("normal", ("healthy", "control", "healthy control"))}
+
+# abbreviations used as cell-type labels that CL does not list as exact synonyms (Treg, pDC are synonyms);
+# keys are match keys, values CL labels (checked against CL in tests/lancell/test_standardize_ingest.py)
+CELL_TYPE_ABBREVIATIONS: Mapping[str, str] = {
+    "dc": "dendritic cell",
+    "cdc": "conventional dendritic cell",
+    "modc": "monocyte-derived dendritic cell",
+    "hsc": "hematopoietic stem cell",
+    "mpp": "hematopoietic multipotent progenitor cell",
+    "clp": "common lymphoid progenitor",
+    "cmp": "common myeloid progenitor",
+    "gmp": "granulocyte monocyte progenitor cell",
+    "mep": "megakaryocyte-erythroid progenitor cell",
+    "nk": "natural killer cell",
+    "ilc": "innate lymphoid cell",
+    "mait": "mucosal invariant T cell",
+    "gdt": "gamma-delta T cell",
+    "rbc": "erythrocyte",
+    "smc": "smooth muscle cell",
+    "opc": "oligodendrocyte precursor cell",
+}
 
 _MARKER = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{1,6}\d+[A-Za-z]{0,3})([+-])(?=[\s/,;]|$)")
 _BARE_MARKER = re.compile(r"(?<![A-Za-z0-9])(?:CD|HLA-?)\w*[+-]?(?=[\s/,;]|$)", re.IGNORECASE)
@@ -253,16 +277,24 @@ def _add_disease_extras(index: TermIndex) -> None:
             index.synonyms[match_key(synonym)].add(term_id)
 
 
+def _singular(word: str) -> str:
+    """``monocytes`` -> ``monocyte``, ``Tregs`` -> ``Treg``, ``bodies`` -> ``body``; other words unchanged."""
+    if len(word) < 3 or not word.endswith("s") or word.endswith("ss"):
+        return word
+    return word[:-3] + "y" if word.endswith("ies") else word[:-1]
+
+
 def _rewritten(value: str, cell_type: bool) -> list[str]:
     text = _MARKER.sub(lambda m: f"{m.group(1)}-{'positive' if m.group(2) == '+' else 'negative'}", value)
     text = match_key(re.sub(r"\s*/\s*", ", ", text))
     variants = [text]
     if cell_type:
-        if text.endswith(" cells"):
-            variants.append(text[: -len("s")])
-        elif not text.endswith(" cell"):
-            variants.append(f"{text} cell")
-    return variants
+        for base in dict.fromkeys([text, " ".join(_singular(w) for w in text.split())]):
+            stem = base.removesuffix(" cell")
+            variants += [stem, f"{stem} cell"]
+            if stem in CELL_TYPE_ABBREVIATIONS:
+                variants.append(match_key(CELL_TYPE_ABBREVIATIONS[stem]))
+    return list(dict.fromkeys(variants))
 
 
 def _broader(value: str) -> list[str]:

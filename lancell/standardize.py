@@ -1,21 +1,25 @@
 """Standardize an AnnData before ingestion: genes -> Ensembl ids, metadata labels -> ontology term ids.
 
-:func:`standardize_anndata` returns a copy with ``var["ensembl_id"]`` and ``obs["<field>_ontology_term_id"]``
-filled, and a :class:`StandardizationReport` that lists every distinct input with what it resolved to and how
-(:mod:`lancell.genes` and :mod:`lancell.ontology` describe the match kinds). Nothing is dropped: values that
-could not be resolved stay in the report (and are missing in the new columns), so the caller decides whether
-to ingest by Ensembl id, by symbol, or to curate first::
+:func:`standardize_anndata` returns a copy with ``var["ensembl_id"]``, ``var["feature_uid"]`` and
+``obs["<field>_ontology_term_id"]`` filled, and a :class:`StandardizationReport` that lists every distinct
+input with what it resolved to and how (:mod:`lancell.genes` and :mod:`lancell.ontology` describe the match
+kinds). Genes without an Ensembl id are kept under their input name (``unresolved="keep"``) or dropped
+(``"drop"``); inputs that resolve to one id are summed, reduced to the first, or refused (``duplicates=``).
+:func:`standardize_and_ingest` does it all, registers the features and ingests, in one call::
 
-    standardized, report = standardize_anndata(adata, organism="Homo sapiens")
-    logger.info(report.summary())
-    add_from_anndata(atlas, standardized, ..., var_uid_column="ensembl_id")
+    record, report = standardize_and_ingest(
+        atlas, "study.h5ad", feature_space="gene_expression", zarr_layer="counts", organism="human"
+    )
+    print(report.summary())  # genes resolved / kept / summed, cell types matched
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
 import pandas as pd
@@ -23,8 +27,14 @@ import pandas as pd
 from lancell.errors import StandardizationError, UnknownOrganismError
 from lancell.genes import GENE_MATCH_KINDS, RESOLVED_KINDS, GeneReference, canonical_organism, infer_organism
 from lancell.ontology import FIELD_ONTOLOGY, OntologyBackend, TermMatch, resolve_terms
+from lancell.var_merge import Duplicates, merge_duplicate_columns
 
-__all__ = ["DEFAULT_OBS_COLUMNS", "StandardizationReport", "standardize_anndata"]
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.registry import OnConflict
+    from lancell.schema import DatasetRecord
+
+__all__ = ["DEFAULT_OBS_COLUMNS", "StandardizationReport", "standardize_and_ingest", "standardize_anndata"]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +63,17 @@ class StandardizationReport:
         obs column -> one :class:`~lancell.ontology.TermMatch` per distinct value.
     skipped_columns
         Requested obs columns that ``obs`` does not have.
+    var_counts
+        What happened to the var entries: ``resolved`` (got an Ensembl id), ``kept`` (unresolved, kept under
+        the input name), ``dropped`` (unresolved, left out), ``summed`` / ``first`` (merged into another
+        entry of the same id by adding up / by keeping the first), ``n_vars`` (entries in the output).
     """
 
     organism: str | None = None
     genes: pd.DataFrame | None = None
     terms: dict[str, list[TermMatch]] = field(default_factory=dict)
     skipped_columns: list[str] = field(default_factory=list)
+    var_counts: dict[str, int] = field(default_factory=dict)
 
     def gene_counts(self) -> dict[str, int]:
         """Number of var entries per match kind (every kind present, zeros included)."""
@@ -111,6 +126,7 @@ class StandardizationReport:
             meta["gene_resolution_rate"] = round(self.gene_resolution_rate(), 4)
             meta |= {f"genes_{kind}": n for kind, n in self.gene_counts().items()}
             meta["genes_duplicate_ids"] = int(self.genes["duplicate"].sum())
+            meta |= {f"var_{action}": n for action, n in self.var_counts.items()}
         for column in self.terms:
             meta |= {f"{column}_{kind}": n for kind, n in self.term_counts(column).items()}
         if self.skipped_columns:
@@ -126,6 +142,7 @@ class StandardizationReport:
                 f"genes ({self.organism}): {self.gene_resolution_rate():.1%} of {len(self.genes)} resolved "
                 f"({counts}; {int(self.genes['duplicate'].sum())} share an id)"
             )
+            lines.append("var: " + ", ".join(f"{action} {n}" for action, n in self.var_counts.items()))
         for column in self.terms:
             counts = ", ".join(f"{k} {n}" for k, n in self.term_counts(column).items())
             lines.append(f"{column}: {len(self.terms[column])} distinct values ({counts})")
@@ -163,8 +180,11 @@ def standardize_anndata(
     backend: OntologyBackend | None = None,
     overrides: Mapping[str, Mapping[str, str]] | None = None,
     allow_broader: bool = True,
+    unresolved: Literal["keep", "drop"] = "keep",
+    duplicates: Duplicates | None = None,
 ) -> tuple[ad.AnnData, StandardizationReport]:
-    """A copy of ``adata`` with ``var["ensembl_id"]`` and ontology term id obs columns, and a report.
+    """A copy of ``adata`` with ``var["ensembl_id"]``, ``var["feature_uid"]`` and ontology term id obs
+    columns, and a report.
 
     Parameters
     ----------
@@ -186,11 +206,18 @@ def standardize_anndata(
         obs column -> {value: term id}: curated mappings applied before text matching.
     allow_broader
         Accept less specific cell types (match kind ``broader``).
+    unresolved
+        Genes without an Ensembl id: ``"keep"`` them (``feature_uid`` is the input name, ``ensembl_id``
+        missing) or ``"drop"`` them.
+    duplicates
+        var entries that resolve to one ``feature_uid``: ``"sum"`` their columns (counts), keep the
+        ``"first"``, or raise (``"error"``); None leaves them (flagged in ``report.genes["duplicate"]``; an
+        atlas refuses to ingest them).
 
     Returns
     -------
     (AnnData, StandardizationReport)
-        Unresolved genes have a missing ``ensembl_id``; unresolved labels a missing term id.
+        Unresolved labels have a missing term id; ``report.var_counts`` says what happened to the genes.
 
     Raises
     ------
@@ -198,8 +225,13 @@ def standardize_anndata(
         The organism is unknown, has no gene reference, or cannot be inferred.
     StandardizationError
         A target column not named ``<field>_ontology_term_id`` for a known field, a missing ``gene_column``,
-        or an override naming a term the ontology lacks.
+        an override naming a term the ontology lacks, an unknown ``unresolved`` or ``duplicates``, or
+        ``duplicates="error"`` with genes sharing an id.
     """
+    if unresolved not in ("keep", "drop"):
+        raise StandardizationError(f"unresolved must be 'keep' or 'drop', got {unresolved!r}")
+    if duplicates not in (None, "sum", "first", "error"):
+        raise StandardizationError(f"duplicates must be 'sum', 'first', 'error' or None, got {duplicates!r}")
     targets: dict[str, str] = {}
     for column, target in obs_columns.items():
         name = target.removesuffix(TERM_SUFFIX)
@@ -218,7 +250,7 @@ def standardize_anndata(
         report.organism = _organism_for(out, organism, values)
         table = GeneReference.load(report.organism).resolve(values)
         report.genes = table
-        out.var["ensembl_id"] = pd.array(table["ensembl_id"].to_numpy(), dtype="string")
+        out = _standard_genes(out, table, unresolved, duplicates, report)
     for column, name in targets.items():
         if column not in out.obs.columns:
             report.skipped_columns.append(column)
@@ -237,3 +269,119 @@ def standardize_anndata(
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
     return out, report
+
+
+def _standard_genes(
+    adata: ad.AnnData,
+    table: pd.DataFrame,
+    unresolved: Literal["keep", "drop"],
+    duplicates: Duplicates | None,
+    report: StandardizationReport,
+) -> ad.AnnData:
+    """``adata`` with ``ensembl_id`` and ``feature_uid`` var columns; unresolved and duplicates handled."""
+    ids = pd.array(table["ensembl_id"].to_numpy(), dtype="string")
+    adata.var["ensembl_id"] = ids
+    adata.var["feature_uid"] = pd.array(table["ensembl_id"].fillna(table["input"]).to_numpy(), dtype="string")
+    resolved = pd.notna(ids)
+    counts = {"resolved": int(resolved.sum()), "kept": 0, "dropped": 0}
+    if unresolved == "drop":
+        counts["dropped"] = int((~resolved).sum())
+        adata = adata[:, resolved].copy()
+    else:
+        counts["kept"] = int((~resolved).sum())
+    if duplicates is not None:
+        adata, merged = merge_duplicate_columns(adata, adata.var["feature_uid"], duplicates)
+        counts["summed" if duplicates == "sum" else "first"] = merged
+    report.var_counts = counts | {"n_vars": adata.n_vars}
+    return adata
+
+
+def _feature_rows(adata: ad.AnnData, report: StandardizationReport, columns: pd.Index) -> pd.DataFrame:
+    """Registry rows for the ``feature_uid`` of ``adata``, with the registry's ``gene_symbol`` (current
+    symbol, else the input), ``ensembl_id`` and ``organism`` columns where it has them."""
+    genes = report.genes.drop_duplicates("input").set_index("input")  # type: ignore[union-attr]
+    inputs = adata.var_names.to_series()
+    rows = pd.DataFrame({"uid": adata.var["feature_uid"].astype(str).to_numpy()})
+    if "gene_symbol" in columns:
+        rows["gene_symbol"] = genes["symbol"].reindex(inputs).fillna(inputs).to_numpy()
+    if "ensembl_id" in columns:
+        rows["ensembl_id"] = adata.var["ensembl_id"].astype(object).to_numpy()
+    if "organism" in columns:
+        rows["organism"] = report.organism
+    return rows
+
+
+def standardize_and_ingest(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData | str | os.PathLike[str],
+    *,
+    feature_space: str,
+    zarr_layer: str,
+    dataset_record: DatasetRecord | None = None,
+    layer: str | None = None,
+    unresolved: Literal["keep", "drop"] = "keep",
+    duplicates: Duplicates = "sum",
+    on_conflict: OnConflict = "error",
+    progress: bool = True,
+    **standardize: object,
+) -> tuple[DatasetRecord, StandardizationReport]:
+    """Standardize ``adata``, register its genes and ingest it, in one call.
+
+    Genes are registered in ``feature_space`` under ``feature_uid`` (the Ensembl id, or the input name of a
+    kept unresolved gene) with the registry's ``gene_symbol``, ``ensembl_id`` and ``organism`` columns
+    filled where it has them; cells get the ontology term id columns their schema declares (others are
+    reported as dropped by :func:`lancell.ingestion.add_from_anndata`). See docs/standardization.md.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    adata
+        In memory, backed, or a path to an ``.h5ad`` (read into memory: standardizing makes a copy).
+    feature_space, zarr_layer, dataset_record, layer, progress
+        As for :func:`lancell.ingestion.add_from_anndata`.
+    unresolved, duplicates
+        As for :func:`standardize_anndata`; genes sharing an id are summed by default (right for counts:
+        pass ``"first"`` for normalized values).
+    on_conflict
+        As for :meth:`lancell.atlas.RaggedAtlas.register_features` (a uid registered with another symbol).
+    **standardize
+        Other arguments of :func:`standardize_anndata` (``organism``, ``obs_columns``, ``gene_column``,
+        ``backend``, ``overrides``, ``allow_broader``).
+
+    Returns
+    -------
+    (DatasetRecord, StandardizationReport)
+        The ingested dataset's record and what standardization did (``report.summary()``).
+
+    Raises
+    ------
+    StandardizationError
+        As :func:`standardize_anndata` (nothing is registered or written).
+    FeatureConflictError
+        A gene registered with other values (``on_conflict="error"``; nothing is registered or written).
+    IngestError
+        As :func:`lancell.ingestion.add_from_anndata`; the features registered by this call stay
+        registered (registration is idempotent), no cell or array is written.
+    """
+    from lancell.ingestion import add_from_anndata
+
+    if not isinstance(adata, ad.AnnData):
+        adata = ad.read_h5ad(adata)
+    standardized, report = standardize_anndata(
+        adata, unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
+    )  # type: ignore[arg-type]
+    columns = atlas.feature_registry(feature_space).columns
+    atlas.register_features(feature_space, _feature_rows(standardized, report, columns), on_conflict)
+    record = add_from_anndata(
+        atlas,
+        standardized,
+        feature_space=feature_space,
+        zarr_layer=zarr_layer,
+        dataset_record=dataset_record,
+        layer=layer,
+        var_uid_column="feature_uid",
+        progress=progress,
+    )
+    log.info("standardize_and_ingest %s:\n%s", record.uid, report.summary())
+    return record, report

@@ -1,0 +1,135 @@
+"""Standardize then ingest in one call (the bundled celltypist sample, real genes and ontologies), what it
+reports, how unresolved and duplicate genes are handled, and cell-type labels written as people write them."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, GeneFeature
+from lancell.errors import StandardizationError
+from lancell.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
+from lancell.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
+from lancell.standardize import standardize_and_ingest, standardize_anndata
+from lancell.var_merge import merge_duplicate_columns
+
+
+class StandardCells(LancellBaseSchema):
+    organism: str | None = None
+    organism_ontology_term_id: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+
+
+@pytest.fixture(scope="module")
+def celltypist() -> ad.AnnData:
+    return BUNDLED[1].read()
+
+
+def _atlas(root) -> RaggedAtlas:
+    return RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        StandardCells,
+        store=str(root / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+
+
+def test_celltypist_sample_in_one_call(tmp_path, celltypist):
+    atlas = _atlas(tmp_path)
+    record, report = standardize_and_ingest(
+        atlas,
+        celltypist,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="celltypist"),
+        organism="human",
+        progress=False,
+    )
+    assert report.var_counts == {"resolved": 19359, "kept": 13427, "dropped": 0, "summed": 1, "n_vars": 32785}
+    assert "var: resolved 19359, kept 13427, dropped 0, summed 1, n_vars 32785" in report.summary()
+    assert (record.n_cells, record.n_features) == (559, 32785)
+    registry = atlas.feature_registry("gene_expression").set_index("uid")
+    assert len(registry) == 32785
+    assert registry.loc["ENSG00000162522", "gene_symbol"] == "NHSL3"  # the alias KIAA1522, current symbol
+    assert registry.loc["RP11-34P13.7", "organism"] == "Homo sapiens"  # unresolved, kept under its name
+
+    atlas.optimize()
+    genes = ["ENSG00000230417", "ENSG00000162522", "RP11-34P13.7"]
+    out = atlas.query().layers("gene_expression", "counts").features(genes, "gene_expression").to_anndata()
+    x = celltypist.X.tocsc()
+    column = {name: x[:, i].toarray().ravel() for i, name in enumerate(celltypist.var_names)}
+    expected = np.column_stack(
+        [column["LINC00856"] + column["LINC00595"], column["KIAA1522"], column["RP11-34P13.7"]]
+    )
+    np.testing.assert_array_equal(out.X.toarray(), expected)  # the two inputs of one id are summed
+    assert out.X.dtype == np.int64
+    stored = atlas.query().select(["organism_ontology_term_id"]).to_pandas()["organism_ontology_term_id"]
+    assert set(stored) == {"NCBITaxon:9606"}
+
+
+def test_drop_unresolved_and_keep_first(celltypist):
+    out, report = standardize_anndata(
+        celltypist, organism="human", obs_columns={}, unresolved="drop", duplicates="first"
+    )
+    assert report.var_counts == {"resolved": 19359, "kept": 0, "dropped": 13427, "first": 1, "n_vars": 19358}
+    assert out.var["feature_uid"].is_unique and out.var["ensembl_id"].notna().all()
+    kept = out.var.index[out.var["feature_uid"] == "ENSG00000230417"]
+    assert list(kept) == ["LINC00856"]
+    np.testing.assert_array_equal(out[:, "LINC00856"].X.toarray(), celltypist[:, "LINC00856"].X.toarray())
+
+
+def test_duplicates_error_leaves_the_atlas_untouched(tmp_path, celltypist):
+    atlas = _atlas(tmp_path)
+    with pytest.raises(StandardizationError, match=r"ENSG00000230417.*LINC00856.*LINC00595"):
+        standardize_and_ingest(
+            atlas,
+            BUNDLED[1].path,  # a path is read into memory
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            duplicates="error",
+            organism="human",
+            progress=False,
+        )
+    assert atlas.feature_registry("gene_expression").empty
+    assert atlas.list_datasets().empty
+    with pytest.raises(StandardizationError, match="unresolved must be 'keep' or 'drop', got 'skip'"):
+        standardize_anndata(celltypist, organism="human", unresolved="skip")
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_merge_sums_x_and_layers_in_their_dtype(dense):
+    x = np.array([[1, 2, 3, 4], [5, 0, 7, 8]], dtype=np.int32)
+    adata = ad.AnnData(
+        X=x if dense else sp.csr_matrix(x),
+        var=pd.DataFrame(index=["a", "b", "c", "d"]),
+        layers={"double": x * 2},
+    )
+    out, merged = merge_duplicate_columns(adata, pd.Series(["u", "v", "u", "w"]), "sum")
+    assert merged == 1 and list(out.var_names) == ["a", "b", "d"]
+    values = out.X if dense else out.X.toarray()
+    np.testing.assert_array_equal(values, [[4, 2, 4], [12, 0, 8]])
+    assert values.dtype == np.int32
+    np.testing.assert_array_equal(out.layers["double"], [[8, 4, 8], [24, 0, 16]])
+
+
+def test_cell_types_as_people_write_them():
+    labels = ["monocytes", "Tregs", "DCs", "pDCs", "HSCs", "MAIT cells", "CD14+ Monocytes", "Macrophages"]
+    matches = {m.value: (m.term_id, m.match) for m in resolve_terms(labels, "cell_type")}
+    assert matches == {
+        "monocytes": ("CL:0000576", "normalized"),
+        "Tregs": ("CL:0000815", "normalized"),
+        "DCs": ("CL:0000451", "normalized"),
+        "pDCs": ("CL:0000784", "normalized"),
+        "HSCs": ("CL:0000037", "normalized"),
+        "MAIT cells": ("CL:0000940", "normalized"),
+        "CD14+ Monocytes": ("CL:0001054", "normalized"),
+        "Macrophages": ("CL:0000235", "normalized"),
+    }
+    index = default_backend().index("CL")
+    for abbreviation, label in CELL_TYPE_ABBREVIATIONS.items():
+        assert index.lookup(match_key(label)) is not None, (abbreviation, label)
