@@ -184,7 +184,7 @@ def test_sidecar_layers_and_renames_are_checked(tmp_path: Path):
     assert atlas.list_datasets().empty
 
 
-def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path):
+def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path, monkeypatch):
     home, root = tmp_path / "dagster_home", tmp_path / "atlas"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -209,7 +209,8 @@ def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path)
         "snapshot 'second': version 1, 1259 cells; since snapshot 0: datasets added ['celltypist_sample'], "
         f"removed [], cells added 559, features added {{'gene_expression': {new_features}}}"
     )
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["first", "second"]
         runs = instance.get_runs()
         assert {(r.job_name, r.tags["dagster/partition"], r.status) for r in runs} == {

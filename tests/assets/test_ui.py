@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,26 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 GRAPH_QUERY = """{ assetNodes { assetKey { path } groupName dependencyKeys { path }
   partitionDefinition { type } } }"""
+PARTITIONS_QUERY = """{ assetNodeOrError(assetKey: {path: ["dataset_group"]}) { ... on AssetNode {
+  assetPartitionStatuses { ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } }
+  } } }"""
+CHECKS_QUERY = """{ assetCheckExecutions(assetKey: {path: ["dataset_group"]}, checkName: "ingested_cleanly",
+  limit: 10) { status partition } }"""
+# a file whose ingestion fails (pbmc68k's floats stored as "counts"), ingested by the named job
+BREAK_ONE_FILE = """
+import json, os, shutil
+from pathlib import Path
+import dagster as dg
+import definitions
+from lancell.bundled import BUNDLED
+landing = Path(os.environ["LANCELL_ROOT"]) / "landing"
+shutil.copyfile(BUNDLED[0].path, landing / "broken.h5ad")
+(landing / "broken.json").write_text(json.dumps({"zarr_layer": "counts"}))
+with dg.DagsterInstance.get() as instance:
+    instance.add_dynamic_partitions("lancell_datasets", ["broken"])
+    job = definitions.defs.resolve_job_def("ingest_dataset_job")
+    assert not job.execute_in_process(instance=instance, partition_key="broken", raise_on_error=False).success
+"""
 MATERIALIZATIONS_QUERY = """{ assetOrError(assetKey: {path: ["atlas_snapshot"]}) { ... on Asset {
   assetMaterializations(limit: 5) { partition metadataEntries { label
   ... on IntMetadataEntry { intValue } } } } } }"""
@@ -56,6 +77,7 @@ def dagster_ui(tmp_path: Path):
         check=True,
         capture_output=True,
     )
+    subprocess.run([sys.executable, "-c", BREAK_ONE_FILE], env=env, cwd=REPO, check=True, capture_output=True)
     port = _free_port()
     log = (tmp_path / "dagster_dev.log").open("w")
     process = subprocess.Popen(
@@ -107,6 +129,16 @@ def test_dagster_dev_serves_graph_materializations_and_lineage_page(dagster_ui):
     assert materializations[0]["partition"] == "demo-1"
     labels = {e["label"]: e.get("intValue") for e in materializations[0]["metadataEntries"]}
     assert labels["cells"] == 11259
+    node = _graphql(port, PARTITIONS_QUERY)["assetNodeOrError"]["assetPartitionStatuses"]
+    assert node["failedPartitions"] == ["broken"]
+    assert sorted(node["materializedPartitions"]) == ["celltypist_sample", "mouse_10k", "pbmc68k"]
+    executions = _graphql(port, CHECKS_QUERY)["assetCheckExecutions"]
+    assert sorted((e["partition"], e["status"]) for e in executions) == [
+        ("broken", "FAILED"),
+        ("celltypist_sample", "SUCCEEDED"),
+        ("mouse_10k", "SUCCEEDED"),
+        ("pbmc68k", "SUCCEEDED"),
+    ]
 
     if CHROMIUM is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
@@ -135,6 +167,29 @@ def test_dagster_dev_serves_graph_materializations_and_lineage_page(dagster_ui):
     pixels = image.imread(shot)
     assert pixels.shape[:2] == (900, 1400)
     assert (pixels[..., :3] < 0.9).any(axis=2).mean() > 0.01  # not a blank page
+    # the rendered partitions page of dataset_group, the failed partition selected
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--dump-dom",
+            "--window-size=1400,900",
+            "--virtual-time-budget=15000",
+            f"http://127.0.0.1:{port}/assets/dataset_group?view=partitions&partition=broken",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    text = [
+        line.strip() for line in re.sub(r"<script.*?</script>|<[^>]+>", "\n", dom, flags=re.S).split("\n")
+    ]
+    assert "Failed (1)" in text and "Materialized (3)" in text
+    assert "failed, and did not materialize this asset." in text
     docs = os.environ.get("LANCELL_SAVE_SCREENSHOT")
     if docs:
         shutil.copyfile(shot, docs)
