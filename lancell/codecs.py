@@ -42,7 +42,6 @@ __all__ = [
     "CRC32C_RESIDUE",
     "CRC_BP128",
     "BitpackingCodec",
-    "decode_checked_bitpacked",
 ]
 
 CODEC_NAME = "lancell.bitpacking"
@@ -123,11 +122,8 @@ class BitpackingCodec(BytesBytesCodec):
             raise CodecError(f"{CODEC_NAME} packs {self.element_size}-byte elements; the array has {dtype}")
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
-        try:
-            values = bitpack.decode(chunk_bytes.as_numpy_array().view(np.uint8))
-        except bitpack.BitpackError as e:
-            raise CodecError(f"{CODEC_NAME}: malformed chunk ({e})") from e
-        return chunk_spec.prototype.buffer.from_array_like(values.view(np.uint8))
+        decoded = _bitpacking(chunk_bytes.as_numpy_array().view(np.uint8))
+        return chunk_spec.prototype.buffer.from_array_like(decoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer:
         if len(chunk_bytes) <= _INLINE_BYTES:
@@ -178,9 +174,9 @@ def _crc32c(data: np.ndarray) -> np.ndarray:
     return data[:-4]
 
 
-# Decoders of the bytes-to-bytes codecs that lancell writes, by zarr codec name, for readers that decode
-# chunks without zarr-python (lancell.shard_reader): each takes a chunk's bytes (1-D uint8) and returns the
-# decoded bytes, or raises CodecError (ChecksumError when a crc32c does not match).
+# Decoders of the bytes-to-bytes codecs that lancell writes, by zarr codec name, for the decode path that
+# reads chunks without zarr-python (lancell.shard_decode): each takes a chunk's bytes (1-D uint8) and returns
+# the decoded bytes, or raises CodecError (ChecksumError when a crc32c does not match).
 BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "zstd": _zstd,
     CODEC_NAME: _bitpacking,
@@ -188,24 +184,6 @@ BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 # The decoding stages of lancell's checksummed integer arrays, in order: one crc32c check, then BP-128.
 CRC_BP128 = (_crc32c, _bitpacking)
-
-
-def decode_checked_bitpacked(buffers: list, chunk_len: int) -> np.ndarray | None:
-    """Check the crc32c of chunks stored as :data:`CRC_BP128` and decode all of them with one kernel call.
-
-    Returns the ``chunk_len`` values of each chunk back to back (uint32), or None when a chunk is damaged:
-    the caller then decodes chunk by chunk through the stages, which raise the precise error.
-    """
-    raws = [np.frombuffer(buffer, np.uint8) for buffer in buffers]
-    if not all(raw.size >= 4 and crc32c.crc32c(raw) == CRC32C_RESIDUE for raw in raws):
-        return None
-    sizes = np.fromiter((raw.size for raw in raws), np.int64, len(raws))
-    decoded = np.empty(len(raws) * chunk_len, np.uint32)
-    try:
-        bitpack.decode_chunks(np.concatenate(raws), np.cumsum(sizes) - sizes, sizes - 4, decoded)
-    except bitpack.BitpackError:
-        return None
-    return decoded
 
 
 # zarr finds the codec through the entry point; registering here too covers a source checkout that is on

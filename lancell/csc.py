@@ -17,20 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import zarr
 import zarr.codecs
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from kernels.transpose import count_features, fill_feature_runs
-from lancell.codecs import CRC_BP128, decode_checked_bitpacked
-from lancell.errors import CodecError, ShardFormatError
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, value_codecs
-from lancell.reader import read_element_ranges
-from lancell.shard_index import MISSING, parse_index
-from lancell.shard_layout import parse_layout
+from lancell.reader import array_reader, read_element_ranges
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
-    from lancell.shard_layout import ShardLayout
 
 __all__ = ["CSC_MIN_VALUES", "CsrBlocks", "add_csc", "write_csc"]
 
@@ -72,63 +65,19 @@ class CsrBlocks:
         self.nnz += indices.size
 
 
-def _read_shard(array: zarr.Array, layout: ShardLayout, shard: int) -> np.ndarray:
-    """Every element of shard ``shard`` of a 1-D array: its object fetched once, its chunks checked and
-    decoded one after another (``layout``: :func:`lancell.shard_layout.parse_layout` of the array)."""
-    key = array.metadata.encode_chunk_key((shard,))
-    where = f"array {array.path!r}, shard {key!r}"
-    buffer = sync((array.store_path / key).get(prototype=default_buffer_prototype()))
-    if buffer is None:
-        raise ShardFormatError(f"{where}: the shard object is missing")
-    raw = buffer.as_numpy_array().view(np.uint8)
-    size = raw.size - layout.index_nbytes
-    entries = parse_index(
-        raw[size:], layout.chunks_per_shard, crc=layout.index_crc, data=(0, size), where=where
-    )
-    chunk = layout.chunk_len
-    length = min(layout.shard_shape[0], layout.shape[0] - shard * layout.shard_shape[0])
-    n_chunks = -(-length // chunk)
-    offsets, sizes = entries[:n_chunks, 0], entries[:n_chunks, 1]
-    if layout.stages == CRC_BP128 and (offsets != MISSING).all():  # lancell's integer arrays
-        chunks = [raw[o : o + n] for o, n in zip(offsets.tolist(), sizes.tolist(), strict=True)]
-        decoded = decode_checked_bitpacked(chunks, chunk)
-        if decoded is not None:  # else a damaged chunk: the loop below names it
-            return decoded[:length].view(layout.dtype)
-    out = np.full(n_chunks * chunk, layout.fill_value, layout.dtype)
-    for c in range(n_chunks):
-        if offsets[c] == MISSING:
-            continue
-        data = raw[int(offsets[c]) : int(offsets[c] + sizes[c])]
-        try:
-            for stage in layout.stages:
-                data = stage(data)
-            if data.size != chunk * layout.dtype.itemsize:
-                raise CodecError(
-                    f"the chunk decodes to {data.size} bytes, expected {chunk * layout.dtype.itemsize}"
-                )
-        except CodecError as e:
-            raise type(e)(f"{where}, chunk {c}: {e}") from e
-        out[c * chunk : (c + 1) * chunk] = data.view(layout.dtype)
-    return out[:length]
-
-
 def _stored_blocks(indices: zarr.Array, values: zarr.Array | None) -> Iterator[Block]:
-    """The stored CSR arrays (``values`` None: the indices alone), read back shard by shard where both are
-    laid out as lancell writes them, else in ranges of ``_READ_VALUES`` through :mod:`lancell.reader`."""
+    """The stored CSR arrays (``values`` None: the indices alone), read back shard by shard
+    (:meth:`lancell.shard_reader.ShardedArrayReader.read_shard`) where both have the batched reader's layout
+    with the same shards, else in ranges of ``_READ_VALUES`` through :mod:`lancell.reader`."""
     arrays = [a for a in (indices, values) if a is not None]
-    try:
-        layouts = [parse_layout(a.metadata.to_dict(), a.path) for a in arrays]
-    except ShardFormatError:
-        layouts = []
-    whole_shards = len(layouts) == len(arrays) and all(
-        lay.index_at_end and lay.shard_shape == layouts[0].shard_shape for lay in layouts
-    )
-    step = layouts[0].shard_shape[0] if whole_shards else _READ_VALUES
+    readers = [array_reader(a) for a in arrays]
+    whole_shards = all(r is not None and r.layout.shard_shape == indices.shards for r in readers)
+    step = indices.shards[0] if whole_shards else _READ_VALUES
     nnz = indices.shape[0]
     for start in range(0, nnz, step):
         stop = min(start + step, nnz)
         if whole_shards:
-            parts = [_read_shard(a, lay, start // step) for a, lay in zip(arrays, layouts, strict=True)]
+            parts = [reader.read_shard(start // step) for reader in readers]
         else:
             bounds = np.array([start], np.int64), np.array([stop], np.int64)
             parts = [read_element_ranges(a, *bounds)[0] for a in arrays]

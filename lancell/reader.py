@@ -2,18 +2,19 @@
 
 Arrays in an obstore-backed store (``zarr.storage.ObjectStore``) are read by the batched
 :class:`lancell.shard_reader.ShardedArrayReader`; one reader per (store, array path) is kept in a small LRU so
-that repeated queries reuse its metadata and shard indices. Other stores, and layouts that reader does not
-handle, take the zarr-python path: ranges are sorted, coalesced into runs (ranges closer than ``max_gap``
-elements share one read), each run is read once, and the requested slices are gathered back in request order.
+that repeated queries reuse its metadata and shard indices, and told once, by :func:`written_whole`, whether a
+missing shard object of its array is damage. Other stores, and layouts that reader does not handle, take the
+zarr-python path: ranges are sorted, coalesced into runs (ranges closer than ``max_gap`` elements share one
+read), each run is read once, and the requested slices are gathered back in request order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import obstore
@@ -24,7 +25,17 @@ from obstore.store import ObjectStore
 from lancell.errors import ShardFormatError
 from lancell.shard_reader import ShardedArrayReader
 
-__all__ = ["array_reader", "gather_ranges", "read_element_ranges", "read_rows"]
+if TYPE_CHECKING:
+    from lancell.shard_layout import ShardLayout
+
+__all__ = [
+    "array_reader",
+    "dataset_group_attrs",
+    "gather_ranges",
+    "read_element_ranges",
+    "read_rows",
+    "written_whole",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +47,50 @@ _READERS: OrderedDict[tuple[int, str], tuple[object, ShardedArrayReader | None]]
 _READERS_LOCK = threading.Lock()
 
 
-# The sharded arrays of a dataset group (lancell.groups, lancell.csc): <group>/csr|csc/indices,
-# <group>/csr|csc/layers/<layer> and the dense <group>/layers/<layer>.
-_DATASET_ARRAY = re.compile(r"(?P<group>.+?)/(?:(?:csr|csc)/(?:indices|layers/[^/]+)|layers/[^/]+)")
+def dataset_group_attrs(store: ObjectStore, path: str) -> dict | None:
+    """The attributes of the lancell dataset group that holds the array at ``path``, None if none does.
 
+    That is the nearest enclosing group whose attributes carry ``lancell_format`` (lancell.groups writes it on
+    every dataset group; the atlas root carries it too, but no ``nnz``).
 
-def _written_whole(store: ObjectStore, reader: ShardedArrayReader) -> bool:
-    """Whether every shard of the reader's array was written, so that a missing one is damage, not fill.
-
-    True for the arrays of a lancell dataset group whose attributes say it holds values (``nnz > 0``) when
-    they are 1-D (CSR / CSC: stored values and their indices, never a whole shard equal to the fill value)
-    or their chunks carry a crc32c (written with every chunk, see :func:`lancell.groups.value_codecs`);
-    the dense layers of older atlases may have left an all-zero shard unwritten.
+    Raises
+    ------
+    ShardFormatError
+        If an enclosing group's ``zarr.json`` is not a JSON object.
     """
-    match = _DATASET_ARRAY.fullmatch(reader.path)
-    if match is None or not (len(reader.shape) == 1 or reader.layout.chunk_crc):
+    parts = path.strip("/").split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        key = "/".join([*parts[:depth], "zarr.json"])
+        try:
+            meta = json.loads(bytes(obstore.get(store, key).bytes()))
+        except FileNotFoundError:
+            continue
+        except ValueError as e:
+            raise ShardFormatError(f"{key}: not a zarr.json ({e})") from e
+        attrs = meta.get("attributes") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(attrs, dict | None):
+            raise ShardFormatError(f"{key}: not a zarr.json object with attributes")
+        if attrs and "lancell_format" in attrs:
+            return attrs
+    return None
+
+
+def written_whole(group_attrs: dict | None, layout: ShardLayout) -> bool:
+    """Whether every shard of a dataset array was written, so that a missing shard object is damage, not fill.
+
+    The one rule (docs/integrity.md, "Missing shards"), from what the writer recorded: an array of a lancell
+    dataset group (``group_attrs``, see :func:`dataset_group_attrs`) that holds values (``nnz > 0``) whose
+    chunks carry a crc32c (written with every chunk, see :func:`lancell.groups.value_codecs`) or that is 1-D
+    (CSR / CSC: stored values and their indices never fill a whole shard with the fill value); the dense
+    layers of older atlases may have left an all-zero shard unwritten.
+    """
+    if not group_attrs or "lancell_format" not in group_attrs:
         return False
     try:
-        group = json.loads(bytes(obstore.get(store, f"{match['group']}/zarr.json").bytes()))
-        attrs = group.get("attributes", {})
-        return "lancell_format" in attrs and int(attrs.get("nnz", 0)) > 0
-    except (FileNotFoundError, ValueError, TypeError, AttributeError):
-        return False
+        nnz = int(group_attrs.get("nnz", 0))
+    except (TypeError, ValueError):
+        raise ShardFormatError(f"dataset group attribute nnz is {group_attrs['nnz']!r}") from None
+    return nnz > 0 and (len(layout.shape) == 1 or layout.chunk_crc)
 
 
 def _matches(reader: ShardedArrayReader, array: zarr.Array) -> bool:
@@ -90,10 +123,11 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
             return entry[1]
     try:
         reader: ShardedArrayReader | None = ShardedArrayReader(inner, array.path)
-        reader.complete = _written_whole(inner, reader)
     except ShardFormatError as e:
         log.debug("reading %s through zarr-python: %s", array.path, e)
         reader = None
+    else:
+        reader.complete = written_whole(dataset_group_attrs(inner, array.path), reader.layout)
     with _READERS_LOCK:
         _READERS[key] = (inner, reader)
         _READERS.move_to_end(key)

@@ -3,9 +3,10 @@
 Many ``[start, end)`` element ranges of one array are cut at inner-chunk boundaries (:mod:`kernels.gather`);
 each touched shard's index is read once and cached; all needed chunks of a shard come back from **one**
 ``obstore.get_ranges`` call (``pread`` on local disk, :mod:`lancell.byte_ranges`); shards are fetched
-concurrently on a thread pool, and each task decodes its shard's chunks
-(:data:`lancell.codecs.BYTES_DECODERS`: zstd and BP-128 release the GIL, a chunk's crc32c takes well under a
-microsecond) and scatters them into one flat output in request order right after decoding.
+concurrently on a thread pool, and each task decodes its shard's chunks through the one decode path
+(:mod:`lancell.shard_decode`: zstd and BP-128 release the GIL, a chunk's crc32c takes well under a
+microsecond) and scatters them into one flat output in request order right after decoding. Whole-shard reads
+(:meth:`ShardedArrayReader.read_shard`, the CSC builder's) decode through the same path.
 Threads with blocking calls beat obstore's asyncio calls here: each awaited call costs event-loop wake-ups,
 about twice the time of a local ``get_ranges`` itself. On local disk, where a read takes microseconds, one
 task per shard costs more in thread hand-offs and GIL contention than the reads (a random training batch
@@ -15,7 +16,8 @@ calling thread when small.
 Format facts (zarr v3 ``sharding_indexed``): a shard object holds its chunks' encoded bytes and an index
 (:mod:`lancell.shard_index`, checked completely before any chunk is fetched). A missing shard object means
 every chunk of it is missing and reads as the fill value, unless the reader is told the array was written
-``complete``: then it is an error. Edge chunks are stored at full chunk size.
+``complete`` (:func:`lancell.reader.written_whole`): then it is an error. Edge chunks are stored at full
+chunk size.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from obstore.store import ObjectStore
 
 from kernels import gather
 from lancell.byte_ranges import local_path, pread_edge, pread_ranges
-from lancell.codecs import CRC_BP128, decode_checked_bitpacked
-from lancell.errors import CodecError, OutOfBoundsError, ShardFormatError
-from lancell.shard_index import MISSING, parse_index
+from lancell.errors import OutOfBoundsError, ShardFormatError
+from lancell.shard_decode import decode_chunks, decode_shard, join_buffers, read_index, shard_elements
+from lancell.shard_index import MISSING
 from lancell.shard_layout import parse_layout
 
 __all__ = ["MISSING", "ShardedArrayReader"]
@@ -90,7 +92,7 @@ class ShardedArrayReader:
     Attributes
     ----------
     complete : bool
-        As the parameter; :func:`lancell.reader.array_reader` sets it for dataset arrays.
+        As the parameter; :func:`lancell.reader.array_reader` sets it by :func:`lancell.reader.written_whole`.
     get_ranges_calls, index_reads, shards_touched, chunks_decoded, bytes_fetched : int
         Cumulative request accounting (exact when calls do not overlap): one ``get_ranges`` per touched
         shard that holds a needed chunk, one index read per shard over the reader's life.
@@ -285,12 +287,11 @@ class ShardedArrayReader:
         Raises
         ------
         ShardFormatError, ChecksumError
-            A missing object of a ``complete`` array; else see :func:`lancell.shard_index.parse_index`.
+            A missing object of a ``complete`` array; else see :func:`lancell.shard_decode.read_index`.
         """
         layout = self.layout
         key = layout.shard_key(self.path, shard)
         nbytes = layout.index_nbytes
-        where = f"array {self.path!r}, shard {key!r}"
         try:
             if self._files:
                 raw, size = pread_edge(self._file(key), nbytes, at_end=layout.index_at_end)
@@ -298,15 +299,42 @@ class ShardedArrayReader:
                 edge = {"suffix": nbytes} if layout.index_at_end else (0, nbytes)
                 result = obstore.get(self.store, key, options={"range": edge})
                 raw, size = result.bytes(), int(result.meta["size"])
-            raw = np.frombuffer(raw, np.uint8)
         except FileNotFoundError:
-            if self.complete:
-                raise ShardFormatError(
-                    f"{where}: the shard object is missing, but every shard of this array was written"
-                ) from None
+            self._missing(key)
             return None
-        data = (0, size - nbytes) if layout.index_at_end else (nbytes, size)
-        return parse_index(raw, layout.chunks_per_shard, crc=layout.index_crc, data=data, where=where)
+        return read_index(layout, raw, size, f"array {self.path!r}, shard {key!r}")
+
+    def _missing(self, key: str) -> None:
+        """A shard object is missing: an error when every shard of the array was written, else fill values."""
+        if self.complete:
+            raise ShardFormatError(
+                f"array {self.path!r}, shard {key!r}: the shard object is missing, but every shard of this "
+                "array was written"
+            )
+
+    def read_shard(self, shard: int) -> np.ndarray:
+        """Every element of shard ``shard`` (flattened in C order), its object fetched whole by one request.
+
+        For whole-array passes (the CSC builder): nothing is cached, and the decode is
+        :func:`lancell.shard_decode.decode_shard`'s.
+
+        Raises
+        ------
+        OutOfBoundsError
+            If the array has no shard ``shard``.
+        ShardFormatError, ChecksumError, CodecError
+            A missing object of a ``complete`` array, a malformed index or a damaged chunk.
+        """
+        n_shards = -(-self.layout.shape[0] // self.layout.shard_shape[0])
+        if not 0 <= shard < n_shards:
+            raise OutOfBoundsError(f"{self.path}: shard {shard} is not within [0, {n_shards})")
+        key = self.layout.shard_key(self.path, shard)
+        try:
+            raw = np.frombuffer(obstore.get(self.store, key).bytes(), np.uint8)
+        except FileNotFoundError:
+            self._missing(key)
+            return np.full(shard_elements(self.layout, shard), self.layout.fill_value, self.layout.dtype)
+        return decode_shard(self.layout, raw, shard, self.path)
 
     def _fetch(self, shard: int, slots: np.ndarray, entries: np.ndarray, plan: tuple) -> list[Future]:
         """Fetch a shard's needed chunks with one ``get_ranges``; decode them (runs on a pool thread)."""
@@ -329,29 +357,15 @@ class ShardedArrayReader:
     def _decode(self, buffers: list, slots: np.ndarray, plan: tuple) -> None:
         """Decode chunks (``buffers[k]``: the chunk of ``slots[k]``) and scatter their pieces into the output.
 
-        The chunks are decoded back to back into one buffer and scattered by one kernel call; checksummed
-        BP-128 chunks (lancell's integer arrays) are also decoded by one kernel call.
+        The chunks are decoded back to back into one buffer (:func:`lancell.shard_decode.decode_chunks`) and
+        scattered by one kernel call.
         """
         layout = self.layout
         chunks, bounds, src, dst, length, out = plan
-        decoded = None
-        if layout.stages == CRC_BP128:
-            decoded = decode_checked_bitpacked(buffers, layout.chunk_len)
-        if decoded is None:  # other codecs, or a damaged chunk: one chunk at a time, errors name the chunk
-            decoded = np.empty(len(buffers) * layout.chunk_len, layout.dtype)
-            nbytes = layout.chunk_len * layout.dtype.itemsize
-            for k, (buffer, slot) in enumerate(zip(buffers, slots.tolist(), strict=True)):
-                data = np.frombuffer(buffer, np.uint8)
-                try:
-                    for stage in layout.stages:
-                        data = stage(data)
-                    if data.size != nbytes:
-                        raise CodecError(f"the chunk decodes to {data.size} bytes, expected {nbytes}")
-                except CodecError as e:
-                    shard, chunk = divmod(int(chunks[slot]), layout.chunks_per_shard)
-                    key = layout.shard_key(self.path, shard)
-                    raise type(e)(f"array {self.path!r}, shard {key!r}, chunk {chunk}: {e}") from e
-                decoded[k * layout.chunk_len : (k + 1) * layout.chunk_len] = data.view(layout.dtype)
-        gather.copy_chunk_pieces(
-            decoded.view(layout.dtype), layout.chunk_len, slots, bounds, src, dst, length, out
-        )
+
+        def where(k: int) -> str:
+            shard, chunk = divmod(int(chunks[slots[k]]), layout.chunks_per_shard)
+            return f"array {self.path!r}, shard {layout.shard_key(self.path, shard)!r}, chunk {chunk}"
+
+        decoded = decode_chunks(layout, *join_buffers(buffers), where)
+        gather.copy_chunk_pieces(decoded, layout.chunk_len, slots, bounds, src, dst, length, out)
