@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export LANCE_LOG ?= error
 export PYTHONWARNINGS ?= ignore::UserWarning:anndata
 
-.PHONY: venv demo ui test test-all lint format bench clean
+.PHONY: venv demo ui test test-all test-docs docs lint format bench clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[ml,bio,dev,platform]"
+	$(PIP) install --quiet -e ".[ml,bio,dev,platform,docs]"
 	touch $(STAMP)
 
 demo: venv
@@ -26,7 +26,14 @@ ui: venv
 	DAGSTER_HOME=$(CURDIR)/.dagster_home LANCELL_ROOT=$(CURDIR)/demo_atlas $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: venv
-	$(PY) -m pytest -n 2 -m "not slow" -q
+	$(PY) -m pytest -n 2 -m "not slow and not docs" -q
+
+# every docs page's python blocks, the mkdocs site (--strict) and the notebooks, on the bundled data
+test-docs: venv
+	$(PY) -m pytest -n 2 -m docs -q tests/docs
+
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
 
 test-all: venv
 	$(PY) -m pytest -n 2 -q
@@ -49,4 +56,4 @@ bench: venv
 	$(PY) benchmarks/scale.py
 
 clean:
-	rm -rf $(VENV) demo_atlas .dagster_home .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_atlas .dagster_home .pytest_cache .ruff_cache site
