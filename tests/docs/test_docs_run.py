@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted(p.name for p in (ROOT / "docs").glob("*.md") if "```python" in p.read_text())
+# kubernetes.md shows fragments for a cluster and an S3 endpoint (AtlasResource(...), k8s_job_executor)
+NOT_RUNNABLE = {"kubernetes.md"}
+PAGES = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in NOT_RUNNABLE)
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.py"))
 
 
@@ -45,7 +47,6 @@ def test_readme_tour_runs_as_written(tmp_path, monkeypatch):
 @pytest.mark.parametrize("page", PAGES)
 def test_docs_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert python_blocks(ROOT / "docs" / page)
     run_blocks(ROOT / "docs" / page)
 
 
