@@ -32,18 +32,18 @@ from lancell.sources import MatrixSource, matrix_source
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["CELL_BATCH", "IngestPlan", "embedding_vectors", "plan_ingest"]
+__all__ = ["CELL_BATCH", "IngestPlan", "check_record", "embedding_vectors", "plan_dataset", "plan_ingest"]
 
 CELL_BATCH = 65_536
 
 
 class IngestPlan:
-    """Everything validated before the first write."""
+    """Everything validated before the first write (docs/architecture.md, "Ingestion")."""
 
     def __init__(self, **fields: object) -> None:
         self.__dict__.update(fields)
 
-    source: MatrixSource
+    layers: dict[str, MatrixSource]  # stored layer name -> its source (cells x var); nnz is the first's
     obs: pd.DataFrame
     obs_names: pd.Index
     feature_uids: list[str]  # in stored (local) order: increasing global index
@@ -53,9 +53,31 @@ class IngestPlan:
     n_cells: int
     nnz: int
     dataset: str
-    store_dtype: np.dtype
     dropped_obs_columns: list[str]  # obs columns the cell schema does not declare: not stored
     vectors: dict[str, np.ndarray]
+
+
+def check_record(atlas: RaggedAtlas, record: DatasetRecord, cells_of: str | None = None) -> None:
+    """Refuse a malformed or taken dataset uid and a record that sets a field lancell assigns.
+
+    ``cells_of`` is the dataset a further modality is attached to (None for new cells).
+
+    Raises
+    ------
+    IngestError
+        A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set.
+    """
+    check_dataset_uid(record.uid)
+    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
+        raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
+    check_assigned_fields(record, cells_of)
+
+
+def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:
+    if n_obs == 0:
+        raise IngestError(f"dataset {dataset!r} has no cells")
+    if n_vars == 0:
+        raise IngestError(f"dataset {dataset!r} has no features")
 
 
 def plan_ingest(
@@ -70,7 +92,8 @@ def plan_ingest(
 ) -> IngestPlan:
     """Validate everything about ``adata`` that can be checked before writing; ``vectors`` is left empty.
 
-    ``cells_of`` is the dataset a further modality is attached to (None for new cells).
+    ``adata.X`` (or ``adata.layers[layer]``) is stored as ``zarr_layer``; ``cells_of`` is the dataset a
+    further modality is attached to (None for new cells).
 
     Raises
     ------
@@ -78,15 +101,8 @@ def plan_ingest(
         Any invalid input (subclasses say which), including a record that sets a field lancell assigns.
     """
     dataset = record.uid
-    check_dataset_uid(dataset)
-    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(dataset)}") > 0:
-        raise DuplicateDatasetError(f"dataset {dataset!r} is already in the atlas")
-    check_assigned_fields(record, cells_of)
-    n_obs, n_vars = adata.n_obs, adata.n_vars
-    if n_obs == 0:
-        raise IngestError(f"dataset {dataset!r} has no cells")
-    if n_vars == 0:
-        raise IngestError(f"dataset {dataset!r} has no features")
+    check_record(atlas, record, cells_of)
+    _check_size(dataset, adata.n_obs, adata.n_vars)
     if layer is not None and layer not in adata.layers:
         raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
     where = "X" if layer is None else f"layers[{layer!r}]"
@@ -99,9 +115,10 @@ def plan_ingest(
     if matrix is None:
         raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")
     source = matrix_source(dataset, matrix)
-    if source.shape != (n_obs, n_vars):
+    if source.shape != (adata.n_obs, adata.n_vars):
         raise ShapeMismatchError(
-            f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is {(n_obs, n_vars)}"
+            f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is "
+            f"{(adata.n_obs, adata.n_vars)}"
         )
     if var_uid_column is None:
         feature_uids = adata.var_names.astype(str).tolist()
@@ -114,6 +131,36 @@ def plan_ingest(
                 f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
             )
         feature_uids = column.astype(str).tolist()
+    return plan_dataset(atlas, space, dataset, {zarr_layer: source}, adata.obs, feature_uids)
+
+
+def plan_dataset(
+    atlas: RaggedAtlas,
+    space: FeatureSpace,
+    dataset: str,
+    layers: Mapping[str, MatrixSource],
+    obs: pd.DataFrame,
+    feature_uids: list[str],
+) -> IngestPlan:
+    """The plan of dataset ``dataset`` (its record checked by :func:`check_record`) from its parts: the
+    stored layers' sources (cells x features each), ``obs`` (indexed by obs name) and the feature uids in
+    source column order. Checks the features against the registry, the obs names and obs -> Arrow.
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which).
+    """
+    n_obs = len(obs)
+    _check_size(dataset, n_obs, len(feature_uids))
+    if not layers:
+        raise IngestError(f"dataset {dataset!r}: no layer to store")
+    for name, source in layers.items():
+        if source.shape != (n_obs, len(feature_uids)):
+            raise ShapeMismatchError(
+                f"dataset {dataset!r}: layer {name!r} has shape {source.shape} but obs x var is "
+                f"{(n_obs, len(feature_uids))}"
+            )
     uids = pd.Index(feature_uids)
     if uids.has_duplicates:
         raise DuplicateFeaturesError(dataset, uids[uids.duplicated()].unique().tolist())
@@ -124,7 +171,7 @@ def plan_ingest(
     global_index = registry.reindex(uids).to_numpy()
     if pd.isna(global_index).any():
         raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
-    obs_names = adata.obs_names
+    obs_names = obs.index
     if obs_names.has_duplicates:
         raise IngestError(
             f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
@@ -132,8 +179,7 @@ def plan_ingest(
         )
     fields = obs_fields(atlas._cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
-        obs_to_arrow(dataset, adata.obs.iloc[start : start + CELL_BATCH], fields)
-    store_dtype = np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+        obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
     # features are stored in global-index order, so that a row read back maps to increasing output columns
     # and queries never sort rows (var order is only how the input happened to list them)
     order = np.argsort(global_index.astype(np.int64), kind="stable")
@@ -143,18 +189,17 @@ def plan_ingest(
         stored_column[order] = np.arange(order.size)
     feature_uids = [feature_uids[i] for i in order]
     return IngestPlan(
-        source=source,
-        obs=adata.obs,
+        layers=dict(layers),
+        obs=obs,
         obs_names=obs_names,
         feature_uids=feature_uids,
         global_index=global_index.astype(np.int64)[order],
         stored_column=stored_column,
         layout_uid=layout_uid_for(feature_uids),
         n_cells=n_obs,
-        nnz=source.nnz if space.kind == "sparse" else n_obs * n_vars,
+        nnz=next(iter(layers.values())).nnz if space.kind == "sparse" else n_obs * len(feature_uids),
         dataset=dataset,
-        store_dtype=store_dtype,
-        dropped_obs_columns=undeclared_obs_columns(adata.obs, fields),
+        dropped_obs_columns=undeclared_obs_columns(obs, fields),
         vectors={},
     )
 

@@ -15,42 +15,31 @@ Memory: barcodes, features and one offset per cell are held, O(n_cells + n_featu
 row blocks of about ``TARGET_BLOCK_VALUES`` stored values (:mod:`lancell.tenx_h5` and
 :mod:`lancell.tenx_mtx` say how; an ``.mtx`` not ordered by barcode is the one O(nnz) case).
 
-:func:`add_from_10x` streams the blocks into one temporary backed ``.h5ad`` per feature space and hands each
-to :func:`lancell.ingestion.add_from_anndata`, so ingestion also runs in bounded memory.
+:func:`add_from_10x` streams the blocks of each feature space through a :class:`~lancell.sources.MatrixSource`
+(:meth:`TenxMatrix.sources`) into one :class:`~lancell.write_transaction.WriteTransaction` per dataset, all
+committed or none, so ingestion also runs in bounded memory and writes no temporary file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from anndata.io import sparse_dataset, write_elem
-from tqdm.auto import tqdm
 
-from lancell.errors import (
-    DuplicateDatasetError,
-    FeatureSpaceError,
-    IngestError,
-    LancellError,
-    TenxFormatError,
-    UnknownFeaturesError,
-)
+from lancell.errors import FeatureSpaceError, IngestError, TenxFormatError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.ingestion import add_from_anndata
-from lancell.registry import layout_uid_for, registry_index, sql_literal
-from lancell.schema import check_assigned_fields
+from lancell.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest_plan import check_record, plan_dataset
 from lancell.tenx_h5 import open_h5
 from lancell.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.tenx_mtx import mtx_folder, open_mtx
+from lancell.write_transaction import WriteTransaction, run_transactions
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -147,10 +136,10 @@ def add_from_10x(
     var_uid_column: str = "gene_ids",
     genome: str | None = None,
     obs: pd.DataFrame | Mapping[str, object] | None = None,
-    scratch_dir: str | os.PathLike[str] | None = None,
+    on_duplicate: OnDuplicate = "error",
     progress: bool = True,
 ) -> list[DatasetRecord]:
-    """Ingest a 10x output, one dataset per feature space, all or nothing.
+    """Ingest a 10x output, one dataset per feature space, all or nothing, streamed from the file.
 
     Feature types are routed to feature spaces by ``feature_types``; a type with no entry there, or whose
     feature space the atlas lacks, is skipped with a logged note. Each feature space gets its own dataset
@@ -178,8 +167,10 @@ def add_from_10x(
     obs
         Extra cell columns: a mapping of constants, a one-row frame (broadcast to every cell; its dtypes are
         kept, e.g. the row of a GEO sample table), or a frame indexed by barcode.
-    scratch_dir
-        Where the temporary ``.h5ad`` files go (the system temporary directory by default).
+    on_duplicate
+        As for :func:`lancell.ingestion.add_from_anndata`, per dataset: ``"error"`` raises
+        :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"`` warns and returns the
+        record of the dataset already holding that content, ``"allow"`` stores it again.
     progress
         Show progress bars.
 
@@ -199,68 +190,36 @@ def add_from_10x(
     """
     atlas._require_writable()
     matrix = open_10x(path, genome=genome)
-    plan = _route_feature_types(atlas, matrix, feature_space, feature_types)
+    routes = _route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
         raise IngestError(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
         )
     base = (dataset_record or atlas.dataset_schema()).model_copy()
-    check_assigned_fields(base)
+    check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})
     records = {
-        space: base.model_copy(update={"uid": base.uid if len(plan) == 1 else f"{base.uid}-{space}"})
-        for space in plan
+        space: base.model_copy(update={"uid": base.uid if len(routes) == 1 else f"{base.uid}-{space}"})
+        for space in routes
     }
-    for space, columns in plan.items():
-        _check_space(atlas, space, zarr_layer, records[space].uid, matrix.var.iloc[columns][var_uid_column])
+    spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
+    for space in routes:
+        spaces[space].check_layer(zarr_layer)
+        check_record(atlas, records[space])
     cell_obs = _cell_obs(matrix, obs)
-    layouts = [layout_uid_for(matrix.var.iloc[c][var_uid_column].astype(str).tolist()) for c in plan.values()]
-    new_layouts = [uid for uid in layouts if not _layout_exists(atlas, uid)]
-    stored: list[DatasetRecord] = []
-    with tempfile.TemporaryDirectory(prefix="lancell-10x-", dir=scratch_dir) as scratch:
-        files = {space: Path(scratch) / f"{space}.h5ad" for space in plan}
-        _write_h5ads(matrix, cell_obs, {files[s]: columns for s, columns in plan.items()}, progress)
-        try:
-            for space in plan:
-                adata = ad.read_h5ad(files[space], backed="r")
-                try:
-                    stored.append(
-                        add_from_anndata(
-                            atlas,
-                            adata,
-                            feature_space=space,
-                            zarr_layer=zarr_layer,
-                            dataset_record=records[space],
-                            var_uid_column=var_uid_column,
-                            progress=progress,
-                        )
-                    )
-                finally:
-                    adata.file.close()
-        except BaseException:
-            _roll_back(atlas, stored, new_layouts)
-            raise
-    return stored
-
-
-def _layout_exists(atlas: RaggedAtlas, layout_uid: str) -> bool:
-    return atlas._tables.layouts.count_rows(f"layout_uid = {sql_literal(layout_uid)}") > 0
-
-
-def _roll_back(atlas: RaggedAtlas, stored: list[DatasetRecord], new_layouts: list[str]) -> None:
-    """Remove the datasets this call stored, and the layouts it created that nothing references now."""
-    try:
-        for record in stored:
-            atlas.delete_dataset(record.uid)
-            atlas._delete_group(record.zarr_group)
-        with atlas._lock("layouts"):
-            for layout_uid in new_layouts:
-                where = f"layout_uid = {sql_literal(layout_uid)}"
-                if atlas._tables.datasets.count_rows(where) == 0:
-                    atlas._tables.layouts.delete(where)
-    except (LancellError, OSError) as exc:
-        log.error("roll-back of %s left debris (vacuum() removes it): %s", [r.uid for r in stored], exc)
+    sources = matrix.sources({records[space].uid: columns for space, columns in routes.items()})
+    transactions = []
+    for space, columns in routes.items():
+        uid = records[space].uid
+        uids = matrix.var.iloc[columns][var_uid_column].astype(str).tolist()
+        plan = plan_dataset(atlas, spaces[space], uid, {zarr_layer: sources[uid]}, cell_obs, uids)
+        transactions.append(
+            WriteTransaction(
+                atlas, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
+            )
+        )
+    return run_transactions(transactions)
 
 
 def _route_feature_types(
@@ -294,16 +253,6 @@ def _route_feature_types(
     }
 
 
-def _check_space(atlas: RaggedAtlas, space: str, zarr_layer: str, uid: str, uids: pd.Series) -> None:
-    """The checks that must pass for every feature space before the first one is written."""
-    resolve_feature_space(atlas.feature_spaces, space).check_layer(zarr_layer)
-    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
-        raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
-    known = uids.isin(registry_index(atlas._tables.registry(space)).index)
-    if not known.all():
-        raise UnknownFeaturesError(uid, space, uids[~known].astype(str).tolist())
-
-
 def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None) -> pd.DataFrame:
     frame = matrix.obs.copy()
     if obs is None:
@@ -323,29 +272,3 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
         extra = obs.loc[frame.index]
     extra = extra.set_axis(frame.index)
     return pd.concat([frame, extra], axis=1)
-
-
-def _write_h5ads(
-    matrix: TenxMatrix, obs: pd.DataFrame, outputs: Mapping[Path, np.ndarray], progress: bool
-) -> None:
-    """Write one backed-readable ``.h5ad`` per column subset, streaming the row blocks once."""
-    handles = {out: h5py.File(out, "w") for out in outputs}
-    bar = tqdm(
-        total=len(obs), desc=f"read {matrix.path.name}", unit="cell", disable=not progress, leave=False
-    )
-    try:
-        datasets = {}
-        for out, columns in outputs.items():
-            handle = handles[out]
-            write_elem(handle, "obs", obs)
-            write_elem(handle, "var", matrix.var.iloc[columns])
-            write_elem(handle, "X", sp.csr_matrix((0, len(columns)), dtype=matrix.dtype))
-            datasets[out] = sparse_dataset(handle["X"])
-        for _, block in matrix.csr_blocks():
-            for out, columns in outputs.items():
-                datasets[out].append(block[:, columns])
-            bar.update(block.shape[0])
-    finally:
-        bar.close()
-        for handle in handles.values():
-            handle.close()

@@ -174,7 +174,7 @@ def open_mtx(folder: Path) -> TenxMatrix:
         blocks = _ordered_blocks if ordered else _unordered_blocks
         yield from blocks(matrix_path, value_dtype, dtype, indptr, n_genes, target_values)
 
-    return TenxMatrix(folder, "mtx", version, obs, var, dtype, read_blocks)
+    return TenxMatrix(folder, "mtx", version, obs, var, dtype, read_blocks, indptr=indptr)
 
 
 def _mtx_first_pass(

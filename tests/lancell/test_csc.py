@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import lancell.csc as csc_module
-import lancell.ingestion as ingestion
 import lancell.reconstruct as reconstruct_module
+import lancell.write_transaction as write_transaction
 from lancell import groups
 from lancell.csc import add_csc
 from lancell.groups import GroupGeometry
@@ -83,7 +83,7 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
 @pytest.mark.parametrize("threshold", [1_027_859, 1_027_860])
 def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, threshold):
     assert celltypist.X.nnz == 1_027_859
-    monkeypatch.setattr(ingestion, "CSC_MIN_VALUES", threshold)
+    monkeypatch.setattr(write_transaction, "CSC_MIN_VALUES", threshold)
     record = _ingest(atlas, celltypist, "ct")
     layers = atlas._group_attrs(record.zarr_group).get("csc_layers")
     assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)
@@ -94,9 +94,9 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
     monkeypatch.setattr(groups, "DEFAULT_GEOMETRY", GroupGeometry(sparse_shard=4_096 * 16))  # 16 shards
     several_passes = functools.partial(csc_module.write_csc, budget=50_000)  # about 20 passes over the rows
     if source != "stored, after ingestion":
-        monkeypatch.setattr(ingestion, "write_csc", several_passes)
+        monkeypatch.setattr(write_transaction, "write_csc", several_passes)
     if source == "read back while ingesting":
-        monkeypatch.setattr(ingestion, "CSC_BUDGET", 0)  # keeps no block
+        monkeypatch.setattr(write_transaction, "CSC_BUDGET", 0)  # keeps no block
     record = _ingest(atlas, celltypist, "ct", csc=source != "stored, after ingestion")
     group = atlas._zarr_root[record.zarr_group]
     if source == "stored, after ingestion":

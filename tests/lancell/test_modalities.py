@@ -11,7 +11,7 @@ from mudata import MuData
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import IngestError
+from lancell.errors import DroppedColumnsWarning, IngestError
 from lancell.ingestion import add_from_anndata
 from lancell.modalities import add_from_mudata, attach_modality
 from lancell.schema import (
@@ -87,7 +87,9 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert atlas.query().where("programs IS NOT NULL").count() == subset.n_obs
 
 
-def test_attach_errors_leave_atlas_unchanged(two):
+@pytest.fixture
+def ingested(two):
+    """``two`` with the bundled PBMC data ingested as dataset ``pbmc`` (its first modality)."""
     atlas, pbmc = two
     add_from_anndata(
         atlas,
@@ -97,6 +99,11 @@ def test_attach_errors_leave_atlas_unchanged(two):
         dataset_record=DatasetRecord(uid="pbmc"),
         progress=False,
     )
+    return atlas, pbmc
+
+
+def test_attach_errors_leave_atlas_unchanged(ingested):
+    atlas, pbmc = ingested
     before = visible_state(atlas)
     programs = _programs(pbmc)
     strangers = programs.copy()
@@ -128,3 +135,17 @@ def test_attach_errors_leave_atlas_unchanged(two):
     atlas.delete_dataset("pbmc")
     assert atlas.query().count() == 0 and atlas.list_datasets().empty
     assert atlas.validate() == []
+
+
+def test_attached_obs_columns_are_listed_as_dropped_and_warned(ingested):
+    atlas, pbmc = ingested
+    programs = _programs(pbmc)
+    programs.obs["cell_type"] = "T cell"  # the cells keep their own cell_type: this one is not stored
+    with pytest.warns(DroppedColumnsWarning, match=r"obs columns \['cell_type'\]"):
+        record = attach_modality(
+            atlas, programs, cells_of="pbmc", feature_space="programs", zarr_layer="scores", progress=False
+        )
+    assert record.dropped_obs_columns == ["cell_type"]
+    stored = atlas.list_datasets().set_index("uid").loc["pbmc/programs"]
+    assert list(stored["dropped_obs_columns"]) == ["cell_type"]
+    assert len(stored["content_fingerprint"]) == 64

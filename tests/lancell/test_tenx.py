@@ -6,6 +6,7 @@ import gzip
 import logging
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,14 @@ from helpers import visible_state
 
 from lancell import tenx_mtx
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DataValueError, FeatureSpaceError, TenxFormatError, UnknownFeaturesError
+from lancell.errors import (
+    DataValueError,
+    DuplicateContentError,
+    DuplicateContentWarning,
+    FeatureSpaceError,
+    TenxFormatError,
+    UnknownFeaturesError,
+)
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 from lancell.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
 
@@ -335,3 +343,33 @@ def test_missing_and_wrong_kind_of_path(tmp_path):
         read_10x_h5(V2_H5, genome="mm10")
     with pytest.raises(TenxFormatError, match="no features of genome 'mm10'"):
         read_10x_h5(V3_H5, genome="mm10")
+
+
+def test_add_from_10x_writes_no_temporary_file(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o500)  # nothing can be written to the temporary directory
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
+    (record,) = add_from_10x(atlas, V3_H5, dataset_record=DatasetRecord(uid="t"), progress=False)
+    assert record.n_cells == 1107 and list(scratch.iterdir()) == []
+
+
+def test_add_from_10x_duplicate_policy(tmp_path, v3_reference):
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
+    (first,) = add_from_10x(atlas, V3_H5, dataset_record=DatasetRecord(uid="h5"), progress=False)
+    before = visible_state(atlas)
+    with pytest.raises(DuplicateContentError, match="already in the atlas as dataset 'h5'"):
+        add_from_10x(atlas, V3_DIR, dataset_record=DatasetRecord(uid="mtx"), progress=False)
+    with pytest.warns(DuplicateContentWarning, match="as dataset 'h5'"):
+        (skipped,) = add_from_10x(
+            atlas, V3_DIR, dataset_record=DatasetRecord(uid="mtx"), on_duplicate="skip", progress=False
+        )
+    assert (skipped.uid, skipped.zarr_group) == (first.uid, first.zarr_group)
+    assert visible_state(atlas) == before
+    (again,) = add_from_10x(
+        atlas, V3_DIR, dataset_record=DatasetRecord(uid="mtx"), on_duplicate="allow", progress=False
+    )
+    assert again.content_fingerprint == first.content_fingerprint and again.uid == "mtx"
+    out = _read_back(atlas, "mtx", "gene_expression", pd.Index(read_10x(V3_DIR).var["gene_ids"]))
+    assert (out.X != v3_reference).nnz == 0

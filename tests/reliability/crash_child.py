@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator
 
 import lancedb.table
 
+import lancell.cell_rows
 import lancell.csc
 import lancell.ingestion
+import lancell.write_transaction
 from lancell import groups
 from lancell.atlas import RaggedAtlas
 from lancell.groups import GroupGeometry, ShardBuffer
@@ -57,7 +59,7 @@ def on_call(owner: object, name: str, nth: int, when: str, only: Callable[..., b
 
 def die_mid_stream(nth: int) -> None:
     """Die after the cell-row writer consumed ``nth`` record batches (LanceDB is mid-write)."""
-    original = lancell.ingestion._cell_batches
+    original = lancell.write_transaction.cell_batches
 
     def batches(*args: object, **kwargs: object) -> Iterator[object]:
         for i, batch in enumerate(original(*args, **kwargs)):
@@ -65,7 +67,7 @@ def die_mid_stream(nth: int) -> None:
                 die()
             yield batch
 
-    lancell.ingestion._cell_batches = batches
+    lancell.write_transaction.cell_batches = batches
 
 
 def install(point: str, nth: int) -> None:
@@ -81,9 +83,9 @@ def install(point: str, nth: int) -> None:
         table = name.split("_")[0]
         on_call(lancedb.table.LanceTable, "add", nth, when, only=lambda t, *a, **k: t.name == table)
     elif name == "write_csc":
-        on_call(lancell.ingestion, "write_csc", nth, when)
+        on_call(lancell.write_transaction, "write_csc", nth, when)
     elif name == "ensure_layout":
-        on_call(lancell.ingestion, "ensure_layout", nth, when)
+        on_call(lancell.write_transaction, "ensure_layout", nth, when)
     elif name == "plan":
         on_call(lancell.ingestion, "plan_ingest", nth, when)
     else:
@@ -95,8 +97,8 @@ def main() -> None:
     small = GroupGeometry(sparse_chunk=4_096, sparse_shard=4_096 * 32)
     groups.DEFAULT_GEOMETRY = lancell.csc.DEFAULT_GEOMETRY = small
     # several CSC passes of many shards, so that kills can land between them
-    lancell.ingestion.write_csc = functools.partial(lancell.csc.write_csc, budget=1 << 18)
-    lancell.ingestion.CELL_BATCH = 4_096  # the cell rows reach LanceDB in several batches
+    lancell.write_transaction.write_csc = functools.partial(lancell.csc.write_csc, budget=1 << 18)
+    lancell.cell_rows.CELL_BATCH = 4_096  # the cell rows reach LanceDB in several batches
     install(point, nth)
     atlas = RaggedAtlas.open(f"{root}/db", store=f"{root}/arrays")  # a copy: not the recorded store
     print("ingesting", flush=True)

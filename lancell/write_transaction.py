@@ -1,0 +1,331 @@
+"""One write transaction for every ingest path: plan -> claim -> write group -> commit rows -> record.
+
+:func:`lancell.ingestion.add_from_anndata`, :func:`lancell.tenx.add_from_10x`,
+:func:`lancell.modalities.attach_modality` (and ``add_from_mudata``) hand a validated
+:class:`~lancell.ingest_plan.IngestPlan` to a :class:`WriteTransaction`, which, in order
+(docs/architecture.md, "Ingestion"; docs/integrity.md, "Crash safety: the dataset record is the commit
+point"):
+
+1. claims the dataset (:func:`lancell.visibility.claim_dataset`: a per-dataset lock held as a lease to the
+   end, which also clears rows an interrupted run left) and a fresh zarr group
+   (:meth:`lancell.group_claims.GroupClaims.claim_new`);
+2. streams each stored layer's source into the group (:class:`~lancell.groups.SparseGroupWriter` /
+   :class:`~lancell.groups.DenseGroupWriter`; values checked block by block, the content fingerprint fed
+   as they go) and writes the CSC copy (:func:`lancell.csc.write_csc`);
+3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells, or the pointers
+   of a further modality on existing cells;
+4. under the content lock (:func:`lancell.fingerprint.content_claim`), checks its lease and commits the
+   dataset record: the commit point.
+
+Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
+nulled), a layout it added that no record uses, and its group (through :meth:`RaggedAtlas._delete_group`,
+which deletes only this atlas's own unreferenced groups). :func:`run_transactions` runs several as one, all
+or nothing (a 10x file split into feature spaces).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lancell.cell_rows import cell_batches, detach_pointers, pointer_batches
+from lancell.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
+from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
+from lancell.feature_spaces import FeatureSpace
+from lancell.fingerprint import ContentHasher, OnDuplicate, content_claim
+from lancell.groups import DenseGroupWriter, SparseGroupWriter
+from lancell.ingest_blocks import checked_values, stored_csr_blocks
+from lancell.ingest_plan import IngestPlan
+from lancell.registry import ensure_layout, sql_literal
+from lancell.schema import DatasetRecord
+from lancell.sources import MatrixSource
+from lancell.visibility import claim_dataset
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.locks import Lease
+
+__all__ = ["WriteTransaction", "run_transactions", "stored_dtype", "write_group"]
+
+log = logging.getLogger(__name__)
+
+
+def stored_dtype(source: MatrixSource) -> np.dtype:
+    """How a source's values are stored: integers as ``uint32``, floats as ``float32``."""
+    return np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+
+
+class WriteTransaction:
+    """The atomic write of one dataset's group, rows and record.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    plan
+        The validated plan (:mod:`lancell.ingest_plan`): its ``layers`` are what the group stores.
+    space
+        The feature space of the plan.
+    record
+        The caller's record (checked by :func:`lancell.ingest_plan.check_record`); lancell fills in the
+        fields it assigns.
+    cells_of
+        For a further modality: the dataset whose cells ``plan.obs_names`` name (their pointers are set);
+        None to add new cells.
+    csc
+        Write the CSC copy; by default for sparse datasets of at least ``CSC_MIN_VALUES`` stored values.
+    on_duplicate
+        See :func:`lancell.ingestion.add_from_anndata`.
+    progress
+        Show a progress bar while the matrix is written.
+    """
+
+    def __init__(
+        self,
+        atlas: RaggedAtlas,
+        plan: IngestPlan,
+        space: FeatureSpace,
+        record: DatasetRecord,
+        *,
+        cells_of: str | None = None,
+        csc: bool | None = None,
+        on_duplicate: OnDuplicate = "error",
+        progress: bool = True,
+    ) -> None:
+        self.atlas, self.plan, self.space, self.record = atlas, plan, space, record
+        self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
+        self.duplicate_of: DatasetRecord | None = None
+        self._claims = ExitStack()
+        self._lease: Lease | None = None
+        self._group: str | None = None
+        self._layout_written = self._rows_written = self._committed = False
+        self._started = time.perf_counter()
+
+    def stage(self) -> None:
+        """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows."""
+        atlas, plan, space = self.atlas, self.plan, self.space
+        self._lease = self._claims.enter_context(claim_dataset(atlas, self.record.uid))
+        self._group = atlas.group_claims.claim_new(self.record.uid)
+        layer, source = next(iter(plan.layers.items()))  # write_group refuses several
+        written = None
+        if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
+            written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
+        with ContentHasher(space.kind, stored_dtype(source), source.shape) as hasher:
+            indptr = write_group(atlas, plan, space, self._group, plan.layers, self.progress, written, hasher)
+            fingerprint = hasher.finish(
+                obs_names=plan.obs_names,
+                feature_space=space.name,
+                layer=layer,
+                feature_uids=plan.feature_uids,
+            )
+        if written is not None:
+            write_csc(atlas._zarr_root[self._group], layer, written=written)
+            del written  # the kept blocks
+        with atlas._lock("layouts"):
+            self._layout_written = ensure_layout(
+                atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+            )
+        self._commit_rows(indptr)
+        self.record = self.record.model_copy(
+            update={
+                "zarr_group": self._group,
+                "feature_space": space.name,
+                "layer": layer,
+                "n_cells": plan.n_cells,
+                "n_features": len(plan.feature_uids),
+                "nnz": plan.nnz,
+                "layout_uid": plan.layout_uid,
+                "dropped_obs_columns": plan.dropped_obs_columns,
+                "content_fingerprint": fingerprint,
+                "cells_of": self.cells_of,
+            }
+        )
+
+    def _commit_rows(self, indptr: np.ndarray) -> None:
+        atlas, space, cells = self.atlas, self.space, self.atlas._tables.cells
+        schema = atlas.cell_arrow_schema
+        if self.cells_of is None:
+            batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
+            cells.add(pa.RecordBatchReader.from_batches(schema, batches))
+            self._rows_written = True
+            return
+        uids = np.asarray([f"{self.cells_of}:{name}" for name in self.plan.obs_names], dtype=object)
+        batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
+        rows = pa.schema([schema.field("uid"), schema.field(space.name)])
+        cells.merge_insert("uid").when_matched_update_all().execute(
+            pa.RecordBatchReader.from_batches(rows, batches)
+        )
+        self._rows_written = True
+
+    def commit(self) -> DatasetRecord:
+        """Commit the dataset record (the commit point) unless its content is already in the atlas: then
+        (``on_duplicate="skip"``) roll back and return the record holding that content."""
+        row = pa.Table.from_pylist([self.record.model_dump()], schema=self.atlas._dataset_arrow)
+        fingerprint = self.record.content_fingerprint
+        with content_claim(self.atlas, self.record.uid, fingerprint, self.on_duplicate) as duplicate_of:
+            if duplicate_of is None:
+                plan, tables = self.plan, self.atlas._tables
+                # a failed write of the same panel removes the layout unless a record uses it: check it is
+                # there and commit the record under one hold of the layouts lock
+                with self.atlas._lock("layouts"):
+                    self._layout_written |= ensure_layout(
+                        tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+                    )
+                    self._lease.check()  # LockLostError if another process took the claim over
+                    tables.datasets.add(row)  # the commit point (lancell.visibility)
+                self._committed = True
+        if duplicate_of is not None:
+            self.roll_back()
+            self.duplicate_of = duplicate_of
+            return duplicate_of
+        return self.record
+
+    def roll_back(self) -> None:
+        """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
+        atlas, uid = self.atlas, self.record.uid
+        try:
+            if self._committed:
+                atlas._tables.datasets.delete(f"uid = {sql_literal(uid)}")
+                self._committed = False
+            if self._rows_written and self.cells_of is None:
+                atlas._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+            elif self._rows_written:
+                detach_pointers(atlas, self.space.name, self._group)
+            self._rows_written = False
+            if self._layout_written:
+                with atlas._lock("layouts"):
+                    where = f"layout_uid = {sql_literal(self.plan.layout_uid)}"
+                    if atlas._tables.datasets.count_rows(where) == 0:
+                        atlas._tables.layouts.delete(where)
+                self._layout_written = False
+            if self._group is not None:
+                atlas._delete_group(self._group)
+                self._group = None
+        except (LancellError, OSError) as exc:
+            log.error("roll-back of dataset %s left debris (vacuum() removes it): %s", uid, exc)
+
+    def close(self) -> None:
+        """Release the dataset claim."""
+        self._claims.close()
+
+    def report(self) -> None:
+        """Warn about what was not stored (dropped obs columns, a skipped duplicate) and log the speed."""
+        uid, plan = self.record.uid, self.plan
+        if self.duplicate_of is not None:
+            warnings.warn(
+                f"dataset {uid!r}: the same content is already in the atlas as dataset "
+                f"{self.duplicate_of.uid!r}; nothing was ingested (on_duplicate='skip')",
+                DuplicateContentWarning,
+                stacklevel=4,
+            )
+            return
+        if plan.dropped_obs_columns:
+            warnings.warn(
+                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} are not in the cell schema and "
+                "were not stored (listed on the record as dropped_obs_columns)",
+                DroppedColumnsWarning,
+                stacklevel=4,
+            )
+        elapsed = time.perf_counter() - self._started
+        log.info(
+            "ingested %s: %d cells, %d nnz in %.2f s (%.0f cells/s)",
+            uid,
+            plan.n_cells,
+            plan.nnz,
+            elapsed,
+            plan.n_cells / max(elapsed, 1e-9),
+        )
+
+
+def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
+    """Stage every transaction, then commit each record; all or nothing. Returns the records (a skipped
+    duplicate's: the existing dataset's). Call it directly from the public entry point (warnings name the
+    entry point's caller)."""
+    try:
+        for transaction in transactions:
+            transaction.stage()
+        records = [transaction.commit() for transaction in transactions]
+    except BaseException:
+        for transaction in reversed(transactions):
+            transaction.roll_back()
+        raise
+    finally:
+        for transaction in transactions:
+            transaction.close()
+    for transaction in transactions:
+        transaction.report()
+    return records
+
+
+def write_group(
+    atlas: RaggedAtlas,
+    plan: IngestPlan,
+    space: FeatureSpace,
+    zarr_group: str,
+    layers: Mapping[str, MatrixSource],
+    progress: bool,
+    written: CsrBlocks | None = None,
+    hasher: ContentHasher | None = None,
+) -> np.ndarray:
+    """Stream ``layers`` (stored layer name -> source) into a new zarr group; return the per-cell element
+    offsets (indptr). Sparse blocks are also recorded in ``written`` (for the CSC copy) and stored blocks
+    fed to ``hasher`` when given.
+
+    Raises
+    ------
+    IngestError
+        Several layers (one group stores one layer for now), a bad value (``DataValueError``), or fewer or
+        more values than planned.
+    """
+    if len(layers) != 1:
+        raise IngestError(f"dataset {plan.dataset!r}: one stored layer per dataset, got {sorted(layers)}")
+    ((zarr_layer, source),) = layers.items()
+    n_features = len(plan.feature_uids)
+    bar = tqdm(
+        total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
+    )
+    shape = {"n_cells": plan.n_cells, "n_features": n_features, "layer": zarr_layer}
+    common = {**shape, "dtype": stored_dtype(source), "atlas_id": atlas.group_claims.atlas_id}
+    with bar:
+        if space.kind == "sparse":
+            writer = SparseGroupWriter(atlas._zarr_root, zarr_group, nnz=plan.nnz, **common)
+            for _, indptr, indices, values in stored_csr_blocks(source, zarr_layer, plan.stored_column):
+                writer.append(indptr, indices, values)
+                if hasher is not None:
+                    hasher.add_csr(indptr, indices, values)
+                if written is not None:
+                    written.add(indices, values)
+                bar.update(indptr.size - 1)
+            indptr = writer.close(_group_attrs(plan, space))
+        else:
+            writer = DenseGroupWriter(atlas._zarr_root, zarr_group, **common)
+            for row0, block in source.dense_blocks():
+                values = checked_values(plan.dataset, zarr_layer, block.ravel(), row0).reshape(block.shape)
+                if plan.stored_column is not None:
+                    values = values[:, np.argsort(plan.stored_column)]
+                writer.append(values)
+                if hasher is not None:
+                    hasher.add_dense(values)
+                bar.update(block.shape[0])
+            writer.close(_group_attrs(plan, space))
+            indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
+    if int(indptr[-1]) != plan.nnz:
+        raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
+    return indptr
+
+
+def _group_attrs(plan: IngestPlan, space: FeatureSpace) -> dict[str, object]:
+    return {
+        "feature_space": space.name,
+        "layout_uid": plan.layout_uid,
+        "n_features": len(plan.feature_uids),
+        "dataset_uid": plan.dataset,
+    }
