@@ -121,12 +121,11 @@ def encode(values: np.ndarray, transform: int = TRANSFORM_NONE) -> np.ndarray:
     if transform not in (TRANSFORM_NONE, TRANSFORM_DELTA):
         raise BitpackError(f"unknown transform {transform!r}")
     n = values.size
-    words = np.zeros(max_encoded_size(n) // 4, np.uint32)
+    words = np.empty(max_encoded_size(n) // 4, np.uint32)  # the kernel writes every byte it returns
     raw = words.view(np.uint8)
     _HEADER.pack_into(raw, 0, MAGIC, FORMAT_VERSION, transform, b"\0\0\0", n)
     bases, packed = _sections(n, transform)
-    heads = raw[HEADER_BYTES : HEADER_BYTES + -(-n // BLOCK)]
-    used = _encode_kernel(np.ascontiguousarray(values), words, heads, bases, packed)
+    used = _encode_kernel(np.ascontiguousarray(values), words, bases, packed)
     return raw[: 4 * used]
 
 
@@ -145,7 +144,8 @@ def encode_chunks(
     transform
         ``TRANSFORM_NONE`` or ``TRANSFORM_DELTA``, for every chunk.
     trailer
-        Bytes left after each encoded chunk (uninitialized); a multiple of 4 keeps every chunk 4-byte aligned.
+        Bytes left after each encoded chunk (uninitialized), a multiple of 4 (every chunk stays 4-byte
+        aligned).
 
     Returns
     -------
@@ -156,7 +156,8 @@ def encode_chunks(
     Raises
     ------
     BitpackError
-        If ``values`` is not a 1-D uint32 array of whole chunks, or ``transform`` is unknown.
+        If ``values`` is not a 1-D uint32 array of whole chunks, ``transform`` is unknown or ``trailer`` is
+        not a multiple of 4.
     """
     if not isinstance(values, np.ndarray) or values.dtype != np.uint32 or values.ndim != 1:
         raise BitpackError(f"expected a 1-D uint32 array, got {getattr(values, 'dtype', type(values))}")
@@ -164,14 +165,16 @@ def encode_chunks(
         raise BitpackError(f"{values.size} values are not a whole number of {chunk}-value chunks")
     if transform not in (TRANSFORM_NONE, TRANSFORM_DELTA):
         raise BitpackError(f"unknown transform {transform!r}")
+    if trailer < 0 or trailer % 4:
+        raise BitpackError(f"trailer of {trailer} bytes: expected a multiple of 4")
     n_chunks = values.size // chunk
     header = np.frombuffer(_HEADER.pack(MAGIC, FORMAT_VERSION, transform, b"\0\0\0", chunk), np.uint8)
     bases, packed = _sections(chunk, transform)
-    out = np.empty(n_chunks * (max_encoded_size(chunk) + trailer), np.uint8)
+    out = np.empty(n_chunks * (max_encoded_size(chunk) + trailer) // 4, np.uint32)
     ends = np.empty(n_chunks, np.int64)
-    words = max_encoded_size(chunk) // 4
-    _encode_chunks_kernel(np.ascontiguousarray(values), header, bases, packed, words, trailer, out, ends)
-    return out[: ends[-1]] if n_chunks else out, ends
+    _encode_chunks_kernel(np.ascontiguousarray(values), header, bases, packed, trailer, out, ends)
+    raw = out.view(np.uint8)
+    return raw[: ends[-1]] if n_chunks else raw, ends
 
 
 _WALK_ERRORS = {

@@ -2,7 +2,10 @@
 
 Pack / unpack of one 128-value block in 4 lanes (one straight-line LLVM case per width), the per-block
 transforms (prefix sum, frame of reference), exception patching, the encoder's choice of mode and width, and
-the whole-buffer encode / decode / walk loops. None of it checks bounds: callers pass validated buffers.
+the whole-buffer encode / decode / walk loops. The encoder works on whole blocks as single LLVM vectors
+(sums, counts and bit masks of 128 values; a short last block is padded first), writes every byte of its
+output (no zeroed buffer needed) and keeps its scratch across the chunks of one call. None of it checks
+bounds: callers pass validated buffers.
 All of it lives in this one file because numba's on-disk cache of a function is invalidated only by
 changes to the file that defines it, not by changes to the helpers it inlines from other modules.
 """
@@ -145,6 +148,121 @@ def pack_block(typingctx, src, w, dst, d):
     return types.void(src, w, dst, d), codegen
 
 
+_I64, _I128 = ir.IntType(64), ir.IntType(128)
+_B32 = ir.VectorType(_I32, BLOCK)  # a whole block of uint32 values
+
+
+def _block_ptr(context, builder: ir.IRBuilder, array_type, array) -> ir.Value:
+    """``array[:128]`` as a pointer to one vector (the array's first element starts the block)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    vector = ir.VectorType(context.get_data_type(array_type.dtype), BLOCK)
+    return builder.bitcast(data, vector.as_pointer())
+
+
+def _load_block(context, builder: ir.IRBuilder, array_type, array) -> ir.Value:
+    return builder.load(_block_ptr(context, builder, array_type, array), align=1)
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, vector: ir.VectorType = _B32) -> ir.Value:
+    """A vector of the integer scalar ``value``, truncated to the vector's element type."""
+    value = builder.trunc(value, vector.element) if value.type.width > vector.element.width else value
+    one = builder.insert_element(ir.Constant(vector, None), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector, None), ir.Constant(_B32, [0] * BLOCK))
+
+
+def _call(builder: ir.IRBuilder, name: str, ret: ir.Type, *args: ir.Value) -> ir.Value:
+    """Call the LLVM intrinsic ``name`` (declared on first use)."""
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
+    return builder.call(fn, args)
+
+
+def _reduce(builder: ir.IRBuilder, op: str, vector: ir.Value) -> ir.Value:
+    """``llvm.vector.reduce.<op>`` of a block vector, zero-extended to i64."""
+    element = vector.type.element
+    value = _call(builder, f"llvm.vector.reduce.{op}.v{BLOCK}i{element.width}", element, vector)
+    return builder.zext(value, _I64) if element.width < 64 else value
+
+
+@intrinsic
+def block_or_max(typingctx, slots, pay):
+    """``OR(slots[:128]) | max(pay[:128]) << 32`` as uint64 (blocks of uint32)."""
+
+    def codegen(context, builder, sig, args):
+        wide = _reduce(builder, "or", _load_block(context, builder, sig.args[0], args[0]))
+        top = _reduce(builder, "umax", _load_block(context, builder, sig.args[1], args[1]))
+        return builder.or_(wide, builder.shl(top, ir.Constant(_I64, 32)))
+
+    return types.uint64(slots, pay), codegen
+
+
+@intrinsic
+def count_from(typingctx, slots, limit):
+    """``c | wide << 8`` as uint64: ``c`` values of ``slots[:128]`` (any unsigned type) are at least
+    ``limit``, and ``wide`` is the OR of the others."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        at_least = builder.icmp_unsigned(">=", x, _splat(builder, args[1], x.type))
+        wide = _reduce(builder, "or", builder.select(at_least, ir.Constant(x.type, [0] * BLOCK), x))
+        count = builder.trunc(
+            _call(builder, "llvm.ctpop.i128", _I128, builder.bitcast(at_least, _I128)), _I64
+        )
+        return builder.or_(count, builder.shl(wide, ir.Constant(_I64, 8)))
+
+    return types.uint64(slots, limit), codegen
+
+
+@intrinsic
+def above_bits(typingctx, slots, mask, bits):
+    """``bits[0]``, ``bits[1]`` (uint64): bit ``i`` of ``bits[h]`` is set where ``slots[64h + i] > mask``."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        above = builder.bitcast(builder.icmp_unsigned(">", x, _splat(builder, args[1])), _I128)
+        data = context.make_array(sig.args[2])(context, builder, args[2]).data
+        builder.store(above, builder.bitcast(data, _I128.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return types.void(slots, mask, bits), codegen
+
+
+@intrinsic
+def masked_block(typingctx, slots, pay, mask, block):
+    """``block[:128]`` = each of ``slots[:128]`` that is at most ``mask``, else its ``pay``, AND ``mask``."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        p = _load_block(context, builder, sig.args[1], args[1])
+        m = _splat(builder, args[2])
+        kept = builder.select(builder.icmp_unsigned("<=", x, m), x, p)
+        builder.store(builder.and_(kept, m), _block_ptr(context, builder, sig.args[3], args[3]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(slots, pay, mask, block), codegen
+
+
+@intrinsic
+def block_deltas(typingctx, x, prev, dl, dz):
+    """``dl[:128]`` = ``x[i] - prev[i]`` modulo 2**32 (``prev``: the values one position earlier) and
+    ``dz`` = their zigzag codes as int32; returns ``min(x[:128])`` as uint64."""
+
+    def codegen(context, builder, sig, args):
+        v = _load_block(context, builder, sig.args[0], args[0])
+        d = builder.sub(v, _load_block(context, builder, sig.args[1], args[1]))
+        builder.store(d, _block_ptr(context, builder, sig.args[2], args[2]), align=4)
+        z = builder.xor(builder.shl(d, _vec_block(1)), builder.ashr(d, _vec_block(31)))
+        builder.store(z, _block_ptr(context, builder, sig.args[3], args[3]), align=4)
+        return _reduce(builder, "umin", v)
+
+    return types.uint64(x, prev, dl, dz), codegen
+
+
+def _vec_block(value: int) -> ir.Constant:
+    return ir.Constant(_B32, [value] * BLOCK)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def block_words(m: int, w: np.uint64) -> np.uint64:
     """Words a block of ``m`` values (1..128) of width ``w`` takes: 4 lanes of ceil(m/4) values."""
@@ -180,30 +298,35 @@ def patch(raw, info: np.uint64, p: np.uint64, w: np.uint64, delta: bool, dst, d:
         dst[o] = x
 
 
+@intrinsic
+def lowest_bit(typingctx, x):
+    """Index of the lowest set bit of the uint64 ``x`` (64 for 0), as uint64."""
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+    return types.uint64(types.uint64), codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def choose_width(slots: np.ndarray, pay: np.ndarray, m: int) -> tuple:
-    """Cheapest ``(cost, width, exceptions)`` for a block: values ``slots[:m]`` wider than the width become
-    exceptions with payload ``pay``. The cost is in bytes; ties keep the wider block (fewer exceptions).
+    """Cheapest ``(cost, width, exceptions)`` for the block ``slots[:128]`` of ``m`` values (zero after
+    them): values wider than the width become exceptions with payload ``pay``. The cost is in bytes; ties
+    keep the wider block (fewer exceptions).
 
     Only widths that some value needs exactly are candidates (below such a width the exceptions are the
-    same and the block is narrower), visited from the widest down, one vectorizable pass each.
+    same and the block is narrower), visited from the widest down, one vector pass over the block each.
     """
-    top, wide = U0, U0
-    for i in range(m):
-        wide |= np.uint64(slots[i])
-        top = max(top, np.uint64(pay[i]))
-    w = bit_length(wide)
+    summary = block_or_max(slots, pay)
+    w, top = bit_length(np.uint32(summary & _FULL)), summary >> U32
     best, best_w, best_c = U4 * block_words(m, w), w, U0
     while w:
-        limit = np.uint32(U1 << (w - U1))  # values of w bits or more are exceptions below width w
-        c, wide = 0, np.uint32(0)
-        for i in range(m):
-            c += slots[i] >= limit
-            wide |= slots[i] if slots[i] < limit else np.uint32(0)
-        c = np.uint64(c)
+        limit = U1 << (w - U1)  # values of w bits or more
+        counted = count_from(slots, np.uint32(limit))
+        c = counted & np.uint64(255)
         if c > MAX_EXCEPTIONS or U1 + U2 * c >= best:  # so at any narrower width too
             break
-        w = bit_length(wide)
+        w = bit_length(np.uint32(counted >> U8))
         size = max((bit_length(top >> w) + np.uint64(7)) // U8, U1)  # bounds the high parts' bytes
         cost = U4 * block_words(m, w) + U1 + c * (U1 + size)
         if cost < best:
@@ -215,33 +338,43 @@ def choose_width(slots: np.ndarray, pay: np.ndarray, m: int) -> tuple:
 def emit_block(
     slots, pay, m: int, w: np.uint64, c: np.uint64, block, words, s: np.uint64, exc, e: np.uint64
 ) -> tuple:
-    """Pack a block of width ``w`` at word ``s`` of ``words`` and its ``c`` exceptions at byte ``e`` of
-    ``exc``. Returns ``(words written, bytes written, info byte)``."""
-    mask = (U1 << w) - U1
-    limit = np.uint32(mask)
-    for i in range(m):  # an exception's slot keeps the low bits of its payload
-        block[i] = (slots[i] if slots[i] <= limit else pay[i]) & mask
-    block[m:] = 0
+    """Pack the block ``slots[:128]`` (zero after its ``m`` values) at width ``w`` at word ``s`` of
+    ``words``, and its ``c`` exceptions (slots wider than ``w``; ``pay``: their payloads) at byte ``e`` of
+    ``exc`` (``block``: 256 words of scratch). Returns ``(words written, bytes written, info byte)``."""
+    mask = np.uint32((U1 << w) - U1)
     nw = block_words(m, w)
+    if c == U0 and m == BLOCK:  # every slot fits: pack the slots themselves
+        pack_block(slots, w, words, s)
+        return nw, U0, U0
+    masked_block(slots, pay, mask, block)  # an exception's slot keeps the low bits of its payload
     if m == BLOCK:
         pack_block(block, w, words, s)
     else:  # a short last block keeps only its first words
-        tmp = np.empty(BLOCK, np.uint32)
+        tmp = block[BLOCK:]
         pack_block(block, w, tmp, U0)
         words[s : s + nw] = tmp[:nw]
     if c == U0:
         return nw, U0, U0
-    pos, hi_max = e, U0  # the positions, then the high parts
-    for i in range(m):
-        if slots[i] > limit:
+    pos, hi_max = e, U0  # the positions (from a bit mask of the exceptions), then the high parts
+    above = block[BLOCK : BLOCK + 4].view(np.uint64)
+    above_bits(slots, mask, above)
+    for half in range(2):
+        bits = above[half]
+        while bits:
+            i = lowest_bit(bits) + np.uint64(64 * half)
+            bits &= bits - U1
             exc[pos] = i
             pos += U1
             hi_max = max(hi_max, np.uint64(pay[i]) >> w)
     size = max((bit_length(hi_max) + np.uint64(7)) // U8, U1)
-    for j in range(U0, c):
-        hi = np.uint64(pay[exc[e + j]]) >> w
-        for k in range(U0, size):
-            exc[pos + size * j + k] = (hi >> (U8 * k)) & np.uint64(255)
+    if size == U1:
+        for j in range(U0, c):
+            exc[pos + j] = np.uint64(pay[exc[e + j]]) >> w
+    else:
+        for j in range(U0, c):
+            hi = np.uint64(pay[exc[e + j]]) >> w
+            for k in range(U0, size):
+                exc[pos + size * j + k] = (hi >> (U8 * k)) & np.uint64(255)
     return nw, c * (U1 + size), (c - U1) | (size - U1) << np.uint64(6)
 
 
@@ -309,47 +442,77 @@ def decode_kernel(words: np.ndarray, heads: np.ndarray, bases: int, packed: int,
 
 
 @numba.njit(cache=True, nogil=True)
-def encode_kernel(values: np.ndarray, words: np.ndarray, heads: np.ndarray, bases: int, packed: int) -> int:
-    """Pack ``values`` into ``words`` (zero from ``packed`` on); return the number of words used."""
+def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, packed: int, scratch) -> int:
+    """Pack ``values`` into the buffer that starts at word ``w0`` of ``words`` (its 16 header bytes are the
+    caller's; ``bases`` and ``packed``: word offsets within the buffer, ``bases`` < 0 when plain); every
+    byte after the header is written, pads included. ``scratch``: :func:`encode_scratch` of at least
+    ``values.size`` values. Returns the number of words the buffer takes."""
+    block, dl, dz, fr, pad, exc, infos = scratch
     n = values.size
-    block = np.zeros(BLOCK, np.uint32)
-    dl, dz, fr = np.zeros(BLOCK, np.uint32), np.zeros(BLOCK, np.uint32), np.zeros(BLOCK, np.uint32)
-    exc = np.empty(U4 * np.uint64(words.size), np.uint8)  # the exception lists, appended at the end
-    infos = np.empty(heads.size, np.uint8)
-    s, e, f = np.uint64(packed), U0, 0
-    for b in range(heads.size):
+    nb = (n + BLOCK - 1) // BLOCK
+    raw = words.view(np.uint8)
+    start = np.uint64(w0)
+    h0 = U4 * start + np.uint64(16)  # the heads
+    raw[h0 + np.uint64(nb) : U4 * (start + np.uint64(packed if bases < 0 else bases))] = 0
+    s, e, f = start + np.uint64(packed), U0, 0
+    for b in range(nb):
         i0 = np.uint64(b * BLOCK)
         m = min(BLOCK, n - b * BLOCK)
-        x = values[i0 : i0 + np.uint64(m)]
+        x, prev = values[i0:], values[i0 - U1 :] if b else pad
+        if m < BLOCK or b == 0:  # a padded copy: the first block's previous values, the short last block
+            pad[0] = values[i0 - U1] if b else values[0]  # (plain: zeros after it; delta: its last value)
+            pad[1 : m + 1] = values[i0 : i0 + np.uint64(m)]
+            pad[m + 1 : BLOCK + 1] = 0 if bases < 0 else values[i0 + np.uint64(m - 1)]
+            x, prev = pad[1:], pad
         if bases < 0:
-            w, c = choose_width(x, x, m)[1:]
+            cost, w, c = choose_width(x, x, m)
             nw, ne, infos[f] = emit_block(x, x, m, w, c, block, words, s, exc, e)
             s, e, f = s + nw, e + ne, f + (c > 0)
-            heads[b] = w | (MODE_EXCEPTIONS if c else 0)
+            raw[h0 + np.uint64(b)] = w | (MODE_EXCEPTIONS if c else 0)
             continue
-        dl[0], lo = 0, x[0]
-        for i in range(1, m):
-            dl[i] = x[i] - x[i - 1]  # the uint32 store wraps modulo 2**32
-        for i in range(m):
-            d = np.uint64(dl[i])
-            dz[i] = (d << U1) ^ (U0 - (d >> np.uint64(31)))  # zigzag of d as an int32 (stored mod 2**32)
-            lo = min(lo, x[i])
+        lo = np.uint32(block_deltas(x, prev, dl, dz))
+        dl[0], dz[0] = 0, 0  # a delta block's first slot holds 0: its value is the base
         cost, w, c = choose_width(dl, dz, m)
         mode, slots, pay, base = MODE_DELTA, dl, dz, x[0]
         if 16 * c > np.uint64(m):  # more than 8 exceptions per 128 (short runs): try offsets from the minimum
             for i in range(m):
                 fr[i] = x[i] - lo
+            fr[m:BLOCK] = 0
             cost_f, w_f, c_f = choose_width(fr, fr, m)
             if cost_f < cost:
                 mode, slots, pay, base, w, c = 0, fr, fr, lo, w_f, c_f
-        words[np.uint64(bases + b)] = base
+        words[start + np.uint64(bases + b)] = base
         nw, ne, infos[f] = emit_block(slots, pay, m, w, c, block, words, s, exc, e)
         s, e, f = s + nw, e + ne, f + (c > 0)
-        heads[b] = w | mode | (MODE_EXCEPTIONS if c else 0)
-    raw, p = words.view(np.uint8), U4 * s  # after the packed blocks: info bytes, lists, zero padding
+        raw[h0 + np.uint64(b)] = w | mode | (MODE_EXCEPTIONS if c else 0)
+    p = U4 * s  # after the packed blocks: info bytes, lists, zero padding
     raw[p : p + f] = infos[:f]
     raw[p + f : p + f + e] = exc[:e]
-    return np.int64(s + (np.uint64(f) + e + np.uint64(3)) // U4)
+    end = (s + (np.uint64(f) + e + np.uint64(3)) // U4) * U4
+    raw[p + f + e : end] = 0
+    return np.int64(end // U4 - start)
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_scratch(n: int) -> tuple:
+    """Work arrays for :func:`encode_body` on up to ``n`` values."""
+    nb = (n + BLOCK - 1) // BLOCK
+    u32 = np.zeros((5, 2 * BLOCK), np.uint32)
+    return (
+        u32[0],
+        u32[1],
+        u32[2],
+        u32[3],
+        u32[4],
+        np.empty(nb * MAX_EXCEPTIONS * 5, np.uint8),  # exception lists: at most 64 of 5 bytes per block
+        np.empty(nb, np.uint8),
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_kernel(values: np.ndarray, words: np.ndarray, bases: int, packed: int) -> int:
+    """Pack ``values`` into ``words`` after its 16 header bytes; return the number of words used."""
+    return encode_body(values, words, 0, bases, packed, encode_scratch(values.size))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -375,22 +538,21 @@ def walk(raw: np.ndarray, n: int, packed: int, flags: int) -> tuple:
 
 @numba.njit(cache=True, nogil=True)
 def encode_chunks_kernel(
-    values: np.ndarray, header: np.ndarray, bases: int, packed: int, n_words: int, trailer: int, out, ends
-) -> None:
+    values: np.ndarray, header: np.ndarray, bases: int, packed: int, trailer: int, out, ends
+):
     """Encode ``values`` as ``ends.size`` chunks of equal length, each a whole buffer (``header``: its
-    16 bytes; ``n_words``: its maximal size in words) followed by ``trailer`` untouched bytes, back to back
-    in ``out``; ``ends[i]`` is where chunk ``i``'s trailer ends."""
+    16 bytes) followed by ``trailer`` untouched bytes (a multiple of 4), back to back in the words ``out``;
+    ``ends[i]`` is the byte where chunk ``i``'s trailer ends."""
     chunk = values.size // ends.size
-    heads_end = 16 + (chunk + BLOCK - 1) // BLOCK
-    pos = 0
+    scratch = encode_scratch(chunk)
+    raw = out.view(np.uint8)
+    pos = 0  # in words
     for i in range(ends.size):
-        words = np.zeros(n_words, np.uint32)
-        raw = words.view(np.uint8)
-        raw[:16] = header
-        size = 4 * encode_kernel(values[i * chunk : (i + 1) * chunk], words, raw[16:heads_end], bases, packed)
-        out[pos : pos + size] = raw[:size]
-        pos += size + trailer
-        ends[i] = pos
+        raw[4 * pos : 4 * pos + 16] = header
+        pos += (
+            encode_body(values[i * chunk : (i + 1) * chunk], out, pos, bases, packed, scratch) + trailer // 4
+        )
+        ends[i] = 4 * pos
 
 
 @numba.njit(cache=True, nogil=True)

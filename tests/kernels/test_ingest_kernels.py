@@ -147,6 +147,8 @@ def test_encode_chunks_equals_encode_per_chunk(transform: int) -> None:
     assert ends[-1] == buffer.size
     with pytest.raises(bp.BitpackError, match="whole number"):
         bp.encode_chunks(values[:-1], 300)
+    with pytest.raises(bp.BitpackError, match="trailer of 3 bytes: expected a multiple of 4"):
+        bp.encode_chunks(values, 300, transform, trailer=3)  # chunks would lose their word alignment
 
 
 def test_decode_chunks_equals_decode_and_names_a_bad_chunk() -> None:
