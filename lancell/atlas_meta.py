@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import obstore
 import obstore.store as obs_store
 import pyarrow as pa
 import zarr
@@ -89,7 +90,10 @@ def read_meta(
     if is_local(db_uri) and not local_path(db_uri).exists():
         raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
     meta_store = open_store(db_uri, store_kwargs)
-    meta = read_json(meta_store, META_PATH)
+    try:
+        meta = read_json(meta_store, META_PATH)
+    except obstore.exceptions.BaseError as exc:  # refused credentials, an unreachable endpoint...
+        raise StoreError(f"cannot read the atlas at {db_uri!r} ({META_PATH}): {exc}") from exc
     if meta is None:
         raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
     if meta.get("lancell_format") != FORMAT_VERSION:
