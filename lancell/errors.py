@@ -37,7 +37,7 @@ class DroppedColumnsWarning(LancellWarning):
 
 
 class FeatureConflictWarning(LancellWarning):
-    """``register_features(on_conflict="keep")`` kept registered attributes that differ from the given ones."""
+    """``register_features(on_conflict="keep")`` kept registered attributes that differ from the given."""
 
 
 class DuplicateContentWarning(LancellWarning):
