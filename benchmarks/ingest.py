@@ -3,10 +3,14 @@
 Each case runs in a fresh subprocess (so peak RSS is that ingestion's own) from a backed ``.h5ad``:
 the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,000 nnz/cell).
 
-    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc]
+    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc] [--reps 3]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
-``lancell.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone.
+``lancell.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
+file it then prints, from the same run (``--reps`` interleaved repetitions, medians): the time h5py alone
+takes to read its X (data, indices, indptr; blocks of ``lancell.sources.TARGET_BLOCK_VALUES`` values into
+reused buffers, each repetition in a fresh process), the ingest time without and with the CSC copy, their
+ratios to the read, and the BP-128 encode rate (G ints/s, one core, CPU time) on its indices and counts.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +26,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
+
+from kernels import bitpack as bp
 from lancell.bundled import BUNDLED
 from lancell.synthetic import write_synthetic_h5ad
 
@@ -57,6 +66,96 @@ RUN = textwrap.dedent(
 )
 
 
+READ = textwrap.dedent(
+    """
+    import sys, time, h5py, numpy as np
+    from lancell.sources import TARGET_BLOCK_VALUES as step
+    started = time.perf_counter()
+    with h5py.File(sys.argv[1], "r") as f:
+        x = f["X"]
+        indptr = x["indptr"][:]
+        buffers = [np.empty(step, x[name].dtype) for name in ("data", "indices")]
+        for lo in range(0, int(indptr[-1]), step):
+            hi = min(lo + step, int(indptr[-1]))
+            for name, buffer in zip(("data", "indices"), buffers):
+                x[name].read_direct(buffer[: hi - lo], np.s_[lo:hi])
+    print(time.perf_counter() - started)
+    """
+)
+
+
+def h5py_read_seconds(path: Path) -> float:
+    """Seconds h5py alone takes to read the X of ``path`` (in a fresh process)."""
+    done = subprocess.run([sys.executable, "-c", READ, str(path)], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def encode_rates(path: Path, values: int = 8_000_000, reps: int = 5) -> dict[str, float]:
+    """G ints/s of ``kernels.bitpack.encode_chunks`` (4,096-value chunks, as ingestion writes them) on the
+    first ``values`` indices (delta) and counts (plain) of ``path``; median of ``reps``, CPU time."""
+    with h5py.File(path, "r") as f:
+        n = min(values, f["X/data"].shape[0]) // 4_096 * 4_096
+        arrays = {"delta": f["X/indices"][:n].astype(np.uint32), "plain": f["X/data"][:n].astype(np.uint32)}
+    rates = {}
+    for name, x in arrays.items():
+        transform = bp.TRANSFORM_DELTA if name == "delta" else bp.TRANSFORM_NONE
+        bp.encode_chunks(x[:4_096], 4_096, transform, 4)
+        times = []
+        for _ in range(reps):
+            started = time.thread_time()
+            bp.encode_chunks(x, 4_096, transform, 4)
+            times.append(time.thread_time() - started)
+        rates[name] = n / statistics.median(times) / 1e9
+    return rates
+
+
+def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> None:
+    """Bar chart of the same-run times (median, min-max whiskers) and the encode rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(times)
+    medians = [statistics.median(times[k]) for k in names]
+    spread = [
+        [m - min(times[k]) for k, m in zip(names, medians, strict=True)],
+        [max(times[k]) - m for k, m in zip(names, medians, strict=True)],
+    ]
+    left.bar(names, medians, yerr=spread, color=["#888", "#2a7", "#27a"], capsize=4)
+    for i, m in enumerate(medians):
+        left.text(i, m, f"{m / medians[0]:.2f}x", ha="center", va="bottom")
+    left.set_ylabel("seconds (50k cells x 2,000 nnz, backed .h5ad)")
+    left.set_title("ingest vs reading X with h5py alone (same run)")
+    right.bar([f"encode {k}" for k in rates], list(rates.values()), color="#a72")
+    right.axhline(1.5, ls="--", c="k", lw=0.8)
+    right.axhline(1.0, ls=":", c="k", lw=0.8)
+    right.set_ylabel("G ints/s, one core")
+    right.set_title("BP-128 encode (targets 1.5 plain, 1.0 delta)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def same_run_ratios(path: Path, reps: int, png: Path | None) -> None:
+    """Print the h5py read of X against ingest without and with the CSC copy, interleaved, medians."""
+    times: dict[str, list[float]] = {"h5py read": [], "ingest, no CSC": [], "ingest + CSC": []}
+    for _ in range(reps):
+        times["h5py read"].append(h5py_read_seconds(path))
+        times["ingest, no CSC"].append(run_case("synthetic", path, "counts", None, "off")["seconds"])
+        times["ingest + CSC"].append(run_case("synthetic", path, "counts", None, "on")["seconds"])
+    read = statistics.median(times["h5py read"])
+    print(f"\nsame run, {reps} interleaved repetitions (median [min-max] s, ratio to the h5py read):")
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"  {name:<16}{t:>8.2f} [{min(ts):.2f}-{max(ts):.2f}]  {t / read:>5.2f}x")
+    rates = encode_rates(path)
+    print("  BP-128 encode, one core: " + ", ".join(f"{k} {v:.2f} G ints/s" for k, v in rates.items()))
+    print(json.dumps({"times": times, "rates": rates}))
+    if png is not None:
+        plot(times, rates, png)
+
+
 def run_case(
     name: str, path: Path, layer: str, uid_column: str | None, csc: str = "default"
 ) -> dict[str, object]:
@@ -78,6 +177,8 @@ def main() -> None:
     parser.add_argument("--synthetic-cells", type=int, default=50_000)
     parser.add_argument("--nnz-per-cell", type=int, default=2_000)
     parser.add_argument("--no-csc", action="store_true", help="never write the CSC copy")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the same-run ratios")
+    parser.add_argument("--png", type=Path, default=None, help="save the same-run chart here")
     args = parser.parse_args()
     results = []
     csc = "off" if args.no_csc else "default"
@@ -93,6 +194,7 @@ def main() -> None:
             f"~{args.nnz_per_cell} nnz/cell (nnz {nnz:,}), seed 42, written in {time.perf_counter() - started:.1f} s"
         )
         results.append(run_case("synthetic", path, "counts", None, csc))
+        same_run_ratios(path, args.reps, args.png)
     header = f"{'dataset':<18}{'cells':>9}{'nnz':>13}{'s':>8}{'cells/s':>10}{'Mnnz/s':>8}{'B/nnz':>7}{'peak MiB':>10}{'+ingest MiB':>12}"
     print(header)
     for r in results:

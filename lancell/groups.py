@@ -12,6 +12,7 @@ Writes are buffered to whole shards so that zarr never reads-modifies-writes a s
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,11 @@ class ShardBuffer:
         self.written = 0
         self._buffer: np.ndarray | None = None
         self._direct = ShardWriter.for_array(array) if array.shards and array.shards[0] == shard else None
+
+    def completes_shard(self, rows: int) -> bool:
+        """Whether appending ``rows`` rows fills (and so encodes and stores) a shard."""
+        capacity = min(self.shard, self.array.shape[0] - self.written)
+        return rows > 0 and self.buffered + rows >= capacity
 
     def append(self, values: np.ndarray) -> None:
         if self.written + self.buffered + values.shape[0] > self.array.shape[0]:
@@ -216,9 +222,32 @@ class SparseGroupWriter:
         )
 
     def append(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
-        """Append a block of rows given as a local CSR triple (``indptr[0] == 0``)."""
-        self._indices.append(indices)
-        self._values.append(values)
+        """Append a block of rows given as a local CSR triple (``indptr[0] == 0``).
+
+        When the block completes a shard, the indices' shard is encoded and stored by a second thread while
+        this one does the values' (both kernels release the GIL); both are done when this returns or raises,
+        so nothing is left in flight for a roll-back to race with.
+        """
+        if not self._indices.completes_shard(indices.shape[0]):
+            self._indices.append(indices)
+            self._values.append(values)
+        else:
+            failed: list[BaseException] = []
+
+            def store_indices() -> None:
+                try:
+                    self._indices.append(indices)
+                except BaseException as exc:  # re-raised below, in the caller's thread
+                    failed.append(exc)
+
+            helper = threading.Thread(target=store_indices, name="lancell-shard-write")
+            helper.start()
+            try:
+                self._values.append(values)
+            finally:
+                helper.join()
+            if failed:
+                raise failed[0]
         self._indptr_parts.append(indptr[1:].astype(np.int64) + self._offset)
         self._offset += int(indptr[-1])
 

@@ -13,6 +13,7 @@ file and the rows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,8 +94,9 @@ class MatrixSource:
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield unchecked ``(row_start, indptr, indices, data)`` row blocks (``indptr`` int64 from 0).
 
-        A backed ``.h5ad`` block is read into two buffers reused by the next block, so a caller keeps only
-        what it converts; an in-memory matrix yields views of its own arrays.
+        A backed ``.h5ad`` block is read ahead (by a reader thread) into buffers reused two blocks later, so
+        a caller keeps only what it converts before asking for the next; an in-memory matrix yields views of
+        its own arrays.
         """
         if isinstance(self.matrix, BaseCompressedSparseDataset) and isinstance(self.matrix.group, h5py.Group):
             yield from self._h5_csr_blocks(target_values)
@@ -112,21 +114,32 @@ class MatrixSource:
             yield start, indptr, csr.indices[lo:hi], csr.data[lo:hi]
 
     def _h5_csr_blocks(self, target_values: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Read-ahead by one block: a reader thread fills the next block's buffers while the caller works
+        on this one (h5py's reads and the caller's nogil kernels overlap). Two buffer pairs alternate, so a
+        block stays valid until the next one is requested; closing the generator waits for the reader."""
         group = self.matrix.group
         data, indices = group["data"], group["indices"]
-        buffers: tuple[np.ndarray, np.ndarray] | None = None
-        for start, stop in self.row_ranges(target_values):
+        ranges = list(self.row_ranges(target_values))
+        size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
+        buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(2)]
+
+        def read(k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+            start, stop = ranges[k]
             lo, hi = int(self.indptr[start]), int(self.indptr[stop])
-            if buffers is None or buffers[0].size < hi - lo:
-                size = max(hi - lo, target_values)
-                buffers = np.empty(size, data.dtype), np.empty(size, indices.dtype)
-            block_data, block_indices = buffers[0][: hi - lo], buffers[1][: hi - lo]
+            block_data, block_indices = buffers[k % 2][0][: hi - lo], buffers[k % 2][1][: hi - lo]
             if hi > lo:
                 with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
                     data.read_direct(block_data, np.s_[lo:hi])
                     indices.read_direct(block_indices, np.s_[lo:hi])
             indptr = np.asarray(self.indptr[start : stop + 1], dtype=np.int64) - lo
-            yield start, indptr, block_indices, block_data
+            return start, indptr, block_indices, block_data
+
+        with ThreadPoolExecutor(1, thread_name_prefix="lancell-source") as reader:
+            pending = reader.submit(read, 0) if ranges else None
+            for k in range(len(ranges)):
+                block = pending.result()
+                pending = reader.submit(read, k + 1) if k + 1 < len(ranges) else None
+                yield block
 
     def check_indices(self, start: int, indptr: np.ndarray, indices: np.ndarray) -> None:
         """Raise :class:`DataValueError` unless the sorted column indices of a block (rows from ``start``,
