@@ -312,6 +312,34 @@ class ShardedArrayReader:
                 "array was written"
             )
 
+    @property
+    def n_shards(self) -> int:
+        """Shard objects along the first axis."""
+        return -(-self.layout.shape[0] // self.layout.shard_shape[0])
+
+    def local_shard(self, shard: int) -> tuple[str, np.ndarray] | None:
+        """The file of shard ``shard`` and its checked index (``(chunks_per_shard, 2)`` uint64, cached).
+
+        None when the store is not local disk or the shard object is missing from an array not written whole
+        (every chunk then reads as the fill value); for memory-mapped reads of local arrays.
+
+        Raises
+        ------
+        OutOfBoundsError
+            If the array has no shard ``shard``.
+        ShardFormatError, ChecksumError
+            A missing object of a ``complete`` array, or a malformed index.
+        """
+        if not 0 <= shard < self.n_shards:
+            raise OutOfBoundsError(f"{self.path}: shard {shard} is not within [0, {self.n_shards})")
+        if not self._files:
+            return None
+        if shard not in self._indices:
+            self._indices[shard] = self._load_index(shard)
+            self.index_reads += self._indices[shard] is not None
+        index = self._indices[shard]
+        return None if index is None else (self._file(self.layout.shard_key(self.path, shard)), index)
+
     def read_shard(self, shard: int) -> np.ndarray:
         """Every element of shard ``shard`` (flattened in C order), its object fetched whole by one request.
 
@@ -325,9 +353,8 @@ class ShardedArrayReader:
         ShardFormatError, ChecksumError, CodecError
             A missing object of a ``complete`` array, a malformed index or a damaged chunk.
         """
-        n_shards = -(-self.layout.shape[0] // self.layout.shard_shape[0])
-        if not 0 <= shard < n_shards:
-            raise OutOfBoundsError(f"{self.path}: shard {shard} is not within [0, {n_shards})")
+        if not 0 <= shard < self.n_shards:
+            raise OutOfBoundsError(f"{self.path}: shard {shard} is not within [0, {self.n_shards})")
         key = self.layout.shard_key(self.path, shard)
         try:
             raw = np.frombuffer(obstore.get(self.store, key).bytes(), np.uint8)

@@ -28,6 +28,7 @@ import zarr.storage
 
 from lancell.dataloader.batch import CellBatch, read_dense, read_sparse
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
+from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
 from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
 from lancell.stores import describe_store, open_store, public_store_config
@@ -96,6 +97,10 @@ class CellDataset:
     dtype
         dtype of the values in batches: the stored dtype when all datasets share it (uint32 counts, float32
         values), else float32 (integer counts are exact in float32 up to 2**24).
+    mapped_batches
+        Sparse batches this process read from memory-mapped shard files by one kernel call
+        (:mod:`lancell.dataloader.mapped`: uint32 counts on local disk); the others go through the batched
+        reader.
     """
 
     def __init__(
@@ -134,6 +139,8 @@ class CellDataset:
         self._owner_pid = os.getpid()
         self._root: zarr.Group | None = None
         self._arrays: dict[int, Any] = {}
+        self._mapped: MappedGroups | None = None
+        self.mapped_batches = 0
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -251,7 +258,7 @@ class CellDataset:
     # ------------------------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_store=None, _root=None, _arrays={})
+        state.update(_store=None, _root=None, _arrays={}, _mapped=None, mapped_batches=0)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -311,7 +318,7 @@ class CellDataset:
     # ------------------------------------------------------------------------------------ reading
     def _root_group(self) -> zarr.Group:
         if self._owner_pid != os.getpid():  # inherited through fork: never reuse the parent's handles
-            self._store, self._root, self._arrays = None, None, {}
+            self._store, self._root, self._arrays, self._mapped = None, None, {}, None
             self._owner_pid = os.getpid()
         if self._root is None:
             if self._store is None:
@@ -356,7 +363,6 @@ class CellDataset:
         index = np.where(index < 0, index + n, index)
         group = self._group[index]
         position = self._position[index]
-        arrays = self._group_arrays(np.unique(group))
         batch = CellBatch(
             kind=self.kind,
             index=index,
@@ -365,13 +371,27 @@ class CellDataset:
             presence_table=self.groups.presence,
             metadata=self.metadata.take(index),
         )
-        if self.kind == "sparse":
-            batch.offsets, batch.indices, batch.values = read_sparse(
-                arrays, self.groups, group, position, self._nnz[index], self.dtype
-            )
-        else:
+        if self.kind == "dense":
+            arrays = self._group_arrays(np.unique(group))
             batch.dense = read_dense(arrays, self.groups, group, position, self.n_features, self.dtype)
+            return batch
+        mapped = self._mapped_groups()
+        sparse = None if mapped is None else mapped.read(group, position, self._nnz[index])
+        if sparse is None:
+            arrays = self._group_arrays(np.unique(group))
+            sparse = read_sparse(arrays, self.groups, group, position, self._nnz[index], self.dtype)
+        else:
+            self.mapped_batches += 1
+        batch.offsets, batch.indices, batch.values = sparse
         return batch
+
+    def _mapped_groups(self) -> MappedGroups | None:
+        """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files
+        (uint32 values in a local store), else None."""
+        self._root_group()  # also drops handles inherited through fork
+        if self._mapped is None and self.dtype == np.uint32 and isinstance(self._store, obs_store.LocalStore):
+            self._mapped = MappedGroups(self.groups, self._group_arrays)
+        return self._mapped
 
     def __getitem__(self, index: int) -> CellBatch:
         """One cell as a batch of one."""

@@ -1,0 +1,219 @@
+"""Sparse batches read from memory-mapped local shard files by one kernel call (docs/architecture.md,
+"Training data loading").
+
+For a dataset whose groups store their CSR indices and values as checksummed BP-128 arrays on local disk (the
+layout lancell writes for integer counts), every shard object a batch touches is mapped once per process and
+:func:`kernels.batch_read.read_rows` goes from the batch's cell pointers to the output CSR without a system
+call, a Python loop or a thread hand-off per chunk. Groups are added to the chunk table the first time a batch
+touches them, so a worker opens only the groups it reads.
+
+Checks are those of the batched reader (docs/integrity.md, "What is checked"): shard indices are parsed by
+:meth:`lancell.shard_reader.ShardedArrayReader.local_shard`, a missing shard object of a dataset array is an
+error, every chunk's crc32c is checked each time before it is decoded (:mod:`kernels.crc32c`, the SSE 4.2
+instruction: ~7 GB/s), and BP-128 checks each chunk's header and block heads before decoding it. Other
+layouts (float values, remote stores, chunks an index marks unwritten) are read by
+:func:`lancell.dataloader.batch.read_sparse`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numba.typed
+import numpy as np
+
+from kernels import bitpack
+from kernels.batch_read import read_rows
+from lancell.codecs import CRC_BP128
+from lancell.dataloader.features import GroupTable
+from lancell.errors import CodecError
+from lancell.reader import array_reader
+from lancell.shard_decode import decode_chunks
+from lancell.shard_index import MISSING
+from lancell.shard_reader import ShardedArrayReader
+
+__all__ = ["MappedGroups"]
+
+_HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
+
+
+def _map(path: str) -> np.ndarray:
+    """The file at ``path`` mapped read-only as a 1-D uint8 array (mapped as long as the array lives)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
+    finally:
+        os.close(fd)
+
+
+class _Grown:
+    """A 1-D array that grows by doubling (the chunk table's columns)."""
+
+    def __init__(self, dtype: type) -> None:
+        self.data = np.zeros(1024, dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.size + values.size
+        if need > self.data.size:
+            grown = np.zeros(max(need, 2 * self.data.size), self.data.dtype)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : need] = values
+        self.size = need
+
+
+class MappedGroups:
+    """The chunk table and mapped shard files of one process's reads of a dataset (see the module docstring).
+
+    Parameters
+    ----------
+    table
+        The dataset's :class:`~lancell.dataloader.features.GroupTable`.
+    open_arrays
+        ``open_arrays(codes)`` returns ``{code: (csr/indices, values layer)}`` zarr arrays of those measured
+        groups (raising ``GroupNotFoundError`` for a removed group).
+    """
+
+    def __init__(self, table: GroupTable, open_arrays: Callable[[np.ndarray], dict[int, Any]]) -> None:
+        self._table = table
+        self._open_arrays = open_arrays
+        n_groups = len(table.names)
+        self._base = np.zeros((n_groups, 2), np.int64)
+        self._added = np.zeros(n_groups, bool)
+        self._refused = np.zeros(n_groups, bool)
+        self._readers: list[
+            tuple[int, ShardedArrayReader]
+        ] = []  # (first table entry, reader), in entry order
+        self._files = numba.typed.List.empty_list(numba.types.Array(numba.types.uint8, 1, "C", readonly=True))
+        self._file = _Grown(np.int32)
+        self._offset = _Grown(np.int64)
+        self._size = _Grown(np.int64)
+        self.chunk_len = 0
+        luts = [np.asarray(lut, np.int32) for lut in table.luts]
+        self._lut = np.concatenate(luts) if luts else np.zeros(0, np.int32)
+        self._lut_start = np.concatenate(([0], np.cumsum([lut.size for lut in luts]))).astype(np.int64)
+        self._monotonic = np.asarray(table.monotonic, bool)
+
+    def _readable(self, reader: ShardedArrayReader | None) -> bool:
+        """Whether ``reader``'s array can join the table: complete, 1-D, checksummed BP-128, local, chunked as
+        the arrays already in it."""
+        if reader is None or reader.layout.stages != CRC_BP128 or len(reader.shape) != 1:
+            return False
+        if not reader.complete or reader.local_shard(0) is None:
+            return False
+        return self.chunk_len in (0, reader.layout.chunk_len)
+
+    def _add_array(self, reader: ShardedArrayReader) -> int | None:
+        """Append every chunk of ``reader``'s array to the table; its first entry, or None when a chunk is
+        unwritten (the array is then read by the batched reader)."""
+        layout = reader.layout
+        n_chunks = -(-layout.shape[0] // layout.chunk_len)
+        first = self._file.size
+        files, offsets, sizes = [], [], []
+        for shard in range(reader.n_shards):
+            local = reader.local_shard(shard)
+            count = min(layout.chunks_per_shard, n_chunks - shard * layout.chunks_per_shard)
+            if local is None:
+                return None
+            index = local[1]
+            entries = index[:count]
+            if bool((entries[:, 0] == MISSING).any()):
+                return None
+            files.append(np.full(count, len(self._files) + shard, np.int32))
+            offsets.append(entries[:, 0].astype(np.int64))
+            sizes.append(entries[:, 1].astype(np.int64))
+        for shard in range(reader.n_shards):
+            self._files.append(_map(reader.local_shard(shard)[0]))
+        for column, values in ((self._file, files), (self._offset, offsets), (self._size, sizes)):
+            column.extend(np.concatenate(values) if values else np.zeros(0, column.data.dtype))
+        self._readers.append((first, reader))
+        return first
+
+    def _add_groups(self, codes: np.ndarray) -> bool:
+        """Add the groups ``codes`` not yet in the table; False when one of them cannot be read this way."""
+        codes = codes[codes >= 0]
+        if self._refused[codes].any():
+            return False
+        new = [int(c) for c in codes if self._table.measured[c] and not self._added[c]]
+        if not new:
+            return True
+        arrays = self._open_arrays(np.asarray(new))
+        for code in new:
+            readers = [array_reader(array) for array in arrays[code]]
+            if not all(self._readable(reader) for reader in readers):
+                self._refused[code] = True
+                return False
+            self.chunk_len = readers[0].layout.chunk_len
+            firsts = [self._add_array(reader) for reader in readers]
+            if None in firsts:
+                self._refused[code] = True
+                return False
+            self._base[code] = firsts
+            self._added[code] = True
+        return True
+
+    def _where(self, entry: int) -> tuple[ShardedArrayReader, int, str]:
+        """The reader of table entry ``entry``, the entry's chunk number in its array, and a name for it."""
+        firsts = [first for first, _ in self._readers]
+        first, reader = self._readers[int(np.searchsorted(firsts, entry, side="right")) - 1]
+        chunk = entry - first
+        shard, inner = divmod(chunk, reader.layout.chunks_per_shard)
+        key = reader.layout.shard_key(reader.path, shard)
+        return reader, chunk, f"array {reader.path!r}, shard {key!r}, chunk {inner}"
+
+    def _chunk(self, entry: int) -> np.ndarray:
+        f, off, size = self._file.data[entry], self._offset.data[entry], self._size.data[entry]
+        return self._files[f][off : off + size]
+
+    def read(
+        self, group: np.ndarray, start: np.ndarray, nnz: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(offsets, columns, values)`` of the cells (request order), or None when a group they touch
+        cannot be read this way (see :meth:`open`).
+
+        Raises
+        ------
+        GroupNotFoundError
+            A group removed from the store after the dataset was built.
+        ShardFormatError, ChecksumError, CodecError
+            A missing shard object, a malformed index, a chunk that does not match its crc32c or cannot be
+            decoded; messages name the array, shard object and chunk.
+        """
+        if not self._add_groups(np.unique(group)):
+            return None
+        nnz = np.asarray(nnz, np.int64)
+        base = self._base
+        n = group.size
+        offsets = np.empty(n + 1, np.int64)
+        total = int(nnz.sum())
+        columns = np.empty(total, np.int32)
+        values = np.empty(total, np.uint32)
+        code, entry = read_rows(
+            self._files,
+            self._file.data,
+            self._offset.data,
+            self._size.data,
+            base,
+            self.chunk_len,
+            _HEADER,
+            self._lut,
+            self._lut_start,
+            self._monotonic,
+            group,
+            start,
+            nnz,
+            offsets,
+            columns,
+            values,
+        )
+        if code:  # a bad crc32c or BP-128 chunk: the stage-by-stage decode raises the error that names it
+            reader, _, name = self._where(int(entry))
+            raw = self._chunk(int(entry))
+            decode_chunks(reader.layout, raw, np.zeros(1, np.int64), np.full(1, raw.size), lambda k: name)
+            raise CodecError(f"{name}: the chunk was refused by the batch kernel (code {code})")
+        kept = int(offsets[-1])
+        return offsets, columns[:kept], values[:kept]

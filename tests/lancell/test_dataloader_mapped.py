@@ -1,0 +1,80 @@
+"""Batches read from memory-mapped shard files by one kernel call equal ``to_anndata`` rows, and the crc32c
+kernel they check chunks with equals the library's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import crc32c as crc32c_library
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from kernels import crc32c
+from lancell.atlas import RaggedAtlas
+from lancell.dataloader import CellSampler
+
+SPACE = "gene_expression"
+
+
+@pytest.fixture(scope="module")
+def bundled(bundled_root: Path) -> RaggedAtlas:
+    return RaggedAtlas.checkout_latest(str(bundled_root / "db"))
+
+
+@pytest.mark.parametrize("kernel", [crc32c._crc32c_hw, crc32c._crc32c_table])
+def test_crc32c_kernel_equals_library(kernel):
+    if kernel is crc32c._crc32c_hw and not crc32c._HARDWARE:
+        pytest.skip("no SSE 4.2 on this machine")
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 10_000, dtype=np.uint8)
+    for start, stop in [(0, 0), (0, 1), (3, 11), (1, 4096), (5, 10_000)]:
+        assert kernel(data, start, stop) == crc32c_library.crc32c(data[start:stop])
+    chunk = np.frombuffer(
+        data[:100].tobytes() + crc32c_library.crc32c(data[:100]).to_bytes(4, "little"), np.uint8
+    )
+    assert kernel(chunk, 0, chunk.size) == crc32c.RESIDUE
+
+
+def _csr(batch) -> sp.csr_matrix:
+    return sp.csr_matrix((batch.values, batch.indices, batch.offsets), shape=(len(batch), batch.n_features))
+
+
+@pytest.mark.parametrize("mode", ["random", "locality"])
+def test_mapped_batches_equal_to_anndata(bundled, mode):
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")  # uint32
+    reference = sp.csr_matrix(query.to_anndata().X)
+    dataset = query.to_cell_dataset(SPACE, "counts")
+    assert dataset.dtype == np.uint32
+    sampler = CellSampler(dataset, 50, mode=mode, seed=3)
+    batches = list(sampler)
+    for positions in batches:
+        batch = dataset.__getitems__(positions)
+        actual = _csr(batch)
+        assert actual.has_sorted_indices
+        expected = reference[positions]
+        np.testing.assert_array_equal(actual.indptr, expected.indptr)
+        np.testing.assert_array_equal(actual.indices, expected.indices)
+        np.testing.assert_array_equal(actual.data, expected.data)
+    assert dataset.mapped_batches == len(batches) == 12
+
+
+def test_mapped_batches_drop_and_reorder_features(bundled):
+    """A feature list out of registry order (rows must be re-sorted) that drops most of each panel."""
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")
+    x = sp.csc_matrix(query.to_anndata().X)
+    frequent = np.argsort(-np.diff(x.indptr), kind="stable")[:40]  # genes measured in many cells
+    panel = list(query.to_anndata().var_names)
+    chosen = [panel[i] for i in frequent[::-1]]  # against registry order
+    selected = query.features(chosen, SPACE)
+    reference = sp.csr_matrix(selected.to_anndata().X)
+    reference.sort_indices()
+    dataset = selected.to_cell_dataset(SPACE, "counts")
+    positions = np.random.default_rng(0).permutation(len(dataset))[:500]
+    positions[-5:] = positions[0]  # repeats are read again
+    batch = dataset.__getitems__(positions)
+    expected = reference[positions]
+    np.testing.assert_array_equal(batch.offsets, expected.indptr)
+    np.testing.assert_array_equal(batch.indices, expected.indices)
+    np.testing.assert_array_equal(batch.values, expected.data)
+    assert dataset.mapped_batches == 1 and expected.nnz > 0
