@@ -9,6 +9,11 @@ Every loader draws batches from the *whole* dataset (no contiguous prefix) and r
   ``BatchSampler(RandomSampler)``, each batch one ``X[sorted rows]`` read (the status quo);
 - ``scDataset``: ``scdataset==0.3.0``, ``BlockShuffling(block_size=1)`` (truly random), ``fetch_factor=16``,
   over the same backed ``.h5ad`` (opened lazily in each worker);
+- ``annbatch``: ``annbatch==0.3.1`` (Python >= 3.12: run in the side venv ``.venv-peers``, created here with
+  ``PYENV_VERSION=3.12 python3.12 -m venv`` and ``pip install annbatch==0.3.1 zarrs``; skipped with a message
+  where no ``python3.12`` exists) over its pre-shuffled collection of the same ``.h5ad``, ``chunk_size=32,
+  preload_nchunks=256``, in its own process with the zarrs pipeline (``benchmarks/loader_annbatch.py``);
+  pre-shuffled on disk, so not random access; reported as 0 workers (it reads in its own threads);
 - ``tiledbsoma-ml``: ``tiledbsoma-ml==0.1.0`` ``ExperimentDataset(shuffle=True)`` with its default
   ``shuffle_chunk_size=64`` (quasi-random: chunks of 64 consecutive cells) and ``io_batch_size=8192``, over a
   SOMA experiment written by ``tiledbsoma.io.from_h5ad`` from the same ``.h5ad``; ``return_sparse_X=True``
@@ -36,7 +41,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,11 +64,14 @@ import torch
 from anndata.io import sparse_dataset, write_elem
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
+from kernels import bitpack
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature, build_bundled_atlas
 from lancell.dataloader import CellSampler, batch_entropy, make_loader
 from lancell.ingestion import add_from_anndata
+from lancell.reader import array_reader
 from lancell.schema import DatasetRecord
+from lancell.shard_decode import join_buffers
 from lancell.synthetic import write_synthetic_h5ad
 
 matplotlib.use("Agg")
@@ -369,6 +379,161 @@ def make_runs(data: dict[str, Any], dataset: Any, peers: list[str]) -> dict[str,
     return runs
 
 
+PEERS_VENV = ROOT / ".venv-peers"
+
+
+def peers_python() -> Path | None:
+    """The side venv's python with annbatch 0.3.1 and zarrs (created on first use), or None without 3.12."""
+    python = PEERS_VENV / "bin" / "python"
+    if not python.exists():
+        if shutil.which("python3.12") is None:
+            return None
+        env = {**os.environ, "PYENV_VERSION": "3.12"}
+        if subprocess.run(["python3.12", "-m", "venv", str(PEERS_VENV)], env=env).returncode:
+            return None
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "annbatch==0.3.1", "zarrs"], check=True)
+    return python
+
+
+def bench_annbatch(data: dict[str, Any], args: argparse.Namespace, rss: PeakRSS) -> list[dict]:
+    """annbatch in the side venv (``benchmarks/loader_annbatch.py``), one result per batch size."""
+    python = peers_python()
+    if python is None:
+        print("  annbatch: skipped, no python3.12 on this machine (annbatch needs Python >= 3.12)")
+        return []
+    config = {
+        "batch_sizes": args.batch_sizes,
+        "windows": args.peer_windows,
+        "window_cells": args.window_cells,
+        "max_window_s": args.max_window_s,
+    }
+    collection = data["h5ad"].with_name("annbatch.zarr")
+    cfg = json.dumps(config)
+    rss.reset()
+    process = subprocess.Popen(
+        [
+            str(python),
+            str(ROOT / "benchmarks" / "loader_annbatch.py"),
+            str(data["h5ad"]),
+            str(collection),
+            cfg,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    results = []
+    for line in process.stdout:
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if "built_s" in r:
+            print(f"  annbatch collection built in {r['built_s']:.1f} s", flush=True)
+            rss.reset()
+            continue
+        r["peak_rss_gib"] = rss.peak / 2**30
+        rss.reset()
+        results.append(r)
+    if process.wait():
+        raise RuntimeError(f"annbatch run failed with exit code {process.returncode}")
+    return results
+
+
+def decode_ceiling(dataset: Any, batch_size: int, n_batches: int = 8) -> float:
+    """Cells/s of decoding alone (one BP-128 kernel call, no crc, remap or scatter) the chunks that
+    ``n_batches`` truly random batches touch: the bytes a random batch cannot avoid."""
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(len(dataset))[: batch_size * n_batches]
+    group, start, nnz = dataset.cell_groups[cells], dataset.cell_positions[cells], dataset.cell_nnz[cells]
+    codes = np.unique(group[nnz > 0])
+    arrays = dataset._group_arrays(codes)
+    buffers = []
+    for code in codes.tolist():
+        mine = (group == code) & (nnz > 0)
+        for array in arrays[code]:
+            reader = array_reader(array)
+            length, per_shard = reader.layout.chunk_len, reader.layout.chunks_per_shard
+            first, last = start[mine] // length, (start[mine] + nnz[mine] - 1) // length
+            chunks = np.unique(
+                np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last, strict=True)])
+            )
+            for chunk in chunks.tolist():
+                path, index = reader.local_shard(chunk // per_shard)
+                offset, size = (int(v) for v in index[chunk % per_shard])
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    buffers.append(f.read(size)[:-4])  # the crc32c trailer is not BP-128
+    buf, offsets, sizes = join_buffers(buffers)
+    out = np.empty(len(buffers) * length, np.uint32)
+    bitpack.decode_chunks(buf, offsets, sizes, out)  # compiled and warm
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        bitpack.decode_chunks(buf, offsets, sizes, out)
+        times.append(time.perf_counter() - t0)
+    return cells.size / min(times)
+
+
+COLD_FIRST_QUERY = """
+import time, sys
+t0 = time.perf_counter()
+import lancell
+from lancell.atlas import RaggedAtlas
+t1 = time.perf_counter()
+atlas = RaggedAtlas.checkout_latest(sys.argv[1])
+adata = atlas.query().where("dataset_uid = 'celltypist_sample'").layers("gene_expression", "counts").to_anndata()
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def cold_start(root: Path, repeats: int) -> list[dict]:
+    """Fresh processes: ``import lancell``, its first query on the bundled atlas, and the imports users know.
+
+    Each line is the median over ``repeats`` interleaved rounds of the whole process's wall time (interpreter
+    start-up included); the first-query line also gives the imports and the query (checkout + first
+    ``to_anndata``) timed inside it.
+    """
+    db = root / "bundled-cold" / "db"
+    if not db.exists():
+        build_bundled_atlas(db.parent)
+    commands = {
+        "python -c pass": "pass",
+        "import lancell": "import lancell",
+        "import anndata, lance": "import anndata, lance",
+        "import anndata": "import anndata",
+        "import lance": "import lance",
+        "import lancedb": "import lancedb",
+        "import torch": "import torch",
+        "import lancell + checkout_latest + first to_anndata": COLD_FIRST_QUERY,
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    inside: list[tuple[float, float]] = []
+    for _ in range(repeats):
+        for name, code in commands.items():
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "-c", code, str(db)], check=True, capture_output=True, text=True
+            )
+            times[name].append(time.perf_counter() - t0)
+            if code is COLD_FIRST_QUERY:
+                imports, query = (float(v) for v in out.stdout.split())
+                inside.append((imports, query))
+    results = [
+        {"loader": "cold start", "what": name, "median": statistics.median(v)} for name, v in times.items()
+    ]
+    base = statistics.median(times["import anndata, lance"])
+    print(
+        f"\n## cold start (fresh processes, median of {repeats} interleaved rounds, wall time incl. interpreter)"
+    )
+    for r in results:
+        print(f"  {r['what']:52s} {r['median']:6.2f} s  ({r['median'] / base:.2f}x import anndata, lance)")
+    print(
+        f"  inside the first-query process: imports {statistics.median(i for i, _ in inside):.2f} s, "
+        f"checkout_latest + first to_anndata {statistics.median(q for _, q in inside):.2f} s"
+    )
+    return results
+
+
 # ------------------------------------------------------------------------------------------- measuring
 def _rows(out: Any) -> int:
     x = out["X"] if isinstance(out, dict) else out[0]
@@ -452,7 +617,7 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
     for mode in ("random", "locality"):
         sampler = CellSampler(dataset, 256, mode=mode, seed=0)
         print(f"  batch entropy (sampler only, batch 256) {mode}: {batch_entropy(dataset, sampler):.3f} bits")
-    runs = make_runs(data, dataset, args.peers)
+    runs = make_runs(data, dataset, [peer for peer in args.peers if peer != "annbatch"])
     if "tiledbsoma-ml" in runs:
         started = time.perf_counter()
         build_soma(data["h5ad"])
@@ -478,26 +643,51 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
                     f"{r['startup_s']:5.1f} s  entropy {r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB",
                     flush=True,
                 )
+    if "annbatch" in args.peers:
+        for r in bench_annbatch(data, args, rss):
+            r.update(data=name)
+            results.append(r)
+            print(
+                f"  {'annbatch':17s} batch {r['batch_size']:5d} in-process: {r['median']:9,.0f} cells/s "
+                f"[{r['min']:,.0f}-{r['max']:,.0f}]  first batch {r['startup_s']:5.1f} s  entropy "
+                f"{r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB",
+                flush=True,
+            )
+    for batch_size in args.batch_sizes:
+        ceiling = decode_ceiling(dataset, batch_size)
+        ours = [r for r in results if r["loader"] == "lancell random" and r["batch_size"] == batch_size]
+        shares = ", ".join(f"{r['workers']} workers {r['median'] / ceiling:.0%}" for r in ours)
+        print(
+            f"  decode-only ceiling, batch {batch_size}: {ceiling:,.0f} cells/s (one core); lancell random = {shares}"
+        )
+        results.append({"data": name, "loader": "ceiling", "batch_size": batch_size, "median": ceiling})
     return results
 
 
 def ratios(results: list[dict]) -> list[str]:
     lines = []
-    index = {(r["data"], r["loader"], r["batch_size"], r["workers"]): r["median"] for r in results}
+    index = {
+        (r["data"], r["loader"], r["batch_size"], r["workers"]): r["median"]
+        for r in results
+        if "workers" in r
+    }
     for (data, loader, batch_size, workers), ours in index.items():
-        if loader != "lancell random":
+        if not loader.startswith("lancell"):
             continue
-        for peer in ("anndata backed", "scDataset", "tiledbsoma-ml"):
-            theirs = index.get((data, peer, batch_size, workers))
-            if theirs:
+        for peer in ("anndata backed", "scDataset", "tiledbsoma-ml", "annbatch"):
+            # annbatch runs in-process (its own threads): compared with every worker count
+            theirs = index.get((data, peer, batch_size, 0 if peer == "annbatch" else workers))
+            if theirs and (loader == "lancell random" or peer == "annbatch"):
                 lines.append(
-                    f"{data}, batch {batch_size}, {workers} workers: lancell random / {peer} = {ours / theirs:.1f}x"
+                    f"{data}, batch {batch_size}, {workers} workers: {loader} / {peer} = {ours / theirs:.2f}x"
                 )
     return lines
 
 
 def plot(results: list[dict], path: Path) -> None:
-    frame = pd.DataFrame(results)
+    frame = pd.DataFrame([r for r in results if "data" in r])
+    ceilings = frame[frame["loader"] == "ceiling"]
+    frame = frame[frame["loader"] != "ceiling"]
     datas = list(dict.fromkeys(frame["data"]))
     fig, axes = plt.subplots(1, len(datas), figsize=(6.5 * len(datas), 4.5), squeeze=False)
     for ax, data in zip(axes[0], datas, strict=True):
@@ -512,6 +702,9 @@ def plot(results: list[dict], path: Path) -> None:
                 capsize=3,
                 label=f"{loader} (batch {batch_size})",
             )
+        for _, row in ceilings[ceilings["data"] == data].iterrows():
+            ax.axhline(row["median"], color="grey", lw=0.8, ls=":")
+            ax.annotate(f"decode-only ceiling, batch {row['batch_size']}", (0, row["median"]), fontsize=6)
         ax.set_yscale("log")
         ax.set_xticks(sorted(part["workers"].unique()))
         ax.set_xlabel("DataLoader workers")
@@ -536,11 +729,16 @@ def main() -> None:
     parser.add_argument("--peer-windows", type=int, default=3)
     parser.add_argument("--window-cells", type=int, default=16_384)
     parser.add_argument("--max-window-s", type=float, default=4.0)
-    parser.add_argument("--peers", nargs="*", default=["anndata backed", "scDataset", "tiledbsoma-ml"])
+    parser.add_argument(
+        "--peers", nargs="*", default=["anndata backed", "scDataset", "tiledbsoma-ml", "annbatch"]
+    )
     parser.add_argument("--data", nargs="+", default=["bundled", "synthetic"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lancell-bench-loader"))
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "loader.png")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--cold-start", type=int, default=3, help="rounds of the cold-start section (0: skip)"
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
@@ -560,6 +758,8 @@ def main() -> None:
             )
         print(f"{name}: data ready in {time.perf_counter() - started:.1f} s", flush=True)
         results += bench_data(name, data, args, rss)
+    if args.cold_start:
+        results += cold_start(args.workdir, args.cold_start)
     print("\nratios (median cells/s, same run):")
     for line in ratios(results):
         print("  " + line)
