@@ -5,6 +5,8 @@ Every loader draws batches from the *whole* dataset (no contiguous prefix) and r
 - ``lancell random``: :class:`CellSampler` ``mode="random"`` (a uniform permutation of all cells per epoch);
 - ``lancell locality``: ``mode="locality"`` (blocks of ``batch_size // 8`` contiguous cells from all groups,
   shuffled together every epoch; not random access, reported with its batch entropy);
+- ``lancell random 2 threads`` / ``lancell locality 2 threads``: the same samplers read by
+  ``make_loader(threads=2)`` (a ``ThreadedLoader``: two reading threads in this process, no workers);
 - ``anndata backed``: a map-style dataset over one backed ``.h5ad`` of the same cells (union of genes),
   ``BatchSampler(RandomSampler)``, each batch one ``X[sorted rows]`` read (the status quo);
 - ``scDataset``: ``scdataset==0.3.0``, ``BlockShuffling(block_size=1)`` (truly random), ``fetch_factor=16``,
@@ -310,10 +312,10 @@ def make_runs(data: dict[str, Any], dataset: Any, peers: list[str]) -> dict[str,
     n = len(labels)
     ours = dataset.cell_groups
 
-    def lancell(mode: str) -> Callable:
+    def lancell(mode: str, threads: int = 0) -> Callable:
         def run(batch_size: int, workers: int):
             sampler = CellSampler(dataset, batch_size, mode=mode, seed=0)
-            loader = make_loader(dataset, sampler, num_workers=workers)
+            loader = make_loader(dataset, sampler, num_workers=workers, threads=threads)
             return (
                 _forever(lambda: loader, sampler.set_epoch),
                 lambda out: ours[out["index"].numpy()],
@@ -373,7 +375,12 @@ def make_runs(data: dict[str, Any], dataset: Any, peers: list[str]) -> dict[str,
         labels_of = lambda out: labels[out[1]["soma_joinid"].to_numpy()]  # noqa: E731
         return _forever(lambda: loader, before), labels_of, SOMA_IO_BATCH
 
-    runs = {"lancell random": lancell("random"), "lancell locality": lancell("locality")}
+    runs = {
+        "lancell random": lancell("random"),
+        "lancell random 2 threads": lancell("random", threads=2),
+        "lancell locality": lancell("locality"),
+        "lancell locality 2 threads": lancell("locality", threads=2),
+    }
     available = {"anndata backed": backed, "scDataset": scdataset, "tiledbsoma-ml": soma}
     runs.update({name: available[name] for name in peers})
     return runs
@@ -633,6 +640,8 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
         warm_page_cache(files[loader_name.split()[0] if loader_name.startswith("lancell") else loader_name])
         for batch_size in args.batch_sizes:
             for workers in args.workers:
+                if "threads" in loader_name and workers:
+                    continue  # threads of this process: no workers
                 windows = args.windows if loader_name.startswith("lancell") else args.peer_windows
                 r = measure(run, batch_size, workers, windows, args, rss)
                 r.update(data=name, loader=loader_name, batch_size=batch_size, workers=workers)
@@ -655,8 +664,10 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
             )
     for batch_size in args.batch_sizes:
         ceiling = decode_ceiling(dataset, batch_size)
-        ours = [r for r in results if r["loader"] == "lancell random" and r["batch_size"] == batch_size]
-        shares = ", ".join(f"{r['workers']} workers {r['median'] / ceiling:.0%}" for r in ours)
+        ours = [
+            r for r in results if r["loader"].startswith("lancell random") and r["batch_size"] == batch_size
+        ]
+        shares = ", ".join(f"{r['loader']} {r['workers']} workers {r['median'] / ceiling:.0%}" for r in ours)
         print(
             f"  decode-only ceiling, batch {batch_size}: {ceiling:,.0f} cells/s (one core); lancell random = {shares}"
         )
@@ -677,7 +688,7 @@ def ratios(results: list[dict]) -> list[str]:
         for peer in ("anndata backed", "scDataset", "tiledbsoma-ml", "annbatch"):
             # annbatch runs in-process (its own threads): compared with every worker count
             theirs = index.get((data, peer, batch_size, 0 if peer == "annbatch" else workers))
-            if theirs and (loader == "lancell random" or peer == "annbatch"):
+            if theirs and (loader.startswith("lancell random") or peer == "annbatch"):
                 lines.append(
                     f"{data}, batch {batch_size}, {workers} workers: {loader} / {peer} = {ours / theirs:.2f}x"
                 )

@@ -20,6 +20,7 @@ from lancell.dataloader.collate import DenseCollate, SparseCollate, collate_dens
 from lancell.dataloader.dataset import CellDataset, DatasetSource
 from lancell.dataloader.loader import make_loader
 from lancell.dataloader.sampler import CellSampler, batch_entropy
+from lancell.dataloader.threaded import ThreadedLoader
 
 __all__ = [
     "CellBatch",
@@ -28,6 +29,7 @@ __all__ = [
     "DatasetSource",
     "DenseCollate",
     "SparseCollate",
+    "ThreadedLoader",
     "batch_entropy",
     "collate_dense",
     "collate_sparse",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["CellDataset", "DatasetSource"]
 
 log = logging.getLogger(__name__)
+_MAPPED_LOCK = threading.Lock()  # threads of one process share one MappedGroups
 
 
 @dataclass(frozen=True)
@@ -381,7 +383,8 @@ class CellDataset:
             arrays = self._group_arrays(np.unique(group))
             sparse = read_sparse(arrays, self.groups, group, position, self._nnz[index], self.dtype)
         else:
-            self.mapped_batches += 1
+            with _MAPPED_LOCK:  # threads of a ThreadedLoader count too
+                self.mapped_batches += 1
         batch.offsets, batch.indices, batch.values = sparse
         return batch
 
@@ -389,9 +392,11 @@ class CellDataset:
         """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files
         (uint32 values in a local store), else None."""
         self._root_group()  # also drops handles inherited through fork
-        if self._mapped is None and self.dtype == np.uint32 and isinstance(self._store, obs_store.LocalStore):
-            self._mapped = MappedGroups(self.groups, self._group_arrays)
-        return self._mapped
+        with _MAPPED_LOCK:
+            local = isinstance(self._store, obs_store.LocalStore)
+            if self._mapped is None and self.dtype == np.uint32 and local:
+                self._mapped = MappedGroups(self.groups, self._group_arrays)
+            return self._mapped
 
     def __getitem__(self, index: int) -> CellBatch:
         """One cell as a batch of one."""

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from lancell.dataloader.collate import DenseCollate, SparseCollate
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.sampler import CellSampler
+from lancell.dataloader.threaded import ThreadedLoader
 
 __all__ = ["make_loader"]
 
@@ -45,8 +46,9 @@ def make_loader(
     prefetch_factor: int = 4,
     multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
     timeout: float = 0,
-) -> DataLoader:
-    """A DataLoader that yields one collated batch per sampler batch.
+    threads: int = 0,
+) -> DataLoader | ThreadedLoader:
+    """A DataLoader that yields one collated batch per sampler batch (or a :class:`ThreadedLoader`).
 
     Parameters
     ----------
@@ -65,21 +67,28 @@ def make_loader(
         ``"forkserver"`` (default) or ``"spawn"``; ``fork`` is refused.
     timeout
         Seconds to wait for a batch from a worker before raising (0: wait forever).
+    threads
+        Read batches on this many threads of this process instead (no workers): a :class:`ThreadedLoader`,
+        the fastest choice for sparse counts on local disk (their batch kernel releases the GIL).
 
     Raises
     ------
     ValueError
-        ``fork`` asked for, or a negative number of workers.
+        ``fork`` asked for, a negative number of workers or threads, or both workers and threads.
     """
     if multiprocessing_context not in ("forkserver", "spawn"):
         raise ValueError(
             f"multiprocessing_context must be 'forkserver' or 'spawn', got {multiprocessing_context!r}: "
             "forked workers hang once the parent has used lancedb, obstore or numba"
         )
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if num_workers < 0 or threads < 0:
+        raise ValueError(f"num_workers and threads must be >= 0, got {num_workers} and {threads}")
+    if num_workers and threads:
+        raise ValueError("read with worker processes or with threads, not both")
     if collate_fn is None:
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
+    if threads:
+        return ThreadedLoader(dataset, sampler, collate_fn, threads)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         context = multiprocessing.get_context(multiprocessing_context)

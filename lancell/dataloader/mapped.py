@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from lancell.shard_reader import ShardedArrayReader
 
 __all__ = ["MappedGroups"]
 
+_FILE = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
 
 
@@ -88,7 +90,8 @@ class MappedGroups:
         self._readers: list[
             tuple[int, ShardedArrayReader]
         ] = []  # (first table entry, reader), in entry order
-        self._files = numba.typed.List.empty_list(numba.types.Array(numba.types.uint8, 1, "C", readonly=True))
+        self._files = numba.typed.List.empty_list(_FILE)
+        self._lock = threading.Lock()  # held while groups are added, not while batches are decoded
         self._file = _Grown(np.int32)
         self._offset = _Grown(np.int64)
         self._size = _Grown(np.int64)
@@ -113,7 +116,7 @@ class MappedGroups:
         layout = reader.layout
         n_chunks = -(-layout.shape[0] // layout.chunk_len)
         first = self._file.size
-        files, offsets, sizes = [], [], []
+        file_ids, offsets, sizes = [], [], []
         for shard in range(reader.n_shards):
             local = reader.local_shard(shard)
             count = min(layout.chunks_per_shard, n_chunks - shard * layout.chunks_per_shard)
@@ -123,12 +126,17 @@ class MappedGroups:
             entries = index[:count]
             if bool((entries[:, 0] == MISSING).any()):
                 return None
-            files.append(np.full(count, len(self._files) + shard, np.int32))
+            file_ids.append(np.full(count, len(self._files) + shard, np.int32))
             offsets.append(entries[:, 0].astype(np.int64))
             sizes.append(entries[:, 1].astype(np.int64))
+        # a new list (copy on write): a kernel running on another thread keeps reading the one it was given
+        files = numba.typed.List.empty_list(_FILE)
+        for mapped in self._files:
+            files.append(mapped)
         for shard in range(reader.n_shards):
-            self._files.append(_map(reader.local_shard(shard)[0]))
-        for column, values in ((self._file, files), (self._offset, offsets), (self._size, sizes)):
+            files.append(_map(reader.local_shard(shard)[0]))
+        self._files = files
+        for column, values in ((self._file, file_ids), (self._offset, offsets), (self._size, sizes)):
             column.extend(np.concatenate(values) if values else np.zeros(0, column.data.dtype))
         self._readers.append((first, reader))
         return first
@@ -183,8 +191,10 @@ class MappedGroups:
             A missing shard object, a malformed index, a chunk that does not match its crc32c or cannot be
             decoded; messages name the array, shard object and chunk.
         """
-        if not self._add_groups(np.unique(group)):
-            return None
+        with self._lock:
+            if not self._add_groups(np.unique(group)):
+                return None
+            files, table = self._files, (self._file.data, self._offset.data, self._size.data)
         nnz = np.asarray(nnz, np.int64)
         base = self._base
         n = group.size
@@ -193,10 +203,8 @@ class MappedGroups:
         columns = np.empty(total, np.int32)
         values = np.empty(total, np.uint32)
         code, entry = read_rows(
-            self._files,
-            self._file.data,
-            self._offset.data,
-            self._size.data,
+            files,
+            *table,
             base,
             self.chunk_len,
             _HEADER,

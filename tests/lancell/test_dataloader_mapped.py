@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from kernels import crc32c
 from lancell.atlas import RaggedAtlas
-from lancell.dataloader import CellSampler
+from lancell.dataloader import CellSampler, ThreadedLoader, make_loader
 
 SPACE = "gene_expression"
 
@@ -78,3 +78,27 @@ def test_mapped_batches_drop_and_reorder_features(bundled):
     np.testing.assert_array_equal(batch.indices, expected.indices)
     np.testing.assert_array_equal(batch.values, expected.data)
     assert dataset.mapped_batches == 1 and expected.nnz > 0
+
+
+@pytest.mark.parametrize("mode", ["random", "locality"])
+def test_threaded_loader_epoch_equals_to_anndata_in_sampler_order(bundled, mode):
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")
+    reference = sp.csr_matrix(query.to_anndata().X)
+    dataset = query.to_cell_dataset(SPACE, "counts")
+    sampler = CellSampler(dataset, 40, mode=mode, seed=1)
+    loader = make_loader(dataset, sampler, threads=2)
+    assert isinstance(loader, ThreadedLoader) and len(loader) == 14
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        expected_batches = list(sampler)
+        outs = list(loader)
+        assert [out["index"].tolist() for out in outs] == expected_batches
+        for out, positions in zip(outs, expected_batches, strict=True):
+            x = out["X"]
+            actual = sp.csr_matrix(
+                (x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()), shape=tuple(x.shape)
+            )
+            np.testing.assert_array_equal(actual.toarray(), reference[positions].toarray())
+    assert dataset.mapped_batches == 28
+    with pytest.raises(ValueError, match="not both"):
+        make_loader(dataset, sampler, num_workers=2, threads=2)
