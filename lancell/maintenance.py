@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
+from lancell.cell_rows import detach_pointers
 from lancell.errors import IngestError, LockTimeoutError
 from lancell.locks import atlas_lock
-from lancell.modalities import detach_pointers
 from lancell.registry import sql_literal
 from lancell.tables import read_columns
 from lancell.versions import list_snapshots, read_version

@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.cell_rows import detach_pointers
 from lancell.errors import IngestError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.ingest_plan import plan_ingest
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_from_mudata", "attach_modality", "detach_pointers"]  # detach_pointers: lancell.cell_rows
+__all__ = ["add_from_mudata", "attach_modality"]
 
 
 def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa.Table:
