@@ -15,6 +15,7 @@ import warnings
 from multiprocessing import process, spawn
 
 from lancell.dataloader.loader import MAIN_ENV
+from lancell.dataloader.mapped import warm_kernel
 
 log = logging.getLogger(__name__)
 
@@ -36,3 +37,4 @@ def _import_main() -> None:
 # and this server never opens a database, so the warning is silenced in this process (and its workers) only.
 warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 _import_main()
+warm_kernel()  # workers fork with the batch kernel's machine code loaded

@@ -36,7 +36,7 @@ from lancell.shard_decode import decode_chunks
 from lancell.shard_index import MISSING
 from lancell.shard_reader import ShardedArrayReader
 
-__all__ = ["MappedGroups"]
+__all__ = ["MappedGroups", "warm_kernel"]
 
 _FILE = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
@@ -49,6 +49,33 @@ def _map(path: str) -> np.ndarray:
         return np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
     finally:
         os.close(fd)
+
+
+def warm_kernel() -> None:
+    """Load the batch kernel's machine code for the argument types :meth:`MappedGroups.read` passes (from
+    numba's cache, else compiled): the DataLoader's forkserver calls it once, so that no worker pays for it
+    at its first batch."""
+    files = numba.typed.List.empty_list(_FILE)
+    files.append(np.frombuffer(bytes(1), np.uint8))
+    i64 = np.zeros(1, np.int64)
+    read_rows(
+        files,
+        np.zeros(1, np.int32),
+        i64,
+        i64,
+        np.zeros((1, 2), np.int64),
+        1,
+        _HEADER,
+        np.zeros(0, np.int32),
+        i64,
+        np.zeros(1, bool),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        i64.copy(),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.uint32),
+    )
 
 
 class _Grown:
