@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "DenseGroupWriter",
     "GroupGeometry",
     "SparseGroupWriter",
+    "create_value_array",
     "new_group_name",
     "value_codecs",
 ]
@@ -154,18 +156,40 @@ class ShardBuffer:
         return self.written
 
 
-def _base_attrs(kind: PointerKind, layer: str, dtype: np.dtype, geometry: GroupGeometry) -> dict[str, Any]:
+def _base_attrs(kind: PointerKind, layers: Mapping[str, np.dtype], geometry: GroupGeometry) -> dict[str, Any]:
     return {
         "lancell_format": FORMAT_VERSION,
         "lancell-encoding": "csr_matrix" if kind == "sparse" else "dense_matrix",
         "lancell-encoding-version": ENCODING_VERSION,
-        "layers": {layer: np.dtype(dtype).name},
+        "layers": {name: np.dtype(dtype).name for name, dtype in layers.items()},
         "geometry": geometry.as_attrs(),
     }
 
 
+def create_value_array(
+    parent: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...],
+) -> zarr.Array:
+    """The values array of one layer under ``parent`` (a ``layers`` group), overwriting debris of an
+    interrupted :func:`lancell.add_layer.add_layer` (no record names a layer before its commit)."""
+    return parent.create_array(
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        overwrite=True,
+        **value_codecs(np.dtype(dtype), "values"),
+    )
+
+
 class SparseGroupWriter:
-    """Stream CSR row blocks of one dataset into ``<group>/csr/...``.
+    """Stream CSR row blocks of one dataset into ``<group>/csr/...``: one ``indices`` and ``indptr`` shared
+    by every layer in ``layers`` (stored name -> dtype), one values array per layer.
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
     """
@@ -178,8 +202,7 @@ class SparseGroupWriter:
         n_cells: int,
         n_features: int,
         nnz: int,
-        layer: str,
-        dtype: np.dtype,
+        layers: Mapping[str, np.dtype],
         atlas_id: str,
         geometry: GroupGeometry | None = None,
     ) -> None:
@@ -198,14 +221,11 @@ class SparseGroupWriter:
             shards=(shard,),
             **value_codecs(np.dtype("uint32"), "indices"),
         )
-        values = csr.create_group("layers").create_array(
-            layer,
-            shape=(nnz,),
-            dtype=dtype,
-            chunks=(chunk,),
-            shards=(shard,),
-            **value_codecs(np.dtype(dtype), "values"),
-        )
+        values_group = csr.create_group("layers")
+        values = {
+            name: create_value_array(values_group, name, (nnz,), dtype, (chunk,), (shard,))
+            for name, dtype in layers.items()
+        }
         self.indptr = csr.create_array(
             "indptr",
             shape=(n_cells + 1,),
@@ -214,15 +234,14 @@ class SparseGroupWriter:
             compressors=INDPTR_CODECS,
         )
         self._indices = ShardBuffer(indices, shard)
-        self._values = ShardBuffer(values, shard)
+        self._values = {name: ShardBuffer(array, shard) for name, array in values.items()}
         self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self._offset = 0
-        self.group.attrs.update(
-            {**_base_attrs("sparse", layer, dtype, geometry), "chunk": chunk, "shard": shard}
-        )
+        self.group.attrs.update({**_base_attrs("sparse", layers, geometry), "chunk": chunk, "shard": shard})
 
-    def append(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
-        """Append a block of rows given as a local CSR triple (``indptr[0] == 0``).
+    def append(self, indptr: np.ndarray, indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        """Append a block of rows given as local CSR (``indptr[0] == 0``): the shared ``indices`` and each
+        layer's ``values`` on them.
 
         When the block completes a shard, the indices' shard is encoded and stored by a second thread while
         this one does the values' (both kernels release the GIL); both are done when this returns or raises,
@@ -230,7 +249,8 @@ class SparseGroupWriter:
         """
         if not self._indices.completes_shard(indices.shape[0]):
             self._indices.append(indices)
-            self._values.append(values)
+            for name, buffer in self._values.items():
+                buffer.append(values[name])
         else:
             failed: list[BaseException] = []
 
@@ -243,7 +263,8 @@ class SparseGroupWriter:
             helper = threading.Thread(target=store_indices, name="lancell-shard-write")
             helper.start()
             try:
-                self._values.append(values)
+                for name, buffer in self._values.items():
+                    buffer.append(values[name])
             finally:
                 helper.join()
             if failed:
@@ -254,7 +275,8 @@ class SparseGroupWriter:
     def close(self, extra_attrs: dict[str, Any]) -> np.ndarray:
         """Flush, write indptr and attributes; return the full indptr."""
         self._indices.close()
-        self._values.close()
+        for buffer in self._values.values():
+            buffer.close()
         indptr = np.concatenate(self._indptr_parts)
         self.indptr[:] = indptr
         self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
@@ -262,7 +284,8 @@ class SparseGroupWriter:
 
 
 class DenseGroupWriter:
-    """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``.
+    """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``, one array per layer of
+    ``layers`` (stored name -> dtype).
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
     """
@@ -274,8 +297,7 @@ class DenseGroupWriter:
         *,
         n_cells: int,
         n_features: int,
-        layer: str,
-        dtype: np.dtype,
+        layers: Mapping[str, np.dtype],
         atlas_id: str,
         geometry: GroupGeometry = DEFAULT_GEOMETRY,
     ) -> None:
@@ -284,30 +306,32 @@ class DenseGroupWriter:
         chunk_rows, shard_rows = geometry.dense_shape(n_features)
         chunk_rows = min(chunk_rows, max(n_cells, 1))
         shard_rows = chunk_rows * max(1, min(geometry.dense_chunks_per_shard, -(-n_cells // chunk_rows)))
-        self.array = self.group.create_group("layers").create_array(
-            layer,
-            shape=(n_cells, n_features),
-            dtype=dtype,
-            chunks=(chunk_rows, n_features),
-            shards=(shard_rows, n_features),
-            **value_codecs(np.dtype(dtype), "values"),
-        )
-        self.rows = ShardBuffer(self.array, shard_rows)
+        parent = self.group.create_group("layers")
+        self.shape = (n_cells, n_features)
+        self.rows = {
+            name: ShardBuffer(
+                create_value_array(
+                    parent, name, self.shape, dtype, (chunk_rows, n_features), (shard_rows, n_features)
+                ),
+                shard_rows,
+            )
+            for name, dtype in layers.items()
+        }
         self.group.attrs.update(
             {
-                **_base_attrs("dense", layer, dtype, geometry),
+                **_base_attrs("dense", layers, geometry),
                 "chunk_rows": chunk_rows,
                 "shard_rows": shard_rows,
             }
         )
 
-    def append(self, rows: np.ndarray) -> None:
-        """Append a block of dense rows."""
-        self.rows.append(rows)
+    def append(self, rows: Mapping[str, np.ndarray]) -> None:
+        """Append a block of dense rows of every layer."""
+        for name, buffer in self.rows.items():
+            buffer.append(rows[name])
 
     def close(self, extra_attrs: dict[str, Any]) -> None:
         """Flush the tail and write the attributes."""
-        self.rows.close()
-        self.group.attrs.update(
-            {"n_cells": self.n_cells, "nnz": int(np.prod(self.array.shape)), **extra_attrs}
-        )
+        for buffer in self.rows.values():
+            buffer.close()
+        self.group.attrs.update({"n_cells": self.n_cells, "nnz": int(np.prod(self.shape)), **extra_attrs})

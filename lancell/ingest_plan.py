@@ -24,6 +24,7 @@ from lancell.errors import (
     UnknownFeaturesError,
 )
 from lancell.feature_spaces import FeatureSpace
+from lancell.layer_blocks import shared_pattern
 from lancell.obs import obs_to_arrow, undeclared_obs_columns
 from lancell.registry import layout_uid_for, registry_index, sql_literal
 from lancell.schema import DatasetRecord, check_assigned_fields, check_dataset_uid, obs_fields, vector_fields
@@ -32,7 +33,15 @@ from lancell.sources import MatrixSource, matrix_source
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["CELL_BATCH", "IngestPlan", "check_record", "embedding_vectors", "plan_dataset", "plan_ingest"]
+__all__ = [
+    "CELL_BATCH",
+    "IngestPlan",
+    "check_record",
+    "embedding_vectors",
+    "plan_dataset",
+    "plan_ingest",
+    "stored_layers",
+]
 
 CELL_BATCH = 65_536
 
@@ -43,7 +52,10 @@ class IngestPlan:
     def __init__(self, **fields: object) -> None:
         self.__dict__.update(fields)
 
-    layers: dict[str, MatrixSource]  # stored layer name -> its source (cells x var); nnz is the first's
+    layers: dict[str, MatrixSource]  # stored layer name -> its source (cells x var)
+    zero_fill: list[
+        str
+    ]  # sparse layers stored with zeros where another layer has entries (lancell.layer_blocks)
     obs: pd.DataFrame
     obs_names: pd.Index
     feature_uids: list[str]  # in stored (local) order: increasing global index
@@ -51,7 +63,7 @@ class IngestPlan:
     stored_column: np.ndarray | None  # var column -> stored local index; None when var is in that order
     layout_uid: str
     n_cells: int
-    nnz: int
+    nnz: int  # stored values: of the layers' shared pattern (sparse), n_cells x n_features (dense)
     dataset: str
     dropped_obs_columns: list[str]  # obs columns the cell schema does not declare: not stored
     vectors: dict[str, np.ndarray]
@@ -80,20 +92,47 @@ def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:
         raise IngestError(f"dataset {dataset!r} has no features")
 
 
+def stored_layers(
+    dataset: str, zarr_layer: str | None, layer: str | None, layers: Mapping[str, str] | None
+) -> dict[str, str]:
+    """``{stored layer name: "X" or an adata.layers key}`` from an ingest call's ``zarr_layer`` (with
+    ``layer``, the source, None: ``X``) or ``layers``; exactly one of ``zarr_layer`` and ``layers``.
+
+    Raises
+    ------
+    IngestError
+        Both or neither given, ``layer`` given with ``layers``, or ``layers`` empty or not str -> str.
+    """
+    if layers is None:
+        if zarr_layer is None:
+            raise IngestError(f"dataset {dataset!r}: give zarr_layer (the stored layer name) or layers")
+        return {zarr_layer: "X" if layer is None else layer}
+    if zarr_layer is not None or layer is not None:
+        raise IngestError(
+            f"dataset {dataset!r}: give layers={dict(layers)!r} alone, or zarr_layer (and layer), not both"
+        )
+    if not isinstance(layers, Mapping) or not layers:
+        raise IngestError(f"dataset {dataset!r}: layers must be a non-empty mapping, got {layers!r}")
+    bad = {k: v for k, v in layers.items() if not (isinstance(k, str) and k and isinstance(v, str) and v)}
+    if bad:
+        raise IngestError(f"dataset {dataset!r}: layers must map stored names to sources (strings): {bad!r}")
+    return dict(layers)
+
+
 def plan_ingest(
     atlas: RaggedAtlas,
     adata: ad.AnnData,
     space: FeatureSpace,
-    zarr_layer: str,
+    layers: Mapping[str, str],
     record: DatasetRecord,
-    layer: str | None,
     var_uid_column: str | None,
     cells_of: str | None = None,
 ) -> IngestPlan:
     """Validate everything about ``adata`` that can be checked before writing; ``vectors`` is left empty.
 
-    ``adata.X`` (or ``adata.layers[layer]``) is stored as ``zarr_layer``; ``cells_of`` is the dataset a
-    further modality is attached to (None for new cells).
+    ``layers`` maps each stored layer name (allowed by ``space``) to its source in ``adata``: ``"X"`` or a
+    key of ``adata.layers``; ``cells_of`` is the dataset a further modality is attached to (None for new
+    cells).
 
     Raises
     ------
@@ -103,11 +142,35 @@ def plan_ingest(
     dataset = record.uid
     check_record(atlas, record, cells_of)
     _check_size(dataset, adata.n_obs, adata.n_vars)
-    if layer is not None and layer not in adata.layers:
-        raise IngestError(f"dataset {dataset!r}: no layer {layer!r} in adata.layers {list(adata.layers)}")
-    where = "X" if layer is None else f"layers[{layer!r}]"
+    if not layers:
+        raise IngestError(f"dataset {dataset!r}: no layer to store (layers is empty)")
+    sources = {}
+    for stored, origin in layers.items():
+        space.check_layer(stored)
+        sources[stored] = _layer_source(adata, dataset, origin)
+    if var_uid_column is None:
+        feature_uids = adata.var_names.astype(str).tolist()
+    elif var_uid_column not in adata.var.columns:
+        raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
+    else:
+        column = adata.var[var_uid_column]
+        if column.isna().any():
+            raise IngestError(
+                f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
+            )
+        feature_uids = column.astype(str).tolist()
+    return plan_dataset(atlas, space, dataset, sources, adata.obs, feature_uids)
+
+
+def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:
+    """``adata.X`` (``origin == "X"``) or ``adata.layers[origin]`` as a checked source."""
+    if origin != "X" and origin not in adata.layers:
+        raise IngestError(
+            f'dataset {dataset!r}: no layer {origin!r} in adata.layers {list(adata.layers)} ("X" is adata.X)'
+        )
+    where = "X" if origin == "X" else f"layers[{origin!r}]"
     try:  # a backed file opens its matrix only now
-        matrix = adata.X if layer is None else adata.layers[layer]
+        matrix = adata.X if origin == "X" else adata.layers[origin]
     except (KeyError, OSError) as exc:
         raise IngestError(
             f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: {exc}"
@@ -120,18 +183,7 @@ def plan_ingest(
             f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is "
             f"{(adata.n_obs, adata.n_vars)}"
         )
-    if var_uid_column is None:
-        feature_uids = adata.var_names.astype(str).tolist()
-    elif var_uid_column not in adata.var.columns:
-        raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
-    else:
-        column = adata.var[var_uid_column]
-        if column.isna().any():
-            raise IngestError(
-                f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
-            )
-        feature_uids = column.astype(str).tolist()
-    return plan_dataset(atlas, space, dataset, {zarr_layer: source}, adata.obs, feature_uids)
+    return source
 
 
 def plan_dataset(
@@ -188,6 +240,11 @@ def plan_dataset(
         stored_column = np.empty(order.size, dtype=np.int64)
         stored_column[order] = np.arange(order.size)
     feature_uids = [feature_uids[i] for i in order]
+    nnz, zero_fill = n_obs * len(feature_uids), []
+    if space.kind == "sparse" and len(layers) > 1:  # checks every layer's values before the first write
+        nnz, zero_fill = shared_pattern(layers, stored_column)
+    elif space.kind == "sparse":
+        nnz = next(iter(layers.values())).nnz
     return IngestPlan(
         layers=dict(layers),
         obs=obs,
@@ -197,7 +254,8 @@ def plan_dataset(
         stored_column=stored_column,
         layout_uid=layout_uid_for(feature_uids),
         n_cells=n_obs,
-        nnz=next(iter(layers.values())).nnz if space.kind == "sparse" else n_obs * len(feature_uids),
+        nnz=nnz,
+        zero_fill=zero_fill,
         dataset=dataset,
         dropped_obs_columns=undeclared_obs_columns(obs, fields),
         vectors={},

@@ -20,7 +20,7 @@ import anndata as ad
 from lancell.errors import IngestError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.fingerprint import OnDuplicate, check_on_duplicate
-from lancell.ingest_plan import embedding_vectors, plan_ingest
+from lancell.ingest_plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.schema import DatasetRecord
 from lancell.write_transaction import WriteTransaction, run_transactions
 
@@ -35,9 +35,10 @@ def add_from_anndata(
     adata: ad.AnnData | str | os.PathLike[str],
     *,
     feature_space: str,
-    zarr_layer: str,
+    zarr_layer: str | None = None,
     dataset_record: DatasetRecord | None = None,
     layer: str | None = None,
+    layers: Mapping[str, str] | None = None,
     var_uid_column: str | None = None,
     obsm_columns: Mapping[str, str] | None = None,
     csc: bool | None = None,
@@ -55,13 +56,17 @@ def add_from_anndata(
     feature_space
         The feature space (pointer field) the matrix belongs to.
     zarr_layer
-        The layer name to store the matrix under (must be allowed by the feature space).
+        The layer name to store the matrix under (must be allowed by the feature space); or give ``layers``.
     dataset_record
         Provenance and the dataset uid; the storage fields (``lancell.schema.ASSIGNED_FIELDS``:
         ``zarr_group``, ``n_cells``, ...) are assigned by lancell and must be left unset. A fresh record if
         omitted.
     layer
-        Read ``adata.layers[layer]`` instead of ``adata.X``.
+        Read ``adata.layers[layer]`` instead of ``adata.X`` (with ``zarr_layer``).
+    layers
+        Several layers at once: ``{stored layer name: "X" or a key of adata.layers}``, e.g.
+        ``{"counts": "counts", "log_normalized": "X"}``; the first is the record's ``layer``. Sparse layers
+        share one stored sparsity pattern (the union of theirs; :mod:`lancell.layer_blocks`).
     var_uid_column
         The ``var`` column holding registry uids; the var index by default.
     obsm_columns
@@ -106,9 +111,10 @@ def add_from_anndata(
             raise IngestError(f"cannot read {path} as .h5ad: {exc}") from exc
     record = (dataset_record or atlas.dataset_schema()).model_copy()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    space.check_layer(zarr_layer)
     check_on_duplicate(record.uid, on_duplicate)
-    plan = plan_ingest(atlas, adata, space, zarr_layer, record, layer, var_uid_column)
+    plan = plan_ingest(
+        atlas, adata, space, stored_layers(record.uid, zarr_layer, layer, layers), record, var_uid_column
+    )
     plan.vectors = embedding_vectors(atlas, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
         atlas, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress

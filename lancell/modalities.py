@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import IngestError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.ingest_plan import plan_ingest
+from lancell.ingest_plan import plan_ingest, stored_layers
 from lancell.ingestion import add_from_anndata
 from lancell.registry import sql_literal
 from lancell.schema import DatasetRecord
@@ -45,9 +45,10 @@ def attach_modality(
     *,
     cells_of: str,
     feature_space: str,
-    zarr_layer: str,
+    zarr_layer: str | None = None,
     dataset_record: DatasetRecord | None = None,
     layer: str | None = None,
+    layers: Mapping[str, str] | None = None,
     var_uid_column: str | None = None,
     progress: bool = True,
 ) -> DatasetRecord:
@@ -56,6 +57,8 @@ def attach_modality(
     ``adata.obs_names`` must be obs names of that dataset (any subset, any order); those cells must not
     already carry a pointer in ``feature_space``. ``dataset_record`` gives provenance and the uid; the fields
     lancell assigns (``zarr_group``, ...) must be unset and ``cells_of`` unset or equal to ``cells_of``.
+    ``zarr_layer`` (with ``layer``) or ``layers`` say what is stored, as in
+    :func:`~lancell.ingestion.add_from_anndata`.
 
     Raises
     ------
@@ -66,11 +69,11 @@ def attach_modality(
     """
     atlas._require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    space.check_layer(zarr_layer)
     if atlas._tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
         raise IngestError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
     record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
-    plan = plan_ingest(atlas, adata, space, zarr_layer, record, layer, var_uid_column, cells_of=cells_of)
+    to_store = stored_layers(record.uid, zarr_layer, layer, layers)
+    plan = plan_ingest(atlas, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
     existing = _existing_cells(atlas, cells_of, feature_space)
     wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))

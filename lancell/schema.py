@@ -166,6 +166,9 @@ def _new_dataset_uid() -> str:
 class DatasetRecord(LanceModel):
     """One row per ingested dataset group. Ingestion fills the storage fields; users fill provenance.
 
+    ``layers`` lists the stored layers readers see (``layer`` is the first): a layer added later
+    (:func:`lancell.add_layer.add_layer`) becomes visible with the record's new table version, so a snapshot
+    taken before never sees it (docs/architecture.md, "A dataset's zarr group").
     ``cells_of`` is set on a further modality of existing cells: the dataset whose cell rows it points from.
     ``dropped_obs_columns`` lists the obs columns of the input that the cell schema does not declare (not
     stored); ``content_fingerprint`` identifies the stored content (:mod:`lancell.fingerprint`).
@@ -177,6 +180,7 @@ class DatasetRecord(LanceModel):
     zarr_group: str = ""
     feature_space: str = ""
     layer: str = ""
+    layers: list[str] = Field(default_factory=list)
     n_cells: int = 0
     n_features: int = 0
     nnz: int = 0
@@ -204,6 +208,7 @@ ASSIGNED_FIELDS = (
     "zarr_group",
     "feature_space",
     "layer",
+    "layers",
     "n_cells",
     "n_features",
     "nnz",

@@ -9,7 +9,8 @@ point"):
 1. claims the dataset (:func:`lancell.visibility.claim_dataset`: a per-dataset lock held as a lease to the
    end, which also clears rows an interrupted run left) and a fresh zarr group
    (:meth:`lancell.group_claims.GroupClaims.claim_new`);
-2. streams each stored layer's source into the group (:class:`~lancell.groups.SparseGroupWriter` /
+2. streams every stored layer's source into the group (sparse layers on one shared pattern,
+   :mod:`lancell.layer_blocks`) (:class:`~lancell.groups.SparseGroupWriter` /
    :class:`~lancell.groups.DenseGroupWriter`; values checked block by block, the content fingerprint fed
    as they go) and writes the CSC copy (:func:`lancell.csc.write_csc`);
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells, or the pointers
@@ -25,6 +26,7 @@ or nothing (a 10x file split into feature spaces).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import warnings
@@ -42,8 +44,9 @@ from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, Inges
 from lancell.feature_spaces import FeatureSpace
 from lancell.fingerprint import ContentHasher, OnDuplicate, content_claim
 from lancell.groups import DenseGroupWriter, SparseGroupWriter
-from lancell.ingest_blocks import checked_values, stored_csr_blocks
+from lancell.ingest_blocks import checked_values
 from lancell.ingest_plan import IngestPlan
+from lancell.layer_blocks import layer_blocks
 from lancell.registry import ensure_layout, sql_literal
 from lancell.schema import DatasetRecord
 from lancell.sources import MatrixSource
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
     from lancell.locks import Lease
 
-__all__ = ["WriteTransaction", "run_transactions", "stored_dtype", "write_group"]
+__all__ = ["WriteTransaction", "combined_fingerprint", "run_transactions", "stored_dtype", "write_group"]
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +117,31 @@ class WriteTransaction:
         atlas, plan, space = self.atlas, self.plan, self.space
         self._lease = self._claims.enter_context(claim_dataset(atlas, self.record.uid))
         self._group = atlas.group_claims.claim_new(self.record.uid)
-        layer, source = next(iter(plan.layers.items()))  # write_group refuses several
+        names = list(plan.layers)
         written = None
         if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
             written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
-        with ContentHasher(space.kind, stored_dtype(source), source.shape) as hasher:
-            indptr = write_group(atlas, plan, space, self._group, plan.layers, self.progress, written, hasher)
-            fingerprint = hasher.finish(
-                obs_names=plan.obs_names,
-                feature_space=space.name,
-                layer=layer,
-                feature_uids=plan.feature_uids,
+        with ExitStack() as hashing:
+            hashers = {
+                name: hashing.enter_context(ContentHasher(space.kind, stored_dtype(source), source.shape))
+                for name, source in plan.layers.items()
+            }
+            indptr = write_group(
+                atlas, plan, space, self._group, plan.layers, self.progress, written, hashers
+            )
+            fingerprint = combined_fingerprint(
+                {
+                    name: hasher.finish(
+                        obs_names=plan.obs_names,
+                        feature_space=space.name,
+                        layer=name,
+                        feature_uids=plan.feature_uids,
+                    )
+                    for name, hasher in hashers.items()
+                }
             )
         if written is not None:
-            write_csc(atlas._zarr_root[self._group], layer, written=written)
+            write_csc(atlas._zarr_root[self._group], names, written=written)
             del written  # the kept blocks
         with atlas._lock("layouts"):
             self._layout_written = ensure_layout(
@@ -138,7 +152,8 @@ class WriteTransaction:
             update={
                 "zarr_group": self._group,
                 "feature_space": space.name,
-                "layer": layer,
+                "layer": names[0],
+                "layers": names,
                 "n_cells": plan.n_cells,
                 "n_features": len(plan.feature_uids),
                 "nnz": plan.nnz,
@@ -265,6 +280,15 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     return records
 
 
+def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
+    """The content fingerprint of a dataset from its layers' (:class:`ContentHasher`, one per layer): a single
+    layer's own, else a SHA-256 over every ``name=fingerprint`` in stored order."""
+    if len(fingerprints) == 1:
+        return next(iter(fingerprints.values()))
+    text = "\0".join(f"{name}={value}" for name, value in fingerprints.items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_group(
     atlas: RaggedAtlas,
     plan: IngestPlan,
@@ -273,48 +297,56 @@ def write_group(
     layers: Mapping[str, MatrixSource],
     progress: bool,
     written: CsrBlocks | None = None,
-    hasher: ContentHasher | None = None,
+    hashers: Mapping[str, ContentHasher] | None = None,
 ) -> np.ndarray:
     """Stream ``layers`` (stored layer name -> source) into a new zarr group; return the per-cell element
-    offsets (indptr). Sparse blocks are also recorded in ``written`` (for the CSC copy) and stored blocks
-    fed to ``hasher`` when given.
+    offsets (indptr). Sparse layers share one pattern (:mod:`lancell.layer_blocks`). Sparse blocks are also
+    recorded in ``written`` (for the CSC copy) and each layer's stored blocks fed to its hasher in
+    ``hashers`` when given.
 
     Raises
     ------
     IngestError
-        Several layers (one group stores one layer for now), a bad value (``DataValueError``), or fewer or
-        more values than planned.
+        A bad value (``DataValueError``), or fewer or more values than planned.
     """
-    if len(layers) != 1:
-        raise IngestError(f"dataset {plan.dataset!r}: one stored layer per dataset, got {sorted(layers)}")
-    ((zarr_layer, source),) = layers.items()
     n_features = len(plan.feature_uids)
+    hashers = hashers or {}
     bar = tqdm(
         total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
     )
-    shape = {"n_cells": plan.n_cells, "n_features": n_features, "layer": zarr_layer}
-    common = {**shape, "dtype": stored_dtype(source), "atlas_id": atlas.group_claims.atlas_id}
+    dtypes = {name: stored_dtype(source) for name, source in layers.items()}
+    common = {
+        "n_cells": plan.n_cells,
+        "n_features": n_features,
+        "layers": dtypes,
+        "atlas_id": atlas.group_claims.atlas_id,
+    }
     with bar:
         if space.kind == "sparse":
             writer = SparseGroupWriter(atlas._zarr_root, zarr_group, nnz=plan.nnz, **common)
-            for _, indptr, indices, values in stored_csr_blocks(source, zarr_layer, plan.stored_column):
+            for _, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
                 writer.append(indptr, indices, values)
-                if hasher is not None:
-                    hasher.add_csr(indptr, indices, values)
+                for name, hasher in hashers.items():
+                    hasher.add_csr(indptr, indices, values[name])
                 if written is not None:
                     written.add(indices, values)
                 bar.update(indptr.size - 1)
-            indptr = writer.close(_group_attrs(plan, space))
+            indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
         else:
             writer = DenseGroupWriter(atlas._zarr_root, zarr_group, **common)
-            for row0, block in source.dense_blocks():
-                values = checked_values(plan.dataset, zarr_layer, block.ravel(), row0).reshape(block.shape)
-                if plan.stored_column is not None:
-                    values = values[:, np.argsort(plan.stored_column)]
-                writer.append(values)
-                if hasher is not None:
-                    hasher.add_dense(values)
-                bar.update(block.shape[0])
+            streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
+            for blocks in zip(*streams, strict=True):
+                row0, shape = blocks[0][0], blocks[0][1].shape
+                rows = {}
+                for name, (_, block) in zip(layers, blocks, strict=True):
+                    values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
+                    rows[name] = (
+                        values if plan.stored_column is None else values[:, np.argsort(plan.stored_column)]
+                    )
+                    if name in hashers:
+                        hashers[name].add_dense(rows[name])
+                writer.append(rows)
+                bar.update(shape[0])
             writer.close(_group_attrs(plan, space))
             indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
     if int(indptr[-1]) != plan.nnz:

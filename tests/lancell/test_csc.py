@@ -100,7 +100,7 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
     record = _ingest(atlas, celltypist, "ct", csc=source != "stored, after ingestion")
     group = atlas._zarr_root[record.zarr_group]
     if source == "stored, after ingestion":
-        several_passes(group, "counts")
+        several_passes(group, ["counts"])
     registry = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]
     stored_order = np.argsort(registry.loc[celltypist.var_names].to_numpy(), kind="stable")  # as ingested
     csc = celltypist.X[:, stored_order].tocsc()

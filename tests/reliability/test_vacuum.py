@@ -196,11 +196,11 @@ def test_debris_goes_after_grace_and_snapshot_groups_stay(tmp_path: Path) -> Non
         n_cells=30,
         n_features=len(GENES),
         nnz=x["e"].nnz,
-        layer="counts",
-        dtype=np.dtype("uint32"),
+        layers={"counts": np.dtype("uint32")},
         atlas_id=atlas.atlas_id,
     )
-    writer.append(x["e"].indptr[:11], x["e"].indices[: x["e"].indptr[10]], x["e"].data[: x["e"].indptr[10]])
+    end = x["e"].indptr[10]
+    writer.append(x["e"].indptr[:11], x["e"].indices[:end], {"counts": x["e"].data[:end]})
     never_written = atlas.group_claims.claim_new("f")  # killed before the group's first object
     arrays = tmp_path / "arrays"
     assert (arrays / interrupted).is_dir() and not (arrays / never_written).exists()
