@@ -9,10 +9,12 @@ import crc32c as crc32c_library
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
+from torch.utils.data import get_worker_info
 
 from kernels import crc32c
 from lancell.atlas import RaggedAtlas
-from lancell.dataloader import CellSampler, ThreadedLoader, make_loader
+from lancell.dataloader import CellSampler, SparseCollate, ThreadedLoader, make_loader
 
 SPACE = "gene_expression"
 
@@ -102,3 +104,35 @@ def test_threaded_loader_epoch_equals_to_anndata_in_sampler_order(bundled, mode)
     assert dataset.mapped_batches == 28
     with pytest.raises(ValueError, match="not both"):
         make_loader(dataset, sampler, num_workers=2, threads=2)
+
+
+class MappedCount(SparseCollate):
+    """SparseCollate that also returns how many batches its worker read from mapped shard files."""
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        out["mapped"] = torch.tensor(get_worker_info().dataset.mapped_batches)
+        return out
+
+
+def test_two_workers_read_mapped_batches_equal_to_anndata(bundled):
+    """Workers map the shard files themselves (the parent's mapping is not pickled) and read the same rows."""
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")
+    reference = sp.csr_matrix(query.to_anndata().X, dtype=np.float32)
+    dataset = query.to_cell_dataset(SPACE, "counts")
+    dataset.__getitems__([0, 1])  # the parent maps its files first
+    for mode in ("random", "locality"):
+        sampler = CellSampler(dataset, 64, mode=mode, seed=5)
+        loader = make_loader(dataset, sampler, num_workers=2, collate_fn=MappedCount(), timeout=120)
+        seen, mapped = [], []
+        for out in loader:
+            x = out["X"]
+            actual = sp.csr_matrix(
+                (x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()), shape=tuple(x.shape)
+            )
+            index = out["index"].numpy()
+            np.testing.assert_array_equal(actual.toarray(), reference[index].toarray())
+            seen.append(index)
+            mapped.append(int(out["mapped"]))
+        assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(dataset)))
+        assert sorted(mapped) == sorted([*range(1, 6), *range(1, 5)])  # 9 batches: 5 and 4 per worker
