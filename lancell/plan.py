@@ -5,12 +5,16 @@ Every reader of a query (``to_anndata``, ``to_batches``, ``to_mudata`` and the t
 one :class:`ReconstructionPlan` that :func:`plan_reconstruction` builds, so they return the same columns and
 apply the same unmeasured-cell policy:
 
-- a cell is *unmeasured* when it has no data in the feature space (a null pointer), when its zarr group lacks
-  the requested layer, or when its group has no dataset record (an attachment that never committed);
+- a cell is *unmeasured* in a layer when it has no data in the feature space (a null pointer), when its
+  dataset does not store that layer (neither its zarr group nor its dataset record lists it: a layer added
+  after a snapshot is not in that snapshot), or when its group has no dataset record (an attachment that
+  never committed); several layers are requested together (``layers(space, ["counts", "log_normalized"])``)
+  and the policy applies per layer;
 - ``"error"`` (default): :class:`~lancell.errors.UnmeasuredDataError` names the datasets, their cell counts
   and the layer;
-- ``"drop"``: those cells are not returned;
-- ``"keep"``: they are returned as empty rows, with presence False for every feature.
+- ``"drop"``: cells unmeasured in any requested layer are not returned;
+- ``"keep"``: they are returned, as empty rows in each layer they lack (presence False for every feature
+  in ``X``'s layer; ``uns["lancell"]["layer_datasets"]`` lists the datasets measuring each layer).
 
 Joins (``"intersection"``) are computed over the measured groups only. A dataset record whose zarr group is
 absent from the store is damage, never "unmeasured": :class:`~lancell.errors.GroupNotFoundError`.
@@ -56,13 +60,24 @@ ON_UNMEASURED = ("error", "drop", "keep")
 
 @dataclass
 class PlannedGroup:
-    """One measured zarr group: its dataset, its local -> output column map and its stored dtype."""
+    """One measured zarr group: its dataset, its local -> output column map and its stored dtypes.
+
+    ``layer_dtypes`` holds the requested layers the group stores (all of them unless the policy is
+    ``"keep"``), ``layer_dtype`` the first's; ``zero_fill`` the layers whose stored zeros are padding of the
+    shared pattern (:mod:`lancell.layer_blocks`), left out by readers.
+    """
 
     zarr_group: str
     dataset_uid: str
     global_index: np.ndarray
-    layer_dtype: np.dtype
+    layer_dtypes: dict[str, np.dtype]
+    zero_fill: frozenset[str] = frozenset()
     out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def layer_dtype(self) -> np.dtype:
+        """The stored dtype of the first requested layer the group stores."""
+        return next(iter(self.layer_dtypes.values()))
 
 
 @dataclass
@@ -75,8 +90,11 @@ class ReconstructionPlan:
     ----------
     columns
         int64: registry global index of each output column, in output order.
-    dtype
-        Value dtype of reconstructed AnnData (int64 for integer layers, float32 when any group stores floats).
+    layers, layer
+        The requested layers, in output order (the first is ``X``), and the first.
+    dtypes, dtype
+        Value dtype of each reconstructed layer (int64 for integer layers, float32 when any group stores
+        floats in it), and the first layer's.
     groups
         ``zarr group -> PlannedGroup`` of the measured groups only.
     var, presence
@@ -90,15 +108,29 @@ class ReconstructionPlan:
 
     feature_space: str
     kind: str
-    layer: str | None
+    layers: list[str]
     join: Join
     columns: np.ndarray
-    dtype: np.dtype
+    dtypes: dict[str, np.dtype]
     groups: dict[str, PlannedGroup]
     var: pd.DataFrame
     presence: pd.DataFrame
     on_unmeasured: OnUnmeasured = "error"
     unmeasured: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> str | None:
+        """The first requested layer (``X``), None when no selected dataset stores any layer."""
+        return self.layers[0] if self.layers else None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The first layer's output dtype."""
+        return self.dtypes[self.layers[0]] if self.layers else np.dtype(np.float32)
+
+    def groups_with(self, layer: str) -> dict[str, PlannedGroup]:
+        """The planned groups that store ``layer``."""
+        return {name: g for name, g in self.groups.items() if layer in g.layer_dtypes}
 
     def measured(self, pointer: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """bool per cell of ``pointer`` (this plan's pointer column): the cell's group measured the layer."""
@@ -119,6 +151,11 @@ class ReconstructionPlan:
         return {
             "feature_space": self.feature_space,
             "layer": self.layer or "",
+            "layers": list(self.layers),
+            "layer_datasets": {
+                layer: sorted(g.dataset_uid for g in self.groups_with(layer).values())
+                for layer in self.layers
+            },
             "join": self.join,
             "on_unmeasured": self.on_unmeasured,
             "unmeasured_datasets": sorted(self.unmeasured),
@@ -198,36 +235,51 @@ def registry_columns(atlas: RaggedAtlas, feature_space: str) -> np.ndarray:
     return registry_view(atlas, feature_space).frame.index.to_numpy(dtype=np.int64)
 
 
+def _visible_layers(atlas: RaggedAtlas) -> dict[str, list[str]]:
+    """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
+    recorded: then every layer in the group's attributes is visible)."""
+    columns = ["uid", "zarr_group", "layout_uid"]
+    if "layers" in atlas._dataset_arrow.names:
+        columns.append("layers")
+    rows = atlas._pinned("dataset_groups", lambda: read_columns(atlas._tables.datasets, columns).to_pylist())
+    return {row["zarr_group"]: row for row in rows}
+
+
 def _describe_groups(
-    atlas: RaggedAtlas, names: list[str], layer: str | None
-) -> tuple[dict[str, PlannedGroup], str | None]:
-    """The groups among ``names`` that store ``layer`` (inferred when None and unambiguous)."""
-    datasets = atlas._pinned(
-        "dataset_groups",
-        lambda: read_columns(atlas._tables.datasets, ["uid", "zarr_group", "layout_uid"]).to_pylist(),
-    )
-    by_group = {d["zarr_group"]: d for d in datasets}
-    layers_of = {
-        name: dataset_group_attrs(atlas, name, by_group[name]["uid"]).get("layers", {})
-        for name in names
-        if name in by_group  # no record: an attachment whose commit never happened, unmeasured
-    }
-    if layer is None:
-        present = {lay for layers in layers_of.values() for lay in layers}
+    atlas: RaggedAtlas, names: list[str], layers: list[str] | None, on_unmeasured: str
+) -> tuple[dict[str, dict[str, np.dtype]], dict[str, PlannedGroup], list[str]]:
+    """``(requested layers each group among names stores, the planned groups, the requested layers)``;
+    ``layers`` None: the one layer the groups store (inferred when unambiguous)."""
+    by_group = _visible_layers(atlas)
+    layers_of, zero_fill = {}, {}
+    for name in names:
+        if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
+            continue
+        attrs = dataset_group_attrs(atlas, name, by_group[name]["uid"])
+        listed = by_group[name].get("layers") or list(attrs.get("layers", {}))
+        layers_of[name] = {
+            lay: np.dtype(attrs["layers"][lay]) for lay in listed if lay in attrs.get("layers", {})
+        }
+        zero_fill[name] = frozenset(attrs.get("zero_fill", ()))
+    if layers is None:
+        present = {lay for stored in layers_of.values() for lay in stored}
         if len(present) > 1:
-            per_dataset = {by_group[n]["uid"]: sorted(layers) for n, layers in layers_of.items()}
+            per_dataset = {by_group[n]["uid"]: sorted(stored) for n, stored in layers_of.items()}
             raise QueryError(
-                f"the selected datasets store different layers {per_dataset}; choose one with .layers()"
+                f"the selected datasets store different layers {per_dataset}; choose with .layers()"
             )
-        layer = present.pop() if present else None
-    kept = [name for name in layers_of if layer in layers_of[name]]
+        layers = [present.pop()] if present else []
+    need = any if on_unmeasured == "keep" else all
+    kept = [name for name, stored in layers_of.items() if layers and need(lay in stored for lay in layers)]
     layouts = read_global_indices(atlas, [by_group[name]["layout_uid"] for name in kept])
     groups = {}
     for name in kept:
         record = by_group[name]
-        dtype = np.dtype(layers_of[name][layer])
-        groups[name] = PlannedGroup(name, record["uid"], layouts[record["layout_uid"]], dtype)
-    return groups, layer
+        dtypes = {lay: layers_of[name][lay] for lay in layers if lay in layers_of[name]}
+        groups[name] = PlannedGroup(
+            name, record["uid"], layouts[record["layout_uid"]], dtypes, zero_fill[name] & set(dtypes)
+        )
+    return layers_of, groups, layers
 
 
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
@@ -242,13 +294,14 @@ def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
 
 
 def _unmeasured(
-    cells: pa.Table, feature_space: str, layer: str | None, groups: dict[str, PlannedGroup]
+    cells: pa.Table, feature_space: str, layer: str | None, stored_in: list[str]
 ) -> dict[str, tuple[int, str]]:
-    """``dataset uid -> (unmeasured cells, why)`` among ``cells``."""
+    """``dataset uid -> (unmeasured cells, why)`` among ``cells`` for ``layer``, stored by the groups
+    ``stored_in``."""
     pointer = cells.column(feature_space)
     valid = pc.is_valid(pointer).to_numpy(zero_copy_only=False)
     names = pc.struct_field(pointer, "zarr_group")
-    in_plan = pc.is_in(names, value_set=pa.array(list(groups), pa.string())).fill_null(False)
+    in_plan = pc.is_in(names, value_set=pa.array(stored_in, pa.string())).fill_null(False)
     measured = valid & in_plan.to_numpy(zero_copy_only=False)
     if measured.all():
         return {}
@@ -268,17 +321,25 @@ def _unmeasured(
 
 
 def _check_policy(
-    unmeasured: dict[str, tuple[int, str]], n_cells: int, space: str, layer: str | None, policy: str
+    unmeasured: dict[str | None, dict[str, tuple[int, str]]], n_cells: int, space: str, policy: str
 ) -> None:
+    """Raise under ``"error"`` when any layer (``unmeasured``: layer -> :func:`_unmeasured`) has any."""
     if policy not in ON_UNMEASURED:
         raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
-    if not unmeasured or policy != "error":
+    if not any(unmeasured.values()) or policy != "error":
         return
-    total = sum(n for n, _ in unmeasured.values())
-    listed = "; ".join(f"dataset {uid!r}: {n} cells ({why})" for uid, (n, why) in unmeasured.items())
-    wanted = f"layer {layer!r}" if layer is not None else "any layer"
+    parts = []
+    for layer, missing in unmeasured.items():
+        if not missing:
+            continue
+        total = sum(n for n, _ in missing.values())
+        listed = "; ".join(f"dataset {uid!r}: {n} cells ({why})" for uid, (n, why) in missing.items())
+        wanted = f"layer {layer!r}" if layer is not None else "any layer"
+        parts.append(
+            f"{total} of the {n_cells} selected cells did not measure {wanted} of {space!r}: {listed}"
+        )
     raise UnmeasuredDataError(
-        f"{total} of the {n_cells} selected cells did not measure {wanted} of {space!r}: {listed}. "
+        ". ".join(parts) + ". "
         "Choose .on_unmeasured('drop') to leave them out, or .on_unmeasured('keep') to return them as "
         "empty rows with presence False (or select the measured datasets with .where())"
     )
@@ -288,12 +349,15 @@ def plan_reconstruction(
     atlas: RaggedAtlas,
     cells: pa.Table,
     feature_space: str,
-    layer: str | None,
+    layers: str | Sequence[str] | None,
     join: Join = "union",
     features: np.ndarray | None = None,
     on_unmeasured: OnUnmeasured = "error",
 ) -> ReconstructionPlan:
     """Plan the output columns and dtypes for ``cells`` (their ``dataset_uid`` and pointer columns).
+
+    ``layers``: one layer name or several (the first is ``X``), None: the one layer the selected datasets
+    store.
 
     ``features`` (global indices, in output order) restricts the columns; with ``join="intersection"`` only
     those every measured group measured are kept. Unmeasured cells follow ``on_unmeasured`` (see the module
@@ -311,9 +375,19 @@ def plan_reconstruction(
     space = atlas.feature_spaces[feature_space]
     pointer = cells.column(feature_space)
     names = pc.unique(pc.drop_null(pc.struct_field(pc.drop_null(pointer), "zarr_group")))
-    groups, layer = _describe_groups(atlas, sorted(names.to_pylist()), layer)
-    unmeasured = _unmeasured(cells, feature_space, layer, groups)
-    _check_policy(unmeasured, cells.num_rows, feature_space, layer, on_unmeasured)
+    wanted = [layers] if isinstance(layers, str) else None if layers is None else list(layers)
+    layers_of, groups, wanted = _describe_groups(atlas, sorted(names.to_pylist()), wanted, on_unmeasured)
+    per_layer = {
+        layer: _unmeasured(
+            cells, feature_space, layer, [n for n, stored in layers_of.items() if layer in stored]
+        )
+        for layer in wanted or [None]
+    }
+    _check_policy(per_layer, cells.num_rows, feature_space, on_unmeasured)
+    unmeasured: dict[str, int] = {}
+    for missing in per_layer.values():
+        for uid, (n, _) in missing.items():
+            unmeasured[uid] = max(n, unmeasured.get(uid, 0))
     if features is None:
         columns = _join_columns(list(groups.values()), join)
     elif join == "intersection":
@@ -327,24 +401,29 @@ def plan_reconstruction(
     position[columns] = np.arange(columns.size)
     for g in groups.values():
         g.out_col = position[g.global_index]
-    is_float = any(g.layer_dtype.kind == "f" for g in groups.values())
-    dtype = np.dtype(np.float32) if is_float else np.dtype(np.int64)
+    dtypes = {}
+    for layer in wanted:
+        is_float = any(g.layer_dtypes[layer].kind == "f" for g in groups.values() if layer in g.layer_dtypes)
+        dtypes[layer] = np.dtype(np.float32) if is_float else np.dtype(np.int64)
     var = _var(atlas, feature_space, columns)
-    presence = {g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values()}
+    first = wanted[0] if wanted else None
+    presence = {
+        g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
+    }
     if on_unmeasured == "keep":
         presence.update({uid: np.zeros(columns.size, bool) for uid in unmeasured if uid not in presence})
     return ReconstructionPlan(
         feature_space,
         space.kind,
-        layer,
+        wanted,
         join,
         columns,
-        dtype,
+        dtypes,
         groups,
         var,
         pd.DataFrame(presence, index=var.index, dtype=bool),
         on_unmeasured,
-        {uid: n for uid, (n, _) in unmeasured.items()},
+        unmeasured,
     )
 
 

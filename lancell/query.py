@@ -52,7 +52,7 @@ class AtlasQuery:
         self._limit: int | None = None
         self._columns: list[str] | None = None
         self._feature_space: str | None = None
-        self._layer: str | None = None
+        self._layers: list[str] | None = None  # None: the one layer the selected datasets store
         self._join: Join | None = None  # None: "union", not chosen
         self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
         self._on_unmeasured: OnUnmeasured = "error"
@@ -136,10 +136,24 @@ class AtlasQuery:
         self._feature_space = feature_space
         return self
 
-    def layers(self, feature_space: str, layer: str) -> AtlasQuery:
-        """Reconstruct ``layer`` of ``feature_space``."""
-        resolve_feature_space(self._atlas.feature_spaces, feature_space).check_layer(layer)
-        self._feature_space, self._layer = feature_space, layer
+    def layers(self, feature_space: str, layers: str | Sequence[str]) -> AtlasQuery:
+        """Reconstruct ``layers`` of ``feature_space``: one name, or several read on the same cells and
+        columns (``to_anndata`` puts the first in ``X`` and each other in ``adata.layers[name]``; the loader
+        yields one tensor per layer). Datasets lacking a requested layer follow :meth:`on_unmeasured`, per
+        layer.
+
+        Raises
+        ------
+        QueryError
+            No layer, a repeated one, or a layer the feature space does not allow.
+        """
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names or len(set(names)) != len(names):
+            raise QueryError(f"layers() needs distinct layer names, got {layers!r}")
+        space = resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        for name in names:
+            space.check_layer(name)
+        self._feature_space, self._layers = feature_space, names
         return self
 
     def features(
@@ -179,12 +193,13 @@ class AtlasQuery:
         return self
 
     def on_unmeasured(self, policy: OnUnmeasured) -> AtlasQuery:
-        """What every reader does with selected cells that did not measure the reconstructed layer.
+        """What every reader does with selected cells that did not measure a reconstructed layer.
 
-        A cell is unmeasured when its dataset lacks the layer (or has no data in the feature space at all).
-        ``"error"`` (default): raise :class:`~lancell.errors.UnmeasuredDataError` naming the datasets;
-        ``"drop"``: leave those cells out; ``"keep"``: return them as empty rows whose presence is False for
-        every feature. Joins are computed over the measured datasets. ``adata.uns["lancell"]`` records the
+        A cell is unmeasured in a layer when its dataset lacks the layer (or has no data in the feature space
+        at all). ``"error"`` (default): raise :class:`~lancell.errors.UnmeasuredDataError` naming the
+        datasets and layers; ``"drop"``: leave out cells lacking any requested layer; ``"keep"``: return them
+        as empty rows in each layer they lack (presence False for every feature of ``X``'s layer). Joins are
+        computed over the measured datasets. ``adata.uns["lancell"]`` records the
         policy and the unmeasured datasets.
         """
         if policy not in ON_UNMEASURED:
@@ -325,19 +340,20 @@ class AtlasQuery:
         if columns is not None:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
         cells = self._read(columns)
-        return self._planned(cells, space, self._layer, self._feature_indices(space))
+        return self._planned(cells, space, self._layers, self._feature_indices(space))
 
     def _planned(
-        self, cells: pa.Table, space: str, layer: str | None, features: np.ndarray | None
+        self, cells: pa.Table, space: str, layers: list[str] | None, features: np.ndarray | None
     ) -> PlannedCells:
         join = self._join or "union"
-        plan = plan_reconstruction(self._atlas, cells, space, layer, join, features, self._on_unmeasured)
+        plan = plan_reconstruction(self._atlas, cells, space, layers, join, features, self._on_unmeasured)
         return PlannedCells(plan.select(cells), plan)
 
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
-        ``X`` is CSR for sparse feature spaces and dense for dense ones; ``var`` comes from the registry;
+        ``X`` is CSR for sparse feature spaces and dense for dense ones (the first of :meth:`layers`, each
+        other in ``adata.layers``); ``var`` comes from the registry;
         ``varm["presence"]`` says which features each dataset measured; ``uns["lancell"]`` records the
         feature space, layer, join, unmeasured-cell policy and the unmeasured datasets.
         """
@@ -359,9 +375,9 @@ class AtlasQuery:
         for space in spaces:
             resolve_feature_space(self._atlas.feature_spaces, space)
             has = cells.filter(pc.is_valid(cells.column(space)))
-            layer = self._layer if space == self._feature_space else None
+            layers = self._layers if space == self._feature_space else None
             features = self._feature_indices(space) if self._features and self._features[0] == space else None
-            planned = self._planned(has, space, layer, features)
+            planned = self._planned(has, space, layers, features)
             modalities[space] = reconstruct(self._atlas, planned.cells, planned.plan)
         return MuData(modalities)
 
@@ -389,9 +405,10 @@ class AtlasQuery:
             yield reconstruct(self._atlas, pa.Table.from_batches(pending), plan)
 
     def reading(
-        self, feature_space: str, layer: str, features: Sequence[str] | str | None = None
+        self, feature_space: str, layer: str | Sequence[str], features: Sequence[str] | str | None = None
     ) -> AtlasQuery:
-        """A copy of this query reading ``layer`` of ``feature_space``, ``features`` added to its selection.
+        """A copy of this query reading ``layer`` (one name or several) of ``feature_space``, ``features``
+        added to its selection.
 
         ``features``: None (the query's own selection), ``"union"`` / ``"intersection"`` (as
         :meth:`feature_join`), ``"registry"`` (as :meth:`all_features`) or names / uids (as :meth:`features`).
@@ -402,13 +419,14 @@ class AtlasQuery:
             A feature space, layer, join or feature list that contradicts what the query already chose.
         """
         query = self._copy()
+        given_layers = [layer] if isinstance(layer, str) else list(layer)
         for what, chosen, given in (
             ("feature space", self._feature_space, feature_space),
-            ("layer", self._layer, layer),
+            ("layers", self._layers, given_layers),
         ):
             if chosen is not None and chosen != given:
                 raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
-        query.layers(feature_space, layer)
+        query.layers(feature_space, given_layers)
         if features is None:
             return query
         if features in ("union", "intersection"):

@@ -5,6 +5,9 @@ of the groups' global feature indices, ordered by global index. Each group's row
 pass, their local indices remapped to output columns, and scattered into one CSR matrix whose rows follow the
 query order. ``adata.varm["presence"]`` (features x datasets, booleans) records which features each dataset
 measured, so an unmeasured gene is distinguishable from a measured zero (see :func:`presence_matrix`).
+Several requested layers are read on the same cells and columns: the first is ``X``, the others
+``adata.layers[name]``; a layer's zeros that pad the group's shared pattern are left out
+(:mod:`lancell.layer_blocks`).
 """
 
 from __future__ import annotations
@@ -40,17 +43,23 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
     rows_of = _rows_by_group(pointer, valid, plan)
     n_cells = cells.num_rows
-    if plan.kind == "sparse":
-        starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
-        ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
-        zarr_rows = pc.struct_field(pointer, "zarr_row").fill_null(0).to_numpy()
-        matrix = _sparse(atlas, plan, rows_of, starts, ends, zarr_rows, n_cells)
-    else:
-        positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
-        matrix = _dense(atlas, plan, rows_of, positions, n_cells)
+    matrices = {}
+    for layer in plan.layers or [None]:
+        mine = {name: rows for name, rows in rows_of.items() if layer in plan.groups[name].layer_dtypes}
+        if plan.kind == "sparse":
+            starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
+            ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
+            zarr_rows = pc.struct_field(pointer, "zarr_row").fill_null(0).to_numpy()
+            matrices[layer] = _sparse(atlas, plan, layer, mine, starts, ends, zarr_rows, n_cells)
+        else:
+            positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
+            matrices[layer] = _dense(atlas, plan, layer, mine, positions, n_cells)
     vectors = vector_fields(cells.schema)
     obs = arrow_to_obs(cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]))
-    adata = ad.AnnData(X=matrix, obs=obs, var=plan.var.copy())
+    first, *others = matrices
+    adata = ad.AnnData(
+        X=matrices[first], obs=obs, var=plan.var.copy(), layers={name: matrices[name] for name in others}
+    )
     for name, width in vectors.items():
         adata.obsm[name] = _vector_matrix(cells.column(name).combine_chunks(), width)
     adata.varm["presence"] = plan.presence.copy()
@@ -103,6 +112,15 @@ def _read_by_feature(
     return rows, per_row, cols, values
 
 
+def _without_fill(
+    kept_per_row: np.ndarray, cols: np.ndarray, vals: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows' values without the zeros that pad a layer's shared pattern (:mod:`lancell.layer_blocks`)."""
+    keep = vals != 0
+    row_of = np.repeat(np.arange(kept_per_row.size), kept_per_row)
+    return np.bincount(row_of[keep], minlength=kept_per_row.size), cols[keep], vals[keep]
+
+
 def _read_filtered(
     atlas: RaggedAtlas, name: str, layer: str, g: PlannedGroup, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,13 +141,14 @@ def _read_filtered(
         cols.append(kept[1])
         vals.append(kept[2])
     if not counts:
-        return np.zeros(starts.size, np.int64), np.zeros(0, np.int64), np.zeros(0, g.layer_dtype)
+        return np.zeros(starts.size, np.int64), np.zeros(0, np.int64), np.zeros(0, g.layer_dtypes[layer])
     return np.concatenate(counts), np.concatenate(cols), np.concatenate(vals)
 
 
 def _sparse(
     atlas: RaggedAtlas,
     plan: ReconstructionPlan,
+    layer: str | None,
     rows_of: dict[str, np.ndarray],
     starts: np.ndarray,
     ends: np.ndarray,
@@ -141,28 +160,28 @@ def _sparse(
     for name, rows in rows_of.items():
         g = plan.groups[name]
         root = atlas._node(name)
-        if _csc_is_cheaper(atlas, root, g, plan.layer, int((ends[rows] - starts[rows]).sum())):
-            rows, kept_per_row, cols, vals = _read_by_feature(
-                atlas, root, g, plan.layer, rows, zarr_rows[rows]
-            )
+        if _csc_is_cheaper(atlas, root, g, layer, int((ends[rows] - starts[rows]).sum())):
+            rows, kept_per_row, cols, vals = _read_by_feature(atlas, root, g, layer, rows, zarr_rows[rows])
             in_order = True  # sorted by (row, column)
         else:
             lo, hi = starts[rows], ends[rows]
             if (g.out_col < 0).any():  # some features dropped: read in slices, memory follows the result
-                kept_per_row, cols, vals = _read_filtered(atlas, name, plan.layer, g, lo, hi)
+                kept_per_row, cols, vals = _read_filtered(atlas, name, layer, g, lo, hi)
             else:
                 idx, kept_per_row = read_element_ranges(atlas._node(f"{name}/csr/indices"), lo, hi)
-                vals, _ = read_element_ranges(atlas._node(f"{name}/csr/layers/{plan.layer}"), lo, hi)
+                vals, _ = read_element_ranges(atlas._node(f"{name}/csr/layers/{layer}"), lo, hi)
                 cols = g.out_col[idx]
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
+        if layer in g.zero_fill:
+            kept_per_row, cols, vals = _without_fill(kept_per_row, cols, vals)
         row_nnz[rows] = kept_per_row
         pieces.append((rows, kept_per_row, cols, vals, in_order))
     total = int(row_nnz.sum())
     index_dtype = np.int32 if max(total, plan.columns.size) < np.iinfo(np.int32).max else np.int64
     indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(index_dtype)  # scipy's own choice: no copy
     indices = np.empty(total, dtype=index_dtype)
-    data = np.empty(int(indptr[-1]), dtype=plan.dtype)
+    data = np.empty(int(indptr[-1]), dtype=plan.dtypes.get(layer, plan.dtype))
     for rows, kept, cols, vals, in_order in pieces:
         args = (
             indptr,
@@ -183,14 +202,15 @@ def _sparse(
 def _dense(
     atlas: RaggedAtlas,
     plan: ReconstructionPlan,
+    layer: str | None,
     rows_of: dict[str, np.ndarray],
     positions: np.ndarray,
     n_cells: int,
 ) -> np.ndarray:
-    out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtype)
+    out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtypes.get(layer, plan.dtype))
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        block = read_rows(atlas._node(f"{name}/layers/{plan.layer}"), positions[rows])
+        block = read_rows(atlas._node(f"{name}/layers/{layer}"), positions[rows])
         keep = g.out_col >= 0
         out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
     return out

@@ -184,6 +184,8 @@ def test_drop_removes_exactly_the_unmeasured_cells(bundled, celltypist):
     assert out.uns["lancell"] == {
         "feature_space": "gene_expression",
         "layer": "counts",
+        "layers": ["counts"],
+        "layer_datasets": {"counts": ["celltypist_sample"]},
         "join": "intersection",
         "on_unmeasured": "drop",
         "unmeasured_datasets": ["pbmc68k"],

@@ -1,0 +1,193 @@
+"""Several layers per dataset: counts and normalized values stored together on one sparsity pattern."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lancell.add_layer import add_layer
+from lancell.atlas import RaggedAtlas
+from lancell.errors import IngestError, UnmeasuredDataError
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord
+
+
+def _two_layers(celltypist: ad.AnnData, cells: slice) -> ad.AnnData:
+    """X log-normalized float32 and layers["counts"] integer, on the same entries."""
+    adata = celltypist[cells].copy()
+    adata.obs = adata.obs[[]]
+    counts = sp.csr_matrix(adata.X).astype(np.int64)
+    totals = np.asarray(counts.sum(axis=1)).ravel()
+    normalized = sp.csr_matrix(sp.diags(1e4 / totals) @ counts)
+    normalized.data = np.log1p(normalized.data)
+    adata.X = normalized.astype(np.float32)
+    adata.layers["counts"] = counts
+    return adata
+
+
+def _ingest(atlas: RaggedAtlas, adata: ad.AnnData, uid: str, **kwargs) -> DatasetRecord:
+    return add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        dataset_record=DatasetRecord(uid=uid),
+        progress=False,
+        **kwargs,
+    )
+
+
+def _assert_same(got: sp.spmatrix, want: sp.spmatrix, kind: str) -> None:
+    got, want = sp.csr_matrix(got), sp.csr_matrix(want).sorted_indices()
+    assert got.dtype.kind == kind
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data.astype(got.dtype))
+
+
+def _query(atlas: RaggedAtlas, layers, policy: str = "error"):
+    return atlas.query().layers("gene_expression", layers).on_unmeasured(policy)
+
+
+LAYERS = {"log_normalized": "X", "counts": "counts"}
+
+
+def test_two_layers_round_trip_from_to_anndata_and_to_batches(atlas, celltypist):
+    adata = _two_layers(celltypist, slice(0, 300))
+    record = _ingest(atlas, adata, "two", layers=LAYERS)
+    assert record.layer == "log_normalized" and record.layers == ["log_normalized", "counts"]
+    out = _query(atlas, ["log_normalized", "counts"]).to_anndata()
+    order = np.argsort(out.var["global_index"].to_numpy())  # single dataset: columns in stored order
+    stored = adata[:, out.var_names]
+    assert list(out.layers) == ["counts"]
+    _assert_same(out.X, stored.X, "f")
+    _assert_same(out.layers["counts"], stored.layers["counts"], "i")
+    assert (order == np.arange(order.size)).all()
+    batches = list(_query(atlas, ["counts", "log_normalized"]).to_batches(batch_size=128))
+    assert [b.n_obs for b in batches] == [128, 128, 44]
+    _assert_same(sp.vstack([b.X for b in batches]), stored.layers["counts"], "i")
+    _assert_same(sp.vstack([b.layers["log_normalized"] for b in batches]), stored.X, "f")
+    one = _query(atlas, "counts").to_anndata()
+    assert not one.layers and one.uns["lancell"]["layers"] == ["counts"]
+    _assert_same(one.X, stored.layers["counts"], "i")
+
+
+def test_union_of_counts_only_and_two_layer_datasets(atlas, celltypist):
+    _ingest(atlas, _two_layers(celltypist, slice(0, 100)), "two", layers=LAYERS)
+    counts_only = celltypist[100:160].copy()
+    counts_only.obs = counts_only.obs[[]]
+    _ingest(atlas, counts_only, "one", zarr_layer="counts")
+    both = _query(atlas, "counts").to_anndata()
+    assert both.obs["dataset_uid"].value_counts().to_dict() == {"two": 100, "one": 60}
+    with pytest.raises(
+        UnmeasuredDataError,
+        match=r"60 of the 160 selected cells did not measure layer "
+        r"'log_normalized'.*dataset 'one': 60 cells \(their group has no layer",
+    ):
+        _query(atlas, "log_normalized").to_anndata()
+    with pytest.raises(UnmeasuredDataError, match="layer 'log_normalized'"):
+        _query(atlas, ["counts", "log_normalized"]).to_anndata()
+    dropped = _query(atlas, ["counts", "log_normalized"], "drop").to_anndata()
+    assert dropped.n_obs == 100 and set(dropped.obs["dataset_uid"]) == {"two"}
+    kept = _query(atlas, ["counts", "log_normalized"], "keep").to_anndata()
+    assert kept.n_obs == 160
+    one = (kept.obs["dataset_uid"] == "one").to_numpy()
+    assert kept.layers["log_normalized"][one].nnz == 0
+    _assert_same(kept.X[one], counts_only[:, kept.var_names].X, "i")
+    assert kept.uns["lancell"]["layer_datasets"] == {"counts": ["one", "two"], "log_normalized": ["two"]}
+    assert kept.varm["presence"]["one"].any()  # X is counts: measured by both
+
+
+def test_a_layer_with_explicit_zeros_on_the_shared_entries_keeps_them(atlas, celltypist):
+    adata = _two_layers(celltypist, slice(0, 80))
+    adata.X.data[::7] = 0  # explicit zeros where counts has values: the same pattern
+    nnz = adata.X.nnz
+    _ingest(atlas, adata, "zeros", layers=LAYERS)
+    group = atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    assert group["zero_fill"] == [] and group["nnz"] == nnz
+    out = _query(atlas, ["log_normalized", "counts"]).to_anndata()
+    stored = adata[:, out.var_names]
+    assert out.X.nnz == nnz
+    _assert_same(out.X, stored.X, "f")
+    _assert_same(out.layers["counts"], stored.layers["counts"], "i")
+
+
+def test_layers_with_their_own_patterns_are_stored_on_the_union(atlas, celltypist):
+    adata = _two_layers(celltypist, slice(0, 80))
+    x = adata.X.tolil()
+    x[0, 0], x[1, 5] = 1.5, 2.5  # entries counts does not have
+    x = sp.csr_matrix(x)
+    x.data[x.data < 1.0] = 0
+    x.eliminate_zeros()  # and fewer entries than counts
+    adata.X = x.astype(np.float32)
+    union = (abs(sp.csr_matrix(adata.X)) + abs(sp.csr_matrix(adata.layers["counts"]))).nnz
+    _ingest(atlas, adata, "own", layers=LAYERS)
+    attrs = atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    assert attrs["nnz"] == union and attrs["zero_fill"] == ["log_normalized", "counts"]
+    out = _query(atlas, ["log_normalized", "counts"]).to_anndata()
+    stored = adata[:, out.var_names]
+    _assert_same(out.X, stored.X, "f")
+    _assert_same(out.layers["counts"], stored.layers["counts"], "i")
+
+
+def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
+    adata = _two_layers(celltypist, slice(0, 120))
+    counts_only = adata.copy()
+    counts_only.X = counts_only.layers.pop("counts")
+    _ingest(atlas, counts_only, "late", zarr_layer="counts")
+    before = atlas.snapshot()
+    out = atlas.query().to_anndata()  # the stored order of the dataset's cells and features
+    normalized = adata[out.obs_names.str.split(":").str[1], out.var_names].X
+    assert add_layer(atlas, "late", "log_normalized", sp.csr_matrix(normalized)) == [
+        "counts",
+        "log_normalized",
+    ]
+    with pytest.raises(IngestError, match="already stores layer 'log_normalized'"):
+        add_layer(atlas, "late", "log_normalized", normalized)
+    after = atlas.snapshot()
+    pinned = RaggedAtlas.checkout(atlas.db_uri, before)
+    with pytest.raises(UnmeasuredDataError, match="layer 'log_normalized'"):
+        pinned.query().layers("gene_expression", "log_normalized").to_anndata()
+    assert pinned.query().to_anndata().uns["lancell"]["layers"] == ["counts"]  # inferred: one layer
+    got = RaggedAtlas.checkout(atlas.db_uri, after).query()
+    got = got.layers("gene_expression", ["log_normalized", "counts"]).to_anndata()
+    stored = adata[:, got.var_names]
+    _assert_same(got.X, stored.X, "f")
+    _assert_same(got.layers["counts"], stored.layers["counts"], "i")
+    assert atlas.list_datasets()["layers"][0].tolist() == ["counts", "log_normalized"]
+
+
+def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atlas, celltypist):
+    counts_only = celltypist[:50].copy()
+    counts_only.obs = counts_only.obs[[]]
+    record = _ingest(atlas, counts_only, "late", zarr_layer="counts")
+    x = np.zeros(counts_only.shape, np.float32)
+    stored = atlas.query().to_anndata().X  # the dataset's stored order
+    x[3, np.flatnonzero(stored[3].toarray().ravel() == 0)[0]] = 1.0
+    attrs = dict(atlas._group_attrs(record.zarr_group))
+    with pytest.raises(
+        IngestError,
+        match=r"cell row 3, feature \d+ \(stored order\) holds a value where the stored layers have none",
+    ):
+        add_layer(atlas, "late", "log_normalized", x)
+    assert atlas._group_attrs(record.zarr_group) == attrs
+    assert "log_normalized" not in atlas._zarr_root[f"{record.zarr_group}/csr/layers"]
+    assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
+
+
+def test_two_layer_bytes_are_one_layer_plus_the_second_values(tmp_path, atlas, celltypist):
+    """Indices (CSR and CSC) and indptr are stored once: the second layer adds its values arrays only."""
+    adata = _two_layers(celltypist, slice(0, 400))
+    one = _ingest(atlas, adata, "one", layers={"counts": "counts"})
+    two = _ingest(atlas, adata, "two", layers={"counts": "counts", "log_normalized": "X"})
+
+    def size(*parts: str) -> int:
+        return sum(f.stat().st_size for f in (tmp_path / "arrays").joinpath(*parts).rglob("*") if f.is_file())
+
+    assert atlas._group_attrs(two.zarr_group)["csc_layers"] == ["counts", "log_normalized"]
+    second = size(two.zarr_group, "csr", "layers", "log_normalized") + size(
+        two.zarr_group, "csc", "layers", "log_normalized"
+    )
+    assert size(two.zarr_group, "csr", "indices") == size(one.zarr_group, "csr", "indices")
+    assert size(two.zarr_group) <= 1.1 * (size(one.zarr_group) + second)
