@@ -114,9 +114,8 @@ class MappedGroups:
         self._base = np.zeros((n_groups, 2), np.int64)
         self._added = np.zeros(n_groups, bool)
         self._refused = np.zeros(n_groups, bool)
-        self._readers: list[
-            tuple[int, ShardedArrayReader]
-        ] = []  # (first table entry, reader), in entry order
+        # (first table entry, reader) of each array in the table, in entry order
+        self._readers: list[tuple[int, ShardedArrayReader]] = []
         self._files = numba.typed.List.empty_list(_FILE)
         self._lock = threading.Lock()  # held while groups are added, not while batches are decoded
         self._file = _Grown(np.int32)
@@ -208,7 +207,7 @@ class MappedGroups:
         self, group: np.ndarray, start: np.ndarray, nnz: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(offsets, columns, values)`` of the cells (request order), or None when a group they touch
-        cannot be read this way (see :meth:`open`).
+        cannot be read this way (see the module docstring).
 
         Raises
         ------
