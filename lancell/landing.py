@@ -25,8 +25,9 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
     target the cell schema does not declare is an error. Other undeclared columns are not stored and are
     listed as ``dropped_obs_columns`` on the dataset record.
 ``layers``
-    ``{stored name: AnnData source}`` with one entry: store ``adata.layers[source]`` (or ``"X"``) under that
-    name, instead of ``X`` under ``zarr_layer`` (give one of the two keys, not both).
+    ``{stored name: AnnData source}``, one entry or several: store each ``adata.layers[source]`` (or ``"X"``)
+    under its name (``{"counts": "counts", "log_normalized": "X"}``), instead of ``X`` under ``zarr_layer``
+    (give one of the two keys, not both; :func:`lancell.ingestion.add_from_anndata`'s ``layers``).
 ``standardize``
     ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
     (:func:`lancell.standardize.standardize_anndata`; loads the file into memory). The term id columns are
@@ -75,15 +76,15 @@ class LandingSpec:
     source: str | None = None
     accession: str | None = None
     obs_columns: Mapping[str, str] = field(default_factory=dict)
-    source_layer: str | None = None  # an ``adata.layers`` key (sidecar ``layers``); None: ``X``
+    layers: Mapping[str, str] = field(default_factory=dict)  # stored name -> "X" or an adata.layers key
     standardize: bool = False
 
 
-_SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path", "source_layer"} | {"layers"})
+_SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path"})
 
 
 def _sidecar_options(sidecar: Path) -> dict[str, Any]:
-    """The sidecar's keys, type-checked, with ``layers`` turned into ``zarr_layer``/``source_layer``."""
+    """The sidecar's keys, type-checked."""
     try:
         options = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
@@ -99,16 +100,14 @@ def _sidecar_options(sidecar: Path) -> dict[str, Any]:
     if not isinstance(options.get("standardize", False), bool):
         raise IngestError(f"{sidecar}: standardize must be true or false")
     if "layers" in options:
-        layers = options.pop("layers")
-        if not isinstance(layers, dict) or len(layers) != 1:
+        layers = options["layers"]
+        valid = isinstance(layers, dict) and all(isinstance(v, str) and v for v in layers.values())
+        if not valid or not layers:
             raise IngestError(
-                f"{sidecar}: layers must map one stored layer name to its AnnData source, got {layers!r}"
+                f"{sidecar}: layers must map stored layer names to their AnnData sources, got {layers!r}"
             )
         if "zarr_layer" in options:
             raise IngestError(f"{sidecar}: give layers or zarr_layer, not both")
-        ((stored, source),) = layers.items()
-        options["zarr_layer"] = stored
-        options["source_layer"] = None if source == "X" else source
     return options
 
 
@@ -161,8 +160,9 @@ def _prepared(atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData) -> ad.An
     clashes = sorted(set(spec.obs_columns.values()) & (set(adata.obs.columns) - set(spec.obs_columns)))
     if clashes:
         raise IngestError(f"{spec.path}: obs_columns targets {clashes} are already columns of obs")
-    if spec.source_layer is not None and spec.source_layer not in adata.layers:
-        raise IngestError(f"{spec.path}: layers names {spec.source_layer!r}, not in {list(adata.layers)}")
+    missing_layers = sorted({s for s in spec.layers.values() if s != "X"} - set(adata.layers))
+    if missing_layers:
+        raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}")
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
     if spec.organism is not None and "organism" not in adata.obs.columns:
         adata.obs["organism"] = spec.organism
@@ -210,9 +210,9 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
             atlas,
             adata,
             feature_space=spec.feature_space,
-            zarr_layer=spec.zarr_layer,
+            zarr_layer=None if spec.layers else spec.zarr_layer,
+            layers=dict(spec.layers) or None,
             dataset_record=record,
-            layer=spec.source_layer,
             var_uid_column=spec.var_uid_column,
             on_duplicate="skip",
         )

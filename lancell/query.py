@@ -422,7 +422,7 @@ class AtlasQuery:
         given_layers = [layer] if isinstance(layer, str) else list(layer)
         for what, chosen, given in (
             ("feature space", self._feature_space, feature_space),
-            ("layers", self._layers, given_layers),
+            ("layer", _one_or_list(self._layers), _one_or_list(given_layers)),
         ):
             if chosen is not None and chosen != given:
                 raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
@@ -466,3 +466,8 @@ class AtlasQuery:
         return CellDataset.from_query(
             self, feature_space, layer, metadata_columns=metadata_columns, features=features
         )
+
+
+def _one_or_list(layers: list[str] | None) -> str | list[str] | None:
+    """A layer selection as shown in messages: one name, or the list of several."""
+    return layers[0] if layers is not None and len(layers) == 1 else layers

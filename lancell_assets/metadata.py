@@ -23,6 +23,12 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
         "dataset_uid": record.uid,
         "zarr_group": record.zarr_group,
         "layer": record.layer,
+        "layers": dg.MetadataValue.json(
+            {
+                name: {"dtype": dtype, "nnz": record.nnz}
+                for name, dtype in _layer_dtypes(atlas, record).items()
+            }
+        ),
         "cells": dg.MetadataValue.int(record.n_cells),
         "features": dg.MetadataValue.int(record.n_features),
         "nnz": dg.MetadataValue.int(record.nnz),
@@ -34,6 +40,13 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
         out["duration_s"] = dg.MetadataValue.float(round(seconds, 3))
         out["cells_per_s"] = dg.MetadataValue.float(round(record.n_cells / max(seconds, 1e-9), 1))
     return out
+
+
+def _layer_dtypes(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, str]:
+    """``{layer: stored dtype}`` of the layers the record lists (every layer share the group's pattern, so
+    each holds ``nnz`` stored values)."""
+    stored = (atlas._group_attrs(record.zarr_group) or {}).get("layers", {})
+    return {name: stored.get(name, "") for name in (record.layers or list(stored))}
 
 
 def datasets_table(atlas: RaggedAtlas) -> dg.MetadataValue:

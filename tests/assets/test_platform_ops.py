@@ -160,7 +160,12 @@ def test_sidecar_layers_and_renames_are_checked(tmp_path: Path):
     path = tmp_path / "a.h5ad"
     (tmp_path / "a.json").write_text(json.dumps({"layers": {"counts": "raw"}}))
     spec = read_landing_spec(path)
-    assert (spec.zarr_layer, spec.source_layer) == ("counts", "raw")
+    assert dict(spec.layers) == {"counts": "raw"}
+    (tmp_path / "a.json").write_text(json.dumps({"layers": {"counts": "raw", "log_normalized": "X"}}))
+    assert dict(read_landing_spec(path).layers) == {"counts": "raw", "log_normalized": "X"}
+    (tmp_path / "a.json").write_text(json.dumps({"layers": {}}))
+    with pytest.raises(IngestError, match=r"a\.json: layers must map stored layer names to their AnnData"):
+        read_landing_spec(path)
     (tmp_path / "a.json").write_text(json.dumps({"layers": {"counts": "X"}, "zarr_layer": "counts"}))
     with pytest.raises(IngestError, match=r"a\.json: give layers or zarr_layer, not both"):
         read_landing_spec(path)
