@@ -7,9 +7,9 @@ memory-mapped shard objects as uint8 arrays), its byte offset and its size (crc3
 ``g``'s chunk ``c`` of array ``a`` (0: indices, 1: values) is entry ``base[g, a] + c``.
 
 :func:`read_rows` checks the crc32c of each needed chunk and decodes it once (cells are walked in storage
-order, so neighbours share a decoded chunk), maps local feature indices to output columns through
-the group's lookup table, drops unselected features, sorts rows whose group maps to decreasing columns, and
-writes every row at its place in request order.
+order, so neighbours share a decoded chunk), maps local feature indices to output columns through the group's
+lookup table, drops unselected features (and zeros that pad a shared pattern), sorts rows whose group maps to
+decreasing columns, and writes every row at its place in request order.
 
 No I/O and no bounds checks on the tables: the caller builds them from checked shard indices.
 """
@@ -50,6 +50,7 @@ def read_rows(
     lut: np.ndarray,
     lut_start: np.ndarray,
     monotonic: np.ndarray,
+    zero_fill: np.ndarray,
     group: np.ndarray,
     start: np.ndarray,
     nnz: np.ndarray,
@@ -70,6 +71,8 @@ def read_rows(
     lut, lut_start, monotonic
         Group ``g``'s lookup table is ``lut[lut_start[g] : lut_start[g + 1]]`` (local feature -> output
         column, -1: dropped); ``monotonic[g]``: kept features map to increasing columns.
+    zero_fill
+        bool per group: its stored zeros are padding of a shared pattern and are left out.
     group, start, nnz
         Per cell (request order); a cell with ``nnz == 0`` gives an empty row.
     offsets
@@ -100,6 +103,7 @@ def read_rows(
         if nnz[i] == 0:
             continue
         g = group[i]
+        drop_zeros = zero_fill[g]
         lo = lut_start[g]
         width = lut_start[g + 1] - lo
         pos = start[i]
@@ -120,7 +124,7 @@ def read_rows(
             for p in range(pos - c * chunk_len, stop - c * chunk_len):
                 local = scratch[0, p]
                 column = lut[lo + local] if local < width else -1
-                if column >= 0:
+                if column >= 0 and not (drop_zeros and scratch[1, p] == 0):
                     out_columns[d] = column
                     out_values[d] = scratch[1, p]
                     d += 1

@@ -74,10 +74,11 @@ def _row_ids(lengths: np.ndarray) -> np.ndarray:
 def _map_group(
     table: GroupTable, code: int, local: np.ndarray, values: np.ndarray, lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local indices of one group's rows -> output columns; drop unselected features, keep rows sorted."""
+    """Local indices of one group's rows -> output columns; drop unselected features and zero-fill padding,
+    keep rows sorted."""
     columns = table.luts[code][local]
-    if not table.keeps_all[code]:
-        keep = columns >= 0
+    if not table.keeps_all[code] or table.zero_fill[code]:
+        keep = (columns >= 0) & ((values != 0) | ~table.zero_fill[code])
         lengths = np.bincount(_row_ids(lengths)[keep], minlength=lengths.size)
         columns, values = columns[keep], values[keep]
     if not table.monotonic[code]:

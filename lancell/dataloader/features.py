@@ -41,6 +41,9 @@ class GroupTable:
         bool (n_groups,): no local feature of the group is dropped.
     monotonic
         bool (n_groups,): kept local features map to increasing output columns, so rows stay sorted.
+    zero_fill
+        bool (n_groups,): the group's stored zeros of the layer pad a pattern shared with other layers
+        (:mod:`lancell.layer_blocks`); readers leave them out, as ``to_anndata()`` does.
     presence
         bool (n_groups + 1, n_features): which output features each group measured; the last row (group code
         ``-1``, a cell without data in the feature space) is all False.
@@ -54,6 +57,7 @@ class GroupTable:
     keeps_all: np.ndarray
     monotonic: np.ndarray
     presence: np.ndarray
+    zero_fill: np.ndarray
 
     @property
     def nbytes(self) -> int:
@@ -89,6 +93,9 @@ def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
         keeps_all=np.asarray(keeps_all, dtype=bool),
         monotonic=np.asarray(monotonic, dtype=bool),
         presence=presence,
+        zero_fill=np.asarray(
+            [name in plan.groups and plan.layer in plan.groups[name].zero_fill for name in names], dtype=bool
+        ),
     )
 
 

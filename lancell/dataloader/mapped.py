@@ -69,6 +69,7 @@ def warm_kernel() -> None:
         np.zeros(0, np.int32),
         i64,
         np.zeros(1, bool),
+        np.zeros(1, bool),
         np.zeros(0, np.int32),
         np.zeros(0, np.int64),
         np.zeros(0, np.int64),
@@ -126,6 +127,7 @@ class MappedGroups:
         self._lut = np.concatenate(luts) if luts else np.zeros(0, np.int32)
         self._lut_start = np.concatenate(([0], np.cumsum([lut.size for lut in luts]))).astype(np.int64)
         self._monotonic = np.asarray(table.monotonic, bool)
+        self._zero_fill = np.asarray(table.zero_fill, bool)
 
     def _readable(self, reader: ShardedArrayReader | None) -> bool:
         """Whether ``reader``'s array can join the table: complete, 1-D, checksummed BP-128, local, chunked as
@@ -237,6 +239,7 @@ class MappedGroups:
             self._lut,
             self._lut_start,
             self._monotonic,
+            self._zero_fill,
             group,
             start,
             nnz,

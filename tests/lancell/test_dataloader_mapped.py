@@ -15,6 +15,8 @@ from torch.utils.data import get_worker_info
 from kernels import crc32c
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, ThreadedLoader, make_loader
+from lancell.ingestion import add_from_anndata
+from lancell.schema import DatasetRecord
 
 SPACE = "gene_expression"
 
@@ -136,3 +138,30 @@ def test_two_workers_read_mapped_batches_equal_to_anndata(bundled):
             mapped.append(int(out["mapped"]))
         assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(dataset)))
         assert sorted(mapped) == sorted([*range(1, 6), *range(1, 5)])  # 9 batches: 5 and 4 per worker
+
+
+def test_zero_fill_padding_is_left_out_as_to_anndata_does(atlas, celltypist):
+    """counts stored on the union of its pattern and X's: its padding zeros are not entries of a batch."""
+    adata = celltypist[:80].copy()
+    adata.obs = adata.obs[[]]
+    counts = sp.csr_matrix(adata.X).astype(np.int64)
+    x = sp.csr_matrix(counts, dtype=np.float32).tolil()
+    x[0, 0], x[1, 5] = 1.5, 2.5  # entries counts does not have: counts is padded with zeros there
+    adata.X, adata.layers["counts"] = sp.csr_matrix(x), counts
+    layers = {"log_normalized": "X", "counts": "counts"}
+    add_from_anndata(
+        atlas, adata, feature_space=SPACE, dataset_record=DatasetRecord(uid="two"), layers=layers
+    )
+    for layer, kind in (
+        ("counts", np.uint32),
+        ("log_normalized", np.float32),
+    ):  # batch kernel, batched reader
+        query = atlas.query().layers(SPACE, layer)
+        reference = sp.csr_matrix(query.to_anndata().X)
+        dataset = query.to_cell_dataset(SPACE, layer)
+        positions = np.random.default_rng(0).permutation(80)
+        batch = dataset.__getitems__(positions)
+        np.testing.assert_array_equal(batch.offsets, reference[positions].indptr)
+        np.testing.assert_array_equal(batch.values, reference[positions].data)
+        assert batch.values.dtype == kind and dataset.mapped_batches == (kind == np.uint32)
+        assert reference.nnz == counts.nnz + 2 * (kind == np.float32)  # counts: its 2 padding zeros left out
