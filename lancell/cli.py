@@ -9,7 +9,6 @@ as one line naming what went wrong and where, with exit status 1 (2 for a malfor
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -19,27 +18,15 @@ from typing import Any
 __all__ = ["main"]
 
 
-def _load_class(spec: str) -> type:
-    """``module:Class`` -> the class (a schema given on the command line)."""
-    from lancell.errors import SchemaError
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise SchemaError(f"schema {spec!r} must be written module:Class (e.g. lancell.bundled:CellSchema)")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise SchemaError(f"cannot load schema {spec!r}: {exc}") from exc
-
-
 def _init(args: argparse.Namespace) -> int:
     from lancell.atlas import RaggedAtlas
+    from lancell.schema import load_schema_class
 
-    cell_schema = _load_class(args.schema)
+    cell_schema = load_schema_class(args.schema)
     registries = {}
     for item in args.registry:
         space, _, schema = item.partition("=")
-        registries[space] = _load_class(schema)
+        registries[space] = load_schema_class(schema)
     atlas = RaggedAtlas.create(
         args.db,
         args.cell_table,

@@ -11,6 +11,7 @@ sub-subclass sees the pointers of every ancestor (upstream read one class's ``__
 
 from __future__ import annotations
 
+import importlib
 import types
 import typing
 import uuid
@@ -33,6 +34,7 @@ __all__ = [
     "SparseZarrPointer",
     "check_assigned_fields",
     "check_dataset_uid",
+    "load_schema_class",
     "pointer_fields",
     "pointer_fields_from_arrow",
     "vector_fields",
@@ -339,3 +341,20 @@ def obs_fields(schema: pa.Schema) -> list[pa.Field]:
     """The free obs columns: everything but ``uid``, ``dataset_uid``, pointer structs and vector columns."""
     skip = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *vector_fields(schema)}
     return [f for f in schema if f.name not in skip]
+
+
+def load_schema_class(spec: str) -> type:
+    """The class named ``module:Class`` (a schema given on the command line or in configuration).
+
+    Raises
+    ------
+    SchemaError
+        ``spec`` is not written ``module:Class``, or the module or class cannot be loaded.
+    """
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise SchemaError(f"schema {spec!r} must be written module:Class (e.g. lancell.bundled:CellSchema)")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise SchemaError(f"cannot load schema {spec!r}: {exc}") from exc

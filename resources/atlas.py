@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,16 +19,10 @@ DEFAULT_FEATURE_SCHEMA = "lancell.bundled:GeneFeature"
 
 
 def _import(path: str) -> Any:
-    """``module:Class`` -> the class."""
-    from lancell.errors import SchemaError
+    """``module:Class`` -> the class (:func:`lancell.schema.load_schema_class`)."""
+    from lancell.schema import load_schema_class
 
-    module, _, name = path.partition(":")
-    if not module or not name:
-        raise SchemaError(f"schema {path!r} must be written module:Class (e.g. {DEFAULT_CELL_SCHEMA})")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise SchemaError(f"cannot load schema {path!r}: {exc}") from exc
+    return load_schema_class(path)
 
 
 class AtlasResource(dg.ConfigurableResource):

@@ -125,3 +125,7 @@ def test_errors_are_one_line_naming_what_and_where(tmp_path: Path, built: Path) 
     assert "pbmc_again" not in run("ls", str(built / "db")).stdout
     usage = run("ingest", str(built / "db"), check=False)
     assert usage.returncode == 2
+    schema = run("init", str(tmp_path / "new"), "--schema", "lancell.bundled:NoSuchSchema", check=False)
+    assert schema.returncode == 1
+    assert schema.stderr.startswith("lancell init: error: cannot load schema 'lancell.bundled:NoSuchSchema'")
+    assert not (tmp_path / "new").exists()
