@@ -190,6 +190,35 @@ def test_dagster_dev_serves_graph_materializations_and_lineage_page(dagster_ui):
     ]
     assert "Failed (1)" in text and "Materialized (3)" in text
     assert "failed, and did not materialize this asset." in text
+    # the rendered checks tab: every check failed, and the latest execution names its partition
+    checks_dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--dump-dom",
+            "--window-size=1400,900",
+            "--virtual-time-budget=15000",
+            f"http://127.0.0.1:{port}/assets/dataset_group?view=checks",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    shown = [
+        line.strip()
+        for line in re.sub(
+            r"<script.*?</script>|<style.*?</style>|<[^>]+>", "\n", checks_dom, flags=re.S
+        ).split("\n")
+        if line.strip()
+    ]
+    assert "Checks (4)" in shown
+    latest = shown.index("Latest execution")
+    assert shown[latest : latest + 8].count("Failed") == 1
+    assert shown[shown.index("Partition", latest) + 1] == "broken"
     docs = os.environ.get("LANCELL_SAVE_SCREENSHOT")
     if docs:
         shutil.copyfile(shot, docs)
