@@ -14,6 +14,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import lancedb.table
@@ -40,17 +41,20 @@ def on_call(owner: object, name: str, nth: int, when: str, only: Callable[..., b
     """Replace ``owner.name`` by a wrapper that dies on its ``nth`` (matching) call."""
     original = getattr(owner, name)
     seen = 0
+    counting = threading.Lock()  # shards of indices and values are stored by two threads at once
 
     @functools.wraps(original)
     def wrapper(*args: object, **kwargs: object) -> object:
         nonlocal seen
         if only is not None and not only(*args, **kwargs):
             return original(*args, **kwargs)
-        seen += 1
-        if seen == nth and when == "enter":
+        with counting:
+            seen += 1
+            mine = seen  # this call's number: another thread's call may count before this one returns
+        if mine == nth and when == "enter":
             die()
         result = original(*args, **kwargs)
-        if seen == nth and when == "leave":
+        if mine == nth and when == "leave":
             die()
         return result
 
