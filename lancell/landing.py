@@ -30,8 +30,10 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
     (give one of the two keys, not both; :func:`lancell.ingestion.add_from_anndata`'s ``layers``).
 ``standardize``
     ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
-    (:func:`lancell.standardize.standardize_anndata`; loads the file into memory). The term id columns are
-    stored where the cell schema declares them.
+    (:func:`lancell.standardize.standardize_anndata` on the ``var_uid_column`` or var index; loads the file
+    into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under its
+    name); genes that resolve to one id are summed when every stored matrix is integer (counts), else the
+    first is kept. The term id columns are stored where the cell schema declares them.
 
 :func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
 ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
@@ -42,10 +44,10 @@ already in the atlas (the same file landed again under another name) is not inge
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
 import pandas as pd
@@ -55,6 +57,9 @@ from lancell.errors import IngestError
 from lancell.ingestion import add_from_anndata
 from lancell.registry import registry_index, sql_literal
 from lancell.schema import DatasetRecord, obs_fields
+
+if TYPE_CHECKING:
+    from lancell.standardize import StandardizationReport
 
 __all__ = ["LandingOutcome", "LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
 
@@ -145,8 +150,11 @@ def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.Da
     return frame.drop_duplicates("uid")
 
 
-def _prepared(atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData) -> ad.AnnData:
-    """``adata`` with the sidecar's obs renames, organism column and standardization applied."""
+def _prepared(
+    atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData
+) -> tuple[ad.AnnData, StandardizationReport | None]:
+    """``adata`` with the sidecar's obs renames, organism column and standardization applied, and the
+    standardization report (None without ``standardize``)."""
     declared = {f.name for f in obs_fields(atlas.cell_arrow_schema)}
     missing = sorted(set(spec.obs_columns) - set(adata.obs.columns))
     if missing:
@@ -166,15 +174,30 @@ def _prepared(atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData) -> ad.An
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
     if spec.organism is not None and "organism" not in adata.obs.columns:
         adata.obs["organism"] = spec.organism
-    if spec.standardize:
-        from lancell.standardize import standardize_anndata
+    if not spec.standardize:
+        return adata, None
+    from lancell.standardize import standardize_anndata
 
-        adata, _ = standardize_anndata(adata, organism=spec.organism)
-    return adata
+    sources = [adata.X if s == "X" else adata.layers[s] for s in (spec.layers or {"": "X"}).values()]
+    counts = all(m.dtype.kind in "iu" for m in sources)  # type: ignore[union-attr]
+    return standardize_anndata(
+        adata,
+        organism=spec.organism,
+        gene_column=spec.var_uid_column,
+        duplicates="sum" if counts else "first",
+    )
 
 
-def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetRecord, LandingOutcome]:
+def ingest_landing_file(
+    atlas: RaggedAtlas,
+    spec: LandingSpec,
+    *,
+    on_standardized: Callable[[StandardizationReport], None] | None = None,
+) -> tuple[DatasetRecord, LandingOutcome]:
     """Register the file's features and ingest it; return ``(record, outcome)``.
+
+    With ``spec.standardize``, ``on_standardized`` (if given) receives the
+    :class:`~lancell.standardize.StandardizationReport` before anything is registered.
 
     ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
     (re-materializing a partition is idempotent); ``"duplicate"`` when the file's content is already in the
@@ -196,8 +219,16 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
         adata = ad.read_h5ad(spec.path, backed="r")
     except (OSError, KeyError, ValueError) as exc:
         raise IngestError(f"cannot read {spec.path} as .h5ad: {exc}") from exc
-    adata = _prepared(atlas, spec, adata)
-    features = _features(atlas, spec, adata.var)
+    adata, report = _prepared(atlas, spec, adata)
+    if report is None:
+        features, uid_column = _features(atlas, spec, adata.var), spec.var_uid_column
+    else:
+        from lancell.standardize import _feature_rows
+
+        if on_standardized is not None:
+            on_standardized(report)
+        columns = pd.Index(atlas._tables.registry(spec.feature_space).schema.names)
+        features, uid_column = _feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
     registry = atlas._tables.registry(spec.feature_space)
     known = set(registry_index(registry).index)
     new_uids = [uid for uid in features["uid"] if uid not in known]
@@ -213,7 +244,7 @@ def ingest_landing_file(atlas: RaggedAtlas, spec: LandingSpec) -> tuple[DatasetR
             zarr_layer=None if spec.layers else spec.zarr_layer,
             layers=dict(spec.layers) or None,
             dataset_record=record,
-            var_uid_column=spec.var_uid_column,
+            var_uid_column=uid_column,
             on_duplicate="skip",
         )
     except BaseException:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
     from lancell.landing import LandingSpec
     from lancell.schema import DatasetRecord
+    from lancell.standardize import StandardizationReport
 
 CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
@@ -59,16 +60,19 @@ def dataset_group(
     content is already in the atlas as another dataset is not ingested again: the metadata says
     ``outcome: duplicate`` and ``duplicate_of`` names that dataset. ``dropped_obs_columns`` lists the obs
     columns the cell schema does not declare (not stored; rename them with the sidecar's ``obs_columns``).
+    With the sidecar's ``standardize``, ``standardization`` holds what it did: genes resolved per match kind
+    and var entries ``resolved``, ``kept``, ``summed`` or ``first`` (``StandardizationReport.as_metadata``).
     """
     from lancell.errors import LancellError
     from lancell.landing import ingest_landing_file
 
     uid = context.partition_key
     started = time.perf_counter()
+    reports: list[StandardizationReport] = []
     try:
         spec = landing_zone.spec(uid)
         handle = atlas.open()
-        record, outcome = ingest_landing_file(handle, spec)
+        record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
         findings = {"ingested_cleanly": f"failed: {exc}"} | {
@@ -89,12 +93,21 @@ def dataset_group(
         context.log.warning(f"{spec.path.name}: same content as dataset {record.uid!r}; not ingested again")
     else:
         context.log.info(f"{record.uid}: {record.n_cells} cells, {record.nnz} nnz ({outcome})")
+    for report in reports:
+        context.log.info(f"{uid}: standardized\n{report.summary()}")
     if record.dropped_obs_columns:
         context.log.warning(
             f"{record.uid}: obs columns not in the cell schema, not stored: {record.dropped_obs_columns}"
         )
     yield dg.MaterializeResult(
-        metadata=_metadata(handle, spec, record, outcome, seconds if outcome == "ingested" else None),
+        metadata=_metadata(
+            handle,
+            spec,
+            record,
+            outcome,
+            seconds if outcome == "ingested" else None,
+            reports[0] if reports else None,
+        ),
         check_results=_checks(handle, spec, record),
     )
 
@@ -105,9 +118,11 @@ def _metadata(
     record: "DatasetRecord",
     outcome: str,
     seconds: float | None,
+    report: "StandardizationReport | None",
 ) -> dict[str, object]:
     from lancell_assets.metadata import column_schema, group_metadata
 
+    standardized = {} if report is None else {"standardization": dg.MetadataValue.json(report.as_metadata())}
     return (
         group_metadata(handle, record, seconds)
         | {
@@ -121,6 +136,7 @@ def _metadata(
             "dropped_obs_columns": dg.MetadataValue.json(list(record.dropped_obs_columns)),
         }
         | ({"duplicate_of": record.uid} if outcome == "duplicate" else {})
+        | standardized
     )
 
 
