@@ -23,12 +23,7 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
         "dataset_uid": record.uid,
         "zarr_group": record.zarr_group,
         "layer": record.layer,
-        "layers": dg.MetadataValue.json(
-            {
-                name: {"dtype": dtype, "nnz": record.nnz}
-                for name, dtype in _layer_dtypes(atlas, record).items()
-            }
-        ),
+        "layers": dg.MetadataValue.json(layer_summary(atlas, record)),
         "cells": dg.MetadataValue.int(record.n_cells),
         "features": dg.MetadataValue.int(record.n_features),
         "nnz": dg.MetadataValue.int(record.nnz),
@@ -42,11 +37,26 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
     return out
 
 
-def _layer_dtypes(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, str]:
-    """``{layer: stored dtype}`` of the layers the record lists (every layer share the group's pattern, so
-    each holds ``nnz`` stored values)."""
-    stored = (atlas._group_attrs(record.zarr_group) or {}).get("layers", {})
-    return {name: stored.get(name, "") for name in (record.layers or list(stored))}
+def layer_summary(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, dict[str, object]]:
+    """``{layer: {"dtype": stored dtype, "nnz": entries it reads back}}`` for the layers the record lists.
+
+    Every layer is stored on the group's shared pattern (``record.nnz`` values). A layer the group lists in
+    ``zero_fill`` stores zeros where it had no entry and readers leave them out, so its own entries are its
+    nonzero stored values, counted here a shard's worth at a time (docs/architecture.md, "Several layers").
+    """
+    import numpy as np
+
+    attrs = atlas._group_attrs(record.zarr_group) or {}
+    stored, padded = attrs.get("layers", {}), set(attrs.get("zero_fill", ()))
+    out: dict[str, dict[str, object]] = {}
+    for name in record.layers or list(stored):
+        nnz = record.nnz
+        if name in padded:
+            values = atlas._node(f"{record.zarr_group}/csr/layers/{name}")
+            step = (values.shards or values.chunks)[0]
+            nnz = sum(int(np.count_nonzero(values[i : i + step])) for i in range(0, values.shape[0], step))
+        out[name] = {"dtype": stored.get(name, ""), "nnz": nnz}
+    return out
 
 
 def datasets_table(atlas: RaggedAtlas) -> dg.MetadataValue:
