@@ -1,7 +1,8 @@
 """The cell-table rows a write transaction commits, and the null pointers its roll-back writes back.
 
-A new dataset adds one row per cell (uid, dataset uid, its pointer, obs columns typed by the schema,
-embeddings); a further modality fills its pointer column on the cells that exist (one ``merge_insert``).
+A new dataset adds one row per cell (uid, dataset uid, the input's obs name where the table has the
+``obs_name`` column, its pointer, obs columns typed by the schema, embeddings); a further modality fills its
+pointer column on the cells that exist (one ``merge_insert``).
 Both are built in batches of ``CELL_BATCH`` rows and streamed into one LanceDB commit, so memory stays flat
 (docs/architecture.md, "Ingestion").
 """
@@ -18,6 +19,7 @@ from lancell.ingest_plan import CELL_BATCH, IngestPlan
 from lancell.obs import obs_to_arrow
 from lancell.registry import sql_literal
 from lancell.schema import (
+    OBS_NAME,
     PointerKind,
     obs_fields,
     pointer_arrow_type,
@@ -58,11 +60,13 @@ def cell_batches(
     for start in range(0, plan.n_cells, CELL_BATCH):
         stop = min(start + CELL_BATCH, plan.n_cells)
         n = stop - start
-        names = plan.obs_names[start:stop]
+        names = plan.obs_names[start:stop].astype(str)
         columns: dict[str, pa.Array] = {
-            "uid": pa.array((plan.dataset + ":" + names.astype(str)).tolist(), pa.string()),
+            "uid": pa.array((plan.dataset + ":" + names).tolist(), pa.string()),
             "dataset_uid": pa.array(np.full(n, plan.dataset, dtype=object), pa.string()),
         }
+        if OBS_NAME in schema.names:  # atlases created before the column existed lack it
+            columns[OBS_NAME] = pa.array(names.tolist(), schema.field(OBS_NAME).type)
         for name, kind in pointers.items():
             if name == feature_space:
                 columns[name] = pointer_column(kind, feature_space, zarr_group, indptr, start, stop)

@@ -27,6 +27,7 @@ from lancell.errors import IngestError, SchemaError
 
 __all__ = [
     "ASSIGNED_FIELDS",
+    "OBS_NAME",
     "DatasetRecord",
     "DenseZarrPointer",
     "FeatureBaseSchema",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 PointerKind = Literal["sparse", "dense"]
+OBS_NAME = "obs_name"  # the cell column holding the input's obs name (absent in atlases made before it)
 _UID_FORBIDDEN = frozenset(":\\")
 
 
@@ -120,12 +122,15 @@ def _checked_arrow_schema(
 class LancellBaseSchema(LanceModel):
     """Base of every cell schema: one row per cell.
 
-    ``uid`` is unique over the atlas (``"<dataset_uid>:<obs_name>"`` when ingested from AnnData) and
-    ``dataset_uid`` names the :class:`DatasetRecord` the cell came from.
+    ``uid`` is unique over the atlas (``"<dataset_uid>:<obs_name>"`` when ingested from AnnData),
+    ``dataset_uid`` names the :class:`DatasetRecord` the cell came from and ``obs_name`` is the cell's name
+    in its input (the AnnData obs index, a 10x barcode), filled by ingestion. Atlases created before
+    ``obs_name`` existed lack the column: they open, ingest and query as before, without it.
     """
 
     uid: str
     dataset_uid: str
+    obs_name: str | None = None
 
     @classmethod
     def to_arrow_schema(cls) -> pa.Schema:
@@ -338,8 +343,9 @@ def vector_fields(schema: pa.Schema) -> dict[str, int]:
 
 
 def obs_fields(schema: pa.Schema) -> list[pa.Field]:
-    """The free obs columns: everything but ``uid``, ``dataset_uid``, pointer structs and vector columns."""
-    skip = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *vector_fields(schema)}
+    """The free obs columns: everything but ``uid``, ``dataset_uid``, ``obs_name`` (filled by ingestion),
+    pointer structs and vector columns."""
+    skip = {"uid", "dataset_uid", OBS_NAME, *pointer_fields_from_arrow(schema), *vector_fields(schema)}
     return [f for f in schema if f.name not in skip]
 
 

@@ -87,9 +87,11 @@ class AtlasResource(dg.ConfigurableResource):
     def _check_cell_schema(self, atlas: RaggedAtlas) -> None:
         """An existing atlas must store every column of the configured cell schema (else it is ignored)."""
         from lancell.errors import SchemaError
+        from lancell.schema import OBS_NAME
 
         schema = _import(self.cell_schema)
-        missing = sorted(set(schema.model_fields) - set(atlas.cell_arrow_schema.names))
+        # OBS_NAME: atlases created before the column existed lack it and are served without it
+        missing = sorted(set(schema.model_fields) - set(atlas.cell_arrow_schema.names) - {OBS_NAME})
         if missing:
             raise SchemaError(
                 f"cell schema {self.cell_schema} declares {missing}, which the cell table of the atlas at "
