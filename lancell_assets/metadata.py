@@ -61,8 +61,10 @@ def layer_summary(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, dict[s
 
 def datasets_table(atlas: RaggedAtlas) -> dg.MetadataValue:
     """A markdown table of the atlas' datasets."""
-    frame = atlas.list_datasets()[["uid", "layer", "n_cells", "n_features", "nnz"]]
-    return dg.MetadataValue.md(frame.to_markdown(index=False))
+    frame = atlas.list_datasets()
+    frame["layers"] = frame["layers"].map(", ".join)
+    columns = ["uid", "layers", "n_cells", "n_features", "nnz"]
+    return dg.MetadataValue.md(frame[columns].to_markdown(index=False))
 
 
 def column_schema(atlas: RaggedAtlas) -> dg.TableSchemaMetadataValue:

@@ -45,7 +45,11 @@ def print_summary(root: Path, snapshot_label: str, classifier: dict[str, object]
         )
     )
     atlas = RaggedAtlas.checkout(db_uri, version)
-    print(atlas.list_datasets()[["uid", "layer", "n_cells", "n_features", "nnz"]].to_string(index=False))
+    datasets = atlas.list_datasets()
+    datasets["layers"] = datasets["layers"].map(", ".join)
+    print(datasets[["uid", "layers", "n_cells", "n_features", "nnz"]].to_string(index=False))
+    both = [uid for uid, layers in zip(datasets["uid"], datasets["layers"], strict=True) if "," in layers]
+    print(f"datasets storing several layers: {', '.join(both) or 'none (each bundled file has one matrix)'}")
     query = "cell_type = 'CD14+ Monocyte'"
     adata = atlas.query().where(query).to_anndata()
     print(f"\nsnapshot {version}: query {query!r} ->\n{adata}")

@@ -81,7 +81,16 @@ def test_sensor_then_materialize_partitions_registry_optimize_snapshot(platform)
         metadata = result.asset_materializations_for_node("dataset_group")[0].metadata
         assert metadata["cells"].value == {"pbmc68k": 700, "celltypist_sample": 559}[uid]
         assert metadata["bytes_per_nnz"].value > 0
-    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+        layer = {"pbmc68k": ("log_normalized", "float32"), "celltypist_sample": ("counts", "uint32")}[uid]
+        assert metadata["layers"].value == {layer[0]: {"dtype": layer[1], "nnz": metadata["nnz"].value}}
+    rebuilt = _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    table = rebuilt.asset_materializations_for_node("optimized_atlas")[0].metadata["datasets"].value
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in table.splitlines()]
+    assert rows[:1] + rows[2:] == [  # the markdown header, then the datasets with their layers
+        ["uid", "layers", "n_cells", "n_features", "nnz"],
+        ["pbmc68k", "log_normalized", "700", "765", "174400"],
+        ["celltypist_sample", "counts", "559", "32786", "1027859"],
+    ]
     instance.add_dynamic_partitions(snapshot_partitions.name, ["snap-a"])
     result = _materialize(defs, instance, ["atlas_snapshot"], "snap-a")
     assert all(c.passed for c in result.get_asset_check_evaluations())
