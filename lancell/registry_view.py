@@ -63,7 +63,12 @@ def registry_view(atlas: RaggedAtlas, feature_space: str) -> RegistryView:
         by_symbol: dict[str, list[int]] = {}
         if "gene_symbol" in frame.columns:
             symbols = frame["gene_symbol"].dropna().astype(str)
-            by_symbol = {s: sorted(int(i) for i in idx) for s, idx in symbols.groupby(symbols).groups.items()}
+            # one sort instead of groupby().groups (an Index per symbol: 0.85 s of a first query at 33k)
+            codes, uniques = pd.factorize(symbols.to_numpy(), sort=True)
+            order = np.argsort(codes, kind="stable")  # the frame is sorted: indices stay increasing
+            index = symbols.index.to_numpy()[order].tolist()
+            edges = [0, *(np.flatnonzero(np.diff(codes[order])) + 1).tolist(), len(index)]
+            by_symbol = {s: index[a:b] for s, a, b in zip(uniques.tolist(), edges[:-1], edges[1:])}
         view = RegistryView(frame, by_uid, by_symbol)
         _VIEWS[key] = view
         while len(_VIEWS) > _MAX_VIEWS:
