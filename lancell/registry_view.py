@@ -67,8 +67,10 @@ def registry_view(atlas: RaggedAtlas, feature_space: str) -> RegistryView:
             codes, uniques = pd.factorize(symbols.to_numpy(), sort=True)
             order = np.argsort(codes, kind="stable")  # the frame is sorted: indices stay increasing
             index = symbols.index.to_numpy()[order].tolist()
-            edges = [0, *(np.flatnonzero(np.diff(codes[order])) + 1).tolist(), len(index)]
-            by_symbol = {s: index[a:b] for s, a, b in zip(uniques.tolist(), edges[:-1], edges[1:])}
+            edges = np.searchsorted(codes[order], np.arange(len(uniques) + 1)).tolist()
+            by_symbol = {
+                s: index[a:b] for s, a, b in zip(uniques.tolist(), edges[:-1], edges[1:], strict=True)
+            }
         view = RegistryView(frame, by_uid, by_symbol)
         _VIEWS[key] = view
         while len(_VIEWS) > _MAX_VIEWS:
