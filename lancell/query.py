@@ -279,11 +279,12 @@ class AtlasQuery:
 
         return pl.from_arrow(self.to_arrow())
 
-    def count(self, group_by: str | None = None) -> int | pd.Series:
-        """Number of matching cells, or cells per value of ``group_by``.
+    def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
+        """Number of matching cells, or cells per value of ``group_by`` (most first).
 
         Without ``group_by`` this is LanceDB's ``count_rows`` (no column is read); with it only the grouping
-        column is read.
+        column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and the ``layers`` each dataset
+        stores (those its record lists, what readers of this handle see); any other column a ``cells`` series.
         """
         where = self._filter()
         if group_by is None:
@@ -301,8 +302,14 @@ class AtlasQuery:
         counts = pc.value_counts(column).flatten()
         series = pd.Series(
             counts[1].to_numpy(), index=pd.Index(counts[0].to_pylist(), name=group_by), name="cells"
-        )
-        return series.sort_values(ascending=False)
+        ).sort_values(ascending=False)
+        if group_by != "dataset_uid":
+            return series
+        layers = {  # a record from before several layers lists none: its one layer
+            row["uid"]: list(row.get("layers", [])) or [row["layer"]]
+            for _, row in self._atlas.list_datasets().iterrows()
+        }
+        return series.to_frame().assign(layers=series.index.map(layers))
 
     def _space(self) -> str:
         return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas._cell_arrow)))
@@ -451,7 +458,7 @@ class AtlasQuery:
     def to_cell_dataset(
         self,
         feature_space: str,
-        layer: str,
+        layer: str | Sequence[str],
         metadata_columns: Sequence[str] = (),
         features: Sequence[str] | str | None = None,
     ) -> CellDataset:
@@ -459,6 +466,7 @@ class AtlasQuery:
 
         Its output columns and cells are those of ``to_anndata()`` for the same query: ``features()``,
         ``feature_join()`` and ``on_unmeasured()`` apply. ``features`` adds to them as :meth:`reading` says.
+        ``layer``: one name, or several (each batch carries one tensor per layer, the first as ``X``).
         See :class:`lancell.dataloader.CellDataset`.
         """
         from lancell.dataloader import CellDataset  # torch is an optional dependency

@@ -1,9 +1,11 @@
 """Collates: a :class:`CellBatch` (already one batch: the dataset reads whole batches) -> dict of tensors.
 
-They run inside the DataLoader workers. Each returns ``{"X": ..., "index": ..., "group": ..., <metadata>}``
-and, on request, ``"presence"`` (bool, B x n_features). Metadata columns come as tensors: categorical codes as
-int64 (``-1`` for null; labels in ``CellDataset.categories``), numbers in their own dtype. Collates are small
-classes so that a configured instance pickles into spawned workers.
+They run inside the DataLoader workers. Each returns ``{"X": ..., "index": ..., "group": ..., <metadata>}``,
+with several requested layers ``"layers": {name: tensor}`` for every layer after the first (as
+``to_anndata()`` puts the first in ``X`` and the others in ``adata.layers``), and on request ``"presence"``
+(bool, B x n_features). Metadata columns come as tensors: categorical codes as int64 (``-1`` for null; labels
+in ``CellDataset.categories``), numbers in their own dtype. Collates are small classes so that a configured
+instance pickles into spawned workers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lancell.dataloader.batch import CellBatch
+from lancell.dataloader.batch import CellBatch, SparseRows
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
 
@@ -30,8 +32,13 @@ def _common(batch: CellBatch, presence: bool) -> dict[str, torch.Tensor]:
     return out
 
 
-def _row_ids(batch: CellBatch) -> np.ndarray:
-    return np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(batch.offsets))
+def _sparse_layers(batch: CellBatch) -> dict[str, SparseRows]:
+    """Every layer of a sparse batch, the first (``X``) included, in request order."""
+    return {"X": SparseRows(batch.offsets, batch.indices, batch.values), **batch.layers}
+
+
+def _row_ids(rows: SparseRows) -> np.ndarray:
+    return np.repeat(np.arange(rows.offsets.size - 1, dtype=np.int64), np.diff(rows.offsets))
 
 
 def _scale(totals: np.ndarray, target_sum: float) -> np.ndarray:
@@ -39,47 +46,66 @@ def _scale(totals: np.ndarray, target_sum: float) -> np.ndarray:
     return np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
 
 
+def _with_layers(x: torch.Tensor, layers: dict[str, torch.Tensor]) -> dict[str, object]:
+    return {"X": x, "layers": layers} if layers else {"X": x}
+
+
 @dataclass(frozen=True)
 class SparseCollate:
-    """Sparse batch -> ``X`` as ``torch.sparse_csr_tensor`` (B x n_features).
+    """Sparse batch -> ``X`` (and each other layer) as ``torch.sparse_csr_tensor`` (B x n_features).
 
     Parameters
     ----------
     dtype
-        Value dtype of ``X`` (default float32; counts are exact below 2**24).
+        Value dtype of every layer (default float32; counts are exact below 2**24). None: each layer's own
+        kind, as ``to_anndata()`` returns it (int64 for integer layers, float32 for float ones).
     presence
         Also return the ``presence`` mask.
     """
 
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | None = torch.float32
     presence: bool = False
 
-    def __call__(self, batch: CellBatch) -> dict[str, torch.Tensor]:
-        if batch.kind != "sparse":
-            raise TypeError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
-        values = batch.values
-        if self.dtype == torch.float32 and values.dtype != np.float32:
+    def _tensor(self, rows: SparseRows, shape: tuple[int, int]) -> torch.Tensor:
+        values = rows.values
+        dtype = self.dtype
+        if dtype is None:
+            dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
+        if dtype == torch.float32 and values.dtype != np.float32:
             values = values.astype(np.float32)  # one numpy pass; torch's .to() from uint32 is much slower
-        small = batch.offsets[-1] <= np.iinfo(np.int32).max  # int32 indices: no copy of the column array
-        offsets = batch.offsets.astype(np.int32) if small else batch.offsets
-        x = torch.sparse_csr_tensor(
+        elif dtype == torch.int64 and values.dtype != np.int64:
+            values = values.astype(np.int64)
+        small = rows.offsets[-1] <= np.iinfo(np.int32).max  # int32 indices: no copy of the column array
+        offsets = rows.offsets.astype(np.int32) if small else rows.offsets
+        return torch.sparse_csr_tensor(
             torch.from_numpy(offsets),
-            torch.from_numpy(batch.indices if small else batch.indices.astype(np.int64)),
-            torch.from_numpy(values).to(self.dtype),
-            size=(len(batch), batch.n_features),
+            torch.from_numpy(rows.indices if small else rows.indices.astype(np.int64)),
+            torch.from_numpy(values).to(dtype),
+            size=shape,
             check_invariants=False,  # built sorted and in bounds by the dataset
         )
-        return {"X": x, **_common(batch, self.presence)}
+
+    def __call__(self, batch: CellBatch) -> dict[str, object]:
+        if batch.kind != "sparse":
+            raise TypeError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
+        shape = (len(batch), batch.n_features)
+        x, *others = (self._tensor(rows, shape) for rows in _sparse_layers(batch).values())
+        return {
+            **_with_layers(x, dict(zip(batch.layers, others, strict=True))),
+            **_common(batch, self.presence),
+        }
 
 
 @dataclass(frozen=True)
 class DenseCollate:
-    """Any batch -> ``X`` as a dense float32 tensor (B x n_features), optionally normalized on the fly.
+    """Any batch -> ``X`` (and each other layer) as a dense float32 tensor (B x n_features), ``X`` optionally
+    normalized on the fly.
 
     Parameters
     ----------
     normalize
-        Scale every cell to ``target_sum`` total over the output features, then ``log1p`` (if ``log1p``).
+        Scale every cell of ``X`` (the first layer) to ``target_sum`` total over the output features, then
+        ``log1p`` (if ``log1p``); the other layers come as stored.
     target_sum
         Library size after scaling.
     log1p
@@ -93,26 +119,43 @@ class DenseCollate:
     log1p: bool = True
     presence: bool = False
 
-    def __call__(self, batch: CellBatch) -> dict[str, torch.Tensor]:
-        n = len(batch)
+    def _sparse(self, rows: SparseRows, n_features: int, normalize: bool) -> np.ndarray:
+        n = rows.offsets.size - 1
+        x = np.zeros((n, n_features), dtype=np.float32)
+        row_ids = _row_ids(rows)
+        values = rows.values.astype(np.float32)
+        if normalize:
+            totals = np.bincount(row_ids, weights=rows.values, minlength=n)
+            values = (rows.values * _scale(totals, self.target_sum)[row_ids]).astype(np.float32)
+            if self.log1p:
+                np.log1p(values, out=values)
+        x[row_ids, rows.indices] = values
+        return x
+
+    def _dense(self, dense: np.ndarray, normalize: bool) -> np.ndarray:
+        if not normalize:
+            return dense.astype(np.float32)
+        totals = dense.sum(axis=1, dtype=np.float64)
+        x = (dense * _scale(totals, self.target_sum)[:, None]).astype(np.float32)
+        if self.log1p:
+            np.log1p(x, out=x)
+        return x
+
+    def __call__(self, batch: CellBatch) -> dict[str, object]:
         if batch.kind == "sparse":
-            x = np.zeros((n, batch.n_features), dtype=np.float32)
-            rows = _row_ids(batch)
-            values = batch.values.astype(np.float32)
-            if self.normalize:
-                totals = np.bincount(rows, weights=batch.values, minlength=n)
-                values = (batch.values * _scale(totals, self.target_sum)[rows]).astype(np.float32)
-                if self.log1p:
-                    np.log1p(values, out=values)
-            x[rows, batch.indices] = values
+            layers = list(_sparse_layers(batch).values())
+            arrays = [
+                self._sparse(rows, batch.n_features, k == 0 and self.normalize)
+                for k, rows in enumerate(layers)
+            ]
         else:
-            x = batch.dense.astype(np.float32)
-            if self.normalize:
-                totals = batch.dense.sum(axis=1, dtype=np.float64)
-                x = (batch.dense * _scale(totals, self.target_sum)[:, None]).astype(np.float32)
-                if self.log1p:
-                    np.log1p(x, out=x)
-        return {"X": torch.from_numpy(x), **_common(batch, self.presence)}
+            layers = [batch.dense, *batch.layers.values()]
+            arrays = [self._dense(dense, k == 0 and self.normalize) for k, dense in enumerate(layers)]
+        x, *others = (torch.from_numpy(a) for a in arrays)
+        return {
+            **_with_layers(x, dict(zip(batch.layers, others, strict=True))),
+            **_common(batch, self.presence),
+        }
 
 
 collate_sparse = SparseCollate()

@@ -3,7 +3,8 @@
 Per cell it holds only a pointer: group code (int32) + element start (int64) + nnz (int32) = 16 bytes for a
 sparse feature space, group code (int32) + row position (int64) = 12 bytes for a dense one. Metadata columns
 are kept as compact codes (see :mod:`lancell.dataloader.metadata`; reported separately by :meth:`nbytes`).
-Everything per group (zarr path, layer dtype, feature lookup table, presence row) is a few small arrays.
+Everything per group (zarr path, layer dtypes, feature lookup table, presence row) is a few small arrays.
+Several layers are read on the same cells (one pointer per cell: the layers share the stored indices).
 
 No database or store handle is pickled: the dataset records the database URI, the snapshot version (if the
 atlas was checked out), the cell table's Lance version and the store's URL and client settings, and opens the
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 import zarr
 import zarr.storage
 
-from lancell.dataloader.batch import CellBatch, read_dense, read_sparse
+from lancell.dataloader.batch import RESERVED_KEYS, CellBatch, read_dense, read_sparse
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
@@ -71,7 +72,7 @@ def _store_kwargs(store: obs_store.ObjectStore) -> dict[str, Any]:
 
 
 class CellDataset:
-    """Map-style dataset of the cells of a query, for one feature space and layer.
+    """Map-style dataset of the cells of a query, for one feature space and one or several layers.
 
     Build it with :meth:`lancell.query.AtlasQuery.to_cell_dataset` (or :meth:`from_query`,
     :meth:`from_atlas`). Positions ``0 .. len - 1`` follow the query's row order (the rows of
@@ -82,8 +83,9 @@ class CellDataset:
     ----------
     kind
         ``"sparse"`` or ``"dense"``, the kind of the feature space.
-    feature_space, layer
-        What is read.
+    feature_space, layers, layer
+        What is read: the requested layers in order (the first, :attr:`layer`, fills a batch's ``values`` or
+        ``dense``, as ``to_anndata()``'s ``X``; each other is in ``CellBatch.layers``).
     feature_uids
         object (n_features,): registry uid of each output column.
     feature_index
@@ -96,13 +98,14 @@ class CellDataset:
         The :class:`DatasetSource` (database URI, snapshot version, cell table version, store URL).
     on_unmeasured, unmeasured
         The query's unmeasured-cell policy and ``dataset uid -> cells`` it dropped or kept as empty rows.
-    dtype
-        dtype of the values in batches: the stored dtype when all datasets share it (uint32 counts, float32
-        values), else float32 (integer counts are exact in float32 up to 2**24).
+    dtypes, dtype
+        ``layer -> dtype`` of its values in batches: the stored dtype when all datasets storing it share it
+        (uint32 counts, float32 values), else float32 (integer counts are exact in float32 up to 2**24);
+        :attr:`dtype` is the first layer's.
     mapped_batches
         Sparse batches this process read from memory-mapped shard files by one kernel call
-        (:mod:`lancell.dataloader.mapped`: uint32 counts on local disk); the others go through the batched
-        reader.
+        (:mod:`lancell.dataloader.mapped`: one layer of uint32 counts on local disk); the others go through
+        the batched reader, which reads each group's indices once for all layers.
     """
 
     def __init__(
@@ -110,7 +113,7 @@ class CellDataset:
         *,
         kind: Literal["sparse", "dense"],
         feature_space: str,
-        layer: str,
+        layers: Sequence[str],
         group: np.ndarray,
         position: np.ndarray,
         nnz: np.ndarray | None,
@@ -125,7 +128,8 @@ class CellDataset:
     ) -> None:
         self.kind = kind
         self.feature_space = feature_space
-        self.layer = layer
+        self.layers = list(layers)
+        self.layer = self.layers[0]
         self._group = group
         self._position = position
         self._nnz = nnz
@@ -136,7 +140,8 @@ class CellDataset:
         self.source = source
         self.on_unmeasured = on_unmeasured
         self.unmeasured = dict(unmeasured or {})
-        self.dtype = output_dtype(groups)
+        self.dtypes = {name: output_dtype(groups, k) for k, name in enumerate(self.layers)}
+        self.dtype = self.dtypes[self.layer]
         self._store = store
         self._owner_pid = os.getpid()
         self._root: zarr.Group | None = None
@@ -150,7 +155,7 @@ class CellDataset:
         cls,
         atlas: RaggedAtlas,
         feature_space: str,
-        layer: str,
+        layer: str | Sequence[str],
         *,
         where: str | None = None,
         limit: int | None = None,
@@ -178,7 +183,7 @@ class CellDataset:
         cls,
         query: AtlasQuery,
         feature_space: str,
-        layer: str,
+        layer: str | Sequence[str],
         *,
         metadata_columns: Sequence[str] = (),
         features: Sequence[str] | str | None = None,
@@ -192,9 +197,13 @@ class CellDataset:
             An :class:`~lancell.query.AtlasQuery` on a live or checked-out atlas (a checkout's snapshot
             version is recorded in :attr:`source`); its filter, limit and search (rank order) apply.
         feature_space, layer
-            The feature space (pointer field) and the layer to read.
+            The feature space (pointer field) and the layer to read, or several (``["counts",
+            "log_normalized"]``: the first is a batch's ``values``, the others ``CellBatch.layers``); datasets
+            lacking a requested layer follow the query's ``on_unmeasured()``, per layer, as in
+            ``to_anndata()``.
         metadata_columns
-            Cell columns to carry in every batch (strings become categorical codes).
+            Cell columns to carry in every batch (strings become categorical codes); not one of the names
+            the collates use (``X``, ``layers``, ``index``, ``group``, ``presence``).
         features
             Added to the query's own feature selection (see :meth:`lancell.query.AtlasQuery.reading`): None
             (the query's ``features()`` and ``feature_join()``, the columns of its ``to_anndata()``),
@@ -207,13 +216,17 @@ class CellDataset:
         Raises
         ------
         QueryError
-            Bad filter, unknown metadata column or feature, or a ``features`` that contradicts the query's.
+            Bad filter, unknown or reserved metadata column or feature, or a ``features`` or layers that
+            contradict the query's.
             ``UnmeasuredDataError`` for unmeasured cells under the query's default policy,
             ``GroupNotFoundError`` for a dataset whose zarr group is missing, ``FeatureSpaceError`` for an
             unknown feature space or a layer it does not allow.
         """
         atlas = query.atlas
         metadata_columns = tuple(metadata_columns)
+        reserved = sorted(set(metadata_columns) & set(RESERVED_KEYS))
+        if reserved:
+            raise QueryError(f"metadata columns {reserved} would collide with the batch keys {RESERVED_KEYS}")
         planned = query.reading(feature_space, layer, features).plan(metadata_columns)
         cells, plan = planned.cells, planned.plan
         pointer = cells.column(feature_space).combine_chunks()
@@ -243,7 +256,7 @@ class CellDataset:
         return cls(
             kind=plan.kind,
             feature_space=feature_space,
-            layer=layer,
+            layers=plan.layers,
             group=group,
             position=position,
             nnz=nnz,
@@ -342,11 +355,18 @@ class CellDataset:
                     f"dataset {self.groups.dataset_uids[code]!r}: zarr group {name!r} is missing from the "
                     f"store {self.source.store_url}"
                 ) from exc
-            if self.kind == "sparse":
-                self._arrays[code] = (group["csr/indices"], group[f"csr/layers/{self.layer}"])
-            else:
-                self._arrays[code] = group[f"layers/{self.layer}"]
+            prefix = "csr/layers" if self.kind == "sparse" else "layers"
+            values = tuple(
+                group[f"{prefix}/{layer}"] if self.groups.stores[k, code] else None
+                for k, layer in enumerate(self.layers)
+            )
+            self._arrays[code] = (group["csr/indices"], values) if self.kind == "sparse" else values
         return self._arrays
+
+    def _first_layer_arrays(self, codes: np.ndarray) -> dict[int, tuple[Any, Any]]:
+        """``code -> (csr/indices, the values of the only layer)`` (what :class:`MappedGroups` reads)."""
+        arrays = self._group_arrays(codes)
+        return {int(c): (arrays[int(c)][0], arrays[int(c)][1][0]) for c in codes}
 
     def __getitems__(self, indices: Sequence[int] | np.ndarray) -> CellBatch:
         """Read the cells at ``indices`` (dataset positions) as one :class:`CellBatch`, in that order.
@@ -373,15 +393,18 @@ class CellDataset:
             presence_table=self.groups.presence,
             metadata=self.metadata.take(index),
         )
+        dtypes = list(self.dtypes.values())
         if self.kind == "dense":
             arrays = self._group_arrays(np.unique(group))
-            batch.dense = read_dense(arrays, self.groups, group, position, self.n_features, self.dtype)
+            batch.dense, *others = read_dense(arrays, self.groups, group, position, self.n_features, dtypes)
+            batch.layers = dict(zip(self.layers[1:], others, strict=True))
             return batch
         mapped = self._mapped_groups()
         sparse = None if mapped is None else mapped.read(group, position, self._nnz[index])
         if sparse is None:
             arrays = self._group_arrays(np.unique(group))
-            sparse = read_sparse(arrays, self.groups, group, position, self._nnz[index], self.dtype)
+            sparse, *others = read_sparse(arrays, self.groups, group, position, self._nnz[index], dtypes)
+            batch.layers = dict(zip(self.layers[1:], others, strict=True))
         else:
             with _MAPPED_LOCK:  # threads of a ThreadedLoader count too
                 self.mapped_batches += 1
@@ -389,13 +412,13 @@ class CellDataset:
         return batch
 
     def _mapped_groups(self) -> MappedGroups | None:
-        """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files
-        (uint32 values in a local store), else None."""
+        """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files (one
+        layer of uint32 values in a local store), else None."""
         self._root_group()  # also drops handles inherited through fork
         with _MAPPED_LOCK:
             local = isinstance(self._store, obs_store.LocalStore)
-            if self._mapped is None and self.dtype == np.uint32 and local:
-                self._mapped = MappedGroups(self.groups, self._group_arrays)
+            if self._mapped is None and len(self.layers) == 1 and self.dtype == np.uint32 and local:
+                self._mapped = MappedGroups(self.groups, self._first_layer_arrays)
             return self._mapped
 
     def __getitem__(self, index: int) -> CellBatch:
@@ -408,5 +431,5 @@ class CellDataset:
         )
         return (
             f"CellDataset({len(self)} cells x {self.n_features} features, {self.kind} "
-            f"{self.feature_space}/{self.layer}, {len(self.groups.names)} groups, {where})"
+            f"{self.feature_space}/{'+'.join(self.layers)}, {len(self.groups.names)} groups, {where})"
         )

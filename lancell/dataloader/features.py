@@ -31,10 +31,16 @@ class GroupTable:
         Zarr group path of each group code.
     dataset_uids
         Dataset uid of each group code (``""`` for a group that is not measured).
+    layers
+        The requested layers, in output order (the first is ``X``).
     measured
-        bool (n_groups,): the group stores the requested layer (otherwise its cells read as empty rows).
+        bool (n_groups,): the group stores at least one requested layer (otherwise its cells read as empty
+        rows in every layer).
+    stores
+        bool (n_layers, n_groups): the group stores requested layer ``k`` (under ``on_unmeasured("keep")``
+        a group may lack some; its cells then read as empty rows in those).
     dtypes
-        Stored dtype of the layer per group (``""`` when not measured).
+        ``dtypes[k][g]``: stored dtype of layer ``k`` in group ``g`` (``""`` when the group lacks it).
     luts
         int32 arrays, ``luts[g][local] = output column`` or ``-1`` when the feature is not an output column.
     keeps_all
@@ -42,17 +48,20 @@ class GroupTable:
     monotonic
         bool (n_groups,): kept local features map to increasing output columns, so rows stay sorted.
     zero_fill
-        bool (n_groups,): the group's stored zeros of the layer pad a pattern shared with other layers
-        (:mod:`lancell.layer_blocks`); readers leave them out, as ``to_anndata()`` does.
+        bool (n_layers, n_groups): the group's stored zeros of layer ``k`` pad a pattern shared with other
+        layers (:mod:`lancell.layer_blocks`); readers leave them out, as ``to_anndata()`` does.
     presence
-        bool (n_groups + 1, n_features): which output features each group measured; the last row (group code
-        ``-1``, a cell without data in the feature space) is all False.
+        bool (n_groups + 1, n_features): which output features each group measured in the first layer (as
+        ``varm["presence"]``); the last row (group code ``-1``, a cell without data in the feature space) is
+        all False.
     """
 
     names: list[str]
     dataset_uids: list[str]
+    layers: list[str]
     measured: np.ndarray
-    dtypes: list[str]
+    stores: np.ndarray
+    dtypes: list[list[str]]
     luts: list[np.ndarray]
     keeps_all: np.ndarray
     monotonic: np.ndarray
@@ -68,38 +77,51 @@ class GroupTable:
 def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
     """The :class:`GroupTable` of the zarr groups ``names`` (group code ``i`` is ``names[i]``) under ``plan``.
 
-    A group the plan does not measure (it lacks the layer) gets an empty lookup table and an all-False
-    presence row.
+    A group the plan does not measure (it stores no requested layer) gets an empty lookup table and an
+    all-False presence row; so does the presence row of a group lacking the first layer (``to_anndata()``'s
+    ``varm["presence"]``).
     """
     n_features = plan.columns.size
+    layers = list(plan.layers)
     presence = np.zeros((len(names) + 1, n_features), dtype=bool)
-    dataset_uids, dtypes, luts, keeps_all, monotonic = [], [], [], [], []
+    stores = np.zeros((len(layers), len(names)), dtype=bool)
+    zero_fill = np.zeros((len(layers), len(names)), dtype=bool)
+    dtypes: list[list[str]] = [[""] * len(names) for _ in layers]
+    dataset_uids, luts, keeps_all, monotonic = [], [], [], []
     for code, name in enumerate(names):
         planned = plan.groups.get(name)
         lut = np.full(0, -1, np.int32) if planned is None else planned.out_col.astype(np.int32)
         kept = lut[lut >= 0]
-        presence[code, kept] = True
+        for k, layer in enumerate(layers):
+            if planned is not None and layer in planned.layer_dtypes:
+                stores[k, code] = True
+                dtypes[k][code] = planned.layer_dtypes[layer].name
+                zero_fill[k, code] = layer in planned.zero_fill
+        if layers and stores[0, code]:
+            presence[code, kept] = True
         dataset_uids.append("" if planned is None else planned.dataset_uid)
-        dtypes.append("" if planned is None else planned.layer_dtype.name)
         luts.append(np.ascontiguousarray(lut))
         keeps_all.append(bool(kept.size == lut.size))
         monotonic.append(bool(np.all(np.diff(kept) > 0)))
     return GroupTable(
         names=list(names),
         dataset_uids=dataset_uids,
+        layers=layers,
         measured=np.asarray([name in plan.groups for name in names], dtype=bool),
+        stores=stores,
         dtypes=dtypes,
         luts=luts,
         keeps_all=np.asarray(keeps_all, dtype=bool),
         monotonic=np.asarray(monotonic, dtype=bool),
         presence=presence,
-        zero_fill=np.asarray(
-            [name in plan.groups and plan.layer in plan.groups[name].zero_fill for name in names], dtype=bool
-        ),
+        zero_fill=zero_fill,
     )
 
 
-def output_dtype(table: GroupTable) -> np.dtype:
-    """The stored dtype when every measured group stores the same one (e.g. uint32 counts), else float32."""
-    dtypes = {np.dtype(d) for d, m in zip(table.dtypes, table.measured, strict=True) if m}
+def output_dtype(table: GroupTable, layer: int = 0) -> np.dtype:
+    """Layer ``layer``'s stored dtype when every group storing it stores the same one (e.g. uint32 counts),
+    else float32."""
+    if not table.layers:
+        return np.dtype(np.float32)
+    dtypes = {np.dtype(d) for d, m in zip(table.dtypes[layer], table.stores[layer], strict=True) if m}
     return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)

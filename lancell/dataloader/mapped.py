@@ -102,7 +102,7 @@ class MappedGroups:
     Parameters
     ----------
     table
-        The dataset's :class:`~lancell.dataloader.features.GroupTable`.
+        The dataset's :class:`~lancell.dataloader.features.GroupTable`, of one requested layer.
     open_arrays
         ``open_arrays(codes)`` returns ``{code: (csr/indices, values layer)}`` zarr arrays of those measured
         groups (raising ``GroupNotFoundError`` for a removed group).
@@ -127,7 +127,7 @@ class MappedGroups:
         self._lut = np.concatenate(luts) if luts else np.zeros(0, np.int32)
         self._lut_start = np.concatenate(([0], np.cumsum([lut.size for lut in luts]))).astype(np.int64)
         self._monotonic = np.asarray(table.monotonic, bool)
-        self._zero_fill = np.asarray(table.zero_fill, bool)
+        self._zero_fill = np.ascontiguousarray(table.zero_fill[0], bool)  # the one layer read
 
     def _readable(self, reader: ShardedArrayReader | None) -> bool:
         """Whether ``reader``'s array can join the table: complete, 1-D, checksummed BP-128, local, chunked as

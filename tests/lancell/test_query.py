@@ -79,7 +79,12 @@ def test_to_batches_equal_to_anndata(bundled):
 
 def test_count_group_by_and_frames(bundled):
     per_dataset = bundled.query().count(group_by="dataset_uid")
-    assert per_dataset.to_dict() == {"mouse_10k": 10000, "pbmc68k": 700, "celltypist_sample": 559}
+    assert per_dataset["cells"].to_dict() == {"mouse_10k": 10000, "pbmc68k": 700, "celltypist_sample": 559}
+    assert per_dataset["layers"].to_dict() == {  # each dataset's layers (test_dataloader_layers: several)
+        "mouse_10k": ["counts"],
+        "pbmc68k": ["log_normalized"],
+        "celltypist_sample": ["counts"],
+    }
     per_type = bundled.query().where("dataset_uid = 'pbmc68k'").count(group_by="cell_type")
     assert per_type["Dendritic"] == 240 and per_type.sum() == 700
     with pytest.raises(QueryError):
