@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tracemalloc
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lancell import validation
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
 from lancell.ingestion import add_from_anndata
@@ -38,3 +42,80 @@ def test_duplicated_cell_rows_are_reported(tmp_path):
     problems = atlas.validate()
     assert "cell uids are not unique" in problems
     assert any("record says 10 cells, 12 cells point into" in p for p in problems)
+
+
+def _atlas_with_cells(tmp_path, n_cells: int) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    genes = [f"g{i}" for i in range(20)]
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    x = sp.csr_matrix(np.arange(n_cells * 20, dtype=np.int32).reshape(n_cells, 20) % 3)
+    adata = ad.AnnData(X=x, var=pd.DataFrame(index=genes))
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d"),
+        progress=False,
+    )
+    return atlas
+
+
+def test_uid_check_in_spilled_buckets_finds_duplicates(tmp_path, monkeypatch):
+    atlas = _atlas_with_cells(tmp_path, 30)
+    monkeypatch.setattr(validation, "BUCKET_CELLS", 4)  # 30 cells: 8 buckets on disk
+    spilled = []
+    add = validation._HashBuckets.add
+
+    def recording_add(self, hashes):
+        add(self, hashes)
+        spilled.append(sorted(os.path.getsize(p) for p in self.paths if os.path.exists(p)))
+
+    monkeypatch.setattr(validation._HashBuckets, "add", recording_add)
+    assert atlas.validate() == []
+    assert sum(spilled[-1]) == 30 * 8 and len(spilled[-1]) > 1  # every hash written, in several buckets
+    atlas._tables.cells.add(atlas._tables.cells.search().limit(3).to_arrow())
+    assert "cell uids are not unique" in atlas.validate()
+
+
+def test_repeated_hashes_are_found_in_one_or_many_buckets(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 10_000, dtype=np.uint64)
+    twice = hashes[[5, 77, 9_000]]
+    for bucket_cells, n_buckets in ((1 << 22, 1), (1_000, 11)):
+        monkeypatch.setattr(validation, "BUCKET_CELLS", bucket_cells)
+        folder = tmp_path / f"b{n_buckets}"
+        folder.mkdir()
+        buckets = validation._HashBuckets(10_003, str(folder))
+        assert buckets.n_buckets == n_buckets
+        for part in np.array_split(np.concatenate([hashes, twice]), 7):
+            buckets.add(part)
+        assert np.array_equal(np.sort(buckets.repeated()), np.sort(twice))
+
+
+def test_colliding_hashes_of_distinct_uids_are_not_a_problem(tmp_path, monkeypatch):
+    atlas = _atlas_with_cells(tmp_path, 12)
+    monkeypatch.setattr(validation, "BUCKET_CELLS", 5)
+    monkeypatch.setattr(validation, "_uid_hashes", lambda uids: np.full(len(uids), 7, dtype=np.uint64))
+    assert atlas.validate() == []  # every hash collides; the exact check finds 12 distinct uids
+    atlas._tables.cells.add(atlas._tables.cells.search().limit(1).to_arrow())
+    assert "cell uids are not unique" in atlas.validate()
+
+
+def test_sorting_memory_follows_the_bucket_not_the_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(validation, "BUCKET_CELLS", 50_000)
+    buckets = validation._HashBuckets(2_000_000, str(tmp_path))  # 40 buckets of ~50k hashes
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        buckets.add(rng.integers(0, 2**63, 50_000, dtype=np.uint64))
+    tracemalloc.start()
+    assert buckets.repeated().size == 0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * 60_000 * 8  # a bucket and its temporaries (~1.3 MB), not the 16 MB of all hashes
