@@ -13,13 +13,17 @@ The dataset's cells and output columns are those of ``to_anndata()`` for the sam
         sampler.set_epoch(epoch)
         for batch in loader:
             ...  # batch["X"], batch["cell_type"], batch["index"]
+
+Several layers: ``to_cell_dataset("gene_expression", ["counts", "log_normalized"])`` gives batches with the
+first layer as ``X`` and ``batch["layers"]["log_normalized"]``, as ``to_anndata()`` fills ``X``, ``.layers``.
 """
 
 from lancell.dataloader.batch import CellBatch
 from lancell.dataloader.collate import DenseCollate, SparseCollate, collate_dense, collate_sparse
-from lancell.dataloader.dataset import CellDataset, DatasetSource
+from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.loader import make_loader
 from lancell.dataloader.sampler import CellSampler, batch_entropy
+from lancell.dataloader.source import DatasetSource
 from lancell.dataloader.threaded import ThreadedLoader
 
 __all__ = [

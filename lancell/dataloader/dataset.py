@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -32,43 +31,18 @@ from lancell.dataloader.batch import RESERVED_KEYS, CellBatch, read_dense, read_
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
+from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
-from lancell.stores import describe_store, open_store, public_store_config
+from lancell.stores import describe_store
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
     from lancell.query import AtlasQuery
 
-__all__ = ["CellDataset", "DatasetSource"]
+__all__ = ["CellDataset"]
 
 log = logging.getLogger(__name__)
 _MAPPED_LOCK = threading.Lock()  # threads of one process share one MappedGroups
-
-
-@dataclass(frozen=True)
-class DatasetSource:
-    """Where a dataset's cells came from and how a worker reopens the arrays (no open handles)."""
-
-    db_uri: str
-    snapshot_version: int | None
-    cell_table_version: int
-    store_url: str
-    store_kwargs: dict[str, Any]
-
-    def open_store(self) -> obs_store.ObjectStore:
-        """A fresh obstore store for :attr:`store_url`."""
-        return open_store(self.store_url, self.store_kwargs)
-
-
-def _store_kwargs(store: obs_store.ObjectStore) -> dict[str, Any]:
-    if isinstance(store, obs_store.LocalStore):
-        return {}
-    config = public_store_config(store)
-    client_options = config.pop("client_options", None)
-    kwargs: dict[str, Any] = {"config": config} if config else {}
-    if client_options:
-        kwargs["client_options"] = client_options
-    return kwargs
 
 
 class CellDataset:
@@ -251,7 +225,7 @@ class CellDataset:
             snapshot_version=atlas.snapshot_version,
             cell_table_version=int(atlas._tables.cells.version),
             store_url=describe_store(atlas.store),
-            store_kwargs=dict(store_kwargs) if store_kwargs is not None else _store_kwargs(atlas.store),
+            store_kwargs=dict(store_kwargs) if store_kwargs is not None else store_kwargs_of(atlas.store),
         )
         return cls(
             kind=plan.kind,

@@ -1,5 +1,5 @@
-"""Per-group tables of a :class:`~lancell.dataloader.CellDataset`: which zarr group, which layer dtype, and
-how its local feature indices map to the dataset's output columns.
+"""Per-group tables of a :class:`~lancell.dataloader.CellDataset`: which zarr group, which layers and
+dtypes, and how its local feature indices map to the dataset's output columns.
 
 They are read off the query's :class:`~lancell.plan.ReconstructionPlan` (the one ``to_anndata()`` executes),
 so the loader's output columns, measured groups and unmeasured cells are those of ``to_anndata()``. Each group
