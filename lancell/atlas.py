@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import obstore.store as obs_store
@@ -33,8 +33,6 @@ from lancell.group_claims import GroupClaims
 from lancell.groups import FORMAT_VERSION
 from lancell.indexes import build_indexes
 from lancell.locks import Lease, atlas_lock
-from lancell.maintenance import remove_dataset, remove_debris, remove_group
-from lancell.query import AtlasQuery
 from lancell.registry import OnConflict, number_unindexed, prepare_features, register_prepared
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 from lancell.stores import describe_store, public_store_config, zarr_store
@@ -49,6 +47,9 @@ from lancell.versions import (
     tag_tables,
 )
 from lancell.visibility import committed_cells
+
+if TYPE_CHECKING:  # lancell.query and lancell.maintenance are imported where used: both import anndata
+    from lancell.query import AtlasQuery
 
 __all__ = ["RaggedAtlas"]
 
@@ -397,6 +398,8 @@ class RaggedAtlas:
 
     def delete_dataset(self, uid: str) -> None:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
+        from lancell.maintenance import remove_dataset
+
         self._require_writable()
         remove_dataset(self, uid)
 
@@ -414,6 +417,8 @@ class RaggedAtlas:
             ``groups`` and ``cells`` deleted; ``unclaimed`` and ``foreign``: groups left in place because
             this atlas cannot prove them its own.
         """
+        from lancell.maintenance import remove_debris
+
         self._require_writable()
         return remove_debris(self, grace)
 
@@ -439,6 +444,8 @@ class RaggedAtlas:
 
     def _delete_group(self, zarr_group: str) -> None:
         """Delete a failed write's own group (roll-back); kept if referenced or not provably this atlas's."""
+        from lancell.maintenance import remove_group
+
         remove_group(self, zarr_group)
 
     # ----------------------------------------------------------------------------------- reading
@@ -487,6 +494,8 @@ class RaggedAtlas:
 
     def query(self) -> AtlasQuery:
         """A lazy query over the cells (see :class:`lancell.query.AtlasQuery`)."""
+        from lancell.query import AtlasQuery
+
         return AtlasQuery(self)
 
     def __repr__(self) -> str:

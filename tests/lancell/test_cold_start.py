@@ -5,6 +5,8 @@ Timings are measured by ``benchmarks/cold_start.py``; these tests check the stru
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -47,3 +49,22 @@ def test_registry_view_groups_repeated_symbols_in_index_order(tmp_path: Path) ->
         "ENSG3": 4,
         "ENSG6": 5,
     }
+
+
+def _loaded(code: str, modules: list[str]) -> list[str]:
+    """The ``modules`` that a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(','.join(m for m in {modules!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_import_atlas_leaves_anndata_and_torch_to_first_use() -> None:
+    # lancedb stays: the DatasetRecord default arguments need lancell.schema (a LanceModel) at import
+    heavy = ["anndata", "h5py", "dask", "torch", "polars", "mudata"]
+    assert _loaded("import lancell.atlas", heavy) == []
+    assert _loaded("import lancell.atlas\nimport lancell.query", heavy) == ["anndata", "h5py", "dask"]
+
+
+def test_forkserver_preload_imports_no_database_or_anndata() -> None:
+    # what every DataLoader worker forks from, besides the main module
+    assert _loaded("import lancell.dataloader._forkserver", ["lancedb", "lance", "anndata", "pandas"]) == []
