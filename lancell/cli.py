@@ -38,6 +38,50 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
+    """``NAME`` or ``KEY=VALUE`` entries of repeatable, comma-separated ``items`` as an ordered mapping
+    (``NAME`` is ``NAME=NAME``).
+
+    Raises
+    ------
+    IngestError
+        An empty name, or a key given twice.
+    """
+    from lancell.errors import IngestError
+
+    pairs: dict[str, str] = {}
+    for entry in (part.strip() for item in items for part in item.split(",")):
+        key, _, value = entry.partition("=")
+        key, value = key.strip(), (value.strip() if "=" in entry else key.strip())
+        if not key or not value:
+            raise IngestError(f"{option}: {entry!r} is not NAME or NAME=NAME")
+        if key in pairs:
+            raise IngestError(f"{option}: {key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The landing-spec fields the command line sets (over each file's sidecar)."""
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "uid": args.uid,
+            "feature_space": args.feature_space,
+            "var_uid_column": args.var_uid_column,
+            "organism": args.organism,
+        }.items()
+        if value is not None
+    }
+    if args.layer is not None:  # one layer stored from X, whatever layers a sidecar names
+        overrides |= {"zarr_layer": args.layer, "layers": {}}
+    if args.layers:
+        overrides["layers"] = _pairs("--layers", args.layers)
+    if args.standardize:
+        overrides["standardize"] = True
+    return overrides
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -48,21 +92,18 @@ def _ingest(args: argparse.Namespace) -> int:
     if args.uid is not None and len(args.paths) > 1:
         raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
     atlas = RaggedAtlas.open(args.db)
-    overrides = {
-        name: value
-        for name, value in {
-            "uid": args.uid,
-            "feature_space": args.feature_space,
-            "zarr_layer": args.layer,
-            "var_uid_column": args.var_uid_column,
-            "organism": args.organism,
-        }.items()
-        if value is not None
-    }
+    overrides = _spec_overrides(args)
+    renames = _pairs("--obs-columns", args.obs_columns or [])
     for path in args.paths:
-        spec = replace(read_landing_spec(Path(path)), **overrides)
-        record, outcome = ingest_landing_file(atlas, spec)
-        summary = f"{record.n_cells} cells, {record.nnz} values, layer {record.layer}"
+        spec = read_landing_spec(Path(path))
+        spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})
+
+        def standardized(report: Any, uid: str = spec.uid) -> None:
+            print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))
+
+        record, outcome = ingest_landing_file(atlas, spec, on_standardized=standardized)
+        layers = ", ".join(record.layers or [record.layer])
+        summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
         if outcome == "ingested":
             print(f"{record.uid}: ingested ({summary})")
         elif outcome == "present":
@@ -178,7 +219,32 @@ def _parser() -> argparse.ArgumentParser:
     ingest = command("ingest", _ingest, "ingest .h5ad files (each with an optional JSON sidecar)")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help=".h5ad files")
     ingest.add_argument("--uid", help="dataset uid (one file only; default: the sidecar's or the file stem)")
-    ingest.add_argument("--layer", help="stored layer name (default: the sidecar's, else counts)")
+    stored = ingest.add_mutually_exclusive_group()
+    stored.add_argument(
+        "--layer", help="store X under this layer name (default: the sidecar's layers, else counts)"
+    )
+    stored.add_argument(
+        "--layers",
+        action="append",
+        metavar="STORED=SOURCE,...",
+        help="store several layers: each adata.layers[SOURCE] (or X) under STORED; the first is the "
+        "record's layer (e.g. counts=counts,log_normalized=X; a bare NAME is NAME=NAME)",
+    )
+    ingest.add_argument(
+        "--obs-columns",
+        action="append",
+        metavar="FILE=SCHEMA,...",
+        help="obs columns to store under a cell schema column: FILE is renamed SCHEMA (a bare NAME is "
+        "NAME=NAME); each must be in the file and declared by the schema; other obs columns follow the "
+        "usual rule (declared: stored; others: not stored, listed as dropped_obs_columns)",
+    )
+    ingest.add_argument(
+        "--standardize",
+        action="store_true",
+        help="map genes to Ensembl ids (registered and stored under them; genes sharing an id summed for "
+        "counts, else the first kept) and obs labels to ontology term ids first, and print what was "
+        "resolved (lancell.standardize)",
+    )
     ingest.add_argument(
         "--feature-space", help="feature space (default: the sidecar's, else gene_expression)"
     )

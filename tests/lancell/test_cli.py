@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import lancell
 from lancell.atlas import RaggedAtlas
-from lancell.bundled import BUNDLED, land_bundled_data
+from lancell.bundled import BUNDLED, GeneFeature, land_bundled_data
+from lancell.schema import DatasetRecord
+from lancell.standardize import standardize_and_ingest
 
 LANCELL = Path(sys.executable).with_name("lancell")
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(LANCELL), *args], capture_output=True, text=True, timeout=600)
+def run(
+    *args: str, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(LANCELL), *args], capture_output=True, text=True, timeout=600, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"lancell {args} exited {result.returncode}: {result.stderr}")
     return result
@@ -129,3 +137,115 @@ def test_errors_are_one_line_naming_what_and_where(tmp_path: Path, built: Path) 
     assert schema.returncode == 1
     assert schema.stderr.startswith("lancell init: error: cannot load schema 'lancell.bundled:NoSuchSchema'")
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------ ingest --layers / --standardize
+
+SCHEMA_MODULE = """
+from lancell.schema import LancellBaseSchema, SparseZarrPointer
+
+
+class StandardCells(LancellBaseSchema):
+    sample_id: str | None = None
+    organism: str | None = None
+    organism_ontology_term_id: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+"""
+
+
+def test_ingest_layers_are_stored_together_and_listed(tmp_path: Path) -> None:
+    pbmc = BUNDLED[0].read()
+    pbmc.layers["counts"] = sp.csr_matrix(np.rint(np.expm1(pbmc.X.toarray())).astype(np.int32))
+    pbmc.write_h5ad(tmp_path / "two.h5ad")
+    db = str(tmp_path / "db")
+    run("init", db)
+    both = "counts=counts,log_normalized=X"
+    ingested = run("ingest", db, str(tmp_path / "two.h5ad"), "--layers", both).stdout
+    nnz = pbmc.X.nnz
+    assert ingested.strip() == f"two: ingested (700 cells, {nnz} values, layers counts, log_normalized)"
+    listing = run("ls", db).stdout.splitlines()
+    row = ["two", "gene_expression", "[counts,", "log_normalized]", "700", "765", str(nnz), "None"]
+    assert listing[1].split() == row
+    out = RaggedAtlas.open(db).query().layers("gene_expression", ["counts", "log_normalized"]).to_anndata()
+    order = [list(pbmc.var_names).index(name) for name in out.var["gene_symbol"]]
+    assert (out.X != pbmc.layers["counts"][:, order]).nnz == 0 and out.X.dtype == np.int64
+    assert (out.layers["log_normalized"] != pbmc.X[:, order]).nnz == 0
+    assert out.obs["obs_name"].tolist() == pbmc.obs_names.tolist()
+
+
+def test_ingest_option_errors_are_one_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    run("init", db)
+    path = str(BUNDLED[0].path)
+    both = run("ingest", db, path, "--layer", "counts", "--layers", "counts=X", check=False)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    empty = run("ingest", db, path, "--layers", "counts=", check=False)
+    assert (empty.returncode, empty.stderr) == (
+        1,
+        "lancell ingest: error: --layers: 'counts=' is not NAME or NAME=NAME\n",
+    )
+    renames = ["--obs-columns", "louvain=cell_type", "--obs-columns", "louvain"]
+    twice = run("ingest", db, path, *renames, check=False)
+    assert twice.stderr == "lancell ingest: error: --obs-columns: 'louvain' is given twice\n"
+    absent = run("ingest", db, path, "--obs-columns", "tissue", check=False)
+    assert absent.returncode == 1
+    assert "obs_columns renames ['tissue'], which obs does not have" in absent.stderr
+    assert "0 datasets, 0 cells" in run("ls", db).stdout
+
+
+@pytest.fixture(scope="module")
+def standardized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, tuple]:
+    """The celltypist sample ingested with ``--standardize`` by the CLI, and by the Python API."""
+    root = tmp_path_factory.mktemp("standardize")
+    (root / "standard_schema.py").write_text(SCHEMA_MODULE)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    shutil.copyfile(BUNDLED[1].path, root / "celltypist_sample.h5ad")
+    run("init", str(root / "cli"), "--schema", "standard_schema:StandardCells", env=env)
+    options = ["--standardize", "--organism", "Homo sapiens", "--obs-columns", "sample=sample_id"]
+    output = run("ingest", str(root / "cli"), str(root / "celltypist_sample.h5ad"), *options, env=env).stdout
+
+    sys.path.insert(0, str(root))
+    try:
+        from standard_schema import StandardCells  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(root))
+    atlas = RaggedAtlas.create(
+        str(root / "api"),
+        "cells",
+        StandardCells,
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    adata = BUNDLED[1].read()  # obs["organism"] = "Homo sapiens", as --organism adds it
+    adata.obs = adata.obs.rename(columns={"sample": "sample_id"})
+    api = standardize_and_ingest(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="celltypist_sample"),
+        organism="Homo sapiens",
+        progress=False,
+    )
+    return root, output, api
+
+
+def test_ingest_standardize_equals_standardize_and_ingest(standardized: tuple[Path, str, tuple]) -> None:
+    root, output, (record, report) = standardized
+    lines = output.strip().splitlines()
+    assert lines[:-1] == [f"celltypist_sample: {line}" for line in report.summary().splitlines()]
+    assert "var: resolved 19359, kept 13427, dropped 0, summed 1, n_vars 32785" in lines[1]
+    assert lines[-1] == f"celltypist_sample: ingested (559 cells, {record.nnz} values, layers counts)"
+    cli_atlas, api_atlas = RaggedAtlas.open(str(root / "cli")), RaggedAtlas.open(str(root / "api"))
+    pd.testing.assert_frame_equal(
+        cli_atlas.feature_registry("gene_expression"), api_atlas.feature_registry("gene_expression")
+    )
+    cli, api = (a.query().layers("gene_expression", "counts").to_anndata() for a in (cli_atlas, api_atlas))
+    assert cli.shape == (559, 32785) and cli.X.dtype == api.X.dtype == np.int64
+    assert (cli.X != api.X).nnz == 0
+    pd.testing.assert_index_equal(cli.var_names, api.var_names)
+    pd.testing.assert_frame_equal(cli.obs, api.obs)
+    assert set(cli.obs["organism_ontology_term_id"]) == {"NCBITaxon:9606"}
+    assert cli.obs["sample_id"].tolist() == BUNDLED[1].read().obs["sample"].tolist()
+    stored = cli_atlas.list_datasets().iloc[0]
+    assert (stored["n_features"], stored["nnz"]) == (32785, record.nnz)
+    assert list(stored["dropped_obs_columns"]) == []
