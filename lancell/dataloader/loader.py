@@ -7,13 +7,15 @@
   numba's threading layer hang or crash in forked children once the parent has used them. They are
   ``persistent_workers`` (opened once, reused every epoch) and each opens its own store handles lazily. The
   forkserver preloads the main module and ``lancell.dataloader`` (torch, zarr, numba; not lancedb), so
-  workers start fast. As with any forkserver/spawn program, the main module must guard its entry point with
-  ``if __name__ == "__main__":``.
+  workers start fast; ``make_loader`` starts it, so that its imports overlap what the training process does
+  before its first batch. As with any forkserver/spawn program, the main module must guard its entry point
+  with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from collections.abc import Callable
 from multiprocessing import spawn
@@ -99,6 +101,8 @@ def make_loader(
             if path is not None:
                 os.environ[MAIN_ENV] = path
             context.set_forkserver_preload(["lancell.dataloader._forkserver", "lancell.dataloader"])
+            # started now, not at the first iter(): its imports run while this process does other work
+            multiprocessing.forkserver.ensure_running()
         kwargs = {
             "multiprocessing_context": context,
             "persistent_workers": True,

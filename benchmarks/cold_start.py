@@ -1,0 +1,262 @@
+"""Cold start: what a fresh process pays before its first query and its first training batch (issue 19).
+
+Every number comes from a fresh interpreter (``subprocess``), ``--repeats`` interleaved rounds, median; ratios
+are taken within the run (the machine is shared: absolute seconds swing with its load, ratios less):
+
+- **imports**: ``python -c pass``, ``import lancell``, ``import lancell.atlas``, and the imports users know:
+  ``import anndata, lance`` (the goal's yardstick), ``anndata``, ``lance``, ``lancedb``, ``torch``;
+- **first query**: ``import lancell`` + ``RaggedAtlas.checkout_latest`` + the first ``to_anndata`` on the
+  bundled atlas (the celltypist dataset's counts, 559 cells x 32,786 genes), the whole process against
+  ``import anndata, lance``; inside it the imports, the checkout, the first and the second ``to_anndata``;
+- **numba**: which kernels the first query called, how many signatures came from numba's cache and how
+  many were compiled (``Dispatcher.stats``), and numba's one-off start-up in a process (the first call of a
+  cached kernel against its second);
+- **first batch, 2 workers**: a training script (imports the atlas and ``lancell.dataloader``, checks out,
+  ``to_cell_dataset`` over the bundled counts datasets, ``make_loader(num_workers=2)``): ``iter()`` (the
+  forkserver starts, preloads the script and ``lancell.dataloader``, forks the workers) and the first batch;
+  then a second loader in the same process (forkserver running).
+
+Run: ``.venv/bin/python benchmarks/cold_start.py`` (``--repeats 5``; ``--workdir DIR`` keeps the atlas;
+``--json PATH`` writes the medians). Goals (issue 19): ``import lancell`` <= 1 s; the first-query process
+<= 1.5x ``import anndata, lance``; checkout + first ``to_anndata`` <= 0.5 s; first batch <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE = ROOT  # the checkout the children import lancell and kernels from (``--code``)
+
+IMPORTS = {
+    "python -c pass": "pass",
+    "import lancell": "import lancell",
+    "import lancell.atlas": "import lancell.atlas",
+    "import anndata, lance": "import anndata, lance",
+    "import anndata": "import anndata",
+    "import lance": "import lance",
+    "import lancedb": "import lancedb",
+    "import torch": "import torch",
+}
+BASE = "import anndata, lance"
+WORK_S = 3.0
+# each in a fresh process: (workers, threads, seconds of other work between make_loader and iter())
+LOADERS = {
+    "2 workers": ("2", "0", "0"),
+    f"2 workers, {WORK_S:.0f} s of other work first": ("2", "0", str(WORK_S)),
+    "2 threads": ("0", "2", "0"),
+}
+
+FIRST_QUERY = """
+import json, sys, time
+t0 = time.perf_counter()
+import lancell
+from lancell.atlas import RaggedAtlas
+t1 = time.perf_counter()
+atlas = RaggedAtlas.checkout_latest(sys.argv[1])
+t2 = time.perf_counter()
+query = atlas.query().where("dataset_uid = 'celltypist_sample'").layers("gene_expression", "counts")
+adata = query.to_anndata()
+t3 = time.perf_counter()
+query.to_anndata()
+t4 = time.perf_counter()
+assert adata.shape == (559, 32786), adata.shape
+import kernels, pkgutil, importlib
+from numba.core.registry import CPUDispatcher
+hits = misses = 0
+called = []
+for info in pkgutil.iter_modules(kernels.__path__):
+    module = importlib.import_module(f"kernels.{info.name}")
+    for name, value in vars(module).items():
+        if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__ and value.signatures:
+            called.append(f"{info.name}.{name}")
+            hits += sum(value.stats.cache_hits.values())
+            misses += sum(value.stats.cache_misses.values())
+print(json.dumps({"imports": t1 - t0, "checkout": t2 - t1, "first_query": t3 - t2, "second_query": t4 - t3,
+                  "kernels": sorted(called), "cache_hits": hits, "compiled": misses}))
+"""
+
+NUMBA_START = """
+import json, time
+import numpy as np
+from kernels.scatter import keep_mapped
+args = (np.ones(2, np.int64), np.zeros(2, np.uint32), np.ones(2, np.uint32), np.zeros(1, np.int64))
+t0 = time.perf_counter()
+keep_mapped(*args)
+t1 = time.perf_counter()
+keep_mapped(*args)
+t2 = time.perf_counter()
+compiled = sum(keep_mapped.stats.cache_misses.values())
+print(json.dumps({"first_call": t1 - t0, "second_call": t2 - t1, "compiled": compiled}))
+"""
+
+FIRST_BATCH = """
+import json, sys, time
+t0 = time.perf_counter()
+from lancell.atlas import RaggedAtlas
+from lancell.dataloader import CellSampler, make_loader
+t1 = time.perf_counter()
+
+
+def first_batch(dataset, workers, threads, work_s):
+    sampler = CellSampler(dataset, 256, mode="random", seed=0)
+    t0 = time.perf_counter()
+    loader = make_loader(dataset, sampler, num_workers=workers, threads=threads)
+    t1 = time.perf_counter()
+    time.sleep(work_s)  # the training process's own set-up (model, optimizer) before its first batch
+    t2 = time.perf_counter()
+    batches = iter(loader)
+    t3 = time.perf_counter()
+    batch = next(batches)
+    t4 = time.perf_counter()
+    assert batch["X"].shape[0] == 256
+    del batches, loader  # persistent workers end
+    return {"make_loader": t1 - t0, "iter": t3 - t2, "first_batch": t4 - t3}
+
+
+if __name__ == "__main__":
+    atlas = RaggedAtlas.checkout_latest(sys.argv[1])
+    query = atlas.query().where("dataset_uid != 'pbmc68k'").layers("gene_expression", "counts")
+    dataset = query.to_cell_dataset("gene_expression", "counts")
+    t2 = time.perf_counter()
+    workers, threads, work_s = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    out = {"imports": t1 - t0, "dataset": t2 - t1, **first_batch(dataset, workers, threads, work_s)}
+    if workers:
+        out.update({f"warm_{k}": v for k, v in first_batch(dataset, workers, 0, 0.0).items()})
+    print(json.dumps(out))
+"""
+
+
+def _run(code: str | Path, *args: str) -> tuple[float, str]:
+    """Wall time of a fresh interpreter running ``code`` (a script's path, or ``-c`` code; start-up
+    included) and its stdout's last line."""
+    env = {**os.environ, "LANCE_LOG": "error", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(CODE)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure what users run: compiled bytecode, cached
+    command = [str(code)] if isinstance(code, Path) else ["-c", code]
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True, env=env, cwd=CODE)
+    elapsed = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(f"{str(code).strip().splitlines()[0]!r} failed:\n{out.stderr[-3000:]}")
+    return elapsed, out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def _median(rounds: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def bundled_atlas(workdir: Path) -> Path:
+    """The bundled atlas (``lancell.bundled.build_bundled_atlas``, what ``make demo`` ingests) under
+    ``workdir``, built in a child process on first use."""
+    db = workdir / "bundled" / "db"
+    if not (workdir / "bundled" / "done").exists():
+        code = "import sys; from pathlib import Path; from lancell.bundled import build_bundled_atlas; "
+        code += "build_bundled_atlas(Path(sys.argv[1]))"
+        _run(code, str(db.parent))
+        (workdir / "bundled" / "done").write_text("")
+    return db
+
+
+def measure(db: Path, repeats: int) -> dict:
+    """Every measurement, ``repeats`` interleaved rounds of fresh processes."""
+    # the training script is a file: the forkserver preloads a script's main module, not ``-c`` code
+    script = db.parent.parent / "first_batch.py"
+    script.write_text(FIRST_BATCH)
+    _run(NUMBA_START)  # numba's cache holds the probe's signature from here on
+    _run(FIRST_QUERY, str(db))  # and the first query's kernels; every module's bytecode is cached
+    walls: dict[str, list[float]] = {name: [] for name in [*IMPORTS, "first query process"]}
+    inside, numba_start = [], []
+    batches: dict[str, list[dict]] = {name: [] for name in LOADERS}
+    for _ in range(repeats):
+        for name, code in IMPORTS.items():
+            walls[name].append(_run(code)[0])
+        wall, out = _run(FIRST_QUERY, str(db))
+        walls["first query process"].append(wall)
+        inside.append(json.loads(out))
+        numba_start.append(json.loads(_run(NUMBA_START)[1]))
+        for name, argv in LOADERS.items():
+            batches[name].append(json.loads(_run(script, str(db), *argv)[1]))
+    return {
+        "walls": {name: statistics.median(v) for name, v in walls.items()},
+        "inside": {k: _median(inside, k) for k in ("imports", "checkout", "first_query", "second_query")},
+        "kernels": inside[-1]["kernels"],
+        "cache_hits": inside[-1]["cache_hits"],
+        "compiled": max(r["compiled"] for r in inside),
+        "numba": {k: _median(numba_start, k) for k in ("first_call", "second_call", "compiled")},
+        "batch": {name: {k: _median(v, k) for k in v[0]} for name, v in batches.items()},
+    }
+
+
+def report(result: dict, repeats: int) -> None:
+    walls, inside, batch = result["walls"], result["inside"], result["batch"]
+    base = walls[BASE]
+    print(
+        f"\n## imports (fresh processes, median of {repeats} interleaved rounds, interpreter start included)"
+    )
+    for name, value in walls.items():
+        print(f"  {name:24s} {value:6.2f} s  {value / base:5.2f}x {BASE}")
+    query = inside["checkout"] + inside["first_query"]
+    print(
+        f"\n## first query process: {walls['first query process']:.2f} s = "
+        f"{walls['first query process'] / base:.2f}x {BASE} (goal <= 1.5x)\n"
+        f"  imports {inside['imports']:.2f} s, checkout_latest {inside['checkout']:.2f} s, first to_anndata "
+        f"{inside['first_query']:.2f} s (checkout + first query {query:.2f} s, goal <= 0.5 s), second "
+        f"to_anndata {inside['second_query']:.3f} s"
+    )
+    print(
+        f"\n## numba: the first query called {len(result['kernels'])} kernels ({', '.join(result['kernels'])}): "
+        f"{result['cache_hits']} signatures loaded from numba's cache, {result['compiled']} compiled; "
+        f"numba's start-up in a process: first call of a cached kernel {result['numba']['first_call']:.3f} s, "
+        f"second {result['numba']['second_call'] * 1e6:.0f} us ({result['numba']['compiled']:.0f} compiled)"
+    )
+    print("\n## first batch, batch 256 (goal <= 2 s with 2 workers), fresh process each")
+    for name, b in batch.items():
+        line = (
+            f"  {name:34s} imports {b['imports']:5.2f} s, checkout + to_cell_dataset {b['dataset']:4.2f} s, "
+            f"make_loader {b['make_loader']:5.3f} s, iter() {b['iter']:5.2f} s, first batch "
+            f"{b['first_batch']:4.2f} s: iter() to first batch {b['iter'] + b['first_batch']:5.2f} s"
+        )
+        if "warm_iter" in b:
+            line += (
+                f"; a second loader (forkserver running): iter() {b['warm_iter']:4.2f} s, first batch "
+                f"{b['warm_first_batch']:4.2f} s"
+            )
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lancell-cold-start"))
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--code", type=Path, default=ROOT, help="a checkout (git worktree) of the code to measure"
+    )
+    args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CODE
+    ).stdout.strip()
+    db = bundled_atlas(args.workdir)
+    load = os.getloadavg()[0]
+    print(f"commit {commit}, {os.cpu_count()} cores, load average {load:.1f} at the start", flush=True)
+    result = measure(db, args.repeats)
+    result.update(commit=commit, load_start=load, load_end=os.getloadavg()[0])
+    report(result, args.repeats)
+    print(f"\nload average at the end: {result['load_end']:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
