@@ -16,8 +16,8 @@ Each field has one ontology (:data:`FIELD_ONTOLOGY`). A value is matched, in thi
 * ``unresolved``: nothing matched; the value is reported, never dropped.
 
 Backends: :class:`CellxgeneOntologyBackend` (default; ``cellxgene-ontology-guide`` ships the ontologies, no
-network) and :class:`BiontyBackend` (optional; raises :class:`~lancell.errors.OntologyBackendError` when
-bionty is not installed). Organisms resolve against :data:`ORGANISMS` (the species with gene references in
+network) and :class:`lancell.ontology_bionty.BiontyBackend` (optional, ``pip install "lancell[bionty]"``:
+bionty's public sources). Organisms resolve against :data:`ORGANISMS` (the species with gene references in
 cellxgene) unless ``full_taxonomy=True`` loads all of NCBITaxon (1.2 M terms, about 20 s).
 """
 
@@ -36,13 +36,14 @@ __all__ = [
     "CELL_TYPE_ABBREVIATIONS",
     "FIELD_ONTOLOGY",
     "ORGANISMS",
-    "BiontyBackend",
     "CellxgeneOntologyBackend",
     "MatchKind",
     "OntologyBackend",
     "OrganismTerm",
     "TermIndex",
     "TermMatch",
+    "add_disease_extras",
+    "organism_index",
     "resolve_terms",
 ]
 
@@ -213,55 +214,8 @@ class CellxgeneOntologyBackend:
             ((tid, t["label"], t.get("synonyms", ())) for tid, t in terms.items() if not t.get("deprecated")),
         )
         if ontology == "MONDO":
-            _add_disease_extras(index)
+            add_disease_extras(index)
         return index
-
-
-class BiontyBackend:
-    """Ontologies from bionty's public sources (optional; bionty downloads them at first use).
-
-    Raises
-    ------
-    OntologyBackendError
-        When bionty is not installed.
-    """
-
-    _ENTITIES: Mapping[str, str] = {
-        "CL": "CellType",
-        "UBERON": "Tissue",
-        "MONDO": "Disease",
-        "NCBITaxon": "Organism",
-        "EFO": "ExperimentalFactor",
-    }
-
-    def __init__(self) -> None:
-        try:
-            import bionty
-        except ImportError as exc:
-            raise OntologyBackendError(
-                "bionty is not installed; install it (it needs lamindb and network access at first use) or "
-                "use CellxgeneOntologyBackend, which works offline"
-            ) from exc
-        self._bionty = bionty
-        self._indexes: dict[str, TermIndex] = {}
-
-    def index(self, ontology: str) -> TermIndex:
-        """The index of ``ontology`` built from bionty's public ontology table."""
-        if ontology not in self._indexes:
-            if ontology not in self._ENTITIES:
-                raise OntologyBackendError(f"no bionty entity for ontology {ontology!r}")
-            public = getattr(self._bionty, self._ENTITIES[ontology]).public()
-            frame = public.to_dataframe() if hasattr(public, "to_dataframe") else public.df()
-            terms = (
-                (str(tid), str(row["name"]), str(row.get("synonyms") or "").split("|"))
-                for tid, row in frame.iterrows()
-                if not str(row["name"]).startswith("obsolete")
-            )
-            index = TermIndex.build(ontology, terms)
-            if ontology == "MONDO":
-                _add_disease_extras(index)
-            self._indexes[ontology] = index
-        return self._indexes[ontology]
 
 
 def organism_index() -> TermIndex:
@@ -269,7 +223,8 @@ def organism_index() -> TermIndex:
     return TermIndex.build("NCBITaxon", ((t.term_id, name, t.synonyms) for name, t in ORGANISMS.items()))
 
 
-def _add_disease_extras(index: TermIndex) -> None:
+def add_disease_extras(index: TermIndex) -> None:
+    """Add cellxgene's healthy-sample term (PATO ``normal``: ``healthy``, ``control``) to a MONDO index."""
     for term_id, (label, synonyms) in _DISEASE_EXTRA.items():
         index.names[term_id] = label
         index.labels[match_key(label)].add(term_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,10 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import OntologyBackendError, StandardizationError, UnknownOrganismError
+from lancell.errors import StandardizationError, UnknownOrganismError
 from lancell.genes import GeneReference, canonical_organism, infer_organism, resolve_genes
 from lancell.ingestion import add_from_anndata
-from lancell.ontology import BiontyBackend, resolve_terms
+from lancell.ontology import resolve_terms
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 from lancell.standardize import standardize_anndata
 from lancell.tenx import read_10x
@@ -149,13 +148,6 @@ def test_unknown_organism_is_a_typed_error(pbmc):
     with pytest.raises(StandardizationError, match="the target must be one of"):
         standardize_anndata(pbmc, obs_columns={"cell_type": "cell_label"})
     assert canonical_organism("NCBITaxon:10090") == "Mus musculus"
-
-
-def test_bionty_backend_is_optional():
-    if importlib.util.find_spec("bionty") is not None:
-        pytest.skip("bionty is installed")
-    with pytest.raises(OntologyBackendError, match="bionty is not installed"):
-        BiontyBackend()
 
 
 class Gene(FeatureBaseSchema):
