@@ -480,65 +480,15 @@ def decode_ceiling(dataset: Any, batch_size: int, n_batches: int = 8) -> float:
     return cells.size / min(times)
 
 
-COLD_FIRST_QUERY = """
-import time, sys
-t0 = time.perf_counter()
-import lancell
-from lancell.atlas import RaggedAtlas
-t1 = time.perf_counter()
-atlas = RaggedAtlas.checkout_latest(sys.argv[1])
-adata = atlas.query().where("dataset_uid = 'celltypist_sample'").layers("gene_expression", "counts").to_anndata()
-t2 = time.perf_counter()
-print(t1 - t0, t2 - t1)
-"""
-
-
 def cold_start(root: Path, repeats: int) -> list[dict]:
-    """Fresh processes: ``import lancell``, its first query on the bundled atlas, and the imports users know.
+    """The cold-start section: ``benchmarks/cold_start.py`` (fresh processes: imports, the first query on the
+    bundled atlas, numba, the first batch), printed, its process medians as result rows."""
+    import cold_start as cold  # this script's folder is on sys.path
 
-    Each line is the median over ``repeats`` interleaved rounds of the whole process's wall time (interpreter
-    start-up included); the first-query line also gives the imports and the query (checkout + first
-    ``to_anndata``) timed inside it.
-    """
-    db = root / "bundled-cold" / "db"
-    if not db.exists():
-        build_bundled_atlas(db.parent)
-    commands = {
-        "python -c pass": "pass",
-        "import lancell": "import lancell",
-        "import anndata, lance": "import anndata, lance",
-        "import anndata": "import anndata",
-        "import lance": "import lance",
-        "import lancedb": "import lancedb",
-        "import torch": "import torch",
-        "import lancell + checkout_latest + first to_anndata": COLD_FIRST_QUERY,
-    }
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    inside: list[tuple[float, float]] = []
-    for _ in range(repeats):
-        for name, code in commands.items():
-            t0 = time.perf_counter()
-            out = subprocess.run(
-                [sys.executable, "-c", code, str(db)], check=True, capture_output=True, text=True
-            )
-            times[name].append(time.perf_counter() - t0)
-            if code is COLD_FIRST_QUERY:
-                imports, query = (float(v) for v in out.stdout.split())
-                inside.append((imports, query))
-    results = [
-        {"loader": "cold start", "what": name, "median": statistics.median(v)} for name, v in times.items()
-    ]
-    base = statistics.median(times["import anndata, lance"])
-    print(
-        f"\n## cold start (fresh processes, median of {repeats} interleaved rounds, wall time incl. interpreter)"
-    )
-    for r in results:
-        print(f"  {r['what']:52s} {r['median']:6.2f} s  ({r['median'] / base:.2f}x import anndata, lance)")
-    print(
-        f"  inside the first-query process: imports {statistics.median(i for i, _ in inside):.2f} s, "
-        f"checkout_latest + first to_anndata {statistics.median(q for _, q in inside):.2f} s"
-    )
-    return results
+    result = cold.measure(cold.bundled_atlas(root / "cold-start"), repeats)
+    cold.report(result, repeats)
+    walls = result["walls"]
+    return [{"loader": "cold start", "what": name, "median": value} for name, value in walls.items()]
 
 
 # ------------------------------------------------------------------------------------------- measuring
