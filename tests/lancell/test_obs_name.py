@@ -127,3 +127,15 @@ def test_an_atlas_without_the_column_opens_ingests_and_queries(tmp_path: Path) -
     np.testing.assert_array_equal(out.X.toarray(), PBMC.read().X.toarray())
     assert list(out.obs.columns) == ["dataset_uid", "cell_type", "louvain", "n_counts", "organism"]
     assert pinned.validate() == []
+
+
+def test_the_dagster_resource_serves_an_atlas_without_the_column(tmp_path: Path) -> None:
+    from lancell.errors import SchemaError
+    from resources.atlas import AtlasResource
+
+    _old_format_atlas(tmp_path)
+    resource = AtlasResource(db_uri=str(tmp_path / "db"), cell_schema="lancell.bundled:CellSchema")
+    assert OBS_NAME not in resource.open().cell_arrow_schema.names
+    lancedb.connect(str(tmp_path / "db")).open_table("cells").drop_columns(["louvain"])
+    with pytest.raises(SchemaError, match=r"declares \['louvain'\], which the cell table"):
+        resource.open()
