@@ -174,6 +174,17 @@ def test_ingest_layers_are_stored_together_and_listed(tmp_path: Path) -> None:
     assert out.obs["obs_name"].tolist() == pbmc.obs_names.tolist()
 
 
+def test_ingest_layer_replaces_the_sidecars_layers(tmp_path: Path) -> None:
+    shutil.copyfile(BUNDLED[0].path, tmp_path / "p.h5ad")
+    (tmp_path / "p.json").write_text('{"layers": {"counts": "X", "log_normalized": "X"}}')
+    db = str(tmp_path / "db")
+    run("init", db)
+    nnz = BUNDLED[0].read().X.nnz
+    out = run("ingest", db, str(tmp_path / "p.h5ad"), "--layer", "normalized").stdout
+    assert out.strip() == f"p: ingested (700 cells, {nnz} values, layers normalized)"
+    assert list(RaggedAtlas.open(db).list_datasets()["layers"].iloc[0]) == ["normalized"]
+
+
 def test_ingest_option_errors_are_one_line(tmp_path: Path) -> None:
     db = str(tmp_path / "db")
     run("init", db)
