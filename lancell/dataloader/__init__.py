@@ -18,7 +18,7 @@ Several layers: ``to_cell_dataset("gene_expression", ["counts", "log_normalized"
 first layer as ``X`` and ``batch["layers"]["log_normalized"]``, as ``to_anndata()`` fills ``X``, ``.layers``.
 """
 
-from lancell.dataloader.batch import CellBatch
+from lancell.dataloader.batch import CellBatch, SparseRows
 from lancell.dataloader.collate import DenseCollate, SparseCollate, collate_dense, collate_sparse
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.loader import make_loader
@@ -33,6 +33,7 @@ __all__ = [
     "DatasetSource",
     "DenseCollate",
     "SparseCollate",
+    "SparseRows",
     "ThreadedLoader",
     "batch_entropy",
     "collate_dense",
