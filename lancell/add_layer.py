@@ -66,13 +66,19 @@ def add_layer(
     ------
     IngestError
         An unknown dataset, a layer already stored or not allowed, cells or features that do not match,
-        values off the stored pattern or invalid (``DataValueError``); the atlas is unchanged.
+        values off the stored pattern or invalid (``DataValueError``), an atlas whose dataset table predates
+        several layers (nowhere to record one); the atlas is unchanged.
     """
     atlas._require_writable()
     frame = atlas.list_datasets()
     rows = frame[frame["uid"] == dataset_uid]
     if rows.empty:
         raise IngestError(f"add_layer: no dataset {dataset_uid!r} in the atlas")
+    if "layers" not in atlas._dataset_arrow.names:
+        raise IngestError(
+            f"add_layer: dataset {dataset_uid!r}: this atlas's dataset table has no 'layers' column (an "
+            "older lancell wrote it), so no new layer can be recorded; ingest the dataset with all its layers"
+        )
     record = rows.iloc[0]
     group_name, space_name = record["zarr_group"], record["feature_space"]
     space = resolve_feature_space(atlas.feature_spaces, space_name)
@@ -80,8 +86,7 @@ def add_layer(
     with atlas._lock(dataset_lock_name(dataset_uid)) as lease:
         atlas.group_claims.require_own(group_name, dataset_uid)
         attrs = atlas._group_attrs(group_name) or {}
-        listed = record.get("layers")
-        layers = list(listed) if listed is not None and len(listed) else list(attrs.get("layers", {}))
+        layers = list(record["layers"])
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))

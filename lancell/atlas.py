@@ -478,8 +478,12 @@ class RaggedAtlas:
             return None
 
     def list_datasets(self) -> pd.DataFrame:
-        """The dataset records."""
-        return self._tables.datasets.to_arrow().to_pandas()
+        """The dataset records; a dataset table from before several layers (no ``layers`` column) shows each
+        record's one ``layer`` as its ``layers``."""
+        frame = self._tables.datasets.to_arrow().to_pandas()
+        if "layers" not in frame.columns:
+            frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", [[lay] for lay in frame["layer"]])
+        return frame
 
     @property
     def cell_arrow_schema(self) -> pa.Schema:

@@ -116,9 +116,8 @@ def _ingest(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     atlas = _open_for_reading(args)
     frame = atlas.list_datasets()
-    layers = "layers" if "layers" in frame.columns else "layer"  # atlases from before several layers
-    columns = ["uid", "feature_space", layers, "n_cells", "n_features", "nnz", "cells_of"]
-    print(frame[[c for c in columns if c in frame.columns]].to_string(index=False))
+    columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
+    print(frame[columns].to_string(index=False))
     print(f"{len(frame)} datasets, {int(frame['n_cells'][frame['cells_of'].isna()].sum())} cells")
     return 0
 

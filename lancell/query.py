@@ -305,10 +305,8 @@ class AtlasQuery:
         ).sort_values(ascending=False)
         if group_by != "dataset_uid":
             return series
-        layers = {  # a record from before several layers lists none: its one layer
-            row["uid"]: list(row.get("layers", [])) or [row["layer"]]
-            for _, row in self._atlas.list_datasets().iterrows()
-        }
+        frame = self._atlas.list_datasets()
+        layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
         return series.to_frame().assign(layers=series.index.map(layers))
 
     def _space(self) -> str:
