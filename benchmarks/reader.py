@@ -122,7 +122,7 @@ def bundled_atlas(workdir: Path) -> tuple[Path, str]:
     if not (root / "GROUP").exists():
         shutil.rmtree(root, ignore_errors=True)
         atlas = build_bundled_atlas(root)
-        records = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group"]).to_pylist()
+        records = atlas.core.tables.datasets.to_arrow().select(["uid", "zarr_group"]).to_pylist()
         (root / "GROUP").write_text(next(r["zarr_group"] for r in records if r["uid"] == "celltypist_sample"))
     return root / "arrays", (root / "GROUP").read_text()
 

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from lancell.csc import write_csc
-from lancell.errors import IngestError, LancellError, ShapeMismatchError
+from lancell.errors import DatasetNotFoundError, IngestError, LancellError, ShapeMismatchError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.groups import ShardBuffer, create_value_array
 from lancell.ingest_blocks import checked_values, stored_csr_blocks
@@ -69,12 +69,12 @@ def add_layer(
         values off the stored pattern or invalid (``DataValueError``), an atlas whose dataset table predates
         several layers (nowhere to record one); the atlas is unchanged.
     """
-    atlas._require_writable()
+    atlas.core.require_writable()
     frame = atlas.list_datasets()
     rows = frame[frame["uid"] == dataset_uid]
     if rows.empty:
-        raise IngestError(f"add_layer: no dataset {dataset_uid!r} in the atlas")
-    if "layers" not in atlas._dataset_arrow.names:
+        raise DatasetNotFoundError(f"add_layer: no dataset {dataset_uid!r} in the atlas")
+    if "layers" not in atlas.core.dataset_arrow.names:
         raise IngestError(
             f"add_layer: dataset {dataset_uid!r}: this atlas's dataset table has no 'layers' column (an "
             "older lancell wrote it), so no new layer can be recorded; ingest the dataset with all its layers"
@@ -83,14 +83,14 @@ def add_layer(
     group_name, space_name = record["zarr_group"], record["feature_space"]
     space = resolve_feature_space(atlas.feature_spaces, space_name)
     space.check_layer(name)
-    with atlas._lock(dataset_lock_name(dataset_uid)) as lease:
+    with atlas.core.lock(dataset_lock_name(dataset_uid)) as lease:
         atlas.group_claims.require_own(group_name, dataset_uid)
-        attrs = atlas._group_attrs(group_name) or {}
+        attrs = atlas.core.group_attrs(group_name) or {}
         layers = list(record["layers"])
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
-        group = atlas._zarr_root[group_name]
+        group = atlas.core.zarr_root[group_name]
         try:
             padded = _write_values(group, dataset_uid, name, source, space.kind)
             if space.kind == "sparse" and attrs.get("csc_layers"):
@@ -99,14 +99,14 @@ def add_layer(
             if padded:
                 group.attrs["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
             lease.check()
-            atlas._tables.datasets.update(  # the commit point
+            atlas.core.tables.datasets.update(  # the commit point
                 where=f"uid = {sql_literal(dataset_uid)}", values={"layers": [*layers, name]}
             )
         except BaseException:
             _roll_back(group, attrs, name)
             raise
         finally:
-            atlas._nodes.clear()  # this handle's opened groups predate the layer
+            atlas.core.forget_nodes()  # this handle's opened groups predate the layer
     log.info("added layer %s to dataset %s", name, dataset_uid)
     return [*layers, name]
 
@@ -124,7 +124,7 @@ def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
         rows = pc.struct_field(cells.column(record["feature_space"]), "zarr_row").to_numpy()
         names = np.empty(n_cells, dtype=object)
         names[rows] = [u.split(":", 1)[1] for u in cells.column("uid").to_pylist()]
-        global_index = read_global_indices(atlas, [record["layout_uid"]])[record["layout_uid"]]
+        global_index = read_global_indices(atlas.core, [record["layout_uid"]])[record["layout_uid"]]
         by_index = atlas.feature_registry(record["feature_space"]).set_index("global_index")["uid"]
         uids = by_index.reindex(global_index).to_numpy()
         row_of, col_of = matrix.obs_names.get_indexer(names), matrix.var_names.get_indexer(uids)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import obstore.store as obs_store
 import pandas as pd
 import pyarrow as pa
-import zarr
 from lancedb.pydantic import LanceModel
 
 from lancell.atlas_meta import (
@@ -22,24 +19,22 @@ from lancell.atlas_meta import (
     read_meta,
     resolve_store,
 )
-from lancell.errors import ReadOnlyAtlasError, ValidationError
+from lancell.core import AtlasCore
+from lancell.errors import ValidationError
 from lancell.feature_spaces import (
-    FEATURE_SPACES_TABLE,
     FeatureSpace,
-    feature_spaces_from_table,
     resolve_feature_space,
 )
 from lancell.group_claims import GroupClaims
 from lancell.groups import FORMAT_VERSION
 from lancell.indexes import build_indexes
-from lancell.locks import Lease, atlas_lock
 from lancell.registry import OnConflict, number_unindexed, prepare_features, register_prepared
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
-from lancell.stores import describe_store, public_store_config, zarr_store
+from lancell.stores import describe_store, public_store_config
+from lancell.table_schemas import VERSIONS_TABLE
 from lancell.tables import AtlasTables, connect
 from lancell.validation import find_problems
 from lancell.versions import (
-    VERSIONS_TABLE,
     list_snapshots,
     next_version,
     read_version,
@@ -53,7 +48,6 @@ if TYPE_CHECKING:  # lancell.query and lancell.maintenance are imported where us
 
 __all__ = ["RaggedAtlas"]
 
-T = TypeVar("T")
 
 _DEFAULT_RETENTION = timedelta(days=7)
 _NEVER = timedelta(days=365 * 100)
@@ -66,37 +60,38 @@ class RaggedAtlas:
     :meth:`checkout` / :meth:`checkout_latest`. Checked-out handles are read-only.
     """
 
-    def __init__(
-        self,
-        *,
-        db_uri: str,
-        meta: dict[str, Any],
-        tables: AtlasTables,
-        store: obs_store.ObjectStore,
-        meta_store: obs_store.ObjectStore,
-        dataset_schema: type[DatasetRecord],
-        read_only: bool,
-        snapshot_version: int | None,
-        storage_options: Mapping[str, str] | None,
-    ) -> None:
-        self.db_uri = db_uri
-        self._meta = meta
-        self._tables = tables
-        self.store = store
-        self._meta_store = meta_store
-        self.dataset_schema = dataset_schema
-        self.read_only = read_only
-        self.snapshot_version = snapshot_version
-        self._storage_options = dict(storage_options or {})
-        self.feature_spaces: dict[str, FeatureSpace] = feature_spaces_from_table(
-            tables.handles[FEATURE_SPACES_TABLE].to_arrow()
-        )
-        self._cell_arrow: pa.Schema = tables.cells.schema
-        self._dataset_arrow: pa.Schema = tables.datasets.schema
-        mode = "r" if read_only else "a"
-        self._zarr_root = zarr.open_group(zarr_store(store, read_only=read_only), mode=mode)
-        self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
-        self._pinned_values: dict[str, Any] = {}
+    def __init__(self, core: AtlasCore) -> None:
+        self.core = core
+
+    @property
+    def db_uri(self) -> str:
+        """The LanceDB location."""
+        return self.core.db_uri
+
+    @property
+    def store(self) -> obs_store.ObjectStore:
+        """The obstore store of the zarr groups."""
+        return self.core.store
+
+    @property
+    def dataset_schema(self) -> type[DatasetRecord]:
+        """The :class:`DatasetRecord` subclass of dataset rows."""
+        return self.core.dataset_schema
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this handle refuses writes (checked out at a snapshot)."""
+        return self.core.read_only
+
+    @property
+    def snapshot_version(self) -> int | None:
+        """The snapshot this handle is checked out at; None for the live atlas."""
+        return self.core.snapshot_version
+
+    @property
+    def feature_spaces(self) -> dict[str, FeatureSpace]:
+        """The atlas's feature spaces by name."""
+        return self.core.feature_spaces
 
     # ----------------------------------------------------------------------------------- construction
     @classmethod
@@ -261,7 +256,7 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         pinned = None if snapshot is None else snapshot["tables"]
         tables = AtlasTables.open(db, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
-        return cls(
+        core = AtlasCore(
             db_uri=db_uri,
             meta=meta,
             tables=tables,
@@ -272,18 +267,9 @@ class RaggedAtlas:
             snapshot_version=None if snapshot is None else int(snapshot["version"]),
             storage_options=storage_options,
         )
+        return cls(core)
 
     # ----------------------------------------------------------------------------------- writing
-    def _require_writable(self) -> None:
-        if self.read_only:
-            raise ReadOnlyAtlasError(
-                f"this handle is checked out at snapshot {self.snapshot_version} and is read-only; "
-                "use RaggedAtlas.open() to write"
-            )
-
-    def _lock(self, name: str) -> AbstractContextManager[Lease]:
-        return atlas_lock(self._meta_store, name)
-
     def register_features(
         self,
         feature_space: str,
@@ -299,11 +285,11 @@ class RaggedAtlas:
         (:class:`~lancell.errors.FeatureConflictWarning`); ``"update"`` writes the given values. A feature's
         ``global_index`` never changes.
         """
-        self._require_writable()
+        self.core.require_writable()
         space = resolve_feature_space(self.feature_spaces, feature_space)
-        table = self._tables.registry(space.name)
+        table = self.core.tables.registry(space.name)
         prepared, given = prepare_features(space.name, features, table.schema)
-        with self._lock(f"registry-{space.name}"):
+        with self.core.lock(f"registry-{space.name}"):
             return register_prepared(table, space.name, prepared, given, on_conflict)
 
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
@@ -317,11 +303,11 @@ class RaggedAtlas:
         LockLostError
             Another process took the optimize lock over; the tables not yet optimized are left as they are.
         """
-        self._require_writable()
+        self.core.require_writable()
         self.assign_global_indices()
         keep_for = _DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
-        with self._lock("optimize") as lease:
-            for handle in self._tables.handles.values():
+        with self.core.lock("optimize") as lease:
+            for handle in self.core.tables.handles.values():
                 # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
                 # then prune untagged versions with pylance, which skips tagged ones.
                 lease.check()
@@ -330,21 +316,21 @@ class RaggedAtlas:
                     older_than=keep_for, error_if_tagged_old_versions=False
                 )
             lease.check()
-            build_indexes(self._tables.cells, self._meta.get("fts_columns", []))
-        return self._tables.versions()
+            build_indexes(self.core.tables.cells, self.core.meta.get("fts_columns", []))
+        return self.core.tables.versions()
 
     def assign_global_indices(self) -> dict[str, int]:
         """Number features that have no global index yet (rows added by hand); return counts per space."""
-        self._require_writable()
+        self.core.require_writable()
         numbered = {}
         for space in self.feature_spaces.values():
-            with self._lock(f"registry-{space.name}"):
-                numbered[space.name] = number_unindexed(self._tables.registry(space.name))
+            with self.core.lock(f"registry-{space.name}"):
+                numbered[space.name] = number_unindexed(self.core.tables.registry(space.name))
         return numbered
 
     def validate(self) -> list[str]:
         """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent."""
-        return find_problems(self)
+        return find_problems(self.core)
 
     def snapshot(self, note: str | None = None) -> int:
         """Validate and record the current version of every table; return the new snapshot number.
@@ -356,23 +342,23 @@ class RaggedAtlas:
         LockLostError
             Another process took the snapshot lock over while this one validated (nothing is recorded).
         """
-        self._require_writable()
-        with self._lock("snapshot") as lease:
-            pinned = self._tables.versions()
-            view = self._pinned_view(pinned)
+        self.core.require_writable()
+        with self.core.lock("snapshot") as lease:
+            pinned = self.core.tables.versions()
+            view = self.core.pinned_view(pinned)
             problems = find_problems(view)
             if problems:
                 raise ValidationError(problems)
-            versions = self._tables.db.open_table(VERSIONS_TABLE)
+            versions = self.core.tables.db.open_table(VERSIONS_TABLE)
             version = next_version(versions)
             lease.check()  # a process that took the lock over may be taking this same version
-            tag_tables(self._tables.handles, pinned, version)
+            tag_tables(self.core.tables.handles, pinned, version)
             record_snapshot(
                 versions,
                 version,
                 pinned,
                 total_cells=committed_cells(view)[1],
-                n_datasets=view._tables.datasets.count_rows(),
+                n_datasets=view.tables.datasets.count_rows(),
                 store_url=describe_store(self.store),
                 store_config=public_store_config(self.store),
                 lancell_format=FORMAT_VERSION,
@@ -380,28 +366,12 @@ class RaggedAtlas:
             )
         return version
 
-    def _pinned_view(self, pinned: dict[str, int]) -> RaggedAtlas:
-        tables = AtlasTables.open(
-            self._tables.db, self._tables.cell_table_name, self._tables.registry_names, pinned
-        )
-        return RaggedAtlas(
-            db_uri=self.db_uri,
-            meta=self._meta,
-            tables=tables,
-            store=self.store,
-            meta_store=self._meta_store,
-            dataset_schema=self.dataset_schema,
-            read_only=True,
-            snapshot_version=None,
-            storage_options=self._storage_options,
-        )
-
     def delete_dataset(self, uid: str) -> None:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
         from lancell.maintenance import remove_dataset
 
-        self._require_writable()
-        remove_dataset(self, uid)
+        self.core.require_writable()
+        remove_dataset(self.core, uid)
 
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
         """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
@@ -419,14 +389,14 @@ class RaggedAtlas:
         """
         from lancell.maintenance import remove_debris
 
-        self._require_writable()
-        return remove_debris(self, grace)
+        self.core.require_writable()
+        return remove_debris(self.core, grace)
 
     @property
     def atlas_id(self) -> str | None:
         """This atlas's id; every zarr group it writes carries it. None only on a read-only handle of an
         atlas created before lancell recorded ids (:meth:`open` gives such an atlas one)."""
-        return self._meta.get("atlas_id")
+        return self.core.atlas_id
 
     @property
     def group_claims(self) -> GroupClaims:
@@ -437,50 +407,21 @@ class RaggedAtlas:
         ReadOnlyAtlasError
             The handle is checked out at a snapshot.
         """
-        self._require_writable()
-        return GroupClaims(
-            atlas_id=self._meta["atlas_id"], meta_store=self._meta_store, store=self.store, db_uri=self.db_uri
-        )
+        return self.core.group_claims
 
-    def _delete_group(self, zarr_group: str) -> None:
-        """Delete a failed write's own group (roll-back); kept if referenced or not provably this atlas's."""
-        from lancell.maintenance import remove_group
+    def table_versions(self) -> dict[str, int]:
+        """The Lance version of every table this handle reads (a snapshot's pinned ones when checked out)."""
+        return self.core.tables.versions()
 
-        remove_group(self, zarr_group)
-
-    # ----------------------------------------------------------------------------------- reading
-    def _node(self, path: str) -> zarr.Group | zarr.Array:
-        """A zarr group or array of a committed dataset, opened once per handle (read path only)."""
-        node = self._nodes.get(path)
-        if node is None:
-            node = self._nodes[path] = self._zarr_root[path]
-        return node
-
-    def _pinned(self, key: str, compute: Callable[[], T]) -> T:
-        """``compute()``, kept for the handle's life when it is checked out at a snapshot (tables pinned)."""
-        if self.snapshot_version is None:
-            return compute()
-        if key not in self._pinned_values:
-            self._pinned_values[key] = compute()
-        return self._pinned_values[key]
-
-    def _node_values(self, path: str) -> np.ndarray:
-        """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
-        key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
-        if key not in self._nodes:
-            self._nodes[key] = np.asarray(self._node(path)[:])
-        return self._nodes[key]
-
-    def _group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
-        try:
-            return dict(self._node(zarr_group).attrs)
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
-            return None
+    def group_attributes(self, zarr_group: str) -> dict[str, Any] | None:
+        """A dataset's zarr group attributes (format, layers and their dtypes, geometry, counts), or None when
+        the group is not in the store."""
+        return self.core.group_attrs(zarr_group)
 
     def list_datasets(self) -> pd.DataFrame:
         """The dataset records; a dataset table from before several layers (no ``layers`` column) shows each
         record's one ``layer`` as its ``layers``."""
-        frame = self._tables.datasets.to_arrow().to_pandas()
+        frame = self.core.tables.datasets.to_arrow().to_pandas()
         if "layers" not in frame.columns:
             frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", [[lay] for lay in frame["layer"]])
         return frame
@@ -488,12 +429,12 @@ class RaggedAtlas:
     @property
     def cell_arrow_schema(self) -> pa.Schema:
         """The cell table's Arrow schema: every stored cell column and its type."""
-        return self._cell_arrow
+        return self.core.cell_arrow
 
     def feature_registry(self, feature_space: str) -> pd.DataFrame:
         """The registry of ``feature_space`` sorted by global index."""
         space = resolve_feature_space(self.feature_spaces, feature_space)
-        frame = self._tables.registry(space.name).to_arrow().to_pandas()
+        frame = self.core.tables.registry(space.name).to_arrow().to_pandas()
         return frame.sort_values("global_index").reset_index(drop=True)
 
     def query(self) -> AtlasQuery:

@@ -21,14 +21,11 @@ from lancedb.db import DBConnection
 
 from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
 from lancell.feature_spaces import (
-    FEATURE_SPACES_SCHEMA,
-    FEATURE_SPACES_TABLE,
     build_feature_spaces,
     feature_spaces_table,
 )
 from lancell.groups import FORMAT_VERSION
 from lancell.locks import atlas_lock
-from lancell.registry import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
 from lancell.stores import (
     describe_store,
@@ -42,8 +39,16 @@ from lancell.stores import (
     write_json,
     zarr_store,
 )
-from lancell.tables import DATASETS_TABLE, connect, create_tables, table_names
-from lancell.versions import VERSIONS_SCHEMA, VERSIONS_TABLE
+from lancell.table_schemas import (
+    DATASETS_TABLE,
+    FEATURE_SPACES_SCHEMA,
+    FEATURE_SPACES_TABLE,
+    LAYOUTS_SCHEMA,
+    LAYOUTS_TABLE,
+    VERSIONS_SCHEMA,
+    VERSIONS_TABLE,
+)
+from lancell.tables import connect, create_tables, table_names
 
 __all__ = [
     "META_PATH",

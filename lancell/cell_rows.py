@@ -28,7 +28,7 @@ from lancell.schema import (
 )
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["cell_batches", "detach_pointers", "null_structs", "pointer_batches", "pointer_column"]
 
@@ -94,9 +94,9 @@ def pointer_batches(
         )
 
 
-def detach_pointers(atlas: RaggedAtlas, feature_space: str, zarr_group: str) -> int:
+def detach_pointers(core: AtlasCore, feature_space: str, zarr_group: str) -> int:
     """Null the ``feature_space`` pointer of every cell pointing into ``zarr_group``; return how many."""
-    cells, schema = atlas._tables.cells, atlas.cell_arrow_schema
+    cells, schema = core.tables.cells, core.cell_arrow
     rows = (
         cells.search()
         .where(f"{feature_space}.zarr_group = {sql_literal(zarr_group)}")

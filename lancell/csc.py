@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -23,10 +22,7 @@ from kernels.transpose import count_features, fill_feature_runs
 from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, create_value_array, value_codecs
 from lancell.reader import array_reader, read_element_ranges
 
-if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
-
-__all__ = ["CSC_MIN_VALUES", "CsrBlocks", "add_csc", "write_csc"]
+__all__ = ["CSC_MIN_VALUES", "CsrBlocks", "read_csc_features", "write_csc"]
 
 log = logging.getLogger(__name__)
 
@@ -191,35 +187,12 @@ def write_csc(
     group.attrs["csc_layers"] = sorted({*group.attrs.get("csc_layers", []), *layers})
 
 
-def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> None:
-    """Write the CSC copy of every stored layer of a dataset (for datasets ingested without one).
-
-    An earlier copy is overwritten (its objects deleted), so the group must be this atlas's own.
-
-    Raises
-    ------
-    GroupNotFoundError
-        The dataset's group is missing, or this atlas cannot prove it its own (no claim, or its attributes
-        name another atlas or none).
-    """
-    atlas._require_writable()
-    record = atlas.list_datasets().set_index("uid").loc[dataset_uid]
-    atlas.group_claims.require_own(record["zarr_group"], dataset_uid)
-    group = atlas._zarr_root[record["zarr_group"]]
-    write_csc(group, list((atlas._group_attrs(record["zarr_group"]) or {}).get("layers", {})))
-    atlas._nodes.clear()  # this handle's opened groups predate the copy
-    log.info("wrote the CSC copy of %s", dataset_uid)
-
-
 def read_csc_features(
-    atlas: RaggedAtlas, zarr_group: str, layer: str, local_features: np.ndarray
+    indptr: np.ndarray, indices: zarr.Array, values: zarr.Array, local_features: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows, local_feature, values)`` of every stored value of ``local_features`` (group-local rows).
-
-    The CSC ``indptr`` is read whole once per atlas handle (8 bytes per feature of the group).
-    """
-    indptr = atlas._node_values(f"{zarr_group}/csc/indptr")
+    """``(rows, local_feature, values)`` of every stored value of ``local_features`` (group-local rows),
+    from a group's CSC ``indptr`` (read whole), ``csc/indices`` and one layer's ``csc/layers/<layer>``."""
     starts, ends = indptr[local_features], indptr[local_features + 1]
-    rows, lengths = read_element_ranges(atlas._node(f"{zarr_group}/csc/indices"), starts, ends)
-    values, _ = read_element_ranges(atlas._node(f"{zarr_group}/csc/layers/{layer}"), starts, ends)
-    return rows.astype(np.int64), np.repeat(local_features, lengths), values
+    rows, lengths = read_element_ranges(indices, starts, ends)
+    stored, _ = read_element_ranges(values, starts, ends)
+    return rows.astype(np.int64), np.repeat(local_features, lengths), stored

@@ -127,6 +127,13 @@ class IngestError(LancellError, ValueError):
     """Input to ingestion is invalid; nothing was written."""
 
 
+class DatasetNotFoundError(IngestError, KeyError):
+    """An operation on one dataset named a dataset uid the atlas does not have."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class UnknownFeaturesError(IngestError):
     """The input names features that are not in the feature registry."""
 

@@ -9,24 +9,14 @@ import pyarrow as pa
 
 from lancell.errors import FeatureSpaceError, SchemaError
 from lancell.schema import PointerKind
+from lancell.table_schemas import FEATURE_SPACES_SCHEMA
 
 __all__ = ["DEFAULT_LAYERS", "FeatureSpace", "feature_spaces_from_table", "feature_spaces_table"]
-
-FEATURE_SPACES_TABLE = "_feature_spaces"
 
 DEFAULT_LAYERS: dict[PointerKind, tuple[str, ...]] = {
     "sparse": ("counts", "normalized", "log_normalized", "scaled"),
     "dense": ("values", "counts", "normalized", "log_normalized", "scaled"),
 }
-
-FEATURE_SPACES_SCHEMA = pa.schema(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("layers", pa.list_(pa.string()), nullable=False),
-        pa.field("registry_table", pa.string(), nullable=False),
-    ]
-)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from lancell.errors import DuplicateContentError, IngestError
 from lancell.registry import sql_literal
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
     from lancell.schema import DatasetRecord
 
 __all__ = ["ContentHasher", "OnDuplicate", "check_on_duplicate", "content_claim", "find_duplicate"]
@@ -125,25 +125,25 @@ def check_on_duplicate(dataset: str, on_duplicate: str) -> None:
         )
 
 
-def find_duplicate(atlas: RaggedAtlas, fingerprint: str) -> DatasetRecord | None:
+def find_duplicate(core: AtlasCore, fingerprint: str) -> DatasetRecord | None:
     """The record of a committed dataset whose content fingerprint is ``fingerprint``, or None.
 
     An atlas whose dataset table predates fingerprints has no column to match and never finds one.
     """
-    if "content_fingerprint" not in atlas._dataset_arrow.names:
+    if "content_fingerprint" not in core.dataset_arrow.names:
         return None
     rows = (
-        atlas._tables.datasets.search()
+        core.tables.datasets.search()
         .where(f"content_fingerprint = {sql_literal(fingerprint)}")
         .to_arrow()
         .to_pylist()
     )
-    return atlas.dataset_schema(**rows[0]) if rows else None
+    return core.dataset_schema(**rows[0]) if rows else None
 
 
 @contextmanager
 def content_claim(
-    atlas: RaggedAtlas, dataset: str, fingerprint: str, on_duplicate: OnDuplicate
+    core: AtlasCore, dataset: str, fingerprint: str, on_duplicate: OnDuplicate
 ) -> Iterator[DatasetRecord | None]:
     """Hold the right to commit content ``fingerprint``; yield the dataset already holding it, if any.
 
@@ -155,8 +155,8 @@ def content_claim(
     DuplicateContentError
         ``on_duplicate="error"`` and the content is already in the atlas.
     """
-    with atlas._lock(f"content-{fingerprint[:20]}"):
-        existing = None if on_duplicate == "allow" else find_duplicate(atlas, fingerprint)
+    with core.lock(f"content-{fingerprint[:20]}"):
+        existing = None if on_duplicate == "allow" else find_duplicate(core, fingerprint)
         if existing is not None and on_duplicate == "error":
             raise DuplicateContentError(
                 f"dataset {dataset!r}: the same content (matrix, obs names, layer {existing.layer!r}, "

@@ -31,7 +31,7 @@ from lancell.schema import DatasetRecord, check_assigned_fields, check_dataset_u
 from lancell.sources import MatrixSource, matrix_source
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = [
     "CELL_BATCH",
@@ -69,7 +69,7 @@ class IngestPlan:
     vectors: dict[str, np.ndarray]
 
 
-def check_record(atlas: RaggedAtlas, record: DatasetRecord, cells_of: str | None = None) -> None:
+def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = None) -> None:
     """Refuse a malformed or taken dataset uid and a record that sets a field lancell assigns.
 
     ``cells_of`` is the dataset a further modality is attached to (None for new cells).
@@ -80,7 +80,7 @@ def check_record(atlas: RaggedAtlas, record: DatasetRecord, cells_of: str | None
         A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set.
     """
     check_dataset_uid(record.uid)
-    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
+    if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
         raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
     check_assigned_fields(record, cells_of)
 
@@ -120,7 +120,7 @@ def stored_layers(
 
 
 def plan_ingest(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     adata: ad.AnnData,
     space: FeatureSpace,
     layers: Mapping[str, str],
@@ -140,7 +140,7 @@ def plan_ingest(
         Any invalid input (subclasses say which), including a record that sets a field lancell assigns.
     """
     dataset = record.uid
-    check_record(atlas, record, cells_of)
+    check_record(core, record, cells_of)
     _check_size(dataset, adata.n_obs, adata.n_vars)
     if not layers:
         raise IngestError(f"dataset {dataset!r}: no layer to store (layers is empty)")
@@ -159,7 +159,7 @@ def plan_ingest(
                 f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
             )
         feature_uids = column.astype(str).tolist()
-    return plan_dataset(atlas, space, dataset, sources, adata.obs, feature_uids)
+    return plan_dataset(core, space, dataset, sources, adata.obs, feature_uids)
 
 
 def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:
@@ -187,7 +187,7 @@ def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:
 
 
 def plan_dataset(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     space: FeatureSpace,
     dataset: str,
     layers: Mapping[str, MatrixSource],
@@ -216,7 +216,7 @@ def plan_dataset(
     uids = pd.Index(feature_uids)
     if uids.has_duplicates:
         raise DuplicateFeaturesError(dataset, uids[uids.duplicated()].unique().tolist())
-    registry = registry_index(atlas._tables.registry(space.name))
+    registry = registry_index(core.tables.registry(space.name))
     known = uids.isin(registry.index)
     if not known.all():
         raise UnknownFeaturesError(dataset, space.name, uids[~known].tolist())
@@ -229,7 +229,7 @@ def plan_dataset(
             f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
             "call adata.obs_names_make_unique() first"
         )
-    fields = obs_fields(atlas._cell_arrow)
+    fields = obs_fields(core.cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
     # features are stored in global-index order, so that a row read back maps to increasing output columns
@@ -263,10 +263,10 @@ def plan_dataset(
 
 
 def embedding_vectors(
-    atlas: RaggedAtlas, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
+    core: AtlasCore, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
 ) -> dict[str, np.ndarray]:
     """Check and convert the embeddings named by ``obsm_columns`` (float32, finite, the declared width)."""
-    declared = vector_fields(atlas._cell_arrow)
+    declared = vector_fields(core.cell_arrow)
     vectors = {}
     for key, column in obsm_columns.items():
         if key not in adata.obsm:

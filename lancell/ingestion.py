@@ -74,7 +74,7 @@ def add_from_anndata(
         with ``query().search(vector)``).
     csc
         Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
-        datasets of at least ``lancell.csc.CSC_MIN_VALUES`` stored values (``lancell.csc.add_csc`` adds it
+        datasets of at least ``lancell.csc.CSC_MIN_VALUES`` stored values (``lancell.add_csc.add_csc`` adds it
         later).
     on_duplicate
         What to do when the same content (matrix, obs names, layer and feature panel: the
@@ -100,7 +100,7 @@ def add_from_anndata(
     DuplicateContentError
         The content is already in the atlas (``on_duplicate="error"``); the atlas is unchanged.
     """
-    atlas._require_writable()
+    atlas.core.require_writable()
     if isinstance(adata, str | os.PathLike):
         path = Path(adata)
         if not path.exists():
@@ -113,11 +113,11 @@ def add_from_anndata(
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
     plan = plan_ingest(
-        atlas, adata, space, stored_layers(record.uid, zarr_layer, layer, layers), record, var_uid_column
+        atlas.core, adata, space, stored_layers(record.uid, zarr_layer, layer, layers), record, var_uid_column
     )
-    plan.vectors = embedding_vectors(atlas, adata, record.uid, obsm_columns or {})
+    plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
-        atlas, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress
+        atlas.core, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress
     )
     (stored,) = run_transactions([transaction])
     return stored

@@ -139,7 +139,7 @@ def landing_files(folder: Path) -> list[LandingSpec]:
 def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
     uids = var.index if spec.var_uid_column is None else var[spec.var_uid_column]
     frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
-    columns = set(atlas._tables.registry(spec.feature_space).schema.names)
+    columns = set(atlas.core.tables.registry(spec.feature_space).schema.names)
     if "gene_symbol" in columns:
         symbols = var[spec.symbol_column] if spec.symbol_column in var.columns else var.index
         frame["gene_symbol"] = symbols.astype(str).to_numpy()
@@ -210,7 +210,8 @@ def ingest_landing_file(
         The file is missing or invalid, or its features conflict with registered ones
         (:class:`~lancell.errors.FeatureConflictError`); the atlas is unchanged.
     """
-    existing = atlas._tables.datasets.search().where(f"uid = {sql_literal(spec.uid)}").to_arrow().to_pylist()
+    where = f"uid = {sql_literal(spec.uid)}"
+    existing = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
     if existing:
         return atlas.dataset_schema(**existing[0]), "present"
     if not spec.path.exists():
@@ -223,13 +224,13 @@ def ingest_landing_file(
     if report is None:
         features, uid_column = _features(atlas, spec, adata.var), spec.var_uid_column
     else:
-        from lancell.standardize import _feature_rows
+        from lancell.standardize import feature_rows
 
         if on_standardized is not None:
             on_standardized(report)
-        columns = pd.Index(atlas._tables.registry(spec.feature_space).schema.names)
-        features, uid_column = _feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
-    registry = atlas._tables.registry(spec.feature_space)
+        columns = pd.Index(atlas.core.tables.registry(spec.feature_space).schema.names)
+        features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
+    registry = atlas.core.tables.registry(spec.feature_space)
     known = set(registry_index(registry).index)
     new_uids = [uid for uid in features["uid"] if uid not in known]
     atlas.register_features(spec.feature_space, features)

@@ -76,11 +76,11 @@ def atlas_lock(
     """
     path = f"{_LOCK_PREFIX}/{name}.lock"
     lease = Lease(lock_objects(store), name, path, stale_after, where=f"{describe_store(store)}/{path}")
-    lease._take(timeout)
+    lease.take(timeout)
     try:
         yield lease
     finally:
-        lease._release()
+        lease.release()
 
 
 class Lease:
@@ -136,7 +136,8 @@ class Lease:
         }
         return json.dumps(body | fields, sort_keys=True).encode()
 
-    def _take(self, timeout: float) -> None:
+    def take(self, timeout: float) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds, and start the heartbeat that renews it."""
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
@@ -186,7 +187,8 @@ class Lease:
             return None
         return current
 
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Stop renewing and give the lock up (unless another process already took it over)."""
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join()

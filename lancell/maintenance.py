@@ -19,7 +19,7 @@ import obstore
 import pyarrow.compute as pc
 
 from lancell.cell_rows import detach_pointers
-from lancell.errors import IngestError, LockTimeoutError
+from lancell.errors import DatasetNotFoundError, LockTimeoutError
 from lancell.locks import atlas_lock
 from lancell.registry import sql_literal
 from lancell.tables import read_columns
@@ -29,14 +29,14 @@ from lancell.visibility import committed_cells, committed_filter, dataset_lock_n
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["remove_dataset", "remove_debris", "remove_group"]
 
 log = logging.getLogger(__name__)
 
 
-def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
+def remove_dataset(core: AtlasCore, uid: str) -> None:
     """Delete dataset ``uid``: a further modality loses its pointers, a dataset its cells and modalities.
 
     Only table rows are deleted (new table versions); the zarr group stays for :func:`remove_debris`.
@@ -47,32 +47,32 @@ def remove_dataset(atlas: RaggedAtlas, uid: str) -> None:
         No such dataset.
     """
     where = f"uid = {sql_literal(uid)}"
-    rows = atlas._tables.datasets.search().where(where).to_arrow().to_pylist()
+    rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
     if not rows:
-        raise IngestError(f"no dataset {uid!r} in the atlas")
+        raise DatasetNotFoundError(f"no dataset {uid!r} in the atlas")
     record = rows[0]
     if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
-        detach_pointers(atlas, record["feature_space"], record["zarr_group"])
+        detach_pointers(core, record["feature_space"], record["zarr_group"])
     else:  # the cells go, with every modality attached to them
-        atlas._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
-        atlas._tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
-    atlas._tables.datasets.delete(where)
+        core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+        core.tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
+    core.tables.datasets.delete(where)
 
 
-def remove_group(atlas: RaggedAtlas, group: str) -> bool:
+def remove_group(core: AtlasCore, group: str) -> bool:
     """Delete ``group`` (a roll-back's own group) if this atlas owns it and nothing references it.
 
     Returns whether a stored group was deleted. A group a live record or a snapshot references (a commit
     that went through although its call failed, a snapshot taken meanwhile) is kept, as is one this atlas
     cannot prove its own; :meth:`RaggedAtlas.vacuum` looks at it again later.
     """
-    if _Names(_live_groups(atlas) | _snapshot_groups(atlas, {})).nests(group):
+    if _Names(_live_groups(core) | _snapshot_groups(core, {})).nests(group):
         log.warning("zarr group %r is referenced by a dataset record or a snapshot: not deleted", group)
         return False
-    return atlas.group_claims.delete(group) == "own"
+    return core.group_claims.delete(group) == "own"
 
 
-def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
+def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     """Delete this atlas's claimed groups that nothing references, once older than ``grace``.
 
     A candidate is a group claimed by this atlas (claim older than ``grace``) that no live dataset record
@@ -89,16 +89,16 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
         rows point into but this atlas never claimed (an older lancell wrote them), left in place;
         ``foreign``: claimed groups whose attributes name another atlas or none, left in place.
     """
-    claims = atlas.group_claims
+    claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace
-    owners, _ = committed_cells(atlas)
+    owners, _ = committed_cells(core)
     mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
     claimed = {claim.group for claim in mine}
-    referenced = _live_groups(atlas) | _snapshot_groups(atlas, snapshots)
+    referenced = _live_groups(core) | _snapshot_groups(core, snapshots)
     referenced_names, claimed_names = _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
-    counts["unclaimed"] = len(_uncommitted_groups(atlas, owners) - claimed - referenced)
+    counts["unclaimed"] = len(_uncommitted_groups(core, owners) - claimed - referenced)
     for claim in mine:
         group = claim.group
         if (
@@ -114,9 +114,9 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
                 )
             except LockTimeoutError:
                 continue
-            if _Names(_live_groups(atlas) | _snapshot_groups(atlas, snapshots)).nests(group):
+            if _Names(_live_groups(core) | _snapshot_groups(core, snapshots)).nests(group):
                 continue  # committed, or snapshotted, since the lists above were read
-            if _written_since(atlas, group, cutoff):
+            if _written_since(core, group, cutoff):
                 continue
             ownership = claims.ownership(group)
             if ownership == "foreign":
@@ -125,7 +125,7 @@ def remove_debris(atlas: RaggedAtlas, grace: timedelta) -> dict[str, int]:
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue
-            counts["cells"] += _drop_pointers(atlas, group, owners)
+            counts["cells"] += _drop_pointers(core, group, owners)
             if claims.delete(group) == "own":
                 counts["groups"] += 1
     return counts
@@ -153,49 +153,49 @@ def _ancestors(name: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _live_groups(atlas: RaggedAtlas) -> set[str]:
-    return set(read_columns(atlas._tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
+def _live_groups(core: AtlasCore) -> set[str]:
+    return set(read_columns(core.tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
 
 
-def _snapshot_groups(atlas: RaggedAtlas, known: dict[int, set[str]]) -> set[str]:
+def _snapshot_groups(core: AtlasCore, known: dict[int, set[str]]) -> set[str]:
     """The groups every snapshot references; ``known`` caches them per snapshot (a snapshot never changes)."""
-    for version in list_snapshots(atlas._tables.db)["version"]:
+    for version in list_snapshots(core.tables.db)["version"]:
         if int(version) not in known:
-            view = atlas._pinned_view(read_version(atlas._tables.db, int(version))["tables"])
+            view = core.pinned_view(read_version(core.tables.db, int(version))["tables"])
             known[int(version)] = _live_groups(view)
     return set().union(*known.values())
 
 
-def _uncommitted_groups(atlas: RaggedAtlas, owners: list[str]) -> set[str]:
+def _uncommitted_groups(core: AtlasCore, owners: list[str]) -> set[str]:
     """The groups that cell rows without a committed dataset record point into."""
-    cells = atlas._tables.cells
+    cells = core.tables.cells
     where = f"NOT ({committed_filter(owners)})"
     if not cells.count_rows(where):
         return set()
     groups: set[str] = set()
-    for space in atlas.feature_spaces:
+    for space in core.feature_spaces:
         pointer = cells.search().where(where).select([space]).to_arrow().column(space)
         names = pc.struct_field(pointer.filter(pc.is_valid(pointer)), "zarr_group")
         groups |= set(pc.unique(names).to_pylist())
     return groups
 
 
-def _written_since(atlas: RaggedAtlas, group: str, cutoff: datetime) -> bool:
+def _written_since(core: AtlasCore, group: str, cutoff: datetime) -> bool:
     return any(
         meta["last_modified"] > cutoff
-        for batch in obstore.list(atlas.store, prefix=group + "/")
+        for batch in obstore.list(core.store, prefix=group + "/")
         for meta in batch
     )
 
 
-def _drop_pointers(atlas: RaggedAtlas, group: str, owners: list[str]) -> int:
+def _drop_pointers(core: AtlasCore, group: str, owners: list[str]) -> int:
     """Delete uncommitted cell rows pointing into ``group``, null committed cells' pointers into it."""
     removed = 0
-    for space in atlas.feature_spaces:
+    for space in core.feature_spaces:
         where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
-        count = atlas._tables.cells.count_rows(where)
+        count = core.tables.cells.count_rows(where)
         if count:
-            atlas._tables.cells.delete(where)
+            core.tables.cells.delete(where)
             removed += count
-        detach_pointers(atlas, space, group)
+        detach_pointers(core, space, group)
     return removed

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import IngestError
+from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.feature_spaces import resolve_feature_space
 from lancell.ingest_plan import plan_ingest, stored_layers
 from lancell.ingestion import add_from_anndata
@@ -36,7 +36,7 @@ __all__ = ["add_from_mudata", "attach_modality"]
 
 def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa.Table:
     where = f"dataset_uid = {sql_literal(cells_of)}"
-    return atlas._tables.cells.search().where(where).select(["uid", feature_space]).to_arrow()
+    return atlas.core.tables.cells.search().where(where).select(["uid", feature_space]).to_arrow()
 
 
 def attach_modality(
@@ -67,13 +67,13 @@ def attach_modality(
         lancell assigns, or any input error that :func:`~lancell.ingestion.add_from_anndata` would raise. The
         atlas is unchanged.
     """
-    atlas._require_writable()
+    atlas.core.require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    if atlas._tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
-        raise IngestError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
+    if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
+        raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
     record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
     to_store = stored_layers(record.uid, zarr_layer, layer, layers)
-    plan = plan_ingest(atlas, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
+    plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
     existing = _existing_cells(atlas, cells_of, feature_space)
     wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
@@ -87,7 +87,7 @@ def attach_modality(
         raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
     plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
     transaction = WriteTransaction(
-        atlas, plan, space, record, cells_of=cells_of, on_duplicate="allow", progress=progress
+        atlas.core, plan, space, record, cells_of=cells_of, on_duplicate="allow", progress=progress
     )
     (stored,) = run_transactions([transaction])
     return stored

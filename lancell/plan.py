@@ -39,7 +39,7 @@ from lancell.stores import describe_store
 from lancell.tables import read_columns
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = [
     "Join",
@@ -170,7 +170,7 @@ class PlannedCells:
     plan: ReconstructionPlan
 
 
-def dataset_group_attrs(atlas: RaggedAtlas, zarr_group: str, dataset_uid: str) -> dict[str, Any]:
+def dataset_group_attrs(core: AtlasCore, zarr_group: str, dataset_uid: str) -> dict[str, Any]:
     """The attributes of a dataset's zarr group: the one place a read path looks them up.
 
     Raises
@@ -179,23 +179,23 @@ def dataset_group_attrs(atlas: RaggedAtlas, zarr_group: str, dataset_uid: str) -
         The dataset record names a group that is absent from the store, or one whose attributes say another
         atlas wrote it (a foreign group at that path is never read as this dataset's data).
     """
-    attrs = atlas._group_attrs(zarr_group)
+    attrs = core.group_attrs(zarr_group)
     if attrs is None:
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
-            f"{describe_store(atlas.store)} (atlas.validate() lists every such problem)"
+            f"{describe_store(core.store)} (atlas.validate() lists every such problem)"
         )
     owner = attrs.get(ATLAS_ID_ATTR)
-    if owner is not None and atlas.atlas_id is not None and owner != atlas.atlas_id:
+    if owner is not None and core.atlas_id is not None and owner != core.atlas_id:
         raise GroupNotFoundError(
-            f"dataset {dataset_uid!r}: zarr group {zarr_group!r} in the store {describe_store(atlas.store)} "
-            f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {atlas.atlas_id!r})"
+            f"dataset {dataset_uid!r}: zarr group {zarr_group!r} in the store {describe_store(core.store)} "
+            f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {core.atlas_id!r})"
         )
     return attrs
 
 
 def resolve_features(
-    atlas: RaggedAtlas, feature_space: str, names_or_uids: Sequence[str], *, case_sensitive: bool = True
+    core: AtlasCore, feature_space: str, names_or_uids: Sequence[str], *, case_sensitive: bool = True
 ) -> np.ndarray:
     """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
 
@@ -208,7 +208,7 @@ def resolve_features(
     QueryError
         Names that are neither a uid nor a symbol of the registry.
     """
-    view = registry_view(atlas, feature_space)
+    view = registry_view(core, feature_space)
     folded: dict[str, list[int]] = {}
     if not case_sensitive:
         for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
@@ -230,32 +230,32 @@ def resolve_features(
     return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
 
 
-def registry_columns(atlas: RaggedAtlas, feature_space: str) -> np.ndarray:
+def registry_columns(core: AtlasCore, feature_space: str) -> np.ndarray:
     """Global index of every numbered feature of the registry, in order (assigned contiguously from 0)."""
-    return registry_view(atlas, feature_space).frame.index.to_numpy(dtype=np.int64)
+    return registry_view(core, feature_space).frame.index.to_numpy(dtype=np.int64)
 
 
-def _visible_layers(atlas: RaggedAtlas) -> dict[str, list[str]]:
+def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
     """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
     recorded: then every layer in the group's attributes is visible)."""
     columns = ["uid", "zarr_group", "layout_uid"]
-    if "layers" in atlas._dataset_arrow.names:
+    if "layers" in core.dataset_arrow.names:
         columns.append("layers")
-    rows = atlas._pinned("dataset_groups", lambda: read_columns(atlas._tables.datasets, columns).to_pylist())
+    rows = core.pinned("dataset_groups", lambda: read_columns(core.tables.datasets, columns).to_pylist())
     return {row["zarr_group"]: row for row in rows}
 
 
 def _describe_groups(
-    atlas: RaggedAtlas, names: list[str], layers: list[str] | None, on_unmeasured: str
+    core: AtlasCore, names: list[str], layers: list[str] | None, on_unmeasured: str
 ) -> tuple[dict[str, dict[str, np.dtype]], dict[str, PlannedGroup], list[str]]:
     """``(requested layers each group among names stores, the planned groups, the requested layers)``;
     ``layers`` None: the one layer the groups store (inferred when unambiguous)."""
-    by_group = _visible_layers(atlas)
+    by_group = _visible_layers(core)
     layers_of, zero_fill = {}, {}
     for name in names:
         if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
             continue
-        attrs = dataset_group_attrs(atlas, name, by_group[name]["uid"])
+        attrs = dataset_group_attrs(core, name, by_group[name]["uid"])
         listed = by_group[name].get("layers") or list(attrs.get("layers", {}))
         layers_of[name] = {
             lay: np.dtype(attrs["layers"][lay]) for lay in listed if lay in attrs.get("layers", {})
@@ -271,7 +271,7 @@ def _describe_groups(
         layers = [present.pop()] if present else []
     need = any if on_unmeasured == "keep" else all
     kept = [name for name, stored in layers_of.items() if layers and need(lay in stored for lay in layers)]
-    layouts = read_global_indices(atlas, [by_group[name]["layout_uid"] for name in kept])
+    layouts = read_global_indices(core, [by_group[name]["layout_uid"] for name in kept])
     groups = {}
     for name in kept:
         record = by_group[name]
@@ -346,7 +346,7 @@ def _check_policy(
 
 
 def plan_reconstruction(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     cells: pa.Table,
     feature_space: str,
     layers: str | Sequence[str] | None,
@@ -372,11 +372,11 @@ def plan_reconstruction(
     QueryError
         An unknown policy, or datasets storing different layers when ``layer`` is None.
     """
-    space = atlas.feature_spaces[feature_space]
+    space = core.feature_spaces[feature_space]
     pointer = cells.column(feature_space)
     names = pc.unique(pc.drop_null(pc.struct_field(pc.drop_null(pointer), "zarr_group")))
     wanted = [layers] if isinstance(layers, str) else None if layers is None else list(layers)
-    layers_of, groups, wanted = _describe_groups(atlas, sorted(names.to_pylist()), wanted, on_unmeasured)
+    layers_of, groups, wanted = _describe_groups(core, sorted(names.to_pylist()), wanted, on_unmeasured)
     per_layer = {
         layer: _unmeasured(
             cells, feature_space, layer, [n for n, stored in layers_of.items() if layer in stored]
@@ -405,7 +405,7 @@ def plan_reconstruction(
     for layer in wanted:
         is_float = any(g.layer_dtypes[layer].kind == "f" for g in groups.values() if layer in g.layer_dtypes)
         dtypes[layer] = np.dtype(np.float32) if is_float else np.dtype(np.int64)
-    var = _var(atlas, feature_space, columns)
+    var = _var(core, feature_space, columns)
     first = wanted[0] if wanted else None
     presence = {
         g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
@@ -427,9 +427,9 @@ def plan_reconstruction(
     )
 
 
-def _var(atlas: RaggedAtlas, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
+def _var(core: AtlasCore, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
     """Registry rows of ``columns`` in output order."""
-    frame = registry_view(atlas, feature_space).frame.reindex(columns)
+    frame = registry_view(core, feature_space).frame.reindex(columns)
     frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
     frame["global_index"] = columns
     return frame

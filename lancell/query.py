@@ -48,7 +48,7 @@ class AtlasQuery:
 
     def __init__(self, atlas: RaggedAtlas) -> None:
         self._atlas = atlas
-        self._filters: list[str] = []
+        self._filters: tuple[str, ...] = ()
         self._limit: int | None = None
         self._columns: list[str] | None = None
         self._feature_space: str | None = None
@@ -65,9 +65,7 @@ class AtlasQuery:
         return self._atlas
 
     def _copy(self) -> AtlasQuery:
-        query = copy.copy(self)
-        query._filters = list(self._filters)
-        return query
+        return copy.copy(self)  # every attribute is immutable or replaced, never changed in place
 
     def where(self, sql: str | None = None, /, **conditions: object) -> AtlasQuery:
         """Add a filter on cell columns (ANDed with earlier filters), checked against the cell table now.
@@ -87,10 +85,10 @@ class AtlasQuery:
         """
         filters = [] if sql is None else [sql]
         if conditions or sql is None:
-            filters.append(keyword_filter(self._atlas._cell_arrow, conditions))
+            filters.append(keyword_filter(self._atlas.core.cell_arrow, conditions))
         for text in filters:
-            check_filter(self._atlas._tables.cells, text)
-        self._filters.extend(filters)
+            check_filter(self._atlas.core.tables.cells, text)
+        self._filters = (*self._filters, *filters)
         return self
 
     def search(
@@ -109,7 +107,7 @@ class AtlasQuery:
         every match unless limited. ``where()`` filters are applied before ranking.
         """
         self._search = search_spec(
-            vector_fields(self._atlas._cell_arrow), query, vector_column_name, query_type, fts_columns
+            vector_fields(self._atlas.core.cell_arrow), query, vector_column_name, query_type, fts_columns
         )
         return self
 
@@ -122,10 +120,10 @@ class AtlasQuery:
 
     def select(self, columns: Sequence[str]) -> AtlasQuery:
         """Keep only these obs columns (``uid``, ``dataset_uid`` and pointers are always kept)."""
-        unknown = sorted(set(columns) - set(self._atlas._cell_arrow.names))
+        unknown = sorted(set(columns) - set(self._atlas.core.cell_arrow.names))
         if unknown:
             raise QueryError(
-                f"unknown cell columns {unknown}; the cell table has {self._atlas._cell_arrow.names}"
+                f"unknown cell columns {unknown}; the cell table has {self._atlas.core.cell_arrow.names}"
             )
         self._columns = list(columns)
         return self
@@ -210,11 +208,11 @@ class AtlasQuery:
     # ------------------------------------------------------------------------------ terminals
     def _filter(self) -> str | None:
         """The user's filters, ANDed, plus the one hiding uncommitted cell rows when there are any."""
-        filters = [*self._filters, visible_cells_filter(self._atlas)]
+        filters = [*self._filters, visible_cells_filter(self._atlas.core)]
         return " AND ".join(f"({f})" for f in filters if f is not None) or None
 
     def _builder(self) -> LanceQueryBuilder:
-        cells = self._atlas._tables.cells
+        cells = self._atlas.core.tables.cells
         limit = self._limit
         if self._search is None:
             builder = cells.search()
@@ -233,7 +231,7 @@ class AtlasQuery:
         """The cell columns :meth:`select` keeps (identity and pointers always), None for all."""
         if self._columns is None:
             return None
-        schema = self._atlas._cell_arrow
+        schema = self._atlas.core.cell_arrow
         keep = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *self._columns}
         return [n for n in schema.names if n in keep]
 
@@ -243,7 +241,7 @@ class AtlasQuery:
         lancedb's query path costs ~5 ms per call and a round trip per 1,024-row batch; the Lance dataset
         underneath (opened once per snapshot-pinned handle) answers the same filter directly.
         """
-        cells = self._atlas._pinned("cells_dataset", self._atlas._tables.cells.to_lance)
+        cells = self._atlas.core.pinned("cells_dataset", self._atlas.core.tables.cells.to_lance)
         return cells.to_table(columns=columns, filter=where, limit=self._limit)
 
     def _rows(self, columns: list[str] | None = None) -> pa.Table:
@@ -289,11 +287,11 @@ class AtlasQuery:
         where = self._filter()
         if group_by is None:
             try:
-                n = self._atlas._tables.cells.count_rows(where)
+                n = self._atlas.core.tables.cells.count_rows(where)
             except (ValueError, RuntimeError, OSError) as exc:
                 raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
             return min(n, self._limit) if self._limit is not None else n
-        if group_by not in self._atlas._cell_arrow.names:
+        if group_by not in self._atlas.core.cell_arrow.names:
             raise QueryError(f"cannot group by unknown column {group_by!r}")
         try:
             column = self._scan([group_by], where).column(group_by)
@@ -310,7 +308,7 @@ class AtlasQuery:
         return series.to_frame().assign(layers=series.index.map(layers))
 
     def _space(self) -> str:
-        return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas._cell_arrow)))
+        return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas.core.cell_arrow)))
 
     def _feature_indices(self, feature_space: str) -> np.ndarray | None:
         if self._features is None:
@@ -319,8 +317,8 @@ class AtlasQuery:
         if space != feature_space:
             raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
         if names is None:
-            return registry_columns(self._atlas, space)
-        return resolve_features(self._atlas, space, names, case_sensitive=self._case_sensitive)
+            return registry_columns(self._atlas.core, space)
+        return resolve_features(self._atlas.core, space, names, case_sensitive=self._case_sensitive)
 
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.
@@ -351,7 +349,8 @@ class AtlasQuery:
         self, cells: pa.Table, space: str, layers: list[str] | None, features: np.ndarray | None
     ) -> PlannedCells:
         join = self._join or "union"
-        plan = plan_reconstruction(self._atlas, cells, space, layers, join, features, self._on_unmeasured)
+        core, policy = self._atlas.core, self._on_unmeasured
+        plan = plan_reconstruction(core, cells, space, layers, join, features, policy)
         return PlannedCells(plan.select(cells), plan)
 
     def to_anndata(self) -> ad.AnnData:
@@ -363,7 +362,7 @@ class AtlasQuery:
         feature space, layer, join, unmeasured-cell policy and the unmeasured datasets.
         """
         planned = self.plan()
-        return reconstruct(self._atlas, planned.cells, planned.plan)
+        return reconstruct(self._atlas.core, planned.cells, planned.plan)
 
     def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
         """One AnnData per feature space (every pointer field by default), cells aligned by uid.
@@ -374,7 +373,7 @@ class AtlasQuery:
         """
         from mudata import MuData
 
-        spaces = list(feature_spaces or pointer_fields_from_arrow(self._atlas._cell_arrow))
+        spaces = list(feature_spaces or pointer_fields_from_arrow(self._atlas.core.cell_arrow))
         cells = self.to_arrow()
         modalities = {}
         for space in spaces:
@@ -383,7 +382,7 @@ class AtlasQuery:
             layers = self._layers if space == self._feature_space else None
             features = self._feature_indices(space) if self._features and self._features[0] == space else None
             planned = self._planned(has, space, layers, features)
-            modalities[space] = reconstruct(self._atlas, planned.cells, planned.plan)
+            modalities[space] = reconstruct(self._atlas.core, planned.cells, planned.plan)
         return MuData(modalities)
 
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
@@ -403,11 +402,11 @@ class AtlasQuery:
             buffered += batch.num_rows
             while buffered >= batch_size:
                 table = pa.Table.from_batches(pending)
-                yield reconstruct(self._atlas, table.slice(0, batch_size), plan)
+                yield reconstruct(self._atlas.core, table.slice(0, batch_size), plan)
                 rest = table.slice(batch_size)
                 pending, buffered = rest.to_batches(), rest.num_rows
         if buffered:
-            yield reconstruct(self._atlas, pa.Table.from_batches(pending), plan)
+            yield reconstruct(self._atlas.core, pa.Table.from_batches(pending), plan)
 
     def reading(
         self, feature_space: str, layer: str | Sequence[str], features: Sequence[str] | str | None = None

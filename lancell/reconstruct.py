@@ -30,14 +30,14 @@ from lancell.reader import read_element_ranges, read_rows
 from lancell.schema import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["presence_matrix", "reconstruct"]
 
 _FILTER_SLICE = 8_000_000  # stored values read at once when most of them are dropped
 
 
-def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -> ad.AnnData:
+def reconstruct(core: AtlasCore, cells: pa.Table, plan: ReconstructionPlan) -> ad.AnnData:
     """Build the AnnData of ``cells`` (rows in the given order) following ``plan``."""
     pointer = cells.column(plan.feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
@@ -50,10 +50,10 @@ def reconstruct(atlas: RaggedAtlas, cells: pa.Table, plan: ReconstructionPlan) -
             starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
             ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
             zarr_rows = pc.struct_field(pointer, "zarr_row").fill_null(0).to_numpy()
-            matrices[layer] = _sparse(atlas, plan, layer, mine, starts, ends, zarr_rows, n_cells)
+            matrices[layer] = _sparse(core, plan, layer, mine, starts, ends, zarr_rows, n_cells)
         else:
             positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
-            matrices[layer] = _dense(atlas, plan, layer, mine, positions, n_cells)
+            matrices[layer] = _dense(core, plan, layer, mine, positions, n_cells)
     vectors = vector_fields(cells.schema)
     obs = arrow_to_obs(cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]))
     first, *others = matrices
@@ -83,23 +83,26 @@ def _rows_by_group(
     return dict(sorted(rows_of.items()))
 
 
-def _csc_is_cheaper(
-    atlas: RaggedAtlas, root: zarr.Group, g: PlannedGroup, layer: str, csr_values: int
-) -> bool:
+def _csc_is_cheaper(core: AtlasCore, root: zarr.Group, g: PlannedGroup, layer: str, csr_values: int) -> bool:
     """Plan by values read: the CSC copy when the kept features hold fewer values than the cells' rows."""
     if layer not in root.attrs.get("csc_layers", []) or (g.out_col >= 0).all():
         return False
-    indptr = atlas._node_values(f"{g.zarr_group}/csc/indptr")
+    indptr = core.node_values(f"{g.zarr_group}/csc/indptr")
     kept = np.flatnonzero(g.out_col >= 0)
     return int((indptr[kept + 1] - indptr[kept]).sum()) < csr_values
 
 
 def _read_by_feature(
-    atlas: RaggedAtlas, root: zarr.Group, g: PlannedGroup, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
+    core: AtlasCore, root: zarr.Group, g: PlannedGroup, layer: str, rows: np.ndarray, zarr_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The cells' kept features from the CSC copy: (sorted output rows, per-row counts, cols, vals)."""
     local = np.flatnonzero(g.out_col >= 0)
-    group_rows, features, values = read_csc_features(atlas, g.zarr_group, layer, local)
+    group_rows, features, values = read_csc_features(
+        core.node_values(f"{g.zarr_group}/csc/indptr"),  # read whole once per handle (8 B per feature)
+        core.node(f"{g.zarr_group}/csc/indices"),
+        core.node(f"{g.zarr_group}/csc/layers/{layer}"),
+        local,
+    )
     out_row = np.full(int(root.attrs["n_cells"]), -1, dtype=np.int64)
     out_row[zarr_rows] = rows
     mapped = out_row[group_rows]
@@ -122,13 +125,13 @@ def _without_fill(
 
 
 def _read_filtered(
-    atlas: RaggedAtlas, name: str, layer: str, g: PlannedGroup, starts: np.ndarray, ends: np.ndarray
+    core: AtlasCore, name: str, layer: str, g: PlannedGroup, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows' kept values from the CSR copy, read ``_FILTER_SLICE`` stored values at a time.
 
     Returns the kept count of each row and the kept values' output columns and values.
     """
-    indices, values = atlas._node(f"{name}/csr/indices"), atlas._node(f"{name}/csr/layers/{layer}")
+    indices, values = core.node(f"{name}/csr/indices"), core.node(f"{name}/csr/layers/{layer}")
     reach = np.cumsum(ends - starts)
     marks = np.arange(_FILTER_SLICE, int(reach[-1]) if reach.size else 0, _FILTER_SLICE)
     bounds = np.unique(np.concatenate(([0], np.searchsorted(reach, marks, side="right"), [starts.size])))
@@ -146,7 +149,7 @@ def _read_filtered(
 
 
 def _sparse(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     plan: ReconstructionPlan,
     layer: str | None,
     rows_of: dict[str, np.ndarray],
@@ -159,17 +162,17 @@ def _sparse(
     pieces = []
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        root = atlas._node(name)
-        if _csc_is_cheaper(atlas, root, g, layer, int((ends[rows] - starts[rows]).sum())):
-            rows, kept_per_row, cols, vals = _read_by_feature(atlas, root, g, layer, rows, zarr_rows[rows])
+        root = core.node(name)
+        if _csc_is_cheaper(core, root, g, layer, int((ends[rows] - starts[rows]).sum())):
+            rows, kept_per_row, cols, vals = _read_by_feature(core, root, g, layer, rows, zarr_rows[rows])
             in_order = True  # sorted by (row, column)
         else:
             lo, hi = starts[rows], ends[rows]
             if (g.out_col < 0).any():  # some features dropped: read in slices, memory follows the result
-                kept_per_row, cols, vals = _read_filtered(atlas, name, layer, g, lo, hi)
+                kept_per_row, cols, vals = _read_filtered(core, name, layer, g, lo, hi)
             else:
-                idx, kept_per_row = read_element_ranges(atlas._node(f"{name}/csr/indices"), lo, hi)
-                vals, _ = read_element_ranges(atlas._node(f"{name}/csr/layers/{layer}"), lo, hi)
+                idx, kept_per_row = read_element_ranges(core.node(f"{name}/csr/indices"), lo, hi)
+                vals, _ = read_element_ranges(core.node(f"{name}/csr/layers/{layer}"), lo, hi)
                 cols = g.out_col[idx]
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
@@ -200,7 +203,7 @@ def _sparse(
 
 
 def _dense(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     plan: ReconstructionPlan,
     layer: str | None,
     rows_of: dict[str, np.ndarray],
@@ -210,7 +213,7 @@ def _dense(
     out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtypes.get(layer, plan.dtype))
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        block = read_rows(atlas._node(f"{name}/layers/{layer}"), positions[rows])
+        block = read_rows(core.node(f"{name}/layers/{layer}"), positions[rows])
         keep = g.out_col >= 0
         out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
     return out

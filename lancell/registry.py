@@ -26,9 +26,10 @@ from lancedb.table import Table
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.registry_view import atlas_identity
+from lancell.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = [
     "OnConflict",
@@ -41,17 +42,6 @@ __all__ = [
 
 OnConflict = Literal["error", "keep", "update"]
 _SHOWN_CONFLICTS = 5
-
-LAYOUTS_TABLE = "_feature_layouts"
-
-LAYOUTS_SCHEMA = pa.schema(
-    [
-        pa.field("layout_uid", pa.string(), nullable=False),
-        pa.field("feature_uid", pa.string(), nullable=False),
-        pa.field("local_index", pa.int64(), nullable=False),
-        pa.field("global_index", pa.int64(), nullable=False),
-    ]
-)
 
 
 def prepare_features(
@@ -266,15 +256,15 @@ _GLOBAL_INDEX_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _GLOBAL_INDEX_CACHE_SIZE = 256  # layouts; ~160 KB each for a 20k-gene panel
 
 
-def read_global_indices(atlas: RaggedAtlas, layout_uids: Sequence[str]) -> dict[str, np.ndarray]:
+def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str, np.ndarray]:
     """The global index (read-only int64, by local index) of every feature of each layout, in one scan.
 
     A stored layout never changes (its uid is a content hash and global indices are assigned once), so
     results are kept in a per-process LRU cache keyed by the atlas's location and creation time (an atlas
     re-created at the same location gets new entries). Only layouts not cached are read.
     """
-    atlas_key = atlas_identity(atlas)
-    table = atlas._tables.layouts
+    atlas_key = atlas_identity(core)
+    table = core.tables.layouts
     wanted = list(dict.fromkeys(layout_uids))
     missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]
     if missing:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["RegistryView", "atlas_identity", "registry_view"]
 
@@ -43,16 +43,16 @@ class RegistryView:
     by_symbol: dict[str, list[int]]
 
 
-def atlas_identity(atlas: RaggedAtlas) -> str:
+def atlas_identity(core: AtlasCore) -> str:
     """The atlas's location and creation time: differs for an atlas re-created at the same location."""
-    return f"{atlas.db_uri}@{atlas._meta.get('created_at')}"
+    return f"{core.db_uri}@{core.meta.get('created_at')}"
 
 
-def registry_view(atlas: RaggedAtlas, feature_space: str) -> RegistryView:
+def registry_view(core: AtlasCore, feature_space: str) -> RegistryView:
     """The (cached) view of ``feature_space``'s registry at the version the atlas handle reads."""
-    table = atlas._tables.registry(feature_space)
-    version = atlas._pinned(f"registry_version/{feature_space}", lambda: int(table.version))
-    key = (atlas_identity(atlas), feature_space, version)
+    table = core.tables.registry(feature_space)
+    version = core.pinned(f"registry_version/{feature_space}", lambda: int(table.version))
+    key = (atlas_identity(core), feature_space, version)
     view = _VIEWS.get(key)
     if view is None:
         frame = table.to_arrow().to_pandas()

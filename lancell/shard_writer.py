@@ -24,6 +24,7 @@ from collections.abc import Callable
 import crc32c
 import numpy as np
 import zarr
+from numcodecs.zstd import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
@@ -52,7 +53,7 @@ def _chunk_encoder(codec: object) -> Callable[[np.ndarray, int], tuple[np.ndarra
             values.view(np.uint32), chunk, transform, _CRC_BYTES
         )
     if isinstance(codec, ZstdCodec):
-        zstd = codec._zstd_codec  # the very numcodecs object zarr-python encodes with
+        zstd = Zstd.from_config({"level": codec.level, "checksum": codec.checksum})  # as zarr-python's own
 
         def encode(values: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
             parts = [

@@ -34,7 +34,13 @@ if TYPE_CHECKING:
     from lancell.registry import OnConflict
     from lancell.schema import DatasetRecord
 
-__all__ = ["DEFAULT_OBS_COLUMNS", "StandardizationReport", "standardize_and_ingest", "standardize_anndata"]
+__all__ = [
+    "DEFAULT_OBS_COLUMNS",
+    "StandardizationReport",
+    "feature_rows",
+    "standardize_and_ingest",
+    "standardize_anndata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +302,7 @@ def _standard_genes(
     return adata
 
 
-def _feature_rows(adata: ad.AnnData, report: StandardizationReport, columns: pd.Index) -> pd.DataFrame:
+def feature_rows(adata: ad.AnnData, report: StandardizationReport, columns: pd.Index) -> pd.DataFrame:
     """Registry rows for the ``feature_uid`` of ``adata``, with the registry's ``gene_symbol`` (current
     symbol, else the input), ``ensembl_id`` and ``organism`` columns where it has them."""
     genes = report.genes.drop_duplicates("input").set_index("input")  # type: ignore[union-attr]
@@ -372,7 +378,7 @@ def standardize_and_ingest(
         adata, unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
     )  # type: ignore[arg-type]
     columns = atlas.feature_registry(feature_space).columns
-    atlas.register_features(feature_space, _feature_rows(standardized, report, columns), on_conflict)
+    atlas.register_features(feature_space, feature_rows(standardized, report, columns), on_conflict)
     record = add_from_anndata(
         atlas,
         standardized,

@@ -13,12 +13,9 @@ from lancedb.db import DBConnection
 from lancedb.table import Table
 
 from lancell.errors import AtlasNotFoundError, StoreError
-from lancell.feature_spaces import FEATURE_SPACES_TABLE
-from lancell.registry import LAYOUTS_TABLE
+from lancell.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
 
 __all__ = ["AtlasTables", "connect", "read_columns"]
-
-DATASETS_TABLE = "datasets"
 
 
 def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DBConnection:

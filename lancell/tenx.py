@@ -188,7 +188,7 @@ def add_from_10x(
     IngestError
         Any other invalid input; the atlas is left unchanged.
     """
-    atlas._require_writable()
+    atlas.core.require_writable()
     matrix = open_10x(path, genome=genome)
     routes = _route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
@@ -206,17 +206,17 @@ def add_from_10x(
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
     for space in routes:
         spaces[space].check_layer(zarr_layer)
-        check_record(atlas, records[space])
+        check_record(atlas.core, records[space])
     cell_obs = _cell_obs(matrix, obs)
     sources = matrix.sources({records[space].uid: columns for space, columns in routes.items()})
     transactions = []
     for space, columns in routes.items():
         uid = records[space].uid
         uids = matrix.var.iloc[columns][var_uid_column].astype(str).tolist()
-        plan = plan_dataset(atlas, spaces[space], uid, {zarr_layer: sources[uid]}, cell_obs, uids)
+        plan = plan_dataset(atlas.core, spaces[space], uid, {zarr_layer: sources[uid]}, cell_obs, uids)
         transactions.append(
             WriteTransaction(
-                atlas, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
+                atlas.core, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
             )
         )
     return run_transactions(transactions)

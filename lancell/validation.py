@@ -17,7 +17,7 @@ from lancell.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["find_problems"]
 
@@ -77,7 +77,7 @@ class _HashBuckets:
         return np.concatenate(found)
 
 
-def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
+def _cell_tallies(core: AtlasCore) -> tuple[Counter, Counter, bool]:
     """Cells per dataset, cells per zarr group, and whether cell uids are unique, in bounded memory.
 
     The visible cell rows are streamed in batches; uniqueness is checked on 64-bit hashes of the uids, split
@@ -85,8 +85,8 @@ def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
     several) and sorted one bucket at a time; only a repeated hash triggers an exact check of the uids that
     carry it (a second streamed pass).
     """
-    hidden = visible_cells_filter(atlas)  # rows of an interrupted ingestion are debris, not a problem
-    cells = atlas._tables.cells
+    hidden = visible_cells_filter(core)  # rows of an interrupted ingestion are debris, not a problem
+    cells = core.tables.cells
 
     def scan(columns: list[str]) -> Iterator[pa.RecordBatch]:
         query = cells.search().where(hidden) if hidden else cells.search()
@@ -96,9 +96,9 @@ def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
     per_group: Counter = Counter()
     with tempfile.TemporaryDirectory(prefix="lancell-validate-") as folder:
         buckets = _HashBuckets(cells.count_rows(hidden), folder)
-        for batch in scan(["uid", "dataset_uid", *atlas.feature_spaces]):
+        for batch in scan(["uid", "dataset_uid", *core.feature_spaces]):
             per_dataset.update(_value_counts(batch.column("dataset_uid")))
-            for space in atlas.feature_spaces:
+            for space in core.feature_spaces:
                 pointer = batch.column(space)
                 per_group.update(
                     _value_counts(pc.struct_field(pointer.filter(pointer.is_valid()), "zarr_group"))
@@ -115,7 +115,7 @@ def _cell_tallies(atlas: RaggedAtlas) -> tuple[Counter, Counter, bool]:
     return per_dataset, per_group, pc.count_distinct(suspects).as_py() == len(suspects)
 
 
-def find_problems(atlas: RaggedAtlas) -> list[str]:
+def find_problems(core: AtlasCore) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
     Checks: every dataset's zarr group exists with matching attributes (and carries this atlas's id, when the
@@ -125,9 +125,9 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
     commits (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.visibility`).
     """
     problems: list[str] = []
-    tables = atlas._tables
+    tables = core.tables
     datasets = tables.datasets.to_arrow()
-    counts, per_group, uids_unique = _cell_tallies(atlas)
+    counts, per_group, uids_unique = _cell_tallies(core)
     layout_sizes = _value_counts(tables.layouts.to_arrow().column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
@@ -141,15 +141,15 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
             )
         if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
             problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
-        attrs = atlas._group_attrs(row["zarr_group"])
+        attrs = core.group_attrs(row["zarr_group"])
         if attrs is None:
             problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
             continue
         owner = attrs.get(ATLAS_ID_ATTR)
-        if owner is not None and atlas.atlas_id is not None and owner != atlas.atlas_id:
+        if owner is not None and core.atlas_id is not None and owner != core.atlas_id:
             problems.append(
                 f"dataset {uid!r}: zarr group {row['zarr_group']!r} belongs to another atlas "
-                f"(its attributes name atlas {owner!r}, this atlas is {atlas.atlas_id!r})"
+                f"(its attributes name atlas {owner!r}, this atlas is {core.atlas_id!r})"
             )
         if attrs.get("lancell_format") != FORMAT_VERSION:
             problems.append(f"dataset {uid!r}: zarr group format {attrs.get('lancell_format')!r}")
@@ -166,7 +166,7 @@ def find_problems(atlas: RaggedAtlas) -> list[str]:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:
         problems.append("cell uids are not unique")
-    for space in atlas.feature_spaces:
+    for space in core.feature_spaces:
         registry = tables.registry(space).to_arrow().select(["uid", "global_index"])
         if pc.count_distinct(registry.column("uid")).as_py() != registry.num_rows:
             problems.append(f"registry {space!r}: feature uids are not unique")

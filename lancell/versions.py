@@ -19,24 +19,9 @@ from lancedb.db import DBConnection
 from lancedb.table import Table
 
 from lancell.errors import VersionNotFoundError
+from lancell.table_schemas import VERSIONS_SCHEMA, VERSIONS_TABLE
 
-__all__ = ["VERSIONS_SCHEMA", "VERSIONS_TABLE", "read_version", "record_snapshot", "tag_name"]
-
-VERSIONS_TABLE = "atlas_versions"
-
-VERSIONS_SCHEMA = pa.schema(
-    [
-        pa.field("version", pa.int64(), nullable=False),
-        pa.field("tables", pa.string(), nullable=False),
-        pa.field("total_cells", pa.int64(), nullable=False),
-        pa.field("n_datasets", pa.int64(), nullable=False),
-        pa.field("store_url", pa.string(), nullable=False),
-        pa.field("store_config", pa.string(), nullable=False),
-        pa.field("lancell_format", pa.int64(), nullable=False),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("note", pa.string()),
-    ]
-)
+__all__ = ["read_version", "record_snapshot", "tag_name"]
 
 
 def tag_name(version: int) -> str:

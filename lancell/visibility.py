@@ -21,7 +21,7 @@ from lancell.registry import sql_literal
 from lancell.tables import read_columns
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
     from lancell.locks import Lease
 
 __all__ = [
@@ -33,12 +33,12 @@ __all__ = [
 ]
 
 
-def committed_cells(atlas: RaggedAtlas) -> tuple[list[str], int]:
+def committed_cells(core: AtlasCore) -> tuple[list[str], int]:
     """``(uids of datasets that own cells, number of cells their records commit)``.
 
     Records of further modalities (``cells_of`` set) own no cell rows and are left out.
     """
-    rows = read_columns(atlas._tables.datasets, ["uid", "n_cells", "cells_of"]).to_pylist()
+    rows = read_columns(core.tables.datasets, ["uid", "n_cells", "cells_of"]).to_pylist()
     owners = [row for row in rows if not row["cells_of"]]
     return [row["uid"] for row in owners], sum(int(row["n_cells"]) for row in owners)
 
@@ -50,19 +50,19 @@ def committed_filter(owners: list[str]) -> str:
     return f"dataset_uid IN ({', '.join(sql_literal(uid) for uid in owners)})"
 
 
-def visible_cells_filter(atlas: RaggedAtlas) -> str | None:
+def visible_cells_filter(core: AtlasCore) -> str | None:
     """A SQL predicate that hides uncommitted cell rows, or ``None`` when there are none to hide.
 
     Worked out once per snapshot-pinned handle, on every call for a live one.
     """
 
     def compute() -> str | None:
-        owners, committed = committed_cells(atlas)
-        if atlas._tables.cells.count_rows() == committed:
+        owners, committed = committed_cells(core)
+        if core.tables.cells.count_rows() == committed:
             return None
         return committed_filter(owners)
 
-    return atlas._pinned("visible_cells_filter", compute)
+    return core.pinned("visible_cells_filter", compute)
 
 
 def dataset_lock_name(uid: str) -> str:
@@ -71,7 +71,7 @@ def dataset_lock_name(uid: str) -> str:
 
 
 @contextmanager
-def claim_dataset(atlas: RaggedAtlas, uid: str) -> Iterator[Lease]:
+def claim_dataset(core: AtlasCore, uid: str) -> Iterator[Lease]:
     """Hold the right to ingest dataset ``uid``: one process at a time, and never twice.
 
     Inside the claim no other process writes rows of ``uid``, so rows of ``uid`` without a record can only be
@@ -83,10 +83,10 @@ def claim_dataset(atlas: RaggedAtlas, uid: str) -> Iterator[Lease]:
     DuplicateDatasetError
         A dataset ``uid`` was committed (possibly by another process since the caller checked).
     """
-    with atlas._lock(dataset_lock_name(uid)) as lease:
-        if atlas._tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
+    with core.lock(dataset_lock_name(uid)) as lease:
+        if core.tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
             raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
         debris = f"dataset_uid = {sql_literal(uid)}"
-        if atlas._tables.cells.count_rows(debris):
-            atlas._tables.cells.delete(debris)
+        if core.tables.cells.count_rows(debris):
+            core.tables.cells.delete(debris)
         yield lease

@@ -19,9 +19,9 @@ point"):
    dataset record: the commit point.
 
 Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
-nulled), a layout it added that no record uses, and its group (through :meth:`RaggedAtlas._delete_group`,
-which deletes only this atlas's own unreferenced groups). :func:`run_transactions` runs several as one, all
-or nothing (a 10x file split into feature spaces).
+nulled), a layout it added that no record uses, and its group (through
+:func:`lancell.maintenance.remove_group`, which deletes only this atlas's own unreferenced groups).
+:func:`run_transactions` runs several as one, all or nothing (a 10x file split into feature spaces).
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ from lancell.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.ingest_blocks import checked_values
 from lancell.ingest_plan import IngestPlan
 from lancell.layer_blocks import layer_blocks
+from lancell.maintenance import remove_group
 from lancell.registry import ensure_layout, sql_literal
 from lancell.schema import DatasetRecord
 from lancell.sources import MatrixSource
 from lancell.visibility import claim_dataset
 
 if TYPE_CHECKING:
-    from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
     from lancell.locks import Lease
 
 __all__ = ["WriteTransaction", "combined_fingerprint", "run_transactions", "stored_dtype", "write_group"]
@@ -93,7 +94,7 @@ class WriteTransaction:
 
     def __init__(
         self,
-        atlas: RaggedAtlas,
+        core: AtlasCore,
         plan: IngestPlan,
         space: FeatureSpace,
         record: DatasetRecord,
@@ -103,7 +104,7 @@ class WriteTransaction:
         on_duplicate: OnDuplicate = "error",
         progress: bool = True,
     ) -> None:
-        self.atlas, self.plan, self.space, self.record = atlas, plan, space, record
+        self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
         self.duplicate_of: DatasetRecord | None = None
         self._claims = ExitStack()
@@ -114,9 +115,9 @@ class WriteTransaction:
 
     def stage(self) -> None:
         """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows."""
-        atlas, plan, space = self.atlas, self.plan, self.space
-        self._lease = self._claims.enter_context(claim_dataset(atlas, self.record.uid))
-        self._group = atlas.group_claims.claim_new(self.record.uid)
+        core, plan, space = self.core, self.plan, self.space
+        self._lease = self._claims.enter_context(claim_dataset(core, self.record.uid))
+        self._group = core.group_claims.claim_new(self.record.uid)
         names = list(plan.layers)
         written = None
         if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
@@ -126,9 +127,7 @@ class WriteTransaction:
                 name: hashing.enter_context(ContentHasher(space.kind, stored_dtype(source), source.shape))
                 for name, source in plan.layers.items()
             }
-            indptr = write_group(
-                atlas, plan, space, self._group, plan.layers, self.progress, written, hashers
-            )
+            indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
             fingerprint = combined_fingerprint(
                 {
                     name: hasher.finish(
@@ -141,11 +140,11 @@ class WriteTransaction:
                 }
             )
         if written is not None:
-            write_csc(atlas._zarr_root[self._group], names, written=written)
+            write_csc(core.zarr_root[self._group], names, written=written)
             del written  # the kept blocks
-        with atlas._lock("layouts"):
+        with core.lock("layouts"):
             self._layout_written = ensure_layout(
-                atlas._tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+                core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
             )
         self._commit_rows(indptr)
         self.record = self.record.model_copy(
@@ -165,8 +164,8 @@ class WriteTransaction:
         )
 
     def _commit_rows(self, indptr: np.ndarray) -> None:
-        atlas, space, cells = self.atlas, self.space, self.atlas._tables.cells
-        schema = atlas.cell_arrow_schema
+        core, space, cells = self.core, self.space, self.core.tables.cells
+        schema = core.cell_arrow
         if self.cells_of is None:
             batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
             cells.add(pa.RecordBatchReader.from_batches(schema, batches))
@@ -183,14 +182,14 @@ class WriteTransaction:
     def commit(self) -> DatasetRecord:
         """Commit the dataset record (the commit point) unless its content is already in the atlas: then
         (``on_duplicate="skip"``) roll back and return the record holding that content."""
-        row = pa.Table.from_pylist([self.record.model_dump()], schema=self.atlas._dataset_arrow)
+        row = pa.Table.from_pylist([self.record.model_dump()], schema=self.core.dataset_arrow)
         fingerprint = self.record.content_fingerprint
-        with content_claim(self.atlas, self.record.uid, fingerprint, self.on_duplicate) as duplicate_of:
+        with content_claim(self.core, self.record.uid, fingerprint, self.on_duplicate) as duplicate_of:
             if duplicate_of is None:
-                plan, tables = self.plan, self.atlas._tables
+                plan, tables = self.plan, self.core.tables
                 # a failed write of the same panel removes the layout unless a record uses it: check it is
                 # there and commit the record under one hold of the layouts lock
-                with self.atlas._lock("layouts"):
+                with self.core.lock("layouts"):
                     self._layout_written |= ensure_layout(
                         tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
                     )
@@ -205,24 +204,24 @@ class WriteTransaction:
 
     def roll_back(self) -> None:
         """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
-        atlas, uid = self.atlas, self.record.uid
+        core, uid = self.core, self.record.uid
         try:
             if self._committed:
-                atlas._tables.datasets.delete(f"uid = {sql_literal(uid)}")
+                core.tables.datasets.delete(f"uid = {sql_literal(uid)}")
                 self._committed = False
             if self._rows_written and self.cells_of is None:
-                atlas._tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+                core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
             elif self._rows_written:
-                detach_pointers(atlas, self.space.name, self._group)
+                detach_pointers(core, self.space.name, self._group)
             self._rows_written = False
             if self._layout_written:
-                with atlas._lock("layouts"):
+                with core.lock("layouts"):
                     where = f"layout_uid = {sql_literal(self.plan.layout_uid)}"
-                    if atlas._tables.datasets.count_rows(where) == 0:
-                        atlas._tables.layouts.delete(where)
+                    if core.tables.datasets.count_rows(where) == 0:
+                        core.tables.layouts.delete(where)
                 self._layout_written = False
             if self._group is not None:
-                atlas._delete_group(self._group)
+                remove_group(core, self._group)
                 self._group = None
         except (LancellError, OSError) as exc:
             log.error("roll-back of dataset %s left debris (vacuum() removes it): %s", uid, exc)
@@ -290,7 +289,7 @@ def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
 
 
 def write_group(
-    atlas: RaggedAtlas,
+    core: AtlasCore,
     plan: IngestPlan,
     space: FeatureSpace,
     zarr_group: str,
@@ -319,11 +318,11 @@ def write_group(
         "n_cells": plan.n_cells,
         "n_features": n_features,
         "layers": dtypes,
-        "atlas_id": atlas.group_claims.atlas_id,
+        "atlas_id": core.group_claims.atlas_id,
     }
     with bar:
         if space.kind == "sparse":
-            writer = SparseGroupWriter(atlas._zarr_root, zarr_group, nnz=plan.nnz, **common)
+            writer = SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common)
             for _, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
                 writer.append(indptr, indices, values)
                 for name, hasher in hashers.items():
@@ -333,7 +332,7 @@ def write_group(
                 bar.update(indptr.size - 1)
             indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
         else:
-            writer = DenseGroupWriter(atlas._zarr_root, zarr_group, **common)
+            writer = DenseGroupWriter(core.zarr_root, zarr_group, **common)
             streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
             for blocks in zip(*streams, strict=True):
                 row0, shape = blocks[0][0], blocks[0][1].shape

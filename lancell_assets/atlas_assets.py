@@ -37,7 +37,7 @@ def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) ->
             "dagster/row_count": dg.MetadataValue.int(sum(sizes.values())),
             "features": dg.MetadataValue.json(sizes),
             "newly_numbered": dg.MetadataValue.json(numbered),
-            "lance_versions": dg.MetadataValue.json(handle._tables.versions()),
+            "lance_versions": dg.MetadataValue.json(handle.table_versions()),
         }
     )
 
@@ -121,7 +121,7 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
             "dagster/column_schema": column_schema(frozen),
             "cells": dg.MetadataValue.int(cells),
             "datasets": datasets_table(frozen),
-            "lance_versions": dg.MetadataValue.json(frozen._tables.versions()),
+            "lance_versions": dg.MetadataValue.json(frozen.table_versions()),
         }
         | snapshot_diff(atlas, frozen),
         check_results=[

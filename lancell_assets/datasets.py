@@ -141,7 +141,7 @@ def _metadata(
 
 
 def _checks(handle: "RaggedAtlas", spec: "LandingSpec", record: "DatasetRecord") -> list[dg.AssetCheckResult]:
-    attrs = handle._group_attrs(record.zarr_group) or {}
+    attrs = handle.group_attributes(record.zarr_group) or {}
     problems = [p for p in handle.validate() if record.uid in p]
     source_cells = _source_cells(spec.path)
     return [

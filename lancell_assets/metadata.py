@@ -29,7 +29,7 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
         "nnz": dg.MetadataValue.int(record.nnz),
         "bytes": dg.MetadataValue.int(nbytes),
         "bytes_per_nnz": dg.MetadataValue.float(round(nbytes / max(record.nnz, 1), 3)),
-        "lance_versions": dg.MetadataValue.json(atlas._tables.versions()),
+        "lance_versions": dg.MetadataValue.json(atlas.table_versions()),
     }
     if seconds is not None:
         out["duration_s"] = dg.MetadataValue.float(round(seconds, 3))
@@ -46,13 +46,13 @@ def layer_summary(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, dict[s
     """
     import numpy as np
 
-    attrs = atlas._group_attrs(record.zarr_group) or {}
+    attrs = atlas.group_attributes(record.zarr_group) or {}
     stored, padded = attrs.get("layers", {}), set(attrs.get("zero_fill", ()))
     out: dict[str, dict[str, object]] = {}
     for name in record.layers or list(stored):
         nnz = record.nnz
         if name in padded:
-            values = atlas._node(f"{record.zarr_group}/csr/layers/{name}")
+            values = atlas.core.node(f"{record.zarr_group}/csr/layers/{name}")
             step = (values.shards or values.chunks)[0]
             nnz = sum(int(np.count_nonzero(values[i : i + step])) for i in range(0, values.shape[0], step))
         out[name] = {"dtype": stored.get(name, ""), "nnz": nnz}

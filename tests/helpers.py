@@ -37,9 +37,9 @@ def visible_state(atlas: RaggedAtlas, *, versions: bool = False) -> dict[str, ob
     """
     state: dict[str, object] = {}
     if versions:
-        state["versions"] = atlas._tables.versions()
+        state["versions"] = atlas.core.tables.versions()
         state["snapshots"] = RaggedAtlas.list_versions(atlas.db_uri)["version"].tolist()
-    for name, handle in atlas._tables.handles.items():
+    for name, handle in atlas.core.tables.handles.items():
         table = handle.to_arrow()
         if "created_at" in table.column_names:
             table = table.drop_columns(["created_at"])

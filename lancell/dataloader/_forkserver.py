@@ -24,13 +24,13 @@ def _import_main() -> None:
     path = os.environ.get(MAIN_ENV)
     if not path or not os.path.exists(path):
         return
-    process.current_process()._inheriting = True
+    process.current_process()._inheriting = True  # noqa: SLF001 (as multiprocessing.spawn does for main)
     try:
         spawn.import_main_path(path)
     except Exception:  # workers then import the main module themselves and report its error there
         log.warning("forkserver could not preload the main module %s", path, exc_info=True)
     finally:
-        del process.current_process()._inheriting
+        del process.current_process()._inheriting  # noqa: SLF001
 
 
 # The main module may import lancedb, whose fork hook then warns in every worker. Workers never use lancedb

@@ -223,7 +223,7 @@ class CellDataset:
         source = DatasetSource(
             db_uri=atlas.db_uri,
             snapshot_version=atlas.snapshot_version,
-            cell_table_version=int(atlas._tables.cells.version),
+            cell_table_version=int(atlas.core.tables.cells.version),
             store_url=describe_store(atlas.store),
             store_kwargs=dict(store_kwargs) if store_kwargs is not None else store_kwargs_of(atlas.store),
         )

@@ -120,7 +120,7 @@ def _step_interval(instance: dg.DagsterInstance, run_id: str) -> tuple[float, fl
 
 
 def _cells(atlas: RaggedAtlas) -> pd.DataFrame:
-    table = atlas._tables.cells.to_arrow().drop_columns(["gene_expression"]).to_pandas()
+    table = atlas.core.tables.cells.to_arrow().drop_columns(["gene_expression"]).to_pandas()
     return table.sort_values("uid").reset_index(drop=True)
 
 

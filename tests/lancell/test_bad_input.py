@@ -71,7 +71,7 @@ def strict_atlas(tmp_path) -> RaggedAtlas:
 
 def test_failure_after_zarr_write_rolls_back(strict_atlas, monkeypatch):
     before = visible_state(strict_atlas)
-    table = strict_atlas._tables.datasets
+    table = strict_atlas.core.tables.datasets
 
     def broken_add(*args, **kwargs):
         raise OSError("disk full while writing the dataset row")

@@ -36,7 +36,7 @@ def test_registry_view_groups_repeated_symbols_in_index_order(tmp_path: Path) ->
         }
     )
     atlas.register_features("gene_expression", features)
-    view = registry_view(atlas, "gene_expression")
+    view = registry_view(atlas.core, "gene_expression")
     # global indices follow registration order: ENSG5 0, ENSG1 1, ENSG4 2, ENSG2 3, ENSG3 4, ENSG6 5
     assert view.by_symbol == {"AAA": [4], "CD3D": [1], "Rp1": [0, 3, 5]}
     assert list(view.by_symbol) == ["AAA", "CD3D", "Rp1"]

@@ -11,7 +11,7 @@ import lancell.csc as csc_module
 import lancell.reconstruct as reconstruct_module
 import lancell.write_transaction as write_transaction
 from lancell import groups
-from lancell.csc import add_csc
+from lancell.add_csc import add_csc
 from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
@@ -66,7 +66,7 @@ def test_feature_reads_via_csc_equal_reference_in_requested_order(atlas, celltyp
 
 def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
     _ingest(atlas, celltypist, "ct", csc=False)
-    assert "csc_layers" not in atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    assert "csc_layers" not in atlas.core.group_attrs(atlas.list_datasets()["zarr_group"][0])
     column_nnz = np.diff(celltypist.X.tocsc().indptr)
     genes = list(celltypist.var_names[np.argsort(-column_nnz)[:5]])  # the five most often detected genes
     before = atlas.query().where("dataset_uid = 'ct'").features(genes, "gene_expression").to_anndata()
@@ -85,7 +85,7 @@ def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, thres
     assert celltypist.X.nnz == 1_027_859
     monkeypatch.setattr(write_transaction, "CSC_MIN_VALUES", threshold)
     record = _ingest(atlas, celltypist, "ct")
-    layers = atlas._group_attrs(record.zarr_group).get("csc_layers")
+    layers = atlas.core.group_attrs(record.zarr_group).get("csc_layers")
     assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)
 
 
@@ -98,7 +98,7 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
     if source == "read back while ingesting":
         monkeypatch.setattr(write_transaction, "CSC_BUDGET", 0)  # keeps no block
     record = _ingest(atlas, celltypist, "ct", csc=source != "stored, after ingestion")
-    group = atlas._zarr_root[record.zarr_group]
+    group = atlas.core.zarr_root[record.zarr_group]
     if source == "stored, after ingestion":
         several_passes(group, ["counts"])
     registry = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]

@@ -297,7 +297,7 @@ def test_live_atlas_records_no_snapshot(atlas, celltypist):
     )
     dataset = atlas.query().to_cell_dataset(SPACE, "counts")
     assert dataset.source.snapshot_version is None and len(dataset) == 50
-    assert dataset.source.cell_table_version == atlas._tables.cells.version
+    assert dataset.source.cell_table_version == atlas.core.tables.cells.version
     expected = sp.csr_matrix(atlas.query().to_anndata().X)
     _assert_same(_csr(pickle.loads(pickle.dumps(dataset)).__getitems__(np.arange(50))), expected)
 

@@ -46,7 +46,7 @@ def test_keyword_and_sql_combine_with_and(bundled, pbmc_obs):
 
 
 def test_keyword_values_are_quoted_safely(bundled):
-    schema = bundled._tables.cells.schema
+    schema = bundled.core.tables.cells.schema
     sql = keyword_filter(schema, {"cell_type": "O'Brien cell) OR (1 = 1"})
     assert sql == "(cell_type = 'O''Brien cell) OR (1 = 1')"
     assert bundled.query().where(cell_type="O'Brien cell) OR (1 = 1").count() == 0
@@ -70,7 +70,7 @@ def test_bad_keyword_conditions_are_named(bundled, conditions, message):
     query = bundled.query()
     with pytest.raises(QueryError, match=message):
         query.where(**conditions)
-    assert query._filters == []  # nothing was added
+    assert query._filters == ()  # nothing was added
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_bad_keyword_conditions_are_named(bundled, conditions, message):
     ],
 )
 def test_census_style_filters_show_the_sql_to_write(bundled, census, sql):
-    assert sql_suggestion(census, bundled._tables.cells.schema.names) == sql
+    assert sql_suggestion(census, bundled.core.tables.cells.schema.names) == sql
     with pytest.raises(QueryError) as info:
         bundled.query().where(census)
     assert f"write {sql} (SQL: lists as IN (...), strings in single quotes)" in str(info.value)

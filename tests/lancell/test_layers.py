@@ -104,7 +104,7 @@ def test_a_layer_with_explicit_zeros_on_the_shared_entries_keeps_them(atlas, cel
     adata.X.data[::7] = 0  # explicit zeros where counts has values: the same pattern
     nnz = adata.X.nnz
     _ingest(atlas, adata, "zeros", layers=LAYERS)
-    group = atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    group = atlas.core.group_attrs(atlas.list_datasets()["zarr_group"][0])
     assert group["zero_fill"] == [] and group["nnz"] == nnz
     out = _query(atlas, ["log_normalized", "counts"]).to_anndata()
     stored = adata[:, out.var_names]
@@ -123,7 +123,7 @@ def test_layers_with_their_own_patterns_are_stored_on_the_union(atlas, celltypis
     adata.X = x.astype(np.float32)
     union = (abs(sp.csr_matrix(adata.X)) + abs(sp.csr_matrix(adata.layers["counts"]))).nnz
     _ingest(atlas, adata, "own", layers=LAYERS)
-    attrs = atlas._group_attrs(atlas.list_datasets()["zarr_group"][0])
+    attrs = atlas.core.group_attrs(atlas.list_datasets()["zarr_group"][0])
     assert attrs["nnz"] == union and attrs["zero_fill"] == ["log_normalized", "counts"]
     out = _query(atlas, ["log_normalized", "counts"]).to_anndata()
     stored = adata[:, out.var_names]
@@ -165,14 +165,14 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
     x = np.zeros(counts_only.shape, np.float32)
     stored = atlas.query().to_anndata().X  # the dataset's stored order
     x[3, np.flatnonzero(stored[3].toarray().ravel() == 0)[0]] = 1.0
-    attrs = dict(atlas._group_attrs(record.zarr_group))
+    attrs = dict(atlas.core.group_attrs(record.zarr_group))
     with pytest.raises(
         IngestError,
         match=r"cell row 3, feature \d+ \(stored order\) holds a value where the stored layers have none",
     ):
         add_layer(atlas, "late", "log_normalized", x)
-    assert atlas._group_attrs(record.zarr_group) == attrs
-    assert "log_normalized" not in atlas._zarr_root[f"{record.zarr_group}/csr/layers"]
+    assert atlas.core.group_attrs(record.zarr_group) == attrs
+    assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
 
 
@@ -185,7 +185,7 @@ def test_two_layer_bytes_are_one_layer_plus_the_second_values(tmp_path, atlas, c
     def size(*parts: str) -> int:
         return sum(f.stat().st_size for f in (tmp_path / "arrays").joinpath(*parts).rglob("*") if f.is_file())
 
-    assert atlas._group_attrs(two.zarr_group)["csc_layers"] == ["counts", "log_normalized"]
+    assert atlas.core.group_attrs(two.zarr_group)["csc_layers"] == ["counts", "log_normalized"]
     second = size(two.zarr_group, "csr", "layers", "log_normalized") + size(
         two.zarr_group, "csc", "layers", "log_normalized"
     )

@@ -313,8 +313,8 @@ def test_concurrent_callers_and_running_event_loop(tmp_path: Path) -> None:
 
 def test_bundled_celltypist_cells_match_zarr(tmp_path: Path) -> None:
     atlas = build_bundled_atlas(tmp_path)
-    datasets = atlas._tables.datasets.to_arrow().select(["uid", "zarr_group"]).to_pylist()
-    group = atlas._zarr_root[next(d["zarr_group"] for d in datasets if d["uid"] == "celltypist_sample")]
+    datasets = atlas.core.tables.datasets.to_arrow().select(["uid", "zarr_group"]).to_pylist()
+    group = atlas.core.zarr_root[next(d["zarr_group"] for d in datasets if d["uid"] == "celltypist_sample")]
     indptr = group["csr/indptr"][:]
     cells = np.random.default_rng(9).integers(0, indptr.size - 1, 10_000)
     starts, ends = indptr[cells], indptr[cells + 1]

@@ -242,7 +242,7 @@ def test_failure_in_second_feature_space_rolls_back_the_first(tmp_path, with_ant
     assert visible_state(atlas) == before
     with pytest.raises(FeatureSpaceError, match="layer 'raw'"):
         add_from_10x(atlas, V3_DIR, zarr_layer="raw", progress=False)
-    atlas._tables.registry("gene_expression").delete("uid = 'ENSG00000279493'")
+    atlas.core.tables.registry("gene_expression").delete("uid = 'ENSG00000279493'")
     before = visible_state(atlas)
     with pytest.raises(UnknownFeaturesError):
         add_from_10x(atlas, V3_DIR, progress=False)

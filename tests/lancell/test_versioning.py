@@ -104,12 +104,12 @@ def test_vacuum_removes_unreferenced_own_groups_only(atlas):
     ingest_bundled(atlas, BUNDLED[0])
     gone = ingest_bundled(atlas, BUNDLED[1])
     atlas.delete_dataset(gone.uid)
-    orphan = atlas._zarr_root.create_group("orphan-deadbeef")  # no claim: not provably this atlas's
+    orphan = atlas.core.zarr_root.create_group("orphan-deadbeef")  # no claim: not provably this atlas's
     orphan.create_array("x", shape=(4,), dtype="int32")[:] = np.arange(4)
     nothing = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
     assert atlas.vacuum(grace=timedelta(hours=1)) == nothing
     assert atlas.vacuum(grace=timedelta(0)) == {**nothing, "groups": 1}
-    assert gone.zarr_group not in atlas._zarr_root
-    np.testing.assert_array_equal(atlas._zarr_root["orphan-deadbeef/x"][:], np.arange(4))
+    assert gone.zarr_group not in atlas.core.zarr_root
+    np.testing.assert_array_equal(atlas.core.zarr_root["orphan-deadbeef/x"][:], np.arange(4))
     assert atlas.validate() == []
     assert atlas.query().count() == 700

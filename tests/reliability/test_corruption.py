@@ -97,7 +97,7 @@ class Atlas:
         layer = DATASETS[uid]
 
         def batched() -> tuple[np.ndarray, np.ndarray]:
-            group = self.atlas._zarr_root[self.group(uid)]
+            group = self.atlas.core.zarr_root[self.group(uid)]
             indptr = group["csr/indptr"][:]
             pair = [group["csr/indices"], group[f"csr/layers/{layer}"]]
             assert all(array_reader(array) is not None for array in pair)
@@ -275,7 +275,7 @@ def test_undamaged_reads_match_and_other_datasets_are_unaffected(
         assert _same(read(), expected["pbmc68k", name]), name
     for uid in DATASETS:
         assert _same(atlas.feature_read(uid), expected[uid, "features"])
-    group = atlas.atlas._zarr_root[atlas.group("pbmc68k")]
+    group = atlas.atlas.core.zarr_root[atlas.group("pbmc68k")]
     reader = array_reader(group["csr/indices"])
     assert reader.complete and reader.layout.chunk_crc  # written with every chunk, each with its crc32c
 

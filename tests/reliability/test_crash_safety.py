@@ -151,7 +151,7 @@ def _check_after_crash(template: dict[str, object], root: Path, committed: bool 
     atlas.vacuum(grace=timedelta(0))
     referenced, stored = _referenced_and_stored(atlas, root)
     assert stored == referenced  # the debris is gone, nothing referenced was touched
-    assert atlas._tables.cells.count_rows() == sum(m.shape[0] for m in expected.values())
+    assert atlas.core.tables.cells.count_rows() == sum(m.shape[0] for m in expected.values())
     _assert_exact(atlas, expected)
     if not there:  # the interrupted ingestion can simply be run again
         add_from_anndata(

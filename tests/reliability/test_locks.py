@@ -111,7 +111,7 @@ def test_snapshot_records_nothing_when_its_lock_is_taken_over(tmp_path: Path, mo
     validate = lancell.atlas.find_problems
 
     def taken_over_while_validating(view: RaggedAtlas) -> list[str]:  # another process breaks the lock here
-        _steal(atlas._meta_store, "snapshot")
+        _steal(atlas.core.meta_store, "snapshot")
         return validate(view)
 
     monkeypatch.setattr(lancell.atlas, "find_problems", taken_over_while_validating)

@@ -19,8 +19,8 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
+from lancell.add_csc import add_csc
 from lancell.atlas import RaggedAtlas
-from lancell.csc import add_csc
 from lancell.errors import DuplicateContentError, GroupNotFoundError, StoreError
 from lancell.groups import ATLAS_ID_ATTR, SparseGroupWriter
 from lancell.ingestion import add_from_anndata
@@ -191,7 +191,7 @@ def test_debris_goes_after_grace_and_snapshot_groups_stay(tmp_path: Path) -> Non
     # an interrupted ingestion: the claim, a group written half-way, no record
     interrupted = atlas.group_claims.claim_new("e")
     writer = SparseGroupWriter(
-        atlas._zarr_root,
+        atlas.core.zarr_root,
         interrupted,
         n_cells=30,
         n_features=len(GENES),
@@ -261,13 +261,13 @@ def test_groups_not_provably_this_atlas_are_reported_and_kept(tmp_path: Path) ->
     atlas.delete_dataset("d")
     zarr.open_group(str(arrays / d.zarr_group), mode="a").attrs[ATLAS_ID_ATTR] = "someone-else"
     e = ingest(atlas, "e", x["e"])  # as an older lancell leaves it: cell rows, no record, no claim
-    atlas._tables.datasets.delete("uid = 'e'")
+    atlas.core.tables.datasets.delete("uid = 'e'")
     atlas.group_claims.release(e.zarr_group)
     files = {name: tree(arrays / name) for name in (d.zarr_group, e.zarr_group)}
 
     assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "unclaimed": 1, "foreign": 1}
     assert {name: tree(arrays / name) for name in files} == files
-    assert atlas._tables.cells.count_rows("dataset_uid = 'e'") == x["e"].shape[0]
+    assert atlas.core.tables.cells.count_rows("dataset_uid = 'e'") == x["e"].shape[0]
     add_csc(atlas, "a")  # its own group: the CSC copy is rewritten
     assert atlas.validate() == [problem]
     # the read path refuses b's group while it names another atlas; given back its id, it reads as ingested

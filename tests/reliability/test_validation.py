@@ -38,7 +38,8 @@ def test_duplicated_cell_rows_are_reported(tmp_path):
         progress=False,
     )
     assert atlas.validate() == []
-    atlas._tables.cells.add(atlas._tables.cells.search().limit(2).to_arrow())  # two rows written twice
+    cells = atlas.core.tables.cells
+    cells.add(cells.search().limit(2).to_arrow())  # two rows written twice
     problems = atlas.validate()
     assert "cell uids are not unique" in problems
     assert any("record says 10 cells, 12 cells point into" in p for p in problems)

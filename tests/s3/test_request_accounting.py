@@ -68,7 +68,7 @@ def _measure(seaweed: Seaweed, atlas_info: dict[str, object], uids: np.ndarray) 
     adata = query.to_anndata()
     after = seaweed.request_counts(ARRAYS_BUCKET)
     requests = after - before
-    group = atlas._zarr_root[atlas_info["group"]]
+    group = atlas.core.zarr_root[atlas_info["group"]]
     readers = [array_reader(group[path]) for path in ARRAYS]
     rows = np.array([int(u.split(":c")[1]) for u in adata.obs_names])
     assert np.array_equal(adata.X.toarray(), atlas_info["expected"][rows].toarray())

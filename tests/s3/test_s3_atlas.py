@@ -220,9 +220,9 @@ _WORKER = textwrap.dedent(
         time.sleep(0.01)
     versions = [atlas.snapshot(note=me) for _ in range(3)]
     for _ in range(10):  # read-modify-write of a shared counter, only correct under the lock
-        with atlas_lock(atlas._meta_store, "counter"):
-            value = (read_json(atlas._meta_store, "counter.json") or {"n": 0})["n"]
-            write_json(atlas._meta_store, "counter.json", {"n": value + 1})
+        with atlas_lock(atlas.core.meta_store, "counter"):
+            value = (read_json(atlas.core.meta_store, "counter.json") or {"n": 0})["n"]
+            write_json(atlas.core.meta_store, "counter.json", {"n": value + 1})
     print(json.dumps(versions))
     """
 )

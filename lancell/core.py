@@ -1,0 +1,184 @@
+"""``AtlasCore``: the explicit internal handle every operation of the library takes.
+
+One object holds what an open atlas is made of: its tables (live or pinned to a snapshot), its zarr group
+store (root, an opened-node cache, attributes), its locks, its Arrow schemas and the cache of values computed
+once per pinned handle. :class:`lancell.atlas.RaggedAtlas` is the public facade over it; ingestion, queries,
+the loader, validation and maintenance receive the core (``atlas.core``) and read nothing private. See
+``docs/architecture.md`` ("The internal handle").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import zarr
+
+from lancell.errors import ReadOnlyAtlasError
+from lancell.feature_spaces import FeatureSpace, feature_spaces_from_table
+from lancell.group_claims import GroupClaims
+from lancell.locks import Lease, atlas_lock
+from lancell.stores import zarr_store
+from lancell.table_schemas import FEATURE_SPACES_TABLE
+from lancell.tables import AtlasTables
+
+if TYPE_CHECKING:
+    import obstore.store as obs_store
+
+    from lancell.schema import DatasetRecord
+
+__all__ = ["AtlasCore"]
+
+T = TypeVar("T")
+
+
+class AtlasCore:
+    """The state of one open atlas: tables, group store, locks, schemas and the pinned-read cache.
+
+    Parameters
+    ----------
+    db_uri
+        The LanceDB location.
+    meta
+        The atlas's ``atlas.json`` (cell table name, registries, atlas id, ...).
+    tables
+        Its tables, live or pinned to a snapshot's versions.
+    store
+        The obstore store of the zarr groups.
+    meta_store
+        The store of the database's side files (``atlas.json``, locks, group claims).
+    dataset_schema
+        The :class:`~lancell.schema.DatasetRecord` subclass of dataset rows.
+    read_only
+        Whether writing is refused (a checked-out snapshot, or a pinned view of the live atlas).
+    snapshot_version
+        The snapshot it is checked out at; None for the live atlas and for pinned views.
+    storage_options
+        The LanceDB storage options it was opened with.
+    """
+
+    def __init__(
+        self,
+        *,
+        db_uri: str,
+        meta: dict[str, Any],
+        tables: AtlasTables,
+        store: obs_store.ObjectStore,
+        meta_store: obs_store.ObjectStore,
+        dataset_schema: type[DatasetRecord],
+        read_only: bool,
+        snapshot_version: int | None,
+        storage_options: Mapping[str, str] | None,
+    ) -> None:
+        self.db_uri = db_uri
+        self.meta = meta
+        self.tables = tables
+        self.store = store
+        self.meta_store = meta_store
+        self.dataset_schema = dataset_schema
+        self.read_only = read_only
+        self.snapshot_version = snapshot_version
+        self.storage_options = dict(storage_options or {})
+        self.feature_spaces: dict[str, FeatureSpace] = feature_spaces_from_table(
+            tables.handles[FEATURE_SPACES_TABLE].to_arrow()
+        )
+        self.cell_arrow: pa.Schema = tables.cells.schema
+        self.dataset_arrow: pa.Schema = tables.datasets.schema
+        self.zarr_root = zarr.open_group(
+            zarr_store(store, read_only=read_only), mode="r" if read_only else "a"
+        )
+        self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
+        self._pinned_values: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ writing
+    def require_writable(self) -> None:
+        """Refuse to write through a read-only handle.
+
+        Raises
+        ------
+        ReadOnlyAtlasError
+            The handle is checked out at a snapshot (or is a pinned view).
+        """
+        if self.read_only:
+            raise ReadOnlyAtlasError(
+                f"this handle is checked out at snapshot {self.snapshot_version} and is read-only; "
+                "use RaggedAtlas.open() to write"
+            )
+
+    def lock(self, name: str) -> AbstractContextManager[Lease]:
+        """The atlas-wide lease lock ``name`` (:func:`lancell.locks.atlas_lock`)."""
+        return atlas_lock(self.meta_store, name)
+
+    @property
+    def atlas_id(self) -> str | None:
+        """The atlas's id, carried by every zarr group it writes (None on a read-only handle of an atlas
+        created before ids were recorded)."""
+        return self.meta.get("atlas_id")
+
+    @property
+    def group_claims(self) -> GroupClaims:
+        """The claims of the zarr groups this atlas wrote (:mod:`lancell.group_claims`); writable only.
+
+        Raises
+        ------
+        ReadOnlyAtlasError
+            The handle is read-only.
+        """
+        self.require_writable()
+        return GroupClaims(
+            atlas_id=self.meta["atlas_id"], meta_store=self.meta_store, store=self.store, db_uri=self.db_uri
+        )
+
+    def pinned_view(self, pinned: dict[str, int]) -> AtlasCore:
+        """A read-only core over the same storage with every table pinned to ``pinned`` (table -> version)."""
+        tables = AtlasTables.open(
+            self.tables.db, self.tables.cell_table_name, self.tables.registry_names, pinned
+        )
+        return AtlasCore(
+            db_uri=self.db_uri,
+            meta=self.meta,
+            tables=tables,
+            store=self.store,
+            meta_store=self.meta_store,
+            dataset_schema=self.dataset_schema,
+            read_only=True,
+            snapshot_version=None,
+            storage_options=self.storage_options,
+        )
+
+    # ------------------------------------------------------------------------------------ reading
+    def node(self, path: str) -> zarr.Group | zarr.Array:
+        """A zarr group or array of a committed dataset, opened once per handle (read path only)."""
+        node = self._nodes.get(path)
+        if node is None:
+            node = self._nodes[path] = self.zarr_root[path]
+        return node
+
+    def node_values(self, path: str) -> np.ndarray:
+        """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
+        key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
+        if key not in self._nodes:
+            self._nodes[key] = np.asarray(self.node(path)[:])
+        return self._nodes[key]
+
+    def forget_nodes(self) -> None:
+        """Drop every opened node: a group changed under this handle (a CSC copy or a layer was added)."""
+        self._nodes.clear()
+
+    def group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
+        """A group's attributes, or None when the group is not in the store."""
+        try:
+            return dict(self.node(zarr_group).attrs)
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            return None
+
+    def pinned(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, kept for the handle's life when it is checked out at a snapshot (tables pinned)."""
+        if self.snapshot_version is None:
+            return compute()
+        if key not in self._pinned_values:
+            self._pinned_values[key] = compute()
+        return self._pinned_values[key]

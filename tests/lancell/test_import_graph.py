@@ -1,0 +1,120 @@
+"""The import graph of ``lancell/`` has no cycle, and the lower rooms import nothing above them.
+
+Every ``import`` and ``from ... import`` of a lancell module is an edge, at module level or inside a function,
+except those under ``if TYPE_CHECKING:`` (never executed: annotations only). Those type-only references may
+point upward, and the ones that do are listed here, so a new one is a decision, not an accident.
+"""
+
+from __future__ import annotations
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# the storage layer: codecs, shard index/layout/decode/read/write, group layout, CSC layout
+STORAGE = {
+    "lancell.byte_ranges",
+    "lancell.codecs",
+    "lancell.csc",
+    "lancell.groups",
+    "lancell.reader",
+    "lancell.shard_decode",
+    "lancell.shard_index",
+    "lancell.shard_layout",
+    "lancell.shard_reader",
+    "lancell.shard_writer",
+}
+STORAGE_MAY_USE = {"lancell.errors", "lancell.schema"}  # typed errors; the pointer kind literal
+
+# upward references for annotations only: the query names the atlas facade that builds it, the loader the
+# query and atlas it is built from (the query imports the loader at run time, inside ``to_cell_dataset``)
+TYPE_ONLY_UPWARD = {
+    ("lancell.query", "lancell.atlas"),
+    ("lancell.dataloader.dataset", "lancell.atlas"),
+    ("lancell.dataloader.dataset", "lancell.query"),
+}
+
+
+def _modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in (ROOT / package).rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """Modules ``path`` imports at run time, and under ``TYPE_CHECKING`` only."""
+    tree = ast.parse(path.read_text())
+    type_only_nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            type_only_nodes |= {id(sub) for stmt in node.body for sub in ast.walk(stmt)}
+    runtime: set[str] = set()
+    type_only: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        else:
+            continue
+        (type_only if id(node) in type_only_nodes else runtime).update(names)
+    return runtime, type_only
+
+
+Graph = dict[str, set[str]]
+
+
+def _graphs() -> tuple[Graph, Graph]:
+    """``(run-time edges, type-only edges)``: module -> the lancell modules it imports."""
+    modules = _modules("lancell")
+    runtime: Graph = {}
+    type_only: Graph = {}
+    for name, path in modules.items():
+        at_run, typed = _imports(path)
+        runtime[name] = at_run & modules.keys() - {name}
+        type_only[name] = typed & modules.keys() - {name} - runtime[name]
+    return runtime, type_only
+
+
+def _cycle(graph: Graph) -> list[str]:
+    """One cycle of ``graph``, or [] when it has none."""
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as exc:
+        return list(exc.args[1])
+    return []
+
+
+def test_no_import_cycle_inside_lancell():
+    runtime, _ = _graphs()
+    assert _cycle(runtime) == []
+
+
+def test_type_only_references_close_no_cycle_but_the_listed_ones():
+    runtime, type_only = _graphs()
+    for source, target in TYPE_ONLY_UPWARD:  # each listed edge is still type-only (else it is a real cycle)
+        assert target in type_only[source], (source, target)
+    listed = {name: {t for t in type_only[name] if (name, t) not in TYPE_ONLY_UPWARD} for name in runtime}
+    assert _cycle({name: runtime[name] | listed[name] for name in runtime}) == []
+    with_query_atlas = {**runtime, "lancell.query": runtime["lancell.query"] | {"lancell.atlas"}}
+    assert _cycle(with_query_atlas) != []  # the check can fail: that listed edge would close a cycle
+
+
+def test_storage_imports_nothing_above_it():
+    modules = _modules("lancell")
+    for name in STORAGE:
+        runtime, typed = _imports(modules[name])
+        above = {m for m in (runtime | typed) & modules.keys() if m not in STORAGE | STORAGE_MAY_USE}
+        assert above == set(), name
+
+
+def test_kernels_import_nothing_of_lancell_and_no_io():
+    for name, path in _modules("kernels").items():
+        runtime, typed = _imports(path)
+        outside = {m for m in runtime | typed if m.split(".")[0] in {"lancell", "zarr", "lance", "lancedb"}}
+        assert outside == set(), name
