@@ -36,7 +36,7 @@ def spy(monkeypatch):
     original = reconstruct_module.read_csc_features
 
     def counting(*args, **kwargs):
-        calls.append(args[2])
+        calls.append(args[2].path.rsplit("/", 1)[-1])  # the layer of the values array read
         return original(*args, **kwargs)
 
     monkeypatch.setattr(reconstruct_module, "read_csc_features", counting)
