@@ -81,7 +81,8 @@ def test_uid_check_in_spilled_buckets_finds_duplicates(tmp_path, monkeypatch):
     monkeypatch.setattr(validation._HashBuckets, "add", recording_add)
     assert atlas.validate() == []
     assert sum(spilled[-1]) == 30 * 8 and len(spilled[-1]) > 1  # every hash written, in several buckets
-    atlas._tables.cells.add(atlas._tables.cells.search().limit(3).to_arrow())
+    cells = atlas.core.tables.cells
+    cells.add(cells.search().limit(3).to_arrow())
     assert "cell uids are not unique" in atlas.validate()
 
 
