@@ -106,7 +106,8 @@ def test_colliding_hashes_of_distinct_uids_are_not_a_problem(tmp_path, monkeypat
     monkeypatch.setattr(validation, "BUCKET_CELLS", 5)
     monkeypatch.setattr(validation, "_uid_hashes", lambda uids: np.full(len(uids), 7, dtype=np.uint64))
     assert atlas.validate() == []  # every hash collides; the exact check finds 12 distinct uids
-    atlas._tables.cells.add(atlas._tables.cells.search().limit(1).to_arrow())
+    cells = atlas.core.tables.cells
+    cells.add(cells.search().limit(1).to_arrow())
     assert "cell uids are not unique" in atlas.validate()
 
 
