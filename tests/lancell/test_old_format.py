@@ -24,9 +24,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from lancell.add_csc import add_csc
 from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
-from lancell.csc import add_csc
 from lancell.errors import GroupNotFoundError, IngestError
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
