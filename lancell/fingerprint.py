@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from lancell.errors import DuplicateContentError, IngestError
+from lancell.errors import DuplicateContentError, IngestError, LancellWarning
 from lancell.registry import sql_literal
 
 if TYPE_CHECKING:
@@ -128,9 +129,16 @@ def check_on_duplicate(dataset: str, on_duplicate: str) -> None:
 def find_duplicate(core: AtlasCore, fingerprint: str) -> DatasetRecord | None:
     """The record of a committed dataset whose content fingerprint is ``fingerprint``, or None.
 
-    An atlas whose dataset table predates fingerprints has no column to match and never finds one.
+    An atlas whose dataset table predates fingerprints has no column to match: it never finds one, and warns
+    (:class:`LancellWarning`) that the duplicate policy is not applied.
     """
     if "content_fingerprint" not in core.dataset_arrow.names:
+        warnings.warn(
+            "this atlas's dataset table has no content_fingerprint column (an older lancell wrote it): "
+            "duplicate content is not detected and on_duplicate is not applied",
+            LancellWarning,
+            stacklevel=2,
+        )
         return None
     rows = (
         core.tables.datasets.search()

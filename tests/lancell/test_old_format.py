@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from lancell.add_csc import add_csc
 from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
-from lancell.errors import GroupNotFoundError, IngestError
+from lancell.errors import GroupNotFoundError, IngestError, LancellWarning
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
 
@@ -98,14 +98,15 @@ def _new_dataset() -> ad.AnnData:
 def _ingest_new(atlas: RaggedAtlas, uid: str = "new_d") -> ad.AnnData:
     adata = _new_dataset()
     atlas.register_features(SPACE, pd.DataFrame({"uid": NEW_GENES, "gene_symbol": NEW_GENES}))
-    add_from_anndata(
-        atlas,
-        adata,
-        feature_space=SPACE,
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid=uid),
-        progress=False,
-    )
+    with pytest.warns(LancellWarning, match="no content_fingerprint column.* on_duplicate is not applied"):
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space=SPACE,
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid),
+            progress=False,
+        )
     return adata
 
 
@@ -267,4 +268,16 @@ def test_add_layer_is_refused_by_the_old_dataset_table(old):
             add_layer(atlas, uid, "log_normalized", matrix)
     assert json.loads((group / "zarr.json").read_text())["attributes"] == attrs
     assert sorted(p.name for p in (group / "csr" / "layers").iterdir() if p.is_dir()) == ["counts"]
+    assert atlas.validate() == []
+
+
+def test_duplicate_content_is_stored_again_with_a_warning(old):
+    """No ``content_fingerprint`` column to match: the same content under another uid is stored again (each
+    ingestion warns, in ``_ingest_new``)."""
+    db, store = old
+    atlas = RaggedAtlas.open(db, store=store)
+    adata = _ingest_new(atlas, "new_d")
+    _ingest_new(atlas, "new_e")
+    for uid in ("new_d", "new_e"):
+        assert _read(atlas, uid)["X"] == adata.X.toarray().tolist()
     assert atlas.validate() == []
