@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from lancell.add_csc import add_csc
 from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
+from lancell.dataloader import CellSampler, SparseCollate, make_loader
 from lancell.errors import GroupNotFoundError, IngestError, LancellWarning
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
@@ -245,15 +246,37 @@ def test_old_groups_are_not_rewritten(old):
 def test_loader_reads_old_datasets_as_to_anndata(old):
     db, store = old
     query = RaggedAtlas.checkout_latest(db, store=store).query().layers(SPACE, "counts")
-    want = query.to_anndata()
+    want = sp.csr_matrix(query.to_anndata().X)
     dataset = query.to_cell_dataset(SPACE, "counts")
-    assert len(dataset) == 70
-    batch = dataset.__getitems__(np.arange(len(dataset)))
-    got = sp.csr_matrix((batch.values, batch.indices, batch.offsets), shape=want.shape)
-    expected = sp.csr_matrix(want.X)
-    np.testing.assert_array_equal(got.indptr, expected.indptr)
-    np.testing.assert_array_equal(got.indices, expected.indices)
-    np.testing.assert_array_equal(got.data, expected.data)
+    loader = make_loader(
+        dataset, CellSampler(dataset, 16, mode="random", seed=3), collate_fn=SparseCollate(None)
+    )
+    order, rows = [], []
+    for batch in loader:
+        x = batch["X"]
+        crow, col, values = x.crow_indices().numpy(), x.col_indices().numpy(), x.values().numpy()
+        rows.append(sp.csr_matrix((values, col, crow), shape=tuple(x.shape)))
+        order.append(batch["index"].numpy())
+    order = np.concatenate(order)
+    assert sorted(order.tolist()) == list(range(70))
+    got = sp.csr_matrix(sp.vstack(rows, format="csr")[np.argsort(order)])
+    assert got.dtype == want.dtype == np.int64
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)
+
+
+def test_atlas_resource_serves_the_old_atlas(old):
+    """The Dagster resource opens it (its cell table lacks ``obs_name``) and checks out its snapshots."""
+    from resources.atlas import AtlasResource
+
+    db, _ = old
+    resource = AtlasResource(
+        db_uri=db, store_url=f"{db}/_zarr", cell_schema="lancell.schema:LancellBaseSchema"
+    )
+    assert resource.open().query().count() == 70
+    assert resource.list_versions()["version"].tolist() == [0, 1]
+    assert _read(resource.checkout(0), "old_a") == EXPECTED["snapshots"]["0"]["old_a"]
 
 
 def test_add_layer_is_refused_by_the_old_dataset_table(old):
