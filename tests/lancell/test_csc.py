@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import anndata as ad
 import numpy as np
 import pytest
 
@@ -12,6 +13,8 @@ import lancell.reconstruct as reconstruct_module
 import lancell.write_transaction as write_transaction
 from lancell import groups
 from lancell.add_csc import add_csc
+from lancell.add_layer import add_layer
+from lancell.errors import DatasetNotFoundError
 from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
@@ -108,3 +111,55 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
     np.testing.assert_array_equal(group["csc/indices"][:], csc.indices)
     np.testing.assert_array_equal(group["csc/layers/counts"][:], csc.data)
     assert group["csc/layers/counts"].dtype == np.uint32
+
+
+def _csc_indices_objects(atlas, zarr_group: str) -> dict[str, int]:
+    """The stored objects of a group's ``csc/indices`` with their modification times (ns)."""
+    folder = atlas.store.prefix / zarr_group / "csc" / "indices"
+    return {str(p): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _five_genes(celltypist) -> list[str]:
+    column_nnz = np.diff(celltypist.X.tocsc().indptr)
+    return list(celltypist.var_names[np.argsort(-column_nnz)[:5]])  # the five most often detected genes
+
+
+def test_add_csc_writes_a_copy_once(atlas, celltypist):
+    record = _ingest(atlas, celltypist, "ct", csc=False)
+    assert add_csc(atlas, "ct") == ["counts"]
+    assert atlas.core.group_attrs(record.zarr_group)["csc_layers"] == ["counts"]
+    written = _csc_indices_objects(atlas, record.zarr_group)
+    assert written
+    assert add_csc(atlas, "ct") == []  # every layer has its copy: nothing is rewritten
+    assert _csc_indices_objects(atlas, record.zarr_group) == written
+
+
+def test_add_csc_adds_a_missing_layer_on_the_shared_indices(atlas, celltypist, spy):
+    """A layer stored without a CSC copy (as an interrupted ``add_layer`` leaves it) gets its values only."""
+    record = _ingest(atlas, celltypist, "ct", csc=True)
+    halves = (celltypist.X.astype(np.float32) / 2).tocsr()
+    add_layer(atlas, "ct", "normalized", ad.AnnData(X=halves, obs=celltypist.obs[[]], var=celltypist.var[[]]))
+    group = atlas.core.zarr_root[record.zarr_group]
+    assert group.attrs["csc_layers"] == ["counts", "normalized"]  # add_layer extends an existing copy
+    group.attrs["csc_layers"] = ["counts"]  # as if interrupted before recording the new layer's copy
+    written = _csc_indices_objects(atlas, record.zarr_group)
+    assert add_csc(atlas, "ct") == ["normalized"]
+    assert _csc_indices_objects(atlas, record.zarr_group) == written  # the shared indices stay as they were
+    genes = _five_genes(celltypist)
+    got = (
+        atlas.query()
+        .layers("gene_expression", "normalized")
+        .where("dataset_uid = 'ct'")
+        .features(genes, "gene_expression")
+        .to_anndata()
+    )
+    assert spy == ["normalized"]  # read through the CSC copy
+    rows = celltypist.obs_names.get_indexer([n.split(":", 1)[1] for n in got.obs_names])
+    expected = halves[rows][:, celltypist.var_names.get_indexer(genes)].toarray()
+    np.testing.assert_array_equal(got.X.toarray(), expected)
+
+
+def test_add_csc_of_an_unknown_dataset_is_a_typed_error(atlas):
+    with pytest.raises(DatasetNotFoundError, match="'nope'") as raised:
+        add_csc(atlas, "nope")
+    assert isinstance(raised.value, KeyError)
