@@ -17,7 +17,7 @@ from lancell.atlas_meta import (
     db_options,
     ensure_atlas_id,
     read_meta,
-    resolve_store,
+    recorded_store,
 )
 from lancell.core import AtlasCore
 from lancell.errors import ValidationError
@@ -167,7 +167,7 @@ class RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
         meta, meta_store = read_meta(db_uri, store_kwargs)
         meta = ensure_atlas_id(meta_store, meta)
-        store = resolve_store(store, meta["store_url"], store_kwargs)
+        store = recorded_store(store, meta["store_url"], store_kwargs)
         storage_options = db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
@@ -188,7 +188,7 @@ class RaggedAtlas:
         storage_options = db_options(db_uri, store_kwargs, storage_options)
         db = connect(db_uri, storage_options)
         row = read_version(db, version)
-        store = resolve_store(store, row["store_url"], store_kwargs)
+        store = recorded_store(store, row["store_url"], store_kwargs)
         return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, row, storage_options)
 
     @classmethod

@@ -57,6 +57,7 @@ __all__ = [
     "db_options",
     "ensure_atlas_id",
     "read_meta",
+    "recorded_store",
     "resolve_store",
 ]
 
@@ -80,6 +81,25 @@ def resolve_store(
     if isinstance(store, str):
         return open_store(store, store_kwargs)
     return store
+
+
+def recorded_store(
+    store: StoreLike | None, url: str, store_kwargs: dict[str, Any] | None
+) -> obs_store.ObjectStore:
+    """``store`` when given, else the store the atlas recorded (``url``).
+
+    Raises
+    ------
+    StoreError
+        The recorded store is a local folder that does not exist (the atlas was moved or copied): it is not
+        created empty; the caller passes ``store``.
+    """
+    if store is None and is_local(url) and not local_path(url).exists():
+        raise StoreError(
+            f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
+            "pass store= the folder that holds its zarr groups"
+        )
+    return resolve_store(store, url, store_kwargs)
 
 
 def read_meta(

@@ -28,7 +28,7 @@ from lancell.add_csc import add_csc
 from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, make_loader
-from lancell.errors import GroupNotFoundError, IngestError, LancellWarning
+from lancell.errors import GroupNotFoundError, IngestError, LancellWarning, StoreError
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
 
@@ -160,12 +160,19 @@ def test_list_datasets_and_ls_show_the_old_records_layer(old, tmp_path):
     counts = RaggedAtlas.open(db, store=store).query().count(group_by="dataset_uid")
     assert counts["cells"].to_dict() == {"old_a": 40, "old_b": 30}
     assert counts["layers"].to_dict() == {"old_a": ["counts"], "old_b": ["counts"]}
-    # the console script opens the store recorded in atlas.json: point it at the copy, as moving an atlas
-    # takes today (the snapshot rows keep the old URL; ls reads none of them)
+    # the console script opens the store recorded in atlas.json, the generator's folder, long gone: refused
+    # (it was created empty), then pointed at the copy, as moving an atlas takes today (the snapshot rows
+    # keep the old URL; ls reads none of them)
     meta_path = Path(db) / "_lancell" / "atlas.json"
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "store_url": (Path(db) / "_zarr").as_uri()}))
     lancell = Path(sys.executable).with_name("lancell")
+    refused = subprocess.run([str(lancell), "ls", db], capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and f"the zarr store {meta['store_url']} that" in refused.stderr
+    assert not Path(meta["store_url"].removeprefix("file://")).parent.exists()
+    for version in (None, 0):
+        with pytest.raises(StoreError, match="was the atlas moved or copied"):
+            RaggedAtlas.open(db) if version is None else RaggedAtlas.checkout(db, version)
+    meta_path.write_text(json.dumps({**meta, "store_url": (Path(db) / "_zarr").as_uri()}))
     listing = subprocess.run([str(lancell), "ls", db], capture_output=True, text=True, check=True).stdout
     lines = [line.split() for line in listing.strip().splitlines()]
     assert lines[0] == ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
