@@ -141,8 +141,9 @@ def _read_filtered(
         stored, _ = read_element_ranges(values, starts[lo:hi], ends[lo:hi])
         kept = keep_mapped(lengths.astype(np.int64), idx, stored, g.out_col)
         counts.append(kept[0])
-        cols.append(kept[1])
-        vals.append(kept[2])
+        cols.append(kept[1].copy())  # keep_mapped's outputs are views of slice-sized buffers
+        vals.append(kept[2].copy())
+        del idx, stored, kept  # not alive while the next slice is read
     if not counts:
         return np.zeros(starts.size, np.int64), np.zeros(0, np.int64), np.zeros(0, g.layer_dtypes[layer])
     return np.concatenate(counts), np.concatenate(cols), np.concatenate(vals)
