@@ -20,37 +20,26 @@ from lancell.atlas_meta import (
     recorded_store,
 )
 from lancell.core import AtlasCore
-from lancell.errors import ValidationError
 from lancell.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
 )
 from lancell.group_claims import GroupClaims
-from lancell.groups import FORMAT_VERSION
-from lancell.indexes import build_indexes
-from lancell.registry import OnConflict, number_unindexed, prepare_features, register_prepared
+from lancell.optimize import assign_global_indices, optimize_tables
+from lancell.registry import OnConflict, prepare_features, register_prepared
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
-from lancell.stores import describe_store, public_store_config
-from lancell.table_schemas import VERSIONS_TABLE
+from lancell.snapshots import take_snapshot
 from lancell.tables import AtlasTables, connect
 from lancell.validation import find_problems
 from lancell.versions import (
     list_snapshots,
-    next_version,
     read_version,
-    record_snapshot,
-    tag_tables,
 )
-from lancell.visibility import committed_cells
 
 if TYPE_CHECKING:  # lancell.query and lancell.maintenance are imported where used: both import anndata
     from lancell.query import AtlasQuery
 
 __all__ = ["RaggedAtlas"]
-
-
-_DEFAULT_RETENTION = timedelta(days=7)
-_NEVER = timedelta(days=365 * 100)
 
 
 class RaggedAtlas:
@@ -293,47 +282,29 @@ class RaggedAtlas:
             return register_prepared(table, space.name, prepared, given, on_conflict)
 
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
-        """Compact every table, prune old *untagged* versions, and number unindexed features.
+        """Compact every table, prune old *untagged* versions, and number unindexed features; return each
+        table's version after (:func:`lancell.optimize.optimize_tables`).
 
         Snapshot versions are tagged, so no cleanup setting can make a snapshot un-checkout-able.
-        Returns each table's version after optimizing.
 
         Raises
         ------
         LockLostError
             Another process took the optimize lock over; the tables not yet optimized are left as they are.
         """
-        self.core.require_writable()
-        self.assign_global_indices()
-        keep_for = _DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
-        with self.core.lock("optimize") as lease:
-            for handle in self.core.tables.handles.values():
-                # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
-                # then prune untagged versions with pylance, which skips tagged ones.
-                lease.check()
-                handle.optimize(cleanup_older_than=_NEVER)
-                handle.to_lance().cleanup_old_versions(
-                    older_than=keep_for, error_if_tagged_old_versions=False
-                )
-            lease.check()
-            build_indexes(self.core.tables.cells, self.core.meta.get("fts_columns", []))
-        return self.core.tables.versions()
+        return optimize_tables(self.core, cleanup_older_than)
 
     def assign_global_indices(self) -> dict[str, int]:
         """Number features that have no global index yet (rows added by hand); return counts per space."""
-        self.core.require_writable()
-        numbered = {}
-        for space in self.feature_spaces.values():
-            with self.core.lock(f"registry-{space.name}"):
-                numbered[space.name] = number_unindexed(self.core.tables.registry(space.name))
-        return numbered
+        return assign_global_indices(self.core)
 
     def validate(self) -> list[str]:
         """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent."""
         return find_problems(self.core)
 
     def snapshot(self, note: str | None = None) -> int:
-        """Validate and record the current version of every table; return the new snapshot number.
+        """Validate and record the current version of every table; return the new snapshot number
+        (:func:`lancell.snapshots.take_snapshot`).
 
         Raises
         ------
@@ -342,29 +313,7 @@ class RaggedAtlas:
         LockLostError
             Another process took the snapshot lock over while this one validated (nothing is recorded).
         """
-        self.core.require_writable()
-        with self.core.lock("snapshot") as lease:
-            pinned = self.core.tables.versions()
-            view = self.core.pinned_view(pinned)
-            problems = find_problems(view)
-            if problems:
-                raise ValidationError(problems)
-            versions = self.core.tables.db.open_table(VERSIONS_TABLE)
-            version = next_version(versions)
-            lease.check()  # a process that took the lock over may be taking this same version
-            tag_tables(self.core.tables.handles, pinned, version)
-            record_snapshot(
-                versions,
-                version,
-                pinned,
-                total_cells=committed_cells(view)[1],
-                n_datasets=view.tables.datasets.count_rows(),
-                store_url=describe_store(self.store),
-                store_config=public_store_config(self.store),
-                lancell_format=FORMAT_VERSION,
-                note=note,
-            )
-        return version
+        return take_snapshot(self.core, note)
 
     def delete_dataset(self, uid: str) -> None:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""

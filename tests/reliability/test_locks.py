@@ -14,8 +14,9 @@ import obstore
 import pytest
 from lock_race import STALE_AFTER, assert_exclusive, finish_waiter, race, start_waiter
 
-import lancell.atlas
+import lancell.snapshots
 from lancell.atlas import RaggedAtlas
+from lancell.core import AtlasCore
 from lancell.errors import LockLostError, LockTimeoutError
 from lancell.locks import atlas_lock
 from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -108,13 +109,13 @@ def test_snapshot_records_nothing_when_its_lock_is_taken_over(tmp_path: Path, mo
         db, "cells", Cell, store=str(tmp_path / "arrays"), registry_schemas={"genes": Gene}
     )
     assert atlas.snapshot() == 0
-    validate = lancell.atlas.find_problems
+    validate = lancell.snapshots.find_problems
 
-    def taken_over_while_validating(view: RaggedAtlas) -> list[str]:  # another process breaks the lock here
+    def taken_over_while_validating(view: AtlasCore) -> list[str]:  # another process breaks the lock here
         _steal(atlas.core.meta_store, "snapshot")
         return validate(view)
 
-    monkeypatch.setattr(lancell.atlas, "find_problems", taken_over_while_validating)
+    monkeypatch.setattr(lancell.snapshots, "find_problems", taken_over_while_validating)
     with pytest.raises(LockLostError, match="lock 'snapshot'"):
         atlas.snapshot()
     monkeypatch.undo()

@@ -1,0 +1,54 @@
+"""Optimizing an atlas's tables: number new features, compact, prune untagged versions, build indexes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from lancell.indexes import build_indexes
+from lancell.registry import number_unindexed
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
+
+__all__ = ["DEFAULT_RETENTION", "assign_global_indices", "optimize_tables"]
+
+DEFAULT_RETENTION = timedelta(days=7)
+_NEVER = timedelta(days=365 * 100)
+
+
+def assign_global_indices(core: AtlasCore) -> dict[str, int]:
+    """Number features that have no global index yet (rows added by hand); return counts per space."""
+    core.require_writable()
+    numbered = {}
+    for space in core.feature_spaces.values():
+        with core.lock(f"registry-{space.name}"):
+            numbered[space.name] = number_unindexed(core.tables.registry(space.name))
+    return numbered
+
+
+def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
+    """Number unindexed features, compact every table, prune *untagged* versions older than
+    ``cleanup_older_than`` (:data:`DEFAULT_RETENTION` when None) and build the cell table's indexes; return
+    each table's version after.
+
+    Snapshot versions are tagged, so no cleanup setting can make a snapshot un-checkout-able.
+
+    Raises
+    ------
+    LockLostError
+        Another process took the optimize lock over; the tables not yet optimized are left as they are.
+    """
+    core.require_writable()
+    assign_global_indices(core)
+    keep_for = DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
+    with core.lock("optimize") as lease:
+        for handle in core.tables.handles.values():
+            # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
+            # then prune untagged versions with pylance, which skips tagged ones.
+            lease.check()
+            handle.optimize(cleanup_older_than=_NEVER)
+            handle.to_lance().cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)
+        lease.check()
+        build_indexes(core.tables.cells, core.meta.get("fts_columns", []))
+    return core.tables.versions()
