@@ -2,12 +2,12 @@
 
 The same synthetic CSR data (``synthetic_counts``: ``--cells`` cells x ~``--nnz`` sorted gene indices, NB
 counts, and their log1p as float32) is written twice in lancell's geometry: with the chunk pipeline of
-:func:`lancell.groups.value_codecs` (BP-128 or zstd, then crc32c) and with the same pipeline less the crc32c.
+:func:`lancell.storage.groups.value_codecs` (BP-128 or zstd, then crc32c) and with the same pipeline less the crc32c.
 Four measurements:
 
 - ``stages``: every chunk decoded alone on one thread (BP-128 or zstd), and its crc32c checked alone (best
   of 7 passes); the cost of the checksum as a fraction of the decoder's time, free of I/O and scheduling;
-- ``random cells``: the batched reader (:class:`lancell.shard_reader.ShardedArrayReader`, indices cached)
+- ``random cells``: the batched reader (:class:`lancell.storage.shard_reader.ShardedArrayReader`, indices cached)
   reading ``--random-cells`` random cells' indices, counts and floats per repetition, values/s;
 - ``scan``: the same reader decoding every cell of the arrays, values/s;
 - ``bit flips``: what a random single-bit flip in a stored chunk without a crc32c decodes to.
@@ -33,11 +33,11 @@ import obstore.store
 import zarr
 import zarr.storage
 
-from lancell.codecs import BYTES_DECODERS
 from lancell.errors import CodecError
-from lancell.groups import DEFAULT_GEOMETRY, value_codecs
-from lancell.shard_index import MISSING
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage.codecs import BYTES_DECODERS
+from lancell.storage.groups import DEFAULT_GEOMETRY, value_codecs
+from lancell.storage.shard_index import MISSING
+from lancell.storage.shard_reader import ShardedArrayReader
 from lancell.synthetic import synthetic_counts
 
 ARRAYS = {"indices": ("uint32", "indices"), "counts": ("uint32", "values"), "floats": ("float32", "values")}

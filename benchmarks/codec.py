@@ -33,7 +33,7 @@ from numcodecs import LZ4, Blosc, Zstd
 from zarr.codecs import ZstdCodec
 
 from kernels import bitpack as bp
-from lancell.codecs import BitpackingCodec
+from lancell.storage.codecs import BitpackingCodec
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -6,7 +6,7 @@ the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,0
     .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc] [--reps 3]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
-``lancell.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
+``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
 file it then prints, from the same run (``--reps`` interleaved repetitions, medians): the time h5py alone
 takes to read its X (data, indices, indptr; blocks of ``lancell.sources.TARGET_BLOCK_VALUES`` values into
 reused buffers, each repetition in a fresh process), the ingest time without and with the CSC copy, their

@@ -3,10 +3,10 @@
 For 1,000 cells drawn uniformly from the whole dataset, each method reads every cell's CSR indices and
 counts (two 1-D sharded arrays) from the same files:
 
-- ``batched``: :class:`lancell.shard_reader.ShardedArrayReader`, one reader per array kept across
+- ``batched``: :class:`lancell.storage.shard_reader.ShardedArrayReader`, one reader per array kept across
   repetitions (metadata and shard indices cached, as in a query session or a loader worker);
 - ``batched, new reader``: a fresh reader per repetition (reads ``zarr.json`` and every shard index again);
-- ``lancell before``: the previous ``lancell.reader`` (ranges coalesced into runs, one zarr slice per run);
+- ``lancell before``: the previous ``lancell.storage.reader`` (ranges coalesced into runs, one zarr slice per run);
 - ``zarr per-slice``: ``array[start:end]`` per cell;
 - ``zarr coordinates``: one ``get_coordinate_selection`` with the coordinates of every element.
 
@@ -44,13 +44,13 @@ import zarr.codecs
 import zarr.storage
 
 from kernels.gather import plan_pieces
-from lancell import reader as lancell_reader
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
-from lancell.codecs import BitpackingCodec
 from lancell.ingestion import add_from_anndata
 from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.shard_reader import MISSING, ShardedArrayReader
+from lancell.storage import reader as lancell_reader
+from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.shard_reader import MISSING, ShardedArrayReader
 from lancell.synthetic import write_synthetic_h5ad
 
 matplotlib.use("Agg")
@@ -138,7 +138,7 @@ def methods(arrays_dir: Path, group: str) -> tuple[dict[str, Callable], list[Sha
     store = obstore.store.LocalStore(str(arrays_dir))
     root = zarr.open_group(zarr.storage.ObjectStore(store, read_only=True), mode="r")
     arrays = [root[f"{group}/{name}"] for name in ARRAYS]
-    # The same files through zarr's own LocalStore: lancell.reader then takes its zarr-python path.
+    # The same files through zarr's own LocalStore: lancell.storage.reader then takes its zarr-python path.
     plain = zarr.open_group(zarr.storage.LocalStore(arrays_dir, read_only=True), mode="r")
     plain_arrays = [plain[f"{group}/{name}"] for name in ARRAYS]
     readers = [ShardedArrayReader(store, a.path) for a in arrays]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lancell.csc import write_csc
 from lancell.errors import DatasetNotFoundError
 from lancell.registry import sql_literal
+from lancell.storage.csc import write_csc
 from lancell.visibility import dataset_lock_name
 
 if TYPE_CHECKING:

@@ -21,14 +21,14 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from lancell.csc import write_csc
 from lancell.errors import DatasetNotFoundError, IngestError, LancellError, ShapeMismatchError
 from lancell.feature_spaces import resolve_feature_space
-from lancell.groups import ShardBuffer, create_value_array
 from lancell.ingest_blocks import checked_values, stored_csr_blocks
-from lancell.reader import read_element_ranges
 from lancell.registry import read_global_indices, sql_literal
 from lancell.sources import matrix_source
+from lancell.storage.csc import write_csc
+from lancell.storage.groups import ShardBuffer, create_value_array
+from lancell.storage.reader import read_element_ranges
 from lancell.visibility import dataset_lock_name
 from lancell.write_transaction import stored_dtype
 

@@ -24,9 +24,9 @@ from lancell.feature_spaces import (
     build_feature_spaces,
     feature_spaces_table,
 )
-from lancell.groups import FORMAT_VERSION
 from lancell.locks import atlas_lock
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
+from lancell.storage.groups import FORMAT_VERSION
 from lancell.stores import (
     describe_store,
     is_local,

@@ -3,7 +3,8 @@
 Before a write path creates a dataset group it claims the group's name: an object
 ``_lancell/groups/<group>.json`` in the atlas's metadata store (next to the LanceDB tables, so a claim
 travels with the database, never with the array store) holding the atlas id, the dataset uid and the time.
-The group's first object (its ``zarr.json``) carries the same atlas id (``lancell.groups.ATLAS_ID_ATTR``).
+The group's first object (its ``zarr.json``) carries the same atlas id
+(``lancell.storage.groups.ATLAS_ID_ATTR``).
 
 A group is *this atlas's own* when both hold: the atlas's claim names it, and the group carries this atlas's
 id (or is absent or empty: a write interrupted before its first object). :meth:`GroupClaims.delete` deletes
@@ -24,7 +25,7 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import GroupNotFoundError, StoreError
-from lancell.groups import ATLAS_ID_ATTR, new_group_name
+from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
 from lancell.stores import delete_prefix, describe_store, location_in_store, read_json, write_json
 
 __all__ = ["CLAIMS_PREFIX", "GroupClaim", "GroupClaims", "Ownership"]

@@ -74,8 +74,8 @@ def add_from_anndata(
         with ``query().search(vector)``).
     csc
         Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
-        datasets of at least ``lancell.csc.CSC_MIN_VALUES`` stored values (``lancell.add_csc.add_csc`` adds it
-        later).
+        datasets of at least ``lancell.storage.csc.CSC_MIN_VALUES`` stored values (``lancell.add_csc.add_csc``
+        adds it later).
     on_duplicate
         What to do when the same content (matrix, obs names, layer and feature panel: the
         ``content_fingerprint``) is already in the atlas as another dataset: ``"error"`` raises

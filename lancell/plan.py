@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import GroupNotFoundError, QueryError, UnmeasuredDataError
-from lancell.groups import ATLAS_ID_ATTR
 from lancell.registry import read_global_indices
 from lancell.registry_view import registry_view
+from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.stores import describe_store
 from lancell.tables import read_columns
 

@@ -23,11 +23,11 @@ import scipy.sparse as sp
 import zarr
 
 from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
-from lancell.csc import read_csc_features
 from lancell.obs import arrow_to_obs
 from lancell.plan import PlannedGroup, ReconstructionPlan
-from lancell.reader import read_element_ranges, read_rows
 from lancell.schema import pointer_fields_from_arrow, vector_fields
+from lancell.storage.csc import read_csc_features
+from lancell.storage.reader import read_element_ranges, read_rows
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore

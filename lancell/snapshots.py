@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lancell.errors import ValidationError
-from lancell.groups import FORMAT_VERSION
+from lancell.storage.groups import FORMAT_VERSION
 from lancell.stores import describe_store, public_store_config
 from lancell.table_schemas import VERSIONS_TABLE
 from lancell.validation import find_problems

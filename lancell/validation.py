@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.groups import ATLAS_ID_ATTR, FORMAT_VERSION
+from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.visibility import visible_cells_filter
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ point"):
    end, which also clears rows an interrupted run left) and a fresh zarr group
    (:meth:`lancell.group_claims.GroupClaims.claim_new`);
 2. streams every stored layer's source into the group (sparse layers on one shared pattern,
-   :mod:`lancell.layer_blocks`) (:class:`~lancell.groups.SparseGroupWriter` /
-   :class:`~lancell.groups.DenseGroupWriter`; values checked block by block, the content fingerprint fed
-   as they go) and writes the CSC copy (:func:`lancell.csc.write_csc`);
+   :mod:`lancell.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
+   :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
+   fed as they go) and writes the CSC copy (:func:`lancell.storage.csc.write_csc`);
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells, or the pointers
    of a further modality on existing cells;
 4. under the content lock (:func:`lancell.fingerprint.content_claim`), checks its lease and commits the
@@ -39,11 +39,9 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from lancell.cell_rows import cell_batches, detach_pointers, pointer_batches
-from lancell.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
 from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
 from lancell.feature_spaces import FeatureSpace
 from lancell.fingerprint import ContentHasher, OnDuplicate, content_claim
-from lancell.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.ingest_blocks import checked_values
 from lancell.ingest_plan import IngestPlan
 from lancell.layer_blocks import layer_blocks
@@ -51,6 +49,8 @@ from lancell.maintenance import remove_group
 from lancell.registry import ensure_layout, sql_literal
 from lancell.schema import DatasetRecord
 from lancell.sources import MatrixSource
+from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
+from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.visibility import claim_dataset
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import zarr
 
 from kernels.scatter import scatter_rows
 from lancell.dataloader.features import GroupTable
-from lancell.reader import read_element_ranges, read_rows
+from lancell.storage.reader import read_element_ranges, read_rows
 
 __all__ = ["RESERVED_KEYS", "CellBatch", "SparseRows", "read_dense", "read_sparse"]
 

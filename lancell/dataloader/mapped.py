@@ -8,9 +8,9 @@ call, a Python loop or a thread hand-off per chunk. Groups are added to the chun
 touches them, so a worker opens only the groups it reads.
 
 Checks are those of the batched reader (docs/integrity.md, "What is checked"): shard indices are parsed by
-:meth:`lancell.shard_reader.ShardedArrayReader.local_shard`, a missing shard object of a dataset array is an
-error, every chunk's crc32c is checked each time before it is decoded (:mod:`kernels.crc32c`, the SSE 4.2
-instruction: ~7 GB/s), and BP-128 checks each chunk's header and block heads before decoding it. Other
+:meth:`lancell.storage.shard_reader.ShardedArrayReader.local_shard`, a missing shard object of a dataset array
+is an error, every chunk's crc32c is checked each time before it is decoded (:mod:`kernels.crc32c`, the SSE
+4.2 instruction: ~7 GB/s), and BP-128 checks each chunk's header and block heads before decoding it. Other
 layouts (float values, remote stores, chunks an index marks unwritten) are read by
 :func:`lancell.dataloader.batch.read_sparse`.
 """
@@ -28,13 +28,13 @@ import numpy as np
 
 from kernels import bitpack
 from kernels.batch_read import read_rows
-from lancell.codecs import CRC_BP128
 from lancell.dataloader.features import GroupTable
 from lancell.errors import CodecError
-from lancell.reader import array_reader
-from lancell.shard_decode import decode_chunks
-from lancell.shard_index import MISSING
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage.codecs import CRC_BP128
+from lancell.storage.reader import array_reader
+from lancell.storage.shard_decode import decode_chunks
+from lancell.storage.shard_index import MISSING
+from lancell.storage.shard_reader import ShardedArrayReader
 
 __all__ = ["MappedGroups", "warm_kernel"]
 

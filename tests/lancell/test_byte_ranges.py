@@ -1,4 +1,4 @@
-"""Positional reads of local files (lancell.byte_ranges) against plain slicing of the same bytes."""
+"""Positional reads of local files (lancell.storage.byte_ranges) against plain slicing of the same bytes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import obstore.store
 import pytest
 
-from lancell.byte_ranges import local_path, pread_edge, pread_ranges
 from lancell.errors import ShardFormatError
+from lancell.storage.byte_ranges import local_path, pread_edge, pread_ranges
 
 
 @pytest.fixture

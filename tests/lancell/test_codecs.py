@@ -10,8 +10,8 @@ import pytest
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 
-from lancell.codecs import CODEC_NAME, BitpackingCodec
 from lancell.errors import CodecError
+from lancell.storage.codecs import CODEC_NAME, BitpackingCodec
 
 
 def csr_indices(n_cells: int = 40, nnz: int = 2000, n_genes: int = 30_000, seed: int = 0) -> np.ndarray:

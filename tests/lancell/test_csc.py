@@ -8,16 +8,16 @@ import anndata as ad
 import numpy as np
 import pytest
 
-import lancell.csc as csc_module
 import lancell.reconstruct as reconstruct_module
+import lancell.storage.csc as csc_module
 import lancell.write_transaction as write_transaction
-from lancell import groups
 from lancell.add_csc import add_csc
 from lancell.add_layer import add_layer
 from lancell.errors import DatasetNotFoundError
-from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
+from lancell.storage import groups
+from lancell.storage.groups import GroupGeometry
 
 
 def _ingest(atlas, adata, uid: str, **kwargs):

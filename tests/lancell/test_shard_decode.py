@@ -13,10 +13,10 @@ import zarr
 import zarr.codecs
 import zarr.storage
 
-from lancell import groups
 from lancell.errors import ChecksumError, OutOfBoundsError, ShardFormatError
-from lancell.reader import array_reader
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage import groups
+from lancell.storage.reader import array_reader
+from lancell.storage.shard_reader import ShardedArrayReader
 
 CHUNK, SHARD = 256, 256 * 8
 

@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import gather
-from lancell import reader as lancell_reader
-from lancell import shard_reader
 from lancell.bundled import build_bundled_atlas
-from lancell.codecs import BitpackingCodec
 from lancell.errors import ChecksumError, CodecError, OutOfBoundsError, ShardFormatError
-from lancell.shard_reader import MISSING, ShardedArrayReader
+from lancell.storage import reader as lancell_reader
+from lancell.storage import shard_reader
+from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.shard_reader import MISSING, ShardedArrayReader
 
 N = 300_007  # not a multiple of the chunk: the last chunk is an edge chunk
 CHUNK = 1024
@@ -119,7 +119,7 @@ def test_memory_store_and_reader_module(tmp_path: Path) -> None:
     root = zarr.open_group(zarr.storage.ObjectStore(store), mode="w")
     array = _array(root, "g/csr/layers/counts", _values("uint32", N, rng), "uint32-bitpack-none")
     _check_ranges(array, ShardedArrayReader(store, array.path), rng)
-    # lancell.reader routes obstore-backed arrays to one cached batched reader per array.
+    # lancell.storage.reader routes obstore-backed arrays to one cached batched reader per array.
     cached = lancell_reader.array_reader(array)
     assert isinstance(cached, ShardedArrayReader)
     assert lancell_reader.array_reader(root["g/csr/layers/counts"]) is cached

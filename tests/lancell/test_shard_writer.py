@@ -7,8 +7,8 @@ import pytest
 import zarr
 import zarr.codecs
 
-from lancell.groups import ShardBuffer, value_codecs
-from lancell.shard_writer import ShardWriter
+from lancell.storage.groups import ShardBuffer, value_codecs
+from lancell.storage.shard_writer import ShardWriter
 
 RNG = np.random.default_rng(7)
 

@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterator
 import lancedb.table
 
 import lancell.cell_rows
-import lancell.csc
 import lancell.ingestion
+import lancell.storage.csc
 import lancell.write_transaction
-from lancell import groups
 from lancell.atlas import RaggedAtlas
-from lancell.groups import GroupGeometry, ShardBuffer
 from lancell.ingestion import add_from_anndata
 from lancell.schema import DatasetRecord
+from lancell.storage import groups
+from lancell.storage.groups import GroupGeometry, ShardBuffer
 
 DATASET = "big"
 
@@ -99,9 +99,9 @@ def install(point: str, nth: int) -> None:
 def main() -> None:
     root, path, point, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     small = GroupGeometry(sparse_chunk=4_096, sparse_shard=4_096 * 32)
-    groups.DEFAULT_GEOMETRY = lancell.csc.DEFAULT_GEOMETRY = small
+    groups.DEFAULT_GEOMETRY = lancell.storage.csc.DEFAULT_GEOMETRY = small
     # several CSC passes of many shards, so that kills can land between them
-    lancell.write_transaction.write_csc = functools.partial(lancell.csc.write_csc, budget=1 << 18)
+    lancell.write_transaction.write_csc = functools.partial(lancell.storage.csc.write_csc, budget=1 << 18)
     lancell.cell_rows.CELL_BATCH = 4_096  # the cell rows reach LanceDB in several batches
     install(point, nth)
     atlas = RaggedAtlas.open(f"{root}/db", store=f"{root}/arrays")  # a copy: not the recorded store

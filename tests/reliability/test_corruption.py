@@ -3,8 +3,8 @@ numbers.
 
 A small real atlas (the bundled celltypist counts, BP-128, and PBMC log-normalized floats, zstd, both with
 their CSC copies) is written once in a geometry of many shards; each test damages a copy of it on disk and
-reads it through ``query().to_anndata()``, the batched reader (``lancell.reader.read_element_ranges``) and the
-dataloader (``to_cell_dataset(...).__getitems__``).
+reads it through ``query().to_anndata()``, the batched reader (``lancell.storage.reader.read_element_ranges``)
+and the dataloader (``to_cell_dataset(...).__getitems__``).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import zarr
 import zarr.codecs
 import zarr.storage
 
-from lancell import csc, groups
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
-from lancell.codecs import BitpackingCodec
 from lancell.errors import ChecksumError, LancellError, ShardFormatError
 from lancell.ingestion import add_from_anndata
-from lancell.reader import array_reader, read_element_ranges, read_rows
 from lancell.schema import DatasetRecord
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage import csc, groups
+from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.reader import array_reader, read_element_ranges, read_rows
+from lancell.storage.shard_reader import ShardedArrayReader
 
 CHUNK, SHARD = 1024, 16 * 1024  # celltypist: ~1M values in 63 shards; PBMC: 11 shards
 DATASETS = {"celltypist_sample": "counts", "pbmc68k": "log_normalized"}

@@ -12,7 +12,7 @@ of its input faults there instead of reading garbage.
 Shard indexes: random and structured index bytes, with valid or invalid crc32c, offsets and sizes past the end
 of the shard, overlapping chunks, ``2**64 - 1`` sentinels, half sentinels and values that are negative as
 int64, checked against a reference written with Python integers; and the same indexes behind a real shard
-object read by :class:`lancell.shard_reader.ShardedArrayReader`. Only ``ShardFormatError``,
+object read by :class:`lancell.storage.shard_reader.ShardedArrayReader`. Only ``ShardFormatError``,
 ``ChecksumError`` (``CodecError``) or ``OutOfBoundsError`` may come out, never a numpy error.
 """
 
@@ -40,11 +40,11 @@ from hypothesis import strategies as st
 from zarr.core.buffer import default_buffer_prototype
 
 from kernels import bitpack as bp
-from lancell.codecs import BYTES_DECODERS, BitpackingCodec
 from lancell.errors import ChecksumError, CodecError, OutOfBoundsError, ShardFormatError
-from lancell.groups import value_codecs
-from lancell.shard_index import index_nbytes, parse_index
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage.codecs import BYTES_DECODERS, BitpackingCodec
+from lancell.storage.groups import value_codecs
+from lancell.storage.shard_index import index_nbytes, parse_index
+from lancell.storage.shard_reader import ShardedArrayReader
 
 KERNEL_FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INDEX_FUZZ = settings(max_examples=300, deadline=None)

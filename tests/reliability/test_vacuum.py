@@ -22,10 +22,10 @@ import zarr
 from lancell.add_csc import add_csc
 from lancell.atlas import RaggedAtlas
 from lancell.errors import DuplicateContentError, GroupNotFoundError, StoreError
-from lancell.groups import ATLAS_ID_ATTR, SparseGroupWriter
 from lancell.ingestion import add_from_anndata
 from lancell.locks import atlas_lock
 from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.storage.groups import ATLAS_ID_ATTR, SparseGroupWriter
 from lancell.stores import delete_prefix, location_in_store
 from lancell.synthetic import synthetic_counts
 from lancell.visibility import dataset_lock_name

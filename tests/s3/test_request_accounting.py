@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 from s3server import ARRAYS_BUCKET, BUCKET, Seaweed
 
-from lancell import groups
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
-from lancell.groups import GroupGeometry
 from lancell.ingestion import add_from_anndata
-from lancell.reader import array_reader
 from lancell.schema import DatasetRecord
+from lancell.storage import groups
+from lancell.storage.groups import GroupGeometry
+from lancell.storage.reader import array_reader
 from lancell.synthetic import synthetic_counts
 
 N_CELLS, N_GENES, NNZ_PER_CELL = 3000, 5000, 1000

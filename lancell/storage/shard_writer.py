@@ -32,7 +32,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from kernels import bitpack
-from lancell.codecs import BitpackingCodec
+from lancell.storage.codecs import BitpackingCodec
 
 __all__ = ["ShardWriter"]
 

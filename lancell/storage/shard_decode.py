@@ -3,12 +3,12 @@ checked").
 
 Every read of a sharded array's chunks decodes here, whoever fetched the bytes: the batched reader's needed
 chunks of many shards and its whole-shard reads (the CSC builder's), 1-D and 2-D arrays alike. A shard's index
-is checked completely (:func:`lancell.shard_index.parse_index`) before any chunk is fetched; a chunk's crc32c
-is checked before a decoder runs; checksummed BP-128 chunks (lancell's integer arrays) are decoded by one
-kernel call, any other chunk (zstd floats, chunks of older atlases without a crc32c, or a damaged chunk) stage
-by stage through :data:`lancell.codecs.BYTES_DECODERS`, so that an error names the chunk. The fill-value rule:
-a chunk its index marks unwritten reads as the fill value (a missing shard *object* is the reader's decision,
-:class:`lancell.shard_reader.ShardedArrayReader`).
+is checked completely (:func:`lancell.storage.shard_index.parse_index`) before any chunk is fetched; a chunk's
+crc32c is checked before a decoder runs; checksummed BP-128 chunks (lancell's integer arrays) are decoded by
+one kernel call, any other chunk (zstd floats, chunks of older atlases without a crc32c, or a damaged chunk)
+stage by stage through :data:`lancell.storage.codecs.BYTES_DECODERS`, so that an error names the chunk. The
+fill-value rule: a chunk its index marks unwritten reads as the fill value (a missing shard *object* is the
+reader's decision, :class:`lancell.storage.shard_reader.ShardedArrayReader`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import crc32c
 import numpy as np
 
 from kernels import bitpack
-from lancell.codecs import CRC32C_RESIDUE, CRC_BP128
 from lancell.errors import CodecError
-from lancell.shard_index import MISSING, parse_index
+from lancell.storage.codecs import CRC32C_RESIDUE, CRC_BP128
+from lancell.storage.shard_index import MISSING, parse_index
 
 if TYPE_CHECKING:
-    from lancell.shard_layout import ShardLayout
+    from lancell.storage.shard_layout import ShardLayout
 
 __all__ = ["decode_chunks", "decode_shard", "join_buffers", "read_index", "shard_elements"]
 
@@ -39,7 +39,7 @@ def read_index(layout: ShardLayout, raw: Any, size: int, where: str) -> np.ndarr
     Raises
     ------
     ChecksumError, ShardFormatError
-        See :func:`lancell.shard_index.parse_index`.
+        See :func:`lancell.storage.shard_index.parse_index`.
     """
     nbytes = layout.index_nbytes
     data = (0, size - nbytes) if layout.index_at_end else (nbytes, size)
@@ -59,8 +59,8 @@ def join_buffers(buffers: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.nda
 def _checked_bitpacked(
     buf: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, total: int
 ) -> np.ndarray | None:
-    """Chunks stored as :data:`lancell.codecs.CRC_BP128`, their crc32c checked and all decoded by one kernel
-    call; None when a chunk is damaged (the stage-by-stage path then raises the precise error)."""
+    """Chunks stored as :data:`lancell.storage.codecs.CRC_BP128`, their crc32c checked and all decoded by one
+    kernel call; None when a chunk is damaged (the stage-by-stage path then raises the precise error)."""
     for offset, size in zip(offsets.tolist(), sizes.tolist(), strict=True):
         if size < 4 or crc32c.crc32c(buf[offset : offset + size]) != CRC32C_RESIDUE:
             return None
@@ -84,7 +84,7 @@ def decode_chunks(
     Parameters
     ----------
     layout
-        The array's :class:`lancell.shard_layout.ShardLayout`.
+        The array's :class:`lancell.storage.shard_layout.ShardLayout`.
     buf
         1-D uint8 bytes holding the encoded chunks (a whole shard object, or chunks joined by
         :func:`join_buffers`).

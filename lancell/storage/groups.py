@@ -22,9 +22,9 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from lancell.codecs import BitpackingCodec
 from lancell.schema import PointerKind
-from lancell.shard_writer import ShardWriter
+from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.shard_writer import ShardWriter
 
 __all__ = [
     "ATLAS_ID_ATTR",
@@ -104,7 +104,8 @@ class ShardBuffer:
     """Append-only writer of a sharded array (1-D, or 2-D by rows) that writes whole shards and the tail.
 
     Rows are copied into one reused shard-sized buffer; each full shard is stored by a
-    :class:`~lancell.shard_writer.ShardWriter` when the array's codecs allow, else through zarr-python.
+    :class:`~lancell.storage.shard_writer.ShardWriter` when the array's codecs allow, else through
+    zarr-python.
     """
 
     def __init__(self, array: zarr.Array, shard: int) -> None:

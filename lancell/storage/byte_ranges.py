@@ -3,7 +3,7 @@
 On local disk an ``obstore.get_ranges`` call costs 70-120 µs however small the ranges (it goes through
 obstore's runtime, opens and stats the file), while ``open`` + ``os.pread`` + ``close`` of the same four
 chunks takes about 7 µs and releases the GIL in the system calls. The batched reader
-(:mod:`lancell.shard_reader`) makes one such call per touched shard, so for a random training batch
+(:mod:`lancell.storage.shard_reader`) makes one such call per touched shard, so for a random training batch
 (hundreds of shards) this is most of the read time. Ranges that touch or nearly touch are read with one
 ``pread`` and handed out as views.
 

@@ -175,8 +175,8 @@ def _crc32c(data: np.ndarray) -> np.ndarray:
 
 
 # Decoders of the bytes-to-bytes codecs that lancell writes, by zarr codec name, for the decode path that
-# reads chunks without zarr-python (lancell.shard_decode): each takes a chunk's bytes (1-D uint8) and returns
-# the decoded bytes, or raises CodecError (ChecksumError when a crc32c does not match).
+# reads chunks without zarr-python (lancell.storage.shard_decode): each takes a chunk's bytes (1-D uint8) and
+# returns the decoded bytes, or raises CodecError (ChecksumError when a crc32c does not match).
 BYTES_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "zstd": _zstd,
     CODEC_NAME: _bitpacking,

@@ -2,9 +2,9 @@
 
 Many ``[start, end)`` element ranges of one array are cut at inner-chunk boundaries (:mod:`kernels.gather`);
 each touched shard's index is read once and cached; all needed chunks of a shard come back from **one**
-``obstore.get_ranges`` call (``pread`` on local disk, :mod:`lancell.byte_ranges`); shards are fetched
+``obstore.get_ranges`` call (``pread`` on local disk, :mod:`lancell.storage.byte_ranges`); shards are fetched
 concurrently on a thread pool, and each task decodes its shard's chunks through the one decode path
-(:mod:`lancell.shard_decode`: zstd and BP-128 release the GIL, a chunk's crc32c takes well under a
+(:mod:`lancell.storage.shard_decode`: zstd and BP-128 release the GIL, a chunk's crc32c takes well under a
 microsecond) and scatters them into one flat output in request order right after decoding. Whole-shard reads
 (:meth:`ShardedArrayReader.read_shard`, the CSC builder's) decode through the same path.
 Threads with blocking calls beat obstore's asyncio calls here: each awaited call costs event-loop wake-ups,
@@ -14,10 +14,10 @@ took 2.5x the CPU of reading it in one thread), so local reads run in at most on
 calling thread when small.
 
 Format facts (zarr v3 ``sharding_indexed``): a shard object holds its chunks' encoded bytes and an index
-(:mod:`lancell.shard_index`, checked completely before any chunk is fetched). A missing shard object means
-every chunk of it is missing and reads as the fill value, unless the reader is told the array was written
-``complete`` (:func:`lancell.reader.written_whole`): then it is an error. Edge chunks are stored at full
-chunk size.
+(:mod:`lancell.storage.shard_index`, checked completely before any chunk is fetched). A missing shard object
+means every chunk of it is missing and reads as the fill value, unless the reader is told the array was
+written ``complete`` (:func:`lancell.storage.reader.written_whole`): then it is an error. Edge chunks are
+stored at full chunk size.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import obstore
 from obstore.store import ObjectStore
 
 from kernels import gather
-from lancell.byte_ranges import local_path, pread_edge, pread_ranges
 from lancell.errors import OutOfBoundsError, ShardFormatError
-from lancell.shard_decode import decode_chunks, decode_shard, join_buffers, read_index, shard_elements
-from lancell.shard_index import MISSING
-from lancell.shard_layout import parse_layout
+from lancell.storage.byte_ranges import local_path, pread_edge, pread_ranges
+from lancell.storage.shard_decode import decode_chunks, decode_shard, join_buffers, read_index, shard_elements
+from lancell.storage.shard_index import MISSING
+from lancell.storage.shard_layout import parse_layout
 
 __all__ = ["MISSING", "ShardedArrayReader"]
 
@@ -92,7 +92,8 @@ class ShardedArrayReader:
     Attributes
     ----------
     complete : bool
-        As the parameter; :func:`lancell.reader.array_reader` sets it by :func:`lancell.reader.written_whole`.
+        As the parameter; :func:`lancell.storage.reader.array_reader` sets it by
+        :func:`lancell.storage.reader.written_whole`.
     get_ranges_calls, index_reads, shards_touched, chunks_decoded, bytes_fetched : int
         Cumulative request accounting (exact when calls do not overlap): one ``get_ranges`` per touched
         shard that holds a needed chunk, one index read per shard over the reader's life.
@@ -101,8 +102,8 @@ class ShardedArrayReader:
     ------
     ShardFormatError
         If ``zarr.json`` is missing or describes a layout this reader does not handle (see
-        :func:`lancell.shard_layout.parse_layout`); when reading, if a shard index is malformed or a shard
-        of a ``complete`` array is missing.
+        :func:`lancell.storage.shard_layout.parse_layout`); when reading, if a shard index is malformed or a
+        shard of a ``complete`` array is missing.
 
     Notes
     -----
@@ -287,7 +288,8 @@ class ShardedArrayReader:
         Raises
         ------
         ShardFormatError, ChecksumError
-            A missing object of a ``complete`` array; else see :func:`lancell.shard_decode.read_index`.
+            A missing object of a ``complete`` array; else see
+            :func:`lancell.storage.shard_decode.read_index`.
         """
         layout = self.layout
         key = layout.shard_key(self.path, shard)
@@ -344,7 +346,7 @@ class ShardedArrayReader:
         """Every element of shard ``shard`` (flattened in C order), its object fetched whole by one request.
 
         For whole-array passes (the CSC builder): nothing is cached, and the decode is
-        :func:`lancell.shard_decode.decode_shard`'s.
+        :func:`lancell.storage.shard_decode.decode_shard`'s.
 
         Raises
         ------
@@ -384,8 +386,8 @@ class ShardedArrayReader:
     def _decode(self, buffers: list, slots: np.ndarray, plan: tuple) -> None:
         """Decode chunks (``buffers[k]``: the chunk of ``slots[k]``) and scatter their pieces into the output.
 
-        The chunks are decoded back to back into one buffer (:func:`lancell.shard_decode.decode_chunks`) and
-        scattered by one kernel call.
+        The chunks are decoded back to back into one buffer
+        (:func:`lancell.storage.shard_decode.decode_chunks`) and scattered by one kernel call.
         """
         layout = self.layout
         chunks, bounds, src, dst, length, out = plan

@@ -1,11 +1,12 @@
 """Read many element ranges of a 1-D zarr array (or many rows of a 2-D one) in one pass.
 
 Arrays in an obstore-backed store (``zarr.storage.ObjectStore``) are read by the batched
-:class:`lancell.shard_reader.ShardedArrayReader`; one reader per (store, array path) is kept in a small LRU so
-that repeated queries reuse its metadata and shard indices, and told once, by :func:`written_whole`, whether a
-missing shard object of its array is damage. Other stores, and layouts that reader does not handle, take the
-zarr-python path: ranges are sorted, coalesced into runs (ranges closer than ``max_gap`` elements share one
-read), each run is read once, and the requested slices are gathered back in request order.
+:class:`lancell.storage.shard_reader.ShardedArrayReader`; one reader per (store, array path) is kept in a
+small LRU so that repeated queries reuse its metadata and shard indices, and told once, by
+:func:`written_whole`, whether a missing shard object of its array is damage. Other stores, and layouts that
+reader does not handle, take the zarr-python path: ranges are sorted, coalesced into runs (ranges closer than
+``max_gap`` elements share one read), each run is read once, and the requested slices are gathered back in
+request order.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import zarr.storage
 from obstore.store import ObjectStore
 
 from lancell.errors import ShardFormatError
-from lancell.shard_reader import ShardedArrayReader
+from lancell.storage.shard_reader import ShardedArrayReader
 
 if TYPE_CHECKING:
-    from lancell.shard_layout import ShardLayout
+    from lancell.storage.shard_layout import ShardLayout
 
 __all__ = [
     "array_reader",
@@ -50,8 +51,8 @@ _READERS_LOCK = threading.Lock()
 def dataset_group_attrs(store: ObjectStore, path: str) -> dict | None:
     """The attributes of the lancell dataset group that holds the array at ``path``, None if none does.
 
-    That is the nearest enclosing group whose attributes carry ``lancell_format`` (lancell.groups writes it on
-    every dataset group; the atlas root carries it too, but no ``nnz``).
+    That is the nearest enclosing group whose attributes carry ``lancell_format`` (lancell.storage.groups
+    writes it on every dataset group; the atlas root carries it too, but no ``nnz``).
 
     Raises
     ------
@@ -80,9 +81,9 @@ def written_whole(group_attrs: dict | None, layout: ShardLayout) -> bool:
 
     The one rule (docs/integrity.md, "Missing shards"), from what the writer recorded: an array of a lancell
     dataset group (``group_attrs``, see :func:`dataset_group_attrs`) that holds values (``nnz > 0``) whose
-    chunks carry a crc32c (written with every chunk, see :func:`lancell.groups.value_codecs`) or that is 1-D
-    (CSR / CSC: stored values and their indices never fill a whole shard with the fill value); the dense
-    layers of older atlases may have left an all-zero shard unwritten.
+    chunks carry a crc32c (written with every chunk, see :func:`lancell.storage.groups.value_codecs`) or that
+    is 1-D (CSR / CSC: stored values and their indices never fill a whole shard with the fill value); the
+    dense layers of older atlases may have left an all-zero shard unwritten.
     """
     if not group_attrs or "lancell_format" not in group_attrs:
         return False

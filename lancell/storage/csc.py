@@ -19,8 +19,14 @@ import zarr
 import zarr.codecs
 
 from kernels.transpose import count_features, fill_feature_runs
-from lancell.groups import DEFAULT_GEOMETRY, INDPTR_CODECS, ShardBuffer, create_value_array, value_codecs
-from lancell.reader import array_reader, read_element_ranges
+from lancell.storage.groups import (
+    DEFAULT_GEOMETRY,
+    INDPTR_CODECS,
+    ShardBuffer,
+    create_value_array,
+    value_codecs,
+)
+from lancell.storage.reader import array_reader, read_element_ranges
 
 __all__ = ["CSC_MIN_VALUES", "CsrBlocks", "read_csc_features", "write_csc"]
 
@@ -65,8 +71,8 @@ class CsrBlocks:
 
 def _stored_blocks(indices: zarr.Array, values: Mapping[str, zarr.Array]) -> Iterator[Block]:
     """The stored CSR arrays (``values`` empty: the indices alone), read back shard by shard
-    (:meth:`lancell.shard_reader.ShardedArrayReader.read_shard`) where both have the batched reader's layout
-    with the same shards, else in ranges of ``_READ_VALUES`` through :mod:`lancell.reader`."""
+    (:meth:`lancell.storage.shard_reader.ShardedArrayReader.read_shard`) where both have the batched reader's
+    layout with the same shards, else in ranges of ``_READ_VALUES`` through :mod:`lancell.storage.reader`."""
     arrays = [indices, *values.values()]
     readers = [array_reader(a) for a in arrays]
     whole_shards = all(r is not None and r.layout.shard_shape == indices.shards for r in readers)

@@ -1,9 +1,9 @@
 """The layout of a sharded zarr v3 array, digested from its ``zarr.json`` for the batched reader.
 
-:func:`parse_layout` accepts exactly what :class:`lancell.shard_reader.ShardedArrayReader` can read: 1-D
-arrays, or 2-D arrays with whole-row chunks, of a plain numeric type, sharded with ``sharding_indexed`` over
-a little-endian ``bytes`` serializer followed by any of zstd / lancell.bitpacking / crc32c, with a ``bytes``
-(+ crc32c) index at either end of the shard, and default or v2 chunk keys. Anything else raises
+:func:`parse_layout` accepts exactly what :class:`lancell.storage.shard_reader.ShardedArrayReader` can read:
+1-D arrays, or 2-D arrays with whole-row chunks, of a plain numeric type, sharded with ``sharding_indexed``
+over a little-endian ``bytes`` serializer followed by any of zstd / lancell.bitpacking / crc32c, with a
+``bytes`` (+ crc32c) index at either end of the shard, and default or v2 chunk keys. Anything else raises
 ``ShardFormatError`` and is read through zarr-python instead.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from lancell.codecs import BYTES_DECODERS
 from lancell.errors import ShardFormatError
-from lancell.shard_index import index_nbytes
+from lancell.storage.codecs import BYTES_DECODERS
+from lancell.storage.shard_index import index_nbytes
 
 __all__ = ["ShardLayout", "parse_layout"]
 
