@@ -43,9 +43,9 @@ def build(root: Path, cells: int, datasets: int, nnz: int) -> None:
     import pandas as pd
 
     from lancell.atlas import RaggedAtlas
-    from lancell.ingestion import add_from_anndata
-    from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+    from lancell.ingest.from_anndata import add_from_anndata
     from lancell.synthetic import synthetic_counts
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
     class Gene(FeatureBaseSchema):
         gene_symbol: str | None = None

@@ -8,7 +8,7 @@ the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,0
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
 ``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
 file it then prints, from the same run (``--reps`` interleaved repetitions, medians): the time h5py alone
-takes to read its X (data, indices, indptr; blocks of ``lancell.sources.TARGET_BLOCK_VALUES`` values into
+takes to read its X (data, indices, indptr; blocks of ``lancell.ingest.sources.TARGET_BLOCK_VALUES`` values into
 reused buffers, each repetition in a fresh process), the ingest time without and with the CSC copy, their
 ratios to the read, and the BP-128 encode rate (G ints/s, one core, CPU time) on its indices and counts.
 """
@@ -39,7 +39,7 @@ RUN = textwrap.dedent(
     import pandas as pd, anndata as ad
     from lancell.atlas import RaggedAtlas
     from lancell.bundled import CellSchema, GeneFeature
-    from lancell.ingestion import add_from_anndata
+    from lancell.ingest.from_anndata import add_from_anndata
     root, path, layer, uid_col = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] or None
     csc = None if sys.argv[5] == "default" else sys.argv[5] == "on"
     var = ad.read_h5ad(path, backed="r").var
@@ -69,7 +69,7 @@ RUN = textwrap.dedent(
 READ = textwrap.dedent(
     """
     import sys, time, h5py, numpy as np
-    from lancell.sources import TARGET_BLOCK_VALUES as step
+    from lancell.ingest.sources import TARGET_BLOCK_VALUES as step
     started = time.perf_counter()
     with h5py.File(sys.argv[1], "r") as f:
         x = f["X"]

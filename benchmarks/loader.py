@@ -70,11 +70,11 @@ from kernels import bitpack
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature, build_bundled_atlas
 from lancell.dataloader import CellSampler, batch_entropy, make_loader
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.reader import array_reader
 from lancell.storage.shard_decode import join_buffers
 from lancell.synthetic import write_synthetic_h5ad
+from lancell.tables.schema import DatasetRecord
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

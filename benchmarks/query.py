@@ -26,9 +26,9 @@ import tiledbsoma.io
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.synthetic import synthetic_counts
+from lancell.tables.schema import DatasetRecord
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

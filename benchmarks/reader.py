@@ -46,12 +46,12 @@ import zarr.storage
 from kernels.gather import plan_pieces
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import reader as lancell_reader
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.shard_reader import MISSING, ShardedArrayReader
 from lancell.synthetic import write_synthetic_h5ad
+from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

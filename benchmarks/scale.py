@@ -58,8 +58,8 @@ def stage_ingest(spec: dict[str, Any]) -> dict[str, Any]:
 
     from lancell.atlas import RaggedAtlas
     from lancell.bundled import CellSchema, GeneFeature
-    from lancell.ingestion import add_from_anndata
-    from lancell.schema import DatasetRecord
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import DatasetRecord
 
     genes = [f"G{i:05d}" for i in range(spec["genes"])]
     atlas = RaggedAtlas.create(

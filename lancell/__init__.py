@@ -15,31 +15,31 @@ if TYPE_CHECKING:
     from lancell import errors
     from lancell.atlas import RaggedAtlas
     from lancell.dataloader import CellDataset, CellSampler, DenseCollate, SparseCollate, make_loader
-    from lancell.ingestion import add_from_anndata
-    from lancell.modalities import add_from_mudata, attach_modality
-    from lancell.schema import (
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.ingest.modalities import add_from_mudata, attach_modality
+    from lancell.ingest.tenx import add_from_10x
+    from lancell.standardize.pipeline import standardize_and_ingest, standardize_anndata
+    from lancell.tables.schema import (
         DatasetRecord,
         DenseZarrPointer,
         FeatureBaseSchema,
         LancellBaseSchema,
         SparseZarrPointer,
     )
-    from lancell.standardize import standardize_and_ingest, standardize_anndata
-    from lancell.tenx import add_from_10x
 
 _PUBLIC = {
     "RaggedAtlas": "lancell.atlas",
-    "add_from_anndata": "lancell.ingestion",
-    "add_from_10x": "lancell.tenx",
-    "add_from_mudata": "lancell.modalities",
-    "attach_modality": "lancell.modalities",
-    "standardize_anndata": "lancell.standardize",
-    "standardize_and_ingest": "lancell.standardize",
-    "LancellBaseSchema": "lancell.schema",
-    "FeatureBaseSchema": "lancell.schema",
-    "DatasetRecord": "lancell.schema",
-    "SparseZarrPointer": "lancell.schema",
-    "DenseZarrPointer": "lancell.schema",
+    "add_from_anndata": "lancell.ingest.from_anndata",
+    "add_from_10x": "lancell.ingest.tenx",
+    "add_from_mudata": "lancell.ingest.modalities",
+    "attach_modality": "lancell.ingest.modalities",
+    "standardize_anndata": "lancell.standardize.pipeline",
+    "standardize_and_ingest": "lancell.standardize.pipeline",
+    "LancellBaseSchema": "lancell.tables.schema",
+    "FeatureBaseSchema": "lancell.tables.schema",
+    "DatasetRecord": "lancell.tables.schema",
+    "SparseZarrPointer": "lancell.tables.schema",
+    "DenseZarrPointer": "lancell.tables.schema",
     "CellDataset": "lancell.dataloader",
     "CellSampler": "lancell.dataloader",
     "DenseCollate": "lancell.dataloader",

@@ -11,7 +11,10 @@ import pandas as pd
 import pyarrow as pa
 from lancedb.pydantic import LanceModel
 
-from lancell.atlas_meta import (
+from lancell.core import AtlasCore
+from lancell.optimize import assign_global_indices, optimize_tables
+from lancell.snapshots import take_snapshot
+from lancell.tables.atlas_meta import (
     StoreLike,
     create_storage,
     db_options,
@@ -19,25 +22,23 @@ from lancell.atlas_meta import (
     read_meta,
     recorded_store,
 )
-from lancell.core import AtlasCore
-from lancell.feature_spaces import (
+from lancell.tables.atlas_tables import AtlasTables, connect
+from lancell.tables.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
 )
-from lancell.group_claims import GroupClaims
-from lancell.optimize import assign_global_indices, optimize_tables
-from lancell.registry import OnConflict, prepare_features, register_prepared
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
-from lancell.snapshots import take_snapshot
-from lancell.tables import AtlasTables, connect
-from lancell.validation import find_problems
-from lancell.versions import (
+from lancell.tables.group_claims import GroupClaims
+from lancell.tables.registry import OnConflict, prepare_features, register_prepared
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
+from lancell.tables.versions import (
     list_snapshots,
     read_version,
 )
+from lancell.validation import find_problems
 
-if TYPE_CHECKING:  # lancell.query and lancell.maintenance are imported where used: both import anndata
-    from lancell.query import AtlasQuery
+# lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata
+if TYPE_CHECKING:
+    from lancell.query.atlas_query import AtlasQuery
 
 __all__ = ["RaggedAtlas"]
 
@@ -115,7 +116,8 @@ class RaggedAtlas:
         dataset_schema
             The :class:`DatasetRecord` subclass of dataset rows.
         layers
-            Allowed layer names per feature space (defaults in ``lancell.feature_spaces.DEFAULT_LAYERS``).
+            Allowed layer names per feature space (defaults in
+            ``lancell.tables.feature_spaces.DEFAULT_LAYERS``).
         fts_columns
             String cell columns that ``optimize()`` indexes for full-text ``search(text)``.
         store_kwargs
@@ -349,7 +351,7 @@ class RaggedAtlas:
 
     @property
     def group_claims(self) -> GroupClaims:
-        """The claims of the zarr groups this atlas wrote (:mod:`lancell.group_claims`); writable only.
+        """The claims of the zarr groups this atlas wrote (:mod:`lancell.tables.group_claims`); writable only.
 
         Raises
         ------
@@ -387,8 +389,8 @@ class RaggedAtlas:
         return frame.sort_values("global_index").reset_index(drop=True)
 
     def query(self) -> AtlasQuery:
-        """A lazy query over the cells (see :class:`lancell.query.AtlasQuery`)."""
-        from lancell.query import AtlasQuery
+        """A lazy query over the cells (see :class:`lancell.query.atlas_query.AtlasQuery`)."""
+        from lancell.query.atlas_query import AtlasQuery
 
         return AtlasQuery(self)
 

@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 def _init(args: argparse.Namespace) -> int:
     from lancell.atlas import RaggedAtlas
-    from lancell.schema import load_schema_class
+    from lancell.tables.schema import load_schema_class
 
     cell_schema = load_schema_class(args.schema)
     registries = {}
@@ -87,7 +87,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     from lancell.atlas import RaggedAtlas
     from lancell.errors import IngestError
-    from lancell.landing import ingest_landing_file, read_landing_spec
+    from lancell.ingest.landing import ingest_landing_file, read_landing_spec
 
     if args.uid is not None and len(args.paths) > 1:
         raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
@@ -242,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="map genes to Ensembl ids (registered and stored under them; genes sharing an id summed for "
         "counts, else the first kept) and obs labels to ontology term ids first, and print what was "
-        "resolved (lancell.standardize)",
+        "resolved (lancell.standardize.pipeline)",
     )
     ingest.add_argument(
         "--feature-space", help="feature space (default: the sidecar's, else gene_expression)"

@@ -18,17 +18,17 @@ import pyarrow as pa
 import zarr
 
 from lancell.errors import ReadOnlyAtlasError
-from lancell.feature_spaces import FeatureSpace, feature_spaces_from_table
-from lancell.group_claims import GroupClaims
-from lancell.locks import Lease, atlas_lock
-from lancell.stores import zarr_store
-from lancell.table_schemas import FEATURE_SPACES_TABLE
-from lancell.tables import AtlasTables
+from lancell.storage.stores import zarr_store
+from lancell.tables.atlas_tables import AtlasTables
+from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
+from lancell.tables.group_claims import GroupClaims
+from lancell.tables.locks import Lease, atlas_lock
+from lancell.tables.table_schemas import FEATURE_SPACES_TABLE
 
 if TYPE_CHECKING:
     import obstore.store as obs_store
 
-    from lancell.schema import DatasetRecord
+    from lancell.tables.schema import DatasetRecord
 
 __all__ = ["AtlasCore"]
 
@@ -51,7 +51,7 @@ class AtlasCore:
     meta_store
         The store of the database's side files (``atlas.json``, locks, group claims).
     dataset_schema
-        The :class:`~lancell.schema.DatasetRecord` subclass of dataset rows.
+        The :class:`~lancell.tables.schema.DatasetRecord` subclass of dataset rows.
     read_only
         Whether writing is refused (a checked-out snapshot, or a pinned view of the live atlas).
     snapshot_version
@@ -109,7 +109,7 @@ class AtlasCore:
             )
 
     def lock(self, name: str) -> AbstractContextManager[Lease]:
-        """The atlas-wide lease lock ``name`` (:func:`lancell.locks.atlas_lock`)."""
+        """The atlas-wide lease lock ``name`` (:func:`lancell.tables.locks.atlas_lock`)."""
         return atlas_lock(self.meta_store, name)
 
     @property
@@ -120,7 +120,7 @@ class AtlasCore:
 
     @property
     def group_claims(self) -> GroupClaims:
-        """The claims of the zarr groups this atlas wrote (:mod:`lancell.group_claims`); writable only.
+        """The claims of the zarr groups this atlas wrote (:mod:`lancell.tables.group_claims`); writable only.
 
         Raises
         ------

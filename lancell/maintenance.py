@@ -2,10 +2,10 @@
 
 Zarr groups are append-only: deleting a dataset removes its rows in new table versions and leaves its group
 for :func:`remove_debris`. What may be deleted from the store is decided here and nowhere else: a group this
-atlas provably owns (:mod:`lancell.group_claims`: its claim and its id in the group's attributes) that no
-live dataset record and no snapshot references, and that does not nest with a group that is referenced.
-The store is never listed to find candidates: groups another atlas, another program or an older lancell
-wrote are never deleted.
+atlas provably owns (:mod:`lancell.tables.group_claims`: its claim and its id in the group's attributes) that
+no live dataset record and no snapshot references, and that does not nest with a group that is referenced. The
+store is never listed to find candidates: groups another atlas, another program or an older lancell wrote are
+never deleted.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
-from lancell.cell_rows import detach_pointers
 from lancell.errors import DatasetNotFoundError, LockTimeoutError
-from lancell.locks import atlas_lock
-from lancell.registry import sql_literal
-from lancell.tables import read_columns
-from lancell.versions import list_snapshots, read_version
-from lancell.visibility import committed_cells, committed_filter, dataset_lock_name
+from lancell.ingest.cell_rows import detach_pointers
+from lancell.tables.atlas_tables import read_columns
+from lancell.tables.locks import atlas_lock
+from lancell.tables.registry import sql_literal
+from lancell.tables.versions import list_snapshots, read_version
+from lancell.tables.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from lancell.indexes import build_indexes
-from lancell.registry import number_unindexed
+from lancell.tables.indexes import build_indexes
+from lancell.tables.registry import number_unindexed
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore

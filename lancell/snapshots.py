@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from lancell.errors import ValidationError
 from lancell.storage.groups import FORMAT_VERSION
-from lancell.stores import describe_store, public_store_config
-from lancell.table_schemas import VERSIONS_TABLE
+from lancell.storage.stores import describe_store, public_store_config
+from lancell.tables.table_schemas import VERSIONS_TABLE
+from lancell.tables.versions import next_version, record_snapshot, tag_tables
+from lancell.tables.visibility import committed_cells
 from lancell.validation import find_problems
-from lancell.versions import next_version, record_snapshot, tag_tables
-from lancell.visibility import committed_cells
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
-from lancell.visibility import visible_cells_filter
+from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
@@ -122,7 +122,8 @@ def find_problems(core: AtlasCore) -> list[str]:
     group and the atlas record one) and its layout is stored; cell counts
     per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
     registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record
-    commits (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.visibility`).
+    commits (an interrupted ingestion) are invisible debris, not problems (see
+    :mod:`lancell.tables.visibility`).
     """
     problems: list[str] = []
     tables = core.tables

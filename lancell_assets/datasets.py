@@ -21,9 +21,9 @@ from resources import AtlasResource, LandingZone
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
-    from lancell.landing import LandingSpec
-    from lancell.schema import DatasetRecord
-    from lancell.standardize import StandardizationReport
+    from lancell.ingest.landing import LandingSpec
+    from lancell.standardize.pipeline import StandardizationReport
+    from lancell.tables.schema import DatasetRecord
 
 CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
@@ -64,7 +64,7 @@ def dataset_group(
     and var entries ``resolved``, ``kept``, ``summed`` or ``first`` (``StandardizationReport.as_metadata``).
     """
     from lancell.errors import LancellError
-    from lancell.landing import ingest_landing_file
+    from lancell.ingest.landing import ingest_landing_file
 
     uid = context.partition_key
     started = time.perf_counter()

@@ -15,7 +15,7 @@ geo_series_partitions = dg.DynamicPartitionsDefinition(name="lancell_geo_series"
 @dg.asset(partitions_def=geo_series_partitions, group_name="ingest", kinds={"geo"}, owners=OWNERS)
 def geo_series(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> dg.MaterializeResult:
     """The landing files of one GEO series (one per sample with a 10x supplementary file)."""
-    from lancell.geo_landing import land_geo_series
+    from lancell.ingest.geo_landing import land_geo_series
 
     soft = landing_zone.soft_files()[context.partition_key]
     landed = land_geo_series(soft, landing_zone.path, mirror=landing_zone.geo_mirror)

@@ -9,14 +9,14 @@ import dagster as dg
 
 if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions must stay fast
     from lancell.atlas import RaggedAtlas
-    from lancell.schema import DatasetRecord
+    from lancell.tables.schema import DatasetRecord
 
 OWNERS = ["team:atlas"]
 
 
 def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | None) -> dict[str, object]:
     """Metadata of one dataset group."""
-    from lancell.stores import prefix_nbytes
+    from lancell.storage.stores import prefix_nbytes
 
     nbytes = prefix_nbytes(atlas.store, record.zarr_group)
     out: dict[str, object] = {

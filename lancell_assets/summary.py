@@ -8,7 +8,7 @@ from pathlib import Path
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, make_loader
 from lancell.dataloader.sampler import batch_entropy
-from lancell.reconstruct import presence_matrix
+from lancell.query.reconstruct import presence_matrix
 
 
 def print_loader_summary(atlas: RaggedAtlas) -> None:

@@ -19,8 +19,8 @@ DEFAULT_FEATURE_SCHEMA = "lancell.bundled:GeneFeature"
 
 
 def _import(path: str) -> Any:
-    """``module:Class`` -> the class (:func:`lancell.schema.load_schema_class`)."""
-    from lancell.schema import load_schema_class
+    """``module:Class`` -> the class (:func:`lancell.tables.schema.load_schema_class`)."""
+    from lancell.tables.schema import load_schema_class
 
     return load_schema_class(path)
 
@@ -87,7 +87,7 @@ class AtlasResource(dg.ConfigurableResource):
     def _check_cell_schema(self, atlas: RaggedAtlas) -> None:
         """An existing atlas must store every column of the configured cell schema (else it is ignored)."""
         from lancell.errors import SchemaError
-        from lancell.schema import OBS_NAME
+        from lancell.tables.schema import OBS_NAME
 
         schema = _import(self.cell_schema)
         # OBS_NAME: atlases created before the column existed lack it and are served without it

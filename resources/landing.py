@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions must stay fast
-    from lancell.landing import LandingSpec
+    from lancell.ingest.landing import LandingSpec
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class LandingZone(dg.ConfigurableResource):
         A file whose sidecar cannot be read keeps its file stem as uid and carries the error.
         """
         from lancell.errors import IngestError
-        from lancell.landing import read_landing_spec
+        from lancell.ingest.landing import read_landing_spec
 
         folder = Path(self.path)
         out = []
@@ -65,7 +65,7 @@ class LandingZone(dg.ConfigurableResource):
             That file's sidecar cannot be read (the message names it), or no file has that uid.
         """
         from lancell.errors import IngestError
-        from lancell.landing import read_landing_spec
+        from lancell.ingest.landing import read_landing_spec
 
         for entry in self.entries():
             if entry.uid == dataset_uid:

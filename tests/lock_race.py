@@ -23,8 +23,8 @@ from typing import Any
 import obstore
 import obstore.store as obs_store
 
-from lancell.locks import atlas_lock
-from lancell.stores import open_store
+from lancell.storage.stores import open_store
+from lancell.tables.locks import atlas_lock
 
 CHILD = Path(__file__)
 STALE_AFTER = 1.0  # what the contenders record: renewed every 0.25 s

@@ -14,7 +14,8 @@ class Blocker:
         return None
 sys.meta_path.insert(0, Blocker())
 import kernels, lancell
-import lancell.atlas, lancell.ingestion, lancell.query, lancell.schema, lancell.errors, lancell.reconstruct
+import lancell.atlas, lancell.ingest.from_anndata, lancell.query.atlas_query, lancell.tables.schema
+import lancell.errors, lancell.query.reconstruct
 import lancell.bundled, lancell.synthetic
 print('ok')
 """

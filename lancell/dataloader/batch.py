@@ -7,8 +7,8 @@ demand (``presence_table[group]``), so a gene a dataset never measured is distin
 
 With several requested layers the first fills those fields (``to_anndata()``'s ``X``) and each other is in
 :attr:`CellBatch.layers` (``adata.layers``). The layers share the stored indices (one sparsity pattern per
-group, :mod:`lancell.layer_blocks`): each group's indices are read and mapped to output columns once, then
-each layer's values; a layer's rows differ from the first's only where it leaves out zeros that pad the
+group, :mod:`lancell.ingest.layer_blocks`): each group's indices are read and mapped to output columns once,
+then each layer's values; a layer's rows differ from the first's only where it leaves out zeros that pad the
 shared pattern, or where a group lacks it (``on_unmeasured("keep")``: empty rows).
 """
 

@@ -33,11 +33,11 @@ from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
-from lancell.stores import describe_store
+from lancell.storage.stores import describe_store
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
-    from lancell.query import AtlasQuery
+    from lancell.query.atlas_query import AtlasQuery
 
 __all__ = ["CellDataset"]
 
@@ -48,7 +48,7 @@ _MAPPED_LOCK = threading.Lock()  # threads of one process share one MappedGroups
 class CellDataset:
     """Map-style dataset of the cells of a query, for one feature space and one or several layers.
 
-    Build it with :meth:`lancell.query.AtlasQuery.to_cell_dataset` (or :meth:`from_query`,
+    Build it with :meth:`lancell.query.atlas_query.AtlasQuery.to_cell_dataset` (or :meth:`from_query`,
     :meth:`from_atlas`). Positions ``0 .. len - 1`` follow the query's row order (the rows of
     ``to_anndata()``). Use
     :meth:`__getitems__` (what PyTorch's fetcher calls with a batch sampler) to read a whole batch at once.
@@ -168,8 +168,8 @@ class CellDataset:
         Parameters
         ----------
         query
-            An :class:`~lancell.query.AtlasQuery` on a live or checked-out atlas (a checkout's snapshot
-            version is recorded in :attr:`source`); its filter, limit and search (rank order) apply.
+            An :class:`~lancell.query.atlas_query.AtlasQuery` on a live or checked-out atlas (a checkout's
+            snapshot version is recorded in :attr:`source`); its filter, limit and search (rank order) apply.
         feature_space, layer
             The feature space (pointer field) and the layer to read, or several (``["counts",
             "log_normalized"]``: the first is a batch's ``values``, the others ``CellBatch.layers``); datasets
@@ -179,10 +179,10 @@ class CellDataset:
             Cell columns to carry in every batch (strings become categorical codes); not one of the names
             the collates use (``X``, ``layers``, ``index``, ``group``, ``presence``).
         features
-            Added to the query's own feature selection (see :meth:`lancell.query.AtlasQuery.reading`): None
-            (the query's ``features()`` and ``feature_join()``, the columns of its ``to_anndata()``),
-            ``"union"`` / ``"intersection"``, ``"registry"`` (column ``j`` is global index ``j``), or
-            registry uids / symbols.
+            Added to the query's own feature selection (see
+            :meth:`lancell.query.atlas_query.AtlasQuery.reading`): None (the query's ``features()`` and
+            ``feature_join()``, the columns of its ``to_anndata()``), ``"union"`` / ``"intersection"``,
+            ``"registry"`` (column ``j`` is global index ``j``), or registry uids / symbols.
         store_kwargs
             Client settings (e.g. credentials) workers use to reopen the store; default: the atlas store's
             non-secret settings, with credentials taken from the environment.

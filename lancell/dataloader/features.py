@@ -1,10 +1,10 @@
 """Per-group tables of a :class:`~lancell.dataloader.CellDataset`: which zarr group, which layers and
 dtypes, and how its local feature indices map to the dataset's output columns.
 
-They are read off the query's :class:`~lancell.plan.ReconstructionPlan` (the one ``to_anndata()`` executes),
-so the loader's output columns, measured groups and unmeasured cells are those of ``to_anndata()``. Each group
-gets a lookup table ``local index -> output column`` (``-1``: dropped), and a presence row that says which
-output columns its dataset measured.
+They are read off the query's :class:`~lancell.query.plan.ReconstructionPlan` (the one ``to_anndata()``
+executes), so the loader's output columns, measured groups and unmeasured cells are those of ``to_anndata()``.
+Each group gets a lookup table ``local index -> output column`` (``-1``: dropped), and a presence row that
+says which output columns its dataset measured.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from lancell.plan import ReconstructionPlan
+    from lancell.query.plan import ReconstructionPlan
 
 __all__ = ["GroupTable", "group_table", "output_dtype"]
 
@@ -49,7 +49,7 @@ class GroupTable:
         bool (n_groups,): kept local features map to increasing output columns, so rows stay sorted.
     zero_fill
         bool (n_layers, n_groups): the group's stored zeros of layer ``k`` pad a pattern shared with other
-        layers (:mod:`lancell.layer_blocks`); readers leave them out, as ``to_anndata()`` does.
+        layers (:mod:`lancell.ingest.layer_blocks`); readers leave them out, as ``to_anndata()`` does.
     presence
         bool (n_groups + 1, n_features): which output features each group measured in the first layer (as
         ``varm["presence"]``); the last row (group code ``-1``, a cell without data in the feature space) is

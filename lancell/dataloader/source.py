@@ -8,7 +8,7 @@ from typing import Any
 
 import obstore.store as obs_store
 
-from lancell.stores import open_store, public_store_config
+from lancell.storage.stores import open_store, public_store_config
 
 __all__ = ["DatasetSource", "store_kwargs_of"]
 

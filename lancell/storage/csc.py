@@ -99,8 +99,8 @@ def write_csc(
     """Write the CSC copy of ``group``'s CSR ``layers`` (overwriting an earlier one).
 
     ``indices=False`` writes the layers' values only, on the shared ``csc/indices`` and ``csc/indptr``
-    already stored (a layer added to a dataset: :mod:`lancell.add_layer`; readers of earlier snapshots keep
-    reading those arrays while it is written).
+    already stored (a layer added to a dataset: :mod:`lancell.ingest.add_layer`; readers of earlier snapshots
+    keep reading those arrays while it is written).
 
     Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one shard of each CSR array; a
     dataset with more nonzeros than ``budget`` is read ``ceil(nnz / budget)`` times (from

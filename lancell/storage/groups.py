@@ -16,13 +16,12 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 import zarr.codecs
 
-from lancell.schema import PointerKind
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.shard_writer import ShardWriter
 
@@ -30,16 +29,18 @@ __all__ = [
     "ATLAS_ID_ATTR",
     "DenseGroupWriter",
     "GroupGeometry",
+    "PointerKind",
     "SparseGroupWriter",
     "create_value_array",
     "new_group_name",
     "value_codecs",
 ]
 
+PointerKind = Literal["sparse", "dense"]  # how a cell pointer column stores its feature space
 FORMAT_VERSION = 1
 ENCODING_VERSION = "1"
 # The group attribute naming the atlas that wrote the group; written with the group's first object, so that
-# a group of this atlas is never without it (lancell.group_claims deletes only groups that carry it).
+# a group of this atlas is never without it (lancell.tables.group_claims deletes only groups that carry it).
 ATLAS_ID_ATTR = "lancell_atlas_id"
 
 
@@ -176,7 +177,7 @@ def create_value_array(
     shards: tuple[int, ...],
 ) -> zarr.Array:
     """The values array of one layer under ``parent`` (a ``layers`` group), overwriting debris of an
-    interrupted :func:`lancell.add_layer.add_layer` (no record names a layer before its commit)."""
+    interrupted :func:`lancell.ingest.add_layer.add_layer` (no record names a layer before its commit)."""
     return parent.create_array(
         name,
         shape=shape,

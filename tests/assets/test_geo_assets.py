@@ -7,7 +7,7 @@ import dagster as dg
 
 import definitions
 from lancell.atlas import RaggedAtlas
-from lancell.geo import supplementary_key
+from lancell.ingest.geo import supplementary_key
 from lancell_assets import dataset_partitions, geo_series_partitions, landing_zone_sensor
 from lancell_assets.geo import geo_series_sensor
 

@@ -19,8 +19,8 @@ import definitions
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
 from lancell.errors import IngestError
-from lancell.landing import ingest_landing_file, read_landing_spec
-from lancell.schema import LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 from lancell_assets import (
     dataset_partitions,
     landing_zone_sensor,

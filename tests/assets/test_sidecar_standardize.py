@@ -12,7 +12,7 @@ import numpy as np
 import definitions
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.schema import LancellBaseSchema, SparseZarrPointer
+from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 from lancell_assets import landing_zone_sensor
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -14,8 +14,8 @@ from helpers import visible_state
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
 class Gene(FeatureBaseSchema):

@@ -19,8 +19,8 @@ import scipy.sparse as sp
 import lancell
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature, land_bundled_data
-from lancell.schema import DatasetRecord
-from lancell.standardize import standardize_and_ingest
+from lancell.standardize.pipeline import standardize_and_ingest
+from lancell.tables.schema import DatasetRecord
 
 LANCELL = Path(sys.executable).with_name("lancell")
 
@@ -143,7 +143,7 @@ def test_errors_are_one_line_naming_what_and_where(tmp_path: Path, built: Path) 
 # ------------------------------------------------------------------------ ingest --layers / --standardize
 
 SCHEMA_MODULE = """
-from lancell.schema import LancellBaseSchema, SparseZarrPointer
+from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 
 
 class StandardCells(LancellBaseSchema):

@@ -13,8 +13,8 @@ import pandas as pd
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema
-from lancell.registry_view import registry_view
-from lancell.schema import FeatureBaseSchema
+from lancell.tables.registry_view import registry_view
+from lancell.tables.schema import FeatureBaseSchema
 
 
 class SymbolFeature(FeatureBaseSchema):
@@ -59,10 +59,11 @@ def _loaded(code: str, modules: list[str]) -> list[str]:
 
 
 def test_import_atlas_leaves_anndata_and_torch_to_first_use() -> None:
-    # lancedb stays: the DatasetRecord default arguments need lancell.schema (a LanceModel) at import
+    # lancedb stays: the DatasetRecord default arguments need lancell.tables.schema (a LanceModel) at import
     heavy = ["anndata", "h5py", "dask", "torch", "polars", "mudata"]
     assert _loaded("import lancell.atlas", heavy) == []
-    assert _loaded("import lancell.atlas\nimport lancell.query", heavy) == ["anndata", "h5py", "dask"]
+    with_query = "import lancell.atlas\nimport lancell.query.atlas_query"
+    assert _loaded(with_query, heavy) == ["anndata", "h5py", "dask"]
 
 
 def test_forkserver_preload_imports_no_database_or_anndata() -> None:

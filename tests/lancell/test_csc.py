@@ -8,16 +8,16 @@ import anndata as ad
 import numpy as np
 import pytest
 
-import lancell.reconstruct as reconstruct_module
+import lancell.ingest.write_transaction as write_transaction
+import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
-import lancell.write_transaction as write_transaction
-from lancell.add_csc import add_csc
-from lancell.add_layer import add_layer
 from lancell.errors import DatasetNotFoundError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.add_csc import add_csc
+from lancell.ingest.add_layer import add_layer
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
 from lancell.storage.groups import GroupGeometry
+from lancell.tables.schema import DatasetRecord
 
 
 def _ingest(atlas, adata, uid: str, **kwargs):

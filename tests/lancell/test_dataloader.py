@@ -15,9 +15,9 @@ from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
 from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, batch_entropy, make_loader
 from lancell.errors import FeatureSpaceError, OutOfBoundsError, QueryError, UnmeasuredDataError
-from lancell.ingestion import add_from_anndata
-from lancell.reconstruct import presence_matrix
-from lancell.schema import (
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.query.reconstruct import presence_matrix
+from lancell.tables.schema import (
     DatasetRecord,
     DenseZarrPointer,
     FeatureBaseSchema,

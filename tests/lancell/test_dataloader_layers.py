@@ -11,12 +11,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, make_loader
 from lancell.errors import QueryError, UnmeasuredDataError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, DenseZarrPointer, FeatureBaseSchema, LancellBaseSchema
+from lancell.ingest.add_layer import add_layer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord, DenseZarrPointer, FeatureBaseSchema, LancellBaseSchema
 
 SPACE = "gene_expression"
 LAYERS = {"log_normalized": "X", "counts": "counts"}

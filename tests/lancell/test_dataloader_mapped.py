@@ -15,8 +15,8 @@ from torch.utils.data import get_worker_info
 from kernels import crc32c
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, ThreadedLoader, make_loader
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 SPACE = "gene_expression"
 

@@ -8,8 +8,8 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.cell_table_query import keyword_filter, sql_suggestion
 from lancell.errors import QueryError
+from lancell.query.cell_table import keyword_filter, sql_suggestion
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import GeoError
-from lancell.geo import (
+from lancell.ingest.geo import (
     broadcast_obs,
     fetch_supplementary,
     plan_datasets,
@@ -20,8 +20,8 @@ from lancell.geo import (
     sample_table,
     supplementary_key,
 )
-from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.tenx import add_from_10x, read_10x
+from lancell.ingest.tenx import add_from_10x, read_10x
+from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 GSE105845 = DATA / "geo" / "GSE105845_family.soft"

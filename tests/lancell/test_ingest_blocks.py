@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.errors import DataValueError
-from lancell.ingest_blocks import stored_csr_blocks
-from lancell.sources import MatrixSource, matrix_source
+from lancell.ingest.blocks import stored_csr_blocks
+from lancell.ingest.sources import MatrixSource, matrix_source
 
 
 def _matrix(seed: int = 0, n_rows: int = 400, n_cols: int = 700) -> sp.csr_matrix:

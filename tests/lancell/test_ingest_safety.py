@@ -29,12 +29,12 @@ from lancell.errors import (
     FeatureConflictWarning,
     IngestError,
 )
-from lancell.ingestion import add_from_anndata
-from lancell.landing import ingest_landing_file, read_landing_spec
-from lancell.modalities import attach_modality
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.sources import MatrixSource
-from lancell.tenx import add_from_10x
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+from lancell.ingest.modalities import attach_modality
+from lancell.ingest.sources import MatrixSource
+from lancell.ingest.tenx import add_from_10x
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 GENES = [f"G{i}" for i in range(60)]

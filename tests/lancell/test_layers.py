@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError, UnmeasuredDataError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.add_layer import add_layer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 
 def _two_layers(celltypist: ad.AnnData, cells: slice) -> ad.AnnData:

@@ -13,8 +13,8 @@ import zarr
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import GroupNotFoundError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 SPACE = "gene_expression"
 

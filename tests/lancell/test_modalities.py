@@ -12,9 +12,9 @@ from mudata import MuData
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
 from lancell.errors import DroppedColumnsWarning, IngestError
-from lancell.ingestion import add_from_anndata
-from lancell.modalities import add_from_mudata, attach_modality
-from lancell.schema import (
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.modalities import add_from_mudata, attach_modality
+from lancell.tables.schema import (
     DatasetRecord,
     DenseZarrPointer,
     FeatureBaseSchema,

@@ -15,9 +15,15 @@ import pytest
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features, ingest_bundled
 from lancell.errors import DroppedColumnsWarning
-from lancell.ingestion import add_from_anndata
-from lancell.schema import OBS_NAME, DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.tenx import add_from_10x, read_10x_h5
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.tenx import add_from_10x, read_10x_h5
+from lancell.tables.schema import (
+    OBS_NAME,
+    DatasetRecord,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
 
 V3_H5 = Path(__file__).resolve().parents[2] / "data" / "10x_v3" / "filtered_feature_bc_matrix.h5"
 PBMC, CELLTYPIST = BUNDLED[0], BUNDLED[1]

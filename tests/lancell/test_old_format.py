@@ -24,13 +24,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from lancell.add_csc import add_csc
-from lancell.add_layer import add_layer
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, make_loader
 from lancell.errors import GroupNotFoundError, IngestError, LancellWarning, StoreError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.add_csc import add_csc
+from lancell.ingest.add_layer import add_layer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "data" / "atlas_bd88d86"
 EXPECTED = json.loads((ARCHIVE / "expected.json").read_text())
@@ -279,7 +279,7 @@ def test_atlas_resource_serves_the_old_atlas(old):
 
     db, _ = old
     resource = AtlasResource(
-        db_uri=db, store_url=f"{db}/_zarr", cell_schema="lancell.schema:LancellBaseSchema"
+        db_uri=db, store_url=f"{db}/_zarr", cell_schema="lancell.tables.schema:LancellBaseSchema"
     )
     assert resource.open().query().count() == 70
     assert resource.list_versions()["version"].tolist() == [0, 1]

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from lancell.errors import OntologyBackendError
-from lancell.ontology import ORGANISMS, resolve_terms
-from lancell.ontology_bionty import BIONTY_SOURCES, BiontyBackend
+from lancell.standardize.ontology import ORGANISMS, resolve_terms
+from lancell.standardize.ontology_bionty import BIONTY_SOURCES, BiontyBackend
 
 
 def test_without_bionty_the_backend_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

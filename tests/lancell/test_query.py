@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas
 from lancell.errors import QueryError, UnmeasuredDataError
-from lancell.reconstruct import presence_matrix
+from lancell.query.reconstruct import presence_matrix
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,8 @@ def test_layout_cache_does_not_leak_into_an_atlas_recreated_at_the_same_path(tmp
     import pandas as pd
 
     from lancell.bundled import CellSchema, GeneFeature
-    from lancell.ingestion import add_from_anndata
-    from lancell.schema import DatasetRecord
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import DatasetRecord
 
     genes = [f"g{i}" for i in range(50)]
     x = sp.random(30, 50, density=0.3, format="csr", random_state=0, dtype=np.float64)
@@ -144,7 +144,7 @@ def test_layout_cache_does_not_leak_into_an_atlas_recreated_at_the_same_path(tmp
 
 
 def test_feature_filtered_reads_in_slices_equal_the_reference(bundled, pbmc, monkeypatch):
-    from lancell import reconstruct
+    from lancell.query import reconstruct
 
     genes = ["LYZ", "CD3D", "MS4A1"]
     query = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, "gene_expression")

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lancell import reconstruct
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.query import reconstruct
+from lancell.tables.schema import DatasetRecord
 
 N_CELLS, N_GENES = 6_000, 200
 

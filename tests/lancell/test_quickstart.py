@@ -9,9 +9,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.reconstruct import presence_matrix
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.query.reconstruct import presence_matrix
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
 class GeneFeature(FeatureBaseSchema):

@@ -10,8 +10,8 @@ import scipy.sparse as sp
 from helpers import dense
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import (
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import (
     DatasetRecord,
     DenseZarrPointer,
     FeatureBaseSchema,
@@ -207,7 +207,7 @@ def test_large_dataset_spans_several_shards_and_blocks(tmp_path):
 
 
 def test_sub_subclass_pointer_fields_found():
-    from lancell.schema import pointer_fields
+    from lancell.tables.schema import pointer_fields
 
     assert pointer_fields(MultiCells) == {"gene_expression": "sparse", "expression_dense": "dense"}
     assert pointer_fields(MidCells) == {"gene_expression": "sparse"}

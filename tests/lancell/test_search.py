@@ -10,8 +10,8 @@ from lancedb.pydantic import Vector
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
 from lancell.errors import IngestError, QueryError, ShapeMismatchError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
 
 
 class EmbeddedCells(LancellBaseSchema):
@@ -121,7 +121,7 @@ def test_ann_index_built_above_threshold(searchable, tmp_path):
     import lancedb
     import pyarrow as pa
 
-    from lancell.indexes import build_indexes
+    from lancell.tables.indexes import build_indexes
 
     _, pbmc = searchable
     emb = np.tile(pbmc.obsm["X_emb"], (10, 1))

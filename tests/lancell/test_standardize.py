@@ -11,12 +11,12 @@ import pytest
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
 from lancell.errors import StandardizationError, UnknownOrganismError
-from lancell.genes import GeneReference, canonical_organism, infer_organism, resolve_genes
-from lancell.ingestion import add_from_anndata
-from lancell.ontology import resolve_terms
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.standardize import standardize_anndata
-from lancell.tenx import read_10x
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.tenx import read_10x
+from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism, resolve_genes
+from lancell.standardize.ontology import resolve_terms
+from lancell.standardize.pipeline import standardize_anndata
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 

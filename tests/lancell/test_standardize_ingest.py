@@ -12,10 +12,10 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
 from lancell.errors import StandardizationError
-from lancell.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
-from lancell.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
-from lancell.standardize import standardize_and_ingest, standardize_anndata
-from lancell.var_merge import merge_duplicate_columns
+from lancell.standardize.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
+from lancell.standardize.pipeline import standardize_and_ingest, standardize_anndata
+from lancell.standardize.var_merge import merge_duplicate_columns
+from lancell.tables.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
 
 
 class StandardCells(LancellBaseSchema):

@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
     import anndata as ad, numpy as np, psutil, scipy.sparse as sp
     import pandas as pd
     from lancell.atlas import RaggedAtlas
-    from lancell.ingestion import add_from_anndata
-    from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
     class Gene(FeatureBaseSchema):
         pass

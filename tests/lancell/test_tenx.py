@@ -17,7 +17,6 @@ import scipy.io
 import scipy.sparse as sp
 from helpers import visible_state
 
-from lancell import tenx_mtx
 from lancell.atlas import RaggedAtlas
 from lancell.errors import (
     DataValueError,
@@ -27,8 +26,9 @@ from lancell.errors import (
     TenxFormatError,
     UnknownFeaturesError,
 )
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
+from lancell.ingest import tenx_mtx
+from lancell.ingest.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 V3_DIR = DATA / "10x_v3" / "filtered_feature_bc_matrix"
@@ -152,7 +152,7 @@ def test_unordered_triplets_read_whole(tmp_path, v3_reference, caplog):
     header, body = lines[:3], lines[3:]
     order = np.random.default_rng(0).permutation(len(body))
     _write_lines(folder / "matrix.mtx.gz", header + [body[i] for i in order])
-    with caplog.at_level(logging.WARNING, logger="lancell.tenx"):
+    with caplog.at_level(logging.WARNING, logger="lancell.ingest.tenx"):
         adata = read_10x(folder)
     assert "not ordered by barcode" in caplog.text
     assert (adata.X != v3_reference).nnz == 0
@@ -209,7 +209,7 @@ def test_feature_types_split_into_feature_spaces(tmp_path, with_antibodies, v3_r
 def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference, caplog):
     var = read_10x(with_antibodies).var
     atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, var)
-    with caplog.at_level(logging.INFO, logger="lancell.tenx"):
+    with caplog.at_level(logging.INFO, logger="lancell.ingest.tenx"):
         (record,) = add_from_10x(
             atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False
         )

@@ -6,8 +6,8 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import UnmeasuredDataError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 from lancell.training import train_cell_type_classifier
 
 

@@ -11,7 +11,7 @@ import pytest
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
 from lancell.errors import ReadOnlyAtlasError, VersionNotFoundError
-from lancell.ingestion import add_from_anndata
+from lancell.ingest.from_anndata import add_from_anndata
 
 
 def test_snapshot_survives_optimize_cleanup_and_later_ingestion(atlas, pbmc, celltypist):

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 
 def _open(root: str) -> RaggedAtlas:

@@ -19,15 +19,15 @@ from collections.abc import Callable, Iterator
 
 import lancedb.table
 
-import lancell.cell_rows
-import lancell.ingestion
+import lancell.ingest.cell_rows
+import lancell.ingest.from_anndata
+import lancell.ingest.write_transaction
 import lancell.storage.csc
-import lancell.write_transaction
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
 from lancell.storage.groups import GroupGeometry, ShardBuffer
+from lancell.tables.schema import DatasetRecord
 
 DATASET = "big"
 
@@ -63,7 +63,7 @@ def on_call(owner: object, name: str, nth: int, when: str, only: Callable[..., b
 
 def die_mid_stream(nth: int) -> None:
     """Die after the cell-row writer consumed ``nth`` record batches (LanceDB is mid-write)."""
-    original = lancell.write_transaction.cell_batches
+    original = lancell.ingest.write_transaction.cell_batches
 
     def batches(*args: object, **kwargs: object) -> Iterator[object]:
         for i, batch in enumerate(original(*args, **kwargs)):
@@ -71,7 +71,7 @@ def die_mid_stream(nth: int) -> None:
                 die()
             yield batch
 
-    lancell.write_transaction.cell_batches = batches
+    lancell.ingest.write_transaction.cell_batches = batches
 
 
 def install(point: str, nth: int) -> None:
@@ -87,11 +87,11 @@ def install(point: str, nth: int) -> None:
         table = name.split("_")[0]
         on_call(lancedb.table.LanceTable, "add", nth, when, only=lambda t, *a, **k: t.name == table)
     elif name == "write_csc":
-        on_call(lancell.write_transaction, "write_csc", nth, when)
+        on_call(lancell.ingest.write_transaction, "write_csc", nth, when)
     elif name == "ensure_layout":
-        on_call(lancell.write_transaction, "ensure_layout", nth, when)
+        on_call(lancell.ingest.write_transaction, "ensure_layout", nth, when)
     elif name == "plan":
-        on_call(lancell.ingestion, "plan_ingest", nth, when)
+        on_call(lancell.ingest.from_anndata, "plan_ingest", nth, when)
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 
@@ -101,8 +101,10 @@ def main() -> None:
     small = GroupGeometry(sparse_chunk=4_096, sparse_shard=4_096 * 32)
     groups.DEFAULT_GEOMETRY = lancell.storage.csc.DEFAULT_GEOMETRY = small
     # several CSC passes of many shards, so that kills can land between them
-    lancell.write_transaction.write_csc = functools.partial(lancell.storage.csc.write_csc, budget=1 << 18)
-    lancell.cell_rows.CELL_BATCH = 4_096  # the cell rows reach LanceDB in several batches
+    lancell.ingest.write_transaction.write_csc = functools.partial(
+        lancell.storage.csc.write_csc, budget=1 << 18
+    )
+    lancell.ingest.cell_rows.CELL_BATCH = 4_096  # the cell rows reach LanceDB in several batches
     install(point, nth)
     atlas = RaggedAtlas.open(f"{root}/db", store=f"{root}/arrays")  # a copy: not the recorded store
     print("ingesting", flush=True)

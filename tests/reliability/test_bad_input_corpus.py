@@ -26,8 +26,8 @@ from lancedb.pydantic import Vector
 
 from lancell import errors
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import (
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import (
     DatasetRecord,
     FeatureBaseSchema,
     LancellBaseSchema,

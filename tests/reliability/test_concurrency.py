@@ -20,9 +20,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.synthetic import write_synthetic_h5ad
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 CHILD = Path(__file__).with_name("concurrent_child.py")
 GENES = [f"g{i}" for i in range(1_000)]

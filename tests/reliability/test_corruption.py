@@ -26,12 +26,12 @@ import zarr.storage
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
 from lancell.errors import ChecksumError, LancellError, ShardFormatError
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import csc, groups
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.reader import array_reader, read_element_ranges, read_rows
 from lancell.storage.shard_reader import ShardedArrayReader
+from lancell.tables.schema import DatasetRecord
 
 CHUNK, SHARD = 1024, 16 * 1024  # celltypist: ~1M values in 63 shards; PBMC: 11 shards
 DATASETS = {"celltypist_sample": "counts", "pbmc68k": "log_normalized"}

@@ -25,9 +25,9 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.synthetic import synthetic_counts, write_synthetic_h5ad
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 CHILD = Path(__file__).with_name("crash_child.py")
 GENES = [f"g{i}" for i in range(2_000)]

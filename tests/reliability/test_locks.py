@@ -18,9 +18,9 @@ import lancell.snapshots
 from lancell.atlas import RaggedAtlas
 from lancell.core import AtlasCore
 from lancell.errors import LockLostError, LockTimeoutError
-from lancell.locks import atlas_lock
-from lancell.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.stores import open_store
+from lancell.storage.stores import open_store
+from lancell.tables.locks import atlas_lock
+from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
 class Gene(FeatureBaseSchema):

@@ -19,16 +19,16 @@ import pytest
 import scipy.sparse as sp
 import zarr
 
-from lancell.add_csc import add_csc
 from lancell.atlas import RaggedAtlas
 from lancell.errors import DuplicateContentError, GroupNotFoundError, StoreError
-from lancell.ingestion import add_from_anndata
-from lancell.locks import atlas_lock
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.ingest.add_csc import add_csc
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.groups import ATLAS_ID_ATTR, SparseGroupWriter
-from lancell.stores import delete_prefix, location_in_store
+from lancell.storage.stores import delete_prefix, location_in_store
 from lancell.synthetic import synthetic_counts
-from lancell.visibility import dataset_lock_name
+from lancell.tables.locks import atlas_lock
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.tables.visibility import dataset_lock_name
 
 GENES = [f"g{i}" for i in range(40)]
 NOTHING = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}

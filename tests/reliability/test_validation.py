@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from lancell import validation
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 
 def test_duplicated_cell_rows_are_reported(tmp_path):

@@ -21,7 +21,7 @@ import pandas as pd
 from cellxgene_ontology_guide.ontology_parser import OntologyParser
 from s3server import Seaweed
 
-from lancell.ontology import CellxgeneOntologyBackend, resolve_terms
+from lancell.standardize.ontology import CellxgeneOntologyBackend, resolve_terms
 
 LABELS = [
     "CD14+ Monocyte",
@@ -42,8 +42,8 @@ LABELS = [
 
 SCRIPT = """
 import json, sys
-from lancell.ontology import resolve_terms
-from lancell.ontology_bionty import BiontyBackend
+from lancell.standardize.ontology import resolve_terms
+from lancell.standardize.ontology_bionty import BiontyBackend
 
 backend = BiontyBackend(versions={"CL": sys.argv[1]})
 index = backend.index("CL")

@@ -18,12 +18,12 @@ from s3server import ARRAYS_BUCKET, BUCKET, Seaweed
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
 from lancell.storage.groups import GroupGeometry
 from lancell.storage.reader import array_reader
 from lancell.synthetic import synthetic_counts
+from lancell.tables.schema import DatasetRecord
 
 N_CELLS, N_GENES, NNZ_PER_CELL = 3000, 5000, 1000
 ARRAYS = ("csr/indices", "csr/layers/counts")

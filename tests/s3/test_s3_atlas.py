@@ -210,8 +210,8 @@ _WORKER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     from lancell.atlas import RaggedAtlas
-    from lancell.locks import atlas_lock
-    from lancell.stores import read_json, write_json
+    from lancell.tables.locks import atlas_lock
+    from lancell.storage.stores import read_json, write_json
 
     db_uri, kwargs, barrier, me = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     atlas = RaggedAtlas.open(db_uri, store_kwargs=kwargs)

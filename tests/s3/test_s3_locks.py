@@ -16,8 +16,8 @@ from lock_race import STALE_AFTER, assert_exclusive, finish_waiter, race, start_
 from s3server import Seaweed
 
 from lancell.errors import LockLostError
-from lancell.locks import atlas_lock
-from lancell.stores import open_store
+from lancell.storage.stores import open_store
+from lancell.tables.locks import atlas_lock
 
 
 def test_racing_breakers_of_a_dead_lock_hold_it_one_at_a_time(seaweed: Seaweed, s3_root: str, tmp_path: Path):

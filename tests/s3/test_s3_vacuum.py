@@ -19,10 +19,10 @@ import scipy.sparse as sp
 from s3server import Seaweed
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingestion import add_from_anndata
-from lancell.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
-from lancell.stores import location_in_store
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage.stores import location_in_store
 from lancell.synthetic import synthetic_counts
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 GENES = [f"g{i}" for i in range(40)]
 NOTHING = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import obstore.store as obs_store
 
-from lancell.stores import lancedb_storage_options, open_store, public_store_config
+from lancell.storage.stores import lancedb_storage_options, open_store, public_store_config
 
 KWARGS = {
     "config": {

@@ -1,0 +1,65 @@
+"""``add_csc``: the feature-major (CSC) copy of a dataset ingested without one, added later.
+
+The copy is derived data: the same CSR arrays always give the same CSC arrays, and readers use it only for
+the layers listed in the group's ``csc_layers`` attribute (:mod:`lancell.query.reconstruct`). So the write is
+made safe by ordering, under the dataset's lock: layers that already have a copy are never rewritten; when a
+copy must be (re)built, ``csc_layers`` is cleared first (readers fall back to the CSR arrays, which give the
+same answer), the arrays are written, and ``csc_layers`` is set last: the commit point. A crash in between
+leaves a group that reads correctly from CSR, and running ``add_csc`` again finishes the copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from lancell.errors import DatasetNotFoundError
+from lancell.storage.csc import write_csc
+from lancell.tables.registry import sql_literal
+from lancell.tables.visibility import dataset_lock_name
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["add_csc"]
+
+log = logging.getLogger(__name__)
+
+
+def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
+    """Write the CSC copy of every stored layer of a dataset that lacks one; return the layers written.
+
+    Layers that already have a copy are left as they are (an empty list when every layer has one).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        No dataset ``dataset_uid`` in the atlas.
+    GroupNotFoundError
+        The dataset's group is missing, or this atlas cannot prove it its own (no claim, or its attributes
+        name another atlas or none).
+    ReadOnlyAtlasError
+        The handle is checked out at a snapshot.
+    """
+    core = atlas.core
+    core.require_writable()
+    with core.lock(dataset_lock_name(dataset_uid)):
+        rows = core.tables.datasets.search().where(f"uid = {sql_literal(dataset_uid)}").to_arrow().to_pylist()
+        if not rows:
+            raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas {atlas.db_uri!r}")
+        name = rows[0]["zarr_group"]
+        atlas.group_claims.require_own(name, dataset_uid)
+        group = core.zarr_root[name]
+        stored = list(group.attrs.get("layers", {}))
+        copied = list(group.attrs.get("csc_layers", []))
+        missing = [layer for layer in stored if layer not in copied]
+        if not missing:
+            return []
+        if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
+            write_csc(group, missing, indices=False)
+        else:
+            group.attrs.pop("csc_layers", None)
+            write_csc(group, stored)  # sets csc_layers last
+        core.forget_nodes()  # this handle's opened groups predate the copy
+    log.info("wrote the CSC copy of %s: layers %s", dataset_uid, missing)
+    return missing

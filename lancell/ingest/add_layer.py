@@ -1,0 +1,204 @@
+"""Add a layer to a stored dataset: atomic, and visible from the next table version on.
+
+A dataset's zarr group is append-only and a snapshot pins table versions, so what makes a layer visible is
+the dataset record's ``layers`` column, not the group: :func:`add_layer` writes the new values array (and its
+CSC copy) into the group beside the existing ones, records its dtype in the group attributes, and then
+updates the record (the commit point, docs/integrity.md "Crash safety"). Readers list a group's layers from
+the record they see (:mod:`lancell.query.plan`), so a snapshot taken before never sees the layer, and debris
+of an interrupted call (arrays and attributes no record names) is invisible and overwritten by the next call.
+
+A sparse layer is stored on the dataset's stored pattern (``csr/indices``,
+:mod:`lancell.ingest.layer_blocks`): its entries must lie on it; where it has none it stores a zero and is
+listed in the group's ``zero_fill``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from lancell.errors import DatasetNotFoundError, IngestError, LancellError, ShapeMismatchError
+from lancell.ingest.blocks import checked_values, stored_csr_blocks
+from lancell.ingest.sources import matrix_source
+from lancell.ingest.write_transaction import stored_dtype
+from lancell.storage.csc import write_csc
+from lancell.storage.groups import ShardBuffer, create_value_array
+from lancell.storage.reader import read_element_ranges
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.registry import read_global_indices, sql_literal
+from lancell.tables.visibility import dataset_lock_name
+
+if TYPE_CHECKING:
+    import zarr
+
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["add_layer"]
+
+log = logging.getLogger(__name__)
+
+
+def add_layer(
+    atlas: RaggedAtlas, dataset_uid: str, name: str, matrix: ad.AnnData | np.ndarray | sp.spmatrix
+) -> list[str]:
+    """Store ``matrix`` as layer ``name`` of dataset ``dataset_uid``; return the dataset's layers.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    dataset_uid
+        A committed dataset.
+    name
+        The new layer (allowed by the dataset's feature space, not stored yet).
+    matrix
+        Cells x features: an AnnData whose obs names are the dataset's (any order) and whose var names are
+        the uids of its features (any order), or a matrix (numpy, scipy sparse) whose rows and columns follow
+        the dataset's stored order (that of ``query().where(dataset_uid=...).to_anndata()`` on the dataset
+        alone). Integers are stored as ``uint32`` (BP-128), floats as ``float32`` (zstd). Explicit zeros off
+        the stored pattern are the same matrix and are not stored.
+
+    Raises
+    ------
+    IngestError
+        An unknown dataset, a layer already stored or not allowed, cells or features that do not match,
+        values off the stored pattern or invalid (``DataValueError``), an atlas whose dataset table predates
+        several layers (nowhere to record one); the atlas is unchanged.
+    """
+    atlas.core.require_writable()
+    frame = atlas.list_datasets()
+    rows = frame[frame["uid"] == dataset_uid]
+    if rows.empty:
+        raise DatasetNotFoundError(f"add_layer: no dataset {dataset_uid!r} in the atlas")
+    if "layers" not in atlas.core.dataset_arrow.names:
+        raise IngestError(
+            f"add_layer: dataset {dataset_uid!r}: this atlas's dataset table has no 'layers' column (an "
+            "older lancell wrote it), so no new layer can be recorded; ingest the dataset with all its layers"
+        )
+    record = rows.iloc[0]
+    group_name, space_name = record["zarr_group"], record["feature_space"]
+    space = resolve_feature_space(atlas.feature_spaces, space_name)
+    space.check_layer(name)
+    with atlas.core.lock(dataset_lock_name(dataset_uid)) as lease:
+        atlas.group_claims.require_own(group_name, dataset_uid)
+        attrs = atlas.core.group_attrs(group_name) or {}
+        layers = list(record["layers"])
+        if name in layers:
+            raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
+        source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
+        group = atlas.core.zarr_root[group_name]
+        try:
+            padded = _write_values(group, dataset_uid, name, source, space.kind)
+            if space.kind == "sparse" and attrs.get("csc_layers"):
+                write_csc(group, [name], indices=False)
+            group.attrs["layers"] = {**attrs.get("layers", {}), name: stored_dtype(source).name}
+            if padded:
+                group.attrs["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
+            lease.check()
+            atlas.core.tables.datasets.update(  # the commit point
+                where=f"uid = {sql_literal(dataset_uid)}", values={"layers": [*layers, name]}
+            )
+        except BaseException:
+            _roll_back(group, attrs, name)
+            raise
+        finally:
+            atlas.core.forget_nodes()  # this handle's opened groups predate the layer
+    log.info("added layer %s to dataset %s", name, dataset_uid)
+    return [*layers, name]
+
+
+def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
+    """``matrix`` with rows and columns in the dataset's stored order (an AnnData reordered by name)."""
+    uid, n_cells, n_features = record["uid"], int(record["n_cells"]), int(record["n_features"])
+    if isinstance(matrix, ad.AnnData):
+        cells = (
+            atlas.query()
+            .where(f"{record['feature_space']}.zarr_group = {sql_literal(record['zarr_group'])}")
+            .to_arrow()
+            .select(["uid", record["feature_space"]])
+        )
+        rows = pc.struct_field(cells.column(record["feature_space"]), "zarr_row").to_numpy()
+        names = np.empty(n_cells, dtype=object)
+        names[rows] = [u.split(":", 1)[1] for u in cells.column("uid").to_pylist()]
+        global_index = read_global_indices(atlas.core, [record["layout_uid"]])[record["layout_uid"]]
+        by_index = atlas.feature_registry(record["feature_space"]).set_index("global_index")["uid"]
+        uids = by_index.reindex(global_index).to_numpy()
+        row_of, col_of = matrix.obs_names.get_indexer(names), matrix.var_names.get_indexer(uids)
+        if (row_of < 0).any() or (col_of < 0).any() or matrix.shape != (n_cells, n_features):
+            raise ShapeMismatchError(
+                f"dataset {uid!r}: the AnnData's {matrix.shape} obs x var must be the dataset's {n_cells} "
+                f"cells x {n_features} features (missing e.g. {list(names[row_of < 0][:3])}, "
+                f"{list(uids[col_of < 0][:3])})"
+            )
+        matrix = matrix.X[row_of][:, col_of]
+    if tuple(matrix.shape) != (n_cells, n_features):
+        raise ShapeMismatchError(
+            f"dataset {uid!r}: the layer has shape {tuple(matrix.shape)}, the dataset {(n_cells, n_features)}"
+        )
+    return matrix
+
+
+def _write_values(group: zarr.Group, dataset: str, name: str, source: object, kind: str) -> bool:
+    """Write the layer's values array; return whether it pads the stored pattern with zeros."""
+    dtype = stored_dtype(source)
+    if kind == "dense":
+        stored = group["layers"][next(iter(group["layers"].array_keys()))]
+        out = ShardBuffer(
+            create_value_array(group["layers"], name, stored.shape, dtype, stored.chunks, stored.shards),
+            stored.shards[0],
+        )
+        for row0, block in source.dense_blocks():
+            out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
+        out.close()
+        return False
+    indices, indptr = group["csr/indices"], np.asarray(group["csr/indptr"][:], dtype=np.int64)
+    out = ShardBuffer(
+        create_value_array(group["csr/layers"], name, indices.shape, dtype, indices.chunks, indices.shards),
+        indices.shards[0],
+    )
+    padded = False
+    for row0, block_indptr, columns, values in stored_csr_blocks(source, name, None):
+        stop = row0 + block_indptr.size - 1
+        pattern, lengths = read_element_ranges(indices, indptr[row0:stop], indptr[row0 + 1 : stop + 1])
+        n_features = source.shape[1]
+        stored_keys = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths) * n_features + pattern
+        keys = (
+            np.repeat(np.arange(lengths.size, dtype=np.int64), np.diff(block_indptr)) * n_features + columns
+        )
+        keep = values != 0
+        keys, values = keys[keep], values[keep]
+        position = np.searchsorted(stored_keys, keys)
+        off = (position >= stored_keys.size) | (
+            stored_keys[np.minimum(position, stored_keys.size - 1)] != keys
+        )
+        if off.any():
+            first = int(keys[off][0])
+            raise IngestError(
+                f"dataset {dataset!r}, layer {name!r}: cell row {row0 + first // n_features}, feature "
+                f"{first % n_features} (stored order) holds a value where the stored layers have "
+                "none; a layer added later must lie on the dataset's stored sparsity pattern"
+            )
+        full = np.zeros(stored_keys.size, dtype=dtype)
+        full[position] = values
+        padded |= keys.size < stored_keys.size
+        out.append(full)
+    out.close()
+    return padded
+
+
+def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:
+    """Restore the group's attributes and delete the layer's arrays (logged if the store refuses)."""
+    try:
+        group.attrs.update({key: attrs[key] for key in ("layers", "zero_fill", "csc_layers") if key in attrs})
+        for parent in ("csr/layers", "csc/layers", "layers"):
+            if parent in group and name in group[parent]:
+                del group[parent][name]
+    except (LancellError, OSError, KeyError) as exc:
+        log.error(
+            "roll-back of layer %s left debris (invisible; the next add_layer overwrites it): %s", name, exc
+        )

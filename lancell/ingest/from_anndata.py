@@ -1,0 +1,122 @@
+"""Atomic ingestion of AnnData into a :class:`~lancell.atlas.RaggedAtlas`.
+
+Everything that can be checked up front is validated first (:mod:`lancell.ingest.plan`: feature space and
+layer, the caller's record, shapes, dtypes, obs -> Arrow, feature uids against the registry, dataset uid,
+embeddings); the plan is then written by one :class:`~lancell.ingest.write_transaction.WriteTransaction`
+(group, CSC copy, layout, cell rows, and, unless the same content is already in the atlas
+(:mod:`lancell.ingest.fingerprint`), the dataset record). Any failure removes what this call wrote, so
+readers, ``validate()`` and ``snapshot()`` see the atlas exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+
+from lancell.errors import IngestError
+from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
+from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.schema import DatasetRecord
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["add_from_anndata"]
+
+
+def add_from_anndata(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData | str | os.PathLike[str],
+    *,
+    feature_space: str,
+    zarr_layer: str | None = None,
+    dataset_record: DatasetRecord | None = None,
+    layer: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    var_uid_column: str | None = None,
+    obsm_columns: Mapping[str, str] | None = None,
+    csc: bool | None = None,
+    on_duplicate: OnDuplicate = "error",
+    progress: bool = True,
+) -> DatasetRecord:
+    """Ingest one AnnData (in memory, backed, or a path to ``.h5ad`` read in backed mode) as one dataset.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    adata
+        The data; a path is opened with ``backed="r"`` and streamed in bounded memory.
+    feature_space
+        The feature space (pointer field) the matrix belongs to.
+    zarr_layer
+        The layer name to store the matrix under (must be allowed by the feature space); or give ``layers``.
+    dataset_record
+        Provenance and the dataset uid; the storage fields (``lancell.tables.schema.ASSIGNED_FIELDS``:
+        ``zarr_group``, ``n_cells``, ...) are assigned by lancell and must be left unset. A fresh record if
+        omitted.
+    layer
+        Read ``adata.layers[layer]`` instead of ``adata.X`` (with ``zarr_layer``).
+    layers
+        Several layers at once: ``{stored layer name: "X" or a key of adata.layers}``, e.g.
+        ``{"counts": "counts", "log_normalized": "X"}``; the first is the record's ``layer``. Sparse layers
+        share one stored sparsity pattern (the union of theirs; :mod:`lancell.ingest.layer_blocks`).
+    var_uid_column
+        The ``var`` column holding registry uids; the var index by default.
+    obsm_columns
+        ``{obsm key: vector column}``: embeddings stored as ``FixedSizeList<float32>`` cell columns (found
+        with ``query().search(vector)``).
+    csc
+        Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
+        datasets of at least ``lancell.storage.csc.CSC_MIN_VALUES`` stored values
+        (``lancell.ingest.add_csc.add_csc`` adds it later).
+    on_duplicate What to do when the same content (matrix, obs names, layer and feature panel: the
+        ``content_fingerprint``) is already in the atlas as another dataset: ``"error"`` raises
+        :class:`~lancell.errors.DuplicateContentError`; ``"skip"`` warns
+        (:class:`~lancell.errors.DuplicateContentWarning`) and returns that dataset's record, leaving the
+        atlas unchanged; ``"allow"`` stores it again.
+    progress
+        Show a progress bar while the matrix is written.
+
+    Returns
+    -------
+    DatasetRecord
+        The stored record (``zarr_group``, ``n_cells``, ``nnz``, ``layout_uid``, ``content_fingerprint``
+        filled in; ``dropped_obs_columns`` lists the obs columns the cell schema does not declare, which are
+        not stored and are warned about with :class:`~lancell.errors.DroppedColumnsWarning`).
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which), a record that sets a field lancell assigns, a read error
+        while streaming a backed file; the atlas is unchanged.
+    DuplicateContentError
+        The content is already in the atlas (``on_duplicate="error"``); the atlas is unchanged.
+    """
+    atlas.core.require_writable()
+    if isinstance(adata, str | os.PathLike):
+        path = Path(adata)
+        if not path.exists():
+            raise IngestError(f"no such file: {path}")
+        try:
+            adata = ad.read_h5ad(path, backed="r")
+        except (OSError, KeyError, ValueError) as exc:
+            raise IngestError(f"cannot read {path} as .h5ad: {exc}") from exc
+    record = (dataset_record or atlas.dataset_schema()).model_copy()
+    space = resolve_feature_space(atlas.feature_spaces, feature_space)
+    check_on_duplicate(record.uid, on_duplicate)
+    plan = plan_ingest(
+        atlas.core, adata, space, stored_layers(record.uid, zarr_layer, layer, layers), record, var_uid_column
+    )
+    plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
+    transaction = WriteTransaction(
+        atlas.core, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress
+    )
+    (stored,) = run_transactions([transaction])
+    return stored

@@ -1,0 +1,257 @@
+"""Landing-zone files: an ``.h5ad`` plus an optional JSON sidecar saying how to ingest it.
+
+``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar ``<stem>.json`` says otherwise. Every key is
+optional; an unknown key is an error naming the sidecar (the file is not ingested)::
+
+    {"uid": "pbmc68k", "feature_space": "gene_expression", "zarr_layer": "log_normalized",
+     "var_uid_column": null, "symbol_column": "gene_symbol", "organism": "Homo sapiens",
+     "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null,
+     "obs_columns": {"celltype_fine": "cell_type"}, "layers": {"counts": "raw_counts"},
+     "standardize": false}
+
+``uid``
+    The dataset uid (default: the file stem).
+``feature_space``, ``zarr_layer``
+    The feature space and the name the matrix is stored under (``counts`` by default).
+``var_uid_column``, ``symbol_column``
+    The ``var`` columns holding the registry uids (default: the var index) and the gene symbols.
+``organism``
+    Recorded on the new features and, when ``obs`` has no ``organism`` column, on the cells.
+``name``, ``source``, ``accession``
+    Provenance on the dataset record (``source`` defaults to the file's path).
+``obs_columns``
+    ``{column in the file: cell schema column}``: obs columns renamed before ingestion, so a file's own
+    names (``celltype_fine``, ``donor``) land in the schema's columns. A source column the file lacks or a
+    target the cell schema does not declare is an error. Other undeclared columns are not stored and are
+    listed as ``dropped_obs_columns`` on the dataset record.
+``layers``
+    ``{stored name: AnnData source}``, one entry or several: store each ``adata.layers[source]`` (or ``"X"``)
+    under its name (``{"counts": "counts", "log_normalized": "X"}``), instead of ``X`` under ``zarr_layer``
+    (give one of the two keys, not both; :func:`lancell.ingest.from_anndata.add_from_anndata`'s ``layers``).
+``standardize``
+    ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
+    (:func:`lancell.standardize.pipeline.standardize_anndata` on the ``var_uid_column`` or var index; loads
+    the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
+    its name); genes that resolve to one id are summed when every stored matrix is integer (counts), else the
+    first is kept. The term id columns are stored where the cell schema declares them.
+
+:func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
+ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
+already in the atlas (the same file landed again under another name) is not ingested again: the outcome says
+``"duplicate"`` and names the dataset that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anndata as ad
+import pandas as pd
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import IngestError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.registry import registry_index, sql_literal
+from lancell.tables.schema import DatasetRecord, obs_fields
+
+if TYPE_CHECKING:
+    from lancell.standardize.pipeline import StandardizationReport
+
+__all__ = ["LandingOutcome", "LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
+
+LandingOutcome = Literal["ingested", "present", "duplicate"]
+
+
+@dataclass(frozen=True)
+class LandingSpec:
+    """How one landing file is ingested."""
+
+    path: Path
+    uid: str
+    feature_space: str = "gene_expression"
+    zarr_layer: str = "counts"
+    var_uid_column: str | None = None
+    symbol_column: str | None = "gene_symbol"
+    organism: str | None = None
+    name: str | None = None
+    source: str | None = None
+    accession: str | None = None
+    obs_columns: Mapping[str, str] = field(default_factory=dict)
+    layers: Mapping[str, str] = field(default_factory=dict)  # stored name -> "X" or an adata.layers key
+    standardize: bool = False
+
+
+_SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path"})
+
+
+def _sidecar_options(sidecar: Path) -> dict[str, Any]:
+    """The sidecar's keys, type-checked."""
+    try:
+        options = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{sidecar}: not valid JSON ({exc})") from exc
+    if not isinstance(options, dict):
+        raise IngestError(f"{sidecar}: must hold a JSON object, not {type(options).__name__}")
+    unknown = sorted(set(options) - _SIDECAR_KEYS)
+    if unknown:
+        raise IngestError(f"{sidecar}: unknown keys {unknown} (known: {sorted(_SIDECAR_KEYS)})")
+    renames = options.get("obs_columns", {})
+    if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
+        raise IngestError(f"{sidecar}: obs_columns must map file columns to cell schema columns")
+    if not isinstance(options.get("standardize", False), bool):
+        raise IngestError(f"{sidecar}: standardize must be true or false")
+    if "layers" in options:
+        layers = options["layers"]
+        valid = isinstance(layers, dict) and all(isinstance(v, str) and v for v in layers.values())
+        if not valid or not layers:
+            raise IngestError(
+                f"{sidecar}: layers must map stored layer names to their AnnData sources, got {layers!r}"
+            )
+        if "zarr_layer" in options:
+            raise IngestError(f"{sidecar}: give layers or zarr_layer, not both")
+    return options
+
+
+def read_landing_spec(path: Path) -> LandingSpec:
+    """The spec of ``path`` (defaults overridden by its ``.json`` sidecar, if any; keys in the module doc).
+
+    Raises
+    ------
+    IngestError
+        The sidecar is not a JSON object, has an unknown key or a malformed value; the message names it.
+    """
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    options = _sidecar_options(sidecar) if sidecar.exists() else {}
+    options.setdefault("uid", path.stem)
+    return LandingSpec(path=path, **options)
+
+
+def landing_files(folder: Path) -> list[LandingSpec]:
+    """Every ``.h5ad`` in ``folder`` (sorted by name) with its spec."""
+    return [read_landing_spec(p) for p in sorted(Path(folder).glob("*.h5ad"))]
+
+
+def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
+    uids = var.index if spec.var_uid_column is None else var[spec.var_uid_column]
+    frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
+    columns = set(atlas.core.tables.registry(spec.feature_space).schema.names)
+    if "gene_symbol" in columns:
+        symbols = var[spec.symbol_column] if spec.symbol_column in var.columns else var.index
+        frame["gene_symbol"] = symbols.astype(str).to_numpy()
+    if "organism" in columns and spec.organism is not None:
+        frame["organism"] = spec.organism
+    for name in columns & set(var.columns) - set(frame.columns):
+        frame[name] = var[name].to_numpy()
+    return frame.drop_duplicates("uid")
+
+
+def _prepared(
+    atlas: RaggedAtlas, spec: LandingSpec, adata: ad.AnnData
+) -> tuple[ad.AnnData, StandardizationReport | None]:
+    """``adata`` with the sidecar's obs renames, organism column and standardization applied, and the
+    standardization report (None without ``standardize``)."""
+    declared = {f.name for f in obs_fields(atlas.cell_arrow_schema)}
+    missing = sorted(set(spec.obs_columns) - set(adata.obs.columns))
+    if missing:
+        raise IngestError(f"{spec.path}: obs_columns renames {missing}, which obs does not have")
+    undeclared = sorted(set(spec.obs_columns.values()) - declared)
+    if undeclared:
+        raise IngestError(
+            f"{spec.path}: obs_columns targets {undeclared} are not columns of the cell schema "
+            f"(declared: {sorted(declared)})"
+        )
+    clashes = sorted(set(spec.obs_columns.values()) & (set(adata.obs.columns) - set(spec.obs_columns)))
+    if clashes:
+        raise IngestError(f"{spec.path}: obs_columns targets {clashes} are already columns of obs")
+    missing_layers = sorted({s for s in spec.layers.values() if s != "X"} - set(adata.layers))
+    if missing_layers:
+        raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}")
+    adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
+    if spec.organism is not None and "organism" not in adata.obs.columns:
+        adata.obs["organism"] = spec.organism
+    if not spec.standardize:
+        return adata, None
+    from lancell.standardize.pipeline import standardize_anndata
+
+    sources = [adata.X if s == "X" else adata.layers[s] for s in (spec.layers or {"": "X"}).values()]
+    counts = all(m.dtype.kind in "iu" for m in sources)  # type: ignore[union-attr]
+    return standardize_anndata(
+        adata,
+        organism=spec.organism,
+        gene_column=spec.var_uid_column,
+        duplicates="sum" if counts else "first",
+    )
+
+
+def ingest_landing_file(
+    atlas: RaggedAtlas,
+    spec: LandingSpec,
+    *,
+    on_standardized: Callable[[StandardizationReport], None] | None = None,
+) -> tuple[DatasetRecord, LandingOutcome]:
+    """Register the file's features and ingest it; return ``(record, outcome)``.
+
+    With ``spec.standardize``, ``on_standardized`` (if given) receives the
+    :class:`~lancell.standardize.pipeline.StandardizationReport` before anything is registered.
+
+    ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
+    (re-materializing a partition is idempotent); ``"duplicate"`` when the file's content is already in the
+    atlas as another dataset, whose record is returned (nothing is ingested; see
+    :mod:`lancell.ingest.fingerprint`).
+
+    Raises
+    ------
+    IngestError
+        The file is missing or invalid, or its features conflict with registered ones
+        (:class:`~lancell.errors.FeatureConflictError`); the atlas is unchanged.
+    """
+    where = f"uid = {sql_literal(spec.uid)}"
+    existing = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
+    if existing:
+        return atlas.dataset_schema(**existing[0]), "present"
+    if not spec.path.exists():
+        raise IngestError(f"landing file {spec.path} does not exist")
+    try:
+        adata = ad.read_h5ad(spec.path, backed="r")
+    except (OSError, KeyError, ValueError) as exc:
+        raise IngestError(f"cannot read {spec.path} as .h5ad: {exc}") from exc
+    adata, report = _prepared(atlas, spec, adata)
+    if report is None:
+        features, uid_column = _features(atlas, spec, adata.var), spec.var_uid_column
+    else:
+        from lancell.standardize.pipeline import feature_rows
+
+        if on_standardized is not None:
+            on_standardized(report)
+        columns = pd.Index(atlas.core.tables.registry(spec.feature_space).schema.names)
+        features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
+    registry = atlas.core.tables.registry(spec.feature_space)
+    known = set(registry_index(registry).index)
+    new_uids = [uid for uid in features["uid"] if uid not in known]
+    atlas.register_features(spec.feature_space, features)
+    record = atlas.dataset_schema(
+        uid=spec.uid, name=spec.name, source=spec.source or str(spec.path), accession=spec.accession
+    )
+    try:
+        stored = add_from_anndata(
+            atlas,
+            adata,
+            feature_space=spec.feature_space,
+            zarr_layer=None if spec.layers else spec.zarr_layer,
+            layers=dict(spec.layers) or None,
+            dataset_record=record,
+            var_uid_column=uid_column,
+            on_duplicate="skip",
+        )
+    except BaseException:
+        # the features were registered for this file only: take them back so the atlas is as it was
+        for start in range(0, len(new_uids), 1000):
+            chunk = ", ".join(sql_literal(u) for u in new_uids[start : start + 1000])
+            registry.delete(f"uid IN ({chunk})")
+        raise
+    return stored, "ingested" if stored.uid == spec.uid else "duplicate"

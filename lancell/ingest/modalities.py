@@ -1,0 +1,141 @@
+"""Several modalities per cell: attach a second feature space (e.g. protein) to cells already ingested.
+
+The first modality creates the cell rows (:func:`lancell.ingest.from_anndata.add_from_anndata`); every further
+one is written by a :class:`~lancell.ingest.write_transaction.WriteTransaction` like any dataset: its own zarr
+group and dataset record (``cells_of`` names the first dataset), its rows being the pointer column on the
+existing cells (one ``merge_insert`` commit). A failure before the dataset record is written puts the pointers
+back to null, so readers see the atlas as it was. Obs columns of a further modality are not stored (the cells
+have theirs): they are listed as ``dropped_obs_columns`` and warned about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lancell.errors import DatasetNotFoundError, IngestError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.plan import plan_ingest, stored_layers
+from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.registry import sql_literal
+from lancell.tables.schema import DatasetRecord
+
+if TYPE_CHECKING:
+    from mudata import MuData
+
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["add_from_mudata", "attach_modality"]
+
+
+def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa.Table:
+    where = f"dataset_uid = {sql_literal(cells_of)}"
+    return atlas.core.tables.cells.search().where(where).select(["uid", feature_space]).to_arrow()
+
+
+def attach_modality(
+    atlas: RaggedAtlas,
+    adata: ad.AnnData,
+    *,
+    cells_of: str,
+    feature_space: str,
+    zarr_layer: str | None = None,
+    dataset_record: DatasetRecord | None = None,
+    layer: str | None = None,
+    layers: Mapping[str, str] | None = None,
+    var_uid_column: str | None = None,
+    progress: bool = True,
+) -> DatasetRecord:
+    """Store ``adata`` as feature space ``feature_space`` of the cells of dataset ``cells_of``.
+
+    ``adata.obs_names`` must be obs names of that dataset (any subset, any order); those cells must not
+    already carry a pointer in ``feature_space``. ``dataset_record`` gives provenance and the uid; the fields
+    lancell assigns (``zarr_group``, ...) must be unset and ``cells_of`` unset or equal to ``cells_of``.
+    ``zarr_layer`` (with ``layer``) or ``layers`` say what is stored, as in
+    :func:`~lancell.ingest.from_anndata.add_from_anndata`.
+
+    Raises
+    ------
+    IngestError
+        Unknown dataset, cells not in it, cells that already have this modality, a record that sets a field
+        lancell assigns, or any input error that :func:`~lancell.ingest.from_anndata.add_from_anndata` would
+        raise. The atlas is unchanged.
+    """
+    atlas.core.require_writable()
+    space = resolve_feature_space(atlas.feature_spaces, feature_space)
+    if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
+        raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
+    record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
+    to_store = stored_layers(record.uid, zarr_layer, layer, layers)
+    plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
+    existing = _existing_cells(atlas, cells_of, feature_space)
+    wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)
+    known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
+    if not known.all():
+        raise IngestError(
+            f"dataset {record.uid!r}: {int((~known).sum())} obs names are not cells of {cells_of!r}, "
+            f"e.g. {[n.split(':', 1)[1] for n in wanted[~known][:5]]}"
+        )
+    taken = existing.filter(pc.is_valid(existing.column(feature_space)))
+    if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
+        raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
+    plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
+    transaction = WriteTransaction(
+        atlas.core, plan, space, record, cells_of=cells_of, on_duplicate="allow", progress=progress
+    )
+    (stored,) = run_transactions([transaction])
+    return stored
+
+
+def add_from_mudata(
+    atlas: RaggedAtlas,
+    mdata: MuData,
+    modalities: Mapping[str, tuple[str, str]],
+    *,
+    dataset_record: DatasetRecord | None = None,
+    progress: bool = True,
+) -> list[DatasetRecord]:
+    """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)``.
+
+    The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
+    attached to them. Returns one record per modality.
+    """
+    names = list(modalities)
+    if not names:
+        raise IngestError("add_from_mudata needs at least one modality")
+    missing = [m for m in names if m not in mdata.mod]
+    if missing:
+        raise IngestError(f"modalities {missing} are not in the MuData (it has {list(mdata.mod)})")
+    first = mdata.mod[names[0]].copy()
+    shared = [c for c in mdata.obs.columns if c not in first.obs.columns and ":" not in c]
+    first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
+    space, layer = modalities[names[0]]
+    records = [
+        add_from_anndata(
+            atlas,
+            first,
+            feature_space=space,
+            zarr_layer=layer,
+            dataset_record=dataset_record,
+            progress=progress,
+        )
+    ]
+    for name in names[1:]:
+        space, layer = modalities[name]
+        records.append(
+            attach_modality(
+                atlas,
+                mdata.mod[name],
+                cells_of=records[0].uid,
+                feature_space=space,
+                zarr_layer=layer,
+                progress=progress,
+            )
+        )
+    return records

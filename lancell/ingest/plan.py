@@ -1,0 +1,293 @@
+"""What ingestion validates before its first write: the :class:`IngestPlan` of one dataset.
+
+Feature space and layer, the caller's record (fields lancell assigns must be unset), shapes, dtypes, obs ->
+Arrow (every batch converted once), feature uids against the registry, the dataset uid, embeddings. Obs
+columns the cell schema does not declare are listed on the plan (``dropped_obs_columns``): ingestion
+stores them on the record and warns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from lancell.errors import (
+    DataValueError,
+    DuplicateDatasetError,
+    DuplicateFeaturesError,
+    IngestError,
+    ShapeMismatchError,
+    UnknownFeaturesError,
+)
+from lancell.ingest.layer_blocks import shared_pattern
+from lancell.ingest.sources import MatrixSource, matrix_source
+from lancell.tables.feature_spaces import FeatureSpace
+from lancell.tables.obs import obs_to_arrow, undeclared_obs_columns
+from lancell.tables.registry import layout_uid_for, registry_index, sql_literal
+from lancell.tables.schema import (
+    DatasetRecord,
+    check_assigned_fields,
+    check_dataset_uid,
+    obs_fields,
+    vector_fields,
+)
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
+
+__all__ = [
+    "CELL_BATCH",
+    "IngestPlan",
+    "check_record",
+    "embedding_vectors",
+    "plan_dataset",
+    "plan_ingest",
+    "stored_layers",
+]
+
+CELL_BATCH = 65_536
+
+
+class IngestPlan:
+    """Everything validated before the first write (docs/architecture.md, "Ingestion")."""
+
+    def __init__(self, **fields: object) -> None:
+        self.__dict__.update(fields)
+
+    layers: dict[str, MatrixSource]  # stored layer name -> its source (cells x var)
+    zero_fill: list[
+        str
+    ]  # sparse layers stored with zeros where another layer has entries (lancell.ingest.layer_blocks)
+    obs: pd.DataFrame
+    obs_names: pd.Index
+    feature_uids: list[str]  # in stored (local) order: increasing global index
+    global_index: np.ndarray
+    stored_column: np.ndarray | None  # var column -> stored local index; None when var is in that order
+    layout_uid: str
+    n_cells: int
+    nnz: int  # stored values: of the layers' shared pattern (sparse), n_cells x n_features (dense)
+    dataset: str
+    dropped_obs_columns: list[str]  # obs columns the cell schema does not declare: not stored
+    vectors: dict[str, np.ndarray]
+
+
+def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = None) -> None:
+    """Refuse a malformed or taken dataset uid and a record that sets a field lancell assigns.
+
+    ``cells_of`` is the dataset a further modality is attached to (None for new cells).
+
+    Raises
+    ------
+    IngestError
+        A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set.
+    """
+    check_dataset_uid(record.uid)
+    if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
+        raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
+    check_assigned_fields(record, cells_of)
+
+
+def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:
+    if n_obs == 0:
+        raise IngestError(f"dataset {dataset!r} has no cells")
+    if n_vars == 0:
+        raise IngestError(f"dataset {dataset!r} has no features")
+
+
+def stored_layers(
+    dataset: str, zarr_layer: str | None, layer: str | None, layers: Mapping[str, str] | None
+) -> dict[str, str]:
+    """``{stored layer name: "X" or an adata.layers key}`` from an ingest call's ``zarr_layer`` (with
+    ``layer``, the source, None: ``X``) or ``layers``; exactly one of ``zarr_layer`` and ``layers``.
+
+    Raises
+    ------
+    IngestError
+        Both or neither given, ``layer`` given with ``layers``, or ``layers`` empty or not str -> str.
+    """
+    if layers is None:
+        if zarr_layer is None:
+            raise IngestError(f"dataset {dataset!r}: give zarr_layer (the stored layer name) or layers")
+        return {zarr_layer: "X" if layer is None else layer}
+    if zarr_layer is not None or layer is not None:
+        raise IngestError(
+            f"dataset {dataset!r}: give layers={dict(layers)!r} alone, or zarr_layer (and layer), not both"
+        )
+    if not isinstance(layers, Mapping) or not layers:
+        raise IngestError(f"dataset {dataset!r}: layers must be a non-empty mapping, got {layers!r}")
+    bad = {k: v for k, v in layers.items() if not (isinstance(k, str) and k and isinstance(v, str) and v)}
+    if bad:
+        raise IngestError(f"dataset {dataset!r}: layers must map stored names to sources (strings): {bad!r}")
+    return dict(layers)
+
+
+def plan_ingest(
+    core: AtlasCore,
+    adata: ad.AnnData,
+    space: FeatureSpace,
+    layers: Mapping[str, str],
+    record: DatasetRecord,
+    var_uid_column: str | None,
+    cells_of: str | None = None,
+) -> IngestPlan:
+    """Validate everything about ``adata`` that can be checked before writing; ``vectors`` is left empty.
+
+    ``layers`` maps each stored layer name (allowed by ``space``) to its source in ``adata``: ``"X"`` or a
+    key of ``adata.layers``; ``cells_of`` is the dataset a further modality is attached to (None for new
+    cells).
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which), including a record that sets a field lancell assigns.
+    """
+    dataset = record.uid
+    check_record(core, record, cells_of)
+    _check_size(dataset, adata.n_obs, adata.n_vars)
+    if not layers:
+        raise IngestError(f"dataset {dataset!r}: no layer to store (layers is empty)")
+    sources = {}
+    for stored, origin in layers.items():
+        space.check_layer(stored)
+        sources[stored] = _layer_source(adata, dataset, origin)
+    if var_uid_column is None:
+        feature_uids = adata.var_names.astype(str).tolist()
+    elif var_uid_column not in adata.var.columns:
+        raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
+    else:
+        column = adata.var[var_uid_column]
+        if column.isna().any():
+            raise IngestError(
+                f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
+            )
+        feature_uids = column.astype(str).tolist()
+    return plan_dataset(core, space, dataset, sources, adata.obs, feature_uids)
+
+
+def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:
+    """``adata.X`` (``origin == "X"``) or ``adata.layers[origin]`` as a checked source."""
+    if origin != "X" and origin not in adata.layers:
+        raise IngestError(
+            f'dataset {dataset!r}: no layer {origin!r} in adata.layers {list(adata.layers)} ("X" is adata.X)'
+        )
+    where = "X" if origin == "X" else f"layers[{origin!r}]"
+    try:  # a backed file opens its matrix only now
+        matrix = adata.X if origin == "X" else adata.layers[origin]
+    except (KeyError, OSError) as exc:
+        raise IngestError(
+            f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: {exc}"
+        ) from exc
+    if matrix is None:
+        raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")
+    source = matrix_source(dataset, matrix)
+    if source.shape != (adata.n_obs, adata.n_vars):
+        raise ShapeMismatchError(
+            f"dataset {dataset!r}: adata.{where} has shape {source.shape} but obs x var is "
+            f"{(adata.n_obs, adata.n_vars)}"
+        )
+    return source
+
+
+def plan_dataset(
+    core: AtlasCore,
+    space: FeatureSpace,
+    dataset: str,
+    layers: Mapping[str, MatrixSource],
+    obs: pd.DataFrame,
+    feature_uids: list[str],
+) -> IngestPlan:
+    """The plan of dataset ``dataset`` (its record checked by :func:`check_record`) from its parts: the
+    stored layers' sources (cells x features each), ``obs`` (indexed by obs name) and the feature uids in
+    source column order. Checks the features against the registry, the obs names and obs -> Arrow.
+
+    Raises
+    ------
+    IngestError
+        Any invalid input (subclasses say which).
+    """
+    n_obs = len(obs)
+    _check_size(dataset, n_obs, len(feature_uids))
+    if not layers:
+        raise IngestError(f"dataset {dataset!r}: no layer to store")
+    for name, source in layers.items():
+        if source.shape != (n_obs, len(feature_uids)):
+            raise ShapeMismatchError(
+                f"dataset {dataset!r}: layer {name!r} has shape {source.shape} but obs x var is "
+                f"{(n_obs, len(feature_uids))}"
+            )
+    uids = pd.Index(feature_uids)
+    if uids.has_duplicates:
+        raise DuplicateFeaturesError(dataset, uids[uids.duplicated()].unique().tolist())
+    registry = registry_index(core.tables.registry(space.name))
+    known = uids.isin(registry.index)
+    if not known.all():
+        raise UnknownFeaturesError(dataset, space.name, uids[~known].tolist())
+    global_index = registry.reindex(uids).to_numpy()
+    if pd.isna(global_index).any():
+        raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
+    obs_names = obs.index
+    if obs_names.has_duplicates:
+        raise IngestError(
+            f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
+            "call adata.obs_names_make_unique() first"
+        )
+    fields = obs_fields(core.cell_arrow)
+    for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
+        obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
+    # features are stored in global-index order, so that a row read back maps to increasing output columns
+    # and queries never sort rows (var order is only how the input happened to list them)
+    order = np.argsort(global_index.astype(np.int64), kind="stable")
+    stored_column = None
+    if (order != np.arange(order.size)).any():
+        stored_column = np.empty(order.size, dtype=np.int64)
+        stored_column[order] = np.arange(order.size)
+    feature_uids = [feature_uids[i] for i in order]
+    nnz, zero_fill = n_obs * len(feature_uids), []
+    if space.kind == "sparse" and len(layers) > 1:  # checks every layer's values before the first write
+        nnz, zero_fill = shared_pattern(layers, stored_column)
+    elif space.kind == "sparse":
+        nnz = next(iter(layers.values())).nnz
+    return IngestPlan(
+        layers=dict(layers),
+        obs=obs,
+        obs_names=obs_names,
+        feature_uids=feature_uids,
+        global_index=global_index.astype(np.int64)[order],
+        stored_column=stored_column,
+        layout_uid=layout_uid_for(feature_uids),
+        n_cells=n_obs,
+        nnz=nnz,
+        zero_fill=zero_fill,
+        dataset=dataset,
+        dropped_obs_columns=undeclared_obs_columns(obs, fields),
+        vectors={},
+    )
+
+
+def embedding_vectors(
+    core: AtlasCore, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Check and convert the embeddings named by ``obsm_columns`` (float32, finite, the declared width)."""
+    declared = vector_fields(core.cell_arrow)
+    vectors = {}
+    for key, column in obsm_columns.items():
+        if key not in adata.obsm:
+            raise IngestError(f"dataset {dataset!r}: no obsm[{key!r}] (obsm has {list(adata.obsm)})")
+        if column not in declared:
+            raise IngestError(
+                f"dataset {dataset!r}: {column!r} is not a vector column of the cell schema {declared}"
+            )
+        values = np.asarray(adata.obsm[key])
+        if values.ndim != 2 or values.shape != (adata.n_obs, declared[column]):
+            raise ShapeMismatchError(
+                f"dataset {dataset!r}: obsm[{key!r}] has shape {values.shape}, "
+                f"column {column!r} needs ({adata.n_obs}, {declared[column]})"
+            )
+        if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
+            raise DataValueError(f"dataset {dataset!r}: obsm[{key!r}] must be finite numbers")
+        vectors[column] = values.astype(np.float32)
+    return vectors

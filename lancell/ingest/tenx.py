@@ -1,0 +1,275 @@
+"""Readers for 10x Genomics Cell Ranger outputs, and their ingestion into an atlas.
+
+Two layouts, two versions each:
+
+* Matrix Market folders: ``matrix.mtx``, ``genes.tsv`` (gene id, symbol) and ``barcodes.tsv`` (v2), or
+  ``matrix.mtx.gz``, ``features.tsv.gz`` (id, name, feature type) and ``barcodes.tsv.gz`` (v3). Files are
+  recognised as gzip by their first bytes, not by their names.
+* HDF5 files: ``/matrix`` with a ``features`` group (v3, ``filtered_feature_bc_matrix.h5``) or one group per
+  genome with ``genes`` / ``gene_names`` (v2, ``filtered_gene_bc_matrices_h5.h5``).
+
+Every reader gives cells x features CSR (sorted indices, no explicit zeros) with ``var`` columns
+``gene_ids``, ``gene_symbol`` and ``feature_type`` (v2 features are all ``"Gene Expression"``).
+
+Memory: barcodes, features and one offset per cell are held, O(n_cells + n_features); values are read in
+row blocks of about ``TARGET_BLOCK_VALUES`` stored values (:mod:`lancell.ingest.tenx_h5` and
+:mod:`lancell.ingest.tenx_mtx` say how; an ``.mtx`` not ordered by barcode is the one O(nnz) case).
+
+:func:`add_from_10x` streams the blocks of each feature space through a
+:class:`~lancell.ingest.sources.MatrixSource` (:meth:`TenxMatrix.sources`) into one
+:class:`~lancell.ingest.write_transaction.WriteTransaction` per dataset, all committed or none, so ingestion
+also runs in bounded memory and writes no temporary file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from lancell.errors import FeatureSpaceError, IngestError, TenxFormatError
+from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest.plan import check_record, plan_dataset
+from lancell.ingest.tenx_h5 import open_h5
+from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
+from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
+from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.tables.feature_spaces import resolve_feature_space
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.tables.schema import DatasetRecord
+
+__all__ = [
+    "DEFAULT_FEATURE_TYPES",
+    "TARGET_BLOCK_VALUES",
+    "TenxMatrix",
+    "add_from_10x",
+    "open_10x",
+    "read_10x",
+    "read_10x_h5",
+    "read_10x_mtx",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FEATURE_TYPES: Mapping[str, str] = {
+    "Gene Expression": "gene_expression",
+    "Antibody Capture": "protein",
+}
+
+
+def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> TenxMatrix:
+    """Open a 10x output: a Matrix Market folder (or its ``matrix.mtx[.gz]``) or an ``.h5`` file.
+
+    Parameters
+    ----------
+    path
+        The folder, a file inside it, or the HDF5 file. A v2 folder holding one genome sub-folder
+        (``filtered_gene_bc_matrices/hg19``) is accepted too.
+    genome
+        The genome to read: the group of a v2 HDF5 file or sub-folder, or a value of ``features/genome`` of a
+        v3 file (the other features are left out). Needed only when the file holds several genomes.
+
+    Raises
+    ------
+    TenxFormatError
+        A missing file, mismatched sizes, a malformed or corrupt file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TenxFormatError(f"no such 10x output: {path}")
+    if path.is_file() and path.name.startswith("matrix.mtx"):
+        path = path.parent
+    if path.is_dir():
+        return open_mtx(mtx_folder(path, genome))
+    return open_h5(path, genome)
+
+
+def read_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x folder or HDF5 file into memory; see :func:`open_10x`."""
+    return open_10x(path, genome=genome).to_anndata()
+
+
+def read_10x_mtx(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x Matrix Market folder (v2 or v3) into memory as cells x features CSR.
+
+    Raises
+    ------
+    TenxFormatError
+        ``path`` is not a folder, or see :func:`open_10x`.
+    """
+    if Path(path).is_file() and not Path(path).name.startswith("matrix.mtx"):
+        raise TenxFormatError(f"{path} is a file; read_10x_mtx wants the folder holding matrix.mtx")
+    return read_10x(path, genome=genome)
+
+
+def read_10x_h5(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
+    """Read a 10x HDF5 file (v2 with genome groups, or v3) into memory as cells x features CSR.
+
+    Raises
+    ------
+    TenxFormatError
+        ``path`` is a folder, or see :func:`open_10x`.
+    """
+    if Path(path).is_dir():
+        raise TenxFormatError(f"{path} is a folder; read_10x_h5 wants an .h5 file")
+    return read_10x(path, genome=genome)
+
+
+# ------------------------------------------------------------------------------------------------- ingestion
+
+
+def add_from_10x(
+    atlas: RaggedAtlas,
+    path: str | os.PathLike[str],
+    *,
+    feature_space: str | None = None,
+    zarr_layer: str = "counts",
+    dataset_record: DatasetRecord | None = None,
+    feature_types: Mapping[str, str] = DEFAULT_FEATURE_TYPES,
+    var_uid_column: str = "gene_ids",
+    genome: str | None = None,
+    obs: pd.DataFrame | Mapping[str, object] | None = None,
+    on_duplicate: OnDuplicate = "error",
+    progress: bool = True,
+) -> list[DatasetRecord]:
+    """Ingest a 10x output, one dataset per feature space, all or nothing, streamed from the file.
+
+    Feature types are routed to feature spaces by ``feature_types``; a type with no entry there, or whose
+    feature space the atlas lacks, is skipped with a logged note. Each feature space gets its own dataset
+    record; with several, their uids are ``"<uid>-<feature_space>"``.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas whose registries already hold the features (by ``var_uid_column``).
+    path
+        A Matrix Market folder or an ``.h5`` file (see :func:`open_10x`).
+    feature_space
+        Ingest only the feature types routed to this feature space (all routed types by default).
+    zarr_layer
+        The layer to store the values under.
+    dataset_record
+        Provenance and the base uid; ``source`` defaults to ``path``. The fields lancell assigns
+        (``zarr_group``, ...) must be unset.
+    feature_types
+        10x feature type -> feature space.
+    var_uid_column
+        The ``var`` column matched against the registries: ``gene_ids`` or ``gene_symbol``.
+    genome
+        See :func:`open_10x`.
+    obs
+        Extra cell columns: a mapping of constants, a one-row frame (broadcast to every cell; its dtypes are
+        kept, e.g. the row of a GEO sample table), or a frame indexed by barcode.
+    on_duplicate
+        As for :func:`lancell.ingest.from_anndata.add_from_anndata`, per dataset: ``"error"`` raises
+        :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"`` warns and returns the
+        record of the dataset already holding that content, ``"allow"`` stores it again.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    list of DatasetRecord
+        The stored records, in the order of ``feature_types``.
+
+    Raises
+    ------
+    FeatureSpaceError
+        No feature type of the file maps to a feature space of the atlas, or ``zarr_layer`` is not allowed.
+    TenxFormatError
+        The input is malformed (see :func:`open_10x`).
+    IngestError
+        Any other invalid input; the atlas is left unchanged.
+    """
+    atlas.core.require_writable()
+    matrix = open_10x(path, genome=genome)
+    routes = _route_feature_types(atlas, matrix, feature_space, feature_types)
+    if var_uid_column not in matrix.var.columns:
+        raise IngestError(
+            f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
+        )
+    base = (dataset_record or atlas.dataset_schema()).model_copy()
+    check_on_duplicate(base.uid, on_duplicate)
+    if base.source is None:
+        base = base.model_copy(update={"source": str(matrix.path)})
+    records = {
+        space: base.model_copy(update={"uid": base.uid if len(routes) == 1 else f"{base.uid}-{space}"})
+        for space in routes
+    }
+    spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
+    for space in routes:
+        spaces[space].check_layer(zarr_layer)
+        check_record(atlas.core, records[space])
+    cell_obs = _cell_obs(matrix, obs)
+    sources = matrix.sources({records[space].uid: columns for space, columns in routes.items()})
+    transactions = []
+    for space, columns in routes.items():
+        uid = records[space].uid
+        uids = matrix.var.iloc[columns][var_uid_column].astype(str).tolist()
+        plan = plan_dataset(atlas.core, spaces[space], uid, {zarr_layer: sources[uid]}, cell_obs, uids)
+        transactions.append(
+            WriteTransaction(
+                atlas.core, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
+            )
+        )
+    return run_transactions(transactions)
+
+
+def _route_feature_types(
+    atlas: RaggedAtlas, matrix: TenxMatrix, feature_space: str | None, feature_types: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """Feature space -> positions of its features in ``matrix.var`` (in ``feature_types`` order)."""
+    present = matrix.var["feature_type"].to_numpy()
+    spaces: list[str] = []
+    for kind in pd.unique(present):
+        space = feature_types.get(kind)
+        n = int((present == kind).sum())
+        if space is None:
+            log.info("%s: %d %r features skipped: no feature space in feature_types", matrix.path, n, kind)
+        elif space not in atlas.feature_spaces:
+            log.info(
+                "%s: %d %r features skipped: the atlas has no feature space %r", matrix.path, n, kind, space
+            )
+        elif (feature_space is None or space == feature_space) and space not in spaces:
+            spaces.append(space)
+    if not spaces:
+        restricted = f" restricted to {feature_space!r}" if feature_space else ""
+        raise FeatureSpaceError(
+            f"{matrix.path}: none of the feature types {sorted(set(present))} maps to a feature space of the "
+            f"atlas {sorted(atlas.feature_spaces)}{restricted} (feature_types={dict(feature_types)})"
+        )
+    order = list(dict.fromkeys(feature_types.values()))
+    spaces.sort(key=order.index)
+    return {
+        space: np.flatnonzero(np.isin(present, [k for k, s in feature_types.items() if s == space]))
+        for space in spaces
+    }
+
+
+def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None) -> pd.DataFrame:
+    frame = matrix.obs.copy()
+    if obs is None:
+        return frame
+    if not isinstance(obs, pd.DataFrame):
+        for name, value in obs.items():
+            frame[name] = value
+        return frame
+    if len(obs) == 1:
+        extra = obs.iloc[np.zeros(len(frame), dtype=np.int64)]
+    else:
+        missing = frame.index.difference(obs.index)
+        if len(missing):
+            raise IngestError(
+                f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])}"
+            )
+        extra = obs.loc[frame.index]
+    extra = extra.set_axis(frame.index)
+    return pd.concat([frame, extra], axis=1)

@@ -1,0 +1,362 @@
+"""One write transaction for every ingest path: plan -> claim -> write group -> commit rows -> record.
+
+:func:`lancell.ingest.from_anndata.add_from_anndata`, :func:`lancell.ingest.tenx.add_from_10x`,
+:func:`lancell.ingest.modalities.attach_modality` (and ``add_from_mudata``) hand a validated
+:class:`~lancell.ingest.plan.IngestPlan` to a :class:`WriteTransaction`, which, in order
+(docs/architecture.md, "Ingestion"; docs/integrity.md, "Crash safety: the dataset record is the commit
+point"):
+
+1. claims the dataset (:func:`lancell.tables.visibility.claim_dataset`: a per-dataset lock held as a lease
+   to the end, which also clears rows an interrupted run left) and a fresh zarr group
+   (:meth:`lancell.tables.group_claims.GroupClaims.claim_new`);
+2. streams every stored layer's source into the group (sparse layers on one shared pattern,
+   :mod:`lancell.ingest.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
+   :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
+   fed as they go) and writes the CSC copy (:func:`lancell.storage.csc.write_csc`);
+3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells, or the pointers
+   of a further modality on existing cells;
+4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its lease and commits the
+   dataset record: the commit point.
+
+Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
+nulled), a layout it added that no record uses, and its group (through
+:func:`lancell.maintenance.remove_group`, which deletes only this atlas's own unreferenced groups).
+:func:`run_transactions` runs several as one, all or nothing (a 10x file split into feature spaces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
+from lancell.ingest.blocks import checked_values
+from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
+from lancell.ingest.fingerprint import ContentHasher, OnDuplicate, content_claim
+from lancell.ingest.layer_blocks import layer_blocks
+from lancell.ingest.plan import IngestPlan
+from lancell.ingest.sources import MatrixSource
+from lancell.maintenance import remove_group
+from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
+from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
+from lancell.tables.feature_spaces import FeatureSpace
+from lancell.tables.registry import ensure_layout, sql_literal
+from lancell.tables.schema import DatasetRecord
+from lancell.tables.visibility import claim_dataset
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
+    from lancell.tables.locks import Lease
+
+__all__ = ["WriteTransaction", "combined_fingerprint", "run_transactions", "stored_dtype", "write_group"]
+
+log = logging.getLogger(__name__)
+
+
+def stored_dtype(source: MatrixSource) -> np.dtype:
+    """How a source's values are stored: integers as ``uint32``, floats as ``float32``."""
+    return np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+
+
+class WriteTransaction:
+    """The atomic write of one dataset's group, rows and record.
+
+    Parameters
+    ----------
+    atlas
+        A writable atlas.
+    plan
+        The validated plan (:mod:`lancell.ingest.plan`): its ``layers`` are what the group stores.
+    space
+        The feature space of the plan.
+    record
+        The caller's record (checked by :func:`lancell.ingest.plan.check_record`); lancell fills in the
+        fields it assigns.
+    cells_of
+        For a further modality: the dataset whose cells ``plan.obs_names`` name (their pointers are set);
+        None to add new cells.
+    csc
+        Write the CSC copy; by default for sparse datasets of at least ``CSC_MIN_VALUES`` stored values.
+    on_duplicate
+        See :func:`lancell.ingest.from_anndata.add_from_anndata`.
+    progress
+        Show a progress bar while the matrix is written.
+    """
+
+    def __init__(
+        self,
+        core: AtlasCore,
+        plan: IngestPlan,
+        space: FeatureSpace,
+        record: DatasetRecord,
+        *,
+        cells_of: str | None = None,
+        csc: bool | None = None,
+        on_duplicate: OnDuplicate = "error",
+        progress: bool = True,
+    ) -> None:
+        self.core, self.plan, self.space, self.record = core, plan, space, record
+        self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
+        self.duplicate_of: DatasetRecord | None = None
+        self._claims = ExitStack()
+        self._lease: Lease | None = None
+        self._group: str | None = None
+        self._layout_written = self._rows_written = self._committed = False
+        self._started = time.perf_counter()
+
+    def stage(self) -> None:
+        """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows."""
+        core, plan, space = self.core, self.plan, self.space
+        self._lease = self._claims.enter_context(claim_dataset(core, self.record.uid))
+        self._group = core.group_claims.claim_new(self.record.uid)
+        names = list(plan.layers)
+        written = None
+        if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
+            written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
+        with ExitStack() as hashing:
+            hashers = {
+                name: hashing.enter_context(ContentHasher(space.kind, stored_dtype(source), source.shape))
+                for name, source in plan.layers.items()
+            }
+            indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
+            fingerprint = combined_fingerprint(
+                {
+                    name: hasher.finish(
+                        obs_names=plan.obs_names,
+                        feature_space=space.name,
+                        layer=name,
+                        feature_uids=plan.feature_uids,
+                    )
+                    for name, hasher in hashers.items()
+                }
+            )
+        if written is not None:
+            write_csc(core.zarr_root[self._group], names, written=written)
+            del written  # the kept blocks
+        with core.lock("layouts"):
+            self._layout_written = ensure_layout(
+                core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+            )
+        self._commit_rows(indptr)
+        self.record = self.record.model_copy(
+            update={
+                "zarr_group": self._group,
+                "feature_space": space.name,
+                "layer": names[0],
+                "layers": names,
+                "n_cells": plan.n_cells,
+                "n_features": len(plan.feature_uids),
+                "nnz": plan.nnz,
+                "layout_uid": plan.layout_uid,
+                "dropped_obs_columns": plan.dropped_obs_columns,
+                "content_fingerprint": fingerprint,
+                "cells_of": self.cells_of,
+            }
+        )
+
+    def _commit_rows(self, indptr: np.ndarray) -> None:
+        core, space, cells = self.core, self.space, self.core.tables.cells
+        schema = core.cell_arrow
+        if self.cells_of is None:
+            batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
+            cells.add(pa.RecordBatchReader.from_batches(schema, batches))
+            self._rows_written = True
+            return
+        uids = np.asarray([f"{self.cells_of}:{name}" for name in self.plan.obs_names], dtype=object)
+        batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
+        rows = pa.schema([schema.field("uid"), schema.field(space.name)])
+        cells.merge_insert("uid").when_matched_update_all().execute(
+            pa.RecordBatchReader.from_batches(rows, batches)
+        )
+        self._rows_written = True
+
+    def commit(self) -> DatasetRecord:
+        """Commit the dataset record (the commit point) unless its content is already in the atlas: then
+        (``on_duplicate="skip"``) roll back and return the record holding that content."""
+        row = pa.Table.from_pylist([self.record.model_dump()], schema=self.core.dataset_arrow)
+        fingerprint = self.record.content_fingerprint
+        with content_claim(self.core, self.record.uid, fingerprint, self.on_duplicate) as duplicate_of:
+            if duplicate_of is None:
+                plan, tables = self.plan, self.core.tables
+                # a failed write of the same panel removes the layout unless a record uses it: check it is
+                # there and commit the record under one hold of the layouts lock
+                with self.core.lock("layouts"):
+                    self._layout_written |= ensure_layout(
+                        tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+                    )
+                    self._lease.check()  # LockLostError if another process took the claim over
+                    tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
+                self._committed = True
+        if duplicate_of is not None:
+            self.roll_back()
+            self.duplicate_of = duplicate_of
+            return duplicate_of
+        return self.record
+
+    def roll_back(self) -> None:
+        """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
+        core, uid = self.core, self.record.uid
+        try:
+            if self._committed:
+                core.tables.datasets.delete(f"uid = {sql_literal(uid)}")
+                self._committed = False
+            if self._rows_written and self.cells_of is None:
+                core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+            elif self._rows_written:
+                detach_pointers(core, self.space.name, self._group)
+            self._rows_written = False
+            if self._layout_written:
+                with core.lock("layouts"):
+                    where = f"layout_uid = {sql_literal(self.plan.layout_uid)}"
+                    if core.tables.datasets.count_rows(where) == 0:
+                        core.tables.layouts.delete(where)
+                self._layout_written = False
+            if self._group is not None:
+                remove_group(core, self._group)
+                self._group = None
+        except (LancellError, OSError) as exc:
+            log.error("roll-back of dataset %s left debris (vacuum() removes it): %s", uid, exc)
+
+    def close(self) -> None:
+        """Release the dataset claim."""
+        self._claims.close()
+
+    def report(self) -> None:
+        """Warn about what was not stored (dropped obs columns, a skipped duplicate) and log the speed."""
+        uid, plan = self.record.uid, self.plan
+        if self.duplicate_of is not None:
+            warnings.warn(
+                f"dataset {uid!r}: the same content is already in the atlas as dataset "
+                f"{self.duplicate_of.uid!r}; nothing was ingested (on_duplicate='skip')",
+                DuplicateContentWarning,
+                stacklevel=4,
+            )
+            return
+        if plan.dropped_obs_columns:
+            warnings.warn(
+                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} are not in the cell schema and "
+                "were not stored (listed on the record as dropped_obs_columns)",
+                DroppedColumnsWarning,
+                stacklevel=4,
+            )
+        elapsed = time.perf_counter() - self._started
+        log.info(
+            "ingested %s: %d cells, %d nnz in %.2f s (%.0f cells/s)",
+            uid,
+            plan.n_cells,
+            plan.nnz,
+            elapsed,
+            plan.n_cells / max(elapsed, 1e-9),
+        )
+
+
+def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
+    """Stage every transaction, then commit each record; all or nothing. Returns the records (a skipped
+    duplicate's: the existing dataset's). Call it directly from the public entry point (warnings name the
+    entry point's caller)."""
+    try:
+        for transaction in transactions:
+            transaction.stage()
+        records = [transaction.commit() for transaction in transactions]
+    except BaseException:
+        for transaction in reversed(transactions):
+            transaction.roll_back()
+        raise
+    finally:
+        for transaction in transactions:
+            transaction.close()
+    for transaction in transactions:
+        transaction.report()
+    return records
+
+
+def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
+    """The content fingerprint of a dataset from its layers' (:class:`ContentHasher`, one per layer): a single
+    layer's own, else a SHA-256 over every ``name=fingerprint`` in stored order."""
+    if len(fingerprints) == 1:
+        return next(iter(fingerprints.values()))
+    text = "\0".join(f"{name}={value}" for name, value in fingerprints.items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_group(
+    core: AtlasCore,
+    plan: IngestPlan,
+    space: FeatureSpace,
+    zarr_group: str,
+    layers: Mapping[str, MatrixSource],
+    progress: bool,
+    written: CsrBlocks | None = None,
+    hashers: Mapping[str, ContentHasher] | None = None,
+) -> np.ndarray:
+    """Stream ``layers`` (stored layer name -> source) into a new zarr group; return the per-cell element
+    offsets (indptr). Sparse layers share one pattern (:mod:`lancell.ingest.layer_blocks`). Sparse blocks are
+    also recorded in ``written`` (for the CSC copy) and each layer's stored blocks fed to its hasher in
+    ``hashers`` when given.
+
+    Raises
+    ------
+    IngestError
+        A bad value (``DataValueError``), or fewer or more values than planned.
+    """
+    n_features = len(plan.feature_uids)
+    hashers = hashers or {}
+    bar = tqdm(
+        total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
+    )
+    dtypes = {name: stored_dtype(source) for name, source in layers.items()}
+    common = {
+        "n_cells": plan.n_cells,
+        "n_features": n_features,
+        "layers": dtypes,
+        "atlas_id": core.group_claims.atlas_id,
+    }
+    with bar:
+        if space.kind == "sparse":
+            writer = SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common)
+            for _, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
+                writer.append(indptr, indices, values)
+                for name, hasher in hashers.items():
+                    hasher.add_csr(indptr, indices, values[name])
+                if written is not None:
+                    written.add(indices, values)
+                bar.update(indptr.size - 1)
+            indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
+        else:
+            writer = DenseGroupWriter(core.zarr_root, zarr_group, **common)
+            streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
+            for blocks in zip(*streams, strict=True):
+                row0, shape = blocks[0][0], blocks[0][1].shape
+                rows = {}
+                for name, (_, block) in zip(layers, blocks, strict=True):
+                    values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
+                    rows[name] = (
+                        values if plan.stored_column is None else values[:, np.argsort(plan.stored_column)]
+                    )
+                    if name in hashers:
+                        hashers[name].add_dense(rows[name])
+                writer.append(rows)
+                bar.update(shape[0])
+            writer.close(_group_attrs(plan, space))
+            indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
+    if int(indptr[-1]) != plan.nnz:
+        raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
+    return indptr
+
+
+def _group_attrs(plan: IngestPlan, space: FeatureSpace) -> dict[str, object]:
+    return {
+        "feature_space": space.name,
+        "layout_uid": plan.layout_uid,
+        "n_features": len(plan.feature_uids),
+        "dataset_uid": plan.dataset,
+    }

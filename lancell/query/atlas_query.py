@@ -1,0 +1,478 @@
+"""``AtlasQuery``: a lazy, chainable query over the cell table, reconstructed into AnnData on demand.
+
+``where()`` calls combine with AND (``q.where("a").where("b")`` means ``(a) AND (b)``). Rows come back in
+the order the cell table returns them for the filter (scan order), never regrouped by dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lancell.errors import LancellError, QueryError
+from lancell.query.cell_table import SearchSpec, check_filter, keyword_filter, search_builder, search_spec
+from lancell.query.plan import (
+    ON_UNMEASURED,
+    Join,
+    OnUnmeasured,
+    PlannedCells,
+    plan_reconstruction,
+    registry_columns,
+    resolve_features,
+)
+from lancell.query.reconstruct import reconstruct
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.schema import pointer_fields_from_arrow, vector_fields
+from lancell.tables.visibility import visible_cells_filter
+
+if TYPE_CHECKING:
+    import polars as pl
+    from lancedb.query import LanceQueryBuilder
+    from mudata import MuData
+
+    from lancell.atlas import RaggedAtlas
+    from lancell.dataloader import CellDataset
+
+__all__ = ["AtlasQuery"]
+
+
+class AtlasQuery:
+    """Builder returned by :meth:`RaggedAtlas.query`; every method returns the same builder."""
+
+    def __init__(self, atlas: RaggedAtlas) -> None:
+        self._atlas = atlas
+        self._filters: tuple[str, ...] = ()
+        self._limit: int | None = None
+        self._columns: list[str] | None = None
+        self._feature_space: str | None = None
+        self._layers: list[str] | None = None  # None: the one layer the selected datasets store
+        self._join: Join | None = None  # None: "union", not chosen
+        self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
+        self._on_unmeasured: OnUnmeasured = "error"
+        self._case_sensitive = True  # how features() names are matched
+        self._search: SearchSpec | None = None
+
+    @property
+    def atlas(self) -> RaggedAtlas:
+        """The atlas handle this query reads."""
+        return self._atlas
+
+    def _copy(self) -> AtlasQuery:
+        return copy.copy(self)  # every attribute is immutable or replaced, never changed in place
+
+    def where(self, sql: str | None = None, /, **conditions: object) -> AtlasQuery:
+        """Add a filter on cell columns (ANDed with earlier filters), checked against the cell table now.
+
+        Either Lance SQL (``where("cell_type IN ('T cell', 'B cell') AND n_counts >= 200")``) or keyword
+        conditions, or both: ``where(cell_type=["T cell", "B cell"], n_counts=(200, None))`` means
+        membership for a list, an inclusive range for a ``(low, high)`` tuple (None: open end), equality
+        for a value and a missing value for None; strings are quoted for you.
+
+        Raises
+        ------
+        QueryError
+            ``sql`` is empty, does not parse as one whole expression (Lance would silently drop a trailing
+            ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks; a SOMA/Census-style
+            ``in [...]`` or ``"string"`` (the message shows the SQL to write); a keyword naming an unknown
+            column or a value that does not fit its column's type.
+        """
+        filters = [] if sql is None else [sql]
+        if conditions or sql is None:
+            filters.append(keyword_filter(self._atlas.core.cell_arrow, conditions))
+        for text in filters:
+            check_filter(self._atlas.core.tables.cells, text)
+        self._filters = (*self._filters, *filters)
+        return self
+
+    def search(
+        self,
+        query: str | Sequence[float] | np.ndarray | tuple[Sequence[float] | np.ndarray, str],
+        *,
+        vector_column_name: str | None = None,
+        query_type: Literal["auto", "vector", "fts", "hybrid"] = "auto",
+        fts_columns: str | Sequence[str] | None = None,
+    ) -> AtlasQuery:
+        """Rank cells by vector similarity (an embedding), full-text relevance (a string), or both.
+
+        Rows come back in rank order, with a ``distance`` (vector) or ``score`` (text, hybrid) column.
+        Hybrid search takes ``(embedding, text)`` and fuses both rankings (reciprocal rank fusion). Vector
+        and hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns
+        every match unless limited. ``where()`` filters are applied before ranking.
+        """
+        self._search = search_spec(
+            vector_fields(self._atlas.core.cell_arrow), query, vector_column_name, query_type, fts_columns
+        )
+        return self
+
+    def limit(self, n: int) -> AtlasQuery:
+        """Return at most ``n`` cells."""
+        if not isinstance(n, int) or n < 0:
+            raise QueryError(f"limit must be a non-negative integer, got {n!r}")
+        self._limit = n
+        return self
+
+    def select(self, columns: Sequence[str]) -> AtlasQuery:
+        """Keep only these obs columns (``uid``, ``dataset_uid`` and pointers are always kept)."""
+        unknown = sorted(set(columns) - set(self._atlas.core.cell_arrow.names))
+        if unknown:
+            raise QueryError(
+                f"unknown cell columns {unknown}; the cell table has {self._atlas.core.cell_arrow.names}"
+            )
+        self._columns = list(columns)
+        return self
+
+    def feature_spaces(self, feature_space: str) -> AtlasQuery:
+        """Reconstruct this feature space (default: the first pointer field of the schema)."""
+        resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        self._feature_space = feature_space
+        return self
+
+    def layers(self, feature_space: str, layers: str | Sequence[str]) -> AtlasQuery:
+        """Reconstruct ``layers`` of ``feature_space``: one name, or several read on the same cells and
+        columns (``to_anndata`` puts the first in ``X`` and each other in ``adata.layers[name]``; the loader
+        yields one tensor per layer). Datasets lacking a requested layer follow :meth:`on_unmeasured`, per
+        layer.
+
+        Raises
+        ------
+        QueryError
+            No layer, a repeated one, or a layer the feature space does not allow.
+        """
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not names or len(set(names)) != len(names):
+            raise QueryError(f"layers() needs distinct layer names, got {layers!r}")
+        space = resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        for name in names:
+            space.check_layer(name)
+        self._feature_space, self._layers = feature_space, names
+        return self
+
+    def features(
+        self, names_or_uids: Sequence[str], feature_space: str, *, case_sensitive: bool = True
+    ) -> AtlasQuery:
+        """Only these features, as columns in the order given (registry uids, or symbols where not a uid).
+
+        A symbol shared by several registry features (e.g. a duplicated mouse symbol) yields all of them.
+        Combined with ``feature_join("intersection")``, features not measured by every dataset are dropped.
+        ``case_sensitive=False`` matches uids and symbols ignoring case (see
+        :func:`lancell.query.plan.resolve_features`); the loader reads the same selection.
+        """
+        if isinstance(names_or_uids, str) or not len(names_or_uids):
+            raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
+        resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        self._features = (feature_space, list(names_or_uids))
+        self._case_sensitive = case_sensitive
+        self._feature_space = feature_space
+        return self
+
+    def all_features(self, feature_space: str) -> AtlasQuery:
+        """Every numbered registry feature as a column: column ``j`` is the feature of global index ``j``.
+
+        The columns then do not depend on which datasets are selected (stable across snapshots, as token
+        models want); features a dataset did not measure have presence False.
+        """
+        resolve_feature_space(self._atlas.feature_spaces, feature_space)
+        self._features = (feature_space, None)
+        self._feature_space = feature_space
+        return self
+
+    def feature_join(self, join: Join) -> AtlasQuery:
+        """``"union"`` (every feature any selected dataset measured) or ``"intersection"`` (shared by all)."""
+        if join not in ("union", "intersection"):
+            raise QueryError(f"feature_join must be 'union' or 'intersection', got {join!r}")
+        self._join = join
+        return self
+
+    def on_unmeasured(self, policy: OnUnmeasured) -> AtlasQuery:
+        """What every reader does with selected cells that did not measure a reconstructed layer.
+
+        A cell is unmeasured in a layer when its dataset lacks the layer (or has no data in the feature space
+        at all). ``"error"`` (default): raise :class:`~lancell.errors.UnmeasuredDataError` naming the
+        datasets and layers; ``"drop"``: leave out cells lacking any requested layer; ``"keep"``: return them
+        as empty rows in each layer they lack (presence False for every feature of ``X``'s layer). Joins are
+        computed over the measured datasets. ``adata.uns["lancell"]`` records the
+        policy and the unmeasured datasets.
+        """
+        if policy not in ON_UNMEASURED:
+            raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
+        self._on_unmeasured = policy
+        return self
+
+    # ------------------------------------------------------------------------------ terminals
+    def _filter(self) -> str | None:
+        """The user's filters, ANDed, plus the one hiding uncommitted cell rows when there are any."""
+        filters = [*self._filters, visible_cells_filter(self._atlas.core)]
+        return " AND ".join(f"({f})" for f in filters if f is not None) or None
+
+    def _builder(self) -> LanceQueryBuilder:
+        cells = self._atlas.core.tables.cells
+        limit = self._limit
+        if self._search is None:
+            builder = cells.search()
+        else:
+            builder, limit = search_builder(cells, self._search, limit)
+        where = self._filter()
+        if where is not None:
+            builder = builder.where(where, prefilter=True) if self._search else builder.where(where)
+        if self._columns is not None:
+            builder = builder.select(self._selected_columns())
+        if limit is not None:
+            builder = builder.limit(limit)
+        return builder
+
+    def _selected_columns(self) -> list[str] | None:
+        """The cell columns :meth:`select` keeps (identity and pointers always), None for all."""
+        if self._columns is None:
+            return None
+        schema = self._atlas.core.cell_arrow
+        keep = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *self._columns}
+        return [n for n in schema.names if n in keep]
+
+    def _scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
+        """The rows of the cell table matching ``where`` (:meth:`_filter`), read by pylance in one pass.
+
+        lancedb's query path costs ~5 ms per call and a round trip per 1,024-row batch; the Lance dataset
+        underneath (opened once per snapshot-pinned handle) answers the same filter directly.
+        """
+        cells = self._atlas.core.pinned("cells_dataset", self._atlas.core.tables.cells.to_lance)
+        return cells.to_table(columns=columns, filter=where, limit=self._limit)
+
+    def _rows(self, columns: list[str] | None = None) -> pa.Table:
+        """The matching rows (``columns``, else those of :meth:`select`): a search in rank order, or scan."""
+        columns = self._selected_columns() if columns is None else columns
+        if self._search is None:
+            return self._scan(columns, self._filter())
+        builder = self._builder()
+        return (builder if columns is None else builder.select(columns)).to_arrow()
+
+    def _read(self, columns: list[str] | None = None) -> pa.Table:
+        """:meth:`_rows` with Lance's errors named as a failed query and search columns renamed."""
+        try:
+            table = self._rows(columns)
+        except LancellError:
+            raise
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
+        renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
+        return table.rename_columns([renames.get(n, n) for n in table.column_names])
+
+    def to_arrow(self) -> pa.Table:
+        """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
+        return self._read()
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The matching cell rows as a pandas frame."""
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> pl.DataFrame:
+        """The matching cell rows as a polars frame."""
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
+
+    def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
+        """Number of matching cells, or cells per value of ``group_by`` (most first).
+
+        Without ``group_by`` this is LanceDB's ``count_rows`` (no column is read); with it only the grouping
+        column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and the ``layers`` each dataset
+        stores (those its record lists, what readers of this handle see); any other column a ``cells`` series.
+        """
+        where = self._filter()
+        if group_by is None:
+            try:
+                n = self._atlas.core.tables.cells.count_rows(where)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
+            return min(n, self._limit) if self._limit is not None else n
+        if group_by not in self._atlas.core.cell_arrow.names:
+            raise QueryError(f"cannot group by unknown column {group_by!r}")
+        try:
+            column = self._scan([group_by], where).column(group_by)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
+        counts = pc.value_counts(column).flatten()
+        series = pd.Series(
+            counts[1].to_numpy(), index=pd.Index(counts[0].to_pylist(), name=group_by), name="cells"
+        ).sort_values(ascending=False)
+        if group_by != "dataset_uid":
+            return series
+        frame = self._atlas.list_datasets()
+        layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
+        return series.to_frame().assign(layers=series.index.map(layers))
+
+    def _space(self) -> str:
+        return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas.core.cell_arrow)))
+
+    def _feature_indices(self, feature_space: str) -> np.ndarray | None:
+        if self._features is None:
+            return None
+        space, names = self._features
+        if space != feature_space:
+            raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
+        if names is None:
+            return registry_columns(self._atlas.core, space)
+        return resolve_features(self._atlas.core, space, names, case_sensitive=self._case_sensitive)
+
+    def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
+        """The matching cells and the read plan that every reader of this query executes.
+
+        The plan fixes the output features (``features()``, ``feature_join()``), the measured datasets and
+        their local -> output column maps, and applies :meth:`on_unmeasured`.
+
+        Parameters
+        ----------
+        columns
+            Cell columns to read besides ``uid``, ``dataset_uid`` and the reconstructed pointer column;
+            None: those of :meth:`select` (every column by default).
+
+        Raises
+        ------
+        UnmeasuredDataError
+            Unmeasured cells under the default policy ``"error"``.
+        GroupNotFoundError
+            A selected dataset's zarr group is missing from the store.
+        """
+        space = self._space()
+        if columns is not None:
+            columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
+        cells = self._read(columns)
+        return self._planned(cells, space, self._layers, self._feature_indices(space))
+
+    def _planned(
+        self, cells: pa.Table, space: str, layers: list[str] | None, features: np.ndarray | None
+    ) -> PlannedCells:
+        join = self._join or "union"
+        core, policy = self._atlas.core, self._on_unmeasured
+        plan = plan_reconstruction(core, cells, space, layers, join, features, policy)
+        return PlannedCells(plan.select(cells), plan)
+
+    def to_anndata(self) -> ad.AnnData:
+        """Reconstruct the matching cells as one AnnData (rows in query order).
+
+        ``X`` is CSR for sparse feature spaces and dense for dense ones (the first of :meth:`layers`, each
+        other in ``adata.layers``); ``var`` comes from the registry;
+        ``varm["presence"]`` says which features each dataset measured; ``uns["lancell"]`` records the
+        feature space, layer, join, unmeasured-cell policy and the unmeasured datasets.
+        """
+        planned = self.plan()
+        return reconstruct(self._atlas.core, planned.cells, planned.plan)
+
+    def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
+        """One AnnData per feature space (every pointer field by default), cells aligned by uid.
+
+        Each modality holds the matching cells that carry that modality; ``mdata.obsm[<space>]`` (a MuData
+        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred; cells
+        whose dataset lacks the layer follow :meth:`on_unmeasured`.
+        """
+        from mudata import MuData
+
+        spaces = list(feature_spaces or pointer_fields_from_arrow(self._atlas.core.cell_arrow))
+        cells = self.to_arrow()
+        modalities = {}
+        for space in spaces:
+            resolve_feature_space(self._atlas.feature_spaces, space)
+            has = cells.filter(pc.is_valid(cells.column(space)))
+            layers = self._layers if space == self._feature_space else None
+            features = self._feature_indices(space) if self._features and self._features[0] == space else None
+            planned = self._planned(has, space, layers, features)
+            modalities[space] = reconstruct(self._atlas.core, planned.cells, planned.plan)
+        return MuData(modalities)
+
+    def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
+        """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
+
+        Only the pointer columns are read up front (to plan the columns, registry and layouts read once);
+        metadata and matrix values are read batch by batch, so memory is bounded by the batch.
+        """
+        if batch_size < 1:
+            raise QueryError(f"batch_size must be positive, got {batch_size}")
+        plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
+        pending: list[pa.RecordBatch] = []
+        buffered = 0
+        for batch in self._builder().to_batches(batch_size):
+            batch = plan.select(batch)
+            pending.append(batch)
+            buffered += batch.num_rows
+            while buffered >= batch_size:
+                table = pa.Table.from_batches(pending)
+                yield reconstruct(self._atlas.core, table.slice(0, batch_size), plan)
+                rest = table.slice(batch_size)
+                pending, buffered = rest.to_batches(), rest.num_rows
+        if buffered:
+            yield reconstruct(self._atlas.core, pa.Table.from_batches(pending), plan)
+
+    def reading(
+        self, feature_space: str, layer: str | Sequence[str], features: Sequence[str] | str | None = None
+    ) -> AtlasQuery:
+        """A copy of this query reading ``layer`` (one name or several) of ``feature_space``, ``features``
+        added to its selection.
+
+        ``features``: None (the query's own selection), ``"union"`` / ``"intersection"`` (as
+        :meth:`feature_join`), ``"registry"`` (as :meth:`all_features`) or names / uids (as :meth:`features`).
+
+        Raises
+        ------
+        QueryError
+            A feature space, layer, join or feature list that contradicts what the query already chose.
+        """
+        query = self._copy()
+        given_layers = [layer] if isinstance(layer, str) else list(layer)
+        for what, chosen, given in (
+            ("feature space", self._feature_space, feature_space),
+            ("layer", _one_or_list(self._layers), _one_or_list(given_layers)),
+        ):
+            if chosen is not None and chosen != given:
+                raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
+        query.layers(feature_space, given_layers)
+        if features is None:
+            return query
+        if features in ("union", "intersection"):
+            if self._join not in (None, features):
+                raise QueryError(f"the query joins by {self._join!r}, the loader was asked for {features!r}")
+            return query.feature_join(features)
+        if isinstance(features, str) and features != "registry":
+            raise QueryError(
+                f"features must be 'union', 'intersection', 'registry' or a list of names, got {features!r}"
+            )
+        wanted = (feature_space, None if features == "registry" else list(features))
+        if self._features is not None and self._features != wanted:
+            raise QueryError(
+                f"the query selects features {self._features[1]!r}, the loader was asked for {features!r}"
+            )
+        return (
+            query.all_features(feature_space)
+            if wanted[1] is None
+            else query.features(wanted[1], feature_space)
+        )
+
+    def to_cell_dataset(
+        self,
+        feature_space: str,
+        layer: str | Sequence[str],
+        metadata_columns: Sequence[str] = (),
+        features: Sequence[str] | str | None = None,
+    ) -> CellDataset:
+        """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
+
+        Its output columns and cells are those of ``to_anndata()`` for the same query: ``features()``,
+        ``feature_join()`` and ``on_unmeasured()`` apply. ``features`` adds to them as :meth:`reading` says.
+        ``layer``: one name, or several (each batch carries one tensor per layer, the first as ``X``).
+        See :class:`lancell.dataloader.CellDataset`.
+        """
+        from lancell.dataloader import CellDataset  # torch is an optional dependency
+
+        return CellDataset.from_query(
+            self, feature_space, layer, metadata_columns=metadata_columns, features=features
+        )
+
+
+def _one_or_list(layers: list[str] | None) -> str | list[str] | None:
+    """A layer selection as shown in messages: one name, or the list of several."""
+    return layers[0] if layers is not None and len(layers) == 1 else layers

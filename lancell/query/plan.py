@@ -1,0 +1,435 @@
+"""The read plan of a query: which output features in which order, which zarr groups measured what is asked,
+how each group's local features map to output columns, and what happens to the cells that measured nothing.
+
+Every reader of a query (``to_anndata``, ``to_batches``, ``to_mudata`` and the training loader) executes the
+one :class:`ReconstructionPlan` that :func:`plan_reconstruction` builds, so they return the same columns and
+apply the same unmeasured-cell policy:
+
+- a cell is *unmeasured* in a layer when it has no data in the feature space (a null pointer), when its
+  dataset does not store that layer (neither its zarr group nor its dataset record lists it: a layer added
+  after a snapshot is not in that snapshot), or when its group has no dataset record (an attachment that
+  never committed); several layers are requested together (``layers(space, ["counts", "log_normalized"])``)
+  and the policy applies per layer;
+- ``"error"`` (default): :class:`~lancell.errors.UnmeasuredDataError` names the datasets, their cell counts
+  and the layer;
+- ``"drop"``: cells unmeasured in any requested layer are not returned;
+- ``"keep"``: they are returned, as empty rows in each layer they lack (presence False for every feature
+  in ``X``'s layer; ``uns["lancell"]["layer_datasets"]`` lists the datasets measuring each layer).
+
+Joins (``"intersection"``) are computed over the measured groups only. A dataset record whose zarr group is
+absent from the store is damage, never "unmeasured": :class:`~lancell.errors.GroupNotFoundError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lancell.errors import GroupNotFoundError, QueryError, UnmeasuredDataError
+from lancell.storage.groups import ATLAS_ID_ATTR
+from lancell.storage.stores import describe_store
+from lancell.tables.atlas_tables import read_columns
+from lancell.tables.registry import read_global_indices
+from lancell.tables.registry_view import registry_view
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
+
+__all__ = [
+    "Join",
+    "OnUnmeasured",
+    "PlannedCells",
+    "PlannedGroup",
+    "ReconstructionPlan",
+    "dataset_group_attrs",
+    "plan_reconstruction",
+    "registry_columns",
+    "resolve_features",
+]
+
+Join = Literal["union", "intersection"]
+OnUnmeasured = Literal["error", "drop", "keep"]
+ON_UNMEASURED = ("error", "drop", "keep")
+
+
+@dataclass
+class PlannedGroup:
+    """One measured zarr group: its dataset, its local -> output column map and its stored dtypes.
+
+    ``layer_dtypes`` holds the requested layers the group stores (all of them unless the policy is
+    ``"keep"``), ``layer_dtype`` the first's; ``zero_fill`` the layers whose stored zeros are padding of the
+    shared pattern (:mod:`lancell.ingest.layer_blocks`), left out by readers.
+    """
+
+    zarr_group: str
+    dataset_uid: str
+    global_index: np.ndarray
+    layer_dtypes: dict[str, np.dtype]
+    zero_fill: frozenset[str] = frozenset()
+    out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def layer_dtype(self) -> np.dtype:
+        """The stored dtype of the first requested layer the group stores."""
+        return next(iter(self.layer_dtypes.values()))
+
+
+@dataclass
+class ReconstructionPlan:
+    """Everything a query's reconstruction needs that does not depend on which cells a batch holds.
+
+    Computed once per query (registry and layouts read once), then applied to any batch of its cells.
+
+    Attributes
+    ----------
+    columns
+        int64: registry global index of each output column, in output order.
+    layers, layer
+        The requested layers, in output order (the first is ``X``), and the first.
+    dtypes, dtype
+        Value dtype of each reconstructed layer (int64 for integer layers, float32 when any group stores
+        floats in it), and the first layer's.
+    groups
+        ``zarr group -> PlannedGroup`` of the measured groups only.
+    var, presence
+        Registry rows of the output columns; features x datasets booleans (a column per measured dataset, and
+        under ``"keep"`` an all-False column per dataset with unmeasured cells only).
+    on_unmeasured
+        The unmeasured-cell policy this plan applies.
+    unmeasured
+        ``dataset uid -> number of unmeasured cells`` among the planned cells (dropped or kept as empty).
+    """
+
+    feature_space: str
+    kind: str
+    layers: list[str]
+    join: Join
+    columns: np.ndarray
+    dtypes: dict[str, np.dtype]
+    groups: dict[str, PlannedGroup]
+    var: pd.DataFrame
+    presence: pd.DataFrame
+    on_unmeasured: OnUnmeasured = "error"
+    unmeasured: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> str | None:
+        """The first requested layer (``X``), None when no selected dataset stores any layer."""
+        return self.layers[0] if self.layers else None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The first layer's output dtype."""
+        return self.dtypes[self.layers[0]] if self.layers else np.dtype(np.float32)
+
+    def groups_with(self, layer: str) -> dict[str, PlannedGroup]:
+        """The planned groups that store ``layer``."""
+        return {name: g for name, g in self.groups.items() if layer in g.layer_dtypes}
+
+    def measured(self, pointer: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """bool per cell of ``pointer`` (this plan's pointer column): the cell's group measured the layer."""
+        valid = pc.is_valid(pointer)
+        known = pc.is_in(
+            pc.struct_field(pointer, "zarr_group"), value_set=pa.array(list(self.groups), pa.string())
+        )
+        return pc.and_(valid, known.fill_null(False)).to_numpy(zero_copy_only=False)
+
+    def select(self, cells: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+        """``cells`` as this plan returns them: the unmeasured ones left out under ``"drop"``."""
+        if self.on_unmeasured != "drop":
+            return cells
+        return cells.filter(pa.array(self.measured(cells.column(self.feature_space))))
+
+    def uns(self) -> dict[str, Any]:
+        """What ``adata.uns["lancell"]`` records about this plan."""
+        return {
+            "feature_space": self.feature_space,
+            "layer": self.layer or "",
+            "layers": list(self.layers),
+            "layer_datasets": {
+                layer: sorted(g.dataset_uid for g in self.groups_with(layer).values())
+                for layer in self.layers
+            },
+            "join": self.join,
+            "on_unmeasured": self.on_unmeasured,
+            "unmeasured_datasets": sorted(self.unmeasured),
+        }
+
+
+@dataclass
+class PlannedCells:
+    """A query's cells as its readers return them (unmeasured-cell policy applied) and their plan."""
+
+    cells: pa.Table
+    plan: ReconstructionPlan
+
+
+def dataset_group_attrs(core: AtlasCore, zarr_group: str, dataset_uid: str) -> dict[str, Any]:
+    """The attributes of a dataset's zarr group: the one place a read path looks them up.
+
+    Raises
+    ------
+    GroupNotFoundError
+        The dataset record names a group that is absent from the store, or one whose attributes say another
+        atlas wrote it (a foreign group at that path is never read as this dataset's data).
+    """
+    attrs = core.group_attrs(zarr_group)
+    if attrs is None:
+        raise GroupNotFoundError(
+            f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
+            f"{describe_store(core.store)} (atlas.validate() lists every such problem)"
+        )
+    owner = attrs.get(ATLAS_ID_ATTR)
+    if owner is not None and core.atlas_id is not None and owner != core.atlas_id:
+        raise GroupNotFoundError(
+            f"dataset {dataset_uid!r}: zarr group {zarr_group!r} in the store {describe_store(core.store)} "
+            f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {core.atlas_id!r})"
+        )
+    return attrs
+
+
+def resolve_features(
+    core: AtlasCore, feature_space: str, names_or_uids: Sequence[str], *, case_sensitive: bool = True
+) -> np.ndarray:
+    """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
+
+    A symbol shared by several registry features yields all of them; repeats are kept once. With
+    ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
+    (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
+
+    Raises
+    ------
+    QueryError
+        Names that are neither a uid nor a symbol of the registry.
+    """
+    view = registry_view(core, feature_space)
+    folded: dict[str, list[int]] = {}
+    if not case_sensitive:
+        for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
+            folded.setdefault(name.casefold(), []).append(int(index))
+        for symbol, indices in view.by_symbol.items():
+            folded.setdefault(symbol.casefold(), []).extend(indices)
+    indices, unknown = [], []
+    for name in names_or_uids:
+        if not case_sensitive and name.casefold() in folded:
+            indices.extend(sorted(set(folded[name.casefold()])))
+        elif case_sensitive and name in view.by_uid.index:
+            indices.append(int(view.by_uid[name]))
+        elif case_sensitive and name in view.by_symbol:
+            indices.extend(view.by_symbol[name])
+        else:
+            unknown.append(name)
+    if unknown:
+        raise QueryError(f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}")
+    return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+
+
+def registry_columns(core: AtlasCore, feature_space: str) -> np.ndarray:
+    """Global index of every numbered feature of the registry, in order (assigned contiguously from 0)."""
+    return registry_view(core, feature_space).frame.index.to_numpy(dtype=np.int64)
+
+
+def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
+    """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
+    recorded: then every layer in the group's attributes is visible)."""
+    columns = ["uid", "zarr_group", "layout_uid"]
+    if "layers" in core.dataset_arrow.names:
+        columns.append("layers")
+    rows = core.pinned("dataset_groups", lambda: read_columns(core.tables.datasets, columns).to_pylist())
+    return {row["zarr_group"]: row for row in rows}
+
+
+def _describe_groups(
+    core: AtlasCore, names: list[str], layers: list[str] | None, on_unmeasured: str
+) -> tuple[dict[str, dict[str, np.dtype]], dict[str, PlannedGroup], list[str]]:
+    """``(requested layers each group among names stores, the planned groups, the requested layers)``;
+    ``layers`` None: the one layer the groups store (inferred when unambiguous)."""
+    by_group = _visible_layers(core)
+    layers_of, zero_fill = {}, {}
+    for name in names:
+        if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
+            continue
+        attrs = dataset_group_attrs(core, name, by_group[name]["uid"])
+        listed = by_group[name].get("layers") or list(attrs.get("layers", {}))
+        layers_of[name] = {
+            lay: np.dtype(attrs["layers"][lay]) for lay in listed if lay in attrs.get("layers", {})
+        }
+        zero_fill[name] = frozenset(attrs.get("zero_fill", ()))
+    if layers is None:
+        present = {lay for stored in layers_of.values() for lay in stored}
+        if len(present) > 1:
+            per_dataset = {by_group[n]["uid"]: sorted(stored) for n, stored in layers_of.items()}
+            raise QueryError(
+                f"the selected datasets store different layers {per_dataset}; choose with .layers()"
+            )
+        layers = [present.pop()] if present else []
+    need = any if on_unmeasured == "keep" else all
+    kept = [name for name, stored in layers_of.items() if layers and need(lay in stored for lay in layers)]
+    layouts = read_global_indices(core, [by_group[name]["layout_uid"] for name in kept])
+    groups = {}
+    for name in kept:
+        record = by_group[name]
+        dtypes = {lay: layers_of[name][lay] for lay in layers if lay in layers_of[name]}
+        groups[name] = PlannedGroup(
+            name, record["uid"], layouts[record["layout_uid"]], dtypes, zero_fill[name] & set(dtypes)
+        )
+    return layers_of, groups, layers
+
+
+def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
+    if not groups:
+        return np.zeros(0, dtype=np.int64)
+    if join == "union":
+        return np.unique(np.concatenate([g.global_index for g in groups]))
+    common = groups[0].global_index
+    for g in groups[1:]:
+        common = np.intersect1d(common, g.global_index)
+    return np.unique(common)
+
+
+def _unmeasured(
+    cells: pa.Table, feature_space: str, layer: str | None, stored_in: list[str]
+) -> dict[str, tuple[int, str]]:
+    """``dataset uid -> (unmeasured cells, why)`` among ``cells`` for ``layer``, stored by the groups
+    ``stored_in``."""
+    pointer = cells.column(feature_space)
+    valid = pc.is_valid(pointer).to_numpy(zero_copy_only=False)
+    names = pc.struct_field(pointer, "zarr_group")
+    in_plan = pc.is_in(names, value_set=pa.array(stored_in, pa.string())).fill_null(False)
+    measured = valid & in_plan.to_numpy(zero_copy_only=False)
+    if measured.all():
+        return {}
+    uids = cells.column("dataset_uid").to_numpy(zero_copy_only=False)
+    wanted = f"layer {layer!r}" if layer is not None else "any layer"
+    out = {}
+    for uid in sorted({str(u) for u in uids[~measured]}):
+        mine = (uids == uid) & ~measured
+        kinds = {
+            f"no {feature_space!r} data": int((mine & ~valid).sum()),
+            f"their group has no {wanted}": int((mine & valid).sum()),
+        }
+        kinds = {why: n for why, n in kinds.items() if n}
+        why = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {why}" for why, n in kinds.items())
+        out[uid] = (int(mine.sum()), why)
+    return out
+
+
+def _check_policy(
+    unmeasured: dict[str | None, dict[str, tuple[int, str]]], n_cells: int, space: str, policy: str
+) -> None:
+    """Raise under ``"error"`` when any layer (``unmeasured``: layer -> :func:`_unmeasured`) has any."""
+    if policy not in ON_UNMEASURED:
+        raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
+    if not any(unmeasured.values()) or policy != "error":
+        return
+    parts = []
+    for layer, missing in unmeasured.items():
+        if not missing:
+            continue
+        total = sum(n for n, _ in missing.values())
+        listed = "; ".join(f"dataset {uid!r}: {n} cells ({why})" for uid, (n, why) in missing.items())
+        wanted = f"layer {layer!r}" if layer is not None else "any layer"
+        parts.append(
+            f"{total} of the {n_cells} selected cells did not measure {wanted} of {space!r}: {listed}"
+        )
+    raise UnmeasuredDataError(
+        ". ".join(parts) + ". "
+        "Choose .on_unmeasured('drop') to leave them out, or .on_unmeasured('keep') to return them as "
+        "empty rows with presence False (or select the measured datasets with .where())"
+    )
+
+
+def plan_reconstruction(
+    core: AtlasCore,
+    cells: pa.Table,
+    feature_space: str,
+    layers: str | Sequence[str] | None,
+    join: Join = "union",
+    features: np.ndarray | None = None,
+    on_unmeasured: OnUnmeasured = "error",
+) -> ReconstructionPlan:
+    """Plan the output columns and dtypes for ``cells`` (their ``dataset_uid`` and pointer columns).
+
+    ``layers``: one layer name or several (the first is ``X``), None: the one layer the selected datasets
+    store.
+
+    ``features`` (global indices, in output order) restricts the columns; with ``join="intersection"`` only
+    those every measured group measured are kept. Unmeasured cells follow ``on_unmeasured`` (see the module
+    docstring).
+
+    Raises
+    ------
+    UnmeasuredDataError
+        Unmeasured cells under ``"error"``.
+    GroupNotFoundError
+        A selected dataset's zarr group is absent from the store.
+    QueryError
+        An unknown policy, or datasets storing different layers when ``layer`` is None.
+    """
+    space = core.feature_spaces[feature_space]
+    pointer = cells.column(feature_space)
+    names = pc.unique(pc.drop_null(pc.struct_field(pc.drop_null(pointer), "zarr_group")))
+    wanted = [layers] if isinstance(layers, str) else None if layers is None else list(layers)
+    layers_of, groups, wanted = _describe_groups(core, sorted(names.to_pylist()), wanted, on_unmeasured)
+    per_layer = {
+        layer: _unmeasured(
+            cells, feature_space, layer, [n for n, stored in layers_of.items() if layer in stored]
+        )
+        for layer in wanted or [None]
+    }
+    _check_policy(per_layer, cells.num_rows, feature_space, on_unmeasured)
+    unmeasured: dict[str, int] = {}
+    for missing in per_layer.values():
+        for uid, (n, _) in missing.items():
+            unmeasured[uid] = max(n, unmeasured.get(uid, 0))
+    if features is None:
+        columns = _join_columns(list(groups.values()), join)
+    elif join == "intersection":
+        columns = features[np.isin(features, _join_columns(list(groups.values()), join))]
+    else:  # explicitly requested features are output even where no selected dataset measured them
+        columns = np.asarray(features, dtype=np.int64)
+    width = max(
+        [int(columns.max(initial=-1)), *(int(g.global_index.max(initial=-1)) for g in groups.values())]
+    )
+    position = np.full(width + 1, -1, dtype=np.int64)
+    position[columns] = np.arange(columns.size)
+    for g in groups.values():
+        g.out_col = position[g.global_index]
+    dtypes = {}
+    for layer in wanted:
+        is_float = any(g.layer_dtypes[layer].kind == "f" for g in groups.values() if layer in g.layer_dtypes)
+        dtypes[layer] = np.dtype(np.float32) if is_float else np.dtype(np.int64)
+    var = _var(core, feature_space, columns)
+    first = wanted[0] if wanted else None
+    presence = {
+        g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
+    }
+    if on_unmeasured == "keep":
+        presence.update({uid: np.zeros(columns.size, bool) for uid in unmeasured if uid not in presence})
+    return ReconstructionPlan(
+        feature_space,
+        space.kind,
+        wanted,
+        join,
+        columns,
+        dtypes,
+        groups,
+        var,
+        pd.DataFrame(presence, index=var.index, dtype=bool),
+        on_unmeasured,
+        unmeasured,
+    )
+
+
+def _var(core: AtlasCore, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
+    """Registry rows of ``columns`` in output order."""
+    frame = registry_view(core, feature_space).frame.reindex(columns)
+    frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
+    frame["global_index"] = columns
+    return frame

@@ -1,0 +1,223 @@
+"""Where an atlas lives: creating its tables, zarr root and metadata file, and reading the metadata back.
+
+The metadata file (``_lancell/atlas.json`` next to the LanceDB tables) records the atlas's id (a uuid: the
+groups this atlas writes carry it, see :mod:`lancell.tables.group_claims`), the on-disk format, the cell table
+and registry table names, the zarr store's URL and non-secret settings, the full-text columns and the creation
+time. It is written last, under the "create" lock, so an atlas without it does not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import obstore
+import obstore.store as obs_store
+import pyarrow as pa
+import zarr
+from lancedb.db import DBConnection
+
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
+from lancell.storage.groups import FORMAT_VERSION
+from lancell.storage.stores import (
+    describe_store,
+    is_local,
+    lancedb_storage_options,
+    local_path,
+    location_in_store,
+    open_store,
+    public_store_config,
+    read_json,
+    write_json,
+    zarr_store,
+)
+from lancell.tables.atlas_tables import connect, create_tables, table_names
+from lancell.tables.feature_spaces import (
+    build_feature_spaces,
+    feature_spaces_table,
+)
+from lancell.tables.locks import atlas_lock
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
+from lancell.tables.table_schemas import (
+    DATASETS_TABLE,
+    FEATURE_SPACES_SCHEMA,
+    FEATURE_SPACES_TABLE,
+    LAYOUTS_SCHEMA,
+    LAYOUTS_TABLE,
+    VERSIONS_SCHEMA,
+    VERSIONS_TABLE,
+)
+
+__all__ = [
+    "META_PATH",
+    "StoreLike",
+    "create_storage",
+    "db_options",
+    "ensure_atlas_id",
+    "read_meta",
+    "recorded_store",
+    "resolve_store",
+]
+
+META_PATH = "_lancell/atlas.json"
+StoreLike = obs_store.ObjectStore | str
+
+
+def db_options(
+    db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
+) -> Mapping[str, str] | None:
+    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``."""
+    return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
+
+
+def resolve_store(
+    store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
+) -> obs_store.ObjectStore:
+    """``store`` itself, or the store at that URL (``default_url`` when None)."""
+    if store is None:
+        return open_store(default_url, store_kwargs)
+    if isinstance(store, str):
+        return open_store(store, store_kwargs)
+    return store
+
+
+def recorded_store(
+    store: StoreLike | None, url: str, store_kwargs: dict[str, Any] | None
+) -> obs_store.ObjectStore:
+    """``store`` when given, else the store the atlas recorded (``url``).
+
+    Raises
+    ------
+    StoreError
+        The recorded store is a local folder that does not exist (the atlas was moved or copied): it is not
+        created empty; the caller passes ``store``.
+    """
+    if store is None and is_local(url) and not local_path(url).exists():
+        raise StoreError(
+            f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
+            "pass store= the folder that holds its zarr groups"
+        )
+    return resolve_store(store, url, store_kwargs)
+
+
+def read_meta(
+    db_uri: str, store_kwargs: dict[str, Any] | None
+) -> tuple[dict[str, Any], obs_store.ObjectStore]:
+    """The atlas's metadata file and the store it lives in.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        Nothing at ``db_uri``. :class:`FormatVersionError` for another on-disk format.
+    """
+    if is_local(db_uri) and not local_path(db_uri).exists():
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
+    meta_store = open_store(db_uri, store_kwargs)
+    try:
+        meta = read_json(meta_store, META_PATH)
+    except obstore.exceptions.BaseError as exc:  # refused credentials, an unreachable endpoint...
+        raise StoreError(f"cannot read the atlas at {db_uri!r} ({META_PATH}): {exc}") from exc
+    if meta is None:
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
+    if meta.get("lancell_format") != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; "
+            f"this lancell reads {FORMAT_VERSION}"
+        )
+    return meta, meta_store
+
+
+def ensure_atlas_id(meta_store: obs_store.ObjectStore, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with an ``atlas_id``: one is added to the metadata file of an atlas created without it.
+
+    Taken under the "create" lock and read again there, so two processes opening such an atlas agree.
+    """
+    if meta.get("atlas_id"):
+        return meta
+    with atlas_lock(meta_store, "create"):
+        current = read_json(meta_store, META_PATH) or meta
+        if not current.get("atlas_id"):
+            current = {**current, "atlas_id": uuid.uuid4().hex}
+            write_json(meta_store, META_PATH, current)
+    return current
+
+
+def create_storage(
+    db_uri: str,
+    cell_table_name: str,
+    cell_schema: type[LancellBaseSchema],
+    *,
+    store: StoreLike | None,
+    registry_schemas: Mapping[str, type[FeatureBaseSchema]],
+    dataset_schema: type[DatasetRecord],
+    layers: Mapping[str, Sequence[str]] | None,
+    fts_columns: Sequence[str],
+    store_kwargs: dict[str, Any] | None,
+    storage_options: Mapping[str, str] | None,
+) -> tuple[
+    dict[str, Any], obs_store.ObjectStore, DBConnection, obs_store.ObjectStore, Mapping[str, str] | None
+]:
+    """Create the empty tables, zarr root and metadata file of a new atlas (see ``RaggedAtlas.create``).
+
+    Nothing is opened or written before the schemas are checked. Returns ``(meta, meta_store, db, store,
+    storage_options)``; ``store`` is ``<db_uri>/_zarr`` when None.
+
+    Raises
+    ------
+    SchemaError
+        Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
+        :class:`StoreError` if the store's root is ``db_uri`` itself (every group would lie in the database
+        directory).
+    """
+    pointers = pointer_fields(cell_schema)
+    for name, schema in registry_schemas.items():
+        if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
+            raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
+    if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
+        raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
+    spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
+    cell_arrow = cell_schema.to_arrow_schema()
+    for column in fts_columns:
+        if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
+            raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
+    meta_store = open_store(db_uri, store_kwargs)
+    store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+    if location_in_store(store, db_uri) == "":
+        raise StoreError(
+            f"the zarr store {describe_store(store)} is the database directory {db_uri!r} itself; give a "
+            "store beside or inside it (the default is <db_uri>/_zarr)"
+        )
+    storage_options = db_options(db_uri, store_kwargs, storage_options)
+    db = connect(db_uri, storage_options)
+    meta = {
+        "atlas_id": uuid.uuid4().hex,
+        "lancell_format": FORMAT_VERSION,
+        "cell_table_name": cell_table_name,
+        "store_url": describe_store(store),
+        "store_config": public_store_config(store),
+        "registries": {name: space.registry_table for name, space in spaces.items()},
+        "fts_columns": list(fts_columns),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
+        if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
+            raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
+        schemas = {
+            cell_table_name: cell_arrow,
+            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+            VERSIONS_TABLE: VERSIONS_SCHEMA,
+        }
+        for name, schema in registry_schemas.items():
+            schemas[spaces[name].registry_table] = schema.to_arrow_schema()
+        create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+        root = zarr.open_group(zarr_store(store), mode="a")
+        root.attrs.update({"lancell_format": FORMAT_VERSION})
+        try:
+            write_json(meta_store, META_PATH, meta, create=True)
+        except FileExistsError:
+            raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+    return meta, meta_store, db, store, storage_options

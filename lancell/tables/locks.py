@@ -1,0 +1,246 @@
+"""Cross-process locks held as renewed leases on one small object (``_lancell/locks/<name>.lock``).
+
+Local disk and remote object stores alike (the conditional writes are in :mod:`lancell.tables.lock_objects`):
+
+- **taking**: the lock object is created if absent. If present, it is taken over only when it is free (a
+  released lock's tombstone), stale (not renewed for the ``stale_after`` its holder recorded, judged on the
+  last renewal) or its holder ran on this host and its process is gone. Taking over is a conditional
+  overwrite of exactly the version that was read, so of many processes racing to break one dead holder's
+  lock exactly one wins; the others see a changed object and keep waiting;
+- **holding**: a daemon heartbeat thread renews the lease every ``stale_after / 4`` by a conditional
+  overwrite of its own last version. A failed condition means another process took the lock over: the lease
+  is lost and is not renewed again;
+- **fencing**: :meth:`Lease.check` raises :class:`~lancell.errors.LockLostError` when the lease was taken
+  over or could not be renewed in time; the work a lock guards calls it right before each commit point;
+- **releasing**: the heartbeat is stopped and joined, then the lock object is retired only if it is still
+  the version this holder wrote, so a late holder never releases its successor's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import obstore.store as obs_store
+
+from lancell.errors import LockLostError, LockTimeoutError
+from lancell.storage.stores import describe_store
+from lancell.tables.lock_objects import LockObjects, Seen, lock_objects
+
+__all__ = ["Lease", "atlas_lock"]
+
+log = logging.getLogger(__name__)
+
+_LOCK_PREFIX = "_lancell/locks"
+# A holder that could not renew for this fraction of stale_after counts its lease as lost; others may only
+# break it after the whole stale_after, which leaves room for clock skew between hosts.
+_LOST_AFTER = 0.75
+
+
+@contextmanager
+def atlas_lock(
+    store: obs_store.ObjectStore, name: str, *, timeout: float = 120.0, stale_after: float = 600.0
+) -> Iterator[Lease]:
+    """Hold the lock ``name`` of ``store`` for the duration of the ``with`` block.
+
+    Parameters
+    ----------
+    store
+        The store holding the lock object (the atlas' metadata store).
+    name
+        The lock's name; one object ``_lancell/locks/<name>.lock``.
+    timeout
+        Seconds to wait for the lock.
+    stale_after
+        Seconds this holder's lock may go without renewal before another process may take it over; it is
+        renewed every ``stale_after / 4`` and recorded in the lock object, which is how other processes
+        judge it.
+
+    Yields
+    ------
+    Lease
+        The held lease; call :meth:`Lease.check` right before committing the guarded work.
+
+    Raises
+    ------
+    LockTimeoutError
+        The lock could not be taken within ``timeout`` seconds.
+    """
+    path = f"{_LOCK_PREFIX}/{name}.lock"
+    lease = Lease(lock_objects(store), name, path, stale_after, where=f"{describe_store(store)}/{path}")
+    lease.take(timeout)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+class Lease:
+    """A held lock: renewed by a heartbeat thread while the ``with`` block of :func:`atlas_lock` runs."""
+
+    def __init__(self, objects: LockObjects, name: str, path: str, stale_after: float, where: str) -> None:
+        self.name = name
+        self.path = path
+        self.where = where
+        self.stale_after = float(stale_after)
+        self.token = uuid.uuid4().hex
+        self._objects = objects
+        self._taken_at = 0.0
+        self._seen: Seen | None = None
+        self._renewed = 0.0  # time.monotonic() of the last successful write
+        self._lost: str | None = None
+        self._mutex = threading.Lock()  # the heartbeat's renewals against release
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"lancell-lock-{name}", daemon=True)
+
+    def check(self) -> None:
+        """Confirm that this process still holds the lock (one read of the lock object).
+
+        Raises
+        ------
+        LockLostError
+            Another process took the lock over, or the heartbeat could not renew it in time (the store was
+            unreachable): whatever the lock guards must not be committed.
+        """
+        if self._lost is None and time.monotonic() - self._renewed > _LOST_AFTER * self.stale_after:
+            self._lost = f"not renewed for {time.monotonic() - self._renewed:.1f} s"
+        if self._lost is None:
+            try:
+                current = self._objects.read(self.path)
+            except Exception as exc:  # any store failure: holding cannot be confirmed
+                raise LockLostError(
+                    f"lock {self.name!r} at {self.where}: cannot confirm it is held: {exc}"
+                ) from exc
+            if current is None or _decode(current).get("token") != self.token:
+                self._lost = "taken over by another process"
+        if self._lost is not None:
+            raise LockLostError(f"lock {self.name!r} at {self.where} was lost ({self._lost})")
+
+    def _body(self, **fields: Any) -> bytes:
+        body = {
+            "token": self.token,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "taken_at": self._taken_at,
+            "renewed_at": time.time(),
+            "stale_after": self.stale_after,
+            "write": uuid.uuid4().hex,  # every version's bytes (and so its ETag) differ
+        }
+        return json.dumps(body | fields, sort_keys=True).encode()
+
+    def take(self, timeout: float) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds, and start the heartbeat that renews it."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            self._taken_at = time.time()
+            seen = self._objects.read(self.path)
+            if seen is None:
+                self._seen = self._objects.create(self.path, self._body())
+            elif _takeable(seen, self.name, self.stale_after):
+                self._seen = self._objects.replace(self.path, seen, self._body())
+            if self._seen is not None:
+                break
+            if time.monotonic() > deadline:
+                raise LockTimeoutError(
+                    f"could not take lock {self.name!r} within {timeout:g} s (held at {self.where})"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        self._renewed = time.monotonic()
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_after / 4):
+            try:
+                self._renew()
+            except Exception as exc:  # store unreachable: retry at the next beat; check() tells the holder
+                log.warning("lock %r at %s: renewal failed: %s", self.name, self.where, exc)
+            if self._lost is not None:
+                return
+
+    def _renew(self) -> None:
+        with self._mutex:
+            if self._lost is not None or self._stop.is_set() or self._seen is None:
+                return
+            renewed = self._objects.replace(self.path, self._seen, self._body())
+            if renewed is None:
+                renewed = self._recover()
+            if renewed is None:
+                self._lost = "taken over by another process"
+                log.warning("lock %r at %s was taken over by another process", self.name, self.where)
+                return
+            self._seen, self._renewed = renewed, time.monotonic()
+
+    def _recover(self) -> Seen | None:
+        """The current version when it is still ours (a write whose reply was lost did happen), else None."""
+        current = self._objects.read(self.path)
+        if current is None or _decode(current).get("token") != self.token:
+            return None
+        return current
+
+    def release(self) -> None:
+        """Stop renewing and give the lock up (unless another process already took it over)."""
+        self._stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join()
+        with self._mutex:
+            if self._seen is None:
+                return
+            tombstone = self._body(released=True)
+            try:
+                if not self._objects.retire(self.path, self._seen, tombstone):
+                    current = self._recover()
+                    if current is not None:
+                        self._objects.retire(self.path, current, tombstone)
+            except Exception as exc:  # the lock goes stale and is taken over after stale_after
+                log.warning("lock %r at %s could not be released: %s", self.name, self.where, exc)
+            self._seen = None
+
+
+def _decode(seen: Seen) -> dict[str, Any]:
+    try:
+        body = json.loads(seen.data)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _takeable(seen: Seen, name: str, stale_after: float) -> bool:
+    """Whether the lock version ``seen`` may be taken over: released, stale, or its holder died here.
+
+    A holder is judged on the ``stale_after`` it recorded, or on ``stale_after`` when it recorded none.
+    """
+    holder = _decode(seen)
+    if holder.get("released"):
+        return True
+    if _holder_died(holder):
+        log.warning("lock %r: breaking the lock of dead process %s on this host", name, holder.get("pid"))
+        return True
+    renewed = float(holder.get("renewed_at", holder.get("taken_at", 0.0)))
+    age = time.time() - renewed
+    if age > float(holder.get("stale_after", stale_after)):
+        log.warning("lock %r: breaking a lock not renewed for %.0f s (%s)", name, age, holder)
+        return True
+    return False
+
+
+def _holder_died(holder: dict[str, Any]) -> bool:
+    """Whether the holder ran on this host and its process no longer exists (killed, crashed)."""
+    if holder.get("host") != socket.gethostname() or "pid" not in holder:
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False

@@ -1,0 +1,294 @@
+"""Feature registries and deduplicated feature layouts.
+
+Each feature space has a registry table (one row per feature, ``uid`` stable, ``global_index`` assigned once
+as max + 1 under a cross-process lock). A dataset's ordered panel of features is a *layout*, stored once in
+``_feature_layouts`` under a content hash, however many datasets share it.
+
+Registering a uid again with the same attributes changes nothing; with different attributes (a mouse ``C3``
+given where a human ``C3`` is registered) it is a conflict, which :func:`register_prepared` reports, keeps or
+writes as the caller chose (``on_conflict``); a ``global_index`` never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.pydantic import LanceModel
+from lancedb.table import Table
+
+from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
+from lancell.tables.registry_view import atlas_identity
+from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
+
+__all__ = [
+    "OnConflict",
+    "layout_uid_for",
+    "prepare_features",
+    "read_global_indices",
+    "register_prepared",
+    "registry_index",
+]
+
+OnConflict = Literal["error", "keep", "update"]
+_SHOWN_CONFLICTS = 5
+
+
+def prepare_features(
+    feature_space: str, features: Sequence[LanceModel] | pd.DataFrame | pa.Table, schema: pa.Schema
+) -> tuple[pa.Table, list[str]]:
+    """Convert user-given features to an Arrow table of the registry schema, checking uids; return it and
+    the names of the attribute columns the caller gave (not ``uid``, not ``global_index``).
+
+    Raises
+    ------
+    FeatureRegistryError
+        Missing/empty/duplicate uids, columns the registry does not have, or values of the wrong type.
+    """
+    if isinstance(features, pa.Table):
+        frame = features.to_pandas()
+    elif isinstance(features, pd.DataFrame):
+        frame = features.reset_index(drop="uid" in features.columns) if features.index.name else features
+    else:
+        rows = []
+        for f in features:
+            if not isinstance(f, LanceModel):
+                raise FeatureRegistryError(
+                    f"{feature_space}: features must be schema objects or a DataFrame, got {type(f).__name__}"
+                )
+            rows.append(f.model_dump())
+        frame = pd.DataFrame(rows)
+    if "uid" not in frame.columns:
+        raise FeatureRegistryError(f"{feature_space}: features have no 'uid' column")
+    unknown = sorted(set(frame.columns) - set(schema.names))
+    if unknown:
+        raise FeatureRegistryError(
+            f"{feature_space}: columns {unknown} are not in the registry schema {schema.names}"
+        )
+    uids = frame["uid"]
+    if uids.isna().any() or (uids.astype(str).str.len() == 0).any():
+        raise FeatureRegistryError(f"{feature_space}: {int(uids.isna().sum())} features have an empty uid")
+    duplicated = uids[uids.duplicated()].unique().tolist()
+    if duplicated:
+        raise FeatureRegistryError(f"{feature_space}: duplicate feature uids {duplicated[:5]}")
+    columns = {}
+    for field in schema:
+        if field.name == "global_index":
+            columns[field.name] = pa.nulls(len(frame), pa.int64())
+        elif field.name in frame.columns:
+            try:
+                columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc}") from exc
+        elif field.nullable:
+            columns[field.name] = pa.nulls(len(frame), field.type)
+        else:
+            raise FeatureRegistryError(f"{feature_space}: required column {field.name!r} is missing")
+    given = [name for name in schema.names if name in frame.columns and name not in ("uid", "global_index")]
+    return pa.table(columns, schema=schema.remove_metadata()), given
+
+
+def register_prepared(
+    table: Table, feature_space: str, prepared: pa.Table, given: Sequence[str], on_conflict: OnConflict
+) -> int:
+    """Add the new features of ``prepared`` and deal with registered ones whose ``given`` columns differ.
+
+    The caller holds the registry lock. ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
+    values and warns, ``"update"`` writes the given values (``global_index`` stays). Returns the number of
+    features added.
+
+    Raises
+    ------
+    FeatureConflictError
+        ``on_conflict="error"`` and a registered uid has another value in a given column (nothing written).
+    FeatureRegistryError
+        ``on_conflict`` is not one of the three choices.
+    """
+    if on_conflict not in ("error", "keep", "update"):
+        raise FeatureRegistryError(
+            f"{feature_space}: on_conflict must be 'error', 'keep' or 'update', got {on_conflict!r}"
+        )
+    registered, conflicts = _conflicts(table, prepared, given)
+    if conflicts:
+        listed = "; ".join(
+            f"uid {uid!r} column {column!r}: registered {old!r}, given {new!r}"
+            for uid, column, old, new in conflicts[:_SHOWN_CONFLICTS]
+        )
+        more = f" ... ({len(conflicts)} conflicts in all)" if len(conflicts) > _SHOWN_CONFLICTS else ""
+        if on_conflict == "error":
+            raise FeatureConflictError(
+                f"{feature_space}: registered features differ from the given ones: {listed}{more}; pass "
+                "on_conflict='keep' to keep the registered values or on_conflict='update' to overwrite them"
+            )
+        if on_conflict == "keep":
+            warnings.warn(
+                f"{feature_space}: kept the registered values of features that differ from the given ones: "
+                f"{listed}{more}",
+                FeatureConflictWarning,
+                stacklevel=3,
+            )
+        else:
+            _update(table, registered, prepared, given, sorted({uid for uid, *_ in conflicts}))
+    return assign_new_features(table, prepared)
+
+
+def _conflicts(
+    table: Table, prepared: pa.Table, given: Sequence[str]
+) -> tuple[pa.Table, list[tuple[str, str, object, object]]]:
+    """The registered rows of ``prepared``'s uids, and ``(uid, column, registered, given)`` for every
+    given column whose value differs (null equals null only)."""
+    if not given:
+        return prepared.slice(0, 0), []
+    everything = table.to_arrow()
+    uids = prepared.column("uid")
+    registered = everything.filter(pc.is_in(everything.column("uid"), value_set=uids))
+    if registered.num_rows == 0:
+        return prepared.slice(0, 0), []
+    position = {uid: i for i, uid in enumerate(uids.to_pylist())}
+    rows = [position[uid] for uid in registered.column("uid").to_pylist()]
+    conflicts = []
+    for column in given:
+        old_values = registered.column(column).to_pylist()
+        new_values = prepared.column(column).take(rows).to_pylist()
+        registered_uids = registered.column("uid").to_pylist()
+        for uid, old, new in zip(registered_uids, old_values, new_values, strict=True):
+            if old != new and not (old != old and new != new):  # NaN equals NaN here
+                conflicts.append((uid, column, old, new))
+    conflicts.sort(key=lambda c: (str(c[0]), c[1]))
+    return registered, conflicts
+
+
+def _update(
+    table: Table, registered: pa.Table, prepared: pa.Table, given: Sequence[str], uids: list[str]
+) -> None:
+    """Overwrite the ``given`` columns of registered ``uids`` with the prepared values (other columns and
+    ``global_index`` kept)."""
+    wanted = pa.array(uids, pa.string())
+    old = registered.filter(pc.is_in(registered.column("uid"), value_set=wanted)).sort_by("uid")
+    new = prepared.filter(pc.is_in(prepared.column("uid"), value_set=wanted)).sort_by("uid")
+    for column in given:
+        position = old.schema.get_field_index(column)
+        old = old.set_column(position, old.schema.field(position), new.column(column))
+    table.merge_insert("uid").when_matched_update_all().execute(old)
+
+
+def registry_index(table: Table) -> pd.Series:
+    """``uid -> global_index`` of every registered feature."""
+    frame = table.to_arrow().select(["uid", "global_index"]).to_pandas()
+    return pd.Series(frame["global_index"].to_numpy(), index=pd.Index(frame["uid"], name="uid"))
+
+
+def assign_new_features(table: Table, prepared: pa.Table) -> int:
+    """Append the rows of ``prepared`` whose uid is new, numbering them max + 1 onwards.
+
+    The caller holds the registry lock. Returns the number of features added.
+    """
+    existing = registry_index(table)
+    uids = prepared.column("uid").to_pylist()
+    keep = np.array([u not in existing.index for u in uids], dtype=bool)
+    if not keep.any():
+        return 0
+    new = prepared.filter(pa.array(keep))
+    indices = existing.dropna()
+    start = int(indices.max()) + 1 if len(indices) else 0
+    position = new.schema.get_field_index("global_index")
+    numbered = new.set_column(
+        position, new.schema.field(position), pa.array(np.arange(start, start + new.num_rows), pa.int64())
+    )
+    table.add(numbered)
+    return new.num_rows
+
+
+def number_unindexed(table: Table) -> int:
+    """Give a global index to rows added without one (e.g. by hand); the caller holds the registry lock."""
+    frame = registry_index(table)
+    missing = frame[frame.isna()].index.tolist()
+    if not missing:
+        return 0
+    start = int(frame.dropna().max()) + 1 if frame.notna().any() else 0
+    for offset, uid in enumerate(missing):
+        table.update(where=f"uid = {sql_literal(uid)}", values={"global_index": start + offset})
+    return len(missing)
+
+
+def sql_literal(value: str) -> str:
+    """Quote a string for a Lance SQL filter."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def layout_uid_for(feature_uids: Sequence[str]) -> str:
+    """Content hash of an ordered feature panel: equal panels share one layout."""
+    digest = hashlib.sha256("\x1f".join(feature_uids).encode()).hexdigest()
+    return digest[:24]
+
+
+def ensure_layout(
+    table: Table, layout_uid: str, feature_uids: Sequence[str], global_index: np.ndarray
+) -> bool:
+    """Store the layout unless it exists; the caller holds the layouts lock. True if it was written."""
+    if table.count_rows(f"layout_uid = {sql_literal(layout_uid)}") > 0:
+        return False
+    table.add(
+        pa.table(
+            {
+                "layout_uid": pa.array([layout_uid] * len(feature_uids), pa.string()),
+                "feature_uid": pa.array(list(feature_uids), pa.string()),
+                "local_index": pa.array(np.arange(len(feature_uids)), pa.int64()),
+                "global_index": pa.array(np.asarray(global_index, dtype=np.int64)),
+            },
+            schema=LAYOUTS_SCHEMA,
+        )
+    )
+    return True
+
+
+_GLOBAL_INDEX_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_GLOBAL_INDEX_CACHE_SIZE = 256  # layouts; ~160 KB each for a 20k-gene panel
+
+
+def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The global index (read-only int64, by local index) of every feature of each layout, in one scan.
+
+    A stored layout never changes (its uid is a content hash and global indices are assigned once), so
+    results are kept in a per-process LRU cache keyed by the atlas's location and creation time (an atlas
+    re-created at the same location gets new entries). Only layouts not cached are read.
+    """
+    atlas_key = atlas_identity(core)
+    table = core.tables.layouts
+    wanted = list(dict.fromkeys(layout_uids))
+    missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]
+    if missing:
+        rows = (
+            table.search()
+            .where(f"layout_uid IN ({', '.join(sql_literal(uid) for uid in missing)})")
+            .select(["layout_uid", "local_index", "global_index"])
+            .to_arrow()
+            .sort_by([("layout_uid", "ascending"), ("local_index", "ascending")])
+        )
+        uids = rows.column("layout_uid").to_numpy(zero_copy_only=False)
+        index = rows.column("global_index").to_numpy().astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]]) if uids.size else np.zeros(0, int)
+        for start, stop in zip(starts, [*starts[1:], uids.size], strict=True):
+            layout = index[start:stop].copy()
+            layout.flags.writeable = False
+            _GLOBAL_INDEX_CACHE[(atlas_key, str(uids[start]))] = layout
+        while len(_GLOBAL_INDEX_CACHE) > _GLOBAL_INDEX_CACHE_SIZE:
+            _GLOBAL_INDEX_CACHE.popitem(last=False)
+    found = {}
+    for uid in wanted:
+        cached = _GLOBAL_INDEX_CACHE.get((atlas_key, uid))
+        if cached is None:
+            raise FeatureRegistryError(f"layout {uid!r} is not stored in {LAYOUTS_TABLE!r}")
+        _GLOBAL_INDEX_CACHE.move_to_end((atlas_key, uid))
+        found[uid] = cached
+    return found

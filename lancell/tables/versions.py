@@ -1,0 +1,103 @@
+"""Snapshots: numbered, tagged, append-only records of every table's Lance version.
+
+See docs/architecture.md, "Versioning".
+
+A snapshot tags each table's current version ``snapshot-<v>`` so that ``optimize()`` and version cleanup can
+never delete it, and appends one row to ``atlas_versions``. Numbers are taken under a cross-process lock, so
+two concurrent ``snapshot()`` calls get different numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from lancedb.db import DBConnection
+from lancedb.table import Table
+
+from lancell.errors import VersionNotFoundError
+from lancell.tables.table_schemas import VERSIONS_SCHEMA, VERSIONS_TABLE
+
+__all__ = ["read_version", "record_snapshot", "tag_name"]
+
+
+def tag_name(version: int) -> str:
+    """The Lance tag that protects a snapshot's table versions."""
+    return f"snapshot-{version}"
+
+
+def next_version(versions: Table) -> int:
+    """One more than the highest snapshot number (0 for the first)."""
+    if versions.count_rows() == 0:
+        return 0
+    return int(pa.compute.max(versions.to_arrow().column("version")).as_py()) + 1
+
+
+def tag_tables(handles: dict[str, Table], pinned: dict[str, int], version: int) -> None:
+    """Tag ``pinned[name]`` of every table, replacing a tag a crashed snapshot of this number left."""
+    name = tag_name(version)
+    for table_name, table_version in pinned.items():
+        tags = handles[table_name].tags
+        if name in tags.list():
+            tags.delete(name)
+        tags.create(name, table_version)
+
+
+def record_snapshot(
+    versions: Table,
+    version: int,
+    pinned: dict[str, int],
+    *,
+    total_cells: int,
+    n_datasets: int,
+    store_url: str,
+    store_config: dict[str, Any],
+    lancell_format: int,
+    note: str | None,
+) -> None:
+    """Append the snapshot row (the snapshot becomes visible to ``list_versions``/``checkout``)."""
+    row = {
+        "version": version,
+        "tables": json.dumps(pinned, sort_keys=True),
+        "total_cells": total_cells,
+        "n_datasets": n_datasets,
+        "store_url": store_url,
+        "store_config": json.dumps(store_config, sort_keys=True, default=str),
+        "lancell_format": lancell_format,
+        "created_at": datetime.now(UTC),
+        "note": note,
+    }
+    versions.add(pa.Table.from_pylist([row], schema=VERSIONS_SCHEMA))
+
+
+def list_snapshots(db: DBConnection) -> pd.DataFrame:
+    """The versions table as a frame sorted by version."""
+    table = db.open_table(VERSIONS_TABLE).to_arrow()
+    return table.to_pandas().sort_values("version").reset_index(drop=True)
+
+
+def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:
+    """The row of snapshot ``version`` (the latest when None), with ``tables`` decoded.
+
+    Raises
+    ------
+    VersionNotFoundError
+        No such snapshot (or no snapshot at all).
+    """
+    frame = list_snapshots(db)
+    if frame.empty:
+        raise VersionNotFoundError("the atlas has no snapshot yet; call atlas.snapshot() first")
+    if version is None:
+        row = frame.iloc[-1]
+    else:
+        match = frame[frame["version"] == int(version)]
+        if match.empty:
+            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {frame['version'].tolist()}")
+        row = match.iloc[0]
+    out = row.to_dict()
+    out["tables"] = {k: int(v) for k, v in json.loads(out["tables"]).items()}
+    out["store_config"] = json.loads(out["store_config"])
+    return out
