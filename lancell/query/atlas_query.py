@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
@@ -16,8 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import LancellError, QueryError
-from lancell.query.cell_table import SearchSpec, check_filter, keyword_filter, search_builder, search_spec
+from lancell.errors import QueryError
+from lancell.query.cell_selection import CellSelection
+from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.plan import (
     ON_UNMEASURED,
     Join,
@@ -30,11 +32,9 @@ from lancell.query.plan import (
 from lancell.query.reconstruct import reconstruct
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.schema import pointer_fields_from_arrow, vector_fields
-from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
     import polars as pl
-    from lancedb.query import LanceQueryBuilder
     from mudata import MuData
 
     from lancell.atlas import RaggedAtlas
@@ -48,21 +48,23 @@ class AtlasQuery:
 
     def __init__(self, atlas: RaggedAtlas) -> None:
         self._atlas = atlas
-        self._filters: tuple[str, ...] = ()
-        self._limit: int | None = None
-        self._columns: list[str] | None = None
+        self._cells = CellSelection(atlas.core)  # which rows: filters, search, limit, kept columns
         self._feature_space: str | None = None
         self._layers: list[str] | None = None  # None: the one layer the selected datasets store
         self._join: Join | None = None  # None: "union", not chosen
         self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
         self._on_unmeasured: OnUnmeasured = "error"
         self._case_sensitive = True  # how features() names are matched
-        self._search: SearchSpec | None = None
 
     @property
     def atlas(self) -> RaggedAtlas:
         """The atlas handle this query reads."""
         return self._atlas
+
+    @property
+    def selection(self) -> CellSelection:
+        """Which cell rows this query reads (filters, search, limit, kept columns)."""
+        return self._cells
 
     def _copy(self) -> AtlasQuery:
         return copy.copy(self)  # every attribute is immutable or replaced, never changed in place
@@ -88,7 +90,7 @@ class AtlasQuery:
             filters.append(keyword_filter(self._atlas.core.cell_arrow, conditions))
         for text in filters:
             check_filter(self._atlas.core.tables.cells, text)
-        self._filters = (*self._filters, *filters)
+        self._cells = replace(self._cells, filters=(*self._cells.filters, *filters))
         return self
 
     def search(
@@ -106,16 +108,17 @@ class AtlasQuery:
         and hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns
         every match unless limited. ``where()`` filters are applied before ranking.
         """
-        self._search = search_spec(
+        spec = search_spec(
             vector_fields(self._atlas.core.cell_arrow), query, vector_column_name, query_type, fts_columns
         )
+        self._cells = replace(self._cells, search=spec)
         return self
 
     def limit(self, n: int) -> AtlasQuery:
         """Return at most ``n`` cells."""
         if not isinstance(n, int) or n < 0:
             raise QueryError(f"limit must be a non-negative integer, got {n!r}")
-        self._limit = n
+        self._cells = replace(self._cells, limit=n)
         return self
 
     def select(self, columns: Sequence[str]) -> AtlasQuery:
@@ -125,7 +128,7 @@ class AtlasQuery:
             raise QueryError(
                 f"unknown cell columns {unknown}; the cell table has {self._atlas.core.cell_arrow.names}"
             )
-        self._columns = list(columns)
+        self._cells = replace(self._cells, columns=tuple(columns))
         return self
 
     def feature_spaces(self, feature_space: str) -> AtlasQuery:
@@ -206,66 +209,9 @@ class AtlasQuery:
         return self
 
     # ------------------------------------------------------------------------------ terminals
-    def _filter(self) -> str | None:
-        """The user's filters, ANDed, plus the one hiding uncommitted cell rows when there are any."""
-        filters = [*self._filters, visible_cells_filter(self._atlas.core)]
-        return " AND ".join(f"({f})" for f in filters if f is not None) or None
-
-    def _builder(self) -> LanceQueryBuilder:
-        cells = self._atlas.core.tables.cells
-        limit = self._limit
-        if self._search is None:
-            builder = cells.search()
-        else:
-            builder, limit = search_builder(cells, self._search, limit)
-        where = self._filter()
-        if where is not None:
-            builder = builder.where(where, prefilter=True) if self._search else builder.where(where)
-        if self._columns is not None:
-            builder = builder.select(self._selected_columns())
-        if limit is not None:
-            builder = builder.limit(limit)
-        return builder
-
-    def _selected_columns(self) -> list[str] | None:
-        """The cell columns :meth:`select` keeps (identity and pointers always), None for all."""
-        if self._columns is None:
-            return None
-        schema = self._atlas.core.cell_arrow
-        keep = {"uid", "dataset_uid", *pointer_fields_from_arrow(schema), *self._columns}
-        return [n for n in schema.names if n in keep]
-
-    def _scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
-        """The rows of the cell table matching ``where`` (:meth:`_filter`), read by pylance in one pass.
-
-        lancedb's query path costs ~5 ms per call and a round trip per 1,024-row batch; the Lance dataset
-        underneath (opened once per snapshot-pinned handle) answers the same filter directly.
-        """
-        cells = self._atlas.core.pinned("cells_dataset", self._atlas.core.tables.cells.to_lance)
-        return cells.to_table(columns=columns, filter=where, limit=self._limit)
-
-    def _rows(self, columns: list[str] | None = None) -> pa.Table:
-        """The matching rows (``columns``, else those of :meth:`select`): a search in rank order, or scan."""
-        columns = self._selected_columns() if columns is None else columns
-        if self._search is None:
-            return self._scan(columns, self._filter())
-        builder = self._builder()
-        return (builder if columns is None else builder.select(columns)).to_arrow()
-
-    def _read(self, columns: list[str] | None = None) -> pa.Table:
-        """:meth:`_rows` with Lance's errors named as a failed query and search columns renamed."""
-        try:
-            table = self._rows(columns)
-        except LancellError:
-            raise
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"query failed for filter {self._filter()!r}: {exc}") from exc
-        renames = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
-        return table.rename_columns([renames.get(n, n) for n in table.column_names])
-
     def to_arrow(self) -> pa.Table:
         """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
-        return self._read()
+        return self._cells.read()
 
     def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame."""
@@ -284,23 +230,9 @@ class AtlasQuery:
         column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and the ``layers`` each dataset
         stores (those its record lists, what readers of this handle see); any other column a ``cells`` series.
         """
-        where = self._filter()
         if group_by is None:
-            try:
-                n = self._atlas.core.tables.cells.count_rows(where)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
-            return min(n, self._limit) if self._limit is not None else n
-        if group_by not in self._atlas.core.cell_arrow.names:
-            raise QueryError(f"cannot group by unknown column {group_by!r}")
-        try:
-            column = self._scan([group_by], where).column(group_by)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
-        counts = pc.value_counts(column).flatten()
-        series = pd.Series(
-            counts[1].to_numpy(), index=pd.Index(counts[0].to_pylist(), name=group_by), name="cells"
-        ).sort_values(ascending=False)
+            return self._cells.count()
+        series = self._cells.count_by(group_by)
         if group_by != "dataset_uid":
             return series
         frame = self._atlas.list_datasets()
@@ -342,7 +274,7 @@ class AtlasQuery:
         space = self._space()
         if columns is not None:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
-        cells = self._read(columns)
+        cells = self._cells.read(columns)
         return self._planned(cells, space, self._layers, self._feature_indices(space))
 
     def _planned(
@@ -396,7 +328,7 @@ class AtlasQuery:
         plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
         pending: list[pa.RecordBatch] = []
         buffered = 0
-        for batch in self._builder().to_batches(batch_size):
+        for batch in self._cells.builder().to_batches(batch_size):
             batch = plan.select(batch)
             pending.append(batch)
             buffered += batch.num_rows

@@ -70,7 +70,7 @@ def test_bad_keyword_conditions_are_named(bundled, conditions, message):
     query = bundled.query()
     with pytest.raises(QueryError, match=message):
         query.where(**conditions)
-    assert query._filters == ()  # nothing was added
+    assert query.selection.filters == ()  # nothing was added
 
 
 @pytest.mark.parametrize(
