@@ -7,7 +7,7 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
      "var_uid_column": null, "symbol_column": "gene_symbol", "organism": "Homo sapiens",
      "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null,
      "obs_columns": {"celltype_fine": "cell_type"}, "layers": {"counts": "raw_counts"},
-     "standardize": false}
+     "standardize": false, "csc": false}
 
 ``uid``
     The dataset uid (default: the file stem).
@@ -34,6 +34,10 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
     the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
     its name); genes that resolve to one id are summed when every stored matrix is integer (counts), else the
     first is kept. The term id columns are stored where the cell schema declares them.
+``csc``
+    ``true`` or ``false``: write the feature-major (CSC) copy or not; by default lancell's rule
+    (:func:`lancell.ingest.from_anndata.add_from_anndata`'s ``csc``: sparse datasets of at least
+    ``lancell.storage.csc.CSC_MIN_VALUES`` values). ``lancell.ingest.add_csc.add_csc`` adds it later.
 
 :func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
 ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
@@ -83,6 +87,7 @@ class LandingSpec:
     obs_columns: Mapping[str, str] = field(default_factory=dict)
     layers: Mapping[str, str] = field(default_factory=dict)  # stored name -> "X" or an adata.layers key
     standardize: bool = False
+    csc: bool | None = None  # the CSC copy: None = add_from_anndata's default
 
 
 _SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path"})
@@ -104,6 +109,8 @@ def _sidecar_options(sidecar: Path) -> dict[str, Any]:
         raise IngestError(f"{sidecar}: obs_columns must map file columns to cell schema columns")
     if not isinstance(options.get("standardize", False), bool):
         raise IngestError(f"{sidecar}: standardize must be true or false")
+    if not isinstance(options.get("csc", False), bool):
+        raise IngestError(f"{sidecar}: csc must be true or false, got {options['csc']!r}")
     if "layers" in options:
         layers = options["layers"]
         valid = isinstance(layers, dict) and all(isinstance(v, str) and v for v in layers.values())
@@ -246,6 +253,7 @@ def ingest_landing_file(
             layers=dict(spec.layers) or None,
             dataset_record=record,
             var_uid_column=uid_column,
+            csc=spec.csc,
             on_duplicate="skip",
         )
     except BaseException:

@@ -8,6 +8,7 @@ content under another dataset uid is refused, skipped or allowed; a read error w
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -322,6 +323,20 @@ def test_landing_the_same_file_twice_is_skipped(atlas, tmp_path):
     assert ingest_landing_file(atlas, read_landing_spec(landing / "first.h5ad"))[1] == "present"
     assert atlas.list_datasets()["uid"].tolist() == ["first"]
     assert _cells(atlas) == 200
+
+
+def test_the_sidecar_chooses_whether_the_csc_copy_is_written(atlas, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for seed, csc in [(0, True), (1, False)]:  # 3,600 values: below the default's threshold, so no CSC
+        _adata(seed=seed).write_h5ad(landing / f"{csc}.h5ad")
+        (landing / f"{csc}.json").write_text(json.dumps({"csc": csc}))
+        record, outcome = ingest_landing_file(atlas, read_landing_spec(landing / f"{csc}.h5ad"))
+        assert outcome == "ingested"
+        assert (tmp_path / "arrays" / record.zarr_group / "csc").exists() == csc
+    (landing / "bad.json").write_text(json.dumps({"csc": "no"}))
+    with pytest.raises(IngestError, match=r"bad\.json: csc must be true or false, got 'no'"):
+        read_landing_spec(landing / "bad.h5ad")
 
 
 # ------------------------------------------------------------------------------------ streaming read errors
