@@ -52,14 +52,13 @@ def _open(spec: dict[str, Any], *, snapshot: bool) -> Any:
     return RaggedAtlas.open(spec["db"], store=spec["store"], store_kwargs=kwargs)
 
 
-def stage_ingest(spec: dict[str, Any]) -> dict[str, Any]:
+def create_atlas(spec: dict[str, Any]) -> Any:
+    """A new atlas at ``spec["db"]`` and ``spec["store"]`` (the bundled cell schema) with the ``spec["genes"]``
+    genes ``G00000``... registered: the state every build of the scale atlas starts from."""
     import pandas as pd
-    from tqdm import tqdm
 
     from lancell.atlas import RaggedAtlas
     from lancell.bundled import CellSchema, GeneFeature
-    from lancell.ingest.from_anndata import add_from_anndata
-    from lancell.tables.schema import DatasetRecord
 
     genes = [f"G{i:05d}" for i in range(spec["genes"])]
     atlas = RaggedAtlas.create(
@@ -71,6 +70,16 @@ def stage_ingest(spec: dict[str, Any]) -> dict[str, Any]:
         store_kwargs=spec.get("store_kwargs"),
     )
     atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    return atlas
+
+
+def stage_ingest(spec: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import DatasetRecord
+
+    atlas = create_atlas(spec)
     cells = nnz = 0
     started = time.perf_counter()
     for path in tqdm(spec["files"], desc=f"ingest ({spec['label']})", unit="ds"):
