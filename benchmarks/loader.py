@@ -452,7 +452,7 @@ def decode_ceiling(dataset: Any, batch_size: int, n_batches: int = 8) -> float:
     cells = rng.permutation(len(dataset))[: batch_size * n_batches]
     group, start, nnz = dataset.cell_groups[cells], dataset.cell_positions[cells], dataset.cell_nnz[cells]
     codes = np.unique(group[nnz > 0])
-    arrays = dataset._first_layer_arrays(codes)  # (csr/indices, values) per group
+    arrays = dataset.first_layer_arrays(codes)  # (csr/indices, values) per group
     buffers = []
     for code in codes.tolist():
         mine = (group == code) & (nnz > 0)

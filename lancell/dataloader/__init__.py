@@ -25,6 +25,7 @@ from lancell.dataloader.loader import make_loader
 from lancell.dataloader.sampler import CellSampler, batch_entropy
 from lancell.dataloader.source import DatasetSource
 from lancell.dataloader.threaded import ThreadedLoader
+from lancell.dataloader.transport import SharedMemoryCollate
 
 __all__ = [
     "CellBatch",
@@ -32,6 +33,7 @@ __all__ = [
     "CellSampler",
     "DatasetSource",
     "DenseCollate",
+    "SharedMemoryCollate",
     "SparseCollate",
     "SparseRows",
     "ThreadedLoader",

@@ -337,8 +337,10 @@ class CellDataset:
             self._arrays[code] = (group["csr/indices"], values) if self.kind == "sparse" else values
         return self._arrays
 
-    def _first_layer_arrays(self, codes: np.ndarray) -> dict[int, tuple[Any, Any]]:
-        """``code -> (csr/indices, the values of the only layer)`` (what :class:`MappedGroups` reads)."""
+    def first_layer_arrays(self, codes: np.ndarray) -> dict[int, tuple[Any, Any]]:
+        """``code -> (csr/indices, csr/layers/<first layer>)``, the zarr arrays of the measured sparse groups
+        ``codes`` opened in this process (what :class:`MappedGroups` reads; benchmarks decode them alone).
+        Raises ``GroupNotFoundError`` for a group removed from the store after the dataset was built."""
         arrays = self._group_arrays(codes)
         return {int(c): (arrays[int(c)][0], arrays[int(c)][1][0]) for c in codes}
 
@@ -392,7 +394,7 @@ class CellDataset:
         with _MAPPED_LOCK:
             local = isinstance(self._store, obs_store.LocalStore)
             if self._mapped is None and len(self.layers) == 1 and self.dtype == np.uint32 and local:
-                self._mapped = MappedGroups(self.groups, self._first_layer_arrays)
+                self._mapped = MappedGroups(self.groups, self.first_layer_arrays)
             return self._mapped
 
     def __getitem__(self, index: int) -> CellBatch:

@@ -10,6 +10,8 @@
   workers start fast; ``make_loader`` starts it, so that its imports overlap what the training process does
   before its first batch. As with any forkserver/spawn program, the main module must guard its entry point
   with ``if __name__ == "__main__":``.
+- Batches come back from workers through each worker's reusable shared-memory slots
+  (:class:`~lancell.dataloader.transport.SharedMemoryCollate`), not one new shared-memory file per tensor.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lancell.dataloader.collate import DenseCollate, SparseCollate
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
+from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
 
 __all__ = ["make_loader"]
 
@@ -93,6 +96,8 @@ def make_loader(
         return ThreadedLoader(dataset, sampler, collate_fn, threads)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
+        if shared_memory_available():
+            collate_fn = SharedMemoryCollate(collate_fn)
         context = multiprocessing.get_context(multiprocessing_context)
         if multiprocessing_context == "forkserver":
             # the server imports the main module, torch and lancell once and workers fork from it, instead of
