@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import obstore.store as obs_store
 import pandas as pd
 import pyarrow as pa
-from lancedb.pydantic import LanceModel
 
 from lancell.core import AtlasCore
 from lancell.optimize import assign_global_indices, optimize_tables
@@ -22,23 +21,23 @@ from lancell.tables.atlas_meta import (
     read_meta,
     recorded_store,
 )
-from lancell.tables.atlas_tables import AtlasTables, connect
+from lancell.tables.atlas_tables import AtlasTables, Database, connect
 from lancell.tables.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
-from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
-from lancell.tables.versions import (
-    list_snapshots,
-    read_version,
-)
+from lancell.tables.versions import list_snapshots, read_snapshot
 from lancell.validation import find_problems
 
-# lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata
+# lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
+# schemas (lancedb's LanceModel) are only annotations here: a checked-out atlas never imports lancedb
 if TYPE_CHECKING:
+    from lancedb.pydantic import LanceModel
+
     from lancell.query.atlas_query import AtlasQuery
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 
 __all__ = ["RaggedAtlas"]
 
@@ -65,7 +64,7 @@ class RaggedAtlas:
 
     @property
     def dataset_schema(self) -> type[DatasetRecord]:
-        """The :class:`DatasetRecord` subclass of dataset rows."""
+        """The :class:`~lancell.tables.schema.DatasetRecord` subclass of dataset rows."""
         return self.core.dataset_schema
 
     @property
@@ -93,7 +92,7 @@ class RaggedAtlas:
         *,
         store: StoreLike | None = None,
         registry_schemas: Mapping[str, type[FeatureBaseSchema]],
-        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        dataset_schema: type[DatasetRecord] | None = None,
         layers: Mapping[str, Sequence[str]] | None = None,
         fts_columns: Sequence[str] = (),
         store_kwargs: dict[str, Any] | None = None,
@@ -114,7 +113,7 @@ class RaggedAtlas:
         registry_schemas
             One :class:`FeatureBaseSchema` subclass per feature space.
         dataset_schema
-            The :class:`DatasetRecord` subclass of dataset rows.
+            The :class:`DatasetRecord` subclass of dataset rows (``DatasetRecord`` when None).
         layers
             Allowed layer names per feature space (defaults in
             ``lancell.tables.feature_spaces.DEFAULT_LAYERS``).
@@ -131,7 +130,7 @@ class RaggedAtlas:
         SchemaError
             Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
         """
-        meta, meta_store, db, store, storage_options = create_storage(
+        meta, meta_store, database, store, storage_options = create_storage(
             db_uri,
             cell_table_name,
             cell_schema,
@@ -143,7 +142,7 @@ class RaggedAtlas:
             store_kwargs=store_kwargs,
             storage_options=storage_options,
         )
-        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
+        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
 
     @classmethod
     def open(
@@ -152,16 +151,15 @@ class RaggedAtlas:
         *,
         store: StoreLike | None = None,
         store_kwargs: dict[str, Any] | None = None,
-        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        dataset_schema: type[DatasetRecord] | None = None,
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
         meta, meta_store = read_meta(db_uri, store_kwargs)
         meta = ensure_atlas_id(meta_store, meta)
         store = recorded_store(store, meta["store_url"], store_kwargs)
-        storage_options = db_options(db_uri, store_kwargs, storage_options)
-        db = connect(db_uri, storage_options)
-        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, None, storage_options)
+        database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
+        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
 
     @classmethod
     def checkout(
@@ -171,16 +169,16 @@ class RaggedAtlas:
         *,
         store: StoreLike | None = None,
         store_kwargs: dict[str, Any] | None = None,
-        dataset_schema: type[DatasetRecord] = DatasetRecord,
+        dataset_schema: type[DatasetRecord] | None = None,
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
-        """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded."""
+        """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded, read
+        through pylance (lancedb is imported only by a search)."""
         meta, meta_store = read_meta(db_uri, store_kwargs)
-        storage_options = db_options(db_uri, store_kwargs, storage_options)
-        db = connect(db_uri, storage_options)
-        row = read_version(db, version)
+        database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
+        row = read_snapshot(database, version)
         store = recorded_store(store, row["store_url"], store_kwargs)
-        return cls._from_meta(db_uri, meta, meta_store, db, store, dataset_schema, row, storage_options)
+        return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
 
     @classmethod
     def checkout_latest(
@@ -192,8 +190,9 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
         read_meta(db_uri, store_kwargs)  # a missing atlas is an error before anything is opened or created
-        db = connect(db_uri, db_options(db_uri, store_kwargs, kwargs.get("storage_options")))
-        row = read_version(db, None)
+        row = read_snapshot(
+            Database(db_uri, db_options(db_uri, store_kwargs, kwargs.get("storage_options"))), None
+        )
         return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
 
     @staticmethod
@@ -236,19 +235,17 @@ class RaggedAtlas:
     @classmethod
     def _from_meta(
         cls,
-        db_uri: str,
         meta: dict[str, Any],
         meta_store: obs_store.ObjectStore,
-        db: Any,
+        database: Database,
         store: obs_store.ObjectStore,
-        dataset_schema: type[DatasetRecord],
+        dataset_schema: type[DatasetRecord] | None,
         snapshot: dict[str, Any] | None,
-        storage_options: Mapping[str, str] | None,
     ) -> RaggedAtlas:
         pinned = None if snapshot is None else snapshot["tables"]
-        tables = AtlasTables.open(db, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
+        tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
         core = AtlasCore(
-            db_uri=db_uri,
+            db_uri=database.uri,
             meta=meta,
             tables=tables,
             store=store,
@@ -256,7 +253,7 @@ class RaggedAtlas:
             dataset_schema=dataset_schema,
             read_only=snapshot is not None,
             snapshot_version=None if snapshot is None else int(snapshot["version"]),
-            storage_options=storage_options,
+            storage_options=database.storage_options,
         )
         return cls(core)
 

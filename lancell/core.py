@@ -51,7 +51,8 @@ class AtlasCore:
     meta_store
         The store of the database's side files (``atlas.json``, locks, group claims).
     dataset_schema
-        The :class:`~lancell.tables.schema.DatasetRecord` subclass of dataset rows.
+        The :class:`~lancell.tables.schema.DatasetRecord` subclass of dataset rows; None for
+        ``DatasetRecord`` itself (imported on first use: its module imports lancedb).
     read_only
         Whether writing is refused (a checked-out snapshot, or a pinned view of the live atlas).
     snapshot_version
@@ -68,7 +69,7 @@ class AtlasCore:
         tables: AtlasTables,
         store: obs_store.ObjectStore,
         meta_store: obs_store.ObjectStore,
-        dataset_schema: type[DatasetRecord],
+        dataset_schema: type[DatasetRecord] | None,
         read_only: bool,
         snapshot_version: int | None,
         storage_options: Mapping[str, str] | None,
@@ -78,7 +79,7 @@ class AtlasCore:
         self.tables = tables
         self.store = store
         self.meta_store = meta_store
-        self.dataset_schema = dataset_schema
+        self._dataset_schema = dataset_schema
         self.read_only = read_only
         self.snapshot_version = snapshot_version
         self.storage_options = dict(storage_options or {})
@@ -92,6 +93,15 @@ class AtlasCore:
         )
         self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
         self._pinned_values: dict[str, Any] = {}
+
+    @property
+    def dataset_schema(self) -> type[DatasetRecord]:
+        """The :class:`~lancell.tables.schema.DatasetRecord` subclass of dataset rows."""
+        if self._dataset_schema is None:
+            from lancell.tables.schema import DatasetRecord
+
+            self._dataset_schema = DatasetRecord
+        return self._dataset_schema
 
     # ------------------------------------------------------------------------------------ writing
     def require_writable(self) -> None:
@@ -135,7 +145,7 @@ class AtlasCore:
     def pinned_view(self, pinned: dict[str, int]) -> AtlasCore:
         """A read-only core over the same storage with every table pinned to ``pinned`` (table -> version)."""
         tables = AtlasTables.open(
-            self.tables.db, self.tables.cell_table_name, self.tables.registry_names, pinned
+            self.tables.database, self.tables.cell_table_name, self.tables.registry_names, pinned
         )
         return AtlasCore(
             db_uri=self.db_uri,
@@ -143,7 +153,7 @@ class AtlasCore:
             tables=tables,
             store=self.store,
             meta_store=self.meta_store,
-            dataset_schema=self.dataset_schema,
+            dataset_schema=self._dataset_schema,
             read_only=True,
             snapshot_version=None,
             storage_options=self.storage_options,

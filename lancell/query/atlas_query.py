@@ -31,7 +31,7 @@ from lancell.query.plan import (
 )
 from lancell.query.reconstruct import reconstruct
 from lancell.tables.feature_spaces import resolve_feature_space
-from lancell.tables.schema import pointer_fields_from_arrow, vector_fields
+from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:
     import polars as pl

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
-from lancell.tables.schema import pointer_fields_from_arrow
+from lancell.tables.stored_fields import pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:

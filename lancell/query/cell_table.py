@@ -21,10 +21,13 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.errors import QueryError
+from lancell.tables.pinned_table import lance_sql
 
 if TYPE_CHECKING:
     from lancedb.query import LanceQueryBuilder
     from lancedb.table import Table
+
+    from lancell.tables.pinned_table import PinnedTable
 
 __all__ = ["SearchSpec", "check_filter", "keyword_filter", "search_builder", "search_spec"]
 
@@ -141,8 +144,9 @@ def sql_suggestion(sql: str, columns: Sequence[str]) -> str | None:
     return None if rewritten == sql else rewritten
 
 
-def check_filter(cells: Table, sql: str) -> None:
-    """Check that ``sql`` is one whole SQL expression over the columns of ``cells``, reading no rows.
+def check_filter(cells: Table | PinnedTable, sql: str) -> None:
+    """Check that ``sql`` is one whole SQL expression over the columns of ``cells``, reading no rows; planned
+    by pylance in lancedb's dialect (:func:`~lancell.tables.pinned_table.lance_sql`).
 
     Raises
     ------
@@ -157,7 +161,7 @@ def check_filter(cells: Table, sql: str) -> None:
     if problem is not None:
         raise QueryError(f"where({sql!r}) is not one SQL expression: {problem}")
     try:  # plans without reading rows; inside parentheses, trailing tokens are an error, not ignored
-        cells.search().where(f"({sql})").explain_plan()
+        cells.to_lance().scanner(filter=f"({lance_sql(sql)})", columns=[]).explain_plan()
     except (ValueError, RuntimeError, OSError) as exc:
         suggestion = sql_suggestion(sql, cells.schema.names)
         hint = (

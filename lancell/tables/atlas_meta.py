@@ -11,13 +11,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import obstore
 import obstore.store as obs_store
 import pyarrow as pa
 import zarr
-from lancedb.db import DBConnection
 
 from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
 from lancell.storage.groups import FORMAT_VERSION
@@ -33,13 +32,12 @@ from lancell.storage.stores import (
     write_json,
     zarr_store,
 )
-from lancell.tables.atlas_tables import connect, create_tables, table_names
+from lancell.tables.atlas_tables import Database, create_tables, table_names
 from lancell.tables.feature_spaces import (
     build_feature_spaces,
     feature_spaces_table,
 )
 from lancell.tables.locks import atlas_lock
-from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, pointer_fields
 from lancell.tables.table_schemas import (
     DATASETS_TABLE,
     FEATURE_SPACES_SCHEMA,
@@ -49,6 +47,9 @@ from lancell.tables.table_schemas import (
     VERSIONS_SCHEMA,
     VERSIONS_TABLE,
 )
+
+if TYPE_CHECKING:  # lancell.tables.schema (lancedb's LanceModel) is imported by create_storage only
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 
 __all__ = [
     "META_PATH",
@@ -151,18 +152,17 @@ def create_storage(
     *,
     store: StoreLike | None,
     registry_schemas: Mapping[str, type[FeatureBaseSchema]],
-    dataset_schema: type[DatasetRecord],
+    dataset_schema: type[DatasetRecord] | None,
     layers: Mapping[str, Sequence[str]] | None,
     fts_columns: Sequence[str],
     store_kwargs: dict[str, Any] | None,
     storage_options: Mapping[str, str] | None,
-) -> tuple[
-    dict[str, Any], obs_store.ObjectStore, DBConnection, obs_store.ObjectStore, Mapping[str, str] | None
-]:
+) -> tuple[dict[str, Any], obs_store.ObjectStore, Database, obs_store.ObjectStore, Mapping[str, str] | None]:
     """Create the empty tables, zarr root and metadata file of a new atlas (see ``RaggedAtlas.create``).
 
-    Nothing is opened or written before the schemas are checked. Returns ``(meta, meta_store, db, store,
-    storage_options)``; ``store`` is ``<db_uri>/_zarr`` when None.
+    Nothing is opened or written before the schemas are checked. Returns ``(meta, meta_store, database,
+    store, storage_options)``; ``store`` is ``<db_uri>/_zarr`` and ``dataset_schema`` ``DatasetRecord`` when
+    None.
 
     Raises
     ------
@@ -171,6 +171,9 @@ def create_storage(
         :class:`StoreError` if the store's root is ``db_uri`` itself (every group would lie in the database
         directory).
     """
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
+
+    dataset_schema = DatasetRecord if dataset_schema is None else dataset_schema
     pointers = pointer_fields(cell_schema)
     for name, schema in registry_schemas.items():
         if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
@@ -190,7 +193,8 @@ def create_storage(
             "store beside or inside it (the default is <db_uri>/_zarr)"
         )
     storage_options = db_options(db_uri, store_kwargs, storage_options)
-    db = connect(db_uri, storage_options)
+    database = Database(db_uri, storage_options)
+    db = database.connect()
     meta = {
         "atlas_id": uuid.uuid4().hex,
         "lancell_format": FORMAT_VERSION,
@@ -220,4 +224,4 @@ def create_storage(
             write_json(meta_store, META_PATH, meta, create=True)
         except FileExistsError:
             raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
-    return meta, meta_store, db, store, storage_options
+    return meta, meta_store, database, store, storage_options

@@ -1,21 +1,29 @@
-"""The LanceDB tables of one atlas, opened live (latest, read-consistent) or pinned to a snapshot."""
+"""The LanceDB tables of one atlas, opened live (latest, read-consistent) or pinned to a snapshot.
+
+A live atlas reads and writes through a lancedb connection. A snapshot's tables are read through pylance at
+their pinned versions (:class:`lancell.tables.pinned_table.PinnedTable`), so a read-only process never imports
+lancedb (see docs/architecture.md, "Versioning").
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lancedb
 import pyarrow as pa
-from lancedb.db import DBConnection
-from lancedb.table import Table
 
 from lancell.errors import AtlasNotFoundError, StoreError
+from lancell.tables.pinned_table import PinnedTable
 from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
 
-__all__ = ["AtlasTables", "connect", "read_columns"]
+if TYPE_CHECKING:
+    import lance
+    from lancedb.db import DBConnection
+    from lancedb.table import Table
+
+__all__ = ["AtlasTables", "Database", "connect", "read_columns"]
 
 
 def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DBConnection:
@@ -26,6 +34,8 @@ def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DB
     StoreError
         The database cannot be reached (a wrong endpoint, credentials or ``allow_http``, a missing bucket).
     """
+    import lancedb  # ~1-2 s of imports (its REST namespace client): only writers and searches pay them
+
     try:
         return lancedb.connect(
             db_uri,
@@ -36,7 +46,7 @@ def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DB
         raise StoreError(f"cannot connect to the LanceDB database at {db_uri!r}: {exc}") from exc
 
 
-def read_columns(table: Table, columns: list[str]) -> pa.Table:
+def read_columns(table: Table | PinnedTable, columns: list[str]) -> pa.Table:
     """``columns`` of every row of ``table`` at the version the handle reads, in one pylance pass.
 
     lancedb's query path costs 2-5 ms per call even for a few rows; the Lance dataset underneath does not.
@@ -57,36 +67,104 @@ def table_names(db: DBConnection) -> set[str]:
 
 
 @dataclass
-class AtlasTables:
-    """Handles on every table of an atlas; ``pinned`` maps table name -> snapshot tag when checked out."""
+class Database:
+    """An atlas's LanceDB location: tables are read through pylance, lancedb is connected on first need.
 
-    db: DBConnection
+    Parameters
+    ----------
+    uri
+        The LanceDB location (a directory or an object-store URL).
+    storage_options
+        The LanceDB (and pylance) storage options.
+    connection
+        An open lancedb connection; made by :meth:`connect` on first use when None.
+    """
+
+    uri: str
+    storage_options: Mapping[str, str] | None = None
+    connection: DBConnection | None = None
+
+    def connect(self) -> DBConnection:
+        """The lancedb connection (:func:`connect`), made once."""
+        if self.connection is None:
+            self.connection = connect(self.uri, self.storage_options)
+        return self.connection
+
+    def dataset(self, name: str, version: int | None = None) -> lance.LanceDataset:
+        """Table ``name`` at ``version`` (the latest when None), opened through pylance.
+
+        Raises
+        ------
+        AtlasNotFoundError
+            The table, or that version of it (removed by a cleanup), is not in the database.
+        StoreError
+            The database cannot be read.
+        """
+        import lance
+
+        at = "" if version is None else f" at version {version}"
+        try:
+            return lance.dataset(
+                f"{self.uri.rstrip('/')}/{name}.lance",  # where lancedb keeps table ``name``
+                version=version,
+                storage_options=dict(self.storage_options or {}) or None,
+            )
+        except ValueError as exc:  # pylance's "Dataset at path ... was not found"
+            raise AtlasNotFoundError(
+                f"table {name!r}{at} is not in the atlas database {self.uri!r}: {exc}"
+            ) from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read table {name!r}{at} of the atlas database {self.uri!r}: {exc}"
+            ) from exc
+
+
+@dataclass
+class AtlasTables:
+    """Handles on every table of an atlas; ``pinned`` maps table name -> snapshot's Lance version when checked
+    out (then every handle is a :class:`PinnedTable`)."""
+
+    database: Database
     cell_table_name: str
     registry_names: dict[str, str]
-    handles: dict[str, Table] = field(default_factory=dict)
+    handles: dict[str, Table | PinnedTable] = field(default_factory=dict)
     pinned: dict[str, int] | None = None
 
     @classmethod
     def open(
         cls,
-        db: DBConnection,
+        database: Database,
         cell_table_name: str,
         registry_names: dict[str, str],
         pinned: dict[str, int] | None = None,
     ) -> AtlasTables:
-        """Open every table; with ``pinned`` (table -> Lance version) check each out read-only."""
-        tables = cls(db, cell_table_name, registry_names, pinned=pinned)
+        """Open every table; with ``pinned`` (table -> Lance version) read each at that version by pylance.
+
+        Raises
+        ------
+        AtlasNotFoundError
+            A table is missing, the snapshot does not record it, or its pinned version was removed.
+        """
+        tables = cls(database, cell_table_name, registry_names, pinned=pinned)
+        if pinned is not None:
+            for name in tables.all_names():
+                if name not in pinned:
+                    raise AtlasNotFoundError(f"the snapshot does not record table {name!r}")
+                dataset = database.dataset(name, pinned[name])
+                tables.handles[name] = PinnedTable(name, dataset, database.connect)
+            return tables
+        db = database.connect()
         existing = table_names(db)
         for name in tables.all_names():
             if name not in existing:
                 raise AtlasNotFoundError(f"table {name!r} is missing from the atlas database")
-            handle = db.open_table(name)
-            if pinned is not None:
-                if name not in pinned:
-                    raise AtlasNotFoundError(f"the snapshot does not record table {name!r}")
-                handle.checkout(pinned[name])
-            tables.handles[name] = handle
+            tables.handles[name] = db.open_table(name)
         return tables
+
+    @property
+    def db(self) -> DBConnection:
+        """The database's lancedb connection (made on first use)."""
+        return self.database.connect()
 
     def all_names(self) -> Iterator[str]:
         yield self.cell_table_name
@@ -96,18 +174,18 @@ class AtlasTables:
         yield from self.registry_names.values()
 
     @property
-    def cells(self) -> Table:
+    def cells(self) -> Table | PinnedTable:
         return self.handles[self.cell_table_name]
 
     @property
-    def datasets(self) -> Table:
+    def datasets(self) -> Table | PinnedTable:
         return self.handles[DATASETS_TABLE]
 
     @property
-    def layouts(self) -> Table:
+    def layouts(self) -> Table | PinnedTable:
         return self.handles[LAYOUTS_TABLE]
 
-    def registry(self, feature_space: str) -> Table:
+    def registry(self, feature_space: str) -> Table | PinnedTable:
         return self.handles[self.registry_names[feature_space]]
 
     def versions(self) -> dict[str, int]:

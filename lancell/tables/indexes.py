@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lancedb.table import Table
+from lancell.tables.stored_fields import vector_fields
 
-from lancell.tables.schema import vector_fields
+if TYPE_CHECKING:
+    from lancedb.table import Table
 
 __all__ = ["VECTOR_INDEX_MIN_ROWS", "build_indexes"]
 

@@ -21,14 +21,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.pydantic import LanceModel
-from lancedb.table import Table
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
 if TYPE_CHECKING:
+    from lancedb.pydantic import LanceModel
+    from lancedb.table import Table
+
     from lancell.core import AtlasCore
 
 __all__ = [
@@ -60,6 +61,8 @@ def prepare_features(
     elif isinstance(features, pd.DataFrame):
         frame = features.reset_index(drop="uid" in features.columns) if features.index.name else features
     else:
+        from lancedb.pydantic import LanceModel  # given schema objects, the caller has imported lancedb
+
         rows = []
         for f in features:
             if not isinstance(f, LanceModel):
@@ -269,10 +272,11 @@ def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str
     missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]
     if missing:
         rows = (
-            table.search()
-            .where(f"layout_uid IN ({', '.join(sql_literal(uid) for uid in missing)})")
-            .select(["layout_uid", "local_index", "global_index"])
-            .to_arrow()
+            table.to_lance()  # one pylance scan: a snapshot's query path never imports lancedb
+            .to_table(
+                columns=["layout_uid", "local_index", "global_index"],
+                filter=f"layout_uid IN ({', '.join(sql_literal(uid) for uid in missing)})",
+            )
             .sort_by([("layout_uid", "ascending"), ("local_index", "ascending")])
         )
         uids = rows.column("layout_uid").to_numpy(zero_copy_only=False)

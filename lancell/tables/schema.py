@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, create_model
 
 from lancell.errors import IngestError, SchemaError
 from lancell.storage.groups import PointerKind
+from lancell.tables.stored_fields import OBS_NAME, obs_fields, pointer_fields_from_arrow, vector_fields
 
 __all__ = [
     "ASSIGNED_FIELDS",
@@ -36,12 +37,12 @@ __all__ = [
     "check_assigned_fields",
     "check_dataset_uid",
     "load_schema_class",
+    "obs_fields",
     "pointer_fields",
     "pointer_fields_from_arrow",
     "vector_fields",
 ]
 
-OBS_NAME = "obs_name"  # the cell column holding the input's obs name (absent in atlases made before it)
 _UID_FORBIDDEN = frozenset(":\\")
 
 
@@ -316,36 +317,6 @@ def pointer_fields(cell_schema: type[LancellBaseSchema]) -> dict[str, PointerKin
 def pointer_arrow_type(kind: PointerKind) -> pa.DataType:
     """The Arrow struct type a pointer of ``kind`` is stored as."""
     return _POINTER_ARROW[kind]
-
-
-def pointer_fields_from_arrow(schema: pa.Schema) -> dict[str, PointerKind]:
-    """Recover pointer fields from a stored cell table schema (no Python class needed)."""
-    found: dict[str, PointerKind] = {}
-    for field in schema:
-        if not pa.types.is_struct(field.type):
-            continue
-        names = {field.type.field(i).name for i in range(field.type.num_fields)}
-        if names == {"feature_space", "zarr_group", "start", "end", "zarr_row"}:
-            found[field.name] = "sparse"
-        elif names == {"feature_space", "zarr_group", "position"}:
-            found[field.name] = "dense"
-    return found
-
-
-def vector_fields(schema: pa.Schema) -> dict[str, int]:
-    """Embedding columns (``FixedSizeList<float>``, e.g. ``lancedb.pydantic.Vector(d)``) and their widths."""
-    return {
-        f.name: f.type.list_size
-        for f in schema
-        if pa.types.is_fixed_size_list(f.type) and pa.types.is_floating(f.type.value_type)
-    }
-
-
-def obs_fields(schema: pa.Schema) -> list[pa.Field]:
-    """The free obs columns: everything but ``uid``, ``dataset_uid``, ``obs_name`` (filled by ingestion),
-    pointer structs and vector columns."""
-    skip = {"uid", "dataset_uid", OBS_NAME, *pointer_fields_from_arrow(schema), *vector_fields(schema)}
-    return [f for f in schema if f.name not in skip]
 
 
 def load_schema_class(spec: str) -> type:

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
-from lancedb.db import DBConnection
-from lancedb.table import Table
 
 from lancell.errors import VersionNotFoundError
 from lancell.tables.table_schemas import VERSIONS_SCHEMA, VERSIONS_TABLE
 
-__all__ = ["read_version", "record_snapshot", "tag_name"]
+if TYPE_CHECKING:
+    from lancedb.db import DBConnection
+    from lancedb.table import Table
+
+    from lancell.tables.atlas_tables import Database
+
+__all__ = ["read_snapshot", "read_version", "record_snapshot", "tag_name"]
 
 
 def tag_name(version: int) -> str:
@@ -73,10 +77,13 @@ def record_snapshot(
     versions.add(pa.Table.from_pylist([row], schema=VERSIONS_SCHEMA))
 
 
+def _frame(versions: pa.Table) -> pd.DataFrame:
+    return versions.to_pandas().sort_values("version").reset_index(drop=True)
+
+
 def list_snapshots(db: DBConnection) -> pd.DataFrame:
     """The versions table as a frame sorted by version."""
-    table = db.open_table(VERSIONS_TABLE).to_arrow()
-    return table.to_pandas().sort_values("version").reset_index(drop=True)
+    return _frame(db.open_table(VERSIONS_TABLE).to_arrow())
 
 
 def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:
@@ -87,7 +94,15 @@ def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:
     VersionNotFoundError
         No such snapshot (or no snapshot at all).
     """
-    frame = list_snapshots(db)
+    return _pick(list_snapshots(db), version)
+
+
+def read_snapshot(database: Database, version: int | None) -> dict[str, Any]:
+    """:func:`read_version` through pylance: what a checkout reads, without importing lancedb."""
+    return _pick(_frame(database.dataset(VERSIONS_TABLE).to_table()), version)
+
+
+def _pick(frame: pd.DataFrame, version: int | None) -> dict[str, Any]:
     if frame.empty:
         raise VersionNotFoundError("the atlas has no snapshot yet; call atlas.snapshot() first")
     if version is None:

@@ -59,11 +59,30 @@ def _loaded(code: str, modules: list[str]) -> list[str]:
 
 
 def test_import_atlas_leaves_anndata_and_torch_to_first_use() -> None:
-    # lancedb stays: the DatasetRecord default arguments need lancell.tables.schema (a LanceModel) at import
-    heavy = ["anndata", "h5py", "dask", "torch", "polars", "mudata"]
+    heavy = ["lancedb", "anndata", "h5py", "dask", "torch", "polars", "mudata"]
     assert _loaded("import lancell.atlas", heavy) == []
     with_query = "import lancell.atlas\nimport lancell.query.atlas_query"
     assert _loaded(with_query, heavy) == ["anndata", "h5py", "dask"]
+
+
+def test_checked_out_atlas_reads_without_lancedb(bundled_root: Path) -> None:
+    # the first query of a read-only process: checkout, a SQL filter (checked), counts, to_anndata
+    db = str(bundled_root / "db")
+    code = f"""
+from lancell.atlas import RaggedAtlas
+atlas = RaggedAtlas.checkout_latest({db!r})
+query = atlas.query().where("dataset_uid = 'celltypist_sample'").layers("gene_expression", "counts")
+assert query.to_anndata().shape == (559, 32786)
+assert atlas.query().where("\\"cell_type\\" = 'Dendritic'").count() == 240  # lancedb's "name" is a column
+"""
+    assert _loaded(code, ["lancedb", "torch"]) == []
+    # what only lancedb offers (index listings, searches) is answered by lancedb at the snapshot's version
+    lancedb_only = f"""{code}
+cells = atlas.core.tables.cells
+assert cells.list_indices() == cells.lancedb_table().list_indices()
+assert cells.lancedb_table().version == atlas.table_versions()["cells"]
+"""
+    assert _loaded(lancedb_only, ["lancedb"]) == ["lancedb"]
 
 
 def test_forkserver_preload_imports_no_database_or_anndata() -> None:
