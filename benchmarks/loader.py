@@ -26,8 +26,9 @@ Each (data, loader, batch size, workers) runs one warm-up window and ``--windows
 fetches are timed over at least two whole fetches); peers get ``--peer-windows`` timed windows: cells/s min/median/max over
 the timed windows, the time to the first batch (worker start-up), the mean batch entropy over dataset labels
 (bits), and the peak RSS of the process and all its children (workers, forkserver) sampled every 20 ms (RSS
-counts shared pages once per process, so it overstates). Page cache warm: each loader's files are read once
-before it is timed.
+counts shared pages once per process, so it overstates), and the CPU time per timed cell of the process and its
+children (less disturbed than wall time when other work shares the cores; the ratios print both). Page cache
+warm: each loader's files are read once before it is timed.
 
 Data: ``bundled`` = the bundled atlas's two "counts" datasets (celltypist 559 cells x 32,786 genes, mouse
 10,000 x 1,000); ``synthetic`` = ``--datasets`` seeded datasets (``write_synthetic_h5ad``, NB counts,
@@ -503,6 +504,18 @@ def _entropy(labels: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its live descendants (workers, the forkserver)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 def measure(
     run: Callable, batch_size: int, workers: int, windows: int, args: argparse.Namespace, rss: PeakRSS
 ) -> dict:
@@ -513,18 +526,20 @@ def measure(
     first = next(batches)
     startup = time.perf_counter() - started
     entropies = [_entropy(labels_of(first))]
-    rates = []
+    rates, timed_cells, cpu = [], 0, 0.0
     # loaders that read ahead in big fetches (scDataset, tiledbsoma-ml) are timed over whole fetch cycles
     window_cells = max(args.window_cells, 2 * granularity)
     max_window_s = args.max_window_s if granularity == batch_size else float("inf")
     for window in range(windows + 1):
-        cells, t0 = 0, time.perf_counter()
+        cells, t0, c0 = 0, time.perf_counter(), cpu_seconds()
         while cells < window_cells and (cells == 0 or time.perf_counter() - t0 < max_window_s):
             out = next(batches)
             cells += _rows(out)
             entropies.append(_entropy(labels_of(out)))
         if window:
             rates.append(cells / (time.perf_counter() - t0))
+            cpu += cpu_seconds() - c0
+            timed_cells += cells
     batches.close()
     del batches, labels_of
     gc.collect()
@@ -535,6 +550,7 @@ def measure(
         "startup_s": startup,
         "entropy": float(np.mean(entropies)),
         "peak_rss_gib": rss.peak / 2**30,
+        "cpu_us_per_cell": cpu / timed_cells * 1e6,
     }
 
 
@@ -599,7 +615,8 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
                 print(
                     f"  {loader_name:17s} batch {batch_size:5d} workers {workers}: "
                     f"{r['median']:9,.0f} cells/s [{r['min']:,.0f}-{r['max']:,.0f}]  first batch "
-                    f"{r['startup_s']:5.1f} s  entropy {r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB",
+                    f"{r['startup_s']:5.1f} s  entropy {r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB  "
+                    f"CPU {r['cpu_us_per_cell']:.1f} us/cell",
                     flush=True,
                 )
     if "annbatch" in args.peers:
@@ -609,7 +626,8 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
             print(
                 f"  {'annbatch':17s} batch {r['batch_size']:5d} in-process: {r['median']:9,.0f} cells/s "
                 f"[{r['min']:,.0f}-{r['max']:,.0f}]  first batch {r['startup_s']:5.1f} s  entropy "
-                f"{r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB",
+                f"{r['entropy']:.3f}  peak RSS {r['peak_rss_gib']:.2f} GiB  "
+                f"CPU {r['cpu_us_per_cell']:.1f} us/cell",
                 flush=True,
             )
     for batch_size in args.batch_sizes:
@@ -632,15 +650,23 @@ def ratios(results: list[dict]) -> list[str]:
         for r in results
         if "workers" in r
     }
+    cpu = {
+        (r["data"], r["loader"], r["batch_size"], r["workers"]): r["cpu_us_per_cell"]
+        for r in results
+        if "workers" in r
+    }
     for (data, loader, batch_size, workers), ours in index.items():
         if not loader.startswith("lancell"):
             continue
         for peer in ("anndata backed", "scDataset", "tiledbsoma-ml", "annbatch"):
             # annbatch runs in-process (its own threads): compared with every worker count
-            theirs = index.get((data, peer, batch_size, 0 if peer == "annbatch" else workers))
+            key = (data, peer, batch_size, 0 if peer == "annbatch" else workers)
+            theirs = index.get(key)
             if theirs and (loader.startswith("lancell random") or peer == "annbatch"):
+                per_cpu = cpu[key] / cpu[data, loader, batch_size, workers]
                 lines.append(
-                    f"{data}, batch {batch_size}, {workers} workers: {loader} / {peer} = {ours / theirs:.2f}x"
+                    f"{data}, batch {batch_size}, {workers} workers: {loader} / {peer} = {ours / theirs:.2f}x "
+                    f"(cells per CPU-second {per_cpu:.2f}x)"
                 )
     return lines
 
