@@ -3,9 +3,11 @@
 Pack / unpack of one 128-value block in 4 lanes (one straight-line LLVM case per width), the per-block
 transforms (prefix sum, frame of reference), exception patching, the encoder's choice of mode and width, and
 the whole-buffer encode / decode / walk loops. The encoder works on whole blocks as single LLVM vectors
-(sums, counts and bit masks of 128 values; a short last block is padded first), writes every byte of its
-output (no zeroed buffer needed) and keeps its scratch across the chunks of one call. None of it checks
-bounds: callers pass validated buffers.
+(sums, counts and bit masks of 128 values; a short last block is padded first): one pass per block gives
+its OR, its payloads' maximum and a copy capped at 255 as bytes, on which each candidate width of 8 bits or
+less is counted (and the exceptions found) in one short pass; it writes every byte of its output (no
+zeroed buffer needed) and keeps its scratch across the chunks of one call. None of it checks bounds:
+callers pass validated buffers.
 All of it lives in this one file because numba's on-disk cache of a function is invalidated only by
 changes to the file that defines it, not by changes to the helpers it inlines from other modules.
 """
@@ -125,29 +127,6 @@ def unpack_block(typingctx, src, s, w, dst, d):
     return types.void(src, s, w, dst, d), codegen
 
 
-@intrinsic
-def pack_block(typingctx, src, w, dst, d):
-    """``dst[d : d + 4w]`` = ``src[:128]`` (uint32, each < 2**w, 0 <= w <= 32) packed at width ``w``."""
-
-    def codegen(context, builder, sig, args):
-        src, w, dst, d = args
-        start = ir.Constant(d.type, 0)
-        for width in _cases(builder, w, range(1, 33)):
-            words = [None] * width
-            for k in range(BLOCK // 4):
-                x = builder.load(_ptr(context, builder, sig.args[0], src, start, k), align=4)
-                i, sh = divmod(k * width, 32)
-                part = builder.shl(x, _vec(sh)) if sh else x
-                words[i] = part if words[i] is None else builder.or_(words[i], part)
-                if sh + width > 32:
-                    words[i + 1] = builder.lshr(x, _vec(32 - sh))
-            for i, x in enumerate(words):
-                builder.store(x, _ptr(context, builder, sig.args[2], dst, d, i), align=4)
-        return context.get_dummy_value()
-
-    return types.void(src, w, dst, d), codegen
-
-
 _I64, _I128 = ir.IntType(64), ir.IntType(128)
 _B32 = ir.VectorType(_I32, BLOCK)  # a whole block of uint32 values
 
@@ -186,18 +165,6 @@ def _reduce(builder: ir.IRBuilder, op: str, vector: ir.Value) -> ir.Value:
 
 
 @intrinsic
-def block_or_max(typingctx, slots, pay):
-    """``OR(slots[:128]) | max(pay[:128]) << 32`` as uint64 (blocks of uint32)."""
-
-    def codegen(context, builder, sig, args):
-        wide = _reduce(builder, "or", _load_block(context, builder, sig.args[0], args[0]))
-        top = _reduce(builder, "umax", _load_block(context, builder, sig.args[1], args[1]))
-        return builder.or_(wide, builder.shl(top, ir.Constant(_I64, 32)))
-
-    return types.uint64(slots, pay), codegen
-
-
-@intrinsic
 def count_from(typingctx, slots, limit):
     """``c | wide << 8`` as uint64: ``c`` values of ``slots[:128]`` (any unsigned type) are at least
     ``limit``, and ``wide`` is the OR of the others."""
@@ -214,49 +181,133 @@ def count_from(typingctx, slots, limit):
     return types.uint64(slots, limit), codegen
 
 
+_B8 = ir.VectorType(ir.IntType(8), BLOCK)
+
+
+@intrinsic
+def small_above(typingctx, small, limit, bits):
+    """``bits[0]``, ``bits[1]`` (uint64): bit ``i`` of ``bits[h]`` is set where ``small[64h + i]`` (uint8) is
+    at least ``limit`` (a power of two)."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        high = builder.sub(ir.Constant(ir.IntType(8), 0), args[1])  # the bits at and above the limit
+        at_least = builder.icmp_unsigned(
+            "!=", builder.and_(x, _splat(builder, high, _B8)), ir.Constant(_B8, [0] * BLOCK)
+        )
+        _store_bits(context, builder, at_least, sig.args[2], args[2])
+        return context.get_dummy_value()
+
+    return types.void(small, limit, bits), codegen
+
+
+@intrinsic
+def count_small(typingctx, small, limit):
+    """Values of ``small[:128]`` (uint8) that are at least ``limit`` (a power of two), as uint64."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        high = builder.sub(ir.Constant(ir.IntType(8), 0), args[1])  # the bits at and above the limit
+        at_least = builder.icmp_unsigned(
+            "!=", builder.and_(x, _splat(builder, high, _B8)), ir.Constant(_B8, [0] * BLOCK)
+        )
+        return builder.trunc(_call(builder, "llvm.ctpop.i128", _I128, builder.bitcast(at_least, _I128)), _I64)
+
+    return types.uint64(small, limit), codegen
+
+
+def _capped_bytes(context, builder: ir.IRBuilder, x: ir.Value, array_type, small) -> None:
+    """Store the block ``x`` capped at 255 as ``small[:128]`` (uint8)."""
+    capped = _call(builder, f"llvm.umin.v{BLOCK}i32", _B32, x, _vec_block(255))
+    builder.store(builder.trunc(capped, _B8), _block_ptr(context, builder, array_type, small), align=1)
+
+
+@intrinsic
+def narrow_or_max(typingctx, slots, pay, small):
+    """``OR(slots[:128]) | max(pay[:128]) << 32`` as uint64 (blocks of uint32), and ``small[:128]`` (uint8)
+    = ``slots`` capped at 255."""
+
+    def codegen(context, builder, sig, args):
+        x = _load_block(context, builder, sig.args[0], args[0])
+        wide = _reduce(builder, "or", x)
+        top = _reduce(builder, "umax", _load_block(context, builder, sig.args[1], args[1]))
+        _capped_bytes(context, builder, x, sig.args[2], args[2])
+        return builder.or_(wide, builder.shl(top, ir.Constant(_I64, 32)))
+
+    return types.uint64(slots, pay, small), codegen
+
+
+@intrinsic
+def block_deltas(typingctx, x, prev, dl, dz, small):
+    """``dl[:128]`` = ``x[i] - prev[i]`` modulo 2**32 (``prev``: the values one position earlier), except
+    ``dl[0]`` = 0 (a delta block's first slot holds 0: its value is the base), ``dz`` = their zigzag codes
+    and ``small`` (uint8) = ``dl`` capped at 255; returns ``OR(dl) | max(dz) << 32`` as uint64."""
+
+    def codegen(context, builder, sig, args):
+        v = _load_block(context, builder, sig.args[0], args[0])
+        d = builder.sub(v, _load_block(context, builder, sig.args[1], args[1]))
+        d = builder.insert_element(d, ir.Constant(_I32, 0), ir.Constant(_I32, 0))
+        builder.store(d, _block_ptr(context, builder, sig.args[2], args[2]), align=4)
+        z = builder.xor(builder.shl(d, _vec_block(1)), builder.ashr(d, _vec_block(31)))
+        builder.store(z, _block_ptr(context, builder, sig.args[3], args[3]), align=4)
+        _capped_bytes(context, builder, d, sig.args[4], args[4])
+        top = _reduce(builder, "umax", z)
+        return builder.or_(_reduce(builder, "or", d), builder.shl(top, ir.Constant(_I64, 32)))
+
+    return types.uint64(x, prev, dl, dz, small), codegen
+
+
+@intrinsic
+def pack_block(typingctx, src, w, dst, d):
+    """``dst[d : d + 4w]`` = ``src[:128]`` AND ``2**w - 1`` (uint32, 0 <= w <= 32) packed at width ``w``.
+
+    One straight-line case per width on the block in registers: each group of four values takes one or two
+    shifts and ORs into the words of its lanes, which are stored once.
+    """
+
+    def codegen(context, builder, sig, args):
+        src, w, dst, d = args
+        one = ir.Constant(_I64, 1)
+        mask = _splat(builder, builder.sub(builder.shl(one, w), one))
+        x = builder.and_(_load_block(context, builder, sig.args[0], src), mask)
+        for width in _cases(builder, w, range(1, 33)):
+            words = [None] * width
+            for k in range(BLOCK // 4):
+                v = builder.shuffle_vector(x, x, ir.Constant(_V4, list(range(4 * k, 4 * k + 4))))
+                i, sh = divmod(k * width, 32)
+                part = builder.shl(v, _vec(sh)) if sh else v
+                words[i] = part if words[i] is None else builder.or_(words[i], part)
+                if sh + width > 32:
+                    words[i + 1] = builder.lshr(v, _vec(32 - sh))
+            for i, v in enumerate(words):
+                builder.store(v, _ptr(context, builder, sig.args[2], dst, d, i), align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, w, dst, d), codegen
+
+
+def _store_bits(context, builder: ir.IRBuilder, flags: ir.Value, array_type, bits) -> None:
+    """Store 128 flags as ``bits[0]``, ``bits[1]`` (uint64): bit ``i`` of ``bits[h]`` is flag ``64h + i``."""
+    data = context.make_array(array_type)(context, builder, bits).data
+    builder.store(builder.bitcast(flags, _I128), builder.bitcast(data, _I128.as_pointer()), align=8)
+
+
 @intrinsic
 def above_bits(typingctx, slots, mask, bits):
     """``bits[0]``, ``bits[1]`` (uint64): bit ``i`` of ``bits[h]`` is set where ``slots[64h + i] > mask``."""
 
     def codegen(context, builder, sig, args):
         x = _load_block(context, builder, sig.args[0], args[0])
-        above = builder.bitcast(builder.icmp_unsigned(">", x, _splat(builder, args[1])), _I128)
-        data = context.make_array(sig.args[2])(context, builder, args[2]).data
-        builder.store(above, builder.bitcast(data, _I128.as_pointer()), align=8)
+        _store_bits(
+            context,
+            builder,
+            builder.icmp_unsigned(">", x, _splat(builder, args[1], x.type)),
+            sig.args[2],
+            args[2],
+        )
         return context.get_dummy_value()
 
     return types.void(slots, mask, bits), codegen
-
-
-@intrinsic
-def masked_block(typingctx, slots, pay, mask, block):
-    """``block[:128]`` = each of ``slots[:128]`` that is at most ``mask``, else its ``pay``, AND ``mask``."""
-
-    def codegen(context, builder, sig, args):
-        x = _load_block(context, builder, sig.args[0], args[0])
-        p = _load_block(context, builder, sig.args[1], args[1])
-        m = _splat(builder, args[2])
-        kept = builder.select(builder.icmp_unsigned("<=", x, m), x, p)
-        builder.store(builder.and_(kept, m), _block_ptr(context, builder, sig.args[3], args[3]), align=4)
-        return context.get_dummy_value()
-
-    return types.void(slots, pay, mask, block), codegen
-
-
-@intrinsic
-def block_deltas(typingctx, x, prev, dl, dz):
-    """``dl[:128]`` = ``x[i] - prev[i]`` modulo 2**32 (``prev``: the values one position earlier) and
-    ``dz`` = their zigzag codes as int32; returns ``min(x[:128])`` as uint64."""
-
-    def codegen(context, builder, sig, args):
-        v = _load_block(context, builder, sig.args[0], args[0])
-        d = builder.sub(v, _load_block(context, builder, sig.args[1], args[1]))
-        builder.store(d, _block_ptr(context, builder, sig.args[2], args[2]), align=4)
-        z = builder.xor(builder.shl(d, _vec_block(1)), builder.ashr(d, _vec_block(31)))
-        builder.store(z, _block_ptr(context, builder, sig.args[3], args[3]), align=4)
-        return _reduce(builder, "umin", v)
-
-    return types.uint64(x, prev, dl, dz), codegen
 
 
 def _vec_block(value: int) -> ir.Constant:
@@ -309,73 +360,102 @@ def lowest_bit(typingctx, x):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def choose_width(slots: np.ndarray, pay: np.ndarray, m: int) -> tuple:
-    """Cheapest ``(cost, width, exceptions)`` for the block ``slots[:128]`` of ``m`` values (zero after
-    them): values wider than the width become exceptions with payload ``pay``. The cost is in bytes; ties
-    keep the wider block (fewer exceptions).
+def choose_width(slots: np.ndarray, m: int, small: np.ndarray, summary: np.uint64) -> tuple:
+    """Cheapest ``(cost, width, exceptions, high bytes)`` for the block ``slots[:128]`` of ``m`` values (zero
+    after them), from its ``summary`` (``OR(slots) | max(pay) << 32``) and ``small`` (the slots capped at
+    255, as bytes): values wider than the width become exceptions whose payloads ``pay`` keep their bits
+    above the width in ``high bytes`` each. The cost is in bytes; ties keep the wider block (fewer
+    exceptions).
 
     Only widths that some value needs exactly are candidates (below such a width the exceptions are the
-    same and the block is narrower), visited from the widest down, one vector pass over the block each.
+    same and the block is narrower), visited from the widest down. Above 8 bits each candidate takes one
+    vector pass over the block; at 8 bits and below one short pass over the bytes per width.
     """
-    summary = block_or_max(slots, pay)
     w, top = bit_length(np.uint32(summary & _FULL)), summary >> U32
-    best, best_w, best_c = U4 * block_words(m, w), w, U0
+    best, best_w, best_c, best_size = U4 * block_words(m, w), w, U0, U1
+    ahead = U0  # values of at least w bits, once counted on the bytes (0: not yet)
     while w:
-        limit = U1 << (w - U1)  # values of w bits or more
-        counted = count_from(slots, np.uint32(limit))
-        c = counted & np.uint64(255)
-        if c > MAX_EXCEPTIONS or U1 + U2 * c >= best:  # so at any narrower width too
-            break
-        w = bit_length(np.uint32(counted >> U8))
-        size = max((bit_length(top >> w) + np.uint64(7)) // U8, U1)  # bounds the high parts' bytes
+        if w > U8:
+            counted = count_from(slots, np.uint32(U1 << (w - U1)))  # values of w bits or more
+            c = counted & np.uint64(255)
+            if c > MAX_EXCEPTIONS or U1 + U2 * c >= best:  # so at any narrower width too
+                break
+            w = bit_length(np.uint32(counted >> U8))
+        else:
+            c = ahead if ahead else count_small(small, np.uint8(U1 << (w - U1)))
+            if c > MAX_EXCEPTIONS or U1 + U2 * c >= best:
+                break
+            w -= U1  # down to the widest width some value needs: where the count grows
+            ahead = U0
+            while w:
+                ahead = count_small(small, np.uint8(U1 << (w - U1)))
+                if ahead != c:
+                    break
+                w -= U1
+        size = max((bit_length(top >> w) + np.uint64(7)) // U8, U1)  # the high parts' bytes
         cost = U4 * block_words(m, w) + U1 + c * (U1 + size)
         if cost < best:
-            best, best_w, best_c = cost, w, c
-    return best, best_w, best_c
+            best, best_w, best_c, best_size = cost, w, c, size
+    return best, best_w, best_c, best_size
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def emit_block(
-    slots, pay, m: int, w: np.uint64, c: np.uint64, block, words, s: np.uint64, exc, e: np.uint64
+    slots,
+    pay,
+    m: int,
+    w: np.uint64,
+    c: np.uint64,
+    size: np.uint64,
+    small,
+    block,
+    words,
+    s: np.uint64,
+    exc,
+    e,
+    delta: bool,
 ) -> tuple:
-    """Pack the block ``slots[:128]`` (zero after its ``m`` values) at width ``w`` at word ``s`` of
-    ``words``, and its ``c`` exceptions (slots wider than ``w``; ``pay``: their payloads) at byte ``e`` of
-    ``exc`` (``block``: 256 words of scratch). Returns ``(words written, bytes written, info byte)``."""
-    mask = np.uint32((U1 << w) - U1)
+    """Pack the block ``slots[:128]`` (zero after its ``m`` values; ``small``: capped at 255 as bytes) at
+    width ``w`` at word ``s`` of ``words``, and its ``c`` exceptions (slots wider than ``w``; ``pay``: their
+    payloads, whose bits above ``w`` take ``size`` bytes) at byte ``e`` of ``exc`` (``block``: 256 words of
+    scratch). An exception's slot takes its payload, of which the packed block keeps the low bits. Returns
+    ``(words written, bytes written, info byte)``.
+
+    ``size`` is exact: a plain or frame-of-reference block's widest value is an exception, and a delta
+    block's slots within the width are non-negative deltas, whose zigzag codes keep at most one bit above
+    it."""
     nw = block_words(m, w)
-    if c == U0 and m == BLOCK:  # every slot fits: pack the slots themselves
-        pack_block(slots, w, words, s)
-        return nw, U0, U0
-    masked_block(slots, pay, mask, block)  # an exception's slot keeps the low bits of its payload
+    ne, info = U0, U0
+    if c:
+        above = block[BLOCK : BLOCK + 4].view(np.uint64)
+        if w < U8:
+            small_above(small, np.uint8(U1 << w), above)
+        else:
+            above_bits(slots, np.uint32((U1 << w) - U1), above)
+        lo, hi = above[0], above[1]
+        q = e + c  # the positions (from the bit mask of the exceptions), then the high parts
+        for j in range(U0, c):
+            upper = lo == U0
+            i = lowest_bit(hi if upper else lo) + (np.uint64(64) if upper else U0)
+            hi = hi & (hi - U1) if upper else hi
+            lo &= lo - U1
+            exc[e + j] = i
+            payload = pay[i]
+            if delta:  # (else the payload is the slot)
+                slots[i] = payload
+            high = np.uint64(payload) >> w
+            if size == U1:
+                exc[q + j] = high
+            else:
+                for k in range(U0, size):
+                    exc[q + size * j + k] = (high >> (U8 * k)) & np.uint64(255)
+        ne, info = c * (U1 + size), (c - U1) | (size - U1) << np.uint64(6)
     if m == BLOCK:
-        pack_block(block, w, words, s)
+        pack_block(slots, w, words, s)
     else:  # a short last block keeps only its first words
-        tmp = block[BLOCK:]
-        pack_block(block, w, tmp, U0)
-        words[s : s + nw] = tmp[:nw]
-    if c == U0:
-        return nw, U0, U0
-    pos, hi_max = e, U0  # the positions (from a bit mask of the exceptions), then the high parts
-    above = block[BLOCK : BLOCK + 4].view(np.uint64)
-    above_bits(slots, mask, above)
-    for half in range(2):
-        bits = above[half]
-        while bits:
-            i = lowest_bit(bits) + np.uint64(64 * half)
-            bits &= bits - U1
-            exc[pos] = i
-            pos += U1
-            hi_max = max(hi_max, np.uint64(pay[i]) >> w)
-    size = max((bit_length(hi_max) + np.uint64(7)) // U8, U1)
-    if size == U1:
-        for j in range(U0, c):
-            exc[pos + j] = np.uint64(pay[exc[e + j]]) >> w
-    else:
-        for j in range(U0, c):
-            hi = np.uint64(pay[exc[e + j]]) >> w
-            for k in range(U0, size):
-                exc[pos + size * j + k] = (hi >> (U8 * k)) & np.uint64(255)
-    return nw, c * (U1 + size), (c - U1) | (size - U1) << np.uint64(6)
+        pack_block(slots, w, block, U0)
+        words[s : s + nw] = block[:nw]
+    return nw, ne, info
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -447,7 +527,7 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
     caller's; ``bases`` and ``packed``: word offsets within the buffer, ``bases`` < 0 when plain); every
     byte after the header is written, pads included. ``scratch``: :func:`encode_scratch` of at least
     ``values.size`` values. Returns the number of words the buffer takes."""
-    block, dl, dz, fr, pad, exc, infos = scratch
+    block, dl, dz, fr, pad, exc, infos, small = scratch
     n = values.size
     nb = (n + BLOCK - 1) // BLOCK
     raw = words.view(np.uint8)
@@ -465,24 +545,24 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
             pad[m + 1 : BLOCK + 1] = 0 if bases < 0 else values[i0 + np.uint64(m - 1)]
             x, prev = pad[1:], pad
         if bases < 0:
-            cost, w, c = choose_width(x, x, m)
-            nw, ne, infos[f] = emit_block(x, x, m, w, c, block, words, s, exc, e)
+            cost, w, c, size = choose_width(x, m, small, narrow_or_max(x, x, small))
+            nw, ne, infos[f] = emit_block(x, x, m, w, c, size, small, block, words, s, exc, e, False)
             s, e, f = s + nw, e + ne, f + (c > 0)
             raw[h0 + np.uint64(b)] = w | (MODE_EXCEPTIONS if c else 0)
             continue
-        lo = np.uint32(block_deltas(x, prev, dl, dz))
-        dl[0], dz[0] = 0, 0  # a delta block's first slot holds 0: its value is the base
-        cost, w, c = choose_width(dl, dz, m)
+        cost, w, c, size = choose_width(dl, m, small, block_deltas(x, prev, dl, dz, small))
         mode, slots, pay, base = MODE_DELTA, dl, dz, x[0]
         if 16 * c > np.uint64(m):  # more than 8 exceptions per 128 (short runs): try offsets from the minimum
-            for i in range(m):
-                fr[i] = x[i] - lo
-            fr[m:BLOCK] = 0
-            cost_f, w_f, c_f = choose_width(fr, fr, m)
+            lo = x[:BLOCK].min()
+            for i in range(BLOCK):
+                fr[i] = x[i] - lo if i < m else 0
+            cost_f, w_f, c_f, size_f = choose_width(fr, m, small, narrow_or_max(fr, fr, small))
             if cost_f < cost:
-                mode, slots, pay, base, w, c = 0, fr, fr, lo, w_f, c_f
+                mode, slots, pay, base, w, c, size = 0, fr, fr, lo, w_f, c_f, size_f
+            else:  # the bytes of the deltas again
+                narrow_or_max(dl, dz, small)
         words[start + np.uint64(bases + b)] = base
-        nw, ne, infos[f] = emit_block(slots, pay, m, w, c, block, words, s, exc, e)
+        nw, ne, infos[f] = emit_block(slots, pay, m, w, c, size, small, block, words, s, exc, e, mode != 0)
         s, e, f = s + nw, e + ne, f + (c > 0)
         raw[h0 + np.uint64(b)] = w | mode | (MODE_EXCEPTIONS if c else 0)
     p = U4 * s  # after the packed blocks: info bytes, lists, zero padding
@@ -506,6 +586,7 @@ def encode_scratch(n: int) -> tuple:
         u32[4],
         np.empty(nb * MAX_EXCEPTIONS * 5, np.uint8),  # exception lists: at most 64 of 5 bytes per block
         np.empty(nb, np.uint8),
+        np.empty(BLOCK, np.uint8),
     )
 
 
