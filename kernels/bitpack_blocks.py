@@ -408,6 +408,7 @@ def emit_block(
     c: np.uint64,
     size: np.uint64,
     small,
+    above,
     block,
     words,
     s: np.uint64,
@@ -417,9 +418,10 @@ def emit_block(
 ) -> tuple:
     """Pack the block ``slots[:128]`` (zero after its ``m`` values; ``small``: capped at 255 as bytes) at
     width ``w`` at word ``s`` of ``words``, and its ``c`` exceptions (slots wider than ``w``; ``pay``: their
-    payloads, whose bits above ``w`` take ``size`` bytes) at byte ``e`` of ``exc`` (``block``: 256 words of
-    scratch). An exception's slot takes its payload, of which the packed block keeps the low bits. Returns
-    ``(words written, bytes written, info byte)``.
+    payloads, whose bits above ``w`` take ``size`` bytes) at byte ``e`` of ``exc`` (scratch: ``above``, two
+    uint64 for the exceptions' bit mask, kept apart from ``block``, 256 words: a view of it per block costs
+    as much as the rest of the exceptions' work). An exception's slot takes its payload, of which the packed
+    block keeps the low bits. Returns ``(words written, bytes written, info byte)``.
 
     ``size`` is exact: a plain or frame-of-reference block's widest value is an exception, and a delta
     block's slots within the width are non-negative deltas, whose zigzag codes keep at most one bit above
@@ -427,7 +429,6 @@ def emit_block(
     nw = block_words(m, w)
     ne, info = U0, U0
     if c:
-        above = block[BLOCK : BLOCK + 4].view(np.uint64)
         if w < U8:
             small_above(small, np.uint8(U1 << w), above)
         else:
@@ -527,7 +528,7 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
     caller's; ``bases`` and ``packed``: word offsets within the buffer, ``bases`` < 0 when plain); every
     byte after the header is written, pads included. ``scratch``: :func:`encode_scratch` of at least
     ``values.size`` values. Returns the number of words the buffer takes."""
-    block, dl, dz, fr, pad, exc, infos, small = scratch
+    block, dl, dz, fr, pad, exc, infos, small, above = scratch
     n = values.size
     nb = (n + BLOCK - 1) // BLOCK
     raw = words.view(np.uint8)
@@ -546,7 +547,7 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
             x, prev = pad[1:], pad
         if bases < 0:
             cost, w, c, size = choose_width(x, m, small, narrow_or_max(x, x, small))
-            nw, ne, infos[f] = emit_block(x, x, m, w, c, size, small, block, words, s, exc, e, False)
+            nw, ne, infos[f] = emit_block(x, x, m, w, c, size, small, above, block, words, s, exc, e, False)
             s, e, f = s + nw, e + ne, f + (c > 0)
             raw[h0 + np.uint64(b)] = w | (MODE_EXCEPTIONS if c else 0)
             continue
@@ -562,7 +563,9 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
             else:  # the bytes of the deltas again
                 narrow_or_max(dl, dz, small)
         words[start + np.uint64(bases + b)] = base
-        nw, ne, infos[f] = emit_block(slots, pay, m, w, c, size, small, block, words, s, exc, e, mode != 0)
+        nw, ne, infos[f] = emit_block(
+            slots, pay, m, w, c, size, small, above, block, words, s, exc, e, mode != 0
+        )
         s, e, f = s + nw, e + ne, f + (c > 0)
         raw[h0 + np.uint64(b)] = w | mode | (MODE_EXCEPTIONS if c else 0)
     p = U4 * s  # after the packed blocks: info bytes, lists, zero padding
@@ -587,6 +590,7 @@ def encode_scratch(n: int) -> tuple:
         np.empty(nb * MAX_EXCEPTIONS * 5, np.uint8),  # exception lists: at most 64 of 5 bytes per block
         np.empty(nb, np.uint8),
         np.empty(BLOCK, np.uint8),
+        np.empty(2, np.uint64),
     )
 
 
