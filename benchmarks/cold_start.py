@@ -24,8 +24,9 @@ are taken within the run (the machine is shared: absolute seconds swing with its
 Children run with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` dropped), as users' processes do.
 Run: ``.venv/bin/python benchmarks/cold_start.py`` (``--repeats 5``; ``--workdir DIR`` keeps the atlas;
 ``--json PATH`` writes the medians; ``--code DIR`` measures another checkout, e.g. an older commit's
-``git archive``). Goals (issue 19): ``import lancell`` <= 1 s; the first-query process
-<= 1.5x ``import anndata, lance``; checkout + first ``to_anndata`` <= 0.5 s; first batch <= 2 s.
+``git archive``; ``--plot before=a.json after=b.json --png cold_start.png`` draws runs side by side).
+Goals (issue 19): ``import lancell`` <= 1 s; the first-query process <= 1.5x ``import anndata, lance``;
+checkout + first ``to_anndata`` <= 0.5 s; first batch <= 2 s.
 """
 
 from __future__ import annotations
@@ -246,6 +247,45 @@ def report(result: dict, repeats: int) -> None:
         print(line)
 
 
+def plot(runs: dict[str, dict], png: Path) -> None:
+    """Bars of each run's times as multiples of its own ``import anndata, lance`` (``runs``: label -> the
+    ``--json`` result), the goals dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def ratios(r: dict) -> dict[str, float]:
+        walls, pre, batch = r["walls"], r["preimported"], r["batch"]["2 workers"]
+        return {
+            "import lancedb": walls["import lancedb"],
+            "import torch": walls["import torch"],
+            "import lancell.atlas": walls["import lancell.atlas"],
+            "first query process (goal 1.5x)": walls["first query process"],
+            "checkout + first to_anndata, imports done": pre["checkout"] + pre["first_query"],
+            "first batch, 2 workers: iter() + next()": batch["iter"] + batch["first_batch"],
+        }
+
+    names = list(ratios(next(iter(runs.values()))))
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.55 * len(names)))
+    height, longest = 0.8 / len(runs), 0.0
+    for i, (label, r) in enumerate(runs.items()):
+        values = [v / r["walls"][BASE] for v in ratios(r).values()]
+        y = [k + i * height for k in range(len(names))]
+        ax.barh(y, values, height=height, label=label)
+        longest = max(longest, *values)
+        for yy, v in zip(y, values, strict=True):
+            ax.text(v, yy, f" {v:.2f}x", va="center", fontsize=8)
+    ax.axvline(1.5, ls="--", c="k", lw=0.8)
+    ax.set_xlim(0, longest * 1.12)
+    ax.set_yticks([k + height * (len(runs) - 1) / 2 for k in range(len(names))], names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"x `{BASE}` in the same run (fresh processes, medians)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -256,7 +296,18 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="a checkout (git worktree) of the code to measure"
     )
+    parser.add_argument(
+        "--plot",
+        nargs="+",
+        metavar="LABEL=JSON",
+        help="draw earlier runs' --json results (e.g. before=a.json after=b.json) into --png and exit",
+    )
+    parser.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "cold_start.png")
     args = parser.parse_args()
+    if args.plot:
+        runs = {k: json.loads(Path(v).read_text()) for k, v in (item.split("=", 1) for item in args.plot)}
+        plot(runs, args.png)
+        return
     global CODE
     CODE = args.code.resolve()
     commit = subprocess.run(

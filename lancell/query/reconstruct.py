@@ -187,6 +187,11 @@ def _sparse(
     indices = np.empty(total, dtype=index_dtype)
     data = np.empty(int(indptr[-1]), dtype=plan.dtypes.get(layer, plan.dtype))
     for rows, kept, cols, vals, in_order in pieces:
+        if in_order and _consecutive(rows):  # a dataset's cells in scan order: one slice, no kernel to load
+            lo, hi = indptr[rows[0]], indptr[rows[-1] + 1]
+            indices[lo:hi] = cols
+            data[lo:hi] = vals
+            continue
         args = (
             indptr,
             rows.astype(np.int64, copy=False),
@@ -201,6 +206,13 @@ def _sparse(
     matrix = sp.csr_matrix((data, indices, indptr), shape=(n_cells, plan.columns.size))
     matrix.has_sorted_indices = True
     return matrix
+
+
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether ``rows`` are consecutive output rows: a group's kept values then fill one slice of the output
+    in order, what :func:`kernels.scatter.scatter_rows` writes, without loading that kernel in a fresh
+    process (~0.03-0.1 s of a first query)."""
+    return rows.size > 0 and bool((np.diff(rows) == 1).all())
 
 
 def _dense(

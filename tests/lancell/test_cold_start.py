@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema
@@ -83,6 +86,30 @@ assert cells.list_indices() == cells.lancedb_table().list_indices()
 assert cells.lancedb_table().version == atlas.table_versions()["cells"]
 """
     assert _loaded(lancedb_only, ["lancedb"]) == ["lancedb"]
+
+
+def test_datasets_in_scan_order_fill_their_rows_without_the_scatter_kernel(
+    bundled_root: Path, celltypist: ad.AnnData, mouse: ad.AnnData
+) -> None:
+    db = str(bundled_root / "db")
+    code = f"""
+import kernels.scatter
+from lancell.atlas import RaggedAtlas
+atlas = RaggedAtlas.checkout_latest({db!r})
+atlas.query().layers("gene_expression", "counts").on_unmeasured("drop").to_anndata()
+assert kernels.scatter.scatter_rows.signatures == [], kernels.scatter.scatter_rows.signatures
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # the same query in this process: every value where its dataset put it
+    query = RaggedAtlas.checkout_latest(db).query().layers("gene_expression", "counts")
+    adata = query.on_unmeasured("drop").to_anndata()
+    for uid, source in [("celltypist_sample", celltypist), ("mouse_10k", mouse)]:
+        part = adata[(adata.obs["dataset_uid"] == uid).to_numpy()]
+        assert list(part.obs_names) == [f"{uid}:{name}" for name in source.obs_names]
+        expected = sp.csr_matrix(source.X)
+        columns = adata.var_names.get_indexer(source.var_names)
+        np.testing.assert_array_equal(part.X[:, columns].toarray(), expected.toarray())
+        assert part.X.nnz == expected.count_nonzero()
 
 
 def test_forkserver_preload_imports_no_database_or_anndata() -> None:
