@@ -37,13 +37,14 @@ def add_from_anndata(
     feature_space: str,
     zarr_layer: str | None = None,
     dataset_record: DatasetRecord | None = None,
-    layer: str | None = None,
+    source_layer: str | None = None,
     layers: Mapping[str, str] | None = None,
     var_uid_column: str | None = None,
     obsm_columns: Mapping[str, str] | None = None,
     csc: bool | None = None,
     on_duplicate: OnDuplicate = "error",
     progress: bool = True,
+    layer: str | None = None,
 ) -> DatasetRecord:
     """Ingest one AnnData (in memory, backed, or a path to ``.h5ad`` read in backed mode) as one dataset.
 
@@ -61,8 +62,8 @@ def add_from_anndata(
         Provenance and the dataset uid; the storage fields (``lancell.tables.schema.ASSIGNED_FIELDS``:
         ``zarr_group``, ``n_cells``, ...) are assigned by lancell and must be left unset. A fresh record if
         omitted.
-    layer
-        Read ``adata.layers[layer]`` instead of ``adata.X`` (with ``zarr_layer``).
+    source_layer
+        Read ``adata.layers[source_layer]`` instead of ``adata.X`` (with ``zarr_layer``, the stored name).
     layers
         Several layers at once: ``{stored layer name: "X" or a key of adata.layers}``, e.g.
         ``{"counts": "counts", "log_normalized": "X"}``; the first is the record's ``layer``. Sparse layers
@@ -76,13 +77,16 @@ def add_from_anndata(
         Also write the feature-major (CSC) copy used by feature-filtered reads; by default for sparse
         datasets of at least ``lancell.storage.csc.CSC_MIN_VALUES`` stored values
         (``lancell.ingest.add_csc.add_csc`` adds it later).
-    on_duplicate What to do when the same content (matrix, obs names, layer and feature panel: the
+    on_duplicate
+        What to do when the same content (matrix, obs names, layer and feature panel: the
         ``content_fingerprint``) is already in the atlas as another dataset: ``"error"`` raises
         :class:`~lancell.errors.DuplicateContentError`; ``"skip"`` warns
         (:class:`~lancell.errors.DuplicateContentWarning`) and returns that dataset's record, leaving the
         atlas unchanged; ``"allow"`` stores it again.
     progress
         Show a progress bar while the matrix is written.
+    layer
+        The earlier name of ``source_layer``; it warns (``DeprecationWarning``) and goes in the next release.
 
     Returns
     -------
@@ -112,7 +116,12 @@ def add_from_anndata(
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
     plan = plan_ingest(
-        atlas.core, adata, space, stored_layers(record.uid, zarr_layer, layer, layers), record, var_uid_column
+        atlas.core,
+        adata,
+        space,
+        stored_layers(record.uid, zarr_layer, source_layer, layers, layer),
+        record,
+        var_uid_column,
     )
     plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(

@@ -47,17 +47,18 @@ def attach_modality(
     feature_space: str,
     zarr_layer: str | None = None,
     dataset_record: DatasetRecord | None = None,
-    layer: str | None = None,
+    source_layer: str | None = None,
     layers: Mapping[str, str] | None = None,
     var_uid_column: str | None = None,
     progress: bool = True,
+    layer: str | None = None,
 ) -> DatasetRecord:
     """Store ``adata`` as feature space ``feature_space`` of the cells of dataset ``cells_of``.
 
     ``adata.obs_names`` must be obs names of that dataset (any subset, any order); those cells must not
     already carry a pointer in ``feature_space``. ``dataset_record`` gives provenance and the uid; the fields
     lancell assigns (``zarr_group``, ...) must be unset and ``cells_of`` unset or equal to ``cells_of``.
-    ``zarr_layer`` (with ``layer``) or ``layers`` say what is stored, as in
+    ``zarr_layer`` (with ``source_layer``) or ``layers`` say what is stored, as in
     :func:`~lancell.ingest.from_anndata.add_from_anndata`.
 
     Raises
@@ -72,7 +73,7 @@ def attach_modality(
     if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
         raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
     record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
-    to_store = stored_layers(record.uid, zarr_layer, layer, layers)
+    to_store = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
     existing = _existing_cells(atlas, cells_of, feature_space)
     wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)

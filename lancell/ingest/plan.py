@@ -8,6 +8,7 @@ stores them on the record and warns.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -99,23 +100,40 @@ def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:
 
 
 def stored_layers(
-    dataset: str, zarr_layer: str | None, layer: str | None, layers: Mapping[str, str] | None
+    dataset: str,
+    zarr_layer: str | None,
+    source_layer: str | None,
+    layers: Mapping[str, str] | None,
+    layer: str | None = None,
 ) -> dict[str, str]:
     """``{stored layer name: "X" or an adata.layers key}`` from an ingest call's ``zarr_layer`` (with
-    ``layer``, the source, None: ``X``) or ``layers``; exactly one of ``zarr_layer`` and ``layers``.
+    ``source_layer``, None: ``X``) or ``layers``; exactly one of ``zarr_layer`` and ``layers``.
+
+    ``layer`` is the earlier name of ``source_layer`` (one release): it warns and means the same.
 
     Raises
     ------
     IngestError
-        Both or neither given, ``layer`` given with ``layers``, or ``layers`` empty or not str -> str.
+        Both or neither given, ``source_layer`` given with ``layers``, ``layer`` given with
+        ``source_layer``, or ``layers`` empty or not str -> str.
     """
+    if layer is not None:
+        if source_layer is not None:
+            raise IngestError(f"dataset {dataset!r}: give source_layer alone (layer is its earlier name)")
+        warnings.warn(
+            "layer= (the AnnData layer read) is named source_layer= now; layer= goes in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        source_layer = layer
     if layers is None:
         if zarr_layer is None:
             raise IngestError(f"dataset {dataset!r}: give zarr_layer (the stored layer name) or layers")
-        return {zarr_layer: "X" if layer is None else layer}
-    if zarr_layer is not None or layer is not None:
+        return {zarr_layer: "X" if source_layer is None else source_layer}
+    if zarr_layer is not None or source_layer is not None:
         raise IngestError(
-            f"dataset {dataset!r}: give layers={dict(layers)!r} alone, or zarr_layer (and layer), not both"
+            f"dataset {dataset!r}: give layers={dict(layers)!r} alone, "
+            "or zarr_layer (and source_layer), not both"
         )
     if not isinstance(layers, Mapping) or not layers:
         raise IngestError(f"dataset {dataset!r}: layers must be a non-empty mapping, got {layers!r}")

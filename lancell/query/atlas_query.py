@@ -7,6 +7,7 @@ the order the cell table returns them for the filter (scan order), never regroup
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
@@ -131,11 +132,20 @@ class AtlasQuery:
         self._cells = replace(self._cells, columns=tuple(columns))
         return self
 
-    def feature_spaces(self, feature_space: str) -> AtlasQuery:
+    def feature_space(self, feature_space: str) -> AtlasQuery:
         """Reconstruct this feature space (default: the first pointer field of the schema)."""
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
         self._feature_space = feature_space
         return self
+
+    def feature_spaces(self, feature_space: str) -> AtlasQuery:
+        """The earlier name of :meth:`feature_space` (it sets one); warns, and goes in the next release."""
+        warnings.warn(
+            "query().feature_spaces(name) is named feature_space(name) now; the old name goes next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.feature_space(feature_space)
 
     def layers(self, feature_space: str, layers: str | Sequence[str]) -> AtlasQuery:
         """Reconstruct ``layers`` of ``feature_space``: one name, or several read on the same cells and

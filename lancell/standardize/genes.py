@@ -40,7 +40,7 @@ __all__ = [
     "resolve_genes",
 ]
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "data" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "data" / "reference"
 GENE_MATCH_KINDS = ("id", "retired_id", "symbol", "ambiguous", "alias", "unresolved")
 RESOLVED_KINDS = frozenset(GENE_MATCH_KINDS) - {"unresolved"}
 

@@ -332,11 +332,12 @@ def standardize_and_ingest(
     feature_space: str,
     zarr_layer: str,
     dataset_record: DatasetRecord | None = None,
-    layer: str | None = None,
+    source_layer: str | None = None,
     unresolved: Literal["keep", "drop"] = "keep",
     duplicates: Duplicates = "sum",
     on_conflict: OnConflict = "error",
     progress: bool = True,
+    layer: str | None = None,
     **standardize: object,
 ) -> tuple[DatasetRecord, StandardizationReport]:
     """Standardize ``adata``, register its genes and ingest it, in one call.
@@ -352,7 +353,7 @@ def standardize_and_ingest(
         A writable atlas.
     adata
         In memory, backed, or a path to an ``.h5ad`` (read into memory: standardizing makes a copy).
-    feature_space, zarr_layer, dataset_record, layer, progress
+    feature_space, zarr_layer, dataset_record, source_layer, progress, layer
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`.
     unresolved, duplicates
         As for :func:`standardize_anndata`; genes sharing an id are summed by default (right for counts:
@@ -393,6 +394,7 @@ def standardize_and_ingest(
         feature_space=feature_space,
         zarr_layer=zarr_layer,
         dataset_record=dataset_record,
+        source_layer=source_layer,
         layer=layer,
         var_uid_column="feature_uid",
         progress=progress,

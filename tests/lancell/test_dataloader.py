@@ -154,7 +154,7 @@ def test_zero_worker_epoch_equals_to_anndata(bundled):
 @pytest.mark.parametrize("features", ["union", "intersection", "list"])
 @pytest.mark.parametrize("space", [SPACE, "expression_dense"])
 def test_fixed_feature_sets_sparse_and_dense(split, mouse, features, space):
-    query = split.query().where(f"dataset_uid LIKE '%{space}'").feature_spaces(space).layers(space, "counts")
+    query = split.query().where(f"dataset_uid LIKE '%{space}'").feature_space(space).layers(space, "counts")
     if features == "list":
         uids = list(mouse.var_names[[999, 5, 450, 0, 700]])  # not in global order; 0 and 5 only in "a"
         query = query.features(uids, space)

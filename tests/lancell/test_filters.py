@@ -8,7 +8,7 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import QueryError
+from lancell.errors import FeatureSpaceError, QueryError
 from lancell.query.cell_table import keyword_filter, sql_suggestion
 
 
@@ -117,3 +117,12 @@ def test_features_ignoring_case_in_query_and_loader(bundled, pbmc_obs):
     rows = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
     dense[rows, batch.indices] = batch.values
     np.testing.assert_array_equal(dense, a.X.toarray())
+
+
+def test_feature_spaces_is_the_earlier_name_of_feature_space(bundled):
+    with pytest.warns(DeprecationWarning, match="named feature_space"):
+        query = bundled.query().feature_spaces("gene_expression")
+    query = query.where(dataset_uid="pbmc68k")
+    assert query.plan(columns=[]).plan.feature_space == "gene_expression"
+    with pytest.warns(DeprecationWarning), pytest.raises(FeatureSpaceError, match="'protein'"):
+        bundled.query().feature_spaces("protein")  # checked as feature_space() checks it

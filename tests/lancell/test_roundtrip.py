@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from helpers import dense
 
 from lancell.atlas import RaggedAtlas
+from lancell.errors import IngestError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import (
     DatasetRecord,
@@ -59,9 +60,7 @@ def _atlas(tmp_path, genes) -> RaggedAtlas:
 
 
 def _round_trip(atlas, adata, space, layer, uid):
-    out = (
-        atlas.query().where(f"dataset_uid = '{uid}'").feature_spaces(space).layers(space, layer).to_anndata()
-    )
+    out = atlas.query().where(f"dataset_uid = '{uid}'").feature_space(space).layers(space, layer).to_anndata()
     assert list(out.obs_names) == [f"{uid}:{n}" for n in adata.obs_names]
     return out[:, adata.var_names]
 
@@ -117,7 +116,7 @@ def test_dense_feature_space_round_trip(tmp_path, mouse):
     assert isinstance(out.X, np.ndarray) and out.X.dtype == np.float32
     np.testing.assert_array_equal(out.X, mouse.X)
     some = (
-        atlas.query().where("dataset_uid = 'mouse'").feature_spaces("expression_dense").limit(7).to_anndata()
+        atlas.query().where("dataset_uid = 'mouse'").feature_space("expression_dense").limit(7).to_anndata()
     )
     np.testing.assert_array_equal(some[:, mouse.var_names].X, mouse.X[:7])
 
@@ -173,7 +172,7 @@ def test_named_layer_and_var_uid_column(tmp_path, pbmc):
         adata,
         feature_space="gene_expression",
         zarr_layer="log_normalized",
-        layer="lognorm",
+        source_layer="lognorm",
         var_uid_column="registry_uid",
         dataset_record=DatasetRecord(uid="p"),
         progress=False,
@@ -181,6 +180,19 @@ def test_named_layer_and_var_uid_column(tmp_path, pbmc):
     out = atlas.query().to_anndata()
     assert list(out.var_names) == list(adata.var["registry_uid"])
     np.testing.assert_array_equal(dense(out.X), dense(pbmc.X))
+
+
+def test_layer_is_the_earlier_name_of_source_layer(tmp_path, pbmc):
+    atlas = _atlas(tmp_path, pbmc.var_names)
+    adata = ad.AnnData(X=np.zeros(pbmc.shape, np.float32), obs=pbmc.obs.copy(), var=pbmc.var.copy())
+    adata.layers["lognorm"] = pbmc.X.copy()
+    kwargs = {"feature_space": "gene_expression", "zarr_layer": "log_normalized", "progress": False}
+    with pytest.raises(IngestError, match="give source_layer alone"):
+        add_from_anndata(atlas, adata, source_layer="lognorm", layer="lognorm", **kwargs)
+    assert atlas.list_datasets().empty  # refused before anything was written
+    with pytest.warns(DeprecationWarning, match="named source_layer= now"):
+        add_from_anndata(atlas, adata, layer="lognorm", dataset_record=DatasetRecord(uid="p"), **kwargs)
+    np.testing.assert_array_equal(dense(atlas.query().to_anndata().X), dense(pbmc.X))
 
 
 def test_large_dataset_spans_several_shards_and_blocks(tmp_path):

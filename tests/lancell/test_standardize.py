@@ -185,7 +185,7 @@ def test_standardized_anndata_ingests_by_ensembl_id(tmp_path, pbmc):
     )
     back = (
         atlas.query()
-        .feature_spaces("gene_expression")
+        .feature_space("gene_expression")
         .layers("gene_expression", "log_normalized")
         .to_anndata()
     )

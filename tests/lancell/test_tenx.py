@@ -86,7 +86,7 @@ def _read_back(atlas: RaggedAtlas, uid: str, space: str, var_uids: pd.Index):
     out = (
         atlas.query()
         .where(f"dataset_uid = '{uid}'")
-        .feature_spaces(space)
+        .feature_space(space)
         .layers(space, "counts")
         .to_anndata()
     )

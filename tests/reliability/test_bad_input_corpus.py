@@ -350,7 +350,7 @@ CASES: dict[str, Bad] = {
         zarr_layer="spliced",
     ),
     "input layer not in adata.layers": bad_ingest(
-        mutated(lambda a: None), IE, "{uid}", "'raw_counts'", layer="raw_counts"
+        mutated(lambda a: None), IE, "{uid}", "'raw_counts'", source_layer="raw_counts"
     ),
     # shapes
     "empty dataset (0 cells)": bad_ingest(mutated(lambda a: a[:0].copy()), IE, "{uid}", "no cells"),
