@@ -181,6 +181,10 @@ class QueryError(LancellError, ValueError):
     """A query is malformed (bad SQL filter, unknown column, unknown feature)."""
 
 
+class BatchTransportError(LancellError, RuntimeError):
+    """A batch from a DataLoader worker names a shared-memory slot the training process was never given."""
+
+
 class UnmeasuredDataError(QueryError):
     """The query selects cells of datasets that did not measure what it asks for (a layer or the joined
     features); choose ``on_unmeasured("drop")`` or ``on_unmeasured("keep")`` to have them anyway."""

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from lancell.errors import BatchTransportError
+
 __all__ = ["SharedMemoryCollate", "shared_memory_available"]
 
 HEADER = 64  # bytes before the first segment: byte 0 is the slot's state; segments keep 64-byte alignment
@@ -257,8 +259,10 @@ def _receive(key: tuple[int, int, int] | None, fd: Any, capacity: int, nbytes: i
         _MAPPED[pid, k] = (generation, mapped)
     known = _MAPPED.get((pid, k))
     if known is None or known[0] != generation:
-        raise RuntimeError(
-            f"batch from worker {pid} names shared slot {k}.{generation}, which was never sent"
+        raise BatchTransportError(
+            f"a batch from worker process {pid} names its shared-memory slot {k} (generation {generation}), "
+            f"which was never sent to this process {os.getpid()}: batches must be unpickled by the process "
+            "that iterates the loader"
         )
     mapped = known[1]
     view = mapped[HEADER : HEADER + nbytes]  # the batch's tensors hold this array; its end frees the slot

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import io
 import pickle
+import subprocess
+import sys
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
@@ -105,6 +107,27 @@ def test_a_kept_small_tensor_does_not_hold_the_slot():
     second = _send(_batch(5))
     assert second["X"].values().data_ptr() == address
     assert torch.equal(index, torch.arange(100, dtype=torch.int64) + 4)
+
+
+def test_a_batch_read_by_a_process_never_given_its_slot_is_refused():
+    first = _send(_batch(8))
+    del first
+    gc.collect()
+    buffer = io.BytesIO()  # the freed slot is reused: its descriptor is not sent again
+    ForkingPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(SharedMemoryCollate(lambda b: b)(_batch(9)))
+    code = (
+        "import pickle, sys\n"
+        "from lancell.errors import BatchTransportError\n"
+        "try:\n"
+        "    pickle.loads(sys.stdin.buffer.read())\n"
+        "except BatchTransportError as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=buffer.getvalue(), capture_output=True, check=True, timeout=120
+    )
+    out = done.stdout.decode()
+    assert out.startswith("BatchTransportError a batch from worker process") and "never sent" in out
 
 
 def test_a_larger_batch_grows_a_free_slot():
