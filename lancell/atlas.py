@@ -297,9 +297,13 @@ class RaggedAtlas:
         """Number features that have no global index yet (rows added by hand); return counts per space."""
         return assign_global_indices(self.core)
 
-    def validate(self) -> list[str]:
-        """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent."""
-        return find_problems(self.core)
+    def validate(self, dataset_uid: str | None = None) -> list[str]:
+        """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent.
+
+        ``dataset_uid``: check that dataset only (and the registries), at the cost of the dataset; an unknown
+        uid raises :class:`~lancell.errors.DatasetNotFoundError`.
+        """
+        return find_problems(self.core, dataset_uid)
 
     def snapshot(self, note: str | None = None) -> int:
         """Validate and record the current version of every table; return the new snapshot number

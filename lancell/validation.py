@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lancell.errors import DatasetNotFoundError
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
+from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
@@ -77,15 +79,16 @@ class _HashBuckets:
         return np.concatenate(found)
 
 
-def _cell_tallies(core: AtlasCore) -> tuple[Counter, Counter, bool]:
+def _cell_tallies(core: AtlasCore, where: str | None = None) -> tuple[Counter, Counter, bool]:
     """Cells per dataset, cells per zarr group, and whether cell uids are unique, in bounded memory.
 
     The visible cell rows are streamed in batches; uniqueness is checked on 64-bit hashes of the uids, split
     into buckets of at most about ``BUCKET_CELLS`` hashes (spilled to a temporary folder when there are
     several) and sorted one bucket at a time; only a repeated hash triggers an exact check of the uids that
-    carry it (a second streamed pass).
+    carry it (a second streamed pass). ``where`` limits the tally to the cell rows it selects.
     """
     hidden = visible_cells_filter(core)  # rows of an interrupted ingestion are debris, not a problem
+    hidden = " AND ".join(f"({f})" for f in (hidden, where) if f) or None
     cells = core.tables.cells
 
     def scan(columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -115,8 +118,12 @@ def _cell_tallies(core: AtlasCore) -> tuple[Counter, Counter, bool]:
     return per_dataset, per_group, pc.count_distinct(suspects).as_py() == len(suspects)
 
 
-def find_problems(core: AtlasCore) -> list[str]:
+def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
+
+    With ``dataset_uid``, only that dataset is checked (its record, group, layout, the cells it owns or
+    points into, their uids' uniqueness) besides the registries: the cost is that of the dataset, not of the
+    atlas.
 
     Checks: every dataset's zarr group exists with matching attributes (and carries this atlas's id, when the
     group and the atlas record one) and its layout is stored; cell counts
@@ -128,7 +135,14 @@ def find_problems(core: AtlasCore) -> list[str]:
     problems: list[str] = []
     tables = core.tables
     datasets = tables.datasets.to_arrow()
-    counts, per_group, uids_unique = _cell_tallies(core)
+    scope = None
+    if dataset_uid is not None:
+        datasets = datasets.filter(pc.equal(datasets.column("uid"), dataset_uid))
+        if not datasets.num_rows:
+            raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")
+        owners = {dataset_uid, datasets.column("cells_of")[0].as_py() or dataset_uid}  # a modality's cells
+        scope = " OR ".join(f"dataset_uid = {sql_literal(uid)}" for uid in sorted(owners))
+    counts, per_group, uids_unique = _cell_tallies(core, scope)
     layout_sizes = _value_counts(tables.layouts.to_arrow().column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
@@ -160,10 +174,11 @@ def find_problems(core: AtlasCore) -> list[str]:
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
     dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
-    if dangling:  # an attachment interrupted before its commit: readers treat these cells as unmeasured
+    # an attachment interrupted before its commit: readers treat these cells as unmeasured
+    if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)
         log.warning("cells point into zarr groups without a dataset record (vacuum() detaches): %s", dangling)
     orphans = sorted(set(counts) - known)
-    if orphans:
+    if orphans and dataset_uid is None:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:
         problems.append("cell uids are not unique")

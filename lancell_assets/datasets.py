@@ -29,7 +29,7 @@ CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
     "cell_count_matches": "Cells in the dataset record = rows of the file's obs = n_cells of the zarr group.",
     "nnz_matches": "Stored values in the dataset record = nnz of the zarr group.",
-    "dataset_consistent": "atlas.validate() finds no problem naming this dataset.",
+    "dataset_consistent": "atlas.validate(dataset_uid) finds no problem in this dataset or the registries.",
 }
 
 
@@ -142,7 +142,7 @@ def _metadata(
 
 def _checks(handle: "RaggedAtlas", spec: "LandingSpec", record: "DatasetRecord") -> list[dg.AssetCheckResult]:
     attrs = handle.group_attributes(record.zarr_group) or {}
-    problems = [p for p in handle.validate() if record.uid in p]
+    problems = handle.validate(dataset_uid=record.uid)  # the dataset's cost, not the atlas's
     source_cells = _source_cells(spec.path)
     return [
         dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),
