@@ -42,10 +42,16 @@ def build(root: Path, cells: int, datasets: int, nnz: int) -> None:
     import numpy as np
     import pandas as pd
 
-    from lancell.atlas import RaggedAtlas
-    from lancell.ingest.from_anndata import add_from_anndata
+    # the public facade only: module paths move between commits, lancell's public names do not
+    from lancell import (
+        DatasetRecord,
+        FeatureBaseSchema,
+        LancellBaseSchema,
+        RaggedAtlas,
+        SparseZarrPointer,
+        add_from_anndata,
+    )
     from lancell.synthetic import synthetic_counts
-    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
     class Gene(FeatureBaseSchema):
         gene_symbol: str | None = None
@@ -87,8 +93,7 @@ def measure(root: Path, reps: int) -> dict[str, list[float]]:
     """``{work: [cpu seconds, wall seconds]}`` medians over ``reps`` after one warm-up run."""
     import numpy as np
 
-    from lancell.atlas import RaggedAtlas
-    from lancell.dataloader import SparseCollate
+    from lancell import RaggedAtlas, SparseCollate
 
     atlas = RaggedAtlas.checkout_latest(str(root / "db"))
     genes = [f"gene{i}" for i in range(0, 20_000, 1_000)]
