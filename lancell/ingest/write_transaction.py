@@ -121,8 +121,13 @@ class WriteTransaction:
         names = list(plan.layers)
         written = None
         if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
-            written = CsrBlocks(len(plan.feature_uids), keep=plan.nnz <= CSC_BUDGET)
+            dtypes = {name: stored_dtype(source) for name, source in plan.layers.items()}
+            written = CsrBlocks(len(plan.feature_uids), dtypes, spill=plan.nnz > CSC_BUDGET)
         with ExitStack() as hashing:
+            if written is not None:
+                hashing.callback(
+                    written.close
+                )  # the sorted blocks, kept or spilled, once the copy is written
             hashers = {
                 name: hashing.enter_context(ContentHasher(space.kind, stored_dtype(source), source.shape))
                 for name, source in plan.layers.items()
@@ -139,9 +144,8 @@ class WriteTransaction:
                     for name, hasher in hashers.items()
                 }
             )
-        if written is not None:
-            write_csc(core.zarr_root[self._group], names, written=written)
-            del written  # the kept blocks
+            if written is not None:
+                write_csc(core.zarr_root[self._group], names, written=written)
         with core.lock("layouts"):
             self._layout_written = ensure_layout(
                 core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
@@ -323,12 +327,12 @@ def write_group(
     with bar:
         if space.kind == "sparse":
             writer = SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common)
-            for _, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
+            for row0, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
                 writer.append(indptr, indices, values)
                 for name, hasher in hashers.items():
                     hasher.add_csr(indptr, indices, values[name])
                 if written is not None:
-                    written.add(indices, values)
+                    written.add(row0, indptr, indices, values)
                 bar.update(indptr.size - 1)
             indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
         else:

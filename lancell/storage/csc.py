@@ -3,22 +3,25 @@
 ``<group>/csc/indptr`` (n_features + 1), ``csc/indices`` (uint32 row numbers within the group, BP-128
 delta), both shared by every layer as the CSR ones are, and ``csc/layers/<layer>`` per layer (the CSR
 layer's dtype and codec: integers stay integers, floats stay floats).
-Built in bounded memory: each feature's nonzeros are counted (by ingestion as it writes the CSR
-arrays, else by one pass over the stored indices), then feature ranges holding at most ``budget`` values are
-filled from the CSR row blocks (kept in memory by ingestion for datasets of at most ``budget`` values, else
-read back from the store), each block in one linear pass (:mod:`kernels.transpose`).
+Built in bounded memory from :class:`CsrBlocks`: ingestion adds each CSR block as it writes it (else one pass
+reads the stored arrays back), which sorts the block's elements by feature bucket and counts each feature's
+values; the buckets are kept in memory for datasets of at most ``budget`` values, else spilled to a
+temporary file. Each bucket is then filled into its features' runs (:mod:`kernels.transpose`), in feature
+ranges holding at most ``budget`` values.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
 import zarr.codecs
 
-from kernels.transpose import count_features, fill_feature_runs
+from kernels.transpose import partition_by_bucket, scatter_features
 from lancell.storage.groups import (
     DEFAULT_GEOMETRY,
     INDPTR_CODECS,
@@ -38,39 +41,110 @@ log = logging.getLogger(__name__)
 CSC_MIN_VALUES = 250_000
 CSC_BUDGET = 16_000_000
 _READ_VALUES = 4_000_000  # elements per read of an unsharded (or otherwise laid out) array
+_BUCKET_FEATURES = 512  # features per bucket: the runs one scatter writes to at a time
 
 # (first element, the column indices and each layer's values of the elements from there)
 Block = tuple[int, np.ndarray, Mapping[str, np.ndarray]]
+# (rows, features, {layer: values}) of one block's elements of one bucket, rows increasing
+Segment = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
 
 
 class CsrBlocks:
-    """The CSR blocks of a dataset as ingestion writes them, so that :func:`write_csc` reads nothing back.
+    """A dataset's CSR blocks sorted by feature bucket, for :func:`write_csc`.
 
     Parameters
     ----------
     n_features
         Features (columns) of the dataset.
-    keep
-        Whether to keep the blocks themselves (ingestion keeps them for datasets of at most ``CSC_BUDGET``
-        values); each feature's number of values is always counted.
+    dtypes
+        Each stored layer's dtype.
+    spill
+        Keep the sorted blocks in a temporary file (12 bytes per value for one uint32 or float32 layer)
+        instead of memory; ingestion spills datasets of more than ``CSC_BUDGET`` values.
     """
 
-    def __init__(self, n_features: int, *, keep: bool) -> None:
+    def __init__(self, n_features: int, dtypes: Mapping[str, np.dtype], *, spill: bool) -> None:
         self.counts = np.zeros(n_features, dtype=np.int64)
-        self.blocks: list[Block] | None = [] if keep else None
+        n_buckets = max(1, -(-n_features // _BUCKET_FEATURES))
+        self.bucket_of = (np.arange(n_features, dtype=np.int64) * n_buckets // max(n_features, 1)).astype(
+            np.int32
+        )
+        self.bounds = np.searchsorted(self.bucket_of, np.arange(n_buckets + 1)).astype(np.int64)
+        self.dtypes = {layer: np.dtype(dtype) for layer, dtype in dtypes.items()}
         self.nnz = 0
+        self._file = tempfile.TemporaryFile(prefix="lancell-csc-") if spill else None
+        self._kept: list[Segment] = []
+        self._spilled: list[tuple[int, int]] = []  # (file position, values) of each block
+        self._offsets: list[np.ndarray] = []  # each block's bucket offsets
 
-    def add(self, indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
-        """Record the next block of rows: column indices (sorted within each row) and each layer's values
-        as stored."""
-        count_features(indices, self.counts)
-        if self.blocks is not None:
-            self.blocks.append((self.nnz, indices, values))
-        self.nnz += indices.size
+    def add(
+        self,
+        row0: int,
+        indptr: np.ndarray,
+        indices: np.ndarray,
+        values: Mapping[str, np.ndarray],
+        start: int = 0,
+    ) -> None:
+        """Record elements ``[start, start + indices.size)`` of a CSR block of rows from ``row0`` (row
+        offsets ``indptr``): their column ``indices`` and each layer's ``values``, as stored."""
+        n = indices.size
+        first, *others = self.dtypes
+        rows, features = np.empty(n, np.uint32), np.empty(n, np.uint32)
+        sorted_values = {first: np.empty(n, self.dtypes[first])}
+        order, offsets = np.empty(n if others else 0, np.int64), np.empty(self.bounds.size, np.int64)
+        partition_by_bucket(
+            indptr,
+            row0,
+            start,
+            indices,
+            values[first],
+            self.bucket_of,
+            self.counts,
+            rows,
+            features,
+            sorted_values[first],
+            order,
+            offsets,
+        )
+        sorted_values.update({layer: values[layer][order] for layer in others})
+        self._offsets.append(offsets)
+        self.nnz += n
+        if self._file is None:
+            self._kept.append((rows, features, sorted_values))
+            return
+        self._spilled.append((self._file.tell(), n))
+        for array in (rows, features, *sorted_values.values()):
+            self._file.write(memoryview(array))
+
+    def segments(self, bucket: int) -> Iterator[Segment]:
+        """Every block's elements of ``bucket``, in row order (one block in memory at a time)."""
+        for i, offsets in enumerate(self._offsets):
+            lo, hi = int(offsets[bucket]), int(offsets[bucket + 1])
+            if lo == hi:
+                continue
+            if self._file is None:
+                rows, features, values = self._kept[i]
+                yield rows[lo:hi], features[lo:hi], {layer: v[lo:hi] for layer, v in values.items()}
+                continue
+            position, n = self._spilled[i]
+            parts = []
+            for dtype in (np.dtype(np.uint32), np.dtype(np.uint32), *self.dtypes.values()):
+                raw = os.pread(
+                    self._file.fileno(), (hi - lo) * dtype.itemsize, position + lo * dtype.itemsize
+                )
+                parts.append(np.frombuffer(raw, dtype))
+                position += n * dtype.itemsize
+            yield parts[0], parts[1], dict(zip(self.dtypes, parts[2:], strict=True))
+
+    def close(self) -> None:
+        """Drop the kept blocks and the spill file."""
+        self._kept.clear()
+        if self._file is not None:
+            self._file.close()
 
 
 def _stored_blocks(indices: zarr.Array, values: Mapping[str, zarr.Array]) -> Iterator[Block]:
-    """The stored CSR arrays (``values`` empty: the indices alone), read back shard by shard
+    """The stored CSR arrays, read back shard by shard
     (:meth:`lancell.storage.shard_reader.ShardedArrayReader.read_shard`) where both have the batched reader's
     layout with the same shards, else in ranges of ``_READ_VALUES`` through :mod:`lancell.storage.reader`."""
     arrays = [indices, *values.values()]
@@ -102,34 +176,43 @@ def write_csc(
     already stored (a layer added to a dataset: :mod:`lancell.ingest.add_layer`; readers of earlier snapshots
     keep reading those arrays while it is written).
 
-    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one shard of each CSR array; a
-    dataset with more nonzeros than ``budget`` is read ``ceil(nnz / budget)`` times (from
-    ``written.blocks`` when they were kept, else from the stored arrays). ``written``: what ingestion
-    recorded while writing the CSR arrays (the feature counts, and the blocks when kept); without it the
-    stored indices are read once more to count.
+    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one block's bucket, and by
+    ``written``'s kept blocks (spilled to a temporary file above ``budget`` values). ``written``: what
+    ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
+    arrays are read back once.
     """
     csr = group["csr"]
-    indptr = np.asarray(csr["indptr"][:], dtype=np.int64)
     n_features = int(group.attrs["n_features"])
-    indices_array = csr["indices"]
     values_arrays = {layer: csr[f"layers/{layer}"] for layer in layers}
-    if written is None:
-        counts = np.zeros(n_features, dtype=np.int64)
-        for _, stored, _ in _stored_blocks(indices_array, {}):
-            count_features(stored, counts)
-    else:
-        counts = written.counts
-    kept = None if written is None else written.blocks
+    blocks = written
+    if blocks is None:
+        indptr = np.asarray(csr["indptr"][:], dtype=np.int64)
+        dtypes = {layer: array.dtype for layer, array in values_arrays.items()}
+        blocks = CsrBlocks(n_features, dtypes, spill=int(indptr[-1]) > budget)
+        for start, stored, values in _stored_blocks(csr["indices"], values_arrays):
+            blocks.add(0, indptr, stored, values, start)
+    try:
+        _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices)
+    finally:
+        if written is None:
+            blocks.close()
+    group.attrs["csc_layers"] = sorted({*group.attrs.get("csc_layers", []), *layers})
 
-    def blocks() -> Iterator[Block]:
-        return iter(kept) if kept is not None else _stored_blocks(indices_array, values_arrays)
 
-    csc_indptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+def _write_buckets(
+    target: zarr.Group,
+    blocks: CsrBlocks,
+    values_arrays: Mapping[str, zarr.Array],
+    budget: int,
+    indices: bool,
+) -> None:
+    """Fill ``blocks``' buckets into the CSC arrays under ``target``, in feature ranges of at most ``budget``
+    values (at least one feature)."""
+    csc_indptr = np.concatenate(([0], np.cumsum(blocks.counts))).astype(np.int64)
     nnz = int(csc_indptr[-1])
     geometry = DEFAULT_GEOMETRY
     chunk = min(geometry.sparse_chunk, max(nnz, 1))
     shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
-    target = group.require_group("csc")
     rows_out = None
     if indices:
         rows_out = ShardBuffer(
@@ -149,34 +232,35 @@ def write_csc(
         layer: ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
         for layer, array in values_arrays.items()
     }
-    feature = 0
-    while feature < n_features:  # feature ranges whose values fit the budget
-        stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
-        stop = min(max(stop, feature + 1), n_features)
-        base = csc_indptr[feature]
-        size = int(csc_indptr[stop] - base)
-        rows = {layer: np.empty(size, dtype=np.uint32) for layer in values_arrays}
-        vals = {layer: np.empty(size, dtype=array.dtype) for layer, array in values_arrays.items()}
-        fill = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
-        for start, stored, values in blocks():  # rows stay increasing within each feature
-            for layer in values_arrays:  # ingestion writes rows sorted; an older group's are scanned whole
-                fill_feature_runs(
-                    indptr,
-                    start,
-                    stored,
-                    values[layer],
-                    feature,
-                    stop,
-                    written is not None,
-                    fill[layer],
-                    rows[layer],
-                    vals[layer],
-                )
-        if rows_out is not None:  # the same rows for every layer
-            rows_out.append(next(iter(rows.values())))
-        for layer, buffer in vals_out.items():
-            buffer.append(vals[layer])
-        feature = stop
+    no_rows = np.empty(0, np.uint32)
+    for bucket in range(blocks.bounds.size - 1):
+        feature, last = int(blocks.bounds[bucket]), int(blocks.bounds[bucket + 1])
+        while feature < last:  # feature ranges whose values fit the budget
+            stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
+            stop = min(max(stop, feature + 1), last)
+            base = csc_indptr[feature]
+            size = int(csc_indptr[stop] - base)
+            rows = np.empty(size if rows_out is not None else 0, dtype=np.uint32)
+            vals = {layer: np.empty(size, dtype=array.dtype) for layer, array in values_arrays.items()}
+            fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
+            for segment_rows, segment_features, values in blocks.segments(bucket):
+                for i, layer in enumerate(values_arrays):  # the rows once, with the first layer
+                    out_rows = rows if i == 0 else no_rows
+                    scatter_features(
+                        segment_rows,
+                        segment_features,
+                        values[layer],
+                        feature,
+                        stop,
+                        fills[layer],
+                        out_rows,
+                        vals[layer],
+                    )
+            if rows_out is not None:
+                rows_out.append(rows)
+            for layer, buffer in vals_out.items():
+                buffer.append(vals[layer])
+            feature = stop
     if rows_out is not None:
         rows_out.close()
     for buffer in vals_out.values():
@@ -190,7 +274,6 @@ def write_csc(
             compressors=INDPTR_CODECS,
             overwrite=True,
         )[:] = csc_indptr
-    group.attrs["csc_layers"] = sorted({*group.attrs.get("csc_layers", []), *layers})
 
 
 def read_csc_features(
