@@ -77,7 +77,11 @@ def stored_csr_blocks(
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(row_start, indptr, indices, values)`` of every row block of a sparse ``source`` as stored:
     ``indptr`` int64 from 0, ``indices`` uint32 local feature numbers increasing within each row,
-    ``values`` uint32 (integer input) or float32; fresh arrays, never the source's buffers.
+    ``values`` uint32 (integer input) or float32.
+
+    ``indices`` and ``values`` are never the source's buffers, but two sets of buffers alternate (no fresh,
+    first-touched memory per block): a block stays valid while the caller works on the next one, and is
+    overwritten when the one after that is asked for. A caller keeping blocks longer copies them.
 
     ``stored_column`` maps a var column to its stored local index (None: var is in stored order).
 
@@ -91,17 +95,39 @@ def stored_csr_blocks(
     column_map = column_map.astype(np.uint32)
     no_counts = np.zeros(0, dtype=np.int64)
     integer = source.dtype.kind in "iu"
+    dtype = np.dtype(np.uint32 if integer else np.float32)
+    buffers = {name: _Alternating(kind) for name, kind in (("columns", np.uint32), ("values", dtype))}
+    if stored_column is not None:
+        buffers.update({"sorted columns": _Alternating(np.uint32), "sorted values": _Alternating(dtype)})
     for row0, indptr, indices, data in source.csr_blocks():
-        columns = np.empty(indices.size, dtype=np.uint32)
-        values = np.empty(data.size, dtype=np.uint32 if integer else np.float32)
+        columns, values = buffers["columns"].next(indices.size), buffers["values"].next(data.size)
         bad = map_indices(indptr, indices, column_map, columns, no_counts) or (
             integer_values(data, values) if integer else float_values(data, zarr_layer == "counts", values)
         )
         if bad:
             columns, values = recheck_csr_block(source, zarr_layer, row0, indptr, indices, data, column_map)
         if stored_column is not None:
-            columns, values = _sorted_rows(indptr, columns, values, n_features)
+            out_columns = buffers["sorted columns"].next(columns.size)
+            out_values = buffers["sorted values"].next(values.size)
+            sort_rows(indptr, columns, values, n_features, out_columns, out_values)
+            columns, values = out_columns, out_values
         yield row0, indptr, columns, values
+
+
+class _Alternating:
+    """Two buffers of one dtype handed out in turn, each grown when a block needs more."""
+
+    def __init__(self, dtype: np.dtype | type) -> None:
+        self._dtype = np.dtype(dtype)
+        self._buffers = [np.empty(0, self._dtype), np.empty(0, self._dtype)]
+        self._turn = 0
+
+    def next(self, size: int) -> np.ndarray:
+        """The next buffer's first ``size`` elements (contents undefined)."""
+        self._turn ^= 1
+        if self._buffers[self._turn].size < size:
+            self._buffers[self._turn] = np.empty(size, self._dtype)
+        return self._buffers[self._turn][:size]
 
 
 def recheck_csr_block(
@@ -122,12 +148,3 @@ def recheck_csr_block(
     source.check_indices(row0, indptr, block.indices)
     values = checked_values(source.dataset, zarr_layer, block.data, row0)
     return column_map[block.indices], values
-
-
-def _sorted_rows(
-    indptr: np.ndarray, columns: np.ndarray, values: np.ndarray, n_features: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every row of a renumbered block sorted by column again."""
-    out_columns, out_values = np.empty_like(columns), np.empty_like(values)
-    sort_rows(indptr, columns, values, n_features, out_columns, out_values)
-    return out_columns, out_values

@@ -40,9 +40,9 @@ class _RowStream:
             _, indptr, indices, values = next(self._blocks)
             base = int(self._indptr[-1])
             self._indptr = np.concatenate((self._indptr, indptr[1:].astype(np.int64) + base))
-            have = self._indices is not None
-            self._indices = np.concatenate((self._indices, indices)) if have else indices
-            self._values = np.concatenate((self._values, values)) if have else values
+            have = self._indices is not None  # copies: the stream's buffers are reused two blocks on
+            self._indices = np.concatenate((self._indices, indices)) if have else indices.copy()
+            self._values = np.concatenate((self._values, values)) if have else values.copy()
         n = stop - self._row0
         end = int(self._indptr[n])
         out = self._indptr[: n + 1].copy(), self._indices[:end], self._values[:end]

@@ -30,7 +30,10 @@ def _stored(matrix: sp.csr_matrix, stored_column: np.ndarray | None) -> sp.csr_m
 
 
 def _collect(source: MatrixSource, stored_column: np.ndarray | None) -> sp.csr_matrix:
-    blocks = list(stored_csr_blocks(source, "counts", stored_column))  # kept across blocks: never reused
+    blocks = [  # copied: a block's buffers are reused two blocks later
+        (row0, indptr.copy(), indices.copy(), values.copy())
+        for row0, indptr, indices, values in stored_csr_blocks(source, "counts", stored_column)
+    ]
     assert all(b[2].dtype == np.uint32 and b[3].dtype == np.uint32 for b in blocks)
     indptr = np.concatenate([[0]] + [block[1][1:] + offset for block, offset in _offsets(blocks)])
     return sp.csr_matrix(
