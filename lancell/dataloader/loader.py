@@ -6,10 +6,13 @@
 - Workers are started with ``forkserver`` (or ``spawn``), never ``fork``: lancedb, obstore (tokio) and
   numba's threading layer hang or crash in forked children once the parent has used them. They are
   ``persistent_workers`` (opened once, reused every epoch) and each opens its own store handles lazily. The
-  forkserver preloads the main module and ``lancell.dataloader`` (torch, zarr, numba; not lancedb), so
-  workers start fast; ``make_loader`` starts it, so that its imports overlap what the training process does
-  before its first batch. As with any forkserver/spawn program, the main module must guard its entry point
-  with ``if __name__ == "__main__":``.
+  forkserver preloads ``lancell.dataloader`` (torch, zarr, numba, the batch kernel warmed) and runs the main
+  module only in a worker that unpickles a name from it (:mod:`lancell.dataloader._forkserver`);
+  ``make_loader`` starts it, so that its imports overlap what the training process does before its first
+  batch. As with any forkserver/spawn program, the main module must guard its entry point with
+  ``if __name__ == "__main__":``.
+- The first epoch does not wait for the workers: the first batch, and the next ones until the workers claim
+  one, are read in the training process (:class:`~lancell.dataloader.handoff.WorkerLoader`).
 - Batches come back from workers through each worker's reusable shared-memory slots
   (:class:`~lancell.dataloader.transport.SharedMemoryCollate`), not one new shared-memory file per tensor.
 """
@@ -27,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from lancell.dataloader.collate import DenseCollate, SparseCollate
 from lancell.dataloader.dataset import CellDataset
+from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
@@ -52,7 +56,7 @@ def make_loader(
     multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
     timeout: float = 0,
     threads: int = 0,
-) -> DataLoader | ThreadedLoader:
+) -> DataLoader | WorkerLoader | ThreadedLoader:
     """A DataLoader that yields one collated batch per sampler batch (or a :class:`ThreadedLoader`).
 
     Parameters
@@ -94,31 +98,27 @@ def make_loader(
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
     if threads:
         return ThreadedLoader(dataset, sampler, collate_fn, threads)
-    kwargs: dict[str, Any] = {}
-    if num_workers > 0:
-        if shared_memory_available():
-            collate_fn = SharedMemoryCollate(collate_fn)
-        context = multiprocessing.get_context(multiprocessing_context)
-        if multiprocessing_context == "forkserver":
-            # the server imports the main module, torch and lancell once and workers fork from it, instead of
-            # each worker re-running the main module and re-importing everything
-            path = _main_path()
-            if path is not None:
-                os.environ[MAIN_ENV] = path
-            context.set_forkserver_preload(["lancell.dataloader._forkserver", "lancell.dataloader"])
-            # started now, not at the first iter(): its imports run while this process does other work
-            multiprocessing.forkserver.ensure_running()
-        kwargs = {
-            "multiprocessing_context": context,
-            "persistent_workers": True,
-            "prefetch_factor": prefetch_factor,
-            "timeout": timeout,
-        }
-    return DataLoader(
+    if num_workers == 0:
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=pin_memory)
+    context = multiprocessing.get_context(multiprocessing_context)
+    if multiprocessing_context == "forkserver":
+        # the server imports torch and lancell.dataloader once and workers fork from it, instead of each
+        # worker re-importing everything; the main module is run only where a worker needs it
+        path = _main_path()
+        if path is not None:
+            os.environ[MAIN_ENV] = path
+        context.set_forkserver_preload(["lancell.dataloader._forkserver"])
+        # started now, not at the first iter(): its imports run while this process does other work
+        multiprocessing.forkserver.ensure_running()
+    return WorkerLoader(
         dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_fn,
+        sampler,
+        SharedMemoryCollate(collate_fn) if shared_memory_available() else collate_fn,
+        collate_fn,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        **kwargs,
+        multiprocessing_context=context,
+        persistent_workers=True,
+        prefetch_factor=prefetch_factor,
+        timeout=timeout,
     )
