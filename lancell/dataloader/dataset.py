@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import obstore.store as obs_store
-import pyarrow.compute as pc
 import zarr
 import zarr.storage
 
 from lancell.dataloader.batch import RESERVED_KEYS, CellBatch, read_dense, read_sparse
+from lancell.dataloader.cell_stream import stream_cells
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
-from lancell.dataloader.metadata import EncodedMetadata, encode_metadata
+from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
 from lancell.storage.stores import describe_store
@@ -165,6 +165,9 @@ class CellDataset:
     ) -> CellDataset:
         """Read the pointers (and metadata columns) of the query's cells once and build the dataset.
 
+        The rows are read in record batches, each reduced to the per-cell arrays at once
+        (:mod:`lancell.dataloader.cell_stream`): the peak is one batch plus the arrays kept.
+
         Parameters
         ----------
         query
@@ -201,25 +204,14 @@ class CellDataset:
         reserved = sorted(set(metadata_columns) & set(RESERVED_KEYS))
         if reserved:
             raise QueryError(f"metadata columns {reserved} would collide with the batch keys {RESERVED_KEYS}")
-        planned = query.reading(feature_space, layer, features).plan(metadata_columns)
-        cells, plan = planned.cells, planned.plan
-        pointer = cells.column(feature_space).combine_chunks()
-        valid = pointer.is_valid().to_numpy(zero_copy_only=False)
-        encoded = pc.dictionary_encode(pc.struct_field(pointer, "zarr_group"))
-        group = np.where(valid, encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), -1)
-        group = group.astype(np.int32)
-        groups = group_table(plan, [str(x) for x in encoded.dictionary.to_pylist()])
-        unmeasured = (group < 0) | ~np.append(groups.measured, False)[group]
-        if plan.kind == "sparse":
-            position = pc.struct_field(pointer, "start").fill_null(0).to_numpy().astype(np.int64)
-            end = pc.struct_field(pointer, "end").fill_null(0).to_numpy().astype(np.int64)
-            lengths = end - position
-            if lengths.size and int(lengths.max()) > np.iinfo(np.int32).max:
-                raise QueryError("a cell has more than 2**31 stored values")
-            nnz = np.where(unmeasured, 0, lengths).astype(np.int32)
-        else:
-            position = pc.struct_field(pointer, "position").fill_null(0).to_numpy().astype(np.int64)
-            nnz = None
+        reading = query.reading(feature_space, layer, features)
+        metadata = MetadataEncoder(atlas.core.cell_arrow, metadata_columns)
+        kind = atlas.feature_spaces[feature_space].kind
+        cells = stream_cells(reading.selection, reading.plan_for, feature_space, kind, metadata)
+        plan = cells.plan
+        groups = group_table(plan, cells.group_names)
+        if cells.nnz is not None:  # unmeasured cells read as empty rows
+            cells.nnz[(cells.group < 0) | ~np.append(groups.measured, False)[cells.group]] = 0
         source = DatasetSource(
             db_uri=atlas.db_uri,
             snapshot_version=atlas.snapshot_version,
@@ -231,15 +223,15 @@ class CellDataset:
             kind=plan.kind,
             feature_space=feature_space,
             layers=plan.layers,
-            group=group,
-            position=position,
-            nnz=nnz,
+            group=cells.group,
+            position=cells.position,
+            nnz=cells.nnz,
             groups=groups,
             feature_index=plan.columns,
             feature_uids=plan.var.index.to_numpy(dtype=object),
             on_unmeasured=plan.on_unmeasured,
             unmeasured=plan.unmeasured,
-            metadata=encode_metadata(cells, metadata_columns),
+            metadata=cells.metadata,
             source=source,
             store=atlas.store,
         )

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import QueryError
 
-__all__ = ["EncodedMetadata", "encode_metadata"]
+__all__ = ["EncodedMetadata", "LabelCodes", "MetadataEncoder", "lookup_codes"]
 
 
 @dataclass
@@ -47,43 +47,104 @@ def _code_dtype(n_categories: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _encode_categorical(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    labels = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-    order = np.argsort(labels.astype(str), kind="stable")
-    rank = np.empty(order.size, dtype=np.int64)
-    rank[order] = np.arange(order.size)
-    raw = encoded.indices.fill_null(-1).to_numpy().astype(np.int64)
-    codes = np.where(raw >= 0, rank[np.maximum(raw, 0)], -1)
-    return codes.astype(_code_dtype(labels.size)), [str(x) for x in labels[order]]
+class LabelCodes:
+    """Codes of string labels assigned in order of first appearance, across the record batches of a stream."""
+
+    def __init__(self) -> None:
+        self.labels: dict[str, int] = {}
+
+    def encode(self, array: pa.Array) -> np.ndarray:
+        """int32 code of each value of ``array`` (string or dictionary), ``-1`` for null."""
+        if pa.types.is_dictionary(array.type):
+            array = array.cast(array.type.value_type)
+        encoded = pc.dictionary_encode(array)
+        codes = [self.labels.setdefault(str(v), len(self.labels)) for v in encoded.dictionary.to_pylist()]
+        lookup = np.asarray([*codes, -1], dtype=np.int32)  # a null index reads the trailing -1
+        return lookup[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
+
+    def names(self) -> list[str]:
+        """The labels in code order."""
+        return list(self.labels)
 
 
-def encode_metadata(cells: pa.Table, names: tuple[str, ...] | list[str]) -> EncodedMetadata:
-    """Encode ``names`` of ``cells`` (string/dictionary columns as codes, numeric/boolean columns as values).
+class MetadataEncoder:
+    """Encodes metadata columns record batch by record batch into arrays of one value per cell
+    (string/dictionary columns as codes, numeric and boolean columns as values).
 
     Raises
     ------
     QueryError
-        An unknown column, a column of another type (lists, structs...), or an integer or boolean column with
-        nulls (it has no value to stand for a null; use a float column or fill it).
+        At construction: an unknown column or a column of another type (lists, structs...); in :meth:`add`:
+        an integer or boolean column with nulls (it has no value to stand for a null; use a float column or
+        fill it).
     """
-    values: dict[str, np.ndarray] = {}
-    categories: dict[str, list[str]] = {}
-    for name in names:
-        if name not in cells.column_names:
-            raise QueryError(f"unknown metadata column {name!r}; the cell table has {cells.column_names}")
-        column = cells.column(name)
-        kind = column.type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-            values[name], categories[name] = _encode_categorical(column)
-        elif pa.types.is_floating(kind):
-            values[name] = column.to_numpy()
-        elif pa.types.is_integer(kind) or pa.types.is_boolean(kind):
-            if column.null_count:
-                raise QueryError(f"metadata column {name!r} ({kind}) has {column.null_count} nulls")
-            values[name] = column.to_numpy()
-        else:
-            raise QueryError(f"metadata column {name!r} has type {kind}; use string, numeric or bool columns")
-    return EncodedMetadata(values, categories)
+
+    def __init__(self, schema: pa.Schema, names: tuple[str, ...] | list[str]) -> None:
+        self.names = list(names)
+        self._labels: dict[str, LabelCodes] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        for name in self.names:
+            if name not in schema.names:
+                raise QueryError(f"unknown metadata column {name!r}; the cell table has {schema.names}")
+            kind = schema.field(name).type
+            if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+                self._labels[name] = LabelCodes()
+                self._dtypes[name] = np.dtype(np.int32)
+            elif pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+                self._dtypes[name] = np.dtype(kind.to_pandas_dtype())
+            else:
+                raise QueryError(
+                    f"metadata column {name!r} has type {kind}; use string, numeric or bool columns"
+                )
+        self._values: dict[str, np.ndarray] = {}
+
+    def allocate(self, n_cells: int) -> None:
+        """Make room for ``n_cells`` rows (before the first :meth:`add`)."""
+        self._values = {name: np.empty(n_cells, self._dtypes[name]) for name in self.names}
+
+    def add(self, batch: pa.RecordBatch, at: int) -> None:
+        """Encode ``batch`` as rows ``at, at + 1, ...``."""
+        for name in self.names:
+            column = batch.column(name)
+            if name in self._labels:
+                values = self._labels[name].encode(column)
+            elif column.null_count and not pa.types.is_floating(column.type):
+                raise QueryError(f"metadata column {name!r} ({column.type}) has nulls")
+            else:
+                values = column.to_numpy(zero_copy_only=False)  # a float null reads as NaN
+            self._values[name][at : at + batch.num_rows] = values
+
+    def finish(self, keep: np.ndarray | None = None) -> EncodedMetadata:
+        """The columns of the rows added (``keep``'s only, when given); categories: kept labels, sorted."""
+        values: dict[str, np.ndarray] = {}
+        categories: dict[str, list[str]] = {}
+        for name in self.names:
+            column = self._values.pop(name, np.zeros(0, self._dtypes[name]))
+            if keep is not None:
+                column = column[keep]
+            if name in self._labels:
+                values[name], categories[name] = _sorted_codes(column, self._labels[name].names())
+            else:
+                values[name] = column
+        return EncodedMetadata(values, categories)
+
+
+def lookup_codes(codes: np.ndarray, table: np.ndarray, out: np.ndarray, rows: int = 65_536) -> np.ndarray:
+    """``out[i] = table[codes[i]]``, ``rows`` codes at a time (indexing by a whole int32 array would copy
+    it as int64 first); ``out`` may be ``codes`` itself."""
+    for start in range(0, codes.size, rows):
+        out[start : start + rows] = table[codes[start : start + rows]]
+    return out
+
+
+def _sorted_codes(codes: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """``codes`` (into ``labels``, ``-1``: null) renumbered into the sorted labels they use, as small ints."""
+    used = np.zeros(len(labels) + 1, dtype=bool)
+    used[codes] = True  # a null marks the trailing slot
+    used = np.flatnonzero(used[:-1])
+    names = np.asarray(labels, dtype=object)[used].astype(str)
+    order = np.argsort(names, kind="stable")
+    dtype = _code_dtype(order.size)
+    rank = np.full(len(labels) + 1, -1, dtype=dtype)  # code -1 reads the trailing -1
+    rank[used[order]] = np.arange(order.size)
+    return lookup_codes(codes, rank, np.empty(codes.size, dtype)), [str(x) for x in names[order]]

@@ -287,6 +287,16 @@ class AtlasQuery:
         cells = self._cells.read(columns)
         return self._planned(cells, space, self._layers, self._feature_indices(space))
 
+    def plan_for(self, cells: pa.Table) -> PlannedCells:
+        """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
+        ``dataset_uid`` and the reconstructed pointer's ``zarr_group``, dictionary-encoded columns allowed).
+
+        The loader streams the rows into compact codes and plans from those (``CellDataset.from_query``).
+        Raises what :meth:`plan` raises.
+        """
+        space = self._space()
+        return self._planned(cells, space, self._layers, self._feature_indices(space))
+
     def _planned(
         self, cells: pa.Table, space: str, layers: list[str] | None, features: np.ndarray | None
     ) -> PlannedCells:
