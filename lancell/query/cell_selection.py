@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
+from lancell.tables.pinned_table import lance_sql
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
 
@@ -89,10 +90,12 @@ class CellSelection:
         """The rows matching ``where``, read by pylance in one pass.
 
         lancedb's query path costs ~5 ms per call and a round trip per 1,024-row batch; the Lance dataset
-        underneath (opened once per snapshot-pinned handle) answers the same filter directly.
+        underneath (opened once per snapshot-pinned handle) answers the same filter directly, once written
+        in pylance's dialect (:func:`~lancell.tables.pinned_table.lance_sql`: a double-quoted name is a column
+        in lancedb's SQL and a string in pylance's, which would silently select no row).
         """
         cells = self.core.pinned("cells_dataset", self.core.tables.cells.to_lance)
-        return cells.to_table(columns=columns, filter=where, limit=self.limit)
+        return cells.to_table(columns=columns, filter=lance_sql(where) if where else None, limit=self.limit)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The selected rows (``columns``, else :meth:`kept_columns`): a search in rank order, or a scan.

@@ -115,6 +115,7 @@ def test_one_bad_sidecar_marks_its_file_only(platform):
 def _sidecar_keys() -> list[str]:
     return [
         "accession",
+        "csc",
         "feature_space",
         "layers",
         "name",

@@ -126,3 +126,16 @@ def test_feature_spaces_is_the_earlier_name_of_feature_space(bundled):
     assert query.plan(columns=[]).plan.feature_space == "gene_expression"
     with pytest.warns(DeprecationWarning), pytest.raises(FeatureSpaceError, match="'protein'"):
         bundled.query().feature_spaces("protein")  # checked as feature_space() checks it
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_double_quoted_column_selects_the_same_cells_in_every_reader(bundled_root, pbmc_obs, live):
+    db = str(bundled_root / "db")
+    atlas = RaggedAtlas.open(db) if live else RaggedAtlas.checkout_latest(db)
+    query = atlas.query().where("\"cell_type\" = 'Dendritic'").layers("gene_expression", "log_normalized")
+    expected = int((pbmc_obs["cell_type"] == "Dendritic").sum())
+    assert expected > 0
+    assert query.count() == expected
+    assert len(query.to_pandas()) == expected  # pylance reads "cell_type" as a column, not a string
+    assert query.to_anndata().n_obs == expected
+    assert query.count(group_by="cell_type").to_dict() == {"Dendritic": expected}
