@@ -11,8 +11,10 @@
   ``make_loader`` starts it, so that its imports overlap what the training process does before its first
   batch. As with any forkserver/spawn program, the main module must guard its entry point with
   ``if __name__ == "__main__":``.
-- The first epoch does not wait for the workers: the first batch, and the next ones until the workers claim
-  one, are read in the training process (:class:`~lancell.dataloader.handoff.WorkerLoader`).
+- With lancell's collates (:class:`SparseCollate`, :class:`DenseCollate`) the first epoch does not wait for
+  the workers: the first batch, and the next ones until the workers claim one, are read in the training
+  process (:class:`~lancell.dataloader.handoff.WorkerLoader`). A collate of the caller's runs in workers
+  only (it may use ``get_worker_info()``).
 - Batches come back from workers through each worker's reusable shared-memory slots
   (:class:`~lancell.dataloader.transport.SharedMemoryCollate`), not one new shared-memory file per tensor.
 """
@@ -110,15 +112,15 @@ def make_loader(
         context.set_forkserver_preload(["lancell.dataloader._forkserver"])
         # started now, not at the first iter(): its imports run while this process does other work
         multiprocessing.forkserver.ensure_running()
-    return WorkerLoader(
-        dataset,
-        sampler,
-        SharedMemoryCollate(collate_fn) if shared_memory_available() else collate_fn,
-        collate_fn,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        multiprocessing_context=context,
-        persistent_workers=True,
-        prefetch_factor=prefetch_factor,
-        timeout=timeout,
-    )
+    sent = SharedMemoryCollate(collate_fn) if shared_memory_available() else collate_fn
+    kwargs: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "multiprocessing_context": context,
+        "persistent_workers": True,
+        "prefetch_factor": prefetch_factor,
+        "timeout": timeout,
+    }
+    if type(collate_fn) in (SparseCollate, DenseCollate):  # a collate of the caller's may need a worker
+        return WorkerLoader(dataset, sampler, sent, collate_fn, **kwargs)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=sent, **kwargs)
