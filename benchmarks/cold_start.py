@@ -16,8 +16,9 @@ are taken within the run (the machine is shared: absolute seconds swing with its
   cached kernel against its second);
 - **first batch**: a training script (imports the atlas and ``lancell.dataloader``, checks out,
   ``to_cell_dataset`` over the bundled counts datasets, ``make_loader``, batch 256): with 2 workers,
-  ``iter()`` (waits for the forkserver's imports -- the script's, torch, ``lancell.dataloader`` -- and forks
-  the workers) and the first batch, then a second loader in the same process (forkserver running); the
+  ``iter()`` (starts the workers on a thread; before ``429b618`` it waited for the forkserver's imports -- the
+  script's, torch, ``lancell.dataloader`` -- and the forks) and the first batch (read by the training
+  process while the workers start), then a second loader in the same process (forkserver running); the
   same with 3 s of other work (a sleep: the script's model set-up) between ``make_loader``, which starts
   the forkserver, and ``iter()``; and with 2 threads (``make_loader(threads=2)``, no processes).
 
