@@ -19,70 +19,8 @@ from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 
 
-def test_duplicated_cell_rows_are_reported(tmp_path):
-    atlas = RaggedAtlas.create(
-        str(tmp_path / "db"),
-        "cells",
-        CellSchema,
-        store=str(tmp_path / "arrays"),
-        registry_schemas={"gene_expression": GeneFeature},
-    )
-    genes = [f"g{i}" for i in range(20)]
-    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
-    x = sp.csr_matrix(np.arange(200, dtype=np.int32).reshape(10, 20) % 3)
-    adata = ad.AnnData(X=x, var=pd.DataFrame(index=genes))
-    add_from_anndata(
-        atlas,
-        adata,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="d"),
-        progress=False,
-    )
-    assert atlas.validate() == []
-    cells = atlas.core.tables.cells
-    cells.add(cells.search().limit(2).to_arrow())  # two rows written twice
-    problems = atlas.validate()
-    assert "cell uids are not unique" in problems
-    assert any("record says 10 cells, 12 cells point into" in p for p in problems)
-
-
-def test_one_dataset_is_checked_alone(tmp_path):
-    atlas = RaggedAtlas.create(
-        str(tmp_path / "db"),
-        "cells",
-        CellSchema,
-        store=str(tmp_path / "arrays"),
-        registry_schemas={"gene_expression": GeneFeature},
-    )
-    genes = [f"g{i}" for i in range(20)]
-    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
-    x = sp.csr_matrix(np.arange(200, dtype=np.int32).reshape(10, 20) % 3)
-    for uid in ("d1", "d10"):  # one uid is a prefix of the other
-        adata = ad.AnnData(
-            X=x, obs=pd.DataFrame(index=[f"{uid}_{i}" for i in range(10)]), var=pd.DataFrame(index=genes)
-        )
-        add_from_anndata(
-            atlas,
-            adata,
-            feature_space="gene_expression",
-            zarr_layer="counts",
-            dataset_record=DatasetRecord(uid=uid),
-            on_duplicate="allow",
-            progress=False,
-        )
-    cells = atlas.core.tables.cells
-    cells.add(cells.search().where("dataset_uid = 'd10'").limit(2).to_arrow())  # d10's rows written twice
-    assert atlas.validate(dataset_uid="d1") == []
-    problems = atlas.validate(dataset_uid="d10")
-    assert "cell uids are not unique" in problems
-    assert "dataset 'd10': record says 10 cells, 12 cells point into" in "; ".join(problems)
-    assert all("'d1'" not in p for p in atlas.validate())  # the whole atlas: only d10 is named
-    with pytest.raises(DatasetNotFoundError, match="'d2'"):
-        atlas.validate(dataset_uid="d2")
-
-
-def _atlas_with_cells(tmp_path, n_cells: int) -> RaggedAtlas:
+def _atlas_with_cells(tmp_path, n_cells: int, uids: tuple[str, ...] = ("d",)) -> RaggedAtlas:
+    """An atlas of 20 genes holding one dataset of ``n_cells`` cells per uid (the same matrix)."""
     atlas = RaggedAtlas.create(
         str(tmp_path / "db"),
         "cells",
@@ -93,16 +31,41 @@ def _atlas_with_cells(tmp_path, n_cells: int) -> RaggedAtlas:
     genes = [f"g{i}" for i in range(20)]
     atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
     x = sp.csr_matrix(np.arange(n_cells * 20, dtype=np.int32).reshape(n_cells, 20) % 3)
-    adata = ad.AnnData(X=x, var=pd.DataFrame(index=genes))
-    add_from_anndata(
-        atlas,
-        adata,
-        feature_space="gene_expression",
-        zarr_layer="counts",
-        dataset_record=DatasetRecord(uid="d"),
-        progress=False,
-    )
+    for uid in uids:
+        obs = pd.DataFrame(index=[f"{uid}_{i}" for i in range(n_cells)])
+        add_from_anndata(
+            atlas,
+            ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes)),
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid),
+            on_duplicate="allow",
+            progress=False,
+        )
     return atlas
+
+
+def test_duplicated_cell_rows_are_reported(tmp_path):
+    atlas = _atlas_with_cells(tmp_path, 10)
+    assert atlas.validate() == []
+    cells = atlas.core.tables.cells
+    cells.add(cells.search().limit(2).to_arrow())  # two rows written twice
+    problems = atlas.validate()
+    assert "cell uids are not unique" in problems
+    assert any("record says 10 cells, 12 cells point into" in p for p in problems)
+
+
+def test_one_dataset_is_checked_alone(tmp_path):
+    atlas = _atlas_with_cells(tmp_path, 10, ("d1", "d10"))  # one uid is a prefix of the other
+    cells = atlas.core.tables.cells
+    cells.add(cells.search().where("dataset_uid = 'd10'").limit(2).to_arrow())  # d10's rows written twice
+    assert atlas.validate(dataset_uid="d1") == []
+    problems = atlas.validate(dataset_uid="d10")
+    assert "cell uids are not unique" in problems
+    assert "dataset 'd10': record says 10 cells, 12 cells point into" in "; ".join(problems)
+    assert all("'d1'" not in p for p in atlas.validate())  # the whole atlas: only d10 is named
+    with pytest.raises(DatasetNotFoundError, match="'d2'"):
+        atlas.validate(dataset_uid="d2")
 
 
 def test_uid_check_in_spilled_buckets_finds_duplicates(tmp_path, monkeypatch):
