@@ -21,6 +21,7 @@ first layer as ``X`` and ``batch["layers"]["log_normalized"]``, as ``to_anndata(
 from lancell.dataloader.batch import CellBatch, SparseRows
 from lancell.dataloader.collate import DenseCollate, SparseCollate, collate_dense, collate_sparse
 from lancell.dataloader.dataset import CellDataset
+from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.loader import make_loader
 from lancell.dataloader.sampler import CellSampler, batch_entropy
 from lancell.dataloader.source import DatasetSource
@@ -37,6 +38,7 @@ __all__ = [
     "SparseCollate",
     "SparseRows",
     "ThreadedLoader",
+    "WorkerLoader",
     "batch_entropy",
     "collate_dense",
     "collate_sparse",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.pin_memory import pin_memory
@@ -85,8 +85,7 @@ class _Start(threading.Thread):
         self.join()
         if self._error is not None:
             raise self._error
-        assert self._iterator is not None
-        return self._iterator
+        return cast(Iterator[Any], self._iterator)  # run() set it: no error was kept
 
 
 class _FirstEpoch:
