@@ -66,14 +66,7 @@ def _read_rows(selection: CellSelection, columns: list[str]) -> tuple[int, Itera
     if selection.search is not None:  # a ranked search returns its (limited) rows at once
         table = selection.read(columns)
         return table.num_rows, iter(table.to_batches(BATCH_ROWS))
-    where = selection.where_clause()
-    try:
-        dataset = selection.core.tables.cells.to_lance()
-        n = dataset.count_rows(filter=where)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
-    n = n if selection.limit is None else min(n, selection.limit)
-    return n, dataset.to_batches(columns=columns, filter=where, limit=selection.limit, batch_size=BATCH_ROWS)
+    return selection.scan_batches(columns, BATCH_ROWS)
 
 
 class _PairCodes:

@@ -8,6 +8,7 @@ reconstruction terminals all read rows through it, so the filter that hides unco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,25 @@ class CellSelection:
         """
         cells = self.core.pinned("cells_dataset", self.core.tables.cells.to_lance)
         return cells.to_table(columns=columns, filter=lance_sql(where) if where else None, limit=self.limit)
+
+    def scan_batches(self, columns: list[str], batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """How many rows are selected, and their ``columns`` in record batches of one Lance version (the
+        count taken on the same version), filtered as :meth:`scan` filters; the selection has no search.
+
+        Raises
+        ------
+        QueryError
+            Lance refuses the filter.
+        """
+        where = self.where_clause()
+        where = lance_sql(where) if where else None
+        try:
+            cells = self.core.tables.cells.to_lance()
+            n = cells.count_rows(filter=where)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
+        n = n if self.limit is None else min(n, self.limit)
+        return n, cells.to_batches(columns=columns, filter=where, limit=self.limit, batch_size=batch_size)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The selected rows (``columns``, else :meth:`kept_columns`): a search in rank order, or a scan.

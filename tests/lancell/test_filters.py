@@ -139,3 +139,4 @@ def test_a_double_quoted_column_selects_the_same_cells_in_every_reader(bundled_r
     assert len(query.to_pandas()) == expected  # pylance reads "cell_type" as a column, not a string
     assert query.to_anndata().n_obs == expected
     assert query.count(group_by="cell_type").to_dict() == {"Dendritic": expected}
+    assert len(query.to_cell_dataset("gene_expression", "log_normalized")) == expected  # the loader's stream
