@@ -91,9 +91,8 @@ def stored_csr_blocks(
         The first bad column index or value, as :func:`recheck_csr_block` names it.
     """
     n_features = source.shape[1]
-    column_map = np.arange(n_features) if stored_column is None else stored_column
-    column_map = column_map.astype(np.uint32)
-    no_counts = np.zeros(0, dtype=np.int64)
+    # no map: the kernel copies the indices it checks (no gather through an identity map)
+    column_map = np.zeros(0, np.uint32) if stored_column is None else stored_column.astype(np.uint32)
     integer = source.dtype.kind in "iu"
     dtype = np.dtype(np.uint32 if integer else np.float32)
     buffers = {name: _Alternating(kind) for name, kind in (("columns", np.uint32), ("values", dtype))}
@@ -101,7 +100,7 @@ def stored_csr_blocks(
         buffers.update({"sorted columns": _Alternating(np.uint32), "sorted values": _Alternating(dtype)})
     for row0, indptr, indices, data in source.csr_blocks():
         columns, values = buffers["columns"].next(indices.size), buffers["values"].next(data.size)
-        bad = map_indices(indptr, indices, column_map, columns, no_counts) or (
+        bad = map_indices(indptr, indices, n_features, column_map, columns) or (
             integer_values(data, values) if integer else float_values(data, zarr_layer == "counts", values)
         )
         if bad:
@@ -141,10 +140,11 @@ def recheck_csr_block(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The numpy checks of a block the kernels rejected: sort rows given out of order, then raise
     :class:`DataValueError` for the first bad index (:meth:`MatrixSource.check_indices`) or value
-    (:func:`checked_values`); return ``(renumbered indices, converted values)`` of a block that passes."""
+    (:func:`checked_values`); return ``(renumbered indices, converted values)`` of a block that passes
+    (``column_map`` empty: var is in stored order)."""
     block = sp.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, source.shape[1]))
     if not block.has_sorted_indices:
         block = block.sorted_indices()
     source.check_indices(row0, indptr, block.indices)
     values = checked_values(source.dataset, zarr_layer, block.data, row0)
-    return column_map[block.indices], values
+    return (column_map[block.indices] if column_map.size else block.indices.astype(np.uint32)), values

@@ -12,7 +12,7 @@ from kernels import bitpack as bp
 from kernels.ingest import float_values, integer_values, map_indices, sort_rows
 from kernels.transpose import partition_by_bucket, scatter_features
 
-NO_COUNTS = np.zeros(0, np.int64)
+IDENTITY = np.zeros(0, np.uint32)  # map_indices without a map: var is in stored order
 
 
 def _block(seed: int, n_rows: int = 200, n_cols: int = 3_000, density: float = 0.05) -> sp.csr_matrix:
@@ -22,31 +22,60 @@ def _block(seed: int, n_rows: int = 200, n_cols: int = 3_000, density: float = 0
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_map_indices_renumbers_and_counts(seed: int) -> None:
+@pytest.mark.parametrize("mapped", [False, True])
+def test_map_indices_renumbers(seed: int, mapped: bool) -> None:
     block = _block(seed)
-    column_map = np.random.default_rng(seed).permutation(block.shape[1]).astype(np.uint32)
+    permuted = np.random.default_rng(seed).permutation(block.shape[1]).astype(np.uint32)
+    column_map = permuted if mapped else IDENTITY
+    indptr = block.indptr.astype(np.int64)
     out = np.empty(block.nnz, np.uint32)
-    counts = np.zeros(block.shape[1], np.int64)
-    assert map_indices(block.indptr.astype(np.int64), block.indices, column_map, out, counts) == 0
-    np.testing.assert_array_equal(out, column_map[block.indices])
-    np.testing.assert_array_equal(counts, np.bincount(out, minlength=block.shape[1]))
+    assert map_indices(indptr, block.indices, block.shape[1], column_map, out) == 0
+    np.testing.assert_array_equal(out, permuted[block.indices] if mapped else block.indices)
+    rows = np.array([block.indptr[50], block.indptr[60]])  # a block that starts mid-matrix
+    assert map_indices(indptr[50:61], block.indices[rows[0] : rows[1]], 3_000, column_map, out) == 0
 
 
 @pytest.mark.parametrize(
     ("row", "why"),
     [([3, 3, 5], "repeated"), ([5, 3], "unsorted"), ([-1, 2], "negative"), ([1, 10], "outside")],
 )
-def test_map_indices_rejects(row: list[int], why: str) -> None:
+@pytest.mark.parametrize("mapped", [False, True])
+def test_map_indices_rejects(row: list[int], why: str, mapped: bool) -> None:
     indices = np.array([0, 4, *row], np.int64)
     indptr = np.array([0, 2, indices.size], np.int64)
     out = np.empty(indices.size, np.uint32)
-    assert map_indices(indptr, indices, np.arange(10, dtype=np.uint32), out, NO_COUNTS) == 1, why
+    column_map = np.arange(10, dtype=np.uint32)[::-1].copy() if mapped else IDENTITY
+    assert map_indices(indptr, indices, 10, column_map, out) == 1, why
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("bad", ["negative", "outside", "repeated", "out of order"])
+def test_map_indices_rejects_anywhere_in_a_block(mapped: bool, where: str, bad: str) -> None:
+    block = _block(7, n_rows=300)
+    indices, indptr = block.indices.astype(np.int64), block.indptr.astype(np.int64)
+    row = {"first": 0, "middle": 150, "last": 299}[where]
+    lo, hi = int(indptr[row]), int(indptr[row + 1])
+    k = {"first": lo, "middle": (lo + hi) // 2, "last": hi - 1}[where]  # first, middle, last element
+    neighbour = k + 1 if k + 1 < hi else k - 1
+    if bad == "negative":
+        indices[k] = -1
+    elif bad == "outside":
+        indices[k] = 3_000
+    elif bad == "repeated":
+        indices[k] = indices[neighbour]
+    else:
+        indices[k], indices[neighbour] = indices[neighbour], indices[k]
+    column_map = np.arange(3_000, dtype=np.uint32) if mapped else IDENTITY
+    out = np.empty(indices.size, np.uint32)
+    assert map_indices(indptr, indices, 3_000, column_map, out) == 1
 
 
 def test_map_indices_restarts_at_each_row() -> None:
     indices = np.array([5, 7, 1, 2], np.int32)  # a smaller index after a row boundary is fine
     out = np.empty(4, np.uint32)
-    assert map_indices(np.array([0, 2, 4]), indices, np.arange(8, dtype=np.uint32), out, NO_COUNTS) == 0
+    assert map_indices(np.array([0, 2, 2, 4]), indices, 8, IDENTITY, out) == 0
+    np.testing.assert_array_equal(out, indices)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +93,21 @@ def test_integer_values(values: np.ndarray, bad: int) -> None:
     assert integer_values(values, out) == bad
     if not bad:
         np.testing.assert_array_equal(out, values.astype(np.uint32))
+
+
+@pytest.mark.parametrize("position", [0, 4_999, 9_999])
+@pytest.mark.parametrize(("dtype", "value"), [(np.int32, -1), (np.int64, 2**32), (np.float64, np.nan)])
+def test_values_rejected_at_the_first_middle_and_last_element(
+    position: int, dtype: type, value: float
+) -> None:
+    values = np.arange(10_000).astype(dtype)
+    values[position] = value
+    if np.dtype(dtype).kind == "f":
+        assert float_values(values, False, np.empty(values.size, np.float32)) == 1
+        values[position] = 0.5  # fractional counts
+        assert float_values(values, True, np.empty(values.size, np.float32)) == 1
+    else:
+        assert integer_values(values, np.empty(values.size, np.uint32)) == 1
 
 
 @pytest.mark.parametrize(
