@@ -89,3 +89,17 @@ _HARDWARE = (
 )
 crc32c = _crc32c_hw if _HARDWARE else _crc32c_table
 """``crc32c(buf, start, stop)``: the crc32c of ``buf[start:stop]`` (1-D uint8), as a uint32."""
+
+
+@numba.njit(cache=True, nogil=True)
+def chunk_trailers(buf: np.ndarray, ends: np.ndarray) -> None:
+    """Write each chunk's crc32c (little-endian) into its last 4 bytes: chunk ``i`` is
+    ``buf[ends[i - 1] : ends[i]]`` (from 0 for the first), its bytes all but those 4 (zarr's ``crc32c``
+    codec over a shard's chunks in one call)."""
+    start = 0
+    for i in range(ends.size):
+        end = ends[i]
+        crc = crc32c(buf, start, end - 4)
+        for b in range(4):
+            buf[end - 4 + b] = np.uint8((crc >> np.uint32(8 * b)) & np.uint32(255))
+        start = end

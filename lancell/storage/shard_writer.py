@@ -2,9 +2,10 @@
 
 zarr-python encodes every inner chunk of a shard as its own asyncio task (about 10x the BP-128 encoding
 itself for 4,096-value chunks). A :class:`ShardWriter` encodes the chunks of a whole shard in one kernel
-call (:func:`kernels.bitpack.encode_chunks`; zstd chunk by chunk), appends each chunk's crc32c, adds the
-shard index and stores the object with one ``set`` through the array's own zarr store. The objects are
-byte for byte what zarr-python writes for the same data (``tests/lancell/test_shard_writer.py``):
+call (:func:`kernels.bitpack.encode_chunks`; zstd chunk by chunk), appends each chunk's crc32c (one
+:func:`kernels.crc32c.chunk_trailers` call), adds the shard index and stores the object with one ``set``
+through the array's own zarr store. The objects are byte for byte what zarr-python writes for the same
+data (``tests/lancell/test_shard_writer.py``):
 
 * chunks in order, each its encoded bytes and their crc32c (little-endian); the index at the end: one
   ``(offset, nbytes)`` pair of little-endian uint64 per chunk and the crc32c of those pairs;
@@ -32,6 +33,7 @@ from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from kernels import bitpack
+from kernels.crc32c import chunk_trailers
 from lancell.storage.codecs import BitpackingCodec
 
 __all__ = ["ShardWriter"]
@@ -128,10 +130,8 @@ class ShardWriter:
         if values.size != n_chunks * chunk:  # the array's last chunk: padded with the fill value
             values = np.concatenate((values, np.zeros(n_chunks * chunk - values.size, values.dtype)))
         encoded, ends = self._encode(values, chunk)
+        chunk_trailers(encoded, ends)
         starts = np.concatenate(([0], ends[:-1]))
-        crcs = [crc32c.crc32c(encoded[s : e - _CRC_BYTES]) for s, e in zip(starts, ends, strict=True)]
-        trailers = ends[:, None] - _CRC_BYTES + np.arange(_CRC_BYTES)
-        encoded[trailers] = np.array(crcs, "<u4").view(np.uint8).reshape(-1, _CRC_BYTES)
         index = np.full((chunks_per_shard, 2), _MISSING, np.uint64)
         index[:n_chunks, 0] = starts
         index[:n_chunks, 1] = ends - starts

@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+import crc32c as crc32c_library
 import numpy as np
 import pytest
 import zarr
 import zarr.codecs
 
+from kernels.crc32c import chunk_trailers
 from lancell.storage.groups import ShardBuffer, value_codecs
 from lancell.storage.shard_writer import ShardWriter
 
@@ -85,3 +87,13 @@ def test_other_layouts_are_left_to_zarr(tmp_path: Path) -> None:
         buffer.append(np.arange(1, dtype=np.uint32))
     buffer.close()
     np.testing.assert_array_equal(gzip[:], np.arange(100))
+
+
+def test_chunk_trailers_are_each_chunks_crc32c() -> None:
+    sizes = [0, 1, 7, 8, 9, 4_096, 13]  # empty, shorter than a word, word-aligned and not
+    ends = np.cumsum(np.array(sizes) + 4)
+    buf = RNG.integers(0, 256, int(ends[-1])).astype(np.uint8)
+    chunk_trailers(buf, ends)
+    for start, end in zip(np.concatenate(([0], ends[:-1])), ends, strict=True):
+        expected = crc32c_library.crc32c(buf[start : end - 4].tobytes())
+        assert int.from_bytes(buf[end - 4 : end].tobytes(), "little") == expected
