@@ -294,7 +294,7 @@ class CellDataset:
 
     def locality_order(self) -> np.ndarray:
         """int64 positions sorted by (group, position in group): cells stored together become adjacent."""
-        return np.lexsort((self._position, self._group)).astype(np.int64)
+        return np.lexsort((self._position, self._group)).astype(np.int64, copy=False)
 
     # ------------------------------------------------------------------------------------ reading
     def _root_group(self) -> zarr.Group:
