@@ -4,10 +4,11 @@
 delta), both shared by every layer as the CSR ones are, and ``csc/layers/<layer>`` per layer (the CSR
 layer's dtype and codec: integers stay integers, floats stay floats).
 Built in bounded memory from :class:`CsrBlocks`: ingestion adds each CSR block as it writes it (else one pass
-reads the stored arrays back), which sorts the block's elements by feature bucket and counts each feature's
-values; the buckets are kept in memory for datasets of at most ``budget`` values, else spilled to a
-temporary file. Each bucket is then filled into its features' runs (:mod:`kernels.transpose`), in feature
-ranges holding at most ``budget`` values.
+reads the stored arrays back), which sorts the block's elements by feature bucket as runs of one row (a row
+number per run, a bucket-local feature and a narrowed value per element: ~3 bytes per count) and counts each
+feature's values; the sorted blocks are kept in memory for datasets of at most ``budget`` values, else
+spilled to a temporary file. Each bucket is then filled into its features' runs (:mod:`kernels.transpose`),
+in feature ranges holding at most ``budget`` values (docs/architecture.md, "A dataset's zarr group").
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from kernels.transpose import partition_by_bucket, scatter_features
+from kernels.transpose import partition_runs, scatter_runs
 from lancell.storage.groups import (
     DEFAULT_GEOMETRY,
     INDPTR_CODECS,
@@ -31,7 +32,7 @@ from lancell.storage.groups import (
 )
 from lancell.storage.reader import array_reader, read_element_ranges
 
-__all__ = ["CSC_MIN_VALUES", "CsrBlocks", "read_csc_features", "write_csc"]
+__all__ = ["CSC_MIN_VALUES", "CsrBlocks", "read_csc_features", "spill_dtype", "write_csc"]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,40 @@ _BUCKET_FEATURES = 512  # features per bucket: the runs one scatter writes to at
 
 # (first element, the column indices and each layer's values of the elements from there)
 Block = tuple[int, np.ndarray, Mapping[str, np.ndarray]]
-# (rows, features, {layer: values}) of one block's elements of one bucket, rows increasing
-Segment = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
+# one block's runs of one bucket: (run rows, run lengths, features within the bucket, {layer: values})
+Segment = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]
+
+
+def spill_dtype(values: np.ndarray) -> np.dtype:
+    """The narrowest dtype holding a block's ``values`` exactly: ``uint8`` / ``uint16`` for unsigned
+    integers that fit, else their own (a sorted block's values are kept in it and cast back on scatter)."""
+    if values.dtype.kind != "u":
+        return values.dtype
+    top = int(values.max()) if values.size else 0
+    if top <= np.iinfo(np.uint8).max:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16) if top <= np.iinfo(np.uint16).max else values.dtype
+
+
+class _Sorted:
+    """One block sorted by bucket: bucket ``b``'s runs ``[run_offsets[b], run_offsets[b + 1])`` and elements
+    ``[offsets[b], offsets[b + 1])`` of ``parts`` (run rows, run lengths, features, then each layer's
+    values), kept in memory, or spilled at file ``position`` (the parts one after another)."""
+
+    def __init__(self, run_offsets: np.ndarray, offsets: np.ndarray, parts: list[np.ndarray]) -> None:
+        self.run_offsets, self.offsets = run_offsets, offsets
+        self.dtypes = [part.dtype for part in parts]
+        self.sizes = [part.size for part in parts]
+        self.parts: list[np.ndarray] | None = parts
+        self.position = -1
 
 
 class CsrBlocks:
     """A dataset's CSR blocks sorted by feature bucket, for :func:`write_csc`.
+
+    Each block is kept as runs (:func:`kernels.transpose.partition_runs`): 6 bytes per run of one row in
+    one bucket, and per value 2 bytes (its feature within the bucket) plus the value in the narrowest dtype
+    that holds the block's values (:func:`spill_dtype`; counts mostly take 1 byte).
 
     Parameters
     ----------
@@ -59,8 +88,8 @@ class CsrBlocks:
     dtypes
         Each stored layer's dtype.
     spill
-        Keep the sorted blocks in a temporary file (12 bytes per value for one uint32 or float32 layer)
-        instead of memory; ingestion spills datasets of more than ``CSC_BUDGET`` values.
+        Keep the sorted blocks in a temporary file instead of memory; ingestion spills datasets of more
+        than ``CSC_BUDGET`` values.
     """
 
     def __init__(self, n_features: int, dtypes: Mapping[str, np.dtype], *, spill: bool) -> None:
@@ -73,9 +102,7 @@ class CsrBlocks:
         self.dtypes = {layer: np.dtype(dtype) for layer, dtype in dtypes.items()}
         self.nnz = 0
         self._file = tempfile.TemporaryFile(prefix="lancell-csc-") if spill else None
-        self._kept: list[Segment] = []
-        self._spilled: list[tuple[int, int]] = []  # (file position, values) of each block
-        self._offsets: list[np.ndarray] = []  # each block's bucket offsets
+        self._blocks: list[_Sorted] = []
 
     def add(
         self,
@@ -86,59 +113,61 @@ class CsrBlocks:
         start: int = 0,
     ) -> None:
         """Record elements ``[start, start + indices.size)`` of a CSR block of rows from ``row0`` (row
-        offsets ``indptr``): their column ``indices`` and each layer's ``values``, as stored."""
+        offsets ``indptr``; a row's features distinct): their column ``indices`` and each layer's
+        ``values``, as stored."""
         n = indices.size
         first, *others = self.dtypes
-        rows, features = np.empty(n, np.uint32), np.empty(n, np.uint32)
-        sorted_values = {first: np.empty(n, self.dtypes[first])}
-        order, offsets = np.empty(n if others else 0, np.int64), np.empty(self.bounds.size, np.int64)
-        partition_by_bucket(
+        features = np.empty(n, np.uint16)
+        sorted_values = {first: np.empty(n, spill_dtype(values[first]))}
+        order = np.empty(n if others else 0, np.int64)
+        run_rows, run_lengths, run_offsets, offsets = partition_runs(
             indptr,
             row0,
             start,
             indices,
             values[first],
             self.bucket_of,
+            self.bounds[:-1],
             self.counts,
-            rows,
             features,
             sorted_values[first],
             order,
-            offsets,
         )
-        sorted_values.update({layer: values[layer][order] for layer in others})
-        self._offsets.append(offsets)
+        for layer in others:
+            sorted_values[layer] = values[layer][order].astype(spill_dtype(values[layer]), copy=False)
+        block = _Sorted(run_offsets, offsets, [run_rows, run_lengths, features, *sorted_values.values()])
+        self._blocks.append(block)
         self.nnz += n
-        if self._file is None:
-            self._kept.append((rows, features, sorted_values))
-            return
-        self._spilled.append((self._file.tell(), n))
-        for array in (rows, features, *sorted_values.values()):
-            self._file.write(memoryview(array))
+        if self._file is not None:
+            block.position = self._file.tell()
+            for part in block.parts:
+                self._file.write(memoryview(part))
+            block.parts = None
 
     def segments(self, bucket: int) -> Iterator[Segment]:
-        """Every block's elements of ``bucket``, in row order (one block in memory at a time)."""
-        for i, offsets in enumerate(self._offsets):
-            lo, hi = int(offsets[bucket]), int(offsets[bucket + 1])
-            if lo == hi:
+        """Every block's runs of ``bucket``, in row order (one block's in memory at a time)."""
+        for block in self._blocks:
+            run_lo, run_hi = int(block.run_offsets[bucket]), int(block.run_offsets[bucket + 1])
+            if run_lo == run_hi:
                 continue
-            if self._file is None:
-                rows, features, values = self._kept[i]
-                yield rows[lo:hi], features[lo:hi], {layer: v[lo:hi] for layer, v in values.items()}
-                continue
-            position, n = self._spilled[i]
-            parts = []
-            for dtype in (np.dtype(np.uint32), np.dtype(np.uint32), *self.dtypes.values()):
-                raw = os.pread(
-                    self._file.fileno(), (hi - lo) * dtype.itemsize, position + lo * dtype.itemsize
-                )
-                parts.append(np.frombuffer(raw, dtype))
-                position += n * dtype.itemsize
-            yield parts[0], parts[1], dict(zip(self.dtypes, parts[2:], strict=True))
+            lo, hi = int(block.offsets[bucket]), int(block.offsets[bucket + 1])
+            if block.parts is not None:
+                parts = [part[run_lo:run_hi] for part in block.parts[:2]]
+                parts += [part[lo:hi] for part in block.parts[2:]]
+            else:
+                parts, position = [], block.position
+                for i, (dtype, size) in enumerate(zip(block.dtypes, block.sizes, strict=True)):
+                    a, b = (run_lo, run_hi) if i < 2 else (lo, hi)
+                    raw = os.pread(
+                        self._file.fileno(), (b - a) * dtype.itemsize, position + a * dtype.itemsize
+                    )
+                    parts.append(np.frombuffer(raw, dtype))
+                    position += size * dtype.itemsize
+            yield parts[0], parts[1], parts[2], dict(zip(self.dtypes, parts[3:], strict=True))
 
     def close(self) -> None:
         """Drop the kept blocks and the spill file."""
-        self._kept.clear()
+        self._blocks.clear()
         if self._file is not None:
             self._file.close()
 
@@ -176,8 +205,9 @@ def write_csc(
     already stored (a layer added to a dataset: :mod:`lancell.ingest.add_layer`; readers of earlier snapshots
     keep reading those arrays while it is written).
 
-    Memory is bounded by ``budget`` values (8 bytes each: row + value) plus one block's bucket, and by
-    ``written``'s kept blocks (spilled to a temporary file above ``budget`` values). ``written``: what
+    Memory is bounded by ``budget`` values (8 bytes each: row + value; one buffer reused by every feature
+    range) plus one block's bucket, and by ``written``'s kept blocks (spilled to a temporary file above
+    ``budget`` values). ``written``: what
     ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
     arrays are read back once.
     """
@@ -232,35 +262,34 @@ def _write_buckets(
         layer: ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
         for layer, array in values_arrays.items()
     }
-    no_rows = np.empty(0, np.uint32)
+    # one output buffer per array, as large as the largest feature range (ShardBuffer copies what it is given)
+    largest = _largest_range(blocks, csc_indptr, budget)
+    rows = np.empty(largest if rows_out is not None else 0, dtype=np.uint32)
+    vals = {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()}
+    no_rows = rows[:0]
     for bucket in range(blocks.bounds.size - 1):
-        feature, last = int(blocks.bounds[bucket]), int(blocks.bounds[bucket + 1])
-        while feature < last:  # feature ranges whose values fit the budget
-            stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
-            stop = min(max(stop, feature + 1), last)
+        for feature, stop in _feature_ranges(blocks, csc_indptr, budget, bucket):
             base = csc_indptr[feature]
             size = int(csc_indptr[stop] - base)
-            rows = np.empty(size if rows_out is not None else 0, dtype=np.uint32)
-            vals = {layer: np.empty(size, dtype=array.dtype) for layer, array in values_arrays.items()}
             fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
-            for segment_rows, segment_features, values in blocks.segments(bucket):
+            offset = int(blocks.bounds[bucket]) - feature  # a bucket-local feature's place in the range
+            for run_rows, run_lengths, features, values in blocks.segments(bucket):
                 for i, layer in enumerate(values_arrays):  # the rows once, with the first layer
-                    out_rows = rows if i == 0 else no_rows
-                    scatter_features(
-                        segment_rows,
-                        segment_features,
+                    scatter_runs(
+                        run_rows,
+                        run_lengths,
+                        features,
                         values[layer],
-                        feature,
-                        stop,
+                        offset,
+                        stop - feature,
                         fills[layer],
-                        out_rows,
+                        rows if i == 0 else no_rows,
                         vals[layer],
                     )
             if rows_out is not None:
-                rows_out.append(rows)
+                rows_out.append(rows[:size])
             for layer, buffer in vals_out.items():
-                buffer.append(vals[layer])
-            feature = stop
+                buffer.append(vals[layer][:size])
     if rows_out is not None:
         rows_out.close()
     for buffer in vals_out.values():
@@ -274,6 +303,28 @@ def _write_buckets(
             compressors=INDPTR_CODECS,
             overwrite=True,
         )[:] = csc_indptr
+
+
+def _feature_ranges(
+    blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int, bucket: int
+) -> Iterator[tuple[int, int]]:
+    """``bucket``'s features in ranges ``[feature, stop)`` of at most ``budget`` values (at least one
+    feature)."""
+    feature, last = int(blocks.bounds[bucket]), int(blocks.bounds[bucket + 1])
+    while feature < last:
+        stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
+        stop = min(max(stop, feature + 1), last)
+        yield feature, stop
+        feature = stop
+
+
+def _largest_range(blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int) -> int:
+    """The most values of one of :func:`_feature_ranges`' ranges over every bucket."""
+    largest = 0
+    for bucket in range(blocks.bounds.size - 1):
+        for feature, stop in _feature_ranges(blocks, csc_indptr, budget, bucket):
+            largest = max(largest, int(csc_indptr[stop] - csc_indptr[feature]))
+    return largest
 
 
 def read_csc_features(

@@ -1,4 +1,4 @@
-"""The per-block kernels of ingestion (checks, renumbering, row sorts, CSC fill) against numpy references."""
+"""The per-block kernels of ingestion (checks, renumbering, row sorts) against numpy references."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import scipy.sparse as sp
 
 from kernels import bitpack as bp
 from kernels.ingest import float_values, integer_values, map_indices, sort_rows
-from kernels.transpose import partition_by_bucket, scatter_features
 
 IDENTITY = np.zeros(0, np.uint32)  # map_indices without a map: var is in stored order
 
@@ -143,69 +142,6 @@ def test_sort_rows(n_cols: int, sizes: list[int]) -> None:
         order = np.argsort(columns[lo:hi])
         np.testing.assert_array_equal(out_columns[lo:hi], columns[lo:hi][order])
         np.testing.assert_array_equal(out_values[lo:hi], values[lo:hi][order])
-
-
-@pytest.mark.parametrize("sorted_rows", [True, False])
-@pytest.mark.parametrize("ranges", [[(0, 3_000)], [(0, 1_000), (1_000, 2_990), (2_990, 3_000)]])
-def test_partition_then_scatter_is_the_csc_of_element_ranges(
-    ranges: list[tuple[int, int]], sorted_rows: bool
-) -> None:
-    keep = np.ones(500)
-    keep[100:110] = 0  # empty rows, one of them where an element range starts
-    matrix = sp.csr_matrix(sp.diags(keep) @ _block(4, n_rows=500))
-    matrix.sort_indices()
-    expected = matrix.tocsc()
-    if not sorted_rows:  # a row's own column order does not matter
-        for r in range(0, 500, 2):
-            lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
-            matrix.indices[lo:hi], matrix.data[lo:hi] = (
-                matrix.indices[lo:hi][::-1].copy(),
-                matrix.data[lo:hi][::-1].copy(),
-            )
-    bucket_of = (np.arange(3_000) * 6 // 3_000).astype(np.int32)
-    counts = np.zeros(matrix.shape[1], np.int64)
-    indptr = matrix.indptr.astype(np.int64)
-    bounds = sorted({0, 1, int(indptr[100]), 777, 778, 30_000, matrix.nnz})  # ranges that split rows
-    segments = []
-    for lo, hi in itertools.pairwise(bounds):
-        n = hi - lo
-        rows, features = np.empty(n, np.uint32), np.empty(n, np.uint32)
-        order, offsets = np.empty(n, np.int64), np.empty(7, np.int64)
-        data, sorted_data = matrix.data[lo:hi], np.empty(n, np.float64)
-        partition_by_bucket(
-            indptr,
-            3,
-            lo,
-            matrix.indices[lo:hi],
-            data,
-            bucket_of,
-            counts,
-            rows,
-            features,
-            sorted_data,
-            order,
-            offsets,
-        )
-        np.testing.assert_array_equal(sorted_data, data[order])
-        assert offsets[0] == 0 and offsets[-1] == n
-        np.testing.assert_array_equal(
-            np.diff(offsets), np.bincount(bucket_of[matrix.indices[lo:hi]], minlength=6)
-        )
-        np.testing.assert_array_equal(bucket_of[features], np.repeat(np.arange(6), np.diff(offsets)))
-        segments.append((rows, features, sorted_data))
-    np.testing.assert_array_equal(counts, np.diff(expected.indptr))
-    rows_out = np.empty(matrix.nnz, np.uint32)
-    values_out = np.empty(matrix.nnz, np.float64)
-    only_values = np.empty(matrix.nnz, np.float64)
-    for first, stop in ranges:
-        fill = expected.indptr[first:stop].astype(np.int64)
-        fill_values = fill.copy()
-        for rows, features, data in segments:
-            scatter_features(rows, features, data, first, stop, fill, rows_out, values_out)
-            scatter_features(rows, features, data, first, stop, fill_values, rows[:0], only_values)
-    np.testing.assert_array_equal(rows_out, expected.indices + 3)
-    np.testing.assert_array_equal(values_out, expected.data)
-    np.testing.assert_array_equal(only_values, expected.data)
 
 
 @pytest.mark.parametrize("transform", [bp.TRANSFORM_NONE, bp.TRANSFORM_DELTA])

@@ -1,4 +1,4 @@
-"""CsrBlocks: a dataset's CSR blocks sorted by feature bucket, kept in memory or spilled to a file."""
+"""CsrBlocks: a dataset's CSR blocks sorted by feature bucket as runs, kept in memory or spilled to a file."""
 
 from __future__ import annotations
 
@@ -6,37 +6,75 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.storage.csc import CsrBlocks
+from lancell.storage.csc import CsrBlocks, spill_dtype
+
+ROW0 = 2**32 - 300  # the blocks' last row is the last uint32 row number
+EDGES = [0, 499, 500, 999, 1_000, 1_499]  # the first and last feature of each bucket
+
+
+NARROWED = {"counts": np.uint8, "wide": np.uint16, "huge": np.uint32, "norm": np.float32}
 
 
 def _matrix() -> sp.csr_matrix:
     matrix = sp.random(300, 1_500, density=0.03, format="csr", random_state=7, dtype=np.float64)
     matrix.data = np.ceil(matrix.data * 50)
+    matrix = matrix.tolil()
+    matrix[::7, EDGES] = 3.0  # features at the buckets' edges in every 7th row
+    matrix = matrix.tocsr()
     matrix.sort_indices()
     return matrix
+
+
+def _layers(data: np.ndarray) -> dict[str, np.ndarray]:
+    """Values narrowed to uint8 (counts), to uint16 (wide), kept uint32 (huge) and float32 (norm)."""
+    return {
+        "counts": data.astype(np.uint32),
+        "wide": (data * 1_000).astype(np.uint32),
+        "huge": (2**32 - data).astype(np.uint32),
+        "norm": (data / 7).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("spill", [False, True])
 def test_buckets_hold_every_block_in_row_order(spill: bool) -> None:
     matrix = _matrix()
-    blocks = CsrBlocks(1_500, {"counts": np.dtype(np.uint32), "norm": np.dtype(np.float32)}, spill=spill)
+    dtypes = {name: values.dtype for name, values in _layers(matrix.data[:1]).items()}
+    blocks = CsrBlocks(1_500, dtypes, spill=spill)
     for row0, stop in [(0, 1), (1, 120), (120, 120), (120, 300)]:
         part = matrix[row0:stop]
-        values = {"counts": part.data.astype(np.uint32), "norm": (part.data / 7).astype(np.float32)}
-        blocks.add(row0, part.indptr.astype(np.int64), part.indices.astype(np.uint32), values)
-    assert blocks.nnz == matrix.nnz
-    np.testing.assert_array_equal(blocks.counts, np.diff(matrix.tocsc().indptr))
+        blocks.add(
+            ROW0 + row0, part.indptr.astype(np.int64), part.indices.astype(np.uint32), _layers(part.data)
+        )
+    indptr = matrix.indptr.astype(np.int64)  # elements 10..40, then 40..nnz: blocks that cut rows
+    for lo, hi in [(10, 40), (40, matrix.nnz)]:
+        blocks.add(ROW0, indptr, matrix.indices[lo:hi].astype(np.uint32), _layers(matrix.data[lo:hi]), lo)
+    assert blocks.nnz == matrix.nnz + matrix.nnz - 10
+    coo = matrix.tocoo()  # row-major, like the blocks
+    expected_counts = 2 * np.diff(matrix.tocsc().indptr) - np.bincount(matrix.indices[:10], minlength=1_500)
+    np.testing.assert_array_equal(blocks.counts, expected_counts)
     assert blocks.bounds.tolist() == [0, 500, 1_000, 1_500]  # 512 features a bucket at most
-    coo = matrix.tocoo()
     for bucket in range(3):
         segments = list(blocks.segments(bucket))
-        rows = np.concatenate([s[0] for s in segments])
-        features = np.concatenate([s[1] for s in segments])
-        counts = np.concatenate([s[2]["counts"] for s in segments])
-        norm = np.concatenate([s[2]["norm"] for s in segments])
-        mine = (coo.col >= 500 * bucket) & (coo.col < 500 * (bucket + 1))  # coo: row-major, like the blocks
-        np.testing.assert_array_equal(rows, coo.row[mine])
-        np.testing.assert_array_equal(features, coo.col[mine])
-        np.testing.assert_array_equal(counts, coo.data[mine].astype(np.uint32))
-        np.testing.assert_array_equal(norm, (coo.data[mine] / 7).astype(np.float32))
+        rows = np.concatenate([np.repeat(s[0], s[1]) for s in segments])
+        features = np.concatenate([s[2] for s in segments]).astype(np.int64) + 500 * bucket
+        mine = (coo.col >= 500 * bucket) & (coo.col < 500 * (bucket + 1))
+        cut = mine & (np.arange(coo.nnz) >= 10)  # the second pass over the matrix starts at element 10
+        np.testing.assert_array_equal(
+            rows, np.concatenate((coo.row[mine], coo.row[cut])).astype(np.int64) + ROW0
+        )
+        np.testing.assert_array_equal(features, np.concatenate((coo.col[mine], coo.col[cut])))
+        for name, values in _layers(np.concatenate((coo.data[mine], coo.data[cut]))).items():
+            stored = np.concatenate([s[3][name] for s in segments])
+            np.testing.assert_array_equal(stored.astype(values.dtype), values)
+            assert {s[3][name].dtype for s in segments} == {np.dtype(NARROWED[name])}
+    assert rows.max() == 2**32 - 1
     blocks.close()
+
+
+def test_spill_dtype_is_the_narrowest_that_holds_the_values() -> None:
+    assert spill_dtype(np.array([0, 255], np.uint32)) == np.uint8
+    assert spill_dtype(np.array([0, 256], np.uint32)) == np.uint16
+    assert spill_dtype(np.array([65_535], np.uint32)) == np.uint16
+    assert spill_dtype(np.array([65_536], np.uint32)) == np.uint32
+    assert spill_dtype(np.zeros(0, np.uint32)) == np.uint8
+    assert spill_dtype(np.array([1.0], np.float32)) == np.float32  # floats as they are
