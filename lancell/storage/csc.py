@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import zarr
@@ -103,6 +104,8 @@ class CsrBlocks:
         self.nnz = 0
         self._file = tempfile.TemporaryFile(prefix="lancell-csc-") if spill else None
         self._blocks: list[_Sorted] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc")
+        self._pending: Future[None] | None = None
 
     def add(
         self,
@@ -114,7 +117,26 @@ class CsrBlocks:
     ) -> None:
         """Record elements ``[start, start + indices.size)`` of a CSR block of rows from ``row0`` (row
         offsets ``indptr``; a row's features distinct): their column ``indices`` and each layer's
-        ``values``, as stored."""
+        ``values``, as stored.
+
+        The block is sorted (and spilled) by a helper thread while the caller goes on (the kernel releases
+        the GIL, as file writes do), one block at a time: its arrays must not change until the next
+        ``add`` or :meth:`done` returns (:func:`lancell.ingest.blocks.stored_csr_blocks`' alternating
+        buffers keep them so). An error of that sort is raised there.
+        """
+        self.done()
+        self.nnz += indices.size
+        self._pending = self._pool.submit(self._add, row0, indptr, indices, dict(values), start)
+
+    def done(self) -> None:
+        """Wait for the last :meth:`add`'s sort; raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _add(
+        self, row0: int, indptr: np.ndarray, indices: np.ndarray, values: dict[str, np.ndarray], start: int
+    ) -> None:
         n = indices.size
         first, *others = self.dtypes
         features = np.empty(n, np.uint16)
@@ -136,16 +158,16 @@ class CsrBlocks:
         for layer in others:
             sorted_values[layer] = values[layer][order].astype(spill_dtype(values[layer]), copy=False)
         block = _Sorted(run_offsets, offsets, [run_rows, run_lengths, features, *sorted_values.values()])
-        self._blocks.append(block)
-        self.nnz += n
         if self._file is not None:
             block.position = self._file.tell()
             for part in block.parts:
                 self._file.write(memoryview(part))
             block.parts = None
+        self._blocks.append(block)
 
     def segments(self, bucket: int) -> Iterator[Segment]:
         """Every block's runs of ``bucket``, in row order (one block's in memory at a time)."""
+        self.done()
         for block in self._blocks:
             run_lo, run_hi = int(block.run_offsets[bucket]), int(block.run_offsets[bucket + 1])
             if run_lo == run_hi:
@@ -166,7 +188,10 @@ class CsrBlocks:
             yield parts[0], parts[1], parts[2], dict(zip(self.dtypes, parts[3:], strict=True))
 
     def close(self) -> None:
-        """Drop the kept blocks and the spill file."""
+        """Drop the kept blocks and the spill file (after the helper thread's last sort, whose error, if
+        any, :meth:`done` raises: a close after a failure does not replace the caller's error with it)."""
+        self._pool.shutdown(wait=True)
+        self._pending = None
         self._blocks.clear()
         if self._file is not None:
             self._file.close()
@@ -222,6 +247,7 @@ def write_csc(
         for start, stored, values in _stored_blocks(csr["indices"], values_arrays):
             blocks.add(0, indptr, stored, values, start)
     try:
+        blocks.done()  # every block sorted and counted
         _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices)
     finally:
         if written is None:

@@ -48,6 +48,7 @@ def test_buckets_hold_every_block_in_row_order(spill: bool) -> None:
     indptr = matrix.indptr.astype(np.int64)  # elements 10..40, then 40..nnz: blocks that cut rows
     for lo, hi in [(10, 40), (40, matrix.nnz)]:
         blocks.add(ROW0, indptr, matrix.indices[lo:hi].astype(np.uint32), _layers(matrix.data[lo:hi]), lo)
+    blocks.done()  # the helper thread's last sort
     assert blocks.nnz == matrix.nnz + matrix.nnz - 10
     coo = matrix.tocoo()  # row-major, like the blocks
     expected_counts = 2 * np.diff(matrix.tocsc().indptr) - np.bincount(matrix.indices[:10], minlength=1_500)
@@ -78,3 +79,14 @@ def test_spill_dtype_is_the_narrowest_that_holds_the_values() -> None:
     assert spill_dtype(np.array([65_536], np.uint32)) == np.uint32
     assert spill_dtype(np.zeros(0, np.uint32)) == np.uint8
     assert spill_dtype(np.array([1.0], np.float32)) == np.float32  # floats as they are
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_an_error_of_the_helper_threads_sort_is_raised_by_done(spill: bool) -> None:
+    blocks = CsrBlocks(10, {"counts": np.dtype(np.uint32), "norm": np.dtype(np.float32)}, spill=spill)
+    indptr, indices = np.array([0, 2], np.int64), np.array([1, 5], np.uint32)
+    blocks.add(0, indptr, indices, {"counts": np.array([1, 2], np.uint32)})  # no "norm" values
+    with pytest.raises(KeyError, match="norm"):
+        blocks.done()
+    blocks.done()  # raised once
+    blocks.close()
