@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -230,11 +231,11 @@ def write_csc(
     already stored (a layer added to a dataset: :mod:`lancell.ingest.add_layer`; readers of earlier snapshots
     keep reading those arrays while it is written).
 
-    Memory is bounded by ``budget`` values (8 bytes each: row + value; one buffer reused by every feature
-    range) plus one block's bucket, and by ``written``'s kept blocks (spilled to a temporary file above
-    ``budget`` values). ``written``: what
-    ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
-    arrays are read back once.
+    Memory is bounded by ``budget`` values (8 bytes each: row + value; two output sets of half of it, one
+    filled while the other is encoded and stored) plus one block's bucket, and by ``written``'s kept blocks
+    (spilled to a temporary file above ``budget`` values). ``written``: what ingestion recorded while
+    writing the CSR arrays (it stays the caller's to close); without it the stored arrays are read back
+    once.
     """
     csr = group["csr"]
     n_features = int(group.attrs["n_features"])
@@ -262,8 +263,8 @@ def _write_buckets(
     budget: int,
     indices: bool,
 ) -> None:
-    """Fill ``blocks``' buckets into the CSC arrays under ``target``, in feature ranges of at most ``budget``
-    values (at least one feature)."""
+    """Fill ``blocks``' buckets into the CSC arrays under ``target``, in feature ranges of at most
+    ``budget / 2`` values (at least one feature)."""
     csc_indptr = np.concatenate(([0], np.cumsum(blocks.counts))).astype(np.int64)
     nnz = int(csc_indptr[-1])
     geometry = DEFAULT_GEOMETRY
@@ -288,19 +289,39 @@ def _write_buckets(
         layer: ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
         for layer, array in values_arrays.items()
     }
-    # one output buffer per array, as large as the largest feature range (ShardBuffer copies what it is given)
-    largest = _largest_range(blocks, csc_indptr, budget)
-    rows = np.empty(largest if rows_out is not None else 0, dtype=np.uint32)
-    vals = {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()}
-    no_rows = rows[:0]
-    for bucket in range(blocks.bounds.size - 1):
-        for feature, stop in _feature_ranges(blocks, csc_indptr, budget, bucket):
+    # two output sets for ranges of at most budget / 2 values: this thread scatters into one while a helper
+    # appends the other (ShardBuffer copies it, and encodes and stores each full shard; the kernels release
+    # the GIL). One range's set is appended before the range after next reuses it.
+    step = max(budget // 2, 1)
+    largest = max(
+        (int(csc_indptr[stop] - csc_indptr[f]) for _, f, stop in _ranges(blocks, csc_indptr, step)), default=0
+    )
+    sets = [
+        (
+            np.empty(largest if rows_out is not None else 0, dtype=np.uint32),
+            {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()},
+        )
+        for _ in range(2)
+    ]
+
+    def store(rows: np.ndarray, vals: dict[str, np.ndarray], size: int) -> None:
+        if rows_out is not None:
+            rows_out.append(rows[:size])
+        for layer, buffer in vals_out.items():
+            buffer.append(vals[layer][:size])
+
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-write")
+    in_flight: deque[Future[None]] = deque()
+    try:
+        for i, (bucket, feature, stop) in enumerate(_ranges(blocks, csc_indptr, step)):
+            if len(in_flight) == 2:
+                in_flight.popleft().result()
+            rows, vals = sets[i % 2]
             base = csc_indptr[feature]
-            size = int(csc_indptr[stop] - base)
             fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
             offset = int(blocks.bounds[bucket]) - feature  # a bucket-local feature's place in the range
             for run_rows, run_lengths, features, values in blocks.segments(bucket):
-                for i, layer in enumerate(values_arrays):  # the rows once, with the first layer
+                for j, layer in enumerate(values_arrays):  # the rows once, with the first layer
                     scatter_runs(
                         run_rows,
                         run_lengths,
@@ -309,13 +330,14 @@ def _write_buckets(
                         offset,
                         stop - feature,
                         fills[layer],
-                        rows if i == 0 else no_rows,
+                        rows if j == 0 else rows[:0],
                         vals[layer],
                     )
-            if rows_out is not None:
-                rows_out.append(rows[:size])
-            for layer, buffer in vals_out.items():
-                buffer.append(vals[layer][:size])
+            in_flight.append(writer.submit(store, rows, vals, int(csc_indptr[stop] - base)))
+        while in_flight:
+            in_flight.popleft().result()
+    finally:  # nothing left in flight for a roll-back to race with
+        writer.shutdown(wait=True, cancel_futures=True)
     if rows_out is not None:
         rows_out.close()
     for buffer in vals_out.values():
@@ -331,26 +353,16 @@ def _write_buckets(
         )[:] = csc_indptr
 
 
-def _feature_ranges(
-    blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int, bucket: int
-) -> Iterator[tuple[int, int]]:
-    """``bucket``'s features in ranges ``[feature, stop)`` of at most ``budget`` values (at least one
-    feature)."""
-    feature, last = int(blocks.bounds[bucket]), int(blocks.bounds[bucket + 1])
-    while feature < last:
-        stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
-        stop = min(max(stop, feature + 1), last)
-        yield feature, stop
-        feature = stop
-
-
-def _largest_range(blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int) -> int:
-    """The most values of one of :func:`_feature_ranges`' ranges over every bucket."""
-    largest = 0
+def _ranges(blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int) -> Iterator[tuple[int, int, int]]:
+    """``(bucket, feature, stop)``: each bucket's features in ranges ``[feature, stop)`` of at most
+    ``budget`` values (at least one feature), in feature order."""
     for bucket in range(blocks.bounds.size - 1):
-        for feature, stop in _feature_ranges(blocks, csc_indptr, budget, bucket):
-            largest = max(largest, int(csc_indptr[stop] - csc_indptr[feature]))
-    return largest
+        feature, last = int(blocks.bounds[bucket]), int(blocks.bounds[bucket + 1])
+        while feature < last:
+            stop = int(np.searchsorted(csc_indptr, csc_indptr[feature] + budget, side="right")) - 1
+            stop = min(max(stop, feature + 1), last)
+            yield bucket, feature, stop
+            feature = stop
 
 
 def read_csc_features(
