@@ -26,7 +26,6 @@ nulled), a layout it added that no record uses, and its group (through
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import warnings
@@ -41,7 +40,13 @@ from tqdm.auto import tqdm
 from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
 from lancell.ingest.blocks import checked_values
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
-from lancell.ingest.fingerprint import ContentHasher, OnDuplicate, content_claim
+from lancell.ingest.fingerprint import (
+    ContentHasher,
+    OnDuplicate,
+    combined_fingerprint,
+    content_claim,
+    formats_to_match,
+)
 from lancell.ingest.layer_blocks import layer_blocks
 from lancell.ingest.plan import IngestPlan
 from lancell.ingest.sources import MatrixSource
@@ -57,7 +62,7 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction", "combined_fingerprint", "run_transactions", "stored_dtype", "write_group"]
+__all__ = ["WriteTransaction", "run_transactions", "stored_dtype", "write_group"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ class WriteTransaction:
         self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
         self.duplicate_of: DatasetRecord | None = None
+        self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()
         self._lease: Lease | None = None
         self._group: str | None = None
@@ -128,12 +134,15 @@ class WriteTransaction:
                 hashing.callback(
                     written.close
                 )  # the sorted blocks, kept or spilled, once the copy is written
+            formats = formats_to_match(core)
             hashers = {
-                name: hashing.enter_context(ContentHasher(space.kind, stored_dtype(source), source.shape))
+                name: hashing.enter_context(
+                    ContentHasher(space.kind, stored_dtype(source), source.shape, formats)
+                )
                 for name, source in plan.layers.items()
             }
             indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
-            fingerprint = combined_fingerprint(
+            fingerprints = combined_fingerprint(
                 {
                     name: hasher.finish(
                         obs_names=plan.obs_names,
@@ -144,6 +153,7 @@ class WriteTransaction:
                     for name, hasher in hashers.items()
                 }
             )
+            self._fingerprints = [fingerprints[fmt] for fmt in formats]
             if written is not None:
                 write_csc(core.zarr_root[self._group], names, written=written)
         with core.lock("layouts"):
@@ -162,7 +172,7 @@ class WriteTransaction:
                 "nnz": plan.nnz,
                 "layout_uid": plan.layout_uid,
                 "dropped_obs_columns": plan.dropped_obs_columns,
-                "content_fingerprint": fingerprint,
+                "content_fingerprint": self._fingerprints[0],
                 "cells_of": self.cells_of,
             }
         )
@@ -187,8 +197,7 @@ class WriteTransaction:
         """Commit the dataset record (the commit point) unless its content is already in the atlas: then
         (``on_duplicate="skip"``) roll back and return the record holding that content."""
         row = pa.Table.from_pylist([self.record.model_dump()], schema=self.core.dataset_arrow)
-        fingerprint = self.record.content_fingerprint
-        with content_claim(self.core, self.record.uid, fingerprint, self.on_duplicate) as duplicate_of:
+        with content_claim(self.core, self.record.uid, self._fingerprints, self.on_duplicate) as duplicate_of:
             if duplicate_of is None:
                 plan, tables = self.plan, self.core.tables
                 # a failed write of the same panel removes the layout unless a record uses it: check it is
@@ -281,15 +290,6 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     for transaction in transactions:
         transaction.report()
     return records
-
-
-def combined_fingerprint(fingerprints: Mapping[str, str]) -> str:
-    """The content fingerprint of a dataset from its layers' (:class:`ContentHasher`, one per layer): a single
-    layer's own, else a SHA-256 over every ``name=fingerprint`` in stored order."""
-    if len(fingerprints) == 1:
-        return next(iter(fingerprints.values()))
-    text = "\0".join(f"{name}={value}" for name, value in fingerprints.items())
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_group(

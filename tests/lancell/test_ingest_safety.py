@@ -239,7 +239,7 @@ def test_unknown_on_conflict_is_refused(human_c3):
 
 def test_identical_content_under_another_uid_is_refused(atlas):
     first = _ingest(atlas, _adata(), "a")
-    assert len(first.content_fingerprint) == 64
+    assert len(first.content_fingerprint) == 32  # format 2: XXH3-128
     before = visible_state(atlas)
     with pytest.raises(DuplicateContentError) as caught:
         _ingest(atlas, _adata(), "b")

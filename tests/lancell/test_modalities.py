@@ -148,4 +148,4 @@ def test_attached_obs_columns_are_listed_as_dropped_and_warned(ingested):
     assert record.dropped_obs_columns == ["cell_type"]
     stored = atlas.list_datasets().set_index("uid").loc["pbmc/programs"]
     assert list(stored["dropped_obs_columns"]) == ["cell_type"]
-    assert len(stored["content_fingerprint"]) == 64
+    assert len(stored["content_fingerprint"]) == 32
