@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
-from lancell.tables.pinned_table import lance_sql
+from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
 
@@ -96,7 +96,9 @@ class CellSelection:
         in lancedb's SQL and a string in pylance's, which would silently select no row).
         """
         cells = self.core.pinned("cells_dataset", self.core.tables.cells.to_lance)
-        return cells.to_table(columns=columns, filter=lance_sql(where) if where else None, limit=self.limit)
+        return cells.to_table(
+            columns=columns, filter=lance_sql(where) if where else None, limit=self.limit, **scan_readahead()
+        )
 
     def scan_batches(self, columns: list[str], batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
         """How many rows are selected, and their ``columns`` in record batches of one Lance version (the
@@ -115,7 +117,10 @@ class CellSelection:
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
         n = n if self.limit is None else min(n, self.limit)
-        return n, cells.to_batches(columns=columns, filter=where, limit=self.limit, batch_size=batch_size)
+        batches = cells.to_batches(
+            columns=columns, filter=where, limit=self.limit, batch_size=batch_size, **scan_readahead()
+        )
+        return n, batches
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The selected rows (``columns``, else :meth:`kept_columns`): a search in rank order, or a scan.

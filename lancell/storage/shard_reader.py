@@ -34,6 +34,7 @@ import obstore
 from obstore.store import ObjectStore
 
 from kernels import gather
+from lancell.cores import USABLE_CORES
 from lancell.errors import OutOfBoundsError, ShardFormatError
 from lancell.storage.byte_ranges import local_path, pread_edge, pread_ranges
 from lancell.storage.shard_decode import decode_chunks, decode_shard, join_buffers, read_index, shard_elements
@@ -48,7 +49,6 @@ _MIN_CHUNKS_PER_TASK = 4
 _LOCAL_CHUNKS_PER_TASK = 64
 # Requests in flight per process (local disk on 2 cores: 8-16 is best; remote stores hide latency with them).
 READ_THREADS = 16
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -255,7 +255,7 @@ class ShardedArrayReader:
         sizes = np.cumsum([slots.size for _, slots, _ in requests])
         if sizes.size == 0:
             return
-        n_runs = int(min(_CORES, max(1, sizes[-1] // _LOCAL_CHUNKS_PER_TASK), len(requests)))
+        n_runs = int(min(USABLE_CORES, max(1, sizes[-1] // _LOCAL_CHUNKS_PER_TASK), len(requests)))
         cuts = np.searchsorted(sizes, sizes[-1] * np.arange(1, n_runs) / n_runs, side="left") + 1
         bounds = np.unique(np.concatenate(([0], cuts, [len(requests)]))).tolist()
         runs = [requests[a:b] for a, b in itertools.pairwise(bounds)]
@@ -374,7 +374,7 @@ class ShardedArrayReader:
             buffers = obstore.get_ranges(self.store, key, starts=starts.tolist(), ends=ends.tolist())
         except FileNotFoundError:
             raise ShardFormatError(f"array {self.path!r}, shard {key!r}: the shard object is gone") from None
-        step = max(_MIN_CHUNKS_PER_TASK, -(-slots.size // _CORES))
+        step = max(_MIN_CHUNKS_PER_TASK, -(-slots.size // USABLE_CORES))
         pool = _pool()
         others = [
             pool.submit(self._decode, buffers[i : i + step], slots[i : i + step], plan)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lancell.errors import AtlasNotFoundError, StoreError
-from lancell.tables.pinned_table import PinnedTable
+from lancell.tables.pinned_table import PinnedTable, scan_readahead
 from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def read_columns(table: Table | PinnedTable, columns: list[str]) -> pa.Table:
 
     lancedb's query path costs 2-5 ms per call even for a few rows; the Lance dataset underneath does not.
     """
-    return table.to_lance().to_table(columns=columns)
+    return table.to_lance().to_table(columns=columns, **scan_readahead())
 
 
 def table_names(db: DBConnection) -> set[str]:

@@ -13,13 +13,15 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from lancell.cores import USABLE_CORES
+
 if TYPE_CHECKING:
     import lance
     import pyarrow as pa
     from lancedb.db import DBConnection
     from lancedb.table import Table
 
-__all__ = ["PinnedTable", "lance_sql"]
+__all__ = ["PinnedTable", "lance_sql", "scan_readahead"]
 
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?P<name>(?:[^\"]|\"\")*)\"")
 
@@ -35,6 +37,17 @@ def lance_sql(sql: str) -> str:
         return "`" + name.replace('""', '"').replace("`", "``") + "`"
 
     return _QUOTED.sub(backquote, sql)
+
+
+def scan_readahead() -> dict[str, int]:
+    """Readahead of a pylance scan of a large table (``fragment_readahead``, ``batch_readahead``), sized to
+    the cores this process may use: Lance's defaults (4 fragments, 16 batches) suit many cores; on few they
+    only hold more in memory. A 5,000-uid filter over a 10M-row cell table (10 fragments, 2 cores) peaked at
+    +363 MiB with the defaults and +220 MiB with 1 / 4, no slower (benchmarks/RESULTS.md, "Scale")."""
+    return {
+        "fragment_readahead": min(4, max(1, USABLE_CORES // 2)),
+        "batch_readahead": min(16, 2 * USABLE_CORES),
+    }
 
 
 class PinnedTable:
