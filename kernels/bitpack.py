@@ -78,6 +78,7 @@ __all__ = [
     "decode_into",
     "encode",
     "encode_chunks",
+    "encoded_chunks_words",
     "max_encoded_size",
     "validate",
 ]
@@ -129,8 +130,18 @@ def encode(values: np.ndarray, transform: int = TRANSFORM_NONE) -> np.ndarray:
     return raw[: 4 * used]
 
 
+def encoded_chunks_words(n_chunks: int, chunk: int, trailer: int = 0) -> int:
+    """Words (uint32) :func:`encode_chunks` may write for ``n_chunks`` chunks of ``chunk`` values, each
+    followed by ``trailer`` bytes: the size of an ``out`` buffer it accepts."""
+    return n_chunks * (max_encoded_size(chunk) + trailer) // 4
+
+
 def encode_chunks(
-    values: np.ndarray, chunk: int, transform: int = TRANSFORM_NONE, trailer: int = 0
+    values: np.ndarray,
+    chunk: int,
+    transform: int = TRANSFORM_NONE,
+    trailer: int = 0,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encode ``values`` chunk by chunk, in one call: each chunk of ``chunk`` values exactly as
     :func:`encode` would, followed by ``trailer`` bytes for the caller (a checksum), back to back.
@@ -146,18 +157,23 @@ def encode_chunks(
     trailer
         Bytes left after each encoded chunk (uninitialized), a multiple of 4 (every chunk stays 4-byte
         aligned).
+    out
+        A 1-D uint32 buffer of at least :func:`encoded_chunks_words` words to encode into (reused across
+        calls, it spares a fresh allocation and its page faults); a new one if None. Words past the
+        returned bytes are left as they were.
 
     Returns
     -------
     tuple[np.ndarray, np.ndarray]
-        ``(buffer, ends)``: uint8 bytes, and the int64 offset where each chunk's trailer ends (chunk ``i``
-        is ``buffer[ends[i - 1] : ends[i] - trailer]``, with ``ends[-1] == 0``).
+        ``(buffer, ends)``: uint8 bytes (a view of ``out`` when given), and the int64 offset where each
+        chunk's trailer ends (chunk ``i`` is ``buffer[ends[i - 1] : ends[i] - trailer]``, with
+        ``ends[-1] == 0``).
 
     Raises
     ------
     BitpackError
-        If ``values`` is not a 1-D uint32 array of whole chunks, ``transform`` is unknown or ``trailer`` is
-        not a multiple of 4.
+        If ``values`` is not a 1-D uint32 array of whole chunks, ``transform`` is unknown, ``trailer`` is
+        not a multiple of 4 or ``out`` is not a large enough 1-D uint32 array.
     """
     if not isinstance(values, np.ndarray) or values.dtype != np.uint32 or values.ndim != 1:
         raise BitpackError(f"expected a 1-D uint32 array, got {getattr(values, 'dtype', type(values))}")
@@ -168,13 +184,23 @@ def encode_chunks(
     if trailer < 0 or trailer % 4:
         raise BitpackError(f"trailer of {trailer} bytes: expected a multiple of 4")
     n_chunks = values.size // chunk
+    words = encoded_chunks_words(n_chunks, chunk, trailer)
+    if out is None:
+        out = np.empty(words, np.uint32)
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.uint32
+        or out.ndim != 1
+        or out.size < words
+        or not out.flags.c_contiguous
+    ):
+        raise BitpackError(f"out must be a contiguous 1-D uint32 array of at least {words} words")
     header = np.frombuffer(_HEADER.pack(MAGIC, FORMAT_VERSION, transform, b"\0\0\0", chunk), np.uint8)
     bases, packed = _sections(chunk, transform)
-    out = np.empty(n_chunks * (max_encoded_size(chunk) + trailer) // 4, np.uint32)
     ends = np.empty(n_chunks, np.int64)
     _encode_chunks_kernel(np.ascontiguousarray(values), header, bases, packed, trailer, out, ends)
     raw = out.view(np.uint8)
-    return raw[: ends[-1]] if n_chunks else raw, ends
+    return raw[: ends[-1] if n_chunks else 0], ends
 
 
 _WALK_ERRORS = {

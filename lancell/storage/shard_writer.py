@@ -47,29 +47,52 @@ def _little_bytes(codec: object) -> bool:
     return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"
 
 
-def _chunk_encoder(codec: object) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None:
-    """``encode(values, chunk) -> (bytes with a 4-byte gap after each chunk, gap ends)`` for ``codec``."""
+# encode(values, chunk, reserve) -> (buffer, ends): the chunks, each followed by a 4-byte gap ending at
+# ends[i], then at least ``reserve`` bytes of the (uint8) buffer free for the shard index
+ChunkEncoder = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _bitpack_encoder(transform: int) -> ChunkEncoder:
+    """A BP-128 :data:`ChunkEncoder` that encodes into one buffer, reused while large enough: a shard's
+    bytes are stored before the next shard is encoded (no fresh pages to fault in, no copy to add the
+    index)."""
+    reused = np.empty(0, np.uint32)
+
+    def encode(values: np.ndarray, chunk: int, reserve: int) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal reused
+        words = bitpack.encoded_chunks_words(values.size // chunk, chunk, _CRC_BYTES)
+        if reused.size < words + -(-reserve // 4):
+            reused = np.empty(words + -(-reserve // 4), np.uint32)
+        _, ends = bitpack.encode_chunks(values.view(np.uint32), chunk, transform, _CRC_BYTES, out=reused)
+        return reused.view(np.uint8), ends
+
+    return encode
+
+
+def _zstd_encoder(codec: ZstdCodec) -> ChunkEncoder:
+    """A zstd :data:`ChunkEncoder` (chunk by chunk, as zarr-python's own codec)."""
+    zstd = Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
+
+    def encode(values: np.ndarray, chunk: int, reserve: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = [
+            np.frombuffer(zstd.encode(values[i : i + chunk]), np.uint8) for i in range(0, values.size, chunk)
+        ]
+        sizes = np.array([p.size + _CRC_BYTES for p in parts], np.int64)
+        out = np.empty(int(sizes.sum()) + reserve, np.uint8)
+        ends = np.cumsum(sizes)
+        for part, end in zip(parts, ends, strict=True):
+            out[end - _CRC_BYTES - part.size : end - _CRC_BYTES] = part
+        return out, ends
+
+    return encode
+
+
+def _chunk_encoder(codec: object) -> ChunkEncoder | None:
+    """The :data:`ChunkEncoder` of ``codec``, None for codecs other than BP-128 and zstd."""
     if isinstance(codec, BitpackingCodec):
-        transform = _TRANSFORMS[codec.transform]
-        return lambda values, chunk: bitpack.encode_chunks(
-            values.view(np.uint32), chunk, transform, _CRC_BYTES
-        )
+        return _bitpack_encoder(_TRANSFORMS[codec.transform])
     if isinstance(codec, ZstdCodec):
-        zstd = Zstd.from_config({"level": codec.level, "checksum": codec.checksum})  # as zarr-python's own
-
-        def encode(values: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-            parts = [
-                np.frombuffer(zstd.encode(values[i : i + chunk]), np.uint8)
-                for i in range(0, values.size, chunk)
-            ]
-            sizes = np.array([p.size + _CRC_BYTES for p in parts], np.int64)
-            out = np.empty(int(sizes.sum()), np.uint8)
-            ends = np.cumsum(sizes)
-            for part, end in zip(parts, ends, strict=True):
-                out[end - _CRC_BYTES - part.size : end - _CRC_BYTES] = part
-            return out, ends
-
-        return encode
+        return _zstd_encoder(codec)
     return None
 
 
@@ -81,12 +104,11 @@ class ShardWriter:
     array
         The array (as checked by :meth:`for_array`).
     encode
-        The chunk encoder of the array's compressor.
+        The chunk encoder of the array's compressor (its own: a BP-128 encoder reuses its buffer, so one
+        writer stores one shard at a time).
     """
 
-    def __init__(
-        self, array: zarr.Array, encode: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
-    ) -> None:
+    def __init__(self, array: zarr.Array, encode: ChunkEncoder) -> None:
         self.array = array
         self._encode = encode
         self._metadata: ArrayV3Metadata = array.metadata  # type: ignore[assignment]
@@ -129,14 +151,19 @@ class ShardWriter:
         values = np.ascontiguousarray(data, dtype=self.array.dtype).reshape(-1)
         if values.size != n_chunks * chunk:  # the array's last chunk: padded with the fill value
             values = np.concatenate((values, np.zeros(n_chunks * chunk - values.size, values.dtype)))
-        encoded, ends = self._encode(values, chunk)
+        index_bytes = 16 * chunks_per_shard
+        encoded, ends = self._encode(values, chunk, index_bytes + _CRC_BYTES)
         chunk_trailers(encoded, ends)
         starts = np.concatenate(([0], ends[:-1]))
         index = np.full((chunks_per_shard, 2), _MISSING, np.uint64)
         index[:n_chunks, 0] = starts
         index[:n_chunks, 1] = ends - starts
-        index_crc = np.array([crc32c.crc32c(index)], np.uint32)
-        shard_bytes = np.concatenate((encoded, index.view(np.uint8).ravel(), index_crc.view(np.uint8)))
+        end = int(ends[-1])
+        encoded[end : end + index_bytes] = index.view(np.uint8).ravel()
+        encoded[end + index_bytes : end + index_bytes + _CRC_BYTES] = np.array(
+            [crc32c.crc32c(index)], np.uint32
+        ).view(np.uint8)
+        shard_bytes = encoded[: end + index_bytes + _CRC_BYTES]
         key = self._metadata.encode_chunk_key((shard,) + (0,) * (len(self.array.shape) - 1))
         buffer = default_buffer_prototype().buffer.from_array_like(shard_bytes)
         sync((self.array.store_path / key).set(buffer))

@@ -161,6 +161,28 @@ def test_encode_chunks_equals_encode_per_chunk(transform: int) -> None:
         bp.encode_chunks(values, 300, transform, trailer=3)  # chunks would lose their word alignment
 
 
+@pytest.mark.parametrize("transform", [bp.TRANSFORM_NONE, bp.TRANSFORM_DELTA])
+def test_encode_chunks_into_a_reused_buffer(transform: int) -> None:
+    """A reused ``out`` (dirty from a larger encoding) gives the same bytes, and leaves the rest as it was."""
+    rng = np.random.default_rng(8)
+    small, large = (rng.negative_binomial(2, 0.2, n * 300).astype(np.uint32) for n in (3, 7))
+    out = np.full(bp.encoded_chunks_words(7, 300, 4) + 5, 0xDEADBEEF, np.uint32)
+    bp.encode_chunks(large, 300, transform, 4, out=out)
+    tail = out[bp.encoded_chunks_words(7, 300, 4) :].copy()
+    buffer, ends = bp.encode_chunks(small, 300, transform, 4, out=out)
+    expected, expected_ends = bp.encode_chunks(small, 300, transform, 4)
+    np.testing.assert_array_equal(ends, expected_ends)
+    starts = np.concatenate(([0], ends[:-1]))
+    for start, end in zip(starts, ends, strict=True):  # the trailers are the caller's, uninitialized
+        np.testing.assert_array_equal(buffer[start : end - 4], expected[start : end - 4])
+    assert np.shares_memory(buffer, out) and buffer.size == ends[-1]
+    np.testing.assert_array_equal(out[bp.encoded_chunks_words(7, 300, 4) :], tail)
+    with pytest.raises(bp.BitpackError, match="at least 2163 words"):
+        bp.encode_chunks(large, 300, transform, 4, out=out[:100])
+    with pytest.raises(bp.BitpackError, match="contiguous 1-D uint32"):
+        bp.encode_chunks(small, 300, transform, 4, out=out.view(np.int32))
+
+
 def test_decode_chunks_equals_decode_and_names_a_bad_chunk() -> None:
     values = np.random.default_rng(6).negative_binomial(2, 0.2, 5 * 1_000).astype(np.uint32)
     chunks = [bp.encode(values[i : i + 1_000], bp.TRANSFORM_DELTA) for i in range(0, values.size, 1_000)]
