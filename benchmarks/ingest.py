@@ -94,6 +94,7 @@ READ = textwrap.dedent(
 
 def h5py_read_seconds(path: Path) -> float:
     """Seconds h5py alone takes to read the X of ``path`` (in a fresh process)."""
+    os.sync()  # no write-back of earlier cases' files running beside this one
     done = subprocess.run([sys.executable, "-c", READ, str(path)], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -182,6 +183,7 @@ def run_case(
     name: str, path: Path, layer: str, uid_column: str | None, csc: str = "default", again: bool = False
 ) -> dict[str, object]:
     """Ingest ``path`` in a fresh process (``again``: then once more in that process)."""
+    os.sync()  # no write-back of earlier cases' files running beside this one
     with tempfile.TemporaryDirectory() as root:
         done = subprocess.run(
             [
