@@ -447,9 +447,8 @@ def emit_block(
     """Pack the block ``slots[:128]`` (zero after its ``m`` values; ``small``: capped at 255 as bytes) at
     width ``w`` at word ``s`` of ``words``, and its ``c`` exceptions (slots wider than ``w``; ``pay``: their
     payloads, whose bits above ``w`` take ``size`` bytes) at byte ``e`` of ``exc`` (scratch: ``above``, two
-    uint64 for the exceptions' bit mask, kept apart from ``block``, 256 words: a view of it per block costs
-    as much as the rest of the exceptions' work). An exception's slot takes its payload, of which the packed
-    block keeps the low bits. Returns ``(words written, bytes written, info byte)``.
+    uint64 for the exceptions' bit mask; ``block``, 256 words). An exception's slot takes its payload, of
+    which the packed block keeps the low bits. Returns ``(words written, bytes written, info byte)``.
 
     ``size`` is exact: a plain or frame-of-reference block's widest value is an exception, and a delta
     block's slots within the width are non-negative deltas, whose zigzag codes keep at most one bit above
