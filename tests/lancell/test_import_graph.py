@@ -14,10 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 # the storage room (lancell/storage/): codecs, shard index/layout/decode/read/write, group layout, CSC layout
-STORAGE_MAY_USE = {"lancell.errors"}  # typed errors
+STORAGE_MAY_USE = {"lancell.errors", "lancell.cores"}  # typed errors; the usable cores
 
 # the tables room (lancell/tables/): LanceDB tables, schemas, registry, versions, locks; below ingest, query
-TABLES_MAY_USE = {"lancell.errors", "lancell.core"}  # the core: an annotation only (checked below)
+TABLES_MAY_USE = {"lancell.errors", "lancell.cores", "lancell.core"}  # the core: an annotation only (below)
 
 # upward references for annotations only: the query names the atlas facade that builds it, the loader the
 # query and atlas it is built from (the query imports the loader at run time, inside ``to_cell_dataset``)
