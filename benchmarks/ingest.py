@@ -102,6 +102,7 @@ def h5py_read_seconds(path: Path) -> float:
 def encode_rates(path: Path, values: int = 8_000_000, reps: int = 5) -> dict[str, float]:
     """G ints/s of ``kernels.bitpack.encode_chunks`` (4,096-value chunks, as ingestion writes them) on the
     first ``values`` indices (delta) and counts (plain) of ``path``; median of ``reps``, CPU time."""
+    os.sync()  # no write-back of the ingestions' files running beside the timing
     with h5py.File(path, "r") as f:
         n = min(values, f["X/data"].shape[0]) // 4_096 * 4_096
         arrays = {"delta": f["X/indices"][:n].astype(np.uint32), "plain": f["X/data"][:n].astype(np.uint32)}
