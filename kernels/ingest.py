@@ -13,6 +13,30 @@ _UINT32_MAX = 4_294_967_295
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_ok(row: np.ndarray, n_features: int) -> bool:
+    """Whether a row's column indices strictly increase within ``[0, n_features)`` (judged whole, so the
+    loop vectorizes)."""
+    if np.int64(row[0]) < 0 or np.int64(row[row.size - 1]) >= n_features:
+        return False
+    unsorted = np.int32(0)
+    for k in range(1, row.size):
+        unsorted |= np.int32(row[k] <= row[k - 1])
+    return unsorted == 0
+
+
+@numba.njit(cache=True, nogil=True)
+def check_indices(indptr: np.ndarray, indices: np.ndarray, n_features: int) -> int:
+    """0 if every row's indices strictly increase within ``[0, n_features)``, else 1 (nothing written:
+    4-byte indices that pass are stored as they are)."""
+    base = indptr[0]
+    for r in range(indptr.size - 1):
+        lo, hi = indptr[r] - base, indptr[r + 1] - base
+        if hi > lo and not _row_ok(indices[lo:hi], n_features):
+            return 1
+    return 0
+
+
 @numba.njit(cache=True, nogil=True)
 def map_indices(
     indptr: np.ndarray, indices: np.ndarray, n_features: int, column_map: np.ndarray, out: np.ndarray
@@ -20,9 +44,8 @@ def map_indices(
     """``out[k] = column_map[indices[k]]`` (an empty ``column_map``: ``out[k] = indices[k]``) if every
     row's indices strictly increase within ``[0, n_features)``.
 
-    A row is judged whole (each index above the one before it, its first at least 0, its last below
-    ``n_features``): without a map in the same pass as the copy, with one before any of its indices is
-    looked up in ``column_map``, so no bad index is ever gathered.
+    Each row is checked whole before any of its indices is copied or looked up in ``column_map``, so no
+    bad index is ever gathered.
     """
     identity = column_map.size == 0
     base = indptr[0]
@@ -31,24 +54,30 @@ def map_indices(
         if hi <= lo:
             continue
         row, stored = indices[lo:hi], out[lo:hi]
-        if np.int64(row[0]) < 0 or np.int64(row[row.size - 1]) >= n_features:
+        if not _row_ok(row, n_features):
             return 1
-        unsorted = np.int32(0)
         if identity:
-            stored[0] = row[0]
-            for k in range(1, row.size):
-                unsorted |= np.int32(row[k] <= row[k - 1])
+            for k in range(row.size):
                 stored[k] = row[k]
-            if unsorted:
-                return 1
-            continue
-        for k in range(1, row.size):
-            unsorted |= np.int32(row[k] <= row[k - 1])
-        if unsorted:
-            return 1
-        for k in range(row.size):
-            stored[k] = column_map[row[k]]
+        else:
+            for k in range(row.size):
+                stored[k] = column_map[row[k]]
     return 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _outside_uint32(value: int) -> np.int32:
+    """1 if an integer value lies outside ``[0, 2**32)``, else 0 (no branch)."""
+    return np.int32((value < 0) | (value > _UINT32_MAX))
+
+
+@numba.njit(cache=True, nogil=True)
+def check_integer_values(values: np.ndarray) -> int:
+    """0 if every value lies in ``[0, 2**32)``, else 1 (one branch-free pass, nothing written)."""
+    bad = np.int32(0)
+    for k in range(values.size):
+        bad |= _outside_uint32(values[k])
+    return 1 if bad else 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -57,7 +86,7 @@ def integer_values(values: np.ndarray, out: np.ndarray) -> int:
     bad = np.int32(0)
     for k in range(values.size):
         value = values[k]
-        bad |= np.int32((value < 0) | (value > _UINT32_MAX))
+        bad |= _outside_uint32(value)
         out[k] = value
     return 1 if bad else 0
 

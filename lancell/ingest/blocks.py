@@ -1,8 +1,10 @@
 """The row blocks ingestion stores: checked, converted to the stored dtype and put in stored feature order.
 
-A sparse block takes one numba pass over its column indices (:func:`kernels.ingest.map_indices`: in range,
-strictly increasing within each row, renumbered to the stored local order) and one over its values
-(:func:`kernels.ingest.integer_values` / :func:`~kernels.ingest.float_values`). A block they reject is
+A sparse block takes one numba pass over its column indices (in range and strictly increasing within each
+row: :func:`kernels.ingest.check_indices`, or :func:`~kernels.ingest.map_indices` where they are renumbered
+to the stored local order or converted) and one over its values (:func:`~kernels.ingest.check_integer_values`,
+or :func:`~kernels.ingest.integer_values` / :func:`~kernels.ingest.float_values` where they are converted).
+4-byte integers that pass are stored as they are, without a copy. A block the kernels reject is
 checked again with numpy (:func:`recheck_csr_block`), which sorts rows given out of order and raises the
 error naming the first bad value; so the errors are those of the numpy checks, and only blocks that need it
 pay for them. Where the stored order differs from the var order, each renumbered row is sorted again
@@ -16,7 +18,14 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from kernels.ingest import float_values, integer_values, map_indices, sort_rows
+from kernels.ingest import (
+    check_indices,
+    check_integer_values,
+    float_values,
+    integer_values,
+    map_indices,
+    sort_rows,
+)
 from lancell.errors import DataValueError
 from lancell.ingest.sources import MatrixSource
 
@@ -79,9 +88,11 @@ def stored_csr_blocks(
     ``indptr`` int64 from 0, ``indices`` uint32 local feature numbers increasing within each row,
     ``values`` uint32 (integer input) or float32.
 
-    ``indices`` and ``values`` are never the source's buffers, but two sets of buffers alternate (no fresh,
-    first-touched memory per block): a block stays valid while the caller works on the next one, and is
-    overwritten when the one after that is asked for. A caller keeping blocks longer copies them.
+    4-byte integer indices (with var in stored order) and 4-byte integer values that pass their checks are
+    yielded as they are, viewed as uint32: the source's own block (:meth:`MatrixSource.csr_blocks`).
+    Anything converted goes into two sets of buffers that alternate (no fresh, first-touched memory per
+    block). Either way a block stays valid while the caller works on the next one, and is overwritten when
+    the one after that is asked for. A caller keeping blocks longer copies them.
 
     ``stored_column`` maps a var column to its stored local index (None: var is in stored order).
 
@@ -91,19 +102,16 @@ def stored_csr_blocks(
         The first bad column index or value, as :func:`recheck_csr_block` names it.
     """
     n_features = source.shape[1]
-    # no map: the kernel copies the indices it checks (no gather through an identity map)
+    # no map: indices are checked (and copied only if not 4-byte integers), not gathered through an identity
     column_map = np.zeros(0, np.uint32) if stored_column is None else stored_column.astype(np.uint32)
-    integer = source.dtype.kind in "iu"
-    dtype = np.dtype(np.uint32 if integer else np.float32)
+    dtype = np.dtype(np.uint32 if source.dtype.kind in "iu" else np.float32)
     buffers = {name: _Alternating(kind) for name, kind in (("columns", np.uint32), ("values", dtype))}
     if stored_column is not None:
         buffers.update({"sorted columns": _Alternating(np.uint32), "sorted values": _Alternating(dtype)})
     for row0, indptr, indices, data in source.csr_blocks():
-        columns, values = buffers["columns"].next(indices.size), buffers["values"].next(data.size)
-        bad = map_indices(indptr, indices, n_features, column_map, columns) or (
-            integer_values(data, values) if integer else float_values(data, zarr_layer == "counts", values)
-        )
-        if bad:
+        columns = _checked_columns(indptr, indices, n_features, column_map, buffers["columns"])
+        values = None if columns is None else _checked_values(data, zarr_layer, buffers["values"])
+        if columns is None or values is None:
             columns, values = recheck_csr_block(source, zarr_layer, row0, indptr, indices, data, column_map)
         if stored_column is not None:
             out_columns = buffers["sorted columns"].next(columns.size)
@@ -111,6 +119,32 @@ def stored_csr_blocks(
             sort_rows(indptr, columns, values, n_features, out_columns, out_values)
             columns, values = out_columns, out_values
         yield row0, indptr, columns, values
+
+
+def _checked_columns(
+    indptr: np.ndarray, indices: np.ndarray, n_features: int, column_map: np.ndarray, buffers: _Alternating
+) -> np.ndarray | None:
+    """A block's stored column indices (renumbered by ``column_map`` unless it is empty), or None if the
+    kernel rejects them."""
+    if column_map.size == 0 and _as_uint32(indices):
+        return None if check_indices(indptr, indices, n_features) else indices.view(np.uint32)
+    columns = buffers.next(indices.size)
+    return None if map_indices(indptr, indices, n_features, column_map, columns) else columns
+
+
+def _checked_values(data: np.ndarray, zarr_layer: str, buffers: _Alternating) -> np.ndarray | None:
+    """A block's stored values (uint32 for integers, float32), or None if the kernel rejects them."""
+    if _as_uint32(data):
+        return None if data.dtype.kind == "i" and check_integer_values(data) else data.view(np.uint32)
+    values = buffers.next(data.size)
+    if data.dtype.kind in "iu":
+        return None if integer_values(data, values) else values
+    return None if float_values(data, zarr_layer == "counts", values) else values
+
+
+def _as_uint32(array: np.ndarray) -> bool:
+    """Whether a block of 4-byte integers can be stored as its own bytes (viewed as uint32) once checked."""
+    return array.dtype.kind in "iu" and array.dtype.itemsize == 4 and array.dtype.isnative
 
 
 class _Alternating:

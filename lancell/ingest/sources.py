@@ -12,7 +12,7 @@ file and the rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
+from lancell.ingest.h5_direct import DirectRead
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
@@ -94,9 +95,9 @@ class MatrixSource:
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Yield unchecked ``(row_start, indptr, indices, data)`` row blocks (``indptr`` int64 from 0).
 
-        A backed ``.h5ad`` block is read ahead (by a reader thread) into buffers reused two blocks later, so
-        a caller keeps only what it converts before asking for the next; an in-memory matrix yields views of
-        its own arrays.
+        A backed ``.h5ad`` block is read ahead (by a reader thread) into buffers that three blocks share in
+        turn: a block stays valid while the caller works on the next one and is overwritten once the one
+        after that is handed out. An in-memory matrix yields views of its own arrays.
         """
         if isinstance(self.matrix, BaseCompressedSparseDataset) and isinstance(self.matrix.group, h5py.Group):
             yield from self._h5_csr_blocks(target_values)
@@ -115,22 +116,25 @@ class MatrixSource:
 
     def _h5_csr_blocks(self, target_values: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """Read-ahead by one block: a reader thread fills the next block's buffers while the caller works
-        on this one (h5py's reads and the caller's nogil kernels overlap). Two buffer pairs alternate, so a
-        block stays valid until the next one is requested; closing the generator waits for the reader."""
+        on this one (the reads and the caller's nogil kernels overlap). Three buffer pairs turn, so a block
+        stays valid while the caller works on the next one (checked blocks are stored from these buffers,
+        written while the next is checked); closing the generator waits for the reader."""
         group = self.matrix.group
         data, indices = group["data"], group["indices"]
+        with reading(self.dataset, self.matrix, "the layout of data and indices"):
+            readers = [_range_reader(data), _range_reader(indices)]
         ranges = list(self.row_ranges(target_values))
         size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
-        buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(2)]
+        buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(3)]
 
         def read(k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
             start, stop = ranges[k]
             lo, hi = int(self.indptr[start]), int(self.indptr[stop])
-            block_data, block_indices = buffers[k % 2][0][: hi - lo], buffers[k % 2][1][: hi - lo]
+            block_data, block_indices = buffers[k % 3][0][: hi - lo], buffers[k % 3][1][: hi - lo]
             if hi > lo:
                 with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
-                    data.read_direct(block_data, np.s_[lo:hi])
-                    indices.read_direct(block_indices, np.s_[lo:hi])
+                    readers[0](block_data, lo, hi)
+                    readers[1](block_indices, lo, hi)
             indptr = np.asarray(self.indptr[start : stop + 1], dtype=np.int64) - lo
             return start, indptr, block_indices, block_data
 
@@ -172,6 +176,16 @@ class MatrixSource:
             with reading(self.dataset, self.matrix, f"rows {start}-{min(start + step, self.shape[0]) - 1}"):
                 block = self.matrix[start : start + step]
             yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
+
+
+def _range_reader(dataset: h5py.Dataset) -> Callable[[np.ndarray, int, int], None]:
+    """``read(out, lo, hi)``: values ``[lo, hi)`` of ``dataset`` into ``out``, read straight from the file
+    where the dataset's bytes are stored unfiltered (:class:`~lancell.ingest.h5_direct.DirectRead`), else by
+    h5py."""
+    direct = DirectRead.of(dataset)
+    if direct is not None:
+        return direct.read_into
+    return lambda out, lo, hi: dataset.read_direct(out, np.s_[lo:hi])
 
 
 def matrix_source(dataset: str, matrix: object) -> MatrixSource:

@@ -326,15 +326,15 @@ def write_group(
     }
     with bar:
         if space.kind == "sparse":
-            writer = SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common)
-            for row0, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
-                writer.append(indptr, indices, values)
-                for name, hasher in hashers.items():
-                    hasher.add_csr(indptr, indices, values[name])
-                if written is not None:
-                    written.add(row0, indptr, indices, values)
-                bar.update(indptr.size - 1)
-            indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
+            with SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common) as writer:
+                for row0, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
+                    writer.append(indptr, indices, values)
+                    for name, hasher in hashers.items():
+                        hasher.add_csr(indptr, indices, values[name])
+                    if written is not None:
+                        written.add(row0, indptr, indices, values)
+                    bar.update(indptr.size - 1)
+                indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
         else:
             writer = DenseGroupWriter(core.zarr_root, zarr_group, **common)
             streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape

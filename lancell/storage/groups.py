@@ -12,9 +12,9 @@ Writes are buffered to whole shards so that zarr never reads-modifies-writes a s
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -191,7 +191,8 @@ def create_value_array(
 
 class SparseGroupWriter:
     """Stream CSR row blocks of one dataset into ``<group>/csr/...``: one ``indices`` and ``indptr`` shared
-    by every layer in ``layers`` (stored name -> dtype), one values array per layer.
+    by every layer in ``layers`` (stored name -> dtype), one values array per layer. Use it as a context
+    manager: its writer threads are stopped on exit.
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
     """
@@ -239,50 +240,63 @@ class SparseGroupWriter:
         self._values = {name: ShardBuffer(array, shard) for name, array in values.items()}
         self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self._offset = 0
+        self._pool = ThreadPoolExecutor(1 + len(values), thread_name_prefix="lancell-shard-write")
+        self._in_flight: list[Future[None]] = []
         self.group.attrs.update({**_base_attrs("sparse", layers, geometry), "chunk": chunk, "shard": shard})
 
     def append(self, indptr: np.ndarray, indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         """Append a block of rows given as local CSR (``indptr[0] == 0``): the shared ``indices`` and each
         layer's ``values`` on them.
 
-        When the block completes a shard, the indices' shard is encoded and stored by a second thread while
-        this one does the values' (both kernels release the GIL); both are done when this returns or raises,
-        so nothing is left in flight for a roll-back to race with.
+        Each array is copied into its shard buffer, and a full shard encoded and stored, by its own writer
+        thread (the copies, kernels and stores release the GIL). This returns once the previous block is
+        written, with this one in flight: ``indices`` and ``values`` must stay unchanged until the next
+        :meth:`append`, :meth:`close` or :meth:`__exit__` returns. An error of a writer is raised by the
+        next of those calls.
         """
-        if not self._indices.completes_shard(indices.shape[0]):
-            self._indices.append(indices)
-            for name, buffer in self._values.items():
-                buffer.append(values[name])
-        else:
-            failed: list[BaseException] = []
-
-            def store_indices() -> None:
-                try:
-                    self._indices.append(indices)
-                except BaseException as exc:  # re-raised below, in the caller's thread
-                    failed.append(exc)
-
-            helper = threading.Thread(target=store_indices, name="lancell-shard-write")
-            helper.start()
-            try:
-                for name, buffer in self._values.items():
-                    buffer.append(values[name])
-            finally:
-                helper.join()
-            if failed:
-                raise failed[0]
+        self._wait()
+        self._in_flight = [self._pool.submit(self._indices.append, indices)] + [
+            self._pool.submit(buffer.append, values[name]) for name, buffer in self._values.items()
+        ]
         self._indptr_parts.append(indptr[1:].astype(np.int64) + self._offset)
         self._offset += int(indptr[-1])
 
+    def _wait(self) -> None:
+        """Wait for every write in flight; raise the first error among them."""
+        futures, self._in_flight = self._in_flight, []
+        errors = [future.exception() for future in futures]
+        failed = next((error for error in errors if error is not None), None)
+        if failed is not None:
+            raise failed
+
     def close(self, extra_attrs: dict[str, Any]) -> np.ndarray:
-        """Flush, write indptr and attributes; return the full indptr."""
-        self._indices.close()
-        for buffer in self._values.values():
-            buffer.close()
+        """Finish the writes, flush every array's last shard, write indptr and attributes; return the full
+        indptr."""
+        self._wait()
+        self._in_flight = [
+            self._pool.submit(buffer.close) for buffer in (self._indices, *self._values.values())
+        ]
+        self._wait()
         indptr = np.concatenate(self._indptr_parts)
         self.indptr[:] = indptr
         self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
         return indptr
+
+    def __enter__(self) -> SparseGroupWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Wait for the writes in flight and stop the writer threads: nothing is left running for a
+        roll-back to race with. A writer's error is raised unless another is already propagating."""
+        try:
+            if exc[0] is None:
+                self._wait()
+            else:
+                for future in self._in_flight:
+                    future.exception()
+                self._in_flight = []
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class DenseGroupWriter:

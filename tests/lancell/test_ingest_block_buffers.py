@@ -1,4 +1,5 @@
-"""Stored row blocks reuse two alternating buffer sets; callers that keep rows across blocks copy them."""
+"""Stored row blocks reuse two alternating buffer sets (4-byte integers: the source's own); callers that keep
+rows across blocks copy them."""
 
 from __future__ import annotations
 
@@ -52,3 +53,20 @@ def test_blocks_alternate_two_buffer_sets_and_layers_on_other_cuts_stay_exact(mo
     for name, matrix in (("counts", counts), ("other", other)):
         stored = sp.vstack(got[name]).tocsr()
         np.testing.assert_array_equal(stored.toarray(), matrix.toarray().astype(np.uint32))
+
+
+def test_checked_4_byte_integers_are_stored_without_a_copy_and_others_converted(monkeypatch) -> None:
+    monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (1_000,))
+    counts = _matrix(3, 0.05)  # int32 indices and values
+    for _, _, indices, values in stored_csr_blocks(matrix_source("d", counts), "counts", None):
+        assert indices.dtype == values.dtype == np.uint32
+        assert np.shares_memory(indices, counts.indices) and np.shares_memory(values, counts.data)
+    wide = counts.copy()
+    wide.indices, wide.data = wide.indices.astype(np.int64), wide.data.astype(np.int64)
+    kept = []
+    for _, _, indices, values in stored_csr_blocks(matrix_source("d", wide), "counts", None):
+        assert indices.dtype == values.dtype == np.uint32
+        assert not np.shares_memory(indices, wide.indices) and not np.shares_memory(values, wide.data)
+        kept.append((indices.copy(), values.copy()))  # the buffers are reused two blocks on
+    np.testing.assert_array_equal(np.concatenate([k[0] for k in kept]), counts.indices)
+    np.testing.assert_array_equal(np.concatenate([k[1] for k in kept]), counts.data)

@@ -1,0 +1,192 @@
+"""Direct reads of unfiltered HDF5 datasets: the same values as h5py, or h5py reads them.
+
+:class:`~lancell.ingest.h5_direct.DirectRead` serves what an ingestion of a backed ``.h5ad`` reads (``X/data``
+and ``X/indices`` as anndata writes them: chunked, unfiltered); every layout or filter it does not handle
+must give None, and a file that ends early must raise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import IngestError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.h5_direct import DirectRead
+from lancell.ingest.sources import MatrixSource
+from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+
+def _ranges(size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Ranges that start and end inside, at and across chunk edges, and the whole dataset."""
+    cuts = [(0, size), (0, 1), (size - 1, size), (5, 5)]
+    for _ in range(40):
+        lo = int(rng.integers(0, size))
+        cuts.append((lo, int(rng.integers(lo, size + 1))))
+    return cuts
+
+
+def _assert_reads_like_h5py(dataset: h5py.Dataset, direct: DirectRead) -> None:
+    expected = dataset[:]
+    for lo, hi in _ranges(dataset.shape[0], np.random.default_rng(0)):
+        out = np.empty(hi - lo, dataset.dtype)
+        direct.read_into(out, lo, hi)
+        np.testing.assert_array_equal(out, expected[lo:hi])
+
+
+def test_an_anndata_file_is_read_directly_and_exactly(tmp_path: Path) -> None:
+    x = sp.random(3_000, 500, density=0.05, format="csr", random_state=1, dtype=np.float64)
+    x.data = np.ceil(x.data * 100).astype(np.int32)
+    ad.AnnData(x).write_h5ad(tmp_path / "a.h5ad")
+    with h5py.File(tmp_path / "a.h5ad", "r") as f:
+        for name in ("data", "indices"):
+            dataset = f["X"][name]
+            assert dataset.chunks is not None and dataset.compression is None  # anndata's own layout
+            direct = DirectRead.of(dataset)
+            assert direct is not None
+            _assert_reads_like_h5py(dataset, direct)
+
+
+def test_chunks_stored_out_of_order_and_interleaved_are_read_in_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    values = {name: rng.integers(0, 2**31, 10_000, dtype=np.int32) for name in "ab"}
+    with h5py.File(tmp_path / "i.h5", "w") as f:
+        arrays = {name: f.create_dataset(name, (10_000,), np.int32, chunks=(700,)) for name in "ab"}
+        for start in rng.permutation(np.arange(0, 10_000, 700)):  # chunks allocated in a random order
+            for name in "ab":  # and the two datasets' chunks interleaved in the file
+                arrays[name][start : start + 700] = values[name][start : start + 700]
+    with h5py.File(tmp_path / "i.h5", "r") as f:
+        direct = DirectRead.of(f["a"])
+        assert direct is not None and direct.starts.size > 1
+        assert not np.all(np.diff(direct.offsets) > 0)  # runs are not in file order
+        _assert_reads_like_h5py(f["a"], direct)
+
+
+def test_a_contiguous_dataset_is_read_directly(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(50_000, dtype=np.float64))
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        direct = DirectRead.of(f["x"])
+        assert direct is not None and direct.starts.size == 1
+        _assert_reads_like_h5py(f["x"], direct)
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        {"compression": "gzip"},
+        {"compression": "lzf"},
+        {"shuffle": True},
+        {"fletcher32": True},
+        {"dtype": ">i4"},  # stored big-endian
+        {"dtype": "i2", "scaleoffset": 0},
+    ],
+    ids=["gzip", "lzf", "shuffle", "fletcher32", "big-endian", "scale-offset"],
+)
+def test_filtered_or_foreign_datasets_are_left_to_h5py(tmp_path: Path, create: dict) -> None:
+    options = {"dtype": "i4", "chunks": (1_000,), **create}
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(10_000).astype(options.pop("dtype")), **options)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert DirectRead.of(f["x"]) is None
+
+
+def test_unallocated_chunks_a_user_block_and_other_drivers_are_left_to_h5py(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "u.h5", "w") as f:
+        partly = f.create_dataset("x", (10_000,), np.int32, chunks=(1_000,))
+        partly[:3_000] = 7  # chunks 3-9 never written: they read as the fill value
+        f.create_dataset("two_d", data=np.ones((100, 100), np.int32), chunks=(10, 100))
+        f.create_dataset("text", data=np.array([b"a", b"b"]))
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        assert DirectRead.of(f["x"]) is None
+        assert DirectRead.of(f["two_d"]) is None
+        assert DirectRead.of(f["text"]) is None
+    with h5py.File(tmp_path / "u.h5", "r", driver="core") as f:
+        assert DirectRead.of(f["two_d"]) is None
+    with h5py.File(tmp_path / "ub.h5", "w", userblock_size=512) as f:
+        f.create_dataset("x", data=np.arange(10_000, dtype=np.int32), chunks=(1_000,))
+    with h5py.File(tmp_path / "ub.h5", "r") as f:
+        assert DirectRead.of(f["x"]) is None
+        np.testing.assert_array_equal(f["x"][:], np.arange(10_000))
+
+
+def test_a_file_that_shrinks_while_open_raises_os_error(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.create_dataset("x", data=np.arange(100_000, dtype=np.int64), chunks=(4_096,))
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        direct = DirectRead.of(f["x"])
+        assert direct is not None
+        cut = int(direct.offsets.max()) + 100
+        os.truncate(tmp_path / "t.h5", cut)
+        with pytest.raises(OSError, match="the file ends before byte"):
+            direct.read_into(np.empty(100_000, np.int64), 0, 100_000)
+
+
+# ----------------------------------------------------------------------------------------- through ingestion
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str | None = None
+
+
+class Cells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+def _atlas(tmp_path: Path, genes: list[str]) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        Cells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    return atlas
+
+
+def test_many_small_blocks_read_directly_are_stored_exactly(tmp_path: Path, monkeypatch) -> None:
+    """Blocks are stored from the reader's buffers while the next blocks are read: nothing may be overwritten
+    before it is written (hundreds of blocks, each a few rows)."""
+    genes = [f"G{i}" for i in range(300)]
+    x = sp.random(4_000, 300, density=0.1, format="csr", random_state=5, dtype=np.float64)
+    x.data = np.ceil(x.data * 1_000).astype(np.int32)
+    adata = ad.AnnData(
+        x, obs=pd.DataFrame(index=[f"c{i}" for i in range(4_000)]), var=pd.DataFrame(index=genes)
+    )
+    adata.write_h5ad(tmp_path / "m.h5ad")
+    monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (500,))
+    atlas = _atlas(tmp_path, genes)
+    add_from_anndata(
+        atlas,
+        tmp_path / "m.h5ad",
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=atlas.dataset_schema(uid="m"),
+        progress=False,
+    )
+    got = atlas.query().to_anndata()
+    assert list(got.obs_names) == [f"m:c{i}" for i in range(4_000)]
+    np.testing.assert_array_equal(got[:, genes].X.toarray(), x.toarray())
+
+
+def test_a_negative_count_read_directly_is_refused_naming_the_row(tmp_path: Path) -> None:
+    genes = [f"G{i}" for i in range(50)]
+    x = sp.random(200, 50, density=0.2, format="csr", random_state=6, dtype=np.float64)
+    x.data = np.ceil(x.data * 10).astype(np.int32)
+    x.data[x.indptr[117] + 1] = -3
+    ad.AnnData(x, var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "n.h5ad")
+    atlas = _atlas(tmp_path, genes)
+    with pytest.raises(IngestError, match="negative integer value -3"):
+        add_from_anndata(
+            atlas, tmp_path / "n.h5ad", feature_space="gene_expression", zarr_layer="counts", progress=False
+        )
+    assert atlas.core.tables.datasets.count_rows() == 0
