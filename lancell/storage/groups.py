@@ -102,11 +102,11 @@ def new_group_name(dataset_uid: str) -> str:
 
 
 class ShardBuffer:
-    """Append-only writer of a sharded array (1-D, or 2-D by rows) that writes whole shards and the tail.
+    """Append-only writer of a sharded array (1-D, or 2-D by rows) that stores whole shards and the tail.
 
-    Rows are copied into one reused shard-sized buffer; each full shard is stored by a
-    :class:`~lancell.storage.shard_writer.ShardWriter` when the array's codecs allow, else through
-    zarr-python.
+    Where the array's codecs allow, a :class:`~lancell.storage.shard_writer.ShardWriter` encodes the rows as
+    they are appended (no copy of them) and each full shard is stored; otherwise rows are copied into one
+    reused shard-sized buffer and each full shard is written through zarr-python.
     """
 
     def __init__(self, array: zarr.Array, shard: int) -> None:
@@ -117,11 +117,6 @@ class ShardBuffer:
         self._buffer: np.ndarray | None = None
         self._direct = ShardWriter.for_array(array) if array.shards and array.shards[0] == shard else None
 
-    def completes_shard(self, rows: int) -> bool:
-        """Whether appending ``rows`` rows fills (and so encodes and stores) a shard."""
-        capacity = min(self.shard, self.array.shape[0] - self.written)
-        return rows > 0 and self.buffered + rows >= capacity
-
     def append(self, values: np.ndarray) -> None:
         if self.written + self.buffered + values.shape[0] > self.array.shape[0]:
             raise ValueError(
@@ -129,29 +124,35 @@ class ShardBuffer:
                 f"overflows the array's {self.array.shape[0]}"
             )
         while values.shape[0]:
-            if self._buffer is None:  # allocated on first use: a tail shard of a small array stays small
-                rows = min(self.shard, self.array.shape[0] - self.written)
-                self._buffer = np.empty((rows, *self.array.shape[1:]), self.array.dtype)
-            take = min(self._buffer.shape[0] - self.buffered, values.shape[0])
-            self._buffer[self.buffered : self.buffered + take] = values[:take]
+            capacity = min(self.shard, self.array.shape[0] - self.written)  # rows of the current shard
+            take = min(capacity - self.buffered, values.shape[0])
+            if self._direct is not None:
+                self._direct.add(values[:take])
+            else:
+                if self._buffer is None or self._buffer.shape[0] != capacity:  # first, or the shorter last
+                    self._buffer = np.empty((capacity, *self.array.shape[1:]), self.array.dtype)
+                self._buffer[self.buffered : self.buffered + take] = values[:take]
             self.buffered += take
             values = values[take:]
-            if self.buffered == self._buffer.shape[0]:
+            if self.buffered == capacity:
                 self._flush()
 
     def _flush(self) -> None:
-        if self.buffered and self._buffer is not None:
+        if not self.buffered:
+            return
+        if self._direct is not None:
+            self._write(self._direct.shard_bytes())
+        elif self._buffer is not None:
             self._write(self._buffer[: self.buffered])
-            self.buffered = 0
-            if self._buffer.shape[0] > self.array.shape[0] - self.written:
-                self._buffer = None  # the next shard is the shorter last one
+        self.written += self.buffered
+        self.buffered = 0
 
-    def _write(self, data: np.ndarray) -> None:
-        if self._direct is not None:  # every write starts a shard
-            self._direct.write(self.written // self.shard, data)
+    def _write(self, shard: np.ndarray) -> None:
+        """Store the current shard: its encoded object (direct writes), else its rows through zarr-python."""
+        if self._direct is not None:
+            self._direct.store(self.written // self.shard, shard)
         else:
-            self.array[self.written : self.written + data.shape[0]] = data
-        self.written += data.shape[0]
+            self.array[self.written : self.written + shard.shape[0]] = shard
 
     def close(self) -> int:
         self._flush()

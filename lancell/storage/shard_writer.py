@@ -1,10 +1,11 @@
 """Whole-shard writes of lancell's sharded arrays, without zarr-python's per-chunk machinery.
 
 zarr-python encodes every inner chunk of a shard as its own asyncio task (about 10x the BP-128 encoding
-itself for 4,096-value chunks). A :class:`ShardWriter` encodes the chunks of a whole shard in one kernel
-call (:func:`kernels.bitpack.encode_chunks`; zstd chunk by chunk), appends each chunk's crc32c (one
-:func:`kernels.crc32c.chunk_trailers` call), adds the shard index and stores the object with one ``set``
-through the array's own zarr store. The objects are byte for byte what zarr-python writes for the same
+itself for 4,096-value chunks). A :class:`ShardWriter` encodes a shard's chunks as the values arrive: the
+whole chunks of each append in one kernel call (:func:`kernels.bitpack.encode_chunks`; zstd chunk by
+chunk) straight from the caller's array, each chunk's crc32c appended (one
+:func:`kernels.crc32c.chunk_trailers` call per append); a full shard gets its index and is stored with one
+``set`` through the array's own zarr store. The objects are byte for byte what zarr-python writes for the same
 data (``tests/lancell/test_shard_writer.py``):
 
 * chunks in order, each its encoded bytes and their crc32c (little-endian); the index at the end: one
@@ -47,24 +48,18 @@ def _little_bytes(codec: object) -> bool:
     return isinstance(codec, BytesCodec) and codec.endian is not None and codec.endian.value == "little"
 
 
-# encode(values, chunk, reserve) -> (buffer, ends): the chunks, each followed by a 4-byte gap ending at
-# ends[i], then at least ``reserve`` bytes of the (uint8) buffer free for the shard index
-ChunkEncoder = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+# encode(values, chunk, room) -> ends: the chunks of ``values``, each followed by a 4-byte gap ending at
+# ends[i], written into ``room(nbytes)`` (a uint8 view of at least ``nbytes`` free bytes, 4-byte aligned)
+ChunkEncoder = Callable[[np.ndarray, int, Callable[[int], np.ndarray]], np.ndarray]
 
 
 def _bitpack_encoder(transform: int) -> ChunkEncoder:
-    """A BP-128 :data:`ChunkEncoder` that encodes into one buffer, reused while large enough: a shard's
-    bytes are stored before the next shard is encoded (no fresh pages to fault in, no copy to add the
-    index)."""
-    reused = np.empty(0, np.uint32)
+    """A BP-128 :data:`ChunkEncoder`: the kernel encodes straight into the room it is given."""
 
-    def encode(values: np.ndarray, chunk: int, reserve: int) -> tuple[np.ndarray, np.ndarray]:
-        nonlocal reused
+    def encode(values: np.ndarray, chunk: int, room: Callable[[int], np.ndarray]) -> np.ndarray:
         words = bitpack.encoded_chunks_words(values.size // chunk, chunk, _CRC_BYTES)
-        if reused.size < words + -(-reserve // 4):
-            reused = np.empty(words + -(-reserve // 4), np.uint32)
-        _, ends = bitpack.encode_chunks(values.view(np.uint32), chunk, transform, _CRC_BYTES, out=reused)
-        return reused.view(np.uint8), ends
+        out = room(4 * words).view(np.uint32)
+        return bitpack.encode_chunks(values.view(np.uint32), chunk, transform, _CRC_BYTES, out=out)[1]
 
     return encode
 
@@ -73,16 +68,15 @@ def _zstd_encoder(codec: ZstdCodec) -> ChunkEncoder:
     """A zstd :data:`ChunkEncoder` (chunk by chunk, as zarr-python's own codec)."""
     zstd = Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
 
-    def encode(values: np.ndarray, chunk: int, reserve: int) -> tuple[np.ndarray, np.ndarray]:
+    def encode(values: np.ndarray, chunk: int, room: Callable[[int], np.ndarray]) -> np.ndarray:
         parts = [
             np.frombuffer(zstd.encode(values[i : i + chunk]), np.uint8) for i in range(0, values.size, chunk)
         ]
-        sizes = np.array([p.size + _CRC_BYTES for p in parts], np.int64)
-        out = np.empty(int(sizes.sum()) + reserve, np.uint8)
-        ends = np.cumsum(sizes)
+        ends = np.cumsum([part.size + _CRC_BYTES for part in parts], dtype=np.int64)
+        out = room(int(ends[-1]))
         for part, end in zip(parts, ends, strict=True):
             out[end - _CRC_BYTES - part.size : end - _CRC_BYTES] = part
-        return out, ends
+        return ends
 
     return encode
 
@@ -97,24 +91,33 @@ def _chunk_encoder(codec: object) -> ChunkEncoder | None:
 
 
 class ShardWriter:
-    """Writes whole shards of one zarr array straight to its store (see the module docstring).
+    """Encodes one zarr array's chunks as its values arrive and stores each shard whole (see the module
+    docstring).
+
+    :meth:`add` encodes every whole chunk of what it is given straight from the caller's array (no copy into
+    a shard buffer) and keeps the rest of a chunk for the next call; :meth:`shard_bytes` completes the shard
+    (the last chunk of the array padded with the fill value), and :meth:`store` stores it. The encoded bytes
+    go into one buffer reused from shard to shard (no fresh pages to fault in).
 
     Parameters
     ----------
     array
         The array (as checked by :meth:`for_array`).
     encode
-        The chunk encoder of the array's compressor (its own: a BP-128 encoder reuses its buffer, so one
-        writer stores one shard at a time).
+        The chunk encoder of the array's compressor.
     """
 
     def __init__(self, array: zarr.Array, encode: ChunkEncoder) -> None:
         self.array = array
-        self._encode = encode
+        self._encode_chunks = encode
         self._metadata: ArrayV3Metadata = array.metadata  # type: ignore[assignment]
-        self._row = int(np.prod(array.shape[1:], dtype=np.int64))  # elements per first-axis index
-        self._chunk_rows = int(array.chunks[0])
-        self._shard_rows = int(array.shards[0])  # type: ignore[index]
+        self._chunk = int(array.chunks[0]) * int(np.prod(array.shape[1:], dtype=np.int64))  # elements
+        self._chunks_per_shard = int(array.shards[0]) // int(array.chunks[0])  # type: ignore[index]
+        self._out = np.empty(0, np.uint8)
+        self._used = 0  # bytes of the current shard encoded so far
+        self._ends: list[np.ndarray] = []
+        self._carry = np.empty(self._chunk, array.dtype)  # the start of a chunk not complete yet
+        self._carried = 0
 
     @classmethod
     def for_array(cls, array: zarr.Array) -> ShardWriter | None:
@@ -142,28 +145,59 @@ class ShardWriter:
         encode = _chunk_encoder(sharding.codecs[1])
         return None if encode is None else cls(array, encode)
 
-    def write(self, shard: int, data: np.ndarray) -> None:
-        """Store shard number ``shard``: ``data`` is all of it, or the rest of the array for the last one."""
-        chunk_rows = self._chunk_rows
-        chunks_per_shard = self._shard_rows // chunk_rows
-        n_chunks = -(-data.shape[0] // chunk_rows)
-        chunk = chunk_rows * self._row
-        values = np.ascontiguousarray(data, dtype=self.array.dtype).reshape(-1)
-        if values.size != n_chunks * chunk:  # the array's last chunk: padded with the fill value
-            values = np.concatenate((values, np.zeros(n_chunks * chunk - values.size, values.dtype)))
-        index_bytes = 16 * chunks_per_shard
-        encoded, ends = self._encode(values, chunk, index_bytes + _CRC_BYTES)
-        chunk_trailers(encoded, ends)
-        starts = np.concatenate(([0], ends[:-1]))
-        index = np.full((chunks_per_shard, 2), _MISSING, np.uint64)
-        index[:n_chunks, 0] = starts
-        index[:n_chunks, 1] = ends - starts
-        end = int(ends[-1])
-        encoded[end : end + index_bytes] = index.view(np.uint8).ravel()
-        encoded[end + index_bytes : end + index_bytes + _CRC_BYTES] = np.array(
-            [crc32c.crc32c(index)], np.uint32
-        ).view(np.uint8)
-        shard_bytes = encoded[: end + index_bytes + _CRC_BYTES]
+    def add(self, values: np.ndarray) -> None:
+        """Encode the array's next elements, ``values`` (C order; the current shard's only)."""
+        values = np.ascontiguousarray(values, dtype=self.array.dtype).reshape(-1)
+        if self._carried:
+            take = min(self._chunk - self._carried, values.size)
+            self._carry[self._carried : self._carried + take] = values[:take]
+            self._carried += take
+            values = values[take:]
+            if self._carried < self._chunk:
+                return
+            self._encode(self._carry)
+            self._carried = 0
+        whole = values.size - values.size % self._chunk
+        if whole:
+            self._encode(values[:whole])
+        self._carry[: values.size - whole] = values[whole:]
+        self._carried = values.size - whole
+
+    def shard_bytes(self) -> np.ndarray:
+        """The current shard's object: its chunks (a partial last one padded with the fill value, 0), their
+        index and its crc32c. A view of the reused buffer, valid until the next :meth:`add`."""
+        if self._carried:
+            self._carry[self._carried :] = 0
+            self._encode(self._carry)
+            self._carried = 0
+        ends = np.concatenate(self._ends)
+        index_bytes = 16 * self._chunks_per_shard
+        tail = self._room(index_bytes + _CRC_BYTES)
+        index = np.full((self._chunks_per_shard, 2), _MISSING, np.uint64)
+        index[: ends.size, 0] = np.concatenate(([0], ends[:-1]))
+        index[: ends.size, 1] = np.diff(ends, prepend=0)
+        tail[:index_bytes] = index.view(np.uint8).ravel()
+        tail[index_bytes:] = np.array([crc32c.crc32c(index)], np.uint32).view(np.uint8)
+        size, self._used, self._ends = self._used + index_bytes + _CRC_BYTES, 0, []
+        return self._out[:size]
+
+    def store(self, shard: int, shard_bytes: np.ndarray) -> None:
+        """Store ``shard_bytes`` as shard number ``shard``."""
         key = self._metadata.encode_chunk_key((shard,) + (0,) * (len(self.array.shape) - 1))
         buffer = default_buffer_prototype().buffer.from_array_like(shard_bytes)
         sync((self.array.store_path / key).set(buffer))
+
+    def _encode(self, values: np.ndarray) -> None:
+        """Encode whole chunks after the current shard's bytes and write their crc32c trailers."""
+        ends = self._encode_chunks(values, self._chunk, self._room)
+        chunk_trailers(self._out[self._used : self._used + int(ends[-1])], ends)
+        self._ends.append(ends + self._used)
+        self._used += int(ends[-1])
+
+    def _room(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` free bytes after the current shard's (the buffer grown, keeping them, if needed)."""
+        if self._out.size < self._used + nbytes:
+            grown = np.empty(max(2 * self._out.size, self._used + nbytes), np.uint8)
+            grown[: self._used] = self._out[: self._used]
+            self._out = grown
+        return self._out[self._used : self._used + nbytes]
