@@ -9,7 +9,8 @@ By default ``add_from_anndata`` also writes the feature-major (CSC) copy of data
 ``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
 file it then prints, from the same run (``--reps`` interleaved repetitions, medians): the time h5py alone
 takes to read its X (data, indices, indptr; blocks of ``lancell.ingest.sources.TARGET_BLOCK_VALUES`` values into
-reused buffers, each repetition in a fresh process), the ingest time without and with the CSC copy (each in a
+reused buffers, each repetition in a fresh process), the time the same reads take straight from the file as
+ingestion does them (``lancell.ingest.h5_direct``), the ingest time without and with the CSC copy (each in a
 fresh process, then the same file again in that process: "again", what a further dataset of a multi-dataset
 build costs once numba's start-up is paid), their ratios to the read, and the BP-128 encode rate (G ints/s,
 one core, CPU time) on its indices and counts.
@@ -77,25 +78,34 @@ RUN = textwrap.dedent(
 READ = textwrap.dedent(
     """
     import sys, time, h5py, numpy as np
+    from lancell.ingest.h5_direct import DirectRead
     from lancell.ingest.sources import TARGET_BLOCK_VALUES as step
     started = time.perf_counter()
     with h5py.File(sys.argv[1], "r") as f:
         x = f["X"]
         indptr = x["indptr"][:]
-        buffers = [np.empty(step, x[name].dtype) for name in ("data", "indices")]
+        names = ("data", "indices")
+        if sys.argv[2] == "direct":
+            readers = [DirectRead.of(x[name]).read_into for name in names]
+        else:
+            readers = [lambda out, lo, hi, d=x[name]: d.read_direct(out, np.s_[lo:hi]) for name in names]
+        buffers = [np.empty(step, x[name].dtype) for name in names]
         for lo in range(0, int(indptr[-1]), step):
             hi = min(lo + step, int(indptr[-1]))
-            for name, buffer in zip(("data", "indices"), buffers):
-                x[name].read_direct(buffer[: hi - lo], np.s_[lo:hi])
+            for read, buffer in zip(readers, buffers):
+                read(buffer[: hi - lo], lo, hi)
     print(time.perf_counter() - started)
     """
 )
 
 
-def h5py_read_seconds(path: Path) -> float:
-    """Seconds h5py alone takes to read the X of ``path`` (in a fresh process)."""
+def read_seconds(path: Path, reader: str = "h5py") -> float:
+    """Seconds reading the X of ``path`` takes (in a fresh process): with h5py alone (``"h5py"``), or as
+    ingestion reads it, straight from the file (``"direct"``: :class:`lancell.ingest.h5_direct.DirectRead`)."""
     os.sync()  # no write-back of earlier cases' files running beside this one
-    done = subprocess.run([sys.executable, "-c", READ, str(path)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", READ, str(path), reader], capture_output=True, text=True, check=True
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -133,7 +143,7 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> N
         [m - min(times[k]) for k, m in zip(names, medians, strict=True)],
         [max(times[k]) - m for k, m in zip(names, medians, strict=True)],
     ]
-    left.bar(names, medians, yerr=spread, color=["#888", "#2a7", "#27a", "#8c8", "#8ac"], capsize=4)
+    left.bar(names, medians, yerr=spread, color=["#888", "#bbb", "#2a7", "#27a", "#8c8", "#8ac"], capsize=4)
     for i, m in enumerate(medians):
         left.text(i, m, f"{m / medians[0]:.2f}x", ha="center", va="bottom")
     left.tick_params(axis="x", labelsize=8)
@@ -149,18 +159,21 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> N
 
 
 def same_run_ratios(path: Path, reps: int, png: Path | None) -> None:
-    """Print the h5py read of X against ingest without and with the CSC copy, interleaved, medians; each
+    """Print the h5py read of X (and the direct read ingestion does) against ingest without and with the CSC
+    copy, interleaved, medians; each
     ingestion in a fresh process, then the same file again in that process (numba's start-up, lazy imports
     and first-touched memory paid: what each further dataset of a multi-dataset build costs)."""
     times: dict[str, list[float]] = {
         "h5py read": [],
+        "direct read": [],
         "ingest, no CSC": [],
         "ingest + CSC": [],
         "again, no CSC": [],
         "again + CSC": [],
     }
     for _ in range(reps):
-        times["h5py read"].append(h5py_read_seconds(path))
+        times["h5py read"].append(read_seconds(path, "h5py"))
+        times["direct read"].append(read_seconds(path, "direct"))
         for csc, first, again in (
             ("off", "ingest, no CSC", "again, no CSC"),
             ("on", "ingest + CSC", "again + CSC"),

@@ -148,46 +148,47 @@ def _write_values(group: zarr.Group, dataset: str, name: str, source: object, ki
     dtype = stored_dtype(source)
     if kind == "dense":
         stored = group["layers"][next(iter(group["layers"].array_keys()))]
-        out = ShardBuffer(
+        with ShardBuffer(
             create_value_array(group["layers"], name, stored.shape, dtype, stored.chunks, stored.shards),
             stored.shards[0],
-        )
-        for row0, block in source.dense_blocks():
-            out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
-        out.close()
+        ) as out:
+            for row0, block in source.dense_blocks():
+                out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
+            out.close()
         return False
     indices, indptr = group["csr/indices"], np.asarray(group["csr/indptr"][:], dtype=np.int64)
-    out = ShardBuffer(
+    padded = False
+    with ShardBuffer(
         create_value_array(group["csr/layers"], name, indices.shape, dtype, indices.chunks, indices.shards),
         indices.shards[0],
-    )
-    padded = False
-    for row0, block_indptr, columns, values in stored_csr_blocks(source, name, None):
-        stop = row0 + block_indptr.size - 1
-        pattern, lengths = read_element_ranges(indices, indptr[row0:stop], indptr[row0 + 1 : stop + 1])
-        n_features = source.shape[1]
-        stored_keys = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths) * n_features + pattern
-        keys = (
-            np.repeat(np.arange(lengths.size, dtype=np.int64), np.diff(block_indptr)) * n_features + columns
-        )
-        keep = values != 0
-        keys, values = keys[keep], values[keep]
-        position = np.searchsorted(stored_keys, keys)
-        off = (position >= stored_keys.size) | (
-            stored_keys[np.minimum(position, stored_keys.size - 1)] != keys
-        )
-        if off.any():
-            first = int(keys[off][0])
-            raise IngestError(
-                f"dataset {dataset!r}, layer {name!r}: cell row {row0 + first // n_features}, feature "
-                f"{first % n_features} (stored order) holds a value where the stored layers have "
-                "none; a layer added later must lie on the dataset's stored sparsity pattern"
+    ) as out:
+        for row0, block_indptr, columns, values in stored_csr_blocks(source, name, None):
+            stop = row0 + block_indptr.size - 1
+            pattern, lengths = read_element_ranges(indices, indptr[row0:stop], indptr[row0 + 1 : stop + 1])
+            n_features = source.shape[1]
+            stored_keys = np.repeat(np.arange(lengths.size, dtype=np.int64), lengths) * n_features + pattern
+            keys = (
+                np.repeat(np.arange(lengths.size, dtype=np.int64), np.diff(block_indptr)) * n_features
+                + columns
             )
-        full = np.zeros(stored_keys.size, dtype=dtype)
-        full[position] = values
-        padded |= keys.size < stored_keys.size
-        out.append(full)
-    out.close()
+            keep = values != 0
+            keys, values = keys[keep], values[keep]
+            position = np.searchsorted(stored_keys, keys)
+            off = (position >= stored_keys.size) | (
+                stored_keys[np.minimum(position, stored_keys.size - 1)] != keys
+            )
+            if off.any():
+                first = int(keys[off][0])
+                raise IngestError(
+                    f"dataset {dataset!r}, layer {name!r}: cell row {row0 + first // n_features}, feature "
+                    f"{first % n_features} (stored order) holds a value where the stored layers have "
+                    "none; a layer added later must lie on the dataset's stored sparsity pattern"
+                )
+            full = np.zeros(stored_keys.size, dtype=dtype)
+            full[position] = values
+            padded |= keys.size < stored_keys.size
+            out.append(full)
+        out.close()
     return padded
 
 

@@ -336,21 +336,23 @@ def write_group(
                     bar.update(indptr.size - 1)
                 indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
         else:
-            writer = DenseGroupWriter(core.zarr_root, zarr_group, **common)
-            streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
-            for blocks in zip(*streams, strict=True):
-                row0, shape = blocks[0][0], blocks[0][1].shape
-                rows = {}
-                for name, (_, block) in zip(layers, blocks, strict=True):
-                    values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
-                    rows[name] = (
-                        values if plan.stored_column is None else values[:, np.argsort(plan.stored_column)]
-                    )
-                    if name in hashers:
-                        hashers[name].add_dense(rows[name])
-                writer.append(rows)
-                bar.update(shape[0])
-            writer.close(_group_attrs(plan, space))
+            with DenseGroupWriter(core.zarr_root, zarr_group, **common) as writer:
+                streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
+                for blocks in zip(*streams, strict=True):
+                    row0, shape = blocks[0][0], blocks[0][1].shape
+                    rows = {}
+                    for name, (_, block) in zip(layers, blocks, strict=True):
+                        values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
+                        rows[name] = (
+                            values
+                            if plan.stored_column is None
+                            else values[:, np.argsort(plan.stored_column)]
+                        )
+                        if name in hashers:
+                            hashers[name].add_dense(rows[name])
+                    writer.append(rows)
+                    bar.update(shape[0])
+                writer.close(_group_attrs(plan, space))
             indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
     if int(indptr[-1]) != plan.nnz:
         raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")

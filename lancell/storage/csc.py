@@ -19,6 +19,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 
 import numpy as np
 import zarr
@@ -270,78 +271,85 @@ def _write_buckets(
     geometry = DEFAULT_GEOMETRY
     chunk = min(geometry.sparse_chunk, max(nnz, 1))
     shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
-    rows_out = None
-    if indices:
-        rows_out = ShardBuffer(
-            target.create_array(
-                "indices",
-                shape=(nnz,),
-                dtype="uint32",
-                chunks=(chunk,),
-                shards=(shard,),
-                overwrite=True,
-                **value_codecs(np.dtype("uint32"), "indices"),
-            ),
-            shard,
+    # a shard is stored while the next is encoded: every store is waited for on any exit
+    with ExitStack() as outputs:
+        rows_out = None
+        if indices:
+            rows_out = outputs.enter_context(
+                ShardBuffer(
+                    target.create_array(
+                        "indices",
+                        shape=(nnz,),
+                        dtype="uint32",
+                        chunks=(chunk,),
+                        shards=(shard,),
+                        overwrite=True,
+                        **value_codecs(np.dtype("uint32"), "indices"),
+                    ),
+                    shard,
+                )
+            )
+        parent = target.require_group("layers")
+        vals_out = {
+            layer: outputs.enter_context(
+                ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
+            )
+            for layer, array in values_arrays.items()
+        }
+        # two output sets for ranges of at most budget / 2 values: this thread scatters into one while a
+        # helper appends the other (ShardBuffer encodes it, and stores each full shard; the kernels release
+        # the GIL). One range's set is appended before the range after next reuses it.
+        step = max(budget // 2, 1)
+        largest = max(
+            (int(csc_indptr[stop] - csc_indptr[f]) for _, f, stop in _ranges(blocks, csc_indptr, step)),
+            default=0,
         )
-    parent = target.require_group("layers")
-    vals_out = {
-        layer: ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
-        for layer, array in values_arrays.items()
-    }
-    # two output sets for ranges of at most budget / 2 values: this thread scatters into one while a helper
-    # appends the other (ShardBuffer copies it, and encodes and stores each full shard; the kernels release
-    # the GIL). One range's set is appended before the range after next reuses it.
-    step = max(budget // 2, 1)
-    largest = max(
-        (int(csc_indptr[stop] - csc_indptr[f]) for _, f, stop in _ranges(blocks, csc_indptr, step)), default=0
-    )
-    sets = [
-        (
-            np.empty(largest if rows_out is not None else 0, dtype=np.uint32),
-            {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()},
-        )
-        for _ in range(2)
-    ]
+        sets = [
+            (
+                np.empty(largest if rows_out is not None else 0, dtype=np.uint32),
+                {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()},
+            )
+            for _ in range(2)
+        ]
 
-    def store(rows: np.ndarray, vals: dict[str, np.ndarray], size: int) -> None:
-        if rows_out is not None:
-            rows_out.append(rows[:size])
-        for layer, buffer in vals_out.items():
-            buffer.append(vals[layer][:size])
+        def store(rows: np.ndarray, vals: dict[str, np.ndarray], size: int) -> None:
+            if rows_out is not None:
+                rows_out.append(rows[:size])
+            for layer, buffer in vals_out.items():
+                buffer.append(vals[layer][:size])
 
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-write")
-    in_flight: deque[Future[None]] = deque()
-    try:
-        for i, (bucket, feature, stop) in enumerate(_ranges(blocks, csc_indptr, step)):
-            if len(in_flight) == 2:
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-write")
+        in_flight: deque[Future[None]] = deque()
+        try:
+            for i, (bucket, feature, stop) in enumerate(_ranges(blocks, csc_indptr, step)):
+                if len(in_flight) == 2:
+                    in_flight.popleft().result()
+                rows, vals = sets[i % 2]
+                base = csc_indptr[feature]
+                fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
+                offset = int(blocks.bounds[bucket]) - feature  # a bucket-local feature's place in the range
+                for run_rows, run_lengths, features, values in blocks.segments(bucket):
+                    for j, layer in enumerate(values_arrays):  # the rows once, with the first layer
+                        scatter_runs(
+                            run_rows,
+                            run_lengths,
+                            features,
+                            values[layer],
+                            offset,
+                            stop - feature,
+                            fills[layer],
+                            rows if j == 0 else rows[:0],
+                            vals[layer],
+                        )
+                in_flight.append(writer.submit(store, rows, vals, int(csc_indptr[stop] - base)))
+            while in_flight:
                 in_flight.popleft().result()
-            rows, vals = sets[i % 2]
-            base = csc_indptr[feature]
-            fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
-            offset = int(blocks.bounds[bucket]) - feature  # a bucket-local feature's place in the range
-            for run_rows, run_lengths, features, values in blocks.segments(bucket):
-                for j, layer in enumerate(values_arrays):  # the rows once, with the first layer
-                    scatter_runs(
-                        run_rows,
-                        run_lengths,
-                        features,
-                        values[layer],
-                        offset,
-                        stop - feature,
-                        fills[layer],
-                        rows if j == 0 else rows[:0],
-                        vals[layer],
-                    )
-            in_flight.append(writer.submit(store, rows, vals, int(csc_indptr[stop] - base)))
-        while in_flight:
-            in_flight.popleft().result()
-    finally:  # nothing left in flight for a roll-back to race with
-        writer.shutdown(wait=True, cancel_futures=True)
-    if rows_out is not None:
-        rows_out.close()
-    for buffer in vals_out.values():
-        buffer.close()
+        finally:  # nothing left in flight for a roll-back to race with
+            writer.shutdown(wait=True, cancel_futures=True)
+        if rows_out is not None:
+            rows_out.close()
+        for buffer in vals_out.values():
+            buffer.close()
     if indices:
         target.create_array(
             "indptr",

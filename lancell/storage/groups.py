@@ -13,7 +13,7 @@ Writes are buffered to whole shards so that zarr never reads-modifies-writes a s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -155,8 +155,26 @@ class ShardBuffer:
             self.array[self.written : self.written + shard.shape[0]] = shard
 
     def close(self) -> int:
-        self._flush()
+        """Store what is buffered (the last shard) and wait for every store; return the rows written."""
+        try:
+            self._flush()
+        finally:
+            if self._direct is not None:
+                self._direct.close()
         return self.written
+
+    def __enter__(self) -> ShardBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Wait for a store in flight (a direct writer stores a shard while the next is encoded): nothing is
+        left running for a roll-back to race with. Its error is raised unless another is propagating."""
+        if self._direct is not None:
+            try:
+                self._direct.close()
+            except Exception:
+                if exc[0] is None:
+                    raise
 
 
 def _base_attrs(kind: PointerKind, layers: Mapping[str, np.dtype], geometry: GroupGeometry) -> dict[str, Any]:
@@ -298,11 +316,12 @@ class SparseGroupWriter:
                 self._in_flight = []
         finally:
             self._pool.shutdown(wait=True)
+            _exit_all((self._indices, *self._values.values()), exc)
 
 
 class DenseGroupWriter:
     """Stream dense row blocks of one dataset into ``<group>/layers/<layer>``, one array per layer of
-    ``layers`` (stored name -> dtype).
+    ``layers`` (stored name -> dtype). Use it as a context manager: stores in flight are waited for on exit.
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
     """
@@ -352,3 +371,22 @@ class DenseGroupWriter:
         for buffer in self.rows.values():
             buffer.close()
         self.group.attrs.update({"n_cells": self.n_cells, "nnz": int(np.prod(self.shape)), **extra_attrs})
+
+    def __enter__(self) -> DenseGroupWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Wait for every store in flight (see :meth:`ShardBuffer.__exit__`)."""
+        _exit_all(self.rows.values(), exc)
+
+
+def _exit_all(buffers: Iterable[ShardBuffer], exc: tuple[object, ...]) -> None:
+    """Exit every buffer (each waits for its store in flight); raise the first error if none propagates."""
+    errors = []
+    for buffer in buffers:
+        try:
+            buffer.__exit__(*exc)
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]

@@ -22,6 +22,7 @@ Anything else is left to zarr-python.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import crc32c
 import numpy as np
@@ -113,7 +114,10 @@ class ShardWriter:
         self._metadata: ArrayV3Metadata = array.metadata  # type: ignore[assignment]
         self._chunk = int(array.chunks[0]) * int(np.prod(array.shape[1:], dtype=np.int64))  # elements
         self._chunks_per_shard = int(array.shards[0]) // int(array.chunks[0])  # type: ignore[index]
-        self._out = np.empty(0, np.uint8)
+        self._out = np.empty(0, np.uint8)  # the shard being encoded
+        self._spare = np.empty(0, np.uint8)  # the shard being stored (or free)
+        self._stores: ThreadPoolExecutor | None = None
+        self._stored: Future[None] | None = None
         self._used = 0  # bytes of the current shard encoded so far
         self._ends: list[np.ndarray] = []
         self._carry = np.empty(self._chunk, array.dtype)  # the start of a chunk not complete yet
@@ -182,10 +186,31 @@ class ShardWriter:
         return self._out[:size]
 
     def store(self, shard: int, shard_bytes: np.ndarray) -> None:
-        """Store ``shard_bytes`` as shard number ``shard``."""
+        """Store ``shard_bytes`` (:meth:`shard_bytes`) as shard number ``shard`` on a store thread, while the
+        next shard is encoded into a second buffer: this returns once the previous store is done (raising its
+        error), with this one in flight. :meth:`close` waits for the last."""
+        self.wait()
         key = self._metadata.encode_chunk_key((shard,) + (0,) * (len(self.array.shape) - 1))
         buffer = default_buffer_prototype().buffer.from_array_like(shard_bytes)
-        sync((self.array.store_path / key).set(buffer))
+        if self._stores is None:
+            self._stores = ThreadPoolExecutor(1, thread_name_prefix="lancell-store")
+        self._stored = self._stores.submit(sync, (self.array.store_path / key).set(buffer))
+        self._out, self._spare = self._spare, self._out
+
+    def wait(self) -> None:
+        """Wait for the store in flight; raise its error."""
+        if self._stored is not None:
+            stored, self._stored = self._stored, None
+            stored.result()
+
+    def close(self) -> None:
+        """Wait for the store in flight (raising its error) and stop the store thread."""
+        try:
+            self.wait()
+        finally:
+            if self._stores is not None:
+                self._stores.shutdown(wait=True)
+                self._stores = None
 
     def _encode(self, values: np.ndarray) -> None:
         """Encode whole chunks after the current shard's bytes and write their crc32c trailers."""

@@ -1,5 +1,6 @@
 """Shards written without zarr-python's chunk machinery are byte for byte what zarr-python writes."""
 
+import threading
 from pathlib import Path
 
 import crc32c as crc32c_library
@@ -9,6 +10,7 @@ import zarr
 import zarr.codecs
 
 from kernels.crc32c import chunk_trailers
+from lancell.storage import shard_writer
 from lancell.storage.groups import ShardBuffer, value_codecs
 from lancell.storage.shard_writer import ShardWriter
 
@@ -97,3 +99,33 @@ def test_chunk_trailers_are_each_chunks_crc32c() -> None:
     for start, end in zip(np.concatenate(([0], ends[:-1])), ends, strict=True):
         expected = crc32c_library.crc32c(buf[start : end - 4].tobytes())
         assert int.from_bytes(buf[end - 4 : end].tobytes(), "little") == expected
+
+
+def test_a_failed_store_is_raised_and_no_store_outlives_the_buffer(tmp_path: Path, monkeypatch) -> None:
+    """A shard is stored on a store thread while the next is encoded: a store's error is raised by a later
+    append or by close, and leaving the buffer waits for the store in flight."""
+    array = zarr.create_array(
+        zarr.storage.LocalStore(tmp_path),
+        shape=(10 * 4_096,),
+        dtype="uint32",
+        chunks=(1_024,),
+        shards=(4_096,),
+        **value_codecs(np.dtype("uint32"), "values"),
+    )
+    stored, sync = [], shard_writer.sync
+
+    def failing_sync(coroutine):  # the second shard's store fails
+        stored.append(coroutine)
+        if len(stored) == 2:
+            coroutine.close()
+            raise OSError("disk full")
+        return sync(coroutine)
+
+    monkeypatch.setattr(shard_writer, "sync", failing_sync)
+    data = _data((10 * 4_096,), "uint32", "values")
+    with pytest.raises(OSError, match="disk full"), ShardBuffer(array, 4_096) as buffer:
+        for start in range(0, data.size, 3_000):
+            buffer.append(data[start : start + 3_000])
+        buffer.close()
+    assert 2 <= len(stored) < 10  # raised by the append after the failed store, before the rest
+    assert not [t for t in threading.enumerate() if t.name.startswith("lancell-store")]
