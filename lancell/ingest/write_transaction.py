@@ -128,7 +128,12 @@ class WriteTransaction:
         written = None
         if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
             dtypes = {name: stored_dtype(source) for name, source in plan.layers.items()}
-            written = CsrBlocks(len(plan.feature_uids), dtypes, spill=plan.nnz > CSC_BUDGET)
+            written = CsrBlocks(
+                len(plan.feature_uids),
+                dtypes,
+                spill=plan.nnz > CSC_BUDGET,
+                values_per_row=plan.nnz / max(plan.n_cells, 1),
+            )
         with ExitStack() as hashing:
             if written is not None:
                 hashing.callback(

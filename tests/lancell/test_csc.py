@@ -92,9 +92,14 @@ def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, thres
     assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)
 
 
+@pytest.mark.parametrize("buckets", ["512 features", "256 features"])
 @pytest.mark.parametrize("source", ["stored, after ingestion", "kept blocks", "read back while ingesting"])
-def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, source):
+def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, source, buckets):
     monkeypatch.setattr(groups, "DEFAULT_GEOMETRY", GroupGeometry(sparse_shard=4_096 * 16))  # 16 shards
+    if buckets == "256 features":  # celltypist's ~1,839 values a row fall short of 16 per 256-feature bucket
+        monkeypatch.setattr(csc_module, "_RUN_VALUES", 1)
+    built = []
+    monkeypatch.setattr(csc_module.CsrBlocks, "done", _recording(csc_module.CsrBlocks.done, built))
     several_passes = functools.partial(csc_module.write_csc, budget=50_000)  # about 20 passes over the rows
     if source != "stored, after ingestion":
         monkeypatch.setattr(write_transaction, "write_csc", several_passes)
@@ -111,6 +116,18 @@ def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, sou
     np.testing.assert_array_equal(group["csc/indices"][:], csc.indices)
     np.testing.assert_array_equal(group["csc/layers/counts"][:], csc.data)
     assert group["csc/layers/counts"].dtype == np.uint32
+    widest = {int(np.diff(blocks.bounds).max()) for blocks in built}  # equal buckets of at most that many
+    assert all(256 - 8 < w <= 256 if buckets == "256 features" else 512 - 8 < w <= 512 for w in widest)
+
+
+def _recording(done, built):
+    """``CsrBlocks.done`` that also records the blocks it is called on."""
+
+    def recording(self):
+        built.append(self)
+        return done(self)
+
+    return recording
 
 
 def _csc_indices_objects(atlas, zarr_group: str) -> dict[str, int]:
