@@ -267,11 +267,11 @@ class SparseGroupWriter:
         """Append a block of rows given as local CSR (``indptr[0] == 0``): the shared ``indices`` and each
         layer's ``values`` on them.
 
-        Each array is copied into its shard buffer, and a full shard encoded and stored, by its own writer
-        thread (the copies, kernels and stores release the GIL). This returns once the previous block is
-        written, with this one in flight: ``indices`` and ``values`` must stay unchanged until the next
-        :meth:`append`, :meth:`close` or :meth:`__exit__` returns. An error of a writer is raised by the
-        next of those calls.
+        Each array is appended by its own writer thread (:class:`ShardBuffer`: encoded as it arrives, each
+        full shard stored while the next is encoded; the kernels and stores release the GIL). This returns
+        once the previous block is written, with this one in flight: ``indices`` and ``values`` must stay
+        unchanged until the next :meth:`append`, :meth:`close` or :meth:`__exit__` returns. An error of a
+        writer is raised by the next of those calls.
         """
         self._wait()
         self._in_flight = [self._pool.submit(self._indices.append, indices)] + [
