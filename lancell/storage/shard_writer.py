@@ -97,8 +97,9 @@ class ShardWriter:
 
     :meth:`add` encodes every whole chunk of what it is given straight from the caller's array (no copy into
     a shard buffer) and keeps the rest of a chunk for the next call; :meth:`shard_bytes` completes the shard
-    (the last chunk of the array padded with the fill value), and :meth:`store` stores it. The encoded bytes
-    go into one buffer reused from shard to shard (no fresh pages to fault in).
+    (the last chunk of the array padded with the fill value), and :meth:`store` stores it on a store thread.
+    The encoded bytes go into two buffers that alternate from shard to shard (one encoded into while the other
+    is stored; no fresh pages to fault in).
 
     Parameters
     ----------
@@ -169,7 +170,7 @@ class ShardWriter:
 
     def shard_bytes(self) -> np.ndarray:
         """The current shard's object: its chunks (a partial last one padded with the fill value, 0), their
-        index and its crc32c. A view of the reused buffer, valid until the next :meth:`add`."""
+        index and its crc32c. A view of the buffer being encoded into, for :meth:`store`."""
         if self._carried:
             self._carry[self._carried :] = 0
             self._encode(self._carry)
