@@ -51,7 +51,8 @@ from lancell.ingest.layer_blocks import layer_blocks
 from lancell.ingest.plan import IngestPlan
 from lancell.ingest.sources import MatrixSource
 from lancell.maintenance import remove_group
-from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, CsrBlocks, write_csc
+from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
+from lancell.storage.csc_blocks import CsrBlocks
 from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal

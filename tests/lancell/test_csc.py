@@ -11,6 +11,7 @@ import pytest
 import lancell.ingest.write_transaction as write_transaction
 import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
+import lancell.storage.csc_blocks as csc_blocks_module
 from lancell.errors import DatasetNotFoundError
 from lancell.ingest.add_csc import add_csc
 from lancell.ingest.add_layer import add_layer
@@ -97,9 +98,11 @@ def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, thres
 def test_csc_built_in_several_feature_ranges(atlas, celltypist, monkeypatch, source, buckets):
     monkeypatch.setattr(groups, "DEFAULT_GEOMETRY", GroupGeometry(sparse_shard=4_096 * 16))  # 16 shards
     if buckets == "256 features":  # celltypist's ~1,839 values a row fall short of 16 per 256-feature bucket
-        monkeypatch.setattr(csc_module, "_RUN_VALUES", 1)
+        monkeypatch.setattr(csc_blocks_module, "_RUN_VALUES", 1)
     built = []
-    monkeypatch.setattr(csc_module.CsrBlocks, "done", _recording(csc_module.CsrBlocks.done, built))
+    monkeypatch.setattr(
+        csc_blocks_module.CsrBlocks, "done", _recording(csc_blocks_module.CsrBlocks.done, built)
+    )
     several_passes = functools.partial(csc_module.write_csc, budget=50_000)  # about 20 passes over the rows
     if source != "stored, after ingestion":
         monkeypatch.setattr(write_transaction, "write_csc", several_passes)

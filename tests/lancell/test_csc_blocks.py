@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.storage.csc import CsrBlocks, spill_dtype
+import lancell.storage.csc_blocks as csc_blocks_module
+from lancell.storage.csc_blocks import CsrBlocks, spill_dtype
 
 ROW0 = 2**32 - 300  # the blocks' last row is the last uint32 row number
 EDGES = [0, 499, 500, 999, 1_000, 1_499]  # the first and last feature of each bucket
@@ -90,3 +93,27 @@ def test_an_error_of_the_helper_threads_sort_is_raised_by_done(spill: bool) -> N
         blocks.done()
     blocks.done()  # raised once
     blocks.close()
+
+
+def test_a_failed_spill_write_is_raised_by_the_next_add_or_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = _matrix()
+    indptr, indices = matrix.indptr.astype(np.int64), matrix.indices.astype(np.uint32)
+    values = {"counts": matrix.data.astype(np.uint32)}
+    written = []
+
+    def full_disk(fd: int, data: memoryview, position: int) -> int:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(position)
+        return 1  # a short write: the rest is written again from there
+
+    monkeypatch.setattr(csc_blocks_module.os, "pwrite", full_disk)
+    blocks = CsrBlocks(1_500, {"counts": np.dtype(np.uint32)}, spill=True)
+    blocks.add(0, indptr, indices, values)
+    with pytest.raises(OSError, match="No space left"):  # the second pwrite of the first block's write
+        for _ in range(3):
+            blocks.add(0, indptr, indices, values)
+        blocks.done()
+    assert written == [0]
+    blocks.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("lancell-csc")]
