@@ -3,8 +3,8 @@
 A new dataset adds one row per cell (uid, dataset uid, the input's obs name where the table has the
 ``obs_name`` column, its pointer, obs columns typed by the schema, embeddings); a further modality fills its
 pointer column on the cells that exist (one ``merge_insert``).
-Both are built in batches of ``CELL_BATCH`` rows and streamed into one LanceDB commit, so memory stays flat
-(docs/architecture.md, "Ingestion").
+Both are built in batches of ``CELL_BATCH`` rows and streamed into LanceDB, the new rows in commits of
+``ROWS_PER_COMMIT`` rows, so memory stays flat (docs/architecture.md, "Ingestion").
 """
 
 from __future__ import annotations

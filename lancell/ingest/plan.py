@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL_BATCH",
+    "ROWS_PER_COMMIT",
     "IngestPlan",
     "check_record",
     "embedding_vectors",
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 CELL_BATCH = 65_536
+# cell rows per LanceDB commit of a new dataset's rows (a multiple of CELL_BATCH): what LanceDB's writer holds
+ROWS_PER_COMMIT = 2 * CELL_BATCH
 
 
 class IngestPlan:

@@ -13,8 +13,9 @@ point"):
    :mod:`lancell.ingest.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
    :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
    fed as they go) and writes the CSC copy (:func:`lancell.storage.csc.write_csc`);
-3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells, or the pointers
-   of a further modality on existing cells;
+3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
+   :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
+   cells;
 4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its lease and commits the
    dataset record: the commit point.
 
@@ -26,6 +27,7 @@ nulled), a layout it added that no record uses, and its group (through
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
@@ -48,7 +50,7 @@ from lancell.ingest.fingerprint import (
     formats_to_match,
 )
 from lancell.ingest.layer_blocks import layer_blocks
-from lancell.ingest.plan import IngestPlan
+from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
 from lancell.ingest.sources import MatrixSource
 from lancell.maintenance import remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
@@ -188,8 +190,11 @@ class WriteTransaction:
         schema = core.cell_arrow
         if self.cells_of is None:
             batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
-            cells.add(pa.RecordBatchReader.from_batches(schema, batches))
-            self._rows_written = True
+            self._rows_written = True  # a roll-back deletes the rows of every commit below
+            # LanceDB's writer keeps the rows of the data file it writes until it closes (up to 1M rows),
+            # so a large dataset's rows go in commits of ROWS_PER_COMMIT: the memory is the same at any size
+            while part := list(itertools.islice(batches, ROWS_PER_COMMIT // CELL_BATCH)):
+                cells.add(pa.RecordBatchReader.from_batches(schema, part))
             return
         uids = np.asarray([f"{self.cells_of}:{name}" for name in self.plan.obs_names], dtype=object)
         batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)

@@ -12,6 +12,8 @@ import pytest
 import scipy.sparse as sp
 from helpers import visible_state
 
+import lancell.ingest.cell_rows as cell_rows
+import lancell.ingest.write_transaction as write_transaction
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
 from lancell.ingest.from_anndata import add_from_anndata
@@ -87,6 +89,65 @@ def test_failure_after_zarr_write_rolls_back(strict_atlas, monkeypatch):
             progress=False,
         )
     monkeypatch.undo()
+    assert visible_state(strict_atlas) == before
+    strict_atlas.snapshot()
+
+
+@pytest.fixture
+def small_commits(monkeypatch):
+    """Cell rows built 4 at a time and committed 8 at a time: a 30-cell dataset takes 4 commits."""
+    monkeypatch.setattr(cell_rows, "CELL_BATCH", 4)
+    monkeypatch.setattr(write_transaction, "CELL_BATCH", 4)
+    monkeypatch.setattr(write_transaction, "ROWS_PER_COMMIT", 8)
+
+
+def test_cell_rows_in_several_commits_are_all_stored_once(strict_atlas, small_commits):
+    cells = strict_atlas.core.tables.cells
+    version = cells.version
+    add_from_anndata(
+        strict_atlas,
+        _good(),
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="several"),
+        progress=False,
+    )
+    assert cells.version == version + 4  # 8 + 8 + 8 + 6 rows
+    adata = strict_atlas.query().where("dataset_uid = 'several'").to_anndata()
+    assert sorted(adata.obs_names) == sorted(f"several:cell{i}" for i in range(30))
+    np.testing.assert_array_equal(
+        adata[[f"several:cell{i}" for i in range(30)]].X.toarray(), _good().X.toarray()
+    )
+    assert strict_atlas.validate() == []
+
+
+def test_a_failed_later_commit_of_cell_rows_rolls_back_the_earlier_ones(
+    strict_atlas, small_commits, monkeypatch
+):
+    before = visible_state(strict_atlas)
+    rows_before = strict_atlas.core.tables.cells.count_rows()
+    table = strict_atlas.core.tables.cells
+    add = table.add
+    commits = []
+
+    def failing_second_add(*args, **kwargs):
+        if commits:
+            raise OSError("disk full while writing cell rows")
+        commits.append(add(*args, **kwargs))
+
+    monkeypatch.setattr(table, "add", failing_second_add)
+    with pytest.raises(OSError, match="disk full"):
+        add_from_anndata(
+            strict_atlas,
+            _good(),
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="doomed"),
+            progress=False,
+        )
+    monkeypatch.undo()
+    assert len(commits) == 1
+    assert strict_atlas.core.tables.cells.count_rows() == rows_before  # the first commit's 8 rows deleted
     assert visible_state(strict_atlas) == before
     strict_atlas.snapshot()
 
