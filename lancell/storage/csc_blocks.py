@@ -192,9 +192,10 @@ class CsrBlocks:
                 parts, position = [], block.position
                 for i, (dtype, size) in enumerate(zip(block.dtypes, block.sizes, strict=True)):
                     a, b = (run_lo, run_hi) if i < 2 else (lo, hi)
-                    raw = os.pread(
-                        self._file.fileno(), (b - a) * dtype.itemsize, position + a * dtype.itemsize
-                    )
+                    want = (b - a) * dtype.itemsize
+                    raw = os.pread(self._file.fileno(), want, position + a * dtype.itemsize)
+                    if len(raw) != want:
+                        raise OSError(f"the CSC spill file ends {want - len(raw)} bytes early")
                     parts.append(np.frombuffer(raw, dtype))
                     position += size * dtype.itemsize
             yield parts[0], parts[1], parts[2], dict(zip(self.dtypes, parts[3:], strict=True))

@@ -117,3 +117,15 @@ def test_a_failed_spill_write_is_raised_by_the_next_add_or_done(monkeypatch: pyt
     assert written == [0]
     blocks.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("lancell-csc")]
+
+
+def test_a_spill_file_cut_short_is_an_error_not_short_segments() -> None:
+    matrix = _matrix()
+    blocks = CsrBlocks(1_500, {"counts": np.dtype(np.uint32)}, spill=True)
+    blocks.add(0, matrix.indptr.astype(np.int64), matrix.indices.astype(np.uint32), _layers(matrix.data))
+    blocks.done()
+    blocks._file.truncate(blocks._spilled - 1)  # the last bucket's last value gone
+    assert len(list(blocks.segments(0))) == 1
+    with pytest.raises(OSError, match="ends 1 bytes early"):
+        list(blocks.segments(2))
+    blocks.close()
