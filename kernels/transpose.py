@@ -15,6 +15,9 @@ import numba
 import numpy as np
 
 RUN_MAX = 65_535  # elements of one run record at most (its length is a uint16)
+# The loops index with unsigned integers: numba gives a signed index a negative-index wraparound, which cost
+# the sort 1.25x and the scatter 1.9x.
+U0, U1 = np.uint64(0), np.uint64(1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -50,75 +53,94 @@ def partition_runs(
     bucket_end[-1] = bucket_of.size
     end = start + n
     lo, hi = np.int64(0), np.int64(indptr.size - 1)
-    while lo < hi:  # the row holding element ``start``: the last one that begins at or before it
+    while lo < hi:
         mid = (lo + hi + 1) // 2
         if indptr[mid] <= start:
             lo = mid
         else:
             hi = mid - 1
     local = np.zeros(bucket_of.size, np.int32)
-    for k in range(n):
+    for k in range(np.uint64(n)):
         local[indices[k]] += 1
     for feature in range(bucket_of.size):
         counts[feature] += local[feature]
     # pass 1: the runs in row order (row, bucket, length) and each bucket's runs and elements
     seen_rows = np.empty(n, np.uint32)
-    seen_buckets = np.empty(n, np.int32)
+    seen_buckets = np.empty(n, np.uint32)
     seen_lengths = np.empty(n, np.uint16)
     runs_of = np.zeros(n_buckets + 1, np.int64)
     offsets = np.zeros(n_buckets + 1, np.int64)
-    n_runs = 0
+    n_runs = U0
     for r in range(lo, indptr.size - 1):
         if indptr[r] >= end:
             break
         row = np.uint32(row0 + r)
-        k, last = max(indptr[r], start) - start, min(indptr[r + 1], end) - start
+        k, last = np.uint64(max(indptr[r], start) - start), np.uint64(min(indptr[r + 1], end) - start)
         while k < last:
-            bucket = bucket_of[indices[k]]
+            bucket = np.uint64(bucket_of[indices[k]])
             low, high = np.uint32(first_of[bucket]), np.uint32(bucket_end[bucket])
             run = k
-            limit = min(last, k + RUN_MAX)
+            limit = min(last, k + np.uint64(RUN_MAX))
             while k < limit:  # compares only: the run ends at the first element outside its bucket
                 feature = np.uint32(indices[k])
                 if feature < low or feature >= high:
                     break
-                k += 1
+                k += U1
             seen_rows[n_runs] = row
             seen_buckets[n_runs] = bucket
             seen_lengths[n_runs] = k - run
-            n_runs += 1
-            runs_of[bucket + 1] += 1
-            offsets[bucket + 1] += k - run
+            n_runs += U1
+            runs_of[bucket + U1] += 1
+            offsets[bucket + U1] += np.int64(k - run)
     for b in range(n_buckets):
         runs_of[b + 1] += runs_of[b]
         offsets[b + 1] += offsets[b]
     # pass 2: each run's record and elements at its bucket's next slots
     run_rows = np.empty(n_runs, np.uint32)
     run_lengths = np.empty(n_runs, np.uint16)
-    next_run = runs_of[:-1].copy()
-    fill = offsets[:-1].copy()
-    k = 0
+    next_run = runs_of[:-1].astype(np.uint64)
+    fill = offsets[:-1].astype(np.uint64)
+    k = U0
     for p in range(n_runs):
-        bucket = seen_buckets[p]
-        length = np.int64(seen_lengths[p])
+        bucket = np.uint64(seen_buckets[p])
+        length = np.uint64(seen_lengths[p])
         q = next_run[bucket]
         run_rows[q] = seen_rows[p]
         run_lengths[q] = seen_lengths[p]
-        next_run[bucket] = q + 1
+        next_run[bucket] = q + U1
         slot = fill[bucket]
         base = np.uint32(first_of[bucket])
-        # views and uint32 arithmetic: the copy vectorizes (2x faster than indexing the whole arrays)
-        features_out, values_out = out_features[slot : slot + length], out_values[slot : slot + length]
-        features_in, values_in = indices[k : k + length], values[k : k + length]
         for j in range(length):
-            features_out[j] = np.uint16(np.uint32(features_in[j]) - base)
-            values_out[j] = values_in[j]
+            out_features[slot + j] = np.uint16(np.uint32(indices[k + j]) - base)
+            out_values[slot + j] = values[k + j]
         if with_order:
             for j in range(length):
                 order[slot + j] = k + j
         fill[bucket] = slot + length
         k += length
     return run_rows, run_lengths, runs_of, offsets
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _place(
+    run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, checked, with_rows
+):
+    """The loop of :func:`scatter_runs`; ``checked`` and ``with_rows`` are constants where it is inlined, so
+    each combination compiles to its own loop."""
+    k = U0
+    for p in range(run_rows.size):
+        row = run_rows[p]
+        end = k + np.uint64(run_lengths[p])
+        while k < end:
+            feature = base + np.int64(features[k])
+            if not checked or 0 <= feature < width:
+                f = np.uint64(feature)
+                slot = np.uint64(fill[f])
+                if with_rows:
+                    out_rows[slot] = row
+                out_values[slot] = values[k]
+                fill[f] = slot + U1
+            k += U1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -135,17 +157,14 @@ def scatter_runs(
 ) -> None:
     """Append the elements of one bucket's runs (``features`` within the bucket, ``values``, run after run)
     whose ``base + feature`` is in ``[0, width)`` at ``fill[base + feature]`` of ``out_rows`` (their run's
-    row) / ``out_values``, advancing it (``out_rows`` may be empty: values only)."""
+    row) / ``out_values``, advancing it (``out_rows`` may be empty: values only). Where every element is in
+    range (the feature range holds the whole bucket), none is tested."""
     with_rows = out_rows.size > 0
-    k = 0
-    for p in range(run_rows.size):
-        row = run_rows[p]
-        for _ in range(run_lengths[p]):
-            feature = base + np.int64(features[k])
-            if 0 <= feature < width:
-                slot = fill[feature]
-                if with_rows:
-                    out_rows[slot] = row
-                out_values[slot] = values[k]
-                fill[feature] = slot + 1
-            k += 1
+    if features.size and (base < 0 or base + np.int64(features.max()) >= width):
+        _place(
+            run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, True, with_rows
+        )
+    elif with_rows:
+        _place(run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, False, True)
+    else:
+        _place(run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, False, False)
