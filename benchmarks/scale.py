@@ -3,7 +3,7 @@
 Generates ``--datasets`` backed ``.h5ad`` files of negative-binomial counts for the largest size
 (``scale_data``: ``lancell.synthetic``, about ``--nnz-per-cell`` nonzeros per cell, each file over its own
 panel, a random, overlapping subset of a ``--genes``-gene universe); a smaller size ingests the first cells of
-every file (prefix files mapping the large files' nonzeros, no extra disk). Then, for every size of
+every file (head files: copies of those cells, read as the large ones are). Then, for every size of
 ``--sizes``, every stage runs in a fresh subprocess so that its peak RSS is its own: ingest (one backed file
 per dataset, streamed), optimize, snapshot, query (fixed-size queries) and load (one epoch of the training
 loader). Peak RSS should stay flat as the cell count grows; the disk used by the atlas is measured after every

@@ -2,7 +2,7 @@
 the Dask executor, proved identical to the in-process build of the same inputs.
 
 Takes the backed ``.h5ad`` files of one size of ``benchmarks/scale.py`` (``--data``, e.g.
-``/tmp/scale-data/10000000-prefix-1000000`` for 1M cells) and builds two atlases from them:
+``/tmp/scale-data/10000000-head-1000000`` for 1M cells) and builds two atlases from them:
 
 - **in process**: ``scale.py``'s ingest and optimize stages, each in a fresh process (the 30,000-gene
   universe registered, then one ``add_from_anndata`` per file);
@@ -16,7 +16,7 @@ Takes the backed ``.h5ad`` files of one size of ``benchmarks/scale.py`` (``--dat
 Both are optimized, then compared in a fresh process (``benchmarks/scale_compare.py`` says exactly what
 "identical" compares: registry, dataset records, cell rows, and bit-identical matrix reads of every cell).
 
-    .venv/bin/python benchmarks/scale_dagster.py --data /tmp/scale-data/10000000-prefix-1000000
+    .venv/bin/python benchmarks/scale_dagster.py --data /tmp/scale-data/10000000-head-1000000
 
 Prints per-stage seconds, cells/s and peak RSS per process (``ru_maxrss``: the in-process stages, each Dask
 worker, the scheduler, each launcher, the rebuild) and writes them to ``--json``.

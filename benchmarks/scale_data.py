@@ -1,12 +1,11 @@
-"""Inputs of the scale benchmark: one set of backed ``.h5ad`` files for the largest size, prefixes for the others.
+"""Inputs of the scale benchmark: one set of backed ``.h5ad`` files for the largest size, heads for the others.
 
 The largest size is written once (``lancell.synthetic``, one file per dataset, each over its own panel: a
-random, overlapping 30-70 % subset of the gene universe). A smaller size takes the first cells of every file:
-its files hold their own ``obs``, ``var`` and ``X/indptr`` and reach ``X/data`` and ``X/indices`` of the large
-file through HDF5 virtual datasets over the first nonzeros, so that the smaller sizes cost no disk and every
-size has the same datasets, panels and cells per dataset in proportion. Ingestion reads them as it reads any
-backed ``.h5ad`` (h5py resolves the mapping).
-"""
+random, overlapping 30-70 % subset of the gene universe). A smaller size takes the first cells of every file,
+copied into files of its own (``X`` stored as the large files store it: chunked, no filter), so that every
+size has the same datasets, panels and cells per dataset in proportion, and every size is read the same way.
+(HDF5 virtual datasets over the large files' nonzeros cost no disk, but ingestion reads a virtual dataset
+through h5py, not with its direct reads: the sizes would not be compared alike.)"""
 
 from __future__ import annotations
 
@@ -17,6 +16,8 @@ import h5py
 import numpy as np
 
 __all__ = ["dataset_sizes", "generate", "panels", "write_prefix"]
+
+_COPY_VALUES = 16_000_000  # nonzeros a head file's copy reads and writes at a time
 
 
 def panels(n_datasets: int, n_genes: int, seed: int = 0) -> list[np.ndarray]:
@@ -48,7 +49,8 @@ def _write_one(args: tuple[str, int, list[str], int, int]) -> int:
 
 
 def write_prefix(source: Path, target: Path, n_cells: int) -> None:
-    """Write ``target``: the first ``n_cells`` cells of the backed ``.h5ad`` ``source``, its nonzeros mapped.
+    """Write ``target``: the first ``n_cells`` cells of the backed ``.h5ad`` ``source`` (obs, var and X,
+    ``X/data`` and ``X/indices`` chunked as in ``source``, copied ``_COPY_VALUES`` at a time).
 
     Raises
     ------
@@ -57,30 +59,29 @@ def write_prefix(source: Path, target: Path, n_cells: int) -> None:
     """
     from anndata.io import read_elem, write_elem
 
-    with h5py.File(source, "r") as src:
+    partial = target.with_name(target.name + ".partial")
+    with h5py.File(source, "r") as src, h5py.File(partial, "w") as f:
         x = src["X"]
         n_total, n_genes = (int(v) for v in x.attrs["shape"])
         if n_cells > n_total:
             raise ValueError(f"{source} holds {n_total:,} cells, fewer than the {n_cells:,} asked for")
         indptr = x["indptr"][: n_cells + 1]
-        obs, var = read_elem(src["obs"]).iloc[:n_cells], read_elem(src["var"])
-        stored = {key: (x[key].shape, x[key].dtype) for key in ("data", "indices")}
-    nnz = int(indptr[-1])
-    partial = target.with_name(target.name + ".partial")
-    with h5py.File(partial, "w") as f:
+        nnz = int(indptr[-1])
         f.attrs["encoding-type"] = "anndata"
         f.attrs["encoding-version"] = "0.1.0"
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", var)
+        write_elem(f, "obs", read_elem(src["obs"]).iloc[:n_cells])
+        write_elem(f, "var", read_elem(src["var"]))
         group = f.create_group("X")
         group.attrs["encoding-type"] = "csr_matrix"
         group.attrs["encoding-version"] = "0.1.0"
         group.attrs["shape"] = (n_cells, n_genes)
         group.create_dataset("indptr", data=indptr)
-        for key, (shape, dtype) in stored.items():
-            layout = h5py.VirtualLayout(shape=(nnz,), dtype=dtype)
-            layout[:] = h5py.VirtualSource(str(source.resolve()), f"X/{key}", shape=shape)[:nnz]
-            group.create_virtual_dataset(key, layout)
+        for key in ("data", "indices"):
+            stored = x[key]
+            chunks = (min(stored.chunks[0], nnz),) if stored.chunks and nnz else None
+            copy = group.create_dataset(key, shape=(nnz,), dtype=stored.dtype, chunks=chunks)
+            for lo in range(0, nnz, _COPY_VALUES):
+                copy[lo : min(lo + _COPY_VALUES, nnz)] = stored[lo : min(lo + _COPY_VALUES, nnz)]
     partial.rename(target)
 
 
@@ -104,7 +105,7 @@ def generate(
         list(tqdm(pool.map(_write_one, jobs), total=len(jobs), desc=f"generate {largest:,} cells", unit="ds"))
     files = {largest: [Path(job[0]) for job in jobs]}
     for n_cells in sorted(set(sizes) - {largest}):
-        prefix = folder / f"{largest}-prefix-{n_cells}"
+        prefix = folder / f"{largest}-head-{n_cells}"
         prefix.mkdir(exist_ok=True)
         files[n_cells] = []
         for source, size in zip(files[largest], dataset_sizes(n_cells, n_datasets), strict=True):
