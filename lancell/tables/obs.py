@@ -36,6 +36,12 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
     target = field.type
     if pa.types.is_integer(target):
         values = _to_integers(dataset, series, values, missing, field)
+    elif isinstance(series.dtype, pd.CategoricalDtype) and (
+        pa.types.is_string(target) or pa.types.is_large_string(target)
+    ):  # each category converted once, then taken by code (-1: missing)
+        labels = pa.array([str(c) for c in series.cat.categories], type=target)
+        codes = series.cat.codes.to_numpy()
+        return labels.take(pa.array(codes, mask=codes < 0))
     elif pa.types.is_string(target) or pa.types.is_large_string(target):
         values = pd.Series(
             [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
