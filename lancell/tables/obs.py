@@ -24,8 +24,11 @@ def _first_bad(series: pd.Series, mask: np.ndarray) -> str:
 
 
 def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Array:
-    values = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
-    missing = pd.isna(values).to_numpy(dtype=bool) if len(values) else np.zeros(0, dtype=bool)
+    categorical = isinstance(series.dtype, pd.CategoricalDtype)
+    if categorical:  # a category is never NaN: the missing values are the codes -1
+        missing = series.cat.codes.to_numpy() < 0
+    else:
+        missing = pd.isna(series).to_numpy(dtype=bool) if len(series) else np.zeros(0, dtype=bool)
     if missing.any() and not field.nullable:
         raise ObsConversionError(
             dataset,
@@ -34,14 +37,13 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             f"first at {_first_bad(series, missing)}",
         )
     target = field.type
+    if categorical and (pa.types.is_string(target) or pa.types.is_large_string(target)):
+        # each category converted once, then taken by code
+        labels = pa.array([str(c) for c in series.cat.categories], type=target)
+        return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
+    values = series.astype(object) if categorical else series
     if pa.types.is_integer(target):
         values = _to_integers(dataset, series, values, missing, field)
-    elif isinstance(series.dtype, pd.CategoricalDtype) and (
-        pa.types.is_string(target) or pa.types.is_large_string(target)
-    ):  # each category converted once, then taken by code (-1: missing)
-        labels = pa.array([str(c) for c in series.cat.categories], type=target)
-        codes = series.cat.codes.to_numpy()
-        return labels.take(pa.array(codes, mask=codes < 0))
     elif pa.types.is_string(target) or pa.types.is_large_string(target):
         values = pd.Series(
             [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
