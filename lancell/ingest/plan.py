@@ -53,7 +53,7 @@ __all__ = [
 
 CELL_BATCH = 65_536
 # cell rows per LanceDB commit of a new dataset's rows (a multiple of CELL_BATCH): what LanceDB's writer holds
-ROWS_PER_COMMIT = 2 * CELL_BATCH
+ROWS_PER_COMMIT = CELL_BATCH
 
 
 class IngestPlan:

@@ -49,6 +49,7 @@ from lancell.ingest.fingerprint import (
     content_claim,
     formats_to_match,
 )
+from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.layer_blocks import layer_blocks
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
 from lancell.ingest.sources import MatrixSource
@@ -298,6 +299,7 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     finally:
         for transaction in transactions:
             transaction.close()
+        release_freed_memory()  # what the ingestion freed, before the next one
     for transaction in transactions:
         transaction.report()
     return records
