@@ -54,7 +54,7 @@ class _Sorted:
 
 
 class CsrBlocks:
-    """A dataset's CSR blocks sorted by feature bucket, for :func:`write_csc`.
+    """A dataset's CSR blocks sorted by feature bucket, for :func:`lancell.storage.csc.write_csc`.
 
     Each block is kept as runs (:func:`kernels.transpose.partition_runs`): 6 bytes per run of one row in
     one bucket, and per value 2 bytes (its feature within the bucket) plus the value in the narrowest dtype
