@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
@@ -34,6 +36,9 @@ ARRAYS_BUCKET = "lancell-arrays"
 PUBLIC_BUCKET = "lancell-public"
 ACCESS_KEY = "lancell-test-key"
 SECRET_KEY = "lancell-test-secret-do-not-persist"
+# weed sizes its volumes by the disk (up to 1 GiB) and makes free space // size of them: pinned small, a
+# nearly full disk still holds volumes (one CI run found none with 1.7 GiB free and every PUT timed out).
+VOLUME_MB = 64
 # weed uses ports P..P+4 (master, volume, filer, s3, admin), P+5 for metrics and P+10000.. for gRPC.
 _PORT_OFFSETS = (0, 1, 2, 3, 4, 5, 10_000, 10_001, 10_002, 10_003, 10_004)
 _METRIC = re.compile(r'SeaweedFS_s3_request_total\{bucket="([^"]*)",code="(\d+)",type="(\w+)"\} (\d+)')
@@ -131,11 +136,12 @@ def _remove_sockets(base: int, *folders: Path) -> None:
 
 
 def _wait_ready(server: Seaweed, process: subprocess.Popen[bytes], timeout: float) -> None:
-    probe = server.store(retry_config={"max_retries": 0})
+    """Wait for the first PUT that lands in a volume (an empty object lives in the filer alone)."""
+    probe = server.store(retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=timeout)})
     deadline = time.monotonic() + timeout
     while True:
         try:
-            obstore.put(probe, ".ready", b"")
+            obstore.put(probe, ".ready", b"ready")
             return
         except Exception as exc:  # any error before the first successful PUT means "not up yet"
             if process.poll() is not None or time.monotonic() > deadline:
@@ -162,6 +168,7 @@ def run_seaweed(directory: Path) -> Iterator[Seaweed]:
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
+            f"-master.volumeSizeLimitMB={VOLUME_MB}",
             f"-bucket={BUCKET},{ARRAYS_BUCKET},{PUBLIC_BUCKET}",
             f"-master.port={base}",
             f"-volume.port={base + 1}",
@@ -185,7 +192,8 @@ def run_seaweed(directory: Path) -> Iterator[Seaweed]:
             _remove_sockets(base, server.directory, Path(tempfile.gettempdir()))
             if attempt == 2:
                 tail = (server.directory / "weed.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{exc}; weed log:\n{tail}") from exc
+                free = f"{shutil.disk_usage(server.directory).free / 2**30:.1f} GiB free under {directory}"
+                raise RuntimeError(f"{exc}; {free}; weed log:\n{tail}") from exc
             continue
         try:
             yield server
