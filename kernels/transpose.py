@@ -59,11 +59,7 @@ def partition_runs(
             lo = mid
         else:
             hi = mid - 1
-    local = np.zeros(bucket_of.size, np.int32)
-    for k in range(np.uint64(n)):
-        local[indices[k]] += 1
-    for feature in range(bucket_of.size):
-        counts[feature] += local[feature]
+    local = np.zeros(bucket_of.size, np.int32)  # each feature's elements, counted as pass 1 reads them
     # pass 1: the runs in row order (row, bucket, length) and each bucket's runs and elements
     seen_rows = np.empty(n, np.uint32)
     seen_buckets = np.empty(n, np.uint32)
@@ -85,6 +81,7 @@ def partition_runs(
                 feature = np.uint32(indices[k])
                 if feature < low or feature >= high:
                     break
+                local[feature] += 1
                 k += U1
             seen_rows[n_runs] = row
             seen_buckets[n_runs] = bucket
@@ -92,6 +89,8 @@ def partition_runs(
             n_runs += U1
             runs_of[bucket + U1] += 1
             offsets[bucket + U1] += np.int64(k - run)
+    for feature in range(bucket_of.size):
+        counts[feature] += local[feature]
     for b in range(n_buckets):
         runs_of[b + 1] += runs_of[b]
         offsets[b + 1] += offsets[b]
