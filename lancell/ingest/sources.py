@@ -12,8 +12,10 @@ file and the rows.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -23,11 +25,13 @@ import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
-from lancell.ingest.h5_direct import DirectRead
+from lancell.ingest.h5_direct import DeflatedRead, DirectRead
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
 TARGET_BLOCK_VALUES = 2_000_000
+# threads inflating the deflated chunks of a backed .h5ad (lancell.ingest.h5_direct.DeflatedRead)
+INFLATE_THREADS = min(8, os.cpu_count() or 2)
 
 # what h5py (and anndata's backed readers) raise when stored bytes cannot be read
 _READ_ERRORS = (OSError, KeyError, RuntimeError)
@@ -121,8 +125,15 @@ class MatrixSource:
         written while the next is checked); closing the generator waits for the reader."""
         group = self.matrix.group
         data, indices = group["data"], group["indices"]
+        with ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="lancell-inflate") as inflaters:
+            yield from self._read_ahead(data, indices, inflaters, target_values)
+
+    def _read_ahead(
+        self, data: h5py.Dataset, indices: h5py.Dataset, inflaters: Executor, target_values: int
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """The blocks of :meth:`_h5_csr_blocks`, deflated chunks inflated on ``inflaters``."""
         with reading(self.dataset, self.matrix, "the layout of data and indices"):
-            readers = [_range_reader(data), _range_reader(indices)]
+            readers = [_range_reader(data, inflaters), _range_reader(indices, inflaters)]
         ranges = list(self.row_ranges(target_values))
         size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
         buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(3)]
@@ -178,13 +189,16 @@ class MatrixSource:
             yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
 
 
-def _range_reader(dataset: h5py.Dataset) -> Callable[[np.ndarray, int, int], None]:
+def _range_reader(dataset: h5py.Dataset, inflaters: Executor) -> Callable[[np.ndarray, int, int], None]:
     """``read(out, lo, hi)``: values ``[lo, hi)`` of ``dataset`` into ``out``, read straight from the file
-    where the dataset's bytes are stored unfiltered (:class:`~lancell.ingest.h5_direct.DirectRead`), else by
-    h5py."""
+    where the dataset's bytes are stored unfiltered (:class:`~lancell.ingest.h5_direct.DirectRead`) or
+    deflated (:class:`~lancell.ingest.h5_direct.DeflatedRead`, inflated on ``inflaters``), else by h5py."""
     direct = DirectRead.of(dataset)
     if direct is not None:
         return direct.read_into
+    deflated = DeflatedRead.of(dataset)
+    if deflated is not None:
+        return functools.partial(deflated.read_into, pool=inflaters)
     return lambda out, lo, hi: dataset.read_direct(out, np.s_[lo:hi])
 
 

@@ -1,13 +1,16 @@
-"""Direct reads of unfiltered HDF5 datasets: the same values as h5py, or h5py reads them.
+"""Direct reads of unfiltered and deflated HDF5 datasets: the same values as h5py, or h5py reads them.
 
 :class:`~lancell.ingest.h5_direct.DirectRead` serves what an ingestion of a backed ``.h5ad`` reads (``X/data``
-and ``X/indices`` as anndata writes them: chunked, unfiltered); every layout or filter it does not handle
-must give None, and a file that ends early must raise.
+and ``X/indices`` as anndata writes them: chunked, unfiltered) and
+:class:`~lancell.ingest.h5_direct.DeflatedRead` the same written with ``compression="gzip"``; every layout or
+filter they do not handle must give None, and a file that ends early or a chunk that does not inflate must
+raise.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anndata as ad
@@ -20,7 +23,7 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError
 from lancell.ingest.from_anndata import add_from_anndata
-from lancell.ingest.h5_direct import DirectRead
+from lancell.ingest.h5_direct import DeflatedRead, DirectRead
 from lancell.ingest.sources import MatrixSource
 from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -34,11 +37,11 @@ def _ranges(size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     return cuts
 
 
-def _assert_reads_like_h5py(dataset: h5py.Dataset, direct: DirectRead) -> None:
+def _assert_reads_like_h5py(dataset: h5py.Dataset, direct: DirectRead | DeflatedRead, **pool) -> None:
     expected = dataset[:]
     for lo, hi in _ranges(dataset.shape[0], np.random.default_rng(0)):
         out = np.empty(hi - lo, dataset.dtype)
-        direct.read_into(out, lo, hi)
+        direct.read_into(out, lo, hi, **pool)
         np.testing.assert_array_equal(out, expected[lo:hi])
 
 
@@ -80,16 +83,95 @@ def test_a_contiguous_dataset_is_read_directly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("dtype", "create"),
+    [
+        ("i4", {"compression": "gzip"}),
+        ("f4", {"compression": "gzip", "compression_opts": 1}),
+        ("f8", {"compression": "gzip", "compression_opts": 9, "shuffle": True}),
+        ("i8", {"compression": "gzip", "shuffle": True}),
+        ("u2", {"compression": "gzip"}),
+    ],
+    ids=["int32", "float32-level1", "float64-level9-shuffle", "int64-shuffle", "uint16"],
+)
+def test_deflated_chunks_are_inflated_exactly_with_and_without_a_pool(
+    tmp_path: Path, dtype: str, create: dict
+) -> None:
+    rng = np.random.default_rng(4)
+    values = (rng.negative_binomial(2, 0.3, 30_011) * rng.choice([1, 0], 30_011)).astype(dtype)
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_dataset("x", data=values, chunks=(977,), **create)  # a partial last chunk
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        assert DirectRead.of(f["x"]) is None
+        deflated = DeflatedRead.of(f["x"])
+        assert deflated is not None and deflated.shuffle == create.get("shuffle", False)
+        _assert_reads_like_h5py(f["x"], deflated)
+        with ThreadPoolExecutor(3) as pool:
+            _assert_reads_like_h5py(f["x"], deflated, pool=pool)
+
+
+def test_an_anndata_file_written_with_gzip_is_inflated_exactly(tmp_path: Path) -> None:
+    x = sp.random(3_000, 500, density=0.05, format="csr", random_state=2, dtype=np.float64)
+    x.data = np.ceil(x.data * 100).astype(np.int32)
+    ad.AnnData(x).write_h5ad(tmp_path / "z.h5ad", compression="gzip")
+    with h5py.File(tmp_path / "z.h5ad", "r") as f, ThreadPoolExecutor(2) as pool:
+        for name in ("data", "indices"):
+            deflated = DeflatedRead.of(f["X"][name])
+            assert deflated is not None
+            _assert_reads_like_h5py(f["X"][name], deflated, pool=pool)
+
+
+def _corrupt_chunk(path: Path, name: str, chunk: int) -> int:
+    """Flip bytes in the middle of a stored chunk; return the chunk's first value."""
+    with h5py.File(path, "r") as f:
+        read = DeflatedRead.of(f[name])
+        offset, size = int(read.offsets[chunk]), int(read.sizes[chunk])
+        first = chunk * read.chunk
+    with open(path, "r+b") as file:
+        file.seek(offset + size // 2)
+        middle = file.read(4)
+        file.seek(offset + size // 2)
+        file.write(bytes(b ^ 0xFF for b in middle))
+    return first
+
+
+def test_a_chunk_that_does_not_inflate_raises_os_error(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset(
+            "x", data=np.arange(100_000, dtype=np.int32) % 1_000, chunks=(4_096,), compression="gzip"
+        )
+    first = _corrupt_chunk(tmp_path / "c.h5", "x", 7)
+    with h5py.File(tmp_path / "c.h5", "r") as f, ThreadPoolExecutor(2) as pool:
+        read = DeflatedRead.of(f["x"])  # the first and the last chunk are intact
+        assert read is not None
+        out = np.empty(100_000, np.int32)
+        with pytest.raises(OSError, match=f"the chunk of values from {first} .* does not inflate"):
+            read.read_into(out, 0, 100_000, pool=pool)
+        read.read_into(out[:first], 0, first, pool=pool)  # the chunks before it read
+        np.testing.assert_array_equal(out[:first], np.arange(first) % 1_000)
+
+
+@pytest.mark.parametrize(
     "create",
     [
         {"compression": "gzip"},
         {"compression": "lzf"},
         {"shuffle": True},
         {"fletcher32": True},
+        {"fletcher32": True, "compression": "gzip"},
         {"dtype": ">i4"},  # stored big-endian
+        {"dtype": ">i4", "compression": "gzip"},
         {"dtype": "i2", "scaleoffset": 0},
     ],
-    ids=["gzip", "lzf", "shuffle", "fletcher32", "big-endian", "scale-offset"],
+    ids=[
+        "gzip",
+        "lzf",
+        "shuffle",
+        "fletcher32",
+        "gzip-fletcher32",
+        "big-endian",
+        "gzip-big-endian",
+        "scale-offset",
+    ],
 )
 def test_filtered_or_foreign_datasets_are_left_to_h5py(tmp_path: Path, create: dict) -> None:
     options = {"dtype": "i4", "chunks": (1_000,), **create}
@@ -97,6 +179,8 @@ def test_filtered_or_foreign_datasets_are_left_to_h5py(tmp_path: Path, create: d
         f.create_dataset("x", data=np.arange(10_000).astype(options.pop("dtype")), **options)
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert DirectRead.of(f["x"]) is None
+        inflated = create in ({"compression": "gzip"},)  # the one DeflatedRead takes
+        assert (DeflatedRead.of(f["x"]) is not None) == inflated
 
 
 def test_unallocated_chunks_a_user_block_and_other_drivers_are_left_to_h5py(tmp_path: Path) -> None:
@@ -109,6 +193,7 @@ def test_unallocated_chunks_a_user_block_and_other_drivers_are_left_to_h5py(tmp_
         assert DirectRead.of(f["x"]) is None
         assert DirectRead.of(f["two_d"]) is None
         assert DirectRead.of(f["text"]) is None
+        assert DeflatedRead.of(f["text"]) is None
     with h5py.File(tmp_path / "u.h5", "r", driver="core") as f:
         assert DirectRead.of(f["two_d"]) is None
     with h5py.File(tmp_path / "ub.h5", "w", userblock_size=512) as f:
@@ -153,16 +238,21 @@ def _atlas(tmp_path: Path, genes: list[str]) -> RaggedAtlas:
     return atlas
 
 
-def test_many_small_blocks_read_directly_are_stored_exactly(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_many_small_blocks_read_directly_are_stored_exactly(
+    tmp_path: Path, monkeypatch, compression: str | None
+) -> None:
     """Blocks are stored from the reader's buffers while the next blocks are read: nothing may be overwritten
-    before it is written (hundreds of blocks, each a few rows)."""
+    before it is written (hundreds of blocks, each a few rows), plain or inflated on the reader's pool."""
     genes = [f"G{i}" for i in range(300)]
     x = sp.random(4_000, 300, density=0.1, format="csr", random_state=5, dtype=np.float64)
     x.data = np.ceil(x.data * 1_000).astype(np.int32)
     adata = ad.AnnData(
         x, obs=pd.DataFrame(index=[f"c{i}" for i in range(4_000)]), var=pd.DataFrame(index=genes)
     )
-    adata.write_h5ad(tmp_path / "m.h5ad")
+    adata.write_h5ad(tmp_path / "m.h5ad", compression=compression)
+    with h5py.File(tmp_path / "m.h5ad", "r") as f:
+        assert (DeflatedRead.of(f["X/data"]) is not None) == (compression == "gzip")
     monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (500,))
     atlas = _atlas(tmp_path, genes)
     add_from_anndata(
@@ -190,3 +280,22 @@ def test_a_negative_count_read_directly_is_refused_naming_the_row(tmp_path: Path
             atlas, tmp_path / "n.h5ad", feature_space="gene_expression", zarr_layer="counts", progress=False
         )
     assert atlas.core.tables.datasets.count_rows() == 0
+
+
+def test_a_chunk_that_does_not_inflate_is_refused_naming_the_rows_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    genes = [f"G{i}" for i in range(100)]
+    x = sp.random(2_000, 100, density=0.2, format="csr", random_state=7, dtype=np.float64)
+    x.data = np.ceil(x.data * 10).astype(np.int32)
+    ad.AnnData(x, var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "b.h5ad", compression="gzip")
+    with h5py.File(tmp_path / "b.h5ad", "r") as f:
+        assert f["X/data"].id.get_num_chunks() > 2
+    first = _corrupt_chunk(tmp_path / "b.h5ad", "X/data", 1)
+    atlas = _atlas(tmp_path, genes)
+    with pytest.raises(IngestError, match=f"cannot read rows .* the chunk of values from {first} .* inflate"):
+        add_from_anndata(
+            atlas, tmp_path / "b.h5ad", feature_space="gene_expression", zarr_layer="counts", progress=False
+        )
+    assert atlas.core.tables.datasets.count_rows() == 0
+    assert atlas.core.tables.cells.count_rows() == 0
