@@ -3,7 +3,8 @@
 Each case runs in a fresh subprocess (so peak RSS is that ingestion's own) from a backed ``.h5ad``:
 the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,000 nnz/cell).
 
-    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc] [--reps 3]
+    .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc] [--reps 3] [--png P]
+        [--gzip-png P]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
 ``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
@@ -13,7 +14,9 @@ reused buffers, each repetition in a fresh process), the time the same reads tak
 ingestion does them (``lancell.ingest.h5_direct``), the ingest time without and with the CSC copy (each in a
 fresh process, then the same file again in that process: "again", what a further dataset of a multi-dataset
 build costs once numba's start-up is paid), their ratios to the read, and the BP-128 encode rate (G ints/s,
-one core, CPU time) on its indices and counts.
+one core, CPU time) on its indices and counts. ``--gzip-png`` repeats all of it for the same file written by
+anndata with ``compression="gzip"`` (what public ``.h5ad`` files mostly are: h5py inflates their chunks one
+at a time holding the GIL, ingestion inflates them on a pool of threads, ``h5_direct.DeflatedRead``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import anndata as ad
 import h5py
 import numpy as np
 
@@ -77,16 +81,21 @@ RUN = textwrap.dedent(
 
 READ = textwrap.dedent(
     """
-    import sys, time, h5py, numpy as np
-    from lancell.ingest.h5_direct import DirectRead
-    from lancell.ingest.sources import TARGET_BLOCK_VALUES as step
+    import functools, sys, time, h5py, numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+    from lancell.ingest.h5_direct import DeflatedRead, DirectRead
+    from lancell.ingest.sources import INFLATE_THREADS, TARGET_BLOCK_VALUES as step
     started = time.perf_counter()
-    with h5py.File(sys.argv[1], "r") as f:
+    with h5py.File(sys.argv[1], "r") as f, ThreadPoolExecutor(INFLATE_THREADS) as pool:
         x = f["X"]
         indptr = x["indptr"][:]
         names = ("data", "indices")
         if sys.argv[2] == "direct":
-            readers = [DirectRead.of(x[name]).read_into for name in names]
+            plain = [DirectRead.of(x[name]) for name in names]
+            readers = [
+                d.read_into if d is not None else functools.partial(DeflatedRead.of(x[name]).read_into, pool=pool)
+                for d, name in zip(plain, names)
+            ]
         else:
             readers = [lambda out, lo, hi, d=x[name]: d.read_direct(out, np.s_[lo:hi]) for name in names]
         buffers = [np.empty(step, x[name].dtype) for name in names]
@@ -129,7 +138,7 @@ def encode_rates(path: Path, values: int = 8_000_000, reps: int = 5) -> dict[str
     return rates
 
 
-def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> None:
+def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path, what: str) -> None:
     """Bar chart of the same-run times (median, min-max whiskers) and the encode rates."""
     import matplotlib
 
@@ -147,7 +156,7 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> N
     for i, m in enumerate(medians):
         left.text(i, m, f"{m / medians[0]:.2f}x", ha="center", va="bottom")
     left.tick_params(axis="x", labelsize=8)
-    left.set_ylabel("seconds (50k cells x 2,000 nnz, backed .h5ad)")
+    left.set_ylabel(f"seconds ({what})")
     left.set_title("ingest vs reading X with h5py alone (same run)")
     right.bar([f"encode {k}" for k in rates], list(rates.values()), color="#a72")
     right.axhline(1.5, ls="--", c="k", lw=0.8)
@@ -158,7 +167,7 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path) -> N
     fig.savefig(png, dpi=110)
 
 
-def same_run_ratios(path: Path, reps: int, png: Path | None) -> None:
+def same_run_ratios(path: Path, reps: int, png: Path | None, what: str) -> None:
     """Print the h5py read of X (and the direct read ingestion does) against ingest without and with the CSC
     copy, interleaved, medians; each
     ingestion in a fresh process, then the same file again in that process (numba's start-up, lazy imports
@@ -182,7 +191,7 @@ def same_run_ratios(path: Path, reps: int, png: Path | None) -> None:
             times[first].append(result["seconds"])
             times[again].append(result["again"])
     read = statistics.median(times["h5py read"])
-    print(f"\nsame run, {reps} interleaved repetitions (median [min-max] s, ratio to the h5py read):")
+    print(f"\n{what}: same run, {reps} interleaved repetitions (median [min-max] s, ratio to the h5py read):")
     for name, ts in times.items():
         t = statistics.median(ts)
         print(f"  {name:<16}{t:>8.2f} [{min(ts):.2f}-{max(ts):.2f}]  {t / read:>5.2f}x")
@@ -190,7 +199,7 @@ def same_run_ratios(path: Path, reps: int, png: Path | None) -> None:
     print("  BP-128 encode, one core: " + ", ".join(f"{k} {v:.2f} G ints/s" for k, v in rates.items()))
     print(json.dumps({"times": times, "rates": rates}))
     if png is not None:
-        plot(times, rates, png)
+        plot(times, rates, png, what)
 
 
 def run_case(
@@ -228,6 +237,12 @@ def main() -> None:
     parser.add_argument("--no-csc", action="store_true", help="never write the CSC copy")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the same-run ratios")
     parser.add_argument("--png", type=Path, default=None, help="save the same-run chart here")
+    parser.add_argument(
+        "--gzip-png",
+        type=Path,
+        default=None,
+        help="also measure the synthetic file written by anndata with compression='gzip'; save its chart here",
+    )
     args = parser.parse_args()
     results = []
     csc = "off" if args.no_csc else "default"
@@ -243,7 +258,13 @@ def main() -> None:
             f"~{args.nnz_per_cell} nnz/cell (nnz {nnz:,}), seed 42, written in {time.perf_counter() - started:.1f} s"
         )
         results.append(run_case("synthetic", path, "counts", None, csc))
-        same_run_ratios(path, args.reps, args.png)
+        what = f"{args.synthetic_cells:,} cells x {args.nnz_per_cell:,} nnz, backed .h5ad"
+        same_run_ratios(path, args.reps, args.png, what)
+        if args.gzip_png is not None:
+            packed = path.with_name("synthetic-gzip.h5ad")
+            ad.read_h5ad(path).write_h5ad(packed, compression="gzip")  # how anndata compresses: level 4
+            results.append(run_case("synthetic gzip", packed, "counts", None, csc))
+            same_run_ratios(packed, args.reps, args.gzip_png, what + ", gzip")
     header = f"{'dataset':<18}{'cells':>9}{'nnz':>13}{'s':>8}{'cells/s':>10}{'Mnnz/s':>8}{'B/nnz':>7}{'peak MiB':>10}{'+ingest MiB':>12}"
     print(header)
     for r in results:
