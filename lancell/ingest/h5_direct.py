@@ -23,6 +23,7 @@ inflate raises :class:`OSError`, as h5py's would.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, wait
@@ -32,10 +33,26 @@ import deflate
 import h5py
 import numpy as np
 
-__all__ = ["DeflatedRead", "DirectRead"]
+__all__ = ["INFLATE_THREADS", "DeflatedRead", "DirectRead", "range_reader"]
+
+# threads inflating one file's deflated chunks (DeflatedRead.read_into's pool)
+INFLATE_THREADS = min(8, os.cpu_count() or 2)
 
 _DEFLATED = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
 _INFLATE_TASKS = 8  # a read's chunks go to the pool in at most this many tasks
+
+
+def range_reader(dataset: h5py.Dataset, inflaters: Executor) -> Callable[[np.ndarray, int, int], None]:
+    """``read(out, lo, hi)``: values ``[lo, hi)`` of ``dataset`` into ``out``, read straight from the file
+    where the dataset's bytes are stored unfiltered (:class:`DirectRead`) or deflated (:class:`DeflatedRead`,
+    inflated on ``inflaters``), else by h5py."""
+    direct = DirectRead.of(dataset)
+    if direct is not None:
+        return direct.read_into
+    deflated = DeflatedRead.of(dataset)
+    if deflated is not None:
+        return functools.partial(deflated.read_into, pool=inflaters)
+    return lambda out, lo, hi: dataset.read_direct(out, np.s_[lo:hi])
 
 
 @dataclass(frozen=True)

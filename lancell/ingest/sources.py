@@ -12,9 +12,7 @@ file and the rows.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +23,11 @@ import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
-from lancell.ingest.h5_direct import DeflatedRead, DirectRead
+from lancell.ingest.h5_direct import INFLATE_THREADS, range_reader
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
 TARGET_BLOCK_VALUES = 2_000_000
-# threads inflating the deflated chunks of a backed .h5ad (lancell.ingest.h5_direct.DeflatedRead)
-INFLATE_THREADS = min(8, os.cpu_count() or 2)
 
 # what h5py (and anndata's backed readers) raise when stored bytes cannot be read
 _READ_ERRORS = (OSError, KeyError, RuntimeError)
@@ -133,7 +129,7 @@ class MatrixSource:
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """The blocks of :meth:`_h5_csr_blocks`, deflated chunks inflated on ``inflaters``."""
         with reading(self.dataset, self.matrix, "the layout of data and indices"):
-            readers = [_range_reader(data, inflaters), _range_reader(indices, inflaters)]
+            readers = [range_reader(data, inflaters), range_reader(indices, inflaters)]
         ranges = list(self.row_ranges(target_values))
         size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
         buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(3)]
@@ -187,19 +183,6 @@ class MatrixSource:
             with reading(self.dataset, self.matrix, f"rows {start}-{min(start + step, self.shape[0]) - 1}"):
                 block = self.matrix[start : start + step]
             yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
-
-
-def _range_reader(dataset: h5py.Dataset, inflaters: Executor) -> Callable[[np.ndarray, int, int], None]:
-    """``read(out, lo, hi)``: values ``[lo, hi)`` of ``dataset`` into ``out``, read straight from the file
-    where the dataset's bytes are stored unfiltered (:class:`~lancell.ingest.h5_direct.DirectRead`) or
-    deflated (:class:`~lancell.ingest.h5_direct.DeflatedRead`, inflated on ``inflaters``), else by h5py."""
-    direct = DirectRead.of(dataset)
-    if direct is not None:
-        return direct.read_into
-    deflated = DeflatedRead.of(dataset)
-    if deflated is not None:
-        return functools.partial(deflated.read_into, pool=inflaters)
-    return lambda out, lo, hi: dataset.read_direct(out, np.s_[lo:hi])
 
 
 def matrix_source(dataset: str, matrix: object) -> MatrixSource:

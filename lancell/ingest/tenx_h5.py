@@ -9,6 +9,7 @@ plus one block.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -17,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
+from lancell.ingest.h5_direct import INFLATE_THREADS, range_reader
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
 
 __all__ = ["open_h5"]
@@ -70,12 +72,22 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
         raise TenxFormatError(f"{path}: unsupported value dtype {dtype}")
 
     def read_blocks(target_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
-        with h5py.File(path, "r") as f:
-            group = f[group_name]
+        # Cell Ranger writes gzip + shuffle: the chunks are inflated on a pool (lancell.ingest.h5_direct)
+        with (
+            h5py.File(path, "r") as f,
+            ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="lancell-inflate") as inflaters,
+        ):
+            arrays = [f[group_name]["data"], f[group_name]["indices"]]
+            try:
+                readers = [range_reader(array, inflaters) for array in arrays]
+            except OSError as exc:
+                raise TenxFormatError(f"cannot read {path}: {exc}") from exc
             for start, stop in row_ranges(indptr, target_values):
                 lo, hi = int(indptr[start]), int(indptr[stop])
+                data, indices = (np.empty(hi - lo, array.dtype) for array in arrays)
                 try:
-                    data, indices = group["data"][lo:hi], group["indices"][lo:hi]
+                    readers[0](data, lo, hi)
+                    readers[1](indices, lo, hi)
                 except OSError as exc:
                     raise TenxFormatError(f"cannot read {path} rows {start}..{stop}: {exc}") from exc
                 if len(indices) and (indices.min() < 0 or indices.max() >= n_genes):

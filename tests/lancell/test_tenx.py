@@ -27,6 +27,7 @@ from lancell.errors import (
     UnknownFeaturesError,
 )
 from lancell.ingest import tenx_mtx
+from lancell.ingest.h5_direct import DeflatedRead
 from lancell.ingest.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -267,6 +268,19 @@ def _corrupt(kind: str, root: Path) -> Path:
                 data = m["data"][:-3]
                 del m["data"]
                 m["data"] = data
+            elif kind == "h5-corrupt-chunk":  # Cell Ranger's filters, five chunks: the third is damaged
+                data = m["data"][:]
+                del m["data"]
+                m.create_dataset("data", data=data, chunks=(5_000,), compression="gzip", shuffle=True)
+        if kind == "h5-corrupt-chunk":
+            with h5py.File(path, "r") as f:
+                read = DeflatedRead.of(f["matrix/data"])
+                middle = int(read.offsets[2] + read.sizes[2] // 2)
+            with open(path, "r+b") as file:
+                file.seek(middle)
+                flipped = bytes(b ^ 0xFF for b in file.read(4))
+                file.seek(middle)
+                file.write(flipped)
         if kind == "h5-not-hdf5":
             path.write_bytes(b"not an hdf5 file at all")
         return path
@@ -317,6 +331,7 @@ BAD_INPUTS = [
     ("h5-short-barcodes", "1106 barcodes"),
     ("h5-bad-index", "feature index outside"),
     ("h5-truncated-data", "data has 23863"),
+    ("h5-corrupt-chunk", "the chunk of values from 10000 at byte"),
     ("h5-not-hdf5", "cannot open"),
 ]
 
