@@ -41,7 +41,7 @@ from lancell.synthetic import write_synthetic_h5ad
 
 RUN = textwrap.dedent(
     """
-    import json, os, resource, sys, time
+    import json, os, sys, time
     import pandas as pd, anndata as ad
     from lancell.atlas import RaggedAtlas
     from lancell.bundled import CellSchema, GeneFeature
@@ -53,7 +53,10 @@ RUN = textwrap.dedent(
     atlas = RaggedAtlas.create(root + "/db", "cells", CellSchema, store=root + "/arrays",
                                registry_schemas={"gene_expression": GeneFeature})
     atlas.register_features("gene_expression", pd.DataFrame({"uid": uids, "gene_symbol": uids}))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak_rss():  # this process's own peak (VmHWM): ru_maxrss starts from the parent's peak at the fork
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    before = peak_rss()
     started = time.perf_counter()
     record = add_from_anndata(atlas, path, feature_space="gene_expression", zarr_layer=layer,
                               var_uid_column=uid_col, csc=csc, progress=False)
@@ -73,7 +76,7 @@ RUN = textwrap.dedent(
             arrays[name] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
     print(json.dumps({"cells": record.n_cells, "nnz": record.nnz, "seconds": seconds, "again": again, "bytes": size,
                       "arrays": arrays, "setup_peak": before,
-                      "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak": peak_rss()}))
     """
 )
 
