@@ -156,8 +156,8 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path, what
     for i, m in enumerate(medians):
         left.text(i, m, f"{m / medians[0]:.2f}x", ha="center", va="bottom")
     left.tick_params(axis="x", labelsize=8)
-    left.set_ylabel(f"seconds ({what})")
-    left.set_title("ingest vs reading X with h5py alone (same run)")
+    left.set_ylabel("seconds")
+    left.set_title(f"ingest vs reading X with h5py alone, same run\n({what})", fontsize=10)
     right.bar([f"encode {k}" for k in rates], list(rates.values()), color="#a72")
     right.axhline(1.5, ls="--", c="k", lw=0.8)
     right.axhline(1.0, ls=":", c="k", lw=0.8)
