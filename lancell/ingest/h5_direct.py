@@ -33,10 +33,12 @@ import deflate
 import h5py
 import numpy as np
 
+from lancell.cores import USABLE_CORES
+
 __all__ = ["INFLATE_THREADS", "DeflatedRead", "DirectRead", "range_reader"]
 
 # threads inflating one file's deflated chunks (DeflatedRead.read_into's pool)
-INFLATE_THREADS = min(8, os.cpu_count() or 2)
+INFLATE_THREADS = min(8, USABLE_CORES)
 
 _DEFLATED = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
 _INFLATE_TASKS = 8  # a read's chunks go to the pool in at most this many tasks
