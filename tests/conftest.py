@@ -10,6 +10,10 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("LANCE_LOG", "error")
+# a process the tests start that dies on a signal says where: Python's traceback of every thread
+# (faulthandler), and glibc's own message on stderr instead of /dev/tty (a heap check's abort)
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+os.environ.setdefault("LIBC_FATAL_STDERR_", "1")
 
 from helpers import read_10x_v3_h5
 
