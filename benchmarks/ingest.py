@@ -86,11 +86,10 @@ GZIP_COPY = "import sys, anndata as ad; ad.read_h5ad(sys.argv[1]).write_h5ad(sys
 READ = textwrap.dedent(
     """
     import sys, time, h5py, numpy as np
-    from concurrent.futures import ThreadPoolExecutor
-    from lancell.ingest.h5_direct import INFLATE_THREADS, range_reader
+    from lancell.ingest.h5_direct import inflater_pool, range_reader
     from lancell.ingest.sources import TARGET_BLOCK_VALUES as step
     started = time.perf_counter()
-    with h5py.File(sys.argv[1], "r") as f, ThreadPoolExecutor(INFLATE_THREADS) as pool:
+    with h5py.File(sys.argv[1], "r") as f, inflater_pool() as pool:
         x = f["X"]
         indptr = x["indptr"][:]
         names = ("data", "indices")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, wait
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import deflate
@@ -35,13 +35,18 @@ import numpy as np
 
 from lancell.cores import USABLE_CORES
 
-__all__ = ["INFLATE_THREADS", "DeflatedRead", "DirectRead", "range_reader"]
+__all__ = ["INFLATE_THREADS", "DeflatedRead", "DirectRead", "inflater_pool", "range_reader"]
 
 # threads inflating one file's deflated chunks (DeflatedRead.read_into's pool)
 INFLATE_THREADS = min(8, USABLE_CORES)
 
 _DEFLATED = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
 _INFLATE_TASKS = 8  # a read's chunks go to the pool in at most this many tasks
+
+
+def inflater_pool() -> ThreadPoolExecutor:
+    """The pool that inflates one file's deflated chunks (:data:`INFLATE_THREADS` threads)."""
+    return ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="lancell-inflate")
 
 
 def range_reader(dataset: h5py.Dataset, inflaters: Executor) -> Callable[[np.ndarray, int, int], None]:

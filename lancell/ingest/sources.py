@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
-from lancell.ingest.h5_direct import INFLATE_THREADS, range_reader
+from lancell.ingest.h5_direct import inflater_pool, range_reader
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
@@ -121,7 +121,7 @@ class MatrixSource:
         written while the next is checked); closing the generator waits for the reader."""
         group = self.matrix.group
         data, indices = group["data"], group["indices"]
-        with ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="lancell-inflate") as inflaters:
+        with inflater_pool() as inflaters:
             yield from self._read_ahead(data, indices, inflaters, target_values)
 
     def _read_ahead(

@@ -9,7 +9,6 @@ plus one block.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -18,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
-from lancell.ingest.h5_direct import INFLATE_THREADS, range_reader
+from lancell.ingest.h5_direct import inflater_pool, range_reader
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
 
 __all__ = ["open_h5"]
@@ -73,10 +72,7 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
 
     def read_blocks(target_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         # Cell Ranger writes gzip + shuffle: the chunks are inflated on a pool (lancell.ingest.h5_direct)
-        with (
-            h5py.File(path, "r") as f,
-            ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="lancell-inflate") as inflaters,
-        ):
+        with h5py.File(path, "r") as f, inflater_pool() as inflaters:
             arrays = [f[group_name]["data"], f[group_name]["indices"]]
             try:
                 readers = [range_reader(array, inflaters) for array in arrays]
