@@ -7,7 +7,6 @@ spilled block is written out by another while the next one is sorted.
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -18,8 +17,6 @@ import numpy as np
 from kernels.transpose import partition_runs
 
 __all__ = ["CsrBlocks", "Segment", "spill_dtype"]
-
-_IOV_MAX = 1024  # buffers per pwritev (Linux's IOV_MAX)
 
 # features per bucket (the runs one scatter writes to at a time): 256 while a row's run in a bucket still
 # averages _RUN_VALUES values (the outputs of half as many features stay in cache: the scatter of 50k cells x
@@ -44,41 +41,16 @@ def spill_dtype(values: np.ndarray) -> np.dtype:
 
 
 class _Sorted:
-    """One block sorted by bucket: bucket ``b``'s runs ``[runs[b], runs[b + 1])`` and elements
-    ``[elements[b], elements[b + 1])`` of ``parts`` (run rows, run lengths, features, then each layer's
-    values), kept in memory, or spilled at file ``position`` bucket after bucket (each bucket's slices of
-    the parts one after another, from byte ``starts[b]``: one read gets a bucket's segment, into
-    ``buffers``). The offsets are Python lists: each is read once per bucket, a numpy scalar cost more."""
+    """One block sorted by bucket: bucket ``b``'s runs ``[run_offsets[b], run_offsets[b + 1])`` and elements
+    ``[offsets[b], offsets[b + 1])`` of ``parts`` (run rows, run lengths, features, then each layer's
+    values), kept in memory, or spilled at file ``position`` (the parts one after another)."""
 
     def __init__(self, run_offsets: np.ndarray, offsets: np.ndarray, parts: list[np.ndarray]) -> None:
-        self.runs: list[int] = run_offsets.tolist()
-        self.elements: list[int] = offsets.tolist()
+        self.run_offsets, self.offsets = run_offsets, offsets
         self.dtypes = [part.dtype for part in parts]
+        self.sizes = [part.size for part in parts]
         self.parts: list[np.ndarray] | None = parts
-        self.buffers: list[np.ndarray] = []
         self.position = -1
-        sizes = [part.dtype.itemsize for part in parts]
-        per_bucket = np.diff(run_offsets) * sum(sizes[:2]) + np.diff(offsets) * sum(sizes[2:])
-        self.starts: list[int] = np.concatenate(([0], np.cumsum(per_bucket))).tolist()
-
-    def slices(self, bucket: int, parts: list[np.ndarray], *, read: bool = False) -> list[np.ndarray]:
-        """Bucket ``bucket``'s slices of ``parts`` (laid out as this block's), or with ``read`` their
-        sizes' first elements of each of ``parts`` (the buffers read into)."""
-        r0, r1, e0, e1 = (
-            self.runs[bucket],
-            self.runs[bucket + 1],
-            self.elements[bucket],
-            self.elements[bucket + 1],
-        )
-        if read:
-            r0, r1, e0, e1 = 0, r1 - r0, 0, e1 - e0
-        rows, lengths, *per_element = parts
-        return [rows[r0:r1], lengths[r0:r1], *(part[e0:e1] for part in per_element)]
-
-    def largest(self, part: int) -> int:
-        """The most elements of part ``part`` in one bucket."""
-        edges = self.runs if part < 2 else self.elements
-        return max(b - a for a, b in itertools.pairwise(edges))
 
 
 class CsrBlocks:
@@ -154,8 +126,6 @@ class CsrBlocks:
         """Wait for the last :meth:`add`'s sort and spill; raise their error."""
         self._sorted()
         self._written()
-        if self._file is not None:
-            self._share_buffers()
 
     def _sorted(self) -> None:
         if self._pending is not None:
@@ -193,58 +163,43 @@ class CsrBlocks:
         block = _Sorted(run_offsets, offsets, [run_rows, run_lengths, features, *sorted_values.values()])
         if self._file is not None:  # written out while the next block is sorted, one block at a time
             block.position = self._spilled
-            self._spilled += block.starts[-1]
+            self._spilled += sum(part.nbytes for part in block.parts)
             self._written()
             self._writing = self._spill.submit(self._write, block)
         self._blocks.append(block)
 
     def _write(self, block: _Sorted) -> None:
-        """Spill ``block`` bucket after bucket (see :class:`_Sorted`)."""
-        slices = [
-            memoryview(part).cast("B")
-            for bucket in range(len(block.starts) - 1)
-            for part in block.slices(bucket, block.parts)
-            if part.size
-        ]
         position = block.position
-        while slices:
-            written = os.pwritev(self._file.fileno(), slices[:_IOV_MAX], position)
-            position += written
-            while slices and written >= slices[0].nbytes:  # drop what was written, keep a partial rest
-                written -= slices.pop(0).nbytes
-            if written:
-                slices[0] = slices[0][written:]
+        for part in block.parts:
+            data = memoryview(part).cast("B")
+            while data:
+                written = os.pwrite(self._file.fileno(), data, position)
+                data, position = data[written:], position + written
         block.parts = None
 
     def segments(self, bucket: int) -> Iterator[Segment]:
-        """Every block's runs of ``bucket``, in row order (one block's in memory at a time: a spilled
-        block's segment is read into buffers that the next segment reuses)."""
+        """Every block's runs of ``bucket``, in row order (one block's in memory at a time)."""
         self.done()
         for block in self._blocks:
-            if block.runs[bucket] == block.runs[bucket + 1]:
+            run_lo, run_hi = int(block.run_offsets[bucket]), int(block.run_offsets[bucket + 1])
+            if run_lo == run_hi:
                 continue
+            lo, hi = int(block.offsets[bucket]), int(block.offsets[bucket + 1])
             if block.parts is not None:
-                parts = block.slices(bucket, block.parts)
-            else:  # one read of the bucket's bytes into the reused buffers
-                parts = block.slices(bucket, block.buffers, read=True)
-                lo, hi = block.starts[bucket], block.starts[bucket + 1]
-                got = os.preadv(self._file.fileno(), parts, block.position + lo)
-                if got != hi - lo:
-                    raise OSError(f"the CSC spill file ends {hi - lo - got} bytes early (bucket {bucket})")
+                parts = [part[run_lo:run_hi] for part in block.parts[:2]]
+                parts += [part[lo:hi] for part in block.parts[2:]]
+            else:
+                parts, position = [], block.position
+                for i, (dtype, size) in enumerate(zip(block.dtypes, block.sizes, strict=True)):
+                    a, b = (run_lo, run_hi) if i < 2 else (lo, hi)
+                    part = np.empty(b - a, dtype)  # writable: the scatter kernel ran 1.5x slower on
+                    # read-only arrays (np.frombuffer of bytes)
+                    got = os.preadv(self._file.fileno(), [part], position + a * dtype.itemsize)
+                    if got != part.nbytes:
+                        raise OSError(f"the CSC spill file ends {part.nbytes - got} bytes early")
+                    parts.append(part)
+                    position += size * dtype.itemsize
             yield parts[0], parts[1], parts[2], dict(zip(self.dtypes, parts[3:], strict=True))
-
-    def _share_buffers(self) -> None:
-        """Give each spilled block its read buffers: one per part and dtype, for the largest bucket of any
-        spilled block (writable: the scatter kernel ran 1.5x slower on read-only arrays, np.frombuffer of
-        bytes)."""
-        spilled = [block for block in self._blocks if block.parts is None and not block.buffers]
-        largest: dict[tuple[int, np.dtype], int] = {}
-        for block in spilled:
-            for key in enumerate(block.dtypes):
-                largest[key] = max(largest.get(key, 0), block.largest(key[0]))
-        buffers = {key: np.empty(size, key[1]) for key, size in largest.items()}
-        for block in spilled:
-            block.buffers = [buffers[key] for key in enumerate(block.dtypes)]
 
     def close(self) -> None:
         """Drop the kept blocks and the spill file (after the helper threads' last sort and write, whose
