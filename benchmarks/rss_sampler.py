@@ -11,7 +11,14 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
-__all__ = ["RssSampler", "rss_parts_mib"]
+__all__ = ["RssSampler", "peak_rss_mib", "rss_parts_mib"]
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak RSS in MiB (``VmHWM``): a child's ``ru_maxrss`` starts at its parent's RSS at
+    the fork, so a child of a large parent would report the parent's."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
 
 
 def rss_parts_mib() -> dict[str, float]:

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rss_sampler import RssSampler, peak_rss_mib
 
 REPO = Path(__file__).resolve().parent.parent
 QUERY_CELLS = 5_000
@@ -146,7 +146,7 @@ def stage_query(spec: dict[str, Any]) -> dict[str, Any]:
             "nnz": int(adata.X.nnz),
             "seconds": times[0],
             "warm": min(times[1:]),
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the process's so far
+            "peak_mib": peak_rss_mib(),  # the process's so far
         }
     return {
         "queries": out,
@@ -215,13 +215,11 @@ def _child(stage: str, spec: dict[str, Any]) -> None:
 
     if stage == "load":
         import lancell.dataloader  # noqa: F401
-    from rss_sampler import RssSampler
-
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mib()
     with RssSampler() as sampler:
         result = STAGES[stage](spec)
     result["base_mib"] = base
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_mib"] = peak_rss_mib()
     result["peak_anon_mib"] = sampler.peak.get("anon", float("nan"))
     result["peak_file_mib"] = sampler.peak.get("file", float("nan"))
     print(json.dumps(result))

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
+
+from rss_sampler import peak_rss_mib
 
 __all__ = ["compare"]
 
@@ -95,5 +96,5 @@ def compare(a_spec: dict[str, str], b_spec: dict[str, str]) -> dict[str, Any]:
         "nnz": nnz,
         "record_fields": fields,
         "seconds": time.perf_counter() - started,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": peak_rss_mib(),
     }
