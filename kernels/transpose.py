@@ -2,8 +2,9 @@
 
 :func:`partition_runs` sorts a range of CSR elements by feature bucket (a few hundred features each),
 stably, as *runs*: a run is one row's consecutive elements of one bucket, recorded once as (row, length),
-and each element keeps only its feature within its bucket (``uint16``) and its value, so a sorted element
-costs 2 bytes plus its value where the row numbers took 4 more (docs/architecture.md, "A dataset's
+and each element keeps only its feature within its bucket (``uint8`` for buckets of at most 256 features,
+else ``uint16``) and its value, so a sorted element costs 1 or 2 bytes plus its value where the row numbers
+took 4 more (docs/architecture.md, "A dataset's
 zarr group"). :func:`scatter_runs` then places one bucket's elements at their features' runs in the copy.
 Rows are visited in increasing order and both passes are stable, so the rows of every feature stay
 increasing: no sort, and a row's own column order does not matter. The scatter writes to a few hundred runs
@@ -41,8 +42,9 @@ def partition_runs(
     ``[run_offsets[b], run_offsets[b + 1])`` of ``run_rows`` (uint32, the row plus ``row0``) and
     ``run_lengths`` (uint16, at most :data:`RUN_MAX`), in row order, and its elements slots
     ``[offsets[b], offsets[b + 1])`` of ``out_features`` (the feature minus ``first_of[b]``, the bucket's
-    first feature), ``out_values`` (the value, cast to its dtype) and, unless ``order`` is empty,
-    ``order`` (the element's position in the range, to sort further layers' values by), run after run.
+    first feature; its dtype must hold the widest bucket's), ``out_values`` (the value, cast to its dtype)
+    and, unless ``order`` is empty, ``order`` (the element's position in the range, to sort further layers'
+    values by), run after run.
     ``counts[f] +=`` the number of elements of feature ``f``.
     """
     with_order = order.size > 0
@@ -110,7 +112,7 @@ def partition_runs(
         slot = fill[bucket]
         base = np.uint32(first_of[bucket])
         for j in range(length):
-            out_features[slot + j] = np.uint16(np.uint32(indices[k + j]) - base)
+            out_features[slot + j] = np.uint32(indices[k + j]) - base
             out_values[slot + j] = values[k + j]
         if with_order:
             for j in range(length):

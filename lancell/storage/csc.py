@@ -5,7 +5,7 @@ delta), both shared by every layer as the CSR ones are, and ``csc/layers/<layer>
 layer's dtype and codec: integers stay integers, floats stay floats).
 Built in bounded memory from :class:`~lancell.storage.csc_blocks.CsrBlocks`: ingestion adds each CSR block as
 it writes it (else one pass reads the stored arrays back), which sorts the block's elements by feature bucket
-as runs of one row (a row number per run, a bucket-local feature and a narrowed value per element: ~3 bytes
+as runs of one row (a row number per run, a bucket-local feature and a narrowed value per element: ~2-3 bytes
 per count) and counts each feature's values; the sorted blocks are kept in memory for datasets of at most
 ``budget`` values, else spilled to a temporary file. Each bucket is then filled into its features' runs
 (:mod:`kernels.transpose`), in feature ranges holding at most ``budget`` values (docs/architecture.md, "A

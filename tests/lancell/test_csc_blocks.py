@@ -129,3 +129,25 @@ def test_a_spill_file_cut_short_is_an_error_not_short_segments() -> None:
     with pytest.raises(OSError, match="ends 1 bytes early"):
         list(blocks.segments(2))
     blocks.close()
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_features_of_buckets_of_at_most_256_take_one_byte(spill: bool) -> None:
+    """Dense rows over 512 features: 256-feature buckets, whose last feature (255) is one byte too."""
+    matrix = sp.csr_matrix(np.arange(1, 40 * 512 + 1, dtype=np.float64).reshape(40, 512) % 7)
+    blocks = CsrBlocks(512, {"counts": np.dtype(np.uint32)}, spill=spill, values_per_row=matrix.nnz / 40)
+    counts = {"counts": matrix.data.astype(np.uint32)}
+    blocks.add(0, matrix.indptr.astype(np.int64), matrix.indices.astype(np.uint32), counts)
+    assert blocks.bounds.tolist() == [0, 256, 512]
+    coo = matrix.tocoo()
+    for bucket in range(2):
+        segments = list(blocks.segments(bucket))
+        features = np.concatenate([s[2] for s in segments])
+        assert features.dtype == np.uint8 and features.max() == 255
+        mine = coo.col // 256 == bucket
+        np.testing.assert_array_equal(features.astype(np.int64) + 256 * bucket, coo.col[mine])
+        rows = np.concatenate([np.repeat(s[0], s[1]) for s in segments])
+        np.testing.assert_array_equal(rows, coo.row[mine])
+        stored = np.concatenate([s[3]["counts"] for s in segments])
+        np.testing.assert_array_equal(stored, coo.data[mine].astype(np.uint32))
+    blocks.close()
