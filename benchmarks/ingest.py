@@ -4,7 +4,7 @@ Each case runs in a fresh subprocess (so peak RSS is that ingestion's own) from 
 the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,000 nnz/cell).
 
     .venv/bin/python benchmarks/ingest.py [--synthetic-cells 50000] [--no-csc] [--reps 3] [--png P]
-        [--gzip-png P]
+        [--gzip-png P] [--lzf-png P]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
 ``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
@@ -15,8 +15,9 @@ ingestion does them (``lancell.ingest.h5_direct``), the ingest time without and 
 fresh process, then the same file again in that process: "again", what a further dataset of a multi-dataset
 build costs once numba's start-up is paid), their ratios to the read, and the BP-128 encode rate (G ints/s,
 one core, CPU time) on its indices and counts. ``--gzip-png`` repeats all of it for the same file written by
-anndata with ``compression="gzip"`` (what public ``.h5ad`` files mostly are: h5py inflates their chunks one
-at a time holding the GIL, ingestion inflates them on a pool of threads, ``h5_direct.DeflatedRead``).
+anndata with ``compression="gzip"`` (what public ``.h5ad`` files mostly are), ``--lzf-png`` with
+``compression="lzf"``: h5py decompresses their chunks one at a time holding the GIL, ingestion on a pool of
+threads (``h5_direct.CompressedRead``).
 """
 
 from __future__ import annotations
@@ -81,15 +82,17 @@ RUN = textwrap.dedent(
 )
 
 
-GZIP_COPY = "import sys, anndata as ad; ad.read_h5ad(sys.argv[1]).write_h5ad(sys.argv[2], compression='gzip')"
+COMPRESSED_COPY = (
+    "import sys, anndata as ad; ad.read_h5ad(sys.argv[1]).write_h5ad(sys.argv[2], compression=sys.argv[3])"
+)
 
 READ = textwrap.dedent(
     """
     import sys, time, h5py, numpy as np
-    from lancell.ingest.h5_direct import inflater_pool, range_reader
+    from lancell.ingest.h5_direct import decompressor_pool, range_reader
     from lancell.ingest.sources import TARGET_BLOCK_VALUES as step
     started = time.perf_counter()
-    with h5py.File(sys.argv[1], "r") as f, inflater_pool() as pool:
+    with h5py.File(sys.argv[1], "r") as f, decompressor_pool() as pool:
         x = f["X"]
         indptr = x["indptr"][:]
         names = ("data", "indices")
@@ -242,6 +245,12 @@ def main() -> None:
         default=None,
         help="also measure the synthetic file written by anndata with compression='gzip'; save its chart here",
     )
+    parser.add_argument(
+        "--lzf-png",
+        type=Path,
+        default=None,
+        help="also measure the synthetic file written by anndata with compression='lzf'; save its chart here",
+    )
     args = parser.parse_args()
     results = []
     csc = "off" if args.no_csc else "default"
@@ -259,13 +268,18 @@ def main() -> None:
         results.append(run_case("synthetic", path, "counts", None, csc))
         what = f"{args.synthetic_cells:,} cells x {args.nnz_per_cell:,} nnz, backed .h5ad"
         same_run_ratios(path, args.reps, args.png, what)
-        if args.gzip_png is not None:
-            packed = path.with_name("synthetic-gzip.h5ad")
-            # how anndata compresses (level 4); in a child, so that this process stays small (a child's peak
-            # RSS counts from its parent's at the fork)
-            subprocess.run([sys.executable, "-c", GZIP_COPY, str(path), str(packed)], check=True)
-            results.append(run_case("synthetic gzip", packed, "counts", None, csc))
-            same_run_ratios(packed, args.reps, args.gzip_png, what + ", gzip")
+        for compression, png in (("gzip", args.gzip_png), ("lzf", args.lzf_png)):
+            if png is None:
+                continue
+            packed = path.with_name(f"synthetic-{compression}.h5ad")
+            # as anndata compresses (gzip: level 4); in a child, so that this process stays small (a child's
+            # peak RSS counts from its parent's at the fork)
+            subprocess.run(
+                [sys.executable, "-c", COMPRESSED_COPY, str(path), str(packed), compression], check=True
+            )
+            results.append(run_case(f"synthetic {compression}", packed, "counts", None, csc))
+            same_run_ratios(packed, args.reps, png, f"{what}, {compression}")
+            packed.unlink()
     header = f"{'dataset':<18}{'cells':>9}{'nnz':>13}{'s':>8}{'cells/s':>10}{'Mnnz/s':>8}{'B/nnz':>7}{'peak MiB':>10}{'+ingest MiB':>12}"
     print(header)
     for r in results:

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
-from lancell.ingest.h5_direct import inflater_pool, range_reader
+from lancell.ingest.h5_direct import decompressor_pool, range_reader
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
@@ -121,15 +121,15 @@ class MatrixSource:
         written while the next is checked); closing the generator waits for the reader."""
         group = self.matrix.group
         data, indices = group["data"], group["indices"]
-        with inflater_pool() as inflaters:
-            yield from self._read_ahead(data, indices, inflaters, target_values)
+        with decompressor_pool() as decompressors:
+            yield from self._read_ahead(data, indices, decompressors, target_values)
 
     def _read_ahead(
-        self, data: h5py.Dataset, indices: h5py.Dataset, inflaters: Executor, target_values: int
+        self, data: h5py.Dataset, indices: h5py.Dataset, decompressors: Executor, target_values: int
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """The blocks of :meth:`_h5_csr_blocks`, deflated chunks inflated on ``inflaters``."""
+        """The blocks of :meth:`_h5_csr_blocks`, compressed chunks decompressed on ``decompressors``."""
         with reading(self.dataset, self.matrix, "the layout of data and indices"):
-            readers = [range_reader(data, inflaters), range_reader(indices, inflaters)]
+            readers = [range_reader(data, decompressors), range_reader(indices, decompressors)]
         ranges = list(self.row_ranges(target_values))
         size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
         buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(3)]

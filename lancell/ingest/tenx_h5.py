@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
-from lancell.ingest.h5_direct import inflater_pool, range_reader
+from lancell.ingest.h5_direct import decompressor_pool, range_reader
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
 
 __all__ = ["open_h5"]
@@ -71,11 +71,11 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
         raise TenxFormatError(f"{path}: unsupported value dtype {dtype}")
 
     def read_blocks(target_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
-        # Cell Ranger writes gzip + shuffle: the chunks are inflated on a pool (lancell.ingest.h5_direct)
-        with h5py.File(path, "r") as f, inflater_pool() as inflaters:
+        # Cell Ranger writes gzip + shuffle: the chunks are decompressed on a pool (lancell.ingest.h5_direct)
+        with h5py.File(path, "r") as f, decompressor_pool() as decompressors:
             arrays = [f[group_name]["data"], f[group_name]["indices"]]
             try:
-                readers = [range_reader(array, inflaters) for array in arrays]
+                readers = [range_reader(array, decompressors) for array in arrays]
             except OSError as exc:
                 raise TenxFormatError(f"cannot read {path}: {exc}") from exc
             for start, stop in row_ranges(indptr, target_values):

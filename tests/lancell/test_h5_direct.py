@@ -1,10 +1,10 @@
-"""Direct reads of unfiltered and deflated HDF5 datasets: the same values as h5py, or h5py reads them.
+"""Direct reads of unfiltered and compressed HDF5 datasets: the same values as h5py, or h5py reads them.
 
 :class:`~lancell.ingest.h5_direct.DirectRead` serves what an ingestion of a backed ``.h5ad`` reads (``X/data``
 and ``X/indices`` as anndata writes them: chunked, unfiltered) and
-:class:`~lancell.ingest.h5_direct.DeflatedRead` the same written with ``compression="gzip"``; every layout or
-filter they do not handle must give None, and a file that ends early or a chunk that does not inflate must
-raise.
+:class:`~lancell.ingest.h5_direct.CompressedRead` the same written with ``compression="gzip"`` or ``"lzf"``;
+every layout or filter they do not handle must give None, and a file that ends early or a chunk that does not
+decompress must raise.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError
 from lancell.ingest.from_anndata import add_from_anndata
-from lancell.ingest.h5_direct import DeflatedRead, DirectRead
+from lancell.ingest.h5_direct import CompressedRead, DirectRead
 from lancell.ingest.sources import MatrixSource
 from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -37,7 +37,7 @@ def _ranges(size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     return cuts
 
 
-def _assert_reads_like_h5py(dataset: h5py.Dataset, direct: DirectRead | DeflatedRead, **pool) -> None:
+def _assert_reads_like_h5py(dataset: h5py.Dataset, direct: DirectRead | CompressedRead, **pool) -> None:
     expected = dataset[:]
     for lo, hi in _ranges(dataset.shape[0], np.random.default_rng(0)):
         out = np.empty(hi - lo, dataset.dtype)
@@ -90,10 +90,22 @@ def test_a_contiguous_dataset_is_read_directly(tmp_path: Path) -> None:
         ("f8", {"compression": "gzip", "compression_opts": 9, "shuffle": True}),
         ("i8", {"compression": "gzip", "shuffle": True}),
         ("u2", {"compression": "gzip"}),
+        ("i4", {"compression": "lzf"}),
+        ("f8", {"compression": "lzf", "shuffle": True}),
+        ("u2", {"compression": "lzf"}),
     ],
-    ids=["int32", "float32-level1", "float64-level9-shuffle", "int64-shuffle", "uint16"],
+    ids=[
+        "int32",
+        "float32-level1",
+        "float64-level9-shuffle",
+        "int64-shuffle",
+        "uint16",
+        "lzf-int32",
+        "lzf-float64-shuffle",
+        "lzf-uint16",
+    ],
 )
-def test_deflated_chunks_are_inflated_exactly_with_and_without_a_pool(
+def test_compressed_chunks_are_decompressed_exactly_with_and_without_a_pool(
     tmp_path: Path, dtype: str, create: dict
 ) -> None:
     rng = np.random.default_rng(4)
@@ -102,28 +114,44 @@ def test_deflated_chunks_are_inflated_exactly_with_and_without_a_pool(
         f.create_dataset("x", data=values, chunks=(977,), **create)  # a partial last chunk
     with h5py.File(tmp_path / "g.h5", "r") as f:
         assert DirectRead.of(f["x"]) is None
-        deflated = DeflatedRead.of(f["x"])
-        assert deflated is not None and deflated.shuffle == create.get("shuffle", False)
-        _assert_reads_like_h5py(f["x"], deflated)
+        compressed = CompressedRead.of(f["x"])
+        assert compressed is not None and compressed.shuffle == create.get("shuffle", False)
+        assert compressed.codec == ("lzf" if create["compression"] == "lzf" else "deflate")
+        _assert_reads_like_h5py(f["x"], compressed)
         with ThreadPoolExecutor(3) as pool:
-            _assert_reads_like_h5py(f["x"], deflated, pool=pool)
+            _assert_reads_like_h5py(f["x"], compressed, pool=pool)
 
 
-def test_an_anndata_file_written_with_gzip_is_inflated_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_lzf_chunks_it_could_not_shrink_are_read_as_stored(tmp_path: Path, shuffle: bool) -> None:
+    """h5py's lzf filter is optional: a chunk it cannot shrink is stored as it is, its filter skipped."""
+    rng = np.random.default_rng(8)
+    noise = rng.integers(0, 2**32, 5_000, dtype=np.uint32)  # incompressible, shuffled or not
+    values = np.concatenate([noise, np.zeros(5_000, np.uint32)])
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f.create_dataset("x", data=values, chunks=(1_000,), compression="lzf", shuffle=shuffle)
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        read = CompressedRead.of(f["x"])
+        assert read is not None and read.stored_plain[:5].all() and not read.stored_plain[5:].any()
+        _assert_reads_like_h5py(f["x"], read)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_an_anndata_file_written_compressed_is_decompressed_exactly(tmp_path: Path, compression: str) -> None:
     x = sp.random(3_000, 500, density=0.05, format="csr", random_state=2, dtype=np.float64)
     x.data = np.ceil(x.data * 100).astype(np.int32)
-    ad.AnnData(x).write_h5ad(tmp_path / "z.h5ad", compression="gzip")
+    ad.AnnData(x).write_h5ad(tmp_path / "z.h5ad", compression=compression)
     with h5py.File(tmp_path / "z.h5ad", "r") as f, ThreadPoolExecutor(2) as pool:
         for name in ("data", "indices"):
-            deflated = DeflatedRead.of(f["X"][name])
-            assert deflated is not None
-            _assert_reads_like_h5py(f["X"][name], deflated, pool=pool)
+            compressed = CompressedRead.of(f["X"][name])
+            assert compressed is not None
+            _assert_reads_like_h5py(f["X"][name], compressed, pool=pool)
 
 
 def _corrupt_chunk(path: Path, name: str, chunk: int) -> int:
-    """Flip bytes in the middle of a stored chunk; return the chunk's first value."""
+    """Flip 4 bytes in the middle of a stored chunk; return the chunk's first value."""
     with h5py.File(path, "r") as f:
-        read = DeflatedRead.of(f[name])
+        read = CompressedRead.of(f[name])
         offset, size = int(read.offsets[chunk]), int(read.sizes[chunk])
         first = chunk * read.chunk
     with open(path, "r+b") as file:
@@ -134,17 +162,20 @@ def _corrupt_chunk(path: Path, name: str, chunk: int) -> int:
     return first
 
 
-def test_a_chunk_that_does_not_inflate_raises_os_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_a_chunk_that_does_not_decompress_raises_os_error(tmp_path: Path, compression: str) -> None:
+    """A damaged deflate stream fails its checksum; this damaged LZF stream (which has none) breaks its
+    format (with this file's bytes: flipped bytes can also decode to the right size, as through h5py)."""
     with h5py.File(tmp_path / "c.h5", "w") as f:
         f.create_dataset(
-            "x", data=np.arange(100_000, dtype=np.int32) % 1_000, chunks=(4_096,), compression="gzip"
+            "x", data=np.arange(100_000, dtype=np.int32) % 1_000, chunks=(4_096,), compression=compression
         )
     first = _corrupt_chunk(tmp_path / "c.h5", "x", 7)
     with h5py.File(tmp_path / "c.h5", "r") as f, ThreadPoolExecutor(2) as pool:
-        read = DeflatedRead.of(f["x"])  # the first and the last chunk are intact
+        read = CompressedRead.of(f["x"])  # the first and the last chunk are intact
         assert read is not None
         out = np.empty(100_000, np.int32)
-        with pytest.raises(OSError, match=f"the chunk of values from {first} .* does not inflate"):
+        with pytest.raises(OSError, match=f"the chunk of values from {first} .* does not decompress"):
             read.read_into(out, 0, 100_000, pool=pool)
         read.read_into(out[:first], 0, first, pool=pool)  # the chunks before it read
         np.testing.assert_array_equal(out[:first], np.arange(first) % 1_000)
@@ -155,6 +186,7 @@ def test_a_chunk_that_does_not_inflate_raises_os_error(tmp_path: Path) -> None:
     [
         {"compression": "gzip"},
         {"compression": "lzf"},
+        {"compression": "lzf", "fletcher32": True},
         {"shuffle": True},
         {"fletcher32": True},
         {"fletcher32": True, "compression": "gzip"},
@@ -165,6 +197,7 @@ def test_a_chunk_that_does_not_inflate_raises_os_error(tmp_path: Path) -> None:
     ids=[
         "gzip",
         "lzf",
+        "lzf-fletcher32",
         "shuffle",
         "fletcher32",
         "gzip-fletcher32",
@@ -179,8 +212,8 @@ def test_filtered_or_foreign_datasets_are_left_to_h5py(tmp_path: Path, create: d
         f.create_dataset("x", data=np.arange(10_000).astype(options.pop("dtype")), **options)
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert DirectRead.of(f["x"]) is None
-        inflated = create in ({"compression": "gzip"},)  # the one DeflatedRead takes
-        assert (DeflatedRead.of(f["x"]) is not None) == inflated
+        taken = create in ({"compression": "gzip"}, {"compression": "lzf"})  # the ones CompressedRead takes
+        assert (CompressedRead.of(f["x"]) is not None) == taken
 
 
 def test_unallocated_chunks_a_user_block_and_other_drivers_are_left_to_h5py(tmp_path: Path) -> None:
@@ -193,7 +226,7 @@ def test_unallocated_chunks_a_user_block_and_other_drivers_are_left_to_h5py(tmp_
         assert DirectRead.of(f["x"]) is None
         assert DirectRead.of(f["two_d"]) is None
         assert DirectRead.of(f["text"]) is None
-        assert DeflatedRead.of(f["text"]) is None
+        assert CompressedRead.of(f["text"]) is None
     with h5py.File(tmp_path / "u.h5", "r", driver="core") as f:
         assert DirectRead.of(f["two_d"]) is None
     with h5py.File(tmp_path / "ub.h5", "w", userblock_size=512) as f:
@@ -238,12 +271,12 @@ def _atlas(tmp_path: Path, genes: list[str]) -> RaggedAtlas:
     return atlas
 
 
-@pytest.mark.parametrize("compression", [None, "gzip"])
+@pytest.mark.parametrize("compression", [None, "gzip", "lzf"])
 def test_many_small_blocks_read_directly_are_stored_exactly(
     tmp_path: Path, monkeypatch, compression: str | None
 ) -> None:
     """Blocks are stored from the reader's buffers while the next blocks are read: nothing may be overwritten
-    before it is written (hundreds of blocks, each a few rows), plain or inflated on the reader's pool."""
+    before it is written (hundreds of blocks, each a few rows), plain or decompressed on the reader's pool."""
     genes = [f"G{i}" for i in range(300)]
     x = sp.random(4_000, 300, density=0.1, format="csr", random_state=5, dtype=np.float64)
     x.data = np.ceil(x.data * 1_000).astype(np.int32)
@@ -252,7 +285,7 @@ def test_many_small_blocks_read_directly_are_stored_exactly(
     )
     adata.write_h5ad(tmp_path / "m.h5ad", compression=compression)
     with h5py.File(tmp_path / "m.h5ad", "r") as f:
-        assert (DeflatedRead.of(f["X/data"]) is not None) == (compression == "gzip")
+        assert (CompressedRead.of(f["X/data"]) is not None) == (compression is not None)
     monkeypatch.setattr(MatrixSource.csr_blocks, "__defaults__", (500,))
     atlas = _atlas(tmp_path, genes)
     add_from_anndata(
@@ -282,7 +315,7 @@ def test_a_negative_count_read_directly_is_refused_naming_the_row(tmp_path: Path
     assert atlas.core.tables.datasets.count_rows() == 0
 
 
-def test_a_chunk_that_does_not_inflate_is_refused_naming_the_rows_and_nothing_is_stored(
+def test_a_chunk_that_does_not_decompress_is_refused_naming_the_rows_and_nothing_is_stored(
     tmp_path: Path,
 ) -> None:
     genes = [f"G{i}" for i in range(100)]
@@ -293,7 +326,9 @@ def test_a_chunk_that_does_not_inflate_is_refused_naming_the_rows_and_nothing_is
         assert f["X/data"].id.get_num_chunks() > 2
     first = _corrupt_chunk(tmp_path / "b.h5ad", "X/data", 1)
     atlas = _atlas(tmp_path, genes)
-    with pytest.raises(IngestError, match=f"cannot read rows .* the chunk of values from {first} .* inflate"):
+    with pytest.raises(
+        IngestError, match=f"cannot read rows .* the chunk of values from {first} .* does not decompress"
+    ):
         add_from_anndata(
             atlas, tmp_path / "b.h5ad", feature_space="gene_expression", zarr_layer="counts", progress=False
         )

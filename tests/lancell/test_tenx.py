@@ -27,7 +27,7 @@ from lancell.errors import (
     UnknownFeaturesError,
 )
 from lancell.ingest import tenx_mtx
-from lancell.ingest.h5_direct import DeflatedRead
+from lancell.ingest.h5_direct import CompressedRead
 from lancell.ingest.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -274,7 +274,7 @@ def _corrupt(kind: str, root: Path) -> Path:
                 m.create_dataset("data", data=data, chunks=(5_000,), compression="gzip", shuffle=True)
         if kind == "h5-corrupt-chunk":
             with h5py.File(path, "r") as f:
-                read = DeflatedRead.of(f["matrix/data"])
+                read = CompressedRead.of(f["matrix/data"])
                 middle = int(read.offsets[2] + read.sizes[2] // 2)
             with open(path, "r+b") as file:
                 file.seek(middle)
