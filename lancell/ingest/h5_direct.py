@@ -18,10 +18,11 @@ damaged one is caught only where it breaks the format or the size).
 
 Only what is certainly one of these layouts qualifies; anything else is read by h5py (``of`` returns None):
 another filter (a checksum, scale-offset, blosc), an external or virtual layout, a chunk not allocated (it
-reads as the fill value) or stored with a filter skipped, a file driver other than ``sec2`` or a user
-block, a non-native byte order, a dataset that is not 1-D. The first and the last chunk are then read both
-ways and must agree, or h5py is used. A read that ends early (a truncated file) or a chunk that does not
-inflate raises :class:`OSError`, as h5py's would.
+reads as the fill value) or stored with a filter skipped other than the compressor (which may leave a chunk
+it cannot shrink as it is), a file driver other than ``sec2`` or a user block, a non-native byte order, a
+dataset that is not 1-D. The first and the last chunk are then read both ways and must agree, or h5py is
+used. A read that ends early (a truncated file) or a chunk that does not decompress raises
+:class:`OSError`, as h5py's would.
 """
 
 from __future__ import annotations
