@@ -201,8 +201,11 @@ def test_debris_goes_after_grace_and_snapshot_groups_stay(tmp_path: Path) -> Non
     )
     end = x["e"].indptr[10]
     writer.append(x["e"].indptr[:11], x["e"].indices[:end], {"counts": x["e"].data[:end]})
-    never_written = atlas.group_claims.claim_new("f")  # killed before the group's first object
     arrays = tmp_path / "arrays"
+    staging = arrays / interrupted / "csr" / "indices" / "c" / "0#3"  # a killed put's staging file
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.write_bytes(b"half a shard")
+    never_written = atlas.group_claims.claim_new("f")  # killed before the group's first object
     assert (arrays / interrupted).is_dir() and not (arrays / never_written).exists()
 
     assert atlas.vacuum(grace=timedelta(hours=1)) == NOTHING
