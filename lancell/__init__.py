@@ -6,10 +6,14 @@ imported at first use, so ``import lancell`` stays cheap and a script pays only 
 
 from __future__ import annotations
 
+import atexit
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lancell.native_exit import wait_for_native_callbacks
 from lancell.version import __version__
+
+atexit.register(wait_for_native_callbacks)  # before any library it imports registers its own
 
 if TYPE_CHECKING:
     from lancell import errors
