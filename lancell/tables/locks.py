@@ -4,9 +4,10 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 
 - **taking**: the lock object is created if absent. If present, it is taken over only when it is free (a
   released lock's tombstone), stale (not renewed for the ``stale_after`` its holder recorded, judged on the
-  last renewal) or its holder ran on this host and its process is gone. Taking over is a conditional
-  overwrite of exactly the version that was read, so of many processes racing to break one dead holder's
-  lock exactly one wins; the others see a changed object and keep waiting;
+  last renewal) or its holder ran on this host and its process is gone (a reused pid is told apart by the
+  process's start time). Taking over is a conditional overwrite of exactly the version that was read, so of
+  many processes racing to break one dead holder's lock exactly one wins; the others see a changed object
+  and keep waiting;
 - **holding**: a daemon heartbeat thread renews the lease every ``stale_after / 4`` by a conditional
   overwrite of its own last version. A failed condition means another process took the lock over: the lease
   is lost and is not renewed again;
@@ -18,6 +19,7 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import obstore.store as obs_store
@@ -128,6 +131,7 @@ class Lease:
         body = {
             "token": self.token,
             "pid": os.getpid(),
+            "started": _process_started(os.getpid()),
             "host": socket.gethostname(),
             "taken_at": self._taken_at,
             "renewed_at": time.time(),
@@ -234,13 +238,43 @@ def _takeable(seen: Seen, name: str, stale_after: float) -> bool:
 
 
 def _holder_died(holder: dict[str, Any]) -> bool:
-    """Whether the holder ran on this host and its process no longer exists (killed, crashed)."""
+    """Whether the holder ran on this host and its process no longer exists (killed, crashed).
+
+    A process that now has the holder's pid but started at another time than the holder recorded is
+    another process: the holder is gone and its pid was reused.
+    """
     if holder.get("host") != socket.gethostname() or "pid" not in holder:
         return False
+    pid = int(holder["pid"])
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # alive, owned by another user
-        return False
-    return False
+    except PermissionError:  # a process of another user has this pid: the start time tells whose
+        pass
+    recorded, current = holder.get("started"), _process_started(pid)
+    return recorded is not None and current is not None and current != recorded
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as ``<boot id>:<clock ticks since boot>`` (Linux ``/proc``): with the
+    host and the pid it names one process. None where ``/proc`` does not tell (another OS, no such process).
+    """
+    boot = _boot_id()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    if boot is None:
+        return None
+    # the command name (field 2) is in parentheses and may hold anything: the fields after it are plain;
+    # the start time is field 22
+    return f"{boot}:{stat[stat.rindex(')') + 2 :].split()[19]}"

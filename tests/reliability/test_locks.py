@@ -6,6 +6,8 @@ The S3 variants are in ``tests/s3/test_s3_locks.py``; both start the processes o
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.core import AtlasCore
 from lancell.errors import LockLostError, LockTimeoutError
 from lancell.storage.stores import open_store
-from lancell.tables.locks import atlas_lock
+from lancell.tables.locks import _process_started, atlas_lock
 from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
@@ -132,3 +134,22 @@ def test_locks_work_on_a_memory_store() -> None:
         lease.check()
     with atlas_lock(store, "m", timeout=0.5) as lease:  # the tombstone is taken over at once
         assert lease.where == "memory:///_lancell/locks/m.lock"
+
+
+def _plant(store: obstore.store.LocalStore, name: str, **holder: object) -> None:
+    """A lock object as a holder on this host would have written it, renewed just now."""
+    body = {"token": "planted", "host": socket.gethostname(), "renewed_at": time.time(), "stale_after": 600}
+    obstore.put(store, f"_lancell/locks/{name}.lock", json.dumps(body | holder).encode())
+
+
+def test_a_holder_whose_pid_now_names_another_process_counts_as_dead(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    alive = os.getpid()  # a live process has the pid the holder recorded
+    _plant(store, "reused", pid=alive, started="another-boot:12")
+    with atlas_lock(store, "reused", timeout=0):  # taken over: that process started at another time
+        pass
+    _plant(store, "same", pid=alive, started=_process_started(alive))
+    _plant(store, "unrecorded", pid=alive)  # written before holders recorded their start
+    for name in ("same", "unrecorded"):
+        with pytest.raises(LockTimeoutError), atlas_lock(store, name, timeout=0.2):
+            pass
