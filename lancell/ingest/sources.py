@@ -204,11 +204,14 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
             )
         with reading(dataset, matrix, "indptr"):
             indptr = matrix.group["indptr"][:]
+            stored = {name: matrix.group[name].shape[0] for name in ("indices", "data")}
+        check_indptr(dataset, indptr, matrix.shape[0], stored)
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, indptr, dataset)
     elif isinstance(matrix, h5py.Dataset):
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None, dataset)
     elif sp.issparse(matrix):
         csr = matrix.tocsr() if matrix.format != "csr" else matrix
+        check_indptr(dataset, csr.indptr, csr.shape[0], {"indices": csr.indices.size, "data": csr.data.size})
         source = MatrixSource(
             csr, tuple(csr.shape), np.dtype(csr.dtype), True, np.asarray(csr.indptr), dataset
         )
@@ -220,6 +223,27 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
         raise IngestError(f"dataset {dataset!r}: unsupported matrix type {type(matrix).__name__}")
     check_dtype(dataset, source.dtype)
     return source
+
+
+def check_indptr(dataset: str, indptr: np.ndarray, n_rows: int, stored: dict[str, int]) -> None:
+    """Raise :class:`DataValueError` unless ``indptr`` is the row offsets of ``n_rows`` rows over exactly the
+    ``stored`` values (``{"indices": n, "data": n}``): ``n_rows + 1`` offsets from 0, never decreasing,
+    ending at each stored array's length (a value no row holds would be silently dropped)."""
+    where = f"dataset {dataset!r}: the CSR row offsets (indptr)"
+    if indptr.ndim != 1 or indptr.size != n_rows + 1:
+        raise DataValueError(f"{where} hold {indptr.size} offsets for {n_rows} rows (expected {n_rows + 1})")
+    if indptr[0] != 0:
+        raise DataValueError(f"{where} start at {int(indptr[0])}, not 0")
+    falls = np.flatnonzero(np.diff(indptr.astype(np.int64, copy=False)) < 0)
+    if falls.size:
+        row = int(falls[0])
+        raise DataValueError(
+            f"{where} decrease at row {row} ({int(indptr[row])} -> {int(indptr[row + 1])}): "
+            f"{falls.size} row(s) would have a negative number of values"
+        )
+    for name, size in stored.items():
+        if int(indptr[-1]) != size:
+            raise DataValueError(f"{where} end at {int(indptr[-1])} but {name} holds {size} values")
 
 
 def check_dtype(dataset: str, dtype: np.dtype) -> None:

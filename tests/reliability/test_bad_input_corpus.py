@@ -207,6 +207,8 @@ def drop_last_row(f: h5py.File) -> None:
     """X keeps 30 rows while obs says 29 is impossible in h5ad; so X loses its last row instead."""
     f["X"].attrs["shape"] = np.array([N_CELLS - 1, len(GENES)])
     replace(f, "X/indptr", f["X/indptr"][:-1])
+    for name in ("X/indices", "X/data"):  # the 29 rows' values, no more
+        replace(f, name, f[name][: f["X/indptr"][-1]])
 
 
 def drop_last_var(f: h5py.File) -> None:
@@ -218,6 +220,19 @@ def column_index_999(f: h5py.File) -> None:
     indices = f["X/indices"][:]
     indices[5] = 999
     f["X/indices"][:] = indices
+
+
+def falling_indptr(indptr: np.ndarray) -> np.ndarray:
+    """Row 3's offsets run backwards (row 3 would hold a negative number of values)."""
+    indptr = indptr.copy()
+    indptr[4] = indptr[3] - 1
+    return indptr
+
+
+def short_indptr_end(f: h5py.File) -> None:
+    indptr = f["X/indptr"][:]
+    indptr[-1] -= 1  # the last stored value belongs to no row
+    f["X/indptr"][:] = indptr
 
 
 def repeat_first_index(x: sp.csr_matrix) -> sp.csr_matrix:
@@ -396,6 +411,22 @@ CASES: dict[str, Bad] = {
     "gene repeated within a CSR row": streamed(set_x(repeat_first_index), "{uid}", "row 0", "repeated"),
     "column index beyond var (backed file)": streamed(
         h5ad(column_index_999), "{uid}", "999", "outside [0, 40)"
+    ),
+    "CSR row offsets that decrease (.h5ad)": bad_ingest(
+        h5ad(lambda f: f["X/indptr"].write_direct(falling_indptr(f["X/indptr"][:]))),
+        DV,
+        "{uid}",
+        "indptr",
+        "decrease at row 3",
+    ),
+    "CSR row offsets that decrease (in memory)": bad_ingest(
+        set_x(lambda x: sp.csr_matrix((x.data, x.indices, falling_indptr(x.indptr)), shape=x.shape)),
+        DV,
+        "{uid}",
+        "decrease at row 3",
+    ),
+    "CSR row offsets ending before the stored values": bad_ingest(
+        h5ad(short_indptr_end), DV, "{uid}", "indptr", "but indices holds"
     ),
     "float16 values": bad_ingest(set_x(lambda x: x.toarray().astype(np.float16)), DV, "{uid}", "float16"),
     "complex values": bad_ingest(set_x(lambda x: x.toarray().astype(np.complex64)), DV, "complex64"),
