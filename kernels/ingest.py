@@ -11,6 +11,7 @@ import numpy as np
 
 _UINT32_MAX = 4_294_967_295
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and not all above
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -94,13 +95,13 @@ def integer_values(values: np.ndarray, out: np.ndarray) -> int:
 @numba.njit(cache=True, nogil=True)
 def float_values(values: np.ndarray, integral: bool, out: np.ndarray) -> int:
     """``out = values`` (float32) if every value is finite and fits float32, and, when ``integral``, is a
-    non-negative whole number (one branch-free pass: ``abs(value) <= max`` is false for NaN and
-    infinities)."""
+    whole number in ``[0, 2**24]``, which float32 holds exactly (one branch-free pass: ``abs(value) <= max``
+    is false for NaN and infinities)."""
     bad = np.int32(0)
     for k in range(values.size):
         value = values[k]
         fits = abs(value) <= _FLOAT32_MAX
-        whole = (value >= 0) & (value == np.floor(value))
+        whole = (value >= 0) & (value == np.floor(value)) & (value <= _FLOAT32_EXACT)
         bad |= np.int32((not fits) | (integral & (not whole)))
         out[k] = value
     return 1 if bad else 0

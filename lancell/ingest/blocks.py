@@ -27,12 +27,13 @@ from kernels.ingest import (
     sort_rows,
 )
 from lancell.errors import DataValueError
-from lancell.ingest.sources import MatrixSource
+from lancell.ingest.sources import MatrixSource, native_order
 
 __all__ = ["checked_values", "stored_csr_blocks"]
 
 _UINT32_MAX = np.iinfo(np.uint32).max
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and not all above
 
 
 def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
     ------
     DataValueError
         Integers outside ``[0, 2**32)``; floats that are not finite or do not fit float32; under the
-        ``counts`` layer, negative or fractional floats.
+        ``counts`` layer, negative or fractional floats and floats above ``2**24``.
     """
     if values.dtype.kind in "iu":
         if values.size == 0:
@@ -78,6 +79,12 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
                 f"dataset {dataset!r}, layer 'counts': non-integer value {values[fractional][0]} in the "
                 f"rows from {row0}; store normalized values under another layer name"
             )
+        if values.max() > _FLOAT32_EXACT:
+            raise DataValueError(
+                f"dataset {dataset!r}, layer 'counts': value {values.max()} in the rows from {row0} is above "
+                "2**24, where float32 (how float counts are stored) no longer holds every whole number; "
+                "store the counts as integers"
+            )
     return values.astype(np.float32)
 
 
@@ -108,7 +115,8 @@ def stored_csr_blocks(
     buffers = {name: _Alternating(kind) for name, kind in (("columns", np.uint32), ("values", dtype))}
     if stored_column is not None:
         buffers.update({"sorted columns": _Alternating(np.uint32), "sorted values": _Alternating(dtype)})
-    for row0, indptr, indices, data in source.csr_blocks():
+    for row0, indptr, stored_indices, stored_data in source.csr_blocks():
+        indices, data = native_order(stored_indices), native_order(stored_data)
         columns = _checked_columns(indptr, indices, n_features, column_map, buffers["columns"])
         values = None if columns is None else _checked_values(data, zarr_layer, buffers["values"])
         if columns is None or values is None:

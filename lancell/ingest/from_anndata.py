@@ -110,8 +110,8 @@ def add_from_anndata(
             raise IngestError(f"no such file: {path}")
         try:
             adata = ad.read_h5ad(path, backed="r")
-        except (OSError, KeyError, ValueError) as exc:
-            raise IngestError(f"cannot read {path} as .h5ad: {exc}") from exc
+        except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
+            raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}") from exc
     record = (dataset_record or atlas.dataset_schema()).model_copy()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)

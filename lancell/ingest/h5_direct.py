@@ -286,7 +286,10 @@ def _chunk_table(dataset: h5py.Dataset) -> np.ndarray | None:
         return None
     if len(chunks) != -(-size // chunk):
         return None
-    table = np.array(chunks, np.int64).reshape(-1, 4)
+    try:
+        table = np.array(chunks, np.int64).reshape(-1, 4)
+    except OverflowError:  # an address no file has (a damaged chunk index): h5py's read will say so
+        return None
     table = table[np.argsort(table[:, 0])]
     expected = np.arange(table.shape[0], dtype=np.int64) * chunk
     if not np.array_equal(table[:, 0], expected) or (table[:, 2] <= 0).any():

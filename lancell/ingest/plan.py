@@ -198,9 +198,10 @@ def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:
     where = "X" if origin == "X" else f"layers[{origin!r}]"
     try:  # a backed file opens its matrix only now
         matrix = adata.X if origin == "X" else adata.layers[origin]
-    except (KeyError, OSError) as exc:
+    except Exception as exc:  # whatever anndata raises (an unknown encoding: ValueError, IORegistryError)
         raise IngestError(
-            f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: {exc}"
+            f"dataset {dataset!r}: cannot read adata.{where} from {adata.filename}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     if matrix is None:
         raise IngestError(f"dataset {dataset!r}: adata.{where} is empty")

@@ -107,7 +107,11 @@ class MatrixSource:
             if csr is None:  # another backed store: through anndata
                 with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
                     block = self.matrix[start:stop]
-                block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+                block = (
+                    sp.csr_matrix(native_order(np.asarray(block)))
+                    if not sp.issparse(block)
+                    else block.tocsr()
+                )
                 yield start, block.indptr.astype(np.int64), block.indices, block.data
                 continue
             lo, hi = int(self.indptr[start]), int(self.indptr[stop])
@@ -182,7 +186,7 @@ class MatrixSource:
         for start in range(0, self.shape[0], step):
             with reading(self.dataset, self.matrix, f"rows {start}-{min(start + step, self.shape[0]) - 1}"):
                 block = self.matrix[start : start + step]
-            yield start, np.asarray(block.toarray() if sp.issparse(block) else block)
+            yield start, native_order(np.asarray(block.toarray() if sp.issparse(block) else block))
 
 
 def matrix_source(dataset: str, matrix: object) -> MatrixSource:
@@ -204,8 +208,19 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
             )
         with reading(dataset, matrix, "indptr"):
             indptr = matrix.group["indptr"][:]
-            stored = {name: matrix.group[name].shape[0] for name in ("indices", "data")}
-        check_indptr(dataset, indptr, matrix.shape[0], stored)
+            members = {name: matrix.group[name] for name in ("indices", "data")}
+        for name, member in members.items():
+            if not isinstance(member, h5py.Dataset) or member.ndim != 1:
+                raise DataValueError(
+                    f"dataset {dataset!r}: {name} of {matrix_location(matrix)} is not a 1-D array "
+                    f"({type(member).__name__} of shape {getattr(member, 'shape', None)})"
+                )
+        if members["indices"].dtype.kind not in "iu":
+            raise DataValueError(
+                f"dataset {dataset!r}: the column indices of {matrix_location(matrix)} are "
+                f"{members['indices'].dtype}, not integers"
+            )
+        check_indptr(dataset, indptr, matrix.shape[0], {name: m.shape[0] for name, m in members.items()})
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), True, indptr, dataset)
     elif isinstance(matrix, h5py.Dataset):
         source = MatrixSource(matrix, tuple(matrix.shape), np.dtype(matrix.dtype), False, None, dataset)
@@ -221,8 +236,14 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
         source = MatrixSource(matrix, tuple(matrix.shape), matrix.dtype, False, None, dataset)
     else:
         raise IngestError(f"dataset {dataset!r}: unsupported matrix type {type(matrix).__name__}")
+    source.dtype = source.dtype.newbyteorder("=")  # blocks come in this order (native_order)
     check_dtype(dataset, source.dtype)
     return source
+
+
+def native_order(array: np.ndarray) -> np.ndarray:
+    """``array`` in this machine's byte order (a converted copy only when it is stored the other way)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def check_indptr(dataset: str, indptr: np.ndarray, n_rows: int, stored: dict[str, int]) -> None:

@@ -334,3 +334,29 @@ def test_a_chunk_that_does_not_decompress_is_refused_naming_the_rows_and_nothing
         )
     assert atlas.core.tables.datasets.count_rows() == 0
     assert atlas.core.tables.cells.count_rows() == 0
+
+
+def test_a_chunk_address_beyond_any_file_is_left_to_h5py_and_refused(tmp_path: Path) -> None:
+    """A damaged chunk index whose address no file has (>= 2**63): h5py's read fails, an IngestError."""
+    genes = [f"G{i}" for i in range(50)]
+    x = sp.random(300, 50, density=0.1, format="csr", random_state=8, dtype=np.float64)
+    x.data = np.ceil(x.data * 10).astype(np.int32)
+    path = tmp_path / "a.h5ad"
+    ad.AnnData(x, var=pd.DataFrame(index=genes)).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        attrs = dict(f["X/data"].attrs)
+        del f["X/data"]
+        f["X"].create_dataset("data", data=x.data, chunks=(97,), compression="gzip")
+        f["X/data"].attrs.update(attrs)
+        offsets: list[int] = []
+        f["X/data"].id.chunk_iter(lambda info: offsets.append(info.byte_offset))
+    damaged = bytearray(path.read_bytes())
+    where = damaged.find(offsets[1].to_bytes(8, "little"))
+    damaged[where + 7] = 0x80  # the chunk's address, now 2**63 bytes further
+    path.write_bytes(damaged)
+    with h5py.File(path, "r") as f:
+        assert CompressedRead.of(f["X/data"]) is None
+    atlas = _atlas(tmp_path, genes)
+    with pytest.raises(IngestError, match="cannot read rows"):
+        add_from_anndata(atlas, path, feature_space="gene_expression", zarr_layer="counts", progress=False)
+    assert atlas.core.tables.datasets.count_rows() == 0

@@ -404,6 +404,9 @@ CASES: dict[str, Bad] = {
     "NaN in a float layer": streamed(
         set_x(lambda x: with_value(x, np.nan)), "'log_normalized'", "nan", zarr_layer="log_normalized"
     ),
+    "float count above float32's whole numbers": streamed(
+        set_x(lambda x: with_value(x, 2**24 + 1)), "{uid}", "'counts'", "16777217", "2**24"
+    ),
     "count beyond uint32": streamed(set_x(lambda x: with_value(x, 2**33, np.int64)), "8589934592", "2**32"),
     "float64 value beyond float32": streamed(
         set_x(lambda x: with_value(x, 1e300)), "{uid}", "'scaled'", "1e+300", "float32", zarr_layer="scaled"
@@ -424,6 +427,21 @@ CASES: dict[str, Bad] = {
         DV,
         "{uid}",
         "decrease at row 3",
+    ),
+    "column indices stored as floats": bad_ingest(
+        h5ad(lambda f: replace(f, "X/indices", f["X/indices"][:].astype(np.float64))),
+        DV,
+        "{uid}",
+        "float64, not integers",
+    ),
+    "column indices stored as a 2-D array": bad_ingest(
+        h5ad(lambda f: replace(f, "X/indices", f["X/indices"][:][:, None])), DV, "{uid}", "not a 1-D array"
+    ),
+    "unknown encoding of X": bad_ingest(
+        h5ad(lambda f: f["X"].attrs.__setitem__("encoding-type", "bogus")), IE, "{uid}", "bogus"
+    ),
+    "unknown encoding of obs": bad_ingest(
+        h5ad(lambda f: f["obs"].attrs.__setitem__("encoding-type", "bogus")), IE, "input.h5ad", "bogus"
     ),
     "CSR row offsets ending before the stored values": bad_ingest(
         h5ad(short_indptr_end), DV, "{uid}", "indptr", "but indices holds"
@@ -657,6 +675,35 @@ def test_explicitly_stored_zeros_are_accepted(corpus_atlas: RaggedAtlas, tmp_pat
         out = corpus_atlas.query().where(f"dataset_uid = '{uid}'").to_anndata()
         np.testing.assert_array_equal(out[:, GENES].X.toarray(), adata.X.toarray())
     assert corpus_atlas.validate() == []
+
+
+@pytest.mark.parametrize(
+    ("uid", "members"),
+    [
+        ("big-endian-sparse", {"X/data": ">i4", "X/indices": ">i8"}),
+        ("big-endian-sparse-gzip", {"X/data": ">i2", "X/indices": ">u4"}),
+        ("big-endian-dense", {"X": ">i2"}),
+    ],
+)
+def test_big_endian_integers_are_read_exactly(
+    corpus_atlas: RaggedAtlas, tmp_path: Path, uid: str, members: dict[str, str]
+) -> None:
+    adata = good()
+    if "X" in members:
+        adata.X = adata.X.toarray()
+    path = tmp_path / f"{uid}.h5ad"
+    adata.write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        for name, dtype in members.items():
+            attrs, values = dict(f[name].attrs), f[name][:]
+            del f[name]
+            compression = "gzip" if uid.endswith("gzip") else None
+            f.create_dataset(name, data=values.astype(dtype), compression=compression)
+            f[name].attrs.update(attrs)
+    ingest(corpus_atlas, path, uid, on_duplicate="allow")
+    out = corpus_atlas.query().where(f"dataset_uid = '{uid}'").to_anndata()
+    expected = adata.X if isinstance(adata.X, np.ndarray) else adata.X.toarray()
+    np.testing.assert_array_equal(out[:, GENES].X.toarray(), expected)
 
 
 def test_vacuum_keeps_the_group_of_a_dataset_uid_with_a_slash(tmp_path: Path) -> None:
