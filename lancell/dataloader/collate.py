@@ -58,7 +58,8 @@ class SparseCollate:
     ----------
     dtype
         Value dtype of every layer (default float32; counts are exact below 2**24). None: each layer's own
-        kind, as ``to_anndata()`` returns it (int64 for integer layers, float32 for float ones).
+        kind, as ``to_anndata()`` returns it (int64 for integer layers, float32 for float ones, float64 for
+        a layer some datasets store as integers and others as floats).
     presence
         Also return the ``presence`` mask.
     """
@@ -70,7 +71,8 @@ class SparseCollate:
         values = rows.values
         dtype = self.dtype
         if dtype is None:
-            dtype = torch.float32 if values.dtype.kind == "f" else torch.int64
+            kinds = {"f": torch.float64 if values.dtype == np.float64 else torch.float32}
+            dtype = kinds.get(values.dtype.kind, torch.int64)
         if dtype == torch.float32 and values.dtype != np.float32:
             values = values.astype(np.float32)  # one numpy pass; torch's .to() from uint32 is much slower
         elif dtype == torch.int64 and values.dtype != np.int64:

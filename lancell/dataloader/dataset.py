@@ -74,7 +74,8 @@ class CellDataset:
         The query's unmeasured-cell policy and ``dataset uid -> cells`` it dropped or kept as empty rows.
     dtypes, dtype
         ``layer -> dtype`` of its values in batches: the stored dtype when all datasets storing it share it
-        (uint32 counts, float32 values), else float32 (integer counts are exact in float32 up to 2**24);
+        (uint32 counts, float32 values), else the dtype holding all of them exactly (float64 for counts
+        and floats);
         :attr:`dtype` is the first layer's.
     mapped_batches
         Sparse batches this process read from memory-mapped shard files by one kernel call

@@ -69,6 +69,7 @@ class PlannedGroup:
 
     zarr_group: str
     dataset_uid: str
+    cells_of: str  # the dataset whose cells the group measures: its own, or the one a modality attaches to
     global_index: np.ndarray
     layer_dtypes: dict[str, np.dtype]
     zero_fill: frozenset[str] = frozenset()
@@ -93,8 +94,8 @@ class ReconstructionPlan:
     layers, layer
         The requested layers, in output order (the first is ``X``), and the first.
     dtypes, dtype
-        Value dtype of each reconstructed layer (int64 for integer layers, float32 when any group stores
-        floats in it), and the first layer's.
+        Value dtype of each reconstructed layer (int64 for integer layers; float32 when the groups store
+        floats in it, float64 when some store floats and others integers), and the first layer's.
     groups
         ``zarr group -> PlannedGroup`` of the measured groups only.
     var, presence
@@ -239,8 +240,7 @@ def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
     """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
     recorded: then every layer in the group's attributes is visible)."""
     columns = ["uid", "zarr_group", "layout_uid"]
-    if "layers" in core.dataset_arrow.names:
-        columns.append("layers")
+    columns += [name for name in ("layers", "cells_of") if name in core.dataset_arrow.names]
     rows = core.pinned("dataset_groups", lambda: read_columns(core.tables.datasets, columns).to_pylist())
     return {row["zarr_group"]: row for row in rows}
 
@@ -277,7 +277,12 @@ def _describe_groups(
         record = by_group[name]
         dtypes = {lay: layers_of[name][lay] for lay in layers if lay in layers_of[name]}
         groups[name] = PlannedGroup(
-            name, record["uid"], layouts[record["layout_uid"]], dtypes, zero_fill[name] & set(dtypes)
+            name,
+            record["uid"],
+            record.get("cells_of") or record["uid"],
+            layouts[record["layout_uid"]],
+            dtypes,
+            zero_fill[name] & set(dtypes),
         )
     return layers_of, groups, layers
 
@@ -403,15 +408,19 @@ def plan_reconstruction(
         g.out_col = position[g.global_index]
     dtypes = {}
     for layer in wanted:
-        is_float = any(g.layer_dtypes[layer].kind == "f" for g in groups.values() if layer in g.layer_dtypes)
-        dtypes[layer] = np.dtype(np.float32) if is_float else np.dtype(np.int64)
+        stored = [g.layer_dtypes[layer] for g in groups.values() if layer in g.layer_dtypes]
+        # integers as int64; floats in the dtype that holds every stored value exactly (numpy's promotion:
+        # float32 alone, float64 with uint32 counts of other datasets, which float32 would round above 2**24)
+        is_float = any(dtype.kind == "f" for dtype in stored)
+        dtypes[layer] = np.result_type(*stored) if is_float else np.dtype(np.int64)
     var = _var(core, feature_space, columns)
     first = wanted[0] if wanted else None
-    presence = {
-        g.dataset_uid: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
+    presence = {  # keyed like obs["dataset_uid"]: by the dataset the cells belong to
+        g.cells_of: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
     }
-    if on_unmeasured == "keep":
-        presence.update({uid: np.zeros(columns.size, bool) for uid in unmeasured if uid not in presence})
+    if on_unmeasured == "keep":  # presence is per dataset: one with any cell lacking X's layer is marked
+        # unmeasured throughout (an attached modality may cover part of its cells), never the other way round
+        presence.update({uid: np.zeros(columns.size, bool) for uid in per_layer[first]})
     return ReconstructionPlan(
         feature_space,
         space.kind,

@@ -14,6 +14,7 @@ from lancell.bundled import BUNDLED
 from lancell.errors import DroppedColumnsWarning, IngestError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import add_from_mudata, attach_modality
+from lancell.query.reconstruct import presence_matrix
 from lancell.tables.schema import (
     DatasetRecord,
     DenseZarrPointer,
@@ -85,6 +86,12 @@ def test_mudata_round_trip_aligned_by_uid(two):
     np.testing.assert_array_equal(aligned.X.toarray(), pbmc.X.toarray())
     assert out.n_obs == pbmc.n_obs
     assert atlas.query().where("programs IS NOT NULL").count() == subset.n_obs
+    # the attached modality's features are marked measured for its cells (obs names the cells' dataset)
+    assert set(prog.obs["dataset_uid"]) == {"pbmc"} and presence_matrix(prog).toarray().all()
+    # kept as empty rows, the cells without it are never marked measured (presence is per dataset: the
+    # partly covered dataset is marked unmeasured throughout)
+    kept = atlas.query().feature_space("programs").on_unmeasured("keep").to_anndata()
+    assert kept.n_obs == pbmc.n_obs and not presence_matrix(kept).toarray().any()
 
 
 @pytest.fixture

@@ -223,3 +223,47 @@ def test_keep_returns_empty_rows_with_presence_false(bundled, celltypist):
     ).nnz == 0
     modality = _human_counts(bundled).on_unmeasured("keep").to_mudata(["gene_expression"])["gene_expression"]
     assert modality.n_obs == 1259 and not modality.varm["presence"]["pbmc68k"].any()
+
+
+def test_counts_stored_as_integers_and_as_floats_combine_exactly(tmp_path):
+    """Integer counts above 2**24 next to another dataset's float counts: float64, not rounded to float32."""
+    import anndata as ad
+    import pandas as pd
+
+    from lancell.bundled import CellSchema, GeneFeature
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import DatasetRecord
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    atlas.register_features(
+        "gene_expression", pd.DataFrame({"uid": ["g0", "g1"], "gene_symbol": ["g0", "g1"]})
+    )
+    inputs = {
+        "a": np.array([[2**24 + 1, 3], [2**31 + 1, 0]], np.int64),  # stored as uint32
+        "b": np.array([[2.0, 1.0]], np.float32),  # whole-number floats, stored as float32
+    }
+    for uid, x in inputs.items():
+        obs = pd.DataFrame(index=[f"c{i}" for i in range(x.shape[0])])
+        add_from_anndata(
+            atlas,
+            ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=["g0", "g1"])),
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid),
+            progress=False,
+        )
+    expected = np.vstack([inputs["a"], inputs["b"]]).astype(np.float64)
+    out = atlas.query().to_anndata()
+    order = np.argsort(out.obs_names.to_numpy())  # a:c0, a:c1, b:c0
+    assert out.X.dtype == np.float64
+    np.testing.assert_array_equal(out[order][:, ["g0", "g1"]].X.toarray(), expected)
+    dataset = atlas.query().to_cell_dataset("gene_expression", "counts")
+    batch = dataset.__getitems__(np.arange(len(dataset)))
+    assert batch.values.dtype == np.float64
+    assert sorted(batch.values.tolist()) == sorted(v for v in expected.ravel().tolist() if v)

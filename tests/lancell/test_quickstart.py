@@ -75,7 +75,7 @@ def test_quickstart_runs_as_written(tmp_path, celltypist, tenx, mouse, pbmc):
     assert list(union.obs_names) == list(reference.obs_names)
     assert set(union.var_names) == set(reference.var_names)
     aligned = union[:, reference.var_names]
-    assert aligned.X.dtype == np.float32  # integer and float datasets joined
+    assert aligned.X.dtype == np.float64  # integer and float datasets joined: both held exactly
     difference = sp.csr_matrix(aligned.X, dtype=np.float64) - sp.csr_matrix(reference.X, dtype=np.float64)
     assert difference.count_nonzero() == 0
     assert aligned.X.nnz == sp.csr_matrix(reference.X).count_nonzero()
