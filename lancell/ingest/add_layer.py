@@ -113,21 +113,28 @@ def add_layer(
 
 
 def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
-    """``matrix`` with rows and columns in the dataset's stored order (an AnnData reordered by name)."""
+    """``matrix`` with rows and columns in the dataset's stored order: an AnnData reordered by name, a plain
+    matrix from the query's row order (which attaching a modality changes) to the stored rows."""
     uid, n_cells, n_features = record["uid"], int(record["n_cells"]), int(record["n_features"])
+    space = record["feature_space"]
+    cells = (
+        atlas.query()
+        .where(f"{space}.zarr_group = {sql_literal(record['zarr_group'])}")
+        .to_arrow()
+        .select(["uid", space])
+    )
+    row_field = "zarr_row" if "zarr_row" in {f.name for f in cells.schema.field(space).type} else "position"
+    stored_rows = pc.struct_field(cells.column(space), row_field).to_numpy()  # of each cell, in query order
     if isinstance(matrix, ad.AnnData):
-        cells = (
-            atlas.query()
-            .where(f"{record['feature_space']}.zarr_group = {sql_literal(record['zarr_group'])}")
-            .to_arrow()
-            .select(["uid", record["feature_space"]])
-        )
-        rows = pc.struct_field(cells.column(record["feature_space"]), "zarr_row").to_numpy()
         names = np.empty(n_cells, dtype=object)
-        names[rows] = [u.split(":", 1)[1] for u in cells.column("uid").to_pylist()]
+        names[stored_rows] = [u.split(":", 1)[1] for u in cells.column("uid").to_pylist()]
         global_index = read_global_indices(atlas.core, [record["layout_uid"]])[record["layout_uid"]]
-        by_index = atlas.feature_registry(record["feature_space"]).set_index("global_index")["uid"]
+        by_index = atlas.feature_registry(space).set_index("global_index")["uid"]
         uids = by_index.reindex(global_index).to_numpy()
+        if not matrix.obs_names.is_unique or not matrix.var_names.is_unique:
+            raise ShapeMismatchError(f"dataset {uid!r}: the AnnData's obs names and var names must be unique")
+        if matrix.X is None:
+            raise ShapeMismatchError(f"dataset {uid!r}: the AnnData has no X")
         row_of, col_of = matrix.obs_names.get_indexer(names), matrix.var_names.get_indexer(uids)
         if (row_of < 0).any() or (col_of < 0).any() or matrix.shape != (n_cells, n_features):
             raise ShapeMismatchError(
@@ -135,11 +142,18 @@ def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
                 f"cells x {n_features} features (missing e.g. {list(names[row_of < 0][:3])}, "
                 f"{list(uids[col_of < 0][:3])})"
             )
-        matrix = matrix.X[row_of][:, col_of]
+        return matrix.X[row_of][:, col_of]
+    if not isinstance(matrix, np.ndarray | sp.spmatrix | sp.sparray):
+        raise IngestError(
+            f"dataset {uid!r}: a layer is an AnnData, a numpy array or a scipy sparse matrix, "
+            f"not {type(matrix).__name__}"
+        )
     if tuple(matrix.shape) != (n_cells, n_features):
         raise ShapeMismatchError(
             f"dataset {uid!r}: the layer has shape {tuple(matrix.shape)}, the dataset {(n_cells, n_features)}"
         )
+    if (stored_rows != np.arange(n_cells)).any():  # query order -> stored order
+        matrix = matrix[np.argsort(stored_rows)]
     return matrix
 
 

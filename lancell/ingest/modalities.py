@@ -22,6 +22,7 @@ from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.maintenance import remove_dataset, remove_group
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
 from lancell.tables.schema import DatasetRecord
@@ -105,7 +106,9 @@ def add_from_mudata(
     """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)``.
 
     The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
-    attached to them. Returns one record per modality.
+    attached to them. Returns one record per modality. When a later modality fails, the modalities stored
+    before it are deleted again (records, cells and zarr groups) before the error is raised, so the call
+    leaves no part of the MuData behind.
     """
     names = list(modalities)
     if not names:
@@ -127,16 +130,22 @@ def add_from_mudata(
             progress=progress,
         )
     ]
-    for name in names[1:]:
-        space, layer = modalities[name]
-        records.append(
-            attach_modality(
-                atlas,
-                mdata.mod[name],
-                cells_of=records[0].uid,
-                feature_space=space,
-                zarr_layer=layer,
-                progress=progress,
+    try:
+        for name in names[1:]:
+            space, layer = modalities[name]
+            records.append(
+                attach_modality(
+                    atlas,
+                    mdata.mod[name],
+                    cells_of=records[0].uid,
+                    feature_space=space,
+                    zarr_layer=layer,
+                    progress=progress,
+                )
             )
-        )
+    except BaseException:
+        remove_dataset(atlas.core, records[0].uid)  # its cells, with every modality attached to them
+        for record in records:
+            remove_group(atlas.core, record.zarr_group)
+        raise
     return records

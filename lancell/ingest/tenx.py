@@ -265,6 +265,11 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
     if len(obs) == 1:
         extra = obs.iloc[np.zeros(len(frame), dtype=np.int64)]
     else:
+        repeated = obs.index[obs.index.duplicated()]
+        if len(repeated):
+            raise IngestError(
+                f"{matrix.path}: obs has several rows for {len(repeated)} barcodes, e.g. {list(repeated[:3])}"
+            )
         missing = frame.index.difference(obs.index)
         if len(missing):
             raise IngestError(

@@ -185,6 +185,8 @@ def _mtx_first_pass(
     counts = np.zeros(n_cells, dtype=np.int64)
     seen, last_cell, ordered, vmax = 0, -1, True, 0
     for cells, genes, values in _mtx_chunks(path, value_dtype):
+        if cells.size == 0:  # a matrix without entries
+            continue
         for name, index, size in (("feature", genes, n_genes), ("barcode", cells, n_cells)):
             bad = (index < 0) | (index >= size)
             if bad.any():

@@ -415,9 +415,11 @@ def plan_reconstruction(
         dtypes[layer] = np.result_type(*stored) if is_float else np.dtype(np.int64)
     var = _var(core, feature_space, columns)
     first = wanted[0] if wanted else None
-    presence = {  # keyed like obs["dataset_uid"]: by the dataset the cells belong to
-        g.cells_of: np.isin(columns, g.global_index) for g in groups.values() if first in g.layer_dtypes
-    }
+    presence: dict[str, np.ndarray] = {}  # keyed like obs["dataset_uid"]: by the dataset the cells belong to
+    for g in groups.values():
+        if first in g.layer_dtypes:  # several groups of one dataset's cells: a feature all of them measured
+            measured = np.isin(columns, g.global_index)
+            presence[g.cells_of] = presence[g.cells_of] & measured if g.cells_of in presence else measured
     if on_unmeasured == "keep":  # presence is per dataset: one with any cell lacking X's layer is marked
         # unmeasured throughout (an attached modality may cover part of its cells), never the other way round
         presence.update({uid: np.zeros(columns.size, bool) for uid in per_layer[first]})

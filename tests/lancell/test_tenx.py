@@ -23,6 +23,7 @@ from lancell.errors import (
     DuplicateContentError,
     DuplicateContentWarning,
     FeatureSpaceError,
+    IngestError,
     TenxFormatError,
     UnknownFeaturesError,
 )
@@ -387,3 +388,27 @@ def test_add_from_10x_duplicate_policy(tmp_path, v3_reference):
     assert again.content_fingerprint == first.content_fingerprint and again.uid == "mtx"
     out = _read_back(atlas, "mtx", "gene_expression", pd.Index(read_10x(V3_DIR).var["gene_ids"]))
     assert (out.X != v3_reference).nnz == 0
+
+
+def test_a_matrix_market_file_without_entries_is_read_as_all_zeros(tmp_path):
+    folder = tmp_path / "empty"
+    shutil.copytree(V3_DIR, folder)
+    size_line = next(line for line in _lines(folder / "matrix.mtx.gz") if not line.startswith("%"))
+    n_genes, n_cells, _ = (int(v) for v in size_line.split())
+    _write_lines(
+        folder / "matrix.mtx.gz",
+        ["%%MatrixMarket matrix coordinate integer general", f"{n_genes} {n_cells} 0"],
+    )
+    adata = read_10x(folder)
+    assert adata.shape == (n_cells, n_genes) and adata.X.nnz == 0
+
+
+def test_an_obs_frame_repeating_a_barcode_is_refused(tmp_path):
+    reference = read_10x(V3_H5)
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, reference.var)
+    before = visible_state(atlas)
+    barcodes = [reference.obs_names[0], *reference.obs_names]
+    obs = pd.DataFrame({"donor": "d1"}, index=barcodes)
+    with pytest.raises(IngestError, match="several rows for 1 barcodes"):
+        add_from_10x(atlas, V3_H5, obs=obs, dataset_record=DatasetRecord(uid="x"), progress=False)
+    assert visible_state(atlas) == before
