@@ -9,9 +9,10 @@ so the kernels never build messages. The checks accumulate a flag instead of lea
 import numba
 import numpy as np
 
-_UINT32_MAX = 4_294_967_295
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and not all above
+# the limits the checks hold values to (lancell.ingest.blocks names them in its messages)
+UINT32_MAX = 4_294_967_295
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and not all above
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -69,7 +70,7 @@ def map_indices(
 @numba.njit(cache=True, nogil=True, inline="always")
 def _outside_uint32(value: int) -> np.int32:
     """1 if an integer value lies outside ``[0, 2**32)``, else 0 (no branch)."""
-    return np.int32((value < 0) | (value > _UINT32_MAX))
+    return np.int32((value < 0) | (value > UINT32_MAX))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,8 +101,8 @@ def float_values(values: np.ndarray, integral: bool, out: np.ndarray) -> int:
     bad = np.int32(0)
     for k in range(values.size):
         value = values[k]
-        fits = abs(value) <= _FLOAT32_MAX
-        whole = (value >= 0) & (value == np.floor(value)) & (value <= _FLOAT32_EXACT)
+        fits = abs(value) <= FLOAT32_MAX
+        whole = (value >= 0) & (value == np.floor(value)) & (value <= FLOAT32_EXACT)
         bad |= np.int32((not fits) | (integral & (not whole)))
         out[k] = value
     return 1 if bad else 0

@@ -71,8 +71,8 @@ class SparseCollate:
         values = rows.values
         dtype = self.dtype
         if dtype is None:
-            kinds = {"f": torch.float64 if values.dtype == np.float64 else torch.float32}
-            dtype = kinds.get(values.dtype.kind, torch.int64)
+            dtype = torch.float64 if values.dtype == np.float64 else torch.float32
+            dtype = dtype if values.dtype.kind == "f" else torch.int64
         if dtype == torch.float32 and values.dtype != np.float32:
             values = values.astype(np.float32)  # one numpy pass; torch's .to() from uint32 is much slower
         elif dtype == torch.int64 and values.dtype != np.int64:

@@ -19,6 +19,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from kernels.ingest import (
+    FLOAT32_EXACT,
+    FLOAT32_MAX,
+    UINT32_MAX,
     check_indices,
     check_integer_values,
     float_values,
@@ -30,10 +33,6 @@ from lancell.errors import DataValueError
 from lancell.ingest.sources import MatrixSource, native_order
 
 __all__ = ["checked_values", "stored_csr_blocks"]
-
-_UINT32_MAX = np.iinfo(np.uint32).max
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and not all above
 
 
 def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
@@ -49,7 +48,7 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
         if values.size == 0:
             return values.astype(np.uint32)
         low, high = values.min(), values.max()
-        if low < 0 or high > _UINT32_MAX:
+        if low < 0 or high > UINT32_MAX:
             bad = "negative" if low < 0 else "above 2**32-1"
             raise DataValueError(
                 f"dataset {dataset!r}, layer {zarr_layer!r}: {bad} integer value "
@@ -65,7 +64,7 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
             f"{values[~finite][0]} in the rows from {row0}"
         )
     largest = np.abs(values).max()
-    if largest > _FLOAT32_MAX:
+    if largest > FLOAT32_MAX:
         raise DataValueError(
             f"dataset {dataset!r}, layer {zarr_layer!r}: value {largest} in the rows from {row0} "
             "does not fit float32 (values are stored as float32)"
@@ -79,7 +78,7 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
                 f"dataset {dataset!r}, layer 'counts': non-integer value {values[fractional][0]} in the "
                 f"rows from {row0}; store normalized values under another layer name"
             )
-        if values.max() > _FLOAT32_EXACT:
+        if values.max() > FLOAT32_EXACT:
             raise DataValueError(
                 f"dataset {dataset!r}, layer 'counts': value {values.max()} in the rows from {row0} is above "
                 "2**24, where float32 (how float counts are stored) no longer holds every whole number; "
