@@ -76,6 +76,8 @@ def _aligned(n: int) -> int:
 
 def _bytes(tensor: torch.Tensor) -> np.ndarray:
     """The tensor's values in row-major order as a uint8 array (a view when it is contiguous)."""
+    if tensor.numel() == 0:  # an empty tensor may have stride 0 (from numpy), which a view as bytes refuses
+        return np.empty(0, np.uint8)
     return tensor.resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 

@@ -163,3 +163,17 @@ def test_two_workers_send_batches_through_slots(bundled, mode):
         np.testing.assert_array_equal(actual.indptr, rows.indptr)
         np.testing.assert_array_equal(actual.indices, rows.indices)
         np.testing.assert_array_equal(actual.data, rows.data)
+
+
+def test_a_batch_without_stored_values_arrives_equal():
+    """Empty component tensors (a batch of cells without values, or of no features) need not be strided like
+    filled ones: numpy's empty arrays may have stride 0, which ``Tensor.view`` to bytes refuses."""
+    empty = torch.from_numpy(np.lib.stride_tricks.as_strided(np.zeros(1, np.int32), (0,), (0,)))
+    assert empty.stride() == (0,)
+    sent = {
+        "X": torch.sparse_csr_tensor(
+            torch.zeros(4, dtype=torch.int32), empty, torch.zeros(0), size=(3, 7), check_invariants=False
+        ),
+        "strided": empty,
+    }
+    _assert_equal(_send(sent), sent)
