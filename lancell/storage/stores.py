@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import obstore
 import obstore.store as obs_store
@@ -55,8 +56,11 @@ def is_local(uri: str) -> bool:
 
 
 def local_path(uri: str) -> Path:
-    """The absolute local path behind ``uri`` (a path or a ``file://`` URL)."""
-    return Path(uri.removeprefix("file://")).expanduser().resolve()
+    """The absolute local path behind ``uri`` (a path, or a ``file://`` URL: percent-encoded, as
+    :meth:`pathlib.Path.as_uri` writes spaces, ``%`` and non-ASCII characters)."""
+    if uri.startswith("file://"):
+        return Path(unquote(uri.removeprefix("file://"))).expanduser().resolve()
+    return Path(uri).expanduser().resolve()
 
 
 def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_store.ObjectStore:

@@ -289,3 +289,17 @@ def test_the_command_line_page_runs_as_written(tmp_path: Path) -> None:
     assert myeloid.shape == (369, 765) and set(myeloid.obs["dataset_uid"]) == {"pbmc68k"}
     assert markers.shape == (559, 3) and markers.var["gene_symbol"].tolist() == ["CD3E", "MS4A1", "LYZ"]
     assert markers.obs["obs_name"].tolist() == BUNDLED[1].read().obs_names.tolist()
+
+
+def test_an_atlas_under_a_path_with_spaces_percent_and_non_ascii_stays_usable(tmp_path: Path) -> None:
+    """The store's location is recorded as a ``file://`` URL (percent-encoded); reopening decodes it."""
+    root = tmp_path / "my atlas %41 ü"
+    shutil.copyfile(BUNDLED[0].path, tmp_path / "p.h5ad")
+    db = str(root / "db")
+    run("init", db, "--store", str(root / "the arrays"))
+    run("ingest", db, str(tmp_path / "p.h5ad"), "--layer", "log_normalized")
+    assert run("ls", db).stdout.strip().endswith("1 datasets, 700 cells")
+    assert run("snapshot", db).stdout.strip() == "snapshot 0"
+    assert (root / "the arrays").is_dir() and not (tmp_path / "my atlas A ü").exists()
+    out = RaggedAtlas.checkout(db, 0).query().layers("gene_expression", "log_normalized").to_anndata()
+    assert out.n_obs == 700 and out.X.nnz == BUNDLED[0].read().X.nnz
