@@ -9,6 +9,8 @@ as one line naming what went wrong and where, with exit status 1 (2 for a malfor
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -94,8 +96,8 @@ def _ingest(args: argparse.Namespace) -> int:
     atlas = RaggedAtlas.open(args.db)
     overrides = _spec_overrides(args)
     renames = _pairs("--obs-columns", args.obs_columns or [])
-    for path in args.paths:
-        spec = read_landing_spec(Path(path))
+    specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
+    for spec in specs:
         spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
@@ -152,10 +154,16 @@ def _query(args: argparse.Namespace) -> int:
         query = query.layers(space or "gene_expression", layer)
     if args.features:
         names = [name for item in args.features for name in item.split(",") if name]
-        query = query.features(names, args.feature_space)
+        query = query.features(names, args.feature_space or "gene_expression")
     query = query.feature_join(args.join).on_unmeasured(args.on_unmeasured)
     adata = query.to_anndata()
-    adata.write_h5ad(args.output)
+    output = Path(args.output)
+    partial = output.with_name(f".{output.name}.{os.getpid()}.part")  # no half-written file at -o
+    try:
+        adata.write_h5ad(partial)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
     return 0
 
@@ -182,6 +190,30 @@ def _open_for_reading(args: argparse.Namespace) -> Any:
     if args.version is None:
         return RaggedAtlas.open(args.db)
     return RaggedAtlas.checkout(args.db, args.version)
+
+
+def _hours(text: str) -> float:
+    """A ``--grace-hours`` value: a finite number of hours, at least 0."""
+    try:
+        hours = float(text)
+        timedelta(hours=hours)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not math.isfinite(hours) or hours < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of hours, at least 0: {text!r}")
+    return hours
+
+
+def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a query command line whose output cannot be written or whose options would be ignored,
+    before the atlas is read."""
+    if args.feature_space is not None and not args.features:
+        parser.error("--feature-space names the space of --features, and no --features were given")
+    output = Path(args.output)
+    if output.is_dir():
+        parser.error(f"-o {args.output}: is a folder, not a file")
+    if not output.parent.is_dir():
+        parser.error(f"-o {args.output}: the folder {str(output.parent)!r} does not exist")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,7 +280,9 @@ def _parser() -> argparse.ArgumentParser:
         "--feature-space", help="feature space (default: the sidecar's, else gene_expression)"
     )
     ingest.add_argument("--var-uid-column", help="var column holding the registry uids (default: var index)")
-    ingest.add_argument("--organism", help="organism recorded for the cells and new features")
+    ingest.add_argument(
+        "--organism", help="organism recorded for the new features (for the cells too, when obs has none)"
+    )
 
     command("ls", _ls, "list the datasets").add_argument("--version", type=int, help="read this snapshot")
 
@@ -267,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         "--layer", metavar="[SPACE:]LAYER", help="the layer to read, e.g. gene_expression:counts"
     )
     query.add_argument("--features", action="append", metavar="A,B,...", help="feature symbols or uids")
-    query.add_argument("--feature-space", default="gene_expression", help="feature space of --features")
+    query.add_argument("--feature-space", help="feature space of --features (default: gene_expression)")
     query.add_argument("--join", choices=["union", "intersection"], default="union")
     query.add_argument(
         "--on-unmeasured",
@@ -278,7 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("-o", "--output", required=True, help="the .h5ad file to write")
 
     vacuum = command("vacuum", _vacuum, "delete zarr groups no dataset and no snapshot references")
-    vacuum.add_argument("--grace-hours", type=float, default=1.0, help="keep groups younger than this")
+    vacuum.add_argument("--grace-hours", type=_hours, default=1.0, help="keep groups younger than this")
 
     command("validate", _validate, "check tables and zarr groups agree").add_argument(
         "--version", type=int, help="check this snapshot"
@@ -288,16 +322,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if getattr(args, "registry", False) is None:
         args.registry = ["gene_expression=lancell.bundled:GeneFeature"]
+    if args.command == "query":
+        _check_query_arguments(parser, args)
     from lancell.errors import LancellError
 
     try:
         return args.run(args)
-    except LancellError as exc:
+    except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
         print(f"lancell {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what was being written is rolled back as after any other error
+        print(f"lancell {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
 ``feature_space``, ``zarr_layer``
     The feature space and the name the matrix is stored under (``counts`` by default).
 ``var_uid_column``, ``symbol_column``
-    The ``var`` columns holding the registry uids (default: the var index) and the gene symbols.
+    The ``var`` columns holding the registry uids (default: the var index) and the gene symbols (default:
+    var's ``gene_symbol`` column if it has one, else the var index). A named column var lacks is an error.
 ``organism``
     Recorded on the new features and, when ``obs`` has no ``organism`` column, on the cells.
 ``name``, ``source``, ``accession``
@@ -48,6 +49,7 @@ already in the atlas (the same file landed again under another name) is not inge
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,11 +57,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
 import pandas as pd
+import pydantic
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.from_anndata import add_from_anndata
-from lancell.tables.registry import registry_index, sql_literal
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.registry import sql_literal
 from lancell.tables.schema import DatasetRecord, obs_fields
 
 if TYPE_CHECKING:
@@ -79,7 +83,7 @@ class LandingSpec:
     feature_space: str = "gene_expression"
     zarr_layer: str = "counts"
     var_uid_column: str | None = None
-    symbol_column: str | None = "gene_symbol"
+    symbol_column: str | None = None  # None: var's "gene_symbol" column if it has one, else the var index
     organism: str | None = None
     name: str | None = None
     source: str | None = None
@@ -91,6 +95,8 @@ class LandingSpec:
 
 
 _SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path"})
+_TEXT_KEYS = frozenset({f.name for f in fields(LandingSpec) if f.type in ("str", "str | None")})
+_REQUIRED_TEXT = frozenset({f.name for f in fields(LandingSpec) if f.type == "str"})
 
 
 def _sidecar_options(sidecar: Path) -> dict[str, Any]:
@@ -104,6 +110,11 @@ def _sidecar_options(sidecar: Path) -> dict[str, Any]:
     unknown = sorted(set(options) - _SIDECAR_KEYS)
     if unknown:
         raise IngestError(f"{sidecar}: unknown keys {unknown} (known: {sorted(_SIDECAR_KEYS)})")
+    for key in _TEXT_KEYS & set(options):
+        value = options[key]
+        if not (isinstance(value, str) and value) and not (value is None and key not in _REQUIRED_TEXT):
+            wanted = "a non-empty string" if key in _REQUIRED_TEXT else "a non-empty string or null"
+            raise IngestError(f"{sidecar}: {key} must be {wanted}, got {value!r}")
     renames = options.get("obs_columns", {})
     if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
         raise IngestError(f"{sidecar}: obs_columns must map file columns to cell schema columns")
@@ -144,11 +155,16 @@ def landing_files(folder: Path) -> list[LandingSpec]:
 
 
 def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
+    for key in ("var_uid_column", "symbol_column"):
+        column = getattr(spec, key)
+        if column is not None and column not in var.columns:
+            raise IngestError(f"{spec.path}: {key} {column!r} is not a column of var ({list(var.columns)})")
     uids = var.index if spec.var_uid_column is None else var[spec.var_uid_column]
     frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
     columns = set(atlas.core.tables.registry(spec.feature_space).schema.names)
     if "gene_symbol" in columns:
-        symbols = var[spec.symbol_column] if spec.symbol_column in var.columns else var.index
+        symbol_column = spec.symbol_column or "gene_symbol"
+        symbols = var[symbol_column] if symbol_column in var.columns else var.index
         frame["gene_symbol"] = symbols.astype(str).to_numpy()
     if "organism" in columns and spec.organism is not None:
         frame["organism"] = spec.organism
@@ -181,6 +197,13 @@ def _prepared(
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
     if spec.organism is not None and "organism" not in adata.obs.columns:
         adata.obs["organism"] = spec.organism
+    elif spec.organism is not None and (adata.obs["organism"].astype(str) != spec.organism).any():
+        warnings.warn(
+            f"{spec.path}: obs has an organism column of its own, kept for the cells; organism "
+            f"{spec.organism!r} is recorded on the new features only",
+            LancellWarning,
+            stacklevel=3,
+        )
     if not spec.standardize:
         return adata, None
     from lancell.standardize.pipeline import standardize_anndata
@@ -207,7 +230,8 @@ def ingest_landing_file(
     :class:`~lancell.standardize.pipeline.StandardizationReport` before anything is registered.
 
     ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
-    (re-materializing a partition is idempotent); ``"duplicate"`` when the file's content is already in the
+    (re-materializing a partition is idempotent; the file is not read: delete the dataset to replace it with
+    another file's content); ``"duplicate"`` when the file's content is already in the
     atlas as another dataset, whose record is returned (nothing is ingested; see
     :mod:`lancell.ingest.fingerprint`).
 
@@ -215,14 +239,25 @@ def ingest_landing_file(
     ------
     IngestError
         The file is missing or invalid, or its features conflict with registered ones
-        (:class:`~lancell.errors.FeatureConflictError`); the atlas is unchanged.
+        (:class:`~lancell.errors.FeatureConflictError`). The atlas is unchanged, except that features
+        registered before the failure stay registered: another ingestion may already be using them, and a
+        feature's ``global_index`` is never reused.
+    FeatureSpaceError
+        The spec names a feature space the atlas does not have.
     """
+    if not spec.path.exists():
+        raise IngestError(f"landing file {spec.path} does not exist")
+    resolve_feature_space(atlas.feature_spaces, spec.feature_space)
     where = f"uid = {sql_literal(spec.uid)}"
     existing = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
     if existing:
         return atlas.dataset_schema(**existing[0]), "present"
-    if not spec.path.exists():
-        raise IngestError(f"landing file {spec.path} does not exist")
+    try:
+        record = atlas.dataset_schema(
+            uid=spec.uid, name=spec.name, source=spec.source or str(spec.path), accession=spec.accession
+        )
+    except pydantic.ValidationError as exc:
+        raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
     try:
         adata = ad.read_h5ad(spec.path, backed="r")
     except (OSError, KeyError, ValueError) as exc:
@@ -237,29 +272,18 @@ def ingest_landing_file(
             on_standardized(report)
         columns = pd.Index(atlas.core.tables.registry(spec.feature_space).schema.names)
         features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
-    registry = atlas.core.tables.registry(spec.feature_space)
-    known = set(registry_index(registry).index)
-    new_uids = [uid for uid in features["uid"] if uid not in known]
+    # Registered features stay registered if the ingestion then fails: another ingestion may already use
+    # them (a dataset of theirs, committed or still being written), and a global_index is never reused.
     atlas.register_features(spec.feature_space, features)
-    record = atlas.dataset_schema(
-        uid=spec.uid, name=spec.name, source=spec.source or str(spec.path), accession=spec.accession
+    stored = add_from_anndata(
+        atlas,
+        adata,
+        feature_space=spec.feature_space,
+        zarr_layer=None if spec.layers else spec.zarr_layer,
+        layers=dict(spec.layers) or None,
+        dataset_record=record,
+        var_uid_column=uid_column,
+        csc=spec.csc,
+        on_duplicate="skip",
     )
-    try:
-        stored = add_from_anndata(
-            atlas,
-            adata,
-            feature_space=spec.feature_space,
-            zarr_layer=None if spec.layers else spec.zarr_layer,
-            layers=dict(spec.layers) or None,
-            dataset_record=record,
-            var_uid_column=uid_column,
-            csc=spec.csc,
-            on_duplicate="skip",
-        )
-    except BaseException:
-        # the features were registered for this file only: take them back so the atlas is as it was
-        for start in range(0, len(new_uids), 1000):
-            chunk = ", ".join(sql_literal(u) for u in new_uids[start : start + 1000])
-            registry.delete(f"uid IN ({chunk})")
-        raise
     return stored, "ingested" if stored.uid == spec.uid else "duplicate"

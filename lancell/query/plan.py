@@ -439,8 +439,11 @@ def plan_reconstruction(
 
 
 def _var(core: AtlasCore, feature_space: str, columns: np.ndarray) -> pd.DataFrame:
-    """Registry rows of ``columns`` in output order."""
+    """Registry rows of ``columns`` in output order; text columns as categoricals, as ``obs``'s (a column of
+    Python strings and None that holds no string is one ``write_h5ad`` refuses)."""
     frame = registry_view(core, feature_space).frame.reindex(columns)
     frame.index = pd.Index(frame.pop("uid").astype(str), name=None)
+    for name in frame.select_dtypes(include="object").columns:
+        frame[name] = pd.Categorical(frame[name])
     frame["global_index"] = columns
     return frame

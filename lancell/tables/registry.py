@@ -107,8 +107,9 @@ def register_prepared(
     """Add the new features of ``prepared`` and deal with registered ones whose ``given`` columns differ.
 
     The caller holds the registry lock. ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
-    values and warns, ``"update"`` writes the given values (``global_index`` stays). Returns the number of
-    features added.
+    values and warns, ``"update"`` writes the given values (``global_index`` stays). A registered value that
+    is null (not recorded) is filled in with a given one whatever ``on_conflict`` says: that is no conflict.
+    Returns the number of features added.
 
     Raises
     ------
@@ -121,7 +122,10 @@ def register_prepared(
         raise FeatureRegistryError(
             f"{feature_space}: on_conflict must be 'error', 'keep' or 'update', got {on_conflict!r}"
         )
-    registered, conflicts = _conflicts(table, prepared, given)
+    registered, differences = _conflicts(table, prepared, given)
+    # a registered value that is null was not recorded: a value given for it fills it in, not a conflict
+    fills = {(uid, column) for uid, column, old, _ in differences if old is None}
+    conflicts = [c for c in differences if c[2] is not None]
     if conflicts:
         listed = "; ".join(
             f"uid {uid!r} column {column!r}: registered {old!r}, given {new!r}"
@@ -141,7 +145,9 @@ def register_prepared(
                 stacklevel=3,
             )
         else:
-            _update(table, registered, prepared, given, sorted({uid for uid, *_ in conflicts}))
+            fills |= {(uid, column) for uid, column, *_ in conflicts}
+    if fills:
+        _update(table, registered, prepared, fills)
     return assign_new_features(table, prepared)
 
 
@@ -171,17 +177,18 @@ def _conflicts(
     return registered, conflicts
 
 
-def _update(
-    table: Table, registered: pa.Table, prepared: pa.Table, given: Sequence[str], uids: list[str]
-) -> None:
-    """Overwrite the ``given`` columns of registered ``uids`` with the prepared values (other columns and
-    ``global_index`` kept)."""
-    wanted = pa.array(uids, pa.string())
+def _update(table: Table, registered: pa.Table, prepared: pa.Table, cells: set[tuple[str, str]]) -> None:
+    """Overwrite the registered values of the ``(uid, column)`` ``cells`` with the prepared ones (every other
+    value and ``global_index`` kept)."""
+    wanted = pa.array(sorted({uid for uid, _ in cells}), pa.string())
     old = registered.filter(pc.is_in(registered.column("uid"), value_set=wanted)).sort_by("uid")
     new = prepared.filter(pc.is_in(prepared.column("uid"), value_set=wanted)).sort_by("uid")
-    for column in given:
+    uids = old.column("uid").to_pylist()
+    for column in sorted({column for _, column in cells}):
         position = old.schema.get_field_index(column)
-        old = old.set_column(position, old.schema.field(position), new.column(column))
+        chosen = pa.array([(uid, column) in cells for uid in uids], pa.bool_())
+        values = pc.if_else(chosen, new.column(column), old.column(column))
+        old = old.set_column(position, old.schema.field(position), values)
     table.merge_insert("uid").when_matched_update_all().execute(old)
 
 

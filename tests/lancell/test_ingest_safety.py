@@ -21,6 +21,7 @@ import pytest
 import scipy.sparse as sp
 from helpers import visible_state
 
+import lancell.ingest.landing as landing
 from lancell.atlas import RaggedAtlas
 from lancell.errors import (
     DroppedColumnsWarning,
@@ -221,6 +222,50 @@ def test_identical_or_partial_re_registration_is_silent(human_c3):
             == 0
         )
     assert _registry(human_c3) == before
+
+
+def test_a_value_given_for_an_unrecorded_one_fills_it_in(atlas):
+    """A registered null (no organism given then) is filled, not a conflict; a recorded value is kept."""
+    unrecorded = pd.DataFrame({"uid": ["N1", "N2"], "gene_symbol": ["N1", "N2"]})
+    atlas.register_features("gene_expression", unrecorded)
+    index = {r["uid"]: r["global_index"] for r in _registry(atlas)}
+    later = pd.DataFrame({"uid": ["N1", "N2"], "gene_symbol": ["N1", "N2x"], "organism": "Homo sapiens"})
+    with pytest.warns(FeatureConflictWarning, match="uid 'N2' column 'gene_symbol'"):
+        assert atlas.register_features("gene_expression", later, on_conflict="keep") == 0
+    rows = {r["uid"]: r for r in _registry(atlas)}
+    assert [rows[u]["organism"] for u in ("N1", "N2")] == ["Homo sapiens", "Homo sapiens"]
+    assert rows["N2"]["gene_symbol"] == "N2"
+    assert {u: r["global_index"] for u, r in rows.items()} == index
+    with pytest.raises(FeatureConflictError, match="uid 'N2' column 'gene_symbol'"):
+        atlas.register_features("gene_expression", later)
+
+
+def test_a_failed_landing_keeps_features_another_ingestion_uses(atlas, tmp_path, monkeypatch):
+    """Features registered by a landing file whose ingestion then fails stay registered: another ingestion,
+    landing the same new genes meanwhile, committed a dataset of them (its values were read under other
+    genes' names once the failed one took them back and their global indices were given out again)."""
+    genes = ["NEW1", "NEW2", "NEW3"]
+    for name, offset in (("a", 1), ("b", 5)):
+        x = sp.csr_matrix(np.arange(offset, offset + 6, dtype=np.int32).reshape(2, 3))
+        obs = pd.DataFrame(index=[f"{name}1", f"{name}2"])
+        ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / f"{name}.h5ad")
+    real = landing.add_from_anndata
+
+    def another_lands_a_then_this_fails(*args, **kwargs):  # while "b" is written, "a" lands elsewhere
+        monkeypatch.setattr(landing, "add_from_anndata", real)
+        ingest_landing_file(RaggedAtlas.open(atlas.core.db_uri), read_landing_spec(tmp_path / "a.h5ad"))
+        raise IngestError("b: a bad value in its last rows")
+
+    monkeypatch.setattr(landing, "add_from_anndata", another_lands_a_then_this_fails)
+    with pytest.raises(IngestError, match="a bad value"):
+        ingest_landing_file(atlas, read_landing_spec(tmp_path / "b.h5ad"))
+    fresh = RaggedAtlas.open(atlas.core.db_uri)
+    assert set(genes) <= set(fresh.feature_registry("gene_expression")["uid"])
+    assert fresh.validate() == []
+    fresh.register_features("gene_expression", pd.DataFrame({"uid": ["OTHER1", "OTHER2", "OTHER3"]}))
+    out = fresh.query().where("dataset_uid = 'a'").layers("gene_expression", "counts").to_anndata()
+    assert out.var_names.tolist() == genes
+    np.testing.assert_array_equal(out.X.toarray(), [[1, 2, 3], [4, 5, 6]])
 
 
 def test_many_conflicts_are_counted(atlas):

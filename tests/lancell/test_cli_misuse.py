@@ -1,0 +1,125 @@
+"""The command line refuses misuse with one line and leaves the atlas as it was: options that would be
+ignored, files and folders that cannot be written, sidecar values of the wrong type, several files of which
+one is bad."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from tests.lancell.test_cli import run
+
+
+def _write(path: Path, genes: list[str], sidecar: dict | None = None) -> Path:
+    x = sp.csr_matrix(np.arange(1, 2 * len(genes) + 1, dtype=np.int32).reshape(2, len(genes)))
+    obs = pd.DataFrame(index=[f"{path.stem}-a", f"{path.stem}-b"])
+    ad.AnnData(x, obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(path)
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    db = str(tmp_path / "db")
+    run("init", db)
+    return db
+
+
+def _registry(db: str) -> list[str]:
+    return sorted(RaggedAtlas.open(db).core.tables.registry("gene_expression").to_pandas()["uid"])
+
+
+def _unchanged(db: str) -> None:
+    assert "0 datasets, 0 cells" in run("ls", db).stdout
+    assert _registry(db) == []
+
+
+def test_query_of_features_registered_without_organism_is_written(tmp_path: Path, db: str) -> None:
+    """An all-null text column of the registry (no organism given) used to stop write_h5ad and leave a
+    half-written file at -o."""
+    run("ingest", db, str(_write(tmp_path / "plain.h5ad", ["G1", "G2", "G3"])))
+    out = tmp_path / "out.h5ad"
+    run("query", db, "--layer", "counts", "-o", str(out))
+    written = ad.read_h5ad(out)
+    assert written.var_names.tolist() == ["G1", "G2", "G3"]
+    assert written.var["organism"].isna().all()
+    np.testing.assert_array_equal(written.X.toarray(), [[1, 2, 3], [4, 5, 6]])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial file
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--feature-space", "protein"], "--feature-space names the space of --features"),
+        (["-o", "{tmp}"], "is a folder, not a file"),
+        (["-o", "{tmp}/no/such/q.h5ad"], "does not exist"),
+    ],
+)
+def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, options, message) -> None:
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    options = options if "-o" in options else [*options, "-o", str(tmp_path / "q.h5ad")]
+    refused = run("query", db, "--layer", "counts", *options, check=False)
+    assert refused.returncode == 2 and message in refused.stderr
+    assert not (tmp_path / "q.h5ad").exists()
+
+
+@pytest.mark.parametrize("hours", ["-5", "nan", "inf", "1e300", "soon"])
+def test_vacuum_grace_must_be_a_finite_number_of_hours(db: str, hours: str) -> None:
+    refused = run("vacuum", db, "--grace-hours", hours, check=False)
+    assert refused.returncode == 2 and "--grace-hours" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "message"),
+    [
+        ({"uid": 123}, "uid must be a non-empty string, got 123"),
+        ({"uid": None}, "uid must be a non-empty string, got None"),
+        ({"organism": ["human"]}, "organism must be a non-empty string or null"),
+        ({"name": 5}, "name must be a non-empty string or null"),
+        ({"symbol_column": "symbl"}, "symbol_column 'symbl' is not a column of var"),
+        ({"var_uid_column": "ids"}, "var_uid_column 'ids' is not a column of var"),
+        ({"feature_space": "protein"}, "unknown feature space 'protein'"),
+    ],
+)
+def test_bad_sidecar_values_are_one_line_and_register_nothing(tmp_path, db, sidecar, message) -> None:
+    path = _write(tmp_path / "f.h5ad", ["LEAK1", "LEAK2"], sidecar)
+    refused = run("ingest", db, str(path), check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.count("\n") == 1 and message in refused.stderr
+    _unchanged(db)
+
+
+def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Path, db: str) -> None:
+    good = _write(tmp_path / "good.h5ad", ["G1", "G2"])
+    bad = _write(tmp_path / "bad.h5ad", ["G3"], {"zarr_layr": "counts"})
+    refused = run("ingest", db, str(good), str(bad), check=False)
+    assert refused.returncode == 1 and "unknown keys ['zarr_layr']" in refused.stderr
+    assert refused.stdout == ""
+    _unchanged(db)
+
+
+def test_a_present_dataset_uid_with_a_missing_file_is_an_error(tmp_path: Path, db: str) -> None:
+    run("ingest", db, str(_write(tmp_path / "study.h5ad", ["G1"])))
+    missing = run("ingest", db, str(tmp_path / "elsewhere.h5ad"), "--uid", "study", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    present = run("ingest", db, str(tmp_path / "study.h5ad"))
+    assert present.stdout.startswith("study: already in the atlas")
+
+
+def test_organism_given_for_a_file_whose_obs_has_its_own_is_warned(tmp_path: Path, db: str) -> None:
+    path = _write(tmp_path / "mouse.h5ad", ["G1"])
+    adata = ad.read_h5ad(path)
+    adata.obs["organism"] = "Mus musculus"
+    adata.write_h5ad(path)
+    done = run("ingest", db, str(path), "--organism", "Homo sapiens")
+    assert "kept for the cells; organism 'Homo sapiens' is recorded on the new features only" in done.stderr
+    obs = RaggedAtlas.open(db).query().to_pandas()
+    assert obs["organism"].tolist() == ["Mus musculus"] * 2
