@@ -23,7 +23,7 @@ from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
 from lancell.tables.registry import sql_literal
-from lancell.tables.versions import list_snapshots, read_version
+from lancell.tables.versions import SNAPSHOT_LOCK, list_snapshots, read_version
 from lancell.tables.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
@@ -53,10 +53,13 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
     record = rows[0]
     if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
         detach_pointers(core, record["feature_space"], record["zarr_group"])
-    else:  # the cells go, with every modality attached to them
+        core.tables.datasets.delete(where)
+    else:
+        # the records of the dataset and of every modality attached to its cells go in one commit (the
+        # commit point: its cell rows are then owned by no record, so no reader sees them), then the rows;
+        # a process killed between the two leaves rows that vacuum() or a re-ingestion of ``uid`` removes
+        core.tables.datasets.delete(f"{where} OR cells_of = {sql_literal(uid)}")
         core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
-        core.tables.datasets.delete(f"cells_of = {sql_literal(uid)}")
-    core.tables.datasets.delete(where)
 
 
 def remove_group(core: AtlasCore, group: str) -> bool:
@@ -114,6 +117,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
                 )
             except LockTimeoutError:
                 continue
+            held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
             if _Names(_live_groups(core) | _snapshot_groups(core, snapshots)).nests(group):
                 continue  # committed, or snapshotted, since the lists above were read
             if _written_since(core, group, cutoff):

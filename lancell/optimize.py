@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from lancell.tables.indexes import build_indexes
 from lancell.tables.registry import number_unindexed
+from lancell.tables.versions import SNAPSHOT_LOCK
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
@@ -48,7 +49,9 @@ def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None
             # then prune untagged versions with pylance, which skips tagged ones.
             lease.check()
             handle.optimize(cleanup_older_than=_NEVER)
-            handle.to_lance().cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)
+            with core.lock(SNAPSHOT_LOCK):  # no version pruned that a snapshot has pinned and not yet tagged
+                dataset = handle.to_lance()
+                dataset.cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)
         lease.check()
         build_indexes(core.tables.cells, core.meta.get("fts_columns", []))
     return core.tables.versions()

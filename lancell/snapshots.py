@@ -12,7 +12,7 @@ from lancell.errors import ValidationError
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
 from lancell.tables.table_schemas import VERSIONS_TABLE
-from lancell.tables.versions import next_version, record_snapshot, tag_tables
+from lancell.tables.versions import SNAPSHOT_LOCK, next_version, record_snapshot, tag_tables
 from lancell.tables.visibility import committed_cells
 from lancell.validation import find_problems
 
@@ -38,7 +38,7 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
         ``core`` is read-only.
     """
     core.require_writable()
-    with core.lock("snapshot") as lease:
+    with core.lock(SNAPSHOT_LOCK) as lease:
         pinned = core.tables.versions()
         view = core.pinned_view(pinned)
         problems = find_problems(view)

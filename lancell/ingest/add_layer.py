@@ -71,20 +71,16 @@ def add_layer(
         several layers (nowhere to record one); the atlas is unchanged.
     """
     atlas.core.require_writable()
-    frame = atlas.list_datasets()
-    rows = frame[frame["uid"] == dataset_uid]
-    if rows.empty:
-        raise DatasetNotFoundError(f"add_layer: no dataset {dataset_uid!r} in the atlas")
     if "layers" not in atlas.core.dataset_arrow.names:
         raise IngestError(
             f"add_layer: dataset {dataset_uid!r}: this atlas's dataset table has no 'layers' column (an "
             "older lancell wrote it), so no new layer can be recorded; ingest the dataset with all its layers"
         )
-    record = rows.iloc[0]
-    group_name, space_name = record["zarr_group"], record["feature_space"]
-    space = resolve_feature_space(atlas.feature_spaces, space_name)
+    space = resolve_feature_space(atlas.feature_spaces, _record(atlas, dataset_uid)["feature_space"])
     space.check_layer(name)
     with atlas.core.lock(dataset_lock_name(dataset_uid)) as lease:
+        record = _record(atlas, dataset_uid)  # read under the lock: another add_layer may have committed
+        group_name = record["zarr_group"]
         atlas.group_claims.require_own(group_name, dataset_uid)
         attrs = atlas.core.group_attrs(group_name) or {}
         layers = list(record["layers"])
@@ -100,9 +96,10 @@ def add_layer(
             if padded:
                 group.attrs["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
             lease.check()
-            atlas.core.tables.datasets.update(  # the commit point
-                where=f"uid = {sql_literal(dataset_uid)}", values={"layers": [*layers, name]}
-            )
+            where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
+            updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
+            if updated.rows_updated != 1:  # deleted meanwhile (deletion takes no dataset lock)
+                raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException:
             _roll_back(group, attrs, name)
             raise
@@ -110,6 +107,15 @@ def add_layer(
             atlas.core.forget_nodes()  # this handle's opened groups predate the layer
     log.info("added layer %s to dataset %s", name, dataset_uid)
     return [*layers, name]
+
+
+def _record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:
+    """Dataset ``uid``'s record as the dataset table holds it now."""
+    where = f"uid = {sql_literal(uid)}"
+    rows = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
+    if not rows:
+        raise DatasetNotFoundError(f"add_layer: no dataset {uid!r} in the atlas")
+    return rows[0]
 
 
 def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:

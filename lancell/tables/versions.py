@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 
     from lancell.tables.atlas_tables import Database
 
-__all__ = ["read_snapshot", "read_version", "record_snapshot", "tag_name"]
+__all__ = ["SNAPSHOT_LOCK", "read_snapshot", "read_version", "record_snapshot", "tag_name"]
+
+# The atlas lock a snapshot holds from reading the tables' versions to recording them: what removes table
+# versions (optimize's cleanup) or zarr groups (vacuum) holds it too, so nothing a snapshot is about to pin
+# goes while it is pinned but not yet tagged and recorded.
+SNAPSHOT_LOCK = "snapshot"
 
 
 def tag_name(version: int) -> str:

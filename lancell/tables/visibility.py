@@ -5,8 +5,12 @@ the commit point. A process killed between the two (or a roll-back that could no
 that no dataset record owns; they stay invisible to every reader (queries, counts, loaders, ``validate()``,
 snapshots) until ``vacuum()`` removes them or a re-ingestion of the same dataset replaces them.
 
-Checking costs one ``count_rows()`` (table metadata only) and a read of the small dataset table: when the
-committed records account for every cell row, which is the normal state, no filter is added at all.
+A handle of live tables filters by the committed datasets (read from the dataset table first) on every read:
+the cell rows it then reads may be a newer version than any count taken before, so a count cannot tell that
+no uncommitted row is among them. A handle pinned to table versions (a snapshot) reads counts and rows of the
+same versions: when the committed records account for every cell row (one ``count_rows()``, table metadata
+only, and a read of the small dataset table), no filter is added at all. Records own complete sets of rows:
+ingestion writes a dataset's rows before its record, and deletion removes the record before the rows.
 """
 
 from __future__ import annotations
@@ -51,14 +55,15 @@ def committed_filter(owners: list[str]) -> str:
 
 
 def visible_cells_filter(core: AtlasCore) -> str | None:
-    """A SQL predicate that hides uncommitted cell rows, or ``None`` when there are none to hide.
+    """A SQL predicate that hides uncommitted cell rows, or ``None`` when ``core``'s tables are pinned and
+    there are none to hide.
 
     Worked out once per snapshot-pinned handle, on every call for a live one.
     """
 
     def compute() -> str | None:
         owners, committed = committed_cells(core)
-        if core.tables.cells.count_rows() == committed:
+        if core.tables.pinned is not None and core.tables.cells.count_rows() == committed:
             return None
         return committed_filter(owners)
 
