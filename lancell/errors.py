@@ -181,6 +181,10 @@ class QueryError(LancellError, ValueError):
     """A query is malformed (bad SQL filter, unknown column, unknown feature)."""
 
 
+class CommitConflictError(LancellError, RuntimeError):
+    """A table commit kept losing to other processes' commits (LanceDB's retryable conflict) after retries."""
+
+
 class BatchTransportError(LancellError, RuntimeError):
     """A batch from a DataLoader worker names a shared-memory slot the training process was never given."""
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lancell.errors import CommitConflictError
 from lancell.tables.indexes import build_indexes
 from lancell.tables.registry import number_unindexed
 from lancell.tables.versions import SNAPSHOT_LOCK
 
 if TYPE_CHECKING:
+    from lancedb.table import Table
+
     from lancell.core import AtlasCore
 
 __all__ = ["DEFAULT_RETENTION", "assign_global_indices", "optimize_tables"]
 
 DEFAULT_RETENTION = timedelta(days=7)
 _NEVER = timedelta(days=365 * 100)
+_ATTEMPTS = 6
 
 
 def assign_global_indices(core: AtlasCore) -> dict[str, int]:
@@ -26,6 +31,24 @@ def assign_global_indices(core: AtlasCore) -> dict[str, int]:
         with core.lock(f"registry-{space.name}"):
             numbered[space.name] = number_unindexed(core.tables.registry(space.name))
     return numbered
+
+
+def _compact(handle: Table) -> None:
+    """Compact and index ``handle``, again after a commit conflict (a concurrent delete or write won the
+    commit: LanceDB asks for a retry), up to ``_ATTEMPTS`` times."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            handle.optimize(cleanup_older_than=_NEVER)
+            return
+        except RuntimeError as exc:
+            if "Retryable commit conflict" not in str(exc):
+                raise
+            if attempt == _ATTEMPTS - 1:
+                raise CommitConflictError(
+                    f"optimize: table {handle.name!r}: the compaction lost {_ATTEMPTS} commits in a row to "
+                    f"other processes' writes; run optimize() again ({exc})"
+                ) from exc
+            time.sleep(0.05 * 2**attempt)
 
 
 def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
@@ -39,6 +62,8 @@ def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None
     ------
     LockLostError
         Another process took the optimize lock over; the tables not yet optimized are left as they are.
+    CommitConflictError
+        A table's compaction lost its commit to other processes' writes ``_ATTEMPTS`` times in a row.
     """
     core.require_writable()
     assign_global_indices(core)
@@ -48,7 +73,7 @@ def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None
             # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,
             # then prune untagged versions with pylance, which skips tagged ones.
             lease.check()
-            handle.optimize(cleanup_older_than=_NEVER)
+            _compact(handle)
             with core.lock(SNAPSHOT_LOCK):  # no version pruned that a snapshot has pinned and not yet tagged
                 dataset = handle.to_lance()
                 dataset.cleanup_old_versions(older_than=keep_for, error_if_tagged_old_versions=False)

@@ -253,9 +253,9 @@ def plan_dataset(
         raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
     obs_names = obs.index
     if obs_names.has_duplicates:
+        repeated = obs_names[obs_names.duplicated()].unique()[:5].tolist()
         raise IngestError(
-            f"dataset {dataset!r}: duplicate obs names {obs_names[obs_names.duplicated()][:5].tolist()}; "
-            "call adata.obs_names_make_unique() first"
+            f"dataset {dataset!r}: duplicate obs names {repeated}; call adata.obs_names_make_unique() first"
         )
     fields = obs_fields(core.cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 import lancell.snapshots as snapshots
 from lancell.atlas import RaggedAtlas
+from lancell.errors import CommitConflictError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -203,3 +204,27 @@ def test_a_live_handle_never_reads_rows_no_record_owns(db, monkeypatch):
 
 def _fail(*args, **kwargs):
     raise RuntimeError("this process stops here")
+
+
+@pytest.mark.parametrize("conflicts", [2, 100])
+def test_optimize_retries_a_compaction_another_commit_preempted(db, monkeypatch, conflicts):
+    """LanceDB refuses a compaction's commit when a concurrent delete or write won (a bare RuntimeError)."""
+    atlas = RaggedAtlas.open(db)
+    kept = _ingest(atlas, "d0", 0)
+    table_type = type(atlas.core.tables.cells)
+    compact = table_type.optimize
+    raised = []
+
+    def preempted(self, *args, **kwargs):
+        if len(raised) < conflicts:
+            raised.append(self.name)
+            raise RuntimeError("Retryable commit conflict for version 9: preempted by concurrent Delete")
+        return compact(self, *args, **kwargs)
+
+    monkeypatch.setattr(table_type, "optimize", preempted)
+    if conflicts > 5:
+        with pytest.raises(CommitConflictError, match="lost 6 commits in a row"):
+            atlas.optimize()
+    else:
+        atlas.optimize()
+    np.testing.assert_array_equal(_values(RaggedAtlas.open(db), "d0"), _expected(kept))
