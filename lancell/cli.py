@@ -154,7 +154,9 @@ def _query(args: argparse.Namespace) -> int:
         query = query.layers(space or "gene_expression", layer)
     if args.features:
         names = [name for item in args.features for name in item.split(",") if name]
-        query = query.features(names, args.feature_space or "gene_expression")
+        query = query.features(
+            names, args.feature_space or "gene_expression", case_sensitive=not args.ignore_case
+        )
     query = query.feature_join(args.join).on_unmeasured(args.on_unmeasured)
     adata = query.to_anndata()
     output = Path(args.output)
@@ -207,8 +209,12 @@ def _hours(text: str) -> float:
 def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a query command line whose output cannot be written or whose options would be ignored,
     before the atlas is read."""
-    if args.feature_space is not None and not args.features:
-        parser.error("--feature-space names the space of --features, and no --features were given")
+    for given, option in (
+        (args.feature_space is not None, "--feature-space"),
+        (args.ignore_case, "--ignore-case"),
+    ):
+        if given and not args.features:
+            parser.error(f"{option} applies to --features, and no --features were given")
     output = Path(args.output)
     if output.is_dir():
         parser.error(f"-o {args.output}: is a folder, not a file")
@@ -302,6 +308,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--features", action="append", metavar="A,B,...", help="feature symbols or uids")
     query.add_argument("--feature-space", help="feature space of --features (default: gene_expression)")
+    query.add_argument(
+        "--ignore-case", action="store_true", help="match --features to uids and symbols ignoring case"
+    )
     query.add_argument("--join", choices=["union", "intersection"], default="union")
     query.add_argument(
         "--on-unmeasured",

@@ -398,11 +398,9 @@ class AtlasQuery:
             raise QueryError(
                 f"the query selects features {self._features[1]!r}, the loader was asked for {features!r}"
             )
-        return (
-            query.all_features(feature_space)
-            if wanted[1] is None
-            else query.features(wanted[1], feature_space)
-        )
+        if wanted[1] is None:
+            return query.all_features(feature_space)
+        return query.features(wanted[1], feature_space, case_sensitive=self._case_sensitive)
 
     def to_cell_dataset(
         self,

@@ -58,7 +58,8 @@ def test_query_of_features_registered_without_organism_is_written(tmp_path: Path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--feature-space", "protein"], "--feature-space names the space of --features"),
+        (["--feature-space", "protein"], "--feature-space applies to --features"),
+        (["--ignore-case"], "--ignore-case applies to --features"),
         (["-o", "{tmp}"], "is a folder, not a file"),
         (["-o", "{tmp}/no/such/q.h5ad"], "does not exist"),
     ],
@@ -123,3 +124,14 @@ def test_organism_given_for_a_file_whose_obs_has_its_own_is_warned(tmp_path: Pat
     assert "kept for the cells; organism 'Homo sapiens' is recorded on the new features only" in done.stderr
     obs = RaggedAtlas.open(db).query().to_pandas()
     assert obs["organism"].tolist() == ["Mus musculus"] * 2
+
+
+def test_features_matched_ignoring_case(tmp_path: Path, db: str) -> None:
+    run("ingest", db, str(_write(tmp_path / "plain.h5ad", ["Cd3e", "LYZ", "G3"])))
+    out = tmp_path / "out.h5ad"
+    exact = run("query", db, "--layer", "counts", "--features", "cd3e,lyz", "-o", str(out), check=False)
+    assert exact.returncode == 1 and "['cd3e', 'lyz']" in exact.stderr
+    run("query", db, "--layer", "counts", "--features", "cd3e,lyz", "--ignore-case", "-o", str(out))
+    written = ad.read_h5ad(out)
+    assert written.var_names.tolist() == ["Cd3e", "LYZ"]
+    np.testing.assert_array_equal(written.X.toarray(), [[1, 2], [4, 5]])

@@ -112,6 +112,9 @@ def test_features_ignoring_case_in_query_and_loader(bundled, pbmc_obs):
 
     dataset = folded.to_cell_dataset("gene_expression", "log_normalized")
     assert list(dataset.feature_uids) == ["LYZ", "CD3D"]
+    # the loader asked for the query's own list keeps its case-insensitive matching
+    named = folded.to_cell_dataset("gene_expression", "log_normalized", features=["lyz", "cd3d"])
+    assert list(named.feature_uids) == ["LYZ", "CD3D"]
     batch = dataset.__getitems__(np.arange(len(dataset)))
     dense = np.zeros((len(batch), batch.n_features), dtype=np.float32)
     rows = np.repeat(np.arange(len(batch)), np.diff(batch.offsets))
