@@ -24,10 +24,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import warnings
 from collections.abc import Callable
 from multiprocessing import spawn
 from typing import Any, Literal
 
+import torch
 from torch.utils.data import DataLoader
 
 from lancell.dataloader.collate import DenseCollate, SparseCollate
@@ -36,6 +38,7 @@ from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
+from lancell.errors import LancellWarning
 
 __all__ = ["make_loader"]
 
@@ -71,7 +74,8 @@ def make_loader(
         Turns a :class:`CellBatch` into what the model takes (picklable for workers). Default:
         :class:`SparseCollate` for sparse feature spaces, :class:`DenseCollate` for dense ones.
     pin_memory
-        Pin the output tensors (for a GPU).
+        Pin the output tensors (for a GPU); without an accelerator it is ignored with a
+        :class:`~lancell.errors.LancellWarning`, as torch's own DataLoader does.
     prefetch_factor
         Batches each worker keeps in flight (only with workers).
     multiprocessing_context
@@ -98,8 +102,17 @@ def make_loader(
         raise ValueError("read with worker processes or with threads, not both")
     if collate_fn is None:
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
+    if (
+        pin_memory and not torch.accelerator.is_available()
+    ):  # pinning would raise in the first epoch's handoff
+        warnings.warn(
+            "pin_memory=True is ignored: there is no accelerator (GPU) to pin batches for",
+            LancellWarning,
+            stacklevel=2,
+        )
+        pin_memory = False
     if threads:
-        return ThreadedLoader(dataset, sampler, collate_fn, threads)
+        return ThreadedLoader(dataset, sampler, collate_fn, threads, pin_memory)
     if num_workers == 0:
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=pin_memory)
     context = multiprocessing.get_context(multiprocessing_context)

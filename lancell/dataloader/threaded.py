@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from torch.utils.data._utils.pin_memory import pin_memory
+
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.sampler import CellSampler
 
@@ -32,6 +34,8 @@ class ThreadedLoader:
         Turns a :class:`CellBatch` into what the model takes (runs on the reading threads).
     threads
         Reading threads (at least 1).
+    pin_memory
+        Pin the output tensors (for a GPU), on the reading threads.
 
     Raises
     ------
@@ -40,7 +44,12 @@ class ThreadedLoader:
     """
 
     def __init__(
-        self, dataset: CellDataset, sampler: CellSampler, collate_fn: Callable[[Any], Any], threads: int
+        self,
+        dataset: CellDataset,
+        sampler: CellSampler,
+        collate_fn: Callable[[Any], Any],
+        threads: int,
+        pin_memory: bool = False,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -48,12 +57,14 @@ class ThreadedLoader:
         self.sampler = sampler
         self.collate_fn = collate_fn
         self.threads = threads
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def _read(self, positions: list[int]) -> Any:
-        return self.collate_fn(self.dataset.__getitems__(positions))
+        batch = self.collate_fn(self.dataset.__getitems__(positions))
+        return pin_memory(batch) if self.pin_memory else batch
 
     def __iter__(self) -> Iterator[Any]:
         batches = iter(self.sampler)

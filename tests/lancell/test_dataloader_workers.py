@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from lancell.dataloader import CellDataset, CellSampler, DenseCollate, make_loader
+from lancell.errors import LancellWarning
 
 if TYPE_CHECKING:  # the DDP ranks import this module: keep lancedb out of their start-up
     from lancell.atlas import RaggedAtlas
@@ -103,6 +105,20 @@ def test_two_workers_locality_dense_collate(bundled):
         np.testing.assert_array_equal(out["presence"].numpy()[:, 200:].all(axis=1), ~mouse_cell)
         seen[index] = True
     assert seen.all()
+
+
+@pytest.mark.parametrize("readers", [{"num_workers": 1}, {"threads": 2}])
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="pinning is ignored only without an accelerator")
+def test_pin_memory_without_an_accelerator_is_ignored_with_a_warning(bundled, readers):
+    """A worker loader's first epoch pinned its batches itself and raised torch's RuntimeError; the threaded
+    loader dropped the option without a word."""
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")
+    dataset = query.to_cell_dataset(SPACE, "counts", features="registry")
+    sampler = CellSampler(dataset, 128, mode="random", seed=2)
+    with pytest.warns(LancellWarning, match="pin_memory=True is ignored"):
+        loader = make_loader(dataset, sampler, pin_memory=True, timeout=120, **readers)
+    expected = _reference(query, n_features=bundled.feature_registry(SPACE).shape[0])
+    _assert_same(_epoch(loader, len(dataset))[1], expected)
 
 
 def _free_port() -> int:
