@@ -96,6 +96,9 @@ def _ingest(args: argparse.Namespace) -> int:
     atlas = RaggedAtlas.open(args.db)
     overrides = _spec_overrides(args)
     renames = _pairs("--obs-columns", args.obs_columns or [])
+    missing = [path for path in args.paths if not Path(path).is_file()]
+    if missing:
+        raise IngestError(f"no such file: {', '.join(missing)}")
     specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
     for spec in specs:
         spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})

@@ -44,10 +44,11 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
     that partition.
     """
     known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [entry for entry in landing_zone.entries() if entry.uid not in known]
-    for entry in new:
-        if entry.error is not None:
-            context.log.warning(f"{entry.path.name}: {entry.error} (its run will fail; other files proceed)")
+    entries = landing_zone.entries()
+    new = [entry for entry in entries if entry.uid not in known]
+    for entry in entries:
+        if entry.error is not None and (entry.uid not in known or entry.shared_uid):
+            context.log.warning(f"{entry.path.name}: {entry.error} (its run fails; other files proceed)")
     uids = list(dict.fromkeys(entry.uid for entry in new))
     if uids:
         context.log.info(f"new landing files: {uids}")

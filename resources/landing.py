@@ -15,12 +15,14 @@ if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions m
 
 @dataclass(frozen=True)
 class LandingEntry:
-    """One landing file: its dataset uid and either its spec or why its sidecar cannot be read."""
+    """One landing file: its dataset uid and either its spec or why it cannot be ingested (``shared_uid``:
+    another landing file lands as the same uid)."""
 
     uid: str
     path: Path
     spec: LandingSpec | None
     error: str | None
+    shared_uid: bool = False
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -40,7 +42,9 @@ class LandingZone(dg.ConfigurableResource):
     def entries(self) -> list[LandingEntry]:
         """Every landing file (sorted by name), each read on its own: a bad sidecar marks only its file.
 
-        A file whose sidecar cannot be read keeps its file stem as uid and carries the error.
+        A file whose sidecar cannot be read keeps its file stem as uid and carries the error; so do files
+        that land as the same dataset uid (neither is ingested while both say so: taking the first by name
+        would leave the other out without a word).
         """
         from lancell.errors import IngestError
         from lancell.ingest.landing import read_landing_spec
@@ -54,7 +58,22 @@ class LandingZone(dg.ConfigurableResource):
                 out.append(LandingEntry(uid=path.stem, path=path, spec=None, error=str(exc)))
             else:
                 out.append(LandingEntry(uid=spec.uid, path=path, spec=spec, error=None))
-        return out
+        files: dict[str, list[str]] = {}
+        for entry in out:
+            files.setdefault(entry.uid, []).append(entry.path.name)
+        return [
+            LandingEntry(
+                uid=entry.uid,
+                path=entry.path,
+                spec=None,
+                error=f"landing files {files[entry.uid]} all land as dataset uid {entry.uid!r}; give each "
+                "its own uid (file stem or sidecar 'uid')",
+                shared_uid=True,
+            )
+            if len(files[entry.uid]) > 1
+            else entry
+            for entry in out
+        ]
 
     def spec(self, dataset_uid: str) -> LandingSpec:
         """The spec of the file whose dataset uid is ``dataset_uid``.

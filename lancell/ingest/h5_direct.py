@@ -275,8 +275,10 @@ def _agrees(read_into: Callable[[np.ndarray, int, int], None], dataset: h5py.Dat
 
 def _chunk_table(dataset: h5py.Dataset) -> np.ndarray | None:
     """``(first value, byte offset, stored size, filter mask)`` of every chunk in value order, or None if a
-    chunk is missing."""
+    chunk is missing or there is none."""
     chunk, size = int(dataset.chunks[0]), int(dataset.shape[0])
+    if size == 0:  # no chunk to read (a matrix without stored values): h5py's read is empty too
+        return None
     chunks: list[tuple[int, int, int, int]] = []
     try:
         dataset.id.chunk_iter(

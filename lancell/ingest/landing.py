@@ -64,7 +64,7 @@ from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
-from lancell.tables.schema import DatasetRecord, obs_fields
+from lancell.tables.schema import DatasetRecord, check_dataset_uid, obs_fields
 
 if TYPE_CHECKING:
     from lancell.standardize.pipeline import StandardizationReport
@@ -102,9 +102,11 @@ _REQUIRED_TEXT = frozenset({f.name for f in fields(LandingSpec) if f.type == "st
 def _sidecar_options(sidecar: Path) -> dict[str, Any]:
     """The sidecar's keys, type-checked."""
     try:
-        options = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
+        options = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IngestError(f"{sidecar}: not valid JSON ({exc})") from exc
+    except OSError as exc:  # a folder, unreadable
+        raise IngestError(f"{sidecar}: cannot be read ({exc})") from exc
     if not isinstance(options, dict):
         raise IngestError(f"{sidecar}: must hold a JSON object, not {type(options).__name__}")
     unknown = sorted(set(options) - _SIDECAR_KEYS)
@@ -230,9 +232,9 @@ def ingest_landing_file(
     :class:`~lancell.standardize.pipeline.StandardizationReport` before anything is registered.
 
     ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
-    (re-materializing a partition is idempotent; the file is not read: delete the dataset to replace it with
-    another file's content); ``"duplicate"`` when the file's content is already in the
-    atlas as another dataset, whose record is returned (nothing is ingested; see
+    (re-materializing a partition is idempotent; the file is not read, and need not exist any more: delete
+    the dataset to replace it with another file's content); ``"duplicate"`` when the file's content is
+    already in the atlas as another dataset, whose record is returned (nothing is ingested; see
     :mod:`lancell.ingest.fingerprint`).
 
     Raises
@@ -245,19 +247,20 @@ def ingest_landing_file(
     FeatureSpaceError
         The spec names a feature space the atlas does not have.
     """
-    if not spec.path.exists():
-        raise IngestError(f"landing file {spec.path} does not exist")
     resolve_feature_space(atlas.feature_spaces, spec.feature_space)
     where = f"uid = {sql_literal(spec.uid)}"
     existing = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
-    if existing:
+    if existing:  # the file is not read (it may be gone: the dataset stays as ingested)
         return atlas.dataset_schema(**existing[0]), "present"
+    if not spec.path.exists():
+        raise IngestError(f"landing file {spec.path} does not exist")
     try:
         record = atlas.dataset_schema(
             uid=spec.uid, name=spec.name, source=spec.source or str(spec.path), accession=spec.accession
         )
     except pydantic.ValidationError as exc:
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
+    check_dataset_uid(spec.uid)  # before anything is registered
     try:
         adata = ad.read_h5ad(spec.path, backed="r")
     except (OSError, KeyError, ValueError) as exc:

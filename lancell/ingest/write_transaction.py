@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
+from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError
 from lancell.ingest.blocks import checked_values
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
@@ -248,7 +248,7 @@ class WriteTransaction:
             if self._group is not None:
                 remove_group(core, self._group)
                 self._group = None
-        except (LancellError, OSError) as exc:
+        except Exception as exc:  # whatever the store or LanceDB raise: the caller's error stands
             log.error("roll-back of dataset %s left debris (vacuum() removes it): %s", uid, exc)
 
     def close(self) -> None:

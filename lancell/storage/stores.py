@@ -74,10 +74,29 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
         path = local_path(url)
         path.mkdir(parents=True, exist_ok=True)
         return obs_store.LocalStore(path)
+    _check_endpoint(kwargs)
     try:
         return obs_store.from_url(url, **kwargs)
     except Exception as exc:  # obstore raises several unrelated types for bad URLs/config
         raise StoreError(f"cannot open object store at {url!r}: {exc}") from exc
+
+
+def _check_endpoint(store_kwargs: dict[str, Any] | None) -> None:
+    """Refuse an ``endpoint`` setting that is not an ``http://`` or ``https://`` URL.
+
+    obstore and LanceDB end such a setting (``"127.0.0.1:9000"``) with a Rust panic, which Python's
+    ``except Exception`` does not even catch.
+
+    Raises
+    ------
+    StoreError
+        The endpoint names no scheme (or another one).
+    """
+    config = dict((store_kwargs or {}).get("config") or {})
+    for key, value in config.items():
+        if str(key).lower().removeprefix("aws_") in ("endpoint", "endpoint_url"):
+            if not re.match(r"https?://[^/\s]", str(value)):
+                raise StoreError(f"store setting {key}={value!r} must be an http:// or https:// URL")
 
 
 def describe_store(store: obs_store.ObjectStore) -> str:
@@ -138,6 +157,7 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     """
     if is_local(db_uri) or not store_kwargs:
         return None
+    _check_endpoint(store_kwargs)
     is_s3 = db_uri.startswith(("s3://", "s3a://"))
     flat = {**dict(store_kwargs.get("config") or {}), **dict(store_kwargs.get("client_options") or {})}
     options: dict[str, str] = {}

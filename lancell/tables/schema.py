@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 _UID_FORBIDDEN = frozenset(":\\")
+# a group is named "<uid>-<8 hex>" and claimed by "<group>.json": within a file name's 255 bytes
+_UID_MAX_BYTES = 200
 
 
 class SparseZarrPointer(BaseModel):
@@ -257,8 +259,8 @@ def check_dataset_uid(dataset: str) -> None:
     Raises
     ------
     IngestError
-        The uid is empty, has surrounding spaces, contains ``:``, ``\\`` or a control character, starts
-        with ``_``, or has an empty or dot-led ``/``-separated part.
+        The uid is empty, longer than 200 bytes (UTF-8), has surrounding spaces, contains ``:``, ``\\`` or a
+        control character, starts with ``_``, or has an empty or dot-led ``/``-separated part.
     """
     if not isinstance(dataset, str) or not dataset or dataset != dataset.strip():
         raise IngestError(f"dataset uid {dataset!r} must be a non-empty string without surrounding spaces")
@@ -267,6 +269,12 @@ def check_dataset_uid(dataset: str) -> None:
         raise IngestError(
             f"dataset uid {dataset!r} contains {bad}: ':' would make cell uids ('<dataset uid>:<obs name>') "
             "ambiguous; '\\' and control characters are not allowed in store paths"
+        )
+    if len(dataset.encode()) > _UID_MAX_BYTES:
+        raise IngestError(
+            f"dataset uid {dataset[:40]!r}... is {len(dataset.encode())} bytes long; at most "
+            f"{_UID_MAX_BYTES} (it names the dataset's folder and files in the store; file systems limit "
+            "a name to 255 bytes)"
         )
     if dataset.startswith("_") or any(not part or part.startswith(".") for part in dataset.split("/")):
         raise IngestError(

@@ -112,6 +112,40 @@ def test_one_bad_sidecar_marks_its_file_only(platform):
     assert RaggedAtlas.open(str(root / "db")).list_datasets()["uid"].tolist() == ["pbmc68k"]
 
 
+def test_files_landing_as_one_uid_fail_naming_both_and_an_unreadable_sidecar_marks_its_file(platform):
+    """Two files landing as one uid: the first by name was ingested and the other left out without a word.
+    A sidecar that is not UTF-8 (or a folder) stopped the whole sensor tick."""
+    defs, instance, root = platform
+    landing = root / "landing"
+    for name in ("x1", "x2"):
+        shutil.copyfile(BUNDLED[1].path, landing / f"{name}.h5ad")
+        (landing / f"{name}.json").write_text(json.dumps({"uid": "x"}))
+    shutil.copyfile(BUNDLED[1].path, landing / "latin.h5ad")
+    (landing / "latin.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    result = landing_zone_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    keys = [r.partition_key for r in result.run_requests]
+    assert {"x", "latin", "pbmc68k"} <= set(keys)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    both = _ingest(defs, instance, "x")
+    error = both.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata["error"].value
+    assert "landing files ['x1.h5ad', 'x2.h5ad'] all land as dataset uid 'x'" in error
+    latin = _ingest(defs, instance, "latin")
+    error = latin.get_step_failure_events()[0].step_failure_data.user_failure_data.metadata["error"].value
+    assert "latin.json: not valid JSON" in error
+    db = root / "db"
+    assert not db.exists() or RaggedAtlas.open(str(db)).list_datasets().empty
+
+
+def test_a_present_partition_whose_file_was_removed_stays_materialized(platform):
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k"])
+    assert _ingest(defs, instance, "pbmc68k").success
+    (root / "landing" / "pbmc68k.h5ad").unlink()
+    again = _ingest(defs, instance, "pbmc68k")
+    assert again.success and all(c.passed for c in again.get_asset_check_evaluations())
+
+
 def _sidecar_keys() -> list[str]:
     return [
         "accession",

@@ -301,6 +301,25 @@ def test_many_small_blocks_read_directly_are_stored_exactly(
     np.testing.assert_array_equal(got[:, genes].X.toarray(), x.toarray())
 
 
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_a_matrix_without_stored_values_is_ingested(tmp_path: Path, compression: str | None) -> None:
+    """An all-zero sparse X has empty ``data`` and ``indices`` (no chunk): its chunk table was indexed."""
+    genes = ["G1", "G2", "G3"]
+    adata = ad.AnnData(
+        sp.csr_matrix((3, 3), dtype=np.int32),
+        obs=pd.DataFrame(index=["a", "b", "c"]),
+        var=pd.DataFrame(index=genes),
+    )
+    adata.write_h5ad(tmp_path / "zero.h5ad", compression=compression)
+    atlas = _atlas(tmp_path, genes)
+    record = add_from_anndata(
+        atlas, tmp_path / "zero.h5ad", feature_space="gene_expression", zarr_layer="counts", progress=False
+    )
+    assert (record.n_cells, record.nnz) == (3, 0)
+    got = atlas.query().to_anndata()
+    assert got.shape == (3, 3) and got.X.nnz == 0
+
+
 def test_a_negative_count_read_directly_is_refused_naming_the_row(tmp_path: Path) -> None:
     genes = [f"G{i}" for i in range(50)]
     x = sp.random(200, 50, density=0.2, format="csr", random_state=6, dtype=np.float64)

@@ -413,3 +413,26 @@ def test_a_corrupted_chunk_raises_ingest_error_naming_dataset_and_file(atlas, tm
     assert f"from {path} (/X): OSError: " in message
     assert isinstance(caught.value.__cause__, OSError)
     assert visible_state(atlas, versions=True) == before
+
+
+def test_a_roll_back_the_store_refuses_keeps_the_callers_error(atlas, monkeypatch, caplog):
+    """LanceDB raises a bare RuntimeError when the store goes away; during a roll-back it replaced the
+    ingestion's own error."""
+    from lancell.ingest import write_transaction
+
+    def store_gone(*args, **kwargs):
+        raise RuntimeError("lance error: the object store is unreachable")
+
+    def own_failure(self):
+        raise IngestError("the ingestion's own failure")
+
+    monkeypatch.setattr(write_transaction, "remove_group", store_gone)
+    monkeypatch.setattr(write_transaction.WriteTransaction, "commit", own_failure)
+    adata = ad.AnnData(
+        sp.csr_matrix(np.ones((2, 2), np.int32)),
+        obs=pd.DataFrame(index=["a", "b"]),
+        var=pd.DataFrame(index=GENES[:2]),
+    )
+    with pytest.raises(IngestError, match="the ingestion's own failure"):
+        add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts", progress=False)
+    assert "roll-back of dataset" in caplog.text and "unreachable" in caplog.text

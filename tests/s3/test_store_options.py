@@ -3,7 +3,11 @@
 from types import SimpleNamespace
 
 import obstore.store as obs_store
+import pytest
 
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.errors import StoreError
 from lancell.storage.stores import lancedb_storage_options, open_store, public_store_config
 
 KWARGS = {
@@ -101,3 +105,22 @@ def test_public_store_config_drops_every_credential():
         config={"bucket": "b", "service_account_key": "{...}", "service_account": "/k.json"}
     )
     assert public_store_config(gcs) == {}
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8333", "localhost", "htp:/bad endpoint", "ftp://host"])
+def test_an_endpoint_that_is_not_an_http_url_is_a_store_error(tmp_path, endpoint):
+    """obstore and LanceDB ended such an endpoint with a Rust panic (not even an ``Exception``)."""
+    kwargs = {"config": {**KWARGS["config"], "endpoint": endpoint}}
+    with pytest.raises(StoreError, match="must be an http:// or https:// URL"):
+        open_store("s3://bucket/atlas/arrays", kwargs)
+    with pytest.raises(StoreError, match="must be an http:// or https:// URL"):
+        lancedb_storage_options("s3://bucket/atlas/db", {"config": {"aws_endpoint": endpoint}})
+    with pytest.raises(StoreError, match="must be an http:// or https:// URL"):
+        RaggedAtlas.create(
+            "s3://bucket/atlas/db",
+            "cells",
+            CellSchema,
+            registry_schemas={"gene_expression": GeneFeature},
+            store="s3://bucket/atlas/arrays",
+            store_kwargs=kwargs,
+        )
