@@ -37,9 +37,21 @@ def _modules(package: str) -> dict[str, Path]:
     return out
 
 
+def _parsed(source: str, attempts: int = 3) -> ast.Module:
+    """``ast.parse(source)``, again after CPython 3.11's "AST constructor recursion depth mismatch": its AST
+    conversion keeps one depth counter per interpreter, which another thread of the test process parsing at
+    the same moment upsets (CPython issue 106905; one suite run in ~20 failed this way)."""
+    for _ in range(attempts - 1):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            continue
+    return ast.parse(source)
+
+
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """Modules ``path`` imports at run time, and under ``TYPE_CHECKING`` only."""
-    tree = ast.parse(path.read_text())
+    tree = _parsed(path.read_text())
     type_only_nodes: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
