@@ -36,10 +36,11 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
+import obstore.exceptions
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError
+from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, StoreError
 from lancell.ingest.blocks import checked_values
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
@@ -292,9 +293,12 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         for transaction in transactions:
             transaction.stage()
         records = [transaction.commit() for transaction in transactions]
-    except BaseException:
+    except BaseException as exc:
         for transaction in reversed(transactions):
             transaction.roll_back()
+        if isinstance(exc, obstore.exceptions.BaseError):  # unreachable, refused, timed out: typed, named
+            uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
+            raise StoreError(f"dataset {uids}: the object store failed while it was written: {exc}") from exc
         raise
     finally:
         for transaction in transactions:

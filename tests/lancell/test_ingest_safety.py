@@ -436,3 +436,33 @@ def test_a_roll_back_the_store_refuses_keeps_the_callers_error(atlas, monkeypatc
     with pytest.raises(IngestError, match="the ingestion's own failure"):
         add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts", progress=False)
     assert "roll-back of dataset" in caplog.text and "unreachable" in caplog.text
+
+
+def test_a_store_failing_mid_write_is_a_store_error_naming_the_dataset(atlas, monkeypatch):
+    """obstore's own errors (a frozen or unreachable server: ``GenericError``) are neither lancell's nor
+    ``OSError``s; ingestion raised them as they came."""
+    import obstore.exceptions
+
+    from lancell.errors import StoreError
+    from lancell.ingest import write_transaction
+
+    def frozen(*args, **kwargs):
+        raise obstore.exceptions.GenericError("the PUT failed after 10 retries")
+
+    monkeypatch.setattr(write_transaction, "write_group", frozen)
+    before = visible_state(atlas)
+    adata = ad.AnnData(
+        sp.csr_matrix(np.ones((2, 2), np.int32)),
+        obs=pd.DataFrame(index=["a", "b"]),
+        var=pd.DataFrame(index=GENES[:2]),
+    )
+    with pytest.raises(StoreError, match="dataset 'frozen': the object store failed while it was written"):
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="frozen"),
+            progress=False,
+        )
+    assert visible_state(atlas) == before
