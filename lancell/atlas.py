@@ -328,10 +328,11 @@ class RaggedAtlas:
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
         """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
 
-        Only groups this atlas claimed when it wrote them and whose attributes carry its id, older than
-        ``grace``, are considered; the store is never listed, so nothing else in it is ever deleted (see
-        :func:`lancell.maintenance.remove_debris`). Cell rows of datasets that never got a dataset record
-        (an interrupted ingestion) pointing into a deleted group go too.
+        Only groups this atlas claimed when it wrote them and whose attributes carry its id, claimed and (if
+        their dataset was deleted) released more than ``grace`` ago, are considered; the store is never
+        listed, so nothing else in it is ever deleted (see :func:`lancell.maintenance.remove_debris`). Cell
+        rows of datasets that never got a dataset record (an interrupted ingestion) pointing into a deleted
+        group go too.
 
         Returns
         -------

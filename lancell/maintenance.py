@@ -51,6 +51,9 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
     if not rows:
         raise DatasetNotFoundError(f"no dataset {uid!r} in the atlas")
     record = rows[0]
+    attached = core.tables.datasets.search().where(f"cells_of = {sql_literal(uid)}").select(["zarr_group"])
+    for group in [record["zarr_group"], *attached.to_arrow().column("zarr_group").to_pylist()]:
+        core.group_claims.mark_released(group)  # vacuum's grace counts from now: live readers finish
     if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
         detach_pointers(core, record["feature_space"], record["zarr_group"])
         core.tables.datasets.delete(where)
@@ -78,12 +81,13 @@ def remove_group(core: AtlasCore, group: str) -> bool:
 def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     """Delete this atlas's claimed groups that nothing references, once older than ``grace``.
 
-    A candidate is a group claimed by this atlas (claim older than ``grace``) that no live dataset record
-    and no snapshot references. It is deleted, with the uncommitted cell rows pointing into it (and the
-    pointers of committed cells into it: a modality whose attachment never committed), only while no
-    ingestion of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced,
-    nothing under it was written within ``grace``, and its attributes carry this atlas's id (or nothing is
-    stored). Then its claim goes.
+    A candidate is a group claimed by this atlas (claim, and deletion of its dataset, older than ``grace``: a
+    reader that selected the dataset's cells before its deletion reads on for ``grace``) that no live dataset
+    record and no snapshot references. It is deleted, with the uncommitted cell rows pointing into it (and the
+    pointers of committed cells into it: a modality whose attachment never committed), only while no ingestion
+    of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced, nothing under
+    it was written within ``grace``, and its attributes carry this atlas's id (or nothing is stored). Then its
+    claim goes.
 
     Returns
     -------
@@ -105,7 +109,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     for claim in mine:
         group = claim.group
         if (
-            claim.created_at > cutoff
+            claim.last_needed > cutoff
             or referenced_names.nests(group)
             or claimed_names.nests(group, strictly=True)
         ):

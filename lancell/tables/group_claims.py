@@ -4,7 +4,8 @@ Before a write path creates a dataset group it claims the group's name: an objec
 ``_lancell/groups/<group>.json`` in the atlas's metadata store (next to the LanceDB tables, so a claim
 travels with the database, never with the array store) holding the atlas id, the dataset uid and the time.
 The group's first object (its ``zarr.json``) carries the same atlas id
-(``lancell.storage.groups.ATLAS_ID_ATTR``).
+(``lancell.storage.groups.ATLAS_ID_ATTR``). Deleting the group's dataset adds the time to its claim
+(``released_at``), so that ``vacuum``'s grace counts from the deletion.
 
 A group is *this atlas's own* when both hold: the atlas's claim names it, and the group carries this atlas's
 id (or is absent or empty: a write interrupted before its first object). :meth:`GroupClaims.delete` deletes
@@ -49,6 +50,12 @@ class GroupClaim:
     atlas_id: str
     dataset_uid: str
     created_at: datetime
+    released_at: datetime | None = None
+
+    @property
+    def last_needed(self) -> datetime:
+        """When the group was last known to be needed: its claim, or the deletion of its dataset."""
+        return self.created_at if self.released_at is None else max(self.created_at, self.released_at)
 
 
 class GroupClaims:
@@ -125,6 +132,17 @@ class GroupClaims:
         ]
         claims = [_parse(body) for path in paths if (body := read_json(self.meta_store, path)) is not None]
         return sorted(claims, key=lambda claim: (claim.created_at, claim.group))
+
+    def mark_released(self, group: str) -> None:
+        """Record that ``group``'s dataset is being deleted now (``vacuum``'s grace counts from then).
+
+        A claim that is missing (an older lancell wrote the group) or another atlas's stays as it is.
+        """
+        body = read_json(self.meta_store, _claim_path(group))
+        if body is None or body.get("atlas_id") != self.atlas_id:
+            return
+        released = datetime.now(UTC).isoformat()
+        write_json(self.meta_store, _claim_path(group), {**body, "released_at": released})
 
     def release(self, group: str) -> None:
         """Remove the claim of ``group`` (its group is gone)."""
@@ -222,11 +240,13 @@ def _claim_path(group: str) -> str:
 
 
 def _parse(body: dict[str, object]) -> GroupClaim:
+    released = body.get("released_at")
     return GroupClaim(
         group=str(body["group"]),
         atlas_id=str(body["atlas_id"]),
         dataset_uid=str(body["dataset_uid"]),
         created_at=datetime.fromisoformat(str(body["created_at"])),
+        released_at=None if released is None else datetime.fromisoformat(str(released)),
     )
 
 

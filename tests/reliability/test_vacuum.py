@@ -7,7 +7,8 @@ matrix from ``to_anndata()`` with the matrix that was ingested, value for value.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anndata as ad
@@ -177,6 +178,32 @@ def test_two_atlases_sharing_one_store_prefix(tmp_path: Path) -> None:
     assert_exact(first, {"a1": x["a1"]})
     assert_snapshots(tmp_path / "second", {b0: {"b1": x["b1"], "b2": x["b2"]}})
     assert_exact(second, {"b1": x["b1"], "b3": x["b3"]})
+
+
+def _age(atlas: RaggedAtlas, arrays: Path, group: str, hours: float, field: str) -> None:
+    """Make ``group``'s files and its claim's ``field`` ``hours`` old."""
+    then = datetime.now(UTC) - timedelta(hours=hours)
+    for path in (arrays / group).rglob("*"):
+        os.utime(path, (then.timestamp(), then.timestamp()))
+    claim = f"_lancell/groups/{group}.json"
+    meta = atlas.group_claims.meta_store
+    body = json.loads(bytes(obstore.get(meta, claim).bytes()))
+    obstore.put(meta, claim, json.dumps({**body, field: then.isoformat()}).encode())
+
+
+def test_grace_counts_from_the_deletion(tmp_path: Path) -> None:
+    """A group written long ago whose dataset was deleted a moment ago stays for ``grace``: a reader that
+    selected its cells before the deletion reads on (grace used to count from the claim only)."""
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    x = counts(0)
+    record = ingest(atlas, "a", x)
+    _age(atlas, tmp_path / "arrays", record.zarr_group, 2, "created_at")
+    atlas.delete_dataset("a")
+    assert atlas.vacuum(grace=timedelta(hours=1)) == NOTHING
+    assert (tmp_path / "arrays" / record.zarr_group / "zarr.json").is_file()
+    _age(atlas, tmp_path / "arrays", record.zarr_group, 2, "released_at")
+    assert atlas.vacuum(grace=timedelta(hours=1)) == {**NOTHING, "groups": 1}
+    assert not (tmp_path / "arrays" / record.zarr_group).exists()
 
 
 def test_debris_goes_after_grace_and_snapshot_groups_stay(tmp_path: Path) -> None:
