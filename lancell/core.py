@@ -178,8 +178,13 @@ class AtlasCore:
         """Drop every opened node: a group changed under this handle (a CSC copy or a layer was added)."""
         self._nodes.clear()
 
-    def group_attrs(self, zarr_group: str) -> dict[str, Any] | None:
-        """A group's attributes, or None when the group is not in the store."""
+    def group_attrs(self, zarr_group: str, *, reopen: bool = False) -> dict[str, Any] | None:
+        """A group's attributes, or None when the group is not in the store.
+
+        ``reopen``: read them from the store again (the group opened earlier predates a change to it).
+        """
+        if reopen:
+            self._nodes.pop(zarr_group, None)
         try:
             return dict(self.node(zarr_group).attrs)
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):

@@ -126,11 +126,10 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     atlas.
 
     Checks: every dataset's zarr group exists with matching attributes (and carries this atlas's id, when the
-    group and the atlas record one) and its layout is stored; cell counts
-    per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
-    registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record
-    commits (an interrupted ingestion) are invisible debris, not problems (see
-    :mod:`lancell.tables.visibility`).
+    group and the atlas record one, and stores every layer the record lists) and its layout is stored; cell
+    counts per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
+    registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record commits
+    (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.tables.visibility`).
     """
     problems: list[str] = []
     tables = core.tables
@@ -156,7 +155,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
             )
         if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
             problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
-        attrs = core.group_attrs(row["zarr_group"])
+        attrs = core.group_attrs(row["zarr_group"], reopen=True)  # as stored now, not as first opened
         if attrs is None:
             problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
             continue
@@ -168,6 +167,9 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
             )
         if attrs.get("lancell_format") != FORMAT_VERSION:
             problems.append(f"dataset {uid!r}: zarr group format {attrs.get('lancell_format')!r}")
+        unstored = [layer for layer in row.get("layers") or () if layer not in attrs.get("layers", {})]
+        if unstored:
+            problems.append(f"dataset {uid!r}: record lists layers {unstored} its zarr group does not store")
         for key in ("n_cells", "nnz", "layout_uid", "feature_space"):
             if attrs.get(key) != row[key]:
                 problems.append(

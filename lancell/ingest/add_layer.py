@@ -82,12 +82,12 @@ def add_layer(
         record = _record(atlas, dataset_uid)  # read under the lock: another add_layer may have committed
         group_name = record["zarr_group"]
         atlas.group_claims.require_own(group_name, dataset_uid)
-        attrs = atlas.core.group_attrs(group_name) or {}
+        group = atlas.core.zarr_root[group_name]  # opened now: this handle's cached copy may predate a layer
+        attrs = dict(group.attrs)  # what the roll-back restores
         layers = list(record["layers"])
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
-        group = atlas.core.zarr_root[group_name]
         try:
             padded = _write_values(group, dataset_uid, name, source, space.kind)
             if space.kind == "sparse" and attrs.get("csc_layers"):

@@ -171,8 +171,13 @@ class PlannedCells:
     plan: ReconstructionPlan
 
 
-def dataset_group_attrs(core: AtlasCore, zarr_group: str, dataset_uid: str) -> dict[str, Any]:
+def dataset_group_attrs(
+    core: AtlasCore, zarr_group: str, dataset_uid: str, listed: Sequence[str] = ()
+) -> dict[str, Any]:
     """The attributes of a dataset's zarr group: the one place a read path looks them up.
+
+    ``listed``: the layers the dataset's record lists; attributes that lack one of them were read before
+    another handle added it (``add_layer``), and are read again.
 
     Raises
     ------
@@ -181,6 +186,8 @@ def dataset_group_attrs(core: AtlasCore, zarr_group: str, dataset_uid: str) -> d
         atlas wrote it (a foreign group at that path is never read as this dataset's data).
     """
     attrs = core.group_attrs(zarr_group)
+    if attrs is not None and not set(listed) <= set(attrs.get("layers", {})):
+        attrs = core.group_attrs(zarr_group, reopen=True)
     if attrs is None:
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
@@ -255,7 +262,7 @@ def _describe_groups(
     for name in names:
         if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
             continue
-        attrs = dataset_group_attrs(core, name, by_group[name]["uid"])
+        attrs = dataset_group_attrs(core, name, by_group[name]["uid"], by_group[name].get("layers") or ())
         listed = by_group[name].get("layers") or list(attrs.get("layers", {}))
         layers_of[name] = {
             lay: np.dtype(attrs["layers"][lay]) for lay in listed if lay in attrs.get("layers", {})

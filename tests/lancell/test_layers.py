@@ -191,3 +191,48 @@ def test_two_layer_bytes_are_one_layer_plus_the_second_values(tmp_path, atlas, c
     )
     assert size(two.zarr_group, "csr", "indices") == size(one.zarr_group, "csr", "indices")
     assert size(two.zarr_group) <= 1.1 * (size(one.zarr_group) + second)
+
+
+def test_a_handle_opened_before_another_add_layer_keeps_and_reads_that_layer(atlas, celltypist):
+    """A handle that read a dataset before another handle added a layer to it: its own add_layer (failed or
+    not) used to write its stale copy of the group's attributes back, and the other layer was lost for every
+    reader and snapshot (validate() said nothing); its queries reported the new layer unmeasured."""
+    adata = _two_layers(celltypist, slice(0, 80))
+    counts_only = adata.copy()
+    counts_only.X = counts_only.layers.pop("counts")
+    _ingest(atlas, counts_only, "d", zarr_layer="counts")
+    stale, reader = RaggedAtlas.open(atlas.db_uri), RaggedAtlas.open(atlas.db_uri)
+    order = stale.query().to_anndata()  # opens (and keeps) the dataset's group
+    reader.query().to_anndata()
+    normalized = sp.csr_matrix(adata[order.obs_names.str.split(":").str[1], order.var_names].X)
+    add_layer(atlas, "d", "log_normalized", normalized)
+    pinned = atlas.snapshot()
+    _assert_same(reader.query().layers("gene_expression", "log_normalized").to_anndata().X, normalized, "f")
+    off_pattern = np.ones(counts_only.shape, np.float32)
+    with pytest.raises(IngestError, match="holds a value where the stored layers have none"):
+        add_layer(stale, "d", "scaled", off_pattern)
+    add_layer(stale, "d", "normalized", normalized / 2)
+    got = stale.query().layers("gene_expression", "log_normalized").to_anndata()
+    _assert_same(got.X, normalized, "f")
+    for reader in (RaggedAtlas.checkout(atlas.db_uri, pinned), RaggedAtlas.open(atlas.db_uri)):
+        assert reader.validate() == []
+        got = reader.query().layers("gene_expression", "log_normalized").to_anndata()
+        _assert_same(got.X, normalized, "f")
+    got = (
+        RaggedAtlas.open(atlas.db_uri)
+        .query()
+        .layers("gene_expression", ["normalized", "counts"])
+        .to_anndata()
+    )
+    _assert_same(got.X, normalized / 2, "f")
+
+
+def test_validate_reports_a_listed_layer_the_group_does_not_store(atlas, celltypist):
+    adata = celltypist[:40].copy()
+    adata.obs = adata.obs[[]]
+    record = _ingest(atlas, adata, "d", zarr_layer="counts")
+    add_layer(atlas, "d", "log_normalized", sp.csr_matrix(atlas.query().to_anndata().X, dtype=np.float32))
+    group = atlas.core.zarr_root[record.zarr_group]
+    group.attrs["layers"] = {"counts": "uint32"}  # the damage a stale handle's add_layer used to do
+    problems = atlas.validate()
+    assert problems == ["dataset 'd': record lists layers ['log_normalized'] its zarr group does not store"]
