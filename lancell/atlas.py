@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
+from lancell.errors import VersionNotFoundError
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
 from lancell.tables.atlas_meta import (
@@ -174,9 +176,14 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded, read
         through pylance (lancedb is imported only by a search)."""
+        if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+            raise VersionNotFoundError(
+                f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
+                "checkout_latest opens the newest"
+            )
         meta, meta_store = read_meta(db_uri, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
-        row = read_snapshot(database, version)
+        row = read_snapshot(database, int(version))
         store = recorded_store(store, row["store_url"], store_kwargs)
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
 

@@ -54,7 +54,8 @@ def prepare_features(
     Raises
     ------
     FeatureRegistryError
-        Missing/empty/duplicate uids, columns the registry does not have, or values of the wrong type.
+        Missing/empty/duplicate uids, columns the registry does not have, values of the wrong type, or
+        ``global_index`` values (the atlas assigns them).
     """
     if isinstance(features, pa.Table):
         frame = features.to_pandas()
@@ -77,6 +78,11 @@ def prepare_features(
     if unknown:
         raise FeatureRegistryError(
             f"{feature_space}: columns {unknown} are not in the registry schema {schema.names}"
+        )
+    if "global_index" in frame.columns and frame["global_index"].notna().any():
+        raise FeatureRegistryError(
+            f"{feature_space}: features carry global_index values; the atlas assigns them (once, never "
+            "changed), so given ones would be ignored: drop the column"
         )
     uids = frame["uid"]
     if uids.isna().any() or (uids.astype(str).str.len() == 0).any():

@@ -29,6 +29,7 @@ from lancell.errors import (
     DuplicateContentWarning,
     FeatureConflictError,
     FeatureConflictWarning,
+    FeatureRegistryError,
     IngestError,
 )
 from lancell.ingest.from_anndata import add_from_anndata
@@ -272,6 +273,17 @@ def test_many_conflicts_are_counted(atlas):
     renamed = pd.DataFrame({"uid": GENES[:7], "gene_symbol": [f"new{i}" for i in range(7)]})
     with pytest.raises(FeatureConflictError, match=r"given 'new4' \.\.\. \(7 conflicts in all\); pass"):
         atlas.register_features("gene_expression", renamed)
+
+
+def test_given_global_indices_are_refused_not_ignored(atlas):
+    """The atlas assigns global indices; given ones were silently replaced (C given 0 got 2)."""
+    before = atlas.feature_registry("gene_expression")
+    given = pd.DataFrame({"uid": ["NEW1", GENES[0]], "gene_symbol": ["N", GENES[0]], "global_index": [0, 5]})
+    with pytest.raises(FeatureRegistryError, match="features carry global_index values; the atlas assigns"):
+        atlas.register_features("gene_expression", given)
+    pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
+    registry = atlas.feature_registry("gene_expression")  # a registry's own frame, indices dropped, registers
+    assert atlas.register_features("gene_expression", registry.drop(columns="global_index")) == 0
 
 
 def test_unknown_on_conflict_is_refused(human_c3):

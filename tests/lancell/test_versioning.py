@@ -62,8 +62,13 @@ def test_unknown_version(atlas):
     with pytest.raises(VersionNotFoundError):
         RaggedAtlas.checkout_latest(atlas.db_uri)
     atlas.snapshot()
+    atlas.snapshot()
     with pytest.raises(VersionNotFoundError):
         RaggedAtlas.checkout(atlas.db_uri, 5)
+    for version in (0.9, 1.9, True, None, "1", "abc"):  # were read as int(version): 0.9 opened snapshot 0
+        with pytest.raises(VersionNotFoundError, match="a snapshot version is an integer"):
+            RaggedAtlas.checkout(atlas.db_uri, version)
+    assert RaggedAtlas.checkout(atlas.db_uri, np.int64(1)).snapshot_version == 1
 
 
 def _take_snapshots(db_uri: str, n: int, queue: mp.Queue) -> None:
