@@ -20,6 +20,7 @@ from lancell.tables.atlas_meta import (
     create_storage,
     db_options,
     ensure_atlas_id,
+    located_store_url,
     read_meta,
     recorded_store,
 )
@@ -159,7 +160,9 @@ class RaggedAtlas:
         """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
         meta, meta_store = read_meta(db_uri, store_kwargs)
         meta = ensure_atlas_id(meta_store, meta)
-        store = recorded_store(store, meta["store_url"], store_kwargs)
+        url = meta["store_url"]
+        url = url if store is not None else located_store_url(db_uri, meta, url, writable=True)
+        store = recorded_store(store, url, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
 
@@ -184,7 +187,9 @@ class RaggedAtlas:
         meta, meta_store = read_meta(db_uri, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
         row = read_snapshot(database, int(version))
-        store = recorded_store(store, row["store_url"], store_kwargs)
+        url = row["store_url"]
+        url = url if store is not None else located_store_url(db_uri, meta, url, writable=False)
+        store = recorded_store(store, url, store_kwargs)
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
 
     @classmethod

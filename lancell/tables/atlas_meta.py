@@ -103,6 +103,35 @@ def recorded_store(
     return resolve_store(store, url, store_kwargs)
 
 
+def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:
+    """The store URL an atlas opened at ``db_uri`` reads (and writes), when no store is given.
+
+    ``url`` as recorded, unless the atlas was copied or moved on local disk (``db_url``, recorded at
+    creation, names another folder): a store that lies inside the atlas's folder is then the one inside its
+    new folder (a copy never reads or writes the original's groups).
+
+    Raises
+    ------
+    StoreError
+        Opening for writing a copied or moved atlas whose store lies outside its folder: that store may be
+        the original's, whose groups a write or ``vacuum()`` of the copy would change; the caller passes
+        ``store``.
+    """
+    created = meta.get("db_url")
+    if not created or not is_local(db_uri) or local_path(db_uri) == local_path(created):
+        return url
+    here, there = local_path(db_uri), local_path(created)
+    if is_local(url) and (local_path(url) == there or there in local_path(url).parents):
+        return (here / local_path(url).relative_to(there)).as_uri()
+    if writable:
+        raise StoreError(
+            f"the atlas at {db_uri!r} was created at {created} (copied or moved) and records the zarr store "
+            f"{url} outside its folder, which may be the original's: pass store= the folder that holds "
+            "this atlas's zarr groups"
+        )
+    return url
+
+
 def read_meta(
     db_uri: str, store_kwargs: dict[str, Any] | None
 ) -> tuple[dict[str, Any], obs_store.ObjectStore]:
@@ -200,6 +229,7 @@ def create_storage(
         "lancell_format": FORMAT_VERSION,
         "cell_table_name": cell_table_name,
         "store_url": describe_store(store),
+        "db_url": local_path(db_uri).as_uri() if is_local(db_uri) else None,  # where it was created
         "store_config": public_store_config(store),
         "registries": {name: space.registry_table for name, space in spaces.items()},
         "fts_columns": list(fts_columns),

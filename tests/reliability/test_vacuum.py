@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from lancell.tables.visibility import dataset_lock_name
 GENES = [f"g{i}" for i in range(40)]
 NOTHING = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
 
-Store = obstore.store.LocalStore | str
+Store = obstore.store.LocalStore | str | None
 
 
 class Gene(FeatureBaseSchema):
@@ -366,3 +367,34 @@ def test_an_atlas_written_before_atlas_ids_gets_one_and_keeps_its_old_groups(tmp
     assert tree(arrays / stale.zarr_group) == stale_files
     assert_exact(reopened, {"old": x["old"]})
     assert_snapshots(db, {v0: {"old": x["old"]}, v1: {"old": x["old"]}})
+
+
+def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: Path) -> None:
+    """``cp -r`` of an atlas: its recorded (absolute) store was the original's, so the copy's ingestions
+    wrote there and its vacuum() deleted the original's groups (same atlas id, claims copied)."""
+    original = new_atlas(tmp_path / "a" / "db", str(tmp_path / "a" / "arrays"))
+    x = {uid: counts(seed) for seed, uid in enumerate(["x", "y"])}
+    record = ingest(original, "x", x["x"])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(StoreError, match=r"was created at .*/a/db \(copied or moved\).*pass store="):
+        RaggedAtlas.open(str(tmp_path / "b" / "db"))
+    copy = RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
+    written = ingest(copy, "y", x["y"])
+    assert (tmp_path / "b" / "arrays" / written.zarr_group).is_dir()
+    assert not (tmp_path / "a" / "arrays" / written.zarr_group).exists()
+    copy.delete_dataset("x")
+    assert copy.vacuum(grace=timedelta(0))["groups"] == 1
+    assert not (tmp_path / "b" / "arrays" / record.zarr_group).exists()
+    assert_exact(RaggedAtlas.open(str(tmp_path / "a" / "db")), {"x": x["x"]})  # the original is whole
+
+    inside = new_atlas(tmp_path / "c" / "db", None)  # the default store: <db>/_zarr, inside the folder
+    ingest(inside, "x", x["x"])
+    shutil.copytree(tmp_path / "c", tmp_path / "d")
+    moved = RaggedAtlas.open(str(tmp_path / "d" / "db"))
+    assert str(moved.store.prefix) == str((tmp_path / "d" / "db" / "_zarr").resolve())
+    written = ingest(moved, "y", x["y"])
+    assert (tmp_path / "d" / "db" / "_zarr" / written.zarr_group).is_dir()
+    assert not (tmp_path / "c" / "db" / "_zarr" / written.zarr_group).exists()
+    moved.snapshot()
+    pinned = RaggedAtlas.checkout_latest(str(tmp_path / "d" / "db"))
+    assert str(pinned.store.prefix) == str((tmp_path / "d" / "db" / "_zarr").resolve())
