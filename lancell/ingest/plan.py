@@ -21,13 +21,14 @@ from lancell.errors import (
     DuplicateDatasetError,
     DuplicateFeaturesError,
     IngestError,
+    LancellWarning,
     ShapeMismatchError,
     UnknownFeaturesError,
 )
 from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
-from lancell.tables.obs import obs_to_arrow, undeclared_obs_columns
+from lancell.tables.obs import altered_obs_columns, obs_to_arrow, undeclared_obs_columns
 from lancell.tables.registry import layout_uid_for, registry_index, sql_literal
 from lancell.tables.schema import (
     DatasetRecord,
@@ -260,6 +261,8 @@ def plan_dataset(
     fields = obs_fields(core.cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
+    for note in altered_obs_columns(obs, fields):
+        warnings.warn(f"dataset {dataset!r}: {note}", LancellWarning, stacklevel=4)
     # features are stored in global-index order, so that a row read back maps to increasing output columns
     # and queries never sort rows (var order is only how the input happened to list them)
     order = np.argsort(global_index.astype(np.int64), kind="stable")

@@ -269,8 +269,8 @@ class WriteTransaction:
             return
         if plan.dropped_obs_columns:
             warnings.warn(
-                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} are not in the cell schema and "
-                "were not stored (listed on the record as dropped_obs_columns)",
+                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} are not in the cell schema (or are "
+                "names lancell reserves) and were not stored (listed on the record as dropped_obs_columns)",
                 DroppedColumnsWarning,
                 stacklevel=4,
             )

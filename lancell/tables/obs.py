@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError
 
-__all__ = ["arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
+__all__ = ["altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 
@@ -42,6 +42,7 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         labels = pa.array([str(c) for c in series.cat.categories], type=target)
         return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
     values = series.astype(object) if categorical else series
+    _refuse_other_kinds(dataset, series, values, missing, field)
     if pa.types.is_integer(target):
         values = _to_integers(dataset, series, values, missing, field)
     elif pa.types.is_string(target) or pa.types.is_large_string(target):
@@ -52,6 +53,77 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         return pa.array(values, type=target, from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ObsConversionError(dataset, field.name, f"cannot convert to {target}: {exc}") from exc
+
+
+# values of another kind that Arrow would store as something else without a word (True as 1.0, 2 or 0.5 as
+# True, 3 as 3 microseconds after 1970, b"ab" as the text "b'ab'", " 4 " as 4): refused per schema type
+_BOOLS = (bool, np.bool_)
+_NUMBERS = (int, float, np.integer, np.floating)
+
+
+def _refused_value(kind: str, value: object) -> bool:
+    if kind == "floating":
+        return isinstance(value, _BOOLS)
+    if kind == "boolean":
+        return not isinstance(value, _BOOLS) and not (isinstance(value, int | np.integer) and value in (0, 1))
+    if kind == "timestamp":
+        return isinstance(value, _NUMBERS)
+    if kind == "integer":
+        return isinstance(value, str | bytes)
+    return isinstance(value, bytes)  # text
+
+
+def _refused_dtype(kind: str, dtype: np.dtype, values: pd.Series, missing: np.ndarray) -> bool:
+    if kind == "floating":
+        return dtype.kind == "b"
+    if kind == "boolean":
+        return dtype.kind in "iuf" and not values[~missing].isin([0, 1]).all()
+    if kind == "timestamp":
+        return dtype.kind in "iufb"
+    return kind == "text" and dtype.kind == "S"
+
+
+def _schema_kind(target: pa.DataType) -> str | None:
+    if pa.types.is_string(target) or pa.types.is_large_string(target):
+        return "text"
+    return next(
+        (
+            kind
+            for kind in ("floating", "boolean", "timestamp", "integer")
+            if getattr(pa.types, f"is_{kind}")(target)
+        ),
+        None,
+    )
+
+
+def _refuse_other_kinds(
+    dataset: str, series: pd.Series, values: pd.Series, missing: np.ndarray, field: pa.Field
+) -> None:
+    """Raise for values of another kind than ``field``'s type that Arrow would convert without a word."""
+    kind = _schema_kind(field.type)
+    if kind is None:
+        return
+    dtype = series.cat.categories.dtype if isinstance(series.dtype, pd.CategoricalDtype) else series.dtype
+    if dtype.kind != "O":
+        if _refused_dtype(kind, dtype, pd.Series(np.asarray(values)), missing):
+            raise ObsConversionError(
+                dataset,
+                field.name,
+                f"values of dtype {dtype} cannot be stored as {field.type} without a change",
+            )
+        return
+    flags = np.fromiter(
+        (not m and _refused_value(kind, v) for v, m in zip(values, missing, strict=True)),
+        dtype=bool,
+        count=len(values),
+    )
+    if flags.any():
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"{type(values.iloc[int(np.flatnonzero(flags)[0])]).__name__} value for a {field.type} field at "
+            f"{_first_bad(series, flags)}; convert the column explicitly",
+        )
 
 
 def _to_integers(
@@ -126,6 +198,22 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
         else:
             raise ObsConversionError(dataset, field.name, "required by the cell schema but absent from obs")
     return out
+
+
+def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
+    """What storing the declared obs columns changes without losing a value, one sentence per column:
+    a zone-aware datetime is stored as UTC without its zone; an ordered categorical as text (it comes back
+    with sorted, unordered categories)."""
+    notes = []
+    for field in fields:
+        if field.name not in obs.columns or len(obs.columns[obs.columns == field.name]) != 1:
+            continue
+        dtype = obs[field.name].dtype
+        if isinstance(dtype, pd.DatetimeTZDtype) and pa.types.is_timestamp(field.type) and not field.type.tz:
+            notes.append(f"column {field.name!r}: times in zone {dtype.tz} are stored in UTC, zone dropped")
+        elif isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
+            notes.append(f"column {field.name!r}: the order of its ordered categories is not stored")
+    return notes
 
 
 def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:

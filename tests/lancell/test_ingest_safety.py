@@ -147,8 +147,8 @@ def test_dropped_obs_columns_are_warned_and_recorded(atlas):
     with pytest.warns(DroppedColumnsWarning) as caught:
         record = _ingest(atlas, adata, "a")
     assert [str(w.message) for w in caught] == [
-        "dataset 'a': obs columns ['batch', 'qc_pass'] are not in the cell schema and were not stored "
-        "(listed on the record as dropped_obs_columns)"
+        "dataset 'a': obs columns ['batch', 'qc_pass'] are not in the cell schema (or are names lancell "
+        "reserves) and were not stored (listed on the record as dropped_obs_columns)"
     ]
     assert record.dropped_obs_columns == ["batch", "qc_pass"]
     assert atlas.list_datasets()["dropped_obs_columns"].iloc[0].tolist() == ["batch", "qc_pass"]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from lancell.errors import ObsConversionError
-from lancell.tables.obs import obs_to_arrow
+from lancell.tables.obs import altered_obs_columns, obs_to_arrow
 
 
 @pytest.mark.parametrize("categories", [["T cell", "B cell"], [3, 11], [1.5, 2.0]])
@@ -25,3 +25,62 @@ def test_a_missing_category_in_a_required_column_is_refused() -> None:
     obs = pd.DataFrame({"kind": pd.Categorical(["a", None], categories=["a"])}, index=["x", "y"])
     with pytest.raises(ObsConversionError, match="1 missing values"):
         obs_to_arrow("d", obs, [pa.field("kind", pa.string(), nullable=False)])
+
+
+REFUSED = {  # (values, schema type): stored as something else by Arrow without a word before
+    "bool into float": ([True, False, None], pa.float64()),
+    "bool objects into float": (pd.Series([True, None, 2.5], dtype=object), pa.float64()),
+    "2 into bool": ([0, 1, 2], pa.bool_()),
+    "0.5 into bool": ([0.5, 1.0], pa.bool_()),
+    "2.0 into bool": ([2.0, None], pa.bool_()),
+    "text into bool": (pd.Series(["yes", None], dtype=object), pa.bool_()),
+    "integers into a timestamp": ([1, 2, 3], pa.timestamp("us")),
+    "floats into a timestamp": ([1.5, None], pa.timestamp("us")),
+    "text into an integer": (pd.Series(["3", " 4 ", "1e3"], dtype=object), pa.int64()),
+    "string dtype into an integer": (pd.Series(["3", "4"], dtype="string"), pa.int32()),
+    "bytes into text": (pd.Series([b"ab", b"\xff", None], dtype=object), pa.string()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_values_of_another_kind_are_refused_not_converted(case: str) -> None:
+    values, target = REFUSED[case]
+    obs = pd.DataFrame({"v": pd.Series(values).set_axis([f"c{i}" for i in range(len(values))])})
+    with pytest.raises(ObsConversionError, match=r"column 'v'.*(cannot be stored|value for a)"):
+        obs_to_arrow("d", obs, [pa.field("v", target, nullable=True)])
+
+
+ACCEPTED = {  # (values, schema type, stored)
+    "0 and 1 into bool": ([0, 1, None], pa.bool_(), [False, True, None]),
+    "booleans with nulls into bool": (pd.array([True, None], dtype="boolean"), pa.bool_(), [True, None]),
+    "integers into float": ([1, 2], pa.float64(), [1.0, 2.0]),
+    "numeric objects into an integer": (pd.Series([3, 4.0, None], dtype=object), pa.int64(), [3, 4, None]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_values_that_convert_exactly_are_accepted(case: str) -> None:
+    values, target, stored = ACCEPTED[case]
+    obs = pd.DataFrame({"v": pd.Series(values).set_axis([f"c{i}" for i in range(len(values))])})
+    assert obs_to_arrow("d", obs, [pa.field("v", target, nullable=True)])["v"].to_pylist() == stored
+
+
+def test_zone_aware_times_and_ordered_categories_are_named() -> None:
+    obs = pd.DataFrame(
+        {
+            "when": pd.to_datetime(["2020-01-01 10:00"] * 2).tz_localize("US/Eastern"),
+            "level": pd.Categorical(["high", "low"], categories=["low", "high"], ordered=True),
+            "kind": pd.Categorical(["a", "b"]),
+        },
+        index=["x", "y"],
+    )
+    fields = [
+        pa.field("when", pa.timestamp("us")),
+        pa.field("level", pa.string()),
+        pa.field("kind", pa.string()),
+    ]
+    assert altered_obs_columns(obs, fields) == [
+        "column 'when': times in zone US/Eastern are stored in UTC, zone dropped",
+        "column 'level': the order of its ordered categories is not stored",
+    ]
+    assert obs_to_arrow("d", obs, fields)["when"].to_pylist()[0].hour == 15  # the instant is kept
