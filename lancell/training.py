@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from lancell.dataloader import CellSampler, DenseCollate, make_loader
-from lancell.errors import UnmeasuredDataError
+from lancell.dataloader.checks import integer, real
+from lancell.errors import QueryError, UnmeasuredDataError
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -71,15 +72,23 @@ def train_cell_type_classifier(
     """Train a softmax classifier of ``label_column`` on the labelled cells measured in ``layer``.
 
     Cells without a label, and cells whose dataset does not store ``layer``, are left out. Returns held-out
-    accuracy, the final training loss, the cells used and left out per dataset and a SHA-256 of the exact
-    sequence of training batches.
+    accuracy (NaN when no cell was held out: a small ``test_fraction`` of few cells), the final training
+    loss, the cells used and left out per dataset and a SHA-256 of the exact sequence of training batches.
 
     Raises
     ------
+    QueryError
+        ``epochs`` or ``batch_size`` not a positive integer, ``seed`` not a non-negative one,
+        ``test_fraction`` not in (0, 1), or a ``label_column`` that holds numbers rather than labels.
     UnmeasuredDataError
         No labelled cell is measured in ``layer``: there is nothing to train on.
     """
     started = time.perf_counter()
+    epochs = integer("epochs", epochs, 1)
+    batch_size = integer("batch_size", batch_size, 1)
+    seed = integer("seed", seed, 0)
+    if not 0 < real("test_fraction", test_fraction) < 1:
+        raise QueryError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     torch.manual_seed(seed)
     query = atlas.query().where(f"{label_column} IS NOT NULL").on_unmeasured("drop")
     dataset = query.to_cell_dataset(feature_space, layer, metadata_columns=[label_column, "uid"])
@@ -88,6 +97,9 @@ def train_cell_type_classifier(
             f"no cell with a {label_column!r} label is measured in layer {layer!r} of {feature_space!r} "
             f"(labelled cells per dataset without it: {dataset.unmeasured}); nothing to train on"
         )
+    if label_column not in dataset.categories:
+        kind = dataset.metadata.values[label_column].dtype
+        raise QueryError(f"label column {label_column!r} holds {kind} numbers, not labels to classify")
     uids = np.asarray(dataset.categories["uid"], dtype=object)[dataset.metadata.values["uid"]]
     test = _held_out(uids.tolist(), test_fraction)
     per_group = np.bincount(dataset.cell_groups, minlength=len(dataset.groups.names))
@@ -137,7 +149,7 @@ def train_cell_type_classifier(
         n_features=dataset.n_features,
         classes=list(classes),
         epochs=epochs,
-        test_accuracy=correct / max(total, 1),
+        test_accuracy=correct / total if total else float("nan"),
         train_loss=loss_value,
         batch_order_sha256=order.hexdigest(),
         seconds=time.perf_counter() - started,

@@ -10,12 +10,15 @@ instance pickles into spawned workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from lancell.dataloader.batch import CellBatch, SparseRows
+from lancell.dataloader.checks import EXACT_DTYPES, check_exact, real
+from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
 
@@ -50,6 +53,11 @@ def _with_layers(x: torch.Tensor, layers: dict[str, torch.Tensor]) -> dict[str, 
     return {"X": x, "layers": layers} if layers else {"X": x}
 
 
+def _outputs(batch: CellBatch) -> list[str]:
+    """Where each layer of ``batch`` goes in the output, as error messages name it."""
+    return ["X", *(f"layers[{name!r}]" for name in batch.layers)]
+
+
 @dataclass(frozen=True)
 class SparseCollate:
     """Sparse batch -> ``X`` (and each other layer) as ``torch.sparse_csr_tensor`` (B x n_features).
@@ -57,22 +65,39 @@ class SparseCollate:
     Parameters
     ----------
     dtype
-        Value dtype of every layer (default float32; counts are exact below 2**24). None: each layer's own
-        kind, as ``to_anndata()`` returns it (int64 for integer layers, float32 for float ones, float64 for
-        a layer some datasets store as integers and others as floats).
+        Value dtype of every layer: ``torch.float32`` (default), ``torch.float64``, ``torch.int32`` or
+        ``torch.int64``, or None: each layer's own kind, as ``to_anndata()`` returns it (int64 for integer
+        layers, float32 for float ones, float64 for a layer some datasets store as integers and others as
+        floats). A batch whose values the dtype would change raises ``QueryError``: whole numbers beyond
+        its exact range (float32: 2**24, int32: 2**31 - 1) and floats to an integer dtype; float64 values
+        to float32 are rounded, as floats are.
     presence
         Also return the ``presence`` mask.
+
+    Raises
+    ------
+    QueryError
+        ``dtype`` is none of these (int8, uint8, float16, bfloat16 wrap or round counts; a string is not a
+        dtype).
     """
 
     dtype: torch.dtype | None = torch.float32
     presence: bool = False
 
-    def _tensor(self, rows: SparseRows, shape: tuple[int, int]) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in EXACT_DTYPES:
+            raise QueryError(
+                f"SparseCollate(dtype={self.dtype!r}): dtype must be None or one of {list(EXACT_DTYPES)}, "
+                "which hold counts exactly (smaller dtypes wrap them around or round them)"
+            )
+
+    def _tensor(self, rows: SparseRows, shape: tuple[int, int], output: str) -> torch.Tensor:
         values = rows.values
         dtype = self.dtype
         if dtype is None:
             dtype = torch.float64 if values.dtype == np.float64 else torch.float32
             dtype = dtype if values.dtype.kind == "f" else torch.int64
+        check_exact(values, dtype, output)
         if dtype == torch.float32 and values.dtype != np.float32:
             values = values.astype(np.float32)  # one numpy pass; torch's .to() from uint32 is much slower
         elif dtype == torch.int64 and values.dtype != np.int64:
@@ -91,7 +116,10 @@ class SparseCollate:
         if batch.kind != "sparse":
             raise TypeError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
         shape = (len(batch), batch.n_features)
-        x, *others = (self._tensor(rows, shape) for rows in _sparse_layers(batch).values())
+        layers = _sparse_layers(batch).values()
+        x, *others = (
+            self._tensor(rows, shape, output) for rows, output in zip(layers, _outputs(batch), strict=True)
+        )
         return {
             **_with_layers(x, dict(zip(batch.layers, others, strict=True))),
             **_common(batch, self.presence),
@@ -107,13 +135,24 @@ class DenseCollate:
     ----------
     normalize
         Scale every cell of ``X`` (the first layer) to ``target_sum`` total over the output features, then
-        ``log1p`` (if ``log1p``); the other layers come as stored.
+        ``log1p`` (if ``log1p``); the other layers come as stored. A layer that comes as stored holding
+        whole numbers beyond 2**24 (which float32 rounds) raises ``QueryError`` at that batch.
     target_sum
-        Library size after scaling.
+        Library size after scaling (positive; only with ``normalize``).
     log1p
         Apply ``log1p`` after scaling (only with ``normalize``).
     presence
         Also return the ``presence`` mask.
+
+    Raises
+    ------
+    QueryError
+        ``normalize`` with a ``target_sum`` that is not a positive finite number.
+
+    Warns
+    -----
+    LancellWarning
+        ``target_sum`` or ``log1p`` given without ``normalize`` (they have no effect).
     """
 
     normalize: bool = False
@@ -121,21 +160,42 @@ class DenseCollate:
     log1p: bool = True
     presence: bool = False
 
-    def _sparse(self, rows: SparseRows, n_features: int, normalize: bool) -> np.ndarray:
+    def __post_init__(self) -> None:
+        if self.normalize:
+            if not real("target_sum", self.target_sum) > 0:
+                raise QueryError(f"target_sum must be positive, got {self.target_sum!r}")
+            return
+        defaults = {option.name: option.default for option in fields(self)}
+        ignored = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("target_sum", "log1p")
+            if getattr(self, name) != defaults[name]
+        ]
+        if ignored:
+            warnings.warn(
+                f"DenseCollate: {' and '.join(ignored)} ignored: they apply with normalize=True only",
+                LancellWarning,
+                stacklevel=3,
+            )
+
+    def _sparse(self, rows: SparseRows, n_features: int, normalize: bool, output: str) -> np.ndarray:
         n = rows.offsets.size - 1
         x = np.zeros((n, n_features), dtype=np.float32)
         row_ids = _row_ids(rows)
-        values = rows.values.astype(np.float32)
         if normalize:
             totals = np.bincount(row_ids, weights=rows.values, minlength=n)
             values = (rows.values * _scale(totals, self.target_sum)[row_ids]).astype(np.float32)
             if self.log1p:
                 np.log1p(values, out=values)
+        else:
+            check_exact(rows.values, torch.float32, output)
+            values = rows.values.astype(np.float32)
         x[row_ids, rows.indices] = values
         return x
 
-    def _dense(self, dense: np.ndarray, normalize: bool) -> np.ndarray:
+    def _dense(self, dense: np.ndarray, normalize: bool, output: str) -> np.ndarray:
         if not normalize:
+            check_exact(dense, torch.float32, output)
             return dense.astype(np.float32)
         totals = dense.sum(axis=1, dtype=np.float64)
         x = (dense * _scale(totals, self.target_sum)[:, None]).astype(np.float32)
@@ -144,15 +204,18 @@ class DenseCollate:
         return x
 
     def __call__(self, batch: CellBatch) -> dict[str, object]:
+        outputs = _outputs(batch)
         if batch.kind == "sparse":
             layers = list(_sparse_layers(batch).values())
             arrays = [
-                self._sparse(rows, batch.n_features, k == 0 and self.normalize)
+                self._sparse(rows, batch.n_features, k == 0 and self.normalize, outputs[k])
                 for k, rows in enumerate(layers)
             ]
         else:
             layers = [batch.dense, *batch.layers.values()]
-            arrays = [self._dense(dense, k == 0 and self.normalize) for k, dense in enumerate(layers)]
+            arrays = [
+                self._dense(dense, k == 0 and self.normalize, outputs[k]) for k, dense in enumerate(layers)
+            ]
         x, *others = (torch.from_numpy(a) for a in arrays)
         return {
             **_with_layers(x, dict(zip(batch.layers, others, strict=True))),

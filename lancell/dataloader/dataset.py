@@ -28,11 +28,13 @@ import zarr.storage
 
 from lancell.dataloader.batch import RESERVED_KEYS, CellBatch, read_dense, read_sparse
 from lancell.dataloader.cell_stream import stream_cells
+from lancell.dataloader.checks import positions
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
-from lancell.errors import GroupNotFoundError, OutOfBoundsError, QueryError
+from lancell.errors import GroupNotFoundError, QueryError
+from lancell.storage.groups import open_node
 from lancell.storage.stores import describe_store
 
 if TYPE_CHECKING:
@@ -134,7 +136,7 @@ class CellDataset:
         *,
         where: str | None = None,
         limit: int | None = None,
-        metadata_columns: Sequence[str] = (),
+        metadata_columns: str | Sequence[str] = (),
         features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
     ) -> CellDataset:
@@ -160,7 +162,7 @@ class CellDataset:
         feature_space: str,
         layer: str | Sequence[str],
         *,
-        metadata_columns: Sequence[str] = (),
+        metadata_columns: str | Sequence[str] = (),
         features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
     ) -> CellDataset:
@@ -180,8 +182,8 @@ class CellDataset:
             lacking a requested layer follow the query's ``on_unmeasured()``, per layer, as in
             ``to_anndata()``.
         metadata_columns
-            Cell columns to carry in every batch (strings become categorical codes); not one of the names
-            the collates use (``X``, ``layers``, ``index``, ``group``, ``presence``).
+            Cell columns to carry in every batch (strings become categorical codes), or one column's name;
+            not one of the names the collates use (``X``, ``layers``, ``index``, ``group``, ``presence``).
         features
             Added to the query's own feature selection (see
             :meth:`lancell.query.atlas_query.AtlasQuery.reading`): None (the query's ``features()`` and
@@ -201,12 +203,12 @@ class CellDataset:
             unknown feature space or a layer it does not allow.
         """
         atlas = query.atlas
-        metadata_columns = tuple(metadata_columns)
-        reserved = sorted(set(metadata_columns) & set(RESERVED_KEYS))
+        columns = (metadata_columns,) if isinstance(metadata_columns, str) else tuple(metadata_columns)
+        reserved = sorted(set(columns) & set(RESERVED_KEYS))
         if reserved:
             raise QueryError(f"metadata columns {reserved} would collide with the batch keys {RESERVED_KEYS}")
         reading = query.reading(feature_space, layer, features)
-        metadata = MetadataEncoder(atlas.core.cell_arrow, metadata_columns)
+        metadata = MetadataEncoder(atlas.core.cell_arrow, columns)
         kind = atlas.feature_spaces[feature_space].kind
         cells = stream_cells(reading.selection, reading.plan_for, feature_space, kind, metadata)
         plan = cells.plan
@@ -316,18 +318,19 @@ class CellDataset:
                 continue
             name = self.groups.names[code]
             try:
-                group = root[name]
-            except KeyError as exc:  # removed from the store after the dataset was built
+                group = open_node(root, name)
+            except GroupNotFoundError as exc:  # removed from the store after the dataset was built
                 raise GroupNotFoundError(
                     f"dataset {self.groups.dataset_uids[code]!r}: zarr group {name!r} is missing from the "
                     f"store {self.source.store_url}"
                 ) from exc
             prefix = "csr/layers" if self.kind == "sparse" else "layers"
             values = tuple(
-                group[f"{prefix}/{layer}"] if self.groups.stores[k, code] else None
+                open_node(group, f"{prefix}/{layer}") if self.groups.stores[k, code] else None
                 for k, layer in enumerate(self.layers)
             )
-            self._arrays[code] = (group["csr/indices"], values) if self.kind == "sparse" else values
+            sparse = self.kind == "sparse"
+            self._arrays[code] = (open_node(group, "csr/indices"), values) if sparse else values
         return self._arrays
 
     def first_layer_arrays(self, codes: np.ndarray) -> dict[int, tuple[Any, Any]]:
@@ -342,16 +345,14 @@ class CellDataset:
 
         Raises
         ------
+        QueryError
+            ``indices`` holds non-integers (floats, or booleans: pass a mask as ``np.flatnonzero(mask)``).
         OutOfBoundsError
             A position outside ``[-len, len)``.
         GroupNotFoundError
             A dataset's zarr group was removed from the store after this dataset was built.
         """
-        index = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if index.size and (index.min() < -n or index.max() >= n):
-            raise OutOfBoundsError(f"dataset positions must lie in [-{n}, {n}); got {indices!r}")
-        index = np.where(index < 0, index + n, index)
+        index = positions(indices, len(self))
         group = self._group[index]
         position = self._position[index]
         batch = CellBatch(

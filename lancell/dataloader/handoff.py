@@ -135,6 +135,11 @@ class WorkerLoader(DataLoader):
         The collate for batches read in this process.
     **kwargs
         The other DataLoader arguments (``num_workers > 0``, ``persistent_workers=True``).
+
+    Raises
+    ------
+    QueryError
+        The sampler was built for a dataset of another size.
     """
 
     def __init__(
@@ -145,6 +150,8 @@ class WorkerLoader(DataLoader):
         inline_collate: Callable[[Any], Any],
         **kwargs: Any,
     ) -> None:
+        if isinstance(sampler, CellSampler):  # a batch sampler of the caller's has no size to compare
+            sampler.check_dataset(dataset)
         super().__init__(dataset, batch_sampler=_HandoffSampler(sampler), collate_fn=collate_fn, **kwargs)
         self.inline_collate = inline_collate
         self._start: _Start | None = None

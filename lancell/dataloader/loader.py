@@ -32,13 +32,14 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
+from lancell.dataloader.checks import integer, real
 from lancell.dataloader.collate import DenseCollate, SparseCollate
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
-from lancell.errors import LancellWarning
+from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["make_loader"]
 
@@ -50,6 +51,47 @@ def _main_path() -> str | None:
     return spawn.get_preparation_data("lancell").get("init_main_from_path")
 
 
+def _worker_options(
+    num_workers: object,
+    threads: object,
+    prefetch_factor: object,
+    multiprocessing_context: object,
+    timeout: object,
+) -> tuple[int, int, int, str, float]:
+    """``num_workers``, ``threads``, ``prefetch_factor``, the context and ``timeout`` checked, with defaults.
+
+    Worker-only options given without workers are refused (``prefetch_factor``, ``multiprocessing_context``,
+    as torch's DataLoader refuses them) or warned about (a non-zero ``timeout``, which torch ignores).
+    """
+    num_workers = integer("num_workers", num_workers, 0)
+    threads = integer("threads", threads, 0)
+    if num_workers and threads:
+        raise QueryError("read with worker processes or with threads, not both")
+    if multiprocessing_context not in (None, "forkserver", "spawn"):
+        raise QueryError(
+            f"multiprocessing_context must be 'forkserver' or 'spawn', got {multiprocessing_context!r}: "
+            "forked workers hang once the parent has used lancedb, obstore or numba"
+        )
+    timeout = real("timeout", timeout)
+    if timeout < 0:
+        raise QueryError(f"timeout must be >= 0 seconds, got {timeout}")
+    if not num_workers:
+        options = {"prefetch_factor": prefetch_factor, "multiprocessing_context": multiprocessing_context}
+        given = [name for name, value in options.items() if value is not None]
+        reader = f"threads={threads}" if threads else "num_workers=0"
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise QueryError(f"{' and '.join(given)} {verb} to worker processes only, not to {reader}")
+        if timeout:
+            warnings.warn(
+                f"timeout={timeout:g} is ignored: it applies to worker processes only, not to {reader}",
+                LancellWarning,
+                stacklevel=3,
+            )
+    prefetch = 4 if prefetch_factor is None else integer("prefetch_factor", prefetch_factor, 1)
+    return num_workers, threads, prefetch, multiprocessing_context or "forkserver", timeout
+
+
 def make_loader(
     dataset: CellDataset,
     sampler: CellSampler,
@@ -57,12 +99,14 @@ def make_loader(
     num_workers: int = 0,
     collate_fn: Callable[[Any], Any] | None = None,
     pin_memory: bool = False,
-    prefetch_factor: int = 4,
-    multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+    prefetch_factor: int | None = None,
+    multiprocessing_context: Literal["forkserver", "spawn"] | None = None,
     timeout: float = 0,
     threads: int = 0,
 ) -> DataLoader | WorkerLoader | ThreadedLoader:
     """A DataLoader that yields one collated batch per sampler batch (or a :class:`ThreadedLoader`).
+
+    Every argument is checked here, before a worker starts.
 
     Parameters
     ----------
@@ -77,29 +121,34 @@ def make_loader(
         Pin the output tensors (for a GPU); without an accelerator it is ignored with a
         :class:`~lancell.errors.LancellWarning`, as torch's own DataLoader does.
     prefetch_factor
-        Batches each worker keeps in flight (only with workers).
+        Batches each worker keeps in flight (default 4; only with workers).
     multiprocessing_context
-        ``"forkserver"`` (default) or ``"spawn"``; ``fork`` is refused.
+        ``"forkserver"`` (the default) or ``"spawn"``; ``fork`` is refused (only with workers).
     timeout
-        Seconds to wait for a batch from a worker before raising (0: wait forever).
+        Seconds to wait for a batch from a worker before raising (0: wait forever); without workers it is
+        ignored with a :class:`~lancell.errors.LancellWarning`, as torch ignores it.
     threads
         Read batches on this many threads of this process instead (no workers): a :class:`ThreadedLoader`,
         the fastest choice for sparse counts on local disk (their batch kernel releases the GIL).
 
     Raises
     ------
-    ValueError
-        ``fork`` asked for, a negative number of workers or threads, or both workers and threads.
+    QueryError
+        A sampler built for a dataset of another size; ``fork`` asked for; a number of workers or threads
+        that is not a non-negative integer, both workers and threads; a ``prefetch_factor`` that is not a
+        positive integer, a negative or non-finite ``timeout``; ``prefetch_factor`` or
+        ``multiprocessing_context`` without workers (torch's DataLoader refuses them too).
+
+    Warns
+    -----
+    LancellWarning
+        ``pin_memory`` without an accelerator, or a ``timeout`` without workers: they are ignored.
     """
-    if multiprocessing_context not in ("forkserver", "spawn"):
-        raise ValueError(
-            f"multiprocessing_context must be 'forkserver' or 'spawn', got {multiprocessing_context!r}: "
-            "forked workers hang once the parent has used lancedb, obstore or numba"
-        )
-    if num_workers < 0 or threads < 0:
-        raise ValueError(f"num_workers and threads must be >= 0, got {num_workers} and {threads}")
-    if num_workers and threads:
-        raise ValueError("read with worker processes or with threads, not both")
+    if isinstance(sampler, CellSampler):
+        sampler.check_dataset(dataset)
+    num_workers, threads, prefetch_factor, context_name, timeout = _worker_options(
+        num_workers, threads, prefetch_factor, multiprocessing_context, timeout
+    )
     if collate_fn is None:
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
     if (
@@ -115,8 +164,8 @@ def make_loader(
         return ThreadedLoader(dataset, sampler, collate_fn, threads, pin_memory)
     if num_workers == 0:
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, pin_memory=pin_memory)
-    context = multiprocessing.get_context(multiprocessing_context)
-    if multiprocessing_context == "forkserver":
+    context = multiprocessing.get_context(context_name)
+    if context_name == "forkserver":
         # the server imports torch and lancell.dataloader once and workers fork from it, instead of each
         # worker re-importing everything; the main module is run only where a worker needs it
         path = _main_path()

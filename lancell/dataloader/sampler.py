@@ -24,6 +24,7 @@ seen exactly once across ranks, except that
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -31,7 +32,9 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from lancell.dataloader.checks import integer
 from lancell.dataloader.dataset import CellDataset
+from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["CellSampler", "batch_entropy"]
 
@@ -112,8 +115,17 @@ class CellSampler(Sampler[list[int]]):
 
     Raises
     ------
-    ValueError
-        A non-positive batch or block size, an unknown mode, or a rank outside ``[0, num_replicas)``.
+    QueryError
+        A batch size, block size or ``num_replicas`` that is not a positive integer, a ``seed`` that is not a
+        non-negative integer, an unknown mode, or a rank outside ``[0, num_replicas)``. Iterating (or
+        ``set_epoch``, ``len``) raises it too when ``num_replicas`` or ``rank`` came from the defaults and
+        ``torch.distributed`` now says otherwise (the sampler was built before ``init_process_group``).
+
+    Warns
+    -----
+    LancellWarning
+        ``block_size`` in random mode (it has no effect), or an epoch of no batches (fewer cells than
+        ``num_replicas * batch_size`` with ``drop_last``, or none).
     """
 
     def __init__(
@@ -128,36 +140,85 @@ class CellSampler(Sampler[list[int]]):
         rank: int | None = None,
         block_size: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = integer("batch_size", batch_size, 1)
         if mode not in ("locality", "random"):
-            raise ValueError(f"mode must be 'locality' or 'random', got {mode!r}")
+            raise QueryError(f"mode must be 'locality' or 'random', got {mode!r}")
+        self.seed = integer("seed", seed, 0)
         distributed = dist.is_available() and dist.is_initialized()
+        # which of the two came from torch.distributed's defaults: checked again at every epoch
+        self._defaults = (num_replicas is None, rank is None)
         if num_replicas is None:
             num_replicas = dist.get_world_size() if distributed else 1
         if rank is None:
             rank = dist.get_rank() if distributed else 0
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        self.block_size = max(1, batch_size // 8) if block_size is None else int(block_size)
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.num_replicas = integer("num_replicas", num_replicas, 1)
+        self.rank = integer("rank", rank, 0)
+        if self.rank >= self.num_replicas:
+            raise QueryError(f"rank {rank} is not in [0, {num_replicas})")
+        default_block = max(1, self.batch_size // 8)
+        self.block_size = default_block if block_size is None else integer("block_size", block_size, 1)
+        if block_size is not None and mode == "random":
+            warnings.warn(
+                f"block_size={block_size!r} is ignored: random mode draws single cells, not blocks",
+                LancellWarning,
+                stacklevel=2,
+            )
         self.n_cells = len(dataset)
-        self.batch_size = int(batch_size)
         self.mode = mode
-        self.seed = int(seed)
         self.drop_last = bool(drop_last)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
         self.epoch = 0
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":
             order = dataset.locality_order()
             self._blocks = (order, *_blocks(order, dataset.cell_groups, self.block_size))
+        if self.cells_per_rank == 0:
+            why = "the dataset has no cells"
+            if self.n_cells:
+                step = self.num_replicas * self.batch_size
+                why = (
+                    f"drop_last drops all {self.n_cells} cells, fewer than num_replicas * batch_size = {step}"
+                )
+            warnings.warn(f"every epoch of this sampler has no batches: {why}", LancellWarning, stacklevel=2)
+
+    def check_dataset(self, dataset: CellDataset) -> None:
+        """Raise unless this sampler was built for a dataset of ``len(dataset)`` cells (loaders call it).
+
+        Raises
+        ------
+        QueryError
+            The sampler's dataset had another number of cells: its epochs would cover part of ``dataset``,
+            or positions outside it.
+        """
+        if self.n_cells != len(dataset):
+            raise QueryError(
+                f"the sampler was built for a dataset of {self.n_cells} cells, not this one of {len(dataset)}"
+                ": build CellSampler(dataset, ...) on the dataset the loader reads"
+            )
+
+    def _check_world(self) -> None:
+        """Raise if ``num_replicas`` or ``rank`` came from the defaults and torch.distributed now differs."""
+        if not any(self._defaults) or not (dist.is_available() and dist.is_initialized()):
+            return
+        world, rank = dist.get_world_size(), dist.get_rank()
+        replicas_stale = self._defaults[0] and world != self.num_replicas
+        if replicas_stale or (self._defaults[1] and rank != self.rank):
+            raise QueryError(
+                f"this CellSampler took num_replicas={self.num_replicas}, rank={self.rank} from the defaults "
+                f"when it was built, but torch.distributed now has world size {world} and this process is "
+                f"rank {rank}: build the sampler after init_process_group(), or pass num_replicas and rank"
+            )
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration yields (call before each epoch)."""
-        self.epoch = int(epoch)
+        """Choose the epoch whose order the next iteration yields (call before each epoch).
+
+        Raises
+        ------
+        QueryError
+            ``epoch`` is not a non-negative integer, or the defaults the sampler took no longer hold (see the
+            class).
+        """
+        self.epoch = integer("epoch", epoch, 0)
+        self._check_world()
 
     @property
     def cells_per_rank(self) -> int:
@@ -167,10 +228,12 @@ class CellSampler(Sampler[list[int]]):
         return -(-self.n_cells // self.num_replicas)
 
     def __len__(self) -> int:
+        self._check_world()
         return -(-self.cells_per_rank // self.batch_size)
 
     def epoch_order(self) -> np.ndarray:
         """int64: every rank's positions of this epoch, concatenated (rank ``r`` has the ``r``-th share)."""
+        self._check_world()
         rng = np.random.default_rng([self.seed, self.epoch])
         if self._blocks is None:
             order = rng.permutation(self.n_cells)

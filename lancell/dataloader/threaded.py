@@ -17,6 +17,7 @@ from typing import Any
 
 from torch.utils.data._utils.pin_memory import pin_memory
 
+from lancell.dataloader.checks import integer
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.sampler import CellSampler
 
@@ -39,8 +40,8 @@ class ThreadedLoader:
 
     Raises
     ------
-    ValueError
-        ``threads`` below 1.
+    QueryError
+        ``threads`` is not a positive integer, or the sampler was built for a dataset of another size.
     """
 
     def __init__(
@@ -51,12 +52,12 @@ class ThreadedLoader:
         threads: int,
         pin_memory: bool = False,
     ) -> None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = integer("threads", threads, 1)
+        if isinstance(sampler, CellSampler):  # a batch sampler of the caller's has no size to compare
+            sampler.check_dataset(dataset)
         self.dataset = dataset
         self.sampler = sampler
         self.collate_fn = collate_fn
-        self.threads = threads
         self.pin_memory = pin_memory
 
     def __len__(self) -> int:

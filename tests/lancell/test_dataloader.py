@@ -214,19 +214,20 @@ def test_loader_unmeasured_policies(bundled):
     message += "dataset 'pbmc68k': 700 cells (their group has no layer 'counts')"
     with pytest.raises(UnmeasuredDataError, match=re.escape(message)):
         query.to_cell_dataset(SPACE, "counts")
-    query.on_unmeasured("drop")
-    dropped = query.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
+    dropping = query.on_unmeasured("drop")
+    dropped = dropping.to_cell_dataset(SPACE, "counts", metadata_columns=["dataset_uid"])
     assert len(dropped) == 559 and dropped.unmeasured == {"pbmc68k": 700}
     assert dropped.categories["dataset_uid"] == ["celltypist_sample"]
     assert dropped.groups.dataset_uids == ["celltypist_sample"]
-    _assert_same(_csr(dropped.__getitems__(np.arange(559))), sp.csr_matrix(query.to_anndata().X))
-    kept = query.on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
+    _assert_same(_csr(dropped.__getitems__(np.arange(559))), sp.csr_matrix(dropping.to_anndata().X))
+    keeping = query.on_unmeasured("keep")
+    kept = keeping.to_cell_dataset(SPACE, "counts")
     assert len(kept) == 1259 and kept.on_unmeasured == "keep" and kept.unmeasured == {"pbmc68k": 700}
-    pbmc = query.to_pandas()["dataset_uid"].to_numpy() == "pbmc68k"
+    pbmc = keeping.to_pandas()["dataset_uid"].to_numpy() == "pbmc68k"
     batch = kept.__getitems__(np.arange(1259))
     assert pbmc.sum() == 700 and not np.diff(batch.offsets)[pbmc].any()
     assert not batch.presence[pbmc].any() and batch.presence[~pbmc].all()
-    _assert_same(_csr(batch), sp.csr_matrix(query.to_anndata().X))
+    _assert_same(_csr(batch), sp.csr_matrix(keeping.to_anndata().X))
 
 
 def test_dense_collate_normalizes_like_scanpy(split):

@@ -107,7 +107,7 @@ def test_two_workers_locality_dense_collate(bundled):
     assert seen.all()
 
 
-@pytest.mark.parametrize("readers", [{"num_workers": 1}, {"threads": 2}])
+@pytest.mark.parametrize("readers", [{"num_workers": 1, "timeout": 120}, {"threads": 2}])
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="pinning is ignored only without an accelerator")
 def test_pin_memory_without_an_accelerator_is_ignored_with_a_warning(bundled, readers):
     """A worker loader's first epoch pinned its batches itself and raised torch's RuntimeError; the threaded
@@ -116,7 +116,7 @@ def test_pin_memory_without_an_accelerator_is_ignored_with_a_warning(bundled, re
     dataset = query.to_cell_dataset(SPACE, "counts", features="registry")
     sampler = CellSampler(dataset, 128, mode="random", seed=2)
     with pytest.warns(LancellWarning, match="pin_memory=True is ignored"):
-        loader = make_loader(dataset, sampler, pin_memory=True, timeout=120, **readers)
+        loader = make_loader(dataset, sampler, pin_memory=True, **readers)
     expected = _reference(query, n_features=bundled.feature_registry(SPACE).shape[0])
     _assert_same(_epoch(loader, len(dataset))[1], expected)
 
