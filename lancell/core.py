@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from lancell.errors import ReadOnlyAtlasError
+from lancell.errors import ChecksumError, CodecError, ReadOnlyAtlasError
+from lancell.storage.groups import open_node
 from lancell.storage.stores import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
@@ -164,14 +165,18 @@ class AtlasCore:
         """A zarr group or array of a committed dataset, opened once per handle (read path only)."""
         node = self._nodes.get(path)
         if node is None:
-            node = self._nodes[path] = self.zarr_root[path]
+            node = self._nodes[path] = open_node(self.zarr_root, path)
         return node
 
     def node_values(self, path: str) -> np.ndarray:
         """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
         key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
         if key not in self._nodes:
-            self._nodes[key] = np.asarray(self.node(path)[:])
+            try:
+                self._nodes[key] = np.asarray(self.node(path)[:])
+            except ValueError as exc:  # zarr's codecs: a crc32c mismatch, a chunk that does not decode
+                kind = ChecksumError if "checksum" in str(exc).lower() else CodecError
+                raise kind(f"array {path!r} cannot be read: {exc}") from exc
         return self._nodes[key]
 
     def forget_nodes(self) -> None:
@@ -187,7 +192,7 @@ class AtlasCore:
             self._nodes.pop(zarr_group, None)
         try:
             return dict(self.node(zarr_group).attrs)
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        except FileNotFoundError:  # open_node: GroupNotFoundError
             return None
 
     def pinned(self, key: str, compute: Callable[[], T]) -> T:

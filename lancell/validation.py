@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import DatasetNotFoundError
+from lancell.errors import DatasetNotFoundError, ShardFormatError
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import visible_cells_filter
@@ -155,7 +155,11 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
             )
         if layout_sizes.get(row["layout_uid"]) != row["n_features"]:
             problems.append(f"dataset {uid!r}: layout {row['layout_uid']!r} missing or of the wrong size")
-        attrs = core.group_attrs(row["zarr_group"], reopen=True)  # as stored now, not as first opened
+        try:
+            attrs = core.group_attrs(row["zarr_group"], reopen=True)  # as stored now, not as first opened
+        except ShardFormatError as exc:
+            problems.append(f"dataset {uid!r}: {exc}")
+            continue
         if attrs is None:
             problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
             continue

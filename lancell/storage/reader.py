@@ -24,6 +24,7 @@ import zarr.storage
 from obstore.store import ObjectStore
 
 from lancell.errors import ShardFormatError
+from lancell.storage.groups import FORMAT_VERSION, written_dtype
 from lancell.storage.shard_reader import ShardedArrayReader
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ def dataset_group_attrs(store: ObjectStore, path: str) -> dict | None:
     ShardFormatError
         If an enclosing group's ``zarr.json`` is not a JSON object.
     """
+    found = _dataset_group(store, path)
+    return None if found is None else found[1]
+
+
+def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
+    """``(the array's path in its dataset group, the group's attributes)`` (:func:`dataset_group_attrs`)."""
     parts = path.strip("/").split("/")
     for depth in range(len(parts) - 1, -1, -1):
         key = "/".join([*parts[:depth], "zarr.json"])
@@ -72,7 +79,7 @@ def dataset_group_attrs(store: ObjectStore, path: str) -> dict | None:
         if not isinstance(meta, dict) or not isinstance(attrs, dict | None):
             raise ShardFormatError(f"{key}: not a zarr.json object with attributes")
         if attrs and "lancell_format" in attrs:
-            return attrs
+            return "/".join(parts[depth:]), attrs
     return None
 
 
@@ -122,13 +129,32 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
         if entry is not None and entry[0] is inner and (entry[1] is None or _matches(entry[1], array)):
             _READERS.move_to_end(key)
             return entry[1]
+    relative, attrs = _dataset_group(inner, array.path) or ("", None)
     try:
         reader: ShardedArrayReader | None = ShardedArrayReader(inner, array.path)
     except ShardFormatError as e:
+        if (
+            attrs is not None
+            and attrs.get("lancell_format") == FORMAT_VERSION
+            and written_dtype(attrs, relative)
+        ):
+            # lancell writes every such array in a layout the reader handles: zarr-python would read an
+            # edited one (another byte order, say) as other numbers
+            raise ShardFormatError(f"array {array.path!r} is not stored as lancell writes it: {e}") from e
         log.debug("reading %s through zarr-python: %s", array.path, e)
         reader = None
     else:
-        reader.complete = written_whole(dataset_group_attrs(inner, array.path), reader.layout)
+        expected = None if attrs is None else written_dtype(attrs, relative)
+        if expected is not None and reader.layout.dtype != expected:  # decoding would misread every value
+            raise ShardFormatError(
+                f"array {array.path!r} stores {reader.layout.dtype}; "
+                + (
+                    "lancell writes uint32"
+                    if relative.endswith("indices")
+                    else f"the dataset's group says {expected}"
+                )
+            )
+        reader.complete = written_whole(attrs, reader.layout)
     with _READERS_LOCK:
         _READERS[key] = (inner, reader)
         _READERS.move_to_end(key)

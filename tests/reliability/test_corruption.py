@@ -25,7 +25,7 @@ import zarr.storage
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
-from lancell.errors import ChecksumError, LancellError, ShardFormatError
+from lancell.errors import ChecksumError, GroupNotFoundError, LancellError, ShardFormatError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import csc, groups
 from lancell.storage.codecs import BitpackingCodec
@@ -264,6 +264,82 @@ def test_damaged_csc_copy(
         shard_file.unlink()
     with pytest.raises(ShardFormatError, match=_where(uid, array, r"\d+") + " the shard object is missing"):
         Atlas(atlas.root).feature_read(uid)
+
+
+def _edit_meta(path: Path, change: Callable[[dict], None]) -> None:
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _inner_codecs(meta: dict) -> list[dict]:
+    return meta["codecs"][0]["configuration"]["codecs"]
+
+
+METADATA_DAMAGE = {  # (file under the dataset's group, the damage, the error, what the message says)
+    "array zarr.json emptied": (
+        "csr/layers/counts/zarr.json",
+        lambda path: path.write_text(""),
+        ShardFormatError,
+        r"csr/layers/counts'.*zarr.json cannot be read",
+    ),
+    "array zarr.json deleted": (
+        "csr/layers/counts/zarr.json",
+        Path.unlink,
+        GroupNotFoundError,
+        r"csr/layers/counts' is missing",
+    ),
+    "group zarr.json not JSON": (
+        "zarr.json",
+        lambda path: path.write_text("{"),
+        ShardFormatError,
+        "cannot be read",
+    ),
+    "values dtype edited": (
+        "csr/layers/counts/zarr.json",
+        lambda path: _edit_meta(path, lambda meta: meta.update(data_type="uint16")),
+        ShardFormatError,
+        r"csr/layers/counts'.* stores uint16; the dataset's group says uint32",
+    ),
+    "indices dtype edited": (
+        "csr/indices/zarr.json",
+        lambda path: _edit_meta(path, lambda meta: meta.update(data_type="int64")),
+        ShardFormatError,
+        r"csr/indices'.* stores int64; lancell writes uint32",
+    ),
+    "byte order edited": (
+        "csr/layers/counts/zarr.json",
+        lambda path: _edit_meta(
+            path, lambda meta: _inner_codecs(meta)[0]["configuration"].update(endian="big")
+        ),
+        ShardFormatError,
+        r"csr/layers/counts' is not stored as lancell writes it: .*little-endian",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(METADATA_DAMAGE))
+def test_damaged_metadata(built: Path, tmp_path: Path, case: str) -> None:
+    """zarr.json carries no checksum: damage or edits are caught by its parse and by cross-checks against
+    the group's attributes and lancell's format (an edited dtype or byte order read shifted values)."""
+    uid = "celltypist_sample"
+    relative, damage, error, message = METADATA_DAMAGE[case]
+    atlas = Atlas(_copy(built, tmp_path))
+    damage(atlas.root / "arrays" / atlas.group(uid) / relative)
+    reads = {name: read for name, read in atlas.reads(uid).items() if name != "batched"}  # zarr's own reads
+    _all_raise(reads, error, message)
+    if relative == "zarr.json":
+        assert any("cannot be read" in problem for problem in atlas.atlas.validate())
+
+
+def test_flipped_bit_in_the_csc_indptr(built: Path, tmp_path: Path) -> None:
+    """The CSC indptr is read whole through zarr (zstd + crc32c): its checksum error is typed."""
+    uid = "celltypist_sample"
+    atlas = Atlas(_copy(built, tmp_path))
+    chunk = next(path for path in (atlas.array_dir(uid, "csc/indptr") / "c").rglob("*") if path.is_file())
+    _flip(chunk, chunk.stat().st_size // 2)
+    with pytest.raises(ChecksumError, match=r"csc/indptr'.*checksum"):
+        atlas.feature_read(uid)
 
 
 def test_undamaged_reads_match_and_other_datasets_are_unaffected(
