@@ -33,6 +33,7 @@ snapshot_job = dg.define_asset_job(
 )
 
 NIGHTLY_HOUR_UTC = 2
+NIGHTLY_ATTEMPTS = 3  # runs of one night's snapshot, the first included
 
 
 @dg.sensor(job=ingest_dataset_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -68,12 +69,27 @@ def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     """Every night after 02:00 UTC: re-number, optimize and take a snapshot labelled ``nightly-YYYY-MM-DD``.
 
     A sensor rather than a schedule because a schedule cannot add the snapshot partition through its
-    result. Started, it takes the latest tick's snapshot if that partition does not exist yet.
+    result. Started, it takes the latest tick's snapshot if that partition does not exist yet; a night whose
+    run failed (or was cancelled) is run again at the next evaluation, up to ``NIGHTLY_ATTEMPTS`` runs.
     """
     label = nightly_label(datetime.now(UTC))
-    if context.instance.has_dynamic_partition(snapshot_partitions.name, label):
-        return dg.SkipReason(f"snapshot partition {label!r} exists already")
+    instance = context.instance
+    if not instance.has_dynamic_partition(snapshot_partitions.name, label):
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=label, partition_key=label)],
+            dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],
+        )
+    if label in instance.get_materialized_partitions(atlas_snapshot.key):
+        return dg.SkipReason(f"snapshot {label!r} was taken")
+    runs = instance.get_runs(dg.RunsFilter(job_name=snapshot_job.name, tags={"dagster/partition": label}))
+    if any(not run.is_finished for run in runs):
+        return dg.SkipReason(f"snapshot {label!r} is being taken")
+    attempts = sum(run.status != dg.DagsterRunStatus.SUCCESS for run in runs)
+    if attempts >= NIGHTLY_ATTEMPTS:
+        return dg.SkipReason(
+            f"snapshot {label!r} failed {attempts} times; not retried (run snapshot_job for it once fixed)"
+        )
+    context.log.warning("snapshot %s: %d failed run(s); running it again", label, attempts)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=label, partition_key=label)],
-        dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],
+        run_requests=[dg.RunRequest(run_key=f"{label}:retry-{attempts}", partition_key=label)]
     )

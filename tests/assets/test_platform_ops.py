@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,8 +86,31 @@ def test_nightly_sensor_adds_its_partition_only_through_its_result(platform):
     ]
     assert instance.get_dynamic_partitions(snapshot_partitions.name) == []  # evaluating changed nothing
     instance.add_dynamic_partitions(snapshot_partitions.name, [label])  # what committing the tick does
+    started = _snapshot_run(instance, label, dg.DagsterRunStatus.STARTED)
     again = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
-    assert isinstance(again, dg.SkipReason)
+    assert isinstance(again, dg.SkipReason) and "is being taken" in again.skip_message
+    instance.report_run_failed(started)  # the night failed: it used to be skipped until the next night
+    for attempt in (1, 2):
+        retry = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+        assert [(r.run_key, r.partition_key) for r in retry.run_requests] == [
+            (f"{label}:retry-{attempt}", label)
+        ]
+        assert retry.dynamic_partitions_requests == []
+        _snapshot_run(instance, label, dg.DagsterRunStatus.FAILURE)
+    given_up = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert isinstance(given_up, dg.SkipReason) and "failed 3 times; not retried" in given_up.skip_message
+
+
+def _snapshot_run(instance: dg.DagsterInstance, label: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+    """A run record of snapshot_job for ``label`` in ``status`` (what the sensor reads)."""
+    return instance.add_run(
+        dg.DagsterRun(
+            job_name="snapshot_job",
+            run_id=str(uuid.uuid4()),
+            status=status,
+            tags={"dagster/partition": label},
+        )
+    )
 
 
 def test_one_bad_sidecar_marks_its_file_only(platform):
