@@ -42,7 +42,8 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
 
     Files are read one by one: a file whose sidecar is malformed still gets its partition and run, which
     fails naming the sidecar's problem; every other file proceeds. Fix the sidecar, then re-materialize
-    that partition.
+    that partition (a sidecar fixed to name another uid makes a new partition; the old one, never
+    ingested, is removed).
     """
     known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
     entries = landing_zone.entries()
@@ -53,9 +54,17 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
     uids = list(dict.fromkeys(entry.uid for entry in new))
     if uids:
         context.log.info(f"new landing files: {uids}")
+    # a partition no landing file names any more and never materialized (its sidecar now names another uid,
+    # or its file was removed before it was ingested) goes; an ingested one stays, file or not
+    materialized = context.instance.get_materialized_partitions(dataset_group.key)
+    stale = sorted(known - {entry.uid for entry in entries} - materialized)
+    if stale:
+        context.log.info(f"partitions without a landing file, never ingested, removed: {stale}")
+    requests = [dataset_partitions.build_add_request(uids)] if uids else []
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"dataset:{uid}", partition_key=uid) for uid in uids],
-        dynamic_partitions_requests=[dataset_partitions.build_add_request(uids)] if uids else [],
+        dynamic_partitions_requests=requests
+        + ([dataset_partitions.build_delete_request(stale)] if stale else []),
     )
 
 

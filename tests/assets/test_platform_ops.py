@@ -134,6 +134,17 @@ def test_one_bad_sidecar_marks_its_file_only(platform):
     )
     assert _ingest(defs, instance, "pbmc68k").success
     assert RaggedAtlas.open(str(root / "db")).list_datasets()["uid"].tolist() == ["pbmc68k"]
+    # fixed to name another uid: the new partition is added, the old one (never ingested) removed; an
+    # ingested partition whose file goes stays
+    (root / "landing" / "odd.json").write_text(json.dumps({"zarr_layer": "counts", "uid": "renamed"}))
+    (root / "landing" / "pbmc68k.h5ad").unlink()
+    fixed = landing_zone_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert [r.partition_key for r in fixed.run_requests] == ["renamed"]
+    changes = [(type(r).__name__, list(r.partition_keys)) for r in fixed.dynamic_partitions_requests]
+    assert changes == [
+        ("AddDynamicPartitionsRequest", ["renamed"]),
+        ("DeleteDynamicPartitionsRequest", ["odd"]),
+    ]
 
 
 def test_files_landing_as_one_uid_fail_naming_both_and_an_unreadable_sidecar_marks_its_file(platform):
