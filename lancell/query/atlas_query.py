@@ -1,12 +1,12 @@
 """``AtlasQuery``: a lazy, chainable query over the cell table, reconstructed into AnnData on demand.
 
-``where()`` calls combine with AND (``q.where("a").where("b")`` means ``(a) AND (b)``). Rows come back in
-the order the cell table returns them for the filter (scan order), never regrouped by dataset.
+Builder calls return a new query (``base.where(a)`` and ``base.where(b)`` are two queries); ``where()``
+calls combine with AND (``q.where("a").where("b")`` means ``(a) AND (b)``). Rows come back in the order the
+cell table returns them for the filter (scan order), never regrouped by dataset.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -21,16 +21,9 @@ import pyarrow.compute as pc
 from lancell.errors import QueryError
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
-from lancell.query.plan import (
-    ON_UNMEASURED,
-    Join,
-    OnUnmeasured,
-    PlannedCells,
-    plan_reconstruction,
-    registry_columns,
-    resolve_features,
-)
-from lancell.query.reconstruct import reconstruct
+from lancell.query.feature_selection import FeatureSelection
+from lancell.query.plan import ON_UNMEASURED, Join, OnUnmeasured, PlannedCells
+from lancell.query.reconstruct import reconstruct, reconstruct_batches
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields
 
@@ -45,17 +38,24 @@ __all__ = ["AtlasQuery"]
 
 
 class AtlasQuery:
-    """Builder returned by :meth:`RaggedAtlas.query`; every method returns the same builder."""
+    """Builder returned by :meth:`RaggedAtlas.query`; every builder method returns a new query and leaves
+    the one it is called on unchanged.
 
-    def __init__(self, atlas: RaggedAtlas) -> None:
+    Parameters
+    ----------
+    atlas
+        The atlas handle read.
+    cells, reads
+        Which rows and what of them a derived query reads; None: every cell, nothing chosen.
+    """
+
+    def __init__(
+        self, atlas: RaggedAtlas, *, cells: CellSelection | None = None, reads: FeatureSelection | None = None
+    ) -> None:
         self._atlas = atlas
-        self._cells = CellSelection(atlas.core)  # which rows: filters, search, limit, kept columns
-        self._feature_space: str | None = None
-        self._layers: list[str] | None = None  # None: the one layer the selected datasets store
-        self._join: Join | None = None  # None: "union", not chosen
-        self._features: tuple[str, list[str] | None] | None = None  # None names: every registry feature
-        self._on_unmeasured: OnUnmeasured = "error"
-        self._case_sensitive = True  # how features() names are matched
+        # which rows (filters, search, limit, kept columns); what of them (space, layers, features, policy)
+        self._cells = CellSelection(atlas.core) if cells is None else cells
+        self._reads = FeatureSelection() if reads is None else reads
 
     @property
     def atlas(self) -> RaggedAtlas:
@@ -67,8 +67,8 @@ class AtlasQuery:
         """Which cell rows this query reads (filters, search, limit, kept columns)."""
         return self._cells
 
-    def _copy(self) -> AtlasQuery:
-        return copy.copy(self)  # every attribute is immutable or replaced, never changed in place
+    def _with(self, cells: CellSelection | None = None, reads: FeatureSelection | None = None) -> AtlasQuery:
+        return AtlasQuery(self._atlas, cells=cells or self._cells, reads=reads or self._reads)  # both frozen
 
     def where(self, sql: str | None = None, /, **conditions: object) -> AtlasQuery:
         """Add a filter on cell columns (ANDed with earlier filters), checked against the cell table now.
@@ -76,7 +76,7 @@ class AtlasQuery:
         Either Lance SQL (``where("cell_type IN ('T cell', 'B cell') AND n_counts >= 200")``) or keyword
         conditions, or both: ``where(cell_type=["T cell", "B cell"], n_counts=(200, None))`` means
         membership for a list, an inclusive range for a ``(low, high)`` tuple (None: open end), equality
-        for a value and a missing value for None; strings are quoted for you.
+        for a value and a missing value for None; strings and column names are quoted for you.
 
         Raises
         ------
@@ -91,8 +91,7 @@ class AtlasQuery:
             filters.append(keyword_filter(self._atlas.core.cell_arrow, conditions))
         for text in filters:
             check_filter(self._atlas.core.tables.cells, text)
-        self._cells = replace(self._cells, filters=(*self._cells.filters, *filters))
-        return self
+        return self._with(cells=replace(self._cells, filters=(*self._cells.filters, *filters)))
 
     def search(
         self,
@@ -101,42 +100,61 @@ class AtlasQuery:
         vector_column_name: str | None = None,
         query_type: Literal["auto", "vector", "fts", "hybrid"] = "auto",
         fts_columns: str | Sequence[str] | None = None,
+        exact: bool = False,
     ) -> AtlasQuery:
         """Rank cells by vector similarity (an embedding), full-text relevance (a string), or both.
 
-        Rows come back in rank order, with a ``distance`` (vector) or ``score`` (text, hybrid) column.
-        Hybrid search takes ``(embedding, text)`` and fuses both rankings (reciprocal rank fusion). Vector
-        and hybrid search need an explicit ``limit()`` (nothing is silently capped); text search returns
-        every match unless limited. ``where()`` filters are applied before ranking.
+        Rows come back in rank order, with a ``distance`` (vector: squared L2) or ``score`` (text, hybrid)
+        column; every terminal, ``count()`` included, returns them. Hybrid search fuses both rankings
+        (reciprocal rank fusion). Vector and hybrid search need an explicit ``limit()`` (nothing is silently
+        capped); text search returns every match unless limited. ``where()`` filters apply before ranking.
+
+        Once ``optimize()`` has indexed the vector column (IVF-PQ, from
+        :data:`~lancell.tables.indexes.VECTOR_INDEX_MIN_ROWS` cells), neighbours are approximate: a true
+        one can be missed. Candidates are re-ranked by their stored vectors, so the distances returned are
+        exact; ``exact=True`` scans every row for the exact neighbours (slower).
+
+        Parameters
+        ----------
+        query
+            One embedding (1-D, finite, as wide as the vector column), a string, or ``(embedding, text)``.
+        vector_column_name
+            The vector column searched; None: the only one.
+        query_type
+            ``"auto"``: text for a string, hybrid for ``(embedding, text)``, vector otherwise.
+        fts_columns
+            Text and hybrid search: the indexed text columns searched; None: all.
+        exact
+            Vector and hybrid search: bypass the ANN index.
+
+        Raises
+        ------
+        QueryError
+            See :func:`~lancell.query.cell_table.search_spec`: e.g. a 2-D array or a NaN embedding, a
+            vector of the wrong width, or an option the kind of search does not use.
         """
-        spec = search_spec(
-            vector_fields(self._atlas.core.cell_arrow), query, vector_column_name, query_type, fts_columns
-        )
-        self._cells = replace(self._cells, search=spec)
-        return self
+        vectors = vector_fields(self._atlas.core.cell_arrow)
+        spec = search_spec(vectors, query, vector_column_name, query_type, fts_columns, exact)
+        return self._with(cells=replace(self._cells, search=spec))
 
     def limit(self, n: int) -> AtlasQuery:
         """Return at most ``n`` cells."""
         if not isinstance(n, int) or n < 0:
             raise QueryError(f"limit must be a non-negative integer, got {n!r}")
-        self._cells = replace(self._cells, limit=n)
-        return self
+        return self._with(cells=replace(self._cells, limit=n))
 
     def select(self, columns: Sequence[str]) -> AtlasQuery:
         """Keep only these obs columns (``uid``, ``dataset_uid`` and pointers are always kept)."""
-        unknown = sorted(set(columns) - set(self._atlas.core.cell_arrow.names))
-        if unknown:
-            raise QueryError(
-                f"unknown cell columns {unknown}; the cell table has {self._atlas.core.cell_arrow.names}"
-            )
-        self._cells = replace(self._cells, columns=tuple(columns))
-        return self
+        names = self._atlas.core.cell_arrow.names
+        if unknown := sorted(set(columns) - set(names)):
+            raise QueryError(f"unknown cell columns {unknown}; the cell table has {names}")
+        return self._with(cells=replace(self._cells, columns=tuple(columns)))
 
     def feature_space(self, feature_space: str) -> AtlasQuery:
-        """Reconstruct this feature space (default: the first pointer field of the schema)."""
+        """Reconstruct this feature space (default: the first pointer field of the schema); raises
+        :class:`~lancell.errors.QueryError` when an earlier call chose another one."""
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
-        self._feature_space = feature_space
-        return self
+        return self._with(reads=self._reads.choose(feature_space, "feature_space()"))
 
     def feature_spaces(self, feature_space: str) -> AtlasQuery:
         """The earlier name of :meth:`feature_space` (it sets one); warns, and goes in the next release."""
@@ -156,7 +174,8 @@ class AtlasQuery:
         Raises
         ------
         QueryError
-            No layer, a repeated one, or a layer the feature space does not allow.
+            No layer, a repeated one, a layer the feature space does not allow, or an earlier call chose
+            another feature space.
         """
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names or len(set(names)) != len(names):
@@ -164,8 +183,7 @@ class AtlasQuery:
         space = resolve_feature_space(self._atlas.feature_spaces, feature_space)
         for name in names:
             space.check_layer(name)
-        self._feature_space, self._layers = feature_space, names
-        return self
+        return self._with(reads=self._reads.choose(feature_space, "layers()", layers=names))
 
     def features(
         self, names_or_uids: Sequence[str], feature_space: str, *, case_sensitive: bool = True
@@ -176,32 +194,36 @@ class AtlasQuery:
         Combined with ``feature_join("intersection")``, features not measured by every dataset are dropped.
         ``case_sensitive=False`` matches uids and symbols ignoring case (see
         :func:`lancell.query.plan.resolve_features`); the loader reads the same selection.
+
+        Raises
+        ------
+        QueryError
+            An empty list or a bare string, or an earlier call (e.g. :meth:`layers`) chose another feature
+            space.
         """
         if isinstance(names_or_uids, str) or not len(names_or_uids):
             raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
-        self._features = (feature_space, list(names_or_uids))
-        self._case_sensitive = case_sensitive
-        self._feature_space = feature_space
-        return self
+        reads = self._reads.choose(
+            feature_space, "features()", features=list(names_or_uids), case_sensitive=case_sensitive
+        )
+        return self._with(reads=reads)
 
     def all_features(self, feature_space: str) -> AtlasQuery:
         """Every numbered registry feature as a column: column ``j`` is the feature of global index ``j``.
 
         The columns then do not depend on which datasets are selected (stable across snapshots, as token
-        models want); features a dataset did not measure have presence False.
+        models want); features a dataset did not measure have presence False. Raises :class:`QueryError`
+        when an earlier call chose another feature space.
         """
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
-        self._features = (feature_space, None)
-        self._feature_space = feature_space
-        return self
+        return self._with(reads=self._reads.choose(feature_space, "all_features()", features="registry"))
 
     def feature_join(self, join: Join) -> AtlasQuery:
         """``"union"`` (every feature any selected dataset measured) or ``"intersection"`` (shared by all)."""
         if join not in ("union", "intersection"):
             raise QueryError(f"feature_join must be 'union' or 'intersection', got {join!r}")
-        self._join = join
-        return self
+        return self._with(reads=replace(self._reads, join=join))
 
     def on_unmeasured(self, policy: OnUnmeasured) -> AtlasQuery:
         """What every reader does with selected cells that did not measure a reconstructed layer.
@@ -210,13 +232,12 @@ class AtlasQuery:
         at all). ``"error"`` (default): raise :class:`~lancell.errors.UnmeasuredDataError` naming the
         datasets and layers; ``"drop"``: leave out cells lacking any requested layer; ``"keep"``: return them
         as empty rows in each layer they lack (presence False for every feature of ``X``'s layer). Joins are
-        computed over the measured datasets. ``adata.uns["lancell"]`` records the
-        policy and the unmeasured datasets.
+        computed over the measured datasets. ``adata.uns["lancell"]`` records the policy and the unmeasured
+        datasets.
         """
         if policy not in ON_UNMEASURED:
             raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
-        self._on_unmeasured = policy
-        return self
+        return self._with(reads=replace(self._reads, on_unmeasured=policy))
 
     # ------------------------------------------------------------------------------ terminals
     def to_arrow(self) -> pa.Table:
@@ -224,8 +245,8 @@ class AtlasQuery:
         return self._cells.read()
 
     def to_pandas(self) -> pd.DataFrame:
-        """The matching cell rows as a pandas frame."""
-        return self.to_arrow().to_pandas()
+        """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats)."""
+        return self._cells.read_pandas()
 
     def to_polars(self) -> pl.DataFrame:
         """The matching cell rows as a polars frame."""
@@ -234,11 +255,13 @@ class AtlasQuery:
         return pl.from_arrow(self.to_arrow())
 
     def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
-        """Number of matching cells, or cells per value of ``group_by`` (most first).
+        """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
+        terminals return, a :meth:`search`'s included.
 
-        Without ``group_by`` this is LanceDB's ``count_rows`` (no column is read); with it only the grouping
-        column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and the ``layers`` each dataset
-        stores (those its record lists, what readers of this handle see); any other column a ``cells`` series.
+        Without ``group_by`` or search this is LanceDB's ``count_rows`` (no column is read); with
+        ``group_by`` only the grouping column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and
+        the ``layers`` each dataset stores (those its record lists, what readers of this handle see); any
+        other column a ``cells`` series.
         """
         if group_by is None:
             return self._cells.count()
@@ -248,19 +271,6 @@ class AtlasQuery:
         frame = self._atlas.list_datasets()
         layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
         return series.to_frame().assign(layers=series.index.map(layers))
-
-    def _space(self) -> str:
-        return self._feature_space or next(iter(pointer_fields_from_arrow(self._atlas.core.cell_arrow)))
-
-    def _feature_indices(self, feature_space: str) -> np.ndarray | None:
-        if self._features is None:
-            return None
-        space, names = self._features
-        if space != feature_space:
-            raise QueryError(f"features() were given for {space!r} but {feature_space!r} is reconstructed")
-        if names is None:
-            return registry_columns(self._atlas.core, space)
-        return resolve_features(self._atlas.core, space, names, case_sensitive=self._case_sensitive)
 
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.
@@ -281,11 +291,10 @@ class AtlasQuery:
         GroupNotFoundError
             A selected dataset's zarr group is missing from the store.
         """
-        space = self._space()
+        space = self._reads.space(self._atlas.core)
         if columns is not None:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
-        cells = self._cells.read(columns)
-        return self._planned(cells, space, self._layers, self._feature_indices(space))
+        return self._reads.plan(self._atlas.core, self._cells.read(columns), space)
 
     def plan_for(self, cells: pa.Table) -> PlannedCells:
         """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
@@ -294,24 +303,15 @@ class AtlasQuery:
         The loader streams the rows into compact codes and plans from those (``CellDataset.from_query``).
         Raises what :meth:`plan` raises.
         """
-        space = self._space()
-        return self._planned(cells, space, self._layers, self._feature_indices(space))
-
-    def _planned(
-        self, cells: pa.Table, space: str, layers: list[str] | None, features: np.ndarray | None
-    ) -> PlannedCells:
-        join = self._join or "union"
-        core, policy = self._atlas.core, self._on_unmeasured
-        plan = plan_reconstruction(core, cells, space, layers, join, features, policy)
-        return PlannedCells(plan.select(cells), plan)
+        return self._reads.plan(self._atlas.core, cells, self._reads.space(self._atlas.core))
 
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
         ``X`` is CSR for sparse feature spaces and dense for dense ones (the first of :meth:`layers`, each
-        other in ``adata.layers``); ``var`` comes from the registry;
-        ``varm["presence"]`` says which features each dataset measured; ``uns["lancell"]`` records the
-        feature space, layer, join, unmeasured-cell policy and the unmeasured datasets.
+        other in ``adata.layers``); ``var`` comes from the registry; ``varm["presence"]`` says which features
+        each dataset measured; ``uns["lancell"]`` records the feature space, layer, join, unmeasured-cell
+        policy and the unmeasured datasets.
         """
         planned = self.plan()
         return reconstruct(self._atlas.core, planned.cells, planned.plan)
@@ -325,40 +325,29 @@ class AtlasQuery:
         """
         from mudata import MuData
 
-        spaces = list(feature_spaces or pointer_fields_from_arrow(self._atlas.core.cell_arrow))
+        core = self._atlas.core
+        spaces = list(feature_spaces or pointer_fields_from_arrow(core.cell_arrow))
         cells = self.to_arrow()
         modalities = {}
         for space in spaces:
             resolve_feature_space(self._atlas.feature_spaces, space)
             has = cells.filter(pc.is_valid(cells.column(space)))
-            layers = self._layers if space == self._feature_space else None
-            features = self._feature_indices(space) if self._features and self._features[0] == space else None
-            planned = self._planned(has, space, layers, features)
-            modalities[space] = reconstruct(self._atlas.core, planned.cells, planned.plan)
+            reads = self._reads if space == self._reads.feature_space else self._reads.other_space()
+            planned = reads.plan(core, has, space)
+            modalities[space] = reconstruct(core, planned.cells, planned.plan)
         return MuData(modalities)
 
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 
         Only the pointer columns are read up front (to plan the columns, registry and layouts read once);
-        metadata and matrix values are read batch by batch, so memory is bounded by the batch.
+        metadata and matrix values are read batch by batch, so memory is bounded by the batch. A search's
+        ranked rows are read whole (without matrix values) before they are batched.
         """
         if batch_size < 1:
             raise QueryError(f"batch_size must be positive, got {batch_size}")
         plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
-        pending: list[pa.RecordBatch] = []
-        buffered = 0
-        for batch in self._cells.builder().to_batches(batch_size):
-            batch = plan.select(batch)
-            pending.append(batch)
-            buffered += batch.num_rows
-            while buffered >= batch_size:
-                table = pa.Table.from_batches(pending)
-                yield reconstruct(self._atlas.core, table.slice(0, batch_size), plan)
-                rest = table.slice(batch_size)
-                pending, buffered = rest.to_batches(), rest.num_rows
-        if buffered:
-            yield reconstruct(self._atlas.core, pa.Table.from_batches(pending), plan)
+        yield from reconstruct_batches(self._atlas.core, self._cells.batches(batch_size), plan, batch_size)
 
     def reading(
         self, feature_space: str, layer: str | Sequence[str], features: Sequence[str] | str | None = None
@@ -374,33 +363,16 @@ class AtlasQuery:
         QueryError
             A feature space, layer, join or feature list that contradicts what the query already chose.
         """
-        query = self._copy()
         given_layers = [layer] if isinstance(layer, str) else list(layer)
-        for what, chosen, given in (
-            ("feature space", self._feature_space, feature_space),
-            ("layer", _one_or_list(self._layers), _one_or_list(given_layers)),
-        ):
-            if chosen is not None and chosen != given:
-                raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
-        query.layers(feature_space, given_layers)
+        self._reads.check_reading(feature_space, given_layers, features)
+        query = self.layers(feature_space, given_layers)
         if features is None:
             return query
         if features in ("union", "intersection"):
-            if self._join not in (None, features):
-                raise QueryError(f"the query joins by {self._join!r}, the loader was asked for {features!r}")
             return query.feature_join(features)
-        if isinstance(features, str) and features != "registry":
-            raise QueryError(
-                f"features must be 'union', 'intersection', 'registry' or a list of names, got {features!r}"
-            )
-        wanted = (feature_space, None if features == "registry" else list(features))
-        if self._features is not None and self._features != wanted:
-            raise QueryError(
-                f"the query selects features {self._features[1]!r}, the loader was asked for {features!r}"
-            )
-        if wanted[1] is None:
+        if features == "registry":
             return query.all_features(feature_space)
-        return query.features(wanted[1], feature_space, case_sensitive=self._case_sensitive)
+        return query.features(list(features), feature_space, case_sensitive=self._reads.case_sensitive)
 
     def to_cell_dataset(
         self,
@@ -421,8 +393,3 @@ class AtlasQuery:
         return CellDataset.from_query(
             self, feature_space, layer, metadata_columns=metadata_columns, features=features
         )
-
-
-def _one_or_list(layers: list[str] | None) -> str | list[str] | None:
-    """A layer selection as shown in messages: one name, or the list of several."""
-    return layers[0] if layers is not None and len(layers) == 1 else layers

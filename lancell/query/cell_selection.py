@@ -2,8 +2,9 @@
 
 :class:`~lancell.query.atlas_query.AtlasQuery` holds one :class:`CellSelection` (replaced, never changed in
 place, by ``where()``, ``search()``, ``limit()`` and ``select()``); its Arrow, pandas, count and
-reconstruction terminals all read rows through it, so the filter that hides uncommitted rows
-(:mod:`lancell.tables.visibility`) is added in one place.
+reconstruction terminals all read rows through it, so they count and return the same rows (a search's
+included) and the filter that hides uncommitted rows (:mod:`lancell.tables.visibility`) is added in one
+place.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
 __all__ = ["CellSelection"]
+
+# pandas' nullable integer dtypes, for every Arrow integer type (what to_anndata's obs keeps for int32/int64)
+_NULLABLE_INTEGERS = {
+    pa.from_numpy_dtype(np.dtype(name.lower())): pd.api.types.pandas_dtype(name)
+    for name in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
+}
 
 # lancedb's names of the search columns -> the names a query returns
 _SEARCH_COLUMNS = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
@@ -141,8 +149,24 @@ class CellSelection:
             raise QueryError(f"query failed for filter {self.where_clause()!r}: {exc}") from exc
         return table.rename_columns([_SEARCH_COLUMNS.get(n, n) for n in table.column_names])
 
+    def read_pandas(self) -> pd.DataFrame:
+        """:meth:`read` as a pandas frame; integer columns are pandas' nullable integers (as in
+        ``to_anndata().obs``), so a null does not turn them into rounded floats."""
+        return self.read().to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+
+    def batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The selected rows (:meth:`kept_columns`) in record batches of at most ``batch_size``, in query
+        order. A ranked search is read whole (LanceDB ranks before it returns a row), then sliced; its
+        columns are named as :meth:`read` names them."""
+        if self.search is None:
+            return self.builder().to_batches(batch_size)
+        return iter(self.read().to_batches(max_chunksize=batch_size))
+
     def count(self) -> int:
-        """Number of selected rows (LanceDB's ``count_rows``: no column is read)."""
+        """Number of selected rows: LanceDB's ``count_rows`` (no column is read), or for a search the rows it
+        returns (their ``uid`` read)."""
+        if self.search is not None:
+            return self.read(["uid"]).num_rows
         where = self.where_clause()
         try:
             n = self.core.tables.cells.count_rows(where)
@@ -151,14 +175,18 @@ class CellSelection:
         return min(n, self.limit) if self.limit is not None else n
 
     def count_by(self, column: str) -> pd.Series:
-        """Selected rows per value of ``column`` (``cells``, most first); only that column is read."""
+        """Selected rows per value of ``column`` (``cells``, most first); only that column is read (for a
+        search, of the rows it returns)."""
         if column not in self.core.cell_arrow.names:
             raise QueryError(f"cannot group by unknown column {column!r}")
-        where = self.where_clause()
-        try:
-            values = self.scan([column], where).column(column)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
+        if self.search is not None:
+            values = self.read([column]).column(column)
+        else:
+            where = self.where_clause()
+            try:
+                values = self.scan([column], where).column(column)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
         counts = pc.value_counts(values).flatten()
         index = pd.Index(counts[0].to_pylist(), name=column)
         return pd.Series(counts[1].to_numpy(), index=index, name="cells").sort_values(ascending=False)

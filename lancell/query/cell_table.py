@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from lancell.tables.pinned_table import PinnedTable
 
-__all__ = ["SearchSpec", "check_filter", "keyword_filter", "search_builder", "search_spec"]
+__all__ = ["REFINE_FACTOR", "SearchSpec", "check_filter", "keyword_filter", "search_builder", "search_spec"]
 
 SearchQuery = str | Sequence[float] | np.ndarray | tuple[Sequence[float] | np.ndarray, str]
 
@@ -53,6 +53,14 @@ def _unbalanced(sql: str) -> str | None:
     return "an unclosed '('" if depth else None
 
 
+_INT64_MIN = -(2**63)
+
+
+def _identifier(column: str) -> str:
+    """``column`` backquoted: a name such as ``null``, ``true`` or ``select`` is then read as the column."""
+    return f"`{column}`"
+
+
 def _sql_literal(column: str, field: pa.Field, value: object) -> str:
     """``value`` as a SQL literal for ``column`` (strings single-quoted, quotes doubled)."""
     kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
@@ -68,6 +76,8 @@ def _sql_literal(column: str, field: pa.Field, value: object) -> str:
         ):
             if not math.isfinite(float(value)):
                 raise QueryError(f"where({column}=...): {value!r} is not a finite number")
+            if value == _INT64_MIN:  # SQL reads -9223372036854775808 as minus a literal beyond int64
+                return f"({_INT64_MIN + 1} - 1)"
             return repr(value.item() if isinstance(value, np.generic) else value)
     raise QueryError(
         f"where({column}=...): {value!r} ({type(value).__name__}) cannot be compared with the cell "
@@ -76,8 +86,9 @@ def _sql_literal(column: str, field: pa.Field, value: object) -> str:
 
 
 def _condition(column: str, field: pa.Field, value: object) -> str:
+    name = _identifier(column)
     if value is None:
-        return f"{column} IS NULL"
+        return f"{name} IS NULL"
     if isinstance(value, tuple):
         if len(value) != 2 or value == (None, None):
             raise QueryError(
@@ -85,23 +96,24 @@ def _condition(column: str, field: pa.Field, value: object) -> str:
                 "e.g. (200, None)"
             )
         low, high = value
-        bounds = [f"{column} >= {_sql_literal(column, field, low)}"] if low is not None else []
-        bounds += [f"{column} <= {_sql_literal(column, field, high)}"] if high is not None else []
+        bounds = [f"{name} >= {_sql_literal(column, field, low)}"] if low is not None else []
+        bounds += [f"{name} <= {_sql_literal(column, field, high)}"] if high is not None else []
         return " AND ".join(bounds)
     if isinstance(value, list | set | frozenset | np.ndarray | pd.Index | pd.Series):
         values = list(value)
         if not values:
             raise QueryError(f"where({column}=[]): an empty list matches no cell; give at least one value")
-        return f"{column} IN ({', '.join(_sql_literal(column, field, v) for v in values)})"
-    return f"{column} = {_sql_literal(column, field, value)}"
+        return f"{name} IN ({', '.join(_sql_literal(column, field, v) for v in values)})"
+    return f"{name} = {_sql_literal(column, field, value)}"
 
 
 def keyword_filter(schema: pa.Schema, conditions: Mapping[str, object]) -> str:
     """The SQL of keyword conditions on the cell table of ``schema``, ANDed.
 
     ``column=value`` is equality, ``column=[v1, v2]`` membership (``IN``), ``column=(low, high)`` an
-    inclusive range with None for an open end, ``column=None`` a missing value. Strings are quoted with
-    single quotes (a quote inside is doubled), so values never need escaping by the caller.
+    inclusive range with None for an open end, ``column=None`` a missing value. Columns are backquoted (a
+    column named ``null`` or ``select`` is the column, not the keyword); strings are quoted with single
+    quotes (a quote inside is doubled), so values never need escaping by the caller.
 
     Raises
     ------
@@ -174,14 +186,48 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
         ) from exc
 
 
+# Vector candidates per requested row taken from the ANN index and re-ranked by their stored vectors: the
+# distances returned are exact, and a true neighbour ranked just outside the limit by the index is recovered.
+REFINE_FACTOR = 5
+
+
 @dataclass(frozen=True)
 class SearchSpec:
-    """A checked search: the query, its kind (``vector``, ``fts`` or ``hybrid``) and the columns searched."""
+    """A checked search: the query (a float32 vector, a text, or both), its kind (``vector``, ``fts`` or
+    ``hybrid``), the columns searched and whether the vector part bypasses the ANN index (``exact``)."""
 
-    query: SearchQuery
+    query: str | np.ndarray | tuple[np.ndarray, str]
     query_type: Literal["vector", "fts", "hybrid"]
     vector_column_name: str | None
     fts_columns: str | Sequence[str] | None
+    exact: bool = False
+
+
+def _is_hybrid(query: SearchQuery) -> bool:
+    return isinstance(query, tuple) and len(query) == 2 and isinstance(query[1], str)
+
+
+def _query_vector(query: object, width: int, column: str) -> np.ndarray:
+    """``query`` as the float32 vector searched in ``column`` (``width`` wide).
+
+    Raises
+    ------
+    QueryError
+        ``query`` is not numbers, not one vector of ``width`` values (a 2-D array would be several
+        searches), or holds NaN or infinite values (a NaN vector is nobody's neighbour: no row).
+    """
+    try:
+        vector = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise QueryError(f"a search embedding must be numbers, got {query!r}") from exc
+    if vector.shape != (width,):
+        raise QueryError(
+            f"a search embedding is one vector of {width} values (the width of {column!r}), got an array "
+            f"of shape {vector.shape}; search one embedding per query"
+        )
+    if bad := int((~np.isfinite(vector)).sum()):
+        raise QueryError(f"the search embedding holds {bad} NaN or infinite values (as float32) of {width}")
+    return vector
 
 
 def search_spec(
@@ -190,39 +236,58 @@ def search_spec(
     vector_column_name: str | None,
     query_type: Literal["auto", "vector", "fts", "hybrid"],
     fts_columns: str | Sequence[str] | None,
+    exact: bool,
 ) -> SearchSpec:
     """Check a search against the cell table's vector columns ``vectors`` (name -> width).
+
+    ``query_type="auto"`` is ``fts`` for a string, ``hybrid`` for ``(embedding, text)`` and ``vector``
+    otherwise.
 
     Raises
     ------
     QueryError
-        An unknown query type, an ambiguous or unknown vector column, a string given to a vector search or a
-        hybrid query that is not ``(embedding, text)``.
+        An unknown query type, an ambiguous or unknown vector column, an embedding that is not one finite
+        vector as wide as its column, a text search given no string, a hybrid query that is not
+        ``(embedding, text)``, or an option the search kind does not use (``vector_column_name`` or
+        ``exact`` for a text search, ``fts_columns`` for a vector search).
     """
     if query_type == "auto":
-        query_type = "fts" if isinstance(query, str) else "vector"
+        query_type = "fts" if isinstance(query, str) else "hybrid" if _is_hybrid(query) else "vector"
     if query_type not in ("vector", "fts", "hybrid"):
         raise QueryError(f"query_type must be auto, vector, fts or hybrid, got {query_type!r}")
-    if query_type in ("vector", "hybrid"):
-        if vector_column_name is None:
-            if len(vectors) != 1:
-                raise QueryError(f"name the vector column to search (vector columns: {sorted(vectors)})")
-            vector_column_name = next(iter(vectors))
-        if vector_column_name not in vectors:
+    if query_type == "fts":
+        if not isinstance(query, str):
+            raise QueryError(f"text search needs a string, got {type(query).__name__}")
+        if vector_column_name is not None or exact:
             raise QueryError(
-                f"{vector_column_name!r} is not a vector column (vector columns: {sorted(vectors)})"
+                "vector_column_name and exact apply to vector and hybrid search, not text search"
             )
-    if query_type == "vector" and isinstance(query, str):
+        return SearchSpec(query, "fts", None, fts_columns)
+    if vector_column_name is None:
+        if len(vectors) != 1:
+            raise QueryError(f"name the vector column to search (vector columns: {sorted(vectors)})")
+        vector_column_name = next(iter(vectors))
+    if vector_column_name not in vectors:
+        raise QueryError(f"{vector_column_name!r} is not a vector column (vector columns: {sorted(vectors)})")
+    width = vectors[vector_column_name]
+    if query_type == "hybrid":
+        if not _is_hybrid(query):
+            raise QueryError("hybrid search needs (embedding, text), e.g. search((vector, 'monocyte'), ...)")
+        vector = _query_vector(query[0], width, vector_column_name)
+        return SearchSpec((vector, query[1]), "hybrid", vector_column_name, fts_columns, exact)
+    if isinstance(query, str):
         raise QueryError("vector search needs an embedding, got a string (use query_type='fts')")
-    if query_type == "hybrid" and not (
-        isinstance(query, tuple) and len(query) == 2 and isinstance(query[1], str)
-    ):
-        raise QueryError("hybrid search needs (embedding, text), e.g. search((vector, 'monocyte'), ...)")
-    return SearchSpec(query, query_type, vector_column_name, fts_columns)
+    if fts_columns is not None:
+        raise QueryError("fts_columns applies to text and hybrid search, not vector search")
+    vector = _query_vector(query, width, vector_column_name)
+    return SearchSpec(vector, "vector", vector_column_name, None, exact)
 
 
 def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[LanceQueryBuilder, int]:
     """The LanceDB builder of ``spec`` over ``cells`` and the limit to apply (text search: every match).
+
+    The vector part of a search re-ranks :data:`REFINE_FACTOR` times the limit of index candidates by their
+    stored vectors, or scans every row when ``spec.exact`` (the index bypassed).
 
     Raises
     ------
@@ -230,16 +295,17 @@ def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[L
         A vector or hybrid search without a limit (results are never capped silently).
     """
     kind = spec.query_type
-    if kind != "fts" and limit is None:
+    if kind == "fts":  # every match, not lancedb's default of 10
+        builder = cells.search(spec.query, query_type="fts", fts_columns=spec.fts_columns)
+        return builder, limit if limit is not None else max(cells.count_rows(), 1)
+    if limit is None:
         raise QueryError(f"{kind} search needs an explicit .limit(n): results are never capped silently")
-    options = {"vector_column_name": spec.vector_column_name, "fts_columns": spec.fts_columns}
     if kind == "hybrid":
         vector, text = spec.query
-        builder = cells.search(query_type="hybrid", **options)
-        builder = builder.vector(np.asarray(vector, dtype=np.float32)).text(text)
+        builder = cells.search(
+            query_type="hybrid", vector_column_name=spec.vector_column_name, fts_columns=spec.fts_columns
+        )
+        builder = builder.vector(vector).text(text)
     else:
-        query = np.asarray(spec.query, dtype=np.float32) if kind == "vector" else spec.query
-        builder = cells.search(query, query_type=kind, **options)
-    if limit is None:  # text search: every match, not lancedb's default of 10
-        limit = max(cells.count_rows(), 1)
-    return builder, limit
+        builder = cells.search(spec.query, query_type="vector", vector_column_name=spec.vector_column_name)
+    return (builder.bypass_vector_index() if spec.exact else builder.refine_factor(REFINE_FACTOR)), limit

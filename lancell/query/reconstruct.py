@@ -12,6 +12,7 @@ Several requested layers are read on the same cells and columns: the first is ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -32,7 +33,7 @@ from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_field
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["presence_matrix", "reconstruct"]
+__all__ = ["presence_matrix", "reconstruct", "reconstruct_batches"]
 
 _FILTER_SLICE = 8_000_000  # stored values read at once when most of them are dropped
 
@@ -65,6 +66,26 @@ def reconstruct(core: AtlasCore, cells: pa.Table, plan: ReconstructionPlan) -> a
     adata.varm["presence"] = plan.presence.copy()
     adata.uns["lancell"] = plan.uns()
     return adata
+
+
+def reconstruct_batches(
+    core: AtlasCore, batches: Iterable[pa.RecordBatch], plan: ReconstructionPlan, batch_size: int
+) -> Iterator[ad.AnnData]:
+    """:func:`reconstruct` the cell rows of ``batches`` (in order, any sizes) in AnnData batches of
+    ``batch_size`` cells (the last may be smaller), keeping only the rows ``plan`` selects."""
+    pending: list[pa.RecordBatch] = []
+    buffered = 0
+    for batch in batches:
+        batch = plan.select(batch)
+        pending.append(batch)
+        buffered += batch.num_rows
+        while buffered >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield reconstruct(core, table.slice(0, batch_size), plan)
+            rest = table.slice(batch_size)
+            pending, buffered = rest.to_batches(), rest.num_rows
+    if buffered:
+        yield reconstruct(core, pa.Table.from_batches(pending), plan)
 
 
 def _rows_by_group(

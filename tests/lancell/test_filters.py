@@ -48,9 +48,9 @@ def test_keyword_and_sql_combine_with_and(bundled, pbmc_obs):
 def test_keyword_values_are_quoted_safely(bundled):
     schema = bundled.core.tables.cells.schema
     sql = keyword_filter(schema, {"cell_type": "O'Brien cell) OR (1 = 1"})
-    assert sql == "(cell_type = 'O''Brien cell) OR (1 = 1')"
+    assert sql == "(`cell_type` = 'O''Brien cell) OR (1 = 1')"
     assert bundled.query().where(cell_type="O'Brien cell) OR (1 = 1").count() == 0
-    assert keyword_filter(schema, {"n_counts": (None, 3.5)}) == "(n_counts <= 3.5)"
+    assert keyword_filter(schema, {"n_counts": (None, 3.5)}) == "(`n_counts` <= 3.5)"
 
 
 @pytest.mark.parametrize(

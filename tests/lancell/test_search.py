@@ -158,3 +158,20 @@ def test_hybrid_search_fuses_vector_and_text_rankings(searchable):
     assert set(filtered.limit(10).to_arrow().column("cell_type").to_pylist()) == {"Dendritic"}
     with pytest.raises(QueryError, match="embedding, text"):
         atlas.query().search("monocyte", query_type="hybrid")
+
+
+def test_indexed_search_returns_exact_distances_and_exact_bypasses_the_index(searchable):
+    from lancell.tables.indexes import build_indexes
+
+    checkout, pbmc = searchable
+    atlas = RaggedAtlas.open(checkout.db_uri)  # the live table: the checkout stays pinned before the index
+    assert build_indexes(atlas.core.tables.cells, [], vector_min_rows=1) == ["embedding"]  # IVF-PQ
+    emb, names = pbmc.obsm["X_emb"], np.array([f"pbmc:{n}" for n in pbmc.obs_names])
+    rows = {uid: i for i, uid in enumerate(names)}
+    for probe in np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32):
+        true = ((emb - probe) ** 2).sum(axis=1)
+        approximate = atlas.query().search(probe).limit(10).to_pandas()
+        found = [rows[uid] for uid in approximate["uid"]]
+        np.testing.assert_allclose(approximate["distance"], true[found], rtol=1e-5)  # re-ranked: exact
+        exact = atlas.query().search(probe, exact=True).limit(10).to_pandas()
+        assert exact["uid"].tolist() == names[np.argsort(true, kind="stable")[:10]].tolist()

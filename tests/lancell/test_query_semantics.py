@@ -1,0 +1,224 @@
+"""What a query means, on a small atlas with awkward columns: builders that return new queries, keyword
+columns named like SQL keywords, integers beyond float precision, counts and batches of a search, search
+embeddings that are refused, and layers or features of another feature space."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from lancedb.pydantic import Vector
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import QueryError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.modalities import attach_modality
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+N = 10
+BIG = 2**53 + 1  # the first integer float64 cannot hold
+
+
+class Feature(FeatureBaseSchema):
+    pass
+
+
+class AwkwardCells(LancellBaseSchema):
+    null: str | None = None
+    true: bool | None = None
+    select: str | None = None
+    k: int | None = None
+    desc: str | None = None
+    emb: Vector(4) | None = None
+    gene_expression: SparseZarrPointer | None = None
+    protein: SparseZarrPointer | None = None
+
+
+@pytest.fixture(scope="module")
+def obs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "null": ["x", None, "y", None, "x", "x", None, "y", "y", "x"],
+            "true": [True, False, False, None, True, False, True, None, False, False],
+            "select": list("pqpqpqpqpp"),
+            "k": pd.array([BIG, None, -(2**63), 7, 7, 2**63 - 1, 0, 1, 2, 3], dtype="Int64"),
+            "desc": ["monocyte"] * 3 + ["t cell"] * 7,
+        },
+        index=[f"c{i}" for i in range(N)],
+    )
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory, obs) -> RaggedAtlas:
+    root = tmp_path_factory.mktemp("awkward")
+    atlas = RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        AwkwardCells,
+        store=str(root / "arrays"),
+        registry_schemas={"gene_expression": Feature, "protein": Feature},
+        layers={"gene_expression": ["counts", "log_normalized"], "protein": ["counts"]},
+        fts_columns=["desc"],
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["g0", "g1"]}))
+    atlas.register_features("protein", pd.DataFrame({"uid": ["p0", "p1"]}))
+    x = sp.csr_matrix(np.arange(2 * N, dtype=np.float32).reshape(N, 2))
+    genes = ad.AnnData(x, obs=obs, var=pd.DataFrame(index=["g0", "g1"]))
+    genes.obsm["X_emb"] = np.random.default_rng(0).normal(size=(N, 4)).astype(np.float32)
+    add_from_anndata(
+        atlas,
+        genes,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d"),
+        obsm_columns={"X_emb": "emb"},
+        progress=False,
+    )
+    proteins = ad.AnnData(x, obs=pd.DataFrame(index=obs.index), var=pd.DataFrame(index=["p0", "p1"]))
+    attach_modality(
+        atlas,
+        proteins,
+        cells_of="d",
+        feature_space="protein",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="dp"),
+        progress=False,
+    )
+    atlas.optimize()
+    return atlas
+
+
+def _state(query) -> tuple[object, object]:
+    return query.selection, query._reads
+
+
+def test_builder_calls_return_new_queries_and_leave_theirs_unchanged(atlas):
+    base = atlas.query().on_unmeasured("drop")
+    monocytes, t_cells = base.where(desc="monocyte"), base.where(desc="t cell")
+    assert (monocytes.count(), t_cells.count(), base.count()) == (3, 7, N)
+    before = _state(base)
+    derived = [
+        base.where("k > 0"),
+        base.search("monocyte"),
+        base.limit(2),
+        base.select(["desc"]),
+        base.feature_space("gene_expression"),
+        base.layers("gene_expression", "counts"),
+        base.features(["g0"], "gene_expression"),
+        base.all_features("gene_expression"),
+        base.feature_join("intersection"),
+        base.on_unmeasured("keep"),
+        base.reading("gene_expression", "counts", ["g1"]),
+    ]
+    assert all(query is not base for query in derived)
+    assert _state(base) == before
+    out = base.to_anndata()
+    assert out.shape == (N, 2) and out.uns["lancell"]["on_unmeasured"] == "drop"
+    assert list(base.features(["g1"], "gene_expression").to_anndata().var_names) == ["g1"]
+    assert list(base.to_anndata().var_names) == ["g0", "g1"]
+
+
+def test_keyword_columns_named_like_sql_keywords_are_columns(atlas, obs):
+    assert atlas.query().where(null=None).count() == int(obs["null"].isna().sum())
+    assert atlas.query().where(null="x").count() == int((obs["null"] == "x").sum())
+    assert atlas.query().where(true=False).count() == int((obs["true"] == False).sum())  # noqa: E712
+    assert atlas.query().where(true=True).count() == int((obs["true"] == True).sum())  # noqa: E712
+    assert atlas.query().where(select="p").count() == int((obs["select"] == "p").sum())
+
+
+def test_keyword_int64_extremes(atlas):
+    assert atlas.query().where(k=-(2**63)).to_pandas()["k"].tolist() == [-(2**63)]
+    assert atlas.query().where(k=2**63 - 1).to_pandas()["k"].tolist() == [2**63 - 1]
+    assert atlas.query().where(k=(-(2**63), 0)).count() == 2
+    assert atlas.query().where(k=[-(2**63), BIG]).count() == 2
+
+
+def test_to_pandas_keeps_integers_beyond_float_precision_next_to_nulls(atlas, obs):
+    frame = atlas.query().to_pandas()
+    assert frame["k"].dtype == pd.Int64Dtype()
+    assert frame["k"].tolist() == obs["k"].tolist()  # BIG would be rounded by a float64 column
+    assert frame["k"].tolist() == atlas.query().to_anndata().obs["k"].tolist()
+
+
+def test_count_counts_the_rows_of_a_search(atlas):
+    text = atlas.query().search("monocyte")
+    assert text.count() == len(text.to_pandas()) == text.to_anndata().n_obs == 3
+    assert text.count(group_by="desc").to_dict() == {"monocyte": 3}
+    vector = atlas.query().where(desc="t cell").search(np.zeros(4)).limit(4)
+    assert vector.count() == len(vector.to_pandas()) == 4
+    assert vector.count(group_by="desc").to_dict() == {"t cell": 4}
+
+
+@pytest.mark.parametrize(
+    ("embedding", "message"),
+    [
+        (np.zeros(3), r"one vector of 4 values \(the width of 'emb'\), got an array of shape \(3,\)"),
+        (np.zeros((2, 4)), r"got an array of shape \(2, 4\)"),
+        (np.full(4, np.nan), r"holds 4 NaN or infinite values"),
+        (np.array([0.0, np.inf, 0.0, 0.0]), r"holds 1 NaN or infinite values"),
+        ([0.0, "a", 0.0, 0.0], r"must be numbers"),
+    ],
+)
+def test_search_embedding_is_one_finite_vector_of_the_column_width(atlas, embedding, message):
+    with pytest.raises(QueryError, match=message):
+        atlas.query().search(embedding)
+    with pytest.raises(QueryError, match=message):
+        atlas.query().search((embedding, "monocyte"))
+
+
+def test_options_a_search_does_not_use_are_refused(atlas):
+    with pytest.raises(QueryError, match="not text search"):
+        atlas.query().search("monocyte", exact=True)
+    with pytest.raises(QueryError, match="not text search"):
+        atlas.query().search("monocyte", vector_column_name="emb")
+    with pytest.raises(QueryError, match="not vector search"):
+        atlas.query().search(np.zeros(4), fts_columns="desc")
+    with pytest.raises(QueryError, match="text search needs a string"):
+        atlas.query().search(np.zeros(4), query_type="fts")
+
+
+def test_embedding_and_text_is_a_hybrid_search(atlas):
+    auto = atlas.query().search((np.zeros(4), "monocyte")).limit(5).to_pandas()
+    hybrid = atlas.query().search((np.zeros(4), "monocyte"), query_type="hybrid").limit(5).to_pandas()
+    assert auto["uid"].tolist() == hybrid["uid"].tolist() and "score" in auto.columns
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        lambda q: q.search("monocyte"),
+        lambda q: q.search(np.zeros(4)).limit(5),
+        lambda q: q.search((np.zeros(4), "monocyte")).limit(5),
+    ],
+    ids=["text", "vector", "hybrid"],
+)
+def test_to_batches_of_a_search_equal_to_anndata(atlas, search):
+    query = search(atlas.query())
+    whole = query.to_anndata()
+    batches = list(query.to_batches(2))
+    assert [b.n_obs for b in batches] == [2] * (whole.n_obs // 2) + [1] * (whole.n_obs % 2)
+    joined = ad.concat(batches)
+    assert list(joined.obs_names) == list(whole.obs_names)
+    pd.testing.assert_frame_equal(joined.obs, whole.obs, check_categorical=False)
+    np.testing.assert_array_equal(joined.X.toarray(), whole.X.toarray())
+
+
+def test_layers_and_features_of_another_feature_space_are_refused(atlas):
+    with pytest.raises(
+        QueryError, match="features\\(\\) names feature space 'protein' but layers\\(\\) chose"
+    ):
+        atlas.query().layers("gene_expression", "log_normalized").features(["p0"], "protein")
+    with pytest.raises(
+        QueryError, match="layers\\(\\) names feature space 'protein' but features\\(\\) chose"
+    ):
+        atlas.query().features(["g0"], "gene_expression").layers("protein", "counts")
+    with pytest.raises(QueryError, match="one feature space"):
+        atlas.query().layers("gene_expression", "counts").feature_space("protein")
+    with pytest.raises(QueryError, match="one feature space"):
+        atlas.query().feature_space("protein").all_features("gene_expression")
+    same = atlas.query().layers("protein", "counts").features(["p1"], "protein").to_anndata()
+    assert same.shape == (N, 1) and same.uns["lancell"]["feature_space"] == "protein"
+    both = atlas.query().features(["p1"], "protein").to_mudata()
+    assert both["protein"].shape == (N, 1) and both["gene_expression"].shape == (N, 2)
