@@ -25,7 +25,13 @@ import zarr.storage
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features
-from lancell.errors import ChecksumError, GroupNotFoundError, LancellError, ShardFormatError
+from lancell.errors import (
+    ChecksumError,
+    GroupNotFoundError,
+    LancellError,
+    OutOfBoundsError,
+    ShardFormatError,
+)
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import csc, groups
 from lancell.storage.codecs import BitpackingCodec
@@ -339,6 +345,20 @@ def test_flipped_bit_in_the_csc_indptr(built: Path, tmp_path: Path) -> None:
     chunk = next(path for path in (atlas.array_dir(uid, "csc/indptr") / "c").rglob("*") if path.is_file())
     _flip(chunk, chunk.stat().st_size // 2)
     with pytest.raises(ChecksumError, match=r"csc/indptr'.*checksum"):
+        atlas.feature_read(uid)
+
+
+def test_swapped_index_arrays_read_past_their_dataset(built: Path, tmp_path: Path) -> None:
+    """The CSR and CSC index shards swapped (each checksum is the bytes' own, so both decode): a feature
+    read maps stored cell numbers that are feature numbers, past the dataset's cells: OutOfBoundsError, not
+    numpy's IndexError (a cell read of such a swap is not detected: docs/integrity.md)."""
+    uid = "celltypist_sample"
+    atlas = Atlas(_copy(built, tmp_path))
+    csr, csc_dir = atlas.array_dir(uid, "csr/indices") / "c", atlas.array_dir(uid, "csc/indices") / "c"
+    csr.rename(csr.with_name("swap"))
+    csc_dir.rename(csr)
+    csr.with_name("swap").rename(csc_dir)
+    with pytest.raises(OutOfBoundsError, match=r"csc/indices' holds index \d+ but its dataset has 559"):
         atlas.feature_read(uid)
 
 
