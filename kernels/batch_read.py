@@ -21,6 +21,7 @@ from kernels.bitpack_blocks import decode_chunks_kernel
 from kernels.crc32c import RESIDUE, crc32c
 
 CRC_MISMATCH = 4
+PAST_PANEL = 5  # a stored local feature index past the group's lookup table (another array's shard)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -84,7 +85,8 @@ def read_rows(
     -------
     tuple
         ``(0, 0)``, or ``(code, entry)`` for the first chunk table entry that does not match its crc32c
-        (:data:`CRC_MISMATCH`) or that BP-128 refused to decode (its code, 1-3).
+        (:data:`CRC_MISMATCH`), that BP-128 refused to decode (its code, 1-3), or that holds a local feature
+        index past its group's lookup table (:data:`PAST_PANEL`).
     """
     n = group.size
     room = np.empty(n + 1, np.int64)  # each row written at its upper-bound place first
@@ -123,7 +125,9 @@ def read_rows(
             stop = min(end, (c + 1) * chunk_len)
             for p in range(pos - c * chunk_len, stop - c * chunk_len):
                 local = scratch[0, p]
-                column = lut[lo + local] if local < width else -1
+                if local >= width:
+                    return PAST_PANEL, base[g, 0] + c
+                column = lut[lo + local]
                 if column >= 0 and not (drop_zeros and scratch[1, p] == 0):
                     out_columns[d] = column
                     out_values[d] = scratch[1, p]

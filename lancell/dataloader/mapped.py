@@ -27,9 +27,9 @@ import numba.typed
 import numpy as np
 
 from kernels import bitpack
-from kernels.batch_read import read_rows
+from kernels.batch_read import PAST_PANEL, read_rows
 from lancell.dataloader.features import GroupTable
-from lancell.errors import CodecError
+from lancell.errors import CodecError, OutOfBoundsError
 from lancell.storage.codecs import CRC_BP128
 from lancell.storage.reader import array_reader
 from lancell.storage.shard_decode import decode_chunks
@@ -247,6 +247,11 @@ class MappedGroups:
             columns,
             values,
         )
+        if code == PAST_PANEL:
+            raise OutOfBoundsError(
+                f"{self._where(int(entry))[2]}: a stored feature index is past its dataset's features: the "
+                "shard is not this dataset's (another array's copied over it)"
+            )
         if code:  # a bad crc32c or BP-128 chunk: the stage-by-stage decode raises the error that names it
             reader, _, name = self._where(int(entry))
             raw = self._chunk(int(entry))

@@ -16,8 +16,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import obstore.store
+import pandas as pd
 import pytest
 import zarr
 import zarr.codecs
@@ -37,6 +39,7 @@ from lancell.storage import csc, groups
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.reader import array_reader, read_element_ranges, read_rows
 from lancell.storage.shard_reader import ShardedArrayReader
+from lancell.synthetic import synthetic_counts
 from lancell.tables.schema import DatasetRecord
 
 CHUNK, SHARD = 1024, 16 * 1024  # celltypist: ~1M values in 63 shards; PBMC: 11 shards
@@ -360,6 +363,44 @@ def test_swapped_index_arrays_read_past_their_dataset(built: Path, tmp_path: Pat
     csr.with_name("swap").rename(csc_dir)
     with pytest.raises(OutOfBoundsError, match=r"csc/indices' holds index \d+ but its dataset has 559"):
         atlas.feature_read(uid)
+
+
+def test_swapped_index_arrays_of_a_narrow_panel_fail_every_cell_read(tmp_path: Path) -> None:
+    """More cells than features: the CSC copy's cell numbers read as CSR feature numbers run past the panel
+    (the loader's batch kernel used to drop them as features left out, silently)."""
+    genes = [f"g{i}" for i in range(50)]
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    x = synthetic_counts(300, len(genes), 15, np.random.default_rng(0))
+    adata = ad.AnnData(
+        X=x, obs=pd.DataFrame(index=[f"c{i}" for i in range(300)]), var=pd.DataFrame(index=genes)
+    )
+    record = add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="narrow"),
+        csc=True,
+        progress=False,
+    )
+    group = tmp_path / "arrays" / record.zarr_group
+    csr, csc_dir = group / "csr" / "indices" / "c", group / "csc" / "indices" / "c"
+    csr.rename(csr.with_name("swap"))
+    csc_dir.rename(csr)
+    csr.with_name("swap").rename(csc_dir)
+    fresh = RaggedAtlas.open(str(tmp_path / "db"))
+    with pytest.raises(OutOfBoundsError, match=r"csr/indices' holds index \d+ but its dataset has 50"):
+        fresh.query().to_anndata()
+    dataset = fresh.query().to_cell_dataset("gene_expression", "counts")
+    with pytest.raises(OutOfBoundsError, match=r"csr/indices'.*a stored feature index is past"):
+        dataset.__getitems__(np.arange(len(dataset)))
 
 
 def test_undamaged_reads_match_and_other_datasets_are_unaffected(
