@@ -227,7 +227,16 @@ def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
     """Build an AnnData ``obs`` frame: string columns become categoricals, integers keep nullability."""
     index = pd.Index(table.column(index_column).to_numpy(zero_copy_only=False).astype(str), name=None)
     text = (pa.string(), pa.large_string())
-    nullable_ints = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+    nullable_ints = {  # every integer type keeps its values next to nulls (not floats: 2**53 + 1 would round)
+        pa.int8(): pd.Int8Dtype(),
+        pa.int16(): pd.Int16Dtype(),
+        pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(),
+        pa.uint8(): pd.UInt8Dtype(),
+        pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(),
+        pa.uint64(): pd.UInt64Dtype(),
+    }
     columns = {}
     for name in table.column_names:
         if name == index_column:

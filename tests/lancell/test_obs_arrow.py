@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from lancell.errors import ObsConversionError
-from lancell.tables.obs import altered_obs_columns, obs_to_arrow
+from lancell.tables.obs import altered_obs_columns, arrow_to_obs, obs_to_arrow
 
 
 @pytest.mark.parametrize("categories", [["T cell", "B cell"], [3, 11], [1.5, 2.0]])
@@ -84,3 +85,12 @@ def test_zone_aware_times_and_ordered_categories_are_named() -> None:
         "column 'level': the order of its ordered categories is not stored",
     ]
     assert obs_to_arrow("d", obs, fields)["when"].to_pylist()[0].hour == 15  # the instant is kept
+
+
+@pytest.mark.parametrize("kind", ["int8", "int16", "uint8", "uint32", "uint64"])
+def test_every_integer_column_keeps_its_values_next_to_nulls(kind: str) -> None:
+    top = int(np.iinfo(kind).max)
+    table = pa.table({"uid": ["a", "b", "c"], "n": pa.array([top, None, 1], type=getattr(pa, kind)())})
+    column = arrow_to_obs(table)["n"]
+    assert column.dtype == pd.api.types.pandas_dtype(kind.capitalize().replace("Ui", "UI"))
+    assert column.tolist() == [top, pd.NA, 1]
