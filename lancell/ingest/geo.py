@@ -19,8 +19,9 @@ import gzip
 import logging
 import os
 import re
+import tempfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,12 @@ def read_soft(path: str | os.PathLike[str], *, geotype: str | None = None) -> Ge
     _check_gzip(path)
     if geotype is None and not path.name.upper().startswith("GSE"):
         geotype = "GSE"
-    try:
-        gse = GEOparse.get_GEO(filepath=str(path), geotype=geotype, silent=True)
-    except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError) as exc:
-        raise GeoError(f"cannot parse {path} as a SOFT file: {exc}") from exc
+    with tempfile.TemporaryDirectory() as scratch:
+        readable = _without_empty_sections(path, Path(scratch)) or path
+        try:
+            gse = GEOparse.get_GEO(filepath=str(readable), geotype=geotype, silent=True)
+        except (ValueError, KeyError, IndexError, OSError, UnicodeDecodeError) as exc:
+            raise GeoError(f"cannot parse {path} as a SOFT file: {exc}") from exc
     if not isinstance(gse, GEOparse.GEOTypes.GSE) or gse.name is None:
         raise GeoError(f"{path} has no ^SERIES section: not a GSE family SOFT file")
     accession = _first(gse.metadata, "geo_accession") or str(gse.name)
@@ -136,12 +139,7 @@ def read_soft(path: str | os.PathLike[str], *, geotype: str | None = None) -> Ge
     parsed = {s.accession for s in samples} | {str(name) for name in gse.gsms}
     listed_only = [gsm for gsm in (x.strip() for x in gse.metadata.get("sample_id", [])) if gsm not in parsed]
     if listed_only:
-        log.info(
-            "%s: %d samples listed by the series have no ^SAMPLE section: %s",
-            path,
-            len(listed_only),
-            listed_only,
-        )
+        log.info("%s: %d listed samples have no ^SAMPLE section: %s", path, len(listed_only), listed_only)
         taxids = gse.metadata.get("sample_taxid", [])
         organism = _TAXID_NAMES.get(taxids[0].strip()) if len(taxids) == 1 else None
         samples += [GeoSample(gsm, None, organism, {}, (), accession) for gsm in listed_only]
@@ -154,17 +152,41 @@ def read_soft(path: str | os.PathLike[str], *, geotype: str | None = None) -> Ge
     )
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _check_gzip(path: Path) -> None:
     """GEOparse silently accepts a truncated gzip; read it through once to catch that."""
-    with open(path, "rb") as fh:
-        if fh.read(2) != b"\x1f\x8b":
-            return
+    if not _is_gzip(path):
+        return
     try:
         with gzip.open(path, "rb") as fh:
             while fh.read(1 << 20):
                 pass
     except (OSError, EOFError, zlib.error) as exc:
         raise GeoError(f"{path} is not a valid gzip file: {exc}") from exc
+
+
+def _without_empty_sections(path: Path, scratch: Path) -> Path | None:
+    """A plain copy of the SOFT file without its empty sections (a ``^`` line right before another, such as
+    a bare ``^DATABASE`` line: GEOparse would take the next section's lines for its own), or None if none."""
+
+    def empty_sections(lines: Iterable[bytes]) -> Iterator[tuple[bytes, bool]]:
+        previous = b""
+        for line in lines:
+            yield previous, line.startswith(b"^") and previous.startswith(b"^")
+            previous = line
+        yield previous, False
+
+    with gzip.open(path) if _is_gzip(path) else open(path, "rb") as fh:
+        if not any(empty for _, empty in empty_sections(fh)):
+            return None
+    copy = scratch / path.name.removesuffix(".gz")
+    with gzip.open(path) if _is_gzip(path) else open(path, "rb") as fh, open(copy, "wb") as out:
+        out.writelines(line for line, empty in empty_sections(fh) if not empty)
+    return copy
 
 
 def _first(metadata: Mapping[str, list[str]], key: str) -> str | None:

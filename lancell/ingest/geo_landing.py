@@ -4,27 +4,34 @@ The landing zone then treats GEO samples like any other landed dataset (one Dags
 provenance (accession, source URL, title) in the sidecar and the sample characteristics as obs columns.
 Supplementary files come through obstore from ``mirror`` (a local folder or bucket laid out like NCBI's
 server), never by ad-hoc HTTP code.
+
+A sample's 10x output is an ``.h5`` file or a Matrix Market triplet (``<prefix>matrix.mtx.gz`` with its
+``<prefix>barcodes.tsv.gz`` and ``<prefix>features.tsv.gz`` or ``genes.tsv.gz``, as GEO names them). Only its
+``Gene Expression`` features are landed (the landing file's feature space is ``gene_expression``); other
+feature types are left out with a :class:`~lancell.errors.LancellWarning`. Every sample is fetched and read
+before any landing file appears, so a failure lands nothing.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lancell.errors import GeoError
-from lancell.ingest.geo import broadcast_obs, fetch_supplementary, plan_datasets, read_soft
+from lancell.errors import GeoError, LancellWarning
+from lancell.ingest.geo import GeoDataset, broadcast_obs, fetch_supplementary, plan_datasets, read_soft
 from lancell.ingest.tenx import read_10x
+from lancell.ingest.tenx_matrix import GENE_EXPRESSION
 
-__all__ = ["land_geo_series"]
-
-log = logging.getLogger(__name__)
+__all__ = ["TENX_FILES", "land_geo_series"]
 
 TENX_FILES = r"(\.h5$|matrix\.mtx(\.gz)?$)"
+_MTX = re.compile(r"^(?P<prefix>.*)matrix\.mtx(\.gz)?$")
 
 
 def land_geo_series(
@@ -38,33 +45,54 @@ def land_geo_series(
 ) -> list[str]:
     """Write one landing file per sample of the series that has a 10x supplementary file; return their uids.
 
-    Samples without a matching supplementary file are skipped (logged). Existing landing files are kept.
+    Existing landing files are kept (their sidecars are rewritten). New ones are written as ``.part`` files
+    and renamed only once every sample has been fetched and read: an error lands nothing new.
+
+    Warns
+    -----
+    LancellWarning
+        Samples without a supplementary file matching ``file_pattern`` (not landed), samples with several
+        (only the first is landed), feature types other than ``Gene Expression`` (not landed).
 
     Raises
     ------
     GeoError
-        The SOFT file cannot be parsed or a listed supplementary file is missing from the mirror.
+        The SOFT file cannot be parsed, no sample has a matching file, a listed supplementary file (or a
+        Matrix Market file's barcodes or features) is missing from the mirror, or a sample repeats a barcode.
+    TenxFormatError
+        A supplementary file is not a readable 10x output.
     """
     series = read_soft(soft_path)
     landing = Path(landing)
+    datasets = plan_datasets(series, file_pattern=file_pattern)
+    without = [d.record.uid for d in datasets if not d.files]
+    if len(without) == len(datasets):
+        raise GeoError(f"{soft_path}: no sample has a supplementary file matching {file_pattern!r}")
+    if without:
+        warnings.warn(
+            f"{soft_path}: {len(without)} samples have no supplementary file matching {file_pattern!r} (or "
+            f"no ^SAMPLE section) and are not landed: {without}",
+            LancellWarning,
+            stacklevel=2,
+        )
+    planned = [(d, _files(d)) for d in datasets if d.files]  # every sample's files known before fetching
     landing.mkdir(parents=True, exist_ok=True)
-    landed = []
-    for dataset in plan_datasets(series, file_pattern=file_pattern):
+    parts: dict[str, Path | None] = {}
+    try:
+        for dataset, urls in planned:
+            target = landing / f"{dataset.record.uid}.h5ad"
+            if not target.exists():
+                parts[dataset.record.uid] = _landed_part(dataset, urls, target, mirror, store_kwargs)
+    except BaseException:
+        for part in parts.values():
+            if part is not None:
+                part.unlink(missing_ok=True)
+        raise
+    landed = [d for d, _ in planned if d.record.uid not in parts or parts[d.record.uid] is not None]
+    if not landed:
+        raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
+    for dataset in landed:
         uid = dataset.record.uid
-        target = landing / f"{uid}.h5ad"
-        if not dataset.files:
-            log.info("%s: no 10x supplementary file, skipped", uid)
-            continue
-        if not target.exists():
-            with tempfile.TemporaryDirectory() as scratch:
-                local = fetch_supplementary(
-                    dataset.files[0], scratch, mirror=mirror, store_kwargs=store_kwargs
-                )
-                adata = broadcast_obs(read_10x(local), dataset.obs)
-                adata.obs_names_make_unique()
-                partial = target.with_suffix(".h5ad.part")
-                adata.write_h5ad(partial)
-                partial.replace(target)
         sidecar = {
             "uid": uid,
             "zarr_layer": zarr_layer,
@@ -75,8 +103,84 @@ def land_geo_series(
             "source": dataset.record.source,
             "accession": dataset.record.accession,
         }
-        target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
-        landed.append(uid)
-    if not landed:
-        raise GeoError(f"{soft_path}: no sample has a supplementary file matching {file_pattern!r}")
-    return landed
+        partial = landing / f"{uid}.json.part"
+        partial.write_text(json.dumps(sidecar, indent=2))
+        partial.replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
+        part = parts.get(uid)
+        if part is not None:
+            part.replace(landing / f"{uid}.h5ad")
+    return [dataset.record.uid for dataset in landed]
+
+
+def _files(dataset: GeoDataset) -> list[str]:
+    """The URLs of the sample's first 10x output: an ``.h5`` file, or a Matrix Market file with its barcodes
+    and features (warns when the sample has other matching files)."""
+    first, *others = dataset.files
+    if others:
+        warnings.warn(
+            f"{dataset.record.uid}: several supplementary files match; only {first} is landed, not {others}",
+            LancellWarning,
+            stacklevel=3,
+        )
+    match = _MTX.match(first.rsplit("/", 1)[-1])
+    if match is None:
+        return [first]
+    names = {url.rsplit("/", 1)[-1]: url for url in dataset.sample.supplementary_files}
+    urls = [first]
+    for kind in (("barcodes",), ("features", "genes")):
+        found = [
+            names[f"{match['prefix']}{stem}.tsv{gz}"]
+            for stem in kind
+            for gz in (".gz", "")
+            if f"{match['prefix']}{stem}.tsv{gz}" in names
+        ]
+        if not found:
+            raise GeoError(
+                f"{dataset.record.uid}: {first} comes without {match['prefix']}{kind[0]}.tsv[.gz] among the "
+                f"sample's supplementary files {sorted(names)}"
+            )
+        urls.append(found[0])
+    return urls
+
+
+def _landed_part(
+    dataset: GeoDataset,
+    urls: list[str],
+    target: Path,
+    mirror: str | None,
+    store_kwargs: Mapping[str, Any] | None,
+) -> Path | None:
+    """Fetch and read the sample's 10x output; write its ``Gene Expression`` features with the sample's obs
+    row to ``<target>.part`` and return that path (None, after the warning, when it has none)."""
+    uid = dataset.record.uid
+    with tempfile.TemporaryDirectory() as scratch:
+        local = [fetch_supplementary(url, scratch, mirror=mirror, store_kwargs=store_kwargs) for url in urls]
+        match = _MTX.match(local[0].name)
+        if match is not None:  # a Matrix Market triplet, renamed as the folder reader wants it
+            for path in local:
+                path.rename(path.with_name(path.name.removeprefix(match["prefix"])))
+        adata = read_10x(local[0].parent if match is not None else local[0])
+    repeated = adata.obs_names[adata.obs_names.duplicated()]
+    if len(repeated):
+        raise GeoError(f"{uid}: {len(repeated)} barcodes occur more than once, e.g. {list(repeated[:3])}")
+    kinds = adata.var["feature_type"].astype(str)
+    left_out = {kind: int((kinds == kind).sum()) for kind in kinds.unique() if kind != GENE_EXPRESSION}
+    if left_out:
+        values = int(adata[:, (kinds != GENE_EXPRESSION).to_numpy()].X.nnz)
+        none = "" if (kinds == GENE_EXPRESSION).any() else f"; the sample has no {GENE_EXPRESSION!r} features"
+        warnings.warn(
+            f"{uid}: features of types other than {GENE_EXPRESSION!r} are not landed: {left_out} features, "
+            f"{values} nonzero values{none}",
+            LancellWarning,
+            stacklevel=3,
+        )
+    if not (kinds == GENE_EXPRESSION).any():
+        return None
+    kept = adata[:, (kinds == GENE_EXPRESSION).to_numpy()].copy()
+    partial = target.with_name(target.name + ".part")
+    try:
+        broadcast_obs(kept, dataset.obs).write_h5ad(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial

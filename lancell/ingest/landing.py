@@ -33,8 +33,9 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
     ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
     (:func:`lancell.standardize.pipeline.standardize_anndata` on the ``var_uid_column`` or var index; loads
     the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
-    its name); genes that resolve to one id are summed when every stored matrix is integer (counts), else the
-    first is kept. The term id columns are stored where the cell schema declares them.
+    its name); genes that resolve to one id are summed when X and every layer hold counts (integers, or
+    floats that are all whole numbers), else the first is kept (warned). The term id columns are stored
+    where the cell schema declares them.
 ``csc``
     ``true`` or ``false``: write the feature-major (CSC) copy or not; by default lancell's rule
     (:func:`lancell.ingest.from_anndata.add_from_anndata`'s ``csc``: sparse datasets of at least
@@ -210,13 +211,8 @@ def _prepared(
         return adata, None
     from lancell.standardize.pipeline import standardize_anndata
 
-    sources = [adata.X if s == "X" else adata.layers[s] for s in (spec.layers or {"": "X"}).values()]
-    counts = all(m.dtype.kind in "iu" for m in sources)  # type: ignore[union-attr]
     return standardize_anndata(
-        adata,
-        organism=spec.organism,
-        gene_column=spec.var_uid_column,
-        duplicates="sum" if counts else "first",
+        adata, organism=spec.organism, gene_column=spec.var_uid_column, duplicates="auto"
     )
 
 

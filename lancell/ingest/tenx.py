@@ -23,8 +23,8 @@ also runs in bounded memory and writes no temporary file.
 
 from __future__ import annotations
 
-import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from lancell.errors import FeatureSpaceError, IngestError, TenxFormatError
+from lancell.errors import FeatureSpaceError, IngestError, LancellWarning, TenxFormatError
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.tenx_h5 import open_h5
@@ -56,8 +56,6 @@ __all__ = [
     "read_10x_h5",
     "read_10x_mtx",
 ]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_FEATURE_TYPES: Mapping[str, str] = {
     "Gene Expression": "gene_expression",
@@ -143,8 +141,9 @@ def add_from_10x(
     """Ingest a 10x output, one dataset per feature space, all or nothing, streamed from the file.
 
     Feature types are routed to feature spaces by ``feature_types``; a type with no entry there, or whose
-    feature space the atlas lacks, is skipped with a logged note. Each feature space gets its own dataset
-    record; with several, their uids are ``"<uid>-<feature_space>"``.
+    feature space the atlas lacks, is not stored (a :class:`~lancell.errors.LancellWarning` names it with its
+    numbers of features and values). Each feature space gets its own dataset record; with several, their
+    uids are ``"<uid>-<feature_space>"``.
 
     Parameters
     ----------
@@ -166,8 +165,9 @@ def add_from_10x(
     genome
         See :func:`open_10x`.
     obs
-        Extra cell columns: a mapping of constants, a one-row frame (broadcast to every cell; its dtypes are
-        kept, e.g. the row of a GEO sample table), or a frame indexed by barcode.
+        Extra cell columns: a mapping of constants, a one-row frame whose index is not a barcode (broadcast
+        to every cell; its dtypes are kept, e.g. the row of a GEO sample table), or a frame indexed by
+        barcode with a row for every barcode (rows for other barcodes are left out, with a warning).
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, per dataset: ``"error"`` raises
         :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"`` warns and returns the
@@ -180,6 +180,11 @@ def add_from_10x(
     list of DatasetRecord
         The stored records, in the order of ``feature_types``.
 
+    Warns
+    -----
+    LancellWarning
+        Feature types not stored (no feature space), or ``obs`` rows for barcodes the matrix lacks.
+
     Raises
     ------
     FeatureSpaceError
@@ -187,11 +192,12 @@ def add_from_10x(
     TenxFormatError
         The input is malformed (see :func:`open_10x`).
     IngestError
-        Any other invalid input; the atlas is left unchanged.
+        Any other invalid input (an ``obs`` frame that lacks barcodes of the matrix, or a one-row frame for
+        a one-cell matrix indexed by another barcode); the atlas is left unchanged.
     """
     atlas.core.require_writable()
     matrix = open_10x(path, genome=genome)
-    routes = _route_feature_types(atlas, matrix, feature_space, feature_types)
+    routes, skipped = _route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
         raise IngestError(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
@@ -209,7 +215,9 @@ def add_from_10x(
         spaces[space].check_layer(zarr_layer)
         check_record(atlas.core, records[space])
     cell_obs = _cell_obs(matrix, obs)
-    sources = matrix.sources({records[space].uid: columns for space, columns in routes.items()})
+    # the left-out types are counted with the kept ones ("_" starts no dataset uid)
+    subsets = {records[space].uid: columns for space, columns in routes.items()}
+    sources = matrix.sources(subsets | {f"_{kind}": columns for kind, (columns, _) in skipped.items()})
     transactions = []
     for space, columns in routes.items():
         uid = records[space].uid
@@ -220,24 +228,31 @@ def add_from_10x(
                 atlas.core, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
             )
         )
-    return run_transactions(transactions)
+    stored = run_transactions(transactions)
+    for kind, (columns, reason) in skipped.items():
+        warnings.warn(
+            f"{matrix.path}: {columns.size} {kind!r} features ({sources[f'_{kind}'].nnz} nonzero values) not "
+            f"stored: {reason}",
+            LancellWarning,
+            stacklevel=2,
+        )
+    return stored
 
 
 def _route_feature_types(
     atlas: RaggedAtlas, matrix: TenxMatrix, feature_space: str | None, feature_types: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """Feature space -> positions of its features in ``matrix.var`` (in ``feature_types`` order)."""
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, str]]]:
+    """Feature space -> positions of its features in ``matrix.var`` (in ``feature_types`` order), and the
+    feature types left out for want of a feature space -> (their positions, why)."""
     present = matrix.var["feature_type"].to_numpy()
     spaces: list[str] = []
+    skipped: dict[str, tuple[np.ndarray, str]] = {}
     for kind in pd.unique(present):
         space = feature_types.get(kind)
-        n = int((present == kind).sum())
         if space is None:
-            log.info("%s: %d %r features skipped: no feature space in feature_types", matrix.path, n, kind)
+            skipped[kind] = (np.flatnonzero(present == kind), "no feature space in feature_types")
         elif space not in atlas.feature_spaces:
-            log.info(
-                "%s: %d %r features skipped: the atlas has no feature space %r", matrix.path, n, kind, space
-            )
+            skipped[kind] = (np.flatnonzero(present == kind), f"the atlas has no feature space {space!r}")
         elif (feature_space is None or space == feature_space) and space not in spaces:
             spaces.append(space)
     if not spaces:
@@ -248,13 +263,15 @@ def _route_feature_types(
         )
     order = list(dict.fromkeys(feature_types.values()))
     spaces.sort(key=order.index)
-    return {
+    routes = {
         space: np.flatnonzero(np.isin(present, [k for k, s in feature_types.items() if s == space]))
         for space in spaces
     }
+    return routes, skipped
 
 
 def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None) -> pd.DataFrame:
+    """``matrix.obs`` with the columns of ``obs`` (see :func:`add_from_10x`)."""
     frame = matrix.obs.copy()
     if obs is None:
         return frame
@@ -262,19 +279,32 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
         for name, value in obs.items():
             frame[name] = value
         return frame
-    if len(obs) == 1:
-        extra = obs.iloc[np.zeros(len(frame), dtype=np.int64)]
-    else:
-        repeated = obs.index[obs.index.duplicated()]
-        if len(repeated):
-            raise IngestError(
-                f"{matrix.path}: obs has several rows for {len(repeated)} barcodes, e.g. {list(repeated[:3])}"
-            )
-        missing = frame.index.difference(obs.index)
-        if len(missing):
-            raise IngestError(
-                f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])}"
-            )
-        extra = obs.loc[frame.index]
-    extra = extra.set_axis(frame.index)
-    return pd.concat([frame, extra], axis=1)
+    barcodes = frame.index
+    known = obs.index.isin(barcodes)
+    if not known.any() and len(obs) == 1 and len(barcodes) != 1:
+        return pd.concat([frame, obs.iloc[np.zeros(len(frame), dtype=np.int64)].set_axis(barcodes)], axis=1)
+    if not known.any() and len(obs) == 1:
+        raise IngestError(
+            f"{matrix.path}: obs has one row, for {obs.index[0]!r}, and the matrix one cell, barcode "
+            f"{barcodes[0]!r}: index the row by that barcode (a one-row frame indexed by something else "
+            "than a barcode is repeated for every cell only when the matrix has several)"
+        )
+    repeated = obs.index[obs.index.duplicated()]
+    if len(repeated):
+        raise IngestError(
+            f"{matrix.path}: obs has several rows for {len(repeated)} barcodes, e.g. {list(repeated[:3])}"
+        )
+    missing = barcodes.difference(obs.index)
+    if len(missing):
+        raise IngestError(
+            f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])}"
+        )
+    if not known.all():
+        extra = obs.index[~known]
+        warnings.warn(
+            f"{matrix.path}: obs rows for {len(extra)} barcodes the matrix does not have are not stored, "
+            f"e.g. {list(extra[:3])}",
+            LancellWarning,
+            stacklevel=3,
+        )
+    return pd.concat([frame, obs.loc[barcodes].set_axis(barcodes)], axis=1)

@@ -36,6 +36,7 @@ __all__ = [
     "GENE_MATCH_KINDS",
     "GeneReference",
     "canonical_organism",
+    "foreign_ids",
     "infer_organism",
     "resolve_genes",
 ]
@@ -94,6 +95,18 @@ def infer_organism(values: Sequence[str]) -> str | None:
     if prefix not in ENSEMBL_PREFIXES:
         raise UnknownOrganismError(f"Ensembl prefix {prefix!r} belongs to no known organism")
     return ENSEMBL_PREFIXES[prefix]
+
+
+def foreign_ids(values: Sequence[str], organism: str) -> dict[str, int]:
+    """How many of ``values`` are Ensembl ids of another organism than ``organism``, per organism (an
+    unknown prefix stands for itself)."""
+    counts: dict[str, int] = {}
+    for value in values:
+        match = _GENE_ID.match(str(value).strip())
+        other = ENSEMBL_PREFIXES.get(match.group(1), match.group(1)) if match else organism
+        if other != organism:
+            counts[other] = counts.get(other, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)

@@ -18,23 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
 import pandas as pd
 
-from lancell.errors import StandardizationError, UnknownOrganismError
-from lancell.standardize.genes import (
-    GENE_MATCH_KINDS,
-    RESOLVED_KINDS,
-    GeneReference,
-    canonical_organism,
-    infer_organism,
-)
-from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, TermMatch, resolve_terms
-from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns
+from lancell.errors import LancellWarning, StandardizationError, UnknownOrganismError
+from lancell.standardize.genes import GeneReference, canonical_organism, foreign_ids, infer_organism
+from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
+from lancell.standardize.report import StandardizationReport
+from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_mode
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -59,109 +54,6 @@ DEFAULT_OBS_COLUMNS: Mapping[str, str] = {
     "assay": "assay_ontology_term_id",
 }
 TERM_SUFFIX = "_ontology_term_id"
-
-
-@dataclass
-class StandardizationReport:
-    """What :func:`standardize_anndata` resolved, per distinct input value.
-
-    Attributes
-    ----------
-    organism
-        The organism the genes were resolved for (None when genes were not standardized).
-    genes
-        One row per var entry: ``input``, ``ensembl_id``, ``symbol``, ``match``, ``candidates``,
-        ``duplicate`` (see :meth:`lancell.standardize.genes.GeneReference.resolve`).
-    terms
-        obs column -> one :class:`~lancell.standardize.ontology.TermMatch` per distinct value.
-    skipped_columns
-        Requested obs columns that ``obs`` does not have.
-    var_counts
-        What happened to the var entries: ``resolved`` (got an Ensembl id), ``kept`` (unresolved, kept under
-        the input name), ``dropped`` (unresolved, left out), ``summed`` / ``first`` (merged into another
-        entry of the same id by adding up / by keeping the first), ``n_vars`` (entries in the output).
-    """
-
-    organism: str | None = None
-    genes: pd.DataFrame | None = None
-    terms: dict[str, list[TermMatch]] = field(default_factory=dict)
-    skipped_columns: list[str] = field(default_factory=list)
-    var_counts: dict[str, int] = field(default_factory=dict)
-
-    def gene_counts(self) -> dict[str, int]:
-        """Number of var entries per match kind (every kind present, zeros included)."""
-        if self.genes is None:
-            return {}
-        counts = self.genes["match"].value_counts()
-        return {kind: int(counts.get(kind, 0)) for kind in GENE_MATCH_KINDS}
-
-    def gene_resolution_rate(self) -> float:
-        """Fraction of var entries that got an Ensembl id (NaN when genes were not standardized)."""
-        if self.genes is None or self.genes.empty:
-            return float("nan")
-        return float(self.genes["match"].isin(RESOLVED_KINDS).mean())
-
-    def term_counts(self, column: str) -> dict[str, int]:
-        """Number of distinct values of ``column`` per match kind (only kinds that occur)."""
-        counts: dict[str, int] = {}
-        for match in self.terms[column]:
-            counts[match.match] = counts.get(match.match, 0) + 1
-        return counts
-
-    def term_table(self, column: str) -> pd.DataFrame:
-        """The matches of ``column`` as a frame (value, term_id, name, match, ontology, candidates)."""
-        rows = [
-            {
-                "value": m.value,
-                "term_id": m.term_id,
-                "name": m.name,
-                "match": m.match,
-                "ontology": m.ontology,
-                "candidates": ";".join(m.candidates),
-            }
-            for m in self.terms[column]
-        ]
-        return pd.DataFrame(rows, columns=["value", "term_id", "name", "match", "ontology", "candidates"])
-
-    def unresolved(self) -> dict[str, list[str]]:
-        """Inputs without a result: ``"var"`` -> gene inputs, obs column -> values."""
-        out: dict[str, list[str]] = {}
-        if self.genes is not None:
-            out["var"] = self.genes.loc[self.genes["match"] == "unresolved", "input"].tolist()
-        for column, matches in self.terms.items():
-            out[column] = [m.value for m in matches if m.match == "unresolved"]
-        return out
-
-    def as_metadata(self) -> dict[str, object]:
-        """Flat counts for logs and Dagster metadata."""
-        meta: dict[str, object] = {"organism": self.organism}
-        if self.genes is not None:
-            meta["gene_resolution_rate"] = round(self.gene_resolution_rate(), 4)
-            meta |= {f"genes_{kind}": n for kind, n in self.gene_counts().items()}
-            meta["genes_duplicate_ids"] = int(self.genes["duplicate"].sum())
-            meta |= {f"var_{action}": n for action, n in self.var_counts.items()}
-        for column in self.terms:
-            meta |= {f"{column}_{kind}": n for kind, n in self.term_counts(column).items()}
-        if self.skipped_columns:
-            meta["skipped_columns"] = ", ".join(self.skipped_columns)
-        return meta
-
-    def summary(self) -> str:
-        """One line per part: gene resolution rate and counts, term counts per obs column."""
-        lines = []
-        if self.genes is not None:
-            counts = ", ".join(f"{k} {n}" for k, n in self.gene_counts().items() if n)
-            lines.append(
-                f"genes ({self.organism}): {self.gene_resolution_rate():.1%} of {len(self.genes)} resolved "
-                f"({counts}; {int(self.genes['duplicate'].sum())} share an id)"
-            )
-            lines.append("var: " + ", ".join(f"{action} {n}" for action, n in self.var_counts.items()))
-        for column in self.terms:
-            counts = ", ".join(f"{k} {n}" for k, n in self.term_counts(column).items())
-            lines.append(f"{column}: {len(self.terms[column])} distinct values ({counts})")
-        if self.skipped_columns:
-            lines.append(f"obs columns absent: {self.skipped_columns}")
-        return "\n".join(lines)
 
 
 def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str]) -> str:
@@ -217,21 +109,30 @@ def standardize_anndata(
     backend
         Ontology backend (``CellxgeneOntologyBackend`` by default).
     overrides
-        obs column -> {value: term id}: curated mappings applied before text matching.
+        obs column -> {value: term id}: curated mappings applied before text matching (an entry that maps
+        nothing, a column not standardized or a value not in it, is warned about).
     allow_broader
         Accept less specific cell types (match kind ``broader``).
     unresolved
         Genes without an Ensembl id: ``"keep"`` them (``feature_uid`` is the input name, ``ensembl_id``
         missing) or ``"drop"`` them.
     duplicates
-        var entries that resolve to one ``feature_uid``: ``"sum"`` their columns (counts), keep the
-        ``"first"``, or raise (``"error"``); None leaves them (flagged in ``report.genes["duplicate"]``; an
-        atlas refuses to ingest them).
+        var entries that resolve to one ``feature_uid``: ``"sum"`` their columns (exact; counts), keep the
+        ``"first"`` (warned), ``"auto"``: sum counts (integers, or floats that are all whole numbers) and
+        keep the first of other values, or raise (``"error"``); None leaves them (flagged in
+        ``report.genes["duplicate"]``; an atlas refuses to ingest them). See
+        :func:`lancell.standardize.var_merge.merge_duplicate_columns`.
 
     Returns
     -------
     (AnnData, StandardizationReport)
         Unresolved labels have a missing term id; ``report.var_counts`` says what happened to the genes.
+
+    Warns
+    -----
+    LancellWarning
+        Genes that are Ensembl ids of another organism (left unresolved), ``overrides`` entries that mapped
+        nothing, var entries left out by ``duplicates="first"`` (or ``"auto"`` on values that are not counts).
 
     Raises
     ------
@@ -241,11 +142,15 @@ def standardize_anndata(
         A target column not named ``<field>_ontology_term_id`` for a known field, a missing ``gene_column``,
         an override naming a term the ontology lacks, an unknown ``unresolved`` or ``duplicates``, or
         ``duplicates="error"`` with genes sharing an id.
+    DataValueError
+        Summed integer counts above ``2**32 - 1`` (the message names the genes).
     """
     if unresolved not in ("keep", "drop"):
         raise StandardizationError(f"unresolved must be 'keep' or 'drop', got {unresolved!r}")
-    if duplicates not in (None, "sum", "first", "error"):
-        raise StandardizationError(f"duplicates must be 'sum', 'first', 'error' or None, got {duplicates!r}")
+    if duplicates not in (None, "sum", "first", "error", "auto"):
+        raise StandardizationError(
+            f"duplicates must be 'sum', 'first', 'error', 'auto' or None, got {duplicates!r}"
+        )
     targets: dict[str, str] = {}
     for column, target in obs_columns.items():
         name = target.removesuffix(TERM_SUFFIX)
@@ -257,14 +162,14 @@ def standardize_anndata(
         targets[column] = name
     if gene_column is not None and gene_column not in adata.var.columns:
         raise StandardizationError(f"var has no column {gene_column!r}")
-    report = StandardizationReport()
+    report = StandardizationReport(gene_column=gene_column)
     out = adata.to_memory() if adata.isbacked else adata.copy()
     if genes:
         values = (out.var.index if gene_column is None else out.var[gene_column]).astype(str).tolist()
         report.organism = _organism_for(out, organism, values)
-        table = GeneReference.load(report.organism).resolve(values)
-        report.genes = table
-        out = _standard_genes(out, table, unresolved, duplicates, report)
+        _warn_foreign_ids(values, report.organism)
+        report.genes = GeneReference.load(report.organism).resolve(values)
+        out = _standard_genes(out, report.genes, unresolved, duplicates, report)
     for column, name in targets.items():
         if column not in out.obs.columns:
             report.skipped_columns.append(column)
@@ -282,7 +187,41 @@ def standardize_anndata(
         out.obs[obs_columns[column]] = ids.astype("category")
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
+    _warn_unused_overrides(overrides or {}, report)
     return out, report
+
+
+def _warn_foreign_ids(values: list[str], organism: str) -> None:
+    """Warn about Ensembl ids of other organisms: they stay unresolved, registered under ``organism``."""
+    foreign = foreign_ids(values, organism)
+    if foreign:
+        warnings.warn(
+            f"{sum(foreign.values())} of {len(values)} genes are Ensembl ids of another organism than "
+            f"{organism} ({foreign}): they are not resolved, and are kept or dropped as unresolved genes of "
+            f"{organism}; pass organism= and standardize each organism's genes separately",
+            LancellWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: StandardizationReport) -> None:
+    """Warn about ``overrides`` entries that mapped nothing: a column not standardized, a value not in obs
+    (or one that matched as a term id before the override applied)."""
+    unused: dict[str, object] = {}
+    for column, mapping in overrides.items():
+        if column not in report.terms:
+            unused[column] = "not a standardized obs column"
+            continue
+        applied = {m.value for m in report.terms[column] if m.match == "manual"}
+        values = [value for value in mapping if value not in applied]
+        if values:
+            unused[column] = values
+    if unused:
+        warnings.warn(
+            f"overrides not used: {unused} (standardized obs columns: {sorted(report.terms)})",
+            LancellWarning,
+            stacklevel=3,
+        )
 
 
 def _standard_genes(
@@ -292,11 +231,17 @@ def _standard_genes(
     duplicates: Duplicates | None,
     report: StandardizationReport,
 ) -> ad.AnnData:
-    """``adata`` with ``ensembl_id`` and ``feature_uid`` var columns; unresolved and duplicates handled."""
+    """``adata`` with ``ensembl_id`` and ``feature_uid`` var columns; unresolved and duplicates handled.
+
+    Sets ``table["duplicate"]`` for the kept entries that share a feature uid (an id or a kept input name).
+    """
     ids = pd.array(table["ensembl_id"].to_numpy(), dtype="string")
+    uids = table["ensembl_id"].fillna(table["input"])
     adata.var["ensembl_id"] = ids
-    adata.var["feature_uid"] = pd.array(table["ensembl_id"].fillna(table["input"]).to_numpy(), dtype="string")
+    adata.var["feature_uid"] = pd.array(uids.to_numpy(), dtype="string")
     resolved = pd.notna(ids)
+    kept = resolved | (unresolved == "keep")
+    table["duplicate"] = kept & uids.where(kept).duplicated(keep=False).to_numpy()
     counts = {"resolved": int(resolved.sum()), "kept": 0, "dropped": 0}
     if unresolved == "drop":
         counts["dropped"] = int((~resolved).sum())
@@ -304,20 +249,24 @@ def _standard_genes(
     else:
         counts["kept"] = int((~resolved).sum())
     if duplicates is not None:
-        adata, merged = merge_duplicate_columns(adata, adata.var["feature_uid"], duplicates)
-        counts["summed" if duplicates == "sum" else "first"] = merged
+        how = merge_mode(adata, adata.var["feature_uid"]) if duplicates == "auto" else duplicates
+        adata, merged = merge_duplicate_columns(adata, adata.var["feature_uid"], how)
+        counts["summed" if how == "sum" else "first"] = merged
     report.var_counts = counts | {"n_vars": adata.n_vars}
     return adata
 
 
 def feature_rows(adata: ad.AnnData, report: StandardizationReport, columns: pd.Index) -> pd.DataFrame:
     """Registry rows for the ``feature_uid`` of ``adata``, with the registry's ``gene_symbol`` (current
-    symbol, else the input), ``ensembl_id`` and ``organism`` columns where it has them."""
+    symbol, else the input: the ``report.gene_column`` value or the var name), ``ensembl_id`` and
+    ``organism`` columns where it has them."""
     genes = report.genes.drop_duplicates("input").set_index("input")  # type: ignore[union-attr]
-    inputs = adata.var_names.to_series()
+    names = adata.var_names if report.gene_column is None else adata.var[report.gene_column]
+    inputs = pd.Series(names.astype(str).str.strip().to_numpy())
     rows = pd.DataFrame({"uid": adata.var["feature_uid"].astype(str).to_numpy()})
     if "gene_symbol" in columns:
-        rows["gene_symbol"] = genes["symbol"].reindex(inputs).fillna(inputs).to_numpy()
+        symbols = pd.Series(genes["symbol"].reindex(inputs).to_numpy(), dtype=object)
+        rows["gene_symbol"] = symbols.fillna(inputs).to_numpy()
     if "ensembl_id" in columns:
         rows["ensembl_id"] = adata.var["ensembl_id"].astype(object).to_numpy()
     if "organism" in columns:
@@ -334,7 +283,7 @@ def standardize_and_ingest(
     dataset_record: DatasetRecord | None = None,
     source_layer: str | None = None,
     unresolved: Literal["keep", "drop"] = "keep",
-    duplicates: Duplicates = "sum",
+    duplicates: Duplicates = "auto",
     on_conflict: OnConflict = "error",
     progress: bool = True,
     layer: str | None = None,
@@ -356,8 +305,8 @@ def standardize_and_ingest(
     feature_space, zarr_layer, dataset_record, source_layer, progress, layer
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`.
     unresolved, duplicates
-        As for :func:`standardize_anndata`; genes sharing an id are summed by default (right for counts:
-        pass ``"first"`` for normalized values).
+        As for :func:`standardize_anndata`; genes sharing an id are summed when the values are counts
+        (``"auto"``; integers or whole-number floats), else the first is kept (warned).
     on_conflict
         As for :meth:`lancell.atlas.RaggedAtlas.register_features` (a uid registered with another symbol).
     **standardize

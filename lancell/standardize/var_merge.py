@@ -2,11 +2,14 @@
 
 Standardizing gene names can map two inputs to one Ensembl id (a symbol and its older alias both present).
 An atlas stores each feature once per dataset, so such columns are summed (exact for counts), reduced to the
-first one, or refused (:func:`merge_duplicate_columns`).
+first one (a :class:`~lancell.errors.LancellWarning` says how many were left out), or refused
+(:func:`merge_duplicate_columns`); :func:`merge_mode` picks ``"sum"`` for counts (integers, or floats that
+are all whole numbers) and ``"first"`` otherwise.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import anndata as ad
@@ -14,25 +17,77 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lancell.errors import StandardizationError
+from lancell.errors import DataValueError, LancellWarning, StandardizationError
 
-__all__ = ["Duplicates", "merge_duplicate_columns"]
+__all__ = ["MAX_COUNT", "Duplicates", "merge_duplicate_columns", "merge_mode"]
 
-Duplicates = Literal["sum", "first", "error"]
+Duplicates = Literal["sum", "first", "error", "auto"]
+MAX_COUNT = 2**32 - 1  # integers are stored as uint32 counts
 
 
-def _summed(matrix: object, codes: np.ndarray, n_out: int) -> object:
-    """``matrix`` (cells x inputs) with columns of the same code added up, in the matrix's dtype."""
-    dtype = matrix.dtype  # type: ignore[attr-defined]
+def _matrices(adata: ad.AnnData) -> dict[str, object]:
+    """``X`` and every layer, by name."""
+    return {"X": adata.X, **{f"layer {name!r}": adata.layers[name] for name in adata.layers}}
+
+
+def _whole_numbers(matrix: object) -> bool:
+    """Whether ``matrix`` holds integers: an integer dtype, or floats that are all whole numbers."""
+    if matrix.dtype.kind in "biu":  # type: ignore[attr-defined]
+        return True
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)  # type: ignore[attr-defined]
+    return bool(np.array_equal(values, np.trunc(values)))
+
+
+def merge_mode(adata: ad.AnnData, uids: pd.Series) -> Literal["sum", "first"]:
+    """``"sum"`` when the columns that share a uid hold counts in ``X`` and every layer (integers, or floats
+    that are all whole numbers: counts stored as floats), else ``"first"``."""
+    values = pd.Series(np.asarray(uids, dtype=object))
+    shared = np.flatnonzero(values.duplicated(keep=False).to_numpy())
+    if shared.size == 0:
+        return "sum"
+    columns = [matrix[:, shared] for matrix in _matrices(adata).values()]  # type: ignore[index]
+    return "sum" if all(_whole_numbers(m) for m in columns) else "first"
+
+
+def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -> object:
+    """``matrix`` (cells x inputs) with columns of the same code added up, exactly.
+
+    Integers are added as int64 (uint64 for unsigned input) and floats as float64; the result keeps the
+    input dtype when its values fit it (floats: at least float32), else stays wide.
+    """
+    dtype = np.dtype(matrix.dtype)  # type: ignore[attr-defined]
+    integer = dtype.kind in "biu"
+    wide = np.dtype(np.uint64 if dtype.kind == "u" else np.int64) if integer else np.dtype(np.float64)
     merge = sp.csr_matrix(
-        (np.ones(len(codes), dtype=dtype), (np.arange(len(codes)), codes)), shape=(len(codes), n_out)
+        (np.ones(len(codes), dtype=wide), (np.arange(len(codes)), codes)), shape=(len(codes), len(distinct))
     )
     if sp.issparse(matrix):
-        return (sp.csr_matrix(matrix) @ merge).astype(dtype, copy=False)
-    return np.asarray(merge.T @ np.asarray(matrix).T).T.astype(dtype, copy=False)
+        total = sp.csr_matrix(sp.csr_matrix(matrix) @ merge)
+        values = total.data
+    else:
+        total = np.asarray(merge.T @ np.asarray(matrix, dtype=wide).T).T
+        values = total
+    if not integer:
+        return total.astype(np.result_type(dtype, np.float32), copy=False)
+    if values.size and values.max() > MAX_COUNT:
+        column_max = total.max(axis=0)
+        column_max = column_max.toarray() if sp.issparse(column_max) else np.asarray(column_max)
+        over = distinct[np.flatnonzero(column_max.ravel() > MAX_COUNT)].tolist()
+        raise DataValueError(
+            f"{where}: summing the var entries that share a feature uid gives values above {MAX_COUNT} "
+            f"(counts are stored as uint32) for {len(over)} features, e.g. {over[:5]}; pass "
+            "duplicates='first' or 'error'"
+        )
+    if dtype.kind == "b":
+        return total
+    info = np.iinfo(dtype)
+    fits = values.size == 0 or (values.min() >= info.min and values.max() <= info.max)
+    return total.astype(dtype, copy=False) if fits else total
 
 
-def merge_duplicate_columns(adata: ad.AnnData, uids: pd.Series, how: Duplicates) -> tuple[ad.AnnData, int]:
+def merge_duplicate_columns(
+    adata: ad.AnnData, uids: pd.Series, how: Literal["sum", "first", "error"]
+) -> tuple[ad.AnnData, int]:
     """``adata`` with one column per distinct ``uids`` value (first-seen order) and how many were merged away.
 
     Parameters
@@ -42,15 +97,23 @@ def merge_duplicate_columns(adata: ad.AnnData, uids: pd.Series, how: Duplicates)
     uids
         One feature uid per var entry (no missing values).
     how
-        ``"sum"``: add the columns of ``X`` and of every layer up (values keep their dtype; exact for
-        counts, a plain sum for normalized values); ``"first"``: keep the first column of each uid;
-        ``"error"``: refuse when any uid repeats.
+        ``"sum"``: add the columns of ``X`` and of every layer up, exactly (integers as int64, floats as
+        float64; the result keeps the input dtype where its values fit; a plain sum for normalized values);
+        ``"first"``: keep the first column of each uid (warns); ``"error"``: refuse when any uid repeats.
+
+    Warns
+    -----
+    LancellWarning
+        ``how="first"`` left out the columns of var entries that share a uid with an earlier one.
 
     Raises
     ------
     StandardizationError
         ``how="error"`` and a uid repeats (the message lists uids and the var entries that share them), or an
         unknown ``how``.
+    DataValueError
+        ``how="sum"`` on integers gives values above ``2**32 - 1``, which counts cannot hold (the message
+        names the features).
     """
     if how not in ("sum", "first", "error"):
         raise StandardizationError(f"duplicates must be 'sum', 'first' or 'error', got {how!r}")
@@ -58,9 +121,9 @@ def merge_duplicate_columns(adata: ad.AnnData, uids: pd.Series, how: Duplicates)
     repeated = values[values.duplicated(keep=False)]
     if repeated.empty:
         return adata, 0
+    shared = {uid: list(names) for uid, names in repeated.groupby(repeated, sort=False).groups.items()}
+    preview = dict(list(shared.items())[:5])
     if how == "error":
-        shared = {uid: list(names) for uid, names in repeated.groupby(repeated, sort=False).groups.items()}
-        preview = dict(list(shared.items())[:5])
         raise StandardizationError(
             f"{len(shared)} feature uids are shared by several var entries {preview}; pass "
             "duplicates='sum' (counts) or 'first'"
@@ -69,7 +132,14 @@ def merge_duplicate_columns(adata: ad.AnnData, uids: pd.Series, how: Duplicates)
     first = np.unique(codes, return_index=True)[1]
     out = adata[:, first].copy()
     if how == "sum":
-        out.X = _summed(adata.X, codes, len(distinct))
+        out.X = _summed(adata.X, codes, distinct, "X")
         for name in adata.layers:
-            out.layers[name] = _summed(adata.layers[name], codes, len(distinct))
+            out.layers[name] = _summed(adata.layers[name], codes, distinct, f"layer {name!r}")
+    else:
+        warnings.warn(
+            f"{adata.n_vars - len(distinct)} var entries share a feature uid with an earlier one and were "
+            f"left out, their values not stored (duplicates='first'; 'sum' adds them up): {preview}",
+            LancellWarning,
+            stacklevel=2,
+        )
     return out, adata.n_vars - len(distinct)

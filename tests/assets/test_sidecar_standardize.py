@@ -8,6 +8,7 @@ from pathlib import Path
 import anndata as ad
 import dagster as dg
 import numpy as np
+import pytest
 
 import definitions
 from lancell.atlas import RaggedAtlas
@@ -52,10 +53,13 @@ def _column(adata: ad.AnnData, name: str) -> np.ndarray:
     return np.asarray(adata[:, name].X.todense()).ravel()
 
 
-def test_standardize_sums_counts_of_genes_sharing_an_id_and_keeps_unresolved_ones(platform):
+@pytest.mark.parametrize("stored_as", ["integers", "float32"])  # counts stored as floats were kept "first"
+def test_standardize_sums_counts_of_genes_sharing_an_id_and_keeps_unresolved_ones(platform, stored_as):
     defs, instance, root = platform
     landing = root / "landing"
     source = BUNDLED[1].read()  # celltypist sample: integer counts, older GENCODE names
+    if stored_as == "float32":
+        source.X = source.X.astype(np.float32)
     # One unresolved gene (MTRNR2L12, 554 cells) is landed as NHSL3, the current name of KIAA1522, which the
     # file also has: the two resolve to one Ensembl id, like LINC00856 and its alias LINC00595 (all zeros).
     names = source.var_names.to_numpy().copy()
@@ -98,19 +102,19 @@ def test_standardize_sums_counts_of_genes_sharing_an_id_and_keeps_unresolved_one
 
     out = atlas.query().layers("gene_expression", "counts").to_anndata()
     assert out.obs_names.tolist() == [f"celltypist_sample:{c}" for c in source.obs_names]
-    assert out.X.dtype == np.int64
+    assert out.X.dtype == (np.int64 if stored_as == "integers" else np.float32)  # floats stay floats
     summed = _column(source, "KIAA1522") + _column(source, "NHSL3")
     overlap = int(((_column(source, "KIAA1522") > 0) & (_column(source, "NHSL3") > 0)).sum())
     assert overlap == 25
     np.testing.assert_array_equal(_column(out, "ENSG00000162522"), summed)
-    np.testing.assert_array_equal(_column(out, "ENSG00000230417"), np.zeros(559, dtype=np.int64))
+    np.testing.assert_array_equal(_column(out, "ENSG00000230417"), np.zeros(559))
     np.testing.assert_array_equal(_column(out, "ENSG00000198851"), _column(source, "CD3E"))
     np.testing.assert_array_equal(_column(out, "RNA28S5"), _column(source, "RNA28S5"))
     assert int(out.X.sum()) == int(source.X.sum())  # summing loses no count
     assert out.X.nnz == source.X.nnz - overlap == meta["nnz"]
 
 
-def test_standardize_stores_term_ids_and_keeps_the_first_of_float_genes(platform, monkeypatch):
+def test_standardize_stores_term_ids_of_float_genes(platform, monkeypatch):
     _, instance, root = platform
     monkeypatch.setenv("LANCELL_CELL_SCHEMA", f"{__name__}:TermCells")
     defs = definitions.build_definitions(root)
@@ -130,7 +134,7 @@ def test_standardize_stores_term_ids_and_keeps_the_first_of_float_genes(platform
         "var_resolved": 700,
         "var_kept": 65,
         "var_dropped": 0,
-        "var_first": 0,  # log-normalized floats: genes sharing an id would keep the first, not be summed
+        "var_summed": 0,  # no two genes share an id (log-normalized ones would keep the first, warned)
         "var_n_vars": 765,
         "cell_type_normalized": 3,
         "cell_type_broader": 3,

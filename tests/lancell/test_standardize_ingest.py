@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
-from lancell.errors import StandardizationError
+from lancell.errors import LancellWarning, StandardizationError
 from lancell.standardize.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
 from lancell.standardize.pipeline import standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
@@ -73,9 +73,10 @@ def test_celltypist_sample_in_one_call(tmp_path, celltypist):
 
 
 def test_drop_unresolved_and_keep_first(celltypist):
-    out, report = standardize_anndata(
-        celltypist, organism="human", obs_columns={}, unresolved="drop", duplicates="first"
-    )
+    with pytest.warns(LancellWarning, match=r"1 var entries .* left out.*'ENSG00000230417'"):
+        out, report = standardize_anndata(
+            celltypist, organism="human", obs_columns={}, unresolved="drop", duplicates="first"
+        )
     assert report.var_counts == {"resolved": 19359, "kept": 0, "dropped": 13427, "first": 1, "n_vars": 19358}
     assert out.var["feature_uid"].is_unique and out.var["ensembl_id"].notna().all()
     kept = out.var.index[out.var["feature_uid"] == "ENSG00000230417"]

@@ -1,0 +1,169 @@
+"""Standardization edge cases: exact sums of genes sharing an id, counts stored as floats, the registry's
+symbols from ``gene_column``, genes of another organism, unused overrides, and what the report counts."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import DataValueError, LancellWarning
+from lancell.standardize.pipeline import feature_rows, standardize_and_ingest, standardize_anndata
+from lancell.standardize.var_merge import merge_duplicate_columns
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+# NHSL3 and its older name KIAA1522 are one gene, ENSG00000162522
+ONE_GENE = ["NHSL3", "KIAA1522", "TP53"]
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str
+    organism: str | None = None
+
+
+class Cells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+def _atlas(root) -> RaggedAtlas:
+    return RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        Cells,
+        store=str(root / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )
+
+
+def _adata(x: np.ndarray, var_names: list[str], var: dict[str, list[str]] | None = None) -> ad.AnnData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # anndata: var names not unique
+        return ad.AnnData(
+            X=sp.csr_matrix(x),
+            var=pd.DataFrame(var or {}, index=var_names),
+            obs=pd.DataFrame(index=[f"c{i}" for i in range(x.shape[0])]),
+        )
+
+
+def _stored(atlas: RaggedAtlas, uid: str) -> int:
+    out = atlas.query().layers("gene_expression", "counts").to_anndata()
+    return int(out[:, uid].X.toarray()[0, 0])
+
+
+@pytest.mark.parametrize(("dtype", "values"), [(np.uint8, [200, 100]), (np.int16, [30000, 30000])])
+def test_genes_sharing_an_id_are_summed_exactly(tmp_path, dtype, values):
+    atlas = _atlas(tmp_path)
+    adata = _adata(np.array([[*values, 7]], dtype=dtype), ONE_GENE)
+    _, report = standardize_and_ingest(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        organism="human",
+        dataset_record=DatasetRecord(uid="s"),
+        progress=False,
+    )
+    assert report.var_counts["summed"] == 1
+    assert _stored(atlas, "ENSG00000162522") == sum(values)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_sum_beyond_uint32_counts_is_an_error_naming_the_gene(dense):
+    x = np.array([[2**31, 2**31, 1]], dtype=np.int64)
+    adata = ad.AnnData(X=x if dense else sp.csr_matrix(x), var=pd.DataFrame(index=["a", "b", "c"]))
+    with pytest.raises(DataValueError, match=r"X: .*above 4294967295.* 1 features, e.g. \['u'\]"):
+        merge_duplicate_columns(adata, pd.Series(["u", "u", "w"]), "sum")
+    small = ad.AnnData(X=np.array([[250, 10]], dtype=np.uint8), var=pd.DataFrame(index=["a", "b"]))
+    out, _ = merge_duplicate_columns(small, pd.Series(["u", "u"]), "sum")
+    assert out.X.tolist() == [[260]]  # widened: uint8 cannot hold it
+
+
+def test_counts_stored_as_floats_are_summed_other_floats_keep_the_first_with_a_warning():
+    counts = _adata(np.array([[2.0, 3.0, 1.0]], dtype=np.float32), ONE_GENE)
+    out, report = standardize_anndata(counts, organism="human", obs_columns={}, duplicates="auto")
+    assert report.var_counts["summed"] == 1
+    assert out.X.toarray().tolist() == [[5.0, 1.0]]
+    normalized = _adata(np.array([[0.5, 1.25, 1.0]], dtype=np.float32), ONE_GENE)
+    with pytest.warns(LancellWarning, match=r"1 var entries share a feature uid .*'ENSG00000162522'"):
+        out, report = standardize_anndata(normalized, organism="human", obs_columns={}, duplicates="auto")
+    assert report.var_counts["first"] == 1
+    assert out.X.toarray().tolist() == [[0.5, 1.0]]
+
+
+def test_gene_column_gives_the_registry_symbols(tmp_path):
+    atlas = _atlas(tmp_path)
+    adata = _adata(
+        np.array([[1, 2, 3]], dtype=np.int32), ["0", "1", "2"], {"symbol": ["TP53", "CD4", "FOOBAR1"]}
+    )
+    standardize_and_ingest(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        organism="human",
+        gene_column="symbol",
+        dataset_record=DatasetRecord(uid="s"),
+        progress=False,
+    )
+    registry = atlas.feature_registry("gene_expression").set_index("uid")["gene_symbol"].to_dict()
+    assert registry == {"ENSG00000141510": "TP53", "ENSG00000010610": "CD4", "FOOBAR1": "FOOBAR1"}
+    # the landing path (lancell ingest --standardize --var-uid-column symbol): var index of Ensembl ids
+    by_id = _adata(
+        np.array([[1, 2]], dtype=np.int32),
+        ["ENSG00000141510", "ENSG00000010610"],
+        {"symbol": ["TP53", "CD4"]},
+    )
+    out, report = standardize_anndata(by_id, organism="human", gene_column="symbol", duplicates="sum")
+    rows = feature_rows(out, report, pd.Index(["uid", "gene_symbol"]))
+    assert rows["gene_symbol"].tolist() == ["TP53", "CD4"]
+
+
+def test_genes_of_another_organism_are_warned_about():
+    genes = [
+        "ENSMUSG00000029580",
+        "ENSMUSG00000025902",
+        "ENSMUSG00000033845",
+        "ENSG00000075624",
+        "ENSG00000141510",
+    ]
+    adata = _adata(np.array([[1, 2, 3, 4, 5]], dtype=np.int32), genes)
+    with pytest.warns(
+        LancellWarning, match=r"2 of 5 genes are Ensembl ids of another organism .*'Homo sapiens': 2"
+    ):
+        _, report = standardize_anndata(adata, obs_columns={})
+    assert report.organism == "Mus musculus"
+
+
+def test_overrides_that_map_nothing_are_warned_about():
+    adata = _adata(np.array([[1]], dtype=np.int32), ["TP53"])
+    adata.obs["cell_type"] = ["blob"]
+    adata.obs["tissue"] = ["lungz"]
+    overrides = {"celltype": {"blob": "CL:0000576"}, "tissue": {"lung z": "UBERON:0002048"}}
+    with pytest.warns(
+        LancellWarning,
+        match=r"overrides not used: \{'celltype': 'not a standardized obs column', 'tissue': \['lung z'\]\}",
+    ):
+        standardize_anndata(adata, organism="human", overrides=overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        _, report = standardize_anndata(
+            adata, organism="human", overrides={"tissue": {"lungz": "UBERON:0002048"}}
+        )
+    assert report.term_table("tissue")["term_id"].tolist() == ["UBERON:0002048"]
+
+
+def test_kept_names_that_repeat_are_reported_as_sharing_a_uid():
+    adata = _adata(np.array([[1, 2, 3]], dtype=np.int32), ["FOOBAR1", "FOOBAR1", "TP53"])
+    out, report = standardize_anndata(adata, organism="human", obs_columns={}, duplicates="sum")
+    assert report.genes["duplicate"].tolist() == [True, True, False]
+    assert "2 share a feature uid" in report.summary()
+    assert report.var_counts["summed"] == 1 and out.X.toarray().tolist() == [[3, 3]]
+    _, dropped = standardize_anndata(
+        adata, organism="human", obs_columns={}, unresolved="drop", duplicates="sum"
+    )
+    assert not dropped.genes["duplicate"].any()  # dropped entries share nothing
