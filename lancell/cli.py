@@ -93,7 +93,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
     if args.uid is not None and len(args.paths) > 1:
         raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
-    atlas = RaggedAtlas.open(args.db)
+    atlas = RaggedAtlas.open(args.db, store=args.store)
     overrides = _spec_overrides(args)
     renames = _pairs("--obs-columns", args.obs_columns or [])
     missing = [path for path in args.paths if not Path(path).is_file()]
@@ -130,7 +130,7 @@ def _ls(args: argparse.Namespace) -> int:
 def _snapshot(args: argparse.Namespace) -> int:
     from lancell.atlas import RaggedAtlas
 
-    atlas = RaggedAtlas.open(args.db)
+    atlas = RaggedAtlas.open(args.db, store=args.store)
     if args.optimize:
         atlas.optimize()
     version = atlas.snapshot(note=args.note)
@@ -176,7 +176,7 @@ def _query(args: argparse.Namespace) -> int:
 def _vacuum(args: argparse.Namespace) -> int:
     from lancell.atlas import RaggedAtlas
 
-    removed = RaggedAtlas.open(args.db).vacuum(grace=timedelta(hours=args.grace_hours))
+    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
     print(", ".join(f"{name}: {count}" for name, count in removed.items()))
     return 0
 
@@ -193,8 +193,8 @@ def _open_for_reading(args: argparse.Namespace) -> Any:
     from lancell.atlas import RaggedAtlas
 
     if args.version is None:
-        return RaggedAtlas.open(args.db)
-    return RaggedAtlas.checkout(args.db, args.version)
+        return RaggedAtlas.open(args.db, store=args.store)
+    return RaggedAtlas.checkout(args.db, args.version, store=args.store)
 
 
 def _hours(text: str) -> float:
@@ -234,14 +234,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lancell {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], help_: str, *, store: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_, description=help_)
         sub.add_argument("db", help="the atlas's database location (a path or an object-store URL)")
+        if store:
+            sub.add_argument(
+                "--store",
+                help="where the zarr arrays live (default: <db>/_zarr for init, else the store the atlas "
+                "recorded; give it for a copied or moved atlas whose store lies outside its folder)",
+            )
         sub.set_defaults(run=run)
         return sub
 
     init = command("init", _init, "create an empty atlas")
-    init.add_argument("--store", help="where the zarr arrays live (default: <db>/_zarr)")
     init.add_argument("--cell-table", default="cells", help="name of the cell table (default: cells)")
     init.add_argument(
         "--schema",
@@ -299,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--note", help="a label stored with the snapshot")
     snapshot.add_argument("--optimize", action="store_true", help="compact the tables first")
 
-    command("versions", _versions, "list the snapshots")
+    command("versions", _versions, "list the snapshots", store=False)
 
     query = command("query", _query, "write the cells a query selects to an .h5ad file")
     query.add_argument("--version", type=int, help="read this snapshot (default: the live tables)")

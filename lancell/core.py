@@ -18,7 +18,7 @@ import pyarrow as pa
 import zarr
 
 from lancell.errors import ChecksumError, CodecError, ReadOnlyAtlasError
-from lancell.storage.groups import open_node
+from lancell.storage.nodes import open_node
 from lancell.storage.stores import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
@@ -172,8 +172,9 @@ class AtlasCore:
         """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
         key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
         if key not in self._nodes:
+            array = self.node(path)  # a damaged zarr.json: ShardFormatError, as any node's
             try:
-                self._nodes[key] = np.asarray(self.node(path)[:])
+                self._nodes[key] = np.asarray(array[:])
             except ValueError as exc:  # zarr's codecs: a crc32c mismatch, a chunk that does not decode
                 kind = ChecksumError if "checksum" in str(exc).lower() else CodecError
                 raise kind(f"array {path!r} cannot be read: {exc}") from exc

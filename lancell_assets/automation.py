@@ -57,7 +57,8 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: Landi
     # a partition no landing file names any more and never materialized (its sidecar now names another uid,
     # or its file was removed before it was ingested) goes; an ingested one stays, file or not
     materialized = context.instance.get_materialized_partitions(dataset_group.key)
-    stale = sorted(known - {entry.uid for entry in entries} - materialized)
+    # an empty listing (a volume not mounted) removes nothing
+    stale = sorted(known - {entry.uid for entry in entries} - materialized) if entries else []
     if stale:
         context.log.info(f"partitions without a landing file, never ingested, removed: {stale}")
     requests = [dataset_partitions.build_add_request(uids)] if uids else []

@@ -22,6 +22,7 @@ import zarr
 
 from kernels.scatter import scatter_rows
 from lancell.dataloader.features import GroupTable
+from lancell.storage.nodes import checked_indices
 from lancell.storage.reader import read_element_ranges, read_rows
 
 __all__ = ["RESERVED_KEYS", "CellBatch", "SparseRows", "read_dense", "read_sparse"]
@@ -142,7 +143,7 @@ def read_sparse(
         indices_array, values_arrays = arrays[code]
         ends = start[rows] + nnz[rows]
         local, lengths = read_element_ranges(indices_array, start[rows], ends)
-        columns = table.luts[code][local]
+        columns = table.luts[code][checked_indices(local, table.luts[code].size, indices_array.path)]
         keep = None if table.keeps_all[code] else columns >= 0
         row_ids = None
         if keep is not None:

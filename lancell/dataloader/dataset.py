@@ -34,7 +34,7 @@ from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, QueryError
-from lancell.storage.groups import open_node
+from lancell.storage.nodes import open_node
 from lancell.storage.stores import describe_store
 
 if TYPE_CHECKING:

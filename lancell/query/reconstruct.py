@@ -24,9 +24,9 @@ import scipy.sparse as sp
 import zarr
 
 from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
-from lancell.errors import OutOfBoundsError
 from lancell.query.plan import PlannedGroup, ReconstructionPlan
 from lancell.storage.csc import read_csc_features
+from lancell.storage.nodes import checked_indices
 from lancell.storage.reader import read_element_ranges, read_rows
 from lancell.tables.obs import arrow_to_obs
 from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields
@@ -127,7 +127,7 @@ def _read_by_feature(
     )
     out_row = np.full(int(root.attrs["n_cells"]), -1, dtype=np.int64)
     out_row[zarr_rows] = rows
-    mapped = out_row[_check_local(group_rows, out_row.size, f"{g.zarr_group}/csc/indices")]
+    mapped = out_row[checked_indices(group_rows, out_row.size, f"{g.zarr_group}/csc/indices")]
     keep = mapped >= 0
     mapped, cols, values = mapped[keep], g.out_col[features[keep]], values[keep]
     order = np.lexsort((cols, mapped))
@@ -135,23 +135,6 @@ def _read_by_feature(
     rows = np.sort(rows)
     per_row = np.bincount(mapped, minlength=int(rows.max(initial=-1)) + 1)[rows]
     return rows, per_row, cols, values
-
-
-def _check_local(index: np.ndarray, size: int, array: str) -> np.ndarray:
-    """``index`` (stored local indices), unless one reaches past ``size`` (checksums passed: the array's
-    objects are another array's, copied over it).
-
-    Raises
-    ------
-    OutOfBoundsError
-        A stored index is ``size`` or more.
-    """
-    if index.size and int(index.max()) >= size:
-        raise OutOfBoundsError(
-            f"array {array!r} holds index {int(index.max())} but its dataset has {size} there: its shards "
-            "are not this dataset's (atlas.validate() and the group's objects should be checked)"
-        )
-    return index
 
 
 def _without_fill(
@@ -178,7 +161,7 @@ def _read_filtered(
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         idx, lengths = read_element_ranges(indices, starts[lo:hi], ends[lo:hi])
         stored, _ = read_element_ranges(values, starts[lo:hi], ends[lo:hi])
-        _check_local(idx, g.out_col.size, f"{name}/csr/indices")
+        checked_indices(idx, g.out_col.size, f"{name}/csr/indices")
         kept = keep_mapped(lengths.astype(np.int64), idx, stored, g.out_col)
         counts.append(kept[0])
         cols.append(kept[1].copy())  # keep_mapped's outputs are views of slice-sized buffers
@@ -214,7 +197,7 @@ def _sparse(
             else:
                 idx, kept_per_row = read_element_ranges(core.node(f"{name}/csr/indices"), lo, hi)
                 vals, _ = read_element_ranges(core.node(f"{name}/csr/layers/{layer}"), lo, hi)
-                cols = g.out_col[_check_local(idx, g.out_col.size, f"{name}/csr/indices")]
+                cols = g.out_col[checked_indices(idx, g.out_col.size, f"{name}/csr/indices")]
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
         if layer in g.zero_fill:

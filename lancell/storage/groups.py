@@ -22,7 +22,6 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from lancell.errors import GroupNotFoundError, ShardFormatError
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.shard_writer import ShardWriter
 
@@ -34,45 +33,11 @@ __all__ = [
     "SparseGroupWriter",
     "create_value_array",
     "new_group_name",
-    "open_node",
     "value_codecs",
-    "written_dtype",
 ]
 
 PointerKind = Literal["sparse", "dense"]  # how a cell pointer column stores its feature space
 FORMAT_VERSION = 1
-
-
-def written_dtype(group_attrs: Mapping[str, Any], relative: str) -> np.dtype | None:
-    """The dtype lancell writes the array at ``relative`` (a path inside a dataset group) with, when fixed:
-    uint32 for ``csr/indices`` and ``csc/indices``, the group's ``layers`` attribute for a layer's values
-    (CSR, CSC or dense); None for anything else (``indptr``: read whole through zarr)."""
-    parts = relative.split("/")
-    if parts in (["csr", "indices"], ["csc", "indices"]):
-        return np.dtype("uint32")
-    layers = group_attrs.get("layers")
-    if len(parts) >= 2 and parts[-2] == "layers" and isinstance(layers, Mapping) and parts[-1] in layers:
-        return np.dtype(layers[parts[-1]])
-    return None
-
-
-def open_node(root: zarr.Group, path: str) -> zarr.Group | zarr.Array:
-    """``root[path]``, with a missing or unreadable ``zarr.json`` as lancell's typed errors.
-
-    Raises
-    ------
-    GroupNotFoundError
-        Nothing is stored at ``path``.
-    ShardFormatError
-        A ``zarr.json`` on the way is not valid zarr v3 metadata (damaged or edited).
-    """
-    named = f"{root.path}/{path}" if root.path else path
-    try:
-        return root[path]
-    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        raise GroupNotFoundError(f"zarr node {named!r} is missing from the store") from exc
-    except (ValueError, TypeError) as exc:  # json's JSONDecodeError is a ValueError; zarr's metadata errors
-        raise ShardFormatError(f"zarr node {named!r}: its zarr.json cannot be read: {exc}") from exc
 
 
 ENCODING_VERSION = "1"

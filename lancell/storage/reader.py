@@ -24,7 +24,8 @@ import zarr.storage
 from obstore.store import ObjectStore
 
 from lancell.errors import ShardFormatError
-from lancell.storage.groups import FORMAT_VERSION, written_dtype
+from lancell.storage.groups import FORMAT_VERSION
+from lancell.storage.nodes import written_dtype
 from lancell.storage.shard_reader import ShardedArrayReader
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "array_reader",
-    "dataset_group_attrs",
     "gather_ranges",
     "read_element_ranges",
     "read_rows",
@@ -49,23 +49,17 @@ _READERS: OrderedDict[tuple[int, str], tuple[object, ShardedArrayReader | None]]
 _READERS_LOCK = threading.Lock()
 
 
-def dataset_group_attrs(store: ObjectStore, path: str) -> dict | None:
-    """The attributes of the lancell dataset group that holds the array at ``path``, None if none does.
-
-    That is the nearest enclosing group whose attributes carry ``lancell_format`` (lancell.storage.groups
-    writes it on every dataset group; the atlas root carries it too, but no ``nnz``).
+def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
+    """``(the array's path in its dataset group, the group's attributes)``, for the lancell dataset group that
+    holds the array at ``path`` (the nearest enclosing group whose attributes carry ``lancell_format``:
+    lancell.storage.groups writes it on every dataset group; the atlas root carries it too, but no ``nnz``),
+    or None.
 
     Raises
     ------
     ShardFormatError
         If an enclosing group's ``zarr.json`` is not a JSON object.
     """
-    found = _dataset_group(store, path)
-    return None if found is None else found[1]
-
-
-def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
-    """``(the array's path in its dataset group, the group's attributes)`` (:func:`dataset_group_attrs`)."""
     parts = path.strip("/").split("/")
     for depth in range(len(parts) - 1, -1, -1):
         key = "/".join([*parts[:depth], "zarr.json"])
@@ -87,7 +81,7 @@ def written_whole(group_attrs: dict | None, layout: ShardLayout) -> bool:
     """Whether every shard of a dataset array was written, so that a missing shard object is damage, not fill.
 
     The one rule (docs/integrity.md, "Missing shards"), from what the writer recorded: an array of a lancell
-    dataset group (``group_attrs``, see :func:`dataset_group_attrs`) that holds values (``nnz > 0``) whose
+    dataset group (``group_attrs``, see :func:`_dataset_group`) that holds values (``nnz > 0``) whose
     chunks carry a crc32c (written with every chunk, see :func:`lancell.storage.groups.value_codecs`) or that
     is 1-D (CSR / CSC: stored values and their indices never fill a whole shard with the fill value); the
     dense layers of older atlases may have left an all-zero shard unwritten.
@@ -136,7 +130,7 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
         if (
             attrs is not None
             and attrs.get("lancell_format") == FORMAT_VERSION
-            and written_dtype(attrs, relative)
+            and written_dtype(attrs, relative) is not None
         ):
             # lancell writes every such array in a layout the reader handles: zarr-python would read an
             # edited one (another byte order, say) as other numbers

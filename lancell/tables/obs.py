@@ -6,6 +6,8 @@ value, so a NaN hidden in a categorical or an integer column is reported, not di
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +60,7 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
 # values of another kind that Arrow would store as something else without a word (True as 1.0, 2 or 0.5 as
 # True, 3 as 3 microseconds after 1970, b"ab" as the text "b'ab'", " 4 " as 4): refused per schema type
 _BOOLS = (bool, np.bool_)
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 _NUMBERS = (int, float, np.integer, np.floating)
 
 
@@ -68,8 +71,8 @@ def _refused_value(kind: str, value: object) -> bool:
         return not isinstance(value, _BOOLS) and not (isinstance(value, int | np.integer) and value in (0, 1))
     if kind == "timestamp":
         return isinstance(value, _NUMBERS)
-    if kind == "integer":
-        return isinstance(value, str | bytes)
+    if kind == "integer":  # digit strings ("1", "2": common categoricals) are; " 4 ", "1e3" not
+        return isinstance(value, bytes) or (isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value))
     return isinstance(value, bytes)  # text
 
 

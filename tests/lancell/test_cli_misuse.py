@@ -5,6 +5,7 @@ one is bad."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -137,3 +138,19 @@ def test_features_matched_ignoring_case(tmp_path: Path, db: str) -> None:
     written = ad.read_h5ad(out)
     assert written.var_names.tolist() == ["Cd3e", "LYZ"]
     np.testing.assert_array_equal(written.X.toarray(), [[1, 2], [4, 5]])
+
+
+def test_a_copied_atlas_with_its_store_outside_is_opened_with_store(tmp_path: Path) -> None:
+    """A copy (cp -r) whose store lies outside the atlas's folder is refused for writing until the store is
+    given: the command line had no way to give it."""
+    run("init", str(tmp_path / "a" / "db"), "--store", str(tmp_path / "a" / "arrays"))
+    run("ingest", str(tmp_path / "a" / "db"), str(_write(tmp_path / "one.h5ad", ["G1", "G2"])))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    two = str(_write(tmp_path / "two.h5ad", ["G1"]))
+    refused = run("ingest", str(tmp_path / "b" / "db"), two, check=False)
+    assert refused.returncode != 0 and "(copied or moved)" in refused.stderr
+    store = ["--store", str(tmp_path / "b" / "arrays")]
+    run("ingest", str(tmp_path / "b" / "db"), two, *store)
+    assert "2 datasets, 4 cells" in run("ls", str(tmp_path / "b" / "db"), *store).stdout
+    assert "1 datasets, 2 cells" in run("ls", str(tmp_path / "a" / "db")).stdout  # the original's untouched
+    assert len(list((tmp_path / "a" / "arrays").iterdir())) == 2  # its one group and zarr.json

@@ -38,7 +38,7 @@ REFUSED = {  # (values, schema type): stored as something else by Arrow without 
     "integers into a timestamp": ([1, 2, 3], pa.timestamp("us")),
     "floats into a timestamp": ([1.5, None], pa.timestamp("us")),
     "text into an integer": (pd.Series(["3", " 4 ", "1e3"], dtype=object), pa.int64()),
-    "string dtype into an integer": (pd.Series(["3", "4"], dtype="string"), pa.int32()),
+    "string dtype into an integer": (pd.Series(["3", "4.0"], dtype="string"), pa.int32()),
     "bytes into text": (pd.Series([b"ab", b"\xff", None], dtype=object), pa.string()),
 }
 
@@ -56,6 +56,7 @@ ACCEPTED = {  # (values, schema type, stored)
     "booleans with nulls into bool": (pd.array([True, None], dtype="boolean"), pa.bool_(), [True, None]),
     "integers into float": ([1, 2], pa.float64(), [1.0, 2.0]),
     "numeric objects into an integer": (pd.Series([3, 4.0, None], dtype=object), pa.int64(), [3, 4, None]),
+    "digit strings into an integer": (pd.Categorical(["1", "-2", None]), pa.int32(), [1, -2, None]),
 }
 
 

@@ -381,11 +381,12 @@ def test_swapped_index_arrays_of_a_narrow_panel_fail_every_cell_read(tmp_path: P
     adata = ad.AnnData(
         X=x, obs=pd.DataFrame(index=[f"c{i}" for i in range(300)]), var=pd.DataFrame(index=genes)
     )
+    adata.layers["halved"] = (x / 2).astype(np.float32)
     record = add_from_anndata(
         atlas,
         adata,
         feature_space="gene_expression",
-        zarr_layer="counts",
+        layers={"counts": "X", "normalized": "halved"},
         dataset_record=DatasetRecord(uid="narrow"),
         csc=True,
         progress=False,
@@ -397,10 +398,13 @@ def test_swapped_index_arrays_of_a_narrow_panel_fail_every_cell_read(tmp_path: P
     csr.with_name("swap").rename(csc_dir)
     fresh = RaggedAtlas.open(str(tmp_path / "db"))
     with pytest.raises(OutOfBoundsError, match=r"csr/indices' holds index \d+ but its dataset has 50"):
-        fresh.query().to_anndata()
+        fresh.query().layers("gene_expression", "counts").to_anndata()
     dataset = fresh.query().to_cell_dataset("gene_expression", "counts")
     with pytest.raises(OutOfBoundsError, match=r"csr/indices'.*a stored feature index is past"):
         dataset.__getitems__(np.arange(len(dataset)))
+    both = fresh.query().to_cell_dataset("gene_expression", ["counts", "normalized"])  # the batched reader
+    with pytest.raises(OutOfBoundsError, match=r"csr/indices' holds index \d+ but its dataset has 50"):
+        both.__getitems__(np.arange(len(both)))
 
 
 def test_undamaged_reads_match_and_other_datasets_are_unaffected(
