@@ -193,7 +193,7 @@ class AtlasQuery:
         A symbol shared by several registry features (e.g. a duplicated mouse symbol) yields all of them.
         Combined with ``feature_join("intersection")``, features not measured by every dataset are dropped.
         ``case_sensitive=False`` matches uids and symbols ignoring case (see
-        :func:`lancell.query.plan.resolve_features`); the loader reads the same selection.
+        :func:`lancell.query.feature_names.resolve_features`); the loader reads the same selection.
 
         Raises
         ------

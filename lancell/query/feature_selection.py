@@ -13,14 +13,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from lancell.errors import QueryError
-from lancell.query.plan import (
-    Join,
-    OnUnmeasured,
-    PlannedCells,
-    plan_reconstruction,
-    registry_columns,
-    resolve_features,
-)
+from lancell.query.feature_names import registry_columns, resolve_features
+from lancell.query.plan import Join, OnUnmeasured, PlannedCells, plan_reconstruction
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 
 if TYPE_CHECKING:
@@ -129,7 +123,7 @@ class FeatureSelection:
         Raises
         ------
         QueryError
-            A feature name that is not in the registry (see :func:`~lancell.query.plan.resolve_features`).
+            A feature name not in the registry (:func:`~lancell.query.feature_names.resolve_features`).
         UnmeasuredDataError
             Unmeasured cells under the policy ``"error"``.
         """

@@ -49,8 +49,6 @@ __all__ = [
     "ReconstructionPlan",
     "dataset_group_attrs",
     "plan_reconstruction",
-    "registry_columns",
-    "resolve_features",
 ]
 
 Join = Literal["union", "intersection"]
@@ -200,47 +198,6 @@ def dataset_group_attrs(
             f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {core.atlas_id!r})"
         )
     return attrs
-
-
-def resolve_features(
-    core: AtlasCore, feature_space: str, names_or_uids: Sequence[str], *, case_sensitive: bool = True
-) -> np.ndarray:
-    """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
-
-    A symbol shared by several registry features yields all of them; repeats are kept once. With
-    ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
-    (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
-
-    Raises
-    ------
-    QueryError
-        Names that are neither a uid nor a symbol of the registry.
-    """
-    view = registry_view(core, feature_space)
-    folded: dict[str, list[int]] = {}
-    if not case_sensitive:
-        for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
-            folded.setdefault(name.casefold(), []).append(int(index))
-        for symbol, indices in view.by_symbol.items():
-            folded.setdefault(symbol.casefold(), []).extend(indices)
-    indices, unknown = [], []
-    for name in names_or_uids:
-        if not case_sensitive and name.casefold() in folded:
-            indices.extend(sorted(set(folded[name.casefold()])))
-        elif case_sensitive and name in view.by_uid.index:
-            indices.append(int(view.by_uid[name]))
-        elif case_sensitive and name in view.by_symbol:
-            indices.extend(view.by_symbol[name])
-        else:
-            unknown.append(name)
-    if unknown:
-        raise QueryError(f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}")
-    return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
-
-
-def registry_columns(core: AtlasCore, feature_space: str) -> np.ndarray:
-    """Global index of every numbered feature of the registry, in order (assigned contiguously from 0)."""
-    return registry_view(core, feature_space).frame.index.to_numpy(dtype=np.int64)
 
 
 def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
