@@ -3,7 +3,8 @@
 The metadata file (``_lancell/atlas.json`` next to the LanceDB tables) records the atlas's id (a uuid: the
 groups this atlas writes carry it, see :mod:`lancell.tables.group_claims`), the on-disk format, the cell table
 and registry table names, the zarr store's URL and non-secret settings, the full-text columns and the creation
-time. It is written last, under the "create" lock, so an atlas without it does not exist.
+time. It is written last, under the "create" lock, so an atlas without it does not exist; a creation killed
+before it is finished by the next ``create`` at that location (``_lancell/creating.json`` names its tables).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from lancell.tables.table_schemas import (
     VERSIONS_TABLE,
 )
 
-if TYPE_CHECKING:  # lancell.tables.schema (lancedb's LanceModel) is imported by create_storage only
+if TYPE_CHECKING:  # typing only; lancell.tables.schema (lancedb's LanceModel) is imported by create_storage
+    from lancedb.db import DBConnection
+
     from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 
 __all__ = [
@@ -63,6 +66,9 @@ __all__ = [
 ]
 
 META_PATH = "_lancell/atlas.json"
+# written before the tables of a creation and deleted after META_PATH: it names the tables an unfinished
+# creation made (see _drop_unfinished)
+CREATING_PATH = "_lancell/creating.json"
 StoreLike = obs_store.ObjectStore | str
 
 
@@ -150,6 +156,11 @@ def read_meta(
     except obstore.exceptions.BaseError as exc:  # refused credentials, an unreachable endpoint...
         raise StoreError(f"cannot read the atlas at {db_uri!r} ({META_PATH}): {exc}") from exc
     if meta is None:
+        if read_json(meta_store, CREATING_PATH) is not None:
+            raise AtlasNotFoundError(
+                f"the creation of the atlas at {db_uri!r} did not finish ({META_PATH} is missing): create it "
+                "again at this location (the unfinished creation's empty tables are replaced)"
+            )
         raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
     if meta.get("lancell_format") != FORMAT_VERSION:
         raise FormatVersionError(
@@ -235,18 +246,26 @@ def create_storage(
         "fts_columns": list(fts_columns),
         "created_at": datetime.now(UTC).isoformat(),
     }
+    schemas = {
+        cell_table_name: cell_arrow,
+        DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+        LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+        FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+        VERSIONS_TABLE: VERSIONS_SCHEMA,
+    }
+    for name, schema in registry_schemas.items():
+        schemas[spaces[name].registry_table] = schema.to_arrow_schema()
     with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
-        if read_json(meta_store, META_PATH) is not None or cell_table_name in table_names(db):
+        if read_json(meta_store, META_PATH) is not None:
             raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
-        schemas = {
-            cell_table_name: cell_arrow,
-            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
-            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
-            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
-            VERSIONS_TABLE: VERSIONS_SCHEMA,
-        }
-        for name, schema in registry_schemas.items():
-            schemas[spaces[name].registry_table] = schema.to_arrow_schema()
+        _drop_unfinished(db, meta_store)
+        clash = sorted(table_names(db) & set(schemas))
+        if clash:
+            raise AtlasExistsError(
+                f"tables {clash} already exist at {db_uri!r}, which is not a lancell atlas ({META_PATH} is "
+                "missing): create the atlas in another location"
+            )
+        write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
         create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
         root = zarr.open_group(zarr_store(store), mode="a")
         root.attrs.update({"lancell_format": FORMAT_VERSION})
@@ -254,4 +273,18 @@ def create_storage(
             write_json(meta_store, META_PATH, meta, create=True)
         except FileExistsError:
             raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+        obstore.delete(meta_store, CREATING_PATH)
     return meta, meta_store, database, store, storage_options
+
+
+def _drop_unfinished(db: DBConnection, meta_store: obs_store.ObjectStore) -> None:
+    """Drop the tables an unfinished creation (killed before writing ``META_PATH``) made at this location.
+
+    Its ``CREATING_PATH`` file names them, and nothing can have written to them: an atlas without its
+    metadata file is never opened. Called under the "create" lock.
+    """
+    unfinished = read_json(meta_store, CREATING_PATH)
+    if unfinished is None:
+        return
+    for name in sorted(table_names(db) & set(unfinished["tables"])):
+        db.drop_table(name)

@@ -1,0 +1,61 @@
+"""A creation that died before the metadata file: the next ``create`` at that location finishes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+import pytest
+
+import lancell.tables.atlas_meta as atlas_meta
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema
+from lancell.errors import AtlasExistsError, AtlasNotFoundError
+from lancell.tables.schema import FeatureBaseSchema
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str | None = None
+
+
+class Killed(BaseException):
+    """The process dying at that point (no ``except Exception`` runs)."""
+
+
+def _create(db: Path) -> RaggedAtlas:
+    return RaggedAtlas.create(str(db), "cells", CellSchema, registry_schemas={"gene_expression": Gene})
+
+
+def test_a_creation_killed_before_its_metadata_file_is_finished_by_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_json = atlas_meta.write_json
+
+    def die_at_metadata(store: object, path: str, *args: object, **kwargs: object) -> None:
+        if path == atlas_meta.META_PATH:
+            raise Killed
+        write_json(store, path, *args, **kwargs)
+
+    monkeypatch.setattr(atlas_meta, "write_json", die_at_metadata)
+    with pytest.raises(Killed):
+        _create(tmp_path / "db")
+    monkeypatch.undo()
+    assert (tmp_path / "db" / "cells.lance").exists()  # the tables were made
+
+    with pytest.raises(AtlasNotFoundError, match=r"did not finish.*create it again"):
+        RaggedAtlas.open(str(tmp_path / "db"))
+    atlas = _create(tmp_path / "db")
+    atlas.register_features("gene_expression", [Gene(uid="ENSG1", gene_symbol="A")])
+    reopened = RaggedAtlas.open(str(tmp_path / "db"))
+    assert reopened.feature_registry("gene_expression")["uid"].tolist() == ["ENSG1"]
+    assert not (tmp_path / "db" / "_lancell" / "creating.json").exists()
+
+
+def test_tables_of_another_program_are_not_taken_over(tmp_path: Path) -> None:
+    # a LanceDB location with a table named like the atlas's but no lancell metadata: not ours to drop
+    db = lancedb.connect(str(tmp_path / "db"))
+    db.create_table("cells", data=pa.table({"x": [1, 2, 3]}))
+    with pytest.raises(AtlasExistsError, match=r"tables \['cells'\] already exist"):
+        _create(tmp_path / "db")
+    assert lancedb.connect(str(tmp_path / "db")).open_table("cells").count_rows() == 3
