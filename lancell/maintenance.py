@@ -1,17 +1,18 @@
 """Removing things from an atlas: a dataset (with its attached modalities), and groups nothing needs.
 
 Zarr groups are append-only: deleting a dataset removes its rows in new table versions and leaves its group
-for :func:`remove_debris`. What may be deleted from the store is decided here and nowhere else: a group this
-atlas provably owns (:mod:`lancell.tables.group_claims`: its claim and its id in the group's attributes) that
-no live dataset record and no snapshot references, and that does not nest with a group that is referenced. The
-store is never listed to find candidates: groups another atlas, another program or an older lancell wrote are
-never deleted.
+for :func:`remove_debris`. A deletion holds its dataset's lock throughout; an attachment holds its host's
+while it commits (:func:`hold_host`), so the two never interleave. What may be deleted from the store is
+decided here and nowhere else: a group this atlas provably owns (:mod:`lancell.tables.group_claims`: its
+claim and its id in the group's attributes) that no live dataset record and no snapshot references, and that
+does not nest with a group that is referenced. The store is never listed to find candidates: groups another
+atlas, another program or an older lancell wrote are never deleted.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -27,11 +28,12 @@ from lancell.tables.versions import SNAPSHOT_LOCK, list_snapshots, read_version
 from lancell.tables.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from lancell.core import AtlasCore
+    from lancell.tables.locks import Lease
 
-__all__ = ["remove_dataset", "remove_debris", "remove_group"]
+__all__ = ["hold_host", "remove_dataset", "remove_debris", "remove_group"]
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +41,71 @@ log = logging.getLogger(__name__)
 def remove_dataset(core: AtlasCore, uid: str) -> None:
     """Delete dataset ``uid``: a further modality loses its pointers, a dataset its cells and modalities.
 
-    Only table rows are deleted (new table versions); the zarr group stays for :func:`remove_debris`.
+    Only table rows are deleted (new table versions); the zarr group stays for :func:`remove_debris`. The
+    whole deletion holds the dataset's lock (:func:`lancell.tables.visibility.dataset_lock_name`), so no
+    ingestion of ``uid``, no ``add_layer`` or ``add_csc`` of it and, for a dataset, no attachment committing
+    to its cells (:func:`hold_host`) runs between its commits. Each commit removes the record before what it
+    owned: killed in between, the rows or pointers left are owned by no record and no reader sees them.
 
     Raises
     ------
-    IngestError
+    DatasetNotFoundError
         No such dataset.
+    LockTimeoutError
+        Another operation on the dataset held its lock for longer than the lock's timeout.
     """
-    where = f"uid = {sql_literal(uid)}"
-    rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
-    if not rows:
-        raise DatasetNotFoundError(f"no dataset {uid!r} in the atlas")
-    record = rows[0]
-    attached = core.tables.datasets.search().where(f"cells_of = {sql_literal(uid)}").select(["zarr_group"])
-    for group in [record["zarr_group"], *attached.to_arrow().column("zarr_group").to_pylist()]:
-        core.group_claims.mark_released(group)  # vacuum's grace counts from now: live readers finish
-    if record.get("cells_of"):  # a further modality: the cells stay, their pointer goes
-        detach_pointers(core, record["feature_space"], record["zarr_group"])
-        core.tables.datasets.delete(where)
-    else:
-        # the records of the dataset and of every modality attached to its cells go in one commit (the
-        # commit point: its cell rows are then owned by no record, so no reader sees them), then the rows;
-        # a process killed between the two leaves rows that vacuum() or a re-ingestion of ``uid`` removes
+    with core.lock(dataset_lock_name(uid)):
+        where = f"uid = {sql_literal(uid)}"
+        rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
+        if not rows:
+            raise DatasetNotFoundError(f"no dataset {uid!r} in the atlas")
+        record = rows[0]
+        attached = (
+            core.tables.datasets.search().where(f"cells_of = {sql_literal(uid)}").select(["zarr_group"])
+        )
+        for group in [record["zarr_group"], *attached.to_arrow().column("zarr_group").to_pylist()]:
+            core.group_claims.mark_released(group)  # vacuum's grace counts from now: live readers finish
+        if record.get("cells_of"):  # a further modality: the cells stay, their pointers go
+            # killed before the pointers go, they lead into a group no record references: unmeasured to
+            # readers, nulled by the next attachment to these cells (hold_host) or by vacuum()
+            core.tables.datasets.delete(where)
+            detach_pointers(core, record["feature_space"], record["zarr_group"])
+            return
+        # the records of the dataset and of every modality attached to its cells go in one commit, then the
+        # rows pointing into the deleted record's group: never those of a later dataset of the same uid
         core.tables.datasets.delete(f"{where} OR cells_of = {sql_literal(uid)}")
-        core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+        pointer = f"{record['feature_space']}.zarr_group = {sql_literal(record['zarr_group'])}"
+        core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)} AND {pointer}")
+
+
+@contextmanager
+def hold_host(core: AtlasCore, cells_of: str, feature_space: str) -> Iterator[Lease]:
+    """Hold dataset ``cells_of`` while a further modality commits its pointers on its cells and its record.
+
+    The host's lock is the one its deletion holds: the host cannot be deleted until the attachment has
+    committed or rolled back. Lock order: an attachment takes it last, after its own dataset's claim, and no
+    operation takes a dataset lock while holding a host's. Every attachment holds it from its pointers to its
+    record, so pointers of the host's cells in ``feature_space`` into a group that no record references belong
+    to no live operation (a killed attachment's, a stopped deletion's): they are nulled here, as
+    :func:`lancell.tables.visibility.claim_dataset` clears an interrupted ingestion's rows.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        The host is not (or no longer) in the atlas.
+    """
+    with core.lock(dataset_lock_name(cells_of)) as lease:
+        if core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
+            raise DatasetNotFoundError(
+                f"cannot attach {feature_space!r}: dataset {cells_of!r} is no longer in the atlas"
+            )
+        where = f"dataset_uid = {sql_literal(cells_of)}"
+        pointers = core.tables.cells.search().where(where).select([feature_space]).to_arrow()
+        groups = pc.struct_field(pointers.column(feature_space), "zarr_group")
+        for group in sorted(set(pc.unique(groups.drop_null()).to_pylist()) - _live_groups(core)):
+            log.warning("dataset %r: nulling pointers into %r, which no record references", cells_of, group)
+            detach_pointers(core, feature_space, group)
+        yield lease
 
 
 def remove_group(core: AtlasCore, group: str) -> bool:

@@ -98,7 +98,7 @@ def add_layer(
             lease.check()
             where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
             updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
-            if updated.rows_updated != 1:  # deleted meanwhile (deletion takes no dataset lock)
+            if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException:
             _roll_back(group, attrs, name)

@@ -3,9 +3,12 @@
 The first modality creates the cell rows (:func:`lancell.ingest.from_anndata.add_from_anndata`); every further
 one is written by a :class:`~lancell.ingest.write_transaction.WriteTransaction` like any dataset: its own zarr
 group and dataset record (``cells_of`` names the first dataset), its rows being the pointer column on the
-existing cells (one ``merge_insert`` commit). A failure before the dataset record is written puts the pointers
-back to null, so readers see the atlas as it was. Obs columns of a further modality are not stored (the cells
-have theirs): they are listed as ``dropped_obs_columns`` and warned about.
+existing cells (one ``merge_insert`` commit, only on cells without a pointer in that feature space). From that
+commit to the record's the transaction holds the host dataset's lock (:func:`lancell.maintenance.hold_host`),
+so the host cannot be deleted in between; pointers a killed attachment left are nulled there. A failure before
+the dataset record is written puts the pointers back to null, so readers see the atlas as it was. Obs columns
+of a further modality are not stored (the cells have theirs): they are listed as ``dropped_obs_columns`` and
+warned about.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.write_transaction import WriteTransaction, run_transactions
 from lancell.maintenance import remove_dataset, remove_group
+from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
 from lancell.tables.schema import DatasetRecord
@@ -38,6 +42,11 @@ __all__ = ["add_from_mudata", "attach_modality"]
 def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa.Table:
     where = f"dataset_uid = {sql_literal(cells_of)}"
     return atlas.core.tables.cells.search().where(where).select(["uid", feature_space]).to_arrow()
+
+
+def _recorded_groups(atlas: RaggedAtlas) -> pa.Array:
+    """The zarr groups of every committed dataset record."""
+    return read_columns(atlas.core.tables.datasets, ["zarr_group"]).column("zarr_group").combine_chunks()
 
 
 def attach_modality(
@@ -64,10 +73,12 @@ def attach_modality(
 
     Raises
     ------
+    DatasetNotFoundError
+        No dataset ``cells_of``, or it was deleted while the modality was being written.
     IngestError
-        Unknown dataset, cells not in it, cells that already have this modality, a record that sets a field
-        lancell assigns, or any input error that :func:`~lancell.ingest.from_anndata.add_from_anndata` would
-        raise. The atlas is unchanged.
+        Cells not in it, cells that already have this modality (checked first, and again under the host's
+        lock when the pointers are set), a record that sets a field lancell assigns, or any input error that
+        :func:`~lancell.ingest.from_anndata.add_from_anndata` would raise. The atlas is unchanged.
     """
     atlas.core.require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
@@ -84,7 +95,10 @@ def attach_modality(
             f"dataset {record.uid!r}: {int((~known).sum())} obs names are not cells of {cells_of!r}, "
             f"e.g. {[n.split(':', 1)[1] for n in wanted[~known][:5]]}"
         )
-    taken = existing.filter(pc.is_valid(existing.column(feature_space)))
+    # pointers into a group no record references are a dead run's: the transaction nulls them (hold_host)
+    # and, under the host's lock, sets its pointers only on cells without one
+    groups = pc.struct_field(existing.column(feature_space), "zarr_group")
+    taken = existing.filter(pc.fill_null(pc.is_in(groups, value_set=_recorded_groups(atlas)), False))
     if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
         raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
     plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs

@@ -15,9 +15,9 @@ point"):
    fed as they go) and writes the CSC copy (:func:`lancell.storage.csc.write_csc`);
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
-   cells;
-4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its lease and commits the
-   dataset record: the commit point.
+   cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
+4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its leases and commits
+   the dataset record: the commit point.
 
 Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
 nulled), a layout it added that no record uses, and its group (through
@@ -54,7 +54,7 @@ from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.layer_blocks import layer_blocks
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
 from lancell.ingest.sources import MatrixSource
-from lancell.maintenance import remove_group
+from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
@@ -119,7 +119,7 @@ class WriteTransaction:
         self.duplicate_of: DatasetRecord | None = None
         self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()
-        self._lease: Lease | None = None
+        self._leases: list[Lease] = []  # the dataset's claim; for a further modality, also its host's
         self._group: str | None = None
         self._layout_written = self._rows_written = self._committed = False
         self._started = time.perf_counter()
@@ -127,7 +127,7 @@ class WriteTransaction:
     def stage(self) -> None:
         """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows."""
         core, plan, space = self.core, self.plan, self.space
-        self._lease = self._claims.enter_context(claim_dataset(core, self.record.uid))
+        self._leases.append(self._claims.enter_context(claim_dataset(core, self.record.uid)))
         self._group = core.group_claims.claim_new(self.record.uid)
         names = list(plan.layers)
         written = None
@@ -198,13 +198,22 @@ class WriteTransaction:
             while part := list(itertools.islice(batches, ROWS_PER_COMMIT // CELL_BATCH)):
                 cells.add(pa.RecordBatchReader.from_batches(schema, part))
             return
+        # held to the record's commit (or the roll-back): the host is not deleted meanwhile
+        self._leases.append(self._claims.enter_context(hold_host(core, self.cells_of, space.name)))
         uids = np.asarray([f"{self.cells_of}:{name}" for name in self.plan.obs_names], dtype=object)
         batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
         rows = pa.schema([schema.field("uid"), schema.field(space.name)])
-        cells.merge_insert("uid").when_matched_update_all().execute(
-            pa.RecordBatchReader.from_batches(rows, batches)
+        self._rows_written = True  # a roll-back nulls the pointers into this group, however many were set
+        merged = (
+            cells.merge_insert("uid")
+            .when_matched_update_all(where=f"target.{space.name} IS NULL")  # never another's pointer
+            .execute(pa.RecordBatchReader.from_batches(rows, batches))
         )
-        self._rows_written = True
+        if merged.num_updated_rows != uids.size:
+            raise IngestError(
+                f"dataset {self.record.uid!r}: {uids.size - merged.num_updated_rows} of its cells of "
+                f"{self.cells_of!r} are gone or already carry a {space.name!r} pointer"
+            )
 
     def commit(self) -> DatasetRecord:
         """Commit the dataset record (the commit point) unless its content is already in the atlas: then
@@ -219,7 +228,8 @@ class WriteTransaction:
                     self._layout_written |= ensure_layout(
                         tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
                     )
-                    self._lease.check()  # LockLostError if another process took the claim over
+                    for lease in self._leases:  # LockLostError if another process took one over
+                        lease.check()
                     tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
                 self._committed = True
         if duplicate_of is not None:

@@ -10,7 +10,8 @@ the cell rows it then reads may be a newer version than any count taken before, 
 no uncommitted row is among them. A handle pinned to table versions (a snapshot) reads counts and rows of the
 same versions: when the committed records account for every cell row (one ``count_rows()``, table metadata
 only, and a read of the small dataset table), no filter is added at all. Records own complete sets of rows:
-ingestion writes a dataset's rows before its record, and deletion removes the record before the rows.
+ingestion writes a dataset's rows before its record, and deletion removes the record before the rows (and a
+further modality's record before its pointers).
 """
 
 from __future__ import annotations
@@ -71,7 +72,13 @@ def visible_cells_filter(core: AtlasCore) -> str | None:
 
 
 def dataset_lock_name(uid: str) -> str:
-    """The name of the lock an ingestion of dataset ``uid`` holds from its first write to its commit."""
+    """The name of dataset ``uid``'s lock.
+
+    Held by an ingestion of ``uid`` from its first write to its commit (:func:`claim_dataset`), by its
+    deletion throughout, by ``add_layer`` and ``add_csc`` of it, and by an attachment to its cells from its
+    pointers to its record (:func:`lancell.maintenance.hold_host`). Lock order: the attachment takes its
+    host's lock last, after its own dataset's claim, and nothing takes a dataset lock while holding a host's.
+    """
     return f"dataset-{hashlib.sha1(uid.encode()).hexdigest()[:20]}"
 
 
@@ -79,9 +86,10 @@ def dataset_lock_name(uid: str) -> str:
 def claim_dataset(core: AtlasCore, uid: str) -> Iterator[Lease]:
     """Hold the right to ingest dataset ``uid``: one process at a time, and never twice.
 
-    Inside the claim no other process writes rows of ``uid``, so rows of ``uid`` without a record can only be
-    debris of an interrupted ingestion: they are deleted before the new rows are written. The claim yields
-    its lock's lease: call ``lease.check()`` right before committing the dataset record.
+    Inside the claim no other process writes or deletes rows of ``uid`` (a deletion of ``uid`` holds the same
+    lock throughout), so rows of ``uid`` without a record can only be debris of an interrupted ingestion or
+    deletion: they are deleted before the new rows are written. The claim yields its lock's lease: call
+    ``lease.check()`` right before committing the dataset record.
 
     Raises
     ------
