@@ -9,8 +9,9 @@ before it is finished by the next ``create`` at that location (``_lancell/creati
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,14 @@ import obstore.store as obs_store
 import pyarrow as pa
 import zarr
 
-from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
+from lancell.errors import (
+    AtlasExistsError,
+    AtlasNotFoundError,
+    FormatVersionError,
+    LancellError,
+    SchemaError,
+    StoreError,
+)
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import (
     describe_store,
@@ -71,6 +79,8 @@ META_PATH = "_lancell/atlas.json"
 CREATING_PATH = "_lancell/creating.json"
 StoreLike = obs_store.ObjectStore | str
 
+log = logging.getLogger(__name__)
+
 
 def db_options(
     db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
@@ -112,30 +122,48 @@ def recorded_store(
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:
     """The store URL an atlas opened at ``db_uri`` reads (and writes), when no store is given.
 
-    ``url`` as recorded, unless the atlas was copied or moved on local disk (``db_url``, recorded at
-    creation, names another folder): a store that lies inside the atlas's folder is then the one inside its
-    new folder (a copy never reads or writes the original's groups).
+    ``url`` as recorded, unless the atlas was copied or moved (``db_url``, recorded at creation, names
+    another location: another folder, another prefix, local disk for an atlas uploaded to an object store):
+    a store that lies inside the atlas's location is then the one inside its new location (a copy never
+    reads or writes the original's groups).
 
     Raises
     ------
     StoreError
-        Opening for writing a copied or moved atlas whose store lies outside its folder: that store may be
+        Opening for writing a copied or moved atlas whose store lies outside its location: that store may be
         the original's, whose groups a write or ``vacuum()`` of the copy would change; the caller passes
         ``store``.
     """
-    created = meta.get("db_url")
-    if not created or not is_local(db_uri) or local_path(db_uri) == local_path(created):
+    here = _location(db_uri)
+    created = meta.get("db_url") or _legacy_creation(here, url)
+    if created is None or _location(created) == here:
         return url
-    here, there = local_path(db_uri), local_path(created)
-    if is_local(url) and (local_path(url) == there or there in local_path(url).parents):
-        return (here / local_path(url).relative_to(there)).as_uri()
+    there = _location(created)
+    if meta.get("db_url") and (url == there or url.startswith(f"{there}/")):
+        return here + url[len(there) :]
     if writable:
         raise StoreError(
             f"the atlas at {db_uri!r} was created at {created} (copied or moved) and records the zarr store "
-            f"{url} outside its folder, which may be the original's: pass store= the folder that holds "
-            "this atlas's zarr groups"
+            f"{url}, which may be the original's: pass store= the location that holds this atlas's zarr "
+            "groups"
         )
     return url
+
+
+def _location(uri: str) -> str:
+    """``uri`` as one comparable URL: a local path as its ``file://`` URL, a remote URL without a final
+    ``/``."""
+    return local_path(uri).as_uri() if is_local(uri) else uri.rstrip("/")
+
+
+def _legacy_creation(here: str, url: str) -> str | None:
+    """Where an atlas on an object store that recorded no ``db_url`` (created before one was recorded for
+    such atlases) was created, as far as its store tells: the database of a default store (``<db>/_zarr``)
+    other than ``here`` (a copy), else None. Such a copy is never relocated (a store of that name elsewhere
+    cannot be told from the default): it is refused for writing and read as recorded."""
+    if is_local(here) or not url.endswith("/_zarr") or url.removesuffix("/_zarr") == here:
+        return None
+    return url.removesuffix("/_zarr")
 
 
 def read_meta(
@@ -240,7 +268,7 @@ def create_storage(
         "lancell_format": FORMAT_VERSION,
         "cell_table_name": cell_table_name,
         "store_url": describe_store(store),
-        "db_url": local_path(db_uri).as_uri() if is_local(db_uri) else None,  # where it was created
+        "db_url": _location(db_uri),  # where it was created (a copy elsewhere finds its own store)
         "store_config": public_store_config(store),
         "registries": {name: space.registry_table for name, space in spaces.items()},
         "fts_columns": list(fts_columns),
@@ -259,22 +287,39 @@ def create_storage(
         if read_json(meta_store, META_PATH) is not None:
             raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
         _drop_unfinished(db, meta_store)
-        clash = sorted(table_names(db) & set(schemas))
+        clash = _stored_tables(db, schemas)
         if clash:
             raise AtlasExistsError(
                 f"tables {clash} already exist at {db_uri!r}, which is not a lancell atlas ({META_PATH} is "
                 "missing): create the atlas in another location"
             )
         write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
-        create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
-        root = zarr.open_group(zarr_store(store), mode="a")
-        root.attrs.update({"lancell_format": FORMAT_VERSION})
         try:
+            create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+            root = zarr.open_group(zarr_store(store), mode="a")
+            root.attrs.update({"lancell_format": FORMAT_VERSION})
             write_json(meta_store, META_PATH, meta, create=True)
         except FileExistsError:
             raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+        except Exception as exc:
+            _roll_back_creation(db, meta_store)
+            if isinstance(exc, (obstore.exceptions.BaseError, OSError)) and not isinstance(exc, LancellError):
+                raise StoreError(f"cannot create the atlas at {db_uri!r}: {exc}") from exc
+            raise
         obstore.delete(meta_store, CREATING_PATH)
     return meta, meta_store, database, store, storage_options
+
+
+def _roll_back_creation(db: DBConnection, meta_store: obs_store.ObjectStore) -> None:
+    """Drop what a failed creation made; if that fails too, the next ``create`` drops it
+    (:func:`_drop_unfinished`)."""
+    try:
+        _drop_unfinished(db, meta_store)
+        obstore.delete(meta_store, CREATING_PATH)
+    except Exception:
+        log.warning(
+            "could not drop the tables of a failed creation; the next create() drops them", exc_info=True
+        )
 
 
 def _drop_unfinished(db: DBConnection, meta_store: obs_store.ObjectStore) -> None:
@@ -286,5 +331,18 @@ def _drop_unfinished(db: DBConnection, meta_store: obs_store.ObjectStore) -> Non
     unfinished = read_json(meta_store, CREATING_PATH)
     if unfinished is None:
         return
-    for name in sorted(table_names(db) & set(unfinished["tables"])):
+    for name in _stored_tables(db, unfinished["tables"]):
         db.drop_table(name)
+
+
+def _stored_tables(db: DBConnection, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that are tables of ``db``: listed, and opening (an object store whose deleted
+    objects leave their folders, as SeaweedFS's, lists a dropped table that no longer opens)."""
+    stored = []
+    for name in sorted(table_names(db) & set(names)):
+        try:
+            db.open_table(name)
+        except ValueError:  # lancedb: "Table ... was not found"
+            continue
+        stored.append(name)
+    return stored

@@ -11,7 +11,7 @@ import pytest
 import lancell.tables.atlas_meta as atlas_meta
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema
-from lancell.errors import AtlasExistsError, AtlasNotFoundError
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, StoreError
 from lancell.tables.schema import FeatureBaseSchema
 
 
@@ -59,3 +59,18 @@ def test_tables_of_another_program_are_not_taken_over(tmp_path: Path) -> None:
     with pytest.raises(AtlasExistsError, match=r"tables \['cells'\] already exist"):
         _create(tmp_path / "db")
     assert lancedb.connect(str(tmp_path / "db")).open_table("cells").count_rows() == 3
+
+
+def test_a_failed_creation_drops_what_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError("the store refused the write")
+
+    monkeypatch.setattr(atlas_meta.zarr, "open_group", refused)
+    with pytest.raises(StoreError, match=r"cannot create the atlas at .*refused the write"):
+        _create(tmp_path / "db")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "db").iterdir() if p.name.endswith(".lance")) == []
+    with pytest.raises(AtlasNotFoundError, match=r"no atlas at .*atlas.json is missing\)$"):
+        RaggedAtlas.open(str(tmp_path / "db"))
+    _create(tmp_path / "db")
+    assert RaggedAtlas.open(str(tmp_path / "db")).list_datasets().empty
