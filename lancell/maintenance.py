@@ -163,6 +163,12 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
                     atlas_lock(claims.meta_store, dataset_lock_name(claim.dataset_uid), timeout=0)
                 )
             except LockTimeoutError:
+                log.warning(
+                    "zarr group %r not deleted: dataset %r's lock is held (an operation on it is running, or "
+                    "a process that lost its store held it: such a lock expires after its lease)",
+                    group,
+                    claim.dataset_uid,
+                )
                 continue
             held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
             if _Names(_live_groups(core) | _snapshot_groups(core, snapshots)).nests(group):
