@@ -14,7 +14,8 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 - **fencing**: :meth:`Lease.check` raises :class:`~lancell.errors.LockLostError` when the lease was taken
   over or could not be renewed in time; the work a lock guards calls it right before each commit point;
 - **releasing**: the heartbeat is stopped and joined, then the lock object is retired only if it is still
-  the version this holder wrote, so a late holder never releases its successor's lock.
+  the version this holder wrote, so a late holder never releases its successor's lock. A release the store
+  refused (an outage) is retried in the background until the lease would have gone stale.
 """
 
 from __future__ import annotations
@@ -199,15 +200,37 @@ class Lease:
         with self._mutex:
             if self._seen is None:
                 return
-            tombstone = self._body(released=True)
+            seen, self._seen = self._seen, None
             try:
-                if not self._objects.retire(self.path, self._seen, tombstone):
-                    current = self._recover()
-                    if current is not None:
-                        self._objects.retire(self.path, current, tombstone)
-            except Exception as exc:  # the lock goes stale and is taken over after stale_after
-                log.warning("lock %r at %s could not be released: %s", self.name, self.where, exc)
-            self._seen = None
+                self._retire(seen)
+            except Exception as exc:  # store unreachable: retried in the background while the lease lasts
+                log.warning("lock %r at %s could not be released (retrying): %s", self.name, self.where, exc)
+                threading.Thread(
+                    target=self._retire_later, args=(seen,), name=f"lancell-unlock-{self.name}", daemon=True
+                ).start()
+
+    def _retire(self, seen: Seen) -> None:
+        """Retire the lock object if it is still this holder's (``seen``, or a version a lost reply wrote)."""
+        tombstone = self._body(released=True)
+        if not self._objects.retire(self.path, seen, tombstone):
+            current = self._recover()
+            if current is not None:
+                self._objects.retire(self.path, current, tombstone)
+
+    def _retire_later(self, seen: Seen) -> None:
+        """Retry :meth:`_retire` until it succeeds or the lease has gone stale (others may then take it
+        over anyway): a store outage of a few seconds does not keep every other process waiting for
+        ``stale_after``."""
+        delay = 0.25
+        while time.monotonic() + delay < self._renewed + self.stale_after:
+            time.sleep(delay)
+            try:
+                self._retire(seen)
+            except Exception:  # still unreachable
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info("lock %r at %s released after a failed attempt", self.name, self.where)
+            return
 
 
 def _decode(seen: Seen) -> dict[str, Any]:

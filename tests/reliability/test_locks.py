@@ -21,6 +21,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.core import AtlasCore
 from lancell.errors import LockLostError, LockTimeoutError
 from lancell.storage.stores import open_store
+from lancell.tables.lock_objects import LocalLockObjects
 from lancell.tables.locks import _process_started, atlas_lock
 from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -153,3 +154,24 @@ def test_a_holder_whose_pid_now_names_another_process_counts_as_dead(tmp_path: P
     for name in ("same", "unrecorded"):
         with pytest.raises(LockTimeoutError), atlas_lock(store, name, timeout=0.2):
             pass
+
+
+def test_a_release_the_store_refused_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an outage at release used to leave the lock to others only after stale_after (600 s by default)
+    store = open_store(str(tmp_path / "store"))
+    retire = LocalLockObjects.retire
+    outage = {"left": 2}
+
+    def refused_during_the_outage(self: LocalLockObjects, *args: object) -> bool:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise OSError("the store is unreachable")
+        return retire(self, *args)
+
+    monkeypatch.setattr(LocalLockObjects, "retire", refused_during_the_outage)
+    with atlas_lock(store, "outage"):
+        pass  # the release fails; it is retried in the background (and fails once more)
+    started = time.monotonic()
+    with atlas_lock(store, "outage", timeout=10):
+        assert time.monotonic() - started < 5
+    assert outage["left"] == 0
