@@ -10,6 +10,7 @@ before it is finished by the next ``create`` at that location (``_lancell/creati
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -78,6 +79,7 @@ META_PATH = "_lancell/atlas.json"
 # creation made (see _drop_unfinished)
 CREATING_PATH = "_lancell/creating.json"
 StoreLike = obs_store.ObjectStore | str
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # what LanceDB accepts
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +237,10 @@ def create_storage(
     Raises
     ------
     SchemaError
-        Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
-        :class:`StoreError` if the store's root is ``db_uri`` itself (every group would lie in the database
-        directory).
+        Schemas that do not fit together, or a table name LanceDB refuses. :class:`AtlasExistsError` if an
+        atlas is already there.
+        :class:`StoreError` if ``db_uri`` is empty or the store's root is ``db_uri`` itself (every group would
+        lie in the database directory).
     """
     from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
 
@@ -253,6 +256,11 @@ def create_storage(
     for column in fts_columns:
         if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
             raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
+    for table in [cell_table_name, *(space.registry_table for space in spaces.values())]:
+        if not _TABLE_NAME.fullmatch(table):
+            raise SchemaError(f"table name {table!r}: use letters, digits, '_', '-' and '.' only")
+    if not db_uri.strip():
+        raise StoreError("the atlas's location (db_uri) is empty")
     meta_store = open_store(db_uri, store_kwargs)
     store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
     if location_in_store(store, db_uri) == "":

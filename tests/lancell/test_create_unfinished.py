@@ -11,7 +11,7 @@ import pytest
 import lancell.tables.atlas_meta as atlas_meta
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema
-from lancell.errors import AtlasExistsError, AtlasNotFoundError, StoreError
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, SchemaError, StoreError
 from lancell.tables.schema import FeatureBaseSchema
 
 
@@ -74,3 +74,19 @@ def test_a_failed_creation_drops_what_it_made(tmp_path: Path, monkeypatch: pytes
         RaggedAtlas.open(str(tmp_path / "db"))
     _create(tmp_path / "db")
     assert RaggedAtlas.open(str(tmp_path / "db")).list_datasets().empty
+
+
+@pytest.mark.parametrize(
+    ("db", "table", "error", "message"),
+    [
+        ("", "cells", StoreError, "location .* is empty"),
+        ("db", "bad name", SchemaError, "table name 'bad name'"),
+    ],
+)
+def test_a_location_or_table_name_that_cannot_be_used_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str, table: str, error: type, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=message):
+        RaggedAtlas.create(db, table, CellSchema, registry_schemas={"gene_expression": Gene})
+    assert list(tmp_path.iterdir()) == []
