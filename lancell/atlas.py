@@ -17,6 +17,7 @@ from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
 from lancell.tables.atlas_meta import (
     StoreLike,
+    check_given_store,
     create_storage,
     db_options,
     ensure_atlas_id,
@@ -161,9 +162,12 @@ class RaggedAtlas:
         meta, meta_store = read_meta(db_uri, store_kwargs)
         meta = ensure_atlas_id(meta_store, meta)
         url = meta["store_url"]
-        url = url if store is not None else located_store_url(db_uri, meta, url, writable=True)
+        given = store is not None
+        url = url if given else located_store_url(db_uri, meta, url, writable=True)
         store = recorded_store(store, url, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
+        if given:
+            check_given_store(store, database)
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
 
     @classmethod

@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # typing only; lancell.tables.schema (lancedb's LanceModel) i
 __all__ = [
     "META_PATH",
     "StoreLike",
+    "check_given_store",
     "create_storage",
     "db_options",
     "ensure_atlas_id",
@@ -111,14 +112,45 @@ def recorded_store(
     ------
     StoreError
         The recorded store is a local folder that does not exist (the atlas was moved or copied): it is not
-        created empty; the caller passes ``store``.
+        created empty; the caller passes ``store``. Or ``store`` names a local folder that does not exist.
     """
     if store is None and is_local(url) and not local_path(url).exists():
         raise StoreError(
             f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
-            "pass store= the folder that holds its zarr groups"
+            "pass store= (--store on the command line) the folder that holds its zarr groups"
         )
+    if isinstance(store, str) and is_local(store) and not local_path(store).exists():
+        raise StoreError(f"the zarr store {store!r} given does not exist")
     return resolve_store(store, url, store_kwargs)
+
+
+def check_given_store(store: obs_store.ObjectStore, database: Database) -> None:
+    """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
+    would split the atlas across two stores (no lancell zarr root, or the group of the first dataset record
+    is not in it).
+
+    Raises
+    ------
+    StoreError
+        Naming the store and what it lacks.
+    """
+    where = describe_store(store)
+    try:
+        root = read_json(store, "zarr.json")
+        records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=1)
+        group = records.column("zarr_group")[0].as_py() if records.num_rows else None
+        missing = group is not None and read_json(store, f"{group}/zarr.json") is None
+    except obstore.exceptions.BaseError as exc:
+        raise StoreError(f"cannot read the zarr store {where}: {exc}") from exc
+    if root is None or "lancell_format" not in (root.get("attributes") or {}):
+        raise StoreError(
+            f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
+        )
+    if missing:
+        raise StoreError(
+            f"the zarr store {where} given does not hold this atlas's groups ({group!r} is not in it): pass "
+            "the store its datasets were written to"
+        )
 
 
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:

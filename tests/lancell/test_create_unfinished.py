@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anndata as ad
 import lancedb
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 
 import lancell.tables.atlas_meta as atlas_meta
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema
 from lancell.errors import AtlasExistsError, AtlasNotFoundError, SchemaError, StoreError
-from lancell.tables.schema import FeatureBaseSchema
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema
 
 
 class Gene(FeatureBaseSchema):
@@ -90,3 +95,31 @@ def test_a_location_or_table_name_that_cannot_be_used_is_refused_before_anything
     with pytest.raises(error, match=message):
         RaggedAtlas.create(db, table, CellSchema, registry_schemas={"gene_expression": Gene})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path) -> None:
+    # a --store pointing elsewhere used to take the next dataset's group: the atlas was split across stores
+    atlas = _create(tmp_path / "db")
+    atlas.register_features("gene_expression", [Gene(uid=f"g{i}") for i in range(3)])
+    x = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], dtype=np.int32))
+    adata = ad.AnnData(X=x, obs=pd.DataFrame(index=["c0", "c1"]), var=pd.DataFrame(index=["g0", "g1", "g2"]))
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d"),
+        progress=False,
+    )
+    with pytest.raises(StoreError, match="given does not exist"):
+        RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()  # nothing created
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not an atlas's store"):
+        RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "empty"))
+    other = RaggedAtlas.create(
+        str(tmp_path / "other"), "cells", CellSchema, registry_schemas={"gene_expression": Gene}
+    )
+    with pytest.raises(StoreError, match="does not hold this atlas's groups"):
+        RaggedAtlas.open(str(tmp_path / "db"), store=other.store)
+    assert RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "db" / "_zarr")).validate() == []
