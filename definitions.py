@@ -8,6 +8,10 @@ Configuration comes from the environment so one definition serves the demo, the 
 - ``LANCELL_CELL_SCHEMA`` (``module:Class``, default ``lancell.bundled:CellSchema``): the cell schema a new
   atlas is created with; an existing atlas must have its columns. ``LANCELL_FEATURE_SCHEMA`` likewise for
   the gene registry (default ``lancell.bundled:GeneFeature``).
+- ``LANCELL_CREATE_ATLAS`` (``1``/``true``/``yes`` or ``0``/``false``/``no``, default ``0``): whether the
+  first run creates an empty atlas where none is; off, a run against a location without an atlas fails with
+  ``AtlasNotFoundError`` naming it (a mistyped ``LANCELL_DB_URI`` or an unmounted volume is never filled
+  with a new atlas). ``make demo`` sets it.
 - ``LANCELL_EXECUTOR``: ``in_process`` (default: a run's steps share one process, so the imports are paid
   once per run) or ``multiprocess``.
 
@@ -29,6 +33,7 @@ from resources.atlas import DEFAULT_CELL_SCHEMA, DEFAULT_FEATURE_SCHEMA
 REPO = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("LANCELL_ROOT", REPO / "demo_atlas"))
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def _executor() -> dg.ExecutorDefinition:
@@ -36,6 +41,13 @@ def _executor() -> dg.ExecutorDefinition:
     if name not in EXECUTORS:
         raise ValueError(f"LANCELL_EXECUTOR={name!r}: must be one of {sorted(EXECUTORS)}")
     return EXECUTORS[name]
+
+
+def _create_atlas() -> bool:
+    value = os.environ.get("LANCELL_CREATE_ATLAS", "0")
+    if value.strip().lower() not in FLAGS:
+        raise ValueError(f"LANCELL_CREATE_ATLAS={value!r}: must be one of {sorted(FLAGS)}")
+    return FLAGS[value.strip().lower()]
 
 
 def build_definitions(root: Path = ROOT) -> dg.Definitions:
@@ -54,6 +66,7 @@ def build_definitions(root: Path = ROOT) -> dg.Definitions:
                 store_url=os.environ.get("LANCELL_STORE_URL", str(root / "arrays")),
                 cell_schema=os.environ.get("LANCELL_CELL_SCHEMA", DEFAULT_CELL_SCHEMA),
                 feature_schema=os.environ.get("LANCELL_FEATURE_SCHEMA", DEFAULT_FEATURE_SCHEMA),
+                create_if_missing=_create_atlas(),
             ),
             "landing_zone": LandingZone(
                 path=os.environ.get("LANCELL_LANDING", str(root / "landing")),

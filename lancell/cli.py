@@ -303,7 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     command("ls", _ls, "list the datasets").add_argument("--version", type=int, help="read this snapshot")
 
     snapshot = command("snapshot", _snapshot, "validate and record a snapshot of the atlas")
-    snapshot.add_argument("--note", help="a label stored with the snapshot")
+    snapshot.add_argument(
+        "--note", help="a label stored with the snapshot; unique: a note another snapshot has is refused"
+    )
     snapshot.add_argument("--optimize", action="store_true", help="compact the tables first")
 
     command("versions", _versions, "list the snapshots", store=False)

@@ -111,6 +111,10 @@ class ValidationError(LancellError, ValueError):
         super().__init__(f"atlas is inconsistent ({len(problems)} problems): " + "; ".join(problems[:10]))
 
 
+class DuplicateNoteError(LancellError, ValueError):
+    """``snapshot(note=...)`` was given the note of an existing snapshot: a note labels one snapshot only."""
+
+
 class FeatureSpaceError(LancellError, KeyError):
     """An unknown feature space, or a layer the feature space does not allow."""
 

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lancell.errors import ValidationError
+from lancell.errors import DuplicateNoteError, ValidationError
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
 from lancell.tables.table_schemas import VERSIONS_TABLE
-from lancell.tables.versions import SNAPSHOT_LOCK, next_version, record_snapshot, tag_tables
+from lancell.tables.versions import (
+    SNAPSHOT_LOCK,
+    list_snapshots,
+    next_version,
+    noted_version,
+    record_snapshot,
+    tag_tables,
+)
 from lancell.tables.visibility import committed_cells
 from lancell.validation import find_problems
 
@@ -28,8 +35,14 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
     Validation reads the tables pinned at the versions being recorded, under the ``snapshot`` lock, so what
     is validated is exactly what the snapshot names.
 
+    ``note`` labels the snapshot (:meth:`~lancell.atlas.RaggedAtlas.find_snapshot`; the Dagster snapshot
+    partitions are notes), so one note names one snapshot forever: a note another snapshot has is refused.
+    Snapshots without a note are not limited.
+
     Raises
     ------
+    DuplicateNoteError
+        Snapshot ``v`` already has ``note`` (the message names ``v``; nothing is recorded).
     ValidationError
         The atlas is inconsistent (nothing is recorded).
     LockLostError
@@ -38,7 +51,14 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
         ``core`` is read-only.
     """
     core.require_writable()
-    with core.lock(SNAPSHOT_LOCK) as lease:
+    with core.lock(SNAPSHOT_LOCK) as lease:  # snapshots are recorded under it: no other takes the note now
+        if note is not None:
+            taken = noted_version(list_snapshots(core.tables.db), note)
+            if taken is not None:
+                raise DuplicateNoteError(
+                    f"snapshot {taken} already has the note {note!r}, and a note labels one snapshot only "
+                    "(RaggedAtlas.find_snapshot, the Dagster snapshot partitions): choose another note"
+                )
         pinned = core.tables.versions()
         view = core.pinned_view(pinned)
         problems = find_problems(view)

@@ -6,15 +6,19 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import DatasetNotFoundError, ShardFormatError
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
+from lancell.storage.reader import written_whole
+from lancell.storage.shard_layout import parse_layout
+from lancell.storage.stores import read_json
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import visible_cells_filter
 
@@ -118,6 +122,57 @@ def _cell_tallies(core: AtlasCore, where: str | None = None) -> tuple[Counter, C
     return per_dataset, per_group, pc.count_distinct(suspects).as_py() == len(suspects)
 
 
+def _read_for_dataset(relative: str, layers: Collection[str], csc_layers: Collection[str]) -> bool:
+    """Whether readers of the committed dataset read the array at ``relative`` (a path in its group): not a
+    layer being added (the group names it before the record does) nor a CSC copy being (re)built (its
+    ``csc_layers`` attribute is set last)."""
+    parts = relative.split("/")
+    if parts[0] == "csc" and not csc_layers:
+        return False
+    if len(parts) >= 2 and parts[-2] == "layers":
+        return parts[-1] in layers and (parts[0] != "csc" or parts[-1] in csc_layers)
+    return True
+
+
+def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str]) -> list[str]:
+    """What is missing from the arrays of zarr group ``group``: one listing of its objects, compared with the
+    shard keys each array's ``zarr.json`` implies (:meth:`.ShardLayout.shard_key`).
+
+    Only arrays that readers of the committed dataset read (``layers``: the layers its record lists) and
+    every shard of which the writer stored (:func:`~lancell.storage.reader.written_whole`: a missing object
+    is damage, not fill values) are compared; each array's ``zarr.json`` is read once.
+    """
+    listed = {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
+    nodes = {key.removesuffix("/zarr.json") for key in listed if key.endswith("/zarr.json")}
+    arrays = sorted(n for n in nodes if n != group and not any(o.startswith(f"{n}/") for o in nodes))
+    found = []
+    for path in arrays:
+        relative = path.removeprefix(f"{group}/")
+        if not _read_for_dataset(relative, layers, attrs.get("csc_layers") or ()):
+            continue
+        try:
+            meta = read_json(core.store, f"{path}/zarr.json")
+        except ValueError as exc:  # not JSON
+            meta = exc
+        if not isinstance(meta, dict):
+            found.append(f"array {relative!r}: its zarr.json is not a JSON object ({str(meta)[:200]})")
+            continue
+        try:
+            layout = parse_layout(meta, path)
+            if not written_whole(attrs, layout):
+                continue
+        except ShardFormatError:  # read through zarr-python (an indptr): a missing chunk may be fill values
+            continue
+        n_shards = -(-layout.shape[0] // layout.shard_shape[0])
+        missing = [key for key in (layout.shard_key(path, i) for i in range(n_shards)) if key not in listed]
+        if missing:
+            found.append(
+                f"array {relative!r}: {len(missing)} of its {n_shards} shard objects are missing from the "
+                f"store, e.g. {missing[0]!r}"
+            )
+    return found
+
+
 def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
@@ -126,9 +181,10 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     atlas.
 
     Checks: every dataset's zarr group exists with matching attributes (and carries this atlas's id, when the
-    group and the atlas record one, and stores every layer the record lists) and its layout is stored; cell
-    counts per dataset equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique;
-    registry uids and global indices are unique and assigned. Cell rows and pointers no dataset record commits
+    group and the atlas record one, and stores every layer the record lists), holds every shard object of the
+    arrays its readers read (one listing of the group) and its layout is stored; cell counts per dataset
+    equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique; registry uids
+    and global indices are unique and assigned. Cell rows and pointers no dataset record commits
     (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.tables.visibility`).
     """
     problems: list[str] = []
@@ -179,6 +235,8 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
                 problems.append(
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
+        layers = attrs.get("layers", {}) if row.get("layers") is None else row["layers"]  # older tables: none
+        problems += [f"dataset {uid!r}: {p}" for p in _missing_shards(core, row["zarr_group"], attrs, layers)]
     dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)

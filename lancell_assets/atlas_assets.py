@@ -97,7 +97,8 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
     ],
 )
 def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
-    """A frozen, tagged atlas version; the partition key is the snapshot's label (its note).
+    """A frozen, tagged atlas version; the partition key is the snapshot's label (its note), which names
+    that one version for good (the library refuses a note another snapshot has).
 
     The metadata shows what changed since the previous snapshot (datasets added and removed, cells and
     features added).

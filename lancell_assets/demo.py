@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     home.mkdir(parents=True)
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     os.environ["LANCELL_ROOT"] = str(root)
+    os.environ["LANCELL_CREATE_ATLAS"] = "1"  # the demo builds its atlas from nothing (root was just emptied)
     from definitions import build_definitions
 
     started = time.perf_counter()

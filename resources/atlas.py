@@ -43,21 +43,44 @@ class AtlasResource(dg.ConfigurableResource):
     )
     feature_schema: str = Field(default=DEFAULT_FEATURE_SCHEMA, description="module:Class of genes")
     feature_space: str = Field(default="gene_expression", description="the feature space of feature_schema")
+    create_if_missing: bool = Field(
+        default=False,
+        description="create an empty atlas at db_uri when none is there (LANCELL_CREATE_ATLAS); off, a "
+        "missing atlas is an AtlasNotFoundError naming db_uri, so that a mistyped or unmounted location is "
+        "never filled with a new atlas",
+    )
 
     def _store_kwargs(self) -> dict[str, Any] | None:
-        """obstore ``from_url`` kwargs; LanceDB's storage options are derived from the same settings."""
+        """obstore ``from_url`` kwargs; LanceDB's storage options are derived from the same settings.
+
+        Raises
+        ------
+        StoreError
+            ``store_config`` or ``client_options`` is set while ``db_uri`` and ``store_url`` (unset:
+            ``<db_uri>/_zarr``) are local paths, which take no options (each given key is named).
+        """
+        from lancell.storage.stores import check_options_used
+
         kwargs: dict[str, Any] = {}
         if self.store_config:
             kwargs["config"] = dict(self.store_config)
         if self.client_options:
             kwargs["client_options"] = dict(self.client_options)
+        check_options_used([self.db_uri, self.store_url or self.db_uri], kwargs)
         return kwargs or None
 
     def open(self) -> RaggedAtlas:
-        """The live atlas, created (empty) on first use.
+        """The live atlas; created (empty) when there is none only with ``create_if_missing``.
 
         Runs of several partitions may start at once: the one that loses the race to create the atlas
         waits until the winner has finished creating it, then opens it.
+
+        Raises
+        ------
+        AtlasNotFoundError
+            No atlas at ``db_uri`` and ``create_if_missing`` is off (the message names ``db_uri``).
+        SchemaError
+            The atlas lacks a column of the configured cell schema.
         """
         from lancell.atlas import RaggedAtlas
         from lancell.errors import AtlasExistsError, AtlasNotFoundError
@@ -66,9 +89,15 @@ class AtlasResource(dg.ConfigurableResource):
         while True:
             try:
                 atlas = RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
-            except AtlasNotFoundError:
+            except AtlasNotFoundError as exc:
+                if not self.create_if_missing:
+                    raise AtlasNotFoundError(
+                        f"AtlasResource.db_uri: {exc}. Is the location mistyped or its volume not mounted? "
+                        "Nothing was created: set create_if_missing=True (LANCELL_CREATE_ATLAS=1) to create "
+                        "an atlas there"
+                    ) from exc
                 try:
-                    return RaggedAtlas.create(
+                    atlas = RaggedAtlas.create(
                         self.db_uri,
                         "cells",
                         _import(self.cell_schema),
@@ -80,6 +109,12 @@ class AtlasResource(dg.ConfigurableResource):
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
+                else:
+                    dg.get_dagster_logger().warning(
+                        f"created a new, empty atlas at {self.db_uri} (arrays in {atlas.store!r}): "
+                        "create_if_missing is set"
+                    )
+                    return atlas
             else:
                 self._check_cell_schema(atlas)
                 return atlas
@@ -107,7 +142,7 @@ class AtlasResource(dg.ConfigurableResource):
         )
 
     def find_snapshot(self, label: str) -> int | None:
-        """The latest snapshot labelled ``label`` (its note), or None."""
+        """The snapshot labelled ``label`` (its note: ``snapshot()`` refuses a note in use), or None."""
         from lancell.atlas import RaggedAtlas
 
         return RaggedAtlas.find_snapshot(self.db_uri, label, store_kwargs=self._store_kwargs())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -20,6 +21,7 @@ import zarr.storage
 from lancell.errors import StoreError
 
 __all__ = [
+    "check_options_used",
     "delete_prefix",
     "describe_store",
     "lancedb_storage_options",
@@ -72,13 +74,44 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
     kwargs = dict(store_kwargs or {})
     if is_local(url):
         path = local_path(url)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a regular file on the way, no permission, a read-only file system...
+            raise StoreError(
+                f"cannot create the local store folder {str(path)!r}: {exc.strerror or exc}"
+            ) from exc
         return obs_store.LocalStore(path)
     _check_endpoint(kwargs)
     try:
         return obs_store.from_url(url, **kwargs)
     except Exception as exc:  # obstore raises several unrelated types for bad URLs/config
         raise StoreError(f"cannot open object store at {url!r}: {exc}") from exc
+
+
+def check_options_used(urls: Sequence[str], store_kwargs: dict[str, Any] | None) -> None:
+    """Refuse store options when every location in ``urls`` is local: a local store takes none.
+
+    obstore drops any ``config`` or ``client_options`` given for a local path without a word (on an object
+    store, :func:`open_store` refuses an unknown key: ``StoreError`` naming it).
+
+    Raises
+    ------
+    StoreError
+        ``store_kwargs`` holds an option (each is named) and every URL is a local path.
+    """
+    if not urls or not all(is_local(url) for url in urls):
+        return
+    named: list[str] = []
+    for part, options in (store_kwargs or {}).items():  # config, client_options, retry_config...
+        if isinstance(options, dict):
+            named += [f"{part}.{key}" for key in options]
+        elif options is not None:
+            named.append(part)
+    if named:
+        raise StoreError(
+            f"store options {named} would be ignored: {sorted(set(urls))} are local paths, which take no "
+            "options (they configure object stores: s3://, gs://, az:// URLs)"
+        )
 
 
 def _check_endpoint(store_kwargs: dict[str, Any] | None) -> None:

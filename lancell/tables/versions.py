@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 
     from lancell.tables.atlas_tables import Database
 
-__all__ = ["SNAPSHOT_LOCK", "read_snapshot", "read_version", "record_snapshot", "tag_name"]
+__all__ = [
+    "SNAPSHOT_LOCK",
+    "noted_version",
+    "read_snapshot",
+    "read_version",
+    "record_snapshot",
+    "tag_name",
+]
 
 # The atlas lock a snapshot holds from reading the tables' versions to recording them: what removes table
 # versions (optimize's cleanup) or zarr groups (vacuum) holds it too, so nothing a snapshot is about to pin
@@ -89,6 +96,16 @@ def _frame(versions: pa.Table) -> pd.DataFrame:
 def list_snapshots(db: DBConnection) -> pd.DataFrame:
     """The versions table as a frame sorted by version."""
     return _frame(db.open_table(VERSIONS_TABLE).to_arrow())
+
+
+def noted_version(frame: pd.DataFrame, note: str) -> int | None:
+    """The snapshot of ``frame`` (:func:`list_snapshots`) whose note is ``note``, or None.
+
+    A note labels one snapshot (``take_snapshot`` refuses a note in use); of an atlas whose snapshots shared a
+    note before that rule, the latest of them.
+    """
+    match = frame[frame["note"] == note]
+    return None if match.empty else int(match["version"].iloc[-1])
 
 
 def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:

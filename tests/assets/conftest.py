@@ -9,6 +9,12 @@ import definitions
 from lancell.bundled import land_bundled_data
 
 
+@pytest.fixture(autouse=True)
+def create_atlas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The platforms here build their atlas from nothing: definitions.py creates it where none is."""
+    monkeypatch.setenv("LANCELL_CREATE_ATLAS", "1")
+
+
 @pytest.fixture
 def platform(tmp_path: Path):
     """``(defs, instance, root)``: definitions over ``root`` (files landed) and an ephemeral instance."""

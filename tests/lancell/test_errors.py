@@ -20,6 +20,7 @@ BUILTIN_OF = {
     errors.AtlasNotFoundError: FileNotFoundError,
     errors.VersionNotFoundError: KeyError,
     errors.FormatVersionError: ValueError,
+    errors.DuplicateNoteError: ValueError,
     errors.ReadOnlyAtlasError: PermissionError,
     errors.FeatureSpaceError: KeyError,
     errors.FeatureRegistryError: ValueError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from datetime import timedelta
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_unknown_version(atlas):
 
 def _take_snapshots(db_uri: str, n: int, queue: mp.Queue) -> None:
     atlas = RaggedAtlas.open(db_uri)
-    queue.put([atlas.snapshot(note="concurrent") for _ in range(n)])
+    queue.put([atlas.snapshot(note=f"concurrent {os.getpid()}-{i}") for i in range(n)])  # notes are unique
 
 
 def test_concurrent_snapshots_get_distinct_numbers(atlas):

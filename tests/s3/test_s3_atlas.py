@@ -218,7 +218,7 @@ _WORKER = textwrap.dedent(
     (barrier / me).touch()
     while len(list(barrier.iterdir())) < 2:
         time.sleep(0.01)
-    versions = [atlas.snapshot(note=me) for _ in range(3)]
+    versions = [atlas.snapshot(note=f"{me}{i}") for i in range(3)]  # a note labels one snapshot
     for _ in range(10):  # read-modify-write of a shared counter, only correct under the lock
         with atlas_lock(atlas.core.meta_store, "counter"):
             value = (read_json(atlas.core.meta_store, "counter.json") or {"n": 0})["n"]
@@ -253,7 +253,7 @@ def test_concurrent_snapshots_and_locks_from_two_processes(seaweed: Seaweed, s3_
     assert numbers == list(range(1, 7)), taken  # snapshot 0 was taken by build()
     frame = RaggedAtlas.list_versions(f"{s3_root}/db", store_kwargs=seaweed.store_kwargs())
     assert frame["version"].tolist() == list(range(7))
-    assert {n: frame.set_index("version")["note"][n] for n in taken[0]} == dict.fromkeys(taken[0], "a")
+    assert [frame.set_index("version")["note"][n] for n in taken[0]] == ["a0", "a1", "a2"]
     meta_store = obstore.store.from_url(f"{s3_root}/db", **seaweed.store_kwargs())
     assert json.loads(bytes(obstore.get(meta_store, "counter.json").bytes())) == {"n": 20}
     for version in (1, 6):

@@ -33,6 +33,7 @@ def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monke
         store_url=f"{s3_root}/arrays",
         store_config={"endpoint": seaweed.endpoint, "region": "us-east-1"},
         client_options={"allow_http": "true"},
+        create_if_missing=True,
     )
     resources = dict(defs.resources) | {"atlas": atlas}
     with dg.instance_for_test() as instance:

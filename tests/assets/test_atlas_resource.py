@@ -1,0 +1,81 @@
+"""``AtlasResource`` creates an atlas only when told to, and refuses store options a local path would ignore.
+
+A mistyped or unmounted ``LANCELL_DB_URI`` used to give green runs into a new, empty atlas (a 0-cell snapshot
+with its checks passed), and ``store_config={"regionn": ...}`` on local paths was dropped without a word.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import definitions
+from lancell.errors import AtlasNotFoundError, StoreError
+from resources import AtlasResource
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def test_a_missing_atlas_is_an_error_naming_the_location_and_nothing_is_created(tmp_path: Path):
+    resource = AtlasResource(db_uri=str(tmp_path / "dbb"), store_url=str(tmp_path / "arrays"))
+    with pytest.raises(AtlasNotFoundError, match=re.escape(f"no atlas at '{tmp_path / 'dbb'}'")) as raised:
+        resource.open()
+    assert "create_if_missing" in str(raised.value)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_create_if_missing_creates_the_atlas_once_and_says_so(tmp_path: Path, caplog):
+    resource = AtlasResource(db_uri=str(tmp_path / "db"), create_if_missing=True)
+    with caplog.at_level(logging.WARNING):
+        assert resource.open().query().count() == 0
+    assert [r.getMessage() for r in caplog.records if "created a new, empty atlas" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resource.open()  # it exists now: opened, not created
+    assert not [r for r in caplog.records if "created a new" in r.getMessage()]
+
+
+def test_the_definitions_create_the_atlas_only_with_lancell_create_atlas(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("LANCELL_CREATE_ATLAS")
+    monkeypatch.setenv("LANCELL_DB_URI", str(tmp_path / "dbb"))  # a typo: the atlas is at .../db
+    defs = definitions.build_definitions(tmp_path)
+    assert defs.resources["atlas"].create_if_missing is False
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            list(defs.assets),
+            selection=["feature_registry"],
+            instance=instance,
+            resources=defs.resources,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+    assert not result.success
+    cause = result.get_step_failure_events()[0].step_failure_data.error.cause
+    assert cause.cls_name == "AtlasNotFoundError" and str(tmp_path / "dbb") in cause.message
+    assert not (tmp_path / "dbb").exists()
+    for value, create in (("1", True), ("yes", True), ("false", False), ("0", False)):
+        monkeypatch.setenv("LANCELL_CREATE_ATLAS", value)
+        assert definitions.build_definitions(tmp_path).resources["atlas"].create_if_missing is create
+    monkeypatch.setenv("LANCELL_CREATE_ATLAS", "maybe")
+    with pytest.raises(ValueError, match="LANCELL_CREATE_ATLAS='maybe'"):
+        definitions.build_definitions(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"store_config": {"regionn": "us-east-1"}}, "config.regionn"),
+        ({"client_options": {"allow_http": "true"}}, "client_options.allow_http"),
+    ],
+)
+def test_store_options_that_local_paths_would_ignore_are_refused(tmp_path: Path, options, named):
+    resource = AtlasResource(
+        db_uri=str(tmp_path / "db"), store_url=str(tmp_path / "arrays"), create_if_missing=True, **options
+    )
+    with pytest.raises(StoreError, match=re.escape(f"['{named}'] would be ignored")):
+        resource.open()
+    assert sorted(tmp_path.iterdir()) == []

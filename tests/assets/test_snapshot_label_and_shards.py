@@ -1,0 +1,60 @@
+"""A snapshot partition names one atlas version for good; a dataset whose shards are gone fails its check."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import DuplicateNoteError
+from lancell_assets import dataset_partitions, snapshot_partitions
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def _materialize(defs, instance, selection, partition_key):
+    return dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        partition_key=partition_key,
+        instance=instance,
+        resources=defs.resources,
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+
+
+def _snapshot_metadata(result) -> dict[str, object]:
+    event = result.asset_materializations_for_node("atlas_snapshot")[0]
+    return {key: value.value for key, value in event.metadata.items()}
+
+
+def test_a_snapshot_label_keeps_naming_its_version(platform):
+    """``snapshot(note="rel1")`` again re-pointed atlas_snapshot@rel1 (and the classifier trained on it)."""
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "celltypist_sample"])
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["rel1"])
+    assert _materialize(defs, instance, ["dataset_group"], "pbmc68k").success
+    first = _snapshot_metadata(_materialize(defs, instance, ["atlas_snapshot"], "rel1"))
+    assert _materialize(defs, instance, ["dataset_group"], "celltypist_sample").success
+    with pytest.raises(DuplicateNoteError, match=f"snapshot {first['snapshot_version']} already has"):
+        RaggedAtlas.open(str(root / "db")).snapshot(note="rel1")  # as `lancell snapshot --note rel1` does
+    again = _snapshot_metadata(_materialize(defs, instance, ["atlas_snapshot"], "rel1"))
+    assert (first["snapshot_version"], first["cells"]) == (0, 700)
+    assert (again["snapshot_version"], again["cells"]) == (0, 700)
+
+
+def test_a_dataset_whose_shard_objects_are_gone_fails_dataset_consistent(platform):
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k"])
+    assert _materialize(defs, instance, ["dataset_group"], "pbmc68k").success
+    group = RaggedAtlas.open(str(root / "db")).list_datasets()["zarr_group"].item()
+    shards = [path for path in (root / "arrays" / group).rglob("c/*") if path.is_file()]
+    assert shards
+    for path in shards:
+        path.unlink()
+    result = _materialize(defs, instance, ["dataset_group"], "pbmc68k")
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["dataset_consistent"].passed
+    problems = checks["dataset_consistent"].metadata["problems"].value
+    assert "array 'csr/indices'" in problems and "shard objects are missing from the store" in problems

@@ -1,0 +1,32 @@
+"""A snapshot's note labels it (``find_snapshot``, Dagster's snapshot partitions): one note, one snapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from lancell import cli
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, ingest_bundled
+from lancell.errors import DuplicateNoteError
+
+
+def test_a_note_another_snapshot_has_is_refused_naming_that_snapshot(atlas):
+    """A second ``snapshot(note="rel1")`` re-pointed the label rel1 to the later version without a word."""
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot(note="rel1") == 0
+    ingest_bundled(atlas, BUNDLED[1])
+    with pytest.raises(DuplicateNoteError, match=r"snapshot 0 already has the note 'rel1'") as raised:
+        atlas.snapshot(note="rel1")
+    assert isinstance(raised.value, ValueError)
+    assert RaggedAtlas.list_versions(atlas.db_uri)["version"].tolist() == [0]  # nothing recorded
+    assert RaggedAtlas.find_snapshot(atlas.db_uri, "rel1") == 0
+    assert [atlas.snapshot(), atlas.snapshot(), atlas.snapshot(note="rel2")] == [1, 2, 3]  # no note: no limit
+    assert RaggedAtlas.find_snapshot(atlas.db_uri, "rel1") == 0
+
+
+def test_the_command_line_refuses_a_note_in_use(atlas, capsys):
+    ingest_bundled(atlas, BUNDLED[0])
+    assert cli.main(["snapshot", atlas.db_uri, "--note", "first"]) == 0
+    assert cli.main(["snapshot", atlas.db_uri, "--note", "first"]) == 1
+    assert "lancell snapshot: error: snapshot 0 already has the note 'first'" in capsys.readouterr().err
+    assert RaggedAtlas.list_versions(atlas.db_uri)["note"].tolist() == ["first"]

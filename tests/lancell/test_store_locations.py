@@ -1,0 +1,48 @@
+"""Local store locations that cannot be made, and store options a local path would ignore: typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.errors import StoreError
+from lancell.storage.stores import check_options_used, open_store
+
+
+def test_a_store_folder_under_a_regular_file_is_a_store_error(tmp_path: Path):
+    """The folder's mkdir raised a raw NotADirectoryError (a Dagster run then recorded no check)."""
+    (tmp_path / "not_a_dir").write_text("x")
+    target = tmp_path / "not_a_dir" / "db"
+    message = rf"cannot create the local store folder '{target}': Not a directory"
+    with pytest.raises(StoreError, match=message):
+        open_store(str(target))
+    with pytest.raises(StoreError, match="cannot create the local store folder"):
+        RaggedAtlas.create(
+            str(target), "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}
+        )
+    assert (tmp_path / "not_a_dir").read_text() == "x"
+
+
+def test_a_refused_mkdir_is_a_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(StoreError, match=r"'.*/arrays': Permission denied") as raised:
+        open_store(str(tmp_path / "arrays"))
+    assert isinstance(raised.value, OSError) and isinstance(raised.value.__cause__, PermissionError)
+
+
+def test_store_options_for_local_paths_only_are_refused_naming_each():
+    named = r"\['config.regionn', 'client_options.allow_http'\] would be ignored"
+    with pytest.raises(StoreError, match=named):
+        check_options_used(
+            ["/data/db", "file:///data/arrays"],
+            {"config": {"regionn": "x"}, "client_options": {"allow_http": "true"}},
+        )
+    check_options_used(["/data/db", "s3://b/arrays"], {"config": {"region": "x"}})  # the S3 store uses them
+    check_options_used(["/data/db"], {"config": {}})
+    check_options_used(["/data/db"], None)

@@ -1,0 +1,116 @@
+"""``validate()`` finds shard objects missing from a dataset's arrays, which its reads refuse.
+
+Every shard of a dataset's values and indices arrays is written (``lancell.storage.reader.written_whole``), so
+a missing one is damage: the reads raise ``ShardFormatError``; validate() (and with it snapshot() and the
+Dagster ``dataset_consistent`` check) said nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import ShardFormatError, ValidationError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage import groups
+from lancell.tables.schema import (
+    DatasetRecord,
+    DenseZarrPointer,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
+
+GENES = [f"g{i}" for i in range(20)]
+
+
+class Gene(FeatureBaseSchema):
+    pass
+
+
+class Cells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+    expression_dense: DenseZarrPointer | None = None
+
+
+@pytest.fixture
+def atlas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RaggedAtlas:
+    """Dataset ``s``: 30 cells in sparse shards of 32 values (about 13 shards); ``d``: the same, dense."""
+    monkeypatch.setattr(groups, "DEFAULT_GEOMETRY", groups.GroupGeometry(sparse_chunk=8, sparse_shard=32))
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        Cells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene, "expression_dense": Gene},
+    )
+    for space in ("gene_expression", "expression_dense"):
+        atlas.register_features(space, pd.DataFrame({"uid": GENES}))
+    x = sp.csr_matrix((np.arange(30 * 20).reshape(30, 20) % 3).astype(np.int32))
+    for uid, space in (("s", "gene_expression"), ("d", "expression_dense")):
+        obs = pd.DataFrame(index=[f"{uid}{i}" for i in range(30)])
+        add_from_anndata(
+            atlas,
+            ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=GENES)),
+            feature_space=space,
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid),
+            progress=False,
+        )
+    return atlas
+
+
+def _group(atlas: RaggedAtlas, uid: str) -> str:
+    datasets = atlas.list_datasets()
+    return datasets.loc[datasets["uid"] == uid, "zarr_group"].item()
+
+
+def test_missing_shard_objects_are_reported_per_array(atlas: RaggedAtlas, tmp_path: Path):
+    assert atlas.validate() == []
+    sparse, dense = _group(atlas, "s"), _group(atlas, "d")
+    arrays = tmp_path / "arrays"
+    n_shards = len(list((arrays / sparse / "csr/indices/c").iterdir()))
+    assert n_shards > 2
+    (arrays / sparse / "csr/indices/c/2").unlink()
+    for shard in (arrays / sparse / "csr/layers/counts/c").iterdir():
+        shard.unlink()
+    (arrays / dense / "layers/counts/c/0/0").unlink()
+    expected_s = [
+        f"dataset 's': array 'csr/indices': 1 of its {n_shards} shard objects are missing from the store, "
+        f"e.g. '{sparse}/csr/indices/c/2'",
+        f"dataset 's': array 'csr/layers/counts': {n_shards} of its {n_shards} shard objects are missing "
+        f"from the store, e.g. '{sparse}/csr/layers/counts/c/0'",
+    ]
+    expected_d = [
+        "dataset 'd': array 'layers/counts': 1 of its 1 shard objects are missing from the store, "
+        f"e.g. '{dense}/layers/counts/c/0/0'"
+    ]
+    assert sorted(atlas.validate()) == sorted(expected_s + expected_d)
+    assert atlas.validate(dataset_uid="s") == expected_s
+    assert atlas.validate(dataset_uid="d") == expected_d
+    with pytest.raises(ValidationError, match="1 of its 1 shard objects are missing"):
+        atlas.snapshot()
+    for uid in ("s", "d"):  # what validate() reports is what the reads refuse
+        space = {"s": "gene_expression", "d": "expression_dense"}[uid]
+        with pytest.raises(ShardFormatError, match="the shard object is missing"):
+            atlas.query().where(f"dataset_uid = '{uid}'").feature_space(space).to_anndata()
+
+
+def test_the_arrays_of_a_layer_being_added_are_not_compared(atlas: RaggedAtlas):
+    """add_layer writes the layer's array before the record names it: its shards are still being written."""
+    group = atlas.core.zarr_root[_group(atlas, "s")]
+    indices = group["csr/indices"]
+    groups.create_value_array(
+        group["csr/layers"], "pending", indices.shape, np.dtype("float32"), indices.chunks, indices.shards
+    )  # no shard stored yet
+    group.attrs["layers"] = {
+        **group.attrs["layers"],
+        "pending": "float32",
+    }  # as add_layer does, before commit
+    assert atlas.validate() == []
