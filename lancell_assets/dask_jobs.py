@@ -123,7 +123,8 @@ def dask_ingest_job(db_uri: str, store_url: str, landing: str) -> dg.JobDefiniti
     Parameters
     ----------
     db_uri, store_url
-        The atlas (:class:`resources.AtlasResource`); object-store credentials come from the workers'
+        The atlas (:class:`resources.AtlasResource`), which must exist (``lancell init`` or
+        ``RaggedAtlas.create``: the job creates none); object-store credentials come from the workers'
         environment (``AWS_*``), never from the job's arguments.
     landing
         The landing-zone folder (:class:`resources.LandingZone`), readable by every worker.
