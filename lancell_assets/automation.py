@@ -7,6 +7,8 @@ a sensor in the UI changes nothing on the instance.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -15,6 +17,7 @@ from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimi
 from lancell_assets.datasets import dataset_group
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
 from resources import LandingZone
+from resources.landing import LandingEntry
 
 ingest_dataset_job = dg.define_asset_job(
     "ingest_dataset_job",
@@ -37,36 +40,74 @@ NIGHTLY_ATTEMPTS = 3  # runs of one night's snapshot, the first included
 
 
 @dg.sensor(job=ingest_dataset_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def landing_zone_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZone) -> dg.SensorResult:
-    """Each new ``.h5ad`` in the landing zone becomes a dataset partition and one ingestion run.
+def landing_zone_sensor(
+    context: dg.SensorEvaluationContext, landing_zone: LandingZone
+) -> dg.SensorResult | dg.SkipReason:
+    """Each new landing of an ``.h5ad`` (a new file, or a file or sidecar landed again or changed) is one
+    ingestion run of its dataset partition; a new dataset uid is added as a partition first.
 
     Files are read one by one: a file whose sidecar is malformed still gets its partition and run, which
-    fails naming the sidecar's problem; every other file proceeds. Fix the sidecar, then re-materialize
-    that partition (a sidecar fixed to name another uid makes a new partition; the old one, never
-    ingested, is removed).
+    fails naming the sidecar's problem; every other file proceeds. Fixing the sidecar is a new landing: its
+    run follows (a sidecar fixed to name another uid makes a new partition; the old one, never ingested, is
+    removed). A partition that is already ingested and whose file changes gets a run that compares the file
+    with the one ingested (``dataset_group``). The cursor holds a digest of each partition's landing stamps
+    (``LandingEntry.stamp``); a partition the cursor does not know yet (the sensor's first tick) is recorded
+    without a run. A missing
+    landing folder is a skip naming it; entries that are not landing files are named (warning and skip).
     """
+    from lancell.errors import IngestError
+
+    try:
+        entries, ignored = landing_zone.entries(), landing_zone.ignored()
+    except IngestError as exc:
+        context.log.warning(f"{exc}; nothing is requested")
+        return dg.SkipReason(str(exc))
     known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    entries = landing_zone.entries()
-    new = [entry for entry in entries if entry.uid not in known]
+    stamps = _stamps(entries)
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    new = [uid for uid in stamps if uid not in known]
+    changed = [uid for uid in stamps if uid in known and seen.get(uid, stamps[uid]) != stamps[uid]]
     for entry in entries:
-        if entry.error is not None and (entry.uid not in known or entry.shared_uid):
+        if entry.error is not None and (entry.uid in new or entry.uid in changed or entry.shared_uid):
             context.log.warning(f"{entry.path.name}: {entry.error} (its run fails; other files proceed)")
-    uids = list(dict.fromkeys(entry.uid for entry in new))
-    if uids:
-        context.log.info(f"new landing files: {uids}")
+    if new:
+        context.log.info(f"new landing files: {new}")
+    if changed:
+        context.log.info(f"landing files landed again or changed: {changed}")
+    skip = None
+    if ignored:
+        skip = (
+            f"landing folder {landing_zone.path}: not landing files, ignored: {ignored} (a landing file is "
+            "an .h5ad with an optional <stem>.json sidecar: convert other formats to .h5ad first, e.g. a 10x "
+            "output with lancell.ingest.tenx.read_10x(path).write_h5ad(...))"
+        )
+        context.log.warning(skip)
     # a partition no landing file names any more and never materialized (its sidecar now names another uid,
     # or its file was removed before it was ingested) goes; an ingested one stays, file or not
     materialized = context.instance.get_materialized_partitions(dataset_group.key)
     # an empty listing (a volume not mounted) removes nothing
-    stale = sorted(known - {entry.uid for entry in entries} - materialized) if entries else []
+    stale = sorted(known - set(stamps) - materialized) if entries else []
     if stale:
         context.log.info(f"partitions without a landing file, never ingested, removed: {stale}")
-    requests = [dataset_partitions.build_add_request(uids)] if uids else []
+    requests = [dataset_partitions.build_add_request(new)] if new else []
+    runs = [dg.RunRequest(run_key=f"dataset:{uid}:{stamps[uid]}", partition_key=uid) for uid in new + changed]
+    # a partition's last stamp stays while its file is gone, so that a file landing again gets a run
+    cursor = {uid: stamp for uid, stamp in seen.items() if uid in known and uid not in stale} | stamps
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"dataset:{uid}", partition_key=uid) for uid in uids],
+        run_requests=runs,
+        skip_reason=None if runs else skip,
+        cursor=json.dumps(cursor, sort_keys=True),
         dynamic_partitions_requests=requests
         + ([dataset_partitions.build_delete_request(stale)] if stale else []),
     )
+
+
+def _stamps(entries: list[LandingEntry]) -> dict[str, str]:
+    """``{dataset uid: digest of the stamps of the files that land as it}`` (``LandingEntry.stamp``)."""
+    files: dict[str, list[str]] = {}
+    for entry in entries:
+        files.setdefault(entry.uid, []).append(entry.stamp)
+    return {uid: hashlib.blake2b(" ".join(p).encode(), digest_size=8).hexdigest() for uid, p in files.items()}
 
 
 def nightly_label(now: datetime) -> str:
@@ -76,11 +117,14 @@ def nightly_label(now: datetime) -> str:
 
 @dg.sensor(job=snapshot_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
 def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    """Every night after 02:00 UTC: re-number, optimize and take a snapshot labelled ``nightly-YYYY-MM-DD``.
+    """Every night after 02:00 UTC: re-number, optimize, take a snapshot labelled ``nightly-YYYY-MM-DD`` and
+    train on it.
 
     A sensor rather than a schedule because a schedule cannot add the snapshot partition through its
-    result. Started, it takes the latest tick's snapshot if that partition does not exist yet; a night whose
-    run failed (or was cancelled) is run again at the next evaluation, up to ``NIGHTLY_ATTEMPTS`` runs.
+    result. Started, it takes the latest tick's snapshot if that partition does not exist yet. A night is
+    done when a run of ``snapshot_job`` for it succeeded: a night whose run failed (or was cancelled), in
+    any step (training included, after the snapshot was taken), is run again at the next evaluation, up to
+    ``NIGHTLY_ATTEMPTS`` runs.
     """
     label = nightly_label(datetime.now(UTC))
     instance = context.instance
@@ -89,12 +133,13 @@ def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
             run_requests=[dg.RunRequest(run_key=label, partition_key=label)],
             dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],
         )
-    if label in instance.get_materialized_partitions(atlas_snapshot.key):
-        return dg.SkipReason(f"snapshot {label!r} was taken")
     runs = instance.get_runs(dg.RunsFilter(job_name=snapshot_job.name, tags={"dagster/partition": label}))
+    succeeded = [run.run_id for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
+    if succeeded:
+        return dg.SkipReason(f"snapshot {label!r} was taken (run {succeeded[0]} succeeded)")
     if any(not run.is_finished for run in runs):
         return dg.SkipReason(f"snapshot {label!r} is being taken")
-    attempts = sum(run.status != dg.DagsterRunStatus.SUCCESS for run in runs)
+    attempts = len(runs)  # every one finished, none succeeded
     if attempts >= NIGHTLY_ATTEMPTS:
         return dg.SkipReason(
             f"snapshot {label!r} failed {attempts} times; not retried (run snapshot_job for it once fixed)"

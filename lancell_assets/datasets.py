@@ -2,7 +2,9 @@
 
 A file that cannot be ingested fails its run (the partition is not materialized): its partition-scoped
 checks record the failure and the run's failure metadata carries the error and every check's finding. The
-atlas is left as it was (ingestion is atomic; see docs/architecture.md, "Ingestion").
+atlas is left as it was (ingestion is atomic; see docs/architecture.md, "Ingestion"). So does a dataset
+already in the atlas whose landing file is no longer the one it was ingested from (the partition keeps its
+earlier materialization; ``content_matches`` names the difference).
 """
 
 import os
@@ -10,7 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import dagster as dg
 
@@ -18,18 +20,23 @@ from lancell_assets.geo import geo_series
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import dataset_partitions
 from resources import AtlasResource, LandingZone
+from resources.landing import LandingEntry
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
+    from lancell.errors import IngestError
     from lancell.ingest.landing import LandingSpec
     from lancell.standardize.pipeline import StandardizationReport
     from lancell.tables.schema import DatasetRecord
 
 CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
-    "cell_count_matches": "Cells in the dataset record = rows of the file's obs = n_cells of the zarr group.",
+    "cell_count_matches": "Cells in the dataset record = n_cells of the zarr group (= rows of the file's "
+    "obs, for a file read in this run).",
     "nnz_matches": "Stored values in the dataset record = nnz of the zarr group.",
     "dataset_consistent": "atlas.validate(dataset_uid) finds no problem in this dataset or the registries.",
+    "content_matches": "The landing file and its sidecar's options are those the dataset was ingested from "
+    "(landing fingerprint); a dataset in the atlas is never replaced by a changed file.",
 }
 
 
@@ -62,35 +69,59 @@ def dataset_group(
     columns the cell schema does not declare (not stored; rename them with the sidecar's ``obs_columns``).
     With the sidecar's ``standardize``, ``standardization`` holds what it did: genes resolved per match kind
     and var entries ``resolved``, ``kept``, ``summed`` or ``first`` (``StandardizationReport.as_metadata``).
+
+    A dataset already in the atlas is not ingested again (``outcome: present``): its landing file, if it
+    is still there, is compared with the one it was ingested from (``landing_fingerprint``, recorded at
+    ingestion). A changed, corrupt or unreadable file (or sidecar) fails the run, and ``content_matches``,
+    naming what differs; the atlas is left as it was.
     """
-    from lancell.errors import LancellError
-    from lancell.ingest.landing import ingest_landing_file
+    from lancell.errors import IngestError, LancellError
+    from lancell.ingest.landing import ingest_landing_file, landing_fingerprint, present_record
 
     uid = context.partition_key
     started = time.perf_counter()
     reports: list[StandardizationReport] = []
+    file, spec, fingerprint = Path(landing_zone.path), None, None  # the landing file's, once known
     try:
-        spec = landing_zone.spec(uid)
         handle = atlas.open()
-        record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
+        record, outcome = present_record(handle, uid), "present"
+        if record is None:
+            entry = landing_zone.entry(uid)
+            if entry is None:
+                raise IngestError(f"no file in landing folder {file} lands as dataset uid {uid!r}")
+            file = entry.path
+            if entry.spec is None:
+                raise IngestError(entry.error)
+            spec, fingerprint = entry.spec, landing_fingerprint(entry.spec)
+            record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
         findings = {"ingested_cleanly": f"failed: {exc}"} | {
             name: "not evaluated: ingestion failed" for name in list(CHECKS)[1:]
         }
-        for name, finding in findings.items():
-            yield dg.AssetCheckResult(check_name=name, passed=False, metadata={"finding": finding})
-        raise dg.Failure(
-            description=f"dataset {uid} was not ingested: {exc}",
-            metadata={
-                "error": f"{type(exc).__name__}: {exc}",
-                "file": dg.MetadataValue.path(str(Path(landing_zone.path) / f"{uid}.h5ad")),
-                "checks": dg.MetadataValue.json(findings),
-            },
-        ) from exc
+        failed = [
+            dg.AssetCheckResult(check_name=name, passed=False, metadata={"finding": finding})
+            for name, finding in findings.items()
+        ]
+        yield from _failed(f"dataset {uid} was not ingested: {exc}", exc, file, failed)
     seconds = time.perf_counter() - started
+    if outcome == "present":
+        landing = _compare_landing(context, landing_zone, record)
+        checks = [*_checks(handle, record, None), landing.check]
+        spec = None if landing.entry is None else landing.entry.spec
+        fingerprint = landing.recorded
+        if landing.problem is not None:
+            context.log.warning(f"dataset {uid}: {landing.problem}")
+            path = file if landing.entry is None else landing.entry.path
+            description = f"dataset {uid} is in the atlas (left as it was), but {landing.problem}"
+            yield from _failed(description, landing.problem, path, checks)
+    else:
+        content = dg.AssetCheckResult(
+            check_name="content_matches", passed=True, metadata={"landing_fingerprint": fingerprint}
+        )
+        checks = [*_checks(handle, record, file), content]
     if outcome == "duplicate":
-        context.log.warning(f"{spec.path.name}: same content as dataset {record.uid!r}; not ingested again")
+        context.log.warning(f"{file.name}: same content as dataset {record.uid!r}; not ingested again")
     else:
         context.log.info(f"{record.uid}: {record.n_cells} cells, {record.nnz} nnz ({outcome})")
     for report in reports:
@@ -99,22 +130,100 @@ def dataset_group(
         context.log.warning(
             f"{record.uid}: obs columns not in the cell schema, not stored: {record.dropped_obs_columns}"
         )
-    yield dg.MaterializeResult(
-        metadata=_metadata(
-            handle,
-            spec,
-            record,
-            outcome,
-            seconds if outcome == "ingested" else None,
-            reports[0] if reports else None,
-        ),
-        check_results=_checks(handle, spec, record),
+    seconds = seconds if outcome == "ingested" else None
+    metadata = _metadata(handle, spec, record, outcome, seconds, reports[0] if reports else None)
+    if fingerprint is not None:
+        metadata["landing_fingerprint"] = fingerprint
+    yield dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _failed(
+    description: str, exc: Exception, file: Path, checks: list[dg.AssetCheckResult]
+) -> Iterator[dg.AssetCheckResult]:
+    """Record ``checks``, then fail the run with ``exc``; the failure metadata holds each check's finding."""
+    yield from checks
+    raise dg.Failure(
+        description=description,
+        metadata={
+            "error": f"{type(exc).__name__}: {exc}",
+            "file": dg.MetadataValue.path(str(file)),
+            "checks": dg.MetadataValue.json({c.check_name: _finding(c) for c in checks}),
+        },
+    ) from exc
+
+
+def _finding(check: dg.AssetCheckResult) -> str:
+    """A check's ``finding``, else ``passed`` or ``failed:`` and its metadata."""
+    values = {key: getattr(value, "value", value) for key, value in check.metadata.items()}
+    if "finding" in values:
+        return str(values["finding"])
+    return "passed" if check.passed else f"failed: {values}"
+
+
+class Landing(NamedTuple):
+    """A present dataset's landing file against the one it was ingested from."""
+
+    entry: "LandingEntry | None"  # None: no file lands as the dataset any more
+    recorded: str | None  # the landing fingerprint recorded when the dataset was ingested
+    check: dg.AssetCheckResult  # content_matches
+    problem: "IngestError | None"  # what fails the run
+
+
+def _compare_landing(
+    context: dg.AssetExecutionContext, landing_zone: LandingZone, record: "DatasetRecord"
+) -> Landing:
+    """``content_matches`` of a dataset already in the atlas: its landing file's fingerprint against the
+    one recorded at ingestion (by the latest materialization of this partition, if it recorded the dataset's
+    current content)."""
+    from lancell.errors import IngestError, LancellError
+    from lancell.ingest.landing import landing_fingerprint
+
+    latest = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[record.uid]), limit=1
+    ).records
+    meta = latest[0].asset_materialization.metadata if latest else {}
+    same = "content_fingerprint" in meta and meta["content_fingerprint"].value == record.content_fingerprint
+    recorded = meta["landing_fingerprint"].value if same and "landing_fingerprint" in meta else None
+    entry = None
+    try:
+        entry = landing_zone.entry(record.uid)
+        if entry is None:
+            finding = "no landing file lands as this dataset any more: not compared"
+            return Landing(None, recorded, _content(True, finding), None)
+        if entry.spec is None:
+            raise IngestError(entry.error)
+        current = landing_fingerprint(entry.spec)
+    except LancellError as exc:
+        problem = IngestError(f"its landing file cannot be compared with it: {exc}")
+        return Landing(entry, recorded, _content(False, str(problem)), problem)
+    if recorded is None:
+        finding = (
+            f"{entry.path.name}: no landing fingerprint was recorded when dataset {record.uid!r} was "
+            "ingested (outside Dagster, by an older lancell, or replaced since): not compared"
+        )
+        context.log.warning(finding)
+        return Landing(entry, None, _content(False, finding, dg.AssetCheckSeverity.WARN), None)
+    if current != recorded:
+        problem = IngestError(
+            f"landing file {entry.path} (with its sidecar's options) is not the one it was ingested from "
+            f"(landing fingerprint {current}, at ingestion {recorded}); the atlas keeps what was ingested: "
+            "delete the dataset and re-materialize this partition to replace it (or land the original again)"
+        )
+        return Landing(entry, recorded, _content(False, str(problem)), problem)
+    return Landing(entry, recorded, _content(True, f"{entry.path.name} is the file ingested"), None)
+
+
+def _content(
+    passed: bool, finding: str, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name="content_matches", passed=passed, severity=severity, metadata={"finding": finding}
     )
 
 
 def _metadata(
     handle: "RaggedAtlas",
-    spec: "LandingSpec",
+    spec: "LandingSpec | None",
     record: "DatasetRecord",
     outcome: str,
     seconds: float | None,
@@ -123,6 +232,15 @@ def _metadata(
     from lancell_assets.metadata import column_schema, group_metadata
 
     standardized = {} if report is None else {"standardization": dg.MetadataValue.json(report.as_metadata())}
+    # a present dataset whose file was removed: no landing file to name
+    landed = (
+        {}
+        if spec is None
+        else {
+            "file": dg.MetadataValue.path(str(spec.path)),
+            "obs_columns": dg.MetadataValue.json(dict(spec.obs_columns)),
+        }
+    )
     return (
         group_metadata(handle, record, seconds)
         | {
@@ -131,20 +249,21 @@ def _metadata(
             # which host/process ingested it (with a Dask or Kubernetes executor: which worker or pod)
             "worker": f"{socket.gethostname()}:{os.getpid()}",
             "outcome": outcome,
-            "file": dg.MetadataValue.path(str(spec.path)),
-            "obs_columns": dg.MetadataValue.json(dict(spec.obs_columns)),
+            "content_fingerprint": record.content_fingerprint,
             "dropped_obs_columns": dg.MetadataValue.json(list(record.dropped_obs_columns)),
         }
+        | landed
         | ({"duplicate_of": record.uid} if outcome == "duplicate" else {})
         | standardized
     )
 
 
-def _checks(handle: "RaggedAtlas", spec: "LandingSpec", record: "DatasetRecord") -> list[dg.AssetCheckResult]:
+def _checks(handle: "RaggedAtlas", record: "DatasetRecord", source: Path | None) -> list[dg.AssetCheckResult]:
+    """The checks of the atlas's dataset ``record``; ``source``: the file just read (its cells are counted),
+    None for a dataset already in the atlas (its file is not read)."""
     attrs = handle.group_attributes(record.zarr_group) or {}
     problems = handle.validate(dataset_uid=record.uid)  # the dataset's cost, not the atlas's
-    # a file removed after its dataset was ingested ("present") is compared no more: record and zarr still are
-    source_cells = _source_cells(spec.path) if spec.path.exists() else None
+    source_cells = None if source is None else _source_cells(source)
     return [
         dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),
         dg.AssetCheckResult(
@@ -152,7 +271,7 @@ def _checks(handle: "RaggedAtlas", spec: "LandingSpec", record: "DatasetRecord")
             passed=record.n_cells == attrs.get("n_cells") and source_cells in (None, record.n_cells),
             metadata={
                 "record": record.n_cells,
-                "file": "removed from the landing zone" if source_cells is None else source_cells,
+                "file": "not read (already in the atlas)" if source_cells is None else source_cells,
                 "zarr": attrs.get("n_cells"),
             },
         ),
@@ -167,11 +286,13 @@ def _checks(handle: "RaggedAtlas", spec: "LandingSpec", record: "DatasetRecord")
     ]
 
 
-def _source_cells(path: Path) -> int:
-    """Number of cells in an ``.h5ad`` (read from its obs index, nothing else)."""
+def _source_cells(path: Path) -> int | str:
+    """Number of cells in an ``.h5ad`` (read from its obs index, nothing else), or why it cannot be read."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        obs = f["obs"]
-        index = obs.attrs["_index"]
-        return int(obs[index].shape[0])
+    try:
+        with h5py.File(path, "r") as f:
+            obs = f["obs"]
+            return int(obs[obs.attrs["_index"]].shape[0])
+    except (OSError, KeyError) as exc:  # changed since it was ingested, in this run
+        return f"cannot be read: {exc}"

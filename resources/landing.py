@@ -1,7 +1,15 @@
-"""``LandingZone``: the folder where new ``.h5ad`` files (and their JSON sidecars) arrive."""
+"""``LandingZone``: the folder where new ``.h5ad`` files (and their JSON sidecars) arrive.
+
+A landing file is an ``.h5ad`` (the suffix in any case) with an optional ``<stem>.json`` sidecar. Names
+starting with ``.`` (an upload's temporary file) or ending in ``.part`` (a GEO landing being written) are
+files in progress, and ``geo/`` holds GEO series (``geo_series``): none of these is a landing file, and none
+is reported. Anything else (a 10x ``.h5`` or Matrix Market folder, a sidecar without its file, another file)
+is not ingested and is listed by :meth:`LandingZone.ignored`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,13 +24,39 @@ if TYPE_CHECKING:  # lancell is imported at first use: loading the definitions m
 @dataclass(frozen=True)
 class LandingEntry:
     """One landing file: its dataset uid and either its spec or why it cannot be ingested (``shared_uid``:
-    another landing file lands as the same uid)."""
+    another landing file lands as the same uid).
+
+    ``stamp`` changes with every new landing of the file or its sidecar: it digests their sizes, modification
+    and status-change times (a file copied in again, even with the same bytes and modification time, gets a
+    new status-change time).
+    """
 
     uid: str
     path: Path
     spec: LandingSpec | None
     error: str | None
+    stamp: str
     shared_uid: bool = False
+
+
+def _stamp(path: Path) -> str:
+    """The ``stamp`` of ``path`` and its sidecar (see :class:`LandingEntry`).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is gone (removed while the folder was listed).
+    """
+    parts = []
+    for file in (path, path.with_suffix(".json")):
+        try:
+            info = file.stat()
+        except FileNotFoundError:
+            if file == path:
+                raise
+            continue
+        parts.append(f"{file.name}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}")
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=8).hexdigest()
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -39,25 +73,67 @@ class LandingZone(dg.ConfigurableResource):
         files = sorted(folder.glob("*.soft")) + sorted(folder.glob("*.soft.gz")) if folder.exists() else []
         return {f.name.split("_family")[0].split(".soft")[0]: f for f in files}
 
+    def _listing(self) -> tuple[list[Path], list[str]]:
+        """The landing files (sorted by name) and the names of the other entries (module doc).
+
+        Raises
+        ------
+        IngestError
+            The landing folder does not exist or is not a folder.
+        """
+        from lancell.errors import IngestError
+
+        folder = Path(self.path)
+        if not folder.is_dir():
+            raise IngestError(
+                f"landing folder {folder} does not exist or is not a folder (LandingZone.path, "
+                "LANCELL_LANDING: mistyped, or its volume not mounted?)"
+            )
+        names = sorted(p.name for p in folder.iterdir())
+        files = [folder / n for n in names if n.lower().endswith(".h5ad") and (folder / n).is_file()]
+        sidecars = {f.with_suffix(".json").name for f in files}
+        in_progress = {n for n in names if n.startswith(".") or n.endswith(".part")} | {"geo"}
+        other = [n for n in names if n not in {f.name for f in files} | sidecars | in_progress]
+        return files, other
+
+    def ignored(self) -> list[str]:
+        """Names in the landing folder that are neither a landing file, its sidecar nor in progress (module
+        doc): they are not ingested.
+
+        Raises
+        ------
+        IngestError
+            The landing folder does not exist or is not a folder.
+        """
+        return self._listing()[1]
+
     def entries(self) -> list[LandingEntry]:
         """Every landing file (sorted by name), each read on its own: a bad sidecar marks only its file.
 
         A file whose sidecar cannot be read keeps its file stem as uid and carries the error; so do files
         that land as the same dataset uid (neither is ingested while both say so: taking the first by name
         would leave the other out without a word).
+
+        Raises
+        ------
+        IngestError
+            The landing folder does not exist or is not a folder.
         """
         from lancell.errors import IngestError
         from lancell.ingest.landing import read_landing_spec
 
-        folder = Path(self.path)
         out = []
-        for path in sorted(folder.glob("*.h5ad")) if folder.exists() else []:
+        for path in self._listing()[0]:
+            try:
+                stamp = _stamp(path)
+            except FileNotFoundError:  # removed since the listing: not landed any more
+                continue
             try:
                 spec = read_landing_spec(path)
             except IngestError as exc:
-                out.append(LandingEntry(uid=path.stem, path=path, spec=None, error=str(exc)))
+                out.append(LandingEntry(uid=path.stem, path=path, spec=None, error=str(exc), stamp=stamp))
             else:
-                out.append(LandingEntry(uid=spec.uid, path=path, spec=spec, error=None))
+                out.append(LandingEntry(uid=spec.uid, path=path, spec=spec, error=None, stamp=stamp))
         files: dict[str, list[str]] = {}
         for entry in out:
             files.setdefault(entry.uid, []).append(entry.path.name)
@@ -68,6 +144,7 @@ class LandingZone(dg.ConfigurableResource):
                 spec=None,
                 error=f"landing files {files[entry.uid]} all land as dataset uid {entry.uid!r}; give each "
                 "its own uid (file stem or sidecar 'uid')",
+                stamp=entry.stamp,
                 shared_uid=True,
             )
             if len(files[entry.uid]) > 1
@@ -75,20 +152,13 @@ class LandingZone(dg.ConfigurableResource):
             for entry in out
         ]
 
-    def spec(self, dataset_uid: str) -> LandingSpec:
-        """The spec of the file whose dataset uid is ``dataset_uid``.
+    def entry(self, dataset_uid: str) -> LandingEntry | None:
+        """The landing file whose dataset uid is ``dataset_uid`` (the first by name if several land as it;
+        its ``error`` then names them all), or None when no file lands as it.
 
         Raises
         ------
         IngestError
-            That file's sidecar cannot be read (the message names it), or no file has that uid.
+            The landing folder does not exist or is not a folder.
         """
-        from lancell.errors import IngestError
-        from lancell.ingest.landing import read_landing_spec
-
-        for entry in self.entries():
-            if entry.uid == dataset_uid:
-                if entry.spec is None:
-                    raise IngestError(entry.error)
-                return entry.spec
-        return read_landing_spec(Path(self.path) / f"{dataset_uid}.h5ad")
+        return next((entry for entry in self.entries() if entry.uid == dataset_uid), None)

@@ -44,7 +44,8 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
 :func:`ingest_landing_file` registers the file's features (registry columns found in ``var`` are copied) and
 ingests it in backed mode; it is what the Dagster ``dataset_group`` asset calls. A file whose content is
 already in the atlas (the same file landed again under another name) is not ingested again: the outcome says
-``"duplicate"`` and names the dataset that holds it.
+``"duplicate"`` and names the dataset that holds it. :func:`landing_fingerprint` tells whether a landing file
+(and its sidecar's options) is still the one a dataset was ingested from.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anndata as ad
 import pandas as pd
 import pydantic
+import xxhash
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError, LancellWarning
@@ -70,7 +72,15 @@ from lancell.tables.schema import DatasetRecord, check_dataset_uid, obs_fields
 if TYPE_CHECKING:
     from lancell.standardize.pipeline import StandardizationReport
 
-__all__ = ["LandingOutcome", "LandingSpec", "ingest_landing_file", "landing_files", "read_landing_spec"]
+__all__ = [
+    "LandingOutcome",
+    "LandingSpec",
+    "ingest_landing_file",
+    "landing_files",
+    "landing_fingerprint",
+    "present_record",
+    "read_landing_spec",
+]
 
 LandingOutcome = Literal["ingested", "present", "duplicate"]
 
@@ -153,8 +163,49 @@ def read_landing_spec(path: Path) -> LandingSpec:
 
 
 def landing_files(folder: Path) -> list[LandingSpec]:
-    """Every ``.h5ad`` in ``folder`` (sorted by name) with its spec."""
-    return [read_landing_spec(p) for p in sorted(Path(folder).glob("*.h5ad"))]
+    """Every ``.h5ad`` in ``folder`` (the suffix in any case; sorted by name) with its spec.
+
+    Raises
+    ------
+    IngestError
+        ``folder`` does not exist or is not a folder, or a sidecar is malformed (see
+        :func:`read_landing_spec`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(f"landing folder {folder} does not exist or is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".h5ad" and p.is_file())
+    return [read_landing_spec(p) for p in paths]
+
+
+def landing_fingerprint(spec: LandingSpec) -> str:
+    """XXH3-128 (hex) of the landing file's bytes and of the options its sidecar gives (every field of
+    ``spec`` but ``path``): equal exactly when the same bytes land with the same options.
+
+    Unlike a dataset's ``content_fingerprint`` (:mod:`lancell.ingest.fingerprint`), which digests what was
+    stored, it is computed from the file alone, in one read.
+
+    Raises
+    ------
+    IngestError
+        The file cannot be read (the message names it).
+    """
+    digest = xxhash.xxh3_128()
+    options = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "path"}
+    digest.update(json.dumps(options, sort_keys=True, default=dict).encode())
+    try:
+        with spec.path.open("rb") as file:
+            while block := file.read(1 << 24):
+                digest.update(block)
+    except OSError as exc:
+        raise IngestError(f"landing file {spec.path} cannot be read: {exc}") from exc
+    return digest.hexdigest()
+
+
+def present_record(atlas: RaggedAtlas, uid: str) -> DatasetRecord | None:
+    """The record of dataset ``uid`` if the atlas has it, else None."""
+    rows = atlas.core.tables.datasets.search().where(f"uid = {sql_literal(uid)}").to_arrow().to_pylist()
+    return atlas.dataset_schema(**rows[0]) if rows else None
 
 
 def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
@@ -229,7 +280,8 @@ def ingest_landing_file(
 
     ``outcome`` is ``"ingested"``; ``"present"`` when dataset ``spec.uid`` is already in the atlas
     (re-materializing a partition is idempotent; the file is not read, and need not exist any more: delete
-    the dataset to replace it with another file's content); ``"duplicate"`` when the file's content is
+    the dataset to replace it with another file's content; a :func:`landing_fingerprint` recorded at
+    ingestion tells whether the file is still the one ingested); ``"duplicate"`` when the file's content is
     already in the atlas as another dataset, whose record is returned (nothing is ingested; see
     :mod:`lancell.ingest.fingerprint`).
 
@@ -244,10 +296,9 @@ def ingest_landing_file(
         The spec names a feature space the atlas does not have.
     """
     resolve_feature_space(atlas.feature_spaces, spec.feature_space)
-    where = f"uid = {sql_literal(spec.uid)}"
-    existing = atlas.core.tables.datasets.search().where(where).to_arrow().to_pylist()
-    if existing:  # the file is not read (it may be gone: the dataset stays as ingested)
-        return atlas.dataset_schema(**existing[0]), "present"
+    existing = present_record(atlas, spec.uid)
+    if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
+        return existing, "present"
     if not spec.path.exists():
         raise IngestError(f"landing file {spec.path} does not exist")
     try:

@@ -29,6 +29,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
 from lancell_assets import dataset_partitions
 from lancell_assets.demo import land_bundled_data
+from resources import AtlasResource
 
 distributed = pytest.importorskip("distributed", reason="dagster-dask / dask[distributed] not installed")
 dask_jobs = pytest.importorskip("lancell_assets.dask_jobs", reason="dagster-dask not installed")
@@ -147,6 +148,8 @@ def test_partitions_ingest_concurrently_on_two_dask_workers_and_match_a_serial_b
         instance.add_dynamic_partitions(dataset_partitions.name, PARTITIONS)
 
         root = str(dask_root)
+        # the job's AtlasResource creates no atlas (a deployment's exists before its runs): create it here
+        AtlasResource(db_uri=f"{root}/db", store_url=f"{root}/arrays", create_if_missing=True).open()
         # one orchestrating process per run (Dagster's per-run logging setup is not thread-safe)
         launches = [
             subprocess.Popen(
@@ -185,7 +188,7 @@ def test_partitions_ingest_concurrently_on_two_dask_workers_and_match_a_serial_b
                 r.get_dagster_event().event_specific_data
                 for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
             ]
-            assert len(checks) == 4 and all(c.passed for c in checks), partition
+            assert len(checks) == 5 and all(c.passed for c in checks), partition
 
         # both workers ingested, and two partitions on different workers ran at the same time
         assert set(placement.values()) == set(WORKERS), placement

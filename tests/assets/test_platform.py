@@ -58,6 +58,7 @@ def test_definitions_load_and_graph_shape():
         ("cell_count_matches", dataset_partitions),
         ("nnz_matches", dataset_partitions),
         ("dataset_consistent", dataset_partitions),
+        ("content_matches", dataset_partitions),
         ("snapshot_valid", snapshot_partitions),
         ("cells_equal_dataset_sum", snapshot_partitions),
     }
@@ -120,7 +121,13 @@ def test_bad_file_fails_its_run_and_checks_and_leaves_atlas_unchanged(platform):
     checks = {c.check_name: (c.passed, c.partition) for c in result.get_asset_check_evaluations()}
     assert checks == {
         name: (False, "broken")
-        for name in ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent")
+        for name in (
+            "ingested_cleanly",
+            "cell_count_matches",
+            "nnz_matches",
+            "dataset_consistent",
+            "content_matches",
+        )
     }
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
     assert failure.description.startswith("dataset broken was not ingested: ")

@@ -33,7 +33,7 @@ from lancell_assets.demo import land_bundled_data
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-CHECKS = ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent")
+CHECKS = ("ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent", "content_matches")
 
 
 class RenamedCells(LancellBaseSchema):

@@ -17,7 +17,7 @@ from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 from lancell_assets import landing_zone_sensor
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-CHECKS = {"ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent"}
+CHECKS = {"ingested_cleanly", "cell_count_matches", "nnz_matches", "dataset_consistent", "content_matches"}
 
 
 class TermCells(LancellBaseSchema):

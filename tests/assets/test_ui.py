@@ -215,7 +215,7 @@ def test_dagster_dev_serves_graph_materializations_and_lineage_page(dagster_ui):
         ).split("\n")
         if line.strip()
     ]
-    assert "Checks (4)" in shown
+    assert "Checks (5)" in shown
     latest = shown.index("Latest execution")
     assert shown[latest : latest + 8].count("Failed") == 1
     assert shown[shown.index("Partition", latest) + 1] == "broken"

@@ -1,0 +1,136 @@
+"""A dataset already in the atlas against its landing file: a file whose content changed, a corrupt file, an
+edited sidecar each fail the partition's run naming what differs (the atlas and its checks stay truthful); a
+failed file is named as it landed; a missing landing folder is a typed error."""
+
+import json
+import logging
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from test_landing_sensor import tick, write_h5ad
+
+import definitions
+from lancell.atlas import RaggedAtlas
+from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+FINE = {"ingested_cleanly": True, "cell_count_matches": True, "nnz_matches": True, "dataset_consistent": True}
+
+
+@pytest.fixture
+def ingested(tmp_path: Path):
+    """``(defs, instance, root)``: dataset ``a`` (a small counts file) landed and ingested."""
+    (tmp_path / "landing").mkdir()
+    write_h5ad(tmp_path / "landing" / "a.h5ad", seed=1)
+    (tmp_path / "landing" / "a.json").write_text(json.dumps({"organism": "Homo sapiens"}))
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        tick(defs, instance)
+        first = ingest(defs, instance, "a")
+        assert first.success and checks(first) == FINE | {"content_matches": True}
+        yield defs, instance, tmp_path
+
+
+def ingest(defs: dg.Definitions, instance: dg.DagsterInstance, uid: str) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("ingest_dataset_job")
+    return job.execute_in_process(
+        run_config=QUIET, instance=instance, partition_key=uid, raise_on_error=False
+    )
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+
+def failure(result: dg.ExecuteInProcessResult) -> dg.Failure:
+    return result.get_step_failure_events()[0].step_failure_data.user_failure_data
+
+
+def warnings_of(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> list[str]:
+    return [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+
+
+def test_a_changed_or_corrupt_file_under_an_ingested_dataset_fails_its_run(ingested):
+    """A corrected file re-materialized green as ``present`` without a word; a corrupt one crashed with
+    h5py's OSError and recorded no check."""
+    defs, instance, root = ingested
+    path = root / "landing" / "a.h5ad"
+    original = path.read_bytes()
+    served = RaggedAtlas.open(str(root / "db")).query().to_anndata().X.toarray()
+    write_h5ad(path, seed=2)  # other values, same cells
+    changed = ingest(defs, instance, "a")
+    assert not changed.success and checks(changed) == FINE | {"content_matches": False}
+    report = failure(changed)
+    assert report.description.startswith("dataset a is in the atlas (left as it was), but ")
+    assert "delete the dataset and re-materialize this partition to replace it" in report.description
+    assert report.metadata["file"].value == str(path)
+    assert any("a.h5ad" in message for message in warnings_of(instance, changed))
+    assert np.array_equal(RaggedAtlas.open(str(root / "db")).query().to_anndata().X.toarray(), served)
+
+    path.write_bytes(b"not an hdf5 file" * 64)
+    corrupt = ingest(defs, instance, "a")
+    assert not corrupt.success and checks(corrupt) == FINE | {"content_matches": False}
+    assert failure(corrupt).metadata["error"].value.startswith("IngestError: ")
+
+    path.write_bytes(original)  # the file it was ingested from, landed again
+    restored = ingest(defs, instance, "a")
+    assert restored.success and checks(restored) == FINE | {"content_matches": True}
+    meta = restored.asset_materializations_for_node("dataset_group")[0].metadata
+    assert meta["outcome"].value == "present"
+    path.unlink()  # removed: the dataset stays, nothing to compare
+    removed = ingest(defs, instance, "a")
+    assert removed.success and checks(removed) == FINE | {"content_matches": True}
+
+
+def test_an_edited_sidecar_under_an_ingested_dataset_is_named_and_the_checks_stay_truthful(ingested):
+    """An unknown sidecar key failed the run with 'dataset a was not ingested' and every check failed,
+    although dataset a was in the atlas and consistent."""
+    defs, instance, root = ingested
+    (root / "landing" / "a.json").write_text(json.dumps({"organism": "Homo sapiens", "comment": "QC ok"}))
+    result = ingest(defs, instance, "a")
+    assert not result.success and checks(result) == FINE | {"content_matches": False}
+    report = failure(result)
+    assert "was not ingested" not in report.description
+    assert "a.json: unknown keys ['comment']" in report.description
+    assert RaggedAtlas.open(str(root / "db")).list_datasets()["uid"].tolist() == ["a"]
+    (root / "landing" / "a.json").write_text(json.dumps({"organism": "Mus musculus"}))  # another option
+    other = ingest(defs, instance, "a")
+    assert not other.success and checks(other) == FINE | {"content_matches": False}
+
+
+def test_a_failed_file_is_named_as_it_landed_and_a_missing_landing_folder_is_a_typed_error(
+    tmp_path: Path, monkeypatch
+):
+    """The failure metadata named ``<landing>/<uid>.h5ad``, not the file whose sidecar gave the uid."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    write_h5ad(landing / "upload_2026_12_05.h5ad")
+    (landing / "upload_2026_12_05.json").write_text(json.dumps({"uid": "lung_atlas", "var_uid_column": "id"}))
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        tick(defs, instance)
+        result = ingest(defs, instance, "lung_atlas")
+        assert not result.success
+        assert failure(result).metadata["file"].value == str(landing / "upload_2026_12_05.h5ad")
+        monkeypatch.setenv("LANCELL_LANDING", str(tmp_path / "landng"))
+        missing = ingest(definitions.build_definitions(tmp_path), instance, "lung_atlas")
+        error = failure(missing).metadata["error"].value
+        assert error.startswith("IngestError: ")
+        assert f"landing folder {tmp_path / 'landng'} does not exist or is not a folder" in error
+
+
+def test_a_dataset_ingested_outside_dagster_is_not_compared_and_says_so(tmp_path: Path):
+    (tmp_path / "landing").mkdir()
+    write_h5ad(tmp_path / "landing" / "a.h5ad")
+    defs = definitions.build_definitions(tmp_path)
+    ingest_landing_file(defs.resources["atlas"].open(), read_landing_spec(tmp_path / "landing" / "a.h5ad"))
+    with dg.instance_for_test() as instance:
+        tick(defs, instance)
+        result = ingest(defs, instance, "a")
+        assert result.success and checks(result) == FINE | {"content_matches": False}
+        (content,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "content_matches"]
+        assert content.severity == dg.AssetCheckSeverity.WARN
+        assert "no landing fingerprint was recorded" in content.metadata["finding"].value
+        assert any("not compared" in message for message in warnings_of(instance, result))
