@@ -249,12 +249,17 @@ def _prepared(
     if missing_layers:
         raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}")
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
-    if spec.organism is not None and "organism" not in adata.obs.columns:
-        adata.obs["organism"] = spec.organism
-    elif spec.organism is not None and (adata.obs["organism"].astype(str) != spec.organism).any():
+    organism = spec.organism
+    if spec.standardize and organism is not None:  # the name standardization records on the features
+        from lancell.standardize.genes import canonical_organism
+
+        organism = canonical_organism(organism)
+    if organism is not None and "organism" not in adata.obs.columns:
+        adata.obs["organism"] = organism
+    elif organism is not None and (adata.obs["organism"].astype(str) != organism).any():
         warnings.warn(
             f"{spec.path}: obs has an organism column of its own, kept for the cells; organism "
-            f"{spec.organism!r} is recorded on the new features only",
+            f"{organism!r} is recorded on the new features only",
             LancellWarning,
             stacklevel=3,
         )

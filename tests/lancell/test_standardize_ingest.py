@@ -134,3 +134,20 @@ def test_cell_types_as_people_write_them():
     index = default_backend().index("CL")
     for abbreviation, label in CELL_TYPE_ABBREVIATIONS.items():
         assert index.lookup(match_key(label)) is not None, (abbreviation, label)
+
+
+def test_a_landing_file_standardized_with_a_common_organism_name_records_one_name(tmp_path):
+    # the features got 'Homo sapiens' from standardization, the cells the sidecar's 'human' verbatim:
+    # where(organism='Homo sapiens') found none of them
+    from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+
+    genes = ["ENSG00000167286", "ENSG00000090382", "ENSG00000156738"]  # CD3D, LYZ, MS4A1
+    x = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], dtype=np.int32))
+    ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=pd.DataFrame(index=genes)).write_h5ad(
+        tmp_path / "study.h5ad"
+    )
+    (tmp_path / "study.json").write_text('{"organism": "human", "standardize": true}')
+    atlas = _atlas(tmp_path)
+    ingest_landing_file(atlas, read_landing_spec(tmp_path / "study.h5ad"))
+    assert set(atlas.feature_registry("gene_expression")["organism"]) == {"Homo sapiens"}
+    assert atlas.query().where(organism="Homo sapiens").count() == 2
