@@ -97,15 +97,18 @@ def integer_values(values: np.ndarray, out: np.ndarray) -> int:
 def float_values(values: np.ndarray, integral: bool, out: np.ndarray) -> int:
     """``out = values`` (float32) if every value is finite and fits float32, and, when ``integral``, is a
     whole number in ``[0, 2**24]``, which float32 holds exactly (one branch-free pass: ``abs(value) <= max``
-    is false for NaN and infinities)."""
+    is false for NaN and infinities). Returns 1 if a value does not, else 2 if a nonzero value is below
+    what float32 holds (stored as 0), else 0."""
     bad = np.int32(0)
+    lost = np.int32(0)
     for k in range(values.size):
         value = values[k]
         fits = abs(value) <= FLOAT32_MAX
         whole = (value >= 0) & (value == np.floor(value)) & (value <= FLOAT32_EXACT)
         bad |= np.int32((not fits) | (integral & (not whole)))
         out[k] = value
-    return 1 if bad else 0
+        lost |= np.int32((out[k] == 0) & (value != 0))
+    return 1 if bad else (2 if lost else 0)
 
 
 _DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)

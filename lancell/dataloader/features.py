@@ -121,8 +121,9 @@ def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
 def output_dtype(table: GroupTable, layer: int = 0) -> np.dtype:
     """Layer ``layer``'s stored dtype when every group storing it stores the same one (e.g. uint32 counts),
     else the dtype that holds every stored value exactly (numpy's promotion: float64 for uint32 counts and
-    float32 values, which float32 would round above 2**24); float32 when no group stores it."""
+    float32 values, which float32 would round above 2**24); int64 when no group stores it, the kind
+    ``to_anndata()`` gives such a layer (:func:`lancell.query.plan.plan_reconstruction`)."""
     if not table.layers:
         return np.dtype(np.float32)
     dtypes = [np.dtype(d) for d, m in zip(table.dtypes[layer], table.stores[layer], strict=True) if m]
-    return np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+    return np.result_type(*dtypes) if dtypes else np.dtype(np.int64)

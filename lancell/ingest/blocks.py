@@ -13,6 +13,7 @@ pay for them. Where the stored order differs from the var order, each renumbered
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -29,7 +30,7 @@ from kernels.ingest import (
     map_indices,
     sort_rows,
 )
-from lancell.errors import DataValueError
+from lancell.errors import DataValueError, LancellWarning
 from lancell.ingest.sources import MatrixSource, native_order
 
 __all__ = ["checked_values", "stored_csr_blocks"]
@@ -84,7 +85,10 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
                 "2**24, where float32 (how float counts are stored) no longer holds every whole number; "
                 "store the counts as integers"
             )
-    return values.astype(np.float32)
+    stored = values.astype(np.float32)
+    if values.dtype.itemsize > 4 and ((stored == 0) & (values != 0)).any():
+        _warn_zeroed(dataset, zarr_layer)
+    return stored
 
 
 def stored_csr_blocks(
@@ -117,7 +121,9 @@ def stored_csr_blocks(
     for row0, indptr, stored_indices, stored_data in source.csr_blocks():
         indices, data = native_order(stored_indices), native_order(stored_data)
         columns = _checked_columns(indptr, indices, n_features, column_map, buffers["columns"])
-        values = None if columns is None else _checked_values(data, zarr_layer, buffers["values"])
+        values = (
+            None if columns is None else _checked_values(data, source.dataset, zarr_layer, buffers["values"])
+        )
         if columns is None or values is None:
             columns, values = recheck_csr_block(source, zarr_layer, row0, indptr, indices, data, column_map)
         if stored_column is not None:
@@ -139,14 +145,29 @@ def _checked_columns(
     return None if map_indices(indptr, indices, n_features, column_map, columns) else columns
 
 
-def _checked_values(data: np.ndarray, zarr_layer: str, buffers: _Alternating) -> np.ndarray | None:
+def _checked_values(
+    data: np.ndarray, dataset: str, zarr_layer: str, buffers: _Alternating
+) -> np.ndarray | None:
     """A block's stored values (uint32 for integers, float32), or None if the kernel rejects them."""
     if _as_uint32(data):
         return None if data.dtype.kind == "i" and check_integer_values(data) else data.view(np.uint32)
     values = buffers.next(data.size)
     if data.dtype.kind in "iu":
         return None if integer_values(data, values) else values
-    return None if float_values(data, zarr_layer == "counts", values) else values
+    verdict = float_values(data, zarr_layer == "counts", values)
+    if verdict == 2:
+        _warn_zeroed(dataset, zarr_layer)
+    return None if verdict == 1 else values
+
+
+def _warn_zeroed(dataset: str, zarr_layer: str) -> None:
+    """Say that nonzero values below what float32 holds (~1.4e-45) are stored as 0 (once per layer)."""
+    warnings.warn(
+        f"dataset {dataset!r}, layer {zarr_layer!r}: nonzero values smaller than float32 holds (below "
+        "~1.4e-45) are stored as 0 (values are stored as float32)",
+        LancellWarning,
+        stacklevel=2,
+    )
 
 
 def _as_uint32(array: np.ndarray) -> bool:

@@ -214,6 +214,24 @@ def test_union_with_a_counts_only_dataset_follows_the_policy_per_layer(two, cell
     _check_loader(first, names[::-1], "random")
 
 
+def test_a_layer_no_cell_measured_has_the_kind_to_anndata_gives_it(two, celltypist):
+    atlas, _ = two
+    counts_only = celltypist[420:430].copy()
+    counts_only.obs = counts_only.obs[[]]
+    _ingest(atlas, counts_only, "one", zarr_layer="counts")
+    names = ["counts", "log_normalized"]
+    kept = atlas.query().where("dataset_uid = 'one'").layers(SPACE, names).on_unmeasured("keep")
+    expected = kept.to_anndata().layers["log_normalized"].dtype
+    loader = make_loader(
+        dataset := kept.to_cell_dataset(SPACE, names),
+        CellSampler(dataset, 10, mode="random", seed=0),
+        collate_fn=SparseCollate(dtype=None),
+    )
+    batch = next(iter(loader))
+    assert expected == np.int64  # the loader gave float32
+    assert batch["layers"]["log_normalized"].dtype == torch.int64
+
+
 class DenseCells(LancellBaseSchema):
     expression_dense: DenseZarrPointer | None = None
 

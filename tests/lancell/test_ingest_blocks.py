@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.errors import DataValueError
-from lancell.ingest.blocks import stored_csr_blocks
+from lancell.errors import DataValueError, LancellWarning
+from lancell.ingest.blocks import checked_values, stored_csr_blocks
 from lancell.ingest.sources import MatrixSource, matrix_source
 
 
@@ -85,3 +86,20 @@ def test_rows_out_of_order_are_sorted_and_repeats_refused() -> None:
     repeated.indices[lo + 1] = repeated.indices[lo]
     with pytest.raises(DataValueError, match=f"of row {row} is repeated within its row"):
         _collect(matrix_source("d", repeated), None)
+
+
+@pytest.mark.parametrize("stored_column", [None, np.array([1, 0])])
+def test_nonzero_values_float32_cannot_hold_are_warned_about(stored_column: np.ndarray | None) -> None:
+    # 1e-50 became a measured 0.0 without a word, while 1e39 is refused
+    matrix = sp.csr_matrix(np.array([[1e-50, 1.0], [0.5, 0.0]]))
+    source = matrix_source("tiny", matrix)
+    message = r"dataset 'tiny', layer 'log_normalized': nonzero values smaller"
+    with pytest.warns(LancellWarning, match=message):
+        blocks = list(stored_csr_blocks(source, "log_normalized", stored_column))
+    assert sorted(np.concatenate([b[3] for b in blocks]).tolist()) == [0.0, 0.5, 1.0]
+    with pytest.warns(LancellWarning, match="nonzero values smaller"):  # the numpy path (dense blocks)
+        assert checked_values("tiny", "log_normalized", np.array([1e-320, 2.0]), 0).tolist() == [0.0, 2.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checked_values("tiny", "log_normalized", np.array([0.0, 1e-30, 2.0]), 0)  # float32 holds 1e-30
+        list(stored_csr_blocks(matrix_source("ok", sp.csr_matrix(np.array([[1e-30, 0.0]]))), "x", None))
