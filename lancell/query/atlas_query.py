@@ -64,8 +64,13 @@ class AtlasQuery:
 
     @property
     def selection(self) -> CellSelection:
-        """Which cell rows this query reads (filters, search, limit, kept columns)."""
-        return self._cells
+        """Which cell rows this query reads (filters, search, limit, kept columns); with a ``limit()`` under
+        ``on_unmeasured("drop")``, only cells measured in every reconstructed layer, so that the limit counts
+        the cells the readers return."""
+        if self._cells.limit is None or self._reads.on_unmeasured != "drop":
+            return self._cells
+        measured = self._reads.measured_filter(self._atlas.core)
+        return replace(self._cells, filters=(*self._cells.filters, measured))
 
     def _with(self, cells: CellSelection | None = None, reads: FeatureSelection | None = None) -> AtlasQuery:
         return AtlasQuery(self._atlas, cells=cells or self._cells, reads=reads or self._reads)  # both frozen
@@ -294,7 +299,7 @@ class AtlasQuery:
         space = self._reads.space(self._atlas.core)
         if columns is not None:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
-        return self._reads.plan(self._atlas.core, self._cells.read(columns), space)
+        return self._reads.plan(self._atlas.core, self.selection.read(columns), space)
 
     def plan_for(self, cells: pa.Table) -> PlannedCells:
         """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from lancell.errors import QueryError
 from lancell.query.feature_names import registry_columns, resolve_features
-from lancell.query.plan import Join, OnUnmeasured, PlannedCells, plan_reconstruction
+from lancell.query.plan import Join, OnUnmeasured, PlannedCells, measured_groups, plan_reconstruction
+from lancell.tables.registry import sql_literal
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 
 if TYPE_CHECKING:
@@ -115,6 +116,24 @@ class FeatureSelection:
             raise QueryError(
                 f"the query selects features {self.features!r}, the loader was asked for {features!r}"
             )
+
+    def measured_filter(self, core: AtlasCore) -> str:
+        """SQL keeping the cells measured in every reconstructed layer (:func:`measured_groups`): what
+        ``"drop"`` returns, as a filter, so that a ``limit()`` counts the cells returned.
+
+        Raises
+        ------
+        QueryError
+            No layers chosen and the feature space's datasets store several.
+        """
+        space = self.space(core)
+        try:
+            groups = measured_groups(core, space, self.layers)
+        except QueryError as exc:
+            raise QueryError(f"{exc} (limit() with on_unmeasured('drop') needs the layers named)") from exc
+        if not groups:
+            return "FALSE"
+        return f"`{space}`.zarr_group IN ({', '.join(sql_literal(group) for group in groups)})"
 
     def plan(self, core: AtlasCore, cells: pa.Table, feature_space: str) -> PlannedCells:
         """The read plan of ``cells`` in ``feature_space`` (see

@@ -48,6 +48,7 @@ __all__ = [
     "PlannedGroup",
     "ReconstructionPlan",
     "dataset_group_attrs",
+    "measured_groups",
     "plan_reconstruction",
 ]
 
@@ -249,6 +250,20 @@ def _describe_groups(
             zero_fill[name] & set(dtypes),
         )
     return layers_of, groups, layers
+
+
+def measured_groups(core: AtlasCore, feature_space: str, layers: list[str] | None) -> list[str]:
+    """The groups of ``feature_space`` whose cells are measured in every one of ``layers`` (None: the one
+    layer they store), as :func:`plan_reconstruction` judges them under ``"drop"``.
+
+    Raises
+    ------
+    QueryError
+        ``layers`` is None and the feature space's datasets store several layers.
+    """
+    records = read_columns(core.tables.datasets, ["zarr_group", "feature_space"]).to_pylist()
+    names = [row["zarr_group"] for row in records if row["feature_space"] == feature_space]
+    return sorted(_describe_groups(core, names, layers, "drop")[1])
 
 
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:

@@ -222,3 +222,38 @@ def test_layers_and_features_of_another_feature_space_are_refused(atlas):
     assert same.shape == (N, 1) and same.uns["lancell"]["feature_space"] == "protein"
     both = atlas.query().features(["p1"], "protein").to_mudata()
     assert both["protein"].shape == (N, 1) and both["gene_expression"].shape == (N, 2)
+
+
+def test_a_limit_counts_the_cells_drop_returns(tmp_path):
+    # the limit was taken before the unmeasured cells were dropped: the first rows were all unmeasured and
+    # limit(2) returned no cell
+    class Cells(LancellBaseSchema):
+        gene_expression: SparseZarrPointer | None = None
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", Cells, registry_schemas={"gene_expression": FeatureBaseSchema}
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["g0", "g1"]}))
+    for uid, layer, value in [("a", "log_normalized", 0.5), ("b", "counts", 3.0)]:
+        x = sp.csr_matrix(np.full((3, 2), value, np.float32))
+        adata = ad.AnnData(
+            x, obs=pd.DataFrame(index=["c0", "c1", "c2"]), var=pd.DataFrame(index=["g0", "g1"])
+        )
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer=layer,
+            dataset_record=DatasetRecord(uid=uid),
+            progress=False,
+        )
+    dropped = atlas.query().layers("gene_expression", "counts").on_unmeasured("drop")
+    limited = dropped.limit(2)
+    out = limited.to_anndata()
+    assert out.obs["dataset_uid"].tolist() == ["b", "b"] and (out.X.toarray() == 3).all()
+    assert len(limited.to_cell_dataset("gene_expression", "counts")) == 2
+    assert dropped.limit(0).to_anndata().n_obs == 0
+    both = atlas.query().layers("gene_expression", ["counts", "log_normalized"]).on_unmeasured("drop")
+    assert both.limit(2).to_anndata().n_obs == 0  # no dataset stores both
+    with pytest.raises(QueryError, match=r"choose with .layers\(\).*needs the layers named"):
+        atlas.query().on_unmeasured("drop").limit(2).to_anndata()
