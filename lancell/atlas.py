@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
-from lancell.errors import VersionNotFoundError
+from lancell.errors import LancellWarning, StoreError, VersionNotFoundError
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
 from lancell.tables.atlas_meta import (
@@ -49,8 +50,8 @@ __all__ = ["RaggedAtlas"]
 class RaggedAtlas:
     """A cell atlas whose datasets keep their own feature panels; reconstructed at query time.
 
-    Create one with :meth:`create`, reopen it writable with :meth:`open`, or read a frozen snapshot with
-    :meth:`checkout` / :meth:`checkout_latest`. Checked-out handles are read-only.
+    Create one with :meth:`create`, reopen it with :meth:`open` (writable, or ``read_only``), or read a frozen
+    snapshot with :meth:`checkout` / :meth:`checkout_latest`. Checked-out handles are read-only.
     """
 
     def __init__(self, core: AtlasCore) -> None:
@@ -73,7 +74,7 @@ class RaggedAtlas:
 
     @property
     def read_only(self) -> bool:
-        """Whether this handle refuses writes (checked out at a snapshot)."""
+        """Whether this handle refuses writes (checked out at a snapshot, or opened ``read_only``)."""
         return self.core.read_only
 
     @property
@@ -157,18 +158,28 @@ class RaggedAtlas:
         store_kwargs: dict[str, Any] | None = None,
         dataset_schema: type[DatasetRecord] | None = None,
         storage_options: Mapping[str, str] | None = None,
+        read_only: bool = False,
     ) -> RaggedAtlas:
-        """Open the live (writable) atlas at ``db_uri``; schemas and feature spaces come from the database."""
+        """Open the live atlas at ``db_uri``; schemas and feature spaces come from the database.
+
+        ``read_only``: a handle that reads the live tables and refuses writes
+        (:class:`~lancell.errors.ReadOnlyAtlasError`); it writes nothing on opening, and a copied or moved
+        atlas whose store lies outside its location reads that store as recorded, with a
+        :class:`~lancell.errors.LancellWarning` (a writable open refuses it until ``store`` is given, which
+        must hold the atlas's groups).
+        """
         meta, meta_store = read_meta(db_uri, store_kwargs)
-        meta = ensure_atlas_id(meta_store, meta)
-        url = meta["store_url"]
-        given = store is not None
-        url = url if given else located_store_url(db_uri, meta, url, writable=True)
+        meta = meta if read_only else ensure_atlas_id(meta_store, meta)
+        given, url = store is not None, meta["store_url"]
+        if not given and read_only:
+            url = _read_store_url(db_uri, meta, url)
+        elif not given:
+            url = located_store_url(db_uri, meta, url, writable=True)
         store = recorded_store(store, url, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
-        if given:
+        if given and not read_only:
             check_given_store(store, database)
-        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
+        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 
     @classmethod
     def checkout(
@@ -191,8 +202,7 @@ class RaggedAtlas:
         meta, meta_store = read_meta(db_uri, store_kwargs)
         database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
         row = read_snapshot(database, int(version))
-        url = row["store_url"]
-        url = url if store is not None else located_store_url(db_uri, meta, url, writable=False)
+        url = row["store_url"] if store is not None else _read_store_url(db_uri, meta, row["store_url"])
         store = recorded_store(store, url, store_kwargs)
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
 
@@ -257,6 +267,8 @@ class RaggedAtlas:
         store: obs_store.ObjectStore,
         dataset_schema: type[DatasetRecord] | None,
         snapshot: dict[str, Any] | None,
+        *,
+        read_only: bool = False,
     ) -> RaggedAtlas:
         pinned = None if snapshot is None else snapshot["tables"]
         tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
@@ -267,7 +279,7 @@ class RaggedAtlas:
             store=store,
             meta_store=meta_store,
             dataset_schema=dataset_schema,
-            read_only=snapshot is not None,
+            read_only=read_only or snapshot is not None,
             snapshot_version=None if snapshot is None else int(snapshot["version"]),
             storage_options=database.storage_options,
         )
@@ -413,5 +425,22 @@ class RaggedAtlas:
         return AtlasQuery(self)
 
     def __repr__(self) -> str:
-        state = f"snapshot {self.snapshot_version}" if self.read_only else "live"
+        state = "live" if self.snapshot_version is None else f"snapshot {self.snapshot_version}"
+        state += ", read-only" if self.read_only and self.snapshot_version is None else ""
         return f"RaggedAtlas({self.db_uri!r}, {state}, feature spaces {sorted(self.feature_spaces)})"
+
+
+def _read_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
+    """The store URL a read-only handle of the atlas at ``db_uri`` reads when no store is given (``url``, as
+    recorded, relocated for a copy whose store lies inside it); warns when that store may be the original's.
+    """
+    try:
+        return located_store_url(db_uri, meta, url, writable=True)
+    except StoreError:  # a copy or move whose store lies outside it: a write would be refused
+        warnings.warn(
+            f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
+            "that store, which may be the original's (pass store= to read another)",
+            LancellWarning,
+            stacklevel=3,
+        )
+        return located_store_url(db_uri, meta, url, writable=False)

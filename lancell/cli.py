@@ -1,200 +1,30 @@
 """The ``lancell`` command: build, inspect, snapshot and query an atlas without writing Python.
 
 Every command takes the atlas's database location (a path or an object-store URL) first. Errors are printed
-as one line naming what went wrong and where, with exit status 1 (2 for a malformed command line); a
-``validate`` that finds problems also exits 1. Heavy modules are imported by the command that needs them, so
-``lancell --help`` answers at once.
+as one line naming what went wrong and where, with exit status 1 (2 for a malformed command line, printed
+with the command's usage); a ``validate`` that finds problems also exits 1. Warnings are printed as one line
+each. This module reads the command line; :mod:`lancell.cli_commands` does what each command does, and
+:mod:`lancell.cli_messages` words the library's errors for the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+
+from lancell import cli_commands
 
 __all__ = ["main"]
 
-
-def _init(args: argparse.Namespace) -> int:
-    from lancell.atlas import RaggedAtlas
-    from lancell.tables.schema import load_schema_class
-
-    cell_schema = load_schema_class(args.schema)
-    registries = {}
-    for item in args.registry:
-        space, _, schema = item.partition("=")
-        registries[space] = load_schema_class(schema)
-    atlas = RaggedAtlas.create(
-        args.db,
-        args.cell_table,
-        cell_schema,
-        store=args.store,
-        registry_schemas=registries,
-    )
-    print(f"created {atlas!r}; arrays in {atlas.store!r}")
-    return 0
-
-
-def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
-    """``NAME`` or ``KEY=VALUE`` entries of repeatable, comma-separated ``items`` as an ordered mapping
-    (``NAME`` is ``NAME=NAME``).
-
-    Raises
-    ------
-    IngestError
-        An empty name, or a key given twice.
-    """
-    from lancell.errors import IngestError
-
-    pairs: dict[str, str] = {}
-    for entry in (part.strip() for item in items for part in item.split(",")):
-        key, _, value = entry.partition("=")
-        key, value = key.strip(), (value.strip() if "=" in entry else key.strip())
-        if not key or not value:
-            raise IngestError(f"{option}: {entry!r} is not NAME or NAME=NAME")
-        if key in pairs:
-            raise IngestError(f"{option}: {key!r} is given twice")
-        pairs[key] = value
-    return pairs
-
-
-def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The landing-spec fields the command line sets (over each file's sidecar)."""
-    overrides: dict[str, Any] = {
-        name: value
-        for name, value in {
-            "uid": args.uid,
-            "feature_space": args.feature_space,
-            "var_uid_column": args.var_uid_column,
-            "organism": args.organism,
-        }.items()
-        if value is not None
-    }
-    if args.layer is not None:  # one layer stored from X, whatever layers a sidecar names
-        overrides |= {"zarr_layer": args.layer, "layers": {}}
-    if args.layers:
-        overrides["layers"] = _pairs("--layers", args.layers)
-    if args.standardize:
-        overrides["standardize"] = True
-    return overrides
-
-
-def _ingest(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from lancell.atlas import RaggedAtlas
-    from lancell.errors import IngestError
-    from lancell.ingest.landing import ingest_landing_file, read_landing_spec
-
-    if args.uid is not None and len(args.paths) > 1:
-        raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
-    atlas = RaggedAtlas.open(args.db, store=args.store)
-    overrides = _spec_overrides(args)
-    renames = _pairs("--obs-columns", args.obs_columns or [])
-    missing = [path for path in args.paths if not Path(path).is_file()]
-    if missing:
-        raise IngestError(f"no such file: {', '.join(missing)}")
-    specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
-    for spec in specs:
-        spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})
-
-        def standardized(report: Any, uid: str = spec.uid) -> None:
-            print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))
-
-        record, outcome = ingest_landing_file(atlas, spec, on_standardized=standardized)
-        layers = ", ".join(record.layers or [record.layer])
-        summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
-        if outcome == "ingested":
-            print(f"{record.uid}: ingested ({summary})")
-        elif outcome == "present":
-            print(f"{spec.uid}: already in the atlas ({summary})")
-        else:
-            print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
-    return 0
-
-
-def _ls(args: argparse.Namespace) -> int:
-    atlas = _open_for_reading(args)
-    frame = atlas.list_datasets()
-    columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
-    print(frame[columns].to_string(index=False))
-    print(f"{len(frame)} datasets, {int(frame['n_cells'][frame['cells_of'].isna()].sum())} cells")
-    return 0
-
-
-def _snapshot(args: argparse.Namespace) -> int:
-    from lancell.atlas import RaggedAtlas
-
-    atlas = RaggedAtlas.open(args.db, store=args.store)
-    if args.optimize:
-        atlas.optimize()
-    version = atlas.snapshot(note=args.note)
-    print(f"snapshot {version}")
-    return 0
-
-
-def _versions(args: argparse.Namespace) -> int:
-    from lancell.atlas import RaggedAtlas
-
-    frame = RaggedAtlas.list_versions(args.db)
-    columns = ["version", "created_at", "total_cells", "n_datasets", "note"]
-    print(frame[columns].to_string(index=False) if len(frame) else "no snapshot yet")
-    return 0
-
-
-def _query(args: argparse.Namespace) -> int:
-    atlas = _open_for_reading(args)
-    query = atlas.query()
-    for sql in args.where:
-        query = query.where(sql)
-    if args.layer is not None:
-        space, _, layer = args.layer.rpartition(":")
-        query = query.layers(space or "gene_expression", layer)
-    if args.features:
-        names = [name for item in args.features for name in item.split(",") if name]
-        query = query.features(
-            names, args.feature_space or "gene_expression", case_sensitive=not args.ignore_case
-        )
-    query = query.feature_join(args.join).on_unmeasured(args.on_unmeasured)
-    adata = query.to_anndata()
-    output = Path(args.output)
-    partial = output.with_name(f".{output.name}.{os.getpid()}.part")  # no half-written file at -o
-    try:
-        adata.write_h5ad(partial)
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
-    print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
-    return 0
-
-
-def _vacuum(args: argparse.Namespace) -> int:
-    from lancell.atlas import RaggedAtlas
-
-    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
-    print(", ".join(f"{name}: {count}" for name, count in removed.items()))
-    return 0
-
-
-def _validate(args: argparse.Namespace) -> int:
-    problems = _open_for_reading(args).validate()
-    for problem in problems:
-        print(problem)
-    print("consistent" if not problems else f"{len(problems)} problems")
-    return 1 if problems else 0
-
-
-def _open_for_reading(args: argparse.Namespace) -> Any:
-    from lancell.atlas import RaggedAtlas
-
-    if args.version is None:
-        return RaggedAtlas.open(args.db, store=args.store)
-    return RaggedAtlas.checkout(args.db, args.version, store=args.store)
+_DEFAULT_REGISTRY = ("gene_expression", "lancell.bundled:GeneFeature")
 
 
 def _hours(text: str) -> float:
@@ -209,6 +39,34 @@ def _hours(text: str) -> float:
     return hours
 
 
+def _registry(text: str) -> tuple[str, str]:
+    """A ``--registry`` value: ``(feature space, module:Class)``."""
+    space, sep, schema = (part.strip() for part in text.partition("="))
+    if not sep or not space or not schema:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SPACE=module:Class (e.g. {'='.join(_DEFAULT_REGISTRY)})"
+        )
+    return space, schema
+
+
+def _names(text: str) -> list[str]:
+    """A ``--features`` value: the comma-separated names, each stripped of surrounding spaces."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no feature names in {text!r}")
+    return names
+
+
+def _check_init_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a feature space given two registry schemas; give ``gene_expression`` the default one when
+    ``--registry`` is not given."""
+    args.registry = args.registry or [_DEFAULT_REGISTRY]
+    spaces = [space for space, _ in args.registry]
+    twice = sorted({space for space in spaces if spaces.count(space) > 1})
+    if twice:
+        parser.error(f"--registry: feature space {twice[0]!r} is given twice (one registry schema each)")
+
+
 def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a query command line whose output cannot be written or whose options would be ignored,
     before the atlas is read."""
@@ -218,37 +76,52 @@ def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     ):
         if given and not args.features:
             parser.error(f"{option} applies to --features, and no --features were given")
-    output = Path(args.output)
+    text, output = args.output, Path(args.output)
+    if not text:
+        parser.error("-o is empty: give the .h5ad file to write")
+    if text.endswith(("/", os.sep)):
+        parser.error(f"-o {text}: ends with {text[-1]!r}, which names a folder; give the .h5ad file to write")
     if output.is_dir():
-        parser.error(f"-o {args.output}: is a folder, not a file")
+        parser.error(f"-o {text}: is a folder, not a file")
+    if output.suffix.lower() != ".h5ad":
+        parser.error(
+            f"-o {text}: query writes an .h5ad file; name it with the .h5ad suffix "
+            f"(e.g. {output.with_suffix('.h5ad')})"
+        )
     if not output.parent.is_dir():
-        parser.error(f"-o {args.output}: the folder {str(output.parent)!r} does not exist")
+        parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
 
 
-def _parser() -> argparse.ArgumentParser:
+_CHECKS = {"init": _check_init_arguments, "query": _check_query_arguments}
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``lancell`` parser and each command's own (which reports that command's misuse)."""
     from lancell.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="lancell", description="Build, inspect, snapshot and query a lancell atlas."
     )
     parser.add_argument("--version", action="version", version=f"lancell {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
 
     def command(
         name: str, run: Callable[[argparse.Namespace], int], help_: str, *, store: bool = True
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_, description=help_)
+        sub = commands[name] = subparsers.add_parser(name, help=help_, description=help_)
         sub.add_argument("db", help="the atlas's database location (a path or an object-store URL)")
         if store:
             sub.add_argument(
                 "--store",
                 help="where the zarr arrays live (default: <db>/_zarr for init, else the store the atlas "
-                "recorded; give it for a copied or moved atlas whose store lies outside its folder)",
+                "recorded; needed to write to a copied or moved atlas whose store lies outside its folder, "
+                "which is read from the recorded store with a warning)",
             )
         sub.set_defaults(run=run)
         return sub
 
-    init = command("init", _init, "create an empty atlas")
+    init = command("init", cli_commands.init, "create an empty atlas")
     init.add_argument("--cell-table", default="cells", help="name of the cell table (default: cells)")
     init.add_argument(
         "--schema",
@@ -258,12 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--registry",
         action="append",
-        default=None,
+        type=_registry,
         metavar="SPACE=module:Class",
-        help="registry schema of a feature space (default: gene_expression=lancell.bundled:GeneFeature)",
+        help=f"registry schema of a feature space, once per space (default: {'='.join(_DEFAULT_REGISTRY)})",
     )
 
-    ingest = command("ingest", _ingest, "ingest .h5ad files (each with an optional JSON sidecar)")
+    ingest = command("ingest", cli_commands.ingest, "ingest .h5ad files (each with an optional JSON sidecar)")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help=".h5ad files")
     ingest.add_argument("--uid", help="dataset uid (one file only; default: the sidecar's or the file stem)")
     stored = ingest.add_mutually_exclusive_group()
@@ -300,17 +173,19 @@ def _parser() -> argparse.ArgumentParser:
         "--organism", help="organism recorded for the new features (for the cells too, when obs has none)"
     )
 
-    command("ls", _ls, "list the datasets").add_argument("--version", type=int, help="read this snapshot")
+    command("ls", cli_commands.ls, "list the datasets").add_argument(
+        "--version", type=int, help="read this snapshot"
+    )
 
-    snapshot = command("snapshot", _snapshot, "validate and record a snapshot of the atlas")
+    snapshot = command("snapshot", cli_commands.snapshot, "validate and record a snapshot of the atlas")
     snapshot.add_argument(
         "--note", help="a label stored with the snapshot; unique: a note another snapshot has is refused"
     )
     snapshot.add_argument("--optimize", action="store_true", help="compact the tables first")
 
-    command("versions", _versions, "list the snapshots", store=False)
+    command("versions", cli_commands.versions, "list the snapshots", store=False)
 
-    query = command("query", _query, "write the cells a query selects to an .h5ad file")
+    query = command("query", cli_commands.query, "write the cells a query selects to an .h5ad file")
     query.add_argument("--version", type=int, help="read this snapshot (default: the live tables)")
     query.add_argument(
         "--where", action="append", default=[], metavar="SQL", help="a filter (repeatable: AND)"
@@ -318,7 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--layer", metavar="[SPACE:]LAYER", help="the layer to read, e.g. gene_expression:counts"
     )
-    query.add_argument("--features", action="append", metavar="A,B,...", help="feature symbols or uids")
+    query.add_argument(
+        "--features", action="append", type=_names, metavar="A,B,...", help="feature symbols or uids"
+    )
     query.add_argument("--feature-space", help="feature space of --features (default: gene_expression)")
     query.add_argument(
         "--ignore-case", action="store_true", help="match --features to uids and symbols ignoring case"
@@ -330,35 +207,48 @@ def _parser() -> argparse.ArgumentParser:
         default="error",
         help="cells whose dataset lacks the layer: an error (default), left out, or kept as empty rows",
     )
-    query.add_argument("-o", "--output", required=True, help="the .h5ad file to write")
+    query.add_argument(
+        "-o", "--output", required=True, help="the .h5ad file to write (replaced if it exists)"
+    )
 
-    vacuum = command("vacuum", _vacuum, "delete zarr groups no dataset and no snapshot references")
+    vacuum = command(
+        "vacuum", cli_commands.vacuum, "delete zarr groups no dataset and no snapshot references"
+    )
     vacuum.add_argument("--grace-hours", type=_hours, default=1.0, help="keep groups younger than this")
 
-    command("validate", _validate, "check tables and zarr groups agree").add_argument(
+    command("validate", cli_commands.validate, "check tables and zarr groups agree").add_argument(
         "--version", type=int, help="check this snapshot"
     )
-    return parser
+    return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "registry", False) is None:
-        args.registry = ["gene_expression=lancell.bundled:GeneFeature"]
-    if args.command == "query":
-        _check_query_arguments(parser, args)
+    """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status.
+
+    Run as the program (``argv`` None, in the main thread), a Ctrl-C once the command is done ends the
+    process at once (killed by SIGINT) instead of interrupting the interpreter's shutdown.
+    """
+    from lancell.cli_messages import for_command_line, one_line_warnings
     from lancell.errors import LancellError
 
+    parser, commands = _parser()
+    args = parser.parse_args(argv)
+    if args.command in _CHECKS:
+        _CHECKS[args.command](commands[args.command], args)
     try:
-        return args.run(args)
+        with one_line_warnings(args.command):
+            return args.run(args)
     except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
-        print(f"lancell {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lancell {args.command}: error: {for_command_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # what was being written is rolled back as after any other error
         print(f"lancell {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(OSError):  # a closed pipe: Python reports it at exit, as before
+                sys.stdout.flush()  # what was printed is out before a Ctrl-C can end the process
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

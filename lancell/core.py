@@ -111,12 +111,13 @@ class AtlasCore:
         Raises
         ------
         ReadOnlyAtlasError
-            The handle is checked out at a snapshot (or is a pinned view).
+            The handle is checked out at a snapshot, opened ``read_only``, or is a pinned view.
         """
         if self.read_only:
+            version = self.snapshot_version
+            how = "read-only" if version is None else f"checked out at snapshot {version} and is read-only"
             raise ReadOnlyAtlasError(
-                f"this handle is checked out at snapshot {self.snapshot_version} and is read-only; "
-                "use RaggedAtlas.open() to write"
+                f"this handle of {self.db_uri!r} is {how}; use RaggedAtlas.open() (not read_only) to write"
             )
 
     def lock(self, name: str) -> AbstractContextManager[Lease]:

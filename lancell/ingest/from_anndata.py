@@ -11,13 +11,14 @@ readers, ``validate()`` and ``snapshot()`` see the atlas exactly as before.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
 
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.ingest.write_transaction import WriteTransaction, run_transactions
@@ -115,17 +116,40 @@ def add_from_anndata(
     record = (dataset_record or atlas.dataset_schema()).model_copy()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
-    plan = plan_ingest(
-        atlas.core,
-        adata,
-        space,
-        stored_layers(record.uid, zarr_layer, source_layer, layers, layer),
-        record,
-        var_uid_column,
-    )
+    sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
+    _check_raw(adata, record.uid, sources)
+    plan = plan_ingest(atlas.core, adata, space, sources, record, var_uid_column)
     plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
         atlas.core, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress
     )
     (stored,) = run_transactions([transaction])
     return stored
+
+
+def _check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> None:
+    """Refuse ``raw`` named as a layer source that is not in ``adata.layers``; warn that ``adata.raw`` (if
+    any) is not stored, saying how to store it.
+
+    Raises
+    ------
+    IngestError
+        A source named ``raw`` that is not a key of ``adata.layers``: ``adata.raw`` is not a layer.
+    """
+    raw = adata.raw
+    if raw is not None and raw.var_names.equals(adata.var_names):
+        remedy = "copy it into a layer (adata.layers[NAME] = adata.raw.X) and name that layer"
+    else:
+        remedy = "ingest adata.raw.to_adata() as a dataset of its own (its features are not var's)"
+    if "raw" in sources.values() and "raw" not in adata.layers:
+        raise IngestError(
+            f"dataset {dataset!r}: no layer 'raw' in adata.layers {list(adata.layers)}; adata.raw is not a "
+            "layer" + ("" if raw is None else f": to store it, {remedy}")
+        )
+    if raw is not None:
+        warnings.warn(
+            f"dataset {dataset!r}: adata.raw ({raw.n_obs} x {raw.n_vars}) is not stored (only X and "
+            f"adata.layers are); to keep it, {remedy}",
+            LancellWarning,
+            stacklevel=3,
+        )

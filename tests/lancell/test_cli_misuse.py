@@ -5,7 +5,10 @@ one is bad."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import anndata as ad
@@ -15,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from tests.lancell.test_cli import run
+from tests.lancell.test_cli import LANCELL, run
 
 
 def _write(path: Path, genes: list[str], sidecar: dict | None = None) -> Path:
@@ -70,6 +73,7 @@ def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, op
     options = options if "-o" in options else [*options, "-o", str(tmp_path / "q.h5ad")]
     refused = run("query", db, "--layer", "counts", *options, check=False)
     assert refused.returncode == 2 and message in refused.stderr
+    assert refused.stderr.startswith("usage: lancell query")  # the command's usage, not lancell's
     assert not (tmp_path / "q.h5ad").exists()
 
 
@@ -154,3 +158,161 @@ def test_a_copied_atlas_with_its_store_outside_is_opened_with_store(tmp_path: Pa
     assert "2 datasets, 4 cells" in run("ls", str(tmp_path / "b" / "db"), *store).stdout
     assert "1 datasets, 2 cells" in run("ls", str(tmp_path / "a" / "db")).stdout  # the original's untouched
     assert len(list((tmp_path / "a" / "arrays").iterdir())) == 2  # its one group and zarr.json
+
+
+def test_reading_commands_read_a_copy_whose_store_lies_outside_with_a_warning(tmp_path: Path) -> None:
+    """ls, validate and query of such a copy were refused ("pass store="), although only writing is; and
+    --version reads used the original's store without a word."""
+    run("init", str(tmp_path / "a" / "db"), "--store", str(tmp_path / "a" / "arrays"))
+    run("ingest", str(tmp_path / "a" / "db"), str(_write(tmp_path / "one.h5ad", ["G1", "G2"])))
+    run("snapshot", str(tmp_path / "a" / "db"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    db, out = str(tmp_path / "b" / "db"), str(tmp_path / "q.h5ad")
+    reads = {
+        "ls": ["ls", db],
+        "ls --version": ["ls", db, "--version", "0"],
+        "validate": ["validate", db],
+        "query": ["query", db, "--layer", "counts", "-o", out],
+    }
+    done = {name: run(*command) for name, command in reads.items()}
+    for name, result in done.items():
+        command = name.split()[0]
+        assert result.stderr.startswith(
+            f"lancell {command}: warning: the atlas at {db!r} was copied or moved"
+        )
+        assert result.stderr.rstrip().endswith("which may be the original's (pass --store to read another)")
+    assert done["ls"].stdout.strip().endswith("1 datasets, 2 cells")
+    assert done["validate"].stdout.strip() == "consistent"
+    assert ad.read_h5ad(out).n_obs == 2
+    given = run("ls", db, "--store", str(tmp_path / "b" / "arrays"))
+    assert given.stderr == "" and given.stdout.strip().endswith("1 datasets, 2 cells")
+    refused = run("ingest", db, str(_write(tmp_path / "two.h5ad", ["G1"])), check=False)
+    assert refused.returncode == 1 and "(copied or moved)" in refused.stderr
+    assert "pass --store the location" in refused.stderr and "store=" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        (
+            ["--registry", "gene_expression"],
+            2,
+            "lancell init: error: argument --registry: 'gene_expression' is not SPACE=module:Class",
+        ),
+        (
+            ["--registry", "gene_expression=lancell.bundled:GeneFeature"] * 2,
+            2,
+            "lancell init: error: --registry: feature space 'gene_expression' is given twice",
+        ),
+        (["--cell-table", "bad name"], 1, "lancell init: error: table name 'bad name': use letters"),
+    ],
+)
+def test_init_command_lines_that_cannot_work_are_refused(tmp_path, options, status, message) -> None:
+    """A second --registry of a feature space replaced the first without a word; one without '=' was
+    reported as "schema ''"."""
+    refused = run("init", str(tmp_path / "db"), *options, check=False)
+    assert refused.returncode == status and message in refused.stderr, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith("lancell init: error:")
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("{tmp}/keep.h5ad/", "ends with '/', which names a folder"),
+        ("{tmp}/results/", "ends with '/', which names a folder"),
+        ("{tmp}/out.zarr", "query writes an .h5ad file; name it with the .h5ad suffix (e.g. {tmp}/out.h5ad)"),
+        ("{tmp}/out.csv", "query writes an .h5ad file"),
+        ("{tmp}/results", "name it with the .h5ad suffix (e.g. {tmp}/results.h5ad)"),
+        ("", "-o is empty"),
+    ],
+)
+def test_query_output_that_is_not_an_h5ad_file_is_refused(tmp_path, db, output, message) -> None:
+    """``-o keep.h5ad/`` replaced the file keep.h5ad, ``-o results/`` wrote a file named results, .zarr and
+    .csv names got HDF5 content; the errors came with the top-level usage."""
+    (tmp_path / "keep.h5ad").write_bytes(b"mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    output, message = (text.replace("{tmp}", str(tmp_path)) for text in (output, message))
+    refused = run("query", db, "--layer", "counts", "-o", output, check=False)
+    assert refused.returncode == 2 and refused.stderr.startswith("usage: lancell query")
+    assert message in refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith("lancell query: error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "keep.h5ad").read_bytes() == b"mine"
+
+
+def test_query_errors_name_the_flags_not_python_calls(tmp_path: Path, db: str) -> None:
+    """The remedies were worded for Python (``.layers()``, ``.on_unmeasured('drop')``,
+    ``atlas.validate()``), and ``--features "G1, G2"`` looked up ' G2'."""
+    run("ingest", db, str(_write(tmp_path / "a.h5ad", ["G1", "G2"])), "--layer", "counts")
+    run("ingest", db, str(_write(tmp_path / "b.h5ad", ["G1", "G3"])), "--layer", "normalized")
+    out = str(tmp_path / "q.h5ad")
+    mixed = run("query", db, "-o", out, check=False)
+    assert mixed.returncode == 1 and mixed.stderr.rstrip().endswith("; choose one with --layer")
+    unmeasured = run("query", db, "--layer", "counts", "-o", out, check=False)
+    assert unmeasured.returncode == 1 and ".on_unmeasured" not in unmeasured.stderr
+    assert (
+        "Choose --on-unmeasured drop to leave them out, or --on-unmeasured keep to return"
+        in unmeasured.stderr
+    )
+    assert unmeasured.stderr.rstrip().endswith("(or select the measured datasets with --where)")
+    run("query", db, "--layer", "counts", "--on-unmeasured", "drop", "--features", "G2, G1", "-o", out)
+    assert ad.read_h5ad(out).var_names.tolist() == ["G2", "G1"]
+    blank = run("query", db, "--layer", "counts", "--features", " , ", "-o", out, check=False)
+    assert blank.returncode == 2 and "argument --features: no feature names in ' , '" in blank.stderr
+    group = RaggedAtlas.open(db).list_datasets().set_index("uid").loc["a", "zarr_group"]
+    shutil.rmtree(Path(db) / "_zarr" / group)
+    missing = run("query", db, "--layer", "counts", "--on-unmeasured", "drop", "-o", out, check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.rstrip().endswith("(lancell validate lists every such problem)")
+
+
+def test_ingest_errors_name_the_file_the_dataset_and_the_flag(tmp_path: Path, db: str) -> None:
+    """A folder was "no such file"; a failed --standardize named neither file nor dataset, and organism=
+    for --organism."""
+    (tmp_path / "landing").mkdir()
+    folder = run("ingest", db, str(tmp_path / "landing"), check=False)
+    assert folder.returncode == 1
+    assert folder.stderr.startswith(
+        f"lancell ingest: error: {tmp_path / 'landing'} is a folder: ingest takes"
+    )
+    path = _write(tmp_path / "genes.h5ad", ["G1", "G2"])
+    standardized = run("ingest", db, str(path), "--standardize", "--uid", "zz", check=False)
+    assert standardized.returncode == 1
+    assert standardized.stderr == (
+        f"lancell ingest: error: {path} (dataset 'zz'): cannot infer the organism: no --organism, no "
+        "single-valued obs['organism'], no Ensembl ids in var\n"
+    )
+    _unchanged(db)
+
+
+def test_an_anndata_raw_is_warned_as_not_stored(tmp_path: Path, db: str) -> None:
+    """Counts kept in .raw (scanpy's layout) were dropped without a word."""
+    path = _write(tmp_path / "r.h5ad", ["G1", "G2", "G3"])
+    adata = ad.read_h5ad(path)
+    adata.raw = adata.copy()
+    adata.write_h5ad(path)
+    done = run("ingest", db, str(path))
+    assert (
+        "lancell ingest: warning: dataset 'r': adata.raw (2 x 3) is not stored (only X and adata.layers "
+        "are); to keep it, copy it into a layer (adata.layers[NAME] = adata.raw.X) and name that layer"
+    ) in done.stderr.splitlines()  # one line (beside the progress bar)
+    assert done.stdout.startswith("r: ingested")
+
+
+def test_ctrl_c_once_the_command_is_done_ends_it_without_a_traceback(tmp_path: Path, db: str) -> None:
+    """A Ctrl-C in the second after ingest printed its result interrupted the interpreter's shutdown and
+    printed "Exception ignored in ... KeyboardInterrupt". A slow exit handler stands in for that second."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import atexit, time\natexit.register(lambda: (print('exiting'), time.sleep(30)))\n"
+    )  # registered first, so run last: after lancell's own exit handler
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [str(LANCELL), "ls", db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert process.stdout is not None
+    assert any(line == "exiting\n" for line in process.stdout)  # stops there: the command has returned
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGINT and err == ""

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError, UnmeasuredDataError
+from lancell.errors import IngestError, LancellWarning, UnmeasuredDataError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
@@ -236,3 +236,17 @@ def test_validate_reports_a_listed_layer_the_group_does_not_store(atlas, celltyp
     group.attrs["layers"] = {"counts": "uint32"}  # the damage a stale handle's add_layer used to do
     problems = atlas.validate()
     assert problems == ["dataset 'd': record lists layers ['log_normalized'] its zarr group does not store"]
+
+
+def test_adata_raw_is_not_a_layer_and_is_warned_as_not_stored(atlas, celltypist):
+    """``.raw`` (scanpy's counts next to a normalized X) was dropped without a word, and naming it as a
+    layer said only that it is not in adata.layers."""
+    adata = celltypist[:50].copy()
+    adata.raw = adata
+    with pytest.raises(IngestError, match=r"adata.raw is not a layer: to store it, copy it into a layer"):
+        _ingest(atlas, adata, "r", layers={"counts": "raw"})
+    subset = adata[:, :100].copy()  # scanpy's highly variable genes: raw keeps every gene
+    warned = rf"dataset 'r': adata.raw \(50 x {adata.n_vars}\) is not stored .* ingest adata.raw.to_adata\(\)"
+    with pytest.warns(LancellWarning, match=warned):
+        _ingest(atlas, subset, "r", zarr_layer="counts")
+    assert atlas.list_datasets()["uid"].tolist() == ["r"]

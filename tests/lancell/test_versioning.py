@@ -59,6 +59,20 @@ def test_checked_out_handle_is_read_only_and_frozen(atlas, celltypist):
     assert atlas.query().count() == celltypist.n_obs + 700
 
 
+def test_a_read_only_open_reads_the_live_atlas_and_refuses_writes(atlas, celltypist):
+    ingest_bundled(atlas, BUNDLED[1])
+    live = RaggedAtlas.open(atlas.db_uri, read_only=True)
+    assert live.read_only and live.snapshot_version is None and "live, read-only" in repr(live)
+    with pytest.raises(ReadOnlyAtlasError, match=r"is read-only; use RaggedAtlas\.open"):
+        add_from_anndata(live, celltypist, feature_space="gene_expression", zarr_layer="counts")
+    for call in (live.snapshot, live.optimize, live.vacuum, lambda: live.delete_dataset("celltypist_sample")):
+        with pytest.raises(ReadOnlyAtlasError):
+            call()
+    assert RaggedAtlas.list_versions(atlas.db_uri).empty
+    ingest_bundled(atlas, BUNDLED[0])
+    assert live.query().count() == celltypist.n_obs + 700  # the live tables, not a pinned version
+
+
 def test_unknown_version(atlas):
     with pytest.raises(VersionNotFoundError):
         RaggedAtlas.checkout_latest(atlas.db_uri)

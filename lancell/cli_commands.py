@@ -1,0 +1,225 @@
+"""What each ``lancell`` command does, given its parsed and checked command line (:mod:`lancell.cli`).
+
+Each returns the exit status and raises the library's errors, which :func:`lancell.cli.main` prints as one
+line. Heavy modules are imported by the command that needs them, so ``lancell --help`` answers at once.
+The reading commands (``ls``, ``query``, ``validate``) open the atlas read-only: a copied or moved atlas
+whose store lies outside its folder is read from the store it recorded (with a warning), and written only
+once ``--store`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+
+__all__ = ["ingest", "init", "ls", "query", "snapshot", "vacuum", "validate", "versions"]
+
+
+def init(args: argparse.Namespace) -> int:
+    """``lancell init``: create an empty atlas."""
+    from lancell.atlas import RaggedAtlas
+    from lancell.tables.schema import load_schema_class
+
+    atlas = RaggedAtlas.create(
+        args.db,
+        args.cell_table,
+        load_schema_class(args.schema),
+        store=args.store,
+        registry_schemas={space: load_schema_class(schema) for space, schema in args.registry},
+    )
+    print(f"created {atlas!r}; arrays in {atlas.store!r}")
+    return 0
+
+
+def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
+    """``NAME`` or ``KEY=VALUE`` entries of repeatable, comma-separated ``items`` as an ordered mapping
+    (``NAME`` is ``NAME=NAME``).
+
+    Raises
+    ------
+    IngestError
+        An empty name, or a key given twice.
+    """
+    from lancell.errors import IngestError
+
+    pairs: dict[str, str] = {}
+    for entry in (part.strip() for item in items for part in item.split(",")):
+        key, _, value = entry.partition("=")
+        key, value = key.strip(), (value.strip() if "=" in entry else key.strip())
+        if not key or not value:
+            raise IngestError(f"{option}: {entry!r} is not NAME or NAME=NAME")
+        if key in pairs:
+            raise IngestError(f"{option}: {key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The landing-spec fields the command line sets (over each file's sidecar)."""
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "uid": args.uid,
+            "feature_space": args.feature_space,
+            "var_uid_column": args.var_uid_column,
+            "organism": args.organism,
+        }.items()
+        if value is not None
+    }
+    if args.layer is not None:  # one layer stored from X, whatever layers a sidecar names
+        overrides |= {"zarr_layer": args.layer, "layers": {}}
+    if args.layers:
+        overrides["layers"] = _pairs("--layers", args.layers)
+    if args.standardize:
+        overrides["standardize"] = True
+    return overrides
+
+
+def _check_files(paths: Sequence[str]) -> None:
+    """Refuse paths that are not files.
+
+    Raises
+    ------
+    IngestError
+        A folder (naming what ``ingest`` takes), or paths that do not exist.
+    """
+    from lancell.errors import IngestError
+
+    for path in paths:
+        if Path(path).is_dir():
+            raise IngestError(
+                f"{path} is a folder: ingest takes .h5ad files (each with an optional JSON sidecar beside "
+                f"it); give the files, e.g. {os.path.join(path, '*.h5ad')}"
+            )
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise IngestError(f"no such file: {', '.join(missing)}")
+
+
+def ingest(args: argparse.Namespace) -> int:
+    """``lancell ingest``: ingest ``.h5ad`` files one after another, every sidecar checked first."""
+    from dataclasses import replace
+
+    from lancell.atlas import RaggedAtlas
+    from lancell.cli_messages import about_file
+    from lancell.errors import IngestError, LancellError
+    from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+
+    if args.uid is not None and len(args.paths) > 1:
+        raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
+    atlas = RaggedAtlas.open(args.db, store=args.store)
+    overrides = _spec_overrides(args)
+    renames = _pairs("--obs-columns", args.obs_columns or [])
+    _check_files(args.paths)
+    specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
+    for spec in specs:
+        spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})
+
+        def standardized(report: Any, uid: str = spec.uid) -> None:
+            print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))
+
+        try:
+            record, outcome = ingest_landing_file(atlas, spec, on_standardized=standardized)
+        except LancellError as exc:
+            about_file(exc, spec.path, spec.uid)
+            raise
+        layers = ", ".join(record.layers or [record.layer])
+        summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
+        if outcome == "ingested":
+            print(f"{record.uid}: ingested ({summary})")
+        elif outcome == "present":
+            print(f"{spec.uid}: already in the atlas ({summary})")
+        else:
+            print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
+    return 0
+
+
+def _open_for_reading(args: argparse.Namespace) -> RaggedAtlas:
+    """The atlas read-only: live, or at snapshot ``--version``."""
+    from lancell.atlas import RaggedAtlas
+
+    if args.version is None:
+        return RaggedAtlas.open(args.db, store=args.store, read_only=True)
+    return RaggedAtlas.checkout(args.db, args.version, store=args.store)
+
+
+def ls(args: argparse.Namespace) -> int:
+    """``lancell ls``: list the datasets."""
+    frame = _open_for_reading(args).list_datasets()
+    columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
+    print(frame[columns].to_string(index=False))
+    print(f"{len(frame)} datasets, {int(frame['n_cells'][frame['cells_of'].isna()].sum())} cells")
+    return 0
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    """``lancell snapshot``: validate and record a snapshot (compacting the tables first with
+    ``--optimize``)."""
+    from lancell.atlas import RaggedAtlas
+
+    atlas = RaggedAtlas.open(args.db, store=args.store)
+    if args.optimize:
+        atlas.optimize()
+    print(f"snapshot {atlas.snapshot(note=args.note)}")
+    return 0
+
+
+def versions(args: argparse.Namespace) -> int:
+    """``lancell versions``: list the snapshots."""
+    from lancell.atlas import RaggedAtlas
+
+    frame = RaggedAtlas.list_versions(args.db)
+    columns = ["version", "created_at", "total_cells", "n_datasets", "note"]
+    print(frame[columns].to_string(index=False) if len(frame) else "no snapshot yet")
+    return 0
+
+
+def query(args: argparse.Namespace) -> int:
+    """``lancell query``: write the cells a query selects to the ``.h5ad`` file ``-o``, through a temporary
+    file beside it (a failed write leaves nothing there)."""
+    selected = _open_for_reading(args).query()
+    for sql in args.where:
+        selected = selected.where(sql)
+    if args.layer is not None:
+        space, _, layer = args.layer.rpartition(":")
+        selected = selected.layers(space or "gene_expression", layer)
+    if args.features:
+        names = [name for names in args.features for name in names]
+        selected = selected.features(
+            names, args.feature_space or "gene_expression", case_sensitive=not args.ignore_case
+        )
+    adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
+    output = Path(args.output)
+    partial = output.with_name(f".{output.name}.{os.getpid()}.part")
+    try:
+        adata.write_h5ad(partial)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
+    return 0
+
+
+def vacuum(args: argparse.Namespace) -> int:
+    """``lancell vacuum``: delete the zarr groups no dataset and no snapshot references."""
+    from lancell.atlas import RaggedAtlas
+
+    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
+    print(", ".join(f"{name}: {count}" for name, count in removed.items()))
+    return 0
+
+
+def validate(args: argparse.Namespace) -> int:
+    """``lancell validate``: print the problems found; exit 1 when there are any."""
+    problems = _open_for_reading(args).validate()
+    for problem in problems:
+        print(problem)
+    print("consistent" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0

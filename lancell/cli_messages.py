@@ -1,0 +1,56 @@
+"""The library's errors and warnings as the ``lancell`` command prints them: one line led by the command,
+with the remedies the library words for Python callers (``.layers()``, ``store=``) named by their flags."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lancell.errors import LancellError
+
+__all__ = ["about_file", "for_command_line", "one_line_warnings"]
+
+# (the library's words, the command line's), replaced in this order
+_FLAGS = (
+    ("choose with .layers()", "choose one with --layer"),
+    (".on_unmeasured('drop')", "--on-unmeasured drop"),
+    (".on_unmeasured('keep')", "--on-unmeasured keep"),
+    ("with .where()", "with --where"),
+    ("atlas.validate()", "lancell validate"),
+    ("pass store= (--store on the command line)", "pass --store"),
+    ("pass store=", "pass --store"),
+    ("no organism=", "no --organism"),
+    ("pass organism=", "pass --organism"),
+)
+
+
+def for_command_line(message: str) -> str:
+    """``message`` with the Python calls it names as remedies replaced by the command line's flags."""
+    for python, flag in _FLAGS:
+        message = message.replace(python, flag)
+    return message
+
+
+def about_file(exc: LancellError, path: Path, uid: str) -> None:
+    """Lead the message of ``exc``, raised while ingesting ``path`` as dataset ``uid``, by the file (and the
+    dataset, unless it names them already); its type and cause stay."""
+    message = str(exc)
+    if not message.startswith(str(path)):
+        dataset = "" if repr(uid) in message else f" (dataset {uid!r})"
+        exc.args = (f"{path}{dataset}: {message}",)
+
+
+@contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Print each warning raised inside as one line, ``lancell COMMAND: warning: ...``, on stderr (the
+    previous warning display is restored on leaving)."""
+
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"lancell {command}: warning: {for_command_line(str(message))}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
