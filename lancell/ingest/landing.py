@@ -247,7 +247,8 @@ def _prepared(
         raise IngestError(f"{spec.path}: obs_columns targets {clashes} are already columns of obs")
     missing_layers = sorted({s for s in spec.layers.values() if s != "X"} - set(adata.layers))
     if missing_layers:
-        raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}")
+        raw = "; adata.raw is not a layer" if "raw" in missing_layers else ""
+        raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}{raw}")
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
     organism = spec.organism
     if spec.standardize and organism is not None:  # the name standardization records on the features
