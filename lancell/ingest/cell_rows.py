@@ -95,21 +95,20 @@ def pointer_batches(
 
 
 def detach_pointers(core: AtlasCore, feature_space: str, zarr_group: str) -> int:
-    """Null the ``feature_space`` pointer of every cell pointing into ``zarr_group``; return how many."""
+    """Null the ``feature_space`` pointer of every cell pointing into ``zarr_group``; return how many.
+
+    The update is conditional on the pointer still leading into ``zarr_group`` when it is written: an
+    attachment that set a cell's pointer into its own group meanwhile keeps it."""
     cells, schema = core.tables.cells, core.cell_arrow
-    rows = (
-        cells.search()
-        .where(f"{feature_space}.zarr_group = {sql_literal(zarr_group)}")
-        .select(["uid"])
-        .to_arrow()
-    )
+    into = f"{feature_space}.zarr_group = {sql_literal(zarr_group)}"
+    rows = cells.search().where(into).select(["uid"]).to_arrow()
     if rows.num_rows:
         field = schema.field(feature_space)
         nulls = pa.table(
             [rows.column("uid"), null_structs(field.type, rows.num_rows)],
             schema=pa.schema([schema.field("uid"), field]),
         )
-        cells.merge_insert("uid").when_matched_update_all().execute(nulls)
+        cells.merge_insert("uid").when_matched_update_all(where=f"target.{into}").execute(nulls)
     return rows.num_rows
 
 

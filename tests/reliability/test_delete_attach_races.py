@@ -306,3 +306,25 @@ def test_a_modality_deletion_stopped_between_its_commits_leaves_it_whole_or_gone
     again = protein(NAMES, offset=7.0)
     _attach(fresh, again)  # the stopped deletion's pointers do not refuse it
     np.testing.assert_array_equal(_proteins(_whole(db, ["d0", "d1", "d1/protein"])), _expected(again))
+
+
+def test_an_attachment_committed_while_a_modality_is_detached_keeps_its_pointers(db, monkeypatch):
+    # the deletion read the cells pointing into its group, then nulled those cells' pointers whatever they
+    # pointed into by then: an attachment committed in between lost every pointer (its record owned none)
+    from lancell.ingest import cell_rows
+
+    atlas = RaggedAtlas.open(db)
+    _attach(atlas, protein(NAMES), "d1/old")
+    null_structs = cell_rows.null_structs
+
+    def another_attaches_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(cell_rows, "null_structs", null_structs)
+        _attach(RaggedAtlas.open(db), protein(NAMES, offset=100.0), "d1/new")
+        return null_structs(*args, **kwargs)
+
+    monkeypatch.setattr(cell_rows, "null_structs", another_attaches_meanwhile)
+    atlas.delete_dataset("d1/old")
+    fresh = RaggedAtlas.open(db)
+    assert fresh.validate() == []
+    new = protein(NAMES, offset=100.0)
+    np.testing.assert_array_equal(_proteins(fresh), pd.DataFrame(new.X, index=NAMES).sort_index().to_numpy())
