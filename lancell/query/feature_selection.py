@@ -118,19 +118,10 @@ class FeatureSelection:
             )
 
     def measured_filter(self, core: AtlasCore) -> str:
-        """SQL keeping the cells measured in every reconstructed layer (:func:`measured_groups`): what
-        ``"drop"`` returns, as a filter, so that a ``limit()`` counts the cells returned.
-
-        Raises
-        ------
-        QueryError
-            No layers chosen and the feature space's datasets store several.
-        """
+        """SQL keeping the cells that may be measured in every reconstructed layer (:func:`measured_groups`),
+        as a filter: under ``"drop"``, a ``limit()`` then counts the cells returned."""
         space = self.space(core)
-        try:
-            groups = measured_groups(core, space, self.layers)
-        except QueryError as exc:
-            raise QueryError(f"{exc} (limit() with on_unmeasured('drop') needs the layers named)") from exc
+        groups = measured_groups(core, space, self.layers)
         if not groups:
             return "FALSE"
         return f"`{space}`.zarr_group IN ({', '.join(sql_literal(group) for group in groups)})"

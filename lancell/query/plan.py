@@ -253,17 +253,18 @@ def _describe_groups(
 
 
 def measured_groups(core: AtlasCore, feature_space: str, layers: list[str] | None) -> list[str]:
-    """The groups of ``feature_space`` whose cells are measured in every one of ``layers`` (None: the one
-    layer they store), as :func:`plan_reconstruction` judges them under ``"drop"``.
-
-    Raises
-    ------
-    QueryError
-        ``layers`` is None and the feature space's datasets store several layers.
-    """
-    records = read_columns(core.tables.datasets, ["zarr_group", "feature_space"]).to_pylist()
-    names = [row["zarr_group"] for row in records if row["feature_space"] == feature_space]
-    return sorted(_describe_groups(core, names, layers, "drop")[1])
+    """The groups of ``feature_space`` that may hold cells measured in every one of ``layers``, from the
+    dataset records alone (no group is read): those whose record lists them all; with ``layers`` None, or
+    for a record written before layers were recorded, every group with a record (the plan judges those).
+    Cells outside these groups are unmeasured under ``"drop"`` (a null pointer, or a group without a
+    record, or one lacking a layer)."""
+    columns = ["zarr_group", "feature_space", *(["layers"] if "layers" in core.dataset_arrow.names else [])]
+    groups = []
+    for row in read_columns(core.tables.datasets, columns).to_pylist():
+        listed = row.get("layers") or []
+        if row["feature_space"] == feature_space and (not layers or not listed or set(layers) <= set(listed)):
+            groups.append(row["zarr_group"])
+    return sorted(groups)
 
 
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
