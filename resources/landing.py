@@ -26,9 +26,10 @@ class LandingEntry:
     """One landing file: its dataset uid and either its spec or why it cannot be ingested (``shared_uid``:
     another landing file lands as the same uid).
 
-    ``stamp`` changes with every new landing of the file or its sidecar: it digests their sizes, modification
-    and status-change times (a file copied in again, even with the same bytes and modification time, gets a
-    new status-change time).
+    ``stamp`` changes with every new landing of the file or its sidecar: it digests their inode numbers,
+    sizes and modification times (a file copied or moved in again gets a new inode or modification time). The
+    status-change time is left out: a permission or ownership pass over the folder (a volume mounted with an
+    ``fsGroup``, a backup tool) changes it on every file without changing any.
     """
 
     uid: str
@@ -55,7 +56,7 @@ def _stamp(path: Path) -> str:
             if file == path:
                 raise
             continue
-        parts.append(f"{file.name}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}")
+        parts.append(f"{file.name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=8).hexdigest()
 
 
