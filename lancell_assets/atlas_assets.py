@@ -103,14 +103,18 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     The metadata shows what changed since the previous snapshot (datasets added and removed, cells and
     features added).
     """
+    from lancell.errors import DuplicateNoteError
     from lancell_assets.metadata import column_schema, datasets_table
     from lancell_assets.snapshot_diff import snapshot_diff
 
     label = context.partition_key
     version = atlas.find_snapshot(label)
     if version is None:
-        version = atlas.open().snapshot(note=label)
-        context.log.info(f"took snapshot {version} for partition {label!r}")
+        try:
+            version = atlas.open().snapshot(note=label)
+            context.log.info(f"took snapshot {version} for partition {label!r}")
+        except DuplicateNoteError:  # another run of this partition took it meanwhile
+            version = atlas.find_snapshot(label)
     frozen = atlas.checkout(version)
     problems = frozen.validate()
     cells = frozen.query().count()
