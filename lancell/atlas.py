@@ -16,6 +16,7 @@ from lancell.core import AtlasCore
 from lancell.errors import LancellWarning, StoreError, VersionNotFoundError
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
+from lancell.storage.store_failures import StoreFailures, store_boundary
 from lancell.tables.atlas_meta import (
     StoreLike,
     check_given_store,
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
 
 __all__ = ["RaggedAtlas"]
+
+# the public methods are the atlas's boundary with its stores: a store failure is a StoreError naming them
+_boundary = store_boundary(lambda atlas: f"the atlas at {atlas.db_uri!r}")
 
 
 class RaggedAtlas:
@@ -168,6 +172,7 @@ class RaggedAtlas:
         :class:`~lancell.errors.LancellWarning` (a writable open refuses it until ``store`` is given, which
         must hold the atlas's groups).
         """
+        options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
         meta, meta_store = read_meta(db_uri, store_kwargs)
         meta = meta if read_only else ensure_atlas_id(meta_store, meta)
         given, url = store is not None, meta["store_url"]
@@ -175,8 +180,10 @@ class RaggedAtlas:
             url = _read_store_url(db_uri, meta, url)
         elif not given:
             url = located_store_url(db_uri, meta, url, writable=True)
-        store = recorded_store(store, url, store_kwargs)
-        database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
+        store = recorded_store(
+            store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri
+        )
+        database = Database(db_uri, options)
         if given and not read_only:
             check_given_store(store, database)
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
@@ -199,11 +206,14 @@ class RaggedAtlas:
                 f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
                 "checkout_latest opens the newest"
             )
+        options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
         meta, meta_store = read_meta(db_uri, store_kwargs)
-        database = Database(db_uri, db_options(db_uri, store_kwargs, storage_options))
+        database = Database(db_uri, options)
         row = read_snapshot(database, int(version))
         url = row["store_url"] if store is not None else _read_store_url(db_uri, meta, row["store_url"])
-        store = recorded_store(store, url, store_kwargs)
+        store = recorded_store(
+            store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri
+        )
         return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
 
     @classmethod
@@ -215,10 +225,9 @@ class RaggedAtlas:
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
+        options = db_options(db_uri, store_kwargs, kwargs.get("storage_options"))
         read_meta(db_uri, store_kwargs)  # a missing atlas is an error before anything is opened or created
-        row = read_snapshot(
-            Database(db_uri, db_options(db_uri, store_kwargs, kwargs.get("storage_options"))), None
-        )
+        row = read_snapshot(Database(db_uri, options), None)
         return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
 
     @staticmethod
@@ -235,8 +244,9 @@ class RaggedAtlas:
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
         """
+        options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
-        return list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
+        return list_snapshots(connect(db_uri, options))
 
     @staticmethod
     def find_snapshot(
@@ -253,8 +263,9 @@ class RaggedAtlas:
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
         """
+        options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
-        frame = list_snapshots(connect(db_uri, db_options(db_uri, store_kwargs, storage_options)))
+        frame = list_snapshots(connect(db_uri, options))
         match = frame[frame["note"] == note]
         return None if match.empty else int(match["version"].iloc[-1])
 
@@ -272,20 +283,22 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         pinned = None if snapshot is None else snapshot["tables"]
         tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
-        core = AtlasCore(
-            db_uri=database.uri,
-            meta=meta,
-            tables=tables,
-            store=store,
-            meta_store=meta_store,
-            dataset_schema=dataset_schema,
-            read_only=read_only or snapshot is not None,
-            snapshot_version=None if snapshot is None else int(snapshot["version"]),
-            storage_options=database.storage_options,
-        )
+        with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):
+            core = AtlasCore(
+                db_uri=database.uri,
+                meta=meta,
+                tables=tables,
+                store=store,
+                meta_store=meta_store,
+                dataset_schema=dataset_schema,
+                read_only=read_only or snapshot is not None,
+                snapshot_version=None if snapshot is None else int(snapshot["version"]),
+                storage_options=database.storage_options,
+            )
         return cls(core)
 
     # ----------------------------------------------------------------------------------- writing
+    @_boundary
     def register_features(
         self,
         feature_space: str,
@@ -308,6 +321,7 @@ class RaggedAtlas:
         with self.core.lock(f"registry-{space.name}"):
             return register_prepared(table, space.name, prepared, given, on_conflict)
 
+    @_boundary
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:
         """Compact every table, prune old *untagged* versions, and number unindexed features; return each
         table's version after (:func:`lancell.optimize.optimize_tables`).
@@ -321,10 +335,12 @@ class RaggedAtlas:
         """
         return optimize_tables(self.core, cleanup_older_than)
 
+    @_boundary
     def assign_global_indices(self) -> dict[str, int]:
         """Number features that have no global index yet (rows added by hand); return counts per space."""
         return assign_global_indices(self.core)
 
+    @_boundary
     def validate(self, dataset_uid: str | None = None) -> list[str]:
         """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent.
 
@@ -333,6 +349,7 @@ class RaggedAtlas:
         """
         return find_problems(self.core, dataset_uid)
 
+    @_boundary
     def snapshot(self, note: str | None = None) -> int:
         """Validate and record the current version of every table; return the new snapshot number
         (:func:`lancell.snapshots.take_snapshot`).
@@ -346,6 +363,7 @@ class RaggedAtlas:
         """
         return take_snapshot(self.core, note)
 
+    @_boundary
     def delete_dataset(self, uid: str) -> None:
         """Remove a dataset's cells and record (a new table version); its zarr group stays until vacuum()."""
         from lancell.maintenance import remove_dataset
@@ -353,6 +371,7 @@ class RaggedAtlas:
         self.core.require_writable()
         remove_dataset(self.core, uid)
 
+    @_boundary
     def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
         """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
 
@@ -390,15 +409,18 @@ class RaggedAtlas:
         """
         return self.core.group_claims
 
+    @_boundary
     def table_versions(self) -> dict[str, int]:
         """The Lance version of every table this handle reads (a snapshot's pinned ones when checked out)."""
         return self.core.tables.versions()
 
+    @_boundary
     def group_attributes(self, zarr_group: str) -> dict[str, Any] | None:
         """A dataset's zarr group attributes (format, layers and their dtypes, geometry, counts), or None when
         the group is not in the store."""
         return self.core.group_attrs(zarr_group)
 
+    @_boundary
     def list_datasets(self) -> pd.DataFrame:
         """The dataset records; a dataset table from before several layers (no ``layers`` column) shows each
         record's one ``layer`` as its ``layers``."""
@@ -412,6 +434,7 @@ class RaggedAtlas:
         """The cell table's Arrow schema: every stored cell column and its type."""
         return self.core.cell_arrow
 
+    @_boundary
     def feature_registry(self, feature_space: str) -> pd.DataFrame:
         """The registry of ``feature_space`` sorted by global index."""
         space = resolve_feature_space(self.feature_spaces, feature_space)

@@ -22,13 +22,14 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from lancell.errors import DatasetNotFoundError, IngestError, LancellError, ShapeMismatchError
+from lancell.errors import DatasetNotFoundError, IngestError, ShapeMismatchError
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
 from lancell.ingest.sources import matrix_source
 from lancell.ingest.write_transaction import stored_dtype
 from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
 from lancell.storage.reader import read_element_ranges
+from lancell.storage.store_failures import is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import read_global_indices, sql_literal
 from lancell.tables.visibility import dataset_lock_name
@@ -100,8 +101,10 @@ def add_layer(
             updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
             if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
-        except BaseException:
+        except BaseException as exc:
             _roll_back(group, attrs, name)
+            if is_store_failure(exc):  # the zarr store's own errors (obstore's): typed, named
+                raise store_error(exc, f"add_layer: dataset {dataset_uid!r}, layer {name!r}") from exc
             raise
         finally:
             atlas.core.forget_nodes()  # this handle's opened groups predate the layer
@@ -219,7 +222,7 @@ def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:
         for parent in ("csr/layers", "csc/layers", "layers"):
             if parent in group and name in group[parent]:
                 del group[parent][name]
-    except (LancellError, OSError, KeyError) as exc:
+    except Exception as exc:  # whatever the store raises: the caller's own error stands
         log.error(
             "roll-back of layer %s left debris (invisible; the next add_layer overwrites it): %s", name, exc
         )

@@ -36,7 +36,6 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
-import obstore.exceptions
 import pyarrow as pa
 from tqdm.auto import tqdm
 
@@ -58,6 +57,7 @@ from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
+from lancell.storage.store_failures import is_store_failure
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal
 from lancell.tables.schema import DatasetRecord
@@ -306,7 +306,9 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     except BaseException as exc:
         for transaction in reversed(transactions):
             transaction.roll_back()
-        if isinstance(exc, obstore.exceptions.BaseError):  # unreachable, refused, timed out: typed, named
+        # a store failure (unreachable, refused, timed out), raw or as the store boundary raised it (a plain
+        # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
+        if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
             uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
             raise StoreError(f"dataset {uids}: the object store failed while it was written: {exc}") from exc
         raise

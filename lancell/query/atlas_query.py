@@ -24,6 +24,7 @@ from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import ON_UNMEASURED, Join, OnUnmeasured, PlannedCells
 from lancell.query.reconstruct import reconstruct, reconstruct_batches
+from lancell.storage.store_failures import store_boundary
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     from lancell.dataloader import CellDataset
 
 __all__ = ["AtlasQuery"]
+
+# the terminals are the query's boundary with the stores: a store failure is a StoreError naming them
+_terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
 
 
 class AtlasQuery:
@@ -245,20 +249,24 @@ class AtlasQuery:
         return self._with(reads=replace(self._reads, on_unmeasured=policy))
 
     # ------------------------------------------------------------------------------ terminals
+    @_terminal
     def to_arrow(self) -> pa.Table:
         """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
         return self._cells.read()
 
+    @_terminal
     def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats)."""
         return self._cells.read_pandas()
 
+    @_terminal
     def to_polars(self) -> pl.DataFrame:
         """The matching cell rows as a polars frame."""
         import polars as pl
 
         return pl.from_arrow(self.to_arrow())
 
+    @_terminal
     def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
         """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
         terminals return, a :meth:`search`'s included.
@@ -277,6 +285,7 @@ class AtlasQuery:
         layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
         return series.to_frame().assign(layers=series.index.map(layers))
 
+    @_terminal
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.
 
@@ -301,6 +310,7 @@ class AtlasQuery:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
         return self._reads.plan(self._atlas.core, self.selection.read(columns), space)
 
+    @_terminal
     def plan_for(self, cells: pa.Table) -> PlannedCells:
         """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
         ``dataset_uid`` and the reconstructed pointer's ``zarr_group``, dictionary-encoded columns allowed).
@@ -310,6 +320,7 @@ class AtlasQuery:
         """
         return self._reads.plan(self._atlas.core, cells, self._reads.space(self._atlas.core))
 
+    @_terminal
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
@@ -321,6 +332,7 @@ class AtlasQuery:
         planned = self.plan()
         return reconstruct(self._atlas.core, planned.cells, planned.plan)
 
+    @_terminal
     def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
         """One AnnData per feature space (every pointer field by default), cells aligned by uid.
 
@@ -342,6 +354,7 @@ class AtlasQuery:
             modalities[space] = reconstruct(core, planned.cells, planned.plan)
         return MuData(modalities)
 
+    @_terminal
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 

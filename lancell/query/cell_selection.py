@@ -122,6 +122,8 @@ class CellSelection:
         try:
             cells = self.core.tables.cells.to_lance()
             n = cells.count_rows(filter=where)
+        except LancellError:  # a store failure (StoreError) is not the filter's fault
+            raise
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
         n = n if self.limit is None else min(n, self.limit)
@@ -170,6 +172,8 @@ class CellSelection:
         where = self.where_clause()
         try:
             n = self.core.tables.cells.count_rows(where)
+        except LancellError:  # a store failure (StoreError) is not the filter's fault
+            raise
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
         return min(n, self.limit) if self.limit is not None else n
@@ -185,6 +189,8 @@ class CellSelection:
             where = self.where_clause()
             try:
                 values = self.scan([column], where).column(column)
+            except LancellError:  # a store failure (StoreError) is not the filter's fault
+                raise
             except (ValueError, RuntimeError, OSError) as exc:
                 raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
         counts = pc.value_counts(values).flatten()

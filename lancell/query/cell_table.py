@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lancell.errors import QueryError
+from lancell.errors import LancellError, QueryError
 from lancell.tables.pinned_table import lance_sql
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
         raise QueryError(f"where({sql!r}) is not one SQL expression: {problem}")
     try:  # plans without reading rows; inside parentheses, trailing tokens are an error, not ignored
         cells.to_lance().scanner(filter=f"({lance_sql(sql)})", columns=[]).explain_plan()
+    except LancellError:  # a store failure (StoreError) is not the filter's fault
+        raise
     except (ValueError, RuntimeError, OSError) as exc:
         suggestion = sql_suggestion(sql, cells.schema.names)
         hint = (

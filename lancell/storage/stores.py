@@ -7,9 +7,12 @@ atlas never contains credentials: only the location and non-secret client settin
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -18,7 +21,8 @@ import obstore
 import obstore.store as obs_store
 import zarr.storage
 
-from lancell.errors import StoreError
+from lancell.errors import LancellWarning, StoreError
+from lancell.storage.store_settings import check_endpoint, store_config
 
 __all__ = [
     "check_options_used",
@@ -81,7 +85,7 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
                 f"cannot create the local store folder {str(path)!r}: {exc.strerror or exc}"
             ) from exc
         return obs_store.LocalStore(path)
-    _check_endpoint(kwargs)
+    check_endpoint(url, store_config(kwargs), "store_kwargs")
     try:
         return obs_store.from_url(url, **kwargs)
     except Exception as exc:  # obstore raises several unrelated types for bad URLs/config
@@ -112,24 +116,6 @@ def check_options_used(urls: Sequence[str], store_kwargs: dict[str, Any] | None)
             f"store options {named} would be ignored: {sorted(set(urls))} are local paths, which take no "
             "options (they configure object stores: s3://, gs://, az:// URLs)"
         )
-
-
-def _check_endpoint(store_kwargs: dict[str, Any] | None) -> None:
-    """Refuse an ``endpoint`` setting that is not an ``http://`` or ``https://`` URL.
-
-    obstore and LanceDB end such a setting (``"127.0.0.1:9000"``) with a Rust panic, which Python's
-    ``except Exception`` does not even catch.
-
-    Raises
-    ------
-    StoreError
-        The endpoint names no scheme (or another one).
-    """
-    config = dict((store_kwargs or {}).get("config") or {})
-    for key, value in config.items():
-        if str(key).lower().removeprefix("aws_") in ("endpoint", "endpoint_url"):
-            if not re.match(r"https?://[^/\s]", str(value)):
-                raise StoreError(f"store setting {key}={value!r} must be an http:// or https:// URL")
 
 
 def describe_store(store: obs_store.ObjectStore) -> str:
@@ -170,29 +156,36 @@ def public_store_config(store: obs_store.ObjectStore) -> dict[str, Any]:
 def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) -> dict[str, str] | None:
     """LanceDB ``storage_options`` equivalent to obstore ``store_kwargs``, so one set of settings serves both.
 
-    ``store_kwargs["config"]`` and ``store_kwargs["client_options"]`` are flattened into one mapping of
+    The configuration (``store_kwargs["config"]`` and configuration keyword arguments) and
+    ``store_kwargs["client_options"]`` (``timeout``, ``connect_timeout``...) are flattened into one mapping of
     strings (LanceDB rejects non-string values; booleans become ``"true"``/``"false"``). S3 credential names
     become LanceDB's ``aws_*`` names and an ``aws_`` prefix on other keys is dropped (``aws_endpoint`` ->
     ``endpoint``); other keys pass through, since lance and obstore share object_store's names.
+    ``retry_config``'s ``max_retries`` and ``retry_timeout`` become lance's ``client_max_retries`` and
+    ``client_retry_timeout`` (whole seconds, rounded up).
 
     Parameters
     ----------
     db_uri
         The LanceDB location; a local path needs no options.
     store_kwargs
-        Keyword arguments of :func:`obstore.store.from_url`; only ``config`` and ``client_options`` are used
-        (a ``credential_provider`` cannot be passed to LanceDB).
+        Keyword arguments of :func:`obstore.store.from_url`.
 
     Returns
     -------
     dict of str to str or None
         None when ``db_uri`` is local or there is nothing to pass (LanceDB then reads the environment).
+
+    Warns
+    -----
+    LancellWarning
+        ``store_kwargs`` hold what LanceDB cannot be given (a ``credential_provider``, ``retry_config``'s
+        ``backoff``): LanceDB goes without them (credentials from the environment, lance's backoff).
     """
     if is_local(db_uri) or not store_kwargs:
         return None
-    _check_endpoint(store_kwargs)
     is_s3 = db_uri.startswith(("s3://", "s3a://"))
-    flat = {**dict(store_kwargs.get("config") or {}), **dict(store_kwargs.get("client_options") or {})}
+    flat = {**store_config(store_kwargs), **dict(store_kwargs.get("client_options") or {})}
     options: dict[str, str] = {}
     for key, value in flat.items():
         name = str(key).lower()
@@ -200,6 +193,27 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
             name = name.removeprefix("aws_")
             name = _LANCE_S3_NAMES.get(name, name)
         options[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    retry = {
+        key: value for key, value in (store_kwargs.get("retry_config") or {}).items() if value is not None
+    }
+    if "max_retries" in retry:
+        options["client_max_retries"] = str(int(retry.pop("max_retries")))
+    if "retry_timeout" in retry:
+        timeout = retry.pop("retry_timeout")
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        options["client_retry_timeout"] = str(math.ceil(seconds))
+    unused = [f"retry_config.{key}" for key in retry] + (
+        ["credential_provider"] if store_kwargs.get("credential_provider") is not None else []
+    )
+    if unused:
+        warnings.warn(
+            f"store settings {unused} cannot be passed to LanceDB (lance takes retry_config's max_retries "
+            "and retry_timeout only, and credentials as settings or from the environment): the database at "
+            f"{db_uri!r} is read and written without them",
+            LancellWarning,
+            stacklevel=3,
+        )
+    check_endpoint(db_uri, options, "store_kwargs")
     return options or None
 
 

@@ -21,16 +21,12 @@ import obstore.store as obs_store
 import pyarrow as pa
 import zarr
 
-from lancell.errors import (
-    AtlasExistsError,
-    AtlasNotFoundError,
-    FormatVersionError,
-    LancellError,
-    SchemaError,
-    StoreError,
-)
+from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
 from lancell.storage.groups import FORMAT_VERSION
+from lancell.storage.store_failures import is_store_failure
+from lancell.storage.store_settings import with_recorded_config
 from lancell.storage.stores import (
+    check_options_used,
     describe_store,
     is_local,
     lancedb_storage_options,
@@ -88,7 +84,20 @@ log = logging.getLogger(__name__)
 def db_options(
     db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
 ) -> Mapping[str, str] | None:
-    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``."""
+    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``.
+
+    Raises
+    ------
+    StoreError
+        ``storage_options`` without ``store_kwargs`` for a database on an object store: they configure LanceDB
+        only, and the atlas's metadata, locks and zarr store would be opened without them.
+    """
+    if storage_options and store_kwargs is None and not is_local(db_uri):
+        raise StoreError(
+            f"storage_options configure LanceDB only, not the metadata, locks and zarr store of the atlas "
+            f"at {db_uri!r}: give the settings as store_kwargs (obstore's config and client_options, from "
+            "which LanceDB's are derived), or store_kwargs={} when the environment configures the stores"
+        )
     return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
 
 
@@ -104,16 +113,29 @@ def resolve_store(
 
 
 def recorded_store(
-    store: StoreLike | None, url: str, store_kwargs: dict[str, Any] | None
+    store: StoreLike | None,
+    url: str,
+    store_kwargs: dict[str, Any] | None,
+    *,
+    recorded_config: Mapping[str, Any] | None = None,
+    db_uri: str | None = None,
 ) -> obs_store.ObjectStore:
-    """``store`` when given, else the store the atlas recorded (``url``).
+    """``store`` when given, else the store the atlas recorded (``url``); that one is opened with the
+    non-secret settings recorded with it (``recorded_config``) as defaults that ``store_kwargs`` override
+    (:func:`~lancell.storage.store_settings.with_recorded_config`).
 
     Raises
     ------
     StoreError
         The recorded store is a local folder that does not exist (the atlas was moved or copied): it is not
-        created empty; the caller passes ``store``. Or ``store`` names a local folder that does not exist.
+        created empty; the caller passes ``store``. Or ``store`` names a local folder that does not exist. Or
+        ``store_kwargs`` are given while the database (``db_uri``, when given) and the store are local paths,
+        which take no options (:func:`~lancell.storage.stores.check_options_used`).
     """
+    if db_uri is not None:
+        check_options_used(
+            [db_uri, *([url] if store is None else [store] if isinstance(store, str) else [])], store_kwargs
+        )
     if store is None and is_local(url) and not local_path(url).exists():
         raise StoreError(
             f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
@@ -121,6 +143,8 @@ def recorded_store(
         )
     if isinstance(store, str) and is_local(store) and not local_path(store).exists():
         raise StoreError(f"the zarr store {store!r} given does not exist")
+    if store is None or store == url:
+        store_kwargs = with_recorded_config(url, store_kwargs, recorded_config)
     return resolve_store(store, url, store_kwargs)
 
 
@@ -293,6 +317,7 @@ def create_storage(
             raise SchemaError(f"table name {table!r}: use letters, digits, '_', '-' and '.' only")
     if not db_uri.strip():
         raise StoreError("the atlas's location (db_uri) is empty")
+    check_options_used([db_uri, *([store] if isinstance(store, str) else [])], store_kwargs)
     meta_store = open_store(db_uri, store_kwargs)
     store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
     if location_in_store(store, db_uri) == "":
@@ -343,7 +368,7 @@ def create_storage(
             raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
         except Exception as exc:
             _roll_back_creation(db, meta_store)
-            if isinstance(exc, (obstore.exceptions.BaseError, OSError)) and not isinstance(exc, LancellError):
+            if is_store_failure(exc):
                 raise StoreError(f"cannot create the atlas at {db_uri!r}: {exc}") from exc
             raise
         obstore.delete(meta_store, CREATING_PATH)

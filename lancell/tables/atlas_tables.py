@@ -2,7 +2,9 @@
 
 A live atlas reads and writes through a lancedb connection. A snapshot's tables are read through pylance at
 their pinned versions (:class:`lancell.tables.pinned_table.PinnedTable`), so a read-only process never imports
-lancedb (see docs/architecture.md, "Versioning").
+lancedb (see docs/architecture.md, "Versioning"). The connection and the datasets are guarded
+(:func:`lancell.storage.store_failures.guard`): a store failure of anything read or written through them is a
+:class:`~lancell.errors.StoreError` naming the operation and the table or database.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lancell.errors import AtlasNotFoundError, StoreError
+from lancell.storage.store_failures import guard, is_store_failure
+from lancell.storage.store_settings import check_endpoint
 from lancell.tables.pinned_table import PinnedTable, scan_readahead
 from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
 
@@ -27,23 +31,27 @@ __all__ = ["AtlasTables", "Database", "connect", "read_columns"]
 
 
 def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DBConnection:
-    """Connect so that every read sees the latest committed version (other processes included).
+    """Connect so that every read sees the latest committed version (other processes included); the
+    connection, and every table and query made from it, is guarded (store failures are ``StoreError``).
 
     Raises
     ------
     StoreError
-        The database cannot be reached (a wrong endpoint, credentials or ``allow_http``, a missing bucket).
+        The database cannot be reached (a wrong endpoint, credentials or ``allow_http``, a missing bucket), or
+        the endpoint is not an ``http(s)://`` URL.
     """
     import lancedb  # ~1-2 s of imports (its REST namespace client): only writers and searches pay them
 
+    check_endpoint(db_uri, storage_options, "storage_options")
     try:
-        return lancedb.connect(
+        connection = lancedb.connect(
             db_uri,
             read_consistency_interval=timedelta(0),
             storage_options=dict(storage_options or {}) or None,
         )
     except (ValueError, OSError) as exc:
         raise StoreError(f"cannot connect to the LanceDB database at {db_uri!r}: {exc}") from exc
+    return guard(connection, f"the atlas database {db_uri!r}")
 
 
 def read_columns(table: Table | PinnedTable, columns: list[str]) -> pa.Table:
@@ -91,7 +99,7 @@ class Database:
         return self.connection
 
     def dataset(self, name: str, version: int | None = None) -> lance.LanceDataset:
-        """Table ``name`` at ``version`` (the latest when None), opened through pylance.
+        """Table ``name`` at ``version`` (the latest when None), opened through pylance and guarded.
 
         Raises
         ------
@@ -103,20 +111,22 @@ class Database:
         import lance
 
         at = "" if version is None else f" at version {version}"
+        check_endpoint(self.uri, self.storage_options, "storage_options")
         try:
-            return lance.dataset(
+            dataset = lance.dataset(
                 f"{self.uri.rstrip('/')}/{name}.lance",  # where lancedb keeps table ``name``
                 version=version,
                 storage_options=dict(self.storage_options or {}) or None,
             )
-        except ValueError as exc:  # pylance's "Dataset at path ... was not found"
-            raise AtlasNotFoundError(
+        except (ValueError, OSError) as exc:
+            if is_store_failure(exc):
+                raise StoreError(
+                    f"cannot read table {name!r}{at} of the atlas database {self.uri!r}: {exc}"
+                ) from exc
+            raise AtlasNotFoundError(  # pylance's "Dataset at path ... was not found"
                 f"table {name!r}{at} is not in the atlas database {self.uri!r}: {exc}"
             ) from exc
-        except OSError as exc:
-            raise StoreError(
-                f"cannot read table {name!r}{at} of the atlas database {self.uri!r}: {exc}"
-            ) from exc
+        return guard(dataset, f"table {name!r}{at} of the atlas database {self.uri!r}")
 
 
 @dataclass

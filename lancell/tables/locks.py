@@ -36,6 +36,7 @@ from typing import Any
 import obstore.store as obs_store
 
 from lancell.errors import LockLostError, LockTimeoutError
+from lancell.storage.store_failures import StoreFailures
 from lancell.storage.stores import describe_store
 from lancell.tables.lock_objects import LockObjects, Seen, lock_objects
 
@@ -77,6 +78,8 @@ def atlas_lock(
     ------
     LockTimeoutError
         The lock could not be taken within ``timeout`` seconds.
+    StoreError
+        The store failed while the lock was taken.
     """
     path = f"{_LOCK_PREFIX}/{name}.lock"
     lease = Lease(lock_objects(store), name, path, stale_after, where=f"{describe_store(store)}/{path}")
@@ -142,16 +145,25 @@ class Lease:
         return json.dumps(body | fields, sort_keys=True).encode()
 
     def take(self, timeout: float) -> None:
-        """Take the lock, waiting up to ``timeout`` seconds, and start the heartbeat that renews it."""
+        """Take the lock, waiting up to ``timeout`` seconds, and start the heartbeat that renews it.
+
+        Raises
+        ------
+        LockTimeoutError
+            Another process held the lock for ``timeout`` seconds.
+        StoreError
+            The store failed (unreachable, refused): nothing was taken.
+        """
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
             self._taken_at = time.time()
-            seen = self._objects.read(self.path)
-            if seen is None:
-                self._seen = self._objects.create(self.path, self._body())
-            elif _takeable(seen, self.name, self.stale_after):
-                self._seen = self._objects.replace(self.path, seen, self._body())
+            with StoreFailures(f"cannot take lock {self.name!r} at {self.where}"):
+                seen = self._objects.read(self.path)
+                if seen is None:
+                    self._seen = self._objects.create(self.path, self._body())
+                elif _takeable(seen, self.name, self.stale_after):
+                    self._seen = self._objects.replace(self.path, seen, self._body())
             if self._seen is not None:
                 break
             if time.monotonic() > deadline:

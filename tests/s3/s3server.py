@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class Seaweed:
 
     base_port: int
     directory: Path
+    pid: int | None = None  # the weed process (a test may SIGSTOP it to freeze the server)
 
     @property
     def endpoint(self) -> str:
@@ -196,7 +197,7 @@ def run_seaweed(directory: Path) -> Iterator[Seaweed]:
                 raise RuntimeError(f"{exc}; {free}; weed log:\n{tail}") from exc
             continue
         try:
-            yield server
+            yield replace(server, pid=process.pid)
         finally:
             _stop(process)
             log.close()

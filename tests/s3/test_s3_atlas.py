@@ -170,10 +170,11 @@ def test_public_bucket_read_anonymously_with_skip_signature(seaweed: Seaweed) ->
     assert atlas.store.config["skip_signature"] == "true"
     signed = RaggedAtlas.checkout_latest(f"{root}/db", store_kwargs=seaweed.store_kwargs())
     assert_same_anndata(atlas.query().to_anndata(), signed.query().to_anndata())
-    # anonymous writes are refused: the lock object cannot even be created
+    # anonymous writes are refused: the lock object cannot even be created (a StoreError, caused by obstore's)
     writable = RaggedAtlas.open(f"{root}/db", store_kwargs=anonymous)
-    with pytest.raises(obstore.exceptions.PermissionDeniedError):
+    with pytest.raises(StoreError, match="cannot take lock 'snapshot'") as refused:
         writable.snapshot()
+    assert isinstance(refused.value.__cause__, obstore.exceptions.PermissionDeniedError)
 
 
 def test_loader_epoch_on_s3_matches_local_disk(seaweed: Seaweed, bundled_pair: dict[str, object]) -> None:

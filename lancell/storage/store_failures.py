@@ -1,0 +1,208 @@
+"""Where a store's I/O failures become :class:`~lancell.errors.StoreError`: the one rule and the one boundary.
+
+obstore raises its own exception classes, LanceDB a ``RuntimeError`` (``"lance error: LanceError(IO): ..."``)
+or an ``OSError``, and pylance an ``OSError`` or, from inside an Arrow stream, pyarrow's ``ArrowInvalid``
+(``"External error: LanceError(IO): ..."``). None of them is a lancell error. :func:`is_store_failure` tells
+such an I/O failure from everything else (lancell's own errors, bad input, commit conflicts, programming
+errors), and :class:`StoreFailures` raises it again as a ``StoreError`` naming what failed and where.
+
+Every LanceDB connection and pylance dataset lancell opens is wrapped by :func:`guard`
+(:mod:`lancell.tables.atlas_tables`), so every table, query builder, dataset, scanner and batch stream made
+from them raises a store failure as a ``StoreError``; locks and ingestion use :class:`StoreFailures` around
+their own obstore calls, and the public entry points that read zarr groups are decorated with
+:func:`store_boundary`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
+
+import obstore.exceptions as obs_errors
+import pyarrow as pa
+
+from lancell.errors import LancellError, StoreError
+
+__all__ = ["StoreFailures", "guard", "is_store_failure", "store_boundary", "store_error"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# How Lance names an I/O error of its object store (lance-core's Error::IO), in LanceDB's RuntimeError and in
+# the ArrowInvalid of a pylance stream; its other errors (invalid input, commit conflicts, a missing table or
+# version) are named otherwise and are not store failures.
+_LANCE_IO = "LanceError(IO)"
+# Objects of these packages are guarded when a guarded call returns them.
+_GUARDED_PACKAGES = frozenset({"lance", "lancedb"})
+# Where a guarded object reads and writes (an instance attribute), and the guarded subclass of each class.
+_WHERE = "_lancell_store_location"
+_GUARDED: dict[type, type | None] = {}
+
+
+def is_store_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is an I/O failure of a store raised outside lancell.
+
+    That is any of obstore's errors but an invalid path (a programming error), any ``OSError``, and a
+    ``RuntimeError`` or ``ValueError`` (pyarrow's ``ArrowInvalid``) that reports a Lance I/O error. lancell's
+    own errors (a ``StoreError`` included) are not: they are raised as they are.
+    """
+    if exc is None or isinstance(exc, LancellError | obs_errors.InvalidPathError):
+        return False
+    if isinstance(exc, obs_errors.BaseError | OSError):
+        return True
+    return isinstance(exc, RuntimeError | ValueError) and _LANCE_IO in str(exc)
+
+
+def store_error(exc: BaseException, what: str) -> StoreError:
+    """A ``StoreError`` saying that ``what`` failed because of ``exc`` (the first line of its message: obstore
+    appends a multi-line debug dump; the whole error stays chained as the cause)."""
+    lines = str(exc).strip().splitlines()
+    return StoreError(f"{what}: {lines[0] if lines else type(exc).__name__}")
+
+
+class StoreFailures:
+    """Context manager: a store failure (:func:`is_store_failure`) raised in its block is raised again as a
+    ``StoreError`` (caused by it) saying that ``what`` failed; every other exception passes unchanged.
+
+    Parameters
+    ----------
+    what
+        The operation and its location, e.g. ``"cannot take lock 'snapshot' at s3://bucket/db/..."``.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if is_store_failure(exc):
+            raise store_error(exc, self.what) from exc
+        return False
+
+
+def store_boundary(location: Callable[[Any], str]) -> Callable[[F], F]:
+    """Decorator of a public method: a store failure escaping it is raised as a ``StoreError`` naming the
+    method and ``location(self)`` (:class:`StoreFailures`); a generator method is guarded while iterated.
+
+    Parameters
+    ----------
+    location
+        Where the method's object reads and writes, e.g. ``lambda query: f"the atlas at {query.db_uri!r}"``.
+    """
+
+    def decorate(method: F) -> F:
+        def what(self: Any) -> str:
+            return f"{method.__qualname__} on {location(self)} failed"
+
+        if inspect.isgeneratorfunction(method):
+
+            @functools.wraps(method)
+            def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
+                with StoreFailures(what(self)):
+                    yield from method(self, *args, **kwargs)
+
+            return cast(F, generator)
+
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with StoreFailures(what(self)):
+                return method(self, *args, **kwargs)
+
+        return cast(F, call)
+
+    return decorate
+
+
+def guard(target: T, where: str) -> T:
+    """``target`` (a LanceDB connection, a pylance dataset...) guarded in place, and returned.
+
+    Its class becomes a subclass of its own (made once per class, :func:`_guarded_class`) whose public
+    methods and properties raise a store failure as a ``StoreError`` naming the call and ``where``, and guard
+    in turn what they return from LanceDB or pylance (tables, query and merge builders, datasets, scanners,
+    tags) and the streams of batches they return. The object stays an instance of its own class
+    (``isinstance`` and everything else unchanged); an object whose class cannot be subclassed (a native
+    one) is returned as it is.
+    """
+    cls = type(target)
+    guarded = cls if cls in _GUARDED.values() else _guarded_class(cls)
+    if guarded is None:
+        return target
+    try:
+        target.__class__ = guarded
+        object.__setattr__(target, _WHERE, where)
+    except (TypeError, AttributeError):  # a layout __class__ cannot change, or no instance attributes
+        pass
+    return target
+
+
+def _guarded_class(cls: type) -> type | None:
+    """The subclass of ``cls`` whose public methods and property getters are guarded (made once); None when
+    ``cls`` cannot be subclassed."""
+    if cls not in _GUARDED:
+        namespace: dict[str, Any] = {
+            "__slots__": (),
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        }
+        for name in (name for name in dir(cls) if not name.startswith("_")):
+            attribute = inspect.getattr_static(cls, name, None)
+            if getattr(attribute, "__final__", False):  # lancedb's @final: not to be overridden
+                continue
+            if isinstance(attribute, property) and attribute.fget is not None:
+                getter = _guarded_call(attribute.fget, f"reading {name} of")
+                namespace[name] = property(getter, attribute.fset, attribute.fdel, attribute.__doc__)
+            elif inspect.isfunction(attribute):
+                namespace[name] = _guarded_call(attribute, f"{name}() on")
+        try:  # made by the class's own metaclass (lancedb's checks that an override says it is one)
+            made: type | None = type(cls)(cls.__name__, (cls,), namespace)
+        except TypeError:  # not an acceptable base type (a native class)
+            made = None
+        _GUARDED.setdefault(cls, made)  # two threads may make one each: the first made is kept
+    return _GUARDED[cls]
+
+
+def _guarded_call(function: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``function`` (a method or a property getter) raising store failures as ``StoreError`` and guarding
+    what it returns."""
+
+    @functools.wraps(function)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        where = _location(self)
+        with StoreFailures(f"{what} {where} failed"):
+            result = function(self, *args, **kwargs)
+        if function.__name__ in ("open_table", "create_table") and args and isinstance(args[0], str):
+            where = f"table {args[0]!r} of {where}"
+        return _guarded_value(result, where)
+
+    call.__override__ = True  # type: ignore[attr-defined]  # what lancedb's EnforceOverrides asks of one
+    return call
+
+
+def _location(guarded: object) -> str:
+    try:
+        return object.__getattribute__(guarded, "__dict__").get(_WHERE, "the LanceDB database")
+    except AttributeError:  # no instance attributes
+        return "the LanceDB database"
+
+
+def _guarded_value(value: Any, where: str) -> Any:
+    """``value`` guarded when it is an object of LanceDB or pylance or a stream of batches (as the same kind
+    of stream), else as it is."""
+    if isinstance(value, types.GeneratorType):
+        return _guarded_iteration(value, where)
+    if isinstance(value, pa.RecordBatchReader):
+        return pa.RecordBatchReader.from_batches(value.schema, _guarded_iteration(value, where))
+    if type(value).__module__.partition(".")[0] in _GUARDED_PACKAGES and not isinstance(value, type):
+        return guard(value, where)
+    return value
+
+
+def _guarded_iteration(iterable: Iterable[Any], where: str) -> Iterator[Any]:
+    """The items of ``iterable``; a store failure while they are read is a ``StoreError``."""
+    with StoreFailures(f"reading {where} failed"):
+        yield from iterable

@@ -1,0 +1,193 @@
+"""Store settings that used to be dropped or to end in a Rust panic: retry settings reach LanceDB (or are
+warned about), an endpoint is checked wherever it comes from (store_kwargs, storage_options, environment),
+LanceDB-only storage_options for an atlas on S3 are refused, and the settings an atlas recorded for its store
+are the defaults a reader's credentials complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, Seaweed
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.errors import LancellWarning, StoreError
+from lancell.storage.stores import lancedb_storage_options, read_json
+
+# nothing listens on port 9 (discard): a request there fails at once
+UNREACHABLE = {
+    "config": {
+        "endpoint": "http://127.0.0.1:9",
+        "region": "us-east-1",
+        "access_key_id": "k",
+        "secret_access_key": "s",
+    },
+    "client_options": {"allow_http": True},
+}
+
+
+def create(db_uri: str, store: str, **kwargs: object) -> RaggedAtlas:
+    return RaggedAtlas.create(
+        db_uri, "cells", CellSchema, store=store, registry_schemas={"gene_expression": GeneFeature}, **kwargs
+    )
+
+
+def test_retry_settings_reach_lancedb():
+    kwargs = {**UNREACHABLE, "retry_config": {"max_retries": 2, "retry_timeout": timedelta(seconds=4.5)}}
+    options = lancedb_storage_options("s3://b/db", kwargs)
+    assert options["client_max_retries"] == "2"
+    assert options["client_retry_timeout"] == "5"  # lance takes whole seconds
+
+
+def test_configuration_given_as_keyword_arguments_reaches_lancedb():
+    """obstore's from_url takes configuration keys as keyword arguments too; LanceDB got none of them."""
+    options = lancedb_storage_options("s3://b/db", {"endpoint": "http://h:1", "region": "eu-west-1"})
+    assert options == {"endpoint": "http://h:1", "region": "eu-west-1"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"retry_config": {"max_retries": 1, "backoff": {"max_backoff": timedelta(seconds=1)}}}, "backoff"),
+        ({"credential_provider": lambda: {"access_key_id": "k"}}, "credential_provider"),
+    ],
+)
+def test_settings_lancedb_cannot_take_are_warned(extra, named):
+    with pytest.warns(LancellWarning, match=f"{named}.*cannot be passed to LanceDB"):
+        lancedb_storage_options("s3://b/db", {**UNREACHABLE, **extra})
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"])
+def test_a_bare_endpoint_from_the_environment_is_a_store_error(monkeypatch, variable):
+    """It ended in a Rust panic (pyo3's PanicException, not even an ``Exception``)."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    with pytest.raises(StoreError, match=rf"environment variable {variable}='127\.0\.0\.1:9'"):
+        RaggedAtlas.checkout_latest("s3://lancell/somewhere/db")
+    with pytest.raises(StoreError, match=f"environment variable {variable}"):
+        create("s3://lancell/somewhere/db", "s3://lancell/somewhere/arrays", store_kwargs={})
+
+
+def test_a_bare_endpoint_in_storage_options_or_keyword_arguments_is_a_store_error():
+    """Explicit storage_options were never checked (a RustPanic from the LanceDB connection)."""
+    options = {"endpoint": "127.0.0.1:9", "region": "us-east-1", "allow_http": "true"}
+    with pytest.raises(StoreError, match=r"storage_options setting endpoint='127\.0\.0\.1:9'"):
+        create(
+            "s3://lancell/x/db", "s3://lancell/x/arrays", store_kwargs=UNREACHABLE, storage_options=options
+        )
+    with pytest.raises(StoreError, match=r"store_kwargs setting endpoint='127\.0\.0\.1:9'"):
+        create("s3://lancell/x/db", "s3://lancell/x/arrays", store_kwargs={"endpoint": "127.0.0.1:9"})
+
+
+def test_lancedb_only_storage_options_for_an_atlas_on_s3_are_refused():
+    """docs/s3.md created with storage_options alone: the metadata and zarr stores never got the endpoint and
+    went to AWS instead (an untyped obstore error after the retries)."""
+    options = {"endpoint": "http://127.0.0.1:9", "region": "us-east-1", "allow_http": "true"}
+    with pytest.raises(StoreError, match=r"storage_options configure LanceDB only.*store_kwargs"):
+        create("s3://lancell/x/db", "s3://lancell/x/arrays", storage_options=options)
+
+
+def test_the_recorded_store_settings_complete_a_readers_credentials(caplog, monkeypatch):
+    from lancell.storage.store_settings import with_recorded_config
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_REGION", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    recorded = {
+        "endpoint": "http://s3.lab:8333",
+        "region": "us-east-1",
+        "client_options": {"allow_http": "true"},
+    }
+    credentials = {"config": {"access_key_id": "k", "secret_access_key": "s"}}
+    assert with_recorded_config("s3://b/arrays", credentials, recorded) == {
+        "config": {
+            "endpoint": "http://s3.lab:8333",
+            "region": "us-east-1",
+            "access_key_id": "k",
+            "secret_access_key": "s",
+        },
+        "client_options": {"allow_http": "true"},
+    }
+    # the caller's settings win, under any spelling; another endpoint is logged
+    given = {
+        "config": {"aws_endpoint": "http://mirror:9000", "region": "eu-west-1"},
+        "client_options": {"allow_http": False},
+    }
+    with caplog.at_level(logging.WARNING):
+        assert with_recorded_config("s3://b/arrays", given, recorded) == given
+    assert "http://mirror:9000" in caplog.text and "http://s3.lab:8333" in caplog.text
+    # and so do the environment's (obstore reads it for a setting not given)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://mirror:9000")
+    assert "endpoint" not in with_recorded_config("s3://b/arrays", credentials, recorded)["config"]
+    assert with_recorded_config("/data/arrays", credentials, recorded) == credentials  # local: nothing to add
+
+
+def test_a_local_atlas_with_its_arrays_on_s3_reads_them_with_credentials_only(
+    seaweed: Seaweed, tmp_path: Path
+):
+    """atlas.json records the store's endpoint, region and allow_http; a reader giving credentials only was
+    sent to AWS."""
+    from lancell.tables.atlas_meta import recorded_store
+
+    db = str(tmp_path / "db")
+    create(db, f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/arrays", store_kwargs=seaweed.store_kwargs())
+    meta = json.loads((tmp_path / "db" / "_lancell" / "atlas.json").read_text())
+    assert meta["store_config"]["endpoint"] == seaweed.endpoint
+    credentials = {"config": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}
+    store = recorded_store(
+        None, meta["store_url"], credentials, recorded_config=meta["store_config"], db_uri=db
+    )
+    assert read_json(store, "zarr.json")["attributes"]["lancell_format"]
+
+
+def test_store_options_for_a_local_atlas_and_store_are_refused(tmp_path: Path):
+    """They were silently ignored (a local path takes no options)."""
+    from lancell.tables.atlas_meta import recorded_store
+
+    options = {"config": {"region": "us-east-1"}}
+    with pytest.raises(StoreError, match=r"\['config.region'\] would be ignored"):
+        create(str(tmp_path / "db"), str(tmp_path / "arrays"), store_kwargs=options)
+    assert not (tmp_path / "db").exists()
+    create(str(tmp_path / "db"), str(tmp_path / "arrays"))
+    with pytest.raises(StoreError, match="would be ignored"):
+        recorded_store(None, (tmp_path / "arrays").as_uri(), options, db_uri=str(tmp_path / "db"))
+
+
+# RaggedAtlas.open/checkout pass the recorded settings and db_uri to recorded_store
+
+
+def test_checkout_with_credentials_only_reads_arrays_on_s3(seaweed: Seaweed, tmp_path: Path, monkeypatch):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    db = str(tmp_path / "db")
+    atlas = create(db, f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/arrays", store_kwargs=seaweed.store_kwargs())
+    atlas.snapshot()
+    credentials = {"config": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}
+    assert RaggedAtlas.checkout_latest(db, store_kwargs=credentials).query().count() == 0
+    assert RaggedAtlas.open(db, store_kwargs=credentials).query().count() == 0
+
+
+def test_store_options_for_a_local_atlas_are_refused_when_it_is_opened(tmp_path: Path):
+    db = str(tmp_path / "db")
+    create(db, str(tmp_path / "arrays")).snapshot()
+    options = {"config": {"region": "us-east-1"}}
+    with pytest.raises(StoreError, match="would be ignored"):
+        RaggedAtlas.open(db, store_kwargs=options)
+    with pytest.raises(StoreError, match="would be ignored"):
+        RaggedAtlas.checkout_latest(db, store_kwargs=options)
+
+
+def test_lancedb_only_storage_options_are_refused_before_any_request_when_opening():
+    options = {"endpoint": "http://127.0.0.1:9", "region": "us-east-1", "allow_http": "true"}
+    for open_atlas in (RaggedAtlas.open, RaggedAtlas.checkout_latest):
+        with pytest.raises(StoreError, match="storage_options configure LanceDB only"):
+            open_atlas("s3://lancell/x/db", storage_options=options)
