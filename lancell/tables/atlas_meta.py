@@ -194,8 +194,8 @@ def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writabl
     """
     here = _location(db_uri)
     created = meta.get("db_url") or _legacy_creation(here, url)
-    if created is None or _location(created) == here:
-        return url
+    if created is None or _location(created) == here or url == here or url.startswith(f"{here}/"):
+        return url  # not moved, or a store already inside it (a snapshot taken after the move records it)
     there = _location(created)
     if meta.get("db_url") and (url == there or url.startswith(f"{there}/")):
         return here + url[len(there) :]
