@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
-from lancell.errors import LancellWarning, StoreError, VersionNotFoundError
+from lancell.errors import VersionNotFoundError
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
 from lancell.storage.store_failures import StoreFailures, store_boundary
@@ -25,6 +24,7 @@ from lancell.tables.atlas_meta import (
     ensure_atlas_id,
     located_store_url,
     read_meta,
+    reading_store_url,
     recorded_store,
 )
 from lancell.tables.atlas_tables import AtlasTables, Database, connect
@@ -34,7 +34,7 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
-from lancell.tables.versions import list_snapshots, read_snapshot
+from lancell.tables.versions import list_snapshots, noted_version, read_snapshot
 from lancell.validation import find_problems
 
 # lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
@@ -177,7 +177,7 @@ class RaggedAtlas:
         meta = meta if read_only else ensure_atlas_id(meta_store, meta)
         given, url = store is not None, meta["store_url"]
         if not given and read_only:
-            url = _read_store_url(db_uri, meta, url)
+            url = reading_store_url(db_uri, meta, url)
         elif not given:
             url = located_store_url(db_uri, meta, url, writable=True)
         store = recorded_store(
@@ -210,7 +210,7 @@ class RaggedAtlas:
         meta, meta_store = read_meta(db_uri, store_kwargs)
         database = Database(db_uri, options)
         row = read_snapshot(database, int(version))
-        url = row["store_url"] if store is not None else _read_store_url(db_uri, meta, row["store_url"])
+        url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
         store = recorded_store(
             store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri
         )
@@ -256,7 +256,8 @@ class RaggedAtlas:
         *,
         store_kwargs: dict[str, Any] | None = None,
     ) -> int | None:
-        """The latest snapshot whose note is ``note`` (used as a label by the Dagster partitions), or None.
+        """The snapshot whose note is ``note`` (a label: the Dagster partitions), or None
+        (:func:`~lancell.tables.versions.noted_version`).
 
         Raises
         ------
@@ -265,9 +266,7 @@ class RaggedAtlas:
         """
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
-        frame = list_snapshots(connect(db_uri, options))
-        match = frame[frame["note"] == note]
-        return None if match.empty else int(match["version"].iloc[-1])
+        return noted_version(list_snapshots(connect(db_uri, options)), note)
 
     @classmethod
     def _from_meta(
@@ -451,19 +450,3 @@ class RaggedAtlas:
         state = "live" if self.snapshot_version is None else f"snapshot {self.snapshot_version}"
         state += ", read-only" if self.read_only and self.snapshot_version is None else ""
         return f"RaggedAtlas({self.db_uri!r}, {state}, feature spaces {sorted(self.feature_spaces)})"
-
-
-def _read_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
-    """The store URL a read-only handle of the atlas at ``db_uri`` reads when no store is given (``url``, as
-    recorded, relocated for a copy whose store lies inside it); warns when that store may be the original's.
-    """
-    try:
-        return located_store_url(db_uri, meta, url, writable=True)
-    except StoreError:  # a copy or move whose store lies outside it: a write would be refused
-        warnings.warn(
-            f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
-            "that store, which may be the original's (pass store= to read another)",
-            LancellWarning,
-            stacklevel=3,
-        )
-        return located_store_url(db_uri, meta, url, writable=False)

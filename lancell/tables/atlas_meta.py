@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,14 @@ import obstore.store as obs_store
 import pyarrow as pa
 import zarr
 
-from lancell.errors import AtlasExistsError, AtlasNotFoundError, FormatVersionError, SchemaError, StoreError
+from lancell.errors import (
+    AtlasExistsError,
+    AtlasNotFoundError,
+    FormatVersionError,
+    LancellWarning,
+    SchemaError,
+    StoreError,
+)
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.store_failures import is_store_failure
 from lancell.storage.store_settings import with_recorded_config
@@ -67,6 +75,7 @@ __all__ = [
     "db_options",
     "ensure_atlas_id",
     "read_meta",
+    "reading_store_url",
     "recorded_store",
     "resolve_store",
 ]
@@ -206,6 +215,22 @@ def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writabl
             "groups"
         )
     return url
+
+
+def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
+    """The store URL a read-only handle of the atlas at ``db_uri`` reads when no store is given (``url``, as
+    recorded, relocated for a copy whose store lies inside it); warns when that store may be the original's.
+    """
+    try:
+        return located_store_url(db_uri, meta, url, writable=True)
+    except StoreError:  # a copy or move whose store lies outside it: a write would be refused
+        warnings.warn(
+            f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
+            "that store, which may be the original's (pass store= to read another)",
+            LancellWarning,
+            stacklevel=3,
+        )
+        return located_store_url(db_uri, meta, url, writable=False)
 
 
 def _location(uri: str) -> str:
