@@ -612,7 +612,9 @@ def encode_body(values: np.ndarray, words: np.ndarray, w0: int, bases: int, pack
         cost, w, c, size = choose_width(dl, m, small, block_deltas(x, prev, dl, dz, small))
         mode, slots, pay, base = MODE_DELTA, dl, dz, x[0]
         if 16 * c > np.uint64(m):  # more than 8 exceptions per 128 (short runs): try offsets from the minimum
-            lo = x[:BLOCK].min()
+            lo = x[0]  # a loop: ndarray.min would load numba's arraymath, see transpose._largest
+            for i in range(1, BLOCK):
+                lo = min(lo, x[i])
             for i in range(BLOCK):
                 fr[i] = x[i] - lo if i < m else 0
             cost_f, w_f, c_f, size_f = choose_width(fr, m, small, narrow_or_max(fr, fr, small))

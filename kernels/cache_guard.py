@@ -14,7 +14,13 @@ issue 10128 is the same race for gufuncs.
   the index to writing it, and writes the data file before the index entry that names it, so that no index
   entry ever names a file that is not yet written or written for another signature;
 - a load returns nothing (numba then compiles the kernel and saves it again, healing the entry) unless the
-  loaded code was compiled for the argument types asked for.
+  loaded code was compiled for the argument types asked for;
+- a load readies only what running compiled code needs (numba's runtime, NRT). numba's own load refreshes
+  the compiler's registries first, importing its implementations of NumPy, typed containers, random numbers
+  and jitclasses and, through ``numba.np.arraymath``, SciPy's BLAS: about half a second of a process's first
+  kernel call, spent where nothing is compiled. A compile refreshes them itself (``compiler.compile_extra``).
+  The kernels also keep out of ``arraymath`` (no ``ndarray.min``/``max``), whose module a cached kernel
+  using it imports on loading.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import itertools
 from collections.abc import Iterator
 
 from numba.core import caching, sigutils
+from numba.core.runtime import rtsys
 
 try:
     import fcntl
@@ -31,8 +38,6 @@ except ImportError:  # Windows: saves are not locked; the load check still appli
     fcntl = None
 
 __all__ = ["install"]
-
-_ORIGINAL_LOAD = caching.Cache.load_overload
 
 
 def install() -> None:
@@ -69,8 +74,12 @@ def _locked_save(self: caching.IndexDataCacheFile, key: object, data: object) ->
 
 
 def _checked_load(self: caching.Cache, sig: object, target_context: object) -> object:
-    """``Cache.load_overload``: None where the cached code is not for ``sig``'s argument types."""
-    loaded = _ORIGINAL_LOAD(self, sig, target_context)
+    """``Cache.load_overload`` with the runtime readied, not the registries; None where the cached code is
+    not for ``sig``'s argument types."""
+    rtsys.initialize(target_context)
+    loaded = None
+    with self._guard_against_spurious_io_errors():  # (numba's: swallows Windows' spurious errors)
+        loaded = self._load_overload(sig, target_context)
     compiled_for = getattr(loaded, "signature", None)  # a compiled function (a library cache holds none)
     if compiled_for is None:
         return loaded

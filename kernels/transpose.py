@@ -123,6 +123,16 @@ def partition_runs(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _largest(features: np.ndarray) -> int:
+    """The largest of ``features`` (not empty): a loop, because ``ndarray.max`` loads numba's
+    ``arraymath`` with the kernel from the cache, which imports SciPy's BLAS (a quarter of a second)."""
+    top = features[0]
+    for i in range(1, features.size):
+        top = max(top, features[i])
+    return top
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _place(
     run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, checked, with_rows
 ):
@@ -161,7 +171,7 @@ def scatter_runs(
     row) / ``out_values``, advancing it (``out_rows`` may be empty: values only). Where every element is in
     range (the feature range holds the whole bucket), none is tested."""
     with_rows = out_rows.size > 0
-    if features.size and (base < 0 or base + np.int64(features.max()) >= width):
+    if features.size and (base < 0 or base + np.int64(_largest(features)) >= width):
         _place(
             run_rows, run_lengths, features, values, base, width, fill, out_rows, out_values, True, with_rows
         )

@@ -115,3 +115,34 @@ assert kernels.scatter.scatter_rows.signatures == [], kernels.scatter.scatter_ro
 def test_forkserver_preload_imports_no_database_or_anndata() -> None:
     # what every DataLoader worker forks from, besides the main module
     assert _loaded("import lancell.dataloader._forkserver", ["lancedb", "lance", "anndata", "pandas"]) == []
+
+
+def test_an_ingestion_loads_its_kernels_without_numbas_compiler_registries(tmp_path: Path) -> None:
+    """A kernel loaded from numba's cache needs numba's runtime only; numba's own load imports its NumPy
+    implementations (and, through ``arraymath``, SciPy's BLAS) first: half a second of every fresh
+    ingestion (kernels.cache_guard). The first process may compile (a cold cache); the second loads."""
+    db = str(tmp_path / "db")
+    RaggedAtlas.create(
+        db,
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": SymbolFeature},
+    ).register_features("gene_expression", pd.DataFrame({"uid": [f"g{i}" for i in range(50)]}))
+    code = f"""
+import numpy as np, scipy.sparse as sp, anndata as ad, pandas as pd
+from lancell.atlas import RaggedAtlas
+from lancell.ingest.from_anndata import add_from_anndata
+x = sp.random(300, 50, density=0.3, format="csr", random_state=1)
+x.data = np.ceil(x.data * 100)
+var = pd.DataFrame(index=[f"g{{i}}" for i in range(50)])
+adata = ad.AnnData(x, var=var, obs=pd.DataFrame(index=[f"c{{i}}" for i in range(300)]))
+atlas = RaggedAtlas.open({db!r})
+add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts", csc=True, progress=False,
+                 on_duplicate="allow")
+got = atlas.query().layers("gene_expression", "counts").to_anndata().X
+assert (got != sp.vstack([x] * (got.shape[0] // 300))).nnz == 0
+"""
+    registries = ["numba.np.arraymath", "numba.typed.typeddict", "numba.np.random.generator_methods"]
+    _loaded(code, registries)  # compiles what the cache lacks
+    assert _loaded(code, registries) == []
