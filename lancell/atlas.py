@@ -355,6 +355,8 @@ class RaggedAtlas:
 
         Raises
         ------
+        ArgumentError
+            ``note`` is neither a str nor None (nothing is recorded).
         ValidationError
             The atlas is inconsistent (nothing is recorded).
         LockLostError

@@ -44,6 +44,16 @@ class DuplicateContentWarning(LancellWarning):
     """``add_from_anndata(on_duplicate="skip")`` met content already in the atlas and ingested nothing."""
 
 
+class ArgumentError(LancellError, TypeError):
+    """An argument of a type the call does not take (the message names the argument and what it takes)."""
+
+
+def require_type(name: str, value: object, kind: type | tuple[type, ...], what: str) -> None:
+    """Raise :class:`ArgumentError` unless ``value`` (argument ``name``) is a ``kind`` (``what`` in words)."""
+    if not isinstance(value, kind):
+        raise ArgumentError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
 class SchemaError(LancellError, ValueError):
     """A schema class is malformed (unknown feature space in a pointer field, missing required fields)."""
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
-from lancell.errors import DatasetNotFoundError, LockTimeoutError
+from lancell.errors import DatasetNotFoundError, LockTimeoutError, require_type
 from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
@@ -49,11 +49,14 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
 
     Raises
     ------
+    ArgumentError
+        ``uid`` is not a str.
     DatasetNotFoundError
         No such dataset.
     LockTimeoutError
         Another operation on the dataset held its lock for longer than the lock's timeout.
     """
+    require_type("uid", uid, str, "a dataset uid (a str)")
     with core.lock(dataset_lock_name(uid)):
         where = f"uid = {sql_literal(uid)}"
         rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
@@ -138,7 +141,13 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
         ``groups``: groups deleted; ``cells``: cell rows deleted; ``unclaimed``: groups that uncommitted cell
         rows point into but this atlas never claimed (an older lancell wrote them), left in place;
         ``foreign``: claimed groups whose attributes name another atlas or none, left in place.
+
+    Raises
+    ------
+    ArgumentError
+        ``grace`` is not a ``datetime.timedelta`` (``timedelta(0)`` for none).
     """
+    require_type("grace", grace, timedelta, "a datetime.timedelta, e.g. timedelta(0) for none")
     claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace

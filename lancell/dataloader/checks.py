@@ -17,7 +17,7 @@ import torch
 
 from lancell.errors import OutOfBoundsError, QueryError
 
-__all__ = ["EXACT_DTYPES", "check_exact", "integer", "positions", "real"]
+__all__ = ["EXACT_DTYPES", "check_exact", "flag", "integer", "positions", "real"]
 
 # the largest whole number each output dtype holds exactly, and every smaller one
 _EXACT_LIMIT = {
@@ -46,6 +46,19 @@ def integer(name: str, value: object, minimum: int) -> int:
     if number < minimum:
         raise QueryError(f"{name} must be >= {minimum}, got {number}")
     return number
+
+
+def flag(name: str, value: object) -> bool:
+    """``value`` as a bool: ``True`` or ``False`` only (the string ``"False"`` is true to Python).
+
+    Raises
+    ------
+    QueryError
+        ``value`` is not a bool.
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise QueryError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def real(name: str, value: object) -> float:

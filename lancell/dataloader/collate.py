@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lancell.dataloader.batch import CellBatch, SparseRows
-from lancell.dataloader.checks import EXACT_DTYPES, check_exact, real
+from lancell.dataloader.checks import EXACT_DTYPES, check_exact, flag, real
 from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
@@ -78,13 +78,15 @@ class SparseCollate:
     ------
     QueryError
         ``dtype`` is none of these (int8, uint8, float16, bfloat16 wrap or round counts; a string is not a
-        dtype).
+        dtype), ``presence`` not a bool; at a batch: the batch is dense (a dense feature space;
+        ``make_loader`` refuses the pair before any batch).
     """
 
     dtype: torch.dtype | None = torch.float32
     presence: bool = False
 
     def __post_init__(self) -> None:
+        flag("presence", self.presence)
         if self.dtype is not None and self.dtype not in EXACT_DTYPES:
             raise QueryError(
                 f"SparseCollate(dtype={self.dtype!r}): dtype must be None or one of {list(EXACT_DTYPES)}, "
@@ -114,7 +116,7 @@ class SparseCollate:
 
     def __call__(self, batch: CellBatch) -> dict[str, object]:
         if batch.kind != "sparse":
-            raise TypeError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
+            raise QueryError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
         shape = (len(batch), batch.n_features)
         layers = _sparse_layers(batch).values()
         x, *others = (
@@ -147,7 +149,8 @@ class DenseCollate:
     Raises
     ------
     QueryError
-        ``normalize`` with a ``target_sum`` that is not a positive finite number.
+        ``normalize`` with a ``target_sum`` that is not a positive finite number; ``normalize``, ``log1p`` or
+        ``presence`` not a bool.
 
     Warns
     -----
@@ -161,6 +164,8 @@ class DenseCollate:
     presence: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("normalize", "log1p", "presence"):
+            flag(name, getattr(self, name))
         if self.normalize:
             if not real("target_sum", self.target_sum) > 0:
                 raise QueryError(f"target_sum must be positive, got {self.target_sum!r}")

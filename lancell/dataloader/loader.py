@@ -134,7 +134,8 @@ def make_loader(
     Raises
     ------
     QueryError
-        A sampler built for a dataset of another size; ``fork`` asked for; a number of workers or threads
+        A sampler built for a dataset of another size; a :class:`SparseCollate` for a dense feature space;
+        ``fork`` asked for; a number of workers or threads
         that is not a non-negative integer, both workers and threads; a ``prefetch_factor`` that is not a
         positive integer, a negative or non-finite ``timeout``; ``prefetch_factor`` or
         ``multiprocessing_context`` without workers (torch's DataLoader refuses them too).
@@ -151,6 +152,10 @@ def make_loader(
     )
     if collate_fn is None:
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
+    if isinstance(collate_fn, SparseCollate) and dataset.kind != "sparse":
+        raise QueryError(
+            f"SparseCollate needs a sparse feature space; this dataset's is {dataset.kind}: use DenseCollate"
+        )
     if (
         pin_memory and not torch.accelerator.is_available()
     ):  # pinning would raise in the first epoch's handoff

@@ -32,7 +32,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from lancell.dataloader.checks import integer
+from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
 from lancell.errors import LancellWarning, QueryError
 
@@ -117,7 +117,8 @@ class CellSampler(Sampler[list[int]]):
     ------
     QueryError
         A batch size, block size or ``num_replicas`` that is not a positive integer, a ``seed`` that is not a
-        non-negative integer, an unknown mode, or a rank outside ``[0, num_replicas)``. Iterating (or
+        non-negative integer, a ``drop_last`` that is not a bool, an unknown mode, or a rank outside
+        ``[0, num_replicas)``. Iterating (or
         ``set_epoch``, ``len``) raises it too when ``num_replicas`` or ``rank`` came from the defaults and
         ``torch.distributed`` now says otherwise (the sampler was built before ``init_process_group``).
 
@@ -165,7 +166,7 @@ class CellSampler(Sampler[list[int]]):
             )
         self.n_cells = len(dataset)
         self.mode = mode
-        self.drop_last = bool(drop_last)
+        self.drop_last = flag("drop_last", drop_last)
         self.epoch = 0
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":

@@ -148,7 +148,7 @@ class AtlasQuery:
 
     def limit(self, n: int) -> AtlasQuery:
         """Return at most ``n`` cells."""
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:  # True is an int, not a count
             raise QueryError(f"limit must be a non-negative integer, got {n!r}")
         return self._with(cells=replace(self._cells, limit=n))
 

@@ -85,8 +85,9 @@ def prepare_features(
             "changed), so given ones would be ignored: drop the column"
         )
     uids = frame["uid"]
-    if uids.isna().any() or (uids.astype(str).str.len() == 0).any():
-        raise FeatureRegistryError(f"{feature_space}: {int(uids.isna().sum())} features have an empty uid")
+    empty = uids.isna() | (uids.astype(str).str.len() == 0)
+    if empty.any():
+        raise FeatureRegistryError(f"{feature_space}: {int(empty.sum())} features have an empty uid")
     duplicated = uids[uids.duplicated()].unique().tolist()
     if duplicated:
         raise FeatureRegistryError(f"{feature_space}: duplicate feature uids {duplicated[:5]}")

@@ -143,6 +143,19 @@ def test_sampler_arguments_must_be_integers(small, options, message):
         CellSampler(small, **options)
 
 
+def test_flags_must_be_bools(small):
+    """drop_last="False" dropped 31 of 131 cells each epoch (a non-empty string is true), without a word."""
+    for false in ("False", "no", 0, None):
+        with pytest.raises(QueryError, match=f"drop_last must be True or False, got {false!r}"):
+            CellSampler(small, 50, drop_last=false)
+    assert CellSampler(small, 50, drop_last=np.bool_(False)).drop_last is False
+    with pytest.raises(QueryError, match="presence must be True or False, got 'yes'"):
+        SparseCollate(presence="yes")
+    for name in ("normalize", "log1p", "presence"):
+        with pytest.raises(QueryError, match=f"{name} must be True or False, got 'False'"):
+            DenseCollate(**{name: "False"})
+
+
 def test_set_epoch_takes_a_non_negative_integer(small):
     sampler = CellSampler(small, 64)
     for epoch, message in ((-1, "epoch must be >= 0, got -1"), (1.5, "epoch must be an integer, got 1.5")):

@@ -264,6 +264,11 @@ def test_dense_feature_space_two_layers(tmp_path, celltypist):
     out = DenseCollate()(batch)
     np.testing.assert_array_equal(out["layers"]["counts"].numpy(), expected.layers["counts"][positions])
     np.testing.assert_array_equal(out["X"].numpy(), expected.X[positions])
+    # a sparse collate for dense batches: refused by make_loader, not at the first batch (in a worker)
+    with pytest.raises(QueryError, match=r"SparseCollate needs a sparse feature space; .* is dense"):
+        make_loader(dataset, CellSampler(dataset, 8), num_workers=2, collate_fn=SparseCollate())
+    with pytest.raises(QueryError, match="SparseCollate needs a sparse batch"):
+        SparseCollate()(batch)
 
 
 def test_count_and_list_datasets_show_each_datasets_layers(two, celltypist):

@@ -21,6 +21,7 @@ BUILTIN_OF = {
     errors.VersionNotFoundError: KeyError,
     errors.FormatVersionError: ValueError,
     errors.DuplicateNoteError: ValueError,
+    errors.ArgumentError: TypeError,
     errors.ReadOnlyAtlasError: PermissionError,
     errors.FeatureSpaceError: KeyError,
     errors.FeatureRegistryError: ValueError,
@@ -47,9 +48,9 @@ def test_every_public_error_class_has_a_builtin_base() -> None:
     ]
     assert public
     for cls in public:
-        assert any(issubclass(cls, b) for b in (ValueError, KeyError, IndexError, OSError, RuntimeError)), (
-            f"{cls.__name__} derives from no builtin a user would catch"
-        )
+        assert any(
+            issubclass(cls, b) for b in (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError)
+        ), f"{cls.__name__} derives from no builtin a user would catch"
 
 
 def test_key_error_subclasses_print_their_message_unquoted() -> None:

@@ -286,6 +286,13 @@ def test_given_global_indices_are_refused_not_ignored(atlas):
     assert atlas.register_features("gene_expression", registry.drop(columns="global_index")) == 0
 
 
+def test_empty_uids_are_counted(atlas):
+    """Two "" uids were refused as "0 features have an empty uid" (None counted, "" not)."""
+    empty = pd.DataFrame({"uid": ["", "", None, "NEW1"], "gene_symbol": ["a", "b", "c", "d"]})
+    with pytest.raises(FeatureRegistryError, match="3 features have an empty uid"):
+        atlas.register_features("gene_expression", empty)
+
+
 def test_unknown_on_conflict_is_refused(human_c3):
     with pytest.raises(ValueError, match="on_conflict must be 'error', 'keep' or 'update', got 'replace'"):
         human_c3.register_features("gene_expression", MOUSE, on_conflict="replace")

@@ -224,6 +224,13 @@ def test_layers_and_features_of_another_feature_space_are_refused(atlas):
     assert both["protein"].shape == (N, 1) and both["gene_expression"].shape == (N, 2)
 
 
+def test_a_limit_is_a_count_not_a_bool(atlas):
+    """limit(True) was limit(1), and count() then returned True."""
+    for flag in (True, False):
+        with pytest.raises(QueryError, match=f"limit must be a non-negative integer, got {flag!r}"):
+            atlas.query().limit(flag)
+
+
 def test_a_limit_counts_the_cells_drop_returns(tmp_path):
     # the limit was taken before the unmeasured cells were dropped: the first rows were all unmeasured and
     # limit(2) returned no cell

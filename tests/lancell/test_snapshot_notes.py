@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lancell import cli
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.errors import DuplicateNoteError
+from lancell.errors import ArgumentError, DuplicateNoteError
 
 
 def test_a_note_another_snapshot_has_is_refused_naming_that_snapshot(atlas):
@@ -22,6 +24,18 @@ def test_a_note_another_snapshot_has_is_refused_naming_that_snapshot(atlas):
     assert RaggedAtlas.find_snapshot(atlas.db_uri, "rel1") == 0
     assert [atlas.snapshot(), atlas.snapshot(), atlas.snapshot(note="rel2")] == [1, 2, 3]  # no note: no limit
     assert RaggedAtlas.find_snapshot(atlas.db_uri, "rel1") == 0
+
+
+def test_a_note_that_is_not_a_str_is_refused_before_anything_is_tagged(atlas):
+    """note=123 tagged every table snapshot-1, then failed in pyarrow; the snapshot was never recorded."""
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot() == 0
+    for note in (123, ["x"]):
+        with pytest.raises(ArgumentError, match=re.escape(f"note must be a str or None, got {note!r}")):
+            atlas.snapshot(note=note)
+    for table in atlas.core.tables.handles.values():
+        assert "snapshot-1" not in table.tags.list()
+    assert RaggedAtlas.list_versions(atlas.db_uri)["version"].tolist() == [0]
 
 
 def test_the_command_line_refuses_a_note_in_use(atlas, capsys):

@@ -11,7 +11,7 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.errors import ReadOnlyAtlasError, VersionNotFoundError
+from lancell.errors import ArgumentError, ReadOnlyAtlasError, VersionNotFoundError
 from lancell.ingest.from_anndata import add_from_anndata
 
 
@@ -118,6 +118,18 @@ def test_delete_dataset_and_vacuum_keep_snapshot_groups(atlas, pbmc):
     assert snap.X.sum() == BUNDLED[1].read().X.sum()
     atlas.snapshot()
     assert atlas.validate() == []
+
+
+def test_maintenance_arguments_of_another_type_are_refused(atlas):
+    """vacuum(grace=0) raised TypeError from datetime arithmetic, delete_dataset(None) an AttributeError."""
+    ingest_bundled(atlas, BUNDLED[0])
+    for grace in (0, 3600, None):
+        with pytest.raises(ArgumentError, match=f"grace must be a datetime.timedelta.*got {grace!r}"):
+            atlas.vacuum(grace=grace)
+    for uid in (None, 5):
+        with pytest.raises(ArgumentError, match=f"uid must be a dataset uid \\(a str\\), got {uid!r}"):
+            atlas.delete_dataset(uid)
+    assert atlas.query().count() == 700
 
 
 def test_vacuum_removes_unreferenced_own_groups_only(atlas):
