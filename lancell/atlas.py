@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,29 +11,19 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
-from lancell.errors import VersionNotFoundError
+from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
-from lancell.storage.store_failures import StoreFailures, store_boundary
-from lancell.tables.atlas_meta import (
-    StoreLike,
-    check_given_store,
-    create_storage,
-    db_options,
-    ensure_atlas_id,
-    located_store_url,
-    read_meta,
-    reading_store_url,
-    recorded_store,
-)
-from lancell.tables.atlas_tables import AtlasTables, Database, connect
+from lancell.storage.store_failures import store_boundary
+from lancell.tables.atlas_meta import StoreLike, db_options, read_meta
+from lancell.tables.atlas_tables import connect
 from lancell.tables.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
-from lancell.tables.versions import list_snapshots, noted_version, read_snapshot
+from lancell.tables.versions import list_snapshots, noted_version
 from lancell.validation import find_problems
 
 # lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
@@ -139,19 +128,20 @@ class RaggedAtlas:
         SchemaError
             Schemas that do not fit together. :class:`AtlasExistsError` if an atlas is already there.
         """
-        meta, meta_store, database, store, storage_options = create_storage(
-            db_uri,
-            cell_table_name,
-            cell_schema,
-            store=store,
-            registry_schemas=registry_schemas,
-            dataset_schema=dataset_schema,
-            layers=layers,
-            fts_columns=fts_columns,
-            store_kwargs=store_kwargs,
-            storage_options=storage_options,
+        return cls(
+            created_core(
+                db_uri,
+                cell_table_name,
+                cell_schema,
+                store=store,
+                registry_schemas=registry_schemas,
+                dataset_schema=dataset_schema,
+                layers=layers,
+                fts_columns=fts_columns,
+                store_kwargs=store_kwargs,
+                storage_options=storage_options,
+            )
         )
-        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None)
 
     @classmethod
     def open(
@@ -172,21 +162,16 @@ class RaggedAtlas:
         :class:`~lancell.errors.LancellWarning` (a writable open refuses it until ``store`` is given, which
         must hold the atlas's groups).
         """
-        options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
-        meta, meta_store = read_meta(db_uri, store_kwargs)
-        meta = meta if read_only else ensure_atlas_id(meta_store, meta)
-        given, url = store is not None, meta["store_url"]
-        if not given and read_only:
-            url = reading_store_url(db_uri, meta, url)
-        elif not given:
-            url = located_store_url(db_uri, meta, url, writable=True)
-        store = recorded_store(
-            store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri
+        return cls(
+            opened_core(
+                db_uri,
+                store=store,
+                store_kwargs=store_kwargs,
+                dataset_schema=dataset_schema,
+                storage_options=storage_options,
+                read_only=read_only,
+            )
         )
-        database = Database(db_uri, options)
-        if given and not read_only:
-            check_given_store(store, database)
-        return cls._from_meta(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 
     @classmethod
     def checkout(
@@ -201,20 +186,15 @@ class RaggedAtlas:
     ) -> RaggedAtlas:
         """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded, read
         through pylance (lancedb is imported only by a search)."""
-        if isinstance(version, bool) or not isinstance(version, numbers.Integral):
-            raise VersionNotFoundError(
-                f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
-                "checkout_latest opens the newest"
-            )
-        options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
-        meta, meta_store = read_meta(db_uri, store_kwargs)
-        database = Database(db_uri, options)
-        row = read_snapshot(database, int(version))
-        url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
-        store = recorded_store(
-            store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri
+        core = checked_out_core(
+            db_uri,
+            version,
+            store=store,
+            store_kwargs=store_kwargs,
+            dataset_schema=dataset_schema,
+            storage_options=storage_options,
         )
-        return cls._from_meta(meta, meta_store, database, store, dataset_schema, row)
+        return cls(core)
 
     @classmethod
     def checkout_latest(
@@ -225,10 +205,8 @@ class RaggedAtlas:
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
-        options = db_options(db_uri, store_kwargs, kwargs.get("storage_options"))
-        read_meta(db_uri, store_kwargs)  # a missing atlas is an error before anything is opened or created
-        row = read_snapshot(Database(db_uri, options), None)
-        return cls.checkout(db_uri, int(row["version"]), store=store, store_kwargs=store_kwargs, **kwargs)
+        version = latest_snapshot(db_uri, store_kwargs, kwargs.get("storage_options"))
+        return cls.checkout(db_uri, version, store=store, store_kwargs=store_kwargs, **kwargs)
 
     @staticmethod
     def list_versions(
@@ -267,34 +245,6 @@ class RaggedAtlas:
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
         return noted_version(list_snapshots(connect(db_uri, options)), note)
-
-    @classmethod
-    def _from_meta(
-        cls,
-        meta: dict[str, Any],
-        meta_store: obs_store.ObjectStore,
-        database: Database,
-        store: obs_store.ObjectStore,
-        dataset_schema: type[DatasetRecord] | None,
-        snapshot: dict[str, Any] | None,
-        *,
-        read_only: bool = False,
-    ) -> RaggedAtlas:
-        pinned = None if snapshot is None else snapshot["tables"]
-        tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
-        with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):
-            core = AtlasCore(
-                db_uri=database.uri,
-                meta=meta,
-                tables=tables,
-                store=store,
-                meta_store=meta_store,
-                dataset_schema=dataset_schema,
-                read_only=read_only or snapshot is not None,
-                snapshot_version=None if snapshot is None else int(snapshot["version"]),
-                storage_options=database.storage_options,
-            )
-        return cls(core)
 
     # ----------------------------------------------------------------------------------- writing
     @_boundary

@@ -1,0 +1,169 @@
+"""Opening an atlas: the :class:`~lancell.core.AtlasCore` behind each of ``RaggedAtlas``'s constructors.
+
+Which store a handle reads (the one given, the one inside the atlas's own location, or the one recorded) is
+decided by :mod:`lancell.tables.atlas_meta`; which table versions it reads, here: the live tables, or those
+a snapshot recorded (``checkout``), read through pylance.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lancell.core import AtlasCore
+from lancell.errors import VersionNotFoundError
+from lancell.storage.store_failures import StoreFailures
+from lancell.tables.atlas_meta import (
+    StoreLike,
+    check_given_store,
+    create_storage,
+    db_options,
+    ensure_atlas_id,
+    located_store_url,
+    read_meta,
+    reading_store_url,
+    recorded_store,
+)
+from lancell.tables.atlas_tables import AtlasTables, Database
+from lancell.tables.versions import read_snapshot
+
+if TYPE_CHECKING:
+    import obstore.store as obs_store
+
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema
+
+__all__ = ["checked_out_core", "created_core", "latest_snapshot", "opened_core"]
+
+
+def created_core(
+    db_uri: str,
+    cell_table_name: str,
+    cell_schema: type[LancellBaseSchema],
+    *,
+    store: StoreLike | None,
+    registry_schemas: Mapping[str, type[FeatureBaseSchema]],
+    dataset_schema: type[DatasetRecord] | None,
+    layers: Mapping[str, Sequence[str]] | None,
+    fts_columns: Sequence[str],
+    store_kwargs: dict[str, Any] | None,
+    storage_options: Mapping[str, str] | None,
+) -> AtlasCore:
+    """The core of a new, empty atlas (``RaggedAtlas.create``; :func:`create_storage` writes it)."""
+    meta, meta_store, database, store, _ = create_storage(
+        db_uri,
+        cell_table_name,
+        cell_schema,
+        store=store,
+        registry_schemas=registry_schemas,
+        dataset_schema=dataset_schema,
+        layers=layers,
+        fts_columns=fts_columns,
+        store_kwargs=store_kwargs,
+        storage_options=storage_options,
+    )
+    return _core(meta, meta_store, database, store, dataset_schema, None)
+
+
+def opened_core(
+    db_uri: str,
+    *,
+    store: StoreLike | None,
+    store_kwargs: dict[str, Any] | None,
+    dataset_schema: type[DatasetRecord] | None,
+    storage_options: Mapping[str, str] | None,
+    read_only: bool,
+) -> AtlasCore:
+    """The core of the live atlas at ``db_uri`` (``RaggedAtlas.open``).
+
+    A writable open records the atlas's id if it has none, reads the store inside the atlas's location
+    (refusing a copy whose store lies elsewhere) and checks that a given store holds the atlas's groups; a
+    read-only one writes nothing and reads the recorded store of a copy, with a warning.
+    """
+    options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
+    meta, meta_store = read_meta(db_uri, store_kwargs)
+    meta = meta if read_only else ensure_atlas_id(meta_store, meta)
+    given, url = store is not None, meta["store_url"]
+    if not given and read_only:
+        url = reading_store_url(db_uri, meta, url)
+    elif not given:
+        url = located_store_url(db_uri, meta, url, writable=True)
+    store = recorded_store(store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri)
+    database = Database(db_uri, options)
+    if given and not read_only:
+        check_given_store(store, database)
+    return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
+
+
+def checked_out_core(
+    db_uri: str,
+    version: int,
+    *,
+    store: StoreLike | None,
+    store_kwargs: dict[str, Any] | None,
+    dataset_schema: type[DatasetRecord] | None,
+    storage_options: Mapping[str, str] | None,
+) -> AtlasCore:
+    """The read-only core of snapshot ``version`` (``RaggedAtlas.checkout``): every table pinned to the
+    Lance version the snapshot recorded, its store as recorded (or inside a moved atlas's location).
+
+    Raises
+    ------
+    VersionNotFoundError
+        ``version`` is not an integer, or no snapshot has it.
+    """
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+        raise VersionNotFoundError(
+            f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
+            "checkout_latest opens the newest"
+        )
+    options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
+    meta, meta_store = read_meta(db_uri, store_kwargs)
+    database = Database(db_uri, options)
+    row = read_snapshot(database, int(version))
+    url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
+    store = recorded_store(store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri)
+    return _core(meta, meta_store, database, store, dataset_schema, row)
+
+
+def latest_snapshot(
+    db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
+) -> int:
+    """The newest snapshot's version (``RaggedAtlas.checkout_latest``).
+
+    Raises
+    ------
+    AtlasNotFoundError
+        No atlas at ``db_uri`` (checked before anything is opened or created).
+    VersionNotFoundError
+        The atlas has no snapshot.
+    """
+    options = db_options(db_uri, store_kwargs, storage_options)
+    read_meta(db_uri, store_kwargs)
+    return int(read_snapshot(Database(db_uri, options), None)["version"])
+
+
+def _core(
+    meta: dict[str, Any],
+    meta_store: obs_store.ObjectStore,
+    database: Database,
+    store: obs_store.ObjectStore,
+    dataset_schema: type[DatasetRecord] | None,
+    snapshot: dict[str, Any] | None,
+    *,
+    read_only: bool = False,
+) -> AtlasCore:
+    pinned = None if snapshot is None else snapshot["tables"]
+    tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
+    with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):
+        return AtlasCore(
+            db_uri=database.uri,
+            meta=meta,
+            tables=tables,
+            store=store,
+            meta_store=meta_store,
+            dataset_schema=dataset_schema,
+            read_only=read_only or snapshot is not None,
+            snapshot_version=None if snapshot is None else int(snapshot["version"]),
+            storage_options=database.storage_options,
+        )
