@@ -15,7 +15,7 @@ from lancell.opening import checked_out_core, created_core, latest_snapshot, ope
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
 from lancell.storage.store_failures import store_boundary
-from lancell.tables.atlas_meta import StoreLike, db_options, read_meta
+from lancell.tables.atlas_meta import db_options, read_meta
 from lancell.tables.atlas_tables import connect
 from lancell.tables.feature_spaces import (
     FeatureSpace,
@@ -23,6 +23,7 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
+from lancell.tables.store_location import StoreLike
 from lancell.tables.versions import list_snapshots, noted_version
 from lancell.validation import find_problems
 

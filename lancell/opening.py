@@ -1,8 +1,8 @@
 """Opening an atlas: the :class:`~lancell.core.AtlasCore` behind each of ``RaggedAtlas``'s constructors.
 
-Which store a handle reads (the one given, the one inside the atlas's own location, or the one recorded) is
-decided by :mod:`lancell.tables.atlas_meta`; which table versions it reads, here: the live tables, or those
-a snapshot recorded (``checkout``), read through pylance.
+Which store a handle reads (the one given, the one inside the atlas's own location, or the one recorded)
+is decided by :mod:`lancell.tables.store_location`; which table versions it reads, here: the live tables,
+or those a snapshot recorded (``checkout``), read through pylance.
 """
 
 from __future__ import annotations
@@ -14,18 +14,15 @@ from typing import TYPE_CHECKING, Any
 from lancell.core import AtlasCore
 from lancell.errors import VersionNotFoundError
 from lancell.storage.store_failures import StoreFailures
-from lancell.tables.atlas_meta import (
+from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
+from lancell.tables.atlas_tables import AtlasTables, Database
+from lancell.tables.store_location import (
     StoreLike,
     check_given_store,
-    create_storage,
-    db_options,
-    ensure_atlas_id,
     located_store_url,
-    read_meta,
     reading_store_url,
     recorded_store,
 )
-from lancell.tables.atlas_tables import AtlasTables, Database
 from lancell.tables.versions import read_snapshot
 
 if TYPE_CHECKING:

@@ -136,7 +136,7 @@ def test_a_local_atlas_with_its_arrays_on_s3_reads_them_with_credentials_only(
 ):
     """atlas.json records the store's endpoint, region and allow_http; a reader giving credentials only was
     sent to AWS."""
-    from lancell.tables.atlas_meta import recorded_store
+    from lancell.tables.store_location import recorded_store
 
     db = str(tmp_path / "db")
     create(db, f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/arrays", store_kwargs=seaweed.store_kwargs())
@@ -151,7 +151,7 @@ def test_a_local_atlas_with_its_arrays_on_s3_reads_them_with_credentials_only(
 
 def test_store_options_for_a_local_atlas_and_store_are_refused(tmp_path: Path):
     """They were silently ignored (a local path takes no options)."""
-    from lancell.tables.atlas_meta import recorded_store
+    from lancell.tables.store_location import recorded_store
 
     options = {"config": {"region": "us-east-1"}}
     with pytest.raises(StoreError, match=r"\['config.region'\] would be ignored"):

@@ -1,0 +1,181 @@
+"""Which zarr store an opened atlas reads and writes: the one given, the one it recorded (with the settings
+recorded with it), or, for an atlas copied or moved elsewhere, the one inside its new location.
+
+An atlas records where it was created (``db_url``) and its store's URL. A copy whose store lay inside the
+original's location uses the store inside its own; a copy whose store lies elsewhere is refused for writing
+(that store may be the original's, whose groups a write or ``vacuum()`` of the copy would change) and read as
+recorded with a warning. A store given instead must hold the atlas's groups.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import obstore
+import obstore.store as obs_store
+
+from lancell.errors import LancellWarning, StoreError
+from lancell.storage.store_settings import with_recorded_config
+from lancell.storage.stores import (
+    check_options_used,
+    describe_store,
+    is_local,
+    local_path,
+    open_store,
+    read_json,
+)
+from lancell.tables.atlas_tables import Database
+from lancell.tables.table_schemas import DATASETS_TABLE
+
+__all__ = [
+    "StoreLike",
+    "check_given_store",
+    "comparable_location",
+    "located_store_url",
+    "reading_store_url",
+    "recorded_store",
+    "resolve_store",
+]
+
+StoreLike = obs_store.ObjectStore | str
+
+
+def resolve_store(
+    store: StoreLike | None, default_url: str, store_kwargs: dict[str, Any] | None
+) -> obs_store.ObjectStore:
+    """``store`` itself, or the store at that URL (``default_url`` when None)."""
+    if store is None:
+        return open_store(default_url, store_kwargs)
+    if isinstance(store, str):
+        return open_store(store, store_kwargs)
+    return store
+
+
+def recorded_store(
+    store: StoreLike | None,
+    url: str,
+    store_kwargs: dict[str, Any] | None,
+    *,
+    recorded_config: Mapping[str, Any] | None = None,
+    db_uri: str | None = None,
+) -> obs_store.ObjectStore:
+    """``store`` when given, else the store the atlas recorded (``url``); that one is opened with the
+    non-secret settings recorded with it (``recorded_config``) as defaults that ``store_kwargs`` override
+    (:func:`~lancell.storage.store_settings.with_recorded_config`).
+
+    Raises
+    ------
+    StoreError
+        The recorded store is a local folder that does not exist (the atlas was moved or copied): it is not
+        created empty; the caller passes ``store``. Or ``store`` names a local folder that does not exist. Or
+        ``store_kwargs`` are given while the database (``db_uri``, when given) and the store are local paths,
+        which take no options (:func:`~lancell.storage.stores.check_options_used`).
+    """
+    if db_uri is not None:
+        check_options_used(
+            [db_uri, *([url] if store is None else [store] if isinstance(store, str) else [])], store_kwargs
+        )
+    if store is None and is_local(url) and not local_path(url).exists():
+        raise StoreError(
+            f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
+            "pass store= (--store on the command line) the folder that holds its zarr groups"
+        )
+    if isinstance(store, str) and is_local(store) and not local_path(store).exists():
+        raise StoreError(f"the zarr store {store!r} given does not exist")
+    if store is None or store == url:
+        store_kwargs = with_recorded_config(url, store_kwargs, recorded_config)
+    return resolve_store(store, url, store_kwargs)
+
+
+def check_given_store(store: obs_store.ObjectStore, database: Database) -> None:
+    """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
+    would split the atlas across two stores (no lancell zarr root, or the group of the first dataset record
+    is not in it).
+
+    Raises
+    ------
+    StoreError
+        Naming the store and what it lacks.
+    """
+    where = describe_store(store)
+    try:
+        root = read_json(store, "zarr.json")
+        records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=1)
+        group = records.column("zarr_group")[0].as_py() if records.num_rows else None
+        missing = group is not None and read_json(store, f"{group}/zarr.json") is None
+    except obstore.exceptions.BaseError as exc:
+        raise StoreError(f"cannot read the zarr store {where}: {exc}") from exc
+    if root is None or "lancell_format" not in (root.get("attributes") or {}):
+        raise StoreError(
+            f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
+        )
+    if missing:
+        raise StoreError(
+            f"the zarr store {where} given does not hold this atlas's groups ({group!r} is not in it): pass "
+            "the store its datasets were written to"
+        )
+
+
+def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:
+    """The store URL an atlas opened at ``db_uri`` reads (and writes), when no store is given.
+
+    ``url`` as recorded, unless the atlas was copied or moved (``db_url``, recorded at creation, names
+    another location: another folder, another prefix, local disk for an atlas uploaded to an object store):
+    a store that lies inside the atlas's location is then the one inside its new location (a copy never
+    reads or writes the original's groups).
+
+    Raises
+    ------
+    StoreError
+        Opening for writing a copied or moved atlas whose store lies outside its location: that store may be
+        the original's, whose groups a write or ``vacuum()`` of the copy would change; the caller passes
+        ``store``.
+    """
+    here = comparable_location(db_uri)
+    created = meta.get("db_url") or _legacy_creation(here, url)
+    if created is None or comparable_location(created) == here or url == here or url.startswith(f"{here}/"):
+        return url  # not moved, or a store already inside it (a snapshot taken after the move records it)
+    there = comparable_location(created)
+    if meta.get("db_url") and (url == there or url.startswith(f"{there}/")):
+        return here + url[len(there) :]
+    if writable:
+        raise StoreError(
+            f"the atlas at {db_uri!r} was created at {created} (copied or moved) and records the zarr store "
+            f"{url}, which may be the original's: pass store= the location that holds this atlas's zarr "
+            "groups"
+        )
+    return url
+
+
+def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
+    """The store URL a read-only handle of the atlas at ``db_uri`` reads when no store is given (``url``, as
+    recorded, relocated for a copy whose store lies inside it); warns when that store may be the original's.
+    """
+    try:
+        return located_store_url(db_uri, meta, url, writable=True)
+    except StoreError:  # a copy or move whose store lies outside it: a write would be refused
+        warnings.warn(
+            f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
+            "that store, which may be the original's (pass store= to read another)",
+            LancellWarning,
+            stacklevel=3,
+        )
+        return located_store_url(db_uri, meta, url, writable=False)
+
+
+def comparable_location(uri: str) -> str:
+    """``uri`` as one comparable URL: a local path as its ``file://`` URL, a remote URL without a final
+    ``/``."""
+    return local_path(uri).as_uri() if is_local(uri) else uri.rstrip("/")
+
+
+def _legacy_creation(here: str, url: str) -> str | None:
+    """Where an atlas on an object store that recorded no ``db_url`` (created before one was recorded for
+    such atlases) was created, as far as its store tells: the database of a default store (``<db>/_zarr``)
+    other than ``here`` (a copy), else None. Such a copy is never relocated (a store of that name elsewhere
+    cannot be told from the default): it is refused for writing and read as recorded."""
+    if is_local(here) or not url.endswith("/_zarr") or url.removesuffix("/_zarr") == here:
+        return None
+    return url.removesuffix("/_zarr")
