@@ -22,8 +22,9 @@ from lancell.errors import QueryError
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
-from lancell.query.plan import ON_UNMEASURED, Join, OnUnmeasured, PlannedCells
+from lancell.query.plan import Join, PlannedCells
 from lancell.query.reconstruct import reconstruct, reconstruct_batches
+from lancell.query.unmeasured import ON_UNMEASURED, OnUnmeasured
 from lancell.storage.store_failures import store_boundary
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from lancell.errors import QueryError
 from lancell.query.feature_names import registry_columns, resolve_features
-from lancell.query.plan import Join, OnUnmeasured, PlannedCells, measured_groups, plan_reconstruction
+from lancell.query.plan import Join, PlannedCells, plan_reconstruction
+from lancell.query.unmeasured import OnUnmeasured, measured_groups
 from lancell.tables.registry import sql_literal
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 

@@ -31,7 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import GroupNotFoundError, QueryError, UnmeasuredDataError
+from lancell.errors import GroupNotFoundError, QueryError
+from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells
 from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.stores import describe_store
 from lancell.tables.atlas_tables import read_columns
@@ -48,13 +49,10 @@ __all__ = [
     "PlannedGroup",
     "ReconstructionPlan",
     "dataset_group_attrs",
-    "measured_groups",
     "plan_reconstruction",
 ]
 
 Join = Literal["union", "intersection"]
-OnUnmeasured = Literal["error", "drop", "keep"]
-ON_UNMEASURED = ("error", "drop", "keep")
 
 
 @dataclass
@@ -252,21 +250,6 @@ def _describe_groups(
     return layers_of, groups, layers
 
 
-def measured_groups(core: AtlasCore, feature_space: str, layers: list[str] | None) -> list[str]:
-    """The groups of ``feature_space`` that may hold cells measured in every one of ``layers``, from the
-    dataset records alone (no group is read): those whose record lists them all; with ``layers`` None, or
-    for a record written before layers were recorded, every group with a record (the plan judges those).
-    Cells outside these groups are unmeasured under ``"drop"`` (a null pointer, or a group without a
-    record, or one lacking a layer)."""
-    columns = ["zarr_group", "feature_space", *(["layers"] if "layers" in core.dataset_arrow.names else [])]
-    groups = []
-    for row in read_columns(core.tables.datasets, columns).to_pylist():
-        listed = row.get("layers") or []
-        if row["feature_space"] == feature_space and (not layers or not listed or set(layers) <= set(listed)):
-            groups.append(row["zarr_group"])
-    return sorted(groups)
-
-
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
     if not groups:
         return np.zeros(0, dtype=np.int64)
@@ -276,58 +259,6 @@ def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
     for g in groups[1:]:
         common = np.intersect1d(common, g.global_index)
     return np.unique(common)
-
-
-def _unmeasured(
-    cells: pa.Table, feature_space: str, layer: str | None, stored_in: list[str]
-) -> dict[str, tuple[int, str]]:
-    """``dataset uid -> (unmeasured cells, why)`` among ``cells`` for ``layer``, stored by the groups
-    ``stored_in``."""
-    pointer = cells.column(feature_space)
-    valid = pc.is_valid(pointer).to_numpy(zero_copy_only=False)
-    names = pc.struct_field(pointer, "zarr_group")
-    in_plan = pc.is_in(names, value_set=pa.array(stored_in, pa.string())).fill_null(False)
-    measured = valid & in_plan.to_numpy(zero_copy_only=False)
-    if measured.all():
-        return {}
-    uids = cells.column("dataset_uid").to_numpy(zero_copy_only=False)
-    wanted = f"layer {layer!r}" if layer is not None else "any layer"
-    out = {}
-    for uid in sorted({str(u) for u in uids[~measured]}):
-        mine = (uids == uid) & ~measured
-        kinds = {
-            f"no {feature_space!r} data": int((mine & ~valid).sum()),
-            f"their group has no {wanted}": int((mine & valid).sum()),
-        }
-        kinds = {why: n for why, n in kinds.items() if n}
-        why = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {why}" for why, n in kinds.items())
-        out[uid] = (int(mine.sum()), why)
-    return out
-
-
-def _check_policy(
-    unmeasured: dict[str | None, dict[str, tuple[int, str]]], n_cells: int, space: str, policy: str
-) -> None:
-    """Raise under ``"error"`` when any layer (``unmeasured``: layer -> :func:`_unmeasured`) has any."""
-    if policy not in ON_UNMEASURED:
-        raise QueryError(f"on_unmeasured must be 'error', 'drop' or 'keep', got {policy!r}")
-    if not any(unmeasured.values()) or policy != "error":
-        return
-    parts = []
-    for layer, missing in unmeasured.items():
-        if not missing:
-            continue
-        total = sum(n for n, _ in missing.values())
-        listed = "; ".join(f"dataset {uid!r}: {n} cells ({why})" for uid, (n, why) in missing.items())
-        wanted = f"layer {layer!r}" if layer is not None else "any layer"
-        parts.append(
-            f"{total} of the {n_cells} selected cells did not measure {wanted} of {space!r}: {listed}"
-        )
-    raise UnmeasuredDataError(
-        ". ".join(parts) + ". "
-        "Choose .on_unmeasured('drop') to leave them out, or .on_unmeasured('keep') to return them as "
-        "empty rows with presence False (or select the measured datasets with .where())"
-    )
 
 
 def plan_reconstruction(
@@ -363,12 +294,12 @@ def plan_reconstruction(
     wanted = [layers] if isinstance(layers, str) else None if layers is None else list(layers)
     layers_of, groups, wanted = _describe_groups(core, sorted(names.to_pylist()), wanted, on_unmeasured)
     per_layer = {
-        layer: _unmeasured(
+        layer: unmeasured_cells(
             cells, feature_space, layer, [n for n, stored in layers_of.items() if layer in stored]
         )
         for layer in wanted or [None]
     }
-    _check_policy(per_layer, cells.num_rows, feature_space, on_unmeasured)
+    check_policy(per_layer, cells.num_rows, feature_space, on_unmeasured)
     unmeasured: dict[str, int] = {}
     for missing in per_layer.values():
         for uid, (n, _) in missing.items():
