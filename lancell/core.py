@@ -60,6 +60,9 @@ class AtlasCore:
         The snapshot it is checked out at; None for the live atlas and for pinned views.
     storage_options
         The LanceDB storage options it was opened with.
+    shares
+        A view's parent (:meth:`read_view`): the view reads through its zarr root, its opened nodes and its
+        feature spaces (none of which a table version changes).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class AtlasCore:
         read_only: bool,
         snapshot_version: int | None,
         storage_options: Mapping[str, str] | None,
+        shares: AtlasCore | None = None,
     ) -> None:
         self.db_uri = db_uri
         self.meta = meta
@@ -84,16 +88,19 @@ class AtlasCore:
         self.read_only = read_only
         self.snapshot_version = snapshot_version
         self.storage_options = dict(storage_options or {})
+        self.cell_arrow: pa.Schema = tables.cells.schema
+        self.dataset_arrow: pa.Schema = tables.datasets.schema
+        self._pinned_values: dict[str, Any] = {}
+        if shares is not None:
+            self.feature_spaces, self.zarr_root, self._nodes = shares.shared_reading()
+            return
         self.feature_spaces: dict[str, FeatureSpace] = feature_spaces_from_table(
             tables.handles[FEATURE_SPACES_TABLE].to_arrow()
         )
-        self.cell_arrow: pa.Schema = tables.cells.schema
-        self.dataset_arrow: pa.Schema = tables.datasets.schema
         self.zarr_root = zarr.open_group(
             zarr_store(store, read_only=read_only), mode="r" if read_only else "a"
         )
         self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
-        self._pinned_values: dict[str, Any] = {}
 
     @property
     def dataset_schema(self) -> type[DatasetRecord]:
@@ -144,8 +151,26 @@ class AtlasCore:
             atlas_id=self.meta["atlas_id"], meta_store=self.meta_store, store=self.store, db_uri=self.db_uri
         )
 
-    def pinned_view(self, pinned: dict[str, int]) -> AtlasCore:
-        """A read-only core over the same storage with every table pinned to ``pinned`` (table -> version)."""
+    def read_view(self) -> AtlasCore:
+        """The core one read (a query terminal, a loader's dataset) goes through: this one when its tables are
+        pinned (a snapshot, a view), else a view of the live tables pinned at their current versions.
+
+        Every read of the call then sees one state of the atlas: a dataset another process commits, deletes
+        or re-ingests meanwhile is seen whole or not at all (reading the cell rows, then the dataset
+        records a moment later, paired rows with records of another state: zero rows, or cells called
+        unmeasured). The view shares this handle's opened zarr nodes.
+        """
+        if self.tables.pinned is not None:
+            return self
+        return self.pinned_view(self.tables.versions(), shared=True)
+
+    def shared_reading(self) -> tuple[dict[str, FeatureSpace], zarr.Group, dict[str, Any]]:
+        """``(feature spaces, zarr root, opened nodes)``: what a view of this core reads through."""
+        return self.feature_spaces, self.zarr_root, self._nodes
+
+    def pinned_view(self, pinned: dict[str, int], *, shared: bool = False) -> AtlasCore:
+        """A read-only core over the same storage with every table pinned to ``pinned`` (table -> version);
+        ``shared``: reading through this core's zarr root and opened nodes."""
         tables = AtlasTables.open(
             self.tables.database, self.tables.cell_table_name, self.tables.registry_names, pinned
         )
@@ -159,6 +184,7 @@ class AtlasCore:
             read_only=True,
             snapshot_version=None,
             storage_options=self.storage_options,
+            shares=self if shared else None,
         )
 
     # ------------------------------------------------------------------------------------ reading
@@ -198,8 +224,8 @@ class AtlasCore:
             return None
 
     def pinned(self, key: str, compute: Callable[[], T]) -> T:
-        """``compute()``, kept for the handle's life when it is checked out at a snapshot (tables pinned)."""
-        if self.snapshot_version is None:
+        """``compute()``, kept for the handle's life when its tables are pinned (a snapshot, a view)."""
+        if self.tables.pinned is None:
             return compute()
         if key not in self._pinned_values:
             self._pinned_values[key] = compute()

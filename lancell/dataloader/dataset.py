@@ -202,6 +202,7 @@ class CellDataset:
             ``GroupNotFoundError`` for a dataset whose zarr group is missing, ``FeatureSpaceError`` for an
             unknown feature space or a layer it does not allow.
         """
+        query = query.pinned()  # the rows and the records they are planned with: one state of the atlas
         atlas = query.atlas
         columns = (metadata_columns,) if isinstance(metadata_columns, str) else tuple(metadata_columns)
         reserved = sorted(set(columns) & set(RESERVED_KEYS))

@@ -7,10 +7,12 @@ cell table returns them for the filter (scan order), never regrouped by dataset.
 
 from __future__ import annotations
 
+import functools
+import numbers
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anndata as ad
 import numpy as np
@@ -38,8 +40,20 @@ if TYPE_CHECKING:
 
 __all__ = ["AtlasQuery"]
 
+T = TypeVar("T")
+
 # the terminals are the query's boundary with the stores: a store failure is a StoreError naming them
 _terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
+
+
+def _one_version(method: Callable[..., T]) -> Callable[..., T]:
+    """A terminal that reads through :meth:`AtlasQuery.pinned`: one version of every table per call."""
+
+    @functools.wraps(method)
+    def read(query: AtlasQuery, *args: object, **kwargs: object) -> T:
+        return method(query.pinned(), *args, **kwargs)
+
+    return read
 
 
 class AtlasQuery:
@@ -67,12 +81,26 @@ class AtlasQuery:
         """The atlas handle this query reads."""
         return self._atlas
 
+    def pinned(self) -> AtlasQuery:
+        """This query on its atlas's tables as they are now: a live handle's pinned at their current versions
+        (:meth:`lancell.core.AtlasCore.read_view`), a checked-out one as it is. Every terminal reads through
+        it, so one call sees one state of the atlas whatever other processes commit meanwhile."""
+        view = self._atlas.core.read_view()
+        if view is self._atlas.core:
+            return self
+        return AtlasQuery(type(self._atlas)(view), cells=replace(self._cells, core=view), reads=self._reads)
+
     @property
     def selection(self) -> CellSelection:
         """Which cell rows this query reads (filters, search, limit, kept columns); with a ``limit()`` under
         ``on_unmeasured("drop")``, only cells measured in every reconstructed layer, so that the limit counts
-        the cells the readers return."""
-        if self._cells.limit is None or self._reads.on_unmeasured != "drop":
+        the cells the readers return (without one, the readers' plan drops the others and names their
+        datasets in ``uns["lancell"]["unmeasured_datasets"]``)."""
+        return self._cells if self._cells.limit is None else self._returned()
+
+    def _returned(self) -> CellSelection:
+        """The rows the readers return: under ``on_unmeasured("drop")``, the measured cells only."""
+        if self._reads.on_unmeasured != "drop":
             return self._cells
         measured = self._reads.measured_filter(self._atlas.core)
         return replace(self._cells, filters=(*self._cells.filters, measured))
@@ -141,8 +169,13 @@ class AtlasQuery:
         ------
         QueryError
             See :func:`~lancell.query.cell_table.search_spec`: e.g. a 2-D array or a NaN embedding, a
-            vector of the wrong width, or an option the kind of search does not use.
+            vector of the wrong width, or an option the kind of search does not use; a second search.
         """
+        if self._cells.search is not None:
+            raise QueryError(
+                "the query already has a search: a second search() would replace it (give the text and "
+                "the vector together, search((vector, text)), for a hybrid search)"
+            )
         vectors = vector_fields(self._atlas.core.cell_arrow)
         spec = search_spec(vectors, query, vector_column_name, query_type, fts_columns, exact)
         return self._with(cells=replace(self._cells, search=spec))
@@ -251,14 +284,16 @@ class AtlasQuery:
 
     # ------------------------------------------------------------------------------ terminals
     @_terminal
+    @_one_version
     def to_arrow(self) -> pa.Table:
         """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
-        return self._cells.read()
+        return self._returned().read()
 
     @_terminal
+    @_one_version
     def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats)."""
-        return self._cells.read_pandas()
+        return self._returned().read_pandas()
 
     @_terminal
     def to_polars(self) -> pl.DataFrame:
@@ -268,6 +303,7 @@ class AtlasQuery:
         return pl.from_arrow(self.to_arrow())
 
     @_terminal
+    @_one_version
     def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
         """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
         terminals return, a :meth:`search`'s included.
@@ -278,8 +314,8 @@ class AtlasQuery:
         other column a ``cells`` series.
         """
         if group_by is None:
-            return self._cells.count()
-        series = self._cells.count_by(group_by)
+            return self._returned().count()
+        series = self._returned().count_by(group_by)
         if group_by != "dataset_uid":
             return series
         frame = self._atlas.list_datasets()
@@ -287,6 +323,7 @@ class AtlasQuery:
         return series.to_frame().assign(layers=series.index.map(layers))
 
     @_terminal
+    @_one_version
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.
 
@@ -312,6 +349,7 @@ class AtlasQuery:
         return self._reads.plan(self._atlas.core, self.selection.read(columns), space)
 
     @_terminal
+    @_one_version
     def plan_for(self, cells: pa.Table) -> PlannedCells:
         """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
         ``dataset_uid`` and the reconstructed pointer's ``zarr_group``, dictionary-encoded columns allowed).
@@ -322,6 +360,7 @@ class AtlasQuery:
         return self._reads.plan(self._atlas.core, cells, self._reads.space(self._atlas.core))
 
     @_terminal
+    @_one_version
     def to_anndata(self) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
@@ -334,6 +373,7 @@ class AtlasQuery:
         return reconstruct(self._atlas.core, planned.cells, planned.plan)
 
     @_terminal
+    @_one_version
     def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
         """One AnnData per feature space (every pointer field by default), cells aligned by uid.
 
@@ -345,7 +385,7 @@ class AtlasQuery:
 
         core = self._atlas.core
         spaces = list(feature_spaces or pointer_fields_from_arrow(core.cell_arrow))
-        cells = self.to_arrow()
+        cells = self._cells.read()  # each space's plan applies on_unmeasured to the cells carrying it
         modalities = {}
         for space in spaces:
             resolve_feature_space(self._atlas.feature_spaces, space)
@@ -356,6 +396,7 @@ class AtlasQuery:
         return MuData(modalities)
 
     @_terminal
+    @_one_version
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 
@@ -363,10 +404,11 @@ class AtlasQuery:
         metadata and matrix values are read batch by batch, so memory is bounded by the batch. A search's
         ranked rows are read whole (without matrix values) before they are batched.
         """
-        if batch_size < 1:
-            raise QueryError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise QueryError(f"batch_size must be a positive integer, got {batch_size!r}")
         plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
-        yield from reconstruct_batches(self._atlas.core, self._cells.batches(batch_size), plan, batch_size)
+        rows = self.selection.batches(int(batch_size))
+        yield from reconstruct_batches(self._atlas.core, rows, plan, int(batch_size))
 
     def reading(
         self, feature_space: str, layer: str | Sequence[str], features: Sequence[str] | str | None = None

@@ -183,6 +183,11 @@ class CellSelection:
         search, of the rows it returns)."""
         if column not in self.core.cell_arrow.names:
             raise QueryError(f"cannot group by unknown column {column!r}")
+        if column in pointer_fields_from_arrow(self.core.cell_arrow):
+            raise QueryError(
+                f"cannot group by {column!r}, a feature space's pointer column: group by 'dataset_uid' "
+                "(its cells per dataset) or a metadata column"
+            )
         if self.search is not None:
             values = self.read([column]).column(column)
         else:

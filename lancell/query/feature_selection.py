@@ -65,7 +65,8 @@ class FeatureSelection:
         ------
         QueryError
             An earlier call chose another feature space: its layers or features would be read in the wrong
-            space (a query reconstructs one; ``to_mudata()`` reads several).
+            space (a query reconstructs one; ``to_mudata()`` reads several). Or an earlier call chose other
+            ``layers`` or ``features``, which this one would silently replace.
         """
         if self.feature_space not in (None, feature_space):
             raise QueryError(
@@ -73,6 +74,13 @@ class FeatureSelection:
                 f"{self.feature_space!r}: a query reconstructs one feature space; start another query "
                 "from atlas.query() for it (to_mudata() reads several)"
             )
+        for name in ("layers", "features"):
+            chosen = getattr(self, name)
+            if name in changes and chosen is not None and chosen != changes[name]:
+                raise QueryError(
+                    f"{by} would replace the {name} {chosen!r} an earlier call chose with {changes[name]!r}: "
+                    f"give every one of them in one call, or start from a query without {name}"
+                )
         return replace(self, feature_space=feature_space, chosen_by=self.chosen_by or by, **changes)
 
     def space(self, core: AtlasCore) -> str:

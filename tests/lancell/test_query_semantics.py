@@ -266,3 +266,33 @@ def test_a_limit_counts_the_cells_drop_returns(tmp_path):
     assert atlas.query().where(dataset_uid="a").on_unmeasured("drop").limit(2).to_anndata().n_obs == 2
     with pytest.raises(QueryError, match=r"choose with .layers\(\)"):
         atlas.query().on_unmeasured("drop").limit(6).to_anndata()
+    # count() and the metadata terminals return the rows the readers return (they counted a's cells too)
+    for query in (dropped, limited):
+        n = query.to_anndata().n_obs
+        assert query.count() == len(query.to_pandas()) == query.to_arrow().num_rows == n
+        assert query.count(group_by="dataset_uid")["cells"].to_dict() == {"b": n}
+        assert sum(batch.n_obs for batch in query.to_batches(1)) == n
+
+
+def test_query_arguments_of_another_kind_are_refused(atlas):
+    """to_batches("10") raised a builtin TypeError, to_batches(True) read one cell per batch, and grouping by
+    a pointer column raised pyarrow's ArrowNotImplementedError."""
+    for size in ("10", None, 2.5, True, 0):
+        with pytest.raises(QueryError, match=f"batch_size must be a positive integer, got {size!r}"):
+            next(atlas.query().to_batches(size))
+    with pytest.raises(QueryError, match="cannot group by 'gene_expression', a feature space's pointer"):
+        atlas.query().count(group_by="gene_expression")
+
+
+def test_a_second_choice_never_silently_replaces_the_first(atlas):
+    """features(["a"]).features(["b"]) read only b, layers() twice the last; a second search() replaced the
+    first. The same choice again is no conflict (the loader's reading() repeats the query's)."""
+    query = atlas.query().features(["p1"], "protein")
+    with pytest.raises(QueryError, match=r"features\(\) would replace the features \['p1'\]"):
+        query.features(["p0"], "protein")
+    assert query.features(["p1"], "protein").to_anndata().var_names.tolist() == ["p1"]
+    counts = atlas.query().layers("gene_expression", "counts")
+    with pytest.raises(QueryError, match=r"layers\(\) would replace the layers \['counts'\]"):
+        counts.layers("gene_expression", "log_normalized")
+    with pytest.raises(QueryError, match="the query already has a search"):
+        atlas.query().search("monocyte").search("t cell")

@@ -1,0 +1,84 @@
+"""A live handle's terminal reads one state of the atlas, whatever another writer commits during the call.
+
+Each case lets a second handle (another process, as far as the reader can tell) commit in the middle of a
+read: between the reads of the cell rows and of the dataset records they are planned with. Before the
+terminals pinned the live tables (``AtlasCore.read_view``), ``to_batches()`` streamed a dataset committed
+meanwhile as zero rows with no error, and ``to_anndata()`` called a deleted dataset's committed cells
+unmeasured (zero rows under ``"keep"``, a false ``UnmeasuredDataError`` under ``"error"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lancell.query.plan as plan_module
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, build_bundled_atlas, gene_features, ingest_bundled
+from lancell.query.cell_selection import CellSelection
+
+COUNTS = ("gene_expression", "counts")
+
+
+def _during(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, write) -> None:
+    """Run ``write()`` once, the first time ``owner.name`` is called, before it reads."""
+    original = getattr(owner, name)
+    done = []
+
+    def first_call_writes(*args, **kwargs):
+        if not done:
+            done.append(True)
+            write()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, first_call_writes)
+
+
+def _expected(atlas: RaggedAtlas, uid: str):
+    return atlas.query().where(dataset_uid=uid).layers(*COUNTS).to_anndata()
+
+
+def test_to_batches_streams_the_rows_it_planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:2])
+    reader = RaggedAtlas.open(str(tmp_path / "db"))
+
+    def commit_mouse() -> None:
+        writer.register_features("gene_expression", gene_features(BUNDLED[2:3]))
+        ingest_bundled(writer, BUNDLED[2])
+
+    _during(monkeypatch, CellSelection, "batches", commit_mouse)
+    batches = list(reader.query().layers(*COUNTS).to_batches(batch_size=100_000))
+    assert [b.obs["dataset_uid"].unique().tolist() for b in batches] == [["celltypist_sample"]]
+    monkeypatch.undo()
+    mouse = reader.query().where(dataset_uid="mouse_10k").layers(*COUNTS).to_batches(batch_size=100_000)
+    assert next(mouse).X.nnz == _expected(writer, "mouse_10k").X.nnz > 0  # the next call sees it whole
+
+
+@pytest.mark.parametrize("policy", ["error", "keep"])
+def test_a_dataset_deleted_during_a_read_is_read_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
+    reader = RaggedAtlas.open(str(tmp_path / "db"))
+    before = _expected(reader, "mouse_10k")
+    _during(monkeypatch, plan_module, "_visible_layers", lambda: writer.delete_dataset("mouse_10k"))
+    adata = reader.query().layers(*COUNTS).on_unmeasured(policy).to_anndata()
+    mouse = adata[(adata.obs["dataset_uid"] == "mouse_10k").to_numpy()]
+    assert mouse.n_obs == before.n_obs and adata.uns["lancell"]["unmeasured_datasets"] == []
+    columns = adata.var_names.get_indexer(before.var_names)
+    np.testing.assert_array_equal(mouse.X[:, columns].toarray(), before.X.toarray())
+    assert mouse.X.nnz == before.X.nnz
+    monkeypatch.undo()
+    assert reader.query().where(dataset_uid="mouse_10k").count() == 0  # the next call: deleted
+
+
+def test_a_loader_dataset_plans_the_rows_it_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
+    reader = RaggedAtlas.open(str(tmp_path / "db"))
+    expected = _expected(reader, "mouse_10k")
+    _during(monkeypatch, plan_module, "_visible_layers", lambda: writer.delete_dataset("mouse_10k"))
+    dataset = reader.query().where(dataset_uid="mouse_10k").to_cell_dataset(*COUNTS)
+    batch = dataset.__getitems__(np.arange(len(dataset)))
+    assert len(dataset) == expected.n_obs and int(batch.offsets[-1]) == expected.X.nnz
