@@ -23,6 +23,7 @@ TABLES_MAY_USE = {"lancell.errors", "lancell.cores", "lancell.core"}  # the core
 # query and atlas it is built from (the query imports the loader at run time, inside ``to_cell_dataset``)
 TYPE_ONLY_UPWARD = {
     ("lancell.query.atlas_query", "lancell.atlas"),
+    ("lancell.query.terminals", "lancell.atlas"),
     ("lancell.dataloader.dataset", "lancell.atlas"),
     ("lancell.dataloader.dataset", "lancell.query.atlas_query"),
 }

@@ -1,0 +1,239 @@
+"""Reading a query: the terminals of :class:`~lancell.query.atlas_query.AtlasQuery` (its rows, counts, read
+plan, AnnData, MuData, AnnData batches and a loader's dataset).
+
+Every terminal is the query's boundary with the stores (a store failure is a ``StoreError`` naming the atlas)
+and reads one state of the atlas: a live handle's tables pinned at their versions when it is called
+(:meth:`QueryTerminals.pinned`). The builder calls that choose rows and features live in
+:mod:`lancell.query.atlas_query`.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import anndata as ad
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lancell.errors import QueryError
+from lancell.query.cell_selection import CellSelection
+from lancell.query.feature_selection import FeatureSelection
+from lancell.query.plan import PlannedCells
+from lancell.query.reconstruct import reconstruct, reconstruct_batches
+from lancell.storage.store_failures import store_boundary
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.stored_fields import pointer_fields_from_arrow
+
+if TYPE_CHECKING:
+    import polars as pl
+    from mudata import MuData
+
+    from lancell.atlas import RaggedAtlas
+    from lancell.dataloader import CellDataset
+
+__all__ = ["QueryTerminals"]
+
+T = TypeVar("T")
+
+# the terminals are the query's boundary with the stores: a store failure is a StoreError naming them
+_terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
+
+
+def _one_version(method: Callable[..., T]) -> Callable[..., T]:
+    """A terminal that reads through :meth:`QueryTerminals.pinned`: one version of every table per call."""
+
+    @functools.wraps(method)
+    def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
+        return method(query.pinned(), *args, **kwargs)
+
+    return read
+
+
+class QueryTerminals:
+    """The terminals of a query; :class:`~lancell.query.atlas_query.AtlasQuery` builds the query they read
+    (its atlas handle, :class:`CellSelection` and :class:`FeatureSelection`)."""
+
+    _atlas: RaggedAtlas
+    _cells: CellSelection
+    _reads: FeatureSelection
+
+    @property
+    def atlas(self) -> RaggedAtlas:
+        """The atlas handle this query reads."""
+        return self._atlas
+
+    def pinned(self) -> Self:
+        """This query on its atlas's tables as they are now: a live handle's pinned at their current versions
+        (:meth:`lancell.core.AtlasCore.read_view`), a checked-out one as it is. Every terminal reads through
+        it, so one call sees one state of the atlas whatever other processes commit meanwhile."""
+        view = self._atlas.core.read_view()
+        if view is self._atlas.core:
+            return self
+        return type(self)(type(self._atlas)(view), cells=replace(self._cells, core=view), reads=self._reads)
+
+    @property
+    def selection(self) -> CellSelection:
+        """Which cell rows this query reads (filters, search, limit, kept columns); with a ``limit()`` under
+        ``on_unmeasured("drop")``, only cells measured in every reconstructed layer, so that the limit counts
+        the cells the readers return (without one, the readers' plan drops the others and names their
+        datasets in ``uns["lancell"]["unmeasured_datasets"]``)."""
+        return self._cells if self._cells.limit is None else self._returned()
+
+    def _returned(self) -> CellSelection:
+        """The rows the readers return: under ``on_unmeasured("drop")``, the measured cells only."""
+        if self._reads.on_unmeasured != "drop":
+            return self._cells
+        measured = self._reads.measured_filter(self._atlas.core)
+        return replace(self._cells, filters=(*self._cells.filters, measured))
+
+    @_terminal
+    @_one_version
+    def to_arrow(self) -> pa.Table:
+        """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
+        return self._returned().read()
+
+    @_terminal
+    @_one_version
+    def to_pandas(self) -> pd.DataFrame:
+        """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats)."""
+        return self._returned().read_pandas()
+
+    @_terminal
+    def to_polars(self) -> pl.DataFrame:
+        """The matching cell rows as a polars frame."""
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
+
+    @_terminal
+    @_one_version
+    def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
+        """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
+        terminals return, a :meth:`search`'s included.
+
+        Without ``group_by`` or search this is LanceDB's ``count_rows`` (no column is read); with
+        ``group_by`` only the grouping column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and
+        the ``layers`` each dataset stores (those its record lists, what readers of this handle see); any
+        other column a ``cells`` series.
+        """
+        if group_by is None:
+            return self._returned().count()
+        series = self._returned().count_by(group_by)
+        if group_by != "dataset_uid":
+            return series
+        frame = self._atlas.list_datasets()
+        layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
+        return series.to_frame().assign(layers=series.index.map(layers))
+
+    @_terminal
+    @_one_version
+    def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
+        """The matching cells and the read plan that every reader of this query executes.
+
+        The plan fixes the output features (``features()``, ``feature_join()``), the measured datasets and
+        their local -> output column maps, and applies :meth:`on_unmeasured`.
+
+        Parameters
+        ----------
+        columns
+            Cell columns to read besides ``uid``, ``dataset_uid`` and the reconstructed pointer column;
+            None: those of :meth:`select` (every column by default).
+
+        Raises
+        ------
+        UnmeasuredDataError
+            Unmeasured cells under the default policy ``"error"``.
+        GroupNotFoundError
+            A selected dataset's zarr group is missing from the store.
+        """
+        space = self._reads.space(self._atlas.core)
+        if columns is not None:
+            columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
+        return self._reads.plan(self._atlas.core, self.selection.read(columns), space)
+
+    @_terminal
+    @_one_version
+    def plan_for(self, cells: pa.Table) -> PlannedCells:
+        """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
+        ``dataset_uid`` and the reconstructed pointer's ``zarr_group``, dictionary-encoded columns allowed).
+
+        The loader streams the rows into compact codes and plans from those (``CellDataset.from_query``).
+        Raises what :meth:`plan` raises.
+        """
+        return self._reads.plan(self._atlas.core, cells, self._reads.space(self._atlas.core))
+
+    @_terminal
+    @_one_version
+    def to_anndata(self) -> ad.AnnData:
+        """Reconstruct the matching cells as one AnnData (rows in query order).
+
+        ``X`` is CSR for sparse feature spaces and dense for dense ones (the first of :meth:`layers`, each
+        other in ``adata.layers``); ``var`` comes from the registry; ``varm["presence"]`` says which features
+        each dataset measured; ``uns["lancell"]`` records the feature space, layer, join, unmeasured-cell
+        policy and the unmeasured datasets.
+        """
+        planned = self.plan()
+        return reconstruct(self._atlas.core, planned.cells, planned.plan)
+
+    @_terminal
+    @_one_version
+    def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
+        """One AnnData per feature space (every pointer field by default), cells aligned by uid.
+
+        Each modality holds the matching cells that carry that modality; ``mdata.obsm[<space>]`` (a MuData
+        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred; cells
+        whose dataset lacks the layer follow :meth:`on_unmeasured`.
+        """
+        from mudata import MuData
+
+        core = self._atlas.core
+        spaces = list(feature_spaces or pointer_fields_from_arrow(core.cell_arrow))
+        cells = self._cells.read()  # each space's plan applies on_unmeasured to the cells carrying it
+        modalities = {}
+        for space in spaces:
+            resolve_feature_space(self._atlas.feature_spaces, space)
+            has = cells.filter(pc.is_valid(cells.column(space)))
+            reads = self._reads if space == self._reads.feature_space else self._reads.other_space()
+            planned = reads.plan(core, has, space)
+            modalities[space] = reconstruct(core, planned.cells, planned.plan)
+        return MuData(modalities)
+
+    @_terminal
+    @_one_version
+    def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
+        """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
+
+        Only the pointer columns are read up front (to plan the columns, registry and layouts read once);
+        metadata and matrix values are read batch by batch, so memory is bounded by the batch. A search's
+        ranked rows are read whole (without matrix values) before they are batched.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise QueryError(f"batch_size must be a positive integer, got {batch_size!r}")
+        plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
+        rows = self.selection.batches(int(batch_size))
+        yield from reconstruct_batches(self._atlas.core, rows, plan, int(batch_size))
+
+    def to_cell_dataset(
+        self,
+        feature_space: str,
+        layer: str | Sequence[str],
+        metadata_columns: Sequence[str] = (),
+        features: Sequence[str] | str | None = None,
+    ) -> CellDataset:
+        """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
+
+        Its output columns and cells are those of ``to_anndata()`` for the same query: ``features()``,
+        ``feature_join()`` and ``on_unmeasured()`` apply. ``features`` adds to them as :meth:`reading` says.
+        ``layer``: one name, or several (each batch carries one tensor per layer, the first as ``X``).
+        See :class:`lancell.dataloader.CellDataset`.
+        """
+        from lancell.dataloader import CellDataset  # torch is an optional dependency
+
+        return CellDataset.from_query(
+            self, feature_space, layer, metadata_columns=metadata_columns, features=features
+        )
