@@ -29,7 +29,7 @@ from lancell.ingest.write_transaction import stored_dtype
 from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
 from lancell.storage.reader import read_element_ranges
-from lancell.storage.store_failures import is_store_failure, store_error
+from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import read_global_indices, sql_literal
 from lancell.tables.visibility import dataset_lock_name
@@ -83,8 +83,9 @@ def add_layer(
         record = _record(atlas, dataset_uid)  # read under the lock: another add_layer may have committed
         group_name = record["zarr_group"]
         atlas.group_claims.require_own(group_name, dataset_uid)
-        group = atlas.core.zarr_root[group_name]  # opened now: this handle's cached copy may predate a layer
-        attrs = dict(group.attrs)  # what the roll-back restores
+        with StoreFailures(f"add_layer: dataset {dataset_uid!r}: opening its zarr group {group_name!r}"):
+            group = atlas.core.zarr_root[group_name]  # opened now: a cached copy may predate a layer
+            attrs = dict(group.attrs)  # what the roll-back restores
         layers = list(record["layers"])
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError, LancellWarning, UnmeasuredDataError
+from lancell.errors import IngestError, LancellWarning, StoreError, UnmeasuredDataError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
@@ -173,6 +173,25 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
         add_layer(atlas, "late", "log_normalized", x)
     assert atlas.core.group_attrs(record.zarr_group) == attrs
     assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
+    assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
+
+
+def test_add_layer_says_which_group_the_store_failed_to_open(atlas, celltypist, monkeypatch):
+    """A store failure opening the dataset's group (before anything is written) was obstore's own error."""
+    counts_only = celltypist[:50].copy()
+    counts_only.obs = counts_only.obs[[]]
+    record = _ingest(atlas, counts_only, "late", zarr_layer="counts")
+    root = type(atlas.core.zarr_root)
+
+    def unreachable(self, path):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(root, "__getitem__", unreachable)
+    with pytest.raises(
+        StoreError, match=f"add_layer: dataset 'late': opening its zarr group '{record.zarr_group}'"
+    ):
+        add_layer(atlas, "late", "log_normalized", np.ones(counts_only.shape, np.float32))
+    monkeypatch.undo()
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
 
 
