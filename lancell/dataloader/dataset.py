@@ -35,6 +35,7 @@ from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, QueryError
 from lancell.storage.nodes import open_node
+from lancell.storage.store_failures import store_boundary
 from lancell.storage.stores import describe_store
 
 if TYPE_CHECKING:
@@ -341,6 +342,7 @@ class CellDataset:
         arrays = self._group_arrays(codes)
         return {int(c): (arrays[int(c)][0], arrays[int(c)][1][0]) for c in codes}
 
+    @store_boundary(lambda dataset: f"the zarr store {dataset.source.store_url}")
     def __getitems__(self, indices: Sequence[int] | np.ndarray) -> CellBatch:
         """Read the cells at ``indices`` (dataset positions) as one :class:`CellBatch`, in that order.
 
@@ -352,6 +354,8 @@ class CellDataset:
             A position outside ``[-len, len)``.
         GroupNotFoundError
             A dataset's zarr group was removed from the store after this dataset was built.
+        StoreError
+            The store failed (unreachable, refusing).
         """
         index = positions(indices, len(self))
         group = self._group[index]

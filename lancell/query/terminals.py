@@ -10,10 +10,11 @@ and reads one state of the atlas: a live handle's tables pinned at their version
 from __future__ import annotations
 
 import functools
+import inspect
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar, cast
 
 import anndata as ad
 import pandas as pd
@@ -45,7 +46,16 @@ _terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
 
 
 def _one_version(method: Callable[..., T]) -> Callable[..., T]:
-    """A terminal that reads through :meth:`QueryTerminals.pinned`: one version of every table per call."""
+    """A terminal that reads through :meth:`QueryTerminals.pinned`: one version of every table per call (a
+    generator's from its first batch on; it stays one for :func:`store_boundary`, which guards its
+    iteration)."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream(query: QueryTerminals, *args: object, **kwargs: object) -> Iterator[object]:
+            yield from method(query.pinned(), *args, **kwargs)
+
+        return cast(Callable[..., T], stream)
 
     @functools.wraps(method)
     def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:

@@ -81,3 +81,26 @@ def test_an_empty_directory_is_not_an_atlas_and_stays_empty(tmp_path: Path) -> N
     with pytest.raises(errors.AtlasNotFoundError, match=r"atlas\.json"):
         RaggedAtlas.checkout_latest(str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_failure_while_streaming_or_loading_is_a_store_error(bundled_root, monkeypatch) -> None:
+    """A failure inside to_batches' iteration, or a loader's batch read (in a worker too), was the store's own
+    error: a generator terminal lost its guard when it was wrapped, a dataset's batch read had none."""
+    import lancell.dataloader.dataset as dataset_module
+    import lancell.query.terminals as terminals
+
+    atlas = RaggedAtlas.checkout_latest(str(bundled_root / "db"))
+    query = atlas.query().where(dataset_uid="celltypist_sample").layers("gene_expression", "counts")
+
+    def refused(*args, **kwargs):
+        raise OSError("connection refused")
+        yield
+
+    monkeypatch.setattr(terminals, "reconstruct_batches", refused)
+    with pytest.raises(errors.StoreError, match=r"to_batches on the atlas at .*: connection refused"):
+        next(query.to_batches(100))
+    dataset = query.to_cell_dataset("gene_expression", "counts")
+    monkeypatch.setattr(dataset_module, "read_sparse", refused)
+    monkeypatch.setattr(dataset_module.CellDataset, "_mapped_groups", lambda self: None)
+    with pytest.raises(errors.StoreError, match=r"__getitems__ on the zarr store .*: connection refused"):
+        dataset.__getitems__([0, 1])
