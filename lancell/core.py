@@ -24,6 +24,7 @@ from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.locks import Lease, atlas_lock
+from lancell.tables.pinned_table import PinnedTable
 from lancell.tables.table_schemas import FEATURE_SPACES_TABLE
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class AtlasCore:
         self.cell_arrow: pa.Schema = tables.cells.schema
         self.dataset_arrow: pa.Schema = tables.datasets.schema
         self._pinned_values: dict[str, Any] = {}
+        self._viewed_tables: dict[str, PinnedTable] = {}  # the newest pinned handle of each table, for views
         if shares is not None:
             self.feature_spaces, self.zarr_root, self._nodes = shares.shared_reading()
             return
@@ -155,14 +157,15 @@ class AtlasCore:
         """The core one read (a query terminal, a loader's dataset) goes through: this one when its tables are
         pinned (a snapshot, a view), else a view of the live tables pinned at their current versions.
 
-        Every read of the call then sees one state of the atlas: a dataset another process commits, deletes
-        or re-ingests meanwhile is seen whole or not at all (reading the cell rows, then the dataset
-        records a moment later, paired rows with records of another state: zero rows, or cells called
-        unmeasured). The view shares this handle's opened zarr nodes.
+        Every read of the call then sees one state of the atlas (:meth:`AtlasTables.consistent_versions`): a
+        dataset another process commits, deletes or re-ingests meanwhile is seen whole or not at all (reading
+        the cell rows, then the dataset records a moment later, paired rows with records of another state:
+        zero rows, or cells called unmeasured). The view shares this handle's opened zarr nodes, and the
+        tables a view opened that have not changed since.
         """
         if self.tables.pinned is not None:
             return self
-        return self.pinned_view(self.tables.versions(), shared=True)
+        return self.pinned_view(self.tables.consistent_versions(), shared=True)
 
     def shared_reading(self) -> tuple[dict[str, FeatureSpace], zarr.Group, dict[str, Any]]:
         """``(feature spaces, zarr root, opened nodes)``: what a view of this core reads through."""
@@ -172,7 +175,11 @@ class AtlasCore:
         """A read-only core over the same storage with every table pinned to ``pinned`` (table -> version);
         ``shared``: reading through this core's zarr root and opened nodes."""
         tables = AtlasTables.open(
-            self.tables.database, self.tables.cell_table_name, self.tables.registry_names, pinned
+            self.tables.database,
+            self.tables.cell_table_name,
+            self.tables.registry_names,
+            pinned,
+            reuse=self._viewed_tables if shared else None,
         )
         return AtlasCore(
             db_uri=self.db_uri,

@@ -63,7 +63,7 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
                     f"snapshot {taken} already has the note {note!r}, and a note labels one snapshot only "
                     "(RaggedAtlas.find_snapshot, the Dagster snapshot partitions): choose another note"
                 )
-        pinned = core.tables.versions()
+        pinned = core.tables.consistent_versions()
         view = core.pinned_view(pinned)
         problems = find_problems(view)
         if problems:

@@ -14,7 +14,7 @@ import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import DatasetNotFoundError, ShardFormatError
+from lancell.errors import DatasetNotFoundError, ShardFormatError, require_type
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.storage.reader import written_whole
 from lancell.storage.shard_layout import parse_layout
@@ -192,6 +192,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     datasets = tables.datasets.to_arrow()
     scope = None
     if dataset_uid is not None:
+        require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str) or None")
         datasets = datasets.filter(pc.equal(datasets.column("uid"), dataset_uid))
         if not datasets.num_rows:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")

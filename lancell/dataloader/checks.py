@@ -49,16 +49,17 @@ def integer(name: str, value: object, minimum: int) -> int:
 
 
 def flag(name: str, value: object) -> bool:
-    """``value`` as a bool: ``True`` or ``False`` only (the string ``"False"`` is true to Python).
+    """``value`` as a bool: ``True``, ``False``, or the integers 1 and 0 (a string such as ``"False"`` is
+    true to Python, and is refused).
 
     Raises
     ------
     QueryError
-        ``value`` is not a bool.
+        ``value`` is none of these.
     """
-    if not isinstance(value, bool | np.bool_):
-        raise QueryError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
+    if isinstance(value, bool | np.bool_) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise QueryError(f"{name} must be True or False, got {value!r}")
 
 
 def real(name: str, value: object) -> float:

@@ -18,7 +18,7 @@ import torch
 
 from lancell.dataloader.batch import CellBatch, SparseRows
 from lancell.dataloader.checks import EXACT_DTYPES, check_exact, flag, real
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import ArgumentError, LancellWarning, QueryError
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
 
@@ -78,8 +78,10 @@ class SparseCollate:
     ------
     QueryError
         ``dtype`` is none of these (int8, uint8, float16, bfloat16 wrap or round counts; a string is not a
-        dtype), ``presence`` not a bool; at a batch: the batch is dense (a dense feature space;
-        ``make_loader`` refuses the pair before any batch).
+        dtype), ``presence`` not a bool.
+    ArgumentError
+        At a batch: the batch is dense (a dense feature space; ``make_loader`` refuses the pair before any
+        batch). A ``TypeError``, as it was.
     """
 
     dtype: torch.dtype | None = torch.float32
@@ -116,7 +118,9 @@ class SparseCollate:
 
     def __call__(self, batch: CellBatch) -> dict[str, object]:
         if batch.kind != "sparse":
-            raise QueryError("SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces")
+            raise ArgumentError(
+                "SparseCollate needs a sparse batch; use DenseCollate for dense feature spaces"
+            )
         shape = (len(batch), batch.n_features)
         layers = _sparse_layers(batch).values()
         x, *others = (

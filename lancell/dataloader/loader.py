@@ -32,14 +32,14 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
-from lancell.dataloader.checks import integer, real
+from lancell.dataloader.checks import flag, integer, real
 from lancell.dataloader.collate import DenseCollate, SparseCollate
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import ArgumentError, LancellWarning, QueryError
 
 __all__ = ["make_loader"]
 
@@ -134,11 +134,13 @@ def make_loader(
     Raises
     ------
     QueryError
-        A sampler built for a dataset of another size; a :class:`SparseCollate` for a dense feature space;
-        ``fork`` asked for; a number of workers or threads
-        that is not a non-negative integer, both workers and threads; a ``prefetch_factor`` that is not a
-        positive integer, a negative or non-finite ``timeout``; ``prefetch_factor`` or
-        ``multiprocessing_context`` without workers (torch's DataLoader refuses them too).
+        A sampler built for a dataset of another size; ``fork`` asked for; a ``pin_memory`` that is not a
+        bool; a number of workers or threads that is not a non-negative integer, both workers and threads; a
+        ``prefetch_factor`` that is not a positive integer, a negative or non-finite ``timeout``;
+        ``prefetch_factor`` or ``multiprocessing_context`` without workers (torch's DataLoader refuses them
+        too).
+    ArgumentError
+        A :class:`SparseCollate` for a dense feature space (a ``TypeError``).
 
     Warns
     -----
@@ -152,8 +154,9 @@ def make_loader(
     )
     if collate_fn is None:
         collate_fn = SparseCollate() if dataset.kind == "sparse" else DenseCollate()
+    pin_memory = flag("pin_memory", pin_memory)
     if isinstance(collate_fn, SparseCollate) and dataset.kind != "sparse":
-        raise QueryError(
+        raise ArgumentError(
             f"SparseCollate needs a sparse feature space; this dataset's is {dataset.kind}: use DenseCollate"
         )
     if (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from lancell.errors import AtlasNotFoundError, StoreError
+from lancell.errors import AtlasNotFoundError, CommitConflictError, StoreError
 from lancell.storage.store_failures import guard, is_store_failure
 from lancell.storage.store_settings import check_endpoint
 from lancell.tables.pinned_table import PinnedTable, scan_readahead
@@ -147,8 +147,12 @@ class AtlasTables:
         cell_table_name: str,
         registry_names: dict[str, str],
         pinned: dict[str, int] | None = None,
+        reuse: dict[str, PinnedTable] | None = None,
     ) -> AtlasTables:
         """Open every table; with ``pinned`` (table -> Lance version) read each at that version by pylance.
+
+        ``reuse``: pinned handles opened before, by table name; one at the version asked for is used again
+        (each table's newest one is kept there), so views of a live handle open only tables that changed.
 
         Raises
         ------
@@ -160,8 +164,12 @@ class AtlasTables:
             for name in tables.all_names():
                 if name not in pinned:
                     raise AtlasNotFoundError(f"the snapshot does not record table {name!r}")
-                dataset = database.dataset(name, pinned[name])
-                tables.handles[name] = PinnedTable(name, dataset, database.connect)
+                handle = None if reuse is None else reuse.get(name)
+                if handle is None or handle.version != pinned[name]:
+                    handle = PinnedTable(name, database.dataset(name, pinned[name]), database.connect)
+                    if reuse is not None and (name not in reuse or reuse[name].version < handle.version):
+                        reuse[name] = handle
+                tables.handles[name] = handle
             return tables
         db = database.connect()
         existing = table_names(db)
@@ -199,8 +207,35 @@ class AtlasTables:
         return self.handles[self.registry_names[feature_space]]
 
     def versions(self) -> dict[str, int]:
-        """Current Lance version of every table."""
+        """Current Lance version of every table (read one after another)."""
         return {name: handle.version for name, handle in self.handles.items()}
+
+    def consistent_versions(self, attempts: int = 20) -> dict[str, int]:
+        """The version of every table at one state of the atlas: the dataset table's version is read before
+        and after the others, again until no dataset record was committed or deleted in between.
+
+        Writers order their commits around the dataset records, the commit point
+        (:mod:`lancell.tables.visibility`): an ingestion writes its rows and layout before its record, a
+        deletion removes the record before the rows. Versions read while no record changed pair every record
+        with all of its rows (rows an ingestion has not committed may be there too: the committed-dataset
+        filter hides them). Read one after another without the check, a deletion and a commit in between
+        paired the rows of one state with the records of another: a deleted dataset's cells read as
+        unmeasured, a count shortcut that hid nothing.
+
+        Raises
+        ------
+        CommitConflictError
+            Dataset records were committed during each of ``attempts`` reads.
+        """
+        for _ in range(attempts):
+            before = self.datasets.version
+            versions = self.versions()
+            if versions[DATASETS_TABLE] == before:
+                return versions
+        raise CommitConflictError(
+            f"the dataset records of the atlas at {self.database.uri!r} changed during each of {attempts} "
+            "reads of its table versions: try again when fewer datasets are being committed"
+        )
 
 
 def create_tables(db: DBConnection, schemas: Mapping[str, pa.Schema], initial: Mapping[str, Any]) -> None:

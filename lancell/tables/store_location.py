@@ -160,7 +160,7 @@ def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
             f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
             "that store, which may be the original's (pass store= to read another)",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of RaggedAtlas.open / checkout (through lancell.opening)
         )
         return located_store_url(db_uri, meta, url, writable=False)
 

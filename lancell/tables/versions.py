@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
-from lancell.errors import VersionNotFoundError
+from lancell.errors import VersionNotFoundError, require_type
 from lancell.tables.table_schemas import VERSIONS_SCHEMA, VERSIONS_TABLE
 
 if TYPE_CHECKING:
@@ -103,7 +103,13 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
 
     A note labels one snapshot (``take_snapshot`` refuses a note in use); of an atlas whose snapshots shared a
     note before that rule, the latest of them.
+
+    Raises
+    ------
+    ArgumentError
+        ``note`` is not a str (no note would ever match it).
     """
+    require_type("note", note, str, "a str")
     match = frame[frame["note"] == note]
     return None if match.empty else int(match["version"].iloc[-1])
 

@@ -7,7 +7,8 @@ snapshots) until ``vacuum()`` removes them or a re-ingestion of the same dataset
 
 A handle of live tables filters by the committed datasets (read from the dataset table first) on every read:
 the cell rows it then reads may be a newer version than any count taken before, so a count cannot tell that
-no uncommitted row is among them. A handle pinned to table versions (a snapshot) reads counts and rows of the
+no uncommitted row is among them. A handle pinned to table versions read at one state (a snapshot, or the
+view a live handle's query reads through: ``AtlasTables.consistent_versions``) reads counts and rows of the
 same versions: when the committed records account for every cell row (one ``count_rows()``, table metadata
 only, and a read of the small dataset table), no filter is added at all. Records own complete sets of rows:
 ingestion writes a dataset's rows before its record, and deletion removes the record before the rows (and a

@@ -145,10 +145,13 @@ def test_sampler_arguments_must_be_integers(small, options, message):
 
 def test_flags_must_be_bools(small):
     """drop_last="False" dropped 31 of 131 cells each epoch (a non-empty string is true), without a word."""
-    for false in ("False", "no", 0, None):
+    for false in ("False", "no", 2, None, 0.0):
         with pytest.raises(QueryError, match=f"drop_last must be True or False, got {false!r}"):
             CellSampler(small, 50, drop_last=false)
     assert CellSampler(small, 50, drop_last=np.bool_(False)).drop_last is False
+    assert CellSampler(small, 50, drop_last=1).drop_last is True  # 0 and 1 stay accepted
+    with pytest.raises(QueryError, match="pin_memory must be True or False, got 'False'"):
+        make_loader(small, CellSampler(small, 50), pin_memory="False")
     with pytest.raises(QueryError, match="presence must be True or False, got 'yes'"):
         SparseCollate(presence="yes")
     for name in ("normalize", "log1p", "presence"):

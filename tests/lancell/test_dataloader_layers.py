@@ -13,7 +13,7 @@ import torch
 
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, make_loader
-from lancell.errors import QueryError, UnmeasuredDataError
+from lancell.errors import ArgumentError, QueryError, UnmeasuredDataError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord, DenseZarrPointer, FeatureBaseSchema, LancellBaseSchema
@@ -265,9 +265,9 @@ def test_dense_feature_space_two_layers(tmp_path, celltypist):
     np.testing.assert_array_equal(out["layers"]["counts"].numpy(), expected.layers["counts"][positions])
     np.testing.assert_array_equal(out["X"].numpy(), expected.X[positions])
     # a sparse collate for dense batches: refused by make_loader, not at the first batch (in a worker)
-    with pytest.raises(QueryError, match=r"SparseCollate needs a sparse feature space; .* is dense"):
+    with pytest.raises(ArgumentError, match=r"SparseCollate needs a sparse feature space; .* is dense"):
         make_loader(dataset, CellSampler(dataset, 8), num_workers=2, collate_fn=SparseCollate())
-    with pytest.raises(QueryError, match="SparseCollate needs a sparse batch"):
+    with pytest.raises(TypeError, match="SparseCollate needs a sparse batch"):  # an ArgumentError
         SparseCollate()(batch)
 
 

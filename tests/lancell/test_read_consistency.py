@@ -18,6 +18,7 @@ import lancell.query.plan as plan_module
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas, gene_features, ingest_bundled
 from lancell.query.cell_selection import CellSelection
+from lancell.tables.atlas_tables import AtlasTables
 
 COUNTS = ("gene_expression", "counts")
 
@@ -82,3 +83,29 @@ def test_a_loader_dataset_plans_the_rows_it_read(tmp_path: Path, monkeypatch: py
     dataset = reader.query().where(dataset_uid="mouse_10k").to_cell_dataset(*COUNTS)
     batch = dataset.__getitems__(np.arange(len(dataset)))
     assert len(dataset) == expected.n_obs and int(batch.offsets[-1]) == expected.X.nnz
+
+
+@pytest.mark.parametrize("reingest", [False, True])
+def test_table_versions_are_read_at_one_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reingest: bool
+) -> None:
+    """The versions of the tables are read one after another: a deletion (and a re-ingestion of the uid, or
+    another dataset's commit) between the cell table's and the dataset table's paired rows and records of two
+    states, so the deleted dataset's cells read as unmeasured, or were counted without a record."""
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
+    reader = RaggedAtlas.open(str(tmp_path / "db"))
+    original = AtlasTables.versions
+
+    def between_two_tables(tables: AtlasTables) -> dict[str, int]:
+        cells = tables.cells.version
+        monkeypatch.setattr(AtlasTables, "versions", original)
+        writer.delete_dataset("mouse_10k")
+        if reingest:
+            ingest_bundled(writer, BUNDLED[2])
+        return {**original(tables), tables.cell_table_name: cells}
+
+    monkeypatch.setattr(AtlasTables, "versions", between_two_tables)
+    adata = reader.query().layers(*COUNTS).on_unmeasured("keep").to_anndata()
+    expected = {"celltypist_sample": 559, **({"mouse_10k": 10_000} if reingest else {})}
+    assert adata.obs["dataset_uid"].value_counts().to_dict() == expected
+    assert adata.uns["lancell"]["unmeasured_datasets"] == []

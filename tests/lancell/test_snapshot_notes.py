@@ -35,6 +35,10 @@ def test_a_note_that_is_not_a_str_is_refused_before_anything_is_tagged(atlas):
             atlas.snapshot(note=note)
     for table in atlas.core.tables.handles.values():
         assert "snapshot-1" not in table.tags.list()
+    with pytest.raises(ArgumentError, match="note must be a str, got 5"):  # it returned None: no match
+        RaggedAtlas.find_snapshot(atlas.db_uri, 5)
+    with pytest.raises(ArgumentError, match="dataset_uid must be a dataset uid"):  # pyarrow's error
+        atlas.validate(dataset_uid=5)
     assert RaggedAtlas.list_versions(atlas.db_uri)["version"].tolist() == [0]
 
 

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import zarr
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DuplicateContentError, GroupNotFoundError, StoreError
+from lancell.errors import DuplicateContentError, GroupNotFoundError, LancellWarning, StoreError
 from lancell.ingest.add_csc import add_csc
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.groups import ATLAS_ID_ATTR, SparseGroupWriter
@@ -384,6 +384,9 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     with pytest.raises(StoreError, match=r"was created at .*/a/db \(copied or moved\).*pass store="):
         RaggedAtlas.open(str(tmp_path / "b" / "db"))
+    with pytest.warns(LancellWarning, match="copied or moved") as warned:  # read: warned, at this line
+        RaggedAtlas.open(str(tmp_path / "b" / "db"), read_only=True)
+    assert warned[0].filename == __file__
     copy = RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
     written = ingest(copy, "y", x["y"])
     assert (tmp_path / "b" / "arrays" / written.zarr_group).is_dir()
