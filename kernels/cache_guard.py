@@ -15,7 +15,7 @@ issue 10128 is the same race for gufuncs.
   entry ever names a file that is not yet written or written for another signature;
 - a load returns nothing (numba then compiles the kernel and saves it again, healing the entry) unless the
   loaded code was compiled for the argument types asked for;
-- a load readies only what running compiled code needs (numba's runtime, NRT). numba's own load refreshes
+- a CPU load readies only what running compiled code needs (numba's runtime, NRT). numba's own load refreshes
   the compiler's registries first, importing its implementations of NumPy, typed containers, random numbers
   and jitclasses and, through ``numba.np.arraymath``, SciPy's BLAS: about half a second of a process's first
   kernel call, spent where nothing is compiled. A compile refreshes them itself (``compiler.compile_extra``).
@@ -30,6 +30,7 @@ import itertools
 from collections.abc import Iterator
 
 from numba.core import caching, sigutils
+from numba.core.cpu import CPUContext
 from numba.core.runtime import rtsys
 
 try:
@@ -76,7 +77,10 @@ def _locked_save(self: caching.IndexDataCacheFile, key: object, data: object) ->
 def _checked_load(self: caching.Cache, sig: object, target_context: object) -> object:
     """``Cache.load_overload`` with the runtime readied, not the registries; None where the cached code is
     not for ``sig``'s argument types."""
-    rtsys.initialize(target_context)
+    if isinstance(target_context, CPUContext):
+        rtsys.initialize(target_context)
+    else:  # another target's cache (numba.cuda in a user's process): numba's own readying
+        target_context.refresh()
     loaded = None
     with self._guard_against_spurious_io_errors():  # (numba's: swallows Windows' spurious errors)
         loaded = self._load_overload(sig, target_context)
