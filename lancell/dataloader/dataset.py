@@ -192,7 +192,7 @@ class CellDataset:
             ``"registry"`` (column ``j`` is global index ``j``), or registry uids / symbols.
         store_kwargs
             Client settings (e.g. credentials) workers use to reopen the store; default: the atlas store's
-            non-secret settings, with credentials taken from the environment.
+            non-secret settings and retry settings, with credentials taken from the environment.
 
         Raises
         ------

@@ -29,7 +29,9 @@ class DatasetSource:
 
 
 def store_kwargs_of(store: obs_store.ObjectStore) -> dict[str, Any]:
-    """The client settings a worker reopens ``store`` with: its non-secret config (none for local disk)."""
+    """The client settings a worker reopens ``store`` with: its non-secret config, client options and retry
+    settings (none for local disk). Without the retry settings a worker waited out obstore's defaults on a
+    frozen server (10 retries, up to 180 s) where the reader had given a budget."""
     if isinstance(store, obs_store.LocalStore):
         return {}
     config = public_store_config(store)
@@ -37,4 +39,7 @@ def store_kwargs_of(store: obs_store.ObjectStore) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"config": config} if config else {}
     if client_options:
         kwargs["client_options"] = client_options
+    retry = getattr(store, "retry_config", None)
+    if retry:
+        kwargs["retry_config"] = retry
     return kwargs

@@ -14,7 +14,7 @@ import inspect
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import anndata as ad
 import pandas as pd
@@ -234,16 +234,24 @@ class QueryTerminals:
         layer: str | Sequence[str],
         metadata_columns: Sequence[str] = (),
         features: Sequence[str] | str | None = None,
+        store_kwargs: dict[str, Any] | None = None,
     ) -> CellDataset:
         """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
 
         Its output columns and cells are those of ``to_anndata()`` for the same query: ``features()``,
         ``feature_join()`` and ``on_unmeasured()`` apply. ``features`` adds to them as :meth:`reading` says.
         ``layer``: one name, or several (each batch carries one tensor per layer, the first as ``X``).
+        ``store_kwargs``: the client settings (e.g. credentials given only in memory) DataLoader workers
+        reopen the store with; default: the store's non-secret settings, credentials from the environment.
         See :class:`lancell.dataloader.CellDataset`.
         """
         from lancell.dataloader import CellDataset  # torch is an optional dependency
 
         return CellDataset.from_query(
-            self, feature_space, layer, metadata_columns=metadata_columns, features=features
+            self,
+            feature_space,
+            layer,
+            metadata_columns=metadata_columns,
+            features=features,
+            store_kwargs=store_kwargs,
         )

@@ -124,3 +124,29 @@ def test_an_endpoint_that_is_not_an_http_url_is_a_store_error(tmp_path, endpoint
             store="s3://bucket/atlas/arrays",
             store_kwargs=kwargs,
         )
+
+
+def test_loader_workers_reopen_the_store_with_its_retry_settings():
+    """A worker's copy of a dataset reopened the store without retry_config: on a frozen server it waited out
+    obstore's defaults (13.6 s in a trial) where the reader gave up after 1 s as configured."""
+    import pickle
+    from datetime import timedelta
+
+    from lancell.dataloader.source import DatasetSource, store_kwargs_of
+
+    retry = {"max_retries": 0, "retry_timeout": timedelta(seconds=2)}
+    store = obs_store.S3Store(
+        "bucket",
+        endpoint="http://127.0.0.1:9",
+        client_options={"timeout": "1s", "allow_http": True},
+        retry_config=retry,
+        skip_signature=True,
+    )
+    kwargs = store_kwargs_of(store)
+    source = pickle.loads(pickle.dumps(DatasetSource("db", None, 1, "s3://bucket/arrays", kwargs)))
+    reopened = source.open_store()
+    assert reopened.retry_config["max_retries"] == 0
+    assert reopened.retry_config["retry_timeout"] == timedelta(seconds=2)
+    assert reopened.client_options["timeout"] == "1s"
+    plain = obs_store.S3Store("bucket", endpoint="http://127.0.0.1:9", skip_signature=True)
+    assert "retry_config" not in store_kwargs_of(plain)
