@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import anndata as ad
 import pandas as pd
 
-from lancell.errors import LancellWarning, StandardizationError, UnknownOrganismError
+from lancell.errors import ArgumentError, LancellWarning, StandardizationError, UnknownOrganismError
 from lancell.standardize.genes import GeneReference, canonical_organism, foreign_ids, infer_organism
 from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
 from lancell.standardize.report import StandardizationReport
@@ -54,6 +54,8 @@ DEFAULT_OBS_COLUMNS: Mapping[str, str] = {
     "assay": "assay_ontology_term_id",
 }
 TERM_SUFFIX = "_ontology_term_id"
+# standardize_anndata arguments that standardize_and_ingest passes through **standardize
+STANDARDIZE_OPTIONS = ("organism", "obs_columns", "gene_column", "backend", "overrides", "allow_broader")
 
 
 def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str]) -> str:
@@ -101,11 +103,15 @@ def standardize_anndata(
     obs_columns
         obs column -> term id column to fill; the target's name (``<field>_ontology_term_id``) picks the
         ontology (see :data:`lancell.standardize.ontology.FIELD_ONTOLOGY`). Absent obs columns are skipped and
-        reported.
+        reported (warned when ``obs_columns`` is given, not for the defaults). A term id column already in obs
+        (curated ids, as in cellxgene files) is kept: only its missing values are filled from the labels.
     gene_column
-        The var column holding gene symbols or ids (the var index by default).
+        The var column holding gene symbols or ids (the var index by default). An entry without a name
+        (missing, or an empty string) is never made a feature: it is refused, or dropped with
+        ``unresolved="drop"`` (warned, counted in ``report.var_counts["dropped"]`` and ``["no_name"]``).
     genes
-        Standardize genes (False: obs only).
+        Standardize genes (False: obs only; ``organism``, ``unresolved`` and ``duplicates`` are then unused,
+        and warned about when given).
     backend
         Ontology backend (``CellxgeneOntologyBackend`` by default).
     overrides
@@ -132,7 +138,10 @@ def standardize_anndata(
     -----
     LancellWarning
         Genes that are Ensembl ids of another organism (left unresolved), ``overrides`` entries that mapped
-        nothing, var entries left out by ``duplicates="first"`` (or ``"auto"`` on values that are not counts).
+        nothing, var entries left out by ``duplicates="first"`` (or ``"auto"`` on values that are not counts),
+        var entries without a gene name dropped (``unresolved="drop"``), existing term ids that differ from
+        the ids matched from the labels (the existing ids are kept), gene arguments given with
+        ``genes=False``, ``obs_columns`` entries whose obs column is absent.
 
     Raises
     ------
@@ -140,8 +149,9 @@ def standardize_anndata(
         The organism is unknown, has no gene reference, or cannot be inferred.
     StandardizationError
         A target column not named ``<field>_ontology_term_id`` for a known field, a missing ``gene_column``,
-        an override naming a term the ontology lacks, an unknown ``unresolved`` or ``duplicates``, or
-        ``duplicates="error"`` with genes sharing an id.
+        an override naming a term the ontology lacks, an unknown ``unresolved`` or ``duplicates``,
+        ``duplicates="error"`` with genes sharing an id, or var entries without a gene name (missing or empty
+        in ``gene_column`` or the var index) with ``unresolved="keep"``.
     DataValueError
         Summed integer counts above ``2**32 - 1`` (the message names the genes).
     """
@@ -162,17 +172,27 @@ def standardize_anndata(
         targets[column] = name
     if gene_column is not None and gene_column not in adata.var.columns:
         raise StandardizationError(f"var has no column {gene_column!r}")
+    if not genes:
+        _warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
+    no_name = _no_gene_name(adata, gene_column, unresolved) if genes else None
     report = StandardizationReport(gene_column=gene_column)
     out = adata.to_memory() if adata.isbacked else adata.copy()
     if genes:
+        if no_name is not None:
+            out = out[:, ~no_name].copy()
         values = (out.var.index if gene_column is None else out.var[gene_column]).astype(str).tolist()
         report.organism = _organism_for(out, organism, values)
         _warn_foreign_ids(values, report.organism)
         report.genes = GeneReference.load(report.organism).resolve(values)
         out = _standard_genes(out, report.genes, unresolved, duplicates, report)
+        if no_name is not None:
+            report.var_counts["dropped"] += int(no_name.sum())
+            report.var_counts["no_name"] = int(no_name.sum())
+    absent = []
     for column, name in targets.items():
         if column not in out.obs.columns:
             report.skipped_columns.append(column)
+            absent.append(column)
             continue
         matches = resolve_terms(
             out.obs[column].tolist(),
@@ -184,11 +204,79 @@ def standardize_anndata(
         report.terms[column] = matches
         mapping = {m.value: m.term_id for m in matches}
         ids = out.obs[column].astype(object).map(lambda v, mapping=mapping: mapping.get(str(v)))
-        out.obs[obs_columns[column]] = ids.astype("category")
+        target = obs_columns[column]
+        if target in out.obs.columns:
+            ids = _keep_existing_ids(out.obs[target], ids, column, target)
+        out.obs[target] = ids.astype("category")
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
+    if absent and obs_columns is not DEFAULT_OBS_COLUMNS:
+        warnings.warn(
+            f"obs_columns {absent} are not obs columns, not standardized (obs columns: "
+            f"{out.obs.columns.tolist()[:20]})",
+            LancellWarning,
+            stacklevel=2,
+        )
     _warn_unused_overrides(overrides or {}, report)
     return out, report
+
+
+def _missing_text(values: pd.Series) -> pd.Series:
+    """Whether each value is missing: NA, or a string that is empty or only whitespace."""
+    return values.isna() | values.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
+
+
+def _no_gene_name(
+    adata: ad.AnnData, gene_column: str | None, unresolved: Literal["keep", "drop"]
+) -> pd.Series | None:
+    """Mask of the var entries without a gene name (missing or empty), None when every entry has one.
+
+    Raises :class:`StandardizationError` for them with ``unresolved="keep"`` (a missing name is no feature
+    uid, and entries sharing it would be merged); warns that they are dropped with ``"drop"``.
+    """
+    names = pd.Series(adata.var.index if gene_column is None else adata.var[gene_column].to_numpy())
+    missing = _missing_text(names)
+    if not missing.any():
+        return None
+    where = "the var index" if gene_column is None else f"var[{gene_column!r}]"
+    examples = adata.var_names[missing.to_numpy()][:5].tolist()
+    message = (
+        f"{int(missing.sum())} of {adata.n_vars} var entries have no gene name in {where} "
+        f"(var index e.g. {examples})"
+    )
+    if unresolved == "keep":
+        raise StandardizationError(
+            f"{message}: a missing name cannot be a feature uid; fill them in, pass another gene_column, or "
+            "pass unresolved='drop' to drop them"
+        )
+    warnings.warn(f"{message}: dropped (unresolved='drop')", LancellWarning, stacklevel=3)
+    return missing
+
+
+def _keep_existing_ids(existing: pd.Series, matched: pd.Series, column: str, target: str) -> pd.Series:
+    """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree."""
+    existing = existing.astype(object)
+    present = ~_missing_text(existing)
+    differ = present & matched.notna() & (existing.astype(str) != matched.astype(str))
+    if differ.any():
+        pairs = pd.DataFrame({"existing": existing[differ], "matched": matched[differ]}).drop_duplicates()
+        warnings.warn(
+            f"obs[{target!r}] already holds term ids; {int(differ.sum())} of them differ from the ids "
+            f"matched from obs[{column!r}] and are kept (e.g. {pairs.head(5).values.tolist()})",
+            LancellWarning,
+            stacklevel=3,
+        )
+    return existing.where(present, matched)
+
+
+def _warn_unused_gene_arguments(**arguments: object) -> None:
+    """Warn about gene arguments given with ``genes=False`` (not standardizing genes, they are unused)."""
+    defaults = {"organism": None, "unresolved": "keep", "duplicates": None}
+    given = {name: value for name, value in arguments.items() if value != defaults[name]}
+    if given:
+        warnings.warn(
+            f"genes=False: {given} apply to genes only and were not used", LancellWarning, stacklevel=3
+        )
 
 
 def _warn_foreign_ids(values: list[str], organism: str) -> None:
@@ -320,6 +408,9 @@ def standardize_and_ingest(
 
     Raises
     ------
+    ArgumentError
+        An unknown key in ``standardize``, or one this function sets itself (``genes``), before anything is
+        read or written (the message names the accepted ones).
     StandardizationError
         As :func:`standardize_anndata` (nothing is registered or written).
     FeatureConflictError
@@ -330,6 +421,12 @@ def standardize_and_ingest(
     """
     from lancell.ingest.from_anndata import add_from_anndata
 
+    unknown = sorted(set(standardize) - set(STANDARDIZE_OPTIONS))
+    if unknown:
+        raise ArgumentError(
+            f"standardize_and_ingest got options {unknown} it does not take (genes are always standardized "
+            f"here); other standardize_anndata options it accepts: {list(STANDARDIZE_OPTIONS)}"
+        )
     if not isinstance(adata, ad.AnnData):
         adata = ad.read_h5ad(adata)
     standardized, report = standardize_anndata(

@@ -110,7 +110,7 @@ def merge_duplicate_columns(
     ------
     StandardizationError
         ``how="error"`` and a uid repeats (the message lists uids and the var entries that share them), or an
-        unknown ``how``.
+        unknown ``how``, or a missing uid (the message names its var entries).
     DataValueError
         ``how="sum"`` on integers gives values above ``2**32 - 1``, which counts cannot hold (the message
         names the features).
@@ -118,6 +118,12 @@ def merge_duplicate_columns(
     if how not in ("sum", "first", "error"):
         raise StandardizationError(f"duplicates must be 'sum', 'first' or 'error', got {how!r}")
     values = pd.Series(np.asarray(uids, dtype=object), index=adata.var_names)
+    if values.isna().any():
+        missing = values.index[values.isna().to_numpy()].tolist()
+        raise StandardizationError(
+            f"{len(missing)} var entries have no feature uid (e.g. {missing[:5]}); entries without a uid "
+            "cannot be merged"
+        )
     repeated = values[values.duplicated(keep=False)]
     if repeated.empty:
         return adata, 0
