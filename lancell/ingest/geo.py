@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 GEO_HOST = "ftp.ncbi.nlm.nih.gov"
 MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null"})
 _INTEGER = re.compile(r"^[+-]?\d+$")
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _TAXID_NAMES = {entry.term_id.removeprefix("NCBITaxon:"): name for name, entry in ORGANISMS.items()}
 
 
@@ -237,7 +238,11 @@ def _typed(values: pd.Series) -> pd.Series:
         lambda v: None if v is None or str(v).strip().lower() in MISSING_VALUES else str(v).strip()
     )
     present = text.dropna()
-    if len(present) and present.map(lambda v: bool(_INTEGER.match(v))).all():
+    integer = present.map(lambda v: bool(_INTEGER.match(v)))
+    if integer.any() and not present[integer].map(lambda v: _INT64_MIN <= int(v) <= _INT64_MAX).all():
+        # an integer beyond int64 would overflow Int64 and be rounded by float64: the column stays text
+        return text.astype("category")
+    if len(present) and integer.all():
         return text.astype("Int64")
     numbers = pd.to_numeric(present, errors="coerce")
     if len(present) and numbers.notna().all():
@@ -250,7 +255,8 @@ def sample_table(series: GeoSeries) -> pd.DataFrame:
 
     A characteristic named like a base column is suffixed ``_characteristic``. Values in
     ``MISSING_VALUES`` (empty, NA, N/A...) are missing; then a column is ``Int64`` if every value is an
-    integer, ``float64`` if every value is a number, else ``category``.
+    integer, ``float64`` if every value is a number, else ``category`` (also when an integer does not fit
+    int64, which ``Int64`` cannot hold and ``float64`` would round).
     """
     base = {"title", "organism"}
     rows = []

@@ -192,8 +192,9 @@ def add_from_10x(
     TenxFormatError
         The input is malformed (see :func:`open_10x`).
     IngestError
-        Any other invalid input (an ``obs`` frame that lacks barcodes of the matrix, or a one-row frame for
-        a one-cell matrix indexed by another barcode); the atlas is left unchanged.
+        Any other invalid input (an ``obs`` frame that lacks barcodes of the matrix, a one-row frame for
+        a one-cell matrix indexed by another barcode, or an ``obs`` mapping value that is a sequence of
+        another length than the number of cells); the atlas is left unchanged.
     """
     atlas.core.require_writable()
     matrix = open_10x(path, genome=genome)
@@ -271,12 +272,26 @@ def _route_feature_types(
 
 
 def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None) -> pd.DataFrame:
-    """``matrix.obs`` with the columns of ``obs`` (see :func:`add_from_10x`)."""
+    """``matrix.obs`` with the columns of ``obs`` (see :func:`add_from_10x`).
+
+    Raises
+    ------
+    IngestError
+        A mapping value that is a sequence of another length than the number of cells, an ``obs`` frame
+        that lacks barcodes or has several rows for one, a one-row frame for a one-cell matrix indexed by
+        another barcode.
+    """
     frame = matrix.obs.copy()
     if obs is None:
         return frame
     if not isinstance(obs, pd.DataFrame):
         for name, value in obs.items():
+            sized = pd.api.types.is_list_like(value) and not isinstance(value, (pd.Series, Mapping))
+            if sized and hasattr(value, "__len__") and len(value) != len(frame):
+                raise IngestError(
+                    f"{matrix.path}: obs[{name!r}] has {len(value)} values but the matrix has "
+                    f"{len(frame)} cells; give one value per cell or a constant"
+                )
             frame[name] = value
         return frame
     barcodes = frame.index

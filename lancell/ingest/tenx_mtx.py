@@ -101,16 +101,37 @@ def _mtx_header(fh: TextIO, path: Path) -> tuple[int, int, int, str]:
 
 
 def _mtx_chunks(path: Path, value_dtype: type) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(cells, genes, values)`` (0-based) for ``CHUNK_LINES`` triplets at a time."""
+    """Yield ``(cells, genes, values)`` (0-based) for ``CHUNK_LINES`` triplets at a time.
+
+    Raises
+    ------
+    TenxFormatError
+        An unreadable file, an entry line without exactly 3 fields (row column value), a number that does
+        not fit 64 bits.
+    """
     try:
         with _open_text(path) as fh:
             _mtx_header(fh, path)
+            # pandas would take the first field of a first line with too many fields as an index (or drop the
+            # extra fields with index_col=False), so that line is checked here; later ones it refuses itself
+            start = fh.tell()
+            line = fh.readline()
+            while line and not line.strip():
+                start = fh.tell()
+                line = fh.readline()
+            if line and len(line.split()) != 3:
+                raise TenxFormatError(
+                    f"{path}: the first entry line {line.strip()!r} has {len(line.split())} fields, "
+                    "expected 3 (feature barcode value)"
+                )
+            fh.seek(start)
             try:
                 reader = pd.read_csv(
                     fh,
                     sep=r"\s+",
                     header=None,
                     names=["gene", "cell", "value"],
+                    index_col=False,
                     dtype={"gene": np.int64, "cell": np.int64, "value": value_dtype},
                     chunksize=CHUNK_LINES,
                 )
@@ -124,6 +145,8 @@ def _mtx_chunks(path: Path, value_dtype: type) -> Iterator[tuple[np.ndarray, np.
                 )
     except TenxFormatError:
         raise
+    except OverflowError as exc:
+        raise TenxFormatError(f"{path}: an entry holds a number that does not fit 64 bits ({exc})") from exc
     except _READ_ERRORS as exc:
         raise TenxFormatError(f"cannot read {path}: {exc}") from exc
 
@@ -135,7 +158,8 @@ def open_mtx(folder: Path) -> TenxMatrix:
     Raises
     ------
     TenxFormatError
-        A missing file, sizes that disagree, a malformed line, a corrupt gzip, a wrong entry count.
+        A missing file, sizes that disagree, a malformed line (an entry without exactly 3 fields, a number
+        beyond 64 bits), a corrupt gzip, a wrong entry count.
     """
     matrix_path = _find(folder, ("matrix.mtx",))
     features_path = _find(folder, ("features.tsv", "genes.tsv"))
