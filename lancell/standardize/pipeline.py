@@ -26,7 +26,14 @@ import anndata as ad
 import pandas as pd
 
 from lancell.errors import ArgumentError, LancellWarning, StandardizationError, UnknownOrganismError
-from lancell.standardize.genes import GeneReference, canonical_organism, foreign_ids, infer_organism
+from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
+from lancell.standardize.input_checks import (
+    keep_existing_ids,
+    no_gene_name,
+    warn_foreign_ids,
+    warn_unused_gene_arguments,
+    warn_unused_overrides,
+)
 from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
 from lancell.standardize.report import StandardizationReport
 from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_mode
@@ -173,8 +180,8 @@ def standardize_anndata(
     if gene_column is not None and gene_column not in adata.var.columns:
         raise StandardizationError(f"var has no column {gene_column!r}")
     if not genes:
-        _warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
-    no_name = _no_gene_name(adata, gene_column, unresolved) if genes else None
+        warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
+    no_name = no_gene_name(adata, gene_column, unresolved) if genes else None
     report = StandardizationReport(gene_column=gene_column)
     out = adata.to_memory() if adata.isbacked else adata.copy()
     if genes:
@@ -182,7 +189,7 @@ def standardize_anndata(
             out = out[:, ~no_name].copy()
         values = (out.var.index if gene_column is None else out.var[gene_column]).astype(str).tolist()
         report.organism = _organism_for(out, organism, values)
-        _warn_foreign_ids(values, report.organism)
+        warn_foreign_ids(values, report.organism)
         report.genes = GeneReference.load(report.organism).resolve(values)
         out = _standard_genes(out, report.genes, unresolved, duplicates, report)
         if no_name is not None:
@@ -206,7 +213,7 @@ def standardize_anndata(
         ids = out.obs[column].astype(object).map(lambda v, mapping=mapping: mapping.get(str(v)))
         target = obs_columns[column]
         if target in out.obs.columns:
-            ids = _keep_existing_ids(out.obs[target], ids, column, target)
+            ids = keep_existing_ids(out.obs[target], ids, column, target)
         out.obs[target] = ids.astype("category")
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
@@ -217,99 +224,8 @@ def standardize_anndata(
             LancellWarning,
             stacklevel=2,
         )
-    _warn_unused_overrides(overrides or {}, report)
+    warn_unused_overrides(overrides or {}, report)
     return out, report
-
-
-def _missing_text(values: pd.Series) -> pd.Series:
-    """Whether each value is missing: NA, or a string that is empty or only whitespace."""
-    return values.isna() | values.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
-
-
-def _no_gene_name(
-    adata: ad.AnnData, gene_column: str | None, unresolved: Literal["keep", "drop"]
-) -> pd.Series | None:
-    """Mask of the var entries without a gene name (missing or empty), None when every entry has one.
-
-    Raises :class:`StandardizationError` for them with ``unresolved="keep"`` (a missing name is no feature
-    uid, and entries sharing it would be merged); warns that they are dropped with ``"drop"``.
-    """
-    names = pd.Series(adata.var.index if gene_column is None else adata.var[gene_column].to_numpy())
-    missing = _missing_text(names)
-    if not missing.any():
-        return None
-    where = "the var index" if gene_column is None else f"var[{gene_column!r}]"
-    examples = adata.var_names[missing.to_numpy()][:5].tolist()
-    message = (
-        f"{int(missing.sum())} of {adata.n_vars} var entries have no gene name in {where} "
-        f"(var index e.g. {examples})"
-    )
-    if unresolved == "keep":
-        raise StandardizationError(
-            f"{message}: a missing name cannot be a feature uid; fill them in, pass another gene_column, or "
-            "pass unresolved='drop' to drop them"
-        )
-    warnings.warn(f"{message}: dropped (unresolved='drop')", LancellWarning, stacklevel=3)
-    return missing
-
-
-def _keep_existing_ids(existing: pd.Series, matched: pd.Series, column: str, target: str) -> pd.Series:
-    """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree."""
-    existing = existing.astype(object)
-    present = ~_missing_text(existing)
-    differ = present & matched.notna() & (existing.astype(str) != matched.astype(str))
-    if differ.any():
-        pairs = pd.DataFrame({"existing": existing[differ], "matched": matched[differ]}).drop_duplicates()
-        warnings.warn(
-            f"obs[{target!r}] already holds term ids; {int(differ.sum())} of them differ from the ids "
-            f"matched from obs[{column!r}] and are kept (e.g. {pairs.head(5).values.tolist()})",
-            LancellWarning,
-            stacklevel=3,
-        )
-    return existing.where(present, matched)
-
-
-def _warn_unused_gene_arguments(**arguments: object) -> None:
-    """Warn about gene arguments given with ``genes=False`` (not standardizing genes, they are unused)."""
-    defaults = {"organism": None, "unresolved": "keep", "duplicates": None}
-    given = {name: value for name, value in arguments.items() if value != defaults[name]}
-    if given:
-        warnings.warn(
-            f"genes=False: {given} apply to genes only and were not used", LancellWarning, stacklevel=3
-        )
-
-
-def _warn_foreign_ids(values: list[str], organism: str) -> None:
-    """Warn about Ensembl ids of other organisms: they stay unresolved, registered under ``organism``."""
-    foreign = foreign_ids(values, organism)
-    if foreign:
-        warnings.warn(
-            f"{sum(foreign.values())} of {len(values)} genes are Ensembl ids of another organism than "
-            f"{organism} ({foreign}): they are not resolved, and are kept or dropped as unresolved genes of "
-            f"{organism}; pass organism= and standardize each organism's genes separately",
-            LancellWarning,
-            stacklevel=3,
-        )
-
-
-def _warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: StandardizationReport) -> None:
-    """Warn about ``overrides`` entries that mapped nothing: a column not standardized, a value not in obs
-    (or one that matched as a term id before the override applied)."""
-    unused: dict[str, object] = {}
-    for column, mapping in overrides.items():
-        if column not in report.terms:
-            unused[column] = "not a standardized obs column"
-            continue
-        applied = {m.value for m in report.terms[column] if m.match == "manual"}
-        values = [value for value in mapping if value not in applied]
-        if values:
-            unused[column] = values
-    if unused:
-        warnings.warn(
-            f"overrides not used: {unused} (standardized obs columns: {sorted(report.terms)})",
-            LancellWarning,
-            stacklevel=3,
-        )
 
 
 def _standard_genes(

@@ -1,0 +1,118 @@
+"""What standardization refuses or warns about in its inputs before it changes anything: var entries
+without a gene name, curated term ids already in obs, arguments that would have no effect, Ensembl ids of
+another organism, overrides that mapped nothing."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+
+from lancell.errors import LancellWarning, StandardizationError
+from lancell.standardize.genes import foreign_ids
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from lancell.standardize.report import StandardizationReport
+
+__all__ = [
+    "keep_existing_ids",
+    "no_gene_name",
+    "warn_foreign_ids",
+    "warn_unused_gene_arguments",
+    "warn_unused_overrides",
+]
+
+
+def _missing_text(values: pd.Series) -> pd.Series:
+    """Whether each value is missing: NA, or a string that is empty or only whitespace."""
+    return values.isna() | values.astype(object).map(lambda v: isinstance(v, str) and not v.strip())
+
+
+def no_gene_name(
+    adata: ad.AnnData, gene_column: str | None, unresolved: Literal["keep", "drop"]
+) -> pd.Series | None:
+    """Mask of the var entries without a gene name (missing or empty), None when every entry has one.
+
+    Raises :class:`StandardizationError` for them with ``unresolved="keep"`` (a missing name is no feature
+    uid, and entries sharing it would be merged); warns that they are dropped with ``"drop"``.
+    """
+    names = pd.Series(adata.var.index if gene_column is None else adata.var[gene_column].to_numpy())
+    missing = _missing_text(names)
+    if not missing.any():
+        return None
+    where = "the var index" if gene_column is None else f"var[{gene_column!r}]"
+    examples = adata.var_names[missing.to_numpy()][:5].tolist()
+    message = (
+        f"{int(missing.sum())} of {adata.n_vars} var entries have no gene name in {where} "
+        f"(var index e.g. {examples})"
+    )
+    if unresolved == "keep":
+        raise StandardizationError(
+            f"{message}: a missing name cannot be a feature uid; fill them in, pass another gene_column, or "
+            "pass unresolved='drop' to drop them"
+        )
+    warnings.warn(f"{message}: dropped (unresolved='drop')", LancellWarning, stacklevel=3)
+    return missing
+
+
+def keep_existing_ids(existing: pd.Series, matched: pd.Series, column: str, target: str) -> pd.Series:
+    """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree."""
+    existing = existing.astype(object)
+    present = ~_missing_text(existing)
+    differ = present & matched.notna() & (existing.astype(str) != matched.astype(str))
+    if differ.any():
+        pairs = pd.DataFrame({"existing": existing[differ], "matched": matched[differ]}).drop_duplicates()
+        warnings.warn(
+            f"obs[{target!r}] already holds term ids; {int(differ.sum())} of them differ from the ids "
+            f"matched from obs[{column!r}] and are kept (e.g. {pairs.head(5).values.tolist()})",
+            LancellWarning,
+            stacklevel=3,
+        )
+    return existing.where(present, matched)
+
+
+def warn_unused_gene_arguments(**arguments: object) -> None:
+    """Warn about gene arguments given with ``genes=False`` (not standardizing genes, they are unused)."""
+    defaults = {"organism": None, "unresolved": "keep", "duplicates": None}
+    given = {name: value for name, value in arguments.items() if value != defaults[name]}
+    if given:
+        warnings.warn(
+            f"genes=False: {given} apply to genes only and were not used", LancellWarning, stacklevel=3
+        )
+
+
+def warn_foreign_ids(values: list[str], organism: str) -> None:
+    """Warn about Ensembl ids of other organisms: they stay unresolved, registered under ``organism``."""
+    foreign = foreign_ids(values, organism)
+    if foreign:
+        warnings.warn(
+            f"{sum(foreign.values())} of {len(values)} genes are Ensembl ids of another organism than "
+            f"{organism} ({foreign}): they are not resolved, and are kept or dropped as unresolved genes of "
+            f"{organism}; pass organism= and standardize each organism's genes separately",
+            LancellWarning,
+            stacklevel=3,
+        )
+
+
+def warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: StandardizationReport) -> None:
+    """Warn about ``overrides`` entries that mapped nothing: a column not standardized, a value not in obs
+    (or one that matched as a term id before the override applied)."""
+    unused: dict[str, object] = {}
+    for column, mapping in overrides.items():
+        if column not in report.terms:
+            unused[column] = "not a standardized obs column"
+            continue
+        applied = {m.value for m in report.terms[column] if m.match == "manual"}
+        values = [value for value in mapping if value not in applied]
+        if values:
+            unused[column] = values
+    if unused:
+        warnings.warn(
+            f"overrides not used: {unused} (standardized obs columns: {sorted(report.terms)})",
+            LancellWarning,
+            stacklevel=3,
+        )
