@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import QueryError
+from lancell.errors import CommitConflictError, LancellError, QueryError
 from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import PlannedCells
@@ -45,21 +45,87 @@ T = TypeVar("T")
 _terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
 
 
+# how Lance says that a version, or a data file of it, is no longer in the store
+_REMOVED = ("no longer exists. Was it cleaned up", "was not found", "Not found:")
+
+
+def _removed_meanwhile(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the Lance error a lancell error wraps) says a table version or file was removed."""
+    lance = exc.__cause__ if isinstance(exc, LancellError) else exc
+    return isinstance(lance, ValueError | RuntimeError) and any(m in str(lance) for m in _REMOVED)
+
+
+def _removed_error(query: QueryTerminals, exc: BaseException) -> CommitConflictError:
+    return CommitConflictError(
+        f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
+        "while it read them (optimize(cleanup_older_than=...) in another process?), or a table file is "
+        f"missing (atlas.validate()): read again ({str(exc).splitlines()[0][:200]})"
+    )
+
+
 def _one_version(method: Callable[..., T]) -> Callable[..., T]:
     """A terminal that reads through :meth:`QueryTerminals.pinned`: one version of every table per call (a
     generator's from its first batch on; it stays one for :func:`store_boundary`, which guards its
-    iteration)."""
+    iteration).
+
+    A live handle's versions are not tagged: ``optimize(cleanup_older_than=...)`` in another process may
+    remove them during the call. A call (or a stream that has yielded nothing yet) is then read once more at
+    the current versions; otherwise :class:`~lancell.errors.CommitConflictError` is raised, never Lance's
+    untyped "no longer exists" or "Not found".
+    """
+
+    def retried(query: QueryTerminals) -> bool:
+        return query.atlas.core.tables.pinned is None  # a pinned query's versions stay as they are
+
+    def typed(query: QueryTerminals, exc: Exception) -> Exception | None:
+        """The typed error of a removal (a nested terminal's, or a new one), None for any other error."""
+        if not _removed_meanwhile(exc):
+            return None
+        return exc if isinstance(exc, CommitConflictError) else _removed_error(query, exc)
+
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def stream(query: QueryTerminals, *args: object, **kwargs: object) -> Iterator[object]:
-            yield from method(query.pinned(), *args, **kwargs)
+            yielded = False
+            try:
+                for item in method(query.pinned(), *args, **kwargs):
+                    yielded = True
+                    yield item
+                return
+            except (ValueError, RuntimeError) as exc:
+                error = typed(query, exc)
+                if error is None or (error is exc and (yielded or not retried(query))):
+                    raise
+                if yielded or not retried(query):
+                    raise error from exc
+            try:  # nothing was yielded: once more, at the current versions
+                yield from method(query.pinned(), *args, **kwargs)
+            except (ValueError, RuntimeError) as exc:
+                error = typed(query, exc)
+                if error is None or error is exc:
+                    raise
+                raise error from exc
 
         return cast(Callable[..., T], stream)
 
     @functools.wraps(method)
     def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
-        return method(query.pinned(), *args, **kwargs)
+        try:
+            return method(query.pinned(), *args, **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            error = typed(query, exc)
+            if error is None or (error is exc and not retried(query)):
+                raise
+            if not retried(query):
+                raise error from exc
+        try:  # once more, at the current versions
+            return method(query.pinned(), *args, **kwargs)
+        except (ValueError, RuntimeError) as exc:
+            error = typed(query, exc)
+            if error is None or error is exc:
+                raise
+            raise error from exc
 
     return read
 

@@ -17,6 +17,7 @@ import pytest
 import lancell.query.plan as plan_module
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas, gene_features, ingest_bundled
+from lancell.errors import CommitConflictError
 from lancell.query.cell_selection import CellSelection
 from lancell.tables.atlas_tables import AtlasTables
 
@@ -109,3 +110,37 @@ def test_table_versions_are_read_at_one_state(
     expected = {"celltypist_sample": 559, **({"mouse_10k": 10_000} if reingest else {})}
     assert adata.obs["dataset_uid"].value_counts().to_dict() == expected
     assert adata.uns["lancell"]["unmeasured_datasets"] == []
+
+
+def test_versions_removed_during_a_read_are_read_again_or_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optimize(cleanup_older_than=...) in another process removed a live read's pinned versions: Lance's
+    untyped "Version N no longer exists" (14 times in a two-process run) or "Not found" escaped."""
+    build_bundled_atlas(tmp_path, BUNDLED[1:2])
+    query = RaggedAtlas.open(str(tmp_path / "db")).query().layers(*COUNTS)
+    removed = ValueError("Version 7 no longer exists. Was it cleaned up?")
+
+    def removing(name: str, times: int) -> None:
+        """``CellSelection.<name>`` raises Lance's error ``times`` times, then reads."""
+        original, left = getattr(CellSelection, name), [times]
+
+        def read(self, *args, **kwargs):
+            if left[0]:
+                left[0] -= 1
+                raise removed
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(CellSelection, name, read)
+
+    removing("read", 1)
+    assert query.to_anndata().n_obs == 559  # read again at the current versions
+    removing("read", 2)
+    with pytest.raises(CommitConflictError, match="were removed while it read them"):
+        query.to_anndata()
+    monkeypatch.undo()
+    removing("batches", 1)  # before the first batch: read again
+    assert sum(batch.n_obs for batch in query.to_batches(100)) == 559
+    removing("batches", 2)
+    with pytest.raises(CommitConflictError, match="were removed while it read them"):
+        next(query.to_batches(100))
