@@ -55,12 +55,23 @@ def _removed_meanwhile(exc: BaseException) -> bool:
     return isinstance(lance, ValueError | RuntimeError) and any(m in str(lance) for m in _REMOVED)
 
 
-def _removed_error(query: QueryTerminals, exc: BaseException) -> CommitConflictError:
-    return CommitConflictError(
+def _failure(query: QueryTerminals, exc: Exception, *, again: bool) -> Exception | None:
+    """What a terminal whose read failed with ``exc`` raises: None to read ``again`` at the current versions
+    (a live query whose pinned versions were removed), ``exc`` itself for any other failure, else a
+    :class:`~lancell.errors.CommitConflictError` (a nested terminal's is passed on as it is)."""
+    if not _removed_meanwhile(exc):
+        return exc
+    if again and query.atlas.core.tables.pinned is None:  # a pinned query's versions stay as they are
+        return None
+    if isinstance(exc, CommitConflictError):
+        return exc
+    error = CommitConflictError(
         f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
         "while it read them (optimize(cleanup_older_than=...) in another process?), or a table file is "
         f"missing (atlas.validate()): read again ({str(exc).splitlines()[0][:200]})"
     )
+    error.__cause__ = exc
+    return error
 
 
 def _one_version(method: Callable[..., T]) -> Callable[..., T]:
@@ -71,18 +82,8 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
     A live handle's versions are not tagged: ``optimize(cleanup_older_than=...)`` in another process may
     remove them during the call. A call (or a stream that has yielded nothing yet) is then read once more at
     the current versions; otherwise :class:`~lancell.errors.CommitConflictError` is raised, never Lance's
-    untyped "no longer exists" or "Not found".
+    untyped "no longer exists" or "Not found" (:func:`_failure`).
     """
-
-    def retried(query: QueryTerminals) -> bool:
-        return query.atlas.core.tables.pinned is None  # a pinned query's versions stay as they are
-
-    def typed(query: QueryTerminals, exc: Exception) -> Exception | None:
-        """The typed error of a removal (a nested terminal's, or a new one), None for any other error."""
-        if not _removed_meanwhile(exc):
-            return None
-        return exc if isinstance(exc, CommitConflictError) else _removed_error(query, exc)
-
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
@@ -94,18 +95,12 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
                     yield item
                 return
             except (ValueError, RuntimeError) as exc:
-                error = typed(query, exc)
-                if error is None or (error is exc and (yielded or not retried(query))):
-                    raise
-                if yielded or not retried(query):
-                    raise error from exc
-            try:  # nothing was yielded: once more, at the current versions
+                if (error := _failure(query, exc, again=not yielded)) is not None:
+                    raise error  # noqa: B904 (exc itself, or an error caused by it)
+            try:
                 yield from method(query.pinned(), *args, **kwargs)
             except (ValueError, RuntimeError) as exc:
-                error = typed(query, exc)
-                if error is None or error is exc:
-                    raise
-                raise error from exc
+                raise _failure(query, exc, again=False)  # noqa: B904
 
         return cast(Callable[..., T], stream)
 
@@ -114,18 +109,12 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(query.pinned(), *args, **kwargs)
         except (ValueError, RuntimeError) as exc:
-            error = typed(query, exc)
-            if error is None or (error is exc and not retried(query)):
-                raise
-            if not retried(query):
-                raise error from exc
-        try:  # once more, at the current versions
+            if (error := _failure(query, exc, again=True)) is not None:
+                raise error  # noqa: B904 (exc itself, or an error caused by it)
+        try:
             return method(query.pinned(), *args, **kwargs)
         except (ValueError, RuntimeError) as exc:
-            error = typed(query, exc)
-            if error is None or error is exc:
-                raise
-            raise error from exc
+            raise _failure(query, exc, again=False)  # noqa: B904
 
     return read
 
