@@ -123,6 +123,12 @@ def add_from_mudata(
     attached to them. Returns one record per modality. When a later modality fails, the modalities stored
     before it are deleted again (records, cells and zarr groups) before the error is raised, so the call
     leaves no part of the MuData behind.
+
+    Raises
+    ------
+    IngestError
+        No modality, one the MuData lacks, an ``mdata.obs`` column whose values differ from the first
+        modality's column of the same name (one would be lost), or any error of the ingestion.
     """
     names = list(modalities)
     if not names:
@@ -131,6 +137,7 @@ def add_from_mudata(
     if missing:
         raise IngestError(f"modalities {missing} are not in the MuData (it has {list(mdata.mod)})")
     first = mdata.mod[names[0]].copy()
+    _check_global_obs(mdata, first, names[0])
     shared = [c for c in mdata.obs.columns if c not in first.obs.columns and ":" not in c]
     first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
     space, layer = modalities[names[0]]
@@ -163,3 +170,28 @@ def add_from_mudata(
             remove_group(atlas.core, record.zarr_group)
         raise
     return records
+
+
+def _check_global_obs(mdata: MuData, first: ad.AnnData, name: str) -> None:
+    """Refuse ``mdata.obs`` columns that the first modality's obs also has, with other values: one of the
+    two would be lost (the cells keep one column of each name).
+
+    Raises
+    ------
+    IngestError
+        A column of both whose values differ for some cell (missing values compare equal).
+    """
+    differ = []
+    for column in mdata.obs.columns:
+        if ":" in str(column) or column not in first.obs.columns:
+            continue
+        own = first.obs[column].astype(object)
+        mine = mdata.obs[column].reindex(first.obs.index).astype(object)
+        if not own.equals(mine):
+            differ.append(str(column))
+    if differ:
+        raise IngestError(
+            f"mdata.obs columns {differ} differ from the columns of the same names in mdata[{name!r}].obs, "
+            "whose cells are stored: rename one of each pair (e.g. mdata.obs.rename(columns=...)) so that "
+            "neither is lost"
+        )

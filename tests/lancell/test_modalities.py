@@ -94,6 +94,24 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert kept.n_obs == pbmc.n_obs and not presence_matrix(kept).toarray().any()
 
 
+def test_a_global_obs_column_that_disagrees_with_the_first_modalitys_is_refused(two):
+    """The cells keep one column of each name: a curated ``mdata.obs["cell_type"]`` was dropped silently
+    when the first modality had its own ``cell_type``; the same values in both are fine."""
+    atlas, pbmc = two
+    rna = pbmc[:30].copy()
+    rna.obs = pd.DataFrame({"cell_type": ["from rna"] * 30}, index=rna.obs_names)
+    mdata = MuData({"rna": rna, "prog": _programs(rna)})
+    mdata.obs["cell_type"] = ["curated"] * 30
+    modalities = {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")}
+    before = visible_state(atlas)
+    with pytest.raises(IngestError, match=r"mdata.obs columns \['cell_type'\] differ .*mdata\['rna'\]"):
+        add_from_mudata(atlas, mdata, modalities, dataset_record=DatasetRecord(uid="m"), progress=False)
+    assert visible_state(atlas) == before
+    mdata.obs["cell_type"] = ["from rna"] * 30
+    add_from_mudata(atlas, mdata, modalities, dataset_record=DatasetRecord(uid="m"), progress=False)
+    assert set(atlas.query().to_pandas()["cell_type"]) == {"from rna"}
+
+
 @pytest.fixture
 def ingested(two):
     """``two`` with the bundled PBMC data ingested as dataset ``pbmc`` (its first modality)."""
