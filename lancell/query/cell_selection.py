@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
+from lancell.tables.obs import NULLABLE_DTYPES
 from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
@@ -30,12 +30,6 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
 __all__ = ["CellSelection"]
-
-# pandas' nullable integer dtypes, for every Arrow integer type (what to_anndata's obs keeps for int32/int64)
-_NULLABLE_INTEGERS = {
-    pa.from_numpy_dtype(np.dtype(name.lower())): pd.api.types.pandas_dtype(name)
-    for name in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
-}
 
 # lancedb's names of the search columns -> the names a query returns
 _SEARCH_COLUMNS = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
@@ -152,9 +146,9 @@ class CellSelection:
         return table.rename_columns([_SEARCH_COLUMNS.get(n, n) for n in table.column_names])
 
     def read_pandas(self) -> pd.DataFrame:
-        """:meth:`read` as a pandas frame; integer columns are pandas' nullable integers (as in
+        """:meth:`read` as a pandas frame; integer and boolean columns are pandas' nullable ones (as in
         ``to_anndata().obs``), so a null does not turn them into rounded floats."""
-        return self.read().to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+        return self.read().to_pandas(types_mapper=NULLABLE_DTYPES.get)
 
     def batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """The selected rows (:meth:`kept_columns`) in record batches of at most ``batch_size``, in query

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError
 
-__all__ = ["altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
+__all__ = ["NULLABLE_DTYPES", "altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 
@@ -226,20 +226,22 @@ def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[st
     return sorted({str(c) for c in obs.columns if c not in declared})
 
 
+# pandas' nullable dtypes for Arrow's integer and boolean types: an integer keeps its values next to nulls
+# (not floats: 2**53 + 1 would round), a boolean stays boolean (not objects, which .h5ad files refuse); the
+# same dtype whether or not the cells read hold a null
+NULLABLE_DTYPES = {
+    **{
+        pa.from_numpy_dtype(np.dtype(name.lower())): pd.api.types.pandas_dtype(name)
+        for name in ("Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64")
+    },
+    pa.bool_(): pd.BooleanDtype(),
+}
+
+
 def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
     """Build an AnnData ``obs`` frame: string columns become categoricals, integers keep nullability."""
     index = pd.Index(table.column(index_column).to_numpy(zero_copy_only=False).astype(str), name=None)
     text = (pa.string(), pa.large_string())
-    nullable_ints = {  # every integer type keeps its values next to nulls (not floats: 2**53 + 1 would round)
-        pa.int8(): pd.Int8Dtype(),
-        pa.int16(): pd.Int16Dtype(),
-        pa.int32(): pd.Int32Dtype(),
-        pa.int64(): pd.Int64Dtype(),
-        pa.uint8(): pd.UInt8Dtype(),
-        pa.uint16(): pd.UInt16Dtype(),
-        pa.uint32(): pd.UInt32Dtype(),
-        pa.uint64(): pd.UInt64Dtype(),
-    }
     columns = {}
     for name in table.column_names:
         if name == index_column:
@@ -248,7 +250,7 @@ def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
         if column.type in text:
             columns[name] = _categorical(column)
         else:  # one column at a time: a whole-table to_pandas costs ~1 ms of fixed overhead
-            series = column.to_pandas(types_mapper=nullable_ints.get)
+            series = column.to_pandas(types_mapper=NULLABLE_DTYPES.get)
             columns[name] = series.to_numpy() if series.dtype == object else series.array
     return pd.DataFrame(columns, index=index, copy=False)
 

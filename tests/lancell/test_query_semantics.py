@@ -142,6 +142,18 @@ def test_to_pandas_keeps_integers_beyond_float_precision_next_to_nulls(atlas, ob
     assert frame["k"].tolist() == atlas.query().to_anndata().obs["k"].tolist()
 
 
+def test_a_boolean_column_stays_boolean_next_to_nulls_and_writes_to_h5ad(atlas, obs, tmp_path):
+    """A boolean column came back as objects (True/False/None) where a cell read held a null, and
+    ``write_h5ad`` refused it; it is pandas' nullable ``boolean`` whichever cells are read."""
+    everything = atlas.query().to_anndata()
+    without_nulls = atlas.query().where("true IS NOT NULL").to_anndata()
+    for frame in (everything.obs, without_nulls.obs, atlas.query().to_pandas()):
+        assert frame["true"].dtype == pd.BooleanDtype()
+    assert everything.obs["true"].array.equals(pd.array(obs["true"].tolist(), dtype="boolean"))
+    everything.write_h5ad(tmp_path / "out.h5ad")
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obs["true"].tolist() == everything.obs["true"].tolist()
+
+
 def test_count_counts_the_rows_of_a_search(atlas):
     text = atlas.query().search("monocyte")
     assert text.count() == len(text.to_pandas()) == text.to_anndata().n_obs == 3
