@@ -147,6 +147,37 @@ def stored_layers(
     return dict(layers)
 
 
+def check_obs_names(dataset: str, obs_names: pd.Index) -> None:
+    """Refuse obs names that cannot name one cell each once stored as text (the cell uid is
+    ``<dataset>:<name>``, and the content fingerprint digests the names NUL-separated).
+
+    Raises
+    ------
+    IngestError
+        A missing name (None, NaN), one holding a NUL character, or names equal as text (``1`` and ``"1"``
+        included).
+    """
+    missing = np.flatnonzero(pd.isna(obs_names))
+    if missing.size:
+        raise IngestError(
+            f"dataset {dataset!r}: {missing.size} cells have no obs name (None or NaN), first at row "
+            f"{int(missing[0])}; name every cell (adata.obs_names = ...)"
+        )
+    text = obs_names.astype(str)
+    with_nul = np.flatnonzero(text.str.contains("\0", regex=False))
+    if with_nul.size:
+        raise IngestError(
+            f"dataset {dataset!r}: {with_nul.size} obs names hold a NUL character, first at row "
+            f"{int(with_nul[0])}: {text[with_nul[0]]!r}"
+        )
+    if text.has_duplicates:
+        repeated = text[text.duplicated()].unique()[:5].tolist()
+        raise IngestError(
+            f"dataset {dataset!r}: duplicate obs names {repeated} (as text); call "
+            "adata.obs_names_make_unique() first"
+        )
+
+
 def plan_ingest(
     core: AtlasCore,
     adata: ad.AnnData,
@@ -253,11 +284,7 @@ def plan_dataset(
     if pd.isna(global_index).any():
         raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")
     obs_names = obs.index
-    if obs_names.has_duplicates:
-        repeated = obs_names[obs_names.duplicated()].unique()[:5].tolist()
-        raise IngestError(
-            f"dataset {dataset!r}: duplicate obs names {repeated}; call adata.obs_names_make_unique() first"
-        )
+    check_obs_names(dataset, obs_names)
     fields = obs_fields(core.cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)

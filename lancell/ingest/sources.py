@@ -248,9 +248,11 @@ def native_order(array: np.ndarray) -> np.ndarray:
 
 def check_indptr(dataset: str, indptr: np.ndarray, n_rows: int, stored: dict[str, int]) -> None:
     """Raise :class:`DataValueError` unless ``indptr`` is the row offsets of ``n_rows`` rows over exactly the
-    ``stored`` values (``{"indices": n, "data": n}``): ``n_rows + 1`` offsets from 0, never decreasing,
-    ending at each stored array's length (a value no row holds would be silently dropped)."""
+    ``stored`` values (``{"indices": n, "data": n}``): ``n_rows + 1`` integer offsets from 0, never
+    decreasing, ending at each stored array's length (a value no row holds would be silently dropped)."""
     where = f"dataset {dataset!r}: the CSR row offsets (indptr)"
+    if indptr.dtype.kind not in "iu":  # float offsets would be truncated: values moved to other cells
+        raise DataValueError(f"{where} are {indptr.dtype} values, not integers")
     if indptr.ndim != 1 or indptr.size != n_rows + 1:
         raise DataValueError(f"{where} hold {indptr.size} offsets for {n_rows} rows (expected {n_rows + 1})")
     if indptr[0] != 0:

@@ -85,10 +85,16 @@ def prepare_features(
             "changed), so given ones would be ignored: drop the column"
         )
     uids = frame["uid"]
-    empty = uids.isna() | (uids.astype(str).str.len() == 0)
+    text = uids.astype(str)  # as stored: 1 and "1" are one uid
+    empty = uids.isna() | (text.str.len() == 0)
     if empty.any():
         raise FeatureRegistryError(f"{feature_space}: {int(empty.sum())} features have an empty uid")
-    duplicated = uids[uids.duplicated()].unique().tolist()
+    with_nul = text[text.str.contains("\0", regex=False)]
+    if len(with_nul):
+        raise FeatureRegistryError(
+            f"{feature_space}: {len(with_nul)} feature uids hold a NUL character, e.g. {with_nul.iloc[0]!r}"
+        )
+    duplicated = text[text.duplicated()].unique().tolist()
     if duplicated:
         raise FeatureRegistryError(f"{feature_space}: duplicate feature uids {duplicated[:5]}")
     columns = {}

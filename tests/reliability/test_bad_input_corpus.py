@@ -328,6 +328,24 @@ CASES: dict[str, Bad] = {
     "duplicate obs names": bad_ingest(
         mutated(lambda a: setattr(a, "obs_names", ["same"] * N_CELLS)), IE, "{uid}", "'same'"
     ),
+    # names equal only as text became two cells of one uid: validate() and snapshot() then failed
+    "obs names equal as text": bad_ingest(
+        mutated(lambda a: a.obs.set_index(pd.Index([1, "1", *a.obs_names[2:]], dtype=object), inplace=True)),
+        IE,
+        "{uid}",
+        "duplicate obs names ['1']",
+    ),
+    "a missing obs name": bad_ingest(
+        mutated(lambda a: a.obs.set_index(pd.Index([None, *a.obs_names[1:]], dtype=object), inplace=True)),
+        IE,
+        "{uid}",
+        "1 cells have no obs name",
+        "row 0",
+    ),
+    # the content fingerprint digests the names NUL-separated: ["a\0b", "c"] and ["a", "b\0c"] collided
+    "an obs name holding NUL": bad_ingest(
+        mutated(lambda a: setattr(a, "obs_names", ["a\0b", *a.obs_names[1:]])), IE, "{uid}", "NUL", "row 0"
+    ),
     # features
     "duplicate gene ids": bad_ingest(
         mutated(lambda a: setattr(a, "var_names", [*GENES[:-1], GENES[0]])),
@@ -428,6 +446,14 @@ CASES: dict[str, Bad] = {
         "{uid}",
         "decrease at row 3",
     ),
+    # truncated, fractional offsets moved values to other cells
+    "CSR row offsets stored as floats": bad_ingest(
+        h5ad(lambda f: replace(f, "X/indptr", f["X/indptr"][:] + np.r_[0.0, np.full(N_CELLS - 1, 0.5), 0.0])),
+        DV,
+        "{uid}",
+        "indptr",
+        "float64 values, not integers",
+    ),
     "column indices stored as floats": bad_ingest(
         h5ad(lambda f: replace(f, "X/indices", f["X/indices"][:].astype(np.float64))),
         DV,
@@ -501,6 +527,14 @@ CASES: dict[str, Bad] = {
         register(pd.DataFrame({"uid": ["X1", "X1"]})),
         errors.FeatureRegistryError,
         ("gene_expression", "'X1'"),
+    ),
+    "register feature uids equal as text": Bad(
+        register(pd.DataFrame({"uid": pd.Series([1, "1"], dtype=object)})),
+        errors.FeatureRegistryError,
+        ("gene_expression", "duplicate feature uids ['1']"),
+    ),
+    "register a feature uid holding NUL": Bad(
+        register(pd.DataFrame({"uid": ["X\0Y"]})), errors.FeatureRegistryError, ("gene_expression", "NUL")
     ),
     "register features without a uid column": Bad(
         register(pd.DataFrame({"gene_symbol": ["x"]})),
