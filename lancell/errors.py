@@ -125,6 +125,11 @@ class DuplicateNoteError(LancellError, ValueError):
     """``snapshot(note=...)`` was given the note of an existing snapshot: a note labels one snapshot only."""
 
 
+class SnapshotLabelError(LancellError, ValueError):
+    """A snapshot label the platform cannot take: it is a partition key and names the files saved for that
+    snapshot (``resources.models.check_label``)."""
+
+
 class FeatureSpaceError(LancellError, KeyError):
     """An unknown feature space, or a layer the feature space does not allow."""
 

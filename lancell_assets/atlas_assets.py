@@ -13,6 +13,7 @@ from lancell_assets.datasets import dataset_group
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import snapshot_partitions
 from resources import AtlasResource
+from resources.models import check_label
 
 # eager, except that a dataset partition that failed (so is missing) does not hold back the others' refresh
 REFRESH_AFTER_NEW_DATA = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
@@ -108,6 +109,7 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     from lancell_assets.snapshot_diff import snapshot_diff
 
     label = context.partition_key
+    check_label(label)  # a partition added by hand (in the UI) names model files too: refused first
     version = atlas.find_snapshot(label)
     if version is None:
         try:

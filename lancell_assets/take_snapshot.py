@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from lancell_assets.partitions import snapshot_partitions
+from resources.models import check_label
+
+if TYPE_CHECKING:
+    from dagster._utils.error import SerializableErrorInfo
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -25,7 +30,13 @@ def take_snapshot(
     """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
 
     ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier).
+
+    Raises
+    ------
+    lancell.errors.SnapshotLabelError
+        ``label`` cannot name a snapshot partition (:func:`resources.models.check_label`); nothing is added.
     """
+    check_label(label)
     if not instance.has_dynamic_partition(snapshot_partitions.name, label):
         instance.add_dynamic_partitions(snapshot_partitions.name, [label])
     job = defs.resolve_job_def("snapshot_job")
@@ -49,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="do not train the models on the snapshot")
     args = parser.parse_args(argv)
     from definitions import defs
+    from lancell.errors import SnapshotLabelError
 
     with dg.DagsterInstance.get() as instance:
-        result = take_snapshot(defs, instance, args.label, train=not args.no_train)
+        try:
+            result = take_snapshot(defs, instance, args.label, train=not args.no_train)
+        except SnapshotLabelError as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         if not result.success:
-            errors = [e.event_specific_data.error.message.strip() for e in result.get_step_failure_events()]
+            errors = [_cause(e.event_specific_data.error) for e in result.get_step_failure_events()]
             print(
                 f"snapshot {args.label!r}: run {result.run_id} failed: {'; '.join(errors)}", file=sys.stderr
             )
@@ -64,9 +80,18 @@ def main(argv: list[str] | None = None) -> int:
             f"snapshot {args.label!r}: version {meta['snapshot_version']}, {meta['cells']} cells "
             f"(run {result.run_id}); since snapshot {meta['previous_snapshot']}: "
             f"datasets added {meta['datasets_added']}, removed {meta['datasets_removed']}, "
+            f"changed {meta['datasets_changed']}, "
             f"cells added {meta['cells_added']}, features added {meta['features_added']}"
         )
     return 0
+
+
+def _cause(error: SerializableErrorInfo) -> str:
+    """The innermost error of a step failure (``"ErrorClass: message"``, one line): Dagster wraps the
+    asset's own error in ``DagsterExecutionStepExecutionError``, whose message names only the step."""
+    while error.cause is not None:
+        error = error.cause
+    return " ".join(line.strip() for line in error.message.strip().splitlines()) or error.cls_name
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""``ModelStore``: where trained models are saved, one file per model and snapshot partition."""
+"""``ModelStore``: where trained models are saved, one file per model and snapshot partition.
+
+A snapshot partition's label names its model files (``<model>/<label>.pt``), so :func:`check_label` keeps
+labels to one plain file name: ``take_snapshot`` and ``atlas_snapshot`` refuse another before anything is
+written, and :meth:`ModelStore.save` before it writes.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,53 @@ if TYPE_CHECKING:
     import torch
 
 
+LABEL_MAX_BYTES = 200  # a file name is at most 255 bytes: "<label>.pt" stays well below
+
+
+def check_label(label: object) -> None:
+    """Refuse a snapshot label that is not one plain file name.
+
+    Raises
+    ------
+    lancell.errors.SnapshotLabelError
+        The label is not a string, is empty, has surrounding spaces, is longer than ``LABEL_MAX_BYTES``
+        (UTF-8), holds ``/``, ``\\`` or a control character, or starts with ``.``.
+    """
+    from lancell.errors import SnapshotLabelError
+
+    if not isinstance(label, str) or not label or label != label.strip():
+        raise SnapshotLabelError(
+            f"snapshot label {label!r} must be a non-empty string without surrounding spaces"
+        )
+    if len(label.encode()) > LABEL_MAX_BYTES:
+        raise SnapshotLabelError(
+            f"snapshot label {label[:40]!r}... is {len(label.encode())} bytes long; at most "
+            f"{LABEL_MAX_BYTES} (it names the snapshot's model files)"
+        )
+    bad = sorted({c for c in label if c in "/\\" or not c.isprintable()})
+    if bad or label.startswith("."):
+        raise SnapshotLabelError(
+            f"snapshot label {label!r} is not a plain file name (it names the snapshot's model files, "
+            "<model>/<label>.pt): no '/', '\\' or control characters, and no leading '.'"
+        )
+
+
 class ModelStore(dg.ConfigurableResource):
     """A local folder of ``<model>/<partition>.pt`` files."""
 
     path: str = Field(description="folder for trained model weights")
 
     def save(self, model: str, partition: str, state: dict[str, torch.Tensor]) -> Path:
-        """Save ``state`` for ``model`` trained on snapshot partition ``partition``; return the file."""
+        """Save ``state`` for ``model`` trained on snapshot partition ``partition``; return the file.
+
+        Raises
+        ------
+        lancell.errors.SnapshotLabelError
+            ``partition`` is not a label :func:`check_label` accepts (nothing is written).
+        """
         import torch  # at first use: loading the definitions must not pay for torch
 
+        check_label(partition)
         target = Path(self.path) / model / f"{partition}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, target)

@@ -267,30 +267,59 @@ def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path,
     env = {**os.environ, "DAGSTER_HOME": str(home), "LANCELL_ROOT": str(root), "LANCE_LOG": "error"}
     atlas = definitions.build_definitions(root).resources["atlas"].open()
 
-    def take(label: str) -> str:
+    def run(label: str, environment: dict[str, str] = env) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "lancell_assets.take_snapshot", label, "--no-train"]
-        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+        return subprocess.run(command, env=environment, cwd=REPO, capture_output=True, text=True, check=False)
+
+    def take(label: str) -> str:
+        done = run(label)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().split(" (run ")[0] + done.stdout.strip().split(")")[-1]
 
     ingest_landing_file(atlas, read_landing_spec(root / "landing" / "pbmc68k.h5ad"))
     assert take("first") == (
         "snapshot 'first': version 0, 700 cells; since snapshot None: datasets added ['pbmc68k'], "
-        "removed [], cells added 700, features added {'gene_expression': 765}"
+        "removed [], changed [], cells added 700, features added {'gene_expression': 765}"
     )
     ingest_landing_file(atlas, read_landing_spec(root / "landing" / "celltypist_sample.h5ad"))
     new_features = len(atlas.feature_registry("gene_expression")) - 765
     assert take("second") == (
         "snapshot 'second': version 1, 1259 cells; since snapshot 0: datasets added ['celltypist_sample'], "
-        f"removed [], cells added 559, features added {{'gene_expression': {new_features}}}"
+        f"removed [], changed [], cells added 559, features added {{'gene_expression': {new_features}}}"
     )
+    # a dataset replaced under its uid (other values, same cells) was reported as no change at all
+    atlas.delete_dataset("pbmc68k")
+    spec = read_landing_spec(root / "landing" / "pbmc68k.h5ad")
+    ingest_landing_file(atlas, type(spec)(**{**spec.__dict__, "csc": not spec.csc}))
+    assert take("third") == (
+        "snapshot 'third': version 2, 1259 cells; since snapshot 1: datasets added [], removed [], "
+        "changed ['pbmc68k'], cells added 0, features added {'gene_expression': 0}"
+    )
+    # a label that cannot name the snapshot's model files is refused before anything is added or taken
+    # ("x/../first" overwrote partition first's model; an absolute label wrote outside the model store)
+    for label in ("x/../first", "/tmp/elsewhere", "", ".hidden", "a" * 201):
+        refused = run(label)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("SnapshotLabelError: snapshot label"), refused.stderr
+    # a failed run's line names the asset's own error, not Dagster's wrapper of it
+    failed = run("fourth", {**env, "LANCELL_ROOT": str(tmp_path / "nowhere"), "LANCELL_CREATE_ATLAS": "0"})
+    assert failed.returncode == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "failed: lancell.errors.AtlasNotFoundError: no atlas at " in line and "nowhere" in line, line
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
-        assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["first", "second"]
+        assert instance.get_dynamic_partitions(snapshot_partitions.name) == [
+            "first",
+            "second",
+            "third",
+            "fourth",
+        ]
         runs = instance.get_runs()
         assert {(r.job_name, r.tags["dagster/partition"], r.status) for r in runs} == {
             ("snapshot_job", "first", dg.DagsterRunStatus.SUCCESS),
             ("snapshot_job", "second", dg.DagsterRunStatus.SUCCESS),
+            ("snapshot_job", "third", dg.DagsterRunStatus.SUCCESS),
+            ("snapshot_job", "fourth", dg.DagsterRunStatus.FAILURE),
         }
 
 
@@ -319,3 +348,16 @@ def test_loading_the_definitions_imports_dagster_only():
         f"\n`import definitions` in a fresh process: {', '.join(f'{s:.2f}' for s in seconds)} s; "
         f"`import dagster` alone (process included): {dagster_alone:.2f} s"
     )
+
+
+def test_the_model_store_writes_only_under_its_folder(tmp_path: Path):
+    """A partition added by hand (in the UI) reaches the model store unchecked by take_snapshot."""
+    from lancell.errors import SnapshotLabelError
+    from resources.models import ModelStore
+
+    store = ModelStore(path=str(tmp_path / "models"))
+    for label in ("x/../first", str(tmp_path / "outside"), "..", "a\nb"):
+        with pytest.raises(SnapshotLabelError, match="snapshot label"):
+            store.save("classifier", label, {})
+    assert list(tmp_path.iterdir()) == []
+    assert store.save("classifier", "first", {}) == tmp_path / "models" / "classifier" / "first.pt"
