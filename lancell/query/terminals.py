@@ -165,8 +165,8 @@ class QueryTerminals:
     @_terminal
     @_one_version
     def to_pandas(self) -> pd.DataFrame:
-        """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats; booleans
-        as nullable ``boolean``)."""
+        """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats;
+        booleans as nullable ``boolean``)."""
         return self._returned().read_pandas()
 
     @_terminal
