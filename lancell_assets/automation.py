@@ -16,6 +16,7 @@ import dagster as dg
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.datasets import dataset_group
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
+from lancell_assets.training import cell_type_classifier
 from resources import LandingZone
 from resources.landing import LandingEntry
 
@@ -122,9 +123,10 @@ def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
 
     A sensor rather than a schedule because a schedule cannot add the snapshot partition through its
     result. Started, it takes the latest tick's snapshot if that partition does not exist yet. A night is
-    done when a run of ``snapshot_job`` for it succeeded: a night whose run failed (or was cancelled), in
-    any step (training included, after the snapshot was taken), is run again at the next evaluation, up to
-    ``NIGHTLY_ATTEMPTS`` runs.
+    done when a run of the whole ``snapshot_job`` for it succeeded: a night whose run failed (or was
+    cancelled), in any step (training included, after the snapshot was taken), is run again at the next
+    evaluation, up to ``NIGHTLY_ATTEMPTS`` runs; a run of part of the job (``take_snapshot --no-train``)
+    neither does the night nor counts as one of them.
     """
     label = nightly_label(datetime.now(UTC))
     instance = context.instance
@@ -134,17 +136,24 @@ def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
             dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],
         )
     runs = instance.get_runs(dg.RunsFilter(job_name=snapshot_job.name, tags={"dagster/partition": label}))
-    succeeded = [run.run_id for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
-    if succeeded:
-        return dg.SkipReason(f"snapshot {label!r} was taken (run {succeeded[0]} succeeded)")
     if any(not run.is_finished for run in runs):
         return dg.SkipReason(f"snapshot {label!r} is being taken")
-    attempts = len(runs)  # every one finished, none succeeded
+    # only a run that trained did the night: one of a subset without training (take_snapshot --no-train)
+    # did not (a run of the whole job records no selection, or an empty one)
+    trained = cell_type_classifier.key
+    whole = [run for run in runs if not run.asset_selection or trained in run.asset_selection]
+    succeeded = [run.run_id for run in whole if run.status == dg.DagsterRunStatus.SUCCESS]
+    if succeeded:
+        return dg.SkipReason(f"snapshot {label!r} was taken (run {succeeded[0]} succeeded)")
+    attempts = len(whole)  # every one finished, none succeeded
     if attempts >= NIGHTLY_ATTEMPTS:
         return dg.SkipReason(
             f"snapshot {label!r} failed {attempts} times; not retried (run snapshot_job for it once fixed)"
         )
-    context.log.warning("snapshot %s: %d failed run(s); running it again", label, attempts)
+    if len(runs) > attempts:
+        context.log.info("snapshot %s: runs of part of the job only; running the whole job", label)
+    if attempts:
+        context.log.warning("snapshot %s: %d failed run(s); running it again", label, attempts)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{label}:retry-{attempts}", partition_key=label)]
+        run_requests=[dg.RunRequest(run_key=f"{label}:retry-{len(runs)}", partition_key=label)]
     )

@@ -131,13 +131,19 @@ def test_entries_the_zone_does_not_pick_up_are_named(zone, capfd):
     assert f"not landing files, ignored: {ignored}" in second.skip_reason.skip_message
 
 
-def _night_run(instance: dg.DagsterInstance, label: str, status: dg.DagsterRunStatus) -> None:
+def _night_run(
+    instance: dg.DagsterInstance,
+    label: str,
+    status: dg.DagsterRunStatus,
+    asset_selection: frozenset[dg.AssetKey] | None = None,
+) -> None:
     instance.add_run(
         dg.DagsterRun(
             job_name="snapshot_job",
             run_id=str(uuid.uuid4()),
             status=status,
             tags={"dagster/partition": label},
+            asset_selection=asset_selection,
         )
     )
 
@@ -153,5 +159,25 @@ def test_a_night_whose_training_failed_runs_again(zone):
     retry = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
     assert [(r.run_key, r.partition_key) for r in retry.run_requests] == [(f"{label}:retry-1", label)]
     _night_run(instance, label, dg.DagsterRunStatus.SUCCESS)
+    done = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert isinstance(done, dg.SkipReason) and f"snapshot {label!r} was taken" in done.skip_message
+
+
+def test_a_night_snapshotted_without_training_is_not_done(zone):
+    """``take_snapshot --no-train`` for tonight's label succeeded: the sensor took the night as done and its
+    classifier was never trained. A run of part of the job is neither the night nor one of its attempts."""
+    defs, instance, _ = zone
+    label = nightly_label(datetime.now(UTC))
+    instance.add_dynamic_partitions(snapshot_partitions.name, [label])
+    untrained = frozenset(dg.AssetKey(n) for n in ("feature_registry", "optimized_atlas", "atlas_snapshot"))
+    _night_run(instance, label, dg.DagsterRunStatus.SUCCESS, untrained)
+    whole = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert [(r.run_key, r.partition_key) for r in whole.run_requests] == [(f"{label}:retry-1", label)]
+    for _ in range(2):
+        _night_run(instance, label, dg.DagsterRunStatus.FAILURE)
+    third = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
+    assert [r.run_key for r in third.run_requests] == [f"{label}:retry-3"]  # two attempts of three so far
+    # a run of the whole job in this process (take_snapshot) records an empty selection
+    _night_run(instance, label, dg.DagsterRunStatus.SUCCESS, frozenset())
     done = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
     assert isinstance(done, dg.SkipReason) and f"snapshot {label!r} was taken" in done.skip_message
