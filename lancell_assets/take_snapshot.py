@@ -10,16 +10,20 @@ refuses a snapshot partition that does not exist yet. Exit status 0 when the run
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from lancell_assets.dead_runs import fail_dead_runs, worker_tags
 from lancell_assets.partitions import snapshot_partitions
 from resources.models import check_label
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
+
+log = logging.getLogger(__name__)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -29,7 +33,9 @@ def take_snapshot(
 ) -> dg.ExecuteInProcessResult:
     """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
 
-    ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier).
+    ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier). Runs of
+    ``snapshot_job`` whose process was killed without cleaning up are marked failed first, and their pool
+    slots freed (:mod:`lancell_assets.dead_runs`): they would block this run forever.
 
     Raises
     ------
@@ -37,6 +43,8 @@ def take_snapshot(
         ``label`` cannot name a snapshot partition (:func:`resources.models.check_label`); nothing is added.
     """
     check_label(label)
+    for run_id in fail_dead_runs(instance, "snapshot_job"):
+        log.warning("run %s of snapshot_job: its process was killed; marked failed, its slots freed", run_id)
     if not instance.has_dynamic_partition(snapshot_partitions.name, label):
         instance.add_dynamic_partitions(snapshot_partitions.name, [label])
     job = defs.resolve_job_def("snapshot_job")
@@ -49,6 +57,7 @@ def take_snapshot(
         partition_key=label,
         raise_on_error=False,
         asset_selection=selection,
+        tags=worker_tags(),
     )
 
 

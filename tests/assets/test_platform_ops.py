@@ -361,3 +361,46 @@ def test_the_model_store_writes_only_under_its_folder(tmp_path: Path):
             store.save("classifier", label, {})
     assert list(tmp_path.iterdir()) == []
     assert store.save("classifier", "first", {}) == tmp_path / "models" / "classifier" / "first.pt"
+
+
+def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: Path, monkeypatch):
+    """A SIGKILLed take_snapshot left its run STARTED holding the lancedb_writer slot: every later writing
+    step waited forever. Such a run (its worker process gone) is failed and its slots freed; a run whose
+    process lives is left alone."""
+    from lancell_assets.dead_runs import WORKER_TAG, fail_dead_runs, worker_tags
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    gone = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import psutil, socket; p = psutil.Process(); "
+            "print(f'{socket.gethostname()}:{p.pid}:{p.create_time():.3f}')",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    dead_worker = gone.communicate()[0].strip()
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("lancedb_writer", 1)
+        runs = {}
+        for name, worker in (("dead", dead_worker), ("alive", worker_tags()[WORKER_TAG])):
+            run = dg.DagsterRun(
+                job_name="snapshot_job",
+                run_id=str(uuid.uuid4()),
+                status=dg.DagsterRunStatus.STARTED,
+                tags={WORKER_TAG: worker},
+            )
+            instance.add_run(run)
+            runs[name] = run.run_id
+        assert storage.claim_concurrency_slot("lancedb_writer", runs["dead"], "feature_registry").is_claimed
+        assert fail_dead_runs(instance, "snapshot_job") == [runs["dead"]]
+        assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
+        assert storage.get_concurrency_info("lancedb_writer").claimed_slots == []
+        assert storage.claim_concurrency_slot("lancedb_writer", runs["alive"], "feature_registry").is_claimed
+        assert fail_dead_runs(instance, "snapshot_job") == []
