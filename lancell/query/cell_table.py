@@ -1,26 +1,24 @@
 """What :class:`lancell.query.atlas_query.AtlasQuery` asks of the cell table: checked SQL filters and ranked
 searches.
 
-:func:`keyword_filter` writes ``where(cell_type=["T cell", "B cell"], n_genes=(200, None))`` as SQL, with
-values quoted and columns checked against the cell schema; :func:`check_filter` refuses a ``where()`` filter
-before any row is read and, for a SOMA/Census-style filter (``cell_type in ['a', 'b']``, ``"a"``), shows the
-SQL to write instead; :func:`search_spec` checks a vector, full-text or hybrid search against the table's
-vector columns, and :func:`search_builder` turns the checked spec into a LanceDB query builder.
+:func:`check_filter` refuses a ``where()`` filter (SQL, or keyword conditions written as SQL by
+:mod:`lancell.query.keyword_filter`) before any row is read and, for a SOMA/Census-style filter
+(``cell_type in ['a', 'b']``, ``"a"``), shows the SQL to write instead; :func:`search_spec` checks a vector,
+full-text or hybrid search against the table's vector columns, and :func:`search_builder` turns the checked
+spec into a LanceDB query builder.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from lancell.errors import LancellError, QueryError
+from lancell.query.keyword_filter import keyword_filter
 from lancell.tables.pinned_table import lance_sql
 
 if TYPE_CHECKING:
@@ -51,82 +49,6 @@ def _unbalanced(sql: str) -> str | None:
     if quote:
         return f"an unclosed {quote}"
     return "an unclosed '('" if depth else None
-
-
-_INT64_MIN = -(2**63)
-
-
-def _identifier(column: str) -> str:
-    """``column`` backquoted: a name such as ``null``, ``true`` or ``select`` is then read as the column."""
-    return f"`{column}`"
-
-
-def _sql_literal(column: str, field: pa.Field, value: object) -> str:
-    """``value`` as a SQL literal for ``column`` (strings single-quoted, quotes doubled)."""
-    kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        if isinstance(value, str):
-            return "'" + value.replace("'", "''") + "'"
-    elif pa.types.is_boolean(kind):
-        if isinstance(value, bool | np.bool_):
-            return "true" if value else "false"
-    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
-        if isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-            value, bool | np.bool_
-        ):
-            if not math.isfinite(float(value)):
-                raise QueryError(f"where({column}=...): {value!r} is not a finite number")
-            if value == _INT64_MIN:  # SQL reads -9223372036854775808 as minus a literal beyond int64
-                return f"({_INT64_MIN + 1} - 1)"
-            return repr(value.item() if isinstance(value, np.generic) else value)
-    raise QueryError(
-        f"where({column}=...): {value!r} ({type(value).__name__}) cannot be compared with the cell "
-        f"column {column!r} of type {field.type}"
-    )
-
-
-def _condition(column: str, field: pa.Field, value: object) -> str:
-    name = _identifier(column)
-    if value is None:
-        return f"{name} IS NULL"
-    if isinstance(value, tuple):
-        if len(value) != 2 or value == (None, None):
-            raise QueryError(
-                f"where({column}={value!r}): a range is (low, high) with None for an open end, "
-                "e.g. (200, None)"
-            )
-        low, high = value
-        bounds = [f"{name} >= {_sql_literal(column, field, low)}"] if low is not None else []
-        bounds += [f"{name} <= {_sql_literal(column, field, high)}"] if high is not None else []
-        return " AND ".join(bounds)
-    if isinstance(value, list | set | frozenset | np.ndarray | pd.Index | pd.Series):
-        values = list(value)
-        if not values:
-            raise QueryError(f"where({column}=[]): an empty list matches no cell; give at least one value")
-        return f"{name} IN ({', '.join(_sql_literal(column, field, v) for v in values)})"
-    return f"{name} = {_sql_literal(column, field, value)}"
-
-
-def keyword_filter(schema: pa.Schema, conditions: Mapping[str, object]) -> str:
-    """The SQL of keyword conditions on the cell table of ``schema``, ANDed.
-
-    ``column=value`` is equality, ``column=[v1, v2]`` membership (``IN``), ``column=(low, high)`` an
-    inclusive range with None for an open end, ``column=None`` a missing value. Columns are backquoted (a
-    column named ``null`` or ``select`` is the column, not the keyword); strings are quoted with single
-    quotes (a quote inside is doubled), so values never need escaping by the caller.
-
-    Raises
-    ------
-    QueryError
-        No conditions, a column the cell table lacks, a value whose type does not fit the column, an empty
-        list, or a range that is not ``(low, high)``.
-    """
-    if not conditions:
-        raise QueryError("where() needs a SQL string or column=value conditions")
-    unknown = sorted(set(conditions) - set(schema.names))
-    if unknown:
-        raise QueryError(f"where(): unknown cell columns {unknown}; the cell table has {schema.names}")
-    return " AND ".join(f"({_condition(c, schema.field(c), v)})" for c, v in conditions.items())
 
 
 _LITERAL = r"'(?:[^']|'')*'"
