@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import CommitConflictError, LancellError, QueryError
+from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
 from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import PlannedCells
@@ -248,23 +248,58 @@ class QueryTerminals:
 
     @_terminal
     @_one_version
-    def to_mudata(self, feature_spaces: Sequence[str] | None = None) -> MuData:
+    def to_mudata(
+        self,
+        feature_spaces: Sequence[str] | None = None,
+        layers: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> MuData:
         """One AnnData per feature space (every pointer field by default), cells aligned by uid.
 
         Each modality holds the matching cells that carry that modality; ``mdata.obsm[<space>]`` (a MuData
-        convention) says which cells have it. Layers per space come from ``layers()`` or are inferred; cells
-        whose dataset lacks the layer follow :meth:`on_unmeasured`.
+        convention) says which cells have it. Layers per space come from ``layers`` (``{space: layer or
+        layers}``), from ``layers()`` for its space, or are inferred; cells whose dataset lacks the layer
+        follow :meth:`on_unmeasured`. ``limit()`` takes the first matching cells before each space leaves
+        out (``"drop"``) the ones it did not measure.
+
+        Raises
+        ------
+        ArgumentError
+            ``feature_spaces`` is one string (give a list), or ``layers`` is not a mapping.
+        QueryError
+            ``layers`` names a space not reconstructed, or chooses other layers than ``layers()`` did.
+        FeatureSpaceError
+            An unknown feature space.
         """
         from mudata import MuData
 
+        if isinstance(feature_spaces, str):
+            raise ArgumentError(
+                f"feature_spaces must be a list of feature spaces, got the string {feature_spaces!r} "
+                f"(for one space: [{feature_spaces!r}])"
+            )
+        require_type("layers", layers or {}, Mapping, "a mapping {feature space: layer or layers}")
         core = self._atlas.core
         spaces = list(feature_spaces or pointer_fields_from_arrow(core.cell_arrow))
+        chosen = {
+            space: [wanted] if isinstance(wanted, str) else list(wanted)
+            for space, wanted in (layers or {}).items()
+        }
+        unread = sorted(set(chosen) - set(spaces))
+        if unread:
+            raise QueryError(f"to_mudata(layers=...): {unread} are not among the spaces read, {spaces}")
         cells = self._cells.read()  # each space's plan applies on_unmeasured to the cells carrying it
         modalities = {}
         for space in spaces:
             resolve_feature_space(self._atlas.feature_spaces, space)
             has = cells.filter(pc.is_valid(cells.column(space)))
             reads = self._reads if space == self._reads.feature_space else self._reads.other_space()
+            if space in chosen:
+                if reads.layers is not None and reads.layers != chosen[space]:
+                    raise QueryError(
+                        f"to_mudata(layers=...) reads {chosen[space]} of {space!r}, layers() chose "
+                        f"{reads.layers}"
+                    )
+                reads = replace(reads, layers=chosen[space])
             planned = reads.plan(core, has, space)
             modalities[space] = reconstruct(core, planned.cells, planned.plan)
         return MuData(modalities)

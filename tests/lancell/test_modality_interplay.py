@@ -17,7 +17,7 @@ from helpers import visible_state
 from mudata import MuData
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError, ShapeMismatchError
+from lancell.errors import ArgumentError, IngestError, QueryError, ShapeMismatchError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import add_from_mudata, attach_modality
@@ -160,3 +160,32 @@ def test_a_mudata_whose_second_modality_fails_leaves_nothing(atlas):
     after = visible_state(atlas)
     after.pop("_feature_layouts"), before.pop("_feature_layouts")  # a panel's layout is kept for reuse
     assert after == before
+
+
+def test_to_mudata_reads_the_layers_chosen_for_each_space(atlas):
+    """Two spaces whose datasets store different layers could not be read together (``layers()`` chooses
+    for one space), and ``to_mudata("protein")`` read the string as the spaces 'p', 'r', ..."""
+    _ingest_programs(atlas)  # dataset d: programs "scores"
+    other = np.full((4, len(PROGRAMS)), 2.5, np.float32)
+    add_from_anndata(
+        atlas,
+        _adata(other, [f"e{i}" for i in range(4)], PROGRAMS),
+        feature_space="programs",
+        zarr_layer="other",
+        dataset_record=DatasetRecord(uid="e"),
+        progress=False,
+    )
+    _attach(atlas, ["c1", "c2"], PROTEINS, "d-protein")
+    query = atlas.query().on_unmeasured("drop")
+    with pytest.raises(QueryError, match="different layers"):
+        query.to_mudata()
+    out = query.to_mudata(layers={"programs": "other", "protein": ["counts"]})
+    assert out["programs"].n_obs == 4 and out["protein"].n_obs == 2
+    np.testing.assert_array_equal(np.asarray(out["programs"].X), other)
+    assert out["protein"].X.toarray().tolist() == [[7] * len(PROTEINS)] * 2
+    with pytest.raises(QueryError, match=r"\['rna'\] are not among the spaces read"):
+        query.to_mudata(layers={"rna": "counts"})
+    with pytest.raises(QueryError, match=r"reads \['other'\] of 'programs', layers\(\) chose \['scores'\]"):
+        query.layers("programs", "scores").to_mudata(layers={"programs": "other"})
+    with pytest.raises(ArgumentError, match=r"got the string 'protein' \(for one space: \['protein'\]\)"):
+        query.to_mudata("protein")
