@@ -12,12 +12,14 @@ point"):
 2. streams every stored layer's source into the group (sparse layers on one shared pattern,
    :mod:`lancell.ingest.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
    :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
-   fed as they go) and writes the CSC copy (:func:`lancell.storage.csc.write_csc`);
+   fed as they go) and, unless a committed dataset already holds the content (then step 4 refuses or skips
+   it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`);
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
    cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
 4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its leases and commits
-   the dataset record: the commit point.
+   the dataset record: the commit point (a transaction staged short whose duplicate was deleted meanwhile
+   is refused with :class:`~lancell.errors.CommitConflictError`).
 
 Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
 nulled), a layout it added that no record uses, and its group (through
@@ -31,32 +33,36 @@ import itertools
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
-from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, StoreError
-from lancell.ingest.blocks import checked_values
+from lancell.errors import (
+    CommitConflictError,
+    DroppedColumnsWarning,
+    DuplicateContentWarning,
+    IngestError,
+    LancellWarning,
+    StoreError,
+)
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
     ContentHasher,
     OnDuplicate,
     combined_fingerprint,
     content_claim,
+    find_duplicate,
     formats_to_match,
 )
 from lancell.ingest.freed_memory import release_freed_memory
-from lancell.ingest.layer_blocks import layer_blocks
+from lancell.ingest.group_write import stored_dtype, write_group
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
-from lancell.ingest.sources import MatrixSource
 from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
-from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
 from lancell.storage.store_failures import is_store_failure
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal
@@ -67,14 +73,9 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction", "run_transactions", "stored_dtype", "write_group"]
+__all__ = ["WriteTransaction", "run_transactions"]
 
 log = logging.getLogger(__name__)
-
-
-def stored_dtype(source: MatrixSource) -> np.dtype:
-    """How a source's values are stored: integers as ``uint32``, floats as ``float32``."""
-    return np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
 
 
 class WriteTransaction:
@@ -122,10 +123,13 @@ class WriteTransaction:
         self._leases: list[Lease] = []  # the dataset's claim; for a further modality, also its host's
         self._group: str | None = None
         self._layout_written = self._rows_written = self._committed = False
+        self._short = False  # staged up to the fingerprint only: the content was already committed
         self._started = time.perf_counter()
 
     def stage(self) -> None:
-        """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows."""
+        """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows (after
+        the group, no more where its content is already committed and ``on_duplicate`` is not ``"allow"``:
+        :meth:`commit` then refuses or skips it)."""
         core, plan, space = self.core, self.plan, self.space
         self._leases.append(self._claims.enter_context(claim_dataset(core, self.record.uid)))
         self._group = core.group_claims.claim_new(self.record.uid)
@@ -164,6 +168,12 @@ class WriteTransaction:
                 }
             )
             self._fingerprints = [fingerprints[fmt] for fmt in formats]
+            if self.on_duplicate != "allow":
+                with warnings.catch_warnings():  # an atlas without fingerprints: commit() warns
+                    warnings.simplefilter("ignore", LancellWarning)
+                    self._short = find_duplicate(core, self._fingerprints) is not None
+            if self._short:  # commit() refuses or skips it: the rest would be written to be removed
+                return
             if written is not None:
                 write_csc(core.zarr_root[self._group], names, written=written)
         with core.lock("layouts"):
@@ -221,6 +231,7 @@ class WriteTransaction:
         row = pa.Table.from_pylist([self.record.model_dump()], schema=self.core.dataset_arrow)
         with content_claim(self.core, self.record.uid, self._fingerprints, self.on_duplicate) as duplicate_of:
             if duplicate_of is None:
+                self._commit_allowed()
                 plan, tables = self.plan, self.core.tables
                 # a failed write of the same panel removes the layout unless a record uses it: check it is
                 # there and commit the record under one hold of the layouts lock
@@ -237,6 +248,21 @@ class WriteTransaction:
             self.duplicate_of = duplicate_of
             return duplicate_of
         return self.record
+
+    def _commit_allowed(self) -> None:
+        """Refuse to commit a record staged short (its duplicate found by :meth:`stage`) now that no
+        committed dataset holds the content (deleted meanwhile): its layout and cell rows were not written.
+
+        Raises
+        ------
+        CommitConflictError
+            Always, when staged short.
+        """
+        if self._short:
+            raise CommitConflictError(
+                f"dataset {self.record.uid!r}: the dataset holding the same content was deleted while this "
+                "one was written; nothing was stored: ingest it again"
+            )
 
     def roll_back(self) -> None:
         """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
@@ -319,79 +345,3 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     for transaction in transactions:
         transaction.report()
     return records
-
-
-def write_group(
-    core: AtlasCore,
-    plan: IngestPlan,
-    space: FeatureSpace,
-    zarr_group: str,
-    layers: Mapping[str, MatrixSource],
-    progress: bool,
-    written: CsrBlocks | None = None,
-    hashers: Mapping[str, ContentHasher] | None = None,
-) -> np.ndarray:
-    """Stream ``layers`` (stored layer name -> source) into a new zarr group; return the per-cell element
-    offsets (indptr). Sparse layers share one pattern (:mod:`lancell.ingest.layer_blocks`). Sparse blocks are
-    also recorded in ``written`` (for the CSC copy) and each layer's stored blocks fed to its hasher in
-    ``hashers`` when given.
-
-    Raises
-    ------
-    IngestError
-        A bad value (``DataValueError``), or fewer or more values than planned.
-    """
-    n_features = len(plan.feature_uids)
-    hashers = hashers or {}
-    bar = tqdm(
-        total=plan.n_cells, desc=f"ingest {plan.dataset}", unit="cell", disable=not progress, leave=False
-    )
-    dtypes = {name: stored_dtype(source) for name, source in layers.items()}
-    common = {
-        "n_cells": plan.n_cells,
-        "n_features": n_features,
-        "layers": dtypes,
-        "atlas_id": core.group_claims.atlas_id,
-    }
-    with bar:
-        if space.kind == "sparse":
-            with SparseGroupWriter(core.zarr_root, zarr_group, nnz=plan.nnz, **common) as writer:
-                for row0, indptr, indices, values, _ in layer_blocks(layers, plan.stored_column):
-                    writer.append(indptr, indices, values)
-                    for name, hasher in hashers.items():
-                        hasher.add_csr(indptr, indices, values[name])
-                    if written is not None:
-                        written.add(row0, indptr, indices, values)
-                    bar.update(indptr.size - 1)
-                indptr = writer.close({**_group_attrs(plan, space), "zero_fill": plan.zero_fill})
-        else:
-            with DenseGroupWriter(core.zarr_root, zarr_group, **common) as writer:
-                streams = [source.dense_blocks() for source in layers.values()]  # same rows: same shape
-                for blocks in zip(*streams, strict=True):
-                    row0, shape = blocks[0][0], blocks[0][1].shape
-                    rows = {}
-                    for name, (_, block) in zip(layers, blocks, strict=True):
-                        values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
-                        rows[name] = (
-                            values
-                            if plan.stored_column is None
-                            else values[:, np.argsort(plan.stored_column)]
-                        )
-                        if name in hashers:
-                            hashers[name].add_dense(rows[name])
-                    writer.append(rows)
-                    bar.update(shape[0])
-                writer.close(_group_attrs(plan, space))
-            indptr = np.arange(plan.n_cells + 1, dtype=np.int64) * n_features
-    if int(indptr[-1]) != plan.nnz:
-        raise IngestError(f"dataset {plan.dataset!r}: wrote {int(indptr[-1])} values, expected {plan.nnz}")
-    return indptr
-
-
-def _group_attrs(plan: IngestPlan, space: FeatureSpace) -> dict[str, object]:
-    return {
-        "feature_space": space.name,
-        "layout_uid": plan.layout_uid,
-        "n_features": len(plan.feature_uids),
-        "dataset_uid": plan.dataset,
-    }

@@ -329,6 +329,35 @@ def test_skip_returns_the_existing_record(atlas):
     assert visible_state(atlas) == before
 
 
+def test_a_duplicate_writes_no_rows_and_no_table_version(atlas, monkeypatch):
+    """A duplicate was found only at the commit: its CSC copy, layout and cell rows were written, then
+    removed (four new versions of the cell table per refused file). It is found once the group's content is
+    fingerprinted; and when the dataset holding that content is deleted before the commit, the record is
+    refused (its rows were never written) rather than committed without them."""
+    from lancell.errors import CommitConflictError
+    from lancell.ingest import write_transaction
+
+    _ingest(atlas, _adata(), "a")
+    versions = atlas.table_versions()
+    with pytest.raises(DuplicateContentError):
+        _ingest(atlas, _adata(), "b")
+    with pytest.warns(DuplicateContentWarning):
+        _ingest(atlas, _adata(), "b", on_duplicate="skip")
+    assert atlas.table_versions() == versions
+    staged = write_transaction.WriteTransaction.stage
+
+    def then_deleted(transaction):
+        staged(transaction)
+        atlas.delete_dataset("a")
+
+    monkeypatch.setattr(write_transaction.WriteTransaction, "stage", then_deleted)
+    with pytest.raises(
+        CommitConflictError, match="dataset 'b': the dataset holding the same content was deleted"
+    ):
+        _ingest(atlas, _adata(), "b")
+    assert atlas.list_datasets().empty and _cells(atlas) == 0  # 'a' deleted, 'b' not committed
+
+
 def test_allow_ingests_again(atlas):
     first = _ingest(atlas, _adata(), "a")
     second = _ingest(atlas, _adata(), "b", on_duplicate="allow")
