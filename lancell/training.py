@@ -48,6 +48,21 @@ class TrainingReport:
     batch_order_sha256: str
     seconds: float
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    feature_uids: list[str] = field(default_factory=list, repr=False)
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    def checkpoint(self) -> dict[str, object]:
+        """What a saved model needs to be used on its own: the weights of ``torch.nn.Linear(n_features,
+        len(classes))`` (``state_dict``), the input columns in order (``feature_uids``), the output
+        ``classes`` in order, how inputs were read (``inputs``: feature space, layer, label column,
+        normalize) and the snapshot trained on."""
+        return {
+            "state_dict": self.state_dict,
+            "feature_uids": list(self.feature_uids),
+            "classes": list(self.classes),
+            "inputs": dict(self.inputs),
+            "snapshot_version": self.snapshot_version,
+        }
 
 
 def _held_out(uids: list[str], fraction: float) -> np.ndarray:
@@ -154,4 +169,11 @@ def train_cell_type_classifier(
         batch_order_sha256=order.hexdigest(),
         seconds=time.perf_counter() - started,
         state_dict=model.state_dict(),
+        feature_uids=[str(uid) for uid in dataset.feature_uids],
+        inputs={
+            "feature_space": feature_space,
+            "layer": layer,
+            "label_column": label_column,
+            "normalize": normalize,
+        },
     )

@@ -36,7 +36,7 @@ def cell_type_classifier(
     if version is None:
         raise dg.Failure(f"no snapshot labelled {context.partition_key!r}; materialize atlas_snapshot first")
     report = train_cell_type_classifier(atlas.checkout(version), seed=LOADER_SEED)
-    path = model_store.save("cell_type_classifier", context.partition_key, report.state_dict)
+    path = model_store.save("cell_type_classifier", context.partition_key, report.checkpoint())
     context.log.info(
         f"snapshot {version}: accuracy {report.test_accuracy:.3f} on {report.n_test} held-out cells"
     )

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 LABEL_MAX_BYTES = 200  # a file name is at most 255 bytes: "<label>.pt" stays well below
@@ -53,8 +53,9 @@ class ModelStore(dg.ConfigurableResource):
 
     path: str = Field(description="folder for trained model weights")
 
-    def save(self, model: str, partition: str, state: dict[str, torch.Tensor]) -> Path:
-        """Save ``state`` for ``model`` trained on snapshot partition ``partition``; return the file.
+    def save(self, model: str, partition: str, state: dict[str, object]) -> Path:
+        """Save ``state`` (a checkpoint: ``torch.load(path)`` gives it back) for ``model`` trained on snapshot
+        partition ``partition``; return the file.
 
         Raises
         ------

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import dagster as dg
 from helpers import visible_state
@@ -157,7 +156,22 @@ def test_training_partition_names_snapshot_and_reproduces_after_more_data(platfo
     assert meta["n_train"] + meta["n_test"] == 700
     assert meta["cells_per_dataset"] == {"pbmc68k": 700} and meta["unmeasured_per_dataset"] == {}
     assert meta["test_accuracy"] > 0.6  # ten PBMC types, chance is ~0.34 for the largest class
-    assert Path(meta["model_path"]).exists()
+    # the file is usable on its own: weights, the input features and output classes in order, how inputs read
+    import torch
+
+    saved = torch.load(meta["model_path"], weights_only=True)
+    assert saved["classes"] == meta["classes"] and saved["snapshot_version"] == meta["snapshot_version"]
+    assert saved["inputs"] == {
+        "feature_space": "gene_expression",
+        "layer": "log_normalized",
+        "label_column": "cell_type",
+        "normalize": False,
+    }
+    frozen = RaggedAtlas.checkout(str(root / "db"), meta["snapshot_version"])
+    assert (
+        saved["feature_uids"] == frozen.query().where("cell_type IS NOT NULL").to_anndata().var_names.tolist()
+    )
+    assert saved["state_dict"]["weight"].shape == (len(saved["classes"]), len(saved["feature_uids"]))
 
     _materialize(defs, instance, ["dataset_group"], "celltypist_sample")  # more data after the snapshot
     _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
