@@ -27,6 +27,7 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance, snapsh
     through :func:`lancell_assets.take_snapshot.take_snapshot`, so the UI shows each run under its job.
     """
     from lancell_assets import landing_zone_sensor
+    from lancell_assets.dead_runs import worker_tags
     from lancell_assets.take_snapshot import QUIET, take_snapshot
 
     context = dg.build_sensor_context(instance=instance, resources=defs.resources)
@@ -36,8 +37,12 @@ def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance, snapsh
     ingest = defs.resolve_job_def("ingest_dataset_job")
     for run in result.run_requests:
         print(f"  sensor -> ingest partition {run.partition_key}")
-        ingest.execute_in_process(run_config=QUIET, instance=instance, partition_key=run.partition_key)
-    defs.resolve_job_def("rebuild_atlas_job").execute_in_process(run_config=QUIET, instance=instance)
+        ingest.execute_in_process(
+            run_config=QUIET, instance=instance, partition_key=run.partition_key, tags=worker_tags()
+        )
+    defs.resolve_job_def("rebuild_atlas_job").execute_in_process(
+        run_config=QUIET, instance=instance, tags=worker_tags()
+    )
     snapshot = take_snapshot(defs, instance, snapshot_label)
     if not snapshot.success:
         raise SystemExit(f"snapshot_job for {snapshot_label!r} failed (run {snapshot.run_id})")

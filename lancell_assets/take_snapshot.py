@@ -33,9 +33,9 @@ def take_snapshot(
 ) -> dg.ExecuteInProcessResult:
     """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
 
-    ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier). Runs of
-    ``snapshot_job`` whose process was killed without cleaning up are marked failed first, and their pool
-    slots freed (:mod:`lancell_assets.dead_runs`): they would block this run forever.
+    ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier). Runs whose
+    process was killed without cleaning up are marked failed first, and their pool slots freed
+    (:mod:`lancell_assets.dead_runs`): they would block this run forever.
 
     Raises
     ------
@@ -43,8 +43,8 @@ def take_snapshot(
         ``label`` cannot name a snapshot partition (:func:`resources.models.check_label`); nothing is added.
     """
     check_label(label)
-    for run_id in fail_dead_runs(instance, "snapshot_job"):
-        log.warning("run %s of snapshot_job: its process was killed; marked failed, its slots freed", run_id)
+    for run_id in fail_dead_runs(instance):
+        log.warning("run %s: its process was killed; marked failed, its pool slots freed", run_id)
     if not instance.has_dynamic_partition(snapshot_partitions.name, label):
         instance.add_dynamic_partitions(snapshot_partitions.name, [label])
     job = defs.resolve_job_def("snapshot_job")
@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cause(error: SerializableErrorInfo) -> str:
-    """The innermost error of a step failure (``"ErrorClass: message"``, one line): Dagster wraps the
-    asset's own error in ``DagsterExecutionStepExecutionError``, whose message names only the step."""
-    while error.cause is not None:
+    """The asset's own error of a step failure (``"ErrorClass: message"``, one line): the first in the chain
+    that is not Dagster's (``DagsterExecutionStepExecutionError`` names only the step), not the lowest (a
+    lancell error names what and where; the store's error it was raised from does not)."""
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
         error = error.cause
     return " ".join(line.strip() for line in error.message.strip().splitlines()) or error.cls_name
 

@@ -366,31 +366,31 @@ def test_the_model_store_writes_only_under_its_folder(tmp_path: Path):
 def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: Path, monkeypatch):
     """A SIGKILLed take_snapshot left its run STARTED holding the lancedb_writer slot: every later writing
     step waited forever. Such a run (its worker process gone) is failed and its slots freed; a run whose
-    process lives is left alone."""
+    process lives, or of another machine, boot or namespace (nothing tells if it lives), is left alone."""
     from lancell_assets.dead_runs import WORKER_TAG, fail_dead_runs, worker_tags
 
     home = tmp_path / "home"
     home.mkdir()
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    gone = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import psutil, socket; p = psutil.Process(); "
-            "print(f'{socket.gethostname()}:{p.pid}:{p.create_time():.3f}')",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    dead_worker = gone.communicate()[0].strip()
+    code = "from lancell_assets.dead_runs import WORKER_TAG, worker_tags; print(worker_tags()[WORKER_TAG])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    dead_worker = done.stdout.strip()
+    mine = worker_tags()[WORKER_TAG]
+    machine, pid, ticks = mine.rsplit(":", 2)
+    workers = {
+        "dead": dead_worker,
+        "alive": mine,
+        "reused id": f"{machine}:{pid}:{int(ticks) - 1}",  # this process's id, an earlier start: gone
+        "elsewhere": f"another-boot/1:{dead_worker.rsplit(':', 2)[1]}:1",
+    }
     with dg.DagsterInstance.get() as instance:
         storage = instance.event_log_storage
         storage.set_concurrency_slots("lancedb_writer", 1)
         runs = {}
-        for name, worker in (("dead", dead_worker), ("alive", worker_tags()[WORKER_TAG])):
+        for name, worker in workers.items():
             run = dg.DagsterRun(
-                job_name="snapshot_job",
+                job_name="ingest_dataset_job",
                 run_id=str(uuid.uuid4()),
                 status=dg.DagsterRunStatus.STARTED,
                 tags={WORKER_TAG: worker},
@@ -398,9 +398,34 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
             instance.add_run(run)
             runs[name] = run.run_id
         assert storage.claim_concurrency_slot("lancedb_writer", runs["dead"], "feature_registry").is_claimed
-        assert fail_dead_runs(instance, "snapshot_job") == [runs["dead"]]
-        assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.FAILURE
-        assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
+        assert sorted(fail_dead_runs(instance)) == sorted([runs["dead"], runs["reused id"]])
+        status = {name: instance.get_run_by_id(run_id).status for name, run_id in runs.items()}
+        assert status == {
+            "dead": dg.DagsterRunStatus.FAILURE,
+            "alive": dg.DagsterRunStatus.STARTED,
+            "reused id": dg.DagsterRunStatus.FAILURE,
+            "elsewhere": dg.DagsterRunStatus.STARTED,
+        }
         assert storage.get_concurrency_info("lancedb_writer").claimed_slots == []
         assert storage.claim_concurrency_slot("lancedb_writer", runs["alive"], "feature_registry").is_claimed
-        assert fail_dead_runs(instance, "snapshot_job") == []
+        assert fail_dead_runs(instance) == []
+
+
+def test_a_failure_line_names_the_assets_own_error_not_the_one_it_was_raised_from():
+    """Following the chain to its end printed the store's raw OSError instead of the StoreError naming
+    the table and location."""
+    from lancell.errors import StoreError
+    from lancell_assets.take_snapshot import _cause
+
+    @dg.asset
+    def store_fails():
+        try:
+            raise OSError("Generic S3 error: request failed\n\nDebug source: Reqwest { retries: 10 }")
+        except OSError as exc:
+            raise StoreError("cannot read table 'cells' at s3://bucket/atlas/db: request failed") from exc
+
+    result = dg.materialize([store_fails], raise_on_error=False)
+    (failure,) = result.get_step_failure_events()
+    assert _cause(failure.event_specific_data.error) == (
+        "lancell.errors.StoreError: cannot read table 'cells' at s3://bucket/atlas/db: request failed"
+    )
