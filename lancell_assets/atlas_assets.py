@@ -101,8 +101,8 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     """A frozen, tagged atlas version; the partition key is the snapshot's label (its note), which names
     that one version for good (the library refuses a note another snapshot has).
 
-    The metadata shows what changed since the previous snapshot (datasets added and removed, cells and
-    features added).
+    The metadata shows what changed since the previous snapshot (datasets added, removed and changed, cells
+    and features added).
     """
     from lancell.errors import DuplicateNoteError
     from lancell_assets.metadata import column_schema, datasets_table

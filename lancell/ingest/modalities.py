@@ -187,7 +187,8 @@ def _check_global_obs(mdata: MuData, first: ad.AnnData, name: str) -> None:
             continue
         own = first.obs[column].astype(object)
         mine = mdata.obs[column].reindex(first.obs.index).astype(object)
-        if not own.equals(mine):
+        missing = own.isna().to_numpy()  # pd.NA, NaN and None alike
+        if (missing != mine.isna().to_numpy()).any() or own[~missing].tolist() != mine[~missing].tolist():
             differ.append(str(column))
     if differ:
         raise IngestError(

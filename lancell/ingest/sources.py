@@ -252,7 +252,10 @@ def check_indptr(dataset: str, indptr: np.ndarray, n_rows: int, stored: dict[str
     decreasing, ending at each stored array's length (a value no row holds would be silently dropped)."""
     where = f"dataset {dataset!r}: the CSR row offsets (indptr)"
     if indptr.dtype.kind not in "iu":  # float offsets would be truncated: values moved to other cells
-        raise DataValueError(f"{where} are {indptr.dtype} values, not integers")
+        raise DataValueError(
+            f"{where} are {indptr.dtype} values, not integers: store them as integers (in memory: "
+            "X.indptr = X.indptr.astype(np.int64), after checking they are whole numbers)"
+        )
     if indptr.ndim != 1 or indptr.size != n_rows + 1:
         raise DataValueError(f"{where} hold {indptr.size} offsets for {n_rows} rows (expected {n_rows + 1})")
     if indptr[0] != 0:

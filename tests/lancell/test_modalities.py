@@ -108,6 +108,9 @@ def test_a_global_obs_column_that_disagrees_with_the_first_modalitys_is_refused(
         add_from_mudata(atlas, mdata, modalities, dataset_record=DatasetRecord(uid="m"), progress=False)
     assert visible_state(atlas) == before
     mdata.obs["cell_type"] = ["from rna"] * 30
+    # missing values agree whatever their kind (pd.NA of an Int64 column, NaN of a float one)
+    mdata.mod["rna"].obs["size"] = pd.array([1, None] * 15, dtype="Int64")
+    mdata.obs["size"] = [1.0, np.nan] * 15
     add_from_mudata(atlas, mdata, modalities, dataset_record=DatasetRecord(uid="m"), progress=False)
     assert set(atlas.query().to_pandas()["cell_type"]) == {"from rna"}
 
