@@ -48,6 +48,11 @@ class ArgumentError(LancellError, TypeError):
     """An argument of a type the call does not take (the message names the argument and what it takes)."""
 
 
+class ArgumentValueError(LancellError, ValueError):
+    """An argument of the right type with a value the call does not take (the message names the argument
+    and the values it takes)."""
+
+
 def require_type(name: str, value: object, kind: type | tuple[type, ...], what: str) -> None:
     """Raise :class:`ArgumentError` unless ``value`` (argument ``name``) is a ``kind`` (``what`` in words)."""
     if not isinstance(value, kind):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
-from lancell.errors import DatasetNotFoundError, LockTimeoutError, require_type
+from lancell.errors import ArgumentValueError, DatasetNotFoundError, LockTimeoutError, require_type
 from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
@@ -146,8 +146,12 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     ------
     ArgumentError
         ``grace`` is not a ``datetime.timedelta`` (``timedelta(0)`` for none).
+    ArgumentValueError
+        ``grace`` is negative (it would act as none).
     """
     require_type("grace", grace, timedelta, "a datetime.timedelta, e.g. timedelta(0) for none")
+    if grace < timedelta(0):
+        raise ArgumentValueError(f"grace must be at least timedelta(0) (none), got {grace!r}")
     claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace

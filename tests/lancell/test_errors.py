@@ -22,6 +22,8 @@ BUILTIN_OF = {
     errors.FormatVersionError: ValueError,
     errors.DuplicateNoteError: ValueError,
     errors.ArgumentError: TypeError,
+    errors.ArgumentValueError: ValueError,
+    errors.SnapshotLabelError: ValueError,
     errors.ReadOnlyAtlasError: PermissionError,
     errors.FeatureSpaceError: KeyError,
     errors.FeatureRegistryError: ValueError,

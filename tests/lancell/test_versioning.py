@@ -11,7 +11,7 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.errors import ArgumentError, ReadOnlyAtlasError, VersionNotFoundError
+from lancell.errors import ArgumentError, ArgumentValueError, ReadOnlyAtlasError, VersionNotFoundError
 from lancell.ingest.from_anndata import add_from_anndata
 
 
@@ -129,6 +129,9 @@ def test_maintenance_arguments_of_another_type_are_refused(atlas):
     for uid in (None, 5):
         with pytest.raises(ArgumentError, match=f"uid must be a dataset uid \\(a str\\), got {uid!r}"):
             atlas.delete_dataset(uid)
+    # a negative grace acted as none (deleting what a live reader may still read)
+    with pytest.raises(ArgumentValueError, match=r"grace must be at least timedelta\(0\) \(none\), got "):
+        atlas.vacuum(grace=timedelta(hours=-5))
     assert atlas.query().count() == 700
 
 
