@@ -88,7 +88,7 @@ def attach_modality(
     to_store = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
     existing = _existing_cells(atlas, cells_of, feature_space)
-    wanted = np.asarray([f"{cells_of}:{name}" for name in plan.obs_names], dtype=object)
+    wanted = (cells_of + ":" + plan.obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
     if not known.all():
         raise IngestError(

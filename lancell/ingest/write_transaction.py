@@ -210,7 +210,7 @@ class WriteTransaction:
             return
         # held to the record's commit (or the roll-back): the host is not deleted meanwhile
         self._leases.append(self._claims.enter_context(hold_host(core, self.cells_of, space.name)))
-        uids = np.asarray([f"{self.cells_of}:{name}" for name in self.plan.obs_names], dtype=object)
+        uids = (self.cells_of + ":" + self.plan.obs_names.astype(str)).to_numpy(dtype=object)
         batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
         rows = pa.schema([schema.field("uid"), schema.field(space.name)])
         self._rows_written = True  # a roll-back nulls the pointers into this group, however many were set

@@ -189,3 +189,15 @@ def test_to_mudata_reads_the_layers_chosen_for_each_space(atlas):
         query.layers("programs", "scores").to_mudata(layers={"programs": "other"})
     with pytest.raises(ArgumentError, match=r"got the string 'protein' \(for one space: \['protein'\]\)"):
         query.to_mudata("protein")
+
+
+def test_an_attachment_names_its_cells_as_their_rows_do(atlas):
+    """Cell rows name a cell ``<dataset>:<obs name as text>``; an attachment built its uids with an f-string,
+    so obs names read as bytes (``b"c1"``) named no cell (``d:b'c1'``) and the attachment was refused."""
+    _ingest_programs(atlas)
+    proteins = _adata(sp.csr_matrix(np.full((2, len(PROTEINS)), 7, np.int32)), ["c1", "c2"], PROTEINS)
+    proteins.obs_names = pd.Index([b"c1", b"c2"], dtype=object)
+    attach_modality(
+        atlas, proteins, cells_of="d", feature_space="protein", zarr_layer="counts", progress=False
+    )
+    assert atlas.query().where("protein IS NOT NULL").to_pandas()["uid"].tolist() == ["d:c1", "d:c2"]
