@@ -305,7 +305,8 @@ def test_snapshot_on_demand_from_the_command_line_shows_the_diff(tmp_path: Path,
     failed = run("fourth", {**env, "LANCELL_ROOT": str(tmp_path / "nowhere"), "LANCELL_CREATE_ATLAS": "0"})
     assert failed.returncode == 1
     line = failed.stderr.strip().splitlines()[-1]
-    assert "failed: lancell.errors.AtlasNotFoundError: no atlas at " in line and "nowhere" in line, line
+    assert "failed: lancell.errors.AtlasNotFoundError: AtlasResource.db_uri: no atlas at " in line, line
+    assert "nowhere" in line and "Nothing was created" in line, line
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions(snapshot_partitions.name) == [
