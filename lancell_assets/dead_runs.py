@@ -3,19 +3,16 @@
 ``take_snapshot`` (and ``make demo``) run jobs in their own process. Killed there without a chance to clean
 up (SIGKILL, the OOM killer, a CI job's timeout), a run stays ``STARTED`` and keeps its ``lancedb_writer``
 slot: every later LanceDB-writing step, of any run, would wait for it forever. Each such run carries
-:data:`WORKER_TAG`, naming its process by what does not change while it lives and is never reused: the
-machine's boot id, its process-id namespace, the process id and the process's start time in clock ticks
-since boot (not a wall-clock time, which moves when the clock is stepped). :func:`fail_dead_runs` marks the
-unfinished runs whose process is provably gone as failed and frees their slots: same boot and namespace,
-and no process with that id, or one started at another tick. A run of another machine, boot or container
-namespace is left alone (nothing here can tell whether it lives); runs launched by the Dagster daemon are
-watched by Dagster's run monitoring (``dagster.yaml``).
+:data:`WORKER_TAG`, its process as :func:`lancell.processes.this_process` names it (host, process id, pid
+namespace, start in clock ticks since boot); :func:`fail_dead_runs` marks the unfinished runs whose process
+is certainly gone (:func:`lancell.processes.process_gone`) as failed and frees their slots. A run of another
+machine, boot or container namespace is left alone (nothing here can tell whether it lives); runs launched
+by the Dagster daemon are watched by Dagster's run monitoring (``dagster.yaml``).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,47 +21,24 @@ if TYPE_CHECKING:
 __all__ = ["WORKER_TAG", "fail_dead_runs", "worker_tags"]
 
 WORKER_TAG = "lancell/worker"
-_PROC = Path("/proc")
-
-
-def _start_ticks(pid: int) -> str | None:
-    """Process ``pid``'s start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None
-    where it cannot be read (no such process, no ``/proc``, or hidden from this user)."""
-    try:
-        stat = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name (which may hold spaces)
-
-
-def _machine() -> str:
-    """This boot and process-id namespace: ``"<boot id>/<pid namespace inode>"``, or "" without ``/proc``."""
-    try:
-        boot = (_PROC / "sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.stat(_PROC / 'self/ns/pid').st_ino}"
-    except OSError:
-        return ""
 
 
 def worker_tags() -> dict[str, str]:
     """The tags naming this process as a run's worker (none where ``/proc`` cannot tell, e.g. macOS)."""
-    machine, ticks = _machine(), _start_ticks(os.getpid())
-    return {WORKER_TAG: f"{machine}:{os.getpid()}:{ticks}"} if machine and ticks else {}
+    from lancell.processes import this_process  # lancell loads with the run, not the definitions
+
+    me = this_process()
+    return {WORKER_TAG: json.dumps(me, sort_keys=True)} if me["started"] else {}
 
 
 def _gone(worker: str) -> bool:
-    """Whether the process a :data:`WORKER_TAG` names is provably gone (module doc)."""
-    machine, pid, ticks = worker.rsplit(":", 2)
-    if machine != _machine():
-        return False
+    from lancell.processes import process_gone
+
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process of that id: it exists
-        pass
-    now = _start_ticks(int(pid))
-    return now is not None and now != ticks  # the id was reused by a later process
+        recorded = json.loads(worker)
+    except ValueError:
+        return False  # not a tag this module wrote
+    return isinstance(recorded, dict) and process_gone(recorded)
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:

@@ -4,10 +4,10 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 
 - **taking**: the lock object is created if absent. If present, it is taken over only when it is free (a
   released lock's tombstone), stale (not renewed for the ``stale_after`` its holder recorded, judged on the
-  last renewal) or its holder ran on this host and its process is gone (a reused pid is told apart by the
-  process's start time). Taking over is a conditional overwrite of exactly the version that was read, so of
-  many processes racing to break one dead holder's lock exactly one wins; the others see a changed object
-  and keep waiting;
+  last renewal) or its holder's process is certainly gone (:func:`lancell.processes.process_gone`: on this
+  host and namespace, no such process, a zombie, or a reused pid told apart by the process's start). Taking
+  over is a conditional overwrite of exactly the version that was read, so of many processes racing to break
+  one dead holder's lock exactly one wins; the others see a changed object and keep waiting;
 - **holding**: a daemon heartbeat thread renews the lease every ``stale_after / 4`` by a conditional
   overwrite of its own last version. A failed condition means another process took the lock over: the lease
   is lost and is not renewed again;
@@ -20,22 +20,19 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import obstore.store as obs_store
 
 from lancell.errors import LockLostError, LockTimeoutError
+from lancell.processes import process_gone, this_process
 from lancell.storage.store_failures import StoreFailures
 from lancell.storage.stores import describe_store
 from lancell.tables.lock_objects import LockObjects, Seen, lock_objects
@@ -134,9 +131,7 @@ class Lease:
     def _body(self, **fields: Any) -> bytes:
         body = {
             "token": self.token,
-            "pid": os.getpid(),
-            "started": _process_started(os.getpid()),
-            "host": socket.gethostname(),
+            **this_process(),  # host, pid, pid namespace, start: process_gone tells when it died
             "taken_at": self._taken_at,
             "renewed_at": time.time(),
             "stale_after": self.stale_after,
@@ -261,7 +256,7 @@ def _takeable(seen: Seen, name: str, stale_after: float) -> bool:
     holder = _decode(seen)
     if holder.get("released"):
         return True
-    if _holder_died(holder):
+    if process_gone(holder):
         log.warning("lock %r: breaking the lock of dead process %s on this host", name, holder.get("pid"))
         return True
     renewed = float(holder.get("renewed_at", holder.get("taken_at", 0.0)))
@@ -270,46 +265,3 @@ def _takeable(seen: Seen, name: str, stale_after: float) -> bool:
         log.warning("lock %r: breaking a lock not renewed for %.0f s (%s)", name, age, holder)
         return True
     return False
-
-
-def _holder_died(holder: dict[str, Any]) -> bool:
-    """Whether the holder ran on this host and its process no longer exists (killed, crashed).
-
-    A process that now has the holder's pid but started at another time than the holder recorded is
-    another process: the holder is gone and its pid was reused.
-    """
-    if holder.get("host") != socket.gethostname() or "pid" not in holder:
-        return False
-    pid = int(holder["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # a process of another user has this pid: the start time tells whose
-        pass
-    recorded, current = holder.get("started"), _process_started(pid)
-    return recorded is not None and current is not None and current != recorded
-
-
-@functools.cache
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _process_started(pid: int) -> str | None:
-    """When process ``pid`` started, as ``<boot id>:<clock ticks since boot>`` (Linux ``/proc``): with the
-    host and the pid it names one process. None where ``/proc`` does not tell (another OS, no such process).
-    """
-    boot = _boot_id()
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    if boot is None:
-        return None
-    # the command name (field 2) is in parentheses and may hold anything: the fields after it are plain;
-    # the start time is field 22
-    return f"{boot}:{stat[stat.rindex(')') + 2 :].split()[19]}"

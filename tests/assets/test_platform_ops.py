@@ -377,13 +377,17 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
     code = "from lancell_assets.dead_runs import WORKER_TAG, worker_tags; print(worker_tags()[WORKER_TAG])"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     dead_worker = done.stdout.strip()
-    mine = worker_tags()[WORKER_TAG]
-    machine, pid, ticks = mine.rsplit(":", 2)
+    mine = json.loads(worker_tags()[WORKER_TAG])
+    boot, ticks = mine["started"].rsplit(":", 1)
+    gone = json.loads(dead_worker)
     workers = {
         "dead": dead_worker,
-        "alive": mine,
-        "reused id": f"{machine}:{pid}:{int(ticks) - 1}",  # this process's id, an earlier start: gone
-        "elsewhere": f"another-boot/1:{dead_worker.rsplit(':', 2)[1]}:1",
+        "alive": json.dumps(mine),
+        # this process's id, an earlier start: the process that had it is gone
+        "reused id": json.dumps(mine | {"started": f"{boot}:{int(ticks) - 1}"}),
+        "other namespace": json.dumps(gone | {"namespace": "1"}),  # nothing tells whether it lives
+        "other host": json.dumps(gone | {"host": "elsewhere"}),
+        "not ours": "host:1:2",
     }
     with dg.DagsterInstance.get() as instance:
         storage = instance.event_log_storage
@@ -405,7 +409,9 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
             "dead": dg.DagsterRunStatus.FAILURE,
             "alive": dg.DagsterRunStatus.STARTED,
             "reused id": dg.DagsterRunStatus.FAILURE,
-            "elsewhere": dg.DagsterRunStatus.STARTED,
+            "other namespace": dg.DagsterRunStatus.STARTED,
+            "other host": dg.DagsterRunStatus.STARTED,
+            "not ours": dg.DagsterRunStatus.STARTED,
         }
         assert storage.get_concurrency_info("lancedb_writer").claimed_slots == []
         assert storage.claim_concurrency_slot("lancedb_writer", runs["alive"], "feature_registry").is_claimed

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +22,10 @@ import lancell.snapshots
 from lancell.atlas import RaggedAtlas
 from lancell.core import AtlasCore
 from lancell.errors import LockLostError, LockTimeoutError
+from lancell.processes import this_process
 from lancell.storage.stores import open_store
 from lancell.tables.lock_objects import LocalLockObjects
-from lancell.tables.locks import _process_started, atlas_lock
+from lancell.tables.locks import atlas_lock
 from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
@@ -149,11 +152,32 @@ def test_a_holder_whose_pid_now_names_another_process_counts_as_dead(tmp_path: P
     _plant(store, "reused", pid=alive, started="another-boot:12")
     with atlas_lock(store, "reused", timeout=0):  # taken over: that process started at another time
         pass
-    _plant(store, "same", pid=alive, started=_process_started(alive))
+    _plant(store, "same", pid=alive, started=this_process()["started"])
     _plant(store, "unrecorded", pid=alive)  # written before holders recorded their start
-    for name in ("same", "unrecorded"):
+    _plant(store, "another namespace", pid=alive, started="another-boot:12", namespace="1")  # not judged
+    for name in ("same", "unrecorded", "another namespace"):
         with pytest.raises(LockTimeoutError), atlas_lock(store, name, timeout=0.2):
             pass
+
+
+def test_a_holder_that_exited_but_is_not_yet_reaped_counts_as_dead(tmp_path: Path) -> None:
+    """A killed holder whose parent had not reaped it (a zombie) still answered kill(pid, 0) and kept its
+    start time: its lock was held until it went stale (600 s), and a retry of its work failed."""
+    store = open_store(str(tmp_path / "store"))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    me = this_process()
+    boot = me["started"].split(":")[0]
+    ticks = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    _plant(store, "zombie", pid=child.pid, started=f"{boot}:{ticks}", namespace=me["namespace"])
+    try:
+        with atlas_lock(store, "zombie", timeout=0):
+            pass
+    finally:
+        child.wait()
 
 
 def test_a_release_the_store_refused_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

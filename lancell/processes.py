@@ -1,0 +1,89 @@
+"""A process named so that another process can tell, later, whether it is gone.
+
+A lock's holder (:mod:`lancell.tables.locks`) and a Dagster run's worker (``lancell_assets.dead_runs``) record
+:func:`this_process`: the host, the process id, the process-id namespace, and when the process started as
+``<boot id>:<clock ticks since boot>`` (Linux ``/proc``; not a wall-clock time, which moves when the clock is
+stepped). :func:`process_gone` says a recorded process is gone only when that is certain: same host and
+namespace, and no process has its id, or the one that has it is a zombie (exited, not yet reaped by its
+parent) or started at another tick (the id was reused). A process of another host or namespace, or one this
+process cannot see, is never judged gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["process_gone", "this_process"]
+
+_PROC = Path("/proc")
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _namespace() -> str | None:
+    """This process's process-id namespace (its inode), or None without ``/proc``."""
+    try:
+        return str(os.stat(_PROC / "self/ns/pid").st_ino)
+    except OSError:
+        return None
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state letter and its start as ``<boot id>:<clock ticks since boot>``, or None where
+    ``/proc`` does not tell (another OS, no such process, hidden from this user)."""
+    boot = _boot_id()
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    if boot is None:
+        return None
+    # the command name (field 2) is in parentheses and may hold anything: the fields after it are plain;
+    # the state is field 3, the start time field 22
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0], f"{boot}:{fields[19]}"
+
+
+def this_process() -> dict[str, Any]:
+    """``{"host", "pid", "started", "namespace"}`` of this process (``started``/``namespace`` None where
+    ``/proc`` does not tell)."""
+    pid = os.getpid()
+    stat = _stat(pid)
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "started": stat[1] if stat else None,
+        "namespace": _namespace(),
+    }
+
+
+def process_gone(recorded: Mapping[str, Any]) -> bool:
+    """Whether the process :func:`this_process` recorded is certainly gone (module doc). A record without
+    a namespace (written before it was recorded) is judged by its host alone."""
+    if recorded.get("host") != socket.gethostname() or "pid" not in recorded:
+        return False
+    if recorded.get("namespace") not in (None, _namespace()):
+        return False
+    pid = int(recorded["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user has this id: its start time tells whose
+        pass
+    stat = _stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    return state == "Z" or (recorded.get("started") is not None and started != recorded["started"])
