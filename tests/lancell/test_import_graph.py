@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STORAGE_MAY_USE = {"lancell.errors", "lancell.cores"}  # typed errors; the usable cores
 
 # the tables room (lancell/tables/): LanceDB tables, schemas, registry, versions, locks; below ingest, query
-TABLES_MAY_USE = {"lancell.errors", "lancell.cores", "lancell.core"}  # the core: an annotation only (below)
+# the core: an annotation only (below); processes: how a lock holder is named (a leaf, like cores)
+TABLES_MAY_USE = {"lancell.errors", "lancell.cores", "lancell.core", "lancell.processes"}
 
 # upward references for annotations only: the query names the atlas facade that builds it, the loader the
 # query and atlas it is built from (the query imports the loader at run time, inside ``to_cell_dataset``)
