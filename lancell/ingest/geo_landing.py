@@ -45,14 +45,16 @@ def land_geo_series(
 ) -> list[str]:
     """Write one landing file per sample of the series that has a 10x supplementary file; return their uids.
 
-    Existing landing files are kept (their sidecars are rewritten). New ones are written as ``.part`` files
-    and renamed only once every sample has been fetched and read: an error lands nothing new.
+    Samples already in the landing folder (a sample of a SuperSeries and of its SubSeries, a series landed
+    again) keep their files and sidecars as they are (warned). New ones are written as ``.part`` files and
+    renamed only once every sample has been fetched and read: an error lands nothing new.
 
     Warns
     -----
     LancellWarning
         Samples without a supplementary file matching ``file_pattern`` (not landed), samples with several
-        (only the first is landed), feature types other than ``Gene Expression`` (not landed).
+        (only the first is landed), feature types other than ``Gene Expression`` (not landed), samples already
+        landed (kept as they are).
 
     Raises
     ------
@@ -91,8 +93,18 @@ def land_geo_series(
     landed = [d for d, _ in planned if d.record.uid not in parts or parts[d.record.uid] is not None]
     if not landed:
         raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
+    kept = [d.record.uid for d in landed if d.record.uid not in parts]
+    if kept:  # a sample of a SuperSeries and its SubSeries, or the series landed again: as it was landed
+        warnings.warn(
+            f"{soft_path}: samples {kept} are already in the landing folder; their files and sidecars are "
+            "kept as they are (a new landing would make their ingested datasets differ from them)",
+            LancellWarning,
+            stacklevel=2,
+        )
     for dataset in landed:
         uid = dataset.record.uid
+        if uid not in parts:
+            continue
         sidecar = {
             "uid": uid,
             "zarr_layer": zarr_layer,

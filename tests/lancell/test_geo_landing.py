@@ -124,6 +124,23 @@ def test_h5_and_matrix_market_samples_are_landed(tmp_path, soft):
     ]
 
 
+def test_a_sample_landed_again_by_another_series_keeps_its_files(tmp_path, soft):
+    """A SuperSeries repeats its SubSeries' samples: landing it rewrote the landed samples' sidecars (their
+    name and source), so their ingested datasets no longer matched their landing files, run after run."""
+    landing = tmp_path / "landing"
+    mirror = _mirror(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        land_geo_series(soft, landing, mirror=mirror)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in landing.iterdir()}
+    soft.write_text(SERIES.replace("GSE900001", "GSE900002"))  # another series listing the same samples
+    with pytest.warns(
+        LancellWarning, match=r"samples \['GSM9000011', 'GSM9000012'\] are already in the landing"
+    ):
+        assert land_geo_series(soft, landing, mirror=mirror) == ["GSM9000011", "GSM9000012"]
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in landing.iterdir()} == before
+
+
 def test_a_failing_sample_lands_nothing(tmp_path, soft):
     mirror = _mirror(tmp_path)
     (tmp_path / "mirror" / supplementary_key(MTX_URLS["matrix.mtx.gz"])).unlink()
