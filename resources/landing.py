@@ -68,11 +68,31 @@ class LandingZone(dg.ConfigurableResource):
         default=None, description="obstore URL of a GEO mirror (NCBI layout) for supplementary files"
     )
 
-    def soft_files(self) -> dict[str, Path]:
-        """GEO series SOFT files dropped into ``<path>/geo/``, by series key (the name before ``_family``)."""
+    def _soft_listing(self) -> dict[str, list[Path]]:
         folder = Path(self.path) / "geo"
         files = sorted(folder.glob("*.soft")) + sorted(folder.glob("*.soft.gz")) if folder.exists() else []
-        return {f.name.split("_family")[0].split(".soft")[0]: f for f in files}
+        keys: dict[str, list[Path]] = {}
+        for file in files:
+            keys.setdefault(file.name.split("_family")[0].split(".soft")[0], []).append(file)
+        return keys
+
+    def soft_files(self) -> dict[str, Path]:
+        """GEO series SOFT files dropped into ``<path>/geo/``, by series key (the name before ``_family``); a
+        key that two files give (``GSE1_family.soft`` and ``GSE1_family.soft.gz``) is left out
+        (:meth:`soft_conflicts`)."""
+        return {key: files[0] for key, files in self._soft_listing().items() if len(files) == 1}
+
+    def soft_conflicts(self) -> dict[str, list[str]]:
+        """Series keys that several SOFT files in ``<path>/geo/`` give, with the files' names."""
+        return {key: [f.name for f in files] for key, files in self._soft_listing().items() if len(files) > 1}
+
+    @staticmethod
+    def soft_stamp(path: Path) -> str:
+        """Changes with every new landing of the SOFT file (its inode, size and modification time)."""
+        info = path.stat()
+        return hashlib.blake2b(
+            f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8
+        ).hexdigest()
 
     def _listing(self) -> tuple[list[Path], list[str]]:
         """The landing files (sorted by name) and the names of the other entries (module doc).

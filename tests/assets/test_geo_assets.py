@@ -1,9 +1,11 @@
 """GEO in the platform: a SOFT file in the landing zone -> geo_series -> landed samples -> datasets."""
 
+import gzip
 import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 import definitions
 from lancell.atlas import RaggedAtlas
@@ -79,3 +81,49 @@ def test_soft_file_to_dataset_partitions(tmp_path, monkeypatch):
     assert record["accession"] == "GSM9000011" and record["source"] == H5_URL
     assert record["n_cells"] == 1107
     assert atlas.query().where("organism = 'Homo sapiens'").count() == 1107
+
+
+def test_a_soft_file_dropped_again_or_changed_gets_a_run_and_a_missing_one_a_typed_error(tmp_path):
+    """The series sensor ran each key once: a corrected SOFT file, or one dropped again after its run failed
+    (its mirror lacked a file), got no run; a removed one failed with a bare KeyError; GSE_family.soft and
+    .soft.gz gave one key silently."""
+    from lancell.errors import GeoError
+
+    geo = tmp_path / "landing" / "geo"
+    geo.mkdir(parents=True)
+    soft = geo / "GSE900001_family.soft"
+    soft.write_text(SERIES)
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor: str | None) -> dg.SensorResult:
+            context = dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor)
+            result = geo_series_sensor(context)
+            for request in result.dynamic_partitions_requests:
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            return result
+
+        first = tick(None)
+        assert [r.partition_key for r in first.run_requests] == ["GSE900001"]
+        assert tick(first.cursor).run_requests == []
+        soft.write_text(SERIES.replace("donor A", "donor A, corrected"))  # a new landing of the series
+        changed = tick(first.cursor)
+        assert [r.partition_key for r in changed.run_requests] == ["GSE900001"]
+        assert changed.run_requests[0].run_key != first.run_requests[0].run_key
+        (geo / "GSE900001_family.soft.gz").write_bytes(gzip.compress(SERIES.encode()))
+        conflicted = tick(changed.cursor)
+        assert conflicted.run_requests == []
+        assert defs.resources["landing_zone"].soft_conflicts() == {
+            "GSE900001": ["GSE900001_family.soft", "GSE900001_family.soft.gz"]
+        }
+        for name in ("GSE900001_family.soft", "GSE900001_family.soft.gz"):
+            (geo / name).unlink()
+        with pytest.raises(GeoError, match=r"series GSE900001: no SOFT file for it in .*/geo/"):
+            dg.materialize(
+                list(defs.assets),
+                selection=["geo_series"],
+                partition_key="GSE900001",
+                instance=instance,
+                resources=defs.resources,
+                run_config=QUIET,
+            )
