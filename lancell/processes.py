@@ -3,10 +3,10 @@
 A lock's holder (:mod:`lancell.tables.locks`) and a Dagster run's worker (``lancell_assets.dead_runs``) record
 :func:`this_process`: the host, the process id, the process-id namespace, and when the process started as
 ``<boot id>:<clock ticks since boot>`` (Linux ``/proc``; not a wall-clock time, which moves when the clock is
-stepped). :func:`process_gone` says a recorded process is gone only when that is certain: same host and
-namespace, and no process has its id, or the one that has it is a zombie (exited, not yet reaped by its
-parent) or started at another tick (the id was reused). A process of another host or namespace, or one this
-process cannot see, is never judged gone.
+stepped). :func:`process_gone` says a recorded process is gone only when that is certain: same host, boot
+and namespace (a namespace's inode alone does not tell machines apart), and no process has its id, or the
+one that has it is a zombie (exited, not yet reaped by its parent) or started at another tick (the id was
+reused). A process of another host, boot or namespace, or one this process cannot see, is never judged gone.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def process_gone(recorded: Mapping[str, Any]) -> bool:
         return False
     if recorded.get("namespace") not in (None, _namespace()):
         return False
+    started = recorded.get("started")
+    if started is not None and started.rsplit(":", 1)[0] != _boot_id():
+        return False  # another machine of the same name, or this one before a reboot: nothing tells
     pid = int(recorded["pid"])
     try:
         os.kill(pid, 0)
@@ -85,5 +88,5 @@ def process_gone(recorded: Mapping[str, Any]) -> bool:
     stat = _stat(pid)
     if stat is None:
         return False
-    state, started = stat
-    return state == "Z" or (recorded.get("started") is not None and started != recorded["started"])
+    state, now = stat
+    return state == "Z" or (started is not None and now != started)

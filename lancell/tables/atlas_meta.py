@@ -91,14 +91,8 @@ def db_options(
     ------
     StoreError
         ``storage_options`` without ``store_kwargs`` for a database on an object store: they configure LanceDB
-        only, and the atlas's metadata, locks and zarr store would be opened without them. ``storage_options``
-        (each is named) for a database on a local path, which takes none.
+        only, and the atlas's metadata, locks and zarr store would be opened without them.
     """
-    if storage_options and is_local(db_uri):
-        raise StoreError(
-            f"storage_options {sorted(storage_options)} would be ignored: {db_uri!r} is a local path, which "
-            "takes no options (they configure object stores: s3://, gs://, az:// URLs)"
-        )
     if storage_options and store_kwargs is None and not is_local(db_uri):
         raise StoreError(
             f"storage_options configure LanceDB only, not the metadata, locks and zarr store of the atlas "
@@ -202,7 +196,7 @@ def create_storage(
     if not db_uri.strip():
         raise StoreError("the atlas's location (db_uri) is empty")
     check_options_used([db_uri, *([store] if isinstance(store, str) else [])], store_kwargs)
-    storage_options = db_options(db_uri, store_kwargs, storage_options)  # refused: before anything is made
+    storage_options = db_options(db_uri, store_kwargs, storage_options)  # a refusal: before anything is made
     meta_store = open_store(db_uri, store_kwargs)
     store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
     if location_in_store(store, db_uri) == "":

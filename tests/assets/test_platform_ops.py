@@ -387,6 +387,7 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
         "reused id": json.dumps(mine | {"started": f"{boot}:{int(ticks) - 1}"}),
         "other namespace": json.dumps(gone | {"namespace": "1"}),  # nothing tells whether it lives
         "other host": json.dumps(gone | {"host": "elsewhere"}),
+        "other boot": json.dumps(gone | {"started": "another-boot:1"}),  # a machine of the same name
         "not ours": "host:1:2",
     }
     with dg.DagsterInstance.get() as instance:
@@ -411,6 +412,7 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
             "reused id": dg.DagsterRunStatus.FAILURE,
             "other namespace": dg.DagsterRunStatus.STARTED,
             "other host": dg.DagsterRunStatus.STARTED,
+            "other boot": dg.DagsterRunStatus.STARTED,
             "not ours": dg.DagsterRunStatus.STARTED,
         }
         assert storage.get_concurrency_info("lancedb_writer").claimed_slots == []

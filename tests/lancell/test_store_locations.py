@@ -46,30 +46,3 @@ def test_store_options_for_local_paths_only_are_refused_naming_each():
     check_options_used(["/data/db", "s3://b/arrays"], {"config": {"region": "x"}})  # the S3 store uses them
     check_options_used(["/data/db"], {"config": {}})
     check_options_used(["/data/db"], None)
-
-
-def test_lancedb_storage_options_for_a_local_database_are_refused_before_anything_is_written(tmp_path):
-    """``storage_options`` on local paths were accepted and ignored (create and open alike)."""
-    from lancell.atlas import RaggedAtlas
-    from lancell.bundled import CellSchema, GeneFeature
-
-    named = r"storage_options \['bogus_option', 'timeout'\] would be ignored: .* is a local path"
-    with pytest.raises(StoreError, match=named):
-        RaggedAtlas.create(
-            str(tmp_path / "db"),
-            "cells",
-            CellSchema,
-            store=str(tmp_path / "arrays"),
-            registry_schemas={"gene_expression": GeneFeature},
-            storage_options={"timeout": "5s", "bogus_option": "1"},
-        )
-    assert list(tmp_path.iterdir()) == []
-    RaggedAtlas.create(
-        str(tmp_path / "db"),
-        "cells",
-        CellSchema,
-        store=str(tmp_path / "arrays"),
-        registry_schemas={"gene_expression": GeneFeature},
-    )
-    with pytest.raises(StoreError, match=r"storage_options \['timeout'\] would be ignored"):
-        RaggedAtlas.open(str(tmp_path / "db"), storage_options={"timeout": "5s"})

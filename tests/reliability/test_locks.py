@@ -149,13 +149,16 @@ def _plant(store: obstore.store.LocalStore, name: str, **holder: object) -> None
 def test_a_holder_whose_pid_now_names_another_process_counts_as_dead(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"))
     alive = os.getpid()  # a live process has the pid the holder recorded
-    _plant(store, "reused", pid=alive, started="another-boot:12")
+    boot = this_process()["started"].split(":")[0]
+    _plant(store, "reused", pid=alive, started=f"{boot}:12")
     with atlas_lock(store, "reused", timeout=0):  # taken over: that process started at another time
         pass
     _plant(store, "same", pid=alive, started=this_process()["started"])
     _plant(store, "unrecorded", pid=alive)  # written before holders recorded their start
-    _plant(store, "another namespace", pid=alive, started="another-boot:12", namespace="1")  # not judged
-    for name in ("same", "unrecorded", "another namespace"):
+    _plant(store, "another namespace", pid=alive, started=f"{boot}:12", namespace="1")  # not judged
+    # a machine of the same name (or this one before a reboot): the pid says nothing
+    _plant(store, "another boot", pid=2**22 + 1, started="another-boot:12")
+    for name in ("same", "unrecorded", "another namespace", "another boot"):
         with pytest.raises(LockTimeoutError), atlas_lock(store, name, timeout=0.2):
             pass
 
