@@ -14,7 +14,13 @@ from resources import LandingZone
 geo_series_partitions = dg.DynamicPartitionsDefinition(name="lancell_geo_series")
 
 
-@dg.asset(partitions_def=geo_series_partitions, group_name="ingest", kinds={"geo"}, owners=OWNERS)
+@dg.asset(
+    partitions_def=geo_series_partitions,
+    group_name="ingest",
+    kinds={"geo"},
+    owners=OWNERS,
+    pool="geo_landing",  # one series at a time: a SuperSeries and its SubSeries share samples
+)
 def geo_series(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> dg.MaterializeResult:
     """The landing files of one GEO series (one per sample with a 10x supplementary file).
 
@@ -48,15 +54,23 @@ geo_series_job = dg.define_asset_job(
 
 @dg.sensor(job=geo_series_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def geo_series_sensor(context: dg.SensorEvaluationContext, landing_zone: LandingZone) -> dg.SensorResult:
-    """Each new landing of a SOFT file in ``<landing>/geo/`` (a new file, or one dropped again or changed:
-    a corrected series, a series whose run failed once its mirror holds the files) is one landing run of
-    its series partition; a new series key is added as a partition first. The cursor holds each key's
-    stamp (:meth:`LandingZone.soft_stamp`); a key the cursor does not know yet (the sensor's first tick)
-    with a partition already gets no run. Keys that two files give are named (warning) and not run.
+    """Each new landing of a SOFT file in ``<landing>/geo/`` (a new file, or one copied in again or changed:
+    ``touch`` it, a file moved out and back is the same file) is one landing run of its series partition; a
+    new series key is added as a partition first. A run lands the samples not landed yet (a series whose
+    run failed, once its mirror holds the files); samples already landed keep their files (a correction of
+    their metadata does not reach them: warned, see :func:`lancell.ingest.geo_landing.land_geo_series`).
+    The cursor holds each key's stamp (:meth:`LandingZone.soft_stamp`); a key the cursor does not know yet
+    (the sensor's first tick) with a partition already gets no run. Keys that two files give are named
+    (warning) and not run.
     """
     known = set(context.instance.get_dynamic_partitions(geo_series_partitions.name))
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    stamps = {key: landing_zone.soft_stamp(path) for key, path in landing_zone.soft_files().items()}
+    stamps = {}
+    for key, path in landing_zone.soft_files().items():
+        try:
+            stamps[key] = landing_zone.soft_stamp(path)
+        except FileNotFoundError:  # removed since the listing: not landed any more
+            continue
     new = [key for key in stamps if key not in known]
     changed = [key for key in stamps if key in known and seen.get(key, stamps[key]) != stamps[key]]
     conflicts = landing_zone.soft_conflicts()

@@ -103,7 +103,8 @@ def land_geo_series(
         )
     for dataset in landed:
         uid = dataset.record.uid
-        if uid not in parts:
+        part = parts.get(uid)
+        if part is None:
             continue
         sidecar = {
             "uid": uid,
@@ -115,12 +116,22 @@ def land_geo_series(
             "source": dataset.record.source,
             "accession": dataset.record.accession,
         }
-        partial = landing / f"{uid}.json.part"
-        partial.write_text(json.dumps(sidecar, indent=2))
-        partial.replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
-        part = parts.get(uid)
-        if part is not None:
-            part.replace(landing / f"{uid}.h5ad")
+        target = landing / f"{uid}.h5ad"
+        if target.exists():  # another landing of the sample finished meanwhile: it stays as it landed
+            part.unlink()
+            continue
+        handle, name = tempfile.mkstemp(dir=landing, prefix=f".{uid}.json.", suffix=".part")
+        with os.fdopen(handle, "w") as out:
+            out.write(json.dumps(sidecar, indent=2))
+        Path(name).replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
+        try:
+            os.link(part, target)  # never over a file another landing put there meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: the check above and a rename
+            part.replace(target)
+            continue
+        part.unlink()
     return [dataset.record.uid for dataset in landed]
 
 
@@ -189,7 +200,11 @@ def _landed_part(
     if not (kinds == GENE_EXPRESSION).any():
         return None
     kept = adata[:, (kinds == GENE_EXPRESSION).to_numpy()].copy()
-    partial = target.with_name(target.name + ".part")
+    # a name of this call's own: two landings of one sample at once (a SuperSeries and its SubSeries) never
+    # write, rename or remove each other's part
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(handle)
+    partial = Path(name)
     try:
         broadcast_obs(kept, dataset.obs).write_h5ad(partial)
     except BaseException:

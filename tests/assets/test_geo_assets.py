@@ -84,8 +84,8 @@ def test_soft_file_to_dataset_partitions(tmp_path, monkeypatch):
 
 
 def test_a_soft_file_dropped_again_or_changed_gets_a_run_and_a_missing_one_a_typed_error(tmp_path):
-    """The series sensor ran each key once: a corrected SOFT file, or one dropped again after its run failed
-    (its mirror lacked a file), got no run; a removed one failed with a bare KeyError; GSE_family.soft and
+    """The series sensor ran each key once: a SOFT file dropped again after its run failed (its mirror
+    lacked a file), or changed, got no run; a removed one failed with a bare KeyError; GSE_family.soft and
     .soft.gz gave one key silently."""
     from lancell.errors import GeoError
 

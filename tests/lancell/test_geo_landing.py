@@ -141,6 +141,28 @@ def test_a_sample_landed_again_by_another_series_keeps_its_files(tmp_path, soft)
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in landing.iterdir()} == before
 
 
+def test_a_landing_that_finishes_first_is_not_overwritten(tmp_path, soft, monkeypatch):
+    """Two landings of one sample at once (a SuperSeries and its SubSeries) shared ``<uid>.h5ad.part``: one
+    renamed the other's part away and failed with a bare FileNotFoundError, leaving a part behind."""
+    from lancell.ingest import geo_landing
+
+    landing = tmp_path / "landing"
+    fetched = geo_landing._landed_part
+
+    def meanwhile_landed_by_another(dataset, urls, target, *args):
+        part = fetched(dataset, urls, target, *args)
+        if part is not None:
+            target.write_bytes(b"landed by the other run")  # it finished first
+        return part
+
+    monkeypatch.setattr(geo_landing, "_landed_part", meanwhile_landed_by_another)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        land_geo_series(soft, landing, mirror=_mirror(tmp_path))
+    assert sorted(p.name for p in landing.iterdir()) == ["GSM9000011.h5ad", "GSM9000012.h5ad"]
+    assert {p.read_bytes() for p in landing.iterdir()} == {b"landed by the other run"}
+
+
 def test_a_failing_sample_lands_nothing(tmp_path, soft):
     mirror = _mirror(tmp_path)
     (tmp_path / "mirror" / supplementary_key(MTX_URLS["matrix.mtx.gz"])).unlink()
