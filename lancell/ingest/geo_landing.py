@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -120,10 +121,9 @@ def land_geo_series(
         if target.exists():  # another landing of the sample finished meanwhile: it stays as it landed
             part.unlink()
             continue
-        handle, name = tempfile.mkstemp(dir=landing, prefix=f".{uid}.json.", suffix=".part")
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(sidecar, indent=2))
-        Path(name).replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
+        written = landing / f".{uid}.json.{uuid.uuid4().hex}.part"
+        written.write_text(json.dumps(sidecar, indent=2))
+        written.replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
         try:
             os.link(part, target)  # never over a file another landing put there meanwhile
         except FileExistsError:
@@ -202,9 +202,7 @@ def _landed_part(
     kept = adata[:, (kinds == GENE_EXPRESSION).to_numpy()].copy()
     # a name of this call's own: two landings of one sample at once (a SuperSeries and its SubSeries) never
     # write, rename or remove each other's part
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(handle)
-    partial = Path(name)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")  # created as any file (umask)
     try:
         broadcast_obs(kept, dataset.obs).write_h5ad(partial)
     except BaseException:
