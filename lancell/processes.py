@@ -6,7 +6,8 @@ A lock's holder (:mod:`lancell.tables.locks`) and a Dagster run's worker (``lanc
 stepped). :func:`process_gone` says a recorded process is gone only when that is certain: same host, boot
 and namespace (a namespace's inode alone does not tell machines apart), and no process has its id, or the
 one that has it is a zombie (exited, not yet reaped by its parent) or started at another tick (the id was
-reused). A process of another host, boot or namespace, or one this process cannot see, is never judged gone.
+reused); of another boot, gone when the machine id (``/etc/machine-id``) is this one's: the machine rebooted
+since. A process of another host, machine or namespace, or one this process cannot see, is never judged gone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ _PROC = Path("/proc")
 def _boot_id() -> str | None:
     try:
         return (_PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+@functools.cache
+def _machine_id() -> str | None:
+    """This machine's id (``/etc/machine-id``, kept across reboots), or None where it has none."""
+    try:
+        return Path("/etc/machine-id").read_text().strip() or None
     except OSError:
         return None
 
@@ -56,12 +66,13 @@ def _stat(pid: int) -> tuple[str, str] | None:
 
 
 def this_process() -> dict[str, Any]:
-    """``{"host", "pid", "started", "namespace"}`` of this process (``started``/``namespace`` None where
-    ``/proc`` does not tell)."""
+    """``{"host", "machine", "pid", "started", "namespace"}`` of this process (``machine``, ``started`` and
+    ``namespace`` None where ``/etc/machine-id`` or ``/proc`` does not tell)."""
     pid = os.getpid()
     stat = _stat(pid)
     return {
         "host": socket.gethostname(),
+        "machine": _machine_id(),
         "pid": pid,
         "started": stat[1] if stat else None,
         "namespace": _namespace(),
@@ -76,8 +87,11 @@ def process_gone(recorded: Mapping[str, Any]) -> bool:
     if recorded.get("namespace") not in (None, _namespace()):
         return False
     started = recorded.get("started")
+    if started is not None and not isinstance(started, str):
+        return False  # not a record this module wrote
     if started is not None and started.rsplit(":", 1)[0] != _boot_id():
-        return False  # another machine of the same name, or this one before a reboot: nothing tells
+        # this machine before a reboot (its processes are all gone), or another of the same name
+        return recorded.get("machine") is not None and recorded.get("machine") == _machine_id()
     pid = int(recorded["pid"])
     try:
         os.kill(pid, 0)

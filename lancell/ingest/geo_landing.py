@@ -14,7 +14,9 @@ before any landing file appears, so a failure lands nothing.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
@@ -30,6 +32,8 @@ from lancell.ingest.tenx import read_10x
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION
 
 __all__ = ["TENX_FILES", "land_geo_series"]
+
+log = logging.getLogger(__name__)
 
 TENX_FILES = r"(\.h5$|matrix\.mtx(\.gz)?$)"
 _MTX = re.compile(r"^(?P<prefix>.*)matrix\.mtx(\.gz)?$")
@@ -86,53 +90,71 @@ def land_geo_series(
             target = landing / f"{dataset.record.uid}.h5ad"
             if not target.exists():
                 parts[dataset.record.uid] = _landed_part(dataset, urls, target, mirror, store_kwargs)
-    except BaseException:
+        landed = [d for d, _ in planned if d.record.uid not in parts or parts[d.record.uid] is not None]
+        if not landed:
+            raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
+        ready = [(d, part) for d in landed if (part := parts.get(d.record.uid)) is not None]
+        kept = _place(landing, ready, zarr_layer)
+    finally:  # a part not placed (an error, an interrupt, a landing that finished first) goes
         for part in parts.values():
             if part is not None:
                 part.unlink(missing_ok=True)
-        raise
-    landed = [d for d, _ in planned if d.record.uid not in parts or parts[d.record.uid] is not None]
-    if not landed:
-        raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
-    kept = [d.record.uid for d in landed if d.record.uid not in parts]
+    kept += [d.record.uid for d in landed if d.record.uid not in parts]
     if kept:  # a sample of a SuperSeries and its SubSeries, or the series landed again: as it was landed
         warnings.warn(
-            f"{soft_path}: samples {kept} are already in the landing folder; their files and sidecars are "
-            "kept as they are (a new landing would make their ingested datasets differ from them)",
+            f"{soft_path}: samples {sorted(kept)} are already in the landing folder; their files and "
+            "sidecars are kept as they are (a new landing would make their ingested datasets differ from "
+            "them)",
             LancellWarning,
             stacklevel=2,
         )
-    for dataset in landed:
-        uid = dataset.record.uid
-        part = parts.get(uid)
-        if part is None:
-            continue
-        sidecar = {
-            "uid": uid,
-            "zarr_layer": zarr_layer,
-            "var_uid_column": "gene_ids",
-            "symbol_column": "gene_symbol",
-            "organism": dataset.sample.organism,
-            "name": dataset.record.name,
-            "source": dataset.record.source,
-            "accession": dataset.record.accession,
-        }
-        target = landing / f"{uid}.h5ad"
-        if target.exists():  # another landing of the sample finished meanwhile: it stays as it landed
-            part.unlink()
-            continue
-        written = landing / f".{uid}.json.{uuid.uuid4().hex}.part"
-        written.write_text(json.dumps(sidecar, indent=2))
-        written.replace(landing / f"{uid}.json")  # the sidecar first: the sensor picks up the .h5ad
-        try:
-            os.link(part, target)  # never over a file another landing put there meanwhile
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links: the check above and a rename
-            part.replace(target)
-            continue
-        part.unlink()
     return [dataset.record.uid for dataset in landed]
+
+
+def _place(landing: Path, ready: list[tuple[GeoDataset, Path]], zarr_layer: str) -> list[str]:
+    """Move each sample's part into place with its sidecar (the sidecar first: the sensor picks up the
+    ``.h5ad``), under an exclusive lock of the landing folder (two landings of one sample at once, a
+    SuperSeries and its SubSeries, never pair one's file with the other's sidecar); a sample another landing
+    placed meanwhile keeps its files. Returns those samples' uids. The parts are left for the caller to
+    remove."""
+    kept = []
+    folder = os.open(landing, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released when closed, also by a killed process
+        except OSError as exc:  # a file system without locks (some network mounts)
+            log.warning("landing folder %s cannot be locked (%s): run one landing at a time", landing, exc)
+        for dataset, part in ready:
+            uid = dataset.record.uid
+            target = landing / f"{uid}.h5ad"
+            if target.exists():
+                kept.append(uid)
+                continue
+            sidecar = {
+                "uid": uid,
+                "zarr_layer": zarr_layer,
+                "var_uid_column": "gene_ids",
+                "symbol_column": "gene_symbol",
+                "organism": dataset.sample.organism,
+                "name": dataset.record.name,
+                "source": dataset.record.source,
+                "accession": dataset.record.accession,
+            }
+            written = landing / f".{uid}.json.{uuid.uuid4().hex}.part"
+            try:
+                written.write_text(json.dumps(sidecar, indent=2))
+                written.replace(landing / f"{uid}.json")
+            finally:
+                written.unlink(missing_ok=True)
+            try:
+                os.link(part, target)  # never over a file put there meanwhile (not by a landing)
+            except FileExistsError:
+                kept.append(uid)
+            except OSError:  # a file system without hard links: the lock and the check above guard it
+                part.replace(target)
+    finally:
+        os.close(folder)
+    return kept
 
 
 def _files(dataset: GeoDataset) -> list[str]:

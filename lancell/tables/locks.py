@@ -5,9 +5,10 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 - **taking**: the lock object is created if absent. If present, it is taken over only when it is free (a
   released lock's tombstone), stale (not renewed for the ``stale_after`` its holder recorded, judged on the
   last renewal) or its holder's process is certainly gone (:func:`lancell.processes.process_gone`: on this
-  host and namespace, no such process, a zombie, or a reused pid told apart by the process's start). Taking
-  over is a conditional overwrite of exactly the version that was read, so of many processes racing to break
-  one dead holder's lock exactly one wins; the others see a changed object and keep waiting;
+  host, boot and namespace, no such process, a zombie, or a reused pid told apart by the process's start;
+  or of this machine before a reboot). Taking over is a conditional overwrite of exactly the version that
+  was read, so of many processes racing to break one dead holder's lock exactly one wins; the others see a
+  changed object and keep waiting;
 - **holding**: a daemon heartbeat thread renews the lease every ``stale_after / 4`` by a conditional
   overwrite of its own last version. A failed condition means another process took the lock over: the lease
   is lost and is not renewed again;

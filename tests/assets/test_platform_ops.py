@@ -387,7 +387,9 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
         "reused id": json.dumps(mine | {"started": f"{boot}:{int(ticks) - 1}"}),
         "other namespace": json.dumps(gone | {"namespace": "1"}),  # nothing tells whether it lives
         "other host": json.dumps(gone | {"host": "elsewhere"}),
-        "other boot": json.dumps(gone | {"started": "another-boot:1"}),  # a machine of the same name
+        # a machine of the same name: nothing tells; this machine before a reboot: gone
+        "other machine": json.dumps(gone | {"started": "another-boot:1", "machine": "another machine"}),
+        "before a reboot": json.dumps(mine | {"started": "another-boot:1"}),
         "not ours": "host:1:2",
     }
     with dg.DagsterInstance.get() as instance:
@@ -404,7 +406,8 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
             instance.add_run(run)
             runs[name] = run.run_id
         assert storage.claim_concurrency_slot("lancedb_writer", runs["dead"], "feature_registry").is_claimed
-        assert sorted(fail_dead_runs(instance)) == sorted([runs["dead"], runs["reused id"]])
+        failed = [runs["dead"], runs["reused id"], runs["before a reboot"]]
+        assert sorted(fail_dead_runs(instance)) == sorted(failed)
         status = {name: instance.get_run_by_id(run_id).status for name, run_id in runs.items()}
         assert status == {
             "dead": dg.DagsterRunStatus.FAILURE,
@@ -412,7 +415,8 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
             "reused id": dg.DagsterRunStatus.FAILURE,
             "other namespace": dg.DagsterRunStatus.STARTED,
             "other host": dg.DagsterRunStatus.STARTED,
-            "other boot": dg.DagsterRunStatus.STARTED,
+            "other machine": dg.DagsterRunStatus.STARTED,
+            "before a reboot": dg.DagsterRunStatus.FAILURE,
             "not ours": dg.DagsterRunStatus.STARTED,
         }
         assert storage.get_concurrency_info("lancedb_writer").claimed_slots == []

@@ -4,6 +4,7 @@ and a failure that lands nothing; a SOFT file with an empty ^DATABASE section.""
 from __future__ import annotations
 
 import gzip
+import os
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,41 @@ def test_a_landing_that_finishes_first_is_not_overwritten(tmp_path, soft, monkey
         land_geo_series(soft, landing, mirror=_mirror(tmp_path))
     assert sorted(p.name for p in landing.iterdir()) == ["GSM9000011.h5ad", "GSM9000012.h5ad"]
     assert {p.read_bytes() for p in landing.iterdir()} == {b"landed by the other run"}
+
+
+def test_a_file_put_in_place_at_the_last_moment_is_kept_and_no_part_is_left(tmp_path, soft, monkeypatch):
+    """The move into place never overwrites (a link, not a rename), and every part goes whatever happens
+    after the fetch: a failure or an interrupt left hidden full-size parts that nothing reported."""
+    from lancell.ingest import geo_landing
+
+    landing = tmp_path / "landing"
+    mirror = _mirror(tmp_path)
+    linked = os.link
+
+    def just_before(source, target):
+        Path(target).write_bytes(b"put there meanwhile")
+        return linked(source, target)
+
+    monkeypatch.setattr(os, "link", just_before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        land_geo_series(soft, landing, mirror=mirror)
+    assert {p.name: p.read_bytes() for p in landing.glob("*.h5ad")} == {
+        "GSM9000011.h5ad": b"put there meanwhile",
+        "GSM9000012.h5ad": b"put there meanwhile",
+    }
+    assert not [p.name for p in landing.iterdir() if p.name.endswith(".part")]
+    monkeypatch.undo()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    again = tmp_path / "again"
+    monkeypatch.setattr(geo_landing, "_place", interrupted)
+    with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("ignore", LancellWarning)
+        land_geo_series(soft, again, mirror=mirror)
+    assert list(again.iterdir()) == []
 
 
 def test_a_failing_sample_lands_nothing(tmp_path, soft):

@@ -156,10 +156,17 @@ def test_a_holder_whose_pid_now_names_another_process_counts_as_dead(tmp_path: P
     _plant(store, "same", pid=alive, started=this_process()["started"])
     _plant(store, "unrecorded", pid=alive)  # written before holders recorded their start
     _plant(store, "another namespace", pid=alive, started=f"{boot}:12", namespace="1")  # not judged
-    # a machine of the same name (or this one before a reboot): the pid says nothing
-    _plant(store, "another boot", pid=2**22 + 1, started="another-boot:12")
-    for name in ("same", "unrecorded", "another namespace", "another boot"):
+    # a machine of the same name: the pid says nothing; a malformed record is not judged
+    _plant(store, "another boot", pid=2**22 + 1, started="another-boot:12", machine="another machine")
+    _plant(store, "malformed", pid=2**22 + 1, started=12)
+    for name in ("same", "unrecorded", "another namespace", "another boot", "malformed"):
         with pytest.raises(LockTimeoutError), atlas_lock(store, name, timeout=0.2):
+            pass
+
+    me = this_process()
+    if me["machine"] is not None:  # this machine before a reboot: every process of that boot is gone
+        _plant(store, "rebooted", pid=alive, started="another-boot:12", machine=me["machine"])
+        with atlas_lock(store, "rebooted", timeout=0):
             pass
 
 
