@@ -40,8 +40,9 @@ class LandingEntry:
     shared_uid: bool = False
 
 
-def _stamp(path: Path) -> str:
-    """The ``stamp`` of ``path`` and its sidecar (see :class:`LandingEntry`).
+def _stamp(path: Path, *companions: Path) -> str:
+    """A digest of the inode number, size and modification time of ``path`` and of each of ``companions``
+    that exists (a landing file's sidecar): it changes with every new landing of any of them.
 
     Raises
     ------
@@ -49,7 +50,7 @@ def _stamp(path: Path) -> str:
         ``path`` is gone (removed while the folder was listed).
     """
     parts = []
-    for file in (path, path.with_suffix(".json")):
+    for file in (path, *companions):
         try:
             info = file.stat()
         except FileNotFoundError:
@@ -88,11 +89,14 @@ class LandingZone(dg.ConfigurableResource):
 
     @staticmethod
     def soft_stamp(path: Path) -> str:
-        """Changes with every new landing of the SOFT file (its inode, size and modification time)."""
-        info = path.stat()
-        return hashlib.blake2b(
-            f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}".encode(), digest_size=8
-        ).hexdigest()
+        """Changes with every new landing of the SOFT file (its inode, size and modification time).
+
+        Raises
+        ------
+        FileNotFoundError
+            The file is gone.
+        """
+        return _stamp(path)
 
     def _listing(self) -> tuple[list[Path], list[str]]:
         """The landing files (sorted by name) and the names of the other entries (module doc).
@@ -146,7 +150,7 @@ class LandingZone(dg.ConfigurableResource):
         out = []
         for path in self._listing()[0]:
             try:
-                stamp = _stamp(path)
+                stamp = _stamp(path, path.with_suffix(".json"))
             except FileNotFoundError:  # removed since the listing: not landed any more
                 continue
             try:

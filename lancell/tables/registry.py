@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.tables.registry_view import atlas_identity
+from lancell.tables.schema import with_nul
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
 if TYPE_CHECKING:
@@ -89,10 +90,10 @@ def prepare_features(
     empty = uids.isna() | (text.str.len() == 0)
     if empty.any():
         raise FeatureRegistryError(f"{feature_space}: {int(empty.sum())} features have an empty uid")
-    with_nul = text[text.str.contains("\0", regex=False)]
-    if len(with_nul):
+    nul = with_nul(text)
+    if nul.size:
         raise FeatureRegistryError(
-            f"{feature_space}: {len(with_nul)} feature uids hold a NUL character, e.g. {with_nul.iloc[0]!r}"
+            f"{feature_space}: {nul.size} feature uids hold a NUL character, e.g. {text.iloc[nul[0]]!r}"
         )
     duplicated = text[text.duplicated()].unique().tolist()
     if duplicated:
