@@ -28,6 +28,7 @@ from lancell.errors import (
 from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
+from lancell.tables.names import with_nul
 from lancell.tables.obs import altered_obs_columns, obs_to_arrow, undeclared_obs_columns
 from lancell.tables.registry import layout_uid_for, registry_index, sql_literal
 from lancell.tables.schema import (
@@ -36,7 +37,6 @@ from lancell.tables.schema import (
     check_dataset_uid,
     obs_fields,
     vector_fields,
-    with_nul,
 )
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
+from lancell.tables.names import with_nul
 from lancell.tables.registry_view import atlas_identity
-from lancell.tables.schema import with_nul
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
 if TYPE_CHECKING:

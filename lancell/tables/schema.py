@@ -18,8 +18,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 from lancedb.pydantic import LanceModel, pydantic_to_schema
 from pydantic import BaseModel, Field, create_model
@@ -43,7 +41,6 @@ __all__ = [
     "pointer_fields",
     "pointer_fields_from_arrow",
     "vector_fields",
-    "with_nul",
 ]
 
 _UID_FORBIDDEN = frozenset(":\\")
@@ -253,14 +250,6 @@ def check_assigned_fields(record: DatasetRecord, cells_of: str | None = None) ->
             f"dataset {record.uid!r}: DatasetRecord fields {shown} are assigned by lancell at ingestion; "
             "leave them unset (pass a fresh DatasetRecord with only uid and provenance)"
         )
-
-
-def with_nul(names: pd.Index | pd.Series) -> np.ndarray:
-    """Positions of ``names`` (text: obs names, feature uids) holding a NUL character, which no stored name
-    may hold (content fingerprints digest names NUL-separated). Object text is searched joined (3x faster)."""
-    if names.dtype == object and "\0" not in "".join(np.asarray(names).tolist()):
-        return np.empty(0, np.int64)
-    return np.flatnonzero(names.str.contains("\0", regex=False))
 
 
 def check_dataset_uid(dataset: str) -> None:
