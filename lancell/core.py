@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from lancell.errors import ChecksumError, CodecError, ReadOnlyAtlasError
+from lancell.errors import ReadOnlyAtlasError
 from lancell.storage.nodes import open_node
+from lancell.storage.offsets import read_offsets
 from lancell.storage.stores import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
@@ -202,16 +203,13 @@ class AtlasCore:
             node = self._nodes[path] = open_node(self.zarr_root, path)
         return node
 
-    def node_values(self, path: str) -> np.ndarray:
-        """The whole of a small array of a committed dataset (a CSC indptr), read once per handle."""
-        key = f"{path}[:]"  # not a zarr path: "[" never occurs in group names
+    def csc_offsets(self, zarr_group: str) -> np.ndarray:
+        """The CSC copy's offsets of a committed dataset's group, read whole and checked once per handle
+        (:func:`~lancell.storage.offsets.read_offsets`)."""
+        key = f"{zarr_group}/csc/indptr[:]"  # not a zarr path: "[" never occurs in group names
         if key not in self._nodes:
-            array = self.node(path)  # a damaged zarr.json: ShardFormatError, as any node's
-            try:
-                self._nodes[key] = np.asarray(array[:])
-            except ValueError as exc:  # zarr's codecs: a crc32c mismatch, a chunk that does not decode
-                kind = ChecksumError if "checksum" in str(exc).lower() else CodecError
-                raise kind(f"array {path!r} cannot be read: {exc}") from exc
+            attrs = self.node(zarr_group).attrs  # a damaged zarr.json: ShardFormatError, as any node's
+            self._nodes[key] = read_offsets(self.node(f"{zarr_group}/csc/indptr"), attrs, "csc")
         return self._nodes[key]
 
     def forget_nodes(self) -> None:

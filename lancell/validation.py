@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import DatasetNotFoundError, ShardFormatError, require_type
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
+from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import written_whole
 from lancell.storage.shard_layout import parse_layout
 from lancell.storage.stores import read_json
@@ -140,7 +141,8 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
 
     Only arrays that readers of the committed dataset read (``layers``: the layers its record lists) and
     every shard of which the writer stored (:func:`~lancell.storage.reader.written_whole`: a missing object
-    is damage, not fill values) are compared; each array's ``zarr.json`` is read once.
+    is damage, not fill values), and offsets arrays that say every chunk was written
+    (:mod:`lancell.storage.offsets`), are compared; each array's ``zarr.json`` is read once.
     """
     listed = {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
     nodes = {key.removesuffix("/zarr.json") for key in listed if key.endswith("/zarr.json")}
@@ -157,11 +159,20 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
         if not isinstance(meta, dict):
             found.append(f"array {relative!r}: its zarr.json is not a JSON object ({str(meta)[:200]})")
             continue
+        offsets = missing_chunk_keys(meta, path, listed)  # an offsets array that says every chunk is written
+        if offsets is not None:
+            missing, n_chunks = offsets
+            if missing:
+                found.append(
+                    f"array {relative!r}: {len(missing)} of its {n_chunks} chunk objects are missing from the "
+                    f"store, e.g. {missing[0]!r}"
+                )
+            continue
         try:
             layout = parse_layout(meta, path)
             if not written_whole(attrs, layout):
                 continue
-        except ShardFormatError:  # read through zarr-python (an indptr): a missing chunk may be fill values
+        except ShardFormatError:  # read through zarr-python (older offsets): a missing chunk may be fill values
             continue
         n_shards = -(-layout.shape[0] // layout.shard_shape[0])
         missing = [key for key in (layout.shard_key(path, i) for i in range(n_shards)) if key not in listed]

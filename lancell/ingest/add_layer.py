@@ -28,6 +28,7 @@ from lancell.ingest.group_write import stored_dtype
 from lancell.ingest.sources import matrix_source
 from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
+from lancell.storage.offsets import read_offsets
 from lancell.storage.reader import read_element_ranges
 from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -180,7 +181,7 @@ def _write_values(group: zarr.Group, dataset: str, name: str, source: object, ki
                 out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
             out.close()
         return False
-    indices, indptr = group["csr/indices"], np.asarray(group["csr/indptr"][:], dtype=np.int64)
+    indices, indptr = group["csr/indices"], read_offsets(group["csr/indptr"], group.attrs, "csr")
     padded = False
     with ShardBuffer(
         create_value_array(group["csr/layers"], name, indices.shape, dtype, indices.chunks, indices.shards),

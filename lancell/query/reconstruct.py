@@ -109,7 +109,7 @@ def _csc_is_cheaper(core: AtlasCore, root: zarr.Group, g: PlannedGroup, layer: s
     """Plan by values read: the CSC copy when the kept features hold fewer values than the cells' rows."""
     if layer not in root.attrs.get("csc_layers", []) or (g.out_col >= 0).all():
         return False
-    indptr = core.node_values(f"{g.zarr_group}/csc/indptr")
+    indptr = core.csc_offsets(g.zarr_group)
     kept = np.flatnonzero(g.out_col >= 0)
     return int((indptr[kept + 1] - indptr[kept]).sum()) < csr_values
 
@@ -120,7 +120,7 @@ def _read_by_feature(
     """The cells' kept features from the CSC copy: (sorted output rows, per-row counts, cols, vals)."""
     local = np.flatnonzero(g.out_col >= 0)
     group_rows, features, values = read_csc_features(
-        core.node_values(f"{g.zarr_group}/csc/indptr"),  # read whole once per handle (8 B per feature)
+        core.csc_offsets(g.zarr_group),  # read whole once per handle (8 B per feature)
         core.node(f"{g.zarr_group}/csc/indices"),
         core.node(f"{g.zarr_group}/csc/layers/{layer}"),
         local,

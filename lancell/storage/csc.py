@@ -27,11 +27,11 @@ from kernels.transpose import scatter_runs
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.storage.groups import (
     DEFAULT_GEOMETRY,
-    INDPTR_CODECS,
     ShardBuffer,
     create_value_array,
     value_codecs,
 )
+from lancell.storage.offsets import read_offsets, write_offsets
 from lancell.storage.reader import array_reader, read_element_ranges
 
 __all__ = ["CSC_BUDGET", "CSC_MIN_VALUES", "read_csc_features", "write_csc"]
@@ -90,7 +90,7 @@ def write_csc(
     values_arrays = {layer: csr[f"layers/{layer}"] for layer in layers}
     blocks = written
     if blocks is None:
-        indptr = np.asarray(csr["indptr"][:], dtype=np.int64)
+        indptr = read_offsets(csr["indptr"], group.attrs, "csr")
         dtypes = {layer: array.dtype for layer, array in values_arrays.items()}
         blocks = CsrBlocks(
             n_features,
@@ -203,14 +203,7 @@ def _write_buckets(
         for buffer in vals_out.values():
             buffer.close()
     if indices:
-        target.create_array(
-            "indptr",
-            shape=csc_indptr.shape,
-            dtype="int64",
-            chunks=(min(csc_indptr.size, 65_536),),
-            compressors=INDPTR_CODECS,
-            overwrite=True,
-        )[:] = csc_indptr
+        write_offsets(target, csc_indptr)
 
 
 def _ranges(blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int) -> Iterator[tuple[int, int, int]]:

@@ -23,6 +23,7 @@ import zarr
 import zarr.codecs
 
 from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.offsets import write_offsets
 from lancell.storage.shard_writer import ShardWriter
 
 __all__ = [
@@ -75,9 +76,6 @@ DEFAULT_GEOMETRY = GroupGeometry()
 
 
 # row (or feature) offsets: zstd, then a crc32c so that a flipped bit cannot shift every later range
-INDPTR_CODECS = (zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec())
-
-
 def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
     """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values).
 
@@ -250,13 +248,7 @@ class SparseGroupWriter:
             name: create_value_array(values_group, name, (nnz,), dtype, (chunk,), (shard,))
             for name, dtype in layers.items()
         }
-        self.indptr = csr.create_array(
-            "indptr",
-            shape=(n_cells + 1,),
-            dtype="int64",
-            chunks=(min(n_cells + 1, 65_536),),
-            compressors=INDPTR_CODECS,
-        )
+        self._csr = csr
         self._indices = ShardBuffer(indices, shard)
         self._values = {name: ShardBuffer(array, shard) for name, array in values.items()}
         self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
@@ -299,7 +291,7 @@ class SparseGroupWriter:
         ]
         self._wait()
         indptr = np.concatenate(self._indptr_parts)
-        self.indptr[:] = indptr
+        write_offsets(self._csr, indptr)
         self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
         return indptr
 
