@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lancell.core import AtlasCore
-from lancell.errors import VersionNotFoundError
+from lancell.errors import LancellError, VersionNotFoundError
 from lancell.storage.store_failures import StoreFailures
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
 from lancell.tables.atlas_tables import AtlasTables, Database
@@ -22,6 +22,7 @@ from lancell.tables.store_location import (
     located_store_url,
     reading_store_url,
     recorded_store,
+    refuse_the_originals_store,
 )
 from lancell.tables.versions import read_snapshot
 
@@ -89,7 +90,17 @@ def opened_core(
     database = Database(db_uri, options)
     if given and not read_only:
         check_given_store(store, database)
+        refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
+
+
+def _atlas_id_at(db_uri: str, store_kwargs: dict[str, Any] | None) -> str | None:
+    """The id of the atlas at ``db_uri``, or None when no atlas can be read there."""
+    try:
+        meta, _ = read_meta(db_uri, store_kwargs)
+    except LancellError:  # none there (moved), an unfinished creation, another format, unreadable
+        return None
+    return meta.get("atlas_id")
 
 
 def checked_out_core(

@@ -164,15 +164,15 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
             missing, n_chunks = offsets
             if missing:
                 found.append(
-                    f"array {relative!r}: {len(missing)} of its {n_chunks} chunk objects are missing from the "
-                    f"store, e.g. {missing[0]!r}"
+                    f"array {relative!r}: {len(missing)} of its {n_chunks} chunk objects are missing from "
+                    f"the store, e.g. {missing[0]!r}"
                 )
             continue
         try:
             layout = parse_layout(meta, path)
             if not written_whole(attrs, layout):
                 continue
-        except ShardFormatError:  # read through zarr-python (older offsets): a missing chunk may be fill values
+        except ShardFormatError:  # older offsets, read through zarr-python: a missing chunk may be fill
             continue
         n_shards = -(-layout.shape[0] // layout.shard_shape[0])
         missing = [key for key in (layout.shard_key(path, i) for i in range(n_shards)) if key not in listed]

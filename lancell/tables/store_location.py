@@ -10,7 +10,7 @@ recorded with a warning. A store given instead must hold the atlas's groups.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import obstore
@@ -36,6 +36,7 @@ __all__ = [
     "located_store_url",
     "reading_store_url",
     "recorded_store",
+    "refuse_the_originals_store",
     "resolve_store",
 ]
 
@@ -118,6 +119,39 @@ def check_given_store(store: obs_store.ObjectStore, database: Database) -> None:
         )
 
 
+def refuse_the_originals_store(
+    db_uri: str,
+    meta: Mapping[str, Any],
+    store: obs_store.ObjectStore,
+    original_id: Callable[[str], str | None],
+) -> None:
+    """Refuse writing a copied atlas through the store of the atlas it was copied from while that atlas is
+    still there: both databases claim the same groups, so the copy's ``vacuum()`` would delete the groups of
+    the datasets the copy deleted, which the original still reads. A moved atlas (nothing left where it was
+    created) writes its store as before. ``original_id``: the atlas id of the atlas at a location, or None
+    when there is none.
+
+    Raises
+    ------
+    StoreError
+        Naming both locations and what to do instead.
+    """
+    here, created = comparable_location(db_uri), meta.get("db_url")
+    if not created or comparable_location(created) == here:
+        return
+    recorded = meta.get("store_url")
+    if recorded is None or comparable_location(describe_store(store)) != comparable_location(recorded):
+        return  # not the store the atlas recorded (a copy of it, say): checked to hold the atlas's groups
+    if original_id(created) != meta.get("atlas_id"):
+        return  # moved: no atlas (or another one) is left where it was created
+    raise StoreError(
+        f"the atlas at {db_uri!r} is a copy of the atlas at {created}, which still uses the zarr store "
+        f"{recorded}: writes of the copy would change the original's groups (the copy's vacuum() would "
+        "delete the groups of the datasets it deleted, which the original still reads). Copy the store too "
+        "and pass the copy as store=, write to the original instead, or open the copy read-only"
+    )
+
+
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:
     """The store URL an atlas opened at ``db_uri`` reads (and writes), when no store is given.
 
@@ -144,7 +178,7 @@ def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writabl
         raise StoreError(
             f"the atlas at {db_uri!r} was created at {created} (copied or moved) and records the zarr store "
             f"{url}, which may be the original's: pass store= the location that holds this atlas's zarr "
-            "groups"
+            "groups (a copy: a copy of the original's store; a moved atlas: its store)"
         )
     return url
 

@@ -51,7 +51,11 @@ def _adata(seed: int) -> ad.AnnData:
 def atlas(tmp_path: Path) -> RaggedAtlas:
     """Dataset ``with_csc`` (CSR and CSC copies) and ``csr_only``."""
     atlas = RaggedAtlas.create(
-        str(tmp_path / "db"), "cells", Cells, store=str(tmp_path / "arrays"), registry_schemas={"gene_expression": Gene}
+        str(tmp_path / "db"),
+        "cells",
+        Cells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene},
     )
     atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES}))
     for seed, (uid, csc) in enumerate((("with_csc", True), ("csr_only", False))):
@@ -74,7 +78,9 @@ def _group(atlas: RaggedAtlas, uid: str, tmp_path: Path) -> Path:
 
 def _few_features(db: str) -> ad.AnnData:
     reader = RaggedAtlas.open(db, read_only=True)
-    return reader.query().layers("gene_expression", "counts").features(GENES[:3], "gene_expression").to_anndata()
+    return (
+        reader.query().layers("gene_expression", "counts").features(GENES[:3], "gene_expression").to_anndata()
+    )
 
 
 def test_a_lost_csc_offsets_chunk_is_an_error_and_validate_names_it(atlas: RaggedAtlas, tmp_path: Path):

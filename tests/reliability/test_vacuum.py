@@ -375,6 +375,20 @@ def test_an_atlas_written_before_atlas_ids_gets_one_and_keeps_its_old_groups(tmp
     assert_snapshots(db, {v0: {"old": x["old"]}, v1: {"old": x["old"]}})
 
 
+def test_a_moved_atlas_writes_its_store(tmp_path: Path) -> None:
+    """A database moved away from its store (nothing left where it was created) writes the store it is given,
+    the one it recorded: only a copy is refused that store while the original is there."""
+    original = new_atlas(tmp_path / "a" / "db", str(tmp_path / "arrays"))
+    x = {uid: counts(seed) for seed, uid in enumerate(["x", "y"])}
+    ingest(original, "x", x["x"])
+    shutil.move(tmp_path / "a" / "db", tmp_path / "b")
+    moved = RaggedAtlas.open(str(tmp_path / "b"), store=str(tmp_path / "arrays"))
+    ingest(moved, "y", x["y"])
+    moved.delete_dataset("x")
+    assert moved.vacuum(grace=timedelta(0))["groups"] == 1
+    assert_exact(moved, {"y": x["y"]})
+
+
 def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: Path) -> None:
     """``cp -r`` of an atlas: its recorded (absolute) store was the original's, so the copy's ingestions
     wrote there and its vacuum() deleted the original's groups (same atlas id, claims copied)."""
@@ -387,6 +401,10 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
     with pytest.warns(LancellWarning, match="copied or moved") as warned:  # read: warned, at this line
         RaggedAtlas.open(str(tmp_path / "b" / "db"), read_only=True)
     assert warned[0].filename == __file__
+    # the refusal's advice followed with the original's store: refused while the original is there
+    with pytest.raises(StoreError, match=r"is a copy of the atlas at .*/a/db, which still uses the zarr store"):
+        RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"))
+    RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"), read_only=True)
     copy = RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
     written = ingest(copy, "y", x["y"])
     assert (tmp_path / "b" / "arrays" / written.zarr_group).is_dir()
