@@ -60,8 +60,9 @@ class CellSelection:
     search: SearchSpec | None = None
 
     def where_clause(self) -> str | None:
-        """The filters, ANDed, plus the one hiding uncommitted cell rows when there are any."""
-        filters = [*self.filters, visible_cells_filter(self.core)]
+        """The filters, ANDed, plus the one hiding uncommitted cell rows when there are any (``limit(0)``:
+        ``false``, since LanceDB's ``limit(0)`` means no limit)."""
+        filters = [*self.filters, visible_cells_filter(self.core), "false" if self.limit == 0 else None]
         return " AND ".join(f"({f})" for f in filters if f is not None) or None
 
     def kept_columns(self) -> list[str] | None:
@@ -85,8 +86,8 @@ class CellSelection:
             builder = builder.where(where, prefilter=True) if self.search else builder.where(where)
         if self.columns is not None:
             builder = builder.select(self.kept_columns())
-        if limit is not None:
-            builder = builder.limit(limit)
+        if limit is not None:  # limit(0): where_clause() selects no row (LanceDB's 0: none, or refused)
+            builder = builder.limit(max(limit, 1))
         return builder
 
     def scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
@@ -143,6 +144,8 @@ class CellSelection:
             raise
         except (ValueError, RuntimeError, OSError) as exc:
             raise QueryError(f"query failed for filter {self.where_clause()!r}: {exc}") from exc
+        if "_relevance_score" in table.column_names:  # hybrid: an empty answer keeps its parts' columns too
+            table = table.drop_columns([n for n in ("_distance", "_score") if n in table.column_names])
         return table.rename_columns([_SEARCH_COLUMNS.get(n, n) for n in table.column_names])
 
     def read_pandas(self) -> pd.DataFrame:

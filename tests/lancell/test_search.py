@@ -175,3 +175,32 @@ def test_indexed_search_returns_exact_distances_and_exact_bypasses_the_index(sea
         np.testing.assert_allclose(approximate["distance"], true[found], rtol=1e-5)  # re-ranked: exact
         exact = atlas.query().search(probe, exact=True).limit(10).to_pandas()
         assert exact["uid"].tolist() == names[np.argsort(true, kind="stable")[:10]].tolist()
+
+
+@pytest.mark.parametrize("kind", ["scan", "vector", "text", "hybrid"])
+def test_limit_zero_selects_no_cell_on_every_path(searchable, kind):
+    """LanceDB reads ``limit(0)`` as no limit: ``to_batches`` and every search returned every row."""
+    atlas, pbmc = searchable
+    probe = pbmc.obsm["X_emb"][3]
+    query = {
+        "scan": atlas.query(),
+        "vector": atlas.query().search(probe),
+        "text": atlas.query().search("monocyte"),
+        "hybrid": atlas.query().search((probe, "monocyte"), query_type="hybrid"),
+    }[kind].limit(0)
+    assert query.count() == 0
+    assert query.to_arrow().num_rows == 0 and len(query.to_pandas()) == 0
+    assert query.to_anndata().n_obs == 0
+    assert sum(batch.n_obs for batch in query.to_batches(100)) == 0
+    assert query.count(group_by="cell_type").sum() == 0
+    assert len(query.to_cell_dataset("gene_expression", "log_normalized")) == 0
+
+
+def test_a_hybrid_search_matching_nothing_has_the_columns_of_one_matching_something(searchable):
+    """An empty hybrid answer held LanceDB's ``_distance``, ``_score`` and ``_relevance_score``: two
+    columns named ``score``, and ``to_anndata()`` failed with a bare KeyError."""
+    atlas, pbmc = searchable
+    query = atlas.query().search((pbmc.obsm["X_emb"][3], "monocyte"), query_type="hybrid").limit(5)
+    empty = query.where("cell_type = 'no such type'")
+    assert empty.to_arrow().schema.names == query.to_arrow().schema.names
+    assert empty.to_anndata().obs.columns.tolist() == query.to_anndata().obs.columns.tolist()
