@@ -142,6 +142,17 @@ def test_to_pandas_keeps_integers_beyond_float_precision_next_to_nulls(atlas, ob
     assert frame["k"].tolist() == atlas.query().to_anndata().obs["k"].tolist()
 
 
+def test_count_by_a_column_keeps_its_values_and_dtype_next_to_nulls(atlas, obs):
+    """``count(group_by=)`` built its index from Python values: integers beyond float precision next to a
+    null were rounded (a float64 index), booleans an object index; it is the obs column's dtype."""
+    for column, dtype in (("k", pd.Int64Dtype()), ("true", pd.BooleanDtype())):
+        counted = atlas.query().count(group_by=column)
+        assert counted.index.dtype == dtype
+        expected = obs[column].astype(dtype).value_counts(dropna=False)
+        assert counted.sort_index().to_dict() == expected.sort_index().to_dict()
+    assert BIG in atlas.query().count(group_by="k").index
+
+
 def test_a_boolean_column_stays_boolean_next_to_nulls_and_writes_to_h5ad(atlas, obs, tmp_path):
     """A boolean column came back as objects (True/False/None) where a cell read held a null, and
     ``write_h5ad`` refused it; it is pandas' nullable ``boolean`` whichever cells are read."""
