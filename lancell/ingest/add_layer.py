@@ -199,9 +199,8 @@ def _write_values(group: zarr.Group, dataset: str, name: str, source: object, ki
             keep = values != 0
             keys, values = keys[keep], values[keep]
             position = np.searchsorted(stored_keys, keys)
-            off = (position >= stored_keys.size) | (
-                stored_keys[np.minimum(position, stored_keys.size - 1)] != keys
-            )
+            found = stored_keys[np.minimum(position, stored_keys.size - 1)] if stored_keys.size else keys + 1
+            off = (position >= stored_keys.size) | (found != keys)
             if off.any():
                 first = int(keys[off][0])
                 raise IngestError(

@@ -176,6 +176,23 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
 
 
+def test_add_layer_to_a_dataset_without_values_refuses_values_typed(atlas, celltypist):
+    """A dataset whose counts are all zeros stores no pattern: a layer with a value raised a bare IndexError."""
+    empty = celltypist[:4].copy()
+    empty.obs = empty.obs[[]]
+    empty.X = sp.csr_matrix(empty.shape, dtype=np.int32)
+    record = _ingest(atlas, empty, "no_values", zarr_layer="counts")
+    x = np.zeros(empty.shape, np.float32)
+    x[2, 5] = 1.0
+    with pytest.raises(IngestError, match=r"cell row 2, feature \d+ \(stored order\) holds a value where"):
+        add_layer(atlas, "no_values", "log_normalized", x)
+    assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
+    assert add_layer(atlas, "no_values", "log_normalized", np.zeros(empty.shape, np.float32)) == [
+        "counts",
+        "log_normalized",
+    ]
+
+
 def test_add_layer_says_which_group_the_store_failed_to_open(atlas, celltypist, monkeypatch):
     """A store failure opening the dataset's group (before anything is written) was obstore's own error."""
     counts_only = celltypist[:50].copy()
