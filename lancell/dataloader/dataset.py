@@ -34,6 +34,7 @@ from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
 from lancell.errors import GroupNotFoundError, QueryError
+from lancell.query.name_lists import name_list
 from lancell.storage.nodes import open_node
 from lancell.storage.store_failures import store_boundary
 from lancell.storage.stores import describe_store
@@ -205,7 +206,7 @@ class CellDataset:
         """
         query = query.pinned()  # the rows and the records they are planned with: one state of the atlas
         atlas = query.atlas
-        columns = (metadata_columns,) if isinstance(metadata_columns, str) else tuple(metadata_columns)
+        columns = tuple(name_list("metadata_columns", metadata_columns, one=True))
         reserved = sorted(set(columns) & set(RESERVED_KEYS))
         if reserved:
             raise QueryError(f"metadata columns {reserved} would collide with the batch keys {RESERVED_KEYS}")

@@ -8,6 +8,7 @@ query (``to_anndata()``, ``count()``, ``to_batches()``, ...) are in :mod:`lancel
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,6 +20,7 @@ from lancell.errors import QueryError
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
+from lancell.query.name_lists import name_list
 from lancell.query.plan import Join
 from lancell.query.terminals import QueryTerminals
 from lancell.query.unmeasured import ON_UNMEASURED, OnUnmeasured
@@ -127,13 +129,15 @@ class AtlasQuery(QueryTerminals):
         return self._with(cells=replace(self._cells, search=spec))
 
     def limit(self, n: int) -> AtlasQuery:
-        """Return at most ``n`` cells."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:  # True is an int, not a count
+        """Return at most ``n`` cells (``0``: none)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:  # True is an int, not a count
             raise QueryError(f"limit must be a non-negative integer, got {n!r}")
-        return self._with(cells=replace(self._cells, limit=n))
+        return self._with(cells=replace(self._cells, limit=int(n)))
 
-    def select(self, columns: Sequence[str]) -> AtlasQuery:
-        """Keep only these obs columns (``uid``, ``dataset_uid`` and pointers are always kept)."""
+    def select(self, columns: str | Sequence[str]) -> AtlasQuery:
+        """Keep only these obs columns (one name, or a list; ``uid``, ``dataset_uid`` and pointers are always
+        kept)."""
+        columns = name_list("select()", columns, one=True)
         names = self._atlas.core.cell_arrow.names
         if unknown := sorted(set(columns) - set(names)):
             raise QueryError(f"unknown cell columns {unknown}; the cell table has {names}")
@@ -166,7 +170,7 @@ class AtlasQuery(QueryTerminals):
             No layer, a repeated one, a layer the feature space does not allow, or an earlier call chose
             another feature space.
         """
-        names = [layers] if isinstance(layers, str) else list(layers)
+        names = name_list("layers()", layers, one=True)
         if not names or len(set(names)) != len(names):
             raise QueryError(f"layers() needs distinct layer names, got {layers!r}")
         space = resolve_feature_space(self._atlas.feature_spaces, feature_space)
@@ -187,15 +191,14 @@ class AtlasQuery(QueryTerminals):
         Raises
         ------
         QueryError
-            An empty list or a bare string, or an earlier call (e.g. :meth:`layers`) chose another feature
-            space.
+            An empty list, a bare string or a set (:func:`~lancell.query.name_lists.name_list`), or an earlier
+            call (e.g. :meth:`layers`) chose another feature space.
         """
-        if isinstance(names_or_uids, str) or not len(names_or_uids):
+        names = name_list("features()", names_or_uids)
+        if not names:
             raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
-        reads = self._reads.choose(
-            feature_space, "features()", features=list(names_or_uids), case_sensitive=case_sensitive
-        )
+        reads = self._reads.choose(feature_space, "features()", features=names, case_sensitive=case_sensitive)
         return self._with(reads=reads)
 
     def all_features(self, feature_space: str) -> AtlasQuery:

@@ -307,6 +307,25 @@ def test_query_arguments_of_another_kind_are_refused(atlas):
         atlas.query().count(group_by="gene_expression")
 
 
+def test_lists_of_names_are_read_as_lists_in_their_order(atlas):
+    """select("null") read the column names "n", "u", "l"; features() of a set took its arbitrary order and
+    of a generator raised a builtin TypeError; limit() refused a NumPy integer that to_batches() took."""
+    kept = {"uid", "dataset_uid", "gene_expression", "protein"}  # identity and pointers are always kept
+    assert set(atlas.query().select("null").to_pandas().columns) == kept | {"null"}
+    assert set(atlas.query().select(pd.Index(["k", "null"])).to_pandas().columns) == kept | {"null", "k"}
+    with pytest.raises(QueryError, match=r"features\(\) needs a list of names in the order wanted, got set"):
+        atlas.query().features({"g1", "g0"}, "gene_expression")
+    with pytest.raises(QueryError, match=r"features\(\) needs a list of names, got the string 'g0'"):
+        atlas.query().features("g0", "gene_expression")
+    with pytest.raises(QueryError, match=r"select\(\) needs names \(strings\), got \[3\]"):
+        atlas.query().select(["k", 3])
+    with pytest.raises(QueryError, match="metadata_columns needs a list of names in the order wanted"):
+        atlas.query().to_cell_dataset("gene_expression", "counts", metadata_columns=None)
+    generated = atlas.query().features((name for name in ["g1", "g0"]), "gene_expression")
+    assert generated.to_anndata().var_names.tolist() == ["g1", "g0"]
+    assert atlas.query().limit(np.int64(2)).count() == 2
+
+
 def test_a_second_choice_never_silently_replaces_the_first(atlas):
     """features(["a"]).features(["b"]) read only b, layers() twice the last; a second search() replaced the
     first. The same choice again is no conflict (the loader's reading() repeats the query's)."""
