@@ -280,6 +280,10 @@ class RaggedAtlas:
 
         Raises
         ------
+        ArgumentError
+            ``cleanup_older_than`` is not a ``datetime.timedelta`` (nothing is changed).
+        ArgumentValueError
+            ``cleanup_older_than`` is negative (nothing is changed).
         LockLostError
             Another process took the optimize lock over; the tables not yet optimized are left as they are.
         """

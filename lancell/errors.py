@@ -13,6 +13,7 @@ working. Warnings about inputs that were accepted but not used derive from :clas
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 
 def _preview(values: Sequence[object], n: int = 5) -> str:
@@ -57,6 +58,28 @@ def require_type(name: str, value: object, kind: type | tuple[type, ...], what: 
     """Raise :class:`ArgumentError` unless ``value`` (argument ``name``) is a ``kind`` (``what`` in words)."""
     if not isinstance(value, kind):
         raise ArgumentError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
+LONGEST_AGE = timedelta(days=365_250)
+"""An age limit longer than this (a thousand years) is taken as this: it keeps everything either way, and the
+clock minus a longer one is no date."""
+
+
+def require_age(name: str, value: object) -> timedelta:
+    """``value`` (argument ``name``, an age limit such as vacuum's grace) as a ``timedelta`` of at most
+    :data:`LONGEST_AGE`.
+
+    Raises
+    ------
+    ArgumentError
+        Not a ``datetime.timedelta`` (a number of hours, a string).
+    ArgumentValueError
+        Negative (it would act as none).
+    """
+    require_type(name, value, timedelta, "a datetime.timedelta, e.g. timedelta(0) for none")
+    if value < timedelta(0):
+        raise ArgumentValueError(f"{name} must be at least timedelta(0) (none), got {value!r}")
+    return min(value, LONGEST_AGE)
 
 
 class SchemaError(LancellError, ValueError):

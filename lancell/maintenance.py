@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
-from lancell.errors import ArgumentValueError, DatasetNotFoundError, LockTimeoutError, require_type
+from lancell.errors import DatasetNotFoundError, LockTimeoutError, require_age, require_type
 from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
@@ -149,9 +149,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     ArgumentValueError
         ``grace`` is negative (it would act as none).
     """
-    require_type("grace", grace, timedelta, "a datetime.timedelta, e.g. timedelta(0) for none")
-    if grace < timedelta(0):
-        raise ArgumentValueError(f"grace must be at least timedelta(0) (none), got {grace!r}")
+    grace = require_age("grace", grace)
     claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace

@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from lancell.errors import CommitConflictError
+from lancell.errors import CommitConflictError, require_age
 from lancell.tables.indexes import build_indexes
 from lancell.tables.registry import number_unindexed
 from lancell.tables.versions import SNAPSHOT_LOCK
@@ -60,14 +60,22 @@ def optimize_tables(core: AtlasCore, cleanup_older_than: timedelta | None = None
 
     Raises
     ------
+    ArgumentError
+        ``cleanup_older_than`` is not a ``datetime.timedelta`` (nothing is changed).
+    ArgumentValueError
+        ``cleanup_older_than`` is negative (nothing is changed).
     LockLostError
         Another process took the optimize lock over; the tables not yet optimized are left as they are.
     CommitConflictError
         A table's compaction lost its commit to other processes' writes ``_ATTEMPTS`` times in a row.
     """
+    keep_for = (
+        DEFAULT_RETENTION
+        if cleanup_older_than is None
+        else require_age("cleanup_older_than", cleanup_older_than)
+    )
     core.require_writable()
     assign_global_indices(core)
-    keep_for = DEFAULT_RETENTION if cleanup_older_than is None else cleanup_older_than
     with core.lock("optimize") as lease:
         for handle in core.tables.handles.values():
             # lancedb's own cleanup refuses to run once a tagged version is old; compact and index here,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,7 +26,7 @@ from typing import Literal
 import obstore
 import obstore.store as obs_store
 
-from lancell.errors import GroupNotFoundError, StoreError
+from lancell.errors import GroupNotFoundError, LancellWarning, StoreError
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
 from lancell.storage.stores import delete_prefix, describe_store, location_in_store, read_json, write_json
 
@@ -118,31 +119,54 @@ class GroupClaims:
         )
 
     def get(self, group: str) -> GroupClaim | None:
-        """The claim of ``group``, or None."""
-        body = read_json(self.meta_store, _claim_path(group))
-        return None if body is None else _parse(body)
+        """The claim of ``group``, or None (also for a file there that is not a claim: warned)."""
+        return self._read(_claim_path(group))
 
     def list(self) -> list[GroupClaim]:
-        """Every claim in the metadata store, oldest first."""
+        """Every claim in the metadata store, oldest first (files there that are not claims: warned)."""
         paths = [
             meta["path"]
             for batch in obstore.list(self.meta_store, prefix=CLAIMS_PREFIX + "/")
             for meta in batch
             if meta["path"].endswith(".json")
         ]
-        claims = [_parse(body) for path in paths if (body := read_json(self.meta_store, path)) is not None]
+        claims = [claim for path in paths if (claim := self._read(path)) is not None]
         return sorted(claims, key=lambda claim: (claim.created_at, claim.group))
+
+    def _read(self, path: str) -> GroupClaim | None:
+        """The claim stored at ``path``; None when there is none, or when the file is not a claim of the group
+        its name says (not JSON, fields missing or malformed: warned). Such a group is not provably this
+        atlas's, so nothing deletes it."""
+        try:
+            body = read_json(self.meta_store, path)
+            claim = None if body is None else _parse(body)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            claim, problem = None, f"{type(exc).__name__}: {exc}"
+        else:
+            if claim is None or _claim_path(claim.group) == path:
+                return claim
+            problem = f"it names group {claim.group!r}"
+        warnings.warn(
+            f"{path} in the atlas's metadata store is not a claim lancell wrote ({problem}): the group it "
+            "names is left in place (remove or restore the file)",
+            LancellWarning,
+            stacklevel=2,
+        )
+        return None
 
     def mark_released(self, group: str) -> None:
         """Record that ``group``'s dataset is being deleted now (``vacuum``'s grace counts from then).
 
-        A claim that is missing (an older lancell wrote the group) or another atlas's stays as it is.
+        A claim that is missing (an older lancell wrote the group), not a claim, or another atlas's stays as
+        it is.
         """
-        body = read_json(self.meta_store, _claim_path(group))
-        if body is None or body.get("atlas_id") != self.atlas_id:
+        claim = self.get(group)
+        if claim is None or claim.atlas_id != self.atlas_id:
             return
-        released = datetime.now(UTC).isoformat()
-        write_json(self.meta_store, _claim_path(group), {**body, "released_at": released})
+        body = read_json(self.meta_store, _claim_path(group))
+        write_json(
+            self.meta_store, _claim_path(group), {**body, "released_at": datetime.now(UTC).isoformat()}
+        )
 
     def release(self, group: str) -> None:
         """Remove the claim of ``group`` (its group is gone)."""
@@ -240,14 +264,23 @@ def _claim_path(group: str) -> str:
 
 
 def _parse(body: dict[str, object]) -> GroupClaim:
+    """The claim a claim file holds (ValueError, TypeError, KeyError or AttributeError: it holds none)."""
     released = body.get("released_at")
     return GroupClaim(
         group=str(body["group"]),
         atlas_id=str(body["atlas_id"]),
         dataset_uid=str(body["dataset_uid"]),
-        created_at=datetime.fromisoformat(str(body["created_at"])),
-        released_at=None if released is None else datetime.fromisoformat(str(released)),
+        created_at=_moment(body["created_at"]),
+        released_at=None if released is None else _moment(released),
     )
+
+
+def _moment(text: object) -> datetime:
+    """A time a claim recorded (ISO 8601 with its offset, as lancell writes it)."""
+    moment = datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no offset")
+    return moment
 
 
 def _stored_under(store: obs_store.ObjectStore, prefix: str) -> bool:

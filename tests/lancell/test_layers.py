@@ -177,7 +177,7 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
 
 
 def test_add_layer_to_a_dataset_without_values_refuses_values_typed(atlas, celltypist):
-    """A dataset whose counts are all zeros stores no pattern: a layer with a value raised a bare IndexError."""
+    """A dataset whose counts are all zeros stores no pattern: a layer's value raised a bare IndexError."""
     empty = celltypist[:4].copy()
     empty.obs = empty.obs[[]]
     empty.X = sp.csr_matrix(empty.shape, dtype=np.int32)

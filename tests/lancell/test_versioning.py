@@ -133,6 +133,24 @@ def test_maintenance_arguments_of_another_type_are_refused(atlas):
     with pytest.raises(ArgumentValueError, match=r"grace must be at least timedelta\(0\) \(none\), got "):
         atlas.vacuum(grace=timedelta(hours=-5))
     assert atlas.query().count() == 700
+    # a grace longer than the clock's past raised OverflowError: it keeps everything
+    for grace in (timedelta.max, timedelta(hours=1e9)):
+        assert atlas.vacuum(grace=grace) == {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+
+
+def test_optimize_refuses_a_retention_it_cannot_use_before_it_changes_anything(atlas):
+    """optimize(cleanup_older_than="1h") compacted the cell table, then raised a builtin TypeError; 0 and a
+    negative age were taken silently (vacuum refuses both); timedelta.max raised OverflowError."""
+    ingest_bundled(atlas, BUNDLED[0])
+    versions = atlas.table_versions()
+    for age in ("1h", 3.5, 0):
+        with pytest.raises(ArgumentError, match=f"cleanup_older_than must be a datetime.timedelta.* {age!r}"):
+            atlas.optimize(cleanup_older_than=age)
+    with pytest.raises(ArgumentValueError, match=r"cleanup_older_than must be at least timedelta\(0\)"):
+        atlas.optimize(cleanup_older_than=timedelta(days=-1))
+    assert atlas.table_versions() == versions
+    atlas.optimize(cleanup_older_than=timedelta.max)
+    assert atlas.query().count() == 700
 
 
 def test_vacuum_removes_unreferenced_own_groups_only(atlas):

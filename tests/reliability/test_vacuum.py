@@ -402,7 +402,7 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
         RaggedAtlas.open(str(tmp_path / "b" / "db"), read_only=True)
     assert warned[0].filename == __file__
     # the refusal's advice followed with the original's store: refused while the original is there
-    with pytest.raises(StoreError, match=r"is a copy of the atlas at .*/a/db, which still uses the zarr store"):
+    with pytest.raises(StoreError, match=r"is a copy of the atlas at .*/a/db, which still uses the zarr"):
         RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"))
     RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"), read_only=True)
     copy = RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
@@ -427,3 +427,39 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
         warnings.simplefilter("error")  # its store lies inside it: nothing to warn about
         pinned = RaggedAtlas.checkout_latest(str(tmp_path / "d" / "db"))
     assert str(pinned.store.prefix) == str((tmp_path / "d" / "db" / "_zarr").resolve())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{}",
+        "not json",
+        "[1, 2]",
+        '{"group": "g", "atlas_id": "a", "dataset_uid": "d", "created_at": "yesterday"}',
+        '{"group": "g", "atlas_id": "a", "dataset_uid": "d", "created_at": "2020-01-01T00:00:00"}',
+    ],
+)
+def test_a_file_among_the_claims_that_is_not_a_claim_is_warned_and_claims_nothing(tmp_path: Path, body: str):
+    """A stray or damaged file in ``_lancell/groups/`` made vacuum() fail with a KeyError, JSONDecodeError,
+    AttributeError or TypeError until it was removed; and a claim file naming another group than its own
+    name would have claimed that group."""
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    kept = ingest(atlas, "kept", counts(0))
+    gone = ingest(atlas, "gone", counts(1))
+    atlas.delete_dataset("gone")
+    claims = tmp_path / "db" / "_lancell" / "groups"
+    (claims / "stray.json").write_text(body)
+    with pytest.warns(LancellWarning, match=r"groups/stray.json in the atlas's metadata store is not a"):
+        assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1}
+    assert not (tmp_path / "arrays" / gone.zarr_group).exists()
+    assert_exact(atlas, {"kept": counts(0)})
+
+    # a claim copied under another group's name claims nothing
+    (claims / "stray.json").unlink()
+    other = ingest(atlas, "other", counts(2))
+    (claims / f"{other.zarr_group}.json").rename(claims / "moved.json")
+    atlas.delete_dataset("other")
+    with pytest.warns(LancellWarning, match=f"it names group '{other.zarr_group}'"):
+        assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "unclaimed": 0}
+    assert (tmp_path / "arrays" / other.zarr_group).is_dir()
+    assert kept.zarr_group != other.zarr_group
