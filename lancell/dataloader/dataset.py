@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -141,6 +141,7 @@ class CellDataset:
         metadata_columns: str | Sequence[str] = (),
         features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> CellDataset:
         """The cells of ``atlas`` matching ``where`` (at most ``limit``); see :meth:`from_query`."""
         query = atlas.query()
@@ -155,6 +156,7 @@ class CellDataset:
             metadata_columns=metadata_columns,
             features=features,
             store_kwargs=store_kwargs,
+            categories=categories,
         )
 
     @classmethod
@@ -167,6 +169,7 @@ class CellDataset:
         metadata_columns: str | Sequence[str] = (),
         features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> CellDataset:
         """Read the pointers (and metadata columns) of the query's cells once and build the dataset.
 
@@ -194,6 +197,11 @@ class CellDataset:
         store_kwargs
             Client settings (e.g. credentials) workers use to reopen the store; default: the atlas store's
             non-secret settings and retry settings, with credentials taken from the environment.
+        categories
+            Fixed codes of string metadata columns, ``{column: labels}`` (code ``i`` is ``labels[i]``): pass
+            the training set's :attr:`categories` to its validation and test sets, so that a code means one
+            label in all of them (by default a column's codes are its labels in these cells, sorted: a set
+            without one label numbers the others differently). A label not given is a ``QueryError``.
 
         Raises
         ------
@@ -211,7 +219,7 @@ class CellDataset:
         if reserved:
             raise QueryError(f"metadata columns {reserved} would collide with the batch keys {RESERVED_KEYS}")
         reading = query.reading(feature_space, layer, features)
-        metadata = MetadataEncoder(atlas.core.cell_arrow, columns)
+        metadata = MetadataEncoder(atlas.core.cell_arrow, columns, categories)
         kind = atlas.feature_spaces[feature_space].kind
         cells = stream_cells(reading.selection, reading.plan_for, feature_space, kind, metadata)
         plan = cells.plan

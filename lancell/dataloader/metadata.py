@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import QueryError
+from lancell.query.name_lists import name_list
 
 __all__ = ["EncodedMetadata", "LabelCodes", "MetadataEncoder", "lookup_codes"]
 
@@ -71,15 +73,25 @@ class MetadataEncoder:
     """Encodes metadata columns record batch by record batch into arrays of one value per cell
     (string/dictionary columns as codes, numeric and boolean columns as values).
 
+    ``categories`` fixes the codes of string columns: ``{column: labels}``, code ``i`` meaning ``labels[i]``
+    (those of another dataset, e.g. the training set's for its validation set); the other string columns
+    are coded by their labels in the rows kept, sorted.
+
     Raises
     ------
     QueryError
-        At construction: an unknown column or a column of another type (lists, structs...); in :meth:`add`:
-        an integer or boolean column with nulls (it has no value to stand for a null; use a float column or
-        fill it).
+        At construction: an unknown column or a column of another type (lists, structs...), categories of
+        a column that is not a string metadata column, or repeated labels; in :meth:`add`: an integer or
+        boolean column with nulls (it has no value to stand for a null; use a float column or fill it); in
+        :meth:`finish`: a label of a kept row that is not among its column's given categories.
     """
 
-    def __init__(self, schema: pa.Schema, names: tuple[str, ...] | list[str]) -> None:
+    def __init__(
+        self,
+        schema: pa.Schema,
+        names: tuple[str, ...] | list[str],
+        categories: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.names = list(names)
         self._labels: dict[str, LabelCodes] = {}
         self._dtypes: dict[str, np.dtype] = {}
@@ -97,6 +109,7 @@ class MetadataEncoder:
                     f"metadata column {name!r} has type {kind}; use string, numeric or bool columns"
                 )
         self._values: dict[str, np.ndarray] = {}
+        self._fixed = _fixed_categories(categories or {}, self._labels)
 
     def allocate(self, n_cells: int) -> None:
         """Make room for ``n_cells`` rows (before the first :meth:`add`)."""
@@ -122,11 +135,54 @@ class MetadataEncoder:
             column = self._values.pop(name, np.zeros(0, self._dtypes[name]))
             if keep is not None:
                 column = column[keep]
-            if name in self._labels:
+            if name in self._fixed:
+                values[name] = _given_codes(name, column, self._labels[name].names(), self._fixed[name])
+                categories[name] = list(self._fixed[name])
+            elif name in self._labels:
                 values[name], categories[name] = _sorted_codes(column, self._labels[name].names())
             else:
                 values[name] = column
         return EncodedMetadata(values, categories)
+
+
+def _fixed_categories(
+    categories: Mapping[str, Sequence[str]], labels: Mapping[str, LabelCodes]
+) -> dict[str, list[str]]:
+    """The given categories per string metadata column, checked."""
+    if not isinstance(categories, Mapping):
+        raise QueryError(f"categories must map string metadata columns to their labels, got {categories!r}")
+    fixed = {}
+    for name, given in categories.items():
+        if name not in labels:
+            raise QueryError(
+                f"categories given for {name!r}, which is not a string column among the metadata columns "
+                f"{sorted(labels)}"
+            )
+        fixed[name] = name_list(f"categories[{name!r}]", given)
+        if len(set(fixed[name])) != len(fixed[name]):
+            raise QueryError(f"categories[{name!r}] repeats labels")
+    return fixed
+
+
+def _given_codes(name: str, codes: np.ndarray, labels: list[str], given: list[str]) -> np.ndarray:
+    """``codes`` (into ``labels``, ``-1``: null) as positions in ``given``, in the smallest dtype that fits.
+
+    Raises
+    ------
+    QueryError
+        A label the codes use is not in ``given``.
+    """
+    position = {label: i for i, label in enumerate(given)}
+    used = np.zeros(len(labels) + 1, dtype=bool)
+    used[codes] = True  # a null marks the trailing slot
+    if missing := [labels[i] for i in np.flatnonzero(used[:-1]) if labels[i] not in position]:
+        raise QueryError(
+            f"metadata column {name!r}: labels {missing[:5]} of the selected cells are not among the "
+            f"{len(given)} categories given"
+        )
+    dtype = _code_dtype(len(given))
+    table = np.asarray([position.get(label, -1) for label in labels] + [-1], dtype=dtype)
+    return lookup_codes(codes, table, np.empty(codes.size, dtype))
 
 
 def lookup_codes(codes: np.ndarray, table: np.ndarray, out: np.ndarray, rows: int = 65_536) -> np.ndarray:

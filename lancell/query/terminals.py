@@ -326,6 +326,7 @@ class QueryTerminals:
         metadata_columns: Sequence[str] = (),
         features: Sequence[str] | str | None = None,
         store_kwargs: dict[str, Any] | None = None,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> CellDataset:
         """A map-style PyTorch dataset of the matching cells (positions follow the query or search order).
 
@@ -334,7 +335,8 @@ class QueryTerminals:
         ``layer``: one name, or several (each batch carries one tensor per layer, the first as ``X``).
         ``store_kwargs``: the client settings (e.g. credentials given only in memory) DataLoader workers
         reopen the store with; default: the store's non-secret settings, credentials from the environment.
-        See :class:`lancell.dataloader.CellDataset`.
+        ``categories``: fixed codes of string metadata columns (a training set's ``categories``, for its
+        validation set). See :meth:`lancell.dataloader.CellDataset.from_query`.
         """
         from lancell.dataloader import CellDataset  # torch is an optional dependency
 
@@ -345,4 +347,5 @@ class QueryTerminals:
             metadata_columns=metadata_columns,
             features=features,
             store_kwargs=store_kwargs,
+            categories=categories,
         )

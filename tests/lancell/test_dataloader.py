@@ -273,6 +273,37 @@ def test_metadata_codes_and_categories(bundled):
         query.to_cell_dataset(SPACE, "raw_spliced")
 
 
+def test_fixed_categories_give_a_label_one_code_in_every_dataset(bundled):
+    """A validation set without one of the training set's labels numbered the others differently (codes are
+    a set's own labels, sorted): ``categories=`` fixes them."""
+    query = bundled.query().on_unmeasured("keep")
+    train = query.to_cell_dataset(SPACE, "counts", metadata_columns=["cell_type"])
+    labels = train.categories["cell_type"]
+    first = labels[0]
+    held_out = query.where(f"cell_type IS NULL OR cell_type != '{first}'")
+    alone = held_out.to_cell_dataset(SPACE, "counts", metadata_columns=["cell_type"])
+    assert alone.categories["cell_type"] == labels[1:]  # its own codes: shifted by one
+    fixed = held_out.to_cell_dataset(
+        SPACE, "counts", metadata_columns="cell_type", categories=train.categories
+    )
+    assert fixed.categories["cell_type"] == labels
+    obs = held_out.to_pandas()
+    decoded = np.asarray([*labels, None], dtype=object)[fixed.metadata.values["cell_type"]]
+    assert decoded.tolist() == obs["cell_type"].tolist()
+    with pytest.raises(
+        QueryError, match=r"labels \[.*\] of the selected cells are not among the 2 categories"
+    ):
+        query.to_cell_dataset(
+            SPACE, "counts", metadata_columns=["cell_type"], categories={"cell_type": labels[:2]}
+        )
+    with pytest.raises(QueryError, match="categories given for 'n_counts', which is not a string column"):
+        query.to_cell_dataset(SPACE, "counts", metadata_columns=["n_counts"], categories={"n_counts": ["1"]})
+    with pytest.raises(QueryError, match=r"categories\['cell_type'\] repeats labels"):
+        query.to_cell_dataset(
+            SPACE, "counts", metadata_columns=["cell_type"], categories={"cell_type": ["a", "a"]}
+        )
+
+
 def test_pickle_holds_no_handles_and_16_bytes_per_cell(bundled):
     small = bundled.query().on_unmeasured("keep").limit(2000).to_cell_dataset(SPACE, "counts")
     large = bundled.query().on_unmeasured("keep").to_cell_dataset(SPACE, "counts")
