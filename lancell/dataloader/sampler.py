@@ -125,8 +125,9 @@ class CellSampler(Sampler[list[int]]):
     Warns
     -----
     LancellWarning
-        ``block_size`` in random mode (it has no effect), or an epoch of no batches (fewer cells than
-        ``num_replicas * batch_size`` with ``drop_last``, or none).
+        ``block_size`` in random mode (it has no effect), an epoch of no batches (fewer cells than
+        ``num_replicas * batch_size`` with ``drop_last``, or none), or several replicas reading a dataset
+        built on the live atlas (each rank's may hold other cells: build it from a snapshot).
     """
 
     def __init__(
@@ -161,6 +162,15 @@ class CellSampler(Sampler[list[int]]):
         if block_size is not None and mode == "random":
             warnings.warn(
                 f"block_size={block_size!r} is ignored: random mode draws single cells, not blocks",
+                LancellWarning,
+                stacklevel=2,
+            )
+        if self.num_replicas > 1 and dataset.source.snapshot_version is None:
+            warnings.warn(
+                f"rank {self.rank} of {self.num_replicas} reads a dataset built on the live atlas: ranks "
+                "that build theirs at different moments (another process writing meanwhile) split different "
+                "cell lists, so cells overlap or go unread and batch counts differ (a DDP step then hangs); "
+                "build it from a snapshot (RaggedAtlas.checkout / checkout_latest)",
                 LancellWarning,
                 stacklevel=2,
             )

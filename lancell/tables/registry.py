@@ -234,14 +234,28 @@ def assign_new_features(table: Table, prepared: pa.Table) -> int:
 
 
 def number_unindexed(table: Table) -> int:
-    """Give a global index to rows added without one (e.g. by hand); the caller holds the registry lock."""
+    """Give a global index to rows added without one (e.g. by hand); the caller holds the registry lock.
+
+    Raises
+    ------
+    FeatureRegistryError
+        The registry holds a uid more than once (a row added by hand repeating a registered uid): nothing is
+        numbered (numbering by uid would renumber the registered feature that datasets' layouts point to).
+    """
     frame = registry_index(table)
     missing = frame[frame.isna()].index.tolist()
     if not missing:
         return 0
+    if frame.index.has_duplicates:
+        repeated = frame.index[frame.index.duplicated()].unique().tolist()
+        raise FeatureRegistryError(
+            f"registry {table.name!r} holds uids {repeated[:5]} more than once: remove the rows added by "
+            "hand that repeat a registered uid (nothing was numbered)"
+        )
     start = int(frame.dropna().max()) + 1 if frame.notna().any() else 0
     for offset, uid in enumerate(missing):
-        table.update(where=f"uid = {sql_literal(uid)}", values={"global_index": start + offset})
+        where = f"uid = {sql_literal(uid)} AND global_index IS NULL"
+        table.update(where=where, values={"global_index": start + offset})
     return len(missing)
 
 

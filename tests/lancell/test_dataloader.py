@@ -14,7 +14,13 @@ import torch
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
 from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, batch_entropy, make_loader
-from lancell.errors import FeatureSpaceError, OutOfBoundsError, QueryError, UnmeasuredDataError
+from lancell.errors import (
+    FeatureSpaceError,
+    LancellWarning,
+    OutOfBoundsError,
+    QueryError,
+    UnmeasuredDataError,
+)
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.query.reconstruct import presence_matrix
 from lancell.tables.schema import (
@@ -395,3 +401,19 @@ def test_sampler_shards_equal_disjoint_complete(bundled, mode, drop_last):
         assert np.array_equal(np.unique(cells), np.arange(1000))
     with pytest.raises(ValueError):
         CellSampler(dataset, 64, num_replicas=2, rank=2)
+
+
+def test_replicas_reading_the_live_atlas_are_warned(bundled):
+    """Ranks that built their datasets on the live atlas at different moments split different cell lists
+    (cells on two ranks or none, unequal batch counts): each rank is warned; a snapshot's dataset is not."""
+    import warnings
+
+    live_atlas = RaggedAtlas.open(bundled.db_uri, read_only=True)
+    live = live_atlas.query().on_unmeasured("keep").limit(100).to_cell_dataset(SPACE, "counts")
+    with pytest.warns(LancellWarning, match="rank 1 of 2 reads a dataset built on the live atlas"):
+        CellSampler(live, 16, num_replicas=2, rank=1)
+    pinned = bundled.query().on_unmeasured("keep").limit(100).to_cell_dataset(SPACE, "counts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CellSampler(pinned, 16, num_replicas=2, rank=1)
+        CellSampler(live, 16)  # one replica: nothing to split

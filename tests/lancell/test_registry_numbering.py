@@ -1,0 +1,86 @@
+"""Numbering features added to a registry by hand (``assign_global_indices``, also run by ``optimize``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import FeatureRegistryError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str | None = None
+
+
+class Cells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+X = np.array([[1, 2], [0, 3], [4, 0]], dtype=np.int32)
+
+
+@pytest.fixture
+def atlas(tmp_path: Path) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        Cells,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["G0", "G1"], "gene_symbol": ["a", "b"]}))
+    add_from_anndata(
+        atlas,
+        ad.AnnData(
+            sp.csr_matrix(X), obs=pd.DataFrame(index=["c0", "c1", "c2"]), var=pd.DataFrame(index=["G0", "G1"])
+        ),
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d1"),
+        progress=False,
+    )
+    return atlas
+
+
+def _add_by_hand(atlas: RaggedAtlas, uid: str) -> None:
+    rows = {"uid": [uid], "global_index": pa.array([None], pa.int64()), "gene_symbol": ["by hand"]}
+    atlas.core.tables.registry("gene_expression").add(pa.table(rows))
+
+
+def _numbers(atlas: RaggedAtlas) -> list[tuple[str, object]]:
+    registry = atlas.feature_registry("gene_expression").sort_values(["uid", "gene_symbol"])
+    return list(zip(registry["uid"], registry["global_index"].astype("Int64").tolist(), strict=True))
+
+
+def test_a_feature_added_by_hand_gets_the_next_number(atlas: RaggedAtlas):
+    _add_by_hand(atlas, "G2")
+    assert atlas.assign_global_indices() == {"gene_expression": 1}
+    assert _numbers(atlas) == [("G0", 0), ("G1", 1), ("G2", 2)]
+    out = atlas.query().layers("gene_expression", "counts").all_features("gene_expression").to_anndata()
+    np.testing.assert_array_equal(out.X.toarray(), np.c_[X, np.zeros(3, np.int32)])
+
+
+def test_a_row_repeating_a_registered_uid_is_refused_and_numbers_nothing(atlas: RaggedAtlas):
+    """Numbering by uid gave the registered G1 (which dataset d1's layout points to) a new number: its
+    column read as zeros under all_features(), a union query failed with a builtin ValueError."""
+    _add_by_hand(atlas, "G1")
+    before = _numbers(atlas)
+    for call in (atlas.assign_global_indices, atlas.optimize):
+        with pytest.raises(FeatureRegistryError, match=r"holds uids \['G1'\] more than once"):
+            call()
+    assert _numbers(atlas) == before
+    registry = atlas.core.tables.registry("gene_expression")
+    registry.delete("gene_symbol = 'by hand'")
+    assert atlas.assign_global_indices() == {"gene_expression": 0}
+    np.testing.assert_array_equal(
+        atlas.query().layers("gene_expression", "counts").to_anndata().X.toarray(), X
+    )
