@@ -163,6 +163,10 @@ def _core(
 ) -> AtlasCore:
     pinned = None if snapshot is None else snapshot["tables"]
     tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
+    if dataset_schema is not None:  # (its class has loaded lancedb, which the schema module imports)
+        from lancell.tables.schema import check_record_fields
+
+        check_record_fields(dataset_schema, tables.datasets.schema)
     with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):
         return AtlasCore(
             db_uri=database.uri,

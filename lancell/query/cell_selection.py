@@ -21,7 +21,7 @@ from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
 from lancell.tables.obs import NULLABLE_DTYPES
 from lancell.tables.pinned_table import lance_sql, scan_readahead
-from lancell.tables.stored_fields import pointer_fields_from_arrow
+from lancell.tables.stored_fields import SEARCH_RESULT_COLUMNS, pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["CellSelection"]
 
 # lancedb's names of the search columns -> the names a query returns
-_SEARCH_COLUMNS = {"_distance": "distance", "_score": "score", "_relevance_score": "score"}
+_DISTANCE, _SCORE = SEARCH_RESULT_COLUMNS
+_SEARCH_COLUMNS = {"_distance": _DISTANCE, "_score": _SCORE, "_relevance_score": _SCORE}
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,12 @@ class CellSelection:
         renamed ``distance`` / ``score``.
         """
         columns = self.kept_columns() if columns is None else columns
+        read = self.core.cell_arrow.names if columns is None else columns
+        if self.search is not None and (taken := set(SEARCH_RESULT_COLUMNS) & set(read)):
+            raise QueryError(  # a cell schema of an older lancell could declare them
+                f"cell columns {sorted(taken)} have the names of the columns a search adds: select() the "
+                "columns wanted without them"
+            )
         try:
             if self.search is None:
                 table = self.scan(columns, self.where_clause())

@@ -24,7 +24,13 @@ from pydantic import BaseModel, Field, create_model
 
 from lancell.errors import IngestError, SchemaError
 from lancell.storage.groups import PointerKind
-from lancell.tables.stored_fields import OBS_NAME, obs_fields, pointer_fields_from_arrow, vector_fields
+from lancell.tables.stored_fields import (
+    OBS_NAME,
+    SEARCH_RESULT_COLUMNS,
+    obs_fields,
+    pointer_fields_from_arrow,
+    vector_fields,
+)
 
 __all__ = [
     "ASSIGNED_FIELDS",
@@ -141,9 +147,22 @@ class LancellBaseSchema(LanceModel):
         Raises
         ------
         SchemaError
-            A field has no Arrow type, or ``uid`` / ``dataset_uid`` is redeclared as something but ``str``.
+            A field has no Arrow type, ``uid`` / ``dataset_uid`` is redeclared as something but ``str``,
+            ``obs_name`` as something but an optional ``str``, or a field takes a name of the columns a
+            search adds (:data:`SEARCH_RESULT_COLUMNS`).
         """
-        return _checked_arrow_schema(cls, "cell schema", super().to_arrow_schema, ("uid", "dataset_uid"))
+        schema = _checked_arrow_schema(cls, "cell schema", super().to_arrow_schema, ("uid", "dataset_uid"))
+        if not pa.types.is_string(schema.field("obs_name").type):
+            raise SchemaError(
+                f"cell schema {cls.__name__}: field 'obs_name' (the cell's name in its input, filled by "
+                f"ingestion) must be an optional str, got {schema.field('obs_name').type}"
+            )
+        if taken := [name for name in SEARCH_RESULT_COLUMNS if name in schema.names]:
+            raise SchemaError(
+                f"cell schema {cls.__name__}: fields {taken} take the names of the columns a search adds to "
+                "its results; name them otherwise"
+            )
+        return schema
 
 
 class FeatureBaseSchema(LanceModel):
@@ -211,6 +230,35 @@ class DatasetRecord(LanceModel):
             A field has no Arrow type, or ``uid`` is redeclared as something but ``str``.
         """
         return _checked_arrow_schema(cls, "dataset schema", super().to_arrow_schema, ("uid",))
+
+
+def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema) -> None:
+    """Refuse a :class:`DatasetRecord` subclass whose own fields (those it adds) the dataset table
+    (``stored``) lacks or stores as another type: their values would be dropped from every record written,
+    or fail to convert.
+
+    Raises
+    ------
+    SchemaError
+        Naming each such field, its type, and the table's columns.
+    """
+    declared = record_schema.to_arrow_schema()
+    own = [name for name in declared.names if name not in DatasetRecord.model_fields]
+    missing = [name for name in own if name not in stored.names]
+    other = [
+        f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
+        for name in own
+        if name in stored.names and not declared.field(name).type.equals(stored.field(name).type)
+    ]
+    if missing or other:
+        problems = ([f"fields {missing} the table lacks"] if missing else []) + (
+            [f"fields of another type: {', '.join(other)}"] if other else []
+        )
+        raise SchemaError(
+            f"dataset schema {record_schema.__name__} does not match the atlas's dataset table: "
+            f"{'; '.join(problems)} (its columns: {stored.names}); open it with the dataset schema it was "
+            "created with"
+        )
 
 
 ASSIGNED_FIELDS = (
