@@ -206,17 +206,34 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
 def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
     """What storing the declared obs columns changes without losing a value, one sentence per column:
     a zone-aware datetime is stored as UTC without its zone; an ordered categorical as text (it comes back
-    with sorted, unordered categories)."""
+    with sorted, unordered categories); numbers, booleans or times under a text field as their text (an
+    integer column with missing values, which pandas holds as floats, as ``"1.0"``)."""
     notes = []
     for field in fields:
         if field.name not in obs.columns or len(obs.columns[obs.columns == field.name]) != 1:
             continue
-        dtype = obs[field.name].dtype
+        column = obs[field.name]
+        dtype = column.dtype
         if isinstance(dtype, pd.DatetimeTZDtype) and pa.types.is_timestamp(field.type) and not field.type.tz:
             notes.append(f"column {field.name!r}: times in zone {dtype.tz} are stored in UTC, zone dropped")
         elif isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
             notes.append(f"column {field.name!r}: the order of its ordered categories is not stored")
+        if _schema_kind(field.type) == "text" and (note := _stored_as_text(column)):
+            notes.append(f"column {field.name!r}: {note}")
     return notes
+
+
+def _stored_as_text(column: pd.Series) -> str | None:
+    """How a column of numbers, booleans or times is written under a text field, or None for text."""
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna()
+    if values.dtype.kind not in "biufmM" or not len(values):
+        return None
+    first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
+    first = first.item() if isinstance(first, np.generic) else first
+    note = f"{values.dtype} values are stored as their text (e.g. {first!r} as {str(first)!r})"
+    if values.dtype.kind == "f" and column.isna().any():
+        note += "; an integer column with missing values is held as floats: .astype('Int64') stores '1'"
+    return note
 
 
 def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
