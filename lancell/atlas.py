@@ -261,7 +261,9 @@ class RaggedAtlas:
         with other values (a mouse ``C3`` given where a human ``C3`` is registered) is a conflict:
         ``on_conflict="error"`` raises :class:`~lancell.errors.FeatureConflictError` listing uid, column,
         registered and given value, and registers nothing; ``"keep"`` keeps the registered values and warns
-        (:class:`~lancell.errors.FeatureConflictWarning`); ``"update"`` writes the given values. A feature's
+        (:class:`~lancell.errors.FeatureConflictWarning`); ``"update"`` writes the given values. A registered
+        value that is missing (null, NaN: not recorded) is filled in with a given one whatever
+        ``on_conflict`` says, as no conflict (the count returned is of new features only). A feature's
         ``global_index`` never changes.
         """
         self.core.require_writable()
