@@ -180,7 +180,9 @@ class QueryTerminals:
     @_one_version
     def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
         """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
-        terminals return, a :meth:`search`'s included.
+        terminals return, a :meth:`search`'s included (under ``on_unmeasured("drop")`` the measured ones;
+        under the default ``"error"`` every matching cell, where the matrix readers raise for an unmeasured
+        one instead: count() reads no matrix).
 
         Without ``group_by`` or search this is LanceDB's ``count_rows`` (no column is read); with
         ``group_by`` only the grouping column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and
