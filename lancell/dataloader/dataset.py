@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,7 +34,7 @@ from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, store_kwargs_of
-from lancell.errors import GroupNotFoundError, QueryError
+from lancell.errors import GroupNotFoundError, LancellWarning, QueryError
 from lancell.query.name_lists import name_list
 from lancell.storage.nodes import open_node
 from lancell.storage.store_failures import store_boundary
@@ -224,6 +225,8 @@ class CellDataset:
         cells = stream_cells(reading.selection, reading.plan_for, feature_space, kind, metadata)
         plan = cells.plan
         groups = group_table(plan, cells.group_names)
+        if not cells.group.size:  # a filter with a typo, say: any sampler's epochs would have no batch
+            warnings.warn("the query selects no cell: the dataset is empty", LancellWarning, stacklevel=3)
         if cells.nnz is not None:  # unmeasured cells read as empty rows
             cells.nnz[(cells.group < 0) | ~np.append(groups.measured, False)[cells.group]] = 0
         source = DatasetSource(

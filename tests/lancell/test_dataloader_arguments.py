@@ -237,6 +237,14 @@ def test_an_epoch_of_no_batches_warns(small):
     assert list(make_loader(small, sampler)) == []
 
 
+def test_a_query_selecting_no_cell_warns_when_its_dataset_is_built(snapshot):
+    """A filter with a typo gave an empty dataset: only CellSampler said so; others ran no batch, silently."""
+    query = snapshot.query().where(dataset_uid="celltypist_sample", cell_type="no such type")
+    with pytest.warns(LancellWarning, match="the query selects no cell: the dataset is empty") as warned:
+        empty = query.to_cell_dataset(SPACE, "counts")
+    assert len(empty) == 0 and warned[0].filename == __file__
+
+
 # ------------------------------------------------------------------------------------------------ finding 8
 @pytest.mark.parametrize(
     ("options", "message"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas
-from lancell.errors import QueryError, UnmeasuredDataError
+from lancell.errors import LancellWarning, QueryError, UnmeasuredDataError
 from lancell.query.reconstruct import presence_matrix
 
 
@@ -53,18 +54,26 @@ def test_features_with_intersection_drop_unshared(bundled):
     q = bundled.query().where("organism = 'Homo sapiens'").layers("gene_expression", "counts")
     q = q.on_unmeasured("drop")
     # pbmc68k has no counts layer, so only celltypist is measured; request genes inside and outside its panel
-    out = q.features(["CD3D", "ENSMUSG00000051951"], "gene_expression").to_anndata()
+    # a named feature no selected dataset measured, or one an intersection leaves out, was silent
+    with pytest.warns(LancellWarning, match=r"features \['ENSMUSG00000051951'\] are measured by none of the"):
+        out = q.features(["CD3D", "ENSMUSG00000051951"], "gene_expression").to_anndata()
     assert list(out.var_names) == ["CD3D", "ENSMUSG00000051951"]
     assert not out.varm["presence"].loc["ENSMUSG00000051951"].any()
-    shared = (
-        bundled.query()
-        .where("dataset_uid IN ('celltypist_sample', 'mouse_10k')")
-        .layers("gene_expression", "counts")
-        .features(["CD3D", "ENSMUSG00000051951"], "gene_expression")
-        .feature_join("intersection")
-        .to_anndata()
-    )
+    with pytest.warns(
+        LancellWarning, match=r"features \['CD3D', 'ENSMUSG00000051951'\] are left out: not every"
+    ):
+        shared = (
+            bundled.query()
+            .where("dataset_uid IN ('celltypist_sample', 'mouse_10k')")
+            .layers("gene_expression", "counts")
+            .features(["CD3D", "ENSMUSG00000051951"], "gene_expression")
+            .feature_join("intersection")
+            .to_anndata()
+        )
     assert shared.n_vars == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert q.features(["CD3D"], "gene_expression").to_anndata().n_vars == 1
 
 
 def test_to_batches_equal_to_anndata(bundled):
