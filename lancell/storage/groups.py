@@ -75,7 +75,6 @@ class GroupGeometry:
 DEFAULT_GEOMETRY = GroupGeometry()
 
 
-# row (or feature) offsets: zstd, then a crc32c so that a flipped bit cannot shift every later range
 def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
     """zarr ``create_array`` codec arguments for an array of ``dtype`` playing ``role`` (indices/values).
 

@@ -5,7 +5,8 @@ missing chunk object as fill values (zeros), so a lost offsets chunk would silen
 cells or make a feature's values read as measured zeros. The one rule, kept here:
 
 - every chunk is written, even one of zeros (zarr skips those by default), and the array says so in its
-  attributes (``EVERY_CHUNK_WRITTEN``): a missing chunk object of such an array is damage;
+  attributes (``EVERY_CHUNK_WRITTEN``): a missing chunk object of such an array is damage (a read asks
+  whether the chunks that read as zeros exist; ``validate()`` compares them all with its listing);
 - read whole, the offsets must start at 0, never decrease, end at the group's ``nnz`` and hold one entry
   more than the group's cells (CSR) or features (CSC). Offsets of older atlases (not marked) are held to
   these checks alone: they catch a lost chunk anywhere but in a prefix of zero chunks.
@@ -19,13 +20,14 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.sync import sync
 
 from lancell.errors import ChecksumError, CodecError, ShardFormatError
 
 __all__ = ["EVERY_CHUNK_WRITTEN", "missing_chunk_keys", "read_offsets", "write_offsets"]
 
 EVERY_CHUNK_WRITTEN = "every_chunk_written"
-_CODECS = (zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec())
+_CODECS = (zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec())  # a flipped bit shifts no range
 _CHUNK = 65_536
 _COUNTED = {"csr": "n_cells", "csc": "n_features"}
 
@@ -60,16 +62,13 @@ def read_offsets(array: zarr.Array, group_attrs: Mapping[str, Any], orient: Orie
         A chunk does not decode.
     """
     path = array.path
-    if array.attrs.get(EVERY_CHUNK_WRITTEN) and array.nchunks_initialized < array.nchunks:
-        missing = array.nchunks - array.nchunks_initialized
-        raise ShardFormatError(
-            f"array {path!r}: {missing} of its {array.nchunks} chunk objects are missing from the store"
-        )
     try:
         offsets = np.asarray(array[:], dtype=np.int64)
     except ValueError as exc:  # zarr's codecs: a crc32c mismatch, a chunk that does not decode
         kind = ChecksumError if "checksum" in str(exc).lower() else CodecError
         raise kind(f"array {path!r} cannot be read: {exc}") from exc
+    if array.attrs.get(EVERY_CHUNK_WRITTEN) and array.nchunks > 1:
+        _check_zero_chunks(array, offsets)
     counted = _COUNTED[orient]
     expected = (int(group_attrs[counted]) + 1, int(group_attrs["nnz"]))
     found = (offsets.size, int(offsets[-1]) if offsets.size else None)
@@ -80,6 +79,25 @@ def read_offsets(array: zarr.Array, group_attrs: Mapping[str, Any], orient: Orie
             f"{int(offsets[0]) if offsets.size else None} to {found[1]}): a chunk object is lost or replaced"
         )
     return offsets
+
+
+def _check_zero_chunks(array: zarr.Array, offsets: np.ndarray) -> None:
+    """Raise unless every chunk of ``array`` that read as zeros is stored (one existence request each).
+
+    A lost chunk reads as zeros: the value checks catch it unless it lies in a prefix of chunks that are
+    zeros (empty first cells or features), which these requests tell from one written with zeros. A
+    single chunk is left to the value checks (lost, it ends at 0, not at ``nnz``): reads of most arrays make
+    no request more than the read.
+    """
+    (chunk,) = array.chunks
+    for i in range(array.nchunks):
+        if offsets[i * chunk : (i + 1) * chunk].any():
+            break  # offsets never decrease: no later chunk is all zeros
+        key = f"{array.path}/{array.metadata.encode_chunk_key((i,))}"
+        if not sync(array.store.exists(key)):
+            raise ShardFormatError(
+                f"array {array.path!r}: chunk object {key!r} is missing from the store (read as zeros)"
+            )
 
 
 def missing_chunk_keys(meta: Mapping[str, Any], path: str, listed: set[str]) -> tuple[list[str], int] | None:
