@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lancell.core import AtlasCore
-from lancell.errors import LancellError, VersionNotFoundError
+from lancell.errors import AtlasNotFoundError, LancellError, StoreError, VersionNotFoundError
 from lancell.storage.store_failures import StoreFailures
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
 from lancell.tables.atlas_tables import AtlasTables, Database
@@ -95,11 +95,23 @@ def opened_core(
 
 
 def _atlas_id_at(db_uri: str, store_kwargs: dict[str, Any] | None) -> str | None:
-    """The id of the atlas at ``db_uri``, or None when no atlas can be read there."""
+    """The id of the atlas at ``db_uri``, or None when there is none (its creation unfinished, or nothing).
+
+    Raises
+    ------
+    StoreError
+        What is at ``db_uri`` cannot be read (refused, unreachable, another format): whether the atlas is
+        still there is unknown, and writing is not safe.
+    """
     try:
         meta, _ = read_meta(db_uri, store_kwargs)
-    except LancellError:  # none there (moved), an unfinished creation, another format, unreadable
+    except AtlasNotFoundError:  # moved: nothing (or an unfinished creation) left there
         return None
+    except LancellError as exc:
+        raise StoreError(
+            f"cannot tell whether the atlas this one was copied or moved from is still at {db_uri} ({exc}): "
+            "it may still use the zarr store given; open read-only, or pass a copy of the store"
+        ) from exc
     return meta.get("atlas_id")
 
 

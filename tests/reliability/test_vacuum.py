@@ -389,6 +389,27 @@ def test_a_moved_atlas_writes_its_store(tmp_path: Path) -> None:
     assert_exact(moved, {"y": x["y"]})
 
 
+def test_a_copy_whose_original_cannot_be_read_is_refused_the_recorded_store(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An original that could not be read (refused, unreachable) was taken for moved: the copy opened for
+    writing with the original's store."""
+    import lancell.opening
+
+    new_atlas(tmp_path / "a" / "db", str(tmp_path / "arrays"))
+    shutil.copytree(tmp_path / "a" / "db", tmp_path / "b")
+    real = lancell.opening.read_meta
+
+    def refused(db_uri, store_kwargs):
+        if "/a/db" in str(db_uri):
+            raise StoreError("access denied")
+        return real(db_uri, store_kwargs)
+
+    monkeypatch.setattr(lancell.opening, "read_meta", refused)
+    with pytest.raises(StoreError, match=r"cannot tell whether the atlas this one was copied or moved from"):
+        RaggedAtlas.open(str(tmp_path / "b"), store=str(tmp_path / "arrays"))
+
+
 def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: Path) -> None:
     """``cp -r`` of an atlas: its recorded (absolute) store was the original's, so the copy's ingestions
     wrote there and its vacuum() deleted the original's groups (same atlas id, claims copied)."""
