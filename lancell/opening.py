@@ -178,7 +178,7 @@ def _core(
     if dataset_schema is not None:  # (its class has loaded lancedb, which the schema module imports)
         from lancell.tables.schema import check_record_fields
 
-        check_record_fields(dataset_schema, tables.datasets.schema)
+        check_record_fields(dataset_schema, tables.datasets.schema, writable=not (read_only or snapshot))
     with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):
         return AtlasCore(
             db_uri=database.uri,

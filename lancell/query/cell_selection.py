@@ -136,10 +136,11 @@ class CellSelection:
         """
         columns = self.kept_columns() if columns is None else columns
         read = self.core.cell_arrow.names if columns is None else columns
-        if self.search is not None and (taken := set(SEARCH_RESULT_COLUMNS) & set(read)):
-            raise QueryError(  # a cell schema of an older lancell could declare them
-                f"cell columns {sorted(taken)} have the names of the columns a search adds: select() the "
-                "columns wanted without them"
+        added = {"vector": [_DISTANCE]}.get(self.search.query_type, [_SCORE]) if self.search else []
+        if taken := [name for name in added if name in read]:
+            raise QueryError(  # a cell schema of an older lancell could declare it
+                f"cell column {taken[0]!r} has the name of the column this search adds: select() the columns "
+                "wanted without it"
             )
         try:
             if self.search is None:

@@ -26,7 +26,6 @@ from lancell.errors import IngestError, SchemaError
 from lancell.storage.groups import PointerKind
 from lancell.tables.stored_fields import (
     OBS_NAME,
-    SEARCH_RESULT_COLUMNS,
     obs_fields,
     pointer_fields_from_arrow,
     vector_fields,
@@ -148,19 +147,13 @@ class LancellBaseSchema(LanceModel):
         ------
         SchemaError
             A field has no Arrow type, ``uid`` / ``dataset_uid`` is redeclared as something but ``str``,
-            ``obs_name`` as something but an optional ``str``, or a field takes a name of the columns a
-            search adds (:data:`SEARCH_RESULT_COLUMNS`).
+            or ``obs_name`` as something but an optional ``str``.
         """
         schema = _checked_arrow_schema(cls, "cell schema", super().to_arrow_schema, ("uid", "dataset_uid"))
         if not pa.types.is_string(schema.field("obs_name").type):
             raise SchemaError(
                 f"cell schema {cls.__name__}: field 'obs_name' (the cell's name in its input, filled by "
                 f"ingestion) must be an optional str, got {schema.field('obs_name').type}"
-            )
-        if taken := [name for name in SEARCH_RESULT_COLUMNS if name in schema.names]:
-            raise SchemaError(
-                f"cell schema {cls.__name__}: fields {taken} take the names of the columns a search adds to "
-                "its results; name them otherwise"
             )
         return schema
 
@@ -232,10 +225,11 @@ class DatasetRecord(LanceModel):
         return _checked_arrow_schema(cls, "dataset schema", super().to_arrow_schema, ("uid",))
 
 
-def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema) -> None:
+def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *, writable: bool) -> None:
     """Refuse a :class:`DatasetRecord` subclass whose own fields (those it adds) the dataset table
-    (``stored``) lacks or stores as another type: their values would be dropped from every record written,
-    or fail to convert.
+    (``stored``) stores as another type (records would fail to convert), or lacks: on a writable handle any
+    (their values would be dropped from every record written), on a read-only one a required one (no record
+    could be built).
 
     Raises
     ------
@@ -244,7 +238,11 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema) -
     """
     declared = record_schema.to_arrow_schema()
     own = [name for name in declared.names if name not in DatasetRecord.model_fields]
-    missing = [name for name in own if name not in stored.names]
+    missing = [
+        name
+        for name in own
+        if name not in stored.names and (writable or record_schema.model_fields[name].is_required())
+    ]
     other = [
         f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
         for name in own

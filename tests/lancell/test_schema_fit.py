@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from lancedb.pydantic import Vector
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import QueryError, SchemaError
-from lancell.tables import schema as schema_module
+from lancell.tables import atlas_meta
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
@@ -62,44 +61,62 @@ def test_a_dataset_schema_whose_own_fields_the_table_lacks_or_types_otherwise_is
     db = str(tmp_path / "tissue" / "db")
     assert RaggedAtlas.open(db, dataset_schema=Tissue).dataset_schema is Tissue
     RaggedAtlas.open(db)  # the base record reads any table
+    plain = str(tmp_path / "plain" / "db")
+    assert RaggedAtlas.open(plain, dataset_schema=Tissue, read_only=True).list_datasets().empty  # reads
+    with pytest.raises(SchemaError, match=r"fields \['donor'\] the table lacks"):  # no record could be built
+        RaggedAtlas.open(plain, dataset_schema=Donor, read_only=True)
     with pytest.raises(SchemaError, match=r"tissue \(int64; the table stores string\)"):
         RaggedAtlas.open(db, dataset_schema=TissueAsNumber, read_only=True)
 
 
 def test_cell_schema_fields_that_lancell_fills_or_search_adds_are_refused_at_create(tmp_path: Path):
     """obs_name redeclared as int made every ingestion fail in pyarrow; a column named distance doubled
-    the search's own, and to_anndata() of a search failed with a bare KeyError."""
+    a vector search's own, and to_anndata() of a search failed with a bare KeyError. A field named like a
+    search column is fine in an atlas those searches cannot run on."""
 
     class NumberedCells(Cells):
         obs_name: int | None = None
 
     class DistanceCells(Cells):
         distance: float | None = None
+        emb: Vector(2) | None = None
+
+    class ScoredCells(Cells):
+        score: float | None = None
+        note: str | None = None
 
     with pytest.raises(SchemaError, match=r"field 'obs_name' .* must be an optional str, got int64"):
         _create(tmp_path / "a", NumberedCells)
     with pytest.raises(
-        SchemaError, match=r"fields \['distance'\] take the names of the columns a search adds"
+        SchemaError, match=r"fields \['distance'\] take the names of the columns its searches"
     ):
         _create(tmp_path / "b", DistanceCells)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(SchemaError, match=r"fields \['score'\] take the names"):
+        _create(tmp_path / "c", ScoredCells, fts_columns=["note"])
+    assert not any((tmp_path / name).exists() for name in "abc")
+    _create(tmp_path / "d", ScoredCells)  # no text search: a QC score is a score
 
 
 def test_a_search_of_an_atlas_with_a_cell_column_named_like_its_results_is_refused(tmp_path, monkeypatch):
-    """An atlas created before such names were refused: its searches name the clash instead of returning
-    two ``score`` or ``distance`` columns."""
+    """An atlas created before such names were refused: a search names the clash instead of returning two
+    ``distance`` (vector) or ``score`` (text, hybrid) columns; a search that adds another name runs."""
 
-    class Scored(Cells):
+    class Older(Cells):
+        distance: float | None = None
         score: float | None = None
+        note: str | None = None
         emb: Vector(2) | None = None
 
     with monkeypatch.context() as patched:
-        patched.setattr(schema_module, "SEARCH_RESULT_COLUMNS", ())
-        atlas = _create(tmp_path, Scored)
-    atlas.core.tables.cells.add(
-        pd.DataFrame({"uid": ["c0"], "dataset_uid": ["d"], "score": [0.5], "emb": [np.zeros(2, np.float32)]})
-    )
-    query = atlas.query().search(np.ones(2, np.float32)).limit(1)
-    with pytest.raises(QueryError, match=r"cell columns \['score'\] have the names of the columns a search"):
-        query.to_pandas()
-    assert query.select(["emb"]).count() == 0  # uncommitted rows are invisible; the query runs
+        patched.setattr(atlas_meta, "SEARCH_RESULT_COLUMNS", ("distance_", "score_"))
+        atlas = _create(tmp_path, Older, fts_columns=["note"])
+    probe = np.ones(2, np.float32)
+    with pytest.raises(
+        QueryError, match=r"cell column 'distance' has the name of the column this search adds"
+    ):
+        atlas.query().search(probe).limit(1).to_pandas()
+    with pytest.raises(QueryError, match=r"cell column 'score' has the name"):
+        atlas.query().search("word").to_pandas()
+    assert atlas.query().search(probe).limit(1).select(["note"]).to_pandas().empty
+    with pytest.raises(QueryError, match="INVERTED index"):  # it runs (and finds no index: nothing ingested)
+        atlas.query().search("word").select(["distance"]).to_pandas()
