@@ -170,7 +170,8 @@ class CellSampler(Sampler[list[int]]):
                 f"rank {self.rank} of {self.num_replicas} reads a dataset built on the live atlas: ranks "
                 "that build theirs at different moments (another process writing meanwhile) split different "
                 "cell lists, so cells overlap or go unread and batch counts differ (a DDP step then hangs); "
-                "build it from a snapshot (RaggedAtlas.checkout / checkout_latest)",
+                "build it from a snapshot (atlas.snapshot() once, then RaggedAtlas.checkout_latest on every "
+                "rank), or keep writers away while the ranks build",
                 LancellWarning,
                 stacklevel=2,
             )

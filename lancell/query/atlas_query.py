@@ -135,9 +135,9 @@ class AtlasQuery(QueryTerminals):
         return self._with(cells=replace(self._cells, limit=int(n)))
 
     def select(self, columns: str | Sequence[str]) -> AtlasQuery:
-        """Keep only these obs columns (one name, or a list; ``uid``, ``dataset_uid`` and pointers are always
-        kept)."""
-        columns = name_list("select()", columns, one=True)
+        """Keep only these obs columns (one name, or several, in table order; ``uid``, ``dataset_uid`` and
+        pointers are always kept)."""
+        columns = name_list("select()", columns, one=True, ordered=False)  # kept in table order
         names = self._atlas.core.cell_arrow.names
         if unknown := sorted(set(columns) - set(names)):
             raise QueryError(f"unknown cell columns {unknown}; the cell table has {names}")

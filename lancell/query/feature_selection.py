@@ -8,15 +8,19 @@ place, so every builder call returns a new query and leaves the one it was calle
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from lancell.errors import QueryError
+import numpy as np
+
+from lancell.errors import LancellWarning, QueryError
 from lancell.query.feature_names import registry_columns, resolve_features
-from lancell.query.plan import Join, PlannedCells, plan_reconstruction
+from lancell.query.plan import Join, PlannedCells, ReconstructionPlan, plan_reconstruction
 from lancell.query.unmeasured import OnUnmeasured, measured_groups
 from lancell.tables.registry import sql_literal
+from lancell.tables.registry_view import registry_view
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 
 if TYPE_CHECKING:
@@ -158,7 +162,29 @@ class FeatureSelection:
         plan = plan_reconstruction(
             core, cells, feature_space, self.layers, join, features, self.on_unmeasured
         )
+        if isinstance(self.features, list) and plan.groups:  # named (all_features() wants every column)
+            _warn_unread(core, feature_space, features, plan)
         return PlannedCells(plan.select(cells), plan)
+
+
+def _warn_unread(core: AtlasCore, feature_space: str, named: np.ndarray, plan: ReconstructionPlan) -> None:
+    """Warn about features named in ``features()`` that the selected datasets leave unread: under a union,
+    measured by none (columns of zeros, presence False); under an intersection, left out (not measured by
+    every one)."""
+    if plan.join == "union":
+        measured = np.concatenate([g.global_index for g in plan.groups.values()])
+        unread, what = (
+            named[~np.isin(named, measured)],
+            "are measured by none of the selected datasets: their ",
+        )
+        what += "columns are zeros with presence False"
+    else:
+        unread = named[~np.isin(named, plan.columns)]
+        what = "are left out: not every selected dataset measured them (feature_join('intersection'))"
+    if unread.size:
+        uids = registry_view(core, feature_space).frame.reindex(np.unique(unread))["uid"].astype(str).tolist()
+        more = " ..." if len(uids) > 10 else ""
+        warnings.warn(f"features {uids[:10]}{more} {what}", LancellWarning, stacklevel=2)
 
 
 def _one_or_list(layers: list[str] | None) -> str | list[str] | None:

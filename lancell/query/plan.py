@@ -22,7 +22,6 @@ absent from the store is damage, never "unmeasured": :class:`~lancell.errors.Gro
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import GroupNotFoundError, LancellWarning, QueryError
+from lancell.errors import GroupNotFoundError, QueryError
 from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells
 from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.stores import describe_store
@@ -309,16 +308,8 @@ def plan_reconstruction(
         columns = _join_columns(list(groups.values()), join)
     elif join == "intersection":
         columns = features[np.isin(features, _join_columns(list(groups.values()), join))]
-        _warn_unread(core, feature_space, features[~np.isin(features, columns)], groups, "intersection")
     else:  # explicitly requested features are output even where no selected dataset measured them
         columns = np.asarray(features, dtype=np.int64)
-        _warn_unread(
-            core,
-            feature_space,
-            columns[~np.isin(columns, _join_columns(list(groups.values()), join))],
-            groups,
-            "union",
-        )
     width = max(
         [int(columns.max(initial=-1)), *(int(g.global_index.max(initial=-1)) for g in groups.values())]
     )
@@ -355,25 +346,6 @@ def plan_reconstruction(
         pd.DataFrame(presence, index=var.index, dtype=bool),
         on_unmeasured,
         unmeasured,
-    )
-
-
-def _warn_unread(
-    core: AtlasCore, feature_space: str, named: np.ndarray, groups: dict[str, PlannedGroup], join: Join
-) -> None:
-    """Warn about features named in ``features()`` that the selected datasets leave unread: under a union,
-    measured by none (columns of zeros, presence False); under an intersection, dropped (not measured by
-    every one)."""
-    if not named.size or not groups:  # (no cell selected: nothing measured anything)
-        return
-    uids = _var(core, feature_space, np.unique(named)).index.tolist()
-    what = (
-        "are measured by none of the selected datasets: their columns are zeros with presence False"
-        if join == "union"
-        else "are left out: not every selected dataset measured them (feature_join('intersection'))"
-    )
-    warnings.warn(
-        f"features {uids[:10]}{' ...' if len(uids) > 10 else ''} {what}", LancellWarning, stacklevel=2
     )
 
 

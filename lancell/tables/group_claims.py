@@ -163,10 +163,14 @@ class GroupClaims:
         claim = self.get(group)
         if claim is None or claim.atlas_id != self.atlas_id:
             return
-        body = read_json(self.meta_store, _claim_path(group))
-        write_json(
-            self.meta_store, _claim_path(group), {**body, "released_at": datetime.now(UTC).isoformat()}
-        )
+        body = {
+            "group": claim.group,
+            "atlas_id": claim.atlas_id,
+            "dataset_uid": claim.dataset_uid,
+            "created_at": claim.created_at.isoformat(),
+            "released_at": datetime.now(UTC).isoformat(),
+        }
+        write_json(self.meta_store, _claim_path(group), body)
 
     def release(self, group: str) -> None:
         """Remove the claim of ``group`` (its group is gone)."""

@@ -207,7 +207,8 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
     """What storing the declared obs columns changes without losing a value, one sentence per column:
     a zone-aware datetime is stored as UTC without its zone; an ordered categorical as text (it comes back
     with sorted, unordered categories); numbers, booleans or times under a text field as their text (an
-    integer column with missing values, which pandas holds as floats, as ``"1.0"``)."""
+    integer column with missing values, which pandas holds as floats, as ``"1.0"``; integers are not
+    named: 1 is stored as ``"1"``)."""
     notes = []
     for field in fields:
         if field.name not in obs.columns or len(obs.columns[obs.columns == field.name]) != 1:
@@ -224,9 +225,9 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
 
 
 def _stored_as_text(column: pd.Series) -> str | None:
-    """How a column of numbers, booleans or times is written under a text field, or None for text."""
+    """How a column of floats, booleans or times is written under a text field, or None for others."""
     values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna()
-    if values.dtype.kind not in "biufmM" or not len(values):
+    if values.dtype.kind not in "bfmM" or not len(values):  # integers are stored as written: 1 as "1"
         return None
     first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
     first = first.item() if isinstance(first, np.generic) else first

@@ -74,6 +74,7 @@ def test_features_with_intersection_drop_unshared(bundled):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert q.features(["CD3D"], "gene_expression").to_anndata().n_vars == 1
+        assert q.all_features("gene_expression").to_anndata().n_vars > 30_000  # every column, by design
 
 
 def test_to_batches_equal_to_anndata(bundled):

@@ -315,6 +315,9 @@ def test_lists_of_names_are_read_as_lists_in_their_order(atlas):
     assert set(atlas.query().select(pd.Index(["k", "null"])).to_pandas().columns) == kept | {"null", "k"}
     with pytest.raises(QueryError, match=r"features\(\) needs a list of names in the order wanted, got set"):
         atlas.query().features({"g1", "g0"}, "gene_expression")
+    assert set(atlas.query().select({"k", "null"}).to_pandas().columns) == kept | {"null", "k"}  # table order
+    ordered = atlas.query().features({"g1": 0, "g0": 1}.keys(), "gene_expression")
+    assert ordered.to_anndata().var_names.tolist() == ["g1", "g0"]
     with pytest.raises(QueryError, match=r"features\(\) needs a list of names, got the string 'g0'"):
         atlas.query().features("g0", "gene_expression")
     with pytest.raises(QueryError, match=r"select\(\) needs names \(strings\), got \[3\]"):
