@@ -241,8 +241,10 @@ class WriteTransaction:
                     )
                     for lease in self._leases:  # LockLostError if another process took one over
                         lease.check()
+                    # set first: an interrupt (Ctrl-C) or error may come after the commit inside add(), and a
+                    # roll-back deleting no row is harmless (this uid's lock is held: no one else commits it)
+                    self._committed = True
                     tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
-                self._committed = True
         if duplicate_of is not None:
             self.roll_back()
             self.duplicate_of = duplicate_of

@@ -514,3 +514,36 @@ def test_a_store_failing_mid_write_is_a_store_error_naming_the_dataset(atlas, mo
             progress=False,
         )
     assert visible_state(atlas) == before
+
+
+# ------------------------------------------------------------------------------------ the commit point
+
+
+@pytest.mark.parametrize("when", ["after the commit", "before the commit"])
+def test_an_interrupt_inside_the_records_commit_rolls_back_whole(atlas, monkeypatch, when):
+    """A Ctrl-C arriving after the record's commit but before the transaction noted it: the roll-back
+    deleted the cells and kept the record (700 cells recorded, 0 read; a re-run said "already there")."""
+    from lancell.tables.atlas_tables import AtlasTables
+
+    real = AtlasTables.datasets
+
+    class Interrupted:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def add(self, *args, **kwargs):
+            if when == "after the commit":
+                self._table.add(*args, **kwargs)
+            raise KeyboardInterrupt
+
+    _ingest(atlas, _adata(seed=1), "kept")
+    with monkeypatch.context() as patched:
+        patched.setattr(AtlasTables, "datasets", property(lambda tables: Interrupted(real.fget(tables))))
+        with pytest.raises(KeyboardInterrupt):
+            _ingest(atlas, _adata(seed=2), "interrupted")
+    assert atlas.list_datasets()["uid"].tolist() == ["kept"]
+    assert atlas.validate() == [] and _cells(atlas) == 200
+    assert _ingest(atlas, _adata(seed=2), "interrupted").n_cells == 200  # a re-run ingests it
