@@ -91,6 +91,8 @@ def add_layer(
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
+        where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
+        listing = False  # whether the record may list the layer (an interrupt may follow the update's commit)
         try:
             padded = _write_values(group, dataset_uid, name, source, space.kind)
             if space.kind == "sparse" and attrs.get("csc_layers"):
@@ -99,12 +101,18 @@ def add_layer(
             if padded:
                 group.attrs["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
             lease.check()
-            where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
+            listing = True
             updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
             if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException as exc:
-            _roll_back(group, attrs, name)
+            try:  # the record stops listing the layer before its arrays go
+                if listing:
+                    atlas.core.tables.datasets.update(where=where, values={"layers": layers})
+            except Exception as undo:  # the layer may stay listed: it is whole, so nothing of it is removed
+                log.error("add_layer %s of %s: the record may list the layer: %s", name, dataset_uid, undo)
+            else:
+                _roll_back(group, attrs, name)
             if is_store_failure(exc):  # the zarr store's own errors (obstore's): typed, named
                 raise store_error(exc, f"add_layer: dataset {dataset_uid!r}, layer {name!r}") from exc
             raise

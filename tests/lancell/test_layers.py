@@ -193,6 +193,40 @@ def test_add_layer_to_a_dataset_without_values_refuses_values_typed(atlas, cellt
     ]
 
 
+def test_an_interrupt_after_add_layer_commits_rolls_it_back_whole(atlas, celltypist, monkeypatch):
+    """A Ctrl-C after the record's update committed removed the layer's arrays while the record listed
+    it: every read of the layer then failed."""
+    from lancell.tables.atlas_tables import AtlasTables
+
+    counts_only = celltypist[:50].copy()
+    counts_only.obs = counts_only.obs[[]]
+    record = _ingest(atlas, counts_only, "late", zarr_layer="counts")
+    real = AtlasTables.datasets
+
+    class Interrupted:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def update(self, *args, **kwargs):
+            result = self._table.update(*args, **kwargs)
+            if "log_normalized" in kwargs["values"]["layers"]:
+                raise KeyboardInterrupt
+            return result
+
+    x = ad.AnnData(X=counts_only.X.astype(np.float32), obs=counts_only.obs, var=counts_only.var)
+    with monkeypatch.context() as patched:
+        patched.setattr(AtlasTables, "datasets", property(lambda tables: Interrupted(real.fget(tables))))
+        with pytest.raises(KeyboardInterrupt):
+            add_layer(atlas, "late", "log_normalized", x)
+    assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
+    assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
+    assert atlas.validate() == []
+    assert add_layer(atlas, "late", "log_normalized", x) == ["counts", "log_normalized"]
+
+
 def test_add_layer_says_which_group_the_store_failed_to_open(atlas, celltypist, monkeypatch):
     """A store failure opening the dataset's group (before anything is written) was obstore's own error."""
     counts_only = celltypist[:50].copy()
