@@ -89,7 +89,8 @@ def opened_core(
     store = recorded_store(store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri)
     database = Database(db_uri, options)
     if given and not read_only:
-        check_given_store(store, database)
+        inside = located_store_url(db_uri, meta, meta["store_url"], writable=False)  # a copy's own
+        check_given_store(store, database, sorted({meta["store_url"], inside}))
         refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 

@@ -10,7 +10,7 @@ recorded with a warning. A store given instead must hold the atlas's groups.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import obstore
@@ -90,10 +90,11 @@ def recorded_store(
     return resolve_store(store, url, store_kwargs)
 
 
-def check_given_store(store: obs_store.ObjectStore, database: Database) -> None:
+def check_given_store(store: obs_store.ObjectStore, database: Database, expected: Sequence[str]) -> None:
     """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
     would split the atlas across two stores (no lancell zarr root, or the group of the first dataset record
-    is not in it).
+    is not in it; or, in an atlas without datasets, a store other than the ``expected`` ones: the recorded
+    store, or the one inside a copied atlas's folder).
 
     Raises
     ------
@@ -116,6 +117,12 @@ def check_given_store(store: obs_store.ObjectStore, database: Database) -> None:
         raise StoreError(
             f"the zarr store {where} given does not hold this atlas's groups ({group!r} is not in it): pass "
             "the store its datasets were written to"
+        )
+    if group is None and comparable_location(where) not in {comparable_location(url) for url in expected}:
+        raise StoreError(
+            f"the zarr store {where} given is not the one the atlas records ({', '.join(expected)}), and the "
+            "atlas has no dataset whose group would show that it holds this atlas's groups: its writes "
+            "would not be found there by a later open; pass the recorded store (or none)"
         )
 
 

@@ -46,3 +46,24 @@ def test_store_options_for_local_paths_only_are_refused_naming_each():
     check_options_used(["/data/db", "s3://b/arrays"], {"config": {"region": "x"}})  # the S3 store uses them
     check_options_used(["/data/db"], {"config": {}})
     check_options_used(["/data/db"], None)
+
+
+def test_an_atlas_without_datasets_is_refused_another_store_for_writing(tmp_path: Path):
+    """``--store`` naming another atlas's store on an atlas with no dataset yet was taken: the ingested group
+    landed there, unrecorded, and every later open without it found the dataset's group missing."""
+
+    def create(name: str) -> RaggedAtlas:
+        return RaggedAtlas.create(
+            str(tmp_path / name / "db"),
+            "cells",
+            CellSchema,
+            registry_schemas={"gene_expression": GeneFeature},
+        )
+
+    create("a")
+    create("b")
+    other = str(tmp_path / "b" / "db" / "_zarr")
+    with pytest.raises(StoreError, match=r"given is not the one the atlas records .* has no dataset"):
+        RaggedAtlas.open(str(tmp_path / "a" / "db"), store=other)
+    RaggedAtlas.open(str(tmp_path / "a" / "db"), store=other, read_only=True)  # reading harms nothing
+    RaggedAtlas.open(str(tmp_path / "a" / "db"), store=str(tmp_path / "a" / "db" / "_zarr"))  # its own
