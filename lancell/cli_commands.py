@@ -120,7 +120,7 @@ def ingest(args: argparse.Namespace) -> int:
     _check_files(args.paths)
     specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
     for spec in specs:
-        spec = replace(spec, **overrides, obs_columns={**spec.obs_columns, **renames})
+        spec = replace(spec, **overrides, obs_columns=renames if args.obs_columns else spec.obs_columns)
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
             print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))

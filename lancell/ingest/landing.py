@@ -242,6 +242,9 @@ def _prepared(
             f"{spec.path}: obs_columns targets {undeclared} are not columns of the cell schema "
             f"(declared: {sorted(declared)})"
         )
+    targets = pd.Series(list(spec.obs_columns.values()), dtype=object)
+    if targets.duplicated().any():
+        raise IngestError(f"{spec.path}: obs_columns give {sorted(set(targets[targets.duplicated()]))} twice")
     clashes = sorted(set(spec.obs_columns.values()) & (set(adata.obs.columns) - set(spec.obs_columns)))
     if clashes:
         raise IngestError(f"{spec.path}: obs_columns targets {clashes} are already columns of obs")
@@ -301,7 +304,9 @@ def ingest_landing_file(
     FeatureSpaceError
         The spec names a feature space the atlas does not have.
     """
-    resolve_feature_space(atlas.feature_spaces, spec.feature_space)
+    space = resolve_feature_space(atlas.feature_spaces, spec.feature_space)
+    for layer in spec.layers or [spec.zarr_layer]:  # before anything is registered (or a typo passes)
+        space.check_layer(layer)
     existing = present_record(atlas, spec.uid)
     if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
         return existing, "present"

@@ -105,6 +105,35 @@ def test_bad_sidecar_values_are_one_line_and_register_nothing(tmp_path, db, side
     _unchanged(db)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--layers", "a=X"], "layer 'a' is not allowed in feature space 'gene_expression'"),
+        (["--layer", "raw_counts"], "layer 'raw_counts' is not allowed"),
+        (["--obs-columns", "cell_type=louvain,louvain"], "obs_columns give ['louvain'] twice"),
+    ],
+)
+def test_ingest_options_that_cannot_work_register_nothing(tmp_path, db, options, message) -> None:
+    """A refused layer or obs rename registered the file's features first (the registry changed)."""
+    adata = ad.read_h5ad(_write(tmp_path / "f.h5ad", ["LEAK1", "LEAK2"]))
+    adata.obs["cell_type"], adata.obs["louvain"] = "T", "1"
+    adata.write_h5ad(tmp_path / "f.h5ad")
+    refused = run("ingest", db, str(tmp_path / "f.h5ad"), *options, check=False)
+    assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+    _unchanged(db)
+
+
+def test_obs_columns_on_the_command_line_replace_the_sidecars(tmp_path: Path, db: str) -> None:
+    """The sidecar's renames were merged with the command line's: a wrong one in the sidecar stayed."""
+    path = _write(tmp_path / "f.h5ad", ["G1", "G2"], {"obs_columns": {"nope": "cell_type"}})
+    adata = ad.read_h5ad(path)
+    adata.obs["kind"] = "T"
+    adata.write_h5ad(path)
+    assert "obs_columns renames ['nope']" in run("ingest", db, str(path), check=False).stderr
+    run("ingest", db, str(path), "--obs-columns", "kind=cell_type")
+    assert RaggedAtlas.open(db).query().to_pandas()["cell_type"].tolist() == ["T", "T"]
+
+
 def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Path, db: str) -> None:
     good = _write(tmp_path / "good.h5ad", ["G1", "G2"])
     bad = _write(tmp_path / "bad.h5ad", ["G3"], {"zarr_layr": "counts"})
