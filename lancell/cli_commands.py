@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -94,13 +95,24 @@ def _check_files(paths: Sequence[str]) -> None:
 
     for path in paths:
         if Path(path).is_dir():
+            names = {child.name for child in Path(path).iterdir()}
+            if names & {"matrix.mtx", "matrix.mtx.gz"}:  # a 10x Cell Ranger output folder
+                remedy = "it is a 10x output: ingest it from Python, lancell.ingest.tenx.add_from_10x"
+            elif any(name.endswith(".h5ad") for name in names):
+                remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
+            else:
+                remedy = "give its .h5ad files (write an AnnData store with adata.write_h5ad first)"
             raise IngestError(
                 f"{path} is a folder: ingest takes .h5ad files (each with an optional JSON sidecar beside "
-                f"it); give the files, e.g. {os.path.join(path, '*.h5ad')}"
+                f"it); {remedy}"
             )
     missing = [path for path in paths if not Path(path).is_file()]
     if missing:
         raise IngestError(f"no such file: {', '.join(missing)}")
+
+
+# the ingest flags that say how to read a file: unused for a dataset already in the atlas
+_FILE_FLAGS = ("--layer", "--layers", "--obs-columns", "--standardize", "--var-uid-column", "--organism")
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -109,7 +121,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     from lancell.atlas import RaggedAtlas
     from lancell.cli_messages import about_file
-    from lancell.errors import IngestError, LancellError
+    from lancell.errors import IngestError, LancellError, LancellWarning
     from lancell.ingest.landing import ingest_landing_file, read_landing_spec
 
     if args.uid is not None and len(args.paths) > 1:
@@ -136,6 +148,12 @@ def ingest(args: argparse.Namespace) -> int:
             print(f"{record.uid}: ingested ({summary})")
         elif outcome == "present":
             print(f"{spec.uid}: already in the atlas ({summary})")
+            if unused := [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]:
+                warnings.warn(  # (a typo in them would pass unseen)
+                    f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)",
+                    LancellWarning,
+                    stacklevel=1,
+                )
         else:
             print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
     return 0

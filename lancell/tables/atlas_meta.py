@@ -113,8 +113,9 @@ def read_meta(
     AtlasNotFoundError
         Nothing at ``db_uri``. :class:`FormatVersionError` for another on-disk format.
     """
-    if is_local(db_uri) and not local_path(db_uri).exists():
-        raise AtlasNotFoundError(f"no atlas at {db_uri!r}")
+    if is_local(db_uri) and not local_path(db_uri).is_dir():
+        kind = "a file" if local_path(db_uri).exists() else "nothing there"
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({kind})")
     meta_store = open_store(db_uri, store_kwargs)
     try:
         meta = read_json(meta_store, META_PATH)

@@ -134,6 +134,27 @@ def test_obs_columns_on_the_command_line_replace_the_sidecars(tmp_path: Path, db
     assert RaggedAtlas.open(db).query().to_pandas()["cell_type"].tolist() == ["T", "T"]
 
 
+def test_options_for_a_dataset_already_in_the_atlas_are_warned_unused(tmp_path: Path, db: str) -> None:
+    """A typo in --obs-columns or --organism passed silently once the dataset was in the atlas."""
+    path = _write(tmp_path / "f.h5ad", ["G1", "G2"])
+    run("ingest", db, str(path))
+    again = run("ingest", db, str(path), "--obs-columns", "cell_typo", "--organism", "martian")
+    assert "f: already in the atlas" in again.stdout
+    assert "warning: f: --obs-columns, --organism not used: the dataset is in the atlas" in again.stderr
+
+
+def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) -> None:
+    """A 10x output folder was told to give its *.h5ad files (it has none); ls of a file said it could not
+    create a store folder."""
+    tenx = tmp_path / "filtered_feature_bc_matrix"
+    tenx.mkdir()
+    (tenx / "matrix.mtx.gz").write_bytes(b"")
+    refused = run("ingest", db, str(tenx), check=False)
+    assert "it is a 10x output: ingest it from Python, lancell.ingest.tenx.add_from_10x" in refused.stderr
+    listed = run("ls", str(_write(tmp_path / "f.h5ad", ["G1"])), check=False)
+    assert listed.returncode == 1 and "no atlas at" in listed.stderr and "(a file)" in listed.stderr
+
+
 def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Path, db: str) -> None:
     good = _write(tmp_path / "good.h5ad", ["G1", "G2"])
     bad = _write(tmp_path / "bad.h5ad", ["G3"], {"zarr_layr": "counts"})
