@@ -97,7 +97,9 @@ def _check_files(paths: Sequence[str]) -> None:
         if Path(path).is_dir():
             names = {child.name for child in Path(path).iterdir()}
             if names & {"matrix.mtx", "matrix.mtx.gz"}:  # a 10x Cell Ranger output folder
-                remedy = "it is a 10x output: ingest it from Python, lancell.ingest.tenx.add_from_10x"
+                from lancell.ingest.tenx import TO_H5AD
+
+                remedy = f"it is a 10x output: write it as .h5ad first, {TO_H5AD}"
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:
@@ -112,7 +114,15 @@ def _check_files(paths: Sequence[str]) -> None:
 
 
 # the ingest flags that say how to read a file: unused for a dataset already in the atlas
-_FILE_FLAGS = ("--layer", "--layers", "--obs-columns", "--standardize", "--var-uid-column", "--organism")
+_FILE_FLAGS = (
+    "--layer",
+    "--layers",
+    "--obs-columns",
+    "--standardize",
+    "--feature-space",
+    "--var-uid-column",
+    "--organism",
+)
 
 
 def ingest(args: argparse.Namespace) -> int:

@@ -89,10 +89,18 @@ def opened_core(
     store = recorded_store(store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri)
     database = Database(db_uri, options)
     if given and not read_only:
-        inside = located_store_url(db_uri, meta, meta["store_url"], writable=False)  # a copy's own
-        check_given_store(store, database, sorted({meta["store_url"], inside}))
+        check_given_store(store, database, _settled_stores(db_uri, meta))
         refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
+
+
+def _settled_stores(db_uri: str, meta: dict[str, Any]) -> list[str] | None:
+    """The stores an open without ``store=`` could settle on: the recorded one, and a copy's own inside its
+    folder; None for a copy or move whose store lies outside it (every open of it names its store)."""
+    try:
+        return sorted({meta["store_url"], located_store_url(db_uri, meta, meta["store_url"], writable=True)})
+    except StoreError:
+        return None
 
 
 def _atlas_id_at(db_uri: str, store_kwargs: dict[str, Any] | None) -> str | None:

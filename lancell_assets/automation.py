@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from lancell.ingest.tenx import TO_H5AD
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.datasets import dataset_group
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
@@ -79,8 +80,8 @@ def landing_zone_sensor(
     if ignored:
         skip = (
             f"landing folder {landing_zone.path}: not landing files, ignored: {ignored} (a landing file is "
-            "an .h5ad with an optional <stem>.json sidecar: convert other formats to .h5ad first, e.g. a 10x "
-            "output with lancell.ingest.tenx.read_10x(path).write_h5ad(...))"
+            "an .h5ad with an optional <stem>.json sidecar: convert other formats to .h5ad first, e.g. a "
+            f"10x output with {TO_H5AD})"
         )
         context.log.warning(skip)
     # a partition no landing file names any more and never materialized (its sidecar now names another uid,

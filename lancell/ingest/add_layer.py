@@ -92,7 +92,9 @@ def add_layer(
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
         where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
-        listing = False  # whether the record may list the layer (an interrupt may follow the update's commit)
+        # whether the record may list the layer (an interrupt may follow its update's commit): then only the
+        # record is rolled back (the unlisted arrays are invisible; the next add_layer overwrites them)
+        listing = False
         try:
             padded = _write_values(group, dataset_uid, name, source, space.kind)
             if space.kind == "sparse" and attrs.get("csc_layers"):
@@ -106,13 +108,15 @@ def add_layer(
             if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException as exc:
-            try:  # the record stops listing the layer before its arrays go
-                if listing:
-                    atlas.core.tables.datasets.update(where=where, values={"layers": layers})
-            except Exception as undo:  # the layer may stay listed: it is whole, so nothing of it is removed
-                log.error("add_layer %s of %s: the record may list the layer: %s", name, dataset_uid, undo)
-            else:
+            if not listing:
                 _roll_back(group, attrs, name)
+            else:  # the record may list it (and a snapshot taken meanwhile pin that): the layer stays whole
+                try:
+                    atlas.core.tables.datasets.update(where=where, values={"layers": layers})
+                except Exception as undo:
+                    log.error(
+                        "add_layer %s of %s: the record may list the layer: %s", name, dataset_uid, undo
+                    )
             if is_store_failure(exc):  # the zarr store's own errors (obstore's): typed, named
                 raise store_error(exc, f"add_layer: dataset {dataset_uid!r}, layer {name!r}") from exc
             raise

@@ -241,15 +241,26 @@ class WriteTransaction:
                     )
                     for lease in self._leases:  # LockLostError if another process took one over
                         lease.check()
-                    # set first: an interrupt (Ctrl-C) or error may come after the commit inside add(), and a
-                    # roll-back deleting no row is harmless (this uid's lock is held: no one else commits it)
+                    # an interrupt (Ctrl-C) or error may come after the commit inside add(): the record is
+                    # deleted again while the content claim is held (another ingestion of this content, told
+                    # it is a duplicate of this record, would otherwise skip it); deleting no row is harmless
+                    # (this uid's lock is held: no one else commits it)
                     self._committed = True
-                    tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
+                    try:
+                        tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
+                    except BaseException:
+                        tables.datasets.delete(self._own_record())
+                        self._committed = False
+                        raise
         if duplicate_of is not None:
             self.roll_back()
             self.duplicate_of = duplicate_of
             return duplicate_of
         return self.record
+
+    def _own_record(self) -> str:
+        """SQL selecting this transaction's record: its uid and its group (never another's of the uid)."""
+        return f"uid = {sql_literal(self.record.uid)} AND zarr_group = {sql_literal(self.record.zarr_group)}"
 
     def _commit_allowed(self) -> None:
         """Refuse to commit a record staged short (its duplicate found by :meth:`stage`) now that no
@@ -271,7 +282,7 @@ class WriteTransaction:
         core, uid = self.core, self.record.uid
         try:
             if self._committed:
-                core.tables.datasets.delete(f"uid = {sql_literal(uid)}")
+                core.tables.datasets.delete(self._own_record())
                 self._committed = False
             if self._rows_written and self.cells_of is None:
                 core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")

@@ -90,11 +90,14 @@ def recorded_store(
     return resolve_store(store, url, store_kwargs)
 
 
-def check_given_store(store: obs_store.ObjectStore, database: Database, expected: Sequence[str]) -> None:
+def check_given_store(
+    store: obs_store.ObjectStore, database: Database, expected: Sequence[str] | None
+) -> None:
     """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
     would split the atlas across two stores (no lancell zarr root, or the group of the first dataset record
-    is not in it; or, in an atlas without datasets, a store other than the ``expected`` ones: the recorded
-    store, or the one inside a copied atlas's folder).
+    is not in it; or, in an atlas without datasets, a store other than the ``expected`` ones, those an open
+    without a store settles on: None when every open must name one, a copy or move whose store lies
+    outside it).
 
     Raises
     ------
@@ -118,7 +121,8 @@ def check_given_store(store: obs_store.ObjectStore, database: Database, expected
             f"the zarr store {where} given does not hold this atlas's groups ({group!r} is not in it): pass "
             "the store its datasets were written to"
         )
-    if group is None and comparable_location(where) not in {comparable_location(url) for url in expected}:
+    settled = {comparable_location(url) for url in expected or ()}
+    if group is None and expected is not None and comparable_location(where) not in settled:
         raise StoreError(
             f"the zarr store {where} given is not the one the atlas records ({', '.join(expected)}), and the "
             "atlas has no dataset whose group would show that it holds this atlas's groups: its writes "

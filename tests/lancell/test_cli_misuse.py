@@ -150,7 +150,7 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     tenx.mkdir()
     (tenx / "matrix.mtx.gz").write_bytes(b"")
     refused = run("ingest", db, str(tenx), check=False)
-    assert "it is a 10x output: ingest it from Python, lancell.ingest.tenx.add_from_10x" in refused.stderr
+    assert "it is a 10x output: write it as .h5ad first, lancell.ingest.tenx.read_10x(path)" in refused.stderr
     listed = run("ls", str(_write(tmp_path / "f.h5ad", ["G1"])), check=False)
     assert listed.returncode == 1 and "no atlas at" in listed.stderr and "(a file)" in listed.stderr
 

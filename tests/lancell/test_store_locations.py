@@ -67,3 +67,20 @@ def test_an_atlas_without_datasets_is_refused_another_store_for_writing(tmp_path
         RaggedAtlas.open(str(tmp_path / "a" / "db"), store=other)
     RaggedAtlas.open(str(tmp_path / "a" / "db"), store=other, read_only=True)  # reading harms nothing
     RaggedAtlas.open(str(tmp_path / "a" / "db"), store=str(tmp_path / "a" / "db" / "_zarr"))  # its own
+
+
+def test_an_empty_atlas_copied_with_its_store_outside_opens_with_the_copied_store(tmp_path: Path):
+    """The check above must not leave such a copy no store to write with: every open of it names one."""
+    import shutil
+
+    RaggedAtlas.create(
+        str(tmp_path / "a" / "db"),
+        "cells",
+        CellSchema,
+        store=str(tmp_path / "a" / "arrays"),
+        registry_schemas={"gene_expression": GeneFeature},
+    )
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
+    with pytest.raises(StoreError, match="is a copy of the atlas at"):
+        RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"))
