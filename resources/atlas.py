@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -90,6 +91,10 @@ class AtlasResource(dg.ConfigurableResource):
             try:
                 atlas = RaggedAtlas.open(self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs())
             except AtlasNotFoundError as exc:
+                if Path(self.db_uri).is_file():  # (a URL is never a local file)
+                    raise AtlasNotFoundError(
+                        f"AtlasResource.db_uri: {exc}: it names a file; an atlas is a folder (or a URL)"
+                    ) from exc
                 if not self.create_if_missing:
                     raise AtlasNotFoundError(
                         f"AtlasResource.db_uri: {exc}. Is the location mistyped or its volume not mounted? "

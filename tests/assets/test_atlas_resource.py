@@ -28,6 +28,15 @@ def test_a_missing_atlas_is_an_error_naming_the_location_and_nothing_is_created(
     assert sorted(tmp_path.iterdir()) == []
 
 
+def test_a_file_given_as_the_atlas_is_named_as_a_file_not_offered_creation(tmp_path: Path):
+    """db_uri naming a file said to set create_if_missing=True, which then failed to create a folder."""
+    (tmp_path / "x.h5ad").write_text("not an atlas")
+    for create in (False, True):
+        resource = AtlasResource(db_uri=str(tmp_path / "x.h5ad"), create_if_missing=create)
+        with pytest.raises(AtlasNotFoundError, match="it names a file; an atlas is a folder"):
+            resource.open()
+
+
 def test_create_if_missing_creates_the_atlas_once_and_says_so(tmp_path: Path, caplog):
     resource = AtlasResource(db_uri=str(tmp_path / "db"), create_if_missing=True)
     with caplog.at_level(logging.WARNING):
