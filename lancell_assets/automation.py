@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from lancell.ingest.tenx import TO_H5AD
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.datasets import dataset_group
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
@@ -78,10 +77,12 @@ def landing_zone_sensor(
         context.log.info(f"landing files landed again or changed: {changed}")
     skip = None
     if ignored:
+        from lancell.ingest import TENX_TO_H5AD  # (loading the definitions imports no lancell)
+
         skip = (
             f"landing folder {landing_zone.path}: not landing files, ignored: {ignored} (a landing file is "
             "an .h5ad with an optional <stem>.json sidecar: convert other formats to .h5ad first, e.g. a "
-            f"10x output with {TO_H5AD})"
+            f"10x output with {TENX_TO_H5AD})"
         )
         context.log.warning(skip)
     # a partition no landing file names any more and never materialized (its sidecar now names another uid,

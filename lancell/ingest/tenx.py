@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_FEATURE_TYPES",
     "TARGET_BLOCK_VALUES",
-    "TO_H5AD",
     "TenxMatrix",
     "add_from_10x",
     "open_10x",
@@ -57,9 +56,6 @@ __all__ = [
     "read_10x_h5",
     "read_10x_mtx",
 ]
-
-TO_H5AD = "lancell.ingest.tenx.read_10x(path).write_h5ad(...)"
-"""How a 10x output becomes a landing file (an ``.h5ad``), as messages about one say."""
 
 DEFAULT_FEATURE_TYPES: Mapping[str, str] = {
     "Gene Expression": "gene_expression",
