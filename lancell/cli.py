@@ -77,6 +77,8 @@ def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         if given and not args.features:
             parser.error(f"{option} applies to --features, and no --features were given")
     text, output = args.output, Path(args.output)
+    if "" in (where.strip() for where in args.where):
+        parser.error("--where is empty: give a filter, or leave the option out")
     if not text:
         parser.error("-o is empty: give the .h5ad file to write")
     if text.endswith(("/", os.sep)):
@@ -92,7 +94,20 @@ def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
 
 
-_CHECKS = {"init": _check_init_arguments, "query": _check_query_arguments}
+def _check_ingest_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a malformed ingest command line (its usage, exit 2) before the atlas is opened."""
+    from lancell.errors import IngestError
+
+    if args.uid is not None and len(args.paths) > 1:
+        parser.error(f"--uid names one dataset but {len(args.paths)} files were given")
+    for option, items in (("--layers", args.layers), ("--obs-columns", args.obs_columns)):
+        try:
+            cli_commands.name_pairs(option, items or [])
+        except IngestError as exc:
+            parser.error(str(exc))
+
+
+_CHECKS = {"init": _check_init_arguments, "ingest": _check_ingest_arguments, "query": _check_query_arguments}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["ingest", "init", "ls", "query", "snapshot", "vacuum", "validate", "versions"]
+__all__ = ["ingest", "init", "ls", "name_pairs", "query", "snapshot", "vacuum", "validate", "versions"]
 
 
 def init(args: argparse.Namespace) -> int:
@@ -39,7 +39,7 @@ def init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
+def name_pairs(option: str, items: Sequence[str]) -> dict[str, str]:
     """``NAME`` or ``KEY=VALUE`` entries of repeatable, comma-separated ``items`` as an ordered mapping
     (``NAME`` is ``NAME=NAME``).
 
@@ -77,7 +77,7 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.layer is not None:  # one layer stored from X, whatever layers a sidecar names
         overrides |= {"zarr_layer": args.layer, "layers": {}}
     if args.layers:
-        overrides["layers"] = _pairs("--layers", args.layers)
+        overrides["layers"] = name_pairs("--layers", args.layers)
     if args.standardize:
         overrides["standardize"] = True
     return overrides
@@ -131,14 +131,12 @@ def ingest(args: argparse.Namespace) -> int:
 
     from lancell.atlas import RaggedAtlas
     from lancell.cli_messages import about_file
-    from lancell.errors import IngestError, LancellError, LancellWarning
+    from lancell.errors import LancellError, LancellWarning
     from lancell.ingest.landing import ingest_landing_file, read_landing_spec
 
-    if args.uid is not None and len(args.paths) > 1:
-        raise IngestError(f"--uid names one dataset but {len(args.paths)} files were given")
     atlas = RaggedAtlas.open(args.db, store=args.store)
     overrides = _spec_overrides(args)
-    renames = _pairs("--obs-columns", args.obs_columns or [])
+    renames = name_pairs("--obs-columns", args.obs_columns or [])
     _check_files(args.paths)
     specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
     for spec in specs:
