@@ -21,7 +21,7 @@ from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, search_builder
 from lancell.tables.obs import NULLABLE_DTYPES
 from lancell.tables.pinned_table import lance_sql, scan_readahead
-from lancell.tables.stored_fields import SEARCH_RESULT_COLUMNS, pointer_fields_from_arrow
+from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow
 from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 __all__ = ["CellSelection"]
 
 # lancedb's names of the search columns -> the names a query returns
-_DISTANCE, _SCORE = SEARCH_RESULT_COLUMNS
-_SEARCH_COLUMNS = {"_distance": _DISTANCE, "_score": _SCORE, "_relevance_score": _SCORE}
+_SEARCH_COLUMNS = {
+    "_distance": SEARCH_RESULT_COLUMN["vector"],
+    "_score": SEARCH_RESULT_COLUMN["fts"],
+    "_relevance_score": SEARCH_RESULT_COLUMN["hybrid"],
+}
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,10 @@ class CellSelection:
         """
         columns = self.kept_columns() if columns is None else columns
         read = self.core.cell_arrow.names if columns is None else columns
-        added = {"vector": [_DISTANCE]}.get(self.search.query_type, [_SCORE]) if self.search else []
-        if taken := [name for name in added if name in read]:
+        added = SEARCH_RESULT_COLUMN[self.search.query_type] if self.search else None
+        if added in read:
             raise QueryError(  # a cell schema of an older lancell could declare it
-                f"cell column {taken[0]!r} has the name of the column this search adds: select() the columns "
+                f"cell column {added!r} has the name of the column this search adds: select() the columns "
                 "wanted without it"
             )
         try:

@@ -50,7 +50,7 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.locks import atlas_lock
 from lancell.tables.store_location import StoreLike, comparable_location, resolve_store
-from lancell.tables.stored_fields import SEARCH_RESULT_COLUMNS, vector_fields
+from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, vector_fields
 from lancell.tables.table_schemas import (
     DATASETS_TABLE,
     FEATURE_SPACES_SCHEMA,
@@ -192,8 +192,8 @@ def create_storage(
     for column in fts_columns:
         if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
             raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")
-    distance, score = SEARCH_RESULT_COLUMNS  # what searches add: vector, and text or hybrid
-    searched = [distance] * bool(vector_fields(cell_arrow)) + [score] * bool(fts_columns)
+    kinds = ["vector"] * bool(vector_fields(cell_arrow)) + ["fts", "hybrid"] * bool(fts_columns)
+    searched = sorted({SEARCH_RESULT_COLUMN[kind] for kind in kinds})  # the searches this atlas can run
     if taken := [name for name in searched if name in cell_arrow.names]:
         raise SchemaError(
             f"cell schema {cell_schema.__name__}: fields {taken} take the names of the columns its searches "

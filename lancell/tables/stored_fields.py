@@ -10,11 +10,11 @@ import pyarrow as pa
 
 from lancell.storage.groups import PointerKind
 
-__all__ = ["OBS_NAME", "SEARCH_RESULT_COLUMNS", "obs_fields", "pointer_fields_from_arrow", "vector_fields"]
+__all__ = ["OBS_NAME", "SEARCH_RESULT_COLUMN", "obs_fields", "pointer_fields_from_arrow", "vector_fields"]
 
 OBS_NAME = "obs_name"  # the cell column holding the input's obs name (absent in atlases made before it)
-SEARCH_RESULT_COLUMNS = ("distance", "score")
-"""The columns ``query().search()`` adds to the cells it returns (vector distance, text or hybrid score)."""
+SEARCH_RESULT_COLUMN = {"vector": "distance", "fts": "score", "hybrid": "score"}
+"""The column each kind of ``query().search()`` adds to the cells it returns."""
 
 
 def pointer_fields_from_arrow(schema: pa.Schema) -> dict[str, PointerKind]:

@@ -108,7 +108,7 @@ def test_a_search_of_an_atlas_with_a_cell_column_named_like_its_results_is_refus
         emb: Vector(2) | None = None
 
     with monkeypatch.context() as patched:
-        patched.setattr(atlas_meta, "SEARCH_RESULT_COLUMNS", ("distance_", "score_"))
+        patched.setattr(atlas_meta, "SEARCH_RESULT_COLUMN", {"vector": "_", "fts": "_", "hybrid": "_"})
         atlas = _create(tmp_path, Older, fts_columns=["note"])
     probe = np.ones(2, np.float32)
     with pytest.raises(
