@@ -25,9 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -47,7 +46,8 @@ __all__ = [
     "OnDuplicate",
     "check_on_duplicate",
     "combined_fingerprint",
-    "content_claim",
+    "committed_duplicate",
+    "content_lock_name",
     "find_duplicate",
     "formats_to_match",
 ]
@@ -198,27 +198,29 @@ def find_duplicate(core: AtlasCore, fingerprints: Sequence[str]) -> DatasetRecor
     return core.dataset_schema(**rows[0]) if rows else None
 
 
-@contextmanager
-def content_claim(
-    core: AtlasCore, dataset: str, fingerprints: Sequence[str], on_duplicate: OnDuplicate
-) -> Iterator[DatasetRecord | None]:
-    """Hold the right to commit the content of ``fingerprints`` (its fingerprint in the current format first,
-    then in the older formats the atlas holds); yield the dataset already holding it, if any.
+def content_lock_name(fingerprints: Sequence[str]) -> str:
+    """The lock held while a dataset of this content (its fingerprints, current format first) is committed:
+    :func:`committed_duplicate` is asked under it and the record committed before it is released, so two
+    processes ingesting identical content at once cannot both commit it (one sees the other's record)."""
+    return f"content-{fingerprints[0][:20]}"
 
-    The caller commits its dataset record inside the block unless a record is yielded, so two processes
-    ingesting identical content at once cannot both commit it (one sees the other's record).
+
+def committed_duplicate(
+    core: AtlasCore, dataset: str, fingerprints: Sequence[str], on_duplicate: OnDuplicate
+) -> DatasetRecord | None:
+    """The committed dataset already holding the content of ``fingerprints``, or None (always None for
+    ``on_duplicate="allow"``); ask it holding the lock :func:`content_lock_name`.
 
     Raises
     ------
     DuplicateContentError
         ``on_duplicate="error"`` and the content is already in the atlas.
     """
-    with core.lock(f"content-{fingerprints[0][:20]}"):
-        existing = None if on_duplicate == "allow" else find_duplicate(core, fingerprints)
-        if existing is not None and on_duplicate == "error":
-            raise DuplicateContentError(
-                f"dataset {dataset!r}: the same content (matrix, obs names, layer {existing.layer!r}, "
-                f"feature panel) is already in the atlas as dataset {existing.uid!r}; pass "
-                "on_duplicate='skip' to get that dataset's record or on_duplicate='allow' to store it again"
-            )
-        yield existing
+    existing = None if on_duplicate == "allow" else find_duplicate(core, fingerprints)
+    if existing is not None and on_duplicate == "error":
+        raise DuplicateContentError(
+            f"dataset {dataset!r}: the same content (matrix, obs names, layer {existing.layer!r}, "
+            f"feature panel) is already in the atlas as dataset {existing.uid!r}; pass "
+            "on_duplicate='skip' to get that dataset's record or on_duplicate='allow' to store it again"
+        )
+    return existing

@@ -17,14 +17,15 @@ point"):
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
    cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
-4. under the content lock (:func:`lancell.ingest.fingerprint.content_claim`), checks its leases and commits
-   the dataset record: the commit point (a transaction staged short whose duplicate was deleted meanwhile
-   is refused with :class:`~lancell.errors.CommitConflictError`).
+4. under the content lock (:func:`lancell.ingest.fingerprint.content_lock_name`), checks its leases and
+   commits the dataset record: the commit point (a transaction staged short whose duplicate was deleted
+   meanwhile is refused with :class:`~lancell.errors.CommitConflictError`).
 
 Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
 nulled), a layout it added that no record uses, and its group (through
 :func:`lancell.maintenance.remove_group`, which deletes only this atlas's own unreferenced groups).
-:func:`run_transactions` runs several as one, all or nothing (a 10x file split into feature spaces).
+:func:`run_transactions` runs several as one, all or nothing: their records in one commit, every content lock
+held until it is done (a 10x file split into feature spaces).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from lancell.ingest.fingerprint import (
     ContentHasher,
     OnDuplicate,
     combined_fingerprint,
-    content_claim,
+    committed_duplicate,
+    content_lock_name,
     find_duplicate,
     formats_to_match,
 )
@@ -225,40 +227,56 @@ class WriteTransaction:
                 f"{self.cells_of!r} are gone or already carry a {space.name!r} pointer"
             )
 
-    def commit(self) -> DatasetRecord:
-        """Commit the dataset record (the commit point) unless its content is already in the atlas: then
-        (``on_duplicate="skip"``) roll back and return the record holding that content."""
-        row = pa.Table.from_pylist([self.record.model_dump()], schema=self.core.dataset_arrow)
-        with content_claim(self.core, self.record.uid, self._fingerprints, self.on_duplicate) as duplicate_of:
-            if duplicate_of is None:
-                self._commit_allowed()
-                plan, tables = self.plan, self.core.tables
-                # a failed write of the same panel removes the layout unless a record uses it: check it is
-                # there and commit the record under one hold of the layouts lock
-                with self.core.lock("layouts"):
-                    self._layout_written |= ensure_layout(
-                        tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
-                    )
-                    for lease in self._leases:  # LockLostError if another process took one over
-                        lease.check()
-                    # an interrupt (Ctrl-C) or error may come after the commit inside add(): the record is
-                    # deleted again while the content claim is held (another ingestion of this content, told
-                    # it is a duplicate of this record, would otherwise skip it); deleting no row is harmless
-                    # (this uid's lock is held: no one else commits it)
-                    self._committed = True
-                    try:
-                        tables.datasets.add(row)  # the commit point (lancell.tables.visibility)
-                    except BaseException:
-                        tables.datasets.delete(self._own_record())
-                        self._committed = False
-                        raise
-        if duplicate_of is not None:
-            self.roll_back()
-            self.duplicate_of = duplicate_of
-            return duplicate_of
-        return self.record
+    @property
+    def content_lock(self) -> str:
+        """The lock held from :meth:`settle_duplicate` to the record's commit
+        (:func:`lancell.ingest.fingerprint.content_lock_name`)."""
+        return content_lock_name(self._fingerprints)
 
-    def _own_record(self) -> str:
+    def settle_duplicate(self) -> None:
+        """Holding :attr:`content_lock`: find the committed dataset that already holds this content
+        (``duplicate_of``; :func:`run_transactions` then rolls this one back and returns that record).
+
+        Raises
+        ------
+        DuplicateContentError
+            ``on_duplicate="error"`` and the content is already in the atlas.
+        CommitConflictError
+            Staged short (:meth:`_commit_allowed`) and that dataset was deleted meanwhile.
+        """
+        self.duplicate_of = committed_duplicate(
+            self.core, self.record.uid, self._fingerprints, self.on_duplicate
+        )
+        if self.duplicate_of is None:
+            self._commit_allowed()
+
+    def ready_record(self) -> dict:
+        """Holding the layouts lock (and :attr:`content_lock`): make sure the layout is there (a failed write
+        of the same panel removes it unless a record uses it), check the leases and return the record's row;
+        from here on a roll-back deletes the record.
+
+        Raises
+        ------
+        LockLostError
+            Another process took over one of this transaction's leases.
+        """
+        plan = self.plan
+        self._layout_written |= ensure_layout(
+            self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+        )
+        for lease in self._leases:
+            lease.check()
+        self._committed = True
+        return self.record.model_dump()
+
+    def remove_record(self) -> None:
+        """Delete this transaction's record if it may have been committed (deleting no row is harmless: this
+        uid's lock is held, no one else commits it)."""
+        if self._committed:
+            self.core.tables.datasets.delete(self.own_record())
+            self._committed = False
+
+    def own_record(self) -> str:
         """SQL selecting this transaction's record: its uid and its group (never another's of the uid)."""
         return f"uid = {sql_literal(self.record.uid)} AND zarr_group = {sql_literal(self.record.zarr_group)}"
 
@@ -281,9 +299,7 @@ class WriteTransaction:
         """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
         core, uid = self.core, self.record.uid
         try:
-            if self._committed:
-                core.tables.datasets.delete(self._own_record())
-                self._committed = False
+            self.remove_record()
             if self._rows_written and self.cells_of is None:
                 core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
             elif self._rows_written:
@@ -335,13 +351,13 @@ class WriteTransaction:
 
 
 def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
-    """Stage every transaction, then commit each record; all or nothing. Returns the records (a skipped
-    duplicate's: the existing dataset's). Call it directly from the public entry point (warnings name the
-    entry point's caller)."""
+    """Stage every transaction, then commit their records in one commit; all or nothing. Returns the records
+    (a skipped duplicate's: the existing dataset's). Call it directly from the public entry point (warnings
+    name the entry point's caller)."""
     try:
         for transaction in transactions:
             transaction.stage()
-        records = [transaction.commit() for transaction in transactions]
+        _commit(transactions)
     except BaseException as exc:
         for transaction in reversed(transactions):
             transaction.roll_back()
@@ -357,4 +373,35 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         release_freed_memory()  # what the ingestion freed, before the next one
     for transaction in transactions:
         transaction.report()
-    return records
+    return [transaction.duplicate_of or transaction.record for transaction in transactions]
+
+
+def _commit(transactions: Sequence[WriteTransaction]) -> None:
+    """Commit the records of the staged ``transactions`` whose content is not in the atlas yet, in one
+    commit (the commit point, :mod:`lancell.tables.visibility`), holding every content lock (taken in name
+    order, so two runs never wait on each other) until it is done; roll back the skipped duplicates.
+
+    Held to the end, the content locks keep another ingestion of the same content from being told it
+    duplicates a record that a later failure here would roll back (it would skip, and the content be lost).
+    """
+    core = transactions[0].core
+    with ExitStack() as content_locks:
+        for name in sorted({transaction.content_lock for transaction in transactions}):
+            content_locks.enter_context(core.lock(name))
+        for transaction in transactions:
+            transaction.settle_duplicate()
+        committing = [transaction for transaction in transactions if transaction.duplicate_of is None]
+        if committing:
+            with core.lock("layouts"):
+                rows = [transaction.ready_record() for transaction in committing]
+                # an interrupt (Ctrl-C) or error may come after the commit inside add(): the records are
+                # deleted again while the content locks are held
+                try:
+                    core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
+                except BaseException:
+                    for transaction in committing:
+                        transaction.remove_record()
+                    raise
+    for transaction in transactions:
+        if transaction.duplicate_of is not None:
+            transaction.roll_back()

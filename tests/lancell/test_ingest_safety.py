@@ -475,7 +475,7 @@ def test_a_roll_back_the_store_refuses_keeps_the_callers_error(atlas, monkeypatc
         raise IngestError("the ingestion's own failure")
 
     monkeypatch.setattr(write_transaction, "remove_group", store_gone)
-    monkeypatch.setattr(write_transaction.WriteTransaction, "commit", own_failure)
+    monkeypatch.setattr(write_transaction.WriteTransaction, "ready_record", own_failure)
     adata = ad.AnnData(
         sp.csr_matrix(np.ones((2, 2), np.int32)),
         obs=pd.DataFrame(index=["a", "b"]),

@@ -25,12 +25,14 @@ from lancell.errors import (
     FeatureSpaceError,
     IngestError,
     LancellWarning,
+    LockLostError,
     TenxFormatError,
     UnknownFeaturesError,
 )
 from lancell.ingest import tenx_mtx
 from lancell.ingest.h5_direct import CompressedRead
 from lancell.ingest.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -252,6 +254,32 @@ def test_failure_in_second_feature_space_rolls_back_the_first(tmp_path, with_ant
     with pytest.raises(UnknownFeaturesError):
         add_from_10x(atlas, V3_DIR, progress=False)
     assert visible_state(atlas) == before
+
+
+def test_the_feature_spaces_records_are_one_commit(tmp_path, with_antibodies, monkeypatch):
+    """Each feature space's record was committed on its own, its content lock released at once: a failure
+    of the protein record then rolled back a gene record that another ingestion of the same content could
+    already have been told it duplicates (it skipped, and the content was in the atlas nowhere)."""
+    atlas = _make_atlas(tmp_path / "atlas", TenxCells, read_10x(with_antibodies).var)
+    committed_before_ready = []
+    ready_record = WriteTransaction.ready_record
+
+    def lost_at_the_second(transaction):
+        fresh = RaggedAtlas.open(str(tmp_path / "atlas" / "db"))
+        committed_before_ready.append(len(fresh.list_datasets()))
+        if len(committed_before_ready) == 2:
+            raise LockLostError("taken over by another process")
+        return ready_record(transaction)
+
+    monkeypatch.setattr(WriteTransaction, "ready_record", lost_at_the_second)
+    before = visible_state(atlas)
+    with pytest.raises(LockLostError):
+        add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
+    assert committed_before_ready == [0, 0] and visible_state(atlas) == before
+    monkeypatch.undo()
+    records = add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
+    assert [r.feature_space for r in records] == ["gene_expression", "protein"]
+    assert atlas.validate() == []
 
 
 def _corrupt(kind: str, root: Path) -> Path:

@@ -225,7 +225,7 @@ def test_the_host_of_an_attachment_being_committed_is_not_deleted(db, monkeypatc
             RaggedAtlas.open(db).delete_dataset("d1")
         refused.append("d1")
 
-    _on_first_call(monkeypatch, write_transaction, "content_claim", delete_host)
+    _on_first_call(monkeypatch, write_transaction, "_commit", delete_host)
     panel = protein(NAMES)
     _attach(RaggedAtlas.open(db), panel)
     assert refused == ["d1"]
