@@ -203,7 +203,8 @@ def versions(args: argparse.Namespace) -> int:
 
     frame = RaggedAtlas.list_versions(args.db)
     columns = ["version", "created_at", "total_cells", "n_datasets", "note"]
-    print(frame[columns].to_string(index=False) if len(frame) else "no snapshot yet")
+    shown = frame[columns].astype({"note": object}).fillna({"note": ""})  # a snapshot without note: blank
+    print(shown.to_string(index=False) if len(frame) else "no snapshot yet")
     return 0
 
 

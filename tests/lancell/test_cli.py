@@ -64,6 +64,15 @@ def test_ls_versions_and_validate(built: Path) -> None:
     assert checked.stdout.strip() == "consistent"
 
 
+def test_a_snapshot_without_note_lists_a_blank_note(tmp_path: Path) -> None:
+    """``lancell versions`` printed ``None`` for a snapshot taken without ``--note``."""
+    db = str(tmp_path / "db")
+    run("init", db, "--store", str(tmp_path / "arrays"))
+    run("snapshot", db)
+    header, row = run("versions", db).stdout.splitlines()
+    assert header.split()[-1] == "note" and "None" not in row and row.split()[-1] == "0"
+
+
 def test_query_output_equals_the_python_api(built: Path) -> None:
     db, out = str(built / "db"), built / "x.h5ad"
     where = "dataset_uid IN ('celltypist_sample', 'mouse_10k')"
