@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lancell.errors import QueryError
-from lancell.tables.registry_view import registry_view
+from lancell.tables.registry_view import RegistryView, registry_view
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
@@ -32,12 +32,7 @@ def resolve_features(
         Names that are neither a uid nor a symbol of the registry.
     """
     view = registry_view(core, feature_space)
-    folded: dict[str, list[int]] = {}
-    if not case_sensitive:
-        for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
-            folded.setdefault(name.casefold(), []).append(int(index))
-        for symbol, indices in view.by_symbol.items():
-            folded.setdefault(symbol.casefold(), []).extend(indices)
+    folded = {} if case_sensitive else _folded(view)
     indices, unknown = [], []
     for name in names_or_uids:
         if not case_sensitive and name.casefold() in folded:
@@ -49,8 +44,34 @@ def resolve_features(
         else:
             unknown.append(name)
     if unknown:
-        raise QueryError(f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}")
+        message = f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}"
+        if case_sensitive:
+            message += _case_hint(view, unknown)
+        raise QueryError(message)
     return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+
+
+def _folded(view: RegistryView) -> dict[str, list[int]]:
+    """``{casefolded uid or symbol: global indices}``."""
+    folded: dict[str, list[int]] = {}
+    for name, index in zip(view.by_uid.index, view.by_uid.to_numpy(), strict=True):
+        folded.setdefault(name.casefold(), []).append(int(index))
+    for symbol, indices in view.by_symbol.items():
+        folded.setdefault(symbol.casefold(), []).extend(indices)
+    return folded
+
+
+def _case_hint(view: RegistryView, unknown: list[str]) -> str:
+    """How the unknown names would match ignoring case ("" when none would)."""
+    spelled: dict[str, str] = {}
+    for name in [*view.by_uid.index, *view.by_symbol.keys()]:
+        spelled.setdefault(name.casefold(), name)
+    matches = [f"{name!r} is {spelled[name.casefold()]!r}" for name in unknown if name.casefold() in spelled]
+    if not matches:
+        return ""
+    return (
+        f"; ignoring case, {', '.join(matches[:5])}: pass case_sensitive=False (lancell query --ignore-case)"
+    )
 
 
 def registry_columns(core: AtlasCore, feature_space: str) -> np.ndarray:
