@@ -165,9 +165,11 @@ def add_from_10x(
     genome
         See :func:`open_10x`.
     obs
-        Extra cell columns: a mapping of constants, a one-row frame whose index is not a barcode (broadcast
-        to every cell; its dtypes are kept, e.g. the row of a GEO sample table), or a frame indexed by
-        barcode with a row for every barcode (rows for other barcodes are left out, with a warning).
+        Extra cell columns: a mapping of column name to a constant, one value per cell (a list or array in
+        the matrix's cell order) or a Series indexed by barcode; a one-row frame whose index is not a
+        barcode (broadcast to every cell; its dtypes are kept, e.g. the row of a GEO sample table); or a
+        frame indexed by barcode. Whatever is indexed by barcode needs a row for every barcode (rows for
+        other barcodes are left out, with a warning).
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, per dataset: ``"error"`` raises
         :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"`` warns and returns the
@@ -277,17 +279,24 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
     Raises
     ------
     IngestError
-        A mapping value that is a sequence of another length than the number of cells, an ``obs`` frame
-        that lacks barcodes or has several rows for one, a one-row frame for a one-cell matrix indexed by
-        another barcode.
+        A mapping value that is a sequence of another length than the number of cells or a mapping, an
+        ``obs`` frame or Series that lacks barcodes or has several rows for one, a one-row frame for a
+        one-cell matrix indexed by another barcode.
     """
     frame = matrix.obs.copy()
     if obs is None:
         return frame
     if not isinstance(obs, pd.DataFrame):
         for name, value in obs.items():
-            sized = pd.api.types.is_list_like(value) and not isinstance(value, (pd.Series, Mapping))
-            if sized and hasattr(value, "__len__") and len(value) != len(frame):
+            if isinstance(value, pd.Series):  # by its index, like a frame's column, never aligned to nulls
+                frame[name] = _rows_by_barcode(matrix, value.to_frame(name))[name]
+                continue
+            if isinstance(value, Mapping):
+                raise IngestError(
+                    f"{matrix.path}: obs[{name!r}] is a mapping; give one value per cell (a list or array in "
+                    "the matrix's cell order, or a Series indexed by barcode) or a constant"
+                )
+            if pd.api.types.is_list_like(value) and hasattr(value, "__len__") and len(value) != len(frame):
                 raise IngestError(
                     f"{matrix.path}: obs[{name!r}] has {len(value)} values but the matrix has "
                     f"{len(frame)} cells; give one value per cell or a constant"
@@ -295,15 +304,27 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
             frame[name] = value
         return frame
     barcodes = frame.index
-    known = obs.index.isin(barcodes)
-    if not known.any() and len(obs) == 1 and len(barcodes) != 1:
+    if not obs.index.isin(barcodes).any() and len(obs) == 1 and len(barcodes) != 1:
         return pd.concat([frame, obs.iloc[np.zeros(len(frame), dtype=np.int64)].set_axis(barcodes)], axis=1)
-    if not known.any() and len(obs) == 1:
+    if not obs.index.isin(barcodes).any() and len(obs) == 1:
         raise IngestError(
             f"{matrix.path}: obs has one row, for {obs.index[0]!r}, and the matrix one cell, barcode "
             f"{barcodes[0]!r}: index the row by that barcode (a one-row frame indexed by something else "
             "than a barcode is repeated for every cell only when the matrix has several)"
         )
+    return pd.concat([frame, _rows_by_barcode(matrix, obs)], axis=1)
+
+
+def _rows_by_barcode(matrix: TenxMatrix, obs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``obs`` (indexed by barcode) for the matrix's barcodes, in its order.
+
+    Raises
+    ------
+    IngestError
+        ``obs`` has several rows for a barcode, or none for some.
+    """
+    barcodes = matrix.obs.index
+    known = obs.index.isin(barcodes)
     repeated = obs.index[obs.index.duplicated()]
     if len(repeated):
         raise IngestError(
@@ -312,7 +333,9 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
     missing = barcodes.difference(obs.index)
     if len(missing):
         raise IngestError(
-            f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])}"
+            f"{matrix.path}: obs has no rows for {len(missing)} barcodes, e.g. {list(missing[:3])} (columns "
+            f"{list(obs.columns)}); index it by barcode, or give its values in the matrix's cell order (a "
+            "list or array)"
         )
     if not known.all():
         extra = obs.index[~known]
@@ -320,6 +343,6 @@ def _cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | Non
             f"{matrix.path}: obs rows for {len(extra)} barcodes the matrix does not have are not stored, "
             f"e.g. {list(extra[:3])}",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return pd.concat([frame, obs.loc[barcodes].set_axis(barcodes)], axis=1)
+    return obs.loc[barcodes].set_axis(barcodes)

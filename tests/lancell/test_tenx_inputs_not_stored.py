@@ -85,6 +85,22 @@ def test_obs_rows_for_other_barcodes_are_warned_about(tmp_path):
     assert stored == {"A-1": "dA", "B-1": "dB"}
 
 
+def test_obs_columns_given_as_series_are_read_by_barcode(tmp_path):
+    """A default-indexed Series given as an obs column was aligned by pandas to the barcodes and stored as
+    nulls for every cell, silently."""
+    h5 = write_h5(tmp_path / "two.h5", np.array([[1, 2], [3, 0]]), IDS[:2], TYPES[:1] * 2, ["A-1", "B-1"])
+    atlas = _atlas(tmp_path, IDS[:2])
+    before = visible_state(atlas)
+    with pytest.raises(IngestError, match=r"no rows for 2 barcodes.*\['donor'\].*index it by barcode"):
+        add_from_10x(atlas, h5, obs={"donor": pd.Series(["dA", "dB"])}, progress=False)
+    with pytest.raises(IngestError, match=r"obs\['donor'\] is a mapping"):
+        add_from_10x(atlas, h5, obs={"donor": {"A-1": "dA", "B-1": "dB"}}, progress=False)
+    assert visible_state(atlas) == before
+    by_barcode = pd.Series(["dB", "dA"], index=["B-1", "A-1"])
+    add_from_10x(atlas, h5, obs={"donor": by_barcode}, progress=False)
+    assert atlas.query().to_pandas().set_index("obs_name")["donor"].to_dict() == {"A-1": "dA", "B-1": "dB"}
+
+
 def test_a_one_row_obs_frame_for_another_barcode_is_refused(tmp_path):
     h5 = write_h5(tmp_path / "one.h5", np.array([[1, 2]]), IDS[:2], TYPES[:1] * 2, ["A-1"])
     two = write_h5(tmp_path / "two.h5", np.array([[1, 2], [3, 0]]), IDS[:2], TYPES[:1] * 2, ["A-1", "B-1"])
