@@ -6,6 +6,7 @@ value, so a NaN hidden in a categorical or an integer column is reported, not di
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import numpy as np
@@ -47,6 +48,8 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
     _refuse_other_kinds(dataset, series, values, missing, field)
     if pa.types.is_integer(target):
         values = _to_integers(dataset, series, values, missing, field)
+    elif pa.types.is_date(target):
+        values = _to_dates(dataset, series, values, missing, field)
     elif pa.types.is_string(target) or pa.types.is_large_string(target):
         values = pd.Series(
             [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
@@ -69,7 +72,7 @@ def _refused_value(kind: str, value: object) -> bool:
         return isinstance(value, _BOOLS)
     if kind == "boolean":
         return not isinstance(value, _BOOLS) and not (isinstance(value, int | np.integer) and value in (0, 1))
-    if kind == "timestamp":
+    if kind in ("timestamp", "date"):
         return isinstance(value, _NUMBERS)
     if kind == "integer":  # digit strings ("1", "2": common categoricals) are; " 4 ", "1e3" not
         return isinstance(value, bytes) or (isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value))
@@ -81,7 +84,7 @@ def _refused_dtype(kind: str, dtype: np.dtype, values: pd.Series, missing: np.nd
         return dtype.kind == "b"
     if kind == "boolean":
         return dtype.kind in "iuf" and not values[~missing].isin([0, 1]).all()
-    if kind == "timestamp":
+    if kind in ("timestamp", "date"):
         return dtype.kind in "iufb"
     return kind == "text" and dtype.kind == "S"
 
@@ -92,7 +95,7 @@ def _schema_kind(target: pa.DataType) -> str | None:
     return next(
         (
             kind
-            for kind in ("floating", "boolean", "timestamp", "integer")
+            for kind in ("floating", "boolean", "timestamp", "date", "integer")
             if getattr(pa.types, f"is_{kind}")(target)
         ),
         None,
@@ -127,6 +130,50 @@ def _refuse_other_kinds(
             f"{type(values.iloc[int(np.flatnonzero(flags)[0])]).__name__} value for a {field.type} field at "
             f"{_first_bad(series, flags)}; convert the column explicitly",
         )
+
+
+def _to_dates(
+    dataset: str, series: pd.Series, values: pd.Series, missing: np.ndarray, field: pa.Field
+) -> pd.Series:
+    """The calendar dates of ``values`` (nulls where ``missing``): dates as they are, datetimes at midnight
+    as their own wall-clock date (Arrow would take a zoned one's UTC date: the day before, east of UTC).
+
+    Raises
+    ------
+    ObsConversionError
+        A datetime with a time of day (the date field would drop it), or a value that is no date.
+    """
+    if values.dtype.kind == "M":
+        stamps = values.dt.tz_localize(None) if values.dt.tz is not None else values
+    else:
+        dated = np.fromiter(
+            (m or isinstance(v, datetime.date | np.datetime64) for v, m in zip(values, missing, strict=True)),
+            dtype=bool,
+            count=len(values),
+        )
+        if not dated.all():
+            raise ObsConversionError(
+                dataset,
+                field.name,
+                f"{type(values.iloc[int(np.flatnonzero(~dated)[0])]).__name__} value for a {field.type} "
+                f"field at {_first_bad(series, ~dated)}; convert the column explicitly",
+            )
+        stamps = pd.Series([pd.NaT if m else _wall_clock(v) for v, m in zip(values, missing, strict=True)])
+    timed = ~missing & (stamps != stamps.dt.normalize()).to_numpy(dtype=bool)
+    if timed.any():
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"a time of day at {_first_bad(series, timed)}, but the field stores dates ({field.type}): "
+            "convert the column explicitly (.dt.normalize() keeps the day)",
+        )
+    return stamps.reset_index(drop=True)
+
+
+def _wall_clock(value: datetime.date | np.datetime64) -> pd.Timestamp:
+    """``value`` as a time-zone-free timestamp of its own wall clock."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize(None) if stamp.tz is not None else stamp
 
 
 def _to_integers(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -40,6 +42,16 @@ REFUSED = {  # (values, schema type): stored as something else by Arrow without 
     "text into an integer": (pd.Series(["3", " 4 ", "1e3"], dtype=object), pa.int64()),
     "string dtype into an integer": (pd.Series(["3", "4.0"], dtype="string"), pa.int32()),
     "bytes into text": (pd.Series([b"ab", b"\xff", None], dtype=object), pa.string()),
+    # dates: a time of day was dropped, integers became days after 1970
+    "times of day into a date": (pd.to_datetime(["2020-01-01 13:30", None]), pa.date32()),
+    "a datetime object with a time into a date": (
+        pd.Series([dt.date(2020, 1, 1), dt.datetime(2020, 1, 2, 23, 59)], dtype=object),
+        pa.date32(),
+    ),
+    "integers into a date": (pd.Series([0, 1, 18262], dtype=object), pa.date32()),
+    "integer dtype into a date": ([0, 1, 18262], pa.date32()),
+    "integer categories into a date": (pd.Categorical([0, 18262]), pa.date32()),
+    "text into a date": (pd.Series(["2020-01-02", None], dtype=object), pa.date32()),
 }
 
 
@@ -47,7 +59,7 @@ REFUSED = {  # (values, schema type): stored as something else by Arrow without 
 def test_values_of_another_kind_are_refused_not_converted(case: str) -> None:
     values, target = REFUSED[case]
     obs = pd.DataFrame({"v": pd.Series(values).set_axis([f"c{i}" for i in range(len(values))])})
-    with pytest.raises(ObsConversionError, match=r"column 'v'.*(cannot be stored|value for a)"):
+    with pytest.raises(ObsConversionError, match=r"column 'v'.*(cannot be stored|value for a|a time of day)"):
         obs_to_arrow("d", obs, [pa.field("v", target, nullable=True)])
 
 
@@ -57,6 +69,18 @@ ACCEPTED = {  # (values, schema type, stored)
     "integers into float": ([1, 2], pa.float64(), [1.0, 2.0]),
     "numeric objects into an integer": (pd.Series([3, 4.0, None], dtype=object), pa.int64(), [3, 4, None]),
     "digit strings into an integer": (pd.Categorical(["1", "-2", None]), pa.int32(), [1, -2, None]),
+    "midnights into a date": (pd.to_datetime(["2020-01-02", None]), pa.date32(), [dt.date(2020, 1, 2), None]),
+    # their own day (Arrow took the UTC date: the day before, east of UTC)
+    "zoned midnights into a date": (
+        pd.to_datetime(["2020-01-02", "2020-01-03"]).tz_localize("Europe/Berlin"),
+        pa.date32(),
+        [dt.date(2020, 1, 2), dt.date(2020, 1, 3)],
+    ),
+    "date objects into a date": (
+        pd.Series([dt.date(2020, 1, 2), None, dt.datetime(2020, 1, 3)], dtype=object),
+        pa.date32(),
+        [dt.date(2020, 1, 2), None, dt.date(2020, 1, 3)],
+    ),
 }
 
 
