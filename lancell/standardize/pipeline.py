@@ -36,7 +36,7 @@ from lancell.standardize.input_checks import (
 )
 from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
 from lancell.standardize.report import StandardizationReport
-from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_mode
+from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_modes
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -131,8 +131,8 @@ def standardize_anndata(
         missing) or ``"drop"`` them.
     duplicates
         var entries that resolve to one ``feature_uid``: ``"sum"`` their columns (exact; counts), keep the
-        ``"first"`` (warned), ``"auto"``: sum counts (integers, or floats that are all whole numbers) and
-        keep the first of other values, or raise (``"error"``); None leaves them (flagged in
+        ``"first"`` (warned), ``"auto"``: per matrix (``X`` and each layer), sum counts (integers, or
+        floats that are all whole numbers) and keep the first of other values, or raise (``"error"``); None leaves them (flagged in
         ``report.genes["duplicate"]``; an atlas refuses to ingest them). See
         :func:`lancell.standardize.var_merge.merge_duplicate_columns`.
 
@@ -253,9 +253,10 @@ def _standard_genes(
     else:
         counts["kept"] = int((~resolved).sum())
     if duplicates is not None:
-        how = merge_mode(adata, adata.var["feature_uid"]) if duplicates == "auto" else duplicates
+        how = merge_modes(adata, adata.var["feature_uid"]) if duplicates == "auto" else duplicates
         adata, merged = merge_duplicate_columns(adata, adata.var["feature_uid"], how)
-        counts["summed" if how == "sum" else "first"] = merged
+        summed = how == "sum" or (not isinstance(how, str) and "sum" in how.values())
+        counts["summed" if summed else "first"] = merged
     report.var_counts = counts | {"n_vars": adata.n_vars}
     return adata
 
@@ -309,8 +310,8 @@ def standardize_and_ingest(
     feature_space, zarr_layer, dataset_record, source_layer, progress, layer
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`.
     unresolved, duplicates
-        As for :func:`standardize_anndata`; genes sharing an id are summed when the values are counts
-        (``"auto"``; integers or whole-number floats), else the first is kept (warned).
+        As for :func:`standardize_anndata`; genes sharing an id are summed in the matrices that hold
+        counts (``"auto"``; integers or whole-number floats), the first is kept in the others (warned).
     on_conflict
         As for :meth:`lancell.atlas.RaggedAtlas.register_features` (a uid registered with another symbol).
     **standardize

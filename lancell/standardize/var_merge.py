@@ -3,13 +3,14 @@
 Standardizing gene names can map two inputs to one Ensembl id (a symbol and its older alias both present).
 An atlas stores each feature once per dataset, so such columns are summed (exact for counts), reduced to the
 first one (a :class:`~lancell.errors.LancellWarning` says how many were left out), or refused
-(:func:`merge_duplicate_columns`); :func:`merge_mode` picks ``"sum"`` for counts (integers, or floats that
-are all whole numbers) and ``"first"`` otherwise.
+(:func:`merge_duplicate_columns`); :func:`merge_modes` picks, per matrix (``X`` and each layer), ``"sum"``
+for counts (integers, or floats that are all whole numbers) and ``"first"`` otherwise.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Literal
 
 import anndata as ad
@@ -19,9 +20,10 @@ import scipy.sparse as sp
 
 from lancell.errors import DataValueError, LancellWarning, StandardizationError
 
-__all__ = ["MAX_COUNT", "Duplicates", "merge_duplicate_columns", "merge_mode"]
+__all__ = ["MAX_COUNT", "Duplicates", "Merge", "merge_duplicate_columns", "merge_modes"]
 
 Duplicates = Literal["sum", "first", "error", "auto"]
+Merge = Literal["sum", "first"]
 MAX_COUNT = 2**32 - 1  # integers are stored as uint32 counts
 
 
@@ -38,15 +40,16 @@ def _whole_numbers(matrix: object) -> bool:
     return bool(np.array_equal(values, np.trunc(values)))
 
 
-def merge_mode(adata: ad.AnnData, uids: pd.Series) -> Literal["sum", "first"]:
-    """``"sum"`` when the columns that share a uid hold counts in ``X`` and every layer (integers, or floats
-    that are all whole numbers: counts stored as floats), else ``"first"``."""
+def merge_modes(adata: ad.AnnData, uids: pd.Series) -> dict[str, Merge]:
+    """How to merge the columns that share a uid, per matrix (``"X"``, ``"layer 'name'"``): ``"sum"`` where
+    they hold counts (integers, or floats that are all whole numbers: counts stored as floats), else
+    ``"first"`` (adding up normalized values would change them)."""
     values = pd.Series(np.asarray(uids, dtype=object))
     shared = np.flatnonzero(values.duplicated(keep=False).to_numpy())
-    if shared.size == 0:
-        return "sum"
-    columns = [matrix[:, shared] for matrix in _matrices(adata).values()]  # type: ignore[index]
-    return "sum" if all(_whole_numbers(m) for m in columns) else "first"
+    return {
+        name: "sum" if shared.size == 0 or _whole_numbers(matrix[:, shared]) else "first"  # type: ignore[index]
+        for name, matrix in _matrices(adata).items()
+    }
 
 
 def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -> object:
@@ -86,7 +89,7 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
 
 
 def merge_duplicate_columns(
-    adata: ad.AnnData, uids: pd.Series, how: Literal["sum", "first", "error"]
+    adata: ad.AnnData, uids: pd.Series, how: Literal["sum", "first", "error"] | Mapping[str, Merge]
 ) -> tuple[ad.AnnData, int]:
     """``adata`` with one column per distinct ``uids`` value (first-seen order) and how many were merged away.
 
@@ -99,12 +102,13 @@ def merge_duplicate_columns(
     how
         ``"sum"``: add the columns of ``X`` and of every layer up, exactly (integers as int64, floats as
         float64; the result keeps the input dtype where its values fit; a plain sum for normalized values);
-        ``"first"``: keep the first column of each uid (warns); ``"error"``: refuse when any uid repeats.
+        ``"first"``: keep the first column of each uid (warns); ``"error"``: refuse when any uid repeats; or
+        one of ``"sum"`` / ``"first"`` per matrix, as :func:`merge_modes` gives.
 
     Warns
     -----
     LancellWarning
-        ``how="first"`` left out the columns of var entries that share a uid with an earlier one.
+        A matrix kept the first column of var entries that share a uid, leaving the others' values out.
 
     Raises
     ------
@@ -112,10 +116,10 @@ def merge_duplicate_columns(
         ``how="error"`` and a uid repeats (the message lists uids and the var entries that share them), or an
         unknown ``how``, or a missing uid (the message names its var entries).
     DataValueError
-        ``how="sum"`` on integers gives values above ``2**32 - 1``, which counts cannot hold (the message
-        names the features).
+        Summing integers gives values above ``2**32 - 1``, which counts cannot hold (the message names the
+        features).
     """
-    if how not in ("sum", "first", "error"):
+    if isinstance(how, str) and how not in ("sum", "first", "error"):
         raise StandardizationError(f"duplicates must be 'sum', 'first' or 'error', got {how!r}")
     values = pd.Series(np.asarray(uids, dtype=object), index=adata.var_names)
     if values.isna().any():
@@ -134,17 +138,23 @@ def merge_duplicate_columns(
             f"{len(shared)} feature uids are shared by several var entries {preview}; pass "
             "duplicates='sum' (counts) or 'first'"
         )
+    matrices = _matrices(adata)
+    modes = dict.fromkeys(matrices, how) if isinstance(how, str) else dict(how)
     codes, distinct = pd.factorize(values)
     first = np.unique(codes, return_index=True)[1]
     out = adata[:, first].copy()
-    if how == "sum":
+    if modes["X"] == "sum":
         out.X = _summed(adata.X, codes, distinct, "X")
-        for name in adata.layers:
+    for name in adata.layers:
+        if modes[f"layer {name!r}"] == "sum":
             out.layers[name] = _summed(adata.layers[name], codes, distinct, f"layer {name!r}")
-    else:
+    if kept_first := [name for name, mode in modes.items() if mode == "first"]:
+        summed = [name for name, mode in modes.items() if mode == "sum"]
+        added = f"; {' and '.join(summed)}: added up" if summed else ""
         warnings.warn(
             f"{adata.n_vars - len(distinct)} var entries share a feature uid with an earlier one and were "
-            f"left out, their values not stored (duplicates='first'; 'sum' adds them up): {preview}",
+            f"left out of {' and '.join(kept_first)}, their values not stored (duplicates='first'; 'sum' "
+            f"adds them up){added}: {preview}",
             LancellWarning,
             stacklevel=2,
         )

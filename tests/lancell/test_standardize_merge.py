@@ -95,6 +95,19 @@ def test_counts_stored_as_floats_are_summed_other_floats_keep_the_first_with_a_w
     assert out.X.toarray().tolist() == [[0.5, 1.0]]
 
 
+def test_auto_decides_per_layer_counts_summed_normalized_values_first():
+    """``"auto"`` chose one way for X and every layer: integer counts under a log-normalized X kept only the
+    first gene's counts (docs: summed for counts, the first kept for floats)."""
+    adata = _adata(np.array([[0.5, 1.25, 1.0], [0.0, 2.5, 0.0]], dtype=np.float32), ONE_GENE)
+    adata.layers["counts"] = sp.csr_matrix(np.array([[3, 4, 1], [0, 7, 0]], dtype=np.int32))
+    with pytest.warns(LancellWarning, match=r"left out of X, .*; layer 'counts': added up"):
+        out, report = standardize_anndata(adata, organism="human", obs_columns={}, duplicates="auto")
+    assert report.var_counts["summed"] == 1
+    assert out.layers["counts"].toarray().tolist() == [[7, 1], [7, 0]]
+    assert out.layers["counts"].dtype == np.int32
+    assert out.X.toarray().tolist() == [[0.5, 1.0], [0.0, 0.0]]
+
+
 def test_gene_column_gives_the_registry_symbols(tmp_path):
     atlas = _atlas(tmp_path)
     adata = _adata(
