@@ -34,8 +34,8 @@ optional; an unknown key is an error naming the sidecar (the file is not ingeste
     (:func:`lancell.standardize.pipeline.standardize_anndata` on the ``var_uid_column`` or var index; loads
     the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
     its name); genes that resolve to one id are summed in X and each layer that hold counts (integers,
-    or floats that are all whole numbers), the first is kept in the others (warned). The term id columns are stored
-    where the cell schema declares them.
+    or floats that are all whole numbers), the first is kept in the others (warned). The term id columns
+    are stored where the cell schema declares them.
 ``csc``
     ``true`` or ``false``: write the feature-major (CSC) copy or not; by default lancell's rule
     (:func:`lancell.ingest.from_anndata.add_from_anndata`'s ``csc``: sparse datasets of at least

@@ -132,8 +132,8 @@ def standardize_anndata(
     duplicates
         var entries that resolve to one ``feature_uid``: ``"sum"`` their columns (exact; counts), keep the
         ``"first"`` (warned), ``"auto"``: per matrix (``X`` and each layer), sum counts (integers, or
-        floats that are all whole numbers) and keep the first of other values, or raise (``"error"``); None leaves them (flagged in
-        ``report.genes["duplicate"]``; an atlas refuses to ingest them). See
+        floats that are all whole numbers) and keep the first of other values, or raise (``"error"``);
+        None leaves them (flagged in ``report.genes["duplicate"]``; an atlas refuses to ingest them). See
         :func:`lancell.standardize.var_merge.merge_duplicate_columns`.
 
     Returns
