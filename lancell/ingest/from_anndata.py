@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
+import h5py
 
 from lancell.errors import IngestError, LancellWarning
+from lancell.ingest import TENX_TO_H5AD
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.ingest.write_transaction import WriteTransaction, run_transactions
@@ -28,7 +30,7 @@ from lancell.tables.schema import DatasetRecord
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_from_anndata"]
+__all__ = ["add_from_anndata", "open_h5ad"]
 
 
 def add_from_anndata(
@@ -106,13 +108,7 @@ def add_from_anndata(
     """
     atlas.core.require_writable()
     if isinstance(adata, str | os.PathLike):
-        path = Path(adata)
-        if not path.exists():
-            raise IngestError(f"no such file: {path}")
-        try:
-            adata = ad.read_h5ad(path, backed="r")
-        except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
-            raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}") from exc
+        adata = open_h5ad(Path(adata))
     record = (dataset_record or atlas.dataset_schema()).model_copy()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
@@ -153,3 +149,33 @@ def _check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> N
             LancellWarning,
             stacklevel=3,
         )
+
+
+def open_h5ad(path: Path) -> ad.AnnData:
+    """The ``.h5ad`` file ``path``, opened backed (no matrix read).
+
+    Raises
+    ------
+    IngestError
+        No such file, or not an ``.h5ad`` (a 10x Cell Ranger ``.h5`` is named, with how to convert it).
+    """
+    if not path.exists():
+        raise IngestError(f"no such file: {path}")
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
+        remedy = f"; it is a 10x output: write it as .h5ad first, {TENX_TO_H5AD}" if _is_tenx_h5(path) else ""
+        raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}{remedy}") from exc
+
+
+def _is_tenx_h5(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file laid out as Cell Ranger writes its matrices: a group (``matrix``, or
+    one per genome) holding ``barcodes``, ``data``, ``indices`` and ``indptr``."""
+    try:
+        with h5py.File(path, "r") as f:
+            return any(
+                isinstance(group, h5py.Group) and {"barcodes", "data", "indices", "indptr"} <= set(group)
+                for group in f.values()
+            )
+    except OSError:  # not HDF5
+        return False

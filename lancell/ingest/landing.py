@@ -64,7 +64,7 @@ import xxhash
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError, LancellWarning
-from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.from_anndata import add_from_anndata, open_h5ad
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
 from lancell.tables.schema import DatasetRecord, check_dataset_uid, obs_fields
@@ -319,10 +319,7 @@ def ingest_landing_file(
     except pydantic.ValidationError as exc:
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
     check_dataset_uid(spec.uid)  # before anything is registered
-    try:
-        adata = ad.read_h5ad(spec.path, backed="r")
-    except (OSError, KeyError, ValueError) as exc:
-        raise IngestError(f"cannot read {spec.path} as .h5ad: {exc}") from exc
+    adata = open_h5ad(spec.path)
     adata, report = _prepared(atlas, spec, adata)
     if report is None:
         features, uid_column = _features(atlas, spec, adata.var), spec.var_uid_column

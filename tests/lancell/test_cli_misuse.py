@@ -20,6 +20,8 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from tests.lancell.test_cli import LANCELL, run
 
+DATA = Path(__file__).resolve().parents[2] / "data"
+
 
 def _write(path: Path, genes: list[str], sidecar: dict | None = None) -> Path:
     x = sp.csr_matrix(np.arange(1, 2 * len(genes) + 1, dtype=np.int32).reshape(2, len(genes)))
@@ -151,6 +153,13 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     (tenx / "matrix.mtx.gz").write_bytes(b"")
     refused = run("ingest", db, str(tenx), check=False)
     assert "it is a 10x output: write it as .h5ad first, lancell.ingest.tenx.read_10x(path)" in refused.stderr
+    cell_ranger = ("10x_v3/filtered_feature_bc_matrix.h5", "10x_v2/filtered_gene_bc_matrices_h5.h5")
+    for h5 in (DATA / name for name in cell_ranger):
+        refused = run("ingest", db, str(h5), check=False)  # Cell Ranger's .h5: HDF5's own error alone
+        assert refused.returncode == 1 and "it is a 10x output: write it as .h5ad first" in refused.stderr
+    (tmp_path / "notes.h5ad").write_text("not HDF5")
+    not_tenx = run("ingest", db, str(tmp_path / "notes.h5ad"), check=False)
+    assert not_tenx.returncode == 1 and "cannot read" in not_tenx.stderr and "10x" not in not_tenx.stderr
     listed = run("ls", str(_write(tmp_path / "f.h5ad", ["G1"])), check=False)
     assert listed.returncode == 1 and "no atlas at" in listed.stderr and "(a file)" in listed.stderr
 
