@@ -333,9 +333,15 @@ class WriteTransaction:
             )
             return
         if plan.dropped_obs_columns:
+            why = (
+                "are not in the cell schema (or are names lancell reserves)"
+                if self.cells_of is None
+                else f"belong to a modality attached to the cells of {self.cells_of!r}, which keep their own "
+                "obs (give them to add_from_mudata in mdata.obs or the first modality's obs)"
+            )
             warnings.warn(
-                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} are not in the cell schema (or are "
-                "names lancell reserves) and were not stored (listed on the record as dropped_obs_columns)",
+                f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} {why} and were not stored (listed "
+                "on the record as dropped_obs_columns)",
                 DroppedColumnsWarning,
                 stacklevel=4,
             )

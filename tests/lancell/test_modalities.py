@@ -169,7 +169,9 @@ def test_attached_obs_columns_are_listed_as_dropped_and_warned(ingested):
     atlas, pbmc = ingested
     programs = _programs(pbmc)
     programs.obs["cell_type"] = "T cell"  # the cells keep their own cell_type: this one is not stored
-    with pytest.warns(DroppedColumnsWarning, match=r"obs columns \['cell_type'\]"):
+    # the schema declares cell_type: the warning said it was not in the cell schema
+    attached = r"obs columns \['cell_type'\] belong to a modality attached to the cells of 'pbmc', which keep"
+    with pytest.warns(DroppedColumnsWarning, match=attached):
         record = attach_modality(
             atlas, programs, cells_of="pbmc", feature_space="programs", zarr_layer="scores", progress=False
         )
