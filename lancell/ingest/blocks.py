@@ -53,7 +53,8 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
             bad = "negative" if low < 0 else "above 2**32-1"
             raise DataValueError(
                 f"dataset {dataset!r}, layer {zarr_layer!r}: {bad} integer value "
-                f"{low if low < 0 else high} in the rows from {row0}; counts must be in [0, 2**32)"
+                f"{low if low < 0 else high} in the rows from {row0}; integers are stored as uint32, in "
+                "[0, 2**32): store other values as floats (e.g. .astype('float32'))"
             )
         return values.astype(np.uint32)
     if values.size == 0:

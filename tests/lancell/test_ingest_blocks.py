@@ -103,3 +103,9 @@ def test_nonzero_values_float32_cannot_hold_are_warned_about(stored_column: np.n
         warnings.simplefilter("error")
         checked_values("tiny", "log_normalized", np.array([0.0, 1e-30, 2.0]), 0)  # float32 holds 1e-30
         list(stored_csr_blocks(matrix_source("ok", sp.csr_matrix(np.array([[1e-30, 0.0]]))), "x", None))
+
+
+def test_negative_integers_under_any_layer_say_how_to_store_them() -> None:
+    """The message said counts must be in [0, 2**32) for a layer that was not counts."""
+    with pytest.raises(DataValueError, match=r"layer 'scaled': negative integer value -2 .* as floats"):
+        checked_values("d", "scaled", np.array([3, -2, 1], dtype=np.int16), 0)
