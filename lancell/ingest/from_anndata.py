@@ -23,7 +23,8 @@ from lancell.errors import IngestError, LancellWarning
 from lancell.ingest import TENX_TO_H5AD
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
-from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.ingest.transaction_run import run_transactions
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.schema import DatasetRecord
 

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.plan import plan_ingest, stored_layers
-from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.ingest.transaction_run import run_transactions
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.maintenance import remove_dataset, remove_group
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space

@@ -39,7 +39,8 @@ from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.tenx_h5 import open_h5
 from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
-from lancell.ingest.write_transaction import WriteTransaction, run_transactions
+from lancell.ingest.transaction_run import run_transactions
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.feature_spaces import resolve_feature_space
 
 if TYPE_CHECKING:
@@ -138,12 +139,15 @@ def add_from_10x(
     on_duplicate: OnDuplicate = "error",
     progress: bool = True,
 ) -> list[DatasetRecord]:
-    """Ingest a 10x output, one dataset per feature space, all or nothing, streamed from the file.
+    """Ingest a 10x output, one dataset per feature space on one set of cells, all or nothing, streamed from
+    the file.
 
     Feature types are routed to feature spaces by ``feature_types``; a type with no entry there, or whose
     feature space the atlas lacks, is not stored (a :class:`~lancell.errors.LancellWarning` names it with its
-    numbers of features and values). Each feature space gets its own dataset record; with several, their
-    uids are ``"<uid>-<feature_space>"``.
+    numbers of features and values). The first feature space (in ``feature_types`` order) adds the cells as
+    dataset ``<uid>``; each further one (a CITE-seq run's ``protein``) is attached to those cells as dataset
+    ``<uid>/<feature_space>`` (as :func:`lancell.ingest.modalities.attach_modality` does), so a cell's
+    modalities are read together (``to_mudata``) and counted once.
 
     Parameters
     ----------
@@ -171,9 +175,11 @@ def add_from_10x(
         frame indexed by barcode. Whatever is indexed by barcode needs a row for every barcode (rows for
         other barcodes are left out, with a warning).
     on_duplicate
-        As for :func:`lancell.ingest.from_anndata.add_from_anndata`, per dataset: ``"error"`` raises
-        :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"`` warns and returns the
-        record of the dataset already holding that content, ``"allow"`` stores it again.
+        As for :func:`lancell.ingest.from_anndata.add_from_anndata`, applied to the dataset adding the cells:
+        ``"error"`` raises :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"``
+        warns and returns the records of the datasets already holding that content (the dataset's, and its
+        attached modalities of the same content: an :class:`~lancell.errors.IngestError` if it has none),
+        ``"allow"`` stores it again.
     progress
         Show progress bars.
 
@@ -209,26 +215,35 @@ def add_from_10x(
     check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})
+    cells_space = next(iter(routes))  # adds the cells; the others are attached to them
     records = {
-        space: base.model_copy(update={"uid": base.uid if len(routes) == 1 else f"{base.uid}-{space}"})
+        space: base if space == cells_space else base.model_copy(update={"uid": f"{base.uid}/{space}"})
         for space in routes
     }
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
     for space in routes:
         spaces[space].check_layer(zarr_layer)
-        check_record(atlas.core, records[space])
+        check_record(atlas.core, records[space], None if space == cells_space else base.uid)
     cell_obs = _cell_obs(matrix, obs)
     # the left-out types are counted with the kept ones ("_" starts no dataset uid)
     subsets = {records[space].uid: columns for space, columns in routes.items()}
     sources = matrix.sources(subsets | {f"_{kind}": columns for kind, (columns, _) in skipped.items()})
-    transactions = []
+    transactions: list[WriteTransaction] = []
     for space, columns in routes.items():
-        uid = records[space].uid
+        uid, host = records[space].uid, (transactions[0] if transactions else None)
         uids = matrix.var.iloc[columns][var_uid_column].astype(str).tolist()
-        plan = plan_dataset(atlas.core, spaces[space], uid, {zarr_layer: sources[uid]}, cell_obs, uids)
+        obs_of = cell_obs if host is None else cell_obs[[]]  # an attached modality's cells keep their obs
+        plan = plan_dataset(atlas.core, spaces[space], uid, {zarr_layer: sources[uid]}, obs_of, uids)
         transactions.append(
             WriteTransaction(
-                atlas.core, plan, spaces[space], records[space], on_duplicate=on_duplicate, progress=progress
+                atlas.core,
+                plan,
+                spaces[space],
+                records[space],
+                cells_of=None if host is None else base.uid,
+                host=host,
+                on_duplicate=on_duplicate if host is None else "allow",
+                progress=progress,
             )
         )
     stored = run_transactions(transactions)

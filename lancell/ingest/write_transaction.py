@@ -24,8 +24,8 @@ point"):
 Any failure rolls back exactly what the transaction wrote: the record, the rows (deleted, or the pointers
 nulled), a layout it added that no record uses, and its group (through
 :func:`lancell.maintenance.remove_group`, which deletes only this atlas's own unreferenced groups).
-:func:`run_transactions` runs several as one, all or nothing: their records in one commit, every content lock
-held until it is done (a 10x file split into feature spaces).
+:func:`lancell.ingest.transaction_run.run_transactions` runs several as one, all or nothing: their records in
+one commit, every content lock held until it is done (a 10x file split into feature spaces).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import itertools
 import logging
 import time
 import warnings
-from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -47,7 +46,6 @@ from lancell.errors import (
     DuplicateContentWarning,
     IngestError,
     LancellWarning,
-    StoreError,
 )
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
@@ -59,13 +57,11 @@ from lancell.ingest.fingerprint import (
     find_duplicate,
     formats_to_match,
 )
-from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.group_write import stored_dtype, write_group
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
 from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
-from lancell.storage.store_failures import is_store_failure
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal
 from lancell.tables.schema import DatasetRecord
@@ -75,7 +71,7 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction", "run_transactions"]
+__all__ = ["WriteTransaction"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +93,9 @@ class WriteTransaction:
     cells_of
         For a further modality: the dataset whose cells ``plan.obs_names`` name (their pointers are set);
         None to add new cells.
+    host
+        For a further modality of cells that another transaction of the same run adds (``cells_of`` is its
+        uid): that transaction, whose dataset claim covers the cells until the records commit together.
     csc
         Write the CSC copy; by default for sparse datasets of at least ``CSC_MIN_VALUES`` stored values.
     on_duplicate
@@ -113,12 +112,14 @@ class WriteTransaction:
         record: DatasetRecord,
         *,
         cells_of: str | None = None,
+        host: WriteTransaction | None = None,
         csc: bool | None = None,
         on_duplicate: OnDuplicate = "error",
         progress: bool = True,
     ) -> None:
         self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
+        self.host = host
         self.duplicate_of: DatasetRecord | None = None
         self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()
@@ -174,6 +175,8 @@ class WriteTransaction:
                 with warnings.catch_warnings():  # an atlas without fingerprints: commit() warns
                     warnings.simplefilter("ignore", LancellWarning)
                     self._short = find_duplicate(core, self._fingerprints) is not None
+            # the host's cells are not written (its content is committed already): nor are their pointers
+            self._short |= self.host is not None and self.host.staged_short
             if self._short:  # commit() refuses or skips it: the rest would be written to be removed
                 return
             if written is not None:
@@ -210,8 +213,10 @@ class WriteTransaction:
             while part := list(itertools.islice(batches, ROWS_PER_COMMIT // CELL_BATCH)):
                 cells.add(pa.RecordBatchReader.from_batches(schema, part))
             return
-        # held to the record's commit (or the roll-back): the host is not deleted meanwhile
-        self._leases.append(self._claims.enter_context(hold_host(core, self.cells_of, space.name)))
+        if (
+            self.host is None
+        ):  # held to the record's commit (or the roll-back): the host is not deleted meanwhile
+            self._leases.append(self._claims.enter_context(hold_host(core, self.cells_of, space.name)))
         uids = (self.cells_of + ":" + self.plan.obs_names.astype(str)).to_numpy(dtype=object)
         batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
         rows = pa.schema([schema.field("uid"), schema.field(space.name)])
@@ -249,6 +254,35 @@ class WriteTransaction:
         )
         if self.duplicate_of is None:
             self._commit_allowed()
+
+    @property
+    def staged_short(self) -> bool:
+        """Staged up to the fingerprint only: the content was committed already (or, for a modality of a
+        host of the same run, the host's was)."""
+        return self._short
+
+    def settle_with_host(self) -> None:
+        """Holding :attr:`content_lock`, for a modality whose :attr:`host` was skipped as holding the content
+        of dataset X: this modality's content must be X's modality of the same content (``duplicate_of``,
+        returned instead), else nothing is stored.
+
+        Raises
+        ------
+        IngestError
+            X's cells hold no such modality.
+        """
+        held_by = self.host.duplicate_of if self.host is not None else None
+        if held_by is None:
+            raise RuntimeError("settle_with_host() needs a host skipped as a duplicate")
+        existing = find_duplicate(self.core, self._fingerprints)
+        if existing is None or existing.cells_of != held_by.uid:
+            raise IngestError(
+                f"dataset {self.host.record.uid!r}: its {self.host.space.name!r} content is already in the "
+                f"atlas as dataset {held_by.uid!r}, whose cells hold no {self.space.name!r} data of this "
+                f"content; nothing was stored: attach it to those cells with attach_modality(..., "
+                f"cells_of={held_by.uid!r})"
+            )
+        self.duplicate_of = existing
 
     def ready_record(self) -> dict:
         """Holding the layouts lock (and :attr:`content_lock`): make sure the layout is there (a failed write
@@ -354,60 +388,3 @@ class WriteTransaction:
             elapsed,
             plan.n_cells / max(elapsed, 1e-9),
         )
-
-
-def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
-    """Stage every transaction, then commit their records in one commit; all or nothing. Returns the records
-    (a skipped duplicate's: the existing dataset's). Call it directly from the public entry point (warnings
-    name the entry point's caller)."""
-    try:
-        for transaction in transactions:
-            transaction.stage()
-        _commit(transactions)
-    except BaseException as exc:
-        for transaction in reversed(transactions):
-            transaction.roll_back()
-        # a store failure (unreachable, refused, timed out), raw or as the store boundary raised it (a plain
-        # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
-        if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
-            uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
-            raise StoreError(f"dataset {uids}: the object store failed while it was written: {exc}") from exc
-        raise
-    finally:
-        for transaction in transactions:
-            transaction.close()
-        release_freed_memory()  # what the ingestion freed, before the next one
-    for transaction in transactions:
-        transaction.report()
-    return [transaction.duplicate_of or transaction.record for transaction in transactions]
-
-
-def _commit(transactions: Sequence[WriteTransaction]) -> None:
-    """Commit the records of the staged ``transactions`` whose content is not in the atlas yet, in one
-    commit (the commit point, :mod:`lancell.tables.visibility`), holding every content lock (taken in name
-    order, so two runs never wait on each other) until it is done; roll back the skipped duplicates.
-
-    Held to the end, the content locks keep another ingestion of the same content from being told it
-    duplicates a record that a later failure here would roll back (it would skip, and the content be lost).
-    """
-    core = transactions[0].core
-    with ExitStack() as content_locks:
-        for name in sorted({transaction.content_lock for transaction in transactions}):
-            content_locks.enter_context(core.lock(name))
-        for transaction in transactions:
-            transaction.settle_duplicate()
-        committing = [transaction for transaction in transactions if transaction.duplicate_of is None]
-        if committing:
-            with core.lock("layouts"):
-                rows = [transaction.ready_record() for transaction in committing]
-                # an interrupt (Ctrl-C) or error may come after the commit inside add(): the records are
-                # deleted again while the content locks are held
-                try:
-                    core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
-                except BaseException:
-                    for transaction in committing:
-                        transaction.remove_record()
-                    raise
-    for transaction in transactions:
-        if transaction.duplicate_of is not None:
-            transaction.roll_back()

@@ -47,6 +47,7 @@ class Feature(FeatureBaseSchema):
 
 
 class TenxCells(LancellBaseSchema):
+    donor: str | None = None
     gene_expression: SparseZarrPointer | None = None
     protein: SparseZarrPointer | None = None
 
@@ -196,19 +197,68 @@ def with_antibodies(tmp_path) -> Path:
     return folder
 
 
-def test_feature_types_split_into_feature_spaces(tmp_path, with_antibodies, v3_reference):
+def test_feature_types_split_into_feature_spaces_of_one_set_of_cells(tmp_path, with_antibodies, v3_reference):
+    """Each feature space was a dataset with cells of its own: a CITE-seq run's cells were counted twice and
+    their RNA and protein could never be read together."""
     var = read_10x(with_antibodies).var
     atlas = _make_atlas(tmp_path / "atlas", TenxCells, var)
-    records = add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
-    assert [(r.uid, r.feature_space, r.n_features) for r in records] == [
-        ("s1-gene_expression", "gene_expression", 500),
-        ("s1-protein", "protein", 7),
+    records = add_from_10x(
+        atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), obs={"donor": "d1"}, progress=False
+    )
+    assert [(r.uid, r.feature_space, r.n_features, r.cells_of) for r in records] == [
+        ("s1", "gene_expression", 500, None),
+        ("s1/protein", "protein", 7, "s1"),
     ]
+    assert atlas.query().count() == v3_reference.shape[0]
     for record, columns in zip(records, (slice(0, 500), slice(500, 507)), strict=True):
         uids = pd.Index(var["gene_ids"].iloc[columns])
-        out = _read_back(atlas, record.uid, record.feature_space, uids)
+        out = _read_back(atlas, "s1", record.feature_space, uids)
         assert (out.X != v3_reference[:, columns]).nnz == 0
+    both = atlas.query().to_mudata(layers={"gene_expression": "counts", "protein": "counts"})
+    rna, protein = both["gene_expression"], both["protein"]
+    assert both.n_obs == v3_reference.shape[0] and set(protein.obs["donor"]) == {"d1"}
+    assert list(rna.obs_names) == list(protein.obs_names)  # one cell, both modalities
+    genes, antibodies = pd.Index(var["gene_ids"].iloc[:500]), pd.Index(var["gene_ids"].iloc[500:])
+    assert (rna[:, genes].X != v3_reference[:, :500]).nnz == 0
+    assert (protein[:, antibodies].X != v3_reference[:, 500:]).nnz == 0
     assert atlas.validate() == []
+    atlas.delete_dataset("s1")  # with its attached modality
+    assert atlas.query().count() == 0 and atlas.list_datasets().empty and atlas.validate() == []
+
+
+def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodies):
+    atlas = _make_atlas(tmp_path / "atlas", TenxCells, read_10x(with_antibodies).var)
+    first = add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), progress=False)
+    before = visible_state(atlas)
+    with pytest.raises(DuplicateContentError, match="as dataset 's1'"):
+        add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="s2"), progress=False)
+    with pytest.warns(DuplicateContentWarning):
+        again = add_from_10x(
+            atlas,
+            with_antibodies,
+            dataset_record=DatasetRecord(uid="s2"),
+            on_duplicate="skip",
+            progress=False,
+        )
+    assert [r.uid for r in again] == [r.uid for r in first] == ["s1", "s1/protein"]
+    assert visible_state(atlas) == before
+    # the same RNA, but the first dataset holds no protein: nothing is stored, with how to attach it
+    atlas.delete_dataset("s1")
+    add_from_10x(
+        atlas, with_antibodies, feature_space="gene_expression", dataset_record=DatasetRecord(uid="rna")
+    )
+    before = visible_state(atlas)
+    with pytest.raises(
+        IngestError, match=r"already in the atlas as dataset 'rna', whose cells hold no 'protein'"
+    ):
+        add_from_10x(
+            atlas,
+            with_antibodies,
+            dataset_record=DatasetRecord(uid="s3"),
+            on_duplicate="skip",
+            progress=False,
+        )
+    assert visible_state(atlas) == before
 
 
 def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference):

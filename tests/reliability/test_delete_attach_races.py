@@ -23,7 +23,7 @@ import lancell.core
 import lancell.maintenance
 from lancell.atlas import RaggedAtlas
 from lancell.errors import DatasetNotFoundError, IngestError, LockTimeoutError, UnmeasuredDataError
-from lancell.ingest import write_transaction
+from lancell.ingest import transaction_run
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import attach_modality
 from lancell.ingest.write_transaction import WriteTransaction
@@ -225,7 +225,7 @@ def test_the_host_of_an_attachment_being_committed_is_not_deleted(db, monkeypatc
             RaggedAtlas.open(db).delete_dataset("d1")
         refused.append("d1")
 
-    _on_first_call(monkeypatch, write_transaction, "_commit", delete_host)
+    _on_first_call(monkeypatch, transaction_run, "_commit", delete_host)
     panel = protein(NAMES)
     _attach(RaggedAtlas.open(db), panel)
     assert refused == ["d1"]

@@ -1,0 +1,85 @@
+"""Several write transactions run as one, all or nothing: a 10x file split into feature spaces (one dataset
+adding the cells, the others attached to them), or a single dataset.
+
+Every transaction is staged (:meth:`~lancell.ingest.write_transaction.WriteTransaction.stage`), then, holding
+every content lock (taken in name order, so two runs never wait on each other) until the end, the duplicate
+policy is settled for each and the records of those not skipped are added in one commit: the commit point
+of them all (:mod:`lancell.tables.visibility`). Held to the end, the content locks keep another ingestion of
+the same content from being told it duplicates a record that a later failure here would roll back (it would
+skip, and the content be in the atlas nowhere). Any failure rolls every transaction back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import pyarrow as pa
+
+from lancell.errors import StoreError
+from lancell.ingest.freed_memory import release_freed_memory
+from lancell.ingest.write_transaction import WriteTransaction
+from lancell.storage.store_failures import is_store_failure
+from lancell.tables.schema import DatasetRecord
+
+__all__ = ["run_transactions"]
+
+
+def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
+    """Stage every transaction (a modality after its host), then commit their records in one commit; all or
+    nothing. Returns the records (a skipped duplicate's: the existing dataset's). Call it directly from the
+    public entry point (warnings name the entry point's caller)."""
+    try:
+        for transaction in transactions:
+            transaction.stage()
+        _commit(transactions)
+    except BaseException as exc:
+        for transaction in reversed(transactions):
+            transaction.roll_back()
+        # a store failure (unreachable, refused, timed out), raw or as the store boundary raised it (a plain
+        # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
+        if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
+            uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
+            raise StoreError(f"dataset {uids}: the object store failed while it was written: {exc}") from exc
+        raise
+    finally:
+        for transaction in transactions:
+            transaction.close()
+        release_freed_memory()  # what the ingestion freed, before the next one
+    for transaction in transactions:
+        transaction.report()
+    return [transaction.duplicate_of or transaction.record for transaction in transactions]
+
+
+def _commit(transactions: Sequence[WriteTransaction]) -> None:
+    """Settle the duplicate policy of the staged ``transactions`` and commit the records of those not skipped
+    in one commit, holding every content lock until it is done; roll back the skipped ones.
+
+    A modality whose host (of the same run) is skipped as a duplicate is skipped with it, as the host
+    duplicate's modality of the same content (else refused: :meth:`WriteTransaction.settle_with_host`).
+    """
+    core = transactions[0].core
+    with ExitStack() as content_locks:
+        for name in sorted({transaction.content_lock for transaction in transactions}):
+            content_locks.enter_context(core.lock(name))
+        for transaction in transactions:
+            host = transaction.host
+            if host is not None and host.duplicate_of is not None:
+                transaction.settle_with_host()
+            else:
+                transaction.settle_duplicate()
+        committing = [transaction for transaction in transactions if transaction.duplicate_of is None]
+        if committing:
+            with core.lock("layouts"):
+                rows = [transaction.ready_record() for transaction in committing]
+                # an interrupt (Ctrl-C) or error may come after the commit inside add(): the records are
+                # deleted again while the content locks are held
+                try:
+                    core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
+                except BaseException:
+                    for transaction in committing:
+                        transaction.remove_record()
+                    raise
+    for transaction in reversed(transactions):
+        if transaction.duplicate_of is not None:
+            transaction.roll_back()
