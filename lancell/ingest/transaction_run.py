@@ -6,11 +6,13 @@ every content lock (taken in name order, so two runs never wait on each other) u
 policy is settled for each and the records of those not skipped are added in one commit: the commit point
 of them all (:mod:`lancell.tables.visibility`). Held to the end, the content locks keep another ingestion of
 the same content from being told it duplicates a record that a later failure here would roll back (it would
-skip, and the content be in the atlas nowhere). Any failure rolls every transaction back.
+skip, and the content be in the atlas nowhere). Any failure before the commit rolls every transaction back;
+once the records are added nothing is (an interrupt while the locks are released keeps them).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -24,6 +26,8 @@ from lancell.tables.schema import DatasetRecord
 
 __all__ = ["run_transactions"]
 
+log = logging.getLogger(__name__)
+
 
 def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRecord]:
     """Stage every transaction (a modality after its host), then commit their records in one commit; all or
@@ -35,7 +39,9 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         _commit(transactions)
     except BaseException as exc:
         for transaction in reversed(transactions):
-            transaction.roll_back()
+            transaction.roll_back()  # all but committed records (an interrupt while the locks were released)
+        if added := [transaction.record.uid for transaction in transactions if transaction.committed]:
+            log.warning("datasets %s were committed before %r: they are in the atlas", added, exc)
         # a store failure (unreachable, refused, timed out), raw or as the store boundary raised it (a plain
         # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
         if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
@@ -80,6 +86,8 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                     for transaction in committing:
                         transaction.remove_record()
                     raise
+                for transaction in committing:
+                    transaction.record_added()
     for transaction in reversed(transactions):
         if transaction.duplicate_of is not None:
             transaction.roll_back()

@@ -286,8 +286,7 @@ class WriteTransaction:
 
     def ready_record(self) -> dict:
         """Holding the layouts lock (and :attr:`content_lock`): make sure the layout is there (a failed write
-        of the same panel removes it unless a record uses it), check the leases and return the record's row;
-        from here on a roll-back deletes the record.
+        of the same panel removes it unless a record uses it), check the leases and return the record's row.
 
         Raises
         ------
@@ -300,15 +299,22 @@ class WriteTransaction:
         )
         for lease in self._leases:
             lease.check()
-        self._committed = True
         return self.record.model_dump()
 
     def remove_record(self) -> None:
-        """Delete this transaction's record if it may have been committed (deleting no row is harmless: this
-        uid's lock is held, no one else commits it)."""
-        if self._committed:
-            self.core.tables.datasets.delete(self.own_record())
-            self._committed = False
+        """Delete this transaction's record, which an add that failed or was interrupted may have committed
+        (deleting no row is harmless: this uid's lock is held, no one else commits it)."""
+        self.core.tables.datasets.delete(self.own_record())
+
+    def record_added(self) -> None:
+        """The record is committed: from here on nothing is rolled back (an interrupt while the locks are
+        released keeps the dataset, which another ingestion may already have been told holds its content)."""
+        self._committed = True
+
+    @property
+    def committed(self) -> bool:
+        """Whether the record was added (:meth:`record_added`)."""
+        return self._committed
 
     def own_record(self) -> str:
         """SQL selecting this transaction's record: its uid and its group (never another's of the uid)."""
@@ -330,10 +336,12 @@ class WriteTransaction:
             )
 
     def roll_back(self) -> None:
-        """Undo what this transaction wrote (logged, not raised, if the store refuses: vacuum() finishes)."""
+        """Undo what this transaction wrote, unless its record is committed (logged, not raised, if the store
+        refuses: vacuum() finishes)."""
         core, uid = self.core, self.record.uid
+        if self._committed:
+            return
         try:
-            self.remove_record()
             if self._rows_written and self.cells_of is None:
                 core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
             elif self._rows_written:

@@ -519,6 +519,34 @@ def test_a_store_failing_mid_write_is_a_store_error_naming_the_dataset(atlas, mo
 # ------------------------------------------------------------------------------------ the commit point
 
 
+def test_an_interrupt_after_the_commit_keeps_the_dataset(atlas, monkeypatch):
+    """A Ctrl-C while the content lock was released, after the record's commit: the roll-back deleted the
+    dataset, which another ingestion of the same content (on_duplicate="skip"), taking the lock in that
+    instant, had been told held its content: the content was in the atlas nowhere."""
+    from lancell.tables.locks import Lease
+
+    release = Lease.release
+    told, started = [], []
+
+    def interrupted(lease):
+        release(lease)
+        if lease.name.startswith("content-") and not started:
+            started.append(lease.name)
+            other = RaggedAtlas.open(atlas.core.db_uri)
+            with pytest.warns(DuplicateContentWarning):
+                told.append(_ingest(other, _adata(seed=2), "b", on_duplicate="skip"))
+            raise KeyboardInterrupt
+
+    _ingest(atlas, _adata(seed=1), "kept")
+    monkeypatch.setattr(Lease, "release", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(atlas, _adata(seed=2), "a")
+    monkeypatch.undo()
+    assert [record.uid for record in told] == ["a"]
+    assert sorted(atlas.list_datasets()["uid"]) == ["a", "kept"]
+    assert atlas.validate() == [] and _cells(atlas) == 400
+
+
 @pytest.mark.parametrize("when", ["after the commit", "before the commit"])
 def test_an_interrupt_inside_the_records_commit_rolls_back_whole(atlas, monkeypatch, when):
     """A Ctrl-C arriving after the record's commit but before the transaction noted it: the roll-back
