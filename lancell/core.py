@@ -130,9 +130,10 @@ class AtlasCore:
                 f"this handle of {self.db_uri!r} is {how}; use RaggedAtlas.open() (not read_only) to write"
             )
 
-    def lock(self, name: str) -> AbstractContextManager[Lease]:
-        """The atlas-wide lease lock ``name`` (:func:`lancell.tables.locks.atlas_lock`)."""
-        return atlas_lock(self.meta_store, name)
+    def lock(self, name: str, about: str | None = None) -> AbstractContextManager[Lease]:
+        """The atlas-wide lease lock ``name``, guarding ``about`` (for messages)
+        (:func:`lancell.tables.locks.atlas_lock`)."""
+        return atlas_lock(self.meta_store, name, about=about)
 
     @property
     def atlas_id(self) -> str | None:

@@ -57,7 +57,7 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
         Another operation on the dataset held its lock for longer than the lock's timeout.
     """
     require_type("uid", uid, str, "a dataset uid (a str)")
-    with core.lock(dataset_lock_name(uid)):
+    with core.lock(dataset_lock_name(uid), about=f"dataset {uid!r}"):
         where = f"uid = {sql_literal(uid)}"
         rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
         if not rows:
@@ -97,7 +97,7 @@ def hold_host(core: AtlasCore, cells_of: str, feature_space: str) -> Iterator[Le
     DatasetNotFoundError
         The host is not (or no longer) in the atlas.
     """
-    with core.lock(dataset_lock_name(cells_of)) as lease:
+    with core.lock(dataset_lock_name(cells_of), about=f"dataset {cells_of!r}") as lease:
         if core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
             raise DatasetNotFoundError(
                 f"cannot attach {feature_space!r}: dataset {cells_of!r} is no longer in the atlas"

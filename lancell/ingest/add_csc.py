@@ -43,7 +43,7 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     """
     core = atlas.core
     core.require_writable()
-    with core.lock(dataset_lock_name(dataset_uid)):
+    with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):
         rows = core.tables.datasets.search().where(f"uid = {sql_literal(dataset_uid)}").to_arrow().to_pylist()
         if not rows:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas {atlas.db_uri!r}")

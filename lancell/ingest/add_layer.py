@@ -80,7 +80,7 @@ def add_layer(
         )
     space = resolve_feature_space(atlas.feature_spaces, _record(atlas, dataset_uid)["feature_space"])
     space.check_layer(name)
-    with atlas.core.lock(dataset_lock_name(dataset_uid)) as lease:
+    with atlas.core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}") as lease:
         record = _record(atlas, dataset_uid)  # read under the lock: another add_layer may have committed
         group_name = record["zarr_group"]
         atlas.group_claims.require_own(group_name, dataset_uid)

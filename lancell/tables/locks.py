@@ -50,7 +50,12 @@ _LOST_AFTER = 0.75
 
 @contextmanager
 def atlas_lock(
-    store: obs_store.ObjectStore, name: str, *, timeout: float = 120.0, stale_after: float = 600.0
+    store: obs_store.ObjectStore,
+    name: str,
+    *,
+    about: str | None = None,
+    timeout: float = 120.0,
+    stale_after: float = 600.0,
 ) -> Iterator[Lease]:
     """Hold the lock ``name`` of ``store`` for the duration of the ``with`` block.
 
@@ -60,6 +65,8 @@ def atlas_lock(
         The store holding the lock object (the atlas' metadata store).
     name
         The lock's name; one object ``_lancell/locks/<name>.lock``.
+    about
+        What the lock guards, for messages (``"dataset 'ds1'"`` for a lock named by a digest).
     timeout
         Seconds to wait for the lock.
     stale_after
@@ -80,7 +87,8 @@ def atlas_lock(
         The store failed while the lock was taken.
     """
     path = f"{_LOCK_PREFIX}/{name}.lock"
-    lease = Lease(lock_objects(store), name, path, stale_after, where=f"{describe_store(store)}/{path}")
+    where = f"{describe_store(store)}/{path}"
+    lease = Lease(lock_objects(store), name, path, stale_after, where=where, about=about)
     lease.take(timeout)
     try:
         yield lease
@@ -91,8 +99,17 @@ def atlas_lock(
 class Lease:
     """A held lock: renewed by a heartbeat thread while the ``with`` block of :func:`atlas_lock` runs."""
 
-    def __init__(self, objects: LockObjects, name: str, path: str, stale_after: float, where: str) -> None:
+    def __init__(
+        self,
+        objects: LockObjects,
+        name: str,
+        path: str,
+        stale_after: float,
+        where: str,
+        about: str | None = None,
+    ) -> None:
         self.name = name
+        self.label = f"{name!r}" + (f" ({about})" if about else "")  # for messages
         self.path = path
         self.where = where
         self.stale_after = float(stale_after)
@@ -122,12 +139,12 @@ class Lease:
                 current = self._objects.read(self.path)
             except Exception as exc:  # any store failure: holding cannot be confirmed
                 raise LockLostError(
-                    f"lock {self.name!r} at {self.where}: cannot confirm it is held: {exc}"
+                    f"lock {self.label} at {self.where}: cannot confirm it is held: {exc}"
                 ) from exc
             if current is None or _decode(current).get("token") != self.token:
                 self._lost = "taken over by another process"
         if self._lost is not None:
-            raise LockLostError(f"lock {self.name!r} at {self.where} was lost ({self._lost})")
+            raise LockLostError(f"lock {self.label} at {self.where} was lost ({self._lost})")
 
     def _body(self, **fields: Any) -> bytes:
         body = {
@@ -154,7 +171,7 @@ class Lease:
         delay = 0.005
         while True:
             self._taken_at = time.time()
-            with StoreFailures(f"cannot take lock {self.name!r} at {self.where}"):
+            with StoreFailures(f"cannot take lock {self.label} at {self.where}"):
                 seen = self._objects.read(self.path)
                 if seen is None:
                     self._seen = self._objects.create(self.path, self._body())
@@ -163,8 +180,12 @@ class Lease:
             if self._seen is not None:
                 break
             if time.monotonic() > deadline:
+                holder = _decode(seen) if seen is not None else {}
                 raise LockTimeoutError(
-                    f"could not take lock {self.name!r} within {timeout:g} s (held at {self.where})"
+                    f"could not take lock {self.label} within {timeout:g} s: held by {_described(holder)} "
+                    f"(at {self.where}); a holder is taken over once it has not renewed the lock for "
+                    f"{float(holder.get('stale_after', self.stale_after)):g} s, or at once when it died on "
+                    "this host"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
@@ -247,6 +268,16 @@ def _decode(seen: Seen) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _described(holder: dict[str, Any]) -> str:
+    """The holder a lock object records, in words."""
+    now = time.time()
+    parts = [f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}"]
+    for field, what in (("taken_at", "taken"), ("renewed_at", "renewed")):
+        if isinstance(holder.get(field), int | float):
+            parts.append(f"{what} {max(now - holder[field], 0):.0f} s ago")
+    return ", ".join(parts)
 
 
 def _takeable(seen: Seen, name: str, stale_after: float) -> bool:

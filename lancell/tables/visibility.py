@@ -97,7 +97,7 @@ def claim_dataset(core: AtlasCore, uid: str) -> Iterator[Lease]:
     DuplicateDatasetError
         A dataset ``uid`` was committed (possibly by another process since the caller checked).
     """
-    with core.lock(dataset_lock_name(uid)) as lease:
+    with core.lock(dataset_lock_name(uid), about=f"dataset {uid!r}") as lease:
         if core.tables.datasets.count_rows(f"uid = {sql_literal(uid)}") > 0:
             raise DuplicateDatasetError(f"dataset {uid!r} is already in the atlas")
         debris = f"dataset_uid = {sql_literal(uid)}"

@@ -98,6 +98,15 @@ def test_timeout_raises_lock_timeout_error_naming_the_lock(tmp_path: Path) -> No
             with atlas_lock(store, "busy", timeout=0.2):
                 pass
     assert isinstance(caught.value, TimeoutError)
+    # a lock named by a digest said neither what it guards nor who held it, nor for how long
+    with atlas_lock(store, "dataset-1f0d31f2", about="dataset 'ds1'", stale_after=300):
+        with pytest.raises(LockTimeoutError) as caught:
+            with atlas_lock(store, "dataset-1f0d31f2", about="dataset 'ds1'", timeout=0.2):
+                pass
+    message = str(caught.value)
+    assert "lock 'dataset-1f0d31f2' (dataset 'ds1') within 0.2 s" in message
+    assert f"held by process {os.getpid()} on host {socket.gethostname()}, taken 0 s ago" in message
+    assert "not renewed the lock for 300 s" in message
 
 
 def test_release_deletes_the_lock_file_and_joins_the_heartbeat(tmp_path: Path) -> None:
