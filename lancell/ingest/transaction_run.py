@@ -2,7 +2,7 @@
 adding the cells, the others attached to them), or a single dataset.
 
 Every transaction is staged (:meth:`~lancell.ingest.write_transaction.WriteTransaction.stage`), then, holding
-every content lock (taken in name order, so two runs never wait on each other) until the end, the duplicate
+every content lock (taken in name order, so two runs never deadlock) until the end, the duplicate
 policy is settled for each and the records of those not skipped are added in one commit: the commit point
 of them all (:mod:`lancell.tables.visibility`). Held to the end, the content locks keep another ingestion of
 the same content from being told it duplicates a record that a later failure here would roll back (it would
@@ -54,12 +54,15 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         release_freed_memory()  # what the ingestion freed, before the next one
     for transaction in transactions:
         transaction.report()
-    return [transaction.duplicate_of or transaction.record for transaction in transactions]
+    return [
+        transaction.record if transaction.duplicate_of is None else transaction.duplicate_of
+        for transaction in transactions
+    ]
 
 
 def _commit(transactions: Sequence[WriteTransaction]) -> None:
-    """Settle the duplicate policy of the staged ``transactions`` and commit the records of those not skipped
-    in one commit, holding every content lock until it is done; roll back the skipped ones.
+    """Settle the duplicate policy of the staged ``transactions``, roll back the skipped ones and commit the
+    records of the others in one commit, holding every content lock until it is done.
 
     A modality whose host (of the same run) is skipped as a duplicate is skipped with it, as the host
     duplicate's modality of the same content (else refused: :meth:`WriteTransaction.settle_with_host`).
@@ -74,6 +77,9 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                 transaction.settle_with_host()
             else:
                 transaction.settle_duplicate()
+        for transaction in reversed(transactions):  # the skipped ones, before anything is committed
+            if transaction.duplicate_of is not None:
+                transaction.roll_back()
         committing = [transaction for transaction in transactions if transaction.duplicate_of is None]
         if committing:
             with core.lock("layouts"):
@@ -82,12 +88,10 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                 # deleted again while the content locks are held
                 try:
                     core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
-                except BaseException:
-                    for transaction in committing:
-                        transaction.remove_record()
+                except BaseException:  # the add may have committed: delete the records again, in one commit
+                    # (deleting no row is harmless: each uid's lock is held, no one else commits it)
+                    own = " OR ".join(f"({transaction.own_record()})" for transaction in committing)
+                    core.tables.datasets.delete(own)
                     raise
                 for transaction in committing:
                     transaction.record_added()
-    for transaction in reversed(transactions):
-        if transaction.duplicate_of is not None:
-            transaction.roll_back()

@@ -132,7 +132,7 @@ class WriteTransaction:
     def stage(self) -> None:
         """Claim the dataset and a group; write the group, its CSC copy, the layout and the cell rows (after
         the group, no more where its content is already committed and ``on_duplicate`` is not ``"allow"``:
-        :meth:`commit` then refuses or skips it)."""
+        :meth:`settle_duplicate` then refuses or skips it)."""
         core, plan, space = self.core, self.plan, self.space
         self._leases.append(self._claims.enter_context(claim_dataset(core, self.record.uid)))
         self._group = core.group_claims.claim_new(self.record.uid)
@@ -172,12 +172,12 @@ class WriteTransaction:
             )
             self._fingerprints = [fingerprints[fmt] for fmt in formats]
             if self.on_duplicate != "allow":
-                with warnings.catch_warnings():  # an atlas without fingerprints: commit() warns
+                with warnings.catch_warnings():  # an atlas without fingerprints: settling warns
                     warnings.simplefilter("ignore", LancellWarning)
                     self._short = find_duplicate(core, self._fingerprints) is not None
             # the host's cells are not written (its content is committed already): nor are their pointers
             self._short |= self.host is not None and self.host.staged_short
-            if self._short:  # commit() refuses or skips it: the rest would be written to be removed
+            if self._short:  # settling refuses or skips it: the rest would be written to be removed
                 return
             if written is not None:
                 write_csc(core.zarr_root[self._group], names, written=written)
@@ -240,7 +240,8 @@ class WriteTransaction:
 
     def settle_duplicate(self) -> None:
         """Holding :attr:`content_lock`: find the committed dataset that already holds this content
-        (``duplicate_of``; :func:`run_transactions` then rolls this one back and returns that record).
+        (``duplicate_of``: the run then rolls this one back and returns that record,
+        :mod:`lancell.ingest.transaction_run`).
 
         Raises
         ------
@@ -300,11 +301,6 @@ class WriteTransaction:
         for lease in self._leases:
             lease.check()
         return self.record.model_dump()
-
-    def remove_record(self) -> None:
-        """Delete this transaction's record, which an add that failed or was interrupted may have committed
-        (deleting no row is harmless: this uid's lock is held, no one else commits it)."""
-        self.core.tables.datasets.delete(self.own_record())
 
     def record_added(self) -> None:
         """The record is committed: from here on nothing is rolled back (an interrupt while the locks are
