@@ -6,6 +6,7 @@ so loading the definitions stays fast (see docs/architecture.md, "Dagster platfo
 
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.automation import (
+    atlas_refresh_sensor,
     ingest_dataset_job,
     landing_zone_sensor,
     nightly_snapshot_sensor,
@@ -19,7 +20,7 @@ from lancell_assets.training import cell_type_classifier
 
 ASSETS = [geo_series, dataset_group, feature_registry, optimized_atlas, atlas_snapshot, cell_type_classifier]
 JOBS = [geo_series_job, ingest_dataset_job, rebuild_atlas_job, snapshot_job]
-SENSORS = [geo_series_sensor, landing_zone_sensor, nightly_snapshot_sensor]
+SENSORS = [geo_series_sensor, landing_zone_sensor, atlas_refresh_sensor, nightly_snapshot_sensor]
 
 __all__ = [
     "ASSETS",

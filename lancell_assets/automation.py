@@ -1,4 +1,5 @@
-"""Jobs, the landing-zone sensor and the nightly snapshot sensor.
+"""Jobs, the landing-zone sensor, the sensor refreshing the registry and the optimized tables, and the nightly
+snapshot sensor.
 
 Sensors add dynamic partitions only through the result they return (``SensorResult``'s
 ``dynamic_partitions_requests``), which Dagster applies when it commits the tick: evaluating or previewing
@@ -34,6 +35,16 @@ snapshot_job = dg.define_asset_job(
     "snapshot_job",
     selection=dg.AssetSelection.assets(feature_registry, optimized_atlas, atlas_snapshot).downstream(),
     description="Re-number, optimize, take the snapshot named by the partition and train on it.",
+)
+
+# Dagster creates its default automation sensor stopped: the registry and the optimized tables would not
+# refresh after new datasets, as the README says they do, until someone switched it on in the UI
+atlas_refresh_sensor = dg.AutomationConditionSensorDefinition(
+    "atlas_refresh_sensor",
+    target=dg.AssetSelection.assets(feature_registry, optimized_atlas),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Refreshes feature_registry and optimized_atlas after new datasets (their eager conditions).",
 )
 
 NIGHTLY_HOUR_UTC = 2

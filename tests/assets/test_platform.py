@@ -50,6 +50,14 @@ def test_definitions_load_and_graph_shape():
         key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).automation_condition
     }
     assert eager == {"feature_registry", "optimized_atlas"}  # snapshots stay explicit
+    # Dagster's default automation sensor starts stopped: nothing refreshed them until it was switched on
+    sensors = {s.name: s.default_status for s in definitions.defs.get_repository_def().sensor_defs}
+    assert sensors == {
+        "atlas_refresh_sensor": dg.DefaultSensorStatus.RUNNING,
+        "geo_series_sensor": dg.DefaultSensorStatus.RUNNING,
+        "landing_zone_sensor": dg.DefaultSensorStatus.RUNNING,
+        "nightly_snapshot_sensor": dg.DefaultSensorStatus.STOPPED,
+    }
     specs = [spec for asset in definitions.defs.assets for spec in asset.check_specs]
     checks = {(c.key.name, c.partitions_def) for c in specs}
     assert checks == {
