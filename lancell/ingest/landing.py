@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pydantic
 import xxhash
@@ -213,18 +214,47 @@ def _features(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.Da
         column = getattr(spec, key)
         if column is not None and column not in var.columns:
             raise IngestError(f"{spec.path}: {key} {column!r} is not a column of var ({list(var.columns)})")
-    uids = var.index if spec.var_uid_column is None else var[spec.var_uid_column]
+    uids = pd.Series(_column(var, spec.var_uid_column), index=var.index)
+    if uids.isna().any():  # as text they became the feature "nan"
+        missing = uids.index[uids.isna().to_numpy()].tolist()
+        raise IngestError(
+            f"{spec.path}: {len(missing)} var entries have no feature uid "
+            f"({spec.var_uid_column or 'the var index'}), e.g. {missing[:5]}"
+        )
     frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
-    columns = set(atlas.core.tables.registry(spec.feature_space).schema.names)
-    if "gene_symbol" in columns:
+    schema = atlas.core.tables.registry(spec.feature_space).schema
+    if "gene_symbol" in schema.names:
         symbol_column = spec.symbol_column or "gene_symbol"
-        symbols = var[symbol_column] if symbol_column in var.columns else var.index
-        frame["gene_symbol"] = symbols.astype(str).to_numpy()
-    if "organism" in columns and spec.organism is not None:
+        symbol_column = symbol_column if symbol_column in var.columns else None  # else the var index
+        symbols = pd.Series(_column(var, symbol_column), index=var.index)
+        frame["gene_symbol"] = _symbols(spec, symbols, frame["uid"], schema.field("gene_symbol").nullable)
+    if "organism" in schema.names and spec.organism is not None:
         frame["organism"] = spec.organism
-    for name in columns & set(var.columns) - set(frame.columns):
+    for name in set(schema.names) & set(var.columns) - set(frame.columns):
         frame[name] = var[name].to_numpy()
     return frame.drop_duplicates("uid")
+
+
+def _column(var: pd.DataFrame, name: str | None) -> np.ndarray:
+    """The values of var column ``name``, or of the var index (None)."""
+    return (var.index if name is None else var[name]).to_numpy()
+
+
+def _symbols(spec: LandingSpec, symbols: pd.Series, uids: pd.Series, nullable: bool) -> np.ndarray:
+    """The registry's ``gene_symbol`` values: missing ones stay missing where the registry allows it, else
+    are the feature's uid (warned); as text they were the symbol "nan"."""
+    missing = symbols.isna().to_numpy()
+    values = np.where(missing, None, symbols.astype(str).to_numpy()).astype(object)
+    if missing.any() and not nullable:
+        values[missing] = uids.to_numpy()[missing]
+        warnings.warn(
+            f"{spec.path}: {int(missing.sum())} var entries have no gene symbol, e.g. "
+            f"{symbols.index[missing][:5].tolist()}; the registry requires one: their uid is registered as "
+            "their symbol",
+            LancellWarning,
+            stacklevel=4,
+        )
+    return values
 
 
 def _prepared(

@@ -23,6 +23,7 @@ from helpers import visible_state
 
 import lancell.ingest.landing as landing
 from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import (
     DroppedColumnsWarning,
     DuplicateContentError,
@@ -31,6 +32,7 @@ from lancell.errors import (
     FeatureConflictWarning,
     FeatureRegistryError,
     IngestError,
+    LancellWarning,
 )
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.landing import ingest_landing_file, read_landing_spec
@@ -267,6 +269,33 @@ def test_a_failed_landing_keeps_features_another_ingestion_uses(atlas, tmp_path,
     out = fresh.query().where("dataset_uid = 'a'").layers("gene_expression", "counts").to_anndata()
     assert out.var_names.tolist() == genes
     np.testing.assert_array_equal(out.X.toarray(), [[1, 2, 3], [4, 5, 6]])
+
+
+def test_landing_var_entries_without_uid_or_symbol_are_never_the_text_nan(tmp_path, atlas):
+    """A missing gene symbol was registered as the symbol "nan" (a search for "nan" found it), a missing uid
+    as the feature "nan"."""
+    x = sp.csr_matrix(np.ones((2, 3), np.int32))
+    symbols = pd.Categorical([np.nan, "B", np.nan])
+    var = pd.DataFrame({"gene_symbol": symbols, "id": ["N1", None, "N3"]}, index=["N1", "N2", "N3"])
+    ad.AnnData(x, obs=pd.DataFrame(index=["a", "b"]), var=var).write_h5ad(tmp_path / "d.h5ad")
+    before = visible_state(atlas)
+    (tmp_path / "d.json").write_text('{"var_uid_column": "id"}')
+    with pytest.raises(IngestError, match=r"1 var entries have no feature uid \(id\), e.g. \['N2'\]"):
+        ingest_landing_file(atlas, read_landing_spec(tmp_path / "d.h5ad"))
+    assert visible_state(atlas) == before
+    (tmp_path / "d.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        ingest_landing_file(atlas, read_landing_spec(tmp_path / "d.h5ad"))
+    registry = atlas.feature_registry("gene_expression").set_index("uid")["gene_symbol"]
+    assert registry[["N1", "N2", "N3"]].tolist() == [None, "B", None]
+    required = RaggedAtlas.create(  # a registry that requires a symbol gets the uid, warned
+        str(tmp_path / "db2"), "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}
+    )
+    with pytest.warns(LancellWarning, match=r"2 var entries have no gene symbol, e.g. \['N1', 'N3'\]"):
+        ingest_landing_file(required, read_landing_spec(tmp_path / "d.h5ad"))
+    registry = required.feature_registry("gene_expression").set_index("uid")["gene_symbol"]
+    assert registry[["N1", "N2", "N3"]].tolist() == ["N1", "B", "N3"]
 
 
 def test_many_conflicts_are_counted(atlas):
