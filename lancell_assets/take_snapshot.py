@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# the run's events stay in the instance (the UI shows them); a failed step's traceback, which Dagster logs at
+# ERROR, would bury the one line this command prints for it
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def take_snapshot(
