@@ -178,10 +178,12 @@ def _open_for_reading(args: argparse.Namespace) -> RaggedAtlas:
 
 def ls(args: argparse.Namespace) -> int:
     """``lancell ls``: list the datasets."""
+    from lancell.tables.visibility import recorded_cells
+
     frame = _open_for_reading(args).list_datasets()
     columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
     print(frame[columns].to_string(index=False))
-    print(f"{len(frame)} datasets, {int(frame['n_cells'][frame['cells_of'].isna()].sum())} cells")
+    print(f"{len(frame)} datasets, {recorded_cells(frame)} cells")
     return 0
 
 

@@ -105,6 +105,7 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     and features added).
     """
     from lancell.errors import DuplicateNoteError
+    from lancell.tables.visibility import recorded_cells
     from lancell_assets.metadata import column_schema, datasets_table
     from lancell_assets.snapshot_diff import snapshot_diff
 
@@ -139,8 +140,8 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
             ),
             dg.AssetCheckResult(
                 check_name="cells_equal_dataset_sum",
-                passed=cells == int(datasets["n_cells"].sum()),
-                metadata={"cells": cells, "dataset_sum": int(datasets["n_cells"].sum())},
+                passed=cells == recorded_cells(datasets),
+                metadata={"cells": cells, "dataset_sum": recorded_cells(datasets)},
             ),
         ],
     )

@@ -27,6 +27,8 @@ from lancell.tables.atlas_tables import read_columns
 from lancell.tables.registry import sql_literal
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
@@ -35,6 +37,7 @@ __all__ = [
     "committed_cells",
     "committed_filter",
     "dataset_lock_name",
+    "recorded_cells",
     "visible_cells_filter",
 ]
 
@@ -47,6 +50,12 @@ def committed_cells(core: AtlasCore) -> tuple[list[str], int]:
     rows = read_columns(core.tables.datasets, ["uid", "n_cells", "cells_of"]).to_pylist()
     owners = [row for row in rows if not row["cells_of"]]
     return [row["uid"] for row in owners], sum(int(row["n_cells"]) for row in owners)
+
+
+def recorded_cells(datasets: pd.DataFrame) -> int:
+    """The cells the records of ``datasets`` (a ``list_datasets()`` frame) commit: a further modality's record
+    (``cells_of`` set) owns none, its cells are its host's."""
+    return int(datasets.loc[datasets["cells_of"].isna(), "n_cells"].sum())
 
 
 def committed_filter(owners: list[str]) -> str:
