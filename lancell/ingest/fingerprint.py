@@ -49,6 +49,7 @@ __all__ = [
     "committed_duplicate",
     "content_lock_name",
     "find_duplicate",
+    "find_duplicates",
     "formats_to_match",
 ]
 
@@ -181,21 +182,27 @@ def find_duplicate(core: AtlasCore, fingerprints: Sequence[str]) -> DatasetRecor
     An atlas whose dataset table predates fingerprints has no column to match: it never finds one, and warns
     (:class:`LancellWarning`) that the duplicate policy is not applied.
     """
+    found = find_duplicates(core, fingerprints)
+    return found[0] if found else None
+
+
+def find_duplicates(core: AtlasCore, fingerprints: Sequence[str]) -> list[DatasetRecord]:
+    """Every committed record holding the content of ``fingerprints``, as :func:`find_duplicate` finds one."""
     if "content_fingerprint" not in core.dataset_arrow.names:
         warnings.warn(
             "this atlas's dataset table has no content_fingerprint column (an older lancell wrote it): "
             "duplicate content is not detected and on_duplicate is not applied",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        return None
+        return []
     rows = (
         core.tables.datasets.search()
         .where(f"content_fingerprint IN ({', '.join(sql_literal(f) for f in fingerprints)})")
         .to_arrow()
         .to_pylist()
     )
-    return core.dataset_schema(**rows[0]) if rows else None
+    return [core.dataset_schema(**row) for row in rows]
 
 
 def content_lock_name(fingerprints: Sequence[str]) -> str:

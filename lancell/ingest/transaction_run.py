@@ -18,7 +18,8 @@ from contextlib import ExitStack
 
 import pyarrow as pa
 
-from lancell.errors import StoreError
+from lancell.errors import IngestError, StoreError
+from lancell.ingest.fingerprint import find_duplicates
 from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.write_transaction import WriteTransaction
 from lancell.storage.store_failures import is_store_failure
@@ -64,8 +65,8 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
     """Settle the duplicate policy of the staged ``transactions``, roll back the skipped ones and commit the
     records of the others in one commit, holding every content lock until it is done.
 
-    A modality whose host (of the same run) is skipped as a duplicate is skipped with it, as the host
-    duplicate's modality of the same content (else refused: :meth:`WriteTransaction.settle_with_host`).
+    A modality whose host (of the same run) is skipped as a duplicate is skipped with it
+    (:func:`_skip_with_host`).
     """
     core = transactions[0].core
     with ExitStack() as content_locks:
@@ -73,10 +74,10 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
             content_locks.enter_context(core.lock(name))
         for transaction in transactions:
             host = transaction.host
-            if host is not None and host.duplicate_of is not None:
-                transaction.settle_with_host()
-            else:
+            if host is None or host.duplicate_of is None:  # a host comes before its modalities
                 transaction.settle_duplicate()
+            if host is None and transaction.duplicate_of is not None:
+                _skip_with_host(transaction, [t for t in transactions if t.host is transaction])
         for transaction in reversed(transactions):  # the skipped ones, before anything is committed
             if transaction.duplicate_of is not None:
                 transaction.roll_back()
@@ -88,10 +89,43 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                 # deleted again while the content locks are held
                 try:
                     core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
+                    for transaction in committing:
+                        transaction.record_added()
                 except BaseException:  # the add may have committed: delete the records again, in one commit
                     # (deleting no row is harmless: each uid's lock is held, no one else commits it)
                     own = " OR ".join(f"({transaction.own_record()})" for transaction in committing)
                     core.tables.datasets.delete(own)
+                    for transaction in committing:
+                        transaction.record_removed()
                     raise
-                for transaction in committing:
-                    transaction.record_added()
+
+
+def _skip_with_host(host: WriteTransaction, modalities: Sequence[WriteTransaction]) -> None:
+    """Holding the content locks, for a host skipped as a duplicate: skip it as a committed dataset whose
+    cells also hold each of ``modalities`` (the same content), returned instead (``duplicate_of``).
+
+    Raises
+    ------
+    IngestError
+        No dataset holding the host's content has cells that hold every modality's content: the file is
+        not all in the atlas, and storing the rest would put it on cells of their own.
+    """
+    if not modalities:
+        return
+    core = host.core
+    held = {id(modality): find_duplicates(core, modality.fingerprints) for modality in modalities}
+    for candidate in find_duplicates(core, host.fingerprints):
+        owner = candidate.cells_of or candidate.uid  # the cells of the candidate
+        on_them = [next((r for r in held[id(m)] if r.cells_of == owner), None) for m in modalities]
+        if all(record is not None for record in on_them):
+            host.duplicate_of = candidate
+            for modality, record in zip(modalities, on_them, strict=True):
+                modality.duplicate_of = record
+            return
+    spaces = [modality.space.name for modality in modalities]
+    raise IngestError(
+        f"dataset {host.record.uid!r}: its {host.space.name!r} content is already in the atlas as dataset "
+        f"{host.duplicate_of.uid!r}, whose cells hold no {spaces} data of the same content; nothing was "
+        f"stored: add it to those cells with add_from_10x(..., cells_of={host.duplicate_of.uid!r}) or "
+        "attach_modality"
+    )

@@ -262,28 +262,10 @@ class WriteTransaction:
         host of the same run, the host's was)."""
         return self._short
 
-    def settle_with_host(self) -> None:
-        """Holding :attr:`content_lock`, for a modality whose :attr:`host` was skipped as holding the content
-        of dataset X: this modality's content must be X's modality of the same content (``duplicate_of``,
-        returned instead), else nothing is stored.
-
-        Raises
-        ------
-        IngestError
-            X's cells hold no such modality.
-        """
-        held_by = self.host.duplicate_of if self.host is not None else None
-        if held_by is None:
-            raise RuntimeError("settle_with_host() needs a host skipped as a duplicate")
-        existing = find_duplicate(self.core, self._fingerprints)
-        if existing is None or existing.cells_of != held_by.uid:
-            raise IngestError(
-                f"dataset {self.host.record.uid!r}: its {self.host.space.name!r} content is already in the "
-                f"atlas as dataset {held_by.uid!r}, whose cells hold no {self.space.name!r} data of this "
-                f"content; nothing was stored: attach it to those cells with attach_modality(..., "
-                f"cells_of={held_by.uid!r})"
-            )
-        self.duplicate_of = existing
+    @property
+    def fingerprints(self) -> list[str]:
+        """The content's fingerprints, current format first (set by :meth:`stage`)."""
+        return list(self._fingerprints)
 
     def ready_record(self) -> dict:
         """Holding the layouts lock (and :attr:`content_lock`): make sure the layout is there (a failed write
@@ -306,6 +288,10 @@ class WriteTransaction:
         """The record is committed: from here on nothing is rolled back (an interrupt while the locks are
         released keeps the dataset, which another ingestion may already have been told holds its content)."""
         self._committed = True
+
+    def record_removed(self) -> None:
+        """The record's add failed or was interrupted, and the record was deleted again."""
+        self._committed = False
 
     @property
     def committed(self) -> bool:

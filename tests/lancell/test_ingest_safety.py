@@ -548,6 +548,24 @@ def test_a_store_failing_mid_write_is_a_store_error_naming_the_dataset(atlas, mo
 # ------------------------------------------------------------------------------------ the commit point
 
 
+def test_an_interrupt_right_after_the_add_is_rolled_back_whole(atlas, monkeypatch):
+    """A Ctrl-C after the records' add but before the transactions noted it: the roll-back deleted the cells
+    and kept the records (validate(): "record says 200 cells, 0 cells point into" the group)."""
+    from lancell.ingest.write_transaction import WriteTransaction
+
+    def interrupted(transaction):
+        raise KeyboardInterrupt
+
+    _ingest(atlas, _adata(seed=1), "kept")
+    monkeypatch.setattr(WriteTransaction, "record_added", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _ingest(atlas, _adata(seed=2), "interrupted")
+    monkeypatch.undo()
+    assert atlas.list_datasets()["uid"].tolist() == ["kept"]
+    assert atlas.validate() == [] and _cells(atlas) == 200
+    assert _ingest(atlas, _adata(seed=2), "interrupted").n_cells == 200
+
+
 def test_an_interrupt_after_the_commit_keeps_the_dataset(atlas, monkeypatch):
     """A Ctrl-C while the content lock was released, after the record's commit: the roll-back deleted the
     dataset, which another ingestion of the same content (on_duplicate="skip"), taking the lock in that

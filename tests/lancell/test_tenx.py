@@ -248,9 +248,8 @@ def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodi
         atlas, with_antibodies, feature_space="gene_expression", dataset_record=DatasetRecord(uid="rna")
     )
     before = visible_state(atlas)
-    with pytest.raises(
-        IngestError, match=r"already in the atlas as dataset 'rna', whose cells hold no 'protein'"
-    ):
+    refused = r"already in the atlas as dataset 'rna', whose cells hold no \['protein'\] data"
+    with pytest.raises(IngestError, match=refused):
         add_from_10x(
             atlas,
             with_antibodies,
@@ -259,6 +258,17 @@ def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodi
             progress=False,
         )
     assert visible_state(atlas) == before
+    # the whole file stored after the RNA alone: skip finds it, whichever record comes first
+    add_from_10x(atlas, with_antibodies, dataset_record=DatasetRecord(uid="full"), on_duplicate="allow")
+    with pytest.warns(DuplicateContentWarning):
+        again = add_from_10x(
+            atlas,
+            with_antibodies,
+            dataset_record=DatasetRecord(uid="s4"),
+            on_duplicate="skip",
+            progress=False,
+        )
+    assert [r.uid for r in again] == ["full", "full/protein"]
 
 
 def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference):
