@@ -33,11 +33,12 @@ from lancell.tables.registry import sql_literal
 from lancell.tables.schema import DatasetRecord
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mudata import MuData
 
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_from_mudata", "attach_modality"]
+__all__ = ["add_from_mudata", "attach_modality", "check_attachable"]
 
 
 def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa.Table:
@@ -48,6 +49,38 @@ def _existing_cells(atlas: RaggedAtlas, cells_of: str, feature_space: str) -> pa
 def _recorded_groups(atlas: RaggedAtlas) -> pa.Array:
     """The zarr groups of every committed dataset record."""
     return read_columns(atlas.core.tables.datasets, ["zarr_group"]).column("zarr_group").combine_chunks()
+
+
+def check_attachable(
+    atlas: RaggedAtlas, dataset: str, cells_of: str, feature_space: str, obs_names: pd.Index
+) -> None:
+    """Refuse to attach modality ``dataset`` in ``feature_space`` to the cells ``obs_names`` of ``cells_of``
+    unless they are its cells and carry no ``feature_space`` pointer yet (checked again under the host's
+    lock when the pointers are set).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        No dataset ``cells_of``.
+    IngestError
+        Obs names that are not its cells, or cells that already have this modality.
+    """
+    if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
+        raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
+    existing = _existing_cells(atlas, cells_of, feature_space)
+    wanted = (cells_of + ":" + obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
+    known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
+    if not known.all():
+        raise IngestError(
+            f"dataset {dataset!r}: {int((~known).sum())} obs names are not cells of {cells_of!r}, "
+            f"e.g. {[n.split(':', 1)[1] for n in wanted[~known][:5]]}"
+        )
+    # pointers into a group no record references are a dead run's: the transaction nulls them (hold_host)
+    # and, under the host's lock, sets its pointers only on cells without one
+    groups = pc.struct_field(existing.column(feature_space), "zarr_group")
+    taken = existing.filter(pc.fill_null(pc.is_in(groups, value_set=_recorded_groups(atlas)), False))
+    if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
+        raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
 
 
 def attach_modality(
@@ -83,25 +116,10 @@ def attach_modality(
     """
     atlas.core.require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
-        raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
     record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
     to_store = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
-    existing = _existing_cells(atlas, cells_of, feature_space)
-    wanted = (cells_of + ":" + plan.obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
-    known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
-    if not known.all():
-        raise IngestError(
-            f"dataset {record.uid!r}: {int((~known).sum())} obs names are not cells of {cells_of!r}, "
-            f"e.g. {[n.split(':', 1)[1] for n in wanted[~known][:5]]}"
-        )
-    # pointers into a group no record references are a dead run's: the transaction nulls them (hold_host)
-    # and, under the host's lock, sets its pointers only on cells without one
-    groups = pc.struct_field(existing.column(feature_space), "zarr_group")
-    taken = existing.filter(pc.fill_null(pc.is_in(groups, value_set=_recorded_groups(atlas)), False))
-    if taken.num_rows and np.isin(wanted, np.asarray(taken.column("uid").to_pylist(), dtype=object)).any():
-        raise IngestError(f"cells of {cells_of!r} already carry a {feature_space!r} pointer")
+    check_attachable(atlas, record.uid, cells_of, feature_space, plan.obs_names)
     plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
     transaction = WriteTransaction(
         atlas.core, plan, space, record, cells_of=cells_of, on_duplicate="allow", progress=progress

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lancell.errors import FeatureSpaceError, IngestError, LancellWarning, TenxFormatError
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.tenx_h5 import open_h5
 from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
@@ -136,6 +137,7 @@ def add_from_10x(
     var_uid_column: str = "gene_ids",
     genome: str | None = None,
     obs: pd.DataFrame | Mapping[str, object] | None = None,
+    cells_of: str | None = None,
     on_duplicate: OnDuplicate = "error",
     progress: bool = True,
 ) -> list[DatasetRecord]:
@@ -147,7 +149,8 @@ def add_from_10x(
     numbers of features and values). The first feature space (in ``feature_types`` order) adds the cells as
     dataset ``<uid>``; each further one (a CITE-seq run's ``protein``) is attached to those cells as dataset
     ``<uid>/<feature_space>`` (as :func:`lancell.ingest.modalities.attach_modality` does), so a cell's
-    modalities are read together (``to_mudata``) and counted once.
+    modalities are read together (``to_mudata``) and counted once. With ``cells_of``, every feature space
+    is attached to the cells of that dataset instead (a file's protein ingested after its RNA).
 
     Parameters
     ----------
@@ -174,6 +177,10 @@ def add_from_10x(
         barcode (broadcast to every cell; its dtypes are kept, e.g. the row of a GEO sample table); or a
         frame indexed by barcode. Whatever is indexed by barcode needs a row for every barcode (rows for
         other barcodes are left out, with a warning).
+    cells_of
+        A dataset whose cells the file's barcodes are (its obs names): each feature space is attached to them
+        as dataset ``<uid>/<feature_space>`` (``uid`` is ``cells_of`` unless ``dataset_record`` gives one);
+        its cells keep their obs (``obs`` is refused).
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, applied to the dataset adding the cells:
         ``"error"`` raises :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"``
@@ -195,6 +202,8 @@ def add_from_10x(
 
     Raises
     ------
+    DatasetNotFoundError
+        No dataset ``cells_of``.
     FeatureSpaceError
         No feature type of the file maps to a feature space of the atlas, or ``zarr_layer`` is not allowed.
     TenxFormatError
@@ -211,11 +220,15 @@ def add_from_10x(
         raise IngestError(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
         )
-    base = (dataset_record or atlas.dataset_schema()).model_copy()
+    default = atlas.dataset_schema() if cells_of is None else atlas.dataset_schema(uid=cells_of)
+    base = (dataset_record or default).model_copy()
     check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})
-    cells_space = next(iter(routes))  # adds the cells; the others are attached to them
+    if cells_of is not None and obs is not None:
+        raise IngestError(f"{matrix.path}: obs is not stored for cells of {cells_of!r}, which keep their own")
+    host_uid = cells_of or base.uid  # the dataset owning the cells
+    cells_space = None if cells_of is not None else next(iter(routes))  # adds the cells, if any
     records = {
         space: base if space == cells_space else base.model_copy(update={"uid": f"{base.uid}/{space}"})
         for space in routes
@@ -223,16 +236,19 @@ def add_from_10x(
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
     for space in routes:
         spaces[space].check_layer(zarr_layer)
-        check_record(atlas.core, records[space], None if space == cells_space else base.uid)
+        check_record(atlas.core, records[space], None if space == cells_space else host_uid)
+        if cells_of is not None:
+            check_attachable(atlas, records[space].uid, cells_of, space, matrix.obs.index)
     cell_obs = _cell_obs(matrix, obs)
     # the left-out types are counted with the kept ones ("_" starts no dataset uid)
     subsets = {records[space].uid: columns for space, columns in routes.items()}
     sources = matrix.sources(subsets | {f"_{kind}": columns for kind, (columns, _) in skipped.items()})
     transactions: list[WriteTransaction] = []
     for space, columns in routes.items():
-        uid, host = records[space].uid, (transactions[0] if transactions else None)
+        uid, adds_cells = records[space].uid, space == cells_space
+        host = transactions[0] if cells_space is not None and not adds_cells else None  # of this run
         uids = matrix.var.iloc[columns][var_uid_column].astype(str).tolist()
-        obs_of = cell_obs if host is None else cell_obs[[]]  # an attached modality's cells keep their obs
+        obs_of = cell_obs if adds_cells else cell_obs[[]]  # an attached modality's cells keep their obs
         plan = plan_dataset(atlas.core, spaces[space], uid, {zarr_layer: sources[uid]}, obs_of, uids)
         transactions.append(
             WriteTransaction(
@@ -240,7 +256,7 @@ def add_from_10x(
                 plan,
                 spaces[space],
                 records[space],
-                cells_of=None if host is None else base.uid,
+                cells_of=None if adds_cells else host_uid,
                 host=host,
                 on_duplicate=on_duplicate if host is None else "allow",
                 progress=progress,

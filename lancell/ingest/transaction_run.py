@@ -122,10 +122,9 @@ def _skip_with_host(host: WriteTransaction, modalities: Sequence[WriteTransactio
             for modality, record in zip(modalities, on_them, strict=True):
                 modality.duplicate_of = record
             return
-    spaces = [modality.space.name for modality in modalities]
+    spaces, held_by = [modality.space.name for modality in modalities], host.duplicate_of.uid
     raise IngestError(
         f"dataset {host.record.uid!r}: its {host.space.name!r} content is already in the atlas as dataset "
-        f"{host.duplicate_of.uid!r}, whose cells hold no {spaces} data of the same content; nothing was "
-        f"stored: add it to those cells with add_from_10x(..., cells_of={host.duplicate_of.uid!r}) or "
-        "attach_modality"
+        f"{held_by!r}, whose cells hold no {spaces} data of the same content; nothing was stored: add it to "
+        f"those cells with add_from_10x(..., cells_of={held_by!r}, feature_space=...) per feature space"
     )

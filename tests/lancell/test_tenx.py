@@ -19,6 +19,7 @@ from helpers import visible_state
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import (
+    DatasetNotFoundError,
     DataValueError,
     DuplicateContentError,
     DuplicateContentWarning,
@@ -269,6 +270,23 @@ def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodi
             progress=False,
         )
     assert [r.uid for r in again] == ["full", "full/protein"]
+    # what the refusal says to do: the protein attached to the RNA's cells
+    atlas.delete_dataset("full")
+    before = visible_state(atlas)
+    with pytest.raises(IngestError, match="already carry a 'gene_expression' pointer"):
+        add_from_10x(atlas, with_antibodies, cells_of="rna", progress=False)
+    with pytest.raises(IngestError, match="keep their own"):
+        add_from_10x(atlas, with_antibodies, cells_of="rna", obs={"donor": "d"}, progress=False)
+    with pytest.raises(DatasetNotFoundError, match="no dataset 'nope'"):
+        add_from_10x(atlas, with_antibodies, cells_of="nope", feature_space="protein", progress=False)
+    assert visible_state(atlas) == before
+    (attached,) = add_from_10x(
+        atlas, with_antibodies, cells_of="rna", feature_space="protein", progress=False
+    )
+    assert (attached.uid, attached.cells_of) == ("rna/protein", "rna")
+    both = atlas.query().to_mudata(layers={"gene_expression": "counts", "protein": "counts"})
+    assert both["protein"].n_obs == both["gene_expression"].n_obs == atlas.query().count()
+    assert atlas.validate() == []
 
 
 def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference):
