@@ -184,8 +184,9 @@ class MatrixSource:
         """Yield ``(row_start, dense_block)``."""
         step = max(1, target_values // max(self.shape[1], 1))
         for start in range(0, self.shape[0], step):
-            with reading(self.dataset, self.matrix, f"rows {start}-{min(start + step, self.shape[0]) - 1}"):
-                block = self.matrix[start : start + step]
+            stop = min(start + step, self.shape[0])  # a 10x row stream has no rows past the end to clip
+            with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
+                block = self.matrix[start:stop]
             yield start, native_order(np.asarray(block.toarray() if sp.issparse(block) else block))
 
 

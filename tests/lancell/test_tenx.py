@@ -34,7 +34,13 @@ from lancell.ingest import tenx_mtx
 from lancell.ingest.h5_direct import CompressedRead
 from lancell.ingest.tenx import add_from_10x, open_10x, read_10x, read_10x_h5, read_10x_mtx
 from lancell.ingest.write_transaction import WriteTransaction
-from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+from lancell.tables.schema import (
+    DatasetRecord,
+    DenseZarrPointer,
+    FeatureBaseSchema,
+    LancellBaseSchema,
+    SparseZarrPointer,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 V3_DIR = DATA / "10x_v3" / "filtered_feature_bc_matrix"
@@ -287,6 +293,20 @@ def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodi
     both = atlas.query().to_mudata(layers={"gene_expression": "counts", "protein": "counts"})
     assert both["protein"].n_obs == both["gene_expression"].n_obs == atlas.query().count()
     assert atlas.validate() == []
+
+
+class DenseCells(LancellBaseSchema):
+    gene_expression: DenseZarrPointer | None = None
+
+
+def test_a_dense_feature_space_stores_the_file(tmp_path, v3_reference):
+    """Dense blocks asked the 10x row stream for rows past the last cell: every file whose cell count was no
+    multiple of the block length was refused as malformed ("the values end before row 3944")."""
+    atlas = _make_atlas(tmp_path / "atlas", DenseCells, read_10x(V3_DIR).var)
+    (record,) = add_from_10x(atlas, V3_DIR, dataset_record=DatasetRecord(uid="dense"), progress=False)
+    assert record.n_cells == v3_reference.shape[0]
+    out = _read_back(atlas, "dense", "gene_expression", pd.Index(read_10x(V3_DIR).var["gene_ids"]))
+    np.testing.assert_array_equal(np.asarray(out.X), v3_reference.toarray())
 
 
 def test_feature_types_without_space_are_skipped(tmp_path, with_antibodies, v3_reference):
