@@ -115,16 +115,19 @@ def _skip_with_host(host: WriteTransaction, modalities: Sequence[WriteTransactio
     core = host.core
     held = {id(modality): find_duplicates(core, modality.fingerprints) for modality in modalities}
     for candidate in find_duplicates(core, host.fingerprints):
-        owner = candidate.cells_of or candidate.uid  # the cells of the candidate
-        on_them = [next((r for r in held[id(m)] if r.cells_of == owner), None) for m in modalities]
+        owner = candidate.cells_of or candidate.uid  # the dataset whose cells the candidate's are
+        on_them = [next((r for r in held[id(m)] if owner in (r.cells_of, r.uid)), None) for m in modalities]
         if all(record is not None for record in on_them):
             host.duplicate_of = candidate
             for modality, record in zip(modalities, on_them, strict=True):
                 modality.duplicate_of = record
             return
-    spaces, held_by = [modality.space.name for modality in modalities], host.duplicate_of.uid
+    spaces = [modality.space.name for modality in modalities]
+    held_by = host.duplicate_of.cells_of or host.duplicate_of.uid  # the cells a modality is attached to
+    of = "" if held_by == host.duplicate_of.uid else f" (those of {held_by!r})"
     raise IngestError(
         f"dataset {host.record.uid!r}: its {host.space.name!r} content is already in the atlas as dataset "
-        f"{held_by!r}, whose cells hold no {spaces} data of the same content; nothing was stored: add it to "
-        f"those cells with add_from_10x(..., cells_of={held_by!r}, feature_space=...) per feature space"
+        f"{host.duplicate_of.uid!r}, whose cells{of} hold no {spaces} data of the same content; nothing was "
+        f"stored: add it to those cells with add_from_10x(..., cells_of={held_by!r}, feature_space=...) per "
+        "feature space"
     )

@@ -380,6 +380,28 @@ def test_the_feature_spaces_records_are_one_commit(tmp_path, with_antibodies, mo
     assert atlas.validate() == []
 
 
+def test_a_file_stored_protein_first_is_skipped_as_a_duplicate(tmp_path, with_antibodies):
+    """The file stored with protein adding the cells, ingested again with RNA first: the RNA's duplicate is
+    an attachment, the protein its host; the skip refused it, naming the attachment's uid as cells."""
+    atlas = _make_atlas(tmp_path / "atlas", TenxCells, read_10x(with_antibodies).var)
+    protein_first = {"Antibody Capture": "protein", "Gene Expression": "gene_expression"}
+    stored = add_from_10x(
+        atlas, with_antibodies, dataset_record=DatasetRecord(uid="s1"), feature_types=protein_first
+    )
+    assert [(r.uid, r.cells_of) for r in stored] == [("s1", None), ("s1/gene_expression", "s1")]
+    before = visible_state(atlas)
+    with pytest.warns(DuplicateContentWarning):
+        again = add_from_10x(
+            atlas,
+            with_antibodies,
+            dataset_record=DatasetRecord(uid="s2"),
+            on_duplicate="skip",
+            progress=False,
+        )
+    assert [r.uid for r in again] == ["s1/gene_expression", "s1"]
+    assert visible_state(atlas) == before
+
+
 def _corrupt(kind: str, root: Path) -> Path:
     if kind.startswith("h5"):
         path = root / "bad.h5"
