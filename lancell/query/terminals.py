@@ -186,17 +186,23 @@ class QueryTerminals:
 
         Without ``group_by`` or search this is LanceDB's ``count_rows`` (no column is read); with
         ``group_by`` only the grouping column is read. ``group_by="dataset_uid"`` gives a frame: ``cells`` and
-        the ``layers`` each dataset stores (those its record lists, what readers of this handle see); any
-        other column a ``cells`` series.
+        the ``layers`` each dataset stores in the query's feature space (those its record lists, or, for a
+        modality attached to its cells, the attachment's record: what readers of this handle see; None where
+        it stores none); any other column a ``cells`` series.
         """
         if group_by is None:
             return self._returned().count()
         series = self._returned().count_by(group_by)
         if group_by != "dataset_uid":
             return series
+        space = self._reads.space(self._atlas.core)
         frame = self._atlas.list_datasets()
-        layers = {uid: list(lays) for uid, lays in zip(frame["uid"], frame["layers"], strict=True)}
-        return series.to_frame().assign(layers=series.index.map(layers))
+        frame = frame[frame["feature_space"] == space]
+        stored: dict[str, list[str]] = {}  # host uid -> the layers every record of it in the space stores
+        for uid, cells_of, lays in zip(frame["uid"], frame["cells_of"], frame["layers"], strict=True):
+            host = cells_of if isinstance(cells_of, str) else uid
+            stored[host] = [lay for lay in stored.get(host, lays) if lay in set(lays)]
+        return series.to_frame().assign(layers=series.index.map(lambda uid: stored.get(uid)))
 
     @_terminal
     @_one_version

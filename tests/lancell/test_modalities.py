@@ -77,6 +77,11 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert atlas.validate() == []
     # the Dagster snapshot check summed every record's n_cells: an attached modality counted its cells twice
     assert recorded_cells(atlas.list_datasets()) == atlas.query().count() == pbmc.n_obs
+    # the layers per dataset are those of the query's feature space (the host's were shown for every space)
+    per_dataset = atlas.query().feature_space("programs").count(group_by="dataset_uid")
+    assert per_dataset.to_dict("index") == {"pbmc": {"cells": pbmc.n_obs, "layers": ["scores"]}}
+    per_dataset = atlas.query().count(group_by="dataset_uid")
+    assert per_dataset.to_dict("index") == {"pbmc": {"cells": pbmc.n_obs, "layers": ["log_normalized"]}}
     atlas.snapshot()
     out = atlas.query().to_mudata()
     assert set(out.mod) == {"gene_expression", "programs"}
