@@ -272,7 +272,8 @@ class QueryTerminals:
         Raises
         ------
         ArgumentError
-            ``feature_spaces`` is one string (give a list), or ``layers`` is not a mapping.
+            ``feature_spaces`` is one string (give a list), empty or repeats a space, or ``layers`` is not a
+            mapping.
         QueryError
             ``layers`` names a space not reconstructed, or chooses other layers than ``layers()`` did.
         FeatureSpaceError
@@ -287,7 +288,10 @@ class QueryTerminals:
             )
         require_type("layers", layers or {}, Mapping, "a mapping {feature space: layer or layers}")
         core = self._atlas.core
-        spaces = list(feature_spaces or pointer_fields_from_arrow(core.cell_arrow))
+        named = None if feature_spaces is None else list(feature_spaces)
+        if named is not None and (not named or len(set(named)) < len(named)):  # []: every space was read
+            raise ArgumentError(f"feature_spaces must name distinct feature spaces, got {named} (None: all)")
+        spaces = named or list(pointer_fields_from_arrow(core.cell_arrow))
         chosen = {
             space: [wanted] if isinstance(wanted, str) else list(wanted)
             for space, wanted in (layers or {}).items()

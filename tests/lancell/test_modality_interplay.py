@@ -189,6 +189,9 @@ def test_to_mudata_reads_the_layers_chosen_for_each_space(atlas):
         query.layers("programs", "scores").to_mudata(layers={"programs": "other"})
     with pytest.raises(ArgumentError, match=r"got the string 'protein' \(for one space: \['protein'\]\)"):
         query.to_mudata("protein")
+    for named in ([], ["programs", "programs"]):  # every space was read, one modality returned
+        with pytest.raises(ArgumentError, match="must name distinct feature spaces"):
+            query.to_mudata(named)
 
 
 def test_an_attachment_names_its_cells_as_their_rows_do(atlas):
