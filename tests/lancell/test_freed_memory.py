@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-import lancell.ingest.write_transaction as write_transaction
+import lancell.ingest.transaction_run as transaction_run
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import IngestError
@@ -37,7 +37,7 @@ def test_every_ingestion_releases_the_freed_memory_once(tmp_path, monkeypatch) -
     genes = [f"G{i}" for i in range(20)]
     atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
     calls = []
-    monkeypatch.setattr(write_transaction, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(transaction_run, "release_freed_memory", lambda: calls.append(1))
     x = sp.random(10, 20, density=0.3, format="csr", random_state=0, dtype=np.float64)
     x.data = np.ceil(x.data * 9)
     good = ad.AnnData(X=x.astype(np.int32), var=pd.DataFrame(index=genes))

@@ -135,11 +135,11 @@ def test_two_add_layer_calls_both_kept(db, monkeypatch):
     core_lock = type(atlas.core).lock
     done = []
 
-    def lock_after_another_add_layer(core, name):
+    def lock_after_another_add_layer(core, name, about=None):
         if not done:
             done.append(name)
             add_layer(RaggedAtlas.open(db), "d0", "normalized", adata.X * 2)
-        return core_lock(core, name)
+        return core_lock(core, name, about)
 
     monkeypatch.setattr(type(atlas.core), "lock", lock_after_another_add_layer)
     layers = add_layer(atlas, "d0", "log_normalized", adata.X * 3)
