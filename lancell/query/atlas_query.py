@@ -25,10 +25,12 @@ from lancell.query.plan import Join
 from lancell.query.terminals import QueryTerminals
 from lancell.query.unmeasured import ON_UNMEASURED, OnUnmeasured
 from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.registry import sql_literal
 from lancell.tables.stored_fields import vector_fields
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
+    from lancell.core import AtlasCore
 
 __all__ = ["AtlasQuery"]
 
@@ -70,9 +72,12 @@ class AtlasQuery(QueryTerminals):
             ``sql`` is empty, does not parse as one whole expression (Lance would silently drop a trailing
             ``") OR (..."`` or ``"; ..."``), or names a column the cell table lacks; a SOMA/Census-style
             ``in [...]`` or ``"string"`` (the message shows the SQL to write); a keyword naming an unknown
-            column or a value that does not fit its column's type.
+            column or a value that does not fit its column's type; ``dataset_uid=`` naming a modality
+            attached to another dataset's cells (they are that dataset's: nothing would match).
         """
         filters = [] if sql is None else [sql]
+        if "dataset_uid" in conditions:
+            _refuse_attached_uids(self._atlas.core, conditions["dataset_uid"])
         if conditions or sql is None:
             filters.append(keyword_filter(self._atlas.core.cell_arrow, conditions))
         for text in filters:
@@ -255,3 +260,26 @@ class AtlasQuery(QueryTerminals):
         if features == "registry":
             return query.all_features(feature_space)
         return query.features(list(features), feature_space, case_sensitive=self._reads.case_sensitive)
+
+
+def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
+    """Refuse ``dataset_uid`` values that name a modality attached to another dataset's cells.
+
+    Raises
+    ------
+    QueryError
+        Naming the dataset whose cells they are and how to select those carrying the modality.
+    """
+    named = [value] if isinstance(value, str) else value if isinstance(value, list | tuple | set) else []
+    uids = [uid for uid in named if isinstance(uid, str)]
+    if not uids or "cells_of" not in core.dataset_arrow.names:
+        return
+    where = f"cells_of IS NOT NULL AND uid IN ({', '.join(sql_literal(uid) for uid in uids)})"
+    rows = core.tables.datasets.search().where(where).select(["uid", "cells_of", "feature_space"]).to_list()
+    if rows:
+        uid, host, space = rows[0]["uid"], rows[0]["cells_of"], rows[0]["feature_space"]
+        raise QueryError(
+            f"dataset_uid={uid!r} names a modality attached to the cells of {host!r}, whose dataset_uid they "
+            f"keep: nothing would match; select them with dataset_uid={host!r} (and where('{space} IS NOT "
+            "NULL') for the cells that carry it)"
+        )

@@ -11,7 +11,7 @@ from mudata import MuData
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import DroppedColumnsWarning, IngestError
+from lancell.errors import DroppedColumnsWarning, IngestError, QueryError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import add_from_mudata, attach_modality
 from lancell.query.reconstruct import presence_matrix
@@ -82,6 +82,9 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert per_dataset.to_dict("index") == {"pbmc": {"cells": pbmc.n_obs, "layers": ["scores"]}}
     per_dataset = atlas.query().count(group_by="dataset_uid")
     assert per_dataset.to_dict("index") == {"pbmc": {"cells": pbmc.n_obs, "layers": ["log_normalized"]}}
+    # the cells of an attached modality keep their dataset_uid: naming the modality's uid matched nothing
+    with pytest.raises(QueryError, match=r"attached to the cells of 'pbmc'.*where\('programs IS NOT NULL'\)"):
+        atlas.query().where(dataset_uid=["other", "pbmc/programs"])
     atlas.snapshot()
     out = atlas.query().to_mudata()
     assert set(out.mod) == {"gene_expression", "programs"}
