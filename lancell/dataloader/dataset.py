@@ -33,7 +33,7 @@ from lancell.dataloader.checks import positions
 from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
-from lancell.dataloader.source import DatasetSource, store_kwargs_of
+from lancell.dataloader.source import DatasetSource, worker_store_kwargs
 from lancell.errors import GroupNotFoundError, LancellWarning, QueryError
 from lancell.query.name_lists import name_list
 from lancell.storage.nodes import open_node
@@ -234,7 +234,7 @@ class CellDataset:
             snapshot_version=atlas.snapshot_version,
             cell_table_version=int(atlas.core.tables.cells.version),
             store_url=describe_store(atlas.store),
-            store_kwargs=dict(store_kwargs) if store_kwargs is not None else store_kwargs_of(atlas.store),
+            store_kwargs=worker_store_kwargs(atlas.store, store_kwargs),
         )
         return cls(
             kind=plan.kind,

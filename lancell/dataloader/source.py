@@ -3,14 +3,16 @@ plain values only (URIs, versions, non-secret client settings), so a dataset pic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import obstore.store as obs_store
 
-from lancell.storage.stores import open_store, public_store_config
+from lancell.storage.store_settings import with_recorded_config
+from lancell.storage.stores import describe_store, open_store, public_store_config
 
-__all__ = ["DatasetSource", "store_kwargs_of"]
+__all__ = ["DatasetSource", "store_kwargs_of", "worker_store_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -42,4 +44,21 @@ def store_kwargs_of(store: obs_store.ObjectStore) -> dict[str, Any]:
     retry = getattr(store, "retry_config", None)
     if retry:
         kwargs["retry_config"] = retry
+    return kwargs
+
+
+def worker_store_kwargs(store: obs_store.ObjectStore, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings a worker reopens ``store`` with: the reader's ``given`` (credentials held only in memory,
+    say) over the handle's own (:func:`store_kwargs_of`), as an open completes a reader's settings by the
+    recorded ones (:func:`lancell.storage.store_settings.with_recorded_config`). Given alone, they lost the
+    endpoint, region and retry settings: a worker sent its requests to AWS."""
+    own = store_kwargs_of(store)
+    if given is None:
+        return own
+    defaults = dict(own.get("config") or {})
+    if own.get("client_options"):
+        defaults["client_options"] = own["client_options"]
+    kwargs = dict(with_recorded_config(describe_store(store), dict(given), defaults) or {})
+    if "retry_config" in own:
+        kwargs.setdefault("retry_config", own["retry_config"])
     return kwargs

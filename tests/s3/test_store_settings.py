@@ -176,6 +176,26 @@ def test_checkout_with_credentials_only_reads_arrays_on_s3(seaweed: Seaweed, tmp
     assert RaggedAtlas.open(db, store_kwargs=credentials).query().count() == 0
 
 
+def test_loader_workers_keep_the_endpoint_given_credentials_only(
+    seaweed: Seaweed, tmp_path: Path, monkeypatch
+):
+    """A loader given credentials only (``to_cell_dataset(store_kwargs=...)``, as docs/s3.md says) had its
+    workers reopen the store with those alone: no endpoint, region or retry settings, requests to AWS."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ALLOW_HTTP"):
+        monkeypatch.delenv(name, raising=False)
+    db = str(tmp_path / "db")
+    create(
+        db, f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/arrays", store_kwargs=seaweed.store_kwargs()
+    ).snapshot()
+    atlas = RaggedAtlas.checkout_latest(db, store_kwargs=seaweed.store_kwargs())
+    credentials = {"config": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}
+    with pytest.warns(LancellWarning, match="selects no cell"):
+        dataset = atlas.query().to_cell_dataset("gene_expression", "counts", store_kwargs=credentials)
+    config = dataset.source.store_kwargs["config"]
+    assert config["endpoint"] == seaweed.endpoint and config["access_key_id"] == ACCESS_KEY
+    assert read_json(dataset.source.open_store(), "zarr.json")["attributes"]["lancell_format"]
+
+
 def test_store_options_for_a_local_atlas_are_refused_when_it_is_opened(tmp_path: Path):
     db = str(tmp_path / "db")
     create(db, str(tmp_path / "arrays")).snapshot()
