@@ -22,7 +22,7 @@ from lancell.errors import IngestError, StoreError
 from lancell.ingest.fingerprint import find_duplicates
 from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.write_transaction import WriteTransaction
-from lancell.storage.store_failures import is_store_failure
+from lancell.storage.store_failures import is_store_failure, store_error
 from lancell.tables.schema import DatasetRecord
 
 __all__ = ["run_transactions"]
@@ -47,7 +47,7 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
         if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
             uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
-            raise StoreError(f"dataset {uids}: the object store failed while it was written: {exc}") from exc
+            raise store_error(exc, f"dataset {uids}: the object store failed while it was written") from exc
         raise
     finally:
         for transaction in transactions:

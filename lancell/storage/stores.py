@@ -22,6 +22,7 @@ import obstore.store as obs_store
 import zarr.storage
 
 from lancell.errors import LancellWarning, StoreError
+from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import check_endpoint, store_config
 
 __all__ = [
@@ -89,7 +90,7 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
     try:
         return obs_store.from_url(url, **kwargs)
     except Exception as exc:  # obstore raises several unrelated types for bad URLs/config
-        raise StoreError(f"cannot open object store at {url!r}: {exc}") from exc
+        raise store_error(exc, f"cannot open object store at {url!r}") from exc
 
 
 def check_options_used(urls: Sequence[str], store_kwargs: dict[str, Any] | None) -> None:

@@ -29,7 +29,7 @@ from lancell.errors import (
     StoreError,
 )
 from lancell.storage.groups import FORMAT_VERSION
-from lancell.storage.store_failures import is_store_failure
+from lancell.storage.store_failures import is_store_failure, store_error
 from lancell.storage.stores import (
     check_options_used,
     describe_store,
@@ -86,7 +86,8 @@ log = logging.getLogger(__name__)
 def db_options(
     db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
 ) -> Mapping[str, str] | None:
-    """LanceDB options: explicit ``storage_options`` win, else they are derived from ``store_kwargs``.
+    """LanceDB options: those derived from ``store_kwargs``, completed and overridden key by key by
+    ``storage_options`` (LanceDB-only settings; given alone, they replaced the endpoint and credentials).
 
     Raises
     ------
@@ -100,7 +101,10 @@ def db_options(
             f"at {db_uri!r}: give the settings as store_kwargs (obstore's config and client_options, from "
             "which LanceDB's are derived), or store_kwargs={} when the environment configures the stores"
         )
-    return storage_options if storage_options is not None else lancedb_storage_options(db_uri, store_kwargs)
+    derived = lancedb_storage_options(db_uri, store_kwargs)
+    if storage_options is None:
+        return derived
+    return {**(derived or {}), **storage_options}
 
 
 def read_meta(
@@ -120,7 +124,7 @@ def read_meta(
     try:
         meta = read_json(meta_store, META_PATH)
     except obstore.exceptions.BaseError as exc:  # refused credentials, an unreachable endpoint...
-        raise StoreError(f"cannot read the atlas at {db_uri!r} ({META_PATH}): {exc}") from exc
+        raise store_error(exc, f"cannot read the atlas at {db_uri!r} ({META_PATH})") from exc
     if meta is None:
         if read_json(meta_store, CREATING_PATH) is not None:
             raise AtlasNotFoundError(

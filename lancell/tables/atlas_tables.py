@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lancell.errors import AtlasNotFoundError, CommitConflictError, StoreError
-from lancell.storage.store_failures import guard, is_store_failure
+from lancell.storage.store_failures import guard, is_store_failure, store_error
 from lancell.storage.store_settings import check_endpoint
 from lancell.tables.pinned_table import PinnedTable, scan_readahead
 from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
@@ -49,8 +49,10 @@ def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DB
             read_consistency_interval=timedelta(0),
             storage_options=dict(storage_options or {}) or None,
         )
-    except (ValueError, OSError) as exc:
-        raise StoreError(f"cannot connect to the LanceDB database at {db_uri!r}: {exc}") from exc
+    except Exception as exc:  # ValueError, OSError, or a RuntimeError naming a Lance I/O error (no region)
+        if isinstance(exc, ValueError | OSError) or is_store_failure(exc):
+            raise store_error(exc, f"cannot connect to the LanceDB database at {db_uri!r}") from exc
+        raise
     return guard(connection, f"the atlas database {db_uri!r}")
 
 

@@ -45,6 +45,16 @@ def test_retry_settings_reach_lancedb():
     assert options["client_retry_timeout"] == "5"  # lance takes whole seconds
 
 
+def test_storage_options_complete_the_options_derived_from_store_kwargs():
+    """LanceDB-only storage_options (as docs/s3.md advises) replaced the derived ones: LanceDB lost the
+    endpoint and credentials ("Failed to resolve region")."""
+    from lancell.tables.atlas_meta import db_options
+
+    options = db_options("s3://b/db", UNREACHABLE, {"timeout": "20s", "region": "eu-west-1"})
+    assert options["endpoint"] == "http://127.0.0.1:9" and options["aws_access_key_id"] == "k"
+    assert (options["timeout"], options["region"]) == ("20s", "eu-west-1")  # theirs win, key by key
+
+
 def test_configuration_given_as_keyword_arguments_reaches_lancedb():
     """obstore's from_url takes configuration keys as keyword arguments too; LanceDB got none of them."""
     options = lancedb_storage_options("s3://b/db", {"endpoint": "http://h:1", "region": "eu-west-1"})
@@ -211,3 +221,26 @@ def test_lancedb_only_storage_options_are_refused_before_any_request_when_openin
     for open_atlas in (RaggedAtlas.open, RaggedAtlas.checkout_latest):
         with pytest.raises(StoreError, match="storage_options configure LanceDB only"):
             open_atlas("s3://lancell/x/db", storage_options=options)
+
+
+def test_a_lance_io_error_while_connecting_is_a_one_line_store_error(monkeypatch):
+    """LanceDB raises a bare RuntimeError when it cannot resolve a bucket's region (no AWS settings): the
+    CLI printed its traceback. Other RuntimeErrors are not store failures and pass unchanged."""
+    import lancedb
+
+    from lancell.tables.atlas_tables import connect
+
+    def unresolved(*args, **kwargs):
+        raise RuntimeError(
+            "lance error: LanceError(IO): Generic S3 error: Failed to resolve region for bucket 'b', "
+            "aws.rs:319:13\nDebug source: ..."
+        )
+
+    monkeypatch.setattr(lancedb, "connect", unresolved)
+    with pytest.raises(StoreError) as caught:
+        connect("s3://b/atlas/db")
+    assert str(caught.value).startswith("cannot connect to the LanceDB database at 's3://b/atlas/db': lance")
+    assert "\n" not in str(caught.value)
+    monkeypatch.setattr(lancedb, "connect", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        connect("s3://b/atlas/db")
