@@ -149,8 +149,8 @@ def add_from_10x(
     numbers of features and values). The first feature space (in ``feature_types`` order) adds the cells as
     dataset ``<uid>``; each further one (a CITE-seq run's ``protein``) is attached to those cells as dataset
     ``<uid>/<feature_space>`` (as :func:`lancell.ingest.modalities.attach_modality` does), so a cell's
-    modalities are read together (``to_mudata``) and counted once. With ``cells_of``, every feature space
-    is attached to the cells of that dataset instead (a file's protein ingested after its RNA).
+    modalities are read together (``to_mudata``) and counted once. With ``cells_of``, one feature space is
+    attached to the cells of that dataset instead (a file's protein ingested after its RNA).
 
     Parameters
     ----------
@@ -178,9 +178,11 @@ def add_from_10x(
         frame indexed by barcode. Whatever is indexed by barcode needs a row for every barcode (rows for
         other barcodes are left out, with a warning).
     cells_of
-        A dataset whose cells the file's barcodes are (its obs names): each feature space is attached to them
-        as dataset ``<uid>/<feature_space>`` (``uid`` is ``cells_of`` unless ``dataset_record`` gives one);
-        its cells keep their obs (``obs`` is refused).
+        A dataset whose cells the file's barcodes are (its obs names): the feature space (one: give
+        ``feature_space`` when the file routes several) is attached to them as dataset
+        ``<uid>/<feature_space>`` (``uid`` is ``cells_of`` unless ``dataset_record`` gives one); its cells
+        keep their obs (``obs`` is refused) and ``on_duplicate`` does not apply (a repeat is refused: the
+        cells already carry the modality).
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, applied to the dataset adding the cells:
         ``"error"`` raises :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"``
@@ -210,8 +212,9 @@ def add_from_10x(
         The input is malformed (see :func:`open_10x`).
     IngestError
         Any other invalid input (an ``obs`` frame that lacks barcodes of the matrix, a one-row frame for
-        a one-cell matrix indexed by another barcode, or an ``obs`` mapping value that is a sequence of
-        another length than the number of cells); the atlas is left unchanged.
+        a one-cell matrix indexed by another barcode, an ``obs`` mapping value that is a sequence of
+        another length than the number of cells; with ``cells_of``: ``obs``, several feature spaces, or
+        barcodes that are not its cells or carry the modality already); the atlas is left unchanged.
     """
     atlas.core.require_writable()
     matrix = open_10x(path, genome=genome)
@@ -225,8 +228,8 @@ def add_from_10x(
     check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})
-    if cells_of is not None and obs is not None:
-        raise IngestError(f"{matrix.path}: obs is not stored for cells of {cells_of!r}, which keep their own")
+    if cells_of is not None:
+        _check_cells_of(matrix, cells_of, list(routes), obs, on_duplicate)
     host_uid = cells_of or base.uid  # the dataset owning the cells
     cells_space = None if cells_of is not None else next(iter(routes))  # adds the cells, if any
     records = {
@@ -258,7 +261,7 @@ def add_from_10x(
                 records[space],
                 cells_of=None if adds_cells else host_uid,
                 host=host,
-                on_duplicate=on_duplicate if host is None else "allow",
+                on_duplicate=on_duplicate if adds_cells else "allow",  # modalities: their cells are named
                 progress=progress,
             )
         )
@@ -271,6 +274,32 @@ def add_from_10x(
             stacklevel=2,
         )
     return stored
+
+
+def _check_cells_of(
+    matrix: TenxMatrix, cells_of: str, spaces: list[str], obs: object, on_duplicate: OnDuplicate
+) -> None:
+    """Refuse what a file attached to the cells of ``cells_of`` cannot take; warn about an unused policy.
+
+    Raises
+    ------
+    IngestError
+        ``obs`` given (the cells keep theirs), or several feature spaces routed (one per call).
+    """
+    if obs is not None:
+        raise IngestError(f"{matrix.path}: obs is not stored for cells of {cells_of!r}, which keep their own")
+    if len(spaces) > 1:
+        raise IngestError(
+            f"{matrix.path}: the file routes feature spaces {spaces}; attach one per call to the cells of "
+            f"{cells_of!r} (feature_space=...)"
+        )
+    if on_duplicate != "error":
+        warnings.warn(
+            f"{matrix.path}: on_duplicate={on_duplicate!r} does not apply to a modality attached to the "
+            f"cells of {cells_of!r} (a repeat is refused: the cells already carry it)",
+            LancellWarning,
+            stacklevel=3,
+        )
 
 
 def _route_feature_types(

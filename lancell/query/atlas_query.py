@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 
 from lancell.errors import QueryError
 from lancell.query.cell_selection import CellSelection
@@ -270,7 +271,9 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
     QueryError
         Naming the dataset whose cells they are and how to select those carrying the modality.
     """
-    named = [value] if isinstance(value, str) else value if isinstance(value, list | tuple | set) else []
+    # values as keyword_filter reads them (a tuple is a range)
+    listed = isinstance(value, list | set | frozenset | np.ndarray | pd.Index | pd.Series)
+    named = [value] if isinstance(value, str) else list(value) if listed else []
     uids = [uid for uid in named if isinstance(uid, str)]
     if not uids or "cells_of" not in core.dataset_arrow.names:
         return

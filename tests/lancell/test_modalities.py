@@ -85,6 +85,9 @@ def test_mudata_round_trip_aligned_by_uid(two):
     # the cells of an attached modality keep their dataset_uid: naming the modality's uid matched nothing
     with pytest.raises(QueryError, match=r"attached to the cells of 'pbmc'.*where\('programs IS NOT NULL'\)"):
         atlas.query().where(dataset_uid=["other", "pbmc/programs"])
+    with pytest.raises(QueryError, match="attached to the cells of 'pbmc'"):
+        atlas.query().where(dataset_uid=np.array(["pbmc/programs"]))
+    assert atlas.query().where(dataset_uid=("a", "z")).count() == pbmc.n_obs  # a range, as before
     atlas.snapshot()
     out = atlas.query().to_mudata()
     assert set(out.mod) == {"gene_expression", "programs"}

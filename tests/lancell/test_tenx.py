@@ -279,16 +279,26 @@ def test_a_cite_seq_file_ingested_again_is_skipped_whole(tmp_path, with_antibodi
     # what the refusal says to do: the protein attached to the RNA's cells
     atlas.delete_dataset("full")
     before = visible_state(atlas)
+    with pytest.raises(
+        IngestError, match=r"routes feature spaces \['gene_expression', 'protein'\]; attach one"
+    ):
+        add_from_10x(atlas, with_antibodies, cells_of="rna", progress=False)  # waited on its own lock
     with pytest.raises(IngestError, match="already carry a 'gene_expression' pointer"):
-        add_from_10x(atlas, with_antibodies, cells_of="rna", progress=False)
+        add_from_10x(atlas, with_antibodies, cells_of="rna", feature_space="gene_expression", progress=False)
     with pytest.raises(IngestError, match="keep their own"):
         add_from_10x(atlas, with_antibodies, cells_of="rna", obs={"donor": "d"}, progress=False)
     with pytest.raises(DatasetNotFoundError, match="no dataset 'nope'"):
         add_from_10x(atlas, with_antibodies, cells_of="nope", feature_space="protein", progress=False)
     assert visible_state(atlas) == before
-    (attached,) = add_from_10x(
-        atlas, with_antibodies, cells_of="rna", feature_space="protein", progress=False
-    )
+    with pytest.warns(LancellWarning, match="on_duplicate='skip' does not apply"):
+        (attached,) = add_from_10x(
+            atlas,
+            with_antibodies,
+            cells_of="rna",
+            feature_space="protein",
+            on_duplicate="skip",
+            progress=False,
+        )
     assert (attached.uid, attached.cells_of) == ("rna/protein", "rna")
     both = atlas.query().to_mudata(layers={"gene_expression": "counts", "protein": "counts"})
     assert both["protein"].n_obs == both["gene_expression"].n_obs == atlas.query().count()
