@@ -63,10 +63,17 @@ def check_attachable(
     DatasetNotFoundError
         No dataset ``cells_of``.
     IngestError
-        Obs names that are not its cells, or cells that already have this modality.
+        ``cells_of`` is itself a modality attached to another dataset's cells, obs names that are not its
+        cells, or cells that already have this modality.
     """
-    if atlas.core.tables.datasets.count_rows(f"uid = {sql_literal(cells_of)}") == 0:
+    host = atlas.core.tables.datasets.search().where(f"uid = {sql_literal(cells_of)}").to_list()
+    if not host:
         raise DatasetNotFoundError(f"cannot attach {feature_space!r}: no dataset {cells_of!r} in the atlas")
+    if host[0].get("cells_of"):
+        raise IngestError(
+            f"dataset {dataset!r}: {cells_of!r} is a modality attached to the cells of "
+            f"{host[0]['cells_of']!r}: attach to that dataset"
+        )
     existing = _existing_cells(atlas, cells_of, feature_space)
     wanted = (cells_of + ":" + obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))

@@ -167,6 +167,10 @@ def test_attach_errors_leave_atlas_unchanged(ingested):
             zarr_layer="scores",
             dataset_record=DatasetRecord(uid="again"),
         )
+    with pytest.raises(IngestError, match="'pbmc/programs' is a modality attached to the cells of 'pbmc'"):
+        attach_modality(
+            atlas, programs, cells_of="pbmc/programs", feature_space="programs", zarr_layer="scores"
+        )
     atlas.delete_dataset("pbmc/programs")
     assert atlas.query().where("programs IS NOT NULL").count() == 0
     assert atlas.query().count() == pbmc.n_obs
