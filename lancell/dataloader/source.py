@@ -58,7 +58,8 @@ def worker_store_kwargs(store: obs_store.ObjectStore, given: Mapping[str, Any] |
     defaults = dict(own.get("config") or {})
     if own.get("client_options"):
         defaults["client_options"] = own["client_options"]
-    kwargs = dict(with_recorded_config(describe_store(store), dict(given), defaults) or {})
+    # the handle's settings already overrode the environment: it does not override them again
+    kwargs = dict(with_recorded_config(describe_store(store), dict(given), defaults, environment=False) or {})
     if "retry_config" in own:
         kwargs.setdefault("retry_config", own["retry_config"])
     return kwargs

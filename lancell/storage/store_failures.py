@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
@@ -35,6 +36,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 # the ArrowInvalid of a pylance stream; its other errors (invalid input, commit conflicts, a missing table or
 # version) are named otherwise and are not store failures.
 _LANCE_IO = "LanceError(IO)"
+# Where obstore's debug dump of an error starts (its message precedes it).
+_DEBUG_DUMP = re.compile(r"\n\s*Debug source:")
+_DUMP_MESSAGE = re.compile(r'message: "([^"]+)"')
 # Objects of these packages are guarded when a guarded call returns them.
 _GUARDED_PACKAGES = frozenset({"lance", "lancedb"})
 # Where a guarded object reads and writes (an instance attribute), and the guarded subclass of each class.
@@ -57,10 +61,16 @@ def is_store_failure(exc: BaseException | None) -> bool:
 
 
 def store_error(exc: BaseException, what: str) -> StoreError:
-    """A ``StoreError`` saying that ``what`` failed because of ``exc`` (the first line of its message: obstore
-    appends a multi-line debug dump; the whole error stays chained as the cause)."""
-    lines = str(exc).strip().splitlines()
-    return StoreError(f"{what}: {lines[0] if lines else type(exc).__name__}")
+    """A ``StoreError`` saying that ``what`` failed because of ``exc``, on one line: its message up to the
+    debug dump obstore appends (the whole error stays chained as the cause), lines joined (an S3 error's
+    code follows the first line), and the innermost cause the dump names ("Connection refused")."""
+    message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
+    text = " ".join(message.split()) or type(exc).__name__
+    # the system's own words for a refused connection or an unknown host are only in the dump
+    causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
+    if causes and causes[-1] not in text:
+        text += f" ({causes[-1]})"
+    return StoreError(f"{what}: {text}")
 
 
 class StoreFailures:

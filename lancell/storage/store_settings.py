@@ -16,7 +16,7 @@ from typing import Any
 
 from lancell.errors import StoreError
 
-__all__ = ["check_endpoint", "store_config", "with_recorded_config"]
+__all__ = ["canonical_name", "check_endpoint", "store_config", "with_recorded_config"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,11 @@ def store_config(store_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def with_recorded_config(
-    url: str, store_kwargs: dict[str, Any] | None, recorded: Mapping[str, Any] | None
+    url: str,
+    store_kwargs: dict[str, Any] | None,
+    recorded: Mapping[str, Any] | None,
+    *,
+    environment: bool = True,
 ) -> dict[str, Any] | None:
     """``store_kwargs`` completed by the non-secret settings an atlas recorded for its store at ``url``
     (``public_store_config``: endpoint, region, ``allow_http``...), so that a reader supplies its credentials
@@ -91,6 +95,7 @@ def with_recorded_config(
     A recorded setting is a default: one that ``store_kwargs`` give (under any spelling) or the environment
     gives (``AWS_<NAME>`` for S3, ``GOOGLE_`` / ``AZURE_`` for the others) wins. An endpoint given other than
     the recorded one is the caller's choice, logged as a warning. A local ``url`` takes no settings.
+    ``environment=False`` leaves the environment out (``recorded`` are settings that already overrode it).
     """
     prefix = _ENV_PREFIX.get(_scheme(url))
     if prefix is None or not recorded:
@@ -101,11 +106,11 @@ def with_recorded_config(
     }
     kwargs = dict(store_kwargs or {})
     env = {
-        _canonical(name.removeprefix(prefix)): value
-        for name, value in os.environ.items()
+        canonical_name(name.removeprefix(prefix)): value
+        for name, value in (os.environ.items() if environment else ())
         if name.startswith(prefix)
     }
-    given = {**env, **{_canonical(key): value for key, value in store_config(kwargs).items()}}
+    given = {**env, **{canonical_name(key): value for key, value in store_config(kwargs).items()}}
     ours, theirs = given.get("endpoint"), recorded.get("endpoint")
     if ours is not None and theirs is not None and str(ours).rstrip("/") != str(theirs).rstrip("/"):
         log.warning(
@@ -115,7 +120,7 @@ def with_recorded_config(
             theirs,
             ours,
         )
-    config = {key: value for key, value in recorded.items() if _canonical(key) not in given}
+    config = {key: value for key, value in recorded.items() if canonical_name(key) not in given}
     taken = {str(key).lower() for key in kwargs.get("client_options") or {}} | set(env)
     client = {key: value for key, value in recorded_client.items() if key not in taken}
     if config:
@@ -131,10 +136,10 @@ def _scheme(url: str) -> str:
 
 
 def _is_endpoint(key: object) -> bool:
-    return _canonical(key) == "endpoint"
+    return canonical_name(key) == "endpoint"
 
 
-def _canonical(key: object) -> str:
+def canonical_name(key: object) -> str:
     """A setting's name in one spelling: lower case, no ``aws_`` prefix, ``endpoint_url`` as ``endpoint``."""
     name = str(key).lower().removeprefix("aws_")
     return "endpoint" if name == "endpoint_url" else name

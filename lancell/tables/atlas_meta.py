@@ -30,6 +30,7 @@ from lancell.errors import (
 )
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.store_failures import is_store_failure, store_error
+from lancell.storage.store_settings import canonical_name
 from lancell.storage.stores import (
     check_options_used,
     describe_store,
@@ -79,6 +80,8 @@ META_PATH = "_lancell/atlas.json"
 # creation made (see _drop_unfinished)
 CREATING_PATH = "_lancell/creating.json"
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # what LanceDB accepts
+# Settings that are (part of) an identity: access keys, secrets, tokens, profiles, roles, SAS keys.
+_CREDENTIAL = re.compile(r"key|secret|token|profile|role|credential|password|sas")
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +89,10 @@ log = logging.getLogger(__name__)
 def db_options(
     db_uri: str, store_kwargs: dict[str, Any] | None, storage_options: Mapping[str, str] | None
 ) -> Mapping[str, str] | None:
-    """LanceDB options: those derived from ``store_kwargs``, completed and overridden key by key by
-    ``storage_options`` (LanceDB-only settings; given alone, they replaced the endpoint and credentials).
+    """LanceDB options: those derived from ``store_kwargs``, completed and overridden by ``storage_options``
+    (LanceDB-only settings; given alone, they replaced the endpoint and credentials): a setting given under
+    any spelling (``aws_endpoint``, ``endpoint``) replaces the derived one, and credentials given replace
+    every derived credential (a key with another identity's session token would be refused).
 
     Raises
     ------
@@ -104,7 +109,11 @@ def db_options(
     derived = lancedb_storage_options(db_uri, store_kwargs)
     if storage_options is None:
         return derived
-    return {**(derived or {}), **storage_options}
+    given = {canonical_name(key) for key in storage_options}
+    kept = {key: value for key, value in (derived or {}).items() if canonical_name(key) not in given}
+    if any(_CREDENTIAL.search(name) for name in given):  # their own identity: no part of the derived one
+        kept = {key: value for key, value in kept.items() if not _CREDENTIAL.search(canonical_name(key))}
+    return {**kept, **storage_options}
 
 
 def read_meta(
@@ -260,7 +269,7 @@ def create_storage(
         except Exception as exc:
             _roll_back_creation(db, meta_store)
             if is_store_failure(exc):
-                raise StoreError(f"cannot create the atlas at {db_uri!r}: {exc}") from exc
+                raise store_error(exc, f"cannot create the atlas at {db_uri!r}") from exc
             raise
         obstore.delete(meta_store, CREATING_PATH)
     return meta, meta_store, database, store, storage_options

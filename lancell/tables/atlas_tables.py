@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from lancell.errors import AtlasNotFoundError, CommitConflictError, StoreError
+from lancell.errors import AtlasNotFoundError, CommitConflictError
 from lancell.storage.store_failures import guard, is_store_failure, store_error
 from lancell.storage.store_settings import check_endpoint
 from lancell.tables.pinned_table import PinnedTable, scan_readahead
@@ -122,9 +122,8 @@ class Database:
             )
         except (ValueError, OSError) as exc:
             if is_store_failure(exc):
-                raise StoreError(
-                    f"cannot read table {name!r}{at} of the atlas database {self.uri!r}: {exc}"
-                ) from exc
+                where = f"cannot read table {name!r}{at} of the atlas database {self.uri!r}"
+                raise store_error(exc, where) from exc
             raise AtlasNotFoundError(  # pylance's "Dataset at path ... was not found"
                 f"table {name!r}{at} is not in the atlas database {self.uri!r}: {exc}"
             ) from exc

@@ -17,6 +17,7 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import LancellWarning, StoreError
+from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import with_recorded_config
 from lancell.storage.stores import (
     check_options_used,
@@ -111,7 +112,7 @@ def check_given_store(
         group = records.column("zarr_group")[0].as_py() if records.num_rows else None
         missing = group is not None and read_json(store, f"{group}/zarr.json") is None
     except obstore.exceptions.BaseError as exc:
-        raise StoreError(f"cannot read the zarr store {where}: {exc}") from exc
+        raise store_error(exc, f"cannot read the zarr store {where}") from exc
     if root is None or "lancell_format" not in (root.get("attributes") or {}):
         raise StoreError(
             f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"

@@ -53,6 +53,19 @@ def test_storage_options_complete_the_options_derived_from_store_kwargs():
     options = db_options("s3://b/db", UNREACHABLE, {"timeout": "20s", "region": "eu-west-1"})
     assert options["endpoint"] == "http://127.0.0.1:9" and options["aws_access_key_id"] == "k"
     assert (options["timeout"], options["region"]) == ("20s", "eu-west-1")  # theirs win, key by key
+    # under any spelling; and LanceDB's own identity replaces the derived one whole (no mixed key and token)
+    temporary = {"config": {**UNREACHABLE["config"], "session_token": "t"}}
+    options = db_options(
+        "s3://b/db",
+        temporary,
+        {"access_key_id": "lance", "secret_access_key": "s2", "aws_endpoint": "http://e:1"},
+    )
+    assert options == {
+        "access_key_id": "lance",
+        "secret_access_key": "s2",
+        "aws_endpoint": "http://e:1",
+        "region": "us-east-1",
+    }
 
 
 def test_configuration_given_as_keyword_arguments_reaches_lancedb():
@@ -199,8 +212,10 @@ def test_loader_workers_keep_the_endpoint_given_credentials_only(
     ).snapshot()
     atlas = RaggedAtlas.checkout_latest(db, store_kwargs=seaweed.store_kwargs())
     credentials = {"config": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the handle's own endpoint overrode it
     with pytest.warns(LancellWarning, match="selects no cell"):
         dataset = atlas.query().to_cell_dataset("gene_expression", "counts", store_kwargs=credentials)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
     config = dataset.source.store_kwargs["config"]
     assert config["endpoint"] == seaweed.endpoint and config["access_key_id"] == ACCESS_KEY
     assert read_json(dataset.source.open_store(), "zarr.json")["attributes"]["lancell_format"]
@@ -244,3 +259,23 @@ def test_a_lance_io_error_while_connecting_is_a_one_line_store_error(monkeypatch
     monkeypatch.setattr(lancedb, "connect", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         connect("s3://b/atlas/db")
+
+
+def test_a_store_error_keeps_the_s3_error_code_and_the_refused_connection_on_one_line():
+    """Cut at the first line, a 403 lost its S3 code (a wrong secret and an unknown key read alike) and a
+    stopped server its "Connection refused"."""
+    from lancell.storage.store_failures import store_error
+
+    forbidden = RuntimeError(
+        'The operation lacked the necessary privileges: 403 Forbidden: <?xml version="1.0"?>\n'
+        "<Error><Code>SignatureDoesNotMatch</Code><Message>The signature does not match</Message></Error>"
+        '\n\nDebug source:\nGeneric {\n    store: "S3",\n}'
+    )
+    message = str(store_error(forbidden, "cannot read the atlas"))
+    assert "\n" not in message and "<Code>SignatureDoesNotMatch</Code>" in message
+    assert "Debug source" not in message
+    refused = RuntimeError(
+        "Generic S3 error: Error performing GET http://127.0.0.1:9/b/k - HTTP error: error sending request"
+        '\n\nDebug source:\nGeneric {\n  Os {\n    code: 111,\n    message: "Connection refused",\n  },\n}'
+    )
+    assert str(store_error(refused, "reading")).endswith("error sending request (Connection refused)")
