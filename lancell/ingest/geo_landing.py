@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lancell.errors import GeoError, LancellWarning
+from lancell.errors import GeoError, LancellWarning, TenxFormatError
 from lancell.ingest.geo import GeoDataset, broadcast_obs, fetch_supplementary, plan_datasets, read_soft
 from lancell.ingest.tenx import read_10x
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION
@@ -204,7 +204,12 @@ def _landed_part(
         if match is not None:  # a Matrix Market triplet, renamed as the folder reader wants it
             for path in local:
                 path.rename(path.with_name(path.name.removeprefix(match["prefix"])))
-        adata = read_10x(local[0].parent if match is not None else local[0])
+        try:
+            adata = read_10x(local[0].parent if match is not None else local[0])
+        except TenxFormatError as exc:  # named by its URL: the fetched copy is gone when this is read
+            raise TenxFormatError(
+                f"{uid}: {', '.join(urls)} is no readable 10x output: {str(exc).replace(scratch + '/', '')}"
+            ) from exc
     repeated = adata.obs_names[adata.obs_names.duplicated()]
     if len(repeated):
         raise GeoError(f"{uid}: {len(repeated)} barcodes occur more than once, e.g. {list(repeated[:3])}")

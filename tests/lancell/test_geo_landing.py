@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.errors import GeoError, LancellWarning
+from lancell.errors import GeoError, LancellWarning, TenxFormatError
 from lancell.ingest.geo import read_soft, supplementary_key
 from lancell.ingest.geo_landing import land_geo_series
 
@@ -214,6 +214,20 @@ def test_a_failing_sample_lands_nothing(tmp_path, soft):
         with pytest.raises(GeoError, match=r"GSM9000012: .*matrix.mtx.gz comes without GSM9000012_barcodes"):
             land_geo_series(soft, landing, mirror=mirror)
     assert list(landing.iterdir()) == []
+
+
+def test_a_sample_file_that_is_no_10x_output_is_named_by_its_url(tmp_path, soft):
+    """The error named the fetched copy, a temporary file already deleted when it was read."""
+    mirror = _mirror(tmp_path)
+    h5 = tmp_path / "mirror" / supplementary_key(H5_URL)
+    h5.write_bytes(h5.read_bytes()[:5000])  # truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        with pytest.raises(
+            TenxFormatError, match=f"GSM9000011: {H5_URL} is no readable 10x output"
+        ) as caught:
+            land_geo_series(soft, tmp_path / "landing", mirror=mirror)
+    assert "/tmp" not in str(caught.value).replace(str(tmp_path), "")
 
 
 def test_other_feature_types_and_samples_without_a_file_are_warned_about(tmp_path, soft):
