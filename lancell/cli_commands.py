@@ -97,9 +97,9 @@ def _check_files(paths: Sequence[str]) -> None:
         if Path(path).is_dir():
             names = {child.name for child in Path(path).iterdir()}
             if names & {"matrix.mtx", "matrix.mtx.gz"}:  # a 10x Cell Ranger output folder
-                from lancell.ingest import TENX_TO_H5AD
+                from lancell.ingest import TENX_REMEDY
 
-                remedy = f"it is a 10x output: write it as .h5ad first, {TENX_TO_H5AD}"
+                remedy = f"it is a 10x output: {TENX_REMEDY}"
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:

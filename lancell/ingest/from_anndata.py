@@ -11,6 +11,7 @@ readers, ``validate()`` and ``snapshot()`` see the atlas exactly as before.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ import anndata as ad
 import h5py
 
 from lancell.errors import IngestError, LancellWarning
-from lancell.ingest import TENX_TO_H5AD
+from lancell.ingest import TENX_REMEDY
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
 __all__ = ["add_from_anndata", "open_h5ad"]
+
+_MATRIX_MARKET = re.compile(r"(.*_)?matrix\.mtx(\.gz)?")  # a 10x folder's matrix (GEO prefixes it)
 
 
 def add_from_anndata(
@@ -158,15 +161,16 @@ def open_h5ad(path: Path) -> ad.AnnData:
     Raises
     ------
     IngestError
-        No such file, or not an ``.h5ad`` (a 10x Cell Ranger ``.h5`` is named, with how to convert it).
+        No such file, or not an ``.h5ad`` (a Cell Ranger ``.h5`` or matrix file is named, with what to do).
     """
     if not path.exists():
         raise IngestError(f"no such file: {path}")
     try:
         return ad.read_h5ad(path, backed="r")
     except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
-        remedy = f"; it is a 10x output: write it as .h5ad first, {TENX_TO_H5AD}" if _is_tenx_h5(path) else ""
-        raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}{remedy}") from exc
+        if _MATRIX_MARKET.fullmatch(path.name) or _is_tenx_h5(path):
+            raise IngestError(f"cannot read {path} as .h5ad: it is a 10x output: {TENX_REMEDY}") from exc
+        raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}") from exc
 
 
 def _is_tenx_h5(path: Path) -> bool:

@@ -225,7 +225,24 @@ def plan_ingest(
                 f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
             )
         feature_uids = column.astype(str).tolist()
+    _warn_mixed_feature_types(dataset, adata.var, space.name)
     return plan_dataset(core, space, dataset, sources, adata.obs, feature_uids)
+
+
+def _warn_mixed_feature_types(dataset: str, var: pd.DataFrame, space: str) -> None:
+    """Warn when ``var``'s 10x ``feature_type`` column holds several types (antibodies, guides beside the
+    genes): every feature is stored in ``space``."""
+    if "feature_type" not in var.columns:
+        return
+    kinds = sorted({str(kind) for kind in pd.unique(var["feature_type"].dropna())})
+    if len(kinds) > 1:
+        warnings.warn(
+            f"dataset {dataset!r}: var['feature_type'] holds {kinds}: all are stored in feature space "
+            f"{space!r}; give each type its own space (lancell.ingest.tenx.add_from_10x on the 10x output, "
+            "or one AnnData per type with attach_modality)",
+            LancellWarning,
+            stacklevel=5,
+        )
 
 
 def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:

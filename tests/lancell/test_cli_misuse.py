@@ -152,16 +152,29 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     tenx.mkdir()
     (tenx / "matrix.mtx.gz").write_bytes(b"")
     refused = run("ingest", db, str(tenx), check=False)
-    assert "it is a 10x output: write it as .h5ad first, lancell.ingest.tenx.read_10x(path)" in refused.stderr
+    assert "it is a 10x output: ingest it with lancell.ingest.tenx.add_from_10x(atlas," in refused.stderr
     cell_ranger = ("10x_v3/filtered_feature_bc_matrix.h5", "10x_v2/filtered_gene_bc_matrices_h5.h5")
     for h5 in (DATA / name for name in cell_ranger):
         refused = run("ingest", db, str(h5), check=False)  # Cell Ranger's .h5: HDF5's own error alone
-        assert refused.returncode == 1 and "it is a 10x output: write it as .h5ad first" in refused.stderr
+        assert refused.returncode == 1 and "it is a 10x output: ingest it with" in refused.stderr
+        assert "KeyError" not in refused.stderr  # h5py's words about a missing 'obs' say nothing here
+    matrix = run("ingest", db, str(DATA / "10x_v3/filtered_feature_bc_matrix/matrix.mtx.gz"), check=False)
+    assert matrix.returncode == 1 and "it is a 10x output: ingest it with" in matrix.stderr
     (tmp_path / "notes.h5ad").write_text("not HDF5")
     not_tenx = run("ingest", db, str(tmp_path / "notes.h5ad"), check=False)
     assert not_tenx.returncode == 1 and "cannot read" in not_tenx.stderr and "10x" not in not_tenx.stderr
     listed = run("ls", str(_write(tmp_path / "f.h5ad", ["G1"])), check=False)
     assert listed.returncode == 1 and "no atlas at" in listed.stderr and "(a file)" in listed.stderr
+
+
+def test_an_h5ad_of_several_10x_feature_types_is_warned_about(tmp_path: Path, db: str) -> None:
+    """Following the old remedy (read_10x(path).write_h5ad) stored a CITE-seq run's antibodies as genes."""
+    path = _write(tmp_path / "cite.h5ad", ["G1", "A1"])
+    adata = ad.read_h5ad(path)
+    adata.var["feature_type"] = ["Gene Expression", "Antibody Capture"]
+    adata.write_h5ad(path)
+    ingested = run("ingest", db, str(path))
+    assert "var['feature_type'] holds ['Antibody Capture', 'Gene Expression']" in ingested.stderr
 
 
 def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Path, db: str) -> None:
