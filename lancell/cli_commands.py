@@ -132,15 +132,24 @@ def ingest(args: argparse.Namespace) -> int:
     from lancell.atlas import RaggedAtlas
     from lancell.cli_messages import about_file
     from lancell.errors import LancellError, LancellWarning
-    from lancell.ingest.landing import ingest_landing_file, read_landing_spec
+    from lancell.ingest.landing import check_landing_spec, ingest_landing_file, read_landing_spec
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     overrides = _spec_overrides(args)
     renames = name_pairs("--obs-columns", args.obs_columns or [])
     _check_files(args.paths)
     specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
+    specs = [
+        replace(spec, **overrides, obs_columns=renames if args.obs_columns else spec.obs_columns)
+        for spec in specs
+    ]
+    for spec in specs:  # and its feature space and layers
+        try:
+            check_landing_spec(atlas, spec)
+        except LancellError as exc:
+            about_file(exc, spec.path, spec.uid)
+            raise
     for spec in specs:
-        spec = replace(spec, **overrides, obs_columns=renames if args.obs_columns else spec.obs_columns)
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
             print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LandingOutcome",
     "LandingSpec",
+    "check_landing_spec",
     "ingest_landing_file",
     "landing_files",
     "landing_fingerprint",
@@ -306,6 +307,20 @@ def _prepared(
     )
 
 
+def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
+    """Refuse a spec whose feature space the atlas lacks or whose layers that space does not allow (before
+    any file is read: ``lancell ingest`` checks every file's first).
+
+    Raises
+    ------
+    FeatureSpaceError
+        Naming the space or the layer.
+    """
+    space = resolve_feature_space(atlas.feature_spaces, spec.feature_space)
+    for layer in spec.layers or [spec.zarr_layer]:
+        space.check_layer(layer)
+
+
 def ingest_landing_file(
     atlas: RaggedAtlas,
     spec: LandingSpec,
@@ -334,9 +349,7 @@ def ingest_landing_file(
     FeatureSpaceError
         The spec names a feature space the atlas does not have.
     """
-    space = resolve_feature_space(atlas.feature_spaces, spec.feature_space)
-    for layer in spec.layers or [spec.zarr_layer]:  # before anything is registered (or a typo passes)
-        space.check_layer(layer)
+    check_landing_spec(atlas, spec)  # before anything is registered (or a typo passes)
     existing = present_record(atlas, spec.uid)
     if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
         return existing, "present"

@@ -184,6 +184,12 @@ def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Pa
     assert refused.returncode == 1 and "unknown keys ['zarr_layr']" in refused.stderr
     assert refused.stdout == ""
     _unchanged(db)
+    # and its layer (the first file was ingested, then the second refused)
+    _write(tmp_path / "bad.h5ad", ["G3"], {"zarr_layer": "nope"})
+    refused = run("ingest", db, str(good), str(bad), check=False)
+    assert refused.returncode == 1 and "bad.h5ad (dataset 'bad'): layer 'nope'" in refused.stderr
+    assert refused.stdout == ""
+    _unchanged(db)
 
 
 def test_a_present_dataset_uid_with_a_missing_file_is_an_error(tmp_path: Path, db: str) -> None:
