@@ -313,7 +313,7 @@ class RaggedAtlas:
         Raises
         ------
         ArgumentError
-            ``note`` is neither a str nor None (nothing is recorded).
+            ``note`` is neither a str nor None (nothing is recorded); :class:`ArgumentValueError` when blank.
         ValidationError
             The atlas is inconsistent (nothing is recorded).
         LockLostError

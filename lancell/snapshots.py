@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lancell.errors import DuplicateNoteError, ValidationError, require_type
+from lancell.errors import ArgumentValueError, DuplicateNoteError, ValidationError, require_type
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
 from lancell.tables.table_schemas import VERSIONS_TABLE
@@ -42,7 +42,7 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
     Raises
     ------
     ArgumentError
-        ``note`` is neither a str nor None (nothing is recorded).
+        ``note`` is neither a str nor None (nothing is recorded); :class:`ArgumentValueError` when blank.
     DuplicateNoteError
         Snapshot ``v`` already has ``note`` (the message names ``v``; nothing is recorded).
     ValidationError
@@ -55,6 +55,8 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
     core.require_writable()
     if note is not None:
         require_type("note", note, str, "a str or None")
+        if not note.strip():  # it read as no note, yet named this snapshot (a second one was refused)
+            raise ArgumentValueError(f"note must be a label or None, got {note!r}")
     with core.lock(SNAPSHOT_LOCK) as lease:  # snapshots are recorded under it: no other takes the note now
         if note is not None:
             taken = noted_version(list_snapshots(core.tables.db), note)

@@ -9,7 +9,7 @@ import pytest
 from lancell import cli
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.errors import ArgumentError, DuplicateNoteError
+from lancell.errors import ArgumentError, ArgumentValueError, DuplicateNoteError
 
 
 def test_a_note_another_snapshot_has_is_refused_naming_that_snapshot(atlas):
@@ -32,6 +32,9 @@ def test_a_note_that_is_not_a_str_is_refused_before_anything_is_tagged(atlas):
     assert atlas.snapshot() == 0
     for note in (123, ["x"]):
         with pytest.raises(ArgumentError, match=re.escape(f"note must be a str or None, got {note!r}")):
+            atlas.snapshot(note=note)
+    for note in ("", "  "):  # it read as no note, and a second one was refused as a repeat
+        with pytest.raises(ArgumentValueError, match="note must be a label or None"):
             atlas.snapshot(note=note)
     for table in atlas.core.tables.handles.values():
         assert "snapshot-1" not in table.tags.list()
