@@ -70,12 +70,16 @@ def _check_init_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
 def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a query command line whose output cannot be written or whose options would be ignored,
     before the atlas is read."""
-    for given, option in (
-        (args.feature_space is not None, "--feature-space"),
-        (args.ignore_case, "--ignore-case"),
-    ):
-        if given and not args.features:
-            parser.error(f"{option} applies to --features, and no --features were given")
+    if args.feature_space is not None and not args.features and args.layer is None:
+        parser.error("--feature-space applies to --features and --layer, and neither was given")
+    if args.ignore_case and not args.features:
+        parser.error("--ignore-case applies to --features, and no --features were given")
+    layer_space = args.layer.rpartition(":")[0] if args.layer is not None else ""
+    if args.feature_space is not None and layer_space and layer_space != args.feature_space:
+        parser.error(
+            f"--layer {args.layer} reads feature space {layer_space!r}, --feature-space names "
+            f"{args.feature_space!r}: a query reads one"
+        )
     text, output = args.output, Path(args.output)
     if "" in (where.strip() for where in args.where):
         parser.error("--where is empty: give a filter, or leave the option out")
@@ -211,7 +215,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     query.add_argument(
         "--features", action="append", type=_names, metavar="A,B,...", help="feature symbols or uids"
     )
-    query.add_argument("--feature-space", help="feature space of --features (default: gene_expression)")
+    query.add_argument(
+        "--feature-space",
+        help="feature space of --features (default: that of --layer SPACE:LAYER, else gene_expression)",
+    )
     query.add_argument(
         "--ignore-case", action="store_true", help="match --features to uids and symbols ignoring case"
     )

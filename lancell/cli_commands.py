@@ -225,14 +225,13 @@ def query(args: argparse.Namespace) -> int:
     selected = _open_for_reading(args).query()
     for sql in args.where:
         selected = selected.where(sql)
+    layer_space, _, layer = (args.layer or "").rpartition(":")
+    space = args.feature_space or layer_space or "gene_expression"  # one space (the parser checked them)
     if args.layer is not None:
-        space, _, layer = args.layer.rpartition(":")
-        selected = selected.layers(space or "gene_expression", layer)
+        selected = selected.layers(space, layer)
     if args.features:
         names = [name for names in args.features for name in names]
-        selected = selected.features(
-            names, args.feature_space or "gene_expression", case_sensitive=not args.ignore_case
-        )
+        selected = selected.features(names, space, case_sensitive=not args.ignore_case)
     adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
     output = Path(args.output)
     partial = output.with_name(f".{output.name}.{os.getpid()}.part")

@@ -64,8 +64,11 @@ def test_query_of_features_registered_without_organism_is_written(tmp_path: Path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--feature-space", "protein"], "--feature-space applies to --features"),
         (["--ignore-case"], "--ignore-case applies to --features"),
+        (
+            ["--layer", "protein:counts", "--feature-space", "gene_expression", "--features", "G1"],
+            "reads feature space 'protein', --feature-space names 'gene_expression': a query reads one",
+        ),
         (["-o", "{tmp}"], "is a folder, not a file"),
         (["-o", "{tmp}/no/such/q.h5ad"], "does not exist"),
     ],
@@ -77,6 +80,9 @@ def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, op
     assert refused.returncode == 2 and message in refused.stderr
     assert refused.stderr.startswith("usage: lancell query")  # the command's usage, not lancell's
     assert not (tmp_path / "q.h5ad").exists()
+    out = str(tmp_path / "q.h5ad")
+    without_layer = run("query", db, "--feature-space", "protein", "-o", out, check=False)
+    assert without_layer.returncode == 2 and "applies to --features and --layer" in without_layer.stderr
 
 
 @pytest.mark.parametrize("hours", ["-5", "nan", "inf", "1e300", "soon"])
