@@ -254,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lancell.errors import LancellError
 
     parser, commands = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage names what it takes (the top-level one only the commands)
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in _CHECKS:
         _CHECKS[args.command](commands[args.command], args)
     try:

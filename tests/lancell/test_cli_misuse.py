@@ -83,6 +83,9 @@ def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, op
     out = str(tmp_path / "q.h5ad")
     without_layer = run("query", db, "--feature-space", "protein", "-o", out, check=False)
     assert without_layer.returncode == 2 and "applies to --features and --layer" in without_layer.stderr
+    unknown = run("query", db, "-o", out, "--bogus", check=False)  # lancell's usage named only the commands
+    assert unknown.returncode == 2 and unknown.stderr.startswith("usage: lancell query")
+    assert "lancell query: error: unrecognized arguments: --bogus" in unknown.stderr
 
 
 @pytest.mark.parametrize("hours", ["-5", "nan", "inf", "1e300", "soon"])
