@@ -313,7 +313,9 @@ class RaggedAtlas:
         Raises
         ------
         ArgumentError
-            ``note`` is neither a str nor None (nothing is recorded); :class:`ArgumentValueError` when blank.
+            ``note`` is neither a str nor None (nothing is recorded).
+        ArgumentValueError
+            ``note`` is blank (nothing is recorded).
         ValidationError
             The atlas is inconsistent (nothing is recorded).
         LockLostError

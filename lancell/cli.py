@@ -111,7 +111,18 @@ def _check_ingest_arguments(parser: argparse.ArgumentParser, args: argparse.Name
             parser.error(str(exc))
 
 
-_CHECKS = {"init": _check_init_arguments, "ingest": _check_ingest_arguments, "query": _check_query_arguments}
+def _check_snapshot_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a blank ``--note`` before the atlas is opened (``--optimize`` compacted the tables first)."""
+    if args.note is not None and not args.note.strip():
+        parser.error(f"--note {args.note!r} is blank: give a label, or leave the option out")
+
+
+_CHECKS = {
+    "init": _check_init_arguments,
+    "ingest": _check_ingest_arguments,
+    "query": _check_query_arguments,
+    "snapshot": _check_snapshot_arguments,
+}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -256,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the command's own usage names what it takes (the top-level one only the commands)
-        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        given = list(sys.argv[1:] if argv is None else argv)
+        before = given.index(unknown[0]) < given.index(args.command) if args.command in given else False
+        (parser if before else commands[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in _CHECKS:
         _CHECKS[args.command](commands[args.command], args)
     try:

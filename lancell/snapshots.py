@@ -42,7 +42,9 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
     Raises
     ------
     ArgumentError
-        ``note`` is neither a str nor None (nothing is recorded); :class:`ArgumentValueError` when blank.
+        ``note`` is neither a str nor None (nothing is recorded).
+    ArgumentValueError
+        ``note`` is blank (nothing is recorded).
     DuplicateNoteError
         Snapshot ``v`` already has ``note`` (the message names ``v``; nothing is recorded).
     ValidationError

@@ -229,20 +229,28 @@ def plan_ingest(
     return plan_dataset(core, space, dataset, sources, adata.obs, feature_uids)
 
 
+# Cell Ranger's feature types that are no genes (a CELLxGENE file's feature_type holds gene biotypes instead)
+_OTHER_10X_TYPES = frozenset(
+    {"Antibody Capture", "Antigen Capture", "CRISPR Guide Capture", "Multiplexing Capture", "Peaks", "Custom"}
+)
+
+
 def _warn_mixed_feature_types(dataset: str, var: pd.DataFrame, space: str) -> None:
-    """Warn when ``var``'s 10x ``feature_type`` column holds several types (antibodies, guides beside the
-    genes): every feature is stored in ``space``."""
-    if "feature_type" not in var.columns:
-        return
-    kinds = sorted({str(kind) for kind in pd.unique(var["feature_type"].dropna())})
-    if len(kinds) > 1:
-        warnings.warn(
-            f"dataset {dataset!r}: var['feature_type'] holds {kinds}: all are stored in feature space "
-            f"{space!r}; give each type its own space (lancell.ingest.tenx.add_from_10x on the 10x output, "
-            "or one AnnData per type with attach_modality)",
-            LancellWarning,
-            stacklevel=5,
-        )
+    """Warn when ``var``'s 10x feature types (``feature_type``, or scanpy's ``feature_types``) include other
+    than genes (antibodies, guides): every feature is stored in ``space``."""
+    for column in ("feature_type", "feature_types"):
+        if column not in var.columns:
+            continue
+        kinds = sorted({str(kind) for kind in pd.unique(var[column].dropna())})
+        if _OTHER_10X_TYPES.intersection(kinds):
+            warnings.warn(
+                f"dataset {dataset!r}: var[{column!r}] holds 10x feature types {kinds}: all are stored in "
+                f"feature space {space!r}; give each type its own space (lancell.ingest.tenx.add_from_10x on "
+                "the 10x output, or one AnnData per type with attach_modality)",
+                LancellWarning,
+                stacklevel=4,
+            )
+            return
 
 
 def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:

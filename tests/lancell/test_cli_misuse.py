@@ -86,6 +86,8 @@ def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, op
     unknown = run("query", db, "-o", out, "--bogus", check=False)  # lancell's usage named only the commands
     assert unknown.returncode == 2 and unknown.stderr.startswith("usage: lancell query")
     assert "lancell query: error: unrecognized arguments: --bogus" in unknown.stderr
+    before = run("--bogus", "query", db, "-o", out, check=False)  # lancell's own option, not the command's
+    assert before.returncode == 2 and "lancell: error: unrecognized arguments: --bogus" in before.stderr
 
 
 @pytest.mark.parametrize("hours", ["-5", "nan", "inf", "1e300", "soon"])
@@ -183,7 +185,15 @@ def test_an_h5ad_of_several_10x_feature_types_is_warned_about(tmp_path: Path, db
     adata.var["feature_type"] = ["Gene Expression", "Antibody Capture"]
     adata.write_h5ad(path)
     ingested = run("ingest", db, str(path))
-    assert "var['feature_type'] holds ['Antibody Capture', 'Gene Expression']" in ingested.stderr
+    assert (
+        "var['feature_type'] holds 10x feature types ['Antibody Capture', 'Gene Expression']"
+        in ingested.stderr
+    )
+    biotypes = _write(tmp_path / "cxg.h5ad", ["G2", "G3"])  # CELLxGENE's feature_type: gene biotypes
+    adata = ad.read_h5ad(biotypes)
+    adata.var["feature_type"] = ["protein_coding", "lncRNA"]
+    adata.write_h5ad(biotypes)
+    assert "feature_type" not in run("ingest", db, str(biotypes)).stderr
 
 
 def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Path, db: str) -> None:

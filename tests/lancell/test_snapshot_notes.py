@@ -50,4 +50,7 @@ def test_the_command_line_refuses_a_note_in_use(atlas, capsys):
     assert cli.main(["snapshot", atlas.db_uri, "--note", "first"]) == 0
     assert cli.main(["snapshot", atlas.db_uri, "--note", "first"]) == 1
     assert "lancell snapshot: error: snapshot 0 already has the note 'first'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # refused before the atlas is opened (--optimize compacted it)
+        cli.main(["snapshot", atlas.db_uri, "--optimize", "--note", " "])
+    assert usage.value.code == 2 and "--note ' ' is blank" in capsys.readouterr().err
     assert RaggedAtlas.list_versions(atlas.db_uri)["note"].tolist() == ["first"]
