@@ -32,7 +32,7 @@ from lancell.tables.schema import DatasetRecord
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_from_anndata", "open_h5ad"]
+__all__ = ["add_from_anndata", "check_raw", "open_h5ad"]
 
 _MATRIX_MARKET = re.compile(r"(.*_)?matrix\.mtx(\.gz)?")  # a 10x folder's matrix (GEO prefixes it)
 
@@ -117,7 +117,7 @@ def add_from_anndata(
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
     sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
-    _check_raw(adata, record.uid, sources)
+    check_raw(adata, record.uid, sources)
     plan = plan_ingest(atlas.core, adata, space, sources, record, var_uid_column)
     plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
@@ -127,7 +127,7 @@ def add_from_anndata(
     return stored
 
 
-def _check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> None:
+def check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> None:
     """Refuse ``raw`` named as a layer source that is not in ``adata.layers``; warn that ``adata.raw`` (if
     any) is not stored, saying how to store it.
 

@@ -22,11 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import DatasetNotFoundError, IngestError
-from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction
-from lancell.maintenance import remove_dataset, remove_group
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
@@ -146,15 +145,15 @@ def add_from_mudata(
     """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)``.
 
     The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
-    attached to them. Returns one record per modality. When a later modality fails, the modalities stored
-    before it are deleted again (records, cells and zarr groups) before the error is raised, so the call
-    leaves no part of the MuData behind.
+    attached to them (``<uid>/<feature_space>``), all in one run: their records are committed together or
+    none is (:mod:`lancell.ingest.transaction_run`). Returns one record per modality.
 
     Raises
     ------
     IngestError
         No modality, one the MuData lacks, an ``mdata.obs`` column whose values differ from the first
-        modality's column of the same name (one would be lost), or any error of the ingestion.
+        modality's column of the same name (one would be lost), a further modality naming cells the first
+        lacks, or any error of the ingestion; nothing is stored.
     """
     names = list(modalities)
     if not names:
@@ -162,40 +161,45 @@ def add_from_mudata(
     missing = [m for m in names if m not in mdata.mod]
     if missing:
         raise IngestError(f"modalities {missing} are not in the MuData (it has {list(mdata.mod)})")
+    atlas.core.require_writable()
     first = mdata.mod[names[0]].copy()
     _check_global_obs(mdata, first, names[0])
     shared = [c for c in mdata.obs.columns if c not in first.obs.columns and ":" not in c]
     first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
-    space, layer = modalities[names[0]]
-    records = [
-        add_from_anndata(
-            atlas,
-            first,
-            feature_space=space,
-            zarr_layer=layer,
-            dataset_record=dataset_record,
-            progress=progress,
-        )
-    ]
-    try:
-        for name in names[1:]:
-            space, layer = modalities[name]
-            records.append(
-                attach_modality(
-                    atlas,
-                    mdata.mod[name],
-                    cells_of=records[0].uid,
-                    feature_space=space,
-                    zarr_layer=layer,
-                    progress=progress,
-                )
+    name, (space_name, layer) = names[0], modalities[names[0]]
+    record = (dataset_record or atlas.dataset_schema()).model_copy()
+    space = resolve_feature_space(atlas.feature_spaces, space_name)
+    sources = stored_layers(record.uid, layer, None, None, None)
+    check_raw(first, record.uid, sources)
+    plan = plan_ingest(atlas.core, first, space, sources, record, None)
+    host = WriteTransaction(atlas.core, plan, space, record, progress=progress)
+    transactions = [host]
+    for name in names[1:]:
+        space_name, layer = modalities[name]
+        adata, space = mdata.mod[name], resolve_feature_space(atlas.feature_spaces, space_name)
+        attached = atlas.dataset_schema(uid=f"{record.uid}/{space_name}")
+        strangers = adata.obs_names.difference(first.obs_names)
+        if len(strangers):
+            raise IngestError(
+                f"dataset {attached.uid!r}: {len(strangers)} obs names of modality {name!r} are not cells of "
+                f"its first modality {names[0]!r}, e.g. {list(strangers[:5])}"
             )
-    except BaseException:
-        remove_dataset(atlas.core, records[0].uid)  # its cells, with every modality attached to them
-        for record in records:
-            remove_group(atlas.core, record.zarr_group)
-        raise
-    return records
+        to_store = stored_layers(attached.uid, layer, None, None, None)
+        plan = plan_ingest(atlas.core, adata, space, to_store, attached, None, cells_of=record.uid)
+        plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
+        transactions.append(
+            WriteTransaction(
+                atlas.core,
+                plan,
+                space,
+                attached,
+                cells_of=record.uid,
+                host=host,
+                on_duplicate="allow",
+                progress=progress,
+            )
+        )
+    return run_transactions(transactions)
 
 
 def _check_global_obs(mdata: MuData, first: ad.AnnData, name: str) -> None:

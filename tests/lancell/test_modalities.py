@@ -108,6 +108,34 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert kept.n_obs == pbmc.n_obs and not presence_matrix(kept).toarray().any()
 
 
+def test_a_mudatas_modalities_are_committed_together(two, monkeypatch):
+    """The first modality was committed before the others were written, then deleted again when one failed:
+    meanwhile readers saw it, and another ingestion of its content was told it was in the atlas."""
+    from lancell.ingest.write_transaction import WriteTransaction
+
+    atlas, pbmc = two
+    committed_before_ready = []
+    ready_record = WriteTransaction.ready_record
+
+    def counted(transaction):
+        committed_before_ready.append(len(RaggedAtlas.open(atlas.core.db_uri).list_datasets()))
+        return ready_record(transaction)
+
+    monkeypatch.setattr(WriteTransaction, "ready_record", counted)
+    mdata = MuData({"rna": pbmc, "prog": _programs(pbmc)})
+    spaces = {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")}
+    add_from_mudata(atlas, mdata, spaces, dataset_record=DatasetRecord(uid="pbmc"), progress=False)
+    assert committed_before_ready == [0, 0]
+    strangers = _programs(pbmc)[:5].copy()
+    strangers.obs_names = [f"x{i}" for i in range(5)]
+    before = visible_state(atlas)
+    with pytest.raises(IngestError, match=r"5 obs names of modality 'prog' are not cells of its first"):
+        add_from_mudata(
+            atlas, MuData({"rna": pbmc, "prog": strangers}), spaces, dataset_record=DatasetRecord(uid="b")
+        )
+    assert visible_state(atlas) == before
+
+
 def test_a_global_obs_column_that_disagrees_with_the_first_modalitys_is_refused(two):
     """The cells keep one column of each name: a curated ``mdata.obs["cell_type"]`` was dropped silently
     when the first modality had its own ``cell_type``; the same values in both are fine."""
