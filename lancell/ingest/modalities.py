@@ -1,12 +1,15 @@
 """Several modalities per cell: attach a second feature space (e.g. protein) to cells already ingested.
 
-The first modality creates the cell rows (:func:`lancell.ingest.from_anndata.add_from_anndata`); every further
-one is written by a :class:`~lancell.ingest.write_transaction.WriteTransaction` like any dataset: its own zarr
-group and dataset record (``cells_of`` names the first dataset), its rows being the pointer column on the
-existing cells (one ``merge_insert`` commit, only on cells without a pointer in that feature space). From that
-commit to the record's the transaction holds the host dataset's lock (:func:`lancell.maintenance.hold_host`),
-so the host cannot be deleted in between; pointers a killed attachment left are nulled there. A failure before
-the dataset record is written puts the pointers back to null, so readers see the atlas as it was. Obs columns
+The first modality creates the cell rows (:func:`lancell.ingest.from_anndata.add_from_anndata`, or the first
+transaction of :func:`add_from_mudata`'s run); every further one is written by a
+:class:`~lancell.ingest.write_transaction.WriteTransaction` like any dataset: its own zarr group and dataset
+record (``cells_of`` names the first dataset), its rows being the pointer column on the existing cells (one
+``merge_insert`` commit, only on cells without a pointer in that feature space). Attached to a committed
+dataset (:func:`attach_modality`), the transaction holds the host dataset's lock from that commit to the
+record's (:func:`lancell.maintenance.hold_host`), so the host cannot be deleted in between; pointers a killed
+attachment left are nulled there; in :func:`add_from_mudata`'s run, the host's own claim covers its cells and
+the records commit together. A failure before the dataset record is written puts the pointers back to null, so
+readers see the atlas as it was. Obs columns
 of a further modality are not stored (the cells have theirs): they are listed as ``dropped_obs_columns`` and
 warned about.
 """
@@ -151,9 +154,9 @@ def add_from_mudata(
     Raises
     ------
     IngestError
-        No modality, one the MuData lacks, an ``mdata.obs`` column whose values differ from the first
-        modality's column of the same name (one would be lost), a further modality naming cells the first
-        lacks, or any error of the ingestion; nothing is stored.
+        No modality, one the MuData lacks, two on one feature space, an ``mdata.obs`` column whose values
+        differ from the first modality's column of the same name (one would be lost), a further modality
+        naming cells the first lacks, or any error of the ingestion; nothing is stored.
     """
     names = list(modalities)
     if not names:
@@ -161,6 +164,12 @@ def add_from_mudata(
     missing = [m for m in names if m not in mdata.mod]
     if missing:
         raise IngestError(f"modalities {missing} are not in the MuData (it has {list(mdata.mod)})")
+    repeated = {
+        space for space, _ in modalities.values() if [s for s, _ in modalities.values()].count(space) > 1
+    }
+    if repeated:  # one uid (<uid>/<space>) and one pointer column for two modalities
+        named = {name: space for name, (space, _) in modalities.items() if space in repeated}
+        raise IngestError(f"modalities {named} share a feature space: a cell holds one modality per space")
     atlas.core.require_writable()
     first = mdata.mod[names[0]].copy()
     _check_global_obs(mdata, first, names[0])

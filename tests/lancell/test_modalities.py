@@ -134,6 +134,15 @@ def test_a_mudatas_modalities_are_committed_together(two, monkeypatch):
             atlas, MuData({"rna": pbmc, "prog": strangers}), spaces, dataset_record=DatasetRecord(uid="b")
         )
     assert visible_state(atlas) == before
+    twice = {
+        "rna": ("gene_expression", "log_normalized"),
+        "p1": ("programs", "scores"),
+        "p2": ("programs", "s"),
+    }
+    mdata = MuData({"rna": pbmc, "p1": _programs(pbmc), "p2": _programs(pbmc)})
+    with pytest.raises(IngestError, match=r"modalities \{'p1': 'programs', 'p2': 'programs'\} share"):
+        add_from_mudata(atlas, mdata, twice, dataset_record=DatasetRecord(uid="c"))  # waited on its own lock
+    assert visible_state(atlas) == before
 
 
 def test_a_global_obs_column_that_disagrees_with_the_first_modalitys_is_refused(two):
