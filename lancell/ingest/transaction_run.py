@@ -1,5 +1,5 @@
-"""Several write transactions run as one, all or nothing: a 10x file split into feature spaces (one dataset
-adding the cells, the others attached to them), or a single dataset.
+"""Several write transactions run as one, all or nothing: a 10x file split into feature spaces or a MuData's
+modalities (one dataset adding the cells, the others attached to them), or a single dataset.
 
 Every transaction is staged (:meth:`~lancell.ingest.write_transaction.WriteTransaction.stage`), then, holding
 every content lock (taken in name order, so two runs never deadlock) until the end, the duplicate

@@ -25,7 +25,7 @@ Any failure rolls back exactly what the transaction wrote: the record, the rows 
 nulled), a layout it added that no record uses, and its group (through
 :func:`lancell.maintenance.remove_group`, which deletes only this atlas's own unreferenced groups).
 :func:`lancell.ingest.transaction_run.run_transactions` runs several as one, all or nothing: their records in
-one commit, every content lock held until it is done (a 10x file split into feature spaces).
+one commit, every content lock held until it is done (a 10x file split into feature spaces, a MuData).
 """
 
 from __future__ import annotations
