@@ -166,9 +166,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help=f"registry schema of a feature space, once per space (default: {'='.join(_DEFAULT_REGISTRY)})",
     )
 
-    ingest = command("ingest", cli_commands.ingest, "ingest .h5ad files (each with an optional JSON sidecar)")
-    ingest.add_argument("paths", nargs="+", metavar="PATH", help=".h5ad files")
-    ingest.add_argument("--uid", help="dataset uid (one file only; default: the sidecar's or the file stem)")
+    ingest = command(
+        "ingest",
+        cli_commands.ingest,
+        "ingest .h5ad files and 10x outputs (each with an optional JSON sidecar)",
+    )
+    ingest.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help=".h5ad files, Cell Ranger .h5 files, 10x Matrix Market folders",
+    )
+    ingest.add_argument(
+        "--uid",
+        help="dataset uid (one file only; default: the sidecar's, else the file stem or folder name; for "
+        "Cell Ranger's own names such as filtered_feature_bc_matrix, the sample folder's)",
+    )
     stored = ingest.add_mutually_exclusive_group()
     stored.add_argument(
         "--layer", help="store X under this layer name (default: the sidecar's layers, else counts)"
@@ -196,9 +209,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "resolved (lancell.standardize.pipeline)",
     )
     ingest.add_argument(
-        "--feature-space", help="feature space (default: the sidecar's, else gene_expression)"
+        "--feature-space",
+        help="feature space (default: the sidecar's, else gene_expression; a 10x output's feature types "
+        "each to theirs: Gene Expression to gene_expression, Antibody Capture to protein, this keeps one)",
     )
-    ingest.add_argument("--var-uid-column", help="var column holding the registry uids (default: var index)")
+    ingest.add_argument(
+        "--var-uid-column",
+        help="var column holding the registry uids (default: var index; a 10x output's gene_ids, or "
+        "gene_symbol)",
+    )
+    ingest.add_argument("--genome", help="a 10x output's genome, where it holds several")
     ingest.add_argument(
         "--organism", help="organism recorded for the new features (for the cells too, when obs has none)"
     )

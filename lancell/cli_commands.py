@@ -71,6 +71,7 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "feature_space": args.feature_space,
             "var_uid_column": args.var_uid_column,
             "organism": args.organism,
+            "genome": args.genome,
         }.items()
         if value is not None
     }
@@ -84,31 +85,28 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_files(paths: Sequence[str]) -> None:
-    """Refuse paths that are not files.
+    """Refuse paths that are not landing files.
 
     Raises
     ------
     IngestError
-        A folder (naming what ``ingest`` takes), or paths that do not exist.
+        A folder that is not a 10x output (naming what ``ingest`` takes), or paths that do not exist.
     """
     from lancell.errors import IngestError
+    from lancell.ingest.landing_spec import is_tenx_output
 
     for path in paths:
-        if Path(path).is_dir():
+        if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
-            if names & {"matrix.mtx", "matrix.mtx.gz"}:  # a 10x Cell Ranger output folder
-                from lancell.ingest import TENX_REMEDY
-
-                remedy = f"it is a 10x output: {TENX_REMEDY}"
-            elif any(name.endswith(".h5ad") for name in names):
+            if any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:
                 remedy = "give its .h5ad files (write an AnnData store with adata.write_h5ad first)"
             raise IngestError(
-                f"{path} is a folder: ingest takes .h5ad files (each with an optional JSON sidecar beside "
-                f"it); {remedy}"
+                f"{path} is a folder: ingest takes .h5ad files, Cell Ranger .h5 files and 10x Matrix Market "
+                f"folders (each with an optional JSON sidecar beside it); {remedy}"
             )
-    missing = [path for path in paths if not Path(path).is_file()]
+    missing = [path for path in paths if not Path(path).exists()]
     if missing:
         raise IngestError(f"no such file: {', '.join(missing)}")
 
@@ -122,11 +120,13 @@ _FILE_FLAGS = (
     "--feature-space",
     "--var-uid-column",
     "--organism",
+    "--genome",
 )
 
 
 def ingest(args: argparse.Namespace) -> int:
-    """``lancell ingest``: ingest ``.h5ad`` files one after another, every sidecar checked first."""
+    """``lancell ingest``: ingest ``.h5ad`` files and 10x outputs one after another, every sidecar checked
+    first."""
     from dataclasses import replace
 
     from lancell.atlas import RaggedAtlas
@@ -163,6 +163,9 @@ def ingest(args: argparse.Namespace) -> int:
         summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
         if outcome == "ingested":
             print(f"{record.uid}: ingested ({summary})")
+            modalities = atlas.list_datasets().query("cells_of == @record.uid")
+            for row in modalities.itertuples():  # a 10x output's further feature spaces
+                print(f"{row.uid}: ingested on the cells of {record.uid} ({row.nnz} values)")
         elif outcome == "present":
             print(f"{spec.uid}: already in the atlas ({summary})")
             if unused := [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]:

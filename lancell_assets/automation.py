@@ -88,12 +88,10 @@ def landing_zone_sensor(
         context.log.info(f"landing files landed again or changed: {changed}")
     skip = None
     if ignored:
-        from lancell.ingest import TENX_REMEDY  # (loading the definitions imports no lancell)
-
         skip = (
             f"landing folder {landing_zone.path}: not landing files, ignored: {ignored} (a landing file is "
-            "an .h5ad with an optional <stem>.json sidecar: convert other formats to .h5ad first; for a 10x "
-            f"output, {TENX_REMEDY})"
+            "an .h5ad, a Cell Ranger .h5 or a 10x Matrix Market folder, with an optional <stem>.json "
+            "sidecar: convert other formats to .h5ad first)"
         )
         context.log.warning(skip)
     # a partition no landing file names any more and never materialized (its sidecar now names another uid,

@@ -119,7 +119,7 @@ def dataset_group(
         content = dg.AssetCheckResult(
             check_name="content_matches", passed=True, metadata={"landing_fingerprint": fingerprint}
         )
-        checks = [*_checks(handle, record, file), content]
+        checks = [*_checks(handle, record, file, spec.genome), content]
     if outcome == "duplicate":
         context.log.warning(f"{file.name}: same content as dataset {record.uid!r}; not ingested again")
     else:
@@ -258,12 +258,15 @@ def _metadata(
     )
 
 
-def _checks(handle: "RaggedAtlas", record: "DatasetRecord", source: Path | None) -> list[dg.AssetCheckResult]:
-    """The checks of the atlas's dataset ``record``; ``source``: the file just read (its cells are counted),
-    None for a dataset already in the atlas (its file is not read)."""
+def _checks(
+    handle: "RaggedAtlas", record: "DatasetRecord", source: Path | None, genome: str | None = None
+) -> list[dg.AssetCheckResult]:
+    """The checks of the atlas's dataset ``record``; ``source``: the file just read (its cells are counted;
+    ``genome``: a 10x output's, from its spec), None for a dataset already in the atlas (its file is not
+    read)."""
     attrs = handle.group_attributes(record.zarr_group) or {}
     problems = handle.validate(dataset_uid=record.uid)  # the dataset's cost, not the atlas's
-    source_cells = None if source is None else _source_cells(source)
+    source_cells = None if source is None else _source_cells(source, genome)
     return [
         dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),
         dg.AssetCheckResult(
@@ -286,10 +289,21 @@ def _checks(handle: "RaggedAtlas", record: "DatasetRecord", source: Path | None)
     ]
 
 
-def _source_cells(path: Path) -> int | str:
-    """Number of cells in an ``.h5ad`` (read from its obs index, nothing else), or why it cannot be read."""
+def _source_cells(path: Path, genome: str | None) -> int | str:
+    """Number of cells in an ``.h5ad`` (read from its obs index, nothing else) or a 10x output (its
+    barcodes), or why it cannot be read."""
     import h5py
 
+    from lancell.errors import LancellError
+    from lancell.ingest.landing_spec import is_tenx_output
+
+    if is_tenx_output(path):
+        from lancell.ingest.tenx import open_10x
+
+        try:
+            return open_10x(path, genome=genome).obs.shape[0]
+        except LancellError as exc:
+            return f"cannot be read: {exc}"
     try:
         with h5py.File(path, "r") as f:
             obs = f["obs"]

@@ -1,10 +1,11 @@
-"""``LandingZone``: the folder where new ``.h5ad`` files (and their JSON sidecars) arrive.
+"""``LandingZone``: the folder where new ``.h5ad`` files and 10x outputs (and their JSON sidecars) arrive.
 
-A landing file is an ``.h5ad`` (the suffix in any case) with an optional ``<stem>.json`` sidecar. Names
-starting with ``.`` (an upload's temporary file) or ending in ``.part`` (a GEO landing being written) are
-files in progress, and ``geo/`` holds GEO series (``geo_series``): none of these is a landing file, and none
-is reported. Anything else (a 10x ``.h5`` or Matrix Market folder, a sidecar without its file, another file)
-is not ingested and is listed by :meth:`LandingZone.ignored`.
+A landing file is an ``.h5ad`` (the suffix in any case), a Cell Ranger ``.h5`` file or a 10x Matrix Market
+folder (``lancell.ingest.landing_spec``), with an optional ``<stem>.json`` sidecar. Names starting with ``.``
+(an upload's temporary file) or ending in ``.part`` (a GEO landing being written) are files in progress, and
+``geo/`` holds GEO series (``geo_series``): none of these is a landing file, and none is reported. Anything
+else (a sidecar without its file, another file or folder) is not ingested and is listed by
+:meth:`LandingZone.ignored`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class LandingEntry:
     another landing file lands as the same uid).
 
     ``stamp`` changes with every new landing of the file or its sidecar: it digests their inode numbers,
-    sizes and modification times (a file copied or moved in again gets a new inode or modification time). The
+    sizes and modification times (a file copied or moved in again gets a new inode or modification time; a
+    10x folder's: the folder's and every file's in it). The
     status-change time is left out: a permission or ownership pass over the folder (a volume mounted with an
     ``fsGroup``, a backup tool) changes it on every file without changing any.
     """
@@ -50,21 +52,26 @@ def _stamp(path: Path, *companions: Path) -> str:
         ``path`` is gone (removed while the folder was listed).
     """
     parts = []
-    for file in (path, *companions):
+    inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []  # a 10x folder's
+    for file in (path, *inside, *companions):
         try:
             info = file.stat()
         except FileNotFoundError:
             if file == path:
                 raise
             continue
-        parts.append(f"{file.name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
+        name = file.relative_to(path).as_posix() if file in inside else file.name
+        parts.append(f"{name}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}")
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=8).hexdigest()
 
 
 class LandingZone(dg.ConfigurableResource):
     """A local folder watched by the landing-zone sensor."""
 
-    path: str = Field(description="folder holding <dataset>.h5ad files and optional <dataset>.json sidecars")
+    path: str = Field(
+        description="folder holding <dataset>.h5ad files, 10x outputs (<dataset>.h5, Matrix Market folders) "
+        "and optional <dataset>.json sidecars"
+    )
     geo_mirror: str | None = Field(
         default=None, description="obstore URL of a GEO mirror (NCBI layout) for supplementary files"
     )
@@ -99,7 +106,8 @@ class LandingZone(dg.ConfigurableResource):
         return _stamp(path)
 
     def _listing(self) -> tuple[list[Path], list[str]]:
-        """The landing files (sorted by name) and the names of the other entries (module doc).
+        """The landing files (sorted by name) and the names of the other entries
+        (``lancell.ingest.landing_spec.landing_paths``).
 
         Raises
         ------
@@ -107,19 +115,14 @@ class LandingZone(dg.ConfigurableResource):
             The landing folder does not exist or is not a folder.
         """
         from lancell.errors import IngestError
+        from lancell.ingest.landing_spec import landing_paths
 
-        folder = Path(self.path)
-        if not folder.is_dir():
+        try:
+            return landing_paths(Path(self.path))
+        except IngestError as exc:
             raise IngestError(
-                f"landing folder {folder} does not exist or is not a folder (LandingZone.path, "
-                "LANCELL_LANDING: mistyped, or its volume not mounted?)"
-            )
-        names = sorted(p.name for p in folder.iterdir())
-        files = [folder / n for n in names if n.lower().endswith(".h5ad") and (folder / n).is_file()]
-        sidecars = {f.with_suffix(".json").name for f in files}
-        in_progress = {n for n in names if n.startswith(".") or n.endswith(".part")} | {"geo"}
-        other = [n for n in names if n not in {f.name for f in files} | sidecars | in_progress]
-        return files, other
+                f"{exc} (LandingZone.path, LANCELL_LANDING: mistyped, or its volume not mounted?)"
+            ) from None
 
     def ignored(self) -> list[str]:
         """Names in the landing folder that are neither a landing file, its sidecar nor in progress (module

@@ -21,7 +21,6 @@ import anndata as ad
 import h5py
 
 from lancell.errors import IngestError, LancellWarning
-from lancell.ingest import TENX_REMEDY
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
@@ -169,7 +168,11 @@ def open_h5ad(path: Path) -> ad.AnnData:
         return ad.read_h5ad(path, backed="r")
     except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
         if _MATRIX_MARKET.fullmatch(path.name) or _is_tenx_h5(path):
-            raise IngestError(f"cannot read {path} as .h5ad: it is a 10x output: {TENX_REMEDY}") from exc
+            raise IngestError(
+                f"cannot read {path} as .h5ad: it is a 10x output: ingest it with `lancell ingest {path}` or "
+                "lancell.ingest.tenx.add_from_10x(atlas, path) (each feature type into its feature space, a "
+                "CITE-seq run's protein on the same cells)"
+            ) from exc
         raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}") from exc
 
 

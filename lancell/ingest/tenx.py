@@ -58,6 +58,7 @@ __all__ = [
     "read_10x",
     "read_10x_h5",
     "read_10x_mtx",
+    "route_feature_types",
 ]
 
 DEFAULT_FEATURE_TYPES: Mapping[str, str] = {
@@ -129,7 +130,7 @@ def read_10x_h5(path: str | os.PathLike[str], *, genome: str | None = None) -> a
 
 def add_from_10x(
     atlas: RaggedAtlas,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | TenxMatrix,
     *,
     feature_space: str | None = None,
     zarr_layer: str = "counts",
@@ -139,6 +140,7 @@ def add_from_10x(
     genome: str | None = None,
     obs: pd.DataFrame | Mapping[str, object] | None = None,
     cells_of: str | None = None,
+    csc: bool | None = None,
     on_duplicate: OnDuplicate = "error",
     progress: bool = True,
 ) -> list[DatasetRecord]:
@@ -158,7 +160,7 @@ def add_from_10x(
     atlas
         A writable atlas whose registries already hold the features (by ``var_uid_column``).
     path
-        A Matrix Market folder or an ``.h5`` file (see :func:`open_10x`).
+        A Matrix Market folder or an ``.h5`` file (see :func:`open_10x`), or one opened by it.
     feature_space
         Ingest only the feature types routed to this feature space (all routed types by default).
     zarr_layer
@@ -171,7 +173,7 @@ def add_from_10x(
     var_uid_column
         The ``var`` column matched against the registries: ``gene_ids`` or ``gene_symbol``.
     genome
-        See :func:`open_10x`.
+        See :func:`open_10x` (not with an opened matrix).
     obs
         Extra cell columns: a mapping of column name to a constant, one value per cell (a list or array in
         the matrix's cell order) or a Series indexed by barcode; a one-row frame whose index is not a
@@ -184,6 +186,10 @@ def add_from_10x(
         ``<uid>/<feature_space>`` (``uid`` is ``cells_of`` unless ``dataset_record`` gives one); its cells
         keep their obs (``obs`` is refused) and ``on_duplicate`` does not apply (a repeat is refused: the
         cells already carry the modality).
+    csc
+        Write the feature-major (CSC) copy of each dataset: as for
+        :func:`lancell.ingest.from_anndata.add_from_anndata` (None: datasets of at least
+        ``lancell.storage.csc.CSC_MIN_VALUES`` stored values).
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, applied to the dataset adding the cells:
         ``"error"`` raises :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"``
@@ -218,8 +224,10 @@ def add_from_10x(
         barcodes that are not its cells or carry the modality already); the atlas is left unchanged.
     """
     atlas.core.require_writable()
-    matrix = open_10x(path, genome=genome)
-    routes, skipped = _route_feature_types(atlas, matrix, feature_space, feature_types)
+    if isinstance(path, TenxMatrix) and genome is not None:
+        raise IngestError(f"{path.path}: genome is chosen when the matrix is opened (open_10x), not here")
+    matrix = path if isinstance(path, TenxMatrix) else open_10x(path, genome=genome)
+    routes, skipped = route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
         raise IngestError(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
@@ -262,6 +270,7 @@ def add_from_10x(
                 records[space],
                 cells_of=None if adds_cells else host_uid,
                 host=host,
+                csc=csc,
                 on_duplicate=on_duplicate if adds_cells else "allow",  # modalities: their cells are named
                 progress=progress,
             )
@@ -303,11 +312,17 @@ def _check_cells_of(
         )
 
 
-def _route_feature_types(
+def route_feature_types(
     atlas: RaggedAtlas, matrix: TenxMatrix, feature_space: str | None, feature_types: Mapping[str, str]
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, str]]]:
     """Feature space -> positions of its features in ``matrix.var`` (in ``feature_types`` order), and the
-    feature types left out for want of a feature space -> (their positions, why)."""
+    feature types left out for want of a feature space -> (their positions, why).
+
+    Raises
+    ------
+    FeatureSpaceError
+        No feature type maps to a feature space of the atlas (or to ``feature_space``, when given).
+    """
     present = matrix.var["feature_type"].to_numpy()
     spaces: list[str] = []
     skipped: dict[str, tuple[np.ndarray, str]] = {}

@@ -106,8 +106,9 @@ def test_a_missing_landing_folder_is_a_skip_naming_it(zone, monkeypatch, capfd, 
 
 
 def test_entries_the_zone_does_not_pick_up_are_named(zone, capfd):
-    """A 10x output, a Matrix Market folder or a stray file dropped in the landing folder got no partition
-    and no word; an ``.H5AD`` in upper case was left out too."""
+    """A stray file or a sidecar without its file dropped in the landing folder got no partition and no
+    word; an ``.H5AD`` in upper case was left out too. A 10x output (a Cell Ranger ``.h5``, a Matrix Market
+    folder) is a landing file."""
     defs, instance, landing = zone
     write_h5ad(landing / "control.h5ad", seed=1)
     write_h5ad(landing / "UPPER.H5AD", seed=2)
@@ -118,17 +119,23 @@ def test_entries_the_zone_does_not_pick_up_are_named(zone, capfd):
     # in progress (a GEO landing's .part, an upload's hidden temporary file) and GEO's own folder: no word
     (landing / "GSM1.h5ad.part").write_bytes(b"")
     (landing / ".upload.h5ad.tmp").write_bytes(b"")
+    (landing / ".hidden.h5ad").write_bytes(b"")
     (landing / "geo").mkdir()
     first = tick(defs, instance)
-    assert sorted(r.partition_key for r in first.run_requests) == ["UPPER", "control"]
-    assert [spec.uid for spec in landing_files(landing)] == ["UPPER", "control"]
-    ignored = "['notes.txt', 'orphan.json', 's1.h5', 's2_matrix']"
+    landed = ["UPPER", "control", "s1", "s2_matrix"]
+    assert sorted(r.partition_key for r in first.run_requests) == landed
+    assert [spec.uid for spec in landing_files(landing)] == landed
+    ignored = "['notes.txt', 'orphan.json']"
     assert (
         f"WARNING - landing folder {landing}: not landing files, ignored: {ignored}" in capfd.readouterr().err
     )
     second = tick(defs, instance, first.cursor)
     assert second.run_requests == []
     assert f"not landing files, ignored: {ignored}" in second.skip_reason.skip_message
+    barcodes = landing / "s2_matrix" / "barcodes.tsv.gz"
+    barcodes.write_bytes(barcodes.read_bytes())
+    third = tick(defs, instance, second.cursor)  # a file of a folder landed again: the folder's run
+    assert [r.partition_key for r in third.run_requests] == ["s2_matrix"]
 
 
 def _night_run(

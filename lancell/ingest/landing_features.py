@@ -1,0 +1,75 @@
+"""The feature registry rows a landing file registers before it is ingested (:func:`registry_rows`)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from lancell.errors import IngestError, LancellWarning
+
+if TYPE_CHECKING:
+    from lancell.atlas import RaggedAtlas
+    from lancell.ingest.landing_spec import LandingSpec
+
+__all__ = ["registry_rows"]
+
+
+def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``spec.feature_space``'s registry that ``var`` describes, one per uid: ``uid`` from
+    ``spec.var_uid_column`` (or the var index), ``gene_symbol`` from ``spec.symbol_column`` (or var's
+    ``gene_symbol``, or the var index) where the registry has it, ``organism`` from the spec, and the other
+    registry columns var has.
+
+    Raises
+    ------
+    IngestError
+        A named column var lacks, or var entries without a uid (the message names the file).
+    """
+    for key in ("var_uid_column", "symbol_column"):
+        column = getattr(spec, key)
+        if column is not None and column not in var.columns:
+            raise IngestError(f"{spec.path}: {key} {column!r} is not a column of var ({list(var.columns)})")
+    uids = pd.Series(_column(var, spec.var_uid_column), index=var.index)
+    if uids.isna().any():  # as text they became the feature "nan"
+        missing = uids.index[uids.isna().to_numpy()].tolist()
+        raise IngestError(
+            f"{spec.path}: {len(missing)} var entries have no feature uid "
+            f"({spec.var_uid_column or 'the var index'}), e.g. {missing[:5]}"
+        )
+    frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
+    schema = atlas.core.tables.registry(spec.feature_space).schema
+    if "gene_symbol" in schema.names:
+        symbol_column = spec.symbol_column or "gene_symbol"
+        symbol_column = symbol_column if symbol_column in var.columns else None  # else the var index
+        symbols = pd.Series(_column(var, symbol_column), index=var.index)
+        frame["gene_symbol"] = _symbols(spec, symbols, frame["uid"], schema.field("gene_symbol").nullable)
+    if "organism" in schema.names and spec.organism is not None:
+        frame["organism"] = spec.organism
+    for name in set(schema.names) & set(var.columns) - set(frame.columns):
+        frame[name] = var[name].to_numpy()
+    return frame.drop_duplicates("uid")
+
+
+def _column(var: pd.DataFrame, name: str | None) -> np.ndarray:
+    """The values of var column ``name``, or of the var index (None)."""
+    return (var.index if name is None else var[name]).to_numpy()
+
+
+def _symbols(spec: LandingSpec, symbols: pd.Series, uids: pd.Series, nullable: bool) -> np.ndarray:
+    """The registry's ``gene_symbol`` values: missing ones stay missing where the registry allows it, else
+    are the feature's uid (warned); as text they were the symbol "nan"."""
+    missing = symbols.isna().to_numpy()
+    values = np.where(missing, None, symbols.astype(str).to_numpy()).astype(object)
+    if missing.any() and not nullable:
+        values[missing] = uids.to_numpy()[missing]
+        warnings.warn(
+            f"{spec.path}: {int(missing.sum())} var entries have no gene symbol, e.g. "
+            f"{symbols.index[missing][:5].tolist()}; the registry requires one: their uid is registered as "
+            "their symbol",
+            LancellWarning,
+            stacklevel=4,
+        )
+    return values

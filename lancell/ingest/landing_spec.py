@@ -1,0 +1,255 @@
+"""What a landing file is, and its spec: the file plus an optional JSON sidecar saying how to ingest it.
+
+A landing file is an ``.h5ad``, or a 10x Genomics Cell Ranger output: its ``.h5`` matrix file (v2 or v3) or
+its Matrix Market folder (holding ``matrix.mtx[.gz]``, or one genome sub-folder that does; the matrix file
+itself names its folder). ``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar ``<stem>.json``
+says otherwise. A 10x output becomes dataset ``<name>`` (its file stem or folder name); where that is a
+name Cell Ranger gives every sample's output (``filtered_feature_bc_matrix``, ``raw_feature_bc_matrix``,
+``sample_filtered_feature_bc_matrix``, ...), the sample's own folder names it: the nearest enclosing folder
+not called ``outs``, ``count`` or ``per_sample_outs`` (``run7/outs/filtered_feature_bc_matrix.h5`` becomes
+``run7``). Every key is optional; an unknown key is an error naming the sidecar (the file is not
+ingested)::
+
+    {"uid": "pbmc68k", "feature_space": "gene_expression", "zarr_layer": "log_normalized",
+     "var_uid_column": null, "symbol_column": "gene_symbol", "organism": "Homo sapiens",
+     "name": "PBMC 68k", "source": "scanpy 1.11.5", "accession": null,
+     "obs_columns": {"celltype_fine": "cell_type"}, "layers": {"counts": "raw_counts"},
+     "standardize": false, "csc": false}
+
+``uid``
+    The dataset uid (default: as above).
+``feature_space``, ``zarr_layer``
+    The feature space and the name the matrix is stored under (``counts`` by default). An ``.h5ad`` goes to
+    ``gene_expression`` by default. A 10x output's feature types go to their feature spaces
+    (``Gene Expression`` to ``gene_expression``, ``Antibody Capture`` to ``protein``; the first adds the
+    cells, the others are attached to them: :func:`lancell.ingest.tenx.add_from_10x`); ``feature_space``
+    keeps one of them.
+``var_uid_column``, ``symbol_column``
+    The ``var`` columns holding the registry uids (default: the var index; a 10x output's ``gene_ids``, or
+    ``gene_symbol``) and the gene symbols (default: var's ``gene_symbol`` column if it has one, else the var
+    index; not for a 10x output, whose symbols are its feature names). A named column var lacks is an error.
+``organism``
+    Recorded on the new features and, when ``obs`` has no ``organism`` column, on the cells.
+``name``, ``source``, ``accession``
+    Provenance on the dataset record (``source`` defaults to the file's path).
+``obs_columns``
+    ``{column in the file: cell schema column}``: obs columns renamed before ingestion, so a file's own
+    names (``celltype_fine``, ``donor``) land in the schema's columns. A source column the file lacks or a
+    target the cell schema does not declare is an error. Other undeclared columns are not stored and are
+    listed as ``dropped_obs_columns`` on the dataset record. Not for a 10x output (no obs columns).
+``layers``
+    ``{stored name: AnnData source}``, one entry or several: store each ``adata.layers[source]`` (or ``"X"``)
+    under its name (``{"counts": "counts", "log_normalized": "X"}``), instead of ``X`` under ``zarr_layer``
+    (give one of the two keys, not both; :func:`lancell.ingest.from_anndata.add_from_anndata`'s ``layers``).
+    Not for a 10x output (one matrix).
+``standardize``
+    ``true``: map obs labels to ontology term ids and genes to Ensembl ids first
+    (:func:`lancell.standardize.pipeline.standardize_anndata` on the ``var_uid_column`` or var index; loads
+    the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
+    its name); genes that resolve to one id are summed in X and each layer that hold counts (integers,
+    or floats that are all whole numbers), the first is kept in the others (warned). The term id columns
+    are stored where the cell schema declares them. Not for a 10x output (its ``gene_ids`` are Ensembl ids).
+``csc``
+    ``true`` or ``false``: write the feature-major (CSC) copy or not; by default lancell's rule
+    (:func:`lancell.ingest.from_anndata.add_from_anndata`'s ``csc``: sparse datasets of at least
+    ``lancell.storage.csc.CSC_MIN_VALUES`` values). ``lancell.ingest.add_csc.add_csc`` adds it later.
+``genome``
+    A 10x output only: the genome to read where it holds several (:func:`lancell.ingest.tenx.open_10x`).
+
+A key that does not apply to the file's kind is an error naming the file, not ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from lancell.errors import IngestError
+
+__all__ = [
+    "LandingOutcome",
+    "LandingSpec",
+    "check_applies",
+    "is_tenx_output",
+    "landing_paths",
+    "read_landing_spec",
+]
+
+LandingOutcome = Literal["ingested", "present", "duplicate"]
+
+# the names Cell Ranger (count, multi; v2, v3) gives every sample's matrix, and the folders it nests them in
+_CELL_RANGER_NAMES = frozenset(
+    f"{prefix}{kind}"
+    for prefix in ("", "sample_")
+    for kind in (
+        "filtered_feature_bc_matrix",
+        "raw_feature_bc_matrix",
+        "filtered_gene_bc_matrices",
+        "raw_gene_bc_matrices",
+        "filtered_gene_bc_matrices_h5",
+        "raw_gene_bc_matrices_h5",
+    )
+)
+_CELL_RANGER_FOLDERS = frozenset({"outs", "count", "per_sample_outs"})
+_MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")
+_NOT_FOR_TENX = ("symbol_column", "obs_columns", "layers", "standardize")  # (each refused when given)
+
+
+@dataclass(frozen=True)
+class LandingSpec:
+    """How one landing file is ingested (the keys are in the module doc)."""
+
+    path: Path
+    uid: str
+    feature_space: str | None = "gene_expression"  # None: a 10x output's every routed feature space
+    zarr_layer: str = "counts"
+    var_uid_column: str | None = None
+    symbol_column: str | None = None  # None: var's "gene_symbol" column if it has one, else the var index
+    organism: str | None = None
+    name: str | None = None
+    source: str | None = None
+    accession: str | None = None
+    obs_columns: Mapping[str, str] = field(default_factory=dict)
+    layers: Mapping[str, str] = field(default_factory=dict)  # stored name -> "X" or an adata.layers key
+    standardize: bool = False
+    csc: bool | None = None  # the CSC copy: None = add_from_anndata's default
+    genome: str | None = None  # a 10x output's genome
+
+
+_SIDECAR_KEYS = frozenset({f.name for f in fields(LandingSpec)} - {"path"})
+_TEXT_KEYS = frozenset({f.name for f in fields(LandingSpec) if f.type in ("str", "str | None")})
+_REQUIRED_TEXT = frozenset({f.name for f in fields(LandingSpec) if f.type == "str"})
+
+
+def is_tenx_output(path: Path) -> bool:
+    """Whether ``path`` is landed as a 10x output: an ``.h5`` file, a ``matrix.mtx[.gz]`` file, or a folder
+    holding one (directly or in a sub-folder)."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".h5" or path.name in _MATRIX_FILES
+    if not path.is_dir():
+        return False
+    folders = [path, *(child for child in path.iterdir() if child.is_dir())]
+    return any((folder / name).is_file() for folder in folders for name in _MATRIX_FILES)
+
+
+def landing_paths(folder: Path) -> tuple[list[Path], list[str]]:
+    """The landing files in ``folder`` (sorted by name) and the names of its other entries.
+
+    Names starting with ``.`` (an upload's temporary file) or ending in ``.part`` (a GEO landing being
+    written) are files in progress, and ``geo/`` holds GEO series: neither landing files nor other entries.
+    The sidecars of the landing files are not other entries; a sidecar without its file is.
+
+    Raises
+    ------
+    IngestError
+        ``folder`` does not exist or is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(f"landing folder {folder} does not exist or is not a folder")
+    names = sorted(p.name for p in folder.iterdir())
+    in_progress = {n for n in names if n.startswith(".") or n.endswith(".part")} | {"geo"}
+    files = [
+        folder / n
+        for n in names
+        if n not in in_progress
+        and ((n.lower().endswith(".h5ad") and (folder / n).is_file()) or is_tenx_output(folder / n))
+    ]
+    sidecars = {f.with_suffix(".json").name for f in files}
+    other = [n for n in names if n not in {f.name for f in files} | sidecars | in_progress]
+    return files, other
+
+
+def _tenx_uid(path: Path) -> str:
+    """The default uid of the 10x output at ``path`` (see the module doc)."""
+    path = path.resolve()
+    name = path.name if path.is_dir() else path.stem
+    if name not in _CELL_RANGER_NAMES:
+        return name
+    sample = next((p.name for p in path.parents if p.name not in _CELL_RANGER_FOLDERS), "")
+    return sample or name
+
+
+def _sidecar_options(sidecar: Path) -> dict[str, Any]:
+    """The sidecar's keys, type-checked."""
+    try:
+        options = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IngestError(f"{sidecar}: not valid JSON ({exc})") from exc
+    except OSError as exc:  # a folder, unreadable
+        raise IngestError(f"{sidecar}: cannot be read ({exc})") from exc
+    if not isinstance(options, dict):
+        raise IngestError(f"{sidecar}: must hold a JSON object, not {type(options).__name__}")
+    unknown = sorted(set(options) - _SIDECAR_KEYS)
+    if unknown:
+        raise IngestError(f"{sidecar}: unknown keys {unknown} (known: {sorted(_SIDECAR_KEYS)})")
+    for key in _TEXT_KEYS & set(options):
+        value = options[key]
+        if not (isinstance(value, str) and value) and not (value is None and key not in _REQUIRED_TEXT):
+            wanted = "a non-empty string" if key in _REQUIRED_TEXT else "a non-empty string or null"
+            raise IngestError(f"{sidecar}: {key} must be {wanted}, got {value!r}")
+    renames = options.get("obs_columns", {})
+    if not isinstance(renames, dict) or not all(isinstance(v, str) for v in renames.values()):
+        raise IngestError(f"{sidecar}: obs_columns must map file columns to cell schema columns")
+    if not isinstance(options.get("standardize", False), bool):
+        raise IngestError(f"{sidecar}: standardize must be true or false")
+    if not isinstance(options.get("csc", False), bool):
+        raise IngestError(f"{sidecar}: csc must be true or false, got {options['csc']!r}")
+    if "layers" in options:
+        layers = options["layers"]
+        valid = isinstance(layers, dict) and all(isinstance(v, str) and v for v in layers.values())
+        if not valid or not layers:
+            raise IngestError(
+                f"{sidecar}: layers must map stored layer names to their AnnData sources, got {layers!r}"
+            )
+        if "zarr_layer" in options:
+            raise IngestError(f"{sidecar}: give layers or zarr_layer, not both")
+    return options
+
+
+def read_landing_spec(path: Path) -> LandingSpec:
+    """The spec of ``path`` (defaults overridden by its ``.json`` sidecar, if any; keys in the module doc).
+
+    Raises
+    ------
+    IngestError
+        The sidecar is not a JSON object, has an unknown key, a malformed value or a key that does not
+        apply to the file's kind; the message names it.
+    """
+    path = Path(path)
+    if path.name in _MATRIX_FILES and path.is_file():  # a Matrix Market output is its folder
+        path = path.parent
+    sidecar = path.with_suffix(".json")
+    options = _sidecar_options(sidecar) if sidecar.exists() else {}
+    if is_tenx_output(path):
+        options.setdefault("uid", _tenx_uid(path))
+        options.setdefault("feature_space", None)
+    else:
+        options.setdefault("uid", path.stem)
+    spec = LandingSpec(path=path, **options)
+    check_applies(spec, f"{sidecar}: ")
+    return spec
+
+
+def check_applies(spec: LandingSpec, where: str = "") -> None:
+    """Refuse keys of ``spec`` that its file's kind does not use (``where`` starts the message).
+
+    Raises
+    ------
+    IngestError
+        Naming the keys and the file.
+    """
+    if is_tenx_output(spec.path):
+        defaults = LandingSpec(path=spec.path, uid=spec.uid)
+        given = [key for key in _NOT_FOR_TENX if getattr(spec, key) != getattr(defaults, key)]
+        if given:
+            raise IngestError(f"{where}{given} do not apply to {spec.path}, a 10x output (not an .h5ad)")
+        return
+    if spec.genome is not None:
+        raise IngestError(f"{where}genome applies to a 10x output, not to {spec.path}")
+    if spec.feature_space is None:
+        raise IngestError(f"{where}feature_space null is for a 10x output; {spec.path} needs one")

@@ -1,0 +1,172 @@
+"""``lancell ingest`` of 10x outputs: a Cell Ranger ``.h5`` or Matrix Market folder is ingested as it is (it
+was refused, with Python to write instead), each feature type into its feature space on one set of cells,
+exact against scipy's reader; the dataset uid comes from the sample, not Cell Ranger's own file name; keys
+that do not apply to a 10x output are refused before anything is ingested."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.io
+
+from lancell.atlas import RaggedAtlas
+from lancell.ingest.landing import landing_fingerprint, read_landing_spec
+from tests.lancell.test_cli import run
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+V3_DIR = DATA / "10x_v3" / "filtered_feature_bc_matrix"
+V3_H5 = DATA / "10x_v3" / "filtered_feature_bc_matrix.h5"
+V2_DIR = DATA / "10x_v2" / "hg19_chr21"
+
+CITE_SCHEMA = """
+from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
+
+
+class CiteCells(LancellBaseSchema):
+    organism: str | None = None
+    gene_expression: SparseZarrPointer | None = None
+    protein: SparseZarrPointer | None = None
+"""
+
+
+@pytest.fixture
+def cite_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An atlas with gene_expression and protein feature spaces (cells with an organism column)."""
+    (tmp_path / "cite_schema.py").write_text(CITE_SCHEMA)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    db = str(tmp_path / "db")
+    space = "lancell.bundled:GeneFeature"
+    run("init", db, "--schema", "cite_schema:CiteCells", "--registry", f"gene_expression={space}",
+        "--registry", f"protein={space}")  # fmt: skip
+    return db
+
+
+def _with_antibodies(folder: Path) -> Path:
+    """A copy of the v3 folder with its last 7 features relabelled as antibody captures."""
+    shutil.copytree(V3_DIR, folder)
+    path = folder / "features.tsv.gz"
+    rows = [line.split("\t") for line in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    for row in rows[-7:]:
+        row[2] = "Antibody Capture"
+    path.write_bytes(gzip.compress(("\n".join("\t".join(r) for r in rows) + "\n").encode()))
+    return folder
+
+
+def _ids(folder: Path) -> list[str]:
+    """The feature ids of a v3 folder, in its order."""
+    lines = gzip.decompress((folder / "features.tsv.gz").read_bytes()).decode().splitlines()
+    return [line.split("\t")[0] for line in lines]
+
+
+def _mmread(folder: Path) -> np.ndarray:
+    return scipy.io.mmread(folder / "matrix.mtx.gz").T.toarray()  # cells x features
+
+
+def test_a_cell_ranger_h5_and_folder_are_ingested_by_their_sample_name(tmp_path: Path, cite_db: str) -> None:
+    outs = tmp_path / "run7" / "outs"
+    outs.mkdir(parents=True)
+    shutil.copyfile(V3_H5, outs / "filtered_feature_bc_matrix.h5")
+    shutil.copytree(V3_DIR, tmp_path / "run8")
+    shutil.copytree(V2_DIR, tmp_path / "v2")
+    (tmp_path / "v2.json").write_text(json.dumps({"uid": "chr21", "name": "hg19 chr21"}))
+    done = run("ingest", cite_db, str(outs / "filtered_feature_bc_matrix.h5"), str(tmp_path / "run8"),
+               str(tmp_path / "v2" / "matrix.mtx"), "--organism", "Homo sapiens")  # fmt: skip
+    assert "run7: ingested (1107 cells, 23866 values, layers counts)" in done.stdout
+    assert f"run8: skipped, {tmp_path / 'run8'} holds the same content as dataset run7" in done.stdout
+    assert "chr21: ingested (12 cells" in done.stdout
+    atlas = RaggedAtlas.open(cite_db)
+    datasets = atlas.list_datasets().set_index("uid")
+    assert list(datasets.index) == ["run7", "chr21"] and datasets.loc["chr21", "name"] == "hg19 chr21"
+    out = atlas.query().where(dataset_uid="run7").to_anndata()
+    expected = _mmread(V3_DIR)
+    assert np.array_equal(out[:, _ids(V3_DIR)].X.toarray(), expected)
+    assert set(out.obs["organism"]) == {"Homo sapiens"}
+    registry = atlas.feature_registry("gene_expression")
+    assert set(registry["organism"]) == {"Homo sapiens"} and "gene_symbol" in registry
+    assert atlas.validate() == []
+    again = run("ingest", cite_db, str(outs / "filtered_feature_bc_matrix.h5"))
+    assert "run7: already in the atlas" in again.stdout
+
+
+def test_a_cite_seq_folder_lands_as_one_set_of_cells_with_its_protein(tmp_path: Path, cite_db: str) -> None:
+    folder = _with_antibodies(tmp_path / "donor3")
+    done = run("ingest", cite_db, str(folder))
+    assert "donor3: ingested (1107 cells" in done.stdout
+    assert "donor3/protein: ingested on the cells of donor3 (" in done.stdout
+    atlas = RaggedAtlas.open(cite_db)
+    assert atlas.query().count() == 1107
+    both = atlas.query().to_mudata(layers={"gene_expression": "counts", "protein": "counts"})
+    expected = _mmread(V3_DIR)
+    assert list(both["gene_expression"].obs_names) == list(both["protein"].obs_names)
+    assert both["protein"].n_vars == 7 and both["gene_expression"].n_vars == 500
+    ids = _ids(folder)
+    assert np.array_equal(both["protein"][:, ids[-7:]].X.toarray(), expected[:, -7:])
+    assert np.array_equal(both["gene_expression"][:, ids[:-7]].X.toarray(), expected[:, :-7])
+    assert atlas.validate() == []
+
+
+def test_keys_a_10x_output_does_not_use_are_refused_before_any_ingest(tmp_path: Path, cite_db: str) -> None:
+    folder = _with_antibodies(tmp_path / "s1")
+    h5ad = tmp_path / "plain.h5ad"
+    ad.AnnData(np.ones((2, 1), np.float32)).write_h5ad(h5ad)
+    for flags, words in (
+        (["--layers", "counts=X"], "['layers'] do not apply to"),
+        (["--standardize"], "['standardize'] do not apply to"),
+        (["--obs-columns", "donor=organism"], "['obs_columns'] do not apply to"),
+    ):
+        refused = run("ingest", cite_db, str(h5ad), str(folder), *flags, check=False)
+        assert refused.returncode == 1 and words in refused.stderr and "a 10x output" in refused.stderr
+    (tmp_path / "s1.json").write_text(json.dumps({"symbol_column": "gene_symbol"}))
+    refused = run("ingest", cite_db, str(folder), check=False)
+    assert "s1.json: ['symbol_column'] do not apply to" in refused.stderr
+    (tmp_path / "s1.json").unlink()
+    refused = run("ingest", cite_db, str(h5ad), "--genome", "GRCh38", check=False)
+    assert f"genome applies to a 10x output, not to {h5ad}" in refused.stderr
+    (tmp_path / "plain.json").write_text(json.dumps({"feature_space": None}))
+    refused = run("ingest", cite_db, str(h5ad), check=False)
+    assert "feature_space null is for a 10x output" in refused.stderr
+    assert RaggedAtlas.open(cite_db).list_datasets().empty
+    only = run("ingest", cite_db, str(folder), "--feature-space", "protein", "--uid", "s1p")
+    assert "s1p: ingested (1107 cells, " in only.stdout and "on the cells of" not in only.stdout
+    assert list(RaggedAtlas.open(cite_db).list_datasets()["feature_space"]) == ["protein"]
+
+
+def test_a_10x_spec_and_fingerprint(tmp_path: Path) -> None:
+    """Cell Ranger's nesting (count, multi) names the sample; a folder's fingerprint follows its files; a
+    spec without a genome keeps the fingerprint it had before the key existed."""
+    multi = tmp_path / "runA" / "outs" / "per_sample_outs" / "donor1" / "count"
+    multi.mkdir(parents=True)
+    shutil.copyfile(V3_H5, multi / "sample_filtered_feature_bc_matrix.h5")
+    assert read_landing_spec(multi / "sample_filtered_feature_bc_matrix.h5").uid == "donor1"
+    folder = tmp_path / "lib2" / "filtered_feature_bc_matrix"
+    shutil.copytree(V3_DIR, folder)
+    spec = read_landing_spec(folder / "matrix.mtx.gz")
+    assert (spec.uid, spec.path, spec.feature_space) == ("lib2", folder, None)
+    before = landing_fingerprint(spec)
+    (folder / "barcodes.tsv.gz").write_bytes(gzip.compress(b"AAAC-1\n"))
+    assert landing_fingerprint(spec) != before
+    h5ad = tmp_path / "a.h5ad"
+    ad.AnnData(np.ones((2, 1), np.float32)).write_h5ad(h5ad)
+    plain = read_landing_spec(h5ad)
+    assert plain.feature_space == "gene_expression" and plain.genome is None
+    assert landing_fingerprint(plain) == _fingerprint_without_genome(plain)
+
+
+def _fingerprint_without_genome(spec: object) -> str:
+    """The fingerprint as computed before ``genome`` was a key (its options, then the file's bytes)."""
+    import dataclasses
+
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    names = [f.name for f in dataclasses.fields(spec) if f.name not in ("path", "genome")]
+    digest.update(json.dumps({n: getattr(spec, n) for n in names}, sort_keys=True, default=dict).encode())
+    digest.update(spec.path.read_bytes())
+    return digest.hexdigest()
