@@ -1,0 +1,40 @@
+"""A 10x output in the landing zone is a dataset partition like an ``.h5ad``: ingested with its checks
+green (its cells counted from its barcodes), compared with the file it was ingested from when it is
+materialized again (a Matrix Market folder whose matrix changed fails ``content_matches``)."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+from test_landing_present import FINE, checks, failure, ingest
+from test_landing_sensor import DATA, tick
+
+import definitions
+from lancell.atlas import RaggedAtlas
+
+
+def test_a_10x_h5_and_folder_land_as_datasets_and_are_compared_again(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copyfile(DATA / "10x_v3" / "filtered_feature_bc_matrix.h5", landing / "s1.h5")
+    shutil.copytree(DATA / "10x_v2" / "hg19_chr21", landing / "s2")
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        assert sorted(r.partition_key for r in tick(defs, instance).run_requests) == ["s1", "s2"]
+        for uid, cells in (("s1", 1107), ("s2", 12)):
+            done = ingest(defs, instance, uid)
+            assert done.success and checks(done) == FINE | {"content_matches": True}
+            meta = done.asset_materializations_for_node("dataset_group")[0].metadata
+            assert meta["dagster/row_count"].value == cells and meta["outcome"].value == "ingested"
+        atlas = RaggedAtlas.open(str(tmp_path / "db"))
+        assert atlas.query().count() == 1119 and atlas.validate() == []
+        again = ingest(defs, instance, "s2")
+        assert again.success and checks(again) == FINE | {"content_matches": True}
+        matrix = landing / "s2" / "matrix.mtx"
+        lines = matrix.read_text().splitlines()
+        row, column, value = lines[-1].split()
+        lines[-1] = f"{row} {column} {int(value) + 1}"
+        matrix.write_text("\n".join(lines) + "\n")
+        changed = ingest(defs, instance, "s2")
+        assert not changed.success and checks(changed) == FINE | {"content_matches": False}
+        assert failure(changed).description.startswith("dataset s2 is in the atlas (left as it was), but ")
