@@ -284,7 +284,7 @@ CLI_PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 def test_the_command_line_page_runs_as_written(tmp_path: Path) -> None:
     """Every python and bash block of docs/cli.md, in order, from an empty folder."""
     blocks = re.findall(r"^```(python|bash)\n(.*?)^```$", CLI_PAGE.read_text(), flags=re.S | re.M)
-    assert [kind for kind, _ in blocks] == ["python", "bash", "bash", "bash"]
+    assert [kind for kind, _ in blocks] == ["python", "bash", "bash", "python", "bash", "bash"]
     env = {**os.environ, "PATH": f"{LANCELL.parent}{os.pathsep}{os.environ['PATH']}"}
     outputs = []
     for kind, block in blocks:
@@ -298,6 +298,8 @@ def test_the_command_line_page_runs_as_written(tmp_path: Path) -> None:
     assert (
         "celltypist_sample: var: resolved 19359, kept 13427, dropped 0, summed 1, n_vars 32785" in outputs[2]
     )
+    assert "run7: ingested (1107 cells, 23866 values, layers counts)" in outputs[4]
+    assert outputs[4].splitlines()[-1] == "1 datasets, 1107 cells"
     myeloid, markers = ad.read_h5ad(tmp_path / "myeloid.h5ad"), ad.read_h5ad(tmp_path / "markers.h5ad")
     assert myeloid.shape == (369, 765) and set(myeloid.obs["dataset_uid"]) == {"pbmc68k"}
     assert markers.shape == (559, 3) and markers.var["gene_symbol"].tolist() == ["CD3E", "MS4A1", "LYZ"]
