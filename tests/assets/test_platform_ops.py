@@ -186,6 +186,7 @@ def _sidecar_keys() -> list[str]:
         "accession",
         "csc",
         "feature_space",
+        "genome",
         "layers",
         "name",
         "obs_columns",
