@@ -8,14 +8,15 @@ file holds the other signature's code, and every later process that loads that s
 "can't unbox array" (or runs code compiled for other argument types) until the cache is deleted. numba
 issue 10128 is the same race for gufuncs.
 
-:func:`install` (called once by ``kernels/__init__``) changes two things:
+:func:`install` (called once by ``kernels/__init__``) changes three things:
 
 - a save holds an exclusive lock on a file beside the index (``<index>.lock``, POSIX ``flock``) from reading
   the index to writing it, and writes the data file before the index entry that names it, so that no index
   entry ever names a file that is not yet written or written for another signature;
 - a load returns nothing (numba then compiles the kernel and saves it again, healing the entry) unless the
   loaded code was compiled for the argument types asked for;
-- a CPU load readies only what running compiled code needs (numba's runtime, NRT). numba's own load refreshes
+- a CPU load readies only what running compiled code needs (numba's runtime, NRT, itself loaded from the
+  kernel's cache folder: :mod:`kernels.runtime_cache`). numba's own load refreshes
   the compiler's registries first, importing its implementations of NumPy, typed containers, random numbers
   and jitclasses and, through ``numba.np.arraymath``, SciPy's BLAS: about half a second of a process's first
   kernel call, spent where nothing is compiled. A compile refreshes them itself (``compiler.compile_extra``).
@@ -31,7 +32,9 @@ from collections.abc import Iterator
 
 from numba.core import caching, sigutils
 from numba.core.cpu import CPUContext
-from numba.core.runtime import rtsys
+from numba.core.runtime import nrtdynmod, rtsys
+
+from kernels import runtime_cache
 
 try:
     import fcntl
@@ -45,6 +48,7 @@ def install() -> None:
     """Replace numba's cache save and load with the guarded ones (idempotent)."""
     caching.IndexDataCacheFile.save = _locked_save
     caching.Cache.load_overload = _checked_load
+    nrtdynmod.compile_nrt_functions = runtime_cache.compile_nrt_functions
 
 
 @contextlib.contextmanager
@@ -78,6 +82,7 @@ def _checked_load(self: caching.Cache, sig: object, target_context: object) -> o
     """``Cache.load_overload`` with the runtime readied, not the registries; None where the cached code is
     not for ``sig``'s argument types."""
     if isinstance(target_context, CPUContext):
+        runtime_cache.keep_in(self._cache_path)  # the runtime's code is loaded from there, not compiled
         rtsys.initialize(target_context)
     else:  # another target's cache (numba.cuda in a user's process): numba's own readying
         target_context.refresh()
