@@ -51,8 +51,10 @@ def _stamp(path: Path, *companions: Path) -> str:
     FileNotFoundError
         ``path`` is gone (removed while the folder was listed).
     """
+    from lancell.ingest.landing_spec import landing_contents
+
     parts = []
-    inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []  # a 10x folder's
+    inside = landing_contents(path) if path.is_dir() else []  # a 10x folder's files
     for file in (path, *inside, *companions):
         try:
             info = file.stat()
@@ -148,18 +150,21 @@ class LandingZone(dg.ConfigurableResource):
             The landing folder does not exist or is not a folder.
         """
         from lancell.errors import IngestError
-        from lancell.ingest.landing import read_landing_spec
+        from lancell.ingest.landing_spec import default_uid, read_landing_spec, sidecar_path
 
         out = []
         for path in self._listing()[0]:
             try:
-                stamp = _stamp(path, path.with_suffix(".json"))
+                stamp = _stamp(path, sidecar_path(path))
             except FileNotFoundError:  # removed since the listing: not landed any more
                 continue
             try:
                 spec = read_landing_spec(path)
             except IngestError as exc:
-                out.append(LandingEntry(uid=path.stem, path=path, spec=None, error=str(exc), stamp=stamp))
+                uid = default_uid(
+                    path
+                )  # (the partition the file has once its sidecar is fixed, if it keeps it)
+                out.append(LandingEntry(uid=uid, path=path, spec=None, error=str(exc), stamp=stamp))
             else:
                 out.append(LandingEntry(uid=spec.uid, path=path, spec=spec, error=None, stamp=stamp))
         files: dict[str, list[str]] = {}

@@ -22,6 +22,7 @@ import h5py
 
 from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest.landing_spec import is_tenx_output
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction
@@ -169,11 +170,23 @@ def open_h5ad(path: Path) -> ad.AnnData:
     except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
         if _MATRIX_MARKET.fullmatch(path.name) or _is_tenx_h5(path):
             raise IngestError(
-                f"cannot read {path} as .h5ad: it is a 10x output: ingest it with `lancell ingest {path}` or "
-                "lancell.ingest.tenx.add_from_10x(atlas, path) (each feature type into its feature space, a "
-                "CITE-seq run's protein on the same cells)"
+                f"cannot read {path} as .h5ad: it is a 10x output: {_tenx_remedy(path)}"
             ) from exc
         raise IngestError(f"cannot read {path} as .h5ad: {type(exc).__name__}: {exc}") from exc
+
+
+def _tenx_remedy(path: Path) -> str:
+    """How to ingest the 10x output at ``path`` (named as Cell Ranger names it, or not)."""
+    how = "(each feature type into its feature space, a CITE-seq run's protein on the same cells)"
+    if is_tenx_output(path):
+        return (
+            f"ingest it with `lancell ingest {path}` or lancell.ingest.tenx.add_from_10x(atlas, path) {how}"
+        )
+    if path.name.endswith((".mtx", ".mtx.gz")):
+        named = "name it matrix.mtx[.gz], in a folder with its barcodes.tsv[.gz] and features.tsv[.gz]"
+    else:
+        named = f"name it {path.with_suffix('.h5').name}"
+    return f"{named}, then ingest it with `lancell ingest` or lancell.ingest.tenx.add_from_10x {how}"
 
 
 def _is_tenx_h5(path: Path) -> bool:

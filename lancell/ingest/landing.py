@@ -35,6 +35,7 @@ from lancell.ingest.landing_spec import (
     LandingSpec,
     check_applies,
     is_tenx_output,
+    landing_contents,
     landing_paths,
     read_landing_spec,
 )
@@ -72,10 +73,10 @@ def landing_files(folder: Path) -> list[LandingSpec]:
 
 
 def landing_fingerprint(spec: LandingSpec) -> str:
-    """XXH3-128 (hex) of the landing file's bytes (a folder's: each file's relative path and bytes, in name
-    order) and of the options its sidecar gives (every field of ``spec`` but ``path``; ``genome`` only when
-    set, so that fingerprints recorded before it existed still compare): equal exactly when the same bytes
-    land with the same options.
+    """XXH3-128 (hex) of the landing file's bytes (a folder's: each file's relative path, size and bytes, in
+    name order: :func:`~lancell.ingest.landing_spec.landing_contents`) and of the options its sidecar gives
+    (every field of ``spec`` but ``path``; ``genome`` only when set, so that fingerprints recorded before it
+    existed still compare): equal exactly when the same bytes land with the same options.
 
     Unlike a dataset's ``content_fingerprint`` (:mod:`lancell.ingest.fingerprint`), which digests what was
     stored, it is computed from the file alone, in one read.
@@ -91,10 +92,9 @@ def landing_fingerprint(spec: LandingSpec) -> str:
         del options["genome"]
     digest.update(json.dumps(options, sort_keys=True, default=dict).encode())
     try:
-        files = sorted(p for p in spec.path.rglob("*") if p.is_file()) if spec.path.is_dir() else [spec.path]
-        for path in files:
-            if path != spec.path:
-                digest.update(path.relative_to(spec.path).as_posix().encode() + b"\0")
+        for path in landing_contents(spec.path):
+            if path != spec.path:  # a folder's file: named, and its size, so no two listings digest alike
+                digest.update(f"{path.relative_to(spec.path).as_posix()}\0{path.stat().st_size}\0".encode())
             with path.open("rb") as file:
                 while block := file.read(1 << 24):
                     digest.update(block)

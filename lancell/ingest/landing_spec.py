@@ -1,13 +1,15 @@
 """What a landing file is, and its spec: the file plus an optional JSON sidecar saying how to ingest it.
 
 A landing file is an ``.h5ad``, or a 10x Genomics Cell Ranger output: its ``.h5`` matrix file (v2 or v3) or
-its Matrix Market folder (holding ``matrix.mtx[.gz]``, or one genome sub-folder that does; the matrix file
-itself names its folder). ``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar ``<stem>.json``
-says otherwise. A 10x output becomes dataset ``<name>`` (its file stem or folder name); where that is a
-name Cell Ranger gives every sample's output (``filtered_feature_bc_matrix``, ``raw_feature_bc_matrix``,
-``sample_filtered_feature_bc_matrix``, ...), the sample's own folder names it: the nearest enclosing folder
-not called ``outs``, ``count`` or ``per_sample_outs`` (``run7/outs/filtered_feature_bc_matrix.h5`` becomes
-``run7``). Every key is optional; an unknown key is an error naming the sidecar (the file is not
+its Matrix Market folder (holding ``matrix.mtx[.gz]``, or genome sub-folders that do; the matrix file given
+to ``lancell ingest`` names its folder). ``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar
+``<stem>.json`` says otherwise (a folder's sidecar is ``<folder name>.json`` beside it). A 10x output becomes
+dataset ``<name>`` (its file stem or folder name); where that is a name Cell Ranger gives every sample's
+output (``filtered_feature_bc_matrix``, ``raw_feature_bc_matrix``, ``sample_filtered_feature_bc_matrix``,
+...) or a genome folder inside one (``filtered_gene_bc_matrices/hg19``), the sample's own folder names it:
+the nearest enclosing folder not called ``outs``, ``count``, ``per_sample_outs`` or one of those names
+(``run7/outs/filtered_feature_bc_matrix.h5`` becomes ``run7``; a link is named where it is, not where it
+points). Every key is optional; an unknown key is an error naming the sidecar (the file is not
 ingested)::
 
     {"uid": "pbmc68k", "feature_space": "gene_expression", "zarr_layer": "log_normalized",
@@ -62,6 +64,7 @@ A key that does not apply to the file's kind is an error naming the file, not ig
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,12 +73,17 @@ from typing import Any, Literal
 from lancell.errors import IngestError
 
 __all__ = [
+    "MATRIX_FILES",
     "LandingOutcome",
     "LandingSpec",
     "check_applies",
+    "default_uid",
     "is_tenx_output",
+    "landing_contents",
+    "landing_path",
     "landing_paths",
     "read_landing_spec",
+    "sidecar_path",
 ]
 
 LandingOutcome = Literal["ingested", "present", "duplicate"]
@@ -94,7 +102,7 @@ _CELL_RANGER_NAMES = frozenset(
     )
 )
 _CELL_RANGER_FOLDERS = frozenset({"outs", "count", "per_sample_outs"})
-_MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")
+MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")  # a Matrix Market output's matrix (Cell Ranger's names)
 _NOT_FOR_TENX = ("symbol_column", "obs_columns", "layers", "standardize")  # (each refused when given)
 
 
@@ -125,23 +133,66 @@ _REQUIRED_TEXT = frozenset({f.name for f in fields(LandingSpec) if f.type == "st
 
 
 def is_tenx_output(path: Path) -> bool:
-    """Whether ``path`` is landed as a 10x output: an ``.h5`` file, a ``matrix.mtx[.gz]`` file, or a folder
-    holding one (directly or in a sub-folder)."""
+    """Whether ``path`` is read as a 10x output: an ``.h5`` file, a ``matrix.mtx[.gz]`` file (its folder is
+    the output), or a folder holding one (directly or in a sub-folder: a genome's)."""
     path = Path(path)
     if path.is_file():
-        return path.suffix.lower() == ".h5" or path.name in _MATRIX_FILES
+        return path.suffix.lower() == ".h5" or path.name in MATRIX_FILES
     if not path.is_dir():
         return False
     folders = [path, *(child for child in path.iterdir() if child.is_dir())]
-    return any((folder / name).is_file() for folder in folders for name in _MATRIX_FILES)
+    return any((folder / name).is_file() for folder in folders for name in MATRIX_FILES)
+
+
+def landing_path(path: Path) -> Path:
+    """What ``path`` lands: the folder of a ``matrix.mtx[.gz]`` file, else ``path`` (a folder made absolute,
+    so that ``.`` has a name; links are not resolved)."""
+    path = Path(path)
+    if path.name in MATRIX_FILES and path.is_file():
+        return Path(os.path.abspath(path)).parent
+    return Path(os.path.abspath(path)) if path.is_dir() else path
+
+
+def sidecar_path(path: Path) -> Path:
+    """The sidecar of landing path ``path``: ``<stem>.json`` beside a file, ``<name>.json`` beside a
+    folder."""
+    return path.with_name(f"{path.name}.json") if path.is_dir() else path.with_suffix(".json")
+
+
+def default_uid(path: Path) -> str:
+    """The dataset uid of landing path ``path`` without a sidecar (the module doc's rule)."""
+    if not is_tenx_output(path):
+        return path.stem
+    name = path.name if path.is_dir() else path.stem
+    genome_of = path.is_dir() and path.parent.name in _CELL_RANGER_NAMES  # a v2 output's genome folder
+    if name not in _CELL_RANGER_NAMES and not genome_of:
+        return name
+    parents = Path(os.path.abspath(path)).parents  # (a link's own place, not its target's)
+    skipped = _CELL_RANGER_FOLDERS | _CELL_RANGER_NAMES
+    return next((p.name for p in parents if p.name not in skipped), name)
+
+
+def landing_contents(path: Path) -> list[Path]:
+    """The files landing path ``path`` consists of: itself, or a folder's files (recursively, in name order;
+    files in progress, named ``.*`` or ``*.part``, left out)."""
+    if not path.is_dir():
+        return [path]
+    inside = (p for p in path.rglob("*") if p.is_file())
+    return sorted(p for p in inside if not any(_in_progress(part) for part in p.relative_to(path).parts))
+
+
+def _in_progress(name: str) -> bool:
+    """Whether ``name`` is an upload's temporary file (``.*``) or a landing being written (``*.part``)."""
+    return name.startswith(".") or name.endswith(".part")
 
 
 def landing_paths(folder: Path) -> tuple[list[Path], list[str]]:
-    """The landing files in ``folder`` (sorted by name) and the names of its other entries.
+    """The landing paths in ``folder`` (sorted by name: ``.h5ad`` and ``.h5`` files, 10x Matrix Market
+    folders) and the names of its other entries.
 
     Names starting with ``.`` (an upload's temporary file) or ending in ``.part`` (a GEO landing being
-    written) are files in progress, and ``geo/`` holds GEO series: neither landing files nor other entries.
-    The sidecars of the landing files are not other entries; a sidecar without its file is.
+    written) are files in progress, and ``geo/`` holds GEO series: neither landing paths nor other entries.
+    The sidecars of the landing paths are not other entries; a sidecar without its file is.
 
     Raises
     ------
@@ -152,26 +203,19 @@ def landing_paths(folder: Path) -> tuple[list[Path], list[str]]:
     if not folder.is_dir():
         raise IngestError(f"landing folder {folder} does not exist or is not a folder")
     names = sorted(p.name for p in folder.iterdir())
-    in_progress = {n for n in names if n.startswith(".") or n.endswith(".part")} | {"geo"}
-    files = [
+    in_progress = {n for n in names if _in_progress(n)} | {"geo"}
+    paths = [
         folder / n
         for n in names
         if n not in in_progress
-        and ((n.lower().endswith(".h5ad") and (folder / n).is_file()) or is_tenx_output(folder / n))
+        and (
+            ((folder / n).is_file() and Path(n).suffix.lower() in (".h5ad", ".h5"))
+            or ((folder / n).is_dir() and is_tenx_output(folder / n))
+        )
     ]
-    sidecars = {f.with_suffix(".json").name for f in files}
-    other = [n for n in names if n not in {f.name for f in files} | sidecars | in_progress]
-    return files, other
-
-
-def _tenx_uid(path: Path) -> str:
-    """The default uid of the 10x output at ``path`` (see the module doc)."""
-    path = path.resolve()
-    name = path.name if path.is_dir() else path.stem
-    if name not in _CELL_RANGER_NAMES:
-        return name
-    sample = next((p.name for p in path.parents if p.name not in _CELL_RANGER_FOLDERS), "")
-    return sample or name
+    sidecars = {sidecar_path(p).name for p in paths}
+    other = [n for n in names if n not in {p.name for p in paths} | sidecars | in_progress]
+    return paths, other
 
 
 def _sidecar_options(sidecar: Path) -> dict[str, Any]:
@@ -220,16 +264,12 @@ def read_landing_spec(path: Path) -> LandingSpec:
         The sidecar is not a JSON object, has an unknown key, a malformed value or a key that does not
         apply to the file's kind; the message names it.
     """
-    path = Path(path)
-    if path.name in _MATRIX_FILES and path.is_file():  # a Matrix Market output is its folder
-        path = path.parent
-    sidecar = path.with_suffix(".json")
+    path = landing_path(path)
+    sidecar = sidecar_path(path)
     options = _sidecar_options(sidecar) if sidecar.exists() else {}
+    options.setdefault("uid", default_uid(path))
     if is_tenx_output(path):
-        options.setdefault("uid", _tenx_uid(path))
         options.setdefault("feature_space", None)
-    else:
-        options.setdefault("uid", path.stem)
     spec = LandingSpec(path=path, **options)
     check_applies(spec, f"{sidecar}: ")
     return spec

@@ -35,6 +35,7 @@ import pandas as pd
 
 from lancell.errors import FeatureSpaceError, IngestError, LancellWarning, TenxFormatError
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
+from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.tenx_h5 import open_h5
@@ -87,7 +88,7 @@ def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> Tenx
     path = Path(path)
     if not path.exists():
         raise TenxFormatError(f"no such 10x output: {path}")
-    if path.is_file() and path.name.startswith("matrix.mtx"):
+    if path.is_file() and path.name in MATRIX_FILES:
         path = path.parent
     if path.is_dir():
         return open_mtx(mtx_folder(path, genome))
@@ -107,7 +108,7 @@ def read_10x_mtx(path: str | os.PathLike[str], *, genome: str | None = None) -> 
     TenxFormatError
         ``path`` is not a folder, or see :func:`open_10x`.
     """
-    if Path(path).is_file() and not Path(path).name.startswith("matrix.mtx"):
+    if Path(path).is_file() and Path(path).name not in MATRIX_FILES:
         raise TenxFormatError(f"{path} is a file; read_10x_mtx wants the folder holding matrix.mtx")
     return read_10x(path, genome=genome)
 

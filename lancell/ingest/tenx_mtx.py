@@ -57,7 +57,10 @@ def mtx_folder(folder: Path, genome: str | None) -> Path:
     if len(inner) == 1:
         return inner[0]
     if inner:
-        raise TenxFormatError(f"{folder} holds several genomes {[p.name for p in inner]}; pass genome=")
+        raise TenxFormatError(
+            f"{folder} holds several matrix folders {[p.name for p in inner]}: give one of them (a v2 "
+            "output's genomes: or pass genome=)"
+        )
     raise TenxFormatError(f"{folder}: no matrix.mtx or matrix.mtx.gz")
 
 

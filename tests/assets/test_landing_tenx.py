@@ -38,3 +38,19 @@ def test_a_10x_h5_and_folder_land_as_datasets_and_are_compared_again(tmp_path: P
         changed = ingest(defs, instance, "s2")
         assert not changed.success and checks(changed) == FINE | {"content_matches": False}
         assert failure(changed).description.startswith("dataset s2 is in the atlas (left as it was), but ")
+
+
+def test_a_bad_sidecar_keeps_the_partition_its_file_lands_as(tmp_path: Path) -> None:
+    """A 10x output under Cell Ranger's own name whose sidecar could not be read got its file stem as
+    partition, another than once the sidecar is fixed."""
+    from resources.landing import LandingZone
+
+    zone = tmp_path / "run3"
+    zone.mkdir()
+    shutil.copyfile(DATA / "10x_v3" / "filtered_feature_bc_matrix.h5", zone / "filtered_feature_bc_matrix.h5")
+    (zone / "filtered_feature_bc_matrix.json").write_text("{not json")
+    [broken] = LandingZone(path=str(zone)).entries()
+    (zone / "filtered_feature_bc_matrix.json").write_text('{"organism": "Homo sapiens"}')
+    [fixed] = LandingZone(path=str(zone)).entries()
+    assert broken.error is not None and fixed.error is None
+    assert broken.uid == fixed.uid == "run3"

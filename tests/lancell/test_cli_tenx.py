@@ -17,7 +17,10 @@ import pytest
 import scipy.io
 
 from lancell.atlas import RaggedAtlas
+from lancell.errors import IngestError
+from lancell.ingest.from_anndata import open_h5ad
 from lancell.ingest.landing import landing_fingerprint, read_landing_spec
+from lancell.ingest.landing_spec import landing_paths
 from tests.lancell.test_cli import run
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -170,3 +173,53 @@ def _fingerprint_without_genome(spec: object) -> str:
     digest.update(json.dumps({n: getattr(spec, n) for n in names}, sort_keys=True, default=dict).encode())
     digest.update(spec.path.read_bytes())
     return digest.hexdigest()
+
+
+def test_a_10x_output_is_named_for_its_sample_wherever_it_is_given_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A v2 genome folder was named after its genome (two samples' ``hg19`` were one dataset); a link was
+    named after its target's folder; ``.`` or a bare ``matrix.mtx.gz`` raised a ValueError; a dotted folder's
+    ``<name>.json`` was passed over for ``<stem>.json``."""
+    for sample in ("s1", "s2"):
+        genome = tmp_path / sample / "outs" / "filtered_gene_bc_matrices" / "hg19"
+        shutil.copytree(V2_DIR, genome)
+        assert read_landing_spec(genome).uid == sample
+        assert read_landing_spec(genome / "matrix.mtx").uid == sample
+    (tmp_path / "zone").mkdir()
+    (tmp_path / "zone" / "donor42.h5").symlink_to(V3_H5)
+    assert read_landing_spec(tmp_path / "zone" / "donor42.h5").uid == "donor42"
+    dotted = tmp_path / "zone" / "pbmc.v3"
+    shutil.copytree(V3_DIR, dotted)
+    (tmp_path / "zone" / "pbmc.v3.json").write_text(
+        json.dumps({"uid": "pbmc_v3", "organism": "Homo sapiens"})
+    )
+    spec = read_landing_spec(dotted)
+    assert (spec.uid, spec.organism) == ("pbmc_v3", "Homo sapiens")
+    monkeypatch.chdir(dotted)
+    for given in (".", "matrix.mtx.gz"):
+        assert (
+            read_landing_spec(Path(given)).path == dotted and read_landing_spec(Path(given)).uid == "pbmc_v3"
+        )
+    # a Matrix Market output's files loose in a landing folder: named, not landed as the landing folder
+    for name in ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz"):
+        shutil.copyfile(V3_DIR / name, tmp_path / "zone" / name)
+    paths, other = landing_paths(tmp_path / "zone")
+    assert [p.name for p in paths] == ["donor42.h5", "pbmc.v3"]
+    assert other == ["barcodes.tsv.gz", "features.tsv.gz", "matrix.mtx.gz"]
+
+
+def test_a_10x_output_read_as_h5ad_is_told_how_to_ingest_it(tmp_path: Path) -> None:
+    """The remedy said to run ``lancell ingest`` on the very file that had just failed as an .h5ad."""
+    renamed = tmp_path / "pbmc.h5ad"
+    shutil.copyfile(V3_H5, renamed)
+    with pytest.raises(IngestError, match=r"it is a 10x output: name it pbmc\.h5, then ingest it with"):
+        open_h5ad(renamed)
+    as_h5 = tmp_path / "pbmc.h5"
+    shutil.copyfile(V3_H5, as_h5)
+    with pytest.raises(IngestError, match=rf"ingest it with `lancell ingest {as_h5}`"):
+        open_h5ad(as_h5)
+    geo = tmp_path / "GSM1_matrix.mtx.gz"
+    shutil.copyfile(V3_DIR / "matrix.mtx.gz", geo)
+    with pytest.raises(IngestError, match=r"name it matrix\.mtx\[\.gz\], in a folder with its barcodes"):
+        open_h5ad(geo)
