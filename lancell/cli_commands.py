@@ -98,7 +98,12 @@ def _check_files(paths: Sequence[str]) -> None:
     for path in paths:
         if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
-            if any(name.endswith(".h5ad") for name in names):
+            if "outs" in names:
+                outs = os.path.join(path, "outs", "filtered_feature_bc_matrix")
+                remedy = (
+                    f"it is a Cell Ranger sample folder: give its matrix, {outs}.h5 (or the folder {outs})"
+                )
+            elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:
                 remedy = "give its .h5ad files (write an AnnData store with adata.write_h5ad first)"
@@ -131,7 +136,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     from lancell.atlas import RaggedAtlas
     from lancell.cli_messages import about_file
-    from lancell.errors import LancellError, LancellWarning
+    from lancell.errors import IngestError, LancellError, LancellWarning
     from lancell.ingest.landing import check_landing_spec, ingest_landing_file, read_landing_spec
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
@@ -143,6 +148,14 @@ def ingest(args: argparse.Namespace) -> int:
         replace(spec, **overrides, obs_columns=renames if args.obs_columns else spec.obs_columns)
         for spec in specs
     ]
+    landed: dict[str, Path] = {}
+    for spec in specs:  # one dataset per file
+        if spec.uid in landed:
+            raise IngestError(
+                f"{landed[spec.uid]} and {spec.path} both land as dataset uid {spec.uid!r}: give each its "
+                "own (a sidecar's uid; --uid names one file's)"
+            )
+        landed[spec.uid] = spec.path
     for spec in specs:  # and its feature space and layers
         try:
             check_landing_spec(atlas, spec)

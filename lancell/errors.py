@@ -195,9 +195,10 @@ class UnknownFeaturesError(IngestError):
 class DuplicateFeaturesError(IngestError):
     """The input names the same feature more than once."""
 
-    def __init__(self, dataset: str, duplicates: Sequence[str]) -> None:
+    def __init__(self, dataset: str, duplicates: Sequence[str], remedy: str | None = None) -> None:
         self.duplicates = list(duplicates)
-        super().__init__(f"dataset {dataset!r}: duplicate feature ids in var {_preview(duplicates)}")
+        told = "" if remedy is None else f"; {remedy}"
+        super().__init__(f"dataset {dataset!r}: duplicate feature ids in var {_preview(duplicates)}{told}")
 
 
 class ObsConversionError(IngestError):

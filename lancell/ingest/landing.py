@@ -39,6 +39,7 @@ from lancell.ingest.landing_spec import (
     landing_paths,
     read_landing_spec,
 )
+from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
@@ -161,8 +162,8 @@ def _prepared(
 def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
     """Refuse a spec whose keys its file's kind does not use, whose feature space the atlas lacks or whose
     layers that space does not allow (before any file is read: ``lancell ingest`` checks every file's
-    first; a 10x output's feature spaces, unless ``feature_space`` names one, once its feature types are
-    read).
+    first; a 10x output's layer, unless ``feature_space`` names one space, against the spaces its feature
+    types may go to: allowed in none is refused here, in some once its feature types are read).
 
     Raises
     ------
@@ -172,7 +173,12 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
         Naming the space or the layer.
     """
     check_applies(spec)
-    if spec.feature_space is None:
+    if spec.feature_space is None:  # a 10x output: a layer no space of its feature types allows is refused
+        spaces = [
+            atlas.feature_spaces[s] for s in DEFAULT_FEATURE_TYPES.values() if s in atlas.feature_spaces
+        ]
+        if spaces and not any(spec.zarr_layer in space.layers for space in spaces):
+            spaces[0].check_layer(spec.zarr_layer)
         return
     space = resolve_feature_space(atlas.feature_spaces, spec.feature_space)
     for layer in spec.layers or [spec.zarr_layer]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lancell.errors import IngestError, LancellWarning
+from lancell.errors import DuplicateFeaturesError, IngestError, LancellWarning
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -18,13 +18,15 @@ __all__ = ["registry_rows"]
 
 
 def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``spec.feature_space``'s registry that ``var`` describes, one per uid: ``uid`` from
+    """The rows of ``spec.feature_space``'s registry that ``var`` describes, one per feature: ``uid`` from
     ``spec.var_uid_column`` (or the var index), ``gene_symbol`` from ``spec.symbol_column`` (or var's
     ``gene_symbol``, or the var index) where the registry has it, ``organism`` from the spec, and the other
     registry columns var has.
 
     Raises
     ------
+    DuplicateFeaturesError
+        Two var entries with one uid.
     IngestError
         A named column var lacks, or var entries without a uid (the message names the file).
     """
@@ -40,6 +42,12 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
             f"({spec.var_uid_column or 'the var index'}), e.g. {missing[:5]}"
         )
     frame = pd.DataFrame({"uid": uids.astype(str).to_numpy()})
+    if frame["uid"].duplicated().any():  # refused before anything is registered
+        repeated = frame["uid"][frame["uid"].duplicated()].unique().tolist()
+        column = spec.var_uid_column or "the var index"
+        raise DuplicateFeaturesError(
+            spec.uid, repeated, f"{spec.path}: {column} must name each feature once (a 10x output: gene_ids)"
+        )
     schema = atlas.core.tables.registry(spec.feature_space).schema
     if "gene_symbol" in schema.names:
         symbol_column = spec.symbol_column or "gene_symbol"
@@ -50,7 +58,7 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
         frame["organism"] = spec.organism
     for name in set(schema.names) & set(var.columns) - set(frame.columns):
         frame[name] = var[name].to_numpy()
-    return frame.drop_duplicates("uid")
+    return frame
 
 
 def _column(var: pd.DataFrame, name: str | None) -> np.ndarray:

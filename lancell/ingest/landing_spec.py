@@ -27,9 +27,10 @@ ingested)::
     cells, the others are attached to them: :func:`lancell.ingest.tenx.add_from_10x`); ``feature_space``
     keeps one of them.
 ``var_uid_column``, ``symbol_column``
-    The ``var`` columns holding the registry uids (default: the var index; a 10x output's ``gene_ids``, or
-    ``gene_symbol``) and the gene symbols (default: var's ``gene_symbol`` column if it has one, else the var
-    index; not for a 10x output, whose symbols are its feature names). A named column var lacks is an error.
+    The ``var`` columns holding the registry uids, each once (default: the var index; a 10x output's
+    ``gene_ids``, or ``gene_symbol``) and the gene symbols (default: var's ``gene_symbol`` column if it has
+    one, else the var index; not for a 10x output, whose symbols are its feature names). A named column var
+    lacks is an error.
 ``organism``
     Recorded on the new features and, when ``obs`` has no ``organism`` column, on the cells.
 ``name``, ``source``, ``accession``
@@ -99,9 +100,12 @@ _CELL_RANGER_NAMES = frozenset(
         "raw_gene_bc_matrices",
         "filtered_gene_bc_matrices_h5",
         "raw_gene_bc_matrices_h5",
+        "filtered_probe_bc_matrix",
+        "raw_probe_bc_matrix",
     )
 )
-_CELL_RANGER_FOLDERS = frozenset({"outs", "count", "per_sample_outs"})
+_CELL_RANGER_FOLDERS = frozenset({"outs", "count", "multi", "per_sample_outs"})
+_TENX_UID_COLUMNS = (None, "gene_ids", "gene_symbol")
 MATRIX_FILES = ("matrix.mtx", "matrix.mtx.gz")  # a Matrix Market output's matrix (Cell Ranger's names)
 _NOT_FOR_TENX = ("symbol_column", "obs_columns", "layers", "standardize")  # (each refused when given)
 
@@ -164,11 +168,11 @@ def default_uid(path: Path) -> str:
     if not is_tenx_output(path):
         return path.stem
     name = path.name if path.is_dir() else path.stem
+    skipped = _CELL_RANGER_FOLDERS | _CELL_RANGER_NAMES
     genome_of = path.is_dir() and path.parent.name in _CELL_RANGER_NAMES  # a v2 output's genome folder
-    if name not in _CELL_RANGER_NAMES and not genome_of:
+    if name not in skipped and not genome_of:
         return name
     parents = Path(os.path.abspath(path)).parents  # (a link's own place, not its target's)
-    skipped = _CELL_RANGER_FOLDERS | _CELL_RANGER_NAMES
     return next((p.name for p in parents if p.name not in skipped), name)
 
 
@@ -288,6 +292,11 @@ def check_applies(spec: LandingSpec, where: str = "") -> None:
         given = [key for key in _NOT_FOR_TENX if getattr(spec, key) != getattr(defaults, key)]
         if given:
             raise IngestError(f"{where}{given} do not apply to {spec.path}, a 10x output (not an .h5ad)")
+        if spec.var_uid_column not in _TENX_UID_COLUMNS:
+            raise IngestError(
+                f"{where}var_uid_column {spec.var_uid_column!r}: a 10x output's features are matched by "
+                "gene_ids (the default) or gene_symbol"
+            )
         return
     if spec.genome is not None:
         raise IngestError(f"{where}genome applies to a 10x output, not to {spec.path}")

@@ -115,13 +115,16 @@ def _h5_features(
         if "genome" not in var or genome not in set(var["genome"]):
             known = sorted(set(var["genome"])) if "genome" in var else []
             raise TenxFormatError(f"{path}: no features of genome {genome!r} (genomes: {known})")
-        return "matrix", 3, var, np.flatnonzero(var["genome"].to_numpy() == genome)
+        # features of no genome (a CITE-seq run's antibodies, guides: genome "") are of every genome's cells
+        return "matrix", 3, var, np.flatnonzero(np.isin(var["genome"].to_numpy(), [genome, ""]))
     genomes = sorted(k for k, v in handle.items() if isinstance(v, h5py.Group) and "genes" in v)
     if not genomes:
         raise TenxFormatError(f"{path}: neither a v3 /matrix group nor v2 genome groups")
     if genome is None:
         if len(genomes) > 1:
-            raise TenxFormatError(f"{path} holds several genomes {genomes}; pass genome=")
+            raise TenxFormatError(
+                f"{path} holds several genomes {genomes}; pass genome= (lancell ingest: --genome)"
+            )
         genome = genomes[0]
     elif genome not in genomes:
         raise TenxFormatError(f"{path}: no genome {genome!r} (genomes: {genomes})")

@@ -48,6 +48,10 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
 def mtx_folder(folder: Path, genome: str | None) -> Path:
     """The folder holding ``matrix.mtx[.gz]``: ``folder`` itself or its (single, or ``genome``) sub-folder."""
     if _find(folder, ("matrix.mtx",)) is not None:
+        if genome is not None:  # (a v3 folder's features name no genome)
+            raise TenxFormatError(
+                f"{folder}: genome {genome!r} given, but the folder holds one matrix, of no genome"
+            )
         return folder
     if genome is not None:
         if not (folder / genome).is_dir():
@@ -59,7 +63,7 @@ def mtx_folder(folder: Path, genome: str | None) -> Path:
     if inner:
         raise TenxFormatError(
             f"{folder} holds several matrix folders {[p.name for p in inner]}: give one of them (a v2 "
-            "output's genomes: or pass genome=)"
+            "output's genomes: or pass genome=, lancell ingest: --genome)"
         )
     raise TenxFormatError(f"{folder}: no matrix.mtx or matrix.mtx.gz")
 

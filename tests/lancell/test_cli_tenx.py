@@ -12,15 +12,17 @@ import shutil
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pytest
 import scipy.io
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError
+from lancell.errors import IngestError, TenxFormatError
 from lancell.ingest.from_anndata import open_h5ad
 from lancell.ingest.landing import landing_fingerprint, read_landing_spec
 from lancell.ingest.landing_spec import landing_paths
+from lancell.ingest.tenx import read_10x
 from tests.lancell.test_cli import run
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -223,3 +225,77 @@ def test_a_10x_output_read_as_h5ad_is_told_how_to_ingest_it(tmp_path: Path) -> N
     shutil.copyfile(V3_DIR / "matrix.mtx.gz", geo)
     with pytest.raises(IngestError, match=r"name it matrix\.mtx\[\.gz\], in a folder with its barcodes"):
         open_h5ad(geo)
+
+
+def _cite_h5(path: Path, genome_of_antibodies: bytes = b"") -> Path:
+    """A copy of the v3 .h5 whose last 7 features are antibody captures of genome ``genome_of_antibodies``
+    (Cell Ranger writes "" for them) and whose first two features share a name."""
+    shutil.copyfile(V3_H5, path)
+    with h5py.File(path, "r+") as f:
+        features = f["matrix/features"]
+        kinds, genomes, names = (features[key][:].astype("S32") for key in ("feature_type", "genome", "name"))
+        kinds[-7:], genomes[-7:], names[1] = b"Antibody Capture", genome_of_antibodies, names[0]
+        for key, values in (("feature_type", kinds), ("genome", genomes), ("name", names)):
+            del features[key]
+            features[key] = values
+    return path
+
+
+def test_files_that_would_land_as_one_dataset_are_refused_before_any_ingest(
+    tmp_path: Path, cite_db: str
+) -> None:
+    """The raw and filtered matrices of one sample (or two samples' ``outs`` folders, or Cell Ranger multi's
+    matrices) landed as one uid: the second was reported as already in the atlas, its data never read."""
+    outs = tmp_path / "s3" / "outs"
+    outs.mkdir(parents=True)
+    for name in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"):
+        shutil.copyfile(V3_H5, outs / name)
+    both = [str(outs / "filtered_feature_bc_matrix.h5"), str(outs / "raw_feature_bc_matrix.h5")]
+    refused = run("ingest", cite_db, *both, check=False)
+    assert refused.returncode == 1 and "both land as dataset uid 's3': give each its own" in refused.stderr
+    assert RaggedAtlas.open(cite_db).list_datasets().empty
+    for sample in ("a", "b"):
+        shutil.copytree(V3_DIR, tmp_path / sample / "outs" / "filtered_feature_bc_matrix")
+        multi = tmp_path / f"run{sample}" / "outs" / "multi" / "count"
+        multi.mkdir(parents=True)
+        shutil.copyfile(V3_H5, multi / "raw_feature_bc_matrix.h5")
+    assert read_landing_spec(tmp_path / "a" / "outs").uid == "a"
+    assert (
+        read_landing_spec(tmp_path / "runb" / "outs" / "multi" / "count" / "raw_feature_bc_matrix.h5").uid
+        == "runb"
+    )
+    sample_folder = run("ingest", cite_db, str(tmp_path / "a"), check=False)
+    assert "it is a Cell Ranger sample folder: give its matrix, " in sample_folder.stderr
+
+
+def test_a_10x_output_with_repeated_symbols_or_a_bad_layer_is_refused_before_registering(
+    tmp_path: Path, cite_db: str
+) -> None:
+    """Matching by gene_symbol (Cell Ranger references repeat symbols) registered every feature under its
+    symbol before refusing: those features then read as unmeasured; a bad layer in a 10x sidecar was found
+    only after the files before it were committed."""
+    cite = _cite_h5(tmp_path / "cite.h5")
+    refused = run("ingest", cite_db, str(cite), "--var-uid-column", "gene_symbol", check=False)
+    assert refused.returncode == 1 and "duplicate feature ids in var ['CH507-9B2.2']" in refused.stderr
+    assert "must name each feature once (a 10x output: gene_ids)" in refused.stderr
+    odd = run("ingest", cite_db, str(cite), "--var-uid-column", "feature_type", check=False)
+    assert "a 10x output's features are matched by gene_ids (the default) or gene_symbol" in odd.stderr
+    atlas = RaggedAtlas.open(cite_db)
+    assert atlas.feature_registry("gene_expression").empty and atlas.feature_registry("protein").empty
+    shutil.copytree(V3_DIR, tmp_path / "first")
+    (tmp_path / "cite.json").write_text(json.dumps({"zarr_layer": "nope"}))
+    layer = run("ingest", cite_db, str(tmp_path / "first"), str(cite), check=False)
+    assert layer.returncode == 1 and "layer 'nope' is not allowed in feature space" in layer.stderr
+    assert RaggedAtlas.open(cite_db).list_datasets().empty
+
+
+def test_a_genome_keeps_the_features_of_no_genome_and_is_refused_where_there_is_none(tmp_path: Path) -> None:
+    """``genome=`` on a v3 file dropped its antibodies (genome "") without a word; on a v3 folder it was
+    ignored."""
+    cite = _cite_h5(tmp_path / "cite.h5")
+    kept = read_10x(cite, genome="GRCh38_chr21")
+    assert kept.n_vars == 507 and (kept.var["feature_type"] == "Antibody Capture").sum() == 7
+    mouse = _cite_h5(tmp_path / "mixed.h5", genome_of_antibodies=b"mm10")
+    assert read_10x(mouse, genome="GRCh38_chr21").n_vars == 500
+    with pytest.raises(TenxFormatError, match="genome 'mm10' given, but the folder holds one matrix"):
+        read_10x(V3_DIR, genome="mm10")
