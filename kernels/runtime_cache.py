@@ -4,12 +4,14 @@ Before a compiled kernel runs, numba readies its runtime: it compiles a small LL
 increments and decrements, the meminfo accessors) with the whole optimizing pipeline, ~35 ms of every
 process's first kernel call, in every DataLoader worker, Dagster run and command; a kernel loaded from the
 cache compiles nothing else. :func:`compile_nrt_functions` replaces ``nrtdynmod.compile_nrt_functions``
-(:func:`kernels.cache_guard.install`): once a kernel's cache folder is known (:func:`keep_in`, at the first
-cached load), the module's object code is kept there, in ``nrt-<key>.nbo``, and loaded (~3 ms). The key is
-numba's and llvmlite's versions and the machine numba compiles for (target triple, CPU name and features,
-``codegen.magic_tuple()``, as numba keys its own cached kernels), so code is never loaded on another CPU or
-version. A file that does not hold what its digest says (a torn write, another program's bytes) is compiled
-again and replaced; a file is written whole or not at all (written beside, then renamed).
+(:func:`kernels.cache_guard.install`): once the kernels' cache folder is known (:func:`keep_in`, at the
+first cached load of a kernel of this package), the module's object code is kept there, in
+``nrt-<key>.nbo``, and loaded (~3 ms). The key is numba's and llvmlite's versions and the machine numba
+compiles for (target triple, CPU name and features, ``codegen.magic_tuple()``, as numba keys its own cached
+kernels), so code is never loaded on another CPU or version; numba's debug runtime (``NUMBA_DEBUG_NRT``) is
+neither kept nor loaded. A file that does not hold what its digest says (a torn write, another program's
+bytes) or cannot be read as a library is compiled again and replaced; a file is written whole or not at all
+(written beside, then renamed).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import llvmlite
 import numba
+from numba.core import config
 from numba.core.runtime import nrtdynmod
 
 __all__ = ["compile_nrt_functions", "keep_in"]
@@ -39,7 +42,7 @@ def keep_in(folder: str | os.PathLike[str]) -> None:
 def compile_nrt_functions(ctx: object) -> object:
     """``nrtdynmod.compile_nrt_functions``: the runtime's library, loaded from the kept object code where
     it is there and intact, else compiled (and kept, once a folder is set)."""
-    if not _folder:
+    if not _folder or config.DEBUG_NRT:  # (a debug runtime prints and counts: never kept, never loaded)
         return _numba_compile(ctx)
     codegen = ctx.codegen()
     path = _folder[0] / f"nrt-{_key(codegen)}.nbo"
@@ -69,11 +72,10 @@ def _load(codegen: object, path: Path) -> object | None:
     digest, payload = stored[:32], stored[32:]
     if hashlib.sha256(payload).digest() != digest:
         return None
-    try:
-        serialized = pickle.loads(payload)
-    except Exception:  # (intact bytes of another pickle: any unpickling error) compiled again
+    try:  # (intact bytes of something else: any error unpickling or reading it) compiled again
+        return codegen.unserialize_library(pickle.loads(payload))
+    except Exception:
         return None
-    return codegen.unserialize_library(serialized)
 
 
 def _save(serialized: object, path: Path) -> None:

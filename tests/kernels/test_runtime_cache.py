@@ -1,7 +1,9 @@
-"""numba's runtime (NRT) is loaded from a kernel's cache folder, not compiled in every process
-(kernels.runtime_cache): keyed to the machine and versions, compiled again where its file is damaged.
+"""numba's runtime (NRT) is loaded from the kernels' cache folder, not compiled in every process
+(kernels.runtime_cache): compiled again where its file is damaged, never kept in a user's cache folder,
+never kept or loaded for numba's debug runtime.
 
-Each case runs a small ``cache=True`` kernel in fresh processes, with its cache beside it in ``tmp_path``.
+Each case runs in fresh processes whose numba cache (``NUMBA_CACHE_DIR``) is in ``tmp_path``: a user's small
+``cache=True`` kernel first, then one of lancell's.
 """
 
 from __future__ import annotations
@@ -35,33 +37,64 @@ RUN = textwrap.dedent(
     real = nrtdynmod.create_nrt_module
     nrtdynmod.create_nrt_module = lambda ctx: (compiled.append(1), real(ctx))[1]
     import numpy as np, toy
-    print(json.dumps({"sum": int(toy.scaled(np.arange(1000), 3).sum()), "runtime_compiled": len(compiled)}))
+    from kernels.crc32c import crc32c
+    calls = {
+        "crc": lambda: int(crc32c(np.frombuffer(b"123456789", np.uint8), 0, 9)),
+        "sum": lambda: int(toy.scaled(np.arange(1000), 3).sum()),
+    }
+    result = {name: calls[name]() for name in sys.argv[2].split(",")}  # in this order
+    print("RESULT " + json.dumps(result | {"runtime_compiled": len(compiled)}))
     """
 )
+EXPECTED = {"sum": 3 * sum(range(1000)), "crc": 0xE3069283}
 
 
-def _run(folder: Path) -> dict[str, int]:
+def _run(folder: Path, order: str = "crc,sum", **env: str) -> dict[str, int]:
     done = subprocess.run(
-        [sys.executable, "-c", RUN, str(folder)],
+        [sys.executable, "-c", RUN, str(folder), order],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(REPO)},
-        timeout=300,
+        env={"PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(folder / "cache"), **env},
+        timeout=600,
         check=True,
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
 
 
-def test_the_runtime_is_compiled_once_then_loaded_and_compiled_again_when_damaged(tmp_path: Path) -> None:
+def _kept(folder: Path) -> list[Path]:
+    return sorted((folder / "cache").rglob("nrt-*.nbo"))
+
+
+def test_the_runtime_is_kept_beside_the_kernels_loaded_and_compiled_again_when_damaged(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "toy.py").write_text(KERNEL)
-    expected = 3 * sum(range(1000))
-    # the kernel compiled (nothing cached yet), the runtime too, and kept beside it; then both loaded
-    assert _run(tmp_path) == {"sum": expected, "runtime_compiled": 1}
-    [kept] = (tmp_path / "__pycache__").glob("nrt-*.nbo")
-    assert _run(tmp_path) == {"sum": expected, "runtime_compiled": 0}
+    # nothing cached yet: the runtime compiled and kept beside lancell's kernels
+    assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 1}
+    [kept] = _kept(tmp_path)
+    assert list(kept.parent.glob("crc32c*.nbi")) and not list(kept.parent.glob("toy*.nbi"))
+    assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 0}
     damaged = bytearray(kept.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     kept.write_bytes(bytes(damaged))
-    assert _run(tmp_path) == {"sum": expected, "runtime_compiled": 1}  # compiled again, the file replaced
-    assert _run(tmp_path) == {"sum": expected, "runtime_compiled": 0}
-    assert [p.name for p in (tmp_path / "__pycache__").glob(".nrt-*")] == []  # no partial file left
+    assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 1}  # compiled again, the file replaced
+    assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 0}
+    assert [p.name for p in kept.parent.glob(".nrt-*")] == []  # no partial file left
+
+
+def test_a_users_kernel_first_or_numbas_debug_runtime_keeps_nothing(tmp_path: Path) -> None:
+    """The runtime was kept in the folder of whichever cached kernel loaded first (a user's); a debug run's
+    runtime (it prints every reference count) was kept and loaded by every later process: debug lines on
+    every command's stdout (with ``NUMBA_DEBUG_NRT_STACK_LIMIT``, whose functions take other arguments, a
+    segfault)."""
+    (tmp_path / "toy.py").write_text(KERNEL)
+    assert _run(tmp_path, "sum,crc") == EXPECTED | {"runtime_compiled": 1}
+    assert _run(tmp_path, "sum,crc") == EXPECTED | {"runtime_compiled": 1}  # readied by numba, as without us
+    assert _kept(tmp_path) == []
+    debug = {"NUMBA_DEBUG_NRT": "1"}
+    assert _run(tmp_path, **debug) == EXPECTED | {"runtime_compiled": 1}
+    assert _kept(tmp_path) == []
+    assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 1}
+    assert len(_kept(tmp_path)) == 1
+    assert _run(tmp_path, **debug) == EXPECTED | {"runtime_compiled": 1}  # the kept one is not loaded either
