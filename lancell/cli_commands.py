@@ -99,9 +99,10 @@ def _check_files(paths: Sequence[str]) -> None:
         if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
             if "outs" in names:
-                outs = os.path.join(path, "outs", "filtered_feature_bc_matrix")
+                patterns = ("outs/*filtered_feature_bc_matrix*", "outs/per_sample_outs/*/count/*filtered*")
+                matrices = sorted(str(p) for pattern in patterns for p in Path(path).glob(pattern))
                 remedy = (
-                    f"it is a Cell Ranger sample folder: give its matrix, {outs}.h5 (or the folder {outs})"
+                    f"it is a Cell Ranger output folder: give its matrices, e.g. {matrices[:3] or 'outs/...'}"
                 )
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
@@ -149,7 +150,11 @@ def ingest(args: argparse.Namespace) -> int:
         for spec in specs
     ]
     landed: dict[str, Path] = {}
-    for spec in specs:  # one dataset per file
+    for spec in list(specs):  # one dataset per file
+        if spec.uid in landed and landed[spec.uid].resolve() == spec.path.resolve():  # (overlapping globs)
+            warnings.warn(f"{spec.path} is given twice: ingested once", LancellWarning, stacklevel=1)
+            specs.remove(spec)
+            continue
         if spec.uid in landed:
             raise IngestError(
                 f"{landed[spec.uid]} and {spec.path} both land as dataset uid {spec.uid!r}: give each its "

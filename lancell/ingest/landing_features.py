@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lancell.errors import DuplicateFeaturesError, IngestError, LancellWarning
+from lancell.ingest.landing_spec import is_tenx_output
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -45,9 +46,8 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
     if frame["uid"].duplicated().any():  # refused before anything is registered
         repeated = frame["uid"][frame["uid"].duplicated()].unique().tolist()
         column = spec.var_uid_column or "the var index"
-        raise DuplicateFeaturesError(
-            spec.uid, repeated, f"{spec.path}: {column} must name each feature once (a 10x output: gene_ids)"
-        )
+        unique = " (gene_ids does)" if is_tenx_output(spec.path) else ""
+        raise DuplicateFeaturesError(spec.uid, repeated, f"{column} must name each feature once{unique}")
     schema = atlas.core.tables.registry(spec.feature_space).schema
     if "gene_symbol" in schema.names:
         symbol_column = spec.symbol_column or "gene_symbol"

@@ -79,7 +79,8 @@ def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> Tenx
     genome
         The genome to read: the group of a v2 HDF5 file or sub-folder, or a value of ``features/genome`` of a
         v3 file (the other genomes' features are left out; features of no genome, antibodies and guides, are
-        kept). Needed only when the file holds several genomes; refused for a folder holding one matrix.
+        kept). Needed only when the file holds several genomes; refused for a folder holding one matrix
+        unless it is that genome's folder.
 
     Raises
     ------

@@ -48,9 +48,10 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
 def mtx_folder(folder: Path, genome: str | None) -> Path:
     """The folder holding ``matrix.mtx[.gz]``: ``folder`` itself or its (single, or ``genome``) sub-folder."""
     if _find(folder, ("matrix.mtx",)) is not None:
-        if genome is not None:  # (a v3 folder's features name no genome)
+        if genome is not None and genome != folder.name:  # (a v2 genome folder is named for its genome)
             raise TenxFormatError(
-                f"{folder}: genome {genome!r} given, but the folder holds one matrix, of no genome"
+                f"{folder}: genome {genome!r} given, but the folder holds one matrix (of genome "
+                f"{folder.name!r} if it is a v2 genome folder)"
             )
         return folder
     if genome is not None:

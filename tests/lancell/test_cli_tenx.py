@@ -265,7 +265,17 @@ def test_files_that_would_land_as_one_dataset_are_refused_before_any_ingest(
         == "runb"
     )
     sample_folder = run("ingest", cite_db, str(tmp_path / "a"), check=False)
-    assert "it is a Cell Ranger sample folder: give its matrix, " in sample_folder.stderr
+    assert "it is a Cell Ranger output folder: give its matrices, e.g. [" in sample_folder.stderr
+    assert str(tmp_path / "a" / "outs" / "filtered_feature_bc_matrix") in sample_folder.stderr
+    twice = run("ingest", cite_db, str(tmp_path / "a" / "outs"), str(tmp_path / "a" / "outs" / "."))
+    assert "outs is given twice: ingested once" in twice.stderr and "a: ingested (1107 cells" in twice.stdout
+    v2 = tmp_path / "v2" / "outs" / "filtered_gene_bc_matrices" / "hg19_chr21"
+    shutil.copytree(V2_DIR, v2)
+    assert run("ingest", cite_db, str(v2), "--genome", "hg19_chr21").stdout.startswith(
+        "v2: ingested (12 cells"
+    )
+    wrong = run("ingest", cite_db, str(V2_DIR), "--genome", "mm10", check=False)
+    assert "genome 'mm10' given, but the folder holds one matrix (of genome 'hg19_chr21'" in wrong.stderr
 
 
 def test_a_10x_output_with_repeated_symbols_or_a_bad_layer_is_refused_before_registering(
@@ -277,7 +287,7 @@ def test_a_10x_output_with_repeated_symbols_or_a_bad_layer_is_refused_before_reg
     cite = _cite_h5(tmp_path / "cite.h5")
     refused = run("ingest", cite_db, str(cite), "--var-uid-column", "gene_symbol", check=False)
     assert refused.returncode == 1 and "duplicate feature ids in var ['CH507-9B2.2']" in refused.stderr
-    assert "must name each feature once (a 10x output: gene_ids)" in refused.stderr
+    assert "gene_symbol must name each feature once (gene_ids does)" in refused.stderr
     odd = run("ingest", cite_db, str(cite), "--var-uid-column", "feature_type", check=False)
     assert "a 10x output's features are matched by gene_ids (the default) or gene_symbol" in odd.stderr
     atlas = RaggedAtlas.open(cite_db)
