@@ -82,7 +82,8 @@ def _checked_load(self: caching.Cache, sig: object, target_context: object) -> o
     """``Cache.load_overload`` with the runtime readied, not the registries; None where the cached code is
     not for ``sig``'s argument types."""
     if isinstance(target_context, CPUContext):
-        if self._py_func.__module__.startswith(f"{__package__}."):  # (this package's folder, not a user's)
+        module = getattr(self._py_func, "__module__", None)  # (None for code exec'd without one)
+        if isinstance(module, str) and module.startswith(f"{__package__}."):  # this package's, not a user's
             runtime_cache.keep_in(self._cache_path)  # the runtime's code is loaded from there, not compiled
         rtsys.initialize(target_context)
     else:  # another target's cache (numba.cuda in a user's process): numba's own readying

@@ -10,7 +10,8 @@ first cached load of a kernel of this package), the module's object code is kept
 compiles for (target triple, CPU name and features, ``codegen.magic_tuple()``, as numba keys its own cached
 kernels), so code is never loaded on another CPU or version; numba's debug runtime (``NUMBA_DEBUG_NRT``) is
 neither kept nor loaded. A file that does not hold what its digest says (a torn write, another program's
-bytes) or cannot be read as a library is compiled again and replaced; a file is written whole or not at all
+bytes) or does not unpickle to a library is compiled again and replaced (object code written under a valid
+digest by hand is LLVM's to read: delete the file); a file is written whole or not at all
 (written beside, then renamed).
 """
 

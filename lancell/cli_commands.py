@@ -99,11 +99,11 @@ def _check_files(paths: Sequence[str]) -> None:
         if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
             if "outs" in names:
-                patterns = ("outs/*filtered_feature_bc_matrix*", "outs/per_sample_outs/*/count/*filtered*")
-                matrices = sorted(str(p) for pattern in patterns for p in Path(path).glob(pattern))
-                remedy = (
-                    f"it is a Cell Ranger output folder: give its matrices, e.g. {matrices[:3] or 'outs/...'}"
-                )
+                patterns = ("outs/*", "outs/per_sample_outs/*/count/*")  # (count, multi)
+                found = (p for pattern in patterns for p in Path(path).glob(pattern))
+                matrices = sorted(str(p) for p in found if "filtered" in p.name and is_tenx_output(p))
+                shown = ", ".join(matrices[:4]) or "outs/..."
+                remedy = f"it is a Cell Ranger output folder: give its matrices, e.g. {shown}"
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:
@@ -150,10 +150,10 @@ def ingest(args: argparse.Namespace) -> int:
         for spec in specs
     ]
     landed: dict[str, Path] = {}
-    for spec in list(specs):  # one dataset per file
+    kept = []
+    for spec in specs:  # one dataset per file
         if spec.uid in landed and landed[spec.uid].resolve() == spec.path.resolve():  # (overlapping globs)
-            warnings.warn(f"{spec.path} is given twice: ingested once", LancellWarning, stacklevel=1)
-            specs.remove(spec)
+            warnings.warn(f"{spec.path} is given more than once: ingested once", LancellWarning, stacklevel=1)
             continue
         if spec.uid in landed:
             raise IngestError(
@@ -161,6 +161,8 @@ def ingest(args: argparse.Namespace) -> int:
                 "own (a sidecar's uid; --uid names one file's)"
             )
         landed[spec.uid] = spec.path
+        kept.append(spec)
+    specs = kept
     for spec in specs:  # and its feature space and layers
         try:
             check_landing_spec(atlas, spec)

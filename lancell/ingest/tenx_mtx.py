@@ -48,10 +48,11 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
 def mtx_folder(folder: Path, genome: str | None) -> Path:
     """The folder holding ``matrix.mtx[.gz]``: ``folder`` itself or its (single, or ``genome``) sub-folder."""
     if _find(folder, ("matrix.mtx",)) is not None:
-        if genome is not None and genome != folder.name:  # (a v2 genome folder is named for its genome)
+        v2 = _find(folder, ("genes.tsv",)) is not None  # (a v2 genome folder is named for its genome)
+        if genome is not None and not (v2 and genome == folder.name):
+            of = f"genome {folder.name!r}" if v2 else "no genome: a v3 folder"
             raise TenxFormatError(
-                f"{folder}: genome {genome!r} given, but the folder holds one matrix (of genome "
-                f"{folder.name!r} if it is a v2 genome folder)"
+                f"{folder}: genome {genome!r} given, but the folder holds one matrix, of {of}"
             )
         return folder
     if genome is not None:

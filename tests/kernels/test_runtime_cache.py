@@ -98,3 +98,30 @@ def test_a_users_kernel_first_or_numbas_debug_runtime_keeps_nothing(tmp_path: Pa
     assert _run(tmp_path) == EXPECTED | {"runtime_compiled": 1}
     assert len(_kept(tmp_path)) == 1
     assert _run(tmp_path, **debug) == EXPECTED | {"runtime_compiled": 1}  # the kept one is not loaded either
+
+
+def test_a_users_kernel_without_a_module_name_still_loads(tmp_path: Path) -> None:
+    """A ``cache=True`` kernel whose function has no ``__module__`` (code exec'd by a plugin loader) failed
+    with an AttributeError in every process that imported lancell's kernels."""
+    plugin = "import numba\n\n@numba.njit(cache=True)\ndef add1(x):\n    return x + 1\n"
+    (tmp_path / "plugin.py").write_text(plugin)
+    script = textwrap.dedent(
+        f"""
+        import kernels
+        path = {str(tmp_path / "plugin.py")!r}
+        namespace = {{}}
+        exec(compile(open(path).read(), path, "exec"), namespace)
+        assert namespace["add1"].py_func.__module__ is None
+        print(namespace["add1"](11))
+        """
+    )
+    # (the first call: numba looks in its cache before compiling; a later process's load fails in numba
+    # itself, which rebuilds the kernel's environment by importing its module by name)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "NUMBA_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=600,
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["12"], done.stderr

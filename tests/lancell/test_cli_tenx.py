@@ -265,17 +265,22 @@ def test_files_that_would_land_as_one_dataset_are_refused_before_any_ingest(
         == "runb"
     )
     sample_folder = run("ingest", cite_db, str(tmp_path / "a"), check=False)
-    assert "it is a Cell Ranger output folder: give its matrices, e.g. [" in sample_folder.stderr
-    assert str(tmp_path / "a" / "outs" / "filtered_feature_bc_matrix") in sample_folder.stderr
-    twice = run("ingest", cite_db, str(tmp_path / "a" / "outs"), str(tmp_path / "a" / "outs" / "."))
-    assert "outs is given twice: ingested once" in twice.stderr and "a: ingested (1107 cells" in twice.stdout
+    shown = f"give its matrices, e.g. {tmp_path / 'a' / 'outs' / 'filtered_feature_bc_matrix'}\n"
+    assert "it is a Cell Ranger output folder: " + shown in sample_folder.stderr
+    outs, v3 = str(tmp_path / "a" / "outs"), str(V3_H5)
+    thrice = run("ingest", cite_db, outs, v3, str(tmp_path / "a" / "outs" / "."), outs)
+    assert thrice.stderr.count("outs is given more than once: ingested once") == 1
+    assert [line.split(":")[0] for line in thrice.stdout.splitlines()] == [
+        "a",
+        "10x_v3",
+    ]  # in the order given
     v2 = tmp_path / "v2" / "outs" / "filtered_gene_bc_matrices" / "hg19_chr21"
     shutil.copytree(V2_DIR, v2)
     assert run("ingest", cite_db, str(v2), "--genome", "hg19_chr21").stdout.startswith(
         "v2: ingested (12 cells"
     )
     wrong = run("ingest", cite_db, str(V2_DIR), "--genome", "mm10", check=False)
-    assert "genome 'mm10' given, but the folder holds one matrix (of genome 'hg19_chr21'" in wrong.stderr
+    assert "genome 'mm10' given, but the folder holds one matrix, of genome 'hg19_chr21'" in wrong.stderr
 
 
 def test_a_10x_output_with_repeated_symbols_or_a_bad_layer_is_refused_before_registering(
@@ -307,5 +312,8 @@ def test_a_genome_keeps_the_features_of_no_genome_and_is_refused_where_there_is_
     assert kept.n_vars == 507 and (kept.var["feature_type"] == "Antibody Capture").sum() == 7
     mouse = _cite_h5(tmp_path / "mixed.h5", genome_of_antibodies=b"mm10")
     assert read_10x(mouse, genome="GRCh38_chr21").n_vars == 500
-    with pytest.raises(TenxFormatError, match="genome 'mm10' given, but the folder holds one matrix"):
+    with pytest.raises(TenxFormatError, match="genome 'mm10' given, but the folder holds one matrix, of no"):
         read_10x(V3_DIR, genome="mm10")
+    named = shutil.copytree(V3_DIR, tmp_path / "mm10")  # a v3 folder named like a genome is still of none
+    with pytest.raises(TenxFormatError, match="of no genome: a v3 folder"):
+        read_10x(named, genome="mm10")
