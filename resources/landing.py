@@ -1,7 +1,8 @@
 """``LandingZone``: the folder where new ``.h5ad`` files and 10x outputs (and their JSON sidecars) arrive.
 
 A landing file is an ``.h5ad`` (the suffix in any case), a Cell Ranger ``.h5`` file or a 10x Matrix Market
-folder (``lancell.ingest.landing_spec``), with an optional ``<stem>.json`` sidecar. Names starting with ``.``
+folder (``lancell.ingest.landing_spec``), with an optional sidecar (``<stem>.json``; a folder's
+``<name>.json``). Names starting with ``.``
 (an upload's temporary file) or ending in ``.part`` (a GEO landing being written) are files in progress, and
 ``geo/`` holds GEO series (``geo_series``): none of these is a landing file, and none is reported. Anything
 else (a sidecar without its file, another file or folder) is not ingested and is listed by
