@@ -71,15 +71,17 @@ class _Start(threading.Thread):
     def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
         # not a daemon: a process that ends at once still finishes handing the workers their start-up data
         super().__init__(name="lancell-worker-start", daemon=False)
-        self._start_workers = start
+        self._start_workers: Callable[[], Iterator[Any]] | None = start
         self._iterator: Iterator[Any] | None = None
         self._error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self._iterator = self._start_workers()
+            self._iterator = cast(Callable[[], Iterator[Any]], self._start_workers)()
         except BaseException as error:  # raised again in the thread that iterates
             self._error = error
+        finally:  # a bound method of the loader: kept, it would hold the loader in a cycle (below)
+            self._start_workers = None
 
     def result(self) -> Iterator[Any]:
         self.join()

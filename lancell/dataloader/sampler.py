@@ -20,13 +20,16 @@ seen exactly once across ranks, except that
 - with ``drop_last=False`` the order is padded to a multiple of ``num_replicas`` by repeating cells from its
   start, as ``torch.utils.data.DistributedSampler`` does (at most ``num_replicas - 1`` cells are seen twice);
   each rank's last batch may then be smaller than ``batch_size`` (the same size on every rank).
+
+Resuming: ``state_dict(batches_taken)`` in the training loop and ``load_state_dict(state)`` after a restart
+make the next iteration go on with the epoch's next batch, the order unchanged (:mod:`.resume`).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch.distributed as dist
@@ -34,6 +37,7 @@ from torch.utils.data import Sampler
 
 from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
+from lancell.dataloader.resume import EpochOrder, ResumePoint, cells_digest, read_state
 from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["CellSampler", "batch_entropy"]
@@ -179,6 +183,10 @@ class CellSampler(Sampler[list[int]]):
         self.mode = mode
         self.drop_last = flag("drop_last", drop_last)
         self.epoch = 0
+        self._cells = (list(dataset.groups.names), dataset.cell_groups, dataset.cell_positions)
+        self._cells_digest: str | None = None
+        self._resume_at = 0  # batches of this epoch the next iteration skips (load_state_dict)
+        self._began = ResumePoint(0, 0)  # the epoch and first batch of the last iteration
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":
             order = dataset.locality_order()
@@ -229,8 +237,72 @@ class CellSampler(Sampler[list[int]]):
             ``epoch`` is not a non-negative integer, or the defaults the sampler took no longer hold (see the
             class).
         """
-        self.epoch = integer("epoch", epoch, 0)
+        epoch = integer("epoch", epoch, 0)
+        if self._resume_at and epoch != self.epoch:
+            warnings.warn(
+                f"set_epoch({epoch}) drops the resume point loaded for epoch {self.epoch} (after batch "
+                f"{self._resume_at}): epoch {epoch} starts at its first batch",
+                LancellWarning,
+                stacklevel=2,
+            )
+            self._resume_at = 0
+        self.epoch = epoch
         self._check_world()
+
+    def _order_key(self) -> EpochOrder:
+        if self._cells_digest is None:
+            self._cells_digest = cells_digest(*self._cells)
+        block_size = self.block_size if self.mode == "locality" else 0
+        return EpochOrder(
+            self.seed,
+            self.mode,
+            self.batch_size,
+            block_size,
+            self.drop_last,
+            self.num_replicas,
+            self.n_cells,
+            self._cells_digest,
+        )
+
+    def state_dict(self, batches_taken: int) -> dict[str, Any]:
+        """Where this sampler's epoch stands once the training loop has taken ``batches_taken`` batches of
+        the current iteration: save it with the model's checkpoint, give it to :meth:`load_state_dict`.
+
+        Count the batches the loop has *used* (``step + 1`` in ``for step, batch in enumerate(loader)``),
+        not those a loader read ahead; after a resume, count from the resumed iteration's first batch (the
+        sampler adds where it began). A plain dict of ints, strings and bools.
+
+        Raises
+        ------
+        QueryError
+            ``batches_taken`` is not a whole number, or exceeds the batches the iteration has.
+        """
+        taken = integer("batches_taken", batches_taken, 0)
+        begun = self._began.batches_done if self._began.epoch == self.epoch else 0
+        left = len(self) - begun
+        if taken > left:
+            raise QueryError(
+                f"batches_taken={taken} exceeds the {left} batches this iteration of epoch {self.epoch} has"
+            )
+        return ResumePoint(self.epoch, begun + taken).state(self._order_key())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` (from :meth:`state_dict`): ``epoch`` becomes the state's, and its next
+        iteration starts after the batches the state has done (``set_epoch`` with that epoch keeps it;
+        another epoch drops it, with a warning).
+
+        Raises
+        ------
+        ArgumentError
+            ``state`` is not a dict.
+        QueryError
+            The state is malformed, or it stops mid-epoch and this sampler's epoch order differs from its
+            own (seed, mode, batch or block size, ``drop_last``, world size, or the dataset's cells: the
+            message names which).
+        """
+        self._check_world()
+        point = read_state(state, self._order_key(), len(self))
+        self.epoch, self._resume_at = point.epoch, point.batches_done
 
     @property
     def cells_per_rank(self) -> int:
@@ -261,7 +333,11 @@ class CellSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         share = self.epoch_order()[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
-        for begin in range(0, share.size, self.batch_size):
+        self._began, self._resume_at = ResumePoint(self.epoch, self._resume_at), 0
+        return self._batches(share, self._began.batches_done * self.batch_size)
+
+    def _batches(self, share: np.ndarray, start: int) -> Iterator[list[int]]:
+        for begin in range(start, share.size, self.batch_size):
             yield share[begin : begin + self.batch_size].tolist()
 
 

@@ -3,10 +3,12 @@ forkserver runs the training script only in a worker that needs a name from it."
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,28 @@ def test_the_training_script_runs_only_where_a_worker_needs_it(bundled_root, tmp
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["seen"] == [list(range(result["cells"]))] * 2
     assert len(marker.read_text().split()) == runs
+
+
+def test_a_dropped_loader_stops_its_workers_at_once(bundled_root: Path):
+    """A loader left mid-epoch and dropped goes at once, its workers with it: not whenever the garbage
+    collector next runs, on whichever thread (its workers' queues were then closed under another loader's
+    start, a feeder thread failing on a closed descriptor)."""
+    atlas = RaggedAtlas.checkout_latest(str(bundled_root / "db"))
+    dataset = atlas.query().on_unmeasured("keep").limit(500).to_cell_dataset(SPACE, "counts")
+    sampler = CellSampler(dataset, 50, seed=1)
+    loader = make_loader(dataset, sampler, num_workers=1, timeout=120)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        for step, _ in enumerate(loader):
+            if epoch == 1 and step == 2:
+                break
+    workers = list(loader._iterator._workers)
+    assert all(worker.is_alive() for worker in workers)
+    dropped = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader, _
+        assert dropped() is None
+    finally:
+        gc.enable()
+    assert not any(worker.is_alive() for worker in workers)  # joined by the iterator's shutdown
