@@ -220,6 +220,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     ingest.add_argument("--genome", help="a 10x output's genome, where it holds several")
     ingest.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a file that fails (its sidecar, its content) is reported and the next ones are ingested; "
+        "exit status 1 if any failed (default: stop at the first)",
+    )
+    ingest.add_argument(
         "--organism", help="organism recorded for the new features (for the cells too, when obs has none)"
     )
 

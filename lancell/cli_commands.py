@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -136,7 +137,6 @@ def ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from lancell.atlas import RaggedAtlas
-    from lancell.cli_messages import about_file
     from lancell.errors import IngestError, LancellError, LancellWarning
     from lancell.ingest.landing import check_landing_spec, ingest_landing_file, read_landing_spec
 
@@ -144,7 +144,13 @@ def ingest(args: argparse.Namespace) -> int:
     overrides = _spec_overrides(args)
     renames = name_pairs("--obs-columns", args.obs_columns or [])
     _check_files(args.paths)
-    specs = [read_landing_spec(Path(path)) for path in args.paths]  # every sidecar checked before any ingest
+    failed = _Failures(args.keep_going, len(args.paths))
+    specs = []
+    for path in args.paths:  # every sidecar checked before any ingest
+        try:
+            specs.append(read_landing_spec(Path(path)))
+        except LancellError as exc:  # (its message names the sidecar)
+            failed.add(exc, None, None)
     specs = [
         replace(spec, **overrides, obs_columns=renames if args.obs_columns else spec.obs_columns)
         for spec in specs
@@ -162,13 +168,13 @@ def ingest(args: argparse.Namespace) -> int:
             )
         landed[spec.uid] = spec.path
         kept.append(spec)
-    specs = kept
-    for spec in specs:  # and its feature space and layers
+    specs = []
+    for spec in kept:  # and its feature space and layers
         try:
             check_landing_spec(atlas, spec)
+            specs.append(spec)
         except LancellError as exc:
-            about_file(exc, spec.path, spec.uid)
-            raise
+            failed.add(exc, spec.path, spec.uid)
     for spec in specs:
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
@@ -176,9 +182,9 @@ def ingest(args: argparse.Namespace) -> int:
 
         try:
             record, outcome = ingest_landing_file(atlas, spec, on_standardized=standardized)
-        except LancellError as exc:
-            about_file(exc, spec.path, spec.uid)
-            raise
+        except (LancellError, OSError) as exc:
+            failed.add(exc, spec.path, spec.uid)
+            continue
         layers = ", ".join(record.layers or [record.layer])
         summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
         if outcome == "ingested":
@@ -196,7 +202,40 @@ def ingest(args: argparse.Namespace) -> int:
                 )
         else:
             print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
-    return 0
+    return failed.status()
+
+
+class _Failures:
+    """The files of an ``ingest`` that failed: the first raised, or with ``--keep-going`` each printed as an
+    error, the others ingested, and the command's exit status 1 at the end."""
+
+    def __init__(self, keep_going: bool, n_files: int) -> None:
+        self.keep_going = keep_going
+        self.n_files = n_files
+        self.failed = 0
+
+    def add(self, exc: Exception, path: Path | None, uid: str | None) -> None:
+        """Record that ``path`` failed with ``exc``, its message led by the path and ``uid`` (None: as it is);
+        without ``--keep-going``, raise ``exc``."""
+        from lancell.cli_messages import about_file, for_command_line
+
+        if path is not None:
+            about_file(exc, path, uid)
+        if not self.keep_going:
+            raise exc
+        print(f"lancell ingest: error: {for_command_line(str(exc))}", file=sys.stderr)
+        self.failed += 1
+
+    def status(self) -> int:
+        """The exit status: 1 (with a line naming the failed files) when any failed, else 0."""
+        if not self.failed:
+            return 0
+        print(
+            f"lancell ingest: error: {self.failed} of {self.n_files} files failed (above): fix them and run "
+            "the command again (files already in the atlas are reported and skipped)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _open_for_reading(args: argparse.Namespace) -> RaggedAtlas:

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lancell.errors import LancellError
-
 __all__ = ["about_file", "for_command_line", "one_line_warnings"]
 
 # (the library's words, the command line's), replaced in this order
@@ -34,12 +32,12 @@ def for_command_line(message: str) -> str:
     return message
 
 
-def about_file(exc: LancellError, path: Path, uid: str) -> None:
-    """Lead the message of ``exc``, raised while ingesting ``path`` as dataset ``uid``, by the file (and the
-    dataset, unless it names them already); its type and cause stay."""
+def about_file(exc: Exception, path: Path, uid: str | None) -> None:
+    """Lead the message of ``exc``, raised while ingesting ``path`` as dataset ``uid`` (None: before its uid
+    was known), by the file (and the dataset, unless it names them already); its type and cause stay."""
     message = str(exc)
     if not message.startswith(str(path)):
-        dataset = "" if repr(uid) in message else f" (dataset {uid!r})"
+        dataset = "" if uid is None or repr(uid) in message else f" (dataset {uid!r})"
         exc.args = (f"{path}{dataset}: {message}",)
 
 

@@ -289,7 +289,7 @@ class CellSampler(Sampler[list[int]]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Go on from ``state`` (from :meth:`state_dict`): ``epoch`` becomes the state's, and its next
         iteration starts after the batches the state has done (``set_epoch`` with that epoch keeps it;
-        another epoch drops it, with a warning).
+        another epoch drops it, with a warning). ``len(sampler)`` stays the batches of a whole epoch.
 
         Raises
         ------

@@ -214,6 +214,42 @@ def test_every_sidecar_is_checked_before_the_first_file_is_ingested(tmp_path: Pa
     _unchanged(db)
 
 
+def test_keep_going_ingests_the_files_that_can_be_and_exits_1_naming_the_others(
+    tmp_path: Path, db: str
+) -> None:
+    """Each kind of failure (a sidecar, a layer its space lacks, a file that cannot be read) is reported by
+    file and passed over; the other files are ingested; the exit status says that some failed."""
+    first = _write(tmp_path / "first.h5ad", ["G1", "G2"])
+    sidecar = _write(tmp_path / "sidecar.h5ad", ["G3"], {"zarr_layr": "counts"})
+    layer = _write(tmp_path / "layer.h5ad", ["G4"], {"zarr_layer": "nope"})
+    broken = tmp_path / "broken.h5ad"
+    broken.write_bytes(_write(tmp_path / "whole.h5ad", ["G5"]).read_bytes()[:4000])  # cut short
+    last = _write(tmp_path / "last.h5ad", ["G6"])
+    files = [str(p) for p in (first, sidecar, layer, broken, last)]
+    stopped = run("ingest", db, *files, check=False)  # the default: stop at the first
+    assert stopped.returncode == 1 and "unknown keys ['zarr_layr']" in stopped.stderr and stopped.stdout == ""
+    _unchanged(db)
+    went_on = run("ingest", db, *files, "--keep-going", check=False)
+    assert went_on.returncode == 1
+    errors = [line for line in went_on.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 4, went_on.stderr
+    assert "sidecar.json: unknown keys ['zarr_layr']" in errors[0]
+    assert "layer.h5ad (dataset 'layer'): layer 'nope'" in errors[1]
+    assert errors[2].startswith(f"lancell ingest: error: {broken}")
+    assert errors[3] == (
+        "lancell ingest: error: 3 of 5 files failed (above): fix them and run the command again (files "
+        "already in the atlas are reported and skipped)"
+    )
+    assert went_on.stdout.splitlines() == [
+        "first: ingested (2 cells, 4 values, layers counts)",
+        "last: ingested (2 cells, 2 values, layers counts)",
+    ]
+    assert _registry(db) == ["G1", "G2", "G6"]
+    assert "2 datasets, 4 cells" in run("ls", db).stdout
+    again = run("ingest", db, str(first), "--keep-going")  # nothing failed: exit 0
+    assert again.stdout.startswith("first: already in the atlas")
+
+
 def test_a_present_dataset_uid_with_a_missing_file_is_an_error(tmp_path: Path, db: str) -> None:
     run("ingest", db, str(_write(tmp_path / "study.h5ad", ["G1"])))
     missing = run("ingest", db, str(tmp_path / "elsewhere.h5ad"), "--uid", "study", check=False)
