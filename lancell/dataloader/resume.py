@@ -23,17 +23,27 @@ import numpy as np
 from lancell.dataloader.checks import integer
 from lancell.errors import ArgumentError, QueryError
 
-__all__ = ["STATE_FORMAT", "EpochOrder", "ResumePoint", "cells_digest", "read_state"]
+__all__ = ["STATE_FORMAT", "EpochOrder", "Progress", "ResumePoint", "cells_digest", "read_state"]
 
 STATE_FORMAT = 1  # the layout of a state dict (its "format" entry)
 
 
+_DIGEST_CELLS = 1 << 20  # cells digested per step: the temporaries stay ~12 MB
+
+
 def cells_digest(group_names: Sequence[str], cell_groups: np.ndarray, cell_positions: np.ndarray) -> str:
-    """Hex digest of which stored cell is at each dataset position (group path and position in it)."""
+    """Hex digest of which stored cell is at each dataset position (group path and position in it; the
+    groups' numbering plays no part)."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update("\0".join(group_names).encode())
-    digest.update(np.ascontiguousarray(cell_groups, dtype="<i4").tobytes())
-    digest.update(np.ascontiguousarray(cell_positions, dtype="<i8").tobytes())
+    names = np.asarray(group_names, dtype=object)
+    by_name = np.argsort(names, kind="stable")
+    digest.update("\0".join(names[by_name]).encode())
+    rank = np.empty(len(names) + 1, dtype="<i4")  # a group code's place among the sorted names; -1 stays
+    rank[by_name] = np.arange(len(names), dtype="<i4")
+    rank[-1] = -1
+    for lo in range(0, len(cell_groups), _DIGEST_CELLS):
+        digest.update(np.ascontiguousarray(rank[cell_groups[lo : lo + _DIGEST_CELLS]]))
+        digest.update(np.ascontiguousarray(cell_positions[lo : lo + _DIGEST_CELLS], dtype="<i8"))
     return digest.hexdigest()
 
 
@@ -55,11 +65,20 @@ class EpochOrder:
 
 
 _ORDER_FIELDS = tuple(field.name for field in fields(EpochOrder))
-_REMEDY = {
-    "num_replicas": "resume on as many ranks",
-    "n_cells": "build the dataset from the same snapshot and query",
-    "cells": "build the dataset from the same snapshot and query",
-}
+_REMEDY = {"num_replicas": "resume on as many ranks"}
+
+
+def _snapshot_remedy(saved: object, now: int | None) -> str:
+    """What to build the dataset from, given the snapshot the state was saved reading (None: live)."""
+    if isinstance(saved, int) and not isinstance(saved, bool):
+        if saved == now:
+            return f"build the dataset with the state's query (both read snapshot {saved})"
+        reads = "the live atlas" if now is None else f"snapshot {now}"
+        return (
+            f"the state was saved reading snapshot {saved} and this dataset reads {reads}: build it with "
+            f"the same query on RaggedAtlas.checkout(db, {saved})"
+        )
+    return "the state was saved reading the live atlas: build the dataset from the same cells and query"
 
 
 @dataclass(frozen=True)
@@ -69,9 +88,10 @@ class ResumePoint:
     epoch: int
     batches_done: int
 
-    def state(self, order: EpochOrder) -> dict[str, Any]:
-        """The state dict: plain ints, strings and bools (``torch.save`` and JSON keep it)."""
-        return {"format": STATE_FORMAT, **asdict(self), **asdict(order)}
+    def state(self, order: EpochOrder, snapshot_version: int | None) -> dict[str, Any]:
+        """The state dict: plain ints, strings, bools and None (``torch.save`` and JSON keep it); the
+        snapshot the dataset reads is named in messages, not compared (the cells are)."""
+        return {"format": STATE_FORMAT, **asdict(self), **asdict(order), "snapshot_version": snapshot_version}
 
 
 def _entry(state: Mapping[str, Any], key: str) -> Any:
@@ -80,8 +100,11 @@ def _entry(state: Mapping[str, Any], key: str) -> Any:
     return state[key]
 
 
-def read_state(state: object, order: EpochOrder, batches_per_epoch: int) -> ResumePoint:
-    """The resume point of ``state`` for a sampler whose epochs have ``order``.
+def read_state(
+    state: object, order: EpochOrder, batches_per_epoch: int, snapshot_version: int | None
+) -> ResumePoint:
+    """The resume point of ``state`` for a sampler whose epochs have ``order`` (its dataset reading snapshot
+    ``snapshot_version``, None: the live atlas).
 
     Raises
     ------
@@ -110,6 +133,8 @@ def read_state(state: object, order: EpochOrder, batches_per_epoch: int) -> Resu
     for key in _ORDER_FIELDS:
         if saved[key] != now[key]:
             remedy = _REMEDY.get(key, f"build the sampler with {key}={saved[key]!r}")
+            if key in ("n_cells", "cells"):
+                remedy = _snapshot_remedy(state.get("snapshot_version"), snapshot_version)
             what = (
                 "the dataset's cells differ"
                 if key == "cells"
@@ -117,8 +142,8 @@ def read_state(state: object, order: EpochOrder, batches_per_epoch: int) -> Resu
             )
             raise QueryError(
                 f"cannot resume epoch {point.epoch} after batch {point.batches_done}: {what}, so the rest of "
-                f"the epoch would be another order (cells read twice or never); {remedy}, or resume at the "
-                f"start of an epoch (batches_done=0)"
+                f"the epoch would be another order (cells read twice or never); {remedy}; or leave the "
+                f"state and start the epoch over (set_epoch({point.epoch}))"
             )
     if point.batches_done > batches_per_epoch:
         raise QueryError(
@@ -126,3 +151,67 @@ def read_state(state: object, order: EpochOrder, batches_per_epoch: int) -> Resu
             "epoch"
         )
     return point
+
+
+class Progress:
+    """Where a sampler's iterations stand, for its states: a loaded resume point, kept until an iteration
+    of its epoch runs to its end (a batch peeked at first, ``next(iter(loader))``, does not use it up) or
+    another epoch is set, and the batches the iteration begun last has yielded (the most a training loop
+    can have taken from it; loaders read ahead)."""
+
+    def __init__(self) -> None:
+        self.loaded: ResumePoint | None = None
+        self.began = ResumePoint(0, 0)  # the epoch and first batch of the iteration begun last
+        self.yielded = 0
+
+    def load(self, point: ResumePoint) -> None:
+        self.loaded, self.began, self.yielded = point, point, 0
+
+    def set_epoch(self, old: int, new: int) -> str | None:
+        """Note epoch ``new`` set over ``old``; return a warning when it drops a loaded state."""
+        loaded, self.yielded = self.loaded, 0
+        if loaded is None or new == loaded.epoch:
+            return None
+        self.loaded = None
+        if loaded.batches_done:
+            return (
+                f"set_epoch({new}) drops the resume point loaded for epoch {loaded.epoch} (after batch "
+                f"{loaded.batches_done}): epoch {new} starts at its first batch; start the epoch loop at "
+                "sampler.epoch (the loaded state's epoch)"
+            )
+        return (
+            f"set_epoch({new}) after loading a state at the start of epoch {loaded.epoch}: start the epoch "
+            "loop at sampler.epoch"
+        )
+
+    def begin(self, epoch: int) -> int:
+        """An iteration of ``epoch`` begins: the batches it skips."""
+        skip = self.loaded.batches_done if self.loaded is not None else 0
+        self.began, self.yielded = ResumePoint(epoch, skip), 0
+        return skip
+
+    def end(self, epoch: int) -> None:
+        """An iteration of ``epoch`` ran to its end."""
+        if self.loaded is not None and self.loaded.epoch == epoch:
+            self.loaded = None
+
+    def point(self, epoch: int, taken: int) -> ResumePoint:
+        """The resume point after ``taken`` batches of the iteration of ``epoch`` begun last (none begun
+        since the epoch was set or a state loaded: where the next one begins, ``taken`` must be 0).
+
+        Raises
+        ------
+        QueryError
+            More batches than that iteration has yielded.
+        """
+        if self.yielded == 0:  # no batch since the epoch was set or a state loaded: where the next begins
+            begun = self.loaded.batches_done if self.loaded is not None else 0
+        else:
+            begun = self.began.batches_done
+        if taken > self.yielded:
+            raise QueryError(
+                f"batches_taken={taken}, but this iteration of epoch {epoch} has yielded {self.yielded} "
+                f"batches (from batch {begun}): count the batches the training loop used in this iteration, "
+                "from its first (step + 1), not from the epoch's start"
+            )
+        return ResumePoint(epoch, begun + taken)

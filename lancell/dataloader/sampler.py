@@ -37,8 +37,8 @@ from torch.utils.data import Sampler
 
 from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
-from lancell.dataloader.resume import EpochOrder, ResumePoint, cells_digest, read_state
-from lancell.errors import LancellWarning, QueryError
+from lancell.dataloader.resume import EpochOrder, Progress, cells_digest, read_state
+from lancell.errors import ArgumentError, LancellWarning, QueryError
 
 __all__ = ["CellSampler", "batch_entropy"]
 
@@ -185,8 +185,8 @@ class CellSampler(Sampler[list[int]]):
         self.epoch = 0
         self._cells = (list(dataset.groups.names), dataset.cell_groups, dataset.cell_positions)
         self._cells_digest: str | None = None
-        self._resume_at = 0  # batches of this epoch the next iteration skips (load_state_dict)
-        self._began = ResumePoint(0, 0)  # the epoch and first batch of the last iteration
+        self._snapshot_version = dataset.source.snapshot_version
+        self._progress = Progress()
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":
             order = dataset.locality_order()
@@ -238,14 +238,8 @@ class CellSampler(Sampler[list[int]]):
             class).
         """
         epoch = integer("epoch", epoch, 0)
-        if self._resume_at and epoch != self.epoch:
-            warnings.warn(
-                f"set_epoch({epoch}) drops the resume point loaded for epoch {self.epoch} (after batch "
-                f"{self._resume_at}): epoch {epoch} starts at its first batch",
-                LancellWarning,
-                stacklevel=2,
-            )
-            self._resume_at = 0
+        if dropped := self._progress.set_epoch(self.epoch, epoch):
+            warnings.warn(dropped, LancellWarning, stacklevel=2)
         self.epoch = epoch
         self._check_world()
 
@@ -264,32 +258,35 @@ class CellSampler(Sampler[list[int]]):
             self._cells_digest,
         )
 
-    def state_dict(self, batches_taken: int) -> dict[str, Any]:
+    def state_dict(self, batches_taken: int | None = None) -> dict[str, Any]:
         """Where this sampler's epoch stands once the training loop has taken ``batches_taken`` batches of
         the current iteration: save it with the model's checkpoint, give it to :meth:`load_state_dict`.
 
         Count the batches the loop has *used* (``step + 1`` in ``for step, batch in enumerate(loader)``),
         not those a loader read ahead; after a resume, count from the resumed iteration's first batch (the
-        sampler adds where it began). A plain dict of ints, strings and bools.
+        sampler adds where it began). Before the iteration's first batch, ``0`` gives where it will begin
+        (a loaded state's point). A plain dict of ints, strings, bools and None (``snapshot_version``).
 
         Raises
         ------
+        ArgumentError
+            ``batches_taken`` not given (the sampler cannot count what the loop used: loaders read ahead).
         QueryError
-            ``batches_taken`` is not a whole number, or exceeds the batches the iteration has.
+            ``batches_taken`` is not a whole number, or exceeds the batches the iteration has yielded.
         """
-        taken = integer("batches_taken", batches_taken, 0)
-        begun = self._began.batches_done if self._began.epoch == self.epoch else 0
-        left = len(self) - begun
-        if taken > left:
-            raise QueryError(
-                f"batches_taken={taken} exceeds the {left} batches this iteration of epoch {self.epoch} has"
+        if batches_taken is None:
+            raise ArgumentError(
+                "state_dict needs batches_taken, the batches of this iteration the training loop has used "
+                "(step + 1): a loader reads ahead, so the sampler cannot count them"
             )
-        return ResumePoint(self.epoch, begun + taken).state(self._order_key())
+        point = self._progress.point(self.epoch, integer("batches_taken", batches_taken, 0))
+        return point.state(self._order_key(), self._snapshot_version)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Go on from ``state`` (from :meth:`state_dict`): ``epoch`` becomes the state's, and its next
-        iteration starts after the batches the state has done (``set_epoch`` with that epoch keeps it;
-        another epoch drops it, with a warning). ``len(sampler)`` stays the batches of a whole epoch.
+        iteration starts after the batches the state has done, and so does every iteration of that epoch
+        until one runs to its end (a batch peeked at first does not use it up); ``set_epoch`` with another
+        epoch drops it, with a warning. ``len(sampler)`` stays the batches of a whole epoch.
 
         Raises
         ------
@@ -301,8 +298,9 @@ class CellSampler(Sampler[list[int]]):
             message names which).
         """
         self._check_world()
-        point = read_state(state, self._order_key(), len(self))
-        self.epoch, self._resume_at = point.epoch, point.batches_done
+        point = read_state(state, self._order_key(), len(self), self._snapshot_version)
+        self.epoch = point.epoch
+        self._progress.load(point)
 
     @property
     def cells_per_rank(self) -> int:
@@ -332,13 +330,24 @@ class CellSampler(Sampler[list[int]]):
         return order.astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[list[int]]:
-        share = self.epoch_order()[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
-        self._began, self._resume_at = ResumePoint(self.epoch, self._resume_at), 0
-        return self._batches(share, self._began.batches_done * self.batch_size)
+        """This rank's batches of the epoch as it is at the first ``next()``, after a loaded state's point."""
+        epoch, progress = self.epoch, self._progress
+        for batch in self.epoch_batches(progress.begin(epoch)):
+            progress.yielded += 1
+            yield batch
+        progress.end(epoch)
 
-    def _batches(self, share: np.ndarray, start: int) -> Iterator[list[int]]:
-        for begin in range(start, share.size, self.batch_size):
+    def epoch_batches(self, skip: int = 0) -> Iterator[list[int]]:
+        """This rank's batches of the current epoch after the first ``skip``, whatever resume point is
+        loaded (it is neither used nor taken)."""
+        share = self.epoch_order()[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
+        for begin in range(skip * self.batch_size, share.size, self.batch_size):
             yield share[begin : begin + self.batch_size].tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the dataset's cells as their digest, not their pointers."""
+        self._order_key()  # computes the digest
+        return {**self.__dict__, "_cells": None}
 
 
 def batch_entropy(
@@ -355,13 +364,13 @@ def batch_entropy(
     dataset
         The dataset the positions refer to.
     batches
-        Lists of positions (or a sampler, iterated once for its current epoch).
+        Lists of positions (or a sampler: its current epoch's batches, whole; a loaded resume point stays).
     column
         A categorical metadata column to use as labels instead of the dataset (group) of each cell.
     """
     labels = dataset.cell_groups if column is None else dataset.metadata.values[column]
     entropies = []
-    for batch in batches:
+    for batch in batches.epoch_batches() if isinstance(batches, CellSampler) else batches:
         _, counts = np.unique(labels[np.asarray(batch, dtype=np.int64)], return_counts=True)
         p = counts / counts.sum()
         entropies.append(float(-(p * np.log2(p)).sum()))
