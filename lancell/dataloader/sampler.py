@@ -277,10 +277,17 @@ class CellSampler(Sampler[list[int]]):
         if batches_taken is None:
             raise ArgumentError(
                 "state_dict needs batches_taken, the batches of this iteration the training loop has used "
-                "(step + 1): a loader reads ahead, so the sampler cannot count them"
+                "(step + 1): a loader reads ahead, so the sampler cannot count them (torchdata's "
+                "StatefulDataLoader counts them: give it StatefulBatchSampler(sampler))"
             )
         point = self._progress.point(self.epoch, integer("batches_taken", batches_taken, 0))
         return point.state(self._order_key(), self._snapshot_version)
+
+    @property
+    def batches_yielded(self) -> int:
+        """Batches the iteration begun last has yielded (0 once ``set_epoch`` or a state is loaded); a
+        loader that reads ahead has taken more than its loop used."""
+        return self._progress.yielded
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Go on from ``state`` (from :meth:`state_dict`): ``epoch`` becomes the state's, and its next

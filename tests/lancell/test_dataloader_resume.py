@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lancell.atlas import RaggedAtlas
-from lancell.dataloader import CellSampler, SparseCollate, batch_entropy, make_loader
+from lancell.dataloader import CellSampler, SparseCollate, StatefulBatchSampler, batch_entropy, make_loader
 from lancell.dataloader.resume import cells_digest
 from lancell.errors import ArgumentError, LancellWarning, QueryError
 
@@ -281,3 +281,42 @@ def test_misuses_are_refused_or_warned_with_what_to_do(dataset, bundled_root):
     other = live.query().on_unmeasured("keep").limit(999).to_cell_dataset(SPACE, "counts")
     with pytest.raises(QueryError, match=r"RaggedAtlas.checkout\(db, 0\)"):
         CellSampler(other, 64, seed=6).load_state_dict(_state_after(CellSampler(dataset, 64, seed=6), 2))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torchdatas_stateful_dataloader_resumes_through_the_stateful_batch_sampler(dataset, workers):
+    """torchdata's loader checkpoints the batch sampler itself (``state_dict()`` with no argument, at each
+    batch handed out) and replays what it had read ahead: the wrapper gives it the state it expects."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    options = {"num_workers": workers, "collate_fn": SparseCollate()}
+    if workers:
+        options |= {"multiprocessing_context": "forkserver", "persistent_workers": True}
+
+    def loader_of(sampler):
+        return StatefulDataLoader(dataset, batch_sampler=StatefulBatchSampler(sampler), **options)
+
+    expected = []
+    sampler = CellSampler(dataset, 64, seed=5)
+    loader = loader_of(sampler)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        expected += [batch["index"].tolist() for batch in loader]
+    sampler = CellSampler(dataset, 64, seed=5)
+    loader = loader_of(sampler)
+    before = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        for step, batch in enumerate(loader):
+            before.append(batch["index"].tolist())
+            if (epoch, step) == (1, 4):
+                break
+    state = torch.load(_saved({"loader": loader.state_dict(), "epoch": 1}), weights_only=True)
+    sampler = CellSampler(dataset, 64, seed=5)
+    loader = loader_of(sampler)
+    loader.load_state_dict(state["loader"])
+    sampler.set_epoch(state["epoch"])
+    after = [batch["index"].tolist() for batch in loader]
+    assert before + after == expected
+    with pytest.raises(ArgumentError, match="StatefulBatchSampler wraps a CellSampler"):
+        StatefulBatchSampler(loader)
