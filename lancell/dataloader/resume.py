@@ -32,17 +32,13 @@ _DIGEST_CELLS = 1 << 20  # cells digested per step: the temporaries stay ~12 MB
 
 
 def cells_digest(group_names: Sequence[str], cell_groups: np.ndarray, cell_positions: np.ndarray) -> str:
-    """Hex digest of which stored cell is at each dataset position (group path and position in it; the
-    groups' numbering plays no part)."""
+    """Hex digest of the dataset's pointers: each position's group code and position in the group, and the
+    group paths in code order (the locality order sorts cells by group code: a renumbering is another
+    order)."""
     digest = hashlib.blake2b(digest_size=16)
-    names = np.asarray(group_names, dtype=object)
-    by_name = np.argsort(names, kind="stable")
-    digest.update("\0".join(names[by_name]).encode())
-    rank = np.empty(len(names) + 1, dtype="<i4")  # a group code's place among the sorted names; -1 stays
-    rank[by_name] = np.arange(len(names), dtype="<i4")
-    rank[-1] = -1
+    digest.update("\0".join(group_names).encode())
     for lo in range(0, len(cell_groups), _DIGEST_CELLS):
-        digest.update(np.ascontiguousarray(rank[cell_groups[lo : lo + _DIGEST_CELLS]]))
+        digest.update(np.ascontiguousarray(cell_groups[lo : lo + _DIGEST_CELLS], dtype="<i4"))
         digest.update(np.ascontiguousarray(cell_positions[lo : lo + _DIGEST_CELLS], dtype="<i8"))
     return digest.hexdigest()
 
@@ -96,7 +92,7 @@ class ResumePoint:
 
 def _entry(state: Mapping[str, Any], key: str) -> Any:
     if key not in state:
-        raise QueryError(f"this sampler state has no {key!r}: pass what CellSampler.state_dict() returned")
+        raise QueryError(f"this sampler state has no {key!r}: pass what CellSampler.state_at() returned")
     return state[key]
 
 
@@ -116,7 +112,7 @@ def read_state(
     """
     if not isinstance(state, Mapping):
         raise ArgumentError(
-            f"a sampler state is a dict from CellSampler.state_dict(), got {type(state).__name__}"
+            f"a sampler state is a dict from CellSampler.state_at(), got {type(state).__name__}"
         )
     if _entry(state, "format") != STATE_FORMAT:
         raise QueryError(
@@ -153,47 +149,67 @@ def read_state(
     return point
 
 
+class _Count:
+    """Batches one iteration has yielded."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Progress:
-    """Where a sampler's iterations stand, for its states: a loaded resume point, kept until an iteration
-    of its epoch runs to its end (a batch peeked at first, ``next(iter(loader))``, does not use it up) or
-    another epoch is set, and the batches the iteration begun last has yielded (the most a training loop
-    can have taken from it; loaders read ahead)."""
+    """Where a sampler's iterations stand, for its states.
+
+    A loaded resume point holds for every iteration of its epoch (a batch peeked at first,
+    ``next(iter(loader))``, or a loop retried after an error begins there again, whatever a loader read
+    ahead) until ``set_epoch`` names another epoch. Each iteration counts the batches it yielded: a training
+    loop cannot have taken more from it (loaders read ahead, never behind).
+    """
 
     def __init__(self) -> None:
         self.loaded: ResumePoint | None = None
-        self.began = ResumePoint(0, 0)  # the epoch and first batch of the iteration begun last
-        self.yielded = 0
+        self.used = False  # an iteration began from the loaded point
+        self.current: ResumePoint | None = None  # the iteration begun last since the epoch was set
+        self.last = _Count()  # its count
+        self.most = 0  # the most batches one iteration begun since then has yielded
+
+    def _new_epoch(self) -> None:
+        self.current, self.last, self.most = None, _Count(), 0
 
     def load(self, point: ResumePoint) -> None:
-        self.loaded, self.began, self.yielded = point, point, 0
+        self.loaded, self.used = point, False
+        self._new_epoch()
 
-    def set_epoch(self, old: int, new: int) -> str | None:
-        """Note epoch ``new`` set over ``old``; return a warning when it drops a loaded state."""
-        loaded, self.yielded = self.loaded, 0
+    def set_epoch(self, new: int, batches_per_epoch: int) -> str | None:
+        """Note epoch ``new`` set; return a warning when that drops a loaded state no iteration used."""
+        self._new_epoch()
+        loaded = self.loaded
         if loaded is None or new == loaded.epoch:
             return None
         self.loaded = None
+        if self.used or (loaded.batches_done >= batches_per_epoch and new == loaded.epoch + 1):
+            return None  # its epoch was read from the point, or was whole: the loop moves on
         if loaded.batches_done:
             return (
                 f"set_epoch({new}) drops the resume point loaded for epoch {loaded.epoch} (after batch "
-                f"{loaded.batches_done}): epoch {new} starts at its first batch; start the epoch loop at "
-                "sampler.epoch (the loaded state's epoch)"
+                f"{loaded.batches_done}), which no iteration used: epoch {new} starts at its first batch; "
+                "start the epoch loop at sampler.epoch (the loaded state's epoch)"
             )
         return (
             f"set_epoch({new}) after loading a state at the start of epoch {loaded.epoch}: start the epoch "
             "loop at sampler.epoch"
         )
 
-    def begin(self, epoch: int) -> int:
-        """An iteration of ``epoch`` begins: the batches it skips."""
-        skip = self.loaded.batches_done if self.loaded is not None else 0
-        self.began, self.yielded = ResumePoint(epoch, skip), 0
-        return skip
+    def begin(self, epoch: int) -> tuple[int, _Count]:
+        """An iteration of ``epoch`` begins: the batches it skips, and its count."""
+        skip = 0
+        if self.loaded is not None:
+            skip, self.used = self.loaded.batches_done, True
+        self.current, self.last = ResumePoint(epoch, skip), _Count()
+        return skip, self.last
 
-    def end(self, epoch: int) -> None:
-        """An iteration of ``epoch`` ran to its end."""
-        if self.loaded is not None and self.loaded.epoch == epoch:
-            self.loaded = None
+    def yielded(self, count: _Count) -> None:
+        count.n += 1
+        self.most = max(self.most, count.n)
 
     def point(self, epoch: int, taken: int) -> ResumePoint:
         """The resume point after ``taken`` batches of the iteration of ``epoch`` begun last (none begun
@@ -202,15 +218,15 @@ class Progress:
         Raises
         ------
         QueryError
-            More batches than that iteration has yielded.
+            More batches than an iteration begun since has yielded.
         """
-        if self.yielded == 0:  # no batch since the epoch was set or a state loaded: where the next begins
+        if self.current is None:
             begun = self.loaded.batches_done if self.loaded is not None else 0
         else:
-            begun = self.began.batches_done
-        if taken > self.yielded:
+            begun = self.current.batches_done
+        if taken > self.most:
             raise QueryError(
-                f"batches_taken={taken}, but this iteration of epoch {epoch} has yielded {self.yielded} "
+                f"batches_taken={taken}, but this iteration of epoch {epoch} has yielded {self.most} "
                 f"batches (from batch {begun}): count the batches the training loop used in this iteration, "
                 "from its first (step + 1), not from the epoch's start"
             )

@@ -21,8 +21,8 @@ seen exactly once across ranks, except that
   start, as ``torch.utils.data.DistributedSampler`` does (at most ``num_replicas - 1`` cells are seen twice);
   each rank's last batch may then be smaller than ``batch_size`` (the same size on every rank).
 
-Resuming: ``state_dict(batches_taken)`` in the training loop and ``load_state_dict(state)`` after a restart
-make the next iteration go on with the epoch's next batch, the order unchanged (:mod:`.resume`).
+Resuming: ``state_at(batches_taken)`` in the training loop and ``resume(state)`` after a restart make the
+epoch's iterations go on with its next batch, the order unchanged (:mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from torch.utils.data import Sampler
 from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.resume import EpochOrder, Progress, cells_digest, read_state
-from lancell.errors import ArgumentError, LancellWarning, QueryError
+from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["CellSampler", "batch_entropy"]
 
@@ -238,7 +238,7 @@ class CellSampler(Sampler[list[int]]):
             class).
         """
         epoch = integer("epoch", epoch, 0)
-        if dropped := self._progress.set_epoch(self.epoch, epoch):
+        if dropped := self._progress.set_epoch(epoch, -(-self.cells_per_rank // self.batch_size)):
             warnings.warn(dropped, LancellWarning, stacklevel=2)
         self.epoch = epoch
         self._check_world()
@@ -258,28 +258,23 @@ class CellSampler(Sampler[list[int]]):
             self._cells_digest,
         )
 
-    def state_dict(self, batches_taken: int | None = None) -> dict[str, Any]:
+    def state_at(self, batches_taken: int) -> dict[str, Any]:
         """Where this sampler's epoch stands once the training loop has taken ``batches_taken`` batches of
-        the current iteration: save it with the model's checkpoint, give it to :meth:`load_state_dict`.
+        the current iteration: save it with the model's checkpoint, give it to :meth:`resume`.
 
         Count the batches the loop has *used* (``step + 1`` in ``for step, batch in enumerate(loader)``),
         not those a loader read ahead; after a resume, count from the resumed iteration's first batch (the
-        sampler adds where it began). Before the iteration's first batch, ``0`` gives where it will begin
-        (a loaded state's point). A plain dict of ints, strings, bools and None (``snapshot_version``).
+        sampler adds where it began). Before an iteration of the epoch has begun, ``0`` gives where it will
+        begin (a loaded state's point). A plain dict of ints, strings, bools and None
+        (``snapshot_version``). (Not named ``state_dict``: torchdata's ``StatefulDataLoader`` calls that
+        without the count; give it :class:`~lancell.dataloader.stateful.StatefulBatchSampler`.)
 
         Raises
         ------
-        ArgumentError
-            ``batches_taken`` not given (the sampler cannot count what the loop used: loaders read ahead).
         QueryError
-            ``batches_taken`` is not a whole number, or exceeds the batches the iteration has yielded.
+            ``batches_taken`` is not a whole number, or exceeds the batches an iteration begun since the
+            epoch was set has yielded.
         """
-        if batches_taken is None:
-            raise ArgumentError(
-                "state_dict needs batches_taken, the batches of this iteration the training loop has used "
-                "(step + 1): a loader reads ahead, so the sampler cannot count them (torchdata's "
-                "StatefulDataLoader counts them: give it StatefulBatchSampler(sampler))"
-            )
         point = self._progress.point(self.epoch, integer("batches_taken", batches_taken, 0))
         return point.state(self._order_key(), self._snapshot_version)
 
@@ -287,13 +282,13 @@ class CellSampler(Sampler[list[int]]):
     def batches_yielded(self) -> int:
         """Batches the iteration begun last has yielded (0 once ``set_epoch`` or a state is loaded); a
         loader that reads ahead has taken more than its loop used."""
-        return self._progress.yielded
+        return self._progress.last.n
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` (from :meth:`state_dict`): ``epoch`` becomes the state's, and its next
-        iteration starts after the batches the state has done, and so does every iteration of that epoch
-        until one runs to its end (a batch peeked at first does not use it up); ``set_epoch`` with another
-        epoch drops it, with a warning. ``len(sampler)`` stays the batches of a whole epoch.
+    def resume(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` (from :meth:`state_at`): ``epoch`` becomes the state's, and every iteration
+        of it starts after the batches the state has done (a batch peeked at first, or a loop retried,
+        begins there again) until ``set_epoch`` names another epoch (with a warning if no iteration used
+        the point). ``len(sampler)`` stays the batches of a whole epoch.
 
         Raises
         ------
@@ -320,10 +315,11 @@ class CellSampler(Sampler[list[int]]):
         self._check_world()
         return -(-self.cells_per_rank // self.batch_size)
 
-    def epoch_order(self) -> np.ndarray:
-        """int64: every rank's positions of this epoch, concatenated (rank ``r`` has the ``r``-th share)."""
+    def epoch_order(self, epoch: int | None = None) -> np.ndarray:
+        """int64: every rank's positions of ``epoch`` (default: the current one), concatenated (rank ``r``
+        has the ``r``-th share)."""
         self._check_world()
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         if self._blocks is None:
             order = rng.permutation(self.n_cells)
         else:
@@ -337,17 +333,22 @@ class CellSampler(Sampler[list[int]]):
         return order.astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[list[int]]:
-        """This rank's batches of the epoch as it is at the first ``next()``, after a loaded state's point."""
-        epoch, progress = self.epoch, self._progress
-        for batch in self.epoch_batches(progress.begin(epoch)):
-            progress.yielded += 1
-            yield batch
-        progress.end(epoch)
+        """This rank's batches of the current epoch, after a loaded state's point (the iteration begins here;
+        its order is computed at the first ``next()``: torch's DataLoader makes an iterator and drops it)."""
+        epoch = self.epoch
+        skip, count = self._progress.begin(epoch)
+        return self._counted(self.epoch_batches(skip, epoch), count)
 
-    def epoch_batches(self, skip: int = 0) -> Iterator[list[int]]:
-        """This rank's batches of the current epoch after the first ``skip``, whatever resume point is
-        loaded (it is neither used nor taken)."""
-        share = self.epoch_order()[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
+    def _counted(self, batches: Iterator[list[int]], count: Any) -> Iterator[list[int]]:
+        for batch in batches:
+            self._progress.yielded(count)
+            yield batch
+
+    def epoch_batches(self, skip: int = 0, epoch: int | None = None) -> Iterator[list[int]]:
+        """This rank's batches of ``epoch`` (default: the current one) after the first ``skip``, whatever
+        resume point is loaded (it is neither used nor counted)."""
+        order = self.epoch_order(epoch)
+        share = order[self.rank * self.cells_per_rank : (self.rank + 1) * self.cells_per_rank]
         for begin in range(skip * self.batch_size, share.size, self.batch_size):
             yield share[begin : begin + self.batch_size].tolist()
 

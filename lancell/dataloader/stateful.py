@@ -4,7 +4,7 @@
 batch's positions to a worker, keeps those snapshots, and on loading replays the batches the loop took
 since the snapshot it restores: so it wants the state after every batch the sampler has yielded. That is
 right there and wrong under lancell's own loaders, which read ahead without a word to the sampler, so
-:meth:`CellSampler.state_dict` takes the batches the loop used; this wrapper gives torchdata what it asks.
+:meth:`CellSampler.state_at` takes the batches the loop used; this wrapper gives torchdata what it asks.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class StatefulBatchSampler:
     with the state after the batches it has yielded (see the module docstring).
 
     Use it only with a loader that replays what it read ahead, as ``StatefulDataLoader`` does: with
-    ``make_loader`` (or torch's own DataLoader), save ``sampler.state_dict(batches_taken)`` instead.
+    ``make_loader`` (or torch's own DataLoader), save ``sampler.state_at(batches_taken)`` instead.
 
     Parameters
     ----------
@@ -53,8 +53,8 @@ class StatefulBatchSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state after every batch of the current iteration it has yielded."""
-        return self.sampler.state_dict(self.sampler.batches_yielded)
+        return self.sampler.state_at(self.sampler.batches_yielded)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """:meth:`CellSampler.load_state_dict`."""
-        self.sampler.load_state_dict(state)
+        """:meth:`CellSampler.resume`."""
+        self.sampler.resume(state)
