@@ -25,7 +25,6 @@ from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.loader import make_loader
 from lancell.dataloader.sampler import CellSampler, batch_entropy
 from lancell.dataloader.source import DatasetSource
-from lancell.dataloader.stateful import StatefulBatchSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate
 
@@ -38,7 +37,6 @@ __all__ = [
     "SharedMemoryCollate",
     "SparseCollate",
     "SparseRows",
-    "StatefulBatchSampler",
     "ThreadedLoader",
     "WorkerLoader",
     "batch_entropy",

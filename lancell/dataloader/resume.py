@@ -159,10 +159,11 @@ class _Count:
 class Progress:
     """Where a sampler's iterations stand, for its states.
 
-    A loaded resume point holds for every iteration of its epoch (a batch peeked at first,
-    ``next(iter(loader))``, or a loop retried after an error begins there again, whatever a loader read
-    ahead) until ``set_epoch`` names another epoch. Each iteration counts the batches it yielded: a training
-    loop cannot have taken more from it (loaders read ahead, never behind).
+    A loaded resume point holds for the iterations of its epoch until one of them has drawn every batch
+    (the loop's, or a peek's whose loader read the rest ahead) or ``set_epoch`` names another epoch: a
+    batch peeked at first, ``next(iter(loader))``, or a loop retried after an error begins there again.
+    ``set_epoch`` with the current epoch changes nothing. Each iteration counts the batches it yielded: a
+    training loop cannot have taken more from it (loaders read ahead, never behind).
     """
 
     def __init__(self) -> None:
@@ -179,13 +180,15 @@ class Progress:
         self.loaded, self.used = point, False
         self._new_epoch()
 
-    def set_epoch(self, new: int, batches_per_epoch: int) -> str | None:
-        """Note epoch ``new`` set; return a warning when that drops a loaded state no iteration used."""
-        self._new_epoch()
-        loaded = self.loaded
-        if loaded is None or new == loaded.epoch:
+    def set_epoch(self, old: int, new: int, batches_per_epoch: int) -> str | None:
+        """Note epoch ``new`` set over ``old``; return a warning when that drops a loaded state no iteration
+        used."""
+        if new == old:  # (the usual loop's call after a resume, or a second call: nothing changes)
             return None
-        self.loaded = None
+        self._new_epoch()
+        loaded, self.loaded = self.loaded, None
+        if loaded is None:
+            return None
         if self.used or (loaded.batches_done >= batches_per_epoch and new == loaded.epoch + 1):
             return None  # its epoch was read from the point, or was whole: the loop moves on
         if loaded.batches_done:
@@ -206,6 +209,11 @@ class Progress:
             skip, self.used = self.loaded.batches_done, True
         self.current, self.last = ResumePoint(epoch, skip), _Count()
         return skip, self.last
+
+    def end(self, epoch: int) -> None:
+        """An iteration of ``epoch`` has drawn every batch: a loaded point of it is spent."""
+        if self.loaded is not None and self.loaded.epoch == epoch:
+            self.loaded = None
 
     def yielded(self, count: _Count) -> None:
         count.n += 1

@@ -238,7 +238,7 @@ class CellSampler(Sampler[list[int]]):
             class).
         """
         epoch = integer("epoch", epoch, 0)
-        if dropped := self._progress.set_epoch(epoch, -(-self.cells_per_rank // self.batch_size)):
+        if dropped := self._progress.set_epoch(self.epoch, epoch, -(-self.cells_per_rank // self.batch_size)):
             warnings.warn(dropped, LancellWarning, stacklevel=2)
         self.epoch = epoch
         self._check_world()
@@ -266,8 +266,8 @@ class CellSampler(Sampler[list[int]]):
         not those a loader read ahead; after a resume, count from the resumed iteration's first batch (the
         sampler adds where it began). Before an iteration of the epoch has begun, ``0`` gives where it will
         begin (a loaded state's point). A plain dict of ints, strings, bools and None
-        (``snapshot_version``). (Not named ``state_dict``: torchdata's ``StatefulDataLoader`` calls that
-        without the count; give it :class:`~lancell.dataloader.stateful.StatefulBatchSampler`.)
+        (``snapshot_version``). (Not named ``state_dict``: torchdata's ``StatefulDataLoader`` would take the
+        sampler for one it checkpoints and call that without the count; it fast-forwards this one.)
 
         Raises
         ------
@@ -278,17 +278,12 @@ class CellSampler(Sampler[list[int]]):
         point = self._progress.point(self.epoch, integer("batches_taken", batches_taken, 0))
         return point.state(self._order_key(), self._snapshot_version)
 
-    @property
-    def batches_yielded(self) -> int:
-        """Batches the iteration begun last has yielded (0 once ``set_epoch`` or a state is loaded); a
-        loader that reads ahead has taken more than its loop used."""
-        return self._progress.last.n
-
     def resume(self, state: dict[str, Any]) -> None:
-        """Go on from ``state`` (from :meth:`state_at`): ``epoch`` becomes the state's, and every iteration
-        of it starts after the batches the state has done (a batch peeked at first, or a loop retried,
-        begins there again) until ``set_epoch`` names another epoch (with a warning if no iteration used
-        the point). ``len(sampler)`` stays the batches of a whole epoch.
+        """Go on from ``state`` (from :meth:`state_at`): ``epoch`` becomes the state's, and its iterations
+        start after the batches the state has done (a batch peeked at first, or a loop retried, begins
+        there again) until one has drawn every batch (a peek's too, when its loader read the rest of the
+        epoch ahead: peek before resuming) or ``set_epoch`` names another epoch (with a warning if no
+        iteration used the point). ``len(sampler)`` stays the batches of a whole epoch.
 
         Raises
         ------
@@ -337,12 +332,13 @@ class CellSampler(Sampler[list[int]]):
         its order is computed at the first ``next()``: torch's DataLoader makes an iterator and drops it)."""
         epoch = self.epoch
         skip, count = self._progress.begin(epoch)
-        return self._counted(self.epoch_batches(skip, epoch), count)
+        return self._counted(self.epoch_batches(skip, epoch), epoch, count)
 
-    def _counted(self, batches: Iterator[list[int]], count: Any) -> Iterator[list[int]]:
+    def _counted(self, batches: Iterator[list[int]], epoch: int, count: Any) -> Iterator[list[int]]:
         for batch in batches:
             self._progress.yielded(count)
             yield batch
+        self._progress.end(epoch)
 
     def epoch_batches(self, skip: int = 0, epoch: int | None = None) -> Iterator[list[int]]:
         """This rank's batches of ``epoch`` (default: the current one) after the first ``skip``, whatever

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lancell.atlas import RaggedAtlas
-from lancell.dataloader import CellSampler, SparseCollate, StatefulBatchSampler, batch_entropy, make_loader
+from lancell.dataloader import CellSampler, SparseCollate, batch_entropy, make_loader
 from lancell.dataloader.resume import cells_digest
 from lancell.errors import ArgumentError, LancellWarning, QueryError
 
@@ -61,7 +61,7 @@ def test_a_resumed_epoch_yields_exactly_the_batches_left(dataset, mode, drop_las
             resumed.resume(state)
             assert resumed.epoch == 2
             assert _batches(resumed) == expected[taken:]
-            assert _batches(resumed) == expected[taken:]  # every iteration of the epoch resumes
+            assert _batches(resumed) == expected  # it drew every batch: the next iteration is whole
             next_epoch = _batches(_epoch(CellSampler(dataset, 32, rank=rank, **settings), 3))
             assert _batches(_epoch(resumed, 3)) == next_epoch
 
@@ -257,9 +257,9 @@ def test_a_pickled_sampler_keeps_the_digest_not_the_pointers(dataset):
     assert _batches(copy) == _batches(CellSampler(dataset, 64, mode="random", seed=4))[3:]
 
 
-def test_a_batch_peeked_at_does_not_use_up_the_resume_point(dataset):
-    """``next(iter(loader))`` for the input's shape, then the loop: the loop resumes (as does a loop retried
-    after an error)."""
+def test_a_batch_peeked_at_or_a_loop_retried_does_not_use_up_the_resume_point(dataset):
+    """``next(iter(loader))`` for the input's shape, a loop that failed at its first batch and is run again:
+    the loop resumes; once an iteration drew every batch, the next is whole."""
     expected = _batches(_epoch(CellSampler(dataset, 64, seed=6), 2))
     state = _state_after(_epoch(CellSampler(dataset, 64, seed=6), 2), 10)
     sampler = CellSampler(dataset, 64, seed=6)
@@ -268,8 +268,11 @@ def test_a_batch_peeked_at_does_not_use_up_the_resume_point(dataset):
     assert next(iter(loader))["index"].tolist() == expected[10]
     sampler.set_epoch(2)
     assert sampler.state_at(0)["batches_done"] == 10  # where the loop will begin
+    with pytest.raises(RuntimeError, match="a failing step"):
+        for _ in loader:
+            raise RuntimeError("a failing step")
     assert [batch["index"].tolist() for batch in loader] == expected[10:]
-    assert [batch["index"].tolist() for batch in loader] == expected[10:]  # a retried loop too
+    assert [batch["index"].tolist() for batch in loader] == expected
 
 
 def test_misuses_are_refused_or_warned_with_what_to_do(dataset, bundled_root):
@@ -282,45 +285,6 @@ def test_misuses_are_refused_or_warned_with_what_to_do(dataset, bundled_root):
     other = live.query().on_unmeasured("keep").limit(999).to_cell_dataset(SPACE, "counts")
     with pytest.raises(QueryError, match=r"RaggedAtlas.checkout\(db, 0\)"):
         CellSampler(other, 64, seed=6).resume(_state_after(CellSampler(dataset, 64, seed=6), 2))
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_torchdatas_stateful_dataloader_resumes_through_the_stateful_batch_sampler(dataset, workers):
-    """torchdata's loader checkpoints the batch sampler itself (``state_dict()`` with no argument, at each
-    batch handed out) and replays what it had read ahead: the wrapper gives it the state it expects."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    options = {"num_workers": workers, "collate_fn": SparseCollate()}
-    if workers:
-        options |= {"multiprocessing_context": "forkserver", "persistent_workers": True}
-
-    def loader_of(sampler):
-        return StatefulDataLoader(dataset, batch_sampler=StatefulBatchSampler(sampler), **options)
-
-    expected = []
-    sampler = CellSampler(dataset, 64, seed=5)
-    loader = loader_of(sampler)
-    for epoch in range(2):
-        sampler.set_epoch(epoch)
-        expected += [batch["index"].tolist() for batch in loader]
-    sampler = CellSampler(dataset, 64, seed=5)
-    loader = loader_of(sampler)
-    before = []
-    for epoch in range(2):
-        sampler.set_epoch(epoch)
-        for step, batch in enumerate(loader):
-            before.append(batch["index"].tolist())
-            if (epoch, step) == (1, 4):
-                break
-    state = torch.load(_saved({"loader": loader.state_dict(), "epoch": 1}), weights_only=True)
-    sampler = CellSampler(dataset, 64, seed=5)
-    loader = loader_of(sampler)
-    loader.load_state_dict(state["loader"])
-    sampler.set_epoch(state["epoch"])
-    after = [batch["index"].tolist() for batch in loader]
-    assert before + after == expected
-    with pytest.raises(ArgumentError, match="StatefulBatchSampler wraps a CellSampler"):
-        StatefulBatchSampler(loader)
 
 
 def test_an_epoch_resumed_at_its_end_reads_nothing_and_its_state_stays_at_its_end(dataset):
@@ -344,21 +308,37 @@ def test_an_epoch_resumed_at_its_end_reads_nothing_and_its_state_stays_at_its_en
 
 
 @pytest.mark.parametrize("readers", [{"threads": 2}, {"num_workers": 2}])
-def test_a_peek_holds_when_the_loader_reads_the_rest_of_the_epoch_ahead(dataset, readers):
+def test_a_peek_holds_unless_its_loader_read_the_rest_of_the_epoch_ahead(dataset, readers):
+    """Documented: a peek whose loader drew every batch left spends the point (peek before resuming)."""
     expected = _batches(_epoch(CellSampler(dataset, 64, seed=3), 1))
-    state = _state_after(_epoch(CellSampler(dataset, 64, seed=3), 1), 13)
+    for done, ahead in ((2, False), (13, True)):  # 14 left (more than read ahead), then 3
+        state = _state_after(_epoch(CellSampler(dataset, 64, seed=3), 1), done)
+        sampler = CellSampler(dataset, 64, seed=3)
+        loader = make_loader(dataset, sampler, **readers)
+        sampler.resume(state)
+        assert next(iter(loader))["index"].tolist() == expected[done]
+        sampler.set_epoch(1)
+        assert [batch["index"].tolist() for batch in loader] == (expected if ahead else expected[done:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the point was used: moving on is no loss
+            sampler.set_epoch(2)
+
+
+def test_a_loop_without_set_epoch_reads_whole_passes_after_the_resumed_one(dataset):
+    expected = _batches(CellSampler(dataset, 64, seed=3))
     sampler = CellSampler(dataset, 64, seed=3)
-    loader = make_loader(dataset, sampler, **readers)
-    sampler.resume(state)
-    assert next(iter(loader))["index"].tolist() == expected[13]  # the 3 batches left read ahead
-    sampler.set_epoch(1)
-    assert [batch["index"].tolist() for batch in loader] == expected[13:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the point was used: moving on is no loss
-        sampler.set_epoch(2)
-    assert [batch["index"].tolist() for batch in loader] == _batches(
-        _epoch(CellSampler(dataset, 64, seed=3), 2)
-    )
+    sampler.resume(_state_after(CellSampler(dataset, 64, seed=3), 5))
+    assert [_batches(sampler) for _ in range(3)] == [expected[5:], expected, expected]
+
+
+def test_set_epoch_with_the_current_epoch_changes_nothing(dataset):
+    sampler = CellSampler(dataset, 64, seed=3)
+    batches = iter(sampler)
+    for _ in range(3):
+        next(batches)
+    sampler.set_epoch(0)  # an iterator made before (torchdata's for a state), then the loop's set_epoch
+    next(batches)
+    assert sampler.state_at(4)["batches_done"] == 4
 
 
 def test_a_second_iterator_does_not_shrink_what_the_loop_may_have_taken(dataset):
@@ -387,23 +367,3 @@ def test_torchdatas_stateful_dataloader_takes_a_bare_sampler_as_before(dataset):
     )
     again.load_state_dict(state)
     assert [batch["index"].tolist() for batch in again] == expected[4:]
-
-
-def test_the_stateful_batch_sampler_saves_a_new_iterations_start_without_set_epoch(dataset):
-    """Two passes without ``set_epoch`` between them: a state saved as the second begins is its start."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    sampler = CellSampler(dataset, 64, seed=5)
-    loader = StatefulDataLoader(
-        dataset, batch_sampler=StatefulBatchSampler(sampler), collate_fn=SparseCollate()
-    )
-    assert len(list(loader)) == len(sampler) == 16
-    iter(loader)
-    state = loader.state_dict()
-    again = StatefulDataLoader(
-        dataset,
-        batch_sampler=StatefulBatchSampler(CellSampler(dataset, 64, seed=5)),
-        collate_fn=SparseCollate(),
-    )
-    again.load_state_dict(state)
-    assert len(list(again)) == 16
