@@ -238,7 +238,7 @@ class CellSampler(Sampler[list[int]]):
             class).
         """
         epoch = integer("epoch", epoch, 0)
-        if dropped := self._progress.set_epoch(self.epoch, epoch, -(-self.cells_per_rank // self.batch_size)):
+        if dropped := self._progress.set_epoch(self.epoch, epoch, len(self)):
             warnings.warn(dropped, LancellWarning, stacklevel=2)
         self.epoch = epoch
         self._check_world()
