@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run as the program (``argv`` None, in the main thread), a Ctrl-C once the command is done ends the
     process at once (killed by SIGINT) instead of interrupting the interpreter's shutdown.
     """
-    from lancell.cli_messages import for_command_line, one_line_warnings
+    from lancell.cli_messages import one_line_warnings, print_error
     from lancell.errors import LancellError
 
     parser, commands = _parser()
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with one_line_warnings(args.command):
             return args.run(args)
     except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
-        print(f"lancell {args.command}: error: {for_command_line(str(exc))}", file=sys.stderr)
+        print_error(args.command, str(exc))
         return 1
     except KeyboardInterrupt:  # what was being written is rolled back as after any other error
         print(f"lancell {args.command}: interrupted", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -217,23 +216,25 @@ class _Failures:
     def add(self, exc: Exception, path: Path | None, uid: str | None) -> None:
         """Record that ``path`` failed with ``exc``, its message led by the path and ``uid`` (None: as it is);
         without ``--keep-going``, raise ``exc``."""
-        from lancell.cli_messages import about_file, for_command_line
+        from lancell.cli_messages import about_file, print_error
 
         if path is not None:
             about_file(exc, path, uid)
         if not self.keep_going:
             raise exc
-        print(f"lancell ingest: error: {for_command_line(str(exc))}", file=sys.stderr)
+        print_error("ingest", str(exc))
         self.failed += 1
 
     def status(self) -> int:
         """The exit status: 1 (with a line naming the failed files) when any failed, else 0."""
+        from lancell.cli_messages import print_error
+
         if not self.failed:
             return 0
-        print(
-            f"lancell ingest: error: {self.failed} of {self.n_files} files failed (above): fix them and run "
-            "the command again (files already in the atlas are reported and skipped)",
-            file=sys.stderr,
+        print_error(
+            "ingest",
+            f"{self.failed} of {self.n_files} files failed (above): fix them and run the command again "
+            "(files already in the atlas are reported and skipped)",
         )
         return 1
 

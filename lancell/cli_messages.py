@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["about_file", "for_command_line", "one_line_warnings"]
+__all__ = ["about_file", "for_command_line", "one_line_warnings", "print_error"]
 
 # (the library's words, the command line's), replaced in this order
 _FLAGS = (
@@ -30,6 +30,11 @@ def for_command_line(message: str) -> str:
     for python, flag in _FLAGS:
         message = message.replace(python, flag)
     return message
+
+
+def print_error(command: str, message: str) -> None:
+    """Print ``message`` as the command's one error line on stderr, Python remedies named by their flags."""
+    print(f"lancell {command}: error: {for_command_line(message)}", file=sys.stderr)
 
 
 def about_file(exc: Exception, path: Path, uid: str | None) -> None:
