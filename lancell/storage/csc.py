@@ -33,6 +33,7 @@ from lancell.storage.groups import (
 )
 from lancell.storage.offsets import read_offsets, write_offsets
 from lancell.storage.reader import array_reader, read_element_ranges
+from lancell.storage.small_pages import small_page_empty
 
 __all__ = ["CSC_BUDGET", "CSC_MIN_VALUES", "read_csc_features", "write_csc"]
 
@@ -158,8 +159,8 @@ def _write_buckets(
         )
         sets = [
             (
-                np.empty(largest if rows_out is not None else 0, dtype=np.uint32),
-                {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()},
+                small_page_empty(largest if rows_out is not None else 0, np.uint32),
+                {layer: small_page_empty(largest, array.dtype) for layer, array in values_arrays.items()},
             )
             for _ in range(2)
         ]

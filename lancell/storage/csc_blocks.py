@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from kernels.transpose import partition_runs
+from lancell.storage.small_pages import pwrite_all
 
 __all__ = ["CsrBlocks", "Segment", "spill_dtype"]
 
@@ -174,10 +175,7 @@ class CsrBlocks:
     def _write(self, block: _Sorted) -> None:
         position = block.position
         for part in block.parts:
-            data = memoryview(part).cast("B")
-            while data:
-                written = os.pwrite(self._file.fileno(), data, position)
-                data, position = data[written:], position + written
+            position = pwrite_all(self._file.fileno(), part, position)
         block.parts = None
 
     def segments(self, bucket: int) -> Iterator[Segment]:

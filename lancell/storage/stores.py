@@ -20,8 +20,10 @@ from urllib.parse import unquote
 import obstore
 import obstore.store as obs_store
 import zarr.storage
+from zarr.core.buffer import Buffer
 
 from lancell.errors import LancellWarning, StoreError
+from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import check_endpoint, store_config
 
@@ -218,9 +220,22 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     return options or None
 
 
+class _LocalWritesInPieces(zarr.storage.ObjectStore):
+    """zarr's obstore store, whose objects go to a local disk in writes of at most ``WRITE_PIECE`` bytes
+    (:mod:`lancell.storage.small_pages`; obstore's local multipart upload: a staging file renamed whole, as
+    its single put)."""
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if not isinstance(self.store, obs_store.LocalStore) or len(value) <= WRITE_PIECE:
+            await super().set(key, value)
+            return
+        self._check_writable()
+        await obstore.put_async(self.store, key, write_pieces(value.as_buffer_like()), chunk_size=WRITE_PIECE)
+
+
 def zarr_store(store: obs_store.ObjectStore, *, read_only: bool = False) -> zarr.storage.ObjectStore:
     """Wrap an obstore store for zarr-python."""
-    return zarr.storage.ObjectStore(store, read_only=read_only)
+    return _LocalWritesInPieces(store, read_only=read_only)
 
 
 def read_json(store: obs_store.ObjectStore, path: str) -> dict[str, Any] | None:

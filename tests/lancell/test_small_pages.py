@@ -1,0 +1,147 @@
+"""Reused ingestion buffers on small pages, and local object writes in pieces below a huge page."""
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import obstore
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from obstore.store import LocalStore, MemoryStore
+from zarr.core.buffer import default_buffer_prototype
+
+from lancell.atlas import RaggedAtlas
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage import small_pages
+from lancell.storage.small_pages import WRITE_PIECE, pwrite_all, small_page_empty, write_pieces
+from lancell.storage.stores import zarr_store
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The ``VmFlags`` of this process's mapping holding ``address`` (Linux ``/proc/self/smaps``)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(part, 16) for part in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_a_small_page_buffer_is_a_writable_array_of_its_size_and_dtype() -> None:
+    buffer = small_page_empty(5_000_000, np.uint32)
+    assert buffer.shape == (5_000_000,) and buffer.dtype == np.uint32 and buffer.flags.writeable
+    buffer[:] = 7
+    assert int(buffer[-1]) == 7
+    empty = small_page_empty(0, np.float32)
+    assert empty.shape == (0,) and empty.dtype == np.float32
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmFlags are Linux's")
+def test_a_small_page_buffer_is_mapped_without_huge_pages() -> None:
+    buffer = small_page_empty(8 << 20, np.uint8)  # numpy would ask for huge pages at this size
+    buffer[:] = 1
+    assert "nh" in _vm_flags(buffer.ctypes.data)
+
+
+@pytest.mark.parametrize("size", [0, 1, WRITE_PIECE, WRITE_PIECE + 1, 3 * WRITE_PIECE - 5])
+def test_write_pieces_cover_the_bytes_in_order_none_above_a_piece(size: int) -> None:
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    pieces = write_pieces(data)
+    assert all(len(piece) <= WRITE_PIECE for piece in pieces)
+    assert b"".join(bytes(piece) for piece in pieces) == data.tobytes()
+    assert len(pieces) == max(1, -(-size // WRITE_PIECE))
+
+
+def test_pwrite_all_writes_at_the_position_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = small_pages.os.pwrite
+
+    def pwrite(fd: int, data: memoryview, position: int) -> int:
+        sizes.append(len(data))
+        return real(fd, data, position)
+
+    monkeypatch.setattr(small_pages.os, "pwrite", pwrite)
+    data = np.arange(700_000, dtype=np.uint32)  # 2.8 MB
+    with tempfile.TemporaryFile(dir=tmp_path) as file:
+        file.write(b"head")
+        file.flush()
+        end = pwrite_all(file.fileno(), data, 4)
+        file.seek(0)
+        assert file.read() == b"head" + data.tobytes()
+    assert end == 4 + data.nbytes
+    assert max(sizes) <= WRITE_PIECE and sum(sizes) == data.nbytes
+
+
+def _puts(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the piece sizes of every ``obstore.put_async`` (the real put still runs)."""
+    calls: list[list[int]] = []
+    real = obstore.put_async
+
+    async def put_async(store, path, file, **kwargs):
+        calls.append([len(piece) for piece in file] if isinstance(file, list) else [len(memoryview(file))])
+        return await real(store, path, file, **kwargs)
+
+    monkeypatch.setattr(obstore, "put_async", put_async)
+    return calls
+
+
+def test_a_large_object_goes_to_a_local_disk_in_pieces_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _puts(monkeypatch)
+    store = zarr_store(LocalStore(tmp_path))
+    payload = np.random.default_rng(3).integers(0, 256, 3 * WRITE_PIECE + 123, dtype=np.uint8)
+    small = payload[:1000]
+    prototype = default_buffer_prototype()
+    asyncio.run(store.set("g/big", prototype.buffer.from_array_like(payload)))
+    asyncio.run(store.set("g/small", prototype.buffer.from_array_like(small)))
+    assert calls[0] == [WRITE_PIECE] * 3 + [123] and calls[1] == [1000]
+    assert (tmp_path / "g" / "big").read_bytes() == payload.tobytes()
+    assert (tmp_path / "g" / "small").read_bytes() == small.tobytes()
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["big", "small"]  # no staging file left
+
+
+def test_other_stores_take_an_object_in_one_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _puts(monkeypatch)
+    memory = MemoryStore()
+    payload = np.ones(2 * WRITE_PIECE, np.uint8)
+    asyncio.run(zarr_store(memory).set("big", default_buffer_prototype().buffer.from_array_like(payload)))
+    assert calls == [[2 * WRITE_PIECE]]
+    assert bytes(obstore.get(memory, "big").bytes()) == payload.tobytes()
+
+
+def test_a_read_only_local_store_refuses_a_large_object(tmp_path: Path) -> None:
+    store = zarr_store(LocalStore(tmp_path), read_only=True)
+    payload = default_buffer_prototype().buffer.from_array_like(np.ones(2 * WRITE_PIECE, np.uint8))
+    with pytest.raises(ValueError, match="read-only"):
+        asyncio.run(store.set("big", payload))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_dataset_whose_shards_span_several_pieces_reads_back_exactly(
+    tmp_path: Path, atlas: RaggedAtlas
+) -> None:
+    rng = np.random.default_rng(11)
+    n_cells, n_genes = 3_000, 4_000
+    x = sp.random(n_cells, n_genes, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+    x.data = rng.negative_binomial(2, 0.3, x.nnz).astype(np.float32) + 1
+    genes = [f"g{i}" for i in range(n_genes)]
+    adata = ad.AnnData(
+        x, obs=pd.DataFrame(index=[f"c{i}" for i in range(n_cells)]), var=pd.DataFrame(index=genes)
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    record = add_from_anndata(
+        atlas, adata, feature_space="gene_expression", zarr_layer="counts", progress=False
+    )
+    shards = [p for p in (tmp_path / "arrays" / record.zarr_group).rglob("c/*") if p.is_file()]
+    assert max(p.stat().st_size for p in shards) > 2 * WRITE_PIECE  # the case under test
+    back = atlas.query().to_anndata()
+    assert list(back.obs_names) == [f"{record.uid}:{name}" for name in adata.obs_names]
+    assert (back[:, genes].X != x).nnz == 0
