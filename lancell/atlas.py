@@ -23,7 +23,7 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
-from lancell.tables.store_location import StoreLike
+from lancell.tables.store_location import Location, StoreLike, as_location
 from lancell.tables.versions import list_snapshots, noted_version
 from lancell.validation import find_problems
 
@@ -85,11 +85,11 @@ class RaggedAtlas:
     @classmethod
     def create(
         cls,
-        db_uri: str,
+        db_uri: Location,
         cell_table_name: str,
         cell_schema: type[LancellBaseSchema],
         *,
-        store: StoreLike | None = None,
+        store: StoreLike | Location | None = None,
         registry_schemas: Mapping[str, type[FeatureBaseSchema]],
         dataset_schema: type[DatasetRecord] | None = None,
         layers: Mapping[str, Sequence[str]] | None = None,
@@ -102,13 +102,14 @@ class RaggedAtlas:
         Parameters
         ----------
         db_uri
-            LanceDB location (directory or object-store URL).
+            LanceDB location: a directory (a string or a path) or an object-store URL.
         cell_table_name
             Name of the cell table.
         cell_schema
             A :class:`LancellBaseSchema` subclass; each pointer field declares a feature space.
         store
-            The obstore store (or URL) of the zarr arrays; ``<db_uri>/_zarr`` by default.
+            The obstore store of the zarr arrays, or its URL or folder (a string or a path);
+            ``<db_uri>/_zarr`` by default.
         registry_schemas
             One :class:`FeatureBaseSchema` subclass per feature space.
         dataset_schema
@@ -131,10 +132,10 @@ class RaggedAtlas:
         """
         return cls(
             created_core(
-                db_uri,
+                as_location(db_uri),
                 cell_table_name,
                 cell_schema,
-                store=store,
+                store=as_location(store),
                 registry_schemas=registry_schemas,
                 dataset_schema=dataset_schema,
                 layers=layers,
@@ -147,9 +148,9 @@ class RaggedAtlas:
     @classmethod
     def open(
         cls,
-        db_uri: str,
+        db_uri: Location,
         *,
-        store: StoreLike | None = None,
+        store: StoreLike | Location | None = None,
         store_kwargs: dict[str, Any] | None = None,
         dataset_schema: type[DatasetRecord] | None = None,
         storage_options: Mapping[str, str] | None = None,
@@ -165,8 +166,8 @@ class RaggedAtlas:
         """
         return cls(
             opened_core(
-                db_uri,
-                store=store,
+                as_location(db_uri),
+                store=as_location(store),
                 store_kwargs=store_kwargs,
                 dataset_schema=dataset_schema,
                 storage_options=storage_options,
@@ -177,10 +178,10 @@ class RaggedAtlas:
     @classmethod
     def checkout(
         cls,
-        db_uri: str,
+        db_uri: Location,
         version: int,
         *,
-        store: StoreLike | None = None,
+        store: StoreLike | Location | None = None,
         store_kwargs: dict[str, Any] | None = None,
         dataset_schema: type[DatasetRecord] | None = None,
         storage_options: Mapping[str, str] | None = None,
@@ -188,9 +189,9 @@ class RaggedAtlas:
         """Open snapshot ``version`` read-only: every table pinned to the Lance version it recorded, read
         through pylance (lancedb is imported only by a search)."""
         core = checked_out_core(
-            db_uri,
+            as_location(db_uri),
             version,
-            store=store,
+            store=as_location(store),
             store_kwargs=store_kwargs,
             dataset_schema=dataset_schema,
             storage_options=storage_options,
@@ -200,18 +201,18 @@ class RaggedAtlas:
     @classmethod
     def checkout_latest(
         cls,
-        db_uri: str,
-        store: StoreLike | None = None,
+        db_uri: Location,
+        store: StoreLike | Location | None = None,
         store_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> RaggedAtlas:
         """Open the most recent snapshot read-only (store inferred from the atlas when not given)."""
-        version = latest_snapshot(db_uri, store_kwargs, kwargs.get("storage_options"))
+        version = latest_snapshot(as_location(db_uri), store_kwargs, kwargs.get("storage_options"))
         return cls.checkout(db_uri, version, store=store, store_kwargs=store_kwargs, **kwargs)
 
     @staticmethod
     def list_versions(
-        db_uri: str,
+        db_uri: Location,
         storage_options: Mapping[str, str] | None = None,
         *,
         store_kwargs: dict[str, Any] | None = None,
@@ -223,13 +224,14 @@ class RaggedAtlas:
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
         """
+        db_uri = as_location(db_uri)
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
         return list_snapshots(connect(db_uri, options))
 
     @staticmethod
     def find_snapshot(
-        db_uri: str,
+        db_uri: Location,
         note: str,
         storage_options: Mapping[str, str] | None = None,
         *,
@@ -243,6 +245,7 @@ class RaggedAtlas:
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
         """
+        db_uri = as_location(db_uri)
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
         return noted_version(list_snapshots(connect(db_uri, options)), note)

@@ -9,6 +9,7 @@ recorded with a warning. A store given instead must hold the atlas's groups.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,7 +32,9 @@ from lancell.tables.atlas_tables import Database
 from lancell.tables.table_schemas import DATASETS_TABLE
 
 __all__ = [
+    "Location",
     "StoreLike",
+    "as_location",
     "check_given_store",
     "comparable_location",
     "located_store_url",
@@ -42,6 +45,13 @@ __all__ = [
 ]
 
 StoreLike = obs_store.ObjectStore | str
+# a local folder or object-store URL as the public API takes it: a string or a path (pathlib.Path)
+Location = str | os.PathLike[str]
+
+
+def as_location(value: Location | obs_store.ObjectStore | None) -> str | obs_store.ObjectStore | None:
+    """A path given for a location (``pathlib.Path``, any ``os.PathLike``) as its string; else ``value``."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 def resolve_store(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import StoreError
+from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.stores import check_options_used, open_store
 
 
@@ -84,3 +86,22 @@ def test_an_empty_atlas_copied_with_its_store_outside_opens_with_the_copied_stor
     RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "arrays"))
     with pytest.raises(StoreError, match="is a copy of the atlas at"):
         RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "a" / "arrays"))
+
+
+def test_every_entry_point_takes_paths_for_the_database_and_the_store(tmp_path: Path, pbmc):
+    db, arrays = tmp_path / "db", tmp_path / "arrays"
+    atlas = RaggedAtlas.create(
+        db, "cells", CellSchema, store=arrays, registry_schemas={"gene_expression": GeneFeature}
+    )
+    assert atlas.db_uri == str(db) and (arrays / "zarr.json").is_file()
+    frame = pd.DataFrame({"uid": pbmc.var_names, "gene_symbol": pbmc.var_names})
+    atlas.register_features("gene_expression", frame)
+    add_from_anndata(
+        atlas, pbmc, feature_space="gene_expression", zarr_layer="log_normalized", progress=False
+    )
+    version = atlas.snapshot(note="paths")
+    assert RaggedAtlas.open(db, store=arrays).list_datasets().shape[0] == 1
+    assert RaggedAtlas.list_versions(db)["version"].tolist() == [version]
+    assert RaggedAtlas.find_snapshot(db, "paths") == version
+    for snapshot in (RaggedAtlas.checkout(db, version, store=arrays), RaggedAtlas.checkout_latest(db)):
+        assert snapshot.query().to_anndata().n_obs == pbmc.n_obs
