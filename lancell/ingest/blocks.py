@@ -32,7 +32,6 @@ from kernels.ingest import (
 )
 from lancell.errors import DataValueError, LancellWarning
 from lancell.ingest.sources import MatrixSource, native_order
-from lancell.storage.small_pages import small_page_empty
 
 __all__ = ["checked_values", "stored_csr_blocks"]
 
@@ -189,7 +188,7 @@ class _Alternating:
         """The next buffer's first ``size`` elements (contents undefined)."""
         self._turn ^= 1
         if self._buffers[self._turn].size < size:
-            self._buffers[self._turn] = small_page_empty(size, self._dtype)
+            self._buffers[self._turn] = np.empty(size, self._dtype)
         return self._buffers[self._turn][:size]
 
 

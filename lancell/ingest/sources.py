@@ -24,7 +24,6 @@ from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 
 from lancell.errors import DataValueError, IngestError, LancellError
 from lancell.ingest.h5_direct import decompressor_pool, range_reader
-from lancell.storage.small_pages import small_page_empty
 
 __all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
 
@@ -137,9 +136,7 @@ class MatrixSource:
             readers = [range_reader(data, decompressors), range_reader(indices, decompressors)]
         ranges = list(self.row_ranges(target_values))
         size = max([int(self.indptr[stop] - self.indptr[start]) for start, stop in ranges] + [target_values])
-        buffers = [
-            (small_page_empty(size, data.dtype), small_page_empty(size, indices.dtype)) for _ in range(3)
-        ]
+        buffers = [(np.empty(size, data.dtype), np.empty(size, indices.dtype)) for _ in range(3)]
 
         def read(k: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
             start, stop = ranges[k]

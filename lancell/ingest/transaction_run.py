@@ -22,6 +22,7 @@ from lancell.errors import IngestError, StoreError
 from lancell.ingest.fingerprint import find_duplicates
 from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.write_transaction import WriteTransaction
+from lancell.storage.small_pages import numpy_small_pages
 from lancell.storage.store_failures import is_store_failure, store_error
 from lancell.tables.schema import DatasetRecord
 
@@ -35,8 +36,9 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
     nothing. Returns the records (a skipped duplicate's: the existing dataset's). Call it directly from the
     public entry point (warnings name the entry point's caller)."""
     try:
-        for transaction in transactions:
-            transaction.stage()
+        with numpy_small_pages():
+            for transaction in transactions:
+                transaction.stage()
         _commit(transactions)
     except BaseException as exc:
         for transaction in reversed(transactions):

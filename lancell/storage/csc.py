@@ -33,7 +33,6 @@ from lancell.storage.groups import (
 )
 from lancell.storage.offsets import read_offsets, write_offsets
 from lancell.storage.reader import array_reader, read_element_ranges
-from lancell.storage.small_pages import small_page_empty
 
 __all__ = ["CSC_BUDGET", "CSC_MIN_VALUES", "read_csc_features", "write_csc"]
 
@@ -159,8 +158,8 @@ def _write_buckets(
         )
         sets = [
             (
-                small_page_empty(largest if rows_out is not None else 0, np.uint32),
-                {layer: small_page_empty(largest, array.dtype) for layer, array in values_arrays.items()},
+                np.empty(largest if rows_out is not None else 0, dtype=np.uint32),
+                {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()},
             )
             for _ in range(2)
         ]

@@ -25,7 +25,6 @@ import zarr.codecs
 from lancell.storage.codecs import BitpackingCodec
 from lancell.storage.offsets import write_offsets
 from lancell.storage.shard_writer import ShardWriter
-from lancell.storage.small_pages import small_page_empty
 
 __all__ = [
     "ATLAS_ID_ATTR",
@@ -130,10 +129,7 @@ class ShardBuffer:
                 self._direct.add(values[:take])
             else:
                 if self._buffer is None or self._buffer.shape[0] != capacity:  # first, or the shorter last
-                    row = int(np.prod(self.array.shape[1:], dtype=np.int64))
-                    self._buffer = small_page_empty(capacity * row, self.array.dtype).reshape(
-                        capacity, *self.array.shape[1:]
-                    )
+                    self._buffer = np.empty((capacity, *self.array.shape[1:]), self.array.dtype)
                 self._buffer[self.buffered : self.buffered + take] = values[:take]
             self.buffered += take
             values = values[take:]

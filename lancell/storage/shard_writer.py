@@ -37,7 +37,6 @@ from zarr.core.sync import sync
 from kernels import bitpack
 from kernels.crc32c import chunk_trailers
 from lancell.storage.codecs import BitpackingCodec
-from lancell.storage.small_pages import small_page_empty
 
 __all__ = ["ShardWriter"]
 
@@ -224,7 +223,7 @@ class ShardWriter:
     def _room(self, nbytes: int) -> np.ndarray:
         """``nbytes`` free bytes after the current shard's (the buffer grown, keeping them, if needed)."""
         if self._out.size < self._used + nbytes:
-            grown = small_page_empty(max(2 * self._out.size, self._used + nbytes), np.uint8)
+            grown = np.empty(max(2 * self._out.size, self._used + nbytes), np.uint8)
             grown[: self._used] = self._out[: self._used]
             self._out = grown
         return self._out[self._used : self._used + nbytes]

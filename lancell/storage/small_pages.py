@@ -1,43 +1,78 @@
-"""Buffers and file writes that keep to small pages, so that memory new to the process is cheap to touch.
+"""Memory new to the process on small pages, and file writes below a huge page, so it is cheap to touch.
 
-On Linux a numpy array of 4 MiB or more asks for transparent huge pages, and one buffered ``write`` of 2 MiB
-or more fills the page cache with 2 MiB folios: both take whole 2 MiB blocks of the kernel's free memory.
-In a virtual machine whose balloon reports free memory to the host (virtio-balloon free page reporting, as
-Firecracker and cloud sandboxes run), those whole free blocks are the ones handed back, so the first touch
-of every page in them waits for the host: measured on this project's 2-core machine, writing 128 MiB in
-2 MiB calls took 0.95 s and in 1 MiB calls 0.03 s; first touching 200 MiB of a numpy array 1.1-1.6 s on huge
-pages, 0.10 s on small ones. A fresh ingestion spent a third of its CPU time there (``benchmarks/RESULTS.md``,
-"Ingest").
+On Linux numpy asks for transparent huge pages for every array of 4 MiB or more, and one buffered ``write``
+of 2 MiB or more fills the page cache with 2 MiB folios: both take whole 2 MiB blocks of the kernel's free
+memory. In a virtual machine whose balloon reports free memory to the host (virtio-balloon free page
+reporting, as Firecracker and cloud sandboxes run), those whole free blocks are the ones handed back, so the
+first touch of every page in them waits for the host. Measured on this project's 2-core machine: writing
+128 MiB in 2 MiB calls took 0.95 s and in 1 MiB calls 0.03 s; first touching a 200 MiB numpy array 1.1-1.6 s
+on huge pages and 0.10-0.35 s on small ones; a query of 100M values spent 84 % of its 19 s zeroing huge
+pages, 2.7 s on small ones; a fresh ingestion a third of its CPU time (``benchmarks/RESULTS.md``).
 
-The buffers ingestion reuses block after block gain nothing from huge pages (they are streamed through
-once per block), so :func:`small_page_empty` maps them with small pages, and object writes to a local disk
-go in pieces of :data:`WRITE_PIECE` bytes (:func:`write_pieces` for obstore, :func:`pwrite_all` for a
-file descriptor). Elsewhere (macOS, no ``MADV_NOHUGEPAGE``) the buffers are ordinary anonymous maps.
+So lancell's public calls run under :func:`numpy_small_pages` (their boundary,
+:func:`lancell.storage.store_failures.store_boundary`, and the write transactions), and objects go to a
+local disk in writes of at most :data:`WRITE_PIECE` bytes (:func:`write_pieces` for obstore,
+:func:`pwrite_all` for a file descriptor). On a machine without that balloon small pages cost one page
+fault per 4 KiB of new memory (~0.1 ms per MiB) where huge pages cost one per 2 MiB.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
+from numpy._core import multiarray
 
-__all__ = ["WRITE_PIECE", "pwrite_all", "small_page_empty", "write_pieces"]
+__all__ = ["WRITE_PIECE", "numpy_small_pages", "pwrite_all", "write_pieces"]
 
 # The most bytes one write call hands the page cache: below the 2 MiB of a huge page (see the docstring).
 WRITE_PIECE = 1 << 20
 
 
-def small_page_empty(size: int, dtype: np.dtype | type) -> np.ndarray:
-    """An uninitialised writable 1-D array of ``size`` elements on an anonymous map of small pages.
+def _madvise_setter() -> Callable[[bool], bool] | None:
+    """numpy's switch of its huge-page advice (``NUMPY_MADVISE_HUGEPAGE`` at run time; it returns the
+    previous setting), or None should a numpy release drop it (it is not public API)."""
+    return getattr(multiarray, "_set_madvise_hugepage", None)
 
-    The memory is returned to the system when the array (and every view of it) is gone.
-    """
-    dtype = np.dtype(dtype)
-    region = mmap.mmap(-1, max(size * dtype.itemsize, 1))
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        region.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(region, dtype, count=size)
+
+class _Advice:
+    """numpy's huge-page advice turned off while any thread is inside :func:`numpy_small_pages`, and
+    numpy's own setting put back when the last one leaves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._numpys: bool | None = None  # numpy's setting when the first one entered
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._inside == 0 and (setter := _madvise_setter()) is not None:
+                self._numpys = setter(False)
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0 and self._numpys is not None and (setter := _madvise_setter()) is not None:
+                setter(self._numpys)
+                self._numpys = None
+
+
+_ADVICE = _Advice()
+
+
+@contextmanager
+def numpy_small_pages() -> Iterator[None]:
+    """Within: numpy allocates new arrays (in any thread of the process) without asking for huge pages.
+    Nested and concurrent uses are counted; numpy's own setting is back once the last has left."""
+    _ADVICE.enter()
+    try:
+        yield
+    finally:
+        _ADVICE.leave()
 
 
 def write_pieces(data: memoryview | bytes | np.ndarray) -> list[memoryview]:

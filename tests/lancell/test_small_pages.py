@@ -1,8 +1,10 @@
-"""Reused ingestion buffers on small pages, and local object writes in pieces below a huge page."""
+"""Public calls allocate on small pages, and local object writes go in pieces below a huge page."""
 
 import asyncio
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -17,7 +19,8 @@ from zarr.core.buffer import default_buffer_prototype
 from lancell.atlas import RaggedAtlas
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import small_pages
-from lancell.storage.small_pages import WRITE_PIECE, pwrite_all, small_page_empty, write_pieces
+from lancell.storage.small_pages import WRITE_PIECE, numpy_small_pages, pwrite_all, write_pieces
+from lancell.storage.store_failures import store_boundary
 from lancell.storage.stores import zarr_store
 
 
@@ -34,20 +37,70 @@ def _vm_flags(address: int) -> list[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def test_a_small_page_buffer_is_a_writable_array_of_its_size_and_dtype() -> None:
-    buffer = small_page_empty(5_000_000, np.uint32)
-    assert buffer.shape == (5_000_000,) and buffer.dtype == np.uint32 and buffer.flags.writeable
-    buffer[:] = 7
-    assert int(buffer[-1]) == 7
-    empty = small_page_empty(0, np.float32)
-    assert empty.shape == (0,) and empty.dtype == np.float32
+def _numpy_advises_huge_pages() -> bool:
+    """numpy's current huge-page advice, read without changing it."""
+    setter = small_pages._madvise_setter()
+    now = setter(False)
+    setter(now)
+    return now
+
+
+def _huge_page_advice_of_a_new_array() -> bool:
+    array = np.ones(8 << 20, np.uint8)  # numpy advises huge pages from 4 MiB
+    return "hg" in _vm_flags(array.ctypes.data + array.nbytes // 2)  # numpy advises the aligned middle
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmFlags are Linux's")
-def test_a_small_page_buffer_is_mapped_without_huge_pages() -> None:
-    buffer = small_page_empty(8 << 20, np.uint8)  # numpy would ask for huge pages at this size
-    buffer[:] = 1
-    assert "nh" in _vm_flags(buffer.ctypes.data)
+def test_arrays_made_inside_are_not_advised_huge_pages() -> None:
+    if not _huge_page_advice_of_a_new_array():
+        pytest.skip(
+            "numpy advises no huge pages here (NUMPY_MADVISE_HUGEPAGE=0 or no transparent huge pages)"
+        )
+    with numpy_small_pages():
+        assert not _huge_page_advice_of_a_new_array()
+    assert _huge_page_advice_of_a_new_array()
+
+
+@pytest.mark.parametrize("numpys", [True, False])
+def test_numpys_setting_is_back_once_the_last_of_nested_and_concurrent_uses_leaves(numpys: bool) -> None:
+    setter = small_pages._madvise_setter()
+    before = setter(numpys)
+    try:
+        entered, release = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with numpy_small_pages():
+                entered.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=other)
+        with numpy_small_pages():
+            thread.start()
+            entered.wait(10)
+            with numpy_small_pages():
+                assert not _numpy_advises_huge_pages()
+            assert not _numpy_advises_huge_pages()
+        assert not _numpy_advises_huge_pages()  # the other thread is still inside
+        release.set()
+        thread.join()
+        assert _numpy_advises_huge_pages() is numpys
+    finally:
+        setter(before)
+
+
+def test_a_public_method_runs_on_small_pages_and_leaves_numpys_setting() -> None:
+    class Public:
+        @store_boundary(lambda _: "here")
+        def call(self) -> bool:
+            return _numpy_advises_huge_pages()
+
+        @store_boundary(lambda _: "here")
+        def batches(self) -> Iterator[bool]:
+            yield _numpy_advises_huge_pages()
+
+    before = _numpy_advises_huge_pages()
+    assert Public().call() is False and list(Public().batches()) == [False]
+    assert _numpy_advises_huge_pages() is before
 
 
 @pytest.mark.parametrize("size", [0, 1, WRITE_PIECE, WRITE_PIECE + 1, 3 * WRITE_PIECE - 5])
