@@ -19,6 +19,7 @@ from obstore.store import LocalStore, MemoryStore
 from zarr.core.buffer import default_buffer_prototype
 
 from lancell.atlas import RaggedAtlas
+from lancell.errors import LancellWarning
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import small_pages
 from lancell.storage.small_pages import WRITE_PIECE, numpy_small_pages, pwrite_all, write_pieces
@@ -217,3 +218,25 @@ def test_a_dataset_whose_shards_span_several_pieces_reads_back_exactly(
     back = atlas.query().to_anndata()
     assert list(back.obs_names) == [f"{record.uid}:{name}" for name in adata.obs_names]
     assert (back[:, genes].X != x).nnz == 0
+
+
+@pytest.mark.parametrize("value", ["0", "off", " False "])
+def test_lancell_small_pages_off_leaves_numpys_advice_alone(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("LANCELL_SMALL_PAGES", value)
+    setter = small_pages._madvise_setter()
+    before = setter(True)
+    try:
+        with numpy_small_pages():
+            assert _numpy_advises_huge_pages() is True
+    finally:
+        setter(before)
+
+
+def test_an_unknown_lancell_small_pages_value_warns_and_keeps_small_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LANCELL_SMALL_PAGES", "maybe")
+    with pytest.warns(LancellWarning, match="LANCELL_SMALL_PAGES='maybe'"), numpy_small_pages():
+        assert _numpy_advises_huge_pages() is False
