@@ -9,6 +9,7 @@ its symbols repeat).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,11 @@ def land_bundled_data(landing: Path) -> None:
         (landing / f"{dataset.uid}.json").write_text(json.dumps(spec, indent=2))
 
 
-def build_bundled_atlas(root: Path, datasets: tuple[BundledDataset, ...] = BUNDLED) -> RaggedAtlas:
+def build_bundled_atlas(
+    root: str | os.PathLike[str], datasets: tuple[BundledDataset, ...] = BUNDLED
+) -> RaggedAtlas:
     """Create an atlas under ``root`` (``db/`` and ``arrays/``), ingest ``datasets``, optimize, snapshot."""
+    root = Path(root)
     atlas = RaggedAtlas.create(
         str(root / "db"),
         "cells",

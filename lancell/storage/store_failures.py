@@ -26,7 +26,7 @@ import obstore.exceptions as obs_errors
 import pyarrow as pa
 
 from lancell.errors import LancellError, StoreError
-from lancell.storage.small_pages import numpy_small_pages
+from lancell.storage.small_pages import numpy_small_pages, on_small_pages
 
 __all__ = ["StoreFailures", "guard", "is_store_failure", "store_boundary", "store_error"]
 
@@ -99,7 +99,8 @@ class StoreFailures:
 def store_boundary(location: Callable[[Any], str]) -> Callable[[F], F]:
     """Decorator of a public method: a store failure escaping it is raised as a ``StoreError`` naming the
     method and ``location(self)`` (:class:`StoreFailures`); a generator method is guarded while iterated.
-    The method runs under :func:`~lancell.storage.small_pages.numpy_small_pages` (its arrays on small pages).
+    The method runs under :func:`~lancell.storage.small_pages.numpy_small_pages` (its arrays on small pages;
+    a generator's body only, not while it is suspended).
 
     Parameters
     ----------
@@ -115,8 +116,8 @@ def store_boundary(location: Callable[[Any], str]) -> Callable[[F], F]:
 
             @functools.wraps(method)
             def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
-                with StoreFailures(what(self)), numpy_small_pages():
-                    yield from method(self, *args, **kwargs)
+                with StoreFailures(what(self)):
+                    yield from on_small_pages(method(self, *args, **kwargs))
 
             return cast(F, generator)
 

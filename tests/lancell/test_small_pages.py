@@ -2,6 +2,7 @@
 
 import asyncio
 import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,12 @@ from lancell.storage import small_pages
 from lancell.storage.small_pages import WRITE_PIECE, numpy_small_pages, pwrite_all, write_pieces
 from lancell.storage.store_failures import store_boundary
 from lancell.storage.stores import zarr_store
+
+
+@pytest.fixture(autouse=True)
+def _small_pages_wanted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mechanism under test, whatever this machine's balloon (the tests of the switch set it again)."""
+    monkeypatch.setenv("LANCELL_SMALL_PAGES", "1")
 
 
 def _vm_flags(address: int) -> list[str]:
@@ -72,6 +79,7 @@ def test_arrays_made_inside_are_not_advised_huge_pages() -> None:
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "LANCELL_SMALL_PAGES": "1"},
     )
     inside, outside = done.stdout.split()
     if outside != "True":
@@ -121,6 +129,21 @@ def test_a_public_method_runs_on_small_pages_and_leaves_numpys_setting() -> None
     before = _numpy_advises_huge_pages()
     assert Public().call() is False and list(Public().batches()) == [False]
     assert _numpy_advises_huge_pages() is before
+    suspended = Public().batches()
+    assert next(suspended) is False
+    assert _numpy_advises_huge_pages() is before  # not while the caller holds it suspended
+    suspended.close()
+
+
+def test_numpys_advice_turned_on_during_a_call_stays_on() -> None:
+    setter = small_pages._madvise_setter()
+    before = setter(False)
+    try:
+        with numpy_small_pages():
+            setter(True)
+        assert _numpy_advises_huge_pages() is True
+    finally:
+        setter(before)
 
 
 @pytest.mark.parametrize("size", [0, 1, WRITE_PIECE, WRITE_PIECE + 1, 3 * WRITE_PIECE - 5])
@@ -234,9 +257,53 @@ def test_lancell_small_pages_off_leaves_numpys_advice_alone(
         setter(before)
 
 
-def test_an_unknown_lancell_small_pages_value_warns_and_keeps_small_pages(
+def test_an_unknown_lancell_small_pages_value_warns_at_the_caller_and_is_taken_as_auto(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LANCELL_SMALL_PAGES", "maybe")
-    with pytest.warns(LancellWarning, match="LANCELL_SMALL_PAGES='maybe'"), numpy_small_pages():
-        assert _numpy_advises_huge_pages() is False
+    with pytest.warns(LancellWarning, match="LANCELL_SMALL_PAGES='maybe'") as caught, numpy_small_pages():
+        assert _numpy_advises_huge_pages() is not small_pages.reports_free_memory()
+    assert caught[0].filename == __file__
+
+
+def _sysfs(root: Path, devices: dict[str, tuple[str, str]]) -> Path:
+    """A ``/sys/bus/virtio/devices`` tree: ``{name: (device id, negotiated feature bits)}``."""
+    for name, (device, features) in devices.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "device").write_text(device + "\n")
+        (root / name / "features").write_text(features + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("devices", "reports"),
+    [
+        ({"virtio0": ("0x0005", "0110010100"), "virtio1": ("0x0002", "0010001")}, True),  # this machine's
+        ({"virtio0": ("0x0005", "0110000000")}, False),  # a balloon without free page reporting
+        ({"virtio2": ("0x0001", "0000010000")}, False),  # bit 5 of a network device
+        ({}, False),
+    ],
+)
+def test_a_balloon_reporting_free_memory_is_found_in_sysfs(
+    tmp_path: Path, devices: dict[str, tuple[str, str]], reports: bool
+) -> None:
+    assert small_pages.reports_free_memory(_sysfs(tmp_path / "devices", devices)) is reports
+
+
+def test_no_sysfs_means_memory_stays_with_the_machine(tmp_path: Path) -> None:
+    assert small_pages.reports_free_memory(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize("value", ["auto", None])
+def test_auto_follows_the_balloon(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("LANCELL_SMALL_PAGES")
+    else:
+        monkeypatch.setenv("LANCELL_SMALL_PAGES", value)
+    setter = small_pages._madvise_setter()
+    before = setter(True)
+    try:
+        with numpy_small_pages():
+            assert _numpy_advises_huge_pages() is not small_pages.reports_free_memory()
+    finally:
+        setter(before)
