@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from numpy._core import multiarray
 
 from lancell.errors import LancellWarning
 
@@ -59,7 +58,7 @@ _VIRTIO_DEVICES = Path("/sys/bus/virtio/devices")
 def _madvise_setter() -> Callable[[bool], bool] | None:
     """numpy's switch of its huge-page advice (``NUMPY_MADVISE_HUGEPAGE`` at run time; it returns the
     previous setting), or None should a numpy release drop it (it is not public API)."""
-    return getattr(multiarray, "_set_madvise_hugepage", None)
+    return getattr(getattr(getattr(np, "_core", None), "multiarray", None), "_set_madvise_hugepage", None)
 
 
 @functools.cache
