@@ -87,7 +87,7 @@ def _wanted() -> bool:
             LancellWarning,
             stacklevel=_caller_outside_lancell(),
         )
-    return _SWITCH.get(value, reports_free_memory())
+    return _SWITCH[value] if value in _SWITCH else reports_free_memory()
 
 
 def _caller_outside_lancell() -> int:
@@ -142,6 +142,9 @@ def numpy_small_pages() -> Iterator[None]:
         _ADVICE.leave()
 
 
+_END = object()  # what next() gives for an exhausted iterator in on_small_pages
+
+
 def on_small_pages(items: Iterator[T]) -> Iterator[T]:
     """``items`` advanced under :func:`numpy_small_pages`, which is left at every ``yield``: a generator the
     caller holds suspended (a notebook's half-read batches) does not keep it for the whole process."""
@@ -156,9 +159,6 @@ def on_small_pages(items: Iterator[T]) -> Iterator[T]:
         close = getattr(items, "close", None)
         if close is not None:
             close()
-
-
-_END = object()
 
 
 def write_pieces(data: memoryview | bytes | np.ndarray) -> list[memoryview]:
