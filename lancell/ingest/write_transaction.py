@@ -13,8 +13,9 @@ point"):
    :mod:`lancell.ingest.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
    :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
    fed as they go) and, unless a committed dataset already holds the content (then step 4 refuses or skips
-   it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`);
-3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
+   it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`); meanwhile a helper
+   thread stores the feature layout (under the layouts lock) and makes the first commit's cell columns;
+3. commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
    cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
 4. under the content lock (:func:`lancell.ingest.fingerprint.content_lock_name`), checks its leases and
@@ -34,6 +35,7 @@ import itertools
 import logging
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -47,7 +49,7 @@ from lancell.errors import (
     IngestError,
     LancellWarning,
 )
-from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
+from lancell.ingest.cell_rows import cell_batches, detach_pointers, first_cell_columns, pointer_batches
 from lancell.ingest.fingerprint import (
     ContentHasher,
     OnDuplicate,
@@ -146,46 +148,53 @@ class WriteTransaction:
                 spill=plan.nnz > CSC_BUDGET,
                 values_per_row=plan.nnz / max(plan.n_cells, 1),
             )
-        with ExitStack() as hashing:
-            if written is not None:
-                hashing.callback(
-                    written.close
-                )  # the sorted blocks, kept or spilled, once the copy is written
-            formats = formats_to_match(core)
-            hashers = {
-                name: hashing.enter_context(
-                    ContentHasher(space.kind, stored_dtype(source), source.shape, formats)
+        # the layout and the first commit's cell columns (all but the pointers, which need the stored row
+        # offsets) are made on a helper while the group is written: the group's kernels and I/O release the
+        # GIL. Any exit waits for it, so a roll-back sees the layout it wrote.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-ingest-rows") as helper:
+            layout = helper.submit(self._store_layout)
+            prepared = None
+            if self.cells_of is None:
+                prepared = helper.submit(
+                    first_cell_columns, core.cell_arrow, plan, space.name, ROWS_PER_COMMIT
                 )
-                for name, source in plan.layers.items()
-            }
-            indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
-            fingerprints = combined_fingerprint(
-                {
-                    name: hasher.finish(
-                        obs_names=plan.obs_names,
-                        feature_space=space.name,
-                        layer=name,
-                        feature_uids=plan.feature_uids,
+            with ExitStack() as hashing:
+                if written is not None:
+                    hashing.callback(written.close)  # the sorted blocks, kept or spilled, once written
+                formats = formats_to_match(core)
+                hashers = {
+                    name: hashing.enter_context(
+                        ContentHasher(space.kind, stored_dtype(source), source.shape, formats)
                     )
-                    for name, hasher in hashers.items()
+                    for name, source in plan.layers.items()
                 }
-            )
-            self._fingerprints = [fingerprints[fmt] for fmt in formats]
-            if self.on_duplicate != "allow":
-                with warnings.catch_warnings():  # an atlas without fingerprints: settling warns
-                    warnings.simplefilter("ignore", LancellWarning)
-                    self._short = find_duplicate(core, self._fingerprints) is not None
-            # the host's cells are not written (its content is committed already): nor are their pointers
-            self._short |= self.host is not None and self.host.staged_short
-            if self._short:  # settling refuses or skips it: the rest would be written to be removed
-                return
-            if written is not None:
-                write_csc(core.zarr_root[self._group], names, written=written)
-        with core.lock("layouts"):
-            self._layout_written = ensure_layout(
-                core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
-            )
-        self._commit_rows(indptr)
+                indptr = write_group(
+                    core, plan, space, self._group, plan.layers, self.progress, written, hashers
+                )
+                fingerprints = combined_fingerprint(
+                    {
+                        name: hasher.finish(
+                            obs_names=plan.obs_names,
+                            feature_space=space.name,
+                            layer=name,
+                            feature_uids=plan.feature_uids,
+                        )
+                        for name, hasher in hashers.items()
+                    }
+                )
+                self._fingerprints = [fingerprints[fmt] for fmt in formats]
+                if self.on_duplicate != "allow":
+                    with warnings.catch_warnings():  # an atlas without fingerprints: settling warns
+                        warnings.simplefilter("ignore", LancellWarning)
+                        self._short = find_duplicate(core, self._fingerprints) is not None
+                # the host's cells are not written (its content is committed already): nor their pointers
+                self._short |= self.host is not None and self.host.staged_short
+                if self._short:  # settling refuses or skips it: the rest would be written to be removed
+                    return
+                if written is not None:
+                    write_csc(core.zarr_root[self._group], names, written=written)
+            layout.result()
+            self._commit_rows(indptr, () if prepared is None else prepared.result())
         self.record = self.record.model_copy(
             update={
                 "zarr_group": self._group,
@@ -202,11 +211,21 @@ class WriteTransaction:
             }
         )
 
-    def _commit_rows(self, indptr: np.ndarray) -> None:
+    def _store_layout(self) -> None:
+        """Store the plan's feature layout unless it exists (holding the layouts lock)."""
+        plan = self.plan
+        with self.core.lock("layouts"):
+            self._layout_written = ensure_layout(
+                self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+            )
+
+    def _commit_rows(self, indptr: np.ndarray, prepared: list[dict[str, pa.Array]] | tuple[()]) -> None:
+        """Commit the new cell rows (the first batches' columns ``prepared``), or set the pointers of a
+        further modality."""
         core, space, cells = self.core, self.space, self.core.tables.cells
         schema = core.cell_arrow
         if self.cells_of is None:
-            batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
+            batches = cell_batches(schema, self.plan, space.name, self._group, indptr, prepared)
             self._rows_written = True  # a roll-back deletes the rows of every commit below
             # LanceDB's writer keeps the rows of the data file it writes until it closes (up to 1M rows),
             # so a large dataset's rows go in commits of ROWS_PER_COMMIT: the memory is the same at any size
