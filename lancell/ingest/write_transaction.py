@@ -14,8 +14,8 @@ point"):
    :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
    fed as they go) and, unless a committed dataset already holds the content (then step 4 refuses or skips
    it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`); meanwhile a helper
-   thread stores the feature layout (under the layouts lock) and makes the first commit's cell columns;
-3. commits the cell rows: new cells (in commits of
+   thread makes the feature layout's rows and the first commit's cell columns (it writes nothing);
+3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
    cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
 4. under the content lock (:func:`lancell.ingest.fingerprint.content_lock_name`), checks its leases and
@@ -65,7 +65,7 @@ from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.tables.feature_spaces import FeatureSpace
-from lancell.tables.registry import ensure_layout, sql_literal
+from lancell.tables.registry import ensure_layout, layout_rows, sql_literal
 from lancell.tables.schema import DatasetRecord
 from lancell.tables.visibility import claim_dataset
 
@@ -128,6 +128,7 @@ class WriteTransaction:
         self._leases: list[Lease] = []  # the dataset's claim; for a further modality, also its host's
         self._group: str | None = None
         self._layout_written = self._rows_written = self._committed = False
+        self._layout_rows: pa.Table | None = None  # the layout's rows (set by stage)
         self._short = False  # staged up to the fingerprint only: the content was already committed
         self._started = time.perf_counter()
 
@@ -148,11 +149,11 @@ class WriteTransaction:
                 spill=plan.nnz > CSC_BUDGET,
                 values_per_row=plan.nnz / max(plan.n_cells, 1),
             )
-        # the layout and the first commit's cell columns (all but the pointers, which need the stored row
-        # offsets) are made on a helper while the group is written: the group's kernels and I/O release the
-        # GIL. Any exit waits for it, so a roll-back sees the layout it wrote.
+        # the layout's rows and the first commit's cell columns (all but the pointers, which need the stored
+        # row offsets) are made on a helper while the group is written (the group's kernels and I/O release
+        # the GIL); it writes nothing, so a failed write leaves no table version behind
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-ingest-rows") as helper:
-            layout = helper.submit(self._store_layout)
+            layout = helper.submit(layout_rows, plan.layout_uid, plan.feature_uids, plan.global_index)
             prepared = None
             if self.cells_of is None:
                 prepared = helper.submit(
@@ -171,6 +172,9 @@ class WriteTransaction:
                 indptr = write_group(
                     core, plan, space, self._group, plan.layers, self.progress, written, hashers
                 )
+                # (done before anything below sets warning filters, which are not thread-safe)
+                self._layout_rows = layout.result()
+                first_columns = () if prepared is None else prepared.result()
                 fingerprints = combined_fingerprint(
                     {
                         name: hasher.finish(
@@ -193,8 +197,9 @@ class WriteTransaction:
                     return
                 if written is not None:
                     write_csc(core.zarr_root[self._group], names, written=written)
-            layout.result()
-            self._commit_rows(indptr, () if prepared is None else prepared.result())
+        with core.lock("layouts"):
+            self._layout_written = ensure_layout(core.tables.layouts, plan.layout_uid, self._layout_rows)
+        self._commit_rows(indptr, first_columns)
         self.record = self.record.model_copy(
             update={
                 "zarr_group": self._group,
@@ -210,14 +215,6 @@ class WriteTransaction:
                 "cells_of": self.cells_of,
             }
         )
-
-    def _store_layout(self) -> None:
-        """Store the plan's feature layout unless it exists (holding the layouts lock)."""
-        plan = self.plan
-        with self.core.lock("layouts"):
-            self._layout_written = ensure_layout(
-                self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
-            )
 
     def _commit_rows(self, indptr: np.ndarray, prepared: list[dict[str, pa.Array]] | tuple[()]) -> None:
         """Commit the new cell rows (the first batches' columns ``prepared``), or set the pointers of a
@@ -295,9 +292,8 @@ class WriteTransaction:
         LockLostError
             Another process took over one of this transaction's leases.
         """
-        plan = self.plan
         self._layout_written |= ensure_layout(
-            self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+            self.core.tables.layouts, self.plan.layout_uid, self._layout_rows
         )
         for lease in self._leases:
             lease.check()

@@ -25,6 +25,7 @@ import lancell.ingest.landing as landing
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import (
+    DataValueError,
     DroppedColumnsWarning,
     DuplicateContentError,
     DuplicateContentWarning,
@@ -622,3 +623,19 @@ def test_an_interrupt_inside_the_records_commit_rolls_back_whole(atlas, monkeypa
     assert atlas.list_datasets()["uid"].tolist() == ["kept"]
     assert atlas.validate() == [] and _cells(atlas) == 200
     assert _ingest(atlas, _adata(seed=2), "interrupted").n_cells == 200  # a re-run ingests it
+
+
+def test_a_bad_value_in_a_new_panel_leaves_no_table_version(atlas):
+    """The layout of a new feature panel is stored only once its group is written: a value refused while
+    the matrix streams leaves every table at its version (the layout's rows are made meanwhile, not
+    stored)."""
+    _ingest(atlas, _adata(), "first")
+    before = visible_state(atlas, versions=True)
+    x = _adata(50).X[:, :30].tocsr()
+    x.data[-1] = -2
+    bad = ad.AnnData(
+        X=x, obs=pd.DataFrame(index=[f"c{i}" for i in range(50)]), var=pd.DataFrame(index=GENES[:30])
+    )
+    with pytest.raises(DataValueError, match="'bad'"):
+        _ingest(atlas, bad, "bad")
+    assert visible_state(atlas, versions=True) == before
