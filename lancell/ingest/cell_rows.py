@@ -9,7 +9,7 @@ Both are built in batches of ``CELL_BATCH`` rows and streamed into LanceDB, the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,15 +30,7 @@ from lancell.tables.schema import (
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = [
-    "cell_batches",
-    "cell_columns",
-    "detach_pointers",
-    "first_cell_columns",
-    "null_structs",
-    "pointer_batches",
-    "pointer_column",
-]
+__all__ = ["cell_batches", "detach_pointers", "null_structs", "pointer_batches", "pointer_column"]
 
 
 def pointer_column(
@@ -59,60 +51,34 @@ def pointer_column(
     return pa.StructArray.from_arrays([values[c.name] for c in children], fields=children)
 
 
-def cell_columns(
-    schema: pa.Schema, plan: IngestPlan, feature_space: str, start: int, stop: int
-) -> dict[str, pa.Array]:
-    """Every column of the new cell rows ``start..stop`` of ``plan``'s dataset (cell table ``schema``) but
-    the ``feature_space`` pointer, which needs the stored row offsets (:func:`cell_batches` adds it)."""
-    n = stop - start
-    names = plan.obs_names[start:stop].astype(str)
-    columns: dict[str, pa.Array] = {
-        "uid": pa.array((plan.dataset + ":" + names).tolist(), pa.string()),
-        "dataset_uid": pa.repeat(pa.scalar(plan.dataset, pa.string()), n),
-    }
-    if OBS_NAME in schema.names:  # atlases created before the column existed lack it
-        columns[OBS_NAME] = pa.array(names.tolist(), schema.field(OBS_NAME).type)
-    for name in pointer_fields_from_arrow(schema):
-        if name != feature_space:
-            columns[name] = pa.nulls(n, schema.field(name).type)
-    columns |= obs_to_arrow(plan.dataset, plan.obs.iloc[start:stop], obs_fields(schema))
-    for name, width in vector_fields(schema).items():
-        if name in plan.vectors:
-            flat = pa.array(plan.vectors[name][start:stop].ravel(), pa.float32())
-            columns[name] = pa.FixedSizeListArray.from_arrays(flat, width).cast(schema.field(name).type)
-        else:
-            columns[name] = pa.nulls(n, schema.field(name).type)
-    return columns
-
-
-def first_cell_columns(
-    schema: pa.Schema, plan: IngestPlan, feature_space: str, rows: int
-) -> list[dict[str, pa.Array]]:
-    """:func:`cell_columns` of the batches of :func:`cell_batches` that hold the first ``rows`` cells (made
-    ahead, while the group is written; ``rows`` bounds their memory)."""
-    stop = min(plan.n_cells, rows)
-    return [
-        cell_columns(schema, plan, feature_space, start, min(start + CELL_BATCH, plan.n_cells))
-        for start in range(0, stop, CELL_BATCH)
-    ]
-
-
 def cell_batches(
-    schema: pa.Schema,
-    plan: IngestPlan,
-    feature_space: str,
-    zarr_group: str,
-    indptr: np.ndarray,
-    prepared: Sequence[dict[str, pa.Array]] = (),
+    schema: pa.Schema, plan: IngestPlan, feature_space: str, zarr_group: str, indptr: np.ndarray
 ) -> Iterator[pa.RecordBatch]:
-    """The new cell rows of ``plan``'s dataset (cell table ``schema``), ``CELL_BATCH`` rows at a time; the
-    first batches' other columns may be ``prepared`` (:func:`first_cell_columns`)."""
-    kind = pointer_fields_from_arrow(schema)[feature_space]
-    for i, start in enumerate(range(0, plan.n_cells, CELL_BATCH)):
+    """The new cell rows of ``plan``'s dataset (cell table ``schema``), ``CELL_BATCH`` rows at a time."""
+    fields = obs_fields(schema)
+    pointers = pointer_fields_from_arrow(schema)
+    for start in range(0, plan.n_cells, CELL_BATCH):
         stop = min(start + CELL_BATCH, plan.n_cells)
-        columns = prepared[i] if i < len(prepared) else cell_columns(schema, plan, feature_space, start, stop)
-        pointers = pointer_column(kind, feature_space, zarr_group, indptr, start, stop)
-        columns = {**columns, feature_space: pointers}
+        n = stop - start
+        names = plan.obs_names[start:stop].astype(str)
+        columns: dict[str, pa.Array] = {
+            "uid": pa.array((plan.dataset + ":" + names).tolist(), pa.string()),
+            "dataset_uid": pa.repeat(pa.scalar(plan.dataset, pa.string()), n),
+        }
+        if OBS_NAME in schema.names:  # atlases created before the column existed lack it
+            columns[OBS_NAME] = pa.array(names.tolist(), schema.field(OBS_NAME).type)
+        for name, kind in pointers.items():
+            if name == feature_space:
+                columns[name] = pointer_column(kind, feature_space, zarr_group, indptr, start, stop)
+            else:
+                columns[name] = pa.nulls(n, schema.field(name).type)
+        columns |= obs_to_arrow(plan.dataset, plan.obs.iloc[start:stop], fields)
+        for name, width in vector_fields(schema).items():
+            if name in plan.vectors:
+                flat = pa.array(plan.vectors[name][start:stop].ravel(), pa.float32())
+                columns[name] = pa.FixedSizeListArray.from_arrays(flat, width).cast(schema.field(name).type)
+            else:
+                columns[name] = pa.nulls(n, schema.field(name).type)
         yield pa.record_batch([columns[f.name] for f in schema], schema=schema)
 
 

@@ -13,8 +13,7 @@ point"):
    :mod:`lancell.ingest.layer_blocks`) (:class:`~lancell.storage.groups.SparseGroupWriter` /
    :class:`~lancell.storage.groups.DenseGroupWriter`; values checked block by block, the content fingerprint
    fed as they go) and, unless a committed dataset already holds the content (then step 4 refuses or skips
-   it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`); meanwhile a helper
-   thread makes the feature layout's rows and the first commit's cell columns (it writes nothing);
+   it, so nothing more is written), the CSC copy (:func:`lancell.storage.csc.write_csc`);
 3. stores the feature layout (under the layouts lock) and commits the cell rows: new cells (in commits of
    :data:`~lancell.ingest.plan.ROWS_PER_COMMIT` rows), or the pointers of a further modality on existing
    cells that have none, holding the host's lock from then on (:func:`lancell.maintenance.hold_host`);
@@ -35,7 +34,6 @@ import itertools
 import logging
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
@@ -49,7 +47,7 @@ from lancell.errors import (
     IngestError,
     LancellWarning,
 )
-from lancell.ingest.cell_rows import cell_batches, detach_pointers, first_cell_columns, pointer_batches
+from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
     ContentHasher,
     OnDuplicate,
@@ -65,7 +63,7 @@ from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.tables.feature_spaces import FeatureSpace
-from lancell.tables.registry import ensure_layout, layout_rows, sql_literal
+from lancell.tables.registry import ensure_layout, sql_literal
 from lancell.tables.schema import DatasetRecord
 from lancell.tables.visibility import claim_dataset
 
@@ -128,7 +126,6 @@ class WriteTransaction:
         self._leases: list[Lease] = []  # the dataset's claim; for a further modality, also its host's
         self._group: str | None = None
         self._layout_written = self._rows_written = self._committed = False
-        self._layout_rows: pa.Table | None = None  # the layout's rows (set by stage)
         self._short = False  # staged up to the fingerprint only: the content was already committed
         self._started = time.perf_counter()
 
@@ -149,57 +146,46 @@ class WriteTransaction:
                 spill=plan.nnz > CSC_BUDGET,
                 values_per_row=plan.nnz / max(plan.n_cells, 1),
             )
-        # the layout's rows and the first commit's cell columns (all but the pointers, which need the stored
-        # row offsets) are made on a helper while the group is written (the group's kernels and I/O release
-        # the GIL); it writes nothing, so a failed write leaves no table version behind
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-ingest-rows") as helper:
-            layout = helper.submit(layout_rows, plan.layout_uid, plan.feature_uids, plan.global_index)
-            prepared = None
-            if self.cells_of is None:
-                prepared = helper.submit(
-                    first_cell_columns, core.cell_arrow, plan, space.name, ROWS_PER_COMMIT
+        with ExitStack() as hashing:
+            if written is not None:
+                hashing.callback(
+                    written.close
+                )  # the sorted blocks, kept or spilled, once the copy is written
+            formats = formats_to_match(core)
+            hashers = {
+                name: hashing.enter_context(
+                    ContentHasher(space.kind, stored_dtype(source), source.shape, formats)
                 )
-            with ExitStack() as hashing:
-                if written is not None:
-                    hashing.callback(written.close)  # the sorted blocks, kept or spilled, once written
-                formats = formats_to_match(core)
-                hashers = {
-                    name: hashing.enter_context(
-                        ContentHasher(space.kind, stored_dtype(source), source.shape, formats)
+                for name, source in plan.layers.items()
+            }
+            indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
+            fingerprints = combined_fingerprint(
+                {
+                    name: hasher.finish(
+                        obs_names=plan.obs_names,
+                        feature_space=space.name,
+                        layer=name,
+                        feature_uids=plan.feature_uids,
                     )
-                    for name, source in plan.layers.items()
+                    for name, hasher in hashers.items()
                 }
-                indptr = write_group(
-                    core, plan, space, self._group, plan.layers, self.progress, written, hashers
-                )
-                # (done before anything below sets warning filters, which are not thread-safe)
-                self._layout_rows = layout.result()
-                first_columns = () if prepared is None else prepared.result()
-                fingerprints = combined_fingerprint(
-                    {
-                        name: hasher.finish(
-                            obs_names=plan.obs_names,
-                            feature_space=space.name,
-                            layer=name,
-                            feature_uids=plan.feature_uids,
-                        )
-                        for name, hasher in hashers.items()
-                    }
-                )
-                self._fingerprints = [fingerprints[fmt] for fmt in formats]
-                if self.on_duplicate != "allow":
-                    with warnings.catch_warnings():  # an atlas without fingerprints: settling warns
-                        warnings.simplefilter("ignore", LancellWarning)
-                        self._short = find_duplicate(core, self._fingerprints) is not None
-                # the host's cells are not written (its content is committed already): nor their pointers
-                self._short |= self.host is not None and self.host.staged_short
-                if self._short:  # settling refuses or skips it: the rest would be written to be removed
-                    return
-                if written is not None:
-                    write_csc(core.zarr_root[self._group], names, written=written)
+            )
+            self._fingerprints = [fingerprints[fmt] for fmt in formats]
+            if self.on_duplicate != "allow":
+                with warnings.catch_warnings():  # an atlas without fingerprints: settling warns
+                    warnings.simplefilter("ignore", LancellWarning)
+                    self._short = find_duplicate(core, self._fingerprints) is not None
+            # the host's cells are not written (its content is committed already): nor are their pointers
+            self._short |= self.host is not None and self.host.staged_short
+            if self._short:  # settling refuses or skips it: the rest would be written to be removed
+                return
+            if written is not None:
+                write_csc(core.zarr_root[self._group], names, written=written)
         with core.lock("layouts"):
-            self._layout_written = ensure_layout(core.tables.layouts, plan.layout_uid, self._layout_rows)
-        self._commit_rows(indptr, first_columns)
+            self._layout_written = ensure_layout(
+                core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
+            )
+        self._commit_rows(indptr)
         self.record = self.record.model_copy(
             update={
                 "zarr_group": self._group,
@@ -216,13 +202,11 @@ class WriteTransaction:
             }
         )
 
-    def _commit_rows(self, indptr: np.ndarray, prepared: list[dict[str, pa.Array]] | tuple[()]) -> None:
-        """Commit the new cell rows (the first batches' columns ``prepared``), or set the pointers of a
-        further modality."""
+    def _commit_rows(self, indptr: np.ndarray) -> None:
         core, space, cells = self.core, self.space, self.core.tables.cells
         schema = core.cell_arrow
         if self.cells_of is None:
-            batches = cell_batches(schema, self.plan, space.name, self._group, indptr, prepared)
+            batches = cell_batches(schema, self.plan, space.name, self._group, indptr)
             self._rows_written = True  # a roll-back deletes the rows of every commit below
             # LanceDB's writer keeps the rows of the data file it writes until it closes (up to 1M rows),
             # so a large dataset's rows go in commits of ROWS_PER_COMMIT: the memory is the same at any size
@@ -292,8 +276,9 @@ class WriteTransaction:
         LockLostError
             Another process took over one of this transaction's leases.
         """
+        plan = self.plan
         self._layout_written |= ensure_layout(
-            self.core.tables.layouts, self.plan.layout_uid, self._layout_rows
+            self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
         )
         for lease in self._leases:
             lease.check()

@@ -270,25 +270,23 @@ def layout_uid_for(feature_uids: Sequence[str]) -> str:
     return digest[:24]
 
 
-def layout_rows(layout_uid: str, feature_uids: Sequence[str], global_index: np.ndarray) -> pa.Table:
-    """The rows of layout ``layout_uid`` (:data:`LAYOUTS_SCHEMA`): one per feature, in local order."""
-    return pa.table(
-        {
-            "layout_uid": pa.repeat(pa.scalar(layout_uid, pa.string()), len(feature_uids)),
-            "feature_uid": pa.array(list(feature_uids), pa.string()),
-            "local_index": pa.array(np.arange(len(feature_uids)), pa.int64()),
-            "global_index": pa.array(np.asarray(global_index, dtype=np.int64)),
-        },
-        schema=LAYOUTS_SCHEMA,
-    )
-
-
-def ensure_layout(table: Table, layout_uid: str, rows: pa.Table) -> bool:
-    """Store the layout ``layout_uid`` (its :func:`layout_rows`) unless it exists; the caller holds the
-    layouts lock. True if it was written."""
+def ensure_layout(
+    table: Table, layout_uid: str, feature_uids: Sequence[str], global_index: np.ndarray
+) -> bool:
+    """Store the layout unless it exists; the caller holds the layouts lock. True if it was written."""
     if table.count_rows(f"layout_uid = {sql_literal(layout_uid)}") > 0:
         return False
-    table.add(rows)
+    table.add(
+        pa.table(
+            {
+                "layout_uid": pa.repeat(pa.scalar(layout_uid, pa.string()), len(feature_uids)),
+                "feature_uid": pa.array(list(feature_uids), pa.string()),
+                "local_index": pa.array(np.arange(len(feature_uids)), pa.int64()),
+                "global_index": pa.array(np.asarray(global_index, dtype=np.int64)),
+            },
+            schema=LAYOUTS_SCHEMA,
+        )
+    )
     return True
 
 
