@@ -81,8 +81,8 @@ def write_csc(
 
     Memory is bounded by ``budget`` values (8 bytes each: row + value; one output set of half of it) plus
     one block's bucket, and by ``written``'s kept blocks (spilled to a temporary file above ``budget``
-    values). ``written``: what ingestion recorded while writing
-    the CSR arrays (it stays the caller's to close); without it the stored arrays are read back once.
+    values). ``written``: what ingestion recorded while writing the CSR arrays (it stays the caller's to
+    close); without it the stored arrays are read back once.
     """
     csr = group["csr"]
     n_features = int(group.attrs["n_features"])
