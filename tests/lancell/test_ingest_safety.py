@@ -627,8 +627,7 @@ def test_an_interrupt_inside_the_records_commit_rolls_back_whole(atlas, monkeypa
 
 def test_a_bad_value_in_a_new_panel_leaves_no_table_version(atlas):
     """The layout of a new feature panel is stored only once its group is written: a value refused while
-    the matrix streams leaves every table at its version (the layout's rows are made meanwhile, not
-    stored)."""
+    the matrix streams leaves every table at its version."""
     _ingest(atlas, _adata(), "first")
     before = visible_state(atlas, versions=True)
     x = _adata(50).X[:, :30].tocsr()
