@@ -72,6 +72,7 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "var_uid_column": args.var_uid_column,
             "organism": args.organism,
             "genome": args.genome,
+            "csc": args.csc,
         }.items()
         if value is not None
     }
@@ -313,6 +314,18 @@ def vacuum(args: argparse.Namespace) -> int:
 
     removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
     print(", ".join(f"{name}: {count}" for name, count in removed.items()))
+    return 0
+
+
+def add_csc(args: argparse.Namespace) -> int:
+    """``lancell add-csc``: write the CSC copy of each dataset that lacks one, one after another."""
+    from lancell.atlas import RaggedAtlas
+    from lancell.ingest.add_csc import add_csc as write_missing
+
+    atlas = RaggedAtlas.open(args.db, store=args.store)
+    for uid in dict.fromkeys(args.uids):  # (a uid given twice is written once)
+        written = write_missing(atlas, uid)
+        print(f"{uid}: CSC copy of {', '.join(written)} written" if written else f"{uid}: has a CSC copy")
     return 0
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from lancell.errors import DatasetNotFoundError
+from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.storage.csc import write_csc
+from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import dataset_lock_name
 
@@ -35,6 +36,8 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     ------
     DatasetNotFoundError
         No dataset ``dataset_uid`` in the atlas.
+    IngestError
+        The dataset is dense (only sparse datasets have a CSC copy).
     GroupNotFoundError
         The dataset's group is missing, or this atlas cannot prove it its own (no claim, or its attributes
         name another atlas or none).
@@ -47,6 +50,12 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         rows = core.tables.datasets.search().where(f"uid = {sql_literal(dataset_uid)}").to_arrow().to_pylist()
         if not rows:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas {atlas.db_uri!r}")
+        space = resolve_feature_space(atlas.feature_spaces, rows[0]["feature_space"])
+        if space.kind != "sparse":  # (its rows hold every feature: no feature-major copy)
+            raise IngestError(
+                f"add_csc: dataset {dataset_uid!r} is in the dense feature space {space.name!r}: only sparse "
+                "datasets have a CSC copy"
+            )
         name = rows[0]["zarr_group"]
         atlas.group_claims.require_own(name, dataset_uid)
         group = core.zarr_root[name]

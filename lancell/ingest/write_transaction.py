@@ -120,6 +120,13 @@ class WriteTransaction:
         self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
         self.host = host
+        if csc and space.kind != "sparse":  # (its rows hold every feature: no feature-major copy to write)
+            warnings.warn(
+                f"dataset {record.uid!r}: csc=True is ignored: feature space {space.name!r} is dense, and "
+                "only sparse datasets have a CSC copy",
+                LancellWarning,
+                stacklevel=3,
+            )
         self.duplicate_of: DatasetRecord | None = None
         self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()

@@ -194,6 +194,29 @@ def test_ingest_layer_replaces_the_sidecars_layers(tmp_path: Path) -> None:
     assert list(RaggedAtlas.open(db).list_datasets()["layers"].iloc[0]) == ["normalized"]
 
 
+def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path) -> None:
+    """``--no-csc`` leaves out the copy a dataset of its size gets by default (the sidecar's ``csc`` was the
+    only way), ``--csc`` writes one below that size, and ``add-csc`` writes a missing copy once."""
+    db = str(tmp_path / "db")
+    run("init", db, "--store", str(tmp_path / "arrays"))
+    run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--no-csc")  # 1,027,859 values
+    run("ingest", db, str(BUNDLED[0].path), "--uid", "pbmc", "--layer", "log_normalized", "--csc")  # 174,400
+
+    def copied() -> dict[str, list[str]]:
+        atlas = RaggedAtlas.open(db)
+        groups = atlas.list_datasets().set_index("uid")["zarr_group"]
+        root = atlas.core.zarr_root
+        return {uid: list(root[group].attrs.get("csc_layers", [])) for uid, group in groups.items()}
+
+    assert copied() == {"ct": [], "pbmc": ["log_normalized"]}
+    written = run("add-csc", db, "ct", "pbmc", "ct").stdout.splitlines()
+    assert written == ["ct: CSC copy of counts written", "pbmc: has a CSC copy"]
+    assert copied() == {"ct": ["counts"], "pbmc": ["log_normalized"]}
+    missing = run("add-csc", db, "nope", check=False)
+    assert missing.returncode == 1 and "nope" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    assert run("validate", db).stdout.strip() == "consistent"
+
+
 def test_ingest_option_errors_are_one_line(tmp_path: Path) -> None:
     db = str(tmp_path / "db")
     run("init", db)

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 from helpers import dense
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LancellWarning
+from lancell.ingest.add_csc import add_csc
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import (
     DatasetRecord,
@@ -119,6 +120,26 @@ def test_dense_feature_space_round_trip(tmp_path, mouse):
         atlas.query().where("dataset_uid = 'mouse'").feature_space("expression_dense").limit(7).to_anndata()
     )
     np.testing.assert_array_equal(some[:, mouse.var_names].X, mouse.X[:7])
+
+
+def test_a_csc_copy_of_a_dense_dataset_is_warned_ignored_then_refused(tmp_path, mouse):
+    """``csc=True`` was silently ignored for a dense feature space; ``add_csc`` of such a dataset failed
+    with a bare ``KeyError`` (no ``csr`` group)."""
+    atlas = _atlas(tmp_path, mouse.var_names)
+    with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'expression_dense' is dense"):
+        add_from_anndata(
+            atlas,
+            mouse,
+            feature_space="expression_dense",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid="mouse"),
+            csc=True,
+            progress=False,
+        )
+    with pytest.raises(IngestError, match="'mouse' is in the dense feature space 'expression_dense'"):
+        add_csc(atlas, "mouse")
+    assert atlas.validate() == []
+    np.testing.assert_array_equal(_round_trip(atlas, mouse, "expression_dense", "counts", "mouse").X, mouse.X)
 
 
 def test_sparse_space_from_dense_float_input(tmp_path, mouse):
