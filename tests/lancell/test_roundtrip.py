@@ -103,8 +103,8 @@ def test_float_layer_kept_float_and_exact(tmp_path, pbmc):
     np.testing.assert_array_equal(out.obs["n_counts"].to_numpy(), pbmc.obs["n_counts"].to_numpy())
 
 
-def test_dense_feature_space_round_trip(tmp_path, mouse):
-    atlas = _atlas(tmp_path, mouse.var_names)
+def _ingest_dense(atlas, mouse, **kwargs):
+    """Ingest ``mouse`` as dataset ``mouse`` into the dense feature space's counts layer."""
     add_from_anndata(
         atlas,
         mouse,
@@ -112,7 +112,13 @@ def test_dense_feature_space_round_trip(tmp_path, mouse):
         zarr_layer="counts",
         dataset_record=DatasetRecord(uid="mouse"),
         progress=False,
+        **kwargs,
     )
+
+
+def test_dense_feature_space_round_trip(tmp_path, mouse):
+    atlas = _atlas(tmp_path, mouse.var_names)
+    _ingest_dense(atlas, mouse)
     out = _round_trip(atlas, mouse, "expression_dense", "counts", "mouse")
     assert isinstance(out.X, np.ndarray) and out.X.dtype == np.float32
     np.testing.assert_array_equal(out.X, mouse.X)
@@ -127,15 +133,7 @@ def test_a_csc_copy_of_a_dense_dataset_is_warned_ignored_then_refused(tmp_path, 
     with a bare ``KeyError`` (no ``csr`` group)."""
     atlas = _atlas(tmp_path, mouse.var_names)
     with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'expression_dense' is dense"):
-        add_from_anndata(
-            atlas,
-            mouse,
-            feature_space="expression_dense",
-            zarr_layer="counts",
-            dataset_record=DatasetRecord(uid="mouse"),
-            csc=True,
-            progress=False,
-        )
+        _ingest_dense(atlas, mouse, csc=True)
     with pytest.raises(IngestError, match="'mouse' is in the dense feature space 'expression_dense'"):
         add_csc(atlas, "mouse")
     assert atlas.validate() == []
