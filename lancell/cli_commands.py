@@ -194,9 +194,13 @@ def ingest(args: argparse.Namespace) -> int:
                 print(f"{row.uid}: ingested on the cells of {record.uid} ({row.nnz} values)")
         elif outcome == "present":
             print(f"{spec.uid}: already in the atlas ({summary})")
-            if unused := [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]:
+            unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
+            unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
+            if unused:
+                hint = f" (lancell add-csc {args.db} {spec.uid} writes its CSC copy)" if args.csc else ""
                 warnings.warn(  # (a typo in them would pass unseen)
-                    f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)",
+                    f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"
+                    + hint,
                     LancellWarning,
                     stacklevel=1,
                 )
@@ -321,9 +325,12 @@ def add_csc(args: argparse.Namespace) -> int:
     """``lancell add-csc``: write the CSC copy of each dataset that lacks one, one after another."""
     from lancell.atlas import RaggedAtlas
     from lancell.ingest.add_csc import add_csc as write_missing
+    from lancell.ingest.add_csc import require_sparse_datasets
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
-    for uid in dict.fromkeys(args.uids):  # (a uid given twice is written once)
+    uids = list(dict.fromkeys(args.uids))  # (a uid given twice is written once)
+    require_sparse_datasets(atlas, uids)  # every uid known and sparse before any copy is written
+    for uid in uids:
         written = write_missing(atlas, uid)
         print(f"{uid}: CSC copy of {', '.join(written)} written" if written else f"{uid}: has a CSC copy")
     return 0

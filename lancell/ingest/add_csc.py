@@ -22,7 +22,7 @@ from lancell.tables.visibility import dataset_lock_name
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc"]
+__all__ = ["add_csc", "require_sparse_datasets"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,7 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     core = atlas.core
     core.require_writable()
     with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):
-        rows = core.tables.datasets.search().where(f"uid = {sql_literal(dataset_uid)}").to_arrow().to_pylist()
-        if not rows:
-            raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas {atlas.db_uri!r}")
-        space = resolve_feature_space(atlas.feature_spaces, rows[0]["feature_space"])
-        if space.kind != "sparse":  # (its rows hold every feature: no feature-major copy)
-            raise IngestError(
-                f"add_csc: dataset {dataset_uid!r} is in the dense feature space {space.name!r}: only sparse "
-                "datasets have a CSC copy"
-            )
-        name = rows[0]["zarr_group"]
+        name = _sparse_record(atlas, dataset_uid)["zarr_group"]
         atlas.group_claims.require_own(name, dataset_uid)
         group = core.zarr_root[name]
         stored = list(group.attrs.get("layers", {}))
@@ -72,3 +63,32 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         core.forget_nodes()  # this handle's opened groups predate the copy
     log.info("wrote the CSC copy of %s: layers %s", dataset_uid, missing)
     return missing
+
+
+def require_sparse_datasets(atlas: RaggedAtlas, uids: list[str]) -> None:
+    """Check that every dataset of ``uids`` is in the atlas and sparse (what :func:`add_csc` requires),
+    before a copy of any of them is written.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        A uid with no dataset.
+    IngestError
+        A dense dataset.
+    """
+    for uid in uids:
+        _sparse_record(atlas, uid)
+
+
+def _sparse_record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:
+    """The record of dataset ``uid``, which must be sparse."""
+    rows = atlas.core.tables.datasets.search().where(f"uid = {sql_literal(uid)}").to_arrow().to_pylist()
+    if not rows:
+        raise DatasetNotFoundError(f"dataset {uid!r} is not in the atlas {atlas.db_uri!r}")
+    space = resolve_feature_space(atlas.feature_spaces, rows[0]["feature_space"])
+    if space.kind != "sparse":  # (its rows hold every feature: no feature-major copy)
+        raise IngestError(
+            f"dataset {uid!r} is in the dense feature space {space.name!r}: only sparse datasets have a "
+            "CSC copy"
+        )
+    return rows[0]

@@ -28,7 +28,7 @@ from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction
+from lancell.ingest.write_transaction import WriteTransaction, csc_of_modality
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
@@ -105,14 +105,15 @@ def attach_modality(
     var_uid_column: str | None = None,
     progress: bool = True,
     layer: str | None = None,
+    csc: bool | None = None,
 ) -> DatasetRecord:
     """Store ``adata`` as feature space ``feature_space`` of the cells of dataset ``cells_of``.
 
     ``adata.obs_names`` must be obs names of that dataset (any subset, any order); those cells must not
     already carry a pointer in ``feature_space``. ``dataset_record`` gives provenance and the uid; the fields
     lancell assigns (``zarr_group``, ...) must be unset and ``cells_of`` unset or equal to ``cells_of``.
-    ``zarr_layer`` (with ``source_layer``) or ``layers`` say what is stored, as in
-    :func:`~lancell.ingest.from_anndata.add_from_anndata`.
+    ``zarr_layer`` (with ``source_layer``) or ``layers`` say what is stored, and ``csc`` whether its
+    feature-major copy is written, as in :func:`~lancell.ingest.from_anndata.add_from_anndata`.
 
     Raises
     ------
@@ -131,7 +132,7 @@ def attach_modality(
     check_attachable(atlas, record.uid, cells_of, feature_space, plan.obs_names)
     plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
     transaction = WriteTransaction(
-        atlas.core, plan, space, record, cells_of=cells_of, on_duplicate="allow", progress=progress
+        atlas.core, plan, space, record, cells_of=cells_of, csc=csc, on_duplicate="allow", progress=progress
     )
     (stored,) = run_transactions([transaction])
     return stored
@@ -144,12 +145,15 @@ def add_from_mudata(
     *,
     dataset_record: DatasetRecord | None = None,
     progress: bool = True,
+    csc: bool | None = None,
 ) -> list[DatasetRecord]:
     """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)``.
 
     The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
     attached to them (``<uid>/<feature_space>``), all in one run: their records are committed together or
-    none is (:mod:`lancell.ingest.transaction_run`). Returns one record per modality.
+    none is (:mod:`lancell.ingest.transaction_run`). Returns one record per modality. ``csc``: whether each
+    sparse modality's feature-major copy is written, as in
+    :func:`~lancell.ingest.from_anndata.add_from_anndata` (a dense one has none).
 
     Raises
     ------
@@ -181,7 +185,9 @@ def add_from_mudata(
     sources = stored_layers(record.uid, layer, None, None, None)
     check_raw(first, record.uid, sources)
     plan = plan_ingest(atlas.core, first, space, sources, record, None)
-    host = WriteTransaction(atlas.core, plan, space, record, progress=progress)
+    host = WriteTransaction(
+        atlas.core, plan, space, record, csc=csc_of_modality(csc, space), progress=progress
+    )
     transactions = [host]
     for name in names[1:]:
         space_name, layer = modalities[name]
@@ -204,6 +210,7 @@ def add_from_mudata(
                 attached,
                 cells_of=record.uid,
                 host=host,
+                csc=csc_of_modality(csc, space),
                 on_duplicate="allow",
                 progress=progress,
             )

@@ -43,7 +43,7 @@ from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
 from lancell.ingest.tenx_obs import cell_obs
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction
+from lancell.ingest.write_transaction import WriteTransaction, csc_of_modality
 from lancell.tables.feature_spaces import resolve_feature_space
 
 if TYPE_CHECKING:
@@ -190,9 +190,9 @@ def add_from_10x(
         keep their obs (``obs`` is refused) and ``on_duplicate`` does not apply (a repeat is refused: the
         cells already carry the modality).
     csc
-        Write the feature-major (CSC) copy of each dataset: as for
+        Write the feature-major (CSC) copy of each sparse dataset: as for
         :func:`lancell.ingest.from_anndata.add_from_anndata` (None: datasets of at least
-        ``lancell.storage.csc.CSC_MIN_VALUES`` stored values).
+        ``lancell.storage.csc.CSC_MIN_VALUES`` stored values); a dense feature space has none.
     on_duplicate
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`, applied to the dataset adding the cells:
         ``"error"`` raises :class:`~lancell.errors.DuplicateContentError` (nothing is stored), ``"skip"``
@@ -273,7 +273,7 @@ def add_from_10x(
                 records[space],
                 cells_of=None if adds_cells else host_uid,
                 host=host,
-                csc=csc,
+                csc=csc_of_modality(csc, spaces[space]),
                 on_duplicate=on_duplicate if adds_cells else "allow",  # modalities: their cells are named
                 progress=progress,
             )

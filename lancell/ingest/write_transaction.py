@@ -71,9 +71,15 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction"]
+__all__ = ["WriteTransaction", "csc_of_modality"]
 
 log = logging.getLogger(__name__)
+
+
+def csc_of_modality(csc: bool | None, space: FeatureSpace) -> bool | None:
+    """A run of several modalities' ``csc`` choice, for the one in ``space``: the sparse ones' (a dense space
+    has no CSC copy; ``csc=True`` for one is warned about only where the caller named that space)."""
+    return csc if space.kind == "sparse" else None
 
 
 class WriteTransaction:

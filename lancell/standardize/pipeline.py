@@ -292,6 +292,7 @@ def standardize_and_ingest(
     on_conflict: OnConflict = "error",
     progress: bool = True,
     layer: str | None = None,
+    csc: bool | None = None,
     **standardize: object,
 ) -> tuple[DatasetRecord, StandardizationReport]:
     """Standardize ``adata``, register its genes and ingest it, in one call.
@@ -307,7 +308,7 @@ def standardize_and_ingest(
         A writable atlas.
     adata
         In memory, backed, or a path to an ``.h5ad`` (read into memory: standardizing makes a copy).
-    feature_space, zarr_layer, dataset_record, source_layer, progress, layer
+    feature_space, zarr_layer, dataset_record, source_layer, progress, layer, csc
         As for :func:`lancell.ingest.from_anndata.add_from_anndata`.
     unresolved, duplicates
         As for :func:`standardize_anndata`; genes sharing an id are summed in the matrices that hold
@@ -360,6 +361,7 @@ def standardize_and_ingest(
         source_layer=source_layer,
         layer=layer,
         var_uid_column="feature_uid",
+        csc=csc,
         progress=progress,
     )
     log.info("standardize_and_ingest %s:\n%s", record.uid, report.summary())

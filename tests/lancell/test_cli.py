@@ -196,7 +196,8 @@ def test_ingest_layer_replaces_the_sidecars_layers(tmp_path: Path) -> None:
 
 def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path) -> None:
     """``--no-csc`` leaves out the copy a dataset of its size gets by default (the sidecar's ``csc`` was the
-    only way), ``--csc`` writes one below that size, and ``add-csc`` writes a missing copy once."""
+    only way), ``--csc`` writes one below that size (and is warned about for a dataset already in the atlas),
+    and ``add-csc`` writes a missing copy once, after checking every uid."""
     db = str(tmp_path / "db")
     run("init", db, "--store", str(tmp_path / "arrays"))
     run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--no-csc")  # 1,027,859 values
@@ -209,11 +210,15 @@ def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path)
         return {uid: list(root[group].attrs.get("csc_layers", [])) for uid, group in groups.items()}
 
     assert copied() == {"ct": [], "pbmc": ["log_normalized"]}
+    again = run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--csc")  # the file is not read again
+    hint = f"--csc not used: the dataset is in the atlas (file not read) (lancell add-csc {db} ct"
+    assert hint in again.stderr
+    missing = run("add-csc", db, "ct", "nope", check=False)  # every uid checked before any copy is written
+    assert missing.returncode == 1 and "nope" in missing.stderr and len(missing.stderr.splitlines()) == 1
+    assert copied() == {"ct": [], "pbmc": ["log_normalized"]}
     written = run("add-csc", db, "ct", "pbmc", "ct").stdout.splitlines()
     assert written == ["ct: CSC copy of counts written", "pbmc: has a CSC copy"]
     assert copied() == {"ct": ["counts"], "pbmc": ["log_normalized"]}
-    missing = run("add-csc", db, "nope", check=False)
-    assert missing.returncode == 1 and "nope" in missing.stderr and len(missing.stderr.splitlines()) == 1
     assert run("validate", db).stdout.strip() == "consistent"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ from mudata import MuData
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import DroppedColumnsWarning, IngestError, QueryError
+from lancell.errors import DroppedColumnsWarning, IngestError, LancellWarning, QueryError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import add_from_mudata, attach_modality
 from lancell.query.reconstruct import presence_matrix
@@ -164,6 +166,39 @@ def test_a_global_obs_column_that_disagrees_with_the_first_modalitys_is_refused(
     mdata.obs["size"] = [1.0, np.nan] * 15
     add_from_mudata(atlas, mdata, modalities, dataset_record=DatasetRecord(uid="m"), progress=False)
     assert set(atlas.query().to_pandas()["cell_type"]) == {"from rna"}
+
+
+def test_a_mudata_and_an_attached_modality_take_the_csc_choice(two):
+    """``add_from_mudata`` and ``attach_modality`` had no ``csc``: a sparse modality got the copy by size
+    only. A MuData's ``csc=True`` is the sparse modalities' (no warning for the dense one); an attached dense
+    modality asked for one is warned about."""
+    atlas, pbmc = two
+    programs = _programs(pbmc)
+    mdata = MuData({"rna": pbmc, "prog": programs[::2].copy()})  # 174,400 values: no copy by default
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = add_from_mudata(
+            atlas,
+            mdata,
+            {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")},
+            dataset_record=DatasetRecord(uid="pbmc"),
+            progress=False,
+            csc=True,
+        )
+    assert not [w for w in caught if "csc" in str(w.message)]
+    copied = [atlas.core.zarr_root[r.zarr_group].attrs.get("csc_layers") for r in records]
+    assert copied == [["log_normalized"], None]
+    with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'programs' is dense"):
+        attach_modality(
+            atlas,
+            programs[1::2].copy(),  # the cells the MuData's modality left out
+            cells_of="pbmc",
+            feature_space="programs",
+            zarr_layer="scores",
+            dataset_record=DatasetRecord(uid="pbmc/again"),
+            csc=True,
+            progress=False,
+        )
 
 
 @pytest.fixture

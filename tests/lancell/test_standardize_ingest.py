@@ -49,7 +49,9 @@ def test_celltypist_sample_in_one_call(tmp_path, celltypist):
         dataset_record=DatasetRecord(uid="celltypist"),
         organism="human",
         progress=False,
+        csc=False,  # (it had no csc: the copy of a dataset this size was always written)
     )
+    assert "csc_layers" not in atlas.core.zarr_root[record.zarr_group].attrs
     assert report.var_counts == {"resolved": 19359, "kept": 13427, "dropped": 0, "summed": 1, "n_vars": 32785}
     assert "var: resolved 19359, kept 13427, dropped 0, summed 1, n_vars 32785" in report.summary()
     assert (record.n_cells, record.n_features) == (559, 32785)
