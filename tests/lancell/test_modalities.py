@@ -63,18 +63,24 @@ def two(tmp_path):
     return atlas, pbmc
 
 
-def test_mudata_round_trip_aligned_by_uid(two):
-    atlas, pbmc = two
-    programs = _programs(pbmc)
-    subset = programs[::3].copy()  # only every third cell has the second modality
-    mdata = MuData({"rna": pbmc, "prog": subset})
-    records = add_from_mudata(
+def _ingest_pbmc(atlas, mdata, **kwargs):
+    """``add_from_mudata`` of ``rna`` (gene expression) and ``prog`` (programs) as dataset ``pbmc``."""
+    return add_from_mudata(
         atlas,
         mdata,
         {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")},
         dataset_record=DatasetRecord(uid="pbmc"),
         progress=False,
+        **kwargs,
     )
+
+
+def test_mudata_round_trip_aligned_by_uid(two):
+    atlas, pbmc = two
+    programs = _programs(pbmc)
+    subset = programs[::3].copy()  # only every third cell has the second modality
+    mdata = MuData({"rna": pbmc, "prog": subset})
+    records = _ingest_pbmc(atlas, mdata)
     assert [r.uid for r in records] == ["pbmc", "pbmc/programs"]
     assert atlas.validate() == []
     # the Dagster snapshot check summed every record's n_cells: an attached modality counted its cells twice
@@ -177,14 +183,7 @@ def test_a_mudata_and_an_attached_modality_take_the_csc_choice(two):
     mdata = MuData({"rna": pbmc, "prog": programs[::2].copy()})  # 174,400 values: no copy by default
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        records = add_from_mudata(
-            atlas,
-            mdata,
-            {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")},
-            dataset_record=DatasetRecord(uid="pbmc"),
-            progress=False,
-            csc=True,
-        )
+        records = _ingest_pbmc(atlas, mdata, csc=True)
     assert not [w for w in caught if "csc" in str(w.message)]
     copied = [atlas.core.zarr_root[r.zarr_group].attrs.get("csc_layers") for r in records]
     assert copied == [["log_normalized"], None]
