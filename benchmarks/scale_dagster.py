@@ -25,6 +25,7 @@ worker, the scheduler, each launcher, the rebuild) and writes them to ``--json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -330,6 +331,7 @@ def main() -> None:
         print(json.dumps(_child(args.stage)))
         return
     files = sorted(args.data.glob("ds*.h5ad"))
+    made = args.root is None  # (a folder made here is removed with the atlases unless --keep)
     root = args.root or Path(tempfile.mkdtemp(prefix="lancell-scale-dagster-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
     inproc, dagster = root / "in-process", root / "dagster"
@@ -395,6 +397,9 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(inproc, ignore_errors=True)
             shutil.rmtree(dagster, ignore_errors=True)
+            if made:
+                with contextlib.suppress(OSError):  # (only when empty: nothing else is removed)
+                    root.rmdir()
 
 
 if __name__ == "__main__":
