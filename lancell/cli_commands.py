@@ -197,7 +197,9 @@ def ingest(args: argparse.Namespace) -> int:
             unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
             unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
             if unused:
-                hint = f" (lancell add-csc {args.db} {spec.uid} writes its CSC copy)" if args.csc else ""
+                hint = ""
+                if args.csc and _lacks_csc(atlas, spec.uid):
+                    hint = f" (lancell add-csc {args.db} {spec.uid} writes its CSC copy)"
                 warnings.warn(  # (a typo in them would pass unseen)
                     f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"
                     + hint,
@@ -319,6 +321,17 @@ def vacuum(args: argparse.Namespace) -> int:
     removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
     print(", ".join(f"{name}: {count}" for name, count in removed.items()))
     return 0
+
+
+def _lacks_csc(atlas: RaggedAtlas, uid: str) -> bool:
+    """Whether ``lancell add-csc`` would write a copy of dataset ``uid`` (False for a dense one)."""
+    from lancell.errors import LancellError
+    from lancell.ingest.add_csc import layers_without_csc
+
+    try:
+        return bool(layers_without_csc(atlas, uid))
+    except LancellError:  # dense, or its group missing: add-csc would not write one
+        return False
 
 
 def add_csc(args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ leaves a group that reads correctly from CSR, and running ``add_csc`` again fini
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from lancell.errors import DatasetNotFoundError, IngestError
+from lancell.errors import DatasetNotFoundError, GroupNotFoundError, IngestError
 from lancell.storage.csc import write_csc
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
@@ -22,7 +23,7 @@ from lancell.tables.visibility import dataset_lock_name
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc", "require_sparse_datasets"]
+__all__ = ["add_csc", "layers_without_csc", "require_sparse_datasets"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         group = core.zarr_root[name]
         stored = list(group.attrs.get("layers", {}))
         copied = list(group.attrs.get("csc_layers", []))
-        missing = [layer for layer in stored if layer not in copied]
+        missing = _uncopied(group.attrs)
         if not missing:
             return []
         if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
@@ -63,6 +64,24 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         core.forget_nodes()  # this handle's opened groups predate the copy
     log.info("wrote the CSC copy of %s: layers %s", dataset_uid, missing)
     return missing
+
+
+def layers_without_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
+    """The stored layers of dataset ``dataset_uid`` that have no CSC copy: what :func:`add_csc` would
+    write (as the group holds them now).
+
+    Raises
+    ------
+    DatasetNotFoundError, IngestError
+        As :func:`require_sparse_datasets`.
+    GroupNotFoundError
+        The dataset's group is missing.
+    """
+    name = _sparse_record(atlas, dataset_uid)["zarr_group"]
+    attrs = atlas.core.group_attrs(name, reopen=True)
+    if attrs is None:
+        raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
+    return _uncopied(attrs)
 
 
 def require_sparse_datasets(atlas: RaggedAtlas, uids: list[str]) -> None:
@@ -78,6 +97,12 @@ def require_sparse_datasets(atlas: RaggedAtlas, uids: list[str]) -> None:
     """
     for uid in uids:
         _sparse_record(atlas, uid)
+
+
+def _uncopied(attrs: Mapping[str, object]) -> list[str]:
+    """A group's stored layers (from its attributes) without a CSC copy, in stored order."""
+    copied = set(attrs.get("csc_layers", []))
+    return [layer for layer in attrs.get("layers", {}) if layer not in copied]
 
 
 def _sparse_record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:

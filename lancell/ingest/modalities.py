@@ -28,7 +28,7 @@ from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction, csc_of_modality
+from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
@@ -181,6 +181,8 @@ def add_from_mudata(
     first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
     name, (space_name, layer) = names[0], modalities[names[0]]
     record = (dataset_record or atlas.dataset_schema()).model_copy()
+    spaces = [resolve_feature_space(atlas.feature_spaces, space) for space, _ in modalities.values()]
+    check_csc_of_run(csc, spaces, record.uid)
     space = resolve_feature_space(atlas.feature_spaces, space_name)
     sources = stored_layers(record.uid, layer, None, None, None)
     check_raw(first, record.uid, sources)

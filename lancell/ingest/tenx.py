@@ -43,7 +43,7 @@ from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
 from lancell.ingest.tenx_obs import cell_obs
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction, csc_of_modality
+from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
 from lancell.tables.feature_spaces import resolve_feature_space
 
 if TYPE_CHECKING:
@@ -249,6 +249,7 @@ def add_from_10x(
         for space in routes
     }
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
+    check_csc_of_run(csc, list(spaces.values()), base.uid)
     for space in routes:
         spaces[space].check_layer(zarr_layer)
         check_record(atlas.core, records[space], None if space == cells_space else host_uid)

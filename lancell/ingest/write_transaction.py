@@ -71,15 +71,28 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction", "csc_of_modality"]
+__all__ = ["WriteTransaction", "check_csc_of_run", "csc_of_modality"]
 
 log = logging.getLogger(__name__)
 
 
 def csc_of_modality(csc: bool | None, space: FeatureSpace) -> bool | None:
     """A run of several modalities' ``csc`` choice, for the one in ``space``: the sparse ones' (a dense space
-    has no CSC copy; ``csc=True`` for one is warned about only where the caller named that space)."""
+    has no CSC copy; :func:`check_csc_of_run` warns where no modality of the run is sparse)."""
     return csc if space.kind == "sparse" else None
+
+
+def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str) -> None:
+    """Warn that ``csc=True`` is ignored by a run of modalities (dataset ``uid``) in ``spaces`` none of which
+    is sparse."""
+    if csc and not any(space.kind == "sparse" for space in spaces):
+        names = sorted(space.name for space in spaces)
+        warnings.warn(
+            f"dataset {uid!r}: csc=True is ignored: feature spaces {names} are dense, and only sparse "
+            "datasets have a CSC copy",
+            LancellWarning,
+            stacklevel=3,
+        )
 
 
 class WriteTransaction:

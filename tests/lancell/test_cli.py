@@ -219,6 +219,8 @@ def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path)
     written = run("add-csc", db, "ct", "pbmc", "ct").stdout.splitlines()
     assert written == ["ct: CSC copy of counts written", "pbmc: has a CSC copy"]
     assert copied() == {"ct": ["counts"], "pbmc": ["log_normalized"]}
+    again = run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--csc")  # it has its copy: no hint
+    assert "--csc not used" in again.stderr and "add-csc" not in again.stderr
     assert run("validate", db).stdout.strip() == "consistent"
 
 

@@ -187,6 +187,15 @@ def test_a_mudata_and_an_attached_modality_take_the_csc_choice(two):
     assert not [w for w in caught if "csc" in str(w.message)]
     copied = [atlas.core.zarr_root[r.zarr_group].attrs.get("csc_layers") for r in records]
     assert copied == [["log_normalized"], None]
+    with pytest.warns(LancellWarning, match=r"csc=True is ignored: feature spaces \['programs'\] are dense"):
+        add_from_mudata(
+            atlas,
+            MuData({"prog": _programs(pbmc)}),
+            {"prog": ("programs", "scores")},
+            dataset_record=DatasetRecord(uid="scores_only"),
+            csc=True,
+            progress=False,
+        )
     with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'programs' is dense"):
         attach_modality(
             atlas,
