@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -197,17 +198,21 @@ def ingest(args: argparse.Namespace) -> int:
             unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
             unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
             if unused:
-                hint = ""
-                if args.csc and _lacks_csc(atlas, spec.uid):
-                    hint = f" (lancell add-csc {args.db} {spec.uid} writes its CSC copy)"
                 warnings.warn(  # (a typo in them would pass unseen)
                     f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"
-                    + hint,
+                    + _add_csc_hint(args, atlas, spec.uid),
                     LancellWarning,
                     stacklevel=1,
                 )
         else:
             print(f"{spec.uid}: skipped, {spec.path} holds the same content as dataset {record.uid}")
+            if args.csc is not None:  # the stored dataset keeps whatever copy it has
+                warnings.warn(
+                    f"{spec.uid}: {'--csc' if args.csc else '--no-csc'} not used: its content is stored as "
+                    f"dataset {record.uid}" + _add_csc_hint(args, atlas, record.uid),
+                    LancellWarning,
+                    stacklevel=1,
+                )
     return failed.status()
 
 
@@ -323,26 +328,32 @@ def vacuum(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lacks_csc(atlas: RaggedAtlas, uid: str) -> bool:
-    """Whether ``lancell add-csc`` would write a copy of dataset ``uid`` (False for a dense one)."""
+def _add_csc_hint(args: argparse.Namespace, atlas: RaggedAtlas, uid: str) -> str:
+    """For ``ingest --csc``: the ``lancell add-csc`` command that writes dataset ``uid``'s CSC copy, where it
+    would write one (else nothing)."""
     from lancell.errors import LancellError
     from lancell.ingest.add_csc import layers_without_csc
 
+    if not args.csc:
+        return ""
     try:
-        return bool(layers_without_csc(atlas, uid))
-    except LancellError:  # dense, or its group missing: add-csc would not write one
-        return False
+        if not layers_without_csc(atlas, uid):
+            return ""
+    except LancellError:  # dense, its group missing or not provably this atlas's: add-csc would not write
+        return ""
+    store = "" if args.store is None else f" --store {shlex.quote(args.store)}"
+    return f" (lancell add-csc {shlex.quote(args.db)}{store} {shlex.quote(uid)} writes its CSC copy)"
 
 
 def add_csc(args: argparse.Namespace) -> int:
     """``lancell add-csc``: write the CSC copy of each dataset that lacks one, one after another."""
     from lancell.atlas import RaggedAtlas
     from lancell.ingest.add_csc import add_csc as write_missing
-    from lancell.ingest.add_csc import require_sparse_datasets
+    from lancell.ingest.add_csc import require_csc_writable
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     uids = list(dict.fromkeys(args.uids))  # (a uid given twice is written once)
-    require_sparse_datasets(atlas, uids)  # every uid known and sparse before any copy is written
+    require_csc_writable(atlas, uids)  # every uid checked as add_csc checks it before any copy is written
     for uid in uids:
         written = write_missing(atlas, uid)
         print(f"{uid}: CSC copy of {', '.join(written)} written" if written else f"{uid}: has a CSC copy")

@@ -4,8 +4,9 @@ The copy is derived data: the same CSR arrays always give the same CSC arrays, a
 the layers listed in the group's ``csc_layers`` attribute (:mod:`lancell.query.reconstruct`). So the write is
 made safe by ordering, under the dataset's lock: layers that already have a copy are never rewritten; when a
 copy must be (re)built, ``csc_layers`` is cleared first (readers fall back to the CSR arrays, which give the
-same answer), the arrays are written, and ``csc_layers`` is set last: the commit point. A crash in between
-leaves a group that reads correctly from CSR, and running ``add_csc`` again finishes the copy.
+same answer), the arrays are written, and ``csc_layers`` is set last: the commit point. An error in between
+deletes the unlisted arrays written; a crash leaves them, in a group that reads correctly from CSR, and
+running ``add_csc`` again overwrites them and finishes the copy.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from typing import TYPE_CHECKING
 
 from lancell.errors import DatasetNotFoundError, GroupNotFoundError, IngestError
 from lancell.storage.csc import write_csc
+from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import dataset_lock_name
 
 if TYPE_CHECKING:
+    import zarr
+
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc", "layers_without_csc", "require_sparse_datasets"]
+__all__ = ["add_csc", "layers_without_csc", "require_csc_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,9 @@ log = logging.getLogger(__name__)
 def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     """Write the CSC copy of every stored layer of a dataset that lacks one; return the layers written.
 
-    Layers that already have a copy are left as they are (an empty list when every layer has one).
+    Layers that already have a copy are left as they are (an empty list when every layer has one). A write
+    that fails is undone: the layers' copy arrays written so far are deleted (the listed ones are never
+    touched), so the group is as before and the call can be made again.
 
     Raises
     ------
@@ -40,63 +46,94 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     IngestError
         The dataset is dense (only sparse datasets have a CSC copy).
     GroupNotFoundError
-        The dataset's group is missing, or this atlas cannot prove it its own (no claim, or its attributes
-        name another atlas or none).
+        The dataset's group is missing, or (when a layer lacks its copy) this atlas cannot prove it its own
+        (no claim, or its attributes name another atlas or none).
+    StoreError
+        The store failed while the copy was written (the copy is then undone).
     ReadOnlyAtlasError
         The handle is checked out at a snapshot.
     """
     core = atlas.core
     core.require_writable()
     with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):
-        name = _sparse_record(atlas, dataset_uid)["zarr_group"]
-        atlas.group_claims.require_own(name, dataset_uid)
-        group = core.zarr_root[name]
-        stored = list(group.attrs.get("layers", {}))
-        copied = list(group.attrs.get("csc_layers", []))
-        missing = _uncopied(group.attrs)
+        missing = layers_without_csc(atlas, dataset_uid)  # read under the lock; the owner checked
         if not missing:
             return []
-        if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
-            write_csc(group, missing, indices=False)
-        else:
-            group.attrs.pop("csc_layers", None)
-            write_csc(group, stored)  # sets csc_layers last
-        core.forget_nodes()  # this handle's opened groups predate the copy
+        name = _sparse_record(atlas, dataset_uid)["zarr_group"]
+        with StoreFailures(f"add_csc: dataset {dataset_uid!r}: opening its zarr group {name!r}"):
+            group = core.zarr_root[name]
+            stored = list(group.attrs.get("layers", {}))
+            copied = list(group.attrs.get("csc_layers", []))
+        try:
+            if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
+                write_csc(group, missing, indices=False)
+            else:
+                group.attrs.pop("csc_layers", None)
+                write_csc(group, stored)  # sets csc_layers last
+        except BaseException as exc:
+            _roll_back(group, copied, missing, whole=not copied)
+            if is_store_failure(exc):  # the store's own errors (obstore's, a full disk): typed, named
+                what = f"add_csc: dataset {dataset_uid!r}: its CSC copy was not written (run it again)"
+                raise store_error(exc, what) from exc
+            raise
+        finally:
+            core.forget_nodes()  # this handle's opened groups predate the copy
     log.info("wrote the CSC copy of %s: layers %s", dataset_uid, missing)
     return missing
 
 
 def layers_without_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
-    """The stored layers of dataset ``dataset_uid`` that have no CSC copy: what :func:`add_csc` would
-    write (as the group holds them now).
+    """The stored layers of dataset ``dataset_uid`` that have no CSC copy: what :func:`add_csc` would write
+    (as the group holds them now), checking what it would check before writing them.
 
     Raises
     ------
-    DatasetNotFoundError, IngestError
-        As :func:`require_sparse_datasets`.
+    DatasetNotFoundError
+        No dataset ``dataset_uid`` in the atlas.
+    IngestError
+        The dataset is dense.
     GroupNotFoundError
-        The dataset's group is missing.
+        The dataset's group is missing, or a layer lacks its copy and this atlas cannot prove the group its
+        own.
     """
     name = _sparse_record(atlas, dataset_uid)["zarr_group"]
     attrs = atlas.core.group_attrs(name, reopen=True)
     if attrs is None:
         raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
-    return _uncopied(attrs)
+    missing = _uncopied(attrs)
+    if missing:  # (a group with every copy is only read: whose it is does not matter)
+        atlas.group_claims.require_own(name, dataset_uid)
+    return missing
 
 
-def require_sparse_datasets(atlas: RaggedAtlas, uids: list[str]) -> None:
-    """Check that every dataset of ``uids`` is in the atlas and sparse (what :func:`add_csc` requires),
-    before a copy of any of them is written.
+def require_csc_writable(atlas: RaggedAtlas, uids: list[str]) -> None:
+    """Check everything :func:`add_csc` checks before it writes, for every dataset of ``uids``, before a copy
+    of any of them is written.
 
     Raises
     ------
-    DatasetNotFoundError
-        A uid with no dataset.
-    IngestError
-        A dense dataset.
+    DatasetNotFoundError, IngestError, GroupNotFoundError
+        As :func:`layers_without_csc`, for the first dataset that fails.
     """
     for uid in uids:
-        _sparse_record(atlas, uid)
+        layers_without_csc(atlas, uid)
+
+
+def _roll_back(group: zarr.Group, copied: list[str], layers: list[str], *, whole: bool) -> None:
+    """Undo a failed copy: list the copied layers as before, then delete the arrays written (the whole
+    ``csc`` group when no layer had a copy, else the unlisted layers' values); logged if the store refuses."""
+    try:
+        if whole:
+            group.attrs.pop("csc_layers", None)
+            if "csc" in group:
+                del group["csc"]
+        else:
+            group.attrs["csc_layers"] = copied
+            for layer in layers:
+                if "csc/layers" in group and layer in group["csc/layers"]:
+                    del group["csc/layers"][layer]
+    except Exception as exc:  # whatever the store raises: the caller's own error stands
+        log.error("roll-back of a CSC copy left arrays behind (unlisted; add_csc overwrites them): %s", exc)
 
 
 def _uncopied(attrs: Mapping[str, object]) -> list[str]:

@@ -213,6 +213,10 @@ def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path)
     again = run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--csc")  # the file is not read again
     hint = f"--csc not used: the dataset is in the atlas (file not read) (lancell add-csc {db} ct"
     assert hint in again.stderr
+    store = str(tmp_path / "arrays")  # the same content under another uid: skipped, the store passed on
+    copy = run("ingest", db, str(BUNDLED[1].path), "--uid", "ct_copy", "--csc", "--store", store)
+    hint = f"--csc not used: its content is stored as dataset ct (lancell add-csc {db} --store {store} ct"
+    assert hint in copy.stderr
     missing = run("add-csc", db, "ct", "nope", check=False)  # every uid checked before any copy is written
     assert missing.returncode == 1 and "nope" in missing.stderr and len(missing.stderr.splitlines()) == 1
     assert copied() == {"ct": [], "pbmc": ["log_normalized"]}

@@ -12,7 +12,7 @@ import lancell.ingest.write_transaction as write_transaction
 import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
 import lancell.storage.csc_blocks as csc_blocks_module
-from lancell.errors import DatasetNotFoundError
+from lancell.errors import DatasetNotFoundError, StoreError
 from lancell.ingest.add_csc import add_csc
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
@@ -183,3 +183,59 @@ def test_add_csc_of_an_unknown_dataset_is_a_typed_error(atlas):
     with pytest.raises(DatasetNotFoundError, match="'nope'") as raised:
         add_csc(atlas, "nope")
     assert isinstance(raised.value, KeyError)
+
+
+def _tree(atlas, zarr_group: str) -> dict[str, bytes]:
+    """Every stored object of a group with its bytes."""
+    folder = atlas.store.prefix / zarr_group
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _full_disk(monkeypatch) -> None:
+    """The CSC copy's offsets (written after its values) fail as on a full disk."""
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csc_module, "write_offsets", full)
+
+
+def test_a_failed_add_csc_is_undone_and_can_be_run_again(atlas, celltypist, monkeypatch):
+    """A write that fails leaves no partial copy behind (it was left, unlisted, until validate and vacuum)
+    and is a ``StoreError`` naming the dataset; run again, the copy is written."""
+    record = _ingest(atlas, celltypist, "ct", csc=False)
+    before = _tree(atlas, record.zarr_group)
+    with monkeypatch.context() as patched:
+        _full_disk(patched)
+        with pytest.raises(StoreError, match=r"dataset 'ct': its CSC copy was not written .* left on device"):
+            add_csc(atlas, "ct")
+    assert _tree(atlas, record.zarr_group) == before
+    assert atlas.validate() == []
+    assert add_csc(atlas, "ct") == ["counts"]
+
+
+def test_a_failed_add_csc_of_one_layer_keeps_the_copied_ones(atlas, celltypist, monkeypatch):
+    """Only the unlisted layer's values are deleted: the shared indices and the copied layer stay whole."""
+    record = _ingest(atlas, celltypist, "ct", csc=True)
+    halves = (celltypist.X.astype(np.float32) / 2).tocsr()
+    add_layer(atlas, "ct", "normalized", ad.AnnData(X=halves, obs=celltypist.obs[[]], var=celltypist.var[[]]))
+    group = atlas.core.zarr_root[record.zarr_group]
+    group.attrs["csc_layers"] = ["counts"]  # as if interrupted before recording the new layer's copy
+    del group["csc/layers"]["normalized"]
+    before = _tree(atlas, record.zarr_group)
+    with monkeypatch.context() as patched:  # indices=False writes no offsets: fail at the values instead
+        patched.setattr(csc_module, "_write_buckets", _failing_after_values(csc_module._write_buckets))
+        with pytest.raises(StoreError, match="'ct'"):
+            add_csc(atlas, "ct")
+    assert _tree(atlas, record.zarr_group) == before
+    assert add_csc(atlas, "ct") == ["normalized"]
+
+
+def _failing_after_values(write_buckets):
+    """``write_buckets`` that fails as on a full disk once it has written everything."""
+
+    def failing(*args, **kwargs):
+        write_buckets(*args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    return failing

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, make_loader
 from lancell.errors import GroupNotFoundError, IngestError, LancellWarning, StoreError
-from lancell.ingest.add_csc import add_csc
+from lancell.ingest.add_csc import add_csc, require_csc_writable
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
@@ -240,11 +240,15 @@ def test_crashed_old_ingestion_is_replaced_by_a_new_one(old):
 
 
 def test_old_groups_are_not_rewritten(old):
-    """add_csc writes into a dataset's group only when this atlas can prove it its own."""
+    """add_csc writes into a dataset's group only when this atlas can prove it its own, and says so before
+    any dataset is written (``require_csc_writable``); a group with every copy is only read."""
     db, store = old
     atlas = RaggedAtlas.open(db, store=store)
     with pytest.raises(GroupNotFoundError, match=r"'old_a'.* is not claimed by this atlas"):
         add_csc(atlas, "old_a")
+    with pytest.raises(GroupNotFoundError, match=r"'old_a'.* is not claimed by this atlas"):
+        require_csc_writable(atlas, ["old_b", "old_a"])
+    assert add_csc(atlas, "old_b") == []  # its copy is there: nothing to write
     assert not (Path(db) / "_zarr" / EXPECTED["datasets"]["old_a"]["zarr_group"] / "csc").exists()
     _assert_snapshots(db, store)
     assert atlas.validate() == []
