@@ -18,7 +18,7 @@ import anndata as ad
 import pandas as pd
 
 from lancell.atlas import RaggedAtlas
-from lancell.ingest.from_anndata import add_from_anndata
+from lancell.ingest.from_anndata import add_from_anndata, open_h5ad
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 __all__ = [
@@ -105,7 +105,7 @@ def gene_features(datasets: tuple[BundledDataset, ...] = BUNDLED) -> pd.DataFram
     """Registry rows (``uid``, ``gene_symbol``, ``organism``) for every gene of ``datasets``."""
     frames = []
     for dataset in datasets:
-        var = ad.read_h5ad(dataset.path, backed="r").var
+        var = open_h5ad(dataset.path).var
         uids = var.index if dataset.var_uid_column is None else var[dataset.var_uid_column]
         frames.append(
             pd.DataFrame(

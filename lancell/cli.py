@@ -49,6 +49,16 @@ def _registry(text: str) -> tuple[str, str]:
     return space, schema
 
 
+def _space_layers(text: str) -> tuple[str, list[str]]:
+    """An ``init --layers`` value: ``(feature space, allowed layer names)``."""
+    space, sep, names = (part.strip() for part in text.partition("="))
+    layers = [name.strip() for name in names.split(",") if name.strip()]
+    if not sep or not space or not layers:
+        example = "gene_expression=counts,spliced"
+        raise argparse.ArgumentTypeError(f"{text!r} is not SPACE=LAYER,... (e.g. {example})")
+    return space, layers
+
+
 def _names(text: str) -> list[str]:
     """A ``--features`` value: the comma-separated names, each stripped of surrounding spaces."""
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -65,6 +75,10 @@ def _check_init_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     twice = sorted({space for space in spaces if spaces.count(space) > 1})
     if twice:
         parser.error(f"--registry: feature space {twice[0]!r} is given twice (one registry schema each)")
+    spaces = [space for space, _ in args.layers or []]
+    twice = sorted({space for space in spaces if spaces.count(space) > 1})
+    if twice:
+        parser.error(f"--layers: feature space {twice[0]!r} is given twice (list its layers once)")
 
 
 def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -164,6 +178,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         type=_registry,
         metavar="SPACE=module:Class",
         help=f"registry schema of a feature space, once per space (default: {'='.join(_DEFAULT_REGISTRY)})",
+    )
+    init.add_argument(
+        "--layers",
+        action="append",
+        type=_space_layers,
+        metavar="SPACE=LAYER,...",
+        help="the layer names a feature space allows, once per space (default: counts, normalized, "
+        "log_normalized, scaled; a dense space also values)",
     )
 
     ingest = command(
@@ -266,7 +288,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     query.add_argument(
         "--ignore-case", action="store_true", help="match --features to uids and symbols ignoring case"
     )
-    query.add_argument("--join", choices=["union", "intersection"], default="union")
+    query.add_argument(
+        "--join",
+        choices=["union", "intersection"],
+        default="union",
+        help="the output's features when datasets measure different panels: every one any selected dataset "
+        "measured (union, the default) or those all of them measured (intersection); the output's "
+        "varm['presence'] says which dataset measured which",
+    )
     query.add_argument(
         "--on-unmeasured",
         choices=["error", "drop", "keep"],
@@ -284,10 +313,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     add_csc.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
 
+    delete = command(
+        "delete",
+        cli_commands.delete,
+        "delete datasets (their cells and records; their zarr groups stay for snapshots until vacuum)",
+    )
+    delete.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
+
     vacuum = command(
         "vacuum", cli_commands.vacuum, "delete zarr groups no dataset and no snapshot references"
     )
-    vacuum.add_argument("--grace-hours", type=_hours, default=1.0, help="keep groups younger than this")
+    vacuum.add_argument(
+        "--grace-hours",
+        type=_hours,
+        default=1.0,
+        help="keep groups released (their dataset deleted) less than this long ago (default: 1)",
+    )
 
     command("validate", cli_commands.validate, "check tables and zarr groups agree").add_argument(
         "--version", type=int, help="check this snapshot"

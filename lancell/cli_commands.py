@@ -35,6 +35,7 @@ def init(args: argparse.Namespace) -> int:
         load_schema_class(args.schema),
         store=args.store,
         registry_schemas={space: load_schema_class(schema) for space, schema in args.registry},
+        layers=dict(args.layers) if args.layers else None,
     )
     print(f"created {atlas!r}; arrays in {atlas.store!r}")
     return 0
@@ -100,9 +101,10 @@ def _check_files(paths: Sequence[str]) -> None:
     for path in paths:
         if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
-            if "outs" in names:
-                patterns = ("outs/*", "outs/per_sample_outs/*/count/*")  # (count, multi)
-                found = (p for pattern in patterns for p in Path(path).glob(pattern))
+            outs = Path(path) if Path(os.path.abspath(path)).name == "outs" else Path(path) / "outs"
+            if outs.is_dir():
+                patterns = ("*", "per_sample_outs/*/count/*")  # (count, multi)
+                found = (p for pattern in patterns for p in outs.glob(pattern))
                 matrices = sorted(str(p) for p in found if "filtered" in p.name and is_tenx_output(p))
                 shown = ", ".join(matrices[:4]) or "outs/..."
                 remedy = f"it is a Cell Ranger output folder: give its matrices, e.g. {shown}"
@@ -138,8 +140,13 @@ def ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from lancell.atlas import RaggedAtlas
-    from lancell.errors import IngestError, LancellError, LancellWarning
-    from lancell.ingest.landing import check_landing_spec, ingest_landing_file, read_landing_spec
+    from lancell.errors import DuplicateDatasetError, IngestError, LancellError, LancellWarning
+    from lancell.ingest.landing import (
+        check_landing_spec,
+        ingest_landing_file,
+        other_landing_file,
+        read_landing_spec,
+    )
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     overrides = _spec_overrides(args)
@@ -194,6 +201,14 @@ def ingest(args: argparse.Namespace) -> int:
             for row in modalities.itertuples():  # a 10x output's further feature spaces
                 print(f"{row.uid}: ingested on the cells of {record.uid} ({row.nnz} values)")
         elif outcome == "present":
+            if (other := other_landing_file(record, spec)) is not None:
+                clash = DuplicateDatasetError(
+                    f"dataset {spec.uid!r} is already in the atlas, ingested from another file, {other} "
+                    "(this one was not read): give it its own uid (--uid, or the sidecar's uid), or delete "
+                    f"dataset {spec.uid!r} to replace it (lancell delete)"
+                )
+                failed.add(clash, spec.path, spec.uid)
+                continue
             print(f"{spec.uid}: already in the atlas ({summary})")
             unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
             unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
@@ -265,8 +280,11 @@ def ls(args: argparse.Namespace) -> int:
     from lancell.tables.visibility import recorded_cells
 
     frame = _open_for_reading(args).list_datasets()
-    columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
-    print(frame[columns].to_string(index=False))
+    columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz"]
+    if frame["cells_of"].notna().any():  # further modalities: the dataset whose cells they measure
+        columns.append("cells_of")
+    if len(frame):
+        print(frame[columns].to_string(index=False))
     print(f"{len(frame)} datasets, {recorded_cells(frame)} cells")
     return 0
 
@@ -316,6 +334,23 @@ def query(args: argparse.Namespace) -> int:
     finally:
         partial.unlink(missing_ok=True)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    """``lancell delete``: delete datasets, every uid checked first."""
+    from lancell.atlas import RaggedAtlas
+    from lancell.errors import DatasetNotFoundError
+    from lancell.ingest.landing import present_record
+
+    atlas = RaggedAtlas.open(args.db, store=args.store)
+    uids = list(dict.fromkeys(args.uids))  # (a uid given twice is deleted once)
+    if missing := [uid for uid in uids if present_record(atlas, uid) is None]:
+        named = ", ".join(map(repr, missing))
+        raise DatasetNotFoundError(f"no dataset {named} in the atlas: nothing deleted")
+    for uid in uids:
+        atlas.delete_dataset(uid)
+        print(f"{uid}: deleted (snapshots keep it; lancell vacuum removes its zarr group after its grace)")
     return 0
 
 

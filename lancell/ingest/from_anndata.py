@@ -146,17 +146,33 @@ def check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> No
             f"dataset {dataset!r}: no layer 'raw' in adata.layers {list(adata.layers)}; adata.raw is not a "
             "layer" + ("" if raw is None else f": to store it, {remedy}")
         )
-    if raw is not None:
-        warnings.warn(
-            f"dataset {dataset!r}: adata.raw ({raw.n_obs} x {raw.n_vars}) is not stored (only X and "
-            f"adata.layers are); to keep it, {remedy}",
-            LancellWarning,
-            stacklevel=3,
-        )
+    if raw is None:
+        return
+    from_layers = {stored: source for stored, source in sources.items() if source in adata.layers}
+    if any(adata.layers[source] is raw.X for source in from_layers.values()):
+        return  # the documented recipe, adata.layers[NAME] = adata.raw.X: raw's values are stored
+    maybe = (  # a file's layer read back is not raw.X itself: whether it holds raw's values is unknown here
+        f"; stored layers {sorted(from_layers)} come from adata.layers: if one holds raw's values, they are "
+        "stored"
+        if from_layers
+        else ""
+    )
+    warnings.warn(
+        f"dataset {dataset!r}: adata.raw ({raw.n_obs} x {raw.n_vars}) is not stored (only X and adata.layers "
+        f"are){maybe}; to keep it, {remedy}",
+        LancellWarning,
+        stacklevel=3,
+    )
+
+
+# anndata's warning on reading a file with repeated obs or var names: its advice (make them unique) would
+# register made-up feature uids; ingestion refuses repeated names where it uses them, naming the remedy
+NAMES_NOT_UNIQUE = r"(Variable|Observation) names are not unique"
 
 
 def open_h5ad(path: Path) -> ad.AnnData:
-    """The ``.h5ad`` file ``path``, opened backed (no matrix read).
+    """The ``.h5ad`` file ``path``, opened backed (no matrix read); anndata's warning about repeated obs or
+    var names is left out (:data:`NAMES_NOT_UNIQUE`).
 
     Raises
     ------
@@ -166,7 +182,9 @@ def open_h5ad(path: Path) -> ad.AnnData:
     if not path.exists():
         raise IngestError(f"no such file: {path}")
     try:
-        return ad.read_h5ad(path, backed="r")
+        with warnings.catch_warnings():  # lancell checks the names it uses (and says what to pass instead)
+            warnings.filterwarnings("ignore", NAMES_NOT_UNIQUE, UserWarning)
+            return ad.read_h5ad(path, backed="r")
     except Exception as exc:  # whatever anndata raises (its IORegistryError is a bare Exception)
         if _MATRIX_MARKET.fullmatch(path.name) or _is_tenx_h5(path):
             raise IngestError(

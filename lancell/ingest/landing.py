@@ -55,6 +55,7 @@ __all__ = [
     "ingest_landing_file",
     "landing_files",
     "landing_fingerprint",
+    "other_landing_file",
     "present_record",
     "read_landing_spec",
 ]
@@ -108,6 +109,21 @@ def present_record(atlas: RaggedAtlas, uid: str) -> DatasetRecord | None:
     """The record of dataset ``uid`` if the atlas has it, else None."""
     rows = atlas.core.tables.datasets.search().where(f"uid = {sql_literal(uid)}").to_arrow().to_pylist()
     return atlas.dataset_schema(**rows[0]) if rows else None
+
+
+def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> Path | None:
+    """The file dataset ``record`` was ingested from, when that is another file than ``spec``'s that is still
+    there (two files landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``); None
+    when it is the same file (under any path), or its recorded source is gone or is not a path (the file
+    moved: nothing tells them apart without reading it)."""
+    recorded = record.source
+    if not recorded or recorded == (spec.source or str(spec.path)):
+        return None
+    path = Path(recorded)
+    try:
+        return None if not path.exists() or path.samefile(spec.path) else path
+    except OSError:  # (spec.path gone: the dataset is what the atlas holds)
+        return None
 
 
 def _prepared(

@@ -46,7 +46,12 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
     if frame["uid"].duplicated().any():  # refused before anything is registered
         repeated = frame["uid"][frame["uid"].duplicated()].unique().tolist()
         column = spec.var_uid_column or "the var index"
-        unique = " (gene_ids does)" if is_tenx_output(spec.path) else ""
+        if is_tenx_output(spec.path):
+            unique = " (gene_ids does)"
+        else:  # var columns naming each feature once, which a user may mean (not anndata's made-up -1 names)
+            named = [name for name in var.columns if name != spec.var_uid_column and _names_once(var[name])]
+            option = "--var-uid-column (the sidecar's var_uid_column)"
+            unique = f"; of var's columns, {named[:3]} do: pass one as {option}" if named else ""
         raise DuplicateFeaturesError(spec.uid, repeated, f"{column} must name each feature once{unique}")
     schema = atlas.core.tables.registry(spec.feature_space).schema
     if "gene_symbol" in schema.names:
@@ -59,6 +64,14 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
     for name in set(schema.names) & set(var.columns) - set(frame.columns):
         frame[name] = var[name].to_numpy()
     return frame
+
+
+def _names_once(column: pd.Series) -> bool:
+    """Whether a var column holds text naming each feature once (none missing)."""
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+        if not isinstance(column.dtype, pd.CategoricalDtype):
+            return False
+    return bool(column.notna().all() and column.is_unique)
 
 
 def _column(var: pd.DataFrame, name: str | None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -12,6 +13,9 @@ from lancell.storage.groups import PointerKind
 from lancell.tables.table_schemas import FEATURE_SPACES_SCHEMA
 
 __all__ = ["DEFAULT_LAYERS", "FeatureSpace", "feature_spaces_from_table", "feature_spaces_table"]
+
+# a layer is stored as a zarr array of that name (csr/layers/<name>): one path segment
+_LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 DEFAULT_LAYERS: dict[PointerKind, tuple[str, ...]] = {
     "sparse": ("counts", "normalized", "log_normalized", "scaled"),
@@ -59,12 +63,20 @@ def build_feature_spaces(
     layers = dict(layers or {})
     unknown = sorted(set(layers) - set(pointers))
     if unknown:
-        raise SchemaError(f"layers names unknown feature spaces {unknown}")
+        raise SchemaError(
+            f"layers names feature spaces {unknown} that have no pointer field in the cell schema (pointer "
+            f"fields: {sorted(pointers)})"
+        )
     spaces = {}
     for name, kind in pointers.items():
         allowed = tuple(layers.get(name, DEFAULT_LAYERS[kind]))
-        if not allowed or not all(isinstance(x, str) and x for x in allowed):
-            raise SchemaError(f"feature space {name!r}: layers must be non-empty strings, got {allowed!r}")
+        if not allowed or not all(isinstance(x, str) and _LAYER_NAME.fullmatch(x) for x in allowed):
+            raise SchemaError(
+                f"feature space {name!r}: layers must be names of letters, digits, '_', '.' and '-' (not "
+                f"starting with '.' or '-'), got {allowed!r}"
+            )
+        if len(set(allowed)) < len(allowed):
+            raise SchemaError(f"feature space {name!r}: layers {allowed!r} name a layer more than once")
         spaces[name] = FeatureSpace(name, kind, allowed)
     return spaces
 

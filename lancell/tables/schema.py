@@ -12,6 +12,8 @@ sub-subclass sees the pointers of every ancestor (upstream read one class's ``__
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import types
 import typing
 import uuid
@@ -374,7 +376,9 @@ def pointer_arrow_type(kind: PointerKind) -> pa.DataType:
 
 
 def load_schema_class(spec: str) -> type:
-    """The class named ``module:Class`` (a schema given on the command line or in configuration).
+    """The class named ``module:Class`` (a schema given on the command line or in configuration); a module
+    that is not importable is also looked for in the current folder, as ``python -m`` would find it (the
+    ``lancell`` command, unlike ``python -m lancell.cli``, does not search there).
 
     Raises
     ------
@@ -385,6 +389,21 @@ def load_schema_class(spec: str) -> type:
     if not module_name or not name:
         raise SchemaError(f"schema {spec!r} must be written module:Class (e.g. lancell.bundled:CellSchema)")
     try:
-        return getattr(importlib.import_module(module_name), name)
+        return getattr(_module(module_name), name)
     except (ImportError, AttributeError) as exc:
         raise SchemaError(f"cannot load schema {spec!r}: {exc}") from exc
+
+
+def _module(module_name: str) -> types.ModuleType:
+    """Module ``module_name``, from the import path or else from the current folder."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module_name.partition(".")[0] or here in sys.path:
+            raise
+    sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(here)

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from tests.lancell.test_cli import LANCELL, run
+from tests.lancell.test_cli_tenx import V3_H5
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
@@ -156,6 +157,28 @@ def test_options_for_a_dataset_already_in_the_atlas_are_warned_unused(tmp_path: 
     assert "warning: f: --obs-columns, --organism not used: the dataset is in the atlas" in again.stderr
 
 
+def test_another_file_on_a_stored_uid_is_an_error_and_delete_makes_room(tmp_path: Path, db: str) -> None:
+    """Two studies' sample1.h5ad: the second was reported "already in the atlas" (the first's summary) and
+    the command exited 0, its cells never read; the CLI had no command to delete a dataset."""
+    (tmp_path / "study_a").mkdir()
+    (tmp_path / "study_b").mkdir()
+    first = _write(tmp_path / "study_a" / "sample1.h5ad", ["G1", "G2"])
+    second = _write(tmp_path / "study_b" / "sample1.h5ad", ["G1", "G3"])
+    run("ingest", db, str(first))
+    clash = run("ingest", db, str(second), check=False)
+    assert clash.returncode == 1 and "already in the atlas" not in clash.stdout
+    assert f"ingested from another file, {first} (this one was not read)" in clash.stderr
+    assert (
+        "sample1: already in the atlas" in run("ingest", db, str(first)).stdout
+    )  # the same file: idempotent
+    missing = run("delete", db, "sample1", "nope", check=False)  # every uid checked first
+    assert missing.returncode == 1 and "no dataset 'nope' in the atlas: nothing deleted" in missing.stderr
+    assert "sample1: deleted" in run("delete", db, "sample1").stdout
+    run("ingest", db, str(second))
+    assert _registry(db) == ["G1", "G2", "G3"]
+    assert RaggedAtlas.open(db).list_datasets()["source"].tolist() == [str(second)]
+
+
 def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) -> None:
     """A 10x output folder was told to give its *.h5ad files (it has none); ls of a file said it could not
     create a store folder."""
@@ -166,6 +189,11 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     assert (
         refused.returncode == 1 and "no features file (features.tsv[.gz] or genes.tsv[.gz])" in refused.stderr
     )
+    outs = tmp_path / "run7" / "outs"  # a Cell Ranger output's outs folder itself: its matrices named
+    outs.mkdir(parents=True)
+    shutil.copyfile(V3_H5, outs / "filtered_feature_bc_matrix.h5")
+    refused = run("ingest", db, str(outs), check=False)
+    assert f"give its matrices, e.g. {outs / 'filtered_feature_bc_matrix.h5'}" in refused.stderr
     other = tmp_path / "results"
     other.mkdir()
     (other / "notes.txt").write_text("")
@@ -338,6 +366,14 @@ def test_reading_commands_read_a_copy_whose_store_lies_outside_with_a_warning(tm
             "lancell init: error: --registry: feature space 'gene_expression' is given twice",
         ),
         (["--cell-table", "bad name"], 1, "lancell init: error: table name 'bad name': use letters"),
+        (["--layers", "gene_expression"], 2, "argument --layers: 'gene_expression' is not SPACE=LAYER,..."),
+        (
+            ["--layers", "gene_expression=counts", "--layers", "gene_expression=spliced"],
+            2,
+            "lancell init: error: --layers: feature space 'gene_expression' is given twice",
+        ),
+        (["--layers", "gene_expression=a/b"], 1, "layers must be names of letters, digits, '_', '.' and '-'"),
+        (["--layers", "protein=counts"], 1, "layers names feature spaces ['protein'] that have no pointer"),
     ],
 )
 def test_init_command_lines_that_cannot_work_are_refused(tmp_path, options, status, message) -> None:
@@ -347,6 +383,37 @@ def test_init_command_lines_that_cannot_work_are_refused(tmp_path, options, stat
     assert refused.returncode == status and message in refused.stderr, refused.stderr
     assert refused.stderr.splitlines()[-1].startswith("lancell init: error:")
     assert not (tmp_path / "db").exists()
+
+
+def test_init_sets_the_layers_a_feature_space_allows(tmp_path: Path) -> None:
+    """The allowed layer names (counts, normalized, ...) could not be changed from the command line."""
+    db = str(tmp_path / "db")
+    run("init", db, "--layers", "gene_expression=counts, spliced")
+    run("ingest", db, str(_write(tmp_path / "f.h5ad", ["G1", "G2"])), "--layer", "spliced")
+    other = str(_write(tmp_path / "g.h5ad", ["G1"]))
+    refused = run("ingest", db, other, "--layer", "normalized", check=False)
+    assert "layer 'normalized' is not allowed in feature space 'gene_expression'" in refused.stderr
+    assert "allowed: ['counts', 'spliced']" in refused.stderr
+    assert list(RaggedAtlas.open(db).list_datasets()["layers"].iloc[0]) == ["spliced"]
+
+
+def test_init_finds_a_schema_module_in_the_current_folder(tmp_path: Path) -> None:
+    """The installed command (unlike python -m lancell.cli) did not search the current folder: a user's own
+    schema module beside their data was "No module named ...". A module there that fails is reported."""
+    (tmp_path / "myschema.py").write_text(
+        "from lancell.bundled import CellSchema\n\nclass Cell(CellSchema):\n    donor: str | None = None\n"
+    )
+    (tmp_path / "broken.py").write_text("import no_such_package\n")
+    command = [str(LANCELL), "init", "db", "--schema"]
+    done = subprocess.run(
+        [*command, "myschema:Cell"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "donor" in RaggedAtlas.open(str(tmp_path / "db")).cell_arrow_schema.names
+    broken = subprocess.run(
+        [*command, "broken:Cell"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert broken.returncode == 1 and "No module named 'no_such_package'" in broken.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -321,3 +323,11 @@ def test_adata_raw_is_not_a_layer_and_is_warned_as_not_stored(atlas, celltypist)
     with pytest.warns(LancellWarning, match=warned):
         _ingest(atlas, subset, "r", zarr_layer="counts")
     assert atlas.list_datasets()["uid"].tolist() == ["r"]
+    recipe = celltypist[:50].copy()  # the documented recipe: raw's values copied into a stored layer
+    recipe.raw = recipe
+    recipe.layers["counts"] = recipe.raw.X
+    recipe.X = recipe.X.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)  # nothing is lost: no warning says it is
+        warnings.filterwarnings("ignore", "dataset 'recipe': obs columns", LancellWarning)
+        _ingest(atlas, recipe, "recipe", layers={"counts": "counts", "normalized": "X"})
