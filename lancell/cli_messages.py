@@ -22,6 +22,12 @@ _FLAGS = (
     ("pass store=", "pass --store"),
     ("no organism=", "no --organism"),
     ("pass organism=", "pass --organism"),
+    ("call atlas.snapshot() first", "run lancell snapshot first"),
+    ("registry_schemas names feature spaces", "--registry names feature spaces"),
+    ("have no registry schema in registry_schemas", "have no --registry"),
+    ("layers names feature spaces", "--layers names feature spaces"),
+    ("pass case_sensitive=False (lancell query --ignore-case)", "pass --ignore-case"),
+    ("; nothing was ingested (on_duplicate='skip')", "; nothing was ingested"),
 )
 
 
