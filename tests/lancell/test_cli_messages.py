@@ -1,4 +1,4 @@
-"""Repeated var names on the command line: lancell's own message names a var column that could be the uid,
+"""Messages of the command line. Repeated var names: lancell's own message names a var column that could be the uid,
 and anndata's advice to make the names unique (which would register made-up uids such as ``Rp1-1``) is not
 passed on."""
 
@@ -32,3 +32,18 @@ def test_repeated_var_names_suggest_a_unique_column(tmp_path: Path) -> None:
     assert "not unique" not in done.stderr and "make_unique" not in done.stderr
     registry = RaggedAtlas.open(db).core.tables.registry("gene_expression").to_pandas()
     assert sorted(registry["uid"]) == ["E1", "E2", "E3"]
+
+
+def test_remedies_are_named_as_the_command_line_has_them(tmp_path: Path) -> None:
+    """Errors shown to the command line named Python calls: atlas.snapshot(), case_sensitive=False."""
+    db = str(tmp_path / "db")
+    run("init", db)
+    no_snapshot = run("validate", db, "--version", "0", check=False)
+    assert no_snapshot.returncode == 1 and "run lancell snapshot first" in no_snapshot.stderr
+    path = tmp_path / "p.h5ad"
+    x = sp.csr_matrix(np.ones((2, 2), np.int32))
+    var = pd.DataFrame(index=["CD3E", "LYZ"])
+    ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=var).write_h5ad(path)
+    run("ingest", db, str(path))
+    lower = run("query", db, "-o", str(tmp_path / "q.h5ad"), "--features", "cd3e", check=False)
+    assert lower.returncode == 1 and lower.stderr.rstrip().endswith("'cd3e' is 'CD3E': pass --ignore-case")
