@@ -1,6 +1,6 @@
-"""Messages of the command line. Repeated var names: lancell's own message names a var column that could be the uid,
-and anndata's advice to make the names unique (which would register made-up uids such as ``Rp1-1``) is not
-passed on."""
+"""Messages of the command line: repeated var names name a var column that could be the uid (anndata's
+advice to make the names unique, which would register made-up uids such as ``Rp1-1``, is not passed on), and
+the library's Python remedies are named by their flags."""
 
 from __future__ import annotations
 
