@@ -54,6 +54,8 @@ def _unbalanced(sql: str) -> str | None:
 _LITERAL = r"'(?:[^']|'')*'"
 _SOMA_LIST = re.compile(rf"{_LITERAL}|\b(?P<neg>not\s+)?in\s*\[(?P<items>(?:{_LITERAL}|[^\]'])*)\]", re.I)
 _DOUBLE_QUOTED = re.compile(rf'{_LITERAL}|"(?P<text>[^"]*)"')
+# where in Lance's own source an error was raised, which Lance appends to its message (", /home/.../x.rs:1:2")
+_RUST_LOCATION = re.compile(r",\s*\S+\.rs:\d+:\d+\s*$")
 
 
 def sql_suggestion(sql: str, columns: Sequence[str]) -> str | None:
@@ -105,8 +107,9 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
             if suggestion is None
             else f"; write {suggestion} (SQL: lists as IN (...), strings in single quotes)"
         )
+        said = _RUST_LOCATION.sub("", str(exc))
         raise QueryError(
-            f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}{hint}: {exc}"
+            f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}{hint}: {said}"
         ) from exc
 
 

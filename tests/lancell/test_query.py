@@ -109,8 +109,9 @@ def test_count_group_by_and_frames(bundled):
 
 
 def test_bad_filter_is_a_query_error(bundled):
-    with pytest.raises(QueryError):
+    with pytest.raises(QueryError, match="No field named no_such_column") as raised:
         bundled.query().where("no_such_column = 3").to_arrow()
+    assert ".rs:" not in str(raised.value)  # (Lance's own source location, appended to its message)
     with pytest.raises(QueryError, match="different layers"):
         bundled.query().to_anndata()
 
