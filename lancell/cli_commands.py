@@ -338,19 +338,26 @@ def query(args: argparse.Namespace) -> int:
 
 
 def delete(args: argparse.Namespace) -> int:
-    """``lancell delete``: delete datasets, every uid checked first."""
+    """``lancell delete``: delete datasets, every uid checked first; a dataset's further modalities (its
+    cells' other feature spaces) go with it, and are named."""
     from lancell.atlas import RaggedAtlas
     from lancell.errors import DatasetNotFoundError
-    from lancell.ingest.landing import present_record
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
+    records = atlas.list_datasets().set_index("uid")
     uids = list(dict.fromkeys(args.uids))  # (a uid given twice is deleted once)
-    if missing := [uid for uid in uids if present_record(atlas, uid) is None]:
+    if missing := [uid for uid in uids if uid not in records.index]:
         named = ", ".join(map(repr, missing))
         raise DatasetNotFoundError(f"no dataset {named} in the atlas: nothing deleted")
+    gone: set[str] = set()
     for uid in uids:
+        if uid in gone:  # a modality of a dataset deleted before it
+            continue
+        attached = records.index[records["cells_of"] == uid].tolist()
         atlas.delete_dataset(uid)
-        print(f"{uid}: deleted (snapshots keep it; lancell vacuum removes its zarr group after its grace)")
+        gone.update([uid, *attached])
+        also = f" with {', '.join(attached)} (its cells' other feature spaces)" if attached else ""
+        print(f"{uid}: deleted{also}; snapshots keep it, lancell vacuum removes its group after its grace")
     return 0
 
 

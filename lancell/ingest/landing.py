@@ -15,6 +15,7 @@ dataset was ingested from.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import fields
@@ -58,6 +59,7 @@ __all__ = [
     "other_landing_file",
     "present_record",
     "read_landing_spec",
+    "recorded_source",
 ]
 
 
@@ -111,13 +113,20 @@ def present_record(atlas: RaggedAtlas, uid: str) -> DatasetRecord | None:
     return atlas.dataset_schema(**rows[0]) if rows else None
 
 
+def recorded_source(spec: LandingSpec) -> str:
+    """The ``source`` a landing file's dataset records: the sidecar's ``source``, else the file's absolute
+    path (a relative one would name another file from another folder)."""
+    return spec.source or os.path.abspath(spec.path)
+
+
 def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> Path | None:
     """The file dataset ``record`` was ingested from, when that is another file than ``spec``'s that is still
     there (two files landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``); None
-    when it is the same file (under any path), or its recorded source is gone or is not a path (the file
-    moved: nothing tells them apart without reading it)."""
+    when it is the same file (under any path), when its recorded source is gone (the file moved: nothing tells
+    them apart without reading it) or is not an absolute path (a sidecar's ``source``; a relative path
+    recorded before sources were absolute, whose folder is unknown)."""
     recorded = record.source
-    if not recorded or recorded == (spec.source or str(spec.path)):
+    if not recorded or recorded == recorded_source(spec) or not os.path.isabs(recorded):
         return None
     path = Path(recorded)
     try:
@@ -239,7 +248,7 @@ def ingest_landing_file(
         raise IngestError(f"landing file {spec.path} does not exist")
     try:
         record = atlas.dataset_schema(
-            uid=spec.uid, name=spec.name, source=spec.source or str(spec.path), accession=spec.accession
+            uid=spec.uid, name=spec.name, source=recorded_source(spec), accession=spec.accession
         )
     except pydantic.ValidationError as exc:
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc

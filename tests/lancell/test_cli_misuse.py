@@ -179,6 +179,24 @@ def test_another_file_on_a_stored_uid_is_an_error_and_delete_makes_room(tmp_path
     assert RaggedAtlas.open(db).list_datasets()["source"].tolist() == [str(second)]
 
 
+def test_a_relative_path_is_told_apart_from_another_folder(tmp_path: Path, db: str) -> None:
+    """A source recorded as typed (sample1.h5ad) named another study's file from its folder: that file passed
+    as "already in the atlas", and the same file given from elsewhere was refused."""
+    for study, genes in (("study_a", ["G1", "G2"]), ("study_b", ["G1", "G3"])):
+        (tmp_path / study).mkdir()
+        _write(tmp_path / study / "sample1.h5ad", genes)
+
+    def ingest(folder: str, path: str) -> subprocess.CompletedProcess[str]:
+        command = [str(LANCELL), "ingest", db, path]
+        return subprocess.run(command, cwd=tmp_path / folder, capture_output=True, text=True, timeout=300)
+
+    assert ingest("study_a", "sample1.h5ad").returncode == 0
+    other = ingest("study_b", "sample1.h5ad")
+    assert other.returncode == 1 and f"another file, {tmp_path / 'study_a' / 'sample1.h5ad'}" in other.stderr
+    same = ingest("study_b", "../study_a/sample1.h5ad")
+    assert same.returncode == 0 and "sample1: already in the atlas" in same.stdout
+
+
 def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) -> None:
     """A 10x output folder was told to give its *.h5ad files (it has none); ls of a file said it could not
     create a store folder."""

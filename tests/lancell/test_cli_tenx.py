@@ -115,6 +115,11 @@ def test_a_cite_seq_folder_lands_as_one_set_of_cells_with_its_protein(tmp_path: 
     assert np.array_equal(both["protein"][:, ids[-7:]].X.toarray(), expected[:, -7:])
     assert np.array_equal(both["gene_expression"][:, ids[:-7]].X.toarray(), expected[:, :-7])
     assert atlas.validate() == []
+    # deleting the cells deletes their protein too: named, and not an error when also listed
+    deleted = run("delete", cite_db, "donor3", "donor3/protein").stdout
+    assert deleted.startswith("donor3: deleted with donor3/protein (its cells' other feature spaces)")
+    assert len(deleted.splitlines()) == 1
+    assert run("ls", cite_db).stdout == "0 datasets, 0 cells\n"
 
 
 def test_keys_a_10x_output_does_not_use_are_refused_before_any_ingest(tmp_path: Path, cite_db: str) -> None:
