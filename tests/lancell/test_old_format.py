@@ -175,10 +175,10 @@ def test_list_datasets_and_ls_show_the_old_records_layer(old, tmp_path):
     meta_path.write_text(json.dumps({**meta, "store_url": (Path(db) / "_zarr").as_uri()}))
     listing = subprocess.run([str(lancell), "ls", db], capture_output=True, text=True, check=True).stdout
     lines = [line.split() for line in listing.strip().splitlines()]
-    assert lines[0] == ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz", "cells_of"]
+    assert lines[0] == ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz"]  # no modality
     assert lines[1:] == [
-        ["old_a", SPACE, "[counts]", "40", "12", "202", "None"],
-        ["old_b", SPACE, "[counts]", "30", "10", "126", "None"],
+        ["old_a", SPACE, "[counts]", "40", "12", "202"],
+        ["old_b", SPACE, "[counts]", "30", "10", "126"],
         ["2", "datasets,", "70", "cells"],
     ]
 
