@@ -104,6 +104,9 @@ def train_cell_type_classifier(
     seed = integer("seed", seed, 0)
     if not 0 < real("test_fraction", test_fraction) < 1:
         raise QueryError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    columns = atlas.cell_arrow_schema.names
+    if label_column not in columns:
+        raise QueryError(f"label_column {label_column!r} is not a cell column (cell columns: {columns})")
     torch.manual_seed(seed)
     query = atlas.query().where(f"{label_column} IS NOT NULL").on_unmeasured("drop")
     dataset = query.to_cell_dataset(feature_space, layer, metadata_columns=[label_column, "uid"])

@@ -25,7 +25,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing import spawn
 from typing import Any, Literal
 
@@ -149,6 +149,10 @@ def make_loader(
     """
     if isinstance(sampler, CellSampler):
         sampler.check_dataset(dataset)
+    elif not isinstance(sampler, Iterable):  # (None: torch would read one cell per batch, in stored order)
+        raise ArgumentError(
+            f"sampler must be a CellSampler (or an iterable of batches of cell positions), got {sampler!r}"
+        )
     num_workers, threads, prefetch_factor, context_name, timeout = _worker_options(
         num_workers, threads, prefetch_factor, multiprocessing_context, timeout
     )

@@ -130,8 +130,11 @@ class AtlasQuery(QueryTerminals):
                 "the query already has a search: a second search() would replace it (give the text and "
                 "the vector together, search((vector, text)), for a hybrid search)"
             )
-        vectors = vector_fields(self._atlas.core.cell_arrow)
-        spec = search_spec(vectors, query, vector_column_name, query_type, fts_columns, exact)
+        cells = self._atlas.core.cell_arrow
+        named = [fts_columns] if isinstance(fts_columns, str) else list(fts_columns or [])
+        if unknown := [column for column in named if column not in cells.names]:
+            raise QueryError(f"fts_columns {unknown} are not cell columns (cell columns: {cells.names})")
+        spec = search_spec(vector_fields(cells), query, vector_column_name, query_type, fts_columns, exact)
         return self._with(cells=replace(self._cells, search=spec))
 
     def limit(self, n: int) -> AtlasQuery:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
-from lancell.query.cell_table import SearchSpec, search_builder
+from lancell.query.cell_table import SearchSpec, lance_message, search_builder
 from lancell.tables.obs import NULLABLE_DTYPES
 from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow
@@ -154,7 +154,15 @@ class CellSelection:
         except LancellError:
             raise
         except (ValueError, RuntimeError, OSError) as exc:
-            raise QueryError(f"query failed for filter {self.where_clause()!r}: {exc}") from exc
+            said = lance_message(exc)
+            if "full text search unless an INVERTED index" in said:  # (Lance's words)
+                said += (
+                    "; text search needs the atlas created with fts_columns=[...] (the string cell columns "
+                    "to index) and optimize() run since cells were added"
+                )
+            where = self.where_clause()
+            failed = "query failed" if where is None else f"query failed for filter {where!r}"
+            raise QueryError(f"{failed}: {said}") from exc
         if "_relevance_score" in table.column_names:  # hybrid: an empty answer keeps its parts' columns too
             table = table.drop_columns([n for n in ("_distance", "_score") if n in table.column_names])
         return table.rename_columns([_SEARCH_COLUMNS.get(n, n) for n in table.column_names])

@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 
     from lancell.tables.pinned_table import PinnedTable
 
-__all__ = ["REFINE_FACTOR", "SearchSpec", "check_filter", "keyword_filter", "search_builder", "search_spec"]
+__all__ = [
+    "REFINE_FACTOR",
+    "SearchSpec",
+    "check_filter",
+    "keyword_filter",
+    "lance_message",
+    "search_builder",
+    "search_spec",
+]
 
 SearchQuery = str | Sequence[float] | np.ndarray | tuple[Sequence[float] | np.ndarray, str]
 
@@ -107,10 +115,15 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
             if suggestion is None
             else f"; write {suggestion} (SQL: lists as IN (...), strings in single quotes)"
         )
-        said = _RUST_LOCATION.sub("", str(exc))
+        said = lance_message(exc)
         raise QueryError(
             f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}{hint}: {said}"
         ) from exc
+
+
+def lance_message(exc: BaseException) -> str:
+    """Lance's error message without the place in Lance's own source it names at its end."""
+    return _RUST_LOCATION.sub("", str(exc))
 
 
 # Vector candidates per requested row taken from the ANN index and re-ranked by their stored vectors: the

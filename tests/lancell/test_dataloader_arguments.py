@@ -19,7 +19,7 @@ from lancell.dataloader import (
     ThreadedLoader,
     make_loader,
 )
-from lancell.errors import LancellWarning, OutOfBoundsError, QueryError
+from lancell.errors import ArgumentError, LancellWarning, OutOfBoundsError, QueryError
 from lancell.training import train_cell_type_classifier
 
 SPACE = "gene_expression"
@@ -48,6 +48,14 @@ def test_a_sampler_of_another_dataset_is_refused(snapshot, small):
             make_loader(big, sampler, **readers)
     with pytest.raises(QueryError, match=message):
         ThreadedLoader(big, sampler, SparseCollate(), threads=1)
+
+
+def test_a_sampler_that_is_no_sampler_is_refused(small):
+    """sampler=None was taken: torch then read one cell per batch in stored order (no workers), or failed
+    at the first batch with a bare TypeError (workers)."""
+    for readers in ({"num_workers": 0}, {"num_workers": 2}):
+        with pytest.raises(ArgumentError, match=r"sampler must be a CellSampler .* got None"):
+            make_loader(small, None, **readers)
 
 
 # ------------------------------------------------------------------------------------------------ finding 2

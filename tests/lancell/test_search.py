@@ -204,3 +204,19 @@ def test_a_hybrid_search_matching_nothing_has_the_columns_of_one_matching_someth
     empty = query.where("cell_type = 'no such type'")
     assert empty.to_arrow().schema.names == query.to_arrow().schema.names
     assert empty.to_anndata().obs.columns.tolist() == query.to_anndata().obs.columns.tolist()
+
+
+def test_text_search_errors_say_what_to_do(searchable, tmp_path):
+    """Without an index, or on a misspelled column, Lance's words came back as a query that "failed for
+    filter None", one of them ending in the place in Lance's Rust source that raised it."""
+    atlas, _ = searchable
+    with pytest.raises(QueryError, match=r"fts_columns \['celltype'\] are not cell columns"):
+        atlas.query().search("monocyte", fts_columns=["celltype"])
+    plain = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", EmbeddedCells, registry_schemas={"gene_expression": GeneFeature}
+    )
+    with pytest.raises(
+        QueryError, match=r"^query failed: .* fts_columns=\[\.\.\.\] .* optimize\(\)"
+    ) as raised:
+        plain.query().search("monocyte").count()
+    assert "filter None" not in str(raised.value) and ".rs:" not in str(raised.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import UnmeasuredDataError
+from lancell.errors import QueryError, UnmeasuredDataError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 from lancell.training import train_cell_type_classifier
@@ -44,3 +44,9 @@ def test_refuses_when_no_cell_is_measured(counts_only):
     with pytest.raises(UnmeasuredDataError) as raised:
         train_cell_type_classifier(counts_only, epochs=1)
     assert str(raised.value) == message
+
+
+def test_a_misspelled_label_column_is_named(counts_only):
+    """It was reported as a filter the caller never wrote, where('celltype IS NOT NULL')."""
+    with pytest.raises(QueryError, match=r"label_column 'celltype' is not a cell column \(cell columns: \["):
+        train_cell_type_classifier(counts_only, label_column="celltype", epochs=1)
