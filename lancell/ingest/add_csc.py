@@ -56,10 +56,9 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     core = atlas.core
     core.require_writable()
     with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):
-        missing = layers_without_csc(atlas, dataset_uid)  # read under the lock; the owner checked
+        name, missing = _group_and_uncopied(atlas, dataset_uid)  # read under the lock; the owner checked
         if not missing:
             return []
-        name = _sparse_record(atlas, dataset_uid)["zarr_group"]
         with StoreFailures(f"add_csc: dataset {dataset_uid!r}: opening its zarr group {name!r}"):
             group = core.zarr_root[name]
             stored = list(group.attrs.get("layers", {}))
@@ -96,14 +95,7 @@ def layers_without_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         The dataset's group is missing, or a layer lacks its copy and this atlas cannot prove the group its
         own.
     """
-    name = _sparse_record(atlas, dataset_uid)["zarr_group"]
-    attrs = atlas.core.group_attrs(name, reopen=True)
-    if attrs is None:
-        raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
-    missing = _uncopied(attrs)
-    if missing:  # (a group with every copy is only read: whose it is does not matter)
-        atlas.group_claims.require_own(name, dataset_uid)
-    return missing
+    return _group_and_uncopied(atlas, dataset_uid)[1]
 
 
 def require_csc_writable(atlas: RaggedAtlas, uids: list[str]) -> None:
@@ -134,6 +126,18 @@ def _roll_back(group: zarr.Group, copied: list[str], layers: list[str], *, whole
                     del group["csc/layers"][layer]
     except Exception as exc:  # whatever the store raises: the caller's own error stands
         log.error("roll-back of a CSC copy left arrays behind (unlisted; add_csc overwrites them): %s", exc)
+
+
+def _group_and_uncopied(atlas: RaggedAtlas, dataset_uid: str) -> tuple[str, list[str]]:
+    """Dataset ``dataset_uid``'s zarr group and its layers without a copy (:func:`layers_without_csc`)."""
+    name = _sparse_record(atlas, dataset_uid)["zarr_group"]
+    attrs = atlas.core.group_attrs(name, reopen=True)
+    if attrs is None:
+        raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
+    missing = _uncopied(attrs)
+    if missing:  # (a group with every copy is only read: whose it is does not matter)
+        atlas.group_claims.require_own(name, dataset_uid)
+    return name, missing
 
 
 def _uncopied(attrs: Mapping[str, object]) -> list[str]:
