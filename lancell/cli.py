@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from lancell import cli_commands
+from lancell import cli_commands, cli_maintenance
 
 __all__ = ["main"]
 
@@ -112,6 +112,14 @@ def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
 
 
+def _check_add_csc_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Take dataset uids or ``--all``: one of the two."""
+    if args.all and args.uids:
+        parser.error(f"give dataset uids or --all, not both (--all with {', '.join(args.uids)})")
+    if not args.all and not args.uids:
+        parser.error("give the dataset uids, or --all for every sparse dataset lacking a copy")
+
+
 def _check_ingest_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a malformed ingest command line (its usage, exit 2) before the atlas is opened."""
     from lancell.errors import IngestError
@@ -132,6 +140,7 @@ def _check_snapshot_arguments(parser: argparse.ArgumentParser, args: argparse.Na
 
 
 _CHECKS = {
+    "add-csc": _check_add_csc_arguments,
     "init": _check_init_arguments,
     "ingest": _check_ingest_arguments,
     "query": _check_query_arguments,
@@ -308,20 +317,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     add_csc = command(
         "add-csc",
-        cli_commands.add_csc,
+        cli_maintenance.add_csc,
         "write the feature-major (CSC) copy of datasets ingested without one (every stored layer)",
     )
-    add_csc.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
+    add_csc.add_argument("uids", nargs="*", metavar="UID", help="dataset uids")
+    add_csc.add_argument(
+        "--all", action="store_true", help="every sparse dataset lacking a copy of any of its layers"
+    )
 
     delete = command(
         "delete",
-        cli_commands.delete,
+        cli_maintenance.delete,
         "delete datasets (their cells and records; their zarr groups stay for snapshots until vacuum)",
     )
     delete.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
 
     vacuum = command(
-        "vacuum", cli_commands.vacuum, "delete zarr groups no dataset and no snapshot references"
+        "vacuum", cli_maintenance.vacuum, "delete zarr groups no dataset and no snapshot references"
     )
     vacuum.add_argument(
         "--grace-hours",

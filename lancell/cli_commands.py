@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import warnings
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["ingest", "init", "ls", "name_pairs", "query", "snapshot", "vacuum", "validate", "versions"]
+__all__ = ["ingest", "init", "ls", "name_pairs", "query", "snapshot", "validate", "versions"]
 
 
 def init(args: argparse.Namespace) -> int:
@@ -140,6 +138,7 @@ def ingest(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from lancell.atlas import RaggedAtlas
+    from lancell.cli_maintenance import add_csc_hint
     from lancell.errors import DuplicateDatasetError, IngestError, LancellError, LancellWarning
     from lancell.ingest.landing import (
         check_landing_spec,
@@ -215,7 +214,7 @@ def ingest(args: argparse.Namespace) -> int:
             if unused:
                 warnings.warn(  # (a typo in them would pass unseen)
                     f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"
-                    + _add_csc_hint(args, atlas, spec.uid),
+                    + add_csc_hint(args, atlas, spec.uid),
                     LancellWarning,
                     stacklevel=1,
                 )
@@ -224,7 +223,7 @@ def ingest(args: argparse.Namespace) -> int:
             if args.csc is not None:  # the stored dataset keeps whatever copy it has
                 warnings.warn(
                     f"{spec.uid}: {'--csc' if args.csc else '--no-csc'} not used: its content is stored as "
-                    f"dataset {record.uid}" + _add_csc_hint(args, atlas, record.uid),
+                    f"dataset {record.uid}" + add_csc_hint(args, atlas, record.uid),
                     LancellWarning,
                     stacklevel=1,
                 )
@@ -334,71 +333,6 @@ def query(args: argparse.Namespace) -> int:
     finally:
         partial.unlink(missing_ok=True)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
-    return 0
-
-
-def delete(args: argparse.Namespace) -> int:
-    """``lancell delete``: delete datasets, every uid checked first; a dataset's further modalities (its
-    cells' other feature spaces) go with it, and are named."""
-    from lancell.atlas import RaggedAtlas
-    from lancell.errors import DatasetNotFoundError
-
-    atlas = RaggedAtlas.open(args.db, store=args.store)
-    records = atlas.list_datasets().set_index("uid")
-    uids = list(dict.fromkeys(args.uids))  # (a uid given twice is deleted once)
-    if missing := [uid for uid in uids if uid not in records.index]:
-        named = ", ".join(map(repr, missing))
-        raise DatasetNotFoundError(f"no dataset {named} in the atlas: nothing deleted")
-    gone: set[str] = set()
-    for uid in uids:
-        if uid in gone:  # a modality of a dataset deleted before it
-            continue
-        attached = records.index[records["cells_of"] == uid].tolist()
-        atlas.delete_dataset(uid)
-        gone.update([uid, *attached])
-        also = f" with {', '.join(attached)} (its cells' other feature spaces)" if attached else ""
-        print(f"{uid}: deleted{also}; snapshots keep it, lancell vacuum removes its group after its grace")
-    return 0
-
-
-def vacuum(args: argparse.Namespace) -> int:
-    """``lancell vacuum``: delete the zarr groups no dataset and no snapshot references."""
-    from lancell.atlas import RaggedAtlas
-
-    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
-    print(", ".join(f"{name}: {count}" for name, count in removed.items()))
-    return 0
-
-
-def _add_csc_hint(args: argparse.Namespace, atlas: RaggedAtlas, uid: str) -> str:
-    """For ``ingest --csc``: the ``lancell add-csc`` command that writes dataset ``uid``'s CSC copy, where it
-    would write one (else nothing)."""
-    from lancell.errors import LancellError
-    from lancell.ingest.add_csc import layers_without_csc
-
-    if not args.csc:
-        return ""
-    try:
-        if not layers_without_csc(atlas, uid):
-            return ""
-    except LancellError:  # dense, its group missing or not provably this atlas's: add-csc would not write
-        return ""
-    store = "" if args.store is None else f" --store {shlex.quote(args.store)}"
-    return f" (lancell add-csc {shlex.quote(args.db)}{store} {shlex.quote(uid)} writes its CSC copy)"
-
-
-def add_csc(args: argparse.Namespace) -> int:
-    """``lancell add-csc``: write the CSC copy of each dataset that lacks one, one after another."""
-    from lancell.atlas import RaggedAtlas
-    from lancell.ingest.add_csc import add_csc as write_missing
-    from lancell.ingest.add_csc import require_csc_writable
-
-    atlas = RaggedAtlas.open(args.db, store=args.store)
-    uids = list(dict.fromkeys(args.uids))  # (a uid given twice is written once)
-    require_csc_writable(atlas, uids)  # every uid checked as add_csc checks it before any copy is written
-    for uid in uids:
-        written = write_missing(atlas, uid)
-        print(f"{uid}: CSC copy of {', '.join(written)} written" if written else f"{uid}: has a CSC copy")
     return 0
 
 

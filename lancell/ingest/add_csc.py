@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc", "layers_without_csc", "require_csc_writable"]
+__all__ = ["add_csc", "datasets_without_csc", "layers_without_csc", "require_csc_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,26 @@ def layers_without_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
     return _group_and_uncopied(atlas, dataset_uid)[1]
 
 
+def datasets_without_csc(atlas: RaggedAtlas) -> dict[str, list[str]]:
+    """Every sparse dataset of the atlas with a stored layer that has no CSC copy, and those layers (as
+    :func:`layers_without_csc` gives them), in the dataset table's order: what :func:`add_csc` would write
+    for each. Dense datasets have no copy and are not listed.
+
+    Raises
+    ------
+    GroupNotFoundError
+        A dataset's group is missing, or one lacking a copy is not provably this atlas's (named).
+    """
+    spaces = atlas.feature_spaces
+    records = atlas.core.tables.datasets.to_arrow().select(["uid", "feature_space", "zarr_group"])
+    missing = {
+        record["uid"]: _uncopied_in(atlas, record["uid"], record["zarr_group"])
+        for record in records.to_pylist()
+        if resolve_feature_space(spaces, record["feature_space"]).kind == "sparse"
+    }
+    return {uid: layers for uid, layers in missing.items() if layers}
+
+
 def require_csc_writable(atlas: RaggedAtlas, uids: list[str]) -> None:
     """Check everything :func:`add_csc` checks before it writes, for every dataset of ``uids``, before a copy
     of any of them is written.
@@ -131,13 +151,18 @@ def _roll_back(group: zarr.Group, copied: list[str], layers: list[str], *, whole
 def _group_and_uncopied(atlas: RaggedAtlas, dataset_uid: str) -> tuple[str, list[str]]:
     """Dataset ``dataset_uid``'s zarr group and its layers without a copy (:func:`layers_without_csc`)."""
     name = _sparse_record(atlas, dataset_uid)["zarr_group"]
+    return name, _uncopied_in(atlas, dataset_uid, name)
+
+
+def _uncopied_in(atlas: RaggedAtlas, dataset_uid: str, name: str) -> list[str]:
+    """The layers without a copy of dataset ``dataset_uid``'s group ``name``, its owner checked if any."""
     attrs = atlas.core.group_attrs(name, reopen=True)
     if attrs is None:
         raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
     missing = _uncopied(attrs)
     if missing:  # (a group with every copy is only read: whose it is does not matter)
         atlas.group_claims.require_own(name, dataset_uid)
-    return name, missing
+    return missing
 
 
 def _uncopied(attrs: Mapping[str, object]) -> list[str]:

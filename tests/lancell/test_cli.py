@@ -228,6 +228,25 @@ def test_ingest_chooses_the_csc_copy_and_add_csc_writes_it_later(tmp_path: Path)
     assert run("validate", db).stdout.strip() == "consistent"
 
 
+def test_add_csc_all_writes_every_missing_copy(tmp_path: Path) -> None:
+    """``add-csc --all`` writes the copy of every sparse dataset lacking one; it takes uids or ``--all``."""
+    db = str(tmp_path / "db")
+    run("init", db)
+    run("ingest", db, str(BUNDLED[1].path), "--uid", "ct", "--no-csc")
+    run("ingest", db, str(BUNDLED[0].path), "--uid", "pbmc", "--layer", "log_normalized", "--csc")
+    for args, message in [
+        (("ct", "--all"), "give dataset uids or --all, not both (--all with ct)"),
+        ((), "give the dataset uids, or --all for every sparse dataset lacking a copy"),
+    ]:
+        refused = run("add-csc", db, *args, check=False)
+        assert refused.returncode == 2 and message in refused.stderr
+    assert run("add-csc", db, "--all").stdout.splitlines() == ["ct: CSC copy of counts written"]
+    assert run("add-csc", db, "--all").stdout.splitlines() == ["every sparse dataset has its CSC copy"]
+    atlas = RaggedAtlas.open(db)
+    groups = atlas.list_datasets().set_index("uid")["zarr_group"]
+    assert atlas.core.zarr_root[groups["ct"]].attrs["csc_layers"] == ["counts"]
+
+
 def test_ingest_option_errors_are_one_line(tmp_path: Path) -> None:
     db = str(tmp_path / "db")
     run("init", db)

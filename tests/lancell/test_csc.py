@@ -12,12 +12,12 @@ import lancell.ingest.write_transaction as write_transaction
 import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
 import lancell.storage.csc_blocks as csc_blocks_module
-from lancell.errors import DatasetNotFoundError, StoreError
-from lancell.ingest.add_csc import add_csc
+from lancell.errors import DatasetNotFoundError, GroupNotFoundError, StoreError
+from lancell.ingest.add_csc import add_csc, datasets_without_csc
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
-from lancell.storage.groups import GroupGeometry
+from lancell.storage.groups import ATLAS_ID_ATTR, GroupGeometry
 from lancell.tables.schema import DatasetRecord
 
 
@@ -152,6 +152,20 @@ def test_add_csc_writes_a_copy_once(atlas, celltypist):
     assert written
     assert add_csc(atlas, "ct") == []  # every layer has its copy: nothing is rewritten
     assert _csc_indices_objects(atlas, record.zarr_group) == written
+
+
+def test_datasets_without_csc_lists_what_add_csc_would_write(atlas, celltypist, mouse):
+    """Every sparse dataset lacking a copy of a layer, with those layers; a group not provably the atlas's
+    is named, as ``add_csc`` would refuse it."""
+    _ingest(atlas, celltypist, "ct", csc=False)
+    record = _ingest(atlas, mouse, "mouse", csc=True)
+    assert datasets_without_csc(atlas) == {"ct": ["counts"]}
+    assert add_csc(atlas, "ct") == ["counts"]
+    assert datasets_without_csc(atlas) == {}
+    atlas.core.zarr_root[record.zarr_group].attrs["csc_layers"] = []  # a copy not recorded...
+    atlas.core.zarr_root[record.zarr_group].attrs[ATLAS_ID_ATTR] = "another"  # ...in a group not its own
+    with pytest.raises(GroupNotFoundError, match="mouse"):
+        datasets_without_csc(atlas)
 
 
 def test_add_csc_adds_a_missing_layer_on_the_shared_indices(atlas, celltypist, spy):

@@ -11,7 +11,7 @@ from helpers import dense
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError, LancellWarning
-from lancell.ingest.add_csc import add_csc
+from lancell.ingest.add_csc import add_csc, datasets_without_csc
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import (
     DatasetRecord,
@@ -136,6 +136,7 @@ def test_a_csc_copy_of_a_dense_dataset_is_warned_ignored_then_refused(tmp_path, 
         _ingest_dense(atlas, mouse, csc=True)
     with pytest.raises(IngestError, match="'mouse' is in the dense feature space 'expression_dense'"):
         add_csc(atlas, "mouse")
+    assert datasets_without_csc(atlas) == {}  # (add-csc --all leaves dense datasets out)
     assert atlas.validate() == []
     np.testing.assert_array_equal(_round_trip(atlas, mouse, "expression_dense", "counts", "mouse").X, mouse.X)
 
