@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
+from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import with_nul
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
@@ -208,8 +209,11 @@ def _update(table: Table, registered: pa.Table, prepared: pa.Table, cells: set[t
 
 def registry_index(table: Table) -> pd.Series:
     """``uid -> global_index`` of every registered feature."""
-    frame = table.to_arrow().select(["uid", "global_index"]).to_pandas()
-    return pd.Series(frame["global_index"].to_numpy(), index=pd.Index(frame["uid"], name="uid"))
+    columns = read_columns(table, ["uid", "global_index"])  # (not every registered column: 15 -> 7 ms at 30k)
+    return pd.Series(
+        columns.column("global_index").to_pandas().to_numpy(),
+        index=pd.Index(columns.column("uid").to_pandas(), name="uid"),
+    )
 
 
 def assign_new_features(table: Table, prepared: pa.Table) -> int:
