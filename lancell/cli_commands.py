@@ -100,11 +100,12 @@ def _check_files(paths: Sequence[str]) -> None:
         if Path(path).is_dir() and not is_tenx_output(Path(path)):
             names = {child.name for child in Path(path).iterdir()}
             outs = Path(path) if Path(os.path.abspath(path)).name == "outs" else Path(path) / "outs"
-            if outs.is_dir():
-                patterns = ("*", "per_sample_outs/*/count/*")  # (count, multi)
-                found = (p for pattern in patterns for p in outs.glob(pattern))
-                matrices = sorted(str(p) for p in found if "filtered" in p.name and is_tenx_output(p))
-                shown = ", ".join(matrices[:4]) or "outs/..."
+            patterns = ("*", "per_sample_outs/*/count/*")  # (count, multi)
+            found = (p for pattern in patterns for p in outs.glob(pattern)) if outs.is_dir() else ()
+            tenx = sorted(str(p) for p in found if is_tenx_output(p))
+            matrices = [p for p in tenx if "filtered" in Path(p).name] or tenx
+            if matrices:  # (a folder merely named outs is not one)
+                shown = ", ".join(matrices[:4])
                 remedy = f"it is a Cell Ranger output folder: give its matrices, e.g. {shown}"
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"

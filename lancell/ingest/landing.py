@@ -124,15 +124,26 @@ def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> Path | None:
     there (two files landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``); None
     when it is the same file (under any path), when its recorded source is gone (the file moved: nothing tells
     them apart without reading it) or is not an absolute path (a sidecar's ``source``; a relative path
-    recorded before sources were absolute, whose folder is unknown)."""
+    recorded before sources were absolute, whose folder is unknown), and when the two are the two forms of
+    one 10x matrix that Cell Ranger writes side by side (``filtered_feature_bc_matrix.h5`` and the
+    ``filtered_feature_bc_matrix`` folder)."""
     recorded = record.source
     if not recorded or recorded == recorded_source(spec) or not os.path.isabs(recorded):
         return None
     path = Path(recorded)
     try:
-        return None if not path.exists() or path.samefile(spec.path) else path
+        if not path.exists() or path.samefile(spec.path) or _forms_of_one_matrix(path, spec.path):
+            return None
     except OSError:  # (spec.path gone: the dataset is what the atlas holds)
         return None
+    return path
+
+
+def _forms_of_one_matrix(first: Path, second: Path) -> bool:
+    """Whether ``first`` and ``second`` are ``<name>.h5`` and the ``<name>`` folder beside it, either way."""
+    h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
+    beside = folder.resolve().with_name(folder.name + ".h5")
+    return folder.is_dir() and h5.is_file() and h5.resolve() == beside
 
 
 def _prepared(

@@ -212,7 +212,15 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     shutil.copyfile(V3_H5, outs / "filtered_feature_bc_matrix.h5")
     refused = run("ingest", db, str(outs), check=False)
     assert f"give its matrices, e.g. {outs / 'filtered_feature_bc_matrix.h5'}" in refused.stderr
-    other = tmp_path / "results"
+    named_outs = tmp_path / "results" / "outs"  # a folder merely named outs: its .h5ad files named
+    named_outs.mkdir(parents=True)
+    _write(named_outs / "s1.h5ad", ["G1"])
+    refused = run("ingest", db, str(named_outs), check=False)
+    assert (
+        f"give the files, e.g. {named_outs / '*.h5ad'}" in refused.stderr
+        and "Cell Ranger out" not in refused.stderr
+    )
+    other = tmp_path / "notes"
     other.mkdir()
     (other / "notes.txt").write_text("")
     refused = run("ingest", db, str(other), check=False)
