@@ -522,6 +522,19 @@ def test_missing_and_wrong_kind_of_path(tmp_path):
         read_10x_h5(V3_H5, genome="mm10")
 
 
+def test_a_file_both_gzipped_and_plain_is_refused_whichever_is_named(tmp_path):
+    """An edited matrix.mtx beside the original matrix.mtx.gz: naming either (or the folder) read the .gz."""
+    folder = tmp_path / "edited"
+    shutil.copytree(V3_DIR, folder)
+    (folder / "matrix.mtx").write_bytes(gzip.decompress((folder / "matrix.mtx.gz").read_bytes()))
+    both = re.escape("holds both matrix.mtx.gz and matrix.mtx: which one to read cannot be told")
+    for path in (folder, folder / "matrix.mtx", folder / "matrix.mtx.gz"):
+        with pytest.raises(TenxFormatError, match=both):
+            read_10x(path)
+    (folder / "matrix.mtx.gz").unlink()
+    assert read_10x(folder / "matrix.mtx").X.sum() == read_10x(V3_DIR).X.sum()
+
+
 def test_add_from_10x_writes_no_temporary_file(tmp_path, monkeypatch):
     atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
     blocker = tmp_path / "not_a_folder"
