@@ -3,12 +3,13 @@ feature) reads, in the order named."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lancell.errors import QueryError
+from lancell.errors import LancellWarning, QueryError
 from lancell.tables.registry_view import RegistryView, registry_view
 
 if TYPE_CHECKING:
@@ -22,7 +23,9 @@ def resolve_features(
 ) -> np.ndarray:
     """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
 
-    A symbol shared by several registry features yields all of them; repeats are kept once. With
+    A symbol shared by several registry features yields all of them; repeats are kept once. A uid that is
+    also the symbol of other features (a registry keyed by symbols for one dataset and by Ensembl ids for
+    another) yields the uid's feature, with a :class:`~lancell.errors.LancellWarning` naming the others. With
     ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
     (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
 
@@ -33,12 +36,14 @@ def resolve_features(
     """
     view = registry_view(core, feature_space)
     folded = {} if case_sensitive else _folded(view)
-    indices, unknown = [], []
+    indices, unknown, shadowed = [], [], {}
     for name in names_or_uids:
         if not case_sensitive and name.casefold() in folded:
             indices.extend(sorted(set(folded[name.casefold()])))
         elif case_sensitive and name in view.by_uid.index:
             indices.append(int(view.by_uid[name]))
+            if name in view.shadowed:
+                shadowed[name] = view.frame["uid"].loc[view.shadowed[name]].tolist()
         elif case_sensitive and name in view.by_symbol:
             indices.extend(view.by_symbol[name])
         else:
@@ -48,6 +53,16 @@ def resolve_features(
         if case_sensitive:
             message += _case_hint(view, unknown)
         raise QueryError(message)
+    if shadowed:
+        named = "; ".join(f"{name!r}: {uids}" for name, uids in list(shadowed.items())[:5])
+        warnings.warn(
+            f"{feature_space}: {len(shadowed)} names are registry uids and also the symbols of other "
+            f"features, which are not read ({named}); name those uids too, or pass case_sensitive=False "
+            "(lancell query --ignore-case) to read every feature with the name (a registry keyed by symbols "
+            "for some datasets and by other ids for others: docs/standardization.md)",
+            LancellWarning,
+            stacklevel=3,
+        )
     return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
+from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError, LancellWarning
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import with_nul
 from lancell.tables.registry_view import atlas_identity
@@ -163,7 +163,39 @@ def register_prepared(
             fills |= {(uid, column) for uid, column, *_ in conflicts}
     if fills:
         _update(table, registered, prepared, fills)
+    _warn_mixed_keys(table, feature_space, prepared)
     return assign_new_features(table, prepared)
+
+
+def _warn_mixed_keys(table: Table, feature_space: str, prepared: pa.Table) -> None:
+    """Warn when new features make the registry keyed two ways: a new feature's ``gene_symbol`` is another
+    feature's uid, or its uid another feature's symbol (genes keyed by symbols for one dataset and by
+    Ensembl ids for another, which no dataset then shares)."""
+    if "gene_symbol" not in prepared.column_names:
+        return
+    registered = read_columns(table, ["uid", "gene_symbol"]).to_pandas()
+    new = prepared.select(["uid", "gene_symbol"]).to_pandas()
+    new = new[~new["uid"].isin(registered["uid"])]
+    if new.empty:
+        return
+    uids = pd.concat([registered["uid"], new["uid"]])
+    symbol_is_uid = new[new["gene_symbol"].isin(uids) & (new["gene_symbol"] != new["uid"])]
+    others = registered[registered["gene_symbol"] != registered["uid"]]
+    uid_is_symbol = others[others["gene_symbol"].isin(new["uid"])]
+    pairs = [
+        *zip(symbol_is_uid["uid"], symbol_is_uid["gene_symbol"], strict=True),
+        *zip(uid_is_symbol["uid"], uid_is_symbol["gene_symbol"], strict=True),
+    ]
+    if pairs:
+        shown = ", ".join(f"{uid!r} has symbol {symbol!r}" for uid, symbol in pairs[:3])
+        warnings.warn(
+            f"{feature_space}: {len(pairs)} features have a symbol that is another feature's uid ({shown}): "
+            "the registry now holds genes keyed by symbols and by other ids, which no dataset shares; a "
+            "query naming such a gene reads the feature of that uid (docs/standardization.md: standardized "
+            "files go into an atlas of their own)",
+            LancellWarning,
+            stacklevel=3,
+        )
 
 
 def _conflicts(

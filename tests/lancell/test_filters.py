@@ -3,13 +3,17 @@ features named ignoring case (query and loader), on the bundled atlas."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import FeatureSpaceError, QueryError
+from lancell.errors import FeatureSpaceError, LancellWarning, QueryError
 from lancell.query.cell_table import keyword_filter, sql_suggestion
+from lancell.query.feature_names import resolve_features
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +151,22 @@ def test_a_double_quoted_column_selects_the_same_cells_in_every_reader(bundled_r
     assert query.to_anndata().n_obs == expected
     assert query.count(group_by="cell_type").to_dict() == {"Dendritic": expected}
     assert len(query.to_cell_dataset("gene_expression", "log_normalized")) == expected  # the loader's stream
+
+
+def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(atlas):
+    """An atlas keyed by symbols, given a standardized dataset's Ensembl ids: ``CD3E`` named the symbol-keyed
+    feature only, and the Ensembl-keyed one whose symbol is also CD3E came back as unmeasured, unannounced."""
+    ensembl = pd.DataFrame(
+        {"uid": ["ENSG00000198851"], "gene_symbol": ["CD3E"], "organism": ["Homo sapiens"]}
+    )
+    with pytest.warns(LancellWarning, match="1 features have a symbol that is another feature's uid"):
+        atlas.register_features("gene_expression", ensembl)
+    with pytest.warns(LancellWarning, match=r"\('CD3E': \['ENSG00000198851'\]\); name those uids too"):
+        named = resolve_features(atlas.core, "gene_expression", ["CD3E", "LYZ"])
+    by_uid = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]
+    assert named.tolist() == [by_uid["CD3E"], by_uid["LYZ"]]
+    both = resolve_features(atlas.core, "gene_expression", ["CD3E"], case_sensitive=False)
+    assert sorted(both.tolist()) == sorted([by_uid["CD3E"], by_uid["ENSG00000198851"]])
+    with warnings.catch_warnings():  # a uid no other feature has as its symbol: no warning
+        warnings.simplefilter("error")
+        resolve_features(atlas.core, "gene_expression", ["ENSG00000198851", "LYZ"])
