@@ -70,8 +70,10 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
     else:
         total = np.asarray(merge.T @ np.asarray(matrix, dtype=wide).T).T
         values = total
-    if not integer:
-        return total.astype(np.result_type(dtype, np.float32), copy=False)
+    if not integer:  # (float32 sums of float32 counts above 2**24 would round)
+        narrow = np.result_type(dtype, np.float32)
+        exact = np.array_equal(values.astype(narrow).astype(np.float64), values, equal_nan=True)
+        return total.astype(narrow, copy=False) if exact else total
     if values.size and values.max() > MAX_COUNT:
         column_max = total.max(axis=0)
         column_max = column_max.toarray() if sp.issparse(column_max) else np.asarray(column_max)

@@ -73,6 +73,22 @@ def test_genes_sharing_an_id_are_summed_exactly(tmp_path, dtype, values):
 
 
 @pytest.mark.parametrize("dense", [False, True])
+def test_a_float32_sum_float32_cannot_hold_stays_float64(dense):
+    """Counts stored as float32 summed to 2**24 + 1 came back as float32 2**24: the sum was cast back to the
+    input dtype whether or not it fits."""
+    x = np.array([[2**24, 1, 0], [3, 4, 5]], np.float32)
+    adata = _adata(x, ONE_GENE)
+    if dense:
+        adata.X = x
+    out, _ = standardize_anndata(adata, organism="human", duplicates="sum")
+    assert out.X.dtype == np.float64
+    got = out.X.toarray() if sp.issparse(out.X) else out.X
+    assert got[0].tolist() == [2**24 + 1, 0] and got[1].tolist() == [7, 5]
+    small = standardize_anndata(_adata(x[1:], ONE_GENE), organism="human", duplicates="sum")[0]
+    assert small.X.dtype == np.float32  # (a sum float32 holds keeps the input dtype)
+
+
+@pytest.mark.parametrize("dense", [False, True])
 def test_a_sum_beyond_uint32_counts_is_an_error_naming_the_gene(dense):
     x = np.array([[2**31, 2**31, 1]], dtype=np.int64)
     adata = ad.AnnData(X=x if dense else sp.csr_matrix(x), var=pd.DataFrame(index=["a", "b", "c"]))
