@@ -3,7 +3,8 @@
 A landing file is an ``.h5ad``, or a 10x Genomics Cell Ranger output: its ``.h5`` matrix file (v2 or v3) or
 its Matrix Market folder (holding ``matrix.mtx[.gz]``, or genome sub-folders that do; the matrix file given
 to ``lancell ingest`` names its folder). ``<stem>.h5ad`` becomes dataset ``<stem>`` unless the sidecar
-``<stem>.json`` says otherwise (a folder's sidecar is ``<folder name>.json`` beside it). A 10x output becomes
+``<stem>.json`` says otherwise (a folder's sidecar is ``<folder name>.json`` beside it; ``<stem>.h5ad.json``,
+or a JSON file inside the folder, is warned about as not read). A 10x output becomes
 dataset ``<name>`` (its file stem or folder name); where that is a name Cell Ranger gives every sample's
 output (``filtered_feature_bc_matrix``, ``raw_feature_bc_matrix``, ``sample_filtered_feature_bc_matrix``,
 ...) or a genome folder inside one (``filtered_gene_bc_matrices/hg19``), the sample's own folder names it:
@@ -66,12 +67,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LancellWarning
 
 __all__ = [
     "MATRIX_FILES",
@@ -270,6 +272,7 @@ def read_landing_spec(path: Path) -> LandingSpec:
     """
     path = landing_path(path)
     sidecar = sidecar_path(path)
+    _warn_misplaced_sidecars(path, sidecar)
     options = _sidecar_options(sidecar) if sidecar.exists() else {}
     options.setdefault("uid", default_uid(path))
     if is_tenx_output(path):
@@ -277,6 +280,21 @@ def read_landing_spec(path: Path) -> LandingSpec:
     spec = LandingSpec(path=path, **options)
     check_applies(spec, f"{sidecar}: ")
     return spec
+
+
+def _warn_misplaced_sidecars(path: Path, sidecar: Path) -> None:
+    """Warn about JSON files placed or named as ``path``'s sidecar might be but not read as one:
+    ``<file name>.json`` beside a file (``p.h5ad.json``), and JSON files inside a folder."""
+    near = [path.with_name(f"{path.name}.json")] if path.is_file() else []
+    near += sorted(path.glob("*.json")) if path.is_dir() else []
+    near = [candidate for candidate in near if candidate.is_file() and candidate != sidecar]
+    if near:
+        warnings.warn(
+            f"{path}: {', '.join(map(str, near))} not read: its sidecar is {sidecar}"
+            + ("" if sidecar.exists() else " (there is none)"),
+            LancellWarning,
+            stacklevel=3,
+        )
 
 
 def check_applies(spec: LandingSpec, where: str = "") -> None:

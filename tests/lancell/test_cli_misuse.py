@@ -18,8 +18,10 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
+from lancell.errors import LancellWarning
+from lancell.ingest.landing_spec import read_landing_spec
 from tests.lancell.test_cli import LANCELL, run
-from tests.lancell.test_cli_tenx import V3_H5
+from tests.lancell.test_cli_tenx import V3_DIR, V3_H5
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
@@ -542,3 +544,25 @@ def test_ctrl_c_once_the_command_is_done_ends_it_without_a_traceback(tmp_path: P
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGINT and err == ""
+
+
+def test_a_misplaced_sidecar_is_warned_about_as_not_read(tmp_path: Path) -> None:
+    """``p.h5ad.json`` beside a file, or a JSON file inside a 10x folder, was ignored without a word: the
+    dataset landed under its default uid with none of the sidecar's values."""
+    path = _write(tmp_path / "p.h5ad", ["G1"])
+    misnamed = tmp_path / "p.h5ad.json"
+    misnamed.write_text(json.dumps({"uid": "donor7"}))
+    with pytest.warns(
+        LancellWarning, match=f"{misnamed} not read: its sidecar is {tmp_path / 'p.json'} \\(there"
+    ):
+        assert read_landing_spec(path).uid == "p"
+    folder = tmp_path / "runB"
+    shutil.copytree(V3_DIR, folder)
+    (folder / "runB.json").write_text(json.dumps({"uid": "donor8"}))
+    with pytest.warns(
+        LancellWarning, match=f"{folder / 'runB.json'} not read: its sidecar is {tmp_path / 'runB.json'}"
+    ):
+        assert read_landing_spec(folder).uid == "runB"
+    (tmp_path / "runB.json").write_text(json.dumps({"uid": "donor8"}))
+    with pytest.warns(LancellWarning, match="not read: its sidecar is .*runB.json$"):
+        assert read_landing_spec(folder).uid == "donor8"
