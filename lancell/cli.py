@@ -258,6 +258,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "for sparse datasets of at least 250,000 values)",
     )
     ingest.add_argument(
+        "--on-conflict",
+        choices=["error", "keep", "update"],
+        default="error",
+        help="a registered feature given with other values (a newer reference's symbol): the file is "
+        "refused (error, the default), the registered values kept (keep, warned) or the given ones written "
+        "(update)",
+    )
+    ingest.add_argument(
         "--keep-going",
         action="store_true",
         help="a file that fails (its sidecar, its content) is reported and the next ones are ingested; "

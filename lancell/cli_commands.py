@@ -189,7 +189,9 @@ def ingest(args: argparse.Namespace) -> int:
             print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))
 
         try:
-            record, outcome = ingest_landing_file(atlas, spec, on_standardized=standardized)
+            record, outcome = ingest_landing_file(
+                atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict
+            )
         except (LancellError, OSError) as exc:
             failed.add(exc, spec.path, spec.uid)
             continue
@@ -212,6 +214,7 @@ def ingest(args: argparse.Namespace) -> int:
             print(f"{spec.uid}: already in the atlas ({summary})")
             unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
             unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
+            unused += [] if args.on_conflict == "error" else [f"--on-conflict {args.on_conflict}"]
             if unused:
                 warnings.warn(  # (a typo in them would pass unseen)
                     f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"

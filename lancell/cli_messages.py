@@ -28,6 +28,8 @@ _FLAGS = (
     ("layers names feature spaces", "--layers names feature spaces"),
     ("pass case_sensitive=False (lancell query --ignore-case)", "pass --ignore-case"),
     ("; nothing was ingested (on_duplicate='skip')", "; nothing was ingested"),
+    ("on_conflict='keep'", "--on-conflict keep"),
+    ("on_conflict='update'", "--on-conflict update"),
     (
         "call adata.obs_names_make_unique() first",
         "make them unique in the file first (adata.obs_names_make_unique(), then adata.write_h5ad(path))",

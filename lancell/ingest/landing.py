@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,7 @@ from lancell.ingest.landing_spec import (
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
 from lancell.tables.feature_spaces import resolve_feature_space
-from lancell.tables.registry import sql_literal
+from lancell.tables.registry import OnConflict, sql_literal
 from lancell.tables.schema import DatasetRecord, check_dataset_uid, obs_fields
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ def _prepared(
     if spec.standardize and organism is not None:  # the name standardization records on the features
         from lancell.standardize.genes import canonical_organism
 
-        organism = canonical_organism(organism)
+        organism = canonical_organism(organism)  # (an unknown one is an error here)
     if organism is not None and "organism" not in adata.obs.columns:
         adata.obs["organism"] = organism
     elif organism is not None and (adata.obs["organism"].astype(str) != organism).any():
@@ -221,13 +221,32 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
         space.check_layer(layer)
 
 
+def stored_organism(organism: str | None) -> str | None:
+    """The organism a landing file's features and cells record: the scientific name of an organism lancell
+    knows by any of its names (``human``, ``homo sapiens``, ``NCBITaxon:9606``: ``Homo sapiens``), so that
+    one filter finds them all; another name as given."""
+    from lancell.errors import UnknownOrganismError
+    from lancell.standardize.genes import canonical_organism
+
+    if organism is None:
+        return None
+    try:
+        return canonical_organism(organism)
+    except UnknownOrganismError:
+        return organism
+
+
 def ingest_landing_file(
     atlas: RaggedAtlas,
     spec: LandingSpec,
     *,
     on_standardized: Callable[[StandardizationReport], None] | None = None,
+    on_conflict: OnConflict = "error",
 ) -> tuple[DatasetRecord, LandingOutcome]:
     """Register the file's features and ingest it; return ``(record, outcome)``.
+
+    ``on_conflict``: a registered feature given with other values (a newer reference's symbol), as for
+    :meth:`~lancell.atlas.RaggedAtlas.register_features`.
 
     With ``spec.standardize``, ``on_standardized`` (if given) receives the
     :class:`~lancell.standardize.pipeline.StandardizationReport` before anything is registered.
@@ -252,6 +271,7 @@ def ingest_landing_file(
         The spec names a feature space the atlas does not have.
     """
     check_landing_spec(atlas, spec)  # before anything is registered (or a typo passes)
+    spec = replace(spec, organism=stored_organism(spec.organism))
     existing = present_record(atlas, spec.uid)
     if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
         return existing, "present"
@@ -265,7 +285,7 @@ def ingest_landing_file(
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
     check_dataset_uid(spec.uid)  # before anything is registered
     if is_tenx_output(spec.path):
-        stored = ingest_tenx_output(atlas, spec, record)
+        stored = ingest_tenx_output(atlas, spec, record, on_conflict)
         return stored, "ingested" if stored.uid == spec.uid else "duplicate"
     adata = open_h5ad(spec.path)
     adata, report = _prepared(atlas, spec, adata)
@@ -280,7 +300,7 @@ def ingest_landing_file(
         features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
     # Registered features stay registered if the ingestion then fails: another ingestion may already use
     # them (a dataset of theirs, committed or still being written), and a global_index is never reused.
-    atlas.register_features(spec.feature_space, features)
+    atlas.register_features(spec.feature_space, features, on_conflict)
     stored = add_from_anndata(
         atlas,
         adata,

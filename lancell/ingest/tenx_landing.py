@@ -19,12 +19,15 @@ from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES, add_from_10x, open_10x, r
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
     from lancell.ingest.landing_spec import LandingSpec
+    from lancell.tables.registry import OnConflict
     from lancell.tables.schema import DatasetRecord
 
 __all__ = ["ingest_tenx_output"]
 
 
-def ingest_tenx_output(atlas: RaggedAtlas, spec: LandingSpec, record: DatasetRecord) -> DatasetRecord:
+def ingest_tenx_output(
+    atlas: RaggedAtlas, spec: LandingSpec, record: DatasetRecord, on_conflict: OnConflict = "error"
+) -> DatasetRecord:
     """Register the 10x output's features and ingest it as ``record`` (skipping content the atlas holds);
     return the record of the dataset adding the cells (another dataset's, when the content was there).
 
@@ -43,7 +46,7 @@ def ingest_tenx_output(atlas: RaggedAtlas, spec: LandingSpec, record: DatasetRec
     routes, _ = route_feature_types(atlas, matrix, spec.feature_space, DEFAULT_FEATURE_TYPES)
     for space, columns in routes.items():
         of_space = replace(spec, feature_space=space, var_uid_column=uid_column, symbol_column="gene_symbol")
-        atlas.register_features(space, registry_rows(atlas, of_space, matrix.var.iloc[columns]))
+        atlas.register_features(space, registry_rows(atlas, of_space, matrix.var.iloc[columns]), on_conflict)
     stored = add_from_10x(
         atlas,
         matrix,

@@ -566,3 +566,46 @@ def test_a_misplaced_sidecar_is_warned_about_as_not_read(tmp_path: Path) -> None
     (tmp_path / "runB.json").write_text(json.dumps({"uid": "donor8"}))
     with pytest.warns(LancellWarning, match="not read: its sidecar is .*runB.json$"):
         assert read_landing_spec(folder).uid == "donor8"
+
+
+def test_a_feature_conflict_is_settled_with_on_conflict(tmp_path: Path, db: str) -> None:
+    """The conflict's remedy named ``on_conflict='keep'``, which the command line did not take."""
+
+    def study(name: str, symbol: str) -> Path:
+        path = _write(tmp_path / f"{name}.h5ad", ["G1", "G2"])
+        adata = ad.read_h5ad(path)
+        adata.var["gene_symbol"] = [symbol, "S2"]
+        adata.write_h5ad(path)
+        return path
+
+    def symbols() -> list[str]:
+        return RaggedAtlas.open(db).feature_registry("gene_expression")["gene_symbol"].tolist()
+
+    run("ingest", db, str(study("a", "S1")))
+    refused = run("ingest", db, str(study("b", "NEW1")), check=False)
+    assert refused.returncode == 1 and "registered 'S1', given 'NEW1'" in refused.stderr
+    assert "pass --on-conflict keep to keep the registered values or --on-conflict update" in refused.stderr
+    kept = run("ingest", db, str(tmp_path / "b.h5ad"), "--on-conflict", "keep")
+    assert "b: ingested" in kept.stdout and "kept the registered values" in kept.stderr
+    assert symbols() == ["S1", "S2"]
+    run("ingest", db, str(study("c", "NEW2")), "--on-conflict", "update")
+    assert symbols() == ["NEW2", "S2"]
+    again = run("ingest", db, str(tmp_path / "c.h5ad"), "--on-conflict", "keep")  # not read: warned unused
+    assert "--on-conflict keep not used: the dataset is in the atlas" in again.stderr
+
+
+def test_an_organism_is_recorded_by_its_scientific_name(tmp_path: Path, db: str) -> None:
+    """``--organism human`` was stored as given: a second file with ``Homo sapiens`` conflicted with the
+    registered features, and ``organism = 'Homo sapiens'`` missed the first file's cells."""
+    run("ingest", db, str(_write(tmp_path / "a.h5ad", ["G1", "G2"])), "--organism", "human")
+    run("ingest", db, str(_write(tmp_path / "b.h5ad", ["G1", "G3"])), "--organism", "Homo sapiens")
+    run("ingest", db, str(_write(tmp_path / "c.h5ad", ["G4"])), "--organism", "Danio aesculapii")  # as given
+    atlas = RaggedAtlas.open(db)
+    registry = atlas.feature_registry("gene_expression").set_index("uid")["organism"].to_dict()
+    assert registry == {
+        "G1": "Homo sapiens",
+        "G2": "Homo sapiens",
+        "G3": "Homo sapiens",
+        "G4": "Danio aesculapii",
+    }
+    assert atlas.query().where(organism="Homo sapiens").count() == 4
