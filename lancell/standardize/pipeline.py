@@ -40,6 +40,7 @@ from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, m
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
+    from lancell.ingest.fingerprint import OnDuplicate
     from lancell.tables.registry import OnConflict
     from lancell.tables.schema import DatasetRecord
 
@@ -293,6 +294,7 @@ def standardize_and_ingest(
     progress: bool = True,
     layer: str | None = None,
     csc: bool | None = None,
+    on_duplicate: OnDuplicate = "error",
     **standardize: object,
 ) -> tuple[DatasetRecord, StandardizationReport]:
     """Standardize ``adata``, register its genes and ingest it, in one call.
@@ -308,8 +310,9 @@ def standardize_and_ingest(
         A writable atlas.
     adata
         In memory, backed, or a path to an ``.h5ad`` (read into memory: standardizing makes a copy).
-    feature_space, zarr_layer, dataset_record, source_layer, progress, layer, csc
-        As for :func:`lancell.ingest.from_anndata.add_from_anndata`.
+    feature_space, zarr_layer, dataset_record, source_layer, progress, layer, csc, on_duplicate
+        As for :func:`lancell.ingest.from_anndata.add_from_anndata` (``on_duplicate="skip"``: standardized
+        content already in the atlas returns that dataset's record).
     unresolved, duplicates
         As for :func:`standardize_anndata`; genes sharing an id are summed in the matrices that hold
         counts (``"auto"``; integers or whole-number floats), the first is kept in the others (warned).
@@ -337,8 +340,10 @@ def standardize_and_ingest(
         As :func:`lancell.ingest.from_anndata.add_from_anndata`; the features registered by this call stay
         registered (registration is idempotent), no cell or array is written.
     """
+    from lancell.ingest.fingerprint import check_on_duplicate
     from lancell.ingest.from_anndata import add_from_anndata
 
+    check_on_duplicate(dataset_record.uid if dataset_record else "(new)", on_duplicate)  # before reading
     unknown = sorted(set(standardize) - set(STANDARDIZE_OPTIONS))
     if unknown:
         raise ArgumentError(
@@ -363,6 +368,7 @@ def standardize_and_ingest(
         var_uid_column="feature_uid",
         csc=csc,
         progress=progress,
+        on_duplicate=on_duplicate,
     )
     log.info("standardize_and_ingest %s:\n%s", record.uid, report.summary())
     return record, report

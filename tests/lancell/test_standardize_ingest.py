@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
-from lancell.errors import LancellWarning, StandardizationError
+from lancell.errors import DuplicateContentError, LancellWarning, StandardizationError
 from lancell.standardize.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
 from lancell.standardize.pipeline import standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
@@ -72,6 +72,18 @@ def test_celltypist_sample_in_one_call(tmp_path, celltypist):
     assert out.X.dtype == np.int64
     stored = atlas.query().select(["organism_ontology_term_id"]).to_pandas()["organism_ontology_term_id"]
     assert set(stored) == {"NCBITaxon:9606"}
+    again = {
+        "feature_space": "gene_expression",
+        "zarr_layer": "counts",
+        "organism": "human",
+        "progress": False,
+    }
+    with pytest.raises(DuplicateContentError, match="on_duplicate='skip'"):  # the remedy it names is taken
+        standardize_and_ingest(atlas, celltypist, dataset_record=DatasetRecord(uid="rerun"), **again)
+    skipped, _ = standardize_and_ingest(
+        atlas, celltypist, dataset_record=DatasetRecord(uid="rerun"), on_duplicate="skip", **again
+    )
+    assert skipped.uid == "celltypist" and atlas.list_datasets()["uid"].tolist() == ["celltypist"]
 
 
 def test_drop_unresolved_and_keep_first(celltypist):
