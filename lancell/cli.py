@@ -347,7 +347,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--grace-hours",
         type=_hours,
         default=1.0,
-        help="keep groups released (their dataset deleted) less than this long ago (default: 1)",
+        help="keep groups needed less than this long ago: released (their dataset deleted), or claimed by an "
+        "ingestion that never finished (default: 1)",
     )
 
     command("validate", cli_commands.validate, "check tables and zarr groups agree").add_argument(

@@ -107,6 +107,8 @@ def _check_files(paths: Sequence[str]) -> None:
             if matrices:  # (a folder merely named outs is not one)
                 shown = ", ".join(matrices[:4])
                 remedy = f"it is a Cell Ranger output folder: give its matrices, e.g. {shown}"
+            elif names & {"barcodes.tsv", "barcodes.tsv.gz", "features.tsv", "features.tsv.gz", "genes.tsv"}:
+                remedy = "it holds a 10x output's barcodes or features but no matrix.mtx or matrix.mtx.gz"
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:

@@ -36,20 +36,28 @@ def add_csc(args: argparse.Namespace) -> int:
 
 
 def add_csc_hint(args: argparse.Namespace, atlas: RaggedAtlas, uid: str) -> str:
-    """For ``ingest --csc``: the ``lancell add-csc`` command that writes dataset ``uid``'s CSC copy, where it
-    would write one (else nothing)."""
+    """For ``ingest --csc``: the ``lancell add-csc`` command that writes the CSC copy of dataset ``uid`` and
+    of the modalities attached to its cells, where it would write one (else nothing)."""
     from lancell.errors import LancellError
     from lancell.ingest.add_csc import layers_without_csc
 
     if not args.csc:
         return ""
-    try:
-        if not layers_without_csc(atlas, uid):
-            return ""
-    except LancellError:  # dense, its group missing or not provably this atlas's: add-csc would not write
+    records = atlas.list_datasets()
+    uids = [uid, *records.loc[records["cells_of"] == uid, "uid"]] if "cells_of" in records else [uid]
+    missing = []
+    for candidate in uids:
+        try:
+            if layers_without_csc(atlas, candidate):
+                missing.append(candidate)
+        except LancellError:  # dense, its group missing or not provably this atlas's: add-csc would not write
+            continue
+    if not missing:
         return ""
     store = "" if args.store is None else f" --store {shlex.quote(args.store)}"
-    return f" (lancell add-csc {shlex.quote(args.db)}{store} {shlex.quote(uid)} writes its CSC copy)"
+    named = " ".join(map(shlex.quote, missing))
+    whose = "their" if len(missing) > 1 else "its"
+    return f" (lancell add-csc {shlex.quote(args.db)}{store} {named} writes {whose} CSC copy)"
 
 
 def delete(args: argparse.Namespace) -> int:
@@ -68,11 +76,17 @@ def delete(args: argparse.Namespace) -> int:
     for uid in uids:
         if uid in gone:  # a modality of a dataset deleted before it
             continue
-        attached = records.index[records["cells_of"] == uid].tolist()
+        attached = [a for a in records.index[records["cells_of"] == uid] if a not in gone]
+        ownership = atlas.group_claims.ownership(str(records.loc[uid, "zarr_group"]))
         atlas.delete_dataset(uid)
         gone.update([uid, *attached])
         also = f" with {', '.join(attached)} (its cells' other feature spaces)" if attached else ""
-        print(f"{uid}: deleted{also}; snapshots keep it, lancell vacuum removes its group after its grace")
+        group = (
+            "lancell vacuum removes its group after its grace"
+            if ownership in ("own", "absent")
+            else "its group stays (this atlas cannot prove it its own: vacuum leaves it)"
+        )
+        print(f"{uid}: deleted{also}; snapshots keep it, {group}")
     return 0
 
 

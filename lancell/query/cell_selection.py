@@ -158,7 +158,8 @@ class CellSelection:
             if "full text search unless an INVERTED index" in said:  # (Lance's words)
                 said += (
                     "; text search needs the atlas created with fts_columns=[...] (the string cell columns "
-                    "to index) and optimize() run since cells were added"
+                    "to index) and optimize() run since cells were added, or the columns to search named: "
+                    "search(..., fts_columns=[...]) reads them without an index"
                 )
             where = self.where_clause()
             failed = "query failed" if where is None else f"query failed for filter {where!r}"

@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_LAYERS", "FeatureSpace", "feature_spaces_from_table", "featu
 
 # a layer is stored as a zarr array of that name (csr/layers/<name>): one path segment
 _LAYER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_ZARR_NAMES = {"zarr.json"}  # a zarr group's own metadata object: no array can be stored under its name
 
 DEFAULT_LAYERS: dict[PointerKind, tuple[str, ...]] = {
     "sparse": ("counts", "normalized", "log_normalized", "scaled"),
@@ -74,6 +75,10 @@ def build_feature_spaces(
             raise SchemaError(
                 f"feature space {name!r}: layers must be names of letters, digits, '_', '.' and '-' (not "
                 f"starting with '.' or '-'), got {allowed!r}"
+            )
+        if reserved := sorted(_ZARR_NAMES.intersection(allowed)):
+            raise SchemaError(
+                f"feature space {name!r}: layer names {reserved} are zarr's own (a group's metadata object)"
             )
         if len(set(allowed)) < len(allowed):
             raise SchemaError(f"feature space {name!r}: layers {allowed!r} name a layer more than once")

@@ -214,6 +214,11 @@ def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) 
     shutil.copyfile(V3_H5, outs / "filtered_feature_bc_matrix.h5")
     refused = run("ingest", db, str(outs), check=False)
     assert f"give its matrices, e.g. {outs / 'filtered_feature_bc_matrix.h5'}" in refused.stderr
+    no_matrix = tmp_path / "run9"  # a 10x folder without its matrix: what it lacks
+    shutil.copytree(V3_DIR, no_matrix)
+    (no_matrix / "matrix.mtx.gz").unlink()
+    refused = run("ingest", db, str(no_matrix), check=False)
+    assert "it holds a 10x output's barcodes or features but no matrix.mtx or matrix.mtx.gz" in refused.stderr
     named_outs = tmp_path / "results" / "outs"  # a folder merely named outs: its .h5ad files named
     named_outs.mkdir(parents=True)
     _write(named_outs / "s1.h5ad", ["G1"])
@@ -401,6 +406,7 @@ def test_reading_commands_read_a_copy_whose_store_lies_outside_with_a_warning(tm
             "lancell init: error: --layers: feature space 'gene_expression' is given twice",
         ),
         (["--layers", "gene_expression=a/b"], 1, "layers must be names of letters, digits, '_', '.' and '-'"),
+        (["--layers", "gene_expression=counts,zarr.json"], 1, "layer names ['zarr.json'] are zarr's own"),
         (["--layers", "protein=counts"], 1, "layers names feature spaces ['protein'] that have no pointer"),
     ],
 )

@@ -122,6 +122,12 @@ def test_a_cite_seq_folder_lands_as_one_set_of_cells_with_its_protein(tmp_path: 
     deleted = run("delete", cite_db, "donor3", "donor3/protein").stdout
     assert deleted.startswith("donor3: deleted with donor3/protein (its cells' other feature spaces)")
     assert len(deleted.splitlines()) == 1
+    run("ingest", cite_db, str(folder), "--no-csc")
+    again = run("ingest", cite_db, str(folder), "--csc")  # the hint names the protein's copy too
+    assert f"(lancell add-csc {cite_db} donor3 donor3/protein writes their CSC copy)" in again.stderr
+    # the modality listed first is deleted, and not named again after
+    deleted = run("delete", cite_db, "donor3/protein", "donor3").stdout.splitlines()
+    assert [line.split(";")[0] for line in deleted] == ["donor3/protein: deleted", "donor3: deleted"]
     assert run("ls", cite_db).stdout == "0 datasets, 0 cells\n"
 
 

@@ -181,6 +181,13 @@ def test_list_datasets_and_ls_show_the_old_records_layer(old, tmp_path):
         ["old_b", SPACE, "[counts]", "30", "10", "126"],
         ["2", "datasets,", "70", "cells"],
     ]
+    command = [str(lancell), "delete", db, "old_a"]
+    deleted = subprocess.run(command, capture_output=True, text=True, check=True)
+    # (its group was written before claims: vacuum never deletes it, and delete does not say it will)
+    assert deleted.stdout.strip() == (
+        "old_a: deleted; snapshots keep it, its group stays (this atlas cannot prove it its own: vacuum "
+        "leaves it)"
+    )
 
 
 def test_new_dataset_reads_back_with_the_old_ones_and_snapshots(old):

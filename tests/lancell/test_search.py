@@ -220,3 +220,5 @@ def test_text_search_errors_say_what_to_do(searchable, tmp_path):
     ) as raised:
         plain.query().search("monocyte").count()
     assert "filter None" not in str(raised.value) and ".rs:" not in str(raised.value)
+    assert "search(..., fts_columns=[...]) reads them without an index" in str(raised.value)
+    assert plain.query().search("monocyte", fts_columns="cell_type").count() == 0  # (that remedy runs)
