@@ -33,8 +33,9 @@ import obstore
 import obstore.store as obs_store
 import pandas as pd
 
-from lancell.errors import GeoError
+from lancell.errors import GeoError, IngestError
 from lancell.standardize.ontology import ORGANISMS
+from lancell.storage.store_failures import one_line
 from lancell.tables.schema import DatasetRecord
 
 __all__ = [
@@ -322,8 +323,19 @@ def plan_datasets(
         uid = the sample accession (characters outside ``[A-Za-z0-9_.-]`` become ``_``), ``accession`` =
         the sample accession, ``name`` = ``"<title> (<series>)"``, ``source`` = the first matching
         supplementary file URL, else the SOFT file.
+
+    Raises
+    ------
+    IngestError
+        ``columns`` renames a column the sample table does not have (a typo would pass unseen).
     """
-    table = sample_table(series).drop(columns=["title"]).rename(columns=dict(columns or {}))
+    table = sample_table(series).drop(columns=["title"])
+    if missing := sorted(set(columns or {}) - set(table.columns)):
+        raise IngestError(
+            f"{series.accession}: columns renames {missing}, which the sample table does not have (its "
+            f"columns: {list(table.columns)})"
+        )
+    table = table.rename(columns=dict(columns or {}))
     wanted = list(samples) if samples is not None else [s.accession for s in series.samples]
     pattern = re.compile(file_pattern) if file_pattern else None
     planned = []
@@ -372,7 +384,7 @@ def fetch_supplementary(
         A local folder (created if needed); the file keeps its name.
     mirror
         An obstore URL of a mirror laid out like NCBI's server (``file:///data/geo-mirror``,
-        ``s3://bucket/geo-mirror``); NCBI over HTTPS when omitted.
+        ``s3://bucket/geo-mirror``), or a local folder's path; NCBI over HTTPS when omitted.
     store_kwargs
         Passed to :func:`obstore.store.from_url` (endpoint, region, ``client_options``...).
 
@@ -383,10 +395,12 @@ def fetch_supplementary(
     """
     key = supplementary_key(url)
     base = mirror if mirror is not None else f"https://{urlparse(url).netloc or GEO_HOST}"
+    if "://" not in base:  # a local folder given as a path
+        base = Path(base).resolve().as_uri()
     try:
         store = obs_store.from_url(base, **dict(store_kwargs or {}))
     except Exception as exc:  # obstore raises several unrelated types for bad URLs and settings
-        raise GeoError(f"cannot open the store at {base!r}: {exc}") from exc
+        raise GeoError(f"cannot open the store at {base!r}: {one_line(exc)}") from exc
     target = Path(destination) / key.rsplit("/", 1)[-1]
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
@@ -400,6 +414,6 @@ def fetch_supplementary(
         raise GeoError(f"{url}: no object {key!r} in {base}") from exc
     except Exception as exc:  # network and store errors come as several obstore types
         partial.unlink(missing_ok=True)
-        raise GeoError(f"cannot fetch {url} from {base}: {exc}") from exc
+        raise GeoError(f"cannot fetch {url} from {base}: {one_line(exc)}") from exc
     partial.replace(target)
     return target

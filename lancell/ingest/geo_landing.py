@@ -14,6 +14,7 @@ before any landing file appears, so a failure lands nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 
 TENX_FILES = r"(\.h5$|matrix\.mtx(\.gz)?$)"
 _MTX = re.compile(r"^(?P<prefix>.*)matrix\.mtx(\.gz)?$")
+
+
+def _remove_parts(parts: dict[str, Path | None]) -> None:
+    """Delete the ``.part`` files not placed (an error, an interrupt, a landing that finished first)."""
+    for part in parts.values():
+        if part is not None:
+            part.unlink(missing_ok=True)
 
 
 def land_geo_series(
@@ -83,6 +91,7 @@ def land_geo_series(
             stacklevel=2,
         )
     planned = [(d, _files(d)) for d in datasets if d.files]  # every sample's files known before fetching
+    created = not landing.exists()
     landing.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Path | None] = {}
     try:
@@ -95,10 +104,14 @@ def land_geo_series(
             raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
         ready = [(d, part) for d in landed if (part := parts.get(d.record.uid)) is not None]
         kept = _place(landing, ready, zarr_layer)
-    finally:  # a part not placed (an error, an interrupt, a landing that finished first) goes
-        for part in parts.values():
-            if part is not None:
-                part.unlink(missing_ok=True)
+    except BaseException:
+        if created:  # the folder this call made, if it is still empty (nothing else is ever deleted)
+            with contextlib.suppress(OSError):
+                _remove_parts(parts)
+                landing.rmdir()
+        raise
+    finally:
+        _remove_parts(parts)
     kept += [d.record.uid for d in landed if d.record.uid not in parts]
     if kept:  # a sample of a SuperSeries and its SubSeries, or the series landed again: as it was landed
         warnings.warn(

@@ -71,9 +71,10 @@ def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str
         return canonical_organism(organism)
     if "organism" in adata.obs.columns:
         values = pd.unique(adata.obs["organism"].dropna().astype(str))
-        if len(values) == 1:
-            return canonical_organism(values[0])
-        if len(values) > 1:
+        named = sorted({canonical_organism(value) for value in values})  # (human and Homo sapiens are one)
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
             raise UnknownOrganismError(
                 f"obs['organism'] holds several organisms {list(values)}; pass organism="
             )

@@ -28,7 +28,7 @@ import pyarrow as pa
 from lancell.errors import LancellError, StoreError
 from lancell.storage.small_pages import numpy_small_pages, on_small_pages
 
-__all__ = ["StoreFailures", "guard", "is_store_failure", "store_boundary", "store_error"]
+__all__ = ["StoreFailures", "guard", "is_store_failure", "one_line", "store_boundary", "store_error"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,17 +61,22 @@ def is_store_failure(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError | ValueError) and _LANCE_IO in str(exc)
 
 
-def store_error(exc: BaseException, what: str) -> StoreError:
-    """A ``StoreError`` saying that ``what`` failed because of ``exc``, on one line: its message up to the
-    debug dump obstore appends (the whole error stays chained as the cause), lines joined (an S3 error's
-    code follows the first line), and the innermost cause the dump names ("Connection refused")."""
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: up to the debug dump obstore appends, lines joined (an S3 error's code
+    follows the first line), and the innermost cause the dump names ("Connection refused")."""
     message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
     text = " ".join(message.split()) or type(exc).__name__
     # the system's own words for a refused connection or an unknown host are only in the dump
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
         text += f" ({causes[-1]})"
-    return StoreError(f"{what}: {text}")
+    return text
+
+
+def store_error(exc: BaseException, what: str) -> StoreError:
+    """A ``StoreError`` saying that ``what`` failed because of ``exc``, on one line (:func:`one_line`; the
+    whole error stays chained as the cause)."""
+    return StoreError(f"{what}: {one_line(exc)}")
 
 
 class StoreFailures:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import GeoError
+from lancell.errors import GeoError, IngestError
 from lancell.ingest.geo import (
     broadcast_obs,
     fetch_supplementary,
@@ -142,6 +142,8 @@ def test_plan_datasets_records_and_obs(series_file):
     assert "age" not in adata.obs.columns
     with pytest.raises(GeoError, match="one row"):
         broadcast_obs(adata, sample_table(series))
+    with pytest.raises(IngestError, match=r"columns renames \['tisue'\], which the sample table does not"):
+        plan_datasets(series, columns={"tisue": "tissue_label"})  # a typo was ignored
 
 
 def test_fetch_from_a_local_mirror(tmp_path, series_file):

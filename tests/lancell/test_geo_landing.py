@@ -103,8 +103,9 @@ def test_an_empty_database_section_is_read(soft):
 
 def test_h5_and_matrix_market_samples_are_landed(tmp_path, soft):
     landing = tmp_path / "landing"
-    with pytest.warns(LancellWarning) as caught:
-        landed = land_geo_series(soft, landing, mirror=_mirror(tmp_path))
+    _mirror(tmp_path)
+    with pytest.warns(LancellWarning) as caught:  # (the mirror as a folder's path, not a file:// URL)
+        landed = land_geo_series(soft, landing, mirror=str(tmp_path / "mirror"))
     assert landed == ["GSM9000011", "GSM9000012"]
     messages = [str(w.message) for w in caught if issubclass(w.category, LancellWarning)]
     assert any("1 samples have no supplementary file" in m and "GSM9000013" in m for m in messages)
@@ -196,7 +197,7 @@ def test_a_file_put_in_place_at_the_last_moment_is_kept_and_no_part_is_left(tmp_
     with warnings.catch_warnings(), pytest.raises(KeyboardInterrupt):
         warnings.simplefilter("ignore", LancellWarning)
         land_geo_series(soft, again, mirror=mirror)
-    assert list(again.iterdir()) == []
+    assert not again.exists()  # no part left, and the folder it made removed
 
 
 def test_a_failing_sample_lands_nothing(tmp_path, soft):
@@ -207,11 +208,17 @@ def test_a_failing_sample_lands_nothing(tmp_path, soft):
         warnings.simplefilter("ignore", LancellWarning)
         with pytest.raises(GeoError, match="no object"):
             land_geo_series(soft, landing, mirror=mirror)
-    assert list(landing.iterdir()) == []  # the first sample, read before the failure, is not landed
+    assert not landing.exists()  # the first sample, read before the failure, is not landed (nor the folder)
     soft.write_text(SERIES.replace(f"!Sample_supplementary_file_1 = {MTX_URLS['barcodes.tsv.gz']}\n", ""))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LancellWarning)
         with pytest.raises(GeoError, match=r"GSM9000012: .*matrix.mtx.gz comes without GSM9000012_barcodes"):
+            land_geo_series(soft, landing, mirror=mirror)
+    assert not landing.exists()
+    landing.mkdir()  # a folder that was there stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        with pytest.raises(GeoError, match="comes without GSM9000012_barcodes"):
             land_geo_series(soft, landing, mirror=mirror)
     assert list(landing.iterdir()) == []
 
@@ -252,4 +259,4 @@ def test_duplicate_barcodes_are_refused(tmp_path, soft):
         warnings.simplefilter("ignore", LancellWarning)
         with pytest.raises(GeoError, match=r"GSM9000011: 1 barcodes occur more than once, e.g. \['AAAC-1'\]"):
             land_geo_series(soft, tmp_path / "landing", mirror=mirror)
-    assert list((tmp_path / "landing").iterdir()) == []
+    assert not (tmp_path / "landing").exists()

@@ -148,6 +148,12 @@ def test_unknown_organism_is_a_typed_error(pbmc):
     with pytest.raises(StandardizationError, match="the target must be one of"):
         standardize_anndata(pbmc, obs_columns={"cell_type": "cell_label"})
     assert canonical_organism("NCBITaxon:10090") == "Mus musculus"
+    named_twice = pbmc.copy()  # one organism by two of its names: not "several organisms"
+    named_twice.obs["organism"] = ["human" if i % 2 else "Homo sapiens" for i in range(pbmc.n_obs)]
+    assert standardize_anndata(named_twice)[1].organism == "Homo sapiens"
+    named_twice.obs.loc[named_twice.obs_names[0], "organism"] = "mouse"
+    with pytest.raises(UnknownOrganismError, match="several organisms"):
+        standardize_anndata(named_twice)
 
 
 class Gene(FeatureBaseSchema):
