@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Literal
 import anndata as ad
 import pandas as pd
 
-from lancell.errors import ArgumentError, LancellWarning, StandardizationError, UnknownOrganismError
+from lancell.errors import (
+    ArgumentError,
+    IngestError,
+    LancellWarning,
+    StandardizationError,
+    UnknownOrganismError,
+)
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     keep_existing_ids,
@@ -333,6 +339,8 @@ def standardize_and_ingest(
     ArgumentError
         An unknown key in ``standardize``, or one this function sets itself (``genes``), before anything is
         read or written (the message names the accepted ones).
+    FeatureSpaceError
+        An unknown feature space, or ``zarr_layer`` not allowed in it (before anything is standardized).
     StandardizationError
         As :func:`standardize_anndata` (nothing is registered or written).
     FeatureConflictError
@@ -343,6 +351,7 @@ def standardize_and_ingest(
     """
     from lancell.ingest.fingerprint import check_on_duplicate
     from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.feature_spaces import resolve_feature_space
 
     check_on_duplicate(dataset_record.uid if dataset_record else "(new)", on_duplicate)  # before reading
     unknown = sorted(set(standardize) - set(STANDARDIZE_OPTIONS))
@@ -353,6 +362,11 @@ def standardize_and_ingest(
         )
     if not isinstance(adata, ad.AnnData):
         adata = ad.read_h5ad(adata)
+    # the stored layer and its source, before anything is standardized or registered (a typo found after)
+    resolve_feature_space(atlas.feature_spaces, feature_space).check_layer(zarr_layer)
+    origin = source_layer if source_layer is not None else layer
+    if origin is not None and origin not in adata.layers:
+        raise IngestError(f"standardize_and_ingest: no layer {origin!r} in adata.layers {list(adata.layers)}")
     standardized, report = standardize_anndata(
         adata, unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
     )  # type: ignore[arg-type]

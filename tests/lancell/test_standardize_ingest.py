@@ -11,7 +11,13 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
-from lancell.errors import DuplicateContentError, LancellWarning, StandardizationError
+from lancell.errors import (
+    DuplicateContentError,
+    FeatureSpaceError,
+    IngestError,
+    LancellWarning,
+    StandardizationError,
+)
 from lancell.standardize.ontology import CELL_TYPE_ABBREVIATIONS, default_backend, match_key, resolve_terms
 from lancell.standardize.pipeline import standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
@@ -114,6 +120,12 @@ def test_duplicates_error_leaves_the_atlas_untouched(tmp_path, celltypist):
     assert atlas.list_datasets().empty
     with pytest.raises(StandardizationError, match="unresolved must be 'keep' or 'drop', got 'skip'"):
         standardize_anndata(celltypist, organism="human", unresolved="skip")
+    typo = {"feature_space": "gene_expression", "organism": "human", "progress": False}
+    with pytest.raises(FeatureSpaceError, match="layer 'count' is not allowed"):  # found before registering
+        standardize_and_ingest(atlas, celltypist, zarr_layer="count", **typo)
+    with pytest.raises(IngestError, match=r"no layer 'raw' in adata.layers \[\]"):
+        standardize_and_ingest(atlas, celltypist, zarr_layer="counts", source_layer="raw", **typo)
+    assert atlas.feature_registry("gene_expression").empty
 
 
 @pytest.mark.parametrize("dense", [False, True])
