@@ -74,7 +74,7 @@ def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> Tenx
     Parameters
     ----------
     path
-        The folder, a file inside it, or the HDF5 file. A v2 folder holding one genome sub-folder
+        The folder, its ``matrix.mtx[.gz]``, or the HDF5 file. A v2 folder holding one genome sub-folder
         (``filtered_gene_bc_matrices/hg19``) is accepted too.
     genome
         The genome to read: the group of a v2 HDF5 file or sub-folder, or a value of ``features/genome`` of a
@@ -230,6 +230,11 @@ def add_from_10x(
     if isinstance(path, TenxMatrix) and genome is not None:
         raise IngestError(f"{path.path}: genome is chosen when the matrix is opened (open_10x), not here")
     matrix = path if isinstance(path, TenxMatrix) else open_10x(path, genome=genome)
+    if (repeated := matrix.obs.index[matrix.obs.index.duplicated()]).size:
+        raise TenxFormatError(
+            f"{matrix.path}: {repeated.size} barcodes occur more than once, e.g. {list(repeated[:3])}: a 10x "
+            "output names each cell once (a damaged or edited barcodes file)"
+        )
     routes, skipped = route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
         raise IngestError(

@@ -586,3 +586,17 @@ def test_an_obs_frame_repeating_a_barcode_is_refused(tmp_path):
     with pytest.raises(IngestError, match="several rows for 1 barcodes"):
         add_from_10x(atlas, V3_H5, obs=obs, dataset_record=DatasetRecord(uid="x"), progress=False)
     assert visible_state(atlas) == before
+
+
+def test_a_barcodes_file_repeating_a_barcode_is_refused_as_damaged(tmp_path):
+    """The error told to call adata.obs_names_make_unique(): no AnnData is the user's to fix here."""
+    folder = tmp_path / "repeated"
+    shutil.copytree(V3_DIR, folder)
+    lines = _lines(folder / "barcodes.tsv.gz")
+    _write_lines(folder / "barcodes.tsv.gz", [lines[0], lines[0], *lines[2:]])
+    atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
+    before = visible_state(atlas)
+    with pytest.raises(TenxFormatError, match=r"1 barcodes occur more than once, .*damaged or edited"):
+        add_from_10x(atlas, folder, dataset_record=DatasetRecord(uid="r"), progress=False)
+    assert visible_state(atlas) == before
+    assert read_10x(folder).n_obs == len(lines)  # (still readable, to look into)
