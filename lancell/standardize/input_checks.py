@@ -5,7 +5,7 @@ another organism, overrides that mapped nothing."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
@@ -59,10 +59,22 @@ def no_gene_name(
     return missing
 
 
-def keep_existing_ids(existing: pd.Series, matched: pd.Series, column: str, target: str) -> pd.Series:
-    """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree."""
+def keep_existing_ids(
+    existing: pd.Series, matched: pd.Series, column: str, target: str, known: Collection[str]
+) -> pd.Series:
+    """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree, and
+    about present ids that are not ``known`` (the terms of the field's ontology: an UBERON id in a cell
+    type column, a letter O typed for a zero)."""
     existing = existing.astype(object)
     present = ~_missing_text(existing)
+    unknown = pd.unique(existing[present & ~existing.astype(str).isin(known)].astype(str))
+    if unknown.size:
+        warnings.warn(
+            f"obs[{target!r}] holds {unknown.size} term ids that are no terms of its ontology (e.g. "
+            f"{unknown[:5].tolist()}); kept as they are: check them",
+            LancellWarning,
+            stacklevel=3,
+        )
     differ = present & matched.notna() & (existing.astype(str) != matched.astype(str))
     if differ.any():
         pairs = pd.DataFrame({"existing": existing[differ], "matched": matched[differ]}).drop_duplicates()

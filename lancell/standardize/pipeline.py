@@ -40,7 +40,7 @@ from lancell.standardize.input_checks import (
     warn_unused_gene_arguments,
     warn_unused_overrides,
 )
-from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
+from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, default_backend, resolve_terms
 from lancell.standardize.report import StandardizationReport
 from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_modes
 
@@ -221,7 +221,8 @@ def standardize_anndata(
         ids = out.obs[column].astype(object).map(lambda v, mapping=mapping: mapping.get(str(v)))
         target = obs_columns[column]
         if target in out.obs.columns:
-            ids = keep_existing_ids(out.obs[target], ids, column, target)
+            known = (backend or default_backend()).index(FIELD_ONTOLOGY[name]).names
+            ids = keep_existing_ids(out.obs[target], ids, column, target, known)
         out.obs[target] = ids.astype("category")
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)

@@ -92,6 +92,17 @@ def test_curated_term_ids_are_kept():
         "CL:0000084",
     ]
     assert adata.obs["cell_type_ontology_term_id"].isna().sum() == 1  # input untouched
+    with warnings.catch_warnings():  # the ids are CL terms: no warning that they are not
+        warnings.filterwarnings("error", message=".*no terms of its ontology")
+        warnings.filterwarnings("ignore", message=".*differ from the ids")
+        standardize_anndata(adata, organism="human")
+    adata.obs["cell_type_ontology_term_id"] = ["UBERON:0002048", "CL:O000815", np.nan, "CL:0000084"]
+    with pytest.warns(LancellWarning, match=r"2 term ids that are no terms .*'UBERON:0002048', 'CL:O000815'"):
+        out, _ = standardize_anndata(adata, organism="human")  # a lung in a cell type column, a letter O
+    assert out.obs["cell_type_ontology_term_id"].astype(object).tolist()[:2] == [
+        "UBERON:0002048",
+        "CL:O000815",
+    ]
 
 
 def test_arguments_without_effect_are_warned():
