@@ -3,8 +3,9 @@
 Every command takes the atlas's database location (a path or an object-store URL) first. Errors are printed
 as one line naming what went wrong and where, with exit status 1 (2 for a malformed command line, printed
 with the command's usage); a ``validate`` that finds problems also exits 1. Warnings are printed as one line
-each. This module reads the command line; :mod:`lancell.cli_commands` does what each command does, and
-:mod:`lancell.cli_messages` words the library's errors for the command line.
+each. This module reads the command line; :mod:`lancell.cli_commands` does what each command does
+(:mod:`lancell.cli_maintenance` the ones that change or remove what is stored: ``add-csc``, ``delete``,
+``vacuum``), and :mod:`lancell.cli_messages` words the library's errors for the command line.
 """
 
 from __future__ import annotations

@@ -18,13 +18,26 @@ def add_csc(args: argparse.Namespace) -> int:
     """``lancell add-csc``: write the CSC copy of each dataset given (``--all``: of every sparse dataset)
     that lacks one, one after another, every dataset checked first."""
     from lancell.atlas import RaggedAtlas
+    from lancell.errors import GroupNotFoundError
     from lancell.ingest.add_csc import add_csc as write_missing
-    from lancell.ingest.add_csc import datasets_without_csc, require_csc_writable
+    from lancell.ingest.add_csc import datasets_without_csc, layers_without_csc, require_csc_writable
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     if args.all:
-        uids = list(datasets_without_csc(atlas))  # (checked as add_csc checks them)
-        if not uids:
+        uids, unowned = [], []
+        for uid in datasets_without_csc(atlas):  # checked as add_csc checks them, before any is written
+            try:
+                layers_without_csc(atlas, uid)
+            except GroupNotFoundError:  # written before lancell claimed groups: add_csc never writes it
+                unowned.append(uid)
+            else:
+                uids.append(uid)
+        if unowned:
+            print(
+                f"{', '.join(unowned)}: no CSC copy written (their groups were written before this atlas "
+                "claimed its groups, and lancell writes only into groups it can prove its own)"
+            )
+        if not uids and not unowned:
             print("every sparse dataset has its CSC copy")
     else:
         uids = list(dict.fromkeys(args.uids))  # (a uid given twice is written once)

@@ -99,19 +99,20 @@ def layers_without_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
 
 
 def datasets_without_csc(atlas: RaggedAtlas) -> dict[str, list[str]]:
-    """Every sparse dataset of the atlas with a stored layer that has no CSC copy, and those layers (as
-    :func:`layers_without_csc` gives them), in the dataset table's order: what :func:`add_csc` would write
-    for each. Dense datasets have no copy and are not listed.
+    """Every sparse dataset of the atlas with a stored layer that has no CSC copy, and those layers, in the
+    dataset table's order. Dense datasets have no copy and are not listed. Whose each group is is not
+    checked here: :func:`add_csc` refuses a group this atlas cannot prove its own (one written before
+    lancell claimed groups), and :func:`layers_without_csc` tells beforehand.
 
     Raises
     ------
     GroupNotFoundError
-        A dataset's group is missing, or one lacking a copy is not provably this atlas's (named).
+        A dataset's group is missing.
     """
     spaces = atlas.feature_spaces
     records = atlas.core.tables.datasets.to_arrow().select(["uid", "feature_space", "zarr_group"])
     missing = {
-        record["uid"]: _uncopied_in(atlas, record["uid"], record["zarr_group"])
+        record["uid"]: _uncopied_in(atlas, record["uid"], record["zarr_group"], check_owner=False)
         for record in records.to_pylist()
         if resolve_feature_space(spaces, record["feature_space"]).kind == "sparse"
     }
@@ -154,13 +155,14 @@ def _group_and_uncopied(atlas: RaggedAtlas, dataset_uid: str) -> tuple[str, list
     return name, _uncopied_in(atlas, dataset_uid, name)
 
 
-def _uncopied_in(atlas: RaggedAtlas, dataset_uid: str, name: str) -> list[str]:
-    """The layers without a copy of dataset ``dataset_uid``'s group ``name``, its owner checked if any."""
+def _uncopied_in(atlas: RaggedAtlas, dataset_uid: str, name: str, *, check_owner: bool = True) -> list[str]:
+    """The layers without a copy of dataset ``dataset_uid``'s group ``name``, its owner checked if any
+    (unless ``check_owner`` is False)."""
     attrs = atlas.core.group_attrs(name, reopen=True)
     if attrs is None:
         raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
     missing = _uncopied(attrs)
-    if missing:  # (a group with every copy is only read: whose it is does not matter)
+    if missing and check_owner:  # (a group with every copy is only read: whose it is does not matter)
         atlas.group_claims.require_own(name, dataset_uid)
     return missing
 

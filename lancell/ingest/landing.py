@@ -18,7 +18,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from lancell.ingest.landing_features import registry_rows
 from lancell.ingest.landing_spec import (
     LandingOutcome,
     LandingSpec,
+    cell_ranger_forms,
     check_applies,
     is_tenx_output,
     landing_contents,
@@ -125,25 +126,18 @@ def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> Path | None:
     when it is the same file (under any path), when its recorded source is gone (the file moved: nothing tells
     them apart without reading it) or is not an absolute path (a sidecar's ``source``; a relative path
     recorded before sources were absolute, whose folder is unknown), and when the two are the two forms of
-    one 10x matrix that Cell Ranger writes side by side (``filtered_feature_bc_matrix.h5`` and the
-    ``filtered_feature_bc_matrix`` folder)."""
+    one matrix that Cell Ranger writes side by side (``filtered_feature_bc_matrix.h5`` and the folder
+    ``filtered_feature_bc_matrix``: :func:`~lancell.ingest.landing_spec.cell_ranger_forms`)."""
     recorded = record.source
     if not recorded or recorded == recorded_source(spec) or not os.path.isabs(recorded):
         return None
     path = Path(recorded)
     try:
-        if not path.exists() or path.samefile(spec.path) or _forms_of_one_matrix(path, spec.path):
+        if not path.exists() or path.samefile(spec.path) or cell_ranger_forms(path, spec.path):
             return None
     except OSError:  # (spec.path gone: the dataset is what the atlas holds)
         return None
     return path
-
-
-def _forms_of_one_matrix(first: Path, second: Path) -> bool:
-    """Whether ``first`` and ``second`` are ``<name>.h5`` and the ``<name>`` folder beside it, either way."""
-    h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
-    beside = folder.resolve().with_name(folder.name + ".h5")
-    return folder.is_dir() and h5.is_file() and h5.resolve() == beside
 
 
 def _prepared(
@@ -221,21 +215,6 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
         space.check_layer(layer)
 
 
-def stored_organism(organism: str | None) -> str | None:
-    """The organism a landing file's features and cells record: the scientific name of an organism lancell
-    knows by any of its names (``human``, ``homo sapiens``, ``NCBITaxon:9606``: ``Homo sapiens``), so that
-    one filter finds them all; another name as given."""
-    from lancell.errors import UnknownOrganismError
-    from lancell.standardize.genes import canonical_organism
-
-    if organism is None:
-        return None
-    try:
-        return canonical_organism(organism)
-    except UnknownOrganismError:
-        return organism
-
-
 def ingest_landing_file(
     atlas: RaggedAtlas,
     spec: LandingSpec,
@@ -271,7 +250,6 @@ def ingest_landing_file(
         The spec names a feature space the atlas does not have.
     """
     check_landing_spec(atlas, spec)  # before anything is registered (or a typo passes)
-    spec = replace(spec, organism=stored_organism(spec.organism))
     existing = present_record(atlas, spec.uid)
     if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
         return existing, "present"

@@ -79,6 +79,7 @@ __all__ = [
     "MATRIX_FILES",
     "LandingOutcome",
     "LandingSpec",
+    "cell_ranger_forms",
     "check_applies",
     "default_uid",
     "is_tenx_output",
@@ -148,6 +149,20 @@ def is_tenx_output(path: Path) -> bool:
         return False
     folders = [path, *(child for child in path.iterdir() if child.is_dir())]
     return any((folder / name).is_file() for folder in folders for name in MATRIX_FILES)
+
+
+def cell_ranger_forms(first: Path, second: Path) -> bool:
+    """Whether ``first`` and ``second`` are the two forms of one matrix that Cell Ranger writes side by side
+    in an output folder, either way round: ``<name>.h5`` and the ``<name>`` folder (v3:
+    ``filtered_feature_bc_matrix``), or ``<name>_h5.h5`` and the ``<name>`` folder or its genome sub-folder
+    (v2: ``filtered_gene_bc_matrices_h5.h5``, ``filtered_gene_bc_matrices/hg19``). Other names are not
+    taken for two forms of one matrix, whatever they hold."""
+    h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
+    if h5.stem not in _CELL_RANGER_NAMES or not (h5.is_file() and folder.is_dir()):
+        return False
+    name, where = h5.stem.removesuffix("_h5"), h5.resolve().parent
+    folder = folder.resolve()
+    return any(f.name == name and f.parent == where for f in (folder, folder.parent))
 
 
 def landing_path(path: Path) -> Path:

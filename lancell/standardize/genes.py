@@ -33,6 +33,7 @@ from lancell.standardize.ontology import ORGANISMS
 
 __all__ = [
     "ENSEMBL_PREFIXES",
+    "GENE_ID_PATTERN",
     "GENE_MATCH_KINDS",
     "GeneReference",
     "canonical_organism",
@@ -62,7 +63,9 @@ ENSEMBL_PREFIXES: dict[str, str] = {
     "ENSOCUG": "Oryctolagus cuniculus",
     "ENSMICG": "Microcebus murinus",
 }
-_GENE_ID = re.compile(r"^(ENS[A-Z]*G|FBgn|WBGene)(\d{6,})(?:\.\d+)?$")
+# a gene id of a database (Ensembl ENS...G, FlyBase, WormBase) with an optional version; RE2-compatible
+GENE_ID_PATTERN = r"^(ENS[A-Z]*G|FBgn|WBGene)(\d{6,})(?:\.\d+)?$"
+_GENE_ID = re.compile(GENE_ID_PATTERN)
 
 # organism -> (current table, older table or None), files under REFERENCE_DIR
 _TABLES: dict[str, tuple[str, str | None]] = {

@@ -56,7 +56,8 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
     """``matrix`` (cells x inputs) with columns of the same code added up, exactly.
 
     Integers are added as int64 (uint64 for unsigned input) and floats as float64; the result keeps the
-    input dtype when its values fit it (floats: at least float32), else stays wide.
+    input dtype when its values fit it (floats: at least float32; whole numbers only where float32 holds
+    them exactly, other floats always, as float sums round), else stays wide.
     """
     dtype = np.dtype(matrix.dtype)  # type: ignore[attr-defined]
     integer = dtype.kind in "biu"
@@ -70,9 +71,10 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
     else:
         total = np.asarray(merge.T @ np.asarray(matrix, dtype=wide).T).T
         values = total
-    if not integer:  # (float32 sums of float32 counts above 2**24 would round)
+    if not integer:  # whole-number sums (counts) float32 cannot hold exactly (above 2**24) stay float64
         narrow = np.result_type(dtype, np.float32)
-        exact = np.array_equal(values.astype(narrow).astype(np.float64), values, equal_nan=True)
+        counts = np.array_equal(values, np.trunc(values), equal_nan=True)
+        exact = not counts or np.array_equal(values.astype(narrow).astype(np.float64), values, equal_nan=True)
         return total.astype(narrow, copy=False) if exact else total
     if values.size and values.max() > MAX_COUNT:
         column_max = total.max(axis=0)

@@ -331,3 +331,22 @@ def test_a_genome_keeps_the_features_of_no_genome_and_is_refused_where_there_is_
     named = shutil.copytree(V3_DIR, tmp_path / "mm10")  # a v3 folder named like a genome is still of none
     with pytest.raises(TenxFormatError, match="of no genome: a v3 folder"):
         read_10x(named, genome="mm10")
+
+
+def test_the_two_forms_of_a_cell_ranger_matrix_are_told_by_their_names(tmp_path: Path) -> None:
+    """Any ``<name>.h5`` beside a ``<name>`` folder passed for one matrix, whatever the two held."""
+    from lancell.ingest.landing_spec import cell_ranger_forms
+
+    for h5, folder in [
+        ("filtered_feature_bc_matrix.h5", "filtered_feature_bc_matrix"),  # v3
+        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices/hg19"),  # v2, its genome folder
+        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices"),
+        ("donor1.h5", "donor1"),  # not Cell Ranger's names: no
+        ("raw_feature_bc_matrix.h5", "filtered_feature_bc_matrix"),  # two matrices: no
+    ]:
+        outs = tmp_path / h5.split(".")[0] / folder.replace("/", "_") / "outs"
+        (outs / folder).mkdir(parents=True)
+        (outs / h5).write_bytes(b"")
+        expected = not h5.startswith(("donor", "raw"))
+        assert cell_ranger_forms(outs / h5, outs / folder) is expected, (h5, folder)
+        assert cell_ranger_forms(outs / folder, outs / h5) is expected, (h5, folder)

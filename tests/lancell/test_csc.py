@@ -13,7 +13,7 @@ import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
 import lancell.storage.csc_blocks as csc_blocks_module
 from lancell.errors import DatasetNotFoundError, GroupNotFoundError, StoreError
-from lancell.ingest.add_csc import add_csc, datasets_without_csc
+from lancell.ingest.add_csc import add_csc, datasets_without_csc, layers_without_csc
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
@@ -155,8 +155,8 @@ def test_add_csc_writes_a_copy_once(atlas, celltypist):
 
 
 def test_datasets_without_csc_lists_what_add_csc_would_write(atlas, celltypist, mouse):
-    """Every sparse dataset lacking a copy of a layer, with those layers; a group not provably the atlas's
-    is named, as ``add_csc`` would refuse it."""
+    """Every sparse dataset lacking a copy of a layer, with those layers, whoever's its group is
+    (``layers_without_csc`` refuses one this atlas cannot prove its own, as ``add_csc`` does)."""
     _ingest(atlas, celltypist, "ct", csc=False)
     record = _ingest(atlas, mouse, "mouse", csc=True)
     assert datasets_without_csc(atlas) == {"ct": ["counts"]}
@@ -164,8 +164,9 @@ def test_datasets_without_csc_lists_what_add_csc_would_write(atlas, celltypist, 
     assert datasets_without_csc(atlas) == {}
     atlas.core.zarr_root[record.zarr_group].attrs["csc_layers"] = []  # a copy not recorded...
     atlas.core.zarr_root[record.zarr_group].attrs[ATLAS_ID_ATTR] = "another"  # ...in a group not its own
+    assert datasets_without_csc(atlas) == {"mouse": ["counts"]}  # listed; add_csc would refuse it
     with pytest.raises(GroupNotFoundError, match="mouse"):
-        datasets_without_csc(atlas)
+        layers_without_csc(atlas, "mouse")
 
 
 def test_add_csc_adds_a_missing_layer_on_the_shared_indices(atlas, celltypist, spy):

@@ -159,6 +159,10 @@ def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(a
     ensembl = pd.DataFrame(
         {"uid": ["ENSG00000198851"], "gene_symbol": ["CD3E"], "organism": ["Homo sapiens"]}
     )
+    made_unique = pd.DataFrame({"uid": ["SOX4-1"], "gene_symbol": ["SOX4"], "organism": ["Homo sapiens"]})
+    with warnings.catch_warnings():  # a symbol-keyed registry's made-unique name is no second keying
+        warnings.filterwarnings("error", message=".*another feature's uid")
+        atlas.register_features("gene_expression", made_unique)
     with pytest.warns(LancellWarning, match="1 features have a symbol that is another feature's uid"):
         atlas.register_features("gene_expression", ensembl)
     with pytest.warns(LancellWarning, match=r"\('CD3E': \['ENSG00000198851'\]\); name those uids too"):

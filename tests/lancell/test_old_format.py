@@ -188,6 +188,13 @@ def test_list_datasets_and_ls_show_the_old_records_layer(old, tmp_path):
         "old_a: deleted; snapshots keep it, its group stays (this atlas cannot prove it its own: vacuum "
         "leaves it)"
     )
+    group = Path(db) / "_zarr" / EXPECTED["datasets"]["old_b"]["zarr_group"] / "zarr.json"
+    meta = json.loads(group.read_text())
+    meta["attributes"].pop("csc_layers", None)  # as if written without the copy
+    group.write_text(json.dumps(meta))
+    command = [str(lancell), "add-csc", db, "--all"]  # old_b's group cannot get a copy: named, not an error
+    added = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert added.startswith("old_b: no CSC copy written (their groups were written before this atlas")
 
 
 def test_new_dataset_reads_back_with_the_old_ones_and_snapshots(old):

@@ -86,6 +86,8 @@ def test_a_float32_sum_float32_cannot_hold_stays_float64(dense):
     assert got[0].tolist() == [2**24 + 1, 0] and got[1].tolist() == [7, 5]
     small = standardize_anndata(_adata(x[1:], ONE_GENE), organism="human", duplicates="sum")[0]
     assert small.X.dtype == np.float32  # (a sum float32 holds keeps the input dtype)
+    normalized = standardize_anndata(_adata(x / 3, ONE_GENE), organism="human", duplicates="sum")[0]
+    assert normalized.X.dtype == np.float32  # (fractions: a float sum, float32 as given)
 
 
 @pytest.mark.parametrize("dense", [False, True])
