@@ -198,8 +198,10 @@ def _compare_landing(
         return Landing(entry, recorded, _content(False, str(problem)), problem)
     if recorded is None:
         finding = (
-            f"{entry.path.name}: no landing fingerprint was recorded when dataset {record.uid!r} was "
-            "ingested (outside Dagster, by an older lancell, or replaced since): not compared"
+            f"{entry.path.name}: this Dagster instance recorded no landing fingerprint of dataset "
+            f"{record.uid!r} as the atlas holds it (ingested outside Dagster, by an older lancell, by "
+            "another Dagster instance, such as a dagster dev session since restarted, or replaced since): "
+            "not compared"
         )
         context.log.warning(finding)
         return Landing(entry, None, _content(False, finding, dg.AssetCheckSeverity.WARN), None)

@@ -14,6 +14,7 @@ dataset was ingested from.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import warnings
@@ -215,6 +216,29 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
         space.check_layer(layer)
 
 
+def _warn_unknown_organism(spec: LandingSpec) -> None:
+    """Warn when the spec's organism is no name of an organism lancell knows (a typo, ``Homo sapien``, would
+    be recorded on the features and cells as given, and missed by a filter on the right name)."""
+    from lancell.errors import UnknownOrganismError
+    from lancell.standardize.genes import canonical_organism
+    from lancell.standardize.ontology import ORGANISMS
+
+    if spec.organism is None:
+        return
+    try:
+        canonical_organism(spec.organism)
+    except UnknownOrganismError:
+        names = [n for scientific, term in ORGANISMS.items() for n in (scientific, *term.synonyms)]
+        close = difflib.get_close_matches(spec.organism, names, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.warn(
+            f"{spec.path}: organism {spec.organism!r} is no organism lancell knows{guess}; it is recorded as "
+            f"given (known: {sorted(ORGANISMS)})",
+            LancellWarning,
+            stacklevel=3,
+        )
+
+
 def ingest_landing_file(
     atlas: RaggedAtlas,
     spec: LandingSpec,
@@ -255,6 +279,7 @@ def ingest_landing_file(
         return existing, "present"
     if not spec.path.exists():
         raise IngestError(f"landing file {spec.path} does not exist")
+    _warn_unknown_organism(spec)
     try:
         record = atlas.dataset_schema(
             uid=spec.uid, name=spec.name, source=recorded_source(spec), accession=spec.accession

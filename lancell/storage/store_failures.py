@@ -70,7 +70,23 @@ def one_line(exc: BaseException) -> str:
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
         text += f" ({causes[-1]})"
-    return text
+    return text + "".join(hint for pattern, hint in _HINTS if pattern.search(text))
+
+
+# what the words of an S3 client's error mean, where they do not say it themselves
+_HINTS = (
+    (
+        re.compile(r"performing \w+ http://.*builder error"),
+        "; an endpoint over plain HTTP needs client_options={'allow_http': True} in store_kwargs (or "
+        "AWS_ALLOW_HTTP=true)",
+    ),
+    (
+        re.compile(r"169\.254\.169\.254"),
+        "; no credentials were found (it then asked the cloud instance's metadata service): set "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id / secret_access_key in store_kwargs' "
+        "config",
+    ),
+)
 
 
 def store_error(exc: BaseException, what: str) -> StoreError:

@@ -140,7 +140,9 @@ def read_meta(
                 f"the creation of the atlas at {db_uri!r} did not finish ({META_PATH} is missing): create it "
                 "again at this location (the unfinished creation's empty tables are replaced)"
             )
-        raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing)")
+        remote = "://" in db_uri and not db_uri.startswith("file://")
+        where = "; check the bucket and the path" if remote else ""
+        raise AtlasNotFoundError(f"no atlas at {db_uri!r} ({META_PATH} is missing{where})")
     if meta.get("lancell_format") != FORMAT_VERSION:
         raise FormatVersionError(
             f"atlas at {db_uri!r} has format {meta.get('lancell_format')!r}; "

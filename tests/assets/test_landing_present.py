@@ -132,5 +132,5 @@ def test_a_dataset_ingested_outside_dagster_is_not_compared_and_says_so(tmp_path
         assert result.success and checks(result) == FINE | {"content_matches": False}
         (content,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "content_matches"]
         assert content.severity == dg.AssetCheckSeverity.WARN
-        assert "no landing fingerprint was recorded" in content.metadata["finding"].value
+        assert "this Dagster instance recorded no landing fingerprint" in content.metadata["finding"].value
         assert any("not compared" in message for message in warnings_of(instance, result))

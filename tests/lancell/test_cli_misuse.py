@@ -620,3 +620,11 @@ def test_two_names_of_one_organism_are_a_conflict_that_says_so(tmp_path: Path, d
     atlas = RaggedAtlas.open(db)
     assert set(atlas.feature_registry("gene_expression")["organism"]) == {"human"}
     assert atlas.query().where(organism="human").count() == 4
+
+
+def test_an_organism_lancell_does_not_know_is_warned_about(tmp_path: Path, db: str) -> None:
+    """``Homo sapien`` was recorded as given without a word, and a filter on Homo sapiens found no cell."""
+    warned = run("ingest", db, str(_write(tmp_path / "a.h5ad", ["G1"])), "--organism", "Homo sapien")
+    assert "'Homo sapien' is no organism lancell knows (did you mean 'Homo sapiens'?)" in warned.stderr
+    known = run("ingest", db, str(_write(tmp_path / "b.h5ad", ["G2"])), "--organism", "mouse")
+    assert "no organism lancell knows" not in known.stderr

@@ -279,3 +279,32 @@ def test_a_store_error_keeps_the_s3_error_code_and_the_refused_connection_on_one
         '\n\nDebug source:\nGeneric {\n  Os {\n    code: 111,\n    message: "Connection refused",\n  },\n}'
     )
     assert str(store_error(refused, "reading")).endswith("error sending request (Connection refused)")
+
+
+def test_a_missing_allow_http_credentials_or_bucket_are_named(seaweed: Seaweed, s3_root: str, monkeypatch):
+    """An endpoint over plain HTTP without allow_http failed with "builder error", no credentials with a
+    403 from 169.254.169.254, and a misspelled bucket as a missing atlas.json only."""
+    from lancell.errors import AtlasNotFoundError
+
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT",
+        "AWS_ALLOW_HTTP",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED", raising=False)  # (no credentials: the metadata service)
+    kwargs = seaweed.store_kwargs()
+    RaggedAtlas.create(
+        f"{s3_root}/db", "cells", CellSchema, store=f"{s3_root}/arrays",
+        registry_schemas={"gene_expression": GeneFeature}, store_kwargs=kwargs,
+    )  # fmt: skip
+    without_http = {"config": kwargs["config"]}
+    with pytest.raises(StoreError, match=r"needs client_options=\{'allow_http': True\}"):
+        RaggedAtlas.open(f"{s3_root}/db", store_kwargs=without_http)
+    anonymous = {**kwargs, "config": {"endpoint": seaweed.endpoint, "region": "us-east-1"}}
+    with pytest.raises(StoreError, match="no credentials were found"):
+        RaggedAtlas.open(f"{s3_root}/db", store_kwargs=anonymous)
+    with pytest.raises(AtlasNotFoundError, match="check the bucket and the path"):
+        RaggedAtlas.open(f"s3://no-such-bucket/{s3_root.rsplit('/', 1)[-1]}/db", store_kwargs=kwargs)
