@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,14 @@ class AtlasResource(dg.ConfigurableResource):
     client_options: dict[str, str] = Field(
         default_factory=dict, description='obstore client options, e.g. {"allow_http": "true"} for http://'
     )
+    max_retries: int | None = Field(
+        default=None, description="retries of a failed request (obstore's retry_config; its default: 10)"
+    )
+    retry_timeout_seconds: float | None = Field(
+        default=None,
+        description="give up retrying a request after this long (obstore's retry_config; its default: "
+        "180 s): set it, and client_options timeout, for a server that may freeze",
+    )
     cell_schema: str = Field(
         default=DEFAULT_CELL_SCHEMA,
         description="module:Class of the cell schema a new atlas is created with (LANCELL_CELL_SCHEMA); an "
@@ -57,8 +66,9 @@ class AtlasResource(dg.ConfigurableResource):
         Raises
         ------
         StoreError
-            ``store_config`` or ``client_options`` is set while ``db_uri`` and ``store_url`` (unset:
-            ``<db_uri>/_zarr``) are local paths, which take no options (each given key is named).
+            ``store_config``, ``client_options`` or a retry setting is set while ``db_uri`` and
+            ``store_url`` (unset: ``<db_uri>/_zarr``) are local paths, which take no options (each given key
+            is named).
         """
         from lancell.storage.stores import check_options_used
 
@@ -67,6 +77,13 @@ class AtlasResource(dg.ConfigurableResource):
             kwargs["config"] = dict(self.store_config)
         if self.client_options:
             kwargs["client_options"] = dict(self.client_options)
+        retry: dict[str, Any] = {}
+        if self.max_retries is not None:
+            retry["max_retries"] = self.max_retries
+        if self.retry_timeout_seconds is not None:
+            retry["retry_timeout"] = timedelta(seconds=self.retry_timeout_seconds)
+        if retry:
+            kwargs["retry_config"] = retry
         check_options_used([self.db_uri, self.store_url or self.db_uri], kwargs)
         return kwargs or None
 

@@ -79,6 +79,7 @@ def test_the_definitions_create_the_atlas_only_with_lancell_create_atlas(tmp_pat
     [
         ({"store_config": {"regionn": "us-east-1"}}, "config.regionn"),
         ({"client_options": {"allow_http": "true"}}, "client_options.allow_http"),
+        ({"retry_timeout_seconds": 30.0}, "retry_config.retry_timeout"),
     ],
 )
 def test_store_options_that_local_paths_would_ignore_are_refused(tmp_path: Path, options, named):

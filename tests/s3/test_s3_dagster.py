@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -33,8 +34,11 @@ def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monke
         store_url=f"{s3_root}/arrays",
         store_config={"endpoint": seaweed.endpoint, "region": "us-east-1"},
         client_options={"allow_http": "true"},
+        max_retries=2,  # (the retry settings reach the store: obstore refuses a bad one)
+        retry_timeout_seconds=60.0,
         create_if_missing=True,
     )
+    assert atlas._store_kwargs()["retry_config"] == {"max_retries": 2, "retry_timeout": timedelta(seconds=60)}
     resources = dict(defs.resources) | {"atlas": atlas}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "celltypist_sample"])
