@@ -14,7 +14,6 @@ before any landing file appears, so a failure lands nothing.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -91,7 +90,6 @@ def land_geo_series(
             stacklevel=2,
         )
     planned = [(d, _files(d)) for d in datasets if d.files]  # every sample's files known before fetching
-    created = not landing.exists()
     landing.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Path | None] = {}
     try:
@@ -104,12 +102,6 @@ def land_geo_series(
             raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
         ready = [(d, part) for d in landed if (part := parts.get(d.record.uid)) is not None]
         kept = _place(landing, ready, zarr_layer)
-    except BaseException:
-        if created:  # the folder this call made, if it is still empty (nothing else is ever deleted)
-            with contextlib.suppress(OSError):
-                _remove_parts(parts)
-                landing.rmdir()
-        raise
     finally:
         _remove_parts(parts)
     kept += [d.record.uid for d in landed if d.record.uid not in parts]

@@ -155,14 +155,34 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     """Whether ``first`` and ``second`` are the two forms of one matrix that Cell Ranger writes side by side
     in an output folder, either way round: ``<name>.h5`` and the ``<name>`` folder (v3:
     ``filtered_feature_bc_matrix``), or ``<name>_h5.h5`` and the ``<name>`` folder or its genome sub-folder
-    (v2: ``filtered_gene_bc_matrices_h5.h5``, ``filtered_gene_bc_matrices/hg19``). Other names are not
-    taken for two forms of one matrix, whatever they hold."""
+    (v2: ``filtered_gene_bc_matrices_h5.h5``, ``filtered_gene_bc_matrices/hg19``) where both hold the one
+    same genome (a barnyard output's two genomes are two matrices). Other names are not taken for two forms
+    of one matrix, whatever they hold."""
     h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
     if h5.stem not in _CELL_RANGER_NAMES or not (h5.is_file() and folder.is_dir()):
         return False
     name, where = h5.stem.removesuffix("_h5"), h5.resolve().parent
     folder = folder.resolve()
-    return any(f.name == name and f.parent == where for f in (folder, folder.parent))
+    if name == h5.stem:  # v3: the folder beside the file
+        return folder.name == name and folder.parent == where
+    if folder.name == name and folder.parent == where:  # v2: the genome folders inside it
+        genomes = sorted(p.name for p in folder.iterdir() if p.is_dir() and is_tenx_output(p))
+    elif folder.parent.name == name and folder.parent.parent == where:  # v2: one genome's folder
+        genomes = [folder.name]
+    else:
+        return False
+    return len(genomes) == 1 and genomes == _v2_genomes(h5)
+
+
+def _v2_genomes(h5: Path) -> list[str]:
+    """The genome groups of a Cell Ranger v2 ``.h5`` file ([] when it cannot be read)."""
+    import h5py
+
+    try:
+        with h5py.File(h5, "r") as file:
+            return sorted(key for key, item in file.items() if isinstance(item, h5py.Group))
+    except (OSError, ValueError):
+        return []
 
 
 def landing_path(path: Path) -> Path:

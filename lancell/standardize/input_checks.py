@@ -4,14 +4,16 @@ another organism, overrides that mapped nothing."""
 
 from __future__ import annotations
 
+import re
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
 from lancell.errors import LancellWarning, StandardizationError
 from lancell.standardize.genes import foreign_ids
+from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, default_backend
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from lancell.standardize.report import StandardizationReport
 
 __all__ = [
+    "curated_id_check",
     "keep_existing_ids",
     "no_gene_name",
     "warn_foreign_ids",
@@ -59,15 +62,37 @@ def no_gene_name(
     return missing
 
 
+# what a CELLxGENE file may hold besides a term of the field's ontology: its non-ontology terms, and for a
+# tissue of tissue_type "cell culture" or "organoid" a cell type (CL) or a Cellosaurus cell line
+_NON_ONTOLOGY_TERMS = frozenset({"unknown", "na"})
+_CELL_LINE = re.compile(r"CVCL_[A-Z0-9]{4}")
+
+
+def curated_id_check(field_name: str, backend: OntologyBackend | None) -> Callable[[str], bool]:
+    """Whether a term id already in obs is one the field may hold (:func:`keep_existing_ids` warns about
+    the others)."""
+    indexes = [(backend or default_backend()).index(FIELD_ONTOLOGY[field_name]).names]
+    if field_name == "tissue":
+        indexes.append((backend or default_backend()).index(FIELD_ONTOLOGY["cell_type"]).names)
+
+    def allowed(term_id: str) -> bool:
+        if term_id in _NON_ONTOLOGY_TERMS or any(term_id in names for names in indexes):
+            return True
+        return field_name == "tissue" and _CELL_LINE.fullmatch(term_id) is not None
+
+    return allowed
+
+
 def keep_existing_ids(
-    existing: pd.Series, matched: pd.Series, column: str, target: str, known: Collection[str]
+    existing: pd.Series, matched: pd.Series, column: str, target: str, allowed: Callable[[str], bool]
 ) -> pd.Series:
     """``existing`` term ids where present, ``matched`` ones where missing; warns where they disagree, and
-    about present ids that are not ``known`` (the terms of the field's ontology: an UBERON id in a cell
+    about present ids that are not ``allowed`` (no term of the field's ontology: an UBERON id in a cell
     type column, a letter O typed for a zero)."""
     existing = existing.astype(object)
     present = ~_missing_text(existing)
-    unknown = pd.unique(existing[present & ~existing.astype(str).isin(known)].astype(str))
+    distinct = pd.unique(existing[present].astype(str))
+    unknown = pd.Index([term_id for term_id in distinct if not allowed(term_id)])
     if unknown.size:
         warnings.warn(
             f"obs[{target!r}] holds {unknown.size} term ids that are no terms of its ontology (e.g. "

@@ -34,13 +34,14 @@ from lancell.errors import (
 )
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
+    curated_id_check,
     keep_existing_ids,
     no_gene_name,
     warn_foreign_ids,
     warn_unused_gene_arguments,
     warn_unused_overrides,
 )
-from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, default_backend, resolve_terms
+from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, resolve_terms
 from lancell.standardize.report import StandardizationReport
 from lancell.standardize.var_merge import Duplicates, merge_duplicate_columns, merge_modes
 
@@ -221,8 +222,7 @@ def standardize_anndata(
         ids = out.obs[column].astype(object).map(lambda v, mapping=mapping: mapping.get(str(v)))
         target = obs_columns[column]
         if target in out.obs.columns:
-            known = (backend or default_backend()).index(FIELD_ONTOLOGY[name]).names
-            ids = keep_existing_ids(out.obs[target], ids, column, target, known)
+            ids = keep_existing_ids(out.obs[target], ids, column, target, curated_id_check(name, backend))
         out.obs[target] = ids.astype("category")
     if report.skipped_columns:
         log.info("standardize: obs columns absent, skipped: %s", report.skipped_columns)
@@ -366,7 +366,7 @@ def standardize_and_ingest(
     # the stored layer and its source, before anything is standardized or registered (a typo found after)
     resolve_feature_space(atlas.feature_spaces, feature_space).check_layer(zarr_layer)
     origin = source_layer if source_layer is not None else layer
-    if origin is not None and origin not in adata.layers:
+    if origin not in (None, "X") and origin not in adata.layers:
         raise IngestError(f"standardize_and_ingest: no layer {origin!r} in adata.layers {list(adata.layers)}")
     standardized, report = standardize_anndata(
         adata, unresolved=unresolved, duplicates=duplicates, genes=True, **standardize

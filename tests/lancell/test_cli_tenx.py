@@ -334,19 +334,32 @@ def test_a_genome_keeps_the_features_of_no_genome_and_is_refused_where_there_is_
 
 
 def test_the_two_forms_of_a_cell_ranger_matrix_are_told_by_their_names(tmp_path: Path) -> None:
-    """Any ``<name>.h5`` beside a ``<name>`` folder passed for one matrix, whatever the two held."""
+    """Any ``<name>.h5`` beside a ``<name>`` folder passed for one matrix, whatever the two held; a v2
+    barnyard output's genome folder passed for the ``.h5`` of both genomes."""
+    import h5py
+
     from lancell.ingest.landing_spec import cell_ranger_forms
 
-    for h5, folder in [
-        ("filtered_feature_bc_matrix.h5", "filtered_feature_bc_matrix"),  # v3
-        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices/hg19"),  # v2, its genome folder
-        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices"),
-        ("donor1.h5", "donor1"),  # not Cell Ranger's names: no
-        ("raw_feature_bc_matrix.h5", "filtered_feature_bc_matrix"),  # two matrices: no
+    v2_h5 = DATA / "10x_v2" / "filtered_gene_bc_matrices_h5.h5"  # genome hg19_chr21
+    for h5, folder, same in [
+        ("filtered_feature_bc_matrix.h5", "filtered_feature_bc_matrix", True),  # v3
+        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices/hg19_chr21", True),  # v2, its genome
+        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices", True),
+        ("filtered_gene_bc_matrices_h5.h5", "filtered_gene_bc_matrices/mm10", False),  # another genome
+        ("donor1.h5", "donor1", False),  # not Cell Ranger's names
+        ("raw_feature_bc_matrix.h5", "filtered_feature_bc_matrix", False),  # two matrices
     ]:
-        outs = tmp_path / h5.split(".")[0] / folder.replace("/", "_") / "outs"
-        (outs / folder).mkdir(parents=True)
-        (outs / h5).write_bytes(b"")
-        expected = not h5.startswith(("donor", "raw"))
-        assert cell_ranger_forms(outs / h5, outs / folder) is expected, (h5, folder)
-        assert cell_ranger_forms(outs / folder, outs / h5) is expected, (h5, folder)
+        outs = tmp_path / f"{len(list(tmp_path.iterdir()))}" / "outs"
+        genome = "hg19_chr21" if folder == "filtered_gene_bc_matrices" else ""  # (v2: genome folders in it)
+        shutil.copytree(V2_DIR, outs / folder / genome)
+        shutil.copyfile(v2_h5 if "gene_bc" in h5 else V3_H5, outs / h5)
+        assert cell_ranger_forms(outs / h5, outs / folder) is same, (h5, folder)
+        assert cell_ranger_forms(outs / folder, outs / h5) is same, (h5, folder)
+    barnyard = tmp_path / "barnyard" / "outs"
+    shutil.copytree(V2_DIR, barnyard / "filtered_gene_bc_matrices" / "hg19_chr21")
+    shutil.copyfile(v2_h5, barnyard / "filtered_gene_bc_matrices_h5.h5")
+    with h5py.File(barnyard / "filtered_gene_bc_matrices_h5.h5", "a") as file:
+        file.copy("hg19_chr21", "mm10")  # two genomes in the file: its hg19 folder is not the same matrix
+    assert not cell_ranger_forms(
+        barnyard / "filtered_gene_bc_matrices_h5.h5", barnyard / "filtered_gene_bc_matrices" / "hg19_chr21"
+    )

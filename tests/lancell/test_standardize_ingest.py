@@ -126,6 +126,11 @@ def test_duplicates_error_leaves_the_atlas_untouched(tmp_path, celltypist):
     with pytest.raises(IngestError, match=r"no layer 'raw' in adata.layers \[\]"):
         standardize_and_ingest(atlas, celltypist, zarr_layer="counts", source_layer="raw", **typo)
     assert atlas.feature_registry("gene_expression").empty
+    x_record = DatasetRecord(uid="x")  # source_layer "X" is adata.X, as for add_from_anndata
+    record, _ = standardize_and_ingest(
+        atlas, celltypist, zarr_layer="counts", source_layer="X", dataset_record=x_record, **typo
+    )
+    assert record.n_cells == celltypist.n_obs
 
 
 @pytest.mark.parametrize("dense", [False, True])

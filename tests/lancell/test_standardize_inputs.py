@@ -103,6 +103,14 @@ def test_curated_term_ids_are_kept():
         "UBERON:0002048",
         "CL:O000815",
     ]
+    cellxgene = adata.copy()  # what the CELLxGENE schema allows besides the field's ontology: no warning
+    cellxgene.obs["cell_type_ontology_term_id"] = ["unknown", "CL:0000236", "na", "CL:0000084"]
+    cellxgene.obs["tissue"] = ["fibroblast", "blood", "HeLa", "lung"]
+    cellxgene.obs["tissue_ontology_term_id"] = ["CL:0000057", "UBERON:0000178", "CVCL_0030", "UBERON:0002048"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no terms of its ontology")
+        warnings.filterwarnings("ignore", message=".*differ from the ids")
+        standardize_anndata(cellxgene, organism="human")
 
 
 def test_arguments_without_effect_are_warned():
