@@ -11,6 +11,8 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
+from lancell.errors import FeatureConflictError
+from lancell.feature_keys import mixed_keys, same_organism_hint, warn_mixed_keys
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import take_snapshot
@@ -274,7 +276,14 @@ class RaggedAtlas:
         table = self.core.tables.registry(space.name)
         prepared, given = prepare_features(space.name, features, table.schema)
         with self.core.lock(f"registry-{space.name}"):
-            return register_prepared(table, space.name, prepared, given, on_conflict)
+            mixed = mixed_keys(table, prepared)
+            try:
+                added = register_prepared(table, space.name, prepared, given, on_conflict)
+            except FeatureConflictError as exc:
+                exc.args = (str(exc) + same_organism_hint(exc.conflicts),)
+                raise
+        warn_mixed_keys(space.name, mixed)
+        return added
 
     @_boundary
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:

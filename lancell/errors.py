@@ -167,7 +167,16 @@ class FeatureRegistryError(LancellError, ValueError):
 
 
 class FeatureConflictError(FeatureRegistryError):
-    """``register_features`` met registered uids whose other attributes differ (``on_conflict="error"``)."""
+    """``register_features`` met registered uids whose other attributes differ (``on_conflict="error"``).
+
+    ``conflicts``: ``(uid, column, registered, given)`` of each difference.
+    """
+
+    def __init__(
+        self, message: str, *, conflicts: list[tuple[str, str, object, object]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.conflicts = list(conflicts or [])
 
 
 class IngestError(LancellError, ValueError):

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError, LancellWarning
+from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import with_nul
 from lancell.tables.registry_view import atlas_identity
@@ -150,8 +150,8 @@ def register_prepared(
         if on_conflict == "error":
             raise FeatureConflictError(
                 f"{feature_space}: registered features differ from the given ones: {listed}{more}; pass "
-                "on_conflict='keep' to keep the registered values or on_conflict='update' to overwrite them"
-                + _same_organism_hint(conflicts)
+                "on_conflict='keep' to keep the registered values or on_conflict='update' to overwrite them",
+                conflicts=conflicts,
             )
         if on_conflict == "keep":
             warnings.warn(
@@ -164,73 +164,7 @@ def register_prepared(
             fills |= {(uid, column) for uid, column, *_ in conflicts}
     if fills:
         _update(table, registered, prepared, fills)
-    _warn_mixed_keys(table, feature_space, prepared)
     return assign_new_features(table, prepared)
-
-
-def _same_organism_hint(conflicts: Sequence[tuple[str, str, object, object]]) -> str:
-    """For organism conflicts that are two names of one organism (``human``, ``Homo sapiens``): say so, and
-    which spelling the atlas holds ("" when there are none)."""
-    from lancell.errors import UnknownOrganismError
-    from lancell.standardize.genes import canonical_organism
-
-    for _, column, old, new in conflicts:
-        if column == "organism" and isinstance(old, str) and isinstance(new, str):
-            try:
-                same = canonical_organism(old) == canonical_organism(new)
-            except UnknownOrganismError:
-                continue
-            if same:
-                return (
-                    f" ({old!r} and {new!r} name one organism: give the atlas's spelling, {old!r}, so that "
-                    "one filter finds every cell)"
-                )
-    return ""
-
-
-def _warn_mixed_keys(table: Table, feature_space: str, prepared: pa.Table) -> None:
-    """Warn when new features make the registry keyed two ways: a gene id (``ENSG...``) whose symbol is the
-    uid of a feature keyed by its symbol, either one new (genes keyed by symbols for one dataset and by
-    Ensembl ids for another, which no dataset then shares; not a symbol-keyed registry's made-unique names,
-    ``TBCE-1`` with symbol ``TBCE``)."""
-    if "gene_symbol" not in prepared.column_names:
-        return
-    from lancell.standardize.genes import GENE_ID_PATTERN
-
-    registered = read_columns(table, ["uid", "gene_symbol"])
-    new = prepared.select(["uid", "gene_symbol"])
-    new = new.filter(pc.invert(pc.is_in(new.column("uid"), value_set=registered.column("uid"))))
-    if new.num_rows == 0:
-        return
-
-    def by_id(rows: pa.Table) -> pa.ChunkedArray:
-        return pc.fill_null(pc.match_substring_regex(rows.column("uid"), GENE_ID_PATTERN), False)
-
-    new_id, registered_id = by_id(new), by_id(registered)
-    symbol_keyed = pa.concat_arrays(
-        [
-            pc.filter(registered.column("uid"), pc.invert(registered_id)).combine_chunks(),
-            pc.filter(new.column("uid"), pc.invert(new_id)).combine_chunks(),
-        ]
-    )
-    new_symbol_keyed = pc.filter(new.column("uid"), pc.invert(new_id))
-    clashes = [
-        new.filter(pc.and_(new_id, pc.is_in(new.column("gene_symbol"), value_set=symbol_keyed))),
-        registered.filter(
-            pc.and_(registered_id, pc.is_in(registered.column("gene_symbol"), value_set=new_symbol_keyed))
-        ),
-    ]
-    pairs = [pair for rows in clashes for pair in zip(*rows.to_pydict().values(), strict=True)]
-    if pairs:
-        shown = ", ".join(f"{uid!r} has symbol {symbol!r}" for uid, symbol in pairs[:3])
-        warnings.warn(
-            f"{feature_space}: {len(pairs)} features have a symbol that is another feature's uid ({shown}): "
-            "the registry now holds genes keyed by symbols and by other ids, which no dataset shares; a "
-            "query naming such a gene reads the feature of that uid (docs/standardization.md: standardized "
-            "files go into an atlas of their own)",
-            LancellWarning,
-            stacklevel=4,  # (the caller of register_features)
-        )
 
 
 def _conflicts(
