@@ -18,20 +18,16 @@ def add_csc(args: argparse.Namespace) -> int:
     """``lancell add-csc``: write the CSC copy of each dataset given (``--all``: of every sparse dataset)
     that lacks one, one after another, every dataset checked first."""
     from lancell.atlas import RaggedAtlas
-    from lancell.errors import GroupNotFoundError
     from lancell.ingest.add_csc import add_csc as write_missing
-    from lancell.ingest.add_csc import datasets_without_csc, layers_without_csc, require_csc_writable
+    from lancell.ingest.add_csc import datasets_without_csc, require_csc_writable
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     if args.all:
+        groups = atlas.list_datasets().set_index("uid")["zarr_group"]
         uids, unowned = [], []
-        for uid in datasets_without_csc(atlas):  # checked as add_csc checks them, before any is written
-            try:
-                layers_without_csc(atlas, uid)
-            except GroupNotFoundError:  # written before lancell claimed groups: add_csc never writes it
-                unowned.append(uid)
-            else:
-                uids.append(uid)
+        for uid in datasets_without_csc(atlas):  # whose group it is, as add_csc checks, before any is written
+            own = atlas.group_claims.ownership(str(groups[uid])) == "own"
+            (uids if own else unowned).append(uid)  # (not own: written before lancell claimed groups)
         if unowned:
             print(
                 f"{', '.join(unowned)}: no CSC copy written (their groups were written before this atlas "
