@@ -189,6 +189,11 @@ def _files(dataset: GeoDataset) -> list[str]:
                 f"{dataset.record.uid}: {first} comes without {match['prefix']}{kind[0]}.tsv[.gz] among the "
                 f"sample's supplementary files {sorted(names)}"
             )
+        if len(found) > 1:
+            raise GeoError(
+                f"{dataset.record.uid}: {first} comes with {[url.rsplit('/', 1)[-1] for url in found]} among "
+                "the sample's supplementary files: which one belongs to it cannot be told"
+            )
         urls.append(found[0])
     return urls
 

@@ -38,24 +38,23 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
-    """The first of ``names`` (each gzipped or plain) in ``folder``, None if none is there.
+    """The one of ``names`` (each gzipped or plain) in ``folder``, None if none is there.
 
     Raises
     ------
     TenxFormatError
-        The folder holds a name both gzipped and plain (an edited copy beside the original, say): which one
-        is meant cannot be told, and reading either could be the wrong one.
+        The folder holds a name both gzipped and plain (an edited copy beside the original, say), or two of
+        ``names`` (``features.tsv.gz`` beside ``genes.tsv``): which one is meant cannot be told, and reading
+        either could be the wrong one.
     """
-    for name in names:
-        found = [c for c in (folder / f"{name}.gz", folder / name) if c.is_file()]
-        if len(found) == 2:
-            raise TenxFormatError(
-                f"{folder} holds both {name}.gz and {name}: which one to read cannot be told; move the other "
-                "out of the folder"
-            )
-        if found:
-            return found[0]
-    return None
+    found = [c for name in names for c in (folder / f"{name}.gz", folder / name) if c.is_file()]
+    if len(found) > 1:
+        listed = " and ".join(c.name for c in found)
+        raise TenxFormatError(
+            f"{folder} holds both {listed}: which one to read cannot be told; move the other out of the "
+            "folder"
+        )
+    return found[0] if found else None
 
 
 def mtx_folder(folder: Path, genome: str | None) -> Path:

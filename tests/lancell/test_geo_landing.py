@@ -215,6 +215,13 @@ def test_a_failing_sample_lands_nothing(tmp_path, soft):
         with pytest.raises(GeoError, match=r"GSM9000012: .*matrix.mtx.gz comes without GSM9000012_barcodes"):
             land_geo_series(soft, landing, mirror=mirror)
     assert list(landing.iterdir()) == []
+    genes = MTX_URLS["features.tsv.gz"].replace("features", "genes")  # which one is the matrix's: not known
+    soft.write_text(SERIES + f"!Sample_supplementary_file_4 = {genes}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)
+        with pytest.raises(GeoError, match=r"GSM9000012_features.tsv.gz', 'GSM9000012_genes.tsv.gz'\]"):
+            land_geo_series(soft, landing, mirror=mirror)
+    assert list(landing.iterdir()) == []
 
 
 def test_a_sample_file_that_is_no_10x_output_is_named_by_its_url(tmp_path, soft):

@@ -535,6 +535,20 @@ def test_a_file_both_gzipped_and_plain_is_refused_whichever_is_named(tmp_path):
     assert read_10x(folder / "matrix.mtx").X.sum() == read_10x(V3_DIR).X.sum()
 
 
+def test_features_beside_genes_is_refused(tmp_path):
+    """A v2 genes.tsv left beside the v3 features.tsv.gz: the first was read, the other ignored silently."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(V3_DIR, folder)
+    features = gzip.decompress((folder / "features.tsv.gz").read_bytes()).decode()
+    (folder / "genes.tsv").write_text(
+        "".join("\t".join(line.split("\t")[:2]) + "\n" for line in features.splitlines())
+    )
+    with pytest.raises(TenxFormatError, match=re.escape("holds both features.tsv.gz and genes.tsv")):
+        read_10x(folder)
+    (folder / "features.tsv.gz").unlink()
+    assert read_10x(folder).X.sum() == read_10x(V3_DIR).X.sum()
+
+
 def test_add_from_10x_writes_no_temporary_file(tmp_path, monkeypatch):
     atlas = _make_atlas(tmp_path / "atlas", GeneOnlyCells, read_10x(V3_H5).var)
     blocker = tmp_path / "not_a_folder"
