@@ -149,6 +149,7 @@ def ingest(args: argparse.Namespace) -> int:
         other_landing_file,
         read_landing_spec,
     )
+    from lancell.ingest.landing_spec import cell_ranger_forms
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     overrides = _spec_overrides(args)
@@ -170,6 +171,13 @@ def ingest(args: argparse.Namespace) -> int:
     for spec in specs:  # one dataset per file
         if spec.uid in landed and landed[spec.uid].resolve() == spec.path.resolve():  # (overlapping globs)
             warnings.warn(f"{spec.path} is given more than once: ingested once", LancellWarning, stacklevel=1)
+            continue
+        if spec.uid in landed and cell_ranger_forms(landed[spec.uid], spec.path):
+            warnings.warn(
+                f"{spec.path} is the matrix of {landed[spec.uid]} in Cell Ranger's other form: ingested once",
+                LancellWarning,
+                stacklevel=1,
+            )
             continue
         if spec.uid in landed:
             raise IngestError(

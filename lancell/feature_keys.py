@@ -30,11 +30,18 @@ def same_organism_hint(conflicts: Sequence[tuple[str, str, object, object]]) -> 
                 same = canonical_organism(old) == canonical_organism(new)
             except UnknownOrganismError:
                 continue
-            if same:
-                return (
-                    f" ({old!r} and {new!r} name one organism: give the atlas's spelling, {old!r}, so that "
-                    "one filter finds every cell)"
-                )
+            if not same:
+                continue
+            standardized = (
+                f"; standardization records the scientific name whatever is given, so a standardized file "
+                f"needs on_conflict='keep' (its features keep {old!r}, its cells say {new!r})"
+                if canonical_organism(new) == new
+                else ""
+            )
+            return (
+                f" ({old!r} and {new!r} name one organism: give the atlas's spelling, {old!r}, so that one "
+                f"filter finds every cell{standardized})"
+            )
     return ""
 
 

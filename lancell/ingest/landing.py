@@ -279,7 +279,8 @@ def ingest_landing_file(
         return existing, "present"
     if not spec.path.exists():
         raise IngestError(f"landing file {spec.path} does not exist")
-    _warn_unknown_organism(spec)
+    if not spec.standardize:  # (standardization refuses an unknown organism)
+        _warn_unknown_organism(spec)
     try:
         record = atlas.dataset_schema(
             uid=spec.uid, name=spec.name, source=recorded_source(spec), accession=spec.accession

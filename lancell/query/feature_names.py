@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lancell.errors import LancellWarning, QueryError
+from lancell.standardize.genes import GENE_ID_PATTERN
 from lancell.tables.registry_view import RegistryView, registry_view
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ def resolve_features(
             indices.extend(sorted(set(folded[name.casefold()])))
         elif case_sensitive and name in view.by_uid.index:
             indices.append(int(view.by_uid[name]))
-            if name in view.shadowed:
-                shadowed[name] = view.frame["uid"].loc[view.shadowed[name]].tolist()
+            others = _keyed_by_id(view, name)
+            if others:
+                shadowed[name] = others
         elif case_sensitive and name in view.by_symbol:
             indices.extend(view.by_symbol[name])
         else:
@@ -64,6 +66,16 @@ def resolve_features(
             stacklevel=3,
         )
     return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+
+
+def _keyed_by_id(view: RegistryView, uid: str) -> list[str]:
+    """The gene ids (``ENSG...``) of the features whose symbol is ``uid``: features the uid shadows in a
+    registry keyed by symbols and by ids (not a symbol-keyed registry's made-unique ``TBCE-1``, symbol
+    ``TBCE``)."""
+    if uid not in view.shadowed:
+        return []
+    uids = view.frame["uid"].loc[view.shadowed[uid]].astype(str)
+    return uids[uids.str.fullmatch(GENE_ID_PATTERN)].tolist()
 
 
 def _folded(view: RegistryView) -> dict[str, list[int]]:

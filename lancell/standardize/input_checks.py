@@ -62,10 +62,13 @@ def no_gene_name(
     return missing
 
 
-# what a CELLxGENE file may hold besides a term of the field's ontology: its non-ontology terms, and for a
-# tissue of tissue_type "cell culture" or "organoid" a cell type (CL) or a Cellosaurus cell line
+# what a CELLxGENE file may hold besides a term of the field's ontology: its non-ontology terms, for a
+# tissue of tissue_type "cell culture" or "organoid" a cell type (CL) or a Cellosaurus cell line, and for the
+# cell types and tissues of zebrafish, fly and worm their anatomy ontologies' terms (ZFA, FBbt, WBbt: not in
+# the backend's CL and UBERON, so checked by their form only)
 _NON_ONTOLOGY_TERMS = frozenset({"unknown", "na"})
 _CELL_LINE = re.compile(r"CVCL_[A-Z0-9]{4}")
+_ORGANISM_ANATOMY = re.compile(r"ZFA:\d{7}|WBbt:\d{7}|FBbt:\d{8}")
 
 
 def curated_id_check(field_name: str, backend: OntologyBackend | None) -> Callable[[str], bool]:
@@ -77,6 +80,8 @@ def curated_id_check(field_name: str, backend: OntologyBackend | None) -> Callab
 
     def allowed(term_id: str) -> bool:
         if term_id in _NON_ONTOLOGY_TERMS or any(term_id in names for names in indexes):
+            return True
+        if field_name in ("cell_type", "tissue") and _ORGANISM_ANATOMY.fullmatch(term_id) is not None:
             return True
         return field_name == "tissue" and _CELL_LINE.fullmatch(term_id) is not None
 

@@ -58,7 +58,8 @@ class RegistryView:
     def shadowed(self) -> dict[str, list[int]]:
         """``uid -> global indices of the other features whose gene_symbol is that uid``: a registry keyed by
         symbols for one dataset and by Ensembl ids for another (``CD3E`` and ``ENSG00000198851``, symbol
-        ``CD3E``); empty in a registry keyed one way (~5 ms at 33k features)."""
+        ``CD3E``), or a symbol-keyed registry's made-unique names (``TBCE-1``, symbol ``TBCE``); ~5 ms at
+        33k features."""
         if "gene_symbol" not in self.frame.columns:
             return {}
         symbols = self.frame["gene_symbol"]

@@ -615,7 +615,8 @@ def test_two_names_of_one_organism_are_a_conflict_that_says_so(tmp_path: Path, d
     assert refused.returncode == 1
     assert (
         "'human' and 'Homo sapiens' name one organism: give the atlas's spelling, 'human'" in refused.stderr
-    )
+    )  # and standardization, which records 'Homo sapiens' whatever is given, needs --on-conflict keep
+    assert "a standardized file needs --on-conflict keep" in refused.stderr
     run("ingest", db, str(tmp_path / "b.h5ad"), "--organism", "human")
     atlas = RaggedAtlas.open(db)
     assert set(atlas.feature_registry("gene_expression")["organism"]) == {"human"}
@@ -628,3 +629,14 @@ def test_an_organism_lancell_does_not_know_is_warned_about(tmp_path: Path, db: s
     assert "'Homo sapien' is no organism lancell knows (did you mean 'Homo sapiens'?)" in warned.stderr
     known = run("ingest", db, str(_write(tmp_path / "b.h5ad", ["G2"])), "--organism", "mouse")
     assert "no organism lancell knows" not in known.stderr
+    standardized = run(  # refused: no warning that it is recorded as given first
+        "ingest",
+        db,
+        str(_write(tmp_path / "c.h5ad", ["G3"])),
+        "--organism",
+        "Homo sapien",
+        "--standardize",
+        check=False,
+    )
+    assert standardized.returncode == 1 and "no organism lancell knows" not in standardized.stderr
+    assert "unknown organism 'Homo sapien'" in standardized.stderr

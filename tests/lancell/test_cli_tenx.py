@@ -101,6 +101,15 @@ def test_a_cell_ranger_h5_and_folder_are_ingested_by_their_sample_name(tmp_path:
     shutil.copytree(V3_DIR, outs / "filtered_feature_bc_matrix")  # its other form, beside it: not a clash
     other_form = run("ingest", cite_db, str(outs / "filtered_feature_bc_matrix"))
     assert "run7: already in the atlas" in other_form.stdout
+    # both forms in one command: one dataset
+    both = run(
+        "ingest",
+        cite_db,
+        str(outs / "filtered_feature_bc_matrix.h5"),
+        str(outs / "filtered_feature_bc_matrix"),
+    )
+    assert "filtered_feature_bc_matrix.h5 in Cell Ranger's other form: ingested once" in both.stderr
+    assert [line.split(" (")[0] for line in both.stdout.splitlines()] == ["run7: already in the atlas"]
 
 
 def test_a_cite_seq_folder_lands_as_one_set_of_cells_with_its_protein(tmp_path: Path, cite_db: str) -> None:

@@ -163,6 +163,9 @@ def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(a
     with warnings.catch_warnings():  # a symbol-keyed registry's made-unique name is no second keying
         warnings.filterwarnings("error", message=".*another feature's uid")
         atlas.register_features("gene_expression", made_unique)
+    with warnings.catch_warnings():  # nor is a query of its symbol, a uid too, told of a second keying
+        warnings.simplefilter("error")
+        resolve_features(atlas.core, "gene_expression", ["SOX4"])
     with pytest.warns(LancellWarning, match="1 features have a symbol that is another feature's uid"):
         atlas.register_features("gene_expression", ensembl)
     with pytest.warns(LancellWarning, match=r"\('CD3E': \['ENSG00000198851'\]\); name those uids too"):

@@ -104,9 +104,9 @@ def test_curated_term_ids_are_kept():
         "CL:O000815",
     ]
     cellxgene = adata.copy()  # what the CELLxGENE schema allows besides the field's ontology: no warning
-    cellxgene.obs["cell_type_ontology_term_id"] = ["unknown", "CL:0000236", "na", "CL:0000084"]
-    cellxgene.obs["tissue"] = ["fibroblast", "blood", "HeLa", "lung"]
-    cellxgene.obs["tissue_ontology_term_id"] = ["CL:0000057", "UBERON:0000178", "CVCL_0030", "UBERON:0002048"]
+    cellxgene.obs["cell_type_ontology_term_id"] = ["unknown", "CL:0000236", "na", "ZFA:0009248"]
+    cellxgene.obs["tissue"] = ["fibroblast", "blood", "HeLa", "brain"]  # (a zebrafish neuron and brain)
+    cellxgene.obs["tissue_ontology_term_id"] = ["CL:0000057", "UBERON:0000178", "CVCL_0030", "FBbt:00005095"]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no terms of its ontology")
         warnings.filterwarnings("ignore", message=".*differ from the ids")
