@@ -133,7 +133,8 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     pointers of committed cells into it: a modality whose attachment never committed), only while no ingestion
     of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced, nothing under
     it was written within ``grace``, and its attributes carry this atlas's id (or nothing is stored). Then its
-    claim goes.
+    claim goes. A group only snapshots reference stays for their checkouts, but the uncommitted cell rows
+    pointing into it (a deletion stopped between the record and the rows) are deleted on the same terms.
 
     Returns
     -------
@@ -156,17 +157,20 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     owners, _ = committed_cells(core)
     mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
     claimed = {claim.group for claim in mine}
-    referenced = _live_groups(core) | _snapshot_groups(core, snapshots)
-    referenced_names, claimed_names = _Names(referenced), _Names(claimed)
+    live = _live_groups(core)
+    referenced = live | _snapshot_groups(core, snapshots)
+    live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
-    counts["unclaimed"] = len(_uncommitted_groups(core, owners) - claimed - referenced)
+    uncommitted = _uncommitted_groups(core, owners)
+    counts["unclaimed"] = len(uncommitted - claimed - referenced)
     for claim in mine:
         group = claim.group
-        if (
-            claim.last_needed > cutoff
-            or referenced_names.nests(group)
-            or claimed_names.nests(group, strictly=True)
-        ):
+        if claim.last_needed > cutoff or live_names.nests(group) or claimed_names.nests(group, strictly=True):
+            continue
+        # a snapshot's group stays for its checkouts; only the cell rows no record owns (a deletion stopped
+        # between the record and the rows) go from the table's current version
+        pinned = referenced_names.nests(group)
+        if pinned and group not in uncommitted:
             continue
         with ExitStack() as held:
             try:  # an ingestion of this dataset still running holds it; its group is not debris
@@ -182,9 +186,12 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
                 )
                 continue
             held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
-            if _Names(_live_groups(core) | _snapshot_groups(core, snapshots)).nests(group):
-                continue  # committed, or snapshotted, since the lists above were read
+            if _Names(_live_groups(core)).nests(group):
+                continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):
+                continue
+            if pinned or _Names(_snapshot_groups(core, snapshots)).nests(group):  # (snapshotted meanwhile)
+                counts["cells"] += _drop_pointers(core, group, owners)
                 continue
             ownership = claims.ownership(group)
             if ownership == "foreign":

@@ -101,14 +101,17 @@ def recorded_store(
     return resolve_store(store, url, store_kwargs)
 
 
+_GROUPS_CHECKED = 16  # dataset records whose groups a given store is searched for, at most
+
+
 def check_given_store(
     store: obs_store.ObjectStore, database: Database, expected: Sequence[str] | None
 ) -> None:
     """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
-    would split the atlas across two stores (no lancell zarr root, or the group of the first dataset record
-    is not in it; or, in an atlas without datasets, a store other than the ``expected`` ones, those an open
-    without a store settles on: None when every open must name one, a copy or move whose store lies
-    outside it).
+    would split the atlas across two stores (no lancell zarr root, or none of the groups of the first
+    ``_GROUPS_CHECKED`` dataset records is in it; or, in an atlas without datasets, a store other than the
+    ``expected`` ones, those an open without a store settles on: None when every open must name one, a copy
+    or move whose store lies outside it).
 
     Raises
     ------
@@ -118,9 +121,11 @@ def check_given_store(
     where = describe_store(store)
     try:
         root = read_json(store, "zarr.json")
-        records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=1)
-        group = records.column("zarr_group")[0].as_py() if records.num_rows else None
-        missing = group is not None and read_json(store, f"{group}/zarr.json") is None
+        records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=_GROUPS_CHECKED)
+        groups = records.column("zarr_group").to_pylist()
+        # the first group present settles it (one read, as a rule): a lost group is damage to repair
+        # (lancell delete, which needs this open), not the sign of another store
+        missing = bool(groups) and all(read_json(store, f"{group}/zarr.json") is None for group in groups)
     except obstore.exceptions.BaseError as exc:
         raise store_error(exc, f"cannot read the zarr store {where}") from exc
     if root is None or "lancell_format" not in (root.get("attributes") or {}):
@@ -128,12 +133,13 @@ def check_given_store(
             f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
         )
     if missing:
+        shown = groups[:3] + (["..."] if len(groups) > 3 else [])
         raise StoreError(
-            f"the zarr store {where} given does not hold this atlas's groups ({group!r} is not in it): pass "
-            "the store its datasets were written to"
+            f"the zarr store {where} given does not hold this atlas's groups (none of {shown} is in it): "
+            "pass the store its datasets were written to"
         )
     settled = {comparable_location(url) for url in expected or ()}
-    if group is None and expected is not None and comparable_location(where) not in settled:
+    if not groups and expected is not None and comparable_location(where) not in settled:
         raise StoreError(
             f"the zarr store {where} given is not the one the atlas records ({', '.join(expected)}), and the "
             "atlas has no dataset whose group would show that it holds this atlas's groups: its writes "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import anndata as ad
@@ -123,3 +124,20 @@ def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path) -
     with pytest.raises(StoreError, match="does not hold this atlas's groups"):
         RaggedAtlas.open(str(tmp_path / "db"), store=other.store)
     assert RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "db" / "_zarr")).validate() == []
+    add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="e"),
+        on_duplicate="allow",
+        progress=False,
+    )
+    lost = atlas.list_datasets().set_index("uid").loc["d", "zarr_group"]
+    shutil.rmtree(
+        tmp_path / "db" / "_zarr" / lost
+    )  # the first record's group lost: damage, not another store
+    damaged = RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "db" / "_zarr"))
+    assert any(lost in problem for problem in damaged.validate())
+    damaged.delete_dataset("d")  # the repair works with the store given
+    assert damaged.validate() == [] and damaged.query().count() == 2

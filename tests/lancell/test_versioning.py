@@ -120,6 +120,21 @@ def test_delete_dataset_and_vacuum_keep_snapshot_groups(atlas, pbmc):
     assert atlas.validate() == []
 
 
+def test_vacuum_removes_the_rows_a_stopped_deletion_left_in_a_snapshot_group(atlas):
+    """A deletion stopped after the record, before the rows: vacuum skipped the group (a snapshot pins
+    it), and its rows, owned by no record, stayed in the table for good."""
+    ingest_bundled(atlas, BUNDLED[0])
+    record = ingest_bundled(atlas, BUNDLED[1])
+    v = atlas.snapshot()
+    atlas.core.tables.datasets.delete(f"uid = '{record.uid}'")  # where the stopped deletion left it
+    assert atlas.core.tables.cells.count_rows() == 700 + 559 and atlas.query().count() == 700
+    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 0, "cells": 559, "unclaimed": 0, "foreign": 0}
+    assert atlas.core.tables.cells.count_rows() == 700
+    snap = RaggedAtlas.checkout(atlas.db_uri, v).query().where(f"dataset_uid = '{record.uid}'").to_anndata()
+    assert snap.X.sum() == BUNDLED[1].read().X.sum()  # the group stays for the snapshot
+    assert atlas.vacuum(grace=timedelta(0))["cells"] == 0 and atlas.validate() == []
+
+
 def test_maintenance_arguments_of_another_type_are_refused(atlas):
     """vacuum(grace=0) raised TypeError from datetime arithmetic, delete_dataset(None) an AttributeError."""
     ingest_bundled(atlas, BUNDLED[0])
