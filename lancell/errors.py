@@ -126,7 +126,7 @@ class AtlasExistsError(LancellError, FileExistsError):
 
 
 class AtlasNotFoundError(LancellError, FileNotFoundError):
-    """No atlas (or no snapshot) exists at the given location."""
+    """No atlas exists at the given location."""
 
 
 class FormatVersionError(LancellError, ValueError):
@@ -137,8 +137,9 @@ class ReadOnlyAtlasError(LancellError, PermissionError):
     """A write was attempted on a checked-out (read-only) atlas handle."""
 
 
-class VersionNotFoundError(AtlasNotFoundError, KeyError):
-    """A snapshot version that was never taken was asked for."""
+class VersionNotFoundError(LancellError, KeyError):
+    """A snapshot version that was never taken was asked for (the atlas exists: not an
+    :class:`AtlasNotFoundError`)."""
 
 
 class ValidationError(LancellError, ValueError):

@@ -12,7 +12,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lancell.core import AtlasCore
-from lancell.errors import AtlasNotFoundError, LancellError, StoreError, VersionNotFoundError
+from lancell.errors import (
+    ArgumentError,
+    AtlasNotFoundError,
+    LancellError,
+    StoreError,
+)
 from lancell.storage.store_failures import StoreFailures
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
 from lancell.tables.atlas_tables import AtlasTables, Database
@@ -138,11 +143,13 @@ def checked_out_core(
 
     Raises
     ------
+    ArgumentError
+        ``version`` is not an integer.
     VersionNotFoundError
-        ``version`` is not an integer, or no snapshot has it.
+        No snapshot has it.
     """
     if isinstance(version, bool) or not isinstance(version, numbers.Integral):
-        raise VersionNotFoundError(
+        raise ArgumentError(
             f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
             "checkout_latest opens the newest"
         )
