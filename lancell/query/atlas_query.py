@@ -259,9 +259,9 @@ class AtlasQuery(QueryTerminals):
         query = self.layers(feature_space, given_layers)
         if features is None:
             return query
-        if features in ("union", "intersection"):
+        if isinstance(features, str) and features in ("union", "intersection"):  # (not an array's ==)
             return query.feature_join(features)
-        if features == "registry":
+        if isinstance(features, str):  # "registry" (check_reading refused any other)
             return query.all_features(feature_space)
         return query.features(list(features), feature_space, case_sensitive=self._reads.case_sensitive)
 

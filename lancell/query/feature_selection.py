@@ -116,7 +116,7 @@ class FeatureSelection:
                 raise QueryError(f"the query reads {what} {chosen!r}, the loader was asked for {given!r}")
         if features is None:
             return
-        if features in ("union", "intersection"):
+        if isinstance(features, str) and features in ("union", "intersection"):  # (not an array's ==)
             if self.join not in (None, features):
                 raise QueryError(f"the query joins by {self.join!r}, the loader was asked for {features!r}")
             return
@@ -124,7 +124,7 @@ class FeatureSelection:
             raise QueryError(
                 f"features must be 'union', 'intersection', 'registry' or a list of names, got {features!r}"
             )
-        wanted = features if features == "registry" else list(features)
+        wanted = features if isinstance(features, str) else list(features)  # "registry" or the names
         if self.features is not None and self.features != wanted:
             raise QueryError(
                 f"the query selects features {self.features!r}, the loader was asked for {features!r}"

@@ -191,10 +191,12 @@ def test_loader_honours_query_features_by_symbol_and_uid(bundled):
     _assert_same(_csr(dataset.__getitems__(np.arange(700))), sp.csr_matrix(reference.X))
     mouse = bundled.query().where("dataset_uid = 'mouse_10k'")
     by_symbol = mouse.to_cell_dataset(SPACE, "counts", features=["Rp1"])  # two Ensembl genes share it
-    by_uid = mouse.to_cell_dataset(SPACE, "counts", features=list(by_symbol.feature_uids))
+    by_uid = mouse.to_cell_dataset(SPACE, "counts", features=by_symbol.feature_uids)  # an array, as given
     assert by_symbol.n_features == 2 and list(by_uid.feature_uids) == list(by_symbol.feature_uids)
     assert list(by_symbol.feature_uids) == list(mouse.features(["Rp1"], SPACE).to_anndata().var_names)
     assert query.to_cell_dataset(SPACE, "log_normalized", features=genes).n_features == 3  # same: fine
+    for named in (np.array(genes), pd.Index(genes)):  # (the truth value of an array was asked)
+        assert query.to_cell_dataset(SPACE, "log_normalized", features=named).n_features == 3
     with pytest.raises(QueryError, match="the query selects features"):
         query.to_cell_dataset(SPACE, "log_normalized", features=["CD3D"])
     with pytest.raises(QueryError, match="the query joins by 'intersection'"):
