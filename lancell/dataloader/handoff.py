@@ -10,7 +10,10 @@ batch of the epoch comes once, in order, from one or the other. Later epochs are
 
 from __future__ import annotations
 
+import functools
+import multiprocessing.util
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -65,6 +68,25 @@ class _HandoffSampler:
         return getattr(self.sampler, name)
 
 
+_STARTING: weakref.WeakSet[_Start] = weakref.WeakSet()
+
+
+def _join_starting() -> None:
+    """Wait for the workers' start-ups under way."""
+    for start in list(_STARTING):
+        start.join()
+
+
+@functools.cache
+def _join_before_exit() -> None:
+    """Join the start-ups before multiprocessing's exit finalizers (once per process). In a process
+    multiprocessing started (``torch.multiprocessing.spawn``'s ranks), those finalizers unlink the named
+    semaphores of the workers' queues before threading's shutdown joins a :class:`_Start`: a rank that
+    ended during its first epoch had workers fail to unpickle their queues (``FileNotFoundError``
+    tracebacks). Its priority comes before theirs (0 and 10)."""
+    multiprocessing.util.Finalize(None, _join_starting, exitpriority=100)
+
+
 class _Start(threading.Thread):
     """Starts the workers (the DataLoader's iterator) off the calling thread; :meth:`result` joins it."""
 
@@ -74,6 +96,11 @@ class _Start(threading.Thread):
         self._start_workers: Callable[[], Iterator[Any]] | None = start
         self._iterator: Iterator[Any] | None = None
         self._error: BaseException | None = None
+
+    def start(self) -> None:
+        _join_before_exit()
+        _STARTING.add(self)
+        super().start()
 
     def run(self) -> None:
         try:

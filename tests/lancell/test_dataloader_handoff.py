@@ -104,6 +104,45 @@ def test_the_training_script_runs_only_where_a_worker_needs_it(bundled_root, tmp
     assert len(marker.read_text().split()) == runs
 
 
+RANK = """
+import multiprocessing, sys
+
+
+def rank(db):  # a rank of torch.multiprocessing.spawn that ends in its first epoch
+    from lancell.atlas import RaggedAtlas
+    from lancell.dataloader import CellSampler, make_loader
+
+    query = RaggedAtlas.checkout_latest(db).query().where("dataset_uid != 'pbmc68k'")
+    dataset = query.to_cell_dataset("gene_expression", "counts")
+    loader = make_loader(dataset, CellSampler(dataset, 32, seed=0), num_workers=2)
+    next(iter(loader))
+
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=rank, args=(sys.argv[1],))
+    child.start()
+    child.join()
+    print(child.exitcode)
+"""
+
+
+def test_a_spawned_process_that_ends_in_its_first_epoch_exits_quietly(bundled_root, tmp_path):
+    """multiprocessing's exit finalizers unlinked the workers' queue semaphores before the workers' start-up
+    was joined: each worker printed a FileNotFoundError traceback (the exit code was still 0)."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(
+        [sys.executable, str(script), str(bundled_root / "db")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["0"], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
 def test_a_dropped_loader_stops_its_workers_at_once(bundled_root: Path):
     """A loader left mid-epoch and dropped goes at once, its workers with it: not whenever the garbage
     collector next runs, on whichever thread (its workers' queues were then closed under another loader's
