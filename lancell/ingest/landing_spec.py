@@ -157,7 +157,10 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     ``filtered_feature_bc_matrix``), or ``<name>_h5.h5`` and the ``<name>`` folder or its genome sub-folder
     (v2: ``filtered_gene_bc_matrices_h5.h5``, ``filtered_gene_bc_matrices/hg19``) where both hold the one
     same genome (a barnyard output's two genomes are two matrices). Other names are not taken for two forms
-    of one matrix, whatever they hold."""
+    of one matrix, whatever they hold. Two folders are one matrix where one is the other's only genome
+    sub-folder (what reading the outer folder reads)."""
+    if first.is_dir() and second.is_dir():
+        return _only_genome(first, second) or _only_genome(second, first)
     h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
     if h5.stem not in _CELL_RANGER_NAMES or not (h5.is_file() and folder.is_dir()):
         return False
@@ -172,6 +175,16 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     else:
         return False
     return len(genomes) == 1 and genomes == _v2_genomes(h5)
+
+
+def _only_genome(outer: Path, inner: Path) -> bool:
+    """Whether folder ``inner`` is the only matrix folder inside folder ``outer``, which holds no matrix
+    itself."""
+    outer, inner = outer.resolve(), inner.resolve()
+    if inner.parent != outer or any((outer / name).is_file() for name in MATRIX_FILES):
+        return False
+    genomes = [p for p in outer.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
+    return genomes == [inner]
 
 
 def _v2_genomes(h5: Path) -> list[str]:

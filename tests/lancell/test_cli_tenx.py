@@ -364,6 +364,11 @@ def test_the_two_forms_of_a_cell_ranger_matrix_are_told_by_their_names(tmp_path:
         shutil.copyfile(v2_h5 if "gene_bc" in h5 else V3_H5, outs / h5)
         assert cell_ranger_forms(outs / h5, outs / folder) is same, (h5, folder)
         assert cell_ranger_forms(outs / folder, outs / h5) is same, (h5, folder)
+    v2 = tmp_path / "v2folders" / "filtered_gene_bc_matrices"  # a v2 folder and its only genome's
+    shutil.copytree(V2_DIR, v2 / "hg19_chr21")
+    assert cell_ranger_forms(v2, v2 / "hg19_chr21") and cell_ranger_forms(v2 / "hg19_chr21", v2)
+    shutil.copytree(V2_DIR, v2 / "mm10")  # two genomes: two matrices
+    assert not cell_ranger_forms(v2, v2 / "hg19_chr21")
     barnyard = tmp_path / "barnyard" / "outs"
     shutil.copytree(V2_DIR, barnyard / "filtered_gene_bc_matrices" / "hg19_chr21")
     shutil.copyfile(v2_h5, barnyard / "filtered_gene_bc_matrices_h5.h5")
