@@ -33,10 +33,21 @@ _ENV_PREFIX = {
 }
 # The environment variables that give an S3 endpoint (obstore and lance read both).
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+# S3 settings sent in request headers (canonical names), which may hold no control character
+_S3_HEADER_SETTINGS = (
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "token",
+    "region",
+    "default_region",
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def check_endpoint(url: str, settings: Mapping[str, Any] | None, source: str) -> None:
-    """Refuse an endpoint that is not an ``http://`` or ``https://`` URL, for the object store at ``url``.
+    """Refuse an endpoint that is not an ``http://`` or ``https://`` URL, for the object store at ``url``, and
+    an S3 credential or region holding a control character.
 
     The endpoint is the one ``settings`` give (``endpoint`` or ``endpoint_url``, with or without ``aws_``),
     else, for ``s3://``, the one the environment gives (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT``). obstore and
@@ -55,8 +66,8 @@ def check_endpoint(url: str, settings: Mapping[str, Any] | None, source: str) ->
     Raises
     ------
     StoreError
-        The endpoint names no scheme (or another one); the message names the setting or the environment
-        variable that gave it.
+        The endpoint names no scheme (or another one), or a credential holds a line end; the message names
+        the setting or the environment variable that gave it.
     """
     scheme = _scheme(url)
     if scheme in ("", "file"):
@@ -71,6 +82,26 @@ def check_endpoint(url: str, settings: Mapping[str, Any] | None, source: str) ->
     for where, value in found:
         if not re.match(r"https?://[^/\s]", str(value)):
             raise StoreError(f"{where}={value!r} (for {url}) must be an http:// or https:// URL")
+    if _ENV_PREFIX.get(scheme) == "AWS_":
+        _check_header_text(url, settings, source)
+
+
+def _check_header_text(url: str, settings: Mapping[str, Any] | None, source: str) -> None:
+    """Refuse an S3 credential or region (given, else from the environment) holding a control character: a
+    key read from a file with its line end ended the request signing with a Rust panic (not an Exception).
+    The message names where the value came from, never the value."""
+    given = {
+        canonical_name(key): (f"{source} setting {key}", value) for key, value in (settings or {}).items()
+    }
+    for name in _S3_HEADER_SETTINGS:
+        where, value = given.get(
+            name, (f"environment variable AWS_{name.upper()}", os.environ.get(f"AWS_{name.upper()}"))
+        )
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise StoreError(
+                f"{where} (for {url}) holds a control character (a line end read with it from a file?): "
+                "strip it"
+            )
 
 
 def store_config(store_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -126,6 +126,25 @@ def test_an_endpoint_that_is_not_an_http_url_is_a_store_error(tmp_path, endpoint
         )
 
 
+def test_a_credential_with_a_line_end_is_a_store_error(monkeypatch):
+    """A secret read from a file with its line end ended the request signing with a Rust panic (a
+    BaseException), straight through RaggedAtlas.open; the message names where it came from, not the value."""
+    kwargs = {"config": {**KWARGS["config"], "secret_access_key": "s3cr3t\n"}}
+    with pytest.raises(
+        StoreError, match=r"store_kwargs setting secret_access_key .* holds a control"
+    ) as caught:
+        open_store("s3://bucket/atlas/arrays", kwargs)
+    assert "s3cr3t" not in str(caught.value)
+    with pytest.raises(StoreError, match=r"store_kwargs setting (aws_)?secret_access_key .* holds a control"):
+        RaggedAtlas.open("s3://bucket/atlas/db", store_kwargs=kwargs)
+    with pytest.raises(StoreError, match="store_kwargs setting aws_secret_access_key"):
+        lancedb_storage_options("s3://bucket/atlas/db", {"config": {"aws_secret_access_key": "s3cr3t\r"}})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key\r\n")
+    with pytest.raises(StoreError, match="environment variable AWS_ACCESS_KEY_ID"):
+        open_store("s3://bucket/atlas/arrays", {"config": {"endpoint": "http://127.0.0.1:1"}})
+    open_store("s3://bucket/atlas/arrays", KWARGS)  # given, the setting wins over the environment's
+
+
 def test_loader_workers_reopen_the_store_with_its_retry_settings():
     """A worker's copy of a dataset reopened the store without retry_config: on a frozen server it waited out
     obstore's defaults (13.6 s in a trial) where the reader gave up after 1 s as configured."""
