@@ -133,8 +133,8 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     pointers of committed cells into it: a modality whose attachment never committed), only while no ingestion
     of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced, nothing under
     it was written within ``grace``, and its attributes carry this atlas's id (or nothing is stored). Then its
-    claim goes. A group only snapshots reference stays for their checkouts, but the uncommitted cell rows
-    pointing into it (a deletion stopped between the record and the rows) are deleted on the same terms.
+    claim goes. A group only snapshots reference stays for their checkouts, but the cell rows and pointers
+    into it (a deletion stopped between the record and the rows) are removed on the same terms.
 
     Returns
     -------
@@ -161,16 +161,23 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     referenced = live | _snapshot_groups(core, snapshots)
     live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
-    uncommitted = _uncommitted_groups(core, owners)
-    counts["unclaimed"] = len(uncommitted - claimed - referenced)
-    for claim in mine:
+    counts["unclaimed"] = len(_uncommitted_groups(core, owners) - claimed - referenced)
+    candidates = [
+        claim
+        for claim in mine
+        if claim.last_needed <= cutoff
+        and not live_names.nests(claim.group)
+        and not claimed_names.nests(claim.group, strictly=True)
+    ]
+    # a snapshot's group stays for its checkouts; only the pointers into it go from the table's current
+    # version (a deletion stopped between the record and the rows: the dataset's rows, an attached
+    # modality's pointers), read once where there are such groups
+    pinned_groups = {claim.group for claim in candidates if referenced_names.nests(claim.group)}
+    pointed = _pointed_groups(core) if pinned_groups else set()
+    for claim in candidates:
         group = claim.group
-        if claim.last_needed > cutoff or live_names.nests(group) or claimed_names.nests(group, strictly=True):
-            continue
-        # a snapshot's group stays for its checkouts; only the cell rows no record owns (a deletion stopped
-        # between the record and the rows) go from the table's current version
-        pinned = referenced_names.nests(group)
-        if pinned and group not in uncommitted:
+        pinned = group in pinned_groups
+        if pinned and group not in pointed:
             continue
         with ExitStack() as held:
             try:  # an ingestion of this dataset still running holds it; its group is not debris
@@ -243,13 +250,17 @@ def _snapshot_groups(core: AtlasCore, known: dict[int, set[str]]) -> set[str]:
 
 def _uncommitted_groups(core: AtlasCore, owners: list[str]) -> set[str]:
     """The groups that cell rows without a committed dataset record point into."""
-    cells = core.tables.cells
     where = f"NOT ({committed_filter(owners)})"
-    if not cells.count_rows(where):
-        return set()
+    return _pointed_groups(core, where) if core.tables.cells.count_rows(where) else set()
+
+
+def _pointed_groups(core: AtlasCore, where: str | None = None) -> set[str]:
+    """The groups that cell rows (those ``where`` selects, or all) point into."""
     groups: set[str] = set()
     for space in core.feature_spaces:
-        pointer = cells.search().where(where).select([space]).to_arrow().column(space)
+        query = core.tables.cells.search()
+        query = query if where is None else query.where(where)
+        pointer = query.select([space]).to_arrow().column(space)
         names = pc.struct_field(pointer.filter(pc.is_valid(pointer)), "zarr_group")
         groups |= set(pc.unique(names).to_pylist())
     return groups

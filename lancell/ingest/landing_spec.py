@@ -180,11 +180,11 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
 def _only_genome(outer: Path, inner: Path) -> bool:
     """Whether folder ``inner`` is the only matrix folder inside folder ``outer``, which holds no matrix
     itself."""
-    outer, inner = outer.resolve(), inner.resolve()
-    if inner.parent != outer or any((outer / name).is_file() for name in MATRIX_FILES):
+    inner = Path(os.path.abspath(inner))  # (a genome folder may be a link: named where it is placed)
+    if inner.parent.resolve() != outer.resolve() or any((outer / name).is_file() for name in MATRIX_FILES):
         return False
-    genomes = [p for p in outer.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
-    return genomes == [inner]
+    genomes = [p.name for p in outer.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
+    return genomes == [inner.name]
 
 
 def _v2_genomes(h5: Path) -> list[str]:

@@ -44,10 +44,11 @@ def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
     ------
     TenxFormatError
         The folder holds a name both gzipped and plain (an edited copy beside the original, say), or two of
-        ``names`` (``features.tsv.gz`` beside ``genes.tsv``): which one is meant cannot be told, and reading
-        either could be the wrong one.
+        ``names`` (``features.tsv.gz`` beside ``genes.tsv``), other than links to one file: which one is meant
+        cannot be told, and reading either could be the wrong one.
     """
     found = [c for name in names for c in (folder / f"{name}.gz", folder / name) if c.is_file()]
+    found = [c for i, c in enumerate(found) if not any(c.samefile(f) for f in found[:i])]  # (links: one)
     if len(found) > 1:
         listed = " and ".join(c.name for c in found)
         raise TenxFormatError(

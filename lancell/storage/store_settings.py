@@ -33,14 +33,13 @@ _ENV_PREFIX = {
 }
 # The environment variables that give an S3 endpoint (obstore and lance read both).
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
-# S3 settings sent in request headers (canonical names), which may hold no control character
+# S3 settings sent in request headers (canonical names; one setting's aliases together), which may hold no
+# control character
 _S3_HEADER_SETTINGS = (
-    "access_key_id",
-    "secret_access_key",
-    "session_token",
-    "token",
-    "region",
-    "default_region",
+    ("access_key_id",),
+    ("secret_access_key",),
+    ("session_token", "token"),
+    ("region", "default_region"),
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -93,15 +92,17 @@ def _check_header_text(url: str, settings: Mapping[str, Any] | None, source: str
     given = {
         canonical_name(key): (f"{source} setting {key}", value) for key, value in (settings or {}).items()
     }
-    for name in _S3_HEADER_SETTINGS:
-        where, value = given.get(
-            name, (f"environment variable AWS_{name.upper()}", os.environ.get(f"AWS_{name.upper()}"))
-        )
-        if isinstance(value, str) and _CONTROL.search(value):
-            raise StoreError(
-                f"{where} (for {url}) holds a control character (a line end read with it from a file?): "
-                "strip it"
-            )
+    for aliases in _S3_HEADER_SETTINGS:  # a setting given is used, the environment's then is not
+        used = [given[name] for name in aliases if name in given] or [
+            (f"environment variable AWS_{name.upper()}", os.environ.get(f"AWS_{name.upper()}"))
+            for name in aliases
+        ]
+        for where, value in used:
+            if isinstance(value, str) and _CONTROL.search(value):
+                raise StoreError(
+                    f"{where} (for {url}) holds a control character (a line end read with it from a file?): "
+                    "strip it"
+                )
 
 
 def store_config(store_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -121,6 +121,10 @@ def check_given_store(
     where = describe_store(store)
     try:
         root = read_json(store, "zarr.json")
+        if root is None or "lancell_format" not in (root.get("attributes") or {}):
+            raise StoreError(
+                f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
+            )
         records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=_GROUPS_CHECKED)
         groups = records.column("zarr_group").to_pylist()
         # the first group present settles it (one read, as a rule): a lost group is damage to repair
@@ -128,10 +132,6 @@ def check_given_store(
         missing = bool(groups) and all(read_json(store, f"{group}/zarr.json") is None for group in groups)
     except obstore.exceptions.BaseError as exc:
         raise store_error(exc, f"cannot read the zarr store {where}") from exc
-    if root is None or "lancell_format" not in (root.get("attributes") or {}):
-        raise StoreError(
-            f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
-        )
     if missing:
         shown = groups[:3] + (["..."] if len(groups) > 3 else [])
         raise StoreError(

@@ -367,6 +367,12 @@ def test_the_two_forms_of_a_cell_ranger_matrix_are_told_by_their_names(tmp_path:
     v2 = tmp_path / "v2folders" / "filtered_gene_bc_matrices"  # a v2 folder and its only genome's
     shutil.copytree(V2_DIR, v2 / "hg19_chr21")
     assert cell_ranger_forms(v2, v2 / "hg19_chr21") and cell_ranger_forms(v2 / "hg19_chr21", v2)
+    linked = tmp_path / "linked" / "filtered_gene_bc_matrices"  # the genome folder a link to another place
+    linked.mkdir(parents=True)
+    (linked / "hg19_chr21").symlink_to(v2 / "hg19_chr21", target_is_directory=True)
+    assert cell_ranger_forms(linked, linked / "hg19_chr21") and cell_ranger_forms(
+        linked / "hg19_chr21", linked
+    )
     shutil.copytree(V2_DIR, v2 / "mm10")  # two genomes: two matrices
     assert not cell_ranger_forms(v2, v2 / "hg19_chr21")
     barnyard = tmp_path / "barnyard" / "outs"

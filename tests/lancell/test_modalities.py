@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import anndata as ad
 import numpy as np
@@ -277,3 +278,20 @@ def test_attached_obs_columns_are_listed_as_dropped_and_warned(ingested):
     stored = atlas.list_datasets().set_index("uid").loc["pbmc/programs"]
     assert list(stored["dropped_obs_columns"]) == ["cell_type"]
     assert len(stored["content_fingerprint"]) == 32
+
+
+def test_vacuum_detaches_a_stopped_modality_deletion_in_a_snapshot_group(ingested):
+    """A modality's deletion stopped after its record: a snapshot pinning its group kept vacuum from
+    detaching the cells' pointers into it, for good."""
+    atlas, pbmc = ingested
+    attach_modality(
+        atlas, _programs(pbmc), cells_of="pbmc", feature_space="programs", zarr_layer="scores", progress=False
+    )
+    version = atlas.snapshot()
+    atlas.core.tables.datasets.delete("uid = 'pbmc/programs'")  # where the stopped deletion left it
+    assert atlas.core.tables.cells.count_rows("programs IS NOT NULL") == pbmc.n_obs
+    assert atlas.vacuum(grace=timedelta(0)) == {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+    assert atlas.core.tables.cells.count_rows("programs IS NOT NULL") == 0
+    assert atlas.query().count() == pbmc.n_obs and atlas.validate() == []
+    pinned = RaggedAtlas.checkout(atlas.db_uri, version).query().layers("programs", "scores").to_anndata()
+    assert np.allclose(pinned.X, _programs(pbmc).X)  # the snapshot reads the group it kept

@@ -547,6 +547,10 @@ def test_features_beside_genes_is_refused(tmp_path):
         read_10x(folder)
     (folder / "features.tsv.gz").unlink()
     assert read_10x(folder).X.sum() == read_10x(V3_DIR).X.sum()
+    linked = tmp_path / "linked"  # genes.tsv.gz a link to features.tsv.gz (for tools of v2 names): one file
+    shutil.copytree(V3_DIR, linked)
+    (linked / "genes.tsv.gz").symlink_to("features.tsv.gz")
+    assert read_10x(linked).var_names.tolist() == read_10x(V3_DIR).var_names.tolist()
 
 
 def test_add_from_10x_writes_no_temporary_file(tmp_path, monkeypatch):

@@ -143,6 +143,8 @@ def test_a_credential_with_a_line_end_is_a_store_error(monkeypatch):
     with pytest.raises(StoreError, match="environment variable AWS_ACCESS_KEY_ID"):
         open_store("s3://bucket/atlas/arrays", {"config": {"endpoint": "http://127.0.0.1:1"}})
     open_store("s3://bucket/atlas/arrays", KWARGS)  # given, the setting wins over the environment's
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "stale\n")  # token and session_token: one setting
+    open_store("s3://bucket/atlas/arrays", {"config": {**KWARGS["config"], "token": "fresh"}})
 
 
 def test_loader_workers_reopen_the_store_with_its_retry_settings():
