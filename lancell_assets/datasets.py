@@ -76,12 +76,17 @@ def dataset_group(
     naming what differs; the atlas is left as it was.
     """
     from lancell.errors import IngestError, LancellError
-    from lancell.ingest.landing import ingest_landing_file, landing_fingerprint, present_record
+    from lancell.ingest.landing import ingest_landing_file, landing_fingerprint, landing_state, present_record
 
     uid = context.partition_key
     started = time.perf_counter()
     reports: list[StandardizationReport] = []
-    file, spec, fingerprint = Path(landing_zone.path), None, None  # the landing file's, once known
+    file, spec, fingerprint, state = (
+        Path(landing_zone.path),
+        None,
+        None,
+        None,
+    )  # the landing file's, once known
     try:
         handle = atlas.open()
         record, outcome = present_record(handle, uid), "present"
@@ -92,7 +97,8 @@ def dataset_group(
             file = entry.path
             if entry.spec is None:
                 raise IngestError(entry.error)
-            spec, fingerprint = entry.spec, landing_fingerprint(entry.spec)
+            spec, state = entry.spec, landing_state(entry.spec)
+            fingerprint = landing_fingerprint(spec)
             record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
@@ -116,10 +122,25 @@ def dataset_group(
             description = f"dataset {uid} is in the atlas (left as it was), but {landing.problem}"
             yield from _failed(description, landing.problem, path, checks)
     else:
+        # the file replaced or written while it was read twice (fingerprint, ingestion): the fingerprint
+        # may name another content than the one stored
+        changed = outcome == "ingested" and landing_state(spec) != state
+        finding = (
+            f"landing file {spec.path} changed while it was fingerprinted and ingested: dataset "
+            f"{record.uid!r} holds one of its versions; delete it (lancell delete) and materialize the "
+            "partition again"
+        )
         content = dg.AssetCheckResult(
-            check_name="content_matches", passed=True, metadata={"landing_fingerprint": fingerprint}
+            check_name="content_matches",
+            passed=not changed,
+            metadata={"finding": finding} if changed else {"landing_fingerprint": fingerprint},
         )
         checks = [*_checks(handle, record, file, spec.genome), content]
+        if changed:
+            context.log.error(f"dataset {uid}: {finding}")
+            yield from _failed(
+                f"dataset {uid} was ingested, but {finding}", IngestError(finding), file, checks
+            )
     if outcome == "duplicate":
         context.log.warning(f"{file.name}: same content as dataset {record.uid!r}; not ingested again")
     else:

@@ -41,6 +41,7 @@ from lancell.ingest.landing_spec import (
     landing_contents,
     landing_paths,
     read_landing_spec,
+    sidecar_path,
 )
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
@@ -107,6 +108,21 @@ def landing_fingerprint(spec: LandingSpec) -> str:
     except OSError as exc:
         raise IngestError(f"landing file {spec.path} cannot be read: {exc}") from exc
     return digest.hexdigest()
+
+
+def landing_state(spec: LandingSpec) -> list[tuple[str, int, int, int]]:
+    """``(name, inode, size, mtime_ns)`` of the landing file's files and its sidecar: equal before and after
+    an ingestion exactly when nothing replaced or wrote them meanwhile (what :func:`landing_fingerprint`
+    read is then what was ingested). A file gone is left out."""
+    paths = [*landing_contents(spec.path), sidecar_path(spec.path)]
+    state = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        state.append((str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return state
 
 
 def present_record(atlas: RaggedAtlas, uid: str) -> DatasetRecord | None:

@@ -134,3 +134,28 @@ def test_a_dataset_ingested_outside_dagster_is_not_compared_and_says_so(tmp_path
         assert content.severity == dg.AssetCheckSeverity.WARN
         assert "this Dagster instance recorded no landing fingerprint" in content.metadata["finding"].value
         assert any("not compared" in message for message in warnings_of(instance, result))
+
+
+def test_a_file_replaced_while_it_is_ingested_fails_the_run(tmp_path: Path, monkeypatch):
+    """The fingerprint and the ingestion read the file one after the other: a corrected upload landing
+    between the two was stored under the first version's fingerprint, every check green."""
+    import lancell.ingest.landing as landing
+
+    (tmp_path / "landing").mkdir()
+    write_h5ad(tmp_path / "landing" / "a.h5ad", seed=1)
+    write_h5ad(tmp_path / "a_v2.h5ad", seed=2)
+    real = landing.landing_fingerprint
+
+    def fingerprint_then_replace(spec):
+        digest = real(spec)
+        (tmp_path / "a_v2.h5ad").replace(spec.path)  # the corrected upload lands meanwhile
+        return digest
+
+    monkeypatch.setattr(landing, "landing_fingerprint", fingerprint_then_replace)
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        tick(defs, instance)
+        result = ingest(defs, instance, "a")
+        assert not result.success and checks(result) == FINE | {"content_matches": False}
+        assert "changed while it was fingerprinted and ingested" in failure(result).description
+        assert "delete it (lancell delete)" in failure(result).description
