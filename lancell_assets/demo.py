@@ -1,7 +1,10 @@
 """``make demo``: land the bundled real data, materialize the whole asset graph, print a query and a loader.
 
-Uses a persistent ``DAGSTER_HOME`` (``.dagster_home/``), so ``make ui`` afterwards shows the runs, the
-partitions and the lineage. Run as ``python -m lancell_assets.demo [ROOT]`` (default ``demo_atlas/``).
+Uses a persistent ``DAGSTER_HOME`` (``.dagster_home/``, or the one the environment names), so ``make ui``
+afterwards shows the runs, the partitions and the lineage. Run as ``python -m lancell_assets.demo [ROOT]``
+(default ``demo_atlas/``). Both folders are emptied first, so they must be the demo's: new, empty, made by an
+earlier demo (a ``.lancell-demo`` file marks them) or those defaults; an instance or atlas of the user's is
+refused, not deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,30 @@ import dagster as dg
 from lancell.bundled import land_bundled_data
 
 REPO = Path(__file__).resolve().parent.parent
+MARK = ".lancell-demo"  # written into the folders the demo made: the next demo may empty them
+
+
+def _check_own(folder: Path, what: str, own: Path) -> None:
+    """Refuse ``folder`` unless the demo may empty it: new or empty, marked by an earlier demo, or ``own``
+    (its default place in the repository); anything else is an instance or atlas of the user's.
+
+    Raises
+    ------
+    SystemExit
+        ``folder`` holds what the demo did not make.
+    """
+    if folder.exists() and folder != own and not (folder / MARK).exists() and any(folder.iterdir()):
+        raise SystemExit(
+            f"demo: {what} {folder} holds files the demo did not make; it starts from an empty folder and "
+            "would delete them: give a new or empty folder"
+        )
+
+
+def _fresh_folder(folder: Path) -> None:
+    """Empty ``folder`` (checked by :func:`_check_own`) and mark it as the demo's."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / MARK).write_text("made by python -m lancell_assets.demo, which empties it on its next run\n")
 
 
 def materialize_graph(defs: dg.Definitions, instance: dg.DagsterInstance, snapshot_label: str) -> None:
@@ -54,10 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot", default="demo-1", help="label of the snapshot partition")
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO / ".dagster_home")))
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO / ".dagster_home"))).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    _check_own(root, "ROOT", REPO / "demo_atlas")  # both checked before either is emptied
+    _check_own(home, "DAGSTER_HOME", REPO / ".dagster_home")
+    _fresh_folder(root)
+    _fresh_folder(home)
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     os.environ["LANCELL_ROOT"] = str(root)
     os.environ["LANCELL_CREATE_ATLAS"] = "1"  # the demo builds its atlas from nothing (root was just emptied)

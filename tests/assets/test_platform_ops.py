@@ -445,3 +445,24 @@ def test_a_failure_line_names_the_assets_own_error_not_the_one_it_was_raised_fro
     assert _cause(failure.event_specific_data.error) == (
         "lancell.errors.StoreError: cannot read table 'cells' at s3://bucket/atlas/db: request failed"
     )
+
+
+def test_the_demo_empties_only_its_own_folders(tmp_path: Path, monkeypatch):
+    """``make demo`` with DAGSTER_HOME exported deleted that instance (its run history), and any ROOT given
+    (landing files included), before anything else ran."""
+    from lancell_assets import demo
+
+    home, root = tmp_path / "lab_home", tmp_path / "lab_root"
+    (home / "history").mkdir(parents=True)
+    (root / "landing").mkdir(parents=True)
+    (home / "history" / "runs.db").write_text("runs")
+    (root / "landing" / "donor1.h5ad").write_text("raw")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with pytest.raises(SystemExit, match=r"ROOT .*lab_root holds files the demo did not make"):
+        demo.main([str(root)])
+    (root / "landing" / "donor1.h5ad").unlink()
+    (root / "landing").rmdir()  # an empty root is the demo's to fill; the home still holds the user's runs
+    with pytest.raises(SystemExit, match=r"DAGSTER_HOME .*lab_home holds files the demo did not make"):
+        demo.main([str(root)])
+    assert (home / "history" / "runs.db").read_text() == "runs"
+    assert list(root.iterdir()) == []  # nothing done before both were checked
