@@ -4,7 +4,7 @@ Configuration comes from the environment so one definition serves the demo, the 
 
 - ``LANCELL_ROOT`` (default ``demo_atlas/``): the folder holding ``db/``, ``arrays/``, ``landing/`` and
   ``models/``; ``LANCELL_DB_URI``, ``LANCELL_STORE_URL``, ``LANCELL_LANDING`` and ``LANCELL_MODELS``
-  override each path.
+  override each path (set but empty, any of them is refused).
 - ``LANCELL_CELL_SCHEMA`` (``module:Class``, default ``lancell.bundled:CellSchema``): the cell schema a new
   atlas is created with; an existing atlas must have its columns. ``LANCELL_FEATURE_SCHEMA`` likewise for
   the gene registry (default ``lancell.bundled:GeneFeature``).
@@ -31,7 +31,20 @@ from resources import AtlasResource, LandingZone, ModelStore
 from resources.atlas import DEFAULT_CELL_SCHEMA, DEFAULT_FEATURE_SCHEMA
 
 REPO = Path(__file__).resolve().parent
-ROOT = Path(os.environ.get("LANCELL_ROOT", REPO / "demo_atlas"))
+
+
+def _setting(name: str, default: str | None) -> str | None:
+    """Environment variable ``name``, ``default`` when unset; set but blank is refused (an empty
+    ``LANCELL_ROOT`` made the atlas in the current folder)."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.strip():
+        raise ValueError(f"{name} is set but empty: name a location, or unset it (default {default!r})")
+    return value
+
+
+ROOT = Path(_setting("LANCELL_ROOT", str(REPO / "demo_atlas")))
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
@@ -62,17 +75,17 @@ def build_definitions(root: Path = ROOT) -> dg.Definitions:
         executor=_executor(),
         resources={
             "atlas": AtlasResource(
-                db_uri=os.environ.get("LANCELL_DB_URI", str(root / "db")),
-                store_url=os.environ.get("LANCELL_STORE_URL", str(root / "arrays")),
-                cell_schema=os.environ.get("LANCELL_CELL_SCHEMA", DEFAULT_CELL_SCHEMA),
-                feature_schema=os.environ.get("LANCELL_FEATURE_SCHEMA", DEFAULT_FEATURE_SCHEMA),
+                db_uri=_setting("LANCELL_DB_URI", str(root / "db")),
+                store_url=_setting("LANCELL_STORE_URL", str(root / "arrays")),
+                cell_schema=_setting("LANCELL_CELL_SCHEMA", DEFAULT_CELL_SCHEMA),
+                feature_schema=_setting("LANCELL_FEATURE_SCHEMA", DEFAULT_FEATURE_SCHEMA),
                 create_if_missing=_create_atlas(),
             ),
             "landing_zone": LandingZone(
-                path=os.environ.get("LANCELL_LANDING", str(root / "landing")),
+                path=_setting("LANCELL_LANDING", str(root / "landing")),
                 geo_mirror=os.environ.get("LANCELL_GEO_MIRROR"),
             ),
-            "model_store": ModelStore(path=os.environ.get("LANCELL_MODELS", str(root / "models"))),
+            "model_store": ModelStore(path=_setting("LANCELL_MODELS", str(root / "models"))),
         },
     )
 
