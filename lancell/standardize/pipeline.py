@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
+import h5py
 import pandas as pd
 
 from lancell.errors import (
@@ -91,6 +92,26 @@ def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str
             "cannot infer the organism: no organism=, no single-valued obs['organism'], no Ensembl ids in var"
         )
     return inferred
+
+
+def _in_memory(adata: ad.AnnData) -> ad.AnnData:
+    """A copy of ``adata`` in memory. anndata's ``to_memory`` reads ``X``, which a backed file holding its
+    counts in layers only lacks (a ``KeyError``): such a file is copied without it."""
+    if not adata.isbacked:
+        return adata.copy()
+    with h5py.File(adata.filename, "r") as file:
+        has_x = "X" in file
+    if has_x:
+        return adata.to_memory()
+    layers = {name: adata.layers[name] for name in adata.layers}
+    return ad.AnnData(
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        layers=layers,
+        obsm=dict(adata.obsm),
+        varm=dict(adata.varm),
+        uns=dict(adata.uns),
+    )
 
 
 def standardize_anndata(
@@ -192,7 +213,7 @@ def standardize_anndata(
         warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
     no_name = no_gene_name(adata, gene_column, unresolved) if genes else None
     report = StandardizationReport(gene_column=gene_column)
-    out = adata.to_memory() if adata.isbacked else adata.copy()
+    out = _in_memory(adata)
     if genes:
         if no_name is not None:
             out = out[:, ~no_name].copy()

@@ -4,7 +4,7 @@ Standardizing gene names can map two inputs to one Ensembl id (a symbol and its 
 An atlas stores each feature once per dataset, so such columns are summed (exact for counts), reduced to the
 first one (a :class:`~lancell.errors.LancellWarning` says how many were left out), or refused
 (:func:`merge_duplicate_columns`); :func:`merge_modes` picks, per matrix (``X`` and each layer), ``"sum"``
-for counts (integers, or floats that are all whole numbers) and ``"first"`` otherwise.
+for counts (integers, or floats that are all whole numbers, none negative) and ``"first"`` otherwise.
 """
 
 from __future__ import annotations
@@ -28,16 +28,22 @@ MAX_COUNT = 2**32 - 1  # integers are stored as uint32 counts
 
 
 def _matrices(adata: ad.AnnData) -> dict[str, object]:
-    """``X`` and every layer, by name."""
-    return {"X": adata.X, **{f"layer {name!r}": adata.layers[name] for name in adata.layers}}
+    """``X`` (unless the file has none: its counts in a layer) and every layer, by name."""
+    x = {} if adata.X is None else {"X": adata.X}
+    return {**x, **{f"layer {name!r}": adata.layers[name] for name in adata.layers}}
+
+
+def _values(matrix: object) -> np.ndarray:
+    return matrix.data if sp.issparse(matrix) else np.asarray(matrix)  # type: ignore[attr-defined]
 
 
 def _whole_numbers(matrix: object) -> bool:
-    """Whether ``matrix`` holds integers: an integer dtype, or floats that are all whole numbers."""
-    if matrix.dtype.kind in "biu":  # type: ignore[attr-defined]
-        return True
-    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)  # type: ignore[attr-defined]
-    return bool(np.array_equal(values, np.trunc(values)))
+    """Whether ``matrix`` holds counts: integers (an integer dtype, or floats that are all whole numbers),
+    none negative (a negative value is no count: summed, it would be hidden in its feature's total)."""
+    values = _values(matrix)
+    if values.size and values.min() < 0:
+        return False
+    return matrix.dtype.kind in "biu" or bool(np.array_equal(values, np.trunc(values)))  # type: ignore[attr-defined]
 
 
 def merge_modes(adata: ad.AnnData, uids: pd.Series) -> dict[str, Merge]:
@@ -61,6 +67,11 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
     """
     dtype = np.dtype(matrix.dtype)  # type: ignore[attr-defined]
     integer = dtype.kind in "biu"
+    if integer and _values(matrix).size and _values(matrix).min() < 0:
+        raise DataValueError(
+            f"{where}: holds negative integers, which no count is; summing the var entries that share a "
+            f"feature uid would hide them in the totals: fix the values, or pass duplicates='first'"
+        )
     wide = np.dtype(np.uint64 if dtype.kind == "u" else np.int64) if integer else np.dtype(np.float64)
     merge = sp.csr_matrix(
         (np.ones(len(codes), dtype=wide), (np.arange(len(codes)), codes)), shape=(len(codes), len(distinct))
@@ -147,7 +158,7 @@ def merge_duplicate_columns(
     codes, distinct = pd.factorize(values)
     first = np.unique(codes, return_index=True)[1]
     out = adata[:, first].copy()
-    if modes["X"] == "sum":
+    if modes.get("X") == "sum":
         out.X = _summed(adata.X, codes, distinct, "X")
     for name in adata.layers:
         if modes[f"layer {name!r}"] == "sum":

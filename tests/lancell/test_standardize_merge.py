@@ -126,6 +126,44 @@ def test_auto_decides_per_layer_counts_summed_normalized_values_first():
     assert out.X.toarray().tolist() == [[0.5, 1.0], [0.0, 0.0]]
 
 
+def test_negative_values_are_not_summed_away(tmp_path):
+    """-2 and 3 of one gene were stored as its count 1: "auto" took negative whole numbers for counts."""
+    x = np.array([[-2, 3, 1], [4, 2, 0]], dtype=np.int32)
+    with pytest.warns(LancellWarning, match="left out of X"):  # no counts: the first kept, as for floats
+        out, report = standardize_anndata(
+            _adata(x, ONE_GENE), organism="human", obs_columns={}, duplicates="auto"
+        )
+    assert report.var_counts["first"] == 1 and out.X.toarray().tolist() == [[-2, 1], [4, 0]]
+    with pytest.raises(DataValueError, match="X: holds negative integers, which no count is"):
+        standardize_anndata(_adata(x, ONE_GENE), organism="human", obs_columns={}, duplicates="sum")
+    atlas = _atlas(tmp_path)
+    with pytest.raises(DataValueError, match="negative integer value -2"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", LancellWarning)  # (the first kept: ingestion refuses the -2)
+        standardize_and_ingest(
+            atlas,
+            _adata(x, ONE_GENE),
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            organism="human",
+            dataset_record=DatasetRecord(uid="s"),
+            progress=False,
+        )
+
+
+def test_a_backed_file_with_its_counts_in_a_layer_only(tmp_path):
+    """A file without X (counts in a layer): the merge read X, None (TypeError), and a backed file's copy
+    in memory failed in anndata (KeyError: X)."""
+    adata = _adata(np.zeros((2, 3), dtype=np.int32), ONE_GENE)
+    adata.layers["counts"] = sp.csr_matrix(np.array([[1, 3, 1], [4, 2, 0]], dtype=np.int32))
+    adata.X = None
+    adata.write_h5ad(tmp_path / "layer_only.h5ad")
+    backed = ad.read_h5ad(tmp_path / "layer_only.h5ad", backed="r")
+    for duplicates in ("auto", "sum"):
+        out, report = standardize_anndata(backed, organism="human", obs_columns={}, duplicates=duplicates)
+        assert out.X is None and report.var_counts["summed"] == 1
+        assert out.layers["counts"].toarray().tolist() == [[4, 1], [6, 0]]
+
+
 def test_gene_column_gives_the_registry_symbols(tmp_path):
     atlas = _atlas(tmp_path)
     adata = _adata(
