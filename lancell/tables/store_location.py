@@ -135,8 +135,9 @@ def check_given_store(
     if missing:
         shown = groups[:3] + (["..."] if len(groups) > 3 else [])
         raise StoreError(
-            f"the zarr store {where} given does not hold this atlas's groups (none of {shown} is in it): "
-            "pass the store its datasets were written to"
+            f"the zarr store {where} given does not hold this atlas's groups (none of {shown} is in it): it "
+            "is another store, or those groups were deleted from it; pass the store its datasets were "
+            "written to"
         )
     settled = {comparable_location(url) for url in expected or ()}
     if not groups and expected is not None and comparable_location(where) not in settled:
