@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "curated_id_check",
+    "drop_raw",
     "keep_existing_ids",
     "no_gene_name",
     "warn_foreign_ids",
@@ -158,3 +159,22 @@ def warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: St
             LancellWarning,
             stacklevel=3,
         )
+
+
+def drop_raw(given: ad.AnnData, out: ad.AnnData) -> None:
+    """Drop ``out.raw``: ``given.raw`` as standardization kept it, named by ``given``'s var entries, not by
+    the standardized ones. Warns how to keep it (ingestion stores no ``.raw``, and its own advice, comparing
+    ``.raw``'s genes with the standardized var's, would be wrong)."""
+    if out.raw is None:
+        return
+    if given.raw is not None and given.raw.var_names.equals(given.var_names):
+        remedy = (
+            "copy it into a layer before standardizing (adata.layers['counts'] = adata.raw.X), then name "
+            "that layer (source_layer='counts'; --layers on the command line)"
+        )
+    else:
+        remedy = "ingest adata.raw.to_adata() as a dataset of its own (its features are not var's)"
+    warnings.warn(
+        f"adata.raw is neither standardized nor stored: to keep it, {remedy}", LancellWarning, stacklevel=3
+    )
+    del out.raw

@@ -36,6 +36,7 @@ from lancell.errors import (
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     curated_id_check,
+    drop_raw,
     keep_existing_ids,
     no_gene_name,
     warn_foreign_ids,
@@ -222,6 +223,7 @@ def standardize_anndata(
         warn_foreign_ids(values, report.organism)
         report.genes = GeneReference.load(report.organism).resolve(values)
         out = _standard_genes(out, report.genes, unresolved, duplicates, report)
+        drop_raw(adata, out)
         if no_name is not None:
             report.var_counts["dropped"] += int(no_name.sum())
             report.var_counts["no_name"] = int(no_name.sum())

@@ -236,3 +236,16 @@ def test_kept_names_that_repeat_are_reported_as_sharing_a_uid():
         adata, organism="human", obs_columns={}, unresolved="drop", duplicates="sum"
     )
     assert not dropped.genes["duplicate"].any()  # dropped entries share nothing
+
+
+def test_raw_beside_standardized_genes_is_dropped_with_the_right_advice():
+    """scanpy's layout (.raw holding X's genes) told to ingest .raw as a dataset of its own (the same cells
+    twice): its genes were compared with the standardized var."""
+    counts = np.array([[3, 4, 1], [0, 7, 0]], dtype=np.int32)
+    adata = _adata(np.log1p(counts).astype(np.float32), ONE_GENE)
+    adata.raw = _adata(counts, ONE_GENE)
+    with pytest.warns(
+        LancellWarning, match=r"adata.raw is neither standardized nor stored: .*copy it into a"
+    ):
+        out, _ = standardize_anndata(adata, organism="human", obs_columns={}, duplicates="auto")
+    assert out.raw is None and adata.raw is not None  # (the input untouched)
