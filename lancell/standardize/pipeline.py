@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
-import h5py
 import pandas as pd
 
 from lancell.errors import (
@@ -33,6 +32,7 @@ from lancell.errors import (
     StandardizationError,
     UnknownOrganismError,
 )
+from lancell.standardize.copies import in_memory, stored_matrix
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     curated_id_check,
@@ -93,26 +93,6 @@ def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str
             "cannot infer the organism: no organism=, no single-valued obs['organism'], no Ensembl ids in var"
         )
     return inferred
-
-
-def _in_memory(adata: ad.AnnData) -> ad.AnnData:
-    """A copy of ``adata`` in memory. anndata's ``to_memory`` reads ``X``, which a backed file holding its
-    counts in layers only lacks (a ``KeyError``): such a file is copied without it."""
-    if not adata.isbacked:
-        return adata.copy()
-    with h5py.File(adata.filename, "r") as file:
-        has_x = "X" in file
-    if has_x:
-        return adata.to_memory()
-    layers = {name: adata.layers[name] for name in adata.layers}
-    return ad.AnnData(
-        obs=adata.obs.copy(),
-        var=adata.var.copy(),
-        layers=layers,
-        obsm=dict(adata.obsm),
-        varm=dict(adata.varm),
-        uns=dict(adata.uns),
-    )
 
 
 def standardize_anndata(
@@ -214,7 +194,7 @@ def standardize_anndata(
         warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
     no_name = no_gene_name(adata, gene_column, unresolved) if genes else None
     report = StandardizationReport(gene_column=gene_column)
-    out = _in_memory(adata)
+    out = in_memory(adata)
     if genes:
         if no_name is not None:
             out = out[:, ~no_name].copy()
@@ -392,7 +372,7 @@ def standardize_and_ingest(
     if origin not in (None, "X") and origin not in adata.layers:
         raise IngestError(f"standardize_and_ingest: no layer {origin!r} in adata.layers {list(adata.layers)}")
     standardized, report = standardize_anndata(
-        adata, unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
+        stored_matrix(adata, origin), unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
     )  # type: ignore[arg-type]
     columns = atlas.feature_registry(feature_space).columns
     atlas.register_features(feature_space, feature_rows(standardized, report, columns), on_conflict)

@@ -249,3 +249,33 @@ def test_raw_beside_standardized_genes_is_dropped_with_the_right_advice():
     ):
         out, _ = standardize_anndata(adata, organism="human", obs_columns={}, duplicates="auto")
     assert out.raw is None and adata.raw is not None  # (the input untouched)
+
+
+def test_the_report_and_warnings_describe_the_matrix_stored(tmp_path):
+    """A log-normalized X stored (its first column kept) was reported as summed, from the count layer not
+    stored; storing the count layer warned that entries were left out of X, not stored either."""
+    counts = np.array([[1, 3, 1], [4, 2, 0]], dtype=np.int32)
+    adata = _adata(np.log1p(counts).astype(np.float32), ONE_GENE)
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    adata.raw = adata.copy()
+    atlas = _atlas(tmp_path)
+    common = {"feature_space": "gene_expression", "organism": "human", "progress": False}
+    with pytest.warns(LancellWarning, match="left out of X"):
+        _, report = standardize_and_ingest(
+            atlas, adata, zarr_layer="log_normalized", dataset_record=DatasetRecord(uid="x"), **common
+        )
+    assert report.var_counts["first"] == 1 and "summed" not in report.var_counts
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*left out of")
+        warnings.filterwarnings("ignore", message="adata.raw")
+        _, report = standardize_and_ingest(
+            atlas,
+            adata,
+            zarr_layer="counts",
+            source_layer="counts",
+            dataset_record=DatasetRecord(uid="c"),
+            **common,
+        )
+    assert report.var_counts["summed"] == 1
+    stored = atlas.query().where(dataset_uid="c").layers("gene_expression", "counts").to_anndata()
+    assert stored[:, "ENSG00000162522"].X.toarray().ravel().tolist() == [4, 6]
