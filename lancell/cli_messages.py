@@ -31,6 +31,10 @@ _FLAGS = (
     ("on_conflict='keep'", "--on-conflict keep"),
     ("on_conflict='update'", "--on-conflict update"),
     (
+        "read the file without backed mode or convert X to CSR",
+        "convert X to CSR in the file first (adata.X = adata.X.tocsr(), then adata.write_h5ad(path))",
+    ),
+    (
         "call adata.obs_names_make_unique() first",
         "make them unique in the file first (adata.obs_names_make_unique(), then adata.write_h5ad(path))",
     ),

@@ -51,3 +51,7 @@ def test_remedies_are_named_as_the_command_line_has_them(tmp_path: Path) -> None
     ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c1"]), var=var).write_h5ad(twice)
     repeated = run("ingest", db, str(twice), check=False)
     assert "duplicate obs names ['c1'] (as text); make them unique in the file first" in repeated.stderr
+    csc = tmp_path / "csc.h5ad"  # the command line reads files backed: "read without backed mode" is no help
+    ad.AnnData(sp.csc_matrix(x), obs=pd.DataFrame(index=["c3", "c4"]), var=var).write_h5ad(csc)
+    refused = run("ingest", db, str(csc), check=False)
+    assert "convert X to CSR in the file first (adata.X = adata.X.tocsr()" in refused.stderr
