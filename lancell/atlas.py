@@ -309,13 +309,14 @@ class RaggedAtlas:
         return assign_global_indices(self.core)
 
     @_boundary
-    def validate(self, dataset_uid: str | None = None) -> list[str]:
+    def validate(self, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
         """Inconsistencies between tables and zarr groups; an empty list means the atlas is consistent.
 
         ``dataset_uid``: check that dataset only (and the registries), at the cost of the dataset; an unknown
-        uid raises :class:`~lancell.errors.DatasetNotFoundError`.
+        uid raises :class:`~lancell.errors.DatasetNotFoundError`. ``checksums``: also read every stored chunk
+        and check its CRC32C (a flipped bit, a truncated object), at the cost of reading the data.
         """
-        return find_problems(self.core, dataset_uid)
+        return find_problems(self.core, dataset_uid, checksums=checksums)
 
     @_boundary
     def snapshot(self, note: str | None = None) -> int:

@@ -352,8 +352,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "ingestion that never finished (default: 1)",
     )
 
-    command("validate", cli_commands.validate, "check tables and zarr groups agree").add_argument(
-        "--version", type=int, help="check this snapshot"
+    validating = command("validate", cli_commands.validate, "check tables and zarr groups agree")
+    validating.add_argument("--version", type=int, help="check this snapshot")
+    validating.add_argument(
+        "--checksums",
+        action="store_true",
+        help="also read every stored chunk and check its CRC32C (the cost of reading the data)",
     )
     return parser, commands
 

@@ -352,7 +352,7 @@ def query(args: argparse.Namespace) -> int:
 
 def validate(args: argparse.Namespace) -> int:
     """``lancell validate``: print the problems found; exit 1 when there are any."""
-    problems = _open_for_reading(args).validate()
+    problems = _open_for_reading(args).validate(checksums=args.checksums)
     for problem in problems:
         print(problem)
     print("consistent" if not problems else f"{len(problems)} problems")

@@ -13,11 +13,12 @@ import numpy as np
 import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
+import zarr
 
-from lancell.errors import DatasetNotFoundError, ShardFormatError, require_type
+from lancell.errors import CodecError, DatasetNotFoundError, ShardFormatError, require_type
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.storage.offsets import missing_chunk_keys
-from lancell.storage.reader import written_whole
+from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
 from lancell.storage.stores import read_json
 from lancell.tables.registry import sql_literal
@@ -184,7 +185,27 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
     return found
 
 
-def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
+def _damaged_chunks(core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str]) -> list[str]:
+    """The first damaged shard of each array the dataset's readers read: every shard read whole and decoded,
+    so each chunk's CRC32C and encoding are checked (a flipped bit, a truncated object). Costs one read of
+    the dataset's arrays."""
+    found = []
+    for relative, node in core.zarr_root[group].members(max_depth=None):
+        if not isinstance(node, zarr.Array) or not _read_for_dataset(
+            relative, layers, attrs.get("csc_layers") or ()
+        ):
+            continue
+        reader = array_reader(node)
+        for shard in range(0 if reader is None else reader.n_shards):  # (zarr-python's arrays: no CRCs)
+            try:
+                reader.read_shard(shard)  # type: ignore[union-attr]
+            except CodecError as exc:
+                found.append(f"array {relative!r}: shard {shard} is damaged: {exc}")
+                break
+    return found
+
+
+def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
     With ``dataset_uid``, only that dataset is checked (its record, group, layout, the cells it owns or
@@ -197,6 +218,8 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
     equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique; registry uids
     and global indices are unique and assigned. Cell rows and pointers no dataset record commits
     (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.tables.visibility`).
+    With ``checksums``, every chunk those arrays store is also read and checked against its CRC32C (the cost
+    of reading the datasets checked).
     """
     problems: list[str] = []
     tables = core.tables
@@ -248,7 +271,12 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None) -> list[str]:
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
         layers = attrs.get("layers", {}) if row.get("layers") is None else row["layers"]  # older tables: none
-        problems += [f"dataset {uid!r}: {p}" for p in _missing_shards(core, row["zarr_group"], attrs, layers)]
+        missing = _missing_shards(core, row["zarr_group"], attrs, layers)
+        problems += [f"dataset {uid!r}: {p}" for p in missing]
+        if checksums and not missing:
+            problems += [
+                f"dataset {uid!r}: {p}" for p in _damaged_chunks(core, row["zarr_group"], attrs, layers)
+            ]
     dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)

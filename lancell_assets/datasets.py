@@ -34,7 +34,10 @@ CHECKS = {
     "cell_count_matches": "Cells in the dataset record = n_cells of the zarr group (= rows of the file's "
     "obs, for a file read in this run).",
     "nnz_matches": "Stored values in the dataset record = nnz of the zarr group.",
-    "dataset_consistent": "atlas.validate(dataset_uid) finds no problem in this dataset or the registries.",
+    "dataset_consistent": (
+        "atlas.validate(dataset_uid, checksums=True) finds no problem in this dataset (every chunk read and "
+        "checked against its CRC32C) or the registries."
+    ),
     "content_matches": "The landing file and its sidecar's options are those the dataset was ingested from "
     "(landing fingerprint); a dataset in the atlas is never replaced by a changed file.",
 }
@@ -288,7 +291,8 @@ def _checks(
     ``genome``: a 10x output's, from its spec), None for a dataset already in the atlas (its file is not
     read)."""
     attrs = handle.group_attributes(record.zarr_group) or {}
-    problems = handle.validate(dataset_uid=record.uid)  # the dataset's cost, not the atlas's
+    # the dataset's cost, not the atlas's: one read of its chunks, each checked against its CRC32C
+    problems = handle.validate(dataset_uid=record.uid, checksums=True)
     source_cells = None if source is None else _source_cells(source, genome)
     return [
         dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),

@@ -159,3 +159,17 @@ def test_a_file_replaced_while_it_is_ingested_fails_the_run(tmp_path: Path, monk
         assert not result.success and checks(result) == FINE | {"content_matches": False}
         assert "changed while it was fingerprinted and ingested" in failure(result).description
         assert "delete it (lancell delete)" in failure(result).description
+
+
+def test_a_flipped_bit_in_a_stored_chunk_fails_dataset_consistent(ingested):
+    """Its checks called validate(), which reads no data: a corrupt dataset stayed green and its snapshot
+    was labelled."""
+    defs, instance, root = ingested
+    (shard,) = (root / "arrays").glob("a-*/csr/layers/counts/c/0")
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0x10
+    shard.write_bytes(bytes(raw))
+    result = ingest(defs, instance, "a")
+    assert checks(result)["dataset_consistent"] is False
+    (consistent,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "dataset_consistent"]
+    assert "chunk checksum" in str(consistent.metadata)

@@ -212,6 +212,20 @@ def test_flipped_bit_in_a_chunk(built: Path, tmp_path: Path, uid: str, array: st
     _all_raise(atlas.reads(uid), ChecksumError, _where(uid, array, SHARD_NO, CHUNK_NO) + " chunk checksum")
 
 
+@pytest.mark.parametrize("array", ["csr/layers/counts", "csc/indices"])
+def test_validate_with_checksums_names_a_flipped_bit(built: Path, tmp_path: Path, array: str) -> None:
+    """A flipped bit passed validate() (the structure is whole) and the Dagster checks that call it: a
+    corrupt dataset's snapshot was labelled, and only training met the ChecksumError."""
+    atlas = Atlas(_copy(built, tmp_path))
+    uid = "celltypist_sample"
+    _flip_in_chunk(atlas.array_dir(uid, array), SHARD_NO, CHUNK_NO)
+    assert atlas.atlas.validate() == []  # (no read of the data)
+    (problem,) = atlas.atlas.validate(checksums=True)
+    assert problem.startswith(f"dataset {uid!r}: array {array!r}: shard {SHARD_NO} is damaged: ")
+    assert "chunk checksum" in problem
+    assert atlas.atlas.validate("pbmc68k", checksums=True) == []
+
+
 @pytest.mark.parametrize("array", ["csr/indices", "csr/layers/counts"])
 @pytest.mark.parametrize(
     ("position", "what"),
