@@ -199,10 +199,15 @@ def _prepared(
         )
     if not spec.standardize:
         return adata, None
+    from lancell.standardize.copies import stored_matrices
     from lancell.standardize.pipeline import standardize_anndata
 
+    sources = set(spec.layers.values()) or {"X"}  # (what is standardized and reported is what is stored)
     return standardize_anndata(
-        adata, organism=spec.organism, gene_column=spec.var_uid_column, duplicates="auto"
+        stored_matrices(adata, sources),
+        organism=spec.organism,
+        gene_column=spec.var_uid_column,
+        duplicates="auto",
     )
 
 

@@ -1,12 +1,14 @@
 """The in-memory AnnData standardization works on: a copy of a backed file (one without ``X`` too), and
-the one matrix :func:`~lancell.standardize.pipeline.standardize_and_ingest` stores."""
+the matrices an ingestion stores."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import anndata as ad
 import h5py
 
-__all__ = ["in_memory", "stored_matrix"]
+__all__ = ["in_memory", "stored_matrices"]
 
 
 def in_memory(adata: ad.AnnData) -> ad.AnnData:
@@ -29,17 +31,17 @@ def in_memory(adata: ad.AnnData) -> ad.AnnData:
     )
 
 
-def stored_matrix(adata: ad.AnnData, origin: str | None) -> ad.AnnData:
-    """``adata`` with only the matrix to be stored (``X``, or layer ``origin``), sharing its arrays: what
-    standardization merges, reports and warns about is then what is stored (a count layer summed under an X
-    that kept the first column was reported as summed)."""
+def stored_matrices(adata: ad.AnnData, sources: Collection[str | None]) -> ad.AnnData:
+    """``adata`` with only the matrices to be stored (``X`` for ``"X"`` or None, else the layers named),
+    sharing its arrays: what standardization merges, reports and warns about is then what is stored (a count
+    layer summed under an X that kept the first column was reported as summed)."""
     adata = in_memory(adata) if adata.isbacked else adata
-    layer = origin not in (None, "X")
+    layers = {name: adata.layers[name] for name in sources if name not in (None, "X")}
     out = ad.AnnData(
-        X=None if layer else adata.X,
+        X=adata.X if any(name in (None, "X") for name in sources) else None,
         obs=adata.obs,
         var=adata.var,
-        layers={origin: adata.layers[origin]} if layer else None,
+        layers=layers or None,
         obsm=dict(adata.obsm),
         varm=dict(adata.varm),
         uns=dict(adata.uns),

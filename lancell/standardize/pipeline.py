@@ -32,7 +32,7 @@ from lancell.errors import (
     StandardizationError,
     UnknownOrganismError,
 )
-from lancell.standardize.copies import in_memory, stored_matrix
+from lancell.standardize.copies import in_memory, stored_matrices
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     curated_id_check,
@@ -372,7 +372,11 @@ def standardize_and_ingest(
     if origin not in (None, "X") and origin not in adata.layers:
         raise IngestError(f"standardize_and_ingest: no layer {origin!r} in adata.layers {list(adata.layers)}")
     standardized, report = standardize_anndata(
-        stored_matrix(adata, origin), unresolved=unresolved, duplicates=duplicates, genes=True, **standardize
+        stored_matrices(adata, [origin]),
+        unresolved=unresolved,
+        duplicates=duplicates,
+        genes=True,
+        **standardize,
     )  # type: ignore[arg-type]
     columns = atlas.feature_registry(feature_space).columns
     atlas.register_features(feature_space, feature_rows(standardized, report, columns), on_conflict)

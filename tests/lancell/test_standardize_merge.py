@@ -279,3 +279,22 @@ def test_the_report_and_warnings_describe_the_matrix_stored(tmp_path):
     assert report.var_counts["summed"] == 1
     stored = atlas.query().where(dataset_uid="c").layers("gene_expression", "counts").to_anndata()
     assert stored[:, "ENSG00000162522"].X.toarray().ravel().tolist() == [4, 6]
+
+
+def test_a_standardized_landing_reports_the_matrices_it_stores(tmp_path):
+    """The landing path (lancell ingest --standardize, the sidecar's standardize) also merged and reported
+    every matrix of the file: X stored, its first column kept, was reported as summed."""
+    from lancell.ingest.landing import ingest_landing_file
+    from lancell.ingest.landing_spec import LandingSpec
+
+    counts = np.array([[1, 3, 1], [4, 2, 0]], dtype=np.int32)
+    adata = _adata(np.log1p(counts).astype(np.float32), ONE_GENE)
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    adata.write_h5ad(tmp_path / "s.h5ad")
+    atlas, reports = _atlas(tmp_path), []
+    spec = LandingSpec(
+        path=tmp_path / "s.h5ad", uid="s", zarr_layer="log_normalized", organism="human", standardize=True
+    )
+    with pytest.warns(LancellWarning, match="left out of X"):
+        ingest_landing_file(atlas, spec, on_standardized=reports.append)
+    assert reports[0].var_counts["first"] == 1 and "summed" not in reports[0].var_counts
