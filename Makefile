@@ -23,7 +23,7 @@ demo: venv
 	$(PY) -m lancell_assets.demo demo_atlas
 
 ui: venv
-	DAGSTER_HOME=$(CURDIR)/.dagster_home LANCELL_ROOT=$(CURDIR)/demo_atlas LANCELL_CREATE_ATLAS=1 $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} LANCELL_ROOT=$(CURDIR)/demo_atlas LANCELL_CREATE_ATLAS=1 $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 test: venv
 	$(PY) -m pytest -n 2 -m "not slow and not docs" -q

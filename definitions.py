@@ -83,7 +83,7 @@ def build_definitions(root: Path = ROOT) -> dg.Definitions:
             ),
             "landing_zone": LandingZone(
                 path=_setting("LANCELL_LANDING", str(root / "landing")),
-                geo_mirror=os.environ.get("LANCELL_GEO_MIRROR"),
+                geo_mirror=_setting("LANCELL_GEO_MIRROR", None),
             ),
             "model_store": ModelStore(path=_setting("LANCELL_MODELS", str(root / "models"))),
         },

@@ -129,9 +129,9 @@ def dataset_group(
         # may name another content than the one stored
         changed = outcome == "ingested" and landing_state(spec) != state
         finding = (
-            f"landing file {spec.path} changed while it was fingerprinted and ingested: dataset "
-            f"{record.uid!r} holds one of its versions; delete it (lancell delete) and materialize the "
-            "partition again"
+            f"landing file {spec.path} changed while it was fingerprinted and ingested (its fingerprint may "
+            f"name another version than the one stored): dataset {record.uid!r} is deleted again, the atlas "
+            "is as it was; the next run ingests the file as it is then"
         )
         content = dg.AssetCheckResult(
             check_name="content_matches",
@@ -141,9 +141,8 @@ def dataset_group(
         checks = [*_checks(handle, record, file, spec.genome), content]
         if changed:
             context.log.error(f"dataset {uid}: {finding}")
-            yield from _failed(
-                f"dataset {uid} was ingested, but {finding}", IngestError(finding), file, checks
-            )
+            handle.delete_dataset(record.uid)  # (this run's own dataset: no other run ingests this uid)
+            yield from _failed(f"dataset {uid}: {finding}", IngestError(finding), file, checks)
     if outcome == "duplicate":
         context.log.warning(f"{file.name}: same content as dataset {record.uid!r}; not ingested again")
     else:
@@ -291,8 +290,15 @@ def _checks(
     ``genome``: a 10x output's, from its spec), None for a dataset already in the atlas (its file is not
     read)."""
     attrs = handle.group_attributes(record.zarr_group) or {}
-    # the dataset's cost, not the atlas's: one read of its chunks, each checked against its CRC32C
-    problems = handle.validate(dataset_uid=record.uid, checksums=True)
+    # the dataset's cost, not the atlas's: one read of its chunks (and of the modalities attached to its
+    # cells: a 10x output's <uid>/<feature space>), each checked against its CRC32C
+    datasets = handle.list_datasets()
+    attached = (
+        datasets.loc[datasets["cells_of"] == record.uid, "uid"].tolist() if "cells_of" in datasets else []
+    )
+    problems = [
+        p for uid in [record.uid, *attached] for p in handle.validate(dataset_uid=uid, checksums=True)
+    ]
     source_cells = None if source is None else _source_cells(source, genome)
     return [
         dg.AssetCheckResult(check_name="ingested_cleanly", passed=True),

@@ -32,6 +32,8 @@ def _check_own(folder: Path, what: str, own: Path) -> None:
     SystemExit
         ``folder`` holds what the demo did not make.
     """
+    if folder.exists() and not folder.is_dir():
+        raise SystemExit(f"demo: {what} {folder} is a file; give a new or empty folder")
     if folder.exists() and folder != own and not (folder / MARK).exists() and any(folder.iterdir()):
         raise SystemExit(
             f"demo: {what} {folder} holds files the demo did not make; it starts from an empty folder and "
@@ -41,8 +43,13 @@ def _check_own(folder: Path, what: str, own: Path) -> None:
 
 def _fresh_folder(folder: Path) -> None:
     """Empty ``folder`` (checked by :func:`_check_own`) and mark it as the demo's."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if folder.is_dir():  # its contents (the folder itself may be a mount point, which cannot go)
+        for child in folder.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / MARK).write_text("made by python -m lancell_assets.demo, which empties it on its next run\n")
 
 
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["DAGSTER_HOME"] = str(home)
     _check_own(root, "ROOT", REPO / "demo_atlas")  # both checked before either is emptied
     _check_own(home, "DAGSTER_HOME", REPO / ".dagster_home")
+    if root.is_relative_to(home) or home.is_relative_to(root):
+        raise SystemExit(f"demo: ROOT {root} and DAGSTER_HOME {home} must not hold one another")
     _fresh_folder(root)
     _fresh_folder(home)
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")

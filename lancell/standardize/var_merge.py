@@ -67,10 +67,13 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
     """
     dtype = np.dtype(matrix.dtype)  # type: ignore[attr-defined]
     integer = dtype.kind in "biu"
-    if integer and _values(matrix).size and _values(matrix).min() < 0:
+    shared = np.flatnonzero(pd.Series(codes).duplicated(keep=False).to_numpy())
+    summed = _values(matrix[:, shared])  # type: ignore[index]
+    whole = integer or bool(np.array_equal(summed, np.trunc(summed)))
+    if whole and summed.size and summed.min() < 0:  # (fractions: normalized values, summed as asked)
         raise DataValueError(
-            f"{where}: holds negative integers, which no count is; summing the var entries that share a "
-            f"feature uid would hide them in the totals: fix the values, or pass duplicates='first'"
+            f"{where}: var entries that share a feature uid hold negative whole numbers, which no count is; "
+            "summing them would hide them in the totals: fix the values, or pass duplicates='first'"
         )
     wide = np.dtype(np.uint64 if dtype.kind == "u" else np.int64) if integer else np.dtype(np.float64)
     merge = sp.csr_matrix(

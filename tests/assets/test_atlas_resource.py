@@ -73,7 +73,7 @@ def test_the_definitions_create_the_atlas_only_with_lancell_create_atlas(tmp_pat
     with pytest.raises(ValueError, match="LANCELL_CREATE_ATLAS='maybe'"):
         definitions.build_definitions(tmp_path)
     monkeypatch.setenv("LANCELL_CREATE_ATLAS", "1")
-    for name in ("LANCELL_DB_URI", "LANCELL_LANDING"):  # blank: the atlas was made in the current folder
+    for name in ("LANCELL_DB_URI", "LANCELL_LANDING", "LANCELL_GEO_MIRROR"):  # blank: the current folder
         monkeypatch.setenv(name, " ")
         with pytest.raises(ValueError, match=f"{name} is set but empty"):
             definitions.build_definitions(tmp_path)

@@ -466,3 +466,9 @@ def test_the_demo_empties_only_its_own_folders(tmp_path: Path, monkeypatch):
         demo.main([str(root)])
     assert (home / "history" / "runs.db").read_text() == "runs"
     assert list(root.iterdir()) == []  # nothing done before both were checked
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match="a_file is a file"):
+        demo.main([str(tmp_path / "a_file")])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "new_home"))
+    with pytest.raises(SystemExit, match="must not hold one another"):  # (emptying one emptied the other)
+        demo.main([str(tmp_path / "new_home" / "atlas")])

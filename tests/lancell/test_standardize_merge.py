@@ -134,8 +134,14 @@ def test_negative_values_are_not_summed_away(tmp_path):
             _adata(x, ONE_GENE), organism="human", obs_columns={}, duplicates="auto"
         )
     assert report.var_counts["first"] == 1 and out.X.toarray().tolist() == [[-2, 1], [4, 0]]
-    with pytest.raises(DataValueError, match="X: holds negative integers, which no count is"):
-        standardize_anndata(_adata(x, ONE_GENE), organism="human", obs_columns={}, duplicates="sum")
+    for given in (x, x.astype(np.float32)):  # whole numbers, as integers or floats
+        with pytest.raises(DataValueError, match="X: var entries that share a feature uid hold negative"):
+            standardize_anndata(_adata(given, ONE_GENE), organism="human", obs_columns={}, duplicates="sum")
+    elsewhere = np.array([[1, 3, -1], [4, 2, 0]], dtype=np.int32)  # (not in the columns summed)
+    out, _ = standardize_anndata(
+        _adata(elsewhere, ONE_GENE), organism="human", obs_columns={}, duplicates="auto"
+    )
+    assert out.X.toarray().tolist() == [[4, -1], [6, 0]]  # summed; ingestion refuses the -1 as a count
     atlas = _atlas(tmp_path)
     with pytest.raises(DataValueError, match="negative integer value -2"), warnings.catch_warnings():
         warnings.simplefilter("ignore", LancellWarning)  # (the first kept: ingestion refuses the -2)

@@ -226,6 +226,16 @@ def test_validate_with_checksums_names_a_flipped_bit(built: Path, tmp_path: Path
     assert atlas.atlas.validate("pbmc68k", checksums=True) == []
 
 
+def test_validate_with_checksums_reads_the_offsets_too(built: Path, tmp_path: Path) -> None:
+    """csr/indptr, read by zarr-python (its own crc32c codec), was skipped by validate(checksums=True)."""
+    atlas = Atlas(_copy(built, tmp_path))
+    uid = "celltypist_sample"
+    (chunk, *_) = sorted(p for p in (atlas.array_dir(uid, "csr/indptr") / "c").rglob("*") if p.is_file())
+    _flip(chunk, chunk.stat().st_size // 2)
+    (problem,) = atlas.atlas.validate(uid, checksums=True)
+    assert problem.startswith(f"dataset {uid!r}: array 'csr/indptr' is damaged: ")
+
+
 @pytest.mark.parametrize("array", ["csr/indices", "csr/layers/counts"])
 @pytest.mark.parametrize(
     ("position", "what"),
