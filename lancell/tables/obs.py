@@ -272,8 +272,11 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
 
 
 def _stored_as_text(column: pd.Series) -> str | None:
-    """How a column of floats, booleans or times is written under a text field, or None for others."""
+    """How a column of floats, booleans or times is written under a text field (also one such value among
+    the text of an object column), or None for others."""
     values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna()
+    if values.dtype.kind == "O":
+        return _mixed_into_text(values)
     if values.dtype.kind not in "bfmM" or not len(values):  # integers are stored as written: 1 as "1"
         return None
     first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
@@ -282,6 +285,18 @@ def _stored_as_text(column: pd.Series) -> str | None:
     if values.dtype.kind == "f" and column.isna().any():
         note += "; an integer column with missing values is held as floats: .astype('Int64') stores '1'"
     return note
+
+
+def _mixed_into_text(values: pd.Series | pd.Index) -> str | None:
+    """The first boolean, float or time among an object column's values, as it is stored under a text
+    field, or None where every value is text (or an integer, stored as written)."""
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty", "integer"):
+        return None
+    for value in values:
+        if isinstance(value, (*_BOOLS, float, np.floating, datetime.date, datetime.timedelta, np.datetime64)):
+            example = f"(e.g. {value!r} as {str(value)!r})"
+            return f"{type(value).__name__} values among its objects are stored as their text {example}"
+    return None
 
 
 def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:

@@ -142,3 +142,23 @@ def test_every_integer_column_keeps_its_values_next_to_nulls(kind: str) -> None:
     column = arrow_to_obs(table)["n"]
     assert column.dtype == pd.api.types.pandas_dtype(kind.capitalize().replace("Ui", "UI"))
     assert column.tolist() == [top, pd.NA, 1]
+
+
+def test_booleans_and_floats_among_an_object_columns_text_are_named_as_stored_as_text() -> None:
+    """An object column mixing text with True or 0.5 stored 'True' and '0.5' with no word (typed columns
+    were named): ``where(treated='yes')`` then missed the cells written as True."""
+    obs = pd.DataFrame(
+        {
+            "treated": np.array(["yes", True, None], dtype=object),
+            "dose": np.array(["low", 0.5, "high"], dtype=object),
+            "plate": np.array(["p1", 2, "p3"], dtype=object),  # an integer is stored as written
+            "label": np.array(["a", "b", None], dtype=object),
+        },
+        index=["x", "y", "z"],
+    )
+    fields = [pa.field(name, pa.string()) for name in obs.columns]
+    assert altered_obs_columns(obs, fields) == [
+        "column 'treated': bool values among its objects are stored as their text (e.g. True as 'True')",
+        "column 'dose': float values among its objects are stored as their text (e.g. 0.5 as '0.5')",
+    ]
+    assert obs_to_arrow("d", obs, fields)["treated"].to_pylist() == ["yes", "True", None]
