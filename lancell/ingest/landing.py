@@ -199,12 +199,12 @@ def _prepared(
         )
     if not spec.standardize:
         return adata, None
-    from lancell.standardize.copies import stored_matrices
     from lancell.standardize.pipeline import standardize_anndata
 
-    sources = set(spec.layers.values()) or {"X"}  # (what is standardized and reported is what is stored)
+    sources = {"X" if name is None else name for name in spec.layers.values()} or {"X"}
     return standardize_anndata(
-        stored_matrices(adata, sources),
+        adata,
+        matrices=sources,  # (what is standardized and reported is what is stored)
         organism=spec.organism,
         gene_column=spec.var_uid_column,
         duplicates="auto",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
@@ -32,7 +32,7 @@ from lancell.errors import (
     StandardizationError,
     UnknownOrganismError,
 )
-from lancell.standardize.copies import in_memory, stored_matrices
+from lancell.standardize.copies import in_memory
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     curated_id_check,
@@ -107,6 +107,7 @@ def standardize_anndata(
     allow_broader: bool = True,
     unresolved: Literal["keep", "drop"] = "keep",
     duplicates: Duplicates | None = None,
+    matrices: Collection[str] | None = None,
 ) -> tuple[ad.AnnData, StandardizationReport]:
     """A copy of ``adata`` with ``var["ensembl_id"]``, ``var["feature_uid"]`` and ontology term id obs
     columns, and a report.
@@ -146,6 +147,9 @@ def standardize_anndata(
         floats that are all whole numbers) and keep the first of other values, or raise (``"error"``);
         None leaves them (flagged in ``report.genes["duplicate"]``; an atlas refuses to ingest them). See
         :func:`lancell.standardize.var_merge.merge_duplicate_columns`.
+    matrices
+        The matrices to standardize and keep: ``"X"`` and layer names (all by default). Those left out are
+        not copied (nor read, from a backed file), merged, reported or warned about.
 
     Returns
     -------
@@ -172,6 +176,8 @@ def standardize_anndata(
         in ``gene_column`` or the var index) with ``unresolved="keep"``.
     DataValueError
         Summed integer counts above ``2**32 - 1`` (the message names the genes).
+    ArgumentError
+        ``matrices`` names a layer ``adata`` lacks, or is a string.
     """
     if unresolved not in ("keep", "drop"):
         raise StandardizationError(f"unresolved must be 'keep' or 'drop', got {unresolved!r}")
@@ -194,7 +200,7 @@ def standardize_anndata(
         warn_unused_gene_arguments(organism=organism, unresolved=unresolved, duplicates=duplicates)
     no_name = no_gene_name(adata, gene_column, unresolved) if genes else None
     report = StandardizationReport(gene_column=gene_column)
-    out = in_memory(adata)
+    out = in_memory(adata, matrices)
     if genes:
         if no_name is not None:
             out = out[:, ~no_name].copy()
@@ -372,7 +378,8 @@ def standardize_and_ingest(
     if origin not in (None, "X") and origin not in adata.layers:
         raise IngestError(f"standardize_and_ingest: no layer {origin!r} in adata.layers {list(adata.layers)}")
     standardized, report = standardize_anndata(
-        stored_matrices(adata, [origin]),
+        adata,
+        matrices=["X" if origin is None else origin],
         unresolved=unresolved,
         duplicates=duplicates,
         genes=True,

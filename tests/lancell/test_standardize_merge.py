@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DataValueError, LancellWarning
+from lancell.errors import ArgumentError, DataValueError, LancellWarning
 from lancell.standardize.pipeline import feature_rows, standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -304,3 +304,24 @@ def test_a_standardized_landing_reports_the_matrices_it_stores(tmp_path):
     with pytest.warns(LancellWarning, match="left out of X"):
         ingest_landing_file(atlas, spec, on_standardized=reports.append)
     assert reports[0].var_counts["first"] == 1 and "summed" not in reports[0].var_counts
+
+
+def test_matrices_names_what_is_copied_merged_and_kept(tmp_path):
+    """``matrices=`` keeps only the named matrices; a backed file's X is read into the copy once (the
+    standardized ingestions copied it twice: loaded, then copied again by the standardization)."""
+    adata = _adata(np.array([[1, 3, 1], [4, 2, 0]], dtype=np.int32), ONE_GENE)
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["scaled"] = adata.X.astype(np.float32) / 2
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    out, report = standardize_anndata(backed, organism="human", duplicates="auto", matrices=["counts"])
+    assert out.X is None and list(out.layers) == ["counts"] and report.var_counts["summed"] == 1
+    assert out.layers["counts"].toarray().tolist() == [[4, 1], [6, 0]]
+    out, _ = standardize_anndata(backed, organism="human", duplicates="sum", matrices=["X"])
+    assert not out.layers and out.X.toarray().tolist() == [[4, 1], [6, 0]]
+    for given, message in ((["counts", "raw"], r"no layers \['raw'\]"), ("counts", "the string 'counts'")):
+        with pytest.raises(ArgumentError, match=message):
+            standardize_anndata(adata, organism="human", duplicates="sum", matrices=given)
+    out, _ = standardize_anndata(adata, organism="human", duplicates="sum", matrices=["X", "scaled"])
+    assert list(out.layers) == ["scaled"] and not np.shares_memory(out.X.data, adata.X.data)
+    assert adata.X.toarray().tolist() == [[1, 3, 1], [4, 2, 0]]  # the caller's matrices are left as they were
