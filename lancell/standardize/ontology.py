@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import pandas as pd
+
 from lancell.errors import OntologyBackendError, StandardizationError
 
 __all__ = [
@@ -327,7 +329,7 @@ def resolve_terms(
     if field_name not in FIELD_ONTOLOGY:
         raise StandardizationError(f"no ontology for field {field_name!r}; known: {sorted(FIELD_ONTOLOGY)}")
     index = (backend or default_backend()).index(FIELD_ONTOLOGY[field_name])
-    distinct = dict.fromkeys(str(v) for v in values if v is not None and v == v)
+    distinct = dict.fromkeys(str(v) for v in values if not pd.isna(v))  # (None, NaN, pd.NA, NaT)
     cell_type = field_name == "cell_type"
     return [_resolve_one(v, index, overrides or {}, cell_type, allow_broader) for v in distinct]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,6 +133,21 @@ def test_overrides_and_strict_mode(pbmc):
 def test_fields_resolve_to_their_ontology(field, value, term_id, match):
     (result,) = resolve_terms([value, None, np.nan], field)
     assert (result.term_id, result.match) == (term_id, match)
+
+
+def test_a_nullable_string_column_with_missing_labels():
+    """pandas' "string" dtype holds pd.NA, whose truth value is ambiguous: a bare TypeError."""
+    (result,) = resolve_terms(pd.array(["Treg", None, pd.NA], dtype="string"), "cell_type")
+    assert result.term_id == "CL:0000815"
+    labels = pd.array(["Treg", None, "T cells"], dtype="string")
+    adata = ad.AnnData(
+        X=np.ones((3, 1), dtype=np.int32),
+        obs=pd.DataFrame({"cell_type": labels}, index=list("abc")),
+        var=pd.DataFrame(index=["CD4"]),
+    )
+    out, _ = standardize_anndata(adata, organism="human")
+    assert out.obs["cell_type_ontology_term_id"].tolist()[::2] == ["CL:0000815", "CL:0000084"]
+    assert pd.isna(out.obs["cell_type_ontology_term_id"].iloc[1])
 
 
 def test_unknown_organism_is_a_typed_error(pbmc):
