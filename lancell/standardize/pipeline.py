@@ -272,7 +272,8 @@ def _standard_genes(
         counts["kept"] = int((~resolved).sum())
     if duplicates is not None:
         how = merge_modes(adata, adata.var["feature_uid"]) if duplicates == "auto" else duplicates
-        adata, merged = merge_duplicate_columns(adata, adata.var["feature_uid"], how)
+        uids = adata.var["feature_uid"]
+        adata, merged = merge_duplicate_columns(adata, uids, how, resolved_from=report.gene_column)
         summed = how == "sum" or (not isinstance(how, str) and "sum" in how.values())
         counts["summed" if summed else "first"] = merged
     report.var_counts = counts | {"n_vars": adata.n_vars}

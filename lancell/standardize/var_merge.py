@@ -107,7 +107,11 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
 
 
 def merge_duplicate_columns(
-    adata: ad.AnnData, uids: pd.Series, how: Literal["sum", "first", "error"] | Mapping[str, Merge]
+    adata: ad.AnnData,
+    uids: pd.Series,
+    how: Literal["sum", "first", "error"] | Mapping[str, Merge],
+    *,
+    resolved_from: str | None = None,
 ) -> tuple[ad.AnnData, int]:
     """``adata`` with one column per distinct ``uids`` value (first-seen order) and how many were merged away.
 
@@ -122,6 +126,9 @@ def merge_duplicate_columns(
         float64; the result keeps the input dtype where its values fit; a plain sum for normalized values);
         ``"first"``: keep the first column of each uid (warns); ``"error"``: refuse when any uid repeats; or
         one of ``"sum"`` / ``"first"`` per matrix, as :func:`merge_modes` gives.
+    resolved_from
+        The var column ``uids`` were resolved from (None: the var index); the other columns are checked for
+        entries they tell apart.
 
     Warns
     -----
@@ -132,7 +139,10 @@ def merge_duplicate_columns(
     ------
     StandardizationError
         ``how="error"`` and a uid repeats (the message lists uids and the var entries that share them), or an
-        unknown ``how``, or a missing uid (the message names its var entries).
+        unknown ``how``, or a missing uid (the message names its var entries), or entries sharing a uid that
+        var's own columns tell apart: a feature type (10x's ``feature_types``: a protein named like a gene)
+        or an Ensembl id column other than ``resolved_from`` (``gene_ids`` beside symbols: two genes of one
+        symbol). Merging them would store one feature's values under another's uid.
     DataValueError
         Summing integers gives values above ``2**32 - 1``, which counts cannot hold (the message names the
         features).
@@ -156,6 +166,7 @@ def merge_duplicate_columns(
             f"{len(shared)} feature uids are shared by several var entries {preview}; pass "
             "duplicates='sum' (counts) or 'first'"
         )
+    _refuse_told_apart(adata.var, values, resolved_from)
     matrices = _matrices(adata)
     modes = dict.fromkeys(matrices, how) if isinstance(how, str) else dict(how)
     codes, distinct = pd.factorize(values)
@@ -177,3 +188,42 @@ def merge_duplicate_columns(
             stacklevel=2,
         )
     return out, adata.n_vars - len(distinct)
+
+
+_TYPE_COLUMNS = ("feature_types", "feature_type")  # 10x's, and the schema's name for it
+_ENSEMBL_ID = r"ENS[A-Z]*G\d{6,}"
+
+
+def _refuse_told_apart(var: pd.DataFrame, uids: pd.Series, resolved_from: str | None) -> None:
+    """Refuse var entries sharing a uid (``uids``: one per entry) that a feature type column, or an Ensembl
+    id column other than ``resolved_from``, gives different values (ids compared without their version)."""
+    shared = uids.duplicated(keep=False).to_numpy()
+    names = var.index[shared]
+    group = uids.to_numpy()[shared]
+    for column in var.columns:
+        if column == resolved_from or column in ("feature_uid", "ensembl_id"):
+            continue
+        whole = var[column].astype("string")
+        text = whole.iloc[np.flatnonzero(shared)].reset_index(drop=True)
+        if column in _TYPE_COLUMNS:
+            values = text
+            remedy = (
+                f"standardize and ingest each feature type on its own (adata[:, adata.var[{column!r}] == "
+                "'Gene Expression']), or give each a feature space of its own"
+            )
+        elif (ids := whole.dropna()).size and ids.str.fullmatch(_ENSEMBL_ID + r"(\.\d+)?").mean() >= 0.9:
+            values = text.str.replace(r"\.\d+$", "", regex=True)
+            remedy = f"standardize by that column (gene_column={column!r}; --var-uid-column {column})"
+        else:
+            continue
+        differ = values.groupby(group, sort=False).nunique(dropna=False) > 1
+        if differ.any():
+            told = {
+                uid: list(zip(names[group == uid], text[group == uid], strict=True))
+                for uid in differ.index[differ.to_numpy()][:3]
+            }
+            raise StandardizationError(
+                f"{int(differ.sum())} feature uids are shared by var entries that var column {column!r} "
+                f"tells apart (uid: [(var entry, {column})]: {told}): merging them would store one entry's "
+                f"values under another's uid; {remedy}"
+            )

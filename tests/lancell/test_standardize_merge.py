@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import ArgumentError, DataValueError, LancellWarning
+from lancell.errors import ArgumentError, DataValueError, LancellWarning, StandardizationError
 from lancell.standardize.pipeline import feature_rows, standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -325,3 +325,30 @@ def test_matrices_names_what_is_copied_merged_and_kept(tmp_path):
     out, _ = standardize_anndata(adata, organism="human", duplicates="sum", matrices=["X", "scaled"])
     assert list(out.layers) == ["scaled"] and not np.shares_memory(out.X.data, adata.X.data)
     assert adata.X.toarray().tolist() == [[1, 3, 1], [4, 2, 0]]  # the caller's matrices are left as they were
+
+
+def test_entries_that_var_tells_apart_are_not_merged():
+    """Two mouse genes named Rp1 (gene_ids differ) were summed into one; a protein named CD4 (feature_types
+    'Antibody Capture') was added into the CD4 gene's counts: both with no word but a count."""
+    x = np.array([[1, 2, 5], [0, 1, 7]], dtype=np.int32)
+    two_genes = _adata(
+        x,
+        ["Rp1", "Rp1", "Sox17"],
+        {"gene_ids": ["ENSMUSG00000025900", "ENSMUSG00000109048", "ENSMUSG00000025902"]},
+    )
+    for duplicates in ("auto", "sum", "first"):
+        with pytest.raises(StandardizationError, match=r"'gene_ids' tells apart .*gene_column='gene_ids'"):
+            standardize_anndata(two_genes, organism="mouse", obs_columns={}, duplicates=duplicates)
+    out, report = standardize_anndata(two_genes, organism="mouse", gene_column="gene_ids", obs_columns={})
+    assert out.var["feature_uid"].tolist()[:2] == ["ENSMUSG00000025900", "ENSMUSG00000109048"]
+    protein = _adata(
+        x, ["CD4", "ENSG00000010610", "TP53"], {"feature_types": ["Antibody Capture"] + 2 * ["Gene"]}
+    )
+    with pytest.raises(
+        StandardizationError, match=r"'feature_types' tells apart .*each feature type on its own"
+    ):
+        standardize_anndata(protein, organism="human", obs_columns={}, duplicates="sum")
+    # an alias and its current symbol of one gene id, the id's version aside: merged as before
+    alias = _adata(x, ONE_GENE, {"gene_ids": ["ENSG00000185621.10", "ENSG00000185621", "ENSG00000141510"]})
+    out, report = standardize_anndata(alias, organism="human", obs_columns={}, duplicates="sum")
+    assert report.var_counts["summed"] == 1 and out.X.toarray().tolist() == [[3, 5], [1, 7]]
