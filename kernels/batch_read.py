@@ -2,9 +2,11 @@
 
 A dataset's cells are element ranges ``[start, start + nnz)`` of two 1-D BP-128 arrays of its zarr group
 (``csr/indices`` and a values layer), chunked alike in ``chunk_len`` elements. Every chunk of every array the
-batch may touch is one entry of a flat *chunk table*: the file it lives in (an index into ``files``, the
-memory-mapped shard objects as uint8 arrays), its byte offset and its size (crc32c trailer included). Group
-``g``'s chunk ``c`` of array ``a`` (0: indices, 1: values) is entry ``base[g, a] + c``.
+batch may touch is one entry of a flat *chunk table*: the file it lives in (an index into ``file_address``
+and ``file_size``: where the memory-mapped shard objects start, and their lengths in bytes), its byte offset
+and its size (crc32c trailer included). Group ``g``'s chunk ``c`` of array ``a`` (0: indices, 1: values) is
+entry ``base[g, a] + c``. (Addresses, not a numba typed list of arrays: a typed list's own methods are
+compiled anew in every process, 1-3 s before a first batch; these kernels load from numba's cache.)
 
 :func:`read_rows` checks the crc32c of each needed chunk and decodes it once (cells are walked in storage
 order, so neighbours share a decoded chunk), maps local feature indices to output columns through the group's
@@ -16,6 +18,8 @@ No I/O and no bounds checks on the tables: the caller builds them from checked s
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 from kernels.bitpack_blocks import decode_chunks_kernel
 from kernels.crc32c import RESIDUE, crc32c
@@ -24,11 +28,25 @@ CRC_MISMATCH = 4
 PAST_PANEL = 5  # a stored local feature index past the group's lookup table (another array's shard)
 
 
+@intrinsic
+def _bytes_at(typingctx, address):
+    """A uint8 pointer to the int64 ``address`` (for :func:`numba.carray`)."""
+    pointer = types.CPointer(types.uint8)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(types.int64), codegen
+
+
 @numba.njit(cache=True, nogil=True)
-def _decode(files, table_file, table_off, table_size, entry, header, one_off, one_size, out) -> int:
+def _decode(
+    file_address, file_size, table_file, table_off, table_size, entry, header, one_off, one_size, out
+) -> int:
     """Check chunk table entry ``entry``'s crc32c and decode it into ``out``: 0, a BP-128 code (1-3), or
     :data:`CRC_MISMATCH`."""
-    buf = files[table_file[entry]]
+    f = table_file[entry]
+    buf = numba.carray(_bytes_at(file_address[f]), file_size[f])
     off = table_off[entry]
     size = table_size[entry]
     if size < 4 or crc32c(buf, off, off + size) != RESIDUE:
@@ -41,7 +59,8 @@ def _decode(files, table_file, table_off, table_size, entry, header, one_off, on
 
 @numba.njit(cache=True, nogil=True)
 def read_rows(
-    files,
+    file_address: np.ndarray,
+    file_size: np.ndarray,
     table_file: np.ndarray,
     table_off: np.ndarray,
     table_size: np.ndarray,
@@ -63,8 +82,9 @@ def read_rows(
 
     Parameters
     ----------
-    files
-        numba typed list of 1-D uint8 arrays (the mapped shard objects).
+    file_address, file_size
+        int64: where each memory-mapped shard object starts, and its length in bytes (the caller keeps
+        the mappings open while the kernel runs).
     table_file, table_off, table_size, base, chunk_len
         The chunk table (see the module docstring).
     header
@@ -117,7 +137,16 @@ def read_rows(
                 entry = base[g, a] + c
                 if cached[a] != entry:
                     code = _decode(
-                        files, table_file, table_off, table_size, entry, header, one_off, one_size, scratch[a]
+                        file_address,
+                        file_size,
+                        table_file,
+                        table_off,
+                        table_size,
+                        entry,
+                        header,
+                        one_off,
+                        one_size,
+                        scratch[a],
                     )
                     if code:
                         return code, entry

@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numba.typed
 import numpy as np
 
 from kernels import bitpack
@@ -38,7 +37,6 @@ from lancell.storage.shard_reader import ShardedArrayReader
 
 __all__ = ["MappedGroups", "warm_kernel"]
 
-_FILE = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
 
 
@@ -55,11 +53,10 @@ def warm_kernel() -> None:
     """Load the batch kernel's machine code for the argument types :meth:`MappedGroups.read` passes (from
     numba's cache, else compiled): the DataLoader's forkserver calls it once, so that no worker pays for it
     at its first batch."""
-    files = numba.typed.List.empty_list(_FILE)
-    files.append(np.frombuffer(bytes(1), np.uint8))
     i64 = np.zeros(1, np.int64)
     read_rows(
-        files,
+        i64,
+        i64,
         np.zeros(1, np.int32),
         i64,
         i64,
@@ -117,7 +114,9 @@ class MappedGroups:
         self._refused = np.zeros(n_groups, bool)
         # (first table entry, reader) of each array in the table, in entry order
         self._readers: list[tuple[int, ShardedArrayReader]] = []
-        self._files = numba.typed.List.empty_list(_FILE)
+        self._files: list[np.ndarray] = []  # the mapped shard objects, mapped while this object lives
+        self._file_address = _Grown(np.int64)
+        self._file_size = _Grown(np.int64)
         self._lock = threading.Lock()  # held while groups are added, not while batches are decoded
         self._file = _Grown(np.int32)
         self._offset = _Grown(np.int64)
@@ -157,13 +156,10 @@ class MappedGroups:
             file_ids.append(np.full(count, len(self._files) + shard, np.int32))
             offsets.append(entries[:, 0].astype(np.int64))
             sizes.append(entries[:, 1].astype(np.int64))
-        # a new list (copy on write): a kernel running on another thread keeps reading the one it was given
-        files = numba.typed.List.empty_list(_FILE)
-        for mapped in self._files:
-            files.append(mapped)
-        for shard in range(reader.n_shards):
-            files.append(_map(reader.local_shard(shard)[0]))
-        self._files = files
+        mapped = [_map(reader.local_shard(shard)[0]) for shard in range(reader.n_shards)]
+        self._files.extend(mapped)  # (never unmapped: a kernel on another thread may be reading them)
+        self._file_address.extend(np.array([m.ctypes.data for m in mapped], np.int64))
+        self._file_size.extend(np.array([m.size for m in mapped], np.int64))
         for column, values in ((self._file, file_ids), (self._offset, offsets), (self._size, sizes)):
             column.extend(np.concatenate(values) if values else np.zeros(0, column.data.dtype))
         self._readers.append((first, reader))
@@ -222,7 +218,8 @@ class MappedGroups:
         with self._lock:
             if not self._add_groups(np.unique(group)):
                 return None
-            files, table = self._files, (self._file.data, self._offset.data, self._size.data)
+            files = (self._file_address.data, self._file_size.data)
+            table = (self._file.data, self._offset.data, self._size.data)
         nnz = np.asarray(nnz, np.int64)
         base = self._base
         n = group.size
@@ -231,7 +228,7 @@ class MappedGroups:
         columns = np.empty(total, np.int32)
         values = np.empty(total, np.uint32)
         code, entry = read_rows(
-            files,
+            *files,
             *table,
             base,
             self.chunk_len,

@@ -165,3 +165,41 @@ def test_zero_fill_padding_is_left_out_as_to_anndata_does(atlas, celltypist):
         np.testing.assert_array_equal(batch.values, reference[positions].data)
         assert batch.values.dtype == kind and dataset.mapped_batches == (kind == np.uint32)
         assert reference.nnz == counts.nnz + 2 * (kind == np.float32)  # counts: its 2 padding zeros left out
+
+
+FIRST_BATCH = """
+import sys
+import numba.core.dispatcher as dispatcher
+
+compiled = []
+compile_for_args = dispatcher._DispatcherBase._compile_for_args
+
+
+def recorded(self, *args, **kwargs):
+    compiled.append(self.py_func.__module__ + "." + self.py_func.__qualname__)
+    return compile_for_args(self, *args, **kwargs)
+
+
+dispatcher._DispatcherBase._compile_for_args = recorded
+from lancell.atlas import RaggedAtlas
+
+query = RaggedAtlas.checkout_latest(sys.argv[1]).query().where("dataset_uid = 'celltypist_sample'")
+dataset = query.layers("gene_expression", "counts").to_cell_dataset("gene_expression", "counts")
+assert dataset.__getitems__(list(range(8))).values.size
+print(sorted({name for name in compiled if name.startswith("numba.")}))
+"""
+
+
+def test_a_fresh_process_first_batch_compiles_none_of_numbas_own_functions(bundled_root: Path) -> None:
+    """The mapped shard files went to the kernel in a numba typed list, whose methods numba compiles in every
+    process (never cached): 1-3 s before each worker's or thread's first batch."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_BATCH, str(bundled_root / "db")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
