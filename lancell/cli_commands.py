@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from lancell.atlas import RaggedAtlas
 
 __all__ = ["ingest", "init", "ls", "name_pairs", "query", "snapshot", "validate", "versions"]
@@ -338,7 +340,16 @@ def query(args: argparse.Namespace) -> int:
     if args.features:
         names = [name for names in args.features for name in names]
         selected = selected.features(names, space, case_sensitive=not args.ignore_case)
+    from lancell.errors import LancellWarning
+
     adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
+    if times := _times_as_text(adata.obs):
+        warnings.warn(
+            f"obs columns {times} hold dates or times, which .h5ad files cannot hold: written as their ISO "
+            "8601 text",
+            LancellWarning,
+            stacklevel=1,
+        )
     output = Path(args.output)
     partial = output.with_name(f".{output.name}.{os.getpid()}.part")
     try:
@@ -348,6 +359,21 @@ def query(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
     return 0
+
+
+def _times_as_text(obs: pd.DataFrame) -> list[str]:
+    """Replace ``obs``'s date, time and duration columns by their ISO 8601 text (missing stays missing); the
+    columns replaced."""
+    import pandas as pd
+
+    replaced = []
+    for name in obs.columns:
+        column = obs[name]
+        if column.dtype.kind in "Mm" or pd.api.types.infer_dtype(column, skipna=True) in ("date", "datetime"):
+            text = column.map(lambda value: value.isoformat() if hasattr(value, "isoformat") else str(value))
+            obs[name] = text.where(column.notna()).astype("category")  # (a missing one stays missing)
+            replaced.append(str(name))
+    return replaced
 
 
 def validate(args: argparse.Namespace) -> int:

@@ -41,6 +41,9 @@ class GroupTable:
         a group may lack some; its cells then read as empty rows in those).
     dtypes
         ``dtypes[k][g]``: stored dtype of layer ``k`` in group ``g`` (``""`` when the group lacks it).
+    unstored
+        ``unstored[k]``: layer ``k``'s dtype where no group stores it: ``to_anndata()``'s (from how the
+        atlas's other datasets store it; int64 when none does).
     luts
         int32 arrays, ``luts[g][local] = output column`` or ``-1`` when the feature is not an output column.
     keeps_all
@@ -62,6 +65,7 @@ class GroupTable:
     measured: np.ndarray
     stores: np.ndarray
     dtypes: list[list[str]]
+    unstored: list[str]
     luts: list[np.ndarray]
     keeps_all: np.ndarray
     monotonic: np.ndarray
@@ -110,6 +114,7 @@ def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
         measured=np.asarray([name in plan.groups for name in names], dtype=bool),
         stores=stores,
         dtypes=dtypes,
+        unstored=[plan.dtypes[layer].name for layer in layers],
         luts=luts,
         keeps_all=np.asarray(keeps_all, dtype=bool),
         monotonic=np.asarray(monotonic, dtype=bool),
@@ -121,9 +126,9 @@ def group_table(plan: ReconstructionPlan, names: Sequence[str]) -> GroupTable:
 def output_dtype(table: GroupTable, layer: int = 0) -> np.dtype:
     """Layer ``layer``'s stored dtype when every group storing it stores the same one (e.g. uint32 counts),
     else the dtype that holds every stored value exactly (numpy's promotion: float64 for uint32 counts and
-    float32 values, which float32 would round above 2**24); int64 when no group stores it, the kind
+    float32 values, which float32 would round above 2**24); when no group stores it, the dtype
     ``to_anndata()`` gives such a layer (:func:`lancell.query.plan.plan_reconstruction`)."""
     if not table.layers:
         return np.dtype(np.float32)
     dtypes = [np.dtype(d) for d, m in zip(table.dtypes[layer], table.stores[layer], strict=True) if m]
-    return np.result_type(*dtypes) if dtypes else np.dtype(np.int64)
+    return np.result_type(*dtypes) if dtypes else np.dtype(table.unstored[layer])

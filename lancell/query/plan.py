@@ -202,7 +202,7 @@ def dataset_group_attrs(
 def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
     """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
     recorded: then every layer in the group's attributes is visible)."""
-    columns = ["uid", "zarr_group", "layout_uid"]
+    columns = ["uid", "zarr_group", "layout_uid", "feature_space"]
     columns += [name for name in ("layers", "cells_of") if name in core.dataset_arrow.names]
     rows = core.pinned("dataset_groups", lambda: read_columns(core.tables.datasets, columns).to_pylist())
     return {row["zarr_group"]: row for row in rows}
@@ -248,6 +248,17 @@ def _describe_groups(
             zero_fill[name] & set(dtypes),
         )
     return layers_of, groups, layers
+
+
+def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[np.dtype]:
+    """The dtypes in which the atlas's other datasets of ``feature_space`` store ``layer``: what a selection
+    none of whose groups store it reads it as (a float layer read as int64 where no selected cell had it)."""
+    stored = []
+    for name, row in _visible_layers(core).items():
+        if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
+            dtype = dataset_group_attrs(core, name, row["uid"]).get("layers", {}).get(layer)
+            stored += [] if dtype is None else [np.dtype(dtype)]
+    return stored
 
 
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
@@ -320,6 +331,7 @@ def plan_reconstruction(
     dtypes = {}
     for layer in wanted:
         stored = [g.layer_dtypes[layer] for g in groups.values() if layer in g.layer_dtypes]
+        stored = stored or _stored_elsewhere(core, feature_space, layer)  # (the same dtype for any selection)
         # integers as int64; floats in the dtype that holds every stored value exactly (numpy's promotion:
         # float32 alone, float64 with uint32 counts of other datasets, which float32 would round above 2**24)
         is_float = any(dtype.kind == "f" for dtype in stored)

@@ -99,6 +99,15 @@ def test_union_of_counts_only_and_two_layer_datasets(atlas, celltypist):
     _assert_same(kept.X[one], counts_only[:, kept.var_names].X, "i")
     assert kept.uns["lancell"]["layer_datasets"] == {"counts": ["one", "two"], "log_normalized": ["two"]}
     assert kept.varm["presence"]["one"].any()  # X is counts: measured by both
+    # a float layer no selected cell's dataset stores keeps its float dtype (it read as int64)
+    only_one = _query(atlas, ["counts", "log_normalized"], "keep").where(dataset_uid="one")
+    assert only_one.to_anndata().layers["log_normalized"].dtype == np.float32
+    assert only_one.to_cell_dataset("gene_expression", ["counts", "log_normalized"]).dtypes == {
+        "counts": np.uint32,
+        "log_normalized": np.float32,
+    }
+    none = _query(atlas, ["counts", "log_normalized"]).where(dataset_uid="nobody").to_anndata()
+    assert none.n_obs == 0 and none.layers["log_normalized"].dtype == np.float32
 
 
 def test_a_layer_with_explicit_zeros_on_the_shared_entries_keeps_them(atlas, celltypist):
