@@ -6,8 +6,13 @@ one synthetic ragged atlas with the *older* commit's code (the newer code reads 
 runs ``--rounds`` rounds, each a fresh process per commit in alternating order, measuring the CPU time
 (``time.process_time``) and wall time of ``to_anndata`` queries (the whole atlas, first as the process's
 first large query, then warm; a cell filter, 20 genes, one dataset's 100 genes) and of loader batches
-(``CellDataset.__getitems__`` + ``SparseCollate``, random and locality order, 0 workers). It prints, per
-piece of work, the median over rounds of each commit and the ratio ``after / before`` of CPU time.
+(``CellDataset.__getitems__`` + ``SparseCollate``, random and locality order, 0 workers: up to 40 batches of
+256 cells, fewer and smaller on a small atlas). It prints, per piece of work, the median over rounds of each
+commit and the ratio ``after / before`` of CPU time.
+
+Each exported tree starts with a cold numba cache, so a first process per commit compiles the kernels: a
+warm-up round (one process per commit) runs first and is discarded. A commit may be compared with itself
+(an A/A run, to see the noise).
 
     .venv/bin/python benchmarks/ab.py BEFORE AFTER [--cells 40000 --datasets 8 --nnz-per-cell 500]
 """
@@ -40,7 +45,9 @@ def export(commit: str, folder: Path) -> Path:
     """The tree of ``commit`` under ``folder/<commit>`` (``git archive``)."""
     target = folder / commit
     target.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
@@ -108,10 +115,13 @@ def measure(root: Path, reps: int) -> dict[str, list[float]]:
     genes = [f"gene{i}" for i in range(0, 20_000, 1_000)]
     dataset = atlas.query().to_cell_dataset("gene_expression", "counts")
     collate = SparseCollate()
-    order = np.random.default_rng(1).permutation(len(dataset))
+    n = len(dataset)
+    size = min(256, n)  # batches of 256 cells (fewer, smaller ones on a small atlas), all within the atlas
+    starts = range(0, size * min(40, n // size), size)
+    order = np.random.default_rng(1).permutation(n)
     batches = {
-        "loader random": [order[i : i + 256].tolist() for i in range(0, 256 * 40, 256)],
-        "loader locality": [list(range(i, i + 256)) for i in range(0, 256 * 40, 256)],
+        "loader random": [order[i : i + size].tolist() for i in starts],
+        "loader locality": [list(range(i, i + size)) for i in starts],
     }
     work = {
         "cell filter": lambda: atlas.query().where("cell_type = 'B cell'").to_anndata(),
@@ -160,7 +170,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.datasets < 1 or args.cells < args.datasets:
+        parser.error(f"--datasets must be at least 1 and --cells ({args.cells}) at least --datasets")
+    if min(args.rounds, args.reps, args.nnz_per_cell) < 1:
+        parser.error("--rounds, --reps and --nnz-per-cell must be at least 1")
     if args.child:
+        import lancell
+
+        tree = Path(os.environ.get("PYTHONPATH", "")).resolve()
+        if tree not in Path(lancell.__file__).resolve().parents:
+            raise SystemExit(
+                f"lancell was imported from {lancell.__file__}, not from the exported tree {tree}"
+            )
         step, root = args.child
         if step == "build":
             build(Path(root), args.cells, args.datasets, args.nnz_per_cell)
@@ -168,29 +189,44 @@ def main() -> None:
             print(json.dumps(measure(Path(root), args.reps)))
         return
     with tempfile.TemporaryDirectory(prefix="lancell-ab-") as scratch:
-        code = {c: export(c, Path(scratch) / "code") for c in (args.before, args.after)}
+        # the same commit twice (an A/A run) is exported once
+        code = {c: export(c, Path(scratch) / "code") for c in dict.fromkeys((args.before, args.after))}
+        commits = {"before": args.before, "after": args.after}
         atlas = Path(scratch) / "atlas"
 
-        def child(commit: str, step: str) -> str:
+        def child(role: str, step: str) -> str:
+            commit = commits[role]
             env = {**os.environ, "PYTHONPATH": str(code[commit]), "LANCE_LOG": "error"}
             command = [sys.executable, __file__, args.before, args.after, "--child", step, str(atlas)]
             command += ["--cells", str(args.cells), "--datasets", str(args.datasets)]
             command += ["--nnz-per-cell", str(args.nnz_per_cell), "--reps", str(args.reps)]
-            return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.stderr.write(done.stdout + done.stderr)
+                raise SystemExit(
+                    f"the {step} step with {role} commit {commit} failed (exit code {done.returncode})"
+                )
+            return done.stdout
 
-        child(args.before, "build")
-        runs: dict[str, list[dict[str, list[float]]]] = {args.before: [], args.after: []}
+        child("before", "build")
+        print(
+            "warm-up round (each exported tree's numba cache is cold: its first process compiles), discarded",
+            flush=True,
+        )
+        for role in ("before", "after"):
+            child(role, "measure")
+        runs: dict[str, list[dict[str, list[float]]]] = {"before": [], "after": []}
         for r in range(args.rounds):
-            for commit in (args.before, args.after) if r % 2 == 0 else (args.after, args.before):
-                runs[commit].append(json.loads(child(commit, "measure").strip().splitlines()[-1]))
+            for role in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                runs[role].append(json.loads(child(role, "measure").strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     print(f"\n{'work':<24} {'before cpu s':>12} {'after cpu s':>12} {'after/before':>13} {'wall a/b':>9}")
     for name in WORK:
-        before = [statistics.median(run[name][i] for run in runs[args.before]) for i in (0, 1)]
-        after = [statistics.median(run[name][i] for run in runs[args.after]) for i in (0, 1)]
+        before = [statistics.median(run[name][i] for run in runs["before"]) for i in (0, 1)]
+        after = [statistics.median(run[name][i] for run in runs["after"]) for i in (0, 1)]
         print(
-            f"{name:<24} {before[0]:>12.4f} {after[0]:>12.4f} {after[0] / before[0]:>12.2f}x "
-            f"{after[1] / before[1]:>8.2f}x"
+            f"{name:<24} {before[0]:>12.4f} {after[0]:>12.4f} {after[0] / max(before[0], 1e-9):>12.2f}x "
+            f"{after[1] / max(before[1], 1e-9):>8.2f}x"
         )
 
 

@@ -14,8 +14,9 @@ Four measurements:
 
 Both reader workloads alternate which pipeline goes first; the ratio is the median of per-repetition ratios.
 
-Run: ``.venv/bin/python benchmarks/checksum.py`` (``--cells 10000 --nnz 2000 --reps 25 --workdir DIR``);
-results and the decision in ``docs/integrity.md``.
+Run: ``.venv/bin/python benchmarks/checksum.py`` (``--cells 10000 --nnz 2000 --reps 25``); the arrays are
+written to a temporary folder removed at the end, or to ``--workdir DIR``, kept there. Results and the decision
+in ``docs/integrity.md``.
 """
 
 from __future__ import annotations
@@ -113,9 +114,25 @@ def main() -> None:
     parser.add_argument("--nnz", type=int, default=2_000)
     parser.add_argument("--random-cells", type=int, default=1_000)
     parser.add_argument("--reps", type=int, default=25)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="write the arrays here and keep them (default: a temporary folder, removed at the end)",
+    )
     args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lancell-checksum-"))
+    if min(args.cells, args.nnz, args.random_cells, args.reps) < 1:
+        parser.error("--cells, --nnz, --random-cells and --reps must be at least 1")
+    if args.workdir is not None:
+        run(args, args.workdir)
+        print(f"\nthe arrays are kept in {args.workdir}")
+        return
+    with tempfile.TemporaryDirectory(prefix="lancell-checksum-") as scratch:
+        run(args, Path(scratch))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    """Write the two pipelines' arrays under ``workdir`` and print the four measurements."""
     x = synthetic_counts(args.cells, 30_000, args.nnz, np.random.default_rng(0))
     data = {
         "indices": x.indices.astype(np.uint32),

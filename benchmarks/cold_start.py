@@ -21,10 +21,17 @@ are taken within the run (the machine is shared: absolute seconds swing with its
   script's, torch, ``lancell.dataloader`` -- and the forks) and the first batch (read by the training
   process while the workers start), then a second loader in the same process (forkserver running); the
   same with 3 s of other work (a sleep: the script's model set-up) between ``make_loader``, which starts
-  the forkserver, and ``iter()``; and with 2 threads (``make_loader(threads=2)``, no processes).
+  the forkserver, and ``iter()``; and with 2 threads (``make_loader(threads=2)``, no processes);
+- **first batch, all-BP-128 atlas** (``--bp128-cells``, default 2,000; 0 skips it): the same training script
+  with 2 workers and with 0 workers over a small synthetic atlas (two datasets of integer counts with
+  different overlapping panels, ``lancell.synthetic.write_synthetic_h5ad`` + ``add_from_anndata``) whose
+  counts are all BP-128, so that the loader takes its path for such atlases (its numba helpers, typed lists
+  included, run in the fresh process); the bundled atlas does not take it (mouse_10k's counts are floats,
+  stored zstd). One discarded run first fills numba's cache for it, as for the first query.
 
 Children run with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` dropped), as users' processes do.
-Run: ``.venv/bin/python benchmarks/cold_start.py`` (``--repeats 5``; ``--workdir DIR`` keeps the atlas;
+Run: ``.venv/bin/python benchmarks/cold_start.py`` (``--repeats 5``). The atlases are built on first use in
+``--workdir`` (default ``/tmp/lancell-cold-start``), kept there after the run and reused by later runs;
 ``--json PATH`` writes the medians; ``--code DIR`` measures another checkout, e.g. an older commit's
 ``git archive``; ``--plot before=a.json after=b.json --png cold_start.png`` draws runs side by side).
 Goals (issue 19): ``import lancell`` <= 1 s; the first-query process <= 1.5x ``import anndata, lance``;
@@ -36,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,7 +147,10 @@ def first_batch(dataset, workers, threads, work_s):
 
 if __name__ == "__main__":
     atlas = RaggedAtlas.checkout_latest(sys.argv[1])
-    query = atlas.query().where("dataset_uid != 'pbmc68k'").layers("gene_expression", "counts")
+    query = atlas.query()
+    if len(sys.argv) > 5 and sys.argv[5]:
+        query = query.where(sys.argv[5])
+    query = query.layers("gene_expression", "counts")
     dataset = query.to_cell_dataset("gene_expression", "counts")
     t2 = time.perf_counter()
     workers, threads, work_s = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -180,16 +191,68 @@ def bundled_atlas(workdir: Path) -> Path:
     return db
 
 
-def measure(db: Path, repeats: int) -> dict:
-    """Every measurement, ``repeats`` interleaved rounds of fresh processes."""
+BP128_ATLAS = """
+import sys
+from pathlib import Path
+import numpy as np, pandas as pd
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.synthetic import write_synthetic_h5ad
+from lancell.tables.schema import DatasetRecord
+root, cells = Path(sys.argv[1]), int(sys.argv[2])
+genes = [f"G{i:05d}" for i in range(3000)]
+atlas = RaggedAtlas.create(str(root / "db"), "cells", CellSchema, store=str(root / "arrays"),
+                           registry_schemas={"gene_expression": GeneFeature})
+atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+rng = np.random.default_rng(0)
+for i, size in enumerate((cells // 2, cells - cells // 2)):
+    panel = np.sort(rng.choice(len(genes), 2000, replace=False))
+    path = root / f"syn{i}.h5ad"
+    write_synthetic_h5ad(path, size, [genes[j] for j in panel], nnz_per_cell=200, seed=i)
+    add_from_anndata(atlas, str(path), feature_space="gene_expression", zarr_layer="counts",
+                     dataset_record=DatasetRecord(uid=f"syn{i}"), csc=False, progress=False)
+    path.unlink()
+atlas.optimize()
+atlas.snapshot(note="cold start: all counts BP-128")
+dataset = RaggedAtlas.checkout_latest(str(root / "db")).query().to_cell_dataset("gene_expression", "counts")
+assert str(dataset.dtype) == "uint32", dataset.dtype  # integer counts: stored BP-128
+"""
+# the training script over the all-BP-128 atlas: (workers, threads, seconds of other work)
+BP128_LOADERS = {
+    "all-BP-128 atlas, 2 workers": ("2", "0", "0"),
+    "all-BP-128 atlas, 0 workers": ("0", "0", "0"),
+}
+
+
+def bp128_atlas(workdir: Path, cells: int) -> Path:
+    """A small synthetic atlas whose counts are all BP-128 (``cells`` cells in two datasets with different
+    overlapping panels) under ``workdir``, built in a child process on first use."""
+    root = workdir / f"bp128-{cells}"
+    if not (root / "done").exists():
+        if root.exists():
+            shutil.rmtree(root)  # a build that did not finish
+        root.mkdir(parents=True)
+        _run(BP128_ATLAS, str(root), str(cells))
+        (root / "done").write_text("")
+    return root / "db"
+
+
+def measure(db: Path, repeats: int, bp128_db: Path | None = None) -> dict:
+    """Every measurement, ``repeats`` interleaved rounds of fresh processes (``bp128_db``: also the first
+    batch on that all-BP-128 atlas)."""
     # the training script is a file: the forkserver preloads a script's main module, not ``-c`` code
     script = db.parent.parent / "first_batch.py"
     script.write_text(FIRST_BATCH)
     _run(NUMBA_START)  # numba's cache holds the probe's signature from here on
     _run(FIRST_QUERY, str(db))  # and the first query's kernels; every module's bytecode is cached
+    loaders = {name: (str(db), *argv, "dataset_uid != 'pbmc68k'") for name, argv in LOADERS.items()}
+    if bp128_db is not None:
+        loaders.update({name: (str(bp128_db), *argv, "") for name, argv in BP128_LOADERS.items()})
+        _run(script, str(bp128_db), "0", "0", "0", "")  # numba's cache holds this path's kernels; discarded
     walls: dict[str, list[float]] = {name: [] for name in [*IMPORTS, "first query process"]}
     inside, preimported, diagnosed, numba_start = [], [], [], []
-    batches: dict[str, list[dict]] = {name: [] for name in LOADERS}
+    batches: dict[str, list[dict]] = {name: [] for name in loaders}
     for _ in range(repeats):
         for name, code in IMPORTS.items():
             walls[name].append(_run(code)[0])
@@ -199,8 +262,8 @@ def measure(db: Path, repeats: int) -> dict:
         preimported.append(json.loads(_run(FIRST_QUERY, str(db), "preimport")[1]))
         diagnosed.append(json.loads(_run(FIRST_QUERY, str(db), "diagnose")[1]))
         numba_start.append(json.loads(_run(NUMBA_START)[1]))
-        for name, argv in LOADERS.items():
-            batches[name].append(json.loads(_run(script, str(db), *argv)[1]))
+        for name, argv in loaders.items():
+            batches[name].append(json.loads(_run(script, *argv)[1]))
     return {
         "walls": {name: statistics.median(v) for name, v in walls.items()},
         "inside": {
@@ -243,6 +306,8 @@ def report(result: dict, repeats: int) -> None:
     )
     print("\n## first batch, batch 256 (goal <= 2 s with 2 workers), fresh process each")
     for name, b in batch.items():
+        if name in BP128_LOADERS and name == next(iter(BP128_LOADERS)):
+            print("  on the all-BP-128 synthetic atlas (--bp128-cells):")
         line = (
             f"  {name:34s} imports {b['imports']:5.2f} s, checkout + to_cell_dataset {b['dataset']:4.2f} s, "
             f"make_loader {b['make_loader']:5.3f} s, iter() {b['iter']:5.2f} s, first batch "
@@ -295,12 +360,34 @@ def plot(runs: dict[str, dict], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def git_commit(code: Path) -> str:
+    """The short commit of the checkout ``code``, or "unknown" where ``code`` is not the top of a git checkout
+    (a ``git archive`` export; one inside another repository's folder would otherwise report that one's)."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=code)
+    if top.returncode or Path(top.stdout.strip()).resolve() != code.resolve():
+        return "unknown"
+    short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=code)
+    return short.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lancell-cold-start"))
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/lancell-cold-start"),
+        help="where the atlases are built on first use, kept and reused (not removed; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bp128-cells",
+        type=int,
+        default=2_000,
+        help="cells of the small all-BP-128 synthetic atlas whose first batch is also timed (0: skip; "
+        "at least 256, one batch; default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="a checkout (git worktree) of the code to measure"
@@ -313,19 +400,22 @@ def main() -> None:
     )
     parser.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "cold_start.png")
     args = parser.parse_args()
+    if args.bp128_cells and args.bp128_cells < 256:
+        parser.error(f"--bp128-cells must be 0 (skip) or at least 256 (one batch), not {args.bp128_cells}")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.plot:
         runs = {k: json.loads(Path(v).read_text()) for k, v in (item.split("=", 1) for item in args.plot)}
         plot(runs, args.png)
         return
     global CODE
     CODE = args.code.resolve()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CODE
-    ).stdout.strip()
+    commit = git_commit(CODE)
     db = bundled_atlas(args.workdir)
+    bp128_db = bp128_atlas(args.workdir, args.bp128_cells) if args.bp128_cells else None
     load = os.getloadavg()[0]
     print(f"commit {commit}, {os.cpu_count()} cores, load average {load:.1f} at the start", flush=True)
-    result = measure(db, args.repeats)
+    result = measure(db, args.repeats, bp128_db)
     result.update(commit=commit, load_start=load, load_end=os.getloadavg()[0])
     report(result, args.repeats)
     print(f"\nload average at the end: {result['load_end']:.1f}")

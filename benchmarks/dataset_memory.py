@@ -1,9 +1,10 @@
 """Peak memory of building a loader's dataset (``query.to_cell_dataset``) at two atlas sizes, in fresh processes.
 
-``--build DIR --cells N`` writes an atlas of N cells in 20 datasets (one stored value per cell: the matrix is
-not what is measured) and snapshots it; ``--measure DIR`` opens its snapshot, builds the dataset of every
+``--build DIR --cells N`` writes an atlas of N cells (at least 20) in 20 datasets of N // 20 cells, the first
+N % 20 datasets one cell more (one stored value per cell: the matrix is not what is measured) and snapshots it; ``--measure DIR`` opens its snapshot, builds the dataset of every
 cell and prints the process's RSS before, its peak (``ru_maxrss``) after, and the growth per cell (``--json``
-keeps it, ``--plot`` draws them). Run the measurement with ``PYTHONPATH`` pointing at another commit's tree to
+appends it to a JSON-lines file, ``--plot`` draws that file's measurements; give at least one of
+``--build``, ``--measure`` and ``--plot``). Run the measurement with ``PYTHONPATH`` pointing at another commit's tree to
 compare.
 """
 
@@ -43,9 +44,9 @@ def build(root: Path, n_cells: int) -> None:
     )
     genes = [f"gene{i:03d}" for i in range(GENES)]
     atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
-    per = n_cells // DATASETS
-    rows = np.arange(per)
     for d in range(DATASETS):
+        per = n_cells // DATASETS + (d < n_cells % DATASETS)  # every cell asked for, none dropped
+        rows = np.arange(per)
         x = sp.csr_matrix((rows % 9 + 1, (rows, (rows + d) % GENES)), shape=(per, GENES), dtype=np.int32)
         obs = pd.DataFrame(index=[f"AAACCTGAGAAACCAT-{d:02d}-{i:08d}" for i in rows])
         lc.add_from_anndata(
@@ -72,8 +73,9 @@ def measure(root: Path, label: str, json_path: Path | None) -> None:
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(dataset)
+    prefix = f"{label}: " if label else ""
     print(
-        f"cells {n}: RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {_rss_mib():.0f} MiB; "
+        f"{prefix}cells {n}: RSS before {before:.0f} MiB, peak {peak:.0f} MiB, after {_rss_mib():.0f} MiB; "
         f"peak - before {peak - before:.0f} MiB = {(peak - before) * 2**20 / n:.0f} B/cell; "
         f"kept {dataset.nbytes()['pointers'] / n:.0f} B/cell; {seconds:.2f} s"
     )
@@ -115,6 +117,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append each measurement to this file (JSON lines)")
     parser.add_argument("--plot", type=Path, help="draw the --json file's measurements into this PNG")
     args = parser.parse_args()
+    if not (args.build or args.measure or args.plot):
+        parser.error("nothing to do: give --build DIR, --measure DIR and/or --plot PNG")
+    if args.plot and args.json is None:
+        parser.error("--plot draws the measurements of a --json file: give --json")
+    if args.build and args.cells < DATASETS:
+        parser.error(f"--cells must be at least {DATASETS} (one cell per dataset), not {args.cells}")
+    if args.plot and not args.measure and not args.json.exists():
+        parser.error(f"--json {args.json} does not exist: nothing to plot")
     if args.build:
         build(args.build, args.cells)
     if args.measure:

@@ -7,7 +7,8 @@ the bundled real datasets and a seeded synthetic negative-binomial dataset (~2,0
         [--gzip-png P] [--lzf-png P]
 
 By default ``add_from_anndata`` also writes the feature-major (CSC) copy of datasets of at least
-``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone. For the synthetic
+``lancell.storage.csc.CSC_MIN_VALUES`` stored values; ``--no-csc`` measures the CSR write alone (everywhere: the
+same-run section then has no "+ CSC" cases). For the synthetic
 file it then prints, from the same run (``--reps`` interleaved repetitions, medians): the time h5py alone
 takes to read its X (data, indices, indptr; blocks of ``lancell.ingest.sources.TARGET_BLOCK_VALUES`` values into
 reused buffers, each repetition in a fresh process), the time the same reads take straight from the file as
@@ -140,6 +141,17 @@ def encode_rates(path: Path, values: int = 8_000_000, reps: int = 5) -> dict[str
     return rates
 
 
+TIME_COLORS = {
+    "h5py read": "#888",
+    "direct read": "#bbb",
+    "ingest, no CSC": "#2a7",
+    "ingest + CSC": "#27a",
+    "again, no CSC": "#8c8",
+    "again + CSC": "#8ac",
+}
+TIME_ORDER = list(TIME_COLORS)
+
+
 def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path, what: str) -> None:
     """Bar chart of the same-run times (median, min-max whiskers) and the encode rates."""
     import matplotlib
@@ -154,7 +166,7 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path, what
         [m - min(times[k]) for k, m in zip(names, medians, strict=True)],
         [max(times[k]) - m for k, m in zip(names, medians, strict=True)],
     ]
-    left.bar(names, medians, yerr=spread, color=["#888", "#bbb", "#2a7", "#27a", "#8c8", "#8ac"], capsize=4)
+    left.bar(names, medians, yerr=spread, color=[TIME_COLORS[k] for k in names], capsize=4)
     for i, m in enumerate(medians):
         left.text(i, m, f"{m / medians[0]:.2f}x", ha="center", va="bottom")
     left.tick_params(axis="x", labelsize=8)
@@ -169,26 +181,23 @@ def plot(times: dict[str, list[float]], rates: dict[str, float], png: Path, what
     fig.savefig(png, dpi=110)
 
 
-def same_run_ratios(path: Path, reps: int, png: Path | None, what: str) -> None:
-    """Print the h5py read of X (and the direct read ingestion does) against ingest without and with the CSC
-    copy, interleaved, medians; each
+def same_run_ratios(path: Path, reps: int, png: Path | None, what: str, with_csc: bool = True) -> None:
+    """Print the h5py read of X (and the direct read ingestion does) against ingest without and (``with_csc``)
+    with the CSC copy, interleaved, medians; each
     ingestion in a fresh process, then the same file again in that process (numba's start-up, lazy imports
     and first-touched memory paid: what each further dataset of a multi-dataset build costs)."""
-    times: dict[str, list[float]] = {
-        "h5py read": [],
-        "direct read": [],
-        "ingest, no CSC": [],
-        "ingest + CSC": [],
-        "again, no CSC": [],
-        "again + CSC": [],
-    }
+    cases = [("off", "ingest, no CSC", "again, no CSC")]
+    if with_csc:
+        cases.append(("on", "ingest + CSC", "again + CSC"))
+    times: dict[str, list[float]] = {"h5py read": [], "direct read": []}
+    for _, first, again in cases:
+        times[first] = []
+        times[again] = []
+    times = {k: times[k] for k in TIME_ORDER if k in times}
     for _ in range(reps):
         times["h5py read"].append(read_seconds(path, "h5py"))
         times["direct read"].append(read_seconds(path, "direct"))
-        for csc, first, again in (
-            ("off", "ingest, no CSC", "again, no CSC"),
-            ("on", "ingest + CSC", "again + CSC"),
-        ):
+        for csc, first, again in cases:
             result = run_case("synthetic", path, "counts", None, csc, again=True)
             times[first].append(result["seconds"])
             times[again].append(result["again"])
@@ -224,8 +233,12 @@ def run_case(
             ],
             capture_output=True,
             text=True,
-            check=True,
             env={**os.environ, "LANCE_LOG": "error"},
+        )
+    if done.returncode:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(
+            f"ingesting {name} ({path}) failed in its child process (exit code {done.returncode})"
         )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["name"] = name
@@ -236,7 +249,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--synthetic-cells", type=int, default=50_000)
     parser.add_argument("--nnz-per-cell", type=int, default=2_000)
-    parser.add_argument("--no-csc", action="store_true", help="never write the CSC copy")
+    parser.add_argument(
+        "--no-csc",
+        action="store_true",
+        help="never write the CSC copy (also leaves the '+ CSC' cases out of the same-run section)",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the same-run ratios")
     parser.add_argument("--png", type=Path, default=None, help="save the same-run chart here")
     parser.add_argument(
@@ -267,7 +284,7 @@ def main() -> None:
         )
         results.append(run_case("synthetic", path, "counts", None, csc))
         what = f"{args.synthetic_cells:,} cells x {args.nnz_per_cell:,} nnz, backed .h5ad"
-        same_run_ratios(path, args.reps, args.png, what)
+        same_run_ratios(path, args.reps, args.png, what, with_csc=not args.no_csc)
         for compression, png in (("gzip", args.gzip_png), ("lzf", args.lzf_png)):
             if png is None:
                 continue
@@ -278,7 +295,7 @@ def main() -> None:
                 [sys.executable, "-c", COMPRESSED_COPY, str(path), str(packed), compression], check=True
             )
             results.append(run_case(f"synthetic {compression}", packed, "counts", None, csc))
-            same_run_ratios(packed, args.reps, png, f"{what}, {compression}")
+            same_run_ratios(packed, args.reps, png, f"{what}, {compression}", with_csc=not args.no_csc)
             packed.unlink()
     header = f"{'dataset':<18}{'cells':>9}{'nnz':>13}{'s':>8}{'cells/s':>10}{'Mnnz/s':>8}{'B/nnz':>7}{'peak MiB':>10}{'+ingest MiB':>12}"
     print(header)

@@ -35,8 +35,11 @@ Data: ``bundled`` = the bundled atlas's two "counts" datasets (celltypist 559 ce
 ``--nnz`` nonzeros per cell) with different overlapping random panels of 12k-24k genes from a 30k universe,
 ``--cells`` cells in total, ingested with ``add_from_anndata``.
 
-Run: ``.venv/bin/python benchmarks/loader.py`` (``--cells 200000``; ``--cells 1000000`` for the 1M run;
-``--workdir DIR`` keeps the built data between runs; ``--append`` writes ``benchmarks/RESULTS.md``).
+Run: ``.venv/bin/python benchmarks/loader.py`` (``--cells 200000``; ``--cells 1000000`` for the 1M run).
+The built data persist in ``--workdir`` (default ``/tmp/lancell-bench-loader``, never removed by this script)
+and are reused by later runs: the synthetic data in a folder named by ``--cells``, ``--datasets`` and ``--nnz``,
+so a run with other sizes builds its own. ``--json FILE`` writes the result rows (rewritten after every
+measurement, so a late failure keeps what was measured); ``benchmarks/RESULTS.md`` is written by hand.
 """
 
 from __future__ import annotations
@@ -387,6 +390,7 @@ def make_runs(data: dict[str, Any], dataset: Any, peers: list[str]) -> dict[str,
     return runs
 
 
+PEERS = ("anndata backed", "scDataset", "tiledbsoma-ml", "annbatch")
 PEERS_VENV = ROOT / ".venv-peers"
 
 
@@ -454,7 +458,7 @@ def decode_ceiling(dataset: Any, batch_size: int, n_batches: int = 8) -> float:
     group, start, nnz = dataset.cell_groups[cells], dataset.cell_positions[cells], dataset.cell_nnz[cells]
     codes = np.unique(group[nnz > 0])
     arrays = dataset.first_layer_arrays(codes)  # (csr/indices, values) per group
-    buffers = []
+    buffers: dict[int, list[bytes]] = {}  # chunk length -> the encoded chunks of that length
     for code in codes.tolist():
         mine = (group == code) & (nnz > 0)
         for array in arrays[code]:
@@ -469,16 +473,22 @@ def decode_ceiling(dataset: Any, batch_size: int, n_batches: int = 8) -> float:
                 offset, size = (int(v) for v in index[chunk % per_shard])
                 with open(path, "rb") as f:
                     f.seek(offset)
-                    buffers.append(f.read(size)[:-4])  # the crc32c trailer is not BP-128
-    buf, offsets, sizes = join_buffers(buffers)
-    out = np.empty(len(buffers) * length, np.uint32)
-    bitpack.decode_chunks(buf, offsets, sizes, out)  # compiled and warm
+                    # the crc32c trailer is not BP-128
+                    buffers.setdefault(length, []).append(f.read(size)[:-4])
+    # one kernel call per chunk length (groups can be chunked differently: a call decodes equal-length chunks)
+    calls = []
+    for length, chunks_of_length in buffers.items():
+        buf, offsets, sizes = join_buffers(chunks_of_length)
+        out = np.empty(len(chunks_of_length) * length, np.uint32)
+        bitpack.decode_chunks(buf, offsets, sizes, out)  # compiled and warm
+        calls.append((buf, offsets, sizes, out))
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        bitpack.decode_chunks(buf, offsets, sizes, out)
+        for buf, offsets, sizes, out in calls:
+            bitpack.decode_chunks(buf, offsets, sizes, out)
         times.append(time.perf_counter() - t0)
-    return cells.size / min(times)
+    return cells.size / max(min(times), 1e-9)
 
 
 def cold_start(root: Path, repeats: int) -> list[dict]:
@@ -569,7 +579,15 @@ def warm_page_cache(path: Path) -> None:
     print(f"  page cache: read {total / 2**30:.2f} GiB of {path} in {time.perf_counter() - started:.1f} s")
 
 
-def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: PeakRSS) -> list[dict]:
+def bench_data(
+    name: str,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    rss: PeakRSS,
+    results: list[dict],
+    save: Callable[[], None],
+) -> None:
+    """Measure every loader on ``data``, appending each result row to ``results`` and calling ``save`` after it."""
     atlas = RaggedAtlas.checkout_latest(data["db"])
     query = atlas.query()
     if data["where"]:
@@ -601,7 +619,6 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
         "scDataset": data["h5ad"],
         "tiledbsoma-ml": Path(build_soma(data["h5ad"])) if "tiledbsoma-ml" in runs else None,
     }
-    results = []
     for loader_name, run in runs.items():
         warm_page_cache(files[loader_name.split()[0] if loader_name.startswith("lancell") else loader_name])
         for batch_size in args.batch_sizes:
@@ -612,6 +629,7 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
                 r = measure(run, batch_size, workers, windows, args, rss)
                 r.update(data=name, loader=loader_name, batch_size=batch_size, workers=workers)
                 results.append(r)
+                save()
                 print(
                     f"  {loader_name:17s} batch {batch_size:5d} workers {workers}: "
                     f"{r['median']:9,.0f} cells/s [{r['min']:,.0f}-{r['max']:,.0f}]  first batch "
@@ -623,6 +641,7 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
         for r in bench_annbatch(data, args, rss):
             r.update(data=name)
             results.append(r)
+            save()
             print(
                 f"  {'annbatch':17s} batch {r['batch_size']:5d} in-process: {r['median']:9,.0f} cells/s "
                 f"[{r['min']:,.0f}-{r['max']:,.0f}]  first batch {r['startup_s']:5.1f} s  entropy "
@@ -633,14 +652,18 @@ def bench_data(name: str, data: dict[str, Any], args: argparse.Namespace, rss: P
     for batch_size in args.batch_sizes:
         ceiling = decode_ceiling(dataset, batch_size)
         ours = [
-            r for r in results if r["loader"].startswith("lancell random") and r["batch_size"] == batch_size
+            r
+            for r in results
+            if r.get("data") == name
+            and r["loader"].startswith("lancell random")
+            and r["batch_size"] == batch_size
         ]
         shares = ", ".join(f"{r['loader']} {r['workers']} workers {r['median'] / ceiling:.0%}" for r in ours)
         print(
             f"  decode-only ceiling, batch {batch_size}: {ceiling:,.0f} cells/s (one core); lancell random = {shares}"
         )
         results.append({"data": name, "loader": "ceiling", "batch_size": batch_size, "median": ceiling})
-    return results
+        save()
 
 
 def ratios(results: list[dict]) -> list[str]:
@@ -717,12 +740,25 @@ def main() -> None:
     parser.add_argument("--window-cells", type=int, default=16_384)
     parser.add_argument("--max-window-s", type=float, default=4.0)
     parser.add_argument(
-        "--peers", nargs="*", default=["anndata backed", "scDataset", "tiledbsoma-ml", "annbatch"]
+        "--peers",
+        nargs="*",
+        choices=PEERS,
+        default=list(PEERS),
+        help="peer loaders to compare with (none: only lancell)",
     )
-    parser.add_argument("--data", nargs="+", default=["bundled", "synthetic"])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lancell-bench-loader"))
+    parser.add_argument(
+        "--data", nargs="+", choices=["bundled", "synthetic"], default=["bundled", "synthetic"]
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/lancell-bench-loader"),
+        help="where the built data are kept and reused between runs (not removed afterwards; default: %(default)s)",
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "loader.png")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write the result rows here, rewritten after each measurement"
+    )
     parser.add_argument(
         "--cold-start", type=int, default=3, help="rounds of the cold-start section (0: skip)"
     )
@@ -734,26 +770,34 @@ def main() -> None:
         flush=True,
     )
     rss = PeakRSS()
-    results = []
-    for name in args.data:
-        started = time.perf_counter()
-        if name == "bundled":
-            data = build_bundled(args.workdir / "bundled")
-        else:
-            data = build_synthetic(
-                args.workdir / f"synthetic-{args.cells}", args.cells, args.datasets, args.nnz
-            )
-        print(f"{name}: data ready in {time.perf_counter() - started:.1f} s", flush=True)
-        results += bench_data(name, data, args, rss)
-    if args.cold_start:
-        results += cold_start(args.workdir, args.cold_start)
+    results: list[dict] = []
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+
+    try:
+        for name in args.data:
+            started = time.perf_counter()
+            if name == "bundled":
+                data = build_bundled(args.workdir / "bundled")
+            else:
+                folder = f"synthetic-{args.cells}cells-{args.datasets}datasets-{args.nnz}nnz"
+                data = build_synthetic(args.workdir / folder, args.cells, args.datasets, args.nnz)
+            print(f"{name}: data ready in {time.perf_counter() - started:.1f} s", flush=True)
+            bench_data(name, data, args, rss, results, save)
+        if args.cold_start:
+            results += cold_start(args.workdir, args.cold_start)
+            save()
+    finally:
+        if args.json:
+            save()
+            print(f"{len(results)} result rows written to {args.json}", flush=True)
     print("\nratios (median cells/s, same run):")
     for line in ratios(results):
         print("  " + line)
     print(f"load average at the end: {psutil.getloadavg()[0]:.1f}")
     plot(results, args.plot)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

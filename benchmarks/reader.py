@@ -19,7 +19,10 @@ The geometry study rewrites the first ``--geometry-cells`` synthetic cells with 
 codecs and measures the batched reader (reads/s, bytes fetched and decoded per cell) against the number of
 objects an atlas of 1M such cells would hold.
 
-Run: ``.venv/bin/python benchmarks/reader.py`` (``--cells 200000 --nnz 2000 --reps 5 --workdir DIR``).
+Run: ``.venv/bin/python benchmarks/reader.py`` (``--cells 200000 --nnz 2000 --reps 5 --workdir DIR``). The
+atlases are built in ``--workdir`` (default ``lancell-bench-reader`` in the temporary folder, ``/tmp``), kept
+there after the run and reused by later runs (the synthetic one per ``--cells`` and ``--nnz``); the geometry
+study's arrays are written again under ``geometry/`` every run.
 """
 
 from __future__ import annotations
@@ -413,7 +416,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--geometry-cells", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "lancell-bench-reader"))
+    parser.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "lancell-bench-reader"),
+        help="where the atlases are built, kept and reused between runs (not removed; default: %(default)s)",
+    )
     parser.add_argument("--png", default=str(ROOT / "benchmarks" / "reader.png"))
     args = parser.parse_args()
     workdir = Path(args.workdir)

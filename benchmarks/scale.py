@@ -127,7 +127,7 @@ def _queries(atlas: Any, dataset_cells: list[int], n_genes: int) -> dict[str, An
         "one dataset (all cells), 100 genes": lambda: (
             atlas.query()
             .where(f"dataset_uid = '{last}'")
-            .features([f"G{i:05d}" for i in range(0, n_genes, n_genes // 100)], "gene_expression")
+            .features([f"G{i:05d}" for i in range(0, n_genes, n_genes // 100)][:100], "gene_expression")
         ),
     }
 
@@ -291,6 +291,8 @@ def parse_args() -> argparse.Namespace:
     args.stages = args.stages.split(",")
     if set(args.stages) - set(STAGES) or ("ingest" not in args.stages and not args.atlases):
         parser.error(f"--stages: a subset of {','.join(STAGES)}; without ingest, give --atlases")
+    if args.genes < 100:
+        parser.error(f"--genes must be at least 100 (the query stage asks for 100 genes), not {args.genes}")
     if args.sizes[0] < args.datasets:
         parser.error(f"every size needs at least one cell per dataset ({args.datasets})")
     return args

@@ -1,7 +1,8 @@
 """A ragged atlas tour: build the bundled atlas, query it across gene panels and layers (marimo notebook).
 
 Run headless with ``python notebooks/ragged_atlas_tour.py`` or open with ``marimo edit``. It writes an atlas
-to ``atlas/`` under the current folder.
+to ``atlas/`` under the current folder: remove ``atlas/`` before running it again (creating an atlas where one
+already is raises ``AtlasExistsError``), or run it from another folder.
 """
 
 import marimo
@@ -17,7 +18,7 @@ def _():
     from lancell.atlas import RaggedAtlas
     from lancell.bundled import BUNDLED, build_bundled_atlas
 
-    build_bundled_atlas(Path("atlas"))  # three real datasets, three gene panels, snapshot 1
+    build_bundled_atlas(Path("atlas"))  # three real datasets, three gene panels, snapshot 0 (the first)
     atlas = RaggedAtlas.checkout_latest("atlas/db")
     datasets = atlas.list_datasets()[["uid", "n_cells", "n_features", "layer"]]
     print(datasets)
@@ -26,7 +27,10 @@ def _():
 
 @app.cell
 def _(atlas):
-    # every dataset keeps its own panel: the union has the features of all, presence says who measured what
+    # every dataset keeps its own panel, and a layer is read where a dataset stored it: the columns are the
+    # union of the panels of the datasets holding "counts" (here celltypist_sample's alone); pbmc68k stored
+    # log-normalized values only, so on_unmeasured("keep") returns its 700 cells as empty rows, and presence
+    # (of the layer read) is False in its column: an unmeasured gene is never taken for a measured zero
     human = (
         atlas.query()
         .where(organism="Homo sapiens")
@@ -36,6 +40,7 @@ def _(atlas):
     )
     presence = human.varm["presence"]
     print(human.shape, presence.sum().to_dict())
+    assert presence["pbmc68k"].sum() == 0 and human[human.obs["dataset_uid"] == "pbmc68k"].X.nnz == 0
     return
 
 

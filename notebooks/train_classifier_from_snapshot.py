@@ -2,7 +2,9 @@
 
 The training set is a tagged, frozen atlas version: the same snapshot and seed give the same batches (the
 report's batch-order hash), whatever is ingested later. Run headless with
-``python notebooks/train_classifier_from_snapshot.py`` or open with ``marimo edit``.
+``python notebooks/train_classifier_from_snapshot.py`` or open with ``marimo edit``. It writes an atlas to
+``atlas/`` under the current folder: remove ``atlas/`` before running it again (creating an atlas where one
+already is raises ``AtlasExistsError``), or run it from another folder.
 """
 
 import marimo
