@@ -366,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (``sys.argv[1:]`` by default); return the exit status.
 
     Run as the program (``argv`` None, in the main thread), a Ctrl-C once the command is done ends the
-    process at once (killed by SIGINT) instead of interrupting the interpreter's shutdown.
+    process at once (killed by SIGINT) instead of interrupting the interpreter's shutdown, and a SIGTERM (how
+    Kubernetes and most schedulers stop a process) stops the command as a Ctrl-C does: what it was writing
+    is rolled back, and it exits with 143.
     """
     from lancell.cli_messages import one_line_warnings, print_error
     from lancell.errors import LancellError
@@ -379,20 +381,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         (parser if before else commands[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command in _CHECKS:
         _CHECKS[args.command](commands[args.command], args)
+    as_program = argv is None and threading.current_thread() is threading.main_thread()
+    if as_program:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         with one_line_warnings(args.command):
             return args.run(args)
     except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
         print_error(args.command, str(exc))
         return 1
-    except KeyboardInterrupt:  # what was being written is rolled back as after any other error
-        print(f"lancell {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # what was being written is rolled back as after any other error
+        terminated = isinstance(exc, Terminated)
+        print(f"lancell {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
-        if argv is None and threading.current_thread() is threading.main_thread():
+        if as_program:
             with contextlib.suppress(OSError):  # a closed pipe: Python reports it at exit, as before
                 sys.stdout.flush()  # what was printed is out before a Ctrl-C can end the process
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised where the command is, so that it is rolled back as a Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -145,7 +145,9 @@ def make_loader(
     Warns
     -----
     LancellWarning
-        ``pin_memory`` without an accelerator, or a ``timeout`` without workers: they are ignored.
+        ``pin_memory`` without an accelerator, or a ``timeout`` without workers: they are ignored. Features
+        some of the dataset's cells never measured (a union of gene panels), read by a collate without
+        ``presence``: their zeros there are not measured zeros.
     """
     if isinstance(sampler, CellSampler):
         sampler.check_dataset(dataset)
@@ -163,6 +165,8 @@ def make_loader(
         raise ArgumentError(
             f"SparseCollate needs a sparse feature space; this dataset's is {dataset.kind}: use DenseCollate"
         )
+    if type(collate_fn) in (SparseCollate, DenseCollate) and not collate_fn.presence:
+        _warn_padded(dataset)
     if (
         pin_memory and not torch.accelerator.is_available()
     ):  # pinning would raise in the first epoch's handoff
@@ -198,3 +202,19 @@ def make_loader(
     if type(collate_fn) in (SparseCollate, DenseCollate):  # a collate of the caller's may need a worker
         return WorkerLoader(dataset, sampler, sent, collate_fn, **kwargs)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=sent, **kwargs)
+
+
+def _warn_padded(dataset: CellDataset) -> None:
+    """Warn when some of ``dataset``'s output features were not measured by every group its cells live in:
+    a batch without the presence mask holds zeros there that no one measured."""
+    groups = dataset.groups
+    rows = groups.presence[:-1][groups.measured]
+    padded = int((~rows).any(axis=0).sum()) if rows.size else 0
+    if padded:
+        warnings.warn(
+            f"{padded} of the {rows.shape[1]} features were not measured by every dataset of these cells (a "
+            "union of gene panels): batches hold 0 where a dataset never measured them; pass presence=True "
+            "to the collate to tell them from measured zeros (or read the intersection of the panels)",
+            LancellWarning,
+            stacklevel=3,
+        )

@@ -552,6 +552,32 @@ def test_ctrl_c_once_the_command_is_done_ends_it_without_a_traceback(tmp_path: P
     assert process.returncode == -signal.SIGINT and err == ""
 
 
+def test_a_sigterm_during_ingest_rolls_it_back_as_a_ctrl_c_does(tmp_path: Path, db: str) -> None:
+    """How a pod is stopped: the process died at once (143), leaving its group, its claim and a lock held."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import time\nfrom lancell.ingest.write_transaction import WriteTransaction\n"
+        "def record_added(self):\n    print('writing', flush=True)\n    time.sleep(60)\n"
+        "WriteTransaction.record_added = record_added\n"
+    )  # stops the ingestion after its group and records are written, before its commit
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    path = _write(tmp_path / "t.h5ad", ["G1", "G2"])
+    process = subprocess.Popen(
+        [str(LANCELL), "ingest", db, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "writing\n"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.splitlines()[-1] == "lancell ingest: terminated"
+    assert "0 datasets, 0 cells" in run("ls", db).stdout
+    assert run("validate", db).stdout == "consistent\n"
+    assert "t: ingested" in run("ingest", db, str(path)).stdout  # no lock left held
+
+
 def test_a_misplaced_sidecar_is_warned_about_as_not_read(tmp_path: Path) -> None:
     """``p.h5ad.json`` beside a file, or a JSON file inside a 10x folder, was ignored without a word: the
     dataset landed under its default uid with none of the sidecar's values."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -179,6 +180,20 @@ def test_fixed_feature_sets_sparse_and_dense(split, mouse, features, space):
         np.testing.assert_array_equal(batch.dense, reference.X[order])
         assert dataset.nbytes()["pointers"] == 12 * len(dataset)
     np.testing.assert_array_equal(batch.presence, presence_matrix(reference).toarray()[order])
+
+
+def test_a_loader_over_a_union_of_panels_without_presence_warns(split):
+    """Batches held 0 where a dataset never measured a gene, with nothing to tell it from a measured 0."""
+    query = split.query().where(f"dataset_uid LIKE '%{SPACE}'").layers(SPACE, "counts")
+    union = query.to_cell_dataset(SPACE, "counts")
+    sampler = CellSampler(union, 50)
+    with pytest.warns(LancellWarning, match=r"800 of the 1000 features were not measured by every dataset"):
+        make_loader(union, sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        make_loader(union, sampler, collate_fn=SparseCollate(presence=True))
+        common = query.feature_join("intersection").to_cell_dataset(SPACE, "counts")
+        make_loader(common, CellSampler(common, 50))
 
 
 def test_loader_honours_query_features_by_symbol_and_uid(bundled):
