@@ -136,8 +136,15 @@ def _read_for_dataset(relative: str, layers: Collection[str], csc_layers: Collec
     return True
 
 
-def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str]) -> list[str]:
-    """What is missing from the arrays of zarr group ``group``: one listing of its objects, compared with the
+def _listing(core: AtlasCore, group: str) -> set[str]:
+    """The keys of every object under zarr group ``group`` (one listing)."""
+    return {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
+
+
+def _missing_shards(
+    core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str], listed: set[str]
+) -> list[str]:
+    """What is missing from the arrays of zarr group ``group``: its objects (``listed``) compared with the
     shard keys each array's ``zarr.json`` implies (:meth:`.ShardLayout.shard_key`).
 
     Only arrays that readers of the committed dataset read (``layers``: the layers its record lists) and
@@ -145,7 +152,6 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
     is damage, not fill values), and offsets arrays that say every chunk was written
     (:mod:`lancell.storage.offsets`), are compared; each array's ``zarr.json`` is read once.
     """
-    listed = {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
     nodes = {key.removesuffix("/zarr.json") for key in listed if key.endswith("/zarr.json")}
     arrays = sorted(n for n in nodes if n != group and not any(o.startswith(f"{n}/") for o in nodes))
     found = []
@@ -185,10 +191,12 @@ def _missing_shards(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
     return found
 
 
-def _damaged_chunks(core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str]) -> list[str]:
-    """The first damaged shard of each array the dataset's readers read: every shard read whole and decoded,
-    so each chunk's CRC32C and encoding are checked (a flipped bit, a truncated object). Costs one read of
-    the dataset's arrays."""
+def _damaged_chunks(
+    core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str], listed: set[str]
+) -> list[str]:
+    """The first damaged shard of each array the dataset's readers read: every shard stored (in ``listed``)
+    read whole and decoded, so each chunk's CRC32C and encoding are checked (a flipped bit, a truncated
+    object); the missing ones are :func:`_missing_shards`'. Costs one read of the dataset's arrays."""
     found = []
     for relative, node in core.zarr_root[group].members(max_depth=None):
         if not isinstance(node, zarr.Array) or not _read_for_dataset(
@@ -203,6 +211,8 @@ def _damaged_chunks(core: AtlasCore, group: str, attrs: dict[str, Any], layers: 
                 found.append(f"array {relative!r} is damaged: {exc}")
             continue
         for shard in range(reader.n_shards):
+            if reader.layout.shard_key(reader.path, shard) not in listed:
+                continue
             try:
                 reader.read_shard(shard)
             except CodecError as exc:
@@ -277,12 +287,13 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
         layers = attrs.get("layers", {}) if row.get("layers") is None else row["layers"]  # older tables: none
-        missing = _missing_shards(core, row["zarr_group"], attrs, layers)
-        problems += [f"dataset {uid!r}: {p}" for p in missing]
-        if checksums and not missing:
-            problems += [
-                f"dataset {uid!r}: {p}" for p in _damaged_chunks(core, row["zarr_group"], attrs, layers)
-            ]
+        listed = _listing(core, row["zarr_group"])
+        problems += [
+            f"dataset {uid!r}: {p}" for p in _missing_shards(core, row["zarr_group"], attrs, layers, listed)
+        ]
+        if checksums:
+            damaged = _damaged_chunks(core, row["zarr_group"], attrs, layers, listed)
+            problems += [f"dataset {uid!r}: {p}" for p in damaged]
     dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)

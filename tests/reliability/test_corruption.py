@@ -226,6 +226,21 @@ def test_validate_with_checksums_names_a_flipped_bit(built: Path, tmp_path: Path
     assert atlas.atlas.validate("pbmc68k", checksums=True) == []
 
 
+def test_validate_with_checksums_reads_what_is_stored_beside_a_missing_shard(
+    built: Path, tmp_path: Path
+) -> None:
+    """One missing shard object made validate(checksums=True) skip the dataset's reads: a flipped bit in
+    another array went unreported."""
+    atlas = Atlas(_copy(built, tmp_path))
+    uid = "celltypist_sample"
+    _flip_in_chunk(atlas.array_dir(uid, "csr/layers/counts"), SHARD_NO, CHUNK_NO)
+    (shard, *_) = sorted(p for p in (atlas.array_dir(uid, "csc/indices") / "c").rglob("*") if p.is_file())
+    shard.unlink()
+    problems = atlas.atlas.validate(uid, checksums=True)
+    assert len(problems) == 2 and "array 'csc/indices'" in problems[0] and "missing" in problems[0]
+    assert problems[1].startswith(f"dataset {uid!r}: array 'csr/layers/counts': shard {SHARD_NO} is damaged")
+
+
 def test_validate_with_checksums_reads_the_offsets_too(built: Path, tmp_path: Path) -> None:
     """csr/indptr, read by zarr-python (its own crc32c codec), was skipped by validate(checksums=True)."""
     atlas = Atlas(_copy(built, tmp_path))
