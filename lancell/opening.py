@@ -80,8 +80,8 @@ def opened_core(
     """The core of the live atlas at ``db_uri`` (``RaggedAtlas.open``).
 
     A writable open records the atlas's id if it has none, reads the store inside the atlas's location
-    (refusing a copy whose store lies elsewhere) and checks that a given store holds the atlas's groups; a
-    read-only one writes nothing and reads the recorded store of a copy, with a warning.
+    (refusing a copy whose store lies elsewhere); a read-only one writes nothing and reads the recorded
+    store of a copy, with a warning. Either checks that a given store holds the atlas's groups.
     """
     options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
     meta, meta_store = read_meta(db_uri, store_kwargs)
@@ -93,7 +93,9 @@ def opened_core(
         url = located_store_url(db_uri, meta, url, writable=True)
     store = recorded_store(store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri)
     database = Database(db_uri, options)
-    if given and not read_only:
+    if given and read_only:  # (a wrong one would read as groups missing: damage, not a wrong argument)
+        check_given_store(store, database, None)
+    elif given:
         check_given_store(store, database, _settled_stores(db_uri, meta))
         refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
@@ -158,7 +160,10 @@ def checked_out_core(
     database = Database(db_uri, options)
     row = read_snapshot(database, int(version))
     url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
+    given = store is not None
     store = recorded_store(store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri)
+    if given:
+        check_given_store(store, database, None)
     return _core(meta, meta_store, database, store, dataset_schema, row)
 
 

@@ -130,6 +130,16 @@ def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path, m
     )
     with pytest.raises(StoreError, match="does not hold this atlas's groups"):
         RaggedAtlas.open(str(tmp_path / "db"), store=other.store)
+    # read-only too (the reads failed later with GroupNotFoundError, as if the atlas were damaged)
+    atlas.snapshot()
+    for read_only in (
+        lambda store: RaggedAtlas.open(str(tmp_path / "db"), store=store, read_only=True),
+        lambda store: RaggedAtlas.checkout_latest(str(tmp_path / "db"), store=store),
+    ):
+        with pytest.raises(StoreError, match="does not hold this atlas's groups"):
+            read_only(other.store)
+        with pytest.raises(StoreError, match="not an atlas's store"):
+            read_only(str(tmp_path / "empty"))
     assert RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "db" / "_zarr")).validate() == []
     add_from_anndata(
         atlas,
