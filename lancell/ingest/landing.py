@@ -43,6 +43,7 @@ from lancell.ingest.landing_spec import (
     read_landing_spec,
     sidecar_path,
 )
+from lancell.ingest.plan import check_cells
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -325,6 +326,7 @@ def ingest_landing_file(
         features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
     # Registered features stay registered if the ingestion then fails: another ingestion may already use
     # them (a dataset of theirs, committed or still being written), and a global_index is never reused.
+    check_cells(atlas.core, record, adata.obs)  # (what needs no registry, refused before it changes)
     atlas.register_features(spec.feature_space, features, on_conflict)
     stored = add_from_anndata(
         atlas,

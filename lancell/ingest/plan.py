@@ -46,6 +46,7 @@ __all__ = [
     "CELL_BATCH",
     "ROWS_PER_COMMIT",
     "IngestPlan",
+    "check_cells",
     "check_record",
     "embedding_vectors",
     "plan_dataset",
@@ -95,6 +96,25 @@ def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = 
     if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
         raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
     check_assigned_fields(record, cells_of)
+
+
+def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame) -> None:
+    """What :func:`plan_ingest` refuses in a new dataset's record and cells alone, checked before anything
+    else changes the atlas (standardization registers features: a refusal after it left them registered).
+
+    Raises
+    ------
+    IngestError
+        A bad or taken dataset uid, an assigned field set, obs names that cannot name one cell each, an obs
+        value its cell schema field cannot hold (:class:`~lancell.errors.ObsConversionError`).
+    """
+    dataset = "(new)" if record is None else record.uid
+    if record is not None:
+        check_record(core, record)
+    check_obs_names(dataset, obs.index)
+    fields = obs_fields(core.cell_arrow)
+    for start in range(0, len(obs), CELL_BATCH):
+        obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
 
 
 def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:

@@ -33,6 +33,7 @@ from lancell.errors import (
     UnknownOrganismError,
 )
 from lancell.standardize.copies import in_memory
+from lancell.standardize.feature_rows import feature_rows
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism
 from lancell.standardize.input_checks import (
     curated_id_check,
@@ -280,24 +281,6 @@ def _standard_genes(
     return adata
 
 
-def feature_rows(adata: ad.AnnData, report: StandardizationReport, columns: pd.Index) -> pd.DataFrame:
-    """Registry rows for the ``feature_uid`` of ``adata``, with the registry's ``gene_symbol`` (current
-    symbol, else the input: the ``report.gene_column`` value or the var name), ``ensembl_id`` and
-    ``organism`` columns where it has them."""
-    genes = report.genes.drop_duplicates("input").set_index("input")  # type: ignore[union-attr]
-    names = adata.var_names if report.gene_column is None else adata.var[report.gene_column]
-    inputs = pd.Series(names.astype(str).str.strip().to_numpy())
-    rows = pd.DataFrame({"uid": adata.var["feature_uid"].astype(str).to_numpy()})
-    if "gene_symbol" in columns:
-        symbols = pd.Series(genes["symbol"].reindex(inputs).to_numpy(), dtype=object)
-        rows["gene_symbol"] = symbols.fillna(inputs).to_numpy()
-    if "ensembl_id" in columns:
-        rows["ensembl_id"] = adata.var["ensembl_id"].astype(object).to_numpy()
-    if "organism" in columns:
-        rows["organism"] = report.organism
-    return rows
-
-
 def standardize_and_ingest(
     atlas: RaggedAtlas,
     adata: ad.AnnData | str | os.PathLike[str],
@@ -357,11 +340,14 @@ def standardize_and_ingest(
     FeatureConflictError
         A gene registered with other values (``on_conflict="error"``; nothing is registered or written).
     IngestError
-        As :func:`lancell.ingest.from_anndata.add_from_anndata`; the features registered by this call stay
-        registered (registration is idempotent), no cell or array is written.
+        As :func:`lancell.ingest.from_anndata.add_from_anndata`. A taken dataset uid and obs that cannot be
+        stored are refused before anything is registered; after registration (a matrix refused as it is
+        read), the features registered by this call stay registered (registration is idempotent), and no
+        cell or array is written.
     """
     from lancell.ingest.fingerprint import check_on_duplicate
     from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.ingest.plan import check_cells
     from lancell.tables.feature_spaces import resolve_feature_space
 
     check_on_duplicate(dataset_record.uid if dataset_record else "(new)", on_duplicate)  # before reading
@@ -386,6 +372,7 @@ def standardize_and_ingest(
         genes=True,
         **standardize,
     )  # type: ignore[arg-type]
+    check_cells(atlas.core, dataset_record, standardized.obs)  # (refused before its genes are registered)
     columns = atlas.feature_registry(feature_space).columns
     atlas.register_features(feature_space, feature_rows(standardized, report, columns), on_conflict)
     record = add_from_anndata(

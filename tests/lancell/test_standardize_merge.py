@@ -12,7 +12,14 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import ArgumentError, DataValueError, LancellWarning, StandardizationError
+from lancell.errors import (
+    ArgumentError,
+    DataValueError,
+    DuplicateDatasetError,
+    IngestError,
+    LancellWarning,
+    StandardizationError,
+)
 from lancell.standardize.pipeline import feature_rows, standardize_and_ingest, standardize_anndata
 from lancell.standardize.var_merge import merge_duplicate_columns
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -349,6 +356,43 @@ def test_entries_that_var_tells_apart_are_not_merged():
     ):
         standardize_anndata(protein, organism="human", obs_columns={}, duplicates="sum")
     # an alias and its current symbol of one gene id, the id's version aside: merged as before
-    alias = _adata(x, ONE_GENE, {"gene_ids": ["ENSG00000185621.10", "ENSG00000185621", "ENSG00000141510"]})
+    alias = _adata(x, ONE_GENE, {"gene_ids": ["ENSG00000162522.10", "ENSG00000162522", "ENSG00000141510"]})
     out, report = standardize_anndata(alias, organism="human", obs_columns={}, duplicates="sum")
     assert report.var_counts["summed"] == 1 and out.X.toarray().tolist() == [[3, 5], [1, 7]]
+
+
+def test_refusals_that_need_no_registry_come_before_registration(tmp_path):
+    """A taken dataset uid, repeated obs names or an obs value the schema cannot hold were refused after the
+    file's genes were registered: the atlas changed on a refusal."""
+    atlas = _atlas(tmp_path)
+    x = np.array([[1, 2], [3, 4]], dtype=np.int32)
+    standardize_and_ingest(
+        atlas, _adata(x, ["CD3E", "CD4"]), feature_space="gene_expression", zarr_layer="counts",
+        organism="human", dataset_record=DatasetRecord(uid="d1"), progress=False,
+    )  # fmt: skip
+    before = atlas.feature_registry("gene_expression")
+    repeated = _adata(x, ["CD8A", "CD4"])
+    repeated.obs_names = ["c0", "c0"]
+    for adata, uid, error in (
+        (_adata(x, ["CD8A", "CD4"]), "d1", DuplicateDatasetError),
+        (repeated, "d2", IngestError),
+    ):
+        with pytest.raises(error):
+            standardize_and_ingest(
+                atlas, adata, feature_space="gene_expression", zarr_layer="counts", organism="human",
+                dataset_record=DatasetRecord(uid=uid), progress=False,
+            )  # fmt: skip
+    pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
+
+
+def test_an_unresolved_id_keeps_the_files_own_symbol():
+    """A retired or unknown id's registry symbol was the id itself, though var["gene_symbol"] held its name:
+    querying that name found nothing."""
+    by_id = _adata(
+        np.array([[1, 2]], dtype=np.int32),
+        ["ENSG00000141510", "ENSG00000999999"],
+        {"gene_symbol": ["p53", "MYGENE1"]},
+    )
+    out, report = standardize_anndata(by_id, organism="human", obs_columns={})
+    rows = feature_rows(out, report, pd.Index(["uid", "gene_symbol"]))
+    assert rows["gene_symbol"].tolist() == ["TP53", "MYGENE1"]  # the reference's symbol, else the file's
