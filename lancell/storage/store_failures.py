@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -70,21 +71,36 @@ def one_line(exc: BaseException) -> str:
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
         text += f" ({causes[-1]})"
-    return text + "".join(hint for pattern, hint in _HINTS if pattern.search(text))
+    return text + "".join(hint() for pattern, hint in _HINTS if pattern.search(text))
 
 
-# what the words of an S3 client's error mean, where they do not say it themselves
-_HINTS = (
-    (
-        re.compile(r"performing \w+ http://.*builder error"),
+def _allow_http_hint() -> str:
+    """What a plain-HTTP endpoint refused for want of ``allow_http`` needs: the environment variable is
+    offered only where it is not already set (a given ``allow_http`` wins over it)."""
+    if os.environ.get("AWS_ALLOW_HTTP", "").strip().lower() in _TRUE:
+        return (
+            "; an endpoint over plain HTTP needs allow_http: AWS_ALLOW_HTTP is set, but an allow_http given "
+            "in store_kwargs' client_options (or in LanceDB's storage_options) wins over it: give it True "
+            "there, or leave it out"
+        )
+    return (
         "; an endpoint over plain HTTP needs client_options={'allow_http': True} in store_kwargs (or "
-        "AWS_ALLOW_HTTP=true)",
-    ),
+        "AWS_ALLOW_HTTP=true)"
+    )
+
+
+# how object_store reads a boolean setting as true
+_TRUE = ("true", "1", "yes", "on", "y")
+# what the words of an S3 client's error mean, where they do not say it themselves
+_HINTS: tuple[tuple[re.Pattern[str], Callable[[], str]], ...] = (
+    (re.compile(r"performing \w+ http://.*builder error"), _allow_http_hint),
     (
         re.compile(r"169\.254\.169\.254"),
-        "; no credentials were found (it then asked the cloud instance's metadata service): set "
-        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id / secret_access_key in store_kwargs' "
-        "config",
+        lambda: (
+            "; no credentials were found (it then asked the cloud instance's metadata service): set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id / secret_access_key in "
+            "store_kwargs' config"
+        ),
     ),
 )
 

@@ -16,7 +16,17 @@ from typing import Any
 
 from lancell.errors import StoreError
 
-__all__ = ["canonical_name", "check_endpoint", "store_config", "with_recorded_config"]
+__all__ = [
+    "CLIENT_OPTIONS",
+    "RETRY_SETTINGS",
+    "canonical_name",
+    "check_endpoint",
+    "check_store_kwargs",
+    "environment_client_options",
+    "store_config",
+    "with_environment_client_options",
+    "with_recorded_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +41,40 @@ _ENV_PREFIX = {
     "az": "AZURE_",
     "azure": "AZURE_",
 }
-# The environment variables that give an S3 endpoint (obstore and lance read both).
+# The environment variables that give an S3 endpoint (obstore and lance read both) when none is given.
 _ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+# The AWS SDKs' S3-only endpoint variable: obstore and lance read it too, and use it over an endpoint given in
+# their settings.
+_S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+# The client options (``client_options`` of obstore.store.from_url) that obstore and lance also read from the
+# environment, as ``<PREFIX><NAME>`` (``AWS_ALLOW_HTTP``, ``GOOGLE_TIMEOUT``...). obstore drops the
+# environment's when ``client_options`` are given, and ends one given in ``config`` with a Rust panic.
+CLIENT_OPTIONS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_max_frame_size",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "proxy_url",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    }
+)
+# The keys of obstore's retry_config and of its backoff (obstore ignores any other without a word).
+RETRY_SETTINGS = ("backoff", "max_retries", "retry_timeout")
+_BACKOFF_SETTINGS = ("base", "init_backoff", "max_backoff")
 # S3 settings sent in request headers (canonical names; one setting's aliases together), which may hold no
 # control character
 _S3_HEADER_SETTINGS = (
@@ -44,13 +86,18 @@ _S3_HEADER_SETTINGS = (
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def check_endpoint(url: str, settings: Mapping[str, Any] | None, source: str) -> None:
-    """Refuse an endpoint that is not an ``http://`` or ``https://`` URL, for the object store at ``url``, and
-    an S3 credential or region holding a control character.
+def check_endpoint(
+    url: str, settings: Mapping[str, Any] | None, source: str, *, lance: bool | None = None
+) -> None:
+    """Refuse an endpoint that is not an ``http://`` or ``https://`` URL, for the object store at ``url``, an
+    endpoint given in ``settings`` that the environment would replace, and an S3 credential or region
+    holding a control character.
 
     The endpoint is the one ``settings`` give (``endpoint`` or ``endpoint_url``, with or without ``aws_``),
-    else, for ``s3://``, the one the environment gives (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT``). obstore and
-    LanceDB end such an endpoint (``"127.0.0.1:9000"``) with a Rust panic, which Python's
+    else, for ``s3://``, the one the environment gives (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT``).
+    ``AWS_ENDPOINT_URL_S3`` (the AWS SDKs' S3-only variable) is always checked: obstore and lance use it
+    even over an endpoint given in their settings, so an endpoint given that differs from it is refused.
+    obstore and LanceDB end a malformed endpoint (``"127.0.0.1:9000"``) with a Rust panic, which Python's
     ``except Exception`` does not even catch.
 
     Parameters
@@ -61,28 +108,66 @@ def check_endpoint(url: str, settings: Mapping[str, Any] | None, source: str) ->
         The settings given for it (obstore's configuration, or LanceDB's ``storage_options``).
     source
         What ``settings`` are, for the message (``"store_kwargs"``, ``"storage_options"``).
+    lance
+        Whether ``settings`` are LanceDB's (default: when ``source`` is ``"storage_options"``). lance adds
+        the environment's endpoint beside one given under another name than ``aws_endpoint`` and uses
+        either of the two: a given endpoint that differs from the environment's is refused unless it is
+        given as ``aws_endpoint`` (:func:`~lancell.storage.stores.lancedb_storage_options` adds that name).
 
     Raises
     ------
     StoreError
-        The endpoint names no scheme (or another one), or a credential holds a line end; the message names
-        the setting or the environment variable that gave it.
+        The endpoint names no scheme (or another one), an environment variable would replace the endpoint
+        given, or a credential holds a line end; the message names the setting or the environment variable.
     """
     scheme = _scheme(url)
     if scheme in ("", "file"):
         return
-    found = [
-        (f"{source} setting {key}", value) for key, value in (settings or {}).items() if _is_endpoint(key)
-    ]
-    if not found and _ENV_PREFIX.get(scheme) == "AWS_":
-        found = [
-            (f"environment variable {name}", os.environ[name]) for name in _ENDPOINT_ENV if name in os.environ
-        ]
+    lance = source == "storage_options" if lance is None else lance
+    settings = settings or {}
+    given = [(f"{source} setting {key}", value) for key, value in settings.items() if _is_endpoint(key)]
+    found = list(given)
+    s3 = _ENV_PREFIX.get(scheme) == "AWS_"
+    if s3:
+        # without an endpoint given, obstore and lance use the environment's; lance may use it beside one
+        # given under another name than aws_endpoint; everyone uses AWS_ENDPOINT_URL_S3
+        names = (_S3_ENDPOINT_ENV,)
+        if not given or (lance and "aws_endpoint" not in {str(key).lower() for key in settings}):
+            names = (*_ENDPOINT_ENV, _S3_ENDPOINT_ENV)
+        found += [(f"environment variable {name}", os.environ[name]) for name in names if name in os.environ]
     for where, value in found:
         if not re.match(r"https?://[^/\s]", str(value)):
             raise StoreError(f"{where}={value!r} (for {url}) must be an http:// or https:// URL")
-    if _ENV_PREFIX.get(scheme) == "AWS_":
+    if s3:
+        _check_endpoint_not_replaced(url, given, found[len(given) :])
         _check_header_text(url, settings, source)
+
+
+def _check_endpoint_not_replaced(
+    url: str, given: list[tuple[str, Any]], environment: list[tuple[str, Any]]
+) -> None:
+    """Refuse an endpoint given that an environment variable would replace: ``AWS_ENDPOINT_URL_S3`` for
+    every client, ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT`` for lance when the endpoint is not given as
+    ``aws_endpoint`` (``environment`` holds only those variables then)."""
+    for where, value in given:
+        for variable, theirs in environment:
+            if _same_endpoint(value, theirs):
+                continue
+            client = "obstore and LanceDB use" if variable.endswith(_S3_ENDPOINT_ENV) else "LanceDB may use"
+            remedy = (
+                "unset the variable, or make the two agree"
+                if variable.endswith(_S3_ENDPOINT_ENV)
+                else "give the endpoint as aws_endpoint (lance then leaves the environment's out), unset "
+                "the variable, or make the two agree"
+            )
+            raise StoreError(
+                f"{where}={value!r} (for {url}) would not be used: {client} the {variable}={theirs!r} "
+                f"instead; {remedy}"
+            )
+
+
+def _same_endpoint(one: object, other: object) -> bool:
+    return str(one).rstrip("/") == str(other).rstrip("/")
 
 
 def _check_header_text(url: str, settings: Mapping[str, Any] | None, source: str) -> None:
@@ -103,6 +188,71 @@ def _check_header_text(url: str, settings: Mapping[str, Any] | None, source: str
                     f"{where} (for {url}) holds a control character (a line end read with it from a file?): "
                     "strip it"
                 )
+
+
+def check_store_kwargs(url: str, store_kwargs: Mapping[str, Any] | None) -> None:
+    """Refuse what obstore would drop or end in a Rust panic, for the object store at ``url``: a key of
+    ``retry_config`` (or of its ``backoff``) obstore does not know, which it ignores without a word, and a
+    client option (``allow_http``, ``timeout``...) given as configuration (``config`` or a keyword argument),
+    which it ends with a Rust panic.
+
+    Raises
+    ------
+    StoreError
+        Naming the key, and the keys that are known (or where the client option goes).
+    """
+    kwargs = store_kwargs or {}
+    retry = kwargs.get("retry_config")
+    if isinstance(retry, Mapping):
+        unknown = sorted(str(key) for key in retry if key not in RETRY_SETTINGS)
+        backoff = retry.get("backoff")
+        if isinstance(backoff, Mapping):
+            unknown += sorted(f"backoff.{key}" for key in backoff if key not in _BACKOFF_SETTINGS)
+        if unknown:
+            raise StoreError(
+                f"store_kwargs retry_config {unknown} (for {url}): no store knows these keys, and obstore "
+                f"would ignore them; retry_config takes {list(RETRY_SETTINGS)}, its backoff "
+                f"{list(_BACKOFF_SETTINGS)}"
+            )
+    prefix = (_ENV_PREFIX.get(_scheme(url)) or "").lower()
+    misplaced = [
+        key for key in store_config(kwargs) if str(key).lower().removeprefix(prefix) in CLIENT_OPTIONS
+    ]
+    if misplaced:
+        raise StoreError(
+            f"store_kwargs settings {misplaced} (for {url}) are client options: give them in "
+            "store_kwargs' client_options, not as configuration (obstore ends them there with a Rust panic)"
+        )
+
+
+def environment_client_options(url: str) -> dict[str, str]:
+    """The client options the environment gives the object store at ``url`` (``AWS_ALLOW_HTTP``,
+    ``AWS_TIMEOUT``... for ``s3://``; ``GOOGLE_``, ``AZURE_`` for the others), by option name."""
+    prefix = _ENV_PREFIX.get(_scheme(url))
+    if prefix is None:
+        return {}
+    return {
+        name: os.environ[prefix + name.upper()]
+        for name in CLIENT_OPTIONS
+        if prefix + name.upper() in os.environ
+    }
+
+
+def with_environment_client_options(url: str, store_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``store_kwargs`` whose ``client_options``, when given, are completed by the environment's
+    (:func:`environment_client_options`; the given ones win, under any case).
+
+    obstore reads the client options from the environment, then replaces them all by ``client_options``
+    when those are given: ``AWS_ALLOW_HTTP=true`` was lost once a ``timeout`` was given.
+    """
+    given = store_kwargs.get("client_options")
+    if given is None:
+        return store_kwargs
+    taken = {str(key).lower() for key in given}
+    extra = {name: value for name, value in environment_client_options(url).items() if name not in taken}
+    if not extra:
+        return store_kwargs
+    return {**store_kwargs, "client_options": {**extra, **dict(given)}}
 
 
 def store_config(store_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -142,6 +292,8 @@ def with_recorded_config(
         for name, value in (os.environ.items() if environment else ())
         if name.startswith(prefix)
     }
+    if environment and prefix == "AWS_" and _S3_ENDPOINT_ENV in os.environ:  # the one the clients use
+        env["endpoint"] = os.environ[_S3_ENDPOINT_ENV]
     given = {**env, **{canonical_name(key): value for key, value in store_config(kwargs).items()}}
     ours, theirs = given.get("endpoint"), recorded.get("endpoint")
     if ours is not None and theirs is not None and str(ours).rstrip("/") != str(theirs).rstrip("/"):
@@ -172,6 +324,7 @@ def _is_endpoint(key: object) -> bool:
 
 
 def canonical_name(key: object) -> str:
-    """A setting's name in one spelling: lower case, no ``aws_`` prefix, ``endpoint_url`` as ``endpoint``."""
+    """A setting's name in one spelling: lower case, no ``aws_`` prefix, ``endpoint_url`` (and
+    ``endpoint_url_s3``, of ``AWS_ENDPOINT_URL_S3``) as ``endpoint``."""
     name = str(key).lower().removeprefix("aws_")
-    return "endpoint" if name == "endpoint_url" else name
+    return "endpoint" if name in ("endpoint_url", "endpoint_url_s3") else name

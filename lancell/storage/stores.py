@@ -25,7 +25,13 @@ from zarr.core.buffer import Buffer
 from lancell.errors import LancellWarning, StoreError
 from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
-from lancell.storage.store_settings import check_endpoint, store_config
+from lancell.storage.store_settings import (
+    canonical_name,
+    check_endpoint,
+    check_store_kwargs,
+    store_config,
+    with_environment_client_options,
+)
 
 __all__ = [
     "check_options_used",
@@ -50,6 +56,14 @@ _URL_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "a
 # A local put's staging file (object_store's LocalFileSystem): up to the first "#" anything, then only
 # digits. It is hidden from list, and put refuses such a name.
 _STAGING_FILE = re.compile(r"[^#]*#[0-9]+")
+# A location that is no URL ("://" missing) but starts like one: "s3:/bucket/db", "file:/data/db", "gs:b/db".
+# Taken for a local path it made folders named "s3:"; a Windows drive ("C:/data") has a one-letter name.
+_MISTYPED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(?!//)")
+# URL schemes that are surely meant as such when followed by ":" ("s3:bucket/db" as well as "s3:/bucket/db").
+_KNOWN_SCHEMES = frozenset({*_URL_SCHEMES, "file", "http", "https", "abfs", "abfss", "adl"})
+# The environment variables lance reads an S3 endpoint from as its aws_endpoint setting (it reads
+# AWS_ENDPOINT_URL_S3 as well, and uses it over any endpoint given: check_endpoint refuses that).
+_LANCE_ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 # obstore's S3 config names -> the names the LanceDB (lance) docs use for the same settings.
 _LANCE_S3_NAMES = {
     "access_key_id": "aws_access_key_id",
@@ -60,8 +74,25 @@ _LANCE_S3_NAMES = {
 
 
 def is_local(uri: str) -> bool:
-    """True when ``uri`` is a local path or a ``file://`` URL."""
-    return "://" not in uri or uri.startswith("file://")
+    """True when ``uri`` is a local path or a ``file://`` URL.
+
+    Raises
+    ------
+    StoreError
+        ``uri`` is a mistyped URL (``s3:/bucket/db``, ``file:/data/db``: a scheme, ``:`` and one slash, or a
+        known scheme and ``:`` without ``//``); taken for a local path it made folders named ``s3:``.
+    """
+    if "://" in uri:
+        return uri.startswith("file://")
+    typo = _MISTYPED_URL.match(uri)
+    if typo and (uri[typo.end() :].startswith("/") or typo.group(1).lower() in _KNOWN_SCHEMES):
+        scheme, rest = typo.group(1), uri[typo.end() :].lstrip("/")
+        meant = f"file:///{rest}" if scheme.lower() == "file" else f"{scheme}://{rest}"
+        raise StoreError(
+            f"location {uri!r} looks like a mistyped URL (a URL takes two slashes: {meant}); for a local "
+            f"folder of that name, give it as ./{uri}"
+        )
+    return True
 
 
 def local_path(uri: str) -> Path:
@@ -69,6 +100,7 @@ def local_path(uri: str) -> Path:
     :meth:`pathlib.Path.as_uri` writes spaces, ``%`` and non-ASCII characters)."""
     if uri.startswith("file://"):
         return Path(unquote(uri.removeprefix("file://"))).expanduser().resolve()
+    is_local(uri)  # a mistyped URL is no local path
     return Path(uri).expanduser().resolve()
 
 
@@ -76,7 +108,15 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
     """Open an obstore store at ``url`` (creating a local directory if needed).
 
     ``store_kwargs`` are passed to :func:`obstore.store.from_url` (for example
-    ``{"config": {"skip_signature": True, "region": "us-east-2"}}``).
+    ``{"config": {"skip_signature": True, "region": "us-east-2"}}``); ``client_options`` given are completed
+    by the environment's (``AWS_ALLOW_HTTP``, ``AWS_TIMEOUT``...), which obstore would drop for them.
+
+    Raises
+    ------
+    StoreError
+        The store cannot be opened: a local folder that cannot be made, a mistyped URL (:func:`is_local`),
+        settings refused (:func:`~lancell.storage.store_settings.check_store_kwargs`,
+        :func:`~lancell.storage.store_settings.check_endpoint`) or by obstore.
     """
     kwargs = dict(store_kwargs or {})
     if is_local(url):
@@ -88,7 +128,9 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
                 f"cannot create the local store folder {str(path)!r}: {exc.strerror or exc}"
             ) from exc
         return obs_store.LocalStore(path)
+    check_store_kwargs(url, kwargs)
     check_endpoint(url, store_config(kwargs), "store_kwargs")
+    kwargs = with_environment_client_options(url, kwargs)  # obstore drops the environment's for them
     try:
         return obs_store.from_url(url, **kwargs)
     except Exception as exc:  # obstore raises several unrelated types for bad URLs/config
@@ -163,7 +205,9 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     ``store_kwargs["client_options"]`` (``timeout``, ``connect_timeout``...) are flattened into one mapping of
     strings (LanceDB rejects non-string values; booleans become ``"true"``/``"false"``). S3 credential names
     become LanceDB's ``aws_*`` names and an ``aws_`` prefix on other keys is dropped (``aws_endpoint`` ->
-    ``endpoint``); other keys pass through, since lance and obstore share object_store's names.
+    ``endpoint``); other keys pass through, since lance and obstore share object_store's names. An S3
+    endpoint is given as ``aws_endpoint`` too while ``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT`` is set: lance
+    adds the environment's endpoint under that name beside one given under another, and used either.
     ``retry_config``'s ``max_retries`` and ``retry_timeout`` become lance's ``client_max_retries`` and
     ``client_retry_timeout`` (whole seconds, rounded up).
 
@@ -179,6 +223,13 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     dict of str to str or None
         None when ``db_uri`` is local or there is nothing to pass (LanceDB then reads the environment).
 
+    Raises
+    ------
+    StoreError
+        ``retry_config`` holds a key no store knows, a client option is given as configuration
+        (:func:`~lancell.storage.store_settings.check_store_kwargs`), or the endpoint is refused
+        (:func:`~lancell.storage.store_settings.check_endpoint`).
+
     Warns
     -----
     LancellWarning
@@ -187,6 +238,7 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     """
     if is_local(db_uri) or not store_kwargs:
         return None
+    check_store_kwargs(db_uri, store_kwargs)
     is_s3 = db_uri.startswith(("s3://", "s3a://"))
     flat = {**store_config(store_kwargs), **dict(store_kwargs.get("client_options") or {})}
     options: dict[str, str] = {}
@@ -196,6 +248,11 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
             name = name.removeprefix("aws_")
             name = _LANCE_S3_NAMES.get(name, name)
         options[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    endpoint = [value for key, value in options.items() if canonical_name(key) == "endpoint"]
+    if is_s3 and endpoint and any(name in os.environ for name in _LANCE_ENDPOINT_ENV):
+        # lance adds the environment's endpoint as aws_endpoint beside an endpoint given under another name,
+        # and uses either: given under that name, it is the one used
+        options["aws_endpoint"] = endpoint[-1]
     retry = {
         key: value for key, value in (store_kwargs.get("retry_config") or {}).items() if value is not None
     }
@@ -216,7 +273,7 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
             LancellWarning,
             stacklevel=3,
         )
-    check_endpoint(db_uri, options, "store_kwargs")
+    check_endpoint(db_uri, options, "store_kwargs", lance=True)
     return options or None
 
 

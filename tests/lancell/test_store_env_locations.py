@@ -1,0 +1,65 @@
+"""A location that looks like a mistyped URL (``s3:/bucket/db``, one slash) is refused as such, before
+anything is made: lancell took it for a local path and made ``./s3:/...`` folders, then LanceDB, reading it as
+an S3 URL, failed with a raw message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.cli import main
+from lancell.errors import StoreError
+from lancell.storage.stores import is_local, local_path, open_store
+
+
+@pytest.mark.parametrize(
+    ("location", "meant"),
+    [
+        ("s3:/lancell/typo/db", "s3://lancell/typo/db"),
+        ("gs:/bucket/db", "gs://bucket/db"),
+        ("s3:lancell/db", "s3://lancell/db"),  # a known scheme without any slash
+        ("file:/data/db", "file:///data/db"),
+        ("minio:/bucket/db", "minio://bucket/db"),  # any scheme of letters with one slash
+    ],
+)
+def test_a_mistyped_url_is_refused_before_anything_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str, meant: str
+):
+    monkeypatch.chdir(tmp_path)
+    refused = rf"location '{location}' looks like a mistyped URL \(a URL takes two slashes: {meant}\)"
+    with pytest.raises(StoreError, match=refused):
+        is_local(location)
+    with pytest.raises(StoreError, match=refused):
+        open_store(location)
+    with pytest.raises(StoreError, match=refused):
+        RaggedAtlas.create(location, "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature})
+    with pytest.raises(StoreError, match=refused):
+        RaggedAtlas.create(
+            str(tmp_path / "db"),
+            "cells",
+            CellSchema,
+            store=location,
+            registry_schemas={"gene_expression": GeneFeature},
+        )
+    with pytest.raises(StoreError, match=refused):
+        RaggedAtlas.open(location)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lancell_init_refuses_a_mistyped_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "s3:/lancell/typo/db"]) == 1
+    error = capsys.readouterr().err
+    assert "looks like a mistyped URL (a URL takes two slashes: s3://lancell/typo/db)" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_paths_that_only_resemble_a_url_are_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    for location in ("C:/data/db", "atlas:v2/db", "./s3:/lancell/db", "data/s3:/db", "file:///data/db"):
+        assert is_local(location), location
+    assert local_path("./s3:/lancell/db") == tmp_path / "s3:" / "lancell" / "db"
+    assert not is_local("s3://lancell/db")
