@@ -89,10 +89,16 @@ class CellSelection:
         if where is not None:
             builder = builder.where(where, prefilter=True) if self.search else builder.where(where)
         if self.columns is not None:
-            builder = builder.select(self.kept_columns())
+            builder = builder.select(self._with_distance(self.kept_columns()))
         if limit is not None:  # limit(0): where_clause() selects no row (LanceDB's 0: none, or refused)
             builder = builder.limit(max(limit, 1))
         return builder
+
+    def _with_distance(self, columns: list[str]) -> list[str]:
+        """``columns`` and a vector search's ``_distance``, named: Lance adds it to the columns selected only
+        while a deprecated default lasts (its warning says so)."""
+        vector = self.search is not None and self.search.query_type == "vector"
+        return [*columns, "_distance"] if vector and "_distance" not in columns else columns
 
     def scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
         """The rows matching ``where``, read by pylance in one pass.
@@ -150,7 +156,9 @@ class CellSelection:
                 table = self.scan(columns, self.where_clause())
             else:
                 builder = self.builder()
-                table = (builder if columns is None else builder.select(columns)).to_arrow()
+                table = (
+                    builder if columns is None else builder.select(self._with_distance(columns))
+                ).to_arrow()
         except LancellError:
             raise
         except (ValueError, RuntimeError, OSError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,6 +63,34 @@ def test_vector_search_returns_exact_nearest_neighbours(searchable):
     assert np.all(np.diff(out.obs["distance"].to_numpy()) >= 0)
     np.testing.assert_array_equal(out.obsm["embedding"], emb[expected])
     np.testing.assert_array_equal(out[:, pbmc.var_names].X.toarray(), pbmc.X[expected].toarray())
+
+
+SELECTED_SEARCH = """
+import sys
+import numpy as np
+from lancell.atlas import RaggedAtlas
+
+atlas = RaggedAtlas.checkout_latest(sys.argv[1])
+query = atlas.query().search(np.zeros(16, np.float32)).limit(5).select(["cell_type"])
+assert "distance" in query.to_pandas().columns and "distance" in query.to_anndata().obs.columns
+"""
+
+
+def test_a_vector_search_with_selected_columns_names_its_distance(searchable):
+    """Lance warned on every such search that it adds ``_distance`` to selected columns only while a
+    deprecated default lasts: the distance would vanish from select()ed answers after an upgrade."""
+    import subprocess
+    import sys
+
+    atlas, _ = searchable
+    done = subprocess.run(
+        [sys.executable, "-c", SELECTED_SEARCH, atlas.db_uri],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LANCE_LOG": "warn"},
+        check=True,
+    )
+    assert "did not include `_distance`" not in done.stderr
 
 
 def test_vector_search_with_filter_and_required_limit(searchable):
