@@ -433,7 +433,8 @@ def write_provenance(
             LICENSES["scanpy"] + " " + LICENSES["10x"],
             "Matrix Market header (genes, cells, nnz) = "
             f"{tenx['v2_mtx']}: {tenx['v2_mtx'][1]:,} cells × {tenx['v2_mtx'][0]:,} genes, "
-            "integer counts (one nonzero per cell); genes.tsv = Ensembl id + symbol.",
+            "integer counts (one nonzero per cell); genes.tsv holds the gene symbol in both columns "
+            "(no Ensembl ids: scanpy's test fixture), as does the `.h5`'s `genes`.",
         ),
         files_section(
             "`geo/` (NCBI GEO SOFT files)",

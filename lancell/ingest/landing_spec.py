@@ -52,7 +52,8 @@ ingested)::
     the file into memory). Genes are registered and stored under their Ensembl id (an unresolved gene under
     its name); genes that resolve to one id are summed in X and each layer that hold counts (integers,
     or floats that are all whole numbers), the first is kept in the others (warned). The term id columns
-    are stored where the cell schema declares them. Not for a 10x output (its ``gene_ids`` are Ensembl ids).
+    are stored where the cell schema declares them. Not for a 10x output (its ``gene_ids`` are Ensembl ids
+    as a rule: one whose ids are symbols, as old test fixtures have, lands under them).
 ``csc``
     ``true`` or ``false``: write the feature-major (CSC) copy or not; by default lancell's rule
     (:func:`lancell.ingest.from_anndata.add_from_anndata`'s ``csc``: sparse datasets of at least

@@ -16,6 +16,7 @@ features and ingests, in one call::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -77,10 +78,19 @@ STANDARDIZE_OPTIONS = ("organism", "obs_columns", "gene_column", "backend", "ove
 
 
 def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str]) -> str:
+    values = pd.unique(adata.obs["organism"].dropna().astype(str)) if "organism" in adata.obs.columns else []
     if organism is not None:
-        return canonical_organism(organism)
-    if "organism" in adata.obs.columns:
-        values = pd.unique(adata.obs["organism"].dropna().astype(str))
+        given = canonical_organism(organism)
+        with contextlib.suppress(UnknownOrganismError):  # (an unknown one is its term's matter)
+            if others := sorted({canonical_organism(value) for value in values} - {given}):
+                warnings.warn(
+                    f"organism={organism!r} resolves the genes as {given}, but obs['organism'] names "
+                    f"{others} for cells of this file: the genes and the cells' organism disagree",
+                    LancellWarning,
+                    stacklevel=3,
+                )
+        return given
+    if len(values):
         named = sorted({canonical_organism(value) for value in values})  # (human and Homo sapiens are one)
         if len(named) == 1:
             return named[0]

@@ -396,3 +396,18 @@ def test_an_unresolved_id_keeps_the_files_own_symbol():
     out, report = standardize_anndata(by_id, organism="human", obs_columns={})
     rows = feature_rows(out, report, pd.Index(["uid", "gene_symbol"]))
     assert rows["gene_symbol"].tolist() == ["TP53", "MYGENE1"]  # the reference's symbol, else the file's
+
+
+def test_an_organism_given_against_the_cells_own_is_warned_about():
+    """organism="human" over cells whose obs says mouse resolved the genes as human and the cells as mouse,
+    with no word."""
+    adata = _adata(np.array([[1], [2]], dtype=np.int32), ["CD3E"])
+    adata.obs["organism"] = ["mouse", "mouse"]
+    with pytest.warns(
+        LancellWarning, match=r"organism='human' resolves the genes as .*names \['Mus musculus'\]"
+    ):
+        standardize_anndata(adata, organism="human", obs_columns={})
+    adata.obs["organism"] = ["Homo sapiens", "Homo sapiens"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        standardize_anndata(adata, organism="human", obs_columns={})
