@@ -111,6 +111,13 @@ def _check_files(paths: Sequence[str]) -> None:
                 remedy = f"it is a Cell Ranger output folder: give its matrices, e.g. {shown}"
             elif names & {"barcodes.tsv", "barcodes.tsv.gz", "features.tsv", "features.tsv.gz", "genes.tsv"}:
                 remedy = "it holds a 10x output's barcodes or features but no matrix.mtx or matrix.mtx.gz"
+            elif prefixed := sorted(n for n in names if n.endswith(("_matrix.mtx", "_matrix.mtx.gz"))):
+                remedy = (
+                    f"it holds 10x files with GEO's sample prefixes ({', '.join(prefixed[:3])}): put each "
+                    "sample's matrix, barcodes and features files in a folder of its own, named "
+                    "matrix.mtx.gz, barcodes.tsv.gz and features.tsv.gz "
+                    "(lancell.ingest.geo_landing.land_geo_series lands a GEO series so)"
+                )
             elif any(name.endswith(".h5ad") for name in names):
                 remedy = f"give the files, e.g. {os.path.join(path, '*.h5ad')}"
             else:

@@ -200,6 +200,18 @@ def test_a_relative_path_is_told_apart_from_another_folder(tmp_path: Path, db: s
     assert same.returncode == 0 and "sample1: already in the atlas" in same.stdout
 
 
+def test_a_folder_of_geo_prefixed_10x_files_is_told_how_to_lay_them_out(tmp_path: Path, capsys) -> None:
+    """It was told to give its .h5ad files (write an AnnData store first)."""
+    db = str(tmp_path / "db")
+    assert cli.main(["init", db]) == 0
+    series = tmp_path / "GSE1"
+    series.mkdir()
+    for name in ("matrix.mtx.gz", "barcodes.tsv.gz", "features.tsv.gz"):
+        shutil.copyfile(V3_DIR / name, series / f"GSM1_{name}")
+    assert cli.main(["ingest", db, str(series)]) == 1
+    assert "10x files with GEO's sample prefixes (GSM1_matrix.mtx.gz): put each" in capsys.readouterr().err
+
+
 def test_folders_and_files_are_named_for_what_they_are(tmp_path: Path, db: str) -> None:
     """A 10x output folder was told to give its *.h5ad files (it has none); ls of a file said it could not
     create a store folder."""
