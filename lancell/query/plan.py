@@ -251,14 +251,18 @@ def _describe_groups(
 
 
 def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[np.dtype]:
-    """The dtypes in which the atlas's other datasets of ``feature_space`` store ``layer``: what a selection
-    none of whose groups store it reads it as (a float layer read as int64 where no selected cell had it)."""
-    stored = []
+    """The dtype in which the atlas's first other dataset of ``feature_space`` storing ``layer`` stores it
+    (none: an empty list): what a selection none of whose groups store it reads it as (a float layer read as
+    int64 where no selected cell had it). Groups are read until one stores it; one that is missing or
+    another atlas's is passed over (an unrelated dataset's damage is not this answer's)."""
     for name, row in _visible_layers(core).items():
         if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
-            dtype = dataset_group_attrs(core, name, row["uid"]).get("layers", {}).get(layer)
-            stored += [] if dtype is None else [np.dtype(dtype)]
-    return stored
+            attrs = core.group_attrs(name) or {}
+            foreign = attrs.get(ATLAS_ID_ATTR) not in (None, core.atlas_id)
+            dtype = None if foreign else attrs.get("layers", {}).get(layer)
+            if dtype is not None:
+                return [np.dtype(dtype)]
+    return []
 
 
 def _join_columns(groups: list[PlannedGroup], join: Join) -> np.ndarray:
@@ -331,7 +335,7 @@ def plan_reconstruction(
     dtypes = {}
     for layer in wanted:
         stored = [g.layer_dtypes[layer] for g in groups.values() if layer in g.layer_dtypes]
-        stored = stored or _stored_elsewhere(core, feature_space, layer)  # (the same dtype for any selection)
+        stored = stored or _stored_elsewhere(core, feature_space, layer)  # (not int64 for a float layer)
         # integers as int64; floats in the dtype that holds every stored value exactly (numpy's promotion:
         # float32 alone, float64 with uint32 counts of other datasets, which float32 would round above 2**24)
         is_float = any(dtype.kind == "f" for dtype in stored)

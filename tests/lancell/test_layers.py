@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -108,6 +110,11 @@ def test_union_of_counts_only_and_two_layer_datasets(atlas, celltypist):
     }
     none = _query(atlas, ["counts", "log_normalized"]).where(dataset_uid="nobody").to_anndata()
     assert none.n_obs == 0 and none.layers["log_normalized"].dtype == np.float32
+    # an unrelated dataset's lost group is no matter of an empty answer (it raised GroupNotFoundError)
+    (group,) = atlas.list_datasets().set_index("uid").loc[["two"], "zarr_group"]
+    shutil.rmtree(Path(atlas.core.db_uri).parent / "arrays" / group)
+    reopened = RaggedAtlas.open(atlas.core.db_uri)
+    assert _query(reopened, ["counts", "log_normalized"]).where(dataset_uid="nobody").to_anndata().n_obs == 0
 
 
 def test_a_layer_with_explicit_zeros_on_the_shared_entries_keeps_them(atlas, celltypist):
