@@ -29,6 +29,7 @@ from lancell.tables.store_location import (
     recorded_store,
     refuse_the_originals_store,
 )
+from lancell.tables.table_schemas import DATASETS_TABLE
 from lancell.tables.versions import read_snapshot
 
 if TYPE_CHECKING:
@@ -162,8 +163,8 @@ def checked_out_core(
     url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
     given = store is not None
     store = recorded_store(store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri)
-    if given:
-        check_given_store(store, database, None)
+    if given:  # (the snapshot's records: an archive of its store need not hold later datasets' groups)
+        check_given_store(store, database, None, row["tables"][DATASETS_TABLE])
     return _core(meta, meta_store, database, store, dataset_schema, row)
 
 

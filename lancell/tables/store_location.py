@@ -105,13 +105,17 @@ _GROUPS_CHECKED = 16  # dataset records whose groups a given store is searched f
 
 
 def check_given_store(
-    store: obs_store.ObjectStore, database: Database, expected: Sequence[str] | None
+    store: obs_store.ObjectStore,
+    database: Database,
+    expected: Sequence[str] | None,
+    datasets_version: int | None = None,
 ) -> None:
     """Refuse a store given instead of the recorded one that does not hold this atlas's groups: writes there
     would split the atlas across two stores (no lancell zarr root, or none of the groups of the first
     ``_GROUPS_CHECKED`` dataset records is in it; or, in an atlas without datasets, a store other than the
     ``expected`` ones, those an open without a store settles on: None when every open must name one, a copy
-    or move whose store lies outside it).
+    or move whose store lies outside it). ``datasets_version``: the dataset table's version whose records
+    are looked for (a snapshot's; the latest by default).
 
     Raises
     ------
@@ -125,7 +129,9 @@ def check_given_store(
             raise StoreError(
                 f"the zarr store {where} given is not an atlas's store (it has no lancell zarr root)"
             )
-        records = database.dataset(DATASETS_TABLE).to_table(columns=["zarr_group"], limit=_GROUPS_CHECKED)
+        records = database.dataset(DATASETS_TABLE, datasets_version).to_table(
+            columns=["zarr_group"], limit=_GROUPS_CHECKED
+        )
         groups = records.column("zarr_group").to_pylist()
         # the first group present settles it (one read, as a rule): a lost group is damage to repair
         # (lancell delete, which needs this open), not the sign of another store

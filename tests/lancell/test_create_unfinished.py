@@ -158,3 +158,26 @@ def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path, m
     assert any(lost in problem for problem in damaged.validate())
     damaged.delete_dataset("d")  # the repair works with the store given
     assert damaged.validate() == [] and damaged.query().count() == 2
+
+
+def test_a_snapshot_reads_an_archive_of_its_store_holding_only_its_groups(tmp_path: Path) -> None:
+    """The given store was checked against the live dataset records: an archive of a snapshot's store,
+    without a dataset added since, was refused for its checkout."""
+    atlas = _create(tmp_path / "db")
+    atlas.register_features("gene_expression", [Gene(uid=f"g{i}") for i in range(3)])
+    x = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], dtype=np.int32))
+    adata = ad.AnnData(X=x, obs=pd.DataFrame(index=["c0", "c1"]), var=pd.DataFrame(index=["g0", "g1", "g2"]))
+
+    def ingest(uid: str) -> None:
+        add_from_anndata(
+            atlas, adata, feature_space="gene_expression", zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid), on_duplicate="allow", progress=False,
+        )  # fmt: skip
+
+    ingest("d1")
+    version = atlas.snapshot()
+    shutil.copytree(tmp_path / "db" / "_zarr", tmp_path / "archive")
+    atlas.delete_dataset("d1")
+    ingest("d2")
+    checked_out = RaggedAtlas.checkout(str(tmp_path / "db"), version, store=str(tmp_path / "archive"))
+    assert checked_out.query().to_anndata().X.toarray().tolist() == x.toarray().tolist()
