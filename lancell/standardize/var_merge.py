@@ -191,39 +191,52 @@ def merge_duplicate_columns(
 
 
 _TYPE_COLUMNS = ("feature_types", "feature_type")  # 10x's, and the schema's name for it
+# 10x's feature types (CELLxGENE's feature_type holds gene biotypes instead: not a reason to keep apart)
+_TENX_TYPES = frozenset({"Gene Expression", "Antibody Capture", "Antigen Capture", "CRISPR Guide Capture",
+                         "Multiplexing Capture", "Peaks", "Custom"})  # fmt: skip
 _ENSEMBL_ID = r"ENS[A-Z]*G\d{6,}"
+_ID_SUFFIX = r"(\.\d+)?(_PAR_Y)?$"  # a version, and GENCODE's name for a pseudoautosomal gene's Y copy
+_INDEX = "var index"  # (how the var index is named in a refusal)
 
 
 def _refuse_told_apart(var: pd.DataFrame, uids: pd.Series, resolved_from: str | None) -> None:
-    """Refuse var entries sharing a uid (``uids``: one per entry) that a feature type column, or an Ensembl
-    id column other than ``resolved_from``, gives different values (ids compared without their version)."""
+    """Refuse var entries sharing a uid (``uids``: one per entry) that 10x's feature type column, or an
+    Ensembl id column (the var index too) other than ``resolved_from``, gives different values (ids compared
+    without version or ``_PAR_Y``; a missing value tells nothing apart)."""
     shared = uids.duplicated(keep=False).to_numpy()
     names = var.index[shared]
     group = uids.to_numpy()[shared]
-    for column in var.columns:
-        if column == resolved_from or column in ("feature_uid", "ensembl_id"):
-            continue
-        whole = var[column].astype("string")
+    columns = {_INDEX: pd.Series(var.index, dtype=object)} if resolved_from is not None else {}
+    columns.update(
+        {c: var[c] for c in var.columns if c != resolved_from and c not in ("feature_uid", "ensembl_id")}
+    )
+    for column, series in columns.items():
+        whole = pd.Series(series.to_numpy(), dtype="string")
         text = whole.iloc[np.flatnonzero(shared)].reset_index(drop=True)
-        if column in _TYPE_COLUMNS:
+        if column in _TYPE_COLUMNS and _TENX_TYPES.intersection(whole.dropna().unique()):
             values = text
             remedy = (
                 f"standardize and ingest each feature type on its own (adata[:, adata.var[{column!r}] == "
                 "'Gene Expression']), or give each a feature space of its own"
             )
-        elif (ids := whole.dropna()).size and ids.str.fullmatch(_ENSEMBL_ID + r"(\.\d+)?").mean() >= 0.9:
-            values = text.str.replace(r"\.\d+$", "", regex=True)
-            remedy = f"standardize by that column (gene_column={column!r}; --var-uid-column {column})"
+        elif (ids := whole.dropna()).size and ids.str.fullmatch(_ENSEMBL_ID + _ID_SUFFIX).mean() >= 0.9:
+            values = text.str.replace(_ID_SUFFIX, "", regex=True)
+            given = (
+                "gene_column=None"
+                if column == _INDEX
+                else f"gene_column={column!r}; --var-uid-column {column}"
+            )
+            remedy = f"standardize by that column ({given})"
         else:
             continue
-        differ = values.groupby(group, sort=False).nunique(dropna=False) > 1
+        differ = values.groupby(group, sort=False).nunique() > 1
         if differ.any():
             told = {
                 uid: list(zip(names[group == uid], text[group == uid], strict=True))
                 for uid in differ.index[differ.to_numpy()][:3]
             }
             raise StandardizationError(
-                f"{int(differ.sum())} feature uids are shared by var entries that var column {column!r} "
-                f"tells apart (uid: [(var entry, {column})]: {told}): merging them would store one entry's "
-                f"values under another's uid; {remedy}"
+                f"{int(differ.sum())} feature uids are shared by var entries that {column!r} tells apart "
+                f"(uid: [(var entry, {column})]: {told}): merging them would store one entry's values under "
+                f"another's uid; {remedy}"
             )

@@ -355,6 +355,17 @@ def test_entries_that_var_tells_apart_are_not_merged():
         StandardizationError, match=r"'feature_types' tells apart .*each feature type on its own"
     ):
         standardize_anndata(protein, organism="human", obs_columns={}, duplicates="sum")
+    # ids in the var index, symbols standardized (scanpy's var_names="gene_ids"): the index tells them apart
+    by_id = _adata(x, ["ENSMUSG00000025900", "ENSMUSG00000109048", "ENSMUSG00000025902"])
+    by_id.var["symbol"] = ["Rp1", "Rp1", "Sox17"]
+    with pytest.raises(StandardizationError, match=r"'var index' tells apart .*gene_column=None"):
+        standardize_anndata(by_id, organism="mouse", gene_column="symbol", obs_columns={}, duplicates="sum")
+    # CELLxGENE's feature_type holds biotypes, a missing id tells nothing, a _PAR_Y copy is its gene's
+    for second in (None, "ENSG00000162522.10_PAR_Y"):
+        fine = _adata(x, ONE_GENE, {"feature_type": ["protein_coding", "lncRNA", "protein_coding"]})
+        fine.var["gene_ids"] = ["ENSG00000162522.10", second, "ENSG00000141510"]
+        out, report = standardize_anndata(fine, organism="human", obs_columns={}, duplicates="sum")
+        assert report.var_counts["summed"] == 1
     # an alias and its current symbol of one gene id, the id's version aside: merged as before
     alias = _adata(x, ONE_GENE, {"gene_ids": ["ENSG00000162522.10", "ENSG00000162522", "ENSG00000141510"]})
     out, report = standardize_anndata(alias, organism="human", obs_columns={}, duplicates="sum")
