@@ -331,7 +331,7 @@ def plot(runs: dict[str, dict], png: Path) -> None:
 
     def ratios(r: dict) -> dict[str, float]:
         walls, pre, batch = r["walls"], r["preimported"], r["batch"]["2 workers"]
-        return {
+        out = {
             "import lancedb": walls["import lancedb"],
             "import torch": walls["import torch"],
             "import lancell.atlas": walls["import lancell.atlas"],
@@ -339,6 +339,10 @@ def plot(runs: dict[str, dict], png: Path) -> None:
             "checkout + first to_anndata, imports done": pre["checkout"] + pre["first_query"],
             "first batch, 2 workers: iter() + next()": batch["iter"] + batch["first_batch"],
         }
+        for workers in (2, 0):  # the all-BP-128 atlas's (--bp128-cells), where measured
+            if (case := r["batch"].get(f"all-BP-128 atlas, {workers} workers")) is not None:
+                out[f"all-BP-128 atlas, first batch, {workers} workers"] = case["iter"] + case["first_batch"]
+        return out
 
     names = list(ratios(next(iter(runs.values()))))
     fig, ax = plt.subplots(figsize=(9, 0.5 + 0.55 * len(names)))
