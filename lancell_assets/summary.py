@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from lancell.atlas import RaggedAtlas
-from lancell.dataloader import CellSampler, make_loader
+from lancell.dataloader import CellSampler, SparseCollate, make_loader
 from lancell.dataloader.sampler import batch_entropy
 from lancell.query.reconstruct import presence_matrix
 
@@ -21,7 +21,8 @@ def print_loader_summary(atlas: RaggedAtlas) -> None:
     sampler = CellSampler(dataset, 256, mode="random", seed=0)
     started = time.perf_counter()
     cells = nnz = 0
-    for batch in make_loader(dataset, sampler, num_workers=0):
+    # (a union of a human and a mouse panel: the presence mask tells unmeasured genes from measured zeros)
+    for batch in make_loader(dataset, sampler, num_workers=0, collate_fn=SparseCollate(presence=True)):
         cells += batch["X"].shape[0]
         nnz += batch["X"].values().numel()
     seconds = time.perf_counter() - started
