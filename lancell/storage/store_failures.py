@@ -41,6 +41,11 @@ _LANCE_IO = "LanceError(IO)"
 # Where obstore's debug dump of an error starts (its message precedes it).
 _DEBUG_DUMP = re.compile(r"\n\s*Debug source:")
 _DUMP_MESSAGE = re.compile(r'message: "([^"]+)"')
+# Where Lance's Rust debug rendering of an error's cause starts ("... namespace: IO { source: Generic {"),
+# and what an S3 error body and status say inside it.
+_RUST_CAUSE = re.compile(r"\s\w+ \{ source: ")
+_S3_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:<Message>([^<]+)</Message>)?")
+_STATUS = re.compile(r"status: (\d{3})")
 # Objects of these packages are guarded when a guarded call returns them.
 _GUARDED_PACKAGES = frozenset({"lance", "lancedb"})
 # Where a guarded object reads and writes (an instance attribute), and the guarded subclass of each class.
@@ -66,12 +71,28 @@ def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line: up to the debug dump obstore appends, lines joined (an S3 error's code
     follows the first line), and the innermost cause the dump names ("Connection refused")."""
     message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
-    text = " ".join(message.split()) or type(exc).__name__
+    text = _without_rust_debug(" ".join(message.split())) or type(exc).__name__
     # the system's own words for a refused connection or an unknown host are only in the dump
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
         text += f" ({causes[-1]})"
     return text + "".join(hint() for pattern, hint in _HINTS if pattern.search(text))
+
+
+def _without_rust_debug(text: str) -> str:
+    """``text`` up to Lance's Rust debug rendering of its cause (source files, retry settings, backtrace),
+    with what matters of it: an S3 error's code and message, else the HTTP status."""
+    cut = _RUST_CAUSE.search(text)
+    if cut is None:
+        return text
+    head, rest = text[: cut.start()].rstrip(" :"), text[cut.start() :]
+    if error := _S3_ERROR.search(rest):
+        said = error.group(1) + (f" ({error.group(2)})" if error.group(2) else "")
+    elif status := _STATUS.search(rest):
+        said = f"HTTP status {status.group(1)}"
+    else:
+        return text
+    return f"{head}: {said}"
 
 
 def _allow_http_hint() -> str:

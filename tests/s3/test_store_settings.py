@@ -281,6 +281,26 @@ def test_a_store_error_keeps_the_s3_error_code_and_the_refused_connection_on_one
     assert str(store_error(refused, "reading")).endswith("error sending request (Connection refused)")
 
 
+def test_lances_rust_debug_rendering_is_cut_to_the_s3_error_it_holds():
+    """A missing bucket at create printed Lance's Rust debug rendering: retry settings, a cargo source path
+    and "backtrace: MaybeBacktrace", the S3 error code deep inside."""
+    from lancell.storage.store_failures import store_error
+
+    missing = RuntimeError(
+        'Invalid input, Failed to connect to namespace: IO { source: Generic { store: "S3", source: '
+        "ListRequest { source: RetryError(RetryErrorImpl { method: GET, retries: 0, inner: Status { status: "
+        '404, body: Some("<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist'
+        '</Message></Error>") } }) } }, location: Location { file: "/root/.cargo/registry/src/lance-io/src/'
+        'object_store.rs", line: 1506, column: 92 }, backtrace: MaybeBacktrace }'
+    )
+    assert str(store_error(missing, "cannot connect")) == (
+        "cannot connect: Invalid input, Failed to connect to namespace: NoSuchBucket (The specified bucket "
+        "does not exist)"
+    )
+    bare = RuntimeError("Failed: IO { source: Generic { inner: Status { status: 503, body: None } } }")
+    assert str(store_error(bare, "reading")) == "reading: Failed: HTTP status 503"
+
+
 def test_a_missing_allow_http_credentials_or_bucket_are_named(seaweed: Seaweed, s3_root: str, monkeypatch):
     """An endpoint over plain HTTP without allow_http failed with "builder error", no credentials with a
     403 from 169.254.169.254, and a misspelled bucket as a missing atlas.json only."""
