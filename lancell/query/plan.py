@@ -258,6 +258,8 @@ def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[n
     for name, row in _visible_layers(core).items():
         if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
             attrs = core.group_attrs(name) or {}
+            if layer in (row.get("layers") or ()) and layer not in attrs.get("layers", {}):
+                attrs = core.group_attrs(name, reopen=True) or {}  # (read before another handle added it)
             foreign = attrs.get(ATLAS_ID_ATTR) not in (None, core.atlas_id)
             dtype = None if foreign else attrs.get("layers", {}).get(layer)
             if dtype is not None:

@@ -81,14 +81,17 @@ def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str
     values = pd.unique(adata.obs["organism"].dropna().astype(str)) if "organism" in adata.obs.columns else []
     if organism is not None:
         given = canonical_organism(organism)
-        with contextlib.suppress(UnknownOrganismError):  # (an unknown one is its term's matter)
-            if others := sorted({canonical_organism(value) for value in values} - {given}):
-                warnings.warn(
-                    f"organism={organism!r} resolves the genes as {given}, but obs['organism'] names "
-                    f"{others} for cells of this file: the genes and the cells' organism disagree",
-                    LancellWarning,
-                    stacklevel=3,
-                )
+        named = set()
+        for value in values:
+            with contextlib.suppress(UnknownOrganismError):  # (an unknown one is its term's matter)
+                named.add(canonical_organism(value))
+        if others := sorted(named - {given}):
+            warnings.warn(
+                f"organism={organism!r} resolves the genes as {given}, but obs['organism'] names "
+                f"{others} for cells of this file: the genes and the cells' organism disagree",
+                LancellWarning,
+                stacklevel=3,
+            )
         return given
     if len(values):
         named = sorted({canonical_organism(value) for value in values})  # (human and Homo sapiens are one)

@@ -190,7 +190,6 @@ def merge_duplicate_columns(
     return out, adata.n_vars - len(distinct)
 
 
-_TYPE_COLUMNS = ("feature_types", "feature_type")  # 10x's, and the schema's name for it
 # 10x's feature types (CELLxGENE's feature_type holds gene biotypes instead: not a reason to keep apart)
 _TENX_TYPES = frozenset({"Gene Expression", "Antibody Capture", "Antigen Capture", "CRISPR Guide Capture",
                          "Multiplexing Capture", "Peaks", "Custom"})  # fmt: skip
@@ -213,7 +212,10 @@ def _refuse_told_apart(var: pd.DataFrame, uids: pd.Series, resolved_from: str | 
     for column, series in columns.items():
         whole = pd.Series(series.to_numpy(), dtype="string")
         text = whole.iloc[np.flatnonzero(shared)].reset_index(drop=True)
-        if column in _TYPE_COLUMNS and _TENX_TYPES.intersection(whole.dropna().unique()):
+        # (feature_types is 10x's and scanpy's name, whatever its values: GEX/ADT too; a feature_type column
+        # holds CELLxGENE's biotypes unless it holds 10x's types)
+        types = column == "feature_types" or (column == "feature_type" and _TENX_TYPES & set(whole.dropna()))
+        if types:
             values = text
             remedy = (
                 f"standardize and ingest each feature type on its own (adata[:, adata.var[{column!r}] == "

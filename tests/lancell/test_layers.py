@@ -149,6 +149,24 @@ def test_layers_with_their_own_patterns_are_stored_on_the_union(atlas, celltypis
     _assert_same(out.layers["counts"], stored.layers["counts"], "i")
 
 
+def test_a_layer_another_handle_added_gives_its_dtype_to_cells_without_it(atlas, celltypist):
+    """A handle that had read a group before another handle added a float layer to it read that layer as
+    int64 over cells of datasets without it (its cached attributes lacked the layer)."""
+    adata = celltypist[0:20].copy()
+    adata.obs = adata.obs[[]]
+    _ingest(atlas, adata, "a", zarr_layer="counts")
+    other = celltypist[20:30].copy()
+    other.obs = other.obs[[]]
+    _ingest(atlas, other, "b", zarr_layer="counts")
+    early = RaggedAtlas.open(atlas.core.db_uri)
+    assert early.query().layers("gene_expression", "counts").to_anndata().n_obs == 30  # its groups read
+    out = atlas.query().where(dataset_uid="a").to_anndata()  # the stored order of cells and features
+    halves = sp.csr_matrix(adata[out.obs_names.str.split(":").str[1], out.var_names].X, dtype=np.float32) / 2
+    add_layer(atlas, "a", "log_normalized", halves)
+    only_b = _query(early, ["counts", "log_normalized"], "keep").where(dataset_uid="b").to_anndata()
+    assert only_b.layers["log_normalized"].dtype == np.float32
+
+
 def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
     adata = _two_layers(celltypist, slice(0, 120))
     counts_only = adata.copy()

@@ -355,6 +355,9 @@ def test_entries_that_var_tells_apart_are_not_merged():
         StandardizationError, match=r"'feature_types' tells apart .*each feature type on its own"
     ):
         standardize_anndata(protein, organism="human", obs_columns={}, duplicates="sum")
+    protein.var["feature_types"] = ["ADT", "GEX", "GEX"]  # (openproblems' names: still 10x's column)
+    with pytest.raises(StandardizationError, match=r"'feature_types' tells apart"):
+        standardize_anndata(protein, organism="human", obs_columns={}, duplicates="sum")
     # ids in the var index, symbols standardized (scanpy's var_names="gene_ids"): the index tells them apart
     by_id = _adata(x, ["ENSMUSG00000025900", "ENSMUSG00000109048", "ENSMUSG00000025902"])
     by_id.var["symbol"] = ["Rp1", "Rp1", "Sox17"]
@@ -396,28 +399,14 @@ def test_refusals_that_need_no_registry_come_before_registration(tmp_path):
     pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
 
 
-def test_an_unresolved_id_keeps_the_files_own_symbol():
-    """A retired or unknown id's registry symbol was the id itself, though var["gene_symbol"] held its name:
-    querying that name found nothing."""
-    by_id = _adata(
-        np.array([[1, 2]], dtype=np.int32),
-        ["ENSG00000141510", "ENSG00000999999"],
-        {"gene_symbol": ["p53", "MYGENE1"]},
-    )
-    out, report = standardize_anndata(by_id, organism="human", obs_columns={})
-    rows = feature_rows(out, report, pd.Index(["uid", "gene_symbol"]))
-    assert rows["gene_symbol"].tolist() == ["TP53", "MYGENE1"]  # the reference's symbol, else the file's
-
-
 def test_an_organism_given_against_the_cells_own_is_warned_about():
     """organism="human" over cells whose obs says mouse resolved the genes as human and the cells as mouse,
     with no word."""
     adata = _adata(np.array([[1], [2]], dtype=np.int32), ["CD3E"])
-    adata.obs["organism"] = ["mouse", "mouse"]
-    with pytest.warns(
-        LancellWarning, match=r"organism='human' resolves the genes as .*names \['Mus musculus'\]"
-    ):
-        standardize_anndata(adata, organism="human", obs_columns={})
+    for named in (["mouse", "mouse"], ["mouse", "unknown"]):  # (an unknown value hid the other)
+        adata.obs["organism"] = named
+        with pytest.warns(LancellWarning, match=r"resolves the genes as .*names \['Mus musculus'\]"):
+            standardize_anndata(adata, organism="human", obs_columns={})
     adata.obs["organism"] = ["Homo sapiens", "Homo sapiens"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", LancellWarning)
