@@ -46,6 +46,22 @@ def _remove_parts(parts: dict[str, Path | None]) -> None:
             part.unlink(missing_ok=True)
 
 
+def _made_folders(landing: Path) -> list[Path]:
+    """Create ``landing`` and its missing parents; return the folders created, innermost first."""
+    missing = [folder for folder in (landing, *landing.parents) if not folder.exists()]
+    landing.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed landing created (innermost first), those still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # no longer empty (another landing wrote there), or gone
+            return
+
+
 def land_geo_series(
     soft_path: str | os.PathLike[str],
     landing: str | os.PathLike[str],
@@ -59,7 +75,8 @@ def land_geo_series(
 
     Samples already in the landing folder (a sample of a SuperSeries and of its SubSeries, a series landed
     again) keep their files and sidecars as they are (warned). New ones are written as ``.part`` files and
-    renamed only once every sample has been fetched and read: an error lands nothing new.
+    renamed only once every sample has been fetched and read: an error lands nothing new (and removes the
+    landing folder, and its parents, where this call made them).
 
     Warns
     -----
@@ -90,7 +107,7 @@ def land_geo_series(
             stacklevel=2,
         )
     planned = [(d, _files(d)) for d in datasets if d.files]  # every sample's files known before fetching
-    landing.mkdir(parents=True, exist_ok=True)
+    created = _made_folders(landing)
     parts: dict[str, Path | None] = {}
     try:
         for dataset, urls in planned:
@@ -102,8 +119,11 @@ def land_geo_series(
             raise GeoError(f"{soft_path}: no sample has {GENE_EXPRESSION!r} features")
         ready = [(d, part) for d in landed if (part := parts.get(d.record.uid)) is not None]
         kept = _place(landing, ready, zarr_layer)
-    finally:
+    except BaseException:
         _remove_parts(parts)
+        _remove_empty(created)
+        raise
+    _remove_parts(parts)
     kept += [d.record.uid for d in landed if d.record.uid not in parts]
     if kept:  # a sample of a SuperSeries and its SubSeries, or the series landed again: as it was landed
         warnings.warn(
