@@ -21,6 +21,7 @@ from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
 from lancell.storage.stores import read_json
+from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import visible_cells_filter
 
@@ -97,9 +98,9 @@ def _cell_tallies(core: AtlasCore, where: str | None = None) -> tuple[Counter, C
     hidden = " AND ".join(f"({f})" for f in (hidden, where) if f) or None
     cells = core.tables.cells
 
-    def scan(columns: list[str]) -> Iterator[pa.RecordBatch]:
-        query = cells.search().where(hidden) if hidden else cells.search()
-        return query.select(columns).to_batches(_BATCH)
+    def scan(columns: list[str]) -> Iterator[pa.RecordBatch]:  # pylance: a checkout never loads lancedb
+        where = lance_sql(hidden) if hidden else None
+        return cells.to_lance().to_batches(columns=columns, filter=where, batch_size=_BATCH)
 
     per_dataset: Counter = Counter()
     per_group: Counter = Counter()
