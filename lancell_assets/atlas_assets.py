@@ -1,8 +1,9 @@
 """Atlas-wide assets: the feature registry, the optimized atlas, and snapshot partitions.
 
 ``feature_registry`` and ``optimized_atlas`` refresh on their own after new datasets (declarative
-automation, evaluated by Dagster's default automation sensor); snapshots stay explicit (the nightly sensor,
-``python -m lancell_assets.snapshot LABEL`` or the UI). See docs/architecture.md, "Dagster platform".
+automation, evaluated by ``atlas_refresh_sensor``, on by default); snapshots stay explicit (the nightly
+sensor, ``python -m lancell_assets.take_snapshot LABEL`` or the UI). See docs/architecture.md, "Dagster
+platform".
 """
 
 import time

@@ -130,8 +130,9 @@ def dataset_group(
         changed = outcome == "ingested" and landing_state(spec) != state
         finding = (
             f"landing file {spec.path} changed while it was fingerprinted and ingested (its fingerprint may "
-            f"name another version than the one stored): dataset {record.uid!r} is deleted again, the atlas "
-            "is as it was; the next run ingests the file as it is then"
+            f"name another version than the one stored): dataset {record.uid!r} is deleted again (the "
+            "features it registered and its feature layout stay, its zarr group until vacuum); the next run "
+            "ingests the file as it is then"
         )
         content = dg.AssetCheckResult(
             check_name="content_matches",

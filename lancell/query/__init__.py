@@ -1,4 +1,4 @@
 """The query room: the fluent query, its read plan, AnnData reconstruction and the cell-table scans.
 
-See ``docs/architecture.md`` (Rooms; Data flow of a query).
+See ``docs/architecture.md`` ("The four rooms"; "Querying").
 """
