@@ -24,8 +24,7 @@ import scipy.sparse as sp
 
 from lancell.errors import DatasetNotFoundError, IngestError, ShapeMismatchError
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
-from lancell.ingest.group_write import stored_dtype
-from lancell.ingest.sources import matrix_source
+from lancell.ingest.sources import matrix_source, stored_dtype
 from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
 from lancell.storage.offsets import read_offsets

@@ -31,7 +31,7 @@ from kernels.ingest import (
     sort_rows,
 )
 from lancell.errors import DataValueError, LancellWarning
-from lancell.ingest.sources import MatrixSource, native_order
+from lancell.ingest.sources import MatrixSource, native_order, stored_dtype
 
 __all__ = ["checked_values", "stored_csr_blocks"]
 
@@ -115,7 +115,7 @@ def stored_csr_blocks(
     n_features = source.shape[1]
     # no map: indices are checked (and copied only if not 4-byte integers), not gathered through an identity
     column_map = np.zeros(0, np.uint32) if stored_column is None else stored_column.astype(np.uint32)
-    dtype = np.dtype(np.uint32 if source.dtype.kind in "iu" else np.float32)
+    dtype = stored_dtype(source)
     buffers = {name: _Alternating(kind) for name, kind in (("columns", np.uint32), ("values", dtype))}
     if stored_column is not None:
         buffers.update({"sorted columns": _Alternating(np.uint32), "sorted values": _Alternating(dtype)})

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from lancell.errors import IngestError
 from lancell.ingest.blocks import checked_values
 from lancell.ingest.layer_blocks import layer_blocks
+from lancell.ingest.sources import stored_dtype
 from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
 
 if TYPE_CHECKING:
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
     from lancell.storage.csc_blocks import CsrBlocks
     from lancell.tables.feature_spaces import FeatureSpace
 
-__all__ = ["stored_dtype", "write_group"]
-
-
-def stored_dtype(source: MatrixSource) -> np.dtype:
-    """How a source's values are stored: integers as ``uint32``, floats as ``float32``."""
-    return np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
+__all__ = ["write_group"]
 
 
 def write_group(

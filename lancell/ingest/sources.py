@@ -25,7 +25,7 @@ from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 from lancell.errors import DataValueError, IngestError, LancellError
 from lancell.ingest.h5_direct import decompressor_pool, range_reader
 
-__all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading"]
+__all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading", "stored_dtype"]
 
 TARGET_BLOCK_VALUES = 2_000_000
 
@@ -240,6 +240,11 @@ def matrix_source(dataset: str, matrix: object) -> MatrixSource:
     source.dtype = source.dtype.newbyteorder("=")  # blocks come in this order (native_order)
     check_dtype(dataset, source.dtype)
     return source
+
+
+def stored_dtype(source: MatrixSource) -> np.dtype:
+    """How a source's values are stored: integers as ``uint32``, floats as ``float32``."""
+    return np.dtype(np.uint32) if source.dtype.kind in "iu" else np.dtype(np.float32)
 
 
 def native_order(array: np.ndarray) -> np.ndarray:

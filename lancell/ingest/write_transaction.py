@@ -57,8 +57,9 @@ from lancell.ingest.fingerprint import (
     find_duplicate,
     formats_to_match,
 )
-from lancell.ingest.group_write import stored_dtype, write_group
+from lancell.ingest.group_write import write_group
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
+from lancell.ingest.sources import stored_dtype
 from lancell.maintenance import hold_host, remove_group
 from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
@@ -82,16 +83,16 @@ def csc_of_modality(csc: bool | None, space: FeatureSpace) -> bool | None:
     return csc if space.kind == "sparse" else None
 
 
-def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str) -> None:
+def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str, stacklevel: int = 3) -> None:
     """Warn that ``csc=True`` is ignored by a run of modalities (dataset ``uid``) in ``spaces`` none of which
-    is sparse."""
+    is sparse (``stacklevel``: where the warning points, counted from this function)."""
     if csc and not any(space.kind == "sparse" for space in spaces):
         names = sorted(space.name for space in spaces)
         warnings.warn(
             f"dataset {uid!r}: csc=True is ignored: feature spaces {names} are dense, and only sparse "
             "datasets have a CSC copy",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -139,13 +140,7 @@ class WriteTransaction:
         self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
         self.host = host
-        if csc and space.kind != "sparse":  # (its rows hold every feature: no feature-major copy to write)
-            warnings.warn(
-                f"dataset {record.uid!r}: csc=True is ignored: feature space {space.name!r} is dense, and "
-                "only sparse datasets have a CSC copy",
-                LancellWarning,
-                stacklevel=3,
-            )
+        check_csc_of_run(csc, [space], record.uid, stacklevel=4)  # (a dense space's rows hold every feature)
         self.duplicate_of: DatasetRecord | None = None
         self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()

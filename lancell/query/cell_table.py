@@ -20,6 +20,7 @@ import numpy as np
 from lancell.errors import LancellError, QueryError
 from lancell.query.keyword_filter import keyword_filter
 from lancell.tables.pinned_table import lance_sql
+from lancell.tables.registry import sql_literal
 
 if TYPE_CHECKING:
     from lancedb.query import LanceQueryBuilder
@@ -76,7 +77,7 @@ def sql_suggestion(sql: str, columns: Sequence[str]) -> str | None:
         text = match.group("text")
         if text is None or text in columns:
             return match.group(0)
-        return "'" + text.replace("'", "''") + "'"
+        return sql_literal(text)
 
     def listed(match: re.Match[str]) -> str:
         if match.group("items") is None:

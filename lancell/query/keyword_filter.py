@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.errors import QueryError
+from lancell.tables.registry import sql_literal
 
 __all__ = ["keyword_filter"]
 
@@ -68,7 +69,7 @@ def _sql_literal(column: str, field: pa.Field, value: object) -> str:
     kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         if isinstance(value, str):
-            return "'" + value.replace("'", "''") + "'"
+            return sql_literal(value)
     elif pa.types.is_boolean(kind):
         if isinstance(value, bool | np.bool_):
             return "true" if value else "false"

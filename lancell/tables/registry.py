@@ -217,6 +217,13 @@ def registry_index(table: Table) -> pd.Series:
     )
 
 
+def _next_index(index: pd.Series) -> int:
+    """The global index the next new feature gets: one above the largest given (indices are never
+    reused), 0 in an empty registry."""
+    numbered = index.dropna()
+    return int(numbered.max()) + 1 if len(numbered) else 0
+
+
 def assign_new_features(table: Table, prepared: pa.Table) -> int:
     """Append the rows of ``prepared`` whose uid is new, numbering them max + 1 onwards.
 
@@ -228,8 +235,7 @@ def assign_new_features(table: Table, prepared: pa.Table) -> int:
     if not keep.any():
         return 0
     new = prepared.filter(pa.array(keep))
-    indices = existing.dropna()
-    start = int(indices.max()) + 1 if len(indices) else 0
+    start = _next_index(existing)
     position = new.schema.get_field_index("global_index")
     numbered = new.set_column(
         position, new.schema.field(position), pa.array(np.arange(start, start + new.num_rows), pa.int64())
@@ -257,7 +263,7 @@ def number_unindexed(table: Table) -> int:
             f"registry {table.name!r} holds uids {repeated[:5]} more than once: remove the rows added by "
             "hand that repeat a registered uid (nothing was numbered)"
         )
-    start = int(frame.dropna().max()) + 1 if frame.notna().any() else 0
+    start = _next_index(frame)
     for offset, uid in enumerate(missing):
         where = f"uid = {sql_literal(uid)} AND global_index IS NULL"
         table.update(where=where, values={"global_index": start + offset})

@@ -197,7 +197,7 @@ def test_a_mudata_and_an_attached_modality_take_the_csc_choice(two):
             csc=True,
             progress=False,
         )
-    with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'programs' is dense"):
+    with pytest.warns(LancellWarning, match=r"csc=True is ignored: feature spaces \['programs'\] are dense"):
         attach_modality(
             atlas,
             programs[1::2].copy(),  # the cells the MuData's modality left out

@@ -132,7 +132,7 @@ def test_a_csc_copy_of_a_dense_dataset_is_warned_ignored_then_refused(tmp_path, 
     """``csc=True`` was silently ignored for a dense feature space; ``add_csc`` of such a dataset failed
     with a bare ``KeyError`` (no ``csr`` group)."""
     atlas = _atlas(tmp_path, mouse.var_names)
-    with pytest.warns(LancellWarning, match="csc=True is ignored: feature space 'expression_dense' is dense"):
+    with pytest.warns(LancellWarning, match=r"csc=True is ignored: feature spaces \['expression_dense'\]"):
         _ingest_dense(atlas, mouse, csc=True)
     with pytest.raises(IngestError, match="'mouse' is in the dense feature space 'expression_dense'"):
         add_csc(atlas, "mouse")
