@@ -5,7 +5,9 @@ the dataset record's ``layers`` column, not the group: :func:`add_layer` writes 
 CSC copy) into the group beside the existing ones, records its dtype in the group attributes, and then
 updates the record (the commit point, docs/integrity.md "Crash safety"). Readers list a group's layers from
 the record they see (:mod:`lancell.query.plan`), so a snapshot taken before never sees the layer, and debris
-of an interrupted call (arrays and attributes no record names) is invisible and overwritten by the next call.
+of an interrupted call (arrays and attributes no record names) is invisible and overwritten by the next call,
+unless a snapshot pins a record that names it (a call interrupted after its record's update committed, and a
+snapshot taken in that instant): those arrays are never written again.
 
 A sparse layer is stored on the dataset's stored pattern (``csr/indices``,
 :mod:`lancell.ingest.layer_blocks`): its entries must lie on it; where it has none it stores a zero and is
@@ -31,7 +33,9 @@ from lancell.storage.offsets import read_offsets
 from lancell.storage.reader import read_element_ranges
 from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import read_global_indices, sql_literal
+from lancell.tables.versions import list_snapshots, read_version
 from lancell.tables.visibility import dataset_lock_name
 
 if TYPE_CHECKING:
@@ -89,6 +93,13 @@ def add_layer(
         layers = list(record["layers"])
         if name in layers:
             raise IngestError(f"dataset {dataset_uid!r} already stores layer {name!r} (it has {layers})")
+        if name in attrs.get("layers", {}) and (pinned := _snapshots_listing(atlas, record, name)):
+            raise IngestError(
+                f"add_layer: dataset {dataset_uid!r}: layer {name!r} was left stored by an add_layer "
+                f"interrupted after its record listed it, and snapshots {pinned} read it: it is not written "
+                "again (their reads would change); add the layer under another allowed name, or delete the "
+                "dataset and ingest it again"
+            )
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
         where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
         # whether the record may list the layer (an interrupt may follow its update's commit): then only the
@@ -123,6 +134,21 @@ def add_layer(
             atlas.core.forget_nodes()  # this handle's opened groups predate the layer
     log.info("added layer %s to dataset %s", name, dataset_uid)
     return [*layers, name]
+
+
+def _snapshots_listing(atlas: RaggedAtlas, record: dict[str, object], name: str) -> list[int]:
+    """The snapshots whose record of ``record``'s dataset (in its zarr group) lists layer ``name``."""
+    where = f"uid = {sql_literal(record['uid'])} AND zarr_group = {sql_literal(record['zarr_group'])}"
+    found = []
+    for version in list_snapshots(atlas.core.tables.db)["version"]:
+        pinned = read_version(atlas.core.tables.db, int(version))["tables"]
+        datasets = atlas.core.pinned_view(pinned).tables.datasets.to_lance()
+        if "layers" not in datasets.schema.names:
+            continue
+        listed = datasets.to_table(columns=["layers"], filter=lance_sql(where)).column("layers").to_pylist()
+        if any(name in (layers or []) for layers in listed):
+            found.append(int(version))
+    return found
 
 
 def _record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:

@@ -264,6 +264,53 @@ def test_an_interrupt_after_add_layer_commits_rolls_it_back_whole(atlas, celltyp
     assert (out.X != atlas.query().layers("gene_expression", "counts").to_anndata().X).nnz == 0
 
 
+def test_a_layer_a_snapshot_read_in_an_interrupted_add_layer_is_not_written_again(
+    atlas, celltypist, monkeypatch
+):
+    """An add_layer interrupted after its record listed the layer leaves its arrays, which the next call
+    overwrote: a snapshot taken in that instant (another process) then read the second call's values."""
+    from lancell.tables.atlas_tables import AtlasTables
+
+    counts_only = celltypist[:50].copy()
+    counts_only.obs = counts_only.obs[[]]
+    _ingest(atlas, counts_only, "late", zarr_layer="counts")
+    real = AtlasTables.datasets
+    taken = []
+
+    class SnapshotThenInterrupt:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def update(self, *args, **kwargs):
+            result = self._table.update(*args, **kwargs)
+            if "log_normalized" in kwargs["values"]["layers"]:
+                taken.append(RaggedAtlas.open(atlas.db_uri).snapshot())
+                raise KeyboardInterrupt
+            return result
+
+    x = ad.AnnData(X=counts_only.X.astype(np.float32), obs=counts_only.obs, var=counts_only.var)
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            AtlasTables, "datasets", property(lambda tables: SnapshotThenInterrupt(real.fget(tables)))
+        )
+        with pytest.raises(KeyboardInterrupt):
+            add_layer(atlas, "late", "log_normalized", x)
+    pinned = RaggedAtlas.checkout(atlas.db_uri, taken[0])
+    before = pinned.query().layers("gene_expression", "log_normalized").to_anndata()
+    other = x.copy()
+    other.X = other.X * 2
+    with pytest.raises(
+        IngestError, match=rf"layer 'log_normalized' was left stored .* snapshots \[{taken[0]}\]"
+    ):
+        add_layer(atlas, "late", "log_normalized", other)
+    again = RaggedAtlas.checkout(atlas.db_uri, taken[0]).query()
+    assert (again.layers("gene_expression", "log_normalized").to_anndata().X != before.X).nnz == 0
+    assert add_layer(atlas, "late", "scaled", other) == ["counts", "scaled"]
+
+
 def test_add_layer_says_which_group_the_store_failed_to_open(atlas, celltypist, monkeypatch):
     """A store failure opening the dataset's group (before anything is written) was obstore's own error."""
     counts_only = celltypist[:50].copy()
