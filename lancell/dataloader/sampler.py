@@ -125,13 +125,15 @@ class CellSampler(Sampler[list[int]]):
         ``[0, num_replicas)``. Iterating (or
         ``set_epoch``, ``len``) raises it too when ``num_replicas`` or ``rank`` came from the defaults and
         ``torch.distributed`` now says otherwise (the sampler was built before ``init_process_group``).
+        The first iteration under a process group of ``num_replicas`` ranks raises it on every rank when
+        the ranks' samplers differ (other cells, snapshot, seed, mode, sizes).
 
     Warns
     -----
     LancellWarning
         ``block_size`` in random mode (it has no effect), an epoch of no batches (fewer cells than
         ``num_replicas * batch_size`` with ``drop_last``, or none), or several replicas reading a dataset
-        built on the live atlas (each rank's may hold other cells: build it from a snapshot).
+        built on the live atlas (each rank's may hold other cells: build it from one snapshot version).
     """
 
     def __init__(
@@ -174,8 +176,8 @@ class CellSampler(Sampler[list[int]]):
                 f"rank {self.rank} of {self.num_replicas} reads a dataset built on the live atlas: ranks "
                 "that build theirs at different moments (another process writing meanwhile) split different "
                 "cell lists, so cells overlap or go unread and batch counts differ (a DDP step then hangs); "
-                "build it from a snapshot (atlas.snapshot() once, then RaggedAtlas.checkout_latest on every "
-                "rank), or keep writers away while the ranks build",
+                "build it from one snapshot: atlas.snapshot() once, then RaggedAtlas.checkout(version) of "
+                "that version on every rank (checkout_latest on each rank may see a newer snapshot on some)",
                 LancellWarning,
                 stacklevel=2,
             )
@@ -186,6 +188,7 @@ class CellSampler(Sampler[list[int]]):
         self._cells = (list(dataset.groups.names), dataset.cell_groups, dataset.cell_positions)
         self._cells_digest: str | None = None
         self._snapshot_version = dataset.source.snapshot_version
+        self._ranks_agree = self.num_replicas == 1  # checked across ranks at the first iteration
         self._progress = Progress()
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":
@@ -227,6 +230,26 @@ class CellSampler(Sampler[list[int]]):
                 f"when it was built, but torch.distributed now has world size {world} and this process is "
                 f"rank {rank}: build the sampler after init_process_group(), or pass num_replicas and rank"
             )
+
+    def _check_ranks_agree(self) -> None:
+        """At this sampler's first iteration under an initialized process group of ``num_replicas`` ranks:
+        raise unless every rank's sampler draws the same epoch order from the same cells and snapshot (one
+        ``all_gather_object``, which every rank's first iteration joins)."""
+        distributed = dist.is_available() and dist.is_initialized()
+        if self._ranks_agree or not distributed or dist.get_world_size() != self.num_replicas:
+            return
+        mine = (self._order_key(), self._snapshot_version)
+        every = [None] * self.num_replicas
+        dist.all_gather_object(every, mine)
+        if differing := [rank for rank, theirs in enumerate(every) if theirs != every[0]]:
+            raise QueryError(
+                f"ranks {differing} built their samplers on other cells, snapshots or settings than rank 0 "
+                f"(rank 0: {every[0][0].n_cells} cells, snapshot {every[0][1]}; rank {differing[0]}: "
+                f"{every[differing[0]][0].n_cells} cells, snapshot {every[differing[0]][1]}): their epochs "
+                "would overlap and leave cells unread. Check out one snapshot version on every rank "
+                "(RaggedAtlas.checkout(version)), with the same query and sampler arguments"
+            )
+        self._ranks_agree = True
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration yields (call before each epoch).
@@ -335,6 +358,7 @@ class CellSampler(Sampler[list[int]]):
         return self._counted(self.epoch_batches(skip, epoch), epoch, count)
 
     def _counted(self, batches: Iterator[list[int]], epoch: int, count: Any) -> Iterator[list[int]]:
+        self._check_ranks_agree()
         for batch in batches:
             self._progress.yielded(count)
             yield batch

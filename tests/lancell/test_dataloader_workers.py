@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from lancell.dataloader import CellDataset, CellSampler, DenseCollate, make_loader
-from lancell.errors import LancellWarning
+from lancell.errors import LancellWarning, QueryError
 
 if TYPE_CHECKING:  # the DDP ranks import this module: keep lancedb out of their start-up
     from lancell.atlas import RaggedAtlas
@@ -159,3 +159,30 @@ def test_ddp_two_ranks_equal_batches_disjoint_complete(bundled, tmp_path):
             assert np.intersect1d(a, b).size == 0 and a.size + b.size == n // 400 * 400
         else:
             assert np.array_equal(np.union1d(a, b), np.arange(n)) and a.size + b.size == n + n % 2
+
+
+def _ddp_rank_of_its_own_dataset(rank: int, world: int, port: int, blobs: list[bytes], out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        dataset: CellDataset = pickle.loads(blobs[rank])
+        sampler = CellSampler(dataset, 200, seed=21)
+        try:
+            next(iter(make_loader(dataset, sampler)))
+            outcome = "read"
+        except QueryError as error:
+            outcome = str(error)
+        (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_that_built_other_cells_are_refused_at_their_first_batch(bundled, tmp_path):
+    """Ranks that checked out the latest snapshot while another landed read different cell lists: cells were
+    read twice or never, silently (and unequal batch counts hang a DDP step)."""
+    everyone = bundled.query().where("dataset_uid != 'mouse_10k'").on_unmeasured("keep")
+    fewer = bundled.query().where("dataset_uid = 'pbmc68k'")
+    blobs = [pickle.dumps(q.to_cell_dataset(SPACE, "log_normalized")) for q in (everyone, fewer)]
+    tmp.spawn(_ddp_rank_of_its_own_dataset, args=(2, _free_port(), blobs, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert outcome.startswith("ranks [1] built their samplers on other cells"), outcome
