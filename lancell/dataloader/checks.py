@@ -99,13 +99,29 @@ def positions(indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     return np.where(index < 0, index + n, index)
 
 
+def _check_narrowed(values: np.ndarray, dtype: torch.dtype, output: str, limit: int) -> None:
+    """Raise unless float ``values`` wider than ``dtype`` convert to it exactly: all within ``limit`` in
+    magnitude (whole numbers and a narrower float's values alike), else each one equal to itself narrowed."""
+    if max(float(values.max()), -float(values.min())) <= limit:
+        return
+    narrow = np.dtype(str(dtype).removeprefix("torch."))
+    changed = values.astype(narrow).astype(values.dtype) != values
+    if changed.any():
+        value = float(values[np.flatnonzero(changed)[0]])
+        shown = int(value) if value.is_integer() else value
+        raise QueryError(
+            f"{output} holds the value {shown}, which {dtype} does not hold exactly (only whole numbers up "
+            f"to {limit:,} in magnitude); read it with SparseCollate(dtype=torch.float64) or dtype=None"
+        )
+
+
 def check_exact(values: np.ndarray, dtype: torch.dtype, output: str) -> None:
     """Raise unless every one of ``values`` (a layer's values in one batch, for the batch's ``output``, e.g.
     ``"X"``) converts to ``dtype`` exactly: floats never to an integer dtype, whole numbers only within the
     dtype's exact range.
 
     Costs a pass over ``values`` (its max, or min) only where the stored dtype's range exceeds that exact
-    range (uint32 counts to float32 or int32); none otherwise.
+    range (uint32 counts to float32 or int32, float64 to float32); none otherwise.
 
     Raises
     ------
@@ -116,6 +132,8 @@ def check_exact(values: np.ndarray, dtype: torch.dtype, output: str) -> None:
     if values.dtype.kind == "f":
         if not dtype.is_floating_point:
             raise QueryError(f"{output} holds {values.dtype} values, which {dtype} would truncate")
+        if values.dtype.itemsize > dtype.itemsize and values.size:  # float64 (a layer of integer and float
+            _check_narrowed(values, dtype, output, limit)  # datasets: its counts too) to float32
         return
     if values.dtype.kind not in "iu" or values.size == 0:
         return
