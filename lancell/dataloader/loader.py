@@ -165,8 +165,10 @@ def make_loader(
         raise ArgumentError(
             f"SparseCollate needs a sparse feature space; this dataset's is {dataset.kind}: use DenseCollate"
         )
-    if type(collate_fn) in (SparseCollate, DenseCollate) and not collate_fn.presence:
-        _warn_padded(dataset)
+    if type(collate_fn) in (SparseCollate, DenseCollate):
+        _warn_unstored(dataset, collate_fn.presence)
+        if not collate_fn.presence:
+            _warn_padded(dataset)
     if (
         pin_memory and not torch.accelerator.is_available()
     ):  # pinning would raise in the first epoch's handoff
@@ -202,6 +204,35 @@ def make_loader(
     if type(collate_fn) in (SparseCollate, DenseCollate):  # a collate of the caller's may need a worker
         return WorkerLoader(dataset, sampler, sent, collate_fn, **kwargs)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=sent, **kwargs)
+
+
+def _warn_unstored(dataset: CellDataset, presence: bool) -> None:
+    """Warn about cells kept (``on_unmeasured("keep")``) in datasets that do not store a layer: their
+    rows of it are zeros no one measured. The presence mask tells them apart in ``X`` only."""
+    if dataset.on_unmeasured != "keep" or not dataset.unmeasured:
+        return
+    groups = dataset.groups
+    for k, layer in enumerate(dataset.layers):
+        if k == 0 and presence:
+            continue
+        stored = {
+            uid
+            for uid, kept in zip(groups.dataset_uids, groups.measured & groups.stores[k], strict=True)
+            if kept
+        }
+        if lacking := sorted(set(dataset.unmeasured) - stored):
+            where = "X" if k == 0 else f"layers[{layer!r}]"
+            told = (
+                "pass presence=True to the collate to mark them"
+                if k == 0
+                else "the presence mask covers X only"
+            )
+            warnings.warn(
+                f"the cells of datasets {lacking} were kept without layer {layer!r} (on_unmeasured('keep')): "
+                f"their rows of {where} in a batch are zeros no one measured; {told}",
+                LancellWarning,
+                stacklevel=3,
+            )
 
 
 def _warn_padded(dataset: CellDataset) -> None:

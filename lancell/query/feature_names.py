@@ -97,7 +97,8 @@ def _case_hint(view: RegistryView, unknown: list[str]) -> str:
     if not matches:
         return ""
     return (
-        f"; ignoring case, {', '.join(matches[:5])}: pass case_sensitive=False (lancell query --ignore-case)"
+        f"; ignoring case, {', '.join(matches[:5])}: name them so, or pass case_sensitive=False to "
+        "query.features() (lancell query --ignore-case)"
     )
 
 

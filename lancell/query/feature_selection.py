@@ -164,6 +164,14 @@ class FeatureSelection:
         )
         if isinstance(self.features, list) and plan.groups:  # named (all_features() wants every column)
             _warn_unread(core, feature_space, features, plan)
+        if join == "intersection" and features is None and len(plan.groups) > 1 and not plan.columns.size:
+            warnings.warn(
+                f"the selected datasets' {feature_space!r} panels have no feature in common: the "
+                f"intersection of {len(plan.groups)} datasets has no columns (feature_join('union') reads "
+                "them)",
+                LancellWarning,
+                stacklevel=4,
+            )
         return PlannedCells(plan.select(cells), plan)
 
 

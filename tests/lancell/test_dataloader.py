@@ -196,6 +196,36 @@ def test_a_loader_over_a_union_of_panels_without_presence_warns(split):
         make_loader(common, CellSampler(common, 50))
 
 
+def test_a_loader_over_cells_kept_without_a_layer_warns(bundled):
+    """on_unmeasured("keep") read a dataset's missing layer as rows of zeros: without presence nothing
+    said so, and for a layer after the first the presence mask marked them measured."""
+    base = bundled.query().where(dataset_uid=["pbmc68k", "celltypist_sample"]).on_unmeasured("keep")
+    base = base.feature_join("intersection")
+    counts = base.layers(SPACE, "counts").to_cell_dataset(SPACE, "counts")
+    with pytest.warns(
+        LancellWarning, match=r"datasets \['pbmc68k'\] were kept without layer 'counts'.* X in"
+    ):
+        make_loader(counts, CellSampler(counts, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        make_loader(counts, CellSampler(counts, 50), collate_fn=SparseCollate(presence=True))
+    both = ["log_normalized", "counts"]
+    two = base.layers(SPACE, both).to_cell_dataset(SPACE, both)
+    with pytest.warns(LancellWarning, match=r"\['pbmc68k'\] were kept without layer 'counts'.*covers X only"):
+        make_loader(two, CellSampler(two, 50), collate_fn=SparseCollate(presence=True))
+
+
+def test_an_empty_intersection_of_panels_warns(bundled):
+    """The intersection of a human and a mouse panel gave batches of 0 features, silently."""
+    query = bundled.query().where(dataset_uid=["celltypist_sample", "mouse_10k"]).feature_join("intersection")
+    with pytest.warns(
+        LancellWarning, match="panels have no feature in common: the intersection of 2 datasets"
+    ):
+        assert query.to_cell_dataset(SPACE, "counts").n_features == 0
+    with pytest.warns(LancellWarning, match="panels have no feature in common"):
+        assert query.to_anndata().shape == (559 + 10_000, 0)
+
+
 def test_loader_honours_query_features_by_symbol_and_uid(bundled):
     genes = ["LYZ", "CD3D", "MS4A1"]
     query = bundled.query().where("dataset_uid = 'pbmc68k'").features(genes, SPACE)
