@@ -13,6 +13,7 @@ import dagster as dg
 from lancell_assets.datasets import dataset_group
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import snapshot_partitions
+from lancell_assets.pools import WRITER_POOL
 from resources import AtlasResource
 from resources.models import check_label
 
@@ -22,7 +23,7 @@ REFRESH_AFTER_NEW_DATA = dg.AutomationCondition.eager().without(~dg.AutomationCo
 
 @dg.asset(
     deps=[dataset_group],
-    pool="lancedb_writer",
+    pool=WRITER_POOL,
     group_name="atlas",
     kinds={"lancedb"},
     owners=OWNERS,
@@ -46,7 +47,7 @@ def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) ->
 
 @dg.asset(
     deps=[feature_registry],
-    pool="lancedb_writer",
+    pool=WRITER_POOL,
     group_name="atlas",
     kinds={"lancedb"},
     owners=OWNERS,
@@ -77,7 +78,7 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
 @dg.asset(
     deps=[optimized_atlas],
     partitions_def=snapshot_partitions,
-    pool="lancedb_writer",
+    pool=WRITER_POOL,
     group_name="atlas",
     kinds={"lancedb"},
     owners=OWNERS,

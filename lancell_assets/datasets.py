@@ -19,6 +19,7 @@ import dagster as dg
 from lancell_assets.geo import geo_series
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import dataset_partitions
+from lancell_assets.pools import WRITER_POOL
 from resources import AtlasResource, LandingZone
 from resources.landing import LandingEntry
 
@@ -46,7 +47,7 @@ CHECKS = {
 @dg.asset(
     partitions_def=dataset_partitions,
     deps=[dg.AssetDep(geo_series, partition_mapping=dg.AllPartitionMapping())],
-    pool="lancedb_writer",
+    pool=WRITER_POOL,
     group_name="atlas",
     kinds={"lancedb", "zarr"},
     owners=OWNERS,

@@ -7,7 +7,10 @@ slot: every later LanceDB-writing step, of any run, would wait for it forever. E
 namespace, start in clock ticks since boot); :func:`fail_dead_runs` marks the unfinished runs whose process
 is certainly gone (:func:`lancell.processes.process_gone`) as failed and frees their slots. A run of another
 machine, boot or container namespace is left alone (nothing here can tell whether it lives); runs launched
-by the Dagster daemon are watched by Dagster's run monitoring (``dagster.yaml``).
+by the Dagster daemon are watched by Dagster's run monitoring (``dagster.yaml``). Neither watches a run of
+the Dagster CLI (``dagster job execute``, ``dagster asset materialize``): :func:`slot_holders` names the
+unfinished runs holding a pool's slots, so that a command waiting for them can say which, and
+:func:`fail_run` fails one its user knows is dead.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dagster as dg
 
-__all__ = ["WORKER_TAG", "fail_dead_runs", "worker_tags"]
+__all__ = ["WORKER_TAG", "fail_dead_runs", "fail_run", "slot_holders", "worker_tags"]
 
 WORKER_TAG = "lancell/worker"
 
@@ -51,8 +54,35 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     )
     dead = [run for run in unfinished if WORKER_TAG in run.tags and _gone(run.tags[WORKER_TAG])]
     for run in dead:
-        instance.report_run_failed(
-            run, f"its worker process ({run.tags[WORKER_TAG]}) is gone: killed without cleaning up"
-        )
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        why = f"its worker process ({run.tags[WORKER_TAG]}) is gone: killed without cleaning up"
+        _fail(instance, run, why)
     return [run.run_id for run in dead]
+
+
+def _fail(instance: dg.DagsterInstance, run: dg.DagsterRun, why: str) -> None:
+    instance.report_run_failed(run, why)
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+
+
+def slot_holders(instance: dg.DagsterInstance, pool: str) -> list[dg.DagsterRun]:
+    """The unfinished runs holding slots of ``pool``."""
+    claimed = {slot.run_id for slot in instance.event_log_storage.get_concurrency_info(pool).claimed_slots}
+    runs = [instance.get_run_by_id(run_id) for run_id in sorted(claimed)]
+    return [run for run in runs if run is not None and not run.is_finished]
+
+
+def fail_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Mark unfinished run ``run_id`` failed and free its pool slots (its user says its process is gone).
+
+    Raises
+    ------
+    lancell.errors.ArgumentValueError
+        No such run, or it has finished.
+    """
+    from lancell.errors import ArgumentValueError
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        what = "no such run" if run is None else f"it has finished ({run.status.value})"
+        raise ArgumentValueError(f"run {run_id!r} cannot be failed: {what}")
+    _fail(instance, run, "failed by its user: its process is gone (killed without cleaning up)")

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from lancell_assets.dead_runs import fail_dead_runs, worker_tags
+from lancell_assets.dead_runs import fail_dead_runs, fail_run, slot_holders, worker_tags
 from lancell_assets.partitions import snapshot_partitions
+from lancell_assets.pools import WRITER_POOL
 from resources.models import check_label
 
 if TYPE_CHECKING:
@@ -31,22 +33,44 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def take_snapshot(
-    defs: dg.Definitions, instance: dg.DagsterInstance, label: str, *, train: bool = True
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    label: str,
+    *,
+    train: bool = True,
+    fail_runs: Sequence[str] = (),
 ) -> dg.ExecuteInProcessResult:
     """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
 
     ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier). Runs whose
     process was killed without cleaning up are marked failed first, and their pool slots freed
-    (:mod:`lancell_assets.dead_runs`): they would block this run forever.
+    (:mod:`lancell_assets.dead_runs`): they would block this run forever. So are the runs ``fail_runs``
+    names (runs of the Dagster CLI, which nothing here can judge); every other run still holding a slot of
+    the writers' pool is named in a warning (this run waits for it).
 
     Raises
     ------
     lancell.errors.SnapshotLabelError
         ``label`` cannot name a snapshot partition (:func:`resources.models.check_label`); nothing is added.
+    lancell.errors.ArgumentValueError
+        A run of ``fail_runs`` does not exist or has finished; nothing is failed or added.
     """
     check_label(label)
     for run_id in fail_dead_runs(instance):
         log.warning("run %s: its process was killed; marked failed, its pool slots freed", run_id)
+    for run_id in fail_runs:
+        fail_run(instance, run_id)
+        log.warning("run %s: marked failed as asked, its pool slots freed", run_id)
+    for run in slot_holders(instance, WRITER_POOL):
+        log.warning(
+            "run %s (%s, %s) holds a %r pool slot: this snapshot waits until it ends; if its process is "
+            "gone (killed), stop this command and run it again with --fail-run %s",
+            run.run_id,
+            run.job_name,
+            run.status.value,
+            WRITER_POOL,
+            run.run_id,
+        )
     if not instance.has_dynamic_partition(snapshot_partitions.name, label):
         instance.add_dynamic_partitions(snapshot_partitions.name, [label])
     job = defs.resolve_job_def("snapshot_job")
@@ -69,14 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("label", help="the snapshot's label (its partition key and note)")
     parser.add_argument("--no-train", action="store_true", help="do not train the models on the snapshot")
+    parser.add_argument(
+        "--fail-run",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="first mark this unfinished run failed and free its pool slots (a run of the Dagster CLI whose "
+        "process was killed: this command names the runs it waits for); repeatable",
+    )
     args = parser.parse_args(argv)
     from definitions import defs
-    from lancell.errors import SnapshotLabelError
+    from lancell.errors import ArgumentValueError, SnapshotLabelError
 
     with dg.DagsterInstance.get() as instance:
         try:
-            result = take_snapshot(defs, instance, args.label, train=not args.no_train)
-        except SnapshotLabelError as exc:
+            result = take_snapshot(
+                defs, instance, args.label, train=not args.no_train, fail_runs=args.fail_run
+            )
+        except (SnapshotLabelError, ArgumentValueError) as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         if not result.success:

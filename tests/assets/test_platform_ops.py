@@ -427,6 +427,52 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: P
         assert fail_dead_runs(instance) == []
 
 
+def test_a_cli_run_holding_the_writers_slot_is_named_and_failed_on_request(
+    tmp_path: Path, monkeypatch, caplog
+):
+    """A SIGKILLed `dagster job execute` run kept the lancedb_writer slot: take_snapshot then waited forever
+    and printed nothing (such runs carry no worker tag: nothing can tell they are dead)."""
+    from lancell.errors import ArgumentValueError
+    from lancell_assets import take_snapshot as command
+    from lancell_assets.dead_runs import fail_run, slot_holders
+    from lancell_assets.pools import WRITER_POOL
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(WRITER_POOL, 1)
+        cli_run = dg.DagsterRun(
+            job_name="rebuild_atlas_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED
+        )
+        instance.add_run(cli_run)
+        assert storage.claim_concurrency_slot(WRITER_POOL, cli_run.run_id, "feature_registry").is_claimed
+        assert [run.run_id for run in slot_holders(instance, WRITER_POOL)] == [cli_run.run_id]
+
+        class Job:  # the snapshot job itself is not run here: what it would wait for is named first
+            def execute_in_process(self, **kwargs):
+                return kwargs["partition_key"]
+
+        class Defs:
+            def resolve_job_def(self, name):
+                return Job()
+
+        with caplog.at_level("WARNING", logger=command.__name__):
+            assert command.take_snapshot(Defs(), instance, "s1", train=False) == "s1"
+        assert f"run {cli_run.run_id} (rebuild_atlas_job, STARTED) holds a 'lancedb_writer'" in caplog.text
+        assert f"--fail-run {cli_run.run_id}" in caplog.text
+        with pytest.raises(ArgumentValueError, match="no such run"):
+            fail_run(instance, "no-such-run")
+        assert command.main(["s1", "--no-train", "--fail-run", "no-such-run"]) == 1  # nothing run
+        fail_run(instance, cli_run.run_id)
+        assert instance.get_run_by_id(cli_run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert storage.get_concurrency_info(WRITER_POOL).claimed_slots == []
+        with pytest.raises(ArgumentValueError, match=r"it has finished \(FAILURE\)"):
+            fail_run(instance, cli_run.run_id)
+
+
 def test_a_failure_line_names_the_assets_own_error_not_the_one_it_was_raised_from():
     """Following the chain to its end printed the store's raw OSError instead of the StoreError naming
     the table and location."""
