@@ -20,11 +20,20 @@ DEFAULT_CELL_SCHEMA = "lancell.bundled:CellSchema"
 DEFAULT_FEATURE_SCHEMA = "lancell.bundled:GeneFeature"
 
 
-def _import(path: str) -> Any:
-    """``module:Class`` -> the class (:func:`lancell.tables.schema.load_schema_class`)."""
+def _import(path: str, setting: str) -> Any:
+    """``module:Class`` -> the class (:func:`lancell.tables.schema.load_schema_class`); an error names
+    ``setting``, the resource's field and its environment variable."""
+    from lancell.errors import SchemaError
     from lancell.tables.schema import load_schema_class
 
-    return load_schema_class(path)
+    try:
+        return load_schema_class(path)
+    except SchemaError as exc:
+        raise SchemaError(f"{setting}: {exc}") from exc
+
+
+_CELL_SCHEMA = "AtlasResource.cell_schema (LANCELL_CELL_SCHEMA)"
+_FEATURE_SCHEMA = "AtlasResource.feature_schema (LANCELL_FEATURE_SCHEMA)"
 
 
 class AtlasResource(dg.ConfigurableResource):
@@ -122,9 +131,9 @@ class AtlasResource(dg.ConfigurableResource):
                     atlas = RaggedAtlas.create(
                         self.db_uri,
                         "cells",
-                        _import(self.cell_schema),
+                        _import(self.cell_schema, _CELL_SCHEMA),
                         store=self.store_url,
-                        registry_schemas={self.feature_space: _import(self.feature_schema)},
+                        registry_schemas={self.feature_space: _import(self.feature_schema, _FEATURE_SCHEMA)},
                         store_kwargs=self._store_kwargs(),
                     )
                 except AtlasExistsError:  # another run is creating it right now
@@ -138,21 +147,32 @@ class AtlasResource(dg.ConfigurableResource):
                     )
                     return atlas
             else:
-                self._check_cell_schema(atlas)
+                self._check_schemas(atlas)
                 return atlas
 
-    def _check_cell_schema(self, atlas: RaggedAtlas) -> None:
-        """An existing atlas must store every column of the configured cell schema (else it is ignored)."""
+    def _check_schemas(self, atlas: RaggedAtlas) -> None:
+        """An existing atlas must store every column of the configured cell schema, and its registry of
+        ``feature_space`` every column of the feature schema (else they would be ignored)."""
         from lancell.errors import SchemaError
+        from lancell.tables.feature_spaces import resolve_feature_space
         from lancell.tables.schema import OBS_NAME
 
-        schema = _import(self.cell_schema)
+        schema = _import(self.cell_schema, _CELL_SCHEMA)
         # OBS_NAME: atlases created before the column existed lack it and are served without it
         missing = sorted(set(schema.model_fields) - set(atlas.cell_arrow_schema.names) - {OBS_NAME})
         if missing:
             raise SchemaError(
-                f"cell schema {self.cell_schema} declares {missing}, which the cell table of the atlas at "
+                f"{_CELL_SCHEMA} {self.cell_schema} declares {missing}, which the cell table of the atlas at "
                 f"{self.db_uri} does not have (it was created with another schema)"
+            )
+        features = _import(self.feature_schema, _FEATURE_SCHEMA)
+        resolve_feature_space(atlas.feature_spaces, self.feature_space)  # (names the known ones)
+        stored = atlas.core.tables.registry(self.feature_space).schema.names
+        if missing := sorted(set(features.model_fields) - set(stored)):
+            raise SchemaError(
+                f"{_FEATURE_SCHEMA} {self.feature_schema} declares {missing}, which the "
+                f"{self.feature_space!r} registry of the atlas at {self.db_uri} does not have (it was "
+                "created with another schema)"
             )
 
     def checkout(self, version: int) -> RaggedAtlas:

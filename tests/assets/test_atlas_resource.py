@@ -14,7 +14,8 @@ import dagster as dg
 import pytest
 
 import definitions
-from lancell.errors import AtlasNotFoundError, StoreError
+from lancell.bundled import GeneFeature
+from lancell.errors import AtlasNotFoundError, SchemaError, StoreError
 from resources import AtlasResource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -98,3 +99,22 @@ def test_store_options_that_local_paths_would_ignore_are_refused(tmp_path: Path,
     with pytest.raises(StoreError, match=re.escape(f"['{named}'] would be ignored")):
         resource.open()
     assert sorted(tmp_path.iterdir()) == []
+
+
+class PanelGene(GeneFeature):
+    """A registry schema with a column the bundled one lacks."""
+
+    panel: str | None = None
+
+
+def test_schemas_an_existing_atlas_lacks_are_errors_naming_the_setting(tmp_path: Path):
+    """LANCELL_FEATURE_SCHEMA was never checked against an existing atlas (its columns silently ignored), and
+    a schema that cannot load named neither the resource field nor the variable."""
+    AtlasResource(db_uri=str(tmp_path / "db"), create_if_missing=True).open()
+    extra = AtlasResource(db_uri=str(tmp_path / "db"), feature_schema=f"{__name__}:PanelGene")
+    with pytest.raises(SchemaError, match=r"FEATURE_SCHEMA\) .*:PanelGene declares \['panel'\], which"):
+        extra.open()
+    for field, variable in (("cell_schema", "CELL"), ("feature_schema", "FEATURE")):
+        broken = AtlasResource(db_uri=str(tmp_path / "db"), **{field: "lancell.bundled:NoSuchClass"})
+        with pytest.raises(SchemaError, match=rf"AtlasResource.{field} \(LANCELL_{variable}_SCHEMA\): "):
+            broken.open()
