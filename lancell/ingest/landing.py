@@ -182,7 +182,10 @@ def _prepared(
     missing_layers = sorted({s for s in spec.layers.values() if s != "X"} - set(adata.layers))
     if missing_layers:
         raw = "; adata.raw is not a layer" if "raw" in missing_layers else ""
-        raise IngestError(f"{spec.path}: layers names {missing_layers}, not in {list(adata.layers)}{raw}")
+        raise IngestError(
+            f"{spec.path}: the sidecar's layers name {missing_layers}, which the file does not hold: a "
+            f"layer's source is 'X' or a key of adata.layers ({list(adata.layers) or 'none'}){raw}"
+        )
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))
     organism = spec.organism
     if spec.standardize and organism is not None:  # the name standardization records on the features
