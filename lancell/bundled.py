@@ -1,9 +1,10 @@
 """The real datasets bundled in ``data/`` (see ``data/PROVENANCE.md``) and an example schema for them.
 
-Used by ``make demo``, the tests and the benchmarks, so that every one of them builds the same atlas:
-two human panels that overlap (PBMC 68k, log-normalized floats; celltypist sample, integer UMI counts) and a
-mouse panel (10x 10k subset, integer-valued floats given as a dense matrix, genes keyed by Ensembl id because
-its symbols repeat).
+Used by ``make demo``, the tests and the benchmarks, so that every one of them stores the same data (the
+same cells, values and features; the global indices follow the order in which each build registers the
+genes): two human panels that overlap (PBMC 68k, log-normalized floats; celltypist sample, integer UMI
+counts) and a mouse panel (10x 10k subset, integer-valued floats given as a dense matrix, genes keyed by
+Ensembl id because its symbols repeat).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def landing_zone_sensor(
     # an empty listing (a volume not mounted) removes nothing
     stale = sorted(known - set(stamps) - materialized) if entries else []
     if stale:
-        context.log.info(f"partitions without a landing file, never ingested, removed: {stale}")
+        context.log.info(f"partitions without a landing file, never ingested, to remove: {stale}")
     requests = [dataset_partitions.build_add_request(new)] if new else []
     runs = [dg.RunRequest(run_key=f"dataset:{uid}:{stamps[uid]}", partition_key=uid) for uid in new + changed]
     # a partition's last stamp stays while its file is gone, so that a file landing again gets a run
