@@ -16,6 +16,7 @@ import dagster as dg
 
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.datasets import dataset_group
+from lancell_assets.duplicates import duplicates_of
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
 from lancell_assets.training import cell_type_classifier
 from resources import LandingZone
@@ -103,6 +104,7 @@ def landing_zone_sensor(
         context.log.info(f"partitions without a landing file, never ingested, to remove: {stale}")
     requests = [dataset_partitions.build_add_request(new)] if new else []
     runs = [dg.RunRequest(run_key=f"dataset:{uid}:{stamps[uid]}", partition_key=uid) for uid in new + changed]
+    runs += _duplicate_runs(context, set(new + changed), stamps)
     # a partition's last stamp stays while its file is gone, so that a file landing again gets a run
     cursor = {uid: stamp for uid, stamp in seen.items() if uid in known and uid not in stale} | stamps
     return dg.SensorResult(
@@ -112,6 +114,29 @@ def landing_zone_sensor(
         dynamic_partitions_requests=requests
         + ([dataset_partitions.build_delete_request(stale)] if stale else []),
     )
+
+
+def _duplicate_runs(
+    context: dg.SensorEvaluationContext, landed: set[str], stamps: dict[str, str]
+) -> list[dg.RunRequest]:
+    """A run of each partition whose content was that of a dataset now landed again (``landed``,
+    :mod:`lancell_assets.duplicates`): replaced, that dataset may no longer hold it, and the run ingests it
+    (or finds it a duplicate again). A partition whose file is gone is warned about."""
+    runs = []
+    for uid, original in sorted(duplicates_of(context.instance, dataset_group.key, landed).items()):
+        if uid not in stamps:
+            context.log.warning(
+                f"partition {uid} held the same content as dataset {original!r}, which landed again; its "
+                "landing file is gone, so that content may now be in no dataset"
+            )
+            continue
+        key = f"dataset:{uid}:{stamps[uid]}:after:{original}:{stamps[original]}"
+        runs.append(dg.RunRequest(run_key=key, partition_key=uid))
+    if runs:
+        context.log.info(
+            f"duplicates of datasets landed again, run again: {[run.partition_key for run in runs]}"
+        )
+    return runs
 
 
 def _stamps(entries: list[LandingEntry]) -> dict[str, str]:
