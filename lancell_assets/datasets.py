@@ -81,13 +81,20 @@ def dataset_group(
     naming what differs; the atlas is left as it was.
     """
     from lancell.errors import IngestError, LancellError
-    from lancell.ingest.landing import ingest_landing_file, landing_fingerprint, landing_state, present_record
+    from lancell.ingest.landing import (
+        ingest_landing_file,
+        landing_fingerprint,
+        landing_options,
+        landing_state,
+        present_record,
+    )
 
     uid = context.partition_key
     started = time.perf_counter()
     reports: list[StandardizationReport] = []
-    file, spec, fingerprint, state = (
+    file, spec, fingerprint, options, state = (
         Path(landing_zone.path),
+        None,
         None,
         None,
         None,
@@ -103,7 +110,7 @@ def dataset_group(
             if entry.spec is None:
                 raise IngestError(entry.error)
             spec, state = entry.spec, landing_state(entry.spec)
-            fingerprint = landing_fingerprint(spec)
+            fingerprint, options = landing_fingerprint(spec), landing_options(spec)
             record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
@@ -120,7 +127,7 @@ def dataset_group(
         landing = _compare_landing(context, landing_zone, record)
         checks = [*_checks(handle, record, None), landing.check]
         spec = None if landing.entry is None else landing.entry.spec
-        fingerprint = landing.recorded
+        fingerprint, options = landing.recorded, landing.options
         if landing.problem is not None:
             context.log.warning(f"dataset {uid}: {landing.problem}")
             path = file if landing.entry is None else landing.entry.path
@@ -168,6 +175,8 @@ def dataset_group(
     metadata = _metadata(handle, spec, record, outcome, seconds, reports[0] if reports else None)
     if fingerprint is not None:
         metadata["landing_fingerprint"] = fingerprint
+    if options is not None:  # what content_matches names when the fingerprint differs
+        metadata["landing_options"] = dg.MetadataValue.json(options)
     yield dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
@@ -199,6 +208,7 @@ class Landing(NamedTuple):
 
     entry: "LandingEntry | None"  # None: no file lands as the dataset any more
     recorded: str | None  # the landing fingerprint recorded when the dataset was ingested
+    options: dict[str, object] | None  # the sidecar options recorded with it (None: not recorded)
     check: dg.AssetCheckResult  # content_matches
     problem: "IngestError | None"  # what fails the run
 
@@ -210,7 +220,7 @@ def _compare_landing(
     one recorded at ingestion (by the latest materialization of this partition, if it recorded the dataset's
     current content)."""
     from lancell.errors import IngestError, LancellError
-    from lancell.ingest.landing import landing_fingerprint
+    from lancell.ingest.landing import landing_fingerprint, landing_options
 
     latest = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[record.uid]), limit=1
@@ -218,18 +228,19 @@ def _compare_landing(
     meta = latest[0].asset_materialization.metadata if latest else {}
     same = "content_fingerprint" in meta and meta["content_fingerprint"].value == record.content_fingerprint
     recorded = meta["landing_fingerprint"].value if same and "landing_fingerprint" in meta else None
+    options = meta["landing_options"].value if recorded and "landing_options" in meta else None
     entry = None
     try:
         entry = landing_zone.entry(record.uid)
         if entry is None:
             finding = "no landing file lands as this dataset any more: not compared"
-            return Landing(None, recorded, _content(True, finding), None)
+            return Landing(None, recorded, options, _content(True, finding), None)
         if entry.spec is None:
             raise IngestError(entry.error)
         current = landing_fingerprint(entry.spec)
     except LancellError as exc:
         problem = IngestError(f"its landing file cannot be compared with it: {exc}")
-        return Landing(entry, recorded, _content(False, str(problem)), problem)
+        return Landing(entry, recorded, options, _content(False, str(problem)), problem)
     if recorded is None:
         finding = (
             f"{entry.path.name}: this Dagster instance recorded no landing fingerprint of dataset "
@@ -238,15 +249,30 @@ def _compare_landing(
             "not compared"
         )
         context.log.warning(finding)
-        return Landing(entry, None, _content(False, finding, dg.AssetCheckSeverity.WARN), None)
+        return Landing(entry, None, None, _content(False, finding, dg.AssetCheckSeverity.WARN), None)
     if current != recorded:
         problem = IngestError(
-            f"landing file {entry.path} (with its sidecar's options) is not the one it was ingested from "
-            f"(landing fingerprint {current}, at ingestion {recorded}); the atlas keeps what was ingested: "
-            "delete the dataset and re-materialize this partition to replace it (or land the original again)"
+            f"landing file {entry.path} (with its sidecar's options) is not the one it was ingested from: "
+            f"{_differs(options, landing_options(entry.spec))} (landing fingerprint {current}, at ingestion "
+            f"{recorded}); the atlas keeps what was ingested: delete the dataset and re-materialize this "
+            "partition to replace it (or land the original again)"
         )
-        return Landing(entry, recorded, _content(False, str(problem)), problem)
-    return Landing(entry, recorded, _content(True, f"{entry.path.name} is the file ingested"), None)
+        return Landing(entry, recorded, options, _content(False, str(problem)), problem)
+    return Landing(entry, recorded, options, _content(True, f"{entry.path.name} is the file ingested"), None)
+
+
+def _differs(recorded: dict[str, object] | None, current: dict[str, object]) -> str:
+    """What differs between the sidecar options recorded at ingestion and the current ones, else that the
+    file's bytes do."""
+    if recorded is None:
+        return "its bytes or its sidecar's options differ (the options at ingestion were not recorded)"
+    changed = {key: (recorded.get(key), current.get(key)) for key in sorted({*recorded, *current})}
+    changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
+    if not changed:
+        return "its bytes differ (its sidecar's options are the same)"
+    return "its sidecar's options differ: " + ", ".join(
+        f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
+    )
 
 
 def _content(

@@ -60,6 +60,7 @@ __all__ = [
     "ingest_landing_file",
     "landing_files",
     "landing_fingerprint",
+    "landing_options",
     "other_landing_file",
     "present_record",
     "read_landing_spec",
@@ -80,6 +81,15 @@ def landing_files(folder: Path) -> list[LandingSpec]:
     return [read_landing_spec(p) for p in landing_paths(folder)[0]]
 
 
+def landing_options(spec: LandingSpec) -> dict[str, object]:
+    """The options a landing file's sidecar gives (every field of ``spec`` but ``path``; ``genome`` only
+    when set, so that fingerprints recorded before it existed still compare), as JSON values."""
+    options = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "path"}
+    if options["genome"] is None:
+        del options["genome"]
+    return json.loads(json.dumps(options, sort_keys=True, default=dict))
+
+
 def landing_fingerprint(spec: LandingSpec) -> str:
     """XXH3-128 (hex) of the landing file's bytes (a folder's: each file's relative path, size and bytes, in
     name order: :func:`~lancell.ingest.landing_spec.landing_contents`) and of the options its sidecar gives
@@ -95,10 +105,7 @@ def landing_fingerprint(spec: LandingSpec) -> str:
         The file cannot be read (the message names it).
     """
     digest = xxhash.xxh3_128()
-    options = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "path"}
-    if options["genome"] is None:
-        del options["genome"]
-    digest.update(json.dumps(options, sort_keys=True, default=dict).encode())
+    digest.update(json.dumps(landing_options(spec), sort_keys=True).encode())
     try:
         for path in landing_contents(spec.path):
             if path != spec.path:  # a folder's file: named, and its size, so no two listings digest alike

@@ -98,6 +98,17 @@ def test_an_edited_sidecar_under_an_ingested_dataset_is_named_and_the_checks_sta
     (root / "landing" / "a.json").write_text(json.dumps({"organism": "Mus musculus"}))  # another option
     other = ingest(defs, instance, "a")
     assert not other.success and checks(other) == FINE | {"content_matches": False}
+    # it named two digests only, the same words as for other bytes: now what differs
+    assert (
+        "its sidecar's options differ: organism 'Homo sapiens' -> 'Mus musculus'"
+        in failure(other).description
+    )
+    (root / "landing" / "a.json").write_text(json.dumps({"organism": "Homo sapiens"}))
+    write_h5ad(root / "landing" / "a.h5ad", seed=2)
+    assert (
+        "its bytes differ (its sidecar's options are the same)"
+        in failure(ingest(defs, instance, "a")).description
+    )
 
 
 def test_a_failed_file_is_named_as_it_landed_and_a_missing_landing_folder_is_a_typed_error(
