@@ -24,6 +24,7 @@ from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import is_tenx_output
 from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
+from lancell.ingest.records import given_or_default
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -113,7 +114,7 @@ def add_from_anndata(
     atlas.core.require_writable()
     if isinstance(adata, str | os.PathLike):
         adata = open_h5ad(Path(adata))
-    record = (dataset_record or atlas.dataset_schema()).model_copy()
+    record = given_or_default(atlas.dataset_schema, dataset_record)
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
     sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
+from lancell.ingest.records import given_or_default
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
 from lancell.tables.atlas_tables import read_columns
@@ -126,8 +127,9 @@ def attach_modality(
     """
     atlas.core.require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    record = (dataset_record or atlas.dataset_schema(uid=f"{cells_of}/{feature_space}")).model_copy()
+    record = given_or_default(atlas.dataset_schema, dataset_record, uid=f"{cells_of}/{feature_space}")
     to_store = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
+    check_raw(adata, record.uid, to_store)
     plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
     check_attachable(atlas, record.uid, cells_of, feature_space, plan.obs_names)
     plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
@@ -175,12 +177,13 @@ def add_from_mudata(
         named = {name: space for name, (space, _) in modalities.items() if space in repeated}
         raise IngestError(f"modalities {named} share a feature space: a cell holds one modality per space")
     atlas.core.require_writable()
+    _check_mudata(mdata, names)
     first = mdata.mod[names[0]].copy()
     _check_global_obs(mdata, first, names[0])
-    shared = [c for c in mdata.obs.columns if c not in first.obs.columns and ":" not in c]
+    shared = [c for c in mdata.obs.columns if c not in first.obs.columns and not _modality_copy(mdata, c)]
     first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
     name, (space_name, layer) = names[0], modalities[names[0]]
-    record = (dataset_record or atlas.dataset_schema()).model_copy()
+    record = given_or_default(atlas.dataset_schema, dataset_record)
     spaces = [resolve_feature_space(atlas.feature_spaces, space) for space, _ in modalities.values()]
     check_csc_of_run(csc, spaces, record.uid)
     space = resolve_feature_space(atlas.feature_spaces, space_name)
@@ -194,7 +197,7 @@ def add_from_mudata(
     for name in names[1:]:
         space_name, layer = modalities[name]
         adata, space = mdata.mod[name], resolve_feature_space(atlas.feature_spaces, space_name)
-        attached = atlas.dataset_schema(uid=f"{record.uid}/{space_name}")
+        attached = record.model_copy(update={"uid": f"{record.uid}/{space_name}"})  # its provenance
         strangers = adata.obs_names.difference(first.obs_names)
         if len(strangers):
             raise IngestError(
@@ -202,6 +205,7 @@ def add_from_mudata(
                 f"its first modality {names[0]!r}, e.g. {list(strangers[:5])}"
             )
         to_store = stored_layers(attached.uid, layer, None, None, None)
+        check_raw(adata, attached.uid, to_store)
         plan = plan_ingest(atlas.core, adata, space, to_store, attached, None, cells_of=record.uid)
         plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
         transactions.append(
@@ -220,6 +224,38 @@ def add_from_mudata(
     return run_transactions(transactions)
 
 
+def _modality_copy(mdata: MuData, column: object) -> bool:
+    """Whether ``mdata.obs`` column ``column`` is MuData's copy of a modality's obs column
+    (``<modality>:<column>``), not a column of its own."""
+    modality, colon, _ = str(column).partition(":")
+    return bool(colon) and modality in mdata.mod
+
+
+def _check_mudata(mdata: MuData, names: list[str]) -> None:
+    """Refuse what ``add_from_mudata`` cannot read as given: a backed modality, repeated obs names.
+
+    Raises
+    ------
+    IngestError
+        A modality of ``names`` opened backed, or whose obs names (or ``mdata.obs``'s) repeat.
+    """
+    backed = [name for name in names if mdata.mod[name].isbacked]
+    if backed:
+        raise IngestError(
+            f"modalities {backed} are backed: add_from_mudata reads a MuData in memory "
+            "(mudata.read_h5mu(path)); to stream a backed one, ingest its first modality with "
+            "add_from_anndata and attach the others with attach_modality"
+        )
+    for name, index in [
+        *((name, mdata.mod[name].obs_names) for name in names),
+        ("mdata.obs", mdata.obs_names),
+    ]:
+        if index.has_duplicates:
+            repeated = index[index.duplicated()].unique().tolist()
+            where = name if name == "mdata.obs" else f"modality {name!r}"
+            raise IngestError(f"{where}: obs names repeat, e.g. {repeated[:5]}: a cell is named once")
+
+
 def _check_global_obs(mdata: MuData, first: ad.AnnData, name: str) -> None:
     """Refuse ``mdata.obs`` columns that the first modality's obs also has, with other values: one of the
     two would be lost (the cells keep one column of each name).
@@ -231,7 +267,7 @@ def _check_global_obs(mdata: MuData, first: ad.AnnData, name: str) -> None:
     """
     differ = []
     for column in mdata.obs.columns:
-        if ":" in str(column) or column not in first.obs.columns:
+        if _modality_copy(mdata, column) or column not in first.obs.columns:
             continue
         own = first.obs[column].astype(object)
         mine = mdata.obs[column].reindex(first.obs.index).astype(object)

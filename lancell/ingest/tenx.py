@@ -38,6 +38,7 @@ from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
+from lancell.ingest.records import given_or_default
 from lancell.ingest.tenx_h5 import open_h5
 from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
@@ -240,8 +241,9 @@ def add_from_10x(
         raise IngestError(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
         )
-    default = atlas.dataset_schema() if cells_of is None else atlas.dataset_schema(uid=cells_of)
-    base = (dataset_record or default).model_copy()
+    base = given_or_default(
+        atlas.dataset_schema, dataset_record, **({} if cells_of is None else {"uid": cells_of})
+    )
     check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:
         base = base.model_copy(update={"source": str(matrix.path)})

@@ -295,3 +295,92 @@ def test_vacuum_detaches_a_stopped_modality_deletion_in_a_snapshot_group(ingeste
     assert atlas.query().count() == pbmc.n_obs and atlas.validate() == []
     pinned = RaggedAtlas.checkout(atlas.db_uri, version).query().layers("programs", "scores").to_anndata()
     assert np.allclose(pinned.X, _programs(pbmc).X)  # the snapshot reads the group it kept
+
+
+class Study(DatasetRecord):
+    """A dataset schema with a required field."""
+
+    tissue: str
+
+
+def _small_mudata(pbmc: ad.AnnData) -> MuData:
+    rna = pbmc[:20].copy()
+    rna.obs = rna.obs[[]]
+    return MuData({"rna": rna, "prog": _programs(rna)})
+
+
+def test_attached_modalities_keep_the_records_provenance(two):
+    """add_from_mudata stored the attached modality's record without the name, source and accession given."""
+    atlas, pbmc = two
+    given = DatasetRecord(uid="pbmc", name="CITE run", source="s3://lab/run.h5mu", accession="GSE1")
+    records = add_from_mudata(
+        atlas,
+        _small_mudata(pbmc),
+        {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")},
+        dataset_record=given,
+        progress=False,
+    )
+    stored = atlas.list_datasets().set_index("uid")
+    for uid in ("pbmc", "pbmc/programs"):
+        assert tuple(stored.loc[uid, ["name", "source", "accession"]]) == (
+            "CITE run",
+            "s3://lab/run.h5mu",
+            "GSE1",
+        )
+    assert [r.uid for r in records] == ["pbmc", "pbmc/programs"]
+
+
+def test_a_dataset_schema_with_a_required_field_needs_a_record_typed(tmp_path):
+    """Without dataset_record, such a schema raised pydantic's ValidationError, not an IngestError."""
+    pbmc = BUNDLED[0].read()[:20].copy()
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        TwoModalities,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Feature, "programs": Feature},
+        layers={"gene_expression": ["log_normalized"], "programs": ["scores"]},
+        dataset_schema=Study,
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": pbmc.var_names}))
+    atlas.register_features("programs", pd.DataFrame({"uid": [f"p{i}" for i in range(8)]}))
+    pbmc.obs = pbmc.obs[[]]
+    with pytest.raises(
+        IngestError, match=r"dataset schema Study requires \['tissue'\].*pass dataset_record=Study"
+    ):
+        add_from_anndata(
+            atlas, pbmc, feature_space="gene_expression", zarr_layer="log_normalized", progress=False
+        )
+    spaces = {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")}
+    record = Study(uid="m", tissue="blood")
+    add_from_mudata(atlas, _small_mudata(pbmc), spaces, dataset_record=record, progress=False)
+    assert atlas.list_datasets().set_index("uid").loc["m/programs", "tissue"] == "blood"
+
+
+def test_mudata_inputs_it_cannot_read_as_given_are_refused_typed(two, tmp_path):
+    """A backed MuData and repeated obs names beside an mdata.obs column raised anndata's and pandas'
+    ValueErrors; a later modality's raw was dropped without a word, and a global 'qc:pass' column too."""
+    import mudata
+
+    atlas, pbmc = two
+    spaces = {"rna": ("gene_expression", "log_normalized"), "prog": ("programs", "scores")}
+    mdata = _small_mudata(pbmc)
+    mdata.write(tmp_path / "m.h5mu")
+    with pytest.raises(IngestError, match=r"modalities \['rna', 'prog'\] are backed: add_from_mudata reads"):
+        add_from_mudata(atlas, mudata.read_h5mu(tmp_path / "m.h5mu", backed=True), spaces, progress=False)
+    repeated = _small_mudata(pbmc)
+    names = repeated.mod["prog"].obs_names.tolist()
+    repeated.mod["prog"].obs_names = [names[0], *names[:-1]]
+    repeated.update()
+    repeated.obs["batch"] = "b1"
+    with pytest.raises(IngestError, match="obs names repeat"):
+        add_from_mudata(atlas, repeated, spaces, progress=False)
+    assert atlas.list_datasets().empty
+    kept = _small_mudata(pbmc)
+    kept.mod["prog"].raw = kept.mod["prog"].copy()
+    kept.obs["qc:pass"] = True  # not a modality's copy ("<modality>:<column>")
+    with pytest.warns(LancellWarning) as caught:
+        records = add_from_mudata(atlas, kept, spaces, dataset_record=DatasetRecord(uid="k"), progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("dataset 'k/programs': adata.raw" in m and "is not stored" in m for m in messages)
+    assert "qc:pass" in records[0].dropped_obs_columns
