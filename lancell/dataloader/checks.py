@@ -106,6 +106,7 @@ def _check_narrowed(values: np.ndarray, dtype: torch.dtype, output: str, limit: 
         return
     narrow = np.dtype(str(dtype).removeprefix("torch."))
     changed = values.astype(narrow).astype(values.dtype) != values
+    changed &= ~np.isnan(values)  # (NaN narrows to NaN, unequal to itself)
     if changed.any():
         value = float(values[np.flatnonzero(changed)[0]])
         shown = int(value) if value.is_integer() else value

@@ -234,8 +234,9 @@ def test_collates_refuse_values_their_dtype_does_not_hold_exactly():
             QueryError, match=r"X holds the value 16777217, which torch\.float32 does not hold"
         ):
             collate(_batch(np.array([0.5, 2**24 + 1], dtype=np.float64)))
-    float32_values = np.array([0.1, 3e9, -(2**30)], dtype=np.float32).astype(np.float64)  # exact in float32
-    assert SparseCollate()(_batch(float32_values))["X"].values().tolist() == float32_values.tolist()
+    float32_values = np.array([0.1, 3e9, -(2**30), np.nan], dtype=np.float32).astype(np.float64)  # exact
+    got = SparseCollate()(_batch(float32_values))["X"].values().numpy()
+    np.testing.assert_array_equal(got, float32_values.astype(np.float32))
     beyond = _batch(np.array([3, 2**31], dtype=np.uint32))
     with pytest.raises(QueryError, match=r"X holds the value 2147483648, which torch\.int32 does not hold"):
         SparseCollate(dtype=torch.int32)(beyond)
