@@ -12,14 +12,28 @@ working. Warnings about inputs that were accepted but not used derive from :clas
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 
 def _preview(values: Sequence[object], n: int = 5) -> str:
     shown = ", ".join(repr(v) for v in list(values)[:n])
     more = f", ... ({len(values)} in all)" if len(values) > n else ""
     return f"[{shown}{more}]"
+
+
+def caller_outside_lancell() -> int:
+    """The ``stacklevel`` of the first caller outside lancell (and contextlib) of the function that calls
+    this (to pass to ``warnings.warn`` there): a warning then points at the user's line."""
+    package = Path(__file__).resolve().parent
+    frames = inspect.stack(context=0)[1:]  # from the function that warns
+    for level, frame in enumerate(frames, start=1):
+        path = Path(frame.filename).resolve()
+        if package not in path.parents and path.name != "contextlib.py":
+            return level
+    return len(frames)
 
 
 class LancellError(Exception):

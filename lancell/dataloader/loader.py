@@ -239,7 +239,8 @@ def _warn_padded(dataset: CellDataset) -> None:
     """Warn when some of ``dataset``'s output features were not measured by every group its cells live in:
     a batch without the presence mask holds zeros there that no one measured."""
     groups = dataset.groups
-    rows = groups.presence[:-1][groups.measured]
+    # the groups storing X (one without it is kept unmeasured, named by _warn_unstored)
+    rows = groups.presence[:-1][groups.measured & groups.stores[0]]
     padded = int((~rows).any(axis=0).sum()) if rows.size else 0
     if padded:
         warnings.warn(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
 from lancell.query.feature_names import registry_columns, resolve_features
 from lancell.query.plan import Join, PlannedCells, ReconstructionPlan, plan_reconstruction
 from lancell.query.unmeasured import OnUnmeasured, measured_groups
@@ -170,7 +170,7 @@ class FeatureSelection:
                 f"intersection of {len(plan.groups)} datasets has no columns (feature_join('union') reads "
                 "them)",
                 LancellWarning,
-                stacklevel=4,
+                stacklevel=caller_outside_lancell(),
             )
         return PlannedCells(plan.select(cells), plan)
 

@@ -22,7 +22,6 @@ pages cost one per 2 MiB (on this machine, with memory the process had just free
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import threading
 import warnings
@@ -33,7 +32,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from lancell.errors import LancellWarning
+from lancell.errors import LancellWarning, caller_outside_lancell
 
 __all__ = [
     "WRITE_PIECE",
@@ -85,20 +84,9 @@ def _wanted() -> bool:
         warnings.warn(
             f"LANCELL_SMALL_PAGES={value!r} is not auto or one of {sorted(_SWITCH)}: taken as auto",
             LancellWarning,
-            stacklevel=_caller_outside_lancell(),
+            stacklevel=caller_outside_lancell(),
         )
     return _SWITCH[value] if value in _SWITCH else reports_free_memory()
-
-
-def _caller_outside_lancell() -> int:
-    """The ``stacklevel`` of the first caller outside lancell (and contextlib) of the calling function."""
-    package = Path(__file__).resolve().parents[1]
-    frames = inspect.stack(context=0)[1:]  # from the function that warns
-    for level, frame in enumerate(frames, start=1):
-        path = Path(frame.filename).resolve()
-        if package not in path.parents and path.name != "contextlib.py":
-            return level
-    return len(frames)
 
 
 class _Advice:
