@@ -27,6 +27,7 @@ epoch's iterations go on with its next batch, the order unchanged (:mod:`.resume
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -125,8 +126,7 @@ class CellSampler(Sampler[list[int]]):
         ``[0, num_replicas)``. Iterating (or
         ``set_epoch``, ``len``) raises it too when ``num_replicas`` or ``rank`` came from the defaults and
         ``torch.distributed`` now says otherwise (the sampler was built before ``init_process_group``).
-        The first iteration under a process group of ``num_replicas`` ranks raises it on every rank when
-        the ranks' samplers differ (other cells, snapshot, seed, mode, sizes).
+        :meth:`check_ranks` (a collective, called on every rank) raises it where the ranks' samplers differ.
 
     Warns
     -----
@@ -188,7 +188,6 @@ class CellSampler(Sampler[list[int]]):
         self._cells = (list(dataset.groups.names), dataset.cell_groups, dataset.cell_positions)
         self._cells_digest: str | None = None
         self._snapshot_version = dataset.source.snapshot_version
-        self._ranks_agree = self.num_replicas == 1  # checked across ranks at the first iteration
         self._progress = Progress()
         self._blocks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if mode == "locality":
@@ -231,25 +230,48 @@ class CellSampler(Sampler[list[int]]):
                 f"rank {rank}: build the sampler after init_process_group(), or pass num_replicas and rank"
             )
 
-    def _check_ranks_agree(self) -> None:
-        """At this sampler's first iteration under an initialized process group of ``num_replicas`` ranks:
-        raise unless every rank's sampler draws the same epoch order from the same cells and snapshot (one
-        ``all_gather_object``, which every rank's first iteration joins)."""
-        distributed = dist.is_available() and dist.is_initialized()
-        if self._ranks_agree or not distributed or dist.get_world_size() != self.num_replicas:
-            return
-        mine = (self._order_key(), self._snapshot_version)
-        every = [None] * self.num_replicas
-        dist.all_gather_object(every, mine)
-        if differing := [rank for rank, theirs in enumerate(every) if theirs != every[0]]:
+    def check_ranks(self, group: dist.ProcessGroup | None = None) -> None:
+        """Raise unless every rank's sampler draws its share of the same epoch order: the same cells (their
+        digest), seed, mode, sizes and ``drop_last``. A collective (one ``all_gather_object`` on ``group``,
+        default the default group): call it on every rank at the same point, e.g. right after building the
+        sampler (with NCCL, after ``torch.cuda.set_device``). Ranks that each called ``checkout_latest``
+        while a snapshot landed hold other cells: their shares would overlap and leave cells unread.
+
+        Raises
+        ------
+        QueryError
+            A rank's sampler differs (the message names the first rank and setting), or no process group
+            of ``num_replicas`` ranks is initialized.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            raise QueryError("check_ranks() compares the ranks' samplers: init_process_group() first")
+        self._check_world()
+        world = dist.get_world_size(group)
+        if world != self.num_replicas:
             raise QueryError(
-                f"ranks {differing} built their samplers on other cells, snapshots or settings than rank 0 "
-                f"(rank 0: {every[0][0].n_cells} cells, snapshot {every[0][1]}; rank {differing[0]}: "
-                f"{every[differing[0]][0].n_cells} cells, snapshot {every[differing[0]][1]}): their epochs "
-                "would overlap and leave cells unread. Check out one snapshot version on every rank "
-                "(RaggedAtlas.checkout(version)), with the same query and sampler arguments"
+                f"the sampler splits epochs into {self.num_replicas} shares, the group has {world} ranks"
             )
-        self._ranks_agree = True
+        mine = (self._order_key(), self._snapshot_version)
+        every: list[Any] = [None] * world
+        dist.all_gather_object(every, mine, group=group)
+        first_key, first_version = every[0]
+        for rank, (key, version) in enumerate(every):
+            differing = [
+                f.name for f in dataclasses.fields(key) if getattr(key, f.name) != getattr(first_key, f.name)
+            ]
+            if differing:
+                name = differing[0]
+                shown = (
+                    "their digests differ"
+                    if name == "cells"
+                    else f"{getattr(first_key, name)!r} against {getattr(key, name)!r}"
+                )
+                raise QueryError(
+                    f"rank {rank}'s sampler differs from rank 0's in {name} ({shown}; rank 0 reads snapshot "
+                    f"{first_version}, rank {rank} snapshot {version}): their epochs would overlap and leave "
+                    "cells unread. Check out one snapshot version on every rank "
+                    "(RaggedAtlas.checkout(version)) and build the same query and sampler"
+                )
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration yields (call before each epoch).
@@ -358,7 +380,6 @@ class CellSampler(Sampler[list[int]]):
         return self._counted(self.epoch_batches(skip, epoch), epoch, count)
 
     def _counted(self, batches: Iterator[list[int]], epoch: int, count: Any) -> Iterator[list[int]]:
-        self._check_ranks_agree()
         for batch in batches:
             self._progress.yielded(count)
             yield batch

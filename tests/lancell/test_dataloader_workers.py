@@ -166,9 +166,10 @@ def _ddp_rank_of_its_own_dataset(rank: int, world: int, port: int, blobs: list[b
     try:
         dataset: CellDataset = pickle.loads(blobs[rank])
         sampler = CellSampler(dataset, 200, seed=21)
+        CellSampler(pickle.loads(blobs[0]), 200, seed=21).check_ranks()  # alike on every rank: passes
         try:
-            next(iter(make_loader(dataset, sampler)))
-            outcome = "read"
+            sampler.check_ranks()
+            outcome = "agreed"
         except QueryError as error:
             outcome = str(error)
         (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
@@ -176,7 +177,7 @@ def _ddp_rank_of_its_own_dataset(rank: int, world: int, port: int, blobs: list[b
         dist.destroy_process_group()
 
 
-def test_ddp_ranks_that_built_other_cells_are_refused_at_their_first_batch(bundled, tmp_path):
+def test_ddp_ranks_that_built_other_cells_are_refused_by_check_ranks(bundled, tmp_path):
     """Ranks that checked out the latest snapshot while another landed read different cell lists: cells were
     read twice or never, silently (and unequal batch counts hang a DDP step)."""
     everyone = bundled.query().where("dataset_uid != 'mouse_10k'").on_unmeasured("keep")
@@ -185,4 +186,4 @@ def test_ddp_ranks_that_built_other_cells_are_refused_at_their_first_batch(bundl
     tmp.spawn(_ddp_rank_of_its_own_dataset, args=(2, _free_port(), blobs, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
-        assert outcome.startswith("ranks [1] built their samplers on other cells"), outcome
+        assert outcome.startswith("rank 1's sampler differs from rank 0's in n_cells ("), outcome
