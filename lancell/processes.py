@@ -104,3 +104,17 @@ def process_gone(recorded: Mapping[str, Any]) -> bool:
         return False
     state, now = stat
     return state == "Z" or (started is not None and now != started)
+
+
+def process_alive(recorded: Mapping[str, Any]) -> bool:
+    """Whether the process :func:`this_process` recorded certainly runs: this host, boot and namespace,
+    and its id names a live process started at the recorded time."""
+    if recorded.get("host") != socket.gethostname() or "pid" not in recorded:
+        return False
+    started = recorded.get("started")
+    if recorded.get("namespace") != _namespace() or not isinstance(started, str):
+        return False
+    if started.rsplit(":", 1)[0] != _boot_id():
+        return False
+    stat = _stat(int(recorded["pid"]))
+    return stat is not None and stat[0] != "Z" and stat[1] == started

@@ -10,7 +10,7 @@ machine, boot or container namespace is left alone (nothing here can tell whethe
 by the Dagster daemon are watched by Dagster's run monitoring (``dagster.yaml``). Neither watches a run of
 the Dagster CLI (``dagster job execute``, ``dagster asset materialize``): :func:`slot_holders` names the
 unfinished runs holding a pool's slots, so that a command waiting for them can say which, and
-:func:`fail_run` fails one its user knows is dead.
+:func:`fail_runs` fails those its user knows are dead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dagster as dg
 
-__all__ = ["WORKER_TAG", "fail_dead_runs", "fail_run", "slot_holders", "worker_tags"]
+__all__ = ["WORKER_TAG", "fail_dead_runs", "fail_runs", "slot_holders", "worker_tags"]
 
 WORKER_TAG = "lancell/worker"
 
@@ -34,14 +34,20 @@ def worker_tags() -> dict[str, str]:
     return {WORKER_TAG: json.dumps(me, sort_keys=True)} if me["started"] else {}
 
 
-def _gone(worker: str) -> bool:
-    from lancell.processes import process_gone
-
+def _recorded(worker: str) -> dict | None:
+    """The process a worker tag records, None for a tag this module did not write."""
     try:
         recorded = json.loads(worker)
     except ValueError:
-        return False  # not a tag this module wrote
-    return isinstance(recorded, dict) and process_gone(recorded)
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _gone(worker: str) -> bool:
+    from lancell.processes import process_gone
+
+    recorded = _recorded(worker)
+    return recorded is not None and process_gone(recorded)
 
 
 def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -71,18 +77,31 @@ def slot_holders(instance: dg.DagsterInstance, pool: str) -> list[dg.DagsterRun]
     return [run for run in runs if run is not None and not run.is_finished]
 
 
-def fail_run(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Mark unfinished run ``run_id`` failed and free its pool slots (its user says its process is gone).
+def fail_runs(instance: dg.DagsterInstance, run_ids: list[str]) -> None:
+    """Mark the unfinished runs ``run_ids`` failed and free their pool slots (their user says their
+    processes are gone); every one is checked before any is failed.
 
     Raises
     ------
     lancell.errors.ArgumentValueError
-        No such run, or it has finished.
+        A run that does not exist, has finished, or whose worker process (:data:`WORKER_TAG`) is this
+        machine's and alive; nothing is failed.
     """
     from lancell.errors import ArgumentValueError
+    from lancell.processes import process_alive
 
-    run = instance.get_run_by_id(run_id)
-    if run is None or run.is_finished:
-        what = "no such run" if run is None else f"it has finished ({run.status.value})"
-        raise ArgumentValueError(f"run {run_id!r} cannot be failed: {what}")
-    _fail(instance, run, "failed by its user: its process is gone (killed without cleaning up)")
+    runs = []
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            what = "no such run" if run is None else f"it has finished ({run.status.value})"
+            raise ArgumentValueError(f"run {run_id!r} cannot be failed: {what} (nothing was failed)")
+        worker = _recorded(run.tags.get(WORKER_TAG, ""))
+        if worker is not None and process_alive(worker):
+            raise ArgumentValueError(
+                f"run {run_id!r} cannot be failed: its worker process ({run.tags[WORKER_TAG]}) is alive on "
+                "this machine (nothing was failed)"
+            )
+        runs.append(run)
+    for run in runs:
+        _fail(instance, run, "failed by its user: its process is gone (killed without cleaning up)")

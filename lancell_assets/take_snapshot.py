@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from lancell_assets.dead_runs import fail_dead_runs, fail_run, slot_holders, worker_tags
+from lancell_assets.dead_runs import fail_dead_runs, fail_runs, slot_holders, worker_tags
 from lancell_assets.partitions import snapshot_partitions
 from lancell_assets.pools import WRITER_POOL
 from resources.models import check_label
@@ -38,33 +38,34 @@ def take_snapshot(
     label: str,
     *,
     train: bool = True,
-    fail_runs: Sequence[str] = (),
+    failed: Sequence[str] = (),
 ) -> dg.ExecuteInProcessResult:
     """Add snapshot partition ``label`` (if new) and run ``snapshot_job`` for it in this process.
 
     ``train=False`` leaves out the assets downstream of ``atlas_snapshot`` (the classifier). Runs whose
     process was killed without cleaning up are marked failed first, and their pool slots freed
-    (:mod:`lancell_assets.dead_runs`): they would block this run forever. So are the runs ``fail_runs``
-    names (runs of the Dagster CLI, which nothing here can judge); every other run still holding a slot of
-    the writers' pool is named in a warning (this run waits for it).
+    (:mod:`lancell_assets.dead_runs`): they would block this run forever. So are the runs ``failed``
+    names (runs of the Dagster CLI, which nothing here can judge: their user says they are dead); every other
+    run still holding a slot of the writers' pool is named in a warning (this run waits for it).
 
     Raises
     ------
     lancell.errors.SnapshotLabelError
         ``label`` cannot name a snapshot partition (:func:`resources.models.check_label`); nothing is added.
     lancell.errors.ArgumentValueError
-        A run of ``fail_runs`` does not exist or has finished; nothing is failed or added.
+        A run of ``failed`` does not exist, has finished or runs on this machine; nothing of ``failed`` is
+        failed and no partition is added.
     """
     check_label(label)
     for run_id in fail_dead_runs(instance):
         log.warning("run %s: its process was killed; marked failed, its pool slots freed", run_id)
-    for run_id in fail_runs:
-        fail_run(instance, run_id)
+    fail_runs(instance, list(failed))
+    for run_id in failed:
         log.warning("run %s: marked failed as asked, its pool slots freed", run_id)
     for run in slot_holders(instance, WRITER_POOL):
         log.warning(
             "run %s (%s, %s) holds a %r pool slot: this snapshot waits until it ends; if its process is "
-            "gone (killed), stop this command and run it again with --fail-run %s",
+            "gone (killed), stop this command and run it again with --fail-run %s; else it ends on its own",
             run.run_id,
             run.job_name,
             run.status.value,
@@ -107,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with dg.DagsterInstance.get() as instance:
         try:
-            result = take_snapshot(
-                defs, instance, args.label, train=not args.no_train, fail_runs=args.fail_run
-            )
+            result = take_snapshot(defs, instance, args.label, train=not args.no_train, failed=args.fail_run)
         except (SnapshotLabelError, ArgumentValueError) as exc:
             print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ import pytest
 import definitions
 from lancell.bundled import GeneFeature
 from lancell.errors import AtlasNotFoundError, SchemaError, StoreError
+from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 from resources import AtlasResource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -101,6 +102,12 @@ def test_store_options_that_local_paths_would_ignore_are_refused(tmp_path: Path,
     assert sorted(tmp_path.iterdir()) == []
 
 
+class RnaCells(LancellBaseSchema):
+    """Cells whose genes are feature space ``rna``."""
+
+    rna: SparseZarrPointer | None = None
+
+
 class PanelGene(GeneFeature):
     """A registry schema with a column the bundled one lacks."""
 
@@ -118,3 +125,15 @@ def test_schemas_an_existing_atlas_lacks_are_errors_naming_the_setting(tmp_path:
         broken = AtlasResource(db_uri=str(tmp_path / "db"), **{field: "lancell.bundled:NoSuchClass"})
         with pytest.raises(SchemaError, match=rf"AtlasResource.{field} \(LANCELL_{variable}_SCHEMA\): "):
             broken.open()
+
+
+def test_an_atlas_of_another_feature_space_is_opened_and_the_feature_schema_not_checked(
+    tmp_path: Path, caplog
+):
+    """The feature schema check refused an atlas whose gene space has another name (FeatureSpaceError)."""
+    from lancell.atlas import RaggedAtlas
+
+    RaggedAtlas.create(str(tmp_path / "db"), "cells", RnaCells, registry_schemas={"rna": GeneFeature})
+    with caplog.at_level(logging.WARNING):
+        AtlasResource(db_uri=str(tmp_path / "db"), cell_schema=f"{__name__}:RnaCells").open()
+    assert "AtlasResource.feature_space 'gene_expression' is not a feature space of the atlas" in caplog.text

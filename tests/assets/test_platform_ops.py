@@ -440,7 +440,7 @@ def test_a_cli_run_holding_the_writers_slot_is_named_and_failed_on_request(
     and printed nothing (such runs carry no worker tag: nothing can tell they are dead)."""
     from lancell.errors import ArgumentValueError
     from lancell_assets import take_snapshot as command
-    from lancell_assets.dead_runs import fail_run, slot_holders
+    from lancell_assets.dead_runs import WORKER_TAG, fail_runs, slot_holders, worker_tags
     from lancell_assets.pools import WRITER_POOL
 
     home = tmp_path / "home"
@@ -469,14 +469,25 @@ def test_a_cli_run_holding_the_writers_slot_is_named_and_failed_on_request(
             assert command.take_snapshot(Defs(), instance, "s1", train=False) == "s1"
         assert f"run {cli_run.run_id} (rebuild_atlas_job, STARTED) holds a 'lancedb_writer'" in caplog.text
         assert f"--fail-run {cli_run.run_id}" in caplog.text
-        with pytest.raises(ArgumentValueError, match="no such run"):
-            fail_run(instance, "no-such-run")
+        with pytest.raises(ArgumentValueError, match="no such run"):  # every one checked first
+            fail_runs(instance, [cli_run.run_id, "no-such-run"])
+        assert instance.get_run_by_id(cli_run.run_id).status == dg.DagsterRunStatus.STARTED
+        alive = dg.DagsterRun(
+            job_name="snapshot_job",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.STARTED,
+            tags=worker_tags(),  # this very process: alive
+        )
+        instance.add_run(alive)
+        assert WORKER_TAG in alive.tags
+        with pytest.raises(ArgumentValueError, match="is alive on this machine"):
+            fail_runs(instance, [alive.run_id])
         assert command.main(["s1", "--no-train", "--fail-run", "no-such-run"]) == 1  # nothing run
-        fail_run(instance, cli_run.run_id)
+        fail_runs(instance, [cli_run.run_id])
         assert instance.get_run_by_id(cli_run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert storage.get_concurrency_info(WRITER_POOL).claimed_slots == []
         with pytest.raises(ArgumentValueError, match=r"it has finished \(FAILURE\)"):
-            fail_run(instance, cli_run.run_id)
+            fail_runs(instance, [cli_run.run_id])
 
 
 def test_a_failure_line_names_the_assets_own_error_not_the_one_it_was_raised_from():
