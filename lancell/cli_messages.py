@@ -26,7 +26,7 @@ _FLAGS = (
     ("registry_schemas names feature spaces", "--registry names feature spaces"),
     ("have no registry schema in registry_schemas", "have no --registry"),
     ("layers names feature spaces", "--layers names feature spaces"),
-    ("pass case_sensitive=False (lancell query --ignore-case)", "pass --ignore-case"),
+    ("pass case_sensitive=False to query.features() (lancell query --ignore-case)", "pass --ignore-case"),
     ("; nothing was ingested (on_duplicate='skip')", "; nothing was ingested"),
     ("on_conflict='keep'", "--on-conflict keep"),
     ("on_conflict='update'", "--on-conflict update"),
