@@ -16,7 +16,7 @@ import dagster as dg
 
 from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimized_atlas
 from lancell_assets.datasets import dataset_group
-from lancell_assets.duplicates import duplicates_of
+from lancell_assets.duplicates import stale_duplicates
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
 from lancell_assets.training import cell_type_classifier
 from resources import LandingZone
@@ -104,7 +104,7 @@ def landing_zone_sensor(
         context.log.info(f"partitions without a landing file, never ingested, to remove: {stale}")
     requests = [dataset_partitions.build_add_request(new)] if new else []
     runs = [dg.RunRequest(run_key=f"dataset:{uid}:{stamps[uid]}", partition_key=uid) for uid in new + changed]
-    runs += _duplicate_runs(context, set(new + changed), stamps)
+    runs += _duplicate_runs(context)
     # a partition's last stamp stays while its file is gone, so that a file landing again gets a run
     cursor = {uid: stamp for uid, stamp in seen.items() if uid in known and uid not in stale} | stamps
     return dg.SensorResult(
@@ -116,25 +116,20 @@ def landing_zone_sensor(
     )
 
 
-def _duplicate_runs(
-    context: dg.SensorEvaluationContext, landed: set[str], stamps: dict[str, str]
-) -> list[dg.RunRequest]:
-    """A run of each partition whose content was that of a dataset now landed again (``landed``,
-    :mod:`lancell_assets.duplicates`): replaced, that dataset may no longer hold it, and the run ingests it
-    (or finds it a duplicate again). A partition whose file is gone is warned about."""
-    runs = []
-    for uid, original in sorted(duplicates_of(context.instance, dataset_group.key, landed).items()):
-        if uid not in stamps:
-            context.log.warning(
-                f"partition {uid} held the same content as dataset {original!r}, which landed again; its "
-                "landing file is gone, so that content may now be in no dataset"
-            )
-            continue
-        key = f"dataset:{uid}:{stamps[uid]}:after:{original}:{stamps[original]}"
-        runs.append(dg.RunRequest(run_key=key, partition_key=uid))
+def _duplicate_runs(context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:
+    """A run of each partition whose content was that of a dataset ingested anew since
+    (:mod:`lancell_assets.duplicates`): it ingests the content, or finds it a duplicate again (a run whose
+    landing file is gone fails naming it). Once per such ingestion, and only after it, so the dataset's own
+    run is never overtaken (its content would then land as this partition's)."""
+    runs = [
+        dg.RunRequest(run_key=f"dataset:{uid}:after:{original}:{storage_id}", partition_key=uid)
+        for uid, (original, storage_id) in sorted(
+            stale_duplicates(context.instance, dataset_group.key).items()
+        )
+    ]
     if runs:
         context.log.info(
-            f"duplicates of datasets landed again, run again: {[run.partition_key for run in runs]}"
+            f"duplicates of datasets ingested anew, run again: {[run.partition_key for run in runs]}"
         )
     return runs
 

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import dagster as dg
 
-from lancell_assets.duplicates import duplicates_of
 from lancell_assets.geo import geo_series
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import dataset_partitions
@@ -157,14 +156,6 @@ def dataset_group(
         context.log.warning(f"{file.name}: same content as dataset {record.uid!r}; not ingested again")
     else:
         context.log.info(f"{record.uid}: {record.n_cells} cells, {record.nnz} nnz ({outcome})")
-    if outcome == "ingested" and (
-        earlier := duplicates_of(context.instance, context.asset_key, {record.uid})
-    ):
-        context.log.warning(
-            f"partitions {sorted(earlier)} held the content of an earlier dataset {record.uid!r}: it is "
-            "replaced, so their content may be in no dataset now; materialize them again (the landing sensor "
-            "does when this dataset's file landed again)"
-        )
     for report in reports:
         context.log.info(f"{uid}: standardized\n{report.summary()}")
     if record.dropped_obs_columns:

@@ -190,30 +190,37 @@ def test_a_flipped_bit_in_a_stored_chunk_fails_dataset_consistent(ingested):
     assert "chunk checksum" in str(consistent.metadata)
 
 
-def test_a_duplicate_of_a_replaced_dataset_is_run_again(ingested):
+def test_a_duplicate_of_a_replaced_dataset_is_run_again_after_it(ingested):
     """A file landed under two names was ingested once (its second partition green as ``duplicate``); once
-    the first dataset was replaced, its content was in no dataset and nothing said so."""
+    the first dataset was replaced, its content was in no dataset and nothing said so. The duplicate's run
+    comes after the replacement's, never beside it: run first, it took the content as its own."""
     defs, instance, root = ingested
     landing = root / "landing"
-    (landing / "copy.h5ad").write_bytes((landing / "a.h5ad").read_bytes())
+    original = (landing / "a.h5ad").read_bytes()
+    (landing / "copy.h5ad").write_bytes(original)
     (landing / "copy.json").write_text((landing / "a.json").read_text())
     first = tick(defs, instance)
     assert [run.partition_key for run in first.run_requests] == ["copy"]
     duplicate = ingest(defs, instance, "copy")
     meta = duplicate.asset_materializations_for_node("dataset_group")[0].metadata
     assert (meta["outcome"].value, meta["duplicate_of"].value) == ("duplicate", "a")
+
     atlas = RaggedAtlas.open(str(root / "db"))
+    atlas.delete_dataset("a")  # the same file landed again: only a's run, whose content it is
+    (landing / "a.h5ad").write_bytes(original)
+    landed = tick(defs, instance, first.cursor)
+    assert [run.partition_key for run in landed.run_requests] == ["a"]
+    assert ingest(defs, instance, "a").success
+    after = tick(defs, instance, landed.cursor)  # a ingested anew: copy's run follows, a duplicate again
+    assert [run.partition_key for run in after.run_requests] == ["copy"]
+    assert ingest(defs, instance, "copy").success
+    assert RaggedAtlas.open(str(root / "db")).list_datasets()["uid"].tolist() == ["a"]
+    assert tick(defs, instance, after.cursor).run_requests == []  # once per ingestion of a
+
     atlas.delete_dataset("a")  # the documented replacement: delete, land the new file, materialize
     write_h5ad(landing / "a.h5ad", seed=2)
-    replaced = ingest(defs, instance, "a")
-    assert replaced.success
-    assert any(
-        "partitions ['copy'] held the content of an earlier dataset 'a'" in message
-        for message in warnings_of(instance, replaced)
-    )
-    again = tick(defs, instance, first.cursor)
+    assert ingest(defs, instance, "a").success
+    again = tick(defs, instance, after.cursor)
     assert sorted(run.partition_key for run in again.run_requests) == ["a", "copy"]
     assert ingest(defs, instance, "copy").success
-    stored = RaggedAtlas.open(str(root / "db")).list_datasets().set_index("uid")["n_cells"]
-    assert sorted(stored.index) == ["a", "copy"]  # its content is stored again
-    assert tick(defs, instance, again.cursor).run_requests == []  # once
+    assert sorted(RaggedAtlas.open(str(root / "db")).list_datasets()["uid"]) == ["a", "copy"]  # stored again
