@@ -261,7 +261,7 @@ def _differs(recorded: dict[str, object] | None, current: dict[str, object]) -> 
     changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
     if not changed:
         return "its bytes differ (its sidecar's options are the same)"
-    return "its sidecar's options differ: " + ", ".join(
+    return "its sidecar's options differ (its bytes may too): " + ", ".join(
         f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
     )
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from lancell.errors import DatasetNotFoundError, IngestError
 from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
-from lancell.ingest.records import given_or_default
+from lancell.ingest.records import given_or_default, modality_record
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
 from lancell.tables.atlas_tables import read_columns
@@ -197,7 +197,7 @@ def add_from_mudata(
     for name in names[1:]:
         space_name, layer = modalities[name]
         adata, space = mdata.mod[name], resolve_feature_space(atlas.feature_spaces, space_name)
-        attached = record.model_copy(update={"uid": f"{record.uid}/{space_name}"})  # its provenance
+        attached = modality_record(record, f"{record.uid}/{space_name}")  # its provenance
         strangers = adata.obs_names.difference(first.obs_names)
         if len(strangers):
             raise IngestError(

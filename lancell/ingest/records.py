@@ -9,7 +9,7 @@ import pydantic
 from lancell.errors import IngestError
 from lancell.tables.schema import DatasetRecord
 
-__all__ = ["given_or_default"]
+__all__ = ["given_or_default", "modality_record"]
 
 
 def given_or_default(
@@ -34,3 +34,11 @@ def given_or_default(
             f"the atlas's dataset schema {schema.__name__} requires {missing or 'other values'} ({first}): "
             f"pass dataset_record={schema.__name__}(...) with them"
         ) from exc
+
+
+def modality_record(record: DatasetRecord, uid: str) -> DatasetRecord:
+    """The record of a further modality ``uid`` of ``record``'s cells: the fields its caller set on
+    ``record`` (provenance, a schema's own fields), not those filled per record (``created_at``, a
+    ``default_factory`` of the schema)."""
+    given = {name: getattr(record, name) for name in record.model_fields_set if name != "uid"}
+    return type(record)(**given, uid=uid)

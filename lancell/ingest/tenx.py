@@ -38,7 +38,7 @@ from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
-from lancell.ingest.records import given_or_default
+from lancell.ingest.records import given_or_default, modality_record
 from lancell.ingest.tenx_h5 import open_h5
 from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
@@ -252,7 +252,7 @@ def add_from_10x(
     host_uid = cells_of or base.uid  # the dataset owning the cells
     cells_space = None if cells_of is not None else next(iter(routes))  # adds the cells, if any
     records = {
-        space: base if space == cells_space else base.model_copy(update={"uid": f"{base.uid}/{space}"})
+        space: base if space == cells_space else modality_record(base, f"{base.uid}/{space}")
         for space in routes
     }
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}

@@ -100,7 +100,7 @@ def test_an_edited_sidecar_under_an_ingested_dataset_is_named_and_the_checks_sta
     assert not other.success and checks(other) == FINE | {"content_matches": False}
     # it named two digests only, the same words as for other bytes: now what differs
     assert (
-        "its sidecar's options differ: organism 'Homo sapiens' -> 'Mus musculus'"
+        "its sidecar's options differ (its bytes may too): organism 'Homo sapiens' -> 'Mus musculus'"
         in failure(other).description
     )
     (root / "landing" / "a.json").write_text(json.dumps({"organism": "Homo sapiens"}))
