@@ -6,8 +6,9 @@ Configuration comes from the environment so one definition serves the demo, the 
   ``models/``; ``LANCELL_DB_URI``, ``LANCELL_STORE_URL``, ``LANCELL_LANDING`` and ``LANCELL_MODELS``
   override each path (set but empty, any of them is refused).
 - ``LANCELL_CELL_SCHEMA`` (``module:Class``, default ``lancell.bundled:CellSchema``): the cell schema a new
-  atlas is created with; an existing atlas must have its columns. ``LANCELL_FEATURE_SCHEMA`` likewise for
-  the gene registry (default ``lancell.bundled:GeneFeature``).
+  atlas is created with; an existing atlas must have its columns. ``LANCELL_FEATURE_SCHEMA``: the gene
+  registry's of a new atlas (default ``lancell.bundled:GeneFeature``; one whose columns an existing atlas's
+  registry lacks is warned about).
 - ``LANCELL_CREATE_ATLAS`` (``1``/``true``/``yes`` or ``0``/``false``/``no``, default ``0``): whether the
   first run creates an empty atlas where none is; off, a run against a location without an atlas fails with
   ``AtlasNotFoundError`` naming it (a mistyped ``LANCELL_DB_URI`` or an unmounted volume is never filled

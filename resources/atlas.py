@@ -151,8 +151,9 @@ class AtlasResource(dg.ConfigurableResource):
                 return atlas
 
     def _check_schemas(self, atlas: RaggedAtlas) -> None:
-        """An existing atlas must store every column of the configured cell schema, and its registry of
-        ``feature_space`` every column of the feature schema (else they would be ignored)."""
+        """An existing atlas must store every column of the configured cell schema (else it would be
+        ignored); a feature schema whose columns its registry of ``feature_space`` lacks is warned about (it
+        serves only to create an atlas: atlases created with another keep theirs)."""
         from lancell.errors import SchemaError
         from lancell.tables.schema import OBS_NAME
 
@@ -172,11 +173,11 @@ class AtlasResource(dg.ConfigurableResource):
             )
             return
         stored = atlas.core.tables.registry(self.feature_space).schema.names
-        if missing := sorted(set(features.model_fields) - set(stored)):
-            raise SchemaError(
+        if missing := sorted(set(features.model_fields) - set(stored)):  # (used only to create an atlas)
+            dg.get_dagster_logger().warning(
                 f"{_FEATURE_SCHEMA} {self.feature_schema} declares {missing}, which the "
                 f"{self.feature_space!r} registry of the atlas at {self.db_uri} does not have (it was "
-                "created with another schema)"
+                "created with another schema): the registry keeps its own columns"
             )
 
     def checkout(self, version: int) -> RaggedAtlas:
