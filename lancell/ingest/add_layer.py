@@ -5,8 +5,8 @@ the dataset record's ``layers`` column, not the group: :func:`add_layer` writes 
 CSC copy) into the group beside the existing ones, records its dtype in the group attributes, and then
 updates the record (the commit point, docs/integrity.md "Crash safety"). Readers list a group's layers from
 the record they see (:mod:`lancell.query.plan`), so a snapshot taken before never sees the layer, and debris
-of an interrupted call (arrays and attributes no record names) is invisible and overwritten by the next call,
-unless a snapshot pins a record that names it (a call interrupted after its record's update committed, and a
+of an interrupted call (arrays and attributes no record names) is invisible, and removed by the next call of
+that layer before it writes, unless a snapshot pins a record that names it (a call interrupted after its record's update committed, and a
 snapshot taken in that instant): those arrays are never written again.
 
 A sparse layer is stored on the dataset's stored pattern (``csr/indices``,
@@ -100,6 +100,9 @@ def add_layer(
                 "again (their reads would change); add the layer under another allowed name, or delete the "
                 "dataset and ingest it again"
             )
+        if _mentioned(attrs, name):  # debris of an interrupted call that no record or snapshot lists: it goes
+            attrs = _without(attrs, name)  # first (its dtype would be checked against the new values')
+            _roll_back(group, attrs, name)
         source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
         where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
         # whether the record may list the layer (an interrupt may follow its update's commit): then only the
@@ -251,6 +254,24 @@ def _write_values(group: zarr.Group, dataset: str, name: str, source: object, ki
             out.append(full)
         out.close()
     return padded
+
+
+def _mentioned(attrs: dict, name: str) -> bool:
+    """Whether a group's attributes name layer ``name``."""
+    return name in attrs.get("layers", {}) or any(
+        name in attrs.get(key, []) for key in ("zero_fill", "csc_layers")
+    )
+
+
+def _without(attrs: dict, name: str) -> dict:
+    """A group's attributes without layer ``name``."""
+    kept = dict(attrs)
+    if "layers" in kept:
+        kept["layers"] = {layer: dtype for layer, dtype in kept["layers"].items() if layer != name}
+    for key in ("zero_fill", "csc_layers"):
+        if key in kept:
+            kept[key] = [layer for layer in kept[key] if layer != name]
+    return kept
 
 
 def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:

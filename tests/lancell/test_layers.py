@@ -311,6 +311,26 @@ def test_a_layer_a_snapshot_read_in_an_interrupted_add_layer_is_not_written_agai
     assert add_layer(atlas, "late", "scaled", other) == ["counts", "scaled"]
 
 
+def test_debris_of_a_killed_add_layer_takes_values_of_another_dtype(atlas, celltypist):
+    """Killed before its record listed the layer, add_layer left the layer's dtype in the group's attributes
+    (and its CSC copy): every later add_layer of that name with integers failed with ShardFormatError."""
+    counts_only = celltypist[:50].copy()
+    counts_only.obs = counts_only.obs[[]]
+    record = _ingest(atlas, counts_only, "late", zarr_layer="counts", csc=True)
+    floats = ad.AnnData(X=counts_only.X.astype(np.float32), obs=counts_only.obs, var=counts_only.var)
+    add_layer(atlas, "late", "normalized", floats)
+    atlas.core.tables.datasets.update(where="uid = 'late'", values={"layers": ["counts"]})  # as if killed
+    assert atlas.core.group_attrs(record.zarr_group)["layers"]["normalized"] == "float32"  # the debris
+    doubled = ad.AnnData(X=counts_only.X * 2, obs=counts_only.obs, var=counts_only.var)
+    assert add_layer(atlas, "late", "normalized", doubled) == ["counts", "normalized"]
+    got = atlas.query().layers("gene_expression", ["normalized", "counts"]).to_anndata()
+    assert got.X.dtype.kind in "iu" and (got.X != got.layers["counts"] * 2).nnz == 0
+    genes = got.var_names[:3].tolist()  # the feature-major copy holds the new values too
+    by_feature = atlas.query().features(genes, "gene_expression").layers("gene_expression", "normalized")
+    assert (by_feature.to_anndata().X != got[:, genes].X).nnz == 0
+    assert atlas.validate(checksums=True) == []
+
+
 def test_add_layer_says_which_group_the_store_failed_to_open(atlas, celltypist, monkeypatch):
     """A store failure opening the dataset's group (before anything is written) was obstore's own error."""
     counts_only = celltypist[:50].copy()
