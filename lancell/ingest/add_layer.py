@@ -1,13 +1,13 @@
 """Add a layer to a stored dataset: atomic, and visible from the next table version on.
 
-A dataset's zarr group is append-only and a snapshot pins table versions, so what makes a layer visible is
-the dataset record's ``layers`` column, not the group: :func:`add_layer` writes the new values array (and its
-CSC copy) into the group beside the existing ones, records its dtype in the group attributes, and then
-updates the record (the commit point, docs/integrity.md "Crash safety"). Readers list a group's layers from
-the record they see (:mod:`lancell.query.plan`), so a snapshot taken before never sees the layer, and debris
-of an interrupted call (arrays and attributes no record names) is invisible, and removed by the next call of
-that layer before it writes, unless a snapshot pins a record that names it (a call interrupted after its record's update committed, and a
-snapshot taken in that instant): those arrays are never written again.
+A snapshot pins table versions, so what makes a layer visible is the dataset record's ``layers`` column, not
+the group: :func:`add_layer` writes the new values array (and its CSC copy) into the group beside the
+existing ones, records its dtype in the group attributes, and then updates the record (the commit point,
+docs/integrity.md "Crash safety"). Readers list a group's layers from the record they see
+(:mod:`lancell.query.plan`), so a snapshot taken before never sees the layer. Debris of an interrupted call
+(arrays and attributes no record names) is invisible, and the next call of that layer removes it before it
+writes, unless a snapshot pins a record that names it (a call interrupted after its record's update
+committed, and a snapshot taken in that instant): those arrays are never written again.
 
 A sparse layer is stored on the dataset's stored pattern (``csr/indices``,
 :mod:`lancell.ingest.layer_blocks`): its entries must lie on it; where it has none it stores a zero and is
