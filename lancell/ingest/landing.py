@@ -29,7 +29,7 @@ import pydantic
 import xxhash
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError, LancellWarning
+from lancell.errors import DuplicateDatasetError, IngestError, LancellWarning
 from lancell.ingest.from_anndata import add_from_anndata, open_h5ad
 from lancell.ingest.landing_features import registry_rows
 from lancell.ingest.landing_spec import (
@@ -320,6 +320,24 @@ def ingest_landing_file(
     except pydantic.ValidationError as exc:
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
     check_dataset_uid(spec.uid)  # before anything is registered
+    try:
+        return _ingest_new(atlas, spec, record, on_conflict, on_standardized)
+    except DuplicateDatasetError:  # another process ingested it meanwhile (its lock held): present now
+        existing = present_record(atlas, spec.uid)
+        if existing is None:
+            raise
+        return existing, "present"
+
+
+def _ingest_new(
+    atlas: RaggedAtlas,
+    spec: LandingSpec,
+    record: DatasetRecord,
+    on_conflict: OnConflict,
+    on_standardized: Callable[[StandardizationReport], None] | None,
+) -> tuple[DatasetRecord, LandingOutcome]:
+    """Ingest landing file ``spec`` as ``record`` (:func:`ingest_landing_file`, once the dataset is known
+    not to be present)."""
     if is_tenx_output(spec.path):
         stored = ingest_tenx_output(atlas, spec, record, on_conflict)
         return stored, "ingested" if stored.uid == spec.uid else "duplicate"

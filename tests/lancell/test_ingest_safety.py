@@ -272,6 +272,26 @@ def test_a_failed_landing_keeps_features_another_ingestion_uses(atlas, tmp_path,
     np.testing.assert_array_equal(out.X.toarray(), [[1, 2, 3], [4, 5, 6]])
 
 
+def test_a_landing_another_process_ingests_meanwhile_is_present(atlas, tmp_path, monkeypatch):
+    """Two `lancell ingest` runs of one file at once: the one that lost the dataset's lock raised
+    DuplicateDatasetError (exit 1) where a run after it reports the dataset present."""
+    x = sp.csr_matrix(np.arange(1, 7, dtype=np.int32).reshape(2, 3))
+    obs, var = pd.DataFrame(index=["c1", "c2"]), pd.DataFrame(index=["G1", "G2", "G3"])
+    ad.AnnData(x, obs=obs, var=var).write_h5ad(tmp_path / "a.h5ad")
+    spec = read_landing_spec(tmp_path / "a.h5ad")
+    real = landing.add_from_anndata
+
+    def the_other_run_commits_first(*args, **kwargs):
+        monkeypatch.setattr(landing, "add_from_anndata", real)
+        ingest_landing_file(RaggedAtlas.open(atlas.core.db_uri), spec)  # the other process, first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(landing, "add_from_anndata", the_other_run_commits_first)
+    record, outcome = ingest_landing_file(atlas, spec)
+    assert (record.uid, outcome) == ("a", "present")
+    assert atlas.list_datasets()["uid"].tolist() == ["a"] and atlas.validate() == []
+
+
 def test_landing_var_entries_without_uid_or_symbol_are_never_the_text_nan(tmp_path, atlas):
     """A missing gene symbol was registered as the symbol "nan" (a search for "nan" found it), a missing uid
     as the feature "nan"."""
