@@ -8,8 +8,8 @@ it writes it (else one pass reads the stored arrays back), which sorts the block
 as runs of one row (a row number per run, a bucket-local feature and a narrowed value per element: ~2-3 bytes
 per count) and counts each feature's values; the sorted blocks are kept in memory for datasets of at most
 ``budget`` values, else spilled to a temporary file. Each bucket is then filled into its features' runs
-(:mod:`kernels.transpose`), in feature ranges holding at most ``budget`` values (docs/architecture.md, "A
-dataset's zarr group").
+(:mod:`kernels.transpose`), in feature ranges holding at most ``budget`` values, from its runs read in parts
+of consecutive blocks by a helper thread one part ahead (docs/architecture.md, "A dataset's zarr group").
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import zarr
 import zarr.codecs
 
 from kernels.transpose import scatter_runs
-from lancell.storage.csc_blocks import CsrBlocks
+from lancell.storage.csc_blocks import CsrBlocks, Part, ReadBuffer, Segment
 from lancell.storage.groups import (
     DEFAULT_GEOMETRY,
     ShardBuffer,
@@ -156,13 +156,16 @@ def _write_buckets(
         largest = max((int(csc_indptr[stop] - csc_indptr[f]) for _, f, stop in ranges), default=0)
         rows = np.empty(largest if rows_out is not None else 0, dtype=np.uint32)
         vals = {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()}
+        parts = {bucket: blocks.parts(bucket) for bucket in {bucket for bucket, _, _ in ranges}}
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-rows")
         try:
+            segments = _read_ahead(blocks, [part for bucket, _, _ in ranges for part in parts[bucket]])
             for bucket, feature, stop in ranges:
                 base = csc_indptr[feature]
                 fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
                 offset = int(blocks.bounds[bucket]) - feature  # a bucket-local feature's place in the range
-                for run_rows, run_lengths, features, values in blocks.segments(bucket):
+                for _ in parts[bucket]:
+                    run_rows, run_lengths, features, values = next(segments)
                     for j, layer in enumerate(values_arrays):  # the rows once, with the first layer
                         scatter_runs(
                             run_rows,
@@ -191,6 +194,22 @@ def _write_buckets(
             buffer.close()
     if indices:
         write_offsets(target, csc_indptr)
+
+
+def _read_ahead(blocks: CsrBlocks, parts: list[Part]) -> Iterator[Segment]:
+    """``parts`` read in turn, each read on a helper thread while the one before is used (two buffers,
+    alternating: a segment is valid until the next one is asked for). The scatter and this read of the spill
+    file, one after the other, took 0.17 + 0.10 s of the copy of 100M values."""
+    if not parts:
+        return
+    buffers = (ReadBuffer.for_parts(parts), ReadBuffer.for_parts(parts))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-read") as reader:
+        pending = reader.submit(blocks.read, parts[0], buffers[0])
+        for i in range(len(parts)):
+            segment = pending.result()
+            if i + 1 < len(parts):
+                pending = reader.submit(blocks.read, parts[i + 1], buffers[(i + 1) % 2])
+            yield segment
 
 
 def _ranges(blocks: CsrBlocks, csc_indptr: np.ndarray, budget: int) -> Iterator[tuple[int, int, int]]:

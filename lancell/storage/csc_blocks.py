@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from kernels.transpose import partition_runs
 from lancell.storage.small_pages import pwrite_all
 
-__all__ = ["CsrBlocks", "Segment", "spill_dtype"]
+__all__ = ["CsrBlocks", "Part", "ReadBuffer", "Segment", "spill_dtype"]
 
 # features per bucket (the runs one scatter writes to at a time): 256 while a row's run in a bucket still
 # averages _RUN_VALUES values (the outputs of half as many features stay in cache: the scatter of 50k cells x
@@ -25,8 +26,10 @@ __all__ = ["CsrBlocks", "Segment", "spill_dtype"]
 # of 256-feature buckets cost more than the scatter saved)
 _BUCKET_FEATURES = (256, 512)
 _RUN_VALUES = 16
+# elements of one read of a bucket (consecutive blocks' runs, concatenated: one scatter call for them)
+_PART_VALUES = 1 << 20
 
-# one block's runs of one bucket: (run rows, run lengths, features within the bucket, {layer: values})
+# runs of one bucket, of one block or more: (run rows, run lengths, bucket-local features, {layer: values})
 Segment = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]
 
 
@@ -41,6 +44,41 @@ def spill_dtype(values: np.ndarray) -> np.dtype:
     return np.dtype(np.uint16) if top <= np.iinfo(np.uint16).max else values.dtype
 
 
+@dataclass(frozen=True)
+class Part:
+    """One read of a bucket: its runs in blocks ``blocks`` (consecutive, their parts of dtypes ``dtypes``:
+    run rows, run lengths, features, then each layer's values), ``runs`` runs of ``values`` elements."""
+
+    bucket: int
+    blocks: tuple[int, ...]
+    runs: int
+    values: int
+    dtypes: tuple[np.dtype, ...]
+
+
+class ReadBuffer:
+    """Memory that holds any of ``parts`` read (:meth:`CsrBlocks.read`), reused from read to read."""
+
+    def __init__(self, runs: int, values: int, itemsizes: list[int]) -> None:
+        self._raw = [
+            np.empty((runs if i < 2 else values) * size, np.uint8) for i, size in enumerate(itemsizes)
+        ]
+
+    @classmethod
+    def for_parts(cls, parts: list[Part]) -> ReadBuffer:
+        """A buffer for the largest of ``parts`` (not empty)."""
+        itemsizes = [max(part.dtypes[i].itemsize for part in parts) for i in range(len(parts[0].dtypes))]
+        return cls(max(part.runs for part in parts), max(part.values for part in parts), itemsizes)
+
+    def views(self, part: Part) -> list[np.ndarray]:
+        """The arrays ``part`` is read into: run rows and lengths, features, then each layer's values."""
+        sizes = [part.runs if i < 2 else part.values for i in range(len(part.dtypes))]
+        return [
+            raw[: size * dtype.itemsize].view(dtype)
+            for raw, size, dtype in zip(self._raw, sizes, part.dtypes, strict=True)
+        ]
+
+
 class _Sorted:
     """One block sorted by bucket: bucket ``b``'s runs ``[run_offsets[b], run_offsets[b + 1])`` and elements
     ``[offsets[b], offsets[b + 1])`` of ``parts`` (run rows, run lengths, features, then each layer's
@@ -48,7 +86,7 @@ class _Sorted:
 
     def __init__(self, run_offsets: np.ndarray, offsets: np.ndarray, parts: list[np.ndarray]) -> None:
         self.run_offsets, self.offsets = run_offsets, offsets
-        self.dtypes = [part.dtype for part in parts]
+        self.dtypes = tuple(part.dtype for part in parts)
         self.sizes = [part.size for part in parts]
         self.parts: list[np.ndarray] | None = parts
         self.position = -1
@@ -178,29 +216,59 @@ class CsrBlocks:
             position = pwrite_all(self._file.fileno(), part, position)
         block.parts = None
 
-    def segments(self, bucket: int) -> Iterator[Segment]:
-        """Every block's runs of ``bucket``, in row order (one block's in memory at a time)."""
+    def parts(self, bucket: int) -> list[Part]:
+        """``bucket``'s runs in row order, as reads of consecutive blocks with the same dtypes, each of at
+        most ``_PART_VALUES`` values (or one block's)."""
         self.done()
-        for block in self._blocks:
-            run_lo, run_hi = int(block.run_offsets[bucket]), int(block.run_offsets[bucket + 1])
-            if run_lo == run_hi:
+        parts: list[Part] = []
+        for k, block in enumerate(self._blocks):
+            runs = int(block.run_offsets[bucket + 1] - block.run_offsets[bucket])
+            if not runs:
                 continue
-            lo, hi = int(block.offsets[bucket]), int(block.offsets[bucket + 1])
-            if block.parts is not None:
-                parts = [part[run_lo:run_hi] for part in block.parts[:2]]
-                parts += [part[lo:hi] for part in block.parts[2:]]
+            values = int(block.offsets[bucket + 1] - block.offsets[bucket])
+            last = parts[-1] if parts else None
+            if last and last.dtypes == block.dtypes and last.values + values <= _PART_VALUES:
+                parts[-1] = Part(
+                    bucket, (*last.blocks, k), last.runs + runs, last.values + values, block.dtypes
+                )
             else:
-                parts, position = [], block.position
-                for i, (dtype, size) in enumerate(zip(block.dtypes, block.sizes, strict=True)):
-                    a, b = (run_lo, run_hi) if i < 2 else (lo, hi)
-                    part = np.empty(b - a, dtype)  # writable: the scatter kernel ran 1.5x slower on
-                    # read-only arrays (np.frombuffer of bytes)
-                    got = os.preadv(self._file.fileno(), [part], position + a * dtype.itemsize)
-                    if got != part.nbytes:
-                        raise OSError(f"the CSC spill file ends {part.nbytes - got} bytes early")
-                    parts.append(part)
-                    position += size * dtype.itemsize
-            yield parts[0], parts[1], parts[2], dict(zip(self.dtypes, parts[3:], strict=True))
+                parts.append(Part(bucket, (k,), runs, values, block.dtypes))
+        return parts
+
+    def read(self, part: Part, into: ReadBuffer | None = None) -> Segment:
+        """``part``'s runs, its blocks' one after another, in ``into`` (sized for it:
+        :meth:`ReadBuffer.for_parts`; valid until its next read) or, without it, in new arrays."""
+        into = into or ReadBuffer.for_parts([part])
+        arrays = into.views(part)
+        run_at = element_at = 0
+        for k in part.blocks:
+            block, b = self._blocks[k], part.bucket
+            run_lo, run_hi = int(block.run_offsets[b]), int(block.run_offsets[b + 1])
+            lo, hi = int(block.offsets[b]), int(block.offsets[b + 1])
+            targets = [a[run_at : run_at + run_hi - run_lo] for a in arrays[:2]]
+            targets += [a[element_at : element_at + hi - lo] for a in arrays[2:]]
+            if block.parts is not None:
+                sources = [part[run_lo:run_hi] for part in block.parts[:2]]
+                sources += [part[lo:hi] for part in block.parts[2:]]
+                for target, source in zip(targets, sources, strict=True):
+                    target[...] = source
+            else:
+                self._read_spilled(block, b, targets)
+            run_at += run_hi - run_lo
+            element_at += hi - lo
+        rows, lengths, features, *values = arrays
+        return rows, lengths, features, dict(zip(self.dtypes, values, strict=True))
+
+    def _read_spilled(self, block: _Sorted, bucket: int, targets: list[np.ndarray]) -> None:
+        """Read ``block``'s runs of ``bucket`` from the spill file into ``targets`` (writable: the scatter
+        kernel ran 1.5x slower on read-only arrays, np.frombuffer of bytes)."""
+        position = block.position
+        for i, (target, dtype, size) in enumerate(zip(targets, block.dtypes, block.sizes, strict=True)):
+            first = block.run_offsets[bucket] if i < 2 else block.offsets[bucket]
+            got = os.preadv(self._file.fileno(), [target], position + int(first) * dtype.itemsize)
+            if got != target.nbytes:
+                raise OSError(f"the CSC spill file ends {target.nbytes - got} bytes early")
+            position += size * dtype.itemsize
 
     def close(self) -> None:
         """Drop the kept blocks and the spill file (after the helper threads' last sort and write, whose

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import lancell.storage.csc_blocks as csc_blocks_module
-from lancell.storage.csc_blocks import CsrBlocks, spill_dtype
+from lancell.storage.csc_blocks import CsrBlocks, ReadBuffer, Segment, spill_dtype
 
 ROW0 = 2**32 - 300  # the blocks' last row is the last uint32 row number
 EDGES = [0, 499, 500, 999, 1_000, 1_499]  # the first and last feature of each bucket
@@ -26,6 +26,11 @@ def _matrix() -> sp.csr_matrix:
     matrix = matrix.tocsr()
     matrix.sort_indices()
     return matrix
+
+
+def _segments(blocks: CsrBlocks, bucket: int) -> list[Segment]:
+    """Every part of ``bucket``, each read into new arrays."""
+    return [blocks.read(part) for part in blocks.parts(bucket)]
 
 
 def _layers(data: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,7 +63,7 @@ def test_buckets_hold_every_block_in_row_order(spill: bool) -> None:
     np.testing.assert_array_equal(blocks.counts, expected_counts)
     assert blocks.bounds.tolist() == [0, 500, 1_000, 1_500]  # 512 features a bucket at most
     for bucket in range(3):
-        segments = list(blocks.segments(bucket))
+        segments = _segments(blocks, bucket)
         rows = np.concatenate([np.repeat(s[0], s[1]) for s in segments])
         features = np.concatenate([s[2] for s in segments]).astype(np.int64) + 500 * bucket
         mine = (coo.col >= 500 * bucket) & (coo.col < 500 * (bucket + 1))
@@ -125,9 +130,9 @@ def test_a_spill_file_cut_short_is_an_error_not_short_segments() -> None:
     blocks.add(0, matrix.indptr.astype(np.int64), matrix.indices.astype(np.uint32), _layers(matrix.data))
     blocks.done()
     blocks._file.truncate(blocks._spilled - 1)  # the last bucket's last value gone
-    assert len(list(blocks.segments(0))) == 1
+    assert len(_segments(blocks, 0)) == 1
     with pytest.raises(OSError, match="ends 1 bytes early"):
-        list(blocks.segments(2))
+        _segments(blocks, 2)
     blocks.close()
 
 
@@ -141,7 +146,7 @@ def test_features_of_buckets_of_at_most_256_take_one_byte(spill: bool) -> None:
     assert blocks.bounds.tolist() == [0, 256, 512]
     coo = matrix.tocoo()
     for bucket in range(2):
-        segments = list(blocks.segments(bucket))
+        segments = _segments(blocks, bucket)
         features = np.concatenate([s[2] for s in segments])
         assert features.dtype == np.uint8 and features.max() == 255
         mine = coo.col // 256 == bucket
@@ -150,4 +155,41 @@ def test_features_of_buckets_of_at_most_256_take_one_byte(spill: bool) -> None:
         np.testing.assert_array_equal(rows, coo.row[mine])
         stored = np.concatenate([s[3]["counts"] for s in segments])
         np.testing.assert_array_equal(stored, coo.data[mine].astype(np.uint32))
+    blocks.close()
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_parts_join_consecutive_blocks_of_one_dtype_up_to_the_part_size(
+    spill: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six blocks of 50 rows, the fourth with counts past a byte: parts of at most 2 blocks' worth of values,
+    never across the change of dtype; one reused buffer reads each part as new arrays do."""
+    matrix = _matrix()
+    data = matrix.data.astype(np.uint32)
+    data[matrix.indptr[150] : matrix.indptr[200]] += 1_000
+    per_bucket = [np.bincount(matrix[r : r + 50].indices // 500, minlength=3) for r in range(0, 300, 50)]
+    monkeypatch.setattr(csc_blocks_module, "_PART_VALUES", 2 * int(np.max(per_bucket)))
+    blocks = CsrBlocks(1_500, {"counts": np.dtype(np.uint32)}, spill=spill)
+    for r in range(0, 300, 50):
+        part = matrix[r : r + 50]
+        counts = data[matrix.indptr[r] : matrix.indptr[r + 50]]
+        blocks.add(r, part.indptr.astype(np.int64), part.indices.astype(np.uint32), {"counts": counts})
+    parts = [part for bucket in range(3) for part in blocks.parts(bucket)]
+    assert all(3 not in part.blocks or part.blocks == (3,) for part in parts)  # uint16 counts alone
+    assert max(len(part.blocks) for part in parts) == 2
+    assert all(part.values <= csc_blocks_module._PART_VALUES for part in parts)
+    buffer = ReadBuffer.for_parts(parts)
+    coo = matrix.tocoo()
+    for bucket in range(3):
+        mine = coo.col // 500 == bucket
+        rows = np.concatenate(  # each part's rows copied before the next read
+            [np.repeat(*blocks.read(part, buffer)[:2]) for part in blocks.parts(bucket)]
+        )
+        np.testing.assert_array_equal(rows, coo.row[mine])
+        for part, fresh in zip(blocks.parts(bucket), _segments(blocks, bucket), strict=True):
+            reused = blocks.read(part, buffer)
+            for a, b in zip(reused[:3], fresh[:3], strict=True):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(reused[3]["counts"], fresh[3]["counts"])
+            assert reused[3]["counts"].dtype == (np.uint16 if part.blocks == (3,) else np.uint8)
     blocks.close()
