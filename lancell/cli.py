@@ -3,7 +3,8 @@
 Every command takes the atlas's database location (a path or an object-store URL) first. Errors are printed
 as one line naming what went wrong and where, with exit status 1 (2 for a malformed command line, printed
 with the command's usage); a ``validate`` that finds problems also exits 1. Warnings are printed as one line
-each. This module reads the command line; :mod:`lancell.cli_commands` does what each command does
+each. This module reads the command line (:mod:`lancell.cli_arguments` checks its values and options);
+:mod:`lancell.cli_commands` does what each command does
 (:mod:`lancell.cli_maintenance` the ones that change or remove what is stored: ``add-csc``, ``delete``,
 ``vacuum``), and :mod:`lancell.cli_messages` words the library's errors for the command line.
 """
@@ -12,141 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
-from pathlib import Path
 
-from lancell import cli_commands, cli_maintenance
+from lancell import cli_arguments, cli_commands, cli_maintenance
 
 __all__ = ["main"]
-
-_DEFAULT_REGISTRY = ("gene_expression", "lancell.bundled:GeneFeature")
-
-
-def _hours(text: str) -> float:
-    """A ``--grace-hours`` value: a finite number of hours, at least 0."""
-    try:
-        hours = float(text)
-        timedelta(hours=hours)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
-    if not math.isfinite(hours) or hours < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of hours, at least 0: {text!r}")
-    return hours
-
-
-def _registry(text: str) -> tuple[str, str]:
-    """A ``--registry`` value: ``(feature space, module:Class)``."""
-    space, sep, schema = (part.strip() for part in text.partition("="))
-    if not sep or not space or not schema:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not SPACE=module:Class (e.g. {'='.join(_DEFAULT_REGISTRY)})"
-        )
-    return space, schema
-
-
-def _space_layers(text: str) -> tuple[str, list[str]]:
-    """An ``init --layers`` value: ``(feature space, allowed layer names)``."""
-    space, sep, names = (part.strip() for part in text.partition("="))
-    layers = [name.strip() for name in names.split(",") if name.strip()]
-    if not sep or not space or not layers:
-        example = "gene_expression=counts,spliced"
-        raise argparse.ArgumentTypeError(f"{text!r} is not SPACE=LAYER,... (e.g. {example})")
-    return space, layers
-
-
-def _names(text: str) -> list[str]:
-    """A ``--features`` value: the comma-separated names, each stripped of surrounding spaces."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"no feature names in {text!r}")
-    return names
-
-
-def _check_init_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a feature space given two registry schemas; give ``gene_expression`` the default one when
-    ``--registry`` is not given."""
-    args.registry = args.registry or [_DEFAULT_REGISTRY]
-    spaces = [space for space, _ in args.registry]
-    twice = sorted({space for space in spaces if spaces.count(space) > 1})
-    if twice:
-        parser.error(f"--registry: feature space {twice[0]!r} is given twice (one registry schema each)")
-    spaces = [space for space, _ in args.layers or []]
-    twice = sorted({space for space in spaces if spaces.count(space) > 1})
-    if twice:
-        parser.error(f"--layers: feature space {twice[0]!r} is given twice (list its layers once)")
-
-
-def _check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a query command line whose output cannot be written or whose options would be ignored,
-    before the atlas is read."""
-    if args.feature_space is not None and not args.features and args.layer is None:
-        parser.error("--feature-space applies to --features and --layer, and neither was given")
-    if args.ignore_case and not args.features:
-        parser.error("--ignore-case applies to --features, and no --features were given")
-    layer_space = args.layer.rpartition(":")[0] if args.layer is not None else ""
-    if args.feature_space is not None and layer_space and layer_space != args.feature_space:
-        parser.error(
-            f"--layer {args.layer} reads feature space {layer_space!r}, --feature-space names "
-            f"{args.feature_space!r}: a query reads one"
-        )
-    text, output = args.output, Path(args.output)
-    if "" in (where.strip() for where in args.where):
-        parser.error("--where is empty: give a filter, or leave the option out")
-    if not text:
-        parser.error("-o is empty: give the .h5ad file to write")
-    if text.endswith(("/", os.sep)):
-        parser.error(f"-o {text}: ends with {text[-1]!r}, which names a folder; give the .h5ad file to write")
-    if output.is_dir():
-        parser.error(f"-o {text}: is a folder, not a file")
-    if output.suffix.lower() != ".h5ad":
-        parser.error(
-            f"-o {text}: query writes an .h5ad file; name it with the .h5ad suffix "
-            f"(e.g. {output.with_suffix('.h5ad')})"
-        )
-    if not output.parent.is_dir():
-        parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
-
-
-def _check_add_csc_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Take dataset uids or ``--all``: one of the two."""
-    if args.all and args.uids:
-        parser.error(f"give dataset uids or --all, not both (--all with {', '.join(args.uids)})")
-    if not args.all and not args.uids:
-        parser.error("give the dataset uids, or --all for every sparse dataset lacking a copy")
-
-
-def _check_ingest_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a malformed ingest command line (its usage, exit 2) before the atlas is opened."""
-    from lancell.errors import IngestError
-
-    if args.uid is not None and len(args.paths) > 1:
-        parser.error(f"--uid names one dataset but {len(args.paths)} files were given")
-    for option, items in (("--layers", args.layers), ("--obs-columns", args.obs_columns)):
-        try:
-            cli_commands.name_pairs(option, items or [])
-        except IngestError as exc:
-            parser.error(str(exc))
-
-
-def _check_snapshot_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a blank ``--note`` before the atlas is opened (``--optimize`` compacted the tables first)."""
-    if args.note is not None and not args.note.strip():
-        parser.error(f"--note {args.note!r} is blank: give a label, or leave the option out")
-
-
-_CHECKS = {
-    "add-csc": _check_add_csc_arguments,
-    "init": _check_init_arguments,
-    "ingest": _check_ingest_arguments,
-    "query": _check_query_arguments,
-    "snapshot": _check_snapshot_arguments,
-}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -185,14 +59,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     init.add_argument(
         "--registry",
         action="append",
-        type=_registry,
+        type=cli_arguments.registry,
         metavar="SPACE=module:Class",
-        help=f"registry schema of a feature space, once per space (default: {'='.join(_DEFAULT_REGISTRY)})",
+        help="registry schema of a feature space, once per space "
+        f"(default: {'='.join(cli_arguments.DEFAULT_REGISTRY)})",
     )
     init.add_argument(
         "--layers",
         action="append",
-        type=_space_layers,
+        type=cli_arguments.space_layers,
         metavar="SPACE=LAYER,...",
         help="the layer names a feature space allows, once per space (default: counts, normalized, "
         "log_normalized, scaled; a dense space also values)",
@@ -276,8 +151,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--organism", help="organism recorded for the new features (for the cells too, when obs has none)"
     )
 
-    command("ls", cli_commands.ls, "list the datasets").add_argument(
-        "--version", type=int, help="read this snapshot"
+    ls = command("ls", cli_commands.ls, "list the datasets")
+    ls.add_argument("--version", type=int, help="read this snapshot")
+    ls.add_argument(
+        "--csc",
+        action="store_true",
+        help="also list the layers of each dataset with a CSC copy (reads each dataset's group attributes)",
     )
 
     snapshot = command("snapshot", cli_commands.snapshot, "validate and record a snapshot of the atlas")
@@ -297,7 +176,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--layer", metavar="[SPACE:]LAYER", help="the layer to read, e.g. gene_expression:counts"
     )
     query.add_argument(
-        "--features", action="append", type=_names, metavar="A,B,...", help="feature symbols or uids"
+        "--features",
+        action="append",
+        type=cli_arguments.names,
+        metavar="A,B,...",
+        help="feature symbols or uids",
     )
     query.add_argument(
         "--feature-space",
@@ -346,7 +229,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     vacuum.add_argument(
         "--grace-hours",
-        type=_hours,
+        type=cli_arguments.hours,
         default=1.0,
         help="keep groups needed less than this long ago: released (their dataset deleted), or claimed by an "
         "ingestion that never finished (default: 1)",
@@ -379,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         before = given.index(unknown[0]) < given.index(args.command) if args.command in given else False
         (parser if before else commands[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command in _CHECKS:
-        _CHECKS[args.command](commands[args.command], args)
+    if args.command in cli_arguments.CHECKS:
+        cli_arguments.CHECKS[args.command](commands[args.command], args)
     as_program = argv is None and threading.current_thread() is threading.main_thread()
     if as_program:
         signal.signal(signal.SIGTERM, _terminate)

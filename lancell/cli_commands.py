@@ -301,10 +301,15 @@ def ls(args: argparse.Namespace) -> int:
     """``lancell ls``: list the datasets."""
     from lancell.tables.visibility import recorded_cells
 
-    frame = _open_for_reading(args).list_datasets()
+    atlas = _open_for_reading(args)
+    frame = atlas.list_datasets()
     columns = ["uid", "feature_space", "layers", "n_cells", "n_features", "nnz"]
     if frame["cells_of"].notna().any():  # further modalities: the dataset whose cells they measure
         columns.append("cells_of")
+    if args.csc:  # the layers whose copy readers use ("-": none; a dense dataset has none)
+        attrs = [atlas.group_attributes(group) or {} for group in frame["zarr_group"]]
+        frame["csc"] = [",".join(a.get("csc_layers", [])) or "-" for a in attrs]
+        columns.append("csc")
     if len(frame):
         print(frame[columns].to_string(index=False))
     print(f"{len(frame)} datasets, {recorded_cells(frame)} cells")

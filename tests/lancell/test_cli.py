@@ -239,7 +239,15 @@ def test_add_csc_all_writes_every_missing_copy(tmp_path: Path) -> None:
     ]:
         refused = run("add-csc", db, *args, check=False)
         assert refused.returncode == 2 and message in refused.stderr
+
+    def listed() -> dict[str, str]:  # ``ls --csc``: each dataset's layers with a copy, last column
+        header, *rows, total = run("ls", db, "--csc").stdout.splitlines()
+        assert header.split()[-1] == "csc" and total.endswith("cells")
+        return {row.split()[0]: row.split()[-1] for row in rows}
+
+    assert listed() == {"ct": "-", "pbmc": "log_normalized"}
     assert run("add-csc", db, "--all").stdout.splitlines() == ["ct: CSC copy of counts written"]
+    assert listed() == {"ct": "counts", "pbmc": "log_normalized"}
     assert run("add-csc", db, "--all").stdout.splitlines() == ["every sparse dataset has its CSC copy"]
     atlas = RaggedAtlas.open(db)
     groups = atlas.list_datasets().set_index("uid")["zarr_group"]
