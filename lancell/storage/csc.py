@@ -80,9 +80,10 @@ def write_csc(
     keep reading those arrays while it is written).
 
     Memory is bounded by ``budget`` values (8 bytes each: row + value; one output set of half of it) plus
-    one block's bucket, and by ``written``'s kept blocks (spilled to a temporary file above ``budget``
-    values). ``written``: what ingestion recorded while writing the CSR arrays (it stays the caller's to
-    close); without it the stored arrays are read back once.
+    two read buffers, each for the largest part of a bucket (``_PART_VALUES`` values, or one block's bucket),
+    and by ``written``'s kept blocks (spilled to a temporary file above ``budget`` values). ``written``: what
+    ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
+    arrays are read back once.
     """
     csr = group["csr"]
     n_features = int(group.attrs["n_features"])
@@ -158,8 +159,8 @@ def _write_buckets(
         vals = {layer: np.empty(largest, dtype=array.dtype) for layer, array in values_arrays.items()}
         parts = {bucket: blocks.parts(bucket) for bucket in {bucket for bucket, _, _ in ranges}}
         helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancell-csc-rows")
+        segments = _read_ahead(blocks, [part for bucket, _, _ in ranges for part in parts[bucket]])
         try:
-            segments = _read_ahead(blocks, [part for bucket, _, _ in ranges for part in parts[bucket]])
             for bucket, feature, stop in ranges:
                 base = csc_indptr[feature]
                 fills = {layer: csc_indptr[feature:stop] - base for layer in values_arrays}
@@ -186,7 +187,8 @@ def _write_buckets(
                 finally:  # (the rows' append is over before any exit)
                     if appended is not None:
                         appended.result()
-        finally:
+        finally:  # (the reader's read in flight is over before any exit, or the spill file's close)
+            segments.close()
             helper.shutdown(wait=True)
         if rows_out is not None:
             rows_out.close()

@@ -46,8 +46,9 @@ def spill_dtype(values: np.ndarray) -> np.dtype:
 
 @dataclass(frozen=True)
 class Part:
-    """One read of a bucket: its runs in blocks ``blocks`` (consecutive, their parts of dtypes ``dtypes``:
-    run rows, run lengths, features, then each layer's values), ``runs`` runs of ``values`` elements."""
+    """One read of a bucket: its runs in blocks ``blocks`` (in order, each with runs of the bucket, their
+    parts of dtypes ``dtypes``: run rows, run lengths, features, then each layer's values), ``runs`` runs of
+    ``values`` elements."""
 
     bucket: int
     blocks: tuple[int, ...]
@@ -60,6 +61,7 @@ class ReadBuffer:
     """Memory that holds any of ``parts`` read (:meth:`CsrBlocks.read`), reused from read to read."""
 
     def __init__(self, runs: int, values: int, itemsizes: list[int]) -> None:
+        self._runs, self._values, self._itemsizes = runs, values, itemsizes
         self._raw = [
             np.empty((runs if i < 2 else values) * size, np.uint8) for i, size in enumerate(itemsizes)
         ]
@@ -72,6 +74,12 @@ class ReadBuffer:
 
     def views(self, part: Part) -> list[np.ndarray]:
         """The arrays ``part`` is read into: run rows and lengths, features, then each layer's values."""
+        wider = [dtype.itemsize > size for dtype, size in zip(part.dtypes, self._itemsizes, strict=True)]
+        if part.runs > self._runs or part.values > self._values or any(wider):
+            raise ValueError(
+                f"a part of {part.runs} runs and {part.values} values (dtypes {list(part.dtypes)}) does not "
+                f"fit a buffer for {self._runs} runs and {self._values} values of {self._itemsizes} bytes"
+            )
         sizes = [part.runs if i < 2 else part.values for i in range(len(part.dtypes))]
         return [
             raw[: size * dtype.itemsize].view(dtype)

@@ -254,3 +254,38 @@ def _failing_after_values(write_buckets):
         raise OSError(28, "No space left on device")
 
     return failing
+
+
+def test_a_failed_scatter_leaves_no_reader_thread(tmp_path, monkeypatch):
+    """An error while the copy is scattered: the read of the spill file in flight is over and its thread gone
+    when ``write_csc`` raises (its generator was left suspended, the thread alive with the traceback)."""
+    import threading
+
+    import scipy.sparse as sp
+    import zarr
+
+    monkeypatch.setattr(csc_blocks_module, "_PART_VALUES", 50)  # several parts a bucket
+    matrix = sp.random(400, 300, density=0.1, format="csr", random_state=0)
+    counts = np.ceil(matrix.data * 9).astype(np.uint32)
+    blocks = csc_blocks_module.CsrBlocks(300, {"counts": np.dtype(np.uint32)}, spill=True)
+    for row in range(0, 400, 20):
+        part, lo, hi = matrix[row : row + 20], matrix.indptr[row], matrix.indptr[row + 20]
+        indptr, indices = part.indptr.astype(np.int64), part.indices.astype(np.uint32)
+        blocks.add(row, indptr, indices, {"counts": counts[lo:hi]})
+    group = zarr.open_group(str(tmp_path / "group"), mode="w")
+    group.attrs["n_features"] = 300
+    group.create_group("csr").create_array("layers/counts", shape=(matrix.nnz,), dtype="uint32")
+    scatter, calls = csc_module.scatter_runs, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("scatter failed")
+        return scatter(*args)
+
+    monkeypatch.setattr(csc_module, "scatter_runs", failing)
+    with pytest.raises(RuntimeError, match="scatter failed") as failed:
+        csc_module.write_csc(group, ["counts"], written=blocks, budget=10**6)
+    assert failed.tb is not None  # (the traceback, held: so would a notebook's last error)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("lancell-csc-read")]
+    blocks.close()

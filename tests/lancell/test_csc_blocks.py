@@ -193,3 +193,14 @@ def test_parts_join_consecutive_blocks_of_one_dtype_up_to_the_part_size(
             np.testing.assert_array_equal(reused[3]["counts"], fresh[3]["counts"])
             assert reused[3]["counts"].dtype == (np.uint16 if part.blocks == (3,) else np.uint8)
     blocks.close()
+
+
+def test_a_buffer_too_small_for_a_part_is_an_error_not_a_short_segment() -> None:
+    matrix = _matrix()
+    blocks = CsrBlocks(1_500, {"counts": np.dtype(np.uint32)}, spill=True)
+    blocks.add(0, matrix.indptr.astype(np.int64), matrix.indices.astype(np.uint32), _layers(matrix.data))
+    part = blocks.parts(0)[0]
+    small = ReadBuffer(part.runs, part.values - 1, [dtype.itemsize for dtype in part.dtypes])
+    with pytest.raises(ValueError, match=f"a part of {part.runs} runs and {part.values} values"):
+        blocks.read(part, small)
+    blocks.close()
