@@ -95,10 +95,12 @@ class CellSelection:
         return builder
 
     def _with_distance(self, columns: list[str]) -> list[str]:
-        """``columns`` and a vector search's ``_distance``, named: Lance adds it to the columns selected only
-        while a deprecated default lasts (its warning says so)."""
-        vector = self.search is not None and self.search.query_type == "vector"
-        return [*columns, "_distance"] if vector and "_distance" not in columns else columns
+        """``columns`` and a vector search's ``_distance`` or a text search's ``_score``, named: Lance adds
+        them to the columns selected only while a deprecated default lasts (and prints a warning that says
+        so, on every call)."""
+        kind = None if self.search is None else self.search.query_type
+        added = {"vector": "_distance", "fts": "_score"}.get(kind)
+        return [*columns, added] if added is not None and added not in columns else columns
 
     def scan(self, columns: list[str] | None, where: str | None) -> pa.Table:
         """The rows matching ``where``, read by pylance in one pass.

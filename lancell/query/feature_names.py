@@ -24,7 +24,7 @@ def resolve_features(
 ) -> np.ndarray:
     """Global indices of ``names_or_uids`` (registry uids, or symbols where not a uid), in the order given.
 
-    A symbol shared by several registry features yields all of them; repeats are kept once. A uid that is
+    A symbol shared by several registry features yields all of them. A uid that is
     also the symbol of other features (a registry keyed by symbols for one dataset and by Ensembl ids for
     another) yields the uid's feature, with a :class:`~lancell.errors.LancellWarning` naming the others. With
     ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
@@ -33,23 +33,29 @@ def resolve_features(
     Raises
     ------
     QueryError
-        Names that are neither a uid nor a symbol of the registry.
+        Names that are neither a uid nor a symbol of the registry, or a feature two names select (a name
+        given twice, or a uid and a symbol of one feature): each feature is one column, so every column after
+        it would be one place off the names' positions.
     """
     view = registry_view(core, feature_space)
     folded = {} if case_sensitive else _folded(view)
-    indices, unknown, shadowed = [], [], {}
+    named_by: dict[int, str] = {}  # each selected feature's name, in the order named
+    unknown, shadowed, repeated = [], {}, []
     for name in names_or_uids:
         if not case_sensitive and name.casefold() in folded:
-            indices.extend(sorted(set(folded[name.casefold()])))
+            indices = sorted(set(folded[name.casefold()]))
         elif case_sensitive and name in view.by_uid.index:
-            indices.append(int(view.by_uid[name]))
+            indices = [int(view.by_uid[name])]
             others = _keyed_by_id(view, name)
             if others:
                 shadowed[name] = others
         elif case_sensitive and name in view.by_symbol:
-            indices.extend(view.by_symbol[name])
+            indices = list(view.by_symbol[name])
         else:
             unknown.append(name)
+            continue
+        repeated += [(name, named_by[index]) for index in indices if index in named_by]
+        named_by.update((index, name) for index in indices if index not in named_by)
     if unknown:
         message = f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}"
         if case_sensitive:
@@ -65,7 +71,14 @@ def resolve_features(
             LancellWarning,
             stacklevel=3,
         )
-    return np.asarray(list(dict.fromkeys(indices)), dtype=np.int64)
+    if repeated:
+        repeats = list(dict.fromkeys(repeated))
+        pairs = ", ".join(f"{name!r} (as {earlier!r})" for name, earlier in repeats[:5])
+        raise QueryError(
+            f"features named twice (each feature is one column: name it once): {pairs}"
+            + (f" and {len(repeats) - 5} more" if len(repeats) > 5 else "")
+        )
+    return np.asarray(list(named_by), dtype=np.int64)
 
 
 def _keyed_by_id(view: RegistryView, uid: str) -> list[str]:

@@ -62,6 +62,16 @@ class FeatureSelection:
     case_sensitive: bool = True
     on_unmeasured: OnUnmeasured = "error"
 
+    def __post_init__(self) -> None:
+        """Refuse every registry feature (column ``j`` is global index ``j``) joined by intersection, which
+        would drop the columns some selected dataset did not measure and shift the rest."""
+        if self.features == "registry" and self.join == "intersection":
+            raise QueryError(
+                "all_features() keeps every registry feature (column j is global index j), "
+                "feature_join('intersection') would keep only those every selected dataset measured: choose "
+                "one (features([...]) with feature_join('intersection') keeps the named ones all measured)"
+            )
+
     def choose(self, feature_space: str, by: str, **changes: object) -> FeatureSelection:
         """A copy reconstructing ``feature_space`` (named by the builder call ``by``), with ``changes``.
 

@@ -61,6 +61,10 @@ def _time(column: str, field: pa.Field, kind: pa.TimestampType, value: object) -
         if stamp.tzinfo is None:
             raise _refused(column, field, value, f": give a time in a time zone (the column's is {kind.tz})")
         stamp = stamp.tz_convert("UTC")
+    if stamp != stamp.floor(kind.unit):  # the literal would be cut to the column's unit: another time
+        raise _refused(
+            column, field, value, f": it is finer than the column's unit ({kind.unit}); round it to that unit"
+        )
     return f"TIMESTAMP '{stamp.isoformat(sep=' ')}'"
 
 

@@ -82,6 +82,14 @@ def test_conditions_select_the_rows_they_name(table, conditions, rows):
         ({"when": pd.Timestamp("2020-01-01", tz="UTC")}, r"the column's times have no time zone"),
         ({"zoned": dt.datetime(2020, 1, 1)}, r"give a time in a time zone \(the column's is UTC\)"),
         ({"when": pd.NaT}, r"NaT is not a time; a missing value is None"),
+        (  # a literal of nanoseconds was cut to the column's microseconds: another time
+            {"when": (pd.Timestamp("2020-03-01 00:00:00.000000500"), None)},
+            r"finer than the column's unit \(us\); round it to that unit",
+        ),
+        (
+            {"zoned": pd.Timestamp("2020-03-01 00:00:00.000000001", tz="UTC")},
+            r"finer than the column's unit \(us\)",
+        ),
         (
             {"day": dt.datetime(2020, 1, 1)},
             r"cannot be compared .* 'day' of type date32\[day\]: give a datetime\.date",

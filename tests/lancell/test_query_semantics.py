@@ -247,6 +247,36 @@ def test_layers_and_features_of_another_feature_space_are_refused(atlas):
     assert both["protein"].shape == (N, 1) and both["gene_expression"].shape == (N, 2)
 
 
+def test_every_registry_feature_joined_by_intersection_is_refused(atlas):
+    """all_features() with feature_join("intersection") returned the intersection: column j no longer global
+    index j (to_cell_dataset(features="registry") too)."""
+    message = r"all_features\(\) keeps every registry feature .* would keep only"
+    with pytest.raises(QueryError, match=message):
+        atlas.query().all_features("gene_expression").feature_join("intersection")
+    with pytest.raises(QueryError, match=message):
+        atlas.query().feature_join("intersection").all_features("gene_expression")
+    with pytest.raises(QueryError, match=message):
+        atlas.query().feature_join("intersection").reading("gene_expression", "counts", "registry")
+
+
+def test_a_feature_named_twice_is_refused(atlas):
+    """A repeated name gave one column fewer than the names given: every column after it one place off."""
+    query = atlas.query().layers("gene_expression", "counts")
+    with pytest.raises(QueryError, match=r"features named twice .*: 'g1' \(as 'g1'\)"):
+        query.features(["g1", "g0", "g1"], "gene_expression").to_anndata()
+    with pytest.raises(QueryError, match=r"'G0' \(as 'g0'\)"):
+        query.features(["g0", "G0"], "gene_expression", case_sensitive=False).to_anndata()
+    assert list(query.features(["g1", "g0"], "gene_expression").to_anndata().var_names) == ["g1", "g0"]
+
+
+def test_a_text_search_asks_lance_for_its_score(atlas, capfd):
+    """A text search reading chosen columns (count(), select()) left Lance to add ``_score`` by a deprecated
+    default, which printed a warning to stderr on every call."""
+    text = atlas.query().select("desc").search("monocyte")
+    assert text.count() == 3 and "score" in text.to_pandas().columns
+    assert "_score" not in capfd.readouterr().err
+
+
 def test_a_limit_is_a_count_not_a_bool(atlas):
     """limit(True) was limit(1), and count() then returned True."""
     for flag in (True, False):
