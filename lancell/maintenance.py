@@ -161,7 +161,10 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     referenced = live | _snapshot_groups(core, snapshots)
     live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
-    counts["unclaimed"] = len(_uncommitted_groups(core, owners) - claimed - referenced)
+    unclaimed = _uncommitted_groups(core, owners) - claimed - referenced
+    if unclaimed:  # an ingestion may have claimed its group, then written rows, since the claims were listed
+        unclaimed -= {claim.group for claim in claims.list() if claim.atlas_id == claims.atlas_id}
+    counts["unclaimed"] = len(unclaimed)
     candidates = [
         claim
         for claim in mine

@@ -13,6 +13,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
 from lancell.errors import ArgumentError, ArgumentValueError, ReadOnlyAtlasError, VersionNotFoundError
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.schema import DatasetRecord
 
 
 def test_snapshot_survives_optimize_cleanup_and_later_ingestion(atlas, pbmc, celltypist):
@@ -184,3 +185,54 @@ def test_vacuum_removes_unreferenced_own_groups_only(atlas):
     np.testing.assert_array_equal(atlas.core.zarr_root["orphan-deadbeef/x"][:], np.arange(4))
     assert atlas.validate() == []
     assert atlas.query().count() == 700
+
+
+def test_vacuum_counts_the_group_of_an_ingestion_beside_it_as_claimed(atlas, monkeypatch):
+    """An ingestion that claimed its group and wrote its rows after vacuum() listed the claims (another
+    process, or a thread here) was counted ``unclaimed``: never claimed by this atlas."""
+    import threading
+
+    from lancell.ingest import transaction_run
+    from lancell.tables import group_claims
+
+    ingest_bundled(atlas, BUNDLED[0])
+    adata = BUNDLED[0].read()
+
+    def ingest_again() -> None:
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer=BUNDLED[0].zarr_layer,
+            dataset_record=DatasetRecord(uid="meanwhile"),
+            on_duplicate="allow",
+            progress=False,
+        )
+
+    rows_written, may_commit = threading.Event(), threading.Event()
+    commit = transaction_run._commit
+
+    def commit_later(transactions):  # rows written; the record waits for vacuum() to return
+        rows_written.set()
+        may_commit.wait()
+        commit(transactions)
+
+    monkeypatch.setattr(transaction_run, "_commit", commit_later)
+    listing, beside = group_claims.GroupClaims.list, []
+
+    def list_then_ingest(self):
+        claims = listing(self)
+        if not beside:
+            beside.append(threading.Thread(target=ingest_again, daemon=True))
+            beside[0].start()
+            assert rows_written.wait(timeout=120)
+        return claims
+
+    monkeypatch.setattr(group_claims.GroupClaims, "list", list_then_ingest)
+    try:
+        counted = atlas.vacuum(grace=timedelta(hours=1))
+    finally:
+        may_commit.set()
+        if beside:
+            beside[0].join()
+    assert counted == {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
