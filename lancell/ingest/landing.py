@@ -145,24 +145,29 @@ def recorded_source(spec: LandingSpec) -> str:
     return spec.source or os.path.abspath(spec.path)
 
 
-def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> Path | None:
-    """The file dataset ``record`` was ingested from, when that is another file than ``spec``'s that is still
-    there (two files landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``); None
-    when it is the same file (under any path), when its recorded source is gone (the file moved: nothing tells
-    them apart without reading it) or is not an absolute path (a sidecar's ``source``; a relative path
-    recorded before sources were absolute, whose folder is unknown), and when the two are the two forms of
-    one matrix that Cell Ranger writes side by side (``filtered_feature_bc_matrix.h5`` and the folder
-    ``filtered_feature_bc_matrix``: :func:`~lancell.ingest.landing_spec.cell_ranger_forms`)."""
+def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> str | None:
+    """Where dataset ``record`` was ingested from, when that is another file than ``spec``'s (two files
+    landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``): the other file, still
+    there, or the other sidecar ``source`` when both files state one and they differ.
+
+    None when it is the same file (under any path), when its recorded source is gone (the file moved: nothing
+    tells them apart without reading it), when one of the two states no sidecar ``source`` and the recorded
+    one is not an absolute path (a relative path recorded before sources were absolute, whose folder is
+    unknown), and when the two are the two forms of one matrix that Cell Ranger writes side by side
+    (``filtered_feature_bc_matrix.h5`` and the folder ``filtered_feature_bc_matrix``:
+    :func:`~lancell.ingest.landing_spec.cell_ranger_forms`)."""
     recorded = record.source
-    if not recorded or recorded == recorded_source(spec) or not os.path.isabs(recorded):
+    if not recorded or recorded == recorded_source(spec):
         return None
+    if not os.path.isabs(recorded):
+        return f"source {recorded!r} (this file's sidecar says {spec.source!r})" if spec.source else None
     path = Path(recorded)
     try:
         if not path.exists() or path.samefile(spec.path) or cell_ranger_forms(path, spec.path):
             return None
     except OSError:  # (spec.path gone: the dataset is what the atlas holds)
         return None
-    return path
+    return str(path)
 
 
 def _prepared(

@@ -182,6 +182,21 @@ def test_another_file_on_a_stored_uid_is_an_error_and_delete_makes_room(tmp_path
     assert RaggedAtlas.open(db).list_datasets()["source"].tolist() == [str(second)]
 
 
+def test_files_whose_sidecars_state_other_sources_are_told_apart(tmp_path: Path, db: str) -> None:
+    """Two studies' sample1.h5ad, each with a sidecar ``source``: the second was "already in the atlas",
+    exit 0, its cells never read (a sidecar's source is no path to compare)."""
+    for study in ("study_a", "study_b"):
+        (tmp_path / study).mkdir()
+        genes = ["G1", "G2"] if study == "study_a" else ["G1", "G3"]
+        _write(tmp_path / study / "sample1.h5ad", genes, {"source": f"GEO {study}"})
+    run("ingest", db, str(tmp_path / "study_a" / "sample1.h5ad"))
+    clash = run("ingest", db, str(tmp_path / "study_b" / "sample1.h5ad"), check=False)
+    assert clash.returncode == 1
+    assert "another file, source 'GEO study_a' (this file's sidecar says 'GEO study_b')" in clash.stderr
+    again = run("ingest", db, str(tmp_path / "study_a" / "sample1.h5ad"))  # the same file: idempotent
+    assert "sample1: already in the atlas" in again.stdout
+
+
 def test_a_relative_path_is_told_apart_from_another_folder(tmp_path: Path, db: str) -> None:
     """A source recorded as typed (sample1.h5ad) named another study's file from its folder: that file passed
     as "already in the atlas", and the same file given from elsewhere was refused."""
