@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser, commands = _parser()
     args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command == "add-csc" and not any(item.startswith("-") for item in unknown):
+        args.uids += unknown  # uids after an option (argparse gave the '*' list none at its place)
+        unknown = []
     if unknown:  # the command's own usage names what it takes (the top-level one only the commands)
         given = list(sys.argv[1:] if argv is None else argv)
         before = given.index(unknown[0]) < given.index(args.command) if args.command in given else False

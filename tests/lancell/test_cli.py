@@ -235,6 +235,7 @@ def test_add_csc_all_writes_every_missing_copy(tmp_path: Path) -> None:
     run("ingest", db, str(BUNDLED[0].path), "--uid", "pbmc", "--layer", "log_normalized", "--csc")
     for args, message in [
         (("ct", "--all"), "give dataset uids or --all, not both (--all with ct)"),
+        (("--all", "ct"), "give dataset uids or --all, not both (--all with ct)"),  # (was "unrecognized")
         ((), "give the dataset uids, or --all for every sparse dataset lacking a copy"),
     ]:
         refused = run("add-csc", db, *args, check=False)
@@ -249,6 +250,8 @@ def test_add_csc_all_writes_every_missing_copy(tmp_path: Path) -> None:
     assert run("add-csc", db, "--all").stdout.splitlines() == ["ct: CSC copy of counts written"]
     assert listed() == {"ct": "counts", "pbmc": "log_normalized"}
     assert run("add-csc", db, "--all").stdout.splitlines() == ["every sparse dataset has its CSC copy"]
+    given = run("add-csc", db, "--store", str(Path(db) / "_zarr"), "pbmc")  # as ingest's hint prints it
+    assert given.stdout.splitlines() == ["pbmc: has a CSC copy"]
     atlas = RaggedAtlas.open(db)
     groups = atlas.list_datasets().set_index("uid")["zarr_group"]
     assert atlas.core.zarr_root[groups["ct"]].attrs["csc_layers"] == ["counts"]
