@@ -31,7 +31,7 @@ import xxhash
 from lancell.atlas import RaggedAtlas
 from lancell.errors import DuplicateDatasetError, IngestError, LancellWarning
 from lancell.ingest.from_anndata import add_from_anndata, open_h5ad
-from lancell.ingest.landing_features import registry_rows
+from lancell.ingest.landing_features import register_for_ingestion, registry_rows, updated
 from lancell.ingest.landing_spec import (
     LandingOutcome,
     LandingSpec,
@@ -306,7 +306,8 @@ def ingest_landing_file(
         The file is missing or invalid, or its features conflict with registered ones
         (:class:`~lancell.errors.FeatureConflictError`). The atlas is unchanged, except that features
         registered before the failure stay registered: another ingestion may already be using them, and a
-        feature's ``global_index`` is never reused.
+        feature's ``global_index`` is never reused (``on_conflict="update"`` writes the registered features'
+        new values only once the dataset is committed).
     FeatureSpaceError
         The spec names a feature space the atlas does not have.
     """
@@ -357,10 +358,8 @@ def _ingest_new(
             on_standardized(report)
         columns = pd.Index(atlas.core.tables.registry(spec.feature_space).schema.names)
         features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
-    # Registered features stay registered if the ingestion then fails: another ingestion may already use
-    # them (a dataset of theirs, committed or still being written), and a global_index is never reused.
     check_cells(atlas.core, record, adata.obs)  # (what needs no registry, refused before it changes)
-    atlas.register_features(spec.feature_space, features, on_conflict)
+    update = register_for_ingestion(atlas, spec.feature_space, features, on_conflict)
     stored = add_from_anndata(
         atlas,
         adata,
@@ -372,4 +371,5 @@ def _ingest_new(
         csc=spec.csc,
         on_duplicate="skip",
     )
+    updated(spec, stored.uid, [update])
     return stored, "ingested" if stored.uid == spec.uid else "duplicate"

@@ -1,21 +1,64 @@
-"""The feature registry rows a landing file registers before it is ingested (:func:`registry_rows`)."""
+"""The feature registry rows a landing file registers before it is ingested (:func:`registry_rows`), and
+their registration (:func:`register_for_ingestion`)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from lancell.errors import DuplicateFeaturesError, IngestError, LancellWarning
+from lancell.errors import DuplicateFeaturesError, FeatureConflictWarning, IngestError, LancellWarning
 from lancell.ingest.landing_spec import is_tenx_output
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
     from lancell.ingest.landing_spec import LandingSpec
+    from lancell.tables.registry import OnConflict
 
-__all__ = ["registry_rows"]
+__all__ = ["register_for_ingestion", "registry_rows", "updated"]
+
+
+def register_for_ingestion(
+    atlas: RaggedAtlas, feature_space: str, features: pd.DataFrame, on_conflict: OnConflict
+) -> Callable[[], None] | None:
+    """Register ``features`` before the dataset that measured them is ingested: the new ones added (a
+    failed ingestion leaves them: another may already use them, and a ``global_index`` is never reused), and
+    with ``on_conflict="update"`` a callable that writes the given values of registered features that differ,
+    to be called once the dataset is committed (a failed or skipped ingestion leaves the registry's values as
+    they were, as other datasets read them); else None.
+
+    Raises
+    ------
+    FeatureConflictError
+        ``on_conflict="error"`` and registered features differ (nothing registered).
+    """
+    if on_conflict != "update":
+        atlas.register_features(feature_space, features, on_conflict)
+        return None
+    with warnings.catch_warnings():  # the differing values are kept until the update below
+        warnings.simplefilter("ignore", FeatureConflictWarning)
+        atlas.register_features(feature_space, features, "keep")
+    return lambda: atlas.register_features(feature_space, features, "update")
+
+
+def updated(spec: LandingSpec, stored_uid: str, updates: list[Callable[[], None] | None]) -> None:
+    """Run the registry's ``updates`` (:func:`register_for_ingestion`) once landing ``spec`` committed its
+    dataset; where its content was another dataset's (``stored_uid``: nothing ingested), warn that the
+    registered values were left as they were."""
+    updates = [update for update in updates if update is not None]
+    if stored_uid == spec.uid:
+        for update in updates:
+            update()
+    elif updates:
+        warnings.warn(
+            f"{spec.path}: the registered features' values were not updated (on_conflict='update'): its "
+            f"content is stored as dataset {stored_uid!r}, and nothing was ingested",
+            LancellWarning,
+            stacklevel=2,
+        )
 
 
 def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> pd.DataFrame:

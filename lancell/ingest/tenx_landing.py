@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lancell.ingest.landing_features import registry_rows
+from lancell.ingest.landing_features import register_for_ingestion, registry_rows, updated
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES, add_from_10x, open_10x, route_feature_types
 
 if TYPE_CHECKING:
@@ -44,9 +44,11 @@ def ingest_tenx_output(
     matrix = open_10x(spec.path, genome=spec.genome)
     uid_column = spec.var_uid_column or "gene_ids"
     routes, _ = route_feature_types(atlas, matrix, spec.feature_space, DEFAULT_FEATURE_TYPES)
+    updates = []
     for space, columns in routes.items():
         of_space = replace(spec, feature_space=space, var_uid_column=uid_column, symbol_column="gene_symbol")
-        atlas.register_features(space, registry_rows(atlas, of_space, matrix.var.iloc[columns]), on_conflict)
+        rows = registry_rows(atlas, of_space, matrix.var.iloc[columns])
+        updates.append(register_for_ingestion(atlas, space, rows, on_conflict))
     stored = add_from_10x(
         atlas,
         matrix,
@@ -58,4 +60,5 @@ def ingest_tenx_output(
         csc=spec.csc,
         on_duplicate="skip",
     )
+    updated(spec, stored[0].uid, updates)
     return stored[0]

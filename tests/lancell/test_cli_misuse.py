@@ -648,7 +648,17 @@ def test_a_feature_conflict_is_settled_with_on_conflict(tmp_path: Path, db: str)
     kept = run("ingest", db, str(tmp_path / "b.h5ad"), "--on-conflict", "keep")
     assert "b: ingested" in kept.stdout and "kept the registered values" in kept.stderr
     assert symbols() == ["S1", "S2"]
+    failing = ad.read_h5ad(study("d", "NEW3"))
+    failing.X = failing.X * 0.5  # not counts: the ingestion fails after the features are registered
+    failing.write_h5ad(tmp_path / "d.h5ad")
+    failed = run("ingest", db, str(tmp_path / "d.h5ad"), "--on-conflict", "update", check=False)
+    assert failed.returncode == 1 and "non-integer value" in failed.stderr
+    assert symbols() == ["S1", "S2"]  # (updated before the failure, for every dataset)
     run("ingest", db, str(study("c", "NEW2")), "--on-conflict", "update")
+    assert symbols() == ["NEW2", "S2"]
+    same = run("ingest", db, str(study("c", "NEW4")), "--uid", "c_again", "--on-conflict", "update")
+    assert "c_again: skipped" in same.stdout
+    assert "values were not updated (--on-conflict update)" in same.stderr
     assert symbols() == ["NEW2", "S2"]
     again = run("ingest", db, str(tmp_path / "c.h5ad"), "--on-conflict", "keep")  # not read: warned unused
     assert "--on-conflict keep not used: the dataset is in the atlas" in again.stderr
