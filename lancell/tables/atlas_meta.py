@@ -214,9 +214,16 @@ def create_storage(
             f"cell schema {cell_schema.__name__}: fields {taken} take the names of the columns its searches "
             "add to their results; name them otherwise"
         )
-    for table in [cell_table_name, *(space.registry_table for space in spaces.values())]:
+    registries = [space.registry_table for space in spaces.values()]
+    for table in [cell_table_name, *registries]:
         if not _TABLE_NAME.fullmatch(table):
             raise SchemaError(f"table name {table!r}: use letters, digits, '_', '-' and '.' only")
+    own = [DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE, VERSIONS_TABLE, *registries]
+    if cell_table_name in own:  # the two tables would be one: the atlas could not be read
+        raise SchemaError(
+            f"cell table name {cell_table_name!r} is the name of one of the atlas's own tables ({own}); "
+            "name it otherwise"
+        )
     if not db_uri.strip():
         raise StoreError("the atlas's location (db_uri) is empty")
     check_options_used([db_uri, *([store] if isinstance(store, str) else [])], store_kwargs)

@@ -427,6 +427,9 @@ def test_reading_commands_read_a_copy_whose_store_lies_outside_with_a_warning(tm
             "lancell init: error: --registry: feature space 'gene_expression' is given twice",
         ),
         (["--cell-table", "bad name"], 1, "lancell init: error: table name 'bad name': use letters"),
+        # the atlas's own tables: init passed, then every command failed (tracebacks, a wrong column)
+        (["--cell-table", "datasets"], 1, "cell table name 'datasets' is the name of one of the atlas's own"),
+        (["--cell-table", "gene_expression_registry"], 1, "'gene_expression_registry' is the name of one"),
         (["--layers", "gene_expression"], 2, "argument --layers: 'gene_expression' is not SPACE=LAYER,..."),
         (
             ["--layers", "gene_expression=counts", "--layers", "gene_expression=spliced"],
