@@ -23,6 +23,7 @@ from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_i
 from lancell.tables.atlas_tables import AtlasTables, Database
 from lancell.tables.store_location import (
     StoreLike,
+    bind_given_store,
     check_given_store,
     located_store_url,
     reading_store_url,
@@ -99,6 +100,7 @@ def opened_core(
     elif given:
         check_given_store(store, database, _settled_stores(db_uri, meta))
         refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
+        bind_given_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 
 

@@ -27,14 +27,17 @@ from lancell.storage.stores import (
     local_path,
     open_store,
     read_json,
+    write_json,
 )
 from lancell.tables.atlas_tables import Database
 from lancell.tables.table_schemas import DATASETS_TABLE
 
 __all__ = [
+    "STORE_BINDING",
     "Location",
     "StoreLike",
     "as_location",
+    "bind_given_store",
     "check_given_store",
     "comparable_location",
     "located_store_url",
@@ -45,6 +48,8 @@ __all__ = [
 ]
 
 StoreLike = obs_store.ObjectStore | str
+# the object at a given store's root naming the atlas (id, database location) that writes it, and the store
+STORE_BINDING = "_lancell_writer.json"
 # a local folder or object-store URL as the public API takes it: a string or a path (pathlib.Path)
 Location = str | os.PathLike[str]
 
@@ -185,6 +190,54 @@ def refuse_the_originals_store(
         "delete the groups of the datasets it deleted, which the original still reads). Copy the store too "
         "and pass the copy as store=, write to the original instead, or open the copy read-only"
     )
+
+
+def bind_given_store(
+    db_uri: str,
+    meta: Mapping[str, Any],
+    store: obs_store.ObjectStore,
+    original_id: Callable[[str], str | None],
+) -> None:
+    """Refuse writing an atlas through a store given for it that another copy of the atlas, still there,
+    writes (a copy of a copy given the first copy's store: both databases claim its groups, and one's
+    ``vacuum()`` would delete the groups of the datasets it deleted, which the other still reads); else
+    record in the store (:data:`STORE_BINDING`) that this atlas writes it. A binding copied with the store
+    (it names another store) or naming a location where the atlas is no more (moved) is replaced.
+    ``original_id``: the atlas id of the atlas at a location, or None when there is none.
+
+    Raises
+    ------
+    StoreError
+        Naming both locations and what to do instead, or the store cannot be read or written.
+    """
+    here, where = comparable_location(db_uri), comparable_location(describe_store(store))
+    bound = {"atlas_id": meta.get("atlas_id"), "db": here, "store": where}
+    try:
+        found = read_json(store, STORE_BINDING)
+    except (obstore.exceptions.BaseError, ValueError) as exc:  # (ValueError: not JSON)
+        raise store_error(exc, f"cannot read {STORE_BINDING} in the zarr store {where}") from exc
+    found = found if isinstance(found, dict) else None  # (anything else: no binding of this format)
+    if found == bound:
+        return
+    other = (found or {}).get("db")
+    if (
+        found is not None
+        and found.get("atlas_id") == bound["atlas_id"]
+        and found.get("store") == where
+        and other != here
+        and original_id(other) == bound["atlas_id"]
+    ):
+        raise StoreError(
+            f"the zarr store {where} given is written by another copy of this atlas, at {other}, which is "
+            f"still there: writes of the atlas at {db_uri!r} through it would change that copy's groups (its "
+            "vacuum() would delete the groups of the datasets it deleted, which the other copy still reads). "
+            "Copy the store too and pass the copy as store=, write to the other copy instead, or open this "
+            "one read-only"
+        )
+    try:
+        write_json(store, STORE_BINDING, bound)
+    except obstore.exceptions.BaseError as exc:
+        raise store_error(exc, f"cannot write {STORE_BINDING} in the zarr store {where}") from exc
 
 
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:

@@ -435,6 +435,18 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
     assert not (tmp_path / "b" / "arrays" / record.zarr_group).exists()
     assert_exact(RaggedAtlas.open(str(tmp_path / "a" / "db")), {"x": x["x"]})  # the original is whole
 
+    # a copy of the copy, given the copy's store while the copy is there: refused (both would claim its
+    # groups); its own copy of the store is taken, and a moved copy's store too
+    shutil.copytree(tmp_path / "b", tmp_path / "e")
+    with pytest.raises(StoreError, match=r"is written by another copy of this atlas, at .*/b/db, which is"):
+        RaggedAtlas.open(str(tmp_path / "e" / "db"), store=str(tmp_path / "b" / "arrays"))
+    RaggedAtlas.open(str(tmp_path / "e" / "db"), store=str(tmp_path / "e" / "arrays"))
+    shutil.move(tmp_path / "b" / "db", tmp_path / "b" / "moved")
+    moved_copy = RaggedAtlas.open(str(tmp_path / "b" / "moved"), store=str(tmp_path / "b" / "arrays"))
+    assert_exact(moved_copy, {"y": x["y"]})
+    with pytest.raises(StoreError, match=r"is written by another copy of this atlas, at .*/b/moved"):
+        RaggedAtlas.open(str(tmp_path / "e" / "db"), store=str(tmp_path / "b" / "arrays"))
+
     inside = new_atlas(tmp_path / "c" / "db", None)  # the default store: <db>/_zarr, inside the folder
     ingest(inside, "x", x["x"])
     shutil.copytree(tmp_path / "c", tmp_path / "d")
