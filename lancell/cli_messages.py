@@ -30,6 +30,8 @@ _FLAGS = (
     ("; nothing was ingested (on_duplicate='skip')", "; nothing was ingested"),
     ("on_conflict='keep'", "--on-conflict keep"),
     ("on_conflict='update'", "--on-conflict update"),
+    ("feature_join('union')", "--join union"),
+    ("feature_join('intersection')", "--join intersection"),
     (
         "read the file without backed mode or convert X to CSR",
         "convert X to CSR in the file first (adata.X = adata.X.tocsr(), then adata.write_h5ad(path))",

@@ -56,3 +56,9 @@ def test_remedies_are_named_as_the_command_line_has_them(tmp_path: Path) -> None
     ad.AnnData(sp.csc_matrix(x), obs=pd.DataFrame(index=["c3", "c4"]), var=var).write_h5ad(csc)
     refused = run("ingest", db, str(csc), check=False)
     assert "convert X to CSR in the file first (adata.X = adata.X.tocsr()" in refused.stderr
+    other = tmp_path / "other.h5ad"  # no feature in common with p.h5ad
+    elsewhere = pd.DataFrame(index=["MS4A1", "NKG7"])
+    ad.AnnData(x, obs=pd.DataFrame(index=["c5", "c6"]), var=elsewhere).write_h5ad(other)
+    run("ingest", db, str(other))
+    empty = run("query", db, "-o", str(tmp_path / "none.h5ad"), "--join", "intersection")
+    assert "has no columns (--join union reads them)" in empty.stderr
