@@ -91,7 +91,11 @@ def check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("-o is empty: give the .h5ad file to write")
     if text.endswith(("/", os.sep)):
         parser.error(f"-o {text}: ends with {text[-1]!r}, which names a folder; give the .h5ad file to write")
-    if output.is_dir():
+    try:
+        folder = output.is_dir()
+    except OSError as exc:  # e.g. a name longer than the file system takes
+        parser.error(f"-o {text}: {exc.strerror or exc}")
+    if folder:
         parser.error(f"-o {text}: is a folder, not a file")
     if output.suffix.lower() != ".h5ad":
         parser.error(

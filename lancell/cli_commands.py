@@ -363,7 +363,7 @@ def query(args: argparse.Namespace) -> int:
             stacklevel=1,
         )
     output = Path(args.output)
-    partial = output.with_name(f".{output.name}.{os.getpid()}.part")
+    partial = output.with_name(f".lancell-query-{os.getpid()}.part")  # (short: any name -o takes fits)
     try:
         adata.write_h5ad(partial)
         partial.replace(output)

@@ -62,3 +62,20 @@ def test_remedies_are_named_as_the_command_line_has_them(tmp_path: Path) -> None
     run("ingest", db, str(other))
     empty = run("query", db, "-o", str(tmp_path / "none.h5ad"), "--join", "intersection")
     assert "has no columns (--join union reads them)" in empty.stderr
+
+
+def test_any_output_name_the_file_system_takes_is_written(tmp_path: Path) -> None:
+    """A name too long was a traceback; one that fit failed on the temporary name beside it, longer (the
+    error named that hidden file, ``.<name>.<pid>.part``)."""
+    db = str(tmp_path / "db")
+    run("init", db)
+    path = tmp_path / "p.h5ad"
+    x = sp.csr_matrix(np.ones((2, 2), np.int32))
+    ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=pd.DataFrame(index=["A", "B"])).write_h5ad(path)
+    run("ingest", db, str(path))
+    output = str(tmp_path / ("o" * 251 + ".h5ad"))  # a name longer than the file system takes: a traceback
+    refused = run("query", db, "-o", output, check=False)
+    assert refused.returncode == 2 and refused.stderr.endswith(f"-o {output}: File name too long\n")
+    output = str(tmp_path / ("o" * 245 + ".h5ad"))
+    assert run("query", db, "-o", output).stdout.startswith("wrote 2 cells")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
