@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
+from lancell.tables.store_location import STORE_BINDING
 
 
 def read_10x_v3_h5(path: Path) -> ad.AnnData:
@@ -48,7 +49,8 @@ def visible_state(atlas: RaggedAtlas, *, versions: bool = False) -> dict[str, ob
             table.sort_by([(k, "ascending") for k in keys]).to_pylist() if keys else table.to_pylist()
         )
     state["validate"] = atlas.validate()
-    state["groups"] = sorted(p for p in os.listdir(atlas.store.prefix) if not p.startswith("zarr"))
+    stored = os.listdir(atlas.store.prefix)  # (the record of the database writing a given store is no group)
+    state["groups"] = sorted(p for p in stored if not p.startswith("zarr") and p != STORE_BINDING)
     return state
 
 
