@@ -10,9 +10,11 @@ before it is finished by the next ``create`` at that location (``_lancell/creati
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -228,60 +230,89 @@ def create_storage(
         raise StoreError("the atlas's location (db_uri) is empty")
     check_options_used([db_uri, *([store] if isinstance(store, str) else [])], store_kwargs)
     storage_options = db_options(db_uri, store_kwargs, storage_options)  # a refusal: before anything is made
-    meta_store = open_store(db_uri, store_kwargs)
-    store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
-    if location_in_store(store, db_uri) == "":
-        raise StoreError(
-            f"the zarr store {describe_store(store)} is the database directory {db_uri!r} itself; give a "
-            "store beside or inside it (the default is <db_uri>/_zarr)"
-        )
-    database = Database(db_uri, storage_options)
-    db = database.connect()
-    meta = {
-        "atlas_id": uuid.uuid4().hex,
-        "lancell_format": FORMAT_VERSION,
-        "cell_table_name": cell_table_name,
-        "store_url": describe_store(store),
-        "db_url": comparable_location(db_uri),  # where it was created (a copy elsewhere finds its own store)
-        "store_config": public_store_config(store),
-        "registries": {name: space.registry_table for name, space in spaces.items()},
-        "fts_columns": list(fts_columns),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    schemas = {
-        cell_table_name: cell_arrow,
-        DATASETS_TABLE: dataset_schema.to_arrow_schema(),
-        LAYOUTS_TABLE: LAYOUTS_SCHEMA,
-        FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
-        VERSIONS_TABLE: VERSIONS_SCHEMA,
-    }
-    for name, schema in registry_schemas.items():
-        schemas[spaces[name].registry_table] = schema.to_arrow_schema()
-    with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
-        if read_json(meta_store, META_PATH) is not None:
-            raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
-        _drop_unfinished(db, meta_store)
-        clash = _stored_tables(db, schemas)
-        if clash:
-            raise AtlasExistsError(
-                f"tables {clash} already exist at {db_uri!r}, which is not a lancell atlas ({META_PATH} is "
-                "missing): create the atlas in another location"
+    made = [db_uri, *([store] if isinstance(store, str) else [])]
+    with _folders_removed_on_failure(made):  # a refusal or a failure leaves no folder it made
+        meta_store = open_store(db_uri, store_kwargs)
+        store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+        if location_in_store(store, db_uri) == "":
+            raise StoreError(
+                f"the zarr store {describe_store(store)} is the database directory {db_uri!r} itself; give a "
+                "store beside or inside it (the default is <db_uri>/_zarr)"
             )
-        write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
-        try:
-            create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
-            root = zarr.open_group(zarr_store(store), mode="a")
-            root.attrs.update({"lancell_format": FORMAT_VERSION})
-            write_json(meta_store, META_PATH, meta, create=True)
-        except FileExistsError:
-            raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
-        except Exception as exc:
-            _roll_back_creation(db, meta_store)
-            if is_store_failure(exc):
-                raise store_error(exc, f"cannot create the atlas at {db_uri!r}") from exc
-            raise
-        obstore.delete(meta_store, CREATING_PATH)
+        database = Database(db_uri, storage_options)
+        db = database.connect()
+        meta = {
+            "atlas_id": uuid.uuid4().hex,
+            "lancell_format": FORMAT_VERSION,
+            "cell_table_name": cell_table_name,
+            "store_url": describe_store(store),
+            "db_url": comparable_location(
+                db_uri
+            ),  # where it was created (a copy elsewhere finds its own store)
+            "store_config": public_store_config(store),
+            "registries": {name: space.registry_table for name, space in spaces.items()},
+            "fts_columns": list(fts_columns),
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        schemas = {
+            cell_table_name: cell_arrow,
+            DATASETS_TABLE: dataset_schema.to_arrow_schema(),
+            LAYOUTS_TABLE: LAYOUTS_SCHEMA,
+            FEATURE_SPACES_TABLE: FEATURE_SPACES_SCHEMA,
+            VERSIONS_TABLE: VERSIONS_SCHEMA,
+        }
+        for name, schema in registry_schemas.items():
+            schemas[spaces[name].registry_table] = schema.to_arrow_schema()
+        with atlas_lock(meta_store, "create"):  # two processes may both find no atlas and create one
+            if read_json(meta_store, META_PATH) is not None:
+                raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
+            _drop_unfinished(db, meta_store)
+            clash = _stored_tables(db, schemas)
+            if clash:
+                raise AtlasExistsError(
+                    f"tables {clash} already exist at {db_uri!r}, which is not a lancell atlas "
+                    f"({META_PATH} is missing): create the atlas in another location"
+                )
+            write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
+            try:
+                create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
+                root = zarr.open_group(zarr_store(store), mode="a")
+                root.attrs.update({"lancell_format": FORMAT_VERSION})
+                write_json(meta_store, META_PATH, meta, create=True)
+            except FileExistsError:
+                raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
+            except Exception as exc:
+                _roll_back_creation(db, meta_store)
+                if is_store_failure(exc):
+                    raise store_error(exc, f"cannot create the atlas at {db_uri!r}") from exc
+                raise
+            obstore.delete(meta_store, CREATING_PATH)
     return meta, meta_store, database, store, storage_options
+
+
+@contextmanager
+def _folders_removed_on_failure(uris: Iterable[str]) -> Iterator[None]:
+    """Remove again, if the block raises (other than :class:`AtlasExistsError`: an atlas there is not this
+    call's), the local folders of ``uris`` that do not exist on entry: only empty ones (never a file), so
+    a creation refused or failed leaves the disk as it found it (a refused ``lancell init`` left an empty
+    database folder)."""
+    made = []
+    for uri in uris:
+        if is_local(uri):
+            path, top = local_path(uri), None
+            while not path.exists():
+                path, top = path.parent, path
+            made += [top] if top is not None else []
+    try:
+        yield
+    except AtlasExistsError:
+        raise
+    except BaseException:
+        for top in made:
+            for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+                with suppress(OSError):  # not empty (something else wrote there), or gone
+                    os.rmdir(folder)
+        raise
 
 
 def _roll_back_creation(db: DBConnection, meta_store: obs_store.ObjectStore) -> None:

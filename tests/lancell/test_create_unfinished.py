@@ -82,6 +82,38 @@ def test_a_failed_creation_drops_what_it_made(tmp_path: Path, monkeypatch: pytes
     assert RaggedAtlas.open(str(tmp_path / "db")).list_datasets().empty
 
 
+def test_a_refused_or_failed_creation_leaves_no_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `lancell init ./db --store ./db` was refused but left an empty ./db behind
+    for db, store in (("db", "db"), ("new/deeper/db", "new/deeper/db/")):
+        with pytest.raises(StoreError, match="is the database directory"):
+            RaggedAtlas.create(
+                str(tmp_path / db), "cells", CellSchema, store=str(tmp_path / store),
+                registry_schemas={"gene_expression": Gene},
+            )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()  # a folder that was there stays, with what it holds
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(StoreError, match="is the database directory"):
+        RaggedAtlas.create(
+            str(tmp_path / "mine"), "cells", CellSchema, store=str(tmp_path / "mine"),
+            registry_schemas={"gene_expression": Gene},
+        )  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError("the store refused the write")
+
+    monkeypatch.setattr(atlas_meta.zarr, "open_group", refused)
+    with pytest.raises(StoreError, match="refused the write"):
+        _create(tmp_path / "failed")
+    # the folders it made are gone, but for the create lock's guard file (another process may hold it)
+    left = sorted(str(p.relative_to(tmp_path / "failed")) for p in (tmp_path / "failed").rglob("*"))
+    assert left == ["_lancell", "_lancell/locks", "_lancell/locks/.guard"]
+
+
 @pytest.mark.parametrize(
     ("db", "table", "error", "message"),
     [
