@@ -52,7 +52,12 @@ from lancell.tables.feature_spaces import (
     feature_spaces_table,
 )
 from lancell.tables.locks import atlas_lock
-from lancell.tables.store_location import StoreLike, comparable_location, resolve_store
+from lancell.tables.store_location import (
+    StoreLike,
+    comparable_location,
+    resolve_store,
+    warn_of_other_groups,
+)
 from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, vector_fields
 from lancell.tables.table_schemas import (
     DATASETS_TABLE,
@@ -273,6 +278,7 @@ def create_storage(
                     f"tables {clash} already exist at {db_uri!r}, which is not a lancell atlas "
                     f"({META_PATH} is missing): create the atlas in another location"
                 )
+            warn_of_other_groups(store, db_uri)
             write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
             try:
                 create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})

@@ -18,6 +18,7 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import LancellWarning, StoreError
+from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import with_recorded_config
 from lancell.storage.stores import (
@@ -45,11 +46,13 @@ __all__ = [
     "recorded_store",
     "refuse_the_originals_store",
     "resolve_store",
+    "warn_of_other_groups",
 ]
 
 StoreLike = obs_store.ObjectStore | str
 # the object at a given store's root naming the atlas (id, database location) that writes it, and the store
 STORE_BINDING = "_lancell_writer.json"
+_FOLDERS_LOOKED_AT = 8  # folders at a new atlas's store root read for another atlas's group
 # a local folder or object-store URL as the public API takes it: a string or a path (pathlib.Path)
 Location = str | os.PathLike[str]
 
@@ -238,6 +241,45 @@ def bind_given_store(
         write_json(store, STORE_BINDING, bound)
     except obstore.exceptions.BaseError as exc:
         raise store_error(exc, f"cannot write {STORE_BINDING} in the zarr store {where}") from exc
+
+
+def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
+    """Warn when the zarr store of a new atlas at ``db_uri`` already holds another atlas's groups (folders
+    at its root whose group carries an atlas id; the first ``_FOLDERS_LOOKED_AT`` are looked at): the new
+    atlas's groups would lie beside them, which is rarely what was meant (each atlas's ``vacuum()`` leaves
+    the other's alone, counting them as foreign).
+
+    Raises
+    ------
+    StoreError
+        The store cannot be read.
+    """
+    where = describe_store(store)
+    try:
+        root = read_json(store, "zarr.json")
+        if root is None or "lancell_format" not in (root.get("attributes") or {}):
+            return
+        folders = sorted(obstore.list_with_delimiter(store)["common_prefixes"])
+        groups = [
+            folder
+            for folder in folders[:_FOLDERS_LOOKED_AT]
+            if ATLAS_ID_ATTR in ((read_json(store, f"{folder}/zarr.json") or {}).get("attributes") or {})
+        ]
+        found = read_json(store, STORE_BINDING) if groups else None
+    except (obstore.exceptions.BaseError, ValueError) as exc:  # (ValueError: a file that is not JSON)
+        raise store_error(exc, f"cannot read the zarr store {where}") from exc
+    if not groups:
+        return
+    writer = found.get("db") if isinstance(found, dict) else None
+    warnings.warn(
+        f"the zarr store {where} of the new atlas at {db_uri!r} already holds groups of another atlas "
+        f"({groups[0]!r}{' and others' if len(groups) > 1 else ''}"
+        f"{f', written by the atlas at {writer}' if writer else ''}): the new atlas's groups will lie beside "
+        "them (each atlas's vacuum() leaves the other's alone); give each atlas a store of its own (the "
+        "default is <db_uri>/_zarr)",
+        LancellWarning,
+        stacklevel=5,  # the caller of RaggedAtlas.create (through lancell.opening and atlas_meta)
+    )
 
 
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:

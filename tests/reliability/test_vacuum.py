@@ -108,6 +108,27 @@ def write_foreign(root: Path) -> None:
     other.create_array("values", shape=(5,), dtype="int32")[:] = np.arange(5)
 
 
+def test_a_new_atlas_given_another_atlass_store_is_warned_and_leaves_its_groups(tmp_path: Path) -> None:
+    # `lancell init --store` at another atlas's store was accepted without a word
+    arrays = tmp_path / "arrays"
+    first = new_atlas(tmp_path / "first", str(arrays))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty store: nothing to say
+        new_atlas(tmp_path / "empty_store_user", str(tmp_path / "arrays_2"))
+    x = counts(0)
+    kept = ingest(first, "a", x)
+    with pytest.warns(
+        LancellWarning, match=rf"already holds groups of another atlas \('{kept.zarr_group}'\)"
+    ):
+        second = new_atlas(tmp_path / "second", str(arrays))
+    RaggedAtlas.open(str(tmp_path / "first"), store=str(arrays))  # records that it writes the store
+    with pytest.warns(LancellWarning, match=r"written by the atlas at file://.*/first\)"):
+        third = new_atlas(tmp_path / "third", str(arrays))
+    for other in (second, third):
+        assert other.vacuum(grace=timedelta(0)) == NOTHING
+    assert_exact(RaggedAtlas.open(str(tmp_path / "first")), {"a": x})
+
+
 def test_store_root_one_level_above_db_uri(tmp_path: Path) -> None:
     root = tmp_path / "shared"
     root.mkdir()
