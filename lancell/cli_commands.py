@@ -151,7 +151,13 @@ def ingest(args: argparse.Namespace) -> int:
 
     from lancell.atlas import RaggedAtlas
     from lancell.cli_maintenance import add_csc_hint
-    from lancell.errors import DuplicateDatasetError, IngestError, LancellError, LancellWarning
+    from lancell.errors import (
+        DuplicateContentWarning,
+        DuplicateDatasetError,
+        IngestError,
+        LancellError,
+        LancellWarning,
+    )
     from lancell.ingest.landing import (
         check_landing_spec,
         ingest_landing_file,
@@ -208,9 +214,11 @@ def ingest(args: argparse.Namespace) -> int:
             print("\n".join(f"{uid}: {line}" for line in report.summary().splitlines()))
 
         try:
-            record, outcome = ingest_landing_file(
-                atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict
-            )
+            with warnings.catch_warnings():  # a skipped duplicate is reported by its own line below
+                warnings.simplefilter("ignore", DuplicateContentWarning)
+                record, outcome = ingest_landing_file(
+                    atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict
+                )
         except (LancellError, OSError) as exc:
             failed.add(exc, spec.path, spec.uid)
             continue

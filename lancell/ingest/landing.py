@@ -178,7 +178,7 @@ def _prepared(
     declared = {f.name for f in obs_fields(atlas.cell_arrow_schema)}
     missing = sorted(set(spec.obs_columns) - set(adata.obs.columns))
     if missing:
-        raise IngestError(f"{spec.path}: obs_columns renames {missing}, which obs does not have")
+        raise IngestError(f"{spec.path}: the obs columns to rename {missing} are not columns of obs")
     undeclared = sorted(set(spec.obs_columns.values()) - declared)
     if undeclared:
         raise IngestError(
@@ -195,7 +195,7 @@ def _prepared(
     if missing_layers:
         raw = "; adata.raw is not a layer" if "raw" in missing_layers else ""
         raise IngestError(
-            f"{spec.path}: the sidecar's layers name {missing_layers}, which the file does not hold: a "
+            f"{spec.path}: the layers to store name {missing_layers}, which the file does not hold: a "
             f"layer's source is 'X' or a key of adata.layers ({list(adata.layers) or 'none'}){raw}"
         )
     adata.obs = adata.obs.rename(columns=dict(spec.obs_columns))

@@ -277,7 +277,7 @@ def test_ingest_option_errors_are_one_line(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "--where is empty" in nothing.stderr
     absent = run("ingest", db, path, "--obs-columns", "tissue", check=False)
     assert absent.returncode == 1
-    assert "obs_columns renames ['tissue'], which obs does not have" in absent.stderr
+    assert "the obs columns to rename ['tissue'] are not columns of obs" in absent.stderr
     assert run("ls", db).stdout == "0 datasets, 0 cells\n"  # (no empty table)
 
 

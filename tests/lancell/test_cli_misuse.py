@@ -146,7 +146,7 @@ def test_obs_columns_on_the_command_line_replace_the_sidecars(tmp_path: Path, db
     adata = ad.read_h5ad(path)
     adata.obs["kind"] = "T"
     adata.write_h5ad(path)
-    assert "obs_columns renames ['nope']" in run("ingest", db, str(path), check=False).stderr
+    assert "the obs columns to rename ['nope']" in run("ingest", db, str(path), check=False).stderr
     run("ingest", db, str(path), "--obs-columns", "kind=cell_type")
     assert RaggedAtlas.open(db).query().to_pandas()["cell_type"].tolist() == ["T", "T"]
 
