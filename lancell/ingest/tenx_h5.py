@@ -24,7 +24,9 @@ __all__ = ["open_h5"]
 
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
-    values = dataset[:]
+    """A string dataset's values as ``str``: fixed-length bytes (Cell Ranger's) or variable-length strings
+    (h5py's own), both read as UTF-8."""
+    values = dataset.asstr()[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
     return np.char.decode(values, "utf-8").astype(object) if values.dtype.kind == "S" else values.astype(str)
 
 
@@ -48,10 +50,19 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
                 if name not in group:
                     raise TenxFormatError(f"{path}: /{group_name} has no {name!r} dataset")
             obs = pd.DataFrame(index=pd.Index(_strings(group["barcodes"]), dtype=str))
+            for name in ("data", "indices", "indptr"):
+                member = group[name]
+                if member.ndim != 1 or (name != "data" and member.dtype.kind not in "iu"):
+                    raise TenxFormatError(
+                        f"{path}: /{group_name}/{name} is a {member.ndim}-D {member.dtype} array, not a 1-D "
+                        f"array of {'numbers' if name == 'data' else 'integers'}"
+                    )
             n_genes, n_cells = (int(v) for v in group["shape"][:])
             indptr = group["indptr"][:].astype(np.int64)
             n_data, n_indices = group["data"].shape[0], group["indices"].shape[0]
             dtype = np.dtype(group["data"].dtype)
+    except TenxFormatError:
+        raise
     except (OSError, KeyError, ValueError) as exc:
         raise TenxFormatError(f"cannot read {path}: {exc}") from exc
     var = all_var if columns is None else all_var.iloc[columns]
@@ -110,6 +121,12 @@ def _h5_features(
         )
         if "genome" in features:
             var["genome"] = _strings(features["genome"])
+        genomes = sorted(set(var["genome"]) - {""}) if "genome" in var else []
+        if genome is None and len(genomes) > 1:  # a barnyard run: one dataset has one organism
+            raise TenxFormatError(
+                f"{path} holds the features of several genomes {genomes}; pass genome= (lancell ingest: "
+                "--genome) to ingest one genome's features (every cell is kept)"
+            )
         if genome is None:
             return "matrix", 3, var, None
         if "genome" not in var or genome not in set(var["genome"]):
