@@ -4,8 +4,8 @@ An epoch's batches are a function of the sampler's seed, the epoch, its settings
 size, ``drop_last``, world size) and the dataset's cells in their order. A state records the epoch, the
 batches done and all of those; loading it mid-epoch refuses any difference, since the resumed epoch would
 then be another order cut at the same place: cells of the done part read twice, others never, without a
-word. At an epoch's start (no batch done) only the epoch is taken: a new epoch may run on other settings or
-on a newer snapshot.
+word. At an epoch's start (no batch done) or end (every batch done) only the epoch is taken: a new epoch may
+run on other settings or on a newer snapshot.
 
 The cells are compared by a digest of each cell's zarr group and position in it (the dataset's pointers),
 computed once per sampler, at its first state (about 0.1 s per 10M cells).
@@ -23,7 +23,15 @@ import numpy as np
 from lancell.dataloader.checks import integer
 from lancell.errors import ArgumentError, QueryError
 
-__all__ = ["STATE_FORMAT", "EpochOrder", "Progress", "ResumePoint", "cells_digest", "read_state"]
+__all__ = [
+    "STATE_FORMAT",
+    "EpochOrder",
+    "Progress",
+    "ResumePoint",
+    "cells_digest",
+    "cells_per_rank",
+    "read_state",
+]
 
 STATE_FORMAT = 1  # the layout of a state dict (its "format" entry)
 
@@ -41,6 +49,25 @@ def cells_digest(group_names: Sequence[str], cell_groups: np.ndarray, cell_posit
         digest.update(np.ascontiguousarray(cell_groups[lo : lo + _DIGEST_CELLS], dtype="<i4"))
         digest.update(np.ascontiguousarray(cell_positions[lo : lo + _DIGEST_CELLS], dtype="<i8"))
     return digest.hexdigest()
+
+
+def cells_per_rank(n_cells: int, num_replicas: int, batch_size: int, drop_last: bool) -> int:
+    """Positions each rank yields per epoch (padding included)."""
+    if drop_last:
+        return n_cells // (num_replicas * batch_size) * batch_size
+    return -(-n_cells // num_replicas)
+
+
+def _epoch_batches(order: Mapping[str, Any]) -> int | None:
+    """The batches of one rank's epoch under a state's ``order`` entries (None where they are no numbers)."""
+    n_cells, replicas, size, drop = (
+        order[key] for key in ("n_cells", "num_replicas", "batch_size", "drop_last")
+    )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (replicas, size)):
+        return None
+    if not (isinstance(n_cells, int) and isinstance(drop, bool)):
+        return None
+    return -(-cells_per_rank(n_cells, replicas, size, drop) // size)
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,8 @@ def read_state(
     if point.batches_done == 0:
         return point
     saved = {key: _entry(state, key) for key in _ORDER_FIELDS}
+    if point.batches_done == _epoch_batches(saved):  # a finished epoch: none of it is left, in any order
+        return ResumePoint(point.epoch, batches_per_epoch)
     now = asdict(order)
     for key in _ORDER_FIELDS:
         if saved[key] != now[key]:

@@ -39,7 +39,7 @@ from torch.utils.data import Sampler
 from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.locality import expand_blocks, locality_blocks, shuffle_within_batches
-from lancell.dataloader.resume import EpochOrder, Progress, cells_digest, read_state
+from lancell.dataloader.resume import EpochOrder, Progress, cells_digest, cells_per_rank, read_state
 from lancell.errors import LancellWarning, QueryError
 
 __all__ = ["CellSampler", "batch_entropy"]
@@ -201,11 +201,19 @@ class CellSampler(Sampler[list[int]]):
             raise QueryError(
                 f"the sampler splits epochs into {self.num_replicas} shares, the group has {world} ranks"
             )
-        mine = (self._order_key(), self._snapshot_version)
+        mine = (self._order_key(), self._snapshot_version, self.rank)
         every: list[Any] = [None] * world
         dist.all_gather_object(every, mine, group=group)
-        first_key, first_version = every[0]
-        for rank, (key, version) in enumerate(every):
+        shares = sorted(share for _, _, share in every)
+        if shares != list(range(world)):  # (rank=LOCAL_RANK on several nodes: two samplers of rank 0)
+            twice = sorted({share for share in shares if shares.count(share) > 1})
+            raise QueryError(
+                f"the samplers of the {world} ranks take the shares {shares}: share(s) {twice} twice and "
+                f"{sorted(set(range(world)) - set(shares))} never, so cells would be read twice and others "
+                "never. Pass each process its global rank (dist.get_rank(), not the local one), or none"
+            )
+        first_key, first_version, _ = every[0]
+        for rank, (key, version, _) in enumerate(every):
             differing = [
                 f.name for f in dataclasses.fields(key) if getattr(key, f.name) != getattr(first_key, f.name)
             ]
@@ -297,9 +305,7 @@ class CellSampler(Sampler[list[int]]):
     @property
     def cells_per_rank(self) -> int:
         """Positions each rank yields per epoch (padding included)."""
-        if self.drop_last:
-            return self.n_cells // (self.num_replicas * self.batch_size) * self.batch_size
-        return -(-self.n_cells // self.num_replicas)
+        return cells_per_rank(self.n_cells, self.num_replicas, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
         self._check_world()

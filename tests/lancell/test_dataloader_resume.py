@@ -118,6 +118,11 @@ def test_another_epoch_order_is_refused_mid_epoch_and_taken_at_an_epochs_start(d
     state["epoch"] = 4
     sampler.resume(state)  # an epoch's start: any settings
     assert sampler.epoch == 4
+    whole = CellSampler(dataset, 32, **base)
+    finished = _state_after(whole, len(whole))  # and its end: none of it is left (it was refused, and the
+    sampler.resume(finished)  # remedy named, set_epoch(0), read the finished epoch again)
+    assert sampler.epoch == 0 and _batches(sampler) == []
+    assert sampler.state_at(0)["batches_done"] == len(sampler)
 
 
 def test_other_cells_are_refused(dataset, bundled_root):

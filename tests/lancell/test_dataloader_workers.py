@@ -173,6 +173,13 @@ def _ddp_rank_of_its_own_dataset(rank: int, world: int, port: int, blobs: list[b
         except QueryError as error:
             outcome = str(error)
         (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
+        local = CellSampler(pickle.loads(blobs[0]), 200, seed=21, num_replicas=world, rank=0)  # both rank 0
+        try:
+            local.check_ranks()
+            outcome = "agreed"
+        except QueryError as error:
+            outcome = str(error)
+        (Path(out_dir) / f"rank{rank}_local.txt").write_text(outcome)
     finally:
         dist.destroy_process_group()
 
@@ -187,3 +194,8 @@ def test_ddp_ranks_that_built_other_cells_are_refused_by_check_ranks(bundled, tm
     for rank in range(2):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
         assert outcome.startswith("rank 1's sampler differs from rank 0's in n_cells ("), outcome
+        # rank=LOCAL_RANK on two nodes of one process each: half the cells read twice, half never, silently
+        outcome = (tmp_path / f"rank{rank}_local.txt").read_text()
+        assert outcome.startswith(
+            "the samplers of the 2 ranks take the shares [0, 0]: share(s) [0] twice and [1] never"
+        )
