@@ -165,7 +165,7 @@ def make_loader(
         raise ArgumentError(
             f"SparseCollate needs a sparse feature space; this dataset's is {dataset.kind}: use DenseCollate"
         )
-    if type(collate_fn) in (SparseCollate, DenseCollate):
+    if isinstance(collate_fn, SparseCollate | DenseCollate):  # (a subclass too: it has their presence)
         _warn_unstored(dataset, collate_fn.presence)
         if not collate_fn.presence:
             _warn_padded(dataset)

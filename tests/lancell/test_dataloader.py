@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 import warnings
@@ -189,6 +190,13 @@ def test_a_loader_over_a_union_of_panels_without_presence_warns(split):
     sampler = CellSampler(union, 50)
     with pytest.warns(LancellWarning, match=r"800 of the 1000 features were not measured by every dataset"):
         make_loader(union, sampler)
+
+    @dataclasses.dataclass(frozen=True)
+    class OwnCollate(SparseCollate):  # a subclass reads the same zeros (it was let through without a word)
+        pass
+
+    with pytest.warns(LancellWarning, match=r"800 of the 1000 features were not measured by every dataset"):
+        make_loader(union, sampler, collate_fn=OwnCollate())
     with warnings.catch_warnings():
         warnings.simplefilter("error", LancellWarning)
         make_loader(union, sampler, collate_fn=SparseCollate(presence=True))
