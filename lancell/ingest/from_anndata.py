@@ -21,9 +21,10 @@ import anndata as ad
 import h5py
 
 from lancell.errors import IngestError, LancellWarning
+from lancell.ingest.embeddings import embedding_vectors
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import is_tenx_output
-from lancell.ingest.plan import embedding_vectors, plan_ingest, stored_layers
+from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.records import given_or_default
 from lancell.ingest.transaction_run import run_transactions
 from lancell.ingest.write_transaction import WriteTransaction

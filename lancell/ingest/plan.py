@@ -1,9 +1,9 @@
 """What ingestion validates before its first write: the :class:`IngestPlan` of one dataset.
 
 Feature space and layer, the caller's record (fields lancell assigns must be unset), shapes, dtypes, obs ->
-Arrow (every batch converted once), feature uids against the registry, the dataset uid, embeddings. Obs
-columns the cell schema does not declare are listed on the plan (``dropped_obs_columns``): ingestion
-stores them on the record and warns.
+Arrow (every batch converted once), feature uids against the registry, the dataset uid (embeddings:
+:mod:`lancell.ingest.embeddings`). Obs columns the cell schema does not declare are listed on the plan
+(``dropped_obs_columns``): ingestion stores them on the record and warns.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from lancell.errors import (
-    DataValueError,
     DuplicateDatasetError,
     DuplicateFeaturesError,
     IngestError,
@@ -36,7 +35,6 @@ from lancell.tables.schema import (
     check_assigned_fields,
     check_dataset_uid,
     obs_fields,
-    vector_fields,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +46,6 @@ __all__ = [
     "IngestPlan",
     "check_cells",
     "check_record",
-    "embedding_vectors",
     "plan_dataset",
     "plan_ingest",
     "stored_layers",
@@ -370,28 +367,3 @@ def plan_dataset(
         dropped_obs_columns=undeclared_obs_columns(obs, fields),
         vectors={},
     )
-
-
-def embedding_vectors(
-    core: AtlasCore, adata: ad.AnnData, dataset: str, obsm_columns: Mapping[str, str]
-) -> dict[str, np.ndarray]:
-    """Check and convert the embeddings named by ``obsm_columns`` (float32, finite, the declared width)."""
-    declared = vector_fields(core.cell_arrow)
-    vectors = {}
-    for key, column in obsm_columns.items():
-        if key not in adata.obsm:
-            raise IngestError(f"dataset {dataset!r}: no obsm[{key!r}] (obsm has {list(adata.obsm)})")
-        if column not in declared:
-            raise IngestError(
-                f"dataset {dataset!r}: {column!r} is not a vector column of the cell schema {declared}"
-            )
-        values = np.asarray(adata.obsm[key])
-        if values.ndim != 2 or values.shape != (adata.n_obs, declared[column]):
-            raise ShapeMismatchError(
-                f"dataset {dataset!r}: obsm[{key!r}] has shape {values.shape}, "
-                f"column {column!r} needs ({adata.n_obs}, {declared[column]})"
-            )
-        if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
-            raise DataValueError(f"dataset {dataset!r}: obsm[{key!r}] must be finite numbers")
-        vectors[column] = values.astype(np.float32)
-    return vectors

@@ -4,7 +4,7 @@ caller's extra columns (constants, values in cell order, or rows indexed by barc
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,8 @@ def cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None
     Raises
     ------
     IngestError
-        A mapping value that is a sequence of another length than the number of cells or a mapping, an
+        A mapping value that is a sequence of another length than the number of cells, a mapping, a set or
+        an iterator (no cell order), an
         ``obs`` frame or Series that lacks barcodes or has several rows for one, a one-row frame for a
         one-cell matrix indexed by another barcode.
     """
@@ -38,7 +39,13 @@ def cell_obs(matrix: TenxMatrix, obs: pd.DataFrame | Mapping[str, object] | None
                     f"{matrix.path}: obs[{name!r}] is a mapping; give one value per cell (a list or array in "
                     "the matrix's cell order, or a Series indexed by barcode) or a constant"
                 )
-            if pd.api.types.is_list_like(value) and hasattr(value, "__len__") and len(value) != len(frame):
+            if isinstance(value, Set) or (pd.api.types.is_list_like(value) and not hasattr(value, "__len__")):
+                raise IngestError(
+                    f"{matrix.path}: obs[{name!r}] is a {type(value).__name__}, which has no cell order; "
+                    "give one value per cell (a list or array in the matrix's cell order, or a Series "
+                    "indexed by barcode) or a constant"
+                )
+            if pd.api.types.is_list_like(value) and len(value) != len(frame):
                 raise IngestError(
                     f"{matrix.path}: obs[{name!r}] has {len(value)} values but the matrix has "
                     f"{len(frame)} cells; give one value per cell or a constant"

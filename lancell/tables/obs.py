@@ -287,13 +287,30 @@ def _stored_as_text(column: pd.Series) -> str | None:
     return note
 
 
+# what an object column's values are written as their text under a text field, with a warning (booleans too)
+_STORED_AS_TEXT = (
+    float,
+    np.floating,
+    datetime.date,
+    datetime.timedelta,
+    np.datetime64,
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    np.ndarray,
+)
+
+
 def _mixed_into_text(values: pd.Series | pd.Index) -> str | None:
-    """The first boolean, float or time among an object column's values, as it is stored under a text
-    field, or None where every value is text (or an integer, stored as written)."""
+    """The first boolean, float, time or container (list, tuple, dict, set, array) among an object column's
+    values, as it is stored under a text field, or None where every value is text (or an integer, stored as
+    written)."""
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty", "integer"):
         return None
     for value in values:
-        if isinstance(value, (*_BOOLS, float, np.floating, datetime.date, datetime.timedelta, np.datetime64)):
+        if isinstance(value, (*_BOOLS, *_STORED_AS_TEXT)):
             example = f"(e.g. {value!r} as {str(value)!r})"
             return f"{type(value).__name__} values among its objects are stored as their text {example}"
     return None

@@ -153,6 +153,7 @@ def test_booleans_and_floats_among_an_object_columns_text_are_named_as_stored_as
             "dose": np.array(["low", 0.5, "high"], dtype=object),
             "plate": np.array(["p1", 2, "p3"], dtype=object),  # an integer is stored as written
             "label": np.array(["a", "b", None], dtype=object),
+            "donors": np.array(["d0", ["d1", "d2"], "d3"], dtype=object),  # stored as "['d1', 'd2']"
         },
         index=["x", "y", "z"],
     )
@@ -160,5 +161,7 @@ def test_booleans_and_floats_among_an_object_columns_text_are_named_as_stored_as
     assert altered_obs_columns(obs, fields) == [
         "column 'treated': bool values among its objects are stored as their text (e.g. True as 'True')",
         "column 'dose': float values among its objects are stored as their text (e.g. 0.5 as '0.5')",
+        "column 'donors': list values among its objects are stored as their text (e.g. ['d1', 'd2'] as "
+        "\"['d1', 'd2']\")",
     ]
     assert obs_to_arrow("d", obs, fields)["treated"].to_pylist() == ["yes", "True", None]

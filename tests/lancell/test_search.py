@@ -7,11 +7,12 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from lancedb.pydantic import Vector
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, GeneFeature
-from lancell.errors import IngestError, QueryError, ShapeMismatchError
+from lancell.errors import DataValueError, IngestError, QueryError, ShapeMismatchError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord, LancellBaseSchema, SparseZarrPointer
 
@@ -144,7 +145,30 @@ def test_bad_embeddings_are_rejected(tmp_path):
             zarr_layer="log_normalized",
             obsm_columns={"X_missing": "embedding"},
         )
+    huge = np.ones((pbmc.n_obs, 16))
+    huge[3, 5] = 1e300  # finite, but not as float32: it was stored as inf
+    pbmc.obsm["X_huge"] = huge
+    with pytest.raises(DataValueError, match=r"obsm\['X_huge'\] holds 1e\+300, which does not fit float32"):
+        add_from_anndata(
+            atlas,
+            pbmc,
+            feature_space="gene_expression",
+            zarr_layer="log_normalized",
+            obsm_columns={"X_huge": "embedding"},
+        )
     assert atlas.query().count() == 0
+    # a sparse embedding was refused as "has shape ()"; it is read as the matrix it is
+    pbmc.obsm["X_sparse"] = sp.csr_matrix(np.eye(pbmc.n_obs, 16, dtype=np.float32))
+    add_from_anndata(
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        obsm_columns={"X_sparse": "embedding"},
+        progress=False,
+    )
+    stored = np.stack(atlas.query().select(["embedding"]).to_pandas()["embedding"].to_numpy())
+    assert np.array_equal(stored, np.eye(pbmc.n_obs, 16, dtype=np.float32))
 
 
 def test_ann_index_built_above_threshold(searchable, tmp_path):

@@ -127,6 +127,11 @@ def test_add_from_10x_obs_list_of_wrong_length(tmp_path: Path) -> None:
     message = rf"{re.escape(str(folder))}.*obs\['donor'\] has 2 values .* 3 cells"
     with pytest.raises(IngestError, match=message):
         add_from_10x(atlas, folder, dataset_record=record, obs={"donor": ["a", "b"]}, progress=False)
+    for unordered in ({"a", "b", "c"}, (donor for donor in "abc")):  # an untyped TypeError from pandas
+        with pytest.raises(
+            IngestError, match=r"obs\['donor'\] is a (set|generator), which has no cell order"
+        ):
+            add_from_10x(atlas, folder, dataset_record=record, obs={"donor": unordered}, progress=False)
     records = add_from_10x(
         atlas, folder, dataset_record=DatasetRecord(uid="x"), obs={"donor": ["a", "b", "c"]}, progress=False
     )
