@@ -43,7 +43,7 @@ from lancell.ingest.landing_spec import (
     read_landing_spec,
     sidecar_path,
 )
-from lancell.ingest.plan import check_cells
+from lancell.ingest.plan import check_cells, check_layer_sources
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -359,6 +359,7 @@ def _ingest_new(
         columns = pd.Index(atlas.core.tables.registry(spec.feature_space).schema.names)
         features, uid_column = feature_rows(adata, report, columns).drop_duplicates("uid"), "feature_uid"
     check_cells(atlas.core, record, adata.obs)  # (what needs no registry, refused before it changes)
+    check_layer_sources(adata, spec.uid, dict(spec.layers) or {spec.zarr_layer: "X"})
     update = register_for_ingestion(atlas, spec.feature_space, features, on_conflict)
     stored = add_from_anndata(
         atlas,

@@ -45,6 +45,7 @@ __all__ = [
     "ROWS_PER_COMMIT",
     "IngestPlan",
     "check_cells",
+    "check_layer_sources",
     "check_record",
     "plan_dataset",
     "plan_ingest",
@@ -268,6 +269,21 @@ def _warn_mixed_feature_types(dataset: str, var: pd.DataFrame, space: str) -> No
                 stacklevel=4,
             )
             return
+
+
+def check_layer_sources(adata: ad.AnnData, dataset: str, layers: Mapping[str, str]) -> None:
+    """Refuse ``adata``'s matrices that ``layers`` (stored name -> ``"X"`` or an ``adata.layers`` key) would
+    store but cannot be (missing, of an unsupported format or dtype, another shape): what
+    :func:`plan_ingest` checks of them, for a caller that registers features first (so that a file refused
+    for its matrix leaves the registry as it was).
+
+    Raises
+    ------
+    IngestError
+        As :func:`plan_ingest` for its matrices.
+    """
+    for origin in layers.values():
+        _layer_source(adata, dataset, origin)
 
 
 def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:

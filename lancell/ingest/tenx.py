@@ -56,6 +56,7 @@ __all__ = [
     "TARGET_BLOCK_VALUES",
     "TenxMatrix",
     "add_from_10x",
+    "check_barcodes",
     "open_10x",
     "read_10x",
     "read_10x_h5",
@@ -96,6 +97,21 @@ def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> Tenx
     if path.is_dir():
         return open_mtx(mtx_folder(path, genome))
     return open_h5(path, genome)
+
+
+def check_barcodes(matrix: TenxMatrix) -> None:
+    """Refuse a matrix whose barcodes repeat (before anything is written for it).
+
+    Raises
+    ------
+    TenxFormatError
+        Naming how many repeat, and a few.
+    """
+    if (repeated := matrix.obs.index[matrix.obs.index.duplicated()]).size:
+        raise TenxFormatError(
+            f"{matrix.path}: {repeated.size} barcodes occur more than once, e.g. {list(repeated[:3])}: a 10x "
+            "output names each cell once (a damaged or edited barcodes file)"
+        )
 
 
 def read_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> ad.AnnData:
@@ -231,11 +247,7 @@ def add_from_10x(
     if isinstance(path, TenxMatrix) and genome is not None:
         raise IngestError(f"{path.path}: genome is chosen when the matrix is opened (open_10x), not here")
     matrix = path if isinstance(path, TenxMatrix) else open_10x(path, genome=genome)
-    if (repeated := matrix.obs.index[matrix.obs.index.duplicated()]).size:
-        raise TenxFormatError(
-            f"{matrix.path}: {repeated.size} barcodes occur more than once, e.g. {list(repeated[:3])}: a 10x "
-            "output names each cell once (a damaged or edited barcodes file)"
-        )
+    check_barcodes(matrix)
     routes, skipped = route_feature_types(atlas, matrix, feature_space, feature_types)
     if var_uid_column not in matrix.var.columns:
         raise IngestError(

@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lancell.ingest.landing_features import register_for_ingestion, registry_rows, updated
-from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES, add_from_10x, open_10x, route_feature_types
+from lancell.ingest.tenx import (
+    DEFAULT_FEATURE_TYPES,
+    add_from_10x,
+    check_barcodes,
+    open_10x,
+    route_feature_types,
+)
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -42,6 +48,7 @@ def ingest_tenx_output(
         ``.h5ad``: :func:`lancell.ingest.landing.ingest_landing_file`).
     """
     matrix = open_10x(spec.path, genome=spec.genome)
+    check_barcodes(matrix)  # (what needs no registry, refused before it changes)
     uid_column = spec.var_uid_column or "gene_ids"
     routes, _ = route_feature_types(atlas, matrix, spec.feature_space, DEFAULT_FEATURE_TYPES)
     updates = []

@@ -34,6 +34,7 @@ from lancell.errors import (
     FeatureRegistryError,
     IngestError,
     LancellWarning,
+    TenxFormatError,
 )
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.landing import ingest_landing_file, read_landing_spec
@@ -270,6 +271,33 @@ def test_a_failed_landing_keeps_features_another_ingestion_uses(atlas, tmp_path,
     out = fresh.query().where("dataset_uid = 'a'").layers("gene_expression", "counts").to_anndata()
     assert out.var_names.tolist() == genes
     np.testing.assert_array_equal(out.X.toarray(), [[1, 2, 3], [4, 5, 6]])
+
+
+def test_a_landing_file_refused_for_its_matrix_registers_nothing(atlas, tmp_path):
+    """Files refused for what needs no registry (X stored as CSC, as R converters write it; a float16 X; a
+    10x folder whose barcodes repeat) registered their features first: each refusal grew the registry."""
+    x = sp.random(4, 3, density=0.6, format="csr", random_state=0, dtype=np.float64)
+    x.data[:] = 3
+    var = pd.DataFrame(index=["NEW1", "NEW2", "NEW3"])
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(4)])
+    ad.AnnData(sp.csc_matrix(x), obs=obs, var=var).write_h5ad(tmp_path / "csc.h5ad")
+    ad.AnnData(x.toarray().astype(np.float16), obs=obs, var=var).write_h5ad(tmp_path / "f16.h5ad")
+    folder = tmp_path / "run1" / "outs" / "filtered_feature_bc_matrix"
+    folder.mkdir(parents=True)
+    (folder / "matrix.mtx").write_text(
+        "%%MatrixMarket matrix coordinate integer general\n3 3 3\n1 1 5\n2 2 6\n3 3 7\n"
+    )
+    (folder / "features.tsv").write_text("".join(f"NEW{i}\tK{i}\tGene Expression\n" for i in range(4, 7)))
+    (folder / "barcodes.tsv").write_text("AAA-1\nCCC-1\nAAA-1\n")
+    before = visible_state(atlas, versions=True)
+    for path, error, message in (
+        (tmp_path / "csc.h5ad", IngestError, "backed CSC matrices cannot be streamed by cell"),
+        (tmp_path / "f16.h5ad", DataValueError, "unsupported matrix dtype float16"),
+        (folder, TenxFormatError, "1 barcodes occur more than once"),
+    ):
+        with pytest.raises(error, match=message):
+            ingest_landing_file(atlas, read_landing_spec(path))
+        assert visible_state(atlas, versions=True) == before, path
 
 
 def test_a_landing_another_process_ingests_meanwhile_is_present(atlas, tmp_path, monkeypatch):
