@@ -56,8 +56,8 @@ def prepare_features(
     Raises
     ------
     FeatureRegistryError
-        Missing/empty/duplicate uids, columns the registry does not have, values of the wrong type, or
-        ``global_index`` values (the atlas assigns them).
+        Missing/empty/duplicate uids or ones with white space at either end, columns the registry does not
+        have, values of the wrong type, or ``global_index`` values (the atlas assigns them).
     """
     if isinstance(features, pa.Table):
         frame = features.to_pandas()
@@ -95,6 +95,12 @@ def prepare_features(
     if nul.size:
         raise FeatureRegistryError(
             f"{feature_space}: {nul.size} feature uids hold a NUL character, e.g. {text.iloc[nul[0]]!r}"
+        )
+    padded = text[text != text.str.strip()]
+    if len(padded):  # a uid is matched exactly: " CD3E" never matched CD3E (lancell query strips names)
+        raise FeatureRegistryError(
+            f"{feature_space}: {len(padded)} feature uids begin or end with white space, e.g. "
+            f"{padded.iloc[0]!r}: strip them first (a uid is matched exactly)"
         )
     duplicated = text[text.duplicated()].unique().tolist()
     if duplicated:

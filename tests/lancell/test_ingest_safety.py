@@ -371,6 +371,18 @@ def test_empty_uids_are_counted(atlas):
         atlas.register_features("gene_expression", empty)
 
 
+def test_uids_with_white_space_at_either_end_are_refused(atlas):
+    """ " GENEF" and "GENEF " were registered as two more features, which no `lancell query --features`
+    (it strips the names it is given) could select."""
+    before = atlas.feature_registry("gene_expression")
+    padded = pd.DataFrame({"uid": ["NEW1", " GENEF", "GENEF "], "gene_symbol": ["a", "b", "c"]})
+    with pytest.raises(
+        FeatureRegistryError, match=r"2 feature uids begin or end with white space, e\.g\. ' GENEF'"
+    ):
+        atlas.register_features("gene_expression", padded)
+    pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
+
+
 def test_unknown_on_conflict_is_refused(human_c3):
     with pytest.raises(ValueError, match="on_conflict must be 'error', 'keep' or 'update', got 'replace'"):
         human_c3.register_features("gene_expression", MOUSE, on_conflict="replace")
