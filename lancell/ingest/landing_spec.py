@@ -322,7 +322,8 @@ def read_landing_spec(path: Path) -> LandingSpec:
     path = landing_path(path)
     sidecar = sidecar_path(path)
     _warn_misplaced_sidecars(path, sidecar)
-    options = _sidecar_options(sidecar) if sidecar.exists() else {}
+    # (a link whose target is gone is a sidecar that cannot be read, not none: its options would be lost)
+    options = _sidecar_options(sidecar) if sidecar.exists() or sidecar.is_symlink() else {}
     options.setdefault("uid", default_uid(path))
     if is_tenx_output(path):
         options.setdefault("feature_space", None)

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from lancell import cli
 from lancell.atlas import RaggedAtlas
-from lancell.errors import LancellWarning
+from lancell.errors import IngestError, LancellWarning
 from lancell.ingest.landing_spec import read_landing_spec
 from tests.lancell.test_cli import LANCELL, run
 from tests.lancell.test_cli_tenx import V3_DIR, V3_H5
@@ -629,6 +629,15 @@ def test_a_misplaced_sidecar_is_warned_about_as_not_read(tmp_path: Path) -> None
     (tmp_path / "runB.json").write_text(json.dumps({"uid": "donor8"}))
     with pytest.warns(LancellWarning, match="not read: its sidecar is .*runB.json$"):
         assert read_landing_spec(folder).uid == "donor8"
+
+
+def test_a_sidecar_link_whose_target_is_gone_is_an_error(tmp_path: Path) -> None:
+    """A sidecar linked to a volume no longer mounted was taken for no sidecar: the file was ingested with
+    the defaults (no organism, no name), without a word."""
+    path = _write(tmp_path / "p.h5ad", ["G1"])
+    (tmp_path / "p.json").symlink_to(tmp_path / "unmounted" / "p.json")
+    with pytest.raises(IngestError, match=r"p\.json: cannot be read"):
+        read_landing_spec(path)
 
 
 def test_a_feature_conflict_is_settled_with_on_conflict(tmp_path: Path, db: str) -> None:
