@@ -142,11 +142,24 @@ def _listing(core: AtlasCore, group: str) -> set[str]:
     return {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
 
 
+def _expected_shape(relative: str, attrs: dict[str, Any]) -> tuple[int, ...] | None:
+    """The shape the group's attributes give the value array at ``relative`` (None: not a value array)."""
+    parts = relative.split("/")
+    if attrs.get("lancell-encoding") == "csr_matrix":
+        if parts[0] in ("csr", "csc") and (parts[1:] == ["indices"] or parts[1:2] == ["layers"]):
+            return (int(attrs.get("nnz", -1)),)
+        return None
+    if parts[:1] == ["layers"] and len(parts) == 2:
+        return (int(attrs.get("n_cells", -1)), int(attrs.get("n_features", -1)))
+    return None
+
+
 def _missing_shards(
     core: AtlasCore, group: str, attrs: dict[str, Any], layers: Collection[str], listed: set[str]
 ) -> list[str]:
     """What is missing from the arrays of zarr group ``group``: its objects (``listed``) compared with the
-    shard keys each array's ``zarr.json`` implies (:meth:`.ShardLayout.shard_key`).
+    shard keys each array's ``zarr.json`` implies (:meth:`.ShardLayout.shard_key`), and a value array whose
+    length is not the group's ``nnz`` (or a dense layer not ``n_cells`` x ``n_features``).
 
     Only arrays that readers of the committed dataset read (``layers``: the layers its record lists) and
     every shard of which the writer stored (:func:`~lancell.storage.reader.written_whole`: a missing object
@@ -166,6 +179,13 @@ def _missing_shards(
             meta = exc
         if not isinstance(meta, dict):
             found.append(f"array {relative!r}: its zarr.json is not a JSON object ({str(meta)[:200]})")
+            continue
+        expected = _expected_shape(relative, attrs)
+        if expected is not None and meta.get("shape") != list(expected):  # (reads would end out of bounds)
+            found.append(
+                f"array {relative!r} has shape {meta.get('shape')}, the group's attributes say "
+                f"{list(expected)}"
+            )
             continue
         offsets = missing_chunk_keys(meta, path, listed)  # an offsets array that says every chunk is written
         if offsets is not None:
@@ -204,7 +224,14 @@ def _damaged_chunks(
             relative, layers, attrs.get("csc_layers") or ()
         ):
             continue
-        reader = array_reader(node)
+        expected = _expected_shape(relative, attrs)
+        if expected is not None and node.shape != expected:  # (reported by _missing_shards)
+            continue
+        try:
+            reader = array_reader(node)
+        except ShardFormatError as exc:
+            found.append(f"array {relative!r} cannot be read: {exc}")
+            continue
         if reader is None:  # read by zarr-python (offsets, older arrays): its own codecs' checks
             try:
                 node[...]
@@ -222,6 +249,38 @@ def _damaged_chunks(
     return found
 
 
+def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.Table) -> list[str]:
+    """The layouts of ``datasets`` that record a feature their space's registry does not hold under the
+    same global index: a query places a dataset's local features at the layout's global indices and names
+    them from the registry, so it would read one gene's values under another's name."""
+    problems = []
+    for space in sorted(set(datasets.column("feature_space").to_pylist())):
+        used = datasets.filter(pc.equal(datasets.column("feature_space"), space)).column("layout_uid")
+        rows = layouts.filter(pc.is_in(layouts.column("layout_uid"), value_set=pc.unique(used)))
+        registry = core.tables.registry(space).to_arrow().select(["uid", "global_index"])
+        registered = registry.rename_columns(["feature_uid", "registered_index"])
+        joined = rows.join(registered, "feature_uid", join_type="left outer")
+        off = joined.filter(
+            pc.invert(
+                pc.fill_null(
+                    pc.equal(joined.column("global_index"), joined.column("registered_index")), False
+                )
+            )
+        )
+        counted = _value_counts(off.column("layout_uid"))
+        for layout in sorted(counted):
+            mine = off.filter(pc.equal(off.column("layout_uid"), layout)).sort_by("local_index").slice(0, 1)
+            example = mine.to_pylist()[0]
+            held = example["registered_index"]
+            problems.append(
+                f"layout {layout!r} ({space}): {counted[layout]} features are "
+                f"not in the registry under the global index it records, e.g. {example['feature_uid']!r} "
+                f"(layout {example['global_index']}, registry "
+                f"{'none: not registered' if held is None else held})"
+            )
+    return problems
+
+
 def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
@@ -233,7 +292,8 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
     group and the atlas record one, and stores every layer the record lists), holds every shard object of the
     arrays its readers read (one listing of the group) and its layout is stored; cell counts per dataset
     equal the dataset records; no cell belongs to an unknown dataset; cell uids are unique; registry uids
-    and global indices are unique and assigned. Cell rows and pointers no dataset record commits
+    and global indices are unique and assigned, and each dataset's layout records its features at the
+    global indices the registry holds. Cell rows and pointers no dataset record commits
     (an interrupted ingestion) are invisible debris, not problems (see :mod:`lancell.tables.visibility`).
     With ``checksums``, every chunk those arrays store is also read and checked against its CRC32C (the cost
     of reading the datasets checked).
@@ -250,7 +310,8 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         owners = {dataset_uid, datasets.column("cells_of")[0].as_py() or dataset_uid}  # a modality's cells
         scope = " OR ".join(f"dataset_uid = {sql_literal(uid)}" for uid in sorted(owners))
     counts, per_group, uids_unique = _cell_tallies(core, scope)
-    layout_sizes = _value_counts(tables.layouts.to_arrow().column("layout_uid"))
+    layouts = tables.layouts.to_arrow()
+    layout_sizes = _value_counts(layouts.column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
         uid = row["uid"]
@@ -304,6 +365,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:
         problems.append("cell uids are not unique")
+    problems += _layouts_off_the_registry(core, datasets, layouts)
     for space in core.feature_spaces:
         registry = tables.registry(space).to_arrow().select(["uid", "global_index"])
         if pc.count_distinct(registry.column("uid")).as_py() != registry.num_rows:

@@ -1,4 +1,5 @@
-"""``validate()`` finds shard objects missing from a dataset's arrays, which its reads refuse.
+"""``validate()`` finds shard objects missing from a dataset's arrays and arrays of another shape, which its
+reads refuse, and layouts off the registry, which its reads would misname.
 
 Every shard of a dataset's values and indices arrays is written (``lancell.storage.reader.written_whole``), so
 a missing one is damage: the reads raise ``ShardFormatError``; validate() (and with it snapshot() and the
@@ -7,6 +8,7 @@ Dagster ``dataset_consistent`` check) said nothing.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -114,3 +116,45 @@ def test_the_arrays_of_a_layer_being_added_are_not_compared(atlas: RaggedAtlas):
         "pending": "float32",
     }  # as add_layer does, before commit
     assert atlas.validate() == []
+
+
+def test_an_array_whose_shape_differs_from_the_groups_attributes_is_reported(
+    atlas: RaggedAtlas, tmp_path: Path
+):
+    """A value array cut short in its zarr.json passed validate(checksums=True), snapshot() and the Dagster
+    checks, while every read of the dataset failed out of bounds."""
+    sparse, dense = _group(atlas, "s"), _group(atlas, "d")
+    for group, array, shape in ((sparse, "csr/indices", [300]), (dense, "layers/counts", [30, 19])):
+        meta_path = tmp_path / "arrays" / group / array / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta["shape"] = shape
+        meta_path.write_text(json.dumps(meta))
+    nnz = atlas.list_datasets().set_index("uid").loc["s", "nnz"]
+    assert atlas.validate(checksums=True) == [
+        f"dataset 's': array 'csr/indices' has shape [300], the group's attributes say [{nnz}]",
+        "dataset 'd': array 'layers/counts' has shape [30, 19], the group's attributes say [30, 20]",
+    ]
+    with pytest.raises(ValidationError, match="has shape"):
+        atlas.snapshot()
+
+
+def test_a_layout_off_the_registry_is_reported(atlas: RaggedAtlas):
+    """Two registry rows' global indices swapped (or one deleted): validate() said nothing, and queries read
+    g0's values under g1's name (a deleted one's column was named 'nan')."""
+    registry = atlas.core.tables.registry("gene_expression")
+    registry.update(where="uid = 'g0'", values={"global_index": -1})
+    registry.update(where="uid = 'g1'", values={"global_index": 0})
+    registry.update(where="uid = 'g0'", values={"global_index": 1})
+    layout = atlas.list_datasets().set_index("uid").loc["s", "layout_uid"]
+    swapped = (
+        f"layout {layout!r} (gene_expression): 2 features are not in the registry under the global index it "
+        "records, e.g. 'g0' (layout 0, registry 1)"
+    )
+    assert atlas.validate() == [swapped]
+    assert atlas.validate(dataset_uid="s") == [swapped] and atlas.validate(dataset_uid="d") == []
+    registry.delete("uid = 'g0' OR uid = 'g1'")
+    registry.add(pd.DataFrame({"uid": ["g1"], "global_index": [1]}))
+    assert atlas.validate() == [
+        f"layout {layout!r} (gene_expression): 1 features are not in the registry under the global index it "
+        "records, e.g. 'g0' (layout 0, registry none: not registered)"
+    ]
