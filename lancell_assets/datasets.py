@@ -20,6 +20,7 @@ from lancell_assets.geo import geo_series
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import dataset_partitions
 from lancell_assets.pools import WRITER_POOL
+from lancell_assets.warnings_log import logged_warnings
 from resources import AtlasResource, LandingZone
 from resources.landing import LandingEntry
 
@@ -79,7 +80,7 @@ def dataset_group(
     ingestion). A changed, corrupt or unreadable file (or sidecar) fails the run, and ``content_matches``,
     naming what differs; the atlas is left as it was.
     """
-    from lancell.errors import IngestError, LancellError
+    from lancell.errors import DroppedColumnsWarning, IngestError, LancellError
     from lancell.ingest.landing import (
         ingest_landing_file,
         landing_fingerprint,
@@ -90,6 +91,7 @@ def dataset_group(
 
     uid = context.partition_key
     started = time.perf_counter()
+    warned: list[str] = []
     reports: list[StandardizationReport] = []
     file, spec, fingerprint, options, state = (
         Path(landing_zone.path),
@@ -110,7 +112,8 @@ def dataset_group(
                 raise IngestError(entry.error)
             spec, state = entry.spec, landing_state(entry.spec)
             fingerprint, options = landing_fingerprint(spec), landing_options(spec)
-            record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
+            with logged_warnings(context, leave=(DroppedColumnsWarning,)) as warned:
+                record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
         findings = {"ingested_cleanly": f"failed: {exc}"} | {
@@ -164,6 +167,8 @@ def dataset_group(
         )
     seconds = seconds if outcome == "ingested" else None
     metadata = _metadata(handle, spec, record, outcome, seconds, reports[0] if reports else None)
+    if warned:  # what was not stored or not used (logged as warnings too)
+        metadata["warnings"] = dg.MetadataValue.json(warned)
     if fingerprint is not None:
         metadata["landing_fingerprint"] = fingerprint
     if options is not None:  # what content_matches names when the fingerprint differs

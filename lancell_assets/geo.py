@@ -9,6 +9,7 @@ import json
 import dagster as dg
 
 from lancell_assets.metadata import OWNERS
+from lancell_assets.warnings_log import logged_warnings
 from resources import LandingZone
 
 geo_series_partitions = dg.DynamicPartitionsDefinition(name="lancell_geo_series")
@@ -38,10 +39,12 @@ def geo_series(context: dg.AssetExecutionContext, landing_zone: LandingZone) -> 
     soft = landing_zone.soft_files().get(key)
     if soft is None:
         raise GeoError(f"series {key}: no SOFT file for it in {landing_zone.path}/geo/ (removed?)")
-    landed = land_geo_series(soft, landing_zone.path, mirror=landing_zone.geo_mirror)
+    with logged_warnings(context) as warned:  # (samples left out: no 10x file, ...)
+        landed = land_geo_series(soft, landing_zone.path, mirror=landing_zone.geo_mirror)
     context.log.info(f"{key}: landed {landed}")
+    metadata = {"samples": dg.MetadataValue.json(landed), "soft_file": dg.MetadataValue.path(str(soft))}
     return dg.MaterializeResult(
-        metadata={"samples": dg.MetadataValue.json(landed), "soft_file": dg.MetadataValue.path(str(soft))}
+        metadata=metadata | ({"warnings": dg.MetadataValue.json(warned)} if warned else {})
     )
 
 

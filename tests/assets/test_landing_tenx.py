@@ -54,3 +54,29 @@ def test_a_bad_sidecar_keeps_the_partition_its_file_lands_as(tmp_path: Path) -> 
     [fixed] = LandingZone(path=str(zone)).entries()
     assert broken.error is not None and fixed.error is None
     assert broken.uid == fixed.uid == "run3"
+
+
+def test_what_the_library_warns_was_not_stored_is_in_the_runs_log_and_metadata(tmp_path: Path) -> None:
+    """A CITE-seq run's antibody features, left out for want of a feature space, were named on stderr only:
+    the run was green with nothing in its event log or metadata."""
+    import h5py
+    import numpy as np
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    shutil.copyfile(DATA / "10x_v3" / "filtered_feature_bc_matrix.h5", landing / "cite1.h5")
+    with h5py.File(landing / "cite1.h5", "r+") as f:  # the last 20 features: antibodies
+        types = f["matrix/features/feature_type"][:].astype("S16")
+        types[-20:] = b"Antibody Capture"
+        del f["matrix/features/feature_type"]
+        f["matrix/features/feature_type"] = np.array(types, dtype="S16")
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("lancell_datasets", ["cite1"])
+        done = ingest(defs, instance, "cite1")
+        assert done.success
+        told = "20 'Antibody Capture' features (1536 nonzero values) not stored"
+        meta = done.asset_materializations_for_node("dataset_group")[0].metadata
+        assert [told in message for message in meta["warnings"].value] == [True]
+        logged = [r.user_message for r in instance.all_logs(done.run_id) if told in (r.user_message or "")]
+        assert len(logged) == 1
