@@ -247,12 +247,7 @@ def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
     """Warn when the zarr store of a new atlas at ``db_uri`` already holds another atlas's groups (folders
     at its root whose group carries an atlas id; the first ``_FOLDERS_LOOKED_AT`` are looked at): the new
     atlas's groups would lie beside them, which is rarely what was meant (each atlas's ``vacuum()`` leaves
-    the other's alone, counting them as foreign).
-
-    Raises
-    ------
-    StoreError
-        The store cannot be read.
+    the other's alone, counting them as foreign). A store that cannot be read gets no warning.
     """
     where = describe_store(store)
     try:
@@ -266,8 +261,8 @@ def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
             if ATLAS_ID_ATTR in ((read_json(store, f"{folder}/zarr.json") or {}).get("attributes") or {})
         ]
         found = read_json(store, STORE_BINDING) if groups else None
-    except (obstore.exceptions.BaseError, ValueError) as exc:  # (ValueError: a file that is not JSON)
-        raise store_error(exc, f"cannot read the zarr store {where}") from exc
+    except (obstore.exceptions.BaseError, ValueError):  # (ValueError: a file that is not JSON)
+        return  # a store that cannot be read: the creation's own writes fail naming it, or it is new
     if not groups:
         return
     writer = found.get("db") if isinstance(found, dict) else None

@@ -261,7 +261,7 @@ def test_sidecar_layers_and_renames_are_checked(tmp_path: Path):
     no_layer = type(spec)(**{**spec.__dict__, "zarr_layer": None, "layers": {"counts": "nonexistent"}})
     with pytest.raises(  # it said "not in []"
         IngestError,
-        match=r"layers name \['nonexistent'\], which the file does not hold: a layer's source is 'X'",
+        match=r"layers to store name \['nonexistent'\], which the file does not hold: a layer's source",
     ):
         ingest_landing_file(atlas, no_layer)
     assert atlas.list_datasets().empty
