@@ -159,14 +159,15 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     (v2: ``filtered_gene_bc_matrices_h5.h5``, ``filtered_gene_bc_matrices/hg19``) where both hold the one
     same genome (a barnyard output's two genomes are two matrices). Other names are not taken for two forms
     of one matrix, whatever they hold. Two folders are one matrix where one is the other's only genome
-    sub-folder (what reading the outer folder reads)."""
+    sub-folder (what reading the outer folder reads), and a folder holding no matrix stands for its only
+    matrix sub-folder (a Cell Ranger ``outs/``)."""
     if first.is_dir() and second.is_dir():
         return _only_genome(first, second) or _only_genome(second, first)
     h5, folder = (first, second) if first.suffix == ".h5" else (second, first)
     if h5.stem not in _CELL_RANGER_NAMES or not (h5.is_file() and folder.is_dir()):
         return False
     name, where = h5.stem.removesuffix("_h5"), h5.resolve().parent
-    folder = folder.resolve()
+    folder = _folder_read(folder).resolve()  # (``outs/`` given: the one matrix folder in it)
     if name == h5.stem:  # v3: the folder beside the file
         return folder.name == name and folder.parent == where
     if folder.name == name and folder.parent == where:  # v2: the genome folders inside it
@@ -176,6 +177,15 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     else:
         return False
     return len(genomes) == 1 and genomes == _v2_genomes(h5)
+
+
+def _folder_read(folder: Path) -> Path:
+    """The folder reading ``folder`` reads: itself, or the only matrix folder inside it (a Cell Ranger
+    ``outs/`` holding ``filtered_feature_bc_matrix`` alone)."""
+    if any((folder / name).is_file() for name in MATRIX_FILES):
+        return folder
+    inner = [p for p in folder.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
+    return inner[0] if len(inner) == 1 else folder
 
 
 def _only_genome(outer: Path, inner: Path) -> bool:

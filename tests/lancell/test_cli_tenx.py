@@ -384,3 +384,11 @@ def test_the_two_forms_of_a_cell_ranger_matrix_are_told_by_their_names(tmp_path:
     assert not cell_ranger_forms(
         barnyard / "filtered_gene_bc_matrices_h5.h5", barnyard / "filtered_gene_bc_matrices" / "hg19_chr21"
     )
+    # `outs/` itself, whose one matrix folder is the .h5's (it was "ingested from another file", exit 1)
+    v3 = tmp_path / "v3" / "outs"
+    shutil.copytree(V3_DIR, v3 / "filtered_feature_bc_matrix")
+    shutil.copyfile(V3_H5, v3 / "filtered_feature_bc_matrix.h5")
+    assert cell_ranger_forms(v3 / "filtered_feature_bc_matrix.h5", v3)
+    assert cell_ranger_forms(v3, v3 / "filtered_feature_bc_matrix.h5")
+    shutil.copytree(V3_DIR, v3 / "raw_feature_bc_matrix")  # two matrices in it: reading it is refused
+    assert not cell_ranger_forms(v3 / "filtered_feature_bc_matrix.h5", v3)
