@@ -3,6 +3,7 @@ with the remedies the library words for Python callers (``.layers()``, ``store=`
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Iterator
@@ -64,14 +65,33 @@ def about_file(exc: Exception, path: Path, uid: str | None) -> None:
         exc.args = (f"{path}{dataset}: {message}",)
 
 
+class _OneLine(logging.Handler):
+    """The library's log records of warning level and above as the command's lines (a stale lock broken
+    after a kill printed a bare line)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(logging.WARNING)
+        self.command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        print(f"lancell {self.command}: {level}: {for_command_line(record.getMessage())}", file=sys.stderr)
+
+
 @contextmanager
 def one_line_warnings(command: str) -> Iterator[None]:
-    """Print each warning raised inside as one line, ``lancell COMMAND: warning: ...``, on stderr (the
-    previous warning display is restored on leaving)."""
+    """Print each warning raised inside, and each log record of the library of warning level and above, as
+    one line, ``lancell COMMAND: warning: ...``, on stderr (the previous warning display is restored and the
+    handler removed on leaving)."""
 
     def show(message: Warning | str, *_: object, **__: object) -> None:
         print(f"lancell {command}: warning: {for_command_line(str(message))}", file=sys.stderr)
 
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
+    handler, logger = _OneLine(command), logging.getLogger("lancell")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        logger.removeHandler(handler)

@@ -640,6 +640,23 @@ def test_a_sidecar_link_whose_target_is_gone_is_an_error(tmp_path: Path) -> None
         read_landing_spec(path)
 
 
+def test_the_librarys_log_warnings_are_the_commands_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stale lock broken after a kill -9 was printed as a bare logging line among the command's own."""
+    import logging
+
+    from lancell.cli_messages import one_line_warnings
+
+    with one_line_warnings("ingest"):
+        logging.getLogger("lancell.tables.locks").warning(
+            "lock %r: breaking the lock of dead process %s", "d", 7
+        )
+        logging.getLogger("lancell.ingest").info("not shown")
+    logging.getLogger("lancell.tables.locks").warning("after the command: not its line")
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "lancell ingest: warning: lock 'd': breaking the lock of dead process 7"
+    assert "not shown" not in err and "lancell ingest: warning: after" not in err
+
+
 def test_a_feature_conflict_is_settled_with_on_conflict(tmp_path: Path, db: str) -> None:
     """The conflict's remedy named ``on_conflict='keep'``, which the command line did not take."""
 
