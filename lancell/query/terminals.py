@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
@@ -314,7 +315,11 @@ class QueryTerminals:
                 reads = replace(reads, layers=chosen[space])
             planned = reads.plan(core, has, space)
             modalities[space] = reconstruct(core, planned.cells, planned.plan)
-        return MuData(modalities)
+        with (
+            warnings.catch_warnings()
+        ):  # mudata 0.3's notice of its 0.4 default, about no choice of the caller's
+            warnings.filterwarnings("ignore", "From 0.4 .update", FutureWarning)
+            return MuData(modalities)
 
     @_terminal
     @_one_version

@@ -98,7 +98,9 @@ def test_mudata_round_trip_aligned_by_uid(two):
         atlas.query().where(dataset_uid=np.array(["pbmc/programs"]))
     assert atlas.query().where(dataset_uid=("a", "z")).count() == pbmc.n_obs  # a range, as before
     atlas.snapshot()
-    out = atlas.query().to_mudata()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # mudata's notice of its next default was passed on to every caller
+        out = atlas.query().to_mudata()
     assert set(out.mod) == {"gene_expression", "programs"}
     rna, prog = out["gene_expression"], out["programs"]
     assert rna.n_obs == pbmc.n_obs and prog.n_obs == subset.n_obs
