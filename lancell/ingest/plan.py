@@ -363,6 +363,7 @@ def plan_dataset(
         stored_column = np.empty(order.size, dtype=np.int64)
         stored_column[order] = np.arange(order.size)
     feature_uids = [feature_uids[i] for i in order]
+    global_index = global_index.astype(np.int64)[order]
     nnz, zero_fill = n_obs * len(feature_uids), []
     if space.kind == "sparse" and len(layers) > 1:  # checks every layer's values before the first write
         nnz, zero_fill = shared_pattern(layers, stored_column)
@@ -373,9 +374,9 @@ def plan_dataset(
         obs=obs,
         obs_names=obs_names,
         feature_uids=feature_uids,
-        global_index=global_index.astype(np.int64)[order],
+        global_index=global_index,
         stored_column=stored_column,
-        layout_uid=layout_uid_for(feature_uids),
+        layout_uid=layout_uid_for(feature_uids, global_index),
         n_cells=n_obs,
         nnz=nnz,
         zero_fill=zero_fill,

@@ -281,10 +281,14 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def layout_uid_for(feature_uids: Sequence[str]) -> str:
-    """Content hash of an ordered feature panel: equal panels share one layout."""
-    digest = hashlib.sha256("\x1f".join(feature_uids).encode()).hexdigest()
-    return digest[:24]
+def layout_uid_for(feature_uids: Sequence[str], global_index: np.ndarray) -> str:
+    """Content hash of an ordered feature panel and the global index of each feature: equal panels of one
+    feature space share one layout. (The uids alone were hashed: a panel of two feature spaces whose
+    registries number its features otherwise took the first one's layout, and read one gene's values under
+    another's name.)"""
+    digest = hashlib.sha256("\x1f".join(feature_uids).encode())
+    digest.update(b"\x1e" + np.ascontiguousarray(global_index, dtype="<i8").tobytes())
+    return digest.hexdigest()[:24]
 
 
 def ensure_layout(

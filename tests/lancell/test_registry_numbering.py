@@ -84,3 +84,31 @@ def test_a_row_repeating_a_registered_uid_is_refused_and_numbers_nothing(atlas: 
     np.testing.assert_array_equal(
         atlas.query().layers("gene_expression", "counts").to_anndata().X.toarray(), X
     )
+
+
+class TwoSpaces(LancellBaseSchema):
+    rna: SparseZarrPointer | None = None
+    rna2: SparseZarrPointer | None = None
+
+
+def test_one_panel_in_two_feature_spaces_numbered_otherwise_reads_its_own_genes(tmp_path: Path) -> None:
+    """A layout was named by its feature uids alone: a dataset of the second space took the first space's
+    layout (other global indices) and read A's values under Z's name, B's under A's."""
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene}
+    )
+    atlas.register_features("rna", pd.DataFrame({"uid": ["A", "B", "C"]}))
+    atlas.register_features("rna2", pd.DataFrame({"uid": ["Z", "A", "B", "C"]}))  # numbered one further
+    x = sp.csr_matrix(np.array([[1, 2, 3], [4, 5, 6]], np.int32))
+    for uid, space in (("d1", "rna"), ("d2", "rna2")):
+        obs, var = pd.DataFrame(index=[f"{uid}_{i}" for i in range(2)]), pd.DataFrame(index=["A", "B", "C"])
+        add_from_anndata(
+            atlas, ad.AnnData(X=x, obs=obs, var=var), feature_space=space, zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid), progress=False,
+        )  # fmt: skip
+    assert atlas.validate() == []
+    for space, uid in (("rna", "d1"), ("rna2", "d2")):
+        out = atlas.query().feature_space(space).where(dataset_uid=uid).to_anndata()
+        assert out.var_names.tolist() == ["A", "B", "C"] and np.array_equal(out.X.toarray(), x.toarray())
+        one = atlas.query().where(dataset_uid=uid).features(["A"], space).to_anndata()
+        assert one.X.toarray().ravel().tolist() == [1, 4]
