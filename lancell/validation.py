@@ -145,12 +145,16 @@ def _listing(core: AtlasCore, group: str) -> set[str]:
 def _expected_shape(relative: str, attrs: dict[str, Any]) -> tuple[int, ...] | None:
     """The shape the group's attributes give the value array at ``relative`` (None: not a value array)."""
     parts = relative.split("/")
+    sizes = [attrs.get(key) for key in ("nnz", "n_cells", "n_features")]
+    if not all(isinstance(size, int) and not isinstance(size, bool) for size in sizes):
+        return None  # (attributes that are no counts: compared with the record, and reported, elsewhere)
+    nnz, n_cells, n_features = sizes
     if attrs.get("lancell-encoding") == "csr_matrix":
         if parts[0] in ("csr", "csc") and (parts[1:] == ["indices"] or parts[1:2] == ["layers"]):
-            return (int(attrs.get("nnz", -1)),)
+            return (nnz,)
         return None
     if parts[:1] == ["layers"] and len(parts) == 2:
-        return (int(attrs.get("n_cells", -1)), int(attrs.get("n_features", -1)))
+        return (n_cells, n_features)
     return None
 
 
@@ -254,7 +258,7 @@ def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.T
     same global index: a query places a dataset's local features at the layout's global indices and names
     them from the registry, so it would read one gene's values under another's name."""
     problems = []
-    for space in sorted(set(datasets.column("feature_space").to_pylist())):
+    for space in sorted(set(datasets.column("feature_space").to_pylist()) & set(core.feature_spaces)):
         used = datasets.filter(pc.equal(datasets.column("feature_space"), space)).column("layout_uid")
         rows = layouts.filter(pc.is_in(layouts.column("layout_uid"), value_set=pc.unique(used)))
         registry = core.tables.registry(space).to_arrow().select(["uid", "global_index"])

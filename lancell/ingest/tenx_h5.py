@@ -25,8 +25,9 @@ __all__ = ["open_h5"]
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
     """A string dataset's values as ``str``: fixed-length bytes (Cell Ranger's) or variable-length strings
-    (h5py's own), both read as UTF-8."""
-    values = dataset.asstr()[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
+    (h5py's own), both read as UTF-8 (whatever character set the file declares: Cell Ranger declares ASCII
+    for names such as ``CD45RA_TotalSeq™``)."""
+    values = dataset.asstr("utf-8")[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
     return np.char.decode(values, "utf-8").astype(object) if values.dtype.kind == "S" else values.astype(str)
 
 

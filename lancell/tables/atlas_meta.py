@@ -306,7 +306,7 @@ def _folders_removed_on_failure(uris: Iterable[str]) -> Iterator[None]:
     for uri in uris:
         if is_local(uri):
             path, top = local_path(uri), None
-            while not path.exists():
+            while not os.path.lexists(path):  # (False, not an error, for a name too long or no permission)
                 path, top = path.parent, path
             made += [top] if top is not None else []
     try:

@@ -255,11 +255,7 @@ def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
         if root is None or "lancell_format" not in (root.get("attributes") or {}):
             return
         folders = sorted(obstore.list_with_delimiter(store)["common_prefixes"])
-        groups = [
-            folder
-            for folder in folders[:_FOLDERS_LOOKED_AT]
-            if ATLAS_ID_ATTR in ((read_json(store, f"{folder}/zarr.json") or {}).get("attributes") or {})
-        ]
+        groups = [folder for folder in folders[:_FOLDERS_LOOKED_AT] if _is_atlas_group(store, folder)]
         found = read_json(store, STORE_BINDING) if groups else None
     except (obstore.exceptions.BaseError, ValueError):  # (ValueError: a file that is not JSON)
         return  # a store that cannot be read: the creation's own writes fail naming it, or it is new
@@ -275,6 +271,13 @@ def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
         LancellWarning,
         stacklevel=5,  # the caller of RaggedAtlas.create (through lancell.opening and atlas_meta)
     )
+
+
+def _is_atlas_group(store: obs_store.ObjectStore, folder: str) -> bool:
+    """Whether ``folder`` of ``store`` is a zarr group whose attributes name an atlas."""
+    meta = read_json(store, f"{folder}/zarr.json")
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attributes, dict) and ATLAS_ID_ATTR in attributes
 
 
 def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:

@@ -109,6 +109,9 @@ def test_a_refused_or_failed_creation_leaves_no_folder_it_made(
     monkeypatch.setattr(atlas_meta.zarr, "open_group", refused)
     with pytest.raises(StoreError, match="refused the write"):
         _create(tmp_path / "failed")
+    too_long = tmp_path / ("x" * 300) / "db"  # a name the file system refuses: the library's error, as before
+    with pytest.raises(StoreError, match="cannot create the local store folder"):
+        _create(too_long)
     # the folders it made are gone, but for the create lock's guard file (another process may hold it)
     left = sorted(str(p.relative_to(tmp_path / "failed")) for p in (tmp_path / "failed").rglob("*"))
     assert left == ["_lancell", "_lancell/locks", "_lancell/locks/.guard"]

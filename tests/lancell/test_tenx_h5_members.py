@@ -95,6 +95,8 @@ def test_variable_length_utf8_strings_are_read(tmp_path: Path, atlas: RaggedAtla
     with h5py.File(path, "r+") as f:  # as h5py writes str by default (it was "'ascii' codec can't decode")
         del f["matrix/barcodes"]
         f["matrix"].create_dataset("barcodes", data=barcodes, dtype=h5py.string_dtype())
+        del f["matrix/features/name"]  # fixed-length, declared ASCII, holding UTF-8 (as Cell Ranger writes)
+        f["matrix/features/name"] = np.array([n.encode() for n in ("TSPAN6", "CD45RA_TotalSeq™", "Gnai3")])
     add_from_10x(atlas, path, dataset_record=DatasetRecord(uid="utf8"), progress=False)
     assert atlas.query().to_pandas()["obs_name"].tolist() == list(barcodes)
     assert np.array_equal(_stored(atlas, "utf8"), [[5, 0, 0], [0, 0, 6]])

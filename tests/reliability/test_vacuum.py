@@ -126,6 +126,13 @@ def test_a_new_atlas_given_another_atlass_store_is_warned_and_leaves_its_groups(
         third = new_atlas(tmp_path / "third", str(arrays))
     for other in (second, third):
         assert other.vacuum(grace=timedelta(0)) == NOTHING
+    (arrays / "odd").mkdir()
+    (arrays / "odd" / "zarr.json").write_text("[1]")  # JSON, but no group's: not read as one (it raised)
+    (arrays / kept.zarr_group / "zarr.json").rename(arrays / "kept.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new_atlas(tmp_path / "fourth", str(arrays))
+    (arrays / "kept.json").rename(arrays / kept.zarr_group / "zarr.json")
     assert_exact(RaggedAtlas.open(str(tmp_path / "first")), {"a": x})
 
 

@@ -158,3 +158,17 @@ def test_a_layout_off_the_registry_is_reported(atlas: RaggedAtlas):
         f"layout {layout!r} (gene_expression): 1 features are not in the registry under the global index it "
         "records, e.g. 'g0' (layout 0, registry none: not registered)"
     ]
+
+
+def test_damaged_records_and_attributes_are_listed_not_raised(atlas: RaggedAtlas, tmp_path: Path):
+    """A record naming an unknown feature space raised KeyError, a group's nnz of null TypeError: validate()
+    is the diagnosis tool, and listed both before its layout and shape checks."""
+    atlas.core.tables.datasets.update(where="uid = 's'", values={"feature_space": "nope"})
+    meta_path = tmp_path / "arrays" / _group(atlas, "d") / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["nnz"] = None
+    meta_path.write_text(json.dumps(meta))
+    assert sorted(RaggedAtlas.open(str(tmp_path / "db")).validate()) == [
+        "dataset 'd': zarr attr nnz=None, record has 600",
+        "dataset 's': zarr attr feature_space='gene_expression', record has 'nope'",
+    ]
