@@ -80,7 +80,7 @@ def dataset_group(
     ingestion). A changed, corrupt or unreadable file (or sidecar) fails the run, and ``content_matches``,
     naming what differs; the atlas is left as it was.
     """
-    from lancell.errors import DroppedColumnsWarning, IngestError, LancellError
+    from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
     from lancell.ingest.landing import (
         ingest_landing_file,
         landing_fingerprint,
@@ -112,7 +112,7 @@ def dataset_group(
                 raise IngestError(entry.error)
             spec, state = entry.spec, landing_state(entry.spec)
             fingerprint, options = landing_fingerprint(spec), landing_options(spec)
-            with logged_warnings(context, leave=(DroppedColumnsWarning,)) as warned:
+            with logged_warnings(context, leave=(DroppedColumnsWarning, DuplicateContentWarning)) as warned:
                 record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")

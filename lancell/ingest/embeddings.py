@@ -32,12 +32,15 @@ def embedding_vectors(
                 f"dataset {dataset!r}: {column!r} is not a vector column of the cell schema {declared}"
             )
         given = adata.obsm[key]
-        values = given.toarray() if sp.issparse(given) else np.asarray(given)
-        if values.ndim != 2 or values.shape != (adata.n_obs, declared[column]):
+        shape = (
+            given.shape if sp.issparse(given) else np.shape(given)
+        )  # (checked before a sparse one is read)
+        if len(shape) != 2 or tuple(shape) != (adata.n_obs, declared[column]):
             raise ShapeMismatchError(
-                f"dataset {dataset!r}: obsm[{key!r}] has shape {values.shape}, "
+                f"dataset {dataset!r}: obsm[{key!r}] has shape {tuple(shape)}, "
                 f"column {column!r} needs ({adata.n_obs}, {declared[column]})"
             )
+        values = given.toarray() if sp.issparse(given) else np.asarray(given)
         if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
             raise DataValueError(f"dataset {dataset!r}: obsm[{key!r}] must be finite numbers")
         top = float(np.abs(values).max()) if values.size else 0.0

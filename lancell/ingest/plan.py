@@ -103,12 +103,13 @@ def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame
     Raises
     ------
     IngestError
-        A bad or taken dataset uid, an assigned field set, obs names that cannot name one cell each, an obs
-        value its cell schema field cannot hold (:class:`~lancell.errors.ObsConversionError`).
+        A bad or taken dataset uid, an assigned field set, no cells, obs names that cannot name one cell
+        each, an obs value its cell schema field cannot hold (:class:`~lancell.errors.ObsConversionError`).
     """
     dataset = "(new)" if record is None else record.uid
     if record is not None:
         check_record(core, record)
+    _check_size(dataset, len(obs), 1)
     check_obs_names(dataset, obs.index)
     fields = obs_fields(core.cell_arrow)
     for start in range(0, len(obs), CELL_BATCH):

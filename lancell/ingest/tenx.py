@@ -100,13 +100,15 @@ def open_10x(path: str | os.PathLike[str], *, genome: str | None = None) -> Tenx
 
 
 def check_barcodes(matrix: TenxMatrix) -> None:
-    """Refuse a matrix whose barcodes repeat (before anything is written for it).
+    """Refuse a matrix without barcodes or whose barcodes repeat (before anything is written for it).
 
     Raises
     ------
-    TenxFormatError
-        Naming how many repeat, and a few.
+    IngestError
+        No barcodes (an empty matrix). :class:`TenxFormatError`: naming how many repeat, and a few.
     """
+    if not len(matrix.obs):
+        raise IngestError(f"{matrix.path}: no barcodes (an empty matrix): no cells to ingest")
     if (repeated := matrix.obs.index[matrix.obs.index.duplicated()]).size:
         raise TenxFormatError(
             f"{matrix.path}: {repeated.size} barcodes occur more than once, e.g. {list(repeated[:3])}: a 10x "

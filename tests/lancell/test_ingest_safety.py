@@ -282,6 +282,9 @@ def test_a_landing_file_refused_for_its_matrix_registers_nothing(atlas, tmp_path
     obs = pd.DataFrame(index=[f"c{i}" for i in range(4)])
     ad.AnnData(sp.csc_matrix(x), obs=obs, var=var).write_h5ad(tmp_path / "csc.h5ad")
     ad.AnnData(x.toarray().astype(np.float16), obs=obs, var=var).write_h5ad(tmp_path / "f16.h5ad")
+    ad.AnnData(sp.csr_matrix((0, 3), dtype=np.int32), obs=obs.iloc[:0], var=var).write_h5ad(
+        tmp_path / "e.h5ad"
+    )
     folder = tmp_path / "run1" / "outs" / "filtered_feature_bc_matrix"
     folder.mkdir(parents=True)
     (folder / "matrix.mtx").write_text(
@@ -293,6 +296,7 @@ def test_a_landing_file_refused_for_its_matrix_registers_nothing(atlas, tmp_path
     for path, error, message in (
         (tmp_path / "csc.h5ad", IngestError, "backed CSC matrices cannot be streamed by cell"),
         (tmp_path / "f16.h5ad", DataValueError, "unsupported matrix dtype float16"),
+        (tmp_path / "e.h5ad", IngestError, "dataset 'e' has no cells"),
         (folder, TenxFormatError, "1 barcodes occur more than once"),
     ):
         with pytest.raises(error, match=message):
