@@ -103,6 +103,14 @@ def _condition(column: str, field: pa.Field, value: object) -> str:
                 "e.g. (200, None)"
             )
         low, high = value
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind):
+            shown = [v for v in value if v is not None]
+            raise QueryError(  # (a pair of labels passed as a tuple matched every label sorting between)
+                f"where({column}={value!r}): a tuple is a range (low, high), for numbers and times; for "
+                f'these values give a list, where({column}={shown!r}) (a range of text: where("{column} '
+                ">= 'a' AND ... <= 'b'\"))"
+            )
         bounds = [f"{name} >= {_sql_literal(column, field, low)}"] if low is not None else []
         bounds += [f"{name} <= {_sql_literal(column, field, high)}"] if high is not None else []
         if low is not None and high is not None and low > high:

@@ -96,7 +96,10 @@ def test_mudata_round_trip_aligned_by_uid(two):
         atlas.query().where(dataset_uid=["other", "pbmc/programs"])
     with pytest.raises(QueryError, match="attached to the cells of 'pbmc'"):
         atlas.query().where(dataset_uid=np.array(["pbmc/programs"]))
-    assert atlas.query().where(dataset_uid=("a", "z")).count() == pbmc.n_obs  # a range, as before
+    assert atlas.query().where("dataset_uid >= 'a' AND dataset_uid <= 'z'").count() == pbmc.n_obs  # a range
+    # a tuple of labels was a range of text: every label sorting between the two (a list was meant)
+    with pytest.raises(QueryError, match=r"a tuple is a range \(low, high\), for numbers and times; for "):
+        atlas.query().where(dataset_uid=("a", "z"))
     atlas.snapshot()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # mudata's notice of its next default was passed on to every caller
