@@ -9,7 +9,7 @@ place.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -190,6 +190,28 @@ class CellSelection:
         if self.search is None:
             return self.builder().to_batches(batch_size)
         return iter(self.read().to_batches(max_chunksize=batch_size))
+
+    def text_values(
+        self, keep: Callable[[pa.RecordBatch], pa.RecordBatch], pointer: str
+    ) -> dict[str, list[str]]:
+        """Each text column's values (sorted, nulls left out) among the selected rows that ``keep`` keeps (a
+        plan's ``select``, which reads the ``pointer`` column): read in batches of those columns alone (a
+        search's rows whole, as :meth:`batches` reads them)."""
+        schema = self.core.cell_arrow
+        kept = self.kept_columns() or schema.names
+        text = [n for n in kept if n != "uid" and schema.field(n).type in (pa.string(), pa.large_string())]
+        if not text:
+            return {}
+        if self.search is None:
+            _, batches = self.scan_batches([*text, pointer], 65_536)
+        else:
+            batches = iter(self.read([*text, pointer]).to_batches())
+        values: dict[str, set[str]] = {name: set() for name in text}
+        for batch in batches:
+            batch = keep(batch)
+            for name in text:
+                values[name].update(pc.unique(batch.column(name)).drop_null().to_pylist())
+        return {name: sorted(found) for name, found in values.items()}
 
     def count(self) -> int:
         """Number of selected rows: LanceDB's ``count_rows`` (no column is read), or for a search the rows it

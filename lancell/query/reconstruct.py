@@ -12,7 +12,7 @@ Several requested layers are read on the same cells and columns: the first is ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -40,8 +40,14 @@ _FILTER_SLICE = 8_000_000  # stored values read at once when most of them are dr
 _MAP_SLICE = 1 << 20  # stored indices mapped to output columns at once (:func:`_mapped`)
 
 
-def reconstruct(core: AtlasCore, cells: pa.Table, plan: ReconstructionPlan) -> ad.AnnData:
-    """Build the AnnData of ``cells`` (rows in the given order) following ``plan``."""
+def reconstruct(
+    core: AtlasCore,
+    cells: pa.Table,
+    plan: ReconstructionPlan,
+    categories: Mapping[str, Sequence[str]] | None = None,
+) -> ad.AnnData:
+    """Build the AnnData of ``cells`` (rows in the given order) following ``plan``; ``categories``: the
+    categories of text obs columns (default: each column's own values, sorted)."""
     pointer = cells.column(plan.feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
     rows_of = _rows_by_group(pointer, valid, plan)
@@ -58,7 +64,9 @@ def reconstruct(core: AtlasCore, cells: pa.Table, plan: ReconstructionPlan) -> a
             positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
             matrices[layer] = _dense(core, plan, layer, mine, positions, n_cells)
     vectors = vector_fields(cells.schema)
-    obs = arrow_to_obs(cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]))
+    obs = arrow_to_obs(
+        cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]), categories=categories
+    )
     first, *others = matrices
     adata = ad.AnnData(
         X=matrices[first], obs=obs, var=plan.var.copy(), layers={name: matrices[name] for name in others}
@@ -71,10 +79,15 @@ def reconstruct(core: AtlasCore, cells: pa.Table, plan: ReconstructionPlan) -> a
 
 
 def reconstruct_batches(
-    core: AtlasCore, batches: Iterable[pa.RecordBatch], plan: ReconstructionPlan, batch_size: int
+    core: AtlasCore,
+    batches: Iterable[pa.RecordBatch],
+    plan: ReconstructionPlan,
+    batch_size: int,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[ad.AnnData]:
     """:func:`reconstruct` the cell rows of ``batches`` (in order, any sizes) in AnnData batches of
-    ``batch_size`` cells (the last may be smaller), keeping only the rows ``plan`` selects."""
+    ``batch_size`` cells (the last may be smaller), keeping only the rows ``plan`` selects; every batch's
+    text obs columns have ``categories`` (those of all the rows: one code means one label in every batch)."""
     pending: list[pa.RecordBatch] = []
     buffered = 0
     for batch in batches:
@@ -83,11 +96,11 @@ def reconstruct_batches(
         buffered += batch.num_rows
         while buffered >= batch_size:
             table = pa.Table.from_batches(pending)
-            yield reconstruct(core, table.slice(0, batch_size), plan)
+            yield reconstruct(core, table.slice(0, batch_size), plan, categories)
             rest = table.slice(batch_size)
             pending, buffered = rest.to_batches(), rest.num_rows
     if buffered:
-        yield reconstruct(core, pa.Table.from_batches(pending), plan)
+        yield reconstruct(core, pa.Table.from_batches(pending), plan, categories)
 
 
 def _rows_by_group(

@@ -326,15 +326,20 @@ class QueryTerminals:
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 
-        Only the pointer columns are read up front (to plan the columns, registry and layouts read once);
-        metadata and matrix values are read batch by batch, so memory is bounded by the batch. A search's
+        Only the pointer and text columns are read up front (to plan the columns, registry and layouts read
+        once, and to give every batch's text obs columns the categories of all the cells: a code means one
+        label in every batch, as in ``to_anndata()``); metadata and matrix values are read batch by batch,
+        so memory is bounded by the batch (and the distinct labels). A search's
         ranked rows are read whole (without matrix values) before they are batched.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise QueryError(f"batch_size must be a positive integer, got {batch_size!r}")
         plan = self.plan(columns=[]).plan  # the same rows (search and limit included), pointers only
+        # each text column's labels of all the rows first (those columns alone): one code, one label, in
+        # every batch (each batch had its own categories: a code named other labels from batch to batch)
+        categories = self.selection.text_values(plan.select, plan.feature_space)
         rows = self.selection.batches(int(batch_size))
-        yield from reconstruct_batches(self._atlas.core, rows, plan, int(batch_size))
+        yield from reconstruct_batches(self._atlas.core, rows, plan, int(batch_size), categories)
 
     def to_cell_dataset(
         self,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import ObsConversionError
+from lancell.errors import ObsConversionError, QueryError
 
 __all__ = ["NULLABLE_DTYPES", "altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
 
@@ -335,8 +336,17 @@ NULLABLE_DTYPES = {
 }
 
 
-def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
-    """Build an AnnData ``obs`` frame: string columns become categoricals, integers keep nullability."""
+def arrow_to_obs(
+    table: pa.Table, index_column: str = "uid", categories: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """Build an AnnData ``obs`` frame: string columns become categoricals (of their own values, sorted, or
+    of ``categories[column]``, which must hold every value), integers keep nullability.
+
+    Raises
+    ------
+    QueryError
+        A value missing from the ``categories`` given for its column.
+    """
     index = pd.Index(table.column(index_column).to_numpy(zero_copy_only=False).astype(str), name=None)
     text = (pa.string(), pa.large_string())
     columns = {}
@@ -345,11 +355,28 @@ def arrow_to_obs(table: pa.Table, index_column: str = "uid") -> pd.DataFrame:
             continue
         column = table.column(name)
         if column.type in text:
-            columns[name] = _categorical(column)
+            given = None if categories is None else categories.get(name)
+            columns[name] = _categorical(column) if given is None else _coded(name, column, given)
         else:  # one column at a time: a whole-table to_pandas costs ~1 ms of fixed overhead
             series = column.to_pandas(types_mapper=NULLABLE_DTYPES.get)
             columns[name] = series.to_numpy() if series.dtype == object else series.array
     return pd.DataFrame(columns, index=index, copy=False)
+
+
+def _coded(name: str, column: pa.ChunkedArray, categories: Sequence[str]) -> pd.Categorical:
+    """A string column as a categorical of ``categories`` (every value among them)."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    known = pd.Index(categories, dtype=object)
+    position = known.get_indexer(np.asarray(encoded.dictionary.to_pylist(), dtype=object))
+    if (position < 0).any():
+        missing = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[position < 0]
+        raise QueryError(
+            f"obs column {name!r}: values {sorted(missing)[:5]} are not among the categories read before "
+            "(the cells changed while they were read: read a snapshot, RaggedAtlas.checkout)"
+        )
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = np.where(codes < 0, -1, position[np.maximum(codes, 0)]) if position.size else codes
+    return pd.Categorical.from_codes(codes, categories=known)
 
 
 def _categorical(column: pa.ChunkedArray) -> pd.Categorical:

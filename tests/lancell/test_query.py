@@ -87,6 +87,19 @@ def test_to_batches_equal_to_anndata(bundled):
     assert [n for b in batches for n in b.obs_names] == list(full.obs_names)
 
 
+def test_to_batches_code_each_label_alike_in_every_batch(bundled):
+    """Each batch had its own categories: 'Dendritic' was code 8, 6, 7 and 9 in four batches of PBMCs."""
+    q = bundled.query().where(dataset_uid="pbmc68k").layers("gene_expression", "log_normalized")
+    full = q.to_anndata()
+    for batch in q.to_batches(50):
+        for column in ("cell_type", "dataset_uid"):
+            assert list(batch.obs[column].cat.categories) == list(full.obs[column].cat.categories)
+    searched = q.limit(120)  # (a limit's rows too)
+    assert {tuple(b.obs["cell_type"].cat.categories) for b in searched.to_batches(50)} == {
+        tuple(searched.to_anndata().obs["cell_type"].cat.categories)
+    }
+
+
 def test_count_group_by_and_frames(bundled):
     per_dataset = bundled.query().count(group_by="dataset_uid")
     assert per_dataset["cells"].to_dict() == {"mouse_10k": 10000, "pbmc68k": 700, "celltypist_sample": 559}
