@@ -8,6 +8,7 @@ or those a snapshot recorded (``checkout``), read through pylance.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from lancell.errors import (
     ArgumentError,
     AtlasNotFoundError,
     LancellError,
+    LancellWarning,
     StoreError,
 )
 from lancell.storage.store_failures import StoreFailures
@@ -184,7 +186,30 @@ def latest_snapshot(
     """
     options = db_options(db_uri, store_kwargs, storage_options)
     read_meta(db_uri, store_kwargs)
-    return int(read_snapshot(Database(db_uri, options), None)["version"])
+    database = Database(db_uri, options)
+    snapshot = read_snapshot(database, None)
+    _warn_of_later_datasets(database, snapshot)
+    return int(snapshot["version"])
+
+
+def _warn_of_later_datasets(database: Database, snapshot: Mapping[str, Any]) -> None:
+    """Warn when the live atlas's datasets are not the latest snapshot's (ingested or deleted since): a
+    notebook that ingested more and read ``checkout_latest`` again read the older release without a word."""
+    at = snapshot["tables"][DATASETS_TABLE]
+    live = database.dataset(DATASETS_TABLE)
+    if live.version == at:
+        return
+    now = set(live.to_table(columns=["uid"]).column("uid").to_pylist())
+    then = set(database.dataset(DATASETS_TABLE, at).to_table(columns=["uid"]).column("uid").to_pylist())
+    if now != then:
+        warnings.warn(
+            f"the latest snapshot ({snapshot['version']}) is older than the atlas: {len(now - then)} "
+            f"dataset(s) ingested since (e.g. {sorted(now - then)[:3]}) and {len(then - now)} deleted since "
+            "are not read as they are now; snapshot() to release them, or RaggedAtlas.open(db_uri, "
+            "read_only=True) to read the live atlas",
+            LancellWarning,
+            stacklevel=4,  # the caller of RaggedAtlas.checkout_latest
+        )
 
 
 def _core(

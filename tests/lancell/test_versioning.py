@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
-from lancell.errors import ArgumentError, ArgumentValueError, ReadOnlyAtlasError, VersionNotFoundError
+from lancell.errors import (
+    ArgumentError,
+    ArgumentValueError,
+    LancellWarning,
+    ReadOnlyAtlasError,
+    VersionNotFoundError,
+)
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 
@@ -38,6 +45,22 @@ def test_snapshot_survives_optimize_cleanup_and_later_ingestion(atlas, pbmc, cel
     versions = RaggedAtlas.list_versions(atlas.db_uri)
     assert versions["version"].tolist() == [v0, v1]
     assert versions["total_cells"].tolist() == [pbmc.n_obs, pbmc.n_obs + celltypist.n_obs]
+
+
+def test_checkout_latest_says_when_the_atlas_changed_since_its_snapshot(atlas, pbmc):
+    """A notebook that ingested more and ran checkout_latest again read the older release without a word."""
+    ingest_bundled(atlas, BUNDLED[0])
+    atlas.snapshot()
+    atlas.optimize(cleanup_older_than=timedelta(0))  # new table versions, the same datasets: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
+    ingest_bundled(atlas, BUNDLED[1])
+    with pytest.warns(
+        LancellWarning, match=r"1 dataset\(s\) ingested since \(e.g. \['celltypist_sample'\]\)"
+    ) as told:
+        assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
+    assert told[0].filename == __file__
 
 
 def test_checked_out_handle_is_read_only_and_frozen(atlas, celltypist):
