@@ -208,11 +208,14 @@ class DatasetNotFoundError(IngestError, KeyError):
 class UnknownFeaturesError(IngestError):
     """The input names features that are not in the feature registry."""
 
-    def __init__(self, dataset: str, feature_space: str, missing: Sequence[str]) -> None:
+    def __init__(
+        self, dataset: str, feature_space: str, missing: Sequence[str], remedy: str | None = None
+    ) -> None:
         self.missing = list(missing)
+        remedy = remedy or "register them with atlas.register_features() first"
         super().__init__(
             f"dataset {dataset!r}: {len(missing)} features are not in the {feature_space!r} registry, "
-            f"e.g. {_preview(missing)}; register them with atlas.register_features() first"
+            f"e.g. {_preview(missing)}; {remedy}"
         )
 
 

@@ -89,5 +89,5 @@ def warn_mixed_keys(feature_space: str, pairs: Sequence[tuple[str, str]]) -> Non
             "query naming such a gene reads the feature of that uid (docs/standardization.md: standardized "
             "files go into an atlas of their own)",
             LancellWarning,
-            stacklevel=3,  # (the caller of register_features)
+            stacklevel=4,  # the caller of register_features (through its store boundary's wrapper)
         )

@@ -29,7 +29,7 @@ from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.names import with_nul
 from lancell.tables.obs import altered_obs_columns, obs_to_arrow, undeclared_obs_columns
-from lancell.tables.registry import layout_uid_for, registry_index, sql_literal
+from lancell.tables.registry import layout_uid_for, registered_symbols, registry_index, sql_literal
 from lancell.tables.schema import (
     DatasetRecord,
     check_assigned_fields,
@@ -345,7 +345,16 @@ def plan_dataset(
     registry = registry_index(core.tables.registry(space.name))
     known = uids.isin(registry.index)
     if not known.all():
-        raise UnknownFeaturesError(dataset, space.name, uids[~known].tolist())
+        missing = uids[~known].tolist()
+        symbols = registered_symbols(core.tables.registry(space.name), missing)
+        remedy = None  # a file naming genes by symbol: registering the symbols would store each gene twice
+        if len(symbols) * 2 >= len(missing):
+            remedy = (
+                f"{len(symbols)} of them are registered genes' symbols (e.g. {next(iter(symbols.items()))}): "
+                "pass var_uid_column= naming var's column of registry ids, or map symbols to ids "
+                "(lancell.standardize); registering the symbols would store each gene twice"
+            )
+        raise UnknownFeaturesError(dataset, space.name, missing, remedy)
     global_index = registry.reindex(uids).to_numpy()
     if pd.isna(global_index).any():
         raise IngestError(f"dataset {dataset!r}: registry features without a global index; run optimize()")

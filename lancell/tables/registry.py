@@ -40,6 +40,7 @@ __all__ = [
     "prepare_features",
     "read_global_indices",
     "register_prepared",
+    "registered_symbols",
     "registry_index",
 ]
 
@@ -164,7 +165,7 @@ def register_prepared(
                 f"{feature_space}: kept the registered values of features that differ from the given ones: "
                 f"{listed}{more}",
                 FeatureConflictWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of RaggedAtlas.register_features (through its boundary's wrapper)
             )
         else:
             fills |= {(uid, column) for uid, column, *_ in conflicts}
@@ -279,6 +280,17 @@ def number_unindexed(table: Table) -> int:
 def sql_literal(value: str) -> str:
     """Quote a string for a Lance SQL filter."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def registered_symbols(table: Table, names: Sequence[str]) -> dict[str, str]:
+    """``{name: uid}`` for the ``names`` that are a registered feature's ``gene_symbol`` (the first such
+    feature's uid), empty for a registry without symbols."""
+    registry = table.to_arrow()
+    if "gene_symbol" not in registry.column_names:
+        return {}
+    symbols = registry.select(["gene_symbol", "uid"]).to_pandas().dropna().drop_duplicates("gene_symbol")
+    uid_of = symbols.set_index("gene_symbol")["uid"]
+    return {name: str(uid_of[name]) for name in names if name in uid_of.index}
 
 
 def layout_uid_for(feature_uids: Sequence[str], global_index: np.ndarray) -> str:

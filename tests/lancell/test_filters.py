@@ -167,8 +167,9 @@ def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(a
     with warnings.catch_warnings():  # nor is a query of its symbol, a uid too, told of a second keying
         warnings.simplefilter("error")
         resolve_features(atlas.core, "gene_expression", ["SOX4"])
-    with pytest.warns(LancellWarning, match="1 features have a symbol that is another feature's uid"):
+    with pytest.warns(LancellWarning, match="1 features have a symbol that is another feature's uid") as told:
         atlas.register_features("gene_expression", ensembl)
+    assert told[0].filename == __file__  # (it named lancell's store boundary)
     with pytest.warns(LancellWarning, match=r"\('CD3E': \['ENSG00000198851'\]\); name those uids too"):
         named = resolve_features(atlas.core, "gene_expression", ["CD3E", "LYZ"])
     by_uid = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]

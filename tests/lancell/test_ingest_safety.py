@@ -35,6 +35,7 @@ from lancell.errors import (
     IngestError,
     LancellWarning,
     TenxFormatError,
+    UnknownFeaturesError,
 )
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.landing import ingest_landing_file, read_landing_spec
@@ -195,8 +196,11 @@ def test_conflicting_attributes_raise_by_default(human_c3):
 
 
 def test_keep_warns_and_keeps_registered_values(human_c3):
-    with pytest.warns(FeatureConflictWarning, match="uid 'C3' column 'organism': registered 'Homo sapiens'"):
+    with pytest.warns(
+        FeatureConflictWarning, match="uid 'C3' column 'organism': registered 'Homo sapiens'"
+    ) as told:
         assert human_c3.register_features("gene_expression", MOUSE, on_conflict="keep") == 1
+    assert told[0].filename == __file__
     rows = {r["uid"]: r for r in _registry(human_c3)}
     assert rows["C3"]["organism"] == "Homo sapiens"
     assert rows["Mnew"]["organism"] == "Mus musculus"
@@ -373,6 +377,26 @@ def test_empty_uids_are_counted(atlas):
     empty = pd.DataFrame({"uid": ["", "", None, "NEW1"], "gene_symbol": ["a", "b", "c", "d"]})
     with pytest.raises(FeatureRegistryError, match="3 features have an empty uid"):
         atlas.register_features("gene_expression", empty)
+
+
+def test_a_file_naming_registered_genes_by_symbol_is_told_so(atlas):
+    """The remedy was "register them": a file of symbols into an id-keyed registry then stored each gene
+    twice (ENSG... and its symbol, two columns, each half zeros)."""
+    atlas.register_features(
+        "gene_expression", pd.DataFrame({"uid": ["ENSG1", "ENSG2"], "gene_symbol": ["CD3D", "LYZ"]})
+    )
+    x = sp.csr_matrix(np.ones((2, 2), np.int32))
+    by_symbol = ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=pd.DataFrame(index=["CD3D", "LYZ"]))
+    with pytest.raises(
+        UnknownFeaturesError,
+        match=r"2 of them are registered genes' symbols \(e\.g\. \('CD3D', 'ENSG1'\)\): pass var_uid_column=",
+    ):
+        _ingest(atlas, by_symbol, "s")
+    unknown = ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=pd.DataFrame(index=["NEW8", "NEW9"]))
+    with pytest.raises(
+        UnknownFeaturesError, match=r"\['NEW8', 'NEW9'\]; register them with atlas.register_features"
+    ):
+        _ingest(atlas, unknown, "u")
 
 
 def test_uids_with_white_space_at_either_end_are_refused(atlas):
