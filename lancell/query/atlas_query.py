@@ -203,9 +203,16 @@ class AtlasQuery(QueryTerminals):
             An empty list, a bare string or a set (:func:`~lancell.query.name_lists.name_list`), or an earlier
             call (e.g. :meth:`layers`) chose another feature space.
         """
+        if isinstance(names_or_uids, str) and isinstance(feature_space, list | tuple):
+            raise QueryError(
+                f"features({names_or_uids!r}, {feature_space!r}): the names come first, "
+                f"features({feature_space!r}, {names_or_uids!r})"
+            )
         names = name_list("features()", names_or_uids)
         if not names:
             raise QueryError(f"features() needs a non-empty list of names, got {names_or_uids!r}")
+        if not isinstance(case_sensitive, bool | np.bool_):  # ("no" was taken for True)
+            raise QueryError(f"features(case_sensitive=...) takes True or False, got {case_sensitive!r}")
         resolve_feature_space(self._atlas.feature_spaces, feature_space)
         reads = self._reads.choose(feature_space, "features()", features=names, case_sensitive=case_sensitive)
         return self._with(reads=reads)

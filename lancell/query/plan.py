@@ -228,9 +228,8 @@ def _describe_groups(
         present = {lay for stored in layers_of.values() for lay in stored}
         if len(present) > 1:
             per_dataset = {by_group[n]["uid"]: sorted(stored) for n, stored in layers_of.items()}
-            raise QueryError(
-                f"the selected datasets store different layers {per_dataset}; choose with .layers()"
-            )
+            what = "dataset stores several" if len(per_dataset) == 1 else "datasets store different"
+            raise QueryError(f"the selected {what} layers {per_dataset}; choose with .layers()")
         layers = [present.pop()] if present else []
     need = any if on_unmeasured == "keep" else all
     kept = [name for name, stored in layers_of.items() if layers and need(lay in stored for lay in layers)]

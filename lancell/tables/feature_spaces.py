@@ -106,6 +106,10 @@ def feature_spaces_from_table(table: pa.Table) -> dict[str, FeatureSpace]:
 
 def resolve_feature_space(spaces: Mapping[str, FeatureSpace], name: str) -> FeatureSpace:
     """Look ``name`` up, raising a :class:`FeatureSpaceError` that lists the known spaces."""
+    if not isinstance(name, str):  # (a list here: the arguments given the other way round)
+        raise FeatureSpaceError(
+            f"a feature space is named by a str (one of {sorted(spaces)}), got {type(name).__name__} {name!r}"
+        )
     try:
         return spaces[name]
     except KeyError:

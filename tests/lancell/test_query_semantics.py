@@ -371,3 +371,21 @@ def test_a_second_choice_never_silently_replaces_the_first(atlas):
         counts.layers("gene_expression", "log_normalized")
     with pytest.raises(QueryError, match="the query already has a search"):
         atlas.query().search("monocyte").search("t cell")
+
+
+def test_arguments_given_the_other_way_round_are_typed_errors(atlas):
+    """A list as the feature space raised TypeError (unhashable), case_sensitive="no" was taken for True, and
+    features(space, names) said only that it needs a list of names."""
+    from lancell.errors import FeatureSpaceError
+
+    space = next(iter(atlas.feature_spaces))
+    with pytest.raises(QueryError, match=rf"the names come first, features\(\['A'\], '{space}'\)"):
+        atlas.query().features(space, ["A"])
+    for call in (
+        lambda: atlas.query().layers([space], "counts"),
+        lambda: atlas.query().all_features([space]),
+    ):
+        with pytest.raises(FeatureSpaceError, match="a feature space is named by a str"):
+            call()
+    with pytest.raises(QueryError, match=r"case_sensitive=...\) takes True or False, got .no."):
+        atlas.query().features(["A"], space, case_sensitive="no")
