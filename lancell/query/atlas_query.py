@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from lancell.errors import QueryError
+from lancell.errors import LancellWarning, QueryError
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
@@ -274,7 +274,8 @@ class AtlasQuery(QueryTerminals):
 
 
 def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
-    """Refuse ``dataset_uid`` values that name a modality attached to another dataset's cells.
+    """Refuse ``dataset_uid`` values that name a modality attached to another dataset's cells; warn about
+    those that name no dataset.
 
     Raises
     ------
@@ -285,9 +286,23 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
     listed = isinstance(value, list | set | frozenset | np.ndarray | pd.Index | pd.Series)
     named = [value] if isinstance(value, str) else list(value) if listed else []
     uids = [uid for uid in named if isinstance(uid, str)]
-    if not uids or "cells_of" not in core.dataset_arrow.names:
+    if not uids:
         return
-    where = f"cells_of IS NOT NULL AND uid IN ({', '.join(sql_literal(uid) for uid in uids)})"
+    listed_uids = ", ".join(sql_literal(uid) for uid in uids)
+    known = {
+        row["uid"]
+        for row in core.tables.datasets.search().where(f"uid IN ({listed_uids})").select(["uid"]).to_list()
+    }
+    if unknown := [uid for uid in uids if uid not in known]:  # (a typo read as no cells, without a word)
+        warnings.warn(
+            f"dataset_uid: {unknown} name no dataset of this atlas and select no cell (list_datasets() "
+            "shows the uids)",
+            LancellWarning,
+            stacklevel=3,  # the caller of where()
+        )
+    if "cells_of" not in core.dataset_arrow.names:
+        return
+    where = f"cells_of IS NOT NULL AND uid IN ({listed_uids})"
     rows = core.tables.datasets.search().where(where).select(["uid", "cells_of", "feature_space"]).to_list()
     if rows:
         uid, host, space = rows[0]["uid"], rows[0]["cells_of"], rows[0]["feature_space"]

@@ -4,6 +4,8 @@ embeddings that are refused, and layers or features of another feature space."""
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ import scipy.sparse as sp
 from lancedb.pydantic import Vector
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import QueryError
+from lancell.errors import LancellWarning, QueryError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import attach_modality
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -389,3 +391,14 @@ def test_arguments_given_the_other_way_round_are_typed_errors(atlas):
             call()
     with pytest.raises(QueryError, match=r"case_sensitive=...\) takes True or False, got .no."):
         atlas.query().features(["A"], space, case_sensitive="no")
+
+
+def test_a_dataset_uid_the_atlas_lacks_is_warned_about(atlas):
+    """where(dataset_uid="S1") for "s1" read as no cells, an empty AnnData, without a word."""
+    uid = atlas.list_datasets()["uid"].iloc[0]
+    with pytest.warns(LancellWarning, match=rf"dataset_uid: \['{uid.upper()}X'\] name no dataset") as told:
+        assert atlas.query().where(dataset_uid=[uid, f"{uid.upper()}X"]).count() > 0
+    assert told[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        atlas.query().where(dataset_uid=uid).count()
