@@ -11,6 +11,7 @@ import time
 import dagster as dg
 
 from lancell_assets.datasets import dataset_group
+from lancell_assets.duplicates import absent_datasets
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import snapshot_partitions
 from lancell_assets.pools import WRITER_POOL
@@ -97,6 +98,13 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
             partitions_def=snapshot_partitions,
             description="Cells in the snapshot = the sum of its datasets' n_cells.",
         ),
+        dg.AssetCheckSpec(
+            "materialized_datasets_in_atlas",
+            asset="atlas_snapshot",
+            partitions_def=snapshot_partitions,
+            description="Every dataset partition shown as materialized has its dataset in the atlas (a "
+            "warning names those deleted outside Dagster, e.g. by lancell delete).",
+        ),
     ],
 )
 def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
@@ -122,6 +130,13 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
             version = atlas.find_snapshot(label)
     frozen = atlas.checkout(version)
     problems = frozen.validate()
+    live = set(atlas.open().list_datasets()["uid"])
+    absent = absent_datasets(context.instance, dataset_group.key, live)
+    if absent:
+        context.log.warning(
+            f"dataset partitions shown as materialized whose datasets are not in the atlas (deleted outside "
+            f"Dagster?): {absent}; materialize them again to ingest their files again"
+        )
     cells = frozen.query().count()
     datasets = frozen.list_datasets()
     return dg.MaterializeResult(
@@ -144,6 +159,12 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
                 check_name="cells_equal_dataset_sum",
                 passed=cells == recorded_cells(datasets),
                 metadata={"cells": cells, "dataset_sum": recorded_cells(datasets)},
+            ),
+            dg.AssetCheckResult(
+                check_name="materialized_datasets_in_atlas",
+                passed=not absent,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"absent": dg.MetadataValue.json(absent)},
             ),
         ],
     )

@@ -7,15 +7,18 @@ partition again, after that ingestion, once per ingestion.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dagster as dg
 
-__all__ = ["stale_duplicates"]
+__all__ = ["absent_datasets", "latest_materializations", "stale_duplicates"]
 
 
-def stale_duplicates(instance: dg.DagsterInstance, asset: dg.AssetKey) -> dict[str, tuple[str, int]]:
-    """``{partition: (dataset, storage id)}``: the partitions of ``asset`` whose latest materialization
-    found their content in the atlas as ``dataset``, which a later materialization (that storage id)
-    ingested anew. Two queries of the event log, whatever the number of partitions."""
+def latest_materializations(
+    instance: dg.DagsterInstance, asset: dg.AssetKey
+) -> dict[str, tuple[int, Mapping[str, dg.MetadataValue]]]:
+    """``{partition: (storage id, metadata)}`` of each partition's latest materialization of ``asset``. Two
+    queries of the event log, whatever the number of partitions."""
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
         asset, dg.DagsterEventType.ASSET_MATERIALIZATION
     )
@@ -24,11 +27,30 @@ def stale_duplicates(instance: dg.DagsterInstance, asset: dg.AssetKey) -> dict[s
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset, storage_ids=list(latest.values())), limit=len(latest)
     ).records
-    metadata = {
+    return {
         record.asset_materialization.partition: (record.storage_id, record.asset_materialization.metadata)
         for record in records
-        if record.asset_materialization is not None
+        if record.asset_materialization is not None and record.asset_materialization.partition is not None
     }
+
+
+def absent_datasets(instance: dg.DagsterInstance, asset: dg.AssetKey, uids: set[str]) -> dict[str, str]:
+    """``{partition: dataset}``: the partitions of ``asset`` whose latest materialization stored their content
+    as ``dataset`` (their own, or the one they duplicated), which is not among ``uids`` (deleted since,
+    outside Dagster: the partition still shows as materialized)."""
+    absent = {}
+    for partition, (_, meta) in latest_materializations(instance, asset).items():
+        dataset = meta["duplicate_of"].value if "duplicate_of" in meta else partition
+        if isinstance(dataset, str) and dataset not in uids:
+            absent[partition] = dataset
+    return absent
+
+
+def stale_duplicates(instance: dg.DagsterInstance, asset: dg.AssetKey) -> dict[str, tuple[str, int]]:
+    """``{partition: (dataset, storage id)}``: the partitions of ``asset`` whose latest materialization
+    found their content in the atlas as ``dataset``, which a later materialization (that storage id)
+    ingested anew."""
+    metadata = latest_materializations(instance, asset)
     stale = {}
     for partition, (storage_id, meta) in metadata.items():
         original = meta["duplicate_of"].value if "duplicate_of" in meta else None

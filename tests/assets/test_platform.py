@@ -68,6 +68,7 @@ def test_definitions_load_and_graph_shape():
         ("content_matches", dataset_partitions),
         ("snapshot_valid", snapshot_partitions),
         ("cells_equal_dataset_sum", snapshot_partitions),
+        ("materialized_datasets_in_atlas", snapshot_partitions),
     }
     assert all(c.description for c in specs)
 

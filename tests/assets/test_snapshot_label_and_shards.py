@@ -58,3 +58,23 @@ def test_a_dataset_whose_shard_objects_are_gone_fails_dataset_consistent(platfor
     assert not checks["dataset_consistent"].passed
     problems = checks["dataset_consistent"].metadata["problems"].value
     assert "array 'csr/indices'" in problems and "shard objects are missing from the store" in problems
+
+
+def test_a_dataset_deleted_outside_dagster_is_named_by_the_snapshots_check(platform):
+    """After `lancell delete`, the partition stayed materialized and a snapshot without its cells was green
+    in every check (only its metadata's diff named the loss)."""
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k", "celltypist_sample"])
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["rel1", "rel2"])
+    for uid in ("pbmc68k", "celltypist_sample"):
+        assert _materialize(defs, instance, ["dataset_group"], uid).success
+    first = _materialize(defs, instance, ["atlas_snapshot"], "rel1")
+    checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
+    assert checks["materialized_datasets_in_atlas"].passed
+    RaggedAtlas.open(str(root / "db")).delete_dataset("pbmc68k")
+    second = _materialize(defs, instance, ["atlas_snapshot"], "rel2")
+    assert second.success  # a warning, not a failure: the deletion may be wanted
+    checks = {c.check_name: c for c in second.get_asset_check_evaluations()}
+    absent = checks["materialized_datasets_in_atlas"]
+    assert not absent.passed and absent.severity == dg.AssetCheckSeverity.WARN
+    assert absent.metadata["absent"].value == {"pbmc68k": "pbmc68k"}
