@@ -1,7 +1,8 @@
 """``where(column=value)``: keyword conditions on cell columns written as Lance SQL.
 
-``column=value`` is equality, ``column=[v1, v2]`` membership (``IN``), ``column=(low, high)`` an inclusive
-range with None for an open end, ``column=None`` a missing value. Each value is written as a literal of its
+``column=value`` is equality, ``column=[v1, v2]`` membership (``IN``; None among them: a missing value too),
+``column=(low, high)`` an inclusive range of numbers or times with None for an open end, ``column=None`` a
+missing value. Each value is written as a literal of its
 column's type (strings quoted, times as ``TIMESTAMP``, days as ``DATE``), or refused when it does not fit
 the column: Lance compares nothing across types (``n_genes = 4.0`` is its error, a time as text matches
 nothing).
@@ -120,7 +121,11 @@ def _condition(column: str, field: pa.Field, value: object) -> str:
         values = list(value)
         if not values:
             raise QueryError(f"where({column}=[]): an empty list matches no cell; give at least one value")
-        return f"{name} IN ({', '.join(_sql_literal(column, field, v) for v in values)})"
+        given = [v for v in values if v is not None]  # None among them: the missing value too, as alone
+        among = f"{name} IN ({', '.join(_sql_literal(column, field, v) for v in given)})" if given else None
+        if len(given) == len(values):
+            return among
+        return f"{name} IS NULL" if among is None else f"({among} OR {name} IS NULL)"
     return f"{name} = {_sql_literal(column, field, value)}"
 
 

@@ -402,3 +402,14 @@ def test_a_dataset_uid_the_atlas_lacks_is_warned_about(atlas):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         atlas.query().where(dataset_uid=uid).count()
+
+
+def test_a_list_with_none_selects_missing_values_too(atlas, obs):
+    """where(column=["x", None]) was refused, though None alone means a missing value."""
+    column = next(c for c in obs.columns if obs[c].dtype == object and obs[c].isna().any())
+    value = obs[column].dropna().iloc[0]
+    both = atlas.query().where(**{column: [value, None]}).count()
+    assert (
+        both == atlas.query().where(**{column: value}).count() + atlas.query().where(**{column: None}).count()
+    )
+    assert atlas.query().where(**{column: [None]}).count() == atlas.query().where(**{column: None}).count()
