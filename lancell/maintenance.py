@@ -12,6 +12,7 @@ atlas, another program or an older lancell wrote are never deleted.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -19,7 +20,13 @@ from typing import TYPE_CHECKING
 import obstore
 import pyarrow.compute as pc
 
-from lancell.errors import DatasetNotFoundError, LockTimeoutError, require_age, require_type
+from lancell.errors import (
+    DatasetNotFoundError,
+    LancellWarning,
+    LockTimeoutError,
+    require_age,
+    require_type,
+)
 from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
@@ -172,6 +179,21 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
         and not live_names.nests(claim.group)
         and not claimed_names.nests(claim.group, strictly=True)
     ]
+    waiting = sorted(  # deleted datasets' groups nothing references, kept for readers until the grace ends
+        claim.group
+        for claim in mine
+        if claim.released_at is not None
+        and claim.last_needed > cutoff
+        and not referenced_names.nests(claim.group)
+    )
+    if waiting:  # (vacuum() right after delete_dataset returned zeros without a word)
+        warnings.warn(
+            f"{len(waiting)} zarr group(s) of deleted datasets (e.g. {waiting[0]!r}) are kept until {grace} "
+            "after their deletion (readers that selected their cells before it read on meanwhile); vacuum() "
+            "then, or vacuum(grace=timedelta(0)) when no reader is left",
+            LancellWarning,
+            stacklevel=4,  # the caller of RaggedAtlas.vacuum (through its store boundary's wrapper)
+        )
     # a snapshot's group stays for its checkouts; only the pointers into it go from the table's current
     # version (a deletion stopped between the record and the rows: the dataset's rows, an attached
     # modality's pointers), read once where there are such groups
