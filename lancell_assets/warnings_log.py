@@ -18,16 +18,14 @@ from typing import Any, TextIO
 
 import dagster as dg
 
-from lancell.errors import LancellWarning
-
 __all__ = ["logged_warnings"]
 
 _sinks = threading.local()  # .sink: the running step's list of (category, message), on its thread
 _install = threading.Lock()
 
 
-def _hook(wrapped: Any) -> Any:
-    """A ``warnings.showwarning`` that hands a LancellWarning to the thread's sink, if any, else to
+def _hook(wrapped: Any, kind: type[Warning]) -> Any:
+    """A ``warnings.showwarning`` that hands a warning of ``kind`` to the thread's sink, if any, else to
     ``wrapped``."""
 
     def show(
@@ -39,7 +37,7 @@ def _hook(wrapped: Any) -> Any:
         line: str | None = None,
     ) -> None:
         sink = getattr(_sinks, "sink", None)
-        if sink is not None and issubclass(category, LancellWarning):
+        if sink is not None and issubclass(category, kind):
             sink.append((category, str(message)))
             return
         wrapped(message, category, filename, lineno, file, line)
@@ -49,9 +47,11 @@ def _hook(wrapped: Any) -> Any:
 
 
 def _installed() -> None:
+    from lancell.errors import LancellWarning  # (loading the definitions imports dagster alone)
+
     with _install:
         if not getattr(warnings.showwarning, "lancell_sink_hook", False):
-            warnings.showwarning = _hook(warnings.showwarning)
+            warnings.showwarning = _hook(warnings.showwarning, LancellWarning)
         warnings.filterwarnings("always", category=LancellWarning)  # (an equal filter is replaced, not added)
 
 
