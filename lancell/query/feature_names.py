@@ -103,10 +103,16 @@ def _folded(view: RegistryView) -> dict[str, list[int]]:
 
 def _case_hint(view: RegistryView, unknown: list[str]) -> str:
     """How the unknown names would match ignoring case ("" when none would)."""
-    spelled: dict[str, str] = {}
+    spelled: dict[str, list[str]] = {}
     for name in [*view.by_uid.index, *view.by_symbol.keys()]:
-        spelled.setdefault(name.casefold(), name)
-    matches = [f"{name!r} is {spelled[name.casefold()]!r}" for name in unknown if name.casefold() in spelled]
+        spellings = spelled.setdefault(name.casefold(), [])
+        if name not in spellings:
+            spellings.append(name)
+    matches = [  # every spelling (C1orf220 and C1ORF220: ignoring case, one name gives both)
+        f"{name!r} is {' or '.join(repr(s) for s in spelled[name.casefold()])}"
+        for name in unknown
+        if name.casefold() in spelled
+    ]
     if not matches:
         return ""
     return (

@@ -118,6 +118,11 @@ def test_features_ignoring_case_in_query_and_loader(bundled, pbmc_obs):
     both = bundled.query().layers("gene_expression", "counts").on_unmeasured("drop")
     both = both.features(["sox17"], "gene_expression", case_sensitive=False).to_anndata()
     assert sorted(both.var["gene_symbol"]) == ["SOX17", "Sox17"]
+    with pytest.raises(QueryError) as info:  # the hint named one spelling, the other column unforeseen
+        bundled.query().features(["sox17"], "gene_expression").to_anndata()
+    assert "'sox17' is 'SOX17' or 'Sox17'" in str(info.value) or "'sox17' is 'Sox17' or 'SOX17'" in str(
+        info.value
+    )
 
     dataset = folded.to_cell_dataset("gene_expression", "log_normalized")
     assert list(dataset.feature_uids) == ["LYZ", "CD3D"]
