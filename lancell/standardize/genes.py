@@ -152,7 +152,8 @@ class GeneReference:
         -------
         pandas.DataFrame
             Columns ``input``, ``ensembl_id`` (None when unresolved), ``symbol`` (current symbol),
-            ``match`` (one of :data:`GENE_MATCH_KINDS`), ``candidates`` (other ids of an ambiguous symbol,
+            ``match`` (one of :data:`GENE_MATCH_KINDS`), ``candidates`` (other ids of an ambiguous symbol; of
+            an unresolved one, the ids of symbols equal to it ignoring case,
             ``;``-separated) and ``duplicate`` (the id is also the result of another input).
         """
         inputs = pd.Series([str(v).strip() for v in values], dtype=object)
@@ -186,7 +187,16 @@ class GeneReference:
             chosen = self._prefer(old_ids)
             kind = "alias" if len(old_ids) == 1 else "ambiguous"
             return chosen, genes.at[chosen, "symbol"], kind, ";".join(i for i in old_ids if i != chosen)
-        return None, None, "unresolved", ""
+        # unresolved; the ids of symbols equal to it ignoring case are named, not chosen (``cd3e``: CD3E)
+        return None, None, "unresolved", ";".join(self._ids_ignoring_case.get(value.casefold(), ()))
+
+    @functools.cached_property
+    def _ids_ignoring_case(self) -> dict[str, list[str]]:
+        """Casefolded current symbol -> its gene ids (built at the first unresolved name)."""
+        folded: dict[str, list[str]] = {}
+        for symbol, ids in self._current_ids.items():
+            folded.setdefault(symbol.casefold(), []).extend(ids)
+        return folded
 
     def _prefer(self, ids: list[str]) -> str:
         coding = [i for i in ids if self.genes.at[i, "biotype"] == "protein_coding"]

@@ -66,6 +66,14 @@ def test_celltypist_genes_resolved_with_aliases(celltypist):
     assert int(report.genes["duplicate"].sum()) == 2
 
 
+def test_an_unresolved_symbol_names_the_genes_it_is_ignoring_case() -> None:
+    """``cd3e`` was unresolved with no candidate (cell-type labels match ignoring case, genes do not)."""
+    table = resolve_genes(["cd3e", "CD3E", "no_such_gene_xyz"], "human").set_index("input")
+    assert (table.loc["cd3e", "match"], table.loc["cd3e", "candidates"]) == ("unresolved", "ENSG00000198851")
+    assert table.loc["cd3e", "ensembl_id"] is None  # named, not chosen
+    assert table.loc["no_such_gene_xyz", "candidates"] == ""
+
+
 def test_organism_inferred_from_ensembl_ids(mouse):
     tenx = read_10x(DATA / "10x_v3" / "filtered_feature_bc_matrix.h5")
     human = resolve_genes(tenx.var["gene_ids"].tolist())
