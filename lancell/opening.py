@@ -199,14 +199,17 @@ def _warn_of_later_datasets(database: Database, snapshot: Mapping[str, Any]) -> 
     live = database.dataset(DATASETS_TABLE)
     if live.version == at:
         return
-    now = set(live.to_table(columns=["uid"]).column("uid").to_pylist())
-    then = set(database.dataset(DATASETS_TABLE, at).to_table(columns=["uid"]).column("uid").to_pylist())
+    columns = ["uid", "zarr_group"]  # (a dataset deleted and ingested again under its uid: another group)
+    now = set(zip(*live.to_table(columns=columns).to_pydict().values(), strict=True))
+    then = set(
+        zip(*database.dataset(DATASETS_TABLE, at).to_table(columns=columns).to_pydict().values(), strict=True)
+    )
     if now != then:
+        changed = sorted({uid for uid, _ in now ^ then})
         warnings.warn(
-            f"the latest snapshot ({snapshot['version']}) is older than the atlas: {len(now - then)} "
-            f"dataset(s) ingested since (e.g. {sorted(now - then)[:3]}) and {len(then - now)} deleted since "
-            "are not read as they are now; snapshot() to release them, or RaggedAtlas.open(db_uri, "
-            "read_only=True) to read the live atlas",
+            f"the latest snapshot ({snapshot['version']}) is older than the atlas: {len(changed)} dataset(s) "
+            f"ingested, deleted or replaced since (e.g. {changed[:3]}) are not read as they are now; "
+            "snapshot() to release them, or RaggedAtlas.open(db_uri, read_only=True) to read the live atlas",
             LancellWarning,
             stacklevel=4,  # the caller of RaggedAtlas.checkout_latest
         )

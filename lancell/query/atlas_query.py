@@ -64,8 +64,11 @@ class AtlasQuery(QueryTerminals):
 
         Either Lance SQL (``where("cell_type IN ('T cell', 'B cell') AND n_counts >= 200")``) or keyword
         conditions, or both: ``where(cell_type=["T cell", "B cell"], n_counts=(200, None))`` means
-        membership for a list, an inclusive range for a ``(low, high)`` tuple (None: open end), equality
-        for a value and a missing value for None; strings and column names are quoted for you.
+        membership for a list (None among its values: a missing value too), an inclusive range of numbers
+        or times for a ``(low, high)`` tuple (None: open end; refused on a text or boolean column), equality
+        for a value and a missing value for None; strings and column names are quoted for you. A
+        ``dataset_uid`` that names no dataset of the atlas (of this snapshot, for a checkout) is warned
+        about.
 
         Raises
         ------
@@ -294,9 +297,10 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
         for row in core.tables.datasets.search().where(f"uid IN ({listed_uids})").select(["uid"]).to_list()
     }
     if unknown := [uid for uid in uids if uid not in known]:  # (a typo read as no cells, without a word)
+        of = "this atlas" if core.snapshot_version is None else f"snapshot {core.snapshot_version}"
         warnings.warn(
-            f"dataset_uid: {unknown} name no dataset of this atlas and select no cell (list_datasets() "
-            "shows the uids)",
+            f"dataset_uid: {unknown} name no dataset of {of} and select no cell (list_datasets() shows the "
+            "uids)",
             LancellWarning,
             stacklevel=3,  # the caller of where()
         )

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CellSelection"]
 
+_CELL_NAMES = frozenset({"uid", "obs_name"})  # a value per cell: no labels to share across batches
+_SHARED_LABELS = 65_536  # distinct values of a text column at most, for batches to share its categories
+
 # lancedb's names of the search columns -> the names a query returns
 _SEARCH_COLUMNS = {
     "_distance": SEARCH_RESULT_COLUMN["vector"],
@@ -196,10 +199,16 @@ class CellSelection:
     ) -> dict[str, list[str]]:
         """Each text column's values (sorted, nulls left out) among the selected rows that ``keep`` keeps (a
         plan's ``select``, which reads the ``pointer`` column): read in batches of those columns alone (a
-        search's rows whole, as :meth:`batches` reads them)."""
+        search's rows whole, as :meth:`batches` reads them). Cell names (``uid``, ``obs_name``) and columns of
+        more than ``_SHARED_LABELS`` values are left out: their categories stay each batch's own (all of
+        them in every batch cost memory and time in the number of cells)."""
         schema = self.core.cell_arrow
         kept = self.kept_columns() or schema.names
-        text = [n for n in kept if n != "uid" and schema.field(n).type in (pa.string(), pa.large_string())]
+        text = [
+            n
+            for n in kept
+            if n not in _CELL_NAMES and schema.field(n).type in (pa.string(), pa.large_string())
+        ]
         if not text:
             return {}
         if self.search is None:
@@ -209,8 +218,10 @@ class CellSelection:
         values: dict[str, set[str]] = {name: set() for name in text}
         for batch in batches:
             batch = keep(batch)
-            for name in text:
+            for name in [name for name in text if name in values]:
                 values[name].update(pc.unique(batch.column(name)).drop_null().to_pylist())
+                if len(values[name]) > _SHARED_LABELS:  # a name per cell, not labels: its own per batch
+                    del values[name]
         return {name: sorted(found) for name, found in values.items()}
 
     def count(self) -> int:

@@ -94,6 +94,8 @@ def test_to_batches_code_each_label_alike_in_every_batch(bundled):
     for batch in q.to_batches(50):
         for column in ("cell_type", "dataset_uid"):
             assert list(batch.obs[column].cat.categories) == list(full.obs[column].cat.categories)
+        # a name per cell is no label: each batch keeps its own (every name in every batch grew as n^2)
+        assert len(batch.obs["obs_name"].cat.categories) == batch.n_obs
     searched = q.limit(120)  # (a limit's rows too)
     assert {tuple(b.obs["cell_type"].cat.categories) for b in searched.to_batches(50)} == {
         tuple(searched.to_anndata().obs["cell_type"].cat.categories)

@@ -56,11 +56,15 @@ def test_checkout_latest_says_when_the_atlas_changed_since_its_snapshot(atlas, p
         warnings.simplefilter("error")
         assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
     ingest_bundled(atlas, BUNDLED[1])
-    with pytest.warns(
-        LancellWarning, match=r"1 dataset\(s\) ingested since \(e.g. \['celltypist_sample'\]\)"
-    ) as told:
+    told_of = r"1 dataset\(s\) ingested, deleted or replaced since \(e.g. \['{}'\]\)"
+    with pytest.warns(LancellWarning, match=told_of.format("celltypist_sample")) as told:
         assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
     assert told[0].filename == __file__
+    atlas.snapshot()
+    atlas.delete_dataset(BUNDLED[0].uid)  # corrected and ingested again under its uid: another group
+    ingest_bundled(atlas, BUNDLED[0])
+    with pytest.warns(LancellWarning, match=told_of.format(BUNDLED[0].uid)):
+        RaggedAtlas.checkout_latest(atlas.db_uri)
 
 
 def test_checked_out_handle_is_read_only_and_frozen(atlas, celltypist):
