@@ -179,12 +179,19 @@ def cell_ranger_forms(first: Path, second: Path) -> bool:
     return len(genomes) == 1 and genomes == _v2_genomes(h5)
 
 
+def _holds_matrix(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in MATRIX_FILES)
+
+
+def _matrix_folders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder`` that hold a matrix."""
+    return [p for p in folder.iterdir() if p.is_dir() and _holds_matrix(p)]
+
+
 def _folder_read(folder: Path) -> Path:
     """The folder reading ``folder`` reads: itself, or the only matrix folder inside it (a Cell Ranger
     ``outs/`` holding ``filtered_feature_bc_matrix`` alone)."""
-    if any((folder / name).is_file() for name in MATRIX_FILES):
-        return folder
-    inner = [p for p in folder.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
+    inner = [] if _holds_matrix(folder) else _matrix_folders(folder)
     return inner[0] if len(inner) == 1 else folder
 
 
@@ -192,10 +199,9 @@ def _only_genome(outer: Path, inner: Path) -> bool:
     """Whether folder ``inner`` is the only matrix folder inside folder ``outer``, which holds no matrix
     itself."""
     inner = Path(os.path.abspath(inner))  # (a genome folder may be a link: named where it is placed)
-    if inner.parent.resolve() != outer.resolve() or any((outer / name).is_file() for name in MATRIX_FILES):
+    if inner.parent.resolve() != outer.resolve() or _holds_matrix(outer):
         return False
-    genomes = [p.name for p in outer.iterdir() if p.is_dir() and any((p / n).is_file() for n in MATRIX_FILES)]
-    return genomes == [inner.name]
+    return [p.name for p in _matrix_folders(outer)] == [inner.name]
 
 
 def _v2_genomes(h5: Path) -> list[str]:
