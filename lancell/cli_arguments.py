@@ -98,10 +98,9 @@ def check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     if folder:
         parser.error(f"-o {text}: is a folder, not a file")
     if output.suffix.lower() != ".h5ad":
-        parser.error(
-            f"-o {text}: query writes an .h5ad file; name it with the .h5ad suffix "
-            f"(e.g. {output.with_suffix('.h5ad')})"
-        )
+        bare = output.name.lower() == ".h5ad"  # (a name that is the suffix alone: ".h5ad.h5ad" was suggested)
+        example = output.with_name("cells.h5ad") if bare else output.with_suffix(".h5ad")
+        parser.error(f"-o {text}: query writes an .h5ad file; name it with the .h5ad suffix (e.g. {example})")
     if not output.parent.is_dir():
         parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
 

@@ -31,6 +31,14 @@ _FLAGS = (
     ("; nothing was ingested (on_duplicate='skip')", "; nothing was ingested"),
     ("on_conflict='keep'", "--on-conflict keep"),
     ("on_conflict='update'", "--on-conflict update"),
+    (
+        "vacuum() then, or vacuum(grace=timedelta(0)) when no reader is left",
+        "lancell vacuum then, or lancell vacuum --grace-hours 0 when no reader is left",
+    ),
+    (
+        "(RaggedAtlas.find_snapshot, the Dagster snapshot partitions)",
+        "(lancell versions, the Dagster snapshot partitions)",
+    ),
     ("feature_join('union')", "--join union"),
     ("feature_join('intersection')", "--join intersection"),
     (

@@ -363,6 +363,15 @@ def _warn_misplaced_sidecars(path: Path, sidecar: Path) -> None:
         )
 
 
+_FLAGGED = frozenset({"layers", "obs_columns", "standardize", "var_uid_column", "genome", "feature_space"})
+
+
+def _named(key: str) -> str:
+    """A sidecar key, with the ``lancell ingest`` flag that sets it where one does (a refusal names what
+    either wrote)."""
+    return f"{key} (--{key.replace('_', '-')})" if key in _FLAGGED else key
+
+
 def check_applies(spec: LandingSpec, where: str = "") -> None:
     """Refuse keys of ``spec`` that its file's kind does not use (``where`` starts the message).
 
@@ -373,16 +382,19 @@ def check_applies(spec: LandingSpec, where: str = "") -> None:
     """
     if is_tenx_output(spec.path):
         defaults = LandingSpec(path=spec.path, uid=spec.uid)
-        given = [key for key in _NOT_FOR_TENX if getattr(spec, key) != getattr(defaults, key)]
+        given = [_named(key) for key in _NOT_FOR_TENX if getattr(spec, key) != getattr(defaults, key)]
         if given:
-            raise IngestError(f"{where}{given} do not apply to {spec.path}, a 10x output (not an .h5ad)")
+            verb = "does" if len(given) == 1 else "do"
+            raise IngestError(
+                f"{where}{', '.join(given)} {verb} not apply to {spec.path}, a 10x output (not an .h5ad)"
+            )
         if spec.var_uid_column not in _TENX_UID_COLUMNS:
             raise IngestError(
-                f"{where}var_uid_column {spec.var_uid_column!r}: a 10x output's features are matched by "
-                "gene_ids (the default) or gene_symbol"
+                f"{where}{_named('var_uid_column')} {spec.var_uid_column!r}: a 10x output's features are "
+                "matched by gene_ids (the default) or gene_symbol"
             )
         return
     if spec.genome is not None:
-        raise IngestError(f"{where}genome applies to a 10x output, not to {spec.path}")
+        raise IngestError(f"{where}{_named('genome')} applies to a 10x output, not to {spec.path}")
     if spec.feature_space is None:
         raise IngestError(f"{where}feature_space null is for a 10x output; {spec.path} needs one")

@@ -104,7 +104,7 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
         raise QueryError(f"where() needs a non-empty SQL string, got {sql!r}")
     problem = _unbalanced(sql)
     if problem is not None:
-        raise QueryError(f"where({sql!r}) is not one SQL expression: {problem}")
+        raise QueryError(f"the filter {sql!r} is not one SQL expression: {problem}")
     try:  # plans without reading rows; inside parentheses, trailing tokens are an error, not ignored
         cells.to_lance().scanner(filter=f"({lance_sql(sql)})", columns=[]).explain_plan()
     except LancellError:  # a store failure (StoreError) is not the filter's fault
@@ -118,7 +118,7 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
         )
         said = lance_message(exc)
         raise QueryError(
-            f"where({sql!r}) is not a valid filter on the cell table {cells.name!r}{hint}: {said}"
+            f"the filter {sql!r} is not a valid filter on the cell table {cells.name!r}{hint}: {said}"
         ) from exc
 
 

@@ -489,6 +489,7 @@ def test_init_finds_a_schema_module_in_the_current_folder(tmp_path: Path) -> Non
         ("{tmp}/out.zarr", "query writes an .h5ad file; name it with the .h5ad suffix (e.g. {tmp}/out.h5ad)"),
         ("{tmp}/out.csv", "query writes an .h5ad file"),
         ("{tmp}/results", "name it with the .h5ad suffix (e.g. {tmp}/results.h5ad)"),
+        ("{tmp}/.h5ad", "name it with the .h5ad suffix (e.g. {tmp}/cells.h5ad)"),  # (it said .h5ad.h5ad)
         ("", "-o is empty"),
     ],
 )
@@ -655,6 +656,19 @@ def test_the_librarys_log_warnings_are_the_commands_lines(capsys: pytest.Capture
     err = capsys.readouterr().err
     assert err.splitlines()[0] == "lancell ingest: warning: lock 'd': breaking the lock of dead process 7"
     assert "not shown" not in err and "lancell ingest: warning: after" not in err
+
+
+def test_remedies_the_library_words_as_calls_are_named_by_flags() -> None:
+    """vacuum's grace warning and a reused snapshot note named vacuum(grace=timedelta(0)) and
+    RaggedAtlas.find_snapshot on the command line."""
+    from lancell.cli_messages import for_command_line
+
+    vacuum = "kept ...; vacuum() then, or vacuum(grace=timedelta(0)) when no reader is left"
+    assert for_command_line(vacuum).endswith(
+        "lancell vacuum then, or lancell vacuum --grace-hours 0 when no reader is left"
+    )
+    note = "a note labels one snapshot only (RaggedAtlas.find_snapshot, the Dagster snapshot partitions)"
+    assert "(lancell versions, the Dagster snapshot partitions)" in for_command_line(note)
 
 
 def test_a_feature_conflict_is_settled_with_on_conflict(tmp_path: Path, db: str) -> None:

@@ -146,18 +146,18 @@ def test_keys_a_10x_output_does_not_use_are_refused_before_any_ingest(tmp_path: 
     h5ad = tmp_path / "plain.h5ad"
     ad.AnnData(np.ones((2, 1), np.float32)).write_h5ad(h5ad)
     for flags, words in (
-        (["--layers", "counts=X"], "['layers'] do not apply to"),
-        (["--standardize"], "['standardize'] do not apply to"),
-        (["--obs-columns", "donor=organism"], "['obs_columns'] do not apply to"),
+        (["--layers", "counts=X"], "layers (--layers) does not apply to"),
+        (["--standardize"], "standardize (--standardize) does not apply to"),
+        (["--obs-columns", "donor=organism"], "obs_columns (--obs-columns) does not apply to"),
     ):
         refused = run("ingest", cite_db, str(h5ad), str(folder), *flags, check=False)
         assert refused.returncode == 1 and words in refused.stderr and "a 10x output" in refused.stderr
     (tmp_path / "s1.json").write_text(json.dumps({"symbol_column": "gene_symbol"}))
     refused = run("ingest", cite_db, str(folder), check=False)
-    assert "s1.json: ['symbol_column'] do not apply to" in refused.stderr
+    assert "s1.json: symbol_column does not apply to" in refused.stderr
     (tmp_path / "s1.json").unlink()
     refused = run("ingest", cite_db, str(h5ad), "--genome", "GRCh38", check=False)
-    assert f"genome applies to a 10x output, not to {h5ad}" in refused.stderr
+    assert f"genome (--genome) applies to a 10x output, not to {h5ad}" in refused.stderr
     (tmp_path / "plain.json").write_text(json.dumps({"feature_space": None}))
     refused = run("ingest", cite_db, str(h5ad), check=False)
     assert "feature_space null is for a 10x output" in refused.stderr
