@@ -6,9 +6,16 @@ Lance version, and a tag on each of those versions so that no cleanup can remove
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
-from lancell.errors import ArgumentValueError, DuplicateNoteError, ValidationError, require_type
+from lancell.errors import (
+    ArgumentValueError,
+    DuplicateNoteError,
+    LancellWarning,
+    ValidationError,
+    require_type,
+)
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
 from lancell.tables.table_schemas import VERSIONS_TABLE
@@ -19,6 +26,7 @@ from lancell.tables.versions import (
     noted_version,
     record_snapshot,
     tag_tables,
+    version_of_tables,
 )
 from lancell.tables.visibility import committed_cells
 from lancell.validation import find_problems
@@ -60,8 +68,9 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
         if not note.strip():  # it read as no note, yet named this snapshot (a second one was refused)
             raise ArgumentValueError(f"note must be a label or None, got {note!r}")
     with core.lock(SNAPSHOT_LOCK) as lease:  # snapshots are recorded under it: no other takes the note now
+        snapshots = list_snapshots(core.tables.db)
         if note is not None:
-            taken = noted_version(list_snapshots(core.tables.db), note)
+            taken = noted_version(snapshots, note)
             if taken is not None:
                 raise DuplicateNoteError(
                     f"snapshot {taken} already has the note {note!r}, and a note labels one snapshot only "
@@ -86,5 +95,13 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
             store_config=public_store_config(core.store),
             lancell_format=FORMAT_VERSION,
             note=note,
+        )
+    same = version_of_tables(snapshots, pinned)
+    if same is not None:  # recorded all the same: a note may name this release for a pipeline
+        warnings.warn(
+            f"nothing changed since snapshot {same}: snapshot {version} records the same table versions "
+            "(the same cells and data under another number)",
+            LancellWarning,
+            stacklevel=4,  # (the caller of RaggedAtlas.snapshot, past its boundary wrapper)
         )
     return version

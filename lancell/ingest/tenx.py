@@ -301,6 +301,13 @@ def add_from_10x(
             )
         )
     stored = run_transactions(transactions)
+    if zarr_layer != "counts" and any("counts" in spaces[space].layers for space in routes):
+        warnings.warn(
+            f"{matrix.path}: a 10x output's matrix holds UMI counts; they are stored under the layer "
+            f"{zarr_layer!r}, not 'counts'",
+            LancellWarning,
+            stacklevel=2,
+        )
     for kind, (columns, reason) in skipped.items():
         warnings.warn(
             f"{matrix.path}: {columns.size} {kind!r} features ({sources[f'_{kind}'].nnz} nonzero values) not "

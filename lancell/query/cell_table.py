@@ -65,6 +65,8 @@ _SOMA_LIST = re.compile(rf"{_LITERAL}|\b(?P<neg>not\s+)?in\s*\[(?P<items>(?:{_LI
 _DOUBLE_QUOTED = re.compile(rf'{_LITERAL}|"(?P<text>[^"]*)"')
 # where in Lance's own source an error was raised, which Lance appends to its message (", /home/.../x.rs:1:2")
 _RUST_LOCATION = re.compile(r",\s*\S+\.rs:\d+:\d+\s*$")
+# Lance's list of a table's columns in a planning error (with its own row columns: _rowid, _rowaddr, ...)
+_VALID_FIELDS = re.compile(r"(Valid fields are )([^.]*)(\.)")
 
 
 def sql_suggestion(sql: str, columns: Sequence[str]) -> str | None:
@@ -116,10 +118,18 @@ def check_filter(cells: Table | PinnedTable, sql: str) -> None:
             if suggestion is None
             else f"; write {suggestion} (SQL: lists as IN (...), strings in single quotes)"
         )
-        said = lance_message(exc)
+        said = _VALID_FIELDS.sub(lambda m: _own_fields(m, cells.schema.names), lance_message(exc))
         raise QueryError(
             f"the filter {sql!r} is not a valid filter on the cell table {cells.name!r}{hint}: {said}"
         ) from exc
+
+
+def _own_fields(match: re.Match[str], columns: Sequence[str]) -> str:
+    """Lance's list of valid fields without the row columns Lance adds (a column of the table's own, even
+    one named like them, stays)."""
+    listed = [name.strip() for name in match.group(2).split(",")]
+    kept = [name for name in listed if name in columns or not name.startswith("_row")]
+    return f"{match.group(1)}{', '.join(kept)}{match.group(3)}"
 
 
 def lance_message(exc: BaseException) -> str:

@@ -114,6 +114,13 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
     return None if match.empty else int(match["version"].iloc[-1])
 
 
+def version_of_tables(frame: pd.DataFrame, pinned: dict[str, int]) -> int | None:
+    """The latest snapshot of ``frame`` (:func:`list_snapshots`) that records exactly the table versions
+    ``pinned`` (the same release), or None."""
+    match = frame[frame["tables"] == json.dumps(pinned, sort_keys=True)]
+    return None if match.empty else int(match["version"].iloc[-1])
+
+
 def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:
     """The row of snapshot ``version`` (the latest when None), with ``tables`` decoded.
 

@@ -127,6 +127,8 @@ def test_bad_filter_is_a_query_error(bundled):
     with pytest.raises(QueryError, match="No field named no_such_column") as raised:
         bundled.query().where("no_such_column = 3").to_arrow()
     assert ".rs:" not in str(raised.value)  # (Lance's own source location, appended to its message)
+    said = str(raised.value)  # the cell table's columns are listed, not the row columns Lance adds
+    assert "Valid fields are uid, dataset_uid" in said and "_rowid" not in said and "_rowaddr" not in said
     with pytest.raises(QueryError, match="different layers"):
         bundled.query().to_anndata()
 

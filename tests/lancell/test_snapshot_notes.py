@@ -54,3 +54,24 @@ def test_the_command_line_refuses_a_note_in_use(atlas, capsys):
         cli.main(["snapshot", atlas.db_uri, "--optimize", "--note", " "])
     assert usage.value.code == 2 and "--note ' ' is blank" in capsys.readouterr().err
     assert RaggedAtlas.list_versions(atlas.db_uri)["note"].tolist() == ["first"]
+
+
+def test_a_snapshot_of_an_unchanged_atlas_is_recorded_with_a_warning_naming_the_same_release(atlas):
+    """A snapshot of an atlas unchanged since the last one recorded a second number for the same release
+    without a word (a scheduled job snapshotting nothing new)."""
+    import warnings
+
+    from lancell.errors import LancellWarning
+
+    ingest_bundled(atlas, BUNDLED[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        assert atlas.snapshot() == 0
+    with pytest.warns(LancellWarning, match=r"nothing changed since snapshot 0: snapshot 1 records") as said:
+        assert atlas.snapshot(note="nightly") == 1  # recorded all the same: the note names it
+    assert said[0].filename == __file__  # the caller's line
+    assert RaggedAtlas.find_snapshot(atlas.db_uri, "nightly") == 1
+    ingest_bundled(atlas, BUNDLED[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        assert atlas.snapshot() == 2

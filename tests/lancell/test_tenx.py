@@ -192,6 +192,14 @@ def test_add_from_10x_round_trip(tmp_path, path):
     assert atlas.validate() == []
 
 
+def test_a_10x_output_stored_under_another_layer_than_counts_is_warned(tmp_path):
+    """``zarr_layer="log_normalized"`` stored the file's integer UMI counts under that name without a word."""
+    atlas = _make_atlas(tmp_path, GeneOnlyCells, read_10x(V3_DIR).var)
+    with pytest.warns(LancellWarning, match=r"holds UMI counts; they are stored under the layer 'log_norm"):
+        add_from_10x(atlas, V3_DIR, zarr_layer="log_normalized", progress=False)
+    assert atlas.list_datasets()["layer"].tolist() == ["log_normalized"]  # stored as asked
+
+
 @pytest.fixture
 def with_antibodies(tmp_path) -> Path:
     """The v3 folder with its last 7 features relabelled as antibody captures."""
