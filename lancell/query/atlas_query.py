@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AtlasQuery"]
 
+_LARGEST_LIMIT = 2**63 - 1
+
 
 class AtlasQuery(QueryTerminals):
     """Builder returned by :meth:`RaggedAtlas.query`; every builder method returns a new query and leaves
@@ -144,6 +146,8 @@ class AtlasQuery(QueryTerminals):
         """Return at most ``n`` cells (``0``: none)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:  # True is an int, not a count
             raise QueryError(f"limit must be a non-negative integer, got {n!r}")
+        if n > _LARGEST_LIMIT:  # (Lance's limit is a 64-bit integer: an OverflowError when read)
+            raise QueryError(f"limit must be at most {_LARGEST_LIMIT:,}, got {n!r} (no limit: leave it out)")
         return self._with(cells=replace(self._cells, limit=int(n)))
 
     def select(self, columns: str | Sequence[str]) -> AtlasQuery:

@@ -21,7 +21,7 @@ from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, lance_message, search_builder
 from lancell.tables.obs import NULLABLE_DTYPES
 from lancell.tables.pinned_table import lance_sql, scan_readahead
-from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow
+from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow, vector_fields
 from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
@@ -100,7 +100,8 @@ class CellSelection:
     def _with_distance(self, columns: list[str]) -> list[str]:
         """``columns`` and a vector search's ``_distance`` or a text search's ``_score``, named: Lance adds
         them to the columns selected only while a deprecated default lasts (and prints a warning that says
-        so, on every call)."""
+        so, on every call). A hybrid search names neither: lancedb gives its selection to both of its
+        searches, and the vector one refuses ``_score`` (Lance's warning is printed)."""
         kind = None if self.search is None else self.search.query_type
         added = {"vector": "_distance", "fts": "_score"}.get(kind)
         return [*columns, added] if added is not None and added not in columns else columns
@@ -174,6 +175,8 @@ class CellSelection:
                     "to index) and optimize() run since cells were added, or the columns to search named: "
                     "search(..., fts_columns=[...]) reads them without an index"
                 )
+            if "required for phrase queries" in said:  # (Lance's words; its remedy is an index option)
+                said += "; lancell's full-text index keeps no word positions: search the words without quotes"
             where = self.where_clause()
             failed = "query failed" if where is None else f"query failed for filter {where!r}"
             raise QueryError(f"{failed}: {said}") from exc
@@ -248,6 +251,8 @@ class CellSelection:
                 f"cannot group by {column!r}, a feature space's pointer column: group by 'dataset_uid' "
                 "(its cells per dataset) or a metadata column"
             )
+        if column in vector_fields(self.core.cell_arrow):
+            raise QueryError(f"cannot group by {column!r}, an embedding column: group by a metadata column")
         if self.search is not None:
             values = self.read([column]).column(column)
         else:

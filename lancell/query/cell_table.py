@@ -11,13 +11,14 @@ spec into a LanceDB query builder.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lancell.errors import LancellError, QueryError
+from lancell.errors import LancellError, LancellWarning, QueryError, caller_outside_lancell
 from lancell.query.keyword_filter import keyword_filter
 from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import sql_literal
@@ -234,6 +235,23 @@ def search_spec(
     return SearchSpec(vector, "vector", vector_column_name, None, exact)
 
 
+def _warn_of_unindexed_text(cells: Table, columns: Sequence[str]) -> None:
+    """Warn that ``columns`` without a full-text index in this version of ``cells`` are matched by Lance's
+    scan: whole words as written, where the index (and rows added after it) match lower-cased word stems
+    without stop words: the same search gives other cells once ``optimize()`` has built the index."""
+    indexed = {
+        column for index in cells.list_indices() if index.index_type == "FTS" for column in index.columns
+    }
+    if unindexed := [column for column in columns if column not in indexed]:
+        warnings.warn(
+            f"text search on {unindexed} without a full-text index (optimize() builds it on the atlas's "
+            "fts_columns): words match only as written (case and word form), where the index matches "
+            "lower-cased word stems: the answer changes once the index exists",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
+        )
+
+
 def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[LanceQueryBuilder, int]:
     """The LanceDB builder of ``spec`` over ``cells`` and the limit to apply (text search: every match).
 
@@ -246,6 +264,8 @@ def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[L
         A vector or hybrid search without a limit (results are never capped silently).
     """
     kind = spec.query_type
+    if kind != "vector" and spec.fts_columns:
+        _warn_of_unindexed_text(cells, spec.fts_columns)
     if kind == "fts":  # every match, not lancedb's default of 10
         builder = cells.search(spec.query, query_type="fts", fts_columns=spec.fts_columns)
         return builder, limit if limit is not None else max(cells.count_rows(), 1)
@@ -259,4 +279,5 @@ def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[L
         builder = builder.vector(vector).text(text)
     else:
         builder = cells.search(spec.query, query_type="vector", vector_column_name=spec.vector_column_name)
+    limit = min(limit, max(cells.count_rows(), 1))  # (Lance takes a 32-bit k: no more rows exist anyway)
     return (builder.bypass_vector_index() if spec.exact else builder.refine_factor(REFINE_FACTOR)), limit

@@ -114,7 +114,7 @@ def _condition(column: str, field: pa.Field, value: object) -> str:
             )
         bounds = [f"{name} >= {_sql_literal(column, field, low)}"] if low is not None else []
         bounds += [f"{name} <= {_sql_literal(column, field, high)}"] if high is not None else []
-        if low is not None and high is not None and low > high:
+        if low is not None and high is not None and _above(column, value):
             raise QueryError(f"where({column}={value!r}): the range's low end is above its high end")
         return " AND ".join(bounds)
     if isinstance(value, list | set | frozenset | np.ndarray | pd.Index | pd.Series):
@@ -149,3 +149,18 @@ def keyword_filter(schema: pa.Schema, conditions: Mapping[str, object]) -> str:
     if unknown:
         raise QueryError(f"where(): unknown cell columns {unknown}; the cell table has {schema.names}")
     return " AND ".join(f"({_condition(c, schema.field(c), v)})" for c, v in conditions.items())
+
+
+def _above(column: str, value: tuple) -> bool:
+    """Whether the range ``value``'s low end is above its high end (two documented forms of a time compare
+    as times: a datetime and an np.datetime64 do not compare in Python)."""
+    low, high = value
+    try:
+        return bool(low > high)
+    except TypeError:
+        try:
+            return bool(pd.Timestamp(low) > pd.Timestamp(high))
+        except (TypeError, ValueError) as exc:
+            raise QueryError(
+                f"where({column}={value!r}): the range's ends do not compare ({exc}); give both in one form"
+            ) from exc

@@ -1,7 +1,8 @@
 """Indexes on the cell table, (re)built by ``optimize()``: full-text on chosen columns, ANN on embeddings.
 
 Vector columns get an IVF-PQ index once the table holds ``VECTOR_INDEX_MIN_ROWS`` cells; below that, search
-is exact (a flat scan is both exact and fast at that size).
+is exact (a flat scan is both exact and fast at that size), and an index built while the table was larger
+(before datasets were deleted) is dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ VECTOR_INDEX_MIN_ROWS = 100_000
 def build_indexes(
     cells: Table, fts_columns: Sequence[str], *, vector_min_rows: int = VECTOR_INDEX_MIN_ROWS
 ) -> list[str]:
-    """Build the cell table's indexes; return the names of the indexed columns."""
+    """Build the cell table's indexes; return the names of the indexed columns.
+
+    A vector column's index is dropped while the table holds fewer than ``vector_min_rows`` rows: its
+    searches scan every row (exact), as documented for that size.
+    """
     built = []
     rows = cells.count_rows()
     if rows == 0:
@@ -38,6 +43,10 @@ def build_indexes(
         built.append(column)
     for column, width in vector_fields(cells.schema).items():
         if rows < vector_min_rows:
+            for index in cells.list_indices():
+                if list(index.columns) == [column]:  # built above the threshold, before deletions
+                    cells.drop_index(index.name)
+                    log.info("index %s on %s dropped: %d rows search exactly", index.name, column, rows)
             continue
         sub_vectors = next(d for d in (16, 8, 4, 2, 1) if width % d == 0)
         partitions = max(1, min(1024, rows // 4096))

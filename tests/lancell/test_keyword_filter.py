@@ -65,6 +65,8 @@ def _rows(table, **conditions) -> list[int]:
         ({"n": 4.0}, [1]),
         ({"n": (1.0, np.float32(4))}, [0, 1]),
         ({"n": [np.int64(7), 1]}, [0, 3]),
+        # two documented forms of a time that Python does not compare (a builtins TypeError)
+        ({"when": (dt.datetime(2019, 1, 1), np.datetime64("2020-01-01"))}, [0, 3]),
         ({"when": None, "n": None}, [2]),
     ],
 )
@@ -78,6 +80,7 @@ def test_conditions_select_the_rows_they_name(table, conditions, rows):
         ({"n": 4.5}, r"4\.5 \(float\) cannot be compared .* 'n' of type int64: it holds whole numbers"),
         ({"n": (5, 2)}, r"where\(n=\(5, 2\)\): the range's low end is above its high end"),
         ({"when": (dt.datetime(2021, 1, 1), dt.datetime(2020, 1, 1))}, r"low end is above its high end"),
+        ({"when": (np.datetime64("2021-01-01"), dt.datetime(2020, 1, 1))}, r"low end is above its high end"),
         ({"when": "2020-01-01"}, r"'2020-01-01' \(str\) cannot be compared .* 'when' of type timestamp"),
         ({"when": pd.Timestamp("2020-01-01", tz="UTC")}, r"the column's times have no time zone"),
         ({"zoned": dt.datetime(2020, 1, 1)}, r"give a time in a time zone \(the column's is UTC\)"),

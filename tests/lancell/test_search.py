@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -193,6 +194,28 @@ def test_ann_index_built_above_threshold(searchable, tmp_path):
     assert {i.index_type for i in table.list_indices()} == {"FTS", "IvfPq"}
     hits = table.search(emb[3], vector_column_name="embedding").limit(10).to_arrow()
     assert hits.num_rows == 10
+    # cells deleted below the threshold: the index goes (it stayed, and searches stayed approximate where
+    # exact ones are documented), the text index stays
+    table.delete("cell_type = 'x'")
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb[:3].ravel()), 16)
+    table.add(pa.table({"cell_type": ["y"] * 3, "embedding": vectors}))
+    assert build_indexes(table, ["cell_type"], vector_min_rows=len(emb)) == ["cell_type"]
+    assert {i.index_type for i in table.list_indices()} == {"FTS"}
+
+
+def test_misuse_of_an_embedding_column_or_a_huge_limit_is_a_query_error(searchable):
+    """count(group_by=<embedding>) raised pyarrow's ArrowNotImplementedError, limit(2**63) an OverflowError
+    on reading, and a search's limit of 2**32 or more an OverflowError in Lance."""
+    atlas, pbmc = searchable
+    with pytest.raises(QueryError, match="cannot group by 'embedding', an embedding column"):
+        atlas.query().count(group_by="embedding")
+    with pytest.raises(
+        QueryError, match=r"limit must be at most 9,223,372,036,854,775,807, got 9223372036854775808"
+    ):
+        atlas.query().limit(2**63)
+    probe = pbmc.obsm["X_emb"][0]
+    assert atlas.query().search(probe).limit(2**63 - 1).count() == pbmc.n_obs  # every cell, ranked
+    assert atlas.query().limit(2**63 - 1).count() == pbmc.n_obs
 
 
 def test_hybrid_search_fuses_vector_and_text_rankings(searchable):
@@ -276,3 +299,44 @@ def test_text_search_errors_say_what_to_do(searchable, tmp_path):
     assert "filter None" not in str(raised.value) and ".rs:" not in str(raised.value)
     assert "search(..., fts_columns=[...]) reads them without an index" in str(raised.value)
     assert plain.query().search("monocyte", fts_columns="cell_type").count() == 0  # (that remedy runs)
+
+
+def test_text_search_without_its_index_warns_that_words_match_as_written(tmp_path):
+    """Before optimize() built the index (and in a snapshot taken then), search("monocyte",
+    fts_columns=[...]) matched "monocyte" as written; with the index, lower-cased stems (129 cells): other
+    cells for the same call, without a word."""
+    from lancell.errors import LancellWarning
+
+    pbmc = BUNDLED[0].read()
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        EmbeddedCells,
+        registry_schemas={"gene_expression": GeneFeature},
+        fts_columns=["cell_type"],
+    )
+    atlas.register_features(
+        "gene_expression", pd.DataFrame({"uid": pbmc.var_names, "gene_symbol": pbmc.var_names})
+    )
+    add_from_anndata(
+        atlas,
+        pbmc,
+        feature_space="gene_expression",
+        zarr_layer="log_normalized",
+        dataset_record=DatasetRecord(uid="pbmc"),
+        progress=False,
+    )
+    before = atlas.snapshot()
+    unindexed = r"text search on \['cell_type'\] without a full-text index"
+    with pytest.warns(LancellWarning, match=unindexed) as said:
+        assert atlas.query().search("monocyte", fts_columns=["cell_type"]).count() == 0  # "Monocyte" only
+    assert said[0].filename == __file__
+    atlas.optimize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        assert atlas.query().search("monocyte", fts_columns=["cell_type"]).count() == 129
+    with pytest.raises(QueryError, match="keeps no word positions: search the words without quotes"):
+        atlas.query().search('"CD14+ Monocyte"').count()  # Lance's advice named an index option
+    pinned = RaggedAtlas.checkout(str(tmp_path / "db"), before)  # that version has no index
+    with pytest.warns(LancellWarning, match="without a full-text index"):
+        pinned.query().search("monocyte", fts_columns=["cell_type"]).to_pandas()
