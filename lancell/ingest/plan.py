@@ -27,7 +27,7 @@ from lancell.errors import (
 from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
-from lancell.tables.names import with_nul
+from lancell.tables.names import not_utf8, with_nul
 from lancell.tables.obs import altered_obs_columns, obs_to_arrow, undeclared_obs_columns
 from lancell.tables.registry import layout_uid_for, registered_symbols, registry_index, sql_literal
 from lancell.tables.schema import (
@@ -175,8 +175,8 @@ def check_obs_names(dataset: str, obs_names: pd.Index) -> None:
     Raises
     ------
     IngestError
-        A missing name (None, NaN), one holding a NUL character, or names equal as text (``1`` and ``"1"``
-        included).
+        A missing name (None, NaN), one holding a NUL character or a character UTF-8 cannot write, or
+        names equal as text (``1`` and ``"1"`` included).
     """
     missing = np.flatnonzero(pd.isna(obs_names))
     if missing.size:
@@ -193,6 +193,13 @@ def check_obs_names(dataset: str, obs_names: pd.Index) -> None:
         raise IngestError(
             f"dataset {dataset!r}: {rows.size} obs names hold a NUL character, first at row {int(rows[0])}: "
             f"{text[nul[0]]!r}"
+        )
+    unwritable = not_utf8(text)
+    if unwritable.size:
+        rows = np.flatnonzero(np.isin(obs_names.codes, unwritable)) if categorical else unwritable
+        raise IngestError(
+            f"dataset {dataset!r}: {rows.size} obs names hold characters UTF-8 cannot write (text decoded "
+            f"from bytes that are not UTF-8), first at row {int(rows[0])}: {text[unwritable[0]]!r}"
         )
     if text.has_duplicates or (categorical and pd.Index(obs_names.codes).has_duplicates):
         if categorical:

@@ -20,6 +20,7 @@ from lancell.errors import ObsConversionError, QueryError
 __all__ = ["NULLABLE_DTYPES", "altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
+_FLOAT_INTEGERS = 2**53  # float64 holds every whole number below it, and not all above
 
 
 def _first_bad(series: pd.Series, mask: np.ndarray) -> str:
@@ -138,6 +139,7 @@ def _to_dates(
 ) -> pd.Series:
     """The calendar dates of ``values`` (nulls where ``missing``): dates as they are, datetimes at midnight
     as their own wall-clock date (Arrow would take a zoned one's UTC date: the day before, east of UTC).
+    Dates outside pandas' nanosecond times (years 1677-2262; 9999-12-31 is a common open end) are kept.
 
     Raises
     ------
@@ -146,6 +148,8 @@ def _to_dates(
     """
     if values.dtype.kind == "M":
         stamps = values.dt.tz_localize(None) if values.dt.tz is not None else values
+        timed = ~missing & (stamps != stamps.dt.normalize()).to_numpy(dtype=bool)
+        days = stamps.dt.date
     else:
         dated = np.fromiter(
             (m or isinstance(v, datetime.date | np.datetime64) for v, m in zip(values, missing, strict=True)),
@@ -159,8 +163,9 @@ def _to_dates(
                 f"{type(values.iloc[int(np.flatnonzero(~dated)[0])]).__name__} value for a {field.type} "
                 f"field at {_first_bad(series, ~dated)}; convert the column explicitly",
             )
-        stamps = pd.Series([pd.NaT if m else _wall_clock(v) for v, m in zip(values, missing, strict=True)])
-    timed = ~missing & (stamps != stamps.dt.normalize()).to_numpy(dtype=bool)
+        pairs = [(None, False) if m else _wall_clock_day(v) for v, m in zip(values, missing, strict=True)]
+        timed = np.fromiter((t for _, t in pairs), dtype=bool, count=len(pairs))
+        days = pd.Series([day for day, _ in pairs], dtype=object)
     if timed.any():
         raise ObsConversionError(
             dataset,
@@ -168,13 +173,17 @@ def _to_dates(
             f"a time of day at {_first_bad(series, timed)}, but the field stores dates ({field.type}): "
             "convert the column explicitly (.dt.normalize() keeps the day)",
         )
-    return stamps.reset_index(drop=True)
+    return pd.Series(np.where(missing, None, days.to_numpy(dtype=object)), dtype=object)
 
 
-def _wall_clock(value: datetime.date | np.datetime64) -> pd.Timestamp:
-    """``value`` as a time-zone-free timestamp of its own wall clock."""
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize(None) if stamp.tz is not None else stamp
+def _wall_clock_day(value: datetime.date | np.datetime64) -> tuple[datetime.date, bool]:
+    """``value``'s own wall-clock date, and whether it has a time of day."""
+    if isinstance(value, np.datetime64):
+        day = value.astype("datetime64[D]")
+        return day.item(), bool(value != day)
+    if isinstance(value, datetime.datetime):  # (pd.Timestamp is one): a zoned one's own wall clock
+        return value.date(), value.time() != datetime.time(0)
+    return value, False
 
 
 def _to_integers(
@@ -207,7 +216,14 @@ def _to_integers(
             dataset, field.name, f"non-integer value at {_first_bad(series, fractional)}"
         )
     info = np.iinfo(field.type.to_pandas_dtype())
-    outside = ~missing & ((as_float < info.min) | (as_float > info.max))
+    if values.dtype.kind == "O" and (np.abs(as_float[~missing]) >= _FLOAT_INTEGERS).any():
+        # beyond float64's whole numbers pd.to_numeric rounded them (it gives floats when one is missing)
+        whole = [0 if m else int(v) for v, m in zip(values, missing, strict=True)]
+        outside = np.fromiter((not info.min <= v <= info.max for v in whole), dtype=bool, count=len(whole))
+        if not outside.any():  # (pd.array of Python ints next to a None goes through float64 too)
+            return pd.arrays.IntegerArray(np.array(whole, dtype=info.dtype), missing.copy())
+    else:
+        outside = ~missing & ((as_float < info.min) | (as_float > info.max))
     if outside.any():
         raise ObsConversionError(
             dataset,

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
 from lancell.tables.atlas_tables import read_columns
-from lancell.tables.names import with_nul
+from lancell.tables.names import not_utf8, with_nul
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
@@ -96,6 +96,12 @@ def prepare_features(
     if nul.size:
         raise FeatureRegistryError(
             f"{feature_space}: {nul.size} feature uids hold a NUL character, e.g. {text.iloc[nul[0]]!r}"
+        )
+    unwritable = not_utf8(text)
+    if unwritable.size:
+        raise FeatureRegistryError(
+            f"{feature_space}: {unwritable.size} feature uids hold characters UTF-8 cannot write, e.g. "
+            f"{text.iloc[unwritable[0]]!r}"
         )
     padded = text[text != text.str.strip()]
     if len(padded):  # a uid is matched exactly: " CD3E" never matched CD3E (lancell query strips names)

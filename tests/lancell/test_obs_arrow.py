@@ -81,6 +81,23 @@ ACCEPTED = {  # (values, schema type, stored)
         pa.date32(),
         [dt.date(2020, 1, 2), None, dt.date(2020, 1, 3)],
     ),
+    # beyond pandas' nanosecond times (an AttributeError): an open end, and a day as numpy writes it
+    "dates after 2262 into a date": (
+        pd.Series([dt.date(9999, 12, 31), None, np.datetime64("3000-01-01")], dtype=object),
+        pa.date32(),
+        [dt.date(9999, 12, 31), None, dt.date(3000, 1, 1)],
+    ),
+    # beyond float64's whole numbers next to a missing value (pd.to_numeric rounded 2**60 + 1 to 2**60)
+    "large integer categories with a missing value": (
+        pd.Categorical([2**60 + 1, None, 2**63 - 1]),
+        pa.int64(),
+        [2**60 + 1, None, 2**63 - 1],
+    ),
+    "large integers as text with a missing value": (
+        pd.Series([str(2**60 + 1), None], dtype=object),
+        pa.int64(),
+        [2**60 + 1, None],
+    ),
 }
 
 

@@ -346,6 +346,14 @@ CASES: dict[str, Bad] = {
     "an obs name holding NUL": bad_ingest(
         mutated(lambda a: setattr(a, "obs_names", ["a\0b", *a.obs_names[1:]])), IE, "{uid}", "NUL", "row 0"
     ),
+    # bytes that are not UTF-8 decoded with surrogateescape: a bare UnicodeEncodeError after the matrix write
+    "an obs name UTF-8 cannot write": bad_ingest(
+        mutated(lambda a: setattr(a, "obs_names", [*a.obs_names[:2], "AC\udcff-1", *a.obs_names[3:]])),
+        IE,
+        "{uid}",
+        "UTF-8 cannot write",
+        "row 2",
+    ),
     # features
     "duplicate gene ids": bad_ingest(
         mutated(lambda a: setattr(a, "var_names", [*GENES[:-1], GENES[0]])),
@@ -535,6 +543,11 @@ CASES: dict[str, Bad] = {
     ),
     "register a feature uid holding NUL": Bad(
         register(pd.DataFrame({"uid": ["X\0Y"]})), errors.FeatureRegistryError, ("gene_expression", "NUL")
+    ),
+    "register a feature uid UTF-8 cannot write": Bad(
+        register(pd.DataFrame({"uid": ["X\udcffY"]})),
+        errors.FeatureRegistryError,
+        ("gene_expression", "UTF-8 cannot write"),
     ),
     "register features without a uid column": Bad(
         register(pd.DataFrame({"gene_symbol": ["x"]})),
