@@ -17,6 +17,7 @@ listed in the group's ``zero_fill``.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -24,7 +25,13 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from lancell.errors import DatasetNotFoundError, IngestError, ShapeMismatchError
+from lancell.errors import (
+    DatasetNotFoundError,
+    IngestError,
+    LancellWarning,
+    ShapeMismatchError,
+    caller_outside_lancell,
+)
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
 from lancell.ingest.sources import matrix_source, stored_dtype
 from lancell.storage.csc import write_csc
@@ -65,13 +72,16 @@ def add_layer(
         Cells x features: an AnnData whose obs names are the dataset's (any order) and whose var names are
         the uids of its features (any order), or a matrix (numpy, scipy sparse) whose rows and columns follow
         the dataset's stored order (that of ``query().where(dataset_uid=...).to_anndata()`` on the dataset
-        alone). Integers are stored as ``uint32`` (BP-128), floats as ``float32`` (zstd). Explicit zeros off
+        alone), for a dataset whose input listed its features in that order (increasing global index; else
+        its columns could follow either order, and a plain matrix is refused: name them with an AnnData).
+        Integers are stored as ``uint32`` (BP-128), floats as ``float32`` (zstd). Explicit zeros off
         the stored pattern are the same matrix and are not stored.
 
     Raises
     ------
     IngestError
-        An unknown dataset, a layer already stored or not allowed, cells or features that do not match,
+        An unknown dataset, a layer already stored or not allowed, cells or features that do not match, a
+        plain matrix for a dataset stored in another feature order than its input's,
         values off the stored pattern or invalid (``DataValueError``), an atlas whose dataset table predates
         several layers (nowhere to record one); the atlas is unchanged.
     """
@@ -103,7 +113,7 @@ def add_layer(
         if _mentioned(attrs, name):  # debris of an interrupted call that no record or snapshot lists: it goes
             attrs = _without(attrs, name)  # first (its dtype would be checked against the new values')
             _roll_back(group, attrs, name)
-        source = matrix_source(dataset_uid, _aligned(atlas, record, matrix))
+        source = matrix_source(dataset_uid, _aligned(atlas, record, attrs, matrix))
         where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
         # whether the record may list the layer (an interrupt may follow its update's commit): then only the
         # record is rolled back (the unlisted arrays are invisible; the next add_layer overwrites them)
@@ -163,9 +173,12 @@ def _record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:
     return rows[0]
 
 
-def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
+def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matrix: object) -> object:
     """``matrix`` with rows and columns in the dataset's stored order: an AnnData reordered by name, a plain
-    matrix from the query's row order (which attaching a modality changes) to the stored rows."""
+    matrix from the query's row order (which attaching a modality changes) to the stored rows; a plain matrix
+    is refused for a dataset whose input listed its features in another order (group attribute
+    ``var_reordered``: the input's own layer would put values under other features), and warned of for a
+    group written before that attribute."""
     uid, n_cells, n_features = record["uid"], int(record["n_cells"]), int(record["n_features"])
     space = record["feature_space"]
     cells = (
@@ -203,9 +216,32 @@ def _aligned(atlas: RaggedAtlas, record: object, matrix: object) -> object:
         raise ShapeMismatchError(
             f"dataset {uid!r}: the layer has shape {tuple(matrix.shape)}, the dataset {(n_cells, n_features)}"
         )
+    _check_plain_columns(uid, attrs.get("var_reordered"))
     if (stored_rows != np.arange(n_cells)).any():  # query order -> stored order
         matrix = matrix[np.argsort(stored_rows)]
     return matrix
+
+
+def _check_plain_columns(uid: str, reordered: object) -> None:
+    """Refuse (or, for a group that does not record it, warn of) a plain matrix for a dataset whose features
+    are stored in another order than its input listed them."""
+    remedy = (
+        "give the layer as an AnnData whose var names are the feature uids (e.g. AnnData(X=layer, "
+        "obs=adata.obs, var=adata.var) of the file ingested)"
+    )
+    if reordered is True:
+        raise IngestError(
+            f"add_layer: dataset {uid!r}: its input listed its features in another order than they are "
+            f"stored (increasing global index): a plain matrix could follow either order; {remedy}"
+        )
+    if reordered is None:
+        warnings.warn(
+            f"add_layer: dataset {uid!r} was stored by a lancell that did not record whether its features "
+            "were reordered: the matrix's columns are taken in stored order (query().where(dataset_uid=...)"
+            f"'s var), not necessarily the ingested file's; to be sure, {remedy}",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
+        )
 
 
 def _write_values(group: zarr.Group, dataset: str, name: str, source: object, kind: str) -> bool:

@@ -105,4 +105,7 @@ def _group_attrs(plan: IngestPlan, space: FeatureSpace) -> dict[str, object]:
         "layout_uid": plan.layout_uid,
         "n_features": len(plan.feature_uids),
         "dataset_uid": plan.dataset,
+        # the input listed its features in another order than stored (increasing global index): a layer
+        # added later as a plain matrix in the input's order would put values under other features
+        "var_reordered": plan.stored_column is not None,
     }

@@ -155,7 +155,9 @@ def test_after_add_layer_on_a_counts_only_dataset(atlas, celltypist):
     _ingest(atlas, counts_only, "late", zarr_layer="counts")
     stored = atlas.query().to_anndata()  # the dataset's stored order of cells and features
     normalized = adata[stored.obs_names.str.split(":").str[1], stored.var_names].X
-    add_layer(atlas, "late", "log_normalized", sp.csr_matrix(normalized))
+    names = pd.DataFrame(index=stored.obs_names.str.split(":", n=1).str[1])  # (the stored order, named)
+    layer = ad.AnnData(X=sp.csr_matrix(normalized), obs=names, var=pd.DataFrame(index=stored.var_names))
+    add_layer(atlas, "late", "log_normalized", layer)
     snapshot = RaggedAtlas.checkout(atlas.db_uri, atlas.snapshot())
     query = snapshot.query().layers(SPACE, ["counts", "log_normalized"])
     for mode in ("random", "locality"):

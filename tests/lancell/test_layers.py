@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -48,6 +49,14 @@ def _assert_same(got: sp.spmatrix, want: sp.spmatrix, kind: str) -> None:
     np.testing.assert_array_equal(got.indptr, want.indptr)
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.data, want.data.astype(got.dtype))
+
+
+def _stored_order(atlas: RaggedAtlas, uid: str, matrix) -> ad.AnnData:
+    """``matrix``, whose rows and columns follow dataset ``uid``'s stored order, named (a plain matrix is
+    refused for a dataset whose input listed its features in another order)."""
+    out = atlas.query().where(dataset_uid=uid).layers("gene_expression", "counts").to_anndata()
+    obs = pd.DataFrame(index=out.obs_names.str.split(":", n=1).str[1])
+    return ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=out.var_names))
 
 
 def _query(atlas: RaggedAtlas, layers, policy: str = "error"):
@@ -162,7 +171,7 @@ def test_a_layer_another_handle_added_gives_its_dtype_to_cells_without_it(atlas,
     assert early.query().layers("gene_expression", "counts").to_anndata().n_obs == 30  # its groups read
     out = atlas.query().where(dataset_uid="a").to_anndata()  # the stored order of cells and features
     halves = sp.csr_matrix(adata[out.obs_names.str.split(":").str[1], out.var_names].X, dtype=np.float32) / 2
-    add_layer(atlas, "a", "log_normalized", halves)
+    add_layer(atlas, "a", "log_normalized", _stored_order(atlas, "a", halves))
     only_b = _query(early, ["counts", "log_normalized"], "keep").where(dataset_uid="b").to_anndata()
     assert only_b.layers["log_normalized"].dtype == np.float32
 
@@ -175,7 +184,9 @@ def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
     before = atlas.snapshot()
     out = atlas.query().to_anndata()  # the stored order of the dataset's cells and features
     normalized = adata[out.obs_names.str.split(":").str[1], out.var_names].X
-    assert add_layer(atlas, "late", "log_normalized", sp.csr_matrix(normalized)) == [
+    assert add_layer(
+        atlas, "late", "log_normalized", _stored_order(atlas, "late", sp.csr_matrix(normalized))
+    ) == [
         "counts",
         "log_normalized",
     ]
@@ -206,7 +217,7 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
         IngestError,
         match=r"cell row 3, feature \d+ \(stored order\) holds a value where the stored layers have none",
     ):
-        add_layer(atlas, "late", "log_normalized", x)
+        add_layer(atlas, "late", "log_normalized", _stored_order(atlas, "late", x))
     assert atlas.core.group_attrs(record.zarr_group) == attrs
     assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
@@ -221,9 +232,10 @@ def test_add_layer_to_a_dataset_without_values_refuses_values_typed(atlas, cellt
     x = np.zeros(empty.shape, np.float32)
     x[2, 5] = 1.0
     with pytest.raises(IngestError, match=r"cell row 2, feature \d+ \(stored order\) holds a value where"):
-        add_layer(atlas, "no_values", "log_normalized", x)
+        add_layer(atlas, "no_values", "log_normalized", _stored_order(atlas, "no_values", x))
     assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
-    assert add_layer(atlas, "no_values", "log_normalized", np.zeros(empty.shape, np.float32)) == [
+    zeros = _stored_order(atlas, "no_values", np.zeros(empty.shape, np.float32))
+    assert add_layer(atlas, "no_values", "log_normalized", zeros) == [
         "counts",
         "log_normalized",
     ]
@@ -379,13 +391,13 @@ def test_a_handle_opened_before_another_add_layer_keeps_and_reads_that_layer(atl
     order = stale.query().to_anndata()  # opens (and keeps) the dataset's group
     reader.query().to_anndata()
     normalized = sp.csr_matrix(adata[order.obs_names.str.split(":").str[1], order.var_names].X)
-    add_layer(atlas, "d", "log_normalized", normalized)
+    add_layer(atlas, "d", "log_normalized", _stored_order(atlas, "d", normalized))
     pinned = atlas.snapshot()
     _assert_same(reader.query().layers("gene_expression", "log_normalized").to_anndata().X, normalized, "f")
     off_pattern = np.ones(counts_only.shape, np.float32)
     with pytest.raises(IngestError, match="holds a value where the stored layers have none"):
-        add_layer(stale, "d", "scaled", off_pattern)
-    add_layer(stale, "d", "normalized", normalized / 2)
+        add_layer(stale, "d", "scaled", _stored_order(atlas, "d", off_pattern))
+    add_layer(stale, "d", "normalized", _stored_order(atlas, "d", normalized / 2))
     got = stale.query().layers("gene_expression", "log_normalized").to_anndata()
     _assert_same(got.X, normalized, "f")
     for reader in (RaggedAtlas.checkout(atlas.db_uri, pinned), RaggedAtlas.open(atlas.db_uri)):
@@ -405,7 +417,8 @@ def test_validate_reports_a_listed_layer_the_group_does_not_store(atlas, celltyp
     adata = celltypist[:40].copy()
     adata.obs = adata.obs[[]]
     record = _ingest(atlas, adata, "d", zarr_layer="counts")
-    add_layer(atlas, "d", "log_normalized", sp.csr_matrix(atlas.query().to_anndata().X, dtype=np.float32))
+    stored = sp.csr_matrix(atlas.query().to_anndata().X, dtype=np.float32)
+    add_layer(atlas, "d", "log_normalized", _stored_order(atlas, "d", stored))
     group = atlas.core.zarr_root[record.zarr_group]
     group.attrs["layers"] = {"counts": "uint32"}  # the damage a stale handle's add_layer used to do
     problems = atlas.validate()
@@ -432,3 +445,44 @@ def test_adata_raw_is_not_a_layer_and_is_warned_as_not_stored(atlas, celltypist)
         warnings.simplefilter("error", LancellWarning)  # nothing is lost: no warning says it is
         warnings.filterwarnings("ignore", "dataset 'recipe': obs columns", LancellWarning)
         _ingest(atlas, recipe, "recipe", layers={"counts": "counts", "normalized": "X"})
+
+
+def test_a_plain_matrix_is_refused_for_a_dataset_whose_input_listed_its_features_in_another_order(tmp_path):
+    """The file's own layer given as a plain matrix (columns G2, G0, G1 as in its var) was stored under the
+    stored order G0, G1, G2: G0's normalized value was G2's, without a word."""
+    from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+    class Gene(FeatureBaseSchema):
+        gene_symbol: str
+
+    class Cell(LancellBaseSchema):
+        gene_expression: SparseZarrPointer | None = None
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", Cell, registry_schemas={"gene_expression": Gene}
+    )
+    genes = pd.DataFrame({"uid": ["G0", "G1", "G2"], "gene_symbol": ["a", "b", "c"]})
+    atlas.register_features("gene_expression", genes)
+    counts = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32)
+    normalized = np.log1p(counts).astype(np.float32)
+    for uid, order in (("shuffled", ["G2", "G0", "G1"]), ("in_order", ["G0", "G1", "G2"])):
+        adata = ad.AnnData(
+            X=sp.csr_matrix(counts),
+            obs=pd.DataFrame(index=["c0", "c1"]),
+            var=pd.DataFrame(index=order),
+            layers={"normalized": sp.csr_matrix(normalized)},
+        )
+        _ingest(atlas, adata, uid, zarr_layer="counts")
+    attrs = atlas.core.group_attrs(atlas.list_datasets().set_index("uid").loc["shuffled", "zarr_group"])
+    with pytest.raises(IngestError, match=r"'shuffled': its input listed its features in another order"):
+        add_layer(atlas, "shuffled", "normalized", normalized)
+    assert (
+        atlas.core.group_attrs(atlas.list_datasets().set_index("uid").loc["shuffled", "zarr_group"]) == attrs
+    )
+    named = ad.AnnData(
+        X=normalized, obs=pd.DataFrame(index=["c0", "c1"]), var=pd.DataFrame(index=["G2", "G0", "G1"])
+    )
+    add_layer(atlas, "shuffled", "normalized", named)
+    add_layer(atlas, "in_order", "normalized", normalized)  # the input's order is the stored one
+    out = _query(atlas, ["normalized", "counts"]).to_anndata()
+    np.testing.assert_allclose(out.X.toarray(), np.log1p(out.layers["counts"].toarray()), rtol=1e-6)
