@@ -104,8 +104,15 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
         frame["gene_symbol"] = _symbols(spec, symbols, frame["uid"], schema.field("gene_symbol").nullable)
     if "organism" in schema.names and spec.organism is not None:
         frame["organism"] = spec.organism
-    for name in set(schema.names) & set(var.columns) - set(frame.columns):
+    for name in set(schema.names) & set(var.columns) - set(frame.columns) - {"global_index"}:
         frame[name] = var[name].to_numpy()
+    if "global_index" in var.columns:  # (as lancell query writes it): this atlas numbers its own features
+        warnings.warn(
+            f"{spec.path}: var column 'global_index' (another atlas's numbering of its features, as "
+            "`lancell query` writes it) is not registered: this atlas numbers its features itself",
+            LancellWarning,
+            stacklevel=4,
+        )
     return frame
 
 

@@ -89,6 +89,19 @@ def test_query_output_equals_the_python_api(built: Path) -> None:
     np.testing.assert_array_equal(cli.varm["presence"].to_numpy(), api.varm["presence"].to_numpy())
 
 
+def test_a_query_output_is_ingested_into_another_atlas(built: Path, tmp_path: Path) -> None:
+    """`lancell ingest` of a `lancell query -o` file was refused (exit 1): its var column global_index was
+    taken for registry values the atlas assigns."""
+    out = tmp_path / "cells.h5ad"
+    run("query", str(built / "db"), "--where", "dataset_uid = 'celltypist_sample'", "-o", str(out))
+    db = str(tmp_path / "db")
+    run("init", db)
+    ingested = run("ingest", db, str(out))
+    assert "var column 'global_index' (another atlas's numbering" in ingested.stderr
+    exported, again = ad.read_h5ad(out), RaggedAtlas.open(db).query().to_anndata()
+    assert (again.X != exported[:, again.var_names].X).nnz == 0 and again.n_obs == exported.n_obs
+
+
 def test_query_with_features_by_symbol(built: Path) -> None:
     out = built / "genes.h5ad"
     run(
