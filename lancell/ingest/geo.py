@@ -28,12 +28,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 import anndata as ad
-import numpy as np
 import obstore
 import obstore.store as obs_store
 import pandas as pd
 
 from lancell.errors import GeoError, IngestError
+from lancell.ingest.geo_values import typed_values
 from lancell.standardize.ontology import ORGANISMS
 from lancell.storage.store_failures import one_line
 from lancell.tables.schema import DatasetRecord
@@ -53,9 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GEO_HOST = "ftp.ncbi.nlm.nih.gov"
-MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null"})
-_INTEGER = re.compile(r"^[+-]?\d+$")
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _TAXID_NAMES = {entry.term_id.removeprefix("NCBITaxon:"): name for name, entry in ORGANISMS.items()}
 
 
@@ -234,30 +231,12 @@ def _sample(gsm: Any, series: str) -> GeoSample:
     )
 
 
-def _typed(values: pd.Series) -> pd.Series:
-    text = values.astype(object).map(
-        lambda v: None if v is None or str(v).strip().lower() in MISSING_VALUES else str(v).strip()
-    )
-    present = text.dropna()
-    integer = present.map(lambda v: bool(_INTEGER.match(v)))
-    if integer.any() and not present[integer].map(lambda v: _INT64_MIN <= int(v) <= _INT64_MAX).all():
-        # an integer beyond int64 would overflow Int64 and be rounded by float64: the column stays text
-        return text.astype("category")
-    if len(present) and integer.all():
-        return text.astype("Int64")
-    numbers = pd.to_numeric(present, errors="coerce")
-    if len(present) and numbers.notna().all():
-        return pd.to_numeric(text, errors="coerce").astype(np.float64)
-    return text.astype("category")
-
-
 def sample_table(series: GeoSeries) -> pd.DataFrame:
     """One row per sample (index = accession): ``title``, ``organism`` and the typed characteristics.
 
-    A characteristic named like a base column is suffixed ``_characteristic``. Values in
-    ``MISSING_VALUES`` (empty, NA, N/A...) are missing; then a column is ``Int64`` if every value is an
-    integer, ``float64`` if every value is a number, else ``category`` (also when an integer does not fit
-    int64, which ``Int64`` cannot hold and ``float64`` would round).
+    A characteristic named like a base column is suffixed ``_characteristic``; the values are typed by
+    :func:`lancell.ingest.geo_values.typed_values` (numbers where every value reads back as written, else
+    text labels).
     """
     base = {"title", "organism"}
     rows = []
@@ -268,7 +247,7 @@ def sample_table(series: GeoSeries) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows, index=pd.Index([s.accession for s in series.samples], name="sample"))
     for name in table.columns:
-        table[name] = table[name].astype("category") if name in base else _typed(table[name])
+        table[name] = table[name].astype("category") if name in base else typed_values(table[name])
     return table
 
 

@@ -125,6 +125,18 @@ def test_typed_characteristics_and_gzip(series_file):
     assert plain.samples[0].supplementary_files == (H5_URL,)  # NONE is not a file
 
 
+def test_numbers_not_written_as_they_read_back_stay_text():
+    """donor 007 became 7, barcodes 0012 and 12 one value, passage 1.10 became 1.1."""
+    from lancell.ingest.geo_values import typed_values
+
+    assert typed_values(pd.Series(["007", "12"])).tolist() == ["007", "12"]
+    assert typed_values(pd.Series(["0012", "12"])).dtype == "category"
+    assert typed_values(pd.Series(["1.10", "1.2"])).tolist() == ["1.10", "1.2"]
+    assert typed_values(pd.Series(["+5", "1e3"])).dtype == "category"
+    assert typed_values(pd.Series(["-7", "12", "NA"])).tolist() == [-7, 12, pd.NA]
+    assert typed_values(pd.Series(["0", "0.25", "30"])).tolist() == [0.0, 0.25, 30.0]
+
+
 def test_plan_datasets_records_and_obs(series_file):
     series = read_soft(series_file)
     plans = plan_datasets(series, file_pattern=r"\.h5$", columns={"tissue": "tissue_label"})
