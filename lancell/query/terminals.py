@@ -328,7 +328,8 @@ class QueryTerminals:
 
         Only the pointer and text columns are read up front (to plan the columns, registry and layouts read
         once, and to give every batch's text obs columns the categories of all the cells: a code means one
-        label in every batch, as in ``to_anndata()``); metadata and matrix values are read batch by batch,
+        label in every batch, as in ``to_anndata()``; the cell names, ``obs_name``, and a column of more than
+        65,536 distinct values keep each batch's own); metadata and matrix values are read batch by batch,
         so memory is bounded by the batch (and the distinct labels). A search's
         ranked rows are read whole (without matrix values) before they are batched.
         """

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["not_utf8", "with_nul"]
+from lancell.errors import IngestError
+
+__all__ = ["check_obs_names", "not_utf8", "with_nul"]
 
 
 def with_nul(names: pd.Index | pd.Series) -> np.ndarray:
@@ -34,3 +36,47 @@ def _encodes(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def check_obs_names(dataset: str, obs_names: pd.Index) -> None:
+    """Refuse obs names that cannot name one cell each once stored as text (the cell uid is
+    ``<dataset>:<name>``, and the content fingerprint digests the names NUL-separated). A categorical index
+    is checked through its categories and codes; text already is not converted.
+
+    Raises
+    ------
+    IngestError
+        A missing name (None, NaN), one holding a NUL character or a character UTF-8 cannot write, or
+        names equal as text (``1`` and ``"1"`` included).
+    """
+    missing = np.flatnonzero(pd.isna(obs_names))
+    if missing.size:
+        raise IngestError(
+            f"dataset {dataset!r}: {missing.size} cells have no obs name (None or NaN), first at row "
+            f"{int(missing[0])}; name every cell (adata.obs_names = ...)"
+        )
+    categorical = isinstance(obs_names, pd.CategoricalIndex)
+    values = obs_names.categories if categorical else obs_names
+    text = values if values.inferred_type == "string" else values.astype(str)
+    nul = with_nul(text)
+    if nul.size:
+        rows = np.flatnonzero(np.isin(obs_names.codes, nul)) if categorical else nul
+        raise IngestError(
+            f"dataset {dataset!r}: {rows.size} obs names hold a NUL character, first at row {int(rows[0])}: "
+            f"{text[nul[0]]!r}"
+        )
+    unwritable = not_utf8(text)
+    if unwritable.size:
+        rows = np.flatnonzero(np.isin(obs_names.codes, unwritable)) if categorical else unwritable
+        raise IngestError(
+            f"dataset {dataset!r}: {rows.size} obs names hold characters UTF-8 cannot write (text decoded "
+            f"from bytes that are not UTF-8), first at row {int(rows[0])}: {text[unwritable[0]]!r}"
+        )
+    if text.has_duplicates or (categorical and pd.Index(obs_names.codes).has_duplicates):
+        if categorical:
+            text = pd.Index(text.to_numpy(dtype=object)[obs_names.codes])
+        repeated = text[text.duplicated()].unique()[:5].tolist()
+        raise IngestError(
+            f"dataset {dataset!r}: duplicate obs names {repeated} (as text); call "
+            "adata.obs_names_make_unique() first"
+        )

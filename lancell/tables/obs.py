@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError, QueryError
 
-__all__ = ["NULLABLE_DTYPES", "altered_obs_columns", "arrow_to_obs", "obs_to_arrow", "undeclared_obs_columns"]
+__all__ = ["BOOLS", "NULLABLE_DTYPES", "arrow_to_obs", "obs_to_arrow", "schema_kind"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 _FLOAT_INTEGERS = 2**53  # float64 holds every whole number below it, and not all above
@@ -64,16 +64,16 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
 
 # values of another kind that Arrow would store as something else without a word (True as 1.0, 2 or 0.5 as
 # True, 3 as 3 microseconds after 1970, b"ab" as the text "b'ab'", " 4 " as 4): refused per schema type
-_BOOLS = (bool, np.bool_)
+BOOLS = (bool, np.bool_)
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 _NUMBERS = (int, float, np.integer, np.floating)
 
 
 def _refused_value(kind: str, value: object) -> bool:
     if kind == "floating":
-        return isinstance(value, _BOOLS)
+        return isinstance(value, BOOLS)
     if kind == "boolean":
-        return not isinstance(value, _BOOLS) and not (isinstance(value, int | np.integer) and value in (0, 1))
+        return not isinstance(value, BOOLS) and not (isinstance(value, int | np.integer) and value in (0, 1))
     if kind in ("timestamp", "date"):
         return isinstance(value, _NUMBERS)
     if kind == "integer":  # digit strings ("1", "2": common categoricals) are; " 4 ", "1e3" not
@@ -91,7 +91,8 @@ def _refused_dtype(kind: str, dtype: np.dtype, values: pd.Series, missing: np.nd
     return kind == "text" and dtype.kind == "S"
 
 
-def _schema_kind(target: pa.DataType) -> str | None:
+def schema_kind(target: pa.DataType) -> str | None:
+    """The kind of an obs field's Arrow type that conversion checks values against (None: another)."""
     if pa.types.is_string(target) or pa.types.is_large_string(target):
         return "text"
     return next(
@@ -108,7 +109,7 @@ def _refuse_other_kinds(
     dataset: str, series: pd.Series, values: pd.Series, missing: np.ndarray, field: pa.Field
 ) -> None:
     """Raise for values of another kind than ``field``'s type that Arrow would convert without a word."""
-    kind = _schema_kind(field.type)
+    kind = schema_kind(field.type)
     if kind is None:
         return
     dtype = series.cat.categories.dtype if isinstance(series.dtype, pd.CategoricalDtype) else series.dtype
@@ -265,79 +266,6 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
         else:
             raise ObsConversionError(dataset, field.name, "required by the cell schema but absent from obs")
     return out
-
-
-def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
-    """What storing the declared obs columns changes without losing a value, one sentence per column:
-    a zone-aware datetime is stored as UTC without its zone; an ordered categorical as text (it comes back
-    with sorted, unordered categories); numbers, booleans or times under a text field as their text (an
-    integer column with missing values, which pandas holds as floats, as ``"1.0"``; integers are not
-    named: 1 is stored as ``"1"``)."""
-    notes = []
-    for field in fields:
-        if field.name not in obs.columns or len(obs.columns[obs.columns == field.name]) != 1:
-            continue
-        column = obs[field.name]
-        dtype = column.dtype
-        if isinstance(dtype, pd.DatetimeTZDtype) and pa.types.is_timestamp(field.type) and not field.type.tz:
-            notes.append(f"column {field.name!r}: times in zone {dtype.tz} are stored in UTC, zone dropped")
-        elif isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
-            notes.append(f"column {field.name!r}: the order of its ordered categories is not stored")
-        if _schema_kind(field.type) == "text" and (note := _stored_as_text(column)):
-            notes.append(f"column {field.name!r}: {note}")
-    return notes
-
-
-def _stored_as_text(column: pd.Series) -> str | None:
-    """How a column of floats, booleans or times is written under a text field (also one such value among
-    the text of an object column), or None for others."""
-    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna()
-    if values.dtype.kind == "O":
-        return _mixed_into_text(values)
-    if values.dtype.kind not in "bfmM" or not len(values):  # integers are stored as written: 1 as "1"
-        return None
-    first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
-    first = first.item() if isinstance(first, np.generic) else first
-    note = f"{values.dtype} values are stored as their text (e.g. {first!r} as {str(first)!r})"
-    if values.dtype.kind == "f" and column.isna().any():
-        note += "; an integer column with missing values is held as floats: .astype('Int64') stores '1'"
-    return note
-
-
-# what an object column's values are written as their text under a text field, with a warning (booleans too)
-_STORED_AS_TEXT = (
-    float,
-    np.floating,
-    datetime.date,
-    datetime.timedelta,
-    np.datetime64,
-    list,
-    tuple,
-    dict,
-    set,
-    frozenset,
-    np.ndarray,
-)
-
-
-def _mixed_into_text(values: pd.Series | pd.Index) -> str | None:
-    """The first boolean, float, time or container (list, tuple, dict, set, array) among an object column's
-    values, as it is stored under a text field, or None where every value is text (or an integer, stored as
-    written)."""
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty", "integer"):
-        return None
-    for value in values:
-        if isinstance(value, (*_BOOLS, *_STORED_AS_TEXT)):
-            example = f"(e.g. {value!r} as {str(value)!r})"
-            return f"{type(value).__name__} values among its objects are stored as their text {example}"
-    return None
-
-
-def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
-    """The obs columns (as strings, sorted) that no field of ``fields`` declares: ingestion does not store
-    them."""
-    declared = {f.name for f in fields}
-    return sorted({str(c) for c in obs.columns if c not in declared})
 
 
 # pandas' nullable dtypes for Arrow's integer and boolean types: an integer keeps its values next to nulls
