@@ -191,6 +191,7 @@ def plan_ingest(
     dataset = record.uid
     check_record(core, record, cells_of)
     _check_size(dataset, adata.n_obs, adata.n_vars)
+    check_measured(adata, dataset)
     if not layers:
         raise IngestError(f"dataset {dataset!r}: no layer to store (layers is empty)")
     sources = {}
@@ -247,8 +248,40 @@ def check_layer_sources(adata: ad.AnnData, dataset: str, layers: Mapping[str, st
     IngestError
         As :func:`plan_ingest` for its matrices.
     """
+    check_measured(adata, dataset)
     for origin in layers.values():
         _layer_source(adata, dataset, origin)
+
+
+def check_measured(adata: ad.AnnData, dataset: str) -> None:
+    """Refuse a lancell query result whose cells did not all measure its features (``varm["presence"]``
+    with a False, ``uns["lancell"]["unmeasured_datasets"]``): stored as one dataset, every feature counts as
+    measured, and their unmeasured zeros would become measured ones.
+
+    Raises
+    ------
+    IngestError
+        Such a result; it names the datasets and the remedies.
+    """
+    presence = adata.varm["presence"] if "presence" in adata.varm else None
+    partial = []
+    if isinstance(presence, pd.DataFrame) and presence.size:
+        partial = [str(uid) for uid in presence.columns if not presence[uid].to_numpy(dtype=bool).all()]
+    about = adata.uns.get("lancell")
+    unmeasured = list(about.get("unmeasured_datasets", [])) if isinstance(about, Mapping) else []
+    if partial or unmeasured:
+        which = f"datasets {partial[:3]} measured only some of its features" if partial else ""
+        which += (" and " if partial and unmeasured else "") + (
+            f"datasets {[str(uid) for uid in unmeasured[:3]]} measured none of its layer"
+            if unmeasured
+            else ""
+        )
+        raise IngestError(
+            f"dataset {dataset!r}: the input is a lancell query result whose {which} (varm['presence'], "
+            "uns['lancell']): stored as one dataset their unmeasured zeros would read as measured; ingest "
+            "each dataset's cells on their own (query().where(dataset_uid=...)), or delete varm['presence'] "
+            "and uns['lancell'] to store the zeros as measured"
+        )
 
 
 def _layer_source(adata: ad.AnnData, dataset: str, origin: str) -> MatrixSource:

@@ -243,3 +243,29 @@ def test_sub_subclass_pointer_fields_found():
 
     assert pointer_fields(MultiCells) == {"gene_expression": "sparse", "expression_dense": "dense"}
     assert pointer_fields(MidCells) == {"gene_expression": "sparse"}
+
+
+def test_a_query_result_of_datasets_that_did_not_measure_its_features_is_refused(tmp_path, celltypist, pbmc):
+    """A union of two panels written to .h5ad and ingested: every gene counted as measured for every cell
+    (the file's varm['presence'] was not read), the unmeasured zeros became measured ones."""
+    first = _atlas(tmp_path / "one", celltypist.var_names.union(pbmc.var_names))
+    for uid, adata in (("ct", celltypist[:50]), ("pbmc", pbmc[:50])):
+        adata = adata.copy()
+        adata.X = sp.csr_matrix(np.rint(np.abs(dense(adata.X))).astype(np.int32))
+        add_from_anndata(
+            first,
+            adata,
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=uid),
+            progress=False,
+        )
+    union = first.query().to_anndata()
+    path = tmp_path / "union.h5ad"
+    union.write_h5ad(path)
+    second = _atlas(tmp_path / "two", union.var_names)
+    with pytest.raises(IngestError, match=r"query result whose datasets \['ct', 'pbmc'\] measured only some"):
+        add_from_anndata(second, path, feature_space="gene_expression", zarr_layer="counts", progress=False)
+    assert second.list_datasets().empty
+    one = first.query().where(dataset_uid="ct").to_anndata()  # one dataset's cells: every feature measured
+    add_from_anndata(second, one, feature_space="gene_expression", zarr_layer="counts", progress=False)
