@@ -69,8 +69,9 @@ def add_layer(
     name
         The new layer (allowed by the dataset's feature space, not stored yet).
     matrix
-        Cells x features: an AnnData whose obs names are the dataset's (any order) and whose var names are
-        the uids of its features (any order), or a matrix (numpy, scipy sparse) whose rows and columns follow
+        Cells x features: an AnnData whose obs names are the dataset's (any order; or its cell uids,
+        ``<dataset>:<name>``, as a query result names them) and whose var names are the uids of its
+        features (any order), or a matrix (numpy, scipy sparse) whose rows and columns follow
         the dataset's stored order (that of ``query().where(dataset_uid=...).to_anndata()`` on the dataset
         alone), for a dataset whose input listed its features in that order (increasing global index; else
         its columns could follow either order, and a plain matrix is refused: name them with an AnnData).
@@ -200,6 +201,11 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
         if matrix.X is None:
             raise ShapeMismatchError(f"dataset {uid!r}: the AnnData has no X")
         row_of, col_of = matrix.obs_names.get_indexer(names), matrix.var_names.get_indexer(uids)
+        if (row_of < 0).any():  # a query result names its cells by their uids, <dataset>:<name>
+            cell_uids = np.empty(n_cells, dtype=object)
+            cell_uids[stored_rows] = cells.column("uid").to_pylist()
+            by_uid = matrix.obs_names.get_indexer(cell_uids)
+            row_of = by_uid if (by_uid >= 0).all() else row_of
         if (row_of < 0).any() or (col_of < 0).any() or matrix.shape != (n_cells, n_features):
             raise ShapeMismatchError(
                 f"dataset {uid!r}: the AnnData's {matrix.shape} obs x var must be the dataset's {n_cells} "

@@ -486,3 +486,15 @@ def test_a_plain_matrix_is_refused_for_a_dataset_whose_input_listed_its_features
     add_layer(atlas, "in_order", "normalized", normalized)  # the input's order is the stored one
     out = _query(atlas, ["normalized", "counts"]).to_anndata()
     np.testing.assert_allclose(out.X.toarray(), np.log1p(out.layers["counts"].toarray()), rtol=1e-6)
+
+
+def test_a_query_result_names_its_cells_for_add_layer(atlas, celltypist):
+    """A query result names its cells <dataset>:<name>: add_layer took only the file's names."""
+    adata = celltypist[:30].copy()
+    adata.obs = adata.obs[[]]
+    _ingest(atlas, adata, "q", zarr_layer="counts")
+    cells = atlas.query().where(dataset_uid="q").to_anndata()
+    cells.X = sp.csr_matrix(cells.X, dtype=np.float32) / 2
+    assert add_layer(atlas, "q", "normalized", cells[::-1]) == ["counts", "normalized"]  # any order
+    got = _query(atlas, ["normalized", "counts"]).to_anndata()
+    _assert_same(got.X, sp.csr_matrix(got.layers["counts"], dtype=np.float32) / 2, "f")
