@@ -255,8 +255,9 @@ def check_layer_sources(adata: ad.AnnData, dataset: str, layers: Mapping[str, st
 
 def check_measured(adata: ad.AnnData, dataset: str) -> None:
     """Refuse a lancell query result whose cells did not all measure its features (``varm["presence"]``
-    with a False, ``uns["lancell"]["unmeasured_datasets"]``): stored as one dataset, every feature counts as
-    measured, and their unmeasured zeros would become measured ones.
+    with a False, ``uns["lancell"]["unmeasured_datasets"]``, of the datasets its ``obs["dataset_uid"]``
+    holds cells of): stored as one dataset, every feature counts as measured, and their unmeasured zeros
+    would become measured ones.
 
     Raises
     ------
@@ -264,11 +265,18 @@ def check_measured(adata: ad.AnnData, dataset: str) -> None:
         Such a result; it names the datasets and the remedies.
     """
     presence = adata.varm["presence"] if "presence" in adata.varm else None
+    # the datasets whose cells it holds (a result's obs names each cell's; else every one it lists)
+    held = set(adata.obs["dataset_uid"].astype(str)) if "dataset_uid" in adata.obs.columns else None
     partial = []
     if isinstance(presence, pd.DataFrame) and presence.size:
-        partial = [str(uid) for uid in presence.columns if not presence[uid].to_numpy(dtype=bool).all()]
+        partial = [
+            str(uid)
+            for uid in presence.columns
+            if (held is None or str(uid) in held) and not presence[uid].to_numpy(dtype=bool).all()
+        ]
     about = adata.uns.get("lancell")
     unmeasured = list(about.get("unmeasured_datasets", [])) if isinstance(about, Mapping) else []
+    unmeasured = [uid for uid in unmeasured if held is None or str(uid) in held]  # ("drop": none held)
     if partial or unmeasured:
         which = f"datasets {partial[:3]} measured only some of its features" if partial else ""
         which += (" and " if partial and unmeasured else "") + (

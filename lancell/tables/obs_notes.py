@@ -32,22 +32,7 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
             notes.append(f"column {field.name!r}: the order of its ordered categories is not stored")
         if schema_kind(field.type) == "text" and (note := _stored_as_text(column)):
             notes.append(f"column {field.name!r}: {note}")
-        if schema_kind(field.type) == "text" and isinstance(dtype, pd.CategoricalDtype):
-            notes += [f"column {field.name!r}: {note}" for note in _categories_not_stored(column)]
     return notes
-
-
-def _categories_not_stored(column: pd.Series) -> list[str]:
-    """What a categorical stored as text loses beyond its order (unordered: presentation only; ordered:
-    named by the caller): the categories no cell has (a label set read back is that of the cells)."""
-    codes = column.cat.codes.to_numpy()
-    used = np.bincount(codes[codes >= 0], minlength=len(column.cat.categories))
-    unused = column.cat.categories[used == 0]
-    return (
-        [f"{unused.size} categories no cell has are not stored, e.g. {unused[:3].tolist()}"]
-        if unused.size
-        else []
-    )
 
 
 def _stored_as_text(column: pd.Series) -> str | None:

@@ -125,14 +125,18 @@ def test_typed_characteristics_and_gzip(series_file):
     assert plain.samples[0].supplementary_files == (H5_URL,)  # NONE is not a file
 
 
-def test_numbers_not_written_as_they_read_back_stay_text():
-    """donor 007 became 7, barcodes 0012 and 12 one value, passage 1.10 became 1.1."""
+def test_identifiers_and_spellings_of_one_number_stay_text():
+    """donor 007 became 7, barcodes 0012 and 12 one value, passage 1.10 and 1.1 one value."""
     from lancell.ingest.geo_values import typed_values
 
     assert typed_values(pd.Series(["007", "12"])).tolist() == ["007", "12"]
     assert typed_values(pd.Series(["0012", "12"])).dtype == "category"
-    assert typed_values(pd.Series(["1.10", "1.2"])).tolist() == ["1.10", "1.2"]
-    assert typed_values(pd.Series(["+5", "1e3"])).dtype == "category"
+    assert typed_values(pd.Series(["1.10", "1.1"])).tolist() == ["1.10", "1.1"]
+    assert typed_values(pd.Series(["12", "12.0"])).dtype == "category"
+    # fixed decimals, signs and exponents are numbers (RIN 8.20 is a measurement)
+    assert typed_values(pd.Series(["8.20", "7.10", "9.00"])).tolist() == [8.2, 7.1, 9.0]
+    assert typed_values(pd.Series(["1.50", "2"])).tolist() == [1.5, 2.0]
+    assert typed_values(pd.Series(["+5", "1e3"])).tolist() == [5.0, 1000.0]
     assert typed_values(pd.Series(["-7", "12", "NA"])).tolist() == [-7, 12, pd.NA]
     assert typed_values(pd.Series(["0", "0.25", "30"])).tolist() == [0.0, 0.25, 30.0]
 

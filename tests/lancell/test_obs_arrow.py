@@ -130,26 +130,6 @@ def test_zone_aware_times_and_ordered_categories_are_named() -> None:
     assert obs_to_arrow("d", obs, fields)["when"].to_pylist()[0].hour == 15  # the instant is kept
 
 
-def test_categories_no_cell_has_are_named_as_not_stored() -> None:
-    """['resting', 'activated', 'exhausted'] with no exhausted cell came back as two categories, unwarned."""
-    obs = pd.DataFrame(
-        {
-            "state": pd.Categorical(
-                ["resting", "activated"], categories=["resting", "activated", "exhausted"]
-            ),
-            "kind": pd.Categorical(
-                ["b", "a"], categories=["b", "a"]
-            ),  # (unordered: its order is presentation)
-            "n": pd.Categorical([1, 2], categories=[1, 2, 3]),  # an integer field stores numbers, not labels
-        },
-        index=["x", "y"],
-    )
-    fields = [pa.field("state", pa.string()), pa.field("kind", pa.string()), pa.field("n", pa.int64())]
-    assert altered_obs_columns(obs, fields) == [
-        "column 'state': 1 categories no cell has are not stored, e.g. ['exhausted']"
-    ]
-
-
 def test_floats_booleans_and_times_under_a_text_field_are_named_as_stored_as_text() -> None:
     """Label 1 was stored as '1' from an int column and as '1.0' from one with a missing value (held as
     floats), with no word: ``where(cell_type='1')`` then missed cells."""

@@ -267,5 +267,16 @@ def test_a_query_result_of_datasets_that_did_not_measure_its_features_is_refused
     with pytest.raises(IngestError, match=r"query result whose datasets \['ct', 'pbmc'\] measured only some"):
         add_from_anndata(second, path, feature_space="gene_expression", zarr_layer="counts", progress=False)
     assert second.list_datasets().empty
-    one = first.query().where(dataset_uid="ct").to_anndata()  # one dataset's cells: every feature measured
+    # the union cut to one dataset's cells and its genes: the other dataset's presence has no cell (refused)
+    ct = union[union.obs["dataset_uid"] == "ct"]
+    ct = ct[:, ct.varm["presence"]["ct"].to_numpy()]
+    add_from_anndata(
+        second,
+        ct,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        progress=False,
+        dataset_record=DatasetRecord(uid="ct_cut"),
+    )
+    one = first.query().where(dataset_uid="pbmc").to_anndata()  # one dataset's cells: every feature measured
     add_from_anndata(second, one, feature_space="gene_expression", zarr_layer="counts", progress=False)
