@@ -232,8 +232,9 @@ def _check_plain_columns(uid: str, reordered: object) -> None:
     """Refuse (or, for a group that does not record it, warn of) a plain matrix for a dataset whose features
     are stored in another order than its input listed them."""
     remedy = (
-        "give the layer as an AnnData whose var names are the feature uids (e.g. AnnData(X=layer, "
-        "obs=adata.obs, var=adata.var) of the file ingested)"
+        "give the layer as an AnnData naming its cells and features: the query result "
+        f"atlas.query().where(dataset_uid={uid!r}).to_anndata() with its X replaced by the layer in that "
+        "order, or an AnnData whose var names are the feature uids (the registry's uid)"
     )
     if reordered is True:
         raise IngestError(

@@ -235,14 +235,15 @@ def search_spec(
     return SearchSpec(vector, "vector", vector_column_name, None, exact)
 
 
-def _warn_of_unindexed_text(cells: Table, columns: Sequence[str]) -> None:
+def _warn_of_unindexed_text(cells: Table, columns: str | Sequence[str]) -> None:
     """Warn that ``columns`` without a full-text index in this version of ``cells`` are matched by Lance's
     scan: whole words as written, where the index (and rows added after it) match lower-cased word stems
     without stop words: the same search gives other cells once ``optimize()`` has built the index."""
     indexed = {
         column for index in cells.list_indices() if index.index_type == "FTS" for column in index.columns
     }
-    if unindexed := [column for column in columns if column not in indexed]:
+    named = [columns] if isinstance(columns, str) else list(columns)
+    if unindexed := [column for column in named if column not in indexed]:
         warnings.warn(
             f"text search on {unindexed} without a full-text index (optimize() builds it on the atlas's "
             "fts_columns): words match only as written (case and word form), where the index matches "
@@ -266,11 +267,12 @@ def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[L
     kind = spec.query_type
     if kind != "vector" and spec.fts_columns:
         _warn_of_unindexed_text(cells, spec.fts_columns)
-    if kind == "fts":  # every match, not lancedb's default of 10
-        builder = cells.search(spec.query, query_type="fts", fts_columns=spec.fts_columns)
-        return builder, limit if limit is not None else max(cells.count_rows(), 1)
-    if limit is None:
+    if limit is None and kind != "fts":
         raise QueryError(f"{kind} search needs an explicit .limit(n): results are never capped silently")
+    rows = max(cells.count_rows(), 1)  # (Lance takes a 32-bit limit: no more rows exist anyway)
+    limit = rows if limit is None else min(limit, rows)  # text search: every match, not lancedb's 10
+    if kind == "fts":
+        return cells.search(spec.query, query_type="fts", fts_columns=spec.fts_columns), limit
     if kind == "hybrid":
         vector, text = spec.query
         builder = cells.search(
@@ -279,5 +281,4 @@ def search_builder(cells: Table, spec: SearchSpec, limit: int | None) -> tuple[L
         builder = builder.vector(vector).text(text)
     else:
         builder = cells.search(spec.query, query_type="vector", vector_column_name=spec.vector_column_name)
-    limit = min(limit, max(cells.count_rows(), 1))  # (Lance takes a 32-bit k: no more rows exist anyway)
     return (builder.bypass_vector_index() if spec.exact else builder.refine_factor(REFINE_FACTOR)), limit

@@ -44,7 +44,10 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
     target = field.type
     if categorical and (pa.types.is_string(target) or pa.types.is_large_string(target)):
         # each category converted once, then taken by code
-        labels = pa.array([str(c) for c in series.cat.categories], type=target)
+        try:
+            labels = pa.array([str(c) for c in series.cat.categories], type=target)
+        except UnicodeEncodeError as exc:  # (a label decoded from bytes that are not UTF-8)
+            raise ObsConversionError(dataset, field.name, f"a label UTF-8 cannot write: {exc}") from exc
         return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
     values = series.astype(object) if categorical else series
     _refuse_other_kinds(dataset, series, values, missing, field)
@@ -217,7 +220,11 @@ def _to_integers(
             dataset, field.name, f"non-integer value at {_first_bad(series, fractional)}"
         )
     info = np.iinfo(field.type.to_pandas_dtype())
-    if values.dtype.kind == "O" and (np.abs(as_float[~missing]) >= _FLOAT_INTEGERS).any():
+    if numeric.dtype.kind in "iu":  # compared as integers (2**63 + 5 as a float is not above int64's top)
+        exact = getattr(numeric.dtype, "numpy_dtype", numeric.dtype)  # (a nullable dtype's numpy one)
+        whole = numeric.to_numpy(dtype=exact, na_value=0)
+        outside = ~missing & ((whole < info.min) | (whole > info.max))
+    elif values.dtype.kind == "O" and (np.abs(as_float[~missing]) >= _FLOAT_INTEGERS).any():
         # beyond float64's whole numbers pd.to_numeric rounded them (it gives floats when one is missing)
         whole = [0 if m else int(v) for v, m in zip(values, missing, strict=True)]
         outside = np.fromiter((not info.min <= v <= info.max for v in whole), dtype=bool, count=len(whole))

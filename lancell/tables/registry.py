@@ -119,7 +119,7 @@ def prepare_features(
         elif field.name in frame.columns:
             try:
                 columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:  # (text not UTF-8)
                 raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc}") from exc
         elif field.nullable:
             columns[field.name] = pa.nulls(len(frame), field.type)

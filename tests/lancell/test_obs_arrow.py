@@ -56,6 +56,17 @@ REFUSED = {  # (values, schema type): stored as something else by Arrow without 
 }
 
 
+def test_a_categorical_label_utf8_cannot_write_and_an_unsigned_value_above_int64_are_refused() -> None:
+    """A categorical label decoded from bytes that are not UTF-8 raised a bare UnicodeEncodeError; UInt64's
+    2**63 + 5 next to a missing value was stored in an int64 field as -9223372036854775803."""
+    obs = pd.DataFrame({"v": pd.Categorical(["T\udcffcell", "B"])}, index=["a", "b"])
+    with pytest.raises(ObsConversionError, match="column 'v': a label UTF-8 cannot write"):
+        obs_to_arrow("d", obs, [pa.field("v", pa.string())])
+    obs = pd.DataFrame({"v": pd.array([2**63 + 5, None], dtype="UInt64")}, index=["a", "b"])
+    with pytest.raises(ObsConversionError, match="value outside the int64 range"):
+        obs_to_arrow("d", obs, [pa.field("v", pa.int64())])
+
+
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_values_of_another_kind_are_refused_not_converted(case: str) -> None:
     values, target = REFUSED[case]

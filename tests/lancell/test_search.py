@@ -215,6 +215,10 @@ def test_misuse_of_an_embedding_column_or_a_huge_limit_is_a_query_error(searchab
         atlas.query().limit(2**63)
     probe = pbmc.obsm["X_emb"][0]
     assert atlas.query().search(probe).limit(2**63 - 1).count() == pbmc.n_obs  # every cell, ranked
+    assert atlas.query().search("monocyte").limit(2**32).count() == 129  # (text search too)
+    with warnings.catch_warnings():  # the column indexed, named as one str: no warning of single letters
+        warnings.simplefilter("error")
+        assert atlas.query().search("monocyte", fts_columns="cell_type").count() == 129
     assert atlas.query().limit(2**63 - 1).count() == pbmc.n_obs
 
 

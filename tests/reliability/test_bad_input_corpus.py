@@ -544,6 +544,11 @@ CASES: dict[str, Bad] = {
     "register a feature uid holding NUL": Bad(
         register(pd.DataFrame({"uid": ["X\0Y"]})), errors.FeatureRegistryError, ("gene_expression", "NUL")
     ),
+    "register a gene symbol UTF-8 cannot write": Bad(
+        register(pd.DataFrame({"uid": ["X1"], "gene_symbol": ["A\udcffB"]})),
+        errors.FeatureRegistryError,
+        ("gene_expression", "'gene_symbol'", "surrogates not allowed"),
+    ),
     "register a feature uid UTF-8 cannot write": Bad(
         register(pd.DataFrame({"uid": ["X\udcffY"]})),
         errors.FeatureRegistryError,
