@@ -193,26 +193,34 @@ def latest_snapshot(
 
 
 def _warn_of_later_datasets(database: Database, snapshot: Mapping[str, Any]) -> None:
-    """Warn when the live atlas's datasets are not the latest snapshot's (ingested or deleted since): a
-    notebook that ingested more and read ``checkout_latest`` again read the older release without a word."""
+    """Warn when the live atlas's datasets are not the latest snapshot's (ingested, deleted or given a layer
+    since): a notebook that ingested more and read ``checkout_latest`` again read the older release without a
+    word."""
     at = snapshot["tables"][DATASETS_TABLE]
     live = database.dataset(DATASETS_TABLE)
     if live.version == at:
         return
-    columns = ["uid", "zarr_group"]  # (a dataset deleted and ingested again under its uid: another group)
-    now = set(zip(*live.to_table(columns=columns).to_pydict().values(), strict=True))
-    then = set(
-        zip(*database.dataset(DATASETS_TABLE, at).to_table(columns=columns).to_pydict().values(), strict=True)
-    )
+    released = database.dataset(DATASETS_TABLE, at)
+    # (a dataset deleted and ingested again under its uid: another group; a layer added: other layers)
+    columns = ["uid", "zarr_group", "layers"]
+    columns = [name for name in columns if name in live.schema.names and name in released.schema.names]
+    now, then = _dataset_keys(live, columns), _dataset_keys(released, columns)
     if now != then:
-        changed = sorted({uid for uid, _ in now ^ then})
+        changed = sorted({key[0] for key in now ^ then})
         warnings.warn(
             f"the latest snapshot ({snapshot['version']}) is older than the atlas: {len(changed)} dataset(s) "
-            f"ingested, deleted or replaced since (e.g. {changed[:3]}) are not read as they are now; "
-            "snapshot() to release them, or RaggedAtlas.open(db_uri, read_only=True) to read the live atlas",
+            f"ingested, deleted, replaced or given a layer since (e.g. {changed[:3]}) are not read as they "
+            "are now; snapshot() to release them, or RaggedAtlas.open(db_uri, read_only=True) to read the "
+            "live atlas",
             LancellWarning,
             stacklevel=4,  # the caller of RaggedAtlas.checkout_latest
         )
+
+
+def _dataset_keys(datasets: Any, columns: list[str]) -> set[tuple]:
+    """Each dataset record's ``columns`` (a list as a tuple) of the Lance dataset ``datasets``."""
+    rows = datasets.to_table(columns=columns).to_pylist()
+    return {tuple(tuple(v) if isinstance(v, list) else v for v in (row[c] for c in columns)) for row in rows}
 
 
 def _core(

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from lancell.errors import DatasetNotFoundError, GroupNotFoundError, IngestError
+from lancell.errors import DatasetNotFoundError, GroupNotFoundError, IngestError, require_type
 from lancell.storage.csc import write_csc
 from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -52,7 +52,10 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         The store failed while the copy was written (the copy is then undone).
     ReadOnlyAtlasError
         The handle is checked out at a snapshot.
+    ArgumentError
+        ``dataset_uid`` is not a str.
     """
+    require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str)")
     core = atlas.core
     core.require_writable()
     with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):

@@ -31,6 +31,7 @@ from lancell.errors import (
     LancellWarning,
     ShapeMismatchError,
     caller_outside_lancell,
+    require_type,
 )
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
 from lancell.ingest.sources import matrix_source, stored_dtype
@@ -85,7 +86,11 @@ def add_layer(
         plain matrix for a dataset stored in another feature order than its input's,
         values off the stored pattern or invalid (``DataValueError``), an atlas whose dataset table predates
         several layers (nowhere to record one); the atlas is unchanged.
+    ArgumentError
+        ``dataset_uid`` or ``name`` is not a str.
     """
+    require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str)")
+    require_type("name", name, str, "a layer name (a str)")
     atlas.core.require_writable()
     if "layers" not in atlas.core.dataset_arrow.names:
         raise IngestError(

@@ -198,6 +198,15 @@ def test_add_csc_of_an_unknown_dataset_is_a_typed_error(atlas):
     with pytest.raises(DatasetNotFoundError, match="'nope'") as raised:
         add_csc(atlas, "nope")
     assert isinstance(raised.value, KeyError)
+    from lancell.errors import ArgumentError
+    from lancell.ingest.add_layer import add_layer
+
+    # a uid that is no str: a bare AttributeError (add_csc), "no dataset 3" (add_layer)
+    for call in (lambda: add_csc(atlas, 3), lambda: add_layer(atlas, 3, "normalized", None)):
+        with pytest.raises(ArgumentError, match="dataset_uid must be a dataset uid"):
+            call()
+    with pytest.raises(ArgumentError, match="name must be a layer name"):
+        add_layer(atlas, "nope", 3, None)
 
 
 def _tree(atlas, zarr_group: str) -> dict[str, bytes]:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, ingest_bundled
@@ -19,6 +20,7 @@ from lancell.errors import (
     ReadOnlyAtlasError,
     VersionNotFoundError,
 )
+from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 
@@ -56,7 +58,7 @@ def test_checkout_latest_says_when_the_atlas_changed_since_its_snapshot(atlas, p
         warnings.simplefilter("error")
         assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
     ingest_bundled(atlas, BUNDLED[1])
-    told_of = r"1 dataset\(s\) ingested, deleted or replaced since \(e.g. \['{}'\]\)"
+    told_of = r"1 dataset\(s\) ingested, deleted, replaced or given a layer since \(e.g. \['{}'\]\)"
     with pytest.warns(LancellWarning, match=told_of.format("celltypist_sample")) as told:
         assert RaggedAtlas.checkout_latest(atlas.db_uri).query().count() == pbmc.n_obs
     assert told[0].filename == __file__
@@ -64,6 +66,12 @@ def test_checkout_latest_says_when_the_atlas_changed_since_its_snapshot(atlas, p
     atlas.delete_dataset(BUNDLED[0].uid)  # corrected and ingested again under its uid: another group
     ingest_bundled(atlas, BUNDLED[0])
     with pytest.warns(LancellWarning, match=told_of.format(BUNDLED[0].uid)):
+        RaggedAtlas.checkout_latest(atlas.db_uri)
+    atlas.snapshot()  # a layer added since: the release reads the dataset without it
+    cells = atlas.query().where(dataset_uid="celltypist_sample").to_anndata()
+    cells.X = sp.csr_matrix(cells.X, dtype=np.float32) / 2
+    add_layer(atlas, "celltypist_sample", "normalized", cells)
+    with pytest.warns(LancellWarning, match=told_of.format("celltypist_sample")):
         RaggedAtlas.checkout_latest(atlas.db_uri)
 
 
