@@ -172,11 +172,14 @@ class CellSelection:
             if "full text search unless an INVERTED index" in said:  # (Lance's words)
                 said += (
                     "; text search needs the atlas created with fts_columns=[...] (the string cell columns "
-                    "to index) and optimize() run since cells were added, or the columns to search named: "
-                    "search(..., fts_columns=[...]) reads them without an index"
+                    "to index) and optimize() run since cells were added (a snapshot taken before has no index), "
+                    "or the columns to search named: search(..., fts_columns=[...]) reads them without an index"
                 )
             if "required for phrase queries" in said:  # (Lance's words; its remedy is an index option)
-                said += "; lancell's full-text index keeps no word positions: search the words without quotes"
+                said += (
+                    "; this full-text index keeps no word positions (an older lancell built it): optimize() "
+                    "builds it again with them, or search the words without quotes"
+                )
             where = self.where_clause()
             failed = "query failed" if where is None else f"query failed for filter {where!r}"
             raise QueryError(f"{failed}: {said}") from exc

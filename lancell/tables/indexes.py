@@ -39,7 +39,7 @@ def build_indexes(
     for column in fts_columns:
         with warnings.catch_warnings():  # deprecated name, but the sync API's only FTS entry point here
             warnings.simplefilter("ignore", DeprecationWarning)
-            cells.create_fts_index(column, replace=True)
+            cells.create_fts_index(column, replace=True, with_position=True)  # (phrase search: "T cell")
         built.append(column)
     for column, width in vector_fields(cells.schema).items():
         if rows < vector_min_rows:
