@@ -172,8 +172,9 @@ class CellSelection:
             if "full text search unless an INVERTED index" in said:  # (Lance's words)
                 said += (
                     "; text search needs the atlas created with fts_columns=[...] (the string cell columns "
-                    "to index) and optimize() run since cells were added (a snapshot taken before has no index), "
-                    "or the columns to search named: search(..., fts_columns=[...]) reads them without an index"
+                    "to index) and optimize() run since cells were added (a snapshot taken before has no "
+                    "index), or the columns to search named: search(..., fts_columns=[...]) reads them "
+                    "without an index"
                 )
             if "required for phrase queries" in said:  # (Lance's words; its remedy is an index option)
                 said += (
