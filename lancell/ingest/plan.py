@@ -277,18 +277,27 @@ def check_measured(adata: ad.AnnData, dataset: str) -> None:
     about = adata.uns.get("lancell")
     unmeasured = list(about.get("unmeasured_datasets", [])) if isinstance(about, Mapping) else []
     unmeasured = [uid for uid in unmeasured if held is None or str(uid) in held]  # ("drop": none held)
+    unmeasured = sorted({str(uid) for uid in unmeasured})
+    partial = [uid for uid in partial if uid not in unmeasured]  # (a dataset without the layer: all False)
     if partial or unmeasured:
-        which = f"datasets {partial[:3]} measured only some of its features" if partial else ""
-        which += (" and " if partial and unmeasured else "") + (
-            f"datasets {[str(uid) for uid in unmeasured[:3]]} measured none of its layer"
-            if unmeasured
-            else ""
-        )
+        said = []
+        if unmeasured:  # kept by on_unmeasured("keep")
+            said.append(
+                f"datasets {unmeasured[:3]} did not measure its layer: their cells are zeros no one measured "
+                "(query with on_unmeasured('drop'); lancell query --on-unmeasured drop)"
+            )
+        if partial:
+            one = partial[0]
+            said.append(
+                f"datasets {partial[:3]} measured only some of its features: query each dataset alone "
+                f"(query().where(dataset_uid={one!r}); lancell query --where \"dataset_uid = '{one}'\"), or "
+                f"keep a dataset's cells and measured features (adata[adata.obs['dataset_uid'] == {one!r}]"
+                f"[:, adata.varm['presence'][{one!r}]])"
+            )
         raise IngestError(
-            f"dataset {dataset!r}: the input is a lancell query result whose {which} (varm['presence'], "
-            "uns['lancell']): stored as one dataset their unmeasured zeros would read as measured; ingest "
-            "each dataset's cells on their own (query().where(dataset_uid=...)), or delete varm['presence'] "
-            "and uns['lancell'] to store the zeros as measured"
+            f"dataset {dataset!r}: the input is a lancell query result (varm['presence'], uns['lancell']) "
+            f"whose {'; and whose '.join(said)}: stored as one dataset, every value counts as measured; to "
+            "store its zeros as measured all the same, delete varm['presence'] and uns['lancell'] first"
         )
 
 
