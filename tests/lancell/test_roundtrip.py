@@ -264,9 +264,7 @@ def test_a_query_result_of_datasets_that_did_not_measure_its_features_is_refused
     path = tmp_path / "union.h5ad"
     union.write_h5ad(path)
     second = _atlas(tmp_path / "two", union.var_names)
-    with pytest.raises(
-        IngestError, match=r"whose datasets \['ct', 'pbmc'\] measured only some"
-    ):
+    with pytest.raises(IngestError, match=r"whose datasets \['ct', 'pbmc'\] measured only some"):
         add_from_anndata(second, path, feature_space="gene_expression", zarr_layer="counts", progress=False)
     assert second.list_datasets().empty
     # the union cut to one dataset's cells and its genes: the other dataset's presence has no cell (refused)
