@@ -243,7 +243,9 @@ def add_from_10x(
         Any other invalid input (an ``obs`` frame that lacks barcodes of the matrix, a one-row frame for
         a one-cell matrix indexed by another barcode, an ``obs`` mapping value that is a sequence of
         another length than the number of cells; with ``cells_of``: ``obs``, several feature spaces, or
-        barcodes that are not its cells or carry the modality already); the atlas is left unchanged.
+        barcodes that are not its cells or carry the modality already; a ``zarr_layer`` naming values
+        computed from counts, ``normalized``, ``log_normalized`` or ``scaled``: a 10x output holds UMI counts,
+        and other names than ``counts`` are warned about); the atlas is left unchanged.
     """
     atlas.core.require_writable()
     if isinstance(path, TenxMatrix) and genome is not None:
@@ -271,6 +273,11 @@ def add_from_10x(
     }
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
     check_csc_of_run(csc, list(spaces.values()), base.uid)
+    if zarr_layer in _TRANSFORMED_LAYERS:  # (a 10x matrix is never normalized: refused before any write)
+        raise IngestError(
+            f"{matrix.path}: a 10x output's matrix holds integer UMI counts, not {zarr_layer} values: store "
+            "it as 'counts' (leave out zarr_layer=, or --layer on the command line)"
+        )
     for space in routes:
         spaces[space].check_layer(zarr_layer)
         check_record(atlas.core, records[space], None if space == cells_space else host_uid)
@@ -316,6 +323,10 @@ def add_from_10x(
             stacklevel=2,
         )
     return stored
+
+
+# layer names of values computed from counts: a 10x output's counts stored under one would be read as such
+_TRANSFORMED_LAYERS = frozenset({"normalized", "log_normalized", "scaled"})
 
 
 def _check_cells_of(

@@ -192,12 +192,31 @@ def test_add_from_10x_round_trip(tmp_path, path):
     assert atlas.validate() == []
 
 
-def test_a_10x_output_stored_under_another_layer_than_counts_is_warned(tmp_path):
+def test_a_10x_output_stored_under_another_layer_than_counts_is_refused_or_warned(tmp_path):
     """``zarr_layer="log_normalized"`` stored the file's integer UMI counts under that name without a word."""
-    atlas = _make_atlas(tmp_path, GeneOnlyCells, read_10x(V3_DIR).var)
-    with pytest.warns(LancellWarning, match=r"holds UMI counts; they are stored under the layer 'log_norm"):
+
+    class RawCells(LancellBaseSchema):
+        gene_expression: SparseZarrPointer | None = None
+
+    var = read_10x(V3_DIR).var
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        RawCells,
+        registry_schemas={"gene_expression": Feature},
+        layers={"gene_expression": ["counts", "log_normalized", "umi"]},
+    )
+    atlas.register_features(
+        "gene_expression", pd.DataFrame({"uid": var["gene_ids"], "gene_symbol": var["gene_symbol"]})
+    )
+    with pytest.raises(
+        IngestError, match=r"holds integer UMI counts, not log_normalized values: store it as"
+    ):
         add_from_10x(atlas, V3_DIR, zarr_layer="log_normalized", progress=False)
-    assert atlas.list_datasets()["layer"].tolist() == ["log_normalized"]  # stored as asked
+    assert atlas.list_datasets().empty  # refused before any write
+    with pytest.warns(LancellWarning, match=r"holds UMI counts; they are stored under the layer 'umi'"):
+        add_from_10x(atlas, V3_DIR, zarr_layer="umi", progress=False)
+    assert atlas.list_datasets()["layer"].tolist() == ["umi"]  # another name: stored as asked, warned
 
 
 @pytest.fixture
