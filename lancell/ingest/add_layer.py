@@ -212,10 +212,28 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
             by_uid = matrix.obs_names.get_indexer(cell_uids)
             row_of = by_uid if (by_uid >= 0).all() else row_of
         if (row_of < 0).any() or (col_of < 0).any() or matrix.shape != (n_cells, n_features):
+            other_cells = matrix.obs_names[np.setdiff1d(np.arange(matrix.n_obs), row_of[row_of >= 0])]
+            other_features = matrix.var_names[~matrix.var_names.isin(uids)]
+            found = [
+                f"{what} {list(which[:3])}"
+                for what, which in (
+                    ("it lacks cells", names[row_of < 0]),
+                    ("it lacks features", uids[col_of < 0]),
+                    ("it has other cells", other_cells),
+                    ("it has other features", other_features),
+                )
+                if len(which)
+            ]
+            hint = (
+                f" (a union query's: query the dataset alone, query().where(dataset_uid={uid!r}), or keep "
+                f"its cells and measured features, adata[adata.obs['dataset_uid'] == {uid!r}]"
+                f"[:, adata.varm['presence'][{uid!r}]])"
+                if (len(other_cells) or len(other_features)) and "presence" in matrix.varm
+                else ""
+            )
             raise ShapeMismatchError(
                 f"dataset {uid!r}: the AnnData's {matrix.shape} obs x var must be the dataset's {n_cells} "
-                f"cells x {n_features} features (missing e.g. {list(names[row_of < 0][:3])}, "
-                f"{list(uids[col_of < 0][:3])})"
+                f"cells x {n_features} features: {'; '.join(found) or 'repeated names'}{hint}"
             )
         return matrix.X[row_of][:, col_of]
     if not isinstance(matrix, np.ndarray | sp.spmatrix | sp.sparray):

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import IngestError, LancellWarning, StoreError, UnmeasuredDataError
+from lancell.errors import IngestError, LancellWarning, ShapeMismatchError, StoreError, UnmeasuredDataError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
@@ -495,6 +495,12 @@ def test_a_query_result_names_its_cells_for_add_layer(atlas, celltypist):
     _ingest(atlas, adata, "q", zarr_layer="counts")
     cells = atlas.query().where(dataset_uid="q").to_anndata()
     cells.X = sp.csr_matrix(cells.X, dtype=np.float32) / 2
+    _ingest(atlas, celltypist[30:40, :500].copy(), "other", zarr_layer="counts")
+    union = atlas.query().to_anndata()  # the union of two panels: other cells and features, named
+    with pytest.raises(
+        ShapeMismatchError, match=r"it has other cells \['other:.*adata\.varm\['presence'\]\['q'\]"
+    ):
+        add_layer(atlas, "q", "normalized", union)
     assert add_layer(atlas, "q", "normalized", cells[::-1]) == ["counts", "normalized"]  # any order
-    got = _query(atlas, ["normalized", "counts"]).to_anndata()
+    got = _query(atlas, ["normalized", "counts"]).where(dataset_uid="q").to_anndata()
     _assert_same(got.X, sp.csr_matrix(got.layers["counts"], dtype=np.float32) / 2, "f")
