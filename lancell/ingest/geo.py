@@ -235,8 +235,8 @@ def sample_table(series: GeoSeries) -> pd.DataFrame:
     """One row per sample (index = accession): ``title``, ``organism`` and the typed characteristics.
 
     A characteristic named like a base column is suffixed ``_characteristic``; the values are typed by
-    :func:`lancell.ingest.geo_values.typed_values` (numbers where every value reads back as written, else
-    text labels).
+    :func:`lancell.ingest.geo_values.typed_values` (numbers, unless a leading zero or two
+    spellings of one number would merge labels: then text).
     """
     base = {"title", "organism"}
     rows = []
