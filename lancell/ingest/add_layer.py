@@ -202,7 +202,11 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
         by_index = atlas.feature_registry(space).set_index("global_index")["uid"]
         uids = by_index.reindex(global_index).to_numpy()
         if not matrix.obs_names.is_unique or not matrix.var_names.is_unique:
-            raise ShapeMismatchError(f"dataset {uid!r}: the AnnData's obs names and var names must be unique")
+            raise ShapeMismatchError(
+                f"dataset {uid!r}: the AnnData's obs names and var names must be unique: its var names are "
+                "taken as the feature uids (a file whose uids are in a var column, e.g. gene_ids: "
+                "adata.var_names = adata.var['gene_ids'])"
+            )
         if matrix.X is None:
             raise ShapeMismatchError(f"dataset {uid!r}: the AnnData has no X")
         row_of, col_of = matrix.obs_names.get_indexer(names), matrix.var_names.get_indexer(uids)
