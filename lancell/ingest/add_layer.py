@@ -214,7 +214,8 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
             cell_uids = np.empty(n_cells, dtype=object)
             cell_uids[stored_rows] = cells.column("uid").to_pylist()
             by_uid = matrix.obs_names.get_indexer(cell_uids)
-            row_of = by_uid if (by_uid >= 0).all() else row_of
+            if (by_uid >= 0).sum() > (row_of >= 0).sum():  # (named so: told in those names)
+                names, row_of = cell_uids, by_uid
         if (row_of < 0).any() or (col_of < 0).any() or matrix.shape != (n_cells, n_features):
             other_cells = matrix.obs_names[np.setdiff1d(np.arange(matrix.n_obs), row_of[row_of >= 0])]
             other_features = matrix.var_names[~matrix.var_names.isin(uids)]
@@ -232,7 +233,8 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
                 f" (a union query's: query the dataset alone, query().where(dataset_uid={uid!r}), or keep "
                 f"its cells and measured features, adata[adata.obs['dataset_uid'] == {uid!r}]"
                 f"[:, adata.varm['presence'][{uid!r}]])"
-                if (len(other_cells) or len(other_features)) and "presence" in matrix.varm
+                if "presence" in matrix.varm
+                and (len(other_features) or _cells_of_other_datasets(matrix, uid))
                 else ""
             )
             raise ShapeMismatchError(
@@ -253,6 +255,12 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
     if (stored_rows != np.arange(n_cells)).any():  # query order -> stored order
         matrix = matrix[np.argsort(stored_rows)]
     return matrix
+
+
+def _cells_of_other_datasets(matrix: ad.AnnData, uid: str) -> bool:
+    """Whether a query result ``matrix`` holds cells of other datasets than ``uid``."""
+    held = matrix.obs["dataset_uid"] if "dataset_uid" in matrix.obs.columns else None
+    return held is not None and bool((held.astype(str) != uid).any())
 
 
 def _check_plain_columns(uid: str, reordered: object) -> None:

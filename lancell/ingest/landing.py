@@ -46,6 +46,7 @@ from lancell.ingest.landing_spec import (
 from lancell.ingest.plan import check_cells, check_layer_sources
 from lancell.ingest.tenx import DEFAULT_FEATURE_TYPES
 from lancell.ingest.tenx_landing import ingest_tenx_output
+from lancell.ingest.tenx_matrix import check_tenx_layer
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import OnConflict, sql_literal
 from lancell.tables.schema import DatasetRecord, check_dataset_uid, obs_fields
@@ -236,11 +237,14 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
     Raises
     ------
     IngestError
-        A key that does not apply (see :func:`~lancell.ingest.landing_spec.check_applies`).
+        A key that does not apply (see :func:`~lancell.ingest.landing_spec.check_applies`), or a 10x output's
+        layer of computed values (:func:`~lancell.ingest.tenx_matrix.check_tenx_layer`).
     FeatureSpaceError
         Naming the space or the layer.
     """
     check_applies(spec)
+    if is_tenx_output(spec.path):
+        check_tenx_layer(spec.path, spec.zarr_layer)
     if spec.feature_space is None:  # a 10x output: a layer no space of its feature types allows is refused
         spaces = [
             atlas.feature_spaces[s] for s in DEFAULT_FEATURE_TYPES.values() if s in atlas.feature_spaces

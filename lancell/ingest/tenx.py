@@ -40,7 +40,7 @@ from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.records import given_or_default, modality_record
 from lancell.ingest.tenx_h5 import open_h5
-from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix
+from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix, check_tenx_layer
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
 from lancell.ingest.tenx_obs import cell_obs
 from lancell.ingest.transaction_run import run_transactions
@@ -273,11 +273,7 @@ def add_from_10x(
     }
     spaces = {space: resolve_feature_space(atlas.feature_spaces, space) for space in routes}
     check_csc_of_run(csc, list(spaces.values()), base.uid)
-    if zarr_layer in _TRANSFORMED_LAYERS:  # (a 10x matrix is never normalized: refused before any write)
-        raise IngestError(
-            f"{matrix.path}: a 10x output's matrix holds integer UMI counts, not {zarr_layer} values: store "
-            "it as 'counts' (leave out zarr_layer=, or --layer on the command line)"
-        )
+    check_tenx_layer(matrix.path, zarr_layer)
     for space in routes:
         spaces[space].check_layer(zarr_layer)
         check_record(atlas.core, records[space], None if space == cells_space else host_uid)
@@ -323,10 +319,6 @@ def add_from_10x(
             stacklevel=2,
         )
     return stored
-
-
-# layer names of values computed from counts: a 10x output's counts stored under one would be read as such
-_TRANSFORMED_LAYERS = frozenset({"normalized", "log_normalized", "scaled"})
 
 
 def _check_cells_of(

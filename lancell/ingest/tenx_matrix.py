@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lancell.errors import TenxFormatError
+from lancell.errors import IngestError, TenxFormatError
 from lancell.ingest.sources import MatrixSource
 
-__all__ = ["GENE_EXPRESSION", "TARGET_BLOCK_VALUES", "TenxMatrix"]
+__all__ = ["GENE_EXPRESSION", "TARGET_BLOCK_VALUES", "TenxMatrix", "check_tenx_layer"]
 
 TARGET_BLOCK_VALUES = 2_000_000
 GENE_EXPRESSION = "Gene Expression"
@@ -200,3 +200,22 @@ def checked_block(block: sp.csr_matrix, expected_nnz: int, path: Path, start: in
             f"expected {expected_nnz} values, found {block.nnz} distinct ones"
         )
     return block
+
+
+# layer names of values computed from counts: a 10x output's counts stored under one would be read as such
+_TRANSFORMED_LAYERS = frozenset({"normalized", "log_normalized", "scaled"})
+
+
+def check_tenx_layer(path: object, zarr_layer: str) -> None:
+    """Refuse storing a 10x output (UMI counts, never normalized) under a layer of computed values.
+
+    Raises
+    ------
+    IngestError
+        ``zarr_layer`` is ``normalized``, ``log_normalized`` or ``scaled``.
+    """
+    if zarr_layer in _TRANSFORMED_LAYERS:
+        raise IngestError(
+            f"{path}: a 10x output's matrix holds integer UMI counts, not {zarr_layer} values: store it as "
+            "'counts' (leave out zarr_layer=, or --layer on the command line)"
+        )

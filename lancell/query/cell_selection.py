@@ -179,7 +179,8 @@ class CellSelection:
             if "required for phrase queries" in said:  # (Lance's words; its remedy is an index option)
                 said += (
                     "; this full-text index keeps no word positions (an older lancell built it): optimize() "
-                    "builds it again with them, or search the words without quotes"
+                    "of the live atlas builds it again with them (a snapshot taken after reads it), or "
+                    "search the words without quotes"
                 )
             where = self.where_clause()
             failed = "query failed" if where is None else f"query failed for filter {where!r}"

@@ -326,6 +326,11 @@ def test_a_10x_output_with_repeated_symbols_or_a_bad_layer_is_refused_before_reg
     layer = run("ingest", cite_db, str(tmp_path / "first"), str(cite), check=False)
     assert layer.returncode == 1 and "layer 'nope' is not allowed in feature space" in layer.stderr
     assert RaggedAtlas.open(cite_db).list_datasets().empty
+    # UMI counts as log_normalized: refused with every file before any is read (the files before were stored)
+    normalized = run("ingest", cite_db, str(tmp_path / "first"), "--layer", "log_normalized", check=False)
+    assert normalized.returncode == 1 and "holds integer UMI counts, not log_normalized" in normalized.stderr
+    atlas = RaggedAtlas.open(cite_db)
+    assert atlas.list_datasets().empty and atlas.feature_registry("gene_expression").empty
 
 
 def test_a_genome_keeps_the_features_of_no_genome_and_is_refused_where_there_is_none(tmp_path: Path) -> None:
