@@ -15,7 +15,7 @@ from lancell.errors import FeatureConflictError
 from lancell.feature_keys import mixed_keys, same_organism_hint, warn_mixed_keys
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
-from lancell.snapshots import take_snapshot
+from lancell.snapshots import delete_snapshot, take_snapshot
 from lancell.storage.store_failures import store_boundary
 from lancell.tables.atlas_meta import db_options, read_meta
 from lancell.tables.atlas_tables import connect
@@ -26,7 +26,7 @@ from lancell.tables.feature_spaces import (
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
 from lancell.tables.store_location import Location, StoreLike, as_location
-from lancell.tables.versions import list_snapshots, noted_version
+from lancell.tables.versions import list_snapshots, noted_snapshot
 from lancell.validation import find_problems
 
 # lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
@@ -218,8 +218,10 @@ class RaggedAtlas:
         storage_options: Mapping[str, str] | None = None,
         *,
         store_kwargs: dict[str, Any] | None = None,
+        deleted: bool = False,
     ) -> pd.DataFrame:
-        """Every snapshot: version, table versions, cell and dataset counts, store URL, note.
+        """Every snapshot: version, table versions, cell and dataset counts, store URL, note; ``deleted``:
+        deleted ones too, with ``deleted_at`` (missing for the others).
 
         Raises
         ------
@@ -229,7 +231,7 @@ class RaggedAtlas:
         db_uri = as_location(db_uri)
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
-        return list_snapshots(connect(db_uri, options))
+        return list_snapshots(connect(db_uri, options), deleted=deleted)
 
     @staticmethod
     def find_snapshot(
@@ -240,17 +242,19 @@ class RaggedAtlas:
         store_kwargs: dict[str, Any] | None = None,
     ) -> int | None:
         """The snapshot whose note is ``note`` (a label: the Dagster partitions), or None
-        (:func:`~lancell.tables.versions.noted_version`).
+        (:func:`~lancell.tables.versions.noted_snapshot`).
 
         Raises
         ------
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
+        VersionNotFoundError
+            The snapshot with that note was deleted.
         """
         db_uri = as_location(db_uri)
         options = db_options(db_uri, store_kwargs, storage_options)
         read_meta(db_uri, store_kwargs)
-        return noted_version(list_snapshots(connect(db_uri, options)), note)
+        return noted_snapshot(list_snapshots(connect(db_uri, options), deleted=True), note)
 
     # ----------------------------------------------------------------------------------- writing
     @_boundary
@@ -335,6 +339,13 @@ class RaggedAtlas:
             Another process took the snapshot lock over while this one validated (nothing is recorded).
         """
         return take_snapshot(self.core, note)
+
+    @_boundary
+    def delete_snapshot(self, version: int) -> None:
+        """Delete snapshot ``version`` so that what only it kept can be reclaimed (by ``optimize`` with
+        ``cleanup_older_than``, and ``vacuum``); its number and note are never reused
+        (:func:`lancell.snapshots.delete_snapshot`, whose errors it raises)."""
+        delete_snapshot(self.core, version)
 
     @_boundary
     def delete_dataset(self, uid: str) -> None:

@@ -6,7 +6,8 @@ with the command's usage); a ``validate`` that finds problems also exits 1. Warn
 each. This module reads the command line (:mod:`lancell.cli_arguments` checks its values and options);
 :mod:`lancell.cli_commands` does what each command does
 (:mod:`lancell.cli_maintenance` the ones that change or remove what is stored: ``add-csc``, ``delete``,
-``vacuum``), and :mod:`lancell.cli_messages` words the library's errors for the command line.
+``delete-snapshot``, ``vacuum``), and :mod:`lancell.cli_messages` words the library's errors for the
+command line.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     snapshot.add_argument("--optimize", action="store_true", help="compact the tables first")
 
-    command("versions", cli_commands.versions, "list the snapshots", store=False)
+    versions = command("versions", cli_commands.versions, "list the snapshots", store=False)
+    versions.add_argument("--deleted", action="store_true", help="list deleted snapshots too")
 
     query = command("query", cli_commands.query, "write the cells a query selects to an .h5ad file")
     query.add_argument("--version", type=int, help="read this snapshot (default: the live tables)")
@@ -223,6 +225,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "delete datasets (their cells and records; their zarr groups stay for snapshots until vacuum)",
     )
     delete.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
+
+    delete_snapshot = command(
+        "delete-snapshot",
+        cli_maintenance.delete_snapshot,
+        "delete a snapshot (its number and note are not reused; optimize and vacuum then reclaim what only "
+        "it kept)",
+    )
+    delete_snapshot.add_argument("version", type=int, metavar="VERSION", help="the snapshot's number")
 
     vacuum = command(
         "vacuum", cli_maintenance.vacuum, "delete zarr groups no dataset and no snapshot references"

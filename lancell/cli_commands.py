@@ -337,11 +337,11 @@ def snapshot(args: argparse.Namespace) -> int:
 
 
 def versions(args: argparse.Namespace) -> int:
-    """``lancell versions``: list the snapshots."""
+    """``lancell versions``: list the snapshots (``--deleted``: deleted ones too)."""
     from lancell.atlas import RaggedAtlas
 
-    frame = RaggedAtlas.list_versions(args.db)
-    columns = ["version", "created_at", "total_cells", "n_datasets", "note"]
+    frame = RaggedAtlas.list_versions(args.db, deleted=args.deleted)
+    columns = ["version", "created_at", "total_cells", "n_datasets", "note"] + ["deleted_at"] * args.deleted
     shown = frame[columns].astype({"note": object}).fillna({"note": ""})  # a snapshot without note: blank
     print(shown.to_string(index=False) if len(frame) else "no snapshot yet")
     return 0

@@ -1,4 +1,5 @@
-"""The ``lancell`` commands that change or remove what is stored: ``add-csc``, ``delete`` and ``vacuum``
+"""The ``lancell`` commands that change or remove what is stored: ``add-csc``, ``delete``,
+``delete-snapshot`` and ``vacuum``
 (:mod:`lancell.cli_commands` has the others; the same conventions)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc", "add_csc_hint", "delete", "vacuum"]
+__all__ = ["add_csc", "add_csc_hint", "delete", "delete_snapshot", "vacuum"]
 
 
 def add_csc(args: argparse.Namespace) -> int:
@@ -96,6 +97,18 @@ def delete(args: argparse.Namespace) -> int:
             else "its group stays (this atlas cannot prove it its own: vacuum leaves it)"
         )
         print(f"{uid}: deleted{also}; snapshots keep it, {group}")
+    return 0
+
+
+def delete_snapshot(args: argparse.Namespace) -> int:
+    """``lancell delete-snapshot``: delete one snapshot."""
+    from lancell.atlas import RaggedAtlas
+
+    RaggedAtlas.open(args.db, store=args.store).delete_snapshot(args.version)
+    print(
+        f"snapshot {args.version}: deleted (its number and note are not reused); `lancell snapshot "
+        "--optimize` prunes table versions only it kept, then `lancell vacuum` the zarr groups"
+    )
     return 0
 
 

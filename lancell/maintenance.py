@@ -31,7 +31,7 @@ from lancell.ingest.cell_rows import detach_pointers
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
 from lancell.tables.registry import sql_literal
-from lancell.tables.versions import SNAPSHOT_LOCK, list_snapshots, read_version
+from lancell.tables.versions import SNAPSHOT_LOCK, pinned_tables
 from lancell.tables.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
@@ -136,12 +136,13 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
 
     A candidate is a group claimed by this atlas (claim, and deletion of its dataset, older than ``grace``: a
     reader that selected the dataset's cells before its deletion reads on for ``grace``) that no live dataset
-    record and no snapshot references. It is deleted, with the uncommitted cell rows pointing into it (and the
-    pointers of committed cells into it: a modality whose attachment never committed), only while no ingestion
-    of its dataset runs (the dataset's ingestion lock is free), when it is still unreferenced, nothing under
-    it was written within ``grace``, and its attributes carry this atlas's id (or nothing is stored). Then its
-    claim goes. A group only snapshots reference stays for their checkouts, but the cell rows and pointers
-    into it (a deletion stopped between the record and the rows) are removed on the same terms.
+    record and no snapshot references (nor one deleted within ``grace``: a checkout of it reads on). It is
+    deleted, with the uncommitted cell rows pointing into it (and the pointers of committed cells into it: a
+    modality whose attachment never committed), only while no ingestion of its dataset runs (the dataset's
+    ingestion lock is free), when it is still unreferenced, nothing under it was written within ``grace``, and
+    its attributes carry this atlas's id (or nothing is stored). Then its claim goes. A group only snapshots
+    reference stays for their checkouts, but the cell rows and pointers into it (a deletion stopped between
+    the record and the rows) are removed on the same terms.
 
     Returns
     -------
@@ -165,7 +166,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
     mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
     claimed = {claim.group for claim in mine}
     live = _live_groups(core)
-    referenced = live | _snapshot_groups(core, snapshots)
+    referenced = live | _snapshot_groups(core, snapshots, cutoff)
     live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
     unclaimed = _uncommitted_groups(core, owners) - claimed - referenced
@@ -222,7 +223,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
                 continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):
                 continue
-            if pinned or _Names(_snapshot_groups(core, snapshots)).nests(group):  # (snapshotted meanwhile)
+            if pinned or _Names(_snapshot_groups(core, snapshots, cutoff)).nests(group):  # (a snapshot since)
                 counts["cells"] += _drop_pointers(core, group, owners)
                 continue
             ownership = claims.ownership(group)
@@ -264,12 +265,14 @@ def _live_groups(core: AtlasCore) -> set[str]:
     return set(read_columns(core.tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
 
 
-def _snapshot_groups(core: AtlasCore, known: dict[int, set[str]]) -> set[str]:
-    """The groups every snapshot references; ``known`` caches them per snapshot (a snapshot never changes)."""
-    for version in list_snapshots(core.tables.db)["version"]:
-        if int(version) not in known:
-            view = core.pinned_view(read_version(core.tables.db, int(version))["tables"])
-            known[int(version)] = _live_groups(view)
+def _snapshot_groups(
+    core: AtlasCore, known: dict[int, set[str]], deleted_after: datetime | None = None
+) -> set[str]:
+    """The groups every snapshot references (and those deleted after ``deleted_after``); ``known`` caches
+    them per snapshot (a snapshot never changes)."""
+    for version, pinned in pinned_tables(core.tables.db, deleted_after).items():
+        if version not in known:
+            known[version] = _live_groups(core.pinned_view(pinned))
     return set().union(*known.values())
 
 

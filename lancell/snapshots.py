@@ -1,4 +1,5 @@
-"""Taking a snapshot: validate the tables at their current versions, tag them, record the version row.
+"""Taking and deleting snapshots: validate the tables at their current versions, tag them, record the
+version row; or mark the row deleted and remove its tags.
 
 See ``docs/architecture.md`` ("Versioning"): a snapshot is a row of ``atlas_versions`` naming each table's
 Lance version, and a tag on each of those versions so that no cleanup can remove them.
@@ -6,26 +7,35 @@ Lance version, and a tag on each of those versions so that no cleanup can remove
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
+
 from lancell.errors import (
+    ArgumentError,
     ArgumentValueError,
     DuplicateNoteError,
     LancellWarning,
     ValidationError,
+    VersionNotFoundError,
     require_type,
 )
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
 from lancell.tables.table_schemas import VERSIONS_TABLE
 from lancell.tables.versions import (
+    DELETED,
     SNAPSHOT_LOCK,
     list_snapshots,
+    mark_deleted,
     next_version,
     noted_version,
     record_snapshot,
     tag_tables,
+    untag_tables,
     version_of_tables,
 )
 from lancell.tables.visibility import committed_cells
@@ -34,7 +44,7 @@ from lancell.validation import find_problems
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["take_snapshot"]
+__all__ = ["delete_snapshot", "take_snapshot"]
 
 
 def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
@@ -68,13 +78,15 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
         if not note.strip():  # it read as no note, yet named this snapshot (a second one was refused)
             raise ArgumentValueError(f"note must be a label or None, got {note!r}")
     with core.lock(SNAPSHOT_LOCK) as lease:  # snapshots are recorded under it: no other takes the note now
-        snapshots = list_snapshots(core.tables.db)
+        every = list_snapshots(core.tables.db, deleted=True)
+        snapshots = every[every[DELETED].isna()]
         if note is not None:
-            taken = noted_version(snapshots, note)
+            taken = noted_version(every, note)
             if taken is not None:
+                gone = " (deleted since)" if taken not in set(snapshots["version"]) else ""
                 raise DuplicateNoteError(
-                    f"snapshot {taken} already has the note {note!r}, and a note labels one snapshot only "
-                    "(RaggedAtlas.find_snapshot, the Dagster snapshot partitions): choose another note"
+                    f"snapshot {taken}{gone} already has the note {note!r}, and a note labels one snapshot "
+                    "only (RaggedAtlas.find_snapshot, the Dagster snapshot partitions): choose another note"
                 )
         pinned = core.tables.consistent_versions()
         view = core.pinned_view(pinned)
@@ -105,3 +117,48 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
             stacklevel=4,  # (the caller of RaggedAtlas.snapshot, past its boundary wrapper)
         )
     return version
+
+
+def delete_snapshot(core: AtlasCore, version: int) -> None:
+    """Delete snapshot ``version``: it can no longer be checked out, and its tags go, so that
+    ``optimize(cleanup_older_than=...)`` may remove table versions and ``vacuum()`` zarr groups that only it
+    kept. Its number and its note are never given to another snapshot.
+
+    The row is marked first and the tags removed after it, so a deletion cut short leaves the snapshot
+    deleted: calling this again removes the tags left (with a warning that it was deleted already).
+
+    Raises
+    ------
+    ArgumentError
+        ``version`` is not an int.
+    VersionNotFoundError
+        There is no snapshot ``version`` (nothing is changed).
+    LockLostError
+        Another process took the snapshot lock over (nothing is changed).
+    ReadOnlyAtlasError
+        ``core`` is read-only.
+    """
+    core.require_writable()
+    if isinstance(version, bool) or not isinstance(version, int | np.integer):
+        raise ArgumentError(
+            f"version must be a snapshot number (an int: RaggedAtlas.list_versions), got {version!r}"
+        )
+    version = int(version)
+    with core.lock(SNAPSHOT_LOCK) as lease:  # what removes table versions or groups holds it too
+        every = list_snapshots(core.tables.db, deleted=True)
+        match = every[every["version"] == version]
+        if match.empty:
+            live = every.loc[every[DELETED].isna(), "version"].tolist()
+            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {live}: nothing deleted")
+        row = match.iloc[0]
+        lease.check()
+        if pd.isna(row[DELETED]):
+            mark_deleted(core.tables.db.open_table(VERSIONS_TABLE), version)
+        else:
+            warnings.warn(
+                f"snapshot {version} was deleted already (at {row[DELETED]:%Y-%m-%d %H:%M:%S} UTC); "
+                "any of its tags left are removed",
+                LancellWarning,
+                stacklevel=4,  # (the caller of RaggedAtlas.delete_snapshot, past its boundary wrapper)
+            )
+        untag_tables(core.tables.handles, json.loads(row["tables"]), version)

@@ -43,7 +43,7 @@ from lancell.storage.store_failures import StoreFailures, is_store_failure, stor
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import read_global_indices, sql_literal
-from lancell.tables.versions import list_snapshots, read_version
+from lancell.tables.versions import pinned_tables
 from lancell.tables.visibility import dataset_lock_name
 
 if TYPE_CHECKING:
@@ -159,14 +159,13 @@ def _snapshots_listing(atlas: RaggedAtlas, record: dict[str, object], name: str)
     """The snapshots whose record of ``record``'s dataset (in its zarr group) lists layer ``name``."""
     where = f"uid = {sql_literal(record['uid'])} AND zarr_group = {sql_literal(record['zarr_group'])}"
     found = []
-    for version in list_snapshots(atlas.core.tables.db)["version"]:
-        pinned = read_version(atlas.core.tables.db, int(version))["tables"]
+    for version, pinned in pinned_tables(atlas.core.tables.db).items():
         datasets = atlas.core.pinned_view(pinned).tables.datasets.to_lance()
         if "layers" not in datasets.schema.names:
             continue
         listed = datasets.to_table(columns=["layers"], filter=lance_sql(where)).column("layers").to_pylist()
         if any(name in (layers or []) for layers in listed):
-            found.append(int(version))
+            found.append(version)
     return found
 
 

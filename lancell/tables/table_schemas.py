@@ -45,6 +45,8 @@ VERSIONS_SCHEMA = pa.schema(
         pa.field("lancell_format", pa.int64(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("note", pa.string()),
+        # set when the snapshot is deleted (absent from tables created before deletion existed)
+        pa.field("deleted_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

@@ -4,7 +4,9 @@ See docs/architecture.md, "Versioning".
 
 A snapshot tags each table's current version ``snapshot-<v>`` so that ``optimize()`` and version cleanup can
 never delete it, and appends one row to ``atlas_versions``. Numbers are taken under a cross-process lock, so
-two concurrent ``snapshot()`` calls get different numbers.
+two concurrent ``snapshot()`` calls get different numbers. A deleted snapshot keeps its row, with
+``deleted_at`` set, and loses its tags: its number and note are never given again, and what only it kept
+can be reclaimed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.errors import VersionNotFoundError, require_type
-from lancell.tables.table_schemas import VERSIONS_SCHEMA, VERSIONS_TABLE
+from lancell.tables.table_schemas import VERSIONS_TABLE
 
 if TYPE_CHECKING:
     from lancedb.db import DBConnection
@@ -26,18 +28,30 @@ if TYPE_CHECKING:
     from lancell.tables.atlas_tables import Database
 
 __all__ = [
+    "DELETED",
     "SNAPSHOT_LOCK",
+    "list_snapshots",
+    "mark_deleted",
+    "next_version",
+    "noted_snapshot",
     "noted_version",
+    "pinned_tables",
     "read_snapshot",
     "read_version",
     "record_snapshot",
     "tag_name",
+    "tag_tables",
+    "untag_tables",
+    "version_of_tables",
 ]
 
 # The atlas lock a snapshot holds from reading the tables' versions to recording them: what removes table
 # versions (optimize's cleanup) or zarr groups (vacuum) holds it too, so nothing a snapshot is about to pin
 # goes while it is pinned but not yet tagged and recorded.
 SNAPSHOT_LOCK = "snapshot"
+# the versions table's column that marks a deleted snapshot (added to older tables by the first deletion)
+DELETED = "deleted_at"
+_DELETED_FIELD = pa.field(DELETED, pa.timestamp("us", tz="UTC"))
 
 
 def tag_name(version: int) -> str:
@@ -60,6 +74,22 @@ def tag_tables(handles: dict[str, Table], pinned: dict[str, int], version: int) 
         if name in tags.list():
             tags.delete(name)
         tags.create(name, table_version)
+
+
+def untag_tables(handles: dict[str, Table], pinned: dict[str, int], version: int) -> None:
+    """Delete snapshot ``version``'s tag from every table of ``pinned`` that still has it."""
+    name = tag_name(version)
+    for table_name in pinned:
+        handle = handles.get(table_name)
+        if handle is not None and name in handle.tags.list():
+            handle.tags.delete(name)
+
+
+def mark_deleted(versions: Table, version: int) -> None:
+    """Set snapshot ``version``'s ``deleted_at`` to now (adding the column to a table without it)."""
+    if DELETED not in versions.schema.names:
+        versions.add_columns(_DELETED_FIELD)
+    versions.update(where=f"version = {int(version)}", values={DELETED: datetime.now(UTC)})
 
 
 def record_snapshot(
@@ -86,16 +116,38 @@ def record_snapshot(
         "created_at": datetime.now(UTC),
         "note": note,
     }
-    versions.add(pa.Table.from_pylist([row], schema=VERSIONS_SCHEMA))
+    versions.add(pa.Table.from_pylist([row], schema=versions.schema))  # (an older table: no deleted_at)
 
 
 def _frame(versions: pa.Table) -> pd.DataFrame:
+    """Every row, sorted by version, with ``deleted_at`` (all missing for a table without the column)."""
+    if DELETED not in versions.schema.names:
+        versions = versions.append_column(_DELETED_FIELD, pa.nulls(versions.num_rows, _DELETED_FIELD.type))
     return versions.to_pandas().sort_values("version").reset_index(drop=True)
 
 
-def list_snapshots(db: DBConnection) -> pd.DataFrame:
-    """The versions table as a frame sorted by version."""
-    return _frame(db.open_table(VERSIONS_TABLE).to_arrow())
+def _live(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame[DELETED].isna()].drop(columns=DELETED).reset_index(drop=True)
+
+
+def list_snapshots(db: DBConnection, *, deleted: bool = False) -> pd.DataFrame:
+    """The snapshots as a frame sorted by version; ``deleted``: deleted ones too, with ``deleted_at``."""
+    frame = _frame(db.open_table(VERSIONS_TABLE).to_arrow())
+    return frame if deleted else _live(frame)
+
+
+def pinned_tables(db: DBConnection, deleted_after: datetime | None = None) -> dict[int, dict[str, int]]:
+    """Each snapshot's table versions, by snapshot number, from one read of the versions table: those not
+    deleted, and those deleted after ``deleted_after`` (a reader may still have them checked out)."""
+    frame = list_snapshots(db, deleted=True)
+    recent = frame[DELETED].isna()
+    if deleted_after is not None:
+        recent |= frame[DELETED] > pd.Timestamp(deleted_after)
+    frame = frame[recent]
+    return {
+        int(version): {name: int(v) for name, v in json.loads(tables).items()}
+        for version, tables in zip(frame["version"], frame["tables"], strict=True)
+    }
 
 
 def noted_version(frame: pd.DataFrame, note: str) -> int | None:
@@ -110,8 +162,22 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
         ``note`` is not a str (no note would ever match it).
     """
     require_type("note", note, str, "a str")
-    match = frame[frame["note"] == note]
+    match = frame[frame["note"] == note]  # (deleted snapshots too where the frame has them)
     return None if match.empty else int(match["version"].iloc[-1])
+
+
+def noted_snapshot(frame: pd.DataFrame, note: str) -> int | None:
+    """:func:`noted_version` of ``frame`` (:func:`list_snapshots` with ``deleted=True``), or None.
+
+    Raises
+    ------
+    VersionNotFoundError
+        The snapshot labelled ``note`` was deleted.
+    """
+    version = noted_version(frame, note)
+    if version is not None:
+        _pick(frame, version)  # (raises where it was deleted)
+    return version
 
 
 def version_of_tables(frame: pd.DataFrame, pinned: dict[str, int]) -> int | None:
@@ -127,9 +193,9 @@ def read_version(db: DBConnection, version: int | None) -> dict[str, Any]:
     Raises
     ------
     VersionNotFoundError
-        No such snapshot (or no snapshot at all).
+        No such snapshot, or it was deleted (or no snapshot at all).
     """
-    return _pick(list_snapshots(db), version)
+    return _pick(list_snapshots(db, deleted=True), version)
 
 
 def read_snapshot(database: Database, version: int | None) -> dict[str, Any]:
@@ -138,15 +204,22 @@ def read_snapshot(database: Database, version: int | None) -> dict[str, Any]:
 
 
 def _pick(frame: pd.DataFrame, version: int | None) -> dict[str, Any]:
-    if frame.empty:
-        raise VersionNotFoundError("the atlas has no snapshot yet; call atlas.snapshot() first")
+    live = _live(frame)
     if version is None:
-        row = frame.iloc[-1]
+        if live.empty:
+            gone = "every snapshot was deleted" if len(frame) else "the atlas has no snapshot yet"
+            raise VersionNotFoundError(f"{gone}; call atlas.snapshot() first")
+        row = live.iloc[-1]
     else:
         match = frame[frame["version"] == int(version)]
         if match.empty:
-            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {frame['version'].tolist()}")
-        row = match.iloc[0]
+            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {live['version'].tolist()}")
+        if not pd.isna(match[DELETED].iloc[0]):
+            raise VersionNotFoundError(
+                f"snapshot {version} was deleted at {match[DELETED].iloc[0]:%Y-%m-%d %H:%M:%S} UTC; "
+                f"snapshots: {live['version'].tolist()}"
+            )
+        row = match.drop(columns=DELETED).iloc[0]
     out = row.to_dict()
     out["tables"] = {k: int(v) for k, v in json.loads(out["tables"]).items()}
     out["store_config"] = json.loads(out["store_config"])

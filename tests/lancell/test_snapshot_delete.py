@@ -1,0 +1,172 @@
+"""Deleting a snapshot: it can no longer be checked out, its number and note are never given again, and what
+only it kept (table versions, zarr groups of deleted datasets) can then be reclaimed; nothing another snapshot
+or the live atlas needs goes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import timedelta
+
+import numpy as np
+import obstore
+import obstore.store
+import pytest
+
+import lancell.snapshots
+from lancell import cli
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED, ingest_bundled
+from lancell.errors import (
+    ArgumentError,
+    DuplicateNoteError,
+    LancellWarning,
+    ReadOnlyAtlasError,
+    VersionNotFoundError,
+)
+from lancell.tables.versions import tag_name
+from tests.lancell.test_old_format import ARCHIVE
+
+
+def _tagged(atlas: RaggedAtlas, version: int) -> list[str]:
+    """The tables of ``atlas`` that still carry snapshot ``version``'s tag."""
+    handles = atlas.core.tables.handles
+    return [name for name, table in handles.items() if tag_name(version) in table.tags.list()]
+
+
+def _stored(atlas: RaggedAtlas, group: str) -> bool:
+    return any(batch for batch in obstore.list(atlas.store, prefix=group + "/"))
+
+
+def _counts(atlas: RaggedAtlas) -> np.ndarray:
+    adata = atlas.query().where("dataset_uid = 'pbmc68k'").to_anndata()
+    return adata.X.toarray()
+
+
+def test_a_deleted_snapshot_is_gone_for_readers_and_its_number_and_note_stay_taken(atlas):
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot(note="first") == 0
+    ingest_bundled(atlas, BUNDLED[1])
+    assert atlas.snapshot(note="second") == 1
+    assert _tagged(atlas, 1)
+
+    atlas.delete_snapshot(1)  # the latest: its number must not come back
+
+    db = atlas.db_uri
+    assert RaggedAtlas.list_versions(db)["version"].tolist() == [0]
+    listed = RaggedAtlas.list_versions(db, deleted=True).set_index("version")["deleted_at"]
+    assert listed.index.tolist() == [0, 1] and listed.isna().tolist() == [True, False]
+    assert _tagged(atlas, 1) == []
+    with pytest.raises(VersionNotFoundError, match=r"snapshot 1 was deleted at .* UTC; snapshots: \[0\]"):
+        RaggedAtlas.checkout(db, 1)
+    with pytest.raises(VersionNotFoundError, match="snapshot 1 was deleted"):
+        RaggedAtlas.find_snapshot(db, "second")
+    assert RaggedAtlas.find_snapshot(db, "first") == 0
+    with pytest.warns(LancellWarning, match=r"the latest snapshot \(0\) is older than the atlas"):
+        assert RaggedAtlas.checkout_latest(db).snapshot_version == 0
+    taken = r"snapshot 1 \(deleted since\) already has the note 'second'"
+    with pytest.raises(DuplicateNoteError, match=taken):
+        atlas.snapshot(note="second")
+    assert atlas.snapshot(note="third") == 2
+    assert RaggedAtlas.checkout_latest(db).snapshot_version == 2
+
+    atlas.delete_snapshot(0)
+    atlas.delete_snapshot(2)
+    with pytest.raises(VersionNotFoundError, match="every snapshot was deleted"):
+        RaggedAtlas.checkout_latest(db)
+    assert atlas.snapshot() == 3
+
+
+def test_what_only_a_deleted_snapshot_kept_is_reclaimed_and_nothing_else(atlas):
+    """A dataset deleted after snapshot 0 keeps its group while snapshot 0 exists (and for vacuum's grace
+    after the snapshot is deleted); optimize's cleanup then prunes the table versions only it pinned, and the
+    other snapshot and the live atlas read back the same values."""
+    for dataset in BUNDLED[:2]:
+        ingest_bundled(atlas, dataset)
+    assert atlas.snapshot() == 0
+    gone = BUNDLED[1].uid
+    group = atlas.list_datasets().set_index("uid").loc[gone, "zarr_group"]
+    atlas.delete_dataset(gone)
+    assert atlas.snapshot() == 1
+    before = _counts(RaggedAtlas.checkout(atlas.db_uri, 1))
+    time.sleep(2.0)  # the dataset's deletion is then older than the grace below
+
+    assert atlas.vacuum(grace=timedelta(0))["groups"] == 0  # snapshot 0 keeps it
+    atlas.delete_snapshot(0)
+    assert atlas.vacuum(grace=timedelta(seconds=1.5))["groups"] == 0  # deleted within the grace: kept
+    assert _stored(atlas, group)
+    assert atlas.vacuum(grace=timedelta(0))["groups"] == 1
+    assert not _stored(atlas, group)
+
+    pinned_by_0 = {name: table.tags.list() for name, table in atlas.core.tables.handles.items()}
+    assert all(tag_name(0) not in tags for tags in pinned_by_0.values())
+    cells = atlas.core.tables.cells
+    pinned = json.loads(RaggedAtlas.list_versions(atlas.db_uri, deleted=True)["tables"].iloc[0])[cells.name]
+    assert pinned in [v["version"] for v in cells.list_versions()]
+    atlas.optimize(cleanup_older_than=timedelta(0))
+    assert pinned not in [v["version"] for v in cells.list_versions()]  # only the deleted snapshot kept it
+    np.testing.assert_array_equal(_counts(RaggedAtlas.checkout(atlas.db_uri, 1)), before)
+    np.testing.assert_array_equal(_counts(atlas), before)
+    assert atlas.validate() == []
+
+
+def test_a_deletion_cut_short_leaves_the_snapshot_deleted_and_a_second_call_removes_its_tags(
+    atlas, monkeypatch
+):
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot() == 0
+
+    def cut(*args, **kwargs):
+        raise OSError("killed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lancell.snapshots, "untag_tables", cut)
+        with pytest.raises(OSError, match="killed"):
+            atlas.delete_snapshot(0)
+    assert RaggedAtlas.list_versions(atlas.db_uri).empty  # marked first: never a live snapshot untagged
+    assert _tagged(atlas, 0)
+    with pytest.warns(LancellWarning, match="snapshot 0 was deleted already"):
+        atlas.delete_snapshot(0)
+    assert _tagged(atlas, 0) == []
+
+
+def test_bad_arguments_and_read_only_handles_are_refused_with_nothing_changed(atlas):
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot() == 0
+    with pytest.raises(VersionNotFoundError, match=r"no snapshot 7; snapshots: \[0\]: nothing deleted"):
+        atlas.delete_snapshot(7)
+    for bad in ("0", True, 0.0, None):
+        with pytest.raises(ArgumentError, match="version must be a snapshot number"):
+            atlas.delete_snapshot(bad)
+    with pytest.raises(ReadOnlyAtlasError):
+        RaggedAtlas.checkout(atlas.db_uri, 0).delete_snapshot(0)
+    atlas.delete_snapshot(np.int64(0))  # a number read from list_versions
+    assert RaggedAtlas.list_versions(atlas.db_uri).empty
+
+
+def test_an_atlas_whose_versions_table_predates_deletion_gets_the_column(tmp_path):
+    shutil.copytree(ARCHIVE / "db", tmp_path / "db")
+    db = str(tmp_path / "db")
+    atlas = RaggedAtlas.open(db, store=obstore.store.LocalStore(f"{db}/_zarr"))
+    assert "deleted_at" not in atlas.core.tables.db.open_table("atlas_versions").schema.names
+    old = RaggedAtlas.list_versions(db)["version"].tolist()
+    assert RaggedAtlas.list_versions(db, deleted=True)["deleted_at"].isna().all()
+    atlas.delete_snapshot(old[0])
+    assert RaggedAtlas.list_versions(db)["version"].tolist() == old[1:]
+    assert atlas.snapshot(note="after") == max(old) + 1
+    assert RaggedAtlas.find_snapshot(db, "after") == max(old) + 1
+
+
+def test_the_command_line_deletes_a_snapshot_and_lists_deleted_ones(atlas, capsys):
+    ingest_bundled(atlas, BUNDLED[0])
+    assert atlas.snapshot(note="rel") == 0
+    assert cli.main(["delete-snapshot", atlas.db_uri, "0"]) == 0
+    assert "snapshot 0: deleted" in capsys.readouterr().out
+    assert cli.main(["versions", atlas.db_uri]) == 0
+    assert "no snapshot yet" in capsys.readouterr().out
+    assert cli.main(["versions", atlas.db_uri, "--deleted"]) == 0
+    shown = capsys.readouterr().out
+    assert "deleted_at" in shown and "rel" in shown
+    assert cli.main(["delete-snapshot", atlas.db_uri, "5"]) == 1
+    assert "no snapshot 5" in capsys.readouterr().err
