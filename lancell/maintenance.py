@@ -62,29 +62,40 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
         No such dataset.
     LockTimeoutError
         Another operation on the dataset held its lock for longer than the lock's timeout.
+    LockLostError
+        Another process took the dataset's lock over (this process paused past its lease): nothing more is
+        deleted (a record deleted already stays deleted; vacuum() removes what it owned).
     """
     require_type("uid", uid, str, "a dataset uid (a str)")
-    with core.lock(dataset_lock_name(uid), about=f"dataset {uid!r}"):
-        where = f"uid = {sql_literal(uid)}"
-        rows = core.tables.datasets.search().where(where).to_arrow().to_pylist()
+    with core.lock(dataset_lock_name(uid), about=f"dataset {uid!r}") as lease:
+        rows = core.tables.datasets.search().where(f"uid = {sql_literal(uid)}").to_arrow().to_pylist()
         if not rows:
             raise DatasetNotFoundError(f"no dataset {uid!r} in the atlas")
         record = rows[0]
         attached = (
             core.tables.datasets.search().where(f"cells_of = {sql_literal(uid)}").select(["zarr_group"])
         )
-        for group in [record["zarr_group"], *attached.to_arrow().column("zarr_group").to_pylist()]:
+        groups = [record["zarr_group"], *attached.to_arrow().column("zarr_group").to_pylist()]
+        for group in groups:
             core.group_claims.mark_released(group)  # vacuum's grace counts from now: live readers finish
+        # every commit deletes what was read above, by its group too, after a check of the lease: a process
+        # that lost it (paused past it) never deletes a later dataset of the same uid
+        own = f"uid = {sql_literal(uid)} AND zarr_group = {sql_literal(record['zarr_group'])}"
+        lease.check()
         if record.get("cells_of"):  # a further modality: the cells stay, their pointers go
             # killed before the pointers go, they lead into a group no record references: unmeasured to
             # readers, nulled by the next attachment to these cells (hold_host) or by vacuum()
-            core.tables.datasets.delete(where)
+            core.tables.datasets.delete(own)
+            lease.check()
             detach_pointers(core, record["feature_space"], record["zarr_group"])
             return
         # the records of the dataset and of every modality attached to its cells go in one commit, then the
         # rows pointing into the deleted record's group: never those of a later dataset of the same uid
-        core.tables.datasets.delete(f"{where} OR cells_of = {sql_literal(uid)}")
+        listed = ", ".join(map(sql_literal, groups))
+        modalities = f"cells_of = {sql_literal(uid)} AND zarr_group IN ({listed})"
+        core.tables.datasets.delete(f"({own}) OR ({modalities})")
         pointer = f"{record['feature_space']}.zarr_group = {sql_literal(record['zarr_group'])}"
+        lease.check()
         core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)} AND {pointer}")
 
 
@@ -123,12 +134,14 @@ def remove_group(core: AtlasCore, group: str) -> bool:
 
     Returns whether a stored group was deleted. A group a live record or a snapshot references (a commit
     that went through although its call failed, a snapshot taken meanwhile) is kept, as is one this atlas
-    cannot prove its own; :meth:`RaggedAtlas.vacuum` looks at it again later.
+    cannot prove its own; :meth:`RaggedAtlas.vacuum` looks at it again later. The check and the deletion hold
+    the snapshot lock, as vacuum's do: a snapshot being taken cannot pin the group between them.
     """
-    if _Names(_live_groups(core) | _snapshot_groups(core, {})).nests(group):
-        log.warning("zarr group %r is referenced by a dataset record or a snapshot: not deleted", group)
-        return False
-    return core.group_claims.delete(group) == "own"
+    with core.lock(SNAPSHOT_LOCK):
+        if _Names(_live_groups(core) | _snapshot_groups(core, {})).nests(group):
+            log.warning("zarr group %r is referenced by a dataset record or a snapshot: not deleted", group)
+            return False
+        return core.group_claims.delete(group) == "own"
 
 
 def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:

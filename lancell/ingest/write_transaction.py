@@ -345,8 +345,9 @@ class WriteTransaction:
         if self._committed:
             return
         try:
-            if self._rows_written and self.cells_of is None:
-                core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)}")
+            if self._rows_written and self.cells_of is None:  # its own rows: those pointing into its group
+                pointer = f"{self.space.name}.zarr_group = {sql_literal(self._group)}"
+                core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)} AND {pointer}")
             elif self._rows_written:
                 detach_pointers(core, self.space.name, self._group)
             self._rows_written = False

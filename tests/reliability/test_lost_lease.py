@@ -1,0 +1,116 @@
+"""A process that lost a dataset's lease (paused past it: a suspended laptop or VM) deletes nothing of the
+process that took the lock over: not its record, not its cell rows, not its groups.
+
+Each test plays both processes in one: at the chosen step the first one's lock is taken over
+(``_steal``: what a process that judged it stale writes), the second one's work runs once the thief's short
+lease is stale, and then the first one goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import obstore
+import pytest
+
+import lancell.ingest.write_transaction
+import lancell.maintenance
+from lancell.atlas import RaggedAtlas
+from lancell.bundled import BUNDLED
+from lancell.errors import LockLostError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.group_claims import GroupClaims
+from lancell.tables.schema import DatasetRecord
+from lancell.tables.versions import SNAPSHOT_LOCK
+from lancell.tables.visibility import dataset_lock_name
+
+PBMC = BUNDLED[0]
+
+
+def _ingest(atlas: RaggedAtlas, uid: str, adata) -> DatasetRecord:
+    return add_from_anndata(
+        atlas,
+        adata,
+        feature_space="gene_expression",
+        zarr_layer=PBMC.zarr_layer,
+        dataset_record=DatasetRecord(uid=uid),
+        on_duplicate="allow",
+        progress=False,
+    )
+
+
+def _steal(atlas: RaggedAtlas, name: str) -> None:
+    """Take lock ``name`` over as another process would, with a lease that is stale after 0.2 s."""
+    body = {"token": "thief", "host": "another-host.invalid", "pid": 1, "renewed_at": time.time()}
+    data = json.dumps(body | {"taken_at": time.time(), "stale_after": 0.2}).encode()
+    obstore.put(atlas.core.meta_store, f"_lancell/locks/{name}.lock", data)
+    time.sleep(0.3)
+
+
+def _state(atlas: RaggedAtlas) -> tuple[list[str], int, list[str]]:
+    records = atlas.list_datasets()
+    return records["zarr_group"].tolist(), atlas.query().count(), atlas.validate()
+
+
+def test_a_deletion_that_lost_its_lease_leaves_the_dataset_ingested_again_meanwhile(atlas, monkeypatch):
+    """It deleted the record by uid alone, without a check of its lease: the dataset deleted and ingested
+    again under the same uid by the process that took over lost its record, its rows left behind."""
+    adata = PBMC.read()
+    _ingest(atlas, "x", adata)
+    real = GroupClaims.mark_released
+    took_over: list[str] = []
+
+    def paused_after_reading_the_record(self, group):
+        if not took_over:  # (the second process's own deletion passes through here too)
+            took_over.append(group)
+            _steal(atlas, dataset_lock_name("x"))
+            atlas.delete_dataset("x")
+            _ingest(atlas, "x", adata)
+        real(self, group)
+
+    monkeypatch.setattr(GroupClaims, "mark_released", paused_after_reading_the_record)
+    with pytest.raises(LockLostError, match="dataset 'x'"):
+        atlas.delete_dataset("x")
+    groups, cells, problems = _state(atlas)
+    assert len(groups) == 1 and groups[0] != took_over[0]  # the dataset ingested again
+    assert cells == adata.n_obs and problems == []
+
+
+def test_an_ingestion_rolled_back_after_losing_its_lease_deletes_only_its_own_rows(atlas, monkeypatch):
+    """Its roll-back deleted every cell row of the uid: those of the dataset committed meanwhile too."""
+    adata = PBMC.read()
+    transaction = lancell.ingest.write_transaction.WriteTransaction
+    real = transaction._commit_rows
+    done: list[bool] = []
+
+    def paused_after_its_rows(self, indptr):
+        real(self, indptr)
+        if not done:
+            done.append(True)
+            _steal(atlas, dataset_lock_name("x"))
+            _ingest(atlas, "x", adata)  # the process that took over ingests the same uid and commits
+
+    monkeypatch.setattr(transaction, "_commit_rows", paused_after_its_rows)
+    with pytest.raises(LockLostError):
+        _ingest(atlas, "x", adata)
+    groups, cells, problems = _state(atlas)
+    assert len(groups) == 1 and cells == adata.n_obs and problems == []
+
+
+def test_a_roll_back_deletes_its_group_under_the_snapshot_lock(atlas, monkeypatch):
+    """The check that no snapshot references the group and its deletion held no lock: a snapshot being
+    taken meanwhile could pin the group the roll-back then deleted."""
+    real = lancell.maintenance._snapshot_groups
+    held: list[bool] = []
+
+    def checked(core, known, deleted_after=None):
+        lock = Path(atlas.db_uri) / "_lancell" / "locks" / f"{SNAPSHOT_LOCK}.lock"
+        held.append(lock.exists())
+        return real(core, known, deleted_after)
+
+    monkeypatch.setattr(lancell.maintenance, "_snapshot_groups", checked)
+    group = atlas.core.group_claims.claim_new("y")
+    assert lancell.maintenance.remove_group(atlas.core, group) is False  # nothing stored: not "own"
+    assert held == [True]
