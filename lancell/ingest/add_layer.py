@@ -29,6 +29,7 @@ from lancell.errors import (
     DatasetNotFoundError,
     IngestError,
     LancellWarning,
+    LockLostError,
     ShapeMismatchError,
     caller_outside_lancell,
     require_type,
@@ -47,9 +48,12 @@ from lancell.tables.versions import pinned_tables
 from lancell.tables.visibility import dataset_lock_name
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import zarr
 
     from lancell.atlas import RaggedAtlas
+    from lancell.tables.locks import Lease
 
 __all__ = ["add_layer"]
 
@@ -88,6 +92,9 @@ def add_layer(
         several layers (nowhere to record one); the atlas is unchanged.
     ArgumentError
         ``dataset_uid`` or ``name`` is not a str.
+    LockLostError
+        Another process took the dataset's lock over (this one paused past its lease): it stops before its
+        next store and rolls nothing back (the arrays may be the other call's by then).
     """
     require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str)")
     require_type("name", name, str, "a layer name (a str)")
@@ -125,19 +132,27 @@ def add_layer(
         # record is rolled back (the unlisted arrays are invisible; the next add_layer overwrites them)
         listing = False
         try:
-            padded = _write_values(group, dataset_uid, name, source, space.kind)
+            # every array's creation and every shard store checks the lease first: a call paused past it (a
+            # suspended machine) stops before it writes over the arrays of the call that took the dataset over
+            lease.check()
+            padded = _write_values(group, dataset_uid, name, source, space.kind, lease.check)
             if space.kind == "sparse" and attrs.get("csc_layers"):
-                write_csc(group, [name], indices=False)
-            group.attrs["layers"] = {**attrs.get("layers", {}), name: stored_dtype(source).name}
+                lease.check()
+                write_csc(group, [name], indices=False, guard=lease.check)
+            listed = {"layers": {**attrs.get("layers", {}), name: stored_dtype(source).name}}
             if padded:
-                group.attrs["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
+                listed["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
+            lease.check()
+            group.attrs.update(listed)  # one write: no reader sees the layer listed without its zero fill
             lease.check()
             listing = True
             updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
             if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException as exc:
-            if not listing:
+            if not _still_held(lease):  # the arrays and the record may be another call's now: left alone
+                log.error("add_layer %s of %s lost its lock: nothing rolled back", name, dataset_uid)
+            elif not listing:
                 _roll_back(group, attrs, name)
             else:  # the record may list it (and a snapshot taken meanwhile pin that): the layer stays whole
                 try:
@@ -285,14 +300,27 @@ def _check_plain_columns(uid: str, reordered: object) -> None:
         )
 
 
-def _write_values(group: zarr.Group, dataset: str, name: str, source: object, kind: str) -> bool:
-    """Write the layer's values array; return whether it pads the stored pattern with zeros."""
+def _still_held(lease: Lease) -> bool:
+    """Whether this process still holds ``lease`` (a failed check: another process took it over)."""
+    try:
+        lease.check()
+    except LockLostError:
+        return False
+    return True
+
+
+def _write_values(
+    group: zarr.Group, dataset: str, name: str, source: object, kind: str, guard: Callable[[], None]
+) -> bool:
+    """Write the layer's values array (``guard`` called before each shard is stored); return whether it pads
+    the stored pattern with zeros."""
     dtype = stored_dtype(source)
     if kind == "dense":
         stored = group["layers"][next(iter(group["layers"].array_keys()))]
         with ShardBuffer(
             create_value_array(group["layers"], name, stored.shape, dtype, stored.chunks, stored.shards),
             stored.shards[0],
+            guard,
         ) as out:
             for row0, block in source.dense_blocks():
                 out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
@@ -303,6 +331,7 @@ def _write_values(group: zarr.Group, dataset: str, name: str, source: object, ki
     with ShardBuffer(
         create_value_array(group["csr/layers"], name, indices.shape, dtype, indices.chunks, indices.shards),
         indices.shards[0],
+        guard,
     ) as out:
         for row0, block_indptr, columns, values in stored_csr_blocks(source, name, None):
             stop = row0 + block_indptr.size - 1

@@ -14,7 +14,7 @@ of consecutive blocks by a helper thread one part ahead (docs/architecture.md, "
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -72,6 +72,7 @@ def write_csc(
     budget: int = CSC_BUDGET,
     written: CsrBlocks | None = None,
     indices: bool = True,
+    guard: Callable[[], None] | None = None,
 ) -> None:
     """Write the CSC copy of ``group``'s CSR ``layers`` (overwriting an earlier one).
 
@@ -83,7 +84,7 @@ def write_csc(
     two read buffers, each for the largest part of a bucket (``_PART_VALUES`` values, or one block's bucket),
     and by ``written``'s kept blocks (spilled to a temporary file above ``budget`` values). ``written``: what
     ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
-    arrays are read back once.
+    arrays are read back once. ``guard`` is called before each shard is stored (a lease's check).
     """
     csr = group["csr"]
     n_features = int(group.attrs["n_features"])
@@ -102,7 +103,7 @@ def write_csc(
             blocks.add(0, indptr, stored, values, start)
     try:
         blocks.done()  # every block sorted and counted
-        _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices)
+        _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices, guard)
     finally:
         if written is None:
             blocks.close()
@@ -115,6 +116,7 @@ def _write_buckets(
     values_arrays: Mapping[str, zarr.Array],
     budget: int,
     indices: bool,
+    guard: Callable[[], None] | None,
 ) -> None:
     """Fill ``blocks``' buckets into the CSC arrays under ``target``, in feature ranges of at most
     ``budget / 2`` values (at least one feature)."""
@@ -139,12 +141,15 @@ def _write_buckets(
                         **value_codecs(np.dtype("uint32"), "indices"),
                     ),
                     shard,
+                    guard,
                 )
             )
         parent = target.require_group("layers")
         vals_out = {
             layer: outputs.enter_context(
-                ShardBuffer(create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard)
+                ShardBuffer(
+                    create_value_array(parent, layer, (nnz,), array.dtype, (chunk,), (shard,)), shard, guard
+                )
             )
             for layer, array in values_arrays.items()
         }

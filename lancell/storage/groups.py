@@ -13,7 +13,7 @@ Writes are buffered to whole shards so that zarr never reads-modifies-writes a s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -108,9 +108,10 @@ class ShardBuffer:
     reused shard-sized buffer and each full shard is written through zarr-python.
     """
 
-    def __init__(self, array: zarr.Array, shard: int) -> None:
+    def __init__(self, array: zarr.Array, shard: int, guard: Callable[[], None] | None = None) -> None:
         self.array = array
         self.shard = shard
+        self._guard = guard  # called before each store (a lease's check: a writer that lost it stops)
         self.buffered = 0
         self.written = 0
         self._buffer: np.ndarray | None = None
@@ -148,6 +149,8 @@ class ShardBuffer:
 
     def _write(self, shard: np.ndarray) -> None:
         """Store the current shard: its encoded object (direct writes), else its rows through zarr-python."""
+        if self._guard is not None:
+            self._guard()
         if self._direct is not None:
             self._direct.store(self.written // self.shard, shard)
         else:

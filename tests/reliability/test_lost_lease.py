@@ -12,7 +12,10 @@ import json
 import time
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import obstore
+import pandas as pd
 import pytest
 
 import lancell.ingest.write_transaction
@@ -114,3 +117,44 @@ def test_a_roll_back_deletes_its_group_under_the_snapshot_lock(atlas, monkeypatc
     group = atlas.core.group_claims.claim_new("y")
     assert lancell.maintenance.remove_group(atlas.core, group) is False  # nothing stored: not "own"
     assert held == [True]
+
+
+def test_add_layer_that_lost_its_lease_stops_and_leaves_the_layer_of_the_call_that_took_over(
+    atlas, celltypist, monkeypatch
+):
+    """Its roll-back put back the attributes it had read and deleted the layer's arrays: those of the call
+    that took the dataset over and committed the same layer, whose record then listed a layer not stored."""
+    import lancell.ingest.add_layer as adding
+
+    add_from_anndata(
+        atlas,
+        celltypist,
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="x"),
+        progress=False,
+    )
+    stored = atlas.query().where(dataset_uid="x").layers("gene_expression", "counts").to_anndata()
+    counts = stored.X.astype(np.float32)
+    obs = pd.DataFrame(index=stored.obs_names.str.split(":", n=1).str[1])
+
+    def named(matrix):
+        return ad.AnnData(X=matrix, obs=obs, var=pd.DataFrame(index=stored.var_names))
+
+    real = adding._write_values
+    taken: list[bool] = []
+
+    def paused_after_its_arrays(*args):
+        padded = real(*args)
+        if not taken:
+            taken.append(True)
+            _steal(atlas, dataset_lock_name("x"))
+            adding.add_layer(atlas, "x", "log_normalized", named(counts * 2))  # the call that took over
+        return padded
+
+    monkeypatch.setattr(adding, "_write_values", paused_after_its_arrays)
+    with pytest.raises(LockLostError):
+        adding.add_layer(atlas, "x", "log_normalized", named(counts * 3))
+    read = atlas.query().where(dataset_uid="x").layers("gene_expression", "log_normalized").to_anndata()
+    np.testing.assert_array_equal(read.X.toarray(), (counts * 2).toarray())
+    assert atlas.validate() == []
