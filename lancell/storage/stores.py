@@ -35,7 +35,6 @@ from lancell.storage.store_settings import (
 
 __all__ = [
     "check_options_used",
-    "delete_prefix",
     "describe_store",
     "lancedb_storage_options",
     "location_in_store",
@@ -53,9 +52,6 @@ _SECRET_WORDS = ("secret", "token", "password", "key", "session", "credential", 
 _SECRET_CLIENT_OPTIONS = ("default_headers", "proxy_url")
 # URL schemes of the object stores, by the kind of namespace (bucket or container) they name.
 _URL_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "memory": "mem"}
-# A local put's staging file (object_store's LocalFileSystem): up to the first "#" anything, then only
-# digits. It is hidden from list, and put refuses such a name.
-_STAGING_FILE = re.compile(r"[^#]*#[0-9]+")
 # A location that is no URL ("://" missing) but starts like one: "s3:/bucket/db", "file:/data/db", "gs:b/db".
 # Taken for a local path it made folders named "s3:"; a Windows drive ("C:/data") has a one-letter name.
 _MISTYPED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(?!//)")
@@ -312,46 +308,6 @@ def write_json(
         obstore.put(store, path, body, mode="create" if create else "overwrite")
     except obstore.exceptions.AlreadyExistsError as exc:
         raise FileExistsError(path) from exc
-
-
-def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
-    """Delete every object under ``prefix``; return how many were deleted.
-
-    The objects directly under ``prefix`` (a zarr group's ``zarr.json``, which says whose the group is) go
-    last, so that a delete interrupted half-way leaves them and can be finished. On a local disk the
-    staging files of writes that died half-way (a process killed during a put) go first: obstore writes an
-    object through a sibling ``<name>#<digits>`` file that it never lists and that no object can be named,
-    so such a file is provably a partial write, not an object. The directories left empty go last (only
-    empty ones).
-
-    Raises
-    ------
-    StoreError
-        ``prefix`` is empty or has an empty, ``.`` or ``..`` segment (it would reach the store's root or
-        outside ``prefix``).
-    """
-    key = prefix.strip("/")
-    if not key or any(part in ("", ".", "..") for part in key.split("/")):
-        raise StoreError(f"refusing to delete prefix {prefix!r} of {describe_store(store)}: not a plain path")
-    local = isinstance(store, obs_store.LocalStore) and store.prefix is not None
-    top = Path(store.prefix) / key if local else None
-    if top is not None:  # first, while the objects that say whose the group is still stand
-        for folder, _, files in os.walk(top):
-            for name in files:
-                if _STAGING_FILE.fullmatch(name):
-                    Path(folder, name).unlink(missing_ok=True)
-    paths = [meta["path"] for batch in obstore.list(store, prefix=key + "/") for meta in batch]
-    own = [path for path in paths if "/" not in path[len(key) + 1 :]]
-    for chunk in ([path for path in paths if path not in own], own):
-        if chunk:
-            obstore.delete(store, chunk)
-    if top is not None:  # object semantics leave empty directories behind on a local disk
-        for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
-            try:
-                os.rmdir(folder)
-            except OSError:  # not empty: something was written there since
-                pass
-    return len(paths)
 
 
 def location_in_store(store: obs_store.ObjectStore, uri: str) -> str | None:

@@ -27,8 +27,9 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import GroupNotFoundError, LancellWarning, StoreError
+from lancell.storage.deletion import delete_prefix
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
-from lancell.storage.stores import delete_prefix, describe_store, location_in_store, read_json, write_json
+from lancell.storage.stores import describe_store, location_in_store, read_json, write_json
 
 __all__ = ["CLAIMS_PREFIX", "GroupClaim", "GroupClaims", "Ownership"]
 

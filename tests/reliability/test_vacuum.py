@@ -27,8 +27,9 @@ from lancell.atlas import RaggedAtlas
 from lancell.errors import DuplicateContentError, GroupNotFoundError, LancellWarning, StoreError
 from lancell.ingest.add_csc import add_csc
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage.deletion import delete_prefix
 from lancell.storage.groups import ATLAS_ID_ATTR, SparseGroupWriter
-from lancell.storage.stores import delete_prefix, location_in_store
+from lancell.storage.stores import location_in_store
 from lancell.synthetic import synthetic_counts
 from lancell.tables.locks import atlas_lock
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -524,3 +525,26 @@ def test_a_file_among_the_claims_that_is_not_a_claim_is_warned_and_claims_nothin
         assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "unclaimed": 0}
     assert (tmp_path / "arrays" / other.zarr_group).is_dir()
     assert kept.zarr_group != other.zarr_group
+
+
+def test_vacuum_deletes_only_what_zarr_wrote_and_nothing_through_a_link(tmp_path: Path, caplog) -> None:
+    """A link in an owned group's folder led vacuum out of the atlas (obstore's listing follows links): the
+    files it pointed to were deleted, and so was a note the user kept beside the data."""
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    keep = ingest(atlas, "keep", counts(1))
+    group = ingest(atlas, "gone", counts(2)).zarr_group
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "figures.pdf").write_text("years of work")
+    folder = tmp_path / "arrays" / group
+    os.symlink(outside, folder / "results")
+    (folder / "notes.txt").write_text("how this dataset was made")
+    (folder / "csr" / "figure.png").symlink_to(outside / "figures.pdf")
+    atlas.delete_dataset("gone")
+    with caplog.at_level(logging.WARNING, logger="lancell.storage.deletion"):
+        assert atlas.vacuum(grace=timedelta(0))["groups"] == 1
+    assert (outside / "figures.pdf").read_text() == "years of work"
+    assert sorted(p.name for p in folder.rglob("*")) == ["csr", "figure.png", "notes.txt", "results"]
+    assert f"zarr group {group!r}" in caplog.text and "notes.txt" in caplog.text
+    assert_exact(atlas, {"keep": counts(1)})
+    assert keep.uid in set(atlas.list_datasets()["uid"])
