@@ -151,17 +151,26 @@ def other_landing_file(record: DatasetRecord, spec: LandingSpec) -> str | None:
     landing on one uid, e.g. ``study_a/sample1.h5ad`` and ``study_b/sample1.h5ad``): the other file, still
     there, or the other sidecar ``source`` when both files state one and they differ.
 
-    None when it is the same file (under any path), when its recorded source is gone (the file moved: nothing
-    tells them apart without reading it), when one of the two states no sidecar ``source`` and the recorded
-    one is not an absolute path (a relative path recorded before sources were absolute, whose folder is
-    unknown), and when the two are the two forms of one matrix that Cell Ranger writes side by side
-    (``filtered_feature_bc_matrix.h5`` and the folder ``filtered_feature_bc_matrix``:
-    :func:`~lancell.ingest.landing_spec.cell_ranger_forms`)."""
+    A recorded source that is not an absolute path (a sidecar's label, or a path recorded before sources were
+    absolute) is another file's unless it names this file from the working folder: a file without a sidecar
+    ``source`` cannot be told to be that dataset (two studies' ``sample1.h5ad``, the first with a sidecar).
+
+    None when it is the same file (under any path), when its recorded absolute path is gone (the file moved:
+    nothing tells them apart without reading it), and when the two are the two forms of one matrix that Cell
+    Ranger writes side by side (``filtered_feature_bc_matrix.h5`` and the folder
+    ``filtered_feature_bc_matrix``: :func:`~lancell.ingest.landing_spec.cell_ranger_forms`)."""
     recorded = record.source
     if not recorded or recorded == recorded_source(spec):
         return None
     if not os.path.isabs(recorded):
-        return f"source {recorded!r} (this file's sidecar says {spec.source!r})" if spec.source else None
+        if spec.source:
+            return f"source {recorded!r} (this file's sidecar says {spec.source!r})"
+        try:
+            if Path(recorded).exists() and Path(recorded).samefile(spec.path):
+                return None
+        except OSError:  # (spec.path gone: the dataset is what the atlas holds)
+            return None
+        return f"source {recorded!r} (this file's sidecar states none: state that source if it is the same)"
     path = Path(recorded)
     try:
         if not path.exists() or path.samefile(spec.path) or cell_ranger_forms(path, spec.path):

@@ -197,6 +197,23 @@ def test_files_whose_sidecars_state_other_sources_are_told_apart(tmp_path: Path,
     assert "sample1: already in the atlas" in again.stdout
 
 
+def test_a_file_without_a_source_is_told_apart_from_one_whose_sidecar_stated_one(
+    tmp_path: Path, db: str
+) -> None:
+    """The first study's sidecar stated a source (a label, no absolute path), the second's file none: it was
+    "already in the atlas", exit 0, its cells never read."""
+    for study in ("study_a", "study_b"):
+        (tmp_path / study).mkdir()
+    _write(tmp_path / "study_a" / "sample1.h5ad", ["G1", "G2"], {"source": "lab/a/sample1.h5ad"})
+    _write(tmp_path / "study_b" / "sample1.h5ad", ["G1", "G3"])
+    run("ingest", db, str(tmp_path / "study_a" / "sample1.h5ad"))
+    clash = run("ingest", db, str(tmp_path / "study_b" / "sample1.h5ad"), check=False)
+    assert clash.returncode == 1 and "already in the atlas (" not in clash.stdout
+    assert "another file, source 'lab/a/sample1.h5ad' (this file's sidecar states none" in clash.stderr
+    again = run("ingest", db, str(tmp_path / "study_a" / "sample1.h5ad"))  # the same file: idempotent
+    assert "sample1: already in the atlas" in again.stdout
+
+
 def test_a_relative_path_is_told_apart_from_another_folder(tmp_path: Path, db: str) -> None:
     """A source recorded as typed (sample1.h5ad) named another study's file from its folder: that file passed
     as "already in the atlas", and the same file given from elsewhere was refused."""
