@@ -9,7 +9,7 @@ the loader, validation and maintenance receive the core (``atlas.core``) and rea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -217,11 +217,23 @@ class AtlasCore:
         """Drop every opened node: a group changed under this handle (a CSC copy or a layer was added)."""
         self._nodes.clear()
 
-    def group_attrs(self, zarr_group: str, *, reopen: bool = False) -> dict[str, Any] | None:
+    def group_attrs(
+        self, zarr_group: str, *, reopen: bool = False, listed: Sequence[str] | None = None
+    ) -> dict[str, Any] | None:
         """A group's attributes, or None when the group is not in the store.
 
         ``reopen``: read them from the store again (the group opened earlier predates a change to it).
+        ``listed``: the layers the dataset's record lists now; where the group was opened while its record
+        listed others, it and every node under it are opened again (another handle's ``add_layer`` wrote
+        them since, over what an interrupted one may have left: the dtype and zero fill read then are not
+        the committed layer's).
         """
+        key = f"{zarr_group}[listed]"  # not a zarr path: "[" never occurs in group names
+        if listed is not None and self._nodes.get(key, tuple(listed)) != tuple(listed):
+            for path in [p for p in self._nodes if p == zarr_group or p.startswith(f"{zarr_group}/")]:
+                del self._nodes[path]
+        if listed is not None:
+            self._nodes[key] = tuple(listed)
         if reopen:
             self._nodes.pop(zarr_group, None)
         try:

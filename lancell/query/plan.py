@@ -173,8 +173,8 @@ def dataset_group_attrs(
 ) -> dict[str, Any]:
     """The attributes of a dataset's zarr group: the one place a read path looks them up.
 
-    ``listed``: the layers the dataset's record lists; attributes that lack one of them were read before
-    another handle added it (``add_layer``), and are read again.
+    ``listed``: the layers the dataset's record lists; attributes (and the group's arrays) opened while it
+    listed others are opened again (:meth:`~lancell.core.AtlasCore.group_attrs`).
 
     Raises
     ------
@@ -182,9 +182,7 @@ def dataset_group_attrs(
         The dataset record names a group that is absent from the store, or one whose attributes say another
         atlas wrote it (a foreign group at that path is never read as this dataset's data).
     """
-    attrs = core.group_attrs(zarr_group)
-    if attrs is not None and not set(listed) <= set(attrs.get("layers", {})):
-        attrs = core.group_attrs(zarr_group, reopen=True)
+    attrs = core.group_attrs(zarr_group, listed=listed)
     if attrs is None:
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
@@ -256,9 +254,7 @@ def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[n
     another atlas's is passed over (an unrelated dataset's damage is not this answer's)."""
     for name, row in _visible_layers(core).items():
         if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
-            attrs = core.group_attrs(name) or {}
-            if layer in (row.get("layers") or ()) and layer not in attrs.get("layers", {}):
-                attrs = core.group_attrs(name, reopen=True) or {}  # (read before another handle added it)
+            attrs = core.group_attrs(name, listed=row.get("layers") or ()) or {}
             foreign = attrs.get(ATLAS_ID_ATTR) not in (None, core.atlas_id)
             dtype = None if foreign else attrs.get("layers", {}).get(layer)
             if dtype is not None:

@@ -176,6 +176,36 @@ def test_a_layer_another_handle_added_gives_its_dtype_to_cells_without_it(atlas,
     assert only_b.layers["log_normalized"].dtype == np.float32
 
 
+def test_a_handle_that_read_a_killed_add_layers_attributes_reads_the_committed_layer(
+    atlas, celltypist, monkeypatch
+):
+    """A handle that had read the group while an interrupted add_layer's attributes were there (the layer
+    listed as integers, no zero fill) kept them once another call committed the layer as floats on half the
+    pattern: the values came back truncated to integers, with the padding zeros as stored entries."""
+    adata = celltypist[0:40].copy()
+    adata.obs = adata.obs[[]]
+    _ingest(atlas, adata, "a", zarr_layer="counts")
+    early = RaggedAtlas.open(atlas.core.db_uri)
+    out = atlas.query().where(dataset_uid="a").to_anndata()  # the stored order of cells and features
+    stored = sp.csr_matrix(adata[out.obs_names.str.split(":").str[1], out.var_names].X, dtype=np.float32)
+    whole = stored.copy()
+    whole.data = np.arange(1, whole.nnz + 1, dtype=np.float32)
+    half = stored.copy()
+    half.data = np.where(np.arange(half.nnz) % 2, 0, half.data + 0.5).astype(np.float32)
+    half.eliminate_zeros()
+    datasets = atlas.core.tables.datasets
+    with monkeypatch.context() as killed:  # the record's update never happens: the attributes stay
+        killed.setattr(datasets, "update", lambda **kwargs: (_ for _ in ()).throw(OSError("killed")))
+        with pytest.raises(OSError, match="killed"):
+            add_layer(atlas, "a", "log_normalized", _stored_order(atlas, "a", whole.astype(np.int32)))
+    assert early.query().where(dataset_uid="a").to_anndata().n_obs == 40  # it reads the group now
+    add_layer(atlas, "a", "log_normalized", _stored_order(atlas, "a", half))
+    read = _query(early, ["counts", "log_normalized"]).where(dataset_uid="a").to_anndata()
+    read = read.layers["log_normalized"]
+    assert read.dtype == np.float32 and read.nnz == half.nnz
+    np.testing.assert_array_equal(read.toarray(), half.toarray())
+
+
 def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
     adata = _two_layers(celltypist, slice(0, 120))
     counts_only = adata.copy()
