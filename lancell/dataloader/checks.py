@@ -108,7 +108,7 @@ def _check_narrowed(values: np.ndarray, dtype: torch.dtype, output: str, limit: 
     changed = values.astype(narrow).astype(values.dtype) != values
     changed &= ~np.isnan(values)  # (NaN narrows to NaN, unequal to itself)
     if changed.any():
-        value = float(values[np.flatnonzero(changed)[0]])
+        value = float(values.ravel()[np.flatnonzero(changed)[0]])  # (a dense batch is 2-D)
         shown = int(value) if value.is_integer() else value
         raise QueryError(
             f"{output} holds the value {shown}, which {dtype} does not hold exactly (only whole numbers up "
@@ -148,4 +148,21 @@ def check_exact(values: np.ndarray, dtype: torch.dtype, output: str) -> None:
         raise QueryError(
             f"{output} holds the value {value}, which {dtype} does not hold exactly (only whole numbers up "
             f"to {limit:,} in magnitude); read it with SparseCollate(dtype=torch.float64) or dtype=None"
+        )
+
+
+def check_normalizable(values: np.ndarray, output: str) -> None:
+    """Raise unless ``values`` (the layer a collate normalizes, for the batch's ``output``) are all at least
+    0: a cell's total is its library size only for counts (a negative total scaled the row to zeros, and
+    ``log1p`` of a value below -1 is NaN).
+
+    Raises
+    ------
+    QueryError
+        A negative value.
+    """
+    if values.size and values.dtype.kind in "if" and float(values.min()) < 0:
+        raise QueryError(
+            f"{output} holds the negative value {float(values.min()):g}, and normalize=True scales each cell "
+            "to its total (counts): read a layer of other values as stored (DenseCollate(normalize=False))"
         )

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lancell.dataloader.batch import CellBatch, SparseRows
-from lancell.dataloader.checks import EXACT_DTYPES, check_exact, flag, real
+from lancell.dataloader.checks import EXACT_DTYPES, check_exact, check_normalizable, flag, real
 from lancell.errors import ArgumentError, LancellWarning, QueryError
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
@@ -154,7 +154,7 @@ class DenseCollate:
     ------
     QueryError
         ``normalize`` with a ``target_sum`` that is not a positive finite number; ``normalize``, ``log1p`` or
-        ``presence`` not a bool.
+        ``presence`` not a bool; at a batch, a negative value in the layer ``normalize`` scales.
 
     Warns
     -----
@@ -192,6 +192,7 @@ class DenseCollate:
         x = np.zeros((n, n_features), dtype=np.float32)
         row_ids = _row_ids(rows)
         if normalize:
+            check_normalizable(rows.values, output)
             totals = np.bincount(row_ids, weights=rows.values, minlength=n)
             values = (rows.values * _scale(totals, self.target_sum)[row_ids]).astype(np.float32)
             if self.log1p:
@@ -206,6 +207,7 @@ class DenseCollate:
         if not normalize:
             check_exact(dense, torch.float32, output)
             return dense.astype(np.float32)
+        check_normalizable(dense, output)
         totals = dense.sum(axis=1, dtype=np.float64)
         x = (dense * _scale(totals, self.target_sum)[:, None]).astype(np.float32)
         if self.log1p:

@@ -218,6 +218,37 @@ def _batch(values: np.ndarray) -> CellBatch:
     )
 
 
+def _dense_batch(values: np.ndarray) -> CellBatch:
+    """A dense batch of the rows of ``values`` (2-D)."""
+    n, width = values.shape
+    return CellBatch(
+        kind="dense",
+        index=np.arange(n, dtype=np.int64),
+        group=np.zeros(n, dtype=np.int32),
+        n_features=width,
+        presence_table=np.ones((1, width), dtype=bool),
+        dense=values,
+    )
+
+
+def test_a_dense_batch_of_float64_values_float32_rounds_is_refused_naming_the_value():
+    """The value was looked up at its flat position in the 2-D batch: IndexError (or TypeError)."""
+    values = np.array([[1, 2, 3], [4, 2**24 + 1, 6], [0.5, 1.5, 2.5]], dtype=np.float64)
+    with pytest.raises(QueryError, match=r"X holds the value 16777217, which torch\.float32 does not hold"):
+        DenseCollate()(_dense_batch(values))
+
+
+def test_normalize_refuses_negative_values():
+    """A row with a value below -1 came back with NaN (log1p), one with a negative total as zeros."""
+    for batch in (
+        _dense_batch(np.array([[-5.0, 10.0, 0.0], [1.0, 2.0, 0.5]], dtype=np.float32)),
+        _batch(np.array([-1.0, -2.0, 0.5], dtype=np.float32)),
+    ):
+        with pytest.raises(QueryError, match=r"X holds the negative value -\d, and normalize=True scales"):
+            DenseCollate(normalize=True)(batch)
+        assert not torch.isnan(DenseCollate()(batch)["X"]).any()  # as stored: accepted
+
+
 def test_collates_refuse_values_their_dtype_does_not_hold_exactly():
     """float32 rounded counts above 2**24 (to_anndata gives them exactly); int dtypes truncated floats."""
     exact = _batch(np.array([3, 2**24], dtype=np.uint32))
