@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
 from lancell.ingest.h5_direct import decompressor_pool, range_reader
+from lancell.ingest.sources import native_order
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
 
 __all__ = ["open_h5"]
@@ -61,7 +62,7 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
             n_genes, n_cells = (int(v) for v in group["shape"][:])
             indptr = group["indptr"][:].astype(np.int64)
             n_data, n_indices = group["data"].shape[0], group["indices"].shape[0]
-            dtype = np.dtype(group["data"].dtype)
+            dtype = np.dtype(group["data"].dtype).newbyteorder("=")  # (read in native order below)
     except TenxFormatError:
         raise
     except (OSError, KeyError, ValueError) as exc:
@@ -79,8 +80,10 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
         problems.append(f"indptr ends at {int(indptr[-1])} but data has {n_data} and indices {n_indices}")
     if problems:
         raise TenxFormatError(f"{path} (/{group_name}): " + "; ".join(problems))
-    if dtype.kind not in "iuf":
-        raise TenxFormatError(f"{path}: unsupported value dtype {dtype}")
+    if dtype.kind not in "iu" and dtype not in (np.float32, np.float64):
+        raise TenxFormatError(
+            f"{path}: unsupported value dtype {dtype} in /{group_name}/data (integers, float32 or float64)"
+        )
 
     def read_blocks(target_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
         # Cell Ranger writes gzip + shuffle: the chunks are decompressed on a pool (lancell.ingest.h5_direct)
@@ -101,6 +104,7 @@ def open_h5(path: Path, genome: str | None) -> TenxMatrix:
                 if len(indices) and (indices.min() < 0 or indices.max() >= n_genes):
                     raise TenxFormatError(f"{path}: feature index outside 0..{n_genes - 1} in rows {start}..")
                 shape = (stop - start, n_genes)
+                data, indices = native_order(data), native_order(indices)  # (HDF5 may store big-endian)
                 block = sp.csr_matrix((data, indices, indptr[start : stop + 1] - lo), shape=shape)
                 nonzero = int(np.count_nonzero(data))
                 yield start, checked_block(block, nonzero, path, start)

@@ -110,3 +110,17 @@ def test_a_file_of_several_genomes_needs_one_chosen(tmp_path: Path, atlas: Ragge
     assert visible_state(atlas, versions=True) == before
     add_from_10x(atlas, path, dataset_record=DatasetRecord(uid="b"), progress=False, genome="GRCh38")
     assert np.array_equal(_stored(atlas, "b"), [[5, 0], [0, 0]])  # the mouse gene is not stored
+
+
+def test_float16_values_are_refused_and_big_endian_ones_read(tmp_path: Path, atlas: RaggedAtlas) -> None:
+    """Both were scipy's bare ValueError ("Output dtype not compatible", "does not support dtype >i4")."""
+    path = _h5(tmp_path / "half.h5", data=np.array([5, 6], np.float16))
+    before = visible_state(atlas, versions=True)
+    with pytest.raises(TenxFormatError, match=r"unsupported value dtype float16 in /matrix/data"):
+        add_from_10x(atlas, path, dataset_record=DatasetRecord(uid="half"), progress=False)
+    assert visible_state(atlas, versions=True) == before
+    for dtype in (">i4", ">f4"):
+        uid = "big" + dtype[1:]
+        path = _h5(tmp_path / f"{uid}.h5", data=np.array([5, 6], dtype))
+        add_from_10x(atlas, path, dataset_record=DatasetRecord(uid=uid), progress=False)
+        assert np.array_equal(_stored(atlas, uid), [[5, 0, 0], [0, 0, 6]])
