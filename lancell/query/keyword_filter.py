@@ -31,16 +31,30 @@ def _identifier(column: str) -> str:
     return f"`{column}`"
 
 
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short for an integer of more than 30 digits."""
+    text = repr(value)
+    return f"{text[:12]}...({len(text)} digits)" if isinstance(value, int) and len(text) > 30 else text
+
+
 def _refused(column: str, field: pa.Field, value: object, why: str = "") -> QueryError:
     return QueryError(
-        f"where({column}=...): {value!r} ({type(value).__name__}) cannot be compared with the cell column "
-        f"{column!r} of type {field.type}{why}"
+        f"where({column}=...): {_shown(value)} ({type(value).__name__}) cannot be compared with the cell "
+        f"column {column!r} of type {field.type}{why}"
     )
 
 
 def _number(column: str, field: pa.Field, kind: pa.DataType, value: object) -> str:
-    if not math.isfinite(float(value)):
-        raise QueryError(f"where({column}=...): {value!r} is not a finite number")
+    if isinstance(value, int | np.integer) and pa.types.is_integer(kind):
+        held = np.iinfo(kind.to_pandas_dtype())
+        if not held.min <= int(value) <= held.max:  # (Lance's error quoted its parser; no cell holds it)
+            raise _refused(column, field, value, f": it holds whole numbers from {held.min} to {held.max}")
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:  # an int beyond float64's range
+        finite = False
+    if not finite:
+        raise QueryError(f"where({column}=...): {_shown(value)} is not a finite number")
     if pa.types.is_integer(kind):
         if not float(value).is_integer():
             raise _refused(column, field, value, ": it holds whole numbers")

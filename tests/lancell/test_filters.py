@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from lancell.atlas import RaggedAtlas
@@ -75,6 +76,33 @@ def test_bad_keyword_conditions_are_named(bundled, conditions, message):
     with pytest.raises(QueryError, match=message):
         query.where(**conditions)
     assert query.selection.filters == ()  # nothing was added
+
+
+@pytest.mark.parametrize(
+    ("conditions", "message"),
+    [
+        (
+            {"donor": 2**63},
+            r"9223372036854775808 \(int\) .* it holds whole numbers from -9223372036854775808",
+        ),
+        ({"donor": (2**63, None)}, r"9223372036854775808 \(int\) cannot be compared"),
+        ({"donor": [5, -(2**63) - 1]}, r"-9223372036854775809 \(int\) cannot be compared"),
+        (
+            {"age": 2**31},
+            r"2147483648 \(int\) .* int32: it holds whole numbers from -2147483648 to 2147483647",
+        ),
+        ({"donor": 10**400}, r"100000000000\.\.\.\(401 digits\) \(int\) cannot be compared"),
+        ({"score": 10**400}, r"100000000000\.\.\.\(401 digits\) is not a finite number"),
+    ],
+)
+def test_numbers_no_cell_column_can_hold_are_named(conditions, message):
+    """Lance's parser error was quoted for an int beyond int64, and float() overflowed (OverflowError)."""
+    schema = pa.schema([("donor", pa.int64()), ("age", pa.int32()), ("score", pa.float64())])
+    with pytest.raises(QueryError, match=message):
+        keyword_filter(schema, conditions)
+    assert keyword_filter(schema, {"donor": 2**63 - 1, "age": -(2**31)}) == (
+        f"(`donor` = {2**63 - 1}) AND (`age` = {-(2**31)})"
+    )
 
 
 @pytest.mark.parametrize(
