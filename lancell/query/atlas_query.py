@@ -120,7 +120,9 @@ class AtlasQuery(QueryTerminals):
         query_type
             ``"auto"``: text for a string, hybrid for ``(embedding, text)``, vector otherwise.
         fts_columns
-            Text and hybrid search: the indexed text columns searched; None: all.
+            Text and hybrid search: the text columns searched; None: every indexed one. Columns without the
+            full-text index (before ``optimize()``) are read by a scan, with a warning (words match as
+            written).
         exact
             Vector and hybrid search: bypass the ANN index.
 
