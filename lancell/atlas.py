@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +15,8 @@ from lancell.errors import FeatureConflictError
 from lancell.feature_keys import mixed_keys, same_organism_hint, warn_mixed_keys
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
-from lancell.snapshots import delete_snapshot, take_snapshot
+from lancell.snapshots import delete_snapshot, snapshot_listing, take_snapshot
 from lancell.storage.store_failures import store_boundary
-from lancell.tables.atlas_meta import db_options, read_meta
-from lancell.tables.atlas_tables import connect
 from lancell.tables.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
@@ -26,7 +24,7 @@ from lancell.tables.feature_spaces import (
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict, prepare_features, register_prepared
 from lancell.tables.store_location import Location, StoreLike, as_location
-from lancell.tables.versions import list_snapshots, noted_snapshot
+from lancell.tables.versions import noted_snapshot
 from lancell.validation import find_problems
 
 # lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
@@ -228,10 +226,7 @@ class RaggedAtlas:
         AtlasNotFoundError
             No atlas at ``db_uri`` (nothing is created there).
         """
-        db_uri = as_location(db_uri)
-        options = db_options(db_uri, store_kwargs, storage_options)
-        read_meta(db_uri, store_kwargs)
-        return list_snapshots(connect(db_uri, options), deleted=deleted)
+        return snapshot_listing(as_location(db_uri), storage_options, store_kwargs, deleted=deleted)
 
     @staticmethod
     def find_snapshot(
@@ -251,10 +246,8 @@ class RaggedAtlas:
         VersionNotFoundError
             The snapshot with that note was deleted.
         """
-        db_uri = as_location(db_uri)
-        options = db_options(db_uri, store_kwargs, storage_options)
-        read_meta(db_uri, store_kwargs)
-        return noted_snapshot(list_snapshots(connect(db_uri, options), deleted=True), note)
+        every = snapshot_listing(as_location(db_uri), storage_options, store_kwargs, deleted=True)
+        return noted_snapshot(every, note)
 
     # ----------------------------------------------------------------------------------- writing
     @_boundary
@@ -356,8 +349,17 @@ class RaggedAtlas:
         remove_dataset(self.core, uid)
 
     @_boundary
-    def vacuum(self, grace: timedelta = timedelta(hours=1)) -> dict[str, int]:
+    def vacuum(
+        self,
+        grace: timedelta = timedelta(hours=1),
+        *,
+        dry_run: bool = False,
+        on_group: Callable[[str, str], None] | None = None,
+    ) -> dict[str, int]:
         """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
+
+        Each group deleted is logged (``lancell.maintenance``, INFO) and given to ``on_group`` as ``(group,
+        dataset uid)``; ``dry_run=True`` deletes nothing and counts, logs and names what it would delete.
 
         Only groups this atlas claimed when it wrote them and whose attributes carry its id, claimed and (if
         their dataset was deleted) released more than ``grace`` ago, are considered; the store is never
@@ -374,7 +376,7 @@ class RaggedAtlas:
         from lancell.maintenance import remove_debris
 
         self.core.require_writable()
-        return remove_debris(self.core, grace)
+        return remove_debris(self.core, grace, dry_run=dry_run, on_group=on_group)
 
     @property
     def atlas_id(self) -> str | None:

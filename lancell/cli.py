@@ -244,6 +244,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="keep groups needed less than this long ago: released (their dataset deleted), or claimed by an "
         "ingestion that never finished (default: 1)",
     )
+    vacuum.add_argument(
+        "--dry-run", action="store_true", help="name the groups it would delete, and delete nothing"
+    )
 
     validating = command("validate", cli_commands.validate, "check tables and zarr groups agree")
     validating.add_argument("--version", type=int, help="check this snapshot")

@@ -113,9 +113,16 @@ def delete_snapshot(args: argparse.Namespace) -> int:
 
 
 def vacuum(args: argparse.Namespace) -> int:
-    """``lancell vacuum``: delete the zarr groups no dataset and no snapshot references."""
+    """``lancell vacuum``: delete the zarr groups no dataset and no snapshot references, naming each
+    (``--dry-run``: name them, delete nothing)."""
     from lancell.atlas import RaggedAtlas
 
-    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(grace=timedelta(hours=args.grace_hours))
-    print(", ".join(f"{name}: {count}" for name, count in removed.items()))
+    verb = "would delete" if args.dry_run else "deleted"
+    removed = RaggedAtlas.open(args.db, store=args.store).vacuum(
+        grace=timedelta(hours=args.grace_hours),
+        dry_run=args.dry_run,
+        on_group=lambda group, uid: print(f"{verb} zarr group {group} (dataset {uid})"),
+    )
+    counts = ", ".join(f"{name}: {count}" for name, count in removed.items())
+    print(f"{counts} (a dry run: nothing deleted)" if args.dry_run else counts)
     return 0

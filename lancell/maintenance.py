@@ -35,7 +35,7 @@ from lancell.tables.versions import SNAPSHOT_LOCK, pinned_tables
 from lancell.tables.visibility import committed_cells, committed_filter, dataset_lock_name
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
@@ -144,8 +144,17 @@ def remove_group(core: AtlasCore, group: str) -> bool:
         return core.group_claims.delete(group) == "own"
 
 
-def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
+def remove_debris(
+    core: AtlasCore,
+    grace: timedelta,
+    *,
+    dry_run: bool = False,
+    on_group: Callable[[str, str], None] | None = None,
+) -> dict[str, int]:
     """Delete this atlas's claimed groups that nothing references, once older than ``grace``.
+
+    Each group deleted is logged (INFO) and given to ``on_group`` with its dataset's uid. ``dry_run``: nothing
+    is deleted; the counts, the log and ``on_group`` tell what would be.
 
     A candidate is a group claimed by this atlas (claim, and deletion of its dataset, older than ``grace``: a
     reader that selected the dataset's cells before its deletion reads on for ``grace``) that no live dataset
@@ -172,6 +181,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
         ``grace`` is negative (it would act as none).
     """
     grace = require_age("grace", grace)
+    require_type("dry_run", dry_run, bool, "True or False")
     claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace
@@ -237,7 +247,7 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
             if _written_since(core, group, cutoff):
                 continue
             if pinned or _Names(_snapshot_groups(core, snapshots, cutoff)).nests(group):  # (a snapshot since)
-                counts["cells"] += _drop_pointers(core, group, owners)
+                counts["cells"] += _drop_pointers(core, group, owners, dry_run)
                 continue
             ownership = claims.ownership(group)
             if ownership == "foreign":
@@ -246,9 +256,15 @@ def remove_debris(core: AtlasCore, grace: timedelta) -> dict[str, int]:
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue
-            counts["cells"] += _drop_pointers(core, group, owners)
-            if claims.delete(group) == "own":
+            counts["cells"] += _drop_pointers(core, group, owners, dry_run)
+            if ownership == "own" and (dry_run or claims.delete(group) == "own"):
                 counts["groups"] += 1
+                log.info("%s zarr group %r (dataset %r)", "would delete" if dry_run else "deleted", group,
+                         claim.dataset_uid)  # fmt: skip
+                if on_group is not None:
+                    on_group(group, claim.dataset_uid)
+            elif not dry_run:
+                claims.delete(group)  # nothing stored: its claim is released
     return counts
 
 
@@ -315,14 +331,17 @@ def _written_since(core: AtlasCore, group: str, cutoff: datetime) -> bool:
     )
 
 
-def _drop_pointers(core: AtlasCore, group: str, owners: list[str]) -> int:
-    """Delete uncommitted cell rows pointing into ``group``, null committed cells' pointers into it."""
+def _drop_pointers(core: AtlasCore, group: str, owners: list[str], dry_run: bool = False) -> int:
+    """Delete uncommitted cell rows pointing into ``group``, null committed cells' pointers into it; return
+    the rows deleted (``dry_run``: that would be, nothing changed)."""
     removed = 0
     for space in core.feature_spaces:
         where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
         count = core.tables.cells.count_rows(where)
+        removed += count
+        if dry_run:
+            continue
         if count:
             core.tables.cells.delete(where)
-            removed += count
         detach_pointers(core, space, group)
     return removed

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ from lancell.errors import (
 )
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.stores import describe_store, public_store_config
+from lancell.tables.atlas_meta import db_options, read_meta
+from lancell.tables.atlas_tables import connect
 from lancell.tables.table_schemas import VERSIONS_TABLE
 from lancell.tables.versions import (
     DELETED,
@@ -44,7 +47,27 @@ from lancell.validation import find_problems
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["delete_snapshot", "take_snapshot"]
+__all__ = ["delete_snapshot", "snapshot_listing", "take_snapshot"]
+
+
+def snapshot_listing(
+    db_uri: str,
+    storage_options: Mapping[str, str] | None,
+    store_kwargs: dict[str, Any] | None,
+    *,
+    deleted: bool = False,
+) -> pd.DataFrame:
+    """The snapshots of the atlas at ``db_uri`` (:func:`~lancell.tables.versions.list_snapshots`), read
+    without opening the atlas.
+
+    Raises
+    ------
+    AtlasNotFoundError
+        No atlas at ``db_uri`` (nothing is created there).
+    """
+    options = db_options(db_uri, store_kwargs, storage_options)
+    read_meta(db_uri, store_kwargs)
+    return list_snapshots(connect(db_uri, options), deleted=deleted)
 
 
 def take_snapshot(core: AtlasCore, note: str | None = None) -> int:

@@ -24,7 +24,13 @@ import scipy.sparse as sp
 import zarr
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DuplicateContentError, GroupNotFoundError, LancellWarning, StoreError
+from lancell.errors import (
+    ArgumentError,
+    DuplicateContentError,
+    GroupNotFoundError,
+    LancellWarning,
+    StoreError,
+)
 from lancell.ingest.add_csc import add_csc
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.deletion import delete_prefix
@@ -548,3 +554,30 @@ def test_vacuum_deletes_only_what_zarr_wrote_and_nothing_through_a_link(tmp_path
     assert f"zarr group {group!r}" in caplog.text and "notes.txt" in caplog.text
     assert_exact(atlas, {"keep": counts(1)})
     assert keep.uid in set(atlas.list_datasets()["uid"])
+
+
+def test_vacuum_names_what_it_deletes_and_a_dry_run_deletes_nothing(tmp_path: Path, caplog, capsys) -> None:
+    """It returned counts only: which groups went was in no log line, and nothing showed them beforehand."""
+    from lancell import cli
+
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    ingest(atlas, "keep", counts(1))
+    gone = [ingest(atlas, uid, counts(seed)).zarr_group for seed, uid in enumerate(["a", "b"], start=2)]
+    for uid in ("a", "b"):
+        atlas.delete_dataset(uid)
+    named: list[tuple[str, str]] = []
+    with caplog.at_level(logging.INFO, logger="lancell.maintenance"):
+        planned = atlas.vacuum(grace=timedelta(0), dry_run=True, on_group=lambda *pair: named.append(pair))
+    assert planned == NOTHING | {"groups": 2}
+    assert sorted(named) == [(gone[0], "a"), (gone[1], "b")]
+    assert f"would delete zarr group {gone[0]!r} (dataset 'a')" in caplog.text
+    assert all((tmp_path / "arrays" / group / "zarr.json").exists() for group in gone)
+    assert cli.main(["vacuum", str(tmp_path / "db"), "--grace-hours", "0", "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert f"would delete zarr group {gone[1]} (dataset b)" in shown and "a dry run: nothing deleted" in shown
+    assert cli.main(["vacuum", str(tmp_path / "db"), "--grace-hours", "0"]) == 0
+    assert f"deleted zarr group {gone[0]} (dataset a)" in capsys.readouterr().out
+    assert not any((tmp_path / "arrays" / group).exists() for group in gone)
+    assert_exact(atlas, {"keep": counts(1)})
+    with pytest.raises(ArgumentError, match="dry_run must be True or False"):
+        atlas.vacuum(dry_run="yes")
