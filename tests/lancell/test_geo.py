@@ -141,6 +141,17 @@ def test_identifiers_and_spellings_of_one_number_stay_text():
     assert typed_values(pd.Series(["0", "0.25", "30"])).tolist() == [0.0, 0.25, 30.0]
 
 
+def test_words_for_a_value_not_measured_are_missing_among_numbers_only():
+    """age: 65 / age: unknown kept the column as text labels ("65", "unknown")."""
+    from lancell.ingest.geo_values import typed_values
+
+    assert typed_values(pd.Series(["65", "unknown", "40"])).tolist() == [65, pd.NA, 40]
+    assert typed_values(pd.Series(["1.5", "Not available", "-"])).tolist()[0] == 1.5
+    assert typed_values(pd.Series(["1.5", "Not available"])).isna().tolist() == [False, True]
+    for labels in (["male", "unknown"], ["007", "unknown"], ["unknown"], ["65/70", "missing"]):
+        assert typed_values(pd.Series(labels)).tolist() == labels  # an answer among text labels
+
+
 def test_plan_datasets_records_and_obs(series_file):
     series = read_soft(series_file)
     plans = plan_datasets(series, file_pattern=r"\.h5$", columns={"tissue": "tissue_label"})
