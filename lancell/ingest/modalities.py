@@ -143,13 +143,16 @@ def attach_modality(
 def add_from_mudata(
     atlas: RaggedAtlas,
     mdata: MuData,
-    modalities: Mapping[str, tuple[str, str]],
+    modalities: Mapping[str, tuple[str, str | Mapping[str, str]]],
     *,
     dataset_record: DatasetRecord | None = None,
     progress: bool = True,
     csc: bool | None = None,
 ) -> list[DatasetRecord]:
-    """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)``.
+    """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)`` (the modality's
+    ``X`` stored as ``zarr_layer``) or ``(feature_space, {stored layer: "X" or a key of the modality's
+    layers})``, as ``layers=`` of :func:`~lancell.ingest.from_anndata.add_from_anndata` (e.g.
+    ``{"counts": "counts", "log_normalized": "X"}``).
 
     The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
     attached to them (``<uid>/<feature_space>``), all in one run: their records are committed together or
@@ -167,6 +170,14 @@ def add_from_mudata(
     names = list(modalities)
     if not names:
         raise IngestError("add_from_mudata needs at least one modality")
+    malformed = {
+        m: spec for m, spec in modalities.items() if not (isinstance(spec, tuple | list) and len(spec) == 2)
+    }
+    if malformed:
+        raise IngestError(
+            f"modalities {malformed}: each is (feature_space, zarr_layer) or (feature_space, "
+            "{stored layer: 'X' or a key of the modality's layers})"
+        )
     missing = [m for m in names if m not in mdata.mod]
     if missing:
         raise IngestError(f"modalities {missing} are not in the MuData (it has {list(mdata.mod)})")
@@ -187,7 +198,7 @@ def add_from_mudata(
     spaces = [resolve_feature_space(atlas.feature_spaces, space) for space, _ in modalities.values()]
     check_csc_of_run(csc, spaces, record.uid)
     space = resolve_feature_space(atlas.feature_spaces, space_name)
-    sources = stored_layers(record.uid, layer, None, None, None)
+    sources = _stored(record.uid, name, layer)
     check_raw(first, record.uid, sources)
     plan = plan_ingest(atlas.core, first, space, sources, record, None)
     host = WriteTransaction(
@@ -204,7 +215,7 @@ def add_from_mudata(
                 f"dataset {attached.uid!r}: {len(strangers)} obs names of modality {name!r} are not cells of "
                 f"its first modality {names[0]!r}, e.g. {list(strangers[:5])}"
             )
-        to_store = stored_layers(attached.uid, layer, None, None, None)
+        to_store = _stored(attached.uid, name, layer)
         check_raw(adata, attached.uid, to_store)
         plan = plan_ingest(atlas.core, adata, space, to_store, attached, None, cells_of=record.uid)
         plan.dropped_obs_columns = [str(c) for c in adata.obs.columns]  # the cells keep their own obs
@@ -222,6 +233,18 @@ def add_from_mudata(
             )
         )
     return run_transactions(transactions)
+
+
+def _stored(uid: str, modality: str, layer: object) -> dict[str, str]:
+    """``{stored layer: source}`` of a modality given a stored layer name (its ``X``) or that mapping."""
+    if isinstance(layer, str):
+        return stored_layers(uid, layer, None, None)
+    if isinstance(layer, Mapping):
+        return stored_layers(uid, None, None, layer)
+    raise IngestError(
+        f"modality {modality!r}: the stored layer must be a name (its X stored under it) or a mapping "
+        f"{{stored layer: 'X' or a key of its layers}}, got {layer!r}"
+    )
 
 
 def _modality_copy(mdata: MuData, column: object) -> bool:

@@ -122,6 +122,39 @@ def test_mudata_round_trip_aligned_by_uid(two):
     assert kept.n_obs == pbmc.n_obs and not presence_matrix(kept).toarray().any()
 
 
+def test_a_mudatas_modality_stores_the_layers_named(tmp_path):
+    """Only a modality's X could be stored: counts in rna.layers["counts"] had no way in."""
+    pbmc = BUNDLED[0].read()
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"),
+        "cells",
+        TwoModalities,
+        store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Feature, "programs": Feature},
+        layers={"gene_expression": ["counts", "log_normalized"], "programs": ["scores"]},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": pbmc.var_names}))
+    atlas.register_features("programs", pd.DataFrame({"uid": [f"p{i}" for i in range(8)]}))
+    counts = pbmc.X.copy()
+    counts.data = np.arange(1, counts.nnz + 1, dtype=np.float32) % 9 + 1
+    pbmc.layers["counts"] = counts
+    mdata = MuData({"rna": pbmc, "prog": _programs(pbmc)})
+    layers = {"counts": "counts", "log_normalized": "X"}
+    with pytest.raises(IngestError, match=r"each is \(feature_space, zarr_layer\)"):
+        add_from_mudata(atlas, mdata, {"rna": "gene_expression"}, progress=False)
+    add_from_mudata(
+        atlas,
+        mdata,
+        {"rna": ("gene_expression", layers), "prog": ("programs", "scores")},
+        dataset_record=DatasetRecord(uid="pbmc"),
+        progress=False,
+    )
+    out = atlas.query().layers("gene_expression", ["counts", "log_normalized"]).to_anndata()
+    aligned = out[[f"pbmc:{n}" for n in pbmc.obs_names], pbmc.var_names]
+    np.testing.assert_array_equal(aligned.X.toarray(), counts.toarray())  # (the first layer asked for)
+    np.testing.assert_array_equal(aligned.layers["log_normalized"].toarray(), pbmc.X.toarray())
+
+
 def test_a_mudatas_modalities_are_committed_together(two, monkeypatch):
     """The first modality was committed before the others were written, then deleted again when one failed:
     meanwhile readers saw it, and another ingestion of its content was told it was in the atlas."""
