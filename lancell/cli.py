@@ -6,8 +6,8 @@ with the command's usage); a ``validate`` that finds problems also exits 1. Warn
 each. This module reads the command line (:mod:`lancell.cli_arguments` checks its values and options);
 :mod:`lancell.cli_commands` does what each command does
 (:mod:`lancell.cli_maintenance` the ones that change or remove what is stored: ``add-csc``, ``delete``,
-``delete-snapshot``, ``vacuum``), and :mod:`lancell.cli_messages` words the library's errors for the
-command line.
+``optimize``, ``delete-snapshot``, ``vacuum``), and :mod:`lancell.cli_messages` words the library's errors
+for the command line.
 """
 
 from __future__ import annotations
@@ -225,6 +225,19 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "delete datasets (their cells and records; their zarr groups stay for snapshots until vacuum)",
     )
     delete.add_argument("uids", nargs="+", metavar="UID", help="dataset uids")
+
+    optimize = command(
+        "optimize",
+        cli_maintenance.optimize,
+        "compact the tables, build the cell table's indexes and prune old table versions no snapshot tags",
+    )
+    optimize.add_argument(
+        "--keep-hours",
+        type=cli_arguments.hours,
+        default=None,
+        help="prune untagged table versions older than this (default: 168, a week; 0 keeps only the "
+        "current and the snapshots' versions)",
+    )
 
     delete_snapshot = command(
         "delete-snapshot",

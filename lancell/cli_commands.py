@@ -340,10 +340,13 @@ def versions(args: argparse.Namespace) -> int:
     """``lancell versions``: list the snapshots (``--deleted``: deleted ones too)."""
     from lancell.atlas import RaggedAtlas
 
-    frame = RaggedAtlas.list_versions(args.db, deleted=args.deleted)
+    every = RaggedAtlas.list_versions(args.db, deleted=True)
+    gone = every["deleted_at"].notna()
+    frame = every if args.deleted else every[~gone]
     columns = ["version", "created_at", "total_cells", "n_datasets", "note"] + ["deleted_at"] * args.deleted
     shown = frame[columns].astype({"note": object}).fillna({"note": ""})  # a snapshot without note: blank
-    print(shown.to_string(index=False) if len(frame) else "no snapshot yet")
+    empty = f"no snapshot ({gone.sum()} deleted: --deleted lists them)" if gone.any() else "no snapshot yet"
+    print(shown.to_string(index=False) if len(frame) else empty)
     return 0
 
 

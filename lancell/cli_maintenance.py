@@ -1,4 +1,4 @@
-"""The ``lancell`` commands that change or remove what is stored: ``add-csc``, ``delete``,
+"""The ``lancell`` commands that change or remove what is stored: ``add-csc``, ``delete``, ``optimize``,
 ``delete-snapshot`` and ``vacuum``
 (:mod:`lancell.cli_commands` has the others; the same conventions)."""
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["add_csc", "add_csc_hint", "delete", "delete_snapshot", "vacuum"]
+__all__ = ["add_csc", "add_csc_hint", "delete", "delete_snapshot", "optimize", "vacuum"]
 
 
 def add_csc(args: argparse.Namespace) -> int:
@@ -100,14 +100,25 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def optimize(args: argparse.Namespace) -> int:
+    """``lancell optimize``: compact, index and prune untagged table versions older than ``--keep-hours``."""
+    from lancell.atlas import RaggedAtlas
+
+    keep = None if args.keep_hours is None else timedelta(hours=args.keep_hours)
+    versions = RaggedAtlas.open(args.db, store=args.store).optimize(cleanup_older_than=keep)
+    print("table versions now: " + ", ".join(f"{name} {version}" for name, version in versions.items()))
+    return 0
+
+
 def delete_snapshot(args: argparse.Namespace) -> int:
     """``lancell delete-snapshot``: delete one snapshot."""
     from lancell.atlas import RaggedAtlas
 
     RaggedAtlas.open(args.db, store=args.store).delete_snapshot(args.version)
     print(
-        f"snapshot {args.version}: deleted (its number and note are not reused); `lancell snapshot "
-        "--optimize` prunes table versions only it kept, then `lancell vacuum` the zarr groups"
+        f"snapshot {args.version}: deleted (its number and note are not reused); `lancell optimize` prunes "
+        "the table versions only it kept (after --keep-hours, a week by default), `lancell vacuum` its zarr "
+        "groups"
     )
     return 0
 

@@ -229,7 +229,7 @@ class AtlasCore:
         the committed layer's).
         """
         key = f"{zarr_group}[listed]"  # not a zarr path: "[" never occurs in group names
-        if listed is not None and self._nodes.get(key, tuple(listed)) != tuple(listed):
+        if listed is not None and self._nodes.get(key) != tuple(listed):  # (or opened without a record)
             for path in [p for p in self._nodes if p == zarr_group or p.startswith(f"{zarr_group}/")]:
                 del self._nodes[path]
         if listed is not None:

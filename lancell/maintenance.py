@@ -21,6 +21,7 @@ import obstore
 import pyarrow.compute as pc
 
 from lancell.errors import (
+    AtlasNotFoundError,
     DatasetNotFoundError,
     LancellWarning,
     LockTimeoutError,
@@ -192,6 +193,7 @@ def remove_debris(
     referenced = live | _snapshot_groups(core, snapshots, cutoff)
     live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
+    doomed: set[str] = set()  # a dry run's rows counted (a row pointing into two groups goes once)
     unclaimed = _uncommitted_groups(core, owners) - claimed - referenced
     if unclaimed:  # an ingestion may have claimed its group, then written rows, since the claims were listed
         unclaimed -= {claim.group for claim in claims.list() if claim.atlas_id == claims.atlas_id}
@@ -247,7 +249,7 @@ def remove_debris(
             if _written_since(core, group, cutoff):
                 continue
             if pinned or _Names(_snapshot_groups(core, snapshots, cutoff)).nests(group):  # (a snapshot since)
-                counts["cells"] += _drop_pointers(core, group, owners, dry_run)
+                counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
                 continue
             ownership = claims.ownership(group)
             if ownership == "foreign":
@@ -256,15 +258,13 @@ def remove_debris(
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue
-            counts["cells"] += _drop_pointers(core, group, owners, dry_run)
-            if ownership == "own" and (dry_run or claims.delete(group) == "own"):
+            counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
+            if (claims.deletable(group) if dry_run else claims.delete(group)) == "own":
                 counts["groups"] += 1
                 log.info("%s zarr group %r (dataset %r)", "would delete" if dry_run else "deleted", group,
                          claim.dataset_uid)  # fmt: skip
                 if on_group is not None:
                     on_group(group, claim.dataset_uid)
-            elif not dry_run:
-                claims.delete(group)  # nothing stored: its claim is released
     return counts
 
 
@@ -299,9 +299,15 @@ def _snapshot_groups(
 ) -> set[str]:
     """The groups every snapshot references (and those deleted after ``deleted_after``); ``known`` caches
     them per snapshot (a snapshot never changes)."""
+    live: set[int] | None = None
     for version, pinned in pinned_tables(core.tables.db, deleted_after).items():
         if version not in known:
-            known[version] = _live_groups(core.pinned_view(pinned))
+            try:
+                known[version] = _live_groups(core.pinned_view(pinned))
+            except AtlasNotFoundError:  # a deleted snapshot's versions pruned: no reader can check it out
+                live = set(pinned_tables(core.tables.db)) if live is None else live
+                if version in live:
+                    raise
     return set().union(*known.values())
 
 
@@ -331,17 +337,24 @@ def _written_since(core: AtlasCore, group: str, cutoff: datetime) -> bool:
     )
 
 
-def _drop_pointers(core: AtlasCore, group: str, owners: list[str], dry_run: bool = False) -> int:
+def _drop_pointers(
+    core: AtlasCore, group: str, owners: list[str], dry_run: bool = False, counted: set[str] | None = None
+) -> int:
     """Delete uncommitted cell rows pointing into ``group``, null committed cells' pointers into it; return
-    the rows deleted (``dry_run``: that would be, nothing changed)."""
+    the rows deleted (``dry_run``: that would be, nothing changed; rows whose uids are in ``counted``, those
+    an earlier group's would delete, are not counted again, and the others are added to it)."""
     removed = 0
     for space in core.feature_spaces:
         where = f"{space}.zarr_group = {sql_literal(group)} AND NOT ({committed_filter(owners)})"
-        count = core.tables.cells.count_rows(where)
-        removed += count
         if dry_run:
+            uids = set(core.tables.cells.search().where(where).select(["uid"]).to_arrow()["uid"].to_pylist())
+            seen = set() if counted is None else counted
+            removed += len(uids - seen)
+            seen |= uids
             continue
+        count = core.tables.cells.count_rows(where)
         if count:
             core.tables.cells.delete(where)
+            removed += count
         detach_pointers(core, space, group)
     return removed

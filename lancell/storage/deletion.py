@@ -17,7 +17,7 @@ import obstore.store as obs_store
 from lancell.errors import StoreError
 from lancell.storage.stores import describe_store
 
-__all__ = ["delete_prefix"]
+__all__ = ["delete_prefix", "linked_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
     Only what zarr writes goes: ``zarr.json`` documents and chunk or shard objects (keys under a ``c``
     segment); another object (a user's notes, another program's files) stays, and is logged. On a local disk
     neither a symbolic link nor anything reached through one is deleted (obstore's listing follows them out of
-    the folder). The objects directly under ``prefix`` (a zarr group's ``zarr.json``, which says whose the
-    group is) go last, so that a delete interrupted half-way leaves them and can be finished. On a local disk
-    the staging files of writes that died half-way (a process killed during a put) go first: obstore writes an
-    object through a sibling ``<name>#<digits>`` file that it never lists and that no object can be named,
-    so such a file is provably a partial write, not an object. The directories left empty go last (only
-    empty ones).
+    the folder), nor a group whose folder is a link or lies under one. The objects directly under ``prefix``
+    (a zarr group's ``zarr.json``, which says whose the group is) go last, so that a delete interrupted
+    half-way leaves them and can be finished. On a local disk the staging files of writes that died half-way
+    (a process killed during a put) go first: obstore writes an object through a sibling ``<name>#<digits>``
+    file that it never lists and that no object can be named, so such a file is provably a partial write, not
+    an object. The directories left empty go last (only empty ones).
 
     Raises
     ------
@@ -48,6 +48,9 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
     key = prefix.strip("/")
     if not key or any(part in ("", ".", "..") for part in key.split("/")):
         raise StoreError(f"refusing to delete prefix {prefix!r} of {describe_store(store)}: not a plain path")
+    if linked_folder(store, key):
+        log.warning("zarr group %r is reached through a symbolic link: nothing deleted", key)
+        return 0
     local = isinstance(store, obs_store.LocalStore) and store.prefix is not None
     top = Path(store.prefix) / key if local else None
     if top is not None:  # first, while the objects that say whose the group is still stand
@@ -72,6 +75,15 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
             except OSError:  # not empty: something was written there since
                 pass
     return len(paths)
+
+
+def linked_folder(store: obs_store.ObjectStore, prefix: str) -> bool:
+    """Whether ``prefix`` of a local store is a symbolic link, or lies under one below the store's root."""
+    if not isinstance(store, obs_store.LocalStore) or store.prefix is None:
+        return False
+    root = Path(store.prefix)
+    parts = prefix.strip("/").split("/")
+    return any((root.joinpath(*parts[: i + 1])).is_symlink() for i in range(len(parts)))
 
 
 def _zarr_key(relative: str) -> bool:

@@ -27,7 +27,7 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import GroupNotFoundError, LancellWarning, StoreError
-from lancell.storage.deletion import delete_prefix
+from lancell.storage.deletion import delete_prefix, linked_folder
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
 from lancell.storage.stores import describe_store, location_in_store, read_json, write_json
 
@@ -203,12 +203,21 @@ class GroupClaims:
                 f"({self.atlas_id})"
             )
 
+    def deletable(self, group: str) -> Ownership:
+        """:meth:`ownership` as :meth:`delete` acts on it: a group of this atlas whose folder is a symbolic
+        link (its data lies where a user put it) is ``"foreign"``."""
+        ownership = self.ownership(group)
+        if ownership == "own" and linked_folder(self.store, group):
+            log.warning("zarr group %r is reached through a symbolic link: not deleted", group)
+            return "foreign"
+        return ownership
+
     def delete(self, group: str) -> Ownership:
         """Delete ``group`` if it is this atlas's own, then its claim; return what it was.
 
         ``"own"``: the group was deleted; ``"absent"``: nothing was stored, the claim was released;
-        ``"foreign"`` or ``"unclaimed"``: nothing was touched. Whether anything still references the group
-        is the caller's to check.
+        ``"foreign"`` (also a group whose folder is a symbolic link: :meth:`deletable`) or ``"unclaimed"``:
+        nothing was touched. Whether anything still references the group is the caller's to check.
 
         Raises
         ------
@@ -217,7 +226,7 @@ class GroupClaims:
             path, or that location cannot be worked out.
         """
         self._check_deletable(group)
-        ownership = self.ownership(group)
+        ownership = self.deletable(group)
         if ownership == "own":
             delete_prefix(self.store, group)
         if ownership in ("own", "absent"):

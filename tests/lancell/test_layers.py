@@ -206,6 +206,21 @@ def test_a_handle_that_read_a_killed_add_layers_attributes_reads_the_committed_l
     np.testing.assert_array_equal(read.toarray(), half.toarray())
 
 
+def test_a_handle_that_opened_the_group_another_way_reads_a_layer_added_since(atlas, celltypist):
+    """Opened by group_attributes() (or validate()) before the query planner, the group's nodes carried no
+    record of the layers listed, and the layer another handle added was unmeasured to this one."""
+    adata = celltypist[0:40].copy()
+    adata.obs = adata.obs[[]]
+    record = _ingest(atlas, adata, "a", zarr_layer="counts")
+    early = RaggedAtlas.open(atlas.core.db_uri)
+    assert "log_normalized" not in early.group_attributes(record.zarr_group)["layers"]
+    out = atlas.query().where(dataset_uid="a").to_anndata()
+    halves = sp.csr_matrix(adata[out.obs_names.str.split(":").str[1], out.var_names].X, dtype=np.float32) / 2
+    add_layer(atlas, "a", "log_normalized", _stored_order(atlas, "a", halves))
+    read = _query(early, ["counts", "log_normalized"]).where(dataset_uid="a").to_anndata()
+    assert read.layers["log_normalized"].nnz == halves.nnz
+
+
 def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
     adata = _two_layers(celltypist, slice(0, 120))
     counts_only = adata.copy()

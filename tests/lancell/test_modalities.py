@@ -155,6 +155,18 @@ def test_a_mudatas_modality_stores_the_layers_named(tmp_path):
     np.testing.assert_array_equal(aligned.layers["log_normalized"].toarray(), pbmc.X.toarray())
 
 
+def test_a_vacuum_dry_run_counts_a_killed_runs_rows_once(two):
+    """Rows pointing into both groups of a MuData run killed before its commit were counted for each group
+    by the dry run; the real run deletes them with the first."""
+    atlas, pbmc = two
+    _ingest_pbmc(atlas, MuData({"rna": pbmc, "prog": _programs(pbmc)}))
+    atlas.core.tables.datasets.delete("true")  # what a kill before the records' commit leaves
+    planned = atlas.vacuum(grace=timedelta(0), dry_run=True)
+    assert planned == atlas.vacuum(grace=timedelta(0)) == {
+        "groups": 2, "cells": pbmc.n_obs, "unclaimed": 0, "foreign": 0
+    }  # fmt: skip
+
+
 def test_a_mudatas_modalities_are_committed_together(two, monkeypatch):
     """The first modality was committed before the others were written, then deleted again when one failed:
     meanwhile readers saw it, and another ingestion of its content was told it was in the atlas."""

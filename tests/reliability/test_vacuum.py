@@ -581,3 +581,17 @@ def test_vacuum_names_what_it_deletes_and_a_dry_run_deletes_nothing(tmp_path: Pa
     assert_exact(atlas, {"keep": counts(1)})
     with pytest.raises(ArgumentError, match="dry_run must be True or False"):
         atlas.vacuum(dry_run="yes")
+
+
+def test_vacuum_leaves_a_group_whose_folder_is_a_link(tmp_path: Path) -> None:
+    """A group moved to another disk and linked back was deleted through the link (its folder and objects)."""
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    group = ingest(atlas, "moved", counts(1)).zarr_group
+    elsewhere = tmp_path / "other_disk" / group
+    elsewhere.parent.mkdir()
+    shutil.move(tmp_path / "arrays" / group, elsewhere)
+    (tmp_path / "arrays" / group).symlink_to(elsewhere)
+    atlas.delete_dataset("moved")
+    assert atlas.vacuum(grace=timedelta(0), dry_run=True)["groups"] == 0
+    assert atlas.vacuum(grace=timedelta(0)) == NOTHING
+    assert (elsewhere / "zarr.json").exists() and (tmp_path / "arrays" / group).is_symlink()
