@@ -245,9 +245,9 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *
         for name in own
         if name not in stored.names and (writable or record_schema.model_fields[name].is_required())
     ]
-    other = [
+    other = [  # (a base field redeclared too: its records would not convert)
         f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
-        for name in own
+        for name in declared.names
         if name in stored.names and not declared.field(name).type.equals(stored.field(name).type)
     ]
     if missing or other:
@@ -258,6 +258,28 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *
             f"dataset schema {record_schema.__name__} does not match the atlas's dataset table: "
             f"{'; '.join(problems)} (its columns: {stored.names}); open it with the dataset schema it was "
             "created with"
+        )
+
+
+def check_record(record: DatasetRecord, stored: pa.Schema) -> None:
+    """Refuse ``record`` (an ingestion's ``dataset_record``) where the dataset table (``stored``) would not
+    store its values as given: its class's fields the table lacks or stores as another type
+    (:func:`check_record_fields`: Arrow dropped them, truncated 3.9 to 3, split "GSE1" into letters), or a
+    column the table requires that its class lacks.
+
+    Raises
+    ------
+    SchemaError
+        Naming the fields.
+    """
+    check_record_fields(type(record), stored, writable=True)
+    fields = type(record).model_fields
+    required = [f.name for f in stored if not f.nullable and f.name not in fields]
+    if required:
+        raise SchemaError(
+            f"dataset record {type(record).__name__} lacks {required}, which the atlas's dataset table "
+            "requires (its class has them): pass a record of that class (lancell ingest cannot: ingest from "
+            "Python, RaggedAtlas.open(db, dataset_schema=...))"
         )
 
 

@@ -69,6 +69,47 @@ def test_a_dataset_schema_whose_own_fields_the_table_lacks_or_types_otherwise_is
         RaggedAtlas.open(db, dataset_schema=TissueAsNumber, read_only=True)
 
 
+class NameAsNumber(DatasetRecord):
+    name: int | None = None
+
+
+def test_a_dataset_record_the_table_would_not_store_as_given_is_refused_before_anything_is_written(
+    tmp_path: Path,
+):
+    """The record given to an ingestion was never checked against the table: Tissue(tissue="lung") into an
+    atlas of plain records lost "lung", a float into an int column was truncated, text into a list column
+    split into letters, a column the table requires failed in Lance after the matrix was written."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from lancell.ingest.from_anndata import add_from_anndata
+
+    adata = ad.AnnData(sp.csr_matrix(np.eye(3, dtype=np.float32)), var=pd.DataFrame(index=["a", "b", "c"]))
+    adata.obs_names = ["x", "y", "z"]
+
+    def ingest(atlas: RaggedAtlas, record: DatasetRecord) -> None:
+        atlas.register_features("gene_expression", pd.DataFrame({"uid": ["a", "b", "c"]}))
+        add_from_anndata(
+            atlas, adata, feature_space="gene_expression", zarr_layer="counts", dataset_record=record,
+            progress=False,
+        )  # fmt: skip
+
+    plain = _create(tmp_path / "plain")
+    with pytest.raises(SchemaError, match=r"fields \['tissue'\] the table lacks"):
+        ingest(plain, Tissue(uid="d", tissue="lung"))
+    with pytest.raises(SchemaError, match=r"name \(int64; the table stores string\)"):
+        ingest(plain, NameAsNumber(uid="d", name=3))
+    donors = _create(tmp_path / "donors", dataset_schema=Donor)
+    reopened = RaggedAtlas.open(donors.db_uri)  # records of the base class: no donor
+    with pytest.raises(SchemaError, match=r"lacks \['donor'\], which the atlas's dataset table requires"):
+        ingest(reopened, DatasetRecord(uid="d"))
+    for atlas in (plain, reopened):
+        assert atlas.list_datasets().empty and atlas.core.tables.cells.count_rows() == 0
+    ingest(reopened, Donor(uid="d", donor="D1"))
+    assert reopened.list_datasets()["donor"].tolist() == ["D1"]
+
+
 def test_cell_schema_fields_that_lancell_fills_or_search_adds_are_refused_at_create(tmp_path: Path):
     """obs_name redeclared as int made every ingestion fail in pyarrow; a column named distance doubled
     a vector search's own, and to_anndata() of a search failed with a bare KeyError. A field named like a
