@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, lance_message, search_builder
-from lancell.tables.obs import NULLABLE_DTYPES
+from lancell.tables.obs import NULLABLE_DTYPES, decoded
 from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow, vector_fields
 from lancell.tables.visibility import visible_cells_filter
@@ -192,7 +192,10 @@ class CellSelection:
     def read_pandas(self) -> pd.DataFrame:
         """:meth:`read` as a pandas frame; integer and boolean columns are pandas' nullable ones (as in
         ``to_anndata().obs``), so a null does not turn them into rounded floats."""
-        return self.read().to_pandas(types_mapper=NULLABLE_DTYPES.get)
+        table = self.read()
+        if any(pa.types.is_dictionary(field.type) for field in table.schema):  # (an old Enum field)
+            table = pa.table({name: decoded(table.column(name)) for name in table.column_names})
+        return table.to_pandas(types_mapper=NULLABLE_DTYPES.get)
 
     def batches(self, batch_size: int) -> Iterator[pa.RecordBatch]:
         """The selected rows (:meth:`kept_columns`) in record batches of at most ``batch_size``, in query

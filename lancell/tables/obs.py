@@ -7,6 +7,7 @@ value, so a NaN hidden in a categorical or an integer column is reported, not di
 from __future__ import annotations
 
 import datetime
+import enum
 import re
 from collections.abc import Mapping, Sequence
 
@@ -42,10 +43,18 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             f"first at {_first_bad(series, missing)}",
         )
     target = field.type
-    if categorical and (pa.types.is_string(target) or pa.types.is_large_string(target)):
+    kind = schema_kind(target)
+    if kind is None:  # Arrow would store "CD4" in a list field as its letters, 1.5 in list<int> as 1
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"the cell schema declares it as {target}, which obs values are not converted to (lancell stores "
+            "obs columns as int, float, bool, str, date or datetime fields)",
+        )
+    if categorical and kind == "text":
         # each category converted once, then taken by code
         try:
-            labels = pa.array([str(c) for c in series.cat.categories], type=target)
+            labels = pa.array([_text(c) for c in series.cat.categories], type=target)
         except UnicodeEncodeError as exc:  # (a label decoded from bytes that are not UTF-8)
             raise ObsConversionError(dataset, field.name, f"a label UTF-8 cannot write: {exc}") from exc
         return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
@@ -55,9 +64,9 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         values = _to_integers(dataset, series, values, missing, field)
     elif pa.types.is_date(target):
         values = _to_dates(dataset, series, values, missing, field)
-    elif pa.types.is_string(target) or pa.types.is_large_string(target):
+    elif kind == "text":
         values = pd.Series(
-            [None if m else str(v) for v, m in zip(values, missing, strict=True)], dtype=object
+            [None if m else _text(v) for v, m in zip(values, missing, strict=True)], dtype=object
         )
     try:
         return pa.array(values, type=target, from_pandas=True)
@@ -94,8 +103,15 @@ def _refused_dtype(kind: str, dtype: np.dtype, values: pd.Series, missing: np.nd
     return kind == "text" and dtype.kind == "S"
 
 
+def _text(value: object) -> str:
+    """An obs value as text: an ``Enum`` member's value (``str()`` of a ``str`` mixin gives ``Color.red``)."""
+    return str(value.value if isinstance(value, enum.Enum) else value)
+
+
 def schema_kind(target: pa.DataType) -> str | None:
     """The kind of an obs field's Arrow type that conversion checks values against (None: another)."""
+    if pa.types.is_dictionary(target):  # (an Enum field of an atlas created before they were refused)
+        target = target.value_type
     if pa.types.is_string(target) or pa.types.is_large_string(target):
         return "text"
     return next(
@@ -305,6 +321,7 @@ def arrow_to_obs(
         if name == index_column:
             continue
         column = table.column(name)
+        column = decoded(column)
         if column.type in text:
             given = None if categories is None else categories.get(name)
             columns[name] = _categorical(column) if given is None else _coded(name, column, given)
@@ -312,6 +329,14 @@ def arrow_to_obs(
             series = column.to_pandas(types_mapper=NULLABLE_DTYPES.get)
             columns[name] = series.to_numpy() if series.dtype == object else series.array
     return pd.DataFrame(columns, index=index, copy=False)
+
+
+def decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``column`` with a dictionary of text (an Enum field of an atlas created before they were refused)
+    as plain text: compaction leaves its dictionary repeating values, which pandas refuses as categories."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def _coded(name: str, column: pa.ChunkedArray, categories: Sequence[str]) -> pd.Categorical:

@@ -11,6 +11,7 @@ writes as the caller chose (``on_conflict``); a ``global_index`` never changes.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import warnings
 from collections import OrderedDict
@@ -284,8 +285,9 @@ def number_unindexed(table: Table) -> int:
 
 
 def sql_literal(value: str) -> str:
-    """Quote a string for a Lance SQL filter."""
-    return "'" + str(value).replace("'", "''") + "'"
+    """Quote a string for a Lance SQL filter (an ``Enum`` member: its value, not ``Color.red``)."""
+    text = str(value.value if isinstance(value, enum.Enum) else value)
+    return "'" + text.replace("'", "''") + "'"
 
 
 def registered_symbols(table: Table, names: Sequence[str]) -> dict[str, str]:

@@ -118,6 +118,12 @@ def _checked_arrow_schema(
         raise SchemaError(
             f"{role} {model.__name__}: {_unconvertible_field(model)} has no Arrow type: {exc}"
         ) from exc
+    enums = [field.name for field in schema if pa.types.is_dictionary(field.type)]
+    if enums:  # the table keeps the labels, not the Enum: members unchecked, Color.red stored as text
+        raise SchemaError(
+            f"{role} {model.__name__}: fields {enums} are Enums, which the table does not keep (any label "
+            "would be stored): declare them as str (or int) and check the values before ingestion"
+        )
     for key in string_keys:
         field = schema.field(key)
         if not pa.types.is_string(field.type) or field.nullable:
@@ -148,10 +154,16 @@ class LancellBaseSchema(LanceModel):
         Raises
         ------
         SchemaError
-            A field has no Arrow type, ``uid`` / ``dataset_uid`` is redeclared as something but ``str``,
-            or ``obs_name`` as something but an optional ``str``.
+            A field has no Arrow type or is an Enum or a list, ``uid`` / ``dataset_uid`` is redeclared as
+            something but ``str``, or ``obs_name`` as something but an optional ``str``.
         """
         schema = _checked_arrow_schema(cls, "cell schema", super().to_arrow_schema, ("uid", "dataset_uid"))
+        lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+        if lists:  # (a vector is a fixed-size list: Vector(n))
+            raise SchemaError(
+                f"cell schema {cls.__name__}: fields {lists} are lists, which obs columns are not converted "
+                "to (int, float, bool, str, date and datetime are; an embedding is Vector(n))"
+            )
         if not pa.types.is_string(schema.field("obs_name").type):
             raise SchemaError(
                 f"cell schema {cls.__name__}: field 'obs_name' (the cell's name in its input, filled by "
@@ -177,9 +189,17 @@ class FeatureBaseSchema(LanceModel):
         Raises
         ------
         SchemaError
-            A field has no Arrow type, or ``uid`` is redeclared as something but ``str``.
+            A field has no Arrow type or is an Enum, ``uid`` is redeclared as something but ``str``, or
+            ``global_index`` as something but an optional ``int``.
         """
-        return _checked_arrow_schema(cls, "registry schema", super().to_arrow_schema, ("uid",))
+        schema = _checked_arrow_schema(cls, "registry schema", super().to_arrow_schema, ("uid",))
+        index = schema.field("global_index")
+        if index.type != pa.int64() or not index.nullable:  # registration numbers features itself
+            raise SchemaError(
+                f"registry schema {cls.__name__}: field 'global_index' (the number registration gives each "
+                f"feature) must be an optional int, got {index.type}{'' if index.nullable else ' (required)'}"
+            )
+        return schema
 
 
 def _new_dataset_uid() -> str:

@@ -194,3 +194,28 @@ def test_booleans_and_floats_among_an_object_columns_text_are_named_as_stored_as
         "\"['d1', 'd2']\")",
     ]
     assert obs_to_arrow("d", obs, fields)["treated"].to_pylist() == ["yes", "True", None]
+
+
+def test_fields_obs_values_are_not_converted_to_are_refused_and_enum_members_stored_as_their_values():
+    """A list field stored "CD4" as its letters and 1.5 in list<int> as 1; an Enum member in a str field
+    was stored as 'Color.red'."""
+    import enum
+
+    class Color(str, enum.Enum):  # noqa: UP042 (the mixin whose str() is 'Color.red')
+        red = "red"
+
+    obs = pd.DataFrame({"tags": ["CD4", "CD8"]}, index=["a", "b"])
+    with pytest.raises(ObsConversionError, match=r"'tags'.*declares it as list<item: string>"):
+        obs_to_arrow("d", obs, [pa.field("tags", pa.list_(pa.string()))])
+    members = pd.DataFrame({"color": [Color.red, None]}, index=["a", "b"])
+    for column in (members["color"], members["color"].astype("category")):
+        stored = obs_to_arrow("d", column.to_frame(), [pa.field("color", pa.string())])["color"]
+        assert stored.to_pylist() == ["red", None]
+
+
+def test_an_old_enum_fields_dictionary_that_compaction_repeated_is_read_as_text():
+    """pandas refused the column ("Categorical categories must be unique"): no query read obs."""
+    repeated = pa.array(["red", "blue", "blue", "red"])  # the fragments' dictionaries, joined by compaction
+    color = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 2], pa.int32()), repeated)
+    obs = arrow_to_obs(pa.table({"uid": ["a", "b", "c", "d", "e"], "color": color}), "uid")
+    assert obs["color"].tolist() == ["red", "blue", "blue", "red", "blue"]

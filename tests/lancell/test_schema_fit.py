@@ -110,6 +110,39 @@ def test_a_dataset_record_the_table_would_not_store_as_given_is_refused_before_a
     assert reopened.list_datasets()["donor"].tolist() == ["D1"]
 
 
+def test_enum_list_and_retyped_global_index_fields_are_refused_at_create(tmp_path: Path):
+    """An Enum field stored any label (and made every query fail once optimize() joined its fragments'
+    dictionaries), a list field stored "CD4" as its letters, a str global_index failed at the first
+    register_features."""
+    import enum
+
+    from lancell.tables.registry import sql_literal
+
+    class Color(str, enum.Enum):  # noqa: UP042 (the mixin whose str() is 'Color.red')
+        red = "red"
+
+    class EnumCells(Cells):
+        color: Color | None = None
+
+    class ListCells(Cells):
+        tags: list[str] | None = None
+
+    class EnumGene(Gene):
+        kind: Color | None = None
+
+    class TextIndexGene(FeatureBaseSchema):
+        global_index: str | None = None
+
+    for cells, match in ((EnumCells, r"fields \['color'\] are Enums"), (ListCells, r"\['tags'\] are lists")):
+        with pytest.raises(SchemaError, match=match):
+            _create(tmp_path / cells.__name__, cells)
+    for gene, match in ((EnumGene, r"\['kind'\] are Enums"), (TextIndexGene, "'global_index'.*got string")):
+        with pytest.raises(SchemaError, match=match):
+            db = str(tmp_path / gene.__name__ / "db")
+            RaggedAtlas.create(db, "cells", Cells, registry_schemas={"gene_expression": gene})
+    assert sql_literal(Color.red) == "'red'"  # where(cell_type=Color.red) on a str field matched nothing
+
+
 def test_cell_schema_fields_that_lancell_fills_or_search_adds_are_refused_at_create(tmp_path: Path):
     """obs_name redeclared as int made every ingestion fail in pyarrow; a column named distance doubled
     a vector search's own, and to_anndata() of a search failed with a bare KeyError. A field named like a
