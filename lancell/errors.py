@@ -232,7 +232,7 @@ class ObsConversionError(IngestError):
     """An obs column cannot be converted to the type the cell schema declares."""
 
     def __init__(self, dataset: str, column: str, reason: str) -> None:
-        self.column = column
+        self.column, self.reason = column, reason
         super().__init__(f"dataset {dataset!r}, obs column {column!r}: {reason}")
 
 

@@ -23,9 +23,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import FeatureConflictError, FeatureConflictWarning, FeatureRegistryError
+from lancell.errors import (
+    FeatureConflictError,
+    FeatureConflictWarning,
+    FeatureRegistryError,
+    ObsConversionError,
+)
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import not_utf8, with_nul
+from lancell.tables.obs import obs_to_arrow, schema_kind
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
@@ -119,9 +125,15 @@ def prepare_features(
             columns[field.name] = pa.nulls(len(frame), pa.int64())
         elif field.name in frame.columns:
             try:
-                columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
+                if schema_kind(field.type) in (None, "text"):
+                    columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
+                else:  # the obs checks: Arrow stored 1.7 as 1 in an int column, 2 as True in a bool one
+                    checked = obs_to_arrow(feature_space, frame[[field.name]], [field])
+                    columns[field.name] = checked[field.name]
             except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:  # (text not UTF-8)
                 raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc}") from exc
+            except ObsConversionError as exc:
+                raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc.reason}") from exc
         elif field.nullable:
             columns[field.name] = pa.nulls(len(frame), field.type)
         else:

@@ -411,6 +411,30 @@ def test_uids_with_white_space_at_either_end_are_refused(atlas):
     pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
 
 
+def test_registry_values_of_another_type_are_refused(tmp_path):
+    """1.7 was stored as 1 in an int column, 2 as True in a bool one, True as 1 in an int one."""
+    from lancell.tables.schema import FeatureBaseSchema
+
+    class Gene(FeatureBaseSchema):
+        length: int | None = None
+        is_mito: bool | None = None
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", CellSchema, registry_schemas={"gene_expression": Gene}
+    )
+    for column, values, match in (
+        ("length", pd.Series([1.7, None], dtype=object), "non-integer value"),
+        ("length", pd.Series([True, False], dtype=object), "bool"),
+        ("is_mito", pd.Series([2, 0], dtype="int64"), "cannot be stored as bool"),
+    ):
+        frame = pd.DataFrame({"uid": ["A", "B"], column: values})
+        with pytest.raises(FeatureRegistryError, match=rf"gene_expression: column '{column}': .*{match}"):
+            atlas.register_features("gene_expression", frame)
+    assert atlas.feature_registry("gene_expression").empty
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["A"], "length": [3], "is_mito": [True]}))
+    assert atlas.feature_registry("gene_expression")[["length", "is_mito"]].values.tolist() == [[3, True]]
+
+
 def test_unknown_on_conflict_is_refused(human_c3):
     with pytest.raises(ValueError, match="on_conflict must be 'error', 'keep' or 'update', got 'replace'"):
         human_c3.register_features("gene_expression", MOUSE, on_conflict="replace")
