@@ -26,6 +26,8 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
             continue
         column = obs[field.name]
         dtype = column.dtype
+        if isinstance(dtype, pd.CategoricalDtype) and isinstance(dtype.categories.dtype, pd.DatetimeTZDtype):
+            dtype = dtype.categories.dtype  # (categories of zoned times: their zone goes as well)
         if isinstance(dtype, pd.DatetimeTZDtype) and pa.types.is_timestamp(field.type) and not field.type.tz:
             notes.append(f"column {field.name!r}: times in zone {dtype.tz} are stored in UTC, zone dropped")
         elif isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:

@@ -139,6 +139,10 @@ def test_zone_aware_times_and_ordered_categories_are_named() -> None:
         "column 'level': the order of its ordered categories is not stored",
     ]
     assert obs_to_arrow("d", obs, fields)["when"].to_pylist()[0].hour == 15  # the instant is kept
+    obs["when"] = obs["when"].astype("category")  # (its zone went without a word)
+    assert altered_obs_columns(obs, fields[:1]) == [
+        "column 'when': times in zone US/Eastern are stored in UTC, zone dropped"
+    ]
 
 
 def test_floats_booleans_and_times_under_a_text_field_are_named_as_stored_as_text() -> None:
