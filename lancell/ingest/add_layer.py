@@ -29,7 +29,6 @@ from lancell.errors import (
     DatasetNotFoundError,
     IngestError,
     LancellWarning,
-    LockLostError,
     ShapeMismatchError,
     caller_outside_lancell,
     require_type,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     import zarr
 
     from lancell.atlas import RaggedAtlas
-    from lancell.tables.locks import Lease
 
 __all__ = ["add_layer"]
 
@@ -150,7 +148,7 @@ def add_layer(
             if updated.rows_updated != 1:  # deleted meanwhile (a guard: deletion holds the lock too)
                 raise DatasetNotFoundError(f"add_layer: dataset {dataset_uid!r} was deleted meanwhile")
         except BaseException as exc:
-            if not _still_held(lease):  # the arrays and the record may be another call's now: left alone
+            if lease.taken_over():  # the arrays and the record may be another call's now: left alone
                 log.error("add_layer %s of %s lost its lock: nothing rolled back", name, dataset_uid)
             elif not listing:
                 _roll_back(group, attrs, name)
@@ -298,15 +296,6 @@ def _check_plain_columns(uid: str, reordered: object) -> None:
             LancellWarning,
             stacklevel=caller_outside_lancell(),
         )
-
-
-def _still_held(lease: Lease) -> bool:
-    """Whether this process still holds ``lease`` (a failed check: another process took it over)."""
-    try:
-        lease.check()
-    except LockLostError:
-        return False
-    return True
 
 
 def _write_values(

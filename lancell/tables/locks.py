@@ -146,6 +146,15 @@ class Lease:
         if self._lost is not None:
             raise LockLostError(f"lock {self.label} at {self.where} was lost ({self._lost})")
 
+    def taken_over(self) -> bool:
+        """Whether another process took this lock over (its object names another holder, or is gone); False
+        where the object cannot be read (a store outage: nothing is known of another holder)."""
+        try:
+            current = self._objects.read(self.path)
+        except Exception:  # any store failure
+            return False
+        return current is None or _decode(current).get("token") != self.token
+
     def _body(self, **fields: Any) -> bytes:
         body = {
             "token": self.token,

@@ -204,11 +204,12 @@ def read_snapshot(database: Database, version: int | None) -> dict[str, Any]:
 
 
 def _pick(frame: pd.DataFrame, version: int | None) -> dict[str, Any]:
+    if frame.empty:
+        raise VersionNotFoundError("the atlas has no snapshot yet; call atlas.snapshot() first")
     live = _live(frame)
     if version is None:
         if live.empty:
-            gone = "every snapshot was deleted" if len(frame) else "the atlas has no snapshot yet"
-            raise VersionNotFoundError(f"{gone}; call atlas.snapshot() first")
+            raise VersionNotFoundError("every snapshot was deleted; call atlas.snapshot() first")
         row = live.iloc[-1]
     else:
         match = frame[frame["version"] == int(version)]
