@@ -172,7 +172,8 @@ def remove_debris(
     dict of str to int
         ``groups``: groups deleted; ``cells``: cell rows deleted; ``unclaimed``: groups that uncommitted cell
         rows point into but this atlas never claimed (an older lancell wrote them), left in place;
-        ``foreign``: claimed groups whose attributes name another atlas or none, left in place.
+        ``foreign``: claimed groups whose attributes name another atlas or none, or whose folder is a symbolic
+        link, left in place.
 
     Raises
     ------
@@ -251,10 +252,12 @@ def remove_debris(
             if pinned or _Names(_snapshot_groups(core, snapshots, cutoff)).nests(group):  # (a snapshot since)
                 counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
                 continue
-            ownership = claims.ownership(group)
-            if ownership == "foreign":
+            ownership = claims.deletable(group)
+            if ownership in ("foreign", "linked"):
                 counts["foreign"] += 1
-                log.warning("claimed zarr group %r carries another atlas's id (or none): not deleted", group)
+                linked = ownership == "linked"
+                why = "its folder is a symbolic link" if linked else "it names another atlas or none"
+                log.warning("claimed zarr group %r: %s: not deleted", group, why)
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue

@@ -271,6 +271,6 @@ class CellSelection:
                 raise
             except (ValueError, RuntimeError, OSError) as exc:
                 raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
-        counts = pc.value_counts(values).flatten()
+        counts = pc.value_counts(decoded(values)).flatten()  # (an old Enum field's repeated dictionary)
         index = pd.Index(counts[0].to_pandas(types_mapper=NULLABLE_DTYPES.get), name=column)  # as in obs
         return pd.Series(counts[1].to_numpy(), index=index, name="cells").sort_values(ascending=False)

@@ -200,7 +200,7 @@ def create_storage(
         :class:`StoreError` if ``db_uri`` is empty or the store's root is ``db_uri`` itself (every group would
         lie in the database directory).
     """
-    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields, refuse_enum_fields
 
     dataset_schema = DatasetRecord if dataset_schema is None else dataset_schema
     pointers = pointer_fields(cell_schema)
@@ -211,6 +211,10 @@ def create_storage(
         raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
     spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
     cell_arrow = cell_schema.to_arrow_schema()
+    refuse_enum_fields("cell schema", cell_schema, cell_arrow)
+    refuse_enum_fields("dataset schema", dataset_schema, dataset_schema.to_arrow_schema())
+    for schema in registry_schemas.values():
+        refuse_enum_fields("registry schema", schema, schema.to_arrow_schema())
     for column in fts_columns:
         if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
             raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")

@@ -41,7 +41,7 @@ _NAME_ATTEMPTS = 8
 # "own": claimed by this atlas and carrying its id; "absent": claimed, nothing stored under the name;
 # "foreign": something is stored under the name that does not carry this atlas's id; "unclaimed": no claim
 # of this atlas names it.
-Ownership = Literal["own", "absent", "foreign", "unclaimed"]
+Ownership = Literal["own", "absent", "foreign", "unclaimed", "linked"]
 
 
 @dataclass(frozen=True)
@@ -205,19 +205,16 @@ class GroupClaims:
 
     def deletable(self, group: str) -> Ownership:
         """:meth:`ownership` as :meth:`delete` acts on it: a group of this atlas whose folder is a symbolic
-        link (its data lies where a user put it) is ``"foreign"``."""
+        link, or lies under one (its data lies where a user put it), is ``"linked"``."""
         ownership = self.ownership(group)
-        if ownership == "own" and linked_folder(self.store, group):
-            log.warning("zarr group %r is reached through a symbolic link: not deleted", group)
-            return "foreign"
-        return ownership
+        return "linked" if ownership == "own" and linked_folder(self.store, group) else ownership
 
     def delete(self, group: str) -> Ownership:
         """Delete ``group`` if it is this atlas's own, then its claim; return what it was.
 
         ``"own"``: the group was deleted; ``"absent"``: nothing was stored, the claim was released;
-        ``"foreign"`` (also a group whose folder is a symbolic link: :meth:`deletable`) or ``"unclaimed"``:
-        nothing was touched. Whether anything still references the group is the caller's to check.
+        ``"foreign"``, ``"linked"`` (:meth:`deletable`) or ``"unclaimed"``: nothing was touched. Whether
+        anything still references the group is the caller's to check.
 
         Raises
         ------
@@ -270,6 +267,7 @@ _DESCRIBED = {
     "absent": "missing from the store",
     "foreign": "not this atlas's (its attributes name another atlas, or none)",
     "unclaimed": "not claimed by this atlas",
+    "linked": "reached through a symbolic link (its data lies where the link leads)",
 }
 
 

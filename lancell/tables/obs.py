@@ -44,12 +44,12 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         )
     target = field.type
     kind = schema_kind(target)
-    if kind is None:  # Arrow would store "CD4" in a list field as its letters, 1.5 in list<int> as 1
+    if pa.types.is_list(target) or pa.types.is_large_list(target):  # Arrow: "CD4" as letters, [1.5] as [1]
         raise ObsConversionError(
             dataset,
             field.name,
-            f"the cell schema declares it as {target}, which obs values are not converted to (lancell stores "
-            "obs columns as int, float, bool, str, date or datetime fields)",
+            f"the cell schema declares it as {target}, which obs values are not converted to (a list field: "
+            "Arrow would store text as its letters; lancell stores int, float, bool, str, date and datetime)",
         )
     if categorical and kind == "text":
         # each category converted once, then taken by code
@@ -166,6 +166,8 @@ def _to_dates(
     ObsConversionError
         A datetime with a time of day (the date field would drop it), or a value that is no date.
     """
+    if isinstance(values.dtype, pd.ArrowDtype):  # (read_parquet's dtype_backend="pyarrow"): dates as objects
+        values = values.astype(object)
     if values.dtype.kind == "M":
         stamps = values.dt.tz_localize(None) if values.dt.tz is not None else values
         timed = ~missing & (stamps != stamps.dt.normalize()).to_numpy(dtype=bool)

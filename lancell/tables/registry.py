@@ -125,7 +125,7 @@ def prepare_features(
             columns[field.name] = pa.nulls(len(frame), pa.int64())
         elif field.name in frame.columns:
             try:
-                if schema_kind(field.type) in (None, "text"):
+                if schema_kind(field.type) not in ("integer", "floating", "boolean"):
                     columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
                 else:  # the obs checks: Arrow stored 1.7 as 1 in an int column, 2 as True in a bool one
                     checked = obs_to_arrow(feature_space, frame[[field.name]], [field])

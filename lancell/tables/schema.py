@@ -118,12 +118,6 @@ def _checked_arrow_schema(
         raise SchemaError(
             f"{role} {model.__name__}: {_unconvertible_field(model)} has no Arrow type: {exc}"
         ) from exc
-    enums = [field.name for field in schema if pa.types.is_dictionary(field.type)]
-    if enums:  # the table keeps the labels, not the Enum: members unchecked, Color.red stored as text
-        raise SchemaError(
-            f"{role} {model.__name__}: fields {enums} are Enums, which the table does not keep (any label "
-            "would be stored): declare them as str (or int) and check the values before ingestion"
-        )
     for key in string_keys:
         field = schema.field(key)
         if not pa.types.is_string(field.type) or field.nullable:
@@ -247,6 +241,34 @@ class DatasetRecord(LanceModel):
         return _checked_arrow_schema(cls, "dataset schema", super().to_arrow_schema, ("uid",))
 
 
+def refuse_enum_fields(role: str, model: type[BaseModel], schema: pa.Schema) -> None:
+    """At ``create``: refuse the Enum fields of ``model`` (``role``, e.g. "cell schema"), whose table would
+    keep the labels, not the Enum (any label stored, a member written as ``Color.red``; an atlas created
+    before keeps its fields: they are read and written as text).
+
+    Raises
+    ------
+    SchemaError
+        Naming the fields.
+    """
+    enums = [field.name for field in schema if pa.types.is_dictionary(field.type)]
+    if enums:
+        raise SchemaError(
+            f"{role} {model.__name__}: fields {enums} are Enums, which the table does not keep (any label "
+            "would be stored): declare them as str (or int) and check the values before ingestion"
+        )
+
+
+def _same_type(declared: pa.DataType, stored: pa.DataType) -> bool:
+    """Whether a field declared ``declared`` reads and writes a column stored as ``stored`` (an Enum field's
+    dictionary of text, written by a lancell that took Enums, is text to a ``str`` field)."""
+    if pa.types.is_dictionary(stored) and not pa.types.is_dictionary(declared):
+        stored = stored.value_type
+    if pa.types.is_dictionary(declared) and not pa.types.is_dictionary(stored):
+        declared = declared.value_type
+    return declared.equals(stored)
+
+
 def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *, writable: bool) -> None:
     """Refuse a :class:`DatasetRecord` subclass whose own fields (those it adds) the dataset table
     (``stored``) stores as another type (records would fail to convert), or lacks: on a writable handle any
@@ -268,7 +290,7 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *
     other = [  # (a base field redeclared too: its records would not convert)
         f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
         for name in declared.names
-        if name in stored.names and not declared.field(name).type.equals(stored.field(name).type)
+        if name in stored.names and not _same_type(declared.field(name).type, stored.field(name).type)
     ]
     if missing or other:
         problems = ([f"fields {missing} the table lacks"] if missing else []) + (

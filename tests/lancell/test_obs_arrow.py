@@ -223,3 +223,19 @@ def test_an_old_enum_fields_dictionary_that_compaction_repeated_is_read_as_text(
     color = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2, 3, 2], pa.int32()), repeated)
     obs = arrow_to_obs(pa.table({"uid": ["a", "b", "c", "d", "e"], "color": color}), "uid")
     assert obs["color"].tolist() == ["red", "blue", "blue", "red", "blue"]
+
+
+def test_dates_and_times_of_pandas_arrow_dtypes_are_stored_and_bytes_fields_still_filled():
+    """pd.ArrowDtype dates (read_parquet(dtype_backend="pyarrow")) failed in pandas (NotImplementedError
+    "dt.tz is not supported", TypeError "boolean value of NA is ambiguous"); a bytes field took its values."""
+    dates = pd.Series(
+        pd.array([dt.date(2020, 1, 1), None], dtype=pd.ArrowDtype(pa.date32())), index=["a", "b"], name="d"
+    )
+    times = pd.Series(
+        pd.array([dt.datetime(2020, 1, 1), None], dtype=pd.ArrowDtype(pa.timestamp("us"))), index=["a", "b"]
+    )
+    for column in (dates, times):
+        stored = obs_to_arrow("x", column.rename("d").to_frame(), [pa.field("d", pa.date32())])["d"]
+        assert stored.to_pylist() == [dt.date(2020, 1, 1), None]
+    raw = pd.DataFrame({"b": [b"AC", None]}, index=["a", "b"])
+    assert obs_to_arrow("x", raw, [pa.field("b", pa.binary())])["b"].to_pylist() == [b"AC", None]

@@ -143,6 +143,72 @@ def test_enum_list_and_retyped_global_index_fields_are_refused_at_create(tmp_pat
     assert sql_literal(Color.red) == "'red'"  # where(cell_type=Color.red) on a str field matched nothing
 
 
+def test_an_atlas_created_with_an_enum_field_opens_with_its_schema_or_a_str_field(
+    tmp_path: Path, monkeypatch
+):
+    """Refused at create now; an atlas created before could not be opened with its own dataset schema, nor
+    with the str field the refusal advised."""
+    import enum
+
+    import pyarrow as pa
+
+    import lancell.tables.schema as schemas
+
+    class Tech(str, enum.Enum):  # noqa: UP042 (the mixin users write)
+        tenx = "10x"
+
+    class Rec(DatasetRecord):
+        technology: Tech | None = None
+
+    class RecText(DatasetRecord):
+        technology: str | None = None
+
+    with pytest.raises(SchemaError, match=r"\['technology'\] are Enums"):
+        _create(tmp_path / "refused", dataset_schema=Rec)
+    with monkeypatch.context() as before:  # an atlas created before the refusal
+        before.setattr(schemas, "refuse_enum_fields", lambda *args: None)
+        atlas = _create(tmp_path / "old", dataset_schema=Rec)
+    assert pa.types.is_dictionary(atlas.core.dataset_arrow.field("technology").type)
+    for record in (Rec, RecText):
+        assert RaggedAtlas.open(atlas.db_uri, dataset_schema=record).dataset_schema is record
+
+
+def test_an_old_enum_cell_field_reads_after_optimize(tmp_path: Path, monkeypatch):
+    """Compaction joined the fragments' dictionaries (red, blue, blue, red): pandas refused them as
+    categories, and to_anndata, to_pandas and count(group_by=...) failed."""
+    import enum
+
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    import lancell.tables.schema as schemas
+    from lancell.ingest.from_anndata import add_from_anndata
+
+    class Color(str, enum.Enum):  # noqa: UP042 (the mixin users write)
+        red = "red"
+        blue = "blue"
+
+    class ColorCells(Cells):
+        color: Color | None = None
+
+    with monkeypatch.context() as before:  # an atlas created before Enum fields were refused
+        before.setattr(schemas, "refuse_enum_fields", lambda *args: None)
+        atlas = _create(tmp_path, ColorCells)
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["a", "b"]}))
+    for uid, colors in (("d1", ["red", "blue"]), ("d2", ["blue", "blue"])):
+        obs = pd.DataFrame({"color": colors}, index=["x", "y"])
+        adata = ad.AnnData(
+            sp.csr_matrix(np.eye(2, dtype=np.float32)), obs=obs, var=pd.DataFrame(index=["a", "b"])
+        )
+        record = DatasetRecord(uid=uid)
+        add_from_anndata(atlas, adata, feature_space="gene_expression", zarr_layer="counts",
+                         dataset_record=record, progress=False, on_duplicate="allow")  # fmt: skip
+    atlas.optimize()
+    assert sorted(atlas.query().to_anndata().obs["color"]) == ["blue", "blue", "blue", "red"]
+    assert atlas.query().count(group_by="color").to_dict() == {"blue": 3, "red": 1}
+
+
 def test_cell_schema_fields_that_lancell_fills_or_search_adds_are_refused_at_create(tmp_path: Path):
     """obs_name redeclared as int made every ingestion fail in pyarrow; a column named distance doubled
     a vector search's own, and to_anndata() of a search failed with a bare KeyError. A field named like a

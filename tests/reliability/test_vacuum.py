@@ -593,5 +593,5 @@ def test_vacuum_leaves_a_group_whose_folder_is_a_link(tmp_path: Path) -> None:
     (tmp_path / "arrays" / group).symlink_to(elsewhere)
     atlas.delete_dataset("moved")
     assert atlas.vacuum(grace=timedelta(0), dry_run=True)["groups"] == 0
-    assert atlas.vacuum(grace=timedelta(0)) == NOTHING
+    assert atlas.vacuum(grace=timedelta(0)) == NOTHING | {"foreign": 1}  # counted as left in place
     assert (elsewhere / "zarr.json").exists() and (tmp_path / "arrays" / group).is_symlink()
