@@ -356,22 +356,16 @@ class RaggedAtlas:
         dry_run: bool = False,
         on_group: Callable[[str, str], None] | None = None,
     ) -> dict[str, int]:
-        """Delete this atlas's own zarr groups that no live dataset and no snapshot references.
-
-        Each group deleted is logged (``lancell.maintenance``, INFO) and given to ``on_group`` as ``(group,
-        dataset uid)``; ``dry_run=True`` deletes nothing and counts, logs and names what it would delete.
-
-        Only groups this atlas claimed when it wrote them and whose attributes carry its id, claimed and (if
-        their dataset was deleted) released more than ``grace`` ago, are considered; the store is never
-        listed, so nothing else in it is ever deleted (see :func:`lancell.maintenance.remove_debris`). Cell
-        rows of datasets that never got a dataset record (an interrupted ingestion) pointing into a deleted
-        group go too.
+        """Delete this atlas's own zarr groups that no live dataset and no snapshot references, released
+        more than ``grace`` ago (:func:`lancell.maintenance.remove_debris`: the store is never listed, so
+        nothing else in it is deleted). Each group deleted is logged (INFO) and given to ``on_group`` as
+        ``(group, dataset uid)``; ``dry_run=True`` deletes nothing and counts, logs and names what it would.
 
         Returns
         -------
         dict of str to int
-            ``groups`` and ``cells`` deleted; ``unclaimed`` and ``foreign``: groups left in place because
-            this atlas cannot prove them its own.
+            ``groups`` and ``cells`` (of interrupted ingestions) deleted; ``unclaimed`` and ``foreign``:
+            groups left in place because this atlas cannot prove them its own.
         """
         from lancell.maintenance import remove_debris
 
