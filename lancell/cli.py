@@ -245,7 +245,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "delete a snapshot (its number and note are not reused; optimize and vacuum then reclaim what only "
         "it kept)",
     )
-    delete_snapshot.add_argument("version", type=int, metavar="VERSION", help="the snapshot's number")
+    delete_snapshot.add_argument(
+        "versions", type=int, nargs="+", metavar="VERSION", help="the snapshots' numbers"
+    )
 
     vacuum = command(
         "vacuum", cli_maintenance.vacuum, "delete zarr groups no dataset and no snapshot references"
@@ -254,8 +256,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--grace-hours",
         type=cli_arguments.hours,
         default=1.0,
-        help="keep groups needed less than this long ago: released (their dataset deleted), or claimed by an "
-        "ingestion that never finished (default: 1)",
+        help="keep groups needed less than this long ago: released (their dataset deleted), kept by a "
+        "snapshot deleted since, or claimed by an ingestion that never finished (default: 1)",
     )
     vacuum.add_argument(
         "--dry-run", action="store_true", help="name the groups it would delete, and delete nothing"

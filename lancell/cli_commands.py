@@ -129,6 +129,11 @@ def _check_files(paths: Sequence[str]) -> None:
     missing = [path for path in paths if not Path(path).exists()]
     if missing:
         raise IngestError(f"no such file: {', '.join(missing)}")
+    if muddled := [path for path in paths if Path(path).suffix.lower() == ".h5mu"]:  # (read as an .h5ad)
+        raise IngestError(
+            f"{', '.join(muddled)}: a MuData file, which ingest does not read: ingest it from Python with "
+            "lancell.add_from_mudata(atlas, path, {modality: (feature_space, layer), ...})"
+        )
 
 
 # the ingest flags that say how to read a file: unused for a dataset already in the atlas

@@ -111,14 +111,23 @@ def optimize(args: argparse.Namespace) -> int:
 
 
 def delete_snapshot(args: argparse.Namespace) -> int:
-    """``lancell delete-snapshot``: delete one snapshot."""
+    """``lancell delete-snapshot``: delete snapshots, every number checked first."""
     from lancell.atlas import RaggedAtlas
+    from lancell.errors import VersionNotFoundError
 
-    RaggedAtlas.open(args.db, store=args.store).delete_snapshot(args.version)
+    atlas = RaggedAtlas.open(args.db, store=args.store)
+    versions = list(dict.fromkeys(args.versions))  # (one given twice is deleted once)
+    known = RaggedAtlas.list_versions(args.db, deleted=True).set_index("version")["deleted_at"]
+    if missing := [v for v in versions if v not in known.index]:
+        raise VersionNotFoundError(f"no snapshot {', '.join(map(str, missing))}: nothing deleted")
+    for version in versions:
+        already = not known.isna()[version]
+        atlas.delete_snapshot(version)
+        print(f"snapshot {version}: deleted already" if already else f"snapshot {version}: deleted")
     print(
-        f"snapshot {args.version}: deleted (its number and note are not reused); `lancell optimize` prunes "
-        "the table versions only it kept (after --keep-hours, a week by default), `lancell vacuum` its zarr "
-        "groups"
+        "numbers and notes are not reused; `lancell optimize` prunes the table versions only deleted "
+        "snapshots kept (older than --keep-hours, a week by default), `lancell vacuum` their zarr groups "
+        "(after --grace-hours, 1 by default)"
     )
     return 0
 

@@ -21,6 +21,7 @@ import obstore
 import pyarrow.compute as pc
 
 from lancell.errors import (
+    ArgumentError,
     AtlasNotFoundError,
     DatasetNotFoundError,
     LancellWarning,
@@ -184,6 +185,8 @@ def remove_debris(
     """
     grace = require_age("grace", grace)
     require_type("dry_run", dry_run, bool, "True or False")
+    if on_group is not None and not callable(on_group):
+        raise ArgumentError(f"on_group must be None or a function of (group, dataset uid), got {on_group!r}")
     claims = core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace
@@ -191,7 +194,9 @@ def remove_debris(
     mine = [claim for claim in claims.list() if claim.atlas_id == claims.atlas_id]
     claimed = {claim.group for claim in mine}
     live = _live_groups(core)
-    referenced = live | _snapshot_groups(core, snapshots, cutoff)
+    pinned_live = _snapshot_groups(core, snapshots)  # (first: the cache then adds the deleted ones)
+    pinned = _snapshot_groups(core, snapshots, cutoff)  # and snapshots deleted within the grace
+    referenced = live | pinned
     live_names, referenced_names, claimed_names = _Names(live), _Names(referenced), _Names(claimed)
     counts = {"groups": 0, "cells": 0, "unclaimed": 0, "foreign": 0}
     doomed: set[str] = set()  # a dry run's rows counted (a row pointing into two groups goes once)
@@ -206,18 +211,20 @@ def remove_debris(
         and not live_names.nests(claim.group)
         and not claimed_names.nests(claim.group, strictly=True)
     ]
+    kept_for_deleted = _Names(pinned - pinned_live - live)
     waiting = sorted(  # deleted datasets' groups nothing references, kept for readers until the grace ends
         claim.group
         for claim in mine
         if claim.released_at is not None
-        and claim.last_needed > cutoff
-        and not referenced_names.nests(claim.group)
+        and (claim.last_needed > cutoff or kept_for_deleted.nests(claim.group))
+        and (not referenced_names.nests(claim.group) or kept_for_deleted.nests(claim.group))
     )
     if waiting:  # (vacuum() right after delete_dataset returned zeros without a word)
         warnings.warn(
             f"{len(waiting)} zarr group(s) of deleted datasets (e.g. {waiting[0]!r}) are kept until {grace} "
-            "after their deletion (readers that selected their cells before it read on meanwhile); vacuum() "
-            "then, or vacuum(grace=timedelta(0)) when no reader is left",
+            "after their deletion, or after the deletion of the snapshot that kept them (readers that "
+            "selected their cells before it read on meanwhile); vacuum() then, or vacuum(grace=timedelta(0)) "
+            "when no reader is left",
             LancellWarning,
             stacklevel=4,  # the caller of RaggedAtlas.vacuum (through its store boundary's wrapper)
         )

@@ -17,6 +17,7 @@ warned about.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -144,17 +145,18 @@ def attach_modality(
 
 def add_from_mudata(
     atlas: RaggedAtlas,
-    mdata: MuData,
+    mdata: MuData | str | Path,
     modalities: Mapping[str, tuple[str, str | Mapping[str, str]]],
     *,
     dataset_record: DatasetRecord | None = None,
     progress: bool = True,
     csc: bool | None = None,
 ) -> list[DatasetRecord]:
-    """Ingest a MuData: ``modalities`` maps modality name -> ``(feature_space, zarr_layer)`` (the modality's
-    ``X`` stored as ``zarr_layer``) or ``(feature_space, {stored layer: "X" or a key of the modality's
-    layers})``, as ``layers=`` of :func:`~lancell.ingest.from_anndata.add_from_anndata` (e.g.
-    ``{"counts": "counts", "log_normalized": "X"}``).
+    """Ingest a MuData (or an ``.h5mu`` file's, read whole): ``modalities`` maps modality name ->
+    ``(feature_space, zarr_layer)`` (the modality's ``X`` stored as ``zarr_layer``) or ``(feature_space,
+    {stored layer: "X" or a key of the modality's layers})``, as ``layers=`` of
+    :func:`~lancell.ingest.from_anndata.add_from_anndata` (e.g. ``{"counts": "counts", "log_normalized":
+    "X"}``).
 
     The first modality creates the cells (with ``mdata.obs`` columns the schema declares); the others are
     attached to them (``<uid>/<feature_space>``), all in one run: their records are committed together or
@@ -169,6 +171,11 @@ def add_from_mudata(
         differ from the first modality's column of the same name (one would be lost), a further modality
         naming cells the first lacks, or any error of the ingestion; nothing is stored.
     """
+    if isinstance(mdata, str | Path):  # an .h5mu file, read whole (as add_from_anndata reads an .h5ad path)
+        mdata = _read_h5mu(mdata)
+    if not hasattr(mdata, "mod"):  # (mudata is imported where a MuData is read)
+        kind = type(mdata).__name__
+        raise IngestError(f"add_from_mudata takes a MuData or the path of an .h5mu file, got a {kind}")
     names = list(modalities)
     if not names:
         raise IngestError("add_from_mudata needs at least one modality")
@@ -235,6 +242,22 @@ def add_from_mudata(
             )
         )
     return run_transactions(transactions)
+
+
+def _read_h5mu(path: str | Path) -> MuData:
+    """The MuData in file ``path``.
+
+    Raises
+    ------
+    IngestError
+        The file is missing or is no MuData file.
+    """
+    import mudata
+
+    try:
+        return mudata.read_h5mu(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise IngestError(f"cannot read {path} as a MuData (.h5mu) file: {exc}") from exc
 
 
 def _stored(uid: str, modality: str, layer: object) -> dict[str, str]:

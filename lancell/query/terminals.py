@@ -66,11 +66,19 @@ def _failure(query: QueryTerminals, exc: Exception, *, again: bool) -> Exception
         return None
     if isinstance(exc, CommitConflictError):
         return exc
-    error = CommitConflictError(
-        f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
-        "while it read them (optimize(cleanup_older_than=...) in another process?), or a table file is "
-        f"missing (atlas.validate()): read again ({str(exc).splitlines()[0][:200]})"
-    )
+    snapshot, first = query.atlas.snapshot_version, str(exc).splitlines()[0][:200]
+    if snapshot is not None:  # (a checkout: reading again reads the same versions)
+        error = CommitConflictError(
+            f"the table versions of snapshot {snapshot} of the atlas at {query.atlas.db_uri!r} were removed: "
+            "the snapshot was deleted (delete_snapshot) and optimize(cleanup_older_than=...) pruned them, so "
+            f"it can no longer be read; or a table file is missing (atlas.validate()) ({first})"
+        )
+    else:
+        error = CommitConflictError(
+            f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
+            "while it read them (optimize(cleanup_older_than=...) in another process?), or a table file is "
+            f"missing (atlas.validate()): read again ({first})"
+        )
     error.__cause__ = exc
     return error
 

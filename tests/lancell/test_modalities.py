@@ -155,6 +155,21 @@ def test_a_mudatas_modality_stores_the_layers_named(tmp_path):
     np.testing.assert_array_equal(aligned.layers["log_normalized"].toarray(), pbmc.X.toarray())
 
 
+def test_a_mudata_file_is_read_from_its_path_and_refused_by_the_command_line(two, tmp_path, capsys):
+    """add_from_mudata(atlas, "x.h5mu") was an AttributeError; lancell ingest read an .h5mu as an .h5ad."""
+    from lancell import cli
+
+    atlas, pbmc = two
+    path = tmp_path / "cite.h5mu"
+    MuData({"rna": pbmc, "prog": _programs(pbmc)}).write(path)
+    with pytest.raises(IngestError, match=r"takes a MuData or the path of an \.h5mu file, got a int"):
+        add_from_mudata(atlas, 3, {"rna": ("gene_expression", "log_normalized")})
+    assert cli.main(["ingest", atlas.db_uri, str(path)]) == 1
+    assert "a MuData file, which ingest does not read: ingest it from Python" in capsys.readouterr().err
+    _ingest_pbmc(atlas, str(path))
+    assert atlas.query().count() == pbmc.n_obs and atlas.validate() == []
+
+
 def test_a_vacuum_dry_run_counts_a_killed_runs_rows_once(two):
     """Rows pointing into both groups of a MuData run killed before its commit were counted for each group
     by the dry run; the real run deletes them with the first."""

@@ -191,3 +191,29 @@ def test_the_command_line_deletes_a_snapshot_and_lists_deleted_ones(atlas, capsy
     assert "table versions now: " in capsys.readouterr().out
     assert pinned not in [v["version"] for v in cells.list_versions()]  # only the deleted snapshot kept it
     assert atlas.query().count() == 700 + 559
+
+
+def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_why(atlas, capsys):
+    """vacuum right after delete_snapshot returned zeros without a word; a reader of the deleted snapshot
+    whose versions optimize pruned was told to "read again", which could not work; on_group="print" failed
+    after the first deletion; delete-snapshot took one number."""
+    from lancell.errors import ArgumentError, CommitConflictError
+
+    for dataset in BUNDLED[:2]:
+        ingest_bundled(atlas, dataset)
+    assert atlas.snapshot() == 0
+    atlas.delete_dataset(BUNDLED[1].uid)
+    reader = RaggedAtlas.checkout(atlas.db_uri, 0)
+    assert reader.query().count() == 700 + 559  # (it has read the snapshot's tables)
+    assert atlas.snapshot() == 1
+    with pytest.raises(ArgumentError, match="on_group must be None or a function"):
+        atlas.vacuum(on_group="print")
+    assert cli.main(["delete-snapshot", atlas.db_uri, "0", "7"]) == 1  # every number checked first
+    assert "no snapshot 7: nothing deleted" in capsys.readouterr().err
+    assert len(RaggedAtlas.list_versions(atlas.db_uri)) == 2
+    assert cli.main(["delete-snapshot", atlas.db_uri, "0"]) == 0
+    with pytest.warns(LancellWarning, match="or after the deletion of the snapshot that kept them"):
+        assert atlas.vacuum(grace=timedelta(hours=1))["groups"] == 0
+    atlas.optimize(cleanup_older_than=timedelta(0))
+    with pytest.raises(CommitConflictError, match=r"snapshot 0 .* was deleted .* can no longer be read"):
+        reader.query().to_anndata()
