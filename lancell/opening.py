@@ -236,7 +236,7 @@ def _core(
     pinned = None if snapshot is None else snapshot["tables"]
     tables = AtlasTables.open(database, meta["cell_table_name"], dict(meta["registries"]), pinned=pinned)
     if dataset_schema is not None:  # (its class has loaded lancedb, which the schema module imports)
-        from lancell.tables.schema import check_record_fields
+        from lancell.tables.schema_fit import check_record_fields
 
         check_record_fields(dataset_schema, tables.datasets.schema, writable=not (read_only or snapshot))
     with StoreFailures(f"opening the zarr store of the atlas at {database.uri!r} failed"):

@@ -115,7 +115,7 @@ def add_from_anndata(
     atlas.core.require_writable()
     if isinstance(adata, str | os.PathLike):
         adata = open_h5ad(Path(adata))
-    record = given_or_default(atlas.dataset_schema, dataset_record, atlas.core.dataset_arrow)
+    record = given_or_default(atlas.dataset_schema, dataset_record)
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)
     sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)

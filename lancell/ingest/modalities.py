@@ -128,9 +128,7 @@ def attach_modality(
     """
     atlas.core.require_writable()
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
-    record = given_or_default(
-        atlas.dataset_schema, dataset_record, atlas.core.dataset_arrow, uid=f"{cells_of}/{feature_space}"
-    )
+    record = given_or_default(atlas.dataset_schema, dataset_record, uid=f"{cells_of}/{feature_space}")
     to_store = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     check_raw(adata, record.uid, to_store)
     plan = plan_ingest(atlas.core, adata, space, to_store, record, var_uid_column, cells_of=cells_of)
@@ -203,7 +201,7 @@ def add_from_mudata(
     shared = [c for c in mdata.obs.columns if c not in first.obs.columns and not _modality_copy(mdata, c)]
     first.obs = first.obs.join(mdata.obs[shared]) if shared else first.obs
     name, (space_name, layer) = names[0], modalities[names[0]]
-    record = given_or_default(atlas.dataset_schema, dataset_record, atlas.core.dataset_arrow)
+    record = given_or_default(atlas.dataset_schema, dataset_record)
     spaces = [resolve_feature_space(atlas.feature_spaces, space) for space, _ in modalities.values()]
     check_csc_of_run(csc, spaces, record.uid)
     space = resolve_feature_space(atlas.feature_spaces, space_name)

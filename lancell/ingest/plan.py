@@ -37,6 +37,7 @@ from lancell.tables.schema import (
     check_dataset_uid,
     obs_fields,
 )
+from lancell.tables.schema_fit import check_record_fits
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
@@ -82,7 +83,8 @@ class IngestPlan:
 
 
 def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = None) -> None:
-    """Refuse a malformed or taken dataset uid and a record that sets a field lancell assigns.
+    """Refuse a malformed or taken dataset uid, a record that sets a field lancell assigns, and one the
+    dataset table would not store as given (:func:`~lancell.tables.schema_fit.check_record_fits`).
 
     ``cells_of`` is the dataset a further modality is attached to (None for new cells).
 
@@ -90,7 +92,10 @@ def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = 
     ------
     IngestError
         A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set.
+    SchemaError
+        The record's fields do not fit the dataset table's.
     """
+    check_record_fits(record, core.dataset_arrow)
     check_dataset_uid(record.uid)
     if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
         raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 import pydantic
 
 from lancell.errors import IngestError
-from lancell.tables.schema import DatasetRecord, check_record
+from lancell.tables.schema import DatasetRecord
 
 __all__ = ["given_or_default", "modality_record"]
 
 
 def given_or_default(
-    schema: type[DatasetRecord], given: DatasetRecord | None, stored: pa.Schema, **defaults: Any
+    schema: type[DatasetRecord], given: DatasetRecord | None, **defaults: Any
 ) -> DatasetRecord:
-    """A copy of ``given``, else a record of ``schema`` holding ``defaults``, checked against the dataset
-    table's schema ``stored`` (:func:`~lancell.tables.schema.check_record`).
+    """A copy of ``given``, else a record of ``schema`` holding ``defaults``.
 
     Raises
     ------
     IngestError
         No record was given and ``schema`` requires fields (a subclass of ``DatasetRecord`` with a field
         without a default): the message names them.
-    SchemaError
-        The record's fields do not match the dataset table's (nothing is written).
     """
+    if given is not None:
+        return given.model_copy()
     try:
-        record = given.model_copy() if given is not None else schema(**defaults)
+        return schema(**defaults)
     except pydantic.ValidationError as exc:
         missing = [str(error["loc"][0]) for error in exc.errors() if error["type"] == "missing"]
         first = exc.errors()[0]["msg"]
@@ -36,8 +34,6 @@ def given_or_default(
             f"the atlas's dataset schema {schema.__name__} requires {missing or 'other values'} ({first}): "
             f"pass dataset_record={schema.__name__}(...) with them"
         ) from exc
-    check_record(record, stored)
-    return record
 
 
 def modality_record(record: DatasetRecord, uid: str) -> DatasetRecord:

@@ -258,10 +258,7 @@ def add_from_10x(
             f"{matrix.path}: var has no column {var_uid_column!r}; use one of {list(matrix.var)}"
         )
     base = given_or_default(
-        atlas.dataset_schema,
-        dataset_record,
-        atlas.core.dataset_arrow,
-        **({} if cells_of is None else {"uid": cells_of}),
+        atlas.dataset_schema, dataset_record, **({} if cells_of is None else {"uid": cells_of})
     )
     check_on_duplicate(base.uid, on_duplicate)
     if base.source is None:

@@ -200,7 +200,8 @@ def create_storage(
         :class:`StoreError` if ``db_uri`` is empty or the store's root is ``db_uri`` itself (every group would
         lie in the database directory).
     """
-    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields, refuse_enum_fields
+    from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
+    from lancell.tables.schema_fit import refuse_enum_fields
 
     dataset_schema = DatasetRecord if dataset_schema is None else dataset_schema
     pointers = pointer_fields(cell_schema)

@@ -152,7 +152,7 @@ def test_an_atlas_created_with_an_enum_field_opens_with_its_schema_or_a_str_fiel
 
     import pyarrow as pa
 
-    import lancell.tables.schema as schemas
+    import lancell.tables.schema_fit as schemas
 
     class Tech(str, enum.Enum):  # noqa: UP042 (the mixin users write)
         tenx = "10x"
@@ -182,7 +182,7 @@ def test_an_old_enum_cell_field_reads_after_optimize(tmp_path: Path, monkeypatch
     import pandas as pd
     import scipy.sparse as sp
 
-    import lancell.tables.schema as schemas
+    import lancell.tables.schema_fit as schemas
     from lancell.ingest.from_anndata import add_from_anndata
 
     class Color(str, enum.Enum):  # noqa: UP042 (the mixin users write)

@@ -1,0 +1,100 @@
+"""Whether user schemas fit the atlas's tables: Enum fields refused at create, a dataset schema's fields
+against the dataset table's at open, an ingestion's record against it before anything is written."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from lancell.errors import SchemaError
+from lancell.tables.schema import DatasetRecord
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["check_record_fields", "check_record_fits", "refuse_enum_fields"]
+
+
+def refuse_enum_fields(role: str, model: type[BaseModel], schema: pa.Schema) -> None:
+    """At ``create``: refuse the Enum fields of ``model`` (``role``, e.g. "cell schema"), whose table would
+    keep the labels, not the Enum (any label stored, a member written as ``Color.red``; an atlas created
+    before keeps its fields: they are read and written as text).
+
+    Raises
+    ------
+    SchemaError
+        Naming the fields.
+    """
+    enums = [field.name for field in schema if pa.types.is_dictionary(field.type)]
+    if enums:
+        raise SchemaError(
+            f"{role} {model.__name__}: fields {enums} are Enums, which the table does not keep (any label "
+            "would be stored): declare them as str (or int) and check the values before ingestion"
+        )
+
+
+def _same_type(declared: pa.DataType, stored: pa.DataType) -> bool:
+    """Whether a field declared ``declared`` reads and writes a column stored as ``stored`` (an Enum field's
+    dictionary of text, written by a lancell that took Enums, is text to a ``str`` field)."""
+    if pa.types.is_dictionary(stored) and not pa.types.is_dictionary(declared):
+        stored = stored.value_type
+    if pa.types.is_dictionary(declared) and not pa.types.is_dictionary(stored):
+        declared = declared.value_type
+    return declared.equals(stored)
+
+
+def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *, writable: bool) -> None:
+    """Refuse a :class:`DatasetRecord` subclass whose own fields (those it adds) the dataset table
+    (``stored``) stores as another type (records would fail to convert), or lacks: on a writable handle any
+    (their values would be dropped from every record written), on a read-only one a required one (no record
+    could be built).
+
+    Raises
+    ------
+    SchemaError
+        Naming each such field, its type, and the table's columns.
+    """
+    declared = record_schema.to_arrow_schema()
+    own = [name for name in declared.names if name not in DatasetRecord.model_fields]
+    missing = [
+        name
+        for name in own
+        if name not in stored.names and (writable or record_schema.model_fields[name].is_required())
+    ]
+    other = [  # (a base field redeclared too: its records would not convert)
+        f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
+        for name in declared.names
+        if name in stored.names and not _same_type(declared.field(name).type, stored.field(name).type)
+    ]
+    if missing or other:
+        problems = ([f"fields {missing} the table lacks"] if missing else []) + (
+            [f"fields of another type: {', '.join(other)}"] if other else []
+        )
+        raise SchemaError(
+            f"dataset schema {record_schema.__name__} does not match the atlas's dataset table: "
+            f"{'; '.join(problems)} (its columns: {stored.names}); open it with the dataset schema it was "
+            "created with"
+        )
+
+
+def check_record_fits(record: DatasetRecord, stored: pa.Schema) -> None:
+    """Refuse ``record`` (an ingestion's ``dataset_record``) where the dataset table (``stored``) would not
+    store its values as given: its class's fields the table lacks or stores as another type
+    (:func:`check_record_fields`: Arrow dropped them, truncated 3.9 to 3, split "GSE1" into letters), or a
+    column the table requires that its class lacks.
+
+    Raises
+    ------
+    SchemaError
+        Naming the fields.
+    """
+    check_record_fields(type(record), stored, writable=True)
+    fields = type(record).model_fields
+    required = [f.name for f in stored if not f.nullable and f.name not in fields]
+    if required:
+        raise SchemaError(
+            f"dataset record {type(record).__name__} lacks {required}, which the atlas's dataset table "
+            "requires (its class has them): pass a record of that class (lancell ingest cannot: ingest from "
+            "Python, RaggedAtlas.open(db, dataset_schema=...))"
+        )
