@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import warnings
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -113,16 +114,21 @@ def optimize(args: argparse.Namespace) -> int:
 def delete_snapshot(args: argparse.Namespace) -> int:
     """``lancell delete-snapshot``: delete snapshots, every number checked first."""
     from lancell.atlas import RaggedAtlas
-    from lancell.errors import VersionNotFoundError
+    from lancell.errors import LancellWarning, VersionNotFoundError
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     versions = list(dict.fromkeys(args.versions))  # (one given twice is deleted once)
     known = RaggedAtlas.list_versions(args.db, deleted=True).set_index("version")["deleted_at"]
     if missing := [v for v in versions if v not in known.index]:
-        raise VersionNotFoundError(f"no snapshot {', '.join(map(str, missing))}: nothing deleted")
+        live = known.index[known.isna()].tolist()
+        raise VersionNotFoundError(
+            f"no snapshot {', '.join(map(str, missing))}; snapshots: {live}: nothing deleted"
+        )
     for version in versions:
         already = not known.isna()[version]
-        atlas.delete_snapshot(version)
+        with warnings.catch_warnings():  # (the line below says it)
+            warnings.simplefilter("ignore", LancellWarning)
+            atlas.delete_snapshot(version)  # (one deleted already: the tags it left go)
         print(f"snapshot {version}: deleted already" if already else f"snapshot {version}: deleted")
     print(
         "numbers and notes are not reused; `lancell optimize` prunes the table versions only deleted "

@@ -254,8 +254,11 @@ def _read_h5mu(path: str | Path) -> MuData:
 
     try:
         return mudata.read_h5mu(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise IngestError(f"cannot read {path} as a MuData (.h5mu) file: {exc}") from exc
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:  # (an .h5ad: TypeError)
+        raise IngestError(
+            f"cannot read {path} as a MuData (.h5mu) file ({exc}): an .h5ad or a 10x output is ingested with "
+            "add_from_anndata or add_from_10x"
+        ) from exc
 
 
 def _stored(uid: str, modality: str, layer: object) -> dict[str, str]:

@@ -21,6 +21,7 @@ from lancell.ingest.tenx import (
     open_10x,
     route_feature_types,
 )
+from lancell.tables.schema_fit import check_record_fits
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -49,6 +50,7 @@ def ingest_tenx_output(
     """
     matrix = open_10x(spec.path, genome=spec.genome)
     check_barcodes(matrix)  # (what needs no registry, refused before it changes)
+    check_record_fits(record, atlas.core.dataset_arrow)
     uid_column = spec.var_uid_column or "gene_ids"
     routes, _ = route_feature_types(atlas, matrix, spec.feature_space, DEFAULT_FEATURE_TYPES)
     updates = []

@@ -184,9 +184,15 @@ def dataset_group_attrs(
     """
     attrs = core.group_attrs(zarr_group, listed=listed)
     if attrs is None:
+        snapshot = core.snapshot_version
+        hint = (  # (a snapshot deleted since this checkout: vacuum reclaims what only it referenced)
+            "atlas.validate() lists every such problem"
+            if snapshot is None
+            else f"this handle reads snapshot {snapshot}: if it was deleted, vacuum() reclaimed its groups"
+        )
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
-            f"{describe_store(core.store)} (atlas.validate() lists every such problem)"
+            f"{describe_store(core.store)} ({hint})"
         )
     owner = attrs.get(ATLAS_ID_ATTR)
     if owner is not None and core.atlas_id is not None and owner != core.atlas_id:

@@ -164,6 +164,8 @@ def test_a_mudata_file_is_read_from_its_path_and_refused_by_the_command_line(two
     MuData({"rna": pbmc, "prog": _programs(pbmc)}).write(path)
     with pytest.raises(IngestError, match=r"takes a MuData or the path of an \.h5mu file, got a int"):
         add_from_mudata(atlas, 3, {"rna": ("gene_expression", "log_normalized")})
+    with pytest.raises(IngestError, match=r"an \.h5ad or a 10x output is ingested with add_from_anndata"):
+        add_from_mudata(atlas, BUNDLED[0].path, {"rna": ("gene_expression", "log_normalized")})  # (TypeError)
     assert cli.main(["ingest", atlas.db_uri, str(path)]) == 1
     assert "a MuData file, which ingest does not read: ingest it from Python" in capsys.readouterr().err
     _ingest_pbmc(atlas, str(path))

@@ -110,6 +110,21 @@ def test_a_dataset_record_the_table_would_not_store_as_given_is_refused_before_a
     assert reopened.list_datasets()["donor"].tolist() == ["D1"]
 
 
+def test_a_10x_output_landed_for_a_record_that_does_not_fit_registers_nothing(tmp_path: Path, capsys):
+    """lancell ingest of a 10x .h5 registered its 507 features, then the record was refused."""
+    from lancell import cli
+    from lancell.bundled import DATA_DIR, CellSchema, GeneFeature
+
+    db = str(tmp_path / "db")
+    RaggedAtlas.create(
+        db, "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}, dataset_schema=Donor
+    )
+    path = DATA_DIR / "10x_v3" / "filtered_feature_bc_matrix.h5"
+    assert cli.main(["ingest", db, str(path), "--organism", "Homo sapiens"]) == 1
+    assert "lacks ['donor'], which the atlas's dataset table requires" in capsys.readouterr().err
+    assert RaggedAtlas.open(db, dataset_schema=Donor).feature_registry("gene_expression").empty
+
+
 def test_enum_list_and_retyped_global_index_fields_are_refused_at_create(tmp_path: Path):
     """An Enum field stored any label (and made every query fail once optimize() joined its fragments'
     dictionaries), a list field stored "CD4" as its letters, a str global_index failed at the first

@@ -21,6 +21,7 @@ from lancell.bundled import BUNDLED, ingest_bundled
 from lancell.errors import (
     ArgumentError,
     DuplicateNoteError,
+    GroupNotFoundError,
     LancellWarning,
     ReadOnlyAtlasError,
     VersionNotFoundError,
@@ -93,11 +94,17 @@ def test_what_only_a_deleted_snapshot_kept_is_reclaimed_and_nothing_else(atlas):
     time.sleep(2.0)  # the dataset's deletion is then older than the grace below
 
     assert atlas.vacuum(grace=timedelta(0))["groups"] == 0  # snapshot 0 keeps it
+    reader = RaggedAtlas.checkout(atlas.db_uri, 0)
+    assert reader.query().count() == 700 + 559
     atlas.delete_snapshot(0)
     assert atlas.vacuum(grace=timedelta(seconds=1.5))["groups"] == 0  # deleted within the grace: kept
     assert _stored(atlas, group)
     assert atlas.vacuum(grace=timedelta(0))["groups"] == 1
     assert not _stored(atlas, group)
+    with pytest.raises(
+        GroupNotFoundError, match=r"reads snapshot 0: if it was deleted, vacuum\(\) reclaimed"
+    ):
+        reader.query().where(dataset_uid=gone).to_anndata()  # (it was told to validate() the atlas)
 
     pinned_by_0 = {name: table.tags.list() for name, table in atlas.core.tables.handles.items()}
     assert all(tag_name(0) not in tags for tags in pinned_by_0.values())
@@ -209,7 +216,7 @@ def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_
     with pytest.raises(ArgumentError, match="on_group must be None or a function"):
         atlas.vacuum(on_group="print")
     assert cli.main(["delete-snapshot", atlas.db_uri, "0", "7"]) == 1  # every number checked first
-    assert "no snapshot 7: nothing deleted" in capsys.readouterr().err
+    assert "no snapshot 7; snapshots: [0, 1]: nothing deleted" in capsys.readouterr().err
     assert len(RaggedAtlas.list_versions(atlas.db_uri)) == 2
     assert cli.main(["delete-snapshot", atlas.db_uri, "0"]) == 0
     with pytest.warns(LancellWarning, match="or after the deletion of the snapshot that kept them"):
