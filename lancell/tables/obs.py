@@ -18,7 +18,14 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError, QueryError
 
-__all__ = ["BOOLS", "NULLABLE_DTYPES", "arrow_to_obs", "obs_to_arrow", "schema_kind"]
+__all__ = [
+    "BOOLS",
+    "NULLABLE_DTYPES",
+    "arrow_to_obs",
+    "as_text",
+    "obs_to_arrow",
+    "schema_kind",
+]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 _FLOAT_INTEGERS = 2**53  # float64 holds every whole number below it, and not all above
@@ -54,7 +61,7 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
     if categorical and kind == "text":
         # each category converted once, then taken by code
         try:
-            labels = pa.array([_text(c) for c in series.cat.categories], type=target)
+            labels = pa.array([as_text(c) for c in series.cat.categories], type=target)
         except UnicodeEncodeError as exc:  # (a label decoded from bytes that are not UTF-8)
             raise ObsConversionError(dataset, field.name, f"a label UTF-8 cannot write: {exc}") from exc
         return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
@@ -66,7 +73,7 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         values = _to_dates(dataset, series, values, missing, field)
     elif kind == "text":
         values = pd.Series(
-            [None if m else _text(v) for v, m in zip(values, missing, strict=True)], dtype=object
+            [None if m else as_text(v) for v, m in zip(values, missing, strict=True)], dtype=object
         )
     try:
         return pa.array(values, type=target, from_pandas=True)
@@ -103,7 +110,7 @@ def _refused_dtype(kind: str, dtype: np.dtype, values: pd.Series, missing: np.nd
     return kind == "text" and dtype.kind == "S"
 
 
-def _text(value: object) -> str:
+def as_text(value: object) -> str:
     """An obs value as text: an ``Enum`` member's value (``str()`` of a ``str`` mixin gives ``Color.red``)."""
     return str(value.value if isinstance(value, enum.Enum) else value)
 

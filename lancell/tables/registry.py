@@ -11,7 +11,6 @@ writes as the caller chose (``on_conflict``); a ``global_index`` never changes.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import warnings
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from lancell.errors import (
 )
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import not_utf8, with_nul
-from lancell.tables.obs import obs_to_arrow, schema_kind
+from lancell.tables.obs import as_text, obs_to_arrow, schema_kind
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
@@ -298,8 +297,7 @@ def number_unindexed(table: Table) -> int:
 
 def sql_literal(value: str) -> str:
     """Quote a string for a Lance SQL filter (an ``Enum`` member: its value, not ``Color.red``)."""
-    text = str(value.value if isinstance(value, enum.Enum) else value)
-    return "'" + text.replace("'", "''") + "'"
+    return "'" + as_text(value).replace("'", "''") + "'"
 
 
 def registered_symbols(table: Table, names: Sequence[str]) -> dict[str, str]:
