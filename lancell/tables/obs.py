@@ -23,6 +23,7 @@ __all__ = [
     "NULLABLE_DTYPES",
     "arrow_to_obs",
     "as_text",
+    "decoded",
     "obs_to_arrow",
     "schema_kind",
 ]
