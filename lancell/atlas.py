@@ -11,8 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
-from lancell.errors import FeatureConflictError
-from lancell.feature_keys import mixed_keys, same_organism_hint, warn_mixed_keys
+from lancell.feature_registration import register_features
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import delete_snapshot, snapshot_listing, take_snapshot
@@ -22,7 +21,7 @@ from lancell.tables.feature_spaces import (
     resolve_feature_space,
 )
 from lancell.tables.group_claims import GroupClaims
-from lancell.tables.registry import OnConflict, prepare_features, register_prepared
+from lancell.tables.registry import OnConflict
 from lancell.tables.store_location import Location, StoreLike, as_location
 from lancell.tables.versions import noted_snapshot
 from lancell.validation import find_problems
@@ -268,19 +267,7 @@ class RaggedAtlas:
         ``on_conflict`` says, as no conflict (the count returned is of new features only). A feature's
         ``global_index`` never changes.
         """
-        self.core.require_writable()
-        space = resolve_feature_space(self.feature_spaces, feature_space)
-        table = self.core.tables.registry(space.name)
-        prepared, given = prepare_features(space.name, features, table.schema)
-        with self.core.lock(f"registry-{space.name}"):
-            mixed = mixed_keys(table, prepared)
-            try:
-                added = register_prepared(table, space.name, prepared, given, on_conflict)
-            except FeatureConflictError as exc:
-                exc.args = (str(exc) + same_organism_hint(exc.conflicts),)
-                raise
-        warn_mixed_keys(space.name, mixed)
-        return added
+        return register_features(self.core, feature_space, features, on_conflict)
 
     @_boundary
     def optimize(self, cleanup_older_than: timedelta | None = None) -> dict[str, int]:

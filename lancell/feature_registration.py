@@ -1,6 +1,6 @@
-"""What registering features checks beyond the registry's own rules, from what standardization knows: a
-registry keyed two ways (gene ids beside symbols) and a conflict that is two names of one organism
-(:meth:`lancell.atlas.RaggedAtlas.register_features`)."""
+"""Registering features in an atlas (:meth:`lancell.atlas.RaggedAtlas.register_features`): the registry's own
+rules (:mod:`lancell.tables.registry`) under its lock, and what standardization knows beyond them: a registry
+keyed two ways (gene ids beside symbols) and a conflict that is two names of one organism."""
 
 from __future__ import annotations
 
@@ -11,14 +11,43 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import LancellWarning, UnknownOrganismError
+from lancell.errors import FeatureConflictError, LancellWarning, UnknownOrganismError
 from lancell.standardize.genes import GENE_ID_PATTERN, canonical_organism
 from lancell.tables.atlas_tables import read_columns
+from lancell.tables.feature_spaces import resolve_feature_space
+from lancell.tables.registry import OnConflict, prepare_features, register_prepared
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from lancedb.pydantic import LanceModel
     from lancedb.table import Table
 
-__all__ = ["mixed_keys", "same_organism_hint", "warn_mixed_keys"]
+    from lancell.core import AtlasCore
+
+__all__ = ["mixed_keys", "register_features", "same_organism_hint", "warn_mixed_keys"]
+
+
+def register_features(
+    core: AtlasCore,
+    feature_space: str,
+    features: Sequence[LanceModel] | pd.DataFrame | pa.Table,
+    on_conflict: OnConflict,
+) -> int:
+    """Add ``features`` to the registry of ``feature_space``; return how many were new (the rules are
+    :meth:`lancell.atlas.RaggedAtlas.register_features`'s)."""
+    core.require_writable()
+    space = resolve_feature_space(core.feature_spaces, feature_space)
+    table = core.tables.registry(space.name)
+    prepared, given = prepare_features(space.name, features, table.schema)
+    with core.lock(f"registry-{space.name}"):
+        mixed = mixed_keys(table, prepared)
+        try:
+            added = register_prepared(table, space.name, prepared, given, on_conflict)
+        except FeatureConflictError as exc:
+            exc.args = (str(exc) + same_organism_hint(exc.conflicts),)
+            raise
+    warn_mixed_keys(space.name, mixed)
+    return added
 
 
 def same_organism_hint(conflicts: Sequence[tuple[str, str, object, object]]) -> str:
