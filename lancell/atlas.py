@@ -264,8 +264,9 @@ class RaggedAtlas:
         registered and given value, and registers nothing; ``"keep"`` keeps the registered values and warns
         (:class:`~lancell.errors.FeatureConflictWarning`); ``"update"`` writes the given values. A registered
         value that is missing (null, NaN: not recorded) is filled in with a given one whatever
-        ``on_conflict`` says, as no conflict (the count returned is of new features only). A feature's
-        ``global_index`` never changes.
+        ``on_conflict`` says, as no conflict (the count returned is of new features only); a given value that
+        is missing is no conflict either and never overwrites a registered one. A feature's ``global_index``
+        never changes.
         """
         return register_features(self.core, feature_space, features, on_conflict)
 

@@ -12,7 +12,8 @@ working. Warnings about inputs that were accepted but not used derive from :clas
 
 from __future__ import annotations
 
-import inspect
+import functools
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -24,16 +25,22 @@ def _preview(values: Sequence[object], n: int = 5) -> str:
     return f"[{shown}{more}]"
 
 
+@functools.cache
+def _inside_lancell(filename: str) -> bool:
+    path = Path(filename).resolve()
+    return Path(__file__).resolve().parent in path.parents or path.name == "contextlib.py"
+
+
 def caller_outside_lancell() -> int:
     """The ``stacklevel`` of the first caller outside lancell (and contextlib) of the function that calls
-    this (to pass to ``warnings.warn`` there): a warning then points at the user's line."""
-    package = Path(__file__).resolve().parent
-    frames = inspect.stack(context=0)[1:]  # from the function that warns
-    for level, frame in enumerate(frames, start=1):
-        path = Path(frame.filename).resolve()
-        if package not in path.parents and path.name != "contextlib.py":
-            return level
-    return len(frames)
+    this (to pass to ``warnings.warn`` there): a warning then points at the user's line, however deep in
+    lancell it is raised (every lancell warning passes this, none counts its frames)."""
+    frame = sys._getframe(1)  # the function that warns: stacklevel 1  # noqa: SLF001 (the documented way)
+    level = 1
+    while frame.f_back is not None and _inside_lancell(frame.f_code.co_filename):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class LancellError(Exception):

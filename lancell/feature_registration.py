@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import FeatureConflictError, LancellWarning, UnknownOrganismError
+from lancell.errors import FeatureConflictError, LancellWarning, UnknownOrganismError, caller_outside_lancell
 from lancell.standardize.genes import GENE_ID_PATTERN, canonical_organism
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -118,5 +118,5 @@ def warn_mixed_keys(feature_space: str, pairs: Sequence[tuple[str, str]]) -> Non
             "query naming such a gene reads the feature of that uid (docs/standardization.md: standardized "
             "files go into an atlas of their own)",
             LancellWarning,
-            stacklevel=4,  # the caller of register_features (through its store boundary's wrapper)
+            stacklevel=caller_outside_lancell(),
         )

@@ -26,6 +26,7 @@ from lancell.errors import (
     DatasetNotFoundError,
     LancellWarning,
     LockTimeoutError,
+    caller_outside_lancell,
     require_age,
     require_type,
 )
@@ -226,7 +227,7 @@ def remove_debris(
             "selected their cells before it read on meanwhile); vacuum() then, or vacuum(grace=timedelta(0)) "
             "when no reader is left",
             LancellWarning,
-            stacklevel=4,  # the caller of RaggedAtlas.vacuum (through its store boundary's wrapper)
+            stacklevel=caller_outside_lancell(),
         )
     # a snapshot's group stays for its checkouts; only the pointers into it go from the table's current
     # version (a deletion stopped between the record and the rows: the dataset's rows, an attached

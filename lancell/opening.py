@@ -19,6 +19,7 @@ from lancell.errors import (
     LancellError,
     LancellWarning,
     StoreError,
+    caller_outside_lancell,
 )
 from lancell.storage.store_failures import StoreFailures
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
@@ -213,7 +214,7 @@ def _warn_of_later_datasets(database: Database, snapshot: Mapping[str, Any]) -> 
             "are now; snapshot() to release them, or RaggedAtlas.open(db_uri, read_only=True) to read the "
             "live atlas",
             LancellWarning,
-            stacklevel=4,  # the caller of RaggedAtlas.checkout_latest
+            stacklevel=caller_outside_lancell(),
         )
 
 

@@ -22,6 +22,7 @@ from lancell.errors import (
     LancellWarning,
     ValidationError,
     VersionNotFoundError,
+    caller_outside_lancell,
     require_type,
 )
 from lancell.storage.groups import FORMAT_VERSION
@@ -137,7 +138,7 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
             f"nothing changed since snapshot {same}: snapshot {version} records the same table versions "
             "(the same cells and data under another number)",
             LancellWarning,
-            stacklevel=4,  # (the caller of RaggedAtlas.snapshot, past its boundary wrapper)
+            stacklevel=caller_outside_lancell(),
         )
     return version
 
@@ -182,6 +183,6 @@ def delete_snapshot(core: AtlasCore, version: int) -> None:
                 f"snapshot {version} was deleted already (at {row[DELETED]:%Y-%m-%d %H:%M:%S} UTC); "
                 "any of its tags left are removed",
                 LancellWarning,
-                stacklevel=4,  # (the caller of RaggedAtlas.delete_snapshot, past its boundary wrapper)
+                stacklevel=caller_outside_lancell(),
             )
         untag_tables(core.tables.handles, json.loads(row["tables"]), version)

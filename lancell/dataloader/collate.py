@@ -18,7 +18,7 @@ import torch
 
 from lancell.dataloader.batch import CellBatch, SparseRows
 from lancell.dataloader.checks import EXACT_DTYPES, check_exact, check_normalizable, flag, real
-from lancell.errors import ArgumentError, LancellWarning, QueryError
+from lancell.errors import ArgumentError, LancellWarning, QueryError, caller_outside_lancell
 
 __all__ = ["DenseCollate", "SparseCollate", "collate_dense", "collate_sparse"]
 
@@ -184,7 +184,7 @@ class DenseCollate:
             warnings.warn(
                 f"DenseCollate: {' and '.join(ignored)} ignored: they apply with normalize=True only",
                 LancellWarning,
-                stacklevel=3,
+                stacklevel=caller_outside_lancell(),
             )
 
     def _sparse(self, rows: SparseRows, n_features: int, normalize: bool, output: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, worker_store_kwargs
-from lancell.errors import GroupNotFoundError, LancellWarning, QueryError
+from lancell.errors import GroupNotFoundError, LancellWarning, QueryError, caller_outside_lancell
 from lancell.query.name_lists import name_list
 from lancell.storage.nodes import open_node
 from lancell.storage.store_failures import store_boundary
@@ -226,7 +226,11 @@ class CellDataset:
         plan = cells.plan
         groups = group_table(plan, cells.group_names)
         if not cells.group.size:  # a filter with a typo, say: any sampler's epochs would have no batch
-            warnings.warn("the query selects no cell: the dataset is empty", LancellWarning, stacklevel=3)
+            warnings.warn(
+                "the query selects no cell: the dataset is empty",
+                LancellWarning,
+                stacklevel=caller_outside_lancell(),
+            )
         if cells.nnz is not None:  # unmeasured cells read as empty rows
             cells.nnz[(cells.group < 0) | ~np.append(groups.measured, False)[cells.group]] = 0
         source = DatasetSource(

@@ -39,7 +39,7 @@ from lancell.dataloader.handoff import WorkerLoader
 from lancell.dataloader.sampler import CellSampler
 from lancell.dataloader.threaded import ThreadedLoader
 from lancell.dataloader.transport import SharedMemoryCollate, shared_memory_available
-from lancell.errors import ArgumentError, LancellWarning, QueryError
+from lancell.errors import ArgumentError, LancellWarning, QueryError, caller_outside_lancell
 
 __all__ = ["make_loader"]
 
@@ -86,7 +86,7 @@ def _worker_options(
             warnings.warn(
                 f"timeout={timeout:g} is ignored: it applies to worker processes only, not to {reader}",
                 LancellWarning,
-                stacklevel=3,
+                stacklevel=caller_outside_lancell(),
             )
     prefetch = 4 if prefetch_factor is None else integer("prefetch_factor", prefetch_factor, 1)
     return num_workers, threads, prefetch, multiprocessing_context or "forkserver", timeout
@@ -175,7 +175,7 @@ def make_loader(
         warnings.warn(
             "pin_memory=True is ignored: there is no accelerator (GPU) to pin batches for",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
         pin_memory = False
     if threads:
@@ -231,7 +231,7 @@ def _warn_unstored(dataset: CellDataset, presence: bool) -> None:
                 f"the cells of datasets {lacking} were kept without layer {layer!r} (on_unmeasured('keep')): "
                 f"their rows of {where} in a batch are zeros no one measured; {told}",
                 LancellWarning,
-                stacklevel=3,
+                stacklevel=caller_outside_lancell(),
             )
 
 
@@ -248,5 +248,5 @@ def _warn_padded(dataset: CellDataset) -> None:
             "union of gene panels): batches hold 0 where a dataset never measured them; pass presence=True "
             "to the collate to tell them from measured zeros (or read the intersection of the panels)",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )

@@ -40,7 +40,7 @@ from lancell.dataloader.checks import flag, integer
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.locality import expand_blocks, locality_blocks, shuffle_within_batches
 from lancell.dataloader.resume import EpochOrder, Progress, cells_digest, cells_per_rank, read_state
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
 
 __all__ = ["CellSampler", "batch_entropy"]
 
@@ -119,7 +119,7 @@ class CellSampler(Sampler[list[int]]):
             warnings.warn(
                 f"block_size={block_size!r} is ignored: random mode draws single cells, not blocks",
                 LancellWarning,
-                stacklevel=2,
+                stacklevel=caller_outside_lancell(),
             )
         if self.num_replicas > 1 and dataset.source.snapshot_version is None:
             warnings.warn(
@@ -129,7 +129,7 @@ class CellSampler(Sampler[list[int]]):
                 "build it from one snapshot: atlas.snapshot() once, then RaggedAtlas.checkout(version) of "
                 "that version on every rank (checkout_latest on each rank may see a newer snapshot on some)",
                 LancellWarning,
-                stacklevel=2,
+                stacklevel=caller_outside_lancell(),
             )
         self.n_cells = len(dataset)
         self.mode = mode
@@ -150,7 +150,11 @@ class CellSampler(Sampler[list[int]]):
                 why = (
                     f"drop_last drops all {self.n_cells} cells, fewer than num_replicas * batch_size = {step}"
                 )
-            warnings.warn(f"every epoch of this sampler has no batches: {why}", LancellWarning, stacklevel=2)
+            warnings.warn(
+                f"every epoch of this sampler has no batches: {why}",
+                LancellWarning,
+                stacklevel=caller_outside_lancell(),
+            )
 
     def check_dataset(self, dataset: CellDataset) -> None:
         """Raise unless this sampler was built for a dataset of ``len(dataset)`` cells (loaders call it).
@@ -242,7 +246,7 @@ class CellSampler(Sampler[list[int]]):
         """
         epoch = integer("epoch", epoch, 0)
         if dropped := self._progress.set_epoch(self.epoch, epoch, len(self)):
-            warnings.warn(dropped, LancellWarning, stacklevel=2)
+            warnings.warn(dropped, LancellWarning, stacklevel=caller_outside_lancell())
         self.epoch = epoch
         self._check_world()
 

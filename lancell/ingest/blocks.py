@@ -30,7 +30,7 @@ from kernels.ingest import (
     map_indices,
     sort_rows,
 )
-from lancell.errors import DataValueError, LancellWarning
+from lancell.errors import DataValueError, LancellWarning, caller_outside_lancell
 from lancell.ingest.sources import MatrixSource, native_order, stored_dtype
 
 __all__ = ["checked_values", "stored_csr_blocks"]
@@ -167,7 +167,7 @@ def _warn_zeroed(dataset: str, zarr_layer: str) -> None:
         f"dataset {dataset!r}, layer {zarr_layer!r}: nonzero values smaller than float32 holds (below "
         "~1.4e-45) are stored as 0 (values are stored as float32)",
         LancellWarning,
-        stacklevel=2,
+        stacklevel=caller_outside_lancell(),
     )
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import xxhash
 
-from lancell.errors import DuplicateContentError, IngestError, LancellWarning
+from lancell.errors import DuplicateContentError, IngestError, LancellWarning, caller_outside_lancell
 from lancell.tables.registry import sql_literal
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def find_duplicates(core: AtlasCore, fingerprints: Sequence[str]) -> list[Datase
             "this atlas's dataset table has no content_fingerprint column (an older lancell wrote it): "
             "duplicate content is not detected and on_duplicate is not applied",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
         return []
     rows = (

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anndata as ad
 import h5py
 
-from lancell.errors import IngestError, LancellWarning
+from lancell.errors import IngestError, LancellWarning, caller_outside_lancell
 from lancell.ingest.embeddings import embedding_vectors
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import is_tenx_output
@@ -163,7 +163,7 @@ def check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> No
         f"dataset {dataset!r}: adata.raw ({raw.n_obs} x {raw.n_vars}) is not stored (only X and adata.layers "
         f"are){maybe}; to keep it, {remedy}",
         LancellWarning,
-        stacklevel=3,
+        stacklevel=caller_outside_lancell(),
     )
 
 

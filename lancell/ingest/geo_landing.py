@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lancell.errors import GeoError, LancellWarning, TenxFormatError
+from lancell.errors import GeoError, LancellWarning, TenxFormatError, caller_outside_lancell
 from lancell.ingest.geo import GeoDataset, broadcast_obs, fetch_supplementary, plan_datasets, read_soft
 from lancell.ingest.tenx import read_10x
 from lancell.ingest.tenx_matrix import GENE_EXPRESSION
@@ -104,7 +104,7 @@ def land_geo_series(
             f"{soft_path}: {len(without)} samples have no supplementary file matching {file_pattern!r} (or "
             f"no ^SAMPLE section) and are not landed: {without}",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     planned = [(d, _files(d)) for d in datasets if d.files]  # every sample's files known before fetching
     created = _made_folders(landing)
@@ -131,7 +131,7 @@ def land_geo_series(
             "sidecars are kept as they are (a new landing would make their ingested datasets differ from "
             "them)",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     return [dataset.record.uid for dataset in landed]
 
@@ -190,7 +190,7 @@ def _files(dataset: GeoDataset) -> list[str]:
         warnings.warn(
             f"{dataset.record.uid}: several supplementary files match; only {first} is landed, not {others}",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     match = _MTX.match(first.rsplit("/", 1)[-1])
     if match is None:
@@ -252,7 +252,7 @@ def _landed_part(
             f"{uid}: features of types other than {GENE_EXPRESSION!r} are not landed: {left_out} features, "
             f"{values} nonzero values{none}",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     if not (kinds == GENE_EXPRESSION).any():
         return None

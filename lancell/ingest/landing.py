@@ -29,7 +29,7 @@ import pydantic
 import xxhash
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DuplicateDatasetError, IngestError, LancellWarning
+from lancell.errors import DuplicateDatasetError, IngestError, LancellWarning, caller_outside_lancell
 from lancell.ingest.from_anndata import add_from_anndata, open_h5ad
 from lancell.ingest.landing_features import register_for_ingestion, registry_rows, updated
 from lancell.ingest.landing_spec import (
@@ -221,7 +221,7 @@ def _prepared(
             f"{spec.path}: obs has an organism column of its own, kept for the cells; organism "
             f"{organism!r} is recorded on the new features only",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     if not spec.standardize:
         return adata, None
@@ -285,7 +285,7 @@ def _warn_unknown_organism(spec: LandingSpec) -> None:
             f"{spec.path}: organism {spec.organism!r} is no organism lancell knows{guess}; it is recorded as "
             f"given (known: {sorted(ORGANISMS)})",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -338,7 +338,7 @@ def ingest_landing_file(
         )
     except pydantic.ValidationError as exc:
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
-    check_dataset_uid(spec.uid)  # before anything is registered
+    check_dataset_uid(spec.uid, owns_cells=True)  # before anything is registered
     try:
         return _ingest_new(atlas, spec, record, on_conflict, on_standardized)
     except DuplicateDatasetError:  # another process ingested it meanwhile (its lock held): present now

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lancell.errors import DuplicateFeaturesError, FeatureConflictWarning, IngestError, LancellWarning
+from lancell.errors import (
+    DuplicateFeaturesError,
+    FeatureConflictWarning,
+    IngestError,
+    LancellWarning,
+    caller_outside_lancell,
+)
 from lancell.ingest.landing_spec import is_tenx_output
 
 if TYPE_CHECKING:
@@ -57,7 +63,7 @@ def updated(spec: LandingSpec, stored_uid: str, updates: list[Callable[[], None]
             f"{spec.path}: the registered features' values were not updated (on_conflict='update'): its "
             f"content is stored as dataset {stored_uid!r}, and nothing was ingested",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -111,7 +117,7 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
             f"{spec.path}: var column 'global_index' (another atlas's numbering of its features, as "
             "`lancell query` writes it) is not registered: this atlas numbers its features itself",
             LancellWarning,
-            stacklevel=4,
+            stacklevel=caller_outside_lancell(),
         )
     return frame
 
@@ -141,6 +147,6 @@ def _symbols(spec: LandingSpec, symbols: pd.Series, uids: pd.Series, nullable: b
             f"{symbols.index[missing][:5].tolist()}; the registry requires one: their uid is registered as "
             "their symbol",
             LancellWarning,
-            stacklevel=4,
+            stacklevel=caller_outside_lancell(),
         )
     return values

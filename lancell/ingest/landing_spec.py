@@ -74,7 +74,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from lancell.errors import IngestError, LancellWarning
+from lancell.errors import IngestError, LancellWarning, caller_outside_lancell
 
 __all__ = [
     "MATRIX_FILES",
@@ -359,7 +359,7 @@ def _warn_misplaced_sidecars(path: Path, sidecar: Path) -> None:
             f"{path}: {', '.join(map(str, near))} not read: its sidecar is {sidecar}"
             + ("" if sidecar.exists() else " (there is none)"),
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
 
 

@@ -23,6 +23,7 @@ from lancell.errors import (
     LancellWarning,
     ShapeMismatchError,
     UnknownFeaturesError,
+    caller_outside_lancell,
 )
 from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
@@ -96,7 +97,7 @@ def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = 
         The record's fields do not fit the dataset table's.
     """
     check_record_fits(record, core.dataset_arrow)
-    check_dataset_uid(record.uid)
+    check_dataset_uid(record.uid, owns_cells=cells_of is None)
     if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
         raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
     check_assigned_fields(record, cells_of)
@@ -153,7 +154,7 @@ def stored_layers(
         warnings.warn(
             "layer= (the AnnData layer read) is named source_layer= now; layer= goes in the next release",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
         source_layer = layer
     if layers is None:
@@ -237,7 +238,7 @@ def _warn_mixed_feature_types(dataset: str, var: pd.DataFrame, space: str) -> No
                 f"feature space {space!r}; give each type its own space (lancell.ingest.tenx.add_from_10x on "
                 "the 10x output, or one AnnData per type with attach_modality)",
                 LancellWarning,
-                stacklevel=4,
+                stacklevel=caller_outside_lancell(),
             )
             return
 
@@ -383,7 +384,7 @@ def plan_dataset(
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
     for note in altered_obs_columns(obs, fields):
-        warnings.warn(f"dataset {dataset!r}: {note}", LancellWarning, stacklevel=4)
+        warnings.warn(f"dataset {dataset!r}: {note}", LancellWarning, stacklevel=caller_outside_lancell())
     # features are stored in global-index order, so that a row read back maps to increasing output columns
     # and queries never sort rows (var order is only how the input happened to list them)
     order = np.argsort(global_index.astype(np.int64), kind="stable")

@@ -33,7 +33,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from lancell.errors import FeatureSpaceError, IngestError, LancellWarning, TenxFormatError
+from lancell.errors import (
+    FeatureSpaceError,
+    IngestError,
+    LancellWarning,
+    TenxFormatError,
+    caller_outside_lancell,
+)
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
@@ -309,14 +315,14 @@ def add_from_10x(
             f"{matrix.path}: a 10x output's matrix holds UMI counts; they are stored under the layer "
             f"{zarr_layer!r}, not 'counts'",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     for kind, (columns, reason) in skipped.items():
         warnings.warn(
             f"{matrix.path}: {columns.size} {kind!r} features ({sources[f'_{kind}'].nnz} nonzero values) not "
             f"stored: {reason}",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     return stored
 
@@ -343,7 +349,7 @@ def _check_cells_of(
             f"{matrix.path}: on_duplicate={on_duplicate!r} does not apply to a modality attached to the "
             f"cells of {cells_of!r} (a repeat is refused: the cells already carry it)",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Set
 import numpy as np
 import pandas as pd
 
-from lancell.errors import IngestError, LancellWarning
+from lancell.errors import IngestError, LancellWarning, caller_outside_lancell
 from lancell.ingest.tenx_matrix import TenxMatrix
 
 __all__ = ["cell_obs"]
@@ -92,6 +92,6 @@ def _rows_by_barcode(matrix: TenxMatrix, obs: pd.DataFrame) -> pd.DataFrame:
             f"{matrix.path}: obs rows for {len(extra)} barcodes the matrix does not have are not stored, "
             f"e.g. {list(extra[:3])}",
             LancellWarning,
-            stacklevel=4,
+            stacklevel=caller_outside_lancell(),
         )
     return obs.loc[barcodes].set_axis(barcodes)

@@ -46,6 +46,7 @@ from lancell.errors import (
     DuplicateContentWarning,
     IngestError,
     LancellWarning,
+    caller_outside_lancell,
 )
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
 from lancell.ingest.fingerprint import (
@@ -83,16 +84,16 @@ def csc_of_modality(csc: bool | None, space: FeatureSpace) -> bool | None:
     return csc if space.kind == "sparse" else None
 
 
-def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str, stacklevel: int = 3) -> None:
+def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str) -> None:
     """Warn that ``csc=True`` is ignored by a run of modalities (dataset ``uid``) in ``spaces`` none of which
-    is sparse (``stacklevel``: where the warning points, counted from this function)."""
+    is sparse."""
     if csc and not any(space.kind == "sparse" for space in spaces):
         names = sorted(space.name for space in spaces)
         warnings.warn(
             f"dataset {uid!r}: csc=True is ignored: feature spaces {names} are dense, and only sparse "
             "datasets have a CSC copy",
             LancellWarning,
-            stacklevel=stacklevel,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -140,7 +141,7 @@ class WriteTransaction:
         self.core, self.plan, self.space, self.record = core, plan, space, record
         self.cells_of, self.csc, self.on_duplicate, self.progress = cells_of, csc, on_duplicate, progress
         self.host = host
-        check_csc_of_run(csc, [space], record.uid, stacklevel=4)  # (a dense space's rows hold every feature)
+        check_csc_of_run(csc, [space], record.uid)  # (a dense space's rows hold every feature)
         self.duplicate_of: DatasetRecord | None = None
         self._fingerprints: list[str] = []  # the content's, current format first (set by stage)
         self._claims = ExitStack()
@@ -375,7 +376,7 @@ class WriteTransaction:
                 f"dataset {uid!r}: the same content is already in the atlas as dataset "
                 f"{self.duplicate_of.uid!r}; nothing was ingested (on_duplicate='skip')",
                 DuplicateContentWarning,
-                stacklevel=4,
+                stacklevel=caller_outside_lancell(),
             )
             return
         if plan.dropped_obs_columns:
@@ -389,7 +390,7 @@ class WriteTransaction:
                 f"dataset {uid!r}: obs columns {plan.dropped_obs_columns} {why} and were not stored (listed "
                 "on the record as dropped_obs_columns)",
                 DroppedColumnsWarning,
-                stacklevel=4,
+                stacklevel=caller_outside_lancell(),
             )
         elapsed = time.perf_counter() - self._started
         log.info(

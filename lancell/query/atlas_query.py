@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
@@ -172,7 +172,7 @@ class AtlasQuery(QueryTerminals):
         warnings.warn(
             "query().feature_spaces(name) is named feature_space(name) now; the old name goes next release",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
         return self.feature_space(feature_space)
 
@@ -271,6 +271,8 @@ class AtlasQuery(QueryTerminals):
             A feature space, layer, join or feature list that contradicts what the query already chose.
         """
         given_layers = [layer] if isinstance(layer, str) else list(layer)
+        if features is not None and not isinstance(features, str):
+            features = list(features)  # read once (a generator is read by the check, then empty)
         self._reads.check_reading(feature_space, given_layers, features)
         query = self.layers(feature_space, given_layers)
         if features is None:
@@ -279,7 +281,7 @@ class AtlasQuery(QueryTerminals):
             return query.feature_join(features)
         if isinstance(features, str):  # "registry" (check_reading refused any other)
             return query.all_features(feature_space)
-        return query.features(list(features), feature_space, case_sensitive=self._reads.case_sensitive)
+        return query.features(features, feature_space, case_sensitive=self._reads.case_sensitive)
 
 
 def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
@@ -308,7 +310,7 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
             f"dataset_uid: {unknown} name no dataset of {of} and select no cell (list_datasets() shows the "
             "uids)",
             LancellWarning,
-            stacklevel=3,  # the caller of where()
+            stacklevel=caller_outside_lancell(),
         )
     if "cells_of" not in core.dataset_arrow.names:
         return

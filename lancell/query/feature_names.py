@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
 from lancell.standardize.genes import GENE_ID_PATTERN
 from lancell.tables.registry_view import RegistryView, registry_view
 
@@ -57,9 +57,19 @@ def resolve_features(
         repeated += [(name, named_by[index]) for index in indices if index in named_by]
         named_by.update((index, name) for index in indices if index not in named_by)
     if unknown:
-        message = f"{len(unknown)} features are not in the {feature_space!r} registry: {unknown[:10]}"
-        if case_sensitive:
-            message += _case_hint(view, unknown)
+        waiting = [name for name in unknown if name in view.unnumbered]
+        absent = [name for name in unknown if name not in view.unnumbered]
+        said = []
+        if absent:
+            said.append(f"{len(absent)} features are not in the {feature_space!r} registry: {absent[:10]}")
+            if case_sensitive:
+                said[-1] += _case_hint(view, absent)
+        if waiting:
+            said.append(
+                f"features {waiting[:10]} are registered without a global index yet (rows added by hand), "
+                "which no query reads: optimize() or assign_global_indices() numbers them"
+            )
+        message = "; ".join(said)
         raise QueryError(message)
     if shadowed:
         named = "; ".join(f"{name!r}: {uids}" for name, uids in list(shadowed.items())[:5])
@@ -69,7 +79,7 @@ def resolve_features(
             "(lancell query --ignore-case) to read every feature with the name (a registry keyed by symbols "
             "for some datasets and by other ids for others: docs/standardization.md)",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     if repeated:
         repeats = list(dict.fromkeys(repeated))

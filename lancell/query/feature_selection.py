@@ -202,7 +202,9 @@ def _warn_unread(core: AtlasCore, feature_space: str, named: np.ndarray, plan: R
     if unread.size:
         uids = registry_view(core, feature_space).frame.reindex(np.unique(unread))["uid"].astype(str).tolist()
         more = " ..." if len(uids) > 10 else ""
-        warnings.warn(f"features {uids[:10]}{more} {what}", LancellWarning, stacklevel=2)
+        warnings.warn(
+            f"features {uids[:10]}{more} {what}", LancellWarning, stacklevel=caller_outside_lancell()
+        )
 
 
 def _one_or_list(layers: list[str] | None) -> str | list[str] | None:

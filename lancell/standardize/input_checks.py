@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
-from lancell.errors import LancellWarning, StandardizationError
+from lancell.errors import LancellWarning, StandardizationError, caller_outside_lancell
 from lancell.standardize.genes import foreign_ids
 from lancell.standardize.ontology import FIELD_ONTOLOGY, OntologyBackend, default_backend
 
@@ -59,7 +59,9 @@ def no_gene_name(
             f"{message}: a missing name cannot be a feature uid; fill them in, pass another gene_column, or "
             "pass unresolved='drop' to drop them"
         )
-    warnings.warn(f"{message}: dropped (unresolved='drop')", LancellWarning, stacklevel=3)
+    warnings.warn(
+        f"{message}: dropped (unresolved='drop')", LancellWarning, stacklevel=caller_outside_lancell()
+    )
     return missing
 
 
@@ -104,7 +106,7 @@ def keep_existing_ids(
             f"obs[{target!r}] holds {unknown.size} term ids that are no terms of its ontology (e.g. "
             f"{unknown[:5].tolist()}); kept as they are: check them",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     differ = present & matched.notna() & (existing.astype(str) != matched.astype(str))
     if differ.any():
@@ -113,7 +115,7 @@ def keep_existing_ids(
             f"obs[{target!r}] already holds term ids; {int(differ.sum())} of them differ from the ids "
             f"matched from obs[{column!r}] and are kept (e.g. {pairs.head(5).values.tolist()})",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     return existing.where(present, matched)
 
@@ -124,7 +126,9 @@ def warn_unused_gene_arguments(**arguments: object) -> None:
     given = {name: value for name, value in arguments.items() if value != defaults[name]}
     if given:
         warnings.warn(
-            f"genes=False: {given} apply to genes only and were not used", LancellWarning, stacklevel=3
+            f"genes=False: {given} apply to genes only and were not used",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -137,7 +141,7 @@ def warn_foreign_ids(values: list[str], organism: str) -> None:
             f"{organism} ({foreign}): they are not resolved, and are kept or dropped as unresolved genes of "
             f"{organism}; pass organism= and standardize each organism's genes separately",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -157,7 +161,7 @@ def warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: St
         warnings.warn(
             f"overrides not used: {unused} (standardized obs columns: {sorted(report.terms)})",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
 
 
@@ -175,6 +179,8 @@ def drop_raw(given: ad.AnnData, out: ad.AnnData) -> None:
     else:
         remedy = "ingest adata.raw.to_adata() as a dataset of its own (its features are not var's)"
     warnings.warn(
-        f"adata.raw is neither standardized nor stored: to keep it, {remedy}", LancellWarning, stacklevel=3
+        f"adata.raw is neither standardized nor stored: to keep it, {remedy}",
+        LancellWarning,
+        stacklevel=caller_outside_lancell(),
     )
     del out.raw

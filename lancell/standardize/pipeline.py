@@ -32,6 +32,7 @@ from lancell.errors import (
     LancellWarning,
     StandardizationError,
     UnknownOrganismError,
+    caller_outside_lancell,
 )
 from lancell.standardize.copies import in_memory
 from lancell.standardize.feature_rows import feature_rows
@@ -90,7 +91,7 @@ def _organism_for(adata: ad.AnnData, organism: str | None, gene_values: list[str
                 f"organism={organism!r} resolves the genes as {given}, but obs['organism'] names "
                 f"{others} for cells of this file: the genes and the cells' organism disagree",
                 LancellWarning,
-                stacklevel=3,
+                stacklevel=caller_outside_lancell(),
             )
         return given
     if len(values):
@@ -254,7 +255,7 @@ def standardize_anndata(
             f"obs_columns {absent} are not obs columns, not standardized (obs columns: "
             f"{out.obs.columns.tolist()[:20]})",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     warn_unused_overrides(overrides or {}, report)
     return out, report

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lancell.errors import DataValueError, LancellWarning, StandardizationError
+from lancell.errors import DataValueError, LancellWarning, StandardizationError, caller_outside_lancell
 
 __all__ = ["MAX_COUNT", "Duplicates", "Merge", "merge_duplicate_columns", "merge_modes"]
 
@@ -185,7 +185,7 @@ def merge_duplicate_columns(
             f"left out of {' and '.join(kept_first)}, their values not stored (duplicates='first'; 'sum' "
             f"adds them up){added}: {preview}",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
     return out, adata.n_vars - len(distinct)
 

@@ -22,7 +22,7 @@ import obstore.store as obs_store
 import zarr.storage
 from zarr.core.buffer import Buffer
 
-from lancell.errors import LancellWarning, StoreError
+from lancell.errors import LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import (
@@ -76,10 +76,16 @@ def is_local(uri: str) -> bool:
     ------
     StoreError
         ``uri`` is a mistyped URL (``s3:/bucket/db``, ``file:/data/db``: a scheme, ``:`` and one slash, or a
-        known scheme and ``:`` without ``//``); taken for a local path it made folders named ``s3:``.
+        known scheme and ``:`` without ``//``); taken for a local path it made folders named ``s3:``. A local
+        path holding ``?``: Lance reads what follows as a URL's query (the atlas was created, then not found).
     """
     if "://" in uri:
         return uri.startswith("file://")
+    if "?" in uri:
+        raise StoreError(
+            f"local path {uri!r} contains '?', which the table format reads as the start of a URL's query: "
+            "choose a folder name without it"
+        )
     typo = _MISTYPED_URL.match(uri)
     if typo and (uri[typo.end() :].startswith("/") or typo.group(1).lower() in _KNOWN_SCHEMES):
         scheme, rest = typo.group(1), uri[typo.end() :].lstrip("/")
@@ -267,7 +273,7 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
             "and retry_timeout only, and credentials as settings or from the environment): the database at "
             f"{db_uri!r} is read and written without them",
             LancellWarning,
-            stacklevel=3,
+            stacklevel=caller_outside_lancell(),
         )
     check_endpoint(db_uri, options, "store_kwargs", lance=True)
     return options or None

@@ -26,7 +26,7 @@ from typing import Literal
 import obstore
 import obstore.store as obs_store
 
-from lancell.errors import GroupNotFoundError, LancellWarning, StoreError
+from lancell.errors import GroupNotFoundError, LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.deletion import delete_prefix, linked_folder
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
 from lancell.storage.stores import describe_store, location_in_store, read_json, write_json
@@ -151,7 +151,7 @@ class GroupClaims:
             f"{path} in the atlas's metadata store is not a claim lancell wrote ({problem}): the group it "
             "names is left in place (remove or restore the file)",
             LancellWarning,
-            stacklevel=2,
+            stacklevel=caller_outside_lancell(),
         )
         return None
 

@@ -33,8 +33,11 @@ _FLOAT_INTEGERS = 2**53  # float64 holds every whole number below it, and not al
 
 
 def _first_bad(series: pd.Series, mask: np.ndarray) -> str:
+    """The first flagged row: its position, its label (named by the index's name, ``obs name`` when it has
+    none) and its value."""
     position = int(np.flatnonzero(mask)[0])
-    return f"row {position} (obs name {series.index[position]!r}, value {series.iloc[position]!r})"
+    label = series.index.name or "obs name"
+    return f"row {position} ({label} {series.index[position]!r}, value {series.iloc[position]!r})"
 
 
 def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Array:
@@ -65,7 +68,9 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             labels = pa.array([as_text(c) for c in series.cat.categories], type=target)
         except UnicodeEncodeError as exc:  # (a label decoded from bytes that are not UTF-8)
             raise ObsConversionError(dataset, field.name, f"a label UTF-8 cannot write: {exc}") from exc
-        return labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
+        return _without_nul(
+            dataset, series, field, labels.take(pa.array(series.cat.codes.to_numpy(), mask=missing))
+        )
     values = series.astype(object) if categorical else series
     _refuse_other_kinds(dataset, series, values, missing, field)
     if pa.types.is_integer(target):
@@ -77,9 +82,23 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             [None if m else as_text(v) for v, m in zip(values, missing, strict=True)], dtype=object
         )
     try:
-        return pa.array(values, type=target, from_pandas=True)
+        converted = pa.array(values, type=target, from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ObsConversionError(dataset, field.name, f"cannot convert to {target}: {exc}") from exc
+    return _without_nul(dataset, series, field, converted) if kind == "text" else converted
+
+
+def _without_nul(dataset: str, series: pd.Series, field: pa.Field, text: pa.Array) -> pa.Array:
+    """``text`` (the column's values, row by row), refused if a value holds a NUL character: h5py cannot
+    write it to an .h5ad, and labels that differ by a trailing NUL read back as one."""
+    flags = pc.match_substring(text, "\0").fill_null(False)
+    if pc.any(flags).as_py():
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"a value holds a NUL character, at {_first_bad(series, flags.to_numpy(zero_copy_only=False))}",
+        )
+    return text
 
 
 # values of another kind that Arrow would store as something else without a word (True as 1.0, 2 or 0.5 as

@@ -27,6 +27,7 @@ from lancell.errors import (
     FeatureConflictWarning,
     FeatureRegistryError,
     ObsConversionError,
+    caller_outside_lancell,
 )
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import not_utf8, with_nul
@@ -127,7 +128,8 @@ def prepare_features(
                 if schema_kind(field.type) not in ("integer", "floating", "boolean"):
                     columns[field.name] = pa.array(frame[field.name], type=field.type, from_pandas=True)
                 else:  # the obs checks: Arrow stored 1.7 as 1 in an int column, 2 as True in a bool one
-                    checked = obs_to_arrow(feature_space, frame[[field.name]], [field])
+                    column = frame[[field.name]].set_axis(pd.Index(frame["uid"], name="uid"))  # rows by uid
+                    checked = obs_to_arrow(feature_space, column, [field])
                     columns[field.name] = checked[field.name]
             except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as exc:  # (text not UTF-8)
                 raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc}") from exc
@@ -148,7 +150,8 @@ def register_prepared(
 
     The caller holds the registry lock. ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
     values and warns, ``"update"`` writes the given values (``global_index`` stays). A registered value that
-    is null (not recorded) is filled in with a given one whatever ``on_conflict`` says: that is no conflict.
+    is null (not recorded) is filled in with a given one whatever ``on_conflict`` says: that is no conflict;
+    nor is a given value that is missing (null, NaN), which never overwrites a registered one.
     Returns the number of features added.
 
     Raises
@@ -183,7 +186,7 @@ def register_prepared(
                 f"{feature_space}: kept the registered values of features that differ from the given ones: "
                 f"{listed}{more}",
                 FeatureConflictWarning,
-                stacklevel=4,  # the caller of RaggedAtlas.register_features (through its boundary's wrapper)
+                stacklevel=caller_outside_lancell(),
             )
         else:
             fills |= {(uid, column) for uid, column, *_ in conflicts}
@@ -196,7 +199,7 @@ def _conflicts(
     table: Table, prepared: pa.Table, given: Sequence[str]
 ) -> tuple[pa.Table, list[tuple[str, str, object, object]]]:
     """The registered rows of ``prepared``'s uids, and ``(uid, column, registered, given)`` for every
-    given column whose value differs (null equals null only)."""
+    given column whose given value is not missing (null, NaN: not recorded) and differs."""
     if not given:
         return prepared.slice(0, 0), []
     everything = table.to_arrow()
@@ -212,7 +215,7 @@ def _conflicts(
         new_values = prepared.column(column).take(rows).to_pylist()
         registered_uids = registered.column("uid").to_pylist()
         for uid, old, new in zip(registered_uids, old_values, new_values, strict=True):
-            if old != new and not (old != old and new != new):  # NaN equals NaN here
+            if new is not None and new == new and old != new:  # (NaN != NaN)
                 conflicts.append((uid, column, old, new))
     conflicts.sort(key=lambda c: (str(c[0]), c[1]))
     return registered, conflicts

@@ -35,10 +35,14 @@ class RegistryView:
         Registry rows indexed by ``global_index`` (every column but ``global_index``).
     by_uid
         ``uid -> global_index``.
+    unnumbered
+        The uids of registered features without a ``global_index`` yet (rows added by hand), which no query
+        reads until ``optimize()`` or ``assign_global_indices()`` numbers them.
     """
 
     frame: pd.DataFrame
     by_uid: pd.Series
+    unnumbered: frozenset[str]
 
     @cached_property
     def by_symbol(self) -> dict[str, list[int]]:
@@ -83,11 +87,13 @@ def registry_view(core: AtlasCore, feature_space: str) -> RegistryView:
     view = _VIEWS.get(key)
     if view is None:
         frame = table.to_arrow().to_pandas()
-        frame = frame[frame["global_index"].notna()]
+        numbered = frame["global_index"].notna()
+        unnumbered = frozenset(frame.loc[~numbered, "uid"].astype(str))
+        frame = frame[numbered]
         frame = frame.set_index(frame.pop("global_index").astype(np.int64)).sort_index()
         frame.index.name = None
         by_uid = pd.Series(frame.index.to_numpy(), index=pd.Index(frame["uid"].astype(str)))
-        view = RegistryView(frame, by_uid)
+        view = RegistryView(frame, by_uid, unnumbered)
         _VIEWS[key] = view
         while len(_VIEWS) > _MAX_VIEWS:
             _VIEWS.popitem(last=False)

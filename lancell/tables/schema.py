@@ -110,7 +110,8 @@ def _unconvertible_field(model: type[BaseModel]) -> str:
 def _checked_arrow_schema(
     model: type[BaseModel], role: str, convert: Callable[[], pa.Schema], string_keys: tuple[str, ...]
 ) -> pa.Schema:
-    """``convert()``, with a :class:`SchemaError` naming the field that has no Arrow type or a key field
+    """``convert()``, with a :class:`SchemaError` naming the field that has no Arrow type, a name Lance
+    refuses (a ``.``: R's ``n.genes``; Lance reads it as a nested field's path) or a key field
     (``string_keys``) that is not a non-optional ``str``."""
     try:
         schema = convert()
@@ -118,6 +119,12 @@ def _checked_arrow_schema(
         raise SchemaError(
             f"{role} {model.__name__}: {_unconvertible_field(model)} has no Arrow type: {exc}"
         ) from exc
+    dotted = [name for name in schema.names if "." in name]
+    if dotted:
+        raise SchemaError(
+            f"{role} {model.__name__}: field names {dotted} contain '.', which Lance reads as a nested "
+            "field's path; name them with '_' (rename the obs columns to match: obs.rename(columns=...))"
+        )
     for key in string_keys:
         field = schema.field(key)
         if not pa.types.is_string(field.type) or field.nullable:
@@ -280,15 +287,19 @@ def check_assigned_fields(record: DatasetRecord, cells_of: str | None = None) ->
         )
 
 
-def check_dataset_uid(dataset: str) -> None:
+def check_dataset_uid(dataset: str, *, owns_cells: bool) -> None:
     """Refuse uids that would make cell uids (``<dataset uid>:<obs name>``) ambiguous or that are not a
-    path of the object store (the zarr group is ``<dataset uid>-<random>``; ``/`` nests it).
+    path of the object store (the zarr group is ``<dataset uid>-<random>``, a ``/`` written ``_``).
+
+    ``owns_cells``: the dataset brings new cells (not a modality attached to another's). Its uid keys the
+    columns of query results' ``varm["presence"]``, which AnnData cannot write with a ``/`` in a key.
 
     Raises
     ------
     IngestError
         The uid is empty, longer than 200 bytes (UTF-8), has surrounding spaces, contains ``:``, ``\\`` or a
-        control character, starts with ``_``, or has an empty or dot-led ``/``-separated part.
+        control character, starts with ``_``, or has an empty or dot-led ``/``-separated part; a ``/`` in the
+        uid of a dataset that owns cells.
     """
     if not isinstance(dataset, str) or not dataset or dataset != dataset.strip():
         raise IngestError(f"dataset uid {dataset!r} must be a non-empty string without surrounding spaces")
@@ -308,6 +319,12 @@ def check_dataset_uid(dataset: str) -> None:
         raise IngestError(
             f"dataset uid {dataset!r} is not a valid zarr group path: it may not start with '_' (reserved), "
             "and every '/'-separated part must be non-empty and not start with '.'"
+        )
+    if owns_cells and "/" in dataset:
+        raise IngestError(
+            f"dataset uid {dataset!r} contains '/': a dataset's uid keys the columns of query results' "
+            "varm['presence'], which AnnData cannot write to .zarr or .h5ad with a '/' in a key; use '-' or "
+            "'.' ('/' names a modality attached to a dataset: '<dataset uid>/<modality>')"
         )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import obstore
 import obstore.store as obs_store
 
-from lancell.errors import LancellWarning, StoreError
+from lancell.errors import LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import with_recorded_config
@@ -269,7 +269,7 @@ def warn_of_other_groups(store: obs_store.ObjectStore, db_uri: str) -> None:
         "them (each atlas's vacuum() leaves the other's alone); give each atlas a store of its own (the "
         "default is <db_uri>/_zarr)",
         LancellWarning,
-        stacklevel=5,  # the caller of RaggedAtlas.create (through lancell.opening and atlas_meta)
+        stacklevel=caller_outside_lancell(),
     )
 
 
@@ -322,7 +322,7 @@ def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
             f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
             "that store, which may be the original's (pass store= to read another)",
             LancellWarning,
-            stacklevel=4,  # the caller of RaggedAtlas.open / checkout (through lancell.opening)
+            stacklevel=caller_outside_lancell(),
         )
         return located_store_url(db_uri, meta, url, writable=False)
 

@@ -330,3 +330,14 @@ def test_one_metadata_column_by_name(snapshot, small):
     dataset = query.to_cell_dataset(SPACE, "counts", metadata_columns="cell_type")
     assert dataset.categories == small.categories and list(dataset.categories) == ["cell_type"]
     assert dataset.__getitems__([0, 1]).metadata.keys() == {"cell_type"}
+
+
+def test_features_given_as_a_generator_are_read_once(snapshot):
+    """The loader's check read the generator, then the query got none: 'needs a non-empty list of names'."""
+    query = snapshot.query().where("dataset_uid = 'celltypist_sample'")
+    names = ["CD3E", "LYZ", "MS4A1"]
+    dataset = query.to_cell_dataset(SPACE, "counts", features=(name for name in names))
+    assert list(dataset.feature_uids) == list(
+        query.to_cell_dataset(SPACE, "counts", features=names).feature_uids
+    )
+    assert len(dataset.feature_uids) == 3

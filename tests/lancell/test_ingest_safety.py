@@ -249,6 +249,24 @@ def test_a_value_given_for_an_unrecorded_one_fills_it_in(atlas):
         atlas.register_features("gene_expression", later)
 
 
+@pytest.mark.parametrize("on_conflict", ["error", "keep", "update"])
+def test_a_missing_given_value_is_no_conflict_and_overwrites_nothing(atlas, on_conflict):
+    """A second dataset's var with the column but a gene unannotated: under "update" the recorded value was
+    erased unwarned; "error" raised and "keep" warned of a conflict."""
+    atlas.register_features(
+        "gene_expression",
+        pd.DataFrame({"uid": ["A", "B"], "gene_symbol": ["A", "B"], "organism": "Homo sapiens"}),
+    )
+    later = pd.DataFrame(
+        {"uid": ["A", "B", "C"], "gene_symbol": [None, "B", "C"], "organism": [np.nan, None, "x"]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert atlas.register_features("gene_expression", later, on_conflict=on_conflict) == 1
+    rows = {r["uid"]: (r["gene_symbol"], r["organism"]) for r in _registry(atlas) if r["uid"] in "ABC"}
+    assert rows == {"A": ("A", "Homo sapiens"), "B": ("B", "Homo sapiens"), "C": ("C", "x")}
+
+
 def test_a_failed_landing_keeps_features_another_ingestion_uses(atlas, tmp_path, monkeypatch):
     """Features registered by a landing file whose ingestion then fails stay registered: another ingestion,
     landing the same new genes meanwhile, committed a dataset of them (its values were read under other
@@ -423,7 +441,11 @@ def test_registry_values_of_another_type_are_refused(tmp_path):
         str(tmp_path / "db"), "cells", CellSchema, registry_schemas={"gene_expression": Gene}
     )
     for column, values, match in (
-        ("length", pd.Series([1.7, None], dtype=object), "non-integer value"),
+        (
+            "length",
+            pd.Series([1.7, None], dtype=object),
+            r"non-integer value at row 0 \(uid 'A', value 1\.7\)",
+        ),
         ("length", pd.Series([True, False], dtype=object), "bool"),
         ("is_mito", pd.Series([2, 0], dtype="int64"), "cannot be stored as bool"),
     ):

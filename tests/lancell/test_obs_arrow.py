@@ -67,6 +67,21 @@ def test_a_categorical_label_utf8_cannot_write_and_an_unsigned_value_above_int64
         obs_to_arrow("d", obs, [pa.field("v", pa.int64())])
 
 
+@pytest.mark.parametrize("categorical", [False, True])
+def test_a_text_value_holding_a_nul_character_is_refused(categorical: bool) -> None:
+    """It was stored; h5py could then not write any result holding it (an untyped ValueError), and the
+    loader's categories listed 'T' and 'T\\x00' both as 'T'."""
+    values = ["T", None, "T\x00", "B"]  # (pd.Categorical(values) drops a trailing NUL: codes are given)
+    column = pd.Categorical.from_codes([0, -1, 1, 2], pd.Index(["T", "T\x00", "B"], dtype=object))
+    obs = pd.DataFrame({"v": column if categorical else values}, index=["a", "b", "c", "d"])
+    with pytest.raises(
+        ObsConversionError, match=r"column 'v': a value holds a NUL character, at row 2 \(obs name 'c'"
+    ):
+        obs_to_arrow("d", obs, [pa.field("v", pa.string())])
+    obs["v"] = ["T", None, "T ", "B"]
+    assert obs_to_arrow("d", obs, [pa.field("v", pa.string())])["v"].to_pylist() == ["T", None, "T ", "B"]
+
+
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_values_of_another_kind_are_refused_not_converted(case: str) -> None:
     values, target = REFUSED[case]

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import FeatureRegistryError
+from lancell.errors import FeatureRegistryError, QueryError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -63,6 +63,11 @@ def _numbers(atlas: RaggedAtlas) -> list[tuple[str, object]]:
 
 def test_a_feature_added_by_hand_gets_the_next_number(atlas: RaggedAtlas):
     _add_by_hand(atlas, "G2")
+    # (it was reported as not in the registry, which lists it)
+    with pytest.raises(QueryError, match=r"features \['G2'\] are registered without a global index yet"):
+        atlas.query().features(["G2"], "gene_expression").to_anndata()
+    with pytest.raises(QueryError, match=r"1 features are not in the 'gene_expression' registry: \['G9'\]; "):
+        atlas.query().features(["G9", "G2"], "gene_expression").to_anndata()
     assert atlas.assign_global_indices() == {"gene_expression": 1}
     assert _numbers(atlas) == [("G0", 0), ("G1", 1), ("G2", 2)]
     out = atlas.query().layers("gene_expression", "counts").all_features("gene_expression").to_anndata()

@@ -158,6 +158,16 @@ def test_enum_list_and_retyped_global_index_fields_are_refused_at_create(tmp_pat
     assert sql_literal(Color.red) == "'red'"  # where(cell_type=Color.red) on a str field matched nothing
 
 
+def test_a_field_name_holding_a_dot_is_a_schema_error_and_writes_nothing(tmp_path: Path):
+    """R's obs column names (n.genes) made create() fail with Lance's RuntimeError, leaving a folder."""
+    from pydantic import create_model
+
+    dotted = create_model("Dotted", __base__=Cells, **{"n.genes": (int | None, None)})
+    with pytest.raises(SchemaError, match=r"cell schema Dotted: field names \['n\.genes'\] contain '\.'"):
+        _create(tmp_path / "a", dotted)
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").rglob("*"))
+
+
 def test_an_atlas_created_with_an_enum_field_opens_with_its_schema_or_a_str_field(
     tmp_path: Path, monkeypatch
 ):

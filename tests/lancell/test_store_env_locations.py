@@ -49,6 +49,16 @@ def test_a_mistyped_url_is_refused_before_anything_is_made(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_local_path_holding_a_question_mark_is_refused_before_anything_is_made(tmp_path: Path):
+    """Lance read '?x=1' as a URL's query: the atlas was created, then its tables were not found (Lance's
+    ValueError at the first register_features)."""
+    location = str(tmp_path / "run?x=1" / "db")
+    with pytest.raises(StoreError, match=r"local path '.*run\?x=1/db' contains '\?'"):
+        RaggedAtlas.create(location, "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature})
+    assert main(["init", location]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_lancell_init_refuses_a_mistyped_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["init", "s3:/lancell/typo/db"]) == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import anndata as ad
@@ -512,6 +511,14 @@ CASES: dict[str, Bad] = {
     "dataset uid with an empty path part": bad_ingest(
         mutated(lambda a: None), IE, "'a//b'", "zarr group path", uid="a//b"
     ),
+    "dataset uid with '/' (a result's presence could not be written)": bad_ingest(
+        mutated(lambda a: None),
+        IE,
+        "'study7/sample1'",
+        "contains '/'",
+        "varm['presence']",
+        uid="study7/sample1",
+    ),
     "dataset uid with ':' (cell uids could collide)": bad_ingest(
         mutated(lambda a: None), IE, "'existing:cell0'", "[':']", "ambiguous", uid="existing:cell0"
     ),
@@ -756,10 +763,3 @@ def test_big_endian_integers_are_read_exactly(
     out = corpus_atlas.query().where(f"dataset_uid = '{uid}'").to_anndata()
     expected = adata.X if isinstance(adata.X, np.ndarray) else adata.X.toarray()
     np.testing.assert_array_equal(out[:, GENES].X.toarray(), expected)
-
-
-def test_vacuum_keeps_the_group_of_a_dataset_uid_with_a_slash(tmp_path: Path) -> None:
-    atlas = new_atlas(tmp_path)
-    ingest(atlas, good(), "pbmc/programs")
-    atlas.vacuum(grace=timedelta(0))
-    assert atlas.validate() == []
