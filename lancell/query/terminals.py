@@ -76,7 +76,7 @@ def _failure(query: QueryTerminals, exc: Exception, *, again: bool) -> Exception
     else:
         error = CommitConflictError(
             f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
-            "while it read them (optimize(cleanup_older_than=...) in another process?), or a table file is "
+            "while it read them (optimize(cleanup_older_than=...) elsewhere?), or a table file is "
             f"missing (atlas.validate()): read again ({first})"
         )
     error.__cause__ = exc

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +21,7 @@ import zarr
 import zarr.storage
 from obstore.store import ObjectStore
 
+from lancell.bounded_cache import BoundedCache
 from lancell.errors import ShardFormatError
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.nodes import written_dtype
@@ -45,8 +44,7 @@ log = logging.getLogger(__name__)
 _MAX_READERS = 512
 # (id(obstore store), array path) -> (the store, its reader or None when the layout is not supported). The
 # entry holds the store itself, so its id cannot be reused by another store while the entry lives.
-_READERS: OrderedDict[tuple[int, str], tuple[object, ShardedArrayReader | None]] = OrderedDict()
-_READERS_LOCK = threading.Lock()
+_READERS: BoundedCache[tuple[int, str], tuple[object, ShardedArrayReader | None]] = BoundedCache(_MAX_READERS)
 
 
 def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
@@ -118,11 +116,9 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
         return None
     inner = store.store
     key = (id(inner), array.path)
-    with _READERS_LOCK:
-        entry = _READERS.get(key)
-        if entry is not None and entry[0] is inner and (entry[1] is None or _matches(entry[1], array)):
-            _READERS.move_to_end(key)
-            return entry[1]
+    entry = _READERS.get(key)
+    if entry is not None and entry[0] is inner and (entry[1] is None or _matches(entry[1], array)):
+        return entry[1]
     relative, attrs = _dataset_group(inner, array.path) or ("", None)
     try:
         reader: ShardedArrayReader | None = ShardedArrayReader(inner, array.path)
@@ -149,11 +145,7 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
                 )
             )
         reader.complete = written_whole(attrs, reader.layout)
-    with _READERS_LOCK:
-        _READERS[key] = (inner, reader)
-        _READERS.move_to_end(key)
-        while len(_READERS) > _MAX_READERS:
-            _READERS.popitem(last=False)
+    _READERS.put(key, (inner, reader))
     return reader
 
 

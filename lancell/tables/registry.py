@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lancell.bounded_cache import BoundedCache
 from lancell.errors import (
     FeatureConflictError,
     FeatureConflictWarning,
@@ -344,8 +344,9 @@ def ensure_layout(
     return True
 
 
-_GLOBAL_INDEX_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-_GLOBAL_INDEX_CACHE_SIZE = 256  # layouts; ~160 KB each for a 20k-gene panel
+# layouts; ~160 KB each for a 20k-gene panel. A query may read more layouts than it holds (an atlas of a
+# thousand datasets): what a call reads it returns itself, the cache only spares later calls the scan
+_GLOBAL_INDICES: BoundedCache[tuple[str, str], np.ndarray] = BoundedCache(256)
 
 
 def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -356,12 +357,17 @@ def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str
     re-created at the same location gets new entries). Only layouts not cached are read.
     """
     atlas_key = atlas_identity(core)
-    table = core.tables.layouts
-    wanted = list(dict.fromkeys(layout_uids))
-    missing = [uid for uid in wanted if (atlas_key, uid) not in _GLOBAL_INDEX_CACHE]
+    found: dict[str, np.ndarray] = {}
+    missing = []
+    for uid in dict.fromkeys(layout_uids):
+        cached = _GLOBAL_INDICES.get((atlas_key, uid))
+        if cached is None:
+            missing.append(uid)
+        else:
+            found[uid] = cached
     if missing:
         rows = (
-            table.to_lance()  # one pylance scan: a snapshot's query path never imports lancedb
+            core.tables.layouts.to_lance()  # one pylance scan: a snapshot's query path never imports lancedb
             .to_table(
                 columns=["layout_uid", "local_index", "global_index"],
                 filter=f"layout_uid IN ({', '.join(sql_literal(uid) for uid in missing)})",
@@ -374,14 +380,9 @@ def read_global_indices(core: AtlasCore, layout_uids: Sequence[str]) -> dict[str
         for start, stop in zip(starts, [*starts[1:], uids.size], strict=True):
             layout = index[start:stop].copy()
             layout.flags.writeable = False
-            _GLOBAL_INDEX_CACHE[(atlas_key, str(uids[start]))] = layout
-        while len(_GLOBAL_INDEX_CACHE) > _GLOBAL_INDEX_CACHE_SIZE:
-            _GLOBAL_INDEX_CACHE.popitem(last=False)
-    found = {}
-    for uid in wanted:
-        cached = _GLOBAL_INDEX_CACHE.get((atlas_key, uid))
-        if cached is None:
-            raise FeatureRegistryError(f"layout {uid!r} is not stored in {LAYOUTS_TABLE!r}")
-        _GLOBAL_INDEX_CACHE.move_to_end((atlas_key, uid))
-        found[uid] = cached
+            found[str(uids[start])] = layout
+            _GLOBAL_INDICES.put((atlas_key, str(uids[start])), layout)
+        absent = [uid for uid in missing if uid not in found]
+        if absent:
+            raise FeatureRegistryError(f"layouts {absent[:5]} are not stored in {LAYOUTS_TABLE!r}")
     return found

@@ -8,7 +8,6 @@ therefore a new view, and a checked-out snapshot keeps its own.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -16,13 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from lancell.bounded_cache import BoundedCache
+
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
 __all__ = ["RegistryView", "atlas_identity", "registry_view"]
 
-_VIEWS: OrderedDict[tuple[str, str, int], RegistryView] = OrderedDict()
-_MAX_VIEWS = 8
+_VIEWS: BoundedCache[tuple[str, str, int], RegistryView] = BoundedCache(8)
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,5 @@ def registry_view(core: AtlasCore, feature_space: str) -> RegistryView:
         frame.index.name = None
         by_uid = pd.Series(frame.index.to_numpy(), index=pd.Index(frame["uid"].astype(str)))
         view = RegistryView(frame, by_uid, unnumbered)
-        _VIEWS[key] = view
-        while len(_VIEWS) > _MAX_VIEWS:
-            _VIEWS.popitem(last=False)
-    _VIEWS.move_to_end(key)
+        _VIEWS.put(key, view)
     return view

@@ -1,0 +1,104 @@
+"""The read path's per-process caches (lancell.bounded_cache) bound memory, never answers: a query over more
+layouts than the layout cache holds failed ("layout ... is not stored": the call evicted what it had just
+read), and so did two threads whose queries together read more."""
+
+from __future__ import annotations
+
+import threading
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.bounded_cache import BoundedCache
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables import registry
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+GENES = [f"G{i}" for i in range(12)]
+
+
+class Gene(FeatureBaseSchema):
+    gene_symbol: str | None = None
+
+
+class Cells(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+def _panel(k: int) -> list[str]:
+    return GENES[k : k + 5]  # dataset k measures genes k..k+4: a layout of its own
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory: pytest.TempPathFactory) -> RaggedAtlas:
+    root = tmp_path_factory.mktemp("caches")
+    atlas = RaggedAtlas.create(
+        str(root / "db"),
+        "cells",
+        Cells,
+        store=str(root / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES, "gene_symbol": GENES}))
+    for k in range(6):
+        x = sp.csr_matrix(np.arange(1, 16, dtype=np.int32).reshape(3, 5) + 100 * k)
+        obs = pd.DataFrame(index=[f"c{j}" for j in range(3)])
+        add_from_anndata(
+            atlas,
+            ad.AnnData(x, obs=obs, var=pd.DataFrame(index=_panel(k))),
+            feature_space="gene_expression",
+            zarr_layer="counts",
+            dataset_record=DatasetRecord(uid=f"d{k}"),
+            progress=False,
+        )
+    return atlas
+
+
+def _check(out: ad.AnnData) -> None:
+    """Every cell's values under its dataset's genes, zeros elsewhere."""
+    dense = pd.DataFrame(out.X.toarray(), index=out.obs["dataset_uid"].astype(str), columns=out.var_names)
+    for k in sorted({int(uid[1:]) for uid in dense.index}):
+        rows = dense.loc[f"d{k}"].to_numpy()
+        expected = np.arange(1, 16).reshape(3, 5) + 100 * k
+        np.testing.assert_array_equal(rows[:, [out.var_names.get_loc(g) for g in _panel(k)]], expected)
+        others = [g for g in out.var_names if g not in _panel(k)]
+        assert not rows[:, [out.var_names.get_loc(g) for g in others]].any()
+
+
+def test_a_query_over_more_layouts_than_the_cache_holds_reads_them_all(atlas, monkeypatch):
+    monkeypatch.setattr(registry, "_GLOBAL_INDICES", BoundedCache(2))
+    out = atlas.query().to_anndata()
+    assert out.n_obs == 18
+    _check(out)
+
+
+def test_threads_whose_queries_read_more_layouts_than_the_cache_holds_get_exact_answers(atlas, monkeypatch):
+    monkeypatch.setattr(registry, "_GLOBAL_INDICES", BoundedCache(3))
+    failures: list[BaseException] = []
+
+    def run(where: str) -> None:
+        try:
+            for _ in range(15):
+                _check(atlas.query().where(where).to_anndata())
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in ("dataset_uid < 'd3'", "dataset_uid >= 'd3'")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_the_cache_keeps_the_entries_used_last():
+    cache: BoundedCache[str, int] = BoundedCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # now the last used
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
