@@ -10,7 +10,8 @@ Every LanceDB connection and pylance dataset lancell opens is wrapped by :func:`
 (:mod:`lancell.tables.atlas_tables`), so every table, query builder, dataset, scanner and batch stream made
 from them raises a store failure as a ``StoreError``; locks and ingestion use :class:`StoreFailures` around
 their own obstore calls, and the public entry points that read zarr groups are decorated with
-:func:`store_boundary`.
+:func:`store_boundary`. A guarded call that commits holds an interrupt until it returns
+(:mod:`lancell.storage.held_interrupts`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import obstore.exceptions as obs_errors
 import pyarrow as pa
 
 from lancell.errors import LancellError, StoreError
+from lancell.storage.held_interrupts import COMMITTING_CALLS, held_interrupts
 from lancell.storage.small_pages import numpy_small_pages, on_small_pages
 
 __all__ = ["StoreFailures", "guard", "is_store_failure", "one_line", "store_boundary", "store_error"]
@@ -245,7 +247,11 @@ def _guarded_call(function: Callable[..., Any], what: str) -> Callable[..., Any]
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         where = _location(self)
         with StoreFailures(f"{what} {where} failed"):
-            result = function(self, *args, **kwargs)
+            if function.__name__ in COMMITTING_CALLS:  # an interrupt waits for the commit (held_interrupts)
+                with held_interrupts(f"{function.__name__}() on {where}"):
+                    result = function(self, *args, **kwargs)
+            else:
+                result = function(self, *args, **kwargs)
         if function.__name__ in ("open_table", "create_table") and args and isinstance(args[0], str):
             where = f"table {args[0]!r} of {where}"
         return _guarded_value(result, where)

@@ -1,0 +1,73 @@
+"""Table commits that an interrupt (Ctrl-C, a notebook's "interrupt kernel") cannot cut loose from lancell.
+
+LanceDB's synchronous calls run on its own event-loop thread while the caller waits. A ``KeyboardInterrupt``
+ends the wait, not the write: lancell's roll-back then ran while the write was still in flight, and the write
+committed after it (a dataset record without cells, cell rows no record accounts for). Every committing call
+made through a guarded table (:func:`lancell.storage.store_failures.guard`) runs under
+:func:`held_interrupts`: an interrupt that arrives meanwhile is raised as soon as the call returns, so
+lancell's own clean-up sees the table as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["COMMITTING_CALLS", "held_interrupts"]
+
+log = logging.getLogger(__name__)
+
+# the methods of LanceDB and pylance objects (tables, merge builders, tags, datasets) that commit a version
+COMMITTING_CALLS = frozenset(
+    {
+        "add",
+        "add_columns",
+        "alter_columns",
+        "cleanup_old_versions",
+        "create",
+        "create_fts_index",
+        "create_index",
+        "create_scalar_index",
+        "create_table",
+        "delete",
+        "drop_columns",
+        "drop_table",
+        "execute",
+        "optimize",
+        "update",
+    }
+)
+
+
+@contextmanager
+def held_interrupts(what: str) -> Iterator[None]:
+    """Hold SIGINT while the block runs (``what``: the call, for the log); raise it when the block ends.
+
+    Only the main thread receives signals: elsewhere (and where the handler cannot be set) the block runs as
+    it is. Nested blocks hold one interrupt until the outermost ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        if not received:
+            log.warning("interrupted during %s: stopping once it has committed", what)
+        received.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # (a subinterpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to the handler there was before: KeyboardInterrupt, usually
