@@ -9,6 +9,7 @@ lancedb (see docs/architecture.md, "Versioning"). The connection and the dataset
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +25,7 @@ from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, L
 
 if TYPE_CHECKING:
     import lance
+    import lancedb
     from lancedb.db import DBConnection
     from lancedb.table import Table
 
@@ -48,12 +50,30 @@ def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DB
             db_uri,
             read_consistency_interval=timedelta(0),
             storage_options=dict(storage_options or {}) or None,
+            session=_session(),
         )
     except Exception as exc:  # ValueError, OSError, or a RuntimeError naming a Lance I/O error (no region)
         if isinstance(exc, ValueError | OSError) or is_store_failure(exc):
             raise store_error(exc, f"cannot connect to the LanceDB database at {db_uri!r}") from exc
         raise
     return guard(connection, f"the atlas database {db_uri!r}")
+
+
+# LanceDB's default session caches up to 6 GiB of indices and 1 GiB of metadata per connection; every table
+# version a writer commits or reads (read_consistency_interval=0) adds its manifest, so a handle kept open
+# for days of ingestion grew by ~1 MiB per dataset. One session of the process, bounded, serves every
+# connection (lancell's search indexes are a few hundred MiB at 10M cells).
+_INDEX_CACHE_BYTES = 1 << 30
+_METADATA_CACHE_BYTES = 128 << 20
+
+
+@functools.cache
+def _session() -> lancedb.Session:
+    import lancedb
+
+    return lancedb.Session(
+        index_cache_size_bytes=_INDEX_CACHE_BYTES, metadata_cache_size_bytes=_METADATA_CACHE_BYTES
+    )
 
 
 def read_columns(table: Table | PinnedTable, columns: list[str]) -> pa.Table:
