@@ -26,7 +26,9 @@ def _preview(values: Sequence[object], n: int = 5) -> str:
 
 
 @functools.cache
-def _inside_lancell(filename: str) -> bool:
+def _inside_lancell(filename: str, module: str) -> bool:
+    if module == "lancell" or module.startswith("lancell."):  # (a dataclass's __init__ is in "<string>")
+        return True
     path = Path(filename).resolve()
     return Path(__file__).resolve().parent in path.parents or path.name == "contextlib.py"
 
@@ -37,7 +39,9 @@ def caller_outside_lancell() -> int:
     lancell it is raised (every lancell warning passes this, none counts its frames)."""
     frame = sys._getframe(1)  # the function that warns: stacklevel 1  # noqa: SLF001 (the documented way)
     level = 1
-    while frame.f_back is not None and _inside_lancell(frame.f_code.co_filename):
+    while frame.f_back is not None and _inside_lancell(
+        frame.f_code.co_filename, str(frame.f_globals.get("__name__", ""))
+    ):
         frame = frame.f_back
         level += 1
     return level

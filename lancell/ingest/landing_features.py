@@ -18,6 +18,7 @@ from lancell.errors import (
     caller_outside_lancell,
 )
 from lancell.ingest.landing_spec import is_tenx_output
+from lancell.tables.atlas_tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
@@ -102,12 +103,15 @@ def registry_rows(atlas: RaggedAtlas, spec: LandingSpec, var: pd.DataFrame) -> p
             option = "--var-uid-column (the sidecar's var_uid_column)"
             unique = f"; of var's columns, {named[:3]} do: pass one as {option}" if named else ""
         raise DuplicateFeaturesError(spec.uid, repeated, f"{column} must name each feature once{unique}")
-    schema = atlas.core.tables.registry(spec.feature_space).schema
+    table = atlas.core.tables.registry(spec.feature_space)
+    schema = table.schema
     if "gene_symbol" in schema.names:
         symbol_column = spec.symbol_column or "gene_symbol"
         symbol_column = symbol_column if symbol_column in var.columns else None  # else the var index
         symbols = pd.Series(_column(var, symbol_column), index=var.index)
-        frame["gene_symbol"] = _symbols(spec, symbols, frame["uid"], schema.field("gene_symbol").nullable)
+        registered = read_columns(table, ["uid", "gene_symbol"]).to_pandas().set_index("uid")["gene_symbol"]
+        nullable = schema.field("gene_symbol").nullable
+        frame["gene_symbol"] = _symbols(spec, symbols, frame["uid"], nullable, registered)
     if "organism" in schema.names and spec.organism is not None:
         frame["organism"] = spec.organism
     for name in set(schema.names) & set(var.columns) - set(frame.columns) - {"global_index"}:
@@ -135,11 +139,18 @@ def _column(var: pd.DataFrame, name: str | None) -> np.ndarray:
     return (var.index if name is None else var[name]).to_numpy()
 
 
-def _symbols(spec: LandingSpec, symbols: pd.Series, uids: pd.Series, nullable: bool) -> np.ndarray:
+def _symbols(
+    spec: LandingSpec, symbols: pd.Series, uids: pd.Series, nullable: bool, registered: pd.Series
+) -> np.ndarray:
     """The registry's ``gene_symbol`` values: missing ones stay missing where the registry allows it, else
-    are the feature's uid (warned); as text they were the symbol "nan"."""
+    are the registered symbol of a registered feature and the uid of a new one (warned); as text they were
+    the symbol "nan"."""
     missing = symbols.isna().to_numpy()
     values = np.where(missing, None, symbols.astype(str).to_numpy()).astype(object)
+    if missing.any() and not nullable:  # (a missing value given is no conflict: a registered one is kept)
+        known = registered.reindex(uids.to_numpy()).to_numpy(dtype=object)
+        values[missing] = known[missing]
+        missing &= pd.isna(known)
     if missing.any() and not nullable:
         values[missing] = uids.to_numpy()[missing]
         warnings.warn(

@@ -216,7 +216,8 @@ def plan_ingest(
             )
         feature_uids = column.astype(str).tolist()
     _warn_mixed_feature_types(dataset, adata.var, space.name)
-    return plan_dataset(core, space, dataset, sources, adata.obs, feature_uids)
+    obs = adata.obs if cells_of is None else adata.obs[[]]  # an attachment stores none of its obs columns
+    return plan_dataset(core, space, dataset, sources, obs, feature_uids)
 
 
 # Cell Ranger's feature types that are no genes (a CELLxGENE file's feature_type holds gene biotypes instead)

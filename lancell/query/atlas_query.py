@@ -271,8 +271,8 @@ class AtlasQuery(QueryTerminals):
             A feature space, layer, join or feature list that contradicts what the query already chose.
         """
         given_layers = [layer] if isinstance(layer, str) else list(layer)
-        if features is not None and not isinstance(features, str):
-            features = list(features)  # read once (a generator is read by the check, then empty)
+        if features is not None and not isinstance(features, str):  # read once (a generator...), in order
+            features = name_list("features", features)
         self._reads.check_reading(feature_space, given_layers, features)
         query = self.layers(feature_space, given_layers)
         if features is None:

@@ -35,9 +35,11 @@ COMMITTING_CALLS = frozenset(
         "create_table",
         "delete",
         "drop_columns",
+        "drop_index",
         "drop_table",
         "execute",
         "optimize",
+        "restore",
         "update",
     }
 )
@@ -45,23 +47,31 @@ COMMITTING_CALLS = frozenset(
 
 @contextmanager
 def held_interrupts(what: str) -> Iterator[None]:
-    """Hold SIGINT while the block runs (``what``: the call, for the log); raise it when the block ends.
+    """Hold SIGINT while the block runs (``what``: the call, for the log); raise it when the block ends. A
+    second interrupt is not held: it is raised at once, the commit going on without lancell (as before).
 
-    Only the main thread receives signals: elsewhere (and where the handler cannot be set) the block runs as
-    it is. Nested blocks hold one interrupt until the outermost ends.
+    Only the main thread receives signals: elsewhere, and where Python has no handler of SIGINT to put back
+    (a host program's own, in an embedded interpreter), the block runs as it is. Nested blocks hold one
+    interrupt until the outermost ends.
     """
-    if threading.current_thread() is not threading.main_thread():
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if previous is None:
         yield
         return
     received: list[int] = []
 
     def hold(signum: int, _frame: FrameType | None) -> None:
-        if not received:
-            log.warning("interrupted during %s: stopping once it has committed", what)
         received.append(signum)
+        if len(received) == 1:
+            log.warning("interrupted during %s: stopping once it commits (interrupt again not to wait)", what)
+            return
+        log.warning("interrupted again during %s: not waiting for it (validate() the atlas)", what)
+        signal.signal(signal.SIGINT, previous)
+        signal.raise_signal(signal.SIGINT)
 
     try:
-        previous = signal.signal(signal.SIGINT, hold)
+        signal.signal(signal.SIGINT, hold)
     except ValueError:  # (a subinterpreter)
         yield
         return
@@ -69,5 +79,5 @@ def held_interrupts(what: str) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-        if received:
+        if len(received) == 1:
             signal.raise_signal(signal.SIGINT)  # to the handler there was before: KeyboardInterrupt, usually

@@ -41,6 +41,7 @@ __all__ = [
     "open_store",
     "public_store_config",
     "read_json",
+    "table_location",
     "write_json",
     "zarr_store",
 ]
@@ -79,13 +80,15 @@ def is_local(uri: str) -> bool:
         known scheme and ``:`` without ``//``); taken for a local path it made folders named ``s3:``. A local
         path holding ``?``: Lance reads what follows as a URL's query (the atlas was created, then not found).
     """
-    if "://" in uri:
-        return uri.startswith("file://")
-    if "?" in uri:
+    if "://" in uri and not uri.startswith("file://"):
+        return False
+    if "?" in unquote(uri.removeprefix("file://")) if uri.startswith("file://") else "?" in uri:
         raise StoreError(
             f"local path {uri!r} contains '?', which the table format reads as the start of a URL's query: "
             "choose a folder name without it"
         )
+    if uri.startswith("file://"):
+        return True
     typo = _MISTYPED_URL.match(uri)
     if typo and (uri[typo.end() :].startswith("/") or typo.group(1).lower() in _KNOWN_SCHEMES):
         scheme, rest = typo.group(1), uri[typo.end() :].lstrip("/")
@@ -104,6 +107,12 @@ def local_path(uri: str) -> Path:
         return Path(unquote(uri.removeprefix("file://"))).expanduser().resolve()
     is_local(uri)  # a mistyped URL is no local path
     return Path(uri).expanduser().resolve()
+
+
+def table_location(uri: str) -> str:
+    """``uri`` as the table format (Lance) is given it: a ``file://`` URL as its local path, since Lance does
+    not decode its percent-escapes (``a%20b`` was a folder of that name beside lancell's ``a b``)."""
+    return str(local_path(uri)) if uri.startswith("file://") else uri
 
 
 def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_store.ObjectStore:

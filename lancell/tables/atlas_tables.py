@@ -20,6 +20,7 @@ import pyarrow as pa
 from lancell.errors import AtlasNotFoundError, CommitConflictError
 from lancell.storage.store_failures import guard, is_store_failure, store_error
 from lancell.storage.store_settings import check_endpoint
+from lancell.storage.stores import table_location
 from lancell.tables.pinned_table import PinnedTable, scan_readahead
 from lancell.tables.table_schemas import DATASETS_TABLE, FEATURE_SPACES_TABLE, LAYOUTS_TABLE
 
@@ -47,7 +48,7 @@ def connect(db_uri: str, storage_options: Mapping[str, str] | None = None) -> DB
     check_endpoint(db_uri, storage_options, "storage_options")
     try:
         connection = lancedb.connect(
-            db_uri,
+            table_location(db_uri),
             read_consistency_interval=timedelta(0),
             storage_options=dict(storage_options or {}) or None,
             session=_session(),
@@ -136,7 +137,7 @@ class Database:
         check_endpoint(self.uri, self.storage_options, "storage_options")
         try:
             dataset = lance.dataset(
-                f"{self.uri.rstrip('/')}/{name}.lance",  # where lancedb keeps table ``name``
+                f"{table_location(self.uri).rstrip('/')}/{name}.lance",  # where lancedb keeps table ``name``
                 version=version,
                 storage_options=dict(self.storage_options or {}) or None,
             )

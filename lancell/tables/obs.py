@@ -24,6 +24,7 @@ __all__ = [
     "arrow_to_obs",
     "as_text",
     "decoded",
+    "nul_flags",
     "obs_to_arrow",
     "schema_kind",
 ]
@@ -91,14 +92,18 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
 def _without_nul(dataset: str, series: pd.Series, field: pa.Field, text: pa.Array) -> pa.Array:
     """``text`` (the column's values, row by row), refused if a value holds a NUL character: h5py cannot
     write it to an .h5ad, and labels that differ by a trailing NUL read back as one."""
-    flags = pc.match_substring(text, "\0").fill_null(False)
-    if pc.any(flags).as_py():
+    flags = nul_flags(text)
+    if flags.any():
         raise ObsConversionError(
-            dataset,
-            field.name,
-            f"a value holds a NUL character, at {_first_bad(series, flags.to_numpy(zero_copy_only=False))}",
+            dataset, field.name, f"a value holds a NUL character, at {_first_bad(series, flags)}"
         )
     return text
+
+
+def nul_flags(text: pa.Array) -> np.ndarray:
+    """Which values of ``text`` (a string or dictionary-of-strings array) hold a NUL character."""
+    plain = text.dictionary_decode() if pa.types.is_dictionary(text.type) else text  # (an old Enum field's)
+    return pc.match_substring(plain, "\0").fill_null(False).to_numpy(zero_copy_only=False)
 
 
 # values of another kind that Arrow would store as something else without a word (True as 1.0, 2 or 0.5 as

@@ -31,7 +31,7 @@ from lancell.errors import (
 )
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import not_utf8, with_nul
-from lancell.tables.obs import as_text, obs_to_arrow, schema_kind
+from lancell.tables.obs import as_text, nul_flags, obs_to_arrow, schema_kind
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
 
@@ -135,6 +135,14 @@ def prepare_features(
                 raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc}") from exc
             except ObsConversionError as exc:
                 raise FeatureRegistryError(f"{feature_space}: column {field.name!r}: {exc.reason}") from exc
+            if schema_kind(field.type) == "text":  # (h5py cannot write it: no result holding it could be)
+                nul = nul_flags(columns[field.name])
+                if nul.any():
+                    first = int(np.flatnonzero(nul)[0])
+                    raise FeatureRegistryError(
+                        f"{feature_space}: column {field.name!r}: a value holds a NUL character, at uid "
+                        f"{text.iloc[first]!r} ({frame[field.name].iloc[first]!r})"
+                    )
         elif field.nullable:
             columns[field.name] = pa.nulls(len(frame), field.type)
         else:

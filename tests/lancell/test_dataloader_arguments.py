@@ -121,11 +121,13 @@ def test_a_timeout_without_workers_is_ignored_with_a_warning(small, readers):
 
 
 def test_options_without_effect_warn(small):
-    with pytest.warns(LancellWarning, match="block_size=4 is ignored: random mode"):
+    with pytest.warns(LancellWarning, match="block_size=4 is ignored: random mode") as told:
         random = CellSampler(small, 64, mode="random", seed=0, block_size=4)
+    assert told[0].filename == __file__
     assert list(random) == list(CellSampler(small, 64, mode="random", seed=0))
-    with pytest.warns(LancellWarning, match="target_sum=7 and log1p=False ignored"):
+    with pytest.warns(LancellWarning, match="target_sum=7 and log1p=False ignored") as told:
         DenseCollate(target_sum=7, log1p=False)
+    assert told[0].filename == __file__  # (raised in a dataclass's __post_init__: it said "<string>")
 
 
 # ------------------------------------------------------------------------------------------------ finding 5
@@ -341,3 +343,5 @@ def test_features_given_as_a_generator_are_read_once(snapshot):
         query.to_cell_dataset(SPACE, "counts", features=names).feature_uids
     )
     assert len(dataset.feature_uids) == 3
+    with pytest.raises(QueryError, match="a set has no order"):  # (its order differed from run to run)
+        query.to_cell_dataset(SPACE, "counts", features=set(names))

@@ -263,7 +263,9 @@ def test_a_missing_given_value_is_no_conflict_and_overwrites_nothing(atlas, on_c
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert atlas.register_features("gene_expression", later, on_conflict=on_conflict) == 1
-    rows = {r["uid"]: (r["gene_symbol"], r["organism"]) for r in _registry(atlas) if r["uid"] in "ABC"}
+    rows = {
+        r["uid"]: (r["gene_symbol"], r["organism"]) for r in _registry(atlas) if r["uid"] in ("A", "B", "C")
+    }
     assert rows == {"A": ("A", "Homo sapiens"), "B": ("B", "Homo sapiens"), "C": ("C", "x")}
 
 
@@ -371,6 +373,15 @@ def test_landing_var_entries_without_uid_or_symbol_are_never_the_text_nan(tmp_pa
         ingest_landing_file(required, read_landing_spec(tmp_path / "d.h5ad"))
     registry = required.feature_registry("gene_expression").set_index("uid")["gene_symbol"]
     assert registry[["N1", "N2", "N3"]].tolist() == ["N1", "B", "N3"]
+    # a registered feature's symbol is kept: the uid overwrote it under "update" (and "error" refused)
+    other = RaggedAtlas.create(
+        str(tmp_path / "db3"), "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}
+    )
+    other.register_features("gene_expression", pd.DataFrame({"uid": ["N1"], "gene_symbol": ["CD3D"]}))
+    with pytest.warns(LancellWarning, match=r"1 var entries have no gene symbol, e.g. \['N3'\]"):
+        ingest_landing_file(other, read_landing_spec(tmp_path / "d.h5ad"), on_conflict="update")
+    registry = other.feature_registry("gene_expression").set_index("uid")["gene_symbol"]
+    assert registry[["N1", "N2", "N3"]].tolist() == ["CD3D", "B", "N3"]
 
 
 def test_many_conflicts_are_counted(atlas):

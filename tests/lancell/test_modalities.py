@@ -334,7 +334,8 @@ def test_attach_errors_leave_atlas_unchanged(ingested):
 def test_attached_obs_columns_are_listed_as_dropped_and_warned(ingested):
     atlas, pbmc = ingested
     programs = _programs(pbmc)
-    programs.obs["cell_type"] = "T cell"  # the cells keep their own cell_type: this one is not stored
+    # the cells keep their own cell_type: this one is not stored (nor converted: a NUL in it was refused)
+    programs.obs["cell_type"] = "T cell\0"
     # the schema declares cell_type: the warning said it was not in the cell schema
     attached = r"obs columns \['cell_type'\] belong to a modality attached to the cells of 'pbmc', which keep"
     with pytest.warns(DroppedColumnsWarning, match=attached):

@@ -59,6 +59,27 @@ def test_a_local_path_holding_a_question_mark_is_refused_before_anything_is_made
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_url_keeps_the_whole_atlas_in_its_one_folder(tmp_path: Path):
+    """Lance does not decode a file:// URL's percent-escapes: its tables went to 'a%20b' while lancell's own
+    files went to 'a b'; a '?' in such a URL made the same untyped failure as in a path."""
+    import pandas as pd
+
+    with pytest.raises(StoreError, match=r"contains '\?'"):
+        RaggedAtlas.create(
+            (tmp_path / "q").as_uri() + "?x=1/db",
+            "cells",
+            CellSchema,
+            registry_schemas={"gene_expression": GeneFeature},
+        )
+    uri = (tmp_path / "a b" / "db").as_uri()
+    assert "%20" in uri
+    atlas = RaggedAtlas.create(uri, "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature})
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": ["G1"], "gene_symbol": ["G1"]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a b"]
+    assert (tmp_path / "a b" / "db" / "_feature_spaces.lance").is_dir()
+    assert len(RaggedAtlas.open(str(tmp_path / "a b" / "db")).feature_registry("gene_expression")) == 1
+
+
 def test_lancell_init_refuses_a_mistyped_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["init", "s3:/lancell/typo/db"]) == 1

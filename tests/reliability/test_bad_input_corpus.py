@@ -763,3 +763,22 @@ def test_big_endian_integers_are_read_exactly(
     out = corpus_atlas.query().where(f"dataset_uid = '{uid}'").to_anndata()
     expected = adata.X if isinstance(adata.X, np.ndarray) else adata.X.toarray()
     np.testing.assert_array_equal(out[:, GENES].X.toarray(), expected)
+
+
+def test_an_atlas_holding_a_cell_owning_uid_with_a_slash_still_reads(tmp_path: Path, monkeypatch) -> None:
+    """Such uids are refused now (a result's varm['presence'] could not be written); one stored reads."""
+    from lancell.ingest import plan
+    from lancell.tables.schema import check_dataset_uid
+
+    monkeypatch.setattr(
+        plan, "check_dataset_uid", lambda uid, owns_cells: check_dataset_uid(uid, owns_cells=False)
+    )
+    atlas = new_atlas(tmp_path)
+    adata = good()
+    ingest(atlas, adata, "study7/sample1")
+    monkeypatch.undo()
+    reopened = RaggedAtlas.open(str(tmp_path / "db"))
+    out = reopened.query().to_anndata()
+    np.testing.assert_array_equal(out[:, GENES].X.toarray(), adata.X.toarray())
+    assert list(out.varm["presence"].columns) == ["study7/sample1"]
+    assert reopened.validate() == []

@@ -75,3 +75,29 @@ def test_held_interrupts_nest_and_raise_once_after_the_outermost():
     assert seen == ["inner done", "outer done"]
     with held_interrupts("nothing"):
         pass  # no interrupt: nothing raised
+
+
+def test_a_second_interrupt_is_raised_at_once():
+    """Three Ctrl-C during a stalled commit: the call could not be interrupted at all."""
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupts("a stalled commit"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            seen.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            seen.append("not reached")
+    assert seen == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_a_python_handler_to_put_back_nothing_is_held(monkeypatch):
+    """An embedded interpreter whose host handles SIGINT (signal.getsignal is None): putting None back was a
+    TypeError on every table write, and the holding handler stayed."""
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    set_to = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: set_to.append(handler))
+    with held_interrupts("a commit"):
+        pass
+    assert set_to == []
