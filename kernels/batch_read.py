@@ -1,12 +1,13 @@
 """One training batch of sparse rows, from memory-mapped shard files to an output CSR, in one call.
 
 A dataset's cells are element ranges ``[start, start + nnz)`` of two 1-D BP-128 arrays of its zarr group
-(``csr/indices`` and a values layer), chunked alike in ``chunk_len`` elements. Every chunk of every array the
-batch may touch is one entry of a flat *chunk table*: the file it lives in (an index into ``file_address``
-and ``file_size``: where the memory-mapped shard objects start, and their lengths in bytes), its byte offset
-and its size (crc32c trailer included). Group ``g``'s chunk ``c`` of array ``a`` (0: indices, 1: values) is
-entry ``base[g, a] + c``. (Addresses, not a numba typed list of arrays: a typed list's own methods are
-compiled anew in every process, 1-3 s before a first batch; these kernels load from numba's cache.)
+(``csr/indices`` and a values layer), chunked alike (``chunk_len[group]`` elements). Every chunk of every
+array the batch may touch is one entry of a flat *chunk table*: the file it lives in (an index into
+``file_address`` and ``file_size``: where the memory-mapped shard objects start, and their lengths in bytes),
+its byte offset and its size (crc32c trailer included). Group ``g``'s chunk ``c`` of array ``a`` (0: indices,
+1: values) is entry ``base[g, a] + c``. (Addresses, not a numba typed list of arrays: a typed list's own
+methods are compiled anew in every process, 1-3 s before a first batch; these kernels load from numba's
+cache.)
 
 :func:`read_rows` checks the crc32c of each needed chunk and decodes it once (cells are walked in storage
 order, so neighbours share a decoded chunk), maps local feature indices to output columns through the group's
@@ -65,7 +66,7 @@ def read_rows(
     table_off: np.ndarray,
     table_size: np.ndarray,
     base: np.ndarray,
-    chunk_len: int,
+    chunk_len: np.ndarray,
     header: np.ndarray,
     lut: np.ndarray,
     lut_start: np.ndarray,
@@ -85,8 +86,10 @@ def read_rows(
     file_address, file_size
         int64: where each memory-mapped shard object starts, and its length in bytes (the caller keeps
         the mappings open while the kernel runs).
-    table_file, table_off, table_size, base, chunk_len
+    table_file, table_off, table_size, base
         The chunk table (see the module docstring).
+    chunk_len
+        int64 per group: the chunk length of its two arrays (a dataset smaller than a chunk has its own).
     header
         The BP-128 magic bytes and newest format version (as :func:`kernels.bitpack.decode_chunks` passes).
     lut, lut_start, monotonic
@@ -115,7 +118,11 @@ def read_rows(
         room[i + 1] = room[i] + nnz[i]
     kept = np.zeros(n, np.int64)
     order = np.argsort(group.astype(np.int64) * (np.int64(1) << 40) + start)
-    scratch = np.empty((2, chunk_len), np.uint32)
+    longest = 0
+    for i in range(n):
+        if nnz[i] > 0:
+            longest = max(longest, chunk_len[group[i]])
+    scratch = np.empty((2, longest), np.uint32)
     cached = np.full(2, -1, np.int64)
     one_off = np.empty(1, np.int64)
     one_size = np.empty(1, np.int64)
@@ -125,6 +132,7 @@ def read_rows(
         if nnz[i] == 0:
             continue
         g = group[i]
+        length = chunk_len[g]
         drop_zeros = zero_fill[g]
         lo = lut_start[g]
         width = lut_start[g + 1] - lo
@@ -132,7 +140,7 @@ def read_rows(
         end = start[i] + nnz[i]
         d = room[i]
         while pos < end:
-            c = pos // chunk_len
+            c = pos // length
             for a in range(2):
                 entry = base[g, a] + c
                 if cached[a] != entry:
@@ -146,13 +154,13 @@ def read_rows(
                         header,
                         one_off,
                         one_size,
-                        scratch[a],
+                        scratch[a, :length],
                     )
                     if code:
                         return code, entry
                     cached[a] = entry
-            stop = min(end, (c + 1) * chunk_len)
-            for p in range(pos - c * chunk_len, stop - c * chunk_len):
+            stop = min(end, (c + 1) * length)
+            for p in range(pos - c * length, stop - c * length):
                 local = scratch[0, p]
                 if local >= width:
                     return PAST_PANEL, base[g, 0] + c

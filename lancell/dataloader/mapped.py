@@ -61,7 +61,7 @@ def warm_kernel() -> None:
         i64,
         i64,
         np.zeros((1, 2), np.int64),
-        1,
+        i64,
         _HEADER,
         np.zeros(0, np.int32),
         i64,
@@ -121,21 +121,19 @@ class MappedGroups:
         self._file = _Grown(np.int32)
         self._offset = _Grown(np.int64)
         self._size = _Grown(np.int64)
-        self.chunk_len = 0
+        self._chunk_len = np.zeros(n_groups, np.int64)  # each group's (its two arrays chunked alike)
         luts = [np.asarray(lut, np.int32) for lut in table.luts]
         self._lut = np.concatenate(luts) if luts else np.zeros(0, np.int32)
         self._lut_start = np.concatenate(([0], np.cumsum([lut.size for lut in luts]))).astype(np.int64)
         self._monotonic = np.asarray(table.monotonic, bool)
         self._zero_fill = np.ascontiguousarray(table.zero_fill[0], bool)  # the one layer read
 
-    def _readable(self, reader: ShardedArrayReader | None) -> bool:
-        """Whether ``reader``'s array can join the table: complete, 1-D, checksummed BP-128, local, chunked as
-        the arrays already in it."""
+    @staticmethod
+    def _readable(reader: ShardedArrayReader | None) -> bool:
+        """Whether ``reader``'s array can join the table: complete, 1-D, checksummed BP-128, local."""
         if reader is None or reader.layout.stages != CRC_BP128 or len(reader.shape) != 1:
             return False
-        if not reader.complete or reader.local_shard(0) is None:
-            return False
-        return self.chunk_len in (0, reader.layout.chunk_len)
+        return reader.complete and reader.local_shard(0) is not None
 
     def _add_array(self, reader: ShardedArrayReader) -> int | None:
         """Append every chunk of ``reader``'s array to the table; its first entry, or None when a chunk is
@@ -176,10 +174,11 @@ class MappedGroups:
         arrays = self._open_arrays(np.asarray(new))
         for code in new:
             readers = [array_reader(array) for array in arrays[code]]
-            if not all(self._readable(reader) for reader in readers):
+            readable = all(self._readable(reader) for reader in readers)
+            if not readable or len({reader.layout.chunk_len for reader in readers}) != 1:
                 self._refused[code] = True
                 return False
-            self.chunk_len = readers[0].layout.chunk_len
+            self._chunk_len[code] = readers[0].layout.chunk_len
             firsts = [self._add_array(reader) for reader in readers]
             if None in firsts:
                 self._refused[code] = True
@@ -231,7 +230,7 @@ class MappedGroups:
             *files,
             *table,
             base,
-            self.chunk_len,
+            self._chunk_len,
             _HEADER,
             self._lut,
             self._lut_start,

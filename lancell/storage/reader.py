@@ -40,8 +40,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Enough for every array of a few hundred dataset groups; a reader holds its shard indices (16 B per chunk).
-_MAX_READERS = 512
+# Every array of an atlas of a few thousand datasets (CELLxGENE holds ~1,500; each has 2-4 arrays): a query or
+# an epoch cycling through more readers than this evicts each before its next use (at 512, past 256 datasets
+# every reader was built again, ~5 store requests each). A reader holds the shard indices it read, 16 B per
+# chunk of 4,096 values: ~20 MiB for a whole 10M-cell atlas, however many datasets it has.
+_MAX_READERS = 16_384
 # (id(obstore store), array path) -> (the store, its reader or None when the layout is not supported). The
 # entry holds the store itself, so its id cannot be reused by another store while the entry lives.
 _READERS: BoundedCache[tuple[int, str], tuple[object, ShardedArrayReader | None]] = BoundedCache(_MAX_READERS)
