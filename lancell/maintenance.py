@@ -233,7 +233,10 @@ def remove_debris(
     # version (a deletion stopped between the record and the rows: the dataset's rows, an attached
     # modality's pointers), read once where there are such groups
     pinned_groups = {claim.group for claim in candidates if referenced_names.nests(claim.group)}
-    pointed = _pointed_groups(core) if pinned_groups else set()
+    # read once, not per group (a scan of the cell table each: quadratic in the datasets deleted): no row
+    # comes to point into a candidate since (only its own ingestion writes into a group, and it has ended)
+    pointed = _pointed_groups(core) if candidates else set()
+    live_now = _LiveGroups(core)
     for claim in candidates:
         group = claim.group
         pinned = group in pinned_groups
@@ -253,7 +256,7 @@ def remove_debris(
                 )
                 continue
             held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
-            if _Names(_live_groups(core)).nests(group):
+            if live_now.names().nests(group):
                 continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):
                 continue
@@ -269,7 +272,8 @@ def remove_debris(
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue
-            counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
+            if group in pointed:
+                counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
             if (claims.deletable(group) if dry_run else claims.delete(group)) == "own":
                 counts["groups"] += 1
                 log.info("%s zarr group %r (dataset %r)", "would delete" if dry_run else "deleted", group,
@@ -303,6 +307,21 @@ def _ancestors(name: str) -> list[str]:
 
 def _live_groups(core: AtlasCore) -> set[str]:
     return set(read_columns(core.tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
+
+
+class _LiveGroups:
+    """The groups the dataset records reference now, read again only when the table has a new version."""
+
+    def __init__(self, core: AtlasCore) -> None:
+        self._core = core
+        self._version: int | None = None
+        self._names = _Names(())
+
+    def names(self) -> _Names:
+        version = int(self._core.tables.datasets.version)
+        if version != self._version:
+            self._names, self._version = _Names(_live_groups(self._core)), version
+        return self._names
 
 
 def _snapshot_groups(
