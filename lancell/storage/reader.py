@@ -21,8 +21,8 @@ import zarr
 import zarr.storage
 from obstore.store import ObjectStore
 
-from lancell.bounded_cache import BoundedCache
 from lancell.errors import ShardFormatError
+from lancell.storage.bounded_cache import BoundedCache
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.nodes import written_dtype
 from lancell.storage.shard_reader import ShardedArrayReader

@@ -21,7 +21,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.bounded_cache import BoundedCache
 from lancell.errors import (
     FeatureConflictError,
     FeatureConflictWarning,
@@ -29,6 +28,7 @@ from lancell.errors import (
     ObsConversionError,
     caller_outside_lancell,
 )
+from lancell.storage.bounded_cache import BoundedCache
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.names import not_utf8, with_nul
 from lancell.tables.obs import as_text, nul_flags, obs_to_arrow, schema_kind

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lancell.bounded_cache import BoundedCache
+from lancell.storage.bounded_cache import BoundedCache
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore

@@ -1,6 +1,6 @@
-"""The read path's per-process caches (lancell.bounded_cache) bound memory, never answers: a query over more
-layouts than the layout cache holds failed ("layout ... is not stored": the call evicted what it had just
-read), and so did two threads whose queries together read more."""
+"""The read path's per-process caches (lancell.storage.bounded_cache) bound memory, never answers: a query
+over more layouts than the layout cache holds failed ("layout ... is not stored": the call evicted what it had
+just read), and so did two threads whose queries together read more."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
-from lancell.bounded_cache import BoundedCache
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage.bounded_cache import BoundedCache
 from lancell.tables import registry
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 

@@ -21,6 +21,14 @@ from lancell.storage.store_failures import guard
 CHILD = Path(__file__).with_name("interrupt_child.py")
 
 
+@pytest.fixture(autouse=True)
+def _python_handles_sigint():
+    """Python's own SIGINT handler (a pytest-xdist worker ignores SIGINT), put back as it was after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("table", ["datasets", "cells"])
 def test_an_interrupted_ingestion_leaves_nothing_of_it(tmp_path: Path, table: str):
     run = subprocess.run(
