@@ -15,7 +15,7 @@ import logging
 import warnings
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import obstore
 import pyarrow.compute as pc
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["hold_host", "remove_dataset", "remove_debris", "remove_group"]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -233,14 +234,14 @@ def remove_debris(
     # version (a deletion stopped between the record and the rows: the dataset's rows, an attached
     # modality's pointers), read once where there are such groups
     pinned_groups = {claim.group for claim in candidates if referenced_names.nests(claim.group)}
-    # read once, not per group (a scan of the cell table each: quadratic in the datasets deleted): no row
-    # comes to point into a candidate since (only its own ingestion writes into a group, and it has ended)
-    pointed = _pointed_groups(core) if candidates else set()
-    live_now = _LiveGroups(core)
+    # read again only when the table has changed, not once per group (a scan of the cell table each:
+    # quadratic in the datasets deleted); an ingestion killed after vacuum began changed it with its rows
+    pointed = _ReadWhenChanged(lambda: core.tables.cells, lambda: _pointed_groups(core))
+    live_now = _ReadWhenChanged(lambda: core.tables.datasets, lambda: _Names(_live_groups(core)))
     for claim in candidates:
         group = claim.group
         pinned = group in pinned_groups
-        if pinned and group not in pointed:
+        if pinned and group not in pointed.value():
             continue
         with ExitStack() as held:
             try:  # an ingestion of this dataset still running holds it; its group is not debris
@@ -256,7 +257,7 @@ def remove_debris(
                 )
                 continue
             held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
-            if live_now.names().nests(group):
+            if live_now.value().nests(group):
                 continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):
                 continue
@@ -272,7 +273,7 @@ def remove_debris(
                 continue
             if ownership == "unclaimed":  # released by another vacuum meanwhile
                 continue
-            if group in pointed:
+            if group in pointed.value():  # (under the group's dataset lock: no writer of it is left)
                 counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
             if (claims.deletable(group) if dry_run else claims.delete(group)) == "own":
                 counts["groups"] += 1
@@ -309,19 +310,20 @@ def _live_groups(core: AtlasCore) -> set[str]:
     return set(read_columns(core.tables.datasets, ["zarr_group"]).column("zarr_group").to_pylist())
 
 
-class _LiveGroups:
-    """The groups the dataset records reference now, read again only when the table has a new version."""
+class _ReadWhenChanged(Generic[T]):
+    """What ``read()`` gives of a table (``table()``, the handle's current one), read again only when the
+    table has a new version."""
 
-    def __init__(self, core: AtlasCore) -> None:
-        self._core = core
+    def __init__(self, table: Callable[[], Any], read: Callable[[], T]) -> None:
+        self._table, self._read = table, read
         self._version: int | None = None
-        self._names = _Names(())
+        self._value: T | None = None
 
-    def names(self) -> _Names:
-        version = int(self._core.tables.datasets.version)
-        if version != self._version:
-            self._names, self._version = _Names(_live_groups(self._core)), version
-        return self._names
+    def value(self) -> T:
+        version = int(self._table().version)
+        if version != self._version or self._value is None:
+            self._value, self._version = self._read(), version
+        return self._value
 
 
 def _snapshot_groups(

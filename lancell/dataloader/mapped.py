@@ -17,9 +17,11 @@ layouts (float values, remote stores, chunks an index marks unwritten) are read 
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -40,13 +42,39 @@ __all__ = ["MappedGroups", "warm_kernel"]
 _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
 
 
+# libc's mmap: Python's mmap.mmap keeps a duplicate of its file's descriptor for the map's life, one per
+# shard file mapped (at ~500 datasets past the usual limit of 1,024: "Too many open files" mid-epoch)
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
 def _map(path: str) -> np.ndarray:
-    """The file at ``path`` mapped read-only as a 1-D uint8 array (mapped as long as the array lives)."""
+    """The file at ``path`` mapped read-only as a 1-D uint8 array (mapped as long as the array lives; no
+    descriptor kept open)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
+        size = os.fstat(fd).st_size
+        address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else _MAP_FAILED
     finally:
         os.close(fd)
+    if address in (None, _MAP_FAILED):
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"cannot map {path}: {os.strerror(errno) if errno else 'an empty file'}")
+    buffer = (ctypes.c_uint8 * size).from_address(address)
+    weakref.finalize(buffer, _LIBC.munmap, address, size)  # unmapped with the last array viewing it
+    mapped = np.frombuffer(buffer, np.uint8)
+    mapped.flags.writeable = False
+    return mapped
 
 
 def warm_kernel() -> None:

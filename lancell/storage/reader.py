@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # Every array of an atlas of a few thousand datasets (CELLxGENE holds ~1,500; each has 2-4 arrays): a query or
 # an epoch cycling through more readers than this evicts each before its next use (at 512, past 256 datasets
 # every reader was built again, ~5 store requests each). A reader holds the shard indices it read, 16 B per
-# chunk of 4,096 values: ~20 MiB for a whole 10M-cell atlas, however many datasets it has.
+# chunk of 4,096 values: ~40 MiB per 10^10 values read, however many datasets hold them.
 _MAX_READERS = 16_384
 # (id(obstore store), array path) -> (the store, its reader or None when the layout is not supported). The
 # entry holds the store itself, so its id cannot be reused by another store while the entry lives.

@@ -615,3 +615,38 @@ def test_vacuum_reads_the_cell_table_once_not_once_per_group(tmp_path: Path, mon
     assert len(scans) == 1
     assert len(record_reads) <= 3  # the live records, and each snapshot's (none here), not one per group
     np.testing.assert_array_equal(atlas.query().to_anndata().X.toarray(), counts(3).toarray())
+
+
+def test_vacuum_deletes_the_rows_of_an_ingestion_killed_while_it_ran(tmp_path: Path, monkeypatch) -> None:
+    """The ingestion had claimed its group before vacuum began and wrote its rows after vacuum had read the
+    cell table's pointers, then was killed: the group went, its rows stayed for good (counted "unclaimed", as
+    an older lancell's)."""
+    import subprocess
+    import sys
+    import time
+
+    from lancell import maintenance
+
+    atlas = new_atlas(tmp_path / "db", None)
+    ingest(atlas, "keep", counts(0))
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    child = Path(__file__).with_name("vacuum_race_child.py")
+    proc = subprocess.Popen([sys.executable, str(child), str(tmp_path / "db"), str(flags)])
+    deadline = time.monotonic() + 120
+    while not (flags / "claimed").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (flags / "claimed").exists(), "the child did not reach its rows"
+    real = maintenance.atlas_lock
+
+    def lock(store, name, *args, **kwargs):  # at the victim's group, after vacuum read the pointers
+        if name == dataset_lock_name("victim") and not (flags / "go").exists():
+            (flags / "go").touch()
+            proc.wait(timeout=120)  # its rows written, then killed: its lock is a dead holder's
+        return real(store, name, *args, **kwargs)
+
+    monkeypatch.setattr(maintenance, "atlas_lock", lock)
+    assert atlas.vacuum(grace=timedelta(0)) == {**NOTHING, "groups": 1, "cells": 30}
+    assert proc.returncode == -9
+    assert atlas.core.tables.cells.count_rows() == 30  # the kept dataset's only
+    assert atlas.vacuum(grace=timedelta(0)) == NOTHING
