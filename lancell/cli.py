@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import select
 import signal
 import sys
 import threading
@@ -301,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with one_line_warnings(args.command):
             return args.run(args)
+    except BrokenPipeError as exc:  # stdout's reader left (lancell ls | head -1)?
+        if not _stdout_closed():
+            print_error(args.command, str(exc))
+            return 1
+        if as_program:  # nothing left to flush at exit (Python's "Exception ignored ... BrokenPipeError")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # silent, as a program SIGPIPE ended (128 + 13)
     except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
         print_error(args.command, str(exc))
         return 1
@@ -314,6 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()  # what was printed is out before a Ctrl-C can end the process
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # (no poll on this system, no descriptor)
+        return False
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,4 +1,5 @@
-"""Table commits that an interrupt (Ctrl-C, a notebook's "interrupt kernel") cannot cut loose from lancell.
+"""Table commits that an interrupt (Ctrl-C, a notebook's "interrupt kernel", the CLI's SIGTERM) cannot cut
+loose from lancell.
 
 LanceDB's synchronous calls run on its own event-loop thread while the caller waits. A ``KeyboardInterrupt``
 ends the wait, not the write: lancell's roll-back then ran while the write was still in flight, and the write
@@ -47,19 +48,25 @@ COMMITTING_CALLS = frozenset(
 
 @contextmanager
 def held_interrupts(what: str) -> Iterator[None]:
-    """Hold SIGINT while the block runs (``what``: the call, for the log); raise it when the block ends. A
-    second interrupt is not held: it is raised at once, the commit going on without lancell (as before).
+    """Hold SIGINT, and SIGTERM where Python handles it (the CLI's, a run worker's), while the block runs
+    (``what``: the call, for the log); raise the signal when the block ends. A second signal is not held: it
+    is raised at once, the commit going on without lancell (as before).
 
     Only the main thread receives signals: elsewhere, and where Python has no handler of SIGINT to put back
     (a host program's own, in an embedded interpreter), the block runs as it is. Nested blocks hold one
-    interrupt until the outermost ends.
+    signal until the outermost ends.
     """
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    if previous is None:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    if callable(terminate := signal.getsignal(signal.SIGTERM)):  # (SIG_DFL ends the process, as a crash)
+        previous[signal.SIGTERM] = terminate
     received: list[int] = []
+
+    def put_back() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
     def hold(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
@@ -67,17 +74,18 @@ def held_interrupts(what: str) -> Iterator[None]:
             log.warning("interrupted during %s: stopping once it commits (interrupt again not to wait)", what)
             return
         log.warning("interrupted again during %s: not waiting for it (validate() the atlas)", what)
-        signal.signal(signal.SIGINT, previous)
-        signal.raise_signal(signal.SIGINT)
+        put_back()
+        signal.raise_signal(signum)
 
     try:
-        signal.signal(signal.SIGINT, hold)
+        for signum in previous:
+            signal.signal(signum, hold)
     except ValueError:  # (a subinterpreter)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        put_back()
         if len(received) == 1:
-            signal.raise_signal(signal.SIGINT)  # to the handler there was before: KeyboardInterrupt, usually
+            signal.raise_signal(received[0])  # to the handler there was before: KeyboardInterrupt, usually

@@ -63,6 +63,25 @@ def test_ls_versions_and_validate(built: Path) -> None:
     assert checked.stdout.strip() == "consistent"
 
 
+def test_a_reader_that_leaves_early_ends_the_listing_silently(built: Path) -> None:
+    """lancell ls DB | head -1 printed "lancell ls: error: [Errno 32] Broken pipe" and exited 1."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    try:
+        result = subprocess.run(
+            [str(LANCELL), "ls", str(built / "db")],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 def test_a_snapshot_without_note_lists_a_blank_note(tmp_path: Path) -> None:
     """``lancell versions`` printed ``None`` for a snapshot taken without ``--note``."""
     db = str(tmp_path / "db")

@@ -109,3 +109,25 @@ def test_without_a_python_handler_to_put_back_nothing_is_held(monkeypatch):
     with held_interrupts("a commit"):
         pass
     assert set_to == []
+
+
+def test_a_sigterm_python_handles_is_held_too():
+    """The CLI (and a run worker) turns SIGTERM into an exception: it cut a commit loose as Ctrl-C did."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        seen = []
+        with pytest.raises(Stopped):
+            with held_interrupts("a commit"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                seen.append("committed")
+        assert seen == ["committed"] and signal.getsignal(signal.SIGTERM) is stop
+    finally:
+        signal.signal(signal.SIGTERM, before)
