@@ -326,11 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stdout_closed() -> bool:
-    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    """Whether standard output's reader has gone (poll reports an error on a pipe's write end, a hang-up on a
+    socket's)."""
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # (no poll on this system, no descriptor)
         return False
 

@@ -18,6 +18,7 @@ layouts (float values, remote stores, chunks an index marks unwritten) are read 
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 import threading
@@ -44,37 +45,42 @@ _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint
 
 # libc's mmap: Python's mmap.mmap keeps a duplicate of its file's descriptor for the map's life, one per
 # shard file mapped (at ~500 datasets past the usual limit of 1,024: "Too many open files" mid-epoch)
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.mmap.restype = ctypes.c_void_p
-_LIBC.mmap.argtypes = (
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-)
-_LIBC.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, with ``mmap`` and ``munmap`` declared; None where there is none to load (Windows)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, *[ctypes.c_int] * 3, ctypes.c_long)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
 def _map(path: str) -> np.ndarray:
-    """The file at ``path`` mapped read-only as a 1-D uint8 array (mapped as long as the array lives; no
-    descriptor kept open)."""
+    """The file at ``path`` mapped read-only as a 1-D uint8 array (mapped as long as an array views it; no
+    descriptor kept open where the C library can map it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        libc = _libc()
+        if libc is None:  # (Python's mmap, which keeps a duplicate of the descriptor)
+            return np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)
         size = os.fstat(fd).st_size
-        address = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else _MAP_FAILED
+        ctypes.set_errno(0)
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else _MAP_FAILED
     finally:
         os.close(fd)
     if address in (None, _MAP_FAILED):
         errno = ctypes.get_errno()
         raise OSError(errno, f"cannot map {path}: {os.strerror(errno) if errno else 'an empty file'}")
     buffer = (ctypes.c_uint8 * size).from_address(address)
-    weakref.finalize(buffer, _LIBC.munmap, address, size)  # unmapped with the last array viewing it
-    mapped = np.frombuffer(buffer, np.uint8)
-    mapped.flags.writeable = False
-    return mapped
+    # unmapped with the last array viewing it, never at exit: a thread may still be reading (a segfault)
+    weakref.finalize(buffer, libc.munmap, address, size).atexit = False
+    return np.frombuffer(memoryview(buffer).toreadonly(), np.uint8)  # (PROT_READ: a write would crash)
 
 
 def warm_kernel() -> None:

@@ -80,6 +80,17 @@ def test_a_reader_that_leaves_early_ends_the_listing_silently(built: Path) -> No
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
+    import socket
+
+    ours, theirs = socket.socketpair()  # a socket's reader gone: poll says "hang-up", not "error"
+    ours.close()
+    try:
+        result = subprocess.run(
+            [str(LANCELL), "ls", str(built / "db")], stdout=theirs, stderr=subprocess.PIPE, text=True, timeout=600
+        )
+    finally:
+        theirs.close()
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def test_a_snapshot_without_note_lists_a_blank_note(tmp_path: Path) -> None:

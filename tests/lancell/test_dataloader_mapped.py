@@ -195,6 +195,39 @@ def test_a_dataset_smaller_than_a_chunk_leaves_the_others_mapped(atlas, celltypi
     assert len(os.listdir("/proc/self/fd")) == descriptors
 
 
+EXIT_WHILE_READING = """
+import sys, threading, time
+import numpy as np
+from lancell.atlas import RaggedAtlas
+
+query = RaggedAtlas.checkout_latest(sys.argv[1]).query().where("dataset_uid = 'celltypist_sample'")
+dataset = query.layers("gene_expression", "counts").to_cell_dataset("gene_expression", "counts")
+positions = np.tile(np.arange(len(dataset)), 400)  # one long kernel call per batch
+dataset.__getitems__(positions[:10])
+assert dataset.mapped_batches == 1
+
+
+def read():
+    while True:
+        dataset.__getitems__(positions)
+
+
+threading.Thread(target=read, daemon=True).start()
+time.sleep(1.0)
+"""
+
+
+def test_a_thread_still_reading_when_the_program_ends_does_not_crash_it(bundled_root: Path) -> None:
+    """The mapped shard files were unmapped at exit while a daemon thread's kernel read them: exit 139."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", EXIT_WHILE_READING, str(bundled_root / "db")], capture_output=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 FIRST_BATCH = """
 import sys
 import numba.core.dispatcher as dispatcher
