@@ -85,9 +85,8 @@ def test_a_reader_that_leaves_early_ends_the_listing_silently(built: Path) -> No
     ours, theirs = socket.socketpair()  # a socket's reader gone: poll says "hang-up", not "error"
     ours.close()
     try:
-        result = subprocess.run(
-            [str(LANCELL), "ls", str(built / "db")], stdout=theirs, stderr=subprocess.PIPE, text=True, timeout=600
-        )
+        command = [str(LANCELL), "ls", str(built / "db")]
+        result = subprocess.run(command, stdout=theirs, stderr=subprocess.PIPE, text=True, timeout=600)
     finally:
         theirs.close()
     assert (result.returncode, result.stderr) == (141, "")
