@@ -232,7 +232,7 @@ def remove_debris(
         )
     # a snapshot's group stays for its checkouts; only the pointers into it go from the table's current
     # version (a deletion stopped between the record and the rows: the dataset's rows, an attached
-    # modality's pointers), read once where there are such groups
+    # modality's pointers)
     pinned_groups = {claim.group for claim in candidates if referenced_names.nests(claim.group)}
     # read again only when the table has changed, not once per group (a scan of the cell table each:
     # quadratic in the datasets deleted); an ingestion killed after vacuum began changed it with its rows
