@@ -26,6 +26,7 @@ from lancell.errors import (
     DatasetNotFoundError,
     LancellWarning,
     LockTimeoutError,
+    StoreError,
     caller_outside_lancell,
     require_age,
     require_type,
@@ -91,7 +92,8 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
             # readers, nulled by the next attachment to these cells (hold_host) or by vacuum()
             core.tables.datasets.delete(own)
             lease.check()
-            detach_pointers(core, record["feature_space"], record["zarr_group"])
+            with _record_deleted(uid, "its cells' pointers into its group were not nulled"):
+                detach_pointers(core, record["feature_space"], record["zarr_group"])
             return
         # the records of the dataset and of every modality attached to its cells go in one commit, then the
         # rows pointing into the deleted record's group: never those of a later dataset of the same uid
@@ -100,7 +102,22 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
         core.tables.datasets.delete(f"({own}) OR ({modalities})")
         pointer = f"{record['feature_space']}.zarr_group = {sql_literal(record['zarr_group'])}"
         lease.check()
-        core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)} AND {pointer}")
+        with _record_deleted(uid, "its cell rows are not"):
+            core.tables.cells.delete(f"dataset_uid = {sql_literal(uid)} AND {pointer}")
+
+
+@contextmanager
+def _record_deleted(uid: str, left: str) -> Iterator[None]:
+    """A plain store failure in the block, after dataset ``uid``'s record was deleted, raised again saying
+    so: the dataset is deleted, what is ``left`` (vacuum() finishes)."""
+    try:
+        yield
+    except StoreError as exc:
+        if type(exc) is not StoreError:  # a lock lost, say: said as it is
+            raise
+        error = StoreError(f"dataset {uid!r} is deleted, but {left} (vacuum() finishes the deletion): {exc}")
+        error.errno = exc.errno
+        raise error from exc
 
 
 @contextmanager

@@ -39,7 +39,7 @@ from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
 from lancell.storage.offsets import read_offsets
 from lancell.storage.reader import read_element_ranges
-from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
+from lancell.storage.store_failures import StoreFailures, one_line, store_error, store_failed
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import read_global_indices, sql_literal
@@ -157,9 +157,12 @@ def add_layer(
                     atlas.core.tables.datasets.update(where=where, values={"layers": layers})
                 except Exception as undo:
                     log.error(
-                        "add_layer %s of %s: the record may list the layer: %s", name, dataset_uid, undo
+                        "add_layer %s of %s: the record may list the layer: %s",
+                        name,
+                        dataset_uid,
+                        one_line(undo),
                     )
-            if is_store_failure(exc):  # the zarr store's own errors (obstore's): typed, named
+            if store_failed(exc):  # the zarr store's (obstore's) or LanceDB's (as guarded): typed, named
                 raise store_error(exc, f"add_layer: dataset {dataset_uid!r}, layer {name!r}") from exc
             raise
         finally:
@@ -378,5 +381,7 @@ def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:
                 del group[parent][name]
     except Exception as exc:  # whatever the store raises: the caller's own error stands
         log.error(
-            "roll-back of layer %s left debris (invisible; the next add_layer overwrites it): %s", name, exc
+            "roll-back of layer %s left debris (invisible; the next add_layer overwrites it): %s",
+            name,
+            one_line(exc),
         )

@@ -16,14 +16,16 @@ import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 
+import obstore.exceptions as obs_errors
 import pyarrow as pa
 
-from lancell.errors import IngestError, StoreError
+from lancell.errors import IngestError
 from lancell.ingest.fingerprint import find_duplicates
 from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.write_transaction import WriteTransaction
 from lancell.storage.small_pages import numpy_small_pages
-from lancell.storage.store_failures import is_store_failure, store_error
+from lancell.storage.store_failures import one_line, store_error, store_failed
+from lancell.storage.stores import describe_store
 from lancell.tables.schema import DatasetRecord
 
 __all__ = ["run_transactions"]
@@ -45,11 +47,10 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
             transaction.roll_back()  # all but committed records (an interrupt while the locks were released)
         if added := [transaction.record.uid for transaction in transactions if transaction.committed]:
             log.warning("datasets %s were committed before %r: they are in the atlas", added, exc)
-        # a store failure (unreachable, refused, timed out), raw or as the store boundary raised it (a plain
-        # StoreError it caused; StoreError's subclasses, a lost lock say, keep their type): typed, named
-        if is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__)):
-            uids = ", ".join(repr(transaction.record.uid) for transaction in transactions)
-            raise store_error(exc, f"dataset {uids}: the object store failed while it was written") from exc
+        # a store failure (unreachable, refused, timed out, full), raw or as guarded (StoreError's
+        # subclasses, a lost lock say, keep their type): typed, named
+        if store_failed(exc):
+            raise store_error(exc, _failed(transactions, exc)) from exc
         raise
     finally:
         for transaction in transactions:
@@ -61,6 +62,23 @@ def run_transactions(transactions: Sequence[WriteTransaction]) -> list[DatasetRe
         transaction.record if transaction.duplicate_of is None else transaction.duplicate_of
         for transaction in transactions
     ]
+
+
+def _failed(transactions: Sequence[WriteTransaction], exc: BaseException) -> str:
+    """What a store failure did to ``transactions``' datasets (and, for the zarr store's own errors, which
+    say no more than the file system's words, which store it was)."""
+    core = transactions[0].core
+    lost = ", ".join(repr(t.record.uid) for t in transactions if not t.committed and not t.unsettled)
+    unsettled = ", ".join(repr(t.record.uid) for t in transactions if t.unsettled)
+    if lost:
+        said = f"dataset {lost}: not ingested"
+    elif unsettled:
+        said = f"dataset {unsettled}: may be in the atlas (list_datasets() tells; vacuum() clears if not)"
+    else:
+        said = "the datasets were committed, then"
+    if isinstance(exc, obs_errors.BaseError):
+        said += f" (the zarr store {describe_store(core.store)} failed)"
+    return said
 
 
 def _commit(transactions: Sequence[WriteTransaction]) -> None:
@@ -95,11 +113,33 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                         transaction.record_added()
                 except BaseException:  # the add may have committed: delete the records again, in one commit
                     # (deleting no row is harmless: each uid's lock is held, no one else commits it)
-                    own = " OR ".join(f"({transaction.own_record()})" for transaction in committing)
-                    core.tables.datasets.delete(own)
-                    for transaction in committing:
-                        transaction.record_removed()
+                    _delete_records(core, committing)
                     raise
+
+
+def _delete_records(core, committing: Sequence[WriteTransaction]) -> None:
+    """Delete the records of ``committing``, whose add failed or was interrupted (it may have committed).
+
+    Should that delete fail too, whether the records are in the atlas is unknown: nothing of theirs is
+    rolled back then (:meth:`~lancell.ingest.write_transaction.WriteTransaction.record_unsettled`; were they
+    not committed, vacuum() removes their rows and groups), the add's error stands and this one is logged.
+    """
+    own = " OR ".join(f"({transaction.own_record()})" for transaction in committing)
+    try:
+        core.tables.datasets.delete(own)
+    except Exception as undo:
+        for transaction in committing:
+            transaction.record_unsettled()
+        uids = [transaction.record.uid for transaction in committing]
+        log.error(
+            "datasets %s: their records' commit failed and so did their deletion (%s): they may be in the "
+            "atlas; list_datasets() tells, and vacuum() removes their rows and groups if they are not",
+            uids,
+            one_line(undo),
+        )
+        return
+    for transaction in committing:
+        transaction.record_removed()
 
 
 def _skip_with_host(host: WriteTransaction, modalities: Sequence[WriteTransaction]) -> None:

@@ -148,6 +148,7 @@ class WriteTransaction:
         self._leases: list[Lease] = []  # the dataset's claim; for a further modality, also its host's
         self._group: str | None = None
         self._layout_written = self._rows_written = self._committed = False
+        self._unsettled = False  # the record's add and its deletion failed: it may be committed
         self._short = False  # staged up to the fingerprint only: the content was already committed
         self._started = time.perf_counter()
 
@@ -315,10 +316,23 @@ class WriteTransaction:
         """The record's add failed or was interrupted, and the record was deleted again."""
         self._committed = False
 
+    def record_unsettled(self) -> None:
+        """The record's add failed or was interrupted and its deletion failed: it may be committed, so
+        nothing is rolled back (what it owns stays; vacuum() removes it should the record not be there)."""
+        self._committed = True
+        self._unsettled = True
+
     @property
     def committed(self) -> bool:
-        """Whether the record was added (:meth:`record_added`)."""
-        return self._committed
+        """Whether the record was added (:meth:`record_added`; not where that is unknown:
+        :meth:`record_unsettled`)."""
+        return self._committed and not self._unsettled
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether the record's add and its deletion failed, so that it may be committed
+        (:meth:`record_unsettled`)."""
+        return self._unsettled
 
     def own_record(self) -> str:
         """SQL selecting this transaction's record: its uid and its group (never another's of the uid)."""

@@ -220,8 +220,13 @@ class CsrBlocks:
 
     def _write(self, block: _Sorted) -> None:
         position = block.position
-        for part in block.parts:
-            position = pwrite_all(self._file.fileno(), part, position)
+        try:
+            for part in block.parts:
+                position = pwrite_all(self._file.fileno(), part, position)
+        except OSError as exc:  # (a full disk: not the stores' own, which the caller would be told it was)
+            raise OSError(
+                exc.errno, f"the CSC copy's spill file in {tempfile.gettempdir()} (TMPDIR): {exc.strerror}"
+            ) from exc
         block.parts = None
 
     def parts(self, bucket: int) -> list[Part]:

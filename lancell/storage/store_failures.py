@@ -31,7 +31,16 @@ from lancell.errors import LancellError, StoreError
 from lancell.storage.held_interrupts import COMMITTING_CALLS, held_interrupts
 from lancell.storage.small_pages import numpy_small_pages, on_small_pages
 
-__all__ = ["StoreFailures", "guard", "is_store_failure", "one_line", "store_boundary", "store_error"]
+__all__ = [
+    "StoreFailures",
+    "guard",
+    "is_store_failure",
+    "one_line",
+    "os_errno",
+    "store_boundary",
+    "store_error",
+    "store_failed",
+]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,6 +57,10 @@ _DUMP_MESSAGE = re.compile(r'message: "([^"]+)"')
 _RUST_CAUSE = re.compile(r"\s\w+ \{ source: ")
 _S3_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:<Message>([^<]+)</Message>)?")
 _STATUS = re.compile(r"status: (\d{3})")
+# Where in Lance's Rust sources an error was made (", /root/.cargo/registry/src/.../writer.rs:258:9")
+_RUST_SOURCE = re.compile(r",? \S+\.rs:\d+:\d+")
+# How Rust renders a system error's number (std::io::Error's Display)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 # Objects of these packages are guarded when a guarded call returns them.
 _GUARDED_PACKAGES = frozenset({"lance", "lancedb"})
 # Where a guarded object reads and writes (an instance attribute), and the guarded subclass of each class.
@@ -58,22 +71,30 @@ _GUARDED: dict[type, type | None] = {}
 def is_store_failure(exc: BaseException | None) -> bool:
     """Whether ``exc`` is an I/O failure of a store raised outside lancell.
 
-    That is any of obstore's errors but an invalid path (a programming error), any ``OSError``, and a
+    That is any of obstore's errors but an invalid path (a programming error), any ``OSError`` but a
+    ``BrokenPipeError`` (stores' connections report theirs in their own errors), and a
     ``RuntimeError`` or ``ValueError`` (pyarrow's ``ArrowInvalid``) that reports a Lance I/O error. lancell's
     own errors (a ``StoreError`` included) are not: they are raised as they are.
     """
-    if exc is None or isinstance(exc, LancellError | obs_errors.InvalidPathError):
-        return False
+    if exc is None or isinstance(exc, LancellError | obs_errors.InvalidPathError | BrokenPipeError):
+        return False  # (a broken pipe: a pipe of the process's own, stderr's say, whose reader left)
     if isinstance(exc, obs_errors.BaseError | OSError):
         return True
     return isinstance(exc, RuntimeError | ValueError) and _LANCE_IO in str(exc)
 
 
+def store_failed(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a store failure (:func:`is_store_failure`), raw or as a guard or a store boundary
+    raised it: a plain ``StoreError`` it caused (``StoreError``'s subclasses, a lost lock say, are not)."""
+    return is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__))
+
+
 def one_line(exc: BaseException) -> str:
     """``exc``'s message on one line: up to the debug dump obstore appends, lines joined (an S3 error's code
-    follows the first line), and the innermost cause the dump names ("Connection refused")."""
+    follows the first line), and the innermost cause the dump names ("Connection refused"); without the
+    places in Lance's Rust sources it names."""
     message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
-    text = _without_rust_debug(" ".join(message.split())) or type(exc).__name__
+    text = _RUST_SOURCE.sub("", _without_rust_debug(" ".join(message.split()))) or type(exc).__name__
     # the system's own words for a refused connection or an unknown host are only in the dump
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
@@ -130,8 +151,22 @@ _HINTS: tuple[tuple[re.Pattern[str], Callable[[], str]], ...] = (
 
 def store_error(exc: BaseException, what: str) -> StoreError:
     """A ``StoreError`` saying that ``what`` failed because of ``exc``, on one line (:func:`one_line`; the
-    whole error stays chained as the cause)."""
-    return StoreError(f"{what}: {one_line(exc)}")
+    whole error stays chained as the cause), with ``exc``'s ``errno`` (:func:`os_errno`)."""
+    error = StoreError(f"{what}: {one_line(exc)}")
+    error.errno = os_errno(exc)
+    return error
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The system's error number behind ``exc``: that of the first ``OSError`` of its chain of causes that
+    has one, else the one a Rust I/O error names in its message ("... (os error 28)"), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    named = _OS_ERROR.findall(str(exc))
+    return int(named[-1]) if named else None
 
 
 class StoreFailures:

@@ -148,5 +148,9 @@ def _update_version(meta: Mapping[str, Any]) -> dict[str, str]:
 
 def _write(file: Path, data: bytes) -> None:
     temporary = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, file)
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, file)
+    except BaseException:  # (a full disk: the empty file it made is not left behind)
+        temporary.unlink(missing_ok=True)
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import anndata as ad
@@ -679,7 +680,7 @@ def test_a_store_failing_mid_write_is_a_store_error_naming_the_dataset(atlas, mo
         obs=pd.DataFrame(index=["a", "b"]),
         var=pd.DataFrame(index=GENES[:2]),
     )
-    with pytest.raises(StoreError, match="dataset 'frozen': the object store failed while it was written"):
+    with pytest.raises(StoreError, match="dataset 'frozen': not ingested"):
         add_from_anndata(
             atlas,
             adata,
@@ -783,3 +784,42 @@ def test_a_bad_value_in_a_new_panel_leaves_no_table_version(atlas):
     with pytest.raises(DataValueError, match="'bad'"):
         _ingest(atlas, bad, "bad")
     assert visible_state(atlas, versions=True) == before
+
+
+@pytest.mark.parametrize("when", ["after the commit", "before the commit"])
+def test_a_records_commit_whose_undo_fails_too_keeps_what_the_record_owns(atlas, monkeypatch, caplog, when):
+    """The records' add failed (the disk full) and so did their deletion: the deletion's error replaced the
+    add's, and the roll-back went on to delete the cell rows and group of a record that may have been
+    committed (it was, "after the commit": the dataset lost its cells)."""
+    from lancell.errors import StoreError
+    from lancell.tables.atlas_tables import AtlasTables
+
+    real = AtlasTables.datasets
+
+    class Full:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def add(self, *args, **kwargs):
+            if when == "after the commit":
+                self._table.add(*args, **kwargs)
+            raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
+
+        def delete(self, *args, **kwargs):
+            raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
+
+    _ingest(atlas, _adata(seed=1), "kept")
+    with monkeypatch.context() as patched:
+        patched.setattr(AtlasTables, "datasets", property(lambda tables: Full(real.fget(tables))))
+        with pytest.raises(StoreError, match=r"'full': may be in the atlas .*No space left") as raised:
+            _ingest(atlas, _adata(seed=2), "full")
+    assert raised.value.errno == 28
+    assert "so did their deletion" in caplog.text
+    committed = when == "after the commit"
+    assert sorted(atlas.list_datasets()["uid"]) == (["full", "kept"] if committed else ["kept"])
+    assert atlas.validate() == [] and _cells(atlas) == (400 if committed else 200)  # (its debris hidden)
+    assert atlas.vacuum(grace=timedelta(0))["cells"] == (0 if committed else 200)
+    assert _cells(atlas) == (400 if committed else 200) and atlas.validate() == []

@@ -101,7 +101,7 @@ def test_a_server_gone_mid_ingestion_is_a_store_error_naming_the_dataset(own_ser
         return ensure_layout(*args, **kwargs)
 
     monkeypatch.setattr(write_transaction, "ensure_layout", dying)
-    with pytest.raises(StoreError, match="dataset 'd1': the object store failed") as raised:
+    with pytest.raises(StoreError, match="dataset 'd1': not ingested") as raised:
         ingest(atlas, "d1", 1)
     assert "LanceError(IO)" in str(raised.value)  # LanceDB's I/O failure, as its cause says
 

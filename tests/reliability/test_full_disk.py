@@ -1,0 +1,143 @@
+"""A full disk (ENOSPC) mid-operation: a typed error saying what was done and what was not, with the
+system's error number, and no debris left by lancell's own files.
+
+The disk fills by monkeypatching the write that fails (a tmpfs would need root); the errors are the ones
+LanceDB, obstore and the file system raised on a full tmpfs.
+"""
+
+from __future__ import annotations
+
+import errno
+from datetime import timedelta
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from lancell.atlas import RaggedAtlas
+from lancell.errors import StoreError
+from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage import csc_blocks
+from lancell.storage.store_failures import is_store_failure, one_line, store_error
+from lancell.synthetic import synthetic_counts
+from lancell.tables import lock_objects
+from lancell.tables.atlas_tables import AtlasTables
+from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+GENES = [f"g{i}" for i in range(40)]
+# what LanceDB raised on a full tmpfs (its Rust source place included)
+LANCE_FULL = (
+    "lance error: LanceError(IO): Generic LocalFileSystem error: Unable to copy data to file: No space left "
+    "on device (os error 28), /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/"
+    "lance-table-13.0.0/src/io/commit.rs:166:31"
+)
+
+
+class Gene(FeatureBaseSchema):
+    pass
+
+
+class Cell(LancellBaseSchema):
+    gene_expression: SparseZarrPointer | None = None
+
+
+@pytest.fixture
+def atlas(tmp_path: Path) -> RaggedAtlas:
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", Cell, registry_schemas={"gene_expression": Gene}
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES}))
+    return atlas
+
+
+def _ingest(atlas: RaggedAtlas, uid: str, seed: int, **kwargs: object) -> DatasetRecord:
+    x = synthetic_counts(30, len(GENES), 8, np.random.default_rng(seed))
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(30)])
+    return add_from_anndata(
+        atlas,
+        ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=GENES)),
+        feature_space="gene_expression",
+        zarr_layer="counts",
+        dataset_record=DatasetRecord(uid=uid),
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_a_store_error_carries_the_systems_error_number_and_no_rust_source_places():
+    """``except OSError as e: e.errno == errno.ENOSPC`` never matched: every StoreError had errno None."""
+    from_rust = store_error(RuntimeError(LANCE_FULL), "add() on table 'cells' failed")
+    assert from_rust.errno == errno.ENOSPC
+    assert ".rs:" not in str(from_rust) and str(from_rust).endswith("(os error 28)")
+    from_python = store_error(OSError(errno.EROFS, "Read-only file system"), "cannot take lock 'x'")
+    assert from_python.errno == errno.EROFS
+    assert store_error(RuntimeError("lance error: LanceError(IO): timed out"), "read").errno is None
+    assert one_line(RuntimeError(LANCE_FULL)).endswith("No space left on device (os error 28)")
+
+
+def test_a_broken_pipe_is_no_store_failure():
+    """stderr's reader gone (``lancell ingest ... 2>&1 | head -1``) was said to be the object store's
+    failure, and the CLI's quiet exit for a closed pipe never ran."""
+    assert not is_store_failure(BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    assert is_store_failure(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_a_deletion_stopped_after_the_record_says_the_dataset_is_deleted(atlas, monkeypatch):
+    """The record's deletion committed and the cell rows' failed: the message named table 'cells' only,
+    and a retry said "no dataset 'b' in the atlas"."""
+    _ingest(atlas, "a", 1)
+    _ingest(atlas, "b", 2)
+    real = AtlasTables.cells
+
+    class Full:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def delete(self, *args, **kwargs):
+            raise StoreError("delete() on table 'cells' failed: No space left on device (os error 28)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AtlasTables, "cells", property(lambda tables: Full(real.fget(tables))))
+        with pytest.raises(StoreError, match=r"dataset 'b' is deleted, but its cell rows are not \(vacuum"):
+            atlas.delete_dataset("b")
+    assert atlas.list_datasets()["uid"].tolist() == ["a"] and atlas.validate() == []
+    assert atlas.vacuum(grace=timedelta(0))["cells"] == 30
+    assert atlas.query().count() == 30
+
+
+def test_a_full_disk_under_the_csc_spill_file_is_said_to_be_there(atlas, monkeypatch):
+    """The spill file's ENOSPC read "the object store failed while it was written: [Errno 28] No space
+    left on device": the disk to free was not the store's."""
+
+    def full(fd, data, position):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(csc_blocks, "pwrite_all", full)
+    monkeypatch.setattr("lancell.ingest.write_transaction.CSC_BUDGET", 100)  # spilled
+    with pytest.raises(StoreError, match=r"'big': not ingested: .*the CSC copy's spill file in ") as raised:
+        _ingest(atlas, "big", 3, csc=True)
+    assert raised.value.errno == errno.ENOSPC
+    assert atlas.list_datasets().empty and atlas.validate() == []
+
+
+def test_a_lock_object_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Each refused lock write (and each renewal of a held lock) left an empty ``.NAME.lock.<hex>.tmp``
+    that nothing removed."""
+    real = Path.write_bytes
+
+    def full(path, data):
+        real(path, b"")  # the file is made, its bytes are not
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "locks" / "a.lock"
+    target.parent.mkdir()
+    with pytest.raises(OSError, match="No space"):
+        lock_objects._write(target, b"{}")
+    assert list(target.parent.iterdir()) == []
