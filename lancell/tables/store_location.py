@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import obstore
@@ -334,10 +335,26 @@ def comparable_location(uri: str) -> str:
 
 
 def _legacy_creation(here: str, url: str) -> str | None:
-    """Where an atlas on an object store that recorded no ``db_url`` (created before one was recorded for
-    such atlases) was created, as far as its store tells: the database of a default store (``<db>/_zarr``)
-    other than ``here`` (a copy), else None. Such a copy is never relocated (a store of that name elsewhere
-    cannot be told from the default): it is refused for writing and read as recorded."""
-    if is_local(here) or not url.endswith("/_zarr") or url.removesuffix("/_zarr") == here:
+    """Where an atlas that recorded no ``db_url`` (created before one was recorded) was created, as far as
+    its store tells: the database of a default store (``<db>/_zarr``) other than ``here`` (a copy), else
+    None. On local disk that folder must be another than ``here`` and an atlas database, not a store of its
+    own that happens to be named ``_zarr``. Such a copy is never relocated (a
+    store of that name elsewhere cannot always be told from the default): it is refused for writing and read
+    as recorded (a ``cp -r`` copy of an atlas written before 2026-12-05 wrote to, and vacuumed, the
+    original's store)."""
+    origin = url.removesuffix("/_zarr")
+    if not url.endswith("/_zarr") or origin == here:
         return None
-    return url.removesuffix("/_zarr")
+    if is_local(here) and is_local(origin):
+        folder, own = local_path(origin), local_path(here)
+        if not (folder / f"{DATASETS_TABLE}.lance").exists() or _same(folder, own):
+            return None  # (gone: a store that does not exist is refused as such)
+    return origin
+
+
+def _same(folder: Path, other: Path) -> bool:
+    """Whether ``folder`` and ``other`` are the same folder (by other paths: a link, a bind mount)."""
+    try:
+        return os.path.samefile(folder, other)
+    except OSError:
+        return False

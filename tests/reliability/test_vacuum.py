@@ -445,6 +445,39 @@ def test_a_copy_whose_original_cannot_be_read_is_refused_the_recorded_store(
         RaggedAtlas.open(str(tmp_path / "b"), store=str(tmp_path / "arrays"))
 
 
+def test_a_copy_of_a_local_atlas_that_recorded_no_creation_place_is_refused_the_originals_store(
+    tmp_path: Path,
+) -> None:
+    """Atlases created before 2026-12-05 recorded no ``db_url``: a ``cp -r`` copy of one (default store
+    ``<db>/_zarr``, an absolute URL) opened the original's store, wrote there, and its vacuum() deleted the
+    original's groups."""
+    original = new_atlas(tmp_path / "a" / "db", None)
+    x = {uid: counts(seed) for seed, uid in enumerate(["x", "y"])}
+    ingest(original, "x", x["x"])
+    meta_path = tmp_path / "a" / "db" / "_lancell" / "atlas.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "db_url"}))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(StoreError, match=r"was created at .*/a/db \(copied or moved\).*pass store="):
+        RaggedAtlas.open(str(tmp_path / "b" / "db"))
+    copy = RaggedAtlas.open(str(tmp_path / "b" / "db"), store=str(tmp_path / "b" / "db" / "_zarr"))
+    ingest(copy, "y", x["y"])
+    copy.delete_dataset("x")
+    assert copy.vacuum(grace=timedelta(0))["groups"] == 1
+    assert_exact(RaggedAtlas.open(str(tmp_path / "a" / "db")), {"x": x["x"]})  # the original, whole
+    assert_exact(copy, {"y": x["y"]})
+    # the original opens for writing where it was created, by another path too (a link)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    ingest(RaggedAtlas.open(str(tmp_path / "link" / "db")), "y", x["y"])
+    # and a store of its own that happens to be named _zarr (no atlas database beside it) is no copy's
+    elsewhere = new_atlas(tmp_path / "c" / "db", str(tmp_path / "d" / "_zarr"))
+    meta_path = tmp_path / "c" / "db" / "_lancell" / "atlas.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "db_url"}))
+    ingest(RaggedAtlas.open(str(tmp_path / "c" / "db")), "x", x["x"])
+    assert_exact(RaggedAtlas.open(str(elsewhere.db_uri)), {"x": x["x"]})
+
+
 def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: Path) -> None:
     """``cp -r`` of an atlas: its recorded (absolute) store was the original's, so the copy's ingestions
     wrote there and its vacuum() deleted the original's groups (same atlas id, claims copied)."""
