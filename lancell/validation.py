@@ -21,6 +21,7 @@ from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
 from lancell.storage.stores import read_json
+from lancell.tables.layout_numbering import layouts_off_the_registry
 from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import sql_literal
 from lancell.tables.visibility import visible_cells_filter
@@ -255,32 +256,19 @@ def _damaged_chunks(
 
 def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.Table) -> list[str]:
     """The layouts of ``datasets`` that record a feature their space's registry does not hold under the
-    same global index: a query places a dataset's local features at the layout's global indices and names
-    them from the registry, so it would read one gene's values under another's name."""
+    same global index (:mod:`lancell.tables.layout_numbering`)."""
     problems = []
     for space in sorted(set(datasets.column("feature_space").to_pylist()) & set(core.feature_spaces)):
         used = datasets.filter(pc.equal(datasets.column("feature_space"), space)).column("layout_uid")
         rows = layouts.filter(pc.is_in(layouts.column("layout_uid"), value_set=pc.unique(used)))
-        registry = core.tables.registry(space).to_arrow().select(["uid", "global_index"])
-        registered = registry.rename_columns(["feature_uid", "registered_index"])
-        joined = rows.join(registered, "feature_uid", join_type="left outer")
-        off = joined.filter(
-            pc.invert(
-                pc.fill_null(
-                    pc.equal(joined.column("global_index"), joined.column("registered_index")), False
-                )
-            )
-        )
-        counted = _value_counts(off.column("layout_uid"))
-        for layout in sorted(counted):
-            mine = off.filter(pc.equal(off.column("layout_uid"), layout)).sort_by("local_index").slice(0, 1)
-            example = mine.to_pylist()[0]
+        for layout, (count, example) in layouts_off_the_registry(core, space, rows).items():
             held = example["registered_index"]
             problems.append(
-                f"layout {layout!r} ({space}): {counted[layout]} features are "
-                f"not in the registry under the global index it records, e.g. {example['feature_uid']!r} "
-                f"(layout {example['global_index']}, registry "
-                f"{'none: not registered' if held is None else held})"
+                f"layout {layout!r} ({space}): {count} features are not in the registry under the global "
+                f"index it records, e.g. {example['feature_uid']!r} (layout {example['global_index']}, "
+                f"registry {'none: not registered' if held is None else held}); its datasets read other "
+                "features' values under these names (a layout an older lancell shared between feature "
+                "spaces): delete them and ingest them again"
             )
     return problems
 

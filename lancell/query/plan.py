@@ -36,6 +36,7 @@ from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cell
 from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.stores import describe_store
 from lancell.tables.atlas_tables import read_columns
+from lancell.tables.layout_numbering import check_layouts_numbered
 from lancell.tables.registry import read_global_indices
 from lancell.tables.registry_view import registry_view
 
@@ -237,6 +238,7 @@ def _describe_groups(
         layers = [present.pop()] if present else []
     need = any if on_unmeasured == "keep" else all
     kept = [name for name, stored in layers_of.items() if layers and need(lay in stored for lay in layers)]
+    check_layouts_numbered(core, list(by_group.values()), kept)
     layouts = read_global_indices(core, [by_group[name]["layout_uid"] for name in kept])
     groups = {}
     for name in kept:

@@ -117,3 +117,56 @@ def test_one_panel_in_two_feature_spaces_numbered_otherwise_reads_its_own_genes(
         assert out.var_names.tolist() == ["A", "B", "C"] and np.array_equal(out.X.toarray(), x.toarray())
         one = atlas.query().where(dataset_uid=uid).features(["A"], space).to_anndata()
         assert one.X.toarray().ravel().tolist() == [1, 4]
+
+
+def test_a_layout_an_older_lancell_shared_between_two_spaces_is_refused_by_queries(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Atlases written before the layout uid hashed the global indices keep the shared layout: validate()
+    reported it, but queries still read A's values under Z's name."""
+    import hashlib
+
+    import lancell.ingest.plan
+
+    def by_uids_alone(feature_uids, global_index):  # the layout uid as lancell named it then
+        return hashlib.sha256("\x1f".join(feature_uids).encode()).hexdigest()[:24]
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene}
+    )
+    atlas.register_features("rna", pd.DataFrame({"uid": ["A", "B", "C"]}))
+    atlas.register_features("rna2", pd.DataFrame({"uid": ["Z", "A", "B", "C"]}))
+    x = sp.csr_matrix(np.array([[1, 2, 3], [4, 5, 6]], np.int32))
+    with monkeypatch.context() as patched:
+        patched.setattr(lancell.ingest.plan, "layout_uid_for", by_uids_alone)
+        for uid, space in (("d1", "rna"), ("d2", "rna2")):
+            obs, var = (
+                pd.DataFrame(index=[f"{uid}_{i}" for i in range(2)]),
+                pd.DataFrame(index=["A", "B", "C"]),
+            )
+            add_from_anndata(
+                atlas, ad.AnnData(X=x, obs=obs, var=var), feature_space=space, zarr_layer="counts",
+                dataset_record=DatasetRecord(uid=uid), progress=False,
+            )  # fmt: skip
+    problems = atlas.validate()
+    assert len(problems) == 1 and "(rna2)" in problems[0] and "ingest them again" in problems[0]
+    # the first space's dataset reads right; the second's is refused, alone or with it
+    out = atlas.query().feature_space("rna").where(dataset_uid="d1").to_anndata()
+    assert out.var_names.tolist() == ["A", "B", "C"] and np.array_equal(out.X.toarray(), x.toarray())
+    for query in (
+        atlas.query().feature_space("rna2"),
+        atlas.query().where(dataset_uid="d2").features(["A"], "rna2"),
+        RaggedAtlas.open(atlas.db_uri, read_only=True).query().feature_space("rna2"),
+    ):
+        with pytest.raises(QueryError, match=r"'d2' \(rna2\) use a feature layout that an older lancell"):
+            query.to_anndata()
+    # the remedy the message names
+    atlas.delete_dataset("d2")
+    obs, var = pd.DataFrame(index=["d2_0", "d2_1"]), pd.DataFrame(index=["A", "B", "C"])
+    add_from_anndata(
+        atlas, ad.AnnData(X=x, obs=obs, var=var), feature_space="rna2", zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d2"), progress=False,
+    )  # fmt: skip
+    assert atlas.validate() == []
+    one = atlas.query().where(dataset_uid="d2").features(["A"], "rna2").to_anndata()
+    assert one.X.toarray().ravel().tolist() == [1, 4]
