@@ -17,7 +17,6 @@ listed in the group's ``zero_fill``.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -28,9 +27,7 @@ import scipy.sparse as sp
 from lancell.errors import (
     DatasetNotFoundError,
     IngestError,
-    LancellWarning,
     ShapeMismatchError,
-    caller_outside_lancell,
     require_type,
 )
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
@@ -198,8 +195,8 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
     """``matrix`` with rows and columns in the dataset's stored order: an AnnData reordered by name, a plain
     matrix from the query's row order (which attaching a modality changes) to the stored rows; a plain matrix
     is refused for a dataset whose input listed its features in another order (group attribute
-    ``var_reordered``: the input's own layer would put values under other features), and warned of for a
-    group written before that attribute."""
+    ``var_reordered``: the input's own layer would put values under other features), and for a group
+    written before that attribute."""
     uid, n_cells, n_features = record["uid"], int(record["n_cells"]), int(record["n_features"])
     space = record["feature_space"]
     cells = (
@@ -279,8 +276,9 @@ def _cells_of_other_datasets(matrix: ad.AnnData, uid: str) -> bool:
 
 
 def _check_plain_columns(uid: str, reordered: object) -> None:
-    """Refuse (or, for a group that does not record it, warn of) a plain matrix for a dataset whose features
-    are stored in another order than its input listed them."""
+    """Refuse a plain matrix for a dataset whose features are stored in another order than its input listed
+    them, or whose group does not record whether they are (a plain matrix then put values under other
+    features: an older lancell reordered them without saying so)."""
     remedy = (
         "give the layer as an AnnData naming its cells and features: the query result "
         f"atlas.query().where(dataset_uid={uid!r}).to_anndata() with its X replaced by the layer in that "
@@ -291,13 +289,11 @@ def _check_plain_columns(uid: str, reordered: object) -> None:
             f"add_layer: dataset {uid!r}: its input listed its features in another order than they are "
             f"stored (increasing global index): a plain matrix could follow either order; {remedy}"
         )
-    if reordered is None:
-        warnings.warn(
+    if reordered is not False:
+        raise IngestError(
             f"add_layer: dataset {uid!r} was stored by a lancell that did not record whether its features "
-            "were reordered: the matrix's columns are taken in stored order (query().where(dataset_uid=...)"
-            f"'s var), not necessarily the ingested file's; to be sure, {remedy}",
-            LancellWarning,
-            stacklevel=caller_outside_lancell(),
+            f"were reordered (stored by increasing global index): a plain matrix could follow either order; "
+            f"{remedy}"
         )
 
 

@@ -531,6 +531,14 @@ def test_a_plain_matrix_is_refused_for_a_dataset_whose_input_listed_its_features
     add_layer(atlas, "in_order", "normalized", normalized)  # the input's order is the stored one
     out = _query(atlas, ["normalized", "counts"]).to_anndata()
     np.testing.assert_allclose(out.X.toarray(), np.log1p(out.layers["counts"].toarray()), rtol=1e-6)
+    # a group an older lancell wrote records nothing: it reordered such inputs without saying so (a plain
+    # matrix was warned of, then written under other features)
+    adata.obs_names = ["c2", "c3"]
+    _ingest(atlas, adata, "old", zarr_layer="counts")
+    group = atlas.core.zarr_root[atlas.list_datasets().set_index("uid").loc["old", "zarr_group"]]
+    group.attrs.put({key: value for key, value in group.attrs.asdict().items() if key != "var_reordered"})
+    with pytest.raises(IngestError, match=r"'old' was stored by a lancell that did not record whether"):
+        add_layer(RaggedAtlas.open(atlas.db_uri), "old", "normalized", normalized)
 
 
 def test_a_query_result_names_its_cells_for_add_layer(atlas, celltypist):
