@@ -286,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lancell.cli_messages import one_line_warnings, print_error
     from lancell.errors import LancellError
 
+    _usable_streams()
     parser, commands = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command == "add-csc" and not any(item.startswith("-") for item in unknown):
@@ -302,27 +303,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         with one_line_warnings(args.command):
-            return args.run(args)
+            status = args.run(args)
     except BrokenPipeError as exc:  # stdout's reader left (lancell ls | head -1)?
-        if not _stdout_closed():
+        if _stdout_closed():
+            if as_program:  # nothing left to flush at exit (Python's "Exception ignored ... BrokenPipeError")
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            status = 141  # silent, as a program SIGPIPE ended (128 + 13)
+        else:
             print_error(args.command, str(exc))
-            return 1
-        if as_program:  # nothing left to flush at exit (Python's "Exception ignored ... BrokenPipeError")
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # silent, as a program SIGPIPE ended (128 + 13)
+            status = 1
     except (LancellError, OSError) as exc:  # OSError: a file or folder named on the command line
         print_error(args.command, str(exc))
-        return 1
+        status = 1
     except KeyboardInterrupt as exc:  # what was being written is rolled back as after any other error
         terminated = isinstance(exc, Terminated)
         print(f"lancell {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+        status = 143 if terminated else 130
     finally:
         if as_program:
             with contextlib.suppress(OSError):  # a closed pipe: Python reports it at exit, as before
                 sys.stdout.flush()  # what was printed is out before a Ctrl-C can end the process
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if as_program and status != 0 and _hdf5_files_open():
+        # a file HDF5 could not close (`query -o` on a full disk): its exit would print hundreds of lines
+        # and crash (SIGSEGV); the command has said its error and removed the file
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _hdf5_files_open() -> bool:
+    """Whether HDF5 (through h5py, if it was imported) still holds an object (a file, or a group or dataset
+    of one) open."""
+    h5f = getattr(sys.modules.get("h5py"), "h5f", None)
+    return h5f is not None and bool(h5f.get_obj_count(types=h5f.OBJ_ALL))
+
+
+def _usable_streams() -> None:
+    """Standard output and error, closed by the caller (``lancell snapshot DB >&-``: Python sets them to
+    None), become the null device (the command did its work, then failed to flush: a retry took a second
+    snapshot); text the terminal's encoding cannot show is written escaped (``PYTHONIOENCODING=ascii``)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w"))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _stdout_closed() -> bool:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,6 +216,7 @@ def ingest(args: argparse.Namespace) -> int:
             specs.append(spec)
         except LancellError as exc:
             failed.add(exc, spec.path, spec.uid)
+    bars = sys.stderr is not None and sys.stderr.isatty()  # (a log or a pipe gets no progress bars)
     for spec in specs:
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
@@ -222,7 +226,7 @@ def ingest(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():  # a skipped duplicate is reported by its own line below
                 warnings.simplefilter("ignore", DuplicateContentWarning)
                 record, outcome = ingest_landing_file(
-                    atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict
+                    atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict, progress=bars
                 )
         except (LancellError, OSError) as exc:
             failed.add(exc, spec.path, spec.uid)
@@ -323,9 +327,10 @@ def ls(args: argparse.Namespace) -> int:
         attrs = [atlas.group_attributes(group) or {} for group in frame["zarr_group"]]
         frame["csc"] = [",".join(a.get("csc_layers", [])) or "-" for a in attrs]
         columns.append("csc")
-    if len(frame):
-        print(frame[columns].to_string(index=False))
-    print(f"{len(frame)} datasets, {recorded_cells(frame)} cells")
+    table = f"{frame[columns].to_string(index=False)}\n" if len(frame) else ""
+    # one write (under PYTHONUNBUFFERED, `lancell ls DB | grep -q uid` met a closed pipe at the second;
+    # print() writes its end apart)
+    sys.stdout.write(f"{table}{len(frame)} datasets, {recorded_cells(frame)} cells\n")
     return 0
 
 
@@ -381,12 +386,53 @@ def query(args: argparse.Namespace) -> int:
     output = Path(args.output)
     partial = output.with_name(f".lancell-query-{os.getpid()}.part")  # (short: any name -o takes fits)
     try:
-        adata.write_h5ad(partial)
+        _quiet_h5py_releases()
+        try:
+            adata.write_h5ad(partial)
+        except (OSError, TypeError, ValueError) as exc:
+            raise _unwritten(output, exc) from exc
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
     return 0
+
+
+def _quiet_h5py_releases() -> None:
+    """From now on, drop the errors h5py cannot raise while it releases the objects of a file it fails to
+    write (a full disk: one traceback per object, hundreds of lines, some printed through ``sys.excepthook``,
+    as they are released, up to the process's exit): the write's own error says it once."""
+    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+    def released(tb: Any) -> bool:
+        return tb is not None and any(f.filename.endswith("_objects.pyx") for f in traceback.extract_tb(tb))
+
+    def on_unraisable(unraisable: Any) -> None:
+        if not released(unraisable.exc_traceback):
+            unraisable_hook(unraisable)
+
+    def on_exception(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not released(tb):
+            except_hook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+
+
+def _unwritten(output: Path, exc: Exception) -> Exception:
+    """The error of a query result that could not be written to ``output``: a ``StoreError`` with the
+    system's words and number for a failed write (HDF5's message names its buffers and offsets), a
+    ``QueryError`` for values an .h5ad file cannot hold (an older atlas's list-valued or NUL-holding text
+    column), on one line."""
+    from lancell.errors import QueryError, StoreError
+
+    text = " ".join(" ".join([str(exc), *getattr(exc, "__notes__", ())]).split())  # (anndata: the key)
+    if isinstance(exc, OSError):
+        said = re.search(r"error message = '([^']+)'", text)
+        error = StoreError(f"cannot write {output}: {said.group(1) if said else text}")
+        found = re.search(r"errno = (\d+)", text)
+        error.errno = exc.errno or (int(found.group(1)) if found else None)
+        return error
+    return QueryError(f"cannot write {output} (.h5ad): {text}")
 
 
 def _times_as_text(obs: pd.DataFrame) -> list[str]:

@@ -16,11 +16,18 @@ from lancell_assets.automation import (
 from lancell_assets.datasets import dataset_group
 from lancell_assets.geo import geo_series, geo_series_job, geo_series_partitions, geo_series_sensor
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
+from lancell_assets.snapshot_sensor import snapshot_partitions_sensor
 from lancell_assets.training import cell_type_classifier
 
 ASSETS = [geo_series, dataset_group, feature_registry, optimized_atlas, atlas_snapshot, cell_type_classifier]
 JOBS = [geo_series_job, ingest_dataset_job, rebuild_atlas_job, snapshot_job]
-SENSORS = [geo_series_sensor, landing_zone_sensor, atlas_refresh_sensor, nightly_snapshot_sensor]
+SENSORS = [
+    geo_series_sensor,
+    landing_zone_sensor,
+    atlas_refresh_sensor,
+    nightly_snapshot_sensor,
+    snapshot_partitions_sensor,
+]
 
 __all__ = [
     "ASSETS",
@@ -31,4 +38,5 @@ __all__ = [
     "landing_zone_sensor",
     "nightly_snapshot_sensor",
     "snapshot_partitions",
+    "snapshot_partitions_sensor",
 ]

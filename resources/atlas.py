@@ -194,8 +194,9 @@ class AtlasResource(dg.ConfigurableResource):
 
         return RaggedAtlas.find_snapshot(self.db_uri, label, store_kwargs=self._store_kwargs())
 
-    def list_versions(self) -> pd.DataFrame:
-        """Every snapshot: version, cell and dataset counts, note (see ``RaggedAtlas.list_versions``)."""
+    def list_versions(self, *, deleted: bool = False) -> pd.DataFrame:
+        """Every snapshot (``deleted``: deleted ones too): version, cell and dataset counts, note (see
+        ``RaggedAtlas.list_versions``)."""
         from lancell.atlas import RaggedAtlas
 
-        return RaggedAtlas.list_versions(self.db_uri, store_kwargs=self._store_kwargs())
+        return RaggedAtlas.list_versions(self.db_uri, store_kwargs=self._store_kwargs(), deleted=deleted)

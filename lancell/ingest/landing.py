@@ -246,11 +246,19 @@ def check_landing_spec(atlas: RaggedAtlas, spec: LandingSpec) -> None:
     Raises
     ------
     IngestError
-        A key that does not apply (see :func:`~lancell.ingest.landing_spec.check_applies`), or a 10x output's
-        layer of computed values (:func:`~lancell.ingest.tenx_matrix.check_tenx_layer`).
+        A key that does not apply (see :func:`~lancell.ingest.landing_spec.check_applies`), a 10x output's
+        layer of computed values (:func:`~lancell.ingest.tenx_matrix.check_tenx_layer`), or a path that is
+        not valid UTF-8.
     FeatureSpaceError
         Naming the space or the layer.
     """
+    try:
+        str(spec.path).encode()
+    except UnicodeEncodeError:  # a name in another system's encoding (an old share, a zip from Windows)
+        raise IngestError(
+            f"landing file {os.fsencode(spec.path)!r}: its path is not valid UTF-8, and the atlas records it "
+            "(and the dataset uid taken from its name) as text: rename it"
+        ) from None
     check_applies(spec)
     if is_tenx_output(spec.path):
         check_tenx_layer(spec.path, spec.zarr_layer)
@@ -295,11 +303,12 @@ def ingest_landing_file(
     *,
     on_standardized: Callable[[StandardizationReport], None] | None = None,
     on_conflict: OnConflict = "error",
+    progress: bool = True,
 ) -> tuple[DatasetRecord, LandingOutcome]:
     """Register the file's features and ingest it; return ``(record, outcome)``.
 
     ``on_conflict``: a registered feature given with other values (a newer reference's symbol), as for
-    :meth:`~lancell.atlas.RaggedAtlas.register_features`.
+    :meth:`~lancell.atlas.RaggedAtlas.register_features`. ``progress``: show progress bars.
 
     With ``spec.standardize``, ``on_standardized`` (if given) receives the
     :class:`~lancell.standardize.pipeline.StandardizationReport` before anything is registered.
@@ -340,7 +349,7 @@ def ingest_landing_file(
         raise IngestError(f"{spec.path}: the dataset record is invalid: {exc}") from exc
     check_dataset_uid(spec.uid, owns_cells=True)  # before anything is registered
     try:
-        return _ingest_new(atlas, spec, record, on_conflict, on_standardized)
+        return _ingest_new(atlas, spec, record, on_conflict, on_standardized, progress)
     except DuplicateDatasetError:  # another process ingested it meanwhile (its lock held): present now
         existing = present_record(atlas, spec.uid)
         if existing is None:
@@ -354,11 +363,12 @@ def _ingest_new(
     record: DatasetRecord,
     on_conflict: OnConflict,
     on_standardized: Callable[[StandardizationReport], None] | None,
+    progress: bool,
 ) -> tuple[DatasetRecord, LandingOutcome]:
     """Ingest landing file ``spec`` as ``record`` (:func:`ingest_landing_file`, once the dataset is known
     not to be present)."""
     if is_tenx_output(spec.path):
-        stored = ingest_tenx_output(atlas, spec, record, on_conflict)
+        stored = ingest_tenx_output(atlas, spec, record, on_conflict, progress)
         return stored, "ingested" if stored.uid == spec.uid else "duplicate"
     adata = open_h5ad(spec.path)
     adata, report = _prepared(atlas, spec, adata)
@@ -384,6 +394,7 @@ def _ingest_new(
         var_uid_column=uid_column,
         csc=spec.csc,
         on_duplicate="skip",
+        progress=progress,
     )
     updated(spec, stored.uid, [update])
     return stored, "ingested" if stored.uid == spec.uid else "duplicate"

@@ -33,10 +33,15 @@ __all__ = ["ingest_tenx_output"]
 
 
 def ingest_tenx_output(
-    atlas: RaggedAtlas, spec: LandingSpec, record: DatasetRecord, on_conflict: OnConflict = "error"
+    atlas: RaggedAtlas,
+    spec: LandingSpec,
+    record: DatasetRecord,
+    on_conflict: OnConflict = "error",
+    progress: bool = True,
 ) -> DatasetRecord:
     """Register the 10x output's features and ingest it as ``record`` (skipping content the atlas holds);
     return the record of the dataset adding the cells (another dataset's, when the content was there).
+    ``progress``: show progress bars.
 
     Raises
     ------
@@ -68,6 +73,7 @@ def ingest_tenx_output(
         obs=None if spec.organism is None else {"organism": spec.organism},
         csc=spec.csc,
         on_duplicate="skip",
+        progress=progress,
     )
     updated(spec, stored[0].uid, updates)
     return stored[0]

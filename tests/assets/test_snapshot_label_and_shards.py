@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from lancell.atlas import RaggedAtlas
-from lancell.errors import DuplicateNoteError
+from lancell.errors import DuplicateNoteError, LancellWarning
 from lancell_assets import dataset_partitions, snapshot_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -78,3 +78,40 @@ def test_a_dataset_deleted_outside_dagster_is_named_by_the_snapshots_check(platf
     absent = checks["materialized_datasets_in_atlas"]
     assert not absent.passed and absent.severity == dg.AssetCheckSeverity.WARN
     assert absent.metadata["absent"].value == {"pbmc68k": "pbmc68k"}
+
+
+def test_snapshots_taken_and_deleted_outside_dagster_follow_as_partitions(platform):
+    """A snapshot taken with ``lancell snapshot --note`` never became a partition (150 snapshots, 0
+    partitions), and a deleted one's partition stayed, shown materialized, every run on it failing."""
+    from lancell_assets import snapshot_partitions_sensor
+
+    defs, instance, root = platform
+    instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k"])
+    assert _materialize(defs, instance, ["dataset_group"], "pbmc68k").success
+
+    def tick():
+        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        result = snapshot_partitions_sensor(context)
+        for request in result.dynamic_partitions_requests:  # as the daemon applies them
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+        return result
+
+    atlas = RaggedAtlas.open(str(root / "db"))
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["pending"])  # a run will take it
+    with pytest.warns(LancellWarning, match="nothing changed since"):
+        for note in ("rel1", "rel2", "release/2", None):
+            atlas.snapshot(note=note)
+    tick()
+    assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["pending", "rel1", "rel2"]
+    assert _materialize(defs, instance, ["atlas_snapshot"], "rel2").success  # the snapshot taken, found
+    atlas.delete_snapshot(int(RaggedAtlas.find_snapshot(atlas.db_uri, "rel2")))
+    tick()
+    assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["pending", "rel1"]
+    assert tick().skip_reason and instance.get_dynamic_partitions(snapshot_partitions.name) == [
+        "pending",
+        "rel1",
+    ]
