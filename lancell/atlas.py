@@ -390,11 +390,15 @@ class RaggedAtlas:
 
     @_boundary
     def list_datasets(self) -> pd.DataFrame:
-        """The dataset records; a dataset table from before several layers (no ``layers`` column) shows each
-        record's one ``layer`` as its ``layers``."""
+        """The dataset records; a dataset table from before several layers (no ``layers`` column) shows as
+        each record's ``layers`` those its zarr group stores (what readers read), else its one ``layer``."""
         frame = self.core.tables.datasets.to_arrow().to_pandas()
         if "layers" not in frame.columns:
-            frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", [[lay] for lay in frame["layer"]])
+            stored = [
+                list((self.core.group_attrs(group) or {}).get("layers", {})) or [layer]
+                for group, layer in zip(frame["zarr_group"], frame["layer"], strict=True)
+            ]
+            frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", stored)
         return frame
 
     @property

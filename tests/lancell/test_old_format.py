@@ -329,3 +329,26 @@ def test_duplicate_content_is_stored_again_with_a_warning(old):
     for uid in ("new_d", "new_e"):
         assert _read(atlas, uid)["X"] == adata.X.toarray().tolist()
     assert atlas.validate() == []
+
+
+def test_a_dataset_of_two_layers_in_the_old_table_lists_both(old):
+    """The old dataset table has no ``layers`` column: a dataset ingested with two layers read both, but
+    list_datasets(), ``lancell ls`` and count(group_by="dataset_uid") showed the record's one layer."""
+    db, store = old
+    atlas = RaggedAtlas.open(db, store=store)
+    adata = _new_dataset()
+    adata.layers["normalized"] = adata.X.astype(np.float32) / 2
+    atlas.register_features(SPACE, pd.DataFrame({"uid": NEW_GENES, "gene_symbol": NEW_GENES}))
+    with pytest.warns(LancellWarning, match="no content_fingerprint column"):
+        add_from_anndata(
+            atlas,
+            adata,
+            feature_space=SPACE,
+            layers={"counts": "X", "normalized": "normalized"},
+            dataset_record=DatasetRecord(uid="two"),
+            progress=False,
+        )
+    listed = atlas.list_datasets().set_index("uid")["layers"].map(list).to_dict()
+    assert listed == {"old_a": ["counts"], "old_b": ["counts"], "two": ["counts", "normalized"]}
+    counted = atlas.query().count(group_by="dataset_uid")["layers"].to_dict()
+    assert counted["two"] == ["counts", "normalized"] and counted["old_a"] == ["counts"]
