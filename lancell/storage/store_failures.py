@@ -16,6 +16,7 @@ their own obstore calls, and the public entry points that read zarr groups are d
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
@@ -84,9 +85,12 @@ def is_store_failure(exc: BaseException | None) -> bool:
 
 
 def store_failed(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is a store failure (:func:`is_store_failure`), raw or as a guard or a store boundary
-    raised it: a plain ``StoreError`` it caused (``StoreError``'s subclasses, a lost lock say, are not)."""
-    return is_store_failure(exc) or (type(exc) is StoreError and is_store_failure(exc.__cause__))
+    """Whether ``exc`` is a store failure (:func:`is_store_failure`), raw or as guards and store boundaries
+    raised it: a plain ``StoreError`` it caused, directly or through others (``StoreError``'s subclasses, a
+    lost lock say, are not)."""
+    while type(exc) is StoreError:
+        exc = exc.__cause__
+    return is_store_failure(exc)
 
 
 def one_line(exc: BaseException) -> str:
@@ -154,6 +158,8 @@ def store_error(exc: BaseException, what: str) -> StoreError:
     whole error stays chained as the cause), with ``exc``'s ``errno`` (:func:`os_errno`)."""
     error = StoreError(f"{what}: {one_line(exc)}")
     error.errno = os_errno(exc)
+    if error.errno == errno.ENOSPC:  # (vacuum() and delete_dataset() too must write their lock first)
+        error.args = (f"{error.args[0]}; the disk is full: free some space first, even to delete",)
     return error
 
 
@@ -170,8 +176,9 @@ def os_errno(exc: BaseException) -> int | None:
 
 
 class StoreFailures:
-    """Context manager: a store failure (:func:`is_store_failure`) raised in its block is raised again as a
-    ``StoreError`` (caused by it) saying that ``what`` failed; every other exception passes unchanged.
+    """Context manager: a store failure (:func:`is_store_failure`) raised in its block, raw or as a guard
+    raised it, is raised again as a ``StoreError`` (caused by it) saying that ``what`` failed; every other
+    exception passes unchanged.
 
     Parameters
     ----------
@@ -188,6 +195,11 @@ class StoreFailures:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if is_store_failure(exc):
             raise store_error(exc, self.what) from exc
+        # a guard's (naming its call): said within what failed, once (its cause is no raw failure)
+        if type(exc) is StoreError and is_store_failure(exc.__cause__):
+            error = StoreError(f"{self.what}: {exc}")
+            error.errno = exc.errno
+            raise error from exc
         return False
 
 

@@ -21,7 +21,13 @@ from lancell.atlas import RaggedAtlas
 from lancell.errors import StoreError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import csc_blocks
-from lancell.storage.store_failures import is_store_failure, one_line, store_error
+from lancell.storage.store_failures import (
+    StoreFailures,
+    is_store_failure,
+    one_line,
+    store_error,
+    store_failed,
+)
 from lancell.synthetic import synthetic_counts
 from lancell.tables import lock_objects
 from lancell.tables.atlas_tables import AtlasTables
@@ -71,7 +77,7 @@ def test_a_store_error_carries_the_systems_error_number_and_no_rust_source_place
     """``except OSError as e: e.errno == errno.ENOSPC`` never matched: every StoreError had errno None."""
     from_rust = store_error(RuntimeError(LANCE_FULL), "add() on table 'cells' failed")
     assert from_rust.errno == errno.ENOSPC
-    assert ".rs:" not in str(from_rust) and str(from_rust).endswith("(os error 28)")
+    assert ".rs:" not in str(from_rust) and "(os error 28); the disk is full: free some" in str(from_rust)
     from_python = store_error(OSError(errno.EROFS, "Read-only file system"), "cannot take lock 'x'")
     assert from_python.errno == errno.EROFS
     assert store_error(RuntimeError("lance error: LanceError(IO): timed out"), "read").errno is None
@@ -141,3 +147,25 @@ def test_a_lock_object_that_cannot_be_written_leaves_no_temporary_file(tmp_path,
     with pytest.raises(OSError, match="No space"):
         lock_objects._write(target, b"{}")
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_public_calls_store_error_names_the_call():
+    """snapshot()'s full disk said only "create() on table '_feature_layouts' ... failed" (its first tag) or
+    "add() on table 'atlas_versions'": never that it was the snapshot. (A boundary within a boundary, a
+    public call making another, names the outer one only once.)"""
+
+    def guarded_call_fails():  # as a guarded table raises it
+        try:
+            raise RuntimeError(LANCE_FULL)
+        except RuntimeError as exc:
+            raise store_error(exc, "create() on table 'cells' failed") from exc
+
+    with pytest.raises(StoreError, match=r"^RaggedAtlas.snapshot on .* failed: create\(\) on table") as e:
+        with StoreFailures("RaggedAtlas.snapshot on the atlas at '/db' failed"):
+            guarded_call_fails()
+    assert e.value.errno == errno.ENOSPC and store_failed(e.value)
+    with pytest.raises(StoreError) as nested:
+        with StoreFailures("RaggedAtlas.outer failed"), StoreFailures("RaggedAtlas.inner failed"):
+            guarded_call_fails()
+    assert str(nested.value).startswith("RaggedAtlas.inner failed: create()")
+    assert str(nested.value).count("RaggedAtlas.") == 1
