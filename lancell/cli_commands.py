@@ -10,12 +10,14 @@ once ``--store`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import re
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -386,11 +388,16 @@ def query(args: argparse.Namespace) -> int:
     output = Path(args.output)
     partial = output.with_name(f".lancell-query-{os.getpid()}.part")  # (short: any name -o takes fits)
     try:
-        _quiet_h5py_releases()
-        try:
-            adata.write_h5ad(partial)
-        except (OSError, TypeError, ValueError) as exc:
-            raise _unwritten(output, exc) from exc
+        failed = None
+        with _quiet_h5py_releases():
+            try:
+                adata.write_h5ad(partial)
+            except (OSError, TypeError, ValueError) as exc:
+                failed = _unwritten(output, exc)
+                exc.__traceback__ = None  # (its frames hold h5py's objects: released below, quietly)
+            gc.collect()
+        if failed is not None:
+            raise failed
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
@@ -398,14 +405,17 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_h5py_releases() -> None:
-    """From now on, drop the errors h5py cannot raise while it releases the objects of a file it fails to
-    write (a full disk: one traceback per object, hundreds of lines, some printed through ``sys.excepthook``,
-    as they are released, up to the process's exit): the write's own error says it once."""
+@contextlib.contextmanager
+def _quiet_h5py_releases() -> Iterator[None]:
+    """Drop, in the block, the errors h5py cannot raise while it releases the objects of a file it failed to
+    write (a full disk: one traceback per object, hundreds of lines, some printed through
+    ``sys.excepthook``): the write's own error says it once. Only errors raised by that release are
+    dropped (h5py's ``ObjectID._dealloc``)."""
     unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
 
     def released(tb: Any) -> bool:
-        return tb is not None and any(f.filename.endswith("_objects.pyx") for f in traceback.extract_tb(tb))
+        frames = traceback.extract_tb(tb) if tb is not None else []
+        return bool(frames) and frames[-1].filename.endswith("_objects.pyx") and "dealloc" in frames[-1].name
 
     def on_unraisable(unraisable: Any) -> None:
         if not released(unraisable.exc_traceback):
@@ -416,6 +426,10 @@ def _quiet_h5py_releases() -> None:
             except_hook(kind, value, tb)
 
     sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def _unwritten(output: Path, exc: Exception) -> Exception:

@@ -18,8 +18,9 @@ from lancell_assets.atlas_assets import atlas_snapshot, feature_registry, optimi
 from lancell_assets.datasets import dataset_group
 from lancell_assets.duplicates import stale_duplicates
 from lancell_assets.partitions import dataset_partitions, snapshot_partitions
+from lancell_assets.snapshot_sensor import deleted_labels
 from lancell_assets.training import cell_type_classifier
-from resources import LandingZone
+from resources import AtlasResource, LandingZone
 from resources.landing import LandingEntry
 
 ingest_dataset_job = dg.define_asset_job(
@@ -148,7 +149,9 @@ def nightly_label(now: datetime) -> str:
 
 
 @dg.sensor(job=snapshot_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED)
-def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def nightly_snapshot_sensor(
+    context: dg.SensorEvaluationContext, atlas: AtlasResource
+) -> dg.SensorResult | dg.SkipReason:
     """Every night after 02:00 UTC: re-number, optimize, take a snapshot labelled ``nightly-YYYY-MM-DD`` and
     train on it.
 
@@ -162,6 +165,8 @@ def nightly_snapshot_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     label = nightly_label(datetime.now(UTC))
     instance = context.instance
     if not instance.has_dynamic_partition(snapshot_partitions.name, label):
+        if label in deleted_labels(atlas):  # taken, then deleted: its label is never given again
+            return dg.SkipReason(f"snapshot {label!r} was taken and deleted: not taken again")
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=label, partition_key=label)],
             dynamic_partitions_requests=[snapshot_partitions.build_add_request([label])],

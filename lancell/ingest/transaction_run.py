@@ -70,12 +70,10 @@ def _failed(transactions: Sequence[WriteTransaction], exc: BaseException) -> str
     core = transactions[0].core
     lost = ", ".join(repr(t.record.uid) for t in transactions if not t.committed and not t.unsettled)
     unsettled = ", ".join(repr(t.record.uid) for t in transactions if t.unsettled)
-    if lost:
-        said = f"dataset {lost}: not ingested"
-    elif unsettled:
-        said = f"dataset {unsettled}: may be in the atlas (list_datasets() tells; vacuum() clears if not)"
-    else:
-        said = "the datasets were committed, then"
+    parts = [f"dataset {lost}: not ingested"] if lost else []
+    if unsettled:
+        parts.append(f"dataset {unsettled}: may be in the atlas (list_datasets() tells; vacuum() clears)")
+    said = "; ".join(parts) or "the datasets were committed, then"
     if isinstance(exc, obs_errors.BaseError):
         said += f" (the zarr store {describe_store(core.store)} failed)"
     return said

@@ -337,18 +337,23 @@ def comparable_location(uri: str) -> str:
 def _legacy_creation(here: str, url: str) -> str | None:
     """Where an atlas that recorded no ``db_url`` (created before one was recorded) was created, as far as
     its store tells: the database of a default store (``<db>/_zarr``) other than ``here`` (a copy), else
-    None. On local disk that folder must be another than ``here`` and an atlas database, not a store of its
-    own that happens to be named ``_zarr``. Such a copy is never relocated (a
-    store of that name elsewhere cannot always be told from the default): it is refused for writing and read
-    as recorded (a ``cp -r`` copy of an atlas written before 2026-12-05 wrote to, and vacuumed, the
-    original's store)."""
+    None. A local atlas is such a copy only where it holds a default store of its own (``cp -r`` copied the
+    original's), and, for an original on local disk, that original is another folder and an atlas database
+    (an atlas sharing another's store on purpose holds none; a store of its own that happens to be named
+    ``_zarr`` is in no database). Such a copy is never relocated (a store of that name elsewhere cannot
+    always be told from the default): it is refused for writing and read as recorded (a ``cp -r`` copy of
+    an atlas written before 2026-12-05 wrote to, and vacuumed, the original's store)."""
     origin = url.removesuffix("/_zarr")
     if not url.endswith("/_zarr") or origin == here:
         return None
-    if is_local(here) and is_local(origin):
-        folder, own = local_path(origin), local_path(here)
-        if not (folder / f"{DATASETS_TABLE}.lance").exists() or _same(folder, own):
-            return None  # (gone: a store that does not exist is refused as such)
+    if is_local(here):
+        own = local_path(here)
+        if not (own / "_zarr").is_dir():
+            return None
+        if is_local(origin):
+            folder = local_path(origin)
+            if not (folder / f"{DATASETS_TABLE}.lance").exists() or _same(folder, own):
+                return None  # (gone: a store that does not exist is refused as such)
     return origin
 
 

@@ -476,6 +476,12 @@ def test_a_copy_of_a_local_atlas_that_recorded_no_creation_place_is_refused_the_
     meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "db_url"}))
     ingest(RaggedAtlas.open(str(tmp_path / "c" / "db")), "x", x["x"])
     assert_exact(RaggedAtlas.open(str(elsewhere.db_uri)), {"x": x["x"]})
+    # nor is an atlas that shares the original's store on purpose (it holds no default store of its own)
+    new_atlas(tmp_path / "s" / "db", str(tmp_path / "a" / "db" / "_zarr"))
+    meta_path = tmp_path / "s" / "db" / "_lancell" / "atlas.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "db_url"}))
+    assert RaggedAtlas.open(str(tmp_path / "s" / "db")).store.prefix == tmp_path / "a" / "db" / "_zarr"
 
 
 def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: Path) -> None:
