@@ -51,6 +51,7 @@ from lancell.tables.feature_spaces import (
     build_feature_spaces,
     feature_spaces_table,
 )
+from lancell.tables.layout_numbering import NUMBERED_LAYOUTS
 from lancell.tables.locks import atlas_lock
 from lancell.tables.store_location import (
     StoreLike,
@@ -263,6 +264,7 @@ def create_storage(
             "registries": {name: space.registry_table for name, space in spaces.items()},
             "fts_columns": list(fts_columns),
             "created_at": datetime.now(UTC).isoformat(),
+            NUMBERED_LAYOUTS: True,  # every layout uid hashes its global indices (layout_numbering)
         }
         schemas = {
             cell_table_name: cell_arrow,

@@ -4,9 +4,11 @@ A query places a dataset's local features at its layout's global indices and nam
 of the dataset's feature space. A layout's uid hashes its features' uids and global indices, so a layout
 is the same in every space that numbers those features alike; before 2026-12-06 it hashed the uids only,
 and one gene panel in two feature spaces numbered otherwise shared the first space's layout: the second's
-datasets read one gene's values under another's name. ``validate()`` reports every such layout
-(:func:`layouts_off_the_registry`) and a query refuses to read them (:func:`check_layouts_numbered`): only
-a layout that datasets of two feature spaces use can be one, so the check costs nothing elsewhere.
+datasets read one gene's values under another's name (and kept reading them so once the first space's
+datasets were deleted). ``validate()`` reports every such layout (:func:`layouts_off_the_registry`) and a
+query refuses to read them (:func:`check_layouts_numbered`): each layout a query reads is checked once per
+process, in atlases created before atlas.json recorded :data:`NUMBERED_LAYOUTS`; it costs nothing in the
+others, whose every layout was named with its global indices.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from lancell.tables.registry_view import atlas_identity
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["check_layouts_numbered", "layouts_off_the_registry"]
+__all__ = ["NUMBERED_LAYOUTS", "check_layouts_numbered", "layouts_off_the_registry"]
+
+# atlas.json's key, true in atlases created since every layout's uid hashes its features' global indices
+NUMBERED_LAYOUTS = "layouts_numbered"
 
 # (atlas, layout uid, feature space) -> whether the layout records other global indices than that space's
 # registry: a stored layout never changes and global indices are assigned once
@@ -51,25 +56,25 @@ def layouts_off_the_registry(core: AtlasCore, space: str, layouts: pa.Table) -> 
 def check_layouts_numbered(core: AtlasCore, records: list[Mapping[str, Any]], queried: list[str]) -> None:
     """Refuse to read the datasets of ``queried`` (zarr groups) whose layout records other global indices
     than their feature space's registry; ``records``: every visible dataset record (``zarr_group``,
-    ``layout_uid``, ``feature_space``, ``uid``).
+    ``layout_uid``, ``feature_space``, ``uid``). Nothing is read in an atlas that records
+    :data:`NUMBERED_LAYOUTS`.
 
     Raises
     ------
     QueryError
         Such a dataset is among ``queried`` (an atlas written before 2026-12-06).
     """
-    spaces: dict[str, set[str]] = {}
-    for record in records:
-        spaces.setdefault(record["layout_uid"], set()).add(record["feature_space"])
+    if core.meta.get(NUMBERED_LAYOUTS):
+        return
     by_group = {record["zarr_group"]: record for record in records}
-    shared = [by_group[name] for name in queried if len(spaces[by_group[name]["layout_uid"]]) > 1]
+    read = [by_group[name] for name in queried]
     atlas = atlas_identity(core)
     verdicts: dict[tuple[str, str], bool] = {}  # (this call's: the cache may evict meanwhile)
-    for record in shared:
+    for record in read:
         key = (record["layout_uid"], record["feature_space"])
         if (cached := _CHECKED.get((atlas, *key))) is not None:
             verdicts[key] = cached
-    unchecked = {(r["layout_uid"], r["feature_space"]) for r in shared} - set(verdicts)
+    unchecked = {(r["layout_uid"], r["feature_space"]) for r in read} - set(verdicts)
     for space in sorted({space for _, space in unchecked}):
         uids = sorted(layout for layout, of in unchecked if of == space)
         rows = core.tables.layouts.to_lance().to_table(
@@ -80,7 +85,7 @@ def check_layouts_numbered(core: AtlasCore, records: list[Mapping[str, Any]], qu
         for layout in uids:
             verdicts[(layout, space)] = layout in off
             _CHECKED.put((atlas, layout, space), layout in off)
-    bad = [record for record in shared if verdicts[(record["layout_uid"], record["feature_space"])]]
+    bad = [record for record in read if verdicts[(record["layout_uid"], record["feature_space"])]]
     if bad:
         named = ", ".join(f"{record['uid']!r} ({record['feature_space']})" for record in bad[:5])
         raise QueryError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import anndata as ad
@@ -14,6 +16,7 @@ import scipy.sparse as sp
 from lancell.atlas import RaggedAtlas
 from lancell.errors import FeatureRegistryError, QueryError
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.tables.layout_numbering import NUMBERED_LAYOUTS
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 
@@ -131,9 +134,11 @@ def test_a_layout_an_older_lancell_shared_between_two_spaces_is_refused_by_queri
     def by_uids_alone(feature_uids, global_index):  # the layout uid as lancell named it then
         return hashlib.sha256("\x1f".join(feature_uids).encode()).hexdigest()[:24]
 
-    atlas = RaggedAtlas.create(
-        str(tmp_path / "db"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene}
-    )
+    RaggedAtlas.create(str(tmp_path / "db"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene})
+    meta_path = tmp_path / "db" / "_lancell" / "atlas.json"  # an atlas of then records no numbered layouts
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != NUMBERED_LAYOUTS}))
+    atlas = RaggedAtlas.open(str(tmp_path / "db"))
     atlas.register_features("rna", pd.DataFrame({"uid": ["A", "B", "C"]}))
     atlas.register_features("rna2", pd.DataFrame({"uid": ["Z", "A", "B", "C"]}))
     x = sp.csr_matrix(np.array([[1, 2, 3], [4, 5, 6]], np.int32))
@@ -160,6 +165,11 @@ def test_a_layout_an_older_lancell_shared_between_two_spaces_is_refused_by_queri
     ):
         with pytest.raises(QueryError, match=r"'d2' \(rna2\) use a feature layout that an older lancell"):
             query.to_anndata()
+    # the first space's datasets deleted, the layout is used by one space only: still refused
+    atlas.delete_dataset("d1")
+    atlas.vacuum(grace=timedelta(0))
+    with pytest.raises(QueryError, match=r"'d2' \(rna2\) use a feature layout that an older lancell"):
+        RaggedAtlas.open(atlas.db_uri).query().feature_space("rna2").to_anndata()
     # the remedy the message names
     atlas.delete_dataset("d2")
     obs, var = pd.DataFrame(index=["d2_0", "d2_1"]), pd.DataFrame(index=["A", "B", "C"])
