@@ -39,10 +39,10 @@ def register_features(
     space = resolve_feature_space(core.feature_spaces, feature_space)
     table = core.tables.registry(space.name)
     prepared, given = prepare_features(space.name, features, table.schema)
-    with core.lock(f"registry-{space.name}"):
+    with core.lock(f"registry-{space.name}") as lease:
         mixed = mixed_keys(table, prepared)
         try:
-            added = register_prepared(table, space.name, prepared, given, on_conflict)
+            added = register_prepared(table, space.name, prepared, given, on_conflict, lease.check)
         except FeatureConflictError as exc:
             exc.args = (str(exc) + same_organism_hint(exc.conflicts),)
             raise

@@ -28,8 +28,8 @@ def assign_global_indices(core: AtlasCore) -> dict[str, int]:
     core.require_writable()
     numbered = {}
     for space in core.feature_spaces.values():
-        with core.lock(f"registry-{space.name}"):
-            numbered[space.name] = number_unindexed(core.tables.registry(space.name))
+        with core.lock(f"registry-{space.name}") as lease:
+            numbered[space.name] = number_unindexed(core.tables.registry(space.name), lease.check)
     return numbered
 
 

@@ -9,7 +9,7 @@ content hashers; dense layers are checked block by block into a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,11 +41,12 @@ def write_group(
     progress: bool,
     written: CsrBlocks | None = None,
     hashers: Mapping[str, ContentHasher] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Stream ``layers`` (stored layer name -> source) into a new zarr group; return the per-cell element
     offsets (indptr). Sparse layers share one pattern (:mod:`lancell.ingest.layer_blocks`). Sparse blocks are
     also recorded in ``written`` (for the CSC copy) and each layer's stored blocks fed to its hasher in
-    ``hashers`` when given.
+    ``hashers`` when given. ``guard`` is called before each shard is stored (the dataset's lease checked).
 
     Raises
     ------
@@ -63,6 +64,7 @@ def write_group(
         "n_features": n_features,
         "layers": dtypes,
         "atlas_id": core.group_claims.atlas_id,
+        "guard": guard,
     }
     with bar:
         if space.kind == "sparse":

@@ -107,6 +107,10 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                 # deleted again while the content locks are held
                 try:
                     core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
+                    # a lease lost before the add returned (a pause past it, a clock far off): whoever took
+                    # the lock over (vacuum()) may have removed what the records own: they go again
+                    for transaction in committing:
+                        transaction.check_leases()
                     for transaction in committing:
                         transaction.record_added()
                 except BaseException:  # the add may have committed: delete the records again, in one commit

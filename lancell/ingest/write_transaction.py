@@ -181,7 +181,17 @@ class WriteTransaction:
                 )
                 for name, source in plan.layers.items()
             }
-            indptr = write_group(core, plan, space, self._group, plan.layers, self.progress, written, hashers)
+            indptr = write_group(
+                core,
+                plan,
+                space,
+                self._group,
+                plan.layers,
+                self.progress,
+                written,
+                hashers,
+                self.check_leases,
+            )
             fingerprints = combined_fingerprint(
                 {
                     name: hasher.finish(
@@ -203,7 +213,7 @@ class WriteTransaction:
             if self._short:  # settling refuses or skips it: the rest would be written to be removed
                 return
             if written is not None:
-                write_csc(core.zarr_root[self._group], names, written=written)
+                write_csc(core.zarr_root[self._group], names, written=written, guard=self.check_leases)
         with core.lock("layouts"):
             self._layout_written = ensure_layout(
                 core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
@@ -303,9 +313,20 @@ class WriteTransaction:
         self._layout_written |= ensure_layout(
             self.core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index
         )
+        self.check_leases()
+        return self.record.model_dump()
+
+    def check_leases(self) -> None:
+        """Confirm that this transaction still holds its leases (one read of each lock object).
+
+        Raises
+        ------
+        LockLostError
+            Another process took one over (this one paused past it, or a clock far off): nothing more may
+            be stored or committed.
+        """
         for lease in self._leases:
             lease.check()
-        return self.record.model_dump()
 
     def record_added(self) -> None:
         """The record is committed: from here on nothing is rolled back (an interrupt while the locks are

@@ -216,6 +216,7 @@ class SparseGroupWriter:
     manager: its writer threads are stopped on exit.
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
+    ``guard`` is called before each shard is stored (a lease's check: a writer that lost it stops).
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class SparseGroupWriter:
         layers: Mapping[str, np.dtype],
         atlas_id: str,
         geometry: GroupGeometry | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         geometry = geometry or DEFAULT_GEOMETRY  # looked up per call, so it can be configured
         self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
@@ -251,8 +253,8 @@ class SparseGroupWriter:
             for name, dtype in layers.items()
         }
         self._csr = csr
-        self._indices = ShardBuffer(indices, shard)
-        self._values = {name: ShardBuffer(array, shard) for name, array in values.items()}
+        self._indices = ShardBuffer(indices, shard, guard)
+        self._values = {name: ShardBuffer(array, shard, guard) for name, array in values.items()}
         self._indptr_parts: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         self._offset = 0
         self._pool = ThreadPoolExecutor(1 + len(values), thread_name_prefix="lancell-shard-write")
@@ -320,6 +322,7 @@ class DenseGroupWriter:
     ``layers`` (stored name -> dtype). Use it as a context manager: stores in flight are waited for on exit.
 
     ``atlas_id`` (the writing atlas's id) is the group's first attribute, stored with its first object.
+    ``guard`` is called before each shard is stored (a lease's check: a writer that lost it stops).
     """
 
     def __init__(
@@ -332,6 +335,7 @@ class DenseGroupWriter:
         layers: Mapping[str, np.dtype],
         atlas_id: str,
         geometry: GroupGeometry = DEFAULT_GEOMETRY,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
         self.n_cells = n_cells
@@ -346,6 +350,7 @@ class DenseGroupWriter:
                     parent, name, self.shape, dtype, (chunk_rows, n_features), (shard_rows, n_features)
                 ),
                 shard_rows,
+                guard,
             )
             for name, dtype in layers.items()
         }

@@ -43,9 +43,13 @@ __all__ = ["Lease", "atlas_lock"]
 log = logging.getLogger(__name__)
 
 _LOCK_PREFIX = "_lancell/locks"
-# A holder that could not renew for this fraction of stale_after counts its lease as lost; others may only
-# break it after the whole stale_after, which leaves room for clock skew between hosts.
+# A holder that could not renew for this fraction of stale_after counts its lease as lost (on its own
+# monotonic clock); others break it once its recorded renewal is stale_after old by their wall clock: hosts'
+# clocks must agree within stale_after / 4 (a breaker's clock that far ahead breaks a live lease; its
+# holder's checks before each shard and after each commit then stop it, docs/integrity.md).
 _LOST_AFTER = 0.75
+# how far in the future a recorded time may lie before a message says that a clock is off
+_CLOCK_SLACK_S = 5.0
 
 
 @contextmanager
@@ -285,7 +289,9 @@ def _described(holder: dict[str, Any]) -> str:
     parts = [f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}"]
     for field, what in (("taken_at", "taken"), ("renewed_at", "renewed")):
         if isinstance(holder.get(field), int | float):
-            parts.append(f"{what} {max(now - holder[field], 0):.0f} s ago")
+            age = now - holder[field]
+            ahead = f"{-age:.0f} s in the future by this host's clock (that host's clock is ahead)"
+            parts.append(f"{what} {age:.0f} s ago" if age > -_CLOCK_SLACK_S else f"{what} {ahead}")
     return ", ".join(parts)
 
 

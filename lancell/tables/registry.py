@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -152,11 +152,17 @@ def prepare_features(
 
 
 def register_prepared(
-    table: Table, feature_space: str, prepared: pa.Table, given: Sequence[str], on_conflict: OnConflict
+    table: Table,
+    feature_space: str,
+    prepared: pa.Table,
+    given: Sequence[str],
+    on_conflict: OnConflict,
+    held: Callable[[], None],
 ) -> int:
     """Add the new features of ``prepared`` and deal with registered ones whose ``given`` columns differ.
 
-    The caller holds the registry lock. ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
+    The caller holds the registry lock; ``held`` confirms it (a lease's check) just before each write.
+    ``on_conflict``: ``"error"`` raises, ``"keep"`` keeps the registered
     values and warns, ``"update"`` writes the given values (``global_index`` stays). A registered value that
     is null (not recorded) is filled in with a given one whatever ``on_conflict`` says: that is no conflict;
     nor is a given value that is missing (null, NaN), which never overwrites a registered one.
@@ -199,8 +205,9 @@ def register_prepared(
         else:
             fills |= {(uid, column) for uid, column, *_ in conflicts}
     if fills:
+        held()
         _update(table, registered, prepared, fills)
-    return assign_new_features(table, prepared)
+    return assign_new_features(table, prepared, held)
 
 
 def _conflicts(
@@ -260,10 +267,12 @@ def _next_index(index: pd.Series) -> int:
     return int(numbered.max()) + 1 if len(numbered) else 0
 
 
-def assign_new_features(table: Table, prepared: pa.Table) -> int:
+def assign_new_features(table: Table, prepared: pa.Table, held: Callable[[], None]) -> int:
     """Append the rows of ``prepared`` whose uid is new, numbering them max + 1 onwards.
 
-    The caller holds the registry lock. Returns the number of features added.
+    The caller holds the registry lock; ``held`` confirms it just before the write (a process that lost it,
+    paused past its lease, would number features another process numbered meanwhile). Returns the number
+    of features added.
     """
     existing = registry_index(table)
     uids = prepared.column("uid").to_pylist()
@@ -276,12 +285,14 @@ def assign_new_features(table: Table, prepared: pa.Table) -> int:
     numbered = new.set_column(
         position, new.schema.field(position), pa.array(np.arange(start, start + new.num_rows), pa.int64())
     )
+    held()
     table.add(numbered)
     return new.num_rows
 
 
-def number_unindexed(table: Table) -> int:
-    """Give a global index to rows added without one (e.g. by hand); the caller holds the registry lock.
+def number_unindexed(table: Table, held: Callable[[], None]) -> int:
+    """Give a global index to rows added without one (e.g. by hand); the caller holds the registry lock
+    (``held`` confirms it before the writes).
 
     Raises
     ------
@@ -300,6 +311,7 @@ def number_unindexed(table: Table) -> int:
             "hand that repeat a registered uid (nothing was numbered)"
         )
     start = _next_index(frame)
+    held()
     for offset, uid in enumerate(missing):
         where = f"uid = {sql_literal(uid)} AND global_index IS NULL"
         table.update(where=where, values={"global_index": start + offset})

@@ -158,3 +158,82 @@ def test_add_layer_that_lost_its_lease_stops_and_leaves_the_layer_of_the_call_th
     read = atlas.query().where(dataset_uid="x").layers("gene_expression", "log_normalized").to_anndata()
     np.testing.assert_array_equal(read.X.toarray(), (counts * 2).toarray())
     assert atlas.validate() == []
+
+
+def test_an_ingestion_whose_lease_is_taken_over_inside_its_records_commit_commits_nothing(atlas, monkeypatch):
+    """Paused inside the records' add, past its lease (or a vacuum on a host whose clock ran 10 minutes
+    ahead): vacuum(grace=0) took the dataset's lock, deleted its group and cell rows, and the ingestion then
+    committed its record and returned: a dataset without cells or group."""
+    from datetime import timedelta
+
+    from lancell.tables.atlas_tables import AtlasTables
+
+    adata = PBMC.read()
+    real = AtlasTables.datasets
+
+    class Paused:
+        def __init__(self, table):
+            self._table = table
+
+        def __getattr__(self, name):
+            return getattr(self._table, name)
+
+        def add(self, *args, **kwargs):
+            _steal(atlas, dataset_lock_name("x"))
+            RaggedAtlas.open(atlas.core.db_uri).vacuum(grace=timedelta(0))  # takes the stale lock
+            return self._table.add(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AtlasTables, "datasets", property(lambda tables: Paused(real.fget(tables))))
+        with pytest.raises(LockLostError):
+            _ingest(atlas, "x", adata)
+    groups, cells, problems = _state(atlas)
+    assert groups == [] and cells == 0 and problems == []
+    assert _ingest(atlas, "x", adata).n_cells == adata.n_obs
+
+
+def test_an_ingestion_whose_lease_is_taken_over_stops_before_its_next_shard(atlas, monkeypatch):
+    """Paused before storing a shard, past its lease: vacuum deleted its group and claim, and the
+    ingestion went on to write the whole group again, which no claim owned and vacuum never removed."""
+    from datetime import timedelta
+
+    adata = PBMC.read()
+    arrays = Path(atlas.core.db_uri).parent / "arrays"
+    before = sorted(p.name for p in arrays.iterdir())
+    real = lancell.ingest.write_transaction.WriteTransaction.check_leases
+    calls: list[int] = []
+
+    def paused_before_a_shard(self):
+        calls.append(1)
+        if len(calls) == 1:
+            _steal(atlas, dataset_lock_name("x"))
+            RaggedAtlas.open(atlas.core.db_uri).vacuum(grace=timedelta(0))
+        real(self)
+
+    monkeypatch.setattr(
+        lancell.ingest.write_transaction.WriteTransaction, "check_leases", paused_before_a_shard
+    )
+    with pytest.raises(LockLostError):
+        _ingest(atlas, "x", adata)
+    monkeypatch.undo()
+    assert _state(atlas) == ([], 0, [])
+    assert sorted(p.name for p in arrays.iterdir()) == before  # no group written again after the vacuum
+
+
+def test_a_registration_whose_lease_is_taken_over_writes_nothing(atlas, monkeypatch):
+    """Two registrations, one paused past its lease (or a clock far ahead), gave different genes the same
+    global index: every query then failed with pandas' "cannot reindex on an axis with duplicate labels"."""
+    from lancell.tables import registry
+
+    real = registry.assign_new_features
+
+    def paused(table, prepared, held):
+        _steal(atlas, "registry-gene_expression")
+        return real(table, prepared, held)
+
+    before = atlas.feature_registry("gene_expression")
+    monkeypatch.setattr(registry, "assign_new_features", paused)
+    with pytest.raises(LockLostError):
+        genes = pd.DataFrame({"uid": ["NEWGENE1", "NEWGENE2"], "gene_symbol": ["N1", "N2"]})
+        atlas.register_features("gene_expression", genes)
+    pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
