@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -53,11 +53,15 @@ class GroupClaim:
     dataset_uid: str
     created_at: datetime
     released_at: datetime | None = None
+    stored_at: datetime | None = None  # when the store last wrote the claim file, by the store's clock
 
     @property
     def last_needed(self) -> datetime:
-        """When the group was last known to be needed: its claim, or the deletion of its dataset."""
-        return self.created_at if self.released_at is None else max(self.created_at, self.released_at)
+        """When the group was last known to be needed: its claim, the deletion of its dataset, or the claim
+        file's last write by the store's clock (a deleting host whose clock ran behind wrote an early
+        ``released_at``: vacuum's grace for readers did not hold)."""
+        times = [self.created_at, self.released_at, self.stored_at]
+        return max(moment for moment in times if moment is not None)
 
 
 class GroupClaims:
@@ -125,13 +129,17 @@ class GroupClaims:
 
     def list(self) -> list[GroupClaim]:
         """Every claim in the metadata store, oldest first (files there that are not claims: warned)."""
-        paths = [
-            meta["path"]
+        stored = {
+            meta["path"]: meta["last_modified"]
             for batch in obstore.list(self.meta_store, prefix=CLAIMS_PREFIX + "/")
             for meta in batch
             if meta["path"].endswith(".json")
+        }
+        claims = [
+            replace(claim, stored_at=stored_at)
+            for path, stored_at in stored.items()
+            if (claim := self._read(path)) is not None
         ]
-        claims = [claim for path in paths if (claim := self._read(path)) is not None]
         return sorted(claims, key=lambda claim: (claim.created_at, claim.group))
 
     def _read(self, path: str) -> GroupClaim | None:

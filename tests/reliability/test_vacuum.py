@@ -219,7 +219,7 @@ def test_two_atlases_sharing_one_store_prefix(tmp_path: Path) -> None:
 
 
 def _age(atlas: RaggedAtlas, arrays: Path, group: str, hours: float, field: str) -> None:
-    """Make ``group``'s files and its claim's ``field`` ``hours`` old."""
+    """Make ``group``'s files and its claim's ``field`` (and the claim file itself) ``hours`` old."""
     then = datetime.now(UTC) - timedelta(hours=hours)
     for path in (arrays / group).rglob("*"):
         os.utime(path, (then.timestamp(), then.timestamp()))
@@ -227,6 +227,7 @@ def _age(atlas: RaggedAtlas, arrays: Path, group: str, hours: float, field: str)
     meta = atlas.group_claims.meta_store
     body = json.loads(bytes(obstore.get(meta, claim).bytes()))
     obstore.put(meta, claim, json.dumps({**body, field: then.isoformat()}).encode())
+    os.utime(Path(atlas.db_uri) / claim, (then.timestamp(), then.timestamp()))
 
 
 def test_grace_counts_from_the_deletion(tmp_path: Path) -> None:
@@ -242,6 +243,24 @@ def test_grace_counts_from_the_deletion(tmp_path: Path) -> None:
     _age(atlas, tmp_path / "arrays", record.zarr_group, 2, "released_at")
     assert atlas.vacuum(grace=timedelta(hours=1)) == {**NOTHING, "groups": 1}
     assert not (tmp_path / "arrays" / record.zarr_group).exists()
+
+
+def test_grace_holds_when_the_deleting_hosts_clock_ran_behind(tmp_path: Path) -> None:
+    """A deletion on a host whose clock ran two hours behind recorded an early ``released_at``: vacuum()
+    with the default grace on a right clock deleted the group at once, under a reader still streaming it.
+    The claim file's time by the store's clock counts too."""
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    record = ingest(atlas, "a", counts(0))
+    _age(atlas, tmp_path / "arrays", record.zarr_group, 3, "created_at")
+    atlas.delete_dataset("a")
+    claim = f"_lancell/groups/{record.zarr_group}.json"
+    meta = atlas.group_claims.meta_store
+    body = json.loads(bytes(obstore.get(meta, claim).bytes()))
+    early = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    obstore.put(meta, claim, json.dumps({**body, "released_at": early}).encode())  # as that host wrote it
+    with pytest.warns(LancellWarning, match="kept until 1:00:00 after their deletion"):
+        assert atlas.vacuum(grace=timedelta(hours=1)) == NOTHING
+    assert (tmp_path / "arrays" / record.zarr_group / "zarr.json").is_file()
 
 
 def test_debris_goes_after_grace_and_snapshot_groups_stay(
