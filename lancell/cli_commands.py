@@ -10,20 +10,14 @@ once ``--store`` is given.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import os
-import re
 import sys
-import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from lancell.atlas import RaggedAtlas
 
 __all__ = ["ingest", "init", "ls", "name_pairs", "query", "snapshot", "validate", "versions"]
@@ -363,8 +357,8 @@ def versions(args: argparse.Namespace) -> int:
 
 
 def query(args: argparse.Namespace) -> int:
-    """``lancell query``: write the cells a query selects to the ``.h5ad`` file ``-o``, through a temporary
-    file beside it (a failed write leaves nothing there)."""
+    """``lancell query``: write the cells a query selects to the ``.h5ad`` file ``-o``
+    (:func:`lancell.cli_h5ad.write_result`)."""
     selected = _open_for_reading(args).query()
     for sql in args.where:
         selected = selected.where(sql)
@@ -375,93 +369,12 @@ def query(args: argparse.Namespace) -> int:
     if args.features:
         names = [name for names in args.features for name in names]
         selected = selected.features(names, space, case_sensitive=not args.ignore_case)
-    from lancell.errors import LancellWarning
+    from lancell.cli_h5ad import write_result
 
     adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
-    if times := _times_as_text(adata.obs):
-        warnings.warn(
-            f"obs columns {times} hold dates or times, which .h5ad files cannot hold: written as their ISO "
-            "8601 text",
-            LancellWarning,
-            stacklevel=1,
-        )
-    output = Path(args.output)
-    partial = output.with_name(f".lancell-query-{os.getpid()}.part")  # (short: any name -o takes fits)
-    try:
-        failed = None
-        with _quiet_h5py_releases():
-            try:
-                adata.write_h5ad(partial)
-            except (OSError, TypeError, ValueError) as exc:
-                failed = _unwritten(output, exc)
-                exc.__traceback__ = None  # (its frames hold h5py's objects: released below, quietly)
-            gc.collect()
-        if failed is not None:
-            raise failed
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_result(adata, Path(args.output))
     print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
     return 0
-
-
-@contextlib.contextmanager
-def _quiet_h5py_releases() -> Iterator[None]:
-    """Drop, in the block, the errors h5py cannot raise while it releases the objects of a file it failed to
-    write (a full disk: one traceback per object, hundreds of lines, some printed through
-    ``sys.excepthook``): the write's own error says it once. Only errors raised by that release are
-    dropped (h5py's ``ObjectID._dealloc``)."""
-    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
-
-    def released(tb: Any) -> bool:
-        frames = traceback.extract_tb(tb) if tb is not None else []
-        return bool(frames) and frames[-1].filename.endswith("_objects.pyx") and "dealloc" in frames[-1].name
-
-    def on_unraisable(unraisable: Any) -> None:
-        if not released(unraisable.exc_traceback):
-            unraisable_hook(unraisable)
-
-    def on_exception(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if not released(tb):
-            except_hook(kind, value, tb)
-
-    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
-    try:
-        yield
-    finally:
-        sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
-
-
-def _unwritten(output: Path, exc: Exception) -> Exception:
-    """The error of a query result that could not be written to ``output``: a ``StoreError`` with the
-    system's words and number for a failed write (HDF5's message names its buffers and offsets), a
-    ``QueryError`` for values an .h5ad file cannot hold (an older atlas's list-valued or NUL-holding text
-    column), on one line."""
-    from lancell.errors import QueryError, StoreError
-
-    text = " ".join(" ".join([str(exc), *getattr(exc, "__notes__", ())]).split())  # (anndata: the key)
-    if isinstance(exc, OSError):
-        said = re.search(r"error message = '([^']+)'", text)
-        error = StoreError(f"cannot write {output}: {said.group(1) if said else text}")
-        found = re.search(r"errno = (\d+)", text)
-        error.errno = exc.errno or (int(found.group(1)) if found else None)
-        return error
-    return QueryError(f"cannot write {output} (.h5ad): {text}")
-
-
-def _times_as_text(obs: pd.DataFrame) -> list[str]:
-    """Replace ``obs``'s date, time and duration columns by their ISO 8601 text (missing stays missing); the
-    columns replaced."""
-    import pandas as pd
-
-    replaced = []
-    for name in obs.columns:
-        column = obs[name]
-        if column.dtype.kind in "Mm" or pd.api.types.infer_dtype(column, skipna=True) in ("date", "datetime"):
-            text = column.map(lambda value: value.isoformat() if hasattr(value, "isoformat") else str(value))
-            obs[name] = text.where(column.notna()).astype("category")  # (a missing one stays missing)
-            replaced.append(str(name))
-    return replaced
 
 
 def validate(args: argparse.Namespace) -> int:
