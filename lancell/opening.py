@@ -7,9 +7,10 @@ or those a snapshot recorded (``checkout``), read through pylance.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lancell.core import AtlasCore
@@ -92,26 +93,30 @@ def opened_core(
     meta, meta_store = read_meta(db_uri, store_kwargs)
     meta = meta if read_only else ensure_atlas_id(meta_store, meta)
     given, url = store is not None, meta["store_url"]
+    atlas_id_at = functools.partial(_atlas_id_at, store_kwargs=store_kwargs)
     if not given and read_only:
-        url = reading_store_url(db_uri, meta, url)
+        url = reading_store_url(db_uri, meta, url, atlas_id_at)
     elif not given:
-        url = located_store_url(db_uri, meta, url, writable=True)
+        url = located_store_url(db_uri, meta, url, writable=True, atlas_id_at=atlas_id_at)
     store = recorded_store(store, url, store_kwargs, recorded_config=meta.get("store_config"), db_uri=db_uri)
     database = Database(db_uri, options)
     if given and read_only:  # (a wrong one would read as groups missing: damage, not a wrong argument)
         check_given_store(store, database, None)
     elif given:
-        check_given_store(store, database, _settled_stores(db_uri, meta))
+        check_given_store(store, database, _settled_stores(db_uri, meta, atlas_id_at))
         refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
         bind_given_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 
 
-def _settled_stores(db_uri: str, meta: dict[str, Any]) -> list[str] | None:
+def _settled_stores(
+    db_uri: str, meta: dict[str, Any], atlas_id_at: Callable[[str], str | None]
+) -> list[str] | None:
     """The stores an open without ``store=`` could settle on: the recorded one, and a copy's own inside its
     folder; None for a copy or move whose store lies outside it (every open of it names its store)."""
     try:
-        return sorted({meta["store_url"], located_store_url(db_uri, meta, meta["store_url"], writable=True)})
+        located = located_store_url(db_uri, meta, meta["store_url"], writable=True, atlas_id_at=atlas_id_at)
+        return sorted({meta["store_url"], located})
     except StoreError:
         return None
 
@@ -165,7 +170,10 @@ def checked_out_core(
     meta, meta_store = read_meta(db_uri, store_kwargs)
     database = Database(db_uri, options)
     row = read_snapshot(database, int(version))
-    url = row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"])
+    reading = lambda uri: _atlas_id_at(uri, store_kwargs)  # noqa: E731
+    url = (
+        row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"], reading)
+    )
     given = store is not None
     store = recorded_store(store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri)
     if given:  # (the snapshot's records: an archive of its store need not hold later datasets' groups)

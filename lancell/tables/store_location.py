@@ -281,7 +281,14 @@ def _is_atlas_group(store: obs_store.ObjectStore, folder: str) -> bool:
     return isinstance(attributes, dict) and ATLAS_ID_ATTR in attributes
 
 
-def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writable: bool) -> str:
+def located_store_url(
+    db_uri: str,
+    meta: Mapping[str, Any],
+    url: str,
+    *,
+    writable: bool,
+    atlas_id_at: Callable[[str], str | None] | None = None,
+) -> str:
     """The store URL an atlas opened at ``db_uri`` reads (and writes), when no store is given.
 
     ``url`` as recorded, unless the atlas was copied or moved (``db_url``, recorded at creation, names
@@ -297,7 +304,7 @@ def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writabl
         ``store``.
     """
     here = comparable_location(db_uri)
-    created = meta.get("db_url") or _legacy_creation(here, url)
+    created = meta.get("db_url") or _legacy_creation(here, url, meta.get("atlas_id"), atlas_id_at)
     if created is None or comparable_location(created) == here or url == here or url.startswith(f"{here}/"):
         return url  # not moved, or a store already inside it (a snapshot taken after the move records it)
     there = comparable_location(created)
@@ -312,12 +319,17 @@ def located_store_url(db_uri: str, meta: Mapping[str, Any], url: str, *, writabl
     return url
 
 
-def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
+def reading_store_url(
+    db_uri: str,
+    meta: Mapping[str, Any],
+    url: str,
+    atlas_id_at: Callable[[str], str | None] | None = None,
+) -> str:
     """The store URL a read-only handle of the atlas at ``db_uri`` reads when no store is given (``url``, as
     recorded, relocated for a copy whose store lies inside it); warns when that store may be the original's.
     """
     try:
-        return located_store_url(db_uri, meta, url, writable=True)
+        return located_store_url(db_uri, meta, url, writable=True, atlas_id_at=atlas_id_at)
     except StoreError:  # a copy or move whose store lies outside it: a write would be refused
         warnings.warn(
             f"the atlas at {db_uri!r} was copied or moved and its zarr store {url} lies outside it: reading "
@@ -325,7 +337,7 @@ def reading_store_url(db_uri: str, meta: Mapping[str, Any], url: str) -> str:
             LancellWarning,
             stacklevel=caller_outside_lancell(),
         )
-        return located_store_url(db_uri, meta, url, writable=False)
+        return located_store_url(db_uri, meta, url, writable=False, atlas_id_at=atlas_id_at)
 
 
 def comparable_location(uri: str) -> str:
@@ -334,26 +346,32 @@ def comparable_location(uri: str) -> str:
     return local_path(uri).as_uri() if is_local(uri) else uri.rstrip("/")
 
 
-def _legacy_creation(here: str, url: str) -> str | None:
+def _legacy_creation(
+    here: str, url: str, atlas_id: str | None, atlas_id_at: Callable[[str], str | None] | None
+) -> str | None:
     """Where an atlas that recorded no ``db_url`` (created before one was recorded) was created, as far as
     its store tells: the database of a default store (``<db>/_zarr``) other than ``here`` (a copy), else
-    None. A local atlas is such a copy only where it holds a default store of its own (``cp -r`` copied the
-    original's), and, for an original on local disk, that original is another folder and an atlas database
-    (an atlas sharing another's store on purpose holds none; a store of its own that happens to be named
-    ``_zarr`` is in no database). Such a copy is never relocated (a store of that name elsewhere cannot
-    always be told from the default): it is refused for writing and read as recorded (a ``cp -r`` copy of
-    an atlas written before 2026-12-05 wrote to, and vacuumed, the original's store)."""
+    None. With ``atlas_id_at`` (the id of the atlas at a location, None where there is none), that database
+    must be this atlas (the same id: a copy, ``cp -r`` or of the database alone) and, on local disk, another
+    folder than ``here`` (not this one by a link): an atlas sharing another's store on purpose has an id of
+    its own, and a database gone leaves a store that does not exist, refused as such. Such a copy is never
+    relocated (a store of that name elsewhere cannot always be told from the default): it is refused for
+    writing and read as recorded (a copy of an atlas written before 2026-12-05 wrote to, and vacuumed, the
+    original's store)."""
     origin = url.removesuffix("/_zarr")
     if not url.endswith("/_zarr") or origin == here:
         return None
-    if is_local(here):
-        own = local_path(here)
-        if not (own / "_zarr").is_dir():
+    if is_local(here) and is_local(origin) and _same(local_path(origin), local_path(here)):
+        return None
+    if atlas_id_at is not None:
+        try:
+            theirs = atlas_id_at(origin)
+        except StoreError:  # unreadable: whether it is this atlas is unknown, taken to be
+            return origin
+        if theirs is None or (atlas_id is not None and theirs != atlas_id):
             return None
-        if is_local(origin):
-            folder = local_path(origin)
-            if not (folder / f"{DATASETS_TABLE}.lance").exists() or _same(folder, own):
-                return None  # (gone: a store that does not exist is refused as such)
+    elif is_local(here):
+        return None  # (nothing tells it from an atlas sharing the store: as before the id was compared)
     return origin
 
 

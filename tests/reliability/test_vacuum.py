@@ -495,7 +495,11 @@ def test_a_copy_of_a_local_atlas_that_recorded_no_creation_place_is_refused_the_
     meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "db_url"}))
     ingest(RaggedAtlas.open(str(tmp_path / "c" / "db")), "x", x["x"])
     assert_exact(RaggedAtlas.open(str(elsewhere.db_uri)), {"x": x["x"]})
-    # nor is an atlas that shares the original's store on purpose (it holds no default store of its own)
+    # a copy of the database alone (its arrays shared) is a copy too: the same atlas id
+    shutil.copytree(tmp_path / "a" / "db", tmp_path / "f" / "db", ignore=shutil.ignore_patterns("_zarr"))
+    with pytest.raises(StoreError, match=r"\(copied or moved\)"):
+        RaggedAtlas.open(str(tmp_path / "f" / "db"))
+    # an atlas that shares the original's store on purpose (an atlas of its own) is none
     new_atlas(tmp_path / "s" / "db", str(tmp_path / "a" / "db" / "_zarr"))
     meta_path = tmp_path / "s" / "db" / "_lancell" / "atlas.json"
     meta = json.loads(meta_path.read_text())
