@@ -50,7 +50,7 @@ def write_result(adata: ad.AnnData, output: Path) -> None:
         with _quiet_h5py_releases():
             try:
                 adata.write_h5ad(partial)
-            except (OSError, TypeError, ValueError) as exc:
+            except (OSError, RuntimeError, TypeError, ValueError) as exc:  # (HDF5's close: RuntimeError)
                 failed = _unwritten(output, exc)
                 exc.__traceback__ = None  # (its frames hold h5py's objects: released below, quietly)
             gc.collect()
@@ -96,11 +96,11 @@ def _unwritten(output: Path, exc: Exception) -> Exception:
     from lancell.errors import QueryError, StoreError
 
     text = " ".join(" ".join([str(exc), *getattr(exc, "__notes__", ())]).split())  # (anndata: the key)
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) or "errno = " in text:  # a write the system refused (HDF5 names its errno)
         said = re.search(r"error message = '([^']+)'", text)
         error = StoreError(f"cannot write {output}: {said.group(1) if said else text}")
         found = re.search(r"errno = (\d+)", text)
-        error.errno = exc.errno or (int(found.group(1)) if found else None)
+        error.errno = getattr(exc, "errno", None) or (int(found.group(1)) if found else None)
         return error
     return QueryError(f"cannot write {output} (.h5ad): {text}")
 

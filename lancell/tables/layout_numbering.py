@@ -7,8 +7,9 @@ and one gene panel in two feature spaces numbered otherwise shared the first spa
 datasets read one gene's values under another's name (and kept reading them so once the first space's
 datasets were deleted). ``validate()`` reports every such layout (:func:`layouts_off_the_registry`) and a
 query refuses to read them (:func:`check_layouts_numbered`): each layout a query reads is checked once per
-process, in atlases created before atlas.json recorded :data:`NUMBERED_LAYOUTS`; it costs nothing in the
-others, whose every layout was named with its global indices.
+process in atlases created before atlas.json recorded :data:`NUMBERED_LAYOUTS`; in the others (an older
+lancell may still write into them) only the layouts datasets of two feature spaces use, which costs nothing
+where there are none.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def layouts_off_the_registry(core: AtlasCore, space: str, layouts: pa.Table) -> 
     record a feature ``space``'s registry does not hold under the same global index: ``layout uid -> (how
     many such features, the first: {feature_uid, global_index, registered_index})``."""
     registry = core.tables.registry(space).to_arrow().select(["uid", "global_index"])
+    registry = registry.filter(registry.column("global_index").is_valid())  # (a row added by hand: none)
     registered = registry.rename_columns(["feature_uid", "registered_index"])
     joined = layouts.join(registered, "feature_uid", join_type="left outer")
     same = pc.fill_null(pc.equal(joined.column("global_index"), joined.column("registered_index")), False)
@@ -64,10 +66,13 @@ def check_layouts_numbered(core: AtlasCore, records: list[Mapping[str, Any]], qu
     QueryError
         Such a dataset is among ``queried`` (an atlas written before 2026-12-06).
     """
-    if core.meta.get(NUMBERED_LAYOUTS):
-        return
     by_group = {record["zarr_group"]: record for record in records}
     read = [by_group[name] for name in queried]
+    if core.meta.get(NUMBERED_LAYOUTS):  # an older lancell may still write one: a layout of two spaces
+        spaces: dict[str, set[str]] = {}
+        for record in records:
+            spaces.setdefault(record["layout_uid"], set()).add(record["feature_space"])
+        read = [record for record in read if len(spaces[record["layout_uid"]]) > 1]
     atlas = atlas_identity(core)
     verdicts: dict[tuple[str, str], bool] = {}  # (this call's: the cache may evict meanwhile)
     for record in read:

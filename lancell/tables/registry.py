@@ -311,8 +311,8 @@ def number_unindexed(table: Table, held: Callable[[], None]) -> int:
             "hand that repeat a registered uid (nothing was numbered)"
         )
     start = _next_index(frame)
-    held()
     for offset, uid in enumerate(missing):
+        held()  # (one commit per row: each one confirmed)
         where = f"uid = {sql_literal(uid)} AND global_index IS NULL"
         table.update(where=where, values={"global_index": start + offset})
     return len(missing)

@@ -104,3 +104,22 @@ def test_a_query_result_an_h5ad_cannot_hold_is_one_error_line(tmp_path: Path, db
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot write" in error and "key 'tags'" in error
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_hdf5s_runtime_error_on_a_full_file_system_is_a_store_error(tmp_path: Path, monkeypatch):
+    """h5py's File.close raises RuntimeError ("Set slist enabled failed ... File too large") when the
+    file-size limit or the disk stops the write: a 30-line traceback, then a segfault at exit."""
+    from lancell.cli_h5ad import write_result
+    from lancell.errors import StoreError
+
+    def too_large(adata, path, **kwargs):
+        raise RuntimeError(
+            "Set slist enabled failed (file write failed: time = Mon Dec 7, filename = 'q', file descriptor "
+            "= 5, errno = 27, error message = 'File too large', buf = 0x55, total write size = 9)"
+        )
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", too_large)
+    adata = ad.AnnData(np.ones((2, 2), np.float32))
+    with pytest.raises(StoreError, match=r"cannot write .*q.h5ad: File too large$") as raised:
+        write_result(adata, tmp_path / "q.h5ad")
+    assert raised.value.errno == 27 and list(tmp_path.iterdir()) == []

@@ -180,3 +180,53 @@ def test_a_layout_an_older_lancell_shared_between_two_spaces_is_refused_by_queri
     assert atlas.validate() == []
     one = atlas.query().where(dataset_uid="d2").features(["A"], "rna2").to_anndata()
     assert one.X.toarray().ravel().tolist() == [1, 4]
+
+
+def test_an_older_lancell_writing_into_a_new_atlas_is_still_caught_and_hand_rows_are_no_mismatch(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The new atlas's marker skipped the check, but an older lancell (same format) still wrote shared
+    layouts into it; and without the marker, a registry row added by hand without a global index, repeating
+    a registered uid, made a correct dataset refused ("delete those datasets")."""
+    import hashlib
+
+    import lancell.ingest.plan
+
+    def by_uids_alone(feature_uids, global_index):
+        return hashlib.sha256("\x1f".join(feature_uids).encode()).hexdigest()[:24]
+
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene}
+    )
+    atlas.register_features("rna", pd.DataFrame({"uid": ["A", "B", "C"]}))
+    atlas.register_features("rna2", pd.DataFrame({"uid": ["Z", "A", "B", "C"]}))
+    x = sp.csr_matrix(np.array([[1, 2, 3], [4, 5, 6]], np.int32))
+    with monkeypatch.context() as patched:
+        patched.setattr(lancell.ingest.plan, "layout_uid_for", by_uids_alone)
+        for uid, space in (("d1", "rna"), ("d2", "rna2")):
+            obs = pd.DataFrame(index=[f"{uid}_{i}" for i in range(2)])
+            var = pd.DataFrame(index=["A", "B", "C"])
+            add_from_anndata(
+                atlas, ad.AnnData(X=x, obs=obs, var=var), feature_space=space, zarr_layer="counts",
+                dataset_record=DatasetRecord(uid=uid), progress=False,
+            )  # fmt: skip
+    with pytest.raises(QueryError, match=r"'d2' \(rna2\) use a feature layout"):
+        atlas.query().feature_space("rna2").to_anndata()
+
+    plain = RaggedAtlas.create(
+        str(tmp_path / "plain"), "cells", TwoSpaces, registry_schemas={"rna": Gene, "rna2": Gene}
+    )
+    meta_path = tmp_path / "plain" / "_lancell" / "atlas.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != NUMBERED_LAYOUTS}))
+    plain = RaggedAtlas.open(str(tmp_path / "plain"))
+    plain.register_features("rna", pd.DataFrame({"uid": ["A", "B", "C"]}))
+    obs, var = pd.DataFrame(index=["c0", "c1"]), pd.DataFrame(index=["A", "B", "C"])
+    add_from_anndata(
+        plain, ad.AnnData(X=x, obs=obs, var=var), feature_space="rna", zarr_layer="counts",
+        dataset_record=DatasetRecord(uid="d"), progress=False,
+    )  # fmt: skip
+    registry = plain.core.tables.registry("rna")
+    registry.add(pa.Table.from_pylist([{"uid": "A", "global_index": None}], schema=registry.schema))
+    out = plain.query().feature_space("rna").to_anndata()
+    assert out.var_names.tolist() == ["A", "B", "C"] and np.array_equal(out.X.toarray(), x.toarray())

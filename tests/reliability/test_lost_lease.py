@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import obstore
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import lancell.ingest.write_transaction
@@ -237,3 +238,24 @@ def test_a_registration_whose_lease_is_taken_over_writes_nothing(atlas, monkeypa
         genes = pd.DataFrame({"uid": ["NEWGENE1", "NEWGENE2"], "gene_symbol": ["N1", "N2"]})
         atlas.register_features("gene_expression", genes)
     pd.testing.assert_frame_equal(atlas.feature_registry("gene_expression"), before)
+
+
+def test_numbering_rows_added_by_hand_confirms_the_lock_before_each_commit(atlas):
+    """number_unindexed checked its lease once, then numbered the rows one commit each: a pause after the
+    first let another registration take the same index as the next row."""
+    from lancell.tables.registry import number_unindexed
+
+    registry = atlas.core.tables.registry("gene_expression")
+    rows = [{"uid": f"BYHAND{i}", "gene_symbol": f"H{i}", "global_index": None} for i in range(3)]
+    registry.add(pa.Table.from_pylist(rows, schema=registry.schema))
+    confirmed: list[int] = []
+
+    def held() -> None:
+        confirmed.append(1)
+        if len(confirmed) == 2:
+            raise LockLostError("taken over")
+
+    with pytest.raises(LockLostError):
+        number_unindexed(registry, held)
+    numbered = atlas.feature_registry("gene_expression").set_index("uid")["global_index"]
+    assert numbered[["BYHAND0", "BYHAND1", "BYHAND2"]].isna().tolist() == [False, True, True]
