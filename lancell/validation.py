@@ -267,8 +267,8 @@ def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.T
                 f"layout {layout!r} ({space}): {count} features are not in the registry under the global "
                 f"index it records, e.g. {example['feature_uid']!r} (layout {example['global_index']}, "
                 f"registry {'none: not registered' if held is None else held}); its datasets read other "
-                "features' values under these names (a layout an older lancell shared between feature "
-                "spaces): delete them and ingest them again"
+                "features' values under these names (the registry edited, or a layout an older lancell "
+                "shared between feature spaces): delete them and ingest them again"
             )
     return problems
 

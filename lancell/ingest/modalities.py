@@ -26,11 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import DatasetNotFoundError, IngestError
+from lancell.ingest.csc_choice import check_csc_of_run, csc_of_modality
 from lancell.ingest.from_anndata import check_raw
 from lancell.ingest.plan import plan_ingest, stored_layers
 from lancell.ingest.records import given_or_default, modality_record
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal

@@ -40,6 +40,7 @@ from lancell.errors import (
     TenxFormatError,
     caller_outside_lancell,
 )
+from lancell.ingest.csc_choice import check_csc_of_run, csc_of_modality
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
@@ -50,7 +51,7 @@ from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix, check_te
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
 from lancell.ingest.tenx_obs import cell_obs
 from lancell.ingest.transaction_run import run_transactions
-from lancell.ingest.write_transaction import WriteTransaction, check_csc_of_run, csc_of_modality
+from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.feature_spaces import resolve_feature_space
 
 if TYPE_CHECKING:

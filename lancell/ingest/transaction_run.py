@@ -19,7 +19,7 @@ from contextlib import ExitStack
 import obstore.exceptions as obs_errors
 import pyarrow as pa
 
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LockLostError
 from lancell.ingest.fingerprint import find_duplicates
 from lancell.ingest.freed_memory import release_freed_memory
 from lancell.ingest.write_transaction import WriteTransaction
@@ -107,16 +107,32 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                 # deleted again while the content locks are held
                 try:
                     core.tables.datasets.add(pa.Table.from_pylist(rows, schema=core.dataset_arrow))
-                    # a lease lost before the add returned (a pause past it, a clock far off): whoever took
-                    # the lock over (vacuum()) may have removed what the records own: they go again
-                    for transaction in committing:
-                        transaction.check_leases()
+                    _check_after_commit(committing)
                     for transaction in committing:
                         transaction.record_added()
                 except BaseException:  # the add may have committed: delete the records again, in one commit
                     # (deleting no row is harmless: each uid's lock is held, no one else commits it)
                     _delete_records(core, committing)
                     raise
+
+
+def _check_after_commit(committing: Sequence[WriteTransaction]) -> None:
+    """After the records' add: a lease lost before it returned (a pause past it, a clock far off) means that
+    whoever took the lock over (a ``vacuum()``) may have removed what the records own. Where that is whole
+    (each group and its cell rows there) the records stand, for another ingestion of the same content may
+    already have been told they hold it; else ``LockLostError`` is raised, and the records go again.
+    """
+    try:
+        for transaction in committing:
+            transaction.check_leases()
+    except LockLostError:
+        if not all(transaction.owns_whole() for transaction in committing):
+            raise
+        log.warning(
+            "datasets %s: a lease was taken over while their records were committed; what they own is "
+            "whole: they stand",
+            [transaction.record.uid for transaction in committing],
+        )
 
 
 def _delete_records(core, committing: Sequence[WriteTransaction]) -> None:

@@ -49,6 +49,7 @@ from lancell.errors import (
     caller_outside_lancell,
 )
 from lancell.ingest.cell_rows import cell_batches, detach_pointers, pointer_batches
+from lancell.ingest.csc_choice import check_csc_of_run, writes_csc
 from lancell.ingest.fingerprint import (
     ContentHasher,
     OnDuplicate,
@@ -62,7 +63,7 @@ from lancell.ingest.group_write import write_group
 from lancell.ingest.plan import CELL_BATCH, ROWS_PER_COMMIT, IngestPlan
 from lancell.ingest.sources import stored_dtype
 from lancell.maintenance import hold_host, remove_group
-from lancell.storage.csc import CSC_BUDGET, CSC_MIN_VALUES, write_csc
+from lancell.storage.csc import CSC_BUDGET, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal
@@ -73,28 +74,9 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.locks import Lease
 
-__all__ = ["WriteTransaction", "check_csc_of_run", "csc_of_modality"]
+__all__ = ["WriteTransaction"]
 
 log = logging.getLogger(__name__)
-
-
-def csc_of_modality(csc: bool | None, space: FeatureSpace) -> bool | None:
-    """A run of several modalities' ``csc`` choice, for the one in ``space``: the sparse ones' (a dense space
-    has no CSC copy; :func:`check_csc_of_run` warns where no modality of the run is sparse)."""
-    return csc if space.kind == "sparse" else None
-
-
-def check_csc_of_run(csc: bool | None, spaces: list[FeatureSpace], uid: str) -> None:
-    """Warn that ``csc=True`` is ignored by a run of modalities (dataset ``uid``) in ``spaces`` none of which
-    is sparse."""
-    if csc and not any(space.kind == "sparse" for space in spaces):
-        names = sorted(space.name for space in spaces)
-        warnings.warn(
-            f"dataset {uid!r}: csc=True is ignored: feature spaces {names} are dense, and only sparse "
-            "datasets have a CSC copy",
-            LancellWarning,
-            stacklevel=caller_outside_lancell(),
-        )
 
 
 class WriteTransaction:
@@ -161,7 +143,7 @@ class WriteTransaction:
         self._group = core.group_claims.claim_new(self.record.uid)
         names = list(plan.layers)
         written = None
-        if space.kind == "sparse" and (plan.nnz >= CSC_MIN_VALUES if self.csc is None else self.csc):
+        if writes_csc(space, plan.nnz, self.csc):
             dtypes = {name: stored_dtype(source) for name, source in plan.layers.items()}
             written = CsrBlocks(
                 len(plan.feature_uids),
@@ -315,6 +297,17 @@ class WriteTransaction:
         )
         self.check_leases()
         return self.record.model_dump()
+
+    def owns_whole(self) -> bool:
+        """Whether what the record owns is all there: its group (with its claim) and a cell row (or pointer)
+        into it for each of its cells."""
+        core, space = self.core, self.space.name
+        if self._group is None or core.group_claims.get(self._group) is None:
+            return False
+        if core.group_attrs(self._group, reopen=True) is None:
+            return False
+        pointing = core.tables.cells.count_rows(f"{space}.zarr_group = {sql_literal(self._group)}")
+        return pointing == self.plan.n_cells
 
     def check_leases(self) -> None:
         """Confirm that this transaction still holds its leases (one read of each lock object).

@@ -57,6 +57,7 @@ def test_definitions_load_and_graph_shape():
         "geo_series_sensor": dg.DefaultSensorStatus.RUNNING,
         "landing_zone_sensor": dg.DefaultSensorStatus.RUNNING,
         "nightly_snapshot_sensor": dg.DefaultSensorStatus.STOPPED,
+        "snapshot_partitions_sensor": dg.DefaultSensorStatus.RUNNING,
     }
     specs = [spec for asset in definitions.defs.assets for spec in asset.check_specs]
     checks = {(c.key.name, c.partitions_def) for c in specs}

@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+import lancell.ingest.csc_choice as csc_choice
 import lancell.ingest.write_transaction as write_transaction
 import lancell.query.reconstruct as reconstruct_module
 import lancell.storage.csc as csc_module
@@ -87,7 +88,7 @@ def test_csr_path_when_csc_costs_more_and_add_csc_later(atlas, celltypist, spy):
 @pytest.mark.parametrize("threshold", [1_027_859, 1_027_860])
 def test_default_csc_follows_stored_values(atlas, celltypist, monkeypatch, threshold):
     assert celltypist.X.nnz == 1_027_859
-    monkeypatch.setattr(write_transaction, "CSC_MIN_VALUES", threshold)
+    monkeypatch.setattr(csc_choice, "CSC_MIN_VALUES", threshold)
     record = _ingest(atlas, celltypist, "ct")
     layers = atlas.core.group_attrs(record.zarr_group).get("csc_layers")
     assert layers == (["counts"] if threshold <= celltypist.X.nnz else None)

@@ -148,7 +148,9 @@ def test_a_layout_off_the_registry_is_reported(atlas: RaggedAtlas):
     layout = atlas.list_datasets().set_index("uid").loc["s", "layout_uid"]
     swapped = (
         f"layout {layout!r} (gene_expression): 2 features are not in the registry under the global index it "
-        "records, e.g. 'g0' (layout 0, registry 1)"
+        "records, e.g. 'g0' (layout 0, registry 1); its datasets read other features' values under these "
+        "names (the registry edited, or a layout an older lancell shared between feature spaces): delete "
+        "them and ingest them again"
     )
     assert atlas.validate() == [swapped]
     assert atlas.validate(dataset_uid="s") == [swapped] and atlas.validate(dataset_uid="d") == []
@@ -156,7 +158,9 @@ def test_a_layout_off_the_registry_is_reported(atlas: RaggedAtlas):
     registry.add(pd.DataFrame({"uid": ["g1"], "global_index": [1]}))
     assert atlas.validate() == [
         f"layout {layout!r} (gene_expression): 1 features are not in the registry under the global index it "
-        "records, e.g. 'g0' (layout 0, registry none: not registered)"
+        "records, e.g. 'g0' (layout 0, registry none: not registered); its datasets read other features' "
+        "values under these names (the registry edited, or a layout an older lancell shared between feature "
+        "spaces): delete them and ingest them again"
     ]
 
 

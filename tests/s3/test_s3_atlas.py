@@ -174,7 +174,8 @@ def test_public_bucket_read_anonymously_with_skip_signature(seaweed: Seaweed) ->
     writable = RaggedAtlas.open(f"{root}/db", store_kwargs=anonymous)
     with pytest.raises(StoreError, match="cannot take lock 'snapshot'") as refused:
         writable.snapshot()
-    assert isinstance(refused.value.__cause__, obstore.exceptions.PermissionDeniedError)
+    cause = refused.value.__cause__  # (the lock's StoreError, named within snapshot()'s, then obstore's)
+    assert isinstance(cause.__cause__, obstore.exceptions.PermissionDeniedError)
 
 
 def test_loader_epoch_on_s3_matches_local_disk(seaweed: Seaweed, bundled_pair: dict[str, object]) -> None:
