@@ -278,6 +278,9 @@ def remove_debris(
                 continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):
                 continue
+            current = claims.get(group)  # read again under the lock: a deletion since restarts the grace
+            if current is None or current.last_needed > cutoff:
+                continue
             if pinned or _Names(_snapshot_groups(core, snapshots, cutoff)).nests(group):  # (a snapshot since)
                 counts["cells"] += _drop_pointers(core, group, owners, dry_run, doomed)
                 continue

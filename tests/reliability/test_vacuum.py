@@ -263,6 +263,28 @@ def test_grace_holds_when_the_deleting_hosts_clock_ran_behind(tmp_path: Path) ->
     assert (tmp_path / "arrays" / record.zarr_group / "zarr.json").is_file()
 
 
+def test_a_deletion_landing_while_vacuum_runs_keeps_its_grace(tmp_path: Path, monkeypatch) -> None:
+    """A delete_dataset right after vacuum() listed the claims: vacuum judged the group on the claim it had
+    listed (no deletion time) and deleted it at once, under readers the grace of a day should have kept."""
+    import lancell.maintenance
+
+    atlas = new_atlas(tmp_path / "db", str(tmp_path / "arrays"))
+    record = ingest(atlas, "a", counts(0))
+    _age(atlas, tmp_path / "arrays", record.zarr_group, 48, "created_at")
+    real = lancell.maintenance._live_groups
+    deleted: list[bool] = []
+
+    def deletion_lands(core):
+        if not deleted:
+            deleted.append(True)
+            RaggedAtlas.open(atlas.db_uri).delete_dataset("a")
+        return real(core)
+
+    monkeypatch.setattr(lancell.maintenance, "_live_groups", deletion_lands)
+    assert atlas.vacuum(grace=timedelta(days=1))["groups"] == 0
+    assert (tmp_path / "arrays" / record.zarr_group / "zarr.json").is_file()
+
+
 def test_debris_goes_after_grace_and_snapshot_groups_stay(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
