@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anndata as ad
@@ -56,3 +59,40 @@ def visible_state(atlas: RaggedAtlas, *, versions: bool = False) -> dict[str, ob
 
 def dense(x: object) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+@contextmanager
+def table_calls(table: str, **replaced: Callable[..., object]) -> Iterator[None]:
+    """Every atlas handle's table ``table`` (an ``AtlasTables`` property: ``"datasets"``, ``"cells"``) with
+    the methods named in ``replaced`` in place of its own, each called as ``method(real_table, *args,
+    **kwargs)`` (a store failing, a process paused or interrupted inside one call)."""
+    from lancell.tables.atlas_tables import AtlasTables
+
+    real = getattr(AtlasTables, table)
+
+    class Replaced:
+        def __init__(self, handle: object) -> None:
+            self._handle = handle
+
+        def __getattr__(self, name: str) -> object:
+            if name in replaced:
+                return functools.partial(replaced[name], self._handle)
+            return getattr(self._handle, name)
+
+    setattr(AtlasTables, table, property(lambda tables: Replaced(real.fget(tables))))
+    try:
+        yield
+    finally:
+        setattr(AtlasTables, table, real)
+
+
+def apply_partition_requests(instance: object, result: object) -> None:
+    """Apply a sensor result's dynamic partition requests to ``instance``, as the daemon does."""
+    import dagster as dg
+
+    for request in getattr(result, "dynamic_partitions_requests", None) or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import apply_partition_requests
 
 import definitions
 from lancell.errors import IngestError
@@ -39,12 +40,7 @@ def tick(
     """Evaluate the landing sensor and commit its partition changes, as the daemon does."""
     context = dg.build_sensor_context(instance=instance, resources=defs.resources, cursor=cursor)
     result = landing_zone_sensor(context)
-    for request in getattr(result, "dynamic_partitions_requests", None) or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    apply_partition_requests(instance, result)
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
+from helpers import apply_partition_requests
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import DuplicateNoteError, LancellWarning
@@ -92,12 +93,7 @@ def test_snapshots_taken_and_deleted_outside_dagster_follow_as_partitions(platfo
     def tick():
         context = dg.build_sensor_context(instance=instance, resources=defs.resources)
         result = snapshot_partitions_sensor(context)
-        for request in result.dynamic_partitions_requests:  # as the daemon applies them
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-            else:
-                for key in request.partition_keys:
-                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+        apply_partition_requests(instance, result)
         return result
 
     atlas = RaggedAtlas.open(str(root / "db"))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from helpers import visible_state
+from helpers import table_calls, visible_state
 
 import lancell.ingest.landing as landing
 from lancell.atlas import RaggedAtlas
@@ -745,27 +745,15 @@ def test_an_interrupt_after_the_commit_keeps_the_dataset(atlas, monkeypatch):
 def test_an_interrupt_inside_the_records_commit_rolls_back_whole(atlas, monkeypatch, when):
     """A Ctrl-C arriving after the record's commit but before the transaction noted it: the roll-back
     deleted the cells and kept the record (700 cells recorded, 0 read; a re-run said "already there")."""
-    from lancell.tables.atlas_tables import AtlasTables
 
-    real = AtlasTables.datasets
-
-    class Interrupted:
-        def __init__(self, table):
-            self._table = table
-
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def add(self, *args, **kwargs):
-            if when == "after the commit":
-                self._table.add(*args, **kwargs)
-            raise KeyboardInterrupt
+    def add(table, *args, **kwargs):
+        if when == "after the commit":
+            table.add(*args, **kwargs)
+        raise KeyboardInterrupt
 
     _ingest(atlas, _adata(seed=1), "kept")
-    with monkeypatch.context() as patched:
-        patched.setattr(AtlasTables, "datasets", property(lambda tables: Interrupted(real.fget(tables))))
-        with pytest.raises(KeyboardInterrupt):
-            _ingest(atlas, _adata(seed=2), "interrupted")
+    with table_calls("datasets", add=add), pytest.raises(KeyboardInterrupt):
+        _ingest(atlas, _adata(seed=2), "interrupted")
     assert atlas.list_datasets()["uid"].tolist() == ["kept"]
     assert atlas.validate() == [] and _cells(atlas) == 200
     assert _ingest(atlas, _adata(seed=2), "interrupted").n_cells == 200  # a re-run ingests it
@@ -792,28 +780,17 @@ def test_a_records_commit_whose_undo_fails_too_keeps_what_the_record_owns(atlas,
     add's, and the roll-back went on to delete the cell rows and group of a record that may have been
     committed (it was, "after the commit": the dataset lost its cells)."""
     from lancell.errors import StoreError
-    from lancell.tables.atlas_tables import AtlasTables
 
-    real = AtlasTables.datasets
+    def add(table, *args, **kwargs):
+        if when == "after the commit":
+            table.add(*args, **kwargs)
+        raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
 
-    class Full:
-        def __init__(self, table):
-            self._table = table
-
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def add(self, *args, **kwargs):
-            if when == "after the commit":
-                self._table.add(*args, **kwargs)
-            raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
-
-        def delete(self, *args, **kwargs):
-            raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
+    def delete(table, *args, **kwargs):
+        raise RuntimeError("lance error: LanceError(IO): No space left on device (os error 28)")
 
     _ingest(atlas, _adata(seed=1), "kept")
-    with monkeypatch.context() as patched:
-        patched.setattr(AtlasTables, "datasets", property(lambda tables: Full(real.fget(tables))))
+    with table_calls("datasets", add=add, delete=delete):
         with pytest.raises(StoreError, match=r"'full': may be in the atlas .*No space left") as raised:
             _ingest(atlas, _adata(seed=2), "full")
     assert raised.value.errno == 28

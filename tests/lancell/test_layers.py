@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import table_calls
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import IngestError, LancellWarning, ShapeMismatchError, StoreError, UnmeasuredDataError
@@ -289,31 +290,19 @@ def test_add_layer_to_a_dataset_without_values_refuses_values_typed(atlas, cellt
 def test_an_interrupt_after_add_layer_commits_rolls_it_back_whole(atlas, celltypist, monkeypatch):
     """A Ctrl-C after the record's update committed removed the layer's arrays while the record listed
     it: every read of the layer then failed."""
-    from lancell.tables.atlas_tables import AtlasTables
-
     counts_only = celltypist[:50].copy()
     counts_only.obs = counts_only.obs[[]]
     _ingest(atlas, counts_only, "late", zarr_layer="counts")
-    real = AtlasTables.datasets
 
-    class Interrupted:
-        def __init__(self, table):
-            self._table = table
-
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def update(self, *args, **kwargs):
-            result = self._table.update(*args, **kwargs)
-            if "log_normalized" in kwargs["values"]["layers"]:
-                raise KeyboardInterrupt
-            return result
+    def update(table, *args, **kwargs):
+        result = table.update(*args, **kwargs)
+        if "log_normalized" in kwargs["values"]["layers"]:
+            raise KeyboardInterrupt
+        return result
 
     x = ad.AnnData(X=counts_only.X.astype(np.float32), obs=counts_only.obs, var=counts_only.var)
-    with monkeypatch.context() as patched:
-        patched.setattr(AtlasTables, "datasets", property(lambda tables: Interrupted(real.fget(tables))))
-        with pytest.raises(KeyboardInterrupt):
-            add_layer(atlas, "late", "log_normalized", x)
+    with table_calls("datasets", update=update), pytest.raises(KeyboardInterrupt):
+        add_layer(atlas, "late", "log_normalized", x)
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]  # the arrays stay, unlisted: a
     assert atlas.validate() == []  # snapshot taken in the instant the record listed them reads them
     assert add_layer(atlas, "late", "log_normalized", x) == ["counts", "log_normalized"]
@@ -326,35 +315,21 @@ def test_a_layer_a_snapshot_read_in_an_interrupted_add_layer_is_not_written_agai
 ):
     """An add_layer interrupted after its record listed the layer leaves its arrays, which the next call
     overwrote: a snapshot taken in that instant (another process) then read the second call's values."""
-    from lancell.tables.atlas_tables import AtlasTables
-
     counts_only = celltypist[:50].copy()
     counts_only.obs = counts_only.obs[[]]
     _ingest(atlas, counts_only, "late", zarr_layer="counts")
-    real = AtlasTables.datasets
     taken = []
 
-    class SnapshotThenInterrupt:
-        def __init__(self, table):
-            self._table = table
-
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def update(self, *args, **kwargs):
-            result = self._table.update(*args, **kwargs)
-            if "log_normalized" in kwargs["values"]["layers"]:
-                taken.append(RaggedAtlas.open(atlas.db_uri).snapshot())
-                raise KeyboardInterrupt
-            return result
+    def update(table, *args, **kwargs):
+        result = table.update(*args, **kwargs)
+        if "log_normalized" in kwargs["values"]["layers"]:
+            taken.append(RaggedAtlas.open(atlas.db_uri).snapshot())
+            raise KeyboardInterrupt
+        return result
 
     x = ad.AnnData(X=counts_only.X.astype(np.float32), obs=counts_only.obs, var=counts_only.var)
-    with monkeypatch.context() as patched:
-        patched.setattr(
-            AtlasTables, "datasets", property(lambda tables: SnapshotThenInterrupt(real.fget(tables)))
-        )
-        with pytest.raises(KeyboardInterrupt):
-            add_layer(atlas, "late", "log_normalized", x)
+    with table_calls("datasets", update=update), pytest.raises(KeyboardInterrupt):
+        add_layer(atlas, "late", "log_normalized", x)
     pinned = RaggedAtlas.checkout(atlas.db_uri, taken[0])
     before = pinned.query().layers("gene_expression", "log_normalized").to_anndata()
     other = x.copy()

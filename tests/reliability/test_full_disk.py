@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import table_calls
 
 from lancell.atlas import RaggedAtlas
 from lancell.errors import StoreError
@@ -30,7 +31,6 @@ from lancell.storage.store_failures import (
 )
 from lancell.synthetic import synthetic_counts
 from lancell.tables import lock_objects
-from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
 GENES = [f"g{i}" for i in range(40)]
@@ -96,20 +96,11 @@ def test_a_deletion_stopped_after_the_record_says_the_dataset_is_deleted(atlas, 
     and a retry said "no dataset 'b' in the atlas"."""
     _ingest(atlas, "a", 1)
     _ingest(atlas, "b", 2)
-    real = AtlasTables.cells
 
-    class Full:
-        def __init__(self, table):
-            self._table = table
+    def delete(table, *args, **kwargs):
+        raise StoreError("delete() on table 'cells' failed: No space left on device (os error 28)")
 
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def delete(self, *args, **kwargs):
-            raise StoreError("delete() on table 'cells' failed: No space left on device (os error 28)")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(AtlasTables, "cells", property(lambda tables: Full(real.fget(tables))))
+    with table_calls("cells", delete=delete):
         with pytest.raises(StoreError, match=r"dataset 'b' is deleted, but its cell rows are not \(vacuum"):
             atlas.delete_dataset("b")
     assert atlas.list_datasets()["uid"].tolist() == ["a"] and atlas.validate() == []

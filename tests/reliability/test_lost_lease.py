@@ -18,6 +18,7 @@ import obstore
 import pandas as pd
 import pyarrow as pa
 import pytest
+from helpers import table_calls
 
 import lancell.ingest.write_transaction
 import lancell.maintenance
@@ -170,26 +171,15 @@ def test_an_ingestion_whose_lease_is_taken_over_inside_its_records_commit(atlas,
     the record holds it), the record stands."""
     from datetime import timedelta
 
-    from lancell.tables.atlas_tables import AtlasTables
-
     adata = PBMC.read()
-    real = AtlasTables.datasets
 
-    class Paused:
-        def __init__(self, table):
-            self._table = table
+    def paused(table, *args, **kwargs):
+        _steal(atlas, dataset_lock_name("x"))
+        if vacuumed:
+            RaggedAtlas.open(atlas.core.db_uri).vacuum(grace=timedelta(0))  # takes the stale lock
+        return table.add(*args, **kwargs)
 
-        def __getattr__(self, name):
-            return getattr(self._table, name)
-
-        def add(self, *args, **kwargs):
-            _steal(atlas, dataset_lock_name("x"))
-            if vacuumed:
-                RaggedAtlas.open(atlas.core.db_uri).vacuum(grace=timedelta(0))  # takes the stale lock
-            return self._table.add(*args, **kwargs)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(AtlasTables, "datasets", property(lambda tables: Paused(real.fget(tables))))
+    with table_calls("datasets", add=paused):
         if vacuumed:
             with pytest.raises(LockLostError):
                 _ingest(atlas, "x", adata)
