@@ -37,10 +37,11 @@ def test_an_interrupted_ingestion_leaves_nothing_of_it(tmp_path: Path, table: st
     assert run.returncode == 0, run.stderr
     state = json.loads(run.stdout.strip().splitlines()[-1])
     assert state["problems"] == []
-    if state["interrupted"]:
-        assert (state["records"], state["rows"]) == ([], 0)
-    else:  # (the interrupt came after the ingestion returned: it is all there)
-        assert (state["records"], state["rows"]) == (["d"], 20_000)
+    # all or nothing: rolled back, or (the interrupt came once the record was committed, while the locks were
+    # released, or after the ingestion returned: a machine under load delays the timer) all there
+    assert (state["records"], state["rows"]) in (([], 0), (["d"], 20_000))
+    if not state["interrupted"]:
+        assert state["records"] == ["d"]
 
 
 class _Table:
