@@ -32,6 +32,7 @@ from lancell.errors import (
     require_type,
 )
 from lancell.ingest.cell_rows import detach_pointers
+from lancell.storage.store_failures import said_within
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.locks import atlas_lock
 from lancell.tables.registry import sql_literal
@@ -115,9 +116,9 @@ def _record_deleted(uid: str, left: str) -> Iterator[None]:
     except StoreError as exc:
         if type(exc) is not StoreError:  # a lock lost, say: said as it is
             raise
-        error = StoreError(f"dataset {uid!r} is deleted, but {left} (vacuum() finishes the deletion): {exc}")
-        error.errno = exc.errno
-        raise error from exc
+        raise said_within(
+            f"dataset {uid!r} is deleted, but {left} (vacuum() finishes the deletion)", exc
+        ) from exc
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import obstore.exceptions as obs_errors
 import pyarrow as pa
@@ -27,6 +28,9 @@ from lancell.storage.small_pages import numpy_small_pages
 from lancell.storage.store_failures import one_line, store_error, store_failed
 from lancell.storage.stores import describe_store
 from lancell.tables.schema import DatasetRecord
+
+if TYPE_CHECKING:
+    from lancell.core import AtlasCore
 
 __all__ = ["run_transactions"]
 
@@ -111,7 +115,7 @@ def _commit(transactions: Sequence[WriteTransaction]) -> None:
                     for transaction in committing:
                         transaction.record_added()
                 except BaseException:  # the add may have committed: delete the records again, in one commit
-                    # (deleting no row is harmless: each uid's lock is held, no one else commits it)
+                    # (by uid and group: never another's record, whoever holds the uid's lock now)
                     _delete_records(core, committing)
                     raise
 
@@ -135,7 +139,7 @@ def _check_after_commit(committing: Sequence[WriteTransaction]) -> None:
         )
 
 
-def _delete_records(core, committing: Sequence[WriteTransaction]) -> None:
+def _delete_records(core: AtlasCore, committing: Sequence[WriteTransaction]) -> None:
     """Delete the records of ``committing``, whose add failed or was interrupted (it may have committed).
 
     Should that delete fail too, whether the records are in the atlas is unknown: nothing of theirs is

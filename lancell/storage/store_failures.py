@@ -38,6 +38,7 @@ __all__ = [
     "is_store_failure",
     "one_line",
     "os_errno",
+    "said_within",
     "store_boundary",
     "store_error",
     "store_failed",
@@ -163,6 +164,13 @@ def store_error(exc: BaseException, what: str) -> StoreError:
     return error
 
 
+def said_within(what: str, exc: StoreError) -> StoreError:
+    """``exc`` said within ``what`` (``"<what>: <exc>"``), with its ``errno``; the caller chains it."""
+    error = StoreError(f"{what}: {exc}")
+    error.errno = exc.errno
+    return error
+
+
 def os_errno(exc: BaseException) -> int | None:
     """The system's error number behind ``exc``: that of the first ``OSError`` of its chain of causes that
     has one, else the one a Rust I/O error names in its message ("... (os error 28)"), else None."""
@@ -197,9 +205,7 @@ class StoreFailures:
             raise store_error(exc, self.what) from exc
         # a guard's (naming its call): said within what failed, once (its cause is no raw failure)
         if type(exc) is StoreError and is_store_failure(exc.__cause__):
-            error = StoreError(f"{self.what}: {exc}")
-            error.errno = exc.errno
-            raise error from exc
+            raise said_within(self.what, exc) from exc
         return False
 
 
