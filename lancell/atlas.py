@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.core import AtlasCore
+from lancell.errors import require_text, require_type
 from lancell.feature_registration import register_features
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
@@ -386,6 +387,8 @@ class RaggedAtlas:
     def group_attributes(self, zarr_group: str) -> dict[str, Any] | None:
         """A dataset's zarr group attributes (format, layers and their dtypes, geometry, counts), or None when
         the group is not in the store."""
+        require_type("zarr_group", zarr_group, str, "a zarr group name (a str)")
+        require_text("zarr_group", zarr_group)
         return self.core.group_attrs(zarr_group)
 
     @_boundary

@@ -85,6 +85,20 @@ def require_type(name: str, value: object, kind: type | tuple[type, ...], what: 
         raise ArgumentError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
 
 
+def require_text(name: str, value: str, error: type[LancellError] = ArgumentValueError) -> None:
+    """Raise ``error`` unless ``value`` (argument ``name``, a str) is text UTF-8 can store: Python decodes
+    bytes that are not UTF-8 (a file name, a shell argument) to lone surrogates, which no table or store
+    path can hold."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{name} {value!r} is not text UTF-8 can store: character {exc.start} ({value[exc.start]!r}) is "
+            "a lone surrogate, as Python decodes bytes that are not UTF-8; pass the text decoded from its "
+            "real encoding"
+        ) from None
+
+
 LONGEST_AGE = timedelta(days=365_250)
 """An age limit longer than this (a thousand years) is taken as this: it keeps everything either way, and the
 clock minus a longer one is no date."""

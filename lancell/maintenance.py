@@ -29,6 +29,7 @@ from lancell.errors import (
     StoreError,
     caller_outside_lancell,
     require_age,
+    require_text,
     require_type,
 )
 from lancell.ingest.cell_rows import detach_pointers
@@ -73,6 +74,7 @@ def remove_dataset(core: AtlasCore, uid: str) -> None:
         deleted (a record deleted already stays deleted; vacuum() removes what it owned).
     """
     require_type("uid", uid, str, "a dataset uid (a str)")
+    require_text("uid", uid)
     with core.lock(dataset_lock_name(uid), about=f"dataset {uid!r}") as lease:
         rows = core.tables.datasets.search().where(f"uid = {sql_literal(uid)}").to_arrow().to_pylist()
         if not rows:

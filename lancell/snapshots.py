@@ -23,6 +23,7 @@ from lancell.errors import (
     ValidationError,
     VersionNotFoundError,
     caller_outside_lancell,
+    require_text,
     require_type,
 )
 from lancell.storage.groups import FORMAT_VERSION
@@ -99,6 +100,7 @@ def take_snapshot(core: AtlasCore, note: str | None = None) -> int:
     core.require_writable()
     if note is not None:
         require_type("note", note, str, "a str or None")
+        require_text("note", note)
         if not note.strip():  # it read as no note, yet named this snapshot (a second one was refused)
             raise ArgumentValueError(f"note must be a label or None, got {note!r}")
     with core.lock(SNAPSHOT_LOCK) as lease:  # snapshots are recorded under it: no other takes the note now

@@ -15,7 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from lancell.errors import CodecError, DatasetNotFoundError, ShardFormatError, require_type
+from lancell.errors import (
+    CodecError,
+    DatasetNotFoundError,
+    ShardFormatError,
+    require_text,
+    require_type,
+)
 from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
@@ -296,6 +302,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
     scope = None
     if dataset_uid is not None:
         require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str) or None")
+        require_text("dataset_uid", dataset_uid)
         datasets = datasets.filter(pc.equal(datasets.column("uid"), dataset_uid))
         if not datasets.num_rows:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")

@@ -29,12 +29,14 @@ def check_label(label: object) -> None:
         The label is not a string, is empty, has surrounding spaces, is longer than ``LABEL_MAX_BYTES``
         (UTF-8), holds ``/``, ``\\`` or a control character, or starts with ``.``.
     """
-    from lancell.errors import SnapshotLabelError
+    from lancell.errors import SnapshotLabelError, require_text
+    from lancell.tables.names import named_characters
 
     if not isinstance(label, str) or not label or label != label.strip():
         raise SnapshotLabelError(
             f"snapshot label {label!r} must be a non-empty string without surrounding spaces"
         )
+    require_text("snapshot label", label, SnapshotLabelError)
     if len(label.encode()) > LABEL_MAX_BYTES:
         raise SnapshotLabelError(
             f"snapshot label {label[:40]!r}... is {len(label.encode())} bytes long; at most "
@@ -44,7 +46,8 @@ def check_label(label: object) -> None:
     if bad or label.startswith("."):
         raise SnapshotLabelError(
             f"snapshot label {label!r} is not a plain file name (it names the snapshot's model files, "
-            "<model>/<label>.pt): no '/', '\\' or control characters, and no leading '.'"
+            "<model>/<label>.pt): no '/', '\\' or characters that do not print, and no leading '.'"
+            + (f" (it holds {named_characters(bad)})" if bad else "")
         )
 
 

@@ -15,7 +15,13 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from lancell.errors import DatasetNotFoundError, GroupNotFoundError, IngestError, require_type
+from lancell.errors import (
+    DatasetNotFoundError,
+    GroupNotFoundError,
+    IngestError,
+    require_text,
+    require_type,
+)
 from lancell.storage.csc import write_csc
 from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -56,6 +62,7 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
         ``dataset_uid`` is not a str.
     """
     require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str)")
+    require_text("dataset_uid", dataset_uid)
     core = atlas.core
     core.require_writable()
     with core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}"):

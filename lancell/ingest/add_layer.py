@@ -28,6 +28,7 @@ from lancell.errors import (
     DatasetNotFoundError,
     IngestError,
     ShapeMismatchError,
+    require_text,
     require_type,
 )
 from lancell.ingest.blocks import checked_values, stored_csr_blocks
@@ -93,6 +94,7 @@ def add_layer(
     """
     require_type("dataset_uid", dataset_uid, str, "a dataset uid (a str)")
     require_type("name", name, str, "a layer name (a str)")
+    require_text("dataset_uid", dataset_uid)
     atlas.core.require_writable()
     if "layers" not in atlas.core.dataset_arrow.names:
         raise IngestError(

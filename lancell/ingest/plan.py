@@ -24,11 +24,12 @@ from lancell.errors import (
     ShapeMismatchError,
     UnknownFeaturesError,
     caller_outside_lancell,
+    require_text,
 )
 from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
-from lancell.tables.names import check_obs_names
+from lancell.tables.names import check_obs_names, names_as_text
 from lancell.tables.obs import obs_to_arrow
 from lancell.tables.obs_notes import altered_obs_columns, undeclared_obs_columns
 from lancell.tables.registry import layout_uid_for, registered_symbols, registry_index, sql_literal
@@ -92,12 +93,17 @@ def check_record(core: AtlasCore, record: DatasetRecord, cells_of: str | None = 
     Raises
     ------
     IngestError
-        A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set.
+        A bad uid, a dataset already in the atlas (:class:`DuplicateDatasetError`), an assigned field set, a
+        text field that UTF-8 cannot store.
     SchemaError
         The record's fields do not fit the dataset table's.
     """
     check_record_fits(record, core.dataset_arrow)
     check_dataset_uid(record.uid, owns_cells=cells_of is None)
+    for field, value in record.model_dump().items():  # (a value Arrow cannot write fails the commit)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                require_text(f"dataset {record.uid!r}: DatasetRecord field {field}", text, IngestError)
     if core.tables.datasets.count_rows(f"uid = {sql_literal(record.uid)}") > 0:
         raise DuplicateDatasetError(f"dataset {record.uid!r} is already in the atlas")
     check_assigned_fields(record, cells_of)
@@ -119,6 +125,7 @@ def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame
     _check_size(dataset, len(obs), 1)
     check_obs_names(dataset, obs.index)
     fields = obs_fields(core.cell_arrow)
+    undeclared_obs_columns(dataset, obs, fields)
     for start in range(0, len(obs), CELL_BATCH):
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
 
@@ -205,7 +212,8 @@ def plan_ingest(
         space.check_layer(stored)
         sources[stored] = _layer_source(adata, dataset, origin)
     if var_uid_column is None:
-        feature_uids = adata.var_names.astype(str).tolist()
+        feature_uids = names_as_text(adata.var_names, f"dataset {dataset!r}: var names", IngestError)
+        feature_uids = feature_uids.tolist()
     elif var_uid_column not in adata.var.columns:
         raise IngestError(f"dataset {dataset!r}: var has no column {var_uid_column!r}")
     else:
@@ -214,7 +222,9 @@ def plan_ingest(
             raise IngestError(
                 f"dataset {dataset!r}: var[{var_uid_column!r}] has {int(column.isna().sum())} NaN"
             )
-        feature_uids = column.astype(str).tolist()
+        feature_uids = names_as_text(
+            column, f"dataset {dataset!r}: var[{var_uid_column!r}]", IngestError
+        ).tolist()
     _warn_mixed_feature_types(dataset, adata.var, space.name)
     obs = adata.obs if cells_of is None else adata.obs[[]]  # an attachment stores none of its obs columns
     return plan_dataset(core, space, dataset, sources, obs, feature_uids)
@@ -412,6 +422,6 @@ def plan_dataset(
         nnz=nnz,
         zero_fill=zero_fill,
         dataset=dataset,
-        dropped_obs_columns=undeclared_obs_columns(obs, fields),
+        dropped_obs_columns=undeclared_obs_columns(dataset, obs, fields),
         vectors={},
     )

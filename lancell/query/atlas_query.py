@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
+from lancell.errors import LancellWarning, QueryError, caller_outside_lancell, require_text
 from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
@@ -299,6 +299,8 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
     uids = [uid for uid in named if isinstance(uid, str)]
     if not uids:
         return
+    for uid in uids:
+        require_text("dataset_uid", uid, QueryError)
     listed_uids = ", ".join(sql_literal(uid) for uid in uids)
     known = {
         row["uid"]

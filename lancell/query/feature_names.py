@@ -3,6 +3,7 @@ feature) reads, in the order named."""
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -62,8 +63,7 @@ def resolve_features(
         said = []
         if absent:
             said.append(f"{len(absent)} features are not in the {feature_space!r} registry: {absent[:10]}")
-            if case_sensitive:
-                said[-1] += _case_hint(view, absent)
+            said[-1] += _spelling_hint(view, absent, case_sensitive)
         if waiting:
             said.append(
                 f"features {waiting[:10]} are registered without a global index yet (rows added by hand), "
@@ -111,24 +111,52 @@ def _folded(view: RegistryView) -> dict[str, list[int]]:
     return folded
 
 
-def _case_hint(view: RegistryView, unknown: list[str]) -> str:
-    """How the unknown names would match ignoring case ("" when none would)."""
+def _spelling_hint(view: RegistryView, unknown: list[str], case_sensitive: bool) -> str:
+    """How the unknown names would match ignoring case (when ``case_sensitive``) or Unicode form (NFKC: an
+    accent composed or not, full-width letters, the Kelvin sign), "" when none would."""
     spelled: dict[str, list[str]] = {}
     for name in [*view.by_uid.index, *view.by_symbol.keys()]:
-        spellings = spelled.setdefault(name.casefold(), [])
+        spellings = spelled.setdefault(_loose(name), [])
         if name not in spellings:
             spellings.append(name)
     matches = [  # every spelling (C1orf220 and C1ORF220: ignoring case, one name gives both)
-        f"{name!r} is {' or '.join(repr(s) for s in spelled[name.casefold()])}"
-        for name in unknown
-        if name.casefold() in spelled
+        (name, spelled[_loose(name)]) for name in unknown if _loose(name) in spelled
     ]
-    if not matches:
-        return ""
-    return (
-        f"; ignoring case, {', '.join(matches[:5])}: name them so, or pass case_sensitive=False to "
-        "query.features() (lancell query --ignore-case)"
+    by_form = [
+        (name, spellings)
+        for name, spellings in matches
+        if name.casefold() not in map(str.casefold, spellings)
+    ]
+    by_case = [match for match in matches if match not in by_form] if case_sensitive else []
+    hints = []
+    if by_case:
+        hints.append(
+            f"ignoring case, {_spellings(by_case)}: name them so, or pass case_sensitive=False to "
+            "query.features() (lancell query --ignore-case)"
+        )
+    if by_form:
+        hints.append(
+            f"{_spellings(by_form)} in another Unicode form (how the registry spells them: as text they look "
+            "alike, the escapes differ): name them as registered"
+        )
+    return "".join(f"; {hint}" for hint in hints)
+
+
+def _loose(name: str) -> str:
+    """``name`` ignoring case and Unicode form."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _spellings(matches: list[tuple[str, list[str]]]) -> str:
+    """``'a' is 'A' or ...`` for the first five ``(name, registered spellings)``, non-ASCII names with
+    their escapes."""
+    return ", ".join(
+        f"{_shown(name)} is {' or '.join(_shown(s) for s in spellings)}" for name, spellings in matches[:5]
     )
+
+
+def _shown(name: str) -> str:
+    return repr(name) if name.isascii() else f"{name!r} ({name!a})"
 
 
 def registry_columns(core: AtlasCore, feature_space: str) -> np.ndarray:

@@ -63,8 +63,9 @@ ENSEMBL_PREFIXES: dict[str, str] = {
     "ENSOCUG": "Oryctolagus cuniculus",
     "ENSMICG": "Microcebus murinus",
 }
-# a gene id of a database (Ensembl ENS...G, FlyBase, WormBase) with an optional version; RE2-compatible
-GENE_ID_PATTERN = r"^(ENS[A-Z]*G|FBgn|WBGene)(\d{6,})(?:\.\d+)?$"
+# a gene id of a database (Ensembl ENS...G, FlyBase, WormBase) with an optional version; RE2-compatible, and
+# ASCII digits only (Python's \d takes any Unicode digit, Arrow's RE2 only 0-9: the two would disagree)
+GENE_ID_PATTERN = r"^(ENS[A-Z]*G|FBgn|WBGene)([0-9]{6,})(?:\.[0-9]+)?$"
 _GENE_ID = re.compile(GENE_ID_PATTERN)
 
 # organism -> (current table, older table or None), files under REFERENCE_DIR

@@ -193,7 +193,7 @@ def merge_duplicate_columns(
 # 10x's feature types (CELLxGENE's feature_type holds gene biotypes instead: not a reason to keep apart)
 _TENX_TYPES = frozenset({"Gene Expression", "Antibody Capture", "Antigen Capture", "CRISPR Guide Capture",
                          "Multiplexing Capture", "Peaks", "Custom"})  # fmt: skip
-_ENSEMBL_ID = r"ENS[A-Z]*G\d{6,}"
+_ENSEMBL_ID = r"ENS[A-Z]*G[0-9]{6,}"
 _ID_SUFFIX = r"(\.\d+)?(_PAR_Y)?$"  # a version, and GENCODE's name for a pseudoautosomal gene's Y copy
 _INDEX = "var index"  # (how the var index is named in a refusal)
 

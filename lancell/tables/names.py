@@ -5,12 +5,54 @@ character UTF-8 cannot write (a lone surrogate, as Python decodes bytes that are
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
-from lancell.errors import IngestError
+from lancell.errors import IngestError, LancellError
 
-__all__ = ["check_obs_names", "not_utf8", "with_nul"]
+__all__ = ["check_obs_names", "named_characters", "names_as_text", "not_utf8", "with_nul"]
+
+# what a character no font shows is, by its Unicode category
+_UNSEEN = {"Cc": "control character", "Cs": "lone surrogate", "Cf": "format character", "Zs": "space"}
+
+
+def names_as_text(values: pd.Index | pd.Series, what: str, error: type[LancellError]) -> pd.Index | pd.Series:
+    """``values`` (names) as text, ``astype(str)``: bytes are decoded as UTF-8.
+
+    Raises
+    ------
+    LancellError
+        ``error``, naming ``what`` and the first value that is bytes UTF-8 cannot decode.
+    """
+    try:
+        return values.astype(str)
+    except UnicodeDecodeError:
+        for position, value in enumerate(values):
+            try:
+                str(value, "utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise error(
+                    f"{what}: {value!r} (position {position}) is bytes that are not UTF-8: decode the names "
+                    "from their encoding first (e.g. name.decode('latin-1'))"
+                ) from None
+        raise
+
+
+def named_characters(characters: Iterable[str]) -> str:
+    """``characters`` as a reader can tell them apart in a message: a printable one quoted, any other by code
+    point and name (``U+00A0 NO-BREAK SPACE``, ``U+DCFF (lone surrogate)``): an invisible character or one
+    that looks like another reads as itself."""
+    shown = []
+    for c in sorted(set(characters)):
+        if c.isprintable():
+            shown.append(repr(c))
+        else:
+            what = unicodedata.name(c, "") or f"({_UNSEEN.get(unicodedata.category(c), 'unassigned')})"
+            shown.append(f"U+{ord(c):04X} {what}")
+    return ", ".join(shown)
 
 
 def with_nul(names: pd.Index | pd.Series) -> np.ndarray:
@@ -57,7 +99,11 @@ def check_obs_names(dataset: str, obs_names: pd.Index) -> None:
         )
     categorical = isinstance(obs_names, pd.CategoricalIndex)
     values = obs_names.categories if categorical else obs_names
-    text = values if values.inferred_type == "string" else values.astype(str)
+    text = (
+        values
+        if values.inferred_type == "string"
+        else names_as_text(values, f"dataset {dataset!r}: obs names", IngestError)
+    )
     nul = with_nul(text)
     if nul.size:
         rows = np.flatnonzero(np.isin(obs_names.codes, nul)) if categorical else nul

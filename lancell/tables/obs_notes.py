@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lancell.errors import IngestError, require_text
 from lancell.tables.obs import BOOLS, schema_kind
 
 __all__ = ["altered_obs_columns", "undeclared_obs_columns"]
@@ -82,8 +83,17 @@ def _mixed_into_text(values: pd.Series | pd.Index) -> str | None:
     return None
 
 
-def undeclared_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
+def undeclared_obs_columns(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
     """The obs columns (as strings, sorted) that no field of ``fields`` declares: ingestion does not store
-    them."""
+    them (the dataset record lists them).
+
+    Raises
+    ------
+    IngestError
+        A column name that UTF-8 cannot store (the record could not list it).
+    """
     declared = {f.name for f in fields}
-    return sorted({str(c) for c in obs.columns if c not in declared})
+    undeclared = sorted({str(c) for c in obs.columns if c not in declared})
+    for name in undeclared:
+        require_text(f"dataset {dataset!r}: obs column", name, IngestError)
+    return undeclared

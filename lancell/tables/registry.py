@@ -30,7 +30,7 @@ from lancell.errors import (
 )
 from lancell.storage.bounded_cache import BoundedCache
 from lancell.tables.atlas_tables import read_columns
-from lancell.tables.names import not_utf8, with_nul
+from lancell.tables.names import names_as_text, not_utf8, with_nul
 from lancell.tables.obs import as_text, nul_flags, obs_to_arrow, schema_kind
 from lancell.tables.registry_view import atlas_identity
 from lancell.tables.table_schemas import LAYOUTS_SCHEMA, LAYOUTS_TABLE
@@ -95,7 +95,7 @@ def prepare_features(
             "changed), so given ones would be ignored: drop the column"
         )
     uids = frame["uid"]
-    text = uids.astype(str)  # as stored: 1 and "1" are one uid
+    text = names_as_text(uids, f"{feature_space}: feature uids", FeatureRegistryError)  # 1 and "1": one uid
     empty = uids.isna() | (text.str.len() == 0)
     if empty.any():
         raise FeatureRegistryError(f"{feature_space}: {int(empty.sum())} features have an empty uid")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, create_model
 
 from lancell.errors import IngestError, SchemaError
 from lancell.storage.groups import PointerKind
+from lancell.tables.names import named_characters
 from lancell.tables.stored_fields import (
     OBS_NAME,
     obs_fields,
@@ -306,8 +307,9 @@ def check_dataset_uid(dataset: str, *, owns_cells: bool) -> None:
     bad = sorted({c for c in dataset if c in _UID_FORBIDDEN or not c.isprintable()})
     if bad:
         raise IngestError(
-            f"dataset uid {dataset!r} contains {bad}: ':' would make cell uids ('<dataset uid>:<obs name>') "
-            "ambiguous; '\\' and control characters are not allowed in store paths"
+            f"dataset uid {dataset!r} contains {named_characters(bad)}: ':' would make cell uids "
+            "('<dataset uid>:<obs name>') ambiguous; '\\' and characters that do not print (controls, spaces "
+            "but ' ', invisible formatting) are not allowed in store paths"
         )
     if len(dataset.encode()) > _UID_MAX_BYTES:
         raise IngestError(
