@@ -300,9 +300,11 @@ class RaggedAtlas:
 
         ``dataset_uid``: check that dataset only (and the registries), at the cost of the dataset; an unknown
         uid raises :class:`~lancell.errors.DatasetNotFoundError`. ``checksums``: also read every stored chunk
-        and check its CRC32C (a flipped bit, a truncated object), at the cost of reading the data.
+        and check its CRC32C (a flipped bit, a truncated object), at the cost of reading the data. A live
+        handle checks one state of the tables: a dataset another process commits or deletes meanwhile is seen
+        whole or not at all.
         """
-        return find_problems(self.core, dataset_uid, checksums=checksums)
+        return find_problems(self.core.read_view(), dataset_uid, checksums=checksums)
 
     @_boundary
     def snapshot(self, note: str | None = None) -> int:

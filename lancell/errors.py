@@ -282,7 +282,9 @@ class QueryError(LancellError, ValueError):
 
 
 class CommitConflictError(LancellError, RuntimeError):
-    """A table commit kept losing to other processes' commits (LanceDB's retryable conflict) after retries."""
+    """A table commit kept losing to other processes' commits (LanceDB's retryable conflict) after retries;
+    or a read whose table versions were removed under it (``optimize(cleanup_older_than=...)``: a deleted
+    snapshot's, which can then no longer be read, or a live read's, which can read again)."""
 
 
 class BatchTransportError(LancellError, RuntimeError):

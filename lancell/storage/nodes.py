@@ -46,7 +46,10 @@ def open_node(root: zarr.Group, path: str) -> zarr.Group | zarr.Array:
     try:
         return root[path]
     except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        raise GroupNotFoundError(f"zarr node {named!r} is missing from the store") from exc
+        raise GroupNotFoundError(
+            f"zarr node {named!r} is missing from the store (vacuum() removes the groups of deleted datasets "
+            "and of deleted snapshots)"
+        ) from exc
     except (ValueError, TypeError) as exc:  # json's JSONDecodeError is a ValueError; zarr's metadata errors
         raise ShardFormatError(f"zarr node {named!r}: its zarr.json cannot be read: {exc}") from exc
 

@@ -35,7 +35,7 @@ from obstore.store import ObjectStore
 
 from kernels import gather
 from lancell.cores import USABLE_CORES
-from lancell.errors import OutOfBoundsError, ShardFormatError
+from lancell.errors import GroupNotFoundError, OutOfBoundsError, ShardFormatError
 from lancell.storage.byte_ranges import local_path, pread_edge, pread_ranges
 from lancell.storage.shard_decode import decode_chunks, decode_shard, join_buffers, read_index, shard_elements
 from lancell.storage.shard_index import MISSING
@@ -273,6 +273,7 @@ class ShardedArrayReader:
             try:
                 buffers += pread_ranges(self._file(key), starts, starts + entries[:, 1].astype(np.int64))
             except FileNotFoundError:
+                self._require_array()
                 raise ShardFormatError(
                     f"array {self.path!r}, shard {key!r}: the shard object is gone"
                 ) from None
@@ -307,12 +308,26 @@ class ShardedArrayReader:
         return read_index(layout, raw, size, f"array {self.path!r}, shard {key!r}")
 
     def _missing(self, key: str) -> None:
-        """A shard object is missing: an error when every shard of the array was written, else fill values."""
+        """A shard object is missing: an error when the array is gone or every shard of it was written, else
+        fill values."""
+        self._require_array()
         if self.complete:
             raise ShardFormatError(
                 f"array {self.path!r}, shard {key!r}: the shard object is missing, but every shard of this "
                 "array was written"
             )
+
+    def _require_array(self) -> None:
+        """Raise :class:`GroupNotFoundError` when the array's ``zarr.json`` is gone: its group was removed
+        after this reader opened it (a vacuum), so its shards are missing, not damaged or never written."""
+        try:
+            obstore.head(self.store, f"{self.path}/zarr.json")
+        except FileNotFoundError:
+            raise GroupNotFoundError(
+                f"array {self.path!r}: its zarr group was removed from the store after it was opened "
+                "(vacuum() removes the groups of deleted datasets and of deleted snapshots): open the atlas "
+                "again, or check out a snapshot that still exists"
+            ) from None
 
     @property
     def n_shards(self) -> int:
@@ -373,6 +388,7 @@ class ShardedArrayReader:
         try:
             buffers = obstore.get_ranges(self.store, key, starts=starts.tolist(), ends=ends.tolist())
         except FileNotFoundError:
+            self._require_array()
             raise ShardFormatError(f"array {self.path!r}, shard {key!r}: the shard object is gone") from None
         step = max(_MIN_CHUNKS_PER_TASK, -(-slots.size // USABLE_CORES))
         pool = _pool()

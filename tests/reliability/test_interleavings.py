@@ -228,3 +228,62 @@ def test_optimize_retries_a_compaction_another_commit_preempted(db, monkeypatch,
     else:
         atlas.optimize()
     np.testing.assert_array_equal(_values(RaggedAtlas.open(db), "d0"), _expected(kept))
+
+
+@pytest.mark.parametrize("scope", [None, "victim"])
+def test_validate_on_a_live_handle_sees_a_deletion_or_an_ingestion_whole(db, monkeypatch, scope):
+    """validate() read the dataset records, then the cell rows a moment later: a deletion or an ingestion
+    committed in between was reported as damage ("record says 30 cells, 0 cells point into ...", "cells of
+    unknown datasets")."""
+    import lancell.validation as validation
+
+    writer = RaggedAtlas.open(db)
+    _ingest(writer, "keep", 0)
+    _ingest(writer, "victim", 1)
+    reader = RaggedAtlas.open(db, read_only=True)
+    tallies, between = validation._cell_tallies, []
+
+    def commit_then_tally(*args, **kwargs):
+        if between:
+            between.pop()()
+        return tallies(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "_cell_tallies", commit_then_tally)
+    between.append(lambda: writer.delete_dataset("victim"))
+    assert reader.validate(scope) == []
+    if scope is None:
+        between.append(lambda: _ingest(writer, "late", 2))
+        assert reader.validate() == []
+    monkeypatch.undo()
+    assert reader.validate() == []
+
+
+def test_a_reader_of_a_deleted_snapshot_whose_group_was_vacuumed_gets_group_not_found(db):
+    """A group only a deleted snapshot kept, vacuumed with no grace: a handle (or a loader's dataset) that had
+    read it got ShardFormatError, "the shard object is gone", as if the atlas were damaged; one that had not
+    got GroupNotFoundError. Both get GroupNotFoundError, naming the group."""
+    from lancell.errors import GroupNotFoundError
+
+    writer = RaggedAtlas.open(db)
+    _ingest(writer, "keep", 0)
+    _ingest(writer, "victim", 1)
+    first = writer.snapshot()
+    writer.delete_dataset("victim")
+    writer.snapshot()
+    read_before, never_read = RaggedAtlas.checkout(db, first), RaggedAtlas.checkout(db, first)
+    read_before.query().to_anndata()
+    loader = read_before.query().to_cell_dataset("gene_expression", "counts")
+    everyone = np.arange(len(loader))
+    batch = loader.__getitems__(everyone)
+    writer.delete_snapshot(first)
+    assert writer.vacuum(grace=timedelta(0))["groups"] == 1
+    for read in (
+        lambda: read_before.query().to_anndata(),
+        lambda: never_read.query().to_anndata(),
+        lambda: read_before.query().features(["g1"], "gene_expression").to_anndata(),
+    ):
+        with pytest.raises(GroupNotFoundError, match="'victim-"):
+            read()
+    again = loader.__getitems__(everyone)  # its shards mapped before: still the snapshot's bytes, or an error
+    for field in ("offsets", "indices", "values"):
+        assert np.array_equal(getattr(again, field), getattr(batch, field))
