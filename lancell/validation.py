@@ -26,6 +26,7 @@ from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
+from lancell.storage.store_failures import one_line
 from lancell.storage.stores import read_json
 from lancell.tables.layout_numbering import layouts_off_the_registry
 from lancell.tables.pinned_table import lance_sql
@@ -149,6 +150,25 @@ def _listing(core: AtlasCore, group: str) -> set[str]:
     return {meta["path"] for batch in obstore.list(core.store, prefix=f"{group}/") for meta in batch}
 
 
+def _read_arrays(attrs: dict[str, Any], layers: Collection[str]) -> list[str]:
+    """The arrays (paths in the group) readers of the committed dataset read: a sparse group's CSR offsets,
+    indices and each of ``layers`` (and the CSC copy's, for the layers it holds: ``csc_layers``), a dense
+    group's ``layers``."""
+    encoding = attrs.get("lancell-encoding")
+    if encoding == "dense_matrix":
+        return [f"layers/{layer}" for layer in layers]
+    if encoding != "csr_matrix":
+        return []
+    copied = [layer for layer in layers if layer in (attrs.get("csc_layers") or ())]
+    return [
+        "csr/indptr",
+        "csr/indices",
+        *(f"csr/layers/{layer}" for layer in layers),
+        *(["csc/indptr", "csc/indices"] if copied else []),
+        *(f"csc/layers/{layer}" for layer in copied),
+    ]
+
+
 def _expected_shape(relative: str, attrs: dict[str, Any]) -> tuple[int, ...] | None:
     """The shape the group's attributes give the value array at ``relative`` (None: not a value array)."""
     parts = relative.split("/")
@@ -179,7 +199,11 @@ def _missing_shards(
     """
     nodes = {key.removesuffix("/zarr.json") for key in listed if key.endswith("/zarr.json")}
     arrays = sorted(n for n in nodes if n != group and not any(o.startswith(f"{n}/") for o in nodes))
-    found = []
+    found = [
+        f"array {relative!r} is missing from the store (no zarr.json): readers of the dataset read it"
+        for relative in _read_arrays(attrs, layers)
+        if f"{group}/{relative}" not in nodes
+    ]
     for path in arrays:
         relative = path.removeprefix(f"{group}/")
         if not _read_for_dataset(relative, layers, attrs.get("csc_layers") or ()):
@@ -190,6 +214,8 @@ def _missing_shards(
             meta = exc
         if not isinstance(meta, dict):
             found.append(f"array {relative!r}: its zarr.json is not a JSON object ({str(meta)[:200]})")
+            continue
+        if meta.get("node_type") == "group":  # (a group whose arrays are all gone: named above)
             continue
         expected = _expected_shape(relative, attrs)
         if expected is not None and meta.get("shape") != list(expected):  # (reads would end out of bounds)
@@ -308,7 +334,15 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")
         owners = {dataset_uid, datasets.column("cells_of")[0].as_py() or dataset_uid}  # a modality's cells
         scope = " OR ".join(f"dataset_uid = {sql_literal(uid)}" for uid in sorted(owners))
-    counts, per_group, uids_unique = _cell_tallies(core, scope)
+    try:
+        counts, per_group, uids_unique = _cell_tallies(core, scope)
+    except (OSError, RuntimeError, ValueError) as exc:  # (Lance's; a store failure: StoreError, raised)
+        if "Not found" not in str(exc):
+            raise
+        problems.append(
+            f"the cell table cannot be read, a data file of its version is missing: {one_line(exc)}"
+        )
+        counts, per_group, uids_unique = None, None, True
     layouts = tables.layouts.to_arrow()
     layout_sizes = _value_counts(layouts.column("layout_uid"))
     known = set()
@@ -316,7 +350,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         uid = row["uid"]
         if not row.get("cells_of"):
             known.add(uid)
-        if per_group.get(row["zarr_group"], 0) != row["n_cells"]:
+        if per_group is not None and per_group.get(row["zarr_group"], 0) != row["n_cells"]:
             problems.append(
                 f"dataset {uid!r}: record says {row['n_cells']} cells, "
                 f"{per_group.get(row['zarr_group'], 0)} cells point into {row['zarr_group']!r}"
@@ -355,11 +389,11 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         if checksums:
             damaged = _damaged_chunks(core, row["zarr_group"], attrs, layers, listed)
             problems += [f"dataset {uid!r}: {p}" for p in damaged]
-    dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
+    dangling = sorted(set(per_group or ()) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)
         log.warning("cells point into zarr groups without a dataset record (vacuum() detaches): %s", dangling)
-    orphans = sorted(set(counts) - known)
+    orphans = sorted(set(counts or ()) - known)
     if orphans and dataset_uid is None:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:

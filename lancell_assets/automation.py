@@ -55,7 +55,7 @@ NIGHTLY_ATTEMPTS = 3  # runs of one night's snapshot, the first included
 
 @dg.sensor(job=ingest_dataset_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def landing_zone_sensor(
-    context: dg.SensorEvaluationContext, landing_zone: LandingZone
+    context: dg.SensorEvaluationContext, landing_zone: LandingZone, atlas: AtlasResource
 ) -> dg.SensorResult | dg.SkipReason:
     """Each new landing of an ``.h5ad`` (a new file, or a file or sidecar landed again or changed) is one
     ingestion run of its dataset partition; a new dataset uid is added as a partition first.
@@ -100,7 +100,7 @@ def landing_zone_sensor(
     # or its file was removed before it was ingested) goes; an ingested one stays, file or not
     materialized = context.instance.get_materialized_partitions(dataset_group.key)
     # an empty listing (a volume not mounted) removes nothing
-    stale = sorted(known - set(stamps) - materialized) if entries else []
+    stale = _not_ingested(context, atlas, sorted(known - set(stamps) - materialized)) if entries else []
     if stale:
         context.log.info(f"partitions without a landing file, never ingested, to remove: {stale}")
     requests = [dataset_partitions.build_add_request(new)] if new else []
@@ -115,6 +115,30 @@ def landing_zone_sensor(
         dynamic_partitions_requests=requests
         + ([dataset_partitions.build_delete_request(stale)] if stale else []),
     )
+
+
+def _not_ingested(context: dg.SensorEvaluationContext, atlas: AtlasResource, uids: list[str]) -> list[str]:
+    """``uids`` (partitions never materialized) of which the atlas holds no dataset: a run stopped once its
+    dataset was committed (killed during its checks) recorded no materialization, yet ingested it."""
+    from lancell.errors import AtlasNotFoundError, LancellError
+
+    if not uids:
+        return uids
+    try:
+        held = atlas.dataset_uids()
+    except AtlasNotFoundError:  # (no atlas yet: nothing was ingested)
+        return uids
+    except LancellError as exc:
+        context.log.warning(
+            f"partitions {uids} are kept: the atlas cannot be read to tell whether they hold datasets ({exc})"
+        )
+        return []
+    if kept := [uid for uid in uids if uid in held]:
+        context.log.info(
+            f"partitions without a landing file whose datasets the atlas holds (a run stopped before it "
+            f"recorded them), kept: {kept}"
+        )
+    return [uid for uid in uids if uid not in held]
 
 
 def _duplicate_runs(context: dg.SensorEvaluationContext) -> list[dg.RunRequest]:

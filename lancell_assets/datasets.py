@@ -12,21 +12,20 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from lancell_assets.geo import geo_series
+from lancell_assets.landing_compare import compare_landing, landed
 from lancell_assets.metadata import OWNERS
 from lancell_assets.partitions import dataset_partitions
 from lancell_assets.pools import WRITER_POOL
 from lancell_assets.warnings_log import logged_warnings
 from resources import AtlasResource, LandingZone
-from resources.landing import LandingEntry
 
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
-    from lancell.errors import IngestError
     from lancell.ingest.landing import LandingSpec
     from lancell.standardize.pipeline import StandardizationReport
     from lancell.tables.schema import DatasetRecord
@@ -126,7 +125,7 @@ def dataset_group(
         yield from _failed(f"dataset {uid} was not ingested: {exc}", exc, file, failed)
     seconds = time.perf_counter() - started
     if outcome == "present":
-        landing = _compare_landing(context, landing_zone, record)
+        landing = compare_landing(context, landing_zone, record)
         checks = [*_checks(handle, record, None), landing.check]
         spec = None if landing.entry is None else landing.entry.spec
         fingerprint, options = landing.recorded, landing.options
@@ -145,6 +144,8 @@ def dataset_group(
             "features it registered and its feature layout stay, its zarr group until vacuum); the next run "
             "ingests the file as it is then"
         )
+        if outcome == "ingested" and not changed:  # kept at once: a run stopped during the checks below
+            context.log_event(landed(context, record, fingerprint, options))
         content = dg.AssetCheckResult(
             check_name="content_matches",
             passed=not changed,
@@ -197,86 +198,6 @@ def _finding(check: dg.AssetCheckResult) -> str:
     if "finding" in values:
         return str(values["finding"])
     return "passed" if check.passed else f"failed: {values}"
-
-
-class Landing(NamedTuple):
-    """A present dataset's landing file against the one it was ingested from."""
-
-    entry: "LandingEntry | None"  # None: no file lands as the dataset any more
-    recorded: str | None  # the landing fingerprint recorded when the dataset was ingested
-    options: dict[str, object] | None  # the sidecar options recorded with it (None: not recorded)
-    check: dg.AssetCheckResult  # content_matches
-    problem: "IngestError | None"  # what fails the run
-
-
-def _compare_landing(
-    context: dg.AssetExecutionContext, landing_zone: LandingZone, record: "DatasetRecord"
-) -> Landing:
-    """``content_matches`` of a dataset already in the atlas: its landing file's fingerprint against the
-    one recorded at ingestion (by the latest materialization of this partition, if it recorded the dataset's
-    current content)."""
-    from lancell.errors import IngestError, LancellError
-    from lancell.ingest.landing import landing_fingerprint, landing_options
-
-    latest = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[record.uid]), limit=1
-    ).records
-    meta = latest[0].asset_materialization.metadata if latest else {}
-    same = "content_fingerprint" in meta and meta["content_fingerprint"].value == record.content_fingerprint
-    recorded = meta["landing_fingerprint"].value if same and "landing_fingerprint" in meta else None
-    options = meta["landing_options"].value if recorded and "landing_options" in meta else None
-    entry = None
-    try:
-        entry = landing_zone.entry(record.uid)
-        if entry is None:
-            finding = "no landing file lands as this dataset any more: not compared"
-            return Landing(None, recorded, options, _content(True, finding), None)
-        if entry.spec is None:
-            raise IngestError(entry.error)
-        current = landing_fingerprint(entry.spec)
-    except LancellError as exc:
-        problem = IngestError(f"its landing file cannot be compared with it: {exc}")
-        return Landing(entry, recorded, options, _content(False, str(problem)), problem)
-    if recorded is None:
-        finding = (
-            f"{entry.path.name}: this Dagster instance recorded no landing fingerprint of dataset "
-            f"{record.uid!r} as the atlas holds it (ingested outside Dagster, by an older lancell, by "
-            "another Dagster instance, such as a dagster dev session since restarted, or replaced since): "
-            "not compared"
-        )
-        context.log.warning(finding)
-        return Landing(entry, None, None, _content(False, finding, dg.AssetCheckSeverity.WARN), None)
-    if current != recorded:
-        problem = IngestError(
-            f"landing file {entry.path} (with its sidecar's options) is not the one it was ingested from: "
-            f"{_differs(options, landing_options(entry.spec))} (landing fingerprint {current}, at ingestion "
-            f"{recorded}); the atlas keeps what was ingested: delete the dataset and re-materialize this "
-            "partition to replace it (or land the original again)"
-        )
-        return Landing(entry, recorded, options, _content(False, str(problem)), problem)
-    return Landing(entry, recorded, options, _content(True, f"{entry.path.name} is the file ingested"), None)
-
-
-def _differs(recorded: dict[str, object] | None, current: dict[str, object]) -> str:
-    """What differs between the sidecar options recorded at ingestion and the current ones, else that the
-    file's bytes do."""
-    if recorded is None:
-        return "its bytes or its sidecar's options differ (the options at ingestion were not recorded)"
-    changed = {key: (recorded.get(key), current.get(key)) for key in sorted({*recorded, *current})}
-    changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
-    if not changed:
-        return "its bytes differ (its sidecar's options are the same)"
-    return "its sidecar's options differ (its bytes may too): " + ", ".join(
-        f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()
-    )
-
-
-def _content(
-    passed: bool, finding: str, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
-) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name="content_matches", passed=passed, severity=severity, metadata={"finding": finding}
-    )
 
 
 def _metadata(

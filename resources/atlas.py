@@ -194,6 +194,21 @@ class AtlasResource(dg.ConfigurableResource):
 
         return RaggedAtlas.find_snapshot(self.db_uri, label, store_kwargs=self._store_kwargs())
 
+    def dataset_uids(self) -> set[str]:
+        """The uids of the live atlas's datasets, read without writing (never creates the atlas).
+
+        Raises
+        ------
+        AtlasNotFoundError
+            No atlas at ``db_uri``.
+        """
+        from lancell.atlas import RaggedAtlas
+
+        handle = RaggedAtlas.open(
+            self.db_uri, store=self.store_url, store_kwargs=self._store_kwargs(), read_only=True
+        )
+        return set(handle.list_datasets()["uid"])
+
     def list_versions(self, *, deleted: bool = False) -> pd.DataFrame:
         """Every snapshot (``deleted``: deleted ones too): version, cell and dataset counts, note (see
         ``RaggedAtlas.list_versions``)."""

@@ -7,6 +7,8 @@ written, and :meth:`ModelStore.save` before it writes.
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +60,9 @@ class ModelStore(dg.ConfigurableResource):
 
     def save(self, model: str, partition: str, state: dict[str, object]) -> Path:
         """Save ``state`` (a checkpoint: ``torch.load(path)`` gives it back) for ``model`` trained on snapshot
-        partition ``partition``; return the file.
+        partition ``partition``; return the file. The file is written beside and renamed over the earlier one
+        when complete: a run stopped while it writes (killed, a full disk) leaves the earlier model whole, and
+        two runs of one partition each replace the file whole.
 
         Raises
         ------
@@ -70,5 +74,14 @@ class ModelStore(dg.ConfigurableResource):
         check_label(partition)
         target = Path(self.path) / model / f"{partition}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, target)
+        # a hidden name of its own: no partition's file (labels never start with ".") and no other run's
+        written = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with written.open("wb") as file:
+                torch.save(state, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(written, target)
+        finally:
+            written.unlink(missing_ok=True)
         return target

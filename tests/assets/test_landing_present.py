@@ -224,3 +224,38 @@ def test_a_duplicate_of_a_replaced_dataset_is_run_again_after_it(ingested):
     assert sorted(run.partition_key for run in again.run_requests) == ["a", "copy"]
     assert ingest(defs, instance, "copy").success
     assert sorted(RaggedAtlas.open(str(root / "db")).list_datasets()["uid"]) == ["a", "copy"]  # stored again
+
+
+def test_a_run_stopped_during_its_checks_still_tells_the_next_run_what_was_ingested(
+    tmp_path: Path, monkeypatch
+):
+    """A run killed once its dataset was committed (its checks read every chunk: minutes) recorded no
+    materialization, so the landing fingerprint was lost: a later changed file passed green with a warning,
+    and once removed, the sensor dropped the partition as "never ingested" while the atlas held it."""
+    import lancell_assets.datasets as datasets
+    from lancell.errors import StoreError
+    from lancell_assets import dataset_partitions
+
+    (tmp_path / "landing").mkdir()
+    path = tmp_path / "landing" / "a.h5ad"
+    write_h5ad(path, seed=1)
+    defs = definitions.build_definitions(tmp_path)
+    with dg.instance_for_test() as instance:
+        cursor = tick(defs, instance).cursor
+
+        def stopped(*args, **kwargs):
+            raise StoreError("the process stops here (killed, out of memory)")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(datasets, "_checks", stopped)
+            assert not ingest(defs, instance, "a").success
+        assert "a" not in instance.get_materialized_partitions(dg.AssetKey("dataset_group"))
+        assert RaggedAtlas.open(str(tmp_path / "db")).list_datasets()["uid"].tolist() == ["a"]
+        write_h5ad(path, seed=2)  # another content lands as "a"
+        changed = ingest(defs, instance, "a")
+        assert not changed.success and checks(changed) == FINE | {"content_matches": False}
+        assert "is not the one it was ingested from" in str(failure(changed).description)
+        path.unlink()
+        kept = tick(defs, instance, cursor)
+        assert not kept.dynamic_partitions_requests  # the atlas holds "a": its partition stays
+        assert "a" in instance.get_dynamic_partitions(dataset_partitions.name)

@@ -373,6 +373,29 @@ def test_the_model_store_writes_only_under_its_folder(tmp_path: Path):
     assert store.save("classifier", "first", {}) == tmp_path / "models" / "classifier" / "first.pt"
 
 
+def test_a_model_save_stopped_midway_keeps_the_earlier_model(tmp_path: Path, monkeypatch):
+    """Re-training a partition wrote its file in place: a run killed while torch.save wrote left the earlier
+    good model half overwritten (torch.load failed), its materialization still pointing at it."""
+    import torch
+
+    from resources.models import ModelStore
+
+    store = ModelStore(path=str(tmp_path / "models"))
+    path = store.save("classifier", "first", {"weights": torch.arange(4)})
+    save = torch.save
+
+    def stopped(state, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", stopped)
+    with pytest.raises(OSError, match="No space left"):
+        store.save("classifier", "first", {"weights": torch.arange(8)})
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.equal(torch.load(path)["weights"], torch.arange(4))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["first.pt"]  # nothing left beside it
+
+
 def test_a_run_whose_process_was_killed_is_failed_and_its_slot_freed(tmp_path: Path, monkeypatch):
     """A SIGKILLed take_snapshot left its run STARTED holding the lancedb_writer slot: every later writing
     step waited forever. Such a run (its worker process gone) is failed and its slots freed; a run whose

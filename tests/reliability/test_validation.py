@@ -122,3 +122,15 @@ def test_sorting_memory_follows_the_bucket_not_the_cells(tmp_path, monkeypatch):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * 60_000 * 8  # a bucket and its temporaries (~1.3 MB), not the 16 MB of all hashes
+
+
+def test_a_data_file_missing_from_the_cell_table_is_a_problem_not_a_lance_error(tmp_path):
+    """A data file of cells.lance removed by hand: validate() raised Lance's untyped RuntimeError ("lance
+    error: Not found"), and the Dagster checks were never recorded."""
+    atlas = _atlas_with_cells(tmp_path, 5, ("a", "b"))
+    data = sorted((tmp_path / "db" / "cells.lance" / "data").glob("*.lance"))
+    data[0].unlink()
+    problems = atlas.validate()
+    assert len(problems) == 1
+    assert problems[0].startswith("the cell table cannot be read, a data file of its version is missing: ")
+    assert "Not found" in problems[0] and ".rs:" not in problems[0]

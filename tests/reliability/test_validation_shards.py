@@ -104,6 +104,29 @@ def test_missing_shard_objects_are_reported_per_array(atlas: RaggedAtlas, tmp_pa
             atlas.query().where(f"dataset_uid = '{uid}'").feature_space(space).to_anndata()
 
 
+@pytest.mark.parametrize("removed", ["folder", "zarr.json"])
+def test_an_array_readers_read_that_is_gone_is_reported(atlas: RaggedAtlas, tmp_path: Path, removed: str):
+    """An array's folder (or its zarr.json) removed by hand: validate() listed only the arrays whose
+    zarr.json it found, so it (and snapshot(), and the Dagster check) passed, while reads failed."""
+    import shutil
+
+    arrays = tmp_path / "arrays"
+    sparse, dense = arrays / _group(atlas, "s"), arrays / _group(atlas, "d")
+    for array in (sparse / "csr/indices", sparse / "csr/layers/counts", dense / "layers/counts"):
+        if removed == "folder":
+            shutil.rmtree(array)
+        else:
+            (array / "zarr.json").unlink()
+    gone = "is missing from the store (no zarr.json): readers of the dataset read it"
+    assert sorted(atlas.validate()) == [
+        f"dataset 'd': array 'layers/counts' {gone}",
+        f"dataset 's': array 'csr/indices' {gone}",
+        f"dataset 's': array 'csr/layers/counts' {gone}",
+    ]
+    with pytest.raises(ValidationError, match="'csr/indices' is missing"):
+        atlas.snapshot()
+
+
 def test_the_arrays_of_a_layer_being_added_are_not_compared(atlas: RaggedAtlas):
     """add_layer writes the layer's array before the record names it: its shards are still being written."""
     group = atlas.core.zarr_root[_group(atlas, "s")]
