@@ -94,7 +94,8 @@ def positions(indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
         hint = "; for a boolean mask pass np.flatnonzero(mask)" if index.dtype.kind == "b" else ""
         raise QueryError(f"dataset positions must be integers, got {index.dtype} values{hint}")
     if index.min() < -n or index.max() >= n:
-        raise OutOfBoundsError(f"dataset positions must lie in [-{n}, {n}); got {indices!r}")
+        where = f"[-{n}, {n})" if n else "nowhere: the dataset has no cells"
+        raise OutOfBoundsError(f"dataset positions must lie in {where}; got {indices!r}")
     index = index.astype(np.int64, copy=False)
     return np.where(index < 0, index + n, index)
 

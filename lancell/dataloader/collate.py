@@ -193,7 +193,8 @@ class DenseCollate:
         row_ids = _row_ids(rows)
         if normalize:
             check_normalizable(rows.values, output)
-            totals = np.bincount(row_ids, weights=rows.values, minlength=n)
+            # (float64 also for a batch with no stored value: bincount of no weights counts, as int64)
+            totals = np.bincount(row_ids, weights=rows.values, minlength=n).astype(np.float64, copy=False)
             values = (rows.values * _scale(totals, self.target_sum)[row_ids]).astype(np.float32)
             if self.log1p:
                 np.log1p(values, out=values)

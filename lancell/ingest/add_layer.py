@@ -31,7 +31,7 @@ from lancell.errors import (
     require_text,
     require_type,
 )
-from lancell.ingest.blocks import checked_values, stored_csr_blocks
+from lancell.ingest.blocks import checked_values, dense_place, stored_csr_blocks
 from lancell.ingest.sources import matrix_source, stored_dtype
 from lancell.storage.csc import write_csc
 from lancell.storage.groups import ShardBuffer, create_value_array
@@ -313,7 +313,8 @@ def _write_values(
             guard,
         ) as out:
             for row0, block in source.dense_blocks():
-                out.append(checked_values(dataset, name, block.ravel(), row0).reshape(block.shape))
+                place = dense_place(row0, block.shape[1])
+                out.append(checked_values(dataset, name, block.ravel(), row0, place).reshape(block.shape))
             out.close()
         return False
     indices, indptr = group["csr/indices"], read_offsets(group["csr/indptr"], group.attrs, "csr")

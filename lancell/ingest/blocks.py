@@ -14,7 +14,7 @@ pay for them. Where the stored order differs from the var order, each renumbered
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,11 +33,16 @@ from kernels.ingest import (
 from lancell.errors import DataValueError, LancellWarning, caller_outside_lancell
 from lancell.ingest.sources import MatrixSource, native_order, stored_dtype
 
-__all__ = ["checked_values", "stored_csr_blocks"]
+__all__ = ["checked_values", "dense_place", "sparse_place", "stored_csr_blocks"]
 
 
-def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int) -> np.ndarray:
+def checked_values(
+    dataset: str, zarr_layer: str, values: np.ndarray, row0: int, place: Callable[[int], str] | None = None
+) -> np.ndarray:
     """Check one block of values (rows from ``row0``) and convert it to the stored dtype.
+
+    ``place(i)`` says where value ``i`` of the block is ("row 9000, column 3"): the first bad value is named
+    with it (without it, by the block's first row).
 
     Raises
     ------
@@ -45,51 +50,60 @@ def checked_values(dataset: str, zarr_layer: str, values: np.ndarray, row0: int)
         Integers outside ``[0, 2**32)``; floats that are not finite or do not fit float32; under the
         ``counts`` layer, negative or fractional floats and floats above ``2**24``.
     """
+
+    def refuse(bad: np.ndarray, what: str, why: str = "") -> None:
+        position = int(np.argmax(bad))
+        at = f"at {place(position)}" if place is not None else f"in the rows from {row0}"
+        raise DataValueError(
+            f"dataset {dataset!r}, layer {zarr_layer!r}: {what} {values[position]} {at}{why}"
+        )
+
     if values.dtype.kind in "iu":
-        if values.size == 0:
-            return values.astype(np.uint32)
-        low, high = values.min(), values.max()
-        if low < 0 or high > UINT32_MAX:
-            bad = "negative" if low < 0 else "above 2**32-1"
-            raise DataValueError(
-                f"dataset {dataset!r}, layer {zarr_layer!r}: {bad} integer value "
-                f"{low if low < 0 else high} in the rows from {row0}; integers are stored as uint32, in "
-                "[0, 2**32): store other values as floats (e.g. .astype('float32'))"
+        if values.size and (values.min() < 0 or values.max() > UINT32_MAX):
+            negative = values.min() < 0
+            refuse(
+                values < 0 if negative else values > UINT32_MAX,
+                "negative integer value" if negative else "integer value above 2**32-1",
+                "; integers are stored as uint32, in [0, 2**32): store other values as floats (e.g. "
+                ".astype('float32'))",
             )
         return values.astype(np.uint32)
     if values.size == 0:
         return values.astype(np.float32)
     finite = np.isfinite(values)
     if not finite.all():
-        raise DataValueError(
-            f"dataset {dataset!r}, layer {zarr_layer!r}: non-finite value "
-            f"{values[~finite][0]} in the rows from {row0}"
-        )
-    largest = np.abs(values).max()
-    if largest > FLOAT32_MAX:
-        raise DataValueError(
-            f"dataset {dataset!r}, layer {zarr_layer!r}: value {largest} in the rows from {row0} "
-            "does not fit float32 (values are stored as float32)"
-        )
+        refuse(~finite, "non-finite value")
+    if np.abs(values).max() > FLOAT32_MAX:
+        refuse(np.abs(values) > FLOAT32_MAX, "value", " does not fit float32 (values are stored as float32)")
     if zarr_layer == "counts":
         if values.min() < 0:
-            raise DataValueError(f"dataset {dataset!r}, layer 'counts': negative value {values.min()}")
+            refuse(values < 0, "negative value")
         fractional = values != np.floor(values)
         if fractional.any():
-            raise DataValueError(
-                f"dataset {dataset!r}, layer 'counts': non-integer value {values[fractional][0]} in the "
-                f"rows from {row0}; store normalized values under another layer name"
-            )
+            refuse(fractional, "non-integer value", "; store normalized values under another layer name")
         if values.max() > FLOAT32_EXACT:
-            raise DataValueError(
-                f"dataset {dataset!r}, layer 'counts': value {values.max()} in the rows from {row0} is above "
-                "2**24, where float32 (how float counts are stored) no longer holds every whole number; "
-                "store the counts as integers"
+            refuse(
+                values > FLOAT32_EXACT,
+                "value",
+                " is above 2**24, where float32 (how float counts are stored) no longer holds every whole "
+                "number; store the counts as integers",
             )
     stored = values.astype(np.float32)
     if values.dtype.itemsize > 4 and ((stored == 0) & (values != 0)).any():
         _warn_zeroed(dataset, zarr_layer)
     return stored
+
+
+def dense_place(row0: int, n_columns: int) -> Callable[[int], str]:
+    """Where value ``i`` of a raveled dense block of rows from ``row0`` is."""
+    return lambda i: f"row {row0 + i // max(n_columns, 1)}, column {i % max(n_columns, 1)}"
+
+
+def sparse_place(row0: int, indptr: np.ndarray, indices: np.ndarray) -> Callable[[int], str]:
+    """Where stored value ``i`` of a CSR block of rows from ``row0`` (row offsets ``indptr``) is."""
+    return lambda i: (
+        f"row {row0 + int(np.searchsorted(indptr, i, side='right')) - 1}, column {int(indices[i])}"
+    )
 
 
 def stored_csr_blocks(
@@ -209,5 +223,7 @@ def recheck_csr_block(
     if not block.has_sorted_indices:
         block = block.sorted_indices()
     source.check_indices(row0, indptr, block.indices)
-    values = checked_values(source.dataset, zarr_layer, block.data, row0)
+    values = checked_values(
+        source.dataset, zarr_layer, block.data, row0, sparse_place(row0, block.indptr, block.indices)
+    )
     return (column_map[block.indices] if column_map.size else block.indices.astype(np.uint32)), values

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lancell.errors import IngestError
-from lancell.ingest.blocks import checked_values
+from lancell.ingest.blocks import checked_values, dense_place
 from lancell.ingest.layer_blocks import layer_blocks
 from lancell.ingest.sources import stored_dtype
 from lancell.storage.groups import DenseGroupWriter, SparseGroupWriter
@@ -84,7 +84,8 @@ def write_group(
                     row0, shape = blocks[0][0], blocks[0][1].shape
                     rows = {}
                     for name, (_, block) in zip(layers, blocks, strict=True):
-                        values = checked_values(plan.dataset, name, block.ravel(), row0).reshape(shape)
+                        place = dense_place(row0, shape[1])
+                        values = checked_values(plan.dataset, name, block.ravel(), row0, place).reshape(shape)
                         rows[name] = (
                             values
                             if plan.stored_column is None

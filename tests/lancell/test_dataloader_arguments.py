@@ -251,6 +251,23 @@ def test_normalize_refuses_negative_values():
         assert not torch.isnan(DenseCollate()(batch)["X"]).any()  # as stored: accepted
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.float32])
+def test_normalize_keeps_a_batch_with_no_stored_value_as_zeros(dtype):
+    """Every cell all zero (or a dataset of no stored value): numpy's UFuncTypeError (the totals of no
+    weights came back as int64, which the scale's division could not write)."""
+    empty = CellBatch(
+        kind="sparse",
+        index=np.arange(2, dtype=np.int64),
+        group=np.zeros(2, dtype=np.int32),
+        n_features=3,
+        presence_table=np.ones((2, 3), dtype=bool),
+        offsets=np.zeros(3, dtype=np.int64),
+        indices=np.zeros(0, dtype=np.int32),
+        values=np.zeros(0, dtype=dtype),
+    )
+    assert DenseCollate(normalize=True)(empty)["X"].tolist() == [[0.0] * 3] * 2
+
+
 def test_collates_refuse_values_their_dtype_does_not_hold_exactly():
     """float32 rounded counts above 2**24 (to_anndata gives them exactly); int dtypes truncated floats."""
     exact = _batch(np.array([3, 2**24], dtype=np.uint32))

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from lancell.errors import DataValueError, LancellWarning
-from lancell.ingest.blocks import checked_values, stored_csr_blocks
+from lancell.ingest.blocks import checked_values, dense_place, stored_csr_blocks
 from lancell.ingest.sources import MatrixSource, matrix_source
 
 
@@ -109,3 +109,26 @@ def test_negative_integers_under_any_layer_say_how_to_store_them() -> None:
     """The message said counts must be in [0, 2**32) for a layer that was not counts."""
     with pytest.raises(DataValueError, match=r"layer 'scaled': negative integer value -2 .* as floats"):
         checked_values("d", "scaled", np.array([3, -2, 1], dtype=np.int16), 0)
+
+
+@pytest.mark.parametrize(
+    ("layer", "bad", "said"),
+    [
+        ("log_normalized", np.nan, "non-finite value nan at row 9000, column 3"),
+        ("log_normalized", -5e38, "value -5e+38 at row 9000, column 3 does not fit float32"),  # (was 5e+38)
+        ("counts", -3.0, "negative value -3.0 at row 9000, column 3"),  # (was said without a place)
+        ("counts", 2.5, "non-integer value 2.5 at row 9000, column 3"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_a_bad_value_is_named_by_its_row_and_column(layer: str, bad: float, said: str, kind: str) -> None:
+    """Value errors named the block's first row ("in the rows from 0", ~2M values wide) and no column."""
+    x = np.ones((10_000, 5), dtype=np.float64)
+    x[9000, 3] = bad
+    source = matrix_source("d", sp.csr_matrix(x) if kind == "sparse" else x)
+    blocks = source.dense_blocks() if kind == "dense" else stored_csr_blocks(source, layer, None)
+    with pytest.raises(DataValueError, match=f"dataset 'd', layer '{layer}': {said}".replace("+", r"\+")):
+        for block in blocks:
+            if kind == "dense":
+                row0, values = block
+                checked_values("d", layer, values.ravel(), row0, dense_place(row0, values.shape[1]))

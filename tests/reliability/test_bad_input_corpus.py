@@ -520,10 +520,10 @@ CASES: dict[str, Bad] = {
         uid="study7/sample1",
     ),
     "dataset uid with ':' (cell uids could collide)": bad_ingest(
-        mutated(lambda a: None), IE, "'existing:cell0'", "[':']", "ambiguous", uid="existing:cell0"
+        mutated(lambda a: None), IE, "'existing:cell0'", "contains ':'", "ambiguous", uid="existing:cell0"
     ),
     "dataset uid with a control character": bad_ingest(
-        mutated(lambda a: None), IE, "'tab\\tuid'", "['\\t']", uid="tab\tuid"
+        mutated(lambda a: None), IE, "'tab\\tuid'", "U+0009 (control character)", uid="tab\tuid"
     ),
     "empty dataset uid": bad_ingest(mutated(lambda a: None), IE, "''", "non-empty", uid=""),
     # read-only handles
