@@ -25,7 +25,7 @@ from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict
 from lancell.tables.store_location import Location, StoreLike, as_location
 from lancell.tables.versions import noted_snapshot
-from lancell.validation import find_problems
+from lancell.validation import validate_atlas
 
 # lancell.query.atlas_query and lancell.maintenance are imported where used: both import anndata; the
 # schemas (lancedb's LanceModel) are only annotations here: a checked-out atlas never imports lancedb
@@ -304,7 +304,7 @@ class RaggedAtlas:
         handle checks one state of the tables: a dataset another process commits or deletes meanwhile is seen
         whole or not at all.
         """
-        return find_problems(self.core.read_view(), dataset_uid, checksums=checksums)
+        return validate_atlas(self.core, dataset_uid, checksums=checksums)
 
     @_boundary
     def snapshot(self, note: str | None = None) -> int:
@@ -388,7 +388,8 @@ class RaggedAtlas:
     @_boundary
     def group_attributes(self, zarr_group: str) -> dict[str, Any] | None:
         """A dataset's zarr group attributes (format, layers and their dtypes, geometry, counts), or None when
-        the group is not in the store."""
+        the group is not in the store (:class:`~lancell.errors.ArgumentError`: not a str;
+        :class:`~lancell.errors.ArgumentValueError`: not text UTF-8 can store)."""
         require_type("zarr_group", zarr_group, str, "a zarr group name (a str)")
         require_text("zarr_group", zarr_group)
         return self.core.group_attrs(zarr_group)

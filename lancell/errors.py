@@ -88,7 +88,14 @@ def require_type(name: str, value: object, kind: type | tuple[type, ...], what: 
 def require_text(name: str, value: str, error: type[LancellError] = ArgumentValueError) -> None:
     """Raise ``error`` unless ``value`` (argument ``name``, a str) is text UTF-8 can store: Python decodes
     bytes that are not UTF-8 (a file name, a shell argument) to lone surrogates, which no table or store
-    path can hold."""
+    path can hold.
+
+    Raises
+    ------
+    LancellError
+        ``error`` (:class:`ArgumentValueError` by default), naming ``name``, the value and the first lone
+        surrogate's position.
+    """
     try:
         value.encode()
     except UnicodeEncodeError as exc:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import obstore
 import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
+from lancell.cell_tallies import cell_tallies, value_counts
 from lancell.errors import (
     CodecError,
+    CommitConflictError,
     DatasetNotFoundError,
+    LancellError,
     ShardFormatError,
+    StoreError,
     require_text,
     require_type,
 )
@@ -29,108 +29,16 @@ from lancell.storage.shard_layout import parse_layout
 from lancell.storage.store_failures import one_line
 from lancell.storage.stores import read_json
 from lancell.tables.layout_numbering import layouts_off_the_registry
-from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import sql_literal
-from lancell.tables.visibility import visible_cells_filter
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["find_problems"]
+__all__ = ["find_problems", "validate_atlas"]
+
+_ATTEMPTS = 5  # reads of a live atlas whose pinned table versions were pruned meanwhile
 
 log = logging.getLogger(__name__)
-
-_BATCH = 65_536
-BUCKET_CELLS = 1 << 22  # uid hashes sorted at once (32 MiB); more cells spill to buckets on disk
-
-
-def _value_counts(column: pa.Array | pa.ChunkedArray) -> dict[object, int]:
-    values, counts = pc.value_counts(column).flatten()
-    return dict(zip(values.to_pylist(), counts.to_pylist(), strict=True))
-
-
-def _uid_hashes(uids: pa.Array) -> np.ndarray:
-    """64-bit hashes of cell uids (polars' hash, seed 0)."""
-    import polars as pl  # hashing only; not needed on import
-
-    return pl.from_arrow(uids).hash(seed=0).to_numpy()
-
-
-class _HashBuckets:
-    """Uid hashes split by value into buckets spilled to disk, so that finding repeated hashes sorts one
-    bucket at a time: memory is bounded by the bucket size (``BUCKET_CELLS`` hashes when uniform), not by
-    the number of cells. With one bucket the hashes stay in memory."""
-
-    def __init__(self, n_cells: int, folder: str) -> None:
-        self.n_buckets = max(1, -(-n_cells // BUCKET_CELLS))
-        self.paths = [os.path.join(folder, f"bucket{b}.u64") for b in range(self.n_buckets)]
-        self.held: list[np.ndarray] = []
-
-    def add(self, hashes: np.ndarray) -> None:
-        if self.n_buckets == 1:
-            self.held.append(hashes)
-            return
-        bucket = hashes % np.uint64(self.n_buckets)
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(self.n_buckets + 1))
-        for b, path in enumerate(self.paths):
-            if bounds[b + 1] > bounds[b]:
-                with open(path, "ab") as f:
-                    hashes[order[bounds[b] : bounds[b + 1]]].tofile(f)
-
-    def repeated(self) -> np.ndarray:
-        """The hash values seen more than once."""
-        found = [np.zeros(0, np.uint64)]
-        for path in self.paths:
-            if self.n_buckets == 1:
-                values = np.concatenate([np.zeros(0, np.uint64), *self.held])
-            elif os.path.exists(path):
-                values = np.fromfile(path, dtype=np.uint64)
-            else:
-                continue
-            values.sort()
-            found.append(np.unique(values[1:][values[1:] == values[:-1]]))
-            del values
-        return np.concatenate(found)
-
-
-def _cell_tallies(core: AtlasCore, where: str | None = None) -> tuple[Counter, Counter, bool]:
-    """Cells per dataset, cells per zarr group, and whether cell uids are unique, in bounded memory.
-
-    The visible cell rows are streamed in batches; uniqueness is checked on 64-bit hashes of the uids, split
-    into buckets of at most about ``BUCKET_CELLS`` hashes (spilled to a temporary folder when there are
-    several) and sorted one bucket at a time; only a repeated hash triggers an exact check of the uids that
-    carry it (a second streamed pass). ``where`` limits the tally to the cell rows it selects.
-    """
-    hidden = visible_cells_filter(core)  # rows of an interrupted ingestion are debris, not a problem
-    hidden = " AND ".join(f"({f})" for f in (hidden, where) if f) or None
-    cells = core.tables.cells
-
-    def scan(columns: list[str]) -> Iterator[pa.RecordBatch]:  # pylance: a checkout never loads lancedb
-        where = lance_sql(hidden) if hidden else None
-        return cells.to_lance().to_batches(columns=columns, filter=where, batch_size=_BATCH)
-
-    per_dataset: Counter = Counter()
-    per_group: Counter = Counter()
-    with tempfile.TemporaryDirectory(prefix="lancell-validate-") as folder:
-        buckets = _HashBuckets(cells.count_rows(hidden), folder)
-        for batch in scan(["uid", "dataset_uid", *core.feature_spaces]):
-            per_dataset.update(_value_counts(batch.column("dataset_uid")))
-            for space in core.feature_spaces:
-                pointer = batch.column(space)
-                per_group.update(
-                    _value_counts(pc.struct_field(pointer.filter(pointer.is_valid()), "zarr_group"))
-                )
-            buckets.add(_uid_hashes(batch.column("uid")))
-        colliding = buckets.repeated()
-    if not colliding.size:
-        return per_dataset, per_group, True
-    suspects = [
-        batch.column("uid").filter(pa.array(np.isin(_uid_hashes(batch.column("uid")), colliding)))
-        for batch in scan(["uid"])
-    ]
-    suspects = pa.chunked_array(suspects, pa.string())
-    return per_dataset, per_group, pc.count_distinct(suspects).as_py() == len(suspects)
 
 
 def _read_for_dataset(relative: str, layers: Collection[str], csc_layers: Collection[str]) -> bool:
@@ -305,6 +213,34 @@ def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.T
     return problems
 
 
+def validate_atlas(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
+    """:func:`find_problems` of one state of ``core``'s tables (:meth:`AtlasCore.read_view`).
+
+    A live handle whose pinned table versions another process pruned while it read them
+    (``optimize(cleanup_older_than=...)``) reads again at the current ones; a table data file missing from
+    the versions read is a problem, not Lance's error.
+
+    Raises
+    ------
+    CommitConflictError
+        The versions read were pruned during each of ``_ATTEMPTS`` reads.
+    """
+    for _ in range(_ATTEMPTS):
+        view = core.read_view()
+        try:
+            return find_problems(view, dataset_uid, checksums=checksums)
+        except (OSError, RuntimeError, ValueError) as exc:  # (StoreError included; Lance's own errors)
+            ours = isinstance(exc, LancellError) and not isinstance(exc, StoreError)  # a typed answer
+            if ours or "Not found" not in str(exc):
+                raise
+            if view is core or view.tables.pinned == core.tables.consistent_versions():
+                return [f"a table cannot be read, a data file of its version is missing: {one_line(exc)}"]
+    raise CommitConflictError(
+        f"the table versions each check of the atlas at {core.db_uri!r} read were removed while it read them "
+        f"({_ATTEMPTS} times: optimize(cleanup_older_than=...) elsewhere): validate again"
+    )
+
+
 def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
 
@@ -334,23 +270,15 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")
         owners = {dataset_uid, datasets.column("cells_of")[0].as_py() or dataset_uid}  # a modality's cells
         scope = " OR ".join(f"dataset_uid = {sql_literal(uid)}" for uid in sorted(owners))
-    try:
-        counts, per_group, uids_unique = _cell_tallies(core, scope)
-    except (OSError, RuntimeError, ValueError) as exc:  # (Lance's; a store failure: StoreError, raised)
-        if "Not found" not in str(exc):
-            raise
-        problems.append(
-            f"the cell table cannot be read, a data file of its version is missing: {one_line(exc)}"
-        )
-        counts, per_group, uids_unique = None, None, True
+    counts, per_group, uids_unique = cell_tallies(core, scope)
     layouts = tables.layouts.to_arrow()
-    layout_sizes = _value_counts(layouts.column("layout_uid"))
+    layout_sizes = value_counts(layouts.column("layout_uid"))
     known = set()
     for row in datasets.to_pylist():
         uid = row["uid"]
         if not row.get("cells_of"):
             known.add(uid)
-        if per_group is not None and per_group.get(row["zarr_group"], 0) != row["n_cells"]:
+        if per_group.get(row["zarr_group"], 0) != row["n_cells"]:
             problems.append(
                 f"dataset {uid!r}: record says {row['n_cells']} cells, "
                 f"{per_group.get(row['zarr_group'], 0)} cells point into {row['zarr_group']!r}"
@@ -389,11 +317,11 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         if checksums:
             damaged = _damaged_chunks(core, row["zarr_group"], attrs, layers, listed)
             problems += [f"dataset {uid!r}: {p}" for p in damaged]
-    dangling = sorted(set(per_group or ()) - set(datasets.column("zarr_group").to_pylist()))
+    dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)
         log.warning("cells point into zarr groups without a dataset record (vacuum() detaches): %s", dangling)
-    orphans = sorted(set(counts or ()) - known)
+    orphans = sorted(set(counts) - known)
     if orphans and dataset_uid is None:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:

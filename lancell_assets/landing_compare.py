@@ -52,7 +52,8 @@ def _recorded_landing(
 ) -> tuple[str | None, dict[str, object] | None]:
     """``(landing fingerprint, sidecar options)`` recorded with the dataset's current content: by the newest
     materialization or observation (:func:`landed`) of this partition that recorded both (a run that found
-    the dataset present, a concurrent run's, records none), else ``(None, None)``."""
+    the dataset present records only what it found recorded, and none before the ingesting run recorded
+    it), else ``(None, None)``."""
     partition = dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[record.uid])
     events = [
         *context.instance.fetch_materializations(partition, limit=_LOOKBACK).records,

@@ -10,14 +10,9 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
-
-if TYPE_CHECKING:
-    pass
-
 
 LABEL_MAX_BYTES = 200  # a file name is at most 255 bytes: "<label>.pt" stays well below
 
@@ -28,8 +23,9 @@ def check_label(label: object) -> None:
     Raises
     ------
     lancell.errors.SnapshotLabelError
-        The label is not a string, is empty, has surrounding spaces, is longer than ``LABEL_MAX_BYTES``
-        (UTF-8), holds ``/``, ``\\`` or a control character, or starts with ``.``.
+        The label is not a string, is empty, has surrounding spaces, is not text UTF-8 can store, is longer
+        than ``LABEL_MAX_BYTES`` (UTF-8), holds ``/``, ``\\`` or a character that does not print, or starts
+        with ``.``.
     """
     from lancell.errors import SnapshotLabelError, require_text
     from lancell.tables.names import named_characters
@@ -82,6 +78,11 @@ class ModelStore(dg.ConfigurableResource):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(written, target)
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:  # the rename itself on disk
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         finally:
             written.unlink(missing_ok=True)
         return target

@@ -94,8 +94,9 @@ def positions(indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
         hint = "; for a boolean mask pass np.flatnonzero(mask)" if index.dtype.kind == "b" else ""
         raise QueryError(f"dataset positions must be integers, got {index.dtype} values{hint}")
     if index.min() < -n or index.max() >= n:
-        where = f"[-{n}, {n})" if n else "nowhere: the dataset has no cells"
-        raise OutOfBoundsError(f"dataset positions must lie in {where}; got {indices!r}")
+        if not n:
+            raise OutOfBoundsError(f"the dataset has no cells: no position is valid; got {indices!r}")
+        raise OutOfBoundsError(f"dataset positions must lie in [-{n}, {n}); got {indices!r}")
     index = index.astype(np.int64, copy=False)
     return np.where(index < 0, index + n, index)
 

@@ -194,7 +194,7 @@ def merge_duplicate_columns(
 _TENX_TYPES = frozenset({"Gene Expression", "Antibody Capture", "Antigen Capture", "CRISPR Guide Capture",
                          "Multiplexing Capture", "Peaks", "Custom"})  # fmt: skip
 _ENSEMBL_ID = r"ENS[A-Z]*G[0-9]{6,}"
-_ID_SUFFIX = r"(\.\d+)?(_PAR_Y)?$"  # a version, and GENCODE's name for a pseudoautosomal gene's Y copy
+_ID_SUFFIX = r"(\.[0-9]+)?(_PAR_Y)?$"  # a version, and GENCODE's name for a pseudoautosomal gene's Y copy
 _INDEX = "var index"  # (how the var index is named in a refusal)
 
 

@@ -16,7 +16,14 @@ from lancell.errors import IngestError, LancellError
 __all__ = ["check_obs_names", "named_characters", "names_as_text", "not_utf8", "with_nul"]
 
 # what a character no font shows is, by its Unicode category
-_UNSEEN = {"Cc": "control character", "Cs": "lone surrogate", "Cf": "format character", "Zs": "space"}
+_UNSEEN = {
+    "Cc": "control character",
+    "Cs": "lone surrogate",
+    "Cf": "format character",
+    "Co": "private-use character",
+    "Cn": "unassigned",
+    "Zs": "space",
+}
 
 
 def names_as_text(values: pd.Index | pd.Series, what: str, error: type[LancellError]) -> pd.Index | pd.Series:
@@ -43,11 +50,12 @@ def names_as_text(values: pd.Index | pd.Series, what: str, error: type[LancellEr
 
 def named_characters(characters: Iterable[str]) -> str:
     """``characters`` as a reader can tell them apart in a message: a printable one quoted, any other by code
-    point and name (``U+00A0 NO-BREAK SPACE``, ``U+DCFF (lone surrogate)``): an invisible character or one
-    that looks like another reads as itself."""
+    point and name (``U+00A0 NO-BREAK SPACE``, ``U+DCFF (lone surrogate)``; a combining mark too, which
+    prints on the character before it): an invisible character or one that looks like another reads as
+    itself."""
     shown = []
     for c in sorted(set(characters)):
-        if c.isprintable():
+        if c.isprintable() and not unicodedata.category(c).startswith("M"):
             shown.append(repr(c))
         else:
             what = unicodedata.name(c, "") or f"({_UNSEEN.get(unicodedata.category(c), 'unassigned')})"

@@ -132,3 +132,15 @@ def test_a_bad_value_is_named_by_its_row_and_column(layer: str, bad: float, said
             if kind == "dense":
                 row0, values = block
                 checked_values("d", layer, values.ravel(), row0, dense_place(row0, values.shape[1]))
+
+
+def test_places_count_from_the_blocks_first_row() -> None:
+    from lancell.ingest.blocks import sparse_place
+
+    indptr, indices = np.array([0, 2, 2, 5]), np.array([1, 4, 0, 2, 3])  # row 101 holds nothing
+    assert [sparse_place(100, indptr, indices)(i) for i in (1, 2, 4)] == [
+        "row 100, column 4",
+        "row 102, column 0",
+        "row 102, column 3",
+    ]
+    assert dense_place(500, 3)(7) == "row 502, column 1"

@@ -168,3 +168,12 @@ def test_gene_ids_take_ascii_digits_only() -> None:
     )
     assert resolved["match"].tolist() == ["id", "unresolved", "unresolved"]
     assert resolved["ensembl_id"].tolist()[1:] == [None, None]
+
+
+def test_named_characters_names_what_does_not_show() -> None:
+    from lancell.tables.names import named_characters
+
+    assert named_characters("b:a") == "':', 'a', 'b'"
+    assert named_characters("\ue000\u0301\t") == (
+        "U+0009 (control character), U+0301 COMBINING ACUTE ACCENT, U+E000 (private-use character)"
+    )

@@ -241,14 +241,14 @@ def test_validate_on_a_live_handle_sees_a_deletion_or_an_ingestion_whole(db, mon
     _ingest(writer, "keep", 0)
     _ingest(writer, "victim", 1)
     reader = RaggedAtlas.open(db, read_only=True)
-    tallies, between = validation._cell_tallies, []
+    tallies, between = validation.cell_tallies, []
 
     def commit_then_tally(*args, **kwargs):
         if between:
             between.pop()()
         return tallies(*args, **kwargs)
 
-    monkeypatch.setattr(validation, "_cell_tallies", commit_then_tally)
+    monkeypatch.setattr(validation, "cell_tallies", commit_then_tally)
     between.append(lambda: writer.delete_dataset("victim"))
     assert reader.validate(scope) == []
     if scope is None:
@@ -287,3 +287,24 @@ def test_a_reader_of_a_deleted_snapshot_whose_group_was_vacuumed_gets_group_not_
     again = loader.__getitems__(everyone)  # its shards mapped before: still the snapshot's bytes, or an error
     for field in ("offsets", "indices", "values"):
         assert np.array_equal(getattr(again, field), getattr(batch, field))
+
+
+def test_validate_reads_again_when_its_versions_are_pruned_under_it(db, monkeypatch):
+    """Another process's optimize(cleanup_older_than=0) removed the data files of the versions validate()
+    had pinned: it reported "a data file ... is missing" on a healthy atlas (snapshot() then failed)."""
+    import lancell.validation as validation
+
+    writer = RaggedAtlas.open(db)
+    _ingest(writer, "a", 0)
+    _ingest(writer, "b", 1)
+    reader = RaggedAtlas.open(db, read_only=True)
+    tallies, prunes = validation.cell_tallies, [lambda: writer.optimize(cleanup_older_than=timedelta(0))]
+
+    def pruned_then_tally(*args, **kwargs):
+        if prunes:
+            prunes.pop()()
+        return tallies(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "cell_tallies", pruned_then_tally)
+    assert reader.validate() == []
+    assert not prunes  # (the versions were pruned during the first read)

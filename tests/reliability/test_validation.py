@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from lancell import validation
+from lancell import cell_tallies
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import DatasetNotFoundError
@@ -70,15 +70,15 @@ def test_one_dataset_is_checked_alone(tmp_path):
 
 def test_uid_check_in_spilled_buckets_finds_duplicates(tmp_path, monkeypatch):
     atlas = _atlas_with_cells(tmp_path, 30)
-    monkeypatch.setattr(validation, "BUCKET_CELLS", 4)  # 30 cells: 8 buckets on disk
+    monkeypatch.setattr(cell_tallies, "BUCKET_CELLS", 4)  # 30 cells: 8 buckets on disk
     spilled = []
-    add = validation._HashBuckets.add
+    add = cell_tallies.HashBuckets.add
 
     def recording_add(self, hashes):
         add(self, hashes)
         spilled.append(sorted(os.path.getsize(p) for p in self.paths if os.path.exists(p)))
 
-    monkeypatch.setattr(validation._HashBuckets, "add", recording_add)
+    monkeypatch.setattr(cell_tallies.HashBuckets, "add", recording_add)
     assert atlas.validate() == []
     assert sum(spilled[-1]) == 30 * 8 and len(spilled[-1]) > 1  # every hash written, in several buckets
     cells = atlas.core.tables.cells
@@ -91,10 +91,10 @@ def test_repeated_hashes_are_found_in_one_or_many_buckets(tmp_path, monkeypatch)
     hashes = rng.integers(0, 2**63, 10_000, dtype=np.uint64)
     twice = hashes[[5, 77, 9_000]]
     for bucket_cells, n_buckets in ((1 << 22, 1), (1_000, 11)):
-        monkeypatch.setattr(validation, "BUCKET_CELLS", bucket_cells)
+        monkeypatch.setattr(cell_tallies, "BUCKET_CELLS", bucket_cells)
         folder = tmp_path / f"b{n_buckets}"
         folder.mkdir()
-        buckets = validation._HashBuckets(10_003, str(folder))
+        buckets = cell_tallies.HashBuckets(10_003, str(folder))
         assert buckets.n_buckets == n_buckets
         for part in np.array_split(np.concatenate([hashes, twice]), 7):
             buckets.add(part)
@@ -103,8 +103,8 @@ def test_repeated_hashes_are_found_in_one_or_many_buckets(tmp_path, monkeypatch)
 
 def test_colliding_hashes_of_distinct_uids_are_not_a_problem(tmp_path, monkeypatch):
     atlas = _atlas_with_cells(tmp_path, 12)
-    monkeypatch.setattr(validation, "BUCKET_CELLS", 5)
-    monkeypatch.setattr(validation, "_uid_hashes", lambda uids: np.full(len(uids), 7, dtype=np.uint64))
+    monkeypatch.setattr(cell_tallies, "BUCKET_CELLS", 5)
+    monkeypatch.setattr(cell_tallies, "_uid_hashes", lambda uids: np.full(len(uids), 7, dtype=np.uint64))
     assert atlas.validate() == []  # every hash collides; the exact check finds 12 distinct uids
     cells = atlas.core.tables.cells
     cells.add(cells.search().limit(1).to_arrow())
@@ -112,8 +112,8 @@ def test_colliding_hashes_of_distinct_uids_are_not_a_problem(tmp_path, monkeypat
 
 
 def test_sorting_memory_follows_the_bucket_not_the_cells(tmp_path, monkeypatch):
-    monkeypatch.setattr(validation, "BUCKET_CELLS", 50_000)
-    buckets = validation._HashBuckets(2_000_000, str(tmp_path))  # 40 buckets of ~50k hashes
+    monkeypatch.setattr(cell_tallies, "BUCKET_CELLS", 50_000)
+    buckets = cell_tallies.HashBuckets(2_000_000, str(tmp_path))  # 40 buckets of ~50k hashes
     rng = np.random.default_rng(1)
     for _ in range(40):
         buckets.add(rng.integers(0, 2**63, 50_000, dtype=np.uint64))
@@ -132,5 +132,5 @@ def test_a_data_file_missing_from_the_cell_table_is_a_problem_not_a_lance_error(
     data[0].unlink()
     problems = atlas.validate()
     assert len(problems) == 1
-    assert problems[0].startswith("the cell table cannot be read, a data file of its version is missing: ")
+    assert problems[0].startswith("a table cannot be read, a data file of its version is missing: ")
     assert "Not found" in problems[0] and ".rs:" not in problems[0]
