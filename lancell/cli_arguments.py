@@ -103,6 +103,10 @@ def check_query_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"-o {text}: query writes an .h5ad file; name it with the .h5ad suffix (e.g. {example})")
     if not output.parent.is_dir():
         parser.error(f"-o {text}: the folder {str(output.parent)!r} does not exist")
+    if not os.access(output.parent, os.W_OK):  # (before the query runs; EROFS binds root as well)
+        parser.error(
+            f"-o {text}: the folder {str(output.parent)!r} cannot be written (read-only or not yours)"
+        )
 
 
 def check_add_csc_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -57,8 +57,9 @@ def write_result(adata: ad.AnnData, output: Path) -> None:
         if failed is not None:
             raise failed
         partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
+    finally:  # (a read-only folder says EROFS even for no file: the write's own error stands)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -178,7 +178,9 @@ def remove_debris(
     """Delete this atlas's claimed groups that nothing references, once older than ``grace``.
 
     Each group deleted is logged (INFO) and given to ``on_group`` with its dataset's uid. ``dry_run``: nothing
-    is deleted; the counts, the log and ``on_group`` tell what would be.
+    is deleted; the counts, the log and ``on_group`` tell what would be. A dry run takes no lock (it runs on
+    an atlas no lock can be written to, a read-only mount): a group whose dataset an ingestion takes up
+    meanwhile may be listed, which a vacuum then keeps.
 
     A candidate is a group claimed by this atlas (claim, and deletion of its dataset, older than ``grace``: a
     reader that selected the dataset's cells before its deletion reads on for ``grace``) that no live dataset
@@ -265,9 +267,10 @@ def remove_debris(
             continue
         with ExitStack() as held:
             try:  # an ingestion of this dataset still running holds it; its group is not debris
-                held.enter_context(
-                    atlas_lock(claims.meta_store, dataset_lock_name(claim.dataset_uid), timeout=0)
-                )
+                if not dry_run:  # (which changes nothing: no lock, so it runs where none can be written)
+                    lock = dataset_lock_name(claim.dataset_uid)
+                    about = f"dataset {claim.dataset_uid!r}"
+                    held.enter_context(atlas_lock(claims.meta_store, lock, about=about, timeout=0))
             except LockTimeoutError:
                 log.warning(
                     "zarr group %r not deleted: dataset %r's lock is held (an operation on it is running, or "
@@ -276,7 +279,8 @@ def remove_debris(
                     claim.dataset_uid,
                 )
                 continue
-            held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
+            if not dry_run:
+                held.enter_context(atlas_lock(claims.meta_store, SNAPSHOT_LOCK))  # no snapshot half taken
             if live_now.value().nests(group):
                 continue  # committed since the lists above were read
             if _written_since(core, group, cutoff):

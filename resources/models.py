@@ -7,6 +7,7 @@ written, and :meth:`ModelStore.save` before it writes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -84,5 +85,6 @@ class ModelStore(dg.ConfigurableResource):
             finally:
                 os.close(folder)
         finally:
-            written.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (a read-only folder: EROFS even for no file)
+                written.unlink(missing_ok=True)
         return target

@@ -161,6 +161,11 @@ def store_error(exc: BaseException, what: str) -> StoreError:
     error.errno = os_errno(exc)
     if error.errno == errno.ENOSPC:  # (vacuum() and delete_dataset() too must write their lock first)
         error.args = (f"{error.args[0]}; the disk is full: free some space first, even to delete",)
+    elif error.errno == errno.EROFS:  # (a shared atlas on a read-only mount: every write takes a lock first)
+        error.args = (
+            f"{error.args[0]}; the file system is read-only: open the atlas with read_only=True to read it "
+            "(lancell's read commands do); writing needs a writable place",
+        )
     return error
 
 

@@ -15,6 +15,7 @@ same version of a lock object exactly one succeeds:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import uuid
@@ -152,5 +153,6 @@ def _write(file: Path, data: bytes) -> None:
         temporary.write_bytes(data)
         os.replace(temporary, file)
     except BaseException:  # (a full disk: the empty file it made is not left behind)
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a read-only folder: EROFS even for no file)
+            temporary.unlink(missing_ok=True)
         raise

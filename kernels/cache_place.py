@@ -1,0 +1,52 @@
+"""Where numba keeps the kernels' compiled code (``cache=True``): beside them (``kernels/__pycache__``) or in
+the user's cache folder, whichever it can write. With neither (a read-only install and home folder, as a
+container's read-only root has them), numba refuses to define the kernels at import ("cannot cache
+function ...: no locator available"), and ``import lancell`` failed. :func:`ensure_writable_place` then
+points numba at a folder of its own in the temporary folder (the kernels compile again in each such
+process tree, seconds at first use) and warns once, naming ``NUMBA_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from numba.core import config
+from numba.misc.appdirs import AppDirs
+
+__all__ = ["ensure_writable_place"]
+
+
+def ensure_writable_place() -> None:
+    """Give numba a writable cache folder when neither of its own choices is writable (see the module)."""
+    if config.CACHE_DIR:  # the user's own (NUMBA_CACHE_DIR): numba's to judge
+        return
+    beside = Path(__file__).resolve().parent / "__pycache__"
+    users = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+    if _writable(beside) or _writable(users):
+        return
+    folder = tempfile.mkdtemp(prefix="lancell-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = folder  # (the environment: numba re-reads it)
+    creator = os.getpid()
+    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(folder, ignore_errors=True))
+    warnings.warn(
+        f"numba cannot write its cache beside lancell's kernels ({beside}) nor in the user's cache folder "
+        f"({users}): the kernels are compiled into {folder} for this process (slower first calls); set "
+        "NUMBA_CACHE_DIR to a writable folder to keep them",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder`` (made if missing), as numba's cache locators test it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
