@@ -117,6 +117,23 @@ def test_a_refused_or_failed_creation_leaves_no_folder_it_made(
     assert left == ["_lancell", "_lancell/locks", "_lancell/locks/.guard"]
 
 
+def test_creating_an_atlas_where_one_is_makes_no_store_folder(tmp_path: Path) -> None:
+    """The store folder (``db/_zarr``, or the ``store=`` given) was made before the atlas was found, and
+    left: AtlasExistsError keeps what was made (a creation racing this one may be filling it)."""
+    RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", CellSchema, store=str(tmp_path / "arrays"),
+        registry_schemas={"gene_expression": Gene},
+    )  # fmt: skip
+    before = sorted(tmp_path.rglob("*"))
+    for store in (None, str(tmp_path / "other")):
+        with pytest.raises(AtlasExistsError, match="an atlas already exists"):
+            RaggedAtlas.create(
+                str(tmp_path / "db"), "cells", CellSchema, store=store,
+                registry_schemas={"gene_expression": Gene},
+            )  # fmt: skip
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize(
     ("db", "table", "error", "message"),
     [
