@@ -374,7 +374,9 @@ def _without(attrs: dict, name: str) -> dict:
 def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:
     """Restore the group's attributes and delete the layer's arrays (logged if the store refuses)."""
     try:
-        group.attrs.update({key: attrs[key] for key in ("layers", "zero_fill", "csc_layers") if key in attrs})
+        restored = {key: attrs[key] for key in ("layers", "zero_fill", "csc_layers") if key in attrs}
+        if any(group.attrs.get(key) != value for key, value in restored.items()):  # (else: no write)
+            group.attrs.update(restored)
         for parent in ("csr/layers", "csc/layers", "layers"):
             if parent in group and name in group[parent]:
                 del group[parent][name]
