@@ -2,23 +2,26 @@
 the user's cache folder, whichever it can write. With neither (a read-only install and home folder, as a
 container's read-only root has them), numba refuses to define the kernels at import ("cannot cache
 function ...: no locator available"), and ``import lancell`` failed. :func:`ensure_writable_place` then
-points numba at a folder of its own in the temporary folder (the kernels compile again in each such
-process tree, seconds at first use) and warns once, naming ``NUMBA_CACHE_DIR``.
+points numba at a folder of its own in the temporary folder, removed at exit (the kernels compile again in
+each such process, seconds at first use; forked workers share it), and logs a warning naming
+``NUMBA_CACHE_DIR`` (a log, not a Python warning: ``-W error`` must not turn it into a failed import).
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 from numba.core import config
 from numba.misc.appdirs import AppDirs
 
 __all__ = ["ensure_writable_place"]
+
+log = logging.getLogger(__name__)
 
 
 def ensure_writable_place() -> None:
@@ -30,15 +33,18 @@ def ensure_writable_place() -> None:
     if _writable(beside) or _writable(users):
         return
     folder = tempfile.mkdtemp(prefix="lancell-numba-")
-    os.environ["NUMBA_CACHE_DIR"] = config.CACHE_DIR = folder  # (the environment: numba re-reads it)
+    # numba's config only: set in the environment, it would reach every subprocess (spawned workers, other
+    # numba programs), whose folder this process removes at its exit; numba keeps a value set here
+    config.CACHE_DIR = folder
     creator = os.getpid()
     atexit.register(lambda: os.getpid() == creator and shutil.rmtree(folder, ignore_errors=True))
-    warnings.warn(
-        f"numba cannot write its cache beside lancell's kernels ({beside}) nor in the user's cache folder "
-        f"({users}): the kernels are compiled into {folder} for this process (slower first calls); set "
-        "NUMBA_CACHE_DIR to a writable folder to keep them",
-        RuntimeWarning,
-        stacklevel=2,
+    log.warning(
+        "numba cannot write its cache beside lancell's kernels (%s) nor in the user's cache folder (%s): the "
+        "kernels are compiled into %s for this process (slower first calls); set NUMBA_CACHE_DIR to a "
+        "writable folder to keep them",
+        beside,
+        users,
+        folder,
     )
 
 

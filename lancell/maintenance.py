@@ -180,7 +180,7 @@ def remove_debris(
     Each group deleted is logged (INFO) and given to ``on_group`` with its dataset's uid. ``dry_run``: nothing
     is deleted; the counts, the log and ``on_group`` tell what would be. A dry run takes no lock (it runs on
     an atlas no lock can be written to, a read-only mount): a group whose dataset an ingestion takes up
-    meanwhile may be listed, which a vacuum then keeps.
+    meanwhile, or that a snapshot being taken references, may be listed, which a vacuum then keeps.
 
     A candidate is a group claimed by this atlas (claim, and deletion of its dataset, older than ``grace``: a
     reader that selected the dataset's cells before its deletion reads on for ``grace``) that no live dataset

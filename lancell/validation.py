@@ -14,7 +14,6 @@ import zarr
 from lancell.cell_tallies import cell_tallies, value_counts
 from lancell.errors import (
     CodecError,
-    CommitConflictError,
     DatasetNotFoundError,
     LancellError,
     ShardFormatError,
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["find_problems", "validate_atlas"]
 
 _ATTEMPTS = 5  # reads of a live atlas whose pinned table versions were pruned meanwhile
+_UNREADABLE = "a table cannot be read, a data file of its version is missing: "
 
 log = logging.getLogger(__name__)
 
@@ -216,33 +216,43 @@ def _layouts_off_the_registry(core: AtlasCore, datasets: pa.Table, layouts: pa.T
 def validate_atlas(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
     """:func:`find_problems` of one state of ``core``'s tables (:meth:`AtlasCore.read_view`).
 
-    A live handle whose pinned table versions another process pruned while it read them
-    (``optimize(cleanup_older_than=...)``) reads again at the current ones; a table data file missing from
-    the versions read is a problem, not Lance's error.
-
-    Raises
-    ------
-    CommitConflictError
-        The versions read were pruned during each of ``_ATTEMPTS`` reads.
+    A live handle whose pinned table versions lost a data file while it read them (another process's
+    ``optimize(cleanup_older_than=...)`` pruned them) reads again at the current versions, up to
+    ``_ATTEMPTS`` times; a data file missing from versions that are still current is damage, listed.
     """
     for _ in range(_ATTEMPTS):
         view = core.read_view()
-        try:
-            return find_problems(view, dataset_uid, checksums=checksums)
-        except (OSError, RuntimeError, ValueError) as exc:  # (StoreError included; Lance's own errors)
-            ours = isinstance(exc, LancellError) and not isinstance(exc, StoreError)  # a typed answer
-            if ours or "Not found" not in str(exc):
-                raise
-            if view is core or view.tables.pinned == core.tables.consistent_versions():
-                return [f"a table cannot be read, a data file of its version is missing: {one_line(exc)}"]
-    raise CommitConflictError(
-        f"the table versions each check of the atlas at {core.db_uri!r} read were removed while it read them "
-        f"({_ATTEMPTS} times: optimize(cleanup_older_than=...) elsewhere): validate again"
-    )
+        problems = find_problems(view, dataset_uid, checksums=checksums)
+        unreadable = any(problem.startswith(_UNREADABLE) for problem in problems)
+        if not unreadable or view is core or view.tables.pinned == core.tables.consistent_versions():
+            return problems
+    return problems
+
+
+def _missing_data_file(exc: BaseException) -> bool:
+    """Whether ``exc`` is Lance's "not found" of a table's data file (a ``.lance`` file, on any store), not
+    one of lancell's own answers (a missing dataset, a missing zarr node)."""
+    ours = isinstance(exc, LancellError) and not isinstance(exc, StoreError)
+    text = str(exc)
+    return not ours and "not found" in text.lower() and ".lance" in text
 
 
 def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
-    """Return a list of human-readable inconsistencies (empty when the atlas is consistent).
+    """Return a list of human-readable inconsistencies (empty when the atlas is consistent); see
+    :func:`_check`. A table data file missing from the versions read is listed (the checks that need the
+    table are left out), not raised."""
+    problems: list[str] = []
+    try:
+        _check(core, dataset_uid, checksums, problems)
+    except (OSError, RuntimeError, ValueError) as exc:  # (StoreError included; Lance's own errors)
+        if not _missing_data_file(exc):
+            raise
+        problems.append(_UNREADABLE + one_line(exc))
+    return problems
+
+
+def _check(core: AtlasCore, dataset_uid: str | None, checksums: bool, problems: list[str]) -> None:
+    """Append to ``problems`` the human-readable inconsistencies of the atlas.
 
     With ``dataset_uid``, only that dataset is checked (its record, group, layout, the cells it owns or
     points into, their uids' uniqueness) besides the registries: the cost is that of the dataset, not of the
@@ -258,7 +268,6 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
     With ``checksums``, every chunk those arrays store is also read and checked against its CRC32C (the cost
     of reading the datasets checked).
     """
-    problems: list[str] = []
     tables = core.tables
     datasets = tables.datasets.to_arrow()
     scope = None
@@ -270,7 +279,13 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
             raise DatasetNotFoundError(f"dataset {dataset_uid!r} is not in the atlas")
         owners = {dataset_uid, datasets.column("cells_of")[0].as_py() or dataset_uid}  # a modality's cells
         scope = " OR ".join(f"dataset_uid = {sql_literal(uid)}" for uid in sorted(owners))
-    counts, per_group, uids_unique = cell_tallies(core, scope)
+    try:
+        counts, per_group, uids_unique = cell_tallies(core, scope)
+    except (OSError, RuntimeError, ValueError) as exc:  # (the other checks still run)
+        if not _missing_data_file(exc):
+            raise
+        problems.append(_UNREADABLE + one_line(exc))
+        counts, per_group, uids_unique = None, None, True
     layouts = tables.layouts.to_arrow()
     layout_sizes = value_counts(layouts.column("layout_uid"))
     known = set()
@@ -278,7 +293,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         uid = row["uid"]
         if not row.get("cells_of"):
             known.add(uid)
-        if per_group.get(row["zarr_group"], 0) != row["n_cells"]:
+        if per_group is not None and per_group.get(row["zarr_group"], 0) != row["n_cells"]:
             problems.append(
                 f"dataset {uid!r}: record says {row['n_cells']} cells, "
                 f"{per_group.get(row['zarr_group'], 0)} cells point into {row['zarr_group']!r}"
@@ -317,11 +332,11 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
         if checksums:
             damaged = _damaged_chunks(core, row["zarr_group"], attrs, layers, listed)
             problems += [f"dataset {uid!r}: {p}" for p in damaged]
-    dangling = sorted(set(per_group) - set(datasets.column("zarr_group").to_pylist()))
+    dangling = sorted(set(per_group or ()) - set(datasets.column("zarr_group").to_pylist()))
     # an attachment interrupted before its commit: readers treat these cells as unmeasured
     if dangling and dataset_uid is None:  # (scoped, the cells' other modalities' groups are not listed)
         log.warning("cells point into zarr groups without a dataset record (vacuum() detaches): %s", dangling)
-    orphans = sorted(set(counts) - known)
+    orphans = sorted(set(counts or ()) - known)
     if orphans and dataset_uid is None:
         problems.append(f"cells of unknown datasets {orphans[:5]} (debris of an interrupted ingest?)")
     if not uids_unique:
@@ -336,4 +351,3 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
             problems.append(f"registry {space!r}: {index.null_count} features without global_index")
         elif pc.count_distinct(index).as_py() != registry.num_rows:
             problems.append(f"registry {space!r}: global_index values are not unique")
-    return problems

@@ -4,6 +4,7 @@ temporary folder, with a warning: ``import lancell`` had failed with numba's "no
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,15 @@ from kernels import cache_place
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_no_writable_place_of_numbas_gives_a_temporary_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_writable_place_of_numbas_gives_a_temporary_one(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     monkeypatch.setattr(config, "CACHE_DIR", "")
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setattr(cache_place, "_writable", lambda folder: False)
-    with pytest.warns(RuntimeWarning, match="set NUMBA_CACHE_DIR to a writable folder"):
+    with caplog.at_level("WARNING", logger="kernels.cache_place"):
         cache_place.ensure_writable_place()
+    assert "set NUMBA_CACHE_DIR to a writable folder" in caplog.text
     folder = Path(config.CACHE_DIR)
     assert folder.is_dir() and folder.name.startswith("lancell-numba-")
-    assert os.environ["NUMBA_CACHE_DIR"] == str(folder)
+    assert "NUMBA_CACHE_DIR" not in os.environ  # (subprocesses would share a folder this one removes)
     folder.rmdir()
 
 
@@ -35,6 +36,26 @@ def test_a_writable_place_or_the_users_own_is_kept(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(config, "CACHE_DIR", "")
     cache_place.ensure_writable_place()  # kernels/__pycache__ is writable here: nothing changes
     assert config.CACHE_DIR == ""
+
+
+def test_the_import_runs_where_numba_can_write_no_cache_of_its_own(tmp_path: Path) -> None:
+    """Neither kernels/__pycache__ nor the user's cache writable (the first made a file, as a read-only
+    install refuses it): the import ran into numba's "no locator available"; under -W error, too."""
+    install = tmp_path / "install"
+    shutil.copytree(REPO / "kernels", install / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    (install / "kernels" / "__pycache__").write_text("")  # a file where numba's folder would be
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("")
+    env = {**os.environ, "XDG_CACHE_HOME": str(blocked), "PYTHONPATH": str(install)}
+    env.pop("NUMBA_CACHE_DIR", None)
+    code = "import kernels.bitpack, numba; print(numba.config.CACHE_DIR)"  # (kernels are made at import)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip())
+    assert folder.name.startswith("lancell-numba-") and not folder.exists()  # removed at exit
+    assert "set NUMBA_CACHE_DIR to a writable folder" in done.stderr
 
 
 def test_an_unusable_user_cache_does_not_stop_the_import_when_the_install_is_writable(tmp_path: Path) -> None:

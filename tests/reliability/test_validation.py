@@ -126,11 +126,24 @@ def test_sorting_memory_follows_the_bucket_not_the_cells(tmp_path, monkeypatch):
 
 def test_a_data_file_missing_from_the_cell_table_is_a_problem_not_a_lance_error(tmp_path):
     """A data file of cells.lance removed by hand: validate() raised Lance's untyped RuntimeError ("lance
-    error: Not found"), and the Dagster checks were never recorded."""
+    error: Not found"), and the Dagster checks were never recorded. It is listed, with the other problems
+    (the checks that need no cell rows still run), and snapshot() refuses with them."""
+    import shutil
+
+    from lancell.errors import ValidationError
+
     atlas = _atlas_with_cells(tmp_path, 5, ("a", "b"))
     data = sorted((tmp_path / "db" / "cells.lance" / "data").glob("*.lance"))
     data[0].unlink()
+    group = atlas.list_datasets().set_index("uid").loc["b", "zarr_group"]
+    shutil.rmtree(tmp_path / "arrays" / group / "csr" / "indices")
     problems = atlas.validate()
-    assert len(problems) == 1
+    assert len(problems) == 2, problems
     assert problems[0].startswith("a table cannot be read, a data file of its version is missing: ")
     assert "Not found" in problems[0] and ".rs:" not in problems[0]
+    assert problems[1] == (
+        "dataset 'b': array 'csr/indices' is missing from the store (no zarr.json): readers of the dataset "
+        "read it"
+    )
+    with pytest.raises(ValidationError, match="a table cannot be read"):
+        atlas.snapshot()
