@@ -208,8 +208,9 @@ class StoreFailures:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if is_store_failure(exc):
             raise store_error(exc, self.what) from exc
-        # a guard's (naming its call): said within what failed, once (its cause is no raw failure)
-        if type(exc) is StoreError and is_store_failure(exc.__cause__):
+        # a guard's (naming its call): said within what failed, once (its cause is no raw failure); not
+        # twice by guards of one stream nested (a scanner's batches read through a dataset's)
+        if type(exc) is StoreError and is_store_failure(exc.__cause__) and not str(exc).startswith(self.what):
             raise said_within(self.what, exc) from exc
         return False
 
