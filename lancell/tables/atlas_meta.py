@@ -244,7 +244,8 @@ def create_storage(
     made = [db_uri, *([store] if isinstance(store, str) else [])]
     with _folders_removed_on_failure(made):  # a refusal or a failure leaves no folder it made
         meta_store = open_store(db_uri, store_kwargs)
-        if read_json(meta_store, META_PATH) is not None:  # (before a store folder is made; again, locked)
+        # (a local one, before its store folder is made; every one again, locked)
+        if is_local(db_uri) and read_json(meta_store, META_PATH) is not None:
             raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
         store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
         if location_in_store(store, db_uri) == "":
