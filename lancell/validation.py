@@ -15,9 +15,7 @@ from lancell.cell_tallies import cell_tallies, value_counts
 from lancell.errors import (
     CodecError,
     DatasetNotFoundError,
-    LancellError,
     ShardFormatError,
-    StoreError,
     require_text,
     require_type,
 )
@@ -25,7 +23,7 @@ from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
 from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
-from lancell.storage.store_failures import one_line
+from lancell.storage.store_failures import lance_removed, one_line
 from lancell.storage.stores import read_json
 from lancell.tables.layout_numbering import layouts_off_the_registry
 from lancell.tables.registry import sql_literal
@@ -229,14 +227,6 @@ def validate_atlas(core: AtlasCore, dataset_uid: str | None = None, *, checksums
     return problems
 
 
-def _missing_data_file(exc: BaseException) -> bool:
-    """Whether ``exc`` is Lance's "not found" of a table's data file (a ``.lance`` file, on any store), not
-    one of lancell's own answers (a missing dataset, a missing zarr node)."""
-    ours = isinstance(exc, LancellError) and not isinstance(exc, StoreError)
-    text = str(exc)
-    return not ours and "not found" in text.lower() and ".lance" in text
-
-
 def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums: bool = False) -> list[str]:
     """Return a list of human-readable inconsistencies (empty when the atlas is consistent); see
     :func:`_check`. A table data file missing from the versions read is listed (the checks that need the
@@ -245,7 +235,7 @@ def find_problems(core: AtlasCore, dataset_uid: str | None = None, *, checksums:
     try:
         _check(core, dataset_uid, checksums, problems)
     except (OSError, RuntimeError, ValueError) as exc:  # (StoreError included; Lance's own errors)
-        if not _missing_data_file(exc):
+        if not lance_removed(exc):
             raise
         problems.append(_UNREADABLE + one_line(exc))
     return problems
@@ -282,7 +272,7 @@ def _check(core: AtlasCore, dataset_uid: str | None, checksums: bool, problems: 
     try:
         counts, per_group, uids_unique = cell_tallies(core, scope)
     except (OSError, RuntimeError, ValueError) as exc:  # (the other checks still run)
-        if not _missing_data_file(exc):
+        if not lance_removed(exc):
             raise
         problems.append(_UNREADABLE + one_line(exc))
         counts, per_group, uids_unique = None, None, True

@@ -22,12 +22,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
+from lancell.errors import ArgumentError, CommitConflictError, QueryError, require_type
 from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import PlannedCells
 from lancell.query.reconstruct import reconstruct, reconstruct_batches
-from lancell.storage.store_failures import store_boundary
+from lancell.storage.store_failures import lance_removed, store_boundary
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 
@@ -46,21 +46,11 @@ T = TypeVar("T")
 _terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
 
 
-# how Lance says that a version, or a data file of it, is no longer in the store
-_REMOVED = ("no longer exists. Was it cleaned up", "was not found", "Not found:")
-
-
-def _removed_meanwhile(exc: BaseException) -> bool:
-    """Whether ``exc`` (or the Lance error a lancell error wraps) says a table version or file was removed."""
-    lance = exc.__cause__ if isinstance(exc, LancellError) else exc
-    return isinstance(lance, ValueError | RuntimeError) and any(m in str(lance) for m in _REMOVED)
-
-
 def _failure(query: QueryTerminals, exc: Exception, *, again: bool) -> Exception | None:
     """What a terminal whose read failed with ``exc`` raises: None to read ``again`` at the current versions
     (a live query whose pinned versions were removed), ``exc`` itself for any other failure, else a
     :class:`~lancell.errors.CommitConflictError` (a nested terminal's is passed on as it is)."""
-    if not _removed_meanwhile(exc):
+    if not lance_removed(exc):
         return exc
     if again and query.atlas.core.tables.pinned is None:  # a pinned query's versions stay as they are
         return None

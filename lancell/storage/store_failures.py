@@ -154,6 +154,19 @@ _HINTS: tuple[tuple[re.Pattern[str], Callable[[], str]], ...] = (
 )
 
 
+# how Lance says that a table version, or a data file of one, is no longer in the store
+_REMOVED = ("no longer exists. Was it cleaned up", "was not found", "Not found:")
+
+
+def lance_removed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the Lance error a lancell error wraps) says a table version or one of its data
+    files is no longer in the store: a cleanup pruned it (``optimize(cleanup_older_than=...)``), or it was
+    lost. A lancell error of its own (a missing zarr node, a missing dataset) is not: its cause is no Lance
+    error."""
+    lance = exc.__cause__ if isinstance(exc, LancellError) else exc
+    return isinstance(lance, ValueError | RuntimeError | OSError) and any(m in str(lance) for m in _REMOVED)
+
+
 def store_error(exc: BaseException, what: str) -> StoreError:
     """A ``StoreError`` saying that ``what`` failed because of ``exc``, on one line (:func:`one_line`; the
     whole error stays chained as the cause), with ``exc``'s ``errno`` (:func:`os_errno`)."""
