@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lancell.cli_tables import counted, plain_table
+
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
@@ -228,12 +230,12 @@ def ingest(args: argparse.Namespace) -> int:
             failed.add(exc, spec.path, spec.uid)
             continue
         layers = ", ".join(record.layers or [record.layer])
-        summary = f"{record.n_cells} cells, {record.nnz} values, layers {layers}"
+        summary = f"{counted(record.n_cells, 'cell')}, {counted(record.nnz, 'value')}, layers {layers}"
         if outcome == "ingested":
             print(f"{record.uid}: ingested ({summary})")
             modalities = atlas.list_datasets().query("cells_of == @record.uid")
             for row in modalities.itertuples():  # a 10x output's further feature spaces
-                print(f"{row.uid}: ingested on the cells of {record.uid} ({row.nnz} values)")
+                print(f"{row.uid}: ingested on the cells of {record.uid} ({counted(row.nnz, 'value')})")
         elif outcome == "present":
             if (other := other_landing_file(record, spec)) is not None:
                 clash = DuplicateDatasetError(
@@ -323,10 +325,10 @@ def ls(args: argparse.Namespace) -> int:
         attrs = [atlas.group_attributes(group) or {} for group in frame["zarr_group"]]
         frame["csc"] = [",".join(a.get("csc_layers", [])) or "-" for a in attrs]
         columns.append("csc")
-    table = f"{frame[columns].to_string(index=False)}\n" if len(frame) else ""
+    table = f"{plain_table(frame[columns])}\n" if len(frame) else ""
     # one write (under PYTHONUNBUFFERED, `lancell ls DB | grep -q uid` met a closed pipe at the second;
     # print() writes its end apart)
-    sys.stdout.write(f"{table}{len(frame)} datasets, {recorded_cells(frame)} cells\n")
+    sys.stdout.write(f"{table}{counted(len(frame), 'dataset')}, {counted(recorded_cells(frame), 'cell')}\n")
     return 0
 
 
@@ -352,7 +354,7 @@ def versions(args: argparse.Namespace) -> int:
     columns = ["version", "created_at", "total_cells", "n_datasets", "note"] + ["deleted_at"] * args.deleted
     shown = frame[columns].astype({"note": object}).fillna({"note": ""})  # a snapshot without note: blank
     empty = f"no snapshot ({gone.sum()} deleted: --deleted lists them)" if gone.any() else "no snapshot yet"
-    print(shown.to_string(index=False) if len(frame) else empty)
+    print(plain_table(shown) if len(frame) else empty)
     return 0
 
 
@@ -373,7 +375,7 @@ def query(args: argparse.Namespace) -> int:
 
     adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
     write_result(adata, Path(args.output))
-    print(f"wrote {adata.n_obs} cells x {adata.n_vars} features to {args.output}")
+    print(f"wrote {counted(adata.n_obs, 'cell')} x {counted(adata.n_vars, 'feature')} to {args.output}")
     return 0
 
 

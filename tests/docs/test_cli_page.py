@@ -37,7 +37,7 @@ def test_the_command_line_page_runs_as_written(tmp_path: Path) -> None:
         "celltypist_sample: var: resolved 19359, kept 13427, dropped 0, summed 1, n_vars 32785" in outputs[2]
     )
     assert "run7: ingested (1107 cells, 23866 values, layers counts)" in outputs[4]
-    assert outputs[4].splitlines()[-1] == "1 datasets, 1107 cells"
+    assert outputs[4].splitlines()[-1] == "1 dataset, 1107 cells"
     myeloid, markers = ad.read_h5ad(tmp_path / "myeloid.h5ad"), ad.read_h5ad(tmp_path / "markers.h5ad")
     assert myeloid.shape == (369, 765) and set(myeloid.obs["dataset_uid"]) == {"pbmc68k"}
     assert markers.shape == (559, 3) and markers.var["gene_symbol"].tolist() == ["CD3E", "MS4A1", "LYZ"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -99,6 +101,32 @@ def test_a_snapshot_without_note_lists_a_blank_note(tmp_path: Path) -> None:
     run("snapshot", db)
     header, row = run("versions", db).stdout.splitlines()
     assert header.split()[-1] == "note" and "None" not in row and row.split()[-1] == "0"
+
+
+def _display_width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def test_wide_characters_keep_the_listing_aligned_and_one_of_a_noun_is_singular(tmp_path: Path) -> None:
+    """A dataset named in Japanese shifted every column after it in ``lancell ls`` (pandas counted each
+    character as one column; a terminal shows it as two), and one dataset was listed as "1 datasets"."""
+    shutil.copyfile(BUNDLED[0].path, tmp_path / "脳の細胞.h5ad")
+    db = str(tmp_path / "db")
+    run("init", db, "--store", str(tmp_path / "arrays"))
+    run("ingest", db, str(tmp_path / "脳の細胞.h5ad"), "--layer", BUNDLED[0].zarr_layer)
+    *table, total = run("ls", db).stdout.splitlines()
+    assert re.fullmatch(r"1 dataset, \d+ cells", total), total
+    shutil.copyfile(BUNDLED[1].path, tmp_path / "p.h5ad")
+    run("ingest", db, str(tmp_path / "p.h5ad"), "--layer", BUNDLED[1].zarr_layer)
+    *table, total = run("ls", db).stdout.splitlines()
+    assert re.fullmatch(r"2 datasets, \d+ cells", total), total
+    assert any("脳の細胞" in line for line in table)
+
+    def end_of(line: str, word: str) -> int:  # where ``word`` ends on a terminal
+        return _display_width(line[: line.index(word) + len(word)])
+
+    ends = {end_of(line, "gene_expression") for line in table[1:]}
+    assert ends == {end_of(table[0], "feature_space")}, table
 
 
 def test_query_output_equals_the_python_api(built: Path) -> None:
@@ -388,7 +416,7 @@ def test_an_atlas_under_a_path_with_spaces_percent_and_non_ascii_stays_usable(tm
     db = str(root / "db")
     run("init", db, "--store", str(root / "the arrays"))
     run("ingest", db, str(tmp_path / "p.h5ad"), "--layer", "log_normalized")
-    assert run("ls", db).stdout.strip().endswith("1 datasets, 700 cells")
+    assert run("ls", db).stdout.strip().endswith("1 dataset, 700 cells")
     assert run("snapshot", db).stdout.strip() == "snapshot 0"
     assert (root / "the arrays").is_dir() and not (tmp_path / "my atlas A ü").exists()
     out = RaggedAtlas.checkout(db, 0).query().layers("gene_expression", "log_normalized").to_anndata()

@@ -395,7 +395,7 @@ def test_a_copied_atlas_with_its_store_outside_is_opened_with_store(tmp_path: Pa
     store = ["--store", str(tmp_path / "b" / "arrays")]
     run("ingest", str(tmp_path / "b" / "db"), two, *store)
     assert "2 datasets, 4 cells" in run("ls", str(tmp_path / "b" / "db"), *store).stdout
-    assert "1 datasets, 2 cells" in run("ls", str(tmp_path / "a" / "db")).stdout  # the original's untouched
+    assert "1 dataset, 2 cells" in run("ls", str(tmp_path / "a" / "db")).stdout  # the original's untouched
     assert len(list((tmp_path / "a" / "arrays").iterdir())) == 2  # its one group and zarr.json
 
 
@@ -420,11 +420,11 @@ def test_reading_commands_read_a_copy_whose_store_lies_outside_with_a_warning(tm
             f"lancell {command}: warning: the atlas at {db!r} was copied or moved"
         )
         assert result.stderr.rstrip().endswith("which may be the original's (pass --store to read another)")
-    assert done["ls"].stdout.strip().endswith("1 datasets, 2 cells")
+    assert done["ls"].stdout.strip().endswith("1 dataset, 2 cells")
     assert done["validate"].stdout.strip() == "consistent"
     assert ad.read_h5ad(out).n_obs == 2
     given = run("ls", db, "--store", str(tmp_path / "b" / "arrays"))
-    assert given.stderr == "" and given.stdout.strip().endswith("1 datasets, 2 cells")
+    assert given.stderr == "" and given.stdout.strip().endswith("1 dataset, 2 cells")
     refused = run("ingest", db, str(_write(tmp_path / "two.h5ad", ["G1"])), check=False)
     assert refused.returncode == 1 and "(copied or moved)" in refused.stderr
     assert "pass --store the location" in refused.stderr and "store=" not in refused.stderr

@@ -1,0 +1,26 @@
+"""How the ``lancell`` command shows counts and tables: nouns that agree with their number, and columns that
+stay aligned when values hold wide (East Asian) characters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported when a table is shown: `lancell --help` stays quick
+    import pandas as pd
+
+__all__ = ["counted", "plain_table"]
+
+
+def counted(number: int, noun: str) -> str:
+    """``number`` followed by ``noun``, plural unless the number is one: ``counted(1, "cell")`` is
+    ``"1 cell"``, ``counted(0, "cell")`` is ``"0 cells"``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def plain_table(frame: pd.DataFrame) -> str:
+    """``frame`` as text without its index, a wide character counted as two columns (a label in Japanese
+    or Chinese shifted the columns after it)."""
+    import pandas as pd
+
+    with pd.option_context("display.unicode.east_asian_width", True):
+        return frame.to_string(index=False)
