@@ -18,8 +18,10 @@ FLOAT32_EXACT = float(2**24)  # float32 holds every whole number up to here, and
 @numba.njit(cache=True, nogil=True, inline="always")
 def _row_ok(row: np.ndarray, n_features: int) -> bool:
     """Whether a row's column indices strictly increase within ``[0, n_features)`` (judged whole, so the
-    loop vectorizes)."""
-    if np.int64(row[0]) < 0 or np.int64(row[row.size - 1]) >= n_features:
+    loop vectorizes; both ends as int64: a uint64 index from 2**63 on is negative there and refused, where
+    it passed as below ``n_features``)."""
+    first, last = np.int64(row[0]), np.int64(row[row.size - 1])
+    if first < 0 or last < 0 or last >= n_features:
         return False
     unsorted = np.int32(0)
     for k in range(1, row.size):

@@ -219,10 +219,11 @@ def recheck_csr_block(
     :class:`DataValueError` for the first bad index (:meth:`MatrixSource.check_indices`) or value
     (:func:`checked_values`); return ``(renumbered indices, converted values)`` of a block that passes
     (``column_map`` empty: var is in stored order)."""
+    source.check_indices(row0, indptr, indices)  # (in their own dtype: scipy's wraps uint64 from 2**63 on)
     block = sp.csr_matrix((data, indices, indptr), shape=(indptr.size - 1, source.shape[1]))
     if not block.has_sorted_indices:
         block = block.sorted_indices()
-    source.check_indices(row0, indptr, block.indices)
+        source.check_indices(row0, indptr, block.indices)  # (a row's repeats, once they are adjacent)
     values = checked_values(
         source.dataset, zarr_layer, block.data, row0, sparse_place(row0, block.indptr, block.indices)
     )

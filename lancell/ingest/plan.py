@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from kernels.ingest import UINT32_MAX
 from lancell.errors import (
     DuplicateDatasetError,
     DuplicateFeaturesError,
@@ -51,6 +52,7 @@ __all__ = [
     "check_cells",
     "check_layer_sources",
     "check_record",
+    "check_size",
     "plan_dataset",
     "plan_ingest",
     "stored_layers",
@@ -122,7 +124,7 @@ def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame
     dataset = "(new)" if record is None else record.uid
     if record is not None:
         check_record(core, record)
-    _check_size(dataset, len(obs), 1)
+    check_size(dataset, len(obs), 1)
     check_obs_names(dataset, obs.index)
     fields = obs_fields(core.cell_arrow)
     undeclared_obs_columns(dataset, obs, fields)
@@ -130,11 +132,18 @@ def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
 
 
-def _check_size(dataset: str, n_obs: int, n_vars: int) -> None:
+def check_size(dataset: str, n_obs: int, n_vars: int) -> None:
+    """Raise :class:`IngestError` for a dataset of no cells or features, or of more than 2**32 - 1."""
     if n_obs == 0:
         raise IngestError(f"dataset {dataset!r} has no cells")
     if n_vars == 0:
         raise IngestError(f"dataset {dataset!r} has no features")
+    for n, what in ((n_obs, "cells"), (n_vars, "features")):
+        if n > UINT32_MAX:  # (a CSC copy numbers a dataset's cells in 32 bits, stored indices its features)
+            raise IngestError(
+                f"dataset {dataset!r} has {n:,} {what}, more than a dataset holds (2**32 - 1): split it into "
+                "several datasets"
+            )
 
 
 def stored_layers(
@@ -203,7 +212,7 @@ def plan_ingest(
     """
     dataset = record.uid
     check_record(core, record, cells_of)
-    _check_size(dataset, adata.n_obs, adata.n_vars)
+    check_size(dataset, adata.n_obs, adata.n_vars)
     check_measured(adata, dataset)
     if not layers:
         raise IngestError(f"dataset {dataset!r}: no layer to store (layers is empty)")
@@ -361,7 +370,7 @@ def plan_dataset(
         Any invalid input (subclasses say which).
     """
     n_obs = len(obs)
-    _check_size(dataset, n_obs, len(feature_uids))
+    check_size(dataset, n_obs, len(feature_uids))
     if not layers:
         raise IngestError(f"dataset {dataset!r}: no layer to store")
     for name, source in layers.items():

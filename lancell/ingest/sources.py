@@ -84,7 +84,9 @@ class MatrixSource:
             return
         start = 0
         while start < n_rows:
-            limit = self.indptr[start] + target_values
+            limit = (
+                int(self.indptr[start]) + target_values
+            )  # (an int16 indptr + 2M overflowed; int32 wrapped)
             stop = int(np.searchsorted(self.indptr, limit, side="right")) - 1
             stop = min(max(stop, start + 1), n_rows)
             yield start, stop

@@ -33,6 +33,7 @@ __all__ = ["CellSelection"]
 
 _CELL_NAMES = frozenset({"uid", "obs_name"})  # a value per cell: no labels to share across batches
 _SHARED_LABELS = 65_536  # distinct values of a text column at most, for batches to share its categories
+_LARGEST_BATCH = 2**32 - 1  # rows per batch Lance reads at most (no selection holds more to batch)
 
 # lancedb's names of the search columns -> the names a query returns
 _SEARCH_COLUMNS = {
@@ -201,6 +202,7 @@ class CellSelection:
         """The selected rows (:meth:`kept_columns`) in record batches of at most ``batch_size``, in query
         order. A ranked search is read whole (LanceDB ranks before it returns a row), then sliced; its
         columns are named as :meth:`read` names them."""
+        batch_size = min(batch_size, _LARGEST_BATCH)  # (Lance reads 32 bits: 2**32 was its OverflowError)
         if self.search is None:
             return self.builder().to_batches(batch_size)
         return iter(self.read().to_batches(max_chunksize=batch_size))

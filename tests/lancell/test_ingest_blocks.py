@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lancell.errors import DataValueError, LancellWarning
+from lancell.errors import DataValueError, IngestError, LancellWarning
 from lancell.ingest.blocks import checked_values, dense_place, stored_csr_blocks
+from lancell.ingest.plan import check_size
 from lancell.ingest.sources import MatrixSource, matrix_source
 
 
@@ -144,3 +145,62 @@ def test_places_count_from_the_blocks_first_row() -> None:
         "row 102, column 3",
     ]
     assert dense_place(500, 3)(7) == "row 502, column 1"
+
+
+def _as_given(matrix: sp.csr_matrix, indices: np.ndarray, indptr: np.ndarray) -> sp.csr_matrix:
+    """``matrix`` with ``indices`` and ``indptr`` in their own dtypes (as anndata reads a file's; scipy's
+    constructor would cast them)."""
+    out = sp.csr_matrix(matrix.shape, dtype=matrix.dtype)
+    out.data, out.indices, out.indptr = matrix.data, indices, indptr
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32])
+def test_row_offsets_of_any_integer_width_are_cut_into_blocks(dtype: type) -> None:
+    """An int16 or uint8 ``indptr`` failed with NumPy's OverflowError (its first offset plus the block's
+    2,000,000 values); an int32 one near 2**31 wrapped negative and cut one row per block."""
+    matrix = _matrix(3, n_rows=40, n_cols=30)
+    narrow = _as_given(matrix, matrix.indices, matrix.indptr.astype(dtype))
+    assert narrow.indptr.dtype == dtype
+    result = _collect(matrix_source("d", narrow), None)
+    np.testing.assert_array_equal(result.toarray(), matrix.toarray())
+    per_row = 2_000
+    n_rows = (2**31 - 1) // per_row  # 2,147,482,000 values: int32 offsets still hold them
+    near = MatrixSource(
+        None, (n_rows, 30_000), np.dtype(np.uint32), True, np.arange(n_rows + 1) * per_row, "d"
+    )
+    wide = list(near.row_ranges())
+    near.indptr = near.indptr.astype(np.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(near.row_ranges()) == wide and len(wide) < 1_100
+
+
+@pytest.mark.parametrize("stored_column", [None, np.arange(30)[::-1].copy()])
+@pytest.mark.parametrize("at", ["first", "last"])
+def test_uint64_column_indices_from_2_63_on_are_refused_by_their_value(
+    stored_column: np.ndarray | None, at: str
+) -> None:
+    """A uint64 column index from 2**63 on is negative as int64: at a row's end it passed the range check
+    (only ``last >= n_features`` was asked) and was stored as its low 32 bits, under another gene, or
+    looked up outside the renumbering (a crash); the message named it negative."""
+    matrix = _matrix(4, n_rows=20, n_cols=30)
+    indices = matrix.indices.astype(np.uint64)
+    row = int(np.flatnonzero(np.diff(matrix.indptr) >= 2)[0])
+    position = matrix.indptr[row] if at == "first" else matrix.indptr[row + 1] - 1
+    indices[position] = 2**63 + 7
+    bad = _as_given(matrix, indices, matrix.indptr)
+    assert bad.indices.dtype == np.uint64
+    with pytest.raises(DataValueError, match=rf"column index {2**63 + 7} of row {row} is outside \[0, 30\)"):
+        _collect(matrix_source("d", bad), stored_column)
+
+
+@pytest.mark.parametrize(
+    ("n_obs", "n_vars", "what"), [(2**32, 10, "4,294,967,296 cells"), (5, 2**32, "4,294,967,296 features")]
+)
+def test_a_dataset_beyond_32_bit_cell_or_feature_numbers_is_refused_before_it_is_read(
+    n_obs: int, n_vars: int, what: str
+) -> None:
+    """A CSC copy numbers a dataset's cells in 32 bits: row 2**32 was recorded as row 0, silently."""
+    with pytest.raises(IngestError, match=f"dataset 'd' has {what}, more than a dataset holds"):
+        check_size("d", n_obs, n_vars)

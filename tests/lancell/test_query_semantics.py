@@ -339,6 +339,14 @@ def test_query_arguments_of_another_kind_are_refused(atlas):
         atlas.query().count(group_by="gene_expression")
 
 
+def test_a_batch_size_beyond_32_bits_reads_every_cell_in_one_batch(atlas):
+    """to_batches(2**32) raised Lance's OverflowError (it reads a batch size of 32 bits)."""
+    n = atlas.query().count()
+    for size in (2**32, 2**63, 2**70):
+        assert [batch.n_obs for batch in atlas.query().to_batches(size)] == [n]
+        assert [batch.n_obs for batch in atlas.query().search("monocyte").to_batches(size)] == [3]
+
+
 def test_lists_of_names_are_read_as_lists_in_their_order(atlas):
     """select("null") read the column names "n", "u", "l"; features() of a set took its arbitrary order and
     of a generator raised a builtin TypeError; limit() refused a NumPy integer that to_batches() took."""
