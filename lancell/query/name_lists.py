@@ -38,4 +38,4 @@ def name_list(call: str, names: object, *, one: bool = False, ordered: bool = Tr
     listed = list(names)
     if bad := [name for name in listed if not isinstance(name, str)]:
         raise QueryError(f"{call} needs names (strings), got {bad[:5]!r}")
-    return listed
+    return [str(name) for name in listed]  # (NumPy's np.str_ names read "np.str_('CD3D')" in messages)

@@ -213,6 +213,8 @@ def _sparse(
     pieces = []
     for name, rows in rows_of.items():
         g = plan.groups[name]
+        if not (g.out_col >= 0).any():  # none of its features is asked for: its cells' rows stay empty
+            continue
         root = core.node(name)
         if _csc_is_cheaper(core, root, g, layer, int((ends[rows] - starts[rows]).sum())):
             rows, kept_per_row, cols, vals = _read_by_feature(core, root, g, layer, rows, zarr_rows[rows])
@@ -276,8 +278,10 @@ def _dense(
     out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtypes.get(layer, plan.dtype))
     for name, rows in rows_of.items():
         g = plan.groups[name]
-        block = read_rows(core.node(f"{name}/layers/{layer}"), positions[rows])
         keep = g.out_col >= 0
+        if not keep.any():  # none of its features is asked for
+            continue
+        block = read_rows(core.node(f"{name}/layers/{layer}"), positions[rows])
         out[np.ix_(rows, g.out_col[keep])] = block[:, keep]
     return out
 

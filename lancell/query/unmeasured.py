@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -53,18 +54,24 @@ def unmeasured_cells(
     measured = valid & in_plan.to_numpy(zero_copy_only=False)
     if measured.all():
         return {}
-    uids = cells.column("dataset_uid").to_numpy(zero_copy_only=False)
+    lacking = ~measured  # (grouped in one pass: a comparison per dataset took minutes at 10k datasets)
+    uids = cells.column("dataset_uid").filter(pa.array(lacking))
+    if pa.types.is_dictionary(uids.type):  # (its dictionary also lists the datasets filtered out)
+        uids = uids.cast(uids.type.value_type)
+    uids = uids.combine_chunks().dictionary_encode()
+    codes, names = uids.indices.to_numpy(zero_copy_only=False), uids.dictionary.to_pylist()
+    n_lacking = np.bincount(codes, minlength=len(names))
+    n_no_data = np.bincount(codes, weights=~valid[lacking], minlength=len(names)).astype(np.int64)
     wanted = f"layer {layer!r}" if layer is not None else "any layer"
     out = {}
-    for uid in sorted({str(u) for u in uids[~measured]}):
-        mine = (uids == uid) & ~measured
+    for k in sorted(range(len(names)), key=lambda k: str(names[k])):
         kinds = {
-            f"no {feature_space!r} data": int((mine & ~valid).sum()),
-            f"their group has no {wanted}": int((mine & valid).sum()),
+            f"no {feature_space!r} data": int(n_no_data[k]),
+            f"their group has no {wanted}": int(n_lacking[k] - n_no_data[k]),
         }
         kinds = {why: n for why, n in kinds.items() if n}
         why = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {why}" for why, n in kinds.items())
-        out[uid] = (int(mine.sum()), why)
+        out[str(names[k])] = (int(n_lacking[k]), why)
     return out
 
 

@@ -24,6 +24,7 @@ from lancell.errors import (
     UnmeasuredDataError,
 )
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.query import reconstruct
 from lancell.query.reconstruct import presence_matrix
 from lancell.tables.schema import (
     DatasetRecord,
@@ -223,15 +224,24 @@ def test_a_loader_over_cells_kept_without_a_layer_warns(bundled):
         make_loader(two, CellSampler(two, 50), collate_fn=SparseCollate(presence=True))
 
 
-def test_an_empty_intersection_of_panels_warns(bundled):
-    """The intersection of a human and a mouse panel gave batches of 0 features, silently."""
+def test_an_empty_intersection_of_panels_warns(bundled, monkeypatch):
+    """The intersection of a human and a mouse panel gave batches of 0 features, silently; its AnnData read
+    every dataset's matrix for no column (3.9 s of 7.5 at 1,500 datasets)."""
     query = bundled.query().where(dataset_uid=["celltypist_sample", "mouse_10k"]).feature_join("intersection")
     with pytest.warns(
         LancellWarning, match="panels have no feature in common: the intersection of 2 datasets"
     ):
         assert query.to_cell_dataset(SPACE, "counts").n_features == 0
+    reads = []
+    for reader in ("read_element_ranges", "read_csc_features", "read_rows"):
+        original = getattr(reconstruct, reader)
+        monkeypatch.setattr(
+            reconstruct, reader, lambda *a, _o=original, _n=reader, **k: reads.append(_n) or _o(*a, **k)
+        )
     with pytest.warns(LancellWarning, match="panels have no feature in common"):
         assert query.to_anndata().shape == (559 + 10_000, 0)
+    assert reads == []
+    assert query.feature_join("union").limit(3).to_anndata().X.nnz > 0 and reads  # (the spies count reads)
 
 
 def test_loader_honours_query_features_by_symbol_and_uid(bundled):

@@ -367,6 +367,8 @@ def test_lists_of_names_are_read_as_lists_in_their_order(atlas):
     generated = atlas.query().features((name for name in ["g1", "g0"]), "gene_expression")
     assert generated.to_anndata().var_names.tolist() == ["g1", "g0"]
     assert atlas.query().limit(np.int64(2)).count() == 2
+    with pytest.raises(QueryError, match=r"registry: \['nope'\]"):  # (it read [np.str_('nope')])
+        atlas.query().features(np.array(["g1", "nope"]), "gene_expression").to_anndata()
 
 
 def test_a_second_choice_never_silently_replaces_the_first(atlas):
