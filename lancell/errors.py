@@ -294,6 +294,11 @@ class CommitConflictError(LancellError, RuntimeError):
     snapshot's, which can then no longer be read, or a live read's, which can read again)."""
 
 
+class ForkedProcessError(LancellError, RuntimeError):
+    """A dataset read in a process forked from the one that built it (a DataLoader's workers under the
+    ``fork`` start method): the stores' I/O threads do not survive a fork, and the read would hang."""
+
+
 class BatchTransportError(LancellError, RuntimeError):
     """A batch from a DataLoader worker names a shared-memory slot the training process was never given."""
 

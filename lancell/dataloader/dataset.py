@@ -34,7 +34,13 @@ from lancell.dataloader.features import GroupTable, group_table, output_dtype
 from lancell.dataloader.mapped import MappedGroups
 from lancell.dataloader.metadata import EncodedMetadata, MetadataEncoder
 from lancell.dataloader.source import DatasetSource, worker_store_kwargs
-from lancell.errors import GroupNotFoundError, LancellWarning, QueryError, caller_outside_lancell
+from lancell.errors import (
+    ForkedProcessError,
+    GroupNotFoundError,
+    LancellWarning,
+    QueryError,
+    caller_outside_lancell,
+)
 from lancell.query.name_lists import name_list
 from lancell.storage.nodes import open_node
 from lancell.storage.store_failures import store_boundary
@@ -319,9 +325,13 @@ class CellDataset:
 
     # ------------------------------------------------------------------------------------ reading
     def _root_group(self) -> zarr.Group:
-        if self._owner_pid != os.getpid():  # inherited through fork: never reuse the parent's handles
-            self._store, self._root, self._arrays, self._mapped = None, None, {}, None
-            self._owner_pid = os.getpid()
+        if self._owner_pid != os.getpid():  # inherited through fork (pickling sets the reader's own pid)
+            raise ForkedProcessError(
+                f"{self!r} is read in process {os.getpid()}, forked from process {self._owner_pid} that "
+                "built it: the stores' I/O threads (obstore's, LanceDB's) do not survive a fork and the read "
+                "would hang. Use lancell.dataloader.make_loader, or give the DataLoader "
+                "multiprocessing_context='forkserver' (or 'spawn')"
+            )
         if self._root is None:
             if self._store is None:
                 self._store = self.source.open_store()
@@ -405,7 +415,7 @@ class CellDataset:
     def _mapped_groups(self) -> MappedGroups | None:
         """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files (one
         layer of uint32 values in a local store), else None."""
-        self._root_group()  # also drops handles inherited through fork
+        self._root_group()  # (refuses a process forked from the builder)
         with _MAPPED_LOCK:
             local = isinstance(self._store, obs_store.LocalStore)
             if self._mapped is None and len(self.layers) == 1 and self.dtype == np.uint32 and local:

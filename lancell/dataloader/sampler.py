@@ -18,8 +18,9 @@ seen exactly once across ranks, except that
 - with ``drop_last=True`` the order is truncated to a multiple of ``num_replicas * batch_size`` (at most that
   many cells minus one are skipped this epoch; which ones changes every epoch), and
 - with ``drop_last=False`` the order is padded to a multiple of ``num_replicas`` by repeating cells from its
-  start, as ``torch.utils.data.DistributedSampler`` does (at most ``num_replicas - 1`` cells are seen twice);
-  each rank's last batch may then be smaller than ``batch_size`` (the same size on every rank).
+  start, as ``torch.utils.data.DistributedSampler`` does (at most ``num_replicas - 1`` extra reads: a cell is
+  read twice, or, with fewer cells than replicas, by several ranks); each rank's last batch may then be
+  smaller than ``batch_size`` (the same size on every rank).
 
 Resuming: ``state_at(batches_taken)`` in the training loop and ``resume(state)`` after a restart make the
 epoch's iterations go on with its next batch, the order unchanged (:mod:`.resume`).

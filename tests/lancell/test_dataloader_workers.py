@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp
 
 from lancell.dataloader import CellDataset, CellSampler, DenseCollate, make_loader
-from lancell.errors import LancellWarning, QueryError
+from lancell.errors import ForkedProcessError, LancellWarning, QueryError
 
 if TYPE_CHECKING:  # the DDP ranks import this module: keep lancedb out of their start-up
     from lancell.atlas import RaggedAtlas
@@ -105,6 +105,22 @@ def test_two_workers_locality_dense_collate(bundled):
         np.testing.assert_array_equal(out["presence"].numpy()[:, 200:].all(axis=1), ~mouse_cell)
         seen[index] = True
     assert seen.all()
+
+
+def test_a_plain_dataloader_forking_its_workers_is_refused_not_hung(bundled):
+    """torch's DataLoader forks its workers on Linux by default (torchdata's StatefulDataLoader too): a
+    worker reading a CellDataset it inherited waited forever on the parent's obstore threads."""
+    dataset = bundled.query().where("dataset_uid = 'mouse_10k'").to_cell_dataset(SPACE, "counts")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=CellSampler(dataset, 64, seed=0),
+        collate_fn=DenseCollate(),
+        num_workers=1,
+        multiprocessing_context="fork",
+        timeout=60,  # (a regression fails here instead of hanging)
+    )
+    with pytest.raises(ForkedProcessError, match=r"forked from process \d+ that built it.*'forkserver'"):
+        next(iter(loader))
 
 
 @pytest.mark.parametrize("readers", [{"num_workers": 1, "timeout": 120}, {"threads": 2}])

@@ -33,6 +33,7 @@ BUILTIN_OF = {
     errors.UnmeasuredDataError: ValueError,
     errors.StandardizationError: ValueError,
     errors.BatchTransportError: RuntimeError,  # as torch's DataLoader reports a worker's failure
+    errors.ForkedProcessError: RuntimeError,
 }
 
 
