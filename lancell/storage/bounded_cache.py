@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 __all__ = ["BoundedCache"]
@@ -46,6 +46,12 @@ class BoundedCache(Generic[K, V]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def forget_where(self, matches: Callable[[K], bool]) -> None:
+        """Forget the entries whose key ``matches``."""
+        with self._lock:
+            for key in [key for key in self._entries if matches(key)]:
+                del self._entries[key]
 
     def clear(self) -> None:
         """Forget every entry."""

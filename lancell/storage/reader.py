@@ -1,18 +1,20 @@
 """Read many element ranges of a 1-D zarr array (or many rows of a 2-D one) in one pass.
 
 Arrays in an obstore-backed store (``zarr.storage.ObjectStore``) are read by the batched
-:class:`lancell.storage.shard_reader.ShardedArrayReader`; one reader per (store, array path) is kept in a
-small LRU so that repeated queries reuse its metadata and shard indices, and told once, by
-:func:`written_whole`, whether a missing shard object of its array is damage. Other stores, and layouts that
-reader does not handle, take the zarr-python path: ranges are sorted, coalesced into runs (ranges closer than
-``max_gap`` elements share one read), each run is read once, and the requested slices are gathered back in
-request order.
+:class:`lancell.storage.shard_reader.ShardedArrayReader`; one reader per (zarr store, array path) is kept in
+a small LRU while that store lives, so that repeated queries reuse its metadata and shard indices, and told
+once, by :func:`written_whole`, whether a missing shard object of its array is damage. Other stores, and
+layouts that reader does not handle, take the zarr-python path: ranges are sorted, coalesced into runs
+(ranges closer than ``max_gap`` elements share one read), each run is read once, and the requested slices
+are gathered back in request order.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,9 +47,31 @@ log = logging.getLogger(__name__)
 # every reader was built again, ~5 store requests each). A reader holds the shard indices it read, 16 B per
 # chunk of 4,096 values: ~40 MiB per 10^10 values read, however many datasets hold them.
 _MAX_READERS = 16_384
-# (id(obstore store), array path) -> (the store, its reader or None when the layout is not supported). The
-# entry holds the store itself, so its id cannot be reused by another store while the entry lives.
-_READERS: BoundedCache[tuple[int, str], tuple[object, ShardedArrayReader | None]] = BoundedCache(_MAX_READERS)
+# (id(zarr store), array path) -> (a weak reference to that zarr store, its reader or None when the layout is
+# not supported). The zarr store is a handle's own (an atlas handle's root, a CellDataset's in each process):
+# its entries go when it does (_watch), so no reader keeps a closed handle's obstore store and its connections
+# (a service that opened the atlas for each request kept every one: ~4 sockets a request on S3, out of file
+# descriptors after ~250 requests).
+_READERS: BoundedCache[tuple[int, str], tuple[weakref.ref, ShardedArrayReader | None]] = BoundedCache(
+    _MAX_READERS
+)
+_WATCHED: set[int] = set()  # ids of the zarr stores whose entries a finalizer forgets
+_WATCHED_LOCK = threading.Lock()
+
+
+def _watch(store: zarr.storage.ObjectStore) -> None:
+    """Forget ``store``'s readers once it is collected (a finalizer, registered once per store)."""
+    with _WATCHED_LOCK:
+        if id(store) in _WATCHED:
+            return
+        _WATCHED.add(id(store))
+    weakref.finalize(store, _forget, id(store))
+
+
+def _forget(store_id: int) -> None:
+    _READERS.forget_where(lambda key: key[0] == store_id)
+    with _WATCHED_LOCK:
+        _WATCHED.discard(store_id)
 
 
 def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
@@ -118,9 +142,9 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
     if not isinstance(store, zarr.storage.ObjectStore):
         return None
     inner = store.store
-    key = (id(inner), array.path)
+    key = (id(store), array.path)
     entry = _READERS.get(key)
-    if entry is not None and entry[0] is inner and (entry[1] is None or _matches(entry[1], array)):
+    if entry is not None and entry[0]() is store and (entry[1] is None or _matches(entry[1], array)):
         return entry[1]
     relative, attrs = _dataset_group(inner, array.path) or ("", None)
     try:
@@ -148,7 +172,8 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
                 )
             )
         reader.complete = written_whole(attrs, reader.layout)
-    _READERS.put(key, (inner, reader))
+    _watch(store)
+    _READERS.put(key, (weakref.ref(store), reader))
     return reader
 
 

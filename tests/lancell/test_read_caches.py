@@ -4,7 +4,9 @@ just read), and so did two threads whose queries together read more."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import anndata as ad
 import numpy as np
@@ -14,6 +16,7 @@ import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.storage import reader
 from lancell.storage.bounded_cache import BoundedCache
 from lancell.tables import registry
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -102,3 +105,30 @@ def test_the_cache_keeps_the_entries_used_last():
     assert cache.get("a") == 1  # now the last used
     cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
+
+
+def test_a_closed_handle_leaves_no_store_behind_in_the_reader_cache(atlas):
+    """The shard readers' cache held every handle's obstore store until 16,384 arrays were cached: a service
+    opening the atlas for each request kept every store and, on S3, its connections (out of file descriptors
+    after ~250 requests). A handle's readers now go with it; one handle still reuses its own."""
+    gone = []
+    for _ in range(3):
+        handle = RaggedAtlas.open(atlas.db_uri, read_only=True)
+        _check(handle.query().to_anndata())
+        gone.append(weakref.ref(handle.store))
+        del handle
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
+    kept = RaggedAtlas.open(atlas.db_uri, read_only=True)
+    reads = []
+    with pytest.MonkeyPatch.context() as patch:
+        original = reader.ShardedArrayReader
+
+        def counted(*args, **kwargs):
+            reads.append(args[1])
+            return original(*args, **kwargs)
+
+        patch.setattr(reader, "ShardedArrayReader", counted)
+        for _ in range(3):
+            _check(kept.query().to_anndata())
+    assert reads and len(reads) == len(set(reads))  # each array's reader built once, then reused
