@@ -49,29 +49,41 @@ log = logging.getLogger(__name__)
 _MAX_READERS = 16_384
 # (id(zarr store), array path) -> (a weak reference to that zarr store, its reader or None when the layout is
 # not supported). The zarr store is a handle's own (an atlas handle's root, a CellDataset's in each process):
-# its entries go when it does (_watch), so no reader keeps a closed handle's obstore store and its connections
-# (a service that opened the atlas for each request kept every one: ~4 sockets a request on S3, out of file
-# descriptors after ~250 requests).
+# its entries go soon after it does (_watch), so no reader keeps a closed handle's obstore store and its
+# connections (a service that opened the atlas for each request kept every one: ~4 sockets a request on S3,
+# out of file descriptors after ~250 requests).
 _READERS: BoundedCache[tuple[int, str], tuple[weakref.ref, ShardedArrayReader | None]] = BoundedCache(
     _MAX_READERS
 )
-_WATCHED: set[int] = set()  # ids of the zarr stores whose entries a finalizer forgets
+_WATCHED: dict[int, weakref.ref] = {}  # id -> the zarr store a finalizer watches (one finalizer per store)
 _WATCHED_LOCK = threading.Lock()
+# ids of collected zarr stores whose entries are yet to be forgotten: a finalizer runs wherever the collector
+# does, inside any lock (the cache's own among them), so it only appends here, and lookups forget
+_COLLECTED: list[int] = []
 
 
 def _watch(store: zarr.storage.ObjectStore) -> None:
-    """Forget ``store``'s readers once it is collected (a finalizer, registered once per store)."""
+    """Have ``store``'s readers forgotten once it is collected."""
     with _WATCHED_LOCK:
-        if id(store) in _WATCHED:
+        watched = _WATCHED.get(id(store))
+        if watched is not None and watched() is store:
             return
-        _WATCHED.add(id(store))
-    weakref.finalize(store, _forget, id(store))
+        _WATCHED[id(store)] = weakref.ref(store)
+    weakref.finalize(store, _COLLECTED.append, id(store))
 
 
-def _forget(store_id: int) -> None:
-    _READERS.forget_where(lambda key: key[0] == store_id)
+def _forget_collected() -> None:
+    """Forget the entries of the zarr stores collected since the last call."""
+    if not _COLLECTED:
+        return
+    gone = set()
+    while _COLLECTED:
+        gone.add(_COLLECTED.pop())
+    _READERS.forget_where(lambda key: key[0] in gone)  # (a new store under a reused id reads its own again)
     with _WATCHED_LOCK:
-        _WATCHED.discard(store_id)
+        for store_id in gone:
+            if (watched := _WATCHED.get(store_id)) is not None and watched() is None:
+                del _WATCHED[store_id]
 
 
 def _dataset_group(store: ObjectStore, path: str) -> tuple[str, dict] | None:
@@ -142,6 +154,7 @@ def array_reader(array: zarr.Array) -> ShardedArrayReader | None:
     if not isinstance(store, zarr.storage.ObjectStore):
         return None
     inner = store.store
+    _forget_collected()
     key = (id(store), array.path)
     entry = _READERS.get(key)
     if entry is not None and entry[0]() is store and (entry[1] is None or _matches(entry[1], array)):
