@@ -115,6 +115,7 @@ def delete_snapshot(args: argparse.Namespace) -> int:
     """``lancell delete-snapshot``: delete snapshots, every number checked first."""
     from lancell.atlas import RaggedAtlas
     from lancell.errors import LancellWarning, VersionNotFoundError
+    from lancell.tables.versions import number_runs
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
     versions = list(dict.fromkeys(args.versions))  # (one given twice is deleted once)
@@ -122,7 +123,7 @@ def delete_snapshot(args: argparse.Namespace) -> int:
     if missing := [v for v in versions if v not in known.index]:
         live = known.index[known.isna()].tolist()
         raise VersionNotFoundError(
-            f"no snapshot {', '.join(map(str, missing))}; snapshots: {live}: nothing deleted"
+            f"no snapshot {', '.join(map(str, missing))}; snapshots: {number_runs(live)}: nothing deleted"
         )
     for version in versions:
         already = not known.isna()[version]

@@ -38,6 +38,7 @@ from lancell.tables.versions import (
     mark_deleted,
     next_version,
     noted_version,
+    number_runs,
     record_snapshot,
     tag_tables,
     untag_tables,
@@ -175,7 +176,9 @@ def delete_snapshot(core: AtlasCore, version: int) -> None:
         match = every[every["version"] == version]
         if match.empty:
             live = every.loc[every[DELETED].isna(), "version"].tolist()
-            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {live}: nothing deleted")
+            raise VersionNotFoundError(
+                f"no snapshot {version}; snapshots: {number_runs(live)}: nothing deleted"
+            )
         row = match.iloc[0]
         lease.check()
         if pd.isna(row[DELETED]):

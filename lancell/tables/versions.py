@@ -35,6 +35,7 @@ __all__ = [
     "next_version",
     "noted_snapshot",
     "noted_version",
+    "number_runs",
     "pinned_tables",
     "read_snapshot",
     "read_version",
@@ -203,6 +204,19 @@ def read_snapshot(database: Database, version: int | None) -> dict[str, Any]:
     return _pick(_frame(database.dataset(VERSIONS_TABLE).to_table()), version)
 
 
+def number_runs(numbers: list[int]) -> str:
+    """Snapshot numbers as messages list them, three or more consecutive ones as a run:
+    ``[0-44, 46, 50, 51]`` (an atlas snapshotted nightly for years listed every number)."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    shown = [f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    return f"[{', '.join(shown)}]"
+
+
 def _pick(frame: pd.DataFrame, version: int | None) -> dict[str, Any]:
     if frame.empty:
         raise VersionNotFoundError("the atlas has no snapshot yet; call atlas.snapshot() first")
@@ -214,11 +228,13 @@ def _pick(frame: pd.DataFrame, version: int | None) -> dict[str, Any]:
     else:
         match = frame[frame["version"] == int(version)]
         if match.empty:
-            raise VersionNotFoundError(f"no snapshot {version}; snapshots: {live['version'].tolist()}")
+            raise VersionNotFoundError(
+                f"no snapshot {version}; snapshots: {number_runs(live['version'].tolist())}"
+            )
         if not pd.isna(match[DELETED].iloc[0]):
             raise VersionNotFoundError(
                 f"snapshot {version} was deleted at {match[DELETED].iloc[0]:%Y-%m-%d %H:%M:%S} UTC; "
-                f"snapshots: {live['version'].tolist()}"
+                f"snapshots: {number_runs(live['version'].tolist())}"
             )
         row = match.drop(columns=DELETED).iloc[0]
     out = row.to_dict()

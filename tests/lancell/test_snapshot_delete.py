@@ -26,7 +26,7 @@ from lancell.errors import (
     ReadOnlyAtlasError,
     VersionNotFoundError,
 )
-from lancell.tables.versions import tag_name
+from lancell.tables.versions import number_runs, tag_name
 from tests.lancell.test_old_format import ARCHIVE
 
 
@@ -224,3 +224,11 @@ def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_
     atlas.optimize(cleanup_older_than=timedelta(0))
     with pytest.raises(CommitConflictError, match=r"snapshot 0 .* was deleted .* can no longer be read"):
         reader.query().to_anndata()
+
+
+def test_snapshot_numbers_in_messages_are_runs() -> None:
+    """An atlas snapshotted nightly for years listed every number in each "no snapshot" message."""
+    assert number_runs([]) == "[]"
+    assert number_runs([0]) == "[0]"
+    assert number_runs([0, 1]) == "[0, 1]"
+    assert number_runs([*range(45), 46, 50, 51, *range(60, 1000)]) == "[0-44, 46, 50, 51, 60-999]"
