@@ -18,6 +18,7 @@ import pyarrow as pa
 import zarr
 
 from lancell.errors import ReadOnlyAtlasError
+from lancell.storage.fork_safety import mark_stores_used
 from lancell.storage.nodes import open_node
 from lancell.storage.offsets import read_offsets
 from lancell.storage.stores import zarr_store
@@ -81,6 +82,7 @@ class AtlasCore:
         storage_options: Mapping[str, str] | None,
         shares: AtlasCore | None = None,
     ) -> None:
+        mark_stores_used()  # (the tables were read: LanceDB's and obstore's threads run)
         self.db_uri = db_uri
         self.meta = meta
         self.tables = tables

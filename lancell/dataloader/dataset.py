@@ -42,6 +42,7 @@ from lancell.errors import (
     caller_outside_lancell,
 )
 from lancell.query.name_lists import name_list
+from lancell.storage.fork_safety import forked_after_store_use, mark_stores_used
 from lancell.storage.nodes import open_node
 from lancell.storage.store_failures import store_boundary
 from lancell.storage.stores import describe_store
@@ -129,7 +130,6 @@ class CellDataset:
         self.dtypes = {name: output_dtype(groups, k) for k, name in enumerate(self.layers)}
         self.dtype = self.dtypes[self.layer]
         self._store = store
-        self._owner_pid = os.getpid()
         self._root: zarr.Group | None = None
         self._arrays: dict[int, Any] = {}
         self._mapped: MappedGroups | None = None
@@ -271,7 +271,6 @@ class CellDataset:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._owner_pid = os.getpid()
 
     # ------------------------------------------------------------------------------------ size
     def __len__(self) -> int:
@@ -325,14 +324,15 @@ class CellDataset:
 
     # ------------------------------------------------------------------------------------ reading
     def _root_group(self) -> zarr.Group:
-        if self._owner_pid != os.getpid():  # inherited through fork (pickling sets the reader's own pid)
+        if forked_after_store_use():
             raise ForkedProcessError(
-                f"{self!r} is read in process {os.getpid()}, forked from process {self._owner_pid} that "
-                "built it: the stores' I/O threads (obstore's, LanceDB's) do not survive a fork and the read "
-                "would hang. Use lancell.dataloader.make_loader, or give the DataLoader "
+                f"{self!r} is read in process {os.getpid()}, forked from a process that had used the atlas's "
+                "stores: their I/O threads (obstore's, LanceDB's) do not survive a fork and the read would "
+                "hang. Use lancell.dataloader.make_loader, or give the DataLoader "
                 "multiprocessing_context='forkserver' (or 'spawn')"
             )
         if self._root is None:
+            mark_stores_used()
             if self._store is None:
                 self._store = self.source.open_store()
             self._root = zarr.open_group(zarr.storage.ObjectStore(self._store, read_only=True), mode="r")
@@ -415,7 +415,7 @@ class CellDataset:
     def _mapped_groups(self) -> MappedGroups | None:
         """This process's :class:`MappedGroups` when batches may be read from memory-mapped shard files (one
         layer of uint32 values in a local store), else None."""
-        self._root_group()  # (refuses a process forked from the builder)
+        self._root_group()  # (refuses a process forked after the stores were used)
         with _MAPPED_LOCK:
             local = isinstance(self._store, obs_store.LocalStore)
             if self._mapped is None and len(self.layers) == 1 and self.dtype == np.uint32 and local:

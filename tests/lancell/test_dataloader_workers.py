@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,8 +121,36 @@ def test_a_plain_dataloader_forking_its_workers_is_refused_not_hung(bundled):
         multiprocessing_context="fork",
         timeout=60,  # (a regression fails here instead of hanging)
     )
-    with pytest.raises(ForkedProcessError, match=r"forked from process \d+ that built it.*'forkserver'"):
+    with pytest.raises(ForkedProcessError, match=r"forked from a process that had used the atlas's stores"):
         next(iter(loader))
+
+
+_UNPICKLED_THEN_FORKED = """
+import pickle, sys, torch
+from lancell.dataloader import CellSampler, DenseCollate
+with open(sys.argv[1], "rb") as f:
+    dataset = pickle.load(f)
+loader = torch.utils.data.DataLoader(dataset, batch_sampler=CellSampler(dataset, 64, seed=0),
+    collate_fn=DenseCollate(), num_workers=1, multiprocessing_context="fork", timeout=60)
+print(sum(len(batch["index"]) for batch in loader))
+"""
+
+
+def test_a_dataset_unpickled_where_no_store_was_used_still_forks(bundled, tmp_path):
+    """Refusing every fork refused one that works: a process that unpickled a dataset and touched no store
+    has no I/O thread for a fork to lose."""
+    dataset = bundled.query().where("dataset_uid = 'mouse_10k'").to_cell_dataset(SPACE, "counts")
+    (tmp_path / "dataset.pkl").write_bytes(pickle.dumps(dataset))
+    script = tmp_path / "read.py"
+    script.write_text(_UNPICKLED_THEN_FORKED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "dataset.pkl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == str(len(dataset))
 
 
 @pytest.mark.parametrize("readers", [{"num_workers": 1, "timeout": 120}, {"threads": 2}])
