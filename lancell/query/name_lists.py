@@ -27,7 +27,7 @@ def name_list(call: str, names: object, *, one: bool = False, ordered: bool = Tr
     """
     if isinstance(names, str):
         if one:
-            return [names]
+            return [str.__str__(names)]
         raise QueryError(f"{call} needs a list of names, got the string {names!r}")
     unordered = ordered and isinstance(names, Set) and not isinstance(names, KeysView)
     if unordered or isinstance(names, Mapping) or not isinstance(names, Iterable):
@@ -38,4 +38,6 @@ def name_list(call: str, names: object, *, one: bool = False, ordered: bool = Tr
     listed = list(names)
     if bad := [name for name in listed if not isinstance(name, str)]:
         raise QueryError(f"{call} needs names (strings), got {bad[:5]!r}")
-    return [str(name) for name in listed]  # (NumPy's np.str_ names read "np.str_('CD3D')" in messages)
+    # plain strings: NumPy's np.str_ names read "np.str_('CD3D')" in messages; str() of a (str, Enum)
+    # member is its qualified name, str.__str__ its value
+    return [str.__str__(name) for name in listed]

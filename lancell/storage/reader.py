@@ -77,8 +77,11 @@ def _forget_collected() -> None:
     if not _COLLECTED:
         return
     gone = set()
-    while _COLLECTED:
-        gone.add(_COLLECTED.pop())
+    while True:  # (pop alone: another thread may empty the list between a test and a pop)
+        try:
+            gone.add(_COLLECTED.pop())
+        except IndexError:
+            break
     _READERS.forget_where(lambda key: key[0] in gone)  # (a new store under a reused id reads its own again)
     with _WATCHED_LOCK:
         for store_id in gone:

@@ -4,6 +4,7 @@ embeddings that are refused, and layers or features of another feature space."""
 
 from __future__ import annotations
 
+import enum
 import warnings
 
 import anndata as ad
@@ -369,6 +370,12 @@ def test_lists_of_names_are_read_as_lists_in_their_order(atlas):
     assert atlas.query().limit(np.int64(2)).count() == 2
     with pytest.raises(QueryError, match=r"registry: \['nope'\]"):  # (it read [np.str_('nope')])
         atlas.query().features(np.array(["g1", "nope"]), "gene_expression").to_anndata()
+
+    class Gene(str, enum.Enum):  # noqa: UP042 (its str() is "Gene.G1", unlike a StrEnum's)
+        G1 = "g1"
+
+    named = atlas.query().features([Gene.G1, "g0"], "gene_expression").to_anndata()  # (not 'Gene.G1')
+    assert named.var_names.tolist() == ["g1", "g0"]
 
 
 def test_a_second_choice_never_silently_replaces_the_first(atlas):
