@@ -296,7 +296,7 @@ class CommitConflictError(LancellError, RuntimeError):
 
 class ForkedProcessError(LancellError, RuntimeError):
     """A dataset read in a process forked from one that had used an atlas's stores (a DataLoader's workers
-    under the ``fork`` start method): the stores' I/O threads do not survive a fork, and the read would hang."""
+    under the ``fork`` start method): the stores' I/O threads do not survive a fork; the read would hang."""
 
 
 class BatchTransportError(LancellError, RuntimeError):
