@@ -84,9 +84,8 @@ class MatrixSource:
             return
         start = 0
         while start < n_rows:
-            limit = (
-                int(self.indptr[start]) + target_values
-            )  # (an int16 indptr + 2M overflowed; int32 wrapped)
+            # a Python int: an int16 indptr plus 2M values overflowed, an int32 one near 2**31 wrapped
+            limit = int(self.indptr[start]) + target_values
             stop = int(np.searchsorted(self.indptr, limit, side="right")) - 1
             stop = min(max(stop, start + 1), n_rows)
             yield start, stop
