@@ -21,6 +21,7 @@ from lancell.errors import ReadOnlyAtlasError
 from lancell.storage.fork_safety import mark_stores_used
 from lancell.storage.nodes import open_node
 from lancell.storage.offsets import read_offsets
+from lancell.storage.opened_nodes import OpenedNodes
 from lancell.storage.stores import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
@@ -105,7 +106,7 @@ class AtlasCore:
         self.zarr_root = zarr.open_group(
             zarr_store(store, read_only=read_only), mode="r" if read_only else "a"
         )
-        self._nodes: dict[str, zarr.Group | zarr.Array | np.ndarray] = {}
+        self._nodes = OpenedNodes()
 
     @property
     def dataset_schema(self) -> type[DatasetRecord]:
@@ -171,7 +172,7 @@ class AtlasCore:
             return self
         return self.pinned_view(self.tables.consistent_versions(), shared=True)
 
-    def shared_reading(self) -> tuple[dict[str, FeatureSpace], zarr.Group, dict[str, Any]]:
+    def shared_reading(self) -> tuple[dict[str, FeatureSpace], zarr.Group, OpenedNodes]:
         """``(feature spaces, zarr root, opened nodes)``: what a view of this core reads through."""
         return self.feature_spaces, self.zarr_root, self._nodes
 
@@ -203,7 +204,8 @@ class AtlasCore:
         """A zarr group or array of a committed dataset, opened once per handle (read path only)."""
         node = self._nodes.get(path)
         if node is None:
-            node = self._nodes[path] = open_node(self.zarr_root, path)
+            node = open_node(self.zarr_root, path)
+            self._nodes.put(path, node)
         return node
 
     def csc_offsets(self, zarr_group: str) -> np.ndarray:
@@ -212,8 +214,8 @@ class AtlasCore:
         key = f"{zarr_group}/csc/indptr[:]"  # not a zarr path: "[" never occurs in group names
         if key not in self._nodes:
             attrs = self.node(zarr_group).attrs  # a damaged zarr.json: ShardFormatError, as any node's
-            self._nodes[key] = read_offsets(self.node(f"{zarr_group}/csc/indptr"), attrs, "csc")
-        return self._nodes[key]
+            self._nodes.put(key, read_offsets(self.node(f"{zarr_group}/csc/indptr"), attrs, "csc"))
+        return self._nodes.get(key)
 
     def forget_nodes(self) -> None:
         """Drop every opened node: a group changed under this handle (a CSC copy or a layer was added)."""
@@ -232,12 +234,11 @@ class AtlasCore:
         """
         key = f"{zarr_group}[listed]"  # not a zarr path: "[" never occurs in group names
         if listed is not None and self._nodes.get(key) != tuple(listed):  # (or opened without a record)
-            for path in [p for p in self._nodes if p == zarr_group or p.startswith(f"{zarr_group}/")]:
-                del self._nodes[path]
+            self._nodes.forget_under(zarr_group)
         if listed is not None:
-            self._nodes[key] = tuple(listed)
+            self._nodes.put(key, tuple(listed))
         if reopen:
-            self._nodes.pop(zarr_group, None)
+            self._nodes.forget(zarr_group)
         try:
             return dict(self.node(zarr_group).attrs)
         except FileNotFoundError:  # open_node: GroupNotFoundError

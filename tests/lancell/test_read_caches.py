@@ -18,6 +18,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import reader
 from lancell.storage.bounded_cache import BoundedCache
+from lancell.storage.opened_nodes import OpenedNodes
 from lancell.tables import registry
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
 
@@ -134,3 +135,24 @@ def test_a_closed_handle_leaves_no_store_behind_in_the_reader_cache(atlas):
         for _ in range(3):
             _check(reused.query().to_anndata())
     assert reads and len(reads) == len(set(reads))  # each array's reader built once, then reused
+
+
+def test_opened_nodes_forget_a_group_with_what_lies_under_it_only():
+    """Forgetting a group's nodes scanned every node the handle had opened (quadratic in the datasets a query
+    plans: ~0.8 s of a fresh plan at 1,500 datasets); it must still forget exactly what lies under it."""
+    nodes = OpenedNodes()
+    for path in ("a", "a/csr/indices", "a/csc/indptr[:]", "a[listed]", "ab", "ab/csr/indices", "b/csr"):
+        nodes.put(path, path.upper())
+    nodes.forget_under("a")
+    assert [p for p in ("a", "a/csr/indices", "a/csc/indptr[:]") if p in nodes] == []
+    assert [nodes.get(p) for p in ("a[listed]", "ab", "ab/csr/indices", "b/csr")] == [
+        "A[LISTED]",
+        "AB",
+        "AB/CSR/INDICES",
+        "B/CSR",
+    ]
+    nodes.forget("ab")
+    assert "ab" not in nodes and nodes.get("ab/csr/indices") == "AB/CSR/INDICES"
+    nodes.put("a/csr/indices", 1)  # opened again after it was forgotten
+    nodes.forget_under("a")
+    assert "a/csr/indices" not in nodes
