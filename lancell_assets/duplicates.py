@@ -13,25 +13,30 @@ import dagster as dg
 
 __all__ = ["absent_datasets", "latest_materializations", "stale_duplicates"]
 
+_FETCH_LIMIT = 10_000  # event records Dagster returns at most per fetch
+
 
 def latest_materializations(
     instance: dg.DagsterInstance, asset: dg.AssetKey
 ) -> dict[str, tuple[int, Mapping[str, dg.MetadataValue]]]:
-    """``{partition: (storage id, metadata)}`` of each partition's latest materialization of ``asset``. Two
-    queries of the event log, whatever the number of partitions."""
+    """``{partition: (storage id, metadata)}`` of each partition's latest materialization of ``asset``: one
+    query of the event log, then one per ``_FETCH_LIMIT`` partitions (Dagster's most records at a time: the
+    10,001st partition made one fetch of them all raise on every sensor tick)."""
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
         asset, dg.DagsterEventType.ASSET_MATERIALIZATION
     )
-    if not latest:
-        return {}
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset, storage_ids=list(latest.values())), limit=len(latest)
-    ).records
-    return {
-        record.asset_materialization.partition: (record.storage_id, record.asset_materialization.metadata)
-        for record in records
-        if record.asset_materialization is not None and record.asset_materialization.partition is not None
-    }
+    storage_ids = sorted(latest.values())
+    out = {}
+    for start in range(0, len(storage_ids), _FETCH_LIMIT):
+        page = storage_ids[start : start + _FETCH_LIMIT]
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, storage_ids=page), limit=len(page)
+        ).records
+        for record in records:
+            done = record.asset_materialization
+            if done is not None and done.partition is not None:
+                out[done.partition] = (record.storage_id, done.metadata)
+    return out
 
 
 def absent_datasets(instance: dg.DagsterInstance, asset: dg.AssetKey, uids: set[str]) -> dict[str, str]:

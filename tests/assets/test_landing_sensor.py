@@ -19,7 +19,7 @@ from helpers import apply_partition_requests
 import definitions
 from lancell.errors import IngestError
 from lancell.ingest.landing import landing_files
-from lancell_assets import landing_zone_sensor, nightly_snapshot_sensor, snapshot_partitions
+from lancell_assets import duplicates, landing_zone_sensor, nightly_snapshot_sensor, snapshot_partitions
 from lancell_assets.automation import nightly_label
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -184,3 +184,25 @@ def test_a_night_snapshotted_without_training_is_not_done(zone):
     _night_run(instance, label, dg.DagsterRunStatus.SUCCESS, frozenset())
     done = nightly_snapshot_sensor(dg.build_sensor_context(instance=instance, resources=defs.resources))
     assert isinstance(done, dg.SkipReason) and f"snapshot {label!r} was taken" in done.skip_message
+
+
+def test_partitions_beyond_one_fetch_of_the_event_log_are_read_in_pages(zone, monkeypatch):
+    """Dagster returns at most 10,000 event records a fetch: the 10,001st materialized dataset partition made
+    the landing sensor raise on every tick (and the snapshot's check of datasets still in the atlas)."""
+    _, instance, _ = zone
+    key = dg.AssetKey("dataset_group")
+    partitions = [f"p{i}" for i in range(7)]
+    instance.add_dynamic_partitions("lancell_datasets", partitions)
+    for i, partition in enumerate(partitions):
+        for attempt in range(2):  # the latest of each is the one read
+            metadata = {"outcome": "ingested", "attempt": attempt, "i": i}
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, partition=partition, metadata=metadata)
+            )
+    whole = duplicates.latest_materializations(instance, key)
+    monkeypatch.setattr(duplicates, "_FETCH_LIMIT", 3)  # 7 partitions: pages of 3, 3 and 1
+    paged = duplicates.latest_materializations(instance, key)
+    assert paged == whole and sorted(paged) == partitions
+    assert {p: (meta["attempt"].value, meta["i"].value) for p, (_, meta) in paged.items()} == {
+        p: (1, i) for i, p in enumerate(partitions)
+    }
