@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import zarr
 
-from lancell.errors import ReadOnlyAtlasError
+from lancell.errors import AtlasNotFoundError, CommitConflictError, ReadOnlyAtlasError
 from lancell.storage.fork_safety import mark_stores_used
 from lancell.storage.nodes import open_node
 from lancell.storage.offsets import read_offsets
 from lancell.storage.opened_nodes import OpenedNodes
+from lancell.storage.store_failures import lance_removed
 from lancell.storage.stores import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["AtlasCore"]
 
 T = TypeVar("T")
+
+# times a read view is opened again when a cleanup removed the table versions it was about to open
+_VIEW_ATTEMPTS = 5
 
 
 class AtlasCore:
@@ -167,10 +171,28 @@ class AtlasCore:
         the cell rows, then the dataset records a moment later, paired rows with records of another state:
         zero rows, or cells called unmeasured). The view shares this handle's opened zarr nodes, and the
         tables a view opened that have not changed since.
+
+        Raises
+        ------
+        CommitConflictError
+            The versions read were removed before they were opened (``optimize(cleanup_older_than=...)``
+            elsewhere), each of ``_VIEW_ATTEMPTS`` times.
         """
         if self.tables.pinned is not None:
             return self
-        return self.pinned_view(self.tables.consistent_versions(), shared=True)
+        for _ in range(_VIEW_ATTEMPTS):
+            versions = self.tables.consistent_versions()
+            try:
+                return self.pinned_view(versions, shared=True)
+            except AtlasNotFoundError as exc:  # a version removed before it was opened, or a lost one
+                if not lance_removed(exc) or self.tables.consistent_versions() == versions:
+                    raise  # (still the current versions: not a cleanup's doing)
+                removed = exc
+        raise CommitConflictError(
+            f"the table versions of the atlas at {self.db_uri!r} were removed before they could be read, "
+            f"{_VIEW_ATTEMPTS} times (optimize(cleanup_older_than=...) running in a loop elsewhere?): "
+            "read again"
+        ) from removed
 
     def shared_reading(self) -> tuple[dict[str, FeatureSpace], zarr.Group, OpenedNodes]:
         """``(feature spaces, zarr root, opened nodes)``: what a view of this core reads through."""

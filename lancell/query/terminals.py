@@ -93,12 +93,12 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
                     yielded = True
                     yield item
                 return
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError, OSError) as exc:  # (StoreError: OSError)
                 if (error := _failure(query, exc, again=not yielded)) is not None:
                     raise error  # noqa: B904 (exc itself, or an error caused by it)
             try:
                 yield from method(query.pinned(), *args, **kwargs)
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError, OSError) as exc:
                 raise _failure(query, exc, again=False)  # noqa: B904
 
         return cast(Callable[..., T], stream)
@@ -107,12 +107,12 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
     def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
         try:
             return method(query.pinned(), *args, **kwargs)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, OSError) as exc:
             if (error := _failure(query, exc, again=True)) is not None:
                 raise error  # noqa: B904 (exc itself, or an error caused by it)
         try:
             return method(query.pinned(), *args, **kwargs)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, OSError) as exc:
             raise _failure(query, exc, again=False)  # noqa: B904
 
     return read

@@ -162,8 +162,11 @@ def lance_removed(exc: BaseException) -> bool:
     """Whether ``exc`` (or the Lance error a lancell error wraps) says a table version or one of its data
     files is no longer in the store: a cleanup pruned it (``optimize(cleanup_older_than=...)``), or it was
     lost. A lancell error of its own (a missing zarr node, a missing dataset) is not: its cause is no Lance
-    error."""
-    lance = exc.__cause__ if isinstance(exc, LancellError) else exc
+    error. A lancell error caused by another (a store failure said within an operation) is judged by the
+    first cause that is not one."""
+    lance: BaseException | None = exc
+    while isinstance(lance, LancellError):
+        lance = lance.__cause__
     return isinstance(lance, ValueError | RuntimeError | OSError) and any(m in str(lance) for m in _REMOVED)
 
 

@@ -9,6 +9,7 @@ unmeasured (zero rows under ``"keep"``, a false ``UnmeasuredDataError`` under ``
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 import lancell.query.plan as plan_module
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas, gene_features, ingest_bundled
+from lancell.core import AtlasCore
 from lancell.errors import CommitConflictError
 from lancell.query.cell_selection import CellSelection
 from lancell.tables.atlas_tables import AtlasTables
@@ -144,3 +146,62 @@ def test_versions_removed_during_a_read_are_read_again_or_a_typed_error(
     removing("batches", 2)
     with pytest.raises(CommitConflictError, match="were removed while it read them"):
         next(query.to_batches(100))
+
+
+def _new_versions_pruned(writer: RaggedAtlas) -> None:
+    """A commit to every table, then a cleanup of every version but the latest (another process's
+    ``delete_dataset``, re-ingestion and ``optimize(cleanup_older_than=timedelta(0))``)."""
+    writer.delete_dataset("mouse_10k")
+    ingest_bundled(writer, BUNDLED[2])
+    writer.optimize(cleanup_older_than=timedelta(0))
+
+
+def test_versions_pruned_before_a_read_opens_them_are_read_at_the_current_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The versions a live read pinned were pruned before it opened them: every terminal and validate()
+    raised AtlasNotFoundError ("table 'cells' at version N is not in the atlas database") about a healthy
+    atlas."""
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
+    reader = RaggedAtlas.open(str(tmp_path / "db"), read_only=True)
+    calls = {
+        "to_anndata": lambda: reader.query().layers(*COUNTS).to_anndata().n_obs,
+        "count": lambda: reader.query().count(),
+        "to_batches": lambda: sum(b.n_obs for b in reader.query().layers(*COUNTS).to_batches(4_000)),
+        "validate": lambda: len(reader.validate()) + 10_559,
+    }
+    for name, call in calls.items():
+        _after(monkeypatch, AtlasTables, "consistent_versions", lambda: _new_versions_pruned(writer))
+        assert call() == 10_559, name
+        monkeypatch.undo()
+
+
+def test_versions_pruned_during_a_read_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The versions a live read pinned were pruned while it read them: the pruned data file's "Not found",
+    said as a StoreError, escaped instead of the read being done again at the current versions."""
+    writer = build_bundled_atlas(tmp_path, BUNDLED[1:2])  # (snapshot: its versions are tagged, kept)
+    writer.register_features("gene_expression", gene_features(BUNDLED[2:3]))
+    ingest_bundled(writer, BUNDLED[2])
+    reader = RaggedAtlas.open(str(tmp_path / "db"), read_only=True)
+    # compaction: the files only the versions the read pinned (the manifests it opened) hold are removed
+    _after(monkeypatch, AtlasCore, "read_view", lambda: writer.optimize(cleanup_older_than=timedelta(0)))
+    adata = reader.query().layers(*COUNTS).to_anndata()
+    counts = adata.obs["dataset_uid"].value_counts().to_dict()
+    assert counts == {"mouse_10k": 10_000, "celltypist_sample": 559}
+
+
+def _after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, write) -> None:
+    """Run ``write()`` once, the first time ``owner.name`` returns."""
+    original = getattr(owner, name)
+    done = []
+
+    def first_call_then_writes(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not done:
+            done.append(True)
+            write()
+        return result
+
+    monkeypatch.setattr(owner, name, first_call_then_writes)
