@@ -348,7 +348,11 @@ def arrow_to_obs(
     QueryError
         A value missing from the ``categories`` given for its column.
     """
-    index = pd.Index(table.column(index_column).to_numpy(zero_copy_only=False).astype(str), name=None)
+    names = table.column(index_column)
+    if names.type not in (pa.string(), pa.large_string()):
+        names = names.cast(pa.string())
+    # Python strings (object): a fixed-width numpy text array took cells x the longest name x 4 bytes
+    index = pd.Index(names.to_numpy(zero_copy_only=False), dtype=object, name=None)
     text = (pa.string(), pa.large_string())
     columns = {}
     for name in table.column_names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -254,3 +255,24 @@ def test_dates_and_times_of_pandas_arrow_dtypes_are_stored_and_bytes_fields_stil
         assert stored.to_pylist() == [dt.date(2020, 1, 1), None]
     raw = pd.DataFrame({"b": [b"AC", None]}, index=["a", "b"])
     assert obs_to_arrow("x", raw, [pa.field("b", pa.binary())])["b"].to_pylist() == [b"AC", None]
+
+
+def test_one_long_cell_name_costs_its_own_length() -> None:
+    """The index was built as a fixed-width numpy text array: 20,000 cells with one name of 5,000
+    characters took 400 MB (cells x the longest name x 4 bytes) for ~1 MB of names."""
+    names = [f"c{i}" for i in range(20_000)]
+    names[7] = "x" * 5_000
+    table = pa.table({"uid": pa.array(names), "n": pa.array(np.arange(20_000))})
+    tracemalloc.start()
+    try:
+        obs = arrow_to_obs(table)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(obs.index) == names and obs.index.dtype == object
+    assert peak < 20_000_000
+
+
+def test_a_non_text_index_column_is_read_as_text() -> None:
+    obs = arrow_to_obs(pa.table({"uid": pa.array([3, 11]), "kind": pa.array(["a", "b"])}))
+    assert list(obs.index) == ["3", "11"]
