@@ -225,8 +225,9 @@ def _sparse(
                 kept_per_row, cols, vals = _read_filtered(core, name, layer, g, lo, hi)
             else:
                 idx, kept_per_row = read_element_ranges(core.node(f"{name}/csr/indices"), lo, hi)
-                vals, _ = read_element_ranges(core.node(f"{name}/csr/layers/{layer}"), lo, hi)
                 cols = _mapped(g.out_col, checked_indices(idx, g.out_col.size, f"{name}/csr/indices"))
+                del idx  # (not held beside the values and the output)
+                vals, _ = read_element_ranges(core.node(f"{name}/csr/layers/{layer}"), lo, hi)
             kept_cols = g.out_col[g.out_col >= 0]  # stored rows are in local order
             in_order = bool((kept_cols[1:] > kept_cols[:-1]).all())
         if layer in g.zero_fill:
@@ -236,9 +237,19 @@ def _sparse(
     total = int(row_nnz.sum())
     index_dtype = np.int32 if max(total, plan.columns.size) < np.iinfo(np.int32).max else np.int64
     indptr = np.concatenate(([0], np.cumsum(row_nnz))).astype(index_dtype)  # scipy's own choice: no copy
+    dtype = plan.dtypes.get(layer, plan.dtype)
+    if len(pieces) == 1 and pieces[0][4] and pieces[0][0].size == n_cells and _consecutive(pieces[0][0]):
+        _, _, cols, vals, _ = pieces.pop()  # every cell, of one group, in order: its arrays are the matrix's
+        matrix = sp.csr_matrix(
+            (vals.astype(dtype, copy=False), cols.astype(index_dtype, copy=False), indptr),
+            shape=(n_cells, plan.columns.size),
+        )
+        matrix.has_sorted_indices = True
+        return matrix
     indices = np.empty(total, dtype=index_dtype)
-    data = np.empty(int(indptr[-1]), dtype=plan.dtypes.get(layer, plan.dtype))
-    for rows, kept, cols, vals, in_order in pieces:
+    data = np.empty(int(indptr[-1]), dtype=dtype)
+    while pieces:  # each group's arrays let go once copied (not all held until the matrix is filled)
+        rows, kept, cols, vals, in_order = pieces.pop()
         if in_order and _consecutive(rows):  # a dataset's cells in scan order: one slice, no kernel to load
             lo, hi = indptr[rows[0]], indptr[rows[-1] + 1]
             indices[lo:hi] = cols
