@@ -49,6 +49,19 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 @functools.cache
+def mapped_files_budget() -> int:
+    """Shard files one process maps at most: half the kernel's limit on a process's mappings
+    (``vm.max_map_count``, 65,530 by default; the rest is left to the allocator and libraries). An epoch
+    over a census-sized atlas touches more shard files than that: past the budget, groups are read by the
+    batched reader instead (mapping more failed with ENOMEM)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read()) // 2
+    except (OSError, ValueError):
+        return 32_765
+
+
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     """The C library, with ``mmap`` and ``munmap`` declared; None where there is none to load (Windows)."""
     try:
@@ -171,7 +184,8 @@ class MappedGroups:
 
     def _add_array(self, reader: ShardedArrayReader) -> int | None:
         """Append every chunk of ``reader``'s array to the table; its first entry, or None when a chunk is
-        unwritten (the array is then read by the batched reader)."""
+        unwritten or its shard files would pass :func:`mapped_files_budget` (the array is then read by the
+        batched reader)."""
         layout = reader.layout
         n_chunks = -(-layout.shape[0] // layout.chunk_len)
         first = self._file.size
@@ -188,6 +202,8 @@ class MappedGroups:
             file_ids.append(np.full(count, len(self._files) + shard, np.int32))
             offsets.append(entries[:, 0].astype(np.int64))
             sizes.append(entries[:, 1].astype(np.int64))
+        if len(self._files) + reader.n_shards > mapped_files_budget():
+            return None
         mapped = [_map(reader.local_shard(shard)[0]) for shard in range(reader.n_shards)]
         self._files.extend(mapped)  # (never unmapped: a kernel on another thread may be reading them)
         self._file_address.extend(np.array([m.ctypes.data for m in mapped], np.int64))

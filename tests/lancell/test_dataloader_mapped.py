@@ -16,6 +16,8 @@ from torch.utils.data import get_worker_info
 from kernels import crc32c
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, ThreadedLoader, make_loader
+from lancell.dataloader import mapped as mapped_module
+from lancell.dataloader.mapped import mapped_files_budget
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 
@@ -83,6 +85,24 @@ def test_mapped_batches_drop_and_reorder_features(bundled):
     np.testing.assert_array_equal(batch.indices, expected.indices)
     np.testing.assert_array_equal(batch.values, expected.data)
     assert dataset.mapped_batches == 1 and expected.nnz > 0
+
+
+def test_groups_past_the_mapped_files_budget_are_read_by_the_batched_reader(bundled, monkeypatch):
+    """Every shard file a process read stayed mapped: an epoch over a census-sized atlas passes the kernel's
+    limit on mappings (vm.max_map_count, 65,530) and mapping failed with an untyped ENOMEM mid-epoch."""
+    query = bundled.query().where("dataset_uid = 'celltypist_sample'").layers(SPACE, "counts")
+    reference = sp.csr_matrix(query.to_anndata().X)
+    for budget, mapped in ((0, False), (mapped_files_budget(), True)):
+        monkeypatch.setattr(mapped_module, "mapped_files_budget", lambda budget=budget: budget)
+        dataset = query.to_cell_dataset(SPACE, "counts")
+        for positions in CellSampler(dataset, 50, mode="random", seed=2):
+            batch = dataset.__getitems__(positions)
+            expected = reference[positions]
+            np.testing.assert_array_equal(batch.offsets, expected.indptr)
+            np.testing.assert_array_equal(batch.indices, expected.indices)
+            np.testing.assert_array_equal(batch.values, expected.data)
+        assert (dataset.mapped_batches > 0) is mapped
+    assert 1_000 < mapped_files_budget() < 10**9
 
 
 @pytest.mark.parametrize("mode", ["random", "locality"])
