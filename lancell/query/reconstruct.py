@@ -248,8 +248,9 @@ def _sparse(
         return matrix
     indices = np.empty(total, dtype=index_dtype)
     data = np.empty(int(indptr[-1]), dtype=dtype)
-    while pieces:  # each group's arrays let go once copied (not all held until the matrix is filled)
-        rows, kept, cols, vals, in_order = pieces.pop()
+    for i, piece in enumerate(pieces):
+        pieces[i] = None  # this group's arrays let go once copied (not all held until the matrix is filled)
+        rows, kept, cols, vals, in_order = piece
         if in_order and _consecutive(rows):  # a dataset's cells in scan order: one slice, no kernel to load
             lo, hi = indptr[rows[0]], indptr[rows[-1] + 1]
             indices[lo:hi] = cols
