@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -310,11 +311,14 @@ class CellDataset:
         return self._nnz
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held: ``pointers`` and ``metadata`` (per cell, all cells), ``groups`` (per group tables)."""
+        """Bytes held: ``pointers`` (per cell, all cells), ``metadata`` (per cell, all cells, and the string
+        columns' labels, as Python strings), ``groups`` (per group tables)."""
         pointers = self._group.nbytes + self._position.nbytes + (0 if self._nnz is None else self._nnz.nbytes)
+        categories = self.metadata.categories.values()
+        labels = sum(sys.getsizeof(names) + sum(map(sys.getsizeof, names)) for names in categories)
         return {
             "pointers": int(pointers),
-            "metadata": int(sum(v.nbytes for v in self.metadata.values.values())),
+            "metadata": int(sum(v.nbytes for v in self.metadata.values.values()) + labels),
             "groups": int(self.groups.nbytes + self.feature_index.nbytes),
         }
 
