@@ -180,14 +180,15 @@ class AtlasCore:
         """
         if self.tables.pinned is not None:
             return self
+        versions = self.tables.consistent_versions()
         for _ in range(_VIEW_ATTEMPTS):
-            versions = self.tables.consistent_versions()
             try:
                 return self.pinned_view(versions, shared=True)
             except AtlasNotFoundError as exc:  # a version removed before it was opened, or a lost one
-                if not lance_removed(exc) or self.tables.consistent_versions() == versions:
+                current = self.tables.consistent_versions()
+                if not lance_removed(exc) or current == versions:
                     raise  # (still the current versions: not a cleanup's doing)
-                removed = exc
+                versions, removed = current, exc
         raise CommitConflictError(
             f"the table versions of the atlas at {self.db_uri!r} were removed before they could be read, "
             f"{_VIEW_ATTEMPTS} times (optimize(cleanup_older_than=...) running in a loop elsewhere?): "

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import ArgumentError, CommitConflictError, QueryError, require_type
+from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
 from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import PlannedCells
@@ -46,17 +46,28 @@ T = TypeVar("T")
 _terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
 
 
-def _failure(query: QueryTerminals, exc: Exception, *, again: bool) -> Exception | None:
-    """What a terminal whose read failed with ``exc`` raises: None to read ``again`` at the current versions
-    (a live query whose pinned versions were removed), ``exc`` itself for any other failure, else a
-    :class:`~lancell.errors.CommitConflictError` (a nested terminal's is passed on as it is)."""
+def _failure(
+    query: QueryTerminals, pinned: QueryTerminals, exc: Exception, *, again: bool
+) -> Exception | None:
+    """What a terminal whose read of ``pinned`` (``query`` at its versions) failed with ``exc`` raises: None
+    to read ``again`` at the current versions (a live query whose pinned versions were removed), ``exc``
+    itself for any other failure, for a live read whose versions are still the current ones (a cleanup never
+    removes those: a table is damaged; a typed error stands) and for a nested terminal's read of a view a
+    live one pinned (the outer one decides), else a :class:`~lancell.errors.CommitConflictError`."""
     if not lance_removed(exc):
         return exc
-    if again and query.atlas.core.tables.pinned is None:  # a pinned query's versions stay as they are
-        return None
+    snapshot = query.atlas.snapshot_version
+    if query.atlas.core.tables.pinned is None:  # live
+        current = query.atlas.core.tables.consistent_versions()
+        if isinstance(exc, LancellError) and pinned.atlas.core.tables.pinned == current:
+            return exc
+        if again:
+            return None
+    elif snapshot is None:  # a view a live terminal pinned
+        return exc
     if isinstance(exc, CommitConflictError):
         return exc
-    snapshot, first = query.atlas.snapshot_version, str(exc).splitlines()[0][:200]
+    first = str(exc).splitlines()[0][:200]
     if snapshot is not None:  # (a checkout: reading again reads the same versions)
         error = CommitConflictError(
             f"the table versions of snapshot {snapshot} of the atlas at {query.atlas.db_uri!r} were removed: "
@@ -88,32 +99,36 @@ def _one_version(method: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(method)
         def stream(query: QueryTerminals, *args: object, **kwargs: object) -> Iterator[object]:
             yielded = False
+            pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
             try:
-                for item in method(query.pinned(), *args, **kwargs):
+                for item in method(pinned, *args, **kwargs):
                     yielded = True
                     yield item
                 return
             except (ValueError, RuntimeError, OSError) as exc:  # (StoreError: OSError)
-                if (error := _failure(query, exc, again=not yielded)) is not None:
+                if (error := _failure(query, pinned, exc, again=not yielded)) is not None:
                     raise error  # noqa: B904 (exc itself, or an error caused by it)
+            pinned = query.pinned()
             try:
-                yield from method(query.pinned(), *args, **kwargs)
+                yield from method(pinned, *args, **kwargs)
             except (ValueError, RuntimeError, OSError) as exc:
-                raise _failure(query, exc, again=False)  # noqa: B904
+                raise _failure(query, pinned, exc, again=False)  # noqa: B904
 
         return cast(Callable[..., T], stream)
 
     @functools.wraps(method)
     def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
+        pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
         try:
-            return method(query.pinned(), *args, **kwargs)
+            return method(pinned, *args, **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
-            if (error := _failure(query, exc, again=True)) is not None:
+            if (error := _failure(query, pinned, exc, again=True)) is not None:
                 raise error  # noqa: B904 (exc itself, or an error caused by it)
+        pinned = query.pinned()
         try:
-            return method(query.pinned(), *args, **kwargs)
+            return method(pinned, *args, **kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
-            raise _failure(query, exc, again=False)  # noqa: B904
+            raise _failure(query, pinned, exc, again=False)  # noqa: B904
 
     return read
 

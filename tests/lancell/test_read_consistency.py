@@ -9,6 +9,7 @@ unmeasured (zero rows under ``"keep"``, a false ``UnmeasuredDataError`` under ``
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import lancell.query.plan as plan_module
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED, build_bundled_atlas, gene_features, ingest_bundled
 from lancell.core import AtlasCore
-from lancell.errors import CommitConflictError
+from lancell.errors import AtlasNotFoundError, CommitConflictError, StoreError
 from lancell.query.cell_selection import CellSelection
 from lancell.tables.atlas_tables import AtlasTables
 
@@ -205,3 +206,43 @@ def _after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, write) -> 
         return result
 
     monkeypatch.setattr(owner, name, first_call_then_writes)
+
+
+def test_a_damaged_table_of_the_current_versions_stays_a_store_error(tmp_path: Path) -> None:
+    """A data file of the cells table lost, no cleanup anywhere: the read was done again at the same
+    versions and raised CommitConflictError blaming a cleanup in another process."""
+    build_bundled_atlas(tmp_path, BUNDLED[1:2])
+    next((tmp_path / "db" / "cells.lance" / "data").glob("*.lance")).unlink()
+    reader = RaggedAtlas.open(str(tmp_path / "db"), read_only=True)
+    for read in (
+        lambda: reader.query().layers(*COUNTS).to_anndata(),
+        lambda: next(reader.query().layers(*COUNTS).to_batches(100)),
+        lambda: reader.query().to_arrow(),
+    ):
+        with pytest.raises(StoreError, match="Not found"):
+            read()
+
+
+def test_versions_pruned_before_every_open_are_given_up_on_after_five_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_view gave up after five views, and the terminal then started its five views over (ten views,
+    twenty version reads) before raising the same error."""
+    build_bundled_atlas(tmp_path, BUNDLED[1:2])
+    reader = RaggedAtlas.open(str(tmp_path / "db"), read_only=True)
+    versions, views = itertools.count(100), []
+    original = AtlasTables.consistent_versions
+
+    def moving(self, attempts=20):  # another commit and cleanup elsewhere before every open
+        return {**original(self, attempts), "cells": next(versions)}
+
+    def pruned(self, pinned, *, shared=False):
+        views.append(pinned["cells"])
+        removed = ValueError(f"Version {pinned['cells']} no longer exists. Was it cleaned up?")
+        raise AtlasNotFoundError(f"table 'cells' at version {pinned['cells']} is not there") from removed
+
+    monkeypatch.setattr(AtlasTables, "consistent_versions", moving)
+    monkeypatch.setattr(AtlasCore, "pinned_view", pruned)
+    with pytest.raises(CommitConflictError, match="removed before they could be read, 5 times"):
+        reader.query().count()
+    assert len(views) == len(set(views)) == 5
