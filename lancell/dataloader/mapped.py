@@ -38,7 +38,7 @@ from lancell.storage.shard_decode import decode_chunks
 from lancell.storage.shard_index import MISSING
 from lancell.storage.shard_reader import ShardedArrayReader
 
-__all__ = ["MappedGroups", "warm_kernel"]
+__all__ = ["MappedGroups", "mapped_files", "mapped_files_budget", "warm_kernel"]
 
 _HEADER = np.frombuffer(bitpack.MAGIC + bytes([bitpack.FORMAT_VERSION]), np.uint8)
 
@@ -91,9 +91,37 @@ def _map(path: str) -> np.ndarray:
         errno = ctypes.get_errno()
         raise OSError(errno, f"cannot map {path}: {os.strerror(errno) if errno else 'an empty file'}")
     buffer = (ctypes.c_uint8 * size).from_address(address)
+    _MAPPED.add(1)
     # unmapped with the last array viewing it, never at exit: a thread may still be reading (a segfault)
-    weakref.finalize(buffer, libc.munmap, address, size).atexit = False
+    weakref.finalize(buffer, _unmap, libc, address, size).atexit = False
     return np.frombuffer(memoryview(buffer).toreadonly(), np.uint8)  # (PROT_READ: a write would crash)
+
+
+def _unmap(libc: ctypes.CDLL, address: int, size: int) -> None:
+    libc.munmap(address, size)
+    _MAPPED.add(-1)
+
+
+class _Count:
+    """A count shared by threads."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, step: int) -> None:
+        with self._lock:
+            self.value += step
+
+
+# shard files this process has mapped (every dataset's, every loader's): mapped_files_budget() bounds it
+_MAPPED = _Count()
+
+
+def mapped_files() -> int:
+    """Shard files this process has mapped now (every dataset's; each unmapped with the last array viewing
+    it)."""
+    return _MAPPED.value
 
 
 def warm_kernel() -> None:
@@ -184,8 +212,7 @@ class MappedGroups:
 
     def _add_array(self, reader: ShardedArrayReader) -> int | None:
         """Append every chunk of ``reader``'s array to the table; its first entry, or None when a chunk is
-        unwritten or its shard files would pass :func:`mapped_files_budget` (the array is then read by the
-        batched reader)."""
+        unwritten (the array is then read by the batched reader)."""
         layout = reader.layout
         n_chunks = -(-layout.shape[0] // layout.chunk_len)
         first = self._file.size
@@ -202,8 +229,6 @@ class MappedGroups:
             file_ids.append(np.full(count, len(self._files) + shard, np.int32))
             offsets.append(entries[:, 0].astype(np.int64))
             sizes.append(entries[:, 1].astype(np.int64))
-        if len(self._files) + reader.n_shards > mapped_files_budget():
-            return None
         mapped = [_map(reader.local_shard(shard)[0]) for shard in range(reader.n_shards)]
         self._files.extend(mapped)  # (never unmapped: a kernel on another thread may be reading them)
         self._file_address.extend(np.array([m.ctypes.data for m in mapped], np.int64))
@@ -225,6 +250,9 @@ class MappedGroups:
         for code in new:
             readers = [array_reader(array) for array in arrays[code]]
             readable = all(self._readable(reader) for reader in readers)
+            files = sum(reader.n_shards for reader in readers if reader is not None)
+            if mapped_files() + files > mapped_files_budget():  # (every dataset's of the process)
+                readable = False
             if not readable or len({reader.layout.chunk_len for reader in readers}) != 1:
                 self._refused[code] = True
                 return False

@@ -17,7 +17,7 @@ from kernels import crc32c
 from lancell.atlas import RaggedAtlas
 from lancell.dataloader import CellSampler, SparseCollate, ThreadedLoader, make_loader
 from lancell.dataloader import mapped as mapped_module
-from lancell.dataloader.mapped import mapped_files_budget
+from lancell.dataloader.mapped import mapped_files, mapped_files_budget
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
 
@@ -103,6 +103,12 @@ def test_groups_past_the_mapped_files_budget_are_read_by_the_batched_reader(bund
             np.testing.assert_array_equal(batch.values, expected.data)
         assert (dataset.mapped_batches > 0) is mapped
     assert 1_000 < mapped_files_budget() < 10**9
+    # the budget is the process's: a second dataset (a validation set) maps nothing past it
+    monkeypatch.setattr(mapped_module, "mapped_files_budget", mapped_files)  # as many as now
+    validation = query.to_cell_dataset(SPACE, "counts")
+    batch = validation.__getitems__(np.arange(40))
+    np.testing.assert_array_equal(batch.values, reference[np.arange(40)].data)
+    assert validation.mapped_batches == 0 and dataset.mapped_batches > 0
 
 
 @pytest.mark.parametrize("mode", ["random", "locality"])
