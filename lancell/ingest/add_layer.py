@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import anndata as ad
+import h5py
 import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
@@ -276,6 +277,8 @@ def _reordered(x: object, row_of: np.ndarray, col_of: np.ndarray) -> object:
     """``x[row_of][:, col_of]``, leaving out a reordering that keeps every row (or column) where it is: a
     matrix already in the stored order is not copied (scipy copied a 766 MB layer twice, 1.8 GB at the
     peak). A backed matrix is read whole either way."""
+    if isinstance(x, h5py.Dataset):  # a backed dense X (h5py takes rows in increasing order only)
+        x = x[()]
     in_memory = isinstance(x, np.ndarray | sp.spmatrix | sp.sparray)
     if not in_memory or not np.array_equal(row_of, np.arange(row_of.size)):
         x = x[row_of]

@@ -349,10 +349,11 @@ def arrow_to_obs(
         A value missing from the ``categories`` given for its column.
     """
     names = table.column(index_column)
-    if names.type not in (pa.string(), pa.large_string()):
-        names = names.cast(pa.string())
+    values = names.to_numpy(zero_copy_only=False)  # Python objects (strings for a string column)
+    if names.type not in (pa.string(), pa.large_string()) or names.null_count:
+        values = values.astype(str)  # (as str() gives them)
     # Python strings (object): a fixed-width numpy text array took cells x the longest name x 4 bytes
-    index = pd.Index(names.to_numpy(zero_copy_only=False), dtype=object, name=None)
+    index = pd.Index(values, dtype=object, name=None)
     text = (pa.string(), pa.large_string())
     columns = {}
     for name in table.column_names:

@@ -572,3 +572,26 @@ def test_an_anndata_layer_in_any_order_is_stored_exactly_and_one_in_order_is_not
         _assert_same(out.X, normalized, "f")
     x_bytes = normalized.data.nbytes + normalized.indices.nbytes
     assert peaks["in_order"] < peaks["reordered"] - x_bytes / 2
+
+
+def test_a_backed_dense_layer_in_another_cell_order_is_stored(tmp_path):
+    """A backed .h5ad's dense X with its cells in another order raised h5py's untyped TypeError ("Indexing
+    elements must be in increasing order")."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 4, (50, 12)).astype(np.int32)
+    cells, genes = [f"c{i}" for i in range(50)], [f"G{i}" for i in range(12)]
+    atlas = RaggedAtlas.create(
+        str(tmp_path / "db"), "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}
+    )
+    atlas.register_features("gene_expression", pd.DataFrame({"uid": genes, "gene_symbol": genes}))
+    counts = ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes))
+    _ingest(atlas, counts, "d", zarr_layer="counts")
+    order = rng.permutation(50)
+    normalized = np.log1p(x).astype(np.float32)
+    layer = ad.AnnData(
+        X=normalized[order], obs=pd.DataFrame(index=np.array(cells)[order]), var=pd.DataFrame(index=genes)
+    )
+    layer.write_h5ad(tmp_path / "layer.h5ad")
+    add_layer(atlas, "d", "log_normalized", ad.read_h5ad(tmp_path / "layer.h5ad", backed="r"))
+    out = atlas.query().layers("gene_expression", "log_normalized").to_anndata()
+    np.testing.assert_array_equal(out.X.toarray(), np.where(x > 0, normalized, 0))
