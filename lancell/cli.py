@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(args.command, str(exc))
         status = 1
     except KeyboardInterrupt as exc:  # what was being written is rolled back as after any other error
-        terminated = isinstance(exc, Terminated)
+        terminated = isinstance(exc, Terminated) or _TERMINATED.is_set()  # (one a library said again)
         print(f"lancell {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         status = 143 if terminated else 130
     finally:
@@ -368,7 +368,13 @@ class Terminated(KeyboardInterrupt):
     """A SIGTERM, raised where the command is, so that it is rolled back as a Ctrl-C is."""
 
 
+# set by a SIGTERM: a library that raised it again as a plain KeyboardInterrupt (Lance's "External error:
+# Terminated") still ends the command as terminated
+_TERMINATED = threading.Event()
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED.set()
     raise Terminated
 
 

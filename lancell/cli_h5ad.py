@@ -47,13 +47,15 @@ def write_result(adata: ad.AnnData, output: Path) -> None:
     partial = output.with_name(f".lancell-query-{os.getpid()}.part")  # (short: any name -o takes fits)
     try:
         failed = None
-        with _quiet_h5py_releases():
+        with _quiet_h5py_releases() as interrupts:
             try:
                 adata.write_h5ad(partial)
             except (OSError, RuntimeError, TypeError, ValueError) as exc:  # (HDF5's close: RuntimeError)
                 failed = _unwritten(output, exc)
                 exc.__traceback__ = None  # (its frames hold h5py's objects: released below, quietly)
             gc.collect()
+        if interrupts:  # a Ctrl-C (SIGTERM) Python dropped, raised in a callback while the file was written
+            raise interrupts[0]
         if failed is not None:
             raise failed
         partial.replace(output)
@@ -63,11 +65,13 @@ def write_result(adata: ad.AnnData, output: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_h5py_releases() -> Iterator[None]:
+def _quiet_h5py_releases() -> Iterator[list[KeyboardInterrupt]]:
     """Drop, in the block, the errors h5py cannot raise while it releases the objects of a file it failed to
     write (a full disk: one traceback per object, hundreds of lines, some printed through
     ``sys.excepthook``): the write's own error says it once. Only errors raised by that release are
-    dropped (h5py's ``ObjectID._dealloc``)."""
+    dropped (h5py's ``ObjectID._dealloc``). A Ctrl-C (or the CLI's SIGTERM) that arrives in a callback
+    (a weak reference's, an object's release) is not raised there by Python: it is kept in the list
+    given, for the caller to raise (it was printed as "Exception ignored", and the command went on)."""
     unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
 
     def released(tb: Any) -> bool:
@@ -75,16 +79,19 @@ def _quiet_h5py_releases() -> Iterator[None]:
         return bool(frames) and frames[-1].filename.endswith("_objects.pyx") and "dealloc" in frames[-1].name
 
     def on_unraisable(unraisable: Any) -> None:
-        if not released(unraisable.exc_traceback):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            interrupts.append(unraisable.exc_value)
+        elif not released(unraisable.exc_traceback):
             unraisable_hook(unraisable)
 
     def on_exception(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         if not released(tb):
             except_hook(kind, value, tb)
 
+    interrupts: list[KeyboardInterrupt] = []
     sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
     try:
-        yield
+        yield interrupts
     finally:
         sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 

@@ -89,9 +89,14 @@ def delete(args: argparse.Namespace) -> int:
             continue
         attached = [a for a in records.index[records["cells_of"] == uid] if a not in gone]
         ownership = atlas.group_claims.ownership(str(records.loc[uid, "zarr_group"]))
-        atlas.delete_dataset(uid)
+        try:
+            atlas.delete_dataset(uid)
+        except KeyboardInterrupt:  # held until the deletion's commit, which may have been its record's
+            if uid not in set(atlas.list_datasets()["uid"]):
+                print(f"{uid}: deleted{_with(attached)} (then interrupted)")
+            raise
         gone.update([uid, *attached])
-        also = f" with {', '.join(attached)} (its cells' other feature spaces)" if attached else ""
+        also = _with(attached)
         group = (
             "lancell vacuum removes its group after its grace"
             if ownership in ("own", "absent")
@@ -99,6 +104,11 @@ def delete(args: argparse.Namespace) -> int:
         )
         print(f"{uid}: deleted{also}; snapshots keep it, {group}")
     return 0
+
+
+def _with(attached: list[str]) -> str:
+    """What ``lancell delete`` says of a dataset's further modalities deleted with it."""
+    return f" with {', '.join(attached)} (its cells' other feature spaces)" if attached else ""
 
 
 def optimize(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, lance_message, search_builder
-from lancell.storage.store_failures import lance_removed, store_error
+from lancell.storage.store_failures import lance_removed, store_error, wrapped_interrupt
 from lancell.tables.obs import NULLABLE_DTYPES, decoded
 from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow, vector_fields
@@ -138,6 +138,8 @@ class CellSelection:
         except LancellError:  # a store failure (StoreError) is not the filter's fault
             raise
         except (ValueError, RuntimeError, OSError) as exc:
+            if (interrupt := wrapped_interrupt(exc)) is not None:  # a Ctrl-C during the scan
+                raise interrupt from exc
             if lance_removed(exc):  # a table file not there: not the filter's fault either
                 raise store_error(exc, "reading the cell table failed") from exc
             raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
@@ -172,6 +174,8 @@ class CellSelection:
         except LancellError:
             raise
         except (ValueError, RuntimeError, OSError) as exc:
+            if (interrupt := wrapped_interrupt(exc)) is not None:  # a Ctrl-C during the scan
+                raise interrupt from exc
             if lance_removed(exc):  # a table file not there: not the query's fault
                 raise store_error(exc, "reading the cell table failed") from exc
             said = lance_message(exc)

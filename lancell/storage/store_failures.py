@@ -204,6 +204,25 @@ def os_errno(exc: BaseException) -> int | None:
     return int(named[-1]) if named else None
 
 
+_EXTERNAL = re.compile(r"External error: (\w+):")
+
+
+def wrapped_interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """A Ctrl-C (``KeyboardInterrupt``, or a subclass: the CLI's SIGTERM) that arrived while Lance or Arrow
+    called back into Python and that they raised again as an error of their own ("External error:
+    KeyboardInterrupt:"), as a ``KeyboardInterrupt`` again; else None."""
+    found = _EXTERNAL.search(str(exc)) if isinstance(exc, Exception) else None
+    if found is None or found.group(1) not in _interrupt_names(KeyboardInterrupt):
+        return None
+    interrupt = KeyboardInterrupt(found.group(1))
+    interrupt.__cause__ = exc
+    return interrupt
+
+
+def _interrupt_names(kind: type[BaseException]) -> set[str]:
+    return {kind.__name__}.union(*(_interrupt_names(sub) for sub in kind.__subclasses__()))
+
+
 class StoreFailures:
     """Context manager: a store failure (:func:`is_store_failure`) raised in its block, raw or as a guard
     raised it, is raised again as a ``StoreError`` (caused by it) saying that ``what`` failed; every other
@@ -222,6 +241,8 @@ class StoreFailures:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if (interrupt := wrapped_interrupt(exc)) is not None:
+            raise interrupt
         if is_store_failure(exc):
             raise store_error(exc, self.what) from exc
         # a guard's (naming its call): said within what failed, once (its cause is no raw failure); not
