@@ -358,7 +358,7 @@ def test_a_local_read_decodes_a_bounded_number_of_chunks_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_path: str
 ) -> None:
     """Ranges touching a chunk each: every touched chunk was decoded into one buffer before any piece was
-    copied out (100,000 scattered rows of a 1M-cell dataset held 1.6 GB of chunks for a 40 MB answer)."""
+    copied out (100,000 cells spread over a 1M-cell dataset held every chunk of it, ~400 MB an array)."""
     monkeypatch.setattr(shard_reader, "_DECODED_CHUNKS", 3)  # a shard's chunks split across batches too
     rng = np.random.default_rng(5)
     store, root = _local_root(tmp_path)
