@@ -50,10 +50,15 @@ def space_layers(text: str) -> tuple[str, list[str]]:
 
 
 def names(text: str) -> list[str]:
-    """A ``--features`` value: the comma-separated names, each stripped of surrounding spaces."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
+    """A ``--features`` value: the comma-separated names, each stripped of surrounding spaces (an empty one
+    is refused: it was dropped without a word)."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
         raise argparse.ArgumentTypeError(f"no feature names in {text!r}")
+    if "" in names:
+        raise argparse.ArgumentTypeError(
+            f"an empty feature name in {text!r} (name {names.index('') + 1}): separate names by one comma"
+        )
     return names
 
 

@@ -75,6 +75,7 @@ def test_query_of_features_registered_without_organism_is_written(tmp_path: Path
         ),
         (["-o", "{tmp}"], "is a folder, not a file"),
         (["-o", "{tmp}/no/such/q.h5ad"], "does not exist"),
+        (["--features", "G1, G2 ,,"], "an empty feature name in 'G1, G2 ,,' (name 3)"),  # (was dropped)
     ],
 )
 def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, options, message) -> None:
