@@ -138,10 +138,7 @@ class CellSelection:
         except LancellError:  # a store failure (StoreError) is not the filter's fault
             raise
         except (ValueError, RuntimeError, OSError) as exc:
-            if (interrupt := wrapped_interrupt(exc)) is not None:  # a Ctrl-C during the scan
-                raise interrupt from exc
-            if lance_removed(exc):  # a table file not there: not the filter's fault either
-                raise store_error(exc, "reading the cell table failed") from exc
+            _raise_if_not_the_query(exc)
             raise QueryError(f"query failed for filter {where!r}: {exc}") from exc
         n = n if self.limit is None else min(n, self.limit)
         batches = cells.to_batches(
@@ -174,10 +171,7 @@ class CellSelection:
         except LancellError:
             raise
         except (ValueError, RuntimeError, OSError) as exc:
-            if (interrupt := wrapped_interrupt(exc)) is not None:  # a Ctrl-C during the scan
-                raise interrupt from exc
-            if lance_removed(exc):  # a table file not there: not the query's fault
-                raise store_error(exc, "reading the cell table failed") from exc
+            _raise_if_not_the_query(exc)
             said = lance_message(exc)
             if "full text search unless an INVERTED index" in said:  # (Lance's words)
                 said += (
@@ -285,3 +279,12 @@ class CellSelection:
         counts = pc.value_counts(decoded(values)).flatten()  # (an old Enum field's repeated dictionary)
         index = pd.Index(counts[0].to_pandas(types_mapper=NULLABLE_DTYPES.get), name=column)  # as in obs
         return pd.Series(counts[1].to_numpy(), index=index, name="cells").sort_values(ascending=False)
+
+
+def _raise_if_not_the_query(exc: Exception) -> None:
+    """Raise what a failed read of the cell table really was when it was not the query's (nor its filter's)
+    fault: a Ctrl-C that Lance said again as its own error, or a table file not there (a store failure)."""
+    if (interrupt := wrapped_interrupt(exc)) is not None:
+        raise interrupt from exc
+    if lance_removed(exc):
+        raise store_error(exc, "reading the cell table failed") from exc
