@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lancell.cli_messages import progress_bars
 from lancell.cli_tables import counted, plain_table
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def ingest(args: argparse.Namespace) -> int:
             specs.append(spec)
         except LancellError as exc:
             failed.add(exc, spec.path, spec.uid)
-    bars = sys.stderr is not None and sys.stderr.isatty()  # (a log or a pipe gets no progress bars)
+    bars = progress_bars()
     for spec in specs:
 
         def standardized(report: Any, uid: str = spec.uid) -> None:
@@ -373,7 +374,8 @@ def query(args: argparse.Namespace) -> int:
         selected = selected.features(names, space, case_sensitive=not args.ignore_case)
     from lancell.cli_h5ad import write_result
 
-    adata = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured).to_anndata()
+    selected = selected.feature_join(args.join).on_unmeasured(args.on_unmeasured)
+    adata = selected.to_anndata(progress=progress_bars())
     write_result(adata, Path(args.output))
     print(f"wrote {counted(adata.n_obs, 'cell')} x {counted(adata.n_vars, 'feature')} to {args.output}")
     return 0

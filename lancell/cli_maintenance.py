@@ -10,6 +10,8 @@ import warnings
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lancell.cli_messages import progress_bars
+
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
@@ -41,7 +43,7 @@ def add_csc(args: argparse.Namespace) -> int:
         uids = list(dict.fromkeys(args.uids))  # (a uid given twice is written once)
         require_csc_writable(atlas, uids)  # every uid checked as add_csc checks it before any copy is written
     for uid in uids:
-        written = write_missing(atlas, uid)
+        written = write_missing(atlas, uid, progress=progress_bars())
         print(f"{uid}: CSC copy of {', '.join(written)} written" if written else f"{uid}: has a CSC copy")
     return 0
 

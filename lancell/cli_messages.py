@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["about_file", "for_command_line", "one_line_warnings", "print_error"]
+__all__ = ["about_file", "for_command_line", "one_line_warnings", "print_error", "progress_bars"]
 
 # (the library's words, the command line's), replaced in this order
 _FLAGS = (
@@ -50,6 +50,11 @@ _FLAGS = (
         "make them unique in the file first (adata.obs_names_make_unique(), then adata.write_h5ad(path))",
     ),
 )
+
+
+def progress_bars() -> bool:
+    """Whether a command shows progress bars: on a terminal's stderr only (a log or a pipe gets none)."""
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def for_command_line(message: str) -> str:

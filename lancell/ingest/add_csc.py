@@ -38,7 +38,7 @@ __all__ = ["add_csc", "datasets_without_csc", "layers_without_csc", "require_csc
 log = logging.getLogger(__name__)
 
 
-def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
+def add_csc(atlas: RaggedAtlas, dataset_uid: str, *, progress: bool = False) -> list[str]:
     """Write the CSC copy of every stored layer of a dataset that lacks one; return the layers written.
 
     Layers that already have a copy are left as they are (an empty list when every layer has one). A write
@@ -75,10 +75,10 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str) -> list[str]:
             copied = list(group.attrs.get("csc_layers", []))
         try:
             if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
-                write_csc(group, missing, indices=False)
+                write_csc(group, missing, indices=False, progress=progress)
             else:
                 group.attrs.pop("csc_layers", None)
-                write_csc(group, stored)  # sets csc_layers last
+                write_csc(group, stored, progress=progress)  # sets csc_layers last
         except BaseException as exc:
             _roll_back(group, copied, missing, whole=not copied)
             if is_store_failure(exc):  # the store's own errors (obstore's, a full disk): typed, named

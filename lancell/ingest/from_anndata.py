@@ -93,7 +93,7 @@ def add_from_anndata(
         (:class:`~lancell.errors.DuplicateContentWarning`) and returns that dataset's record, leaving the
         atlas unchanged; ``"allow"`` stores it again.
     progress
-        Show a progress bar while the matrix is written.
+        Show progress bars while the matrix and its CSC copy are written.
     layer
         The earlier name of ``source_layer``; it warns (``DeprecationWarning``) and goes in the next release.
 

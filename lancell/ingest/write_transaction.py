@@ -104,7 +104,7 @@ class WriteTransaction:
     on_duplicate
         See :func:`lancell.ingest.from_anndata.add_from_anndata`.
     progress
-        Show a progress bar while the matrix is written.
+        Show progress bars while the matrix and its CSC copy are written.
     """
 
     def __init__(
@@ -195,7 +195,13 @@ class WriteTransaction:
             if self._short:  # settling refuses or skips it: the rest would be written to be removed
                 return
             if written is not None:
-                write_csc(core.zarr_root[self._group], names, written=written, guard=self.check_leases)
+                write_csc(
+                    core.zarr_root[self._group],
+                    names,
+                    written=written,
+                    guard=self.check_leases,
+                    progress=self.progress,
+                )
         with core.lock("layouts"):
             self._layout_written = ensure_layout(
                 core.tables.layouts, plan.layout_uid, plan.feature_uids, plan.global_index

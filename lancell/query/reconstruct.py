@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 import zarr
+from tqdm.auto import tqdm
 
 from kernels.scatter import keep_mapped, scatter_rows, scatter_rows_by_column
 from lancell.query.plan import PlannedGroup, ReconstructionPlan
@@ -45,24 +46,31 @@ def reconstruct(
     cells: pa.Table,
     plan: ReconstructionPlan,
     categories: Mapping[str, Sequence[str]] | None = None,
+    bar: tqdm | None = None,
 ) -> ad.AnnData:
     """Build the AnnData of ``cells`` (rows in the given order) following ``plan``; ``categories``: the
-    categories of text obs columns (default: each column's own values, sorted)."""
+    categories of text obs columns (default: each column's own values, sorted); ``bar`` (reset here)
+    advances by each group's cells as each layer of them is read."""
     pointer = cells.column(plan.feature_space).combine_chunks()
     valid = pointer.is_valid().to_numpy(zero_copy_only=False)
     rows_of = _rows_by_group(pointer, valid, plan)
     n_cells = cells.num_rows
+    layers = plan.layers or [None]
+    if bar is not None:
+        bar.reset(total=sum(rows.size for rows in rows_of.values()) * len(layers))
     matrices = {}
-    for layer in plan.layers or [None]:
+    for layer in layers:
         mine = {name: rows for name, rows in rows_of.items() if layer in plan.groups[name].layer_dtypes}
         if plan.kind == "sparse":
             starts = pc.struct_field(pointer, "start").fill_null(0).to_numpy()
             ends = pc.struct_field(pointer, "end").fill_null(0).to_numpy()
             zarr_rows = pc.struct_field(pointer, "zarr_row").fill_null(0).to_numpy()
-            matrices[layer] = _sparse(core, plan, layer, mine, starts, ends, zarr_rows, n_cells)
+            matrices[layer] = _sparse(core, plan, layer, mine, starts, ends, zarr_rows, n_cells, bar)
         else:
             positions = pc.struct_field(pointer, "position").fill_null(0).to_numpy()
-            matrices[layer] = _dense(core, plan, layer, mine, positions, n_cells)
+            matrices[layer] = _dense(core, plan, layer, mine, positions, n_cells, bar)
+        if bar is not None:  # (the cells of groups without this layer)
+            bar.update(sum(rows.size for name, rows in rows_of.items() if name not in mine))
     vectors = vector_fields(cells.schema)
     obs = arrow_to_obs(
         cells.drop_columns([*pointer_fields_from_arrow(cells.schema), *vectors]), categories=categories
@@ -208,10 +216,11 @@ def _sparse(
     ends: np.ndarray,
     zarr_rows: np.ndarray,
     n_cells: int,
+    bar: tqdm | None,
 ) -> sp.csr_matrix:
     row_nnz = np.zeros(n_cells, dtype=np.int64)
     pieces = []
-    for name, rows in rows_of.items():
+    for name, rows in _read_in_turn(rows_of, bar):
         g = plan.groups[name]
         if not (g.out_col >= 0).any():  # none of its features is asked for: its cells' rows stay empty
             continue
@@ -272,6 +281,15 @@ def _sparse(
     return matrix
 
 
+def _read_in_turn(rows_of: dict[str, np.ndarray], bar: tqdm | None) -> Iterator[tuple[str, np.ndarray]]:
+    """``rows_of``'s groups and their cells, ``bar`` advanced by a group's cells once the caller is done with
+    it (asks for the next)."""
+    for name, rows in rows_of.items():
+        yield name, rows
+        if bar is not None:
+            bar.update(rows.size)
+
+
 def _consecutive(rows: np.ndarray) -> bool:
     """Whether ``rows`` are consecutive output rows: a group's kept values then fill one slice of the output
     in order, what :func:`kernels.scatter.scatter_rows` writes, without loading that kernel in a fresh
@@ -286,9 +304,10 @@ def _dense(
     rows_of: dict[str, np.ndarray],
     positions: np.ndarray,
     n_cells: int,
+    bar: tqdm | None,
 ) -> np.ndarray:
     out = np.zeros((n_cells, plan.columns.size), dtype=plan.dtypes.get(layer, plan.dtype))
-    for name, rows in rows_of.items():
+    for name, rows in _read_in_turn(rows_of, bar):
         g = plan.groups[name]
         keep = g.out_col >= 0
         if not keep.any():  # none of its features is asked for

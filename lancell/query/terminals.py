@@ -21,6 +21,7 @@ import anndata as ad
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
 from lancell.query.cell_selection import CellSelection
@@ -257,16 +258,21 @@ class QueryTerminals:
 
     @_terminal
     @_one_version
-    def to_anndata(self) -> ad.AnnData:
+    def to_anndata(self, *, progress: bool = False) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
         ``X`` is CSR for sparse feature spaces and dense for dense ones (the first of :meth:`layers`, each
         other in ``adata.layers``); ``var`` comes from the registry; ``varm["presence"]`` says which features
         each dataset measured; ``uns["lancell"]`` records the feature space, layer, join, unmeasured-cell
-        policy and the unmeasured datasets.
+        policy and the unmeasured datasets. ``progress`` shows a bar: the cells' selection, then their
+        matrix values read dataset by dataset.
         """
-        planned = self.plan()
-        return reconstruct(self._atlas.core, planned.cells, planned.plan)
+        shown = {"disable": not progress, "leave": False}
+        with tqdm(desc="query: selecting cells", bar_format="{desc}", **shown) as bar:
+            planned = self.plan()
+            bar.set_description("query: reading", refresh=False)
+            bar.bar_format, bar.unit = None, "cell"  # (reconstruct sets the total)
+            return reconstruct(self._atlas.core, planned.cells, planned.plan, bar=bar)
 
     @_terminal
     @_one_version

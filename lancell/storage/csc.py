@@ -21,13 +21,14 @@ from contextlib import ExitStack
 import numpy as np
 import zarr
 import zarr.codecs
+from tqdm.auto import tqdm
 
 from kernels.transpose import scatter_runs
 from lancell.storage.csc_blocks import CsrBlocks, Part, ReadBuffer, Segment
 from lancell.storage.groups import (
-    DEFAULT_GEOMETRY,
     ShardBuffer,
     create_value_array,
+    current_geometry,
     value_codecs,
 )
 from lancell.storage.offsets import read_offsets, write_offsets
@@ -73,6 +74,7 @@ def write_csc(
     written: CsrBlocks | None = None,
     indices: bool = True,
     guard: Callable[[], None] | None = None,
+    progress: bool = False,
 ) -> None:
     """Write the CSC copy of ``group``'s CSR ``layers`` (overwriting an earlier one).
 
@@ -85,28 +87,37 @@ def write_csc(
     and by ``written``'s kept blocks (spilled to a temporary file above ``budget`` values). ``written``: what
     ingestion recorded while writing the CSR arrays (it stays the caller's to close); without it the stored
     arrays are read back once. ``guard`` is called before each shard is stored (a lease's check).
+    ``progress`` shows a bar of the values read back (without ``written``), then of the values written.
     """
     csr = group["csr"]
     n_features = int(group.attrs["n_features"])
     values_arrays = {layer: csr[f"layers/{layer}"] for layer in layers}
+    label = f"CSC copy {group.attrs.get('dataset_uid', group.path)}"
     blocks = written
-    if blocks is None:
-        indptr = read_offsets(csr["indptr"], group.attrs, "csr")
-        dtypes = {layer: array.dtype for layer, array in values_arrays.items()}
-        blocks = CsrBlocks(
-            n_features,
-            dtypes,
-            spill=int(indptr[-1]) > budget,
-            values_per_row=int(indptr[-1]) / max(indptr.size - 1, 1),
-        )
-        for start, stored, values in _stored_blocks(csr["indices"], values_arrays):
-            blocks.add(0, indptr, stored, values, start)
-    try:
-        blocks.done()  # every block sorted and counted
-        _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices, guard)
-    finally:
-        if written is None:
-            blocks.close()
+    with tqdm(desc=label, bar_format="{desc}", disable=not progress, leave=False) as bar:
+        bar.bar_format, bar.unit, bar.unit_scale = None, "value", True  # (drawn once a total is set)
+        if blocks is None:
+            indptr = read_offsets(csr["indptr"], group.attrs, "csr")
+            dtypes = {layer: array.dtype for layer, array in values_arrays.items()}
+            blocks = CsrBlocks(
+                n_features,
+                dtypes,
+                spill=int(indptr[-1]) > budget,
+                values_per_row=int(indptr[-1]) / max(indptr.size - 1, 1),
+            )
+            bar.set_description(f"{label}: reading", refresh=False)
+            bar.reset(total=int(indptr[-1]))
+            for start, stored, values in _stored_blocks(csr["indices"], values_arrays):
+                blocks.add(0, indptr, stored, values, start)
+                bar.update(stored.size)
+        try:
+            blocks.done()  # every block sorted and counted
+            bar.set_description(label, refresh=False)
+            bar.reset(total=blocks.nnz)
+            _write_buckets(group.require_group("csc"), blocks, values_arrays, budget, indices, guard, bar)
+        finally:
+            if written is None:
+                blocks.close()
     group.attrs["csc_layers"] = sorted({*group.attrs.get("csc_layers", []), *layers})
 
 
@@ -117,14 +128,13 @@ def _write_buckets(
     budget: int,
     indices: bool,
     guard: Callable[[], None] | None,
+    bar: tqdm,
 ) -> None:
     """Fill ``blocks``' buckets into the CSC arrays under ``target``, in feature ranges of at most
-    ``budget / 2`` values (at least one feature)."""
+    ``budget / 2`` values (at least one feature); ``bar`` advances by each range's values."""
     csc_indptr = np.concatenate(([0], np.cumsum(blocks.counts))).astype(np.int64)
     nnz = int(csc_indptr[-1])
-    geometry = DEFAULT_GEOMETRY
-    chunk = min(geometry.sparse_chunk, max(nnz, 1))
-    shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
+    chunk, shard = current_geometry().sparse_shape(nnz)  # (the CSR arrays' own)
     # a shard is stored while the next is encoded: every store is waited for on any exit
     with ExitStack() as outputs:
         rows_out = None
@@ -192,6 +202,7 @@ def _write_buckets(
                 finally:  # (the rows' append is over before any exit)
                     if appended is not None:
                         appended.result()
+                bar.update(size)
         finally:  # (the reader's read in flight is over before any exit, or the spill file's close)
             segments.close()
             helper.shutdown(wait=True)

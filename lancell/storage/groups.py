@@ -58,6 +58,12 @@ class GroupGeometry:
     dense_chunk_elements: int = 65_536
     dense_chunks_per_shard: int = 16
 
+    def sparse_shape(self, nnz: int) -> tuple[int, int]:
+        """``(chunk, shard)`` of a 1-D array of ``nnz`` elements (no larger than it; a whole number of
+        chunks per shard)."""
+        chunk = min(self.sparse_chunk, max(nnz, 1))
+        return chunk, min(self.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
+
     def dense_shape(self, n_features: int) -> tuple[int, int]:
         """``(chunk_rows, shard_rows)``; the shard is a whole number of chunks (zarr requires it)."""
         chunk_rows = max(1, self.dense_chunk_elements // max(n_features, 1))
@@ -73,6 +79,11 @@ class GroupGeometry:
 
 
 DEFAULT_GEOMETRY = GroupGeometry()
+
+
+def current_geometry() -> GroupGeometry:
+    """:data:`DEFAULT_GEOMETRY`, looked up at each call (it can be configured, and tests shrink it)."""
+    return DEFAULT_GEOMETRY
 
 
 def value_codecs(dtype: np.dtype, role: str) -> dict[str, Any]:
@@ -232,12 +243,11 @@ class SparseGroupWriter:
         geometry: GroupGeometry | None = None,
         guard: Callable[[], None] | None = None,
     ) -> None:
-        geometry = geometry or DEFAULT_GEOMETRY  # looked up per call, so it can be configured
         self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
         self.nnz = nnz
         self.n_cells = n_cells
-        chunk = min(geometry.sparse_chunk, max(nnz, 1))
-        shard = min(geometry.sparse_shard, -(-max(nnz, 1) // chunk) * chunk)
+        geometry = geometry or current_geometry()
+        chunk, shard = geometry.sparse_shape(nnz)
         csr = self.group.create_group("csr")
         indices = csr.create_array(
             "indices",
@@ -334,11 +344,12 @@ class DenseGroupWriter:
         n_features: int,
         layers: Mapping[str, np.dtype],
         atlas_id: str,
-        geometry: GroupGeometry = DEFAULT_GEOMETRY,
+        geometry: GroupGeometry | None = None,
         guard: Callable[[], None] | None = None,
     ) -> None:
         self.group = root.create_group(path, attributes={ATLAS_ID_ATTR: atlas_id})
         self.n_cells = n_cells
+        geometry = geometry or current_geometry()
         chunk_rows, shard_rows = geometry.dense_shape(n_features)
         chunk_rows = min(chunk_rows, max(n_cells, 1))
         shard_rows = chunk_rows * max(1, min(geometry.dense_chunks_per_shard, -(-n_cells // chunk_rows)))

@@ -53,6 +53,18 @@ def test_help_and_version_answer_without_an_atlas() -> None:
     assert lancell.__version__ != "0+unknown"
 
 
+def test_python_dash_m_lancell_is_the_command(tmp_path: Path) -> None:
+    """``python -m lancell`` (no ``lancell.__main__``: "'lancell' is a package and cannot be directly
+    executed") runs the command, its name and exit status as ``lancell``'s."""
+    module = [sys.executable, "-m", "lancell"]
+    shown = subprocess.run([*module, "--version"], capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"lancell {lancell.__version__}"
+    nowhere = str(tmp_path / "nowhere")
+    refused = subprocess.run([*module, "ls", nowhere], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"lancell ls: error: no atlas at {nowhere!r}")
+
+
 def test_ls_versions_and_validate(built: Path) -> None:
     db = str(built / "db")
     listing = run("ls", db).stdout

@@ -99,7 +99,7 @@ def install(point: str, nth: int) -> None:
 def main() -> None:
     root, path, point, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     small = GroupGeometry(sparse_chunk=4_096, sparse_shard=4_096 * 32)
-    groups.DEFAULT_GEOMETRY = lancell.storage.csc.DEFAULT_GEOMETRY = small
+    groups.DEFAULT_GEOMETRY = small
     # several CSC passes of many shards, so that kills can land between them
     lancell.ingest.write_transaction.write_csc = functools.partial(
         lancell.storage.csc.write_csc, budget=1 << 18

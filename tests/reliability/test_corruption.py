@@ -58,9 +58,9 @@ def _old_value_codecs(dtype: np.dtype, role: str) -> dict[str, object]:
 def _build(root: Path, datasets: tuple[str, ...] = tuple(DATASETS), *, old_pipeline: bool = False) -> None:
     geometry = groups.GroupGeometry(sparse_chunk=CHUNK, sparse_shard=SHARD)
     with pytest.MonkeyPatch.context() as patch:
-        for module in (groups, csc):
-            patch.setattr(module, "DEFAULT_GEOMETRY", geometry)
-            if old_pipeline:
+        patch.setattr(groups, "DEFAULT_GEOMETRY", geometry)
+        if old_pipeline:
+            for module in (groups, csc):
                 patch.setattr(module, "value_codecs", _old_value_codecs)
         atlas = RaggedAtlas.create(
             str(root / "db"),
