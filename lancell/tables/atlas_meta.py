@@ -202,7 +202,7 @@ def create_storage(
         lie in the database directory).
     """
     from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
-    from lancell.tables.schema_fit import refuse_enum_fields
+    from lancell.tables.schema_fit import refuse_enum_fields, refuse_unapplied_fields
 
     dataset_schema = DatasetRecord if dataset_schema is None else dataset_schema
     pointers = pointer_fields(cell_schema)
@@ -214,9 +214,11 @@ def create_storage(
     spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
     cell_arrow = cell_schema.to_arrow_schema()
     refuse_enum_fields("cell schema", cell_schema, cell_arrow)
+    refuse_unapplied_fields("cell schema", cell_schema)
     refuse_enum_fields("dataset schema", dataset_schema, dataset_schema.to_arrow_schema())
     for schema in registry_schemas.values():
         refuse_enum_fields("registry schema", schema, schema.to_arrow_schema())
+        refuse_unapplied_fields("registry schema", schema)
     for column in fts_columns:
         if column not in cell_arrow.names or not pa.types.is_string(cell_arrow.field(column).type):
             raise SchemaError(f"fts column {column!r} is not a string column of the cell schema")

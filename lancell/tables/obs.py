@@ -64,7 +64,15 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             "Arrow would store text as its letters; lancell stores int, float, bool, str, date and datetime)",
         )
     if categorical and kind == "text":
-        # each category converted once, then taken by code
+        # each category converted once, then taken by code (checked as an object column's values are)
+        refused = [label for label in series.cat.categories if _refused_value(kind, label)]
+        if refused:
+            raise ObsConversionError(
+                dataset,
+                field.name,
+                f"{type(refused[0]).__name__} category {refused[0]!r} for a {field.type} field; decode the "
+                "categories explicitly (.cat.rename_categories(bytes.decode))",
+            )
         try:
             labels = pa.array([as_text(c) for c in series.cat.categories], type=target)
         except UnicodeEncodeError as exc:  # (a label decoded from bytes that are not UTF-8)
@@ -74,6 +82,8 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         )
     values = series.astype(object) if categorical else series
     _refuse_other_kinds(dataset, series, values, missing, field)
+    if kind == "timestamp" and values.dtype.kind == "O":
+        _refuse_mixed_zones(dataset, series, values, missing, field)
     if pa.types.is_integer(target):
         values = _to_integers(dataset, series, values, missing, field)
     elif pa.types.is_date(target):
@@ -86,7 +96,33 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         converted = pa.array(values, type=target, from_pandas=True)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         raise ObsConversionError(dataset, field.name, f"cannot convert to {target}: {exc}") from exc
+    if kind == "floating":  # a NaN is missing, as numpy's are (pandas' Float64 keeps 0/0 apart from NA)
+        nan = pc.fill_null(pc.is_nan(converted), False)
+        converted = pc.if_else(nan, pa.scalar(None, target), converted) if pc.any(nan).as_py() else converted
     return _without_nul(dataset, series, field, converted) if kind == "text" else converted
+
+
+def _refuse_mixed_zones(
+    dataset: str, series: pd.Series, values: pd.Series, missing: np.ndarray, field: pa.Field
+) -> None:
+    """Raise where an object column holds times with a zone and times without: Arrow stores the zoned ones
+    in UTC and the others as they read, so two cells written 12:00 would come back hours apart."""
+    zoned = np.fromiter(
+        (
+            not m and isinstance(v, datetime.datetime) and v.utcoffset() is not None
+            for v, m in zip(values, missing, strict=True)
+        ),
+        dtype=bool,
+        count=len(values),
+    )
+    if zoned.any() and not zoned[~missing].all():
+        plain = ~missing & ~zoned
+        raise ObsConversionError(
+            dataset,
+            field.name,
+            f"times with a zone (first at {_first_bad(series, zoned)}) and without (first at "
+            f"{_first_bad(series, plain)}): give every time its zone, or none",
+        )
 
 
 def _without_nul(dataset: str, series: pd.Series, field: pa.Field, text: pa.Array) -> pa.Array:
@@ -317,7 +353,15 @@ def obs_to_arrow(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> dic
     out: dict[str, pa.Array] = {}
     for field in fields:
         if field.name in obs.columns:
-            out[field.name] = _column_to_arrow(dataset, obs[field.name], field)
+            column = obs[field.name]
+            try:
+                out[field.name] = _column_to_arrow(dataset, column, field)
+            except ObsConversionError:
+                raise
+            except (TypeError, ValueError) as exc:  # pandas' own, on a dtype it converts badly (Sparse)
+                raise ObsConversionError(
+                    dataset, field.name, f"values of dtype {column.dtype} cannot be converted: {exc}"
+                ) from exc
         elif field.nullable:
             out[field.name] = pa.nulls(len(obs), field.type)
         else:

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lancell.errors import IngestError, require_text
-from lancell.tables.obs import BOOLS, schema_kind
+from lancell.tables.obs import BOOLS, as_text, schema_kind
 
 __all__ = ["altered_obs_columns", "undeclared_obs_columns"]
 
@@ -27,15 +27,36 @@ def altered_obs_columns(obs: pd.DataFrame, fields: list[pa.Field]) -> list[str]:
             continue
         column = obs[field.name]
         dtype = column.dtype
-        if isinstance(dtype, pd.CategoricalDtype) and isinstance(dtype.categories.dtype, pd.DatetimeTZDtype):
-            dtype = dtype.categories.dtype  # (categories of zoned times: their zone goes as well)
-        if isinstance(dtype, pd.DatetimeTZDtype) and pa.types.is_timestamp(field.type) and not field.type.tz:
-            notes.append(f"column {field.name!r}: times in zone {dtype.tz} are stored in UTC, zone dropped")
+        zones = _zones(column) if pa.types.is_timestamp(field.type) and not field.type.tz else []
+        if zones:
+            held = f"zone {zones[0]}" if len(zones) == 1 else f"zones {', '.join(zones)}"
+            notes.append(
+                f"column {field.name!r}: times in {held} are stored in UTC, {held.split()[0]} dropped"
+            )
         elif isinstance(dtype, pd.CategoricalDtype) and dtype.ordered:
             notes.append(f"column {field.name!r}: the order of its ordered categories is not stored")
         if schema_kind(field.type) == "text" and (note := _stored_as_text(column)):
             notes.append(f"column {field.name!r}: {note}")
     return notes
+
+
+def _zones(column: pd.Series) -> list[str]:
+    """The time zones of a column's zoned times (pandas', Arrow's or an object column's; a categorical's
+    categories), sorted: empty where its times have none."""
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return [str(dtype.tz)]
+    if isinstance(dtype, pd.ArrowDtype) and pa.types.is_timestamp(dtype.pyarrow_dtype):
+        return [dtype.pyarrow_dtype.tz] if dtype.pyarrow_dtype.tz else []
+    if dtype.kind != "O":
+        return []
+    zoned = {
+        str(value.tzinfo)
+        for value in values
+        if isinstance(value, datetime.datetime) and value.utcoffset() is not None
+    }
+    return sorted(zoned)
 
 
 def _stored_as_text(column: pd.Series) -> str | None:
@@ -47,8 +68,8 @@ def _stored_as_text(column: pd.Series) -> str | None:
     if values.dtype.kind not in "bfmM" or not len(values):  # integers are stored as written: 1 as "1"
         return None
     first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
-    first = first.item() if isinstance(first, np.generic) else first
-    note = f"{values.dtype} values are stored as their text (e.g. {first!r} as {str(first)!r})"
+    shown = first.item() if isinstance(first, np.generic) else first  # (float32 0.1: 0.10000000149011612)
+    note = f"{values.dtype} values are stored as their text (e.g. {shown!r} as {as_text(first)!r})"
     if values.dtype.kind == "f" and column.isna().any():
         note += "; an integer column with missing values is held as floats: .astype('Int64') stores '1'"
     return note

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+from pydantic_core import PydanticUndefined
 
 from lancell.errors import SchemaError
 from lancell.tables.schema import DatasetRecord
@@ -13,7 +14,7 @@ from lancell.tables.schema import DatasetRecord
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["check_record_fields", "check_record_fits", "refuse_enum_fields"]
+__all__ = ["check_record_fields", "check_record_fits", "refuse_enum_fields", "refuse_unapplied_fields"]
 
 
 def refuse_enum_fields(role: str, model: type[BaseModel], schema: pa.Schema) -> None:
@@ -31,6 +32,37 @@ def refuse_enum_fields(role: str, model: type[BaseModel], schema: pa.Schema) -> 
         raise SchemaError(
             f"{role} {model.__name__}: fields {enums} are Enums, which the table does not keep (any label "
             "would be stored): declare them as str (or int) and check the values before ingestion"
+        )
+
+
+def refuse_unapplied_fields(role: str, model: type[BaseModel]) -> None:
+    """At ``create``: refuse the fields of ``model`` (``role``: a cell or registry schema, whose rows come
+    from data frames, never built as the model) that declare what lancell would not apply: a default other
+    than None (a column absent from a dataset's obs is stored as nulls, or refused where required) or
+    constraints (``Field(ge=0)``, ``conint``, ``Annotated[..., Gt(0)]``: any value of the type is stored).
+
+    Raises
+    ------
+    SchemaError
+        Naming the fields and what they declare.
+    """
+    defaults, constrained = [], []
+    for name, info in model.model_fields.items():
+        if info.default_factory is not None or info.default not in (None, PydanticUndefined):
+            defaults.append(f"{name} = {info.default_factory or info.default!r}")
+        if checks := [repr(check) for check in info.metadata if check is not None]:
+            constrained.append(f"{name}: {', '.join(checks)}")
+    if defaults:
+        raise SchemaError(
+            f"{role} {model.__name__}: fields declare defaults lancell does not apply "
+            f"({'; '.join(defaults)}): a column a dataset lacks is stored as nulls (refused for a required "
+            "field); declare them with no default or None, and give the value in each dataset's columns"
+        )
+    if constrained:
+        raise SchemaError(
+            f"{role} {model.__name__}: fields declare constraints lancell does not check "
+            f"({'; '.join(constrained)}): any value of the type would be stored; declare the plain type and "
+            "check the values before ingestion"
         )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import tracemalloc
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -276,3 +278,67 @@ def test_one_long_cell_name_costs_its_own_length() -> None:
 def test_a_non_text_index_column_is_read_as_text() -> None:
     obs = arrow_to_obs(pa.table({"uid": pa.array([3, 11]), "kind": pa.array(["a", "b"])}))
     assert list(obs.index) == ["3", "11"]
+
+
+def test_zoned_times_of_objects_and_arrow_are_named_and_zoned_beside_plain_ones_refused() -> None:
+    """Only pandas' zoned dtype was named: an object column's zoned times (Berlin 12:00 stored as 11:00) and
+    Arrow's went without a word, and a column mixing zoned and plain times stored two cells written 12:00
+    hours apart."""
+    berlin, tokyo = ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Tokyo")
+    field = pa.field("when", pa.timestamp("us"))
+    zoned = [dt.datetime(2020, 1, 1, 12, tzinfo=berlin), dt.datetime(2020, 1, 1, 12, tzinfo=tokyo), None]
+    obs = pd.DataFrame({"when": pd.Series(zoned, dtype=object)})
+    assert altered_obs_columns(obs, [field]) == [
+        "column 'when': times in zones Asia/Tokyo, Europe/Berlin are stored in UTC, zones dropped"
+    ]
+    assert [t and t.hour for t in obs_to_arrow("d", obs, [field])["when"].to_pylist()] == [11, 3, None]
+    arrow = pd.array(zoned[1:], dtype=pd.ArrowDtype(pa.timestamp("ns", tz="Asia/Tokyo")))
+    assert altered_obs_columns(pd.DataFrame({"when": arrow}), [field]) == [
+        "column 'when': times in zone Asia/Tokyo are stored in UTC, zone dropped"
+    ]
+    mixed = pd.DataFrame({"when": pd.Series([dt.datetime(2020, 1, 1, 12), zoned[1]], dtype=object)})
+    with pytest.raises(
+        ObsConversionError, match=r"times with a zone \(first at row 1 .* without \(first at row 0"
+    ):
+        obs_to_arrow("d", mixed, [field])
+    plain = pd.DataFrame({"when": pd.Series([dt.datetime(2020, 1, 1, 12), None], dtype=object)})
+    assert altered_obs_columns(plain, [field]) == []
+    assert obs_to_arrow("d", plain, [field])["when"].to_pylist() == [dt.datetime(2020, 1, 1, 12), None]
+
+
+def test_bytes_categories_are_refused_as_bytes_values_are() -> None:
+    """A categorical of bytes labels was stored as the text "b'T'" (an object column of bytes is refused)."""
+    field = pa.field("cell_type", pa.string())
+    with pytest.raises(ObsConversionError, match=r"bytes category b'B' for a string field"):
+        obs_to_arrow("d", pd.DataFrame({"cell_type": pd.Categorical([b"T", b"B"])}), [field])
+    decoded = pd.DataFrame({"cell_type": pd.Categorical([b"T", b"B"]).rename_categories(bytes.decode)})
+    assert obs_to_arrow("d", decoded, [field])["cell_type"].to_pylist() == ["T", "B"]
+
+
+def test_a_nan_is_missing_in_every_float_dtype() -> None:
+    """pandas' Float64 keeps 0/0 apart from NA: it was stored as a NaN value, which reads as missing but
+    where(score=None) and IS NULL did not match, and count(group_by=...) gave two nan groups."""
+    field = pa.field("score", pa.float64())
+    nullable = pd.array([0.0, 1.0, None], dtype="Float64") / pd.array([0.0, 1.0, 1.0], dtype="Float64")
+    for column in (nullable, np.array([np.nan, 1.0, np.nan]), pd.array([np.nan, 1.0, None], dtype="float32")):
+        stored = obs_to_arrow("d", pd.DataFrame({"score": column}), [field])["score"]
+        assert stored.to_pylist() == [None, 1.0, None] and stored.null_count == 2
+
+
+def test_a_column_pandas_cannot_convert_is_an_obs_conversion_error() -> None:
+    """A sparse column raised numpy's TypeError, a decimal one with a null pandas' ValueError."""
+    field = pa.field("n", pa.int64())
+    for column, dtype in (
+        (pd.arrays.SparseArray([0, 0, 5]), r"Sparse\[int64, 0\]"),
+        (pd.array([decimal.Decimal("1.00"), None], dtype=pd.ArrowDtype(pa.decimal128(5, 2))), "decimal128"),
+    ):
+        frame = pd.DataFrame({"n": column})
+        with pytest.raises(ObsConversionError, match=f"obs column 'n': values of dtype {dtype}"):
+            obs_to_arrow("d", frame, [field])
+
+
+def test_the_note_on_float32_text_shows_what_is_stored() -> None:
+    field = pa.field("label", pa.string())
+    obs = pd.DataFrame({"label": pd.array([0.1, None], dtype="Float32")})
+    assert obs_to_arrow("d", obs, [field])["label"].to_pylist() == ["0.1", None]
+    assert "(e.g. 0.10000000149011612 as '0.1')" in altered_obs_columns(obs, [field])[0]

@@ -285,3 +285,52 @@ def test_a_search_of_an_atlas_with_a_cell_column_named_like_its_results_is_refus
     assert atlas.query().search(probe).limit(1).select(["note"]).to_pandas().empty
     with pytest.raises(QueryError, match="INVERTED index"):  # it runs (and finds no index: nothing ingested)
         atlas.query().search("word").select(["distance"]).to_pandas()
+
+
+def test_defaults_and_constraints_lancell_would_not_apply_are_refused_at_create(tmp_path: Path):
+    """Cells and registry rows come from data frames, never built as the model: a default was ignored (a
+    dataset without the column stored null, or was refused for a required field) and Field(ge=0) or
+    conint stored -5 without a word. A dataset schema's are applied (records are built as the model)."""
+    from typing import Annotated
+
+    from pydantic import Field, conint
+
+    class HumanCells(Cells):
+        organism: str | None = "Homo sapiens"
+
+    class AssayCells(Cells):
+        assay: str = "10x 3' v3"
+
+    class CountedCells(Cells):
+        n_counts: Annotated[int, Field(ge=0)]
+        fraction: float | None = Field(None, ge=0, le=1)
+
+    class BoundedCells(Cells):
+        n_genes: conint(ge=0)
+
+    class KindGene(Gene):
+        kind: str | None = "protein_coding"
+
+    class DefaultedDataset(DatasetRecord):
+        tissue: str = "blood"
+        donors: int = Field(1, ge=1)
+
+    refused = (
+        (HumanCells, r"cell schema HumanCells: fields declare defaults .*\(organism = 'Homo sapiens'\)"),
+        (AssayCells, r"defaults .*\(assay = \"10x 3' v3\"\)"),
+        (
+            CountedCells,
+            r"constraints lancell does not check \(n_counts: Ge\(ge=0\); fraction: Ge\(ge=0\), Le",
+        ),
+        (BoundedCells, r"constraints .*\(n_genes: Interval\(gt=None, ge=0"),
+    )
+    for cells, match in refused:
+        with pytest.raises(SchemaError, match=match):
+            _create(tmp_path / cells.__name__, cells)
+        assert not (tmp_path / cells.__name__).exists()
+    with pytest.raises(SchemaError, match=r"registry schema KindGene: .*\(kind = 'protein_coding'\)"):
+        RaggedAtlas.create(
+            str(tmp_path / "kind" / "db"), "cells", Cells, registry_schemas={"gene_expression": KindGene}
+        )
+    atlas = _create(tmp_path / "dataset", dataset_schema=DefaultedDataset)
+    assert atlas.list_datasets().empty
