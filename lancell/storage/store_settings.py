@@ -18,11 +18,13 @@ from lancell.errors import StoreError
 
 __all__ = [
     "CLIENT_OPTIONS",
+    "ENDPOINT_ENV",
     "RETRY_SETTINGS",
     "canonical_name",
     "check_endpoint",
     "check_store_kwargs",
     "environment_client_options",
+    "is_s3",
     "store_config",
     "with_environment_client_options",
     "with_recorded_config",
@@ -42,7 +44,7 @@ _ENV_PREFIX = {
     "azure": "AZURE_",
 }
 # The environment variables that give an S3 endpoint (obstore and lance read both) when none is given.
-_ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 # The AWS SDKs' S3-only endpoint variable: obstore and lance read it too, and use it over an endpoint given in
 # their settings.
 _S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
@@ -133,7 +135,7 @@ def check_endpoint(
         # given under another name than aws_endpoint; everyone uses AWS_ENDPOINT_URL_S3
         names = (_S3_ENDPOINT_ENV,)
         if not given or (lance and "aws_endpoint" not in {str(key).lower() for key in settings}):
-            names = (*_ENDPOINT_ENV, _S3_ENDPOINT_ENV)
+            names = (*ENDPOINT_ENV, _S3_ENDPOINT_ENV)
         found += [(f"environment variable {name}", os.environ[name]) for name in names if name in os.environ]
     for where, value in found:
         if not re.match(r"https?://[^/\s]", str(value)):
@@ -312,6 +314,11 @@ def with_recorded_config(
     if client:
         kwargs["client_options"] = {**client, **dict(kwargs.get("client_options") or {})}
     return kwargs
+
+
+def is_s3(url: str) -> bool:
+    """Whether ``url`` names an S3 location (``s3://`` or ``s3a://``, in any case: ``S3://`` too)."""
+    return _ENV_PREFIX.get(_scheme(url)) == "AWS_"
 
 
 def _scheme(url: str) -> str:

@@ -26,9 +26,11 @@ from lancell.errors import LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import (
+    ENDPOINT_ENV,
     canonical_name,
     check_endpoint,
     check_store_kwargs,
+    is_s3,
     store_config,
     with_environment_client_options,
 )
@@ -58,9 +60,6 @@ _URL_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "a
 _MISTYPED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(?!//)")
 # URL schemes that are surely meant as such when followed by ":" ("s3:bucket/db" as well as "s3:/bucket/db").
 _KNOWN_SCHEMES = frozenset({*_URL_SCHEMES, "file", "http", "https", "abfs", "abfss", "adl"})
-# The environment variables lance reads an S3 endpoint from as its aws_endpoint setting (it reads
-# AWS_ENDPOINT_URL_S3 as well, and uses it over any endpoint given: check_endpoint refuses that).
-_LANCE_ENDPOINT_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 # obstore's S3 config names -> the names the LanceDB (lance) docs use for the same settings.
 _LANCE_S3_NAMES = {
     "access_key_id": "aws_access_key_id",
@@ -250,17 +249,17 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     if is_local(db_uri) or not store_kwargs:
         return None
     check_store_kwargs(db_uri, store_kwargs)
-    is_s3 = db_uri.startswith(("s3://", "s3a://"))
+    s3 = is_s3(db_uri)
     flat = {**store_config(store_kwargs), **dict(store_kwargs.get("client_options") or {})}
     options: dict[str, str] = {}
     for key, value in flat.items():
         name = str(key).lower()
-        if is_s3:
+        if s3:
             name = name.removeprefix("aws_")
             name = _LANCE_S3_NAMES.get(name, name)
         options[name] = str(value).lower() if isinstance(value, bool) else str(value)
     endpoint = [value for key, value in options.items() if canonical_name(key) == "endpoint"]
-    if is_s3 and endpoint and any(name in os.environ for name in _LANCE_ENDPOINT_ENV):
+    if s3 and endpoint and any(name in os.environ for name in ENDPOINT_ENV):  # (lance reads them too)
         # lance adds the environment's endpoint as aws_endpoint beside an endpoint given under another name,
         # and uses either: given under that name, it is the one used
         options["aws_endpoint"] = endpoint[-1]

@@ -236,3 +236,14 @@ def test_a_client_option_given_as_configuration_is_a_store_error(clean_env, key)
     if not key.startswith("aws_"):
         with pytest.raises(StoreError, match="are client options"):
             open_store("gs://b/arrays", {"config": {key: "true" if "allow" in key else "5s"}})
+
+
+def test_an_s3_url_is_one_whatever_the_case_of_its_scheme(clean_env):
+    """``S3://`` took another path than ``s3://`` (a case-sensitive test beside the settings' own): with an
+    endpoint given and AWS_ENDPOINT_URL set, LanceDB's options lacked aws_endpoint and the aws_ names."""
+    clean_env.setenv("AWS_ENDPOINT_URL", "http://other:9000")
+    given = {"config": {"endpoint": "http://127.0.0.1:9", "access_key_id": "k", "secret_access_key": "s"}}
+    lower = lancedb_storage_options("s3://lancell/x/db", given)
+    assert lower["aws_endpoint"] == "http://127.0.0.1:9" and lower["aws_access_key_id"] == "k"
+    assert lancedb_storage_options("S3://lancell/x/db", given) == lower
+    assert lancedb_storage_options("S3A://lancell/x/db", given) == lower
