@@ -8,14 +8,12 @@ or those a snapshot recorded (``checkout``), read through pylance.
 from __future__ import annotations
 
 import functools
-import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lancell.core import AtlasCore
 from lancell.errors import (
-    ArgumentError,
     AtlasNotFoundError,
     LancellError,
     LancellWarning,
@@ -35,7 +33,7 @@ from lancell.tables.store_location import (
     refuse_the_originals_store,
 )
 from lancell.tables.table_schemas import DATASETS_TABLE
-from lancell.tables.versions import read_snapshot
+from lancell.tables.versions import read_snapshot, snapshot_number
 
 if TYPE_CHECKING:
     import obstore.store as obs_store
@@ -161,15 +159,11 @@ def checked_out_core(
     VersionNotFoundError
         No snapshot has it.
     """
-    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
-        raise ArgumentError(
-            f"a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}; "
-            "checkout_latest opens the newest"
-        )
+    version = snapshot_number(version, "checkout(version=...) (checkout_latest opens the newest)")
     options = db_options(db_uri, store_kwargs, storage_options)  # refused settings: before any request
     meta, meta_store = read_meta(db_uri, store_kwargs)
     database = Database(db_uri, options)
-    row = read_snapshot(database, int(version))
+    row = read_snapshot(database, version)
     reading = lambda uri: _atlas_id_at(uri, store_kwargs)  # noqa: E731
     url = (
         row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"], reading)

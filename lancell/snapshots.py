@@ -12,11 +12,9 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from lancell.errors import (
-    ArgumentError,
     ArgumentValueError,
     DuplicateNoteError,
     LancellWarning,
@@ -40,6 +38,7 @@ from lancell.tables.versions import (
     noted_version,
     number_runs,
     record_snapshot,
+    snapshot_number,
     tag_tables,
     untag_tables,
     version_of_tables,
@@ -166,11 +165,7 @@ def delete_snapshot(core: AtlasCore, version: int) -> None:
         ``core`` is read-only.
     """
     core.require_writable()
-    if isinstance(version, bool) or not isinstance(version, int | np.integer):
-        raise ArgumentError(
-            f"version must be a snapshot number (an int: RaggedAtlas.list_versions), got {version!r}"
-        )
-    version = int(version)
+    version = snapshot_number(version, "delete_snapshot(version=...)")
     with core.lock(SNAPSHOT_LOCK) as lease:  # what removes table versions or groups holds it too
         every = list_snapshots(core.tables.db, deleted=True)
         match = every[every["version"] == version]

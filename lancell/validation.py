@@ -19,7 +19,7 @@ from lancell.errors import (
     require_text,
     require_type,
 )
-from lancell.storage.groups import ATLAS_ID_ATTR, FORMAT_VERSION
+from lancell.storage.groups import FORMAT_VERSION, other_atlas
 from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
 from lancell.storage.shard_layout import parse_layout
@@ -298,8 +298,7 @@ def _check(core: AtlasCore, dataset_uid: str | None, checksums: bool, problems: 
         if attrs is None:
             problems.append(f"dataset {uid!r}: zarr group {row['zarr_group']!r} is missing")
             continue
-        owner = attrs.get(ATLAS_ID_ATTR)
-        if owner is not None and core.atlas_id is not None and owner != core.atlas_id:
+        if (owner := other_atlas(attrs, core.atlas_id)) is not None:
             problems.append(
                 f"dataset {uid!r}: zarr group {row['zarr_group']!r} belongs to another atlas "
                 f"(its attributes name atlas {owner!r}, this atlas is {core.atlas_id!r})"

@@ -42,6 +42,7 @@ from lancell.storage.store_failures import StoreFailures, one_line, store_error,
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.pinned_table import lance_sql
 from lancell.tables.registry import read_global_indices, sql_literal
+from lancell.tables.schema import obs_name_of
 from lancell.tables.versions import pinned_tables
 from lancell.tables.visibility import dataset_lock_name
 
@@ -213,7 +214,7 @@ def _aligned(atlas: RaggedAtlas, record: object, attrs: dict[str, object], matri
     stored_rows = pc.struct_field(cells.column(space), row_field).to_numpy()  # of each cell, in query order
     if isinstance(matrix, ad.AnnData):
         names = np.empty(n_cells, dtype=object)
-        names[stored_rows] = [u.split(":", 1)[1] for u in cells.column("uid").to_pylist()]
+        names[stored_rows] = [obs_name_of(u) for u in cells.column("uid").to_pylist()]
         global_index = read_global_indices(atlas.core, [record["layout_uid"]])[record["layout_uid"]]
         by_index = atlas.feature_registry(space).set_index("global_index")["uid"]
         uids = by_index.reindex(global_index).to_numpy()

@@ -20,6 +20,7 @@ from lancell.ingest.plan import CELL_BATCH, IngestPlan
 from lancell.tables.obs import obs_to_arrow
 from lancell.tables.registry import sql_literal
 from lancell.tables.schema import (
+    CELL_UID_SEPARATOR,
     OBS_NAME,
     PointerKind,
     obs_fields,
@@ -63,7 +64,7 @@ def cell_batches(
         n = stop - start
         names = pa.array(plan.obs_names[start:stop].astype(str), pa.string())  # (no Python list: 4x faster)
         columns: dict[str, pa.Array] = {
-            "uid": pc.binary_join_element_wise(plan.dataset + ":", names, ""),
+            "uid": pc.binary_join_element_wise(plan.dataset + CELL_UID_SEPARATOR, names, ""),
             "dataset_uid": pa.repeat(pa.scalar(plan.dataset, pa.string()), n),
         }
         if OBS_NAME in schema.names:  # atlases created before the column existed lack it

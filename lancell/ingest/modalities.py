@@ -35,7 +35,7 @@ from lancell.ingest.write_transaction import WriteTransaction
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.registry import sql_literal
-from lancell.tables.schema import DatasetRecord
+from lancell.tables.schema import CELL_UID_SEPARATOR, DatasetRecord, obs_name_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,12 +80,12 @@ def check_attachable(
             f"{host[0]['cells_of']!r}: attach to that dataset"
         )
     existing = _existing_cells(atlas, cells_of, feature_space)
-    wanted = (cells_of + ":" + obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
+    wanted = (cells_of + CELL_UID_SEPARATOR + obs_names.astype(str)).to_numpy(dtype=object)  # as cell rows
     known = np.isin(wanted, np.asarray(existing.column("uid").to_pylist(), dtype=object))
     if not known.all():
         raise IngestError(
             f"dataset {dataset!r}: {int((~known).sum())} obs names are not cells of {cells_of!r}, "
-            f"e.g. {[n.split(':', 1)[1] for n in wanted[~known][:5]]}"
+            f"e.g. {[obs_name_of(n) for n in wanted[~known][:5]]}"
         )
     # pointers into a group no record references are a dead run's: the transaction nulls them (hold_host)
     # and, under the host's lock, sets its pointers only on cells without one

@@ -67,7 +67,7 @@ from lancell.storage.csc import CSC_BUDGET, write_csc
 from lancell.storage.csc_blocks import CsrBlocks
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.registry import ensure_layout, sql_literal
-from lancell.tables.schema import DatasetRecord
+from lancell.tables.schema import CELL_UID_SEPARATOR, DatasetRecord
 from lancell.tables.visibility import claim_dataset
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class WriteTransaction:
             self.host is None
         ):  # held to the record's commit (or the roll-back): the host is not deleted meanwhile
             self._leases.append(self._claims.enter_context(hold_host(core, self.cells_of, space.name)))
-        uids = (self.cells_of + ":" + self.plan.obs_names.astype(str)).to_numpy(dtype=object)
+        uids = (self.cells_of + CELL_UID_SEPARATOR + self.plan.obs_names.astype(str)).to_numpy(dtype=object)
         batches = pointer_batches(uids, space.kind, space.name, self._group, indptr)
         rows = pa.schema([schema.field("uid"), schema.field(space.name)])
         self._rows_written = True  # a roll-back nulls the pointers into this group, however many were set

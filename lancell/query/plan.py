@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import GroupNotFoundError, QueryError
 from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells
-from lancell.storage.groups import ATLAS_ID_ATTR
+from lancell.storage.groups import ATLAS_ID_ATTR, other_atlas
 from lancell.storage.stores import describe_store
 from lancell.tables.atlas_tables import read_columns
 from lancell.tables.layout_numbering import check_layouts_numbered
@@ -195,8 +195,7 @@ def dataset_group_attrs(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} is missing from the store "
             f"{describe_store(core.store)} ({hint})"
         )
-    owner = attrs.get(ATLAS_ID_ATTR)
-    if owner is not None and core.atlas_id is not None and owner != core.atlas_id:
+    if (owner := other_atlas(attrs, core.atlas_id)) is not None:
         raise GroupNotFoundError(
             f"dataset {dataset_uid!r}: zarr group {zarr_group!r} in the store {describe_store(core.store)} "
             f"belongs to another atlas ({ATLAS_ID_ATTR} {owner!r}, this atlas is {core.atlas_id!r})"
@@ -263,7 +262,7 @@ def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[n
     for name, row in _visible_layers(core).items():
         if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
             attrs = core.group_attrs(name, listed=row.get("layers") or ()) or {}
-            foreign = attrs.get(ATLAS_ID_ATTR) not in (None, core.atlas_id)
+            foreign = other_atlas(attrs, core.atlas_id) is not None
             dtype = None if foreign else attrs.get("layers", {}).get(layer)
             if dtype is not None:
                 return [np.dtype(dtype)]

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from kernels.ingest import UINT32_MAX  # integers are stored as uint32 counts
 from lancell.errors import DataValueError, LancellWarning, StandardizationError, caller_outside_lancell
 
-__all__ = ["MAX_COUNT", "Duplicates", "Merge", "merge_duplicate_columns", "merge_modes"]
+__all__ = ["Duplicates", "Merge", "merge_duplicate_columns", "merge_modes"]
 
 Duplicates = Literal["sum", "first", "error", "auto"]
 Merge = Literal["sum", "first"]
-MAX_COUNT = 2**32 - 1  # integers are stored as uint32 counts
 
 
 def _matrices(adata: ad.AnnData) -> dict[str, object]:
@@ -90,12 +90,12 @@ def _summed(matrix: object, codes: np.ndarray, distinct: pd.Index, where: str) -
         counts = np.array_equal(values, np.trunc(values), equal_nan=True)
         exact = not counts or np.array_equal(values.astype(narrow).astype(np.float64), values, equal_nan=True)
         return total.astype(narrow, copy=False) if exact else total
-    if values.size and values.max() > MAX_COUNT:
+    if values.size and values.max() > UINT32_MAX:
         column_max = total.max(axis=0)
         column_max = column_max.toarray() if sp.issparse(column_max) else np.asarray(column_max)
-        over = distinct[np.flatnonzero(column_max.ravel() > MAX_COUNT)].tolist()
+        over = distinct[np.flatnonzero(column_max.ravel() > UINT32_MAX)].tolist()
         raise DataValueError(
-            f"{where}: summing the var entries that share a feature uid gives values above {MAX_COUNT} "
+            f"{where}: summing the var entries that share a feature uid gives values above {UINT32_MAX} "
             f"(counts are stored as uint32) for {len(over)} features, e.g. {over[:5]}; pass "
             "duplicates='first' or 'error'"
         )

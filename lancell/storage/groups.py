@@ -33,7 +33,9 @@ __all__ = [
     "PointerKind",
     "SparseGroupWriter",
     "create_value_array",
+    "current_geometry",
     "new_group_name",
+    "other_atlas",
     "value_codecs",
 ]
 
@@ -45,6 +47,13 @@ ENCODING_VERSION = "1"
 # The group attribute naming the atlas that wrote the group; written with the group's first object, so that
 # a group of this atlas is never without it (lancell.tables.group_claims deletes only groups that carry it).
 ATLAS_ID_ATTR = "lancell_atlas_id"
+
+
+def other_atlas(attrs: Mapping[str, Any], atlas_id: str | None) -> str | None:
+    """The other atlas a group's ``attrs`` name as its writer, or None: the group is ``atlas_id``'s, or it
+    cannot be told (no writer recorded, or a handle of an atlas from before atlas ids)."""
+    owner = attrs.get(ATLAS_ID_ATTR)
+    return owner if owner is not None and atlas_id is not None and owner != atlas_id else None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from lancell.tables.stored_fields import (
 
 __all__ = [
     "ASSIGNED_FIELDS",
+    "CELL_UID_SEPARATOR",
     "OBS_NAME",
     "DatasetRecord",
     "DenseZarrPointer",
@@ -46,12 +47,16 @@ __all__ = [
     "check_dataset_uid",
     "load_schema_class",
     "obs_fields",
+    "obs_name_of",
     "pointer_fields",
     "pointer_fields_from_arrow",
     "vector_fields",
 ]
 
-_UID_FORBIDDEN = frozenset(":\\")
+# a cell's uid is "<dataset uid>:<obs name>": a dataset uid holds no ':' (check_dataset_uid), so the first
+# one ends it
+CELL_UID_SEPARATOR = ":"
+_UID_FORBIDDEN = frozenset(CELL_UID_SEPARATOR + "\\")
 # a group is named "<uid>-<8 hex>" and claimed by "<group>.json": within a file name's 255 bytes
 _UID_MAX_BYTES = 200
 
@@ -286,6 +291,11 @@ def check_assigned_fields(record: DatasetRecord, cells_of: str | None = None) ->
             f"dataset {record.uid!r}: DatasetRecord fields {shown} are assigned by lancell at ingestion; "
             "leave them unset (pass a fresh DatasetRecord with only uid and provenance)"
         )
+
+
+def obs_name_of(cell_uid: str) -> str:
+    """The obs name (the cell's name in its input) of a cell uid ``"<dataset uid>:<obs name>"``."""
+    return cell_uid.split(CELL_UID_SEPARATOR, 1)[1]
 
 
 def check_dataset_uid(dataset: str, *, owns_cells: bool) -> None:

@@ -12,13 +12,14 @@ can be reclaimed.
 from __future__ import annotations
 
 import json
+import numbers
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 
-from lancell.errors import VersionNotFoundError, require_type
+from lancell.errors import ArgumentError, VersionNotFoundError, require_type
 from lancell.tables.table_schemas import VERSIONS_TABLE
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "read_snapshot",
     "read_version",
     "record_snapshot",
+    "snapshot_number",
     "tag_name",
     "tag_tables",
     "untag_tables",
@@ -53,6 +55,21 @@ SNAPSHOT_LOCK = "snapshot"
 # the versions table's column that marks a deleted snapshot (added to older tables by the first deletion)
 DELETED = "deleted_at"
 _DELETED_FIELD = pa.field(DELETED, pa.timestamp("us", tz="UTC"))
+
+
+def snapshot_number(version: object, where: str) -> int:
+    """``version`` as a snapshot number (``where`` names the argument and its call in the error).
+
+    Raises
+    ------
+    ArgumentError
+        ``version`` is not an integer (a bool, a float such as 0.9, a digit string are not).
+    """
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral):
+        raise ArgumentError(
+            f"{where}: a snapshot version is an integer (RaggedAtlas.list_versions), got {version!r}"
+        )
+    return int(version)
 
 
 def tag_name(version: int) -> str:
