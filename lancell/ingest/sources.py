@@ -25,9 +25,17 @@ from anndata._core.sparse_dataset import BaseCompressedSparseDataset
 from lancell.errors import DataValueError, IngestError, LancellError
 from lancell.ingest.h5_direct import decompressor_pool, range_reader
 
-__all__ = ["MatrixSource", "matrix_location", "matrix_source", "reading", "stored_dtype"]
+__all__ = [
+    "TARGET_BLOCK_VALUES",
+    "MatrixSource",
+    "matrix_location",
+    "matrix_source",
+    "reading",
+    "row_ranges",
+    "stored_dtype",
+]
 
-TARGET_BLOCK_VALUES = 2_000_000
+TARGET_BLOCK_VALUES = 2_000_000  # stored values per row block an input is read and written in
 
 # what h5py (and anndata's backed readers) raise when stored bytes cannot be read
 _READ_ERRORS = (OSError, KeyError, RuntimeError)
@@ -76,20 +84,16 @@ class MatrixSource:
 
     def row_ranges(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, int]]:
         """Consecutive ``[start, stop)`` row ranges holding about ``target_values`` stored values each."""
-        n_rows = self.shape[0]
-        if self.indptr is None:
-            step = max(1, target_values // max(self.shape[1], 1))
-            for start in range(0, n_rows, step):
-                yield start, min(start + step, n_rows)
+        if self.indptr is not None:
+            yield from row_ranges(self.indptr, target_values)
             return
-        start = 0
-        while start < n_rows:
-            # a Python int: an int16 indptr plus 2M values overflowed, an int32 one near 2**31 wrapped
-            limit = int(self.indptr[start]) + target_values
-            stop = int(np.searchsorted(self.indptr, limit, side="right")) - 1
-            stop = min(max(stop, start + 1), n_rows)
-            yield start, stop
-            start = stop
+        step = self._dense_rows(target_values)
+        for start in range(0, self.shape[0], step):
+            yield start, min(start + step, self.shape[0])
+
+    def _dense_rows(self, target_values: int) -> int:
+        """Rows of a dense block of about ``target_values`` values (at least one)."""
+        return max(1, target_values // max(self.shape[1], 1))
 
     def csr_blocks(
         self, target_values: int = TARGET_BLOCK_VALUES
@@ -183,12 +187,26 @@ class MatrixSource:
 
     def dense_blocks(self, target_values: int = TARGET_BLOCK_VALUES) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(row_start, dense_block)``."""
-        step = max(1, target_values // max(self.shape[1], 1))
+        step = self._dense_rows(target_values)
         for start in range(0, self.shape[0], step):
             stop = min(start + step, self.shape[0])  # a 10x row stream has no rows past the end to clip
             with reading(self.dataset, self.matrix, f"rows {start}-{stop - 1}"):
                 block = self.matrix[start:stop]
             yield start, native_order(np.asarray(block.toarray() if sp.issparse(block) else block))
+
+
+def row_ranges(indptr: np.ndarray, target_values: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` row ranges of a CSR ``indptr`` holding about ``target_values`` stored
+    values each (at least one row each)."""
+    n_rows = len(indptr) - 1
+    start = 0
+    while start < n_rows:
+        # a Python int: an int16 indptr plus 2M values overflowed, an int32 one near 2**31 wrapped
+        limit = int(indptr[start]) + target_values
+        stop = int(np.searchsorted(indptr, limit, side="right")) - 1
+        stop = min(max(stop, start + 1), n_rows)
+        yield start, stop
+        start = stop
 
 
 def matrix_source(dataset: str, matrix: object) -> MatrixSource:

@@ -46,8 +46,9 @@ from lancell.ingest.landing_spec import MATRIX_FILES
 from lancell.ingest.modalities import check_attachable
 from lancell.ingest.plan import check_record, plan_dataset
 from lancell.ingest.records import given_or_default, modality_record
+from lancell.ingest.sources import TARGET_BLOCK_VALUES
 from lancell.ingest.tenx_h5 import open_h5
-from lancell.ingest.tenx_matrix import TARGET_BLOCK_VALUES, TenxMatrix, check_tenx_layer
+from lancell.ingest.tenx_matrix import TenxMatrix, check_tenx_layer
 from lancell.ingest.tenx_mtx import mtx_folder, open_mtx
 from lancell.ingest.tenx_obs import cell_obs
 from lancell.ingest.transaction_run import run_transactions

@@ -18,8 +18,8 @@ import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
 from lancell.ingest.h5_direct import decompressor_pool, range_reader
-from lancell.ingest.sources import native_order
-from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
+from lancell.ingest.sources import native_order, row_ranges
+from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame
 
 __all__ = ["open_h5"]
 

@@ -19,11 +19,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.errors import IngestError, TenxFormatError
-from lancell.ingest.sources import MatrixSource
+from lancell.ingest.sources import TARGET_BLOCK_VALUES, MatrixSource
 
-__all__ = ["GENE_EXPRESSION", "TARGET_BLOCK_VALUES", "TenxMatrix", "check_tenx_layer"]
+__all__ = ["GENE_EXPRESSION", "TenxMatrix", "check_tenx_layer"]
 
-TARGET_BLOCK_VALUES = 2_000_000
 GENE_EXPRESSION = "Gene Expression"
 
 BlockReader = Callable[[int], Iterator[tuple[int, sp.csr_matrix]]]
@@ -177,17 +176,6 @@ def features_frame(ids: np.ndarray, names: np.ndarray, types: np.ndarray) -> pd.
     var = pd.DataFrame({"gene_ids": ids, "gene_symbol": names, "feature_type": types})
     var.index = pd.Index(ids, dtype=str)
     return var
-
-
-def row_ranges(indptr: np.ndarray, target_values: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``[start, stop)`` row ranges of about ``target_values`` values (at least one row each)."""
-    n_rows = len(indptr) - 1
-    start = 0
-    while start < n_rows:
-        stop = int(np.searchsorted(indptr, indptr[start] + target_values, side="right")) - 1
-        stop = min(max(stop, start + 1), n_rows)
-        yield start, stop
-        start = stop
 
 
 def checked_block(block: sp.csr_matrix, expected_nnz: int, path: Path, start: int) -> sp.csr_matrix:

@@ -24,7 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.errors import TenxFormatError
-from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame, row_ranges
+from lancell.ingest.sources import row_ranges
+from lancell.ingest.tenx_matrix import GENE_EXPRESSION, TenxMatrix, checked_block, features_frame
 
 __all__ = ["CHUNK_LINES", "mtx_folder", "open_mtx"]
 
