@@ -26,6 +26,7 @@ from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 from kernels import bitpack
+from kernels.crc32c import RESIDUE
 from lancell.errors import ChecksumError, CodecError
 
 if TYPE_CHECKING:
@@ -41,12 +42,13 @@ __all__ = [
     "CODEC_NAME",
     "CRC32C_RESIDUE",
     "CRC_BP128",
+    "TRANSFORMS",
     "BitpackingCodec",
 ]
 
 CODEC_NAME = "lancell.bitpacking"
 ELEMENT_SIZE = 4
-_TRANSFORMS = {"none": bitpack.TRANSFORM_NONE, "delta": bitpack.TRANSFORM_DELTA}
+TRANSFORMS = {"none": bitpack.TRANSFORM_NONE, "delta": bitpack.TRANSFORM_DELTA}
 # Chunks up to this many bytes are coded on the event loop: that takes tens of microseconds, less than a
 # hand-off to a worker thread costs. Larger chunks go to a thread (the kernels release the GIL).
 _INLINE_BYTES = 256 * 1024
@@ -54,7 +56,7 @@ _INLINE_BYTES = 256 * 1024
 
 def parse_transform(data: JSON) -> Literal["none", "delta"]:
     """Return ``data`` if it names a transform (``"none"`` or ``"delta"``), else raise ``CodecError``."""
-    if isinstance(data, str) and data in _TRANSFORMS:
+    if isinstance(data, str) and data in TRANSFORMS:
         return data  # type: ignore[return-value]
     raise CodecError(f"{CODEC_NAME}: transform must be 'none' or 'delta', got {data!r}")
 
@@ -134,7 +136,7 @@ class BitpackingCodec(BytesBytesCodec):
         raw = chunk_bytes.as_numpy_array().view(np.uint8)
         if raw.size % ELEMENT_SIZE:
             raise CodecError(f"{CODEC_NAME}: chunk of {raw.size} bytes is not a whole number of 4-byte words")
-        encoded = bitpack.encode(np.ascontiguousarray(raw).view(np.uint32), _TRANSFORMS[self.transform])
+        encoded = bitpack.encode(np.ascontiguousarray(raw).view(np.uint32), TRANSFORMS[self.transform])
         return chunk_spec.prototype.buffer.from_array_like(encoded)
 
     async def _encode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -162,7 +164,7 @@ def _bitpacking(data: np.ndarray) -> np.ndarray:
 
 
 # crc32c over bytes followed by their own crc32c (little-endian) is always this: one call checks a chunk.
-CRC32C_RESIDUE = 0x48674BC7
+CRC32C_RESIDUE = RESIDUE
 
 
 def _crc32c(data: np.ndarray) -> np.ndarray:

@@ -17,15 +17,16 @@ import numpy as np
 
 from lancell.errors import ChecksumError, ShardFormatError
 
-__all__ = ["MISSING", "index_nbytes", "parse_index"]
+__all__ = ["CRC_BYTES", "ENTRY_BYTES", "MISSING", "index_nbytes", "parse_index"]
 
-MISSING = np.uint64(2**64 - 1)
-_ENTRY_BYTES = 16
+MISSING = np.uint64(2**64 - 1)  # an index entry's offset and size where its chunk was never written
+ENTRY_BYTES = 16  # an index entry: offset and size, little-endian uint64 each
+CRC_BYTES = 4  # a crc32c trailer (of each chunk, and of the index)
 
 
 def index_nbytes(chunks_per_shard: int, crc: bool) -> int:
     """Bytes of the index of a shard of ``chunks_per_shard`` chunks (with a crc32c trailer when ``crc``)."""
-    return _ENTRY_BYTES * chunks_per_shard + (4 if crc else 0)
+    return ENTRY_BYTES * chunks_per_shard + (CRC_BYTES if crc else 0)
 
 
 def parse_index(
@@ -71,7 +72,7 @@ def parse_index(
         computed = crc32c.crc32c(raw[:-4])
         if stored != computed:
             raise ChecksumError(f"{where}: index checksum {computed:#010x} != stored {stored:#010x}")
-    entries = raw[: _ENTRY_BYTES * chunks_per_shard].view("<u8").reshape(-1, 2).astype(np.uint64)
+    entries = raw[: ENTRY_BYTES * chunks_per_shard].view("<u8").reshape(-1, 2).astype(np.uint64)
     missing = entries[:, 0] == MISSING
     half = np.flatnonzero(missing != (entries[:, 1] == MISSING))
     if half.size:

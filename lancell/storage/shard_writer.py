@@ -36,13 +36,10 @@ from zarr.core.sync import sync
 
 from kernels import bitpack
 from kernels.crc32c import chunk_trailers
-from lancell.storage.codecs import BitpackingCodec
+from lancell.storage.codecs import TRANSFORMS, BitpackingCodec
+from lancell.storage.shard_index import CRC_BYTES, ENTRY_BYTES, MISSING
 
 __all__ = ["ShardWriter"]
-
-_MISSING = np.uint64(2**64 - 1)
-_CRC_BYTES = 4
-_TRANSFORMS = {"none": bitpack.TRANSFORM_NONE, "delta": bitpack.TRANSFORM_DELTA}
 
 
 def _little_bytes(codec: object) -> bool:
@@ -58,9 +55,9 @@ def _bitpack_encoder(transform: int) -> ChunkEncoder:
     """A BP-128 :data:`ChunkEncoder`: the kernel encodes straight into the room it is given."""
 
     def encode(values: np.ndarray, chunk: int, room: Callable[[int], np.ndarray]) -> np.ndarray:
-        words = bitpack.encoded_chunks_words(values.size // chunk, chunk, _CRC_BYTES)
+        words = bitpack.encoded_chunks_words(values.size // chunk, chunk, CRC_BYTES)
         out = room(4 * words).view(np.uint32)
-        return bitpack.encode_chunks(values.view(np.uint32), chunk, transform, _CRC_BYTES, out=out)[1]
+        return bitpack.encode_chunks(values.view(np.uint32), chunk, transform, CRC_BYTES, out=out)[1]
 
     return encode
 
@@ -73,10 +70,10 @@ def _zstd_encoder(codec: ZstdCodec) -> ChunkEncoder:
         parts = [
             np.frombuffer(zstd.encode(values[i : i + chunk]), np.uint8) for i in range(0, values.size, chunk)
         ]
-        ends = np.cumsum([part.size + _CRC_BYTES for part in parts], dtype=np.int64)
+        ends = np.cumsum([part.size + CRC_BYTES for part in parts], dtype=np.int64)
         out = room(int(ends[-1]))
         for part, end in zip(parts, ends, strict=True):
-            out[end - _CRC_BYTES - part.size : end - _CRC_BYTES] = part
+            out[end - CRC_BYTES - part.size : end - CRC_BYTES] = part
         return ends
 
     return encode
@@ -85,7 +82,7 @@ def _zstd_encoder(codec: ZstdCodec) -> ChunkEncoder:
 def _chunk_encoder(codec: object) -> ChunkEncoder | None:
     """The :data:`ChunkEncoder` of ``codec``, None for codecs other than BP-128 and zstd."""
     if isinstance(codec, BitpackingCodec):
-        return _bitpack_encoder(_TRANSFORMS[codec.transform])
+        return _bitpack_encoder(TRANSFORMS[codec.transform])
     if isinstance(codec, ZstdCodec):
         return _zstd_encoder(codec)
     return None
@@ -176,14 +173,14 @@ class ShardWriter:
             self._encode(self._carry)
             self._carried = 0
         ends = np.concatenate(self._ends)
-        index_bytes = 16 * self._chunks_per_shard
-        tail = self._room(index_bytes + _CRC_BYTES)
-        index = np.full((self._chunks_per_shard, 2), _MISSING, np.uint64)
+        index_bytes = ENTRY_BYTES * self._chunks_per_shard
+        tail = self._room(index_bytes + CRC_BYTES)
+        index = np.full((self._chunks_per_shard, 2), MISSING, np.uint64)
         index[: ends.size, 0] = np.concatenate(([0], ends[:-1]))
         index[: ends.size, 1] = np.diff(ends, prepend=0)
         tail[:index_bytes] = index.view(np.uint8).ravel()
         tail[index_bytes:] = np.array([crc32c.crc32c(index)], np.uint32).view(np.uint8)
-        size, self._used, self._ends = self._used + index_bytes + _CRC_BYTES, 0, []
+        size, self._used, self._ends = self._used + index_bytes + CRC_BYTES, 0, []
         return self._out[:size]
 
     def store(self, shard: int, shard_bytes: np.ndarray) -> None:
