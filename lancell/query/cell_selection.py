@@ -276,7 +276,11 @@ class CellSelection:
                 raise
             except (ValueError, RuntimeError, OSError) as exc:
                 raise QueryError(f"count failed for filter {where!r}: {exc}") from exc
-        counts = pc.value_counts(decoded(values)).flatten()  # (an old Enum field's repeated dictionary)
+        values = decoded(values)  # (an old Enum field's repeated dictionary)
+        if pa.types.is_floating(values.type):  # grouped as filters compare: -0.0 as 0.0, every NaN as one
+            zero, nan = pa.scalar(0.0, values.type), pa.scalar(float("nan"), values.type)
+            values = pc.if_else(pc.is_nan(values), nan, pc.add(values, zero))
+        counts = pc.value_counts(values).flatten()
         index = pd.Index(counts[0].to_pandas(types_mapper=NULLABLE_DTYPES.get), name=column)  # as in obs
         return pd.Series(counts[1].to_numpy(), index=index, name="cells").sort_values(ascending=False)
 

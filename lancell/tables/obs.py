@@ -63,6 +63,8 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
             f"the cell schema declares it as {target}, which obs values are not converted to (a list field: "
             "Arrow would store text as its letters; lancell stores int, float, bool, str, date and datetime)",
         )
+    if missing.all():  # no value to convert (NaN throughout: pandas' float64 for a column of no values)
+        return pa.nulls(len(series), target)
     if categorical and kind == "text":
         # each category converted once, then taken by code (checked as an object column's values are)
         refused = [label for label in series.cat.categories if _refused_value(kind, label)]

@@ -342,3 +342,14 @@ def test_the_note_on_float32_text_shows_what_is_stored() -> None:
     obs = pd.DataFrame({"label": pd.array([0.1, None], dtype="Float32")})
     assert obs_to_arrow("d", obs, [field])["label"].to_pylist() == ["0.1", None]
     assert "(e.g. 0.10000000149011612 as '0.1')" in altered_obs_columns(obs, [field])[0]
+
+
+@pytest.mark.parametrize("type_", [pa.timestamp("us"), pa.date32(), pa.int64(), pa.bool_(), pa.string()])
+def test_a_column_of_no_values_is_stored_as_nulls_under_every_type(type_) -> None:
+    """A float64 column of NaN (pandas' column of no values) was refused under a time or date field ("cannot
+    be stored without a change") and stored under the others."""
+    for column in (np.full(3, np.nan), pd.array([None] * 3, dtype="Float64"), pd.Series([None] * 3)):
+        stored = obs_to_arrow("d", pd.DataFrame({"c": column}), [pa.field("c", type_)])["c"]
+        assert stored.type == type_ and stored.null_count == 3
+    with pytest.raises(ObsConversionError, match="cannot be stored as"):  # a value is still refused
+        obs_to_arrow("d", pd.DataFrame({"c": [np.nan, 1.0]}), [pa.field("c", pa.date32())])

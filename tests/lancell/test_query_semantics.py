@@ -34,6 +34,7 @@ class AwkwardCells(LancellBaseSchema):
     select: str | None = None
     k: int | None = None
     desc: str | None = None
+    weight: float | None = None
     emb: Vector(4) | None = None
     gene_expression: SparseZarrPointer | None = None
     protein: SparseZarrPointer | None = None
@@ -48,6 +49,7 @@ def obs() -> pd.DataFrame:
             "select": list("pqpqpqpqpp"),
             "k": pd.array([BIG, None, -(2**63), 7, 7, 2**63 - 1, 0, 1, 2, 3], dtype="Int64"),
             "desc": ["monocyte"] * 3 + ["t cell"] * 7,
+            "weight": [-0.0, 0.0, 0.0, None, 1.5, -0.0, 1.5, -0.0, 0.0, 2.0],
         },
         index=[f"c{i}" for i in range(N)],
     )
@@ -154,6 +156,20 @@ def test_count_by_a_column_keeps_its_values_and_dtype_next_to_nulls(atlas, obs):
         expected = obs[column].astype(dtype).value_counts(dropna=False)
         assert counted.sort_index().to_dict() == expected.sort_index().to_dict()
     assert BIG in atlas.query().count(group_by="k").index
+
+
+def test_count_by_a_float_column_groups_as_its_filters_compare(atlas):
+    """-0.0 and 0.0 were two groups (Arrow groups floats by their bits) where where(weight=0.0), where(
+    weight=-0.0) and "weight = 0" all match both."""
+    counted = atlas.query().count(group_by="weight")
+    assert counted.index.dtype == np.float64 and counted[counted.index.isna()].tolist() == [1]  # the null
+    assert counted[counted.index.notna()].to_dict() == {0.0: 6, 1.5: 2, 2.0: 1}
+    zeros = [
+        atlas.query().where(weight=0.0),
+        atlas.query().where(weight=-0.0),
+        atlas.query().where("weight = 0"),
+    ]
+    assert [query.count() for query in zeros] == [6, 6, 6]
 
 
 def test_a_boolean_column_stays_boolean_next_to_nulls_and_writes_to_h5ad(atlas, obs, tmp_path):
