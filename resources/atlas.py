@@ -155,15 +155,13 @@ class AtlasResource(dg.ConfigurableResource):
         ignored); a feature schema whose columns its registry of ``feature_space`` lacks is warned about (it
         serves only to create an atlas: atlases created with another keep theirs)."""
         from lancell.errors import SchemaError
-        from lancell.tables.schema import OBS_NAME
+        from lancell.tables.schema_fit import cell_schema_misfits
 
         schema = _import(self.cell_schema, _CELL_SCHEMA)
-        # OBS_NAME: atlases created before the column existed lack it and are served without it
-        missing = sorted(set(schema.model_fields) - set(atlas.cell_arrow_schema.names) - {OBS_NAME})
-        if missing:
+        if misfits := cell_schema_misfits(schema, atlas.cell_arrow_schema):
             raise SchemaError(
-                f"{_CELL_SCHEMA} {self.cell_schema} declares {missing}, which the cell table of the atlas at "
-                f"{self.db_uri} does not have (it was created with another schema)"
+                f"{_CELL_SCHEMA} {self.cell_schema} does not match the cell table of the atlas at "
+                f"{self.db_uri}: {'; '.join(misfits)} (it was created with another schema)"
             )
         features = _import(self.feature_schema, _FEATURE_SCHEMA)
         if self.feature_space not in atlas.feature_spaces:  # (only a new atlas is created with it)

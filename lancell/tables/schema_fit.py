@@ -9,12 +9,18 @@ import pyarrow as pa
 from pydantic_core import PydanticUndefined
 
 from lancell.errors import SchemaError
-from lancell.tables.schema import DatasetRecord
+from lancell.tables.schema import OBS_NAME, DatasetRecord
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-__all__ = ["check_record_fields", "check_record_fits", "refuse_enum_fields", "refuse_unapplied_fields"]
+__all__ = [
+    "cell_schema_misfits",
+    "check_record_fields",
+    "check_record_fits",
+    "refuse_enum_fields",
+    "refuse_unapplied_fields",
+]
 
 
 def refuse_enum_fields(role: str, model: type[BaseModel], schema: pa.Schema) -> None:
@@ -108,6 +114,26 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *
             f"{'; '.join(problems)} (its columns: {stored.names}); open it with the dataset schema it was "
             "created with"
         )
+
+
+def cell_schema_misfits(cell_schema: type[BaseModel], stored: pa.Schema) -> list[str]:
+    """What the cell table (``stored``) would not store as ``cell_schema`` declares, one phrase each: fields
+    it lacks (their columns would be left out of every ingestion) and fields it stores as another type (its
+    own type is what ingestion converts to). ``obs_name`` is left out: atlases created before it lack it.
+    A field whose Arrow type cannot be told (the schema is refused at create) is named as such."""
+    try:
+        declared = cell_schema.to_arrow_schema()
+    except SchemaError as exc:
+        return [f"a schema no atlas is created with ({exc})"]
+    missing = [name for name in declared.names if name not in stored.names and name != OBS_NAME]
+    other = [
+        f"{name} ({declared.field(name).type}; the table stores {stored.field(name).type})"
+        for name in declared.names
+        if name in stored.names and not _same_type(declared.field(name).type, stored.field(name).type)
+    ]
+    return ([f"fields {missing} the table lacks"] if missing else []) + (
+        [f"fields of another type: {', '.join(other)}"] if other else []
+    )
 
 
 def check_record_fits(record: DatasetRecord, stored: pa.Schema) -> None:

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 import definitions
-from lancell.bundled import GeneFeature
+from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import AtlasNotFoundError, SchemaError, StoreError
 from lancell.tables.schema import LancellBaseSchema, SparseZarrPointer
 from resources import AtlasResource
@@ -108,6 +108,13 @@ class RnaCells(LancellBaseSchema):
     rna: SparseZarrPointer | None = None
 
 
+class RetypedCells(CellSchema):
+    """The bundled cell schema with a column of another type and one the bundled table lacks."""
+
+    n_counts: int | None = None
+    donor: str | None = None
+
+
 class PanelGene(GeneFeature):
     """A registry schema with a column the bundled one lacks."""
 
@@ -138,3 +145,13 @@ def test_an_atlas_of_another_feature_space_is_opened_and_the_feature_schema_not_
     with caplog.at_level(logging.WARNING):
         AtlasResource(db_uri=str(tmp_path / "db"), cell_schema=f"{__name__}:RnaCells").open()
     assert "AtlasResource.feature_space 'gene_expression' is not a feature space of the atlas" in caplog.text
+
+
+def test_a_cell_schema_that_types_a_column_otherwise_is_refused(tmp_path: Path):
+    """Only the names were compared: a configured ``n_counts: int`` was served an atlas storing floats (its
+    obs converted to the table's type, not the one configured)."""
+    AtlasResource(db_uri=str(tmp_path / "db"), create_if_missing=True).open()
+    retyped = AtlasResource(db_uri=str(tmp_path / "db"), cell_schema=f"{__name__}:RetypedCells")
+    mismatch = r"\['donor'\] the table lacks; fields of another type: n_counts \(int64; the table stores"
+    with pytest.raises(SchemaError, match=mismatch):
+        retyped.open()
