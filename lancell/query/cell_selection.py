@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from lancell.errors import LancellError, QueryError
 from lancell.query.cell_table import SearchSpec, lance_message, search_builder
 from lancell.storage.store_failures import lance_removed, store_error, wrapped_interrupt
-from lancell.tables.obs import NULLABLE_DTYPES, decoded
+from lancell.tables.obs_read import NULLABLE_DTYPES, decoded
 from lancell.tables.pinned_table import lance_sql, scan_readahead
 from lancell.tables.stored_fields import SEARCH_RESULT_COLUMN, pointer_fields_from_arrow, vector_fields
 from lancell.tables.visibility import visible_cells_filter

@@ -29,7 +29,7 @@ from lancell.query.plan import PlannedGroup, ReconstructionPlan
 from lancell.storage.csc import read_csc_features
 from lancell.storage.nodes import checked_indices
 from lancell.storage.reader import read_element_ranges, read_rows
-from lancell.tables.obs import arrow_to_obs
+from lancell.tables.obs_read import arrow_to_obs
 from lancell.tables.stored_fields import pointer_fields_from_arrow, vector_fields
 
 if TYPE_CHECKING:

@@ -13,8 +13,9 @@ import pyarrow as pa
 import pytest
 
 from lancell.errors import ObsConversionError
-from lancell.tables.obs import arrow_to_obs, obs_to_arrow
+from lancell.tables.obs import obs_to_arrow
 from lancell.tables.obs_notes import altered_obs_columns
+from lancell.tables.obs_read import arrow_to_obs
 
 
 @pytest.mark.parametrize("categories", [["T cell", "B cell"], [3, 11], [1.5, 2.0]])
