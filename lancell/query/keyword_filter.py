@@ -50,11 +50,18 @@ def _number(column: str, field: pa.Field, kind: pa.DataType, value: object) -> s
         if not held.min <= int(value) <= held.max:  # (Lance's error quoted its parser; no cell holds it)
             raise _refused(column, field, value, f": it holds whole numbers from {held.min} to {held.max}")
     try:
-        finite = math.isfinite(float(value))
-    except OverflowError:  # an int beyond float64's range
-        finite = False
-    if not finite:
-        raise QueryError(f"where({column}=...): {_shown(value)} is not a finite number")
+        number = float(value)
+    except OverflowError as exc:  # an int beyond float64's range
+        raise QueryError(f"where({column}=...): {_shown(value)} is beyond float64's range") from exc
+    if math.isnan(number):
+        raise QueryError(
+            f"where({column}=...): {_shown(value)} is no number (a NaN is stored as missing: None selects "
+            "the missing values)"
+        )
+    if math.isinf(number) and pa.types.is_integer(kind):
+        raise _refused(column, field, value, ": it holds whole numbers")
+    if math.isinf(number):  # (ingestion stores infinities; SQL has no literal for them)
+        return f"CAST('{'-' if number < 0 else ''}Infinity' AS DOUBLE)"
     if pa.types.is_integer(kind):
         if not float(value).is_integer():
             raise _refused(column, field, value, ": it holds whole numbers")

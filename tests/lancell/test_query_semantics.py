@@ -49,7 +49,7 @@ def obs() -> pd.DataFrame:
             "select": list("pqpqpqpqpp"),
             "k": pd.array([BIG, None, -(2**63), 7, 7, 2**63 - 1, 0, 1, 2, 3], dtype="Int64"),
             "desc": ["monocyte"] * 3 + ["t cell"] * 7,
-            "weight": [-0.0, 0.0, 0.0, None, 1.5, -0.0, 1.5, -0.0, 0.0, 2.0],
+            "weight": [-0.0, 0.0, 0.0, None, 1.5, -0.0, -np.inf, -0.0, 0.0, np.inf],
         },
         index=[f"c{i}" for i in range(N)],
     )
@@ -163,13 +163,22 @@ def test_count_by_a_float_column_groups_as_its_filters_compare(atlas):
     weight=-0.0) and "weight = 0" all match both."""
     counted = atlas.query().count(group_by="weight")
     assert counted.index.dtype == np.float64 and counted[counted.index.isna()].tolist() == [1]  # the null
-    assert counted[counted.index.notna()].to_dict() == {0.0: 6, 1.5: 2, 2.0: 1}
+    assert counted[counted.index.notna()].to_dict() == {0.0: 6, 1.5: 1, -np.inf: 1, np.inf: 1}
     zeros = [
         atlas.query().where(weight=0.0),
         atlas.query().where(weight=-0.0),
         atlas.query().where("weight = 0"),
     ]
     assert [query.count() for query in zeros] == [6, 6, 6]
+
+
+def test_keyword_filters_select_the_infinities_ingestion_stores(atlas):
+    """where(weight=float("inf")) was refused as "not a finite number" (and SQL has no literal for it) while
+    ingestion stores infinities."""
+    assert atlas.query().where(weight=np.inf).to_pandas()["uid"].tolist() == ["d:c9"]
+    assert atlas.query().where(weight=-np.inf).count() == 1
+    assert atlas.query().where(weight=[np.inf, 1.5]).count() == 2
+    assert atlas.query().where(weight=(1.0, np.inf)).count() == 2  # a range up to infinity holds it
 
 
 def test_a_boolean_column_stays_boolean_next_to_nulls_and_writes_to_h5ad(atlas, obs, tmp_path):
