@@ -65,7 +65,9 @@ def _stored_as_text(column: pd.Series) -> str | None:
     values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.dropna()
     if values.dtype.kind == "O":
         return _mixed_into_text(values)
-    if values.dtype.kind not in "bfmM" or not len(values):  # integers are stored as written: 1 as "1"
+    if isinstance(values.dtype, pd.IntervalDtype):  # (pd.cut's bins)
+        return _mixed_into_text(values.astype(object))
+    if values.dtype.kind not in "bcfmM" or not len(values):  # integers are stored as written: 1 as "1"
         return None
     first = values[0] if isinstance(values, pd.Index) else values.iloc[0]
     shown = first.item() if isinstance(first, np.generic) else first  # (float32 0.1: 0.10000000149011612)
@@ -79,6 +81,9 @@ def _stored_as_text(column: pd.Series) -> str | None:
 _STORED_AS_TEXT = (
     float,
     np.floating,
+    complex,
+    np.complexfloating,
+    pd.Interval,
     datetime.date,
     datetime.timedelta,
     np.datetime64,

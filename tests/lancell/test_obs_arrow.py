@@ -354,3 +354,18 @@ def test_a_column_of_no_values_is_stored_as_nulls_under_every_type(type_) -> Non
         assert stored.type == type_ and stored.null_count == 3
     with pytest.raises(ObsConversionError, match="cannot be stored as"):  # a value is still refused
         obs_to_arrow("d", pd.DataFrame({"c": [np.nan, 1.0]}), [pa.field("c", pa.date32())])
+
+
+def test_intervals_and_complex_numbers_under_a_text_field_are_named_as_stored_as_text() -> None:
+    """pd.cut's bins ("(0, 1]") and complex numbers were stored as their text without the note floats and
+    times get."""
+    field = pa.field("c", pa.string())
+    for column, example in (
+        (pd.cut([0.5, 1.5], [0, 1, 2]), "Interval(0, 1, closed='right') as '(0, 1]'"),
+        (pd.Series(pd.arrays.IntervalArray.from_breaks([0, 1, 2])), "as '(0, 1]'"),
+        (np.array([1 + 0j, 2j]), "(1+0j) as '(1+0j)'"),
+        (pd.Series([1 + 0j, "x"], dtype=object), "(1+0j) as '(1+0j)'"),
+    ):
+        obs = pd.DataFrame({"c": column})
+        assert obs_to_arrow("d", obs, [field])["c"].to_pylist()[0] in ("(0, 1]", "(1+0j)")
+        assert any(example in note for note in altered_obs_columns(obs, [field])), column
