@@ -58,6 +58,8 @@ _DUMP_MESSAGE = re.compile(r'message: "([^"]+)"')
 # and what an S3 error body and status say inside it.
 _RUST_CAUSE = re.compile(r"\s\w+ \{ source: ")
 _S3_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:<Message>([^<]+)</Message>)?")
+# A whole S3 error document, as obstore quotes a refused request's body ("<?xml ...?> <Error>...</Error>")
+_S3_BODY = re.compile(r"(?:<\?xml[^>]*\?>\s*)?<Error>.*?</Error>")
 _STATUS = re.compile(r"status: (\d{3})")
 # Where in Lance's Rust sources an error was made (", /root/.cargo/registry/src/.../writer.rs:258:9")
 _RUST_SOURCE = re.compile(r",? \S+\.rs:\d+:\d+")
@@ -100,11 +102,21 @@ def one_line(exc: BaseException) -> str:
     places in Lance's Rust sources it names."""
     message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
     text = _RUST_SOURCE.sub("", _without_rust_debug(" ".join(message.split()))) or type(exc).__name__
+    text = _S3_BODY.sub(_s3_said, text)  # (its request id, bucket and key: noise beside the message)
     # the system's own words for a refused connection or an unknown host are only in the dump
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
         text += f" ({causes[-1]})"
     return text + "".join(hint() for pattern, hint in _HINTS if pattern.search(text))
+
+
+def _s3_said(body: re.Match[str]) -> str:
+    """An S3 error document as its code and message (``SignatureDoesNotMatch (The request signature ...)``),
+    or as it is where it has no code."""
+    error = _S3_ERROR.search(body.group(0))
+    if error is None:
+        return body.group(0)
+    return error.group(1) + (f" ({error.group(2)})" if error.group(2) else "")
 
 
 def _without_rust_debug(text: str) -> str:
@@ -115,7 +127,7 @@ def _without_rust_debug(text: str) -> str:
         return text
     head, rest = text[: cut.start()].rstrip(" :"), text[cut.start() :]
     if error := _S3_ERROR.search(rest):
-        said = error.group(1) + (f" ({error.group(2)})" if error.group(2) else "")
+        said = _s3_said(error)
     elif status := _STATUS.search(rest):
         said = f"HTTP status {status.group(1)}"
     else:
