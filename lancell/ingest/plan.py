@@ -31,7 +31,7 @@ from lancell.ingest.layer_blocks import shared_pattern
 from lancell.ingest.sources import MatrixSource, matrix_source
 from lancell.tables.feature_spaces import FeatureSpace
 from lancell.tables.names import check_obs_names, names_as_text
-from lancell.tables.obs import obs_to_arrow
+from lancell.tables.obs import obs_to_arrow, refuse_mixed_zones
 from lancell.tables.obs_notes import altered_obs_columns, undeclared_obs_columns
 from lancell.tables.registry import layout_uid_for, registered_symbols, registry_index, sql_literal
 from lancell.tables.schema import (
@@ -130,6 +130,7 @@ def check_cells(core: AtlasCore, record: DatasetRecord | None, obs: pd.DataFrame
     undeclared_obs_columns(dataset, obs, fields)
     for start in range(0, len(obs), CELL_BATCH):
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
+    refuse_mixed_zones(dataset, obs, fields)  # (across batches)
 
 
 def check_size(dataset: str, n_obs: int, n_vars: int) -> None:
@@ -403,6 +404,7 @@ def plan_dataset(
     fields = obs_fields(core.cell_arrow)
     for start in range(0, n_obs, CELL_BATCH):  # convert once up front to validate; kept batch by batch later
         obs_to_arrow(dataset, obs.iloc[start : start + CELL_BATCH], fields)
+    refuse_mixed_zones(dataset, obs, fields)  # (across batches)
     for note in altered_obs_columns(obs, fields):
         warnings.warn(f"dataset {dataset!r}: {note}", LancellWarning, stacklevel=caller_outside_lancell())
     # features are stored in global-index order, so that a row read back maps to increasing output columns

@@ -56,7 +56,7 @@ def reconstruct(
     rows_of = _rows_by_group(pointer, valid, plan)
     n_cells = cells.num_rows
     layers = plan.layers or [None]
-    if bar is not None:
+    if bar is not None:  # (each layer of each cell)
         bar.reset(total=sum(rows.size for rows in rows_of.values()) * len(layers))
     matrices = {}
     for layer in layers:

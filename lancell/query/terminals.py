@@ -270,7 +270,8 @@ class QueryTerminals:
         shown = {"disable": not progress, "leave": False}
         with tqdm(desc="query: selecting cells", bar_format="{desc}", **shown) as bar:
             planned = self.plan()
-            bar.set_description("query: reading", refresh=False)
+            layers = len(planned.plan.layers or [None])  # (the bar counts each layer of each cell)
+            bar.set_description(f"query: reading{f' {layers} layers' if layers > 1 else ''}", refresh=False)
             bar.bar_format, bar.unit = None, "cell"  # (reconstruct sets the total)
             return reconstruct(self._atlas.core, planned.cells, planned.plan, bar=bar)
 

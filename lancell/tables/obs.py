@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import ObsConversionError
 
-__all__ = ["BOOLS", "as_text", "nul_flags", "obs_to_arrow", "schema_kind"]
+__all__ = ["BOOLS", "as_text", "nul_flags", "obs_to_arrow", "refuse_mixed_zones", "schema_kind"]
 
 _NOT_INTEGERS = {"b": "boolean", "M": "datetime", "m": "timedelta"}
 _FLOAT_INTEGERS = 2**53  # float64 holds every whole number below it, and not all above
@@ -38,6 +38,8 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         missing = series.cat.codes.to_numpy() < 0
     else:
         missing = pd.isna(series).to_numpy(dtype=bool) if len(series) else np.zeros(0, dtype=bool)
+        if isinstance(series.dtype, pd.api.extensions.ExtensionDtype) and series.dtype.kind == "f":
+            missing |= np.isnan(series.to_numpy(dtype=np.float64, na_value=np.nan))  # (Float64's 0/0: no NA)
     if missing.any() and not field.nullable:
         raise ObsConversionError(
             dataset,
@@ -93,6 +95,24 @@ def _column_to_arrow(dataset: str, series: pd.Series, field: pa.Field) -> pa.Arr
         nan = pc.fill_null(pc.is_nan(converted), False)
         converted = pc.if_else(nan, pa.scalar(None, target), converted) if pc.any(nan).as_py() else converted
     return _without_nul(dataset, series, field, converted) if kind == "text" else converted
+
+
+def refuse_mixed_zones(dataset: str, obs: pd.DataFrame, fields: list[pa.Field]) -> None:
+    """Refuse a time field's obs column that holds times with a zone and times without, over the whole
+    column (:func:`obs_to_arrow` sees the rows it is given: ingestion converts obs in batches).
+
+    Raises
+    ------
+    ObsConversionError
+        Naming the first of each kind.
+    """
+    for field in fields:
+        if schema_kind(field.type) != "timestamp" or field.name not in obs.columns:
+            continue
+        series = obs[field.name]
+        values = series.astype(object) if isinstance(series.dtype, pd.CategoricalDtype) else series
+        if values.dtype.kind == "O":
+            _refuse_mixed_zones(dataset, series, values, pd.isna(values).to_numpy(dtype=bool), field)
 
 
 def _refuse_mixed_zones(

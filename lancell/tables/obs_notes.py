@@ -54,7 +54,7 @@ def _zones(column: pd.Series) -> list[str]:
     zoned = {
         str(value.tzinfo)
         for value in values
-        if isinstance(value, datetime.datetime) and value.utcoffset() is not None
+        if isinstance(value, datetime.datetime) and value is not pd.NaT and value.utcoffset() is not None
     }
     return sorted(zoned)
 

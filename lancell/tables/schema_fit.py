@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import annotated_types
+import pandas as pd
 import pyarrow as pa
+from pydantic.types import AllowInfNan, Strict
 from pydantic_core import PydanticUndefined
 
 from lancell.errors import SchemaError
@@ -54,9 +57,11 @@ def refuse_unapplied_fields(role: str, model: type[BaseModel]) -> None:
     """
     defaults, constrained = [], []
     for name, info in model.model_fields.items():
-        if info.default_factory is not None or info.default not in (None, PydanticUndefined):
-            defaults.append(f"{name} = {info.default_factory or info.default!r}")
-        if checks := [repr(check) for check in info.metadata if check is not None]:
+        default = info.default
+        unset = default is None or default is PydanticUndefined or default is pd.NA
+        if info.default_factory is not None or not unset:
+            defaults.append(f"{name} = {info.default_factory or default!r}")
+        if checks := [repr(check) for check in info.metadata if _constrains(check)]:
             constrained.append(f"{name}: {', '.join(checks)}")
     if defaults:
         raise SchemaError(
@@ -70,6 +75,13 @@ def refuse_unapplied_fields(role: str, model: type[BaseModel]) -> None:
             f"({'; '.join(constrained)}): any value of the type would be stored; declare the plain type and "
             "check the values before ingestion"
         )
+
+
+def _constrains(metadata: object) -> bool:
+    """Whether a field's ``Annotated`` metadata constrains its values (``Ge``, ``Interval``, ``MaxLen``,
+    ``StringConstraints``, ``allow_inf_nan``), not a note (a docstring, ``Doc``) or pydantic's strict mode."""
+    constraint = (annotated_types.BaseMetadata, annotated_types.GroupedMetadata, AllowInfNan)
+    return isinstance(metadata, constraint) and not isinstance(metadata, Strict)
 
 
 def _same_type(declared: pa.DataType, stored: pa.DataType) -> bool:

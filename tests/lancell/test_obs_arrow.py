@@ -369,3 +369,54 @@ def test_intervals_and_complex_numbers_under_a_text_field_are_named_as_stored_as
         obs = pd.DataFrame({"c": column})
         assert obs_to_arrow("d", obs, [field])["c"].to_pylist()[0] in ("(0, 1]", "(1+0j)")
         assert any(example in note for note in altered_obs_columns(obs, [field])), column
+
+
+def test_a_nan_of_pandas_float64_in_a_required_field_is_refused_as_missing() -> None:
+    """Float64's 0/0 is NaN, not NA: it passed the required-field check, became a null, and Lance refused the
+    whole write with an untyped "declared as non-nullable but contains null values"."""
+    column = pd.array([1.0, 0.0], dtype="Float64") / pd.array([1.0, 0.0], dtype="Float64")
+    with pytest.raises(ObsConversionError, match=r"1 missing values .* not nullable, first at row 1"):
+        obs_to_arrow("d", pd.DataFrame({"s": column}), [pa.field("s", pa.float64(), nullable=False)])
+
+
+def test_zone_notes_pass_over_missing_times() -> None:
+    """pd.NaT among zoned times raised NaTType's ValueError (no utcoffset) in every ingestion."""
+    zoned = pd.Series([dt.datetime(2020, 1, 1, 12, tzinfo=ZoneInfo("Asia/Tokyo")), pd.NaT], dtype=object)
+    field = pa.field("when", pa.timestamp("us"))
+    assert altered_obs_columns(pd.DataFrame({"when": zoned}), [field]) == [
+        "column 'when': times in zone Asia/Tokyo are stored in UTC, zone dropped"
+    ]
+    assert obs_to_arrow("d", pd.DataFrame({"when": zoned}), [field])["when"].to_pylist()[1] is None
+
+
+def test_times_with_and_without_a_zone_are_refused_across_ingestion_batches(tmp_path, monkeypatch) -> None:
+    """Ingestion converts obs in batches of 65,536 cells: zoned times in one batch and a plain one in the next
+    were stored hours apart (each batch held one kind)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from lancell.atlas import RaggedAtlas
+    from lancell.ingest import cell_rows, plan
+    from lancell.ingest.from_anndata import add_from_anndata
+    from lancell.tables.schema import FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
+
+    class Gene(FeatureBaseSchema):
+        pass
+
+    class TimedCells(LancellBaseSchema):
+        when: dt.datetime | None = None
+        rna: SparseZarrPointer | None = None
+
+    atlas = RaggedAtlas.create(str(tmp_path / "db"), "cells", TimedCells, registry_schemas={"rna": Gene})
+    atlas.register_features("rna", pd.DataFrame({"uid": ["g"]}))
+    zoned = dt.datetime(2020, 1, 1, 12, tzinfo=ZoneInfo("Europe/Berlin"))
+    when = pd.Series([zoned, zoned, dt.datetime(2020, 1, 1, 12)], dtype=object, index=["a", "b", "c"])
+    cells = ad.AnnData(sp.csr_matrix(np.ones((3, 1), np.float32)), obs=pd.DataFrame({"when": when}))
+    cells.var_names = ["g"]
+    for module in (plan, cell_rows):  # (the check's batches and the written ones)
+        monkeypatch.setattr(module, "CELL_BATCH", 2)
+    with pytest.raises(
+        ObsConversionError, match=r"times with a zone \(first at row 0 .* without \(first at row 2"
+    ):
+        add_from_anndata(atlas, cells, feature_space="rna", zarr_layer="counts", progress=False)
+    assert atlas.list_datasets().empty and atlas.query().count() == 0

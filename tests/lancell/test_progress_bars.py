@@ -22,6 +22,7 @@ from tqdm.std import tqdm as std_tqdm
 
 from lancell.atlas import RaggedAtlas
 from lancell.ingest.add_csc import add_csc
+from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.synthetic import write_synthetic_h5ad
 from lancell.tables.schema import DatasetRecord
@@ -109,6 +110,13 @@ def test_to_anndata_draws_its_bar_only_when_asked_and_answers_the_same(
     assert "query: reading" in drawn and "5000/5000" in drawn and "100%" in drawn
     assert (shown.X != plain.X).nnz == 0
     pd.testing.assert_frame_equal(shown.obs, plain.obs)
+
+    normalized = plain.X.astype(np.float32) / 2
+    add_layer(atlas, "first", "log_normalized", normalized)
+    both = atlas.query().layers("gene_expression", ["counts", "log_normalized"]).to_anndata(progress=True)
+    drawn = capsys.readouterr().err
+    assert "query: reading 2 layers" in drawn and "10000/10000" in drawn  # each layer of each cell
+    assert (both.layers["log_normalized"] != normalized).nnz == 0
 
 
 def test_the_csc_copy_counts_its_values_in_ingestion_and_in_add_csc(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from lancedb.pydantic import Vector
 
@@ -334,3 +335,10 @@ def test_defaults_and_constraints_lancell_would_not_apply_are_refused_at_create(
         )
     atlas = _create(tmp_path / "dataset", dataset_schema=DefaultedDataset)
     assert atlas.list_datasets().empty
+
+    class NotedCells(Cells):  # notes, strict mode and a missing default constrain no value
+        cell_type: Annotated[str, "the annotators' label"]
+        n_genes: int = Field(strict=True)
+        donor: str | None = pd.NA
+
+    _create(tmp_path / "noted", NotedCells)
