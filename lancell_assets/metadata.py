@@ -16,6 +16,7 @@ OWNERS = ["team:atlas"]
 
 def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | None) -> dict[str, object]:
     """Metadata of one dataset group."""
+    from lancell.layer_entries import layer_entries
     from lancell.storage.stores import prefix_nbytes
 
     nbytes = prefix_nbytes(atlas.store, record.zarr_group)
@@ -23,7 +24,7 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
         "dataset_uid": record.uid,
         "zarr_group": record.zarr_group,
         "layer": record.layer,
-        "layers": dg.MetadataValue.json(layer_summary(atlas, record)),
+        "layers": dg.MetadataValue.json(layer_entries(atlas.core, record)),
         "cells": dg.MetadataValue.int(record.n_cells),
         "features": dg.MetadataValue.int(record.n_features),
         "nnz": dg.MetadataValue.int(record.nnz),
@@ -34,28 +35,6 @@ def group_metadata(atlas: RaggedAtlas, record: DatasetRecord, seconds: float | N
     if seconds is not None:
         out["duration_s"] = dg.MetadataValue.float(round(seconds, 3))
         out["cells_per_s"] = dg.MetadataValue.float(round(record.n_cells / max(seconds, 1e-9), 1))
-    return out
-
-
-def layer_summary(atlas: RaggedAtlas, record: DatasetRecord) -> dict[str, dict[str, object]]:
-    """``{layer: {"dtype": stored dtype, "nnz": entries it reads back}}`` for the layers the record lists.
-
-    Every layer is stored on the group's shared pattern (``record.nnz`` values). A layer the group lists in
-    ``zero_fill`` stores zeros where it had no entry and readers leave them out, so its own entries are its
-    nonzero stored values, counted here a shard's worth at a time (docs/architecture.md, "Several layers").
-    """
-    import numpy as np
-
-    attrs = atlas.group_attributes(record.zarr_group) or {}
-    stored, padded = attrs.get("layers", {}), set(attrs.get("zero_fill", ()))
-    out: dict[str, dict[str, object]] = {}
-    for name in record.layers or list(stored):
-        nnz = record.nnz
-        if name in padded:
-            values = atlas.core.node(f"{record.zarr_group}/csr/layers/{name}")
-            step = (values.shards or values.chunks)[0]
-            nnz = sum(int(np.count_nonzero(values[i : i + step])) for i in range(0, values.shape[0], step))
-        out[name] = {"dtype": stored.get(name, ""), "nnz": nnz}
     return out
 
 

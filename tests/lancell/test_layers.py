@@ -19,6 +19,7 @@ from lancell.bundled import CellSchema, GeneFeature
 from lancell.errors import IngestError, LancellWarning, ShapeMismatchError, StoreError, UnmeasuredDataError
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
+from lancell.layer_entries import layer_entries
 from lancell.tables.schema import DatasetRecord
 
 
@@ -159,6 +160,11 @@ def test_layers_with_their_own_patterns_are_stored_on_the_union(atlas, celltypis
     stored = adata[:, out.var_names]
     _assert_same(out.X, stored.X, "f")
     _assert_same(out.layers["counts"], stored.layers["counts"], "i")
+    record = atlas.dataset_schema(**atlas.list_datasets().iloc[0].to_dict())
+    assert layer_entries(atlas.core, record) == {  # each layer's own entries, not the union's padding
+        "log_normalized": {"dtype": "float32", "nnz": out.X.nnz},
+        "counts": {"dtype": "uint32", "nnz": out.layers["counts"].nnz},
+    }
 
 
 def test_a_layer_another_handle_added_gives_its_dtype_to_cells_without_it(atlas, celltypist):
