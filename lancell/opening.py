@@ -23,15 +23,13 @@ from lancell.errors import (
 from lancell.storage.store_failures import StoreFailures
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
 from lancell.tables.atlas_tables import AtlasTables, Database
-from lancell.tables.store_location import (
-    StoreLike,
+from lancell.tables.store_guards import (
     bind_given_store,
     check_given_store,
-    located_store_url,
-    reading_store_url,
-    recorded_store,
+    refuse_another_copys_store,
     refuse_the_originals_store,
 )
+from lancell.tables.store_location import StoreLike, located_store_url, reading_store_url, recorded_store
 from lancell.tables.table_schemas import DATASETS_TABLE
 from lancell.tables.versions import read_snapshot, snapshot_number
 
@@ -102,8 +100,9 @@ def opened_core(
         check_given_store(store, database, None)
     elif given:
         check_given_store(store, database, _settled_stores(db_uri, meta, atlas_id_at))
-        refuse_the_originals_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
-        bind_given_store(db_uri, meta, store, lambda uri: _atlas_id_at(uri, store_kwargs))
+        refuse_the_originals_store(db_uri, meta, store, atlas_id_at)
+        refuse_another_copys_store(db_uri, meta, store, atlas_id_at)
+        bind_given_store(db_uri, meta, store, atlas_id_at)
     return _core(meta, meta_store, database, store, dataset_schema, None, read_only=read_only)
 
 

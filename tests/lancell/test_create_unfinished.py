@@ -152,9 +152,9 @@ def test_a_location_or_table_name_that_cannot_be_used_is_refused_before_anything
 
 def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path, monkeypatch) -> None:
     # a --store pointing elsewhere used to take the next dataset's group: the atlas was split across stores
-    from lancell.tables import store_location
+    from lancell.tables import store_guards
 
-    real_read = store_location.read_json
+    real_read = store_guards.read_json
     atlas = _create(tmp_path / "db")
     atlas.register_features("gene_expression", [Gene(uid=f"g{i}") for i in range(3)])
     x = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], dtype=np.int32))
@@ -172,7 +172,7 @@ def test_a_store_given_that_does_not_hold_the_atlas_is_refused(tmp_path: Path, m
     assert not (tmp_path / "typo").exists()  # nothing created
     (tmp_path / "empty").mkdir()
     reads = []
-    monkeypatch.setattr(store_location, "read_json", lambda *a: reads.append(a[1]) or real_read(*a))
+    monkeypatch.setattr(store_guards, "read_json", lambda *a: reads.append(a[1]) or real_read(*a))
     with pytest.raises(StoreError, match="not an atlas's store"):
         RaggedAtlas.open(str(tmp_path / "db"), store=str(tmp_path / "empty"))
     assert reads == ["zarr.json"]  # refused at its root: no group searched for (a 404 each on S3)

@@ -581,6 +581,50 @@ def test_a_copied_atlas_never_writes_or_vacuums_the_originals_groups(tmp_path: P
     assert str(pinned.store.prefix) == str((tmp_path / "d" / "db" / "_zarr").resolve())
 
 
+def test_a_copy_given_another_live_copys_own_store_is_refused(tmp_path: Path) -> None:
+    """A database copied alone (or a backup of it) given the store inside another copy, still there: that
+    copy writes its own store without naming it (no binding), so the store was taken; the first copy's
+    delete and vacuum(grace=0) then deleted a group the other still read (its queries failed)."""
+    x = {uid: counts(seed) for seed, uid in enumerate(["x", "y"])}
+    ingest(new_atlas(tmp_path / "a" / "db", None), "x", x["x"])  # the default store, inside the folder
+    shutil.copytree(tmp_path / "a", tmp_path / "z")
+    shutil.copytree(tmp_path / "a" / "db", tmp_path / "y" / "db", ignore=shutil.ignore_patterns("_zarr"))
+    owner = RaggedAtlas.open(str(tmp_path / "z" / "db"))
+    ingest(owner, "y", x["y"])
+    store = str(tmp_path / "z" / "db" / "_zarr")
+    refused = r"given lies inside the atlas at .*/z/db, another copy of the atlas at .*/y/db', which is still"
+    with pytest.raises(StoreError, match=refused):
+        RaggedAtlas.open(str(tmp_path / "y" / "db"), store=store)
+    RaggedAtlas.open(str(tmp_path / "y" / "db"), store=store, read_only=True)  # (reading changes nothing)
+    assert RaggedAtlas.open(str(tmp_path / "z" / "db"), store=store).validate() == []  # its own, named
+    # the original moved, a backup of its database taken before: the moved atlas's store is its own
+    shutil.move(tmp_path / "z", tmp_path / "moved")
+    with pytest.raises(StoreError, match=r"lies inside the atlas at .*/moved/db, another copy"):
+        RaggedAtlas.open(str(tmp_path / "y" / "db"), store=str(tmp_path / "moved" / "db" / "_zarr"))
+    assert_exact(RaggedAtlas.open(str(tmp_path / "moved" / "db")), x)
+
+
+def test_a_snapshot_taken_after_a_move_reads_after_the_next_move(tmp_path: Path) -> None:
+    """A snapshot records the store it read (inside the place the atlas had then): after a second move or
+    a copy, its store was looked for where the atlas no longer is ("does not exist"), or read in the copy
+    left there, whose vacuum() may delete its groups."""
+    x = {uid: counts(seed) for seed, uid in enumerate(["x", "y"])}
+    atlas = new_atlas(tmp_path / "x" / "db", None)
+    ingest(atlas, "x", x["x"])
+    atlas.snapshot()
+    shutil.move(tmp_path / "x", tmp_path / "y")
+    ingest(RaggedAtlas.open(str(tmp_path / "y" / "db")), "y", x["y"])
+    RaggedAtlas.open(str(tmp_path / "y" / "db")).snapshot()
+    shutil.move(tmp_path / "y", tmp_path / "z")
+    assert_snapshots(tmp_path / "z" / "db", {0: {"x": x["x"]}, 1: x})
+    shutil.copytree(tmp_path / "z", tmp_path / "w")  # a copy reads its own store, the other left as it is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        latest = RaggedAtlas.checkout_latest(str(tmp_path / "w" / "db"))
+    assert str(latest.store.prefix) == str((tmp_path / "w" / "db" / "_zarr").resolve())
+    assert_snapshots(tmp_path / "w" / "db", {0: {"x": x["x"]}, 1: x})
+
+
 @pytest.mark.parametrize(
     "body",
     [
