@@ -94,7 +94,8 @@ def recorded_store(
         )
     if store is None and is_local(url) and not local_path(url).exists():
         raise StoreError(
-            f"the zarr store {url} that the atlas recorded does not exist (was the atlas moved or copied?); "
+            f"the zarr store {url} that the atlas reads (as recorded, or inside its own location for a "
+            "copied or moved atlas) does not exist (was the atlas moved or copied without it?); "
             "pass store= (--store on the command line) the folder that holds its zarr groups"
         )
     if isinstance(store, str) and is_local(store) and not local_path(store).exists():

@@ -592,6 +592,9 @@ def test_a_copy_given_another_live_copys_own_store_is_refused(tmp_path: Path) ->
     owner = RaggedAtlas.open(str(tmp_path / "z" / "db"))
     ingest(owner, "y", x["y"])
     store = str(tmp_path / "z" / "db" / "_zarr")
+    # the store it reads is its own place's (it said "that the atlas recorded": the atlas recorded another)
+    with pytest.raises(StoreError, match=r"/y/db/_zarr that the atlas reads \(as recorded, or inside"):
+        RaggedAtlas.open(str(tmp_path / "y" / "db"))
     refused = r"given lies inside the atlas at .*/z/db, another copy of the atlas at .*/y/db', which is still"
     with pytest.raises(StoreError, match=refused):
         RaggedAtlas.open(str(tmp_path / "y" / "db"), store=store)
