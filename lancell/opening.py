@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import obstore
+
 from lancell.core import AtlasCore
 from lancell.errors import (
     AtlasNotFoundError,
@@ -21,6 +23,7 @@ from lancell.errors import (
     caller_outside_lancell,
 )
 from lancell.storage.store_failures import StoreFailures
+from lancell.storage.stores import read_json
 from lancell.tables.atlas_meta import create_storage, db_options, ensure_atlas_id, read_meta
 from lancell.tables.atlas_tables import AtlasTables, Database
 from lancell.tables.store_guards import (
@@ -29,7 +32,13 @@ from lancell.tables.store_guards import (
     refuse_another_copys_store,
     refuse_the_originals_store,
 )
-from lancell.tables.store_location import StoreLike, located_store_url, reading_store_url, recorded_store
+from lancell.tables.store_location import (
+    StoreLike,
+    located_store_url,
+    reading_store_url,
+    recorded_store,
+    snapshot_store_candidate,
+)
 from lancell.tables.table_schemas import DATASETS_TABLE
 from lancell.tables.versions import read_snapshot, snapshot_number
 
@@ -164,14 +173,44 @@ def checked_out_core(
     database = Database(db_uri, options)
     row = read_snapshot(database, version)
     reading = lambda uri: _atlas_id_at(uri, store_kwargs)  # noqa: E731
-    url = (
-        row["store_url"] if store is not None else reading_store_url(db_uri, meta, row["store_url"], reading)
-    )
     given = store is not None
+    url = row["store_url"]
+    if not given:
+        moved = _moved_snapshot_store(db_uri, meta, row, database, store_kwargs)
+        url = moved if moved is not None else reading_store_url(db_uri, meta, url, reading)
     store = recorded_store(store, url, store_kwargs, recorded_config=row.get("store_config"), db_uri=db_uri)
     if given:  # (the snapshot's records: an archive of its store need not hold later datasets' groups)
         check_given_store(store, database, None, row["tables"][DATASETS_TABLE])
     return _core(meta, meta_store, database, store, dataset_schema, row)
+
+
+_GROUPS_LOOKED_AT = 8  # a snapshot's first and last datasets whose groups a relocated store must hold
+
+
+def _moved_snapshot_store(
+    db_uri: str,
+    meta: Mapping[str, Any],
+    row: Mapping[str, Any],
+    database: Database,
+    store_kwargs: dict[str, Any] | None,
+) -> str | None:
+    """The store inside this atlas's location for a snapshot taken where the atlas had been moved (its
+    recorded store lay inside that place: :func:`snapshot_store_candidate`), when it holds the groups of the
+    snapshot's first and last ``_GROUPS_LOOKED_AT`` datasets; else None (the recorded store is read, as for
+    any other snapshot)."""
+    candidate = snapshot_store_candidate(db_uri, meta, row["store_url"])
+    if candidate is None:
+        return None
+    try:
+        store = recorded_store(None, candidate, store_kwargs, recorded_config=row.get("store_config"))
+        groups = database.dataset(DATASETS_TABLE, row["tables"][DATASETS_TABLE]).to_table(["zarr_group"])
+        names = groups.column("zarr_group").to_pylist()
+        looked_at = dict.fromkeys(names[:_GROUPS_LOOKED_AT] + names[-_GROUPS_LOOKED_AT:])
+        if any(read_json(store, f"{name}/zarr.json") is None for name in looked_at):
+            return None  # not that snapshot's store (an older copy of it, or a store given then, elsewhere)
+    except (StoreError, obstore.exceptions.BaseError, ValueError):  # (not there, or not readable)
+        return None
+    return candidate
 
 
 def latest_snapshot(

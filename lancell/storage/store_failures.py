@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import html
 import inspect
 import os
 import re
@@ -57,7 +58,9 @@ _DUMP_MESSAGE = re.compile(r'message: "([^"]+)"')
 # Where Lance's Rust debug rendering of an error's cause starts ("... namespace: IO { source: Generic {"),
 # and what an S3 error body and status say inside it.
 _RUST_CAUSE = re.compile(r"\s\w+ \{ source: ")
-_S3_ERROR = re.compile(r"<Code>([^<]+)</Code>(?:<Message>([^<]+)</Message>)?")
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
+_S3_DETAILS = re.compile(r"<Details>([^<]+)</Details>")  # (Google Cloud Storage's, naming the account)
 # A whole S3 error document, as obstore quotes a refused request's body ("<?xml ...?> <Error>...</Error>")
 _S3_BODY = re.compile(r"(?:<\?xml[^>]*\?>\s*)?<Error>.*?</Error>")
 _STATUS = re.compile(r"status: (\d{3})")
@@ -102,7 +105,8 @@ def one_line(exc: BaseException) -> str:
     places in Lance's Rust sources it names."""
     message, *dump = _DEBUG_DUMP.split(str(exc), maxsplit=1)
     text = _RUST_SOURCE.sub("", _without_rust_debug(" ".join(message.split()))) or type(exc).__name__
-    text = _S3_BODY.sub(_s3_said, text)  # (its request id, bucket and key: noise beside the message)
+    # (its request id, bucket and key: noise beside the message)
+    text = _S3_BODY.sub(lambda body: _s3_said(body.group(0)) or body.group(0), text)
     # the system's own words for a refused connection or an unknown host are only in the dump
     causes = _DUMP_MESSAGE.findall(dump[0]) if dump else []
     if causes and causes[-1] not in text:
@@ -110,13 +114,14 @@ def one_line(exc: BaseException) -> str:
     return text + "".join(hint() for pattern, hint in _HINTS if pattern.search(text))
 
 
-def _s3_said(body: re.Match[str]) -> str:
-    """An S3 error document as its code and message (``SignatureDoesNotMatch (The request signature ...)``),
-    or as it is where it has no code."""
-    error = _S3_ERROR.search(body.group(0))
-    if error is None:
-        return body.group(0)
-    return error.group(1) + (f" ({error.group(2)})" if error.group(2) else "")
+def _s3_said(text: str) -> str | None:
+    """The S3 error in ``text`` as its code and message (``SignatureDoesNotMatch (The request signature
+    ...)``, entities decoded), or None where it names no code."""
+    code, message = _S3_CODE.search(text), _S3_MESSAGE.search(text)
+    if code is None:
+        return None
+    words = [html.unescape(found.group(1).strip()) for found in (message, _S3_DETAILS.search(text)) if found]
+    return html.unescape(code.group(1).strip()) + (f" ({': '.join(words)})" if words else "")
 
 
 def _without_rust_debug(text: str) -> str:
@@ -126,11 +131,10 @@ def _without_rust_debug(text: str) -> str:
     if cut is None:
         return text
     head, rest = text[: cut.start()].rstrip(" :"), text[cut.start() :]
-    if error := _S3_ERROR.search(rest):
-        said = _s3_said(error)
-    elif status := _STATUS.search(rest):
+    said = _s3_said(rest)
+    if said is None and (status := _STATUS.search(rest)):
         said = f"HTTP status {status.group(1)}"
-    else:
+    if said is None:
         return text
     return f"{head}: {said}"
 

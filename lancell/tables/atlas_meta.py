@@ -54,6 +54,7 @@ from lancell.tables.feature_spaces import (
 from lancell.tables.layout_numbering import NUMBERED_LAYOUTS
 from lancell.tables.locks import atlas_lock
 from lancell.tables.store_location import (
+    DEFAULT_INSIDE,
     StoreLike,
     comparable_location,
     resolve_store,
@@ -249,7 +250,7 @@ def create_storage(
         # (a local one, before its store folder is made; every one again, locked)
         if is_local(db_uri) and read_json(meta_store, META_PATH) is not None:
             raise AtlasExistsError(f"an atlas already exists at {db_uri!r}")
-        store = resolve_store(store, f"{db_uri.rstrip('/')}/_zarr", store_kwargs)
+        store = resolve_store(store, f"{db_uri.rstrip('/')}{DEFAULT_INSIDE}", store_kwargs)
         if location_in_store(store, db_uri) == "":
             raise StoreError(
                 f"the zarr store {describe_store(store)} is the database directory {db_uri!r} itself; give a "

@@ -7,19 +7,17 @@ which store an open reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import obstore
 import obstore.store as obs_store
 
-from lancell.errors import StoreError
+from lancell.errors import LancellError, StoreError
 from lancell.storage.store_failures import store_error
 from lancell.storage.stores import describe_store, is_local, local_path, read_json, write_json
-from lancell.tables.atlas_meta import META_PATH
 from lancell.tables.atlas_tables import Database
-from lancell.tables.store_location import STORE_BINDING, comparable_location
+from lancell.tables.store_location import DEFAULT_INSIDE, STORE_BINDING, comparable_location, store_inside
 from lancell.tables.table_schemas import DATASETS_TABLE
 
 __all__ = [
@@ -170,24 +168,34 @@ def refuse_another_copys_store(
     store: obs_store.ObjectStore,
     original_id: Callable[[str], str | None],
 ) -> None:
-    """Refuse writing an atlas through a store given for it that lies inside the location of another copy
-    of the atlas, still there (a database copied alone, or a backup of it, given the store of the copy it was
-    made from, or of the atlas moved since): that store is the other copy's own, which it writes without
-    naming it (no binding records it), and one copy's ``vacuum()`` would delete the groups of the datasets it
-    deleted, which the other still reads. ``original_id``: the atlas id of the atlas at a location, or None.
+    """Refuse writing an atlas through a store given for it that is the own store of another copy of the
+    atlas, still there (a database copied alone, or a backup of it, given the store of the copy it was made
+    from, or of the atlas moved since): that copy writes its own store without naming it (no binding records
+    it), and either copy's ``vacuum()`` would delete the groups of the datasets it deleted, which the other
+    still reads. A copy's own store lies where this atlas's lies in its location (``<db>/_zarr`` by
+    default). A place that cannot be read (another store's credentials, another format) tells nothing.
+    ``original_id``: the atlas id of the atlas at a location, or None.
 
     Raises
     ------
     StoreError
         Naming both locations and what to do instead.
     """
+    where = comparable_location(describe_store(store))
+    if where == comparable_location(meta.get("store_url") or ""):
+        return  # the store the atlas recorded: refuse_the_originals_store's to tell
     here = comparable_location(db_uri)
-    for place in _enclosing_atlases(describe_store(store)):
-        if place == here or (is_local(db_uri) and _same_folder(local_path(place), local_path(db_uri))):
-            return  # this atlas's own store
-        if original_id(place) == meta.get("atlas_id"):
+    for inside in {store_inside(meta) or DEFAULT_INSIDE, DEFAULT_INSIDE}:
+        place = where.removesuffix(inside)
+        if place == where or place == here or _same_folder(place, here):
+            continue
+        try:
+            theirs = original_id(place)
+        except (LancellError, ValueError):  # (ValueError: an atlas.json that is no JSON)
+            continue
+        if theirs is not None and theirs == meta.get("atlas_id"):
             raise StoreError(
-                f"the zarr store {describe_store(store)} given lies inside the atlas at {place}, another "
+                f"the zarr store {describe_store(store)} given is the store of the atlas at {place}, another "
                 f"copy of the atlas at {db_uri!r}, which is still there and writes it: writes of this one "
                 "through it would change that copy's groups (either's vacuum() would delete the groups of "
                 "the datasets it deleted, which the other still reads). Copy the store too and pass the copy "
@@ -195,23 +203,11 @@ def refuse_another_copys_store(
             )
 
 
-def _same_folder(folder: Path, other: Path) -> bool:
-    """Whether two paths are one folder (by a link or a bind mount too)."""
+def _same_folder(place: str, other: str) -> bool:
+    """Whether two local locations are one folder (by a link or a bind mount too)."""
+    if not (is_local(place) and is_local(other)):
+        return False
     try:
-        return os.path.samefile(folder, other)
+        return os.path.samefile(local_path(place), local_path(other))
     except OSError:
         return False
-
-
-def _enclosing_atlases(url: str) -> Iterator[str]:
-    """The locations (comparable URLs, innermost first) of the atlases whose folder holds the store at
-    ``url``: on local disk every enclosing folder holding an atlas's ``META_PATH``; elsewhere the store's
-    parent prefix (the default ``<db>/_zarr``), whose atlas the caller reads."""
-    if is_local(url):
-        for folder in local_path(url).parents:
-            if (folder / META_PATH).is_file():
-                yield comparable_location(str(folder))
-        return
-    parent = url.rstrip("/").rpartition("/")[0]
-    if "://" in parent and parent.partition("://")[2]:
-        yield parent

@@ -32,6 +32,7 @@ from lancell.storage.stores import (
 )
 
 __all__ = [
+    "DEFAULT_INSIDE",
     "STORE_BINDING",
     "Location",
     "StoreLike",
@@ -41,12 +42,15 @@ __all__ = [
     "reading_store_url",
     "recorded_store",
     "resolve_store",
+    "snapshot_store_candidate",
+    "store_inside",
     "warn_of_other_groups",
 ]
 
 StoreLike = obs_store.ObjectStore | str
 # the object at a given store's root naming the atlas (id, database location) that writes it, and the store
 STORE_BINDING = "_lancell_writer.json"
+DEFAULT_INSIDE = "/_zarr"  # an atlas's default store, inside its location
 _FOLDERS_LOOKED_AT = 8  # folders at a new atlas's store root read for another atlas's group
 # a local folder or object-store URL as the public API takes it: a string or a path (pathlib.Path)
 Location = str | os.PathLike[str]
@@ -134,8 +138,6 @@ def located_store_url(
     there = comparable_location(created)
     if meta.get("db_url") and (url == there or url.startswith(f"{there}/")):
         return here + url[len(there) :]
-    if (inside := _store_inside(meta, there)) and url.endswith(inside):
-        return here + inside  # a snapshot's store inside the place the atlas had then (moved since)
     if writable:
         raise StoreError(
             f"the atlas at {db_uri!r} was created at {created} (copied or moved) and records the zarr store "
@@ -145,12 +147,23 @@ def located_store_url(
     return url
 
 
-def _store_inside(meta: Mapping[str, Any], there: str) -> str | None:
-    """The atlas's store as a path inside its location (``"/_zarr"`` by default), where it was created
-    inside it; else None. A snapshot taken where the atlas had been moved records its store there, at the
-    same path."""
+def store_inside(meta: Mapping[str, Any]) -> str | None:
+    """The atlas's store as a path inside its location (:data:`DEFAULT_INSIDE` by default), where it was
+    created inside it; else None. The store of a copy of it, or of the place it had when moved, lies there."""
+    there = comparable_location(meta.get("db_url") or "")
     recorded = meta.get("store_url") or ""
     return recorded[len(there) :] if meta.get("db_url") and recorded.startswith(f"{there}/") else None
+
+
+def snapshot_store_candidate(db_uri: str, meta: Mapping[str, Any], url: str) -> str | None:
+    """Where a snapshot's recorded store ``url`` lies now if it was the store inside the place the atlas had
+    when the snapshot was taken (it was moved since, then moved or copied again): that path inside this
+    atlas's location; None where ``url`` is not such a path. The caller checks that the store there holds
+    the snapshot's groups (a store given then, elsewhere, can end the same way)."""
+    here, inside = comparable_location(db_uri), store_inside(meta)
+    if inside is None or not url.endswith(inside) or url == here + inside:
+        return None
+    return here + inside
 
 
 def reading_store_url(
@@ -192,8 +205,8 @@ def _legacy_creation(
     relocated (a store of that name elsewhere cannot always be told from the default): it is refused for
     writing and read as recorded (a copy of an atlas written before 2026-12-05 wrote to, and vacuumed, the
     original's store)."""
-    origin = url.removesuffix("/_zarr")
-    if not url.endswith("/_zarr") or origin == here:
+    origin = url.removesuffix(DEFAULT_INSIDE)
+    if not url.endswith(DEFAULT_INSIDE) or origin == here:
         return None
     if is_local(here) and is_local(origin) and _same(local_path(origin), local_path(here)):
         return None

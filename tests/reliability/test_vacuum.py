@@ -595,14 +595,14 @@ def test_a_copy_given_another_live_copys_own_store_is_refused(tmp_path: Path) ->
     # the store it reads is its own place's (it said "that the atlas recorded": the atlas recorded another)
     with pytest.raises(StoreError, match=r"/y/db/_zarr that the atlas reads \(as recorded, or inside"):
         RaggedAtlas.open(str(tmp_path / "y" / "db"))
-    refused = r"given lies inside the atlas at .*/z/db, another copy of the atlas at .*/y/db', which is still"
+    refused = r"given is the store of the atlas at .*/z/db, another copy of the atlas at .*/y/db., which is"
     with pytest.raises(StoreError, match=refused):
         RaggedAtlas.open(str(tmp_path / "y" / "db"), store=store)
     RaggedAtlas.open(str(tmp_path / "y" / "db"), store=store, read_only=True)  # (reading changes nothing)
     assert RaggedAtlas.open(str(tmp_path / "z" / "db"), store=store).validate() == []  # its own, named
     # the original moved, a backup of its database taken before: the moved atlas's store is its own
     shutil.move(tmp_path / "z", tmp_path / "moved")
-    with pytest.raises(StoreError, match=r"lies inside the atlas at .*/moved/db, another copy"):
+    with pytest.raises(StoreError, match=r"is the store of the atlas at .*/moved/db, another copy"):
         RaggedAtlas.open(str(tmp_path / "y" / "db"), store=str(tmp_path / "moved" / "db" / "_zarr"))
     assert_exact(RaggedAtlas.open(str(tmp_path / "moved" / "db")), x)
 

@@ -282,6 +282,36 @@ def test_a_store_error_keeps_the_s3_error_code_and_the_refused_connection_on_one
     assert str(store_error(refused, "reading")).endswith("error sending request (Connection refused)")
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            '<?xml version="1.0"?>\n<Error>\n  <Code>AccessDenied</Code>\n'
+            "  <Message>Access Denied</Message>\n  <RequestId>R</RequestId>\n</Error>",
+            "AccessDenied (Access Denied)",
+        ),
+        (
+            "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region &apos;us-east-1&apos; is "
+            "wrong</Message><Region>eu-west-1</Region></Error>",
+            "AuthorizationHeaderMalformed (the region 'us-east-1' is wrong)",
+        ),
+        (
+            "<Error><Code>AccessDenied</Code><Message>Access denied.</Message><Details>sa@p does not have "
+            "storage.objects.get access</Details></Error>",
+            "AccessDenied (Access denied.: sa@p does not have storage.objects.get access)",
+        ),
+        ("<Error><Message>Slow down</Message><Code>SlowDown</Code></Error>", "SlowDown (Slow down)"),
+    ],
+)
+def test_an_s3_error_document_is_said_as_its_code_and_message(body: str, said: str):
+    """The whole document was quoted (request id, bucket, key); then a pretty-printed one, a message before
+    its code, entities and Google's details were lost or left escaped."""
+    from lancell.storage.store_failures import one_line
+
+    refused = "Error performing GET http://h/b/k - Server returned non-2xx status code: 403 Forbidden: "
+    assert one_line(RuntimeError(refused + body)) == refused + said
+
+
 def test_lances_rust_debug_rendering_is_cut_to_the_s3_error_it_holds():
     """A missing bucket at create printed Lance's Rust debug rendering: retry settings, a cargo source path
     and "backtrace: MaybeBacktrace", the S3 error code deep inside."""
