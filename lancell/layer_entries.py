@@ -7,7 +7,8 @@ nonzero stored values (docs/architecture.md, "Several layers").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +16,13 @@ if TYPE_CHECKING:
     from lancell.core import AtlasCore
     from lancell.tables.schema import DatasetRecord
 
-__all__ = ["layer_entries"]
+__all__ = ["layer_entries", "recorded_layers"]
+
+
+def recorded_layers(listed: Sequence[str] | None, group_attrs: Mapping[str, Any]) -> list[str]:
+    """A dataset's layers: those its record lists, or, for a record from before layers were recorded (none
+    listed), those its zarr group's attributes ``group_attrs`` store."""
+    return list(listed) if listed else list(group_attrs.get("layers", {}))
 
 
 def layer_entries(core: AtlasCore, record: DatasetRecord) -> dict[str, dict[str, object]]:
@@ -25,7 +32,7 @@ def layer_entries(core: AtlasCore, record: DatasetRecord) -> dict[str, dict[str,
     attrs = core.group_attrs(record.zarr_group) or {}
     stored, padded = attrs.get("layers", {}), set(attrs.get("zero_fill", ()))
     out: dict[str, dict[str, object]] = {}
-    for name in record.layers or list(stored):
+    for name in recorded_layers(record.layers, attrs):
         nnz = record.nnz
         if name in padded:
             values = core.node(f"{record.zarr_group}/csr/layers/{name}")

@@ -19,6 +19,7 @@ from lancell.errors import (
     require_text,
     require_type,
 )
+from lancell.layer_entries import recorded_layers
 from lancell.storage.groups import FORMAT_VERSION, other_atlas
 from lancell.storage.offsets import missing_chunk_keys
 from lancell.storage.reader import array_reader, written_whole
@@ -313,7 +314,7 @@ def _check(core: AtlasCore, dataset_uid: str | None, checksums: bool, problems: 
                 problems.append(
                     f"dataset {uid!r}: zarr attr {key}={attrs.get(key)!r}, record has {row[key]!r}"
                 )
-        layers = attrs.get("layers", {}) if row.get("layers") is None else row["layers"]  # older tables: none
+        layers = recorded_layers(row.get("layers"), attrs)
         listed = _listing(core, row["zarr_group"])
         problems += [
             f"dataset {uid!r}: {p}" for p in _missing_shards(core, row["zarr_group"], attrs, layers, listed)

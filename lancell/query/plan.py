@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import GroupNotFoundError, QueryError
+from lancell.layer_entries import recorded_layers
 from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells
 from lancell.storage.groups import ATLAS_ID_ATTR, other_atlas
 from lancell.storage.stores import describe_store
@@ -223,7 +224,7 @@ def _describe_groups(
         if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
             continue
         attrs = dataset_group_attrs(core, name, by_group[name]["uid"], by_group[name].get("layers") or ())
-        listed = by_group[name].get("layers") or list(attrs.get("layers", {}))
+        listed = recorded_layers(by_group[name].get("layers"), attrs)
         layers_of[name] = {
             lay: np.dtype(attrs["layers"][lay]) for lay in listed if lay in attrs.get("layers", {})
         }
