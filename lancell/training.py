@@ -2,8 +2,9 @@
 
 Everything that decides the result is fixed by the snapshot and the seed: the cells (a checked-out snapshot
 never changes), the held-out split (a hash of each cell's uid), the batch order (a seeded sampler) and the
-weights (``torch.manual_seed``). Re-running on the same snapshot therefore reproduces the same batches and
-the same metric, however much data was ingested since.
+weights (``torch.manual_seed``; the number of threads torch uses may change their last bits, never the
+batches). Re-running on the same snapshot therefore reproduces the same batches and the same metric, however
+much data was ingested since.
 
 Only cells measured in the training layer are used (the query's ``on_unmeasured("drop")``): a dataset that
 does not store the layer contributes no all-zero rows, and the report says how many cells each dataset gave.
@@ -45,7 +46,7 @@ class TrainingReport:
     epochs: int
     test_accuracy: float
     train_loss: float
-    batch_order_sha256: str
+    batches_sha256: str
     seconds: float
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     feature_uids: list[str] = field(default_factory=list, repr=False)
@@ -65,10 +66,21 @@ class TrainingReport:
         }
 
 
-def _held_out(uids: list[str], fraction: float) -> np.ndarray:
-    """A split that depends only on each cell's uid (stable across snapshots and machines)."""
-    digests = [int(hashlib.sha256(u.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for u in uids]
-    return np.asarray(digests) < fraction
+def _uid_digests(uids: list[str]) -> np.ndarray:
+    """Each uid's SHA-256, its first 8 bytes as a big-endian ``uint64``."""
+    return np.array([int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") for u in uids], np.uint64)
+
+
+def _held_out(digests: np.ndarray, fraction: float) -> np.ndarray:
+    """A split that depends only on each cell's uid (its :func:`_uid_digests`' first 4 bytes: stable across
+    snapshots and machines)."""
+    return (digests >> np.uint64(32)).astype(np.float64) / 0xFFFFFFFF < fraction
+
+
+def _names_bytes(names: list[str]) -> bytes:
+    """``names`` as bytes that tell them apart from any other list (each length-prefixed)."""
+    encoded = [name.encode() for name in names]
+    return len(names).to_bytes(8, "little") + b"".join(len(e).to_bytes(8, "little") + e for e in encoded)
 
 
 def train_cell_type_classifier(
@@ -88,7 +100,9 @@ def train_cell_type_classifier(
 
     Cells without a label, and cells whose dataset does not store ``layer``, are left out. Returns held-out
     accuracy (NaN when no cell was held out: a small ``test_fraction`` of few cells), the final training
-    loss, the cells used and left out per dataset and a SHA-256 of the exact sequence of training batches.
+    loss, the cells used and left out per dataset and a SHA-256 of the exact sequence of training batches
+    (``batches_sha256``: each batch's cells, by uid, their labels and inputs, after the classes and the
+    input features in order; equal for two runs that trained on the same data in the same order).
 
     Raises
     ------
@@ -119,7 +133,8 @@ def train_cell_type_classifier(
         kind = dataset.metadata.values[label_column].dtype
         raise QueryError(f"label column {label_column!r} holds {kind} numbers, not labels to classify")
     uids = np.asarray(dataset.categories["uid"], dtype=object)[dataset.metadata.values["uid"]]
-    test = _held_out(uids.tolist(), test_fraction)
+    digests = _uid_digests(uids.tolist())
+    test = _held_out(digests, test_fraction)
     per_group = np.bincount(dataset.cell_groups, minlength=len(dataset.groups.names))
     used = {uid: int(n) for uid, n in zip(dataset.groups.dataset_uids, per_group, strict=True) if n}
     classes = dataset.categories[label_column]
@@ -129,14 +144,16 @@ def train_cell_type_classifier(
     loader = make_loader(
         dataset, sampler, num_workers=num_workers, collate_fn=DenseCollate(normalize=normalize)
     )
-    order = hashlib.sha256()
+    feature_uids = [str(uid) for uid in dataset.feature_uids]
+    batches = hashlib.sha256(_names_bytes(list(classes)) + _names_bytes(feature_uids))  # (what codes mean)
     loss_value = float("nan")
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for batch in loader:
             index = batch["index"].numpy()
             train = ~test[index]
-            order.update(index.astype(np.int64).tobytes())
+            for part in (digests[index], batch[label_column].numpy().astype(np.int64), batch["X"].numpy()):
+                batches.update(np.ascontiguousarray(part).tobytes())
             if not train.any():
                 continue
             logits = model(batch["X"][train])
@@ -169,10 +186,10 @@ def train_cell_type_classifier(
         epochs=epochs,
         test_accuracy=correct / total if total else float("nan"),
         train_loss=loss_value,
-        batch_order_sha256=order.hexdigest(),
+        batches_sha256=batches.hexdigest(),
         seconds=time.perf_counter() - started,
         state_dict=model.state_dict(),
-        feature_uids=[str(uid) for uid in dataset.feature_uids],
+        feature_uids=feature_uids,
         inputs={
             "feature_space": feature_space,
             "layer": layer,

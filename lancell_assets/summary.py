@@ -71,5 +71,5 @@ def print_summary(root: Path, snapshot_label: str, classifier: dict[str, object]
             f"cell_type_classifier@{snapshot_label}: trained on snapshot {classifier['snapshot_version']} "
             f"({', '.join(classifier['datasets'])}), loader seed {classifier['loader_seed']}, "
             f"held-out accuracy {classifier['test_accuracy']:.3f} on {classifier['n_test']} cells, "
-            f"batch order sha256 {str(classifier['batch_order_sha256'])[:12]}..."
+            f"batches sha256 {str(classifier['batches_sha256'])[:12]}..."
         )

@@ -52,7 +52,7 @@ def cell_type_classifier(
             "n_train": dg.MetadataValue.int(report.n_train),
             "n_test": dg.MetadataValue.int(report.n_test),
             "classes": dg.MetadataValue.json(report.classes),
-            "batch_order_sha256": report.batch_order_sha256,
+            "batches_sha256": report.batches_sha256,
             "duration_s": dg.MetadataValue.float(round(report.seconds, 2)),
             "model_path": dg.MetadataValue.path(str(path)),
         }

@@ -45,8 +45,8 @@ def _(RaggedAtlas, report, train_cell_type_classifier, version):
     again = train_cell_type_classifier(
         RaggedAtlas.checkout("atlas/db", version), layer="log_normalized", epochs=4
     )
-    assert again.batch_order_sha256 == report.batch_order_sha256
-    print("reproducible:", again.batch_order_sha256[:16])
+    assert again.batches_sha256 == report.batches_sha256
+    print("reproducible:", again.batches_sha256[:16])
     return
 
 

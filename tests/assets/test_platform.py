@@ -196,7 +196,7 @@ def test_training_partition_names_snapshot_and_reproduces_after_more_data(platfo
         "cells_per_dataset",
         "n_train",
         "n_test",
-        "batch_order_sha256",
+        "batches_sha256",
         "test_accuracy",
         "train_loss",
     ):

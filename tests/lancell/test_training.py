@@ -50,3 +50,31 @@ def test_a_misspelled_label_column_is_named(counts_only):
     """It was reported as a filter the caller never wrote, where('celltype IS NOT NULL')."""
     with pytest.raises(QueryError, match=r"label_column 'celltype' is not a cell column \(cell columns: \["):
         train_cell_type_classifier(counts_only, label_column="celltype", epochs=1)
+
+
+def test_the_batches_hash_tells_other_cells_labels_and_values_apart(atlas, pbmc):
+    """It hashed the batches' positions only: two snapshots of as many other cells had one hash."""
+    first = pbmc[:100].copy()
+    _add(atlas, "one", first, "log_normalized")
+    versions = [atlas.snapshot()]
+    atlas.delete_dataset("one")
+    doubled = first.copy()
+    doubled.X = doubled.X * 2  # the same cells (uids) and labels, other values
+    _add(atlas, "one", doubled, "log_normalized")
+    versions.append(atlas.snapshot())
+    atlas.delete_dataset("one")
+    relabelled = first.copy()
+    relabelled.obs["cell_type"] = relabelled.obs["cell_type"].astype(str).to_numpy()[::-1]
+    _add(atlas, "one", relabelled, "log_normalized")
+    versions.append(atlas.snapshot())
+    atlas.delete_dataset("one")
+    _add(atlas, "two", pbmc[100:200].copy(), "log_normalized")  # as many other cells
+    versions.append(atlas.snapshot())
+
+    def trained(version: int) -> str:
+        snapshot = RaggedAtlas.checkout(atlas.db_uri, version)
+        return train_cell_type_classifier(snapshot, epochs=1).batches_sha256
+
+    hashes = [trained(version) for version in versions]
+    assert len(set(hashes)) == 4
+    assert trained(versions[0]) == hashes[0]  # the same snapshot and seed: the same batches
