@@ -35,9 +35,10 @@ from lancell.errors import (
 from lancell.ingest.blocks import checked_values, dense_place, stored_csr_blocks
 from lancell.ingest.sources import matrix_source, stored_dtype
 from lancell.storage.csc import write_csc
-from lancell.storage.groups import ShardBuffer, create_value_array
+from lancell.storage.groups import create_value_array
 from lancell.storage.offsets import read_offsets
 from lancell.storage.reader import read_element_ranges
+from lancell.storage.shard_buffer import ShardBuffer
 from lancell.storage.store_failures import StoreFailures, one_line, store_error, store_failed
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.pinned_table import lance_sql

@@ -25,14 +25,10 @@ from tqdm.auto import tqdm
 
 from kernels.transpose import scatter_runs
 from lancell.storage.csc_blocks import CsrBlocks, Part, ReadBuffer, Segment
-from lancell.storage.groups import (
-    ShardBuffer,
-    create_value_array,
-    current_geometry,
-    value_codecs,
-)
+from lancell.storage.groups import create_value_array, current_geometry, value_codecs
 from lancell.storage.offsets import read_offsets, write_offsets
 from lancell.storage.reader import array_reader, read_element_ranges
+from lancell.storage.shard_buffer import ShardBuffer
 
 __all__ = ["CSC_BUDGET", "CSC_MIN_VALUES", "read_csc_features", "write_csc"]
 

@@ -11,7 +11,8 @@ import zarr.codecs
 
 from kernels.crc32c import chunk_trailers
 from lancell.storage import shard_writer
-from lancell.storage.groups import ShardBuffer, value_codecs
+from lancell.storage.groups import value_codecs
+from lancell.storage.shard_buffer import ShardBuffer
 from lancell.storage.shard_writer import ShardWriter
 
 RNG = np.random.default_rng(7)

@@ -26,7 +26,8 @@ import lancell.storage.csc
 from lancell.atlas import RaggedAtlas
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import groups
-from lancell.storage.groups import GroupGeometry, ShardBuffer
+from lancell.storage.groups import GroupGeometry
+from lancell.storage.shard_buffer import ShardBuffer
 from lancell.tables.schema import DatasetRecord
 
 DATASET = "big"
