@@ -13,6 +13,7 @@ import pyarrow as pa
 from lancell.core import AtlasCore
 from lancell.errors import require_text, require_type
 from lancell.feature_registration import register_features
+from lancell.layer_entries import recorded_layers
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import delete_snapshot, snapshot_listing, take_snapshot
@@ -401,7 +402,7 @@ class RaggedAtlas:
         frame = self.core.tables.datasets.to_arrow().to_pandas()
         if "layers" not in frame.columns:
             stored = [
-                list((self.core.group_attrs(group) or {}).get("layers", {})) or [layer]
+                recorded_layers(None, self.core.group_attrs(group) or {}) or [layer]
                 for group, layer in zip(frame["zarr_group"], frame["layer"], strict=True)
             ]
             frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", stored)

@@ -27,7 +27,9 @@ from lancell.errors import QueryError, UnmeasuredDataError
 if TYPE_CHECKING:
     from lancell.atlas import RaggedAtlas
 
-__all__ = ["TrainingReport", "train_cell_type_classifier"]
+__all__ = ["TrainingReport", "train_cell_type_classifier", "training_inputs"]
+
+PREFERRED_LAYERS = ("log_normalized", "counts")  # what training_inputs picks first, where any dataset has it
 
 
 @dataclass
@@ -83,6 +85,48 @@ def _names_bytes(names: list[str]) -> bytes:
     return len(names).to_bytes(8, "little") + b"".join(len(e).to_bytes(8, "little") + e for e in encoded)
 
 
+def training_inputs(
+    atlas: RaggedAtlas,
+    feature_space: str = "gene_expression",
+    layer: str | None = None,
+    normalize: bool | None = None,
+) -> tuple[str, bool]:
+    """``(layer, normalize)`` to train on where the caller left them None (an automated run: the atlas's
+    datasets decide).
+
+    ``layer``: the first of :data:`PREFERRED_LAYERS` that a dataset of ``feature_space`` lists, else the
+    layer most of its cells are stored in. ``normalize``: whether that layer holds integers (counts: scaled
+    to 10,000 per cell and ``log1p``-ed by :class:`~lancell.dataloader.DenseCollate`), read from the first
+    dataset storing it.
+
+    Raises
+    ------
+    UnmeasuredDataError
+        No dataset of ``feature_space`` (with ``layer`` given: none storing it).
+    """
+    frame = atlas.list_datasets()
+    frame = frame[frame["feature_space"] == feature_space]
+    cells: dict[str, int] = {}
+    for layers, n in zip(frame["layers"], frame["n_cells"], strict=True):
+        for name in layers:
+            cells[name] = cells.get(name, 0) + int(n)
+    if layer is None:
+        listed = [name for name in PREFERRED_LAYERS if name in cells]
+        layer = listed[0] if listed else max(cells, key=cells.get, default=None)
+    storing = [
+        group for group, layers in zip(frame["zarr_group"], frame["layers"], strict=True) if layer in layers
+    ]
+    if layer is None or not storing:
+        what = "any layer" if layer is None else f"layer {layer!r}"
+        raise UnmeasuredDataError(
+            f"no dataset of {feature_space!r} stores {what} to train on (layers stored: {sorted(cells)})"
+        )
+    if normalize is None:
+        dtype = (atlas.core.group_attrs(storing[0]) or {}).get("layers", {}).get(layer)
+        normalize = dtype is not None and np.dtype(dtype).kind in "iu"
+    return layer, normalize
+
+
 def train_cell_type_classifier(
     atlas: RaggedAtlas,
     *,
@@ -124,10 +168,23 @@ def train_cell_type_classifier(
     torch.manual_seed(seed)
     query = atlas.query().where(f"{label_column} IS NOT NULL").on_unmeasured("drop")
     dataset = query.to_cell_dataset(feature_space, layer, metadata_columns=[label_column, "uid"])
+    if len(dataset) == 0 and not dataset.unmeasured:
+        raise UnmeasuredDataError(
+            f"no cell measured in layer {layer!r} of {feature_space!r} has a {label_column!r} label; nothing "
+            "to train on"
+        )
     if len(dataset) == 0:
+        lacking = dataset.unmeasured
+        shown = ", ".join(f"{uid!r}: {n}" for uid, n in list(lacking.items())[:5])
+        more = (
+            f", ... ({len(lacking)} datasets, {sum(lacking.values())} cells in all)"
+            if len(lacking) > 5
+            else ""
+        )
         raise UnmeasuredDataError(
             f"no cell with a {label_column!r} label is measured in layer {layer!r} of {feature_space!r} "
-            f"(labelled cells per dataset without it: {dataset.unmeasured}); nothing to train on"
+            f"(labelled cells per dataset without it: {{{shown}{more}}}); nothing to train on: pass a layer "
+            "the datasets store (lancell.training.training_inputs picks one)"
         )
     if label_column not in dataset.categories:
         kind = dataset.metadata.values[label_column].dtype

@@ -69,6 +69,7 @@ def print_summary(root: Path, snapshot_label: str, classifier: dict[str, object]
     if classifier:
         print(
             f"cell_type_classifier@{snapshot_label}: trained on snapshot {classifier['snapshot_version']} "
+            f"layer {classifier.get('layer', 'log_normalized')!r} "
             f"({', '.join(classifier['datasets'])}), loader seed {classifier['loader_seed']}, "
             f"held-out accuracy {classifier['test_accuracy']:.3f} on {classifier['n_test']} cells, "
             f"batches sha256 {str(classifier['batches_sha256'])[:12]}..."

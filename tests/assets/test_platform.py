@@ -3,7 +3,9 @@
 import json
 import shutil
 
+import anndata as ad
 import dagster as dg
+import numpy as np
 from helpers import visible_state
 
 import definitions
@@ -14,14 +16,14 @@ from lancell_assets import dataset_partitions, landing_zone_sensor, snapshot_par
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _materialize(defs, instance, selection, partition_key=None, raise_on_error=True):
+def _materialize(defs, instance, selection, partition_key=None, raise_on_error=True, ops=None):
     return dg.materialize(
         list(defs.assets),
         selection=selection,
         partition_key=partition_key,
         instance=instance,
         resources=defs.resources,
-        run_config=QUIET,
+        run_config={**QUIET, **({"ops": ops} if ops else {})},
         raise_on_error=raise_on_error,
     )
 
@@ -214,4 +216,28 @@ def test_classifier_fails_when_no_labelled_cell_is_measured(platform):
     assert not result.success and not result.asset_materializations_for_node("cell_type_classifier")
     error = result.get_step_failure_events()[0].event_specific_data.error.cause  # the asset's own error
     assert error.cls_name == "UnmeasuredDataError"
-    assert "no cell with a 'cell_type' label is measured in layer 'log_normalized'" in error.message
+    assert error.message.startswith(
+        "lancell.errors.UnmeasuredDataError: no cell measured in layer 'counts' of 'gene_expression' has a "
+        "'cell_type' label; nothing to train on"
+    )
+
+
+def test_snapshot_job_trains_on_counts_where_no_dataset_stores_log_normalized(platform):
+    """It trained on log_normalized only: on count files (what a file without a sidecar lands as) every
+    snapshot_job run failed at its last step."""
+    defs, instance, root = platform
+    labelled = ad.read_h5ad(root / "landing" / "celltypist_sample.h5ad")[:300].copy()
+    labelled.obs["cell_type"] = np.where(np.arange(labelled.n_obs) % 2, "T cell", "B cell")
+    labelled.write_h5ad(root / "landing" / "labelled.h5ad")
+    instance.add_dynamic_partitions(dataset_partitions.name, ["labelled"])
+    instance.add_dynamic_partitions(snapshot_partitions.name, ["s0"])
+    _materialize(defs, instance, ["dataset_group"], "labelled")
+    _materialize(defs, instance, ["feature_registry", "optimized_atlas"])
+    result = _materialize(defs, instance, ["atlas_snapshot", "cell_type_classifier"], "s0")
+    meta = result.asset_materializations_for_node("cell_type_classifier")[0].metadata
+    assert meta["layer"].value == "counts" and meta["normalize"].value is True
+    assert meta["cells_per_dataset"].value == {"labelled": 300}
+    configured = {"cell_type_classifier": {"config": {"normalize": False, "epochs": 1}}}
+    again = _materialize(defs, instance, ["cell_type_classifier"], "s0", ops=configured)
+    meta = again.asset_materializations_for_node("cell_type_classifier")[0].metadata
+    assert meta["normalize"].value is False

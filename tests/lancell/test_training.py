@@ -8,7 +8,7 @@ from lancell.atlas import RaggedAtlas
 from lancell.errors import QueryError, UnmeasuredDataError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.tables.schema import DatasetRecord
-from lancell.training import train_cell_type_classifier
+from lancell.training import train_cell_type_classifier, training_inputs
 
 
 def _add(atlas: RaggedAtlas, uid: str, adata, layer: str) -> None:
@@ -39,7 +39,8 @@ def test_trains_only_on_cells_measured_in_its_layer(counts_only, pbmc):
 def test_refuses_when_no_cell_is_measured(counts_only):
     message = (
         "no cell with a 'cell_type' label is measured in layer 'log_normalized' of 'gene_expression' "
-        "(labelled cells per dataset without it: {'ct': 120}); nothing to train on"
+        "(labelled cells per dataset without it: {'ct': 120}); nothing to train on: pass a layer the "
+        "datasets store (lancell.training.training_inputs picks one)"
     )
     with pytest.raises(UnmeasuredDataError) as raised:
         train_cell_type_classifier(counts_only, epochs=1)
@@ -78,3 +79,14 @@ def test_the_batches_hash_tells_other_cells_labels_and_values_apart(atlas, pbmc)
     hashes = [trained(version) for version in versions]
     assert len(set(hashes)) == 4
     assert trained(versions[0]) == hashes[0]  # the same snapshot and seed: the same batches
+
+
+def test_training_inputs_follow_the_layers_the_datasets_store(counts_only, pbmc):
+    assert training_inputs(counts_only) == ("counts", True)  # integers: scaled and log1p-ed
+    assert training_inputs(counts_only, normalize=False) == ("counts", False)
+    _add(counts_only, "pb", pbmc[:50].copy(), "log_normalized")
+    assert training_inputs(counts_only) == ("log_normalized", False)  # floats, read as stored
+    with pytest.raises(UnmeasuredDataError, match=r"no dataset of 'gene_expression' stores layer 'spliced'"):
+        training_inputs(counts_only, layer="spliced")
+    report = train_cell_type_classifier(counts_only, layer="counts", normalize=True, epochs=1)
+    assert report.cells_per_dataset == {"ct": 120}
