@@ -108,6 +108,10 @@ def landing_zone_sensor(
     runs += _duplicate_runs(context)
     # a partition's last stamp stays while its file is gone, so that a file landing again gets a run
     cursor = {uid: stamp for uid, stamp in seen.items() if uid in known and uid not in stale} | stamps
+    if not runs:  # (a tick with no reason reads "Sensor function returned an empty result")
+        done = [f"no new or changed landing file ({len(stamps)} in {landing_zone.path})"]
+        done += [f"partitions without a file, never ingested, removed: {stale}"] if stale else []
+        skip = "; ".join(done + ([skip] if skip else []))
     return dg.SensorResult(
         run_requests=runs,
         skip_reason=None if runs else skip,

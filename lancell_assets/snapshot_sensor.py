@@ -56,7 +56,11 @@ def snapshot_partitions_sensor(context: dg.SensorEvaluationContext, atlas: Atlas
         requests.append(snapshot_partitions.build_add_request(added))
     if removed:
         requests.append(snapshot_partitions.build_delete_request(removed))
-    return dg.SensorResult(dynamic_partitions_requests=requests, cursor=seen)
+    return dg.SensorResult(  # (the reason says what it did: the tick requests no run)
+        dynamic_partitions_requests=requests,
+        cursor=seen,
+        skip_reason=f"snapshot partitions added {added}, removed (snapshots deleted) {removed}",
+    )
 
 
 def deleted_labels(atlas: AtlasResource) -> set[str]:

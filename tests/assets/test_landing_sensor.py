@@ -127,6 +127,7 @@ def test_entries_the_zone_does_not_pick_up_are_named(zone, capfd):
     )
     second = tick(defs, instance, first.cursor)
     assert second.run_requests == []
+    assert second.skip_reason.skip_message.startswith(f"no new or changed landing file (4 in {landing}); ")
     assert f"not landing files, ignored: {ignored}" in second.skip_reason.skip_message
     barcodes = landing / "s2_matrix" / "barcodes.tsv.gz"
     barcodes.write_bytes(barcodes.read_bytes())

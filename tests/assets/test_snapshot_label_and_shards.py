@@ -101,7 +101,11 @@ def test_snapshots_taken_and_deleted_outside_dagster_follow_as_partitions(platfo
     with pytest.warns(LancellWarning, match="nothing changed since"):
         for note in ("rel1", "rel2", "release/2", None):
             atlas.snapshot(note=note)
-    tick()
+    added = tick()  # (a tick without a reason read "Sensor function returned an empty result")
+    assert (
+        added.skip_reason.skip_message
+        == "snapshot partitions added ['rel1', 'rel2'], removed (snapshots deleted) []"
+    )
     assert instance.get_dynamic_partitions(snapshot_partitions.name) == ["pending", "rel1", "rel2"]
     assert _materialize(defs, instance, ["atlas_snapshot"], "rel2").success  # the snapshot taken, found
     atlas.delete_snapshot(int(RaggedAtlas.find_snapshot(atlas.db_uri, "rel2")))
