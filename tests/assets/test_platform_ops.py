@@ -558,3 +558,15 @@ def test_the_demo_empties_only_its_own_folders(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "new_home"))
     with pytest.raises(SystemExit, match="must not hold one another"):  # (emptying one emptied the other)
         demo.main([str(tmp_path / "new_home" / "atlas")])
+
+
+def test_the_instance_settings_purge_idle_sensor_ticks_after_a_day(tmp_path: Path) -> None:
+    """Each tick stores its sensor's cursor (the landing sensor's grows with the datasets), and an idle
+    landing sensor ticks every 30 s: Dagster kept those skipped ticks 7 days."""
+    from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        kept = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+        assert kept[TickStatus.SKIPPED] == 1 and kept[TickStatus.SUCCESS] == -1
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
