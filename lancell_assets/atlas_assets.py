@@ -102,8 +102,9 @@ def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> 
             "materialized_datasets_in_atlas",
             asset="atlas_snapshot",
             partitions_def=snapshot_partitions,
-            description="Every dataset partition shown as materialized has its dataset in the atlas (a "
-            "warning names those deleted outside Dagster, e.g. by lancell delete).",
+            description="Every dataset partition shown as materialized has its dataset in the live atlas "
+            "when this partition is materialized (a warning names those deleted outside Dagster, e.g. by "
+            "lancell delete); about the live atlas, not this snapshot's datasets, which never change.",
         ),
     ],
 )
@@ -134,8 +135,9 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     absent = absent_datasets(context.instance, dataset_group.key, live)
     if absent:
         context.log.warning(
-            f"dataset partitions shown as materialized whose datasets are not in the atlas (deleted outside "
-            f"Dagster?): {absent}; materialize them again to ingest their files again"
+            f"dataset partitions shown as materialized whose datasets are not in the live atlas (deleted "
+            f"outside Dagster?): {absent}; materialize them again to ingest their files again (snapshot "
+            f"{version} itself is unchanged)"
         )
     cells = frozen.query().count()
     datasets = frozen.list_datasets()
