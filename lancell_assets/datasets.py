@@ -115,11 +115,14 @@ def dataset_group(
                 record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
-        # the other checks are not evaluated: the failed step leaves them "execution failed" in the UI
-        failed = dg.AssetCheckResult(
-            check_name="ingested_cleanly", passed=False, metadata={"finding": f"failed: {exc}"}
-        )
-        yield from _failed(f"dataset {uid} was not ingested: {exc}", exc, file, [failed])
+        findings = {"ingested_cleanly": f"failed: {exc}"} | {
+            name: "not evaluated: ingestion failed" for name in list(CHECKS)[1:]
+        }
+        failed = [
+            dg.AssetCheckResult(check_name=name, passed=False, metadata={"finding": finding})
+            for name, finding in findings.items()
+        ]
+        yield from _failed(f"dataset {uid} was not ingested: {exc}", exc, file, failed)
     seconds = time.perf_counter() - started
     if outcome == "present":
         landing = compare_landing(context, landing_zone, record)
@@ -177,18 +180,14 @@ def dataset_group(
 def _failed(
     description: str, exc: Exception, file: Path, checks: list[dg.AssetCheckResult]
 ) -> Iterator[dg.AssetCheckResult]:
-    """Record ``checks``, then fail the run with ``exc``; the failure metadata holds each check's finding
-    (``not evaluated`` for a check of :data:`CHECKS` not among them)."""
+    """Record ``checks``, then fail the run with ``exc``; the failure metadata holds each check's finding."""
     yield from checks
-    findings = dict.fromkeys(CHECKS, "not evaluated: ingestion failed") | {
-        c.check_name: _finding(c) for c in checks
-    }
     raise dg.Failure(
         description=description,
         metadata={
             "error": f"{type(exc).__name__}: {exc}",
             "file": dg.MetadataValue.path(str(file)),
-            "checks": dg.MetadataValue.json(findings),
+            "checks": dg.MetadataValue.json({c.check_name: _finding(c) for c in checks}),
         },
     ) from exc
 
