@@ -198,6 +198,13 @@ def store_error(exc: BaseException, what: str) -> StoreError:
             f"{error.args[0]}; the file system is read-only: open the atlas with read_only=True to read it "
             "(lancell's read commands do); writing needs a writable place",
         )
+    elif error.errno in (errno.EMFILE, errno.ENFILE):  # (a login node's or a container's low limit)
+        error.args = (
+            f"{error.args[0]}; this process may open no more files: raise its limit (`ulimit -n`; lancell "
+            "needs a few per open table and dataset, 1,024 is ample)",
+        )
+    elif error.errno == errno.EDQUOT:  # (a cluster's per-user quota: the disk itself has room)
+        error.args = (f"{error.args[0]}; the disk quota is used up: free some space first, even to delete",)
     return error
 
 

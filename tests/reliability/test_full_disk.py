@@ -84,6 +84,16 @@ def test_a_store_error_carries_the_systems_error_number_and_no_rust_source_place
     assert one_line(RuntimeError(LANCE_FULL)).endswith("No space left on device (os error 28)")
 
 
+def test_too_many_open_files_and_a_used_up_quota_say_what_to_do():
+    """A login node's ``ulimit -n`` and a cluster's disk quota were said with no hint, where a full disk and a
+    read-only file system had one."""
+    emfile = "lance error: LanceError(IO): Too many open files (os error 24)"
+    limited = store_error(RuntimeError(emfile), "opening table 'cells' failed")
+    assert limited.errno == errno.EMFILE and "raise its limit (`ulimit -n`;" in str(limited)
+    quota = store_error(OSError(errno.EDQUOT, "Disk quota exceeded"), "writing shard 0 failed")
+    assert str(quota).endswith("; the disk quota is used up: free some space first, even to delete")
+
+
 def test_a_broken_pipe_is_no_store_failure():
     """stderr's reader gone (``lancell ingest ... 2>&1 | head -1``) was said to be the object store's
     failure, and the CLI's quiet exit for a closed pipe never ran."""
