@@ -21,6 +21,7 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -32,7 +33,7 @@ from typing import Any
 
 import obstore.store as obs_store
 
-from lancell.errors import LockLostError, LockTimeoutError
+from lancell.errors import LockLostError, LockTimeoutError, StoreError
 from lancell.processes import process_gone, this_process
 from lancell.storage.store_failures import StoreFailures
 from lancell.storage.stores import describe_store
@@ -178,7 +179,8 @@ class Lease:
         LockTimeoutError
             Another process held the lock for ``timeout`` seconds.
         StoreError
-            The store failed (unreachable, refused): nothing was taken.
+            The store failed (unreachable, refused), or no thread could be started to renew the lock:
+            nothing was taken (or it was given back).
         """
         deadline = time.monotonic() + timeout
         delay = 0.005
@@ -203,7 +205,16 @@ class Lease:
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
         self._renewed = time.monotonic()
-        self._heartbeat.start()
+        try:
+            self._heartbeat.start()
+        except RuntimeError as exc:  # no thread left (`ulimit -u`, a pids limit): nothing would renew it
+            self.release()  # (it stayed held by this live process: others waited for stale_after)
+            error = StoreError(
+                f"cannot take lock {self.label} at {self.where}: no thread could be started to renew it "
+                f"({exc}); raise the limit on threads (`ulimit -u`, a container's pids limit)"
+            )
+            error.errno = errno.EAGAIN
+            raise error from exc
 
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_after / 4):

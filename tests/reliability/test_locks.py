@@ -5,6 +5,7 @@ The S3 variants are in ``tests/s3/test_s3_locks.py``; both start the processes o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from lock_race import STALE_AFTER, assert_exclusive, finish_waiter, race, start_
 import lancell.snapshots
 from lancell.atlas import RaggedAtlas
 from lancell.core import AtlasCore
-from lancell.errors import LockLostError, LockTimeoutError
+from lancell.errors import LockLostError, LockTimeoutError, StoreError
 from lancell.processes import this_process
 from lancell.storage.stores import open_store
 from lancell.tables.lock_objects import LocalLockObjects
@@ -218,3 +219,25 @@ def test_a_release_the_store_refused_is_retried(tmp_path: Path, monkeypatch: pyt
     with atlas_lock(store, "outage", timeout=10):
         assert time.monotonic() - started < 5
     assert outage["left"] == 0
+
+
+def test_a_lock_whose_heartbeat_cannot_start_is_given_back(tmp_path: Path, monkeypatch) -> None:
+    """Out of threads (``ulimit -u``, a pids limit), the lock object stayed written and held by this live
+    process: a retry here waited for itself, every other process for ``stale_after``."""
+    store = open_store(str(tmp_path / "store"))
+    start = threading.Thread.start
+
+    def refused(thread: threading.Thread) -> None:
+        if thread.name.startswith("lancell-lock-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    with pytest.raises(StoreError, match=r"cannot take lock 'spare' .*no thread could be started") as caught:
+        with atlas_lock(store, "spare"):
+            pass
+    assert caught.value.errno == errno.EAGAIN
+    assert not (tmp_path / "store" / "_lancell" / "locks" / "spare.lock").exists()
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with atlas_lock(store, "spare", timeout=0.5):  # taken at once
+        pass
