@@ -303,6 +303,11 @@ class BatchTransportError(LancellError, RuntimeError):
     """A batch from a DataLoader worker names a shared-memory slot the training process was never given."""
 
 
+class WorkerStartError(LancellError, RuntimeError):
+    """A DataLoader's workers could not be started (a read-only or full ``/dev/shm``, too few processes or
+    threads allowed); the first epoch was read in the training process, the next raises this."""
+
+
 class UnmeasuredDataError(QueryError):
     """The query selects cells of datasets that did not measure what it asks for (a layer or the joined
     features); choose ``on_unmeasured("drop")`` or ``on_unmeasured("keep")`` to have them anyway."""

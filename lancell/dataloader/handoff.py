@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import multiprocessing.util
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -22,6 +23,7 @@ from torch.utils.data._utils.pin_memory import pin_memory
 
 from lancell.dataloader.dataset import CellDataset
 from lancell.dataloader.sampler import CellSampler
+from lancell.errors import LancellWarning, WorkerStartError
 
 __all__ = ["WorkerLoader"]
 
@@ -111,10 +113,30 @@ class _Start(threading.Thread):
             self._start_workers = None
 
     def result(self) -> Iterator[Any]:
+        """The workers' iterator, once started.
+
+        Raises
+        ------
+        WorkerStartError
+            They could not be started (their error is its cause).
+        """
         self.join()
-        if self._error is not None:
+        if isinstance(self._error, Exception):
+            raise WorkerStartError(_could_not_start(self._error)) from self._error
+        if self._error is not None:  # (an interrupt: as it is)
             raise self._error
         return cast(Iterator[Any], self._iterator)  # run() set it: no error was kept
+
+    def failed(self) -> BaseException | None:
+        """The error of a start that is over, else None (also while it is still starting)."""
+        return None if self.is_alive() else self._error
+
+
+def _could_not_start(error: BaseException) -> str:
+    return (
+        f"the loader's workers could not start: {type(error).__name__}: {error} (is /dev/shm writable, with "
+        "room, and may this process start processes and threads? num_workers=0 reads in this process)"
+    )
 
 
 class _FirstEpoch:
@@ -141,6 +163,13 @@ class _FirstEpoch:
                 batch = self._loader.inline_collate(self._loader.dataset.__getitems__(positions))
                 return pin_memory(batch) if self._loader.pin_memory else batch
             if not self._shared.claimed:  # the whole epoch was read here
+                if (error := self._start.failed()) is not None:  # (not silently: the next epoch raises it)
+                    warnings.warn(
+                        f"{_could_not_start(error)}; this epoch was read in this process, the next raises "
+                        "WorkerStartError",
+                        LancellWarning,
+                        stacklevel=2,
+                    )
                 raise StopIteration
             self._workers = self._start.result()
         return next(self._workers)

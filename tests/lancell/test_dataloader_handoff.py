@@ -166,3 +166,27 @@ def test_a_dropped_loader_stops_its_workers_at_once(bundled_root: Path):
     finally:
         gc.enable()
     assert not any(worker.is_alive() for worker in workers)  # joined by the iterator's shutdown
+
+
+def test_workers_that_could_not_start_are_told_after_the_first_epoch(bundled_root: Path, monkeypatch):
+    """A read-only /dev/shm (or too few processes allowed): the first epoch was read here without a word and
+    the next raised multiprocessing's bare OSError; a one-epoch job never learned its workers never ran."""
+    import errno
+
+    from torch.utils.data import DataLoader
+
+    from lancell.errors import LancellWarning, WorkerStartError
+
+    def refused(loader: DataLoader) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(DataLoader, "__iter__", refused)  # (what starting the workers calls)
+    atlas = RaggedAtlas.checkout_latest(str(bundled_root / "db"))
+    dataset = atlas.query().where("dataset_uid = 'pbmc68k'").to_cell_dataset(SPACE, "log_normalized")
+    sampler = CellSampler(dataset, 128, mode="random", seed=1)
+    loader = make_loader(dataset, sampler, num_workers=2, timeout=120)
+    with pytest.warns(LancellWarning, match=r"workers could not start: OSError: \[Errno 30\] .*next raises"):
+        assert len(_epoch(loader)) == len(sampler)  # every batch, read in this process
+    with pytest.raises(WorkerStartError, match=r"workers could not start: .*/dev/shm writable") as raised:
+        iter(loader)
+    assert isinstance(raised.value.__cause__, OSError)

@@ -34,6 +34,7 @@ BUILTIN_OF = {
     errors.StandardizationError: ValueError,
     errors.BatchTransportError: RuntimeError,  # as torch's DataLoader reports a worker's failure
     errors.ForkedProcessError: RuntimeError,
+    errors.WorkerStartError: RuntimeError,
 }
 
 
