@@ -32,7 +32,15 @@ def ensure_writable_place() -> None:
     users = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
     if _writable(beside) or _writable(users):
         return
-    folder = tempfile.mkdtemp(prefix="lancell-numba-")
+    try:
+        folder = tempfile.mkdtemp(prefix="lancell-numba-")
+    except OSError as exc:  # (no writable temporary folder either: a read-only root without TMPDIR)
+        raise OSError(
+            exc.errno,
+            f"numba cannot write its cache beside lancell's kernels ({beside}), in the user's cache folder "
+            f"({users}) nor in a temporary folder ({exc}): set NUMBA_CACHE_DIR (or TMPDIR) to a writable "
+            "folder",
+        ) from exc
     # numba's config only: set in the environment, it would reach every subprocess (spawned workers, other
     # numba programs), whose folder this process removes at its exit; numba keeps a value set here
     config.CACHE_DIR = folder

@@ -29,6 +29,24 @@ def test_no_writable_place_of_numbas_gives_a_temporary_one(monkeypatch: pytest.M
     folder.rmdir()
 
 
+def test_no_temporary_folder_either_names_the_settings_to_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only root without TMPDIR: ``import lancell`` raised tempfile's bare "No usable temporary
+    directory"."""
+    import tempfile
+
+    def none_usable(**_: object) -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp', '/var/tmp']")
+
+    monkeypatch.setattr(config, "CACHE_DIR", "")
+    monkeypatch.setattr(cache_place, "_writable", lambda folder: False)
+    monkeypatch.setattr(tempfile, "mkdtemp", none_usable)
+    with pytest.raises(
+        FileNotFoundError, match=r"nor in a temporary folder .*set NUMBA_CACHE_DIR \(or TMPDIR\)"
+    ):
+        cache_place.ensure_writable_place()
+    assert config.CACHE_DIR == ""
+
+
 def test_a_writable_place_or_the_users_own_is_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))  # NUMBA_CACHE_DIR given: numba's to judge
     cache_place.ensure_writable_place()
