@@ -94,7 +94,7 @@ class RaggedAtlas:
         registry_schemas: Mapping[str, type[FeatureBaseSchema]],
         dataset_schema: type[DatasetRecord] | None = None,
         layers: Mapping[str, Sequence[str]] | None = None,
-        fts_columns: Sequence[str] = (),
+        fts_columns: str | Sequence[str] = (),
         store_kwargs: dict[str, Any] | None = None,
         storage_options: Mapping[str, str] | None = None,
     ) -> RaggedAtlas:
@@ -119,7 +119,8 @@ class RaggedAtlas:
             Allowed layer names per feature space (defaults in
             ``lancell.tables.feature_spaces.DEFAULT_LAYERS``).
         fts_columns
-            String cell columns that ``optimize()`` indexes for full-text ``search(text)``.
+            String cell columns (one name or several) that ``optimize()`` indexes for full-text
+            ``search(text)``.
         store_kwargs
             Keyword arguments of :func:`obstore.store.from_url` for the store and the database's side files
             (credentials stay in memory: only the URL and non-secret settings are persisted).
@@ -136,7 +137,7 @@ class RaggedAtlas:
                 as_location(db_uri),
                 cell_table_name,
                 cell_schema,
-                store=as_location(store),
+                store=as_location(store, "store"),
                 registry_schemas=registry_schemas,
                 dataset_schema=dataset_schema,
                 layers=layers,
@@ -168,7 +169,7 @@ class RaggedAtlas:
         return cls(
             opened_core(
                 as_location(db_uri),
-                store=as_location(store),
+                store=as_location(store, "store"),
                 store_kwargs=store_kwargs,
                 dataset_schema=dataset_schema,
                 storage_options=storage_options,
@@ -192,7 +193,7 @@ class RaggedAtlas:
         core = checked_out_core(
             as_location(db_uri),
             version,
-            store=as_location(store),
+            store=as_location(store, "store"),
             store_kwargs=store_kwargs,
             dataset_schema=dataset_schema,
             storage_options=storage_options,

@@ -59,7 +59,7 @@ def created_core(
     registry_schemas: Mapping[str, type[FeatureBaseSchema]],
     dataset_schema: type[DatasetRecord] | None,
     layers: Mapping[str, Sequence[str]] | None,
-    fts_columns: Sequence[str],
+    fts_columns: str | Sequence[str],
     store_kwargs: dict[str, Any] | None,
     storage_options: Mapping[str, str] | None,
 ) -> AtlasCore:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anndata as ad
 import h5py
 
-from lancell.errors import IngestError, LancellWarning, caller_outside_lancell
+from lancell.errors import IngestError, LancellWarning, caller_outside_lancell, require_type
 from lancell.ingest.embeddings import embedding_vectors
 from lancell.ingest.fingerprint import OnDuplicate, check_on_duplicate
 from lancell.ingest.landing_spec import is_tenx_output
@@ -108,13 +108,15 @@ def add_from_anndata(
     ------
     IngestError
         Any invalid input (subclasses say which), a record that sets a field lancell assigns, a read error
-        while streaming a backed file; the atlas is unchanged.
+        while streaming a backed file; the atlas is unchanged. :class:`~lancell.errors.ArgumentError` for an
+        ``adata`` that is neither an AnnData nor a path.
     DuplicateContentError
         The content is already in the atlas (``on_duplicate="error"``); the atlas is unchanged.
     """
     atlas.core.require_writable()
     if isinstance(adata, str | os.PathLike):
         adata = open_h5ad(Path(adata))
+    require_type("adata", adata, ad.AnnData, "an AnnData or the path of an .h5ad file")
     record = given_or_default(atlas.dataset_schema, dataset_record)
     space = resolve_feature_space(atlas.feature_spaces, feature_space)
     check_on_duplicate(record.uid, on_duplicate)

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import obstore.store as obs_store
 import zarr.storage
 from zarr.core.buffer import Buffer
 
-from lancell.errors import LancellWarning, StoreError, caller_outside_lancell
+from lancell.errors import LancellWarning, StoreError, caller_outside_lancell, require_type
 from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
 from lancell.storage.store_settings import (
@@ -38,6 +38,7 @@ from lancell.storage.store_settings import (
 __all__ = [
     "check_options_used",
     "describe_store",
+    "given_store_kwargs",
     "lancedb_storage_options",
     "location_in_store",
     "open_store",
@@ -114,6 +115,24 @@ def table_location(uri: str) -> str:
     return str(local_path(uri)) if uri.startswith("file://") else uri
 
 
+def given_store_kwargs(store_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``store_kwargs`` (``{}`` for None).
+
+    Raises
+    ------
+    ArgumentError
+        ``store_kwargs`` is not a mapping (of :func:`obstore.store.from_url`'s keyword arguments) or None.
+    """
+    require_type(
+        "store_kwargs",
+        store_kwargs,
+        (Mapping, type(None)),
+        "None or a dict of obstore.store.from_url's "
+        "keyword arguments, e.g. {'config': {'region': 'us-east-2'}}",
+    )
+    return dict(store_kwargs or {})
+
+
 def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_store.ObjectStore:
     """Open an obstore store at ``url`` (creating a local directory if needed).
 
@@ -128,7 +147,7 @@ def open_store(url: str, store_kwargs: dict[str, Any] | None = None) -> obs_stor
         settings refused (:func:`~lancell.storage.store_settings.check_store_kwargs`,
         :func:`~lancell.storage.store_settings.check_endpoint`) or by obstore.
     """
-    kwargs = dict(store_kwargs or {})
+    kwargs = given_store_kwargs(store_kwargs)
     if is_local(url):
         path = local_path(url)
         try:
@@ -161,7 +180,7 @@ def check_options_used(urls: Sequence[str], store_kwargs: dict[str, Any] | None)
     if not urls or not all(is_local(url) for url in urls):
         return
     named: list[str] = []
-    for part, options in (store_kwargs or {}).items():  # config, client_options, retry_config...
+    for part, options in given_store_kwargs(store_kwargs).items():  # config, client_options, retry_config...
         if isinstance(options, dict):
             named += [f"{part}.{key}" for key in options]
         elif options is not None:

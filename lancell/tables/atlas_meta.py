@@ -29,6 +29,7 @@ from lancell.errors import (
     FormatVersionError,
     SchemaError,
     StoreError,
+    require_type,
 )
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.store_failures import is_store_failure, store_error
@@ -184,7 +185,7 @@ def create_storage(
     registry_schemas: Mapping[str, type[FeatureBaseSchema]],
     dataset_schema: type[DatasetRecord] | None,
     layers: Mapping[str, Sequence[str]] | None,
-    fts_columns: Sequence[str],
+    fts_columns: str | Sequence[str],
     store_kwargs: dict[str, Any] | None,
     storage_options: Mapping[str, str] | None,
 ) -> tuple[dict[str, Any], obs_store.ObjectStore, Database, obs_store.ObjectStore, Mapping[str, str] | None]:
@@ -205,6 +206,11 @@ def create_storage(
     from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, pointer_fields
     from lancell.tables.schema_fit import refuse_enum_fields, refuse_unapplied_fields
 
+    require_type("cell_table_name", cell_table_name, str, "a table name (a str)")
+    fts_columns = [fts_columns] if isinstance(fts_columns, str) else list(fts_columns)  # one name or several
+    require_type(
+        "registry_schemas", registry_schemas, Mapping, "a dict {feature space: FeatureBaseSchema subclass}"
+    )
     dataset_schema = DatasetRecord if dataset_schema is None else dataset_schema
     pointers = pointer_fields(cell_schema)
     for name, schema in registry_schemas.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancell.errors import (
+    ArgumentError,
     FeatureConflictError,
     FeatureConflictWarning,
     FeatureRegistryError,
@@ -71,6 +72,11 @@ def prepare_features(
         frame = features.to_pandas()
     elif isinstance(features, pd.DataFrame):
         frame = features.reset_index(drop="uid" in features.columns) if features.index.name else features
+    elif isinstance(features, (str, bytes)) or not isinstance(features, Iterable):
+        raise ArgumentError(
+            f"{feature_space}: features must be a DataFrame, an Arrow table or a list of schema objects, got "
+            f"{type(features).__name__}"
+        )
     else:
         from lancedb.pydantic import LanceModel  # given schema objects, the caller has imported lancedb
 

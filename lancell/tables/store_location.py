@@ -19,7 +19,7 @@ from typing import Any
 import obstore
 import obstore.store as obs_store
 
-from lancell.errors import LancellWarning, StoreError, caller_outside_lancell
+from lancell.errors import LancellWarning, StoreError, caller_outside_lancell, require_type
 from lancell.storage.groups import ATLAS_ID_ATTR
 from lancell.storage.store_settings import with_recorded_config
 from lancell.storage.stores import (
@@ -54,11 +54,29 @@ DEFAULT_INSIDE = "/_zarr"  # an atlas's default store, inside its location
 _FOLDERS_LOOKED_AT = 8  # folders at a new atlas's store root read for another atlas's group
 # a local folder or object-store URL as the public API takes it: a string or a path (pathlib.Path)
 Location = str | os.PathLike[str]
+_STORE_TAKES = "None, a folder or URL (a str or a pathlib.Path) or an obstore store"
 
 
-def as_location(value: Location | obs_store.ObjectStore | None) -> str | obs_store.ObjectStore | None:
-    """A path given for a location (``pathlib.Path``, any ``os.PathLike``) as its string; else ``value``."""
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+def as_location(
+    value: Location | obs_store.ObjectStore | None, name: str = "db_uri"
+) -> str | obs_store.ObjectStore | None:
+    """A path given for a location (``pathlib.Path``, any ``os.PathLike``) as its string; else ``value``.
+
+    ``name`` is the argument: ``"db_uri"`` takes a folder or URL (a str or a path); ``"store"`` also an
+    obstore store, or None.
+
+    Raises
+    ------
+    ArgumentError
+        Anything else (``None`` for a ``db_uri``: an unset environment variable), naming the argument.
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if name == "store":
+        require_type(name, value, (str, obs_store.ObjectStore, type(None)), _STORE_TAKES)
+    else:
+        require_type(name, value, str, "a folder or URL (a str or a pathlib.Path)")
+    return value
 
 
 def resolve_store(

@@ -8,6 +8,8 @@ import pytest
 
 from lancell import errors
 from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
+from lancell.ingest.from_anndata import add_from_anndata
 
 BUILTIN_OF = {
     errors.SchemaError: ValueError,
@@ -36,6 +38,7 @@ BUILTIN_OF = {
     errors.ForkedProcessError: RuntimeError,
     errors.WorkerStartError: RuntimeError,
 }
+SPACES = {"gene_expression": GeneFeature}
 
 
 @pytest.mark.parametrize("error, builtin", BUILTIN_OF.items(), ids=lambda c: c.__name__)
@@ -79,6 +82,64 @@ def test_a_missing_atlas_is_an_error_and_nothing_is_created(tmp_path: Path, call
     with pytest.raises(FileNotFoundError):  # what code written against the builtins catches
         call(str(uri))
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda uri: RaggedAtlas.open(None), r"db_uri must be a folder or URL .*got None"),
+        (lambda uri: RaggedAtlas.open(uri.encode()), r"db_uri must be a folder or URL .*\(bytes\)"),
+        (lambda uri: RaggedAtlas.list_versions(None), "db_uri must be"),
+        (lambda uri: RaggedAtlas.find_snapshot(None, "nightly"), "db_uri must be"),
+        (lambda uri: RaggedAtlas.open(uri, store=5), r"store must be None, a folder or URL .* got 5"),
+        (
+            lambda uri: RaggedAtlas.create(None, "cells", CellSchema, registry_schemas=SPACES),
+            "db_uri must be",
+        ),
+        (
+            lambda uri: RaggedAtlas.create(uri, None, CellSchema, registry_schemas=SPACES),
+            "cell_table_name must",
+        ),
+        (
+            lambda uri: RaggedAtlas.create(uri, "cells", CellSchema, registry_schemas=None),
+            "registry_schemas must",
+        ),
+        (
+            lambda uri: RaggedAtlas.create(
+                uri, "cells", CellSchema, registry_schemas=SPACES, store_kwargs=[]
+            ),
+            "store_kwargs must",
+        ),
+    ],
+)
+def test_arguments_of_another_type_are_named_and_create_nothing(tmp_path: Path, call, message) -> None:
+    """They raised the builtins' own errors from deep inside (``RaggedAtlas.open(os.environ.get("ATLAS"))``
+    with the variable unset: "argument of type 'NoneType' is not iterable")."""
+    uri = str(tmp_path / "atlas")
+    with pytest.raises(errors.ArgumentError, match=message):
+        call(uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_features_or_adata_of_another_type_are_named(tmp_path: Path) -> None:
+    atlas = RaggedAtlas.create(str(tmp_path / "atlas"), "cells", CellSchema, registry_schemas=SPACES)
+    before = atlas.core.tables.versions()
+    with pytest.raises(errors.ArgumentError, match="gene_expression: features must be a DataFrame"):
+        atlas.register_features("gene_expression", None)
+    with pytest.raises(errors.ArgumentError, match="adata must be an AnnData or the path"):
+        add_from_anndata(atlas, None, feature_space="gene_expression", zarr_layer="counts")
+    assert atlas.core.tables.versions() == before
+
+
+def test_fts_columns_take_one_name_or_several(tmp_path: Path) -> None:
+    """A bare name was read letter by letter ("fts column 'c' is not a string column")."""
+    one = RaggedAtlas.create(
+        str(tmp_path / "one"), "cells", CellSchema, registry_schemas=SPACES, fts_columns="cell_type"
+    )
+    several = RaggedAtlas.create(
+        str(tmp_path / "two"), "cells", CellSchema, registry_schemas=SPACES, fts_columns=["cell_type"]
+    )
+    assert one.core.meta["fts_columns"] == several.core.meta["fts_columns"] == ["cell_type"]
 
 
 def test_an_empty_directory_is_not_an_atlas_and_stays_empty(tmp_path: Path) -> None:
