@@ -44,11 +44,17 @@ def _refused(column: str, field: pa.Field, value: object, why: str = "") -> Quer
     )
 
 
+def _held(column: str, field: pa.Field, kind: pa.DataType, value: object) -> None:
+    """Refuse a whole number ``value`` the integer column cannot hold (Lance's error quoted its parser; no
+    cell holds it)."""
+    held = np.iinfo(kind.to_pandas_dtype())
+    if not held.min <= int(value) <= held.max:
+        raise _refused(column, field, value, f": it holds whole numbers from {held.min} to {held.max}")
+
+
 def _number(column: str, field: pa.Field, kind: pa.DataType, value: object) -> str:
     if isinstance(value, int | np.integer) and pa.types.is_integer(kind):
-        held = np.iinfo(kind.to_pandas_dtype())
-        if not held.min <= int(value) <= held.max:  # (Lance's error quoted its parser; no cell holds it)
-            raise _refused(column, field, value, f": it holds whole numbers from {held.min} to {held.max}")
+        _held(column, field, kind, value)  # (before float(): an int beyond float64's range)
     try:
         number = float(value)
     except OverflowError as exc:  # an int beyond float64's range
@@ -65,6 +71,7 @@ def _number(column: str, field: pa.Field, kind: pa.DataType, value: object) -> s
     if pa.types.is_integer(kind):
         if not float(value).is_integer():
             raise _refused(column, field, value, ": it holds whole numbers")
+        _held(column, field, kind, value)  # (a whole float: 1e19)
         value = int(value)  # 4.0 -> 4: Lance compares an integer column with integers only
         if value == _INT64_MIN:  # SQL reads -9223372036854775808 as minus a literal beyond int64
             return f"({_INT64_MIN + 1} - 1)"

@@ -94,10 +94,13 @@ def test_bad_keyword_conditions_are_named(bundled, conditions, message):
         ({"donor": 10**400}, r"100000000000\.\.\.\(401 digits\) \(int\) cannot be compared"),
         ({"score": 10**400}, r"100000000000\.\.\.\(401 digits\) is beyond float64's range"),
         ({"donor": float("inf")}, r"inf \(float\) cannot be compared .* int64: it holds whole numbers"),
+        ({"donor": 1e19}, r"1e\+19 \(float\) .* it holds whole numbers from -9223372036854775808"),
+        ({"age": (None, -3e9)}, r"-3000000000.0 \(float\) .* int32: it holds whole numbers from"),
     ],
 )
 def test_numbers_no_cell_column_can_hold_are_named(conditions, message):
-    """Lance's parser error was quoted for an int beyond int64, and float() overflowed (OverflowError)."""
+    """Lance's parser error was quoted for an int beyond int64 (and a whole float beyond it), and float()
+    overflowed (OverflowError)."""
     schema = pa.schema([("donor", pa.int64()), ("age", pa.int32()), ("score", pa.float64())])
     with pytest.raises(QueryError, match=message):
         keyword_filter(schema, conditions)
