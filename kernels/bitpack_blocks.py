@@ -32,7 +32,7 @@ WIDTH_MASK = 63
 PREFETCH_VALUES = 1_024
 CACHE_LINE = 64
 # Kernels index with uint64 offsets and constants: numba gives signed indices a negative-index wraparound.
-U0, U1, U2, U4, U8, U31, U32, U128 = (np.uint64(i) for i in (0, 1, 2, 4, 8, 31, 32, 128))
+U0, U1, U2, U4, U8, U31, U32 = (np.uint64(i) for i in (0, 1, 2, 4, 8, 31, 32))
 _FULL = np.uint64(0xFFFFFFFF)
 
 _I32 = ir.IntType(32)

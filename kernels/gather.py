@@ -14,17 +14,6 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def range_offsets(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Output offsets of the ranges laid back to back: int64, ``len(starts) + 1`` values, from 0."""
-    n = starts.size
-    offsets = np.empty(n + 1, np.int64)
-    offsets[0] = 0
-    for i in range(n):
-        offsets[i + 1] = offsets[i] + (ends[i] - starts[i])
-    return offsets
-
-
-@numba.njit(cache=True, nogil=True)
 def count_pieces(starts: np.ndarray, ends: np.ndarray, chunk_len: int) -> int:
     """Number of pieces the ranges cut into at multiples of ``chunk_len`` (empty ranges give none)."""
     total = 0

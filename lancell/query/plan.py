@@ -62,7 +62,7 @@ class PlannedGroup:
     """One measured zarr group: its dataset, its local -> output column map and its stored dtypes.
 
     ``layer_dtypes`` holds the requested layers the group stores (all of them unless the policy is
-    ``"keep"``), ``layer_dtype`` the first's; ``zero_fill`` the layers whose stored zeros are padding of the
+    ``"keep"``); ``zero_fill`` the layers whose stored zeros are padding of the
     shared pattern (:mod:`lancell.ingest.layer_blocks`), left out by readers.
     """
 
@@ -73,11 +73,6 @@ class PlannedGroup:
     layer_dtypes: dict[str, np.dtype]
     zero_fill: frozenset[str] = frozenset()
     out_col: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    @property
-    def layer_dtype(self) -> np.dtype:
-        """The stored dtype of the first requested layer the group stores."""
-        return next(iter(self.layer_dtypes.values()))
 
 
 @dataclass
@@ -204,9 +199,9 @@ def dataset_group_attrs(
     return attrs
 
 
-def _visible_layers(core: AtlasCore) -> dict[str, list[str]]:
-    """``zarr group -> the layers its dataset record lists`` (empty for records written before layers were
-    recorded: then every layer in the group's attributes is visible)."""
+def _group_records(core: AtlasCore) -> dict[str, dict[str, Any]]:
+    """``zarr group -> its dataset record`` (uid, zarr_group, layout_uid, feature_space and, where the
+    dataset table has them, ``layers``, the layers it lists, and ``cells_of``)."""
     columns = ["uid", "zarr_group", "layout_uid", "feature_space"]
     columns += [name for name in ("layers", "cells_of") if name in core.dataset_arrow.names]
     rows = core.pinned("dataset_groups", lambda: read_columns(core.tables.datasets, columns).to_pylist())
@@ -218,7 +213,7 @@ def _describe_groups(
 ) -> tuple[dict[str, dict[str, np.dtype]], dict[str, PlannedGroup], list[str]]:
     """``(requested layers each group among names stores, the planned groups, the requested layers)``;
     ``layers`` None: the one layer the groups store (inferred when unambiguous)."""
-    by_group = _visible_layers(core)
+    by_group = _group_records(core)
     layers_of, zero_fill = {}, {}
     for name in names:
         if name not in by_group:  # no record: an attachment whose commit never happened, unmeasured
@@ -260,7 +255,7 @@ def _stored_elsewhere(core: AtlasCore, feature_space: str, layer: str) -> list[n
     (none: an empty list): what a selection none of whose groups store it reads it as (a float layer read as
     int64 where no selected cell had it). Groups are read until one stores it; one that is missing or
     another atlas's is passed over (an unrelated dataset's damage is not this answer's)."""
-    for name, row in _visible_layers(core).items():
+    for name, row in _group_records(core).items():
         if row["feature_space"] == feature_space and layer in (row.get("layers") or [layer]):
             attrs = core.group_attrs(name, listed=row.get("layers") or ()) or {}
             foreign = other_atlas(attrs, core.atlas_id) is not None

@@ -20,7 +20,6 @@ from contextlib import ExitStack
 
 import numpy as np
 import zarr
-import zarr.codecs
 from tqdm.auto import tqdm
 
 from kernels.transpose import scatter_runs

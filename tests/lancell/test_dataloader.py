@@ -15,7 +15,14 @@ import torch
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import build_bundled_atlas
-from lancell.dataloader import CellSampler, DenseCollate, SparseCollate, batch_entropy, make_loader
+from lancell.dataloader import (
+    CellDataset,
+    CellSampler,
+    DenseCollate,
+    SparseCollate,
+    batch_entropy,
+    make_loader,
+)
 from lancell.errors import (
     FeatureSpaceError,
     LancellWarning,
@@ -148,6 +155,22 @@ def test_batch_in_request_order_equals_to_anndata(bundled):
     np.testing.assert_array_equal(single.indices, batch.indices[: batch.offsets[1]])
     with pytest.raises(OutOfBoundsError):
         dataset.__getitems__([len(dataset)])
+
+
+def test_from_atlas_reads_the_cells_of_its_where_and_limit(bundled):
+    where = "dataset_uid = 'mouse_10k'"
+    dataset = CellDataset.from_atlas(
+        bundled, SPACE, "counts", where=where, limit=700, metadata_columns="cell_type"
+    )
+    expected = (
+        bundled.query().where(where).limit(700).to_cell_dataset(SPACE, "counts", metadata_columns="cell_type")
+    )
+    assert len(dataset) == len(expected) == 700
+    assert list(dataset.feature_uids) == list(expected.feature_uids)
+    positions = np.arange(700)
+    got, want = dataset.__getitems__(positions), expected.__getitems__(positions)
+    _assert_same(_csr(got), _csr(want))
+    np.testing.assert_array_equal(got.metadata["cell_type"], want.metadata["cell_type"])
 
 
 def test_zero_worker_epoch_equals_to_anndata(bundled):

@@ -68,7 +68,7 @@ def test_a_dataset_deleted_during_a_read_is_read_as_it_was(
     writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
     reader = RaggedAtlas.open(str(tmp_path / "db"))
     before = _expected(reader, "mouse_10k")
-    _during(monkeypatch, plan_module, "_visible_layers", lambda: writer.delete_dataset("mouse_10k"))
+    _during(monkeypatch, plan_module, "_group_records", lambda: writer.delete_dataset("mouse_10k"))
     adata = reader.query().layers(*COUNTS).on_unmeasured(policy).to_anndata()
     mouse = adata[(adata.obs["dataset_uid"] == "mouse_10k").to_numpy()]
     assert mouse.n_obs == before.n_obs and adata.uns["lancell"]["unmeasured_datasets"] == []
@@ -83,7 +83,7 @@ def test_a_loader_dataset_plans_the_rows_it_read(tmp_path: Path, monkeypatch: py
     writer = build_bundled_atlas(tmp_path, BUNDLED[1:3])
     reader = RaggedAtlas.open(str(tmp_path / "db"))
     expected = _expected(reader, "mouse_10k")
-    _during(monkeypatch, plan_module, "_visible_layers", lambda: writer.delete_dataset("mouse_10k"))
+    _during(monkeypatch, plan_module, "_group_records", lambda: writer.delete_dataset("mouse_10k"))
     dataset = reader.query().where(dataset_uid="mouse_10k").to_cell_dataset(*COUNTS)
     batch = dataset.__getitems__(np.arange(len(dataset)))
     assert len(dataset) == expected.n_obs and int(batch.offsets[-1]) == expected.X.nnz
