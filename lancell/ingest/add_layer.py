@@ -17,6 +17,7 @@ listed in the group's ``zero_fill``.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -28,13 +29,17 @@ import scipy.sparse as sp
 from lancell.errors import (
     DatasetNotFoundError,
     IngestError,
+    LancellWarning,
     ShapeMismatchError,
+    caller_outside_lancell,
     require_text,
     require_type,
 )
 from lancell.ingest.blocks import checked_values, dense_place, stored_csr_blocks
+from lancell.ingest.plan import check_measured
 from lancell.ingest.sources import matrix_source, stored_dtype
 from lancell.storage.csc import write_csc
+from lancell.storage.deletion import delete_prefix
 from lancell.storage.groups import create_value_array
 from lancell.storage.offsets import read_offsets
 from lancell.storage.reader import read_element_ranges
@@ -50,6 +55,7 @@ from lancell.tables.visibility import dataset_lock_name
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import obstore.store as obs_store
     import zarr
 
     from lancell.atlas import RaggedAtlas
@@ -106,6 +112,15 @@ def add_layer(
         )
     space = resolve_feature_space(atlas.feature_spaces, _record(atlas, dataset_uid)["feature_space"])
     space.check_layer(name)
+    if isinstance(matrix, ad.AnnData):
+        check_measured(matrix, dataset_uid, dataset_uid)  # (its unmeasured zeros would become measured)
+        if matrix.layers:
+            warnings.warn(
+                f"add_layer: dataset {dataset_uid!r}: layer {name!r} is the AnnData's X; its layers "
+                f"{list(matrix.layers)} are not stored (give each as the X of an AnnData of its own)",
+                LancellWarning,
+                stacklevel=caller_outside_lancell(),
+            )
     with atlas.core.lock(dataset_lock_name(dataset_uid), about=f"dataset {dataset_uid!r}") as lease:
         record = _record(atlas, dataset_uid)  # read under the lock: another add_layer may have committed
         group_name = record["zarr_group"]
@@ -125,7 +140,7 @@ def add_layer(
             )
         if _mentioned(attrs, name):  # debris of an interrupted call that no record or snapshot lists: it goes
             attrs = _without(attrs, name)  # first (its dtype would be checked against the new values')
-            _roll_back(group, attrs, name)
+            _roll_back(group, attrs, name, atlas.core.store)
         source = matrix_source(dataset_uid, _aligned(atlas, record, attrs, matrix))
         where = f"uid = {sql_literal(dataset_uid)} AND zarr_group = {sql_literal(group_name)}"
         # whether the record may list the layer (an interrupt may follow its update's commit): then only the
@@ -153,7 +168,7 @@ def add_layer(
             if lease.taken_over():  # the arrays and the record may be another call's now: left alone
                 log.error("add_layer %s of %s lost its lock: nothing rolled back", name, dataset_uid)
             elif not listing:
-                _roll_back(group, attrs, name)
+                _roll_back(group, attrs, name, atlas.core.store)
             else:  # the record may list it (and a snapshot taken meanwhile pin that): the layer stays whole
                 try:
                     atlas.core.tables.datasets.update(where=where, values={"layers": layers})
@@ -389,15 +404,15 @@ def _without(attrs: dict, name: str) -> dict:
     return kept
 
 
-def _roll_back(group: zarr.Group, attrs: dict, name: str) -> None:
-    """Restore the group's attributes and delete the layer's arrays (logged if the store refuses)."""
+def _roll_back(group: zarr.Group, attrs: dict, name: str, store: obs_store.ObjectStore) -> None:
+    """Restore the group's attributes and delete the layer's arrays from ``store`` (the group's; folders
+    left empty on a local disk go too, which zarr lists as unknown members); logged if the store refuses."""
     try:
         restored = {key: attrs[key] for key in ("layers", "zero_fill", "csc_layers") if key in attrs}
         if any(group.attrs.get(key) != value for key, value in restored.items()):  # (else: no write)
             group.attrs.update(restored)
         for parent in ("csr/layers", "csc/layers", "layers"):
-            if parent in group and name in group[parent]:
-                del group[parent][name]
+            delete_prefix(store, f"{group.path}/{parent}/{name}")
     except Exception as exc:  # whatever the store raises: the caller's own error stands
         log.error(
             "roll-back of layer %s left debris (invisible; the next add_layer overwrites it): %s",

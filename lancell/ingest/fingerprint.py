@@ -225,8 +225,9 @@ def committed_duplicate(
     """
     existing = None if on_duplicate == "allow" else find_duplicate(core, fingerprints)
     if existing is not None and on_duplicate == "error":
+        stored = f"layers {existing.layers}" if len(existing.layers) > 1 else f"layer {existing.layer!r}"
         raise DuplicateContentError(
-            f"dataset {dataset!r}: the same content (matrix, obs names, layer {existing.layer!r}, "
+            f"dataset {dataset!r}: the same content (matrix, obs names, {stored}, "
             f"feature panel) is already in the atlas as dataset {existing.uid!r}; pass "
             "on_duplicate='skip' to get that dataset's record or on_duplicate='allow' to store it again"
         )

@@ -122,6 +122,7 @@ def add_from_anndata(
     check_on_duplicate(record.uid, on_duplicate)
     sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     check_raw(adata, record.uid, sources)
+    warn_unstored(adata, record.uid, sources, obsm_columns or {})
     plan = plan_ingest(atlas.core, adata, space, sources, record, var_uid_column)
     plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
@@ -167,6 +168,25 @@ def check_raw(adata: ad.AnnData, dataset: str, sources: Mapping[str, str]) -> No
         LancellWarning,
         stacklevel=caller_outside_lancell(),
     )
+
+
+def warn_unstored(
+    adata: ad.AnnData, dataset: str, sources: Mapping[str, str], obsm_columns: Mapping[str, str]
+) -> None:
+    """Warn of the matrices of ``adata`` that are not stored: ``X`` and ``adata.layers`` no stored layer
+    reads (``sources``: stored name -> source) and ``adata.obsm`` entries ``obsm_columns`` does not name."""
+    matrices = (["X"] if adata.X is not None else []) + list(adata.layers)
+    unread = [name for name in matrices if name not in sources.values()]
+    unnamed = [key for key in adata.obsm if key not in obsm_columns]
+    left = ([f"matrices {unread} (layers=, lancell ingest --layers STORED=SOURCE)"] if unread else []) + (
+        [f"obsm {unnamed} (obsm_columns=, into a vector column the cell schema declares)"] if unnamed else []
+    )
+    if left:
+        warnings.warn(
+            f"dataset {dataset!r}: not stored: {'; '.join(left)}; name them to store them",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
+        )
 
 
 # anndata's warning on reading a file with repeated obs or var names: its advice (make them unique) would

@@ -280,10 +280,11 @@ def check_layer_sources(adata: ad.AnnData, dataset: str, layers: Mapping[str, st
         _layer_source(adata, dataset, origin)
 
 
-def check_measured(adata: ad.AnnData, dataset: str) -> None:
+def check_measured(adata: ad.AnnData, dataset: str, stored_of: str | None = None) -> None:
     """Refuse a lancell query result whose cells did not all measure its features (``varm["presence"]``
     with a False, ``uns["lancell"]["unmeasured_datasets"]``, of the datasets its ``obs["dataset_uid"]``
-    holds cells of): stored as one dataset, every feature counts as measured, and their unmeasured zeros
+    holds cells of; ``stored_of``: of that one dataset only, whose cells alone are stored, as by
+    ``add_layer``): stored as one dataset, every feature counts as measured, and their unmeasured zeros
     would become measured ones.
 
     Raises
@@ -294,6 +295,8 @@ def check_measured(adata: ad.AnnData, dataset: str) -> None:
     presence = adata.varm["presence"] if "presence" in adata.varm else None
     # the datasets whose cells it holds (a result's obs names each cell's; else every one it lists)
     held = set(adata.obs["dataset_uid"].astype(str)) if "dataset_uid" in adata.obs.columns else None
+    if stored_of is not None:
+        held = {stored_of}
     partial = []
     if isinstance(presence, pd.DataFrame) and presence.size:
         partial = [

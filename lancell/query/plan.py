@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from lancell.errors import GroupNotFoundError, QueryError
 from lancell.layer_entries import recorded_layers
-from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells
+from lancell.query.unmeasured import OnUnmeasured, check_policy, unmeasured_cells, warn_all_dropped
 from lancell.storage.groups import ATLAS_ID_ATTR, other_atlas
 from lancell.storage.stores import describe_store
 from lancell.tables.atlas_tables import read_columns
@@ -315,6 +315,8 @@ def plan_reconstruction(
         for layer in wanted or [None]
     }
     check_policy(per_layer, cells.num_rows, feature_space, on_unmeasured)
+    if on_unmeasured == "drop" and cells.num_rows and not groups:  # (a group's cells are kept)
+        warn_all_dropped(per_layer, cells.num_rows, feature_space)
     unmeasured: dict[str, int] = {}
     for missing in per_layer.values():
         for uid, (n, _) in missing.items():

@@ -9,19 +9,27 @@ the layer; ``"drop"`` leaves the cells out; ``"keep"`` returns them as empty row
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lancell.errors import QueryError, UnmeasuredDataError
+from lancell.errors import LancellWarning, QueryError, UnmeasuredDataError, caller_outside_lancell
 from lancell.tables.atlas_tables import read_columns
 
 if TYPE_CHECKING:
     from lancell.core import AtlasCore
 
-__all__ = ["ON_UNMEASURED", "OnUnmeasured", "check_policy", "measured_groups", "unmeasured_cells"]
+__all__ = [
+    "ON_UNMEASURED",
+    "OnUnmeasured",
+    "check_policy",
+    "measured_groups",
+    "unmeasured_cells",
+    "warn_all_dropped",
+]
 
 OnUnmeasured = Literal["error", "drop", "keep"]
 ON_UNMEASURED = ("error", "drop", "keep")
@@ -97,4 +105,26 @@ def check_policy(
         ". ".join(parts) + ". "
         "Choose .on_unmeasured('drop') to leave them out, or .on_unmeasured('keep') to return them as "
         "empty rows with presence False (or select the measured datasets with .where())"
+    )
+
+
+def warn_all_dropped(
+    unmeasured: dict[str | None, dict[str, tuple[int, str]]], n_cells: int, space: str
+) -> None:
+    """Warn that ``"drop"`` left out every one of the ``n_cells`` selected cells (``unmeasured``: layer ->
+    :func:`unmeasured_cells`): an empty answer that is mostly a mistyped layer name or a wrong selection."""
+    said = []
+    for layer, missing in unmeasured.items():
+        wanted = f"layer {layer!r}" if layer is not None else "any layer"
+        listed = "; ".join(
+            f"dataset {uid!r}: {n} cells ({why})" for uid, (n, why) in list(missing.items())[:5]
+        )
+        more = f"; and {len(missing) - 5} more datasets" if len(missing) > 5 else ""
+        if missing:
+            said.append(f"{wanted}: {listed}{more}")
+    warnings.warn(
+        f"on_unmeasured('drop') left out all {n_cells} selected cells, none measured in every requested "
+        f"layer of {space!r} ({'. '.join(said)}); list_datasets() shows each dataset's layers",
+        LancellWarning,
+        stacklevel=caller_outside_lancell(),
     )

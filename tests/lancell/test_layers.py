@@ -16,7 +16,14 @@ from helpers import table_calls
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import CellSchema, GeneFeature
-from lancell.errors import IngestError, LancellWarning, ShapeMismatchError, StoreError, UnmeasuredDataError
+from lancell.errors import (
+    DuplicateContentError,
+    IngestError,
+    LancellWarning,
+    ShapeMismatchError,
+    StoreError,
+    UnmeasuredDataError,
+)
 from lancell.ingest.add_layer import add_layer
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.layer_entries import layer_entries
@@ -274,6 +281,11 @@ def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atl
         add_layer(atlas, "late", "log_normalized", _stored_order(atlas, "late", x))
     assert atlas.core.group_attrs(record.zarr_group) == attrs
     assert "log_normalized" not in atlas.core.zarr_root[f"{record.zarr_group}/csr/layers"]
+    # nor its empty folder, which zarr listed as an unknown member ("Object at log_normalized is not
+    # recognized as a component of a Zarr hierarchy" at each validate)
+    assert not (
+        Path(atlas.core.store.prefix) / record.zarr_group / "csr" / "layers" / "log_normalized"
+    ).exists()
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts"]
 
 
@@ -473,6 +485,70 @@ def test_adata_raw_is_not_a_layer_and_is_warned_as_not_stored(atlas, celltypist)
         warnings.simplefilter("error", LancellWarning)  # nothing is lost: no warning says it is
         warnings.filterwarnings("ignore", "dataset 'recipe': obs columns", LancellWarning)
         _ingest(atlas, recipe, "recipe", layers={"counts": "counts", "normalized": "X"})
+
+
+def test_matrices_and_obsm_left_out_are_warned_as_not_stored(atlas, celltypist):
+    """Layers the call did not name, an X no stored layer reads and obsm entries were dropped without a word
+    (adata.raw and obs columns were warned of)."""
+    adata = _two_layers(celltypist, slice(0, 40))
+    adata.layers["spliced"] = adata.layers["counts"].copy()
+    adata.obsm["X_umap"] = np.zeros((adata.n_obs, 2), np.float32)
+    warned = (
+        r"dataset 'left': not stored: matrices \['X', 'spliced'\] \(layers=, lancell ingest --layers "
+        r"STORED=SOURCE\); obsm \['X_umap'\] \(obsm_columns=.*name them to store them"
+    )
+    with pytest.warns(LancellWarning, match=warned):
+        _ingest(atlas, adata, "left", layers={"counts": "counts"})
+    whole = _two_layers(celltypist, slice(40, 60))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)  # every matrix stored: no word
+        _ingest(atlas, whole, "whole", layers=LAYERS)
+
+
+def test_add_layer_refuses_a_query_results_unmeasured_zeros_and_warns_of_its_layers(atlas, celltypist):
+    """A dataset without a layer, read with on_unmeasured("keep") (all zeros, presence False), was stored
+    as that layer, measured; an AnnData's layers were left out without a word."""
+    _ingest(atlas, _two_layers(celltypist, slice(0, 30)), "both", layers=LAYERS)
+    _ingest(atlas, _two_layers(celltypist, slice(30, 60)), "counts_only", layers={"counts": "counts"})
+    unmeasured = _query(atlas, "log_normalized", "keep").where(dataset_uid="counts_only").to_anndata()
+    assert unmeasured.X.nnz == 0 and unmeasured.uns["lancell"]["unmeasured_datasets"] == ["counts_only"]
+    versions = atlas.core.tables.versions()
+    with pytest.raises(IngestError, match=r"datasets \['counts_only'\] did not measure its layer"):
+        add_layer(atlas, "counts_only", "log_normalized", unmeasured)
+    assert atlas.core.tables.versions() == versions
+    with pytest.raises(UnmeasuredDataError):  # still not measured
+        _query(atlas, "log_normalized").where(dataset_uid="counts_only").to_anndata()
+    counts = _query(atlas, "counts").where(dataset_uid="counts_only").to_anndata()  # measured: stored
+    counts.layers["other"] = counts.X.copy()
+    with pytest.warns(
+        LancellWarning, match=r"layer 'log_normalized' is the AnnData's X; its layers \['other'\]"
+    ):
+        add_layer(atlas, "counts_only", "log_normalized", counts)
+
+
+def test_a_duplicate_of_several_layers_names_them_all(atlas, celltypist):
+    """Its message named the first layer only, though the content compared covers every layer."""
+    _ingest(atlas, _two_layers(celltypist, slice(0, 30)), "first", layers=LAYERS)
+    with pytest.raises(
+        DuplicateContentError, match=r"obs names, layers \['log_normalized', 'counts'\], feat"
+    ):
+        _ingest(atlas, _two_layers(celltypist, slice(0, 30)), "again", layers=LAYERS)
+
+
+def test_a_drop_that_leaves_out_every_selected_cell_is_warned(atlas, celltypist):
+    """A layer no selected dataset stores (a mistyped allowed name), under "drop", was an empty answer
+    without a word."""
+    _ingest(atlas, _two_layers(celltypist, slice(0, 30)), "counts_only", layers={"counts": "counts"})
+    warned = (
+        r"on_unmeasured\('drop'\) left out all 30 selected cells.*\(layer 'log_normalized': dataset "
+        r"'counts_only': 30 cells \(their group has no layer 'log_normalized'\)"
+    )
+    with pytest.warns(LancellWarning, match=warned):
+        assert _query(atlas, "log_normalized", "drop").to_anndata().n_obs == 0
+    _ingest(atlas, _two_layers(celltypist, slice(30, 50)), "both", layers=LAYERS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)  # some cells kept: the documented drop, no word
+        assert _query(atlas, "log_normalized", "drop").to_anndata().n_obs == 20
 
 
 def test_a_plain_matrix_is_refused_for_a_dataset_whose_input_listed_its_features_in_another_order(tmp_path):
