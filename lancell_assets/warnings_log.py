@@ -5,7 +5,7 @@ in the threads of one process (a Dask worker with several threads). So each step
 own thread: a display hook, installed in the process once (again if something replaced it), hands each
 :class:`~lancell.errors.LancellWarning` given on a thread that holds a sink to that sink, and every other
 warning to the display it wraps; LancellWarnings are always shown (not once per place), so that a second
-partition's run in a process gets its own.
+partition's run in a process gets its own; a step logs each message once.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _hook(wrapped: Any, kind: type[Warning]) -> Any:
     ) -> None:
         sink = getattr(_sinks, "sink", None)
         if sink is not None and issubclass(category, kind):
-            sink.append((category, str(message)))
+            if (category, str(message)) not in sink:  # (one per message: a kernel's, of each block, repeats)
+                sink.append((category, str(message)))
             return
         wrapped(message, category, filename, lineno, file, line)
 
