@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["process_gone", "this_process"]
+__all__ = ["is_this_process", "process_gone", "this_process"]
 
 _PROC = Path("/proc")
 
@@ -118,3 +118,12 @@ def process_alive(recorded: Mapping[str, Any]) -> bool:
         return False
     stat = _stat(int(recorded["pid"]))
     return stat is not None and stat[0] != "Z" and stat[1] == started
+
+
+def is_this_process(recorded: Mapping[str, Any]) -> bool:
+    """Whether :func:`this_process` recorded this very process (host, namespace, id and start alike; never
+    where ``/proc`` does not tell the start)."""
+    me = this_process()
+    return me["started"] is not None and all(
+        recorded.get(key) == me[key] for key in ("host", "namespace", "pid", "started")
+    )

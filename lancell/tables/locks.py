@@ -8,7 +8,10 @@ Local disk and remote object stores alike (the conditional writes are in :mod:`l
   host, boot and namespace, no such process, a zombie, or a reused pid told apart by the process's start;
   or of this machine before a reboot). Taking over is a conditional overwrite of exactly the version that
   was read, so of many processes racing to break one dead holder's lock exactly one wins; the others see a
-  changed object and keep waiting;
+  changed object and keep waiting. A write whose outcome is unknown (its reply lost or timed out after it
+  landed) is read back, and the lock is taken when the object holds this lease's token; an object this very
+  process wrote in a take that failed as far as it knew (no live lease of its holds its token) is taken back
+  at once, not waited for as another live holder;
 - **holding**: a daemon heartbeat thread renews the lease every ``stale_after / 4`` by a conditional
   overwrite of its own last version. A failed condition means another process took the lock over: the lease
   is lost and is not renewed again;
@@ -34,7 +37,7 @@ from typing import Any
 import obstore.store as obs_store
 
 from lancell.errors import LockLostError, LockTimeoutError, StoreError
-from lancell.processes import process_gone, this_process
+from lancell.processes import is_this_process, process_gone, this_process
 from lancell.storage.store_failures import StoreFailures
 from lancell.storage.stores import describe_store
 from lancell.tables.lock_objects import LockObjects, Seen, lock_objects
@@ -51,6 +54,9 @@ _LOCK_PREFIX = "_lancell/locks"
 _LOST_AFTER = 0.75
 # how far in the future a recorded time may lie before a message says that a clock is off
 _CLOCK_SLACK_S = 5.0
+# the tokens of this process's leases being taken or held: a lock object this process wrote with another
+# token is a take's whose write failed as far as it knew (a reply lost or timed out after the write landed)
+_LIVE_TOKENS: set[str] = set()
 
 
 @contextmanager
@@ -184,26 +190,14 @@ class Lease:
         """
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while True:
-            self._taken_at = time.time()
-            with StoreFailures(f"cannot take lock {self.label} at {self.where}"):
-                seen = self._objects.read(self.path)
-                if seen is None:
-                    self._seen = self._objects.create(self.path, self._body())
-                elif _takeable(seen, self.name, self.stale_after):
-                    self._seen = self._objects.replace(self.path, seen, self._body())
-            if self._seen is not None:
-                break
-            if time.monotonic() > deadline:
-                holder = _decode(seen) if seen is not None else {}
-                raise LockTimeoutError(
-                    f"could not take lock {self.label} within {timeout:g} s: held by {_described(holder)} "
-                    f"(at {self.where}); a holder is taken over once it has not renewed the lock for "
-                    f"{float(holder.get('stale_after', self.stale_after)):g} s, or at once when it died on "
-                    "this host"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+        _LIVE_TOKENS.add(self.token)
+        try:
+            while not self._taken(deadline, timeout):
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        except BaseException:
+            _LIVE_TOKENS.discard(self.token)
+            raise
         self._renewed = time.monotonic()
         try:
             self._heartbeat.start()
@@ -215,6 +209,43 @@ class Lease:
             )
             error.errno = errno.EAGAIN
             raise error from exc
+
+    def _taken(self, deadline: float, timeout: float) -> bool:
+        """One try at taking the lock: whether it is taken (``self._seen`` set).
+
+        A write whose outcome is unknown (the store's reply lost or timed out) is read back: the lock is
+        taken when the object holds this lease's token.
+        """
+        self._taken_at = time.time()
+        with StoreFailures(f"cannot take lock {self.label} at {self.where}"):
+            seen = self._objects.read(self.path)
+            try:
+                if seen is None:
+                    self._seen = self._objects.create(self.path, self._body())
+                elif _takeable(seen, self.name, self.stale_after):
+                    self._seen = self._objects.replace(self.path, seen, self._body())
+            except Exception:
+                self._seen = self._recover_quietly()
+                if self._seen is None:
+                    raise
+        if self._seen is not None:
+            return True
+        if time.monotonic() > deadline:
+            holder = _decode(seen) if seen is not None else {}
+            raise LockTimeoutError(
+                f"could not take lock {self.label} within {timeout:g} s: held by {_described(holder)} "
+                f"(at {self.where}); a holder is taken over once it has not renewed the lock for "
+                f"{float(holder.get('stale_after', self.stale_after)):g} s, or at once when it died on "
+                "this host"
+            )
+        return False
+
+    def _recover_quietly(self) -> Seen | None:
+        """:meth:`_recover`, or None where the store cannot be read either."""
+        try:
+            return self._recover()
+        except Exception:  # any store failure: the write's own error is the one to raise
+            return None
 
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_after / 4):
@@ -250,6 +281,9 @@ class Lease:
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join()
+        _LIVE_TOKENS.discard(
+            self.token
+        )  # (an object left with it, a release refused, is this process's to take)
         with self._mutex:
             if self._seen is None:
                 return
@@ -313,6 +347,11 @@ def _takeable(seen: Seen, name: str, stale_after: float) -> bool:
     """
     holder = _decode(seen)
     if holder.get("released"):
+        return True
+    if holder.get("token") not in _LIVE_TOKENS and is_this_process(holder):
+        log.warning(
+            "lock %r: taking back the lock a take of this process wrote though it seemed to fail", name
+        )
         return True
     if process_gone(holder):
         log.warning("lock %r: breaking the lock of dead process %s on this host", name, holder.get("pid"))

@@ -241,3 +241,72 @@ def test_a_lock_whose_heartbeat_cannot_start_is_given_back(tmp_path: Path, monke
     monkeypatch.setattr(threading.Thread, "start", start)
     with atlas_lock(store, "spare", timeout=0.5):  # taken at once
         pass
+
+
+@pytest.mark.parametrize("write", ["create", "replace"])
+def test_a_take_whose_reply_was_lost_holds_the_lock(tmp_path: Path, monkeypatch, write: str) -> None:
+    """The write landed and its reply was lost (a reset, a timeout): the take failed, and the lock stayed
+    held by this live process for ``stale_after`` (600 s): its retries waited for themselves."""
+    store = open_store(str(tmp_path / "store"))
+    if write == "replace":  # a released lock (an object store's tombstone): taken over by a replace
+        tombstone = {"token": "before", "released": True, "renewed_at": time.time(), "stale_after": 600}
+        obstore.put(store, "_lancell/locks/lost.lock", json.dumps(tombstone).encode())
+    original = getattr(LocalLockObjects, write)
+    lost = {"left": 1}
+
+    def landed_then_lost(self: LocalLockObjects, *args: object):
+        written = original(self, *args)
+        if lost["left"] and written is not None:
+            lost["left"] -= 1
+            raise OSError("connection reset by peer")
+        return written
+
+    monkeypatch.setattr(LocalLockObjects, write, landed_then_lost)
+    with atlas_lock(store, "lost", timeout=1) as lease:  # read back: its own token, taken
+        lease.check()
+    assert lost["left"] == 0
+
+
+def test_a_lock_a_failed_take_of_this_process_left_is_taken_back(tmp_path: Path, monkeypatch) -> None:
+    """A take whose write seemed to fail and was not found on reading back (it landed later): this live
+    process's object with no lease of its own was waited for until ``stale_after``."""
+    store = open_store(str(tmp_path / "store"))
+    create = LocalLockObjects.create
+
+    def failed(self: LocalLockObjects, *args: object):
+        raise OSError("timed out")
+
+    monkeypatch.setattr(LocalLockObjects, "create", failed)
+    with pytest.raises(StoreError, match="cannot take lock 'late'"):
+        with atlas_lock(store, "late", timeout=1):
+            pass
+    body = this_process() | {"token": "a-take-that-failed", "renewed_at": time.time(), "stale_after": 600}
+    obstore.put(store, "_lancell/locks/late.lock", json.dumps(body).encode())  # (it landed after all)
+    monkeypatch.setattr(LocalLockObjects, "create", create)
+    started = time.monotonic()
+    with atlas_lock(store, "late", timeout=10):
+        assert time.monotonic() - started < 5
+    alive = subprocess.Popen(  # another live process of this host: its lock is waited for
+        [
+            sys.executable,
+            "-c",
+            "import json, time; from lancell.processes import this_process; "
+            "print(json.dumps(this_process()), flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        other = json.loads(alive.stdout.readline()) | {
+            "token": "t2",
+            "renewed_at": time.time(),
+            "stale_after": 600,
+        }
+        obstore.put(store, "_lancell/locks/late.lock", json.dumps(other).encode())
+        with pytest.raises(LockTimeoutError):
+            with atlas_lock(store, "late", timeout=0.5):
+                pass
+    finally:
+        alive.kill()
+        alive.wait()
