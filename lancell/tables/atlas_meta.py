@@ -303,7 +303,7 @@ def create_storage(
                 create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
                 root = zarr.open_group(zarr_store(store), mode="a")
                 root.attrs.update({"lancell_format": FORMAT_VERSION})
-                write_json(meta_store, META_PATH, meta, create=True)
+                _write_meta(meta_store, meta)
             except FileExistsError:
                 raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None
             except Exception as exc:
@@ -311,8 +311,30 @@ def create_storage(
                 if is_store_failure(exc):
                     raise store_error(exc, f"cannot create the atlas at {db_uri!r}") from exc
                 raise
-            obstore.delete(meta_store, CREATING_PATH)
+            try:
+                obstore.delete(meta_store, CREATING_PATH)
+            except (
+                Exception
+            ):  # the atlas is whole: the marker only tells create() what an unfinished one made
+                log.warning(
+                    "atlas at %r created; its %s could not be deleted", db_uri, CREATING_PATH, exc_info=True
+                )
     return meta, meta_store, database, store, storage_options
+
+
+def _write_meta(meta_store: obs_store.ObjectStore, meta: dict[str, Any]) -> None:
+    """Write the new atlas's ``META_PATH`` (only where none is), the last step of its creation. A write whose
+    outcome is unknown (its reply lost, or a retry of it finding it written) is read back: it is done when
+    the object holds this atlas's id."""
+    try:
+        write_json(meta_store, META_PATH, meta, create=True)
+    except Exception:
+        try:
+            written = read_json(meta_store, META_PATH)
+        except Exception:  # the store cannot be read either: the write's own error is the one to raise
+            written = None
+        if written is None or written.get("atlas_id") != meta["atlas_id"]:
+            raise
 
 
 @contextmanager

@@ -198,7 +198,12 @@ class AtlasTables:
         for name in tables.all_names():
             if name not in existing:
                 raise AtlasNotFoundError(f"table {name!r} is missing from the atlas database")
-            tables.handles[name] = db.open_table(name)
+            try:
+                tables.handles[name] = db.open_table(name)
+            except ValueError as exc:  # listed, not opening: dropped where deleted objects leave folders (S3)
+                raise AtlasNotFoundError(
+                    f"table {name!r} is missing from the atlas database ({exc})"
+                ) from exc
         return tables
 
     @property

@@ -82,6 +82,47 @@ def test_a_failed_creation_drops_what_it_made(tmp_path: Path, monkeypatch: pytes
     assert RaggedAtlas.open(str(tmp_path / "db")).list_datasets().empty
 
 
+def test_a_metadata_write_whose_reply_was_lost_creates_the_atlas(tmp_path: Path, monkeypatch) -> None:
+    """The metadata file landed and its reply was lost (S3): the creation was rolled back under it, leaving
+    a location create() called taken and open() failed on with lancedb's ValueError."""
+    write_json = atlas_meta.write_json
+
+    def landed_then_lost(store, path, value, *, create=False):
+        write_json(store, path, value, create=create)
+        if path == atlas_meta.META_PATH:
+            raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(atlas_meta, "write_json", landed_then_lost)
+    atlas = _create(tmp_path / "db")
+    monkeypatch.undo()
+    assert RaggedAtlas.open(str(tmp_path / "db")).core.atlas_id == atlas.core.atlas_id
+
+
+def test_a_marker_the_store_would_not_delete_leaves_the_atlas_created(tmp_path: Path, monkeypatch) -> None:
+    """obstore's own error came out of create() for an atlas that was whole."""
+    delete = atlas_meta.obstore.delete
+
+    def refused(store, paths):
+        if paths == atlas_meta.CREATING_PATH:
+            raise OSError("connection reset by peer")
+        return delete(store, paths)
+
+    monkeypatch.setattr(atlas_meta.obstore, "delete", refused)
+    _create(tmp_path / "db")
+    monkeypatch.undo()
+    RaggedAtlas.open(str(tmp_path / "db"))
+
+
+def test_an_atlas_whose_table_was_dropped_but_still_listed_is_not_found(tmp_path: Path) -> None:
+    """An object store whose deleted objects leave their folders lists a dropped table: opening the atlas
+    raised lancedb's "Table 'cells' was not found" (ValueError)."""
+    _create(tmp_path / "db")
+    for entry in (tmp_path / "db" / "cells.lance").iterdir():  # the folder stays, empty
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    with pytest.raises(AtlasNotFoundError, match=r"table 'cells' is missing from the atlas database \(Table"):
+        RaggedAtlas.open(str(tmp_path / "db"))
+
+
 def test_a_refused_or_failed_creation_leaves_no_folder_it_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
