@@ -122,8 +122,8 @@ def add_from_anndata(
     check_on_duplicate(record.uid, on_duplicate)
     sources = stored_layers(record.uid, zarr_layer, source_layer, layers, layer)
     check_raw(adata, record.uid, sources)
-    warn_unstored(adata, record.uid, sources, obsm_columns or {})
     plan = plan_ingest(atlas.core, adata, space, sources, record, var_uid_column)
+    warn_unstored(adata, record.uid, sources, obsm_columns or {})
     plan.vectors = embedding_vectors(atlas.core, adata, record.uid, obsm_columns or {})
     transaction = WriteTransaction(
         atlas.core, plan, space, record, csc=csc, on_duplicate=on_duplicate, progress=progress
@@ -175,7 +175,7 @@ def warn_unstored(
 ) -> None:
     """Warn of the matrices of ``adata`` that are not stored: ``X`` and ``adata.layers`` no stored layer
     reads (``sources``: stored name -> source) and ``adata.obsm`` entries ``obsm_columns`` does not name."""
-    matrices = (["X"] if adata.X is not None else []) + list(adata.layers)
+    matrices = (["X"] if _holds_x(adata) else []) + list(adata.layers)
     unread = [name for name in matrices if name not in sources.values()]
     unnamed = [key for key in adata.obsm if key not in obsm_columns]
     left = ([f"matrices {unread} (layers=, lancell ingest --layers STORED=SOURCE)"] if unread else []) + (
@@ -187,6 +187,15 @@ def warn_unstored(
             LancellWarning,
             stacklevel=caller_outside_lancell(),
         )
+
+
+def _holds_x(adata: ad.AnnData) -> bool:
+    """Whether ``adata`` has an ``X`` (a backed file's is opened, not read; one anndata cannot open, an
+    encoding it does not know, counts as none: ingestion refuses it where it is read)."""
+    try:
+        return adata.X is not None
+    except Exception:  # whatever anndata raises for a backed file's X (KeyError, ValueError...)
+        return False
 
 
 # anndata's warning on reading a file with repeated obs or var names: its advice (make them unique) would
