@@ -12,7 +12,6 @@ running ``add_csc`` again overwrites them and finishes the copy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from lancell.errors import (
@@ -22,6 +21,7 @@ from lancell.errors import (
     require_text,
     require_type,
 )
+from lancell.layer_entries import recorded_layers
 from lancell.storage.csc import write_csc
 from lancell.storage.store_failures import StoreFailures, is_store_failure, store_error
 from lancell.tables.feature_spaces import resolve_feature_space
@@ -71,14 +71,13 @@ def add_csc(atlas: RaggedAtlas, dataset_uid: str, *, progress: bool = False) -> 
             return []
         with StoreFailures(f"add_csc: dataset {dataset_uid!r}: opening its zarr group {name!r}"):
             group = core.zarr_root[name]
-            stored = list(group.attrs.get("layers", {}))
             copied = list(group.attrs.get("csc_layers", []))
         try:
             if copied:  # the shared csc/indices exist: write the missing layers' values only, on them
                 write_csc(group, missing, indices=False, progress=progress)
             else:
                 group.attrs.pop("csc_layers", None)
-                write_csc(group, stored, progress=progress)  # sets csc_layers last
+                write_csc(group, missing, progress=progress)  # every listed layer; sets csc_layers last
         except BaseException as exc:
             _roll_back(group, copied, missing, whole=not copied)
             if is_store_failure(exc):  # the store's own errors (obstore's, a full disk): typed, named
@@ -120,9 +119,17 @@ def datasets_without_csc(atlas: RaggedAtlas) -> dict[str, list[str]]:
         A dataset's group is missing.
     """
     spaces = atlas.feature_spaces
-    records = atlas.core.tables.datasets.to_arrow().select(["uid", "feature_space", "zarr_group"])
+    columns = [
+        "uid",
+        "feature_space",
+        "zarr_group",
+        *(["layers"] if "layers" in atlas.core.dataset_arrow.names else []),
+    ]
+    records = atlas.core.tables.datasets.to_arrow().select(columns)
     missing = {
-        record["uid"]: _uncopied_in(atlas, record["uid"], record["zarr_group"], check_owner=False)
+        record["uid"]: _uncopied_in(
+            atlas, record["uid"], record["zarr_group"], record.get("layers"), check_owner=False
+        )
         for record in records.to_pylist()
         if resolve_feature_space(spaces, record["feature_space"]).kind == "sparse"
     }
@@ -161,26 +168,25 @@ def _roll_back(group: zarr.Group, copied: list[str], layers: list[str], *, whole
 
 def _group_and_uncopied(atlas: RaggedAtlas, dataset_uid: str) -> tuple[str, list[str]]:
     """Dataset ``dataset_uid``'s zarr group and its layers without a copy (:func:`layers_without_csc`)."""
-    name = _sparse_record(atlas, dataset_uid)["zarr_group"]
-    return name, _uncopied_in(atlas, dataset_uid, name)
+    record = _sparse_record(atlas, dataset_uid)
+    name = record["zarr_group"]
+    return name, _uncopied_in(atlas, dataset_uid, name, record.get("layers"))
 
 
-def _uncopied_in(atlas: RaggedAtlas, dataset_uid: str, name: str, *, check_owner: bool = True) -> list[str]:
-    """The layers without a copy of dataset ``dataset_uid``'s group ``name``, its owner checked if any
-    (unless ``check_owner`` is False)."""
+def _uncopied_in(
+    atlas: RaggedAtlas, dataset_uid: str, name: str, listed: list[str] | None, *, check_owner: bool = True
+) -> list[str]:
+    """The layers dataset ``dataset_uid``'s record lists (``listed``; :func:`recorded_layers`) without a copy
+    in its group ``name``, in stored order, its owner checked if any (unless ``check_owner`` is False). A
+    layer the group stores and the record does not list (an interrupted ``add_layer``'s) is not one."""
     attrs = atlas.core.group_attrs(name, reopen=True)
     if attrs is None:
         raise GroupNotFoundError(f"dataset {dataset_uid!r}: its zarr group {name!r} is missing")
-    missing = _uncopied(attrs)
+    copied = set(attrs.get("csc_layers", []))
+    missing = [layer for layer in recorded_layers(listed, attrs) if layer not in copied]
     if missing and check_owner:  # (a group with every copy is only read: whose it is does not matter)
         atlas.group_claims.require_own(name, dataset_uid)
     return missing
-
-
-def _uncopied(attrs: Mapping[str, object]) -> list[str]:
-    """A group's stored layers (from its attributes) without a CSC copy, in stored order."""
-    copied = set(attrs.get("csc_layers", []))
-    return [layer for layer in attrs.get("layers", {}) if layer not in copied]
 
 
 def _sparse_record(atlas: RaggedAtlas, uid: str) -> dict[str, object]:

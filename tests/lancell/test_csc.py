@@ -195,6 +195,18 @@ def test_add_csc_adds_a_missing_layer_on_the_shared_indices(atlas, celltypist, s
     np.testing.assert_array_equal(got.X.toarray(), expected)
 
 
+def test_a_layer_the_record_does_not_list_gets_no_copy(atlas, celltypist):
+    """An add_layer killed after its group listed the layer, before its record did: add_csc listed and
+    copied that debris as a layer of the dataset ("CSC copy of counts, normalized written")."""
+    record = _ingest(atlas, celltypist, "ct", csc=False)
+    group = atlas.core.zarr_root[record.zarr_group]
+    group.attrs["layers"] = {**group.attrs["layers"], "normalized": "float32"}  # (its arrays never written)
+    assert layers_without_csc(atlas, "ct") == ["counts"]
+    assert datasets_without_csc(atlas) == {"ct": ["counts"]}
+    assert add_csc(atlas, "ct") == ["counts"]
+    assert atlas.core.group_attrs(record.zarr_group)["csc_layers"] == ["counts"]
+
+
 def test_add_csc_of_an_unknown_dataset_is_a_typed_error(atlas):
     with pytest.raises(DatasetNotFoundError, match="'nope'") as raised:
         add_csc(atlas, "nope")
