@@ -158,7 +158,9 @@ def add_layer(
             if padded:
                 listed["zero_fill"] = sorted({*attrs.get("zero_fill", []), name})
             lease.check()
-            group.attrs.update(listed)  # one write: no reader sees the layer listed without its zero fill
+            group.update_attributes(
+                listed
+            )  # one write: no reader sees the layer listed without its zero fill
             lease.check()
             listing = True
             updated = atlas.core.tables.datasets.update(where=where, values={"layers": [*layers, name]})
@@ -410,7 +412,7 @@ def _roll_back(group: zarr.Group, attrs: dict, name: str, store: obs_store.Objec
     try:
         restored = {key: attrs[key] for key in ("layers", "zero_fill", "csc_layers") if key in attrs}
         if any(group.attrs.get(key) != value for key, value in restored.items()):  # (else: no write)
-            group.attrs.update(restored)
+            group.update_attributes(restored)
         for parent in ("csr/layers", "csc/layers", "layers"):
             delete_prefix(store, f"{group.path}/{parent}/{name}")
     except Exception as exc:  # whatever the store raises: the caller's own error stands

@@ -200,7 +200,9 @@ class SparseGroupWriter:
         self._offset = 0
         self._pool = ThreadPoolExecutor(1 + len(values), thread_name_prefix="lancell-shard-write")
         self._in_flight: list[Future[None]] = []
-        self.group.attrs.update({**_base_attrs("sparse", layers, geometry), "chunk": chunk, "shard": shard})
+        self.group.update_attributes(
+            {**_base_attrs("sparse", layers, geometry), "chunk": chunk, "shard": shard}
+        )
 
     def append(self, indptr: np.ndarray, indices: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
         """Append a block of rows given as local CSR (``indptr[0] == 0``): the shared ``indices`` and each
@@ -237,7 +239,7 @@ class SparseGroupWriter:
         self._wait()
         indptr = np.concatenate(self._indptr_parts)
         write_offsets(self._csr, indptr)
-        self.group.attrs.update({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
+        self.group.update_attributes({"n_cells": self.n_cells, "nnz": self.nnz, **extra_attrs})
         return indptr
 
     def __enter__(self) -> SparseGroupWriter:
@@ -296,7 +298,7 @@ class DenseGroupWriter:
             )
             for name, dtype in layers.items()
         }
-        self.group.attrs.update(
+        self.group.update_attributes(
             {
                 **_base_attrs("dense", layers, geometry),
                 "chunk_rows": chunk_rows,
@@ -313,7 +315,9 @@ class DenseGroupWriter:
         """Flush the tail and write the attributes."""
         for buffer in self.rows.values():
             buffer.close()
-        self.group.attrs.update({"n_cells": self.n_cells, "nnz": int(np.prod(self.shape)), **extra_attrs})
+        self.group.update_attributes(
+            {"n_cells": self.n_cells, "nnz": int(np.prod(self.shape)), **extra_attrs}
+        )
 
     def __enter__(self) -> DenseGroupWriter:
         return self

@@ -302,7 +302,7 @@ def create_storage(
             try:
                 create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
                 root = zarr.open_group(zarr_store(store), mode="a")
-                root.attrs.update({"lancell_format": FORMAT_VERSION})
+                root.update_attributes({"lancell_format": FORMAT_VERSION})
                 _write_meta(meta_store, meta)
             except FileExistsError:
                 raise AtlasExistsError(f"an atlas was created concurrently at {db_uri!r}") from None

@@ -266,6 +266,31 @@ def test_add_layer_is_visible_in_the_next_snapshot_only(atlas, celltypist):
     assert atlas.list_datasets()["layers"][0].tolist() == ["counts", "log_normalized"]
 
 
+def test_add_layer_lists_a_padded_layer_and_its_zero_fill_in_one_write(atlas, celltypist, monkeypatch):
+    """zarr's ``attrs.update`` writes the group's zarr.json once per key: a reader between the two writes saw
+    the layer listed without its zero fill, and read the padding zeros as measured values."""
+    from zarr.core.group import AsyncGroup
+
+    adata = celltypist[:40].copy()
+    adata.obs = adata.obs[[]]
+    record = _ingest(atlas, adata, "padded", zarr_layer="counts")
+    fewer = sp.csr_matrix(adata.X, dtype=np.float32)
+    fewer.data[::3] = 0  # a third of the stored entries hold no value: the layer is padded there
+    fewer.eliminate_zeros()
+    saved = []
+    save = AsyncGroup._save_metadata
+
+    async def recorded(group, *args, **kwargs):
+        if group.path == record.zarr_group:
+            saved.append(dict(group.metadata.attributes))
+        return await save(group, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncGroup, "_save_metadata", recorded)
+    add_layer(atlas, "padded", "log_normalized", ad.AnnData(X=fewer, obs=adata.obs, var=adata.var[[]]))
+    listing = [attrs for attrs in saved if "log_normalized" in attrs.get("layers", {})]
+    assert listing and all("log_normalized" in attrs.get("zero_fill", []) for attrs in listing)
+
+
 def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atlas, celltypist):
     counts_only = celltypist[:50].copy()
     counts_only.obs = counts_only.obs[[]]
