@@ -108,7 +108,9 @@ class AtlasCore:
             tables.handles[FEATURE_SPACES_TABLE].to_arrow()
         )
         self.zarr_root = zarr.open_group(
-            zarr_store(store, read_only=read_only), mode="r" if read_only else "a"
+            zarr_store(store, read_only=read_only),
+            mode="r" if read_only else "a",
+            zarr_format=3,  # (else zarr probes zarr v2's three metadata objects too: requests on S3)
         )
         self._nodes = OpenedNodes()
 

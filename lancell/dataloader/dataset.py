@@ -339,7 +339,9 @@ class CellDataset:
             mark_stores_used()
             if self._store is None:
                 self._store = self.source.open_store()
-            self._root = zarr.open_group(zarr.storage.ObjectStore(self._store, read_only=True), mode="r")
+            self._root = zarr.open_group(
+                zarr.storage.ObjectStore(self._store, read_only=True), mode="r", zarr_format=3
+            )
         return self._root
 
     def _group_arrays(self, codes: np.ndarray) -> dict[int, Any]:

@@ -301,7 +301,7 @@ def create_storage(
             write_json(meta_store, CREATING_PATH, {"tables": sorted(schemas)})
             try:
                 create_tables(db, schemas, {FEATURE_SPACES_TABLE: feature_spaces_table(spaces)})
-                root = zarr.open_group(zarr_store(store), mode="a")
+                root = zarr.open_group(zarr_store(store), mode="a", zarr_format=3)
                 root.update_attributes({"lancell_format": FORMAT_VERSION})
                 _write_meta(meta_store, meta)
             except FileExistsError:
