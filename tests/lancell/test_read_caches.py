@@ -156,3 +156,24 @@ def test_opened_nodes_forget_a_group_with_what_lies_under_it_only():
     nodes.put("a/csr/indices", 1)  # opened again after it was forgotten
     nodes.forget_under("a")
     assert "a/csr/indices" not in nodes
+
+
+def test_an_open_and_a_query_ask_the_store_for_zarr_v3_metadata_only(atlas, monkeypatch):
+    """zarr probed v2's .zgroup, .zattrs and .zmetadata beside zarr.json at every root open: three requests
+    more per handle (and per loader worker) on an object store."""
+    import zarr.storage
+
+    asked = []
+    get = zarr.storage.ObjectStore.get
+
+    async def recorded(store, key, *args, **kwargs):
+        asked.append(key)
+        return await get(store, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.ObjectStore, "get", recorded)
+    for read_only in (True, False):
+        opened = RaggedAtlas.open(atlas.db_uri, read_only=read_only)
+        _check(opened.query().to_anndata())
+    assert asked and not [
+        key for key in asked if key.rsplit("/", 1)[-1] in (".zgroup", ".zattrs", ".zmetadata")
+    ]
