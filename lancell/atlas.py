@@ -394,7 +394,9 @@ class RaggedAtlas:
         :class:`~lancell.errors.ArgumentValueError`: not text UTF-8 can store)."""
         require_type("zarr_group", zarr_group, str, "a zarr group name (a str)")
         require_text("zarr_group", zarr_group)
-        return self.core.group_attrs(zarr_group)
+        return self.core.group_attrs(
+            zarr_group, reopen=True
+        )  # (as stored now: another handle may add a layer)
 
     @_boundary
     def list_datasets(self) -> pd.DataFrame:
@@ -403,7 +405,7 @@ class RaggedAtlas:
         frame = self.core.tables.datasets.to_arrow().to_pandas()
         if "layers" not in frame.columns:
             stored = [
-                recorded_layers(None, self.core.group_attrs(group) or {}) or [layer]
+                recorded_layers(None, self.core.group_attrs(group, reopen=True) or {}) or [layer]
                 for group, layer in zip(frame["zarr_group"], frame["layer"], strict=True)
             ]
             frame.insert(int(frame.columns.get_loc("layer")) + 1, "layers", stored)

@@ -29,7 +29,7 @@ def layer_entries(core: AtlasCore, record: DatasetRecord) -> dict[str, dict[str,
     """``{layer: {"dtype": stored dtype, "nnz": entries it reads back}}`` for the layers ``record`` lists
     (its group's, for a record from before several layers): a zero-filled layer's nonzero values counted a
     shard's worth at a time."""
-    attrs = core.group_attrs(record.zarr_group) or {}
+    attrs = core.group_attrs(record.zarr_group, listed=record.layers) or {}  # (the committed layers' nodes)
     stored, padded = attrs.get("layers", {}), set(attrs.get("zero_fill", ()))
     out: dict[str, dict[str, object]] = {}
     for name in recorded_layers(record.layers, attrs):

@@ -114,7 +114,9 @@ def training_inputs(
         listed = [name for name in PREFERRED_LAYERS if name in cells]
         layer = listed[0] if listed else max(cells, key=cells.get, default=None)
     storing = [
-        group for group, layers in zip(frame["zarr_group"], frame["layers"], strict=True) if layer in layers
+        (group, list(layers))
+        for group, layers in zip(frame["zarr_group"], frame["layers"], strict=True)
+        if layer in layers
     ]
     if layer is None or not storing:
         what = "any layer" if layer is None else f"layer {layer!r}"
@@ -122,7 +124,8 @@ def training_inputs(
             f"no dataset of {feature_space!r} stores {what} to train on (layers stored: {sorted(cells)})"
         )
     if normalize is None:
-        dtype = (atlas.core.group_attrs(storing[0]) or {}).get("layers", {}).get(layer)
+        group, listed = storing[0]  # (opened again where its record lists other layers than when opened)
+        dtype = (atlas.core.group_attrs(group, listed=listed) or {}).get("layers", {}).get(layer)
         normalize = dtype is not None and np.dtype(dtype).kind in "iu"
     return layer, normalize
 

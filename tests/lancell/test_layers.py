@@ -291,6 +291,29 @@ def test_add_layer_lists_a_padded_layer_and_its_zero_fill_in_one_write(atlas, ce
     assert listing and all("log_normalized" in attrs.get("zero_fill", []) for attrs in listing)
 
 
+def test_a_handle_that_read_a_group_sees_a_layer_another_handle_added_since(atlas, celltypist):
+    """Its cached group attributes predated the layer: group_attributes() did not list it, and
+    training_inputs took the integer layer for a float one (not normalized)."""
+    from lancell.training import training_inputs
+
+    adata = celltypist[:40].copy()
+    adata.obs = adata.obs[[]]
+    record = _ingest(atlas, adata, "late", zarr_layer="log_normalized")
+    reader = RaggedAtlas.open(atlas.db_uri)
+    reader.query().layers("gene_expression", "log_normalized").to_anndata()  # the group opened
+    assert set(reader.group_attributes(record.zarr_group)["layers"]) == {"log_normalized"}
+    counts = ad.AnnData(X=sp.csr_matrix(adata.X).astype(np.int64), obs=adata.obs, var=adata.var[[]])
+    add_layer(atlas, "late", "counts", counts)
+    assert reader.group_attributes(record.zarr_group)["layers"]["counts"] == "uint32"
+    assert training_inputs(reader, "gene_expression", layer="counts") == ("counts", True)
+    assert (
+        layer_entries(reader.core, reader.dataset_schema(**reader.list_datasets().iloc[0].to_dict()))[
+            "counts"
+        ]["dtype"]
+        == "uint32"
+    )
+
+
 def test_add_layer_refuses_values_off_the_stored_pattern_and_changes_nothing(atlas, celltypist):
     counts_only = celltypist[:50].copy()
     counts_only.obs = counts_only.obs[[]]
