@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 import anndata as ad
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
@@ -28,6 +27,7 @@ from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.plan import PlannedCells
 from lancell.query.reconstruct import reconstruct, reconstruct_batches
+from lancell.query.unmeasured import carrying
 from lancell.storage.store_failures import lance_removed, store_boundary
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow
@@ -324,7 +324,7 @@ class QueryTerminals:
         modalities = {}
         for space in spaces:
             resolve_feature_space(self._atlas.feature_spaces, space)
-            has = cells.filter(pc.is_valid(cells.column(space)))
+            has = cells.filter(carrying(core, cells, space))
             reads = self._reads if space == self._reads.feature_space else self._reads.other_space()
             if space in chosen:
                 if reads.layers is not None and reads.layers != chosen[space]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ON_UNMEASURED",
     "OnUnmeasured",
+    "carrying",
     "check_policy",
     "measured_groups",
     "unmeasured_cells",
@@ -50,6 +51,16 @@ def measured_groups(core: AtlasCore, feature_space: str, layers: list[str] | Non
     return sorted(groups)
 
 
+def carrying(core: AtlasCore, cells: pa.Table, feature_space: str) -> pa.ChunkedArray | pa.Array:
+    """bool per cell of ``cells``: it carries ``feature_space``, a pointer into a group with a dataset record
+    (a pointer into one without is an attachment that has not committed, or a deletion that stopped half-way:
+    no data of the cell's yet, as a null pointer)."""
+    pointer = cells.column(feature_space)
+    recorded = pa.array(measured_groups(core, feature_space, None), pa.string())
+    known = pc.is_in(pc.struct_field(pointer, "zarr_group"), value_set=recorded)
+    return pc.and_(pc.is_valid(pointer), known.fill_null(False))
+
+
 def unmeasured_cells(
     cells: pa.Table, feature_space: str, layer: str | None, stored_in: list[str]
 ) -> dict[str, tuple[int, str]]:
@@ -70,12 +81,15 @@ def unmeasured_cells(
     codes, names = uids.indices.to_numpy(zero_copy_only=False), uids.dictionary.to_pylist()
     n_lacking = np.bincount(codes, minlength=len(names))
     n_no_data = np.bincount(codes, weights=~valid[lacking], minlength=len(names)).astype(np.int64)
-    wanted = f"layer {layer!r}" if layer is not None else "any layer"
+    # (no layer asked for: the groups of no dataset record, an attachment that never committed)
+    lacks = (
+        f"their group has no layer {layer!r}" if layer is not None else "their group has no dataset record"
+    )
     out = {}
     for k in sorted(range(len(names)), key=lambda k: str(names[k])):
         kinds = {
             f"no {feature_space!r} data": int(n_no_data[k]),
-            f"their group has no {wanted}": int(n_lacking[k] - n_no_data[k]),
+            lacks: int(n_lacking[k] - n_no_data[k]),
         }
         kinds = {why: n for why, n in kinds.items() if n}
         why = next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{n} {why}" for why, n in kinds.items())

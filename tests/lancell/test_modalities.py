@@ -14,7 +14,7 @@ from mudata import MuData
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import DroppedColumnsWarning, IngestError, LancellWarning, QueryError
+from lancell.errors import DroppedColumnsWarning, IngestError, LancellWarning, QueryError, UnmeasuredDataError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.modalities import add_from_mudata, attach_modality
 from lancell.query.reconstruct import presence_matrix
@@ -455,3 +455,17 @@ def test_mudata_inputs_it_cannot_read_as_given_are_refused_typed(two, tmp_path):
     messages = [str(w.message) for w in caught]
     assert any("dataset 'k/programs': adata.raw" in m and "is not stored" in m for m in messages)
     assert "qc:pass" in records[0].dropped_obs_columns
+
+
+def test_pointers_into_a_modality_without_a_record_are_not_carried_by_to_mudata(two):
+    """An attachment between its pointers' commit and its record's (or killed there), or a deletion stopped
+    between its record and its pointers: to_mudata raised UnmeasuredDataError ("their group has no any
+    layer") until the attachment was run again or vacuum's grace passed."""
+    atlas, pbmc = two
+    programs = _programs(pbmc)[::3].copy()
+    _ingest_pbmc(atlas, MuData({"rna": pbmc, "prog": programs}))
+    atlas.core.tables.datasets.delete("uid = 'pbmc/programs'")  # the record gone, its pointers left
+    out = atlas.query().to_mudata()
+    assert out["gene_expression"].n_obs == pbmc.n_obs and out["programs"].n_obs == 0
+    with pytest.raises(UnmeasuredDataError, match=r"their group has no dataset record"):
+        atlas.query().feature_space("programs").where("programs IS NOT NULL").to_anndata()
