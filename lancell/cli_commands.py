@@ -248,8 +248,9 @@ def ingest(args: argparse.Namespace) -> int:
                 continue
             print(f"{spec.uid}: already in the atlas ({summary})")
             unused = [flag for flag in _FILE_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
-            unused += [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
-            unused += [] if args.on_conflict == "error" else [f"--on-conflict {args.on_conflict}"]
+            unused += (
+                [] if args.csc is None else ["--csc" if args.csc else "--no-csc"]
+            )  # (--on-conflict: ingestion says)
             if unused:
                 warnings.warn(  # (a typo in them would pass unseen)
                     f"{spec.uid}: {', '.join(unused)} not used: the dataset is in the atlas (file not read)"

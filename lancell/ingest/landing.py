@@ -336,6 +336,7 @@ def ingest_landing_file(
     check_landing_spec(atlas, spec)  # before anything is registered (or a typo passes)
     existing = present_record(atlas, spec.uid)
     if existing is not None:  # the file is not read (it may be gone: the dataset stays as ingested)
+        _warn_conflict_policy_unused(spec, on_conflict)
         return existing, "present"
     if not spec.path.exists():
         raise IngestError(f"landing file {spec.path} does not exist")
@@ -355,6 +356,19 @@ def ingest_landing_file(
         if existing is None:
             raise
         return existing, "present"
+
+
+def _warn_conflict_policy_unused(spec: LandingSpec, on_conflict: OnConflict) -> None:
+    """Say that ``on_conflict`` (other than ``"error"``) was not used for dataset ``spec.uid``, present: its
+    file is not read, so no registered value is kept or updated (an update an earlier ingestion stopped
+    before, after its dataset committed, included)."""
+    if on_conflict != "error":
+        warnings.warn(
+            f"{spec.uid}: on_conflict={on_conflict!r} not used: the dataset is in the atlas (file not read), "
+            "so no registered feature was kept or updated from it",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
+        )
 
 
 def _ingest_new(

@@ -349,6 +349,29 @@ def test_a_landing_another_process_ingests_meanwhile_is_present(atlas, tmp_path,
     assert atlas.list_datasets()["uid"].tolist() == ["a"] and atlas.validate() == []
 
 
+def test_a_conflict_policy_given_for_a_present_dataset_is_warned_as_not_used(atlas, tmp_path, monkeypatch):
+    """An update of registered values (on_conflict="update") runs after the dataset commits: a run stopped
+    between the two, then run again, found the dataset present and left the registry as it was, without a
+    word (the command line warned; the library said nothing)."""
+    x = sp.csr_matrix(np.arange(1, 7, dtype=np.int32).reshape(2, 3))
+    var = pd.DataFrame({"gene_symbol": ["NEW1", "NEW2", "NEW3"]}, index=["G1", "G2", "G3"])
+    ad.AnnData(x, obs=pd.DataFrame(index=["c1", "c2"]), var=var).write_h5ad(tmp_path / "a.h5ad")
+    spec = read_landing_spec(tmp_path / "a.h5ad")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # (the run stops once the dataset committed, before the update)
+
+    monkeypatch.setattr(landing, "updated", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_landing_file(atlas, spec, on_conflict="update")
+    monkeypatch.undo()
+    with pytest.warns(LancellWarning, match=r"a: on_conflict='update' not used: the dataset is in the atlas"):
+        assert ingest_landing_file(atlas, spec, on_conflict="update")[1] == "present"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LancellWarning)
+        ingest_landing_file(atlas, spec)  # the default policy: nothing to say
+
+
 def test_landing_var_entries_without_uid_or_symbol_are_never_the_text_nan(tmp_path, atlas):
     """A missing gene symbol was registered as the symbol "nan" (a search for "nan" found it), a missing uid
     as the feature "nan"."""
