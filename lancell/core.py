@@ -23,7 +23,7 @@ from lancell.storage.nodes import open_node
 from lancell.storage.offsets import read_offsets
 from lancell.storage.opened_nodes import OpenedNodes
 from lancell.storage.store_failures import lance_removed
-from lancell.storage.stores import zarr_store
+from lancell.storage.zarr_store import zarr_store
 from lancell.tables.atlas_tables import AtlasTables
 from lancell.tables.feature_spaces import FeatureSpace, feature_spaces_from_table
 from lancell.tables.group_claims import GroupClaims

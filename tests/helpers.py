@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from lancell.atlas import RaggedAtlas
+from lancell.bundled import CellSchema, GeneFeature
 from lancell.tables.store_location import STORE_BINDING
 
 
@@ -31,6 +32,24 @@ def read_10x_v3_h5(path: Path) -> ad.AnnData:
         obs = pd.DataFrame(index=m["barcodes"][:].astype(str))
     obs["organism"] = "Homo sapiens"
     return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def gene_atlas(
+    db_uri: str, store: str, genes: list[str] | pd.DataFrame, store_kwargs: dict | None = None
+) -> RaggedAtlas:
+    """A new atlas of the bundled cell schema at ``db_uri`` / ``store`` with ``genes`` registered in feature
+    space ``gene_expression`` (names: uid = symbol; or the registry's rows)."""
+    atlas = RaggedAtlas.create(
+        db_uri,
+        "cells",
+        CellSchema,
+        store=store,
+        registry_schemas={"gene_expression": GeneFeature},
+        store_kwargs=store_kwargs,
+    )
+    rows = genes if isinstance(genes, pd.DataFrame) else pd.DataFrame({"uid": genes, "gene_symbol": genes})
+    atlas.register_features("gene_expression", rows)
+    return atlas
 
 
 def visible_state(atlas: RaggedAtlas, *, versions: bool = False) -> dict[str, object]:

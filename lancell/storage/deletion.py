@@ -15,6 +15,7 @@ import obstore
 import obstore.store as obs_store
 
 from lancell.errors import StoreError
+from lancell.storage.store_retries import retried
 from lancell.storage.stores import describe_store
 
 __all__ = ["delete_prefix", "linked_folder"]
@@ -67,7 +68,7 @@ def delete_prefix(store: obs_store.ObjectStore, prefix: str) -> int:
     own = [path for path in paths if "/" not in path[len(key) + 1 :]]
     for chunk in ([path for path in paths if path not in own], own):
         if chunk:
-            obstore.delete(store, chunk)
+            retried(lambda chunk=chunk: obstore.delete(store, chunk), store, f"delete of {key}'s objects")
     if top is not None:  # object semantics leave empty directories behind on a local disk
         for folder, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
             try:

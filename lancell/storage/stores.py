@@ -19,12 +19,10 @@ from urllib.parse import unquote
 
 import obstore
 import obstore.store as obs_store
-import zarr.storage
-from zarr.core.buffer import Buffer
 
 from lancell.errors import LancellWarning, StoreError, caller_outside_lancell, require_type
-from lancell.storage.small_pages import WRITE_PIECE, write_pieces
 from lancell.storage.store_failures import store_error
+from lancell.storage.store_retries import retried
 from lancell.storage.store_settings import (
     ENDPOINT_ENV,
     canonical_name,
@@ -46,7 +44,6 @@ __all__ = [
     "read_json",
     "table_location",
     "write_json",
-    "zarr_store",
 ]
 
 # Any config key containing one of these is a credential (S3 access/secret keys and session tokens, Azure
@@ -306,24 +303,6 @@ def lancedb_storage_options(db_uri: str, store_kwargs: dict[str, Any] | None) ->
     return options or None
 
 
-class _LocalWritesInPieces(zarr.storage.ObjectStore):
-    """zarr's obstore store, whose objects go to a local disk in writes of at most ``WRITE_PIECE`` bytes
-    (:mod:`lancell.storage.small_pages`; obstore's local multipart upload: a staging file renamed whole, as
-    its single put)."""
-
-    async def set(self, key: str, value: Buffer) -> None:
-        if not isinstance(self.store, obs_store.LocalStore) or len(value) <= WRITE_PIECE:
-            await super().set(key, value)
-            return
-        self._check_writable()
-        await obstore.put_async(self.store, key, write_pieces(value.as_buffer_like()), chunk_size=WRITE_PIECE)
-
-
-def zarr_store(store: obs_store.ObjectStore, *, read_only: bool = False) -> zarr.storage.ObjectStore:
-    """Wrap an obstore store for zarr-python."""
-    return _LocalWritesInPieces(store, read_only=read_only)
-
-
 def read_json(store: obs_store.ObjectStore, path: str) -> dict[str, Any] | None:
     """Read a JSON object at ``path``; None if it does not exist."""
     try:
@@ -335,10 +314,14 @@ def read_json(store: obs_store.ObjectStore, path: str) -> dict[str, Any] | None:
 def write_json(
     store: obs_store.ObjectStore, path: str, value: dict[str, Any], *, create: bool = False
 ) -> None:
-    """Write a JSON object at ``path``; with ``create=True`` fail with FileExistsError if it exists."""
+    """Write a JSON object at ``path``; with ``create=True`` fail with FileExistsError if it exists (an
+    overwrite is sent again after a broken connection: :mod:`lancell.storage.store_retries`)."""
     body = json.dumps(value, sort_keys=True, default=str).encode()
+    if not create:
+        retried(lambda: obstore.put(store, path, body), store, f"write of {path}")
+        return
     try:
-        obstore.put(store, path, body, mode="create" if create else "overwrite")
+        obstore.put(store, path, body, mode="create")
     except obstore.exceptions.AlreadyExistsError as exc:
         raise FileExistsError(path) from exc
 

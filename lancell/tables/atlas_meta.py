@@ -33,6 +33,7 @@ from lancell.errors import (
 )
 from lancell.storage.groups import FORMAT_VERSION
 from lancell.storage.store_failures import is_store_failure, store_error
+from lancell.storage.store_retries import retried
 from lancell.storage.store_settings import canonical_name
 from lancell.storage.stores import (
     check_options_used,
@@ -45,8 +46,8 @@ from lancell.storage.stores import (
     public_store_config,
     read_json,
     write_json,
-    zarr_store,
 )
+from lancell.storage.zarr_store import zarr_store
 from lancell.tables.atlas_tables import Database, create_tables, table_names
 from lancell.tables.feature_spaces import (
     build_feature_spaces,
@@ -312,7 +313,7 @@ def create_storage(
                     raise store_error(exc, f"cannot create the atlas at {db_uri!r}") from exc
                 raise
             try:
-                obstore.delete(meta_store, CREATING_PATH)
+                _delete_marker(meta_store)
             except (
                 Exception
             ):  # the atlas is whole: the marker only tells create() what an unfinished one made
@@ -362,12 +363,17 @@ def _folders_removed_on_failure(uris: Iterable[str]) -> Iterator[None]:
         raise
 
 
+def _delete_marker(meta_store: obs_store.ObjectStore) -> None:
+    """Delete the marker of a creation in progress (sent again after a broken connection)."""
+    retried(lambda: obstore.delete(meta_store, CREATING_PATH), meta_store, f"delete of {CREATING_PATH}")
+
+
 def _roll_back_creation(db: DBConnection, meta_store: obs_store.ObjectStore) -> None:
     """Drop what a failed creation made; if that fails too, the next ``create`` drops it
     (:func:`_drop_unfinished`)."""
     try:
         _drop_unfinished(db, meta_store)
-        obstore.delete(meta_store, CREATING_PATH)
+        _delete_marker(meta_store)
     except Exception:
         log.warning(
             "could not drop the tables of a failed creation; the next create() drops them", exc_info=True

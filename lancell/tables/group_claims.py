@@ -29,6 +29,7 @@ import obstore.store as obs_store
 from lancell.errors import GroupNotFoundError, LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.deletion import delete_prefix, linked_folder
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
+from lancell.storage.store_retries import retried
 from lancell.storage.stores import describe_store, location_in_store, read_json, write_json
 
 __all__ = ["CLAIMS_PREFIX", "GroupClaim", "GroupClaims", "Ownership"]
@@ -184,7 +185,8 @@ class GroupClaims:
     def release(self, group: str) -> None:
         """Remove the claim of ``group`` (its group is gone)."""
         try:
-            obstore.delete(self.meta_store, _claim_path(group))
+            path = _claim_path(group)
+            retried(lambda: obstore.delete(self.meta_store, path), self.meta_store, f"delete of {path}")
         except FileNotFoundError:
             pass
 

@@ -25,7 +25,7 @@ from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage import small_pages
 from lancell.storage.small_pages import WRITE_PIECE, numpy_small_pages, pwrite_all, write_pieces
 from lancell.storage.store_failures import store_boundary
-from lancell.storage.stores import zarr_store
+from lancell.storage.zarr_store import zarr_store
 
 
 @pytest.fixture(autouse=True)

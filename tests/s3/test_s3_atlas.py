@@ -19,10 +19,11 @@ import obstore
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import gene_atlas
 from s3server import ACCESS_KEY, BUCKET, PUBLIC_BUCKET, SECRET_KEY, Seaweed
 
 from lancell.atlas import RaggedAtlas
-from lancell.bundled import BUNDLED, CellSchema, GeneFeature, gene_features, ingest_bundled
+from lancell.bundled import BUNDLED, gene_features, ingest_bundled
 from lancell.errors import StoreError
 
 QUERIES = {
@@ -43,15 +44,7 @@ QUERIES = {
 
 def build(db_uri: str, store: str, store_kwargs: dict | None, datasets=BUNDLED) -> int:
     """Create an atlas, ingest ``datasets`` from backed files, optimize and snapshot; return the version."""
-    atlas = RaggedAtlas.create(
-        db_uri,
-        "cells",
-        CellSchema,
-        store=store,
-        registry_schemas={"gene_expression": GeneFeature},
-        store_kwargs=store_kwargs,
-    )
-    atlas.register_features("gene_expression", gene_features(datasets))
+    atlas = gene_atlas(db_uri, store, gene_features(datasets), store_kwargs)
     for dataset in datasets:
         ingest_bundled(atlas, dataset, backed=True)
     atlas.optimize()

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import gene_atlas
 from s3server import BUCKET, WEED, Seaweed, run_seaweed
 
 import lancell.ingest.add_layer as add_layer_module
@@ -77,15 +78,7 @@ def ingest(atlas: RaggedAtlas, uid: str, seed: int) -> None:
 def s3_atlas(server: Seaweed, kwargs: dict) -> tuple[RaggedAtlas, str]:
     """An atlas on the server (database and arrays), one dataset ingested and a snapshot taken."""
     root = f"s3://{BUCKET}/outage-{time.time_ns()}"
-    atlas = RaggedAtlas.create(
-        f"{root}/db",
-        "cells",
-        CellSchema,
-        store=f"{root}/arrays",
-        registry_schemas={"gene_expression": GeneFeature},
-        store_kwargs=kwargs,
-    )
-    atlas.register_features("gene_expression", pd.DataFrame({"uid": GENES, "gene_symbol": GENES}))
+    atlas = gene_atlas(f"{root}/db", f"{root}/arrays", GENES, kwargs)
     ingest(atlas, "d0", 0)
     atlas.snapshot()
     return atlas, f"{root}/db"
