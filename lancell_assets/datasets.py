@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from lancell.standardize.pipeline import StandardizationReport
     from lancell.tables.schema import DatasetRecord
 
+# waits before an ingestion that met a store failure is run again (an atlas on an object store): two retries
+STORE_RETRY_WAITS = (5.0, 20.0)
+
 CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
     "cell_count_matches": "Cells in the dataset record = n_cells of the zarr group (= rows of the file's "
@@ -74,6 +77,10 @@ def dataset_group(
     With the sidecar's ``standardize``, ``standardization`` holds what it did: genes resolved per match kind
     and var entries ``resolved``, ``kept``, ``summed`` or ``first`` (``StandardizationReport.as_metadata``).
 
+    On an object store, an ingestion that fails with a store failure (rolled back) is run again twice, 5 and
+    20 s later, each retry logged as a warning; a bad file, a lock that timed out or a local atlas's failure
+    fails at once.
+
     A dataset already in the atlas is not ingested again (``outcome: present``): its landing file, if it
     is still there, is compared with the one it was ingested from (``landing_fingerprint``, recorded at
     ingestion). A changed, corrupt or unreadable file (or sidecar) fails the run, and ``content_matches``,
@@ -81,7 +88,6 @@ def dataset_group(
     """
     from lancell.errors import DroppedColumnsWarning, DuplicateContentWarning, IngestError, LancellError
     from lancell.ingest.landing import (
-        ingest_landing_file,
         landing_fingerprint,
         landing_options,
         landing_state,
@@ -112,7 +118,7 @@ def dataset_group(
             spec, state = entry.spec, landing_state(entry.spec)
             fingerprint, options = landing_fingerprint(spec), landing_options(spec)
             with logged_warnings(context, leave=(DroppedColumnsWarning, DuplicateContentWarning)) as warned:
-                record, outcome = ingest_landing_file(handle, spec, on_standardized=reports.append)
+                record, outcome = _ingest(context, handle, spec, reports)
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
         findings = {"ingested_cleanly": f"failed: {exc}"} | {
@@ -175,6 +181,39 @@ def dataset_group(
     if options is not None:  # what content_matches names when the fingerprint differs
         metadata["landing_options"] = dg.MetadataValue.json(options)
     yield dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _ingest(
+    context: dg.AssetExecutionContext,
+    handle: "RaggedAtlas",
+    spec: "LandingSpec",
+    reports: "list[StandardizationReport]",
+) -> tuple["DatasetRecord", str]:
+    """Ingest ``spec``'s file (``ingest_landing_file``). On an object store (S3, GCS, Azure), an ingestion
+    that failed with a store failure (rolled back: a connection that broke under one of LanceDB's writes, a
+    throttled or briefly unreachable server) is run again after each of ``STORE_RETRY_WAITS``, unless the
+    dataset is in the atlas by then. A lock that timed out, and any failure of a local atlas, is not."""
+    from obstore.store import LocalStore
+
+    from lancell.errors import LockTimeoutError, StoreError
+    from lancell.ingest.landing import ingest_landing_file, present_record
+    from lancell.storage.stores import is_local
+
+    local = is_local(handle.db_uri) and isinstance(handle.store, LocalStore)
+    for wait in STORE_RETRY_WAITS:
+        reports.clear()
+        try:
+            return ingest_landing_file(handle, spec, on_standardized=reports.append)
+        except StoreError as exc:
+            if local or isinstance(exc, LockTimeoutError):
+                raise
+            context.log.warning(f"dataset {spec.uid}: {exc}; ingested again in {wait:g} s")
+        time.sleep(wait)
+        present = present_record(handle, spec.uid)
+        if present is not None:  # (a failure after its record's commit, or another run's ingestion)
+            return present, "present"
+    reports.clear()
+    return ingest_landing_file(handle, spec, on_standardized=reports.append)
 
 
 def _failed(

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from fault_proxy import FaultProxy, Faults
 from s3server import ACCESS_KEY, SECRET_KEY, Seaweed
 
 import definitions
 from lancell.atlas import RaggedAtlas
-from lancell_assets import dataset_partitions, snapshot_partitions
+from lancell_assets import dataset_partitions, datasets, snapshot_partitions
 from lancell_assets.demo import land_bundled_data
 from resources import AtlasResource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def deployment_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """The S3 settings and credentials in the environment only, as in a deployment."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_ENDPOINT_URL": seaweed.endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    deployment_environment(monkeypatch, seaweed.endpoint)
     land_bundled_data(tmp_path / "landing")
     defs = definitions.build_definitions(tmp_path)
     atlas = AtlasResource(
@@ -70,3 +77,50 @@ def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monke
     assert (
         RaggedAtlas.checkout_latest(f"{s3_root}/db").query().where("dataset_uid = 'pbmc68k'").count() == 700
     )
+
+
+def test_ingestion_broken_under_lancedb_is_run_again(
+    seaweed: Seaweed, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The connection of LanceDB's commit of the dataset record reset: the ingestion fails and is rolled back,
+    then the step ingests the file again (lancell cannot send lance's own writes again)."""
+    proxy = FaultProxy(seaweed.endpoint)
+    try:
+        deployment_environment(monkeypatch, proxy.endpoint)
+        monkeypatch.setattr(datasets, "STORE_RETRY_WAITS", (0.2, 0.2))
+        land_bundled_data(tmp_path / "landing")
+        defs = definitions.build_definitions(tmp_path)
+        atlas = AtlasResource(
+            db_uri=f"{s3_root}/db",
+            store_url=f"{s3_root}/arrays",
+            store_config={"endpoint": proxy.endpoint, "region": "us-east-1"},
+            client_options={"allow_http": "true"},
+            create_if_missing=True,
+        )
+        atlas.open()
+        proxy.faults = Faults(
+            fault="reset", methods=("PUT",), path=r"/db/datasets\.lance/_versions/", faults=1
+        )
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(dataset_partitions.name, ["pbmc68k"])
+            result = dg.materialize(
+                list(defs.assets),
+                selection=["dataset_group"],
+                partition_key="pbmc68k",
+                instance=instance,
+                resources=dict(defs.resources) | {"atlas": atlas},
+                run_config=QUIET,
+            )
+            retried = [
+                event.message
+                for event in instance.all_logs(result.run_id)
+                if event.level == logging.WARNING and "ingested again" in (event.message or "")
+            ]
+        assert result.success and len(proxy.faults.broken) == 1
+        assert len(retried) == 1 and "pbmc68k" in retried[0]
+        assert all(c.passed for c in result.get_asset_check_evaluations())
+        metadata = result.asset_materializations_for_node("dataset_group")[0].metadata
+        assert metadata["outcome"].value == "ingested"
+        assert atlas.open().query().count() == 700
+    finally:
+        proxy.close()
