@@ -165,12 +165,8 @@ def ingest(args: argparse.Namespace) -> int:
         LancellError,
         LancellWarning,
     )
-    from lancell.ingest.landing import (
-        check_landing_spec,
-        ingest_landing_file,
-        other_landing_file,
-        read_landing_spec,
-    )
+    from lancell.ingest.landing import check_landing_spec, other_landing_file, read_landing_spec
+    from lancell.ingest.landing_retries import ingest_retrying
     from lancell.ingest.landing_spec import cell_ranger_forms
 
     atlas = RaggedAtlas.open(args.db, store=args.store)
@@ -224,8 +220,13 @@ def ingest(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings():  # a skipped duplicate is reported by its own line below
                 warnings.simplefilter("ignore", DuplicateContentWarning)
-                record, outcome = ingest_landing_file(
-                    atlas, spec, on_standardized=standardized, on_conflict=args.on_conflict, progress=bars
+                record, outcome = ingest_retrying(
+                    atlas,
+                    spec,
+                    on_retry=_warn_retry,
+                    on_standardized=standardized,
+                    on_conflict=args.on_conflict,
+                    progress=bars,
                 )
         except (LancellError, OSError) as exc:
             failed.add(exc, spec.path, spec.uid)
@@ -268,6 +269,13 @@ def ingest(args: argparse.Namespace) -> int:
                     stacklevel=1,
                 )
     return failed.status()
+
+
+def _warn_retry(message: str) -> None:
+    """Say that a file's ingestion is run again (:mod:`lancell.ingest.landing_retries`)."""
+    from lancell.errors import LancellWarning
+
+    warnings.warn(message, LancellWarning, stacklevel=2)
 
 
 class _Failures:

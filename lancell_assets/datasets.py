@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from lancell.standardize.pipeline import StandardizationReport
     from lancell.tables.schema import DatasetRecord
 
-# waits before an ingestion that met a store failure is run again (an atlas on an object store): two retries
-STORE_RETRY_WAITS = (5.0, 20.0)
-
 CHECKS = {
     "ingested_cleanly": "The landing file was read and ingested without error (the error otherwise).",
     "cell_count_matches": "Cells in the dataset record = n_cells of the zarr group (= rows of the file's "
@@ -93,6 +90,7 @@ def dataset_group(
         landing_state,
         present_record,
     )
+    from lancell.ingest.landing_retries import ingest_retrying
 
     uid = context.partition_key
     started = time.perf_counter()
@@ -118,7 +116,14 @@ def dataset_group(
             spec, state = entry.spec, landing_state(entry.spec)
             fingerprint, options = landing_fingerprint(spec), landing_options(spec)
             with logged_warnings(context, leave=(DroppedColumnsWarning, DuplicateContentWarning)) as warned:
-                record, outcome = _ingest(context, handle, spec, reports)
+
+                def again(message: str) -> None:  # (the failed ingestion's reports are not the stored one's)
+                    context.log.warning(message)
+                    reports.clear()
+
+                record, outcome = ingest_retrying(
+                    handle, spec, on_retry=again, on_standardized=reports.append
+                )
     except LancellError as exc:
         context.log.error(f"dataset {uid}: {exc}")
         findings = {"ingested_cleanly": f"failed: {exc}"} | {
@@ -181,39 +186,6 @@ def dataset_group(
     if options is not None:  # what content_matches names when the fingerprint differs
         metadata["landing_options"] = dg.MetadataValue.json(options)
     yield dg.MaterializeResult(metadata=metadata, check_results=checks)
-
-
-def _ingest(
-    context: dg.AssetExecutionContext,
-    handle: "RaggedAtlas",
-    spec: "LandingSpec",
-    reports: "list[StandardizationReport]",
-) -> tuple["DatasetRecord", str]:
-    """Ingest ``spec``'s file (``ingest_landing_file``). On an object store (S3, GCS, Azure), an ingestion
-    that failed with a store failure (rolled back: a connection that broke under one of LanceDB's writes, a
-    throttled or briefly unreachable server) is run again after each of ``STORE_RETRY_WAITS``, unless the
-    dataset is in the atlas by then. A lock that timed out, and any failure of a local atlas, is not."""
-    from obstore.store import LocalStore
-
-    from lancell.errors import LockTimeoutError, StoreError
-    from lancell.ingest.landing import ingest_landing_file, present_record
-    from lancell.storage.stores import is_local
-
-    local = is_local(handle.db_uri) and isinstance(handle.store, LocalStore)
-    for wait in STORE_RETRY_WAITS:
-        reports.clear()
-        try:
-            return ingest_landing_file(handle, spec, on_standardized=reports.append)
-        except StoreError as exc:
-            if local or isinstance(exc, LockTimeoutError):
-                raise
-            context.log.warning(f"dataset {spec.uid}: {exc}; ingested again in {wait:g} s")
-        time.sleep(wait)
-        present = present_record(handle, spec.uid)
-        if present is not None:  # (a failure after its record's commit, or another run's ingestion)
-            return present, "present"
-    reports.clear()
-    return ingest_landing_file(handle, spec, on_standardized=reports.append)
 
 
 def _failed(

@@ -24,11 +24,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.request import urlopen
 
 import obstore
 import obstore.store as obs_store
+
+if TYPE_CHECKING:
+    import pytest
 
 WEED = Path(sysconfig.get_path("scripts")) / "weed"
 BUCKET = "lancell"
@@ -97,6 +100,19 @@ class Seaweed:
             check=True,
         )
         return done.stdout
+
+
+def deployment_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """The S3 settings and credentials of the test server at ``endpoint`` in the environment only, as in a
+    deployment."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
 
 
 def _ports_free(base: int) -> bool:

@@ -9,27 +9,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from fault_proxy import FaultProxy, Faults
-from s3server import ACCESS_KEY, SECRET_KEY, Seaweed
+from s3server import Seaweed, deployment_environment
 
 import definitions
 from lancell.atlas import RaggedAtlas
-from lancell_assets import dataset_partitions, datasets, snapshot_partitions
+from lancell.ingest import landing_retries
+from lancell_assets import dataset_partitions, snapshot_partitions
 from lancell_assets.demo import land_bundled_data
 from resources import AtlasResource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def deployment_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """The S3 settings and credentials in the environment only, as in a deployment."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
 
 
 def test_asset_graph_on_s3(seaweed: Seaweed, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -87,7 +76,7 @@ def test_ingestion_broken_under_lancedb_is_run_again(
     proxy = FaultProxy(seaweed.endpoint)
     try:
         deployment_environment(monkeypatch, proxy.endpoint)
-        monkeypatch.setattr(datasets, "STORE_RETRY_WAITS", (0.2, 0.2))
+        monkeypatch.setattr(landing_retries, "STORE_RETRY_WAITS", (0.2, 0.2))
         land_bundled_data(tmp_path / "landing")
         defs = definitions.build_definitions(tmp_path)
         atlas = AtlasResource(
@@ -114,7 +103,7 @@ def test_ingestion_broken_under_lancedb_is_run_again(
             retried = [
                 event.message
                 for event in instance.all_logs(result.run_id)
-                if event.level == logging.WARNING and "ingested again" in (event.message or "")
+                if event.level == logging.WARNING and "again in 0.2 s" in (event.message or "")
             ]
         assert result.success and len(proxy.faults.broken) == 1
         assert len(retried) == 1 and "pbmc68k" in retried[0]

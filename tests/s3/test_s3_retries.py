@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -20,10 +21,12 @@ import pytest
 import scipy.sparse as sp
 from fault_proxy import FaultProxy, Faults
 from helpers import gene_atlas
-from s3server import Seaweed
+from s3server import Seaweed, deployment_environment
 
+from lancell import cli
 from lancell.atlas import RaggedAtlas
 from lancell.errors import StoreError
+from lancell.ingest import landing_retries
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.store_retries import RETRIES, broken_connection
 from lancell.tables.schema import DatasetRecord
@@ -132,3 +135,32 @@ def test_only_unretried_transport_failures_are_sent_again() -> None:
     assert not broken_connection(obs_errors.PreconditionError(sent))  # an answer, not a broken connection
     assert not broken_connection(OSError(sent))
     assert RETRIES >= 1
+
+
+def test_cli_ingestion_broken_under_lancedb_is_run_again(
+    seaweed: Seaweed,
+    proxy: FaultProxy,
+    s3_root: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reset under LanceDB's commit of the dataset record (lance's own write, not sent again): ``lancell
+    ingest`` rolls the ingestion back and runs it again (lancell.ingest.landing_retries)."""
+    settings = kwargs(seaweed, proxy)
+    deployment_environment(monkeypatch, proxy.endpoint)
+    monkeypatch.setattr(landing_retries, "STORE_RETRY_WAITS", (0.2, 0.2))
+    gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, settings)
+    path = tmp_path / "d0.h5ad"
+    adata("d0", 1).write_h5ad(path)
+    proxy.faults = Faults(fault="reset", methods=("PUT",), path=r"/db/datasets\.lance/_versions/", faults=1)
+    assert cli.main(["ingest", f"{s3_root}/db", str(path), "--csc"]) == 0
+    said = capsys.readouterr()
+    assert (
+        f"warning: {path} is ingested as dataset 'd0' again in 0.2 s: dataset 'd0': not ingested" in said.err
+    )
+    assert "d0: ingested (70 cells" in said.out
+    assert len(proxy.faults.broken) == 1
+    atlas = RaggedAtlas.open(f"{s3_root}/db", store_kwargs=settings)
+    assert atlas.list_datasets()["uid"].tolist() == ["d0"] and atlas.query().count() == 70
+    assert atlas.validate() == []
