@@ -39,6 +39,7 @@ import obstore.store as obs_store
 from lancell.errors import LockLostError, LockTimeoutError, StoreError
 from lancell.processes import is_this_process, process_gone, this_process
 from lancell.storage.store_failures import StoreFailures
+from lancell.storage.store_retries import RETRIES, broken_connection
 from lancell.storage.stores import describe_store
 from lancell.tables.lock_objects import LockObjects, Seen, lock_objects
 
@@ -127,6 +128,7 @@ class Lease:
         self.token = uuid.uuid4().hex
         self._objects = objects
         self._taken_at = 0.0
+        self._broken = 0  # tries of the take whose connection broke before the write landed
         self._seen: Seen | None = None
         self._renewed = 0.0  # time.monotonic() of the last successful write
         self._lost: str | None = None
@@ -224,9 +226,9 @@ class Lease:
                     self._seen = self._objects.create(self.path, self._body())
                 elif _takeable(seen, self.name, self.stale_after):
                     self._seen = self._objects.replace(self.path, seen, self._body())
-            except Exception:
+            except Exception as exc:
                 self._seen = self._recover_quietly()
-                if self._seen is None:
+                if self._seen is None and not self._try_again(exc):
                     raise
         if self._seen is not None:
             return True
@@ -239,6 +241,16 @@ class Lease:
                 "this host"
             )
         return False
+
+    def _try_again(self, exc: Exception) -> bool:
+        """Whether a try whose write did not land (its read back: not this lease's) is tried again: its
+        connection broke (:func:`~lancell.storage.store_retries.broken_connection`), at most ``RETRIES``
+        times per take. Should the write land late, the next try finds this process's token: taken back."""
+        if not broken_connection(exc) or self._broken >= RETRIES:
+            return False
+        self._broken += 1
+        log.warning("lock %r at %s: %s; tried again", self.name, self.where, str(exc).split("\n", 1)[0])
+        return True
 
     def _recover_quietly(self) -> Seen | None:
         """:meth:`_recover`, or None where the store cannot be read either."""

@@ -8,6 +8,7 @@ session's SeaweedFS server. Without the retries any one of these broken writes f
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import obstore
 import obstore.exceptions as obs_errors
 import pandas as pd
 import pytest
@@ -29,6 +31,8 @@ from lancell.errors import StoreError
 from lancell.ingest import landing_retries
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.store_retries import RETRIES, broken_connection
+from lancell.storage.stores import open_store
+from lancell.tables.locks import atlas_lock
 from lancell.tables.schema import DatasetRecord
 
 GENES = [f"G{i:03d}" for i in range(50)]
@@ -164,3 +168,19 @@ def test_cli_ingestion_broken_under_lancedb_is_run_again(
     atlas = RaggedAtlas.open(f"{s3_root}/db", store_kwargs=settings)
     assert atlas.list_datasets()["uid"].tolist() == ["d0"] and atlas.query().count() == 70
     assert atlas.validate() == []
+
+
+@pytest.mark.parametrize("fault", ["reset", "lost"])
+def test_a_lock_take_whose_connection_broke_is_tried_again(
+    seaweed: Seaweed, proxy: FaultProxy, s3_root: str, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A conditional create of a lock object whose connection broke: read back, it is this lease's (the
+    reply lost) or not there (reset before it reached the server), and the take goes on either way."""
+    store = open_store(f"{s3_root}/store", kwargs(seaweed, proxy))
+    proxy.faults = Faults(fault=fault, methods=("PUT",), path=r"_lancell/locks/", faults=1)
+    with caplog.at_level(logging.WARNING, logger="lancell.tables.locks"):
+        with atlas_lock(store, "flaky") as lease:
+            lease.check()
+            held = json.loads(bytes(obstore.get(store, lease.path).bytes()))
+            assert held["token"] == lease.token
+    assert len(proxy.faults.broken) == 1
