@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import obstore
+import obstore.exceptions as obs_errors
 import obstore.store as obs_store
 
 from lancell.errors import GroupNotFoundError, LancellWarning, StoreError, caller_outside_lancell
 from lancell.storage.deletion import delete_prefix, linked_folder
 from lancell.storage.groups import ATLAS_ID_ATTR, new_group_name
-from lancell.storage.store_retries import retried
+from lancell.storage.store_retries import broken_connection, retried
 from lancell.storage.stores import describe_store, location_in_store, read_json, write_json
 
 __all__ = ["CLAIMS_PREFIX", "GroupClaim", "GroupClaims", "Ownership"]
@@ -118,6 +119,11 @@ class GroupClaims:
                 write_json(self.meta_store, _claim_path(group), body, create=True)
             except FileExistsError:
                 continue
+            except obs_errors.GenericError as exc:  # read back: the claim landed, or a new name is tried
+                if not broken_connection(exc):
+                    raise
+                if self._read(_claim_path(group)) != _parse(body):
+                    continue  # (should it land late, it claims a group never written: vacuum's, as debris)
             return group
         raise StoreError(
             f"dataset {dataset_uid!r}: no free zarr group name in {describe_store(self.store)} "

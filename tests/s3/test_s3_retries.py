@@ -32,6 +32,7 @@ from lancell.ingest import landing_retries
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.store_retries import RETRIES, broken_connection
 from lancell.storage.stores import open_store
+from lancell.tables.group_claims import CLAIMS_PREFIX
 from lancell.tables.locks import atlas_lock
 from lancell.tables.schema import DatasetRecord
 
@@ -184,3 +185,22 @@ def test_a_lock_take_whose_connection_broke_is_tried_again(
             held = json.loads(bytes(obstore.get(store, lease.path).bytes()))
             assert held["token"] == lease.token
     assert len(proxy.faults.broken) == 1
+
+
+@pytest.mark.parametrize("fault", ["reset", "lost"])
+def test_a_group_claim_whose_connection_broke_is_read_back(
+    seaweed: Seaweed, proxy: FaultProxy, s3_root: str, fault: str
+) -> None:
+    """The claim of a new dataset's group name (a conditional create) whose connection broke: read back, it
+    landed (the reply lost: that name is used) or it did not (another name is claimed); one claim each."""
+    atlas = gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, kwargs(seaweed, proxy))
+    proxy.faults = Faults(fault=fault, methods=("PUT",), path=CLAIMS_PREFIX, faults=1)
+    ingest(atlas, "d0", 1)
+    assert len(proxy.faults.broken) == 1
+    prefix = s3_root.split("/", 3)[3]
+    claims = [
+        m["path"] for batch in seaweed.store().list(prefix=f"{prefix}/db/{CLAIMS_PREFIX}/") for m in batch
+    ]
+    group = atlas.list_datasets()["zarr_group"].tolist()
+    assert len(claims) == 1 and claims[0].endswith(f"{group[0]}.json")
+    assert atlas.query().count() == 70 and atlas.validate() == []
