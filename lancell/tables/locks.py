@@ -216,13 +216,18 @@ class Lease:
         """One try at taking the lock: whether it is taken (``self._seen`` set).
 
         A write whose outcome is unknown (the store's reply lost or timed out) is read back: the lock is
-        taken when the object holds this lease's token.
+        taken when the object holds this lease's token. One whose connection broke before it landed is tried
+        again, whatever the deadline (:meth:`_try_again`); should it land after all, the next try finds the
+        object holding this lease's token: taken.
         """
         self._taken_at = time.time()
+        again = False
         with StoreFailures(f"cannot take lock {self.label} at {self.where}"):
             seen = self._objects.read(self.path)
             try:
-                if seen is None:
+                if seen is not None and _decode(seen).get("token") == self.token:  # a try that landed late
+                    self._seen = seen
+                elif seen is None:
                     self._seen = self._objects.create(self.path, self._body())
                 elif _takeable(seen, self.name, self.stale_after):
                     self._seen = self._objects.replace(self.path, seen, self._body())
@@ -230,8 +235,11 @@ class Lease:
                 self._seen = self._recover_quietly()
                 if self._seen is None and not self._try_again(exc):
                     raise
+                again = self._seen is None
         if self._seen is not None:
             return True
+        if again:
+            return False
         if time.monotonic() > deadline:
             holder = _decode(seen) if seen is not None else {}
             raise LockTimeoutError(
@@ -245,7 +253,7 @@ class Lease:
     def _try_again(self, exc: Exception) -> bool:
         """Whether a try whose write did not land (its read back: not this lease's) is tried again: its
         connection broke (:func:`~lancell.storage.store_retries.broken_connection`), at most ``RETRIES``
-        times per take. Should the write land late, the next try finds this process's token: taken back."""
+        times per take."""
         if not broken_connection(exc) or self._broken >= RETRIES:
             return False
         self._broken += 1
