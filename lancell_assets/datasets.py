@@ -75,8 +75,9 @@ def dataset_group(
     and var entries ``resolved``, ``kept``, ``summed`` or ``first`` (``StandardizationReport.as_metadata``).
 
     On an object store, an ingestion that fails with a store failure (rolled back) is run again twice, 5 and
-    20 s later, each retry logged as a warning; a bad file, a lock that timed out or a local atlas's failure
-    fails at once.
+    20 s later, each retry logged as a warning; a bad file, a lock that timed out, a failure no wait mends,
+    one after the dataset's commit and a local atlas's failure fail at once
+    (``lancell.ingest.landing_retries``).
 
     A dataset already in the atlas is not ingested again (``outcome: present``): its landing file, if it
     is still there, is compared with the one it was ingested from (``landing_fingerprint``, recorded at

@@ -9,7 +9,8 @@ connection among the hundreds of objects an ingestion writes, and the ingestion 
 An unconditional write (the same bytes again) and a delete are idempotent: sent again, they leave the store as
 one success would. :func:`retried` and :func:`retried_async` send them again after such a failure, up to
 ``RETRIES`` times (fewer where the store's ``retry_config`` asks for fewer ``max_retries``: 0 sends once),
-after its backoff (obstore's: 100 ms, doubling, at most 15 s, jittered). Each retry is logged as a warning.
+after its backoff (obstore's: 100 ms, doubling, at most 15 s, jittered), and only within its
+``retry_timeout`` (180 s by default) of the first try. Each retry is logged as a warning.
 Conditional writes (a lock's or claim's ``mode="create"``) are not sent again here: their callers read the
 outcome back (:mod:`lancell.tables.lock_objects`). A failure obstore already retried (its message says
 ``after N retries``) is not retried again, so an outage fails in the time its ``retry_config`` allows.
@@ -40,6 +41,7 @@ _TRANSPORT = re.compile(r"Error performing \w+ \S+ in [^,-]+- HTTP error: ")
 _RETRIED = re.compile(r"after \d+ retr")
 # obstore's default backoff (RetryConfig's): first delay, growth, longest delay
 _BACKOFF = (0.1, 2.0, 15.0)
+_RETRY_TIMEOUT = 180.0  # obstore's default retry_timeout, seconds
 
 
 def broken_connection(exc: BaseException) -> bool:
@@ -50,18 +52,21 @@ def broken_connection(exc: BaseException) -> bool:
     return _TRANSPORT.search(text) is not None and _RETRIED.search(text) is None
 
 
-def _delays(store: Any) -> list[float]:
-    """The waits before each retry of a request to ``store``: its ``retry_config``'s backoff and
-    ``max_retries`` (capped at ``RETRIES``), else obstore's defaults."""
+def _delays(store: Any) -> tuple[list[float], float]:
+    """The waits before each retry of a request to ``store`` (its ``retry_config``'s backoff and
+    ``max_retries``, capped at ``RETRIES``, else obstore's defaults) and the seconds within which a retry may
+    start (its ``retry_timeout``: obstore's bound of a request's retries)."""
     config = getattr(store, "retry_config", None) or {}
     retries = min(RETRIES, int(config.get("max_retries", RETRIES)))
+    within = _seconds(config.get("retry_timeout"), _RETRY_TIMEOUT)
     backoff = config.get("backoff") or {}
     first, base, longest = (
         _seconds(backoff.get("init_backoff"), _BACKOFF[0]),
         float(backoff.get("base", _BACKOFF[1])),
         _seconds(backoff.get("max_backoff"), _BACKOFF[2]),
     )
-    return [min(first * base**attempt, longest) * random.uniform(0.5, 1.0) for attempt in range(retries)]
+    waits = [min(first * base**attempt, longest) * random.uniform(0.5, 1.0) for attempt in range(retries)]
+    return waits, within
 
 
 def _seconds(value: object, default: float) -> float:
@@ -70,22 +75,26 @@ def _seconds(value: object, default: float) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def _note(what: str, exc: BaseException, delay: float, attempt: int, retries: int) -> None:
+def _sent_again(what: str, exc: BaseException, delay: float, attempt: int, retries: int, left: float) -> bool:
+    """Whether the request that failed with ``exc`` is sent again after ``delay`` (``left`` seconds of its
+    ``retry_timeout`` left), logged if so."""
+    if not broken_connection(exc) or delay > left:
+        return False
     first_line = str(exc).split("\n", 1)[0]
     log.warning("%s: %s; sent again in %.2f s (retry %d of %d)", what, first_line, delay, attempt, retries)
+    return True
 
 
 def retried(call: Callable[[], T], store: Any, what: str) -> T:
     """``call()`` (an idempotent write or delete to ``store``), called again after a
     :func:`broken_connection`; ``what`` names it in the log."""
-    delays = _delays(store)
+    (delays, within), started = _delays(store), time.monotonic()
     for attempt, delay in enumerate(delays, start=1):
         try:
             return call()
         except obs_errors.GenericError as exc:
-            if not broken_connection(exc):
+            if not _sent_again(what, exc, delay, attempt, len(delays), within - time.monotonic() + started):
                 raise
-            _note(what, exc, delay, attempt, len(delays))
         time.sleep(delay)
     return call()
 
@@ -93,13 +102,12 @@ def retried(call: Callable[[], T], store: Any, what: str) -> T:
 async def retried_async(call: Callable[[], Awaitable[T]], store: Any, what: str) -> T:
     """:func:`retried` for a coroutine function: ``await call()``, awaited again after a
     :func:`broken_connection`."""
-    delays = _delays(store)
+    (delays, within), started = _delays(store), time.monotonic()
     for attempt, delay in enumerate(delays, start=1):
         try:
             return await call()
         except obs_errors.GenericError as exc:
-            if not broken_connection(exc):
+            if not _sent_again(what, exc, delay, attempt, len(delays), within - time.monotonic() + started):
                 raise
-            _note(what, exc, delay, attempt, len(delays))
         await asyncio.sleep(delay)
     return await call()

@@ -48,11 +48,11 @@ def proxy(seaweed: Seaweed) -> Iterator[FaultProxy]:
     server.close()
 
 
-def kwargs(seaweed: Seaweed, proxy: FaultProxy, retries: int | None = None) -> dict:
+def kwargs(seaweed: Seaweed, proxy: FaultProxy, retries: int | None = None, within: float = 30.0) -> dict:
     settings = seaweed.store_kwargs()
     settings["config"]["endpoint"] = proxy.endpoint
     if retries is not None:
-        settings["retry_config"] = {"max_retries": retries, "retry_timeout": timedelta(seconds=30)}
+        settings["retry_config"] = {"max_retries": retries, "retry_timeout": timedelta(seconds=within)}
     return settings
 
 
@@ -117,8 +117,13 @@ def test_deletion_and_vacuum_go_through_broken_deletes(
     assert atlas.validate() == []
 
 
-def test_max_retries_zero_sends_once(seaweed: Seaweed, proxy: FaultProxy, s3_root: str) -> None:
-    atlas = gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, kwargs(seaweed, proxy, retries=0))
+@pytest.mark.parametrize(("retries", "within"), [(0, 30.0), (3, 0.001)], ids=["max_retries", "retry_timeout"])
+def test_the_retry_config_bounds_the_retries(
+    seaweed: Seaweed, proxy: FaultProxy, s3_root: str, retries: int, within: float
+) -> None:
+    """``max_retries=0`` sends once; no retry starts past ``retry_timeout`` (the first waits 50-100 ms)."""
+    settings = kwargs(seaweed, proxy, retries=retries, within=within)
+    atlas = gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, settings)
     proxy.faults = Faults(fault="reset", methods=("PUT",), path=ARRAYS, skip=3, faults=1)
     with pytest.raises(StoreError, match=r"Connection reset|error sending request"):
         ingest(atlas, "d0", 1)
@@ -204,3 +209,30 @@ def test_a_group_claim_whose_connection_broke_is_read_back(
     group = atlas.list_datasets()["zarr_group"].tolist()
     assert len(claims) == 1 and claims[0].endswith(f"{group[0]}.json")
     assert atlas.query().count() == 70 and atlas.validate() == []
+
+
+def test_a_failure_after_the_datasets_commit_is_reported_not_run_again(
+    seaweed: Seaweed,
+    proxy: FaultProxy,
+    s3_root: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--on-conflict update``: the registry's update, after the dataset's commit, meets a reset under
+    LanceDB's commit. The command fails naming it (run again, it found the dataset present and said nothing
+    of the update never made)."""
+    deployment_environment(monkeypatch, proxy.endpoint)
+    monkeypatch.setattr(landing_retries, "STORE_RETRY_WAITS", (0.2, 0.2))
+    gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, kwargs(seaweed, proxy))
+    data = adata("d0", 1)
+    data.var["gene_symbol"] = [f"NEW{i}" for i in range(len(GENES))]  # (registered with symbol = uid)
+    data.write_h5ad(path := tmp_path / "d0.h5ad")
+    manifests = r"/db/gene_expression_registry\.lance/_versions/"
+    proxy.faults = Faults(fault="reset", methods=("PUT",), path=manifests, faults=1)
+    assert cli.main(["ingest", f"{s3_root}/db", str(path), "--on-conflict", "update"]) == 1
+    said = capsys.readouterr()
+    assert "again in" not in said.err and "gene_expression_registry" in said.err
+    assert len(proxy.faults.broken) == 1
+    atlas = RaggedAtlas.open(f"{s3_root}/db", store_kwargs=kwargs(seaweed, proxy))
+    assert atlas.list_datasets()["uid"].tolist() == ["d0"]  # (committed; the registry kept its values)
