@@ -56,11 +56,15 @@ def feature_registry(context: dg.AssetExecutionContext, atlas: AtlasResource) ->
 )
 def optimized_atlas(context: dg.AssetExecutionContext, atlas: AtlasResource) -> dg.MaterializeResult:
     """The atlas with compacted tables and untagged old versions pruned (snapshots are tagged, so kept)."""
+    from lancell.run_again import run_again
     from lancell_assets.metadata import column_schema, datasets_table
 
     handle = atlas.open()
     started = time.perf_counter()
-    versions = handle.optimize()
+    # (on an object store, run again after a store failure: optimizing twice is harmless)
+    versions = run_again(
+        handle, handle.optimize, made=lambda: False, on_retry=context.log.warning, what="optimize is run"
+    )
     seconds = time.perf_counter() - started
     context.log.info(f"optimized in {seconds:.2f} s")
     cells = handle.query().count()
@@ -116,6 +120,7 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     and features added).
     """
     from lancell.errors import DuplicateNoteError
+    from lancell.run_again import run_again
     from lancell.tables.visibility import recorded_cells
     from lancell_assets.metadata import column_schema, datasets_table
     from lancell_assets.snapshot_diff import snapshot_diff
@@ -124,8 +129,15 @@ def atlas_snapshot(context: dg.AssetExecutionContext, atlas: AtlasResource) -> d
     check_label(label)  # a partition added by hand (in the UI) names model files too: refused first
     version = atlas.find_snapshot(label)
     if version is None:
-        try:
-            version = atlas.open().snapshot(note=label)
+        handle = atlas.open()
+        try:  # (on an object store, taken again after a store failure that left no snapshot)
+            version = run_again(
+                handle,
+                lambda: handle.snapshot(note=label),
+                made=lambda: atlas.find_snapshot(label) is not None,
+                on_retry=context.log.warning,
+                what=f"snapshot {label!r} is taken",
+            )
             context.log.info(f"took snapshot {version} for partition {label!r}")
         except DuplicateNoteError:  # another run of this partition took it meanwhile
             version = atlas.find_snapshot(label)

@@ -25,10 +25,9 @@ from fault_proxy import FaultProxy, Faults
 from helpers import gene_atlas
 from s3server import Seaweed, deployment_environment
 
-from lancell import cli
+from lancell import cli, run_again
 from lancell.atlas import RaggedAtlas
 from lancell.errors import StoreError
-from lancell.ingest import landing_retries
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.store_retries import RETRIES, broken_connection
 from lancell.storage.stores import open_store
@@ -159,7 +158,7 @@ def test_cli_ingestion_broken_under_lancedb_is_run_again(
     ingest`` rolls the ingestion back and runs it again (lancell.ingest.landing_retries)."""
     settings = kwargs(seaweed, proxy)
     deployment_environment(monkeypatch, proxy.endpoint)
-    monkeypatch.setattr(landing_retries, "STORE_RETRY_WAITS", (0.2, 0.2))
+    monkeypatch.setattr(run_again, "STORE_RETRY_WAITS", (0.2, 0.2))
     gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, settings)
     path = tmp_path / "d0.h5ad"
     adata("d0", 1).write_h5ad(path)
@@ -223,7 +222,7 @@ def test_a_failure_after_the_datasets_commit_is_reported_not_run_again(
     LanceDB's commit. The command fails naming it (run again, it found the dataset present and said nothing
     of the update never made)."""
     deployment_environment(monkeypatch, proxy.endpoint)
-    monkeypatch.setattr(landing_retries, "STORE_RETRY_WAITS", (0.2, 0.2))
+    monkeypatch.setattr(run_again, "STORE_RETRY_WAITS", (0.2, 0.2))
     gene_atlas(f"{s3_root}/db", f"{s3_root}/arrays", GENES, kwargs(seaweed, proxy))
     data = adata("d0", 1)
     data.var["gene_symbol"] = [f"NEW{i}" for i in range(len(GENES))]  # (registered with symbol = uid)
