@@ -9,10 +9,10 @@ another try of the whole operation, after a wait: it is run again after each of 
 
 Raised at once, as is every other error: a failure of an atlas whose database and store are both on local
 disk; a lock that timed out (another writer holds it); a failure no wait mends (a full, read-only or
-over-quota disk, a permission or credentials refused, a client error of the server, a store without
-conditional writes); and a failure after which what the operation makes is there (``made()``: a dataset
-whose failure came after its commit, in the registry's update say; a snapshot taken before the failure):
-run again, it would find it made, and what failed would not be said.
+over-quota disk, a permission or credentials refused, a store without conditional writes); and a failure
+after which what the operation makes is there (``made()``: a dataset whose failure came after its commit,
+in the registry's update say; a snapshot taken before the failure): run again, it would find it made, and
+what failed would not be said.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ _LASTING_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EMFILE}
 )
 _LASTING = (obs_errors.PermissionDeniedError, obs_errors.UnauthenticatedError, obs_errors.NotSupportedError)
-# a server's answer that the request itself is wrong (4xx), but for a timeout (408) and throttling (429)
-_CLIENT_ERROR = re.compile(r"status code: 4(?!08|29)\d\d")
+# a server's refusal of the credentials or the permission, in a LanceDB error's text (obstore's are typed;
+# no other 4xx is judged: S3 answers a slow or cut connection with 400 RequestTimeout or IncompleteBody)
+_REFUSED = re.compile(r"status code: 40[13]")
 
 
 def run_again(
@@ -75,10 +76,10 @@ def _passing(exc: StoreError) -> bool:
     if isinstance(exc, LockTimeoutError) or exc.errno in _LASTING_ERRNOS:
         return False
     cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, _LASTING) or _CLIENT_ERROR.search(str(cause)):
+    while cause is not None:  # (its causes only: an error being handled when it was raised says nothing)
+        if isinstance(cause, _LASTING) or _REFUSED.search(str(cause)):
             return False
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return True
 
 

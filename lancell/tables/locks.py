@@ -236,6 +236,9 @@ class Lease:
                 if self._seen is None and not self._try_again(exc):
                     raise
                 again = self._seen is None
+            else:
+                if self._seen is None and self._broken:  # (a broken try's write landed after its read)
+                    self._seen = self._recover_quietly()
         if self._seen is not None:
             return True
         if again:

@@ -25,27 +25,34 @@ RESET = (
 
 
 class BrokenCreates(LockObjects):
-    """Conditional writes whose first ``breaks`` creates fail as a reset connection does; with ``late``, the
-    failed write lands after all, just after the read-back that follows it."""
+    """Conditional writes whose first ``breaks`` creates fail as a reset connection does; with ``lands``, the
+    failed write lands after all (the server completes the write the client gave up on): just after the
+    read-back that follows it (``"read"``), or just before the next try's create (``"create"``)."""
 
-    def __init__(self, store: MemoryStore, breaks: int, *, late: bool = False) -> None:
+    def __init__(self, store: MemoryStore, breaks: int, *, lands: str | None = None) -> None:
         super().__init__(store)
-        self.breaks, self.late = breaks, late
+        self.breaks, self.lands = breaks, lands
         self.landing: tuple[str, bytes] | None = None
 
     def create(self, path: str, data: bytes) -> Seen | None:
+        if self.lands == "create":
+            self._land()
         if self.breaks > 0:
             self.breaks -= 1
-            self.landing = (path, data) if self.late else None
+            self.landing = (path, data) if self.lands else None
             raise obs_errors.GenericError(RESET)
         return super().create(path, data)
 
     def read(self, path: str) -> Seen | None:
         seen = super().read(path)
-        if self.landing is not None:  # (the server completes the write the client gave up on)
+        if self.lands == "read":
+            self._land()
+        return seen
+
+    def _land(self) -> None:
+        if self.landing is not None:
             landing, self.landing = self.landing, None
             super().create(*landing)
-        return seen
 
 
 def lease(objects: LockObjects) -> Lease:
@@ -68,10 +75,11 @@ def test_a_write_that_did_not_land_is_tried_again_whatever_the_timeout(timeout: 
     assert holder(store)["released"] is True
 
 
-def test_a_write_that_landed_after_its_read_back_is_taken_as_this_leases() -> None:
+@pytest.mark.parametrize("lands", ["read", "create"])
+def test_a_write_that_landed_after_its_read_back_is_taken_as_this_leases(lands: str) -> None:
     store = MemoryStore()
-    taking = lease(BrokenCreates(store, breaks=1, late=True))
-    taking.take(2.0)  # (it waited for itself until the timeout: LockTimeoutError naming its own process)
+    taking = lease(BrokenCreates(store, breaks=1, lands=lands))
+    taking.take(0.0)  # (it waited for itself until the timeout: LockTimeoutError naming its own process)
     try:
         taking.check()
         assert holder(store)["token"] == taking.token
