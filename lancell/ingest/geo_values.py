@@ -22,9 +22,9 @@ _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max
 def typed_values(values: pd.Series) -> pd.Series:
     """A characteristic's values typed: missing ones (``MISSING_VALUES``, and ``UNMEASURED_WORDS`` next to
     numbers only) missing; ``Int64`` if every other is an integer, ``float64`` if every one is a number, else
-    ``category``: also when an integer does not
-    fit int64, when one has a leading zero (``007``: an identifier), and when two spellings are one number
-    (``1.10`` and ``1.1``: they would merge). Fixed decimals (``8.20``) are numbers."""
+    ``category``: also when an integer does not fit int64 (or, beside decimals, float64 exactly), when one
+    has a leading zero (``007``: an identifier), and when two spellings are one number (``1.10`` and
+    ``1.1``: they would merge). Fixed decimals (``8.20``) are numbers."""
     text = values.astype(object).map(
         lambda v: None if v is None or str(v).strip().lower() in MISSING_VALUES else str(v).strip()
     )
@@ -50,6 +50,7 @@ def _typed(text: pd.Series) -> pd.Series:
         return text.astype("category")  # passage 1.10 and 1.1 (or 12 and 12.0): two labels, one number
     if len(present) and integer.all():
         return text.astype("Int64")
-    if len(present) and numbers.notna().all():
+    exact = present[integer].map(lambda v: int(float(v)) == int(v)).all()
+    if len(present) and numbers.notna().all() and exact:  # (an integer past 2**53 beside 0.5: text)
         return pd.to_numeric(text, errors="coerce").astype(np.float64)
     return text.astype("category")

@@ -27,7 +27,17 @@ __all__ = ["open_h5"]
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
     """A string dataset's values as ``str``: fixed-length bytes (Cell Ranger's) or variable-length strings
     (h5py's own), both read as UTF-8 (whatever character set the file declares: Cell Ranger declares ASCII
-    for names such as ``CD45RA_TotalSeq™``)."""
+    for names such as ``CD45RA_TotalSeq™``).
+
+    Raises
+    ------
+    TenxFormatError
+        The dataset is not 1-D (each row's text would be read as one name).
+    """
+    if dataset.ndim != 1:
+        raise TenxFormatError(
+            f"{dataset.file.filename}: {dataset.name} is a {dataset.ndim}-D array, not a 1-D array of names"
+        )
     values = dataset.asstr("utf-8")[:] if h5py.check_string_dtype(dataset.dtype) else dataset[:]
     return np.char.decode(values, "utf-8").astype(object) if values.dtype.kind == "S" else values.astype(str)
 

@@ -85,11 +85,12 @@ def mtx_folder(folder: Path, genome: str | None) -> Path:
 
 
 def _open_text(path: Path) -> TextIO:
+    """``path`` (gzipped or not) as text; a UTF-8 byte-order mark (written by some editors) is skipped."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == _GZIP_MAGIC:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
@@ -156,16 +157,28 @@ def _mtx_chunks(path: Path, value_dtype: type) -> Iterator[tuple[np.ndarray, np.
                     names=["gene", "cell", "value"],
                     index_col=False,
                     dtype={"gene": np.int64, "cell": np.int64, "value": value_dtype},
+                    na_filter=False,  # (a missing or "NA" field is refused, never read as NaN)
                     chunksize=CHUNK_LINES,
                 )
             except pd.errors.EmptyDataError:  # no entries at all
                 return
-            for chunk in reader:
-                yield (
-                    chunk["cell"].to_numpy() - 1,
-                    chunk["gene"].to_numpy() - 1,
-                    chunk["value"].to_numpy(),
-                )
+            read = 0
+            try:
+                for chunk in reader:
+                    read += len(chunk)
+                    yield (
+                        chunk["cell"].to_numpy() - 1,
+                        chunk["gene"].to_numpy() - 1,
+                        chunk["value"].to_numpy(),
+                    )
+            except UnicodeDecodeError:
+                raise
+            except ValueError as exc:
+                kind = "integers: the header says 'integer'" if value_dtype is np.int64 else "numbers"
+                raise TenxFormatError(
+                    f"{path}: an entry line among entries {read + 1:,} to {read + CHUNK_LINES:,} is not 3 "
+                    f"{kind} (feature barcode value; a field missing, or text?): {exc}"
+                ) from exc
     except TenxFormatError:
         raise
     except OverflowError as exc:
@@ -200,11 +213,20 @@ def open_mtx(folder: Path) -> TenxMatrix:
         raise TenxFormatError(f"{features_path}: expected at least 2 tab-separated columns (id, name)")
     version = 3 if features.shape[1] >= 3 else 2
     types = features[2].to_numpy() if version == 3 else np.full(len(features), GENE_EXPRESSION, dtype=object)
+    untyped = np.flatnonzero(pd.isna(types) | (pd.Series(types, dtype=object).astype(str).str.strip() == ""))
+    if untyped.size:  # (a damaged line: its feature would be left out as one of an unknown type)
+        more = f" (and {untyped.size - 1} more)" if untyped.size > 1 else ""
+        raise TenxFormatError(
+            f"{features_path}: line {untyped[0] + 1}{more} has no feature type in its third column "
+            "(the file's other lines have one)"
+        )
     var = features_frame(features[0].to_numpy(), features[1].to_numpy(), types)
     obs = pd.DataFrame(index=pd.Index(barcodes[0].to_numpy(), dtype=str))
     try:
         with _open_text(matrix_path) as fh:
             n_genes, n_cells, nnz, value_field = _mtx_header(fh, matrix_path)
+    except TenxFormatError:  # (it names the file itself)
+        raise
     except _READ_ERRORS as exc:
         raise TenxFormatError(f"cannot read {matrix_path}: {exc}") from exc
     if (n_genes, n_cells) != (len(var), len(obs)):

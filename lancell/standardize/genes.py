@@ -5,7 +5,8 @@ The tables (see ``data/PROVENANCE.md``): GENCODE v48 (human) and M37 (mouse) fro
 ``celltypist``, whose names resolve symbols renamed since (``KIAA1522`` in v44 is ``NHSL3`` in v48, both
 ENSG00000162522). Each input is matched, in this order, as
 
-* ``id``: an Ensembl gene id (a version suffix ``.12`` is dropped) present in the current table;
+* ``id``: an Ensembl gene id (a version suffix ``.12`` is dropped, and GENCODE's ``_PAR_Y``, which names a
+  pseudoautosomal gene's copy on Y) present in the current table;
 * ``retired_id``: an Ensembl id of the organism's prefix absent from the current table (kept, flagged);
 * ``symbol``: the current symbol of exactly one gene;
 * ``ambiguous``: the current symbol of several genes; the protein-coding one, else the lowest id, is taken
@@ -66,7 +67,9 @@ ENSEMBL_PREFIXES: dict[str, str] = {
 # a gene id of a database (Ensembl ENS...G, FlyBase, WormBase) with an optional version; RE2-compatible, and
 # ASCII digits only (Python's \d takes any Unicode digit, Arrow's RE2 only 0-9: the two would disagree)
 GENE_ID_PATTERN = r"^(ENS[A-Z]*G|FBgn|WBGene)([0-9]{6,})(?:\.[0-9]+)?$"
-_GENE_ID = re.compile(GENE_ID_PATTERN)
+# an input id: also GENCODE's name of a pseudoautosomal gene's Y copy (ENSG00000182378.14_PAR_Y), resolved to
+# its gene as var_merge compares ids (the copies of one gene are summed)
+_GENE_ID = re.compile(GENE_ID_PATTERN.removesuffix("$") + "(?:_PAR_Y)?$")
 
 # organism -> (current table, older table or None), files under REFERENCE_DIR
 _TABLES: dict[str, tuple[str, str | None]] = {
@@ -188,8 +191,12 @@ class GeneReference:
             chosen = self._prefer(old_ids)
             kind = "alias" if len(old_ids) == 1 else "ambiguous"
             return chosen, genes.at[chosen, "symbol"], kind, ";".join(i for i in old_ids if i != chosen)
-        # unresolved; the ids of symbols equal to it ignoring case are named, not chosen (``cd3e``: CD3E)
-        return None, None, "unresolved", ";".join(self._ids_ignoring_case.get(value.casefold(), ()))
+        # unresolved; the ids of symbols equal to it ignoring case are named, not chosen (``cd3e``: CD3E), or
+        # the id it spells in lower case (``ensg00000198851``)
+        named = self._ids_ignoring_case.get(value.casefold(), [])
+        if not named and (match := _GENE_ID.match(value.upper())) and match.expand(r"\1\2") in genes.index:
+            named = [match.expand(r"\1\2")]
+        return None, None, "unresolved", ";".join(named)
 
     @functools.cached_property
     def _ids_ignoring_case(self) -> dict[str, list[str]]:

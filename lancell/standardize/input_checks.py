@@ -145,6 +145,21 @@ def warn_foreign_ids(values: list[str], organism: str) -> None:
         )
 
 
+def warn_case_mismatches(genes: pd.DataFrame, unresolved: str) -> None:
+    """Warn about unresolved genes that name a gene in another case (``cd3e``, ``ensg00000198851``): kept as
+    features of their own (or dropped), where a typo of case is the likely cause (``genes``: the report's)."""
+    near = genes[(genes["match"] == "unresolved") & (genes["candidates"] != "")]
+    if len(near):
+        examples = dict(zip(near["input"][:5], near["candidates"][:5], strict=True))
+        warnings.warn(
+            f"{len(near)} genes are unresolved but name a gene in another case ({examples}); they are "
+            f"{'kept as features of their own' if unresolved == 'keep' else 'dropped'}: correct their case "
+            "in var to resolve them (report.genes['candidates'] lists each)",
+            LancellWarning,
+            stacklevel=caller_outside_lancell(),
+        )
+
+
 def warn_unused_overrides(overrides: Mapping[str, Mapping[str, str]], report: StandardizationReport) -> None:
     """Warn about ``overrides`` entries that mapped nothing: a column not standardized, a value not in obs
     (or one that matched as a term id before the override applied)."""

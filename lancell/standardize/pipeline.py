@@ -42,6 +42,7 @@ from lancell.standardize.input_checks import (
     drop_raw,
     keep_existing_ids,
     no_gene_name,
+    warn_case_mismatches,
     warn_foreign_ids,
     warn_unused_gene_arguments,
     warn_unused_overrides,
@@ -223,6 +224,7 @@ def standardize_anndata(
         report.organism = _organism_for(out, organism, values)
         warn_foreign_ids(values, report.organism)
         report.genes = GeneReference.load(report.organism).resolve(values)
+        warn_case_mismatches(report.genes, unresolved)
         out = _standard_genes(out, report.genes, unresolved, duplicates, report)
         drop_raw(adata, out)
         if no_name is not None:

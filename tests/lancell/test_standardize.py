@@ -11,7 +11,7 @@ import pytest
 
 from lancell.atlas import RaggedAtlas
 from lancell.bundled import BUNDLED
-from lancell.errors import StandardizationError, UnknownOrganismError
+from lancell.errors import LancellWarning, StandardizationError, UnknownOrganismError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.ingest.tenx import read_10x
 from lancell.standardize.genes import GeneReference, canonical_organism, infer_organism, resolve_genes
@@ -72,6 +72,25 @@ def test_an_unresolved_symbol_names_the_genes_it_is_ignoring_case() -> None:
     assert (table.loc["cd3e", "match"], table.loc["cd3e", "candidates"]) == ("unresolved", "ENSG00000198851")
     assert table.loc["cd3e", "ensembl_id"] is None  # named, not chosen
     assert table.loc["no_such_gene_xyz", "candidates"] == ""
+
+
+def test_an_id_in_lower_case_is_named_and_warned(pbmc) -> None:
+    """``ensg00000198851`` was unresolved with no candidate and kept as a gene of its own without a word."""
+    table = resolve_genes(["ensg00000198851.3"], "human")
+    assert (table["match"].iloc[0], table["candidates"].iloc[0]) == ("unresolved", "ENSG00000198851")
+    adata = pbmc[:, :3].copy()
+    adata.var_names = ["ensg00000198851", "cd3e", adata.var_names[2]]
+    with pytest.warns(LancellWarning, match=r"2 genes are unresolved but name a gene in another case"):
+        standardize_anndata(adata, obs_columns={}, organism="human")
+
+
+def test_a_par_y_id_resolves_to_its_gene_whatever_its_release() -> None:
+    """GENCODE's ``_PAR_Y`` ids were unresolved and kept as written, version included: files of two releases
+    registered two uids for one gene (var_merge compared them as one)."""
+    inputs = ["ENSG00000182378.14", "ENSG00000182378.14_PAR_Y", "ENSG00000182378.15_PAR_Y"]
+    table = resolve_genes(inputs, "human")
+    assert table["ensembl_id"].tolist() == ["ENSG00000182378"] * 3
+    assert table["match"].tolist() == ["id"] * 3 and table["duplicate"].all()
 
 
 def test_organism_inferred_from_ensembl_ids(mouse):

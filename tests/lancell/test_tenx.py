@@ -515,7 +515,7 @@ BAD_INPUTS = [
     ("nnz-mismatch", "says 23866 entries but the file holds 23865"),
     ("index-out-of-range", "feature index 9999 outside 1..507"),
     ("duplicate-entry", "duplicate"),
-    ("not-integer", "cannot read"),
+    ("not-integer", "is not 3 integers: the header says 'integer'"),
     ("bad-banner", "unsupported Matrix Market layout"),
     ("h5-short-barcodes", "1106 barcodes"),
     ("h5-bad-index", "feature index outside"),

@@ -61,6 +61,51 @@ def test_mtx_entry_with_extra_fields_is_refused(tmp_path: Path, entries: str, gz
         read_10x(folder)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    "entries",
+    [
+        "1 1 3\n2 2\n",  # a later line without its value
+        "1 1 3\n2 2 nan\n",  # text where a number is
+        "1 1 3\n% a comment\n2 2 4\n",  # comments belong before the size line
+    ],
+)
+def test_real_mtx_entry_without_a_number_is_refused(tmp_path: Path, entries: str, gz: bool) -> None:
+    """A ``real`` body's missing field was read as NaN: ``read_10x`` returned it, ingestion blamed a "nan"."""
+    folder = _mtx_folder(tmp_path, f"{BANNER.replace('integer', 'real')}\n2 3 2\n{entries}", gz=gz)
+    name = "matrix.mtx.gz" if gz else "matrix.mtx"
+    where = re.escape(str(folder / name))
+    with pytest.raises(TenxFormatError, match=f"^{where}: an entry line .* not 3 numbers"):
+        read_10x(folder)
+
+
+@pytest.mark.parametrize("line", ["ENSG00000000005\tTNMD", "ENSG00000000005\tTNMD\t"])
+def test_a_features_line_without_its_type_is_refused(tmp_path: Path, line: str) -> None:
+    """The feature was left out, warned as one of type '' (the first line so damaged was refused)."""
+    folder = _mtx_folder(tmp_path, f"{BANNER}\n2 3 2\n1 1 5\n2 2 3\n")
+    (folder / "features.tsv").write_text(FEATURES.splitlines()[0] + f"\n{line}\n")
+    with pytest.raises(TenxFormatError, match=r"features.tsv: line 2 has no feature type"):
+        read_10x(folder)
+
+
+@pytest.mark.parametrize("banner", ["%%MatrixMarket matrix coordinate pattern general", "no banner"])
+def test_an_unread_mtx_header_names_its_file_once(tmp_path: Path, banner: str) -> None:
+    folder = _mtx_folder(tmp_path, f"{banner}\n2 3 1\n1 1\n")
+    with pytest.raises(TenxFormatError) as caught:
+        read_10x(folder)
+    assert str(caught.value).count(str(folder / "matrix.mtx")) == 1, caught.value
+
+
+@pytest.mark.parametrize("which", ["matrix.mtx", "features.tsv", "barcodes.tsv"])
+def test_a_byte_order_mark_is_skipped(tmp_path: Path, which: str) -> None:
+    folder = _mtx_folder(tmp_path, f"{BANNER}\n2 3 2\n1 1 5\n2 2 3\n")
+    (folder / which).write_bytes(b"\xef\xbb\xbf" + (folder / which).read_bytes())
+    adata = read_10x(folder)
+    assert adata.X.toarray().tolist() == [[5, 0], [0, 3], [0, 0]]
+    assert adata.obs_names.tolist() == ["A", "B", "C"]
+    assert adata.var["gene_ids"].tolist() == ["ENSG00000000003", "ENSG00000000005"]
+
+
 def test_mtx_spaces_tabs_and_crlf_are_still_read(tmp_path: Path) -> None:
     body = f"{BANNER}\r\n2 3 2\r\n  1\t1  5 \r\n2 2\t3\t\r\n"
     folder = _mtx_folder(tmp_path, body)
@@ -81,31 +126,36 @@ def _sample(accession: str, characteristics: list[str]) -> str:
     )
 
 
-@pytest.mark.parametrize("other", ["2", "2.5", "-9223372036854775808"])
-def test_geo_integer_beyond_int64_is_kept_as_text(tmp_path: Path, other: str) -> None:
+def _two_samples(tmp_path: Path, first: str, second: str) -> tuple[object, pd.Series]:
+    """A series of two samples whose characteristic ``biosample id`` is ``first`` and ``second``: the read
+    series and its typed ``biosample_id`` column."""
     soft = tmp_path / "GSE1_family.soft"
     soft.write_text(
         "^SERIES = GSE1\n!Series_title = t\n!Series_geo_accession = GSE1\n"
         "!Series_sample_id = GSM1\n!Series_sample_id = GSM2\n"
-        + _sample("GSM1", ["biosample id: 12345678901234567890"])
-        + _sample("GSM2", [f"biosample id: {other}"])
+        + _sample("GSM1", [f"biosample id: {first}"])
+        + _sample("GSM2", [f"biosample id: {second}"])
     )
     series = read_soft(soft)
-    table = sample_table(series)
-    assert isinstance(table["biosample_id"].dtype, pd.CategoricalDtype)
-    assert table["biosample_id"].astype(str).tolist() == ["12345678901234567890", other]
+    return series, sample_table(series)["biosample_id"]
+
+
+@pytest.mark.parametrize("other", ["2", "2.5", "-9223372036854775808"])
+def test_geo_integer_beyond_int64_is_kept_as_text(tmp_path: Path, other: str) -> None:
+    series, column = _two_samples(tmp_path, "12345678901234567890", other)
+    assert isinstance(column.dtype, pd.CategoricalDtype)
+    assert column.astype(str).tolist() == ["12345678901234567890", other]
     plan_datasets(series)
 
 
+def test_geo_integer_past_float64_beside_a_decimal_is_kept_as_text(tmp_path: Path) -> None:
+    """The two were typed float64, and 9007199254740993 read 9007199254740992."""
+    _, column = _two_samples(tmp_path, "9007199254740993", "0.5")
+    assert column.astype(str).tolist() == ["9007199254740993", "0.5"]
+
+
 def test_geo_integers_within_int64_stay_int64(tmp_path: Path) -> None:
-    soft = tmp_path / "GSE1_family.soft"
-    soft.write_text(
-        "^SERIES = GSE1\n!Series_title = t\n!Series_geo_accession = GSE1\n"
-        "!Series_sample_id = GSM1\n!Series_sample_id = GSM2\n"
-        + _sample("GSM1", ["biosample id: 9223372036854775807"])
-        + _sample("GSM2", ["biosample id: NA"])
-    )
-    column = sample_table(read_soft(soft))["biosample_id"]
+    _, column = _two_samples(tmp_path, "9223372036854775807", "NA")
     assert column.dtype == "Int64"
     assert column.iloc[0] == np.iinfo(np.int64).max and column.isna().iloc[1]
 

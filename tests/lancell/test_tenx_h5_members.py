@@ -76,6 +76,8 @@ def _stored(atlas: RaggedAtlas, uid: str) -> np.ndarray:
             r"/matrix/indices is a 1-D float64 array, not a 1-D array of int",
         ),
         ({"indptr": np.array([0.0, 1.0, 2.0])}, r"/matrix/indptr is a 1-D float64 array"),
+        # (each row's text was one name: "(np.str_('AAACCC-1'),)")
+        ({"barcodes": np.array([[b"AAACCC-1"], [b"GGGTTT-1"]])}, r"/matrix/barcodes is a 2-D array"),
     ],
 )
 def test_a_member_of_the_wrong_shape_or_type_is_refused(
