@@ -17,13 +17,13 @@ from lancell.layer_entries import recorded_layers
 from lancell.opening import checked_out_core, created_core, latest_snapshot, opened_core
 from lancell.optimize import assign_global_indices, optimize_tables
 from lancell.snapshots import delete_snapshot, snapshot_listing, take_snapshot
-from lancell.storage.store_failures import store_boundary
 from lancell.tables.feature_spaces import (
     FeatureSpace,
     resolve_feature_space,
 )
 from lancell.tables.group_claims import GroupClaims
 from lancell.tables.registry import OnConflict
+from lancell.tables.removed_versions import read_boundary
 from lancell.tables.store_location import Location, StoreLike, as_location
 from lancell.tables.versions import noted_snapshot
 from lancell.validation import validate_atlas
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["RaggedAtlas"]
 
 # the public methods are the atlas's boundary with its stores: a store failure is a StoreError naming them
-_boundary = store_boundary(lambda atlas: f"the atlas at {atlas.db_uri!r}")
+# a store failure is a StoreError naming the atlas; a checkout's removed versions a CommitConflictError
+_boundary = read_boundary(lambda atlas: f"the atlas at {atlas.db_uri!r}", lambda atlas: atlas)
 
 
 class RaggedAtlas:

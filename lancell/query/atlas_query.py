@@ -22,6 +22,7 @@ from lancell.query.cell_selection import CellSelection
 from lancell.query.cell_table import check_filter, keyword_filter, search_spec
 from lancell.query.feature_selection import FeatureSelection
 from lancell.query.name_lists import name_list
+from lancell.query.one_version import terminal
 from lancell.query.plan import Join
 from lancell.query.terminals import QueryTerminals
 from lancell.query.unmeasured import ON_UNMEASURED, OnUnmeasured
@@ -61,6 +62,7 @@ class AtlasQuery(QueryTerminals):
     def _with(self, cells: CellSelection | None = None, reads: FeatureSelection | None = None) -> AtlasQuery:
         return AtlasQuery(self._atlas, cells=cells or self._cells, reads=reads or self._reads)  # both frozen
 
+    @terminal  # (it reads the dataset records and checks the filter on the cell table)
     def where(self, sql: str | None = None, /, **conditions: object) -> AtlasQuery:
         """Add a filter on cell columns (ANDed with earlier filters), checked against the cell table now.
 

@@ -3,6 +3,7 @@ feature) reads, in the order named."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import warnings
 from collections.abc import Sequence
@@ -11,7 +12,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lancell.errors import LancellWarning, QueryError, caller_outside_lancell
-from lancell.standardize.genes import GENE_ID_PATTERN
 from lancell.tables.registry_view import RegistryView, registry_view
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ def resolve_features(
 
     A symbol shared by several registry features yields all of them. A uid that is
     also the symbol of other features (a registry keyed by symbols for one dataset and by Ensembl ids for
-    another) yields the uid's feature, with a :class:`~lancell.errors.LancellWarning` naming the others. With
+    another) yields the uid's feature, with a :class:`~lancell.errors.LancellWarning` naming the others
+    (except made-unique names: ``TBCE-1``, symbol ``TBCE``, beside the uid ``TBCE``). With
     ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
     (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
 
@@ -92,13 +93,13 @@ def resolve_features(
 
 
 def _keyed_by_id(view: RegistryView, uid: str) -> list[str]:
-    """The gene ids (``ENSG...``) of the features whose symbol is ``uid``: features the uid shadows in a
-    registry keyed by symbols and by ids (not a symbol-keyed registry's made-unique ``TBCE-1``, symbol
-    ``TBCE``)."""
+    """The uids of the features whose symbol is ``uid``: features the uid shadows (in a registry keyed by
+    symbols and by ids, ``ENSG...``), but not a symbol-keyed registry's made-unique ``TBCE-1`` (symbol
+    ``TBCE``: anndata's ``var_names_make_unique``)."""
     if uid not in view.shadowed:
         return []
     uids = view.frame["uid"].loc[view.shadowed[uid]].astype(str)
-    return uids[uids.str.fullmatch(GENE_ID_PATTERN)].tolist()
+    return uids[~uids.str.fullmatch(re.escape(uid) + r"-[0-9]+")].tolist()
 
 
 def _folded(view: RegistryView) -> dict[str, list[int]]:

@@ -9,26 +9,24 @@ and reads one state of the atlas: a live handle's tables pinned at their version
 
 from __future__ import annotations
 
-import functools
-import inspect
 import numbers
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self
 
 import anndata as ad
 import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from lancell.errors import ArgumentError, CommitConflictError, LancellError, QueryError, require_type
+from lancell.errors import ArgumentError, QueryError, require_type
 from lancell.query.cell_selection import CellSelection
 from lancell.query.feature_selection import FeatureSelection
+from lancell.query.one_version import one_version, terminal
 from lancell.query.plan import PlannedCells
 from lancell.query.reconstruct import reconstruct, reconstruct_batches
-from lancell.query.unmeasured import carrying
-from lancell.storage.store_failures import lance_removed, store_boundary
+from lancell.query.unmeasured import carrying, warn_none_measured
 from lancell.tables.feature_spaces import resolve_feature_space
 from lancell.tables.stored_fields import pointer_fields_from_arrow
 
@@ -40,98 +38,6 @@ if TYPE_CHECKING:
     from lancell.dataloader import CellDataset
 
 __all__ = ["QueryTerminals"]
-
-T = TypeVar("T")
-
-# the terminals are the query's boundary with the stores: a store failure is a StoreError naming them
-_terminal = store_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}")
-
-
-def _failure(
-    query: QueryTerminals, pinned: QueryTerminals, exc: Exception, *, again: bool
-) -> Exception | None:
-    """What a terminal whose read of ``pinned`` (``query`` at its versions) failed with ``exc`` raises: None
-    to read ``again`` at the current versions (a live query whose pinned versions were removed), ``exc``
-    itself for any other failure, for a live read whose versions are still the current ones (a cleanup never
-    removes those: a table is damaged; a typed error stands) and for a nested terminal's read of a view a
-    live one pinned (the outer one decides), else a :class:`~lancell.errors.CommitConflictError`."""
-    if not lance_removed(exc):
-        return exc
-    snapshot = query.atlas.snapshot_version
-    if query.atlas.core.tables.pinned is None:  # live
-        current = query.atlas.core.tables.consistent_versions()
-        if isinstance(exc, LancellError) and pinned.atlas.core.tables.pinned == current:
-            return exc
-        if again:
-            return None
-    elif snapshot is None:  # a view a live terminal pinned
-        return exc
-    if isinstance(exc, CommitConflictError):
-        return exc
-    first = str(exc).splitlines()[0][:200]
-    if snapshot is not None:  # (a checkout: reading again reads the same versions)
-        error = CommitConflictError(
-            f"the table versions of snapshot {snapshot} of the atlas at {query.atlas.db_uri!r} were removed: "
-            "the snapshot was deleted (delete_snapshot) and optimize(cleanup_older_than=...) pruned them, so "
-            f"it can no longer be read; or a table file is missing (atlas.validate()) ({first})"
-        )
-    else:
-        error = CommitConflictError(
-            f"the table versions this read of the atlas at {query.atlas.db_uri!r} was pinned to were removed "
-            "while it read them (optimize(cleanup_older_than=...) elsewhere?), or a table file is "
-            f"missing (atlas.validate()): read again ({first})"
-        )
-    error.__cause__ = exc
-    return error
-
-
-def _one_version(method: Callable[..., T]) -> Callable[..., T]:
-    """A terminal that reads through :meth:`QueryTerminals.pinned`: one version of every table per call (a
-    generator's from its first batch on; it stays one for :func:`store_boundary`, which guards its
-    iteration).
-
-    A live handle's versions are not tagged: ``optimize(cleanup_older_than=...)`` in another process may
-    remove them during the call. A call (or a stream that has yielded nothing yet) is then read once more at
-    the current versions; otherwise :class:`~lancell.errors.CommitConflictError` is raised, never Lance's
-    untyped "no longer exists" or "Not found" (:func:`_failure`).
-    """
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def stream(query: QueryTerminals, *args: object, **kwargs: object) -> Iterator[object]:
-            yielded = False
-            pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
-            try:
-                for item in method(pinned, *args, **kwargs):
-                    yielded = True
-                    yield item
-                return
-            except (ValueError, RuntimeError, OSError) as exc:  # (StoreError: OSError)
-                if (error := _failure(query, pinned, exc, again=not yielded)) is not None:
-                    raise error  # noqa: B904 (exc itself, or an error caused by it)
-            pinned = query.pinned()
-            try:
-                yield from method(pinned, *args, **kwargs)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise _failure(query, pinned, exc, again=False)  # noqa: B904
-
-        return cast(Callable[..., T], stream)
-
-    @functools.wraps(method)
-    def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
-        pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
-        try:
-            return method(pinned, *args, **kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            if (error := _failure(query, pinned, exc, again=True)) is not None:
-                raise error  # noqa: B904 (exc itself, or an error caused by it)
-        pinned = query.pinned()
-        try:
-            return method(pinned, *args, **kwargs)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise _failure(query, pinned, exc, again=False)  # noqa: B904
-
-    return read
 
 
 class QueryTerminals:
@@ -171,28 +77,40 @@ class QueryTerminals:
         measured = self._reads.measured_filter(self._atlas.core)
         return replace(self._cells, filters=(*self._cells.filters, measured))
 
-    @_terminal
-    @_one_version
+    def _said_if_none_measured(self, returned: int) -> None:
+        """Under ``on_unmeasured("drop")``, warn when none of the matching rows was returned, each unmeasured
+        (a mistyped layer, a wrong selection: an empty answer otherwise without a word)."""
+        if not returned and self._reads.on_unmeasured == "drop":
+            space = self._reads.space(self._atlas.core)
+            cells = self._cells.read(["uid", "dataset_uid", space])
+            warn_none_measured(self._atlas.core, cells, space, self._reads.layers)
+
+    @terminal
+    @one_version
     def to_arrow(self) -> pa.Table:
         """The matching cell rows (metadata and pointers), in query (or search-rank) order."""
-        return self._returned().read()
+        rows = self._returned().read()
+        self._said_if_none_measured(rows.num_rows)
+        return rows
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def to_pandas(self) -> pd.DataFrame:
         """The matching cell rows as a pandas frame (integers as nullable ``Int64`` etc., never floats;
         booleans as nullable ``boolean``)."""
-        return self._returned().read_pandas()
+        rows = self._returned().read_pandas()
+        self._said_if_none_measured(len(rows))
+        return rows
 
-    @_terminal
+    @terminal
     def to_polars(self) -> pl.DataFrame:
         """The matching cell rows as a polars frame."""
         import polars as pl
 
         return pl.from_arrow(self.to_arrow())
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def count(self, group_by: str | None = None) -> int | pd.Series | pd.DataFrame:
         """Number of matching cells, or cells per value of ``group_by`` (most first): the rows the other
         terminals return, a :meth:`search`'s included (under ``on_unmeasured("drop")`` the measured ones;
@@ -206,8 +124,11 @@ class QueryTerminals:
         it stores none); any other column a ``cells`` series.
         """
         if group_by is None:
-            return self._returned().count()
+            n = self._returned().count()
+            self._said_if_none_measured(n)
+            return n
         series = self._returned().count_by(group_by)
+        self._said_if_none_measured(int(series.sum()))
         if group_by != "dataset_uid":
             return series
         space = self._reads.space(self._atlas.core)
@@ -219,8 +140,8 @@ class QueryTerminals:
             stored[host] = [lay for lay in stored.get(host, lays) if lay in set(lays)]
         return series.to_frame().assign(layers=series.index.map(lambda uid: stored.get(uid)))
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def plan(self, columns: Sequence[str] | None = None) -> PlannedCells:
         """The matching cells and the read plan that every reader of this query executes.
 
@@ -243,10 +164,13 @@ class QueryTerminals:
         space = self._reads.space(self._atlas.core)
         if columns is not None:
             columns = list(dict.fromkeys(["uid", "dataset_uid", space, *columns]))
-        return self._reads.plan(self._atlas.core, self.selection.read(columns), space)
+        cells = self.selection.read(columns)
+        if self._cells.limit is not None:  # (without a limit, the plan judges every matching row itself)
+            self._said_if_none_measured(cells.num_rows)
+        return self._reads.plan(self._atlas.core, cells, space)
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def plan_for(self, cells: pa.Table) -> PlannedCells:
         """:meth:`plan` applied to ``cells``: this query's rows as the caller read them (at least
         ``dataset_uid`` and the reconstructed pointer's ``zarr_group``, dictionary-encoded columns allowed).
@@ -256,8 +180,8 @@ class QueryTerminals:
         """
         return self._reads.plan(self._atlas.core, cells, self._reads.space(self._atlas.core))
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def to_anndata(self, *, progress: bool = False) -> ad.AnnData:
         """Reconstruct the matching cells as one AnnData (rows in query order).
 
@@ -275,8 +199,8 @@ class QueryTerminals:
             bar.bar_format, bar.unit = None, "cell"  # (reconstruct sets the total)
             return reconstruct(self._atlas.core, planned.cells, planned.plan, bar=bar)
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def to_mudata(
         self,
         feature_spaces: Sequence[str] | None = None,
@@ -341,8 +265,8 @@ class QueryTerminals:
             warnings.filterwarnings("ignore", "From 0.4 .update", FutureWarning)
             return MuData(modalities)
 
-    @_terminal
-    @_one_version
+    @terminal
+    @one_version
     def to_batches(self, batch_size: int = 10_000) -> Iterator[ad.AnnData]:
         """Stream the result as AnnData batches of at most ``batch_size`` cells, all with the same ``var``.
 
@@ -362,6 +286,7 @@ class QueryTerminals:
         rows = self.selection.batches(int(batch_size))
         yield from reconstruct_batches(self._atlas.core, rows, plan, int(batch_size), categories)
 
+    @terminal
     def to_cell_dataset(
         self,
         feature_space: str,

@@ -30,6 +30,7 @@ __all__ = [
     "measured_groups",
     "unmeasured_cells",
     "warn_all_dropped",
+    "warn_none_measured",
 ]
 
 OnUnmeasured = Literal["error", "drop", "keep"]
@@ -142,3 +143,15 @@ def warn_all_dropped(
         LancellWarning,
         stacklevel=caller_outside_lancell(),
     )
+
+
+def warn_none_measured(core: AtlasCore, cells: pa.Table, space: str, layers: list[str] | None) -> None:
+    """:func:`warn_all_dropped` for ``cells`` (at least ``dataset_uid`` and the ``space`` pointers of the
+    matching rows), of which ``"drop"`` returned none, judged from the dataset records as the filter that
+    left them out (:func:`measured_groups`); nothing where no row matched."""
+    if cells.num_rows:
+        per_layer = {
+            layer: unmeasured_cells(cells, space, layer, measured_groups(core, space, layer and [layer]))
+            for layer in layers or [None]
+        }
+        warn_all_dropped(per_layer, cells.num_rows, space)

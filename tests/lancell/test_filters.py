@@ -216,3 +216,7 @@ def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(a
     with warnings.catch_warnings():  # a uid no other feature has as its symbol: no warning
         warnings.simplefilter("error")
         resolve_features(atlas.core, "gene_expression", ["ENSG00000198851", "LYZ"])
+    # whatever the other's uid looks like (only an Ensembl id's was named: this one was left out unsaid)
+    atlas.register_features("gene_expression", made_unique.assign(uid=["panel_7"], gene_symbol=["LYZ"]))
+    with pytest.warns(LancellWarning, match=r"\('LYZ': \['panel_7'\]\)"):
+        assert resolve_features(atlas.core, "gene_expression", ["LYZ"]).tolist() == [by_uid["LYZ"]]

@@ -593,10 +593,23 @@ def test_a_drop_that_leaves_out_every_selected_cell_is_warned(atlas, celltypist)
     )
     with pytest.warns(LancellWarning, match=warned):
         assert _query(atlas, "log_normalized", "drop").to_anndata().n_obs == 0
+    # the terminals that read the measured rows only, and any under a limit, were silent
+    limited = r"on_unmeasured\('drop'\) left out all 5 selected cells.*'counts_only': 5 cells"
+    for said, read in (
+        (limited, lambda q: q.limit(5).to_anndata().n_obs),
+        (limited, lambda q: len(q.limit(5).to_pandas())),
+        (limited, lambda q: q.limit(5).count()),
+        (limited, lambda q: sum(batch.n_obs for batch in q.limit(5).to_batches(2))),
+        (warned, lambda q: q.to_arrow().num_rows),
+        (warned, lambda q: int(q.count(group_by="cell_type").sum())),
+    ):
+        with pytest.warns(LancellWarning, match=said):
+            assert read(_query(atlas, "log_normalized", "drop")) == 0
     _ingest(atlas, _two_layers(celltypist, slice(30, 50)), "both", layers=LAYERS)
     with warnings.catch_warnings():
         warnings.simplefilter("error", LancellWarning)  # some cells kept: the documented drop, no word
         assert _query(atlas, "log_normalized", "drop").to_anndata().n_obs == 20
+        assert _query(atlas, "log_normalized", "drop").limit(5).count() == 5
 
 
 def test_a_plain_matrix_is_refused_for_a_dataset_whose_input_listed_its_features_in_another_order(tmp_path):

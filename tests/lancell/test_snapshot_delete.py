@@ -222,8 +222,17 @@ def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_
     with pytest.warns(LancellWarning, match="or after the deletion of the snapshot that kept them"):
         assert atlas.vacuum(grace=timedelta(hours=1))["groups"] == 0
     atlas.optimize(cleanup_older_than=timedelta(0))
-    with pytest.raises(CommitConflictError, match=r"snapshot 0 .* was deleted .* can no longer be read"):
+    pruned = r"snapshot 0 .* was deleted .* can no longer be read"
+    with pytest.raises(CommitConflictError, match=pruned):
         reader.query().to_anndata()
+    # a builder's read, the loader's dataset and the handle's own reads were Lance's untyped errors
+    for read in (
+        lambda: reader.query().where(dataset_uid=BUNDLED[1].uid),
+        lambda: reader.query().to_cell_dataset("gene_expression", "log_normalized"),
+        reader.list_datasets,
+    ):
+        with pytest.raises(CommitConflictError, match=pruned):
+            read()
 
 
 def test_snapshot_numbers_in_messages_are_runs() -> None:
