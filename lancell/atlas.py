@@ -353,7 +353,8 @@ class RaggedAtlas:
         """Delete this atlas's own zarr groups that no live dataset and no snapshot references, released
         more than ``grace`` ago (:func:`lancell.maintenance.remove_debris`: the store is never listed, so
         nothing else in it is deleted). Each group deleted is logged (INFO) and given to ``on_group`` as
-        ``(group, dataset uid)``; ``dry_run=True`` deletes nothing and counts, logs and names what it would.
+        ``(group, dataset uid)``; ``dry_run=True`` deletes nothing and counts, logs and names what it would
+        (also through a handle opened ``read_only``: it takes no lock).
 
         Returns
         -------
@@ -363,7 +364,8 @@ class RaggedAtlas:
         """
         from lancell.maintenance import remove_debris
 
-        self.core.require_writable()
+        if not dry_run:  # (a dry run refuses a checkout itself: a snapshot's datasets are not the live ones)
+            self.core.require_writable()
         return remove_debris(self.core, grace, dry_run=dry_run, on_group=on_group)
 
     @property

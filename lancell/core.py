@@ -160,6 +160,20 @@ class AtlasCore:
             The handle is read-only.
         """
         self.require_writable()
+        return self.claims_to_read()
+
+    def claims_to_read(self) -> GroupClaims:
+        """The claims of the zarr groups this atlas wrote, to be read only (vacuum's dry run): also through a
+        read-only handle of the live atlas.
+
+        Raises
+        ------
+        ReadOnlyAtlasError
+            The handle is checked out at a snapshot (whose datasets are not the live ones), or is read-only
+            on an atlas created before ids were recorded (no claim can be judged its own).
+        """
+        if self.snapshot_version is not None or self.meta.get("atlas_id") is None:
+            self.require_writable()
         return GroupClaims(
             atlas_id=self.meta["atlas_id"], meta_store=self.meta_store, store=self.store, db_uri=self.db_uri
         )

@@ -211,7 +211,7 @@ def remove_debris(
     require_type("dry_run", dry_run, bool, "True or False")
     if on_group is not None and not callable(on_group):
         raise ArgumentError(f"on_group must be None or a function of (group, dataset uid), got {on_group!r}")
-    claims = core.group_claims
+    claims = core.claims_to_read() if dry_run else core.group_claims
     snapshots: dict[int, set[str]] = {}
     cutoff = datetime.now(UTC) - grace
     owners, _ = committed_cells(core)

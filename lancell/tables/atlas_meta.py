@@ -55,6 +55,7 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.layout_numbering import NUMBERED_LAYOUTS
 from lancell.tables.locks import atlas_lock
+from lancell.tables.schema_fit import require_record_schema
 from lancell.tables.store_location import (
     DEFAULT_INSIDE,
     StoreLike,
@@ -217,8 +218,7 @@ def create_storage(
     for name, schema in registry_schemas.items():
         if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
             raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
-    if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
-        raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
+    require_record_schema(dataset_schema)
     spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
     cell_arrow = cell_schema.to_arrow_schema()
     refuse_enum_fields("cell schema", cell_schema, cell_arrow)

@@ -94,6 +94,12 @@ def _same_type(declared: pa.DataType, stored: pa.DataType) -> bool:
     return declared.equals(stored)
 
 
+def require_record_schema(dataset_schema: object) -> None:
+    """Refuse a ``dataset_schema`` that is no :class:`DatasetRecord` subclass (``SchemaError``)."""
+    if not (isinstance(dataset_schema, type) and issubclass(dataset_schema, DatasetRecord)):
+        raise SchemaError(f"dataset_schema must subclass DatasetRecord, got {dataset_schema!r}")
+
+
 def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *, writable: bool) -> None:
     """Refuse a :class:`DatasetRecord` subclass whose own fields (those it adds) the dataset table
     (``stored``) stores as another type (records would fail to convert), or lacks: on a writable handle any
@@ -104,7 +110,9 @@ def check_record_fields(record_schema: type[DatasetRecord], stored: pa.Schema, *
     ------
     SchemaError
         Naming each such field, its type, and the table's columns.
+        Also when ``record_schema`` is not a :class:`DatasetRecord` subclass.
     """
+    require_record_schema(record_schema)
     declared = record_schema.to_arrow_schema()
     own = [name for name in declared.names if name not in DatasetRecord.model_fields]
     missing = [

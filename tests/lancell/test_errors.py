@@ -121,6 +121,19 @@ def test_arguments_of_another_type_are_named_and_create_nothing(tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dataset_schema_that_is_no_record_class_is_named(tmp_path: Path) -> None:
+    """open() and checkout() raised "type object 'int' has no attribute 'to_arrow_schema'"."""
+    uri = str(tmp_path / "atlas")
+    RaggedAtlas.create(uri, "cells", CellSchema, registry_schemas=SPACES).snapshot()
+    for call in (
+        lambda: RaggedAtlas.open(uri, dataset_schema=int),
+        lambda: RaggedAtlas.open(uri, read_only=True, dataset_schema="Record"),
+        lambda: RaggedAtlas.checkout(uri, 0, dataset_schema=int),
+    ):
+        with pytest.raises(errors.SchemaError, match="dataset_schema must subclass DatasetRecord, got"):
+            call()
+
+
 def test_features_or_adata_of_another_type_are_named(tmp_path: Path) -> None:
     atlas = RaggedAtlas.create(str(tmp_path / "atlas"), "cells", CellSchema, registry_schemas=SPACES)
     before = atlas.core.tables.versions()

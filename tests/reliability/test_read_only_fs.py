@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import lancell.maintenance as maintenance
 from lancell.atlas import RaggedAtlas
 from lancell.cli_h5ad import write_result
-from lancell.errors import StoreError
+from lancell.errors import ReadOnlyAtlasError, StoreError
 from lancell.ingest.from_anndata import add_from_anndata
 from lancell.storage.store_failures import store_error
 from lancell.tables.schema import DatasetRecord, FeatureBaseSchema, LancellBaseSchema, SparseZarrPointer
@@ -84,6 +84,15 @@ def test_vacuum_dry_run_takes_no_lock(tmp_path: Path, monkeypatch: pytest.Monkey
             grace=timedelta(0), dry_run=True, on_group=lambda group, uid: listed.append(uid)
         )
     assert counts["groups"] == 1 and listed == ["gone"]
+    # as docs/versions.md says, through a handle opened read-only too (the read-only mount's way to open:
+    # it was ReadOnlyAtlasError, "use RaggedAtlas.open() (not read_only) to write"), not a snapshot's
+    reader = RaggedAtlas.open(atlas.db_uri, read_only=True)
+    assert reader.vacuum(grace=timedelta(0), dry_run=True)["groups"] == 1
+    with pytest.raises(ReadOnlyAtlasError, match="is read-only"):
+        reader.vacuum(grace=timedelta(0))
+    atlas.snapshot()
+    with pytest.raises(ReadOnlyAtlasError, match="checked out at snapshot 0"):
+        RaggedAtlas.checkout(atlas.db_uri, 0).vacuum(dry_run=True)
     assert atlas.vacuum(grace=timedelta(0))["groups"] == 1  # what the dry run listed
 
 
