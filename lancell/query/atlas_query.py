@@ -304,10 +304,17 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
     for uid in uids:
         require_text("dataset_uid", uid, QueryError)
     listed_uids = ", ".join(sql_literal(uid) for uid in uids)
-    known = {
-        row["uid"]
-        for row in core.tables.datasets.search().where(f"uid IN ({listed_uids})").select(["uid"]).to_list()
-    }
+    attaching = "cells_of" in core.dataset_arrow.names
+    # (through pylance: lancedb's search() made a checkout's read process import lancedb, ~1 s)
+    rows = (
+        core.tables.datasets.to_lance()
+        .to_table(
+            columns=["uid", *(["cells_of", "feature_space"] if attaching else [])],
+            filter=f"uid IN ({listed_uids})",
+        )
+        .to_pylist()
+    )
+    known = {row["uid"] for row in rows}
     if unknown := [uid for uid in uids if uid not in known]:  # (a typo read as no cells, without a word)
         of = "this atlas" if core.snapshot_version is None else f"snapshot {core.snapshot_version}"
         warnings.warn(
@@ -316,12 +323,9 @@ def _refuse_attached_uids(core: AtlasCore, value: object) -> None:
             LancellWarning,
             stacklevel=caller_outside_lancell(),
         )
-    if "cells_of" not in core.dataset_arrow.names:
-        return
-    where = f"cells_of IS NOT NULL AND uid IN ({listed_uids})"
-    rows = core.tables.datasets.search().where(where).select(["uid", "cells_of", "feature_space"]).to_list()
-    if rows:
-        uid, host, space = rows[0]["uid"], rows[0]["cells_of"], rows[0]["feature_space"]
+    attached = [row for row in rows if attaching and row["cells_of"] is not None]
+    if attached:
+        uid, host, space = attached[0]["uid"], attached[0]["cells_of"], attached[0]["feature_space"]
         raise QueryError(
             f"dataset_uid={uid!r} names a modality attached to the cells of {host!r}, whose dataset_uid they "
             f"keep: nothing would match; select them with dataset_uid={host!r} (and where('{space} IS NOT "

@@ -55,7 +55,6 @@ from lancell.tables.feature_spaces import (
 )
 from lancell.tables.layout_numbering import NUMBERED_LAYOUTS
 from lancell.tables.locks import atlas_lock
-from lancell.tables.schema_fit import require_record_schema
 from lancell.tables.store_location import (
     DEFAULT_INSIDE,
     StoreLike,
@@ -218,6 +217,8 @@ def create_storage(
     for name, schema in registry_schemas.items():
         if not (isinstance(schema, type) and issubclass(schema, FeatureBaseSchema)):
             raise SchemaError(f"registry schema for {name!r} must subclass FeatureBaseSchema, got {schema!r}")
+    from lancell.tables.schema_fit import require_record_schema  # (lancedb's schema module: created only)
+
     require_record_schema(dataset_schema)
     spaces = build_feature_spaces(pointers, list(registry_schemas), layers)
     cell_arrow = cell_schema.to_arrow_schema()

@@ -77,6 +77,7 @@ atlas = RaggedAtlas.checkout_latest({db!r})
 query = atlas.query().where("dataset_uid = 'celltypist_sample'").layers("gene_expression", "counts")
 assert query.to_anndata().shape == (559, 32786)
 assert atlas.query().where("\\"cell_type\\" = 'Dendritic'").count() == 240  # lancedb's "name" is a column
+assert atlas.query().where(dataset_uid="pbmc68k").count() == 700  # (the uids were checked through lancedb)
 assert atlas.validate() == []  # (its scan of the cells went through lancedb)
 """
     assert _loaded(code, ["lancedb", "torch"]) == []
