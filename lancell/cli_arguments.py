@@ -21,11 +21,15 @@ def hours(text: str) -> float:
     """A ``--grace-hours`` value: a finite number of hours, at least 0."""
     try:
         hours = float(text)
-        timedelta(hours=hours)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
     if not math.isfinite(hours) or hours < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of hours, at least 0: {text!r}")
+    try:
+        timedelta(hours=hours)
+    except OverflowError:  # (1e300: a number, past what a time span holds)
+        days = timedelta.max.days
+        raise argparse.ArgumentTypeError(f"must be at most {days * 24:,} hours: {text!r}") from None
     return hours
 
 

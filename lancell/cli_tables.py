@@ -19,8 +19,23 @@ def counted(number: int, noun: str) -> str:
 
 def plain_table(frame: pd.DataFrame) -> str:
     """``frame`` as text without its index, a wide character counted as two columns (a label in Japanese
-    or Chinese shifted the columns after it)."""
+    or Chinese shifted the columns after it), a character that prints nothing escaped (``\\x00``: a NUL
+    in a snapshot's note went to the terminal as it was) and a text of more than ``MAX_WIDTH`` characters
+    cut (one 5,000-character note widened every row)."""
     import pandas as pd
 
+    shown = frame.copy()
+    for column in shown.select_dtypes(include="object").columns:
+        shown[column] = shown[column].map(_printable)
     with pd.option_context("display.unicode.east_asian_width", True):
-        return frame.to_string(index=False)
+        return shown.to_string(index=False, max_colwidth=MAX_WIDTH)
+
+
+MAX_WIDTH = 120
+
+
+def _printable(value: object) -> object:
+    """``value``, where a str, with each character that prints nothing written as its escape."""
+    if not isinstance(value, str) or value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)

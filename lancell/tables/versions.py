@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,9 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
     """The snapshot of ``frame`` (:func:`list_snapshots`) whose note is ``note``, or None.
 
     A note labels one snapshot (``take_snapshot`` refuses a note in use); of an atlas whose snapshots shared a
-    note before that rule, the latest of them.
+    note before that rule, the latest of them. Notes are compared in one Unicode form (NFC): ``café`` typed
+    with its accent composed or not is one note (they print alike, and would name one model file where a
+    file system normalizes names).
 
     Raises
     ------
@@ -180,7 +183,12 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
         ``note`` is not a str (no note would ever match it).
     """
     require_type("note", note, str, "a str")
-    match = frame[frame["note"] == note]  # (deleted snapshots too where the frame has them)
+    notes = frame["note"].map(
+        lambda text: unicodedata.normalize("NFC", text) if isinstance(text, str) else text
+    )
+    match = frame[
+        notes == unicodedata.normalize("NFC", note)
+    ]  # (deleted snapshots too where the frame has them)
     return None if match.empty else int(match["version"].iloc[-1])
 
 

@@ -4,6 +4,7 @@ one is bad."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -99,6 +100,22 @@ def test_query_command_lines_that_cannot_work_are_refused_first(tmp_path, db, op
 def test_vacuum_grace_must_be_a_finite_number_of_hours(db: str, hours: str) -> None:
     refused = run("vacuum", db, "--grace-hours", hours, check=False)
     assert refused.returncode == 2 and "--grace-hours" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("soon", "not a number of hours"),
+        ("-5", "at least 0"),
+        ("1e300", "must be at most 23,999,999,976 hours"),
+    ],
+)
+def test_a_grace_is_refused_for_what_is_wrong_with_it(text: str, said: str) -> None:
+    """1e300 was "not a number of hours": a number, too large for a time span."""
+    from lancell.cli_arguments import hours
+
+    with pytest.raises(argparse.ArgumentTypeError, match=said):
+        hours(text)
 
 
 @pytest.mark.parametrize(

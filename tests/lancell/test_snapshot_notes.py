@@ -26,6 +26,21 @@ def test_a_note_another_snapshot_has_is_refused_naming_that_snapshot(atlas):
     assert RaggedAtlas.find_snapshot(atlas.db_uri, "rel1") == 0
 
 
+def test_a_note_in_another_unicode_form_is_the_same_note_and_notes_print_escaped(atlas, capsys):
+    """A note "café" typed with its accent composed and not was two notes (two Dagster partitions that look
+    alike, one model file on a normalizing file system); a NUL in a note went to the terminal as it was."""
+    ingest_bundled(atlas, BUNDLED[0])
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    assert atlas.snapshot(note=composed) == 0
+    with pytest.raises(DuplicateNoteError, match="snapshot 0 already has the note"):
+        atlas.snapshot(note=decomposed)
+    assert RaggedAtlas.find_snapshot(atlas.db_uri, decomposed) == 0
+    assert atlas.snapshot(note="a\x00b") == 1
+    assert cli.main(["versions", atlas.db_uri]) == 0
+    listed = capsys.readouterr().out
+    assert "a\\x00b" in listed and "\x00" not in listed
+
+
 def test_a_note_that_is_not_a_str_is_refused_before_anything_is_tagged(atlas):
     """note=123 tagged every table snapshot-1, then failed in pyarrow; the snapshot was never recorded."""
     ingest_bundled(atlas, BUNDLED[0])
