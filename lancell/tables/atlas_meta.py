@@ -109,14 +109,8 @@ def db_options(
     ------
     StoreError
         ``storage_options`` without ``store_kwargs`` for a database on an object store: they configure LanceDB
-        only, and the atlas's metadata, locks and zarr store would be opened without them. ``storage_options``
-        for a database on local disk, which takes none (they would be ignored).
+        only, and the atlas's metadata, locks and zarr store would be opened without them.
     """
-    if storage_options and is_local(db_uri):
-        raise StoreError(
-            f"storage_options {sorted(storage_options)} would be ignored: {db_uri!r} is a local path, which "
-            "takes no options (they configure object stores: s3://, gs://, az:// URLs)"
-        )
     if storage_options and store_kwargs is None and not is_local(db_uri):
         raise StoreError(
             f"storage_options configure LanceDB only, not the metadata, locks and zarr store of the atlas "

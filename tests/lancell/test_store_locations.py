@@ -50,20 +50,6 @@ def test_store_options_for_local_paths_only_are_refused_naming_each():
     check_options_used(["/data/db"], None)
 
 
-def test_storage_options_for_a_local_database_are_refused(tmp_path: Path):
-    """They were accepted without a word by open(), checkout() and list_versions() (LanceDB ignores them)."""
-    uri = str(tmp_path / "db")
-    RaggedAtlas.create(uri, "cells", CellSchema, registry_schemas={"gene_expression": GeneFeature}).snapshot()
-    said = r"storage_options \['region'\] would be ignored: .* is a local path"
-    for call in (
-        lambda: RaggedAtlas.open(uri, storage_options={"region": "x"}),
-        lambda: RaggedAtlas.checkout(uri, 0, storage_options={"region": "x"}),
-        lambda: RaggedAtlas.list_versions(uri, storage_options={"region": "x"}),
-    ):
-        with pytest.raises(StoreError, match=said):
-            call()
-
-
 def test_an_atlas_without_datasets_is_refused_another_store_for_writing(tmp_path: Path):
     """``--store`` naming another atlas's store on an atlas with no dataset yet was taken: the ingested group
     landed there, unrecorded, and every later open without it found the dataset's group missing."""
