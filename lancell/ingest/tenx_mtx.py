@@ -157,7 +157,8 @@ def _mtx_chunks(path: Path, value_dtype: type) -> Iterator[tuple[np.ndarray, np.
                     names=["gene", "cell", "value"],
                     index_col=False,
                     dtype={"gene": np.int64, "cell": np.int64, "value": value_dtype},
-                    na_filter=False,  # (a missing or "NA" field is refused, never read as NaN)
+                    keep_default_na=False,  # (a missing or "NA" field is refused, never read as NaN;
+                    na_values=["nan", "NaN", "NAN", "-nan"],  # NaN written as a number is read as one)
                     chunksize=CHUNK_LINES,
                 )
             except pd.errors.EmptyDataError:  # no entries at all
@@ -211,14 +212,15 @@ def open_mtx(folder: Path) -> TenxMatrix:
     features = _read_tsv(features_path)
     if features.shape[1] < 2:
         raise TenxFormatError(f"{features_path}: expected at least 2 tab-separated columns (id, name)")
-    version = 3 if features.shape[1] >= 3 else 2
-    types = features[2].to_numpy() if version == 3 else np.full(len(features), GENE_EXPRESSION, dtype=object)
-    untyped = np.flatnonzero(pd.isna(types) | (pd.Series(types, dtype=object).astype(str).str.strip() == ""))
-    if untyped.size:  # (a damaged line: its feature would be left out as one of an unknown type)
+    given = features[2] if features.shape[1] >= 3 else pd.Series([""] * len(features))
+    untyped = np.flatnonzero(given.isna() | (given.astype(str).str.strip() == ""))
+    version = 2 if untyped.size == len(features) else 3  # (every line ending in a tab: 2 columns)
+    types = given.to_numpy() if version == 3 else np.full(len(features), GENE_EXPRESSION, dtype=object)
+    if version == 3 and untyped.size:  # (a damaged line: its feature would be left out as of an unknown type)
         more = f" (and {untyped.size - 1} more)" if untyped.size > 1 else ""
         raise TenxFormatError(
-            f"{features_path}: line {untyped[0] + 1}{more} has no feature type in its third column "
-            "(the file's other lines have one)"
+            f"{features_path}: line {untyped[0] + 1}{more} has no feature type in its third column (Gene "
+            "Expression, Antibody Capture, ...; a file of 2 columns is read as genes)"
         )
     var = features_frame(features[0].to_numpy(), features[1].to_numpy(), types)
     obs = pd.DataFrame(index=pd.Index(barcodes[0].to_numpy(), dtype=str))

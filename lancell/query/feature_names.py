@@ -28,7 +28,7 @@ def resolve_features(
     A symbol shared by several registry features yields all of them. A uid that is
     also the symbol of other features (a registry keyed by symbols for one dataset and by Ensembl ids for
     another) yields the uid's feature, with a :class:`~lancell.errors.LancellWarning` naming the others
-    (except made-unique names: ``TBCE-1``, symbol ``TBCE``, beside the uid ``TBCE``). With
+    (except made-unique names: ``TBCE-1`` or ``TBCE.1``, symbol ``TBCE``, beside the uid ``TBCE``). With
     ``case_sensitive=False`` a name matches every feature whose uid or symbol equals it ignoring case
     (``"sox17"`` is human ``SOX17`` and mouse ``Sox17`` in a two-organism registry).
 
@@ -95,11 +95,11 @@ def resolve_features(
 def _keyed_by_id(view: RegistryView, uid: str) -> list[str]:
     """The uids of the features whose symbol is ``uid``: features the uid shadows (in a registry keyed by
     symbols and by ids, ``ENSG...``), but not a symbol-keyed registry's made-unique ``TBCE-1`` (symbol
-    ``TBCE``: anndata's ``var_names_make_unique``)."""
+    ``TBCE``: anndata's ``var_names_make_unique``) or ``TBCE.1`` (R's ``make.unique``, Seurat's)."""
     if uid not in view.shadowed:
         return []
     uids = view.frame["uid"].loc[view.shadowed[uid]].astype(str)
-    return uids[~uids.str.fullmatch(re.escape(uid) + r"-[0-9]+")].tolist()
+    return uids[~uids.str.fullmatch(re.escape(uid) + r"[-.][0-9]+")].tolist()
 
 
 def _folded(view: RegistryView) -> dict[str, list[int]]:

@@ -171,7 +171,10 @@ _HINTS: tuple[tuple[re.Pattern[str], Callable[[], str]], ...] = (
 
 
 # how Lance says that a table version, or a data file of one, is no longer in the store
-_REMOVED = ("no longer exists. Was it cleaned up", "was not found", "Not found:")
+# (as the error's own kind, after its prefixes: a filter's error quoting 'Not found: x' is a filter's)
+_REMOVED = re.compile(
+    r"(?:[^:'\"\n]*: )*?(?:Not found: |Dataset at path \S+ was not found|Version \d+ no longer exists)"
+)
 
 
 def lance_removed(exc: BaseException) -> bool:
@@ -183,7 +186,7 @@ def lance_removed(exc: BaseException) -> bool:
     lance: BaseException | None = exc
     while isinstance(lance, LancellError):
         lance = lance.__cause__
-    return isinstance(lance, ValueError | RuntimeError | OSError) and any(m in str(lance) for m in _REMOVED)
+    return isinstance(lance, ValueError | RuntimeError | OSError) and _REMOVED.match(str(lance)) is not None
 
 
 def store_error(exc: BaseException, what: str) -> StoreError:

@@ -173,9 +173,9 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
     """The snapshot of ``frame`` (:func:`list_snapshots`) whose note is ``note``, or None.
 
     A note labels one snapshot (``take_snapshot`` refuses a note in use); of an atlas whose snapshots shared a
-    note before that rule, the latest of them. Notes are compared in one Unicode form (NFC): ``café`` typed
-    with its accent composed or not is one note (they print alike, and would name one model file where a
-    file system normalizes names).
+    note before that rule, the latest of them. Where no note is ``note`` as written, one in another Unicode
+    form (NFC) is: ``café`` typed with its accent composed or not is one note (they print alike, and would
+    name one model file where a file system normalizes names).
 
     Raises
     ------
@@ -183,12 +183,12 @@ def noted_version(frame: pd.DataFrame, note: str) -> int | None:
         ``note`` is not a str (no note would ever match it).
     """
     require_type("note", note, str, "a str")
-    notes = frame["note"].map(
-        lambda text: unicodedata.normalize("NFC", text) if isinstance(text, str) else text
-    )
-    match = frame[
-        notes == unicodedata.normalize("NFC", note)
-    ]  # (deleted snapshots too where the frame has them)
+    match = frame[frame["note"] == note]  # (deleted ones too where the frame has them)
+    if match.empty:  # (an atlas whose notes differed in form only, from before: each finds its own)
+        nfc = frame["note"].map(
+            lambda text: unicodedata.normalize("NFC", text) if isinstance(text, str) else None
+        )
+        match = frame[nfc == unicodedata.normalize("NFC", note)]
     return None if match.empty else int(match["version"].iloc[-1])
 
 

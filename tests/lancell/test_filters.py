@@ -201,6 +201,7 @@ def test_a_registry_keyed_two_ways_is_warned_about_and_a_shadowed_symbol_named(a
     with warnings.catch_warnings():  # a symbol-keyed registry's made-unique name is no second keying
         warnings.filterwarnings("error", message=".*another feature's uid")
         atlas.register_features("gene_expression", made_unique)
+    atlas.register_features("gene_expression", made_unique.assign(uid=["SOX4.2"]))  # R's make.unique
     with warnings.catch_warnings():  # nor is a query of its symbol, a uid too, told of a second keying
         warnings.simplefilter("error")
         resolve_features(atlas.core, "gene_expression", ["SOX4"])

@@ -204,7 +204,7 @@ def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_
     """vacuum right after delete_snapshot returned zeros without a word; a reader of the deleted snapshot
     whose versions optimize pruned was told to "read again", which could not work; on_group="print" failed
     after the first deletion; delete-snapshot took one number."""
-    from lancell.errors import ArgumentError, CommitConflictError
+    from lancell.errors import ArgumentError, CommitConflictError, QueryError
 
     for dataset in BUNDLED[:2]:
         ingest_bundled(atlas, dataset)
@@ -225,6 +225,9 @@ def test_vacuum_says_why_it_keeps_a_group_and_a_pruned_snapshots_reader_is_told_
     pruned = r"snapshot 0 .* was deleted .* can no longer be read"
     with pytest.raises(CommitConflictError, match=pruned):
         reader.query().to_anndata()
+    # a filter's own error stays one, whatever its text quotes (it read as the snapshot's pruning)
+    with pytest.raises(QueryError, match="is not a valid filter"):
+        RaggedAtlas.checkout(atlas.db_uri, 1).query().where("cell_type = 'Not found: x.lance' AND")
     # a builder's read, the loader's dataset and the handle's own reads were Lance's untyped errors
     for read in (
         lambda: reader.query().where(dataset_uid=BUNDLED[1].uid),

@@ -41,6 +41,18 @@ def test_a_note_in_another_unicode_form_is_the_same_note_and_notes_print_escaped
     assert "a\\x00b" in listed and "\x00" not in listed
 
 
+def test_notes_that_differ_in_form_from_before_each_find_their_own_snapshot():
+    """An atlas that took both forms before they were one note: the composed form found the later snapshot
+    (its own, snapshot 1, could no longer be found by its note, and Dagster's partition trained on 2)."""
+    import pandas as pd
+
+    from lancell.tables.versions import noted_version
+
+    frame = pd.DataFrame({"version": [1, 2, 3], "note": ["caf\u00e9", "cafe\u0301", None]})
+    assert noted_version(frame, "caf\u00e9") == 1 and noted_version(frame, "cafe\u0301") == 2
+    assert noted_version(frame.iloc[[1, 2]], "caf\u00e9") == 2  # another form, where none is as written
+
+
 def test_a_note_that_is_not_a_str_is_refused_before_anything_is_tagged(atlas):
     """note=123 tagged every table snapshot-1, then failed in pyarrow; the snapshot was never recorded."""
     ingest_bundled(atlas, BUNDLED[0])

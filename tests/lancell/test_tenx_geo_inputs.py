@@ -66,7 +66,7 @@ def test_mtx_entry_with_extra_fields_is_refused(tmp_path: Path, entries: str, gz
     "entries",
     [
         "1 1 3\n2 2\n",  # a later line without its value
-        "1 1 3\n2 2 nan\n",  # text where a number is
+        "1 1 3\n2 2 NA\n",  # text where a number is
         "1 1 3\n% a comment\n2 2 4\n",  # comments belong before the size line
     ],
 )
@@ -77,6 +77,22 @@ def test_real_mtx_entry_without_a_number_is_refused(tmp_path: Path, entries: str
     where = re.escape(str(folder / name))
     with pytest.raises(TenxFormatError, match=f"^{where}: an entry line .* not 3 numbers"):
         read_10x(folder)
+
+
+def test_nan_written_as_a_number_is_read_as_one(tmp_path: Path) -> None:
+    """As scipy's mmwrite writes it (ingestion refuses it as a non-finite value, as it does inf)."""
+    folder = _mtx_folder(tmp_path, f"{BANNER.replace('integer', 'real')}\n2 3 2\n1 1 NaN\n2 2 3.5\n")
+    assert np.isnan(read_10x(folder).X.toarray()[0, 0])
+
+
+def test_a_features_file_whose_every_line_ends_in_a_tab_is_read_as_genes(tmp_path: Path) -> None:
+    folder = _mtx_folder(tmp_path, f"{BANNER}\n2 3 2\n1 1 5\n2 2 3\n")
+    (folder / "features.tsv").write_text(
+        "".join(f"{line.rsplit(chr(9), 1)[0]}\t\n" for line in FEATURES.splitlines())
+    )
+    adata = read_10x(folder)
+    assert adata.var["feature_type"].tolist() == ["Gene Expression"] * 2
+    assert adata.X.toarray().tolist() == [[5, 0], [0, 3], [0, 0]]
 
 
 @pytest.mark.parametrize("line", ["ENSG00000000005\tTNMD", "ENSG00000000005\tTNMD\t"])
