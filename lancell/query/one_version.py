@@ -18,8 +18,9 @@ __all__ = ["one_version", "terminal"]
 T = TypeVar("T")
 
 
-class QueryTerminals(Protocol):
-    """What is used of a query (:class:`lancell.query.terminals.QueryTerminals`, which imports this)."""
+class _PinnableQuery(Protocol):
+    """What is used of a query (a :class:`lancell.query.terminals.QueryTerminals`, whose module imports
+    this one)."""
 
     @property
     def atlas(self) -> Any: ...
@@ -33,7 +34,7 @@ terminal = read_boundary(lambda query: f"the atlas at {query.atlas.db_uri!r}", l
 
 
 def _failure(
-    query: QueryTerminals, pinned: QueryTerminals, exc: Exception, *, again: bool
+    query: _PinnableQuery, pinned: _PinnableQuery, exc: Exception, *, again: bool
 ) -> Exception | None:
     """What a terminal whose read of ``pinned`` (``query`` at its versions) failed with ``exc`` raises: None
     to read ``again`` at the current versions (a live query whose pinned versions were removed), ``exc``
@@ -69,7 +70,7 @@ def one_version(method: Callable[..., T]) -> Callable[..., T]:
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
-        def stream(query: QueryTerminals, *args: object, **kwargs: object) -> Iterator[object]:
+        def stream(query: _PinnableQuery, *args: object, **kwargs: object) -> Iterator[object]:
             yielded = False
             pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
             try:
@@ -89,7 +90,7 @@ def one_version(method: Callable[..., T]) -> Callable[..., T]:
         return cast(Callable[..., T], stream)
 
     @functools.wraps(method)
-    def read(query: QueryTerminals, *args: object, **kwargs: object) -> T:
+    def read(query: _PinnableQuery, *args: object, **kwargs: object) -> T:
         pinned = query.pinned()  # (its own failures are read_view's to retry or raise)
         try:
             return method(pinned, *args, **kwargs)
